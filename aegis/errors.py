@@ -1,0 +1,63 @@
+"""Every exception Aegis raises on purpose.
+
+    AegisError
+    ├── PolicyError (also ValueError)   a policy file or rule is invalid
+    ├── AuditError                      the audit trail cannot be read or written
+    └── ConfigurationError (also TypeError)
+                                        Runtime was given something it cannot use
+
+A blocked or denied action is not an error: it is a :class:`~aegis.Result`
+with status ``BLOCKED`` or ``DENIED``. Exceptions are for failures.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AegisError", "AuditError", "ConfigurationError", "PolicyError"]
+
+
+class AegisError(Exception):
+    """Base class of all Aegis errors."""
+
+    #: exit status the command line uses for this kind of error
+    exit_code = 1
+
+
+class PolicyError(AegisError, ValueError):
+    """A policy is invalid.
+
+    The message starts with ``file:line:`` when the policy came from a file
+    and names the rule when one is at fault.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        rule: str | None = None,
+    ) -> None:
+        self.message = message
+        self.path = path
+        self.line = line
+        self.rule = rule
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
+        elif self.line is not None:
+            where = f"line {self.line}: "
+        rule = f"rule {self.rule!r}: " if self.rule else ""
+        return f"{where}{rule}{self.message}"
+
+
+class AuditError(AegisError):
+    """The audit trail could not be opened, written or read."""
+
+
+class ConfigurationError(AegisError, TypeError):
+    """The runtime was configured with an object it cannot use."""
+
+    exit_code = 2
