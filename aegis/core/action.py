@@ -28,7 +28,7 @@ class FrozenDict(dict[str, Any]):
 
     __setitem__ = _readonly
     __delitem__ = _readonly
-    __ior__ = _readonly  # type: ignore[assignment]  # dict declares a return type
+    __ior__ = _readonly
     clear = _readonly
     pop = _readonly
     popitem = _readonly
