@@ -1,0 +1,1 @@
+"""Executors: adapters that carry out allowed actions."""

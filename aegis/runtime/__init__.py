@@ -1,0 +1,1 @@
+"""The parts of Aegis with side effects: the engine, approval handlers and audit backends."""
