@@ -1,0 +1,213 @@
+"""The compiled form of a policy's rules: hash tables keyed by what is literal in their globs.
+
+Rules whose type and target are both literal sit in a dict keyed by the
+pair; rules with one literal side in a dict keyed by it; globs that are a
+literal then ``*`` in a dict per prefix length; everything else in one
+ordered list. Evaluating an action probes each table once and scans only
+the buckets it finds, in rule order, so the first match is found without
+looking at unrelated rules.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from aegis.core.decision import _template
+
+if TYPE_CHECKING:
+    from aegis.core.policy import PolicyRule
+
+__all__ = [
+    "CLOCK",
+    "PLAIN",
+    "RUN",
+    "Bucket",
+    "Entry",
+    "Index",
+    "Matcher",
+    "covers",
+    "is_literal",
+    "literal_prefix",
+    "matcher",
+]
+
+_GLOB_CHARS: Final = frozenset("*?[")
+_MISSING: Final[Any] = object()
+
+#: a compiled glob: truthy when the string matches
+Matcher = Callable[[str], object]
+
+
+def is_literal(pattern: str) -> bool:
+    """Whether ``pattern`` has no glob characters, so only itself matches it."""
+    return _GLOB_CHARS.isdisjoint(pattern)
+
+
+def literal_prefix(pattern: str) -> str | None:
+    """``"tool_"`` for ``"tool_*"``; ``None`` when the glob is not a literal then ``*``."""
+    if len(pattern) > 1 and pattern[-1] == "*" and is_literal(pattern[:-1]):
+        return pattern[:-1]
+    return None
+
+
+def matcher(pattern: str) -> Matcher | None:
+    """A fast case-sensitive ``fnmatch`` test for ``pattern``; ``None`` matches anything."""
+    if pattern == "*":
+        return None
+    if is_literal(pattern):
+        return pattern.__eq__
+    prefix = literal_prefix(pattern)
+    if prefix is not None:
+        return lambda value: value.startswith(prefix)
+    return re.compile(fnmatch.translate(pattern)).match
+
+
+def covers(earlier: str, later: str) -> bool:
+    """Whether glob ``earlier`` surely matches everything glob ``later`` matches."""
+    if earlier in ("*", later):
+        return True
+    if is_literal(later):
+        return fnmatch.fnmatchcase(later, earlier)
+    prefix, later_prefix = literal_prefix(earlier), literal_prefix(later)
+    return prefix is not None and later_prefix is not None and later_prefix.startswith(prefix)
+
+
+# A compiled rule, as a tuple because unpacking one is the cheapest read:
+# (position, type matcher, target matcher, check, mode, decision template).
+# Matchers are None when the index already checked them. In RUN mode the
+# entry stands for a _ThresholdRun: check is its ``first`` and the last item
+# its ``hits``.
+Entry = tuple[int, Matcher | None, Matcher | None, Callable[..., Any] | None, int, Any]
+Bucket = tuple[Entry, ...]
+PLAIN, CLOCK, RUN = 0, 1, 2
+#: shortest run of threshold rules worth a binary search
+_MIN_RUN = 4
+
+
+class _ThresholdRun:
+    """Consecutive rules that each compare the same top-level param with a number.
+
+    ``refund if amount > 1000``, ``refund if amount > 500``, ... : the first of
+    them that matches is found by binary search instead of one by one. A
+    rule whose threshold an earlier one already covers (``> 500`` after
+    ``> 100``) can never be the first match, so only the others are kept,
+    and their thresholds are then sorted.
+    """
+
+    def __init__(self, entries: list[Entry], comparisons: list[tuple[str, str, Any]]) -> None:
+        name, key, _ = comparisons[0]
+        descending = name in ("param_gt", "param_gte")
+        bounds: list[Any] = []
+        hits: list[tuple[int, dict[str, Any]]] = []
+        for entry, (_, _, bound) in zip(entries, comparisons, strict=True):
+            if not bounds or (bound < bounds[-1] if descending else bound > bounds[-1]):
+                bounds.append(bound)
+                hits.append((entry[0], entry[5]))
+        self.key = key
+        self.first_check: Callable[..., Any] = entries[0][3]  # type: ignore[assignment]
+        self.negate = descending
+        self.keys = [-b for b in bounds] if descending else bounds
+        # gt: v > b <=> -b > -v, first such key is bisect_right(keys, -v); and so on.
+        self.search = bisect_left if name in ("param_gte", "param_lte") else bisect_right
+        self.hits = tuple(hits)
+
+    def first(self, params: Mapping[str, Any]) -> int:
+        """Index in ``hits`` of the first rule that matches, or -1."""
+        value = params.get(self.key, _MISSING)
+        if type(value) is not int:
+            # Let the first rule judge anything unusual, exactly as a scan
+            # would: it raises Unevaluable or says False for a missing param.
+            self.first_check(params, None)
+            if value is _MISSING:
+                return -1
+        index = self.search(self.keys, -value if self.negate else value)
+        return index if index < len(self.hits) else -1
+
+
+def _with_runs(entries: list[Entry], rules: tuple[PolicyRule, ...]) -> list[Entry]:
+    """Replace runs of threshold rules in a bucket with one :class:`_ThresholdRun` entry."""
+    out: list[Entry] = []
+    run: list[Entry] = []
+    comparisons: list[tuple[str, str, Any]] = []
+
+    def flush() -> None:
+        if len(run) >= _MIN_RUN:
+            threshold = _ThresholdRun(run, comparisons)
+            out.append((run[0][0], None, None, threshold.first, RUN, threshold.hits))
+        else:
+            out.extend(run)
+        run.clear()
+        comparisons.clear()
+
+    for entry in entries:
+        compiled = rules[entry[0]]._compiled_conditions
+        comparison = compiled.comparison if compiled is not None else None
+        if comparison is None or entry[1] is not None or entry[2] is not None or entry[4] != PLAIN:
+            flush()
+            out.append(entry)
+            continue
+        if comparisons and comparisons[0][:2] != comparison[:2]:
+            flush()
+        run.append(entry)
+        comparisons.append(comparison)
+    flush()
+    return out
+
+
+class Index:
+    """Rules sorted into hash tables by what is literal in their globs."""
+
+    def __init__(self, rules: tuple[PolicyRule, ...]) -> None:
+        exact: dict[tuple[str, str], list[Entry]] = {}
+        by_type: dict[str, list[Entry]] = {}
+        by_target: dict[str, list[Entry]] = {}
+        type_prefixes: dict[int, dict[str, list[Entry]]] = {}
+        target_prefixes: dict[int, dict[str, list[Entry]]] = {}
+        always: list[Entry] = []
+        for pos, rule in enumerate(rules):
+            kind, target = rule.match_type, rule.match_target
+            compiled = rule._compiled_conditions
+            check = compiled.check if compiled is not None else None
+            clock = CLOCK if compiled is not None and compiled.needs_clock else PLAIN
+            template = _template(rule.risk_level, rule.approval, rule.name)
+            type_prefix, target_prefix = literal_prefix(kind), literal_prefix(target)
+            if is_literal(kind) and is_literal(target):
+                entry: Entry = (pos, None, None, check, clock, template)
+                exact.setdefault((kind, target), []).append(entry)
+            elif is_literal(kind):
+                entry = (pos, None, matcher(target), check, clock, template)
+                by_type.setdefault(kind, []).append(entry)
+            elif is_literal(target):
+                entry = (pos, matcher(kind), None, check, clock, template)
+                by_target.setdefault(target, []).append(entry)
+            elif type_prefix is not None:
+                entry = (pos, None, matcher(target), check, clock, template)
+                table = type_prefixes.setdefault(len(type_prefix), {})
+                table.setdefault(type_prefix, []).append(entry)
+            elif target_prefix is not None:
+                entry = (pos, matcher(kind), None, check, clock, template)
+                table = target_prefixes.setdefault(len(target_prefix), {})
+                table.setdefault(target_prefix, []).append(entry)
+            else:
+                always.append((pos, matcher(kind), matcher(target), check, clock, template))
+        self.exact = _freeze_table(exact, rules)
+        self.by_type = _freeze_table(by_type, rules)
+        self.by_target = _freeze_table(by_target, rules)
+        self.type_prefixes = tuple(
+            (n, _freeze_table(t, rules)) for n, t in sorted(type_prefixes.items())
+        )
+        self.target_prefixes = tuple(
+            (n, _freeze_table(t, rules)) for n, t in sorted(target_prefixes.items())
+        )
+        self.always: Bucket = tuple(_with_runs(always, rules))
+
+
+_K = TypeVar("_K")
+
+
+def _freeze_table(table: dict[_K, list[Entry]], rules: tuple[PolicyRule, ...]) -> dict[_K, Bucket]:
+    return {key: tuple(_with_runs(bucket, rules)) for key, bucket in table.items()}

@@ -1,0 +1,463 @@
+"""Declarative policy: which actions run by themselves, which need a human, which never run.
+
+A :class:`Policy` is an ordered list of :class:`PolicyRule`; the first rule
+whose ``match_type`` and ``match_target`` globs (case-sensitive ``fnmatch``)
+match an action, and whose conditions hold, decides its approval mode and
+risk level. When no rule matches, the policy's defaults decide; a policy
+that states no defaults blocks such actions (it fails closed).
+
+Example::
+
+    policy = Policy.from_yaml("policy.yaml")
+    decision = policy.evaluate(Action("refund", "stripe", {"amount": 900}))
+    decision.approval, decision.risk_level, decision.matched_rule
+
+A policy is compiled when it is built: rules are indexed by their literal
+type and target and by the literal prefixes of their globs, so evaluating an
+action costs a few dictionary look-ups however many rules there are. Rules
+keep their first-match-wins order exactly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from aegis.core._index import CLOCK, RUN, Bucket, Index, covers
+from aegis.core.action import Action, freeze, thaw
+from aegis.core.conditions import (
+    CompiledConditions,
+    ConditionSpecError,
+    Unevaluable,
+    compile_conditions,
+)
+from aegis.core.decision import DEFAULT_RULE, Approval, PolicyDecision, _decision, _template
+from aegis.core.risk import RiskLevel
+from aegis.errors import PolicyError
+
+__all__ = ["Approval", "Policy", "PolicyDecision", "PolicyRule"]
+
+#: the risk level a rule's decision gets at least when one of its conditions
+#: cannot be evaluated: the action was not what the policy's author expected,
+#: so it is blocked and stands out in the audit trail
+UNEVALUABLE_MIN_RISK: Final = RiskLevel.HIGH
+
+_E = TypeVar("_E", bound=Enum)
+
+
+def _coerce_enum(enum: type[_E], value: object, what: str) -> _E:
+    """An enum member from a member or its (case-insensitive) string value."""
+    if isinstance(value, enum):
+        return value
+    if isinstance(value, str):
+        for member in enum:
+            if member.name.lower() == value.lower():
+                return member
+    valid = ", ".join(member.name.lower() for member in enum)
+    raise PolicyError(f"{what} must be one of {valid}; got {value!r}")
+
+
+def _check_pattern(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise PolicyError(
+            f"{what} must be a glob string such as 'read*' or '*', not {type(value).__name__}"
+            f" ({value!r}); quote it in YAML"
+        )
+    if not value:
+        raise PolicyError(f"{what} must not be empty; use '*' to match anything")
+    return value
+
+
+@dataclass(frozen=True, init=False)
+class PolicyRule:
+    """One rule: which actions it matches, and what the policy then says.
+
+    Args:
+        match_type: glob on the action's type (``"read*"``); ``"*"`` matches all.
+        match_target: glob on the action's target; ``"*"`` matches all.
+        risk_level: a :class:`RiskLevel` or its name (``"high"``).
+        approval: an :class:`Approval` or its value (``"block"``).
+        name: unique name reported as ``matched_rule``; a policy names
+            unnamed rules ``rule_<position>``, counting from 1.
+        conditions: extra checks on params and time, see
+            :mod:`aegis.core.conditions`; all must hold.
+        description: free text for people reading the policy.
+        source: where the rule was read (``"policy.yaml:12"``), if from a file.
+
+    A rule that omits them asks for approval (``approve``) at ``medium`` risk.
+    Everything is validated and compiled here: a bad value raises
+    :class:`~aegis.errors.PolicyError`.
+
+    Example::
+
+        PolicyRule("refund", "stripe", "high", "approve", name="refunds",
+                   conditions={"param_gt": {"amount": 500}})
+    """
+
+    match_type: str
+    match_target: str
+    risk_level: RiskLevel
+    approval: Approval
+    name: str
+    conditions: Mapping[str, Any]
+    description: str = field(kw_only=True)
+    source: str | None = field(kw_only=True, compare=False)
+
+    def __init__(  # noqa: PLR0917  # positional order is the documented API
+        self,
+        match_type: str = "*",
+        match_target: str = "*",
+        risk_level: RiskLevel | str = RiskLevel.MEDIUM,
+        approval: Approval | str = Approval.APPROVE,
+        name: str = "",
+        conditions: Mapping[str, Any] | None = None,
+        *,
+        description: str = "",
+        source: str | None = None,
+    ) -> None:
+        if not isinstance(name, str):
+            raise PolicyError(f"a rule name must be a string, not {type(name).__name__}")
+        try:
+            values = {
+                "match_type": _check_pattern(match_type, "match type"),
+                "match_target": _check_pattern(match_target, "match target"),
+                "risk_level": _coerce_enum(RiskLevel, risk_level, "risk_level"),
+                "approval": _coerce_enum(Approval, approval, "approval"),
+                "name": name,
+                "conditions": freeze(conditions or {}),
+                "description": str(description),
+                "source": source,
+            }
+            compiled = compile_conditions(values["conditions"])
+        except ConditionSpecError as exc:
+            raise PolicyError(exc.message, rule=name or None) from exc
+        except PolicyError as exc:
+            raise PolicyError(exc.message, rule=name or None) from exc
+        fields = self.__dict__
+        fields.update(values)
+        fields["_compiled"] = compiled
+
+    @property
+    def _compiled_conditions(self) -> CompiledConditions | None:
+        """The rule's conditions compiled for evaluation (``None`` without conditions)."""
+        compiled: CompiledConditions | None = self.__dict__["_compiled"]
+        return compiled
+
+    def matches(self, action: Action) -> bool:
+        """Whether the globs match ``action`` (conditions are not checked)."""
+        return fnmatch.fnmatchcase(action.type, self.match_type) and fnmatch.fnmatchcase(
+            action.target, self.match_target
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule in the policy file format."""
+        data: dict[str, Any] = {}
+        if self.name:
+            data["name"] = self.name
+        if self.description:
+            data["description"] = self.description
+        data["match"] = {"type": self.match_type, "target": self.match_target}
+        if self.conditions:
+            data["conditions"] = thaw(self.conditions)
+        data["risk_level"] = self.risk_level.name.lower()
+        data["approval"] = self.approval.value
+        return data
+
+
+class Policy:
+    """An ordered list of rules and the defaults for actions no rule matches.
+
+    Args:
+        rules: the rules, first match wins.
+        default_risk_level: risk level when no rule matches (``medium``).
+        default_approval: approval when no rule matches; ``block`` unless
+            stated, so that a forgotten case fails closed.
+
+    Example::
+
+        policy = Policy([PolicyRule("read*", risk_level="low", approval="auto")],
+                        default_approval="approve")
+        policy.evaluate(Action("read", "crm")).approval  # Approval.AUTO
+    """
+
+    __slots__ = (
+        "_given",
+        "_index",
+        "_size",
+        "_template",
+        "default_approval",
+        "default_risk_level",
+        "rules",
+    )
+
+    def __init__(
+        self,
+        rules: Iterable[PolicyRule] = (),
+        default_risk_level: RiskLevel | str = RiskLevel.MEDIUM,
+        default_approval: Approval | str = Approval.BLOCK,
+    ) -> None:
+        given = tuple(rules)
+        for rule in given:
+            if not isinstance(rule, PolicyRule):
+                raise PolicyError(
+                    f"a policy's rules must be PolicyRule objects, not {type(rule).__name__}"
+                )
+        #: the rules as written, unnamed ones without their generated names
+        self._given = given
+        self.default_risk_level: RiskLevel = _coerce_enum(
+            RiskLevel, default_risk_level, "default risk_level"
+        )
+        self.default_approval: Approval = _coerce_enum(
+            Approval, default_approval, "default approval"
+        )
+        self.rules: tuple[PolicyRule, ...] = _named(given)
+        self._size = len(self.rules)
+        self._template = _template(self.default_risk_level, self.default_approval, DEFAULT_RULE)
+        self._index = Index(self.rules)
+
+    # -- evaluation -------------------------------------------------------------
+
+    def evaluate(  # noqa: PLR0915  # the hot path stays in one frame for speed
+        self, action: Action, *, now: datetime | None = None
+    ) -> PolicyDecision:
+        """Decide on ``action``: the first matching rule wins, else the defaults.
+
+        ``now`` is the time that time conditions look at (an aware datetime;
+        a naive one is taken as UTC). Without it the clock is read, and only
+        when a rule with a time condition is tried.
+
+        This never raises for a valid action: a condition that cannot be
+        evaluated blocks the action (see :data:`UNEVALUABLE_MIN_RISK`).
+        """
+        kind = action.type
+        target = action.target
+        index = self._index
+        buckets: list[Bucket] = []
+        if index.exact:
+            bucket = index.exact.get((kind, target))
+            if bucket is not None:
+                buckets.append(bucket)
+        if index.by_type:
+            bucket = index.by_type.get(kind)
+            if bucket is not None:
+                buckets.append(bucket)
+        if index.by_target:
+            bucket = index.by_target.get(target)
+            if bucket is not None:
+                buckets.append(bucket)
+        for length, table in index.type_prefixes:
+            bucket = table.get(kind[:length])
+            if bucket is not None:
+                buckets.append(bucket)
+        for length, table in index.target_prefixes:
+            bucket = table.get(target[:length])
+            if bucket is not None:
+                buckets.append(bucket)
+        if index.always:
+            buckets.append(index.always)
+
+        # Each bucket is in rule order, so its first match is its earliest;
+        # the earliest across buckets is the policy's first match.
+        stop = self._size
+        found: dict[str, Any] | None = None
+        reason = ""
+        for bucket in buckets:
+            for pos, type_ok, target_ok, check, mode, template in bucket:
+                if pos >= stop:
+                    break
+                if type_ok is not None and not type_ok(kind):
+                    continue
+                if target_ok is not None and not target_ok(target):
+                    continue
+                problem = ""
+                if check is not None:
+                    if now is None:
+                        if mode == CLOCK:
+                            now = datetime.now(UTC)
+                    elif now.tzinfo is None:
+                        now = now.replace(tzinfo=UTC)
+                    try:
+                        if mode == RUN:
+                            hit = check(action.params)
+                            if hit < 0:
+                                continue
+                            pos, template = template[hit]  # noqa: PLW2901  # the run's match
+                            if pos >= stop:
+                                break
+                        elif not check(action.params, now):
+                            continue
+                    except Unevaluable as exc:
+                        problem = exc.reason
+                        if mode == RUN:
+                            template = template[0][1]  # noqa: PLW2901  # the run's first rule
+                    except Exception as exc:  # evaluate must never raise
+                        problem = f"a condition failed on this action's params: {exc!r}"
+                        if mode == RUN:
+                            template = template[0][1]  # noqa: PLW2901
+                found, stop, reason = template, pos, problem
+                break
+        if found is None:
+            return _decision(self._template, action)
+        if reason:
+            return self._unevaluable(stop, action, reason)
+        return _decision(found, action)
+
+    def _unevaluable(self, pos: int, action: Action, reason: str) -> PolicyDecision:
+        rule = self.rules[pos]
+        risk = max(rule.risk_level, UNEVALUABLE_MIN_RISK)
+        message = f"blocked: a condition of rule {rule.name!r} cannot be evaluated: {reason}"
+        return _decision(_template(risk, Approval.BLOCK, rule.name, message), action)
+
+    # -- combining and inspecting -----------------------------------------------
+
+    def merge(self, other: Policy) -> Policy:
+        """A policy with ``other``'s rules after this one's, and this one's defaults.
+
+        Raises:
+            PolicyError: a rule name is used in both policies.
+        """
+        names = {rule.name: rule for rule in self._given if rule.name}
+        for rule in other._given:
+            first = names.get(rule.name) if rule.name else None
+            if first is not None:
+                raise PolicyError(
+                    f"rule name {rule.name!r} is defined in {_where(first, 'the first policy')}"
+                    f" and again in {_where(rule, 'the second policy')}; rename one of them",
+                    rule=rule.name,
+                )
+        return Policy(self._given + other._given, self.default_risk_level, self.default_approval)
+
+    def shadowed_rules(self) -> list[tuple[PolicyRule, PolicyRule]]:
+        """Rules that can never match, each with the earlier rule that catches all it would.
+
+        The check is conservative: it only reports a rule when an earlier rule
+        without conditions has globs that surely match everything it matches.
+        """
+        shadowed: list[tuple[PolicyRule, PolicyRule]] = []
+        catch_alls: list[PolicyRule] = []
+        for rule in self.rules:
+            for earlier in catch_alls:
+                if covers(earlier.match_type, rule.match_type) and covers(
+                    earlier.match_target, rule.match_target
+                ):
+                    shadowed.append((rule, earlier))
+                    break
+            if not rule.conditions:
+                catch_alls.append(rule)
+        return shadowed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy in the file format, ready for ``yaml.safe_dump``."""
+        return {
+            "version": "1",
+            "defaults": {
+                "risk_level": self.default_risk_level.name.lower(),
+                "approval": self.default_approval.value,
+            },
+            "rules": [rule.to_dict() for rule in self._given],
+        }
+
+    # -- loading ----------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Policy:
+        """Build a policy from the file format's data (``source`` names it in errors).
+
+        Raises:
+            PolicyError: the data is not a valid policy; the message names the
+                line when the data came from :func:`Policy.from_yaml`.
+        """
+        from aegis.core.policy_schema import parse_policy  # noqa: PLC0415  # imports us
+
+        return parse_policy(data, source=source)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Policy:
+        """Read a policy file.
+
+        Raises:
+            PolicyError: the file is missing, is not valid YAML or not a valid
+                policy; the message names the file, the line and the rule.
+        """
+        # YAML is only needed to load; evaluating a policy should not import it.
+        from aegis.core._yaml import load_yaml  # noqa: PLC0415
+        from aegis.core.policy_schema import parse_policy  # noqa: PLC0415  # imports us
+
+        return parse_policy(load_yaml(path), source=str(path))
+
+    @classmethod
+    def from_yaml_files(cls, *paths: str | Path) -> Policy:
+        """Read several policy files and merge them in order (the first file's defaults win).
+
+        Raises:
+            PolicyError: a file is invalid, or two files use the same rule name.
+        """
+        if not paths:
+            raise PolicyError("no policy files given; pass at least one path")
+        policy = cls.from_yaml(paths[0])
+        for path in paths[1:]:
+            policy = policy.merge(cls.from_yaml(path))
+        return policy
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of the policy file format, for editors and linters."""
+        from aegis.core.policy_schema import json_schema  # noqa: PLC0415  # imports us
+
+        return json_schema()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return (
+            f"Policy({len(self.rules)} rules, default_risk_level={self.default_risk_level.name},"
+            f" default_approval={self.default_approval.name})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Policy):
+            return NotImplemented
+        return (self.rules, self.default_risk_level, self.default_approval) == (
+            other.rules,
+            other.default_risk_level,
+            other.default_approval,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # equal policies need not hash alike
+
+
+def _where(rule: PolicyRule, fallback: str) -> str:
+    return rule.source or fallback
+
+
+def _named(rules: tuple[PolicyRule, ...]) -> tuple[PolicyRule, ...]:
+    """Give unnamed rules ``rule_<position>``; refuse duplicate names."""
+    taken: dict[str, PolicyRule] = {}
+    for rule in rules:
+        if not rule.name:
+            continue
+        first = taken.get(rule.name)
+        if first is not None:
+            where = ""
+            if first.source or rule.source:
+                where = f" (at {_where(first, '?')} and {_where(rule, '?')})"
+            raise PolicyError(
+                f"rule name {rule.name!r} is used twice{where}; rule names must be unique",
+                rule=rule.name,
+            )
+        taken[rule.name] = rule
+    named = []
+    for pos, rule in enumerate(rules, 1):
+        if not rule.name:
+            name = f"rule_{pos}"
+            while name in taken:
+                name += "_"
+            taken[name] = rule
+            rule = replace(rule, name=name)  # noqa: PLW2901  # the copy replaces it
+        named.append(rule)
+    return tuple(named)

@@ -1,0 +1,312 @@
+"""The policy file format: validation with file:line messages, and its JSON Schema.
+
+::
+
+    version: "1"                       # optional; "1" is the only version
+    defaults:                          # optional; medium / block when absent
+      risk_level: medium
+      approval: approve
+    rules:                             # optional; first match wins
+      - name: big_refunds              # optional, unique; else rule_<position>
+        description: free text         # optional
+        match: {type: refund, target: "*"}   # globs, "*" when omitted
+        conditions: {param_gt: {amount: 500}}  # optional, see aegis.core.conditions
+        risk_level: critical           # optional, medium when omitted
+        approval: block                # optional, approve when omitted
+
+Unknown keys are errors at every level, so that a typo cannot silently turn
+a rule off.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any, Final
+
+from aegis.core._yaml import line_of
+from aegis.core.conditions import ConditionSpecError, compile_conditions
+from aegis.core.decision import Approval
+from aegis.core.policy import Policy, PolicyRule, _coerce_enum
+from aegis.core.risk import RiskLevel
+from aegis.errors import PolicyError
+
+__all__ = ["json_schema", "parse_policy"]
+
+TOP_KEYS: Final = ("version", "defaults", "rules")
+DEFAULTS_KEYS: Final = ("risk_level", "approval")
+RULE_KEYS: Final = ("name", "description", "match", "conditions", "risk_level", "approval")
+MATCH_KEYS: Final = ("type", "target")
+
+
+class _Place:
+    """Where in the document we are, to put file, line and rule in errors."""
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+        self.rule: str | None = None
+
+    def error(self, message: str, mapping: object = None, key: object = None) -> PolicyError:
+        return PolicyError(message, path=self.source, line=line_of(mapping, key), rule=self.rule)
+
+    def rule_source(self, mapping: object) -> str | None:
+        line = line_of(mapping)
+        if self.source is None:
+            return None
+        return f"{self.source}:{line}" if line is not None else self.source
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if value is None:
+        return "empty"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_keys(
+    mapping: Mapping[Any, Any], allowed: tuple[str, ...], what: str, place: _Place
+) -> None:
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = (
+                f"did you mean {close[0]!r}?" if close else f"valid keys are: {', '.join(allowed)}"
+            )
+            raise place.error(f"unknown key {key!r} in {what}; {hint}", mapping, key)
+
+
+def _mapping(
+    value: object, what: str, place: _Place, parent: object, key: str
+) -> Mapping[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise place.error(f"{what} must be a mapping, not {_kind(value)}", parent, key)
+    return value
+
+
+def parse_policy(data: object, *, source: str | None = None) -> Policy:
+    """Validate file-format data and build the :class:`Policy` it describes.
+
+    Mappings read by the loader in :mod:`aegis.core._yaml` carry line numbers,
+    which every error message then names.
+
+    Raises:
+        PolicyError: the data is not a valid policy.
+    """
+    place = _Place(source)
+    if data is None:
+        raise place.error("the policy is empty; it needs at least 'rules' (and usually 'defaults')")
+    if not isinstance(data, Mapping):
+        raise place.error(
+            f"a policy must be a mapping with the keys {', '.join(TOP_KEYS)}, not {_kind(data)}",
+            data,
+        )
+    _check_keys(data, TOP_KEYS, "the policy", place)
+    if "version" in data and data["version"] not in ("1", 1):
+        raise place.error(
+            f'unsupported policy version {data["version"]!r}; this Aegis reads version "1"',
+            data,
+            "version",
+        )
+    defaults = _mapping(data.get("defaults"), "defaults", place, data, "defaults")
+    _check_keys(defaults, DEFAULTS_KEYS, "defaults", place)
+    risk = _enum(
+        RiskLevel, defaults.get("risk_level", RiskLevel.MEDIUM), "risk_level", place, defaults
+    )
+    approval = _enum(
+        Approval, defaults.get("approval", Approval.BLOCK), "approval", place, defaults
+    )
+
+    raw_rules = data.get("rules")
+    if raw_rules is None:
+        raw_rules = []
+    if not isinstance(raw_rules, list | tuple):
+        raise place.error(f"rules must be a list of rules, not {_kind(raw_rules)}", data, "rules")
+    rules: list[PolicyRule] = []
+    first_seen: dict[str, int | None] = {}
+    for position, raw in enumerate(raw_rules, 1):
+        rule = _parse_rule(raw, position, place, data)
+        if rule.name:
+            if rule.name in first_seen:
+                line = first_seen[rule.name]
+                where = f" (first on line {line})" if line is not None else ""
+                raise place.error(
+                    f"rule name {rule.name!r} is used twice{where}; rule names must be unique",
+                    raw,
+                    "name",
+                )
+            first_seen[rule.name] = line_of(raw, "name")
+        rules.append(rule)
+    place.rule = None
+    try:
+        return Policy(rules, risk, approval)
+    except PolicyError as exc:
+        raise place.error(exc.message) from exc
+
+
+def _enum(enum: Any, value: object, key: str, place: _Place, mapping: object) -> Any:
+    try:
+        return _coerce_enum(enum, value, key)
+    except PolicyError as exc:
+        raise place.error(exc.message, mapping, key) from None
+
+
+def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> PolicyRule:
+    place.rule = f"rule_{position}"
+    if not isinstance(raw, Mapping):
+        raise place.error(
+            f"rule {position} must be a mapping with keys such as match, risk_level and"
+            f" approval, not {_kind(raw)}",
+            parent,
+            "rules",
+        )
+    name = raw.get("name", "")
+    if name is None:
+        name = ""
+    if not isinstance(name, str):
+        raise place.error(f"a rule name must be a string, not {_kind(name)}", raw, "name")
+    if name:
+        place.rule = name
+    _check_keys(raw, RULE_KEYS, "a rule", place)
+    match = _mapping(raw.get("match"), "match", place, raw, "match")
+    _check_keys(match, MATCH_KEYS, "match", place)
+    for key in MATCH_KEYS:
+        value = match.get(key, "*")
+        if not isinstance(value, str) or not value:
+            raise place.error(
+                f"match {key} must be a glob string such as 'read*' or '*', not {_kind(value)};"
+                " quote it in YAML",
+                match,
+                key,
+            )
+    conditions = _mapping(raw.get("conditions"), "conditions", place, raw, "conditions")
+    try:
+        compile_conditions(conditions)
+    except ConditionSpecError as exc:
+        raise place.error(exc.message, conditions, exc.key) from exc
+    description = raw.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        raise place.error(f"description must be text, not {_kind(description)}", raw, "description")
+    risk = _enum(RiskLevel, raw.get("risk_level", RiskLevel.MEDIUM), "risk_level", place, raw)
+    approval = _enum(Approval, raw.get("approval", Approval.APPROVE), "approval", place, raw)
+    try:
+        return PolicyRule(
+            match.get("type", "*"),
+            match.get("target", "*"),
+            risk,
+            approval,
+            name,
+            conditions,
+            description=description,
+            source=place.rule_source(raw),
+        )
+    except PolicyError as exc:  # already validated above; kept so no error escapes unplaced
+        raise place.error(exc.message, raw) from exc
+
+
+# -- JSON Schema -------------------------------------------------------------------
+
+
+def _enum_schema(enum: Any, description: str) -> dict[str, Any]:
+    return {"type": "string", "enum": [m.name.lower() for m in enum], "description": description}
+
+
+def _params_schema(value: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": value,
+        "description": description,
+    }
+
+
+_TIME: Final = {"type": "string", "pattern": r"^([01]?[0-9]|2[0-3]):[0-5][0-9]$"}
+_NUMBER: Final = {"type": "number"}
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the policy file format."""
+    conditions = {
+        "param_eq": _params_schema({}, "param path -> value it must equal"),
+        "param_ne": _params_schema(
+            {}, "param path -> value it must differ from (present params only)"
+        ),
+        "param_gt": _params_schema(_NUMBER, "param path -> number it must exceed"),
+        "param_gte": _params_schema(_NUMBER, "param path -> number it must reach"),
+        "param_lt": _params_schema(_NUMBER, "param path -> number it must stay below"),
+        "param_lte": _params_schema(_NUMBER, "param path -> number it must not exceed"),
+        "param_in": _params_schema({"type": "array"}, "param path -> list of allowed values"),
+        "param_contains": _params_schema(
+            {}, "param path -> value the string/list/mapping contains"
+        ),
+        "param_matches": _params_schema(
+            {"type": "string", "format": "regex"}, "param path -> regular expression (search)"
+        ),
+        "time_after": {**_TIME, "description": 'local time "HH:MM" from which the rule applies'},
+        "time_before": {**_TIME, "description": 'local time "HH:MM" until which the rule applies'},
+        "weekdays": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1, "maximum": 7},
+            "minItems": 1,
+            "description": "ISO weekdays, 1 = Monday ... 7 = Sunday",
+        },
+        "timezone": {"type": "string", "description": "IANA time zone name; UTC by default"},
+    }
+    rule = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "description": "unique name reported as matched_rule"},
+            "description": {"type": "string"},
+            "match": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"type": "string", "minLength": 1, "default": "*"},
+                    "target": {"type": "string", "minLength": 1, "default": "*"},
+                },
+                "description": "case-sensitive fnmatch globs on the action's type and target",
+            },
+            "conditions": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": conditions,
+                "description": "all must hold for the rule to match",
+            },
+            "risk_level": {
+                **_enum_schema(RiskLevel, "risk when the rule matches"),
+                "default": "medium",
+            },
+            "approval": {**_enum_schema(Approval, "what must happen first"), "default": "approve"},
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Aegis policy",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "version": {"enum": ["1", 1], "description": "file format version"},
+            "defaults": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "risk_level": {
+                        **_enum_schema(RiskLevel, "risk when no rule matches"),
+                        "default": "medium",
+                    },
+                    "approval": {
+                        **_enum_schema(Approval, "approval when no rule matches"),
+                        "default": "block",
+                    },
+                },
+            },
+            "rules": {"type": "array", "items": rule, "description": "first match wins"},
+        },
+    }
