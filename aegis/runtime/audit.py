@@ -1,0 +1,748 @@
+"""The default audit trail: a hash-chained log in a SQLite file.
+
+Each record carries the hash of the one before it, so editing, deleting,
+inserting or reordering records breaks the chain, and :meth:`AuditLogger.verify`
+names the first record that does not fit. Keep :meth:`AuditLogger.head`
+somewhere else to detect records cut off the end as well::
+
+    audit = AuditLogger("audit.db")
+    head = audit.head()            # e.g. "1042:9f86d0..."; store it elsewhere
+    ...
+    report = audit.verify(expected_head=head)
+    assert report.ok, report.reason
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from aegis.core.decision import PolicyDecision
+from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.errors import AuditError
+from aegis.runtime.audit_backend import (
+    GENESIS_HASH,
+    RECORD_FIELDS,
+    Filters,
+    RecordValues,
+    Subscriber,
+    SubscriberList,
+    hash_parts,
+    record_values,
+    write_jsonl,
+)
+
+__all__ = ["AuditLogger", "VerifyReport"]
+
+#: bump with a new entry in _MIGRATIONS whenever the schema changes
+SCHEMA_VERSION: Final = 1
+#: PRAGMA application_id of Aegis audit databases ("AEGS")
+APPLICATION_ID: Final = 0x41454753
+
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    # from version 0 (an empty file) to version 1
+    0: (
+        """CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            timestamp TEXT NOT NULL,
+            action_type TEXT NOT NULL,
+            action_target TEXT NOT NULL,
+            action_params TEXT NOT NULL,
+            action_desc TEXT NOT NULL,
+            risk_level TEXT NOT NULL,
+            approval TEXT NOT NULL,
+            matched_rule TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            human_decision TEXT,
+            result_status TEXT,
+            result_data TEXT NOT NULL,
+            result_error TEXT,
+            started_at TEXT,
+            completed_at TEXT,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_log_session ON audit_log (session_id, id)",
+        """CREATE TABLE pending (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            timestamp TEXT NOT NULL,
+            action_type TEXT NOT NULL,
+            action_target TEXT NOT NULL,
+            action_params TEXT NOT NULL,
+            action_desc TEXT NOT NULL,
+            risk_level TEXT NOT NULL,
+            approval TEXT NOT NULL,
+            matched_rule TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            human_decision TEXT,
+            pid INTEGER NOT NULL
+        )""",
+    ),
+}
+
+_COLUMNS: Final = ", ".join(RECORD_FIELDS)
+_INSERT: Final = f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+_LAST: Final = "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
+_PENDING_FIELDS: Final = (
+    "id",
+    "session_id",
+    "timestamp",
+    "action_type",
+    "action_target",
+    "action_params",
+    "action_desc",
+    "risk_level",
+    "approval",
+    "matched_rule",
+    "reason",
+    "human_decision",
+    "pid",
+)
+_INSERT_PENDING: Final = (
+    f"INSERT INTO pending ({', '.join(_PENDING_FIELDS[1:])}) VALUES ({', '.join('?' * 12)})"
+)
+_DELETE_PENDING: Final = "DELETE FROM pending WHERE id = ?"
+_PAGE: Final = 1000
+
+# queued writes: (values, start_token or None, future); values of a start
+# marker are the 12 pending columns, of a final record the RecordValues
+_Op = tuple[tuple[Any, ...], int | None, "asyncio.Future[int] | None", bool]
+
+_HINTS: Final = (
+    ("not a database", "it is not an Aegis audit database; point db_path at another file"),
+    ("encrypted", "it is not an Aegis audit database; point db_path at another file"),
+    ("locked", "another process held it longer than the busy timeout; retry or raise it"),
+    ("busy", "another process held it longer than the busy timeout; retry or raise it"),
+    ("readonly", "the file or its folder is read-only; check the permissions"),
+    ("unable to open", "check that the folder exists and is writable"),
+    ("disk i/o", "check free disk space and the file system"),
+    ("full", "the disk is full; free some space"),
+    ("no such", "it is not an Aegis audit database, or it is damaged"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The outcome of :meth:`AuditLogger.verify`.
+
+    ``checked`` counts the records read; ``first_bad_id`` is the id of the
+    first record that is missing or does not fit (``None`` when ``ok``);
+    ``head`` is the head of the log as read, to keep for the next check.
+    """
+
+    ok: bool
+    checked: int
+    first_bad_id: int | None
+    reason: str
+    head: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _row_hash(row: tuple[Any, ...]) -> str:
+    # row: every stored column in RECORD_FIELDS order, at least up to prev_hash
+    return hash_parts(
+        {"action_desc": row[6]},
+        row[5],
+        {
+            "action_target": row[4],
+            "action_type": row[3],
+            "approval": row[8],
+            "completed_at": row[16],
+            "human_decision": row[11],
+            "id": row[0],
+            "matched_rule": row[9],
+            "prev_hash": row[17],
+            "reason": row[10],
+        },
+        row[13],
+        {
+            "result_error": row[14],
+            "result_status": row[12],
+            "risk_level": row[7],
+            "session_id": row[1],
+            "started_at": row[15],
+            "timestamp": row[2],
+        },
+    )
+
+
+def _to_record(row: tuple[Any, ...]) -> dict[str, Any]:
+    record = dict(zip(RECORD_FIELDS, row, strict=True))
+    record["action_params"] = json.loads(row[5])
+    record["result_data"] = json.loads(row[13])
+    return record
+
+
+def _parse_head(head: str) -> tuple[int, str]:
+    count, sep, digest = head.strip().partition(":")
+    if not sep or not count.isdigit() or len(digest) != 64:
+        raise ValueError(
+            f"expected_head={head!r} is not a head of an audit log; "
+            "pass the string AuditLogger.head() returned, like '42:<64 hex digits>'"
+        )
+    return int(count), digest
+
+
+class AuditLogger:
+    """A tamper-evident audit trail in a SQLite file.
+
+    The file opens on first use, in WAL mode with ``synchronous=NORMAL``:
+    a record is safe from the death of the process (even ``SIGKILL``) as
+    soon as the call that wrote it returns; only a power loss or an
+    operating system crash can lose the last few commits. Several processes
+    may append to the same file; the chain stays valid.
+
+    Concurrent :meth:`record` calls from one event loop are committed
+    together, once per loop iteration; each caller gets its id only after
+    the commit. Writes run on the calling thread (no thread hop), so a
+    writer that holds the file longer than ``busy_timeout`` seconds blocks
+    the loop that long, then raises :class:`~aegis.errors.AuditError`.
+
+    Args:
+        db_path: the database file, or ``":memory:"``.
+        busy_timeout: seconds to wait for another writer before failing.
+        create: create the file if missing; ``False`` raises
+            :class:`~aegis.errors.AuditError` instead (for tools that read).
+
+    Example::
+
+        audit = AuditLogger("audit.db")
+        for record in audit.get_log(result_status="denied"):
+            print(record["id"], record["action_type"], record["human_decision"])
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path = "aegis_audit.db",
+        *,
+        busy_timeout: float = 30.0,
+        create: bool = True,
+    ) -> None:
+        self._path = str(db_path)
+        self._busy_timeout = busy_timeout
+        self._create = create
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._subscribers = SubscriberList()
+        self._queue: list[_Op] = []
+        self._queue_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def db_path(self) -> str:
+        """The path of the database file."""
+        return self._path
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<AuditLogger {self._path!r}{state}>"
+
+    # -- connection and errors -------------------------------------------------
+
+    def _error(self, doing: str, exc: BaseException) -> AuditError:
+        """Turn a sqlite3 error into an AuditError that says what to do."""
+        text = str(exc)
+        lowered = text.lower()
+        hint = next(
+            (hint for key, hint in _HINTS if key in lowered),
+            "the file may be damaged; run 'aegis audit verify' on it",
+        )
+        return AuditError(f"cannot {doing} audit database {self._path!r}: {text}; {hint}")
+
+    def _closed_error(self) -> AuditError:
+        return AuditError(
+            f"the audit logger for {self._path!r} is closed; create a new AuditLogger"
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        # Callers hold self._lock and translate sqlite3 errors.
+        if self._conn is not None:
+            return self._conn
+        if self._closed:
+            raise self._closed_error()
+        if not self._create and self._path != ":memory:" and not os.path.exists(self._path):
+            raise AuditError(
+                f"no audit database at {self._path!r}; check the path "
+                "(it is created when the first action is recorded)"
+            )
+        conn = sqlite3.connect(
+            self._path,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+            check_same_thread=False,  # log() may come from any thread; self._lock guards
+        )
+        try:
+            self._enable_wal(conn)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # While another process is switching a new file to WAL, SQLite refuses
+        # the change and answers with the old mode instead of waiting. Staying
+        # in rollback mode would let writers deadlock (SQLite then fails them at
+        # once, busy timeout or not), so try again until the switch holds.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                mode = "locked"
+            if str(mode).lower() in ("wal", "memory"):
+                return
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"could not switch to WAL mode (still {mode})")
+            time.sleep(0.01)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have created the schema while we waited.
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if (
+                    version == 0
+                    and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                ):
+                    raise AuditError(
+                        f"{self._path!r} is a SQLite database but not an Aegis audit "
+                        "database; point db_path at another file"
+                    )
+                if version == 0:
+                    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                while version < SCHEMA_VERSION:
+                    for statement in _MIGRATIONS[version]:
+                        conn.execute(statement)
+                    version += 1
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if app_id != APPLICATION_ID:
+            raise AuditError(
+                f"{self._path!r} is a SQLite database but not an Aegis audit database; "
+                "point db_path at another file"
+            )
+        if version > SCHEMA_VERSION:
+            raise AuditError(
+                f"{self._path!r} was written by a newer Aegis (schema {version}, this "
+                f"one reads up to {SCHEMA_VERSION}); upgrade aegis-runtime"
+            )
+
+    def _read(self, doing: str, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one query under the lock and return all its rows."""
+        with self._lock:
+            try:
+                return self._connect().execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(doing, exc) from exc
+
+    # -- writing ---------------------------------------------------------------
+
+    def _write(self, ops: list[_Op]) -> list[tuple[Any, ...] | int]:
+        """Commit ``ops`` in one transaction; return each stored row, or a start token."""
+        out: list[tuple[Any, ...] | int] = []
+        with self._lock:
+            try:
+                conn = self._connect()
+                cur = conn.cursor()
+                if len(ops) == 1 and not ops[0][3]:
+                    # A lone start marker is one statement: SQLite commits it by itself.
+                    cur.execute(_INSERT_PENDING, ops[0][0])
+                    return [cur.lastrowid or 0]
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    last: tuple[int, str] | None = None
+                    for values, token, _, is_final in ops:
+                        if not is_final:
+                            cur.execute(_INSERT_PENDING, values)
+                            out.append(cur.lastrowid or 0)
+                            continue
+                        if last is None:
+                            # Read the head inside the write lock: another process
+                            # may have appended since our last commit.
+                            last = cur.execute(_LAST).fetchone() or (0, GENESIS_HASH)
+                        row = (last[0] + 1, *values, last[1])
+                        digest = _row_hash(row)
+                        row = (*row, digest)
+                        cur.execute(_INSERT, row)
+                        if token is not None:
+                            cur.execute(_DELETE_PENDING, (token,))
+                        last = (row[0], digest)
+                        out.append(row)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._error("write to", exc) from exc
+        return out
+
+    def _publish(self, rows: list[tuple[Any, ...] | int]) -> None:
+        if self._subscribers:
+            for row in rows:
+                if isinstance(row, tuple):
+                    self._subscribers.notify(_to_record(row))
+
+    def _flush(self) -> None:
+        ops, self._queue, self._queue_loop = self._queue, [], None
+        if not ops:
+            return
+        try:
+            rows = self._write(ops)
+        except Exception as exc:
+            # Every waiter must wake up, or the runtime would hang on a write.
+            for _, _, future, _ in ops:
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future, _), row in zip(ops, rows, strict=True):
+            if future is not None and not future.done():
+                future.set_result(row if isinstance(row, int) else row[0])
+        self._publish(rows)
+
+    async def _submit(self, values: tuple[Any, ...], token: int | None, is_final: bool) -> int:
+        if self._closed:
+            raise self._closed_error()
+        loop = asyncio.get_running_loop()
+        if self._queue and self._queue_loop is not loop:
+            # A batch of another event loop is waiting; do not mix futures of two loops.
+            rows = self._write([(values, token, None, is_final)])
+            self._publish(rows)
+            row = rows[0]
+            return row if isinstance(row, int) else row[0]
+        future: asyncio.Future[int] = loop.create_future()
+        if not self._queue:
+            self._queue_loop = loop
+            loop.call_soon(self._flush)
+        self._queue.append((values, token, future, is_final))
+        return await future
+
+    def log(
+        self,
+        session_id: str,
+        decision: PolicyDecision,
+        *,
+        result: Result | None = None,
+        human_decision: str | None = None,
+    ) -> int:
+        """Write one finished record now and return its id; safe from any thread.
+
+        Without a ``result`` the status is ``"blocked"`` for a blocked
+        decision, ``"denied"`` when ``human_decision`` starts with
+        ``"denied"``, and ``None`` otherwise.
+        """
+        values = record_values(session_id, decision, result, human_decision)
+        rows = self._write([(values, None, None, True)])
+        self._publish(rows)
+        row = rows[0]
+        return row if isinstance(row, int) else int(row[0])
+
+    async def record_start(
+        self,
+        session_id: str,
+        decision: PolicyDecision,
+        *,
+        human_decision: str | None = None,
+    ) -> int | None:
+        """Mark an action as started; return the token to pass to :meth:`record`.
+
+        The marker is committed when this returns. If the process dies before
+        :meth:`record`, it stays visible in :meth:`pending`.
+        """
+        v: RecordValues = record_values(session_id, decision, None, human_decision)
+        values = (*v[:11], os.getpid())
+        return await self._submit(values, None, False)
+
+    async def record(
+        self,
+        session_id: str,
+        decision: PolicyDecision,
+        *,
+        result: Result,
+        human_decision: str | None = None,
+        start_token: int | None = None,
+    ) -> int:
+        """Append the final record of an action and return its id once committed.
+
+        The start marker ``start_token`` is removed in the same transaction.
+        """
+        values = record_values(session_id, decision, result, human_decision)
+        return await self._submit(values, start_token, True)
+
+    # -- reading ---------------------------------------------------------------
+
+    def _where(self, filters: Filters, after_id: int | None) -> tuple[str, list[Any]]:
+        clauses = [f"{name} {op} ?" for name, op, _ in filters.items]
+        args: list[Any] = [value for _, _, value in filters.items]
+        if after_id is not None:
+            clauses.append("id > ?")
+            args.append(after_id)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def _pages(self, filters: Filters, after_id: int | None, limit: int | None) -> Iterator[Any]:
+        """Yield matching rows in id order, a page at a time, in constant memory."""
+        if limit is not None and limit <= 0:
+            return
+        left = limit
+        while True:
+            where, args = self._where(filters, after_id)
+            size = _PAGE if left is None else min(_PAGE, left)
+            rows = self._read(
+                "read",
+                f"SELECT {_COLUMNS} FROM audit_log{where} ORDER BY id LIMIT ?",
+                (*args, size),
+            )
+            yield from rows
+            if len(rows) < size:
+                return
+            after_id = rows[-1][0]
+            if left is not None:
+                left -= len(rows)
+                if left <= 0:
+                    return
+
+    def iter_log(
+        self,
+        session_id: str | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+        risk_level: RiskLevel | str | int | None = None,
+        result_status: ResultStatus | str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        limit: int | None = None,
+        after_id: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the matching records oldest first, reading a page at a time.
+
+        Filters are exact matches; ``since``/``until`` bound the record's
+        ``timestamp`` (inclusive; a naive datetime means UTC).
+        """
+        filters = Filters.of(
+            session_id,
+            action_type=action_type,
+            action_target=action_target,
+            risk_level=risk_level,
+            result_status=result_status,
+            since=since,
+            until=until,
+        )
+        for row in self._pages(filters, after_id, limit):
+            yield _to_record(row)
+
+    def get_log(
+        self,
+        session_id: str | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+        risk_level: RiskLevel | str | int | None = None,
+        result_status: ResultStatus | str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        limit: int | None = None,
+        after_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return the matching records oldest first (see :meth:`iter_log`)."""
+        return list(
+            self.iter_log(
+                session_id,
+                action_type=action_type,
+                action_target=action_target,
+                risk_level=risk_level,
+                result_status=result_status,
+                since=since,
+                until=until,
+                limit=limit,
+                after_id=after_id,
+            )
+        )
+
+    def count(
+        self,
+        session_id: str | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+        risk_level: RiskLevel | str | int | None = None,
+        result_status: ResultStatus | str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+    ) -> int:
+        """Return how many records match every given filter."""
+        filters = Filters.of(
+            session_id,
+            action_type=action_type,
+            action_target=action_target,
+            risk_level=risk_level,
+            result_status=result_status,
+            since=since,
+            until=until,
+        )
+        where, args = self._where(filters, None)
+        return int(self._read("count", f"SELECT count(*) FROM audit_log{where}", tuple(args))[0][0])
+
+    def stats(self, session_id: str | None = None) -> dict[str, dict[str, int]]:
+        """Count records by ``result_status``, ``risk_level``, ``matched_rule`` and ``action_type``.
+
+        A record logged without a result counts under the status ``"none"``.
+        """
+        where, args = self._where(Filters(session_id=session_id), None)
+        out: dict[str, dict[str, int]] = {}
+        for column in ("result_status", "risk_level", "matched_rule", "action_type"):
+            sql = f"SELECT {column}, count(*) FROM audit_log{where} GROUP BY 1 ORDER BY 1"
+            rows = self._read("read", sql, tuple(args))
+            out[column] = {("none" if key is None else str(key)): n for key, n in rows}
+        return out
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Return the actions that started but have no final record, oldest first.
+
+        An entry here means the process died (or is still running) between
+        :meth:`record_start` and :meth:`record`. ``pid`` names the process.
+        """
+        rows = self._read("read", f"SELECT {', '.join(_PENDING_FIELDS)} FROM pending ORDER BY id")
+        out = []
+        for row in rows:
+            entry = dict(zip(_PENDING_FIELDS, row, strict=True))
+            entry["action_params"] = json.loads(entry["action_params"])
+            out.append(entry)
+        return out
+
+    def export_jsonl(self, path: str | Path, session_id: str | None = None) -> int:
+        """Write the records, oldest first, as UTF-8 JSON lines; return how many.
+
+        ``action_params`` and ``result_data`` are nested JSON values; each line
+        still verifies with :func:`~aegis.runtime.audit_backend.record_hash`.
+        """
+        return write_jsonl(path, self.iter_log(session_id))
+
+    # -- tamper evidence -------------------------------------------------------
+
+    def head(self) -> str:
+        """Return ``"<count>:<hash of the last record>"``; keep it to detect truncation."""
+        rows = self._read("read", _LAST)
+        last_id, last_hash = rows[0] if rows else (0, GENESIS_HASH)
+        return f"{last_id}:{last_hash}"
+
+    def verify(self, expected_head: str | None = None) -> VerifyReport:
+        """Check the whole chain, streaming; report the first record that does not fit.
+
+        Catches edited, deleted, inserted and reordered records. With
+        ``expected_head`` (an earlier :meth:`head`) it also catches records
+        removed from the end, and a log rewritten since that head.
+        """
+        expected = None if expected_head is None else _parse_head(expected_head)
+        checked = 0
+        prev_hash = GENESIS_HASH
+        hash_at_expected: str | None = None
+
+        def fail(bad_id: int, reason: str) -> VerifyReport:
+            return VerifyReport(False, checked, bad_id, reason, f"{checked}:{prev_hash}")
+
+        for row in self._pages(Filters(), None, None):
+            record_id = row[0]
+            if record_id != checked + 1:
+                missing = checked + 1
+                return fail(
+                    missing,
+                    f"record {missing} is missing: ids jump from {checked} to {record_id} "
+                    "(records were deleted or renumbered)",
+                )
+            if row[17] != prev_hash:
+                return fail(
+                    record_id,
+                    f"record {record_id} does not link to record {checked}: its prev_hash "
+                    "differs (records were inserted, deleted or reordered)",
+                )
+            if _row_hash(row) != row[18]:
+                return fail(
+                    record_id,
+                    f"record {record_id} was modified: its content does not match its hash",
+                )
+            checked = record_id
+            prev_hash = row[18]
+            if expected is not None and record_id == expected[0]:
+                hash_at_expected = prev_hash
+        head = f"{checked}:{prev_hash}"
+        if expected is not None:
+            count, digest = expected
+            if checked < count:
+                return VerifyReport(
+                    False,
+                    checked,
+                    checked + 1,
+                    f"the log ends at record {checked} but the kept head names record "
+                    f"{count}: records were removed from the end",
+                    head,
+                )
+            if (count and hash_at_expected != digest) or (not count and digest != GENESIS_HASH):
+                return VerifyReport(
+                    False,
+                    checked,
+                    count or None,
+                    f"record {count} differs from the kept head: the log was rewritten",
+                    head,
+                )
+        return VerifyReport(True, checked, None, "", head)
+
+    # -- subscribers and lifetime ----------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> None:
+        """Call ``callback(record)`` after each new record is committed.
+
+        A callback that raises is logged on ``aegis.audit`` and otherwise ignored.
+        """
+        self._subscribers.add(callback)
+
+    def unsubscribe(self, callback: Subscriber) -> None:
+        """Stop calling ``callback``; unknown callbacks are ignored."""
+        self._subscribers.remove(callback)
+
+    def close(self) -> None:
+        """Commit queued records and close the file; calling it again does nothing."""
+        if self._closed:
+            return
+        try:
+            self._flush()
+        finally:
+            with self._lock:
+                self._closed = True
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except sqlite3.Error as exc:
+                        raise self._error("close", exc) from exc
+
+    def __enter__(self) -> AuditLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

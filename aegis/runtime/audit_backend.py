@@ -1,0 +1,477 @@
+"""What every audit backend offers, and the pieces they share.
+
+An audit backend keeps one record per governed action with its final
+outcome. :class:`AuditBackend` is the interface the runtime, the integrations
+and the command line use; :class:`~aegis.runtime.audit.AuditLogger` (SQLite)
+and :class:`~aegis.runtime.audit_logging.LoggingAuditLogger` implement it.
+
+A record is a plain ``dict`` with the keys in :data:`RECORD_FIELDS`.
+``action_params`` and ``result_data`` are JSON values; anything JSON cannot
+represent is stored as its ``repr`` so that auditing never fails on data.
+
+The chain hash of a record (:func:`record_hash`) is the SHA-256 of the
+sorted-keys, compact JSON of every field except ``hash``. It can be
+recomputed from an exported JSONL line::
+
+    rec = json.loads(line)
+    assert record_hash(rec) == rec["hash"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.errors import AuditError
+
+# The interface a backend implements, and what a reader of its records needs.
+# The helpers below them (Filters, SubscriberList, dump_json, ...) are shared
+# by the backends in this package and may change without notice.
+__all__ = ["GENESIS_HASH", "RECORD_FIELDS", "AuditBackend", "Subscriber", "record_hash"]
+
+logger = logging.getLogger("aegis.audit")
+
+#: ``prev_hash`` of the first record of a chain
+GENESIS_HASH = "0" * 64
+
+#: the keys of every record, in storage order
+RECORD_FIELDS: tuple[str, ...] = (
+    "id",
+    "session_id",
+    "timestamp",
+    "action_type",
+    "action_target",
+    "action_params",
+    "action_desc",
+    "risk_level",
+    "approval",
+    "matched_rule",
+    "reason",
+    "human_decision",
+    "result_status",
+    "result_data",
+    "result_error",
+    "started_at",
+    "completed_at",
+    "prev_hash",
+    "hash",
+)
+
+#: a callable that receives each new record after it is stored
+Subscriber = Callable[[dict[str, Any]], object]
+
+
+@runtime_checkable
+class AuditBackend(Protocol):
+    """Where the runtime writes one record per action.
+
+    ``record_start`` is called right before the executor runs and ``record``
+    once the action has its final outcome (success, failure, blocked, denied
+    or skipped). Both return only once the write is durable.
+    """
+
+    def log(
+        self,
+        session_id: str,
+        decision: PolicyDecision,
+        *,
+        result: Result | None = None,
+        human_decision: str | None = None,
+    ) -> int:
+        """Write one finished record synchronously and return its id."""
+        ...
+
+    async def record_start(
+        self,
+        session_id: str,
+        decision: PolicyDecision,
+        *,
+        human_decision: str | None = None,
+    ) -> int | None:
+        """Note that an action is about to run; return a token for :meth:`record`."""
+        ...
+
+    async def record(
+        self,
+        session_id: str,
+        decision: PolicyDecision,
+        *,
+        result: Result,
+        human_decision: str | None = None,
+        start_token: int | None = None,
+    ) -> int:
+        """Write the final record of an action, clearing its start marker; return its id."""
+        ...
+
+    def get_log(
+        self,
+        session_id: str | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+        risk_level: RiskLevel | str | int | None = None,
+        result_status: ResultStatus | str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        limit: int | None = None,
+        after_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return the records that match every given filter, oldest first."""
+        ...
+
+    def count(
+        self,
+        session_id: str | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+        risk_level: RiskLevel | str | int | None = None,
+        result_status: ResultStatus | str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+    ) -> int:
+        """Return how many records match every given filter."""
+        ...
+
+    def export_jsonl(self, path: str | Path, session_id: str | None = None) -> int:
+        """Write the records as UTF-8 JSON lines to ``path``; return how many."""
+        ...
+
+    def subscribe(self, callback: Subscriber) -> None:
+        """Call ``callback`` with each new record once it is stored."""
+        ...
+
+    def unsubscribe(self, callback: Subscriber) -> None:
+        """Stop calling ``callback``."""
+        ...
+
+    def close(self) -> None:
+        """Release resources; calling it again does nothing."""
+        ...
+
+
+def _json_default(value: object) -> object:
+    # Called by json for anything it cannot encode: keep what we can, never fail.
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=dump_json)
+    return repr(value)
+
+
+def dump_json(value: Any) -> str:
+    """Serialise ``value`` canonically: sorted keys, compact, UTF-8 text.
+
+    Values JSON cannot hold become their ``repr``; a value that still cannot
+    be encoded (a cycle, a key that is not a string) is stored as a whole as
+    its ``repr``, so that this never raises.
+    """
+    try:
+        return _encode(value)
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(_safe_repr(value), ensure_ascii=False)
+
+
+# Built once: json.dumps with options builds a new encoder on every call.
+_encode = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+).encode
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a broken __repr__ must not lose the audit record
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def hash_parts(
+    scalars_a: Mapping[str, Any],
+    params_json: str,
+    scalars_b: Mapping[str, Any],
+    data_json: str,
+    scalars_c: Mapping[str, Any],
+) -> str:
+    """Hash a record whose two JSON fields are already serialised.
+
+    The record's keys split, in sorted order, around ``action_params`` and
+    ``result_data``: ``scalars_a`` holds ``action_desc``; ``scalars_b`` the
+    keys from ``action_target`` to ``reason``; ``scalars_c`` those from
+    ``result_error`` on. Sorted-keys JSON nests the canonical text of each
+    value verbatim, so splicing gives the same bytes as :func:`record_hash`
+    without serialising the JSON fields a second time.
+    """
+    text = (
+        _dumps(scalars_a)[:-1]
+        + ',"action_params":'
+        + params_json
+        + ","
+        + _dumps(scalars_b)[1:-1]
+        + ',"result_data":'
+        + data_json
+        + ","
+        + _dumps(scalars_c)[1:]
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """Return the chain hash of ``record``: SHA-256 of every field but ``hash``."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def isoformat(moment: datetime) -> str:
+    """Return ``moment`` as a fixed-width ISO 8601 UTC string (naive means UTC).
+
+    The fixed width keeps string comparison in time order, which the
+    ``since``/``until`` filters rely on.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    elif moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")
+
+
+def status_without_result(decision: PolicyDecision, human_decision: str | None) -> str | None:
+    """Return the status of a record logged without a :class:`Result`.
+
+    A blocked decision is ``"blocked"``, a human ``"denied..."`` is
+    ``"denied"``; otherwise nothing ran that Aegis knows of, so ``None``.
+    """
+    if decision.approval is Approval.BLOCK:
+        return ResultStatus.BLOCKED.value
+    if human_decision is not None and human_decision.startswith("denied"):
+        return ResultStatus.DENIED.value
+    return None
+
+
+#: the values of one record, in :data:`RECORD_FIELDS` order minus ``id``,
+#: ``prev_hash`` and ``hash``; the JSON fields are canonical JSON text
+RecordValues = tuple[
+    str, str, str, str, str, str, str, str, str, str, str | None, str | None,
+    str, str | None, str | None, str | None,
+]  # fmt: skip
+
+
+def record_values(
+    session_id: str,
+    decision: PolicyDecision,
+    result: Result | None,
+    human_decision: str | None,
+    timestamp: str | None = None,
+) -> RecordValues:
+    """Flatten a decision and its result into the stored values of a record."""
+    action = decision.action
+    if timestamp is None:
+        timestamp = datetime.now(UTC).isoformat(timespec="microseconds")
+    if result is None:
+        status = status_without_result(decision, human_decision)
+        data_json = "null"
+        error = None
+        started = completed = None
+    else:
+        status = result.status.value
+        data = result.data
+        data_json = "null" if data is None else dump_json(data)
+        error = result.error
+        started = isoformat(result.started_at)
+        completed = None if result.completed_at is None else isoformat(result.completed_at)
+    params = action.params
+    return (
+        session_id,
+        timestamp,
+        action.type,
+        action.target,
+        dump_json(params) if params else "{}",
+        action.description,
+        decision.risk_level.name,
+        decision.approval.value,
+        decision.matched_rule,
+        decision.reason,
+        human_decision,
+        status,
+        data_json,
+        error,
+        started,
+        completed,
+    )
+
+
+def _as_utc_iso(value: datetime | str, name: str) -> str:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"{name}={value!r} is not an ISO 8601 date or time; "
+                "use e.g. '2024-05-01' or '2024-05-01T12:00:00+00:00'"
+            ) from exc
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime or an ISO 8601 string, not {type(value)}")
+    return isoformat(value)
+
+
+def _risk_name(value: RiskLevel | str | int) -> str:
+    try:
+        if isinstance(value, RiskLevel):
+            return value.name
+        if isinstance(value, str):
+            return RiskLevel[value.strip().upper()].name
+        return RiskLevel(value).name
+    except (KeyError, ValueError):
+        names = ", ".join(level.name for level in RiskLevel)
+        raise ValueError(f"risk_level={value!r} is not a risk level; use one of {names}") from None
+
+
+def _status_value(value: ResultStatus | str) -> str:
+    try:
+        return ResultStatus(value.lower() if isinstance(value, str) else value).value
+    except ValueError:
+        names = ", ".join(s.value for s in ResultStatus)
+        raise ValueError(
+            f"result_status={value!r} is not a result status; use one of {names}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Record filters, normalised to the values records store.
+
+    Build them with :meth:`of`; :meth:`matches` checks a record dict, and
+    :attr:`items` lists ``(column, operator, value)`` for SQL backends.
+    """
+
+    session_id: str | None = None
+    action_type: str | None = None
+    action_target: str | None = None
+    risk_level: str | None = None
+    result_status: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        session_id: str | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+        risk_level: RiskLevel | str | int | None = None,
+        result_status: ResultStatus | str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+    ) -> Filters:
+        """Validate and normalise filter arguments; raise ``ValueError`` on a bad one."""
+        return cls(
+            session_id=session_id,
+            action_type=action_type,
+            action_target=action_target,
+            risk_level=None if risk_level is None else _risk_name(risk_level),
+            result_status=None if result_status is None else _status_value(result_status),
+            since=None if since is None else _as_utc_iso(since, "since"),
+            until=None if until is None else _as_utc_iso(until, "until"),
+        )
+
+    @property
+    def items(self) -> list[tuple[str, str, str]]:
+        """The active filters as ``(field, operator, value)``; times bound ``timestamp``."""
+        out = [
+            (name, "=", value)
+            for name, value in (
+                ("session_id", self.session_id),
+                ("action_type", self.action_type),
+                ("action_target", self.action_target),
+                ("risk_level", self.risk_level),
+                ("result_status", self.result_status),
+            )
+            if value is not None
+        ]
+        if self.since is not None:
+            out.append(("timestamp", ">=", self.since))
+        if self.until is not None:
+            out.append(("timestamp", "<=", self.until))
+        return out
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        """Whether ``record`` passes every active filter."""
+        for name, op, value in self.items:
+            field = record.get(name)
+            if op == "=":
+                if field != value:
+                    return False
+            elif field is None or (field < value if op == ">=" else field > value):
+                return False
+        return True
+
+
+class SubscriberList:
+    """Callbacks to notify of new records; a failing callback is logged, not raised."""
+
+    __slots__ = ("_callbacks",)
+
+    def __init__(self) -> None:
+        self._callbacks: tuple[Subscriber, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self._callbacks)
+
+    def add(self, callback: Subscriber) -> None:
+        """Add ``callback``; it must accept one record dict."""
+        if not callable(callback):
+            raise TypeError(f"an audit subscriber must be callable, not {type(callback).__name__}")
+        # Replacing the tuple keeps notify() safe if a callback unsubscribes itself.
+        self._callbacks = (*self._callbacks, callback)
+
+    def remove(self, callback: Subscriber) -> None:
+        """Remove ``callback``; removing one that is not subscribed does nothing."""
+        callbacks = list(self._callbacks)
+        if callback in callbacks:
+            callbacks.remove(callback)
+            self._callbacks = tuple(callbacks)
+
+    def notify(self, record: dict[str, Any]) -> None:
+        """Call every subscriber with ``record``; log and swallow their exceptions."""
+        for callback in self._callbacks:
+            try:
+                callback(record)
+            except Exception:
+                # The record is already stored; a broken listener must not
+                # turn a governed action into a failure.
+                logger.exception(
+                    "audit subscriber %r failed on record %s", callback, record.get("id")
+                )
+
+
+def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
+    """Write ``records`` to ``path`` as UTF-8 JSON lines; return how many."""
+    written = 0
+    try:
+        with open(path, "w", encoding="utf-8", newline="\n") as out:
+            for record in records:
+                out.write(json.dumps(record, ensure_ascii=False, default=_json_default))
+                out.write("\n")
+                written += 1
+    except OSError as exc:
+        raise AuditError(
+            f"cannot export the audit log to {str(path)!r}: {exc.strerror or exc}; "
+            "check that the folder exists and is writable"
+        ) from exc
+    return written

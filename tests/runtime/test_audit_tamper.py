@@ -1,0 +1,245 @@
+"""Tamper evidence: real edits of the SQLite file are caught by verify()."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aegis.core.action import Action
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.runtime.audit import AuditLogger
+from aegis.runtime.audit_backend import GENESIS_HASH, dump_json, record_hash
+
+RECORDS = 10
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """A closed audit database holding RECORDS records with varied fields."""
+    path = tmp_path / "audit.db"
+    with AuditLogger(path) as audit:
+        for n in range(1, RECORDS + 1):
+            action = Action("refund", "billing", {"order": n, "amount": n * 10}, f"refund {n}")
+            decision = PolicyDecision(action, RiskLevel.HIGH, Approval.APPROVE, "refunds")
+            result = Result(action, ResultStatus.SUCCESS, {"refunded": n * 10})
+            audit.log("s1", decision, result=result, human_decision="approved")
+    return path
+
+
+@pytest.fixture
+def raw(db: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection to the database, as an attacker would open it."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    yield conn
+    conn.close()
+
+
+def verify(db: Path, expected_head: str | None = None) -> tuple[bool, int | None, str]:
+    """Open the file afresh and verify it; return (ok, first_bad_id, reason)."""
+    with AuditLogger(db) as audit:
+        report = audit.verify(expected_head)
+    return report.ok, report.first_bad_id, report.reason
+
+
+def head(db: Path) -> str:
+    """The head of the log in ``db``."""
+    with AuditLogger(db) as audit:
+        return audit.head()
+
+
+def rechain(conn: sqlite3.Connection, start: int) -> None:
+    """Recompute prev_hash and hash from record ``start`` on, as a clever attacker would."""
+    cur = conn.execute("SELECT * FROM audit_log ORDER BY id")
+    names = [d[0] for d in cur.description]
+    rows = [dict(zip(names, row, strict=True)) for row in cur]
+    prev = GENESIS_HASH
+    for row in rows:
+        if row["id"] >= start:
+            row["prev_hash"] = prev
+            row["action_params"] = json.loads(row["action_params"])
+            row["result_data"] = json.loads(row["result_data"])
+            row["hash"] = record_hash(row)
+            conn.execute(
+                "UPDATE audit_log SET prev_hash = ?, hash = ? WHERE id = ?",
+                (row["prev_hash"], row["hash"], row["id"]),
+            )
+        prev = row["hash"]
+
+
+def test_an_untouched_log_verifies(db: Path) -> None:
+    """verify() passes on the log as written, with and without its head."""
+    assert verify(db) == (True, None, "")
+    assert verify(db, head(db)) == (True, None, "")
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("result_status", "failed"),
+        ("result_data", '{"refunded":0}'),
+        ("result_error", "nothing happened"),
+        ("action_type", "read"),
+        ("action_target", "other"),
+        ("action_params", '{"amount":1,"order":4}'),
+        ("action_desc", "harmless"),
+        ("risk_level", "LOW"),
+        ("approval", "auto"),
+        ("matched_rule", "reads"),
+        ("reason", "allowed"),
+        ("human_decision", "denied"),
+        ("session_id", "s2"),
+        ("timestamp", "2000-01-01T00:00:00.000000+00:00"),
+        ("started_at", None),
+        ("completed_at", "2000-01-01T00:00:00.000000+00:00"),
+        ("hash", "f" * 64),
+    ],
+)
+def test_an_edited_field_is_caught_at_its_record(
+    db: Path, raw: sqlite3.Connection, column: str, value: str | None
+) -> None:
+    """Changing any stored field of record 4 makes verify() fail at record 4."""
+    raw.execute(f"UPDATE audit_log SET {column} = ? WHERE id = 4", (value,))
+    ok, bad, reason = verify(db)
+    assert (ok, bad) == (False, 4)
+    assert "record 4" in reason
+
+
+def test_an_edited_prev_hash_breaks_the_link(db: Path, raw: sqlite3.Connection) -> None:
+    """A forged prev_hash is reported as a broken link at that record."""
+    raw.execute("UPDATE audit_log SET prev_hash = ? WHERE id = 6", ("a" * 64,))
+    ok, bad, reason = verify(db)
+    assert (ok, bad) == (False, 6)
+    assert "does not link" in reason
+
+
+def test_an_edit_with_a_recomputed_chain_is_caught_by_the_kept_head(
+    db: Path, raw: sqlite3.Connection
+) -> None:
+    """A rewrite that rehashes the chain passes verify() but not verify(expected_head)."""
+    kept = head(db)
+    raw.execute("UPDATE audit_log SET result_status = 'denied' WHERE id = 7")
+    rechain(raw, 7)
+    assert verify(db) == (True, None, "")
+    ok, bad, reason = verify(db, kept)
+    assert (ok, bad) == (False, RECORDS)
+    assert "rewritten" in reason
+
+
+@pytest.mark.parametrize("victim", [1, 5, RECORDS - 1])
+def test_a_deleted_record_is_caught(db: Path, raw: sqlite3.Connection, victim: int) -> None:
+    """Deleting a record other than the last is reported at the missing id."""
+    raw.execute("DELETE FROM audit_log WHERE id = ?", (victim,))
+    ok, bad, reason = verify(db)
+    assert (ok, bad) == (False, victim)
+    assert "missing" in reason
+
+
+def test_a_deleted_and_renumbered_record_is_caught(db: Path, raw: sqlite3.Connection) -> None:
+    """Deleting a record and closing the id gap still breaks the chain there."""
+    raw.execute("DELETE FROM audit_log WHERE id = 5")
+    for n in range(6, RECORDS + 1):
+        raw.execute("UPDATE audit_log SET id = ? WHERE id = ?", (n - 1, n))
+    ok, bad, _ = verify(db)
+    assert (ok, bad) == (False, 5)
+
+
+def test_a_forged_record_appended_is_caught(db: Path, raw: sqlite3.Connection) -> None:
+    """A copied row appended with a new id fails its own hash check."""
+    raw.execute(
+        "INSERT INTO audit_log SELECT ?, session_id, timestamp, action_type, action_target,"
+        " action_params, action_desc, risk_level, approval, matched_rule, reason,"
+        " human_decision, result_status, result_data, result_error, started_at,"
+        " completed_at, (SELECT hash FROM audit_log WHERE id = ?), hash"
+        " FROM audit_log WHERE id = 3",
+        (RECORDS + 1, RECORDS),
+    )
+    ok, bad, reason = verify(db)
+    assert (ok, bad) == (False, RECORDS + 1)
+    assert "modified" in reason
+
+
+def test_a_forged_record_inserted_in_the_middle_is_caught(
+    db: Path, raw: sqlite3.Connection
+) -> None:
+    """Making room for a well-hashed forged record breaks the link after it."""
+    for n in range(RECORDS, 5, -1):
+        raw.execute("UPDATE audit_log SET id = ? WHERE id = ?", (n + 1, n))
+    with AuditLogger(db) as audit:
+        forged = audit.get_log(limit=1, after_id=4)[0]  # record 5
+    forged.update(id=6, prev_hash=forged["hash"], result_status="success", action_desc="forged")
+    forged["hash"] = record_hash(forged)
+    raw.execute(
+        f"INSERT INTO audit_log ({', '.join(forged)}) VALUES ({', '.join('?' * len(forged))})",
+        [dump_json(v) if isinstance(v, dict) else v for v in forged.values()],
+    )
+    ok, bad, reason = verify(db)
+    assert (ok, bad) == (False, 7)
+    assert "does not link" in reason or "modified" in reason
+
+
+def test_two_records_swapped_are_caught(db: Path, raw: sqlite3.Connection) -> None:
+    """Swapping the ids of records 3 and 4 (reordering them) fails at record 3."""
+    raw.execute("UPDATE audit_log SET id = -1 WHERE id = 3")
+    raw.execute("UPDATE audit_log SET id = 3 WHERE id = 4")
+    raw.execute("UPDATE audit_log SET id = 4 WHERE id = -1")
+    ok, bad, _ = verify(db)
+    assert (ok, bad) == (False, 3)
+
+
+def test_two_records_contents_swapped_are_caught(db: Path, raw: sqlite3.Connection) -> None:
+    """Swapping everything but the ids of records 2 and 8 fails at record 2."""
+    columns = "session_id, timestamp, action_params, action_desc, result_data, prev_hash, hash"
+    rows = {
+        n: raw.execute(f"SELECT {columns} FROM audit_log WHERE id = ?", (n,)).fetchone()
+        for n in (2, 8)
+    }
+    sets = ", ".join(f"{c.strip()} = ?" for c in columns.split(","))
+    raw.execute(f"UPDATE audit_log SET {sets} WHERE id = 2", rows[8])
+    raw.execute(f"UPDATE audit_log SET {sets} WHERE id = 8", rows[2])
+    ok, bad, _ = verify(db)
+    assert (ok, bad) == (False, 2)
+
+
+@pytest.mark.parametrize("removed", [1, 3, RECORDS])
+def test_a_truncated_tail_is_caught_only_with_the_kept_head(
+    db: Path, raw: sqlite3.Connection, removed: int
+) -> None:
+    """Deleting the last records passes verify() but fails verify(expected_head)."""
+    kept = head(db)
+    raw.execute("DELETE FROM audit_log WHERE id > ?", (RECORDS - removed,))
+    assert verify(db) == (True, None, "")
+    ok, bad, reason = verify(db, kept)
+    assert (ok, bad) == (False, RECORDS - removed + 1)
+    assert "removed from the end" in reason
+
+
+def test_an_older_head_still_verifies_after_more_records(db: Path) -> None:
+    """A kept head stays valid while records are appended after it."""
+    kept = head(db)
+    with AuditLogger(db) as audit:
+        decision = PolicyDecision(Action("read", "crm"), RiskLevel.LOW, Approval.AUTO)
+        audit.log("s2", decision)
+        report = audit.verify(kept)
+    assert report.ok
+    assert report.checked == RECORDS + 1
+    assert report.head.startswith(f"{RECORDS + 1}:")
+
+
+def test_the_report_head_equals_head(db: Path) -> None:
+    """The head a verify report carries is the head() of the log it read."""
+    with AuditLogger(db) as audit:
+        assert audit.verify().head == audit.head()
+        assert audit.head().startswith(f"{RECORDS}:")
+
+
+@pytest.mark.parametrize("bad_head", ["", "10", "x:abc", f"ten:{'0' * 64}", "10:short"])
+def test_a_malformed_head_is_refused(db: Path, bad_head: str) -> None:
+    """verify() rejects an expected_head that head() could not have returned."""
+    with AuditLogger(db) as audit, pytest.raises(ValueError, match="expected_head"):
+        audit.verify(bad_head)
