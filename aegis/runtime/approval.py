@@ -1,0 +1,249 @@
+"""Approval handlers: who says yes or no to an action the policy marks ``approve``.
+
+A handler answers one question, ``await handler.request_approval(decision)``,
+with ``True`` (run it) or ``False`` (do not). A handler that raises, or does
+not answer in time, counts as a denial: the :class:`~aegis.runtime.engine.Runtime`
+fails closed and records why in the audit trail.
+
+Any callable ``f(decision) -> bool`` (sync or async) works as a handler too;
+subclass :class:`ApprovalHandler` when you want a class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import threading
+from abc import ABC, abstractmethod
+from typing import IO, Any
+
+from aegis.core.action import thaw
+from aegis.core.decision import PolicyDecision
+
+__all__ = ["ApprovalHandler", "AutoApprovalHandler", "CLIApprovalHandler"]
+
+_YES = frozenset({"y", "yes"})
+_NO = frozenset({"n", "no"})
+
+
+class ApprovalHandler(ABC):
+    """Base class for approval handlers.
+
+    Example::
+
+        class OnCallApprover(ApprovalHandler):
+            async def request_approval(self, decision: PolicyDecision) -> bool:
+                return await pager.ask(str(decision.action))
+    """
+
+    @abstractmethod
+    async def request_approval(self, decision: PolicyDecision) -> bool:
+        """Return ``True`` to let ``decision.action`` run, ``False`` to deny it.
+
+        Raising, or taking longer than the runtime's ``approval_timeout``,
+        denies the action too.
+        """
+
+
+class AutoApprovalHandler(ApprovalHandler):
+    """Approve every action without asking. For tests and demos only.
+
+    With it, ``approve`` rules behave like ``auto`` rules; ``block`` rules
+    still block, because blocked actions never reach a handler.
+    """
+
+    async def request_approval(self, decision: PolicyDecision) -> bool:
+        """Approve ``decision`` unconditionally."""
+        return True
+
+
+def describe(decision: PolicyDecision) -> list[tuple[str, str]]:
+    """The facts an approver needs, as (label, text) pairs in display order."""
+    action = decision.action
+    rows = [("Action", action.type), ("Target", action.target)]
+    if action.params:
+        rows.append(("Params", json.dumps(thaw(action.params), indent=2, default=str)))
+    if action.description:
+        rows.append(("Description", action.description))
+    rows.append(("Risk", decision.risk_level.name))
+    rows.append(("Rule", decision.matched_rule or "-"))
+    if decision.reason:
+        rows.append(("Reason", decision.reason))
+    return rows
+
+
+class _LineReader:
+    """Reads lines from a stream on a daemon thread, one request at a time.
+
+    A daemon thread, not the event loop's default executor, because a read
+    nobody answers must not keep the interpreter from exiting. A read that
+    outlives its question (it timed out) stays pending; the line it
+    eventually returns is stale and is discarded by the caller.
+    """
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future[str] | None = None
+        self._pending_question = 0
+
+    def read(self, stream: IO[str], question: int) -> tuple[asyncio.Future[str], int]:
+        """Return the future of the next line and the question it was read for."""
+        loop = asyncio.get_running_loop()
+        pending = self._pending
+        if pending is not None:
+            if not pending.done() and pending.get_loop() is loop:
+                return pending, self._pending_question
+            if pending.done() and not pending.cancelled():
+                pending.exception()  # a stale answer: mark it seen, then drop it
+        future: asyncio.Future[str] = loop.create_future()
+
+        def deliver(line: str | None, exc: BaseException | None) -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(line or "")
+
+        def work() -> None:
+            line: str | None = None
+            error: BaseException | None = None
+            try:
+                line = stream.readline()
+            except (OSError, ValueError) as exc:  # closed or unreadable stdin
+                error = exc
+            # The loop may have ended while the person was away; nobody waits then.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, line, error)
+
+        threading.Thread(target=work, name="aegis-approval-input", daemon=True).start()
+        self._pending = future
+        self._pending_question = question
+        return future, question
+
+
+class CLIApprovalHandler(ApprovalHandler):
+    """Ask a person at the terminal to approve each action (the default).
+
+    Shows the action's type, target, parameters, description, risk and the
+    rule that asked for approval, then reads ``y``/``yes`` or ``n``/``no``
+    (any case); anything else is asked again. End of input (closed or
+    piped-out stdin) raises ``EOFError`` and passing ``timeout`` seconds
+    raises ``TimeoutError``: the runtime records both as denials with the
+    reason. Reading happens on a thread, so other tasks keep running while
+    the person thinks, and concurrent requests are asked one at a time.
+
+    Args:
+        timeout: seconds to wait for an answer; ``None`` waits forever.
+        input_stream: where answers come from; ``sys.stdin`` by default.
+        output_stream: where the prompt goes; ``sys.stdout`` by default.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float | None = None,
+        input_stream: IO[str] | None = None,
+        output_stream: IO[str] | None = None,
+    ) -> None:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"CLIApprovalHandler timeout must be positive, got {timeout!r}")
+        self.timeout = timeout
+        self._input = input_stream
+        self._output = output_stream
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._reader = _LineReader()
+        self._questions = 0
+
+    async def request_approval(self, decision: PolicyDecision) -> bool:
+        """Show ``decision`` and wait for the person's y/n answer."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            # A lock belongs to one event loop; a handler may outlive several.
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        async with self._lock:
+            self._questions += 1
+            return await self._ask(decision, self._questions)
+
+    async def _ask(self, decision: PolicyDecision, question: int) -> bool:
+        # Streams are looked up per call so that redirections made after
+        # construction (pytest's capture, a TUI) are honoured.
+        stream_in = self._input if self._input is not None else sys.stdin
+        out = self._output if self._output is not None else sys.stdout
+        self._show(decision, out)
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+        prompt = "Approve this action? [y/n]: "
+        while True:
+            out.write(prompt)
+            out.flush()
+            line = await self._next_line(stream_in, question, deadline, out)
+            if line == "":
+                out.write("\nNo input (end of file): denied.\n")
+                out.flush()
+                raise EOFError("no answer: the approval input stream is closed")
+            answer = line.strip().lower()
+            if answer in _YES:
+                return True
+            if answer in _NO:
+                return False
+            prompt = f"Please answer y or n (got {line.strip()!r}): "
+
+    async def _next_line(
+        self, stream: IO[str], question: int, deadline: float | None, out: IO[str]
+    ) -> str:
+        loop = asyncio.get_running_loop()
+        while True:
+            future, asked_for = self._reader.read(stream, question)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                remaining = 0
+            # asyncio.wait, unlike wait_for, leaves the read running on timeout:
+            # the thread cannot be interrupted, so its future must stay valid.
+            done, _ = await asyncio.wait({future}, timeout=remaining)
+            if not done:
+                out.write(f"\nNo answer within {self.timeout:g}s: denied.\n")
+                out.flush()
+                raise TimeoutError(f"no answer within {self.timeout:g}s")
+            try:
+                line = future.result()
+            except (OSError, ValueError) as exc:
+                raise EOFError(
+                    f"no answer: the approval input stream cannot be read ({exc})"
+                ) from exc
+            if asked_for == question:
+                return line
+            # Typed in reply to an earlier question that already timed out:
+            # applying it here could approve something the person never saw.
+            out.write("(That answer was for an earlier question; please answer again.)\n")
+            out.flush()
+
+    @staticmethod
+    def _show(decision: PolicyDecision, out: IO[str]) -> None:
+        rows = describe(decision)
+        if out.isatty():
+            _show_rich(rows, out)
+            return
+        lines = ["", "Approval required"]
+        for label, text in rows:
+            indented = text.replace("\n", "\n" + " " * 14)
+            lines.append(f"  {label + ':':<12}{indented}")
+        out.write("\n".join(lines) + "\n")
+        out.flush()
+
+
+def _show_rich(rows: list[tuple[str, str]], out: IO[str]) -> None:
+    # Imported here: rich costs tens of milliseconds and only terminals need it.
+    from rich.console import Console  # noqa: PLC0415  # deferred on purpose, see above
+    from rich.panel import Panel  # noqa: PLC0415  # deferred on purpose, see above
+    from rich.table import Table  # noqa: PLC0415  # deferred on purpose, see above
+
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for label, text in rows:
+        style: Any = "bold red" if label == "Risk" and text in ("HIGH", "CRITICAL") else None
+        table.add_row(label, text, style=style)
+    Console(file=out).print(Panel(table, title="Approval required", expand=False))

@@ -1,0 +1,54 @@
+"""Approve actions from code: a handler that asks a function of yours."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+
+from aegis.core.decision import PolicyDecision
+from aegis.errors import ConfigurationError
+from aegis.runtime.approval import ApprovalHandler
+
+__all__ = ["ApprovalCallback", "CallbackApprovalHandler"]
+
+#: a function that decides, given the policy's decision; it may be async
+ApprovalCallback = Callable[[PolicyDecision], "bool | Awaitable[bool]"]
+
+
+class CallbackApprovalHandler(ApprovalHandler):
+    """Ask ``callback(decision)`` whether an action may run.
+
+    The callback may be a plain or an ``async`` function and must return a
+    ``bool``. Anything else, or an exception, denies the action: the runtime
+    fails closed and records why.
+
+    Example::
+
+        # approve LOW and MEDIUM risk, deny HIGH and CRITICAL
+        handler = CallbackApprovalHandler(callback=lambda d: d.risk_level.value <= 2)
+    """
+
+    def __init__(self, callback: ApprovalCallback) -> None:
+        if not callable(callback):
+            raise ConfigurationError(
+                f"CallbackApprovalHandler needs a callable, got {type(callback).__name__}; "
+                "pass a function such as `lambda decision: decision.risk_level.value <= 2`"
+            )
+        self.callback = callback
+
+    async def request_approval(self, decision: PolicyDecision) -> bool:
+        """Return the callback's answer for ``decision``, awaiting it if needed."""
+        answer = self.callback(decision)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if not isinstance(answer, bool):
+            # Fail closed: a truthy string or a forgotten `return` must not approve.
+            raise TypeError(
+                f"approval callback {_name(self.callback)} returned "
+                f"{type(answer).__name__} {answer!r}; it must return True or False"
+            )
+        return answer
+
+
+def _name(callback: object) -> str:
+    return getattr(callback, "__qualname__", None) or type(callback).__name__
