@@ -1,0 +1,64 @@
+"""Aegis: a governance runtime for AI agents.
+
+Every action an agent wants to take passes through a policy (auto, approve
+or block, and a risk level), a human approval when the policy asks for one,
+an executor, and a tamper-evident audit trail::
+
+    from aegis import Action, Policy, Runtime
+
+    policy = Policy.from_yaml("policy.yaml")
+    async with Runtime(executor=my_executor, policy=policy) as runtime:
+        result = await runtime.run_one(Action("read", "crm", {"id": 7}))
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from aegis.adapters.base import BaseExecutor
+from aegis.core.action import Action, FrozenDict
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.plan import ExecutionPlan
+from aegis.core.policy import Policy, PolicyRule
+from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.errors import AegisError, AuditError, ConfigurationError, PolicyError
+from aegis.runtime.approval import ApprovalHandler, AutoApprovalHandler, CLIApprovalHandler
+from aegis.runtime.approval_callback import CallbackApprovalHandler
+from aegis.runtime.audit import AuditLogger, VerifyReport
+from aegis.runtime.audit_backend import AuditBackend
+from aegis.runtime.audit_logging import LoggingAuditLogger
+from aegis.runtime.engine import Runtime
+
+try:
+    __version__ = version("aegis-runtime")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Action",
+    "AegisError",
+    "Approval",
+    "ApprovalHandler",
+    "AuditBackend",
+    "AuditError",
+    "AuditLogger",
+    "AutoApprovalHandler",
+    "BaseExecutor",
+    "CLIApprovalHandler",
+    "CallbackApprovalHandler",
+    "ConfigurationError",
+    "ExecutionPlan",
+    "FrozenDict",
+    "LoggingAuditLogger",
+    "Policy",
+    "PolicyDecision",
+    "PolicyError",
+    "PolicyRule",
+    "Result",
+    "ResultStatus",
+    "RiskLevel",
+    "Runtime",
+    "VerifyReport",
+    "__version__",
+]
