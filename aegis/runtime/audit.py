@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,6 +30,7 @@ from aegis.core.decision import PolicyDecision
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError
+from aegis.runtime._journal import StartJournal, read_journals
 from aegis.runtime.audit_backend import (
     GENESIS_HASH,
     RECORD_FIELDS,
@@ -37,7 +38,8 @@ from aegis.runtime.audit_backend import (
     RecordValues,
     Subscriber,
     SubscriberList,
-    hash_parts,
+    dump_json,
+    hash_row,
     record_values,
     write_jsonl,
 )
@@ -71,54 +73,20 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             started_at TEXT,
             completed_at TEXT,
             prev_hash TEXT NOT NULL,
-            hash TEXT NOT NULL
+            hash TEXT NOT NULL,
+            start_ref TEXT  -- the start marker this record finishes; not chained
         )""",
         "CREATE INDEX audit_log_session ON audit_log (session_id, id)",
-        """CREATE TABLE pending (
-            id INTEGER PRIMARY KEY,
-            session_id TEXT NOT NULL,
-            timestamp TEXT NOT NULL,
-            action_type TEXT NOT NULL,
-            action_target TEXT NOT NULL,
-            action_params TEXT NOT NULL,
-            action_desc TEXT NOT NULL,
-            risk_level TEXT NOT NULL,
-            approval TEXT NOT NULL,
-            matched_rule TEXT NOT NULL,
-            reason TEXT NOT NULL,
-            human_decision TEXT,
-            pid INTEGER NOT NULL
-        )""",
     ),
 }
 
 _COLUMNS: Final = ", ".join(RECORD_FIELDS)
-_INSERT: Final = f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+_INSERT: Final = f"INSERT INTO audit_log ({_COLUMNS}, start_ref) VALUES ({', '.join('?' * 20)})"
 _LAST: Final = "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
-_PENDING_FIELDS: Final = (
-    "id",
-    "session_id",
-    "timestamp",
-    "action_type",
-    "action_target",
-    "action_params",
-    "action_desc",
-    "risk_level",
-    "approval",
-    "matched_rule",
-    "reason",
-    "human_decision",
-    "pid",
-)
-_INSERT_PENDING: Final = (
-    f"INSERT INTO pending ({', '.join(_PENDING_FIELDS[1:])}) VALUES ({', '.join('?' * 12)})"
-)
-_DELETE_PENDING: Final = "DELETE FROM pending WHERE id = ?"
 _PAGE: Final = 1000
 
-# queued writes: (values, start_token or None, future); values of a start
-# marker are the 12 pending columns, of a final record the RecordValues
-_Op = tuple[tuple[Any, ...], int | None, "asyncio.Future[int] | None", bool]
+# queued writes: (record values, start token or None, future or None)
+_Op = tuple[RecordValues, int | None, "asyncio.Future[int] | None"]
 
 _HINTS: Final = (
     ("not a database", "it is not an Aegis audit database; point db_path at another file"),
@@ -152,34 +120,6 @@ class VerifyReport:
         return self.ok
 
 
-def _row_hash(row: tuple[Any, ...]) -> str:
-    # row: every stored column in RECORD_FIELDS order, at least up to prev_hash
-    return hash_parts(
-        {"action_desc": row[6]},
-        row[5],
-        {
-            "action_target": row[4],
-            "action_type": row[3],
-            "approval": row[8],
-            "completed_at": row[16],
-            "human_decision": row[11],
-            "id": row[0],
-            "matched_rule": row[9],
-            "prev_hash": row[17],
-            "reason": row[10],
-        },
-        row[13],
-        {
-            "result_error": row[14],
-            "result_status": row[12],
-            "risk_level": row[7],
-            "session_id": row[1],
-            "started_at": row[15],
-            "timestamp": row[2],
-        },
-    )
-
-
 def _to_record(row: tuple[Any, ...]) -> dict[str, Any]:
     record = dict(zip(RECORD_FIELDS, row, strict=True))
     record["action_params"] = json.loads(row[5])
@@ -200,11 +140,17 @@ def _parse_head(head: str) -> tuple[int, str]:
 class AuditLogger:
     """A tamper-evident audit trail in a SQLite file.
 
-    The file opens on first use, in WAL mode with ``synchronous=NORMAL``:
-    a record is safe from the death of the process (even ``SIGKILL``) as
-    soon as the call that wrote it returns; only a power loss or an
-    operating system crash can lose the last few commits. Several processes
-    may append to the same file; the chain stays valid.
+    The file opens on first use, in WAL mode. With the default
+    ``synchronous="normal"`` a record is safe from the death of the process
+    (even ``SIGKILL``) as soon as the call that wrote it returns; only a
+    power loss or an operating system crash can lose the last few commits.
+    ``synchronous="full"`` flushes every commit and start marker to the disk
+    as well, at the price of one fsync each. Several processes may append to
+    the same file; the chain stays valid.
+
+    Start markers (:meth:`record_start`) go to a small journal file per
+    process beside the database (``<db>.pending-<pid>-<random>``), removed
+    when the logger closes with every action finished.
 
     Concurrent :meth:`record` calls from one event loop are committed
     together, once per loop iteration; each caller gets its id only after
@@ -217,6 +163,8 @@ class AuditLogger:
         busy_timeout: seconds to wait for another writer before failing.
         create: create the file if missing; ``False`` raises
             :class:`~aegis.errors.AuditError` instead (for tools that read).
+        synchronous: ``"normal"`` (survives process death) or ``"full"``
+            (survives power loss too).
 
     Example::
 
@@ -231,8 +179,12 @@ class AuditLogger:
         *,
         busy_timeout: float = 30.0,
         create: bool = True,
+        synchronous: str = "normal",
     ) -> None:
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous={synchronous!r}; use 'normal' or 'full'")
         self._path = str(db_path)
+        self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._create = create
         self._conn: sqlite3.Connection | None = None
@@ -241,6 +193,9 @@ class AuditLogger:
         self._subscribers = SubscriberList()
         self._queue: list[_Op] = []
         self._queue_loop: asyncio.AbstractEventLoop | None = None
+        self._last_writer: asyncio.Task[Any] | None = None
+        self._journal = StartJournal(self._path, fsync=synchronous == "full")
+        self._last_id = 0  # the newest record id this logger has seen
 
     @property
     def db_path(self) -> str:
@@ -287,7 +242,7 @@ class AuditLogger:
         )
         try:
             self._enable_wal(conn)
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
             self._migrate(conn)
         except BaseException:
             conn.close()
@@ -362,36 +317,25 @@ class AuditLogger:
 
     # -- writing ---------------------------------------------------------------
 
-    def _write(self, ops: list[_Op]) -> list[tuple[Any, ...] | int]:
-        """Commit ``ops`` in one transaction; return each stored row, or a start token."""
-        out: list[tuple[Any, ...] | int] = []
+    def _write(self, ops: list[_Op]) -> list[tuple[Any, ...]]:
+        """Commit ``ops`` in one transaction and return the stored rows."""
+        out: list[tuple[Any, ...]] = []
         with self._lock:
             try:
                 conn = self._connect()
                 cur = conn.cursor()
-                if len(ops) == 1 and not ops[0][3]:
-                    # A lone start marker is one statement: SQLite commits it by itself.
-                    cur.execute(_INSERT_PENDING, ops[0][0])
-                    return [cur.lastrowid or 0]
                 cur.execute("BEGIN IMMEDIATE")
                 try:
-                    last: tuple[int, str] | None = None
-                    for values, token, _, is_final in ops:
-                        if not is_final:
-                            cur.execute(_INSERT_PENDING, values)
-                            out.append(cur.lastrowid or 0)
-                            continue
-                        if last is None:
-                            # Read the head inside the write lock: another process
-                            # may have appended since our last commit.
-                            last = cur.execute(_LAST).fetchone() or (0, GENESIS_HASH)
-                        row = (last[0] + 1, *values, last[1])
-                        digest = _row_hash(row)
-                        row = (*row, digest)
-                        cur.execute(_INSERT, row)
-                        if token is not None:
-                            cur.execute(_DELETE_PENDING, (token,))
-                        last = (row[0], digest)
+                    # Read the head inside the write lock: another process may
+                    # have appended since our last commit.
+                    last_id, last_hash = cur.execute(_LAST).fetchone() or (0, GENESIS_HASH)
+                    for values, token, _ in ops:
+                        unsealed = (last_id + 1, *values, last_hash)
+                        last_hash = hash_row(unsealed)
+                        row = (*unsealed, last_hash)
+                        ref = None if token is None else self._journal.ref(token)
+                        cur.execute(_INSERT, (*row, ref))
+                        last_id += 1
                         out.append(row)
                     cur.execute("COMMIT")
                 except BaseException:
@@ -400,13 +344,16 @@ class AuditLogger:
                     raise
             except sqlite3.Error as exc:
                 raise self._error("write to", exc) from exc
+            self._last_id = last_id
+            for _, token, _ in ops:
+                if token is not None:
+                    self._journal.finished(token)
         return out
 
-    def _publish(self, rows: list[tuple[Any, ...] | int]) -> None:
+    def _publish(self, rows: list[tuple[Any, ...]]) -> None:
         if self._subscribers:
             for row in rows:
-                if isinstance(row, tuple):
-                    self._subscribers.notify(_to_record(row))
+                self._subscribers.notify(_to_record(row))
 
     def _flush(self) -> None:
         ops, self._queue, self._queue_loop = self._queue, [], None
@@ -416,30 +363,37 @@ class AuditLogger:
             rows = self._write(ops)
         except Exception as exc:
             # Every waiter must wake up, or the runtime would hang on a write.
-            for _, _, future, _ in ops:
+            for _, _, future in ops:
                 if future is not None and not future.done():
                     future.set_exception(exc)
             return
-        for (_, _, future, _), row in zip(ops, rows, strict=True):
+        for (_, _, future), row in zip(ops, rows, strict=True):
             if future is not None and not future.done():
-                future.set_result(row if isinstance(row, int) else row[0])
+                future.set_result(row[0])
         self._publish(rows)
 
-    async def _submit(self, values: tuple[Any, ...], token: int | None, is_final: bool) -> int:
+    async def _submit(self, values: RecordValues, token: int | None) -> int:
         if self._closed:
             raise self._closed_error()
         loop = asyncio.get_running_loop()
-        if self._queue and self._queue_loop is not loop:
-            # A batch of another event loop is waiting; do not mix futures of two loops.
-            rows = self._write([(values, token, None, is_final)])
+        task = asyncio.current_task(loop)
+        if (not self._queue and task is self._last_writer) or (
+            self._queue and self._queue_loop is not loop
+        ):
+            # Write now, without a trip round the event loop, when there is
+            # nothing to group with: the task that wrote last writes again and
+            # no batch is waiting (an agent calling run_one in a loop). Also when
+            # a batch of another event loop waits: never mix two loops' futures.
+            # Tasks that interleave (asyncio.gather) take the batched path below.
+            rows = self._write([(values, token, None)])
             self._publish(rows)
-            row = rows[0]
-            return row if isinstance(row, int) else row[0]
+            return int(rows[0][0])
+        self._last_writer = task
         future: asyncio.Future[int] = loop.create_future()
         if not self._queue:
             self._queue_loop = loop
             loop.call_soon(self._flush)
-        self._queue.append((values, token, future, is_final))
+        self._queue.append((values, token, future))
         return await future
 
     def log(
@@ -457,10 +411,9 @@ class AuditLogger:
         ``"denied"``, and ``None`` otherwise.
         """
         values = record_values(session_id, decision, result, human_decision)
-        rows = self._write([(values, None, None, True)])
+        rows = self._write([(values, None, None)])
         self._publish(rows)
-        row = rows[0]
-        return row if isinstance(row, int) else int(row[0])
+        return int(rows[0][0])
 
     async def record_start(
         self,
@@ -471,12 +424,36 @@ class AuditLogger:
     ) -> int | None:
         """Mark an action as started; return the token to pass to :meth:`record`.
 
-        The marker is committed when this returns. If the process dies before
-        :meth:`record`, it stays visible in :meth:`pending`.
+        The marker is written to this process's start journal beside the
+        database (see :mod:`aegis.runtime._journal`) and survives the death
+        of the process once this returns. If the process dies before
+        :meth:`record`, the action shows in :meth:`pending`.
         """
-        v: RecordValues = record_values(session_id, decision, None, human_decision)
-        values = (*v[:11], os.getpid())
-        return await self._submit(values, None, False)
+        action = decision.action
+        fields = {
+            "session_id": session_id,
+            "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "action_type": action.type,
+            "action_target": action.target,
+            "action_params": action.params,
+            "action_desc": action.description,
+            "risk_level": decision.risk_level.name,
+            "approval": decision.approval.value,
+            "matched_rule": decision.matched_rule,
+            "reason": decision.reason,
+            "human_decision": human_decision,
+            "after": self._last_id,
+        }
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            try:
+                return self._journal.start(fields, dump_json)
+            except OSError as exc:
+                raise AuditError(
+                    f"cannot write the start of an action beside audit database "
+                    f"{self._path!r}: {exc}; check free disk space and permissions"
+                ) from exc
 
     async def record(
         self,
@@ -492,7 +469,7 @@ class AuditLogger:
         The start marker ``start_token`` is removed in the same transaction.
         """
         values = record_values(session_id, decision, result, human_decision)
-        return await self._submit(values, start_token, True)
+        return await self._submit(values, start_token)
 
     # -- reading ---------------------------------------------------------------
 
@@ -625,15 +602,27 @@ class AuditLogger:
         """Return the actions that started but have no final record, oldest first.
 
         An entry here means the process died (or is still running) between
-        :meth:`record_start` and :meth:`record`. ``pid`` names the process.
+        :meth:`record_start` and :meth:`record`. ``pid`` names the process,
+        ``id`` is the token :meth:`record_start` returned, and ``ref`` names
+        the journal and token.
         """
-        rows = self._read("read", f"SELECT {', '.join(_PENDING_FIELDS)} FROM pending ORDER BY id")
-        out = []
-        for row in rows:
-            entry = dict(zip(_PENDING_FIELDS, row, strict=True))
-            entry["action_params"] = json.loads(entry["action_params"])
-            out.append(entry)
-        return out
+        if self._path == ":memory:":
+            entries = self._journal.unfinished()
+        else:
+            entries = list(read_journals(self._path))
+            if entries:
+                low = min(int(e.get("after") or 0) for e in entries)
+                done = {
+                    ref
+                    for (ref,) in self._read(
+                        "read",
+                        "SELECT start_ref FROM audit_log WHERE id > ? AND start_ref IS NOT NULL",
+                        (low,),
+                    )
+                }
+                entries = [e for e in entries if e["ref"] not in done]
+        entries.sort(key=lambda e: (str(e.get("timestamp")), e["ref"]))
+        return entries
 
     def export_jsonl(self, path: str | Path, session_id: str | None = None) -> int:
         """Write the records, oldest first, as UTF-8 JSON lines; return how many.
@@ -681,7 +670,7 @@ class AuditLogger:
                     f"record {record_id} does not link to record {checked}: its prev_hash "
                     "differs (records were inserted, deleted or reordered)",
                 )
-            if _row_hash(row) != row[18]:
+            if hash_row(row) != row[18]:
                 return fail(
                     record_id,
                     f"record {record_id} was modified: its content does not match its hash",
@@ -734,6 +723,7 @@ class AuditLogger:
         finally:
             with self._lock:
                 self._closed = True
+                self._journal.close()
                 conn, self._conn = self._conn, None
                 if conn is not None:
                     try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import Enum
@@ -198,34 +198,37 @@ def _safe_repr(value: object) -> str:
 
 
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
 
 
-def hash_parts(
-    scalars_a: Mapping[str, Any],
-    params_json: str,
-    scalars_b: Mapping[str, Any],
-    data_json: str,
-    scalars_c: Mapping[str, Any],
-) -> str:
-    """Hash a record whose two JSON fields are already serialised.
+def _field(value: Any) -> str:
+    # The canonical JSON text of one scalar field, as _dumps would write it.
+    if value.__class__ is str:
+        return _encode_str(value)
+    if value is None:
+        return "null"
+    return _dumps(value)
 
-    The record's keys split, in sorted order, around ``action_params`` and
-    ``result_data``: ``scalars_a`` holds ``action_desc``; ``scalars_b`` the
-    keys from ``action_target`` to ``reason``; ``scalars_c`` those from
-    ``result_error`` on. Sorted-keys JSON nests the canonical text of each
-    value verbatim, so splicing gives the same bytes as :func:`record_hash`
-    without serialising the JSON fields a second time.
+
+def hash_row(row: Sequence[Any]) -> str:
+    """Hash a stored row (columns in :data:`RECORD_FIELDS` order, up to ``prev_hash``).
+
+    The two JSON columns are already canonical JSON text, and sorted-keys
+    JSON nests a value's canonical text verbatim, so writing the keys in
+    sorted order around them gives the same bytes as :func:`record_hash`
+    without parsing or serialising anything twice (a test holds the two
+    equal). This runs for every write and every verified record.
     """
+    f = _field
     text = (
-        _dumps(scalars_a)[:-1]
-        + ',"action_params":'
-        + params_json
-        + ","
-        + _dumps(scalars_b)[1:-1]
-        + ',"result_data":'
-        + data_json
-        + ","
-        + _dumps(scalars_c)[1:]
+        f'{{"action_desc":{f(row[6])},"action_params":{row[5]},'
+        f'"action_target":{f(row[4])},"action_type":{f(row[3])},'
+        f'"approval":{f(row[8])},"completed_at":{f(row[16])},'
+        f'"human_decision":{f(row[11])},"id":{f(row[0])},'
+        f'"matched_rule":{f(row[9])},"prev_hash":{f(row[17])},"reason":{f(row[10])},'
+        f'"result_data":{row[13]},"result_error":{f(row[14])},'
+        f'"result_status":{f(row[12])},"risk_level":{f(row[7])},'
+        f'"session_id":{f(row[1])},"started_at":{f(row[15])},"timestamp":{f(row[2])}}}'
     )
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 

@@ -274,7 +274,7 @@ def test_time_filters_bound_the_timestamp(
         for n in range(6):
             moment = (T0 + timedelta(seconds=n)).isoformat(timespec="microseconds")
             values = audit_backend.record_values("s", decide(), None, None, moment)
-            audit._write([(values, None, None, True)])
+            audit._write([(values, None, None)])
         assert audit.count(since=since, until=until) == expected
         assert len(audit.get_log(since=since, until=until)) == expected
 

@@ -19,11 +19,12 @@ from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.audit_backend import (
+    RECORD_FIELDS,
     AuditBackend,
     Filters,
     SubscriberList,
     dump_json,
-    hash_parts,
+    hash_row,
     isoformat,
     record_hash,
     status_without_result,
@@ -89,12 +90,9 @@ def test_the_fast_hash_equals_the_documented_hash(
         "prev_hash": texts[9],
         "hash": texts[10],
     }
-    body = {k: v for k, v in record.items() if k != "hash"}
-    a = {"action_desc": body["action_desc"]}
-    b = {k: body[k] for k in sorted(body) if "action_params" < k < "result_data"}
-    c = {k: body[k] for k in sorted(body) if k > "result_data"}
-    fast = hash_parts(a, dump_json(params), b, dump_json(data), c)
-    assert fast == record_hash(record)
+    stored = {**record, "action_params": dump_json(params), "result_data": dump_json(data)}
+    row = [stored[name] for name in RECORD_FIELDS if name != "hash"]
+    assert hash_row(row) == record_hash(record)
 
 
 def test_record_hash_ignores_only_the_hash_field() -> None:

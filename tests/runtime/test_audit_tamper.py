@@ -14,7 +14,7 @@ from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.runtime.audit import AuditLogger
-from aegis.runtime.audit_backend import GENESIS_HASH, dump_json, record_hash
+from aegis.runtime.audit_backend import GENESIS_HASH, RECORD_FIELDS, dump_json, record_hash
 
 RECORDS = 10
 
@@ -55,7 +55,7 @@ def head(db: Path) -> str:
 
 def rechain(conn: sqlite3.Connection, start: int) -> None:
     """Recompute prev_hash and hash from record ``start`` on, as a clever attacker would."""
-    cur = conn.execute("SELECT * FROM audit_log ORDER BY id")
+    cur = conn.execute(f"SELECT {', '.join(RECORD_FIELDS)} FROM audit_log ORDER BY id")
     names = [d[0] for d in cur.description]
     rows = [dict(zip(names, row, strict=True)) for row in cur]
     prev = GENESIS_HASH
@@ -155,7 +155,7 @@ def test_a_forged_record_appended_is_caught(db: Path, raw: sqlite3.Connection) -
         "INSERT INTO audit_log SELECT ?, session_id, timestamp, action_type, action_target,"
         " action_params, action_desc, risk_level, approval, matched_rule, reason,"
         " human_decision, result_status, result_data, result_error, started_at,"
-        " completed_at, (SELECT hash FROM audit_log WHERE id = ?), hash"
+        " completed_at, (SELECT hash FROM audit_log WHERE id = ?), hash, NULL"
         " FROM audit_log WHERE id = 3",
         (RECORDS + 1, RECORDS),
     )
