@@ -243,3 +243,31 @@ def test_a_malformed_head_is_refused(db: Path, bad_head: str) -> None:
     """verify() rejects an expected_head that head() could not have returned."""
     with AuditLogger(db) as audit, pytest.raises(ValueError, match="expected_head"):
         audit.verify(bad_head)
+
+
+@pytest.mark.parametrize("column", ["action_type", "result_error"])
+def test_a_blob_written_into_a_text_column_is_reported_not_a_crash(
+    db: Path, raw: sqlite3.Connection, tmp_path: Path, column: str
+) -> None:
+    """A hand-edited BLOB fails verify() at its record and still exports."""
+    raw.execute(f"UPDATE audit_log SET {column} = ? WHERE id = 5", (b"\x00\xff",))
+    ok, bad, _ = verify(db)
+    assert (ok, bad) == (False, 5)
+    out = tmp_path / "export.jsonl"
+    with AuditLogger(db) as audit:
+        assert audit.export_jsonl(out) == RECORDS
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert lines[4][column] == repr(b"\x00\xff")
+
+
+def test_broken_json_in_a_stored_column_still_exports_valid_lines(
+    db: Path, raw: sqlite3.Connection, tmp_path: Path
+) -> None:
+    """A hand-edited params column that is not JSON exports as a string, never a broken line."""
+    raw.execute("UPDATE audit_log SET action_params = '{broken' WHERE id = 2")
+    out = tmp_path / "export.jsonl"
+    with AuditLogger(db) as audit:
+        assert audit.export_jsonl(out) == RECORDS
+        assert not audit.verify().ok
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert lines[1]["action_params"] == "{broken"
