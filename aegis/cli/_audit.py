@@ -1,0 +1,558 @@
+"""``aegis audit``: read, export, follow and verify the audit trail."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aegis.cli._app import CheckFailed
+from aegis.cli._database import open_audit
+from aegis.cli._output import (
+    APPROVAL_STYLES,
+    RISK_STYLES,
+    STATUS_STYLES,
+    Cell,
+    Styled,
+    emit_json,
+    error,
+    info,
+    is_terminal,
+    note,
+    print_table,
+    success,
+    use_color,
+    warn,
+)
+from aegis.cli._params import DateTimeParam, db_option, format_option
+from aegis.core.result import ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.runtime.audit import AuditLogger
+from aegis.runtime.audit_backend import RECORD_FIELDS
+
+__all__ = ["audit", "record_cells"]
+
+LIST_COLUMNS = ("Id", "Time", "Session", "Action", "Risk", "Approval", "Rule", "Status", "Human")
+#: on a terminal the session and human columns give way to the rest; `show` has them
+SHORT_COLUMNS = ("Id", "Time", "Action", "Risk", "Approval", "Rule", "Status")
+
+#: how many records `list` shows in a terminal table when --limit is not given
+TERMINAL_LIMIT = 500
+
+#: export shows a progress bar from this many records on (on a terminal)
+PROGRESS_THRESHOLD = 5_000
+
+_STATS_TITLES = {
+    "result_status": "By status",
+    "risk_level": "By risk",
+    "matched_rule": "By rule",
+    "action_type": "By action type",
+}
+
+
+def record_cells(record: dict[str, Any], *, short: bool = False) -> list[Cell]:
+    """One row for a record; ``short`` gives the narrower terminal row of SHORT_COLUMNS."""
+    timestamp = str(record.get("timestamp") or "")
+    session = str(record.get("session_id") or "")
+    if short:
+        timestamp = timestamp[5:19].replace("T", " ")  # MM-DD HH:MM:SS
+    risk = str(record.get("risk_level") or "")
+    approval = str(record.get("approval") or "")
+    status = str(record.get("result_status") or "")
+    cells: list[Cell] = [
+        str(record["id"]),
+        timestamp,
+        session,
+        f"{record.get('action_type')}:{record.get('action_target')}",
+        Styled(risk, RISK_STYLES.get(risk, "")),
+        Styled(approval, APPROVAL_STYLES.get(approval, "")),
+        str(record.get("matched_rule") or ""),
+        Styled(status, STATUS_STYLES.get(status, "")),
+        str(record.get("human_decision") or ""),
+    ]
+    if short:
+        del cells[8], cells[2]
+    return cells
+
+
+def _record_line(record: dict[str, Any], *, color: bool) -> str:
+    """A record on one line: aligned and coloured on a terminal, tab-separated otherwise."""
+    cells = record_cells(record, short=color)
+    if not color:
+        return "\t".join(c.text if isinstance(c, Styled) else c for c in cells)
+    widths = (5, 14, 24, 8, 7, 22, 0)  # SHORT_COLUMNS
+    parts = []
+    for cell, width in zip(cells, widths, strict=True):
+        text = cell.text if isinstance(cell, Styled) else cell
+        padded = text.ljust(width) if width else text
+        style = cell.style if isinstance(cell, Styled) else ""
+        parts.append(_click_style(padded, style))
+    return " ".join(parts).rstrip()
+
+
+def _click_style(text: str, rich_style: str) -> str:
+    # The Rich style names used in tables map onto click.style for streamed lines.
+    if not rich_style:
+        return text
+    words = rich_style.split()
+    color = next((w for w in words if w not in {"bold", "dim"}), None)
+    return click.style(text, fg=color, bold="bold" in words, dim="dim" in words)
+
+
+def _echo_record(record: dict[str, Any]) -> None:
+    color = use_color()
+    click.echo(_record_line(record, color=color), color=color)
+
+
+@click.group()
+def audit() -> None:
+    """Read, export, follow and verify the audit trail.
+
+    Every subcommand reads the SQLite database the runtime writes
+    (--db, default aegis_audit.db, or $AEGIS_DB) and never creates one.
+
+    \b
+    Examples:
+      aegis audit list --status denied
+      aegis audit verify --expect-head 42:9f86d0...
+      aegis audit tail -f
+    """
+
+
+@audit.command("list")
+@db_option
+@click.option("--session", "session_id", help="Only this session's records.")
+@click.option("--type", "action_type", help="Only this action type (exact).")
+@click.option("--target", "action_target", help="Only this target (exact).")
+@click.option(
+    "--risk",
+    type=click.Choice([level.name.lower() for level in RiskLevel], case_sensitive=False),
+    help="Only this risk level.",
+)
+@click.option(
+    "--status",
+    type=click.Choice([status.value for status in ResultStatus], case_sensitive=False),
+    help="Only this result status.",
+)
+@click.option("--since", type=DateTimeParam(), help="Records at or after this ISO 8601 time.")
+@click.option("--until", type=DateTimeParam(), help="Records at or before this ISO 8601 time.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), help="At most this many records.")
+@format_option("table", "json", "jsonl")
+def list_records(  # noqa: PLR0917  # Click passes one argument per option
+    db_path: str,
+    session_id: str | None,
+    action_type: str | None,
+    action_target: str | None,
+    risk: str | None,
+    status: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int | None,
+    output_format: str,
+) -> None:
+    """List audit records, oldest first, filtered.
+
+    \b
+    Examples:
+      aegis audit list
+      aegis audit list --status denied --since 2026-11-01
+      aegis audit list --type refund --risk high --format jsonl | jq .action_params
+    """
+    filters: dict[str, Any] = {
+        "action_type": action_type,
+        "action_target": action_target,
+        "risk_level": risk,
+        "result_status": status,
+        "since": since,
+        "until": until,
+    }
+    terminal_table = output_format == "table" and is_terminal()
+    with open_audit(db_path) as log:
+        if terminal_table and limit is None:
+            # A Rich table is built in memory and nobody reads a million rows
+            # on screen; pipes and machine formats still stream everything.
+            limit = TERMINAL_LIMIT
+            matching = log.count(session_id, **filters)
+            if matching > limit:
+                note(
+                    f"showing the first {limit} of {matching} records;"
+                    " narrow with filters, or use --limit or --format jsonl"
+                )
+        records = log.iter_log(session_id, limit=limit, **filters)
+        if output_format == "jsonl":
+            _echo_jsonl(records)
+        elif output_format == "json":
+            _emit_json_array(records)
+        else:
+            shown = print_table(
+                SHORT_COLUMNS if terminal_table else LIST_COLUMNS,
+                (record_cells(r, short=terminal_table) for r in records),
+                wrap=("Action", "Rule"),
+            )
+            if not shown:
+                note(f"no records in {db_path} match")
+
+
+def _emit_json_array(records: Iterable[dict[str, Any]]) -> None:
+    # Streamed by hand so a large log never sits in memory as one list.
+    click.echo("[", nl=False)
+    first = True
+    for record in records:
+        click.echo(("\n  " if first else ",\n  "), nl=False)
+        click.echo(json.dumps(record, ensure_ascii=False, default=str), nl=False)
+        first = False
+    click.echo("]" if first else "\n]")
+
+
+def _echo_jsonl(records: Iterable[dict[str, Any]]) -> int:
+    written = 0
+    for record in records:
+        click.echo(json.dumps(record, ensure_ascii=False, default=str))
+        written += 1
+    return written
+
+
+def _fetch(log: AuditLogger, record_id: int) -> dict[str, Any] | None:
+    rows = log.get_log(after_id=record_id - 1, limit=1)
+    return rows[0] if rows and rows[0]["id"] == record_id else None
+
+
+@audit.command()
+@click.argument("record_id", metavar="ID", type=click.IntRange(min=1))
+@db_option
+@format_option("text", "json")
+def show(record_id: int, db_path: str, output_format: str) -> None:
+    """Show one audit record in full.
+
+    \b
+    Examples:
+      aegis audit show 42
+      aegis audit show 42 --format json
+    """
+    with open_audit(db_path) as log:
+        record = _fetch(log, record_id)
+    if record is None:
+        raise click.ClickException(
+            f"no record {record_id} in {db_path}; `aegis audit list` shows the ids"
+        )
+    if output_format == "json":
+        emit_json(record)
+        return
+    color = use_color()
+    width = max(len(name) for name in RECORD_FIELDS)
+    for name in RECORD_FIELDS:
+        value = record.get(name)
+        if name in {"action_params", "result_data"} and value not in (None, {}, []):
+            text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+            text = text.replace("\n", "\n" + " " * (width + 2))
+        else:
+            text = "" if value is None else str(value)
+        style = {
+            "risk_level": RISK_STYLES,
+            "approval": APPROVAL_STYLES,
+            "result_status": STATUS_STYLES,
+        }.get(name, {}).get(text, "")
+        label = click.style(name.ljust(width), bold=True) if color else name.ljust(width)
+        click.echo(f"{label}  {_click_style(text, style) if color else text}", color=color)
+
+
+@audit.command()
+@db_option
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    show_default=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="JSONL file to write; - writes to stdout.",
+)
+@click.option("--session", "session_id", help="Only this session's records.")
+def export(db_path: str, output: str, session_id: str | None) -> None:
+    """Export the audit records as JSON lines, oldest first.
+
+    Each line is one record with every field, including the chain hashes,
+    so an export can be checked independently of the database.
+
+    \b
+    Examples:
+      aegis audit export -o audit.jsonl
+      aegis audit export --session 3f2a... | jq .result_status
+    """
+    with open_audit(db_path) as log:
+        if output == "-":
+            written = _echo_jsonl(log.iter_log(session_id))
+        elif is_terminal(sys.stderr) and log.count(session_id) >= PROGRESS_THRESHOLD:
+            written = _export_with_progress(log, output, session_id)
+        else:
+            written = log.export_jsonl(output, session_id)
+    note(f"exported {written} records" + ("" if output == "-" else f" to {output}"))
+
+
+def _export_with_progress(log: AuditLogger, output: str, session_id: str | None) -> int:
+    """Run ``export_jsonl`` on a worker thread and show its progress on stderr.
+
+    The bar follows the lines appearing in the output file, so the file is
+    written by ``export_jsonl`` itself, byte for byte as without a bar.
+    """
+    from rich.console import Console  # noqa: PLC0415  # Rich costs ~50 ms; only terminals pay
+    from rich.progress import Progress  # noqa: PLC0415  # same reason
+
+    total = log.count(session_id)
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["written"] = log.export_jsonl(output, session_id)
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="aegis-export", daemon=True)
+    lines = _LineCounter(Path(output))
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"exporting to {output}", total=total)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+            progress.update(task, completed=min(lines.count(), total))
+    if "error" in outcome:
+        raise outcome["error"]
+    return int(outcome["written"])
+
+
+class _LineCounter:
+    """Counts the lines of a file that another thread is writing, reading only new bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.lines = 0
+
+    def count(self) -> int:
+        """The number of complete lines written so far."""
+        try:
+            size = self.path.stat().st_size
+            if size < self.offset:  # the writer truncated an older file of that name
+                self.offset = self.lines = 0
+            with self.path.open("rb") as stream:
+                stream.seek(self.offset)
+                chunk = stream.read(size - self.offset)
+        except OSError:
+            return self.lines  # not created yet
+        self.offset += len(chunk)
+        self.lines += chunk.count(b"\n")
+        return self.lines
+
+
+@audit.command(short_help="Check the hash chain: nothing edited, removed or reordered.")
+@db_option
+@click.option(
+    "--expect-head",
+    metavar="HEAD",
+    help="A head printed by an earlier verify; also catches records removed from the end.",
+)
+@format_option("text", "json")
+def verify(db_path: str, expect_head: str | None, output_format: str) -> None:
+    """Check that no audit record was edited, removed, inserted or reordered.
+
+    Exits 0 when the hash chain holds and prints the head to keep; exits 1
+    naming the first record that does not fit. Actions that started but
+    never finished (the process died mid-action) are reported too.
+
+    \b
+    Examples:
+      aegis audit verify
+      aegis audit verify --expect-head 1042:9f86d081884c7d65...
+    """
+    with open_audit(db_path) as log:
+        try:
+            report = log.verify(expect_head)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--expect-head'") from exc
+        pending = log.pending()
+
+    if output_format == "json":
+        emit_json(
+            {
+                "ok": report.ok,
+                "checked": report.checked,
+                "first_bad_id": report.first_bad_id,
+                "reason": report.reason,
+                "head": report.head,
+                "pending": pending,
+            }
+        )
+    elif report.ok:
+        success(f"audit chain intact: {report.checked} records verified in {db_path}")
+        info(f"head: {report.head}")
+        note("keep the head elsewhere; `--expect-head HEAD` later also catches a truncated log")
+    else:
+        error(f"audit chain broken at record {report.first_bad_id}: {report.reason}")
+        note(f"the {report.checked} records before it are intact")
+
+    if pending:
+        warn(
+            f"{len(pending)} actions started but never finished"
+            " (the process died mid-action, or is still running):"
+        )
+        for entry in pending[:10]:
+            warn(
+                f"  started {entry.get('timestamp')}: {entry.get('action_type')}:"
+                f"{entry.get('action_target')} (session {entry.get('session_id')},"
+                f" pid {entry.get('pid')})"
+            )
+        if len(pending) > 10:
+            warn(f"  ... and {len(pending) - 10} more")
+    if not report.ok:
+        raise CheckFailed("")
+
+
+def _stats_order(field: str, counts: dict[str, int]) -> list[tuple[str, int]]:
+    if field == "risk_level":
+        rank = {level.name: level.value for level in RiskLevel}
+        return sorted(counts.items(), key=lambda item: rank.get(item[0], 0))
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+@audit.command()
+@db_option
+@click.option("--session", "session_id", help="Only this session's records.")
+@format_option("table", "json")
+def stats(db_path: str, session_id: str | None, output_format: str) -> None:
+    """Count records by status, risk level, rule and action type.
+
+    \b
+    Examples:
+      aegis audit stats
+      aegis audit stats --session 3f2a... --format json
+    """
+    with open_audit(db_path) as log:
+        counts = log.stats(session_id)
+        total = log.count(session_id)
+    if output_format == "json":
+        emit_json({"total": total, **counts})
+        return
+    if not is_terminal():
+        print_table(
+            ("Field", "Value", "Count"),
+            (
+                [field, value, str(n)]
+                for field in _STATS_TITLES
+                for value, n in _stats_order(field, counts.get(field, {}))
+            ),
+        )
+        return
+    info(f"{total} records" + (f" in session {session_id}" if session_id else ""))
+    styles = {"result_status": STATUS_STYLES, "risk_level": RISK_STYLES}
+    for field, title in _STATS_TITLES.items():
+        rows = _stats_order(field, counts.get(field, {}))
+        if rows:
+            print_table(
+                (title, "Count"),
+                (
+                    [Styled(value, styles.get(field, {}).get(value, "")), str(n)]
+                    for value, n in rows
+                ),
+            )
+
+
+def _last_records(log: AuditLogger, count: int, session_id: str | None) -> list[dict[str, Any]]:
+    if session_id is None:
+        # Ids are consecutive in an intact chain, so the tail is an id range
+        # away; this keeps `tail` instant on a log of millions.
+        last_id = int(log.head().split(":", 1)[0])
+        return log.get_log(after_id=max(0, last_id - count))[-count:]
+    return list(deque(log.iter_log(session_id), maxlen=count))
+
+
+@audit.command()
+@db_option
+@click.option("-n", "--lines", "count", default=10, show_default=True, type=click.IntRange(min=0))
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new records as they arrive.")
+@click.option("--session", "session_id", help="Only this session's records.")
+@click.option(
+    "--interval",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between checks for new records with --follow.",
+)
+@click.option(
+    "--max-records",
+    type=click.IntRange(min=1),
+    help="With --follow, stop after this many new records (for scripts and tests).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    help="With --follow, stop after this many seconds.",
+)
+def tail(  # noqa: PLR0917  # Click passes one argument per option
+    db_path: str,
+    count: int,
+    follow: bool,
+    session_id: str | None,
+    interval: float,
+    max_records: int | None,
+    timeout: float | None,
+) -> None:
+    """Show the last records; with -f, follow new ones until Ctrl-C.
+
+    \b
+    Examples:
+      aegis audit tail -n 20
+      aegis audit tail -f --session 3f2a...
+    """
+    try:
+        with open_audit(db_path) as log:
+            last_id = 0
+            if count:
+                for record in _last_records(log, count, session_id):
+                    _echo_record(record)
+                    last_id = record["id"]
+            if not follow:
+                return
+            if not last_id:
+                last_id = int(log.head().split(":", 1)[0])
+            _follow(
+                log,
+                session_id=session_id,
+                last_id=last_id,
+                interval=interval,
+                max_records=max_records,
+                timeout=timeout,
+            )
+    except KeyboardInterrupt:
+        # Ctrl-C is how one stops following: not an error, no traceback.
+        return
+
+
+def _follow(
+    log: AuditLogger,
+    *,
+    session_id: str | None,
+    last_id: int,
+    interval: float,
+    max_records: int | None,
+    timeout: float | None,
+) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = 0
+    while True:
+        for record in log.get_log(session_id, after_id=last_id, limit=1000):
+            _echo_record(record)
+            last_id = record["id"]
+            seen += 1
+            if max_records is not None and seen >= max_records:
+                return
+        sys.stdout.flush()
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        time.sleep(interval)

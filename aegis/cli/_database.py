@@ -1,0 +1,34 @@
+"""Opening the audit database for reading, without ever creating one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from aegis.errors import AuditError
+from aegis.runtime.audit import AuditLogger
+
+__all__ = ["open_audit"]
+
+
+@contextmanager
+def open_audit(db_path: str) -> Iterator[AuditLogger]:
+    """Open an existing audit database and close it afterwards.
+
+    :class:`AuditLogger` creates a missing file, which would turn a typo in
+    ``--db`` into an empty, valid-looking log; refuse that instead.
+
+    Raises:
+        AuditError: the path does not exist or is not a file.
+    """
+    path = Path(db_path)
+    if not path.exists():
+        raise AuditError(
+            f"no audit database at {path}; run `aegis demo` to create one,"
+            " or point --db (or $AEGIS_DB) at your agent's database"
+        )
+    if not path.is_file():
+        raise AuditError(f"{path} is not a file; point --db at the agent's SQLite audit database")
+    with AuditLogger(path, create=False) as audit:
+        yield audit

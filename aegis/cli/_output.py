@@ -1,0 +1,172 @@
+"""How the command line writes: Rich on a terminal, plain text when piped.
+
+Everything a command prints goes through these helpers so that one rule
+holds everywhere: colour and boxed tables only when stdout is a terminal
+and ``NO_COLOR`` is unset; otherwise tab-separated lines a script can cut,
+and no ANSI escape codes at all. Machine formats (``--format json``) write
+exactly one JSON document on stdout; notes and warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Collection, Iterable, Sequence
+from typing import IO, Any, NamedTuple
+
+import click
+
+__all__ = [
+    "APPROVAL_STYLES",
+    "RISK_STYLES",
+    "STATUS_STYLES",
+    "Cell",
+    "Styled",
+    "emit_json",
+    "error",
+    "info",
+    "is_terminal",
+    "note",
+    "print_table",
+    "success",
+    "use_color",
+    "warn",
+]
+
+APPROVAL_STYLES = {"auto": "green", "approve": "yellow", "block": "bold red"}
+RISK_STYLES = {"LOW": "green", "MEDIUM": "yellow", "HIGH": "red", "CRITICAL": "bold red"}
+STATUS_STYLES = {
+    "success": "green",
+    "failed": "bold red",
+    "blocked": "red",
+    "denied": "yellow",
+    "skipped": "dim",
+}
+
+
+class Styled(NamedTuple):
+    """A table cell with a Rich style, shown only on a colour terminal."""
+
+    text: str
+    style: str = ""
+
+
+Cell = str | Styled
+
+
+def is_terminal(stream: IO[str] | None = None) -> bool:
+    """Whether ``stream`` (stdout by default) is an interactive terminal."""
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def use_color(*, err: bool = False) -> bool:
+    """Whether to colour stdout (or stderr): a terminal and ``NO_COLOR`` unset."""
+    # https://no-color.org: any non-empty value disables colour.
+    if os.environ.get("NO_COLOR"):
+        return False
+    return is_terminal(sys.stderr if err else sys.stdout)
+
+
+def _echo(message: str, *, err: bool = False, **style: Any) -> None:
+    color = use_color(err=err)
+    text = click.style(message, **style) if color and style else message
+    click.echo(text, err=err, color=color)
+
+
+def info(message: str = "") -> None:
+    """Print a plain line on stdout."""
+    click.echo(message)
+
+
+def success(message: str) -> None:
+    """Print a line on stdout, green on a colour terminal."""
+    _echo(message, fg="green")
+
+
+def note(message: str) -> None:
+    """Print a side remark on stderr, so it never mixes with parseable output."""
+    _echo(message, err=True, dim=True)
+
+
+def warn(message: str) -> None:
+    """Print ``warning: message`` on stderr."""
+    _echo(f"warning: {message}", err=True, fg="yellow")
+
+
+def error(message: str) -> None:
+    """Print ``message`` on stderr, red on a terminal; it should name the file and line."""
+    _echo(message, err=True, fg="red")
+
+
+def emit_json(document: Any) -> None:
+    """Write one JSON document on stdout and nothing else."""
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+
+
+def _plain(cell: Cell) -> str:
+    text = cell.text if isinstance(cell, Styled) else cell
+    # One record per line: tabs and newlines inside a value would break cut/awk.
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def _min_width(name: str, wrap: Collection[str]) -> int | None:
+    # Rich squeezes wrapping columns first; below ~10 characters they turn into
+    # a vertical ribbon of letters, which is harder to read than a wide table.
+    return max(10, len(name)) if name in wrap else None
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Cell]],
+    *,
+    title: str | None = None,
+    wrap: Collection[str] = (),
+) -> int:
+    """Print rows under ``columns``; return how many rows were printed.
+
+    On a terminal this is a Rich table (coloured unless ``NO_COLOR``); when
+    piped it is a header line and one tab-separated line per row, streamed
+    so that large outputs do not wait for the last row. On a narrow
+    terminal only the columns named in ``wrap`` (free text such as a rule
+    name) fold onto several lines; the others (ids, times, levels) stay whole.
+    """
+    if not is_terminal():
+        if title:
+            note(title)
+        click.echo("\t".join(c.lower().replace(" ", "_") for c in columns))
+        count = 0
+        for row in rows:
+            click.echo("\t".join(_plain(cell) for cell in row))
+            count += 1
+        return count
+
+    from rich import box  # noqa: PLC0415  # Rich costs ~50 ms; only terminals pay
+    from rich.console import Console  # noqa: PLC0415  # same reason
+    from rich.table import Column, Table  # noqa: PLC0415  # same reason
+    from rich.text import Text  # noqa: PLC0415  # same reason
+
+    # fold, not ellipsis: a cut-off rule name or file:line is worse than a tall row
+    table = Table(
+        *(
+            Column(
+                name, overflow="fold", no_wrap=name not in wrap, min_width=_min_width(name, wrap)
+            )
+            for name in columns
+        ),
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+    )
+    count = 0
+    for row in rows:
+        table.add_row(
+            *(Text(c.text, style=c.style) if isinstance(c, Styled) else Text(c) for c in row)
+        )
+        count += 1
+    Console(no_color=not use_color(), highlight=False).print(table)
+    return count

@@ -1,0 +1,211 @@
+"""``aegis validate`` and ``aegis schema``: check policy files before they ship."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from aegis.cli._app import CheckFailed
+from aegis.cli._output import (
+    APPROVAL_STYLES,
+    RISK_STYLES,
+    Cell,
+    Styled,
+    emit_json,
+    error,
+    print_table,
+    success,
+    warn,
+)
+from aegis.cli._params import format_option
+from aegis.core.policy import Policy, PolicyRule
+from aegis.errors import PolicyError
+
+__all__ = ["describe_conditions", "schema", "validate"]
+
+RULE_COLUMNS = ("#", "Name", "Match", "Conditions", "Risk", "Approval", "Source")
+
+
+def _compact(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def describe_conditions(conditions: Any) -> str:
+    """Render a rule's conditions on one line, e.g. ``param_gt amount=500; timezone=UTC``."""
+    if not conditions:
+        return ""
+    if not isinstance(conditions, dict):
+        return _compact(conditions)
+    parts = []
+    for name, value in conditions.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{path}={_compact(v)}" for path, v in value.items())
+            parts.append(f"{name} {inner}")
+        else:
+            parts.append(f"{name}={_compact(value)}")
+    return "; ".join(parts)
+
+
+def _rule_row(position: int, rule: PolicyRule) -> list[Cell]:
+    risk = rule.risk_level.name
+    approval = rule.approval.value
+    return [
+        str(position),
+        rule.name,
+        f"{rule.match_type}:{rule.match_target}",
+        describe_conditions(rule.conditions),
+        Styled(risk, RISK_STYLES.get(risk, "")),
+        Styled(approval, APPROVAL_STYLES.get(approval, "")),
+        rule.source or "",
+    ]
+
+
+def _rule_json(rule: PolicyRule) -> dict[str, Any]:
+    return {
+        "name": rule.name,
+        "match": {"type": rule.match_type, "target": rule.match_target},
+        "conditions": rule.conditions,
+        "risk_level": rule.risk_level.name,
+        "approval": rule.approval.value,
+        "source": rule.source,
+    }
+
+
+def _shadow_message(shadowed: PolicyRule, by: PolicyRule) -> str:
+    where = f"{shadowed.source}: " if shadowed.source else ""
+    by_where = f" ({by.source})" if by.source else ""
+    return (
+        f"{where}rule {shadowed.name!r} can never match: rule {by.name!r}{by_where} comes first"
+        " and matches every action it would; move it above, or narrow the earlier rule"
+    )
+
+
+def _report(label: str, policy: Policy, *, quiet: bool) -> list[tuple[PolicyRule, PolicyRule]]:
+    """Print one policy's rules (unless quiet) and warnings; return its shadowed rules."""
+    if not quiet:
+        defaults = (
+            f"anything else: {policy.default_approval.value}"
+            f" ({policy.default_risk_level.name.lower()} risk)"
+        )
+        print_table(
+            RULE_COLUMNS,
+            (_rule_row(i, rule) for i, rule in enumerate(policy.rules, 1)),
+            title=f"{label}: {len(policy.rules)} rules; {defaults}",
+            wrap=("Name", "Match", "Conditions", "Source"),
+        )
+    shadowed = policy.shadowed_rules()
+    for rule, by in shadowed:
+        warn(_shadow_message(rule, by))
+    return shadowed
+
+
+def _policy_json(label: str, policy: Policy) -> dict[str, Any]:
+    return {
+        "path": label,
+        "ok": True,
+        "error": None,
+        "defaults": {
+            "risk_level": policy.default_risk_level.name,
+            "approval": policy.default_approval.value,
+        },
+        "rules": [_rule_json(rule) for rule in policy.rules],
+        "shadowed": [
+            {"rule": rule.name, "source": rule.source, "by": by.name, "by_source": by.source}
+            for rule, by in policy.shadowed_rules()
+        ],
+    }
+
+
+@click.command()
+@click.argument("policies", nargs=-1, required=True, metavar="POLICY...")
+@click.option(
+    "--merged",
+    is_flag=True,
+    help="Also check the files as one layered policy, rules in the order given.",
+)
+@click.option("--strict", is_flag=True, help="Treat warnings (shadowed rules) as failures.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and warnings.")
+@format_option("table", "json")
+def validate(
+    policies: Sequence[str], merged: bool, strict: bool, quiet: bool, output_format: str
+) -> None:
+    """Check policy files and list their rules.
+
+    Each file is loaded as the runtime would load it. Errors are printed as
+    file:line: message and make the command exit with status 1; rules that
+    can never match (an earlier rule always wins) are reported as warnings.
+
+    \b
+    Examples:
+      aegis validate policy.yaml
+      aegis validate base.yaml team.yaml --merged
+      aegis validate policies/*.yaml --strict -q      # in CI
+    """
+    as_json = output_format == "json"
+    documents: list[dict[str, Any]] = []
+    failures = warnings = 0
+    for path in policies:
+        try:
+            policy = Policy.from_yaml(path)
+        except PolicyError as exc:
+            failures += 1
+            error(str(exc))
+            documents.append({"path": path, "ok": False, "error": str(exc)})
+            continue
+        if as_json:
+            documents.append(_policy_json(path, policy))
+            warnings += len(documents[-1]["shadowed"])
+        else:
+            warnings += len(_report(path, policy, quiet=quiet))
+
+    merged_failed = False
+    if merged and not failures:
+        label = " + ".join(policies)
+        try:
+            combined = Policy.from_yaml_files(*policies)
+        except PolicyError as exc:
+            failures += 1
+            merged_failed = True
+            error(f"merging {label}: {exc}")
+            documents.append({"path": label, "ok": False, "error": str(exc)})
+        else:
+            if as_json:
+                documents.append(_policy_json(label, combined))
+                warnings += len(documents[-1]["shadowed"])
+            else:
+                warnings += len(_report(f"merged ({label})", combined, quiet=quiet))
+
+    if as_json:
+        emit_json({"ok": not failures and not (strict and warnings), "files": documents})
+    if failures:
+        # A single file's error was the whole story; with several, say how many.
+        several = len(policies) > 1
+        raise CheckFailed(
+            f"{failures} of {len(policies)} policy files are invalid"
+            if several and not merged_failed
+            else ""
+        )
+    if strict and warnings:
+        raise CheckFailed(f"{warnings} warnings and --strict is set")
+    if not as_json:
+        noun = "file is" if len(policies) == 1 else "files are"
+        success(f"ok: {len(policies)} policy {noun} valid")
+
+
+@click.command()
+def schema() -> None:
+    """Print the JSON Schema of the policy file format.
+
+    Point your editor at it to get completion and checks while you write a
+    policy (the YAML language server reads a modeline comment).
+
+    \b
+    Examples:
+      aegis schema > policy.schema.json
+      # then, on the first line of policy.yaml:
+      # yaml-language-server: $schema=./policy.schema.json
+    """
+    emit_json(Policy.json_schema())

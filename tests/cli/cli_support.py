@@ -1,0 +1,62 @@
+"""Helpers for the command line tests: a policy and recorded audit sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from aegis.core.action import Action
+from aegis.core.policy import Policy
+from aegis.core.result import Result, ResultStatus
+from aegis.runtime.audit import AuditLogger
+
+POLICY = """\
+version: "1"
+defaults: {risk_level: medium, approval: block}
+rules:
+  - name: reads
+    match: {type: "read*"}
+    risk_level: low
+    approval: auto
+  - name: refunds
+    match: {type: refund}
+    risk_level: high
+    approval: approve
+  - name: no_deletes
+    match: {type: delete}
+    risk_level: critical
+    approval: block
+"""
+
+#: the recorded session: (action, status, human decision)
+SESSION: list[tuple[Action, ResultStatus, str | None]] = [
+    (Action("read", "crm", {"id": 1}), ResultStatus.SUCCESS, None),
+    (
+        Action("refund", "stripe", {"amount": 40}, "refund order 7"),
+        ResultStatus.SUCCESS,
+        "approved",
+    ),
+    (Action("delete", "crm", {"id": 1}), ResultStatus.BLOCKED, None),
+    (Action("read", "billing"), ResultStatus.SUCCESS, None),
+]
+
+
+def write_session(
+    db_path: Path,
+    entries: Sequence[tuple[Action, ResultStatus, str | None]] = SESSION,
+    *,
+    policy_text: str = POLICY,
+    session_id: str = "session-1",
+) -> None:
+    """Record ``entries`` in ``db_path`` as the runtime would, under ``policy_text``."""
+    policy = Policy.from_dict(yaml.safe_load(policy_text))
+    with AuditLogger(db_path) as audit:
+        for action, status, human in entries:
+            audit.log(
+                session_id,
+                policy.evaluate(action),
+                result=Result(action, status),
+                human_decision=human,
+            )

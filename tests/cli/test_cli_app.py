@@ -1,0 +1,129 @@
+"""The ``aegis`` group itself: help, version, exit codes, ``python -m aegis``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+
+from aegis.cli import cli
+
+Invoke = Callable[..., Result]
+
+COMMANDS = [
+    ("init",),
+    ("validate",),
+    ("schema",),
+    ("simulate",),
+    ("replay",),
+    ("demo",),
+    ("audit",),
+    ("audit", "list"),
+    ("audit", "show"),
+    ("audit", "export"),
+    ("audit", "verify"),
+    ("audit", "stats"),
+    ("audit", "tail"),
+]
+
+
+def test_version_names_the_installed_package(invoke: Invoke) -> None:
+    """--version prints the version of the installed distribution."""
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert version("aegis-runtime") in result.stdout
+
+
+def test_help_documents_exit_codes(invoke: Invoke) -> None:
+    """The top-level help lists every command and what each exit status means."""
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in ("init", "validate", "schema", "simulate", "replay", "audit", "demo"):
+        assert name in result.stdout
+    for line in ("0  success", "1  a check failed", "2  usage error"):
+        assert line in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help_with_an_example(invoke: Invoke, command: tuple[str, ...]) -> None:
+    """Each command's --help works and shows at least one example invocation."""
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout
+    assert "aegis " in result.stdout
+
+
+def test_main_exits_with_the_command_status(capsys: pytest.CaptureFixture[str]) -> None:
+    """main(argv), the console script, exits with the command's status."""
+    from aegis.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "/nonexistent/policy.yaml"])
+    assert exit_info.value.code == 1
+    assert "/nonexistent/policy.yaml" in capsys.readouterr().err
+
+
+def test_unknown_command_is_a_usage_error(invoke: Invoke) -> None:
+    """An unknown command exits 2 with Click's hint to try --help."""
+    result = invoke("valdiate")
+    assert result.exit_code == 2
+    assert "Try 'aegis --help'" in result.stderr
+    assert "Did you mean 'validate'?" in result.stderr
+
+
+def test_every_lazy_command_resolves() -> None:
+    """Every command the group advertises can be loaded."""
+    import click
+
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        assert isinstance(cli.get_command(ctx, name), click.Command)
+
+
+def test_python_dash_m_runs_the_cli_in_a_real_process(tmp_path: Path) -> None:
+    """`python -m aegis init` then `validate` work in a subprocess, without colour codes."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    init = subprocess.run(
+        [sys.executable, "-m", "aegis", "init", "-o", "p.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    checked = subprocess.run(
+        [sys.executable, "-m", "aegis", "validate", "p.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "reads\tread*:*" in checked.stdout
+    assert "\x1b[" not in checked.stdout + checked.stderr
+
+
+def test_subprocess_reports_a_user_error_without_traceback(tmp_path: Path) -> None:
+    """A missing database in a real process is one line on stderr and exit 1."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "aegis", "audit", "verify", "--db", "nope.db"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "Error: no audit database at nope.db; run `aegis demo` to create one,"
+        " or point --db (or $AEGIS_DB) at your agent's database"
+    ]
+    assert not (tmp_path / "nope.db").exists()

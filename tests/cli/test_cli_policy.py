@@ -1,0 +1,208 @@
+"""``aegis init``, ``aegis validate`` and ``aegis schema``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+
+from aegis.cli._init import STARTER_POLICY
+from aegis.core.policy import Policy
+
+Invoke = Callable[..., Result]
+
+TYPO_POLICY = """\
+version: "1"
+rules:
+  - name: reads
+    match: {type: read}
+    risk_levle: low
+    approval: auto
+"""
+
+SHADOWED_POLICY = """\
+version: "1"
+rules:
+  - name: everything
+    match: {type: "*"}
+    approval: approve
+  - name: deletes
+    match: {type: delete}
+    approval: block
+"""
+
+
+def test_init_writes_a_starter_policy_that_validates(invoke: Invoke, tmp_path: Path) -> None:
+    """init writes policy.yaml, which loads, has rules and shadows none."""
+    target = tmp_path / "policy.yaml"
+    result = invoke("init", "-o", str(target))
+    assert result.exit_code == 0
+    assert f"wrote {target}" in result.stdout
+    policy = Policy.from_yaml(target)
+    assert len(policy.rules) >= 4
+    assert policy.shadowed_rules() == []
+    assert invoke("validate", str(target)).exit_code == 0
+
+
+def test_starter_policy_fails_closed_and_blocks_deletes(tmp_path: Path) -> None:
+    """The starter policy blocks deletes and actions no rule mentions."""
+    path = tmp_path / "p.yaml"
+    path.write_text(STARTER_POLICY, encoding="utf-8")
+    policy = Policy.from_yaml(path)
+    from aegis.core.action import Action
+
+    assert policy.evaluate(Action("delete", "crm")).approval.value == "block"
+    assert policy.evaluate(Action("launch", "rocket")).approval.value == "block"
+    assert policy.evaluate(Action("read", "crm")).approval.value == "auto"
+
+
+def test_init_refuses_to_overwrite(invoke: Invoke, tmp_path: Path) -> None:
+    """init exits 1 with a hint about --force and leaves an existing file alone."""
+    target = tmp_path / "policy.yaml"
+    target.write_text("mine", encoding="utf-8")
+    result = invoke("init", "-o", str(target))
+    assert result.exit_code == 1
+    assert "already exists; pass --force" in result.stderr
+    assert target.read_text(encoding="utf-8") == "mine"
+
+
+def test_init_force_overwrites(invoke: Invoke, tmp_path: Path) -> None:
+    """init --force replaces an existing file with the starter policy."""
+    target = tmp_path / "policy.yaml"
+    target.write_text("mine", encoding="utf-8")
+    assert invoke("init", "-o", str(target), "--force").exit_code == 0
+    assert target.read_text(encoding="utf-8") == STARTER_POLICY
+
+
+def test_init_dash_prints_the_policy(invoke: Invoke) -> None:
+    """init -o - prints the starter policy on stdout instead of writing a file."""
+    result = invoke("init", "-o", "-")
+    assert result.exit_code == 0
+    assert result.stdout == STARTER_POLICY
+
+
+def test_init_into_a_missing_folder_is_one_clear_error(invoke: Invoke, tmp_path: Path) -> None:
+    """init into a folder that does not exist exits 1 naming the path."""
+    result = invoke("init", "-o", str(tmp_path / "no" / "such" / "p.yaml"))
+    assert result.exit_code == 1
+    assert "cannot write" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_validate_lists_rules_as_plain_tab_separated_text(
+    invoke: Invoke, policy_path: Path
+) -> None:
+    """validate prints a header and one tab-separated row per rule when piped."""
+    result = invoke("validate", str(policy_path))
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == "#\tname\tmatch\tconditions\trisk\tapproval\tsource"
+    assert lines[1].split("\t") == ["1", "reads", "read*:*", "", "LOW", "auto", f"{policy_path}:4"]
+    assert "ok: 1 policy file is valid" in result.stdout
+    assert "\x1b[" not in result.output
+
+
+def test_validate_typo_prints_file_line_and_exits_1(invoke: Invoke, tmp_path: Path) -> None:
+    """An unknown key is reported as file:line: message with exit status 1."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TYPO_POLICY, encoding="utf-8")
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"{bad}:5: ")
+    assert "risk_levle" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_validate_checks_every_file(invoke: Invoke, tmp_path: Path, policy_path: Path) -> None:
+    """With several files, a bad one fails the run but the good ones are still listed."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TYPO_POLICY, encoding="utf-8")
+    result = invoke("validate", str(bad), str(policy_path))
+    assert result.exit_code == 1
+    assert "no_deletes" in result.stdout
+    assert "1 of 2 policy files are invalid" in result.stderr
+
+
+def test_validate_missing_file(invoke: Invoke, tmp_path: Path) -> None:
+    """A missing policy file is one line naming it, exit 1."""
+    result = invoke("validate", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 1
+    assert "nope.yaml" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_validate_warns_about_shadowed_rules(invoke: Invoke, tmp_path: Path) -> None:
+    """A rule that can never match is a warning on stderr naming both rules."""
+    path = tmp_path / "shadow.yaml"
+    path.write_text(SHADOWED_POLICY, encoding="utf-8")
+    result = invoke("validate", str(path))
+    assert result.exit_code == 0
+    assert "warning:" in result.stderr
+    assert "'deletes' can never match" in result.stderr
+    assert "'everything'" in result.stderr
+
+
+def test_validate_strict_fails_on_warnings(invoke: Invoke, tmp_path: Path) -> None:
+    """--strict turns shadowed-rule warnings into exit status 1."""
+    path = tmp_path / "shadow.yaml"
+    path.write_text(SHADOWED_POLICY, encoding="utf-8")
+    assert invoke("validate", "--strict", "-q", str(path)).exit_code == 1
+
+
+def test_validate_merged_finds_shadowing_across_files(
+    invoke: Invoke, tmp_path: Path, policy_path: Path
+) -> None:
+    """--merged checks the files as one policy, so a later file's rule can be shadowed."""
+    later = tmp_path / "later.yaml"
+    later.write_text(
+        'version: "1"\nrules:\n  - name: read_crm\n    match: {type: read, target: crm}\n',
+        encoding="utf-8",
+    )
+    alone = invoke("validate", str(policy_path), str(later))
+    assert "can never match" not in alone.stderr
+    merged = invoke("validate", "--merged", str(policy_path), str(later))
+    assert merged.exit_code == 0
+    assert "'read_crm' can never match" in merged.stderr
+
+
+def test_validate_json(invoke: Invoke, tmp_path: Path, policy_path: Path) -> None:
+    """--format json prints only JSON: per-file status, rules and errors."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TYPO_POLICY, encoding="utf-8")
+    result = invoke("validate", "--format", "json", str(policy_path), str(bad))
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert document["ok"] is False
+    good, broken = document["files"]
+    assert good["ok"] is True
+    assert [r["name"] for r in good["rules"]] == ["reads", "refunds", "no_deletes"]
+    assert good["defaults"] == {"risk_level": "MEDIUM", "approval": "block"}
+    assert broken["ok"] is False
+    assert broken["error"].startswith(f"{bad}:5:")
+
+
+def test_schema_is_json_and_only_json(invoke: Invoke) -> None:
+    """schema prints the policy JSON Schema and nothing else on stdout."""
+    result = invoke("schema")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == Policy.json_schema()
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_validate_quiet_hides_the_table(invoke: Invoke, policy_path: Path, quiet: bool) -> None:
+    """-q prints no rule table; without it the rules are listed."""
+    args = ["validate", str(policy_path)] + (["-q"] if quiet else [])
+    result = invoke(*args)
+    assert result.exit_code == 0
+    assert ("no_deletes" in result.stdout) is not quiet
+
+
+def test_validate_merged_reports_clashing_rule_names(invoke: Invoke, policy_path: Path) -> None:
+    """--merged fails with exit 1 when two files define the same rule name."""
+    result = invoke("validate", "-q", "--merged", str(policy_path), str(policy_path))
+    assert result.exit_code == 1
+    assert "merging" in result.stderr
+    assert "'reads'" in result.stderr

@@ -1,0 +1,290 @@
+"""``aegis simulate`` and ``aegis replay``: decisions without running anything."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cli_support import write_session
+from click.testing import Result
+
+from aegis.core.action import Action
+from aegis.core.result import ResultStatus
+
+Invoke = Callable[..., Result]
+
+NIGHT_POLICY = """\
+version: "1"
+defaults: {risk_level: low, approval: auto}
+rules:
+  - name: night_refunds
+    match: {type: refund}
+    conditions: {time_after: "22:00", time_before: "06:00", timezone: Europe/Berlin}
+    risk_level: high
+    approval: block
+"""
+
+
+def test_simulate_prints_decisions_and_summary(invoke: Invoke, policy_path: Path) -> None:
+    """simulate lists one decision per action and the auto/approval/blocked summary."""
+    result = invoke(
+        "simulate", str(policy_path), "read:crm", 'refund:stripe:{"amount": 5}', "delete:crm", "x:y"
+    )
+    assert result.exit_code == 0
+    rows = [line.split("\t") for line in result.stdout.splitlines()[1:-1]]
+    assert [(r[1], r[3], r[4], r[5]) for r in rows] == [
+        ("read:crm", "auto", "LOW", "reads"),
+        ("refund:stripe", "approve", "HIGH", "refunds"),
+        ("delete:crm", "block", "CRITICAL", "no_deletes"),
+        ("x:y", "block", "MEDIUM", "<default>"),
+    ]
+    assert rows[1][2] == '{"amount": 5}'
+    assert result.stdout.splitlines()[-1] == "1 auto, 1 need approval, 2 blocked"
+
+
+def test_simulate_json_is_valid_and_complete(invoke: Invoke, policy_path: Path) -> None:
+    """--format json prints one JSON document with decisions and counts."""
+    result = invoke(
+        "simulate", str(policy_path), "read:crm", 'refund:s:{"a": "b:c"}', "--format", "json"
+    )
+    assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    assert document["summary"] == {"total": 2, "auto": 1, "approve": 1, "block": 0}
+    second = document["decisions"][1]
+    assert second["action"] == {
+        "type": "refund",
+        "target": "s",
+        "params": {"a": "b:c"},
+        "description": "",
+    }
+    assert (second["approval"], second["risk_level"], second["matched_rule"]) == (
+        "approve",
+        "HIGH",
+        "refunds",
+    )
+
+
+@pytest.mark.parametrize(
+    ("actions", "fail_on", "exit_code"),
+    [
+        (["read:crm"], "block", 0),
+        (["read:crm"], "approve", 0),
+        (["refund:stripe"], "block", 0),
+        (["refund:stripe"], "approve", 1),
+        (["delete:crm"], "block", 1),
+        (["delete:crm"], "approve", 1),
+        (["read:crm", "delete:crm"], None, 0),
+    ],
+)
+def test_simulate_fail_on(
+    invoke: Invoke, policy_path: Path, actions: list[str], fail_on: str | None, exit_code: int
+) -> None:
+    """--fail-on block fails on blocks; --fail-on approve fails on approvals and blocks."""
+    options = ["--fail-on", fail_on] if fail_on else []
+    result = invoke("simulate", str(policy_path), *actions, *options)
+    assert result.exit_code == exit_code
+    if exit_code:
+        assert f"hit --fail-on {fail_on}" in result.stderr
+
+
+def test_simulate_fail_on_keeps_json_clean(invoke: Invoke, policy_path: Path) -> None:
+    """With --format json, a --fail-on hit still leaves only JSON on stdout."""
+    result = invoke(
+        "simulate", str(policy_path), "delete:crm", "--fail-on", "block", "--format", "json"
+    )
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["summary"]["block"] == 1
+
+
+@pytest.mark.parametrize("bad", ["read", "read:crm:{oops", "read:crm:[1]", ":crm"])
+def test_simulate_bad_action_is_a_usage_error(invoke: Invoke, policy_path: Path, bad: str) -> None:
+    """Malformed action syntax exits 2 with a hint to try --help."""
+    result = invoke("simulate", str(policy_path), bad)
+    assert result.exit_code == 2
+    assert "Try 'aegis simulate --help'" in result.stderr
+
+
+def test_simulate_without_actions_is_a_usage_error(invoke: Invoke, policy_path: Path) -> None:
+    """simulate with no action and no --actions file exits 2."""
+    result = invoke("simulate", str(policy_path))
+    assert result.exit_code == 2
+    assert "give at least one action" in result.stderr
+
+
+def test_simulate_reads_actions_from_jsonl(
+    invoke: Invoke, policy_path: Path, tmp_path: Path
+) -> None:
+    """--actions FILE.jsonl adds one action per line after those on the command line."""
+    plan = tmp_path / "plan.jsonl"
+    plan.write_text(
+        '{"type": "delete", "target": "crm"}\n'
+        '{"type": "read", "target": "x", "params": {"n": 1}}\n',
+        encoding="utf-8",
+    )
+    result = invoke(
+        "simulate", str(policy_path), "refund:s", "--actions", str(plan), "--format", "json"
+    )
+    assert result.exit_code == 0
+    rules = [d["matched_rule"] for d in json.loads(result.stdout)["decisions"]]
+    assert rules == ["refunds", "no_deletes", "reads"]
+
+
+def test_simulate_reads_actions_from_stdin(invoke: Invoke, policy_path: Path) -> None:
+    """--actions - reads the JSONL from stdin."""
+    result = invoke(
+        "simulate", str(policy_path), "--actions", "-", input='{"type": "read", "target": "crm"}\n'
+    )
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[-1] == "1 auto, 0 need approval, 0 blocked"
+
+
+def test_simulate_bad_jsonl_names_the_line(
+    invoke: Invoke, policy_path: Path, tmp_path: Path
+) -> None:
+    """A bad line in --actions exits 2 naming file:line."""
+    plan = tmp_path / "plan.jsonl"
+    plan.write_text('{"type": "read", "target": "crm"}\n{"type": "read"}\n', encoding="utf-8")
+    result = invoke("simulate", str(policy_path), "--actions", str(plan))
+    assert result.exit_code == 2
+    assert f"{plan}:2: 'target' is required" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("at", "approval"),
+    [
+        ("2026-11-24T23:00+01:00", "block"),
+        ("2026-11-24T22:30Z", "block"),  # 23:30 in Berlin
+        ("2026-11-24T12:00+01:00", "auto"),
+        ("2026-11-24T20:59Z", "auto"),  # 21:59 in Berlin
+    ],
+)
+def test_simulate_at_evaluates_time_conditions(
+    invoke: Invoke, tmp_path: Path, at: str, approval: str
+) -> None:
+    """--at evaluates the policy as of that moment, honouring time zones."""
+    path = tmp_path / "night.yaml"
+    path.write_text(NIGHT_POLICY, encoding="utf-8")
+    result = invoke("simulate", str(path), "refund:stripe", "--at", at, "--format", "json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["decisions"][0]["approval"] == approval
+
+
+def test_simulate_bad_at_is_a_usage_error(invoke: Invoke, policy_path: Path) -> None:
+    """An --at that is not ISO 8601 exits 2."""
+    assert invoke("simulate", str(policy_path), "read:x", "--at", "tonight").exit_code == 2
+
+
+def test_simulate_invalid_policy_exits_1(invoke: Invoke, tmp_path: Path) -> None:
+    """An invalid policy is reported as file:line with exit status 1."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("rules:\n  - approval: sometimes\n", encoding="utf-8")
+    result = invoke("simulate", str(path), "read:x")
+    assert result.exit_code == 1
+    assert f"{path}:2" in result.stderr
+
+
+# -- replay -----------------------------------------------------------------------
+
+
+def test_replay_same_policy_changes_nothing(
+    invoke: Invoke, policy_path: Path, audit_db: Path
+) -> None:
+    """Replaying the recording policy reports no change and exits 0."""
+    result = invoke("replay", str(policy_path), "--db", str(audit_db), "--fail-on-change")
+    assert result.exit_code == 0
+    assert "no decision would change (4 records replayed)" in result.stdout
+
+
+def test_replay_shows_each_change_with_old_and_new_rule(
+    invoke: Invoke, tmp_path: Path, audit_db: Path
+) -> None:
+    """A stricter policy lists the records whose decision changes, with counts."""
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(
+        'version: "1"\nrules:\n  - name: crm_lockdown\n    match: {target: crm}\n'
+        "    risk_level: critical\n    approval: block\n",
+        encoding="utf-8",
+    )
+    result = invoke("replay", str(strict), "--db", str(audit_db))
+    assert result.exit_code == 0
+    rows = [line.split("\t") for line in result.stdout.splitlines()[1:-1]]
+    assert [(r[0], r[3], r[4], r[5]) for r in rows] == [
+        ("1", "auto (LOW)", "block (CRITICAL)", "reads -> crm_lockdown"),
+        ("2", "approve (HIGH)", "block (MEDIUM)", "refunds -> <default>"),
+        ("4", "auto (LOW)", "block (MEDIUM)", "reads -> <default>"),
+    ]
+    summary = result.stdout.splitlines()[-1]
+    assert summary.startswith("3 of 4 decisions would change:")
+    assert "auto -> block: 2" in summary
+    assert "approve -> block: 1" in summary
+
+
+def test_replay_fail_on_change_exits_1(invoke: Invoke, tmp_path: Path, audit_db: Path) -> None:
+    """--fail-on-change exits 1 when any decision would change."""
+    lax = tmp_path / "lax.yaml"
+    lax.write_text('version: "1"\ndefaults: {risk_level: low, approval: auto}\n', encoding="utf-8")
+    result = invoke("replay", str(lax), "--db", str(audit_db), "--fail-on-change")
+    assert result.exit_code == 1
+    assert "--fail-on-change" in result.stderr
+
+
+def test_replay_json(invoke: Invoke, tmp_path: Path, audit_db: Path) -> None:
+    """--format json gives counts, transitions and before/after of each change."""
+    lax = tmp_path / "lax.yaml"
+    lax.write_text('version: "1"\ndefaults: {risk_level: low, approval: auto}\n', encoding="utf-8")
+    document = json.loads(
+        invoke("replay", str(lax), "--db", str(audit_db), "--format", "json").stdout
+    )
+    assert (document["checked"], document["changed"]) == (4, 2)
+    assert document["transitions"] == {"approve -> auto": 1, "block -> auto": 1}
+    change = document["changes"][0]
+    assert change["id"] == 2
+    assert change["action"]["params"] == {"amount": 40}
+    assert change["before"]["matched_rule"] == "refunds"
+    assert change["after"] == {
+        "approval": "auto",
+        "risk_level": "LOW",
+        "matched_rule": "<default>",
+        "reason": "",
+    }
+
+
+def test_replay_filters_by_session(invoke: Invoke, tmp_path: Path, policy_path: Path) -> None:
+    """--session replays only that session's records."""
+    db = tmp_path / "two.db"
+    write_session(db, session_id="a")
+    write_session(db, [(Action("read", "x"), ResultStatus.SUCCESS, None)], session_id="b")
+    result = invoke("replay", str(policy_path), "--db", str(db), "--session", "b")
+    assert "(1 records replayed)" in result.stdout
+
+
+def test_replay_evaluates_at_the_recorded_time(invoke: Invoke, tmp_path: Path) -> None:
+    """A time window replays against each record's timestamp, not the current time."""
+    db = tmp_path / "audit.db"
+    refund = (Action("refund", "stripe"), ResultStatus.SUCCESS, None)
+    write_session(db, [refund, refund])
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        # Moving a record's timestamp breaks its hash, which replay does not need.
+        for record_id, moment in ((1, "2026-11-24T22:30"), (2, "2026-11-24T12:00")):
+            conn.execute(
+                "UPDATE audit_log SET timestamp = ? WHERE id = ?",
+                (f"{moment}:00.000000+00:00", record_id),
+            )
+    night = tmp_path / "night.yaml"
+    night.write_text(NIGHT_POLICY, encoding="utf-8")
+    document = json.loads(invoke("replay", str(night), "--db", str(db), "--format", "json").stdout)
+    after = {change["id"]: change["after"]["approval"] for change in document["changes"]}
+    assert after == {1: "block", 2: "auto"}
+
+
+def test_replay_missing_database(invoke: Invoke, policy_path: Path, tmp_path: Path) -> None:
+    """replay against a missing database exits 1 and does not create it."""
+    missing = tmp_path / "none.db"
+    result = invoke("replay", str(policy_path), "--db", str(missing))
+    assert result.exit_code == 1
+    assert f"no audit database at {missing}" in result.stderr
+    assert not missing.exists()
