@@ -1,0 +1,35 @@
+"""The README's examples run as written."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_quick_start_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python quick start prints a successful result and writes the audit database."""
+    [code] = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    (tmp_path / "examples").mkdir()
+    shutil.copy(ROOT / "examples" / "policy.yaml", tmp_path / "examples" / "policy.yaml")
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "quick.py"
+    script.write_text(code, encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.startswith("success ")
+    assert (tmp_path / "aegis_audit.db").exists()
+
+
+def test_the_readme_gives_the_ci_test_command() -> None:
+    """The test command CI runs is the README's, word for word."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert f"```sh\n{ci}\n```" in README
