@@ -18,38 +18,19 @@ that record what happened, then assert on them::
 
 from __future__ import annotations
 
-import json
-import os
+import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from aegis.adapters.base import BaseExecutor
 from aegis.core.action import Action
 from aegis.core.decision import PolicyDecision
 from aegis.core.result import Result, ResultStatus
-from aegis.core.risk import RiskLevel
 from aegis.runtime.approval import ApprovalHandler
-from aegis.runtime.audit import VerifyReport
-from aegis.runtime.audit_backend import (
-    GENESIS_HASH,
-    RECORD_FIELDS,
-    Filters,
-    Subscriber,
-    SubscriberList,
-    record_hash,
-    record_values,
-    write_jsonl,
-)
+from aegis.runtime.audit import AuditLogger
 
 __all__ = ["InMemoryAuditLog", "RecordingExecutor", "ScriptedApprovalHandler"]
-
-# The record fields record_values() fills, in order.
-_VALUE_FIELDS = RECORD_FIELDS[1:-2]
-# The fields of a start marker, as AuditLogger.pending() returns them.
-_PENDING_FIELDS = (*RECORD_FIELDS[:12], "pid")
 
 
 class RecordingExecutor(BaseExecutor):
@@ -180,12 +161,13 @@ def _bools(answers: Iterable[bool]) -> list[bool]:
     return out
 
 
-class InMemoryAuditLog:
-    """An audit backend that keeps records in a list; same records, same chain.
+class InMemoryAuditLog(AuditLogger):
+    """An :class:`~aegis.runtime.audit.AuditLogger` on ``":memory:"``, for tests.
 
-    It implements :class:`~aegis.runtime.audit_backend.AuditBackend` like the
-    SQLite :class:`~aegis.runtime.audit.AuditLogger`, hash chain included,
-    and lets tests look at what was written.
+    The records, the hash chain, the filters and the start markers are those
+    of the SQLite audit trail; this adds :attr:`records` to look at what was
+    written and :attr:`closed`, and keeps the records readable after
+    :meth:`close`.
 
     Example::
 
@@ -196,150 +178,23 @@ class InMemoryAuditLog:
     """
 
     def __init__(self) -> None:
-        #: the finished records, oldest first
-        self.records: list[dict[str, Any]] = []
-        self._pending: dict[int, dict[str, Any]] = {}
+        super().__init__(":memory:")
+        #: whether :meth:`close` was called
         self.closed = False
-        self._next_token = 1
-        self._subscribers = SubscriberList()
+        # The records live in the connection, which must outlast close() to
+        # keep them readable; close it when the log itself goes away.
+        with self._lock:
+            weakref.finalize(self, self._connect().close)
 
-    def log(
-        self,
-        session_id: str,
-        decision: PolicyDecision,
-        *,
-        result: Result | None = None,
-        human_decision: str | None = None,
-    ) -> int:
-        """Append one finished record and return its id."""
-        values = record_values(session_id, decision, result, human_decision)
-        record: dict[str, Any] = {"id": len(self.records) + 1}
-        record.update(zip(_VALUE_FIELDS, values, strict=True))
-        record["action_params"] = json.loads(record["action_params"])
-        record["result_data"] = json.loads(record["result_data"])
-        record["prev_hash"] = self.records[-1]["hash"] if self.records else GENESIS_HASH
-        record["hash"] = record_hash(record)
-        self.records.append(record)
-        if self._subscribers:
-            self._subscribers.notify(dict(record))
-        return int(record["id"])
-
-    async def record_start(
-        self,
-        session_id: str,
-        decision: PolicyDecision,
-        *,
-        human_decision: str | None = None,
-    ) -> int | None:
-        """Note that ``decision.action`` is about to run; return the start token."""
-        token = self._next_token
-        self._next_token += 1
-        values = record_values(session_id, decision, None, human_decision)
-        marker: dict[str, Any] = {"id": token}
-        marker.update(zip(_PENDING_FIELDS[1:-1], values[:11], strict=True))
-        marker["action_params"] = json.loads(marker["action_params"])
-        marker["pid"] = os.getpid()
-        self._pending[token] = marker
-        return token
-
-    async def record(
-        self,
-        session_id: str,
-        decision: PolicyDecision,
-        *,
-        result: Result,
-        human_decision: str | None = None,
-        start_token: int | None = None,
-    ) -> int:
-        """Append the final record of an action and clear its start marker."""
-        if start_token is not None:
-            self._pending.pop(start_token, None)
-        return self.log(session_id, decision, result=result, human_decision=human_decision)
-
-    def pending(self) -> list[dict[str, Any]]:
-        """The actions that started and have no final record yet, oldest first."""
-        return [dict(marker) for marker in self._pending.values()]
-
-    def get_log(
-        self,
-        session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-        limit: int | None = None,
-        after_id: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Return copies of the records matching every filter, oldest first."""
-        filters = Filters.of(
-            session_id,
-            action_type=action_type,
-            action_target=action_target,
-            risk_level=risk_level,
-            result_status=result_status,
-            since=since,
-            until=until,
-        )
-        out = []
-        for record in self.records:
-            if after_id is not None and record["id"] <= after_id:
-                continue
-            if filters.matches(record):
-                out.append(dict(record))
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
-
-    def count(
-        self,
-        session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-    ) -> int:
-        """Return how many records match every filter."""
-        filters = Filters.of(
-            session_id,
-            action_type=action_type,
-            action_target=action_target,
-            risk_level=risk_level,
-            result_status=result_status,
-            since=since,
-            until=until,
-        )
-        return sum(1 for record in self.records if filters.matches(record))
-
-    def export_jsonl(self, path: str | Path, session_id: str | None = None) -> int:
-        """Write the records (of one session, if given) as JSON lines; return how many."""
-        return write_jsonl(path, self.get_log(session_id))
-
-    def subscribe(self, callback: Subscriber) -> None:
-        """Call ``callback`` with each new record."""
-        self._subscribers.add(callback)
-
-    def unsubscribe(self, callback: Subscriber) -> None:
-        """Stop calling ``callback``."""
-        self._subscribers.remove(callback)
-
-    def verify(self) -> VerifyReport:
-        """Check every record's hash and link, like :meth:`AuditLogger.verify`."""
-        prev = GENESIS_HASH
-        checked = 0
-        for record in self.records:
-            if record["prev_hash"] != prev or record_hash(record) != record["hash"]:
-                reason = f"record {record['id']} was modified or does not link to its predecessor"
-                return VerifyReport(False, checked, record["id"], reason, f"{checked}:{prev}")
-            prev = record["hash"]
-            checked = record["id"]
-        return VerifyReport(True, checked, None, "", f"{checked}:{prev}")
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The finished records, oldest first (copies: edit them through SQL)."""
+        return self.get_log()
 
     def close(self) -> None:
-        """Mark the log closed; records stay readable. Calling it again does nothing."""
+        """Commit queued records and mark the log closed; records stay readable.
+
+        Calling it again does nothing.
+        """
+        self._flush()
         self.closed = True

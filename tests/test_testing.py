@@ -172,7 +172,7 @@ def test_in_memory_log_chain_detects_tampering() -> None:
     for _ in range(3):
         audit.log("s", decision())
     assert audit.verify().ok
-    audit.records[1]["human_decision"] = "approved"
+    audit._conn.execute("UPDATE audit_log SET human_decision = 'approved' WHERE id = 2")
     report = audit.verify()
     assert not report.ok
     assert report.first_bad_id == 2

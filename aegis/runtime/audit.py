@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from aegis.core.decision import PolicyDecision
-from aegis.core.result import Result, ResultStatus
-from aegis.core.risk import RiskLevel
+from aegis.core.result import Result
 from aegis.errors import AuditError
 from aegis.runtime._journal import StartJournal, read_journals
 from aegis.runtime.audit_backend import (
     GENESIS_HASH,
     RECORD_FIELDS,
     Filters,
+    RecordReader,
     RecordValues,
     Subscriber,
     SubscriberList,
@@ -180,7 +180,7 @@ def _parse_head(head: str) -> tuple[int, str]:
     return int(count), digest
 
 
-class AuditLogger:
+class AuditLogger(RecordReader):
     """A tamper-evident audit trail in a SQLite file.
 
     The file opens on first use, in WAL mode. With the default
@@ -239,6 +239,9 @@ class AuditLogger:
         self._last_writer: asyncio.Task[Any] | None = None
         self._journal = StartJournal(self._path, fsync=synchronous == "full")
         self._last_id = 0  # the newest record id this logger has seen
+        # (id, hash) of the record this logger appended last, while it may
+        # still be the newest; None makes the next write read the head
+        self._head: tuple[int, str] | None = None
 
     @property
     def db_path(self) -> str:
@@ -284,6 +287,9 @@ class AuditLogger:
             check_same_thread=False,  # log() may come from any thread; self._lock guards
         )
         try:
+            # Takes effect only on a new file: small pages make each commit
+            # write less to the WAL (records are a few hundred bytes).
+            conn.execute("PRAGMA page_size=1024")
             self._enable_wal(conn)
             conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
             self._migrate(conn)
@@ -362,35 +368,69 @@ class AuditLogger:
 
     def _write(self, ops: list[_Op]) -> list[tuple[Any, ...]]:
         """Commit ``ops`` in one transaction and return the stored rows."""
-        out: list[tuple[Any, ...]] = []
         with self._lock:
             try:
                 conn = self._connect()
-                cur = conn.cursor()
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    # Read the head inside the write lock: another process may
-                    # have appended since our last commit.
-                    last_id, last_hash = cur.execute(_LAST).fetchone() or (0, GENESIS_HASH)
-                    for values, token, _ in ops:
-                        unsealed = (last_id + 1, *values, last_hash)
-                        last_hash = hash_row(unsealed)
-                        row = (*unsealed, last_hash)
-                        ref = None if token is None else self._journal.ref(token)
-                        cur.execute(_INSERT, (*row, ref))
-                        last_id += 1
-                        out.append(row)
-                    cur.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                out = None
+                if len(ops) == 1 and self._head is not None:
+                    out = self._append_one(conn, ops[0], self._head)
+                if out is None:
+                    out = self._append(conn, ops)
             except sqlite3.Error as exc:
+                self._head = None
                 raise self._error("write to", exc) from exc
-            self._last_id = last_id
+            last = out[-1]
+            self._head = (last[0], last[-1])
+            self._last_id = last[0]
             for _, token, _ in ops:
                 if token is not None:
                     self._journal.finished(token)
+        return out
+
+    def _append_one(
+        self, conn: sqlite3.Connection, op: _Op, head: tuple[int, str]
+    ) -> list[tuple[Any, ...]] | None:
+        """Append one record after ``head`` in a single statement, or return None.
+
+        Ids are consecutive, so if another process appended since ``head``
+        was ours, the id we claim is taken and the insert fails on the
+        primary key: nothing is written and the caller takes the slow path.
+        One statement commits by itself, which saves the BEGIN, the head
+        read and the COMMIT of :meth:`_append` for an agent running
+        actions one by one.
+        """
+        values, token, _ = op
+        unsealed = (head[0] + 1, *values, head[1])
+        row = (*unsealed, hash_row(unsealed))
+        ref = None if token is None else self._journal.ref(token)
+        try:
+            conn.execute(_INSERT, (*row, ref))
+        except sqlite3.IntegrityError:
+            return None
+        return [row]
+
+    def _append(self, conn: sqlite3.Connection, ops: list[_Op]) -> list[tuple[Any, ...]]:
+        """Append ``ops`` in one transaction, after the head read inside it."""
+        out: list[tuple[Any, ...]] = []
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            # Read the head inside the write lock: another process may have
+            # appended since our last commit.
+            last_id, last_hash = cur.execute(_LAST).fetchone() or (0, GENESIS_HASH)
+            for values, token, _ in ops:
+                unsealed = (last_id + 1, *values, last_hash)
+                last_hash = hash_row(unsealed)
+                row = (*unsealed, last_hash)
+                ref = None if token is None else self._journal.ref(token)
+                cur.execute(_INSERT, (*row, ref))
+                last_id += 1
+                out.append(row)
+            cur.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         return out
 
     def _publish(self, rows: list[tuple[Any, ...]]) -> None:
@@ -555,85 +595,13 @@ class AuditLogger:
                 if left <= 0:
                     return
 
-    def iter_log(
-        self,
-        session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-        limit: int | None = None,
-        after_id: int | None = None,
+    def _select(
+        self, filters: Filters, after_id: int | None, limit: int | None
     ) -> Iterator[dict[str, Any]]:
-        """Yield the matching records oldest first, reading a page at a time.
+        # Reads a page at a time, so iter_log() runs in constant memory.
+        return map(_to_record, self._pages(filters, after_id, limit))
 
-        Filters are exact matches; ``since``/``until`` bound the record's
-        ``timestamp`` (inclusive; a naive datetime means UTC).
-        """
-        filters = Filters.of(
-            session_id,
-            action_type=action_type,
-            action_target=action_target,
-            risk_level=risk_level,
-            result_status=result_status,
-            since=since,
-            until=until,
-        )
-        for row in self._pages(filters, after_id, limit):
-            yield _to_record(row)
-
-    def get_log(
-        self,
-        session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-        limit: int | None = None,
-        after_id: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Return the matching records oldest first (see :meth:`iter_log`)."""
-        return list(
-            self.iter_log(
-                session_id,
-                action_type=action_type,
-                action_target=action_target,
-                risk_level=risk_level,
-                result_status=result_status,
-                since=since,
-                until=until,
-                limit=limit,
-                after_id=after_id,
-            )
-        )
-
-    def count(
-        self,
-        session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-    ) -> int:
-        """Return how many records match every given filter."""
-        filters = Filters.of(
-            session_id,
-            action_type=action_type,
-            action_target=action_target,
-            risk_level=risk_level,
-            result_status=result_status,
-            since=since,
-            until=until,
-        )
+    def _count(self, filters: Filters) -> int:
         where, args = self._where(filters, None)
         return int(self._read("count", f"SELECT count(*) FROM audit_log{where}", tuple(args))[0][0])
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import Enum
@@ -36,7 +36,7 @@ from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError
 
 # The interface a backend implements, and what a reader of its records needs.
-# The helpers below them (Filters, SubscriberList, dump_json, ...) are shared
+# The helpers below them (Filters, RecordReader, dump_json, ...) are shared
 # by the backends in this package and may change without notice.
 __all__ = [
     "GENESIS_HASH",
@@ -442,6 +442,111 @@ class Filters:
             elif field is None or (field < value if op == ">=" else field > value):
                 return False
         return True
+
+
+class RecordReader:
+    """The filtered reads of an audit backend, built on two methods of a subclass.
+
+    A subclass implements :meth:`_select` (and may override :meth:`_count`
+    and :meth:`export_jsonl` with faster versions); the public signatures
+    are spelled out here once.
+    """
+
+    def _select(
+        self, filters: Filters, after_id: int | None, limit: int | None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the records matching ``filters`` with an id above ``after_id``, oldest first."""
+        raise NotImplementedError
+
+    def _count(self, filters: Filters) -> int:
+        """Return how many records match ``filters``."""
+        return sum(1 for _ in self._select(filters, None, None))
+
+    def iter_log(
+        self,
+        session_id: str | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+        risk_level: RiskLevel | str | int | None = None,
+        result_status: ResultStatus | str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        limit: int | None = None,
+        after_id: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the records that match every given filter, oldest first.
+
+        Filters are exact matches; ``since``/``until`` bound the record's
+        ``timestamp`` (inclusive; a naive datetime means UTC). ``limit`` caps
+        how many are yielded and ``after_id`` skips the records up to that id.
+        """
+        filters = Filters.of(
+            session_id,
+            action_type=action_type,
+            action_target=action_target,
+            risk_level=risk_level,
+            result_status=result_status,
+            since=since,
+            until=until,
+        )
+        yield from self._select(filters, after_id, limit)
+
+    def get_log(
+        self,
+        session_id: str | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+        risk_level: RiskLevel | str | int | None = None,
+        result_status: ResultStatus | str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        limit: int | None = None,
+        after_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return the records that match every given filter, oldest first (see :meth:`iter_log`)."""
+        return list(
+            self.iter_log(
+                session_id,
+                action_type=action_type,
+                action_target=action_target,
+                risk_level=risk_level,
+                result_status=result_status,
+                since=since,
+                until=until,
+                limit=limit,
+                after_id=after_id,
+            )
+        )
+
+    def count(
+        self,
+        session_id: str | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+        risk_level: RiskLevel | str | int | None = None,
+        result_status: ResultStatus | str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+    ) -> int:
+        """Return how many records match every given filter."""
+        return self._count(
+            Filters.of(
+                session_id,
+                action_type=action_type,
+                action_target=action_target,
+                risk_level=risk_level,
+                result_status=result_status,
+                since=since,
+                until=until,
+            )
+        )
+
+    def export_jsonl(self, path: str | Path, session_id: str | None = None) -> int:
+        """Write the records (of one session, if given) as UTF-8 JSON lines; return how many."""
+        return write_jsonl(path, self.iter_log(session_id))
 
 
 class SubscriberList:

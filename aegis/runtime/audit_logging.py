@@ -20,21 +20,19 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Iterator
-from datetime import datetime
-from pathlib import Path
 from typing import Any, Final
 
 from aegis.core.decision import PolicyDecision
-from aegis.core.result import Result, ResultStatus
+from aegis.core.result import Result
 from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError
 from aegis.runtime.audit_backend import (
     RECORD_FIELDS,
     Filters,
+    RecordReader,
     Subscriber,
     SubscriberList,
     record_values,
-    write_jsonl,
 )
 
 __all__ = ["LoggingAuditLogger"]
@@ -50,7 +48,7 @@ LEVELS: Final[dict[str, int]] = {
 _FIELDS: Final = RECORD_FIELDS[:-2]  # no prev_hash / hash: this log is not chained
 
 
-class LoggingAuditLogger:
+class LoggingAuditLogger(RecordReader):
     """Log one JSON record per action on ``aegis.audit`` (or ``logger``).
 
     Levels follow risk: LOW is DEBUG, MEDIUM INFO, HIGH WARNING, CRITICAL
@@ -140,29 +138,9 @@ class LoggingAuditLogger:
         """Log the final record of an action and return its id."""
         return self.log(session_id, decision, result=result, human_decision=human_decision)
 
-    def iter_log(
-        self,
-        session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-        limit: int | None = None,
-        after_id: int | None = None,
+    def _select(
+        self, filters: Filters, after_id: int | None, limit: int | None
     ) -> Iterator[dict[str, Any]]:
-        """Yield the kept records that match every filter, oldest first."""
-        filters = Filters.of(
-            session_id,
-            action_type=action_type,
-            action_target=action_target,
-            risk_level=risk_level,
-            result_status=result_status,
-            since=since,
-            until=until,
-        )
         with self._lock:
             snapshot = list(self._records)
         if limit is not None and limit <= 0:
@@ -176,63 +154,6 @@ class LoggingAuditLogger:
                 found += 1
                 if found == limit:
                     return
-
-    def get_log(
-        self,
-        session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-        limit: int | None = None,
-        after_id: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Return the kept records that match every filter, oldest first."""
-        return list(
-            self.iter_log(
-                session_id,
-                action_type=action_type,
-                action_target=action_target,
-                risk_level=risk_level,
-                result_status=result_status,
-                since=since,
-                until=until,
-                limit=limit,
-                after_id=after_id,
-            )
-        )
-
-    def count(
-        self,
-        session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-    ) -> int:
-        """Return how many kept records match every filter."""
-        return sum(
-            1
-            for _ in self.iter_log(
-                session_id,
-                action_type=action_type,
-                action_target=action_target,
-                risk_level=risk_level,
-                result_status=result_status,
-                since=since,
-                until=until,
-            )
-        )
-
-    def export_jsonl(self, path: str | Path, session_id: str | None = None) -> int:
-        """Write the kept records as UTF-8 JSON lines; return how many."""
-        return write_jsonl(path, self.iter_log(session_id))
 
     def subscribe(self, callback: Subscriber) -> None:
         """Call ``callback(record)`` after each new record; its exceptions are logged."""
