@@ -195,23 +195,32 @@ class Runtime:
     async def execute(self, plan: ExecutionPlan | Iterable[Action]) -> list[Result]:
         """Run every action of ``plan`` in order; return one Result per action.
 
+        Each action is decided again, by this runtime's policy, as it comes
+        up: a plan is a preview, never a permit. A plan made by another
+        runtime, edited by hand, or made before a time window closed cannot
+        run what the policy forbids now.
+
         A ``FAILED`` or ``DENIED`` action skips all the actions after it; a
         ``BLOCKED`` one does not. Each Result is recorded in the audit trail
         before this returns. A list of actions is planned first.
         """
-        if not isinstance(plan, ExecutionPlan):
-            plan = self.plan(plan)
+        actions = [d.action for d in plan] if isinstance(plan, ExecutionPlan) else list(plan)
         if not self._started or self._closed:
             await self._start()
         results: list[Result] = []
         stopped_by: Result | None = None
-        for decision in plan.decisions:
-            if stopped_by is None:
-                result = await self._run(decision)
-                if result.status in _STOPPING:
-                    stopped_by = result
-            else:
-                result = await self.record(decision, self.skip(decision, stopped_by))
+        for position, action in enumerate(actions):
+            decision = self.decide(action)
+            try:
+                if stopped_by is None:
+                    result = await self._run(decision)
+                    if result.status in _STOPPING:
+                        stopped_by = result
+                else:
+                    result = await self.record(decision, self.skip(decision, stopped_by))
+            except BaseException as exc:  # cancelled or interrupted mid-plan
+                await self._record_unreached(actions[position + 1 :], exc)
+                raise
             results.append(result)
         return results
 
@@ -296,6 +305,19 @@ class Runtime:
                 action, ResultStatus.SUCCESS, data=out, started_at=started, completed_at=_now()
             )
         status = out.status
+        if not isinstance(status, ResultStatus) or not isinstance(
+            out.completed_at, datetime | None
+        ):
+            # Result is mutable; one changed after construction could break
+            # the audit write, and the action did run: record it as failed.
+            return Result(
+                action,
+                ResultStatus.FAILED,
+                error=f"executor returned an invalid Result (status={status!r}, "
+                f"completed_at={out.completed_at!r}); use a ResultStatus and a datetime",
+                started_at=started,
+                completed_at=_now(),
+            )
         if status in _RUNTIME_ONLY:
             return Result(
                 action,
@@ -401,6 +423,25 @@ class Runtime:
             await self.record(decision, result, human, token)
         except Exception:
             _log.exception("could not record the interruption of %s", decision.action)
+
+    async def _record_unreached(self, actions: list[Action], exc: BaseException) -> None:
+        # The rest of an interrupted plan never ran: say so in the audit
+        # trail rather than leave it out. Best effort, like the interruption.
+        for action in actions:
+            decision = self.decide(action)
+            now = _now()
+            result = Result(
+                action,
+                ResultStatus.SKIPPED,
+                error=f"skipped: the plan was interrupted ({_describe(exc)})",
+                started_at=now,
+                completed_at=now,
+            )
+            try:
+                await self.record(decision, result)
+            except Exception:
+                _log.exception("could not record the skipped action %s", action)
+                return
 
     @staticmethod
     def _denied(decision: PolicyDecision, started: datetime, error: str) -> Result:

@@ -694,3 +694,67 @@ async def test_many_concurrent_run_one_lose_nothing() -> None:
     by_i = {r["action_params"]["i"]: r["result_status"] for r in audit.records}
     assert by_i == {a.params["i"]: expected(a).value for a in actions}
     assert audit.pending() == []
+
+
+# ---------------------------------------------------------------- plans are previews
+
+
+async def test_a_forged_plan_cannot_run_what_the_policy_blocks() -> None:
+    """execute() decides each action again: a hand-made AUTO decision for a blocked action fails."""
+    executor = RecordingExecutor()
+    forged = ExecutionPlan(
+        [PolicyDecision(Action("delete", "crm"), RiskLevel.LOW, Approval.AUTO, "forged")]
+    )
+    [result] = await make(executor=executor).execute(forged)
+    assert result.status is S.BLOCKED
+    assert executor.types == []
+
+
+async def test_a_plan_from_a_laxer_runtime_is_decided_again() -> None:
+    """A plan made under an allow-all policy is held to this runtime's policy."""
+    lax = make(policy=TablePolicy({}))
+    strict_executor = RecordingExecutor()
+    strict = make(executor=strict_executor)
+    plan = lax.plan([Action("read", "crm"), Action("delete", "crm")])
+    assert not plan.has_blocked
+    results = await strict.execute(plan)
+    assert statuses(results) == [S.SUCCESS, S.BLOCKED]
+    assert strict_executor.types == ["read"]
+
+
+async def test_an_interrupted_plan_records_the_actions_it_never_reached() -> None:
+    """Cancelling execute() mid-plan audits the running action and the rest as skipped."""
+    started = asyncio.Event()
+
+    async def executor(action: Action) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    audit = InMemoryAuditLog()
+    runtime = make(executor=executor, audit=audit)
+    actions = [Action("read", "a"), Action("read", "b"), Action("read", "c")]
+    task = asyncio.ensure_future(runtime.execute(runtime.plan(actions)))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    records = audit.records
+    assert [r["result_status"] for r in records] == ["failed", "skipped", "skipped"]
+    assert [r["action_target"] for r in records] == ["a", "b", "c"]
+    assert "interrupted" in records[2]["result_error"]
+
+
+async def test_a_result_spoiled_after_construction_is_recorded_as_failed() -> None:
+    """An executor whose Result has a non-ResultStatus status still gets a FAILED record."""
+
+    async def executor(action: Action) -> Result:
+        result = Result(action, ResultStatus.SUCCESS)
+        result.status = "success"  # type: ignore[assignment]  # what a careless executor does
+        return result
+
+    audit = InMemoryAuditLog()
+    result = await make(executor=executor, audit=audit).run_one(Action("read", "crm"))
+    assert result.status is S.FAILED
+    assert "invalid Result" in (result.error or "")
+    assert [r["result_status"] for r in audit.records] == ["failed"]
+    assert audit.pending() == []
