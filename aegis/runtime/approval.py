@@ -59,18 +59,37 @@ class AutoApprovalHandler(ApprovalHandler):
         return True
 
 
+def _printable(text: str) -> str:
+    """``text`` with every control or format character shown as an escape.
+
+    The agent writes these strings and a human trusts what the terminal
+    shows: a newline could forge a "Risk: LOW" line, an ANSI sequence could
+    erase or recolour one, a bidi override could reverse it.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def describe(decision: PolicyDecision) -> list[tuple[str, str]]:
-    """The facts an approver needs, as (label, text) pairs in display order."""
+    """The facts an approver needs, as (label, text) pairs in display order.
+
+    Texts that come from the agent are made printable; the params are JSON
+    with every non-ASCII character escaped, so nothing in them can act on
+    the terminal either.
+    """
     action = decision.action
-    rows = [("Action", action.type), ("Target", action.target)]
+    rows = [("Action", _printable(action.type)), ("Target", _printable(action.target))]
     if action.params:
-        rows.append(("Params", json.dumps(thaw(action.params), indent=2, default=str)))
+        rows.append(("Params", json.dumps(thaw(action.params), indent=2, default=repr)))
     if action.description:
-        rows.append(("Description", action.description))
+        rows.append(("Description", _printable(action.description)))
     rows.append(("Risk", decision.risk_level.name))
-    rows.append(("Rule", decision.matched_rule or "-"))
+    rows.append(("Rule", _printable(decision.matched_rule) or "-"))
     if decision.reason:
-        rows.append(("Reason", decision.reason))
+        rows.append(("Reason", _printable(decision.reason)))
     return rows
 
 
@@ -239,11 +258,13 @@ def _show_rich(rows: list[tuple[str, str]], out: IO[str]) -> None:
     from rich.console import Console  # noqa: PLC0415  # deferred on purpose, see above
     from rich.panel import Panel  # noqa: PLC0415  # deferred on purpose, see above
     from rich.table import Table  # noqa: PLC0415  # deferred on purpose, see above
+    from rich.text import Text  # noqa: PLC0415  # deferred on purpose, see above
 
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
     for label, text in rows:
         style: Any = "bold red" if label == "Risk" and text in ("HIGH", "CRITICAL") else None
-        table.add_row(label, text, style=style)
+        # Text, not a str: Rich would read "[...]" in the agent's words as markup.
+        table.add_row(label, Text(text), style=style)
     Console(file=out).print(Panel(table, title="Approval required", expand=False))

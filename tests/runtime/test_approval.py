@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -280,3 +281,31 @@ def test_approval_handler_is_abstract() -> None:
     """ApprovalHandler cannot be used without implementing request_approval."""
     with pytest.raises(TypeError):
         ApprovalHandler()  # type: ignore[abstract]
+
+
+# ---------------------------------------------------------------- what the agent cannot forge
+
+_SPOOFS = [
+    Action("read\x1b[2K", "crm\nRisk:        LOW", {"q": "x\x1b[1A"}, "ok\x1b[2K\x1b[1A fake"),
+    Action("read", "crm\u202e", {"q": "SELECT 1 [black on black]; DROP TABLE users[/]"}, "[/bold]"),
+]
+
+
+@pytest.mark.parametrize("action", _SPOOFS)
+@pytest.mark.parametrize("terminal", [False, True])
+def test_agent_text_cannot_act_on_the_approvers_terminal(action: Action, terminal: bool) -> None:
+    """Control characters and Rich markup in the action are shown as text, never obeyed."""
+    out: io.StringIO = _Terminal() if terminal else io.StringIO()
+    handler = CLIApprovalHandler(input_stream=io.StringIO("n\n"), output_stream=out)
+    assert asyncio.run(handler.request_approval(decision(action=action))) is False
+    text = out.getvalue()
+    # Rich's own colours are SGR sequences ending in "m"; nothing else may reach the terminal.
+    assert set(re.findall(r"\x1b\[[0-9;]*([A-Za-z])", text)) <= {"m"}
+    assert "\u202e" not in text
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    risk_lines = [line for line in plain.splitlines() if line.strip("│ ").startswith("Risk")]
+    assert len(risk_lines) == 1
+    assert "MEDIUM" in risk_lines[0]
+    if "DROP TABLE" in str(action.params):
+        assert "[black on black]" in text
+        assert "DROP TABLE users" in text
