@@ -122,9 +122,20 @@ class VerifyReport:
 
 def _to_record(row: tuple[Any, ...]) -> dict[str, Any]:
     record = dict(zip(RECORD_FIELDS, row, strict=True))
-    record["action_params"] = json.loads(row[5])
-    record["result_data"] = json.loads(row[13])
+    record["action_params"] = _load(row[5])
+    record["result_data"] = _load(row[13])
     return record
+
+
+def _load(stored: object) -> Any:
+    # A hand-edited column may hold anything: give back what is not JSON as
+    # it is (verify() reports the edit) rather than fail to read the log.
+    if isinstance(stored, str):
+        try:
+            return json.loads(stored)
+        except ValueError:
+            return stored
+    return stored if stored is None or isinstance(stored, int | float) else repr(stored)
 
 
 # the scalar columns of a row, and the encoder that writes them as JSON
@@ -168,6 +179,14 @@ def _json_text(stored: object) -> str:
         else:
             return stored
     return _encode_scalars(stored if isinstance(stored, str) else repr(stored))
+
+
+def _storable(values: RecordValues) -> RecordValues:
+    fixed = [
+        v.encode("utf-16", "surrogatepass").decode("utf-16", "replace") if isinstance(v, str) else v
+        for v in values
+    ]
+    return tuple(fixed)  # type: ignore[return-value]  # same shape, element by element
 
 
 def _parse_head(head: str) -> tuple[int, str]:
@@ -275,11 +294,18 @@ class AuditLogger(RecordReader):
             return self._conn
         if self._closed:
             raise self._closed_error()
-        if not self._create and self._path != ":memory:" and not os.path.exists(self._path):
-            raise AuditError(
-                f"no audit database at {self._path!r}; check the path "
-                "(it is created when the first action is recorded)"
-            )
+        if not self._create and self._path != ":memory:":
+            # A reader must not turn a missing or empty file into a database.
+            if not os.path.exists(self._path):
+                raise AuditError(
+                    f"no audit database at {self._path!r}; check the path "
+                    "(it is created when the first action is recorded)"
+                )
+            if os.path.getsize(self._path) == 0:
+                raise AuditError(
+                    f"{self._path!r} is an empty file, not an Aegis audit database; "
+                    "point db_path at the file your runtime writes"
+                )
         conn = sqlite3.connect(
             self._path,
             timeout=self._busy_timeout,
@@ -320,6 +346,11 @@ class AuditLogger(RecordReader):
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and not self._create:
+            raise AuditError(
+                f"{self._path!r} is a SQLite database but not an Aegis audit database; "
+                "point db_path at the file your runtime writes"
+            )
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -376,6 +407,16 @@ class AuditLogger(RecordReader):
                     out = self._append_one(conn, ops[0], self._head)
                 if out is None:
                     out = self._append(conn, ops)
+            except UnicodeEncodeError:
+                # A lone surrogate (text decoded with errors="surrogateescape",
+                # say) cannot be stored as UTF-8: store it as U+FFFD instead
+                # of losing the record. Rare, so only on this path.
+                self._head = None
+                ops = [(_storable(values), token, fut) for values, token, fut in ops]
+                try:
+                    out = self._append(self._connect(), ops)
+                except sqlite3.Error as exc:
+                    raise self._error("write to", exc) from exc
             except sqlite3.Error as exc:
                 self._head = None
                 raise self._error("write to", exc) from exc

@@ -9,10 +9,11 @@ A record is a plain ``dict`` with the keys in :data:`RECORD_FIELDS`.
 ``action_params`` and ``result_data`` are JSON values; anything JSON cannot
 represent is stored as its ``repr`` so that auditing never fails on data.
 
-The chain hash of a record (:func:`record_hash`) is the SHA-256 of the
+The chain hash of a record (:func:`record_hash`) is the SHA-256 of a
 compact JSON array of every field except ``hash``, in the order of
-:data:`HASHED_FIELDS` (objects inside with sorted keys). It can be
-recomputed from an exported JSONL line::
+:data:`HASHED_FIELDS` (objects inside with sorted keys, and the length of
+the params text before it). It can be recomputed from an exported JSONL
+line::
 
     rec = json.loads(line)
     assert record_hash(rec) == rec["hash"]
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -188,13 +190,35 @@ def dump_json(value: Any) -> str:
     """
     try:
         return _encode(value)
-    except (TypeError, ValueError, RecursionError):
-        return json.dumps(_safe_repr(value), ensure_ascii=False)
+    except ValueError:
+        # NaN or an infinity: valid Python, invalid JSON. Write those floats
+        # as strings ("nan", "inf") and keep the rest of the value.
+        try:
+            return _encode(_finite(value))
+        except (TypeError, ValueError, RecursionError):
+            pass
+    except (TypeError, RecursionError):
+        pass
+    return json.dumps(_safe_repr(value), ensure_ascii=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 # Built once: json.dumps with options builds a new encoder on every call.
 _encode = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,  # NaN is not JSON: dump_json writes such floats as strings
+    default=_json_default,
 ).encode
 
 
@@ -245,17 +269,24 @@ def hash_row(row: Sequence[Any]) -> str:
             row[9], row[10], row[11], row[12], row[14], row[15], row[16], row[17],
         ]
     )  # fmt: skip
-    text = f"{scalars[:-1]},{row[5]},{row[13]}]"
+    params = row[5]
+    text = f"{scalars[:-1]},{len(params)},{params},{row[13]}]"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
     """Return the chain hash of ``record``.
 
-    It is the SHA-256 of the compact, sorted-keys JSON array of the values
-    of :data:`HASHED_FIELDS` (a missing field counts as ``null``).
+    It is the SHA-256 of a compact JSON array: the values of
+    :data:`HASHED_FIELDS` but the last two (a missing field counts as
+    ``null``), then the length of the canonical JSON text of
+    ``action_params``, that text, and the canonical JSON of ``result_data``
+    (objects with sorted keys). The length pins where the params end, so no
+    text can move between the two JSON values unnoticed.
     """
-    text = _encode([record.get(name) for name in HASHED_FIELDS])
+    params = _encode(record.get("action_params"))
+    scalars = _encode([record.get(name) for name in HASHED_FIELDS[:-2]])
+    text = f"{scalars[:-1]},{len(params)},{params},{_encode(record.get('result_data'))}]"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 

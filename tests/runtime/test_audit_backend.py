@@ -19,6 +19,7 @@ from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.audit_backend import (
+    GENESIS_HASH,
     RECORD_FIELDS,
     AuditBackend,
     Filters,
@@ -45,7 +46,11 @@ def test_an_unrelated_object_is_not_a_backend() -> None:
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12,
 )
@@ -228,3 +233,28 @@ def test_write_jsonl_reports_an_unwritable_path(tmp_path: Path) -> None:
     target = tmp_path / "missing" / "out.jsonl"
     with pytest.raises(AuditError, match=r"out\.jsonl"):
         write_jsonl(target, [{"id": 1}])
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ({"x": float("nan")}, {"x": "nan"}),
+        ({"x": [1.5, float("inf")]}, {"x": [1.5, "inf"]}),
+        (float("-inf"), "-inf"),
+    ],
+)
+def test_non_finite_floats_are_stored_as_strings(value: Any, stored: Any) -> None:
+    """NaN and infinities, which JSON cannot hold, become strings; the rest is kept."""
+    text = dump_json(value)
+    assert json.loads(text) == stored
+    assert "NaN" not in text
+    assert "Infinity" not in text
+
+
+def test_moving_text_between_the_json_columns_changes_the_hash() -> None:
+    """The hash pins where params end, so text shifted into result_data is caught."""
+    row = [1, "s", "t", "read", "crm", '{"amount":1,"to":"alice"}', "", "LOW", "auto", "r", ""]
+    row += [None, "success", "null", None, None, None, GENESIS_HASH]
+    shifted = list(row)
+    shifted[5], shifted[13] = '{"amount":1', '"to":"alice"},null'
+    assert hash_row(row) != hash_row(shifted)

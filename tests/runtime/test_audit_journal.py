@@ -138,3 +138,22 @@ def test_an_unknown_synchronous_mode_is_refused(tmp_path: Path) -> None:
     """A typo in synchronous= fails at construction with the valid choices."""
     with pytest.raises(ValueError, match="'normal' or 'full'"):
         AuditLogger(tmp_path / "a.db", synchronous="fast")
+
+
+async def test_a_lone_surrogate_is_stored_instead_of_losing_the_record(tmp_path: Path) -> None:
+    """Text SQLite cannot hold as UTF-8 is stored with U+FFFD; the chain still verifies."""
+    db = tmp_path / "a.db"
+    decision = PolicyDecision(
+        Action("read\udc80", "crm", {"s": "\ud800"}), RiskLevel.LOW, Approval.AUTO, "r"
+    )
+    with AuditLogger(db) as audit:
+        token = await audit.record_start("s", decision)
+        result = Result(decision.action, ResultStatus.SUCCESS)
+        await audit.record("s", decision, result=result, start_token=token)
+        audit.log("s", decision)
+        [first, second] = audit.get_log()
+        assert audit.verify().ok
+        assert audit.pending() == []
+    assert first["action_type"] == "read\ufffd"
+    assert first["action_params"] == {"s": "\ufffd"}
+    assert second["id"] == 2

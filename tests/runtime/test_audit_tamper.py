@@ -13,6 +13,7 @@ from aegis.core.action import Action
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
+from aegis.errors import AuditError
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.audit_backend import GENESIS_HASH, RECORD_FIELDS, dump_json, record_hash
 
@@ -271,3 +272,31 @@ def test_broken_json_in_a_stored_column_still_exports_valid_lines(
         assert not audit.verify().ok
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert lines[1]["action_params"] == "{broken"
+
+
+@pytest.mark.parametrize("stored", ["not json", b"\x00blob"])
+def test_a_column_that_is_not_json_reads_back_as_it_is(
+    db: Path, raw: sqlite3.Connection, stored: object
+) -> None:
+    """get_log() returns a hand-edited JSON column as text instead of failing to read."""
+    raw.execute("UPDATE audit_log SET result_data = ? WHERE id = 3", (stored,))
+    with AuditLogger(db) as audit:
+        record = audit.get_log()[2]
+    assert record["result_data"] == (stored if isinstance(stored, str) else repr(stored))
+
+
+def test_an_empty_file_is_not_turned_into_a_database_by_a_reader(tmp_path: Path) -> None:
+    """A reader (create=False) refuses an empty file and leaves it empty."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(AuditError, match="empty file"), AuditLogger(empty, create=False) as audit:
+        audit.verify()
+    assert empty.stat().st_size == 0
+
+
+def test_a_reader_refuses_another_sqlite_database(tmp_path: Path) -> None:
+    """A reader (create=False) does not add the audit schema to someone else's database."""
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(AuditError, match="not an Aegis audit database"):
+        AuditLogger(other, create=False).count()
