@@ -81,6 +81,9 @@ class Runtime:
             by default.
         approval_timeout: seconds an approval may take before it counts
             as denied; ``None`` (default) leaves timing to the handler.
+        execute_timeout: seconds an async executor may take before the
+            action counts as failed (it is cancelled); ``None`` (default)
+            waits for it. A synchronous executor cannot be interrupted.
 
     The executor's ``setup()`` runs once, on ``async with`` or else before
     the first action; ``teardown()`` and the audit's ``close()`` run once,
@@ -102,17 +105,21 @@ class Runtime:
         audit_logger: AuditBackend | None = None,
         session_id: str | None = None,
         approval_timeout: float | None = None,
+        execute_timeout: float | None = None,
     ) -> None:
         self._execute_action, self._setup, self._teardown = _executor_hooks(executor)
         self._evaluate = _policy_evaluate(policy)
         if approval_handler is None:
             approval_handler = CLIApprovalHandler()
         self._ask = _approval_function(approval_handler)
-        if approval_timeout is not None and not approval_timeout > 0:
-            raise ConfigurationError(
-                f"approval_timeout must be a positive number of seconds or None, "
-                f"got {approval_timeout!r}"
-            )
+        for name, timeout in (
+            ("approval_timeout", approval_timeout),
+            ("execute_timeout", execute_timeout),
+        ):
+            if timeout is not None and not timeout > 0:
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds or None, got {timeout!r}"
+                )
         if audit_logger is None:
             # Imported here so that the engine imports without the SQLite
             # backend, and so that a Runtime with its own audit never opens a file.
@@ -128,6 +135,7 @@ class Runtime:
         self.policy = policy
         self.approval_handler = approval_handler
         self.approval_timeout = approval_timeout
+        self.execute_timeout = execute_timeout
         self.audit: AuditBackend = audit_logger
         self.session_id: str = session_id or uuid.uuid4().hex
         self._record_final = audit_logger.record
@@ -291,7 +299,14 @@ class Runtime:
         try:
             out = self._execute_action(action)
             if inspect.isawaitable(out):
-                out = await out
+                if self.execute_timeout is None:
+                    out = await out
+                else:
+                    try:
+                        out = await asyncio.wait_for(out, self.execute_timeout)
+                    except TimeoutError as exc:
+                        limit = f"the executor took longer than {self.execute_timeout:g}s"
+                        raise TimeoutError(limit) from exc
         except Exception as exc:  # an executor's failure is a result, not a crash
             return Result(
                 action,

@@ -758,3 +758,26 @@ async def test_a_result_spoiled_after_construction_is_recorded_as_failed() -> No
     assert "invalid Result" in (result.error or "")
     assert [r["result_status"] for r in audit.records] == ["failed"]
     assert audit.pending() == []
+
+
+@pytest.mark.parametrize("timeout", [0, -1.5])
+def test_non_positive_execute_timeout_is_rejected(timeout: float) -> None:
+    """execute_timeout must be positive."""
+    with pytest.raises(ConfigurationError, match="execute_timeout"):
+        make(execute_timeout=timeout)
+
+
+async def test_a_hanging_executor_fails_after_execute_timeout() -> None:
+    """An async executor that never returns is cancelled and recorded as FAILED."""
+
+    async def hangs(action: Action) -> None:
+        await asyncio.Event().wait()
+
+    audit = InMemoryAuditLog()
+    result = await make(executor=hangs, audit=audit, execute_timeout=0.05).run_one(
+        Action("read", "crm")
+    )
+    assert result.status is S.FAILED
+    assert "longer than 0.05s" in (result.error or "")
+    assert [r["result_status"] for r in audit.records] == ["failed"]
+    assert audit.pending() == []
