@@ -7,7 +7,7 @@ This is the one place where YAML and file-system errors become
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -65,7 +65,9 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode) -> Any:
             duplicate = key in data
         except TypeError:
             raise PolicyError(
-                f"a mapping key must be a plain value, not {type(key).__name__}", line=line
+                f"a mapping key must be a plain value such as a name or a number, not"
+                f" {_kind(key)}; write the key as text",
+                line=line,
             ) from None
         if duplicate:
             raise PolicyError(
@@ -77,6 +79,14 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode) -> Any:
         data.key_lines[key] = line
 
 
+def _kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"  # a !!set
+
+
 def _construct_sequence(loader: Any, node: yaml.SequenceNode) -> Any:
     data = LineList(node.start_mark.line + 1)
     yield data
@@ -85,6 +95,46 @@ def _construct_sequence(loader: Any, node: yaml.SequenceNode) -> Any:
 
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+
+
+#: deeper nesting than this is refused before it is composed: libyaml's
+#: composer recurses in C and crashes the interpreter some 30,000 levels down
+MAX_DEPTH: Final = 100
+
+_OPENING = (
+    yaml.BlockMappingStartToken,
+    yaml.BlockSequenceStartToken,
+    yaml.FlowMappingStartToken,
+    yaml.FlowSequenceStartToken,
+)
+_CLOSING = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
+def _check_tokens(text: str) -> None:
+    """Refuse anchors, aliases and deep nesting before the document is built.
+
+    An alias bomb (a few lines whose aliases expand to billions of values)
+    would hang whatever walks the data, and deep nesting would exhaust the
+    stack, so both are refused on the flat token stream.
+    """
+    depth = 0
+    for token in yaml.scan(text, Loader=_BaseLoader):
+        if isinstance(token, _OPENING):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise PolicyError(
+                    f"the policy is nested too deeply (more than {MAX_DEPTH} levels);"
+                    " a policy needs only a few levels",
+                    line=token.start_mark.line + 1,
+                )
+        elif isinstance(token, _CLOSING):
+            depth -= 1
+        elif isinstance(token, yaml.AnchorToken | yaml.AliasToken):
+            raise PolicyError(
+                "anchors and aliases (&name / *name) are not supported in policy files;"
+                " write the values out in full",
+                line=token.start_mark.line + 1,
+            )
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -110,6 +160,7 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as exc:
         raise PolicyError(f"cannot read policy file: {exc.strerror or exc}", path=name) from exc
     try:
+        _check_tokens(text)
         return yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass: no arbitrary objects
     except PolicyError as exc:
         raise PolicyError(exc.message, path=name, line=exc.line) from exc

@@ -122,6 +122,8 @@ class PolicyRule:
     ) -> None:
         if not isinstance(name, str):
             raise PolicyError(f"a rule name must be a string, not {type(name).__name__}")
+        if conditions is None:
+            conditions = {}
         try:
             values = {
                 "match_type": _check_pattern(match_type, "match type"),
@@ -129,15 +131,19 @@ class PolicyRule:
                 "risk_level": _coerce_enum(RiskLevel, risk_level, "risk_level"),
                 "approval": _coerce_enum(Approval, approval, "approval"),
                 "name": name,
-                "conditions": freeze(conditions or {}),
                 "description": str(description),
                 "source": source,
             }
-            compiled = compile_conditions(values["conditions"])
+            # Compiled as given, so that errors name the keys as written (a
+            # loader then finds their lines); the checks keep frozen copies.
+            compiled = compile_conditions(conditions)
+            values["conditions"] = freeze(conditions)
         except ConditionSpecError as exc:
             raise PolicyError(exc.message, rule=name or None) from exc
         except PolicyError as exc:
             raise PolicyError(exc.message, rule=name or None) from exc
+        except TypeError as exc:  # freeze: a value that cannot be copied
+            raise PolicyError(f"conditions: {exc}", rule=name or None) from exc
         fields = self.__dict__
         fields.update(values)
         fields["_compiled"] = compiled
@@ -431,33 +437,46 @@ class Policy:
     __hash__ = None  # type: ignore[assignment]  # equal policies need not hash alike
 
 
+class DuplicateRuleName(PolicyError):
+    """Two rules of one policy have the same name; ``first`` and ``second`` are their indexes.
+
+    Internal: a loader catches it to point at the lines of both rules.
+    """
+
+    def __init__(self, rules: tuple[PolicyRule, ...], first: int, second: int) -> None:
+        self.first = first
+        self.second = second
+        one, two = rules[first], rules[second]
+        where = ""
+        if one.source or two.source:
+            where = f" (at {_where(one, '?')} and {_where(two, '?')})"
+        super().__init__(
+            f"rule name {two.name!r} is used twice{where}; rule names must be unique",
+            rule=two.name,
+        )
+
+
 def _where(rule: PolicyRule, fallback: str) -> str:
     return rule.source or fallback
 
 
 def _named(rules: tuple[PolicyRule, ...]) -> tuple[PolicyRule, ...]:
     """Give unnamed rules ``rule_<position>``; refuse duplicate names."""
-    taken: dict[str, PolicyRule] = {}
-    for rule in rules:
+    taken: dict[str, int] = {}
+    for pos, rule in enumerate(rules):
         if not rule.name:
             continue
         first = taken.get(rule.name)
         if first is not None:
-            where = ""
-            if first.source or rule.source:
-                where = f" (at {_where(first, '?')} and {_where(rule, '?')})"
-            raise PolicyError(
-                f"rule name {rule.name!r} is used twice{where}; rule names must be unique",
-                rule=rule.name,
-            )
-        taken[rule.name] = rule
+            raise DuplicateRuleName(rules, first, pos)
+        taken[rule.name] = pos
     named = []
     for pos, rule in enumerate(rules, 1):
         if not rule.name:
             name = f"rule_{pos}"
             while name in taken:
                 name += "_"
-            taken[name] = rule
+            taken[name] = pos
             rule = replace(rule, name=name)  # noqa: PLW2901  # the copy replaces it
         named.append(rule)
     return tuple(named)

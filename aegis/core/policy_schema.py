@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from aegis.core._yaml import line_of
-from aegis.core.conditions import ConditionSpecError, compile_conditions
+from aegis.core.conditions import ConditionSpecError
 from aegis.core.decision import Approval
-from aegis.core.policy import Policy, PolicyRule, _coerce_enum
+from aegis.core.policy import DuplicateRuleName, Policy, PolicyRule, _coerce_enum
 from aegis.core.risk import RiskLevel
 from aegis.errors import PolicyError
 
@@ -98,6 +98,16 @@ def parse_policy(data: object, *, source: str | None = None) -> Policy:
         PolicyError: the data is not a valid policy.
     """
     place = _Place(source)
+    try:
+        return _parse(data, place)
+    except RecursionError as exc:
+        # from_dict takes any data; a list nested thousands deep must not escape as a crash
+        raise PolicyError(
+            "the policy is nested too deeply; a policy needs only a few levels", path=source
+        ) from exc
+
+
+def _parse(data: object, place: _Place) -> Policy:
     if data is None:
         raise place.error("the policy is empty; it needs at least 'rules' (and usually 'defaults')")
     if not isinstance(data, Mapping):
@@ -126,24 +136,21 @@ def parse_policy(data: object, *, source: str | None = None) -> Policy:
         raw_rules = []
     if not isinstance(raw_rules, list | tuple):
         raise place.error(f"rules must be a list of rules, not {_kind(raw_rules)}", data, "rules")
-    rules: list[PolicyRule] = []
-    first_seen: dict[str, int | None] = {}
-    for position, raw in enumerate(raw_rules, 1):
-        rule = _parse_rule(raw, position, place, data)
-        if rule.name:
-            if rule.name in first_seen:
-                line = first_seen[rule.name]
-                where = f" (first on line {line})" if line is not None else ""
-                raise place.error(
-                    f"rule name {rule.name!r} is used twice{where}; rule names must be unique",
-                    raw,
-                    "name",
-                )
-            first_seen[rule.name] = line_of(raw, "name")
-        rules.append(rule)
+    rules = [_parse_rule(raw, position, place, data) for position, raw in enumerate(raw_rules, 1)]
     place.rule = None
     try:
         return Policy(rules, risk, approval)
+    except DuplicateRuleName as exc:
+        # Policy checks names; only the raw rules know the lines to point at
+        first, second = raw_rules[exc.first], raw_rules[exc.second]
+        line = line_of(first, "name")
+        where = f" (first on line {line})" if line is not None else ""
+        place.rule = exc.rule
+        raise place.error(
+            f"rule name {exc.rule!r} is used twice{where}; rule names must be unique",
+            second,
+            "name",
+        ) from exc
     except PolicyError as exc:
         raise place.error(exc.message) from exc
 
@@ -184,10 +191,6 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
                 key,
             )
     conditions = _mapping(raw.get("conditions"), "conditions", place, raw, "conditions")
-    try:
-        compile_conditions(conditions)
-    except ConditionSpecError as exc:
-        raise place.error(exc.message, conditions, exc.key) from exc
     description = raw.get("description", "")
     if description is None:
         description = ""
@@ -206,7 +209,10 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
             description=description,
             source=place.rule_source(raw),
         )
-    except PolicyError as exc:  # already validated above; kept so no error escapes unplaced
+    except PolicyError as exc:  # PolicyRule compiles the conditions
+        cause = exc.__cause__
+        if isinstance(cause, ConditionSpecError):
+            raise place.error(exc.message, conditions, cause.key) from exc
         raise place.error(exc.message, raw) from exc
 
 

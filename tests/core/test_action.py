@@ -5,11 +5,19 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import threading
+import uuid
+from collections import deque
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
 
 from aegis.core.action import Action, FrozenDict, freeze, thaw
+from aegis.core.risk import RiskLevel
 
 
 def test_params_are_frozen() -> None:
@@ -66,9 +74,9 @@ def test_dict_of_params_is_a_mutable_copy() -> None:
 
 
 def test_thaw_gives_plain_nested_values() -> None:
-    """thaw turns frozen params back into dicts, lists and sets."""
+    """thaw turns frozen params back into dicts and lists (sets become sorted lists)."""
     frozen = freeze({"a": [1, {"b": {2}}]})
-    assert thaw(frozen) == {"a": [1, {"b": {2}}]}
+    assert thaw(frozen) == {"a": [1, {"b": [2]}]}
     assert type(thaw(frozen)["a"]) is list
 
 
@@ -131,3 +139,148 @@ def test_frozen_dict_copies_and_pickles() -> None:
     assert restored == params
     assert isinstance(restored, FrozenDict)
     assert repr(params).startswith("FrozenDict(")
+
+
+class Box:
+    """A mutable object that is not a container."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def test_bytearray_params_become_bytes() -> None:
+    """A bytearray param is stored as bytes, so changing the original changes nothing."""
+    raw = bytearray(b"rm -rf /tmp/x")
+    action = Action("exec", "shell", {"cmd": raw, "args": [bytearray(b"-v")]})
+    raw[:] = b"rm -rf /"
+    assert action.params["cmd"] == b"rm -rf /tmp/x"
+    assert type(action.params["cmd"]) is bytes
+    assert action.params["args"] == (b"-v",)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "text",
+        7,
+        1.5,
+        True,
+        None,
+        b"raw",
+        2j,
+        Decimal("1.10"),
+        Fraction(1, 3),
+        datetime(2024, 5, 1, 12, tzinfo=UTC),
+        date(2024, 5, 1),
+        time(12, 30),
+        timedelta(minutes=5),
+        uuid.UUID(int=7),
+        RiskLevel.HIGH,
+        PurePosixPath("/tmp/x"),
+    ],
+)
+def test_immutable_scalars_are_kept_as_they_are(value: object) -> None:
+    """Values that cannot change are stored as the very same object."""
+    assert Action("a", "b", {"v": value}).params["v"] is value
+
+
+def test_other_values_are_snapshots() -> None:
+    """Any other object is deep-copied, so later changes to it do not reach the action."""
+    box = Box(1)
+    action = Action("a", "b", {"box": box, "queue": deque([Box(2)])})
+    box.value = 99
+    assert action.params["box"] is not box
+    assert action.params["box"].value == 1
+    assert action.params["queue"][0].value == 2
+
+
+def test_uncopyable_value_raises_type_error() -> None:
+    """A value that cannot be copied raises TypeError naming the param."""
+    with pytest.raises(TypeError, match=r"param 'lock' .*params must be JSON-like values"):
+        Action("a", "b", {"lock": threading.Lock()})
+
+
+def test_keys_that_collide_as_strings_raise_type_error() -> None:
+    """Keys such as 1 and '1' would silently merge, so they raise TypeError naming them."""
+    with pytest.raises(TypeError, match=r"1 and '1' are both '1'"):
+        Action("a", "b", {1: "one", "1": "uno"})
+    with pytest.raises(TypeError, match="'1'"):
+        Action("a", "b", {"nested": {"1": "uno", 1: "one"}})
+
+
+def test_non_string_keys_become_strings() -> None:
+    """Keys that do not collide are converted to strings."""
+    assert Action("a", "b", {1: "one", None: 0}).params == {"1": "one", "None": 0}
+
+
+@pytest.mark.parametrize("params", [[], (), None, "", 0, [("a", 1)]])
+def test_non_mapping_params_raise_even_when_empty(params: object) -> None:
+    """Params that are not a mapping raise TypeError, even an empty list."""
+    with pytest.raises(TypeError, match="must be a mapping"):
+        Action("a", "b", params)  # type: ignore[arg-type]
+
+
+def test_reinit_cannot_change_the_shared_empty_params() -> None:
+    """Calling __init__ again on params changes nothing, not even the shared empty mapping."""
+    Action("x", "y").params.__init__(evil=1)  # type: ignore[misc]
+    full = Action("x", "y", {"a": 1})
+    full.params.__init__({"a": 2})  # type: ignore[misc]
+    assert Action("x", "y").params == {}
+    assert full.params == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda p: p.__setitem__("a", 2),
+        lambda p: p.update({"a": 2}),
+        lambda p: p.setdefault("a", 2),
+        lambda p: p.pop("a", None),
+        lambda p: p.popitem(),
+        lambda p: p.clear(),
+        lambda p: p.__ior__({"a": 2}),
+    ],
+)
+def test_empty_params_refuse_every_change(mutate: Any) -> None:
+    """The shared empty params raise on every mutating method and stay empty."""
+    with pytest.raises(TypeError, match="read-only"):
+        mutate(Action("x", "y").params)
+    assert Action("x", "y").params == {}
+
+
+def test_frozen_dict_constructor_freezes_deeply() -> None:
+    """FrozenDict(...) freezes its values like freeze does."""
+    frozen = FrozenDict({"ids": [1, 2], "raw": bytearray(b"x")}, n={"m": {3}})
+    assert frozen == {"ids": (1, 2), "raw": b"x", "n": {"m": frozenset({3})}}
+    assert isinstance(frozen["n"], FrozenDict)
+    assert Action("a", "b", frozen).params is frozen
+
+
+def test_frozen_dict_fromkeys() -> None:
+    """FrozenDict.fromkeys builds a FrozenDict instead of failing on __setitem__."""
+    frozen = FrozenDict.fromkeys(["a", "b"], [0])
+    assert frozen == {"a": (0,), "b": (0,)}
+    assert isinstance(frozen, FrozenDict)
+
+
+def test_empty_and_built_frozen_dicts_copy_and_pickle() -> None:
+    """The empty params and a constructed FrozenDict survive copy and pickle."""
+    for params in (Action("a", "b").params, FrozenDict(a=[1])):
+        assert copy.copy(params) is params
+        restored = pickle.loads(pickle.dumps(params))
+        assert restored == params
+        assert isinstance(restored, FrozenDict)
+
+
+def test_thaw_turns_frozensets_into_sorted_lists() -> None:
+    """A frozenset of tuples thaws to a sorted list of lists, which JSON accepts."""
+    action = Action("a", "b", {"pairs": {(2, "b"), (1, "a")}})
+    thawed = thaw(action.params)
+    assert thawed == {"pairs": [[1, "a"], [2, "b"]]}
+    assert json.loads(json.dumps(thawed)) == thawed
+
+
+def test_thaw_keeps_unsortable_frozensets_in_iteration_order() -> None:
+    """Elements that cannot be ordered are listed in the frozenset's own order."""
+    frozen = frozenset({1, "a", (None,)})
+    assert thaw(frozen) == [thaw(v) for v in frozen]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -324,3 +325,27 @@ def test_evaluate_with_aware_now_in_utc() -> None:
     early = datetime(2024, 1, 1, 21, 0, tzinfo=UTC)
     assert policy.evaluate(Action("a", "b"), now=late).matched_rule == "night"
     assert policy.evaluate(Action("a", "b"), now=early).matched_rule == DEFAULT_RULE
+
+
+def test_uncopyable_condition_value_is_a_policy_error() -> None:
+    """A condition value that cannot be frozen raises PolicyError naming the rule."""
+    with pytest.raises(PolicyError, match=r"rule 'r': .*cannot be copied"):
+        PolicyRule(name="r", conditions={"param_eq": {"x": threading.Lock()}})
+
+
+def test_condition_paths_must_be_strings() -> None:
+    """A param path that is not a string is refused, not silently turned into one."""
+    with pytest.raises(PolicyError, match="1 is not a param path"):
+        PolicyRule(conditions={"param_eq": {1: "x"}})
+
+
+def test_duplicate_names_in_policy_name_both_sources() -> None:
+    """Two rules with one name in a Policy raise PolicyError with both sources."""
+    with pytest.raises(PolicyError, match=r"'same' is used twice \(at a.yaml:1 and b.yaml:2\)"):
+        Policy(
+            [
+                PolicyRule("x", name="same", source="a.yaml:1"),
+                PolicyRule("y"),
+                PolicyRule("x", name="same", source="b.yaml:2"),
+            ]
+        )

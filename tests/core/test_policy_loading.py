@@ -332,3 +332,107 @@ def test_json_schema_lists_every_condition() -> None:
     rule = Policy.json_schema()["properties"]["rules"]["items"]
     assert tuple(rule["properties"]["conditions"]["properties"]) == CONDITION_NAMES
     assert rule["properties"]["approval"]["enum"] == ["auto", "approve", "block"]
+
+
+def nested_list(depth: int) -> object:
+    """A list nested ``depth`` levels deep, built without recursion."""
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [3000, 40000])
+def test_deeply_nested_file_is_a_policy_error(tmp_path: Path, depth: int) -> None:
+    """A file nested thousands deep is a PolicyError, not a RecursionError or a crash."""
+    error = load_error(tmp_path, "rules: " + "[" * depth + "]" * depth + "\n")
+    assert "nested too deeply" in str(error)
+    assert error.line == 1
+
+
+def test_deep_block_nesting_names_its_line(tmp_path: Path) -> None:
+    """Deep indentation-based nesting is refused at the line where it gets too deep."""
+    text = "rules:\n" + "".join("  " * level + "- \n" for level in range(1, 200))
+    error = load_error(tmp_path, text)
+    assert "nested too deeply" in str(error)
+    assert error.line is not None
+
+
+def test_moderate_nesting_in_conditions_loads(tmp_path: Path) -> None:
+    """Nested values a real policy uses still load."""
+    text = "rules:\n  - conditions: {param_eq: {a: {b: {c: [[1, {d: [2]}]]}}}}\n"
+    policy = Policy.from_yaml(write(tmp_path, text))
+    assert policy.rules[0].conditions["param_eq"]["a"]["b"]["c"] == ((1, {"d": (2,)}),)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"rules": [{"conditions": {"param_in": {"x": nested_list(3000)}}}]},
+        {"rules": [{"conditions": {"param_eq": {"x": nested_list(3000)}}}]},
+        {"rules": [{"risk_level": nested_list(3000)}]},
+        {"version": nested_list(3000)},
+    ],
+)
+def test_deeply_nested_dict_is_a_policy_error(data: dict[str, Any]) -> None:
+    """from_dict on data nested thousands deep raises PolicyError naming the source."""
+    with pytest.raises(PolicyError, match=r"^inline: the policy is nested too deeply"):
+        Policy.from_dict(data, source="inline")
+
+
+ALIAS_BOMB = (
+    "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    + "rules:\n  - conditions: {param_in: {cmd: *a8}}\n"
+)
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    """A YAML alias bomb is refused at once instead of expanding to 10**9 values."""
+    error = load_error(tmp_path, ALIAS_BOMB)
+    assert "anchors and aliases (&name / *name) are not supported" in str(error)
+    assert error.line == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("defaults: &d {approval: auto}\nrules: []\n", 1),
+        ("rules:\n  - name: a\n  - name: b\n    match: &m {type: x}\n", 4),
+        ("rules:\n  - name: a\n    conditions: {param_in: {x: [1, *nowhere]}}\n", 3),
+    ],
+)
+def test_anchors_and_aliases_name_their_line(tmp_path: Path, text: str, line: int) -> None:
+    """Any anchor or alias is a PolicyError pointing at its line."""
+    error = load_error(tmp_path, text)
+    assert "anchors and aliases" in str(error)
+    assert error.line == line
+
+
+def test_ampersand_in_text_is_not_an_anchor(tmp_path: Path) -> None:
+    """An '&' or '*' inside a quoted value is plain text."""
+    text = "rules:\n  - name: r\n    description: 'R&D *only*'\n    match: {type: '*'}\n"
+    assert Policy.from_yaml(write(tmp_path, text)).rules[0].description == "R&D *only*"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("? [a]\n: 1\n", "a list"),
+        ("? {a: 1}\n: 1\n", "a mapping"),
+        ("? !!set {a: null}\n: 1\n", "a set"),
+    ],
+)
+def test_unhashable_key_names_what_was_written(tmp_path: Path, text: str, kind: str) -> None:
+    """A list or mapping used as a key is described as such, without internal class names."""
+    error = load_error(tmp_path, text)
+    assert f"a mapping key must be a plain value such as a name or a number, not {kind}" in str(
+        error
+    )
+    assert "Line" not in str(error)
+
+
+def test_duplicate_name_in_dict_names_the_rule() -> None:
+    """A duplicate rule name in from_dict data is one PolicyError naming the rule."""
+    with pytest.raises(PolicyError, match=r"^inline: rule 'a': rule name 'a' is used twice;"):
+        Policy.from_dict({"rules": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}, source="inline")
