@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from aegis.cli._output import (
     error,
     info,
     is_terminal,
+    json_text,
     note,
     print_table,
     success,
@@ -43,6 +43,9 @@ __all__ = ["audit", "record_cells"]
 LIST_COLUMNS = ("Id", "Time", "Session", "Action", "Risk", "Approval", "Rule", "Status", "Human")
 #: on a terminal the session and human columns give way to the rest; `show` has them
 SHORT_COLUMNS = ("Id", "Time", "Action", "Risk", "Approval", "Rule", "Status")
+
+#: ids are SQLite integers; a larger number cannot name a record
+SQLITE_MAX_INT = 2**63 - 1
 
 #: how many records `list` shows in a terminal table when --limit is not given
 TERMINAL_LIMIT = 500
@@ -207,7 +210,7 @@ def _emit_json_array(records: Iterable[dict[str, Any]]) -> None:
     first = True
     for record in records:
         click.echo(("\n  " if first else ",\n  "), nl=False)
-        click.echo(json.dumps(record, ensure_ascii=False, default=str), nl=False)
+        click.echo(json_text(record), nl=False)
         first = False
     click.echo("]" if first else "\n]")
 
@@ -215,7 +218,7 @@ def _emit_json_array(records: Iterable[dict[str, Any]]) -> None:
 def _echo_jsonl(records: Iterable[dict[str, Any]]) -> int:
     written = 0
     for record in records:
-        click.echo(json.dumps(record, ensure_ascii=False, default=str))
+        click.echo(json_text(record))
         written += 1
     return written
 
@@ -226,7 +229,7 @@ def _fetch(log: AuditLogger, record_id: int) -> dict[str, Any] | None:
 
 
 @audit.command()
-@click.argument("record_id", metavar="ID", type=click.IntRange(min=1))
+@click.argument("record_id", metavar="ID", type=click.IntRange(min=1, max=SQLITE_MAX_INT))
 @db_option
 @format_option("text", "json")
 def show(record_id: int, db_path: str, output_format: str) -> None:
@@ -250,11 +253,11 @@ def show(record_id: int, db_path: str, output_format: str) -> None:
     width = max(len(name) for name in RECORD_FIELDS)
     for name in RECORD_FIELDS:
         value = record.get(name)
-        if name in {"action_params", "result_data"} and value not in (None, {}, []):
-            text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
-            text = text.replace("\n", "\n" + " " * (width + 2))
+        if isinstance(value, dict | list) and value:
+            text = json_text(value, indent=2).replace("\n", "\n" + " " * (width + 2))
         else:
-            text = "" if value is None else str(value)
+            # a hand-edited column that is not JSON comes back as its raw text
+            text = "" if value is None or value in ({}, []) else str(value)
         style = {
             "risk_level": RISK_STYLES,
             "approval": APPROVAL_STYLES,
@@ -481,7 +484,7 @@ def _last_records(log: AuditLogger, count: int, session_id: str | None) -> list[
     "--interval",
     default=0.5,
     show_default=True,
-    type=click.FloatRange(min=0.01),
+    type=click.FloatRange(min=0.01, max=3600),
     help="Seconds between checks for new records with --follow.",
 )
 @click.option(

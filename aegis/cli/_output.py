@@ -10,6 +10,7 @@ exactly one JSON document on stdout; notes and warnings go to stderr.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Collection, Iterable, Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "error",
     "info",
     "is_terminal",
+    "json_text",
     "note",
     "print_table",
     "success",
@@ -101,9 +103,36 @@ def error(message: str) -> None:
     _echo(message, err=True, fg="red")
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {_finite(key): _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def json_text(document: Any, *, indent: int | None = None) -> str:
+    """``document`` as JSON text that strict parsers (jq, JavaScript) accept.
+
+    JSON has no NaN or Infinity; a non-finite float (say, in a hand-edited
+    audit record) is written as the string ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"`` instead, so the output stays valid and the value visible.
+    Objects JSON cannot encode are written as their ``str()``.
+    """
+    try:
+        return json.dumps(document, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        # Rare, so the common path does not pay for walking every document.
+        return json.dumps(
+            _finite(document), indent=indent, ensure_ascii=False, default=str, allow_nan=False
+        )
+
+
 def emit_json(document: Any) -> None:
-    """Write one JSON document on stdout and nothing else."""
-    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+    """Write one JSON document on stdout and nothing else (see :func:`json_text`)."""
+    click.echo(json_text(document, indent=2))
 
 
 def _plain(cell: Cell) -> str:

@@ -7,9 +7,11 @@ which Click reports with the command's usage and exit status 2.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
@@ -21,6 +23,7 @@ __all__ = [
     "DateTimeParam",
     "db_option",
     "format_option",
+    "load_json",
     "parse_action",
     "parse_actions_jsonl",
     "parse_datetime",
@@ -34,35 +37,87 @@ ACTION_FIELDS = ("type", "target", "params", "description")
 DEFAULT_DB = "aegis_audit.db"
 
 
+class _Unusable(ValueError):
+    """JSON that parses but that Aegis refuses: NaN, Infinity, too deep, too long."""
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise _Unusable(f"{name} is not a JSON number; write a finite number, or quote it as a string")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Unusable(f"{text} is too large for a number; write a smaller one, or quote it")
+    return value
+
+
+def load_json(text: str) -> Any:
+    """Parse JSON that every consumer accepts: no NaN or Infinity, no number out of range.
+
+    Python's :func:`json.loads` takes ``NaN`` and ``1e999`` (as ``inf``), which
+    strict parsers (jq, JavaScript, most databases) then refuse downstream.
+
+    Raises:
+        json.JSONDecodeError: the text is not JSON.
+        ValueError: it is JSON that Aegis refuses; the message says why.
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (json.JSONDecodeError, _Unusable):
+        raise
+    except RecursionError as exc:
+        raise _Unusable("the JSON is nested too deeply") from exc
+    except ValueError as exc:  # int() refuses numbers of more than 4300 digits
+        raise _Unusable("a number has too many digits") from exc
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    # an error message quotes what was typed, but not a whole pasted file
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+#: params start at the first colon after the target that is followed by "{"
+_PARAMS_START = re.compile(r":\s*\{")
+
+
 def parse_action(text: str) -> Action:
     """Parse ``type:target`` or ``type:target:{"json": "params"}`` into an Action.
 
-    Only the first two colons split, so the JSON may contain colons.
+    The params start at the first colon (after the type) followed by ``{``, so
+    a target may contain colons (``read:https://x.com/a``) and so may the JSON.
 
     Raises:
         ValueError: with a message saying what is wrong and the expected form.
     """
-    parts = text.split(":", 2)
-    if len(parts) < 2:
-        raise ValueError(f"{text!r} is not an action; write it as type:target or type:target:JSON")
-    action_type, target = parts[0].strip(), parts[1].strip()
+    action_type, colon, rest = text.partition(":")
+    if not colon:
+        raise ValueError(
+            f"{_shown(text)} is not an action; write it as type:target or type:target:JSON"
+        )
+    start = _PARAMS_START.search(rest)
+    if start is not None:
+        target, params_text = rest[: start.start()], rest[start.start() + 1 :]
+    elif rest.endswith(":"):  # "read:crm:" is read:crm with no params
+        target, params_text = rest[:-1], ""
+    else:
+        target, params_text = rest, ""
+    action_type, target = action_type.strip(), target.strip()
     if not action_type or not target:
-        raise ValueError(f"{text!r} has an empty type or target; write it as type:target")
+        raise ValueError(f"{_shown(text)} has an empty type or target; write it as type:target")
     params: dict[str, Any] = {}
-    if len(parts) == 3 and parts[2].strip():
+    if params_text:
         try:
-            loaded = json.loads(parts[2])
+            # text that starts with "{" is an object or not JSON at all
+            params = load_json(params_text)
         except json.JSONDecodeError as exc:
             raise ValueError(
-                f"the params of {text!r} are not valid JSON ({exc.msg} at column {exc.colno});"
+                f"the params of {_shown(text)} are not valid JSON"
+                f" ({exc.msg} at column {exc.colno});"
                 " quote them in the shell, e.g. 'refund:stripe:{\"amount\": 50}'"
             ) from exc
-        if not isinstance(loaded, dict):
-            raise ValueError(
-                f'the params of {text!r} must be a JSON object like {{"amount": 50}},'
-                f" not {type(loaded).__name__}"
-            )
-        params = loaded
+        except ValueError as exc:
+            raise ValueError(f"the params of {_shown(text)} cannot be used: {exc}") from exc
     return Action(action_type, target, params)
 
 
@@ -92,14 +147,26 @@ def parse_actions_jsonl(stream: IO[str], name: str) -> Iterator[Action]:
     Raises:
         ValueError: naming ``name:line`` for the first bad line.
     """
-    for lineno, line in enumerate(stream, 1):
+    lines = enumerate(stream, 1)
+    while True:
+        try:
+            lineno, line = next(lines)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{name}: not UTF-8 text ({exc.reason}); give a JSONL file,"
+                " one JSON object per line"
+            ) from exc
         if not line.strip():
             continue
         where = f"{name}:{lineno}"
         try:
-            obj = json.loads(line)
+            obj = load_json(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
         yield _action_from_object(obj, where)
 
 
@@ -115,7 +182,12 @@ def parse_datetime(text: str) -> datetime:
         raise ValueError(
             f"{text!r} is not an ISO 8601 time; write e.g. 2026-11-24T23:00+01:00 or 2026-11-24"
         ) from exc
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        value.astimezone(UTC)  # 0001-01-01T00:00+05:00 is a valid date but no UTC time
+    except OverflowError as exc:
+        raise ValueError(f"{text!r} is out of range; give a time between years 1 and 9999") from exc
+    return value
 
 
 class ActionParam(click.ParamType):  # type: ignore[type-arg]  # generic only from Click 8.2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,13 +58,18 @@ class Change:
         return f"{old}, risk {self.record['risk_level']} -> {self.decision.risk_level.name}"
 
 
-def _action_of(record: dict[str, Any]) -> Action:
-    return Action(
-        record["action_type"],
-        record["action_target"],
-        record.get("action_params") or {},
-        record.get("action_desc") or "",
-    )
+def _action_of(record: dict[str, Any]) -> Action | None:
+    """The record's action, or None when a hand-edited row cannot make one."""
+    params = record.get("action_params")
+    action_type, target = record.get("action_type"), record.get("action_target")
+    if params is None:
+        params = {}
+    if not (
+        isinstance(params, Mapping) and isinstance(action_type, str) and isinstance(target, str)
+    ):
+        return None
+    description = record.get("action_desc")
+    return Action(action_type, target, params, description if isinstance(description, str) else "")
 
 
 def _moment(record: dict[str, Any]) -> datetime | None:
@@ -75,24 +80,44 @@ def _moment(record: dict[str, Any]) -> datetime | None:
 
 
 def replay_records(
-    policy: Policy, records: Iterator[dict[str, Any]], counter: Counter[str]
+    policy: Policy,
+    records: Iterator[dict[str, Any]],
+    counter: Counter[str],
+    skipped: list[int] | None = None,
 ) -> Iterator[Change]:
     """Re-evaluate each record under ``policy``; yield the decisions that change.
 
     Each action is evaluated at its record's timestamp so that time windows
     replay as they were. ``counter`` gets ``checked`` and ``undated`` counts.
+    A record that cannot be rebuilt as an action (a hand-edited row whose
+    params are not an object, or whose type or target is not text) is not
+    evaluated: its id goes to ``skipped``.
     """
     for record in records:
+        action = _action_of(record)
+        if action is None:
+            if skipped is not None:
+                skipped.append(record["id"])
+            continue
         counter["checked"] += 1
         moment = _moment(record)
         if moment is None:
             counter["undated"] += 1
-        decision = policy.evaluate(_action_of(record), now=moment)
+        decision = policy.evaluate(action, now=moment)
         if (
             decision.approval.value != record["approval"]
             or decision.risk_level.name != record["risk_level"]
         ):
             yield Change(record, decision)
+
+
+def _skipped_message(skipped: list[int]) -> str:
+    ids = ", ".join(str(i) for i in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+    return (
+        f"{len(skipped)} records could not be replayed (ids {ids}): their action type, target"
+        " or params are not what the runtime writes; `aegis audit verify` shows whether"
+        " the log was edited"
+    )
 
 
 def _change_cells(change: Change) -> list[Cell]:
@@ -169,11 +194,12 @@ def replay(
     """
     policy = Policy.from_yaml(policy_path)
     counter: Counter[str] = Counter()
+    skipped: list[int] = []
     with open_audit(db_path) as audit:
         records = audit.iter_log(session_id)
         # Changes are usually few even in a large log, so keeping them is cheap;
         # the records themselves stream.
-        changes = list(replay_records(policy, records, counter))
+        changes = list(replay_records(policy, records, counter, skipped))
     transitions = Counter(change.transition for change in changes)
 
     if output_format == "json":
@@ -184,6 +210,7 @@ def replay(
                 "session_id": session_id,
                 "checked": counter["checked"],
                 "changed": len(changes),
+                "skipped": skipped,
                 "transitions": dict(transitions.most_common()),
                 "changes": [_change_json(change) for change in changes],
             }
@@ -198,6 +225,8 @@ def replay(
         info(f"{len(changes)} of {counter['checked']} decisions would change: {detail}")
     else:
         success(f"no decision would change ({counter['checked']} records replayed)")
+    if skipped:
+        warn(_skipped_message(skipped))
     if counter["undated"]:
         warn(
             f"{counter['undated']} records have no readable timestamp; replayed at the current time"

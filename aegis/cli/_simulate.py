@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
@@ -18,6 +17,7 @@ from aegis.cli._output import (
     Styled,
     emit_json,
     info,
+    json_text,
     print_table,
     warn,
 )
@@ -58,7 +58,7 @@ def params_text(action: Action) -> str:
     """An action's params as one line of JSON, or "" when it has none."""
     if not action.params:
         return ""
-    return json.dumps(thaw(action.params), ensure_ascii=False, default=str)
+    return json_text(thaw(action.params))
 
 
 def decision_cells(position: int, decision: PolicyDecision) -> list[Cell]:
@@ -124,13 +124,15 @@ def simulate(  # noqa: PLR0917  # Click passes one argument per option
 ) -> None:
     """Show what POLICY decides for each action, without running anything.
 
-    Write an action as type:target, or type:target:JSON to give params
-    (quote it for the shell; only the first two colons split, so the JSON
-    may contain colons). Prints one decision per action and a summary line.
+    Write an action as type:target, or type:target:{JSON} to give params
+    (quote it for the shell). The params start at the first colon followed
+    by "{", so the target may contain colons (read:https://x.com/a) and so
+    may the JSON. NaN and Infinity are refused: JSON has no such numbers.
+    Prints one decision per action and a summary line.
 
     \b
     Examples:
-      aegis simulate policy.yaml read:crm delete:crm
+      aegis simulate policy.yaml read:crm delete:crm read:https://x.com/a
       aegis simulate policy.yaml 'refund:stripe:{"amount": 900}' --at 2026-11-24T23:00+01:00
       aegis simulate policy.yaml --actions plan.jsonl --fail-on block --format json
     """

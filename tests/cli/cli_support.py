@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 
 import yaml
@@ -60,3 +62,9 @@ def write_session(
                 result=Result(action, status),
                 human_decision=human,
             )
+
+
+def edit_database(db_path: Path, sql: str) -> None:
+    """Run ``sql`` on the audit database with sqlite3, as someone editing it by hand would."""
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute(sql)

@@ -127,3 +127,75 @@ def test_subprocess_reports_a_user_error_without_traceback(tmp_path: Path) -> No
         " or point --db (or $AEGIS_DB) at your agent's database"
     ]
     assert not (tmp_path / "nope.db").exists()
+
+
+#: user mistakes, each of which must end in one "Error: ..." line and status 1 or 2
+MISTAKES = [
+    pytest.param(["simulate", "{dir}", "read:x"], 2, "is a directory", id="simulate-dir-policy"),
+    pytest.param(["replay", "{dir}", "--db", "{db}"], 2, "is a directory", id="replay-dir-policy"),
+    pytest.param(["validate", "{dir}"], 1, "is a directory", id="validate-dir-policy"),
+    pytest.param(["validate", "{binary}"], 1, "not UTF-8", id="validate-binary-policy"),
+    pytest.param(
+        ["simulate", "{policy}", "--actions", "{binary}"], 2, "not UTF-8", id="binary-actions"
+    ),
+    pytest.param(["simulate", "{policy}", "--actions", "{dir}"], 2, "--actions", id="dir-actions"),
+    pytest.param(
+        ["simulate", "{policy}", "read:x", "--at", "garbage"], 2, "not an ISO 8601", id="bad-at"
+    ),
+    pytest.param(
+        ["simulate", "{policy}", "read:x", "--at", "0001-01-01T00:00+05:00"],
+        2,
+        "out of range",
+        id="at-out-of-range",
+    ),
+    pytest.param(
+        ["audit", "list", "--db", "{db}", "--since", "9999-12-31T23:59-05:00"],
+        2,
+        "out of range",
+        id="since-out-of-range",
+    ),
+    pytest.param(["audit", "list", "--db", "{policy}"], 1, "{policy}", id="db-not-sqlite"),
+    pytest.param(["audit", "list", "--db", "{dir}"], 2, "is a directory", id="db-is-dir"),
+    pytest.param(
+        ["audit", "show", str(2**63), "--db", "{db}"], 2, "not in the range", id="show-huge-id"
+    ),
+    pytest.param(
+        ["audit", "tail", "-f", "--interval", "1e308", "--db", "{db}"],
+        2,
+        "not in the range",
+        id="tail-huge-interval",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "exit_code", "message"), MISTAKES)
+def test_user_mistakes_are_one_line_not_a_traceback(  # noqa: PLR0917  # pytest passes by name
+    invoke: Invoke,
+    tmp_path: Path,
+    policy_path: Path,
+    audit_db: Path,
+    args: list[str],
+    exit_code: int,
+    message: str,
+) -> None:
+    """A user mistake exits 1 or 2 with an Error: line naming the problem, never a traceback."""
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x81 not text")
+    names = {"dir": str(tmp_path), "binary": str(binary), "policy": str(policy_path)}
+    names["db"] = str(audit_db)
+    result = invoke(*(arg.format(**names) for arg in args))
+    assert result.exit_code == exit_code
+    assert message.format(**names) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_policy_is_one_line(invoke: Invoke, policy_path: Path) -> None:
+    """A policy file without read permission exits 1 saying it cannot be read."""
+    policy_path.chmod(0)
+    try:
+        result = invoke("simulate", str(policy_path), "read:x")
+    finally:
+        policy_path.chmod(0o600)
+    assert result.exit_code == 1
+    assert "cannot read policy file" in result.stderr

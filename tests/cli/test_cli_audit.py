@@ -11,9 +11,10 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cli_support import SESSION, write_session
+from cli_support import SESSION, edit_database, write_session
 from click.testing import Result
 
 from aegis.core.action import Action
@@ -362,3 +363,100 @@ def test_demo_runs_and_leaves_a_verifiable_trail(invoke: Invoke, tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert invoke("audit", "verify", "--db", str(db)).exit_code == 0
     assert len(_rows(invoke("audit", "list", "--db", str(db)))) > 0
+
+
+# -- a hand-edited database ---------------------------------------------------------
+
+#: (stored column text, what the runtime reads back): not an object, or not JSON at all
+HAND_EDITS = [
+    pytest.param("[1,2]", [1, 2], id="json-list"),
+    pytest.param('"just text"', "just text", id="json-string"),
+    pytest.param("not json", "not json", id="not-json"),  # needs the runtime to read it raw
+]
+
+READING_COMMANDS = [
+    ["list"],
+    ["list", "--format", "json"],
+    ["list", "--format", "jsonl"],
+    ["show", "2"],
+    ["show", "2", "--format", "json"],
+    ["stats"],
+    ["tail"],
+    ["export"],
+]
+
+
+def _json_records(result: Result, args: list[str], **options: Any) -> list[dict[str, Any]]:
+    """The records in a JSON document (--format json) or in JSON lines (jsonl, export)."""
+    if "json" in args:
+        parsed = json.loads(result.stdout, **options)
+        return parsed if isinstance(parsed, list) else [parsed]
+    return [json.loads(line, **options) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("column", ["action_params", "result_data"])
+@pytest.mark.parametrize(("stored", "loaded"), HAND_EDITS)
+@pytest.mark.parametrize("args", READING_COMMANDS, ids=" ".join)
+def test_reading_commands_survive_a_hand_edited_column(  # noqa: PLR0917  # pytest passes by name
+    invoke: Invoke, audit_db: Path, args: list[str], column: str, stored: str, loaded: object
+) -> None:
+    """list, show, stats, tail and export exit 0 on a record whose JSON column was edited."""
+    edit_database(audit_db, f"UPDATE audit_log SET {column} = '{stored}' WHERE id = 2")
+    result = invoke("audit", *args, "--db", str(audit_db))
+    assert result.exit_code == 0
+    assert "refund" in result.stdout
+    if {"json", "jsonl", "export"} & set(args):
+        records = _json_records(result, args)
+        assert [r[column] for r in records if r["id"] == 2] == [loaded]
+
+
+@pytest.mark.parametrize(("stored", "shown"), [("not json", "not json"), ('"text"', "text")])
+def test_show_prints_a_hand_edited_string_as_it_is(
+    invoke: Invoke, audit_db: Path, stored: str, shown: str
+) -> None:
+    """show prints params that came back as a string raw: no JSON quotes, no traceback."""
+    edit_database(audit_db, f"UPDATE audit_log SET action_params = '{stored}' WHERE id = 2")
+    result = invoke("audit", "show", "2", "--db", str(audit_db))
+    assert result.exit_code == 0
+    assert f"action_params   {shown}\n" in result.stdout
+
+
+def test_show_pretty_prints_hand_edited_list(invoke: Invoke, audit_db: Path) -> None:
+    """show pretty-prints params that were edited into a JSON list, like an object."""
+    edit_database(audit_db, "UPDATE audit_log SET action_params = '[1,2]' WHERE id = 2")
+    result = invoke("audit", "show", "2", "--db", str(audit_db))
+    assert result.exit_code == 0
+    assert "action_params   [\n                  1,\n                  2\n                ]" in (
+        result.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--format", "json"],
+        ["list", "--format", "jsonl"],
+        ["show", "2", "--format", "json"],
+        ["export"],
+    ],
+    ids=" ".join,
+)
+def test_non_finite_numbers_in_a_record_are_written_as_strings(
+    invoke: Invoke, audit_db: Path, args: list[str]
+) -> None:
+    """A stored NaN or Infinity comes out as the string "NaN" / "-Infinity", never bare NaN."""
+    edit_database(
+        audit_db,
+        "UPDATE audit_log SET action_params = '{\"amount\": NaN}', result_data = '-Infinity'"
+        " WHERE id = 2",
+    )
+    result = invoke("audit", *args, "--db", str(audit_db))
+    assert result.exit_code == 0
+
+    def refuse(name: str) -> object:
+        raise AssertionError(f"invalid JSON constant {name} in the output")
+
+    records = _json_records(result, args, parse_constant=refuse)
+    record = next(r for r in records if r["id"] == 2)
+    assert record["action_params"] == {"amount": "NaN"}
+    assert record["result_data"] == "-Infinity"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,22 @@ def test_piped_output_has_no_ansi_even_when_forced(
     result = invoke("simulate", str(policy_path), "read:x", "delete:y")
     assert "\x1b[" not in result.output
     assert result.stdout.splitlines()[0].startswith("#\taction")
+
+
+def test_json_text_writes_non_finite_floats_as_strings() -> None:
+    """json_text turns NaN and the infinities into strings, even nested or as keys."""
+    document = {"a": float("nan"), "b": [float("inf"), (float("-inf"), 1.5)], float("inf"): 0}
+    text = _output.json_text(document)
+    assert json.loads(text) == {
+        "a": "NaN",
+        "b": ["Infinity", ["-Infinity", 1.5]],
+        "Infinity": 0,
+    }
+
+
+def test_json_text_leaves_finite_documents_alone() -> None:
+    """A document without non-finite floats is written exactly as json.dumps writes it."""
+    document = {"amount": 1.5, "tags": ["ä", None], "n": 10**20}
+    assert _output.json_text(document, indent=2) == json.dumps(
+        document, indent=2, ensure_ascii=False
+    )

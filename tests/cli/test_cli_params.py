@@ -22,10 +22,15 @@ from aegis.core.action import Action
             Action("call", "api", {"url": "https://x.io:8443/a"}),
         ),
         ('x:y:{"nested": {"a": [1, 2]}}', Action("x", "y", {"nested": {"a": [1, 2]}})),
+        ("read:https://x.com/a", Action("read", "https://x.com/a")),
+        ("read:https://x.com/a:", Action("read", "https://x.com/a")),
+        ('read:https://x.com:8443/a:{"q": 1}', Action("read", "https://x.com:8443/a", {"q": 1})),
+        ("read:crm:[1, 2]", Action("read", "crm:[1, 2]")),
+        ("read:crm:42", Action("read", "crm:42")),
     ],
 )
 def test_parse_action_accepts(text: str, expected: Action) -> None:
-    """type:target[:JSON] parses, splitting only on the first two colons."""
+    """Params start at the first colon followed by "{"; any other colon belongs to the target."""
     assert parse_action(text) == expected
 
 
@@ -36,9 +41,15 @@ def test_parse_action_accepts(text: str, expected: Action) -> None:
         (":crm", "empty type or target"),
         ("read:", "empty type or target"),
         ("read:crm:{bad", "not valid JSON"),
-        ("read:crm:[1, 2]", "must be a JSON object"),
-        ("read:crm:42", "must be a JSON object"),
+        ('read:crm:{"a": 1} trailing', "not valid JSON"),
+        ('refund:s:{"amount": NaN}', "NaN is not a JSON number"),
+        ('refund:s:{"amount": Infinity}', "Infinity is not a JSON number"),
+        ('refund:s:{"amount": [-Infinity]}', "-Infinity is not a JSON number"),
+        ('refund:s:{"amount": 1e999}', "1e999 is too large for a number"),
+        ('refund:s:{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ('refund:s:{"a": ' + "9" * 5000 + "}", "too many digits"),
     ],
+    ids=lambda value: value[:40],
 )
 def test_parse_action_rejects(text: str, message: str) -> None:
     """Malformed actions raise ValueError saying what is wrong."""
@@ -61,6 +72,20 @@ def test_parse_action_rejects(text: str, message: str) -> None:
 def test_parse_datetime(text: str, expected: datetime) -> None:
     """ISO times parse to aware datetimes; no offset means UTC."""
     assert parse_datetime(text) == expected
+
+
+def test_parse_action_error_quotes_a_long_action_shortened() -> None:
+    """An error message quotes at most 80 characters of what was typed."""
+    expected = r"^the params of 'refund:s:\{\"a\": \[\[\[+\.\.\.' "
+    with pytest.raises(ValueError, match=expected) as caught:
+        parse_action('refund:s:{"a": ' + "[" * 10_000 + "}")
+    assert len(str(caught.value)) < 200
+
+
+def test_parse_datetime_out_of_range() -> None:
+    """A time with no UTC equivalent (year 1 east of Greenwich) raises ValueError."""
+    with pytest.raises(ValueError, match="out of range"):
+        parse_datetime("0001-01-01T00:00+05:00")
 
 
 def test_parse_datetime_rejects_nonsense() -> None:
@@ -91,6 +116,9 @@ def test_jsonl_yields_actions_and_skips_blank_lines() -> None:
         ('{"type": "read", "target": "x", "parms": {}}', "plan.jsonl:2: unknown key 'parms'"),
         ('{"type": "read", "target": "x", "params": [1]}', "plan.jsonl:2: 'params' must be"),
         ('{"type": "read", "target": "x", "description": 3}', "plan.jsonl:2: 'description'"),
+        ('{"type": "read", "target": "x", "params": {"n": NaN}}', "plan.jsonl:2: NaN is not"),
+        ('{"type": "read", "target": "x", "params": {"n": -Infinity}}', "plan.jsonl:2: -Inf"),
+        ('{"type": "read", "target": "x", "params": {"n": 1e400}}', "plan.jsonl:2: 1e400 is"),
     ],
 )
 def test_jsonl_errors_name_the_line(line: str, message: str) -> None:
@@ -98,3 +126,11 @@ def test_jsonl_errors_name_the_line(line: str, message: str) -> None:
     stream = io.StringIO('{"type": "read", "target": "crm"}\n' + line + "\n")
     with pytest.raises(ValueError, match=message):
         list(parse_actions_jsonl(stream, "plan.jsonl"))
+
+
+def test_jsonl_binary_stream_is_not_utf8() -> None:
+    """A file that is not UTF-8 raises ValueError naming it, not a UnicodeDecodeError."""
+    stream = io.TextIOWrapper(io.BytesIO(b"\xff\xfe\x00\x81binary"), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^plan.jsonl: not UTF-8 text") as caught:
+        list(parse_actions_jsonl(stream, "plan.jsonl"))
+    assert not isinstance(caught.value, UnicodeDecodeError)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_support import write_session
+from cli_support import edit_database, write_session
 from click.testing import Result
 
 from aegis.core.action import Action
@@ -98,12 +98,76 @@ def test_simulate_fail_on_keeps_json_clean(invoke: Invoke, policy_path: Path) ->
     assert json.loads(result.stdout)["summary"]["block"] == 1
 
 
-@pytest.mark.parametrize("bad", ["read", "read:crm:{oops", "read:crm:[1]", ":crm"])
+@pytest.mark.parametrize("bad", ["read", "read:crm:{oops", 'read:crm:{"n": NaN}', ":crm"])
 def test_simulate_bad_action_is_a_usage_error(invoke: Invoke, policy_path: Path, bad: str) -> None:
     """Malformed action syntax exits 2 with a hint to try --help."""
     result = invoke("simulate", str(policy_path), bad)
     assert result.exit_code == 2
     assert "Try 'aegis simulate --help'" in result.stderr
+
+
+def test_simulate_target_may_contain_colons(invoke: Invoke, policy_path: Path) -> None:
+    """A URL target keeps its colons; params start only at a colon followed by "{"."""
+    result = invoke(
+        "simulate",
+        str(policy_path),
+        "read:https://x.com/a",
+        'read:https://x.com:8443/a:{"q": "b:c"}',
+        "--format",
+        "json",
+    )
+    assert result.exit_code == 0
+    actions = [d["action"] for d in json.loads(result.stdout)["decisions"]]
+    assert [(a["target"], a["params"]) for a in actions] == [
+        ("https://x.com/a", {}),
+        ("https://x.com:8443/a", {"q": "b:c"}),
+    ]
+
+
+def test_simulate_help_explains_where_params_start(invoke: Invoke) -> None:
+    """simulate --help says params start at a colon followed by "{" and NaN is refused."""
+    help_text = " ".join(invoke("simulate", "--help").stdout.split())
+    assert 'The params start at the first colon followed by "{"' in help_text
+    assert "read:https://x.com/a" in help_text
+    assert "NaN and Infinity are refused" in help_text
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_simulate_refuses_non_finite_params(invoke: Invoke, policy_path: Path, number: str) -> None:
+    """NaN, Infinity or an overflowing number in params exits 2; stdout gets no invalid JSON."""
+    action = f'refund:stripe:{{"amount": {number}}}'
+    result = invoke("simulate", str(policy_path), action, "--format", "json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert f"the params of '{action}' cannot be used: {number}" in result.stderr
+    assert "Try 'aegis simulate --help'" in result.stderr
+
+
+def test_simulate_refuses_non_finite_params_in_jsonl(
+    invoke: Invoke, policy_path: Path, tmp_path: Path
+) -> None:
+    """NaN in an --actions line exits 2 naming file:line."""
+    plan = tmp_path / "plan.jsonl"
+    plan.write_text(
+        '{"type": "read", "target": "crm"}\n'
+        '{"type": "refund", "target": "s", "params": {"amount": NaN}}\n',
+        encoding="utf-8",
+    )
+    result = invoke("simulate", str(policy_path), "--actions", str(plan), "--format", "json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert f"{plan}:2: NaN is not a JSON number" in result.stderr
+
+
+def test_simulate_binary_actions_file_is_a_usage_error(
+    invoke: Invoke, policy_path: Path, tmp_path: Path
+) -> None:
+    """An --actions file that is not UTF-8 text exits 2 naming it."""
+    plan = tmp_path / "plan.jsonl"
+    plan.write_bytes(b"\x89PNG\r\n\x1a\n\xff\x00\x81")
+    result = invoke("simulate", str(policy_path), "--actions", str(plan))
+    assert result.exit_code == 2
+    assert f"{plan}: not UTF-8 text" in result.stderr
 
 
 def test_simulate_without_actions_is_a_usage_error(invoke: Invoke, policy_path: Path) -> None:
@@ -288,3 +352,48 @@ def test_replay_missing_database(invoke: Invoke, policy_path: Path, tmp_path: Pa
     assert result.exit_code == 1
     assert f"no audit database at {missing}" in result.stderr
     assert not missing.exists()
+
+
+#: hand edits that leave a record no Action can be rebuilt from
+UNREPLAYABLE = [
+    pytest.param("action_params = '[1,2]'", id="params-list"),
+    pytest.param("action_params = '\"text\"'", id="params-json-string"),
+    pytest.param("action_params = 'not json'", id="params-not-json"),  # needs the runtime fix
+    pytest.param("action_type = x'00ff'", id="type-blob"),
+    pytest.param("action_target = x'00ff'", id="target-blob"),
+]
+
+
+@pytest.mark.parametrize("edit", UNREPLAYABLE)
+def test_replay_skips_records_it_cannot_rebuild(
+    invoke: Invoke, policy_path: Path, audit_db: Path, edit: str
+) -> None:
+    """A hand-edited record is skipped and named on stderr; the others replay, exit 0."""
+    edit_database(audit_db, f"UPDATE audit_log SET {edit} WHERE id = 2")
+    result = invoke("replay", str(policy_path), "--db", str(audit_db), "--fail-on-change")
+    assert result.exit_code == 0
+    assert "no decision would change (3 records replayed)" in result.stdout
+    assert "1 records could not be replayed (ids 2)" in result.stderr
+
+
+def test_replay_json_lists_skipped_ids(invoke: Invoke, policy_path: Path, audit_db: Path) -> None:
+    """--format json counts only replayed records and lists the skipped ids."""
+    edit_database(audit_db, "UPDATE audit_log SET action_params = '[1,2]' WHERE id IN (2, 4)")
+    result = invoke("replay", str(policy_path), "--db", str(audit_db), "--format", "json")
+    assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    assert (document["checked"], document["changed"], document["skipped"]) == (2, 0, [2, 4])
+    assert "2 records could not be replayed (ids 2, 4)" in result.stderr
+
+
+def test_replay_skipped_records_leave_fail_on_change_alone(
+    invoke: Invoke, tmp_path: Path, audit_db: Path
+) -> None:
+    """--fail-on-change still fails on the changes among the records that did replay."""
+    edit_database(audit_db, "UPDATE audit_log SET action_params = '[1,2]' WHERE id = 3")
+    lax = tmp_path / "lax.yaml"
+    lax.write_text('version: "1"\ndefaults: {risk_level: low, approval: auto}\n', encoding="utf-8")
+    result = invoke("replay", str(lax), "--db", str(audit_db), "--fail-on-change")
+    assert result.exit_code == 1
+    assert "1 decisions would change and --fail-on-change is set" in result.stderr
+    assert "1 records could not be replayed (ids 3)" in result.stderr
