@@ -89,8 +89,8 @@ _PAGE: Final = 1000
 _Op = tuple[RecordValues, int | None, "asyncio.Future[int] | None"]
 
 _HINTS: Final = (
-    ("not a database", "it is not an Aegis audit database; point db_path at another file"),
-    ("encrypted", "it is not an Aegis audit database; point db_path at another file"),
+    ("not a database", "it is not an Aegis audit database; use the one your runtime writes"),
+    ("encrypted", "it is not an Aegis audit database; use the one your runtime writes"),
     ("locked", "another process held it longer than the busy timeout; retry or raise it"),
     ("busy", "another process held it longer than the busy timeout; retry or raise it"),
     ("readonly", "the file or its folder is read-only; check the permissions"),
@@ -173,12 +173,17 @@ def _json_text(stored: object) -> str:
     # string, so that every line stays valid (verify() reports the edit).
     if isinstance(stored, str):
         try:
-            json.loads(stored)
+            json.loads(stored, parse_constant=_refuse)
         except ValueError:
             pass
         else:
             return stored
     return _encode_scalars(stored if isinstance(stored, str) else repr(stored))
+
+
+def _refuse(constant: str) -> Any:
+    # NaN and Infinity are Python's JSON extensions, not JSON.
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _storable(values: RecordValues) -> RecordValues:
@@ -304,7 +309,7 @@ class AuditLogger(RecordReader):
             if os.path.getsize(self._path) == 0:
                 raise AuditError(
                     f"{self._path!r} is an empty file, not an Aegis audit database; "
-                    "point db_path at the file your runtime writes"
+                    "use the audit database your runtime writes instead"
                 )
         conn = sqlite3.connect(
             self._path,
@@ -349,7 +354,7 @@ class AuditLogger(RecordReader):
         if version == 0 and not self._create:
             raise AuditError(
                 f"{self._path!r} is a SQLite database but not an Aegis audit database; "
-                "point db_path at the file your runtime writes"
+                "use the audit database your runtime writes instead"
             )
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
@@ -362,7 +367,7 @@ class AuditLogger(RecordReader):
                 ):
                     raise AuditError(
                         f"{self._path!r} is a SQLite database but not an Aegis audit "
-                        "database; point db_path at another file"
+                        "database; use the audit database your runtime writes instead"
                     )
                 if version == 0:
                     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
@@ -379,7 +384,7 @@ class AuditLogger(RecordReader):
         if app_id != APPLICATION_ID:
             raise AuditError(
                 f"{self._path!r} is a SQLite database but not an Aegis audit database; "
-                "point db_path at another file"
+                "use the audit database your runtime writes instead"
             )
         if version > SCHEMA_VERSION:
             raise AuditError(

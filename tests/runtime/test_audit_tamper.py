@@ -300,3 +300,16 @@ def test_a_reader_refuses_another_sqlite_database(tmp_path: Path) -> None:
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
     with pytest.raises(AuditError, match="not an Aegis audit database"):
         AuditLogger(other, create=False).count()
+
+
+def test_a_hand_written_nan_exports_as_a_string(
+    db: Path, raw: sqlite3.Connection, tmp_path: Path
+) -> None:
+    """A column edited to hold NaN, which JSON lacks, exports as text so lines stay JSON."""
+    raw.execute("UPDATE audit_log SET result_data = 'NaN' WHERE id = 4")
+    out = tmp_path / "export.jsonl"
+    with AuditLogger(db) as audit:
+        assert audit.export_jsonl(out) == RECORDS
+    text = out.read_text(encoding="utf-8")
+    lines = [json.loads(line, parse_constant=pytest.fail) for line in text.splitlines()]
+    assert lines[3]["result_data"] == "NaN"
