@@ -33,6 +33,9 @@ _COMPACT_AT = 1 << 20
 
 _SUFFIX = ".pending-"
 
+# the marker fields are plain strings and numbers; repr is only a safety net
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr).encode
+
 
 def journal_paths(db_path: str) -> list[str]:
     """Return the journals of every process that wrote starts for ``db_path``."""
@@ -78,20 +81,24 @@ class StartJournal:
         self._fd: int | None = None
         self._size = 0
         self._next = 0
-        self._open: dict[int, str] = {}  # token -> line, for markers without a final record
+        # token -> (line, params JSON, params) of the markers without a final record
+        self._open: dict[int, tuple[str, str, object]] = {}
 
     def ref(self, token: int) -> str:
         """The reference a final record stores for the marker ``token``."""
         return f"{self.name}:{token}"
 
-    def start(self, fields: dict[str, Any], encode: Any) -> int:
+    def start(self, fields: dict[str, Any], params_json: str, params: object) -> int:
         """Append a marker for an action about to run; return its token.
 
-        The line is in the kernel's hands when this returns.
+        ``fields`` are plain strings and numbers; ``params_json`` is the
+        action's ``params`` as JSON text already. The line is in the kernel's
+        hands when this returns.
         """
         self._next += 1
         token = self._next
-        line = encode({"id": token, "pid": os.getpid(), **fields}) + "\n"
+        head = _encode({"id": token, "pid": os.getpid(), **fields})
+        line = f'{head[:-1]},"action_params":{params_json}}}\n'
         if self._path is not None:
             if self._fd is None:
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -102,8 +109,16 @@ class StartJournal:
             if self._fsync:
                 os.fsync(self._fd)
             self._size += len(data)
-        self._open[token] = line
+        self._open[token] = (line, params_json, params)
         return token
+
+    def params_json(self, token: int, params: object) -> str | None:
+        """The text of ``params`` if the marker ``token`` encoded these very params.
+
+        The final record then need not encode them again.
+        """
+        marker = self._open.get(token)
+        return marker[1] if marker is not None and marker[2] is params else None
 
     def finished(self, token: int) -> None:
         """Forget the marker ``token``: its final record is committed."""
@@ -116,7 +131,7 @@ class StartJournal:
     def unfinished(self) -> list[dict[str, Any]]:
         """The markers of an in-memory database that have no final record."""
         out = []
-        for token, line in self._open.items():
+        for token, (line, _, _) in self._open.items():
             entry = json.loads(line)
             entry["ref"] = self.ref(token)
             out.append(entry)

@@ -559,12 +559,12 @@ class AuditLogger(RecordReader):
         :meth:`record`, the action shows in :meth:`pending`.
         """
         action = decision.action
+        params_json = dump_json(action.params) if action.params else "{}"
         fields = {
             "session_id": session_id,
             "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
             "action_type": action.type,
             "action_target": action.target,
-            "action_params": action.params,
             "action_desc": action.description,
             "risk_level": decision.risk_level.name,
             "approval": decision.approval.value,
@@ -577,7 +577,7 @@ class AuditLogger(RecordReader):
             if self._closed:
                 raise self._closed_error()
             try:
-                return self._journal.start(fields, dump_json)
+                return self._journal.start(fields, params_json, action.params)
             except OSError as exc:
                 raise AuditError(
                     f"cannot write the start of an action beside audit database "
@@ -597,7 +597,14 @@ class AuditLogger(RecordReader):
 
         The start marker ``start_token`` is removed in the same transaction.
         """
-        values = record_values(session_id, decision, result, human_decision)
+        params_json = (
+            None
+            if start_token is None
+            else self._journal.params_json(start_token, decision.action.params)
+        )
+        values = record_values(
+            session_id, decision, result, human_decision, params_json=params_json
+        )
         return await self._submit(values, start_token)
 
     # -- reading ---------------------------------------------------------------

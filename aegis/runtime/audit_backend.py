@@ -330,8 +330,13 @@ def record_values(
     result: Result | None,
     human_decision: str | None,
     timestamp: str | None = None,
+    *,
+    params_json: str | None = None,
 ) -> RecordValues:
-    """Flatten a decision and its result into the stored values of a record."""
+    """Flatten a decision and its result into the stored values of a record.
+
+    ``params_json``, when the caller has it already, is the params' text.
+    """
     action = decision.action
     if timestamp is None:
         timestamp = datetime.now(UTC).isoformat(timespec="microseconds")
@@ -353,7 +358,7 @@ def record_values(
         timestamp,
         action.type,
         action.target,
-        dump_json(params) if params else "{}",
+        params_json if params_json is not None else dump_json(params) if params else "{}",
         action.description,
         decision.risk_level.name,
         decision.approval.value,

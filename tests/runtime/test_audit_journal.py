@@ -157,3 +157,15 @@ async def test_a_lone_surrogate_is_stored_instead_of_losing_the_record(tmp_path:
     assert first["action_type"] == "read\ufffd"
     assert first["action_params"] == {"s": "\ufffd"}
     assert second["id"] == 2
+
+
+async def test_the_final_record_stores_its_own_params(tmp_path: Path) -> None:
+    """A final record with a start token but other params stores the params it was given."""
+    with AuditLogger(tmp_path / "a.db") as audit:
+        token = await audit.record_start("s", decide(1))
+        other = decide(2)
+        result = Result(other.action, ResultStatus.SUCCESS)
+        await audit.record("s", other, result=result, start_token=token)
+        [record] = audit.get_log()
+        assert record["action_params"] == {"n": 2}
+        assert audit.verify().ok
