@@ -80,6 +80,14 @@ class Result:
                 "Result completed_at must be a datetime or None, not"
                 f" {type(self.completed_at).__name__} ({self.completed_at!r})"
             )
+        error = self.error
+        if error is not None and not isinstance(error, str):
+            # Result(action, FAILED, error=exc) is an easy slip; keep its text.
+            self.error = (
+                f"{type(error).__name__}: {error}"
+                if isinstance(error, BaseException)
+                else str(error)
+            )
 
     @property
     def ok(self) -> bool:

@@ -208,26 +208,32 @@ class Runtime:
         runtime, edited by hand, or made before a time window closed cannot
         run what the policy forbids now.
 
-        A ``FAILED`` or ``DENIED`` action skips all the actions after it; a
-        ``BLOCKED`` one does not. Each Result is recorded in the audit trail
-        before this returns. A list of actions is planned first.
+        Every action is also decided up front, so a plan holding something
+        that is not an Action, or a policy that raises, stops before anything
+        runs. A ``FAILED`` or ``DENIED`` action skips all the actions after
+        it; a ``BLOCKED`` one does not. Each Result is recorded in the audit
+        trail before this returns.
         """
-        actions = [d.action for d in plan] if isinstance(plan, ExecutionPlan) else list(plan)
+        actions = [d.action for d in plan] if isinstance(plan, ExecutionPlan) else plan
+        planned = self.plan(actions).decisions
         if not self._started or self._closed:
             await self._start()
         results: list[Result] = []
         stopped_by: Result | None = None
-        for position, action in enumerate(actions):
-            decision = self.decide(action)
+        for position, first in enumerate(planned):
+            reached = position  # the first action that has no record yet
             try:
+                decision = first if position == 0 else self.decide(first.action)
                 if stopped_by is None:
+                    reached = position + 1  # _run records even when interrupted
                     result = await self._run(decision)
                     if result.status in _STOPPING:
                         stopped_by = result
                 else:
+                    reached = position + 1
                     result = await self.record(decision, self.skip(decision, stopped_by))
             except BaseException as exc:  # cancelled or interrupted mid-plan
-                await self._record_unreached(actions[position + 1 :], exc)
+                await self._record_unreached(planned[reached:], exc)
                 raise
             results.append(result)
         return results
@@ -299,14 +305,8 @@ class Runtime:
         try:
             out = self._execute_action(action)
             if inspect.isawaitable(out):
-                if self.execute_timeout is None:
-                    out = await out
-                else:
-                    try:
-                        out = await asyncio.wait_for(out, self.execute_timeout)
-                    except TimeoutError as exc:
-                        limit = f"the executor took longer than {self.execute_timeout:g}s"
-                        raise TimeoutError(limit) from exc
+                limit = self.execute_timeout
+                out = await (out if limit is None else _in_time(out, limit))
         except Exception as exc:  # an executor's failure is a result, not a crash
             return Result(
                 action,
@@ -439,14 +439,15 @@ class Runtime:
         except Exception:
             _log.exception("could not record the interruption of %s", decision.action)
 
-    async def _record_unreached(self, actions: list[Action], exc: BaseException) -> None:
+    async def _record_unreached(
+        self, decisions: tuple[PolicyDecision, ...], exc: BaseException
+    ) -> None:
         # The rest of an interrupted plan never ran: say so in the audit
         # trail rather than leave it out. Best effort, like the interruption.
-        for action in actions:
-            decision = self.decide(action)
+        for decision in decisions:
             now = _now()
             result = Result(
-                action,
+                decision.action,
                 ResultStatus.SKIPPED,
                 error=f"skipped: the plan was interrupted ({_describe(exc)})",
                 started_at=now,
@@ -455,7 +456,7 @@ class Runtime:
             try:
                 await self.record(decision, result)
             except Exception:
-                _log.exception("could not record the skipped action %s", action)
+                _log.exception("could not record the skipped action %s", decision.action)
                 return
 
     @staticmethod
@@ -486,6 +487,18 @@ class Runtime:
 
 
 _Hook = Callable[[], Awaitable[None]] | None
+
+
+async def _in_time(pending: Awaitable[Any], limit: float) -> Any:
+    """Await an executor, cancelling it after ``limit`` seconds."""
+    deadline = asyncio.timeout(limit)
+    try:
+        async with deadline:
+            return await pending
+    except TimeoutError as exc:
+        if not deadline.expired():
+            raise  # the executor's own TimeoutError, not ours
+        raise TimeoutError(f"the executor took longer than {limit:g}s") from exc
 
 
 def _executor_hooks(executor: object) -> tuple[Callable[[Action], Any], _Hook, _Hook]:

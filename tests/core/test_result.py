@@ -68,3 +68,9 @@ def test_valid_times_are_kept() -> None:
     assert result.completed_at is None
     result.completed_at = start  # Result stays a mutable dataclass
     assert result.completed_at is start
+
+
+def test_an_exception_as_error_is_kept_as_its_text() -> None:
+    """Result(error=exc) stores "Type: message", so the audit can always write it."""
+    result = Result(Action("a", "b"), ResultStatus.FAILED, error=ValueError("bad id"))  # type: ignore[arg-type]
+    assert result.error == "ValueError: bad id"

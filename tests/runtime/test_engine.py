@@ -781,3 +781,58 @@ async def test_a_hanging_executor_fails_after_execute_timeout() -> None:
     assert "longer than 0.05s" in (result.error or "")
     assert [r["result_status"] for r in audit.records] == ["failed"]
     assert audit.pending() == []
+
+
+async def test_an_executors_own_timeout_is_not_blamed_on_execute_timeout() -> None:
+    """A TimeoutError the executor raises itself is recorded as its own, not as ours."""
+
+    async def upstream_times_out(action: Action) -> None:
+        raise TimeoutError("upstream did not answer in 2s")
+
+    result = await make(executor=upstream_times_out, execute_timeout=600).run_one(
+        Action("read", "crm")
+    )
+    assert result.status is S.FAILED
+    assert result.error == "TimeoutError: upstream did not answer in 2s"
+
+
+async def test_a_plan_with_a_bad_element_runs_nothing() -> None:
+    """Something that is not an Action anywhere in the plan stops it before anything runs."""
+    executor = RecordingExecutor()
+    audit = InMemoryAuditLog()
+    actions: list[Any] = [Action("read", "a"), "not an action", Action("read", "c")]
+    with pytest.raises(ConfigurationError):
+        await make(executor=executor, audit=audit).execute(actions)
+    assert executor.types == []
+    assert audit.records == []
+
+
+async def test_a_policy_that_raises_mid_plan_leaves_the_rest_recorded() -> None:
+    """If deciding an action again raises, it and the rest are recorded as skipped."""
+
+    class Flaky(TablePolicy):
+        def evaluate(self, action: Action) -> PolicyDecision:
+            if action.target == "b" and len(self.evaluated) >= 3:  # decided again
+                raise RuntimeError("policy store unreachable")
+            return super().evaluate(action)
+
+    audit = InMemoryAuditLog()
+    actions = [Action("read", "a"), Action("read", "b"), Action("read", "c")]
+    with pytest.raises(RuntimeError, match="unreachable"):
+        await make(policy=Flaky(), audit=audit).execute(actions)
+    assert [r["result_status"] for r in audit.records] == ["success", "skipped", "skipped"]
+
+
+async def test_an_error_set_to_a_non_string_after_construction_is_still_recorded() -> None:
+    """A Result whose error became an exception object is recorded with its text."""
+
+    async def executor(action: Action) -> Result:
+        result = Result(action, ResultStatus.FAILED)
+        result.error = KeyError("id")  # type: ignore[assignment]  # a careless executor
+        return result
+
+    audit = InMemoryAuditLog()
+    result = await make(executor=executor, audit=audit).run_one(Action("read", "crm"))
+    assert result.status is S.FAILED
+    assert audit.records[0]["result_error"] == "'id'"
+    assert audit.pending() == []
