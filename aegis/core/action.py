@@ -4,12 +4,11 @@ What a human approves must be exactly what runs, so an :class:`Action`'s
 ``params`` are frozen all the way down when the action is created: nested
 mappings become :class:`FrozenDict`, lists become tuples, sets frozensets,
 a ``bytearray`` becomes ``bytes``, and any other value that is not a known
-immutable scalar is replaced by a deep copy taken at that moment.
+immutable scalar is refused with ``TypeError``.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import uuid
 from collections.abc import Iterable, Mapping
@@ -41,8 +40,8 @@ _SCALARS: frozenset[type] = frozenset(
         uuid.UUID,
     }
 )
-#: immutable kinds whose subclasses are immutable too
-_IMMUTABLE_BASES = (Enum, PurePath)
+#: immutable kinds whose subclasses hold an immutable value too
+_IMMUTABLE_BASES = (Enum, PurePath, str, int, float, bytes, complex, Decimal, Fraction)
 
 
 class FrozenDict(dict[str, Any]):
@@ -153,15 +152,15 @@ def _freeze_value(value: Any, key: object) -> Any:
         return bytes(value)
     if isinstance(value, _IMMUTABLE_BASES):
         return value
-    # Anything else may change under us: keep a snapshot of it as it is now.
-    try:
-        return copy.deepcopy(value)
-    except Exception as exc:
-        where = "a value" if key is None else f"param {str(key)!r}"
-        raise TypeError(
-            f"{where} holds a {type(value).__name__} that cannot be copied ({exc});"
-            " params must be JSON-like values (str, numbers, bool, None, lists, mappings)"
-        ) from exc
+    # Anything else could change after a human approved it (even a copy of
+    # it: the agent holds the Action and could change the copy). Refuse it.
+    where = "a value" if key is None else f"param {str(key)!r}"
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which could change after approval; params "
+        "must be JSON-like values (str, numbers, bool, None, lists, mappings) or immutable "
+        "scalars (bytes, Decimal, datetime, UUID, Enum, ...): convert it first, e.g. with "
+        "dataclasses.asdict() or model.model_dump()"
+    )
 
 
 def freeze(value: Any) -> Any:
@@ -169,12 +168,12 @@ def freeze(value: Any) -> Any:
 
     Mappings become :class:`FrozenDict` (keys as strings), lists and tuples
     tuples, sets frozensets, a ``bytearray`` ``bytes``; immutable scalars
-    (numbers, strings, dates, UUIDs, enum members, paths) stay as they are,
-    and anything else is replaced by a deep copy.
+    (numbers, strings, dates, UUIDs, enum members, paths) stay as they are.
 
     Raises:
         TypeError: two keys of a mapping are the same string (``1`` and
-            ``"1"``), or a value cannot be copied.
+            ``"1"``), or a value is of a kind that could change later (any
+            other object).
     """
     return _freeze_value(value, None)
 

@@ -250,14 +250,14 @@ def test_unevaluable_keeps_critical_risk() -> None:
 def test_condition_that_raises_fails_closed() -> None:
     """A param whose comparison raises an unexpected error blocks instead of raising."""
 
-    class Weird:
+    class Weird(str):  # a str subclass is an allowed param value
         def __eq__(self, other: object) -> bool:
             raise RuntimeError("boom")
 
-        __hash__ = object.__hash__
+        __hash__ = str.__hash__
 
     policy = Policy([PolicyRule(name="w", approval="auto", conditions={"param_eq": {"x": 1}})])
-    decision = policy.evaluate(Action("a", "b", {"x": Weird()}))
+    decision = policy.evaluate(Action("a", "b", {"x": Weird("w")}))
     assert decision.approval is Approval.BLOCK
     assert "boom" in decision.reason
 
