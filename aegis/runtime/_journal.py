@@ -76,7 +76,16 @@ class StartJournal:
 
     def __init__(self, db_path: str, *, fsync: bool = False) -> None:
         self._fsync = fsync
-        self.name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._db_path = db_path
+        self._begin()
+
+    def _begin(self) -> None:
+        # A fresh journal of this process: a forked child must not share its
+        # parent's file (the first to close would delete the other's evidence)
+        # nor its token numbers.
+        self._pid = os.getpid()
+        self.name = f"{self._pid}-{secrets.token_hex(4)}"
+        db_path = self._db_path
         self._path = None if db_path == ":memory:" else f"{db_path}{_SUFFIX}{self.name}"
         self._fd: int | None = None
         self._size = 0
@@ -95,19 +104,31 @@ class StartJournal:
         action's ``params`` as JSON text already. The line is in the kernel's
         hands when this returns.
         """
+        if os.getpid() != self._pid:
+            inherited, self._fd = self._fd, None
+            if inherited is not None:
+                os.close(inherited)  # our copy only; the parent's stays open
+            self._begin()
         self._next += 1
         token = self._next
-        head = _encode({"id": token, "pid": os.getpid(), **fields})
+        head = _encode({"id": token, "pid": self._pid, **fields})
         line = f'{head[:-1]},"action_params":{params_json}}}\n'
         if self._path is not None:
             if self._fd is None:
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             data = line.encode("utf-8", "surrogatepass")
             view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-            if self._fsync:
-                os.fsync(self._fd)
+            try:
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                if self._fsync:
+                    os.fsync(self._fd)
+            except OSError:
+                # Cut a half-written line off, or the next marker would be
+                # glued to it and unreadable.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+                raise
             self._size += len(data)
         self._open[token] = (line, params_json, params)
         return token
@@ -142,6 +163,8 @@ class StartJournal:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+            if os.getpid() != self._pid:
+                return  # a forked child's copy: the file is the parent's
             if not self._open and self._path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path)

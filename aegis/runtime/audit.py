@@ -255,6 +255,8 @@ class AuditLogger(RecordReader):
         self._busy_timeout = busy_timeout
         self._create = create
         self._conn: sqlite3.Connection | None = None
+        self._conn_pid = 0
+        self._abandoned: sqlite3.Connection | None = None
         self._closed = False
         self._lock = threading.Lock()
         self._subscribers = SubscriberList()
@@ -296,7 +298,12 @@ class AuditLogger(RecordReader):
     def _connect(self) -> sqlite3.Connection:
         # Callers hold self._lock and translate sqlite3 errors.
         if self._conn is not None:
-            return self._conn
+            if self._conn_pid == os.getpid():
+                return self._conn
+            # A forked child must not use its parent's SQLite connection (nor
+            # close it, which could checkpoint the parent's WAL): open its own.
+            self._abandoned, self._conn = self._conn, None  # kept so it is never closed
+            self._head = None
         if self._closed:
             raise self._closed_error()
         if not self._create and self._path != ":memory:":
@@ -328,6 +335,7 @@ class AuditLogger(RecordReader):
             conn.close()
             raise
         self._conn = conn
+        self._conn_pid = os.getpid()
         return conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:

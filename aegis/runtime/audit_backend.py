@@ -281,8 +281,9 @@ def record_hash(record: Mapping[str, Any]) -> str:
     :data:`HASHED_FIELDS` but the last two (a missing field counts as
     ``null``), then the length of the canonical JSON text of
     ``action_params``, that text, and the canonical JSON of ``result_data``
-    (objects with sorted keys). The length pins where the params end, so no
-    text can move between the two JSON values unnoticed.
+    (objects with sorted keys). The length, in Unicode code points, pins
+    where the params end, so no text can move between the two JSON values
+    unnoticed.
     """
     params = _encode(record.get("action_params"))
     scalars = _encode([record.get(name) for name in HASHED_FIELDS[:-2]])
@@ -350,6 +351,8 @@ def record_values(
         data = result.data
         data_json = "null" if data is None else dump_json(data)
         error = result.error
+        if error is not None and not isinstance(error, str):  # set after construction
+            error = str(error)
         started = isoformat(result.started_at)
         completed = None if result.completed_at is None else isoformat(result.completed_at)
     params = action.params

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,3 +174,63 @@ async def test_the_final_record_stores_its_own_params(tmp_path: Path) -> None:
         [record] = audit.get_log()
         assert record["action_params"] == {"n": 2}
         assert audit.verify().ok
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+async def test_a_forked_child_keeps_a_journal_of_its_own(tmp_path: Path) -> None:
+    """A forked child writes a journal of its own, which the parent's close leaves alone."""
+    db = tmp_path / "a.db"
+    audit = AuditLogger(db)
+    audit.log("s", decide(0))  # the parent has used its connection and journal
+    await audit.record_start("s", decide(1))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: start an action, say so, then wait to be killed
+        try:
+            asyncio.run(audit.record_start("s", decide(2)))
+            os.write(write_end, b"started")
+            time.sleep(60)
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    assert os.read(read_end, 7) == b"started"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    decision = decide(1)
+    token = 1
+    await audit.record(
+        "s", decision, result=Result(decision.action, ResultStatus.SUCCESS), start_token=token
+    )
+    audit.close()
+    with AuditLogger(db) as reader:
+        pending = reader.pending()
+        assert [e["action_params"] for e in pending] == [{"n": 2}]
+        assert pending[0]["pid"] == pid
+        assert reader.verify().ok
+
+
+async def test_a_failed_marker_write_does_not_spoil_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails half-way is cut off, so the next marker is still readable."""
+    db = tmp_path / "a.db"
+    real_write = os.write
+    calls = 0
+
+    def flaky_write(fd: int, data: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            real_write(fd, bytes(data[:10]))
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    with AuditLogger(db) as audit:
+        await audit.record_start("s", decide(1))
+        monkeypatch.setattr(_journal.os, "write", flaky_write)
+        with pytest.raises(AuditError, match="No space left"):
+            await audit.record_start("s", decide(2))
+        await audit.record_start("s", decide(3))
+        monkeypatch.undo()
+        assert [e["action_params"] for e in audit.pending()] == [{"n": 1}, {"n": 3}]
