@@ -81,6 +81,11 @@ def _shown(text: str, limit: int = 80) -> str:
 _PARAMS_START = re.compile(r":\s*\{")
 
 
+# what follows type:target: when it looks like params that are not an object:
+# a JSON array or string, or key=value (a number is left alone: host:5432)
+_NOT_PARAMS = re.compile(r'\s*(\[|"|\w+\s*=)')
+
+
 def parse_action(text: str) -> Action:
     """Parse ``type:target`` or ``type:target:{"json": "params"}`` into an Action.
 
@@ -95,6 +100,7 @@ def parse_action(text: str) -> Action:
         raise ValueError(
             f"{_shown(text)} is not an action; write it as type:target or type:target:JSON"
         )
+    rest = rest.strip()
     start = _PARAMS_START.search(rest)
     if start is not None:
         target, params_text = rest[: start.start()], rest[start.start() + 1 :]
@@ -102,6 +108,14 @@ def parse_action(text: str) -> Action:
         target, params_text = rest[:-1], ""
     else:
         target, params_text = rest, ""
+        _, colon, tail = rest.partition(":")
+        if colon and _NOT_PARAMS.match(tail):
+            # Params that are not a JSON object would otherwise quietly become
+            # part of the target, and the policy would judge another action.
+            raise ValueError(
+                f"the params of {_shown(text)} must be a JSON object, like"
+                " 'refund:stripe:{\"amount\": 50}'"
+            )
     action_type, target = action_type.strip(), target.strip()
     if not action_type or not target:
         raise ValueError(f"{_shown(text)} has an empty type or target; write it as type:target")

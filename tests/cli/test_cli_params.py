@@ -25,8 +25,9 @@ from aegis.core.action import Action
         ("read:https://x.com/a", Action("read", "https://x.com/a")),
         ("read:https://x.com/a:", Action("read", "https://x.com/a")),
         ('read:https://x.com:8443/a:{"q": 1}', Action("read", "https://x.com:8443/a", {"q": 1})),
-        ("read:crm:[1, 2]", Action("read", "crm:[1, 2]")),
-        ("read:crm:42", Action("read", "crm:42")),
+        ("connect:db:5432", Action("connect", "db:5432")),
+        ("read:crm: ", Action("read", "crm")),
+        ("read:http://x?a=b", Action("read", "http://x?a=b")),
     ],
 )
 def test_parse_action_accepts(text: str, expected: Action) -> None:
@@ -41,6 +42,9 @@ def test_parse_action_accepts(text: str, expected: Action) -> None:
         (":crm", "empty type or target"),
         ("read:", "empty type or target"),
         ("read:crm:{bad", "not valid JSON"),
+        ("read:crm:[1, 2]", "must be a JSON object"),
+        ('read:crm:"x"', "must be a JSON object"),
+        ("refund:stripe:amount=900", "must be a JSON object"),
         ('read:crm:{"a": 1} trailing', "not valid JSON"),
         ('refund:s:{"amount": NaN}', "NaN is not a JSON number"),
         ('refund:s:{"amount": Infinity}', "Infinity is not a JSON number"),
