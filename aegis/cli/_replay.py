@@ -83,7 +83,7 @@ def replay_records(
     policy: Policy,
     records: Iterator[dict[str, Any]],
     counter: Counter[str],
-    skipped: list[int] | None = None,
+    skipped: list[int],
 ) -> Iterator[Change]:
     """Re-evaluate each record under ``policy``; yield the decisions that change.
 
@@ -96,8 +96,7 @@ def replay_records(
     for record in records:
         action = _action_of(record)
         if action is None:
-            if skipped is not None:
-                skipped.append(record["id"])
+            skipped.append(record["id"])
             continue
         counter["checked"] += 1
         moment = _moment(record)

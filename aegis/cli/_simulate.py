@@ -138,9 +138,8 @@ def simulate(  # noqa: PLR0917  # Click passes one argument per option
     """
     all_actions = list(actions)
     if actions_file is not None:
-        name = "<stdin>" if actions_file.name == "<stdin>" else str(actions_file.name)
         try:
-            all_actions.extend(parse_actions_jsonl(actions_file, name))
+            all_actions.extend(parse_actions_jsonl(actions_file, str(actions_file.name)))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--actions'") from exc
     if not all_actions:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
@@ -33,12 +33,8 @@ def _compact(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
-def describe_conditions(conditions: Any) -> str:
+def describe_conditions(conditions: Mapping[str, Any]) -> str:
     """Render a rule's conditions on one line, e.g. ``param_gt amount=500; timezone=UTC``."""
-    if not conditions:
-        return ""
-    if not isinstance(conditions, dict):
-        return _compact(conditions)
     parts = []
     for name, value in conditions.items():
         if isinstance(value, dict):

@@ -55,11 +55,12 @@ def literal_prefix(pattern: str) -> str | None:
 
 
 def matcher(pattern: str) -> Matcher | None:
-    """A fast case-sensitive ``fnmatch`` test for ``pattern``; ``None`` matches anything."""
+    """A fast case-sensitive ``fnmatch`` test for glob ``pattern``; ``None`` matches anything.
+
+    Only globs get here: the index looks literal patterns up as dict keys.
+    """
     if pattern == "*":
         return None
-    if is_literal(pattern):
-        return pattern.__eq__
     prefix = literal_prefix(pattern)
     if prefix is not None:
         return lambda value: value.startswith(prefix)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import overload
 
 from aegis.core.decision import Approval, PolicyDecision
@@ -22,7 +22,7 @@ class ExecutionPlan:
         if plan.has_blocked: ...
     """
 
-    decisions: tuple[PolicyDecision, ...] = field(default_factory=tuple)
+    decisions: tuple[PolicyDecision, ...]
 
     def __init__(self, decisions: Iterable[PolicyDecision] = ()) -> None:
         object.__setattr__(self, "decisions", tuple(decisions))

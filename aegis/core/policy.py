@@ -142,7 +142,7 @@ class PolicyRule:
             raise PolicyError(exc.message, rule=name or None) from exc
         except PolicyError as exc:
             raise PolicyError(exc.message, rule=name or None) from exc
-        except TypeError as exc:  # freeze: a value that cannot be copied
+        except TypeError as exc:  # freeze: a value that could change
             raise PolicyError(f"conditions: {exc}", rule=name or None) from exc
         fields = self.__dict__
         fields.update(values)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from aegis.core._yaml import line_of
-from aegis.core.conditions import ConditionSpecError
+from aegis.core.conditions import ConditionSpecError, _kind
 from aegis.core.decision import Approval
 from aegis.core.policy import DuplicateRuleName, Policy, PolicyRule, _coerce_enum
 from aegis.core.risk import RiskLevel
@@ -54,16 +54,6 @@ class _Place:
         if self.source is None:
             return None
         return f"{self.source}:{line}" if line is not None else self.source
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if value is None:
-        return "empty"
-    return f"{type(value).__name__} {value!r}"
 
 
 def _check_keys(
@@ -151,8 +141,6 @@ def _parse(data: object, place: _Place) -> Policy:
             second,
             "name",
         ) from exc
-    except PolicyError as exc:
-        raise place.error(exc.message) from exc
 
 
 def _enum(enum: Any, value: object, key: str, place: _Place, mapping: object) -> Any:

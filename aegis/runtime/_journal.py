@@ -26,6 +26,8 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
+from aegis.runtime.audit_backend import encode_compact
+
 __all__ = ["StartJournal", "read_journals"]
 
 #: a journal with no unfinished action is emptied once it grows past this
@@ -33,14 +35,9 @@ _COMPACT_AT = 1 << 20
 
 _SUFFIX = ".pending-"
 
-# the marker fields are plain strings and numbers; repr is only a safety net
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr).encode
-
 
 def journal_paths(db_path: str) -> list[str]:
     """Return the journals of every process that wrote starts for ``db_path``."""
-    if db_path == ":memory:":
-        return []
     return sorted(glob.glob(glob.escape(db_path) + _SUFFIX + "*"))
 
 
@@ -111,7 +108,7 @@ class StartJournal:
             self._begin()
         self._next += 1
         token = self._next
-        head = _encode({"id": token, "pid": self._pid, **fields})
+        head = encode_compact({"id": token, "pid": self._pid, **fields})
         line = f'{head[:-1]},"action_params":{params_json}}}\n'
         if self._path is not None:
             if self._fd is None:

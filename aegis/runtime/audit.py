@@ -39,6 +39,7 @@ from aegis.runtime.audit_backend import (
     Subscriber,
     SubscriberList,
     dump_json,
+    encode_compact,
     hash_row,
     record_values,
     write_jsonl,
@@ -138,14 +139,12 @@ def _load(stored: object) -> Any:
     return stored if stored is None or isinstance(stored, int | float) else repr(stored)
 
 
-# the scalar columns of a row, and the encoder that writes them as JSON
+# the scalar columns of a row, which an exported line encodes first
 _SCALARS: Final = tuple(
     (i, name)
     for i, name in enumerate(RECORD_FIELDS)
     if name not in ("action_params", "result_data")
 )
-# default=repr: a hand-edited row may hold a BLOB; export it rather than fail
-_encode_scalars = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr).encode
 
 
 # the id for paging, then the row as a finished JSON line, built by SQLite
@@ -164,7 +163,7 @@ _LINE_COLUMNS: Final = (
 def _to_line(row: tuple[Any, ...]) -> str:
     # An exported line, built without decoding the stored JSON columns: they
     # are canonical JSON text already and nest verbatim.
-    head = _encode_scalars({name: row[i] for i, name in _SCALARS})
+    head = encode_compact({name: row[i] for i, name in _SCALARS})
     return f'{head[:-1]},"action_params":{_json_text(row[5])},"result_data":{_json_text(row[13])}}}'
 
 
@@ -178,7 +177,7 @@ def _json_text(stored: object) -> str:
             pass
         else:
             return stored
-    return _encode_scalars(stored if isinstance(stored, str) else repr(stored))
+    return encode_compact(stored if isinstance(stored, str) else repr(stored))
 
 
 def _refuse(constant: str) -> Any:
@@ -607,7 +606,8 @@ class AuditLogger(RecordReader):
     ) -> int:
         """Append the final record of an action and return its id once committed.
 
-        The start marker ``start_token`` is removed in the same transaction.
+        The record stores the reference of the start marker ``start_token``,
+        so the marker counts as finished once the record is committed.
         """
         params_json = (
             None

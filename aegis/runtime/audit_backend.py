@@ -221,6 +221,11 @@ _encode = json.JSONEncoder(
     default=_json_default,
 ).encode
 
+#: compact JSON with keys in the order given, for text that is not hashed (an
+#: export line, a start marker); anything JSON cannot hold, such as a BLOB in a
+#: hand-edited row, becomes its ``repr`` rather than fail
+encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr).encode
+
 
 def _safe_repr(value: object) -> str:
     try:

@@ -529,13 +529,7 @@ def _hook(obj: object, name: str) -> _Hook:
         return None
     if not callable(fn):
         raise ConfigurationError(f"executor.{name} must be a method, got {type(fn).__name__}")
-
-    async def call() -> None:
-        out = fn()
-        if inspect.isawaitable(out):
-            await out
-
-    return call
+    return _awaiting(fn)
 
 
 def _policy_evaluate(policy: object) -> Callable[[Action], PolicyDecision]:
@@ -566,9 +560,11 @@ def _approval_function(handler: object) -> Callable[[PolicyDecision], Awaitable[
     )
 
 
-def _awaiting(fn: Callable[..., Any]) -> Callable[[PolicyDecision], Awaitable[Any]]:
-    async def call(decision: PolicyDecision) -> Any:
-        out = fn(decision)
+def _awaiting(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``fn`` as an async function, whether it is one already or not."""
+
+    async def call(*args: Any) -> Any:
+        out = fn(*args)
         return await out if inspect.isawaitable(out) else out
 
     return call
