@@ -23,6 +23,7 @@ import glob
 import json
 import os
 import secrets
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,6 +86,9 @@ class StartJournal:
         db_path = self._db_path
         self._path = None if db_path == ":memory:" else f"{db_path}{_SUFFIX}{self.name}"
         self._fd: int | None = None
+        # closes the file when this journal is collected or the interpreter
+        # exits without AuditLogger.close() (the seed's examples never close)
+        self._release: weakref.finalize[Any, StartJournal] | None = None
         self._size = 0
         self._next = 0
         # token -> (line, params JSON, params) of the markers without a final record
@@ -102,9 +106,10 @@ class StartJournal:
         hands when this returns.
         """
         if os.getpid() != self._pid:
-            inherited, self._fd = self._fd, None
-            if inherited is not None:
-                os.close(inherited)  # our copy only; the parent's stays open
+            if self._release is not None:
+                self._release.detach()  # the file is the parent's: never remove it
+            if self._fd is not None:
+                os.close(self._fd)  # our copy only; the parent's stays open
             self._begin()
         self._next += 1
         token = self._next
@@ -113,6 +118,9 @@ class StartJournal:
         if self._path is not None:
             if self._fd is None:
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._release = weakref.finalize(
+                    self, _release, self._fd, self._path, self._open, self._pid
+                )
             data = line.encode("utf-8", "surrogatepass")
             view = memoryview(data)
             try:
@@ -157,11 +165,19 @@ class StartJournal:
 
     def close(self) -> None:
         """Close the file; remove it when every action it marked is finished."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-            if os.getpid() != self._pid:
-                return  # a forked child's copy: the file is the parent's
-            if not self._open and self._path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._path)
+        release, self._release, self._fd = self._release, None, None
+        if release is not None:
+            release()
+
+
+def _release(fd: int, path: str, unfinished: dict[int, Any], pid: int) -> None:
+    """Close a journal's file, and remove it if none of its actions is unfinished.
+
+    Runs once: on close(), when the journal is collected, or at exit. A
+    killed process never gets here, and its journal stays as evidence.
+    """
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    if os.getpid() == pid and not unfinished:  # a forked child's exit keeps the parent's
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -234,3 +236,35 @@ async def test_a_failed_marker_write_does_not_spoil_the_next_one(
         await audit.record_start("s", decide(3))
         monkeypatch.undo()
         assert [e["action_params"] for e in audit.pending()] == [{"n": 1}, {"n": 3}]
+
+
+_NEVER_CLOSES = """
+import asyncio, sys
+from aegis.core.action import Action
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.runtime.audit import AuditLogger
+
+async def main(db, finish):
+    audit = AuditLogger(db)  # never closed, like the seed's examples
+    decision = PolicyDecision(Action("read", "crm"), RiskLevel.LOW, Approval.AUTO, "r")
+    token = await audit.record_start("s", decision)
+    if finish:
+        result = Result(decision.action, ResultStatus.SUCCESS)
+        await audit.record("s", decision, result=result, start_token=token)
+
+asyncio.run(main(sys.argv[1], sys.argv[2] == "finish"))
+"""
+
+
+@pytest.mark.parametrize(("how", "left"), [("finish", 0), ("leave", 1)])
+def test_a_process_that_never_closes_its_logger_leaves_no_stray_journal(
+    tmp_path: Path, how: str, left: int
+) -> None:
+    """At exit a journal of finished actions is removed; one with an unfinished action stays."""
+    db = tmp_path / "a.db"
+    subprocess.run([sys.executable, "-c", _NEVER_CLOSES, str(db), how], check=True, timeout=60)
+    assert len(journals(db)) == left
+    with AuditLogger(db) as audit:
+        assert len(audit.pending()) == left
