@@ -73,10 +73,14 @@ def _action_of(record: dict[str, Any]) -> Action | None:
 
 
 def _moment(record: dict[str, Any]) -> datetime | None:
-    try:
-        return datetime.fromisoformat(record["timestamp"])
-    except (KeyError, TypeError, ValueError):
-        return None
+    # When the action started is closer to when it was decided than when its
+    # record was written (after the executor, or a long approval wait).
+    for field in ("started_at", "timestamp"):
+        try:
+            return datetime.fromisoformat(record[field])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 def replay_records(
@@ -87,8 +91,9 @@ def replay_records(
 ) -> Iterator[Change]:
     """Re-evaluate each record under ``policy``; yield the decisions that change.
 
-    Each action is evaluated at its record's timestamp so that time windows
-    replay as they were. ``counter`` gets ``checked`` and ``undated`` counts.
+    Each action is evaluated when it started (its record's ``started_at``,
+    else its ``timestamp``) so that time windows replay as they were.
+    ``counter`` gets ``checked`` and ``undated`` counts.
     A record that cannot be rebuilt as an action (a hand-edited row whose
     params are not an object, or whose type or target is not text) is not
     evaluated: its id goes to ``skipped``.

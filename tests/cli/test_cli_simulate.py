@@ -325,18 +325,22 @@ def test_replay_filters_by_session(invoke: Invoke, tmp_path: Path, policy_path: 
 
 
 def test_replay_evaluates_at_the_recorded_time(invoke: Invoke, tmp_path: Path) -> None:
-    """A time window replays against each record's timestamp, not the current time."""
+    """A time window replays against when each action started, not when it was recorded or now."""
     db = tmp_path / "audit.db"
     refund = (Action("refund", "stripe"), ResultStatus.SUCCESS, None)
     write_session(db, [refund, refund])
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        # Moving a record's timestamp breaks its hash, which replay does not need.
-        for record_id, moment in ((1, "2026-11-24T22:30"), (2, "2026-11-24T12:00")):
+        # Moving a record's times breaks its hash, which replay does not need.
+        # Record 2 started at noon and was written at night: a long-running action.
+        for record_id, started, written in (
+            (1, "2026-11-24T22:30", "2026-11-24T22:31"),
+            (2, "2026-11-24T12:00", "2026-11-24T23:00"),
+        ):
             conn.execute(
-                "UPDATE audit_log SET timestamp = ? WHERE id = ?",
-                (f"{moment}:00.000000+00:00", record_id),
+                "UPDATE audit_log SET started_at = ?, timestamp = ? WHERE id = ?",
+                (f"{started}:00.000000+00:00", f"{written}:00.000000+00:00", record_id),
             )
     night = tmp_path / "night.yaml"
     night.write_text(NIGHT_POLICY, encoding="utf-8")
