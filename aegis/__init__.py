@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from aegis.adapters.base import BaseExecutor
 from aegis.core.action import Action, FrozenDict
 from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.outcome import ApprovalOutcome
 from aegis.core.plan import ExecutionPlan
 from aegis.core.policy import Policy, PolicyRule
 from aegis.core.result import Result, ResultStatus
@@ -40,6 +41,7 @@ __all__ = [
     "AegisError",
     "Approval",
     "ApprovalHandler",
+    "ApprovalOutcome",
     "AuditBackend",
     "AuditError",
     "AuditLogger",

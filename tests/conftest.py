@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 # Crash, multi-process and CLI tests start real Python processes. They must
 # run the code under test, not whatever aegis happens to be installed.
@@ -11,3 +15,31 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p
 )
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+#: the server the PostgreSQL tests use; scripts/check makes sure it runs
+POSTGRES_DSN = os.environ.get(
+    "AEGIS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """A DSN of the test server whose search_path is a fresh schema, dropped afterwards.
+
+    Everything a test creates through this DSN lands in its own schema, so
+    tests never see each other's tables and leave nothing behind.
+    """
+    import psycopg
+
+    schema = f"aegis_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in POSTGRES_DSN else "?"
+    try:
+        yield f"{POSTGRES_DSN}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

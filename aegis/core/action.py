@@ -10,6 +10,8 @@ immutable scalar is refused with ``TypeError``.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from fractions import Fraction
 from pathlib import PurePath
 from typing import Any, NoReturn
 
-__all__ = ["Action", "FrozenDict", "freeze", "thaw"]
+__all__ = ["Action", "FrozenDict", "action_digest", "canonical_json", "freeze", "thaw"]
 
 #: values of these exact types cannot change, so freezing keeps them as they are
 _SCALARS: frozenset[type] = frozenset(
@@ -236,3 +238,38 @@ class Action:
     def __str__(self) -> str:
         suffix = f" - {self.description}" if self.description else ""
         return f"{self.type} -> {self.target}{suffix}"
+
+
+def canonical_json(action: Action) -> str:
+    """``action`` as canonical JSON text: sorted keys, compact, UTF-8.
+
+    The same action always gives the same text, whichever process builds
+    it; it is what :func:`action_digest` hashes.
+    """
+    return json.dumps(
+        {
+            "type": action.type,
+            "target": action.target,
+            "params": thaw(action.params),
+            "description": action.description,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=_canonical_default,
+    )
+
+
+def action_digest(action: Action) -> str:
+    """The SHA-256 hex digest of :func:`canonical_json` of ``action``.
+
+    An approval is bound to this digest: an action whose type, target,
+    params or description differ in any way has another digest.
+    """
+    return hashlib.sha256(canonical_json(action).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _canonical_default(value: object) -> object:
+    # Immutable scalars an Action may hold today but JSON cannot: name the
+    # kind so that two different values never share a text.
+    return {"__aegis_type__": type(value).__name__, "repr": repr(value)}

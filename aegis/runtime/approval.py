@@ -1,9 +1,11 @@
 """Approval handlers: who says yes or no to an action the policy marks ``approve``.
 
 A handler answers one question, ``await handler.request_approval(decision)``,
-with ``True`` (run it) or ``False`` (do not). A handler that raises, or does
-not answer in time, counts as a denial: the :class:`~aegis.runtime.engine.Runtime`
-fails closed and records why in the audit trail.
+with ``True`` (run it) or ``False`` (do not), or with an
+:class:`~aegis.core.outcome.ApprovalOutcome` that also says who decided. A
+handler that raises, or does not answer in time, counts as a denial: the
+:class:`~aegis.runtime.engine.Runtime` fails closed and records why in the
+audit trail.
 
 Any callable ``f(decision) -> bool`` (sync or async) works as a handler too;
 subclass :class:`ApprovalHandler` when you want a class.
@@ -21,6 +23,7 @@ from typing import IO, Any
 
 from aegis.core.action import thaw
 from aegis.core.decision import PolicyDecision
+from aegis.core.outcome import ApprovalOutcome
 
 __all__ = ["ApprovalHandler", "AutoApprovalHandler", "CLIApprovalHandler"]
 
@@ -39,8 +42,11 @@ class ApprovalHandler(ABC):
     """
 
     @abstractmethod
-    async def request_approval(self, decision: PolicyDecision) -> bool:
+    async def request_approval(self, decision: PolicyDecision) -> bool | ApprovalOutcome:
         """Return ``True`` to let ``decision.action`` run, ``False`` to deny it.
+
+        An :class:`~aegis.core.outcome.ApprovalOutcome` says the same and
+        also who decided; the audit trail records it.
 
         Raising, or taking longer than the runtime's ``approval_timeout``,
         denies the action too.

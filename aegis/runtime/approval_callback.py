@@ -6,21 +6,25 @@ import inspect
 from collections.abc import Awaitable, Callable
 
 from aegis.core.decision import PolicyDecision
+from aegis.core.outcome import ApprovalOutcome
 from aegis.errors import ConfigurationError
 from aegis.runtime.approval import ApprovalHandler
 
 __all__ = ["ApprovalCallback", "CallbackApprovalHandler"]
 
 #: a function that decides, given the policy's decision; it may be async
-ApprovalCallback = Callable[[PolicyDecision], "bool | Awaitable[bool]"]
+ApprovalCallback = Callable[
+    [PolicyDecision], "bool | ApprovalOutcome | Awaitable[bool | ApprovalOutcome]"
+]
 
 
 class CallbackApprovalHandler(ApprovalHandler):
     """Ask ``callback(decision)`` whether an action may run.
 
     The callback may be a plain or an ``async`` function and must return a
-    ``bool``. Anything else, or an exception, denies the action: the runtime
-    fails closed and records why.
+    ``bool`` (or an :class:`~aegis.core.outcome.ApprovalOutcome`). Anything
+    else, or an exception, denies the action: the runtime fails closed and
+    records why.
 
     Example::
 
@@ -36,12 +40,12 @@ class CallbackApprovalHandler(ApprovalHandler):
             )
         self.callback = callback
 
-    async def request_approval(self, decision: PolicyDecision) -> bool:
+    async def request_approval(self, decision: PolicyDecision) -> bool | ApprovalOutcome:
         """Return the callback's answer for ``decision``, awaiting it if needed."""
         answer = self.callback(decision)
         if inspect.isawaitable(answer):
             answer = await answer
-        if not isinstance(answer, bool):
+        if not isinstance(answer, bool | ApprovalOutcome):
             # Fail closed: a truthy string or a forgotten `return` must not approve.
             raise TypeError(
                 f"approval callback {_name(self.callback)} returned "

@@ -28,8 +28,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from aegis.adapters.base import BaseExecutor
-from aegis.core.action import Action
+from aegis.core.action import Action, action_digest
 from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.outcome import ApprovalOutcome
 from aegis.core.plan import ExecutionPlan
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import AegisError, ConfigurationError
@@ -288,10 +289,30 @@ class Runtime:
             )
         if approved is True:
             return None, "approved"
+        if isinstance(approved, ApprovalOutcome):
+            return self._settle(decision, started, approved)
         if approved is False:
             return self._denied(decision, started, "denied by the approver"), "denied"
         why = f"approval handler returned {approved!r}, not True or False"
         return self._denied(decision, started, why), f"denied: error: {why}"
+
+    def _settle(
+        self, decision: PolicyDecision, started: datetime, outcome: ApprovalOutcome
+    ) -> tuple[Result | None, str]:
+        """An :class:`ApprovalOutcome` as the result of the approve step."""
+        human = outcome.human_decision()
+        if outcome.approved is not True:
+            why = "denied by " + ", ".join(outcome.reviewers) if outcome.reviewers else "denied"
+            if outcome.reason:
+                why += f": {outcome.reason}"
+            elif outcome.comment:
+                why += f": {outcome.comment}"
+            return self._denied(decision, started, why), human
+        if outcome.digest is not None and outcome.digest != action_digest(decision.action):
+            # An approval is bound to the exact action a reviewer saw.
+            why = "the approval was given for a different action (digest mismatch)"
+            return self._denied(decision, started, why), f"denied: error: {why}"
+        return None, human
 
     async def run_executor(self, action: Action) -> Result:
         """Step 3: run ``action`` on the executor and normalise what comes back.

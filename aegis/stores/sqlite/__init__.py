@@ -1,0 +1,1 @@
+"""The embedded SQLite store: one file, WAL mode, several processes."""

@@ -1,0 +1,78 @@
+"""Handlers that answer with an ApprovalOutcome: who decided, and bound to the action."""
+
+from __future__ import annotations
+
+from engine_support import TablePolicy
+
+from aegis.core.action import Action, action_digest
+from aegis.core.decision import PolicyDecision
+from aegis.core.outcome import ApprovalOutcome
+from aegis.core.result import ResultStatus
+from aegis.runtime.engine import Runtime
+from aegis.testing import InMemoryAuditLog, RecordingExecutor
+
+
+def _runtime(answer: object) -> tuple[Runtime, RecordingExecutor, InMemoryAuditLog]:
+    executor = RecordingExecutor()
+    audit = InMemoryAuditLog()
+
+    def handler(decision: PolicyDecision) -> object:
+        return answer(decision) if callable(answer) else answer
+
+    rt = Runtime(
+        executor=executor, policy=TablePolicy(), approval_handler=handler, audit_logger=audit
+    )
+    return rt, executor, audit
+
+
+async def test_approved_outcome_runs_and_names_the_reviewers() -> None:
+    """An approving outcome runs the action and the audit names who approved it."""
+    rt, executor, audit = _runtime(
+        lambda d: ApprovalOutcome(
+            True, reviewers=("alice", "bob"), request_id="r1", digest=action_digest(d.action)
+        )
+    )
+    async with rt:
+        result = await rt.run_one(Action("refund", "billing", {"amount": 90}))
+    assert result.status is ResultStatus.SUCCESS
+    assert len(executor.actions) == 1
+    assert audit.get_log()[-1]["human_decision"] == "approved by alice, bob [request r1]"
+
+
+async def test_denied_outcome_does_not_run_and_says_why() -> None:
+    """A denying outcome is DENIED with the reviewer and comment in the error."""
+    rt, executor, audit = _runtime(ApprovalOutcome(False, reviewers=("carol",), comment="no"))
+    async with rt:
+        result = await rt.run_one(Action("refund", "billing", {"amount": 90}))
+    assert result.status is ResultStatus.DENIED
+    assert result.error == "denied by carol: no"
+    assert executor.actions == []
+    assert audit.get_log()[-1]["human_decision"] == "denied by carol: no"
+
+
+async def test_outcome_for_another_action_is_refused() -> None:
+    """An approval whose digest is not the action's own never runs the action."""
+    other = action_digest(Action("refund", "billing", {"amount": 1}))
+    rt, executor, _ = _runtime(ApprovalOutcome(True, reviewers=("alice",), digest=other))
+    async with rt:
+        result = await rt.run_one(Action("refund", "billing", {"amount": 1_000_000}))
+    assert result.status is ResultStatus.DENIED
+    assert "digest mismatch" in (result.error or "")
+    assert executor.actions == []
+
+
+def test_digest_changes_with_every_field() -> None:
+    """Type, target, params and description each change the digest."""
+    base = Action("refund", "billing", {"amount": 5}, "pay back")
+    variants = [
+        Action("refunds", "billing", {"amount": 5}, "pay back"),
+        Action("refund", "billings", {"amount": 5}, "pay back"),
+        Action("refund", "billing", {"amount": 6}, "pay back"),
+        Action("refund", "billing", {"amount": 5}, "pay"),
+        Action("refund", "billing", {"amount": "5"}, "pay back"),
+    ]
+    digests = {action_digest(a) for a in variants}
+    assert action_digest(base) not in digests
+    assert len(digests) == len(variants)
+    again = Action("refund", "billing", {"amount": 5}, "pay back")
+    assert action_digest(base) == action_digest(again)
