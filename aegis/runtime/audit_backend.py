@@ -172,6 +172,8 @@ class AuditBackend(Protocol):
 
 def _json_default(value: object) -> object:
     # Called by json for anything it cannot encode: keep what we can, never fail.
+    if isinstance(value, Mapping):  # an Action's FrozenDict params, which are no dict
+        return dict(value.items())
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Enum):
