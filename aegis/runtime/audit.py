@@ -252,6 +252,18 @@ class AuditLogger(RecordReader):
             print(record["id"], record["action_type"], record["human_decision"])
     """
 
+    def __new__(cls, db_path: str | Path = "aegis_audit.db", **kwargs: Any) -> AuditLogger:
+        """A ``postgresql://`` URL gives the PostgreSQL trail; anything else a SQLite file."""
+        if (
+            cls is AuditLogger
+            and isinstance(db_path, str)
+            and db_path.lower().startswith(("postgresql://", "postgres://"))
+        ):
+            from aegis.stores.postgres.audit import PostgresAuditLogger  # noqa: PLC0415  # the extra
+
+            return object.__new__(PostgresAuditLogger)
+        return super().__new__(cls)
+
     def __init__(
         self,
         db_path: str | Path = "aegis_audit.db",

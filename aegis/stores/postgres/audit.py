@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -31,14 +31,14 @@ import psycopg
 from psycopg import sql
 
 from aegis.core.decision import PolicyDecision
+from aegis.core.record import ContextValue
 from aegis.core.result import Result
 from aegis.errors import StoreError
-from aegis.runtime.audit import VerifyReport, _parse_head
+from aegis.runtime.audit import AuditLogger, VerifyReport, _parse_head
 from aegis.runtime.audit_backend import (
     GENESIS_HASH,
     RECORD_FIELDS,
     Filters,
-    RecordReader,
     RecordValues,
     Subscriber,
     SubscriberList,
@@ -50,16 +50,25 @@ from aegis.stores.postgres._writer import GroupWriter
 from aegis.stores.postgres.connection import Connection, Database
 from aegis.stores.postgres.schema import migrate, schema_lock_key
 
-__all__ = ["AUDIT_TABLE", "PostgresAuditStore"]
+__all__ = ["AUDIT_TABLE", "PostgresAuditLogger"]
 
 #: the table of the audit trail, in the store's schema
 AUDIT_TABLE: Final = "aegis_audit_log"
 
-_JSON_FIELDS: Final = ("action_params", "result_data")
+_JSON_FIELDS: Final = ("action_params", "result_data", "context")
 
 # the fields a record may leave empty; all others are NOT NULL
 _NULLABLE: Final = frozenset(
-    {"human_decision", "result_status", "result_error", "started_at", "completed_at"}
+    {
+        "human_decision",
+        "result_status",
+        "result_error",
+        "started_at",
+        "completed_at",
+        "context",
+        "decided_at",
+        "policy_digest",
+    }
 )
 
 _MIGRATIONS: Final = {
@@ -109,7 +118,7 @@ def _storable(values: RecordValues) -> RecordValues:
     )
 
 
-class PostgresAuditStore(RecordReader):
+class PostgresAuditLogger(AuditLogger):
     """A tamper-evident audit trail in a PostgreSQL database, for fleets.
 
     Every process and machine that opens the same database and schema
@@ -126,8 +135,10 @@ class PostgresAuditStore(RecordReader):
 
     Example::
 
-        store = PostgresAuditStore("postgresql://aegis@db.internal/aegis")
-        print(store.verify())
+        audit = AuditLogger("postgresql://aegis@db.internal/aegis")
+        async with Runtime(executor=crm, policy=policy, audit_logger=audit) as rt:
+            ...
+        print(audit.verify())
     """
 
     def __init__(
@@ -152,7 +163,7 @@ class PostgresAuditStore(RecordReader):
         self._create = create
         self._ready = False
         self._writer_conn: Connection | None = None
-        self._writer = GroupWriter[RecordValues, tuple[Any, ...]](self._append)
+        self._writer = GroupWriter[RecordValues, tuple[Any, ...]](self._append_batch)
         self._subscribers = SubscriberList()
         self._closed = False
         self._table: sql.Composed | None = None
@@ -165,9 +176,14 @@ class PostgresAuditStore(RecordReader):
         """The DSN with its password masked."""
         return self.db.where
 
+    @property
+    def db_path(self) -> str:
+        """The DSN with its password masked (the SQLite trail's file path)."""
+        return self.db.where
+
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
-        return f"<PostgresAuditStore {self.db.where}{state}>"
+        return f"<PostgresAuditLogger {self.db.where}{state}>"
 
     # -- schema ----------------------------------------------------------------
 
@@ -223,7 +239,7 @@ class PostgresAuditStore(RecordReader):
 
     # -- writing ---------------------------------------------------------------
 
-    def _append(self, batch: Sequence[RecordValues]) -> list[tuple[Any, ...]]:
+    def _append_batch(self, batch: Sequence[RecordValues]) -> list[tuple[Any, ...]]:
         """Append ``batch`` as one transaction; runs on the writer thread."""
         self._sealed = None
         try:
@@ -292,11 +308,11 @@ class PostgresAuditStore(RecordReader):
             conn.cursor().executemany(insert, rows)
         return rows
 
-    def _publish(self, row: tuple[Any, ...]) -> None:
+    def _notify(self, row: tuple[Any, ...]) -> None:
         if self._subscribers:
             self._subscribers.notify(_to_record(row))
 
-    def _submit(self, values: RecordValues) -> Future[tuple[Any, ...]]:
+    def _enqueue(self, values: RecordValues) -> Future[tuple[Any, ...]]:
         if self._closed:
             raise StoreError(f"the audit store at {self.db.where} is closed; open a new one")
         return self._writer.submit(values)
@@ -308,10 +324,22 @@ class PostgresAuditStore(RecordReader):
         *,
         result: Result | None = None,
         human_decision: str | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int:
         """Write one finished record, wait for its commit and return its id; any thread."""
-        row = self._submit(record_values(session_id, decision, result, human_decision)).result()
-        self._publish(row)
+        values = record_values(
+            session_id,
+            decision,
+            result,
+            human_decision,
+            context=context,
+            decided_at=decided_at,
+            policy_digest=policy_digest,
+        )
+        row = self._enqueue(values).result()
+        self._notify(row)
         return int(row[0])
 
     async def record_start(
@@ -320,6 +348,9 @@ class PostgresAuditStore(RecordReader):
         decision: PolicyDecision,
         *,
         human_decision: str | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int | None:
         """Start markers are not written to PostgreSQL yet; returns ``None``."""
         return None
@@ -332,11 +363,22 @@ class PostgresAuditStore(RecordReader):
         result: Result,
         human_decision: str | None = None,
         start_token: int | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int:
         """Append the final record of an action; return its id once committed."""
-        values = record_values(session_id, decision, result, human_decision)
-        row = await asyncio.wrap_future(self._submit(values))
-        self._publish(row)
+        values = record_values(
+            session_id,
+            decision,
+            result,
+            human_decision,
+            context=context,
+            decided_at=decided_at,
+            policy_digest=policy_digest,
+        )
+        row = await asyncio.wrap_future(self._enqueue(values))
+        self._notify(row)
         return int(row[0])
 
     # -- reading ---------------------------------------------------------------
@@ -347,7 +389,9 @@ class PostgresAuditStore(RecordReader):
             self._prepare(conn)
             yield conn
 
-    def _where(self, filters: Filters, after_id: int | None) -> tuple[sql.Composable, list[Any]]:
+    def _sql_where(
+        self, filters: Filters, after_id: int | None
+    ) -> tuple[sql.Composable, list[Any]]:
         clauses: list[sql.Composable] = [
             sql.SQL("{} {} %s").format(sql.Identifier(name), sql.SQL(op))
             for name, op, _ in filters.items
@@ -371,7 +415,7 @@ class PostgresAuditStore(RecordReader):
         while True:
             size = _PAGE if left is None else min(_PAGE, left)
             with self._reading() as conn:
-                where, args = self._where(filters, after_id)
+                where, args = self._sql_where(filters, after_id)
                 query = sql.SQL("SELECT {} FROM {}{} ORDER BY id LIMIT %s").format(
                     columns, self.table, where
                 )
@@ -392,7 +436,7 @@ class PostgresAuditStore(RecordReader):
 
     def _count(self, filters: Filters) -> int:
         with self._reading() as conn:
-            where, args = self._where(filters, None)
+            where, args = self._sql_where(filters, None)
             row = conn.execute(
                 sql.SQL("SELECT count(*) FROM {}{}").format(self.table, where), args
             ).fetchone()
@@ -402,7 +446,7 @@ class PostgresAuditStore(RecordReader):
         """Count records by status, risk level, matched rule and action type."""
         out: dict[str, dict[str, int]] = {}
         with self._reading() as conn:
-            where, args = self._where(Filters(session_id=session_id), None)
+            where, args = self._sql_where(Filters(session_id=session_id), None)
             for column in ("result_status", "risk_level", "matched_rule", "action_type"):
                 query = sql.SQL("SELECT {}, count(*) FROM {}{} GROUP BY 1 ORDER BY 1").format(
                     sql.Identifier(column), self.table, where
@@ -520,7 +564,7 @@ class PostgresAuditStore(RecordReader):
         self._drop_writer_conn()
         self.db.close()
 
-    def __enter__(self) -> PostgresAuditStore:
+    def __enter__(self) -> PostgresAuditLogger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
