@@ -162,6 +162,8 @@ class PostgresAuditLogger(AuditLogger):
         )
         self._create = create
         self._ready = False
+        self._checked = False
+        self._commits = 0
         self._writer_conn: Connection | None = None
         self._writer = GroupWriter[RecordValues, tuple[Any, ...]](self._append_batch)
         self._subscribers = SubscriberList()
@@ -175,6 +177,11 @@ class PostgresAuditLogger(AuditLogger):
     def dsn(self) -> str:
         """The DSN with its password masked."""
         return self.db.where
+
+    @property
+    def commits(self) -> int:
+        """How many append transactions this logger committed (one per batch)."""
+        return self._commits
 
     @property
     def db_path(self) -> str:
@@ -306,6 +313,7 @@ class PostgresAuditLogger(AuditLogger):
             # the commit landed although its answer was lost.
             self._sealed = rows
             conn.cursor().executemany(insert, rows)
+        self._commits += 1
         return rows
 
     def _notify(self, row: tuple[Any, ...]) -> None:
@@ -352,7 +360,15 @@ class PostgresAuditLogger(AuditLogger):
         decided_at: str | None = None,
         policy_digest: str | None = None,
     ) -> int | None:
-        """Start markers are not written to PostgreSQL yet; returns ``None``."""
+        """Check the store before the action runs; start markers are not written yet.
+
+        The first call connects and checks that this role may append, so a
+        wrong DSN, a dead server or a read-only role stops the first action
+        before its executor runs. Returns ``None``.
+        """
+        if not self._checked:
+            await asyncio.to_thread(self.check)
+            self._checked = True
         return None
 
     async def record(
