@@ -61,7 +61,7 @@ _HINTS: Final = {
     "3D000": "create the database (createdb NAME) or fix the database name in the DSN",
     "42501": (
         "the role lacks a privilege Aegis needs here; use a role that may create "
-        "and write the Aegis tables, or grant it (see docs/postgres.md)"
+        "and write the Aegis tables, or grant it (see the PostgreSQL section of the README)"
     ),
     "25006": (
         "the server or session is read-only (a standby, or default_transaction_read_only); "
