@@ -27,7 +27,7 @@ def open_audit(db_path: str) -> Iterator[AuditLogger]:
             database cannot be reached or holds no audit trail.
     """
     if db_path.lower().startswith(("postgresql://", "postgres://")):
-        with AuditLogger(db_path, create=False) as trail:
+        with AuditLogger(db_path, create=False, readonly=True) as trail:
             yield trail
         return
     path = Path(db_path)

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -304,6 +305,9 @@ class Database:
             )
             pool.open(wait=False)
             self._pool, self._pool_pid = pool, os.getpid()
+            # A store dropped without close() (a script's last line) still
+            # stops the pool's threads and closes its connections.
+            weakref.finalize(self, _close_pool, pool, os.getpid())
             return pool
 
     @contextmanager
@@ -365,5 +369,12 @@ class Database:
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
-        if pool is not None and self._pool_pid == os.getpid():
-            pool.close()
+        if pool is not None:
+            _close_pool(pool, self._pool_pid)
+
+
+def _close_pool(pool: ConnectionPool[Connection], pid: int) -> None:
+    # Only the process that opened a pool may close it: a forked child
+    # closing its parent's connections would end the parent's sessions.
+    if pid == os.getpid() and not pool.closed:
+        pool.close()

@@ -13,18 +13,19 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import POSTGRES_DSN
+from pg_support import POSTGRES_DSN
 
 from aegis.cli import cli
 from aegis.core.action import Action
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.policy import Policy
+from aegis.core.record import RECORD_FIELDS
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import StoreError
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.engine import Runtime
-from aegis.stores.postgres.audit import PostgresAuditLogger
+from aegis.stores.postgres.audit import PostgresAuditStore
 
 WORKER = Path(__file__).with_name("fleet_worker.py")
 
@@ -52,12 +53,17 @@ def sql(dsn: str, statement: str, *args: object) -> list[tuple[object, ...]]:
 
 
 @pytest.fixture
-def trail(postgres_dsn: str) -> Iterator[PostgresAuditLogger]:
+def trail(postgres_dsn: str) -> Iterator[AuditLogger]:
     """A PostgreSQL audit trail in the test's own schema, closed afterwards."""
     audit = AuditLogger(postgres_dsn)
-    assert isinstance(audit, PostgresAuditLogger)
+    assert isinstance(audit.store, PostgresAuditStore)
     yield audit
     audit.close()
+
+
+def columns(**replaced: str) -> str:
+    """The audit table's columns in order, as SQL, with some replaced by expressions."""
+    return ", ".join(replaced.get(name, name) for name in RECORD_FIELDS)
 
 
 def fill(audit: AuditLogger, count: int) -> None:
@@ -70,13 +76,13 @@ def fill(audit: AuditLogger, count: int) -> None:
 def test_audit_logger_dispatches_on_the_url(postgres_dsn: str, tmp_path: Path) -> None:
     """AuditLogger gives the PostgreSQL trail for a DSN and the SQLite one for a path."""
     with AuditLogger(postgres_dsn) as pg, AuditLogger(tmp_path / "a.db") as lite:
-        assert type(pg) is PostgresAuditLogger
-        assert type(lite) is AuditLogger
+        assert type(pg.store) is PostgresAuditStore
+        assert type(lite.store) is not PostgresAuditStore
         assert "***" in repr(AuditLogger("postgresql://u:pw@127.0.0.1:1/x"))
 
 
 async def test_a_runtime_records_every_action_with_its_context(
-    trail: PostgresAuditLogger,
+    trail: AuditLogger,
 ) -> None:
     """run_one through a Runtime lands each action, context included, in a chain that verifies."""
 
@@ -93,7 +99,7 @@ async def test_a_runtime_records_every_action_with_its_context(
 
 
 async def test_each_result_returns_only_after_its_record_commits(
-    trail: PostgresAuditLogger, postgres_dsn: str
+    trail: AuditLogger, postgres_dsn: str
 ) -> None:
     """Under group commit every record is visible to another connection when its call returns."""
 
@@ -112,19 +118,19 @@ async def test_each_result_returns_only_after_its_record_commits(
     assert trail.verify().ok
 
 
-async def test_concurrent_actions_share_transactions(trail: PostgresAuditLogger) -> None:
+async def test_concurrent_actions_share_transactions(trail: AuditLogger) -> None:
     """Five hundred concurrent records commit in far fewer transactions than records."""
     trail.log("s0", decision(0), result=success(decision(0)))  # connect and create first
-    before = trail.commits
+    before = trail.store.commits
     await asyncio.gather(
         *(trail.record("s1", decision(n), result=success(decision(n))) for n in range(500))
     )
     assert trail.count() == 501
-    assert trail.commits - before <= 50
+    assert trail.store.commits - before <= 50
     assert trail.verify().ok
 
 
-def test_an_edited_row_is_caught(trail: PostgresAuditLogger, postgres_dsn: str) -> None:
+def test_an_edited_row_is_caught(trail: AuditLogger, postgres_dsn: str) -> None:
     """A field changed in SQL is reported at that record."""
     fill(trail, 6)
     assert trail.verify().ok
@@ -134,7 +140,7 @@ def test_an_edited_row_is_caught(trail: PostgresAuditLogger, postgres_dsn: str) 
     assert "modified" in report.reason
 
 
-def test_a_deleted_row_is_caught(trail: PostgresAuditLogger, postgres_dsn: str) -> None:
+def test_a_deleted_row_is_caught(trail: AuditLogger, postgres_dsn: str) -> None:
     """A row deleted from the middle is reported as missing."""
     fill(trail, 5)
     sql(postgres_dsn, "DELETE FROM aegis_audit_log WHERE id = 2")
@@ -143,7 +149,7 @@ def test_a_deleted_row_is_caught(trail: PostgresAuditLogger, postgres_dsn: str) 
     assert "missing" in report.reason
 
 
-def test_reordered_rows_are_caught(trail: PostgresAuditLogger, postgres_dsn: str) -> None:
+def test_reordered_rows_are_caught(trail: AuditLogger, postgres_dsn: str) -> None:
     """Two rows whose ids are swapped no longer link."""
     fill(trail, 5)
     for move in ("id = -2 WHERE id = 2", "id = 2 WHERE id = 3", "id = 3 WHERE id = -2"):
@@ -152,28 +158,23 @@ def test_reordered_rows_are_caught(trail: PostgresAuditLogger, postgres_dsn: str
     assert (report.ok, report.first_bad_id) == (False, 2)
 
 
-def test_an_inserted_row_is_caught(trail: PostgresAuditLogger, postgres_dsn: str) -> None:
+def test_an_inserted_row_is_caught(trail: AuditLogger, postgres_dsn: str) -> None:
     """A forged row slipped in (ids shifted to make room) breaks the link after it."""
     fill(trail, 4)
     sql(postgres_dsn, "ALTER TABLE aegis_audit_log DROP CONSTRAINT aegis_audit_log_one_successor")
     sql(postgres_dsn, "UPDATE aegis_audit_log SET id = id + 100 WHERE id >= 3")
     sql(postgres_dsn, "UPDATE aegis_audit_log SET id = id - 99 WHERE id >= 103")
+    forged = columns(id="3", action_target="'forged'", prev_hash="hash", hash="repeat('0', 64)")
     sql(
         postgres_dsn,
-        "INSERT INTO aegis_audit_log SELECT 3, session_id, timestamp, action_type, "
-        "'forged', action_params, action_desc, risk_level, approval, matched_rule, reason, "
-        "human_decision, result_status, result_data, result_error, started_at, completed_at, "
-        "context, decided_at, policy_digest, hash, repeat('0', 64) "
-        "FROM aegis_audit_log WHERE id = 2",
+        f"INSERT INTO aegis_audit_log SELECT {forged} FROM aegis_audit_log WHERE id = 2",
     )
     report = trail.verify()
     assert not report.ok
     assert report.first_bad_id == 3
 
 
-def test_a_truncated_tail_is_caught_with_a_kept_head(
-    trail: PostgresAuditLogger, postgres_dsn: str
-) -> None:
+def test_a_truncated_tail_is_caught_with_a_kept_head(trail: AuditLogger, postgres_dsn: str) -> None:
     """Rows cut off the end pass alone but fail against the head kept before."""
     fill(trail, 5)
     head = trail.head()
@@ -184,17 +185,14 @@ def test_a_truncated_tail_is_caught_with_a_kept_head(
     assert "removed from the end" in report.reason
 
 
-def test_a_fork_is_refused_by_the_table(trail: PostgresAuditLogger, postgres_dsn: str) -> None:
+def test_a_fork_is_refused_by_the_table(trail: AuditLogger, postgres_dsn: str) -> None:
     """A second record linking to the same predecessor cannot even be stored."""
     fill(trail, 2)
+    twin = columns(id="99")
     with pytest.raises(psycopg.errors.UniqueViolation):
         sql(
             postgres_dsn,
-            "INSERT INTO aegis_audit_log SELECT 99, session_id, timestamp, action_type, "
-            "action_target, action_params, action_desc, risk_level, approval, matched_rule, "
-            "reason, human_decision, result_status, result_data, result_error, started_at, "
-            "completed_at, context, decided_at, policy_digest, prev_hash, hash "
-            "FROM aegis_audit_log WHERE id = 2",
+            f"INSERT INTO aegis_audit_log SELECT {twin} FROM aegis_audit_log WHERE id = 2",
         )
 
 
@@ -245,7 +243,7 @@ def read_only_dsn(postgres_dsn: str) -> Iterator[str]:
 
 
 def test_a_read_only_role_is_refused_before_anything_runs(
-    trail: PostgresAuditLogger, postgres_dsn: str, read_only_dsn: str
+    trail: AuditLogger, postgres_dsn: str, read_only_dsn: str
 ) -> None:
     """A role without INSERT gets one clear error at the first action, naming the grant."""
     fill(trail, 2)
@@ -260,7 +258,7 @@ def test_a_read_only_role_is_refused_before_anything_runs(
         ) as rt:
             await rt.run_one(Action("read", "crm"))
 
-    with pytest.raises(StoreError, match="may not INSERT") as caught:
+    with pytest.raises(StoreError, match=r"may not INSERT|permission denied") as caught:
         asyncio.run(go())
     assert "secret" not in str(caught.value)
     assert ran == []
@@ -279,15 +277,17 @@ def test_a_role_that_may_not_create_tables_gets_a_clear_error(read_only_dsn: str
 
 def test_a_schema_without_the_trail_is_an_error_for_readers(postgres_dsn: str) -> None:
     """Reading a DSN whose schema holds no audit trail says so and creates nothing."""
+    reader = AuditLogger(postgres_dsn, create=False)
     with pytest.raises(StoreError, match="no Aegis audit tables"):
-        AuditLogger(postgres_dsn, create=False).verify()
+        reader.verify()
+    reader.close()
     assert sql(
         postgres_dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
     ) == [(0,)]
 
 
 def test_every_audit_command_takes_a_dsn(
-    trail: PostgresAuditLogger, postgres_dsn: str, tmp_path: Path
+    trail: AuditLogger, postgres_dsn: str, tmp_path: Path
 ) -> None:
     """list, show, export, verify, stats and tail read the PostgreSQL trail through --db."""
     fill(trail, 3)
@@ -349,10 +349,61 @@ def test_eight_processes_share_one_chain(postgres_dsn: str) -> None:
     runner = CliRunner()
     result = runner.invoke(cli, ["audit", "verify", "--db", postgres_dsn, "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["checked"] == 1200
-    seen = sql(postgres_dsn, "SELECT count(DISTINCT context) FROM aegis_audit_log")
+    # every action has a start record and a final record, all in one chain
+    assert json.loads(result.output)["checked"] == 2 * 1200
+    stats = runner.invoke(cli, ["audit", "stats", "--db", postgres_dsn, "--format", "json"])
+    assert json.loads(stats.output)["total"] == 1200
+    seen = sql(
+        postgres_dsn, "SELECT count(DISTINCT context) FROM aegis_audit_log WHERE kind = 'final'"
+    )
     assert seen == [(1200,)]
     sql(postgres_dsn, "UPDATE aegis_audit_log SET result_status = 'failed' WHERE id = 700")
     result = runner.invoke(cli, ["audit", "verify", "--db", postgres_dsn])
     assert result.exit_code == 1
     assert "record 700" in result.output
+
+
+KILLED_CHILD = """
+import asyncio, sys, time
+from aegis import Action, AuditLogger, Policy, Runtime
+
+policy = Policy.from_dict({"version": "1", "defaults": {"approval": "auto"}, "rules": []})
+
+
+def transfer(action):
+    print("running", flush=True)
+    time.sleep(120)
+
+
+async def main():
+    audit = AuditLogger(sys.argv[1])
+    async with Runtime(executor=transfer, policy=policy, audit_logger=audit) as runtime:
+        await runtime.run_one(Action("transfer", "bank", {"amount": 900}))
+
+
+asyncio.run(main())
+"""
+
+
+def test_an_action_killed_mid_run_stays_in_the_chain(postgres_dsn: str) -> None:
+    """A worker SIGKILLed while its executor runs leaves a chained start record every view shows."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, postgres_dsn], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == "running\n"
+    child.kill()
+    child.wait(timeout=30)
+    child.stdout.close()
+    with AuditLogger(postgres_dsn, create=False) as audit:
+        (record,) = audit.get_log()
+        assert (record["kind"], record["action_type"], record["result_status"]) == (
+            "start",
+            "transfer",
+            None,
+        )
+        report = audit.verify()
+        assert report.ok
+        assert report.unfinished == (record["id"],)
+    listed = CliRunner().invoke(cli, ["audit", "list", "--db", postgres_dsn, "--format", "json"])
+    assert json.loads(listed.output)[0]["action_type"] == "transfer"

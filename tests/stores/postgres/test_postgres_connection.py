@@ -7,7 +7,7 @@ import uuid
 
 import psycopg
 import pytest
-from conftest import POSTGRES_DSN
+from pg_support import POSTGRES_DSN
 
 from aegis.errors import ConfigurationError, StoreError
 from aegis.stores.postgres.connection import Database, mask_dsn

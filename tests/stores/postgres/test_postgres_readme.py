@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from conftest import POSTGRES_DSN
+from pg_support import POSTGRES_DSN
 
 from aegis import Action, Policy
 
