@@ -18,6 +18,7 @@ from pg_support import POSTGRES_DSN
 from aegis.cli import cli
 from aegis.core.action import Action
 from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.filters import Filters
 from aegis.core.policy import Policy
 from aegis.core.record import RECORD_FIELDS
 from aegis.core.result import Result, ResultStatus
@@ -407,3 +408,74 @@ def test_an_action_killed_mid_run_stays_in_the_chain(postgres_dsn: str) -> None:
         assert report.unfinished == (record["id"],)
     listed = CliRunner().invoke(cli, ["audit", "list", "--db", postgres_dsn, "--format", "json"])
     assert json.loads(listed.output)[0]["action_type"] == "transfer"
+
+
+async def test_a_rejected_start_means_the_action_never_runs(
+    trail: AuditLogger, postgres_dsn: str
+) -> None:
+    """When the server refuses the start record mid-run, the Result is FAILED and nothing ran."""
+    ran: list[Action] = []
+    async with Runtime(executor=ran.append, policy=POLICY, audit_logger=trail) as runtime:
+        assert (await runtime.run_one(Action("read", "crm"))).ok
+        sql(
+            postgres_dsn,
+            "ALTER TABLE aegis_audit_log ADD CONSTRAINT no_refunds CHECK (action_type <> 'refund')",
+        )
+        result = await runtime.run_one(Action("refund", "billing", {"amount": 5}))
+        assert result.status is ResultStatus.FAILED
+        assert "not run" in str(result.error)
+        assert "no_refunds" in str(result.error)
+        assert [a.type for a in ran] == ["read"]
+        assert trail.store.count(Filters(view="records")) == 2  # no half-written record
+        assert trail.verify().ok
+
+
+async def test_a_rejected_outcome_is_failed_never_success(
+    trail: AuditLogger, postgres_dsn: str
+) -> None:
+    """When the final record cannot be written, the Result is FAILED; the start stays open."""
+    trail.check()  # creates the tables
+    async with Runtime(executor=lambda a: "paid", policy=POLICY, audit_logger=trail) as runtime:
+        sql(
+            postgres_dsn,
+            "ALTER TABLE aegis_audit_log ADD CONSTRAINT no_outcomes "
+            "CHECK (kind IS DISTINCT FROM 'final')",
+        )
+        result = await runtime.run_one(Action("refund", "billing", {"amount": 5}))
+        assert result.status is ResultStatus.FAILED
+        assert "ended success, but the audit trail could not record it" in str(result.error)
+        (start,) = trail.get_log()
+        assert (start["kind"], start["action_type"]) == ("start", "refund")
+        report = trail.verify()
+        assert report.ok
+        assert report.unfinished == (start["id"],)
+
+
+async def test_a_server_lost_mid_run_fails_the_next_action_cleanly(postgres_dsn: str) -> None:
+    """With every connection cut and no way back in, the next action is FAILED and never runs."""
+    role = f"aegis_gone_{uuid.uuid4().hex[:8]}"
+    schema = postgres_dsn.rsplit("%3D", 1)[1]
+    sql(POSTGRES_DSN, f'CREATE ROLE "{role}" LOGIN')
+    sql(POSTGRES_DSN, f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO "{role}"')
+    dsn = postgres_dsn.replace("postgres@", f"{role}:pw@", 1)
+    ran: list[Action] = []
+    try:
+        async with Runtime(
+            executor=ran.append, policy=POLICY, audit_logger=AuditLogger(dsn, connect_timeout=2)
+        ) as runtime:
+            assert (await runtime.run_one(Action("read", "crm"))).ok
+            # the server "goes away" for this role: no new logins, sessions cut
+            sql(POSTGRES_DSN, f'ALTER ROLE "{role}" NOLOGIN')
+            sql(
+                POSTGRES_DSN,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                role,
+            )
+            result = await runtime.run_one(Action("update", "crm"))
+            assert result.status is ResultStatus.FAILED
+            assert f"{role}:***@" in str(result.error)
+            assert "pw@" not in str(result.error)
+        assert [a.type for a in ran] == ["read"]
+    finally:
+        sql(POSTGRES_DSN, f'DROP OWNED BY "{role}"')
+        sql(POSTGRES_DSN, f'DROP ROLE "{role}"')
