@@ -55,12 +55,14 @@ def _executor(action: Any) -> dict[str, object]:
     return {"ok": action.params["n"]}
 
 
-async def _work(db: str, count: int, worker: int, concurrency: int) -> dict[str, Any]:
+async def _work(
+    db: str, count: int, worker: int, concurrency: int, synchronous: str
+) -> dict[str, Any]:
     from aegis import Action, AuditLogger, Policy, Runtime  # noqa: PLC0415  # in the child only
 
     latencies: list[int] = []
     ok = 0
-    audit = AuditLogger(db)
+    audit = AuditLogger(db, synchronous=synchronous)
     async with Runtime(
         executor=_executor, policy=Policy.from_dict(POLICY), audit_logger=audit
     ) as runtime:
@@ -90,10 +92,10 @@ async def _work(db: str, count: int, worker: int, concurrency: int) -> dict[str,
     }
 
 
-def worker_main(db: str, count: int, worker: int, concurrency: int) -> None:
+def worker_main(db: str, count: int, worker: int, concurrency: int, synchronous: str) -> None:
     """Child process: wait for the go line, run, print one JSON line."""
     sys.stdin.readline()
-    print(json.dumps(asyncio.run(_work(db, count, worker, concurrency))), flush=True)
+    print(json.dumps(asyncio.run(_work(db, count, worker, concurrency, synchronous))), flush=True)
 
 
 # ---------------------------------------------------------------- the driver
@@ -101,7 +103,7 @@ def worker_main(db: str, count: int, worker: int, concurrency: int) -> None:
 
 def _fresh(store: str, tmp: Path) -> tuple[str, Any]:
     """A fresh trail of kind ``store``: its URL and a cleanup callable."""
-    if store == "sqlite":
+    if store.startswith("sqlite"):
         path = tmp / f"fleet-{uuid.uuid4().hex[:8]}.db"
         return str(path), lambda: None
     import psycopg  # noqa: PLC0415  # only for PostgreSQL runs
@@ -116,6 +118,22 @@ def _fresh(store: str, tmp: Path) -> tuple[str, Any]:
 
     separator = "&" if "?" in POSTGRES else "?"
     return f"{POSTGRES}{separator}options=-csearch_path%3D{schema}", drop
+
+
+def _bare_commits(count: int = 300) -> float:
+    """Commits per second of a one-row INSERT, one connection: the server's fsync rate."""
+    import psycopg  # noqa: PLC0415  # only for PostgreSQL runs
+
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        table = f"aegis_bare_{uuid.uuid4().hex[:8]}"
+        conn.execute(f"CREATE TABLE public.{table} (x int)")
+        try:
+            start = time.perf_counter()
+            for n in range(count):
+                conn.execute(f"INSERT INTO public.{table} VALUES (%s)", (n,))
+            return count / (time.perf_counter() - start)
+        finally:
+            conn.execute(f"DROP TABLE public.{table}")
 
 
 def _percentile(values: list[int], q: float) -> float:
@@ -136,7 +154,10 @@ def run_fleet(  # noqa: PLR0917  # one argument per column of the table
         share = actions // processes
         children = [
             subprocess.Popen(
-                [sys.executable, __file__, "--worker", db, str(share), str(i), str(concurrency)],
+                [
+                    *(sys.executable, __file__, "--worker", db, str(share), str(i)),
+                    *(str(concurrency), "full" if store.endswith("-full") else "normal"),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -180,7 +201,8 @@ def run_fleet(  # noqa: PLR0917  # one argument per column of the table
             report = audit.verify()
             row["verify_s"] = time.perf_counter() - start
             row["verified"] = report.ok
-            row["records"] = report.checked
+            row["records"] = report.checked  # a start and a final record per action
+            row["present"] = audit.count()  # the actions, each once
         if cli_verify:
             row.update(_cli_verify(db, env))
         return row
@@ -211,7 +233,7 @@ def _cli_verify(db: str, env: dict[str, str]) -> dict[str, Any]:
 
 def _fine(row: dict[str, Any]) -> str:
     """Whether every action succeeded and the chain verified with all of them."""
-    good = row["verified"] and row["ok"] == row["actions"] == row["records"]
+    good = row["verified"] and row["ok"] == row["actions"] == row["present"]
     return "yes" if good else "NO"
 
 
@@ -239,12 +261,18 @@ def _print_table(rows: list[dict[str, Any]], title: str) -> None:
 def main() -> None:
     """Parse the command line and run the tables."""
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        worker_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--actions", type=int, default=4000, help="actions per fleet run")
     parser.add_argument("--processes", type=int, nargs="*", default=[1, 2, 4, 8])
-    parser.add_argument("--stores", nargs="*", default=["postgres", "sqlite"])
+    parser.add_argument(
+        "--stores",
+        nargs="*",
+        default=["postgres", "sqlite"],
+        choices=["postgres", "postgres-full", "sqlite", "sqlite-full"],
+        help="-full: synchronous='full' (every record on disk before its call returns)",
+    )
     parser.add_argument("--concurrency", type=int, default=1, help="run_one at once per process")
     parser.add_argument(
         "--gather", type=int, default=1000, help="concurrent run_one in one process (0: skip)"
@@ -254,6 +282,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.actions, args.gather = 400, 200
+    if any(store.startswith("postgres") for store in args.stores):
+        print(f"baseline: {_bare_commits():,.0f} bare synchronous commits/s on this server")
     with tempfile.TemporaryDirectory() as tmp:
         fleets = [
             run_fleet(store, n, args.actions, args.concurrency, Path(tmp), args.cli_verify)

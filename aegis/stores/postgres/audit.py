@@ -35,8 +35,8 @@ from psycopg import sql
 
 from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, seal, verify_chain
 from aegis.core.filters import NO_FILTERS, Filters
-from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft
-from aegis.errors import StoreError
+from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
+from aegis.errors import ConfigurationError, StoreError
 from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin
 from aegis.stores.postgres.connection import Connection, Database
 from aegis.stores.postgres.schema import migrate, schema_lock_key
@@ -118,6 +118,14 @@ class PostgresAuditStore(ReadMixin):
             ``None`` uses the connection's ``current_schema()``.
         create: create the tables when missing; ``False`` requires an existing trail.
         readonly: never create, migrate or write (auditors, the command line).
+        synchronous: when :meth:`append` returns, its records are committed
+            (visible to every reader, safe from the death of the writing
+            process). With ``"full"`` every append also waits until they are
+            on the server's disk. With ``"normal"`` (the default, like SQLite's)
+            an append of start records only does not wait: the final record
+            of the action, which does wait, makes its start durable with it,
+            and the server's WAL writer flushes within a fraction of a second
+            anyway; only a server crash in that moment could lose a start.
         connect_timeout, statement_timeout, pool_timeout, max_connections:
             see :class:`~aegis.stores.postgres.connection.Database`.
 
@@ -136,6 +144,7 @@ class PostgresAuditStore(ReadMixin):
         schema: str | None = None,
         create: bool = True,
         readonly: bool = False,
+        synchronous: str = "normal",
         connect_timeout: float = 5.0,
         statement_timeout: float | None = 30.0,
         pool_timeout: float = 10.0,
@@ -149,7 +158,10 @@ class PostgresAuditStore(ReadMixin):
             pool_timeout=pool_timeout,
             max_connections=max_connections,
         )
+        if synchronous not in ("normal", "full"):
+            raise ConfigurationError(f"synchronous={synchronous!r}; use 'normal' or 'full'")
         self.url = self.db.where
+        self.synchronous = synchronous
         self.readonly = readonly
         self._create = create and not readonly
         self._ready = False
@@ -253,7 +265,8 @@ class PostgresAuditStore(ReadMixin):
             raise StoreError(f"the audit store at {self.url} is closed; open a new one")
         with self._write_lock:
             records = self._link(drafts)
-        self._make_durable(records)
+        if self.synchronous == "full" or any(r.kind != RecordKind.START for r in records):
+            self._make_durable(records)
         return records
 
     def _link(self, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:

@@ -23,7 +23,7 @@ from aegis.core.policy import Policy
 from aegis.core.record import RECORD_FIELDS
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import StoreError
+from aegis.errors import ConfigurationError, StoreError
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.engine import Runtime
 from aegis.stores.postgres.audit import PostgresAuditStore
@@ -479,3 +479,19 @@ async def test_a_server_lost_mid_run_fails_the_next_action_cleanly(postgres_dsn:
     finally:
         sql(POSTGRES_DSN, f'DROP OWNED BY "{role}"')
         sql(POSTGRES_DSN, f'DROP ROLE "{role}"')
+
+
+async def test_synchronous_full_records_every_action(postgres_dsn: str) -> None:
+    """synchronous='full' waits for the disk on start records too and writes the same chain."""
+    audit = AuditLogger(postgres_dsn, synchronous="full")
+    async with Runtime(executor=lambda a: "ok", policy=POLICY, audit_logger=audit) as runtime:
+        results = await asyncio.gather(*(runtime.run_one(Action("read", "crm")) for _ in range(20)))
+        assert all(r.ok for r in results)
+        assert audit.count() == 20
+        assert audit.verify().ok
+
+
+def test_an_unknown_synchronous_mode_is_refused(postgres_dsn: str) -> None:
+    """A synchronous mode other than normal or full is a configuration error."""
+    with pytest.raises(ConfigurationError, match="'normal' or 'full'"):
+        AuditLogger(postgres_dsn, synchronous="off")
