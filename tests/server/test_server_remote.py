@@ -321,15 +321,18 @@ async def test_agent_restart_reattaches(tmp_path: Path) -> None:
     session = "agent-restart"
     command = [sys.executable, str(AGENT), service.url, db, session, "555"]
     try:
-        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=AGENT.parent)
-        request = await alice.pending(session)
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=AGENT.parent, text=True)
+        assert first.stdout is not None
+        posted = first.stdout.readline().split()
         first.kill()
         first.wait(10)
-        assert (await alice.get(request["id"]))["status"] == "pending"
+        first.stdout.close()
+        assert posted[:2] == ["posted", "201"]
+        request = await alice.get(posted[2])
+        assert request["status"] == "pending"
         second = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=AGENT.parent, text=True)
-        await asyncio.sleep(0.5)
-        again = await alice.pending(session)
-        assert again["id"] == request["id"]
+        assert second.stdout is not None
+        assert second.stdout.readline().split() == ["posted", "200", request["id"]]
         await alice.decide(request["id"])
         out, _ = second.communicate(timeout=20)
         assert f"result success approved by alice [request {request['id']}]" in out
