@@ -171,8 +171,14 @@ class ApprovalService:
             except Exception:
                 _log.exception("an approval event subscriber failed on %s", event.kind)
 
-    async def _record(self, request: ApprovalRequest, text: str) -> None:
-        """Write one approval event to the audit trail, tagged with the request id."""
+    async def _record(
+        self, request: ApprovalRequest, text: str, event: str, **context: str
+    ) -> None:
+        """Write one approval event to the audit trail, tagged with the request id.
+
+        The record's context names the event, the request and the requester,
+        so ``aegis audit list`` can tell the service's records apart.
+        """
         if self.audit is None:
             return
         decision = PolicyDecision(
@@ -186,7 +192,18 @@ class ApprovalService:
         )
         human = f"approval: {text} [request {request.id}]"
         try:
-            await self._call(self.audit.log, request.session_id, decision, human_decision=human)
+            await self._call(
+                self.audit.log,
+                request.session_id,
+                decision,
+                human_decision=human,
+                context={
+                    "approval_event": event,
+                    "approval_request": request.id,
+                    "requester": request.requester,
+                    **context,
+                },
+            )
         except Exception:
             # The change is in the store already; say loudly that its record is not.
             _log.exception("could not write the audit record %r", human)
@@ -284,7 +301,7 @@ class ApprovalService:
             else:
                 expires = f"{stored.expires_at:%Y-%m-%dT%H:%M:%SZ}"
                 text = f"requested by {stored.requester}, expires {expires}"
-            await self._record(stored, text)
+            await self._record(stored, text, "approval.requested")
             self._emit(ApprovalEvent("approval.requested", stored))
         return stored, created
 
@@ -406,13 +423,21 @@ class ApprovalService:
             grant_minutes=grant_minutes if verdict is Verdict.APPROVE else None,
             now=self.clock(),
         )
-        await self._record(stored, self._decision_text(stored, principal.name, verdict, comment))
+        await self._record(
+            stored,
+            self._decision_text(stored, principal.name, verdict, comment),
+            "approval.decided",
+            reviewer=principal.name,
+            verdict=verdict.value,
+        )
         if grant is not None:
             await self._record(
                 stored,
                 f"grant {grant.id} given by {', '.join(grant.granted_by)} until "
                 f"{grant.expires_at:%Y-%m-%dT%H:%M:%SZ} for {grant.action_type} -> "
                 f"{grant.action_target} (rule {grant.matched_rule}) in session {grant.session_id}",
+                "grant.created",
+                grant=grant.id,
             )
         self._emit(ApprovalEvent("approval.decided", stored, grant, principal.name))
         return stored
@@ -439,7 +464,7 @@ class ApprovalService:
                 f"request {request_id}"
             )
         stored = await self._call(self.store.collect, request_id, self.clock())
-        await self._record(stored, f"collected by {principal.name}")
+        await self._record(stored, f"collected by {principal.name}", "approval.collected")
         self._emit(ApprovalEvent("approval.collected", stored))
         return stored
 
@@ -455,7 +480,9 @@ class ApprovalService:
             )
         why = reason or "cancelled by the agent"
         stored = await self._call(self.store.cancel, request_id, why, self.clock())
-        await self._record(stored, f"request cancelled by {principal.name}: {why}")
+        await self._record(
+            stored, f"request cancelled by {principal.name}: {why}", "approval.cancelled"
+        )
         self._emit(ApprovalEvent("approval.cancelled", stored))
         return stored
 
@@ -463,7 +490,7 @@ class ApprovalService:
         """Expire every request past its expiry, record and announce each; return them."""
         expired = await self._call(self.store.expire_due, self.clock())
         for request in expired:
-            await self._record(request, "request expired without a decision")
+            await self._record(request, "request expired without a decision", "approval.expired")
             self._emit(ApprovalEvent("approval.expired", request))
         return expired
 
@@ -496,7 +523,13 @@ class ApprovalService:
         grant = await self._call(self.store.revoke_grant, grant_id, self.clock())
         request = await self._call(self.store.get_request, grant.request_id)
         if request is not None:
-            await self._record(request, f"grant {grant.id} revoked by {principal.name}")
+            await self._record(
+                request,
+                f"grant {grant.id} revoked by {principal.name}",
+                "grant.revoked",
+                grant=grant.id,
+                reviewer=principal.name,
+            )
         self._emit(ApprovalEvent("grant.revoked", request, grant, principal.name))
         return grant
 
