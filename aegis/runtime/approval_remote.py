@@ -51,6 +51,8 @@ _log = logging.getLogger("aegis.runtime.approval_remote")
 _RETRY: Final = frozenset({502, 503, 504})
 #: the longest long poll the service grants
 _MAX_POLL: Final = 60.0
+#: the shortest time between two long polls
+_MIN_POLL: Final = 0.05
 
 
 class _GaveUp(Exception):
@@ -254,6 +256,7 @@ class RemoteApprovalHandler(ApprovalHandler):
                     if remaining <= 0:
                         raise _GaveUp(f"no decision within {self.timeout:g}s")
                     wait = min(self.poll, remaining)
+                    asked_at = loop.time()
                     response = await self._send(
                         "GET",
                         f"/api/v1/approvals/{request_id}/wait",
@@ -262,6 +265,9 @@ class RemoteApprovalHandler(ApprovalHandler):
                         read_timeout=wait + 10.0,
                     )
                     request = self._json(response)
+                    if loop.time() - asked_at < _MIN_POLL:
+                        # A service that answers "pending" at once must not make us spin.
+                        await asyncio.sleep(_MIN_POLL)
                 return await self._settle(request, action, deadline)
             except _GaveUp as exc:
                 reason = str(exc)
