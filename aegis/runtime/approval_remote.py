@@ -265,7 +265,8 @@ class RemoteApprovalHandler(ApprovalHandler):
                         read_timeout=wait + 10.0,
                     )
                     request = self._json(response)
-                    if loop.time() - asked_at < _MIN_POLL:
+                    pending = request.get("status") == "pending"
+                    if pending and loop.time() - asked_at < _MIN_POLL:
                         # A service that answers "pending" at once must not make us spin.
                         await asyncio.sleep(_MIN_POLL)
                 return await self._settle(request, action, deadline)
