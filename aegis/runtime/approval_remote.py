@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import uuid
 from types import TracebackType
 from typing import Any, Final, Self
@@ -75,7 +76,9 @@ class RemoteApprovalHandler(ApprovalHandler):
         poll: seconds of each long poll (at most 60).
         transport: an httpx transport, e.g. ``httpx.ASGITransport(app)``
             to talk to an in-process service in tests.
-        verify: TLS verification as httpx takes it (``True``, a CA bundle path).
+        verify: TLS verification: ``True`` (the system's CAs), a CA bundle
+            path (for a service with its own certificate), or an
+            ``ssl.SSLContext``. Never turn it off for a real service.
     """
 
     def __init__(
@@ -87,7 +90,7 @@ class RemoteApprovalHandler(ApprovalHandler):
         session_id: str | None = None,
         poll: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigurationError(
@@ -113,7 +116,9 @@ class RemoteApprovalHandler(ApprovalHandler):
         self.poll = float(poll)
         self._token = token
         self._transport = transport
-        self._verify = verify
+        self._verify: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._background: set[asyncio.Task[Any]] = set()

@@ -112,3 +112,37 @@ def test_unreachable_database_is_a_store_error_with_the_password_masked() -> Non
     assert "hunter2" not in str(caught.value)
     assert "***" in str(caught.value)
     assert mask_dsn("host=x password=secret user=y") == "host=x password=*** user=y"
+
+
+async def test_read_only_database_is_a_json_503(postgres_dsn: str) -> None:
+    """A database that refuses writes gives clear JSON 503s; reads still work, nothing changes."""
+    writable = ApprovalService(PostgresApprovalStore(postgres_dsn), InMemoryAuditLog())
+    now = datetime.now(UTC)
+    for name, role in (("bot", Role.AGENT), ("alice", Role.REVIEWER)):
+        writable.store.create_token(TokenInfo(name, role, (), now), hash_token(f"{name}-secret"))
+    app = create_app(writable)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        body = {"session_id": "s", "action": {"type": "refund", "target": "billing"}}
+        created = (await client.post("/api/v1/approvals", json=body, headers=auth("bot"))).json()
+    writable.close()
+    read_only_dsn = postgres_dsn.replace(
+        "options=-csearch_path", "options=-cdefault_transaction_read_only%3Don%20-csearch_path"
+    )
+    service = ApprovalService(PostgresApprovalStore(read_only_dsn), InMemoryAuditLog())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://t"
+    ) as client:
+        path = f"/api/v1/approvals/{created['id']}"
+        refused = await client.post(
+            f"{path}/decision", json={"verdict": "approve"}, headers=auth("alice")
+        )
+        assert refused.status_code == 503
+        error = refused.json()["error"]
+        assert error["code"] == "store_unavailable"
+        assert "read-only" in error["message"]
+        shown = await client.get(path, headers=auth("alice"))
+        assert shown.json()["status"] == "pending"
+        assert shown.json()["decisions"] == []
+    service.close()
