@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover  # CI installs every extra
         'the approval service needs the server extra: pip install "aegis-runtime[server]"'
     ) from exc
 
+from aegis.core.policy import Policy
 from aegis.errors import StoreError
 from aegis.server.api import api_routes, error_response
 from aegis.server.service import ApprovalService
@@ -55,6 +56,7 @@ def open_service(
     schema: str | None = None,
     max_wait: float = 60.0,
     poll_interval: float = 0.5,
+    policy: Policy | None = None,
 ) -> ApprovalService:
     """Open the audit trail and the approval tables in ``db`` (a path or a PostgreSQL DSN).
 
@@ -88,6 +90,7 @@ def open_service(
         approval_ttl=approval_ttl,
         max_wait=max_wait,
         poll_interval=poll_interval,
+        policy=policy,
     )
 
 
