@@ -30,6 +30,8 @@ from aegis.runtime.audit import AuditLogger, VerifyReport
 from aegis.runtime.audit_backend import AuditBackend
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.engine import Runtime
+from aegis.stores.sqlite.usage import SQLiteUsageStore
+from aegis.stores.usage import MemoryUsageStore, UsageStore
 
 try:
     __version__ = version("aegis-runtime")
@@ -53,6 +55,7 @@ __all__ = [
     "ExecutionPlan",
     "FrozenDict",
     "LoggingAuditLogger",
+    "MemoryUsageStore",
     "Policy",
     "PolicyDecision",
     "PolicyError",
@@ -61,7 +64,9 @@ __all__ = [
     "ResultStatus",
     "RiskLevel",
     "Runtime",
+    "SQLiteUsageStore",
     "StoreError",
+    "UsageStore",
     "VerifyReport",
     "__version__",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -37,10 +38,12 @@ from aegis.core.result import Result, ResultStatus
 from aegis.errors import AegisError, ConfigurationError
 from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
+from aegis.runtime.limits import _LimitsSetup
 
 if TYPE_CHECKING:
     from aegis.core.policy import Policy
     from aegis.runtime.audit_backend import AuditBackend
+    from aegis.stores.usage import UsageStore
 
 __all__ = ["Executor", "Runtime"]
 
@@ -102,14 +105,22 @@ class Runtime:
         self,
         *,
         executor: Executor,
-        policy: Policy,
+        policy: Policy | None = None,
         approval_handler: ApprovalHandler | Callable[[PolicyDecision], Any] | None = None,
         audit_logger: AuditBackend | None = None,
         session_id: str | None = None,
         approval_timeout: float | None = None,
         execute_timeout: float | None = None,
+        agent: str | None = None,
+        usage_store: UsageStore | None = None,
+        policy_path: str | os.PathLike[str] | None = None,
+        reload: bool = False,
+        reload_interval: float = 1.0,
     ) -> None:
         self._execute_action, self._setup, self._teardown = _executor_hooks(executor)
+        self._limits = _LimitsSetup(agent, usage_store, policy_path, reload, reload_interval)
+        if policy is None:
+            policy = self._limits.initial_policy()
         self._evaluate = _policy_evaluate(policy)
         if approval_handler is None:
             approval_handler = CLIApprovalHandler()
@@ -169,6 +180,7 @@ class Runtime:
             raise AegisError("this Runtime is closed; create a new Runtime to run more actions")
         if self._started:
             return
+        self._limits.watch(self)
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         # Concurrent first calls wait here: setup() runs once, and no action
@@ -192,7 +204,10 @@ class Runtime:
             if self._started and self._teardown is not None:
                 await self._teardown()
         finally:
-            self.audit.close()
+            try:
+                await self._limits.close()
+            finally:
+                self.audit.close()
 
     # ------------------------------------------------------------------ public API
 
@@ -203,8 +218,25 @@ class Runtime:
 
             plan = runtime.plan([Action("read", "crm"), Action("delete", "crm")])
             print(plan.summary())
+
+        With rate limits, budgets or flow conditions in the policy, each action
+        is shown as the limits would decide it now, alone, reserving nothing.
         """
+        if getattr(self.policy, "limits", None) is not None:
+            return ExecutionPlan([self._limits.preview(self, a) for a in actions])
         return ExecutionPlan([self.decide(a) for a in actions])
+
+    def update_policy(self, policy: Policy) -> None:
+        """Decide every later action by ``policy``; actions in flight finish under the old one.
+
+        The swap is atomic for the event loop: an action is decided, metered,
+        approved and executed under one policy. Call it from the loop's thread.
+
+        Raises:
+            ConfigurationError: ``policy`` has no ``evaluate()`` method.
+        """
+        evaluate = _policy_evaluate(policy)
+        self.policy, self._evaluate = policy, evaluate
 
     async def execute(
         self,
@@ -469,7 +501,11 @@ class Runtime:
         }
 
     async def _run(self, decision: PolicyDecision, stamp: DecisionStamp) -> Result:
-        """One action through approve -> execute -> record."""
+        """One action through meter -> approve -> execute -> record."""
+        policy = self.policy
+        lease = None
+        if getattr(policy, "limits", None) is not None:
+            decision, lease, stamp = self._limits.check(self, policy, decision, stamp)
         approval = decision.approval
         if approval is Approval.BLOCK:
             return await self.record(decision, self.block(decision), stamp=stamp)
@@ -478,12 +514,18 @@ class Runtime:
             try:
                 denied, human = await self.approve(decision)
             except BaseException as exc:  # cancelled or interrupted while waiting
+                self._limits.release(lease)
                 await self._record_interrupted(
                     decision, stamp, exc, ResultStatus.DENIED, "denied: interrupted"
                 )
                 raise
             if denied is not None:
+                self._limits.release(lease)
                 return await self.record(decision, denied, human, stamp=stamp)
+        if lease is not None or getattr(policy, "limits", None) is not None:
+            failed = self._limits.ran(self, policy, decision.action, lease)
+            if failed is not None:
+                return await self.record(decision, failed, human, stamp=stamp)
         token = None
         if self._record_start is not None:
             fields = self._stamp_fields(stamp) if self._start_stamped else {}

@@ -1,0 +1,339 @@
+"""Usage counters in the audit trail's SQLite file, shared by every process that opens it.
+
+The tables live beside the audit records, in the same file; this store
+opens its own connection to it. A check and its reservation are one
+``BEGIN IMMEDIATE`` transaction: SQLite lets one writer at a time in, so
+two processes can never both see room for the last action under a limit.
+
+Example::
+
+    usage = SQLiteUsageStore("aegis_audit.db")
+    runtime = Runtime(executor=..., policy=..., usage_store=usage)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from aegis.core.action import thaw
+from aegis.core.limits import Charge, FlowEvent
+from aegis.errors import StoreError
+from aegis.stores.usage import Acquired, judge
+
+__all__ = ["SCHEMA_VERSION", "SQLiteUsageStore"]
+
+#: the version of this component's tables in ``aegis_schema_versions``
+SCHEMA_VERSION: Final = 1
+_COMPONENT: Final = "usage"
+#: PRAGMA application_id of Aegis databases ("AEGS")
+_APPLICATION_ID: Final = 0x41454753
+#: sweep rows past their window once per this many reservations
+_SWEEP_EVERY: Final = 512
+
+_TABLES: Final = (
+    """CREATE TABLE IF NOT EXISTS aegis_schema_versions (
+        component TEXT PRIMARY KEY,
+        version INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS aegis_usage (
+        id INTEGER PRIMARY KEY,
+        bucket TEXT NOT NULL,
+        at REAL NOT NULL,
+        units INTEGER NOT NULL,
+        expires REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS aegis_usage_bucket ON aegis_usage (bucket, at)",
+    """CREATE TABLE IF NOT EXISTS aegis_flow_events (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        action_type TEXT NOT NULL,
+        action_target TEXT NOT NULL,
+        params TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS aegis_flow_events_session ON aegis_flow_events (session_id, at)",
+)
+_SUM: Final = "SELECT SUM(units) FROM aegis_usage WHERE bucket = ? AND at > ?"
+_INSERT: Final = "INSERT INTO aegis_usage (bucket, at, units, expires) VALUES (?, ?, ?, ?)"
+
+_HINTS: Final = (
+    ("not a database", "it is not an Aegis database; use the one your runtime writes"),
+    ("locked", "another process held it longer than the busy timeout; retry or raise it"),
+    ("busy", "another process held it longer than the busy timeout; retry or raise it"),
+    ("readonly", "the file or its folder is read-only; check the permissions"),
+    ("unable to open", "check that the folder exists and is writable"),
+    ("disk i/o", "check free disk space and the file system"),
+    ("full", "the disk is full; free some space"),
+    ("no such", "the usage tables are missing or damaged; was the file edited by hand?"),
+)
+
+
+class SQLiteUsageStore:
+    """A :class:`~aegis.stores.usage.UsageStore` in a SQLite file (the audit trail's).
+
+    Args:
+        db_path: the database file; usually the audit trail's, which must be
+            an Aegis database or not exist yet (it is then created as one).
+        busy_timeout: seconds to wait for another writer before failing.
+
+    Calls run on the calling thread, like the audit writes: a process that
+    holds the file longer than ``busy_timeout`` makes a check wait that long,
+    then raise :class:`~aegis.errors.StoreError`.
+    """
+
+    def __init__(self, db_path: str | Path, *, busy_timeout: float = 30.0) -> None:
+        self._path = str(db_path)
+        if self._path == ":memory:" or not self._path:
+            raise StoreError(
+                "a SQLite usage store needs a file that other processes can open, not"
+                f" {self._path!r}; use aegis.stores.usage.MemoryUsageStore for one process"
+            )
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._closed = False
+        self._since_sweep = 0
+
+    @property
+    def db_path(self) -> str:
+        """The path of the database file."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"<SQLiteUsageStore {self._path!r}{' closed' if self._closed else ''}>"
+
+    # -- connection ------------------------------------------------------------
+
+    def _error(self, doing: str, exc: BaseException) -> StoreError:
+        text = str(exc)
+        hint = next(
+            (hint for key, hint in _HINTS if key in text.lower()),
+            "the file may be damaged; run 'aegis audit verify' on it",
+        )
+        return StoreError(f"cannot {doing} usage counters in {self._path!r}: {text}; {hint}")
+
+    def _connect(self) -> sqlite3.Connection:
+        # Callers hold self._lock and translate sqlite3 errors.
+        if self._closed:
+            raise StoreError(f"the usage store for {self._path!r} is closed; create a new one")
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        # A forked child opens its own connection and leaves the parent's alone.
+        self._conn = None
+        if not os.path.exists(self._path) or os.path.getsize(self._path) == 0:
+            self._create_audit()
+        conn = sqlite3.connect(
+            self._path,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # BEGIN IMMEDIATE / COMMIT are ours
+            check_same_thread=False,  # self._lock guards it
+        )
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _create_audit(self) -> None:
+        # The file belongs to the audit trail: let it create the file as an
+        # Aegis database before our tables join it, so that the audit never
+        # finds strangers' tables in a file it believes new.
+        from aegis.runtime.audit import AuditLogger  # noqa: PLC0415  # only for new files
+
+        audit = AuditLogger(self._path, busy_timeout=self._busy_timeout)
+        try:
+            audit.head()
+        finally:
+            audit.close()
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if app_id != _APPLICATION_ID:
+            raise StoreError(
+                f"{self._path!r} is not an Aegis database (application_id {app_id}); use the"
+                " audit database your runtime writes"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _TABLES:
+                conn.execute(statement)
+            row = conn.execute(
+                "SELECT version FROM aegis_schema_versions WHERE component = ?", (_COMPONENT,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO aegis_schema_versions (component, version) VALUES (?, ?)",
+                    (_COMPONENT, SCHEMA_VERSION),
+                )
+            elif not isinstance(row[0], int) or row[0] > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self._path!r} has usage tables of version {row[0]!r}, newer than this"
+                    f" Aegis reads ({SCHEMA_VERSION}); upgrade aegis-runtime"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _run(self, doing: str, work: Any) -> Any:
+        with self._lock:
+            try:
+                return work(self._connect())
+            except sqlite3.Error as exc:
+                raise self._error(doing, exc) from exc
+
+    # -- the protocol ----------------------------------------------------------
+
+    def acquire(
+        self, charges: Sequence[Charge], now: float, *, reserve: bool, over: bool
+    ) -> Acquired:
+        """See :meth:`aegis.stores.usage.UsageStore.acquire`: one ``BEGIN IMMEDIATE``."""
+
+        def work(conn: sqlite3.Connection) -> Acquired:
+            if not reserve:
+                used = [_units(conn, c, now, self._path) for c in charges]
+                return Acquired(tuple(used), judge(charges, used), None)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                used = [_units(conn, c, now, self._path) for c in charges]
+                exceeded = judge(charges, used)
+                reservation = None
+                if exceeded is None or over:
+                    reservation = tuple(
+                        int(
+                            conn.execute(
+                                _INSERT, (c.bucket, now, c.amount, now + c.window)
+                            ).lastrowid
+                            or 0
+                        )
+                        for c in charges
+                    )
+                    self._since_sweep += 1
+                    if self._since_sweep >= _SWEEP_EVERY:
+                        self._since_sweep = 0
+                        conn.execute("DELETE FROM aegis_usage WHERE expires <= ?", (now,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return Acquired(tuple(used), exceeded, reservation)
+
+        result: Acquired = self._run("count", work)
+        return result
+
+    def release(self, reservation: Sequence[int]) -> None:
+        """See :meth:`aegis.stores.usage.UsageStore.release`."""
+        ids = [(int(i),) for i in reservation]
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("DELETE FROM aegis_usage WHERE id = ?", ids)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        self._run("release", work)
+
+    def remember(self, event: FlowEvent) -> None:
+        """See :meth:`aegis.stores.usage.UsageStore.remember`."""
+        params = _params_json(event.params)
+
+        def work(conn: sqlite3.Connection) -> None:
+            # One statement: autocommit makes it its own transaction.
+            conn.execute(
+                "INSERT INTO aegis_flow_events (session_id, action_type, action_target, params,"
+                " at) VALUES (?, ?, ?, ?, ?)",
+                (event.session_id, event.type, event.target, params, event.at),
+            )
+
+        self._run("remember", work)
+
+    def recall(
+        self, session_id: str, since: float | None, action_type: str | None
+    ) -> list[FlowEvent]:
+        """See :meth:`aegis.stores.usage.UsageStore.recall`."""
+        sql = (
+            "SELECT session_id, action_type, action_target, params, at FROM aegis_flow_events"
+            " WHERE session_id = ?"
+        )
+        args: list[Any] = [session_id]
+        if since is not None:
+            sql += " AND at > ?"
+            args.append(since)
+        if action_type is not None:
+            sql += " AND action_type = ?"
+            args.append(action_type)
+        sql += " ORDER BY at, id"
+        rows = self._run("read", lambda conn: conn.execute(sql, args).fetchall())
+        return [_event(row, self._path) for row in rows]
+
+    def close(self) -> None:
+        """Close the connection; later calls raise. Calling it again does nothing."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None and self._pid == os.getpid():
+                conn.close()
+
+    def __enter__(self) -> SQLiteUsageStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _units(conn: sqlite3.Connection, charge: Charge, now: float, path: str) -> int:
+    try:
+        value = conn.execute(_SUM, (charge.bucket, now - charge.window)).fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        if "overflow" in str(exc).lower():
+            # Past 2**63 units: more than any maximum, so the counter is full.
+            return charge.maximum + 1
+        raise
+    return _stored_units(value, path)
+
+
+def _stored_units(value: object, path: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return math.ceil(value)  # a hand-edited row: count it, rounded against the agent
+    raise StoreError(
+        f"the usage counters in {path!r} hold {value!r}, not a number of units; the table"
+        " aegis_usage was edited by hand"
+    )
+
+
+def _params_json(params: Any) -> str:
+    return json.dumps(thaw(params), sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def _event(row: tuple[Any, ...], path: str) -> FlowEvent:
+    session_id, kind, target, params, at = row
+    try:
+        loaded = json.loads(params)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            f"a flow event in {path!r} holds params that are not JSON ({params!r}); the table"
+            " aegis_flow_events was edited by hand"
+        ) from exc
+    return FlowEvent(
+        str(session_id), str(kind), str(target), loaded if isinstance(loaded, dict) else {}, at
+    )
