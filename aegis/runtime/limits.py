@@ -165,6 +165,27 @@ class Metering:
             )
         return decision, acquired.reservation
 
+    def count(self, policy: Any, action: Action, subject: Subject, *, now: float) -> None:
+        """Note that ``action`` ran at ``now``, whatever the limits say: a history to replay.
+
+        ``aegis test`` uses it for a case's history; its counters and flow
+        events then look as if the runtime had let these actions through.
+        """
+        limits: PolicyLimits = policy.limits
+        moment = datetime.fromtimestamp(now, UTC)
+        specs = limits.flow_specs_for(action)
+        history = KnownFacts(self._facts(specs, subject.session_id, now)) if specs else None
+        decision = policy.evaluate(action, now=moment, history=history)
+        rule = limits.by_rule.get(decision.matched_rule)
+        if rule is not None:
+            try:
+                charges = [meter.charge(action, subject) for meter in rule.meters]
+            except Unevaluable:
+                charges = []
+            if charges:
+                self.store.acquire(charges, now, reserve=True, over=True)
+        self.ran(policy, action, subject.session_id, now)
+
     def release(self, lease: Lease | None) -> None:
         """Give back what ``lease`` reserved: the action will not run."""
         if lease:
