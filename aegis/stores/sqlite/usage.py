@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -60,7 +59,11 @@ _TABLES: Final = (
     )""",
     "CREATE INDEX IF NOT EXISTS aegis_flow_events_session ON aegis_flow_events (session_id, at)",
 )
-_SUM: Final = "SELECT SUM(units) FROM aegis_usage WHERE bucket = ? AND at > ?"
+# the sum, and whether a row holds anything but an integer (a hand edit)
+_SUM: Final = (
+    "SELECT SUM(units), MAX(typeof(units) != 'integer') FROM aegis_usage"
+    " WHERE bucket = ? AND at > ?"
+)
 _INSERT: Final = "INSERT INTO aegis_usage (bucket, at, units, expires) VALUES (?, ?, ?, ?)"
 
 _HINTS: Final = (
@@ -299,26 +302,20 @@ class SQLiteUsageStore:
 
 def _units(conn: sqlite3.Connection, charge: Charge, now: float, path: str) -> int:
     try:
-        value = conn.execute(_SUM, (charge.bucket, now - charge.window)).fetchone()[0]
+        value, odd = conn.execute(_SUM, (charge.bucket, now - charge.window)).fetchone()
     except sqlite3.OperationalError as exc:
         if "overflow" in str(exc).lower():
             # Past 2**63 units: more than any maximum, so the counter is full.
             return charge.maximum + 1
         raise
-    return _stored_units(value, path)
-
-
-def _stored_units(value: object, path: str) -> int:
     if value is None:
         return 0
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return math.ceil(value)  # a hand-edited row: count it, rounded against the agent
-    raise StoreError(
-        f"the usage counters in {path!r} hold {value!r}, not a number of units; the table"
-        " aegis_usage was edited by hand"
-    )
+    if odd or not isinstance(value, int):
+        raise StoreError(
+            f"the usage counters in {path!r} hold something other than whole units; the"
+            " table aegis_usage was edited by hand: delete its odd rows to count again"
+        )
+    return value
 
 
 def _params_json(params: Any) -> str:
