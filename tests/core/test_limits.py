@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -338,10 +339,8 @@ rules:
     meter = policy.limits.by_rule["r"].meters[0]
     action = Action("send", "mail", {"customer": {"id": 7}})
     charge = meter.charge(action, Subject("s1", "bot"))
-    assert (
-        charge.bucket
-        == '["r","limit",["session","agent","type","target","params.customer.id"],["s1","bot","send","mail",7]]'
-    )
+    keys = ["session", "agent", "type", "target", "params.customer.id"]
+    assert json.loads(charge.bucket) == ["r", "limit", keys, ["s1", "bot", "send", "mail", 7]]
     assert (charge.amount, charge.maximum, charge.window) == (1, 3, 3600)
     other = meter.charge(Action("send", "mail", {"customer": {"id": "7"}}), Subject("s1", "bot"))
     assert other.bucket != charge.bucket
