@@ -17,8 +17,9 @@ A cases file lists actions and what the policy must say about them::
 ``expect`` may name ``approval``, ``risk_level``, ``rule`` and ``reason`` (a
 text the reason must contain); at least one. A history entry is an action
 (``type``, ``target``, ``params``) with ``ago`` (a window before the case's
-time, such as ``30m``) or ``at``, and an optional ``count`` and ``session``
-(another session's actions count for limits but not for ``after``).
+time, such as ``30m``) or ``at``, and an optional ``count``, ``agent`` (the
+case's by default) and ``session`` (another session's actions count for
+limits but not for ``after``).
 """
 
 from __future__ import annotations
@@ -48,11 +49,22 @@ __all__ = ["Case", "CaseOutcome", "load_cases", "run_case", "test"]
 
 CASE_KEYS: Final = ("name", "action", "at", "agent", "session", "history", "expect")
 ACTION_KEYS: Final = ("type", "target", "params", "description")
-HISTORY_KEYS: Final = (*ACTION_KEYS, "ago", "at", "count", "session")
+HISTORY_KEYS: Final = (*ACTION_KEYS, "ago", "at", "count", "session", "agent")
 EXPECT_KEYS: Final = ("approval", "risk_level", "rule", "reason")
 _SESSION: Final = "test-session"
 #: the most actions a history entry may stand for
 _MAX_COUNT: Final = 100_000
+
+
+@dataclass(frozen=True)
+class _Earlier:
+    """An action of a case's history: when, how many times, in which session, by whom."""
+
+    action: Action
+    moment: datetime | timedelta
+    count: int
+    session: str | None
+    agent: str | None
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,7 @@ class Case:
     at: datetime | None
     agent: str | None
     session: str
-    history: tuple[tuple[Action, datetime | timedelta, int, str | None], ...]
+    history: tuple[_Earlier, ...]
     expect: Mapping[str, str]
 
 
@@ -147,9 +159,7 @@ def _action(raw: Mapping[Any, Any], where: _Where) -> Action:
         raise where.fail(str(exc), raw, "params") from None
 
 
-def _history_entry(
-    raw: object, where: _Where, parent: object
-) -> tuple[Action, datetime | timedelta, int, str | None]:
+def _history_entry(raw: object, where: _Where, parent: object) -> _Earlier:
     if not isinstance(raw, Mapping):
         raise where.fail(
             "a history entry must be a mapping such as {type: read, target: crm, ago: 5m}",
@@ -171,10 +181,12 @@ def _history_entry(
     count = raw.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _MAX_COUNT:
         raise where.fail(f"count must be a whole number from 1 to {_MAX_COUNT}", raw, "count")
-    session = raw.get("session")
+    session, agent = raw.get("session"), raw.get("agent")
     if session is not None:
         session = _text(session, "session", where, raw, "session")
-    return action, moment, count, session
+    if agent is not None:
+        agent = _text(agent, "agent", where, raw, "agent")
+    return _Earlier(action, moment, count, session, agent)
 
 
 def _expect(raw: object, where: _Where, parent: object) -> dict[str, str]:
@@ -260,12 +272,13 @@ def run_case(policy: Policy, case: Case) -> CaseOutcome:
     else:
         metering = Metering(MemoryUsageStore(), agent=case.agent)
         earlier = []
-        for action, moment, count, session in case.history:
+        for entry in case.history:
+            moment = entry.moment
             when = moment if isinstance(moment, datetime) else at - moment
-            earlier.extend([(when.timestamp(), action, session)] * count)
+            subject = Subject(entry.session or case.session, entry.agent or case.agent)
+            earlier.extend([(when.timestamp(), entry.action, subject)] * entry.count)
         earlier.sort(key=lambda item: item[0])
-        for stamp, action, session in earlier:
-            subject = Subject(session or case.session, case.agent)
+        for stamp, action, subject in earlier:
             metering.count(policy, action, subject, now=stamp)
         subject = Subject(case.session, case.agent)
         decision, _ = metering.check(
