@@ -272,14 +272,19 @@ def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 
 def test_sqlite_hand_edited_units_fail_closed(tmp_path: Path) -> None:
-    """Text written into the units column by hand is an error, not a free pass."""
+    """Text written into a counter's total or its rows by hand is an error, not a free pass."""
     path = tmp_path / "aegis_audit.db"
     store = SQLiteUsageStore(path)
     store.acquire([limit()], 1.0, reserve=True, over=False)
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE aegis_usage SET units = 'lots'")
+        conn.execute("UPDATE aegis_usage_totals SET units = 'lots'")
     with pytest.raises(StoreError, match="edited by hand"):
         store.acquire([limit()], 2.0, reserve=True, over=False)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE aegis_usage_totals SET units = 1")
+        conn.execute("UPDATE aegis_usage SET units = 'lots'")
+    with pytest.raises(StoreError, match="edited by hand"):
+        store.acquire([limit()], 500.0, reserve=False, over=False)  # the row left the window
     store.close()
 
 

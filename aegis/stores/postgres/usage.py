@@ -47,6 +47,7 @@ _COMPONENT: Final = "usage"
 _LOCK_CLASS: Final = 0x41454753
 _VERSIONS: Final = "aegis_schema_versions"
 _SWEEP_EVERY: Final = 512
+_MAX_TOTAL: Final = 2**63 - 1
 
 _TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS {schema}.aegis_usage (
@@ -57,6 +58,10 @@ _TABLES: Final = (
         expires DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS aegis_usage_bucket ON {schema}.aegis_usage (bucket, at)",
+    """CREATE TABLE IF NOT EXISTS {schema}.aegis_usage_totals (
+        bucket TEXT PRIMARY KEY,
+        units BIGINT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS {schema}.aegis_flow_events (
         id BIGSERIAL PRIMARY KEY,
         session_id TEXT NOT NULL,
@@ -211,7 +216,7 @@ class PostgresUsageStore:
         self._schema = schema
         self._tables = {
             name: sql.SQL("{}.{}").format(ident, sql.Identifier(name))
-            for name in ("aegis_usage", "aegis_flow_events")
+            for name in ("aegis_usage", "aegis_usage_totals", "aegis_flow_events")
         }
 
     def _run(self, doing: str, work: Callable[[psycopg.Connection[Any]], _T]) -> _T:
@@ -231,8 +236,14 @@ class PostgresUsageStore:
         """See :meth:`aegis.stores.usage.UsageStore.acquire`: one transaction, advisory locks."""
 
         def work(conn: psycopg.Connection[Any]) -> Acquired:
-            usage = self._tables["aegis_usage"]
-            total = sql.SQL("SELECT SUM(units) FROM {} WHERE bucket = %s AND at > %s").format(usage)
+            usage, totals = self._tables["aegis_usage"], self._tables["aegis_usage_totals"]
+            # A counter's total is kept in aegis_usage_totals, so that a check
+            # reads one row instead of summing its window: the rows that left
+            # the window since the last reservation are summed, then deleted.
+            count = sql.SQL(
+                "SELECT (SELECT units FROM {} WHERE bucket = %(b)s), COALESCE(SUM(units), 0)"
+                " FROM {} WHERE bucket = %(b)s AND at <= %(cut)s"
+            ).format(totals, usage)
             with conn.transaction():
                 if reserve:
                     # Sorted, so two actions locking the same counters never deadlock.
@@ -241,42 +252,112 @@ class PostgresUsageStore:
                             "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
                             (_LOCK_CLASS, f"{self._schema}.aegis_usage:{bucket}"),
                         )
-                used = []
+                counts = []
                 for charge in charges:
-                    row = conn.execute(total, (charge.bucket, now - charge.window)).fetchone()
-                    used.append(_units(row[0] if row else None, self.where))
+                    row = conn.execute(
+                        count, {"b": charge.bucket, "cut": now - charge.window}
+                    ).fetchone()
+                    total, expired = (row or (None, 0))[0], (row or (None, 0))[1]
+                    counts.append((_units(total, self.where) - int(expired), int(expired)))
+                used = [live for live, _ in counts]
                 exceeded = judge(charges, used)
                 if not reserve or (exceeded is not None and not over):
                     return Acquired(tuple(used), exceeded, None)
-                insert = sql.SQL(
-                    "INSERT INTO {} (bucket, at, units, expires) VALUES (%s, %s, %s, %s)"
-                    " RETURNING id"
-                ).format(usage)
-                ids = []
-                for charge in charges:
-                    row = conn.execute(
-                        insert, (charge.bucket, now, charge.amount, now + charge.window)
-                    ).fetchone()
-                    ids.append(int(row[0]) if row else 0)
+                ids = [
+                    self._reserve(conn, charge, now, live, expired)
+                    for charge, (live, expired) in zip(charges, counts, strict=True)
+                ]
                 self._since_sweep += 1
                 if self._since_sweep >= _SWEEP_EVERY:
                     self._since_sweep = 0
-                    conn.execute(
-                        sql.SQL("DELETE FROM {} WHERE expires <= %s").format(usage), (now,)
-                    )
+                    self._sweep(conn, now)
             return Acquired(tuple(used), exceeded, tuple(ids))
 
         return self._run("count", work)
+
+    def _reserve(
+        self, conn: psycopg.Connection[Any], charge: Charge, now: float, live: int, expired: int
+    ) -> int:
+        usage, totals = self._tables["aegis_usage"], self._tables["aegis_usage_totals"]
+        total = live + charge.amount
+        if total > _MAX_TOTAL:
+            raise StoreError(
+                f"the counter {charge.bucket} at {self.where} would pass 2**63 units; it cannot"
+                " count more until older reservations leave its window"
+            )
+        if expired:
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE bucket = %s AND at <= %s").format(usage),
+                (charge.bucket, now - charge.window),
+            )
+        row = conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (bucket, at, units, expires) VALUES (%s, %s, %s, %s) RETURNING id"
+            ).format(usage),
+            (charge.bucket, now, charge.amount, now + charge.window),
+        ).fetchone()
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (bucket, units) VALUES (%s, %s)"
+                " ON CONFLICT (bucket) DO UPDATE SET units = EXCLUDED.units"
+            ).format(totals),
+            (charge.bucket, total),
+        )
+        return int(row[0]) if row else 0
+
+    def _sweep(self, conn: psycopg.Connection[Any], now: float) -> None:
+        """Forget rows past their window in counters nobody touched since.
+
+        Each counter is swept only under its own lock, taken without waiting
+        (a counter someone holds is skipped): a total and its rows always
+        change together.
+        """
+        usage, totals = self._tables["aegis_usage"], self._tables["aegis_usage_totals"]
+        stale = conn.execute(
+            sql.SQL("SELECT DISTINCT bucket FROM {} WHERE expires <= %s LIMIT 1000").format(usage),
+            (now,),
+        ).fetchall()
+        for (bucket,) in stale:
+            row = conn.execute(
+                "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))",
+                (_LOCK_CLASS, f"{self._schema}.aegis_usage:{bucket}"),
+            ).fetchone()
+            if not row or not row[0]:
+                continue
+            conn.execute(
+                sql.SQL(
+                    "WITH gone AS (DELETE FROM {} WHERE bucket = %(b)s AND expires <= %(now)s"
+                    " RETURNING units) UPDATE {} SET units = units - (SELECT COALESCE(SUM(units),"
+                    " 0) FROM gone) WHERE bucket = %(b)s"
+                ).format(usage, totals),
+                {"b": bucket, "now": now},
+            )
 
     def release(self, reservation: Sequence[int]) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.release`."""
         ids = [int(i) for i in reservation]
 
         def work(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self._tables["aegis_usage"]),
-                (ids,),
-            )
+            usage, totals = self._tables["aegis_usage"], self._tables["aegis_usage_totals"]
+            with conn.transaction():
+                rows = conn.execute(
+                    sql.SQL("SELECT DISTINCT bucket FROM {} WHERE id = ANY(%s)").format(usage),
+                    (ids,),
+                ).fetchall()
+                for (bucket,) in sorted(rows):
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                        (_LOCK_CLASS, f"{self._schema}.aegis_usage:{bucket}"),
+                    )
+                conn.execute(
+                    sql.SQL(
+                        "WITH gone AS (DELETE FROM {} WHERE id = ANY(%s) RETURNING bucket, units)"
+                        " UPDATE {} t SET units = t.units - g.units"
+                        " FROM (SELECT bucket, SUM(units) AS units FROM gone GROUP BY bucket) g"
+                        " WHERE t.bucket = g.bucket"
+                    ).format(usage, totals),
+                    (ids,),
+                )
 
         self._run("release", work)
 

@@ -49,6 +49,10 @@ _TABLES: Final = (
         expires REAL NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS aegis_usage_bucket ON aegis_usage (bucket, at)",
+    """CREATE TABLE IF NOT EXISTS aegis_usage_totals (
+        bucket TEXT PRIMARY KEY,
+        units INTEGER NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS aegis_flow_events (
         id INTEGER PRIMARY KEY,
         session_id TEXT NOT NULL,
@@ -59,12 +63,21 @@ _TABLES: Final = (
     )""",
     "CREATE INDEX IF NOT EXISTS aegis_flow_events_session ON aegis_flow_events (session_id, at)",
 )
-# the sum, and whether a row holds anything but an integer (a hand edit)
-_SUM: Final = (
-    "SELECT SUM(units), MAX(typeof(units) != 'integer') FROM aegis_usage"
-    " WHERE bucket = ? AND at > ?"
+# A counter's total is kept in aegis_usage_totals, so that a check reads one
+# row instead of summing its window: the rows that left the window since the
+# last reservation are summed (usually none) and then deleted.
+_COUNT: Final = (
+    "SELECT (SELECT units FROM aegis_usage_totals WHERE bucket = ?1),"
+    " COALESCE(SUM(units), 0), MAX(typeof(units) != 'integer')"
+    " FROM aegis_usage WHERE bucket = ?1 AND at <= ?2"
 )
 _INSERT: Final = "INSERT INTO aegis_usage (bucket, at, units, expires) VALUES (?, ?, ?, ?)"
+_SET_TOTAL: Final = (
+    "INSERT INTO aegis_usage_totals (bucket, units) VALUES (?, ?)"
+    " ON CONFLICT (bucket) DO UPDATE SET units = excluded.units"
+)
+_SUBTRACT: Final = "UPDATE aegis_usage_totals SET units = units - ? WHERE bucket = ?"
+_MAX_TOTAL: Final = 2**63 - 1
 
 _HINTS: Final = (
     ("not a database", "it is not an Aegis database; use the one your runtime writes"),
@@ -205,27 +218,23 @@ class SQLiteUsageStore:
 
         def work(conn: sqlite3.Connection) -> Acquired:
             if not reserve:
-                used = [_units(conn, c, now, self._path) for c in charges]
+                used = [_count(conn, c, now, self._path)[0] for c in charges]
                 return Acquired(tuple(used), judge(charges, used), None)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                used = [_units(conn, c, now, self._path) for c in charges]
+                counts = [_count(conn, c, now, self._path) for c in charges]
+                used = [live for live, _ in counts]
                 exceeded = judge(charges, used)
                 reservation = None
                 if exceeded is None or over:
                     reservation = tuple(
-                        int(
-                            conn.execute(
-                                _INSERT, (c.bucket, now, c.amount, now + c.window)
-                            ).lastrowid
-                            or 0
-                        )
-                        for c in charges
+                        _reserve(conn, c, now, live=live, expired=expired, path=self._path)
+                        for c, (live, expired) in zip(charges, counts, strict=True)
                     )
                     self._since_sweep += 1
                     if self._since_sweep >= _SWEEP_EVERY:
                         self._since_sweep = 0
-                        conn.execute("DELETE FROM aegis_usage WHERE expires <= ?", (now,))
+                        _sweep(conn, now)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -238,12 +247,19 @@ class SQLiteUsageStore:
 
     def release(self, reservation: Sequence[int]) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.release`."""
-        ids = [(int(i),) for i in reservation]
+        ids = [int(i) for i in reservation]
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("DELETE FROM aegis_usage WHERE id = ?", ids)
+                for row_id in ids:
+                    row = conn.execute(
+                        "SELECT bucket, units FROM aegis_usage WHERE id = ?", (row_id,)
+                    ).fetchone()
+                    if row is None:
+                        continue  # swept already: it no longer counted
+                    conn.execute("DELETE FROM aegis_usage WHERE id = ?", (row_id,))
+                    conn.execute(_SUBTRACT, (row[1], row[0]))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -300,22 +316,47 @@ class SQLiteUsageStore:
         self.close()
 
 
-def _units(conn: sqlite3.Connection, charge: Charge, now: float, path: str) -> int:
-    try:
-        value, odd = conn.execute(_SUM, (charge.bucket, now - charge.window)).fetchone()
-    except sqlite3.OperationalError as exc:
-        if "overflow" in str(exc).lower():
-            # Past 2**63 units: more than any maximum, so the counter is full.
-            return charge.maximum + 1
-        raise
-    if value is None:
-        return 0
-    if odd or not isinstance(value, int):
+def _count(conn: sqlite3.Connection, charge: Charge, now: float, path: str) -> tuple[int, int]:
+    """(units in the window, units of rows that left it but are still stored)."""
+    cutoff = now - charge.window
+    total, expired, odd = conn.execute(_COUNT, (charge.bucket, cutoff)).fetchone()
+    if odd or not isinstance(total or 0, int) or not isinstance(expired, int):
         raise StoreError(
             f"the usage counters in {path!r} hold something other than whole units; the"
-            " table aegis_usage was edited by hand: delete its odd rows to count again"
+            " tables aegis_usage and aegis_usage_totals were edited by hand: delete the"
+            " odd rows to count again"
         )
-    return value
+    return (total or 0) - expired, expired
+
+
+def _reserve(
+    conn: sqlite3.Connection, charge: Charge, now: float, *, live: int, expired: int, path: str
+) -> int:
+    """Insert the charge's row and set its counter's total; forget rows past the window."""
+    total = live + charge.amount
+    if total > _MAX_TOTAL:
+        raise StoreError(
+            f"the counter {charge.bucket} in {path!r} would pass 2**63 units; it cannot count"
+            " more until older reservations leave its window"
+        )
+    if expired:
+        conn.execute(
+            "DELETE FROM aegis_usage WHERE bucket = ? AND at <= ?",
+            (charge.bucket, now - charge.window),
+        )
+    row = conn.execute(_INSERT, (charge.bucket, now, charge.amount, now + charge.window))
+    conn.execute(_SET_TOTAL, (charge.bucket, total))
+    return int(row.lastrowid or 0)
+
+
+def _sweep(conn: sqlite3.Connection, now: float) -> None:
+    """Forget rows past the window they were counted in, in counters nobody touched since."""
+    for bucket, units in conn.execute(
+        "SELECT bucket, SUM(units) FROM aegis_usage WHERE expires <= ? GROUP BY bucket", (now,)
+    ).fetchall():
+        conn.execute(_SUBTRACT, (units, bucket))
+    conn.execute("DELETE FROM aegis_usage WHERE expires <= ?", (now,))
+    conn.execute("DELETE FROM aegis_usage_totals WHERE units = 0")
 
 
 def _params_json(params: Any) -> str:
