@@ -27,7 +27,6 @@ import asyncio
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,7 +114,7 @@ def main() -> None:
     """Measure and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer actions, one round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per workload (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per workload (best)")
     parser.add_argument("--against", type=Path, help="another checkout to compare evaluate with")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -128,10 +127,11 @@ def main() -> None:
         for _ in range(rounds):
             for kind in LIMITED:  # interleaved, so drift hits every kind alike
                 samples[kind].append(asyncio.run(_run_one(kind, count, folder)))
-        results = {kind: statistics.median(values) for kind, values in samples.items()}
+        # the best round: on a shared machine, noise only ever adds time
+        results = {kind: min(values) for kind, values in samples.items()}
 
     base = results["plain"]
-    print(f"run_one, sequential, durable SQLite audit, {count} actions x {rounds} rounds (median)")
+    print(f"run_one, sequential, durable SQLite audit, {count} actions x {rounds} rounds (best)")
     print(f"{'policy':<28}{'us/action':>12}{'metering us':>14}{'overhead':>10}")
     for kind, seconds in results.items():
         extra = seconds - base
@@ -142,12 +142,15 @@ def main() -> None:
     print("target: a limit check under 20% of the action's cost on SQLite")
 
     evals = 20_000 if args.quick else 100_000
-    ours = _evaluate_rate(REPO, evals)
+    ours = theirs = 0.0
+    for _ in range(rounds):  # alternating fresh processes, the best of each side
+        ours = max(ours, _evaluate_rate(REPO, evals))
+        if args.against is not None:
+            theirs = max(theirs, _evaluate_rate(args.against.resolve(), evals))
     print()
-    print("Policy.evaluate, 100 param_gt rules + catch-all, no stateful rules (best of 5)")
+    print(f"Policy.evaluate, 100 param_gt rules + catch-all, no stateful rules (best of {rounds})")
     print(f"{'this checkout':<28}{ours:>12,.0f} evals/s")
     if args.against is not None:
-        theirs = _evaluate_rate(args.against.resolve(), evals)
         print(f"{args.against!s:<28}{theirs:>12,.0f} evals/s   ratio {ours / theirs:.2f}")
     print(json.dumps({"run_one_s": results, "evaluate_per_s": ours}))
 

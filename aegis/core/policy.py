@@ -355,16 +355,17 @@ class Policy:
                     elif now.tzinfo is None:
                         now = now.replace(tzinfo=UTC)
                     try:
-                        if mode == RUN:
-                            hit = check(action.params)
-                            if hit < 0:
-                                continue
-                            pos, template = template[hit]  # noqa: PLW2901  # the run's match
-                            if pos >= stop:
-                                break
-                        elif mode == FLOW:
-                            if not check(action.params, now, history):
-                                continue
+                        if mode >= RUN:  # one comparison for plain rules, as before FLOW
+                            if mode == FLOW:
+                                if not check(action.params, now, history):
+                                    continue
+                            else:
+                                hit = check(action.params)
+                                if hit < 0:
+                                    continue
+                                pos, template = template[hit]  # noqa: PLW2901  # the run's match
+                                if pos >= stop:
+                                    break
                         elif not check(action.params, now):
                             continue
                     except Unevaluable as exc:
