@@ -89,6 +89,17 @@ class Runtime:
         execute_timeout: seconds an async executor may take before the
             action counts as failed (it is cancelled); ``None`` (default)
             waits for it. A synchronous executor cannot be interrupted.
+        agent: who acts, for limits keyed by ``agent``; when ``None``, the
+            ``"agent"`` entry of a call's ``context`` (see :mod:`aegis.runtime.limits`).
+        usage_store: where limits, budgets and flow rules count
+            (:class:`~aegis.stores.usage.UsageStore`); by default beside the
+            audit trail (its SQLite file or PostgreSQL database), or in memory
+            for an audit without a database. Opened only when the policy has
+            such rules; a store given here is not closed by the runtime.
+        policy_path: a policy file, read when ``policy`` is not given.
+        reload: watch ``policy_path`` every ``reload_interval`` seconds and
+            decide later actions by its new content; a broken file keeps the
+            current policy and is logged with its file and line.
 
     The executor's ``setup()`` runs once, on ``async with`` or else before
     the first action; ``teardown()`` and the audit's ``close()`` run once,
