@@ -325,3 +325,25 @@ def _decision():  # type: ignore[no-untyped-def]  # a small helper for one test
     from aegis.core.risk import RiskLevel
 
     return PolicyDecision(Action("read", "crm"), RiskLevel.LOW, Approval.AUTO, "r")
+
+
+def test_a_forked_child_counts_on_its_own_connection(
+    make_store: Factory, request: pytest.FixtureRequest
+) -> None:
+    """After fork, the child counts through its own connection; the parent sees it (not memory)."""
+    import os
+
+    shared = "memory" not in request.node.callspec.id
+    store = make_store()
+    store.acquire([limit(maximum=10)], 1.0, reserve=True, over=False)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child reports through its exit status
+        try:
+            found = store.acquire([limit(maximum=10)], 2.0, reserve=True, over=False)
+            os._exit(0 if found.used == (1,) and found.reserved else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    seen = store.acquire([limit(maximum=10)], 3.0, reserve=False, over=False).used
+    assert seen == ((2,) if shared else (1,))  # the memory store is one process's

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -120,6 +121,8 @@ class PostgresUsageStore:
         self._lock_timeout_ms = int(lock_timeout * 1000)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
+        self._pid = 0
+        self._abandoned: list[object] = []  # a forked parent's connections, never closed here
         self._schema = ""
         self._tables: dict[str, sql.Composable] = {}
         self._closed = False
@@ -150,6 +153,10 @@ class PostgresUsageStore:
         # Callers hold self._lock and translate psycopg errors.
         if self._closed:
             raise StoreError(f"the usage store for {self.where} is closed; create a new one")
+        if self._conn is not None and self._pid != os.getpid():
+            # A forked child must not talk on (or close) its parent's socket.
+            self._abandoned.append(self._conn)
+            self._conn = None
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         self._drop()
@@ -161,12 +168,12 @@ class PostgresUsageStore:
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        self._conn, self._pid = conn, os.getpid()
         return conn
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is not None and self._pid == os.getpid():
             with contextlib.suppress(psycopg.Error):  # broken already; a new one replaces it
                 conn.close()
 
