@@ -93,6 +93,8 @@ _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: the longest window a limit may use: a year
 MAX_WINDOW: Final = 366 * 86400
 _MISSING: Final[Any] = object()
+#: counter names a meter keeps, keyed by their key values
+_BUCKET_CACHE: Final = 4096
 
 
 class LimitSpecError(ValueError):
@@ -285,13 +287,19 @@ class Meter:
     _amount: Callable[[Mapping[str, Any]], Any] | None = field(
         default=None, repr=False, compare=False
     )
+    _buckets: dict[tuple[Any, ...], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _units: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        units = int(self.maximum) if self.kind == "limit" else budget_units(self.maximum)
+        object.__setattr__(self, "_units", units)
 
     @property
     def units(self) -> int:
         """The maximum in the counter's units."""
-        if self.kind == "limit":
-            return int(self.maximum)
-        return budget_units(self.maximum)
+        return self._units
 
     def key_values(self, action: Action, subject: Subject) -> tuple[Any, ...]:
         """The values of this meter's key for ``action``.
@@ -318,15 +326,25 @@ class Meter:
                 not a number, negative or too large; the action must not run.
         """
         values = self.key_values(action, subject)
-        bucket = json.dumps(
-            [self.rule, self.kind, list(self.key), thaw(values)],
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            default=repr,
-        )
+        # Names of counters keyed by plain strings and ints are kept: the JSON
+        # costs more than the rest of a check. (Not other types: True == 1
+        # as a dict key, and a policy tells booleans from numbers.)
+        cacheable = all(type(v) is str or type(v) is int for v in values)
+        bucket = self._buckets.get(values) if cacheable else None
+        if bucket is None:
+            bucket = json.dumps(
+                [self.rule, self.kind, list(self.key), thaw(values)],
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+                default=repr,
+            )
+            if cacheable:
+                if len(self._buckets) >= _BUCKET_CACHE:
+                    self._buckets.clear()
+                self._buckets[values] = bucket
         if self._amount is None:
-            return Charge(bucket, 1, self.units, self.window)
+            return Charge(bucket, 1, self._units, self.window)
         raw = self._amount(action.params)
         if raw is _MISSING:
             raise Unevaluable(
@@ -339,7 +357,7 @@ class Meter:
             raise Unevaluable(
                 f"budget of rule {self.rule!r} sums param {self.sum_path!r}, which {exc}"
             ) from None
-        return Charge(bucket, amount, self.units, self.window)
+        return Charge(bucket, amount, self._units, self.window)
 
     def describe(self, used_units: int, charge: Charge) -> str:
         """The reason an action exceeds this meter, naming limit, count and window."""

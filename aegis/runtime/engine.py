@@ -516,7 +516,11 @@ class Runtime:
         policy = self.policy
         lease = None
         if getattr(policy, "limits", None) is not None:
-            decision, lease, stamp = self._limits.check(self, policy, decision, stamp)
+            try:
+                decision, lease, stamp = await self._limits.check(self, policy, decision, stamp)
+            except BaseException as exc:  # cancelled while counting: it never ran
+                await self._record_interrupted(decision, stamp, exc, ResultStatus.SKIPPED, None)
+                raise
         approval = decision.approval
         if approval is Approval.BLOCK:
             return await self.record(decision, self.block(decision), stamp=stamp)

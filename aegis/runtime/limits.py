@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any
 from aegis.core.action import Action
 from aegis.core.conditions import Unevaluable
 from aegis.core.decision import Approval, PolicyDecision
-from aegis.core.limits import FlowEvent, FlowSpec, KnownFacts, PolicyLimits, Subject
+from aegis.core.limits import FlowEvent, FlowSpec, KnownFacts, PolicyLimits, RuleLimits, Subject
 from aegis.core.record import DecisionStamp
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import AegisError, ConfigurationError, PolicyError
-from aegis.stores.usage import MemoryUsageStore, UsageStore
+from aegis.stores.usage import Acquired, MemoryUsageStore, Request, UsageStore
 
 if TYPE_CHECKING:
     from aegis.core.policy import Policy
@@ -98,6 +98,80 @@ def usage_store_for(audit: object) -> tuple[UsageStore, bool]:
     return MemoryUsageStore(), True
 
 
+def _settle(
+    decision: PolicyDecision, rule: RuleLimits, request: Request, acquired: Acquired
+) -> PolicyDecision:
+    """The decision once the counters are known: ``on_exceed`` past a limit."""
+    if acquired.exceeded is None:
+        return decision
+    index = acquired.exceeded
+    exceed = rule.on_exceed
+    return replace(
+        decision,
+        approval=exceed.approval,
+        risk_level=exceed.risk_level or decision.risk_level,
+        reason=rule.meters[index].describe(acquired.used[index], request.charges[index]),
+    )
+
+
+class _Batch:
+    """Reservations of one event loop iteration, made in one store transaction."""
+
+    def __init__(self, store: UsageStore) -> None:
+        self.store = store
+        self._queue: list[tuple[Request, asyncio.Future[Acquired]]] = []
+
+    async def submit(self, request: Request) -> Acquired:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Acquired] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        self._queue.append((request, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled after the reservation was made: the action will not run.
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._give_back(future.result())
+            raise
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        live = [(request, future) for request, future in batch if not future.done()]
+        if not live:
+            return
+        try:
+            results = self.store.acquire_many([request for request, _ in live])
+        except Exception as exc:
+            for _, future in live:
+                if not future.done():
+                    future.set_exception(_copy(exc))
+            return
+        for (_, future), acquired in zip(live, results, strict=True):
+            if future.done():  # cancelled while the transaction ran
+                self._give_back(acquired)
+            else:
+                future.set_result(acquired)
+
+    def _give_back(self, acquired: Acquired) -> None:
+        if acquired.reservation:
+            try:
+                self.store.release(acquired.reservation)
+            except AegisError:
+                _log.exception("could not release a reservation; it stays counted")
+
+
+def _copy(exc: Exception) -> Exception:
+    """A fresh exception per waiting action, so that their tracebacks stay apart."""
+    if isinstance(exc, AegisError):
+        copy = type(exc).__new__(type(exc))
+        copy.__dict__.update(exc.__dict__)
+        copy.args = exc.args
+        copy.__cause__ = exc
+        return copy
+    return exc
+
+
 class Metering:
     """The metering step of one runtime: its usage store and who the agent is.
 
@@ -107,6 +181,7 @@ class Metering:
     def __init__(self, store: UsageStore, *, agent: str | None = None) -> None:
         self.store = store
         self.agent = agent
+        self._batch = _Batch(store)
 
     def subject(self, session_id: str, context: Mapping[str, Any] | None) -> Subject:
         """Who acts: ``agent`` from the runtime, else from the call's context."""
@@ -130,8 +205,38 @@ class Metering:
         Returns the decision and, when the action's charges were reserved,
         the lease to :meth:`release` if it does not run after all.
         """
-        limits: PolicyLimits = policy.limits
         at = time.time() if now is None else now
+        decision, pending = self._prepare(policy, action, subject, at)
+        if pending is None:
+            return decision, None
+        rule, request = pending
+        if reserve:
+            acquired = self.store.acquire_many([request])[0]
+        else:
+            acquired = self.store.acquire(request.charges, at, reserve=False, over=request.over)
+        return _settle(decision, rule, request, acquired), acquired.reservation
+
+    async def check_async(
+        self, policy: Any, action: Action, subject: Subject
+    ) -> tuple[PolicyDecision, Lease | None]:
+        """:meth:`check` with reservation, sharing one transaction with concurrent checks.
+
+        The checks of one event loop iteration are reserved together (group
+        commit), each seeing the ones before it, all in one atomic step.
+        """
+        at = time.time()
+        decision, pending = self._prepare(policy, action, subject, at)
+        if pending is None:
+            return decision, None
+        rule, request = pending
+        acquired = await self._batch.submit(request)
+        return _settle(decision, rule, request, acquired), acquired.reservation
+
+    def _prepare(
+        self, policy: Any, action: Action, subject: Subject, at: float
+    ) -> tuple[PolicyDecision, tuple[RuleLimits, Request] | None]:
+        """The decision with the session's history, and what to reserve for it, if anything."""
+        limits: PolicyLimits = policy.limits
         moment = datetime.fromtimestamp(at, UTC)
         specs = limits.flow_specs_for(action)
         if specs:
@@ -145,25 +250,13 @@ class Metering:
         if rule is None:
             return decision, None
         try:
-            charges = [meter.charge(action, subject) for meter in rule.meters]
+            charges = tuple(meter.charge(action, subject) for meter in rule.meters)
         except Unevaluable as exc:
             risk = max(decision.risk_level, _UNEVALUABLE_MIN_RISK)
             reason = f"blocked: {exc.reason}"
             return replace(decision, approval=Approval.BLOCK, risk_level=risk, reason=reason), None
-        exceed = rule.on_exceed
-        acquired = self.store.acquire(
-            charges, at, reserve=reserve, over=exceed.approval is not Approval.BLOCK
-        )
-        if acquired.exceeded is not None:
-            index = acquired.exceeded
-            meter = rule.meters[index]
-            decision = replace(
-                decision,
-                approval=exceed.approval,
-                risk_level=exceed.risk_level or decision.risk_level,
-                reason=meter.describe(acquired.used[index], charges[index]),
-            )
-        return decision, acquired.reservation
+        over = rule.on_exceed.approval is not Approval.BLOCK
+        return decision, (rule, Request(charges, at, over))
 
     def count(self, policy: Any, action: Action, subject: Subject, *, now: float) -> None:
         """Note that ``action`` ran at ``now``, whatever the limits say: a history to replay.
@@ -327,18 +420,20 @@ class _LimitsSetup:
         )
         return checked
 
-    def check(
+    async def check(
         self, runtime: Runtime, policy: Any, decision: PolicyDecision, stamp: DecisionStamp
     ) -> tuple[PolicyDecision, Lease | None, DecisionStamp]:
         """The metering step of one action: a decision, a lease and a fresh stamp.
 
         A usage store that fails blocks the action, with the error as reason.
         """
-        stamp = DecisionStamp.now(policy, stamp.context)
+        if stamp.policy_digest != getattr(policy, "digest", None):
+            # decided by a policy swapped out since: this step decides anew
+            stamp = DecisionStamp.now(policy, stamp.context)
         try:
             metering = self.metering(runtime)
             subject = metering.subject(runtime.session_id, stamp.context)
-            checked, lease = metering.check(policy, decision.action, subject)
+            checked, lease = await metering.check_async(policy, decision.action, subject)
         except AegisError as exc:
             reason = f"blocked: the usage counters could not be checked: {exc}"
             blocked = replace(

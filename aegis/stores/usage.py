@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 from aegis.core.limits import Charge, FlowEvent
 
-__all__ = ["Acquired", "MemoryUsageStore", "UsageStore", "judge"]
+__all__ = ["Acquired", "MemoryUsageStore", "Request", "UsageStore", "judge"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,15 @@ class Acquired:
     def reserved(self) -> bool:
         """Whether the action's charges were counted."""
         return self.reservation is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One action's charges to reserve at ``now``; ``over`` as for :meth:`UsageStore.acquire`."""
+
+    charges: tuple[Charge, ...]
+    now: float
+    over: bool
 
 
 def judge(charges: Sequence[Charge], used: Sequence[int]) -> int | None:
@@ -78,6 +87,15 @@ class UsageStore(Protocol):
         charges are reserved when they all fit, and also when one does not
         but ``over`` is true (the rule's ``on_exceed`` still lets the action
         run, so it counts); they are never partly reserved.
+        """
+        ...
+
+    def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
+        """Reserve for several actions in one atomic step, each seeing the ones before it.
+
+        Exactly as one :meth:`acquire` (with ``reserve``) per request in turn,
+        but in one transaction: concurrent actions of one process share a
+        commit (group commit).
         """
         ...
 
@@ -154,6 +172,10 @@ class MemoryUsageStore:
                 self._by_bucket.setdefault(charge.bucket, {})[row] = None
                 reserved.append(row)
             return Acquired(tuple(used), exceeded, tuple(reserved))
+
+    def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
+        """See :meth:`UsageStore.acquire_many`."""
+        return [self.acquire(r.charges, r.now, reserve=True, over=r.over) for r in requests]
 
     def release(self, reservation: Sequence[int]) -> None:
         """See :meth:`UsageStore.release`."""

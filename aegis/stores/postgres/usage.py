@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover  # the extra is installed in CI
 from aegis.core.action import thaw
 from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import ConfigurationError, StoreError
-from aegis.stores.usage import Acquired, judge
+from aegis.stores.usage import Acquired, Request, judge
 
 __all__ = ["SCHEMA_VERSION", "PostgresUsageStore"]
 
@@ -241,46 +241,61 @@ class PostgresUsageStore:
         self, charges: Sequence[Charge], now: float, *, reserve: bool, over: bool
     ) -> Acquired:
         """See :meth:`aegis.stores.usage.UsageStore.acquire`: one transaction, advisory locks."""
+        if reserve:
+            return self.acquire_many([Request(tuple(charges), now, over)])[0]
 
-        def work(conn: psycopg.Connection[Any]) -> Acquired:
-            usage, totals = self._tables["aegis_usage"], self._tables["aegis_usage_totals"]
-            # A counter's total is kept in aegis_usage_totals, so that a check
-            # reads one row instead of summing its window: the rows that left
-            # the window since the last reservation are summed, then deleted.
-            count = sql.SQL(
-                "SELECT (SELECT units FROM {} WHERE bucket = %(b)s), COALESCE(SUM(units), 0)"
-                " FROM {} WHERE bucket = %(b)s AND at <= %(cut)s"
-            ).format(totals, usage)
+        def peek(conn: psycopg.Connection[Any]) -> Acquired:
+            used = [self._count(conn, c, now)[0] for c in charges]
+            return Acquired(tuple(used), judge(charges, used), None)
+
+        return self._run("count", peek)
+
+    def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
+        """See :meth:`aegis.stores.usage.UsageStore.acquire_many`: one transaction."""
+
+        def work(conn: psycopg.Connection[Any]) -> list[Acquired]:
             with conn.transaction():
-                if reserve:
-                    # Sorted, so two actions locking the same counters never deadlock.
-                    for bucket in sorted({c.bucket for c in charges}):
-                        conn.execute(
-                            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                            (_LOCK_CLASS, f"{self._schema}.aegis_usage:{bucket}"),
-                        )
-                counts = []
-                for charge in charges:
-                    row = conn.execute(
-                        count, {"b": charge.bucket, "cut": now - charge.window}
-                    ).fetchone()
-                    total, expired = (row or (None, 0))[0], (row or (None, 0))[1]
-                    counts.append((_units(total, self.where) - int(expired), int(expired)))
-                used = [live for live, _ in counts]
-                exceeded = judge(charges, used)
-                if not reserve or (exceeded is not None and not over):
-                    return Acquired(tuple(used), exceeded, None)
-                ids = [
-                    self._reserve(conn, charge, now, live, expired)
-                    for charge, (live, expired) in zip(charges, counts, strict=True)
-                ]
-                self._since_sweep += 1
+                # Sorted, so two transactions locking the same counters never deadlock.
+                buckets = sorted({c.bucket for r in requests for c in r.charges})
+                for bucket in buckets:
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                        (_LOCK_CLASS, f"{self._schema}.aegis_usage:{bucket}"),
+                    )
+                out = [self._acquire_one(conn, request) for request in requests]
                 if self._since_sweep >= _SWEEP_EVERY:
                     self._since_sweep = 0
-                    self._sweep(conn, now)
-            return Acquired(tuple(used), exceeded, tuple(ids))
+                    self._sweep(conn, max(r.now for r in requests))
+            return out
 
         return self._run("count", work)
+
+    def _count(self, conn: psycopg.Connection[Any], charge: Charge, now: float) -> tuple[int, int]:
+        """(units in the window, units of stored rows that left it)."""
+        # A counter's total is kept in aegis_usage_totals, so that a check
+        # reads one row instead of summing its window: the rows that left
+        # the window since the last reservation are summed, then deleted.
+        count = sql.SQL(
+            "SELECT (SELECT units FROM {} WHERE bucket = %(b)s), COALESCE(SUM(units), 0)"
+            " FROM {} WHERE bucket = %(b)s AND at <= %(cut)s"
+        ).format(self._tables["aegis_usage_totals"], self._tables["aegis_usage"])
+        row = conn.execute(count, {"b": charge.bucket, "cut": now - charge.window}).fetchone()
+        total, expired = row if row is not None else (None, 0)
+        return _units(total, self.where) - int(expired), int(expired)
+
+    def _acquire_one(self, conn: psycopg.Connection[Any], request: Request) -> Acquired:
+        charges, now = request.charges, request.now
+        counts = [self._count(conn, c, now) for c in charges]
+        used = [live for live, _ in counts]
+        exceeded = judge(charges, used)
+        if exceeded is not None and not request.over:
+            return Acquired(tuple(used), exceeded, None)
+        ids = [
+            self._reserve(conn, charge, now, live, expired)
+            for charge, (live, expired) in zip(charges, counts, strict=True)
+        ]
+        self._since_sweep += 1
+        return Acquired(tuple(used), exceeded, tuple(ids))
 
     def _reserve(
         self, conn: psycopg.Connection[Any], charge: Charge, now: float, live: int, expired: int

@@ -24,7 +24,7 @@ from typing import Any, Final
 from aegis.core.action import thaw
 from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import StoreError
-from aegis.stores.usage import Acquired, judge
+from aegis.stores.usage import Acquired, Request, judge
 
 __all__ = ["SCHEMA_VERSION", "SQLiteUsageStore"]
 
@@ -219,35 +219,49 @@ class SQLiteUsageStore:
         self, charges: Sequence[Charge], now: float, *, reserve: bool, over: bool
     ) -> Acquired:
         """See :meth:`aegis.stores.usage.UsageStore.acquire`: one ``BEGIN IMMEDIATE``."""
+        if reserve:
+            return self.acquire_many([Request(tuple(charges), now, over)])[0]
 
-        def work(conn: sqlite3.Connection) -> Acquired:
-            if not reserve:
-                used = [_count(conn, c, now, self._path)[0] for c in charges]
-                return Acquired(tuple(used), judge(charges, used), None)
+        def peek(conn: sqlite3.Connection) -> Acquired:
+            used = [_count(conn, c, now, self._path)[0] for c in charges]
+            return Acquired(tuple(used), judge(charges, used), None)
+
+        result: Acquired = self._run("count", peek)
+        return result
+
+    def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
+        """See :meth:`aegis.stores.usage.UsageStore.acquire_many`: one ``BEGIN IMMEDIATE``."""
+
+        def work(conn: sqlite3.Connection) -> list[Acquired]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                counts = [_count(conn, c, now, self._path) for c in charges]
-                used = [live for live, _ in counts]
-                exceeded = judge(charges, used)
-                reservation = None
-                if exceeded is None or over:
-                    reservation = tuple(
-                        _reserve(conn, c, now, live=live, expired=expired, path=self._path)
-                        for c, (live, expired) in zip(charges, counts, strict=True)
-                    )
-                    self._since_sweep += 1
-                    if self._since_sweep >= _SWEEP_EVERY:
-                        self._since_sweep = 0
-                        _sweep(conn, now)
+                out = [self._acquire_one(conn, request) for request in requests]
+                if self._since_sweep >= _SWEEP_EVERY:
+                    self._since_sweep = 0
+                    _sweep(conn, max(r.now for r in requests))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            return Acquired(tuple(used), exceeded, reservation)
+            return out
 
-        result: Acquired = self._run("count", work)
+        result: list[Acquired] = self._run("count", work)
         return result
+
+    def _acquire_one(self, conn: sqlite3.Connection, request: Request) -> Acquired:
+        charges, now = request.charges, request.now
+        counts = [_count(conn, c, now, self._path) for c in charges]
+        used = [live for live, _ in counts]
+        exceeded = judge(charges, used)
+        reservation = None
+        if exceeded is None or request.over:
+            reservation = tuple(
+                _reserve(conn, c, now, live=live, expired=expired, path=self._path)
+                for c, (live, expired) in zip(charges, counts, strict=True)
+            )
+            self._since_sweep += 1
+        return Acquired(tuple(used), exceeded, reservation)
 
     def release(self, reservation: Sequence[int]) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.release`."""
