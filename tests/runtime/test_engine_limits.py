@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -615,3 +616,31 @@ def test_reload_needs_a_path_and_a_runtime_needs_a_policy() -> None:
         Runtime(executor=lambda a: None)
     with pytest.raises(ConfigurationError, match="usage_store must implement"):
         Runtime(executor=lambda a: None, policy=Policy(), usage_store=object())  # type: ignore[arg-type]
+
+
+async def test_concurrent_checks_share_a_batch_and_a_cancelled_one_reserves_nothing(
+    tmp_path: Path,
+) -> None:
+    """Checks of one loop iteration are reserved together; a waiter cancelled first counts not."""
+    policy = Policy.from_dict(LIMIT_20)
+    store = SQLiteUsageStore(tmp_path / "aegis_audit.db")
+    metering = Metering(store)
+    action = Action("send", "x")
+    tasks = [
+        asyncio.ensure_future(metering.check_async(policy, action, Subject("s"))) for _ in range(5)
+    ]
+    await asyncio.sleep(0)  # the tasks run up to their wait for the batch
+    tasks[0].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[0], asyncio.CancelledError)
+    assert all(isinstance(d, tuple) and d[1] is not None for d in done[1:])
+    preview, _ = metering.check(policy, action, Subject("s"), reserve=False)
+    assert preview.approval is Approval.AUTO
+    used = store.acquire(
+        [policy.limits.by_rule["r"].meters[0].charge(action, Subject("s"))],  # type: ignore[union-attr]
+        time.time(),
+        reserve=False,
+        over=False,
+    ).used
+    assert used == (4,)
+    store.close()
