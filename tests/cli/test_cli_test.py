@@ -231,3 +231,11 @@ def test_init_refuses_to_overwrite_a_cases_file(invoke: Invoke, tmp_path: Path) 
     assert result.exit_code == 1
     assert "policy.cases.yaml already exists" in result.stderr
     assert not (tmp_path / "policy.yaml").exists()
+
+
+def test_simulate_says_that_it_ignores_history(invoke: Invoke, tmp_path: Path) -> None:
+    """simulate on a policy with limits notes, on stderr, that nothing was counted."""
+    result = invoke("simulate", write(tmp_path, "p.yaml", POLICY), "send_email:smtp")
+    assert result.exit_code == 0
+    assert "nothing counted yet" in result.stderr
+    assert "email_rate" in result.stdout
