@@ -26,7 +26,7 @@ from aegis.core.risk import RiskLevel
 from aegis.errors import AegisError, AuditError, ConfigurationError, PolicyError, StoreError
 from aegis.runtime.approval import ApprovalHandler, AutoApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
-from aegis.runtime.audit import AuditLogger, VerifyReport
+from aegis.runtime.audit import AuditLogger, Head, VerifyReport
 from aegis.runtime.audit_backend import AuditBackend
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.engine import Runtime
@@ -54,6 +54,7 @@ __all__ = [
     "ConfigurationError",
     "ExecutionPlan",
     "FrozenDict",
+    "Head",
     "LoggingAuditLogger",
     "MemoryUsageStore",
     "Policy",
