@@ -78,7 +78,9 @@ def usage_store_for(audit: object) -> tuple[UsageStore, bool]:
     if isinstance(conninfo, str) and conninfo:
         from aegis.stores.postgres.usage import PostgresUsageStore  # noqa: PLC0415
 
-        return PostgresUsageStore(conninfo, schema=getattr(db, "_schema_option", None)), True
+        schema = getattr(db, "schema_option", None)
+        schema = schema if isinstance(schema, str) else None
+        return PostgresUsageStore(conninfo, schema=schema), True
     for attribute in ("dsn", "url", "db_path"):
         location = getattr(audit, attribute, None)
         if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):

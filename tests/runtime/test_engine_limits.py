@@ -644,3 +644,27 @@ async def test_concurrent_checks_share_a_batch_and_a_cancelled_one_reserves_noth
     ).used
     assert used == (4,)
     store.close()
+
+
+async def test_a_postgres_audit_gets_its_counters_in_the_same_database(
+    postgres_dsn: str,
+) -> None:
+    """AuditLogger(DSN) gives the runtime a PostgreSQL usage store in that schema, shared."""
+    import psycopg
+
+    policy = Policy.from_dict(
+        LIMIT_20 | {"rules": [LIMIT_20["rules"][0] | {"limit": {"max": 3, "per": "1h"}}]}
+    )
+    statuses_seen: list[str] = []
+    for _ in range(2):  # two runtimes, as two workers of a fleet would be
+        async with Runtime(
+            executor=lambda a: "ok", policy=policy, audit_logger=AuditLogger(postgres_dsn)
+        ) as rt:
+            statuses_seen += await statuses(rt, [Action("send", "x")] * 2)
+            assert isinstance(rt._limits.metering(rt).store, PostgresUsageStore)
+    assert statuses_seen == ["success", "success", "success", "blocked"]
+    with psycopg.connect(postgres_dsn) as conn:
+        rows = conn.execute("SELECT count(*) FROM aegis_usage").fetchone()
+        versions = dict(conn.execute("SELECT component, version FROM aegis_schema_versions"))
+    assert rows == (3,)
+    assert {"audit", "usage"} <= set(versions)
