@@ -63,15 +63,20 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from aegis.server.service import ApprovalEvent, ApprovalService
 
 __all__ = [
     "EVENT_TYPES",
     "SIGNATURE_HEADER",
-    "ApprovalEvent",
     "DeliveryStats",
+    "Notification",
     "Notifications",
     "sign_payload",
     "slack_message",
@@ -99,7 +104,7 @@ _USER_AGENT: Final = "aegis-notify/1"
 
 
 @dataclass(frozen=True, slots=True)
-class ApprovalEvent:
+class Notification:
     """One thing that happened to an approval request, as receivers get it.
 
     Args:
@@ -107,6 +112,8 @@ class ApprovalEvent:
         request: the request as the JSON API shows it (id, status, action,
             risk_level, matched_rule, requester, decisions, ...).
         link: the request's page in the inbox, or ``None`` without a public URL.
+        reviewer: for ``approval.decided``, who just gave a verdict (with a
+            two-person rule the request may still be pending after it).
         id: unique per event and stable across retries; receivers deduplicate on it.
         created_at: when the event happened (ISO 8601, UTC).
     """
@@ -114,6 +121,7 @@ class ApprovalEvent:
     type: str
     request: Mapping[str, Any]
     link: str | None = None
+    reviewer: str | None = None
     id: str = field(default_factory=lambda: f"evt_{secrets.token_hex(12)}")
     created_at: str = field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -133,6 +141,7 @@ class ApprovalEvent:
             "type": self.type,
             "created_at": self.created_at,
             "link": self.link,
+            "reviewer": self.reviewer,
             "request": dict(self.request),
         }
 
@@ -224,7 +233,7 @@ def _decision_summary(request: Mapping[str, Any]) -> tuple[str, str]:
     return who, f"{verdict}{': ' + comment if comment else ''}"
 
 
-def slack_message(event: ApprovalEvent) -> dict[str, Any]:
+def slack_message(event: Notification) -> dict[str, Any]:
     """The Block Kit message an incoming Slack webhook receives for ``event``."""
     request = event.request
     raw_action = request.get("action")
@@ -238,6 +247,16 @@ def slack_message(event: ApprovalEvent) -> dict[str, Any]:
     if event.type == "approval.requested":
         title = "Approval needed"
         text = f"Approval needed: {what} (risk {risk or '?'}, rule {rule})"
+    elif event.type == "approval.decided" and request.get("status") == "pending":
+        # one yes of several needed: say so, and that it still waits
+        approvals = [
+            d
+            for d in request.get("decisions") or []
+            if isinstance(d, Mapping) and d.get("verdict") == "approve"
+        ]
+        who = _slack_escape(event.reviewer or "a reviewer", 80)
+        title = f"Approved by {who}, {len(approvals)} of {request.get('approvers', '?')} needed"
+        text = f"{title}: {what}"
     elif event.type == "approval.decided":
         who, verdict = _decision_summary(request)
         title = f"{verdict.split(':', 1)[0]} by {_slack_escape(who, 120)}"
@@ -302,7 +321,7 @@ class DeliveryStats:
     dropped: int = 0
 
 
-Render = Callable[[ApprovalEvent], tuple[bytes, dict[str, str]]]
+Render = Callable[[Notification], tuple[bytes, dict[str, str]]]
 
 
 def _display_url(url: str) -> str:
@@ -324,7 +343,7 @@ class _Receiver:
     url: str
     render: Render
     stats: DeliveryStats = field(default_factory=DeliveryStats)
-    queue: asyncio.Queue[ApprovalEvent] | None = None
+    queue: asyncio.Queue[Notification] | None = None
 
     @property
     def shown(self) -> str:
@@ -429,7 +448,9 @@ class Notifications:
             self._thread.start()
         self._ready.wait()
 
-    def publish(self, event_type: str, request: Mapping[str, Any]) -> ApprovalEvent | None:
+    def publish(
+        self, event_type: str, request: Mapping[str, Any], *, reviewer: str | None = None
+    ) -> Notification | None:
         """Queue ``event_type`` about ``request`` for every receiver and return at once.
 
         Safe from any thread. Returns the event (``None`` when there is no
@@ -438,7 +459,9 @@ class Notifications:
         if not self._receivers or self._closed:
             return None
         request_id = str(request.get("id", ""))
-        event = ApprovalEvent(event_type, dict(request), link=self.link(request_id))
+        event = Notification(
+            event_type, dict(request), link=self.link(request_id), reviewer=reviewer
+        )
         loop = self._loop
         if loop is None:
             self.start()
@@ -450,6 +473,38 @@ class Notifications:
         except RuntimeError:  # the loop closed between the check and the call
             return None
         return event
+
+    def attach(self, service: ApprovalService) -> Callable[[], None]:
+        """Publish the service's request events from now on; return the function that stops it.
+
+        Collections and grant revocations are not notified: nobody needs to act on them.
+        """
+
+        def forward(event: ApprovalEvent) -> None:
+            if event.kind in EVENT_TYPES and event.request is not None:
+                self.publish(event.kind, event.request.to_json(), reviewer=event.reviewer)
+
+        return service.subscribe(forward)
+
+    async def startup(self, app: Starlette) -> asyncio.Task[None] | None:
+        """A ``create_app(on_startup=[...])`` hook: start, attach to the app's service.
+
+        The task it returns lives as long as the app; cancelled at shutdown,
+        it detaches and gives queued events a few seconds to go out.
+        """
+        if not self.enabled:
+            return None
+        await asyncio.to_thread(self.start)
+        detach = self.attach(app.state.service)
+
+        async def live() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                detach()
+                await asyncio.to_thread(self.close)
+
+        return asyncio.create_task(live(), name="aegis-notify")
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued for up to ``timeout`` seconds, then stop."""
@@ -510,7 +565,7 @@ class Notifications:
             await asyncio.gather(*workers, return_exceptions=True)
         self._loop = None
 
-    def _enqueue(self, event: ApprovalEvent) -> None:
+    def _enqueue(self, event: Notification) -> None:
         for receiver in self._receivers:
             queue = receiver.queue
             if queue is None:
@@ -544,7 +599,7 @@ class Notifications:
                 queue.task_done()
 
     async def _deliver(
-        self, client: httpx.AsyncClient, receiver: _Receiver, event: ApprovalEvent
+        self, client: httpx.AsyncClient, receiver: _Receiver, event: Notification
     ) -> None:
         problem = ""
         for attempt in range(1, self._attempts + 1):
@@ -595,7 +650,7 @@ class Notifications:
 
     # -------------------------------------------------------------- bodies
 
-    def _render_webhook(self, event: ApprovalEvent) -> tuple[bytes, dict[str, str]]:
+    def _render_webhook(self, event: Notification) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
         return body, {
             "Content-Type": "application/json",
@@ -604,7 +659,7 @@ class Notifications:
             SIGNATURE_HEADER: sign_payload(self._secret, body),
         }
 
-    def _render_slack(self, event: ApprovalEvent) -> tuple[bytes, dict[str, str]]:
+    def _render_slack(self, event: Notification) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(slack_message(event), ensure_ascii=False).encode()
         return body, {"Content-Type": "application/json"}
 

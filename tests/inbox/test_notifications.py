@@ -14,7 +14,7 @@ from webhook_receiver import Receiver
 
 from aegis.server.notify import (
     EVENT_TYPES,
-    ApprovalEvent,
+    Notification,
     Notifications,
     sign_payload,
     slack_message,
@@ -192,7 +192,7 @@ def test_webhook_requires_a_secret() -> None:
 def test_unknown_event_type_is_refused() -> None:
     """Only the four documented event types exist."""
     with pytest.raises(ValueError, match="unknown approval event"):
-        ApprovalEvent("approval.approved", REQUEST)
+        Notification("approval.approved", REQUEST)
 
 
 def test_slack_request_message_has_fields_and_button(notifications: list[Notifications]) -> None:
@@ -224,7 +224,7 @@ def test_slack_decided_message_names_reviewer_and_verdict() -> None:
             {"reviewer": "bob", "verdict": "deny", "comment": "not today", "at": "t2"},
         ],
     }
-    message = slack_message(ApprovalEvent("approval.decided", decided, link="http://x/requests/1"))
+    message = slack_message(Notification("approval.decided", decided, link="http://x/requests/1"))
     assert message["text"] == "Denied by bob: refund on billing (not today)"
     assert message["blocks"][0]["text"]["text"] == "Denied by bob"
     approved = {
@@ -235,7 +235,7 @@ def test_slack_decided_message_names_reviewer_and_verdict() -> None:
             {"reviewer": "carol", "verdict": "approve", "comment": None, "at": "t2"},
         ],
     }
-    message = slack_message(ApprovalEvent("approval.decided", approved))
+    message = slack_message(Notification("approval.decided", approved))
     assert message["text"] == "Approved by alice, carol: refund on billing (ok)"
     assert all(block["type"] != "actions" for block in message["blocks"])  # no link, no button
 
@@ -252,7 +252,7 @@ def test_slack_escapes_what_the_agent_wrote() -> None:
         },
         "reason": "<!here>",
     }
-    text = json.dumps(slack_message(ApprovalEvent("approval.requested", hostile)))
+    text = json.dumps(slack_message(Notification("approval.requested", hostile)))
     for raw in ("<!channel>", "<https://evil", "<@U123>", "<!here>"):
         assert raw not in text
     assert "&lt;!channel&gt;" in text
