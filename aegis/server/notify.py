@@ -94,6 +94,9 @@ EVENT_TYPES: Final = (
 
 SIGNATURE_HEADER: Final = "X-Aegis-Signature"
 
+#: seconds queued events get to go out when the server stops
+SHUTDOWN_DRAIN: Final = 2.0
+
 #: how far a signature's timestamp may be from the receiver's clock
 DEFAULT_TOLERANCE: Final = 300.0
 
@@ -502,7 +505,7 @@ class Notifications:
                 await asyncio.Event().wait()
             finally:
                 detach()
-                await asyncio.to_thread(self.close)
+                await asyncio.to_thread(self.close, SHUTDOWN_DRAIN)
 
         return asyncio.create_task(live(), name="aegis-notify")
 

@@ -62,13 +62,21 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
-        out = open(self.log, "wb") if self.log else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            self.args,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "NO_COLOR": "1"},
-        )
+        if self.log is not None:
+            with open(self.log, "wb") as out:  # the child keeps its own copy of the handle
+                self.process = subprocess.Popen(
+                    self.args,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "NO_COLOR": "1"},
+                )
+        else:
+            self.process = subprocess.Popen(
+                self.args,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "NO_COLOR": "1"},
+            )
         deadline = time.monotonic() + 30
         while True:
             if self.process.poll() is not None:
