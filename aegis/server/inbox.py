@@ -325,13 +325,18 @@ class Inbox:
         status_code: int = 200,
         reviewer: Reviewer | None = None,
         flashes: Sequence[tuple[str, str]] = (),
+        fragment: bool = False,
     ) -> HTMLResponse:
-        """Render ``template`` with the inbox's common context and security headers."""
+        """Render ``template`` with the inbox's common context and security headers.
+
+        A ``fragment`` (the live list's rows) leaves the flash message for the
+        page it was meant for: another tab may be fetching rows meanwhile.
+        """
 
         def url(name: str, **params: str) -> str:
             return str(request.app.url_path_for(name, **params))
 
-        shown = [*self._read_flashes(request), *flashes]
+        shown = [*([] if fragment else self._read_flashes(request)), *flashes]
         html = self._env.get_template(template).render(
             {
                 "title": "Inbox",
@@ -346,7 +351,7 @@ class Inbox:
             }
         )
         response = HTMLResponse(html, status_code=status_code, headers=_headers(request))
-        if request.cookies.get(FLASH_COOKIE):
+        if not fragment and request.cookies.get(FLASH_COOKIE):
             response.delete_cookie(FLASH_COOKIE, path="/")
         return response
 
@@ -502,7 +507,9 @@ class Inbox:
         if reviewer is None:
             return Response(status_code=401, headers=_headers(request))
         pending = await self._pending(reviewer)
-        return self.render(request, "_pending_rows.html", {"pending": pending}, reviewer=reviewer)
+        return self.render(
+            request, "_pending_rows.html", {"pending": pending}, reviewer=reviewer, fragment=True
+        )
 
     async def events(self, request: Request) -> Response:
         """Server-sent events: ``pending`` whenever the set of pending requests changes."""
@@ -523,7 +530,9 @@ class Inbox:
                         yield "event: signout\ndata: {}\n\n"
                         return
                     ids = [str(view["id"]) for view in await self._pending(current)]
-                    if last is not None and ids != last:
+                    if ids != last:
+                        # the first event too: the page may be older than this stream,
+                        # and the script refreshes only if its rows differ
                         yield f"event: pending\ndata: {json.dumps(ids)}\n\n"
                         quiet = 0.0
                     elif quiet >= KEEPALIVE:
@@ -763,6 +772,9 @@ def _request_view(item: ApprovalRequest, now: datetime) -> dict[str, Any]:
     left = (item.expires_at - now).total_seconds()
     view["time_left"] = human_duration(left) if left > 0 else "expired"
     view["urgent"] = left < 300
+    # epoch milliseconds for the script's clocks (Date.parse is unsure of microseconds)
+    view["created_ms"] = int(item.created_at.timestamp() * 1000)
+    view["expires_ms"] = int(item.expires_at.timestamp() * 1000)
     return view
 
 

@@ -17,12 +17,12 @@
 
   function tick() {
     var now = Date.now();
-    document.querySelectorAll("[data-since]").forEach(function (el) {
-      var t = Date.parse(el.dataset.since);
+    document.querySelectorAll("[data-since-ms]").forEach(function (el) {
+      var t = Number(el.dataset.sinceMs);
       if (!isNaN(t)) el.textContent = duration((now - t) / 1000);
     });
-    document.querySelectorAll("[data-until]").forEach(function (el) {
-      var t = Date.parse(el.dataset.until);
+    document.querySelectorAll("[data-until-ms]").forEach(function (el) {
+      var t = Number(el.dataset.untilMs);
       if (isNaN(t)) return;
       var left = (t - now) / 1000;
       el.textContent = left > 0 ? duration(left) : "expired";
@@ -77,7 +77,12 @@
     var source = new EventSource(live.dataset.events);
     source.addEventListener("open", function () { live.classList.add("on"); live.textContent = "live"; });
     source.addEventListener("error", function () { live.classList.remove("on"); live.textContent = "reconnecting"; });
-    source.addEventListener("pending", refresh);
+    source.addEventListener("pending", function (event) {
+      var ids = null;
+      try { ids = JSON.parse(event.data); } catch (e) { ids = null; }
+      if (Array.isArray(ids) && ids.join("\n") === rowIds(tbody).join("\n")) return;
+      refresh();
+    });
     source.addEventListener("signout", function () { source.close(); window.location.reload(); });
     window.addEventListener("pagehide", function () { source.close(); });
   }
