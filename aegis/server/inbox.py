@@ -138,6 +138,13 @@ def _short_time(text: Any) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _compact_time(text: Any) -> str:
+    moment = _parse_iso(text)
+    if moment is None:
+        return str(text or "")
+    return moment.astimezone(UTC).strftime("%m-%d %H:%M:%S")
+
+
 def _pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
@@ -190,6 +197,7 @@ class Inbox:
             lstrip_blocks=True,
         )
         self._env.filters["shorttime"] = _short_time
+        self._env.filters["compacttime"] = _compact_time
         self._unsubscribe = service.subscribe(self._on_event)
 
     # -------------------------------------------------------------- wiring

@@ -306,7 +306,7 @@ async def test_audit_page_shows_hashes_and_a_broken_chain(site: Site) -> None:
         await site.sign_in(client, "alice")
         page = (await client.get("/audit")).text
         assert "Chain verified" in page
-        assert re.search(r'class="mono small hash" title="[0-9a-f]{64}"', page)
+        assert re.search(r'class="mono small hash nowrap" title="[0-9a-f]{64}"', page)
         filtered = (await client.get("/audit", params={"type": "nothing-like-this"})).text
         assert "No records match" in filtered
         bad = (await client.get("/audit", params={"since": "yesterday"})).text
