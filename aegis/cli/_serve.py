@@ -80,7 +80,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @click.option(
     "--public-url",
     metavar="URL",
-    help="The inbox's address as reviewers reach it, for links in notifications "
+    help="The inbox's address as reviewers reach it (behind a proxy, say): links in "
+    "notifications, and the origin the inbox's forms are accepted from "
     "(default: http://HOST:PORT).",
 )
 @click.option(
@@ -155,7 +156,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
         raise click.UsageError(str(exc)) from None
     policy = Policy.from_yaml(policy_path) if policy_path is not None else None
     service = open_service(db, approval_ttl=approval_ttl, policy=policy)
-    inbox = Inbox(service, session_key=session_key)
+    inbox = Inbox(service, session_key=session_key, public_url=public_url)
     app = create_app(service, routes=inbox.routes(), on_startup=[notifications.startup])
     where = db if not is_dsn(db) else "PostgreSQL"
     note(f"Aegis approval service on {scheme}://{host}:{port} (store: {where})")

@@ -163,6 +163,10 @@ class Inbox:
             restarts) to keep reviewers signed in; a random key per process
             when ``None``.
         session_ttl: seconds a session lasts after sign-in.
+        public_url: the inbox's address as reviewers' browsers see it, when a
+            proxy in front terminates TLS (``https://aegis.example.com``):
+            forms posted from that origin are accepted, and with ``https``
+            the cookies are marked ``Secure``.
         poll_interval: seconds between the live list's looks at the store,
             which catch what other processes changed; this process's own
             events wake it at once.
@@ -174,6 +178,7 @@ class Inbox:
         *,
         session_key: str | bytes | None = None,
         session_ttl: float = 8 * 3600,
+        public_url: str | None = None,
         poll_interval: float = 2.0,
         history_limit: int = 200,
         audit_limit: int = 100,
@@ -184,6 +189,8 @@ class Inbox:
         self._signin_nonces = URLSafeTimedSerializer(key, salt="aegis.inbox.signin")
         self._flash = URLSafeTimedSerializer(key, salt="aegis.inbox.flash")
         self._session_ttl = int(session_ttl)
+        public = urllib.parse.urlsplit(public_url) if public_url else None
+        self._public_origin = (public.scheme, public.netloc) if public else None
         self._poll_interval = poll_interval
         self._history_limit = history_limit
         self._audit_limit = audit_limit
@@ -288,7 +295,14 @@ class Inbox:
         if origin is None:
             return True  # not a browser (no browser omits both on a form post)
         parts = urllib.parse.urlsplit(origin)
-        return (parts.scheme, parts.netloc) == (request.url.scheme, request.url.netloc)
+        given = (parts.scheme, parts.netloc)
+        return given in {(request.url.scheme, request.url.netloc), self._public_origin}
+
+    def _secure(self, request: Request) -> bool:
+        """Whether cookies get ``Secure``: served over TLS, here or by a proxy in front."""
+        return request.url.scheme == "https" or (
+            self._public_origin is not None and self._public_origin[0] == "https"
+        )
 
     async def _form(self, request: Request, csrf: str) -> FormData | None:
         """The posted form when it is from this inbox and carries ``csrf``; else ``None``."""
@@ -375,7 +389,7 @@ class Inbox:
                 max_age=60,
                 httponly=True,
                 samesite="strict",
-                secure=request.url.scheme == "https",
+                secure=self._secure(request),
                 path="/",
             )
         return response
@@ -425,7 +439,7 @@ class Inbox:
             max_age=SIGNIN_TTL,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=self._secure(request),
             path="/signin",
         )
         return response
@@ -465,7 +479,7 @@ class Inbox:
             max_age=self._session_ttl,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=self._secure(request),
             path="/",
         )
         response.delete_cookie(SIGNIN_COOKIE, path="/signin")
@@ -712,9 +726,19 @@ class Inbox:
         query = request.query_params
         shown = {name: query.get(name, "").strip() for name in AUDIT_FILTERS}
         flashes: list[tuple[str, str]] = []
+        try:
+            verify: dict[str, Any] = await self.service.verify_audit(reviewer.principal)
+        except ApprovalServiceError as exc:
+            verify = {"ok": False, "reason": exc.message}
+        # Unfiltered, the page opens on the newest records (the head says where
+        # they are); with filters or a page number, it reads forward like
+        # `aegis audit list`.
+        newest = not any(shown.values())
         records: list[dict[str, Any]] = []
         try:
             filters = _audit_filters(shown)
+            if newest:
+                filters["after_id"] = max(0, _head_id(verify.get("head")) - self._audit_limit)
             records = await self.service.audit_records(
                 reviewer.principal, filters, limit=self._audit_limit + 1
             )
@@ -722,10 +746,6 @@ class Inbox:
             flashes.append(("error", str(exc)))
         except ApprovalServiceError as exc:
             flashes.append(("error", exc.message))
-        try:
-            verify: dict[str, Any] = await self.service.verify_audit(reviewer.principal)
-        except ApprovalServiceError as exc:
-            verify = {"ok": False, "reason": exc.message}
         grants = await self.service.list_grants(reviewer.principal)
         more = len(records) > self._audit_limit
         records = records[: self._audit_limit]
@@ -742,6 +762,7 @@ class Inbox:
                 "page": "audit",
                 "records": records,
                 "next_page": next_page,
+                "newest": newest,
                 "filters": shown,
                 "verify": verify,
                 "grants": [g.to_json() for g in grants],
@@ -817,6 +838,12 @@ def _audit_filters(shown: Mapping[str, str]) -> dict[str, Any]:
             raise ValueError("after must be a record id")
         filters["after_id"] = int(shown["after"])
     return filters
+
+
+def _head_id(head: Any) -> int:
+    """The id of the last record from a head such as ``"42:9f86..."`` (0 when unknown)."""
+    text = str(head or "").partition(":")[0]
+    return int(text) if text.isdigit() else 0
 
 
 def _safe_next(value: str | None) -> str:

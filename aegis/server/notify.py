@@ -247,7 +247,13 @@ def slack_message(event: Notification) -> dict[str, Any]:
     agent = _slack_escape(request.get("requester") or "?", 80)
     request_id = _slack_escape(request.get("id"), 80)
 
-    if event.type == "approval.requested":
+    granted = event.type == "approval.requested" and request.get("status") != "pending"
+    if granted:
+        # filed already approved: a reviewer's grant covers it, nobody needs to act
+        grant = _slack_escape(request.get("grant_id") or "a grant", 80)
+        title = f"Approved by {grant}"
+        text = f"{title}: {what} (risk {risk or '?'}, rule {rule})"
+    elif event.type == "approval.requested":
         title = "Approval needed"
         text = f"Approval needed: {what} (risk {risk or '?'}, rule {rule})"
     elif event.type == "approval.decided" and request.get("status") == "pending":
@@ -298,14 +304,15 @@ def slack_message(event: Notification) -> dict[str, Any]:
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Request {request_id}"}]}
     )
     if event.link:
-        label = "Review request" if event.type == "approval.requested" else "Open request"
+        asking = event.type == "approval.requested" and not granted
+        label = "Review request" if asking else "Open request"
         button: dict[str, Any] = {
             "type": "button",
             "text": {"type": "plain_text", "text": label},
             "url": event.link,
             "action_id": "aegis_open_request",
         }
-        if event.type == "approval.requested":
+        if asking:
             button["style"] = "primary"
         blocks.append({"type": "actions", "elements": [button]})
     return {"text": text, "blocks": blocks}

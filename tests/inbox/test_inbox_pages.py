@@ -82,8 +82,7 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
-@pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
+def build_site(tmp_path: Path, **options: Any) -> tuple[Site, Inbox]:
     """The app (API and inbox) over a fresh SQLite store with three tokens."""
     db = tmp_path / "aegis.db"
     audit = AuditLogger(db)
@@ -93,11 +92,18 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     for name, (role, groups) in TOKENS.items():
         store.create_token(TokenInfo(name, role, groups, now), hash_token(f"{name}-secret"))
     service = ApprovalService(store, audit, approval_ttl=600)
-    inbox = Inbox(service, session_key="k" * 32, poll_interval=0.1)
+    inbox = Inbox(service, session_key="k" * 32, poll_interval=0.1, **options)
     app = create_app(service, routes=inbox.routes())
-    yield Site(app, service, store, db)
+    return Site(app, service, store, db), inbox
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    """The app (API and inbox) over a fresh SQLite store with three tokens."""
+    built, inbox = build_site(tmp_path)
+    yield built
     inbox.close()
-    service.close()
+    built.service.close()
 
 
 async def test_pages_need_a_session_and_carry_a_strict_csp(site: Site) -> None:
@@ -357,3 +363,67 @@ async def test_bad_grant_minutes_are_refused_on_the_page(site: Site) -> None:
 def test_human_duration(seconds: float, text: str) -> None:
     """Clocks on the pages read like 1m 01s, 1h 00m, 1d 1h."""
     assert human_duration(seconds) == text
+
+
+async def test_audit_opens_on_the_newest_records_and_pages_forward(tmp_path: Path) -> None:
+    """Unfiltered, Audit shows the newest records; from the first record it pages forward."""
+    site, inbox = build_site(tmp_path, audit_limit=2)
+    try:
+        for index in range(5):
+            await site.ask(action={"type": f"kind_{index}", "target": "t"})
+        async with site.client() as client:
+            await site.sign_in(client, "alice")
+            newest = (await client.get("/audit")).text
+            first = (await client.get("/audit", params={"after": "0"})).text
+            following = re.search(r'href="(/audit\?after=\d+)" id="next-page"', first)
+            assert following, "no next page link"
+            second = (await client.get(following.group(1).replace("&amp;", "&"))).text
+    finally:
+        inbox.close()
+        site.service.close()
+    assert "kind_4" in newest
+    assert "kind_3" in newest
+    assert "kind_0" not in newest
+    assert "kind_0" in first
+    assert "kind_1" in first
+    assert "kind_2" in second
+    assert "kind_0" not in second
+
+
+async def test_public_url_origin_is_accepted_and_cookies_are_secure(tmp_path: Path) -> None:
+    """Behind a TLS proxy, forms from --public-url's origin are accepted and cookies are Secure."""
+    site, inbox = build_site(tmp_path, public_url="https://aegis.example.com")
+    try:
+        request = await site.ask()
+        async with site.client() as client:
+            form = await client.get("/signin")
+            # the test client keeps Secure cookies off plain http: hand them over
+            client.cookies.set("aegis_signin", form.cookies["aegis_signin"])
+            done = await client.post(
+                "/signin",
+                data={"token": "alice-secret", "csrf": csrf_of(form.text)},
+                headers={"Origin": "https://aegis.example.com"},
+            )
+            assert done.status_code == 303
+            assert done.headers["location"] == "/"
+            cookie = next(
+                c for c in done.headers.get_list("set-cookie") if c.startswith("aegis_session=")
+            )
+            assert "secure" in cookie.lower()
+            client.cookies.set("aegis_session", done.cookies["aegis_session"])
+            csrf = csrf_of((await client.get("/")).text)
+            decided = await client.post(
+                f"/requests/{request['id']}/decision",
+                data={"verdict": "deny", "csrf": csrf},
+                headers={"Origin": "https://aegis.example.com"},
+            )
+            assert decided.status_code == 303
+            other = await client.post(
+                f"/requests/{request['id']}/decision",
+                data={"verdict": "deny", "csrf": csrf},
+                headers={"Origin": "https://other.example.com"},
+            )
+            assert other.status_code == 403
+    finally:
+        inbox.close()
+        site.service.close()

@@ -270,3 +270,13 @@ def test_publish_after_close_is_a_no_op(notifications: list[Notifications]) -> N
         assert notifier.publish("approval.requested", REQUEST) is None
         time.sleep(0.1)
         assert len(receiver.deliveries) == 1
+
+
+def test_slack_says_a_grant_approved_a_request_without_asking() -> None:
+    """A request filed already approved by a grant is announced as such, not as needing approval."""
+    granted = {**REQUEST, "status": "approved", "grant_id": "grt_1"}
+    message = slack_message(Notification("approval.requested", granted, link="http://x/r/1"))
+    assert message["text"].startswith("Approved by grt_1: refund on billing")
+    (button,) = message["blocks"][-1]["elements"]
+    assert "style" not in button
+    assert button["text"]["text"] == "Open request"
