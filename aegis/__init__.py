@@ -23,7 +23,13 @@ from aegis.core.plan import ExecutionPlan
 from aegis.core.policy import Policy, PolicyRule
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import AegisError, AuditError, ConfigurationError, PolicyError
+from aegis.errors import (
+    AegisError,
+    AuditError,
+    ConfigurationError,
+    PolicyError,
+    ToolBlockedError,
+)
 from aegis.runtime.approval import ApprovalHandler, AutoApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
 from aegis.runtime.audit import AuditLogger, VerifyReport
@@ -61,6 +67,7 @@ __all__ = [
     "ResultStatus",
     "RiskLevel",
     "Runtime",
+    "ToolBlockedError",
     "VerifyReport",
     "__version__",
 ]

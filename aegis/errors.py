@@ -3,8 +3,10 @@
     AegisError
     ├── PolicyError (also ValueError)   a policy file or rule is invalid
     ├── AuditError                      the audit trail cannot be read or written
-    └── ConfigurationError (also TypeError)
-                                        Runtime was given something it cannot use
+    ├── ConfigurationError (also TypeError)
+    │                                   Runtime was given something it cannot use
+    └── ToolBlockedError                a framework integration with on_block="raise"
+                                        refused a tool call the policy blocks
 
 A blocked or denied action is not an error: it is a :class:`~aegis.Result`
 with status ``BLOCKED`` or ``DENIED``. Exceptions are for failures.
@@ -12,7 +14,12 @@ with status ``BLOCKED`` or ``DENIED``. Exceptions are for failures.
 
 from __future__ import annotations
 
-__all__ = ["AegisError", "AuditError", "ConfigurationError", "PolicyError"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aegis.core.result import Result
+
+__all__ = ["AegisError", "AuditError", "ConfigurationError", "PolicyError", "ToolBlockedError"]
 
 
 class AegisError(Exception):
@@ -61,3 +68,15 @@ class ConfigurationError(AegisError, TypeError):
     """The runtime was configured with an object it cannot use."""
 
     exit_code = 2
+
+
+class ToolBlockedError(AegisError):
+    """A tool call the policy blocks, raised by an integration with ``on_block="raise"``.
+
+    The blocked call is recorded in the audit trail before this is raised;
+    :attr:`result` is its ``BLOCKED`` Result, naming the rule and the reason.
+    """
+
+    def __init__(self, message: str, *, result: Result | None = None) -> None:
+        super().__init__(message)
+        self.result = result

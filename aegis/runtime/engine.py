@@ -34,6 +34,7 @@ from aegis.core.outcome import ApprovalOutcome
 from aegis.core.plan import ExecutionPlan
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import AegisError, ConfigurationError
+from aegis.runtime._call import binding_for
 from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
 
@@ -273,8 +274,14 @@ class Runtime:
         ``"denied: timeout: ..."`` or ``"denied: error: ..."``).
         """
         started = _now()
+        # A framework integration may bring an answer given while its run was
+        # suspended; it passes the same checks as a fresh one (see _call).
+        binding = binding_for(decision.action)
         try:
-            if self.approval_timeout is None:
+            approved: Any
+            if binding is not None and binding.answer is not None:
+                approved = binding.answer
+            elif self.approval_timeout is None:
                 approved = await self._ask(decision)
             else:
                 approved = await asyncio.wait_for(self._ask(decision), self.approval_timeout)
@@ -323,8 +330,10 @@ class Runtime:
         approved, whatever the executor put in it.
         """
         started = _now()
+        binding = binding_for(action)  # a framework's tool runs its own call
+        execute = self._execute_action if binding is None else binding.execute
         try:
-            out = self._execute_action(action)
+            out = execute(action)
             if inspect.isawaitable(out):
                 limit = self.execute_timeout
                 out = await (out if limit is None else _in_time(out, limit))
