@@ -28,6 +28,7 @@ from aegis.errors import (
     AuditError,
     ConfigurationError,
     PolicyError,
+    StoreError,
     ToolBlockedError,
 )
 from aegis.runtime.approval import ApprovalHandler, AutoApprovalHandler, CLIApprovalHandler
@@ -67,6 +68,7 @@ __all__ = [
     "ResultStatus",
     "RiskLevel",
     "Runtime",
+    "StoreError",
     "ToolBlockedError",
     "VerifyReport",
     "__version__",

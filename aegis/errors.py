@@ -3,6 +3,7 @@
     AegisError
     ├── PolicyError (also ValueError)   a policy file or rule is invalid
     ├── AuditError                      the audit trail cannot be read or written
+    │   └── StoreError                  the store's database failed (SQLite, PostgreSQL)
     ├── ConfigurationError (also TypeError)
     │                                   Runtime was given something it cannot use
     └── ToolBlockedError                a framework integration with on_block="raise"
@@ -19,7 +20,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from aegis.core.result import Result
 
-__all__ = ["AegisError", "AuditError", "ConfigurationError", "PolicyError", "ToolBlockedError"]
+__all__ = [
+    "AegisError",
+    "AuditError",
+    "ConfigurationError",
+    "PolicyError",
+    "StoreError",
+    "ToolBlockedError",
+]
 
 
 class AegisError(Exception):
@@ -62,6 +70,14 @@ class PolicyError(AegisError, ValueError):
 
 class AuditError(AegisError):
     """The audit trail could not be opened, written or read."""
+
+
+class StoreError(AuditError):
+    """The database behind a store failed or is not one Aegis can use.
+
+    The message names the database (a DSN with its password masked) and
+    what to do; the database driver's exception is the ``__cause__``.
+    """
 
 
 class ConfigurationError(AegisError, TypeError):

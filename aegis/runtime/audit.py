@@ -20,13 +20,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from aegis.core.decision import PolicyDecision
+from aegis.core.record import ContextValue
 from aegis.core.result import Result
 from aegis.errors import AuditError
 from aegis.runtime._journal import StartJournal, read_journals
@@ -48,7 +49,7 @@ from aegis.runtime.audit_backend import (
 __all__ = ["AuditLogger", "VerifyReport"]
 
 #: bump with a new entry in _MIGRATIONS whenever the schema changes
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: PRAGMA application_id of Aegis audit databases ("AEGS")
 APPLICATION_ID: Final = 0x41454753
 
@@ -79,10 +80,17 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         )""",
         "CREATE INDEX audit_log_session ON audit_log (session_id, id)",
     ),
+    # from version 1: the decide step's time, the policy's digest and the
+    # caller's context (records written before have NULL there)
+    1: (
+        "ALTER TABLE audit_log ADD COLUMN context TEXT",
+        "ALTER TABLE audit_log ADD COLUMN decided_at TEXT",
+        "ALTER TABLE audit_log ADD COLUMN policy_digest TEXT",
+    ),
 }
 
 _COLUMNS: Final = ", ".join(RECORD_FIELDS)
-_INSERT: Final = f"INSERT INTO audit_log ({_COLUMNS}, start_ref) VALUES ({', '.join('?' * 20)})"
+_INSERT: Final = f"INSERT INTO audit_log ({_COLUMNS}, start_ref) VALUES ({', '.join('?' * 23)})"
 _LAST: Final = "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
 _PAGE: Final = 1000
 
@@ -125,6 +133,7 @@ def _to_record(row: tuple[Any, ...]) -> dict[str, Any]:
     record = dict(zip(RECORD_FIELDS, row, strict=True))
     record["action_params"] = _load(row[5])
     record["result_data"] = _load(row[13])
+    record["context"] = _load(row[17])
     return record
 
 
@@ -143,7 +152,7 @@ def _load(stored: object) -> Any:
 _SCALARS: Final = tuple(
     (i, name)
     for i, name in enumerate(RECORD_FIELDS)
-    if name not in ("action_params", "result_data")
+    if name not in ("action_params", "result_data", "context")
 )
 
 
@@ -152,7 +161,7 @@ _LINE_COLUMNS: Final = (
     "id, json_object("
     + ", ".join(
         f"'{name}', json({name})"
-        if name in ("action_params", "result_data")
+        if name in ("action_params", "result_data", "context")
         else f"'{name}', {name}"
         for name in RECORD_FIELDS
     )
@@ -164,7 +173,11 @@ def _to_line(row: tuple[Any, ...]) -> str:
     # An exported line, built without decoding the stored JSON columns: they
     # are canonical JSON text already and nest verbatim.
     head = encode_compact({name: row[i] for i, name in _SCALARS})
-    return f'{head[:-1]},"action_params":{_json_text(row[5])},"result_data":{_json_text(row[13])}}}'
+    context = "null" if row[17] is None else _json_text(row[17])
+    return (
+        f'{head[:-1]},"action_params":{_json_text(row[5])},'
+        f'"result_data":{_json_text(row[13])},"context":{context}}}'
+    )
 
 
 def _json_text(stored: object) -> str:
@@ -543,6 +556,9 @@ class AuditLogger(RecordReader):
         *,
         result: Result | None = None,
         human_decision: str | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int:
         """Write one finished record now and return its id; safe from any thread.
 
@@ -550,7 +566,15 @@ class AuditLogger(RecordReader):
         decision, ``"denied"`` when ``human_decision`` starts with
         ``"denied"``, and ``None`` otherwise.
         """
-        values = record_values(session_id, decision, result, human_decision)
+        values = record_values(
+            session_id,
+            decision,
+            result,
+            human_decision,
+            context=context,
+            decided_at=decided_at,
+            policy_digest=policy_digest,
+        )
         rows = self._write([(values, None, None)])
         self._publish(rows)
         return int(rows[0][0])
@@ -561,6 +585,9 @@ class AuditLogger(RecordReader):
         decision: PolicyDecision,
         *,
         human_decision: str | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int | None:
         """Mark an action as started; return the token to pass to :meth:`record`.
 
@@ -582,6 +609,9 @@ class AuditLogger(RecordReader):
             "matched_rule": decision.matched_rule,
             "reason": decision.reason,
             "human_decision": human_decision,
+            "context": dict(context) if context else None,
+            "decided_at": decided_at,
+            "policy_digest": policy_digest,
             "after": self._last_id,
         }
         with self._lock:
@@ -603,6 +633,9 @@ class AuditLogger(RecordReader):
         result: Result,
         human_decision: str | None = None,
         start_token: int | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int:
         """Append the final record of an action and return its id once committed.
 
@@ -615,7 +648,14 @@ class AuditLogger(RecordReader):
             else self._journal.params_json(start_token, decision.action.params)
         )
         values = record_values(
-            session_id, decision, result, human_decision, params_json=params_json
+            session_id,
+            decision,
+            result,
+            human_decision,
+            params_json=params_json,
+            context=context,
+            decided_at=decided_at,
+            policy_digest=policy_digest,
         )
         return await self._submit(values, start_token)
 
@@ -757,19 +797,19 @@ class AuditLogger(RecordReader):
                     f"record {missing} is missing: ids jump from {checked} to {record_id} "
                     "(records were deleted or renumbered)",
                 )
-            if row[17] != prev_hash:
+            if row[20] != prev_hash:
                 return fail(
                     record_id,
                     f"record {record_id} does not link to record {checked}: its prev_hash "
                     "differs (records were inserted, deleted or reordered)",
                 )
-            if hash_row(row) != row[18]:
+            if hash_row(row) != row[21]:
                 return fail(
                     record_id,
                     f"record {record_id} was modified: its content does not match its hash",
                 )
             checked = record_id
-            prev_hash = row[18]
+            prev_hash = row[21]
             if expected is not None and record_id == expected[0]:
                 hash_at_expected = prev_hash
         head = f"{checked}:{prev_hash}"

@@ -12,7 +12,8 @@ represent is stored as its ``repr`` so that auditing never fails on data.
 The chain hash of a record (:func:`record_hash`) is the SHA-256 of a
 compact JSON array of every field except ``hash``, in the order of
 :data:`HASHED_FIELDS` (objects inside with sorted keys, and the length of
-the params text before it). It can be recomputed from an exported JSONL
+the params text before it), then an object of the non-null
+:data:`EXTENSION_FIELDS`. It can be recomputed from an exported JSONL
 line::
 
     rec = json.loads(line)
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.record import ContextValue, isoformat
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError
@@ -73,9 +75,16 @@ RECORD_FIELDS: tuple[str, ...] = (
     "result_error",
     "started_at",
     "completed_at",
+    "context",
+    "decided_at",
+    "policy_digest",
     "prev_hash",
     "hash",
 )
+
+#: the fields added after the first schema, hashed as one trailing JSON object
+#: of those that are not null (so records written before them still verify)
+EXTENSION_FIELDS: tuple[str, ...] = ("context", "decided_at", "policy_digest")
 
 #: a callable that receives each new record after it is stored
 Subscriber = Callable[[dict[str, Any]], object]
@@ -97,6 +106,9 @@ class AuditBackend(Protocol):
         *,
         result: Result | None = None,
         human_decision: str | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int:
         """Write one finished record synchronously and return its id."""
         ...
@@ -107,6 +119,9 @@ class AuditBackend(Protocol):
         decision: PolicyDecision,
         *,
         human_decision: str | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int | None:
         """Note that an action is about to run; return a token for :meth:`record`."""
         ...
@@ -119,8 +134,15 @@ class AuditBackend(Protocol):
         result: Result,
         human_decision: str | None = None,
         start_token: int | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int:
-        """Write the final record of an action, clearing its start marker; return its id."""
+        """Write the final record of an action, clearing its start marker; return its id.
+
+        ``context``, ``decided_at`` and ``policy_digest`` come from the
+        decide step (see :class:`~aegis.core.record.DecisionStamp`).
+        """
         ...
 
     def get_log(
@@ -258,6 +280,19 @@ HASHED_FIELDS: tuple[str, ...] = (
 )
 
 
+def _extension_text(context: str | None, decided_at: str | None, digest: str | None) -> str:
+    # The canonical JSON of the non-null extension fields, keys sorted;
+    # ``context`` is canonical JSON text already and nests verbatim.
+    parts = []
+    if context is not None and context != "null":
+        parts.append(f'"context":{context}')
+    if decided_at is not None:
+        parts.append(f'"decided_at":{_encode(decided_at)}')
+    if digest is not None:
+        parts.append(f'"policy_digest":{_encode(digest)}')
+    return f",{{{','.join(parts)}}}" if parts else ""
+
+
 def hash_row(row: Sequence[Any]) -> str:
     """Hash a stored row (columns in :data:`RECORD_FIELDS` order, up to ``prev_hash``).
 
@@ -271,11 +306,12 @@ def hash_row(row: Sequence[Any]) -> str:
     scalars = _encode(
         [
             row[0], row[1], row[2], row[3], row[4], row[6], row[7], row[8],
-            row[9], row[10], row[11], row[12], row[14], row[15], row[16], row[17],
+            row[9], row[10], row[11], row[12], row[14], row[15], row[16], row[20],
         ]
     )  # fmt: skip
     params = row[5]
-    text = f"{scalars[:-1]},{len(params)},{params},{row[13]}]"
+    extension = _extension_text(row[17], row[18], row[19])
+    text = f"{scalars[:-1]},{len(params)},{params},{row[13]}{extension}]"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -288,25 +324,15 @@ def record_hash(record: Mapping[str, Any]) -> str:
     ``action_params``, that text, and the canonical JSON of ``result_data``
     (objects with sorted keys). The length, in Unicode code points, pins
     where the params end, so no text can move between the two JSON values
-    unnoticed.
+    unnoticed. Last comes an object of the :data:`EXTENSION_FIELDS` that are
+    not null, left out when all are.
     """
     params = _encode(record.get("action_params"))
     scalars = _encode([record.get(name) for name in HASHED_FIELDS[:-2]])
-    text = f"{scalars[:-1]},{len(params)},{params},{_encode(record.get('result_data'))}]"
+    extension = {name: record[name] for name in EXTENSION_FIELDS if record.get(name) is not None}
+    tail = f",{_encode(extension)}" if extension else ""
+    text = f"{scalars[:-1]},{len(params)},{params},{_encode(record.get('result_data'))}{tail}]"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def isoformat(moment: datetime) -> str:
-    """Return ``moment`` as a fixed-width ISO 8601 UTC string (naive means UTC).
-
-    The fixed width keeps string comparison in time order, which the
-    ``since``/``until`` filters rely on.
-    """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    elif moment.utcoffset():
-        moment = moment.astimezone(UTC)
-    return moment.isoformat(timespec="microseconds")
 
 
 def status_without_result(decision: PolicyDecision, human_decision: str | None) -> str | None:
@@ -326,7 +352,7 @@ def status_without_result(decision: PolicyDecision, human_decision: str | None) 
 #: ``prev_hash`` and ``hash``; the JSON fields are canonical JSON text
 RecordValues = tuple[
     str, str, str, str, str, str, str, str, str, str, str | None, str | None,
-    str, str | None, str | None, str | None,
+    str, str | None, str | None, str | None, str | None, str | None, str | None,
 ]  # fmt: skip
 
 
@@ -338,6 +364,9 @@ def record_values(
     timestamp: str | None = None,
     *,
     params_json: str | None = None,
+    context: Mapping[str, ContextValue] | None = None,
+    decided_at: str | None = None,
+    policy_digest: str | None = None,
 ) -> RecordValues:
     """Flatten a decision and its result into the stored values of a record.
 
@@ -378,6 +407,9 @@ def record_values(
         error,
         started,
         completed,
+        None if not context else dump_json(context),
+        decided_at,
+        policy_digest,
     )
 
 

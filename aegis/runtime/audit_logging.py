@@ -19,10 +19,11 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from aegis.core.decision import PolicyDecision
+from aegis.core.record import ContextValue
 from aegis.core.result import Result
 from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError
@@ -84,16 +85,28 @@ class LoggingAuditLogger(RecordReader):
         *,
         result: Result | None = None,
         human_decision: str | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int:
         """Log one finished record and return its id (1, 2, ... per logger)."""
         self._check_open()
-        values = record_values(session_id, decision, result, human_decision)
+        values = record_values(
+            session_id,
+            decision,
+            result,
+            human_decision,
+            context=context,
+            decided_at=decided_at,
+            policy_digest=policy_digest,
+        )
         with self._lock:
             record_id = self._next_id
             self._next_id += 1
             record = dict(zip(_FIELDS, (record_id, *values), strict=True))
             record["action_params"] = json.loads(values[4])
             record["result_data"] = json.loads(values[12])
+            record["context"] = None if values[16] is None else json.loads(values[16])
             self._records.append(record)
         level = LEVELS[values[6]]
         if self.logger.isEnabledFor(level):
@@ -112,6 +125,9 @@ class LoggingAuditLogger(RecordReader):
         decision: PolicyDecision,
         *,
         human_decision: str | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int | None:
         """Log a DEBUG line that the action is starting; there is no token, so ``None``."""
         self._check_open()
@@ -134,9 +150,20 @@ class LoggingAuditLogger(RecordReader):
         result: Result,
         human_decision: str | None = None,
         start_token: int | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int:
         """Log the final record of an action and return its id."""
-        return self.log(session_id, decision, result=result, human_decision=human_decision)
+        return self.log(
+            session_id,
+            decision,
+            result=result,
+            human_decision=human_decision,
+            context=context,
+            decided_at=decided_at,
+            policy_digest=policy_digest,
+        )
 
     def _select(
         self, filters: Filters, after_id: int | None, limit: int | None

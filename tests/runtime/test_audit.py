@@ -82,7 +82,15 @@ def test_a_logged_record_round_trips_every_field(audit: AuditLogger) -> None:
         started_at=T0,
         completed_at=T0 + timedelta(seconds=2),
     )
-    record_id = audit.log("sess-1", decision, result=result, human_decision="approved")
+    record_id = audit.log(
+        "sess-1",
+        decision,
+        result=result,
+        human_decision="approved",
+        context={"tool_call_id": "call_1", "attempt": 2, "retry": False},
+        decided_at="2024-05-01T11:59:59.000000+00:00",
+        policy_digest="ab" * 32,
+    )
     [record] = audit.get_log()
     assert tuple(record) == RECORD_FIELDS
     timestamp = datetime.fromisoformat(record.pop("timestamp"))
@@ -105,6 +113,9 @@ def test_a_logged_record_round_trips_every_field(audit: AuditLogger) -> None:
         "result_error": "gateway timeout",
         "started_at": "2024-05-01T12:00:00.000000+00:00",
         "completed_at": "2024-05-01T12:00:02.000000+00:00",
+        "context": {"tool_call_id": "call_1", "attempt": 2, "retry": False},
+        "decided_at": "2024-05-01T11:59:59.000000+00:00",
+        "policy_digest": "ab" * 32,
         "prev_hash": GENESIS_HASH,
         "hash": record["hash"],
     }

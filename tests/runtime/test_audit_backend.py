@@ -95,7 +95,15 @@ def test_the_fast_hash_equals_the_documented_hash(
         "prev_hash": texts[9],
         "hash": texts[10],
     }
-    stored = {**record, "action_params": dump_json(params), "result_data": dump_json(data)}
+    record.update(context=None, decided_at=optionals[3], policy_digest=optionals[4])
+    if params:
+        record["context"] = {"from_params": dump_json(params)}
+    stored = {
+        **record,
+        "action_params": dump_json(params),
+        "result_data": dump_json(data),
+        "context": None if record["context"] is None else dump_json(record["context"]),
+    }
     row = [stored[name] for name in RECORD_FIELDS if name != "hash"]
     assert hash_row(row) == record_hash(record)
 
@@ -254,7 +262,7 @@ def test_non_finite_floats_are_stored_as_strings(value: Any, stored: Any) -> Non
 def test_moving_text_between_the_json_columns_changes_the_hash() -> None:
     """The hash pins where params end, so text shifted into result_data is caught."""
     row = [1, "s", "t", "read", "crm", '{"amount":1,"to":"alice"}', "", "LOW", "auto", "r", ""]
-    row += [None, "success", "null", None, None, None, GENESIS_HASH]
+    row += [None, "success", "null", None, None, None, None, None, None, GENESIS_HASH]
     shifted = list(row)
     shifted[5], shifted[13] = '{"amount":1', '"to":"alice"},null'
     assert hash_row(row) != hash_row(shifted)

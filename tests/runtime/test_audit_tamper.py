@@ -156,7 +156,8 @@ def test_a_forged_record_appended_is_caught(db: Path, raw: sqlite3.Connection) -
         "INSERT INTO audit_log SELECT ?, session_id, timestamp, action_type, action_target,"
         " action_params, action_desc, risk_level, approval, matched_rule, reason,"
         " human_decision, result_status, result_data, result_error, started_at,"
-        " completed_at, (SELECT hash FROM audit_log WHERE id = ?), hash, NULL"
+        " completed_at, (SELECT hash FROM audit_log WHERE id = ?), hash, NULL,"
+        " context, decided_at, policy_digest"
         " FROM audit_log WHERE id = 3",
         (RECORDS + 1, RECORDS),
     )
