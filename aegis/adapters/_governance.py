@@ -133,13 +133,15 @@ class Governor:
         """The action a call asks for."""
         return Action(call.name, self.target, dict(call.args), call.description or "")
 
-    def context(self, call: ToolCall) -> dict[str, str | None]:
+    def context(self, call: ToolCall) -> dict[str, str]:
         """What the audit record says about the call besides the action."""
-        return {
-            "framework": self.framework,
-            "tool_call_id": call.call_id,
-            "agent": call.agent or self.agent,
-        }
+        context = {"framework": self.framework}
+        if call.call_id is not None:
+            context["tool_call_id"] = call.call_id
+        agent = call.agent or self.agent
+        if agent is not None:
+            context["agent"] = agent
+        return context
 
     def decide(self, call: ToolCall) -> PolicyDecision:
         """The policy's decision for a call now; nothing is recorded."""
