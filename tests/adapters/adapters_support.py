@@ -132,8 +132,11 @@ class LangChainHarness:
         return run
 
 
-def scripted_chat_model(calls: list[Call]) -> Any:
-    """LangChain's fake chat model asking for ``calls``, then saying "done"."""
+def scripted_chat_model(calls: list[Call], *, resumed: bool = False) -> Any:
+    """LangChain's fake chat model asking for ``calls``, then saying "done".
+
+    ``resumed`` leaves the first turn out: the run it serves made it already.
+    """
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
     from langchain_core.messages import AIMessage
 
@@ -158,7 +161,7 @@ def scripted_chat_model(calls: list[Call]) -> Any:
         ),
         AIMessage(content="done"),
     ]
-    return ScriptedChatModel(messages=iter(turns), seen=[])
+    return ScriptedChatModel(messages=iter(turns[1:] if resumed else turns), seen=[])
 
 
 # ---------------------------------------------------------------- OpenAI Agents SDK
