@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from aegis.adapters.base import BaseExecutor
+from aegis.adapters.base import BaseExecutor, ToolCallExecutor
 from aegis.core.action import Action, FrozenDict
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
@@ -70,6 +70,7 @@ __all__ = [
     "Runtime",
     "StoreError",
     "ToolBlockedError",
+    "ToolCallExecutor",
     "VerifyReport",
     "__version__",
 ]
