@@ -14,6 +14,7 @@ an executor, and a tamper-evident audit trail::
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from aegis.adapters.base import BaseExecutor, ToolCallExecutor
 from aegis.core.action import Action, FrozenDict
@@ -25,6 +26,7 @@ from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import (
     AegisError,
+    ApprovalServiceError,
     AuditError,
     ConfigurationError,
     PolicyError,
@@ -38,6 +40,9 @@ from aegis.runtime.audit_backend import AuditBackend
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.engine import Runtime
 
+if TYPE_CHECKING:
+    from aegis.runtime.approval_remote import RemoteApprovalHandler
+
 try:
     __version__ = version("aegis-runtime")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -49,6 +54,7 @@ __all__ = [
     "Approval",
     "ApprovalHandler",
     "ApprovalOutcome",
+    "ApprovalServiceError",
     "AuditBackend",
     "AuditError",
     "AuditLogger",
@@ -64,6 +70,7 @@ __all__ = [
     "PolicyDecision",
     "PolicyError",
     "PolicyRule",
+    "RemoteApprovalHandler",
     "Result",
     "ResultStatus",
     "RiskLevel",
@@ -74,3 +81,12 @@ __all__ = [
     "VerifyReport",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RemoteApprovalHandler needs httpx (the server extra): import it on first use only.
+    if name == "RemoteApprovalHandler":
+        from aegis.runtime.approval_remote import RemoteApprovalHandler  # noqa: PLC0415
+
+        return RemoteApprovalHandler
+    raise AttributeError(f"module 'aegis' has no attribute {name!r}")

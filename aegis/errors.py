@@ -6,6 +6,7 @@
     │   └── StoreError                  the store's database failed (SQLite, PostgreSQL)
     ├── ConfigurationError (also TypeError)
     │                                   Runtime was given something it cannot use
+    ├── ApprovalServiceError            the approval service refused or failed a request
     └── ToolBlockedError                a framework integration with on_block="raise"
                                         refused a tool call the policy blocks
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AegisError",
+    "ApprovalServiceError",
     "AuditError",
     "ConfigurationError",
     "PolicyError",
@@ -84,6 +86,21 @@ class ConfigurationError(AegisError, TypeError):
     """The runtime was configured with an object it cannot use."""
 
     exit_code = 2
+
+
+class ApprovalServiceError(AegisError):
+    """The approval service refused a request, or could not be reached.
+
+    ``status`` is the HTTP status the service answers with (401, 403, 404,
+    409, 422, 503, ...) and ``code`` a short machine-readable name such as
+    ``"not_pending"``; the message says what went wrong and what to do.
+    """
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
 
 
 class ToolBlockedError(AegisError):
