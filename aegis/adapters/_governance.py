@@ -28,6 +28,7 @@ import inspect
 import json
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -230,8 +231,8 @@ class Governor:
         possibly in another process. Others are asked when the run resumes.
         A request that cannot be created is logged; the resume asks afresh.
         """
-        handler = self.runtime.approval_handler
-        if not isinstance(handler, SuspendableApprovalHandler):
+        handler = _suspendable(self.runtime.approval_handler)
+        if handler is None:
             return None
         try:
             return await handler.submit_approval(decision, context=self.context(call))
@@ -245,8 +246,8 @@ class Governor:
         Falls back to :meth:`ask` when the handler cannot collect; a failure
         or a timeout is a denial with its reason.
         """
-        handler = self.runtime.approval_handler
-        if not isinstance(handler, SuspendableApprovalHandler):
+        handler = _suspendable(self.runtime.approval_handler)
+        if handler is None:
             return await self.ask(decision)
         digest = action_digest(decision.action)
         timeout = self.runtime.approval_timeout
@@ -318,6 +319,18 @@ class SuspendableApprovalHandler(Protocol):
         self, request_id: str, decision: PolicyDecision
     ) -> bool | ApprovalOutcome:
         """Wait for the answer to request ``request_id`` about ``decision``."""
+
+
+def _suspendable(handler: object) -> SuspendableApprovalHandler | None:
+    """``handler`` as one that can ask now and answer later, if it can."""
+    if isinstance(handler, SuspendableApprovalHandler):
+        return handler
+    remote = sys.modules.get("aegis.runtime.approval_remote")
+    if remote is not None and isinstance(handler, remote.RemoteApprovalHandler):
+        from aegis.adapters._remote import RemoteSuspension  # noqa: PLC0415  # needs httpx
+
+        return RemoteSuspension(handler)
+    return None
 
 
 def bind_answer(answer: object, digest: str) -> ApprovalOutcome:

@@ -63,6 +63,8 @@ _FRAMEWORK = "openai-agents"
 #: the attributes of a governed FunctionTool holding its Governor and action type
 _MARK = "_aegis_governor"
 _KIND = "_aegis_action_type"
+#: the key of a run's dict context under which approval request ids travel
+_CONTEXT_KEY = "aegis_approval_requests"
 
 #: approvals settled by resolve_interruptions, by runtime and call id, until the call runs
 _settled: weakref.WeakKeyDictionary[Any, dict[str, ApprovalOutcome]] = weakref.WeakKeyDictionary()
@@ -167,6 +169,7 @@ def _governed(tool: Any, governor: Governor, *, action_type: str | None = None) 
             request_id = await governor.submit(decision, call)
             if request_id is not None:
                 pending[call_id] = request_id
+                _remember(context, call_id, request_id)
         return True
 
     async def check(data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
@@ -279,7 +282,7 @@ async def _settle(state: RunState[Any, Any], item: Any, tool: Any, governor: Gov
         state.reject(item, rejection_message=governor.refusal(call, result))
         return
     requests = _requests.setdefault(governor.runtime, {})
-    request_id = requests.pop(call.call_id or "", None)
+    request_id = requests.pop(call.call_id or "", None) or _recalled(state, call.call_id)
     if request_id is None:
         # Suspended in another process: the service returns the pending
         # request of the same session and action instead of a second one.
@@ -296,6 +299,28 @@ async def _settle(state: RunState[Any, Any], item: Any, tool: Any, governor: Gov
     # Recorded now (the call never runs), then the model is told why.
     result = await governor.run(call, _never, outcome)
     state.reject(item, rejection_message=governor.refusal(call, result))
+
+
+def _remember(context: RunContextWrapper[Any], call_id: str, request_id: str) -> None:
+    """Keep the request id in the run's context, so that the saved state carries it.
+
+    Only a context that is ``None`` or a plain dict can hold it; a run
+    resumed elsewhere without it asks the service again (which re-attaches
+    to the request while it is pending).
+    """
+    if context.context is None:
+        context.context = {}
+    if type(context.context) is dict:
+        context.context.setdefault(_CONTEXT_KEY, {})[call_id] = request_id
+
+
+def _recalled(state: RunState[Any, Any], call_id: str | None) -> str | None:
+    wrapper = getattr(state, "_context", None)
+    held = getattr(wrapper, "context", None)
+    if not isinstance(held, dict) or call_id is None:
+        return None
+    found = (held.get(_CONTEXT_KEY) or {}).get(call_id)
+    return found if isinstance(found, str) else None
 
 
 def _tool_of(item: Any) -> Any:
