@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import queue
 import sys
@@ -50,8 +49,6 @@ __all__ = [
     "SuspendableApprovalHandler",
     "ToolCall",
     "missing_extra",
-    "outcome_from_json",
-    "outcome_to_json",
 ]
 
 _log = logging.getLogger("aegis.adapters")
@@ -348,50 +345,6 @@ def bind_answer(answer: object, digest: str) -> ApprovalOutcome:
     return ApprovalOutcome(
         False, reason=f"approval handler returned {answer!r}, not True or False", digest=digest
     )
-
-
-# ---------------------------------------------------------------- outcomes as JSON
-
-_TEXT_FIELDS = ("comment", "reason", "request_id", "grant", "digest")
-
-
-def outcome_to_json(outcome: ApprovalOutcome) -> dict[str, Any]:
-    """``outcome`` as a JSON object (for checkpoints and interrupt payloads)."""
-    data: dict[str, Any] = {
-        "approved": outcome.approved is True,
-        "reviewers": list(outcome.reviewers),
-    }
-    for name in _TEXT_FIELDS:
-        data[name] = getattr(outcome, name)
-    return data
-
-
-def outcome_from_json(data: object) -> ApprovalOutcome:
-    """The outcome :func:`outcome_to_json` wrote; anything malformed is a denial."""
-    if not isinstance(data, Mapping):
-        return ApprovalOutcome(False, reason=f"malformed approval: {_short(data)}")
-    approved = data.get("approved")
-    reviewers = data.get("reviewers", [])
-    texts = {name: data.get(name) for name in _TEXT_FIELDS}
-    if (
-        not isinstance(approved, bool)
-        or not isinstance(reviewers, list | tuple)
-        or not all(isinstance(r, str) for r in reviewers)
-        or not all(v is None or isinstance(v, str) for v in texts.values())
-    ):
-        return ApprovalOutcome(False, reason=f"malformed approval: {_short(data)}")
-    if approved and texts["digest"] is None:
-        # An approval that does not say what it approved cannot be bound.
-        return ApprovalOutcome(False, reason="the approval names no action digest")
-    return ApprovalOutcome(approved, reviewers=tuple(reviewers), **texts)
-
-
-def _short(value: object) -> str:
-    try:
-        text = json.dumps(value, default=repr)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 # ---------------------------------------------------------------- sync bridge

@@ -39,16 +39,16 @@ Example::
 from __future__ import annotations
 
 import json
+import secrets
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Annotated, Any, NotRequired
+from typing import Any
 
 from aegis.adapters._governance import (
     Governor,
     OnBlock,
     ToolCall,
     missing_extra,
-    outcome_from_json,
-    outcome_to_json,
 )
 from aegis.adapters.base import BaseExecutor
 from aegis.core.action import Action, action_digest, thaw
@@ -58,8 +58,7 @@ from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError
 
 try:
-    from langchain.agents.middleware import AgentMiddleware, AgentState
-    from langchain.agents.middleware.types import PrivateStateAttr
+    from langchain.agents.middleware import AgentMiddleware
     from langchain_core.messages import AIMessage, ToolMessage
     from langchain_core.tools import BaseTool
     from langgraph.errors import GraphInterrupt
@@ -80,14 +79,39 @@ __all__ = [
 _FRAMEWORK = "langchain"
 #: the interrupt payload key that marks an Aegis interrupt
 _KEY = "aegis"
-#: the private state key holding this turn's settled approvals, by tool call id
-_STATE_KEY = "aegis_approvals"
 
 
-class _AegisState(AgentState[Any]):
-    """Agent state with the approvals settled while the run was suspended."""
+class _Answers:
+    """Approval outcomes obtained by :func:`resolve_interrupts`, waiting for their run.
 
-    aegis_approvals: NotRequired[Annotated[dict[str, dict[str, Any]], PrivateStateAttr]]
+    The outcomes never travel through the resume value or the graph state:
+    both can be written by whoever may resume the thread (an inbox UI, a
+    LangGraph server's client), and an approval must not be forgeable. The
+    resume value carries only an unguessable reference to an outcome held
+    here, in the process that asked the approval handler and resumes the run.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_ref: dict[str, tuple[str | None, ApprovalOutcome, str]] = {}
+
+    def keep(self, call_id: str | None, outcome: ApprovalOutcome, description: str) -> str:
+        ref = secrets.token_hex(16)
+        with self._lock:
+            self._by_ref[ref] = (call_id, outcome, description)
+        return ref
+
+    def take(self, ref: object, call_id: str | None) -> tuple[ApprovalOutcome, str] | None:
+        if not isinstance(ref, str):
+            return None
+        with self._lock:
+            found = self._by_ref.pop(ref, None)
+        if found is None or found[0] != call_id:
+            return None
+        return found[1], found[2]
+
+
+_answers = _Answers()
 
 
 class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
@@ -111,8 +135,6 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
     run. ``edit`` answers are refused: only approved arguments run.
     """
 
-    state_schema = _AegisState
-
     def __init__(
         self,
         runtime: Any,
@@ -126,8 +148,11 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
             runtime, target=target, framework=_FRAMEWORK, on_block=on_block, agent=agent
         )
         # Tool descriptions, learnt from the model requests: after_model only
-        # sees the calls. A resumed run gets them back from the answers.
+        # sees the calls. A resumed run gets them back with the answers.
         self._descriptions: dict[str, str] = {}
+        # Settled answers by tool call id, from after_model to wrap_tool_call.
+        self._settled: dict[str, tuple[ApprovalOutcome, str]] = {}
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------ model turn
 
@@ -151,27 +176,29 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         """Suspend the run for the calls of this turn that need approval."""
         pending = self._pending(state)
         if pending is None:
-            return _clear(state)
+            return None
         payload = _payload(pending)
         try:
             answer = interrupt(payload)
         except GraphInterrupt:
             self.governor.call_sync(self._submit(pending, payload))
             raise
-        return self._settle(pending, answer)
+        self._settle(pending, answer)
+        return None
 
     async def aafter_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
         """Suspend the run for the calls of this turn that need approval."""
         pending = self._pending(state)
         if pending is None:
-            return _clear(state)
+            return None
         payload = _payload(pending)
         try:
             answer = interrupt(payload)
         except GraphInterrupt:
             await self._submit(pending, payload)
             raise
-        return self._settle(pending, answer)
+        self._settle(pending, answer)
+        return None
 
     def _pending(self, state: Any) -> list[tuple[ToolCall, PolicyDecision]] | None:
         messages = state.get("messages") or []
@@ -212,9 +239,7 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         for (call, decision), request in zip(pending, payload[_KEY]["requests"], strict=True):
             request["request_id"] = await self.governor.submit(decision, call)
 
-    def _settle(
-        self, pending: list[tuple[ToolCall, PolicyDecision]], answer: object
-    ) -> dict[str, Any]:
+    def _settle(self, pending: list[tuple[ToolCall, PolicyDecision]], answer: object) -> None:
         decisions = answer.get("decisions") if isinstance(answer, Mapping) else None
         if not isinstance(decisions, list) or len(decisions) != len(pending):
             raise ConfigurationError(
@@ -222,12 +247,11 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
                 f"decision per action request ({len(pending)}), got {_short(answer)}; use "
                 "aegis.adapters.langchain.resolve_interrupts(agent, config, runtime)"
             )
-        settled: dict[str, dict[str, Any]] = {}
         for (call, _), decision in zip(pending, decisions, strict=True):
-            record = _record(call, decision, self.governor.target)
-            if record is not None and call.call_id is not None:
-                settled[call.call_id] = record
-        return {_STATE_KEY: settled}
+            settled = _settled_answer(call, decision, self.governor.target)
+            if settled is not None and call.call_id is not None:
+                with self._lock:
+                    self._settled[call.call_id] = settled
 
     # ------------------------------------------------------------ tool calls
 
@@ -247,14 +271,11 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
 
     def _tool_call(self, request: ToolCallRequest) -> tuple[ToolCall, ApprovalOutcome | None]:
         tool_call = request.tool_call
-        approvals = (
-            (request.state or {}).get(_STATE_KEY) if isinstance(request.state, Mapping) else None
-        )
-        record = approvals.get(tool_call.get("id")) if isinstance(approvals, Mapping) else None
-        if isinstance(record, Mapping):
-            description = record.get("description")
-            call = self._call(tool_call, description if isinstance(description, str) else "")
-            return call, outcome_from_json(record.get("outcome"))
+        with self._lock:
+            settled = self._settled.pop(str(tool_call.get("id")), None)
+        if settled is not None:
+            outcome, description = settled
+            return self._call(tool_call, description), outcome
         tool = request.tool
         description = getattr(tool, "description", "") if tool is not None else ""
         return self._call(tool_call, description or ""), None
@@ -315,11 +336,6 @@ def _content(content: Any) -> str:
     return content if isinstance(content, str) else json.dumps(content, default=str)
 
 
-def _clear(state: Any) -> dict[str, Any] | None:
-    # A turn without approvals must not inherit an earlier turn's.
-    return {_STATE_KEY: {}} if state.get(_STATE_KEY) else None
-
-
 def _payload(pending: list[tuple[ToolCall, PolicyDecision]]) -> dict[str, Any]:
     """The interrupt value: a ``HITLRequest`` plus the Aegis requests."""
     action_requests = []
@@ -360,39 +376,40 @@ def _payload(pending: list[tuple[ToolCall, PolicyDecision]]) -> dict[str, Any]:
     }
 
 
-def _record(call: ToolCall, decision: object, target: str) -> dict[str, Any] | None:
-    """The state record of one answer, or None to let the handler decide at run time."""
+def _settled_answer(
+    call: ToolCall, decision: object, target: str
+) -> tuple[ApprovalOutcome, str] | None:
+    """The outcome of one answer and the action's description, or None to ask at run time.
+
+    Only an answer made by :func:`resolve_interrupts` in this process (its
+    reference found in :data:`_answers`) carries an approval; any other
+    ``approve`` leaves the decision to the approval handler when the tool is
+    about to run. A rejection needs no proof; an edit is refused.
+    """
     digest = action_digest(Action(call.name, target, dict(call.args), call.description))
     if not isinstance(decision, Mapping):
-        outcome = ApprovalOutcome(False, reason=f"malformed decision: {_short(decision)}")
-        return {"outcome": outcome_to_json(outcome), "description": call.description}
+        return ApprovalOutcome(False, reason=f"malformed decision: {_short(decision)}"), ""
     kind = decision.get("type")
     aegis = decision.get(_KEY)
-    description = call.description
-    if isinstance(aegis, Mapping) and isinstance(aegis.get("description"), str):
-        description = aegis["description"]
+    ours = _answers.take(aegis.get("ref"), call.call_id) if isinstance(aegis, Mapping) else None
     if kind == "approve":
-        if not isinstance(aegis, Mapping):
-            return None  # another inbox said yes: the approval handler still decides
-        outcome = outcome_from_json(aegis.get("outcome"))
-    elif kind in ("reject", "respond"):
+        return ours  # None: another inbox said yes; the approval handler still decides
+    if kind in ("reject", "respond"):
+        if ours is not None and ours[0].approved is not True:
+            return ours
         message = decision.get("message")
         reason = message if isinstance(message, str) and message else "rejected by the reviewer"
-        outcome = ApprovalOutcome(False, reason=reason, digest=digest)
-        if isinstance(aegis, Mapping):
-            given = outcome_from_json(aegis.get("outcome"))
-            if given.approved is False:
-                outcome = given
-    elif kind == "edit":
-        outcome = ApprovalOutcome(
-            False,
-            reason="the reviewer edited the arguments; Aegis runs only arguments approved as "
-            "they are (deny this call and let the model call again)",
-            digest=digest,
+        return ApprovalOutcome(False, reason=reason, digest=digest), call.description
+    if kind == "edit":
+        reason = (
+            "the reviewer edited the arguments; Aegis runs only arguments approved as they "
+            "are (deny this call and let the model call again)"
         )
-    else:
-        outcome = ApprovalOutcome(False, reason=f"unknown decision type {kind!r}", digest=digest)
-    return {"outcome": outcome_to_json(outcome), "description": description}
+        return ApprovalOutcome(False, reason=reason, digest=digest), call.description
+    return (
+        ApprovalOutcome(False, reason=f"unknown decision type {kind!r}", digest=digest),
+        call.description,
+    )
 
 
 def _short(value: object) -> str:
@@ -437,7 +454,7 @@ async def resolve_interrupts(agent: Any, config: Mapping[str, Any], runtime: Any
 
 
 async def _decide(runtime: Any, request: Mapping[str, Any]) -> dict[str, Any]:
-    """One HITL decision, with the Aegis outcome, for one suspended call."""
+    """One HITL decision for one suspended call, with a reference to its Aegis outcome."""
     raw = request.get("action") or {}
     action = Action(
         str(raw.get("type")),
@@ -447,10 +464,8 @@ async def _decide(runtime: Any, request: Mapping[str, Any]) -> dict[str, Any]:
     )
     governor = Governor(runtime, target=action.target, framework=_FRAMEWORK)
     decision = runtime.decide(action)
-    extra = {"description": action.description}
     if decision.approval is Approval.BLOCK:
-        refusal = runtime.block(decision).error
-        return {"type": "reject", "message": refusal, _KEY: extra}
+        return {"type": "reject", "message": runtime.block(decision).error}
     if decision.approval is Approval.AUTO:
         return {"type": "approve"}  # nothing to approve; decided again when it runs
     request_id = request.get("request_id")
@@ -458,9 +473,11 @@ async def _decide(runtime: Any, request: Mapping[str, Any]) -> dict[str, Any]:
         outcome = await governor.collect(request_id, decision)
     else:
         outcome = await governor.ask(decision)
+    call_id = request.get("tool_call_id")
+    ref = _answers.keep(call_id if isinstance(call_id, str) else None, outcome, action.description)
     answer: dict[str, Any] = {
         "type": "approve" if outcome.approved is True else "reject",
-        _KEY: {**extra, "outcome": outcome_to_json(outcome)},
+        _KEY: {"ref": ref},
     }
     if outcome.approved is not True:
         answer["message"] = outcome.human_decision()
