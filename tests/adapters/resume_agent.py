@@ -1,14 +1,14 @@
 """One phase of a suspended agent run, in its own process.
 
-    python resume_agent.py FRAMEWORK PHASE DIR [URL]
+    python resume_agent.py FRAMEWORK PHASE DIR URL SESSION
 
 FRAMEWORK is ``langchain`` or ``openai``; PHASE is ``start`` (run until the
 refund needs approval, save the run in DIR, exit) or ``resume`` (load the
-run from DIR, settle its approvals through Aegis, finish). Without URL the
-approver is a reviewer's answer left in DIR/answer.json; with URL it is the
-approval service at URL (``RemoteApprovalHandler``, agent token
-``bot-secret``). Tools append what they ran to DIR/ran.jsonl; the audit
-trail is DIR/audit.db. The last line printed is a JSON summary.
+run from DIR, settle its approvals through Aegis, finish). The approver is
+the approval service at URL (``RemoteApprovalHandler``, agent token
+``bot-secret``), the runtime's session SESSION. Tools append what they ran to
+DIR/ran.jsonl; the audit trail is DIR/audit.db. The last line printed is a
+JSON summary.
 """
 
 from __future__ import annotations
@@ -28,23 +28,16 @@ from adapters_support import (
     scripted_chat_model,
 )
 
-from aegis import ApprovalOutcome, Policy, PolicyDecision, Runtime
+from aegis import Policy, Runtime
 from aegis.runtime.audit import AuditLogger
 
-SESSION = "cross-process-session"
 REFUND = {"order_id": "o-17", "amount": 20.0}
 
 
-def _runtime(folder: Path, url: str | None) -> Runtime:
-    if url is not None:
-        from aegis.runtime.approval_remote import RemoteApprovalHandler
+def _runtime(folder: Path, url: str, session: str) -> Runtime:
+    from aegis.runtime.approval_remote import RemoteApprovalHandler
 
-        handler: Any = RemoteApprovalHandler(url, token="bot-secret", timeout=30, poll=1)
-    else:
-
-        def handler(decision: PolicyDecision) -> ApprovalOutcome:
-            answer = json.loads((folder / "answer.json").read_text())
-            return ApprovalOutcome(answer["approve"], reviewers=(answer["reviewer"],))
+    handler = RemoteApprovalHandler(url, token="bot-secret", timeout=30, poll=1)
 
     def no_executor(action: Any) -> Any:
         raise AssertionError(f"the runtime's own executor ran {action}")
@@ -54,7 +47,7 @@ def _runtime(folder: Path, url: str | None) -> Runtime:
         policy=Policy.from_dict(POLICY),
         approval_handler=handler,
         audit_logger=AuditLogger(str(folder / "audit.db")),
-        session_id=SESSION,
+        session_id=session,
     )
 
 
@@ -85,13 +78,13 @@ def _saver(folder: Path) -> Any:
     return InMemorySaver(factory=functools.partial(persistent))
 
 
-async def langchain(phase: str, folder: Path, url: str | None) -> dict[str, Any]:
+async def langchain(phase: str, folder: Path, url: str, session: str) -> dict[str, Any]:
     from langchain.agents import create_agent
     from langchain_core.tools import tool
 
     from aegis.adapters.langchain import AegisMiddleware, resolve_interrupts
 
-    runtime = _runtime(folder, url)
+    runtime = _runtime(folder, url, session)
     model = scripted_chat_model([("refund", REFUND, "call_refund")], resumed=phase != "start")
     config: Any = {"configurable": {"thread_id": "thread-1"}}
     with _saver(folder) as saver:
@@ -118,13 +111,13 @@ async def langchain(phase: str, folder: Path, url: str | None) -> dict[str, Any]
 # ---------------------------------------------------------------- OpenAI Agents SDK
 
 
-async def openai(phase: str, folder: Path, url: str | None) -> dict[str, Any]:
+async def openai(phase: str, folder: Path, url: str, session: str) -> dict[str, Any]:
     from agents import Agent, Runner, RunState, function_tool, set_tracing_disabled
 
     from aegis.adapters.openai_agents import govern, resolve_interruptions
 
     set_tracing_disabled(True)
-    runtime = _runtime(folder, url)
+    runtime = _runtime(folder, url, session)
     turns = [[function_call("refund", REFUND, "call_refund")], [output_text("done")]]
     model = ScriptedModel(turns if phase == "start" else turns[1:])
     agent = govern(
@@ -149,9 +142,9 @@ async def openai(phase: str, folder: Path, url: str | None) -> dict[str, Any]:
 
 def main() -> None:
     framework, phase, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    url = sys.argv[4] if len(sys.argv) > 4 else None
+    url, session = sys.argv[4], sys.argv[5]
     run = {"langchain": langchain, "openai": openai}[framework]
-    print(json.dumps(asyncio.run(run(phase, folder, url))))
+    print(json.dumps(asyncio.run(run(phase, folder, url, session))))
 
 
 if __name__ == "__main__":
