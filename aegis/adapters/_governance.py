@@ -152,6 +152,8 @@ class Governor:
         call: ToolCall,
         execute: Callable[[Action], Any] | None,
         answer: ApprovalOutcome | None = None,
+        *,
+        reraise: bool = False,
     ) -> Result:
         """Decide, approve, execute (with ``execute``) and record one call.
 
@@ -159,15 +161,24 @@ class Governor:
         tool with exactly its params; ``None`` runs the runtime's own
         executor. ``answer`` is an approval given while the run was
         suspended; the runtime refuses it unless its digest is the digest
-        of this call's action.
+        of this call's action. With ``reraise``, an exception of ``execute``
+        is raised again once the runtime has recorded the failure, so that
+        the framework's own error handling (or control flow) applies.
         """
         action = self.action(call)
         if execute is None:
             if answer is not None:
                 raise ConfigurationError("an approval answer needs the tool to run with it")
             return await self._run_one(action, call)
+        raised: list[Exception] = []
+        if reraise:
+            execute = _capturing(execute, raised)
         with bound_call(CallBinding(action, execute, answer)):
-            return await self._run_one(action, call)
+            result = await self._run_one(action, call)
+        if raised and result.status is ResultStatus.FAILED:
+            # Recorded as FAILED; the framework handles its tool's error its own way.
+            raise raised[0]
+        return result
 
     async def _run_one(self, action: Action, call: ToolCall) -> Result:
         if self._takes_context:
@@ -180,9 +191,17 @@ class Governor:
         call: ToolCall,
         execute: Callable[[Action], Any],
         answer: ApprovalOutcome | None = None,
+        *,
+        reraise: bool = False,
     ) -> Result:
         """:meth:`run` from synchronous code; ``execute`` runs in this thread."""
-        return _portal.run(self.run, call, execute, answer)
+
+        async def run(
+            call: ToolCall, execute: Callable[[Action], Any], answer: ApprovalOutcome | None
+        ) -> Result:
+            return await self.run(call, execute, answer, reraise=reraise)
+
+        return _portal.run(run, call, execute, answer)
 
     def call_sync(self, work: Awaitable[Any]) -> Any:
         """Await ``work`` on the background loop from synchronous code."""
@@ -419,6 +438,29 @@ class _Portal:
             else:
                 loop.call_soon_threadsafe(_settle, future, value, None)
         return done.result()
+
+
+def _capturing(
+    execute: Callable[[Action], Any], raised: list[Exception]
+) -> Callable[[Action], Any]:
+    """``execute``, keeping any exception it raises (sync or async) in ``raised``."""
+
+    async def awaiting(pending: Awaitable[Any]) -> Any:
+        try:
+            return await pending
+        except Exception as exc:
+            raised.append(exc)
+            raise
+
+    def call(action: Action) -> Any:
+        try:
+            out = execute(action)
+        except Exception as exc:
+            raised.append(exc)
+            raise
+        return awaiting(out) if inspect.isawaitable(out) else out
+
+    return call
 
 
 def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:

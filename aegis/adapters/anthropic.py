@@ -127,7 +127,7 @@ class _GovernedTool(BetaFunctionTool[Any]):
         def execute(action: Action) -> Any:
             return self._inner.call(thaw(action.params))
 
-        result = self._governor.run_sync(call, execute)
+        result = self._governor.run_sync(call, execute, reraise=True)
         return _answer(self._governor, call, result)
 
 
@@ -155,7 +155,7 @@ class _GovernedAsyncTool(BetaAsyncFunctionTool[Any]):
         def execute(action: Action) -> Any:
             return self._inner.call(thaw(action.params))
 
-        result = await self._governor.run(call, execute)
+        result = await self._governor.run(call, execute, reraise=True)
         return _answer(self._governor, call, result)
 
 

@@ -259,14 +259,16 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         """Decide the call again and run it through the runtime, or answer with an error."""
         call, answer = self._tool_call(request)
         box: list[Any] = []
-        result = self.governor.run_sync(call, _tool_executor(request, handler, box), answer)
+        execute = _tool_executor(request, handler, box)
+        result = self.governor.run_sync(call, execute, answer, reraise=True)
         return self._reply(call, request, result, box)
 
     async def awrap_tool_call(self, request: ToolCallRequest, handler: Callable[..., Any]) -> Any:
         """Decide the call again and run it through the runtime, or answer with an error."""
         call, answer = self._tool_call(request)
         box: list[Any] = []
-        result = await self.governor.run(call, _async_tool_executor(request, handler, box), answer)
+        execute = _async_tool_executor(request, handler, box)
+        result = await self.governor.run(call, execute, answer, reraise=True)
         return self._reply(call, request, result, box)
 
     def _tool_call(self, request: ToolCallRequest) -> tuple[ToolCall, ApprovalOutcome | None]:
@@ -286,7 +288,7 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         if result.status is ResultStatus.SUCCESS and box:
             return box[0]
         if result.status is ResultStatus.FAILED and box:
-            return box[0]  # the tool's own error message, as the tool node made it
+            return box[0]  # the tool node's own error message
         return ToolMessage(
             content=self.governor.refusal(call, result),
             name=call.name,
@@ -563,7 +565,7 @@ class _GovernedBase(BaseTool):
             out.append(value)
             return _outcome(action, value) if isinstance(value, ToolMessage) else value
 
-        result = self.governor.run_sync(call, execute)
+        result = self.governor.run_sync(call, execute, reraise=True)
         return self._reply(call, tool_call, result, out)
 
     async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
@@ -576,7 +578,7 @@ class _GovernedBase(BaseTool):
             out.append(value)
             return _outcome(action, value) if isinstance(value, ToolMessage) else value
 
-        result = await self.governor.run(call, execute)
+        result = await self.governor.run(call, execute, reraise=True)
         return self._reply(call, tool_call, result, out)
 
 

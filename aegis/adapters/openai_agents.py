@@ -206,7 +206,7 @@ def _governed(tool: Any, governor: Governor, *, action_type: str | None = None) 
             # Exactly the params the runtime decided, as the JSON the SDK passes.
             return await original(context, json.dumps(thaw(action.params)))
 
-        result = await governor.run(call, execute, answer)
+        result = await governor.run(call, execute, answer, reraise=True)
         _requests.get(governor.runtime, {}).pop(call.call_id or "", None)
         if result.status is ResultStatus.SUCCESS:
             return result.data

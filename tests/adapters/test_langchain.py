@@ -264,3 +264,20 @@ async def test_langchain_executor_runs_the_tool_named_by_the_action() -> None:
     missing = await executor.execute(Action("wire", "bank"))
     assert missing.status is ResultStatus.FAILED
     assert "no LangChain tool named 'wire'" in (missing.error or "")
+
+
+def test_a_tool_that_raises_is_recorded_failed_and_the_error_goes_on() -> None:
+    """A governed tool's own exception is recorded as FAILED, then raised as the tool would."""
+    audit = InMemoryAuditLog()
+
+    @tool
+    def lookup(customer_id: int) -> str:
+        """Look a customer up."""
+        raise LookupError(f"no customer {customer_id}")
+
+    [governed] = govern_tools([lookup], make_runtime(audit=audit), target="crm")
+    with pytest.raises(LookupError, match="no customer 9"):
+        governed.invoke({"customer_id": 9})
+    [record] = audit.records
+    assert record["result_status"] == "failed"
+    assert "no customer 9" in record["result_error"]
