@@ -33,7 +33,12 @@ from aegis.errors import (
     StoreError,
     ToolBlockedError,
 )
-from aegis.runtime.approval import ApprovalHandler, AutoApprovalHandler, CLIApprovalHandler
+from aegis.runtime.approval import (
+    ApprovalHandler,
+    AutoApprovalHandler,
+    CLIApprovalHandler,
+    SuspendableApprovalHandler,
+)
 from aegis.runtime.approval_callback import CallbackApprovalHandler
 from aegis.runtime.audit import AuditLogger, VerifyReport
 from aegis.runtime.audit_backend import AuditBackend
@@ -76,6 +81,7 @@ __all__ = [
     "RiskLevel",
     "Runtime",
     "StoreError",
+    "SuspendableApprovalHandler",
     "ToolBlockedError",
     "ToolCallExecutor",
     "VerifyReport",

@@ -31,7 +31,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from aegis.core.action import Action, action_digest
 from aegis.core.decision import PolicyDecision
@@ -39,6 +39,7 @@ from aegis.core.outcome import ApprovalOutcome
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError, ToolBlockedError
 from aegis.runtime._call import CallBinding, bound_call
+from aegis.runtime.approval import SuspendableApprovalHandler
 
 if TYPE_CHECKING:
     from aegis.runtime.engine import Runtime
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Governor",
     "OnBlock",
-    "SuspendableApprovalHandler",
     "ToolCall",
     "missing_extra",
 ]
@@ -315,26 +315,6 @@ class Governor:
 
     def __repr__(self) -> str:
         return f"Governor(target={self.target!r}, framework={self.framework!r})"
-
-
-@runtime_checkable
-class SuspendableApprovalHandler(Protocol):
-    """An approval handler that can ask now and answer later, in another process.
-
-    Framework integrations that suspend a run (LangGraph's ``interrupt()``,
-    the Agents SDK's interruptions) call :meth:`submit_approval` when the run
-    suspends and :meth:`collect_approval` when it is resumed.
-    """
-
-    async def submit_approval(
-        self, decision: PolicyDecision, *, context: Mapping[str, Any] | None = None
-    ) -> str:
-        """Create an approval request for ``decision``; return its id."""
-
-    async def collect_approval(
-        self, request_id: str, decision: PolicyDecision
-    ) -> bool | ApprovalOutcome:
-        """Wait for the answer to request ``request_id`` about ``decision``."""
 
 
 def _suspendable(handler: object) -> SuspendableApprovalHandler | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 from langgraph.types import Command
 
-from aegis import Action, ResultStatus, ToolBlockedError
+from aegis import Action, ApprovalOutcome, PolicyDecision, ResultStatus, ToolBlockedError
 from aegis.adapters.langchain import (
     AegisMiddleware,
     AegisTool,
@@ -281,3 +283,43 @@ def test_a_tool_that_raises_is_recorded_failed_and_the_error_goes_on() -> None:
     [record] = audit.records
     assert record["result_status"] == "failed"
     assert "no customer 9" in record["result_error"]
+
+
+class _Inbox:
+    """An approval handler that opens a request now and answers it later."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.opened: list[tuple[str, dict[str, Any]]] = []
+        self.collected: list[str] = []
+
+    async def request_approval(self, decision: PolicyDecision) -> bool:
+        raise AssertionError("a suspended run collects; it does not ask afresh")
+
+    async def submit_approval(
+        self, decision: PolicyDecision, *, context: Mapping[str, Any] | None = None
+    ) -> str:
+        self.opened.append((f"req-{len(self.opened) + 1}", dict(context or {})))
+        return self.opened[-1][0]
+
+    async def collect_approval(self, request_id: str, decision: PolicyDecision) -> ApprovalOutcome:
+        self.collected.append(request_id)
+        return ApprovalOutcome(self.answer, reviewers=("carol",), request_id=request_id)
+
+
+def test_a_synchronous_run_opens_the_request_when_it_suspends() -> None:
+    """With agent.invoke, the handler's request is opened at suspension and collected on resume."""
+    ran: list[Any] = []
+    audit = InMemoryAuditLog()
+    inbox = _Inbox(answer=True)
+    runtime = make_runtime(inbox, audit=audit)
+    agent, _ = _agent(runtime, [("refund", REFUND, "c1")], ran)
+    state = agent.invoke({"messages": [("user", "go")]}, CONFIG)
+    [request] = state["__interrupt__"][0].value["aegis"]["requests"]
+    assert request["request_id"] == "req-1"
+    assert inbox.opened == [("req-1", {"framework": "langchain", "tool_call_id": "c1"})]
+    asyncio.run(resolve_interrupts(agent, CONFIG, runtime))
+    assert inbox.collected == ["req-1"]
+    assert ran == [("refund", 20.0)]
+    [record] = audit.records
+    assert record["human_decision"] == "approved by carol [request req-1]"
