@@ -124,8 +124,8 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         on_block: ``"return"`` answers a blocked call with an error
             ``ToolMessage``; ``"raise"`` raises
             :class:`~aegis.errors.ToolBlockedError` out of the run.
-        agent: the agent name for the audit record (default: the graph's
-            name, when LangGraph gives one).
+        agent: the agent name for the audit record (default: the name
+            given to ``create_agent(name=...)``, if any).
 
     The agent needs a checkpointer: a call that needs approval suspends the
     run with ``interrupt()`` (its value is a ``HITLRequest`` with an extra
@@ -220,14 +220,16 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
                 pending.append((call, decision))
         return pending or None
 
-    def _call(self, tool_call: Mapping[str, Any], description: str) -> ToolCall:
+    def _call(
+        self, tool_call: Mapping[str, Any], description: str, config: object = None
+    ) -> ToolCall:
         args = tool_call.get("args")
         return ToolCall(
             str(tool_call.get("name")),
             args if isinstance(args, Mapping) else {},
             call_id=tool_call.get("id"),
             description=description,
-            agent=self.governor.agent,
+            agent=self.governor.agent or _agent_name(config),
         )
 
     async def _submit(
@@ -275,12 +277,13 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         tool_call = request.tool_call
         with self._lock:
             settled = self._settled.pop(str(tool_call.get("id")), None)
+        config = getattr(request.runtime, "config", None)
         if settled is not None:
             outcome, description = settled
-            return self._call(tool_call, description), outcome
+            return self._call(tool_call, description, config), outcome
         tool = request.tool
         description = getattr(tool, "description", "") if tool is not None else ""
-        return self._call(tool_call, description or ""), None
+        return self._call(tool_call, description or "", config), None
 
     def _reply(
         self, call: ToolCall, request: ToolCallRequest, result: Result, box: list[Any]
@@ -295,6 +298,13 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
             tool_call_id=request.tool_call.get("id") or "",
             status="error",
         )
+
+
+def _agent_name(config: object) -> str | None:
+    """The name ``create_agent(name=...)`` gave the agent, from the run's config."""
+    metadata = config.get("metadata") if isinstance(config, Mapping) else None
+    name = metadata.get("lc_agent_name") if isinstance(metadata, Mapping) else None
+    return name if isinstance(name, str) else None
 
 
 def _tool_executor(

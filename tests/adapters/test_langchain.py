@@ -323,3 +323,22 @@ def test_a_synchronous_run_opens_the_request_when_it_suspends() -> None:
     assert ran == [("refund", 20.0)]
     [record] = audit.records
     assert record["human_decision"] == "approved by carol [request req-1]"
+
+
+async def test_the_agents_own_name_goes_in_the_audit_record() -> None:
+    """Without agent=..., the record names the agent create_agent(name=...) made."""
+    audit = InMemoryAuditLog()
+    agent = create_agent(
+        scripted_chat_model([("lookup", {"customer_id": 1}, "c1")]),
+        tools=_tools([]),
+        middleware=[AegisMiddleware(make_runtime(audit=audit), target="crm")],
+        checkpointer=InMemorySaver(),
+        name="billing-bot",
+    )
+    await agent.ainvoke({"messages": [("user", "go")]}, CONFIG)
+    [record] = audit.records
+    assert record["context"] == {
+        "framework": "langchain",
+        "tool_call_id": "c1",
+        "agent": "billing-bot",
+    }
