@@ -174,7 +174,14 @@ class Index:
             compiled = rule._compiled_conditions
             check = compiled.check if compiled is not None else None
             clock = CLOCK if compiled is not None and compiled.needs_clock else PLAIN
-            template = _template(rule.risk_level, rule.approval, rule.name)
+            template = _template(
+                rule.risk_level,
+                rule.approval,
+                rule.name,
+                approvers=rule.approvers,
+                reviewers=rule.reviewers,
+                approval_ttl=rule.approval_ttl,
+            )
             type_prefix, target_prefix = literal_prefix(kind), literal_prefix(target)
             if is_literal(kind) and is_literal(target):
                 entry: Entry = (pos, None, None, check, clock, template)
