@@ -78,6 +78,8 @@ class Frame:
     replies: tuple[Message, ...] = ()
     #: the frame was a batch: its replies go back as one JSON array
     batch: bool = False
+    #: the refused batch's members that are JSON objects, for the audit trail
+    members: tuple[Message, ...] = ()
 
 
 def _valid_id(value: object) -> bool:
@@ -139,7 +141,8 @@ def parse_frame(raw: bytes | str) -> Frame:
         # ValueError covers JSONDecodeError and invalid UTF-8 in bytes.
         return Frame(replies=(error_reply(None, PARSE_ERROR, f"Parse error: {_short(exc)}"),))
     if isinstance(value, list):
-        return Frame(replies=batch_refusal(value), batch=bool(value))
+        members = tuple(m for m in value if isinstance(m, dict))
+        return Frame(replies=batch_refusal(value), batch=bool(value), members=members)
     return classify(value)
 
 

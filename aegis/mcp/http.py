@@ -198,6 +198,10 @@ class GovernedHttpApp:
         frame = parse_frame(body)
         if frame.replies:
             _log.warning("refused a message: %s", frame.replies[0]["error"]["message"])
+            known = self._sessions.get(session_id or "")
+            if known is not None and known.proxy is not None:
+                for member in frame.members:
+                    await known.proxy.record_refused(member, "it came in a JSON-RPC batch")
             await _respond(send, 400, list(frame.replies) if frame.batch else frame.replies[0])
             return
         message = frame.message or {}

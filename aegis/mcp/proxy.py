@@ -39,12 +39,14 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aegis.core.action import Action, thaw
-from aegis.core.decision import Approval
-from aegis.core.record import ContextValue
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.record import ContextValue, DecisionStamp
 from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
 from aegis.mcp._jsonrpc import (
     DOWNSTREAM_UNAVAILABLE,
     INTERNAL_ERROR,
@@ -60,6 +62,7 @@ from aegis.mcp._jsonrpc import (
 
 __all__ = [
     "PASS_THROUGH_METHODS",
+    "REFUSED_RULE",
     "Downstream",
     "DownstreamError",
     "ProxySession",
@@ -97,6 +100,9 @@ PASS_THROUGH_METHODS = frozenset(
         "tasks/cancel",
     }
 )
+
+#: ``matched_rule`` of a call refused for how it was sent, before the policy saw it
+REFUSED_RULE = "<mcp-proxy>"
 
 #: seconds a server may take to answer ``initialize``, whatever the call timeout
 _STARTUP_ALLOWANCE = 60.0
@@ -290,6 +296,7 @@ class ProxySession:
             key = _key(request_id)
             if key in self._inflight:
                 _log.warning("refused request %r: its id is already in flight", request_id)
+                await self.record_refused(message, "its request id was already in flight")
                 await self._send(
                     error_reply(
                         request_id,
@@ -363,6 +370,7 @@ class ProxySession:
             # Only notifications travel as notifications; a "notification"
             # named tools/call would run a tool without a decision.
             _log.warning("dropped a notification for method %r: not a notification", method)
+            await self.record_refused(message, "it was sent as a notification, without an id")
             return
         await self._to_server(message)
 
@@ -377,6 +385,40 @@ class ProxySession:
             _log.warning("dropped a response to unknown request %r", message["id"])
             return
         await self._to_server({**message, "id": own})
+
+    async def record_refused(self, message: Message, why: str) -> None:
+        """Record a tools/call the proxy refused before any decision, as blocked.
+
+        Every call lands in the audit trail, including those refused for how
+        they were sent (in a batch, under a duplicated id, as a notification).
+        Anything that is not a recognisable tool call is only logged.
+        """
+        params = message.get("params")
+        if message.get("method") != "tools/call" or not isinstance(params, dict):
+            return
+        name, arguments = params.get("name"), params.get("arguments") or {}
+        if not isinstance(name, str) or not name or not isinstance(arguments, dict):
+            return
+        try:
+            action = Action(name, self._options.target, arguments)
+        except (TypeError, ValueError):
+            return
+        decision = PolicyDecision(action, RiskLevel.HIGH, Approval.BLOCK, REFUSED_RULE, why)
+        result = Result(
+            action,
+            ResultStatus.BLOCKED,
+            error=f"refused by the Aegis proxy: {why}",
+            completed_at=datetime.now(UTC),
+        )
+        context: dict[str, ContextValue] = dict(self._options.context)
+        request_id = message.get("id")
+        if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+            context["mcp_request_id"] = request_id
+        stamp = DecisionStamp.now(self._policy, context)
+        try:
+            await self._runtime.record(decision, result, stamp=stamp)
+        except Exception:
+            _log.exception("could not record the refused call %r", name)
 
     # -------------------------------------------------------------- governance
 

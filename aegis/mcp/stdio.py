@@ -168,7 +168,10 @@ async def serve_stdio(
                         continue
                     parsed = parse_frame(frame)
                     if parsed.replies:
-                        _log.warning("refused a message: %s", parsed.replies[0]["error"]["message"])
+                        why = parsed.replies[0]["error"]["message"]
+                        _log.warning("refused a message: %s", why)
+                        for member in parsed.members:
+                            await session.record_refused(member, "it came in a JSON-RPC batch")
                         if parsed.batch:
                             await wire.send(list(parsed.replies))
                         else:

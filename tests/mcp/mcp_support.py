@@ -130,7 +130,8 @@ class RawProxy:
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, cwd=ROOT
         )
         self._lines: queue.Queue[bytes] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -149,7 +150,7 @@ class RawProxy:
         self.process.stdin.write(data + b"\n")
         self.process.stdin.flush()
 
-    def receive(self, timeout: float = 10.0) -> Any:
+    def receive(self, timeout: float = 30.0) -> Any:
         """The next message the proxy writes."""
         return json.loads(self._lines.get(timeout=timeout))
 
@@ -193,6 +194,9 @@ class RawProxy:
             if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait(5)
+            self._reader.join(5)
+            assert self.process.stdout is not None
+            self.process.stdout.close()
             self._err.close()
 
 
