@@ -109,10 +109,14 @@ class Files:
 
 @asynccontextmanager
 async def proxied_client(
-    files: Files, *args: str, server_args: Sequence[str] = (), **client: Any
+    files: Files,
+    *args: str,
+    server_args: Sequence[str] = (),
+    _command: list[str] | None = None,
+    **client: Any,
 ) -> AsyncIterator[Client]:
     """The real SDK client talking to the proxy (a subprocess) over stdio."""
-    command = files.proxy(*args, server_args=server_args)
+    command = _command or files.proxy(*args, server_args=server_args)
     params = StdioServerParameters(
         command=command[0], args=command[1:], env=dict(os.environ), cwd=str(ROOT)
     )
