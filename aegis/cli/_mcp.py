@@ -173,7 +173,10 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         _check(settings, output_format)
         return
     if address is not None:
-        from aegis.mcp.http import run_http  # noqa: PLC0415  # starlette and uvicorn
+        try:
+            from aegis.mcp.http import run_http  # noqa: PLC0415  # starlette and uvicorn
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from exc
 
         asyncio.run(run_http(settings, address[0], address[1]))
         return

@@ -593,9 +593,9 @@ class ProxySession:
             limit = max(limit, _STARTUP_ALLOWANCE)  # the server may still be starting
         try:
             await self._to_server({**message, "id": downstream_id})
-            if limit is None:
+            # asyncio.timeout, not wait_for: no extra task per call on the hot path.
+            async with asyncio.timeout(limit):
                 return await future
-            return await asyncio.wait_for(future, limit)
         except TimeoutError:
             _log.error(
                 "the MCP server did not answer %s (request %r) within %gs",

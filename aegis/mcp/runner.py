@@ -267,8 +267,13 @@ async def check_tools(settings: ProxySettings) -> list[tuple[dict[str, Any], Pol
     The server is reached with the SDK's own :class:`mcp.Client`. A rule
     with conditions on the arguments may decide differently for real calls.
     """
-    from mcp import Client  # noqa: PLC0415  # the SDK's own client
-    from mcp.client.stdio import StdioServerParameters  # noqa: PLC0415
+    try:
+        from mcp import Client  # noqa: PLC0415  # the SDK's own client
+        from mcp.client.stdio import StdioServerParameters  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigurationError(
+            f'--check needs the mcp SDK ({exc}): pip install "aegis-runtime[mcp]"'
+        ) from exc
 
     check_server(settings.command, settings.upstream_url)
     server: Any
