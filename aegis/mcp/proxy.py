@@ -339,6 +339,14 @@ class ProxySession:
             return await self._call_tool(message, params)
         if self._names(method):
             return await self._governed(message, method, params)
+        if method == "server/discover":
+            # The stateless 2026-07-28 revision is not proxied yet; this
+            # answer makes its clients fall back to the initialize handshake.
+            return error_reply(
+                request_id,
+                METHOD_NOT_FOUND,
+                "Method not found: the Aegis proxy speaks the initialize handshake; use initialize",
+            )
         if method not in PASS_THROUGH_METHODS:
             _log.warning("refused request %r for method %r: not an MCP method", request_id, method)
             return error_reply(

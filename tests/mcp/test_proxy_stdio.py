@@ -163,3 +163,20 @@ def test_missing_command_is_one_clear_line(files: Files) -> None:
     assert out.returncode == 2
     assert "'no-such-mcp-server-xyz' is not an executable" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_terminal_approval_without_a_terminal_is_one_clear_line(files: Files) -> None:
+    """--approval terminal with no terminal to ask on is refused at start, before serving."""
+    import subprocess
+
+    out = subprocess.run(
+        files.proxy("--approval", "terminal"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        start_new_session=True,  # no controlling terminal
+    )
+    assert out.returncode == 2
+    assert "--approval terminal needs a terminal" in out.stderr
+    assert "Traceback" not in out.stderr
