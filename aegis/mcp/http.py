@@ -55,6 +55,10 @@ _log = logging.getLogger("aegis.mcp")
 
 #: the path clients POST to
 MCP_PATH = "/mcp"
+#: sessions served at once; each holds a server process or connection
+MAX_SESSIONS = 32
+#: seconds a session may sit idle (nothing in flight) before it is ended
+IDLE_TIMEOUT = 30 * 60.0
 
 _Scope = dict[str, Any]
 _Receive = Any
@@ -218,6 +222,18 @@ class GovernedHttpApp:
                     ),
                 )
                 return
+            if len(self._sessions) >= MAX_SESSIONS:
+                _log.warning("refused a new session: %d sessions are open", MAX_SESSIONS)
+                await _respond(
+                    send,
+                    503,
+                    error_reply(
+                        request_id,
+                        INVALID_REQUEST,
+                        f"Service Unavailable: {MAX_SESSIONS} sessions are open; end one first",
+                    ),
+                )
+                return
             session = await self._start_session()
         else:
             found = self._sessions.get(session_id)
@@ -256,7 +272,9 @@ class GovernedHttpApp:
 
     async def _start_session(self) -> _Session:
         session_id = uuid.uuid4().hex
-        transport = StreamableHTTPServerTransport(session_id, security_settings=self._security)
+        transport = StreamableHTTPServerTransport(
+            session_id, security_settings=self._security, idle_timeout=IDLE_TIMEOUT
+        )
         session = _Session(transport)
         self._sessions[session_id] = session
         session.task = asyncio.create_task(self._run_session(session_id, session))
@@ -278,27 +296,9 @@ class GovernedHttpApp:
                         )
                         await write_stream.send(SessionMessage(envelope, metadata=metadata))
 
-                async with self._open(send_to_client) as proxy:
-                    session.proxy = proxy
-                    session.ready.set()
-                    pump = asyncio.create_task(proxy.pump())
-                    try:
-                        async for item in read_stream:
-                            if isinstance(item, Exception):
-                                _log.warning("the transport refused a message: %s", item)
-                                continue
-                            checked = classify(
-                                item.message.model_dump(
-                                    by_alias=True, mode="json", exclude_unset=True
-                                )
-                            )
-                            if checked.message is not None and checked.kind is not None:
-                                await proxy.from_client(checked.kind, checked.message)
-                    finally:
-                        await proxy.close()
-                        pump.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await pump
+                idle = session.transport.idle_scope
+                with idle if idle is not None else contextlib.nullcontext():
+                    await self._relay(session, read_stream, send_to_client)
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # one session's failure must not end the proxy
@@ -307,6 +307,28 @@ class GovernedHttpApp:
         finally:
             session.ready.set()
             self._sessions.pop(session_id, None)
+
+    async def _relay(self, session: _Session, read_stream: Any, send_to_client: Any) -> None:
+        """Relay one session's messages until the client or the transport ends it."""
+        async with self._open(send_to_client) as proxy:
+            session.proxy = proxy
+            session.ready.set()
+            pump = asyncio.create_task(proxy.pump())
+            try:
+                async for item in read_stream:
+                    if isinstance(item, Exception):
+                        _log.warning("the transport refused a message: %s", item)
+                        continue
+                    checked = classify(
+                        item.message.model_dump(by_alias=True, mode="json", exclude_unset=True)
+                    )
+                    if checked.message is not None and checked.kind is not None:
+                        await proxy.from_client(checked.kind, checked.message)
+            finally:
+                await proxy.close()
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
 
     async def close(self) -> None:
         """End every session."""

@@ -297,7 +297,7 @@ class ProxySession:
             if key in self._inflight:
                 _log.warning("refused request %r: its id is already in flight", request_id)
                 await self.record_refused(message, "its request id was already in flight")
-                await self._send(
+                await self._to_client(
                     error_reply(
                         request_id,
                         INVALID_REQUEST,
@@ -327,7 +327,7 @@ class ProxySession:
                 reply = error_reply(
                     request_id, INTERNAL_ERROR, f"Internal error in the Aegis proxy: {exc}"
                 )
-            await self._send(reply, request_id)
+            await self._to_client(reply, request_id)
         finally:
             self._inflight.pop(_key(request_id), None)
 
@@ -380,7 +380,21 @@ class ProxySession:
             _log.warning("dropped a notification for method %r: not a notification", method)
             await self.record_refused(message, "it was sent as a notification, without an id")
             return
-        await self._to_server(message)
+        await self._relay_to_server(message)
+
+    async def _relay_to_server(self, message: Message) -> None:
+        """Pass a notification or a response on; a server that is gone drops it."""
+        try:
+            await self._to_server(message)
+        except DownstreamError as exc:
+            _log.info("dropped a message for the MCP server: %s", exc)
+
+    async def _to_client(self, message: Message | list[Message], related: RequestId | None) -> None:
+        """Write to the client; a client that is gone or refuses the message is logged."""
+        try:
+            await self._send(message, related)
+        except Exception as exc:
+            _log.warning("could not write to the client: %s: %s", type(exc).__name__, exc)
 
     async def _client_response(self, message: Message) -> None:
         request_id = message["id"]
@@ -392,7 +406,7 @@ class ProxySession:
         if own is None:
             _log.warning("dropped a response to unknown request %r", message["id"])
             return
-        await self._to_server({**message, "id": own})
+        await self._relay_to_server({**message, "id": own})
 
     async def record_refused(self, message: Message, why: str) -> None:
         """Record a tools/call the proxy refused before any decision, as blocked.
@@ -547,7 +561,7 @@ class ProxySession:
                 "elicitationId": f"aegis-approval-{client_id}",
             },
         }
-        task = asyncio.ensure_future(self._send(request, call.message["id"]))
+        task = asyncio.ensure_future(self._to_client(request, call.message["id"]))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -693,14 +707,14 @@ class ProxySession:
             # client sees a proxy id, so it can never collide with another.
             client_id = next(self._client_ids)
             self._relayed[client_id] = message["id"]
-            await self._send({**message, "id": client_id}, self._related(None))
+            await self._to_client({**message, "id": client_id}, self._related(None))
             return
         related = None
         if message["method"] == "notifications/progress":
             token = (message.get("params") or {}).get("progressToken")
             if isinstance(token, str | int):
                 related = self._progress.get((type(token), token))
-        await self._send(message, self._related(related))
+        await self._to_client(message, self._related(related))
 
     def _related(self, known: RequestId | None) -> RequestId | None:
         # Over HTTP a server message travels on the stream of the request it
