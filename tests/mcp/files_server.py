@@ -14,8 +14,15 @@ import os
 import time
 from typing import TypedDict
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
+from pydantic import BaseModel
+
+
+class Confirm(BaseModel):
+    """What the read tool asks the client for /ask."""
+
+    ok: bool
 
 
 class ReadOutput(TypedDict):
@@ -52,9 +59,15 @@ def build(args: argparse.Namespace) -> MCPServer:
         annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False),
         meta={"example.com/category": "files"},
     )
-    def read(path: str) -> ReadOutput:
+    async def read(path: str, ctx: Context) -> ReadOutput:
         """Read the content of a file."""
         note("read", {"path": path})
+        if path == "/ask":
+            # The server's own requests and notifications to the client, mid-call.
+            await ctx.report_progress(1, 2, "asking")
+            answer = await ctx.elicit("May I read /ask?", Confirm)
+            ok = answer.action == "accept" and answer.data is not None and answer.data.ok
+            return {"path": path, "content": f"ok={ok}"}
         return {"path": path, "content": files.get(path, "")}
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False))

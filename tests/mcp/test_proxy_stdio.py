@@ -180,3 +180,24 @@ def test_terminal_approval_without_a_terminal_is_one_clear_line(files: Files) ->
     assert out.returncode == 2
     assert "--approval terminal needs a terminal" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_the_servers_own_requests_and_progress_reach_the_client(files: Files) -> None:
+    """Mid-call, the server's elicitation and progress pass through the proxy and back."""
+    from mcp import types
+
+    asked: list[str] = []
+    progress: list[float] = []
+
+    async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"ok": True})
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async with proxied_client(files, elicitation_callback=elicit) as client:
+        result = await client.call_tool("read", {"path": "/ask"}, progress_callback=on_progress)
+    assert result.structured_content == {"path": "/ask", "content": "ok=True"}
+    assert asked == ["May I read /ask?"]
+    assert progress == [1]
