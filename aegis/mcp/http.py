@@ -298,7 +298,7 @@ class GovernedHttpApp:
 
                 idle = session.transport.idle_scope
                 with idle if idle is not None else contextlib.nullcontext():
-                    await self._relay(session, read_stream, send_to_client)
+                    await self._relay(session, session_id, read_stream, send_to_client)
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # one session's failure must not end the proxy
@@ -308,9 +308,11 @@ class GovernedHttpApp:
             session.ready.set()
             self._sessions.pop(session_id, None)
 
-    async def _relay(self, session: _Session, read_stream: Any, send_to_client: Any) -> None:
+    async def _relay(
+        self, session: _Session, session_id: str, read_stream: Any, send_to_client: Any
+    ) -> None:
         """Relay one session's messages until the client or the transport ends it."""
-        async with self._open(send_to_client) as proxy:
+        async with self._open(send_to_client, mcp_session_id=session_id) as proxy:
             session.proxy = proxy
             session.ready.set()
             pump = asyncio.create_task(proxy.pump())

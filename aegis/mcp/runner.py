@@ -228,12 +228,17 @@ def _options(settings: ProxySettings) -> SessionOptions:
 
 
 def session_opener(settings: ProxySettings, runtime: Runtime) -> Any:
-    """A function ``open(send)`` connecting a new downstream server for one client."""
+    """A function ``open(send, **context)`` connecting a new server for one client.
+
+    ``context`` adds to every audit record of the session (e.g. its HTTP session id).
+    """
 
     @asynccontextmanager
-    async def open_session(send: SendToClient) -> AsyncIterator[ProxySession]:
+    async def open_session(send: SendToClient, **context: str) -> AsyncIterator[ProxySession]:
+        options = _options(settings)
+        options.context = {**options.context, **context}
         async with open_downstream(settings.command, settings.upstream_url) as downstream:
-            yield ProxySession(runtime, downstream, send, _options(settings))
+            yield ProxySession(runtime, downstream, send, options)
 
     return open_session
 

@@ -39,9 +39,11 @@ async def test_sdk_client_over_http_is_governed(listening: tuple[str, Files]) ->
     assert blocked.is_error is True
     assert "no-deletes" in blocked.content[0].text  # type: ignore[union-attr]
     assert [c["tool"] for c in files.calls()] == ["read"]
-    statuses = [(r["action_type"], r["result_status"]) for r in files.records()]
+    records = files.records()
+    statuses = [(r["action_type"], r["result_status"]) for r in records]
     assert ("read", "success") in statuses
     assert ("delete", "blocked") in statuses
+    assert all(set(r["context"]) == {"mcp_request_id", "mcp_session_id"} for r in records)
 
 
 @pytest.mark.parametrize(
