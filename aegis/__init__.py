@@ -34,10 +34,12 @@ from aegis.errors import (
 )
 from aegis.runtime.approval import ApprovalHandler, AutoApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
-from aegis.runtime.audit import AuditLogger, VerifyReport
+from aegis.runtime.audit import AuditLogger, Head, VerifyReport
 from aegis.runtime.audit_backend import AuditBackend
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.engine import Runtime
+from aegis.stores.sqlite.usage import SQLiteUsageStore
+from aegis.stores.usage import MemoryUsageStore, UsageStore
 
 if TYPE_CHECKING:
     from aegis.runtime.approval_remote import RemoteApprovalHandler
@@ -64,7 +66,9 @@ __all__ = [
     "ConfigurationError",
     "ExecutionPlan",
     "FrozenDict",
+    "Head",
     "LoggingAuditLogger",
+    "MemoryUsageStore",
     "Policy",
     "PolicyDecision",
     "PolicyError",
@@ -74,7 +78,9 @@ __all__ = [
     "ResultStatus",
     "RiskLevel",
     "Runtime",
+    "SQLiteUsageStore",
     "StoreError",
+    "UsageStore",
     "VerifyReport",
     "__version__",
 ]

@@ -42,6 +42,7 @@ from aegis.errors import ApprovalServiceError
 from aegis.stores.approvals import ApprovalStore, hash_token, new_request_id
 
 if TYPE_CHECKING:
+    from aegis.core.policy import Policy
     from aegis.runtime.audit_backend import AuditBackend
 
 __all__ = ["EVENT_KINDS", "ApprovalEvent", "ApprovalService", "Principal", "Subscriber"]
@@ -110,6 +111,11 @@ class ApprovalService:
         poll_interval: how often a waiting call re-reads the store, to see
             decisions made by other service processes.
         clock: returns the current aware time; ``datetime.now(UTC)`` by default.
+        policy: the service's own policy. When given, each new request is
+            decided again here and this decision's risk, rule, reason,
+            ``approvers``, ``reviewers`` and ``approval_ttl`` replace what the
+            agent sent, so an agent cannot ask for a weaker approval than
+            the policy demands; an action it blocks is refused (403).
     """
 
     def __init__(
@@ -121,6 +127,7 @@ class ApprovalService:
         max_wait: float = 60.0,
         poll_interval: float = 0.5,
         clock: Callable[[], datetime] = _utcnow,
+        policy: Policy | None = None,
     ) -> None:
         if not approval_ttl > 0:
             raise ValueError(
@@ -132,6 +139,7 @@ class ApprovalService:
         self.max_wait = float(max_wait)
         self.poll_interval = float(poll_interval)
         self.clock = clock
+        self.policy = policy
         self._subscribers: list[Subscriber] = []
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
@@ -171,8 +179,14 @@ class ApprovalService:
             except Exception:
                 _log.exception("an approval event subscriber failed on %s", event.kind)
 
-    async def _record(self, request: ApprovalRequest, text: str) -> None:
-        """Write one approval event to the audit trail, tagged with the request id."""
+    async def _record(
+        self, request: ApprovalRequest, text: str, event: str, **context: str
+    ) -> None:
+        """Write one approval event to the audit trail, tagged with the request id.
+
+        The record's context names the event, the request and the requester,
+        so ``aegis audit list`` can tell the service's records apart.
+        """
         if self.audit is None:
             return
         decision = PolicyDecision(
@@ -186,7 +200,18 @@ class ApprovalService:
         )
         human = f"approval: {text} [request {request.id}]"
         try:
-            await self._call(self.audit.log, request.session_id, decision, human_decision=human)
+            await self._call(
+                self.audit.log,
+                request.session_id,
+                decision,
+                human_decision=human,
+                context={
+                    "approval_event": event,
+                    "approval_request": request.id,
+                    "requester": request.requester,
+                    **context,
+                },
+            )
         except Exception:
             # The change is in the store already; say loudly that its record is not.
             _log.exception("could not write the audit record %r", human)
@@ -259,6 +284,8 @@ class ApprovalService:
         naming the grant.
         """
         self._require(principal, Role.AGENT, "asking for approval")
+        if self.policy is not None:
+            new = self._redecide(new, self.policy)
         await self.expire_due()
         now = self.clock()
         ttl = new.approval_ttl if new.approval_ttl is not None else self.approval_ttl
@@ -284,9 +311,30 @@ class ApprovalService:
             else:
                 expires = f"{stored.expires_at:%Y-%m-%dT%H:%M:%SZ}"
                 text = f"requested by {stored.requester}, expires {expires}"
-            await self._record(stored, text)
+            await self._record(stored, text, "approval.requested")
             self._emit(ApprovalEvent("approval.requested", stored))
         return stored, created
+
+    @staticmethod
+    def _redecide(new: NewRequest, policy: Policy) -> NewRequest:
+        """``new`` with the approval terms of the service's own policy."""
+        decision = policy.evaluate(new.action)
+        if decision.approval is Approval.BLOCK:
+            raise _forbidden(
+                f"the service's policy blocks {new.action.type} -> {new.action.target} "
+                f"(rule {decision.matched_rule!r}); no approval can be asked for it",
+                code="blocked_by_policy",
+            )
+        return NewRequest(
+            session_id=new.session_id,
+            action=new.action,
+            risk_level=decision.risk_level,
+            matched_rule=decision.matched_rule,
+            reason=decision.reason,
+            approvers=decision.approvers,
+            reviewers=decision.reviewers,
+            approval_ttl=decision.approval_ttl,
+        )
 
     async def _current(self, request_id: str) -> ApprovalRequest:
         request = await self._call(self.store.get_request, request_id)
@@ -406,13 +454,21 @@ class ApprovalService:
             grant_minutes=grant_minutes if verdict is Verdict.APPROVE else None,
             now=self.clock(),
         )
-        await self._record(stored, self._decision_text(stored, principal.name, verdict, comment))
+        await self._record(
+            stored,
+            self._decision_text(stored, principal.name, verdict, comment),
+            "approval.decided",
+            reviewer=principal.name,
+            verdict=verdict.value,
+        )
         if grant is not None:
             await self._record(
                 stored,
                 f"grant {grant.id} given by {', '.join(grant.granted_by)} until "
                 f"{grant.expires_at:%Y-%m-%dT%H:%M:%SZ} for {grant.action_type} -> "
                 f"{grant.action_target} (rule {grant.matched_rule}) in session {grant.session_id}",
+                "grant.created",
+                grant=grant.id,
             )
         self._emit(ApprovalEvent("approval.decided", stored, grant, principal.name))
         return stored
@@ -439,7 +495,7 @@ class ApprovalService:
                 f"request {request_id}"
             )
         stored = await self._call(self.store.collect, request_id, self.clock())
-        await self._record(stored, f"collected by {principal.name}")
+        await self._record(stored, f"collected by {principal.name}", "approval.collected")
         self._emit(ApprovalEvent("approval.collected", stored))
         return stored
 
@@ -455,7 +511,9 @@ class ApprovalService:
             )
         why = reason or "cancelled by the agent"
         stored = await self._call(self.store.cancel, request_id, why, self.clock())
-        await self._record(stored, f"request cancelled by {principal.name}: {why}")
+        await self._record(
+            stored, f"request cancelled by {principal.name}: {why}", "approval.cancelled"
+        )
         self._emit(ApprovalEvent("approval.cancelled", stored))
         return stored
 
@@ -463,7 +521,7 @@ class ApprovalService:
         """Expire every request past its expiry, record and announce each; return them."""
         expired = await self._call(self.store.expire_due, self.clock())
         for request in expired:
-            await self._record(request, "request expired without a decision")
+            await self._record(request, "request expired without a decision", "approval.expired")
             self._emit(ApprovalEvent("approval.expired", request))
         return expired
 
@@ -496,7 +554,13 @@ class ApprovalService:
         grant = await self._call(self.store.revoke_grant, grant_id, self.clock())
         request = await self._call(self.store.get_request, grant.request_id)
         if request is not None:
-            await self._record(request, f"grant {grant.id} revoked by {principal.name}")
+            await self._record(
+                request,
+                f"grant {grant.id} revoked by {principal.name}",
+                "grant.revoked",
+                grant=grant.id,
+                reviewer=principal.name,
+            )
         self._emit(ApprovalEvent("grant.revoked", request, grant, principal.name))
         return grant
 
@@ -528,9 +592,12 @@ class ApprovalService:
             )
         report = await self._call(verify)
         return {
-            name: getattr(report, name)
-            for name in ("ok", "checked", "first_bad_id", "reason", "head")
-            if hasattr(report, name)
+            "ok": report.ok,
+            "checked": report.checked,
+            "first_bad_id": report.first_bad_id,
+            "reason": report.reason,
+            "head": str(report.head),  # "<count>:<hash>", the form to keep elsewhere
+            "unfinished": list(getattr(report, "unfinished", ())),
         }
 
     def close(self) -> None:
