@@ -175,6 +175,12 @@ class Runtime:
         # starts before it has finished. A failed setup() is tried again.
         async with self._start_lock:
             if not self._started:
+                # The trail must be usable before anything runs: a file that
+                # is not ours, damaged or read-only fails here, not after an
+                # action already ran and could not be recorded.
+                check = getattr(self.audit, "check", None)
+                if callable(check):
+                    check()
                 if self._setup is not None:
                     await self._setup()
                 self._started = True
