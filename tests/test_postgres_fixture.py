@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import psycopg
-from conftest import POSTGRES_DSN
+
+# Not imported from conftest: tests/cli/conftest.py shadows that module name
+# when the whole suite runs.
+POSTGRES_DSN = os.environ.get(
+    "AEGIS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def test_each_test_gets_a_fresh_schema(postgres_dsn: str) -> None:
