@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import Engine
+from store_engines import Engine
 
 from aegis.core.action import Action
 from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, record_hash, verify_chain
