@@ -625,5 +625,5 @@ def keygen(path: str, force: bool) -> None:
 
     private, public = generate_key_files(path, overwrite=force)
     success(f"wrote the private key to {private} and the public key to {public}")
-    note(f"sign with: export AEGIS_AUDIT_KEY={private}")
+    note(f"sign with: export AEGIS_AUDIT_KEY={private.resolve()}")
     note(f"verify with: aegis audit verify --public-key {public}")
