@@ -37,7 +37,7 @@ from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, seal, verify_chain
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
 from aegis.errors import ConfigurationError, StoreError
-from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin
+from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin, SignatureCheck
 from aegis.stores.postgres.connection import Connection, Database
 from aegis.stores.postgres.schema import migrate, schema_lock_key
 
@@ -475,12 +475,24 @@ class PostgresAuditStore(ReadMixin):
                 for row in cursor:
                     yield AuditRecord(*row)
 
-    def verify(self, expected_head: Head | str | None = None) -> VerifyReport:
+    def verify(
+        self,
+        expected_head: Head | str | None = None,
+        *,
+        check_signature: SignatureCheck | None = None,
+    ) -> VerifyReport:
         """Check the whole chain with :func:`~aegis.core.chain.verify_chain`, streaming."""
         if expected_head is not None:
             Head.parse(expected_head)  # a bad head is the caller's ValueError, before any I/O
+        # Signed checkpoints are checked once this store keeps them (CheckpointStore).
+        kept = getattr(self, "checkpoints", None)
         try:
-            return verify_chain(self._stream(), expected_head)
+            return verify_chain(
+                self._stream(),
+                expected_head,
+                checkpoints=kept() if check_signature is not None and kept else (),
+                check_signature=check_signature,
+            )
         except psycopg.Error as exc:
             raise self.db.error("verify the audit trail in", exc) from exc
 
