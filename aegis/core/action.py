@@ -362,33 +362,64 @@ def _canonical_default(value: object) -> object:
     if type(value) is frozenset:
         # A set has no order; sort by each element's own canonical text so
         # that the same set gives the same text in every process.
-        return sorted(value, key=_canonical_encode)
+        return sorted(value, key=_canonical_value)
     raise TypeError(f"an Action holds no {type(value).__name__}")  # pragma: no cover
 
 
-# Built once: json.dumps with options builds a new encoder on every call.
-_canonical_encode = json.JSONEncoder(
-    sort_keys=True,
-    separators=(",", ":"),
-    ensure_ascii=False,
-    allow_nan=True,  # a float param may be NaN; the text "NaN" is still unambiguous
-    default=_canonical_default,
-).encode
+def _huge_ints_as_text(value: Any) -> Any:
+    """``value`` with every int too long for ``repr`` as a marked hex text."""
+    if type(value) is int:
+        try:
+            repr(value)
+        except ValueError:
+            return {"__aegis_int__": hex(value)}
+        return value
+    if isinstance(value, Mapping):
+        return {k: _huge_ints_as_text(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_huge_ints_as_text(v) for v in value]
+    if isinstance(value, frozenset):
+        return sorted((_huge_ints_as_text(v) for v in value), key=_canonical_value)
+    return value
+
+
+_encode_text = json.encoder.encode_basestring  # ensure_ascii=False: text stays as written
+# The C encoder, built once (JSONEncoder.encode builds one per call): sorted
+# keys, compact separators, no circular check (an Action holds no cycle).
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:
+    _encode_chunks = _c_make_encoder(
+        None, _canonical_default, _encode_text, None, ":", ",", True, False, True
+    )
+
+    def _canonical_value(value: Any) -> str:
+        return "".join(_encode_chunks(value, 0))
+
+else:  # pragma: no cover  # a Python built without the _json accelerator
+    _slow_encode = json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical_default
+    ).encode
+
+    def _canonical_value(value: Any) -> str:
+        return _slow_encode(value)
 
 
 def canonical_json(action: Action) -> str:
     """``action`` as canonical JSON text: sorted keys, compact, UTF-8.
 
     The same action always gives the same text, whichever process builds
-    it; it is what :func:`action_digest` hashes.
+    it; it is what :func:`action_digest` hashes. An int too long for
+    Python to print is written as ``{"__aegis_int__": "<hex>"}``.
     """
-    return _canonical_encode(
-        {
-            "type": action.type,
-            "target": action.target,
-            "params": action.params,
-            "description": action.description,
-        }
+    params = action.params
+    try:
+        params_text = _canonical_value(params)
+    except ValueError:  # an int past the 4,300-digit limit of int -> str
+        params_text = _canonical_value(_huge_ints_as_text(params))
+    # The keys in sorted order, written out: the same text json.dumps gives.
+    return (
+        f'{{"description":{_encode_text(action.description)},"params":{params_text},'
+        f'"target":{_encode_text(action.target)},"type":{_encode_text(action.type)}}}'
     )
 
 
