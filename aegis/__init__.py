@@ -23,10 +23,10 @@ from aegis.core.plan import ExecutionPlan
 from aegis.core.policy import Policy, PolicyRule
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import AegisError, AuditError, ConfigurationError, PolicyError
+from aegis.errors import AegisError, AuditError, ConfigurationError, PolicyError, StoreError
 from aegis.runtime.approval import ApprovalHandler, AutoApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
-from aegis.runtime.audit import AuditLogger, VerifyReport
+from aegis.runtime.audit import AuditLogger, Head, VerifyReport
 from aegis.runtime.audit_backend import AuditBackend
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.engine import Runtime
@@ -52,6 +52,7 @@ __all__ = [
     "ConfigurationError",
     "ExecutionPlan",
     "FrozenDict",
+    "Head",
     "LoggingAuditLogger",
     "Policy",
     "PolicyDecision",
@@ -61,6 +62,7 @@ __all__ = [
     "ResultStatus",
     "RiskLevel",
     "Runtime",
+    "StoreError",
     "VerifyReport",
     "__version__",
 ]

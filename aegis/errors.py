@@ -3,6 +3,7 @@
     AegisError
     ├── PolicyError (also ValueError)   a policy file or rule is invalid
     ├── AuditError                      the audit trail cannot be read or written
+    │   └── StoreError                  the store's database failed (SQLite, PostgreSQL)
     └── ConfigurationError (also TypeError)
                                         Runtime was given something it cannot use
 
@@ -12,7 +13,7 @@ with status ``BLOCKED`` or ``DENIED``. Exceptions are for failures.
 
 from __future__ import annotations
 
-__all__ = ["AegisError", "AuditError", "ConfigurationError", "PolicyError"]
+__all__ = ["AegisError", "AuditError", "ConfigurationError", "PolicyError", "StoreError"]
 
 
 class AegisError(Exception):
@@ -55,6 +56,14 @@ class PolicyError(AegisError, ValueError):
 
 class AuditError(AegisError):
     """The audit trail could not be opened, written or read."""
+
+
+class StoreError(AuditError):
+    """The database behind a store failed or is not one Aegis can use.
+
+    The message names the database (a DSN with its password masked) and
+    what to do; the database driver's exception is the ``__cause__``.
+    """
 
 
 class ConfigurationError(AegisError, TypeError):

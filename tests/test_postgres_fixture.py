@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import psycopg
-from conftest import POSTGRES_DSN
+
+POSTGRES_DSN = os.environ.get(
+    "AEGIS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def test_each_test_gets_a_fresh_schema(postgres_dsn: str) -> None:

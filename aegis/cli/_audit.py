@@ -70,6 +70,8 @@ def record_cells(record: dict[str, Any], *, short: bool = False) -> list[Cell]:
     risk = str(record.get("risk_level") or "")
     approval = str(record.get("approval") or "")
     status = str(record.get("result_status") or "")
+    if not status and record.get("kind") == "start":
+        status = "started"  # the action reached the executor and has no outcome yet
     cells: list[Cell] = [
         str(record["id"]),
         timestamp,
@@ -224,7 +226,7 @@ def _echo_jsonl(records: Iterable[dict[str, Any]]) -> int:
 
 
 def _fetch(log: AuditLogger, record_id: int) -> dict[str, Any] | None:
-    rows = log.get_log(after_id=record_id - 1, limit=1)
+    rows = log.get_log(after_id=record_id - 1, limit=1, view="records")
     return rows[0] if rows and rows[0]["id"] == record_id else None
 
 
@@ -407,9 +409,9 @@ def verify(db_path: str, expect_head: str | None, output_format: str) -> None:
         )
         for entry in pending[:10]:
             warn(
-                f"  started {entry.get('timestamp')}: {entry.get('action_type')}:"
-                f"{entry.get('action_target')} (session {entry.get('session_id')},"
-                f" pid {entry.get('pid')})"
+                f"  record {entry.get('id')}, started {entry.get('timestamp')}:"
+                f" {entry.get('action_type')}:{entry.get('action_target')}"
+                f" (session {entry.get('session_id')})"
             )
         if len(pending) > 10:
             warn(f"  ... and {len(pending) - 10} more")
@@ -470,7 +472,7 @@ def _last_records(log: AuditLogger, count: int, session_id: str | None) -> list[
     if session_id is None:
         # Ids are consecutive in an intact chain, so the tail is an id range
         # away; this keeps `tail` instant on a log of millions.
-        last_id = int(log.head().split(":", 1)[0])
+        last_id = log.head().count
         return log.get_log(after_id=max(0, last_id - count))[-count:]
     return list(deque(log.iter_log(session_id), maxlen=count))
 
@@ -523,7 +525,7 @@ def tail(  # noqa: PLR0917  # Click passes one argument per option
             if not follow:
                 return
             if not last_id:
-                last_id = int(log.head().split(":", 1)[0])
+                last_id = log.head().count
             _follow(
                 log,
                 session_id=session_id,

@@ -26,7 +26,7 @@ import inspect
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -36,6 +36,7 @@ from aegis.core.action import Action, canonical_json
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.plan import ExecutionPlan
+from aegis.core.record import ContextValue, DecisionStamp, check_context
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import AegisError, ConfigurationError
@@ -155,6 +156,10 @@ class Runtime:
         self.session_id: str = session_id or uuid.uuid4().hex
         self._record_final = audit_logger.record
         self._record_start = getattr(audit_logger, "record_start", None)
+        # A backend written before records had a context, a decision time
+        # and a policy digest still works; it just does not store them.
+        self._stamped = _accepts_stamp(audit_logger.record)
+        self._start_stamped = self._record_start is not None and _accepts_stamp(self._record_start)
         self._started = False
         self._closed = False
         self._entered = False  # inside ``async with``: set up once for the block
@@ -247,7 +252,12 @@ class Runtime:
         """
         return ExecutionPlan([self.decide(a) for a in actions])
 
-    async def execute(self, plan: ExecutionPlan | Iterable[Action]) -> list[Result]:
+    async def execute(
+        self,
+        plan: ExecutionPlan | Iterable[Action],
+        *,
+        context: Mapping[str, ContextValue] | None = None,
+    ) -> list[Result]:
         """Run every action of ``plan`` in order; return one Result per action.
 
         Each action is decided again, by this runtime's policy, as it comes
@@ -260,26 +270,37 @@ class Runtime:
         runs. A ``FAILED`` or ``DENIED`` action skips all the actions after
         it; a ``BLOCKED`` one does not. Each Result is recorded in the audit
         trail before this returns.
+
+        ``context`` (str keys, JSON scalar values, e.g. ``{"agent": "support"}``)
+        is stored with every action's audit records.
         """
+        checked = check_context(context)
         actions = [d.action for d in plan] if isinstance(plan, ExecutionPlan) else plan
         planned = self.plan(actions).decisions
+        stamp = self._stamp(checked)
         own = await self._begin_plan()
         results: list[Result] = []
         stopped_by: Result | None = None
         for position, first in enumerate(planned):
             reached = position  # the first action that has no record yet
             try:
-                decision = first if position == 0 else self.decide(first.action)
+                if position:
+                    decision = self.decide(first.action)
+                    stamp = self._stamp(checked)
+                else:
+                    decision = first
                 if stopped_by is None:
                     reached = position + 1  # _run records even when interrupted
-                    result = await self._run(decision)
+                    result = await self._run(decision, stamp)
                     if result.status in _STOPPING:
                         stopped_by = result
                 else:
                     reached = position + 1
-                    result = await self.record(decision, self.skip(decision, stopped_by))
+                    result = await self.record(
+                        decision, self.skip(decision, stopped_by), stamp=stamp
+                    )
             except BaseException as exc:  # cancelled or interrupted mid-plan
-                await self._record_unreached(planned[reached:], exc)
+                await self._record_unreached(planned[reached:], exc, stamp)
                 if own:
                     await self._end_plan()
                 raise
@@ -288,22 +309,30 @@ class Runtime:
             await self._end_plan()
         return results
 
-    async def run_one(self, action: Action) -> Result:
+    async def run_one(
+        self, action: Action, *, context: Mapping[str, ContextValue] | None = None
+    ) -> Result:
         """Decide, approve, execute and record a single action.
 
         Equivalent to ``(await runtime.execute(runtime.plan([action])))[0]``.
+        ``context`` (str keys, JSON scalar values) is stored with the
+        action's audit records, e.g. the framework's tool-call id.
 
         Example::
 
-            result = await runtime.run_one(Action("read", "crm"))
+            result = await runtime.run_one(
+                Action("read", "crm"), context={"tool_call_id": "call_1"}
+            )
             assert result.ok
         """
+        checked = None if context is None else check_context(context)
         decision = self.decide(action)
+        stamp = self._stamp(checked)
         if not self._started or self._closed:
             await self._start()
         if not self._entered:
             self._lazy = True  # set up for good: close() tears it down
-        return await self._run(decision)
+        return await self._run(decision, stamp)
 
     # ------------------------------------------------------------------ the steps
 
@@ -464,14 +493,21 @@ class Runtime:
         result: Result,
         human_decision: str | None = None,
         start_token: int | None = None,
+        *,
+        stamp: DecisionStamp | None = None,
     ) -> Result:
-        """Step 4: write ``result`` to the audit trail, then return it."""
+        """Step 4: write ``result`` to the audit trail, then return it.
+
+        ``stamp`` says when and under which policy ``decision`` was taken,
+        and the caller's context; a stamp of now, without context, if omitted.
+        """
         await self._record_final(
             self.session_id,
             decision,
             result=result,
             human_decision=human_decision,
             start_token=start_token,
+            **self._stamp_fields(stamp),
         )
         return result
 
@@ -502,7 +538,23 @@ class Runtime:
 
     # ------------------------------------------------------------------ internals
 
-    async def _run(self, decision: PolicyDecision) -> Result:
+    def _stamp(self, context: Mapping[str, ContextValue] | None) -> DecisionStamp:
+        """The stamp of a decision taken now by this runtime's policy."""
+        return DecisionStamp.now(self.policy, context)
+
+    def _stamp_fields(self, stamp: DecisionStamp | None) -> dict[str, Any]:
+        """The audit backend's keyword arguments for ``stamp``."""
+        if not self._stamped:
+            return {}
+        if stamp is None:
+            stamp = self._stamp(None)
+        return {
+            "context": stamp.context,
+            "decided_at": stamp.decided_at,
+            "policy_digest": stamp.policy_digest,
+        }
+
+    async def _run(self, decision: PolicyDecision, stamp: DecisionStamp) -> Result:
         """One action through approve -> execute -> record.
 
         ``decision`` comes from :meth:`decide` and stays the runtime's own:
@@ -513,7 +565,7 @@ class Runtime:
         action = decision.action
         approval = decision.approval
         if approval is Approval.BLOCK:
-            return await self.record(decision, self.block(decision))
+            return await self.record(decision, self.block(decision), stamp=stamp)
         decided = canonical_json(action)
         human: str | None = None
         if approval is Approval.APPROVE:
@@ -521,30 +573,36 @@ class Runtime:
                 denied, human = await self.approve(decision, decided=decided)
             except BaseException as exc:  # cancelled or interrupted while waiting
                 await self._record_interrupted(
-                    decision, exc, ResultStatus.DENIED, "denied: interrupted"
+                    decision, stamp, exc, ResultStatus.DENIED, "denied: interrupted"
                 )
                 raise
             if denied is not None:
-                return await self.record(decision, denied, human)
+                return await self.record(decision, denied, human, stamp=stamp)
         elif approval is not Approval.AUTO:  # decide() allows nothing else; fail closed anyway
-            return await self.record(decision, self.block(decision))
+            return await self.record(decision, self.block(decision), stamp=stamp)
         if canonical_json(action) != decided:
-            return await self._changed(decision, decided, human, ran=False)
+            return await self._changed(decision, stamp, decided, human, ran=False)
         token = None
         if self._record_start is not None:
-            token = await self._record_start(self.session_id, decision, human_decision=human)
+            fields = self._stamp_fields(stamp) if self._start_stamped else {}
+            token = await self._record_start(
+                self.session_id, decision, human_decision=human, **fields
+            )
         try:
             result = await self.run_executor(action)
         except BaseException as exc:  # cancelled or interrupted mid-action
-            await self._record_interrupted(decision, exc, ResultStatus.FAILED, human, token)
+            await self._record_interrupted(decision, stamp, exc, ResultStatus.FAILED, human, token)
             raise
         if canonical_json(action) != decided:
-            return await self._changed(decision, decided, human, token, ran=True, result=result)
-        return await self.record(decision, result, human, token)
+            return await self._changed(
+                decision, stamp, decided, human, token, ran=True, result=result
+            )
+        return await self.record(decision, result, human, token, stamp=stamp)
 
     async def _changed(
         self,
         decision: PolicyDecision,
+        stamp: DecisionStamp,
         decided: str,
         human: str | None,
         token: int | None = None,
@@ -570,11 +628,12 @@ class Runtime:
             human = f"denied: error: {error}"
         _log.error("%s: %s", original, error)
         changed = Result(original, status, error=error, started_at=started, completed_at=now)
-        return await self.record(decision, changed, human, token)
+        return await self.record(decision, changed, human, token, stamp=stamp)
 
-    async def _record_interrupted(
+    async def _record_interrupted(  # noqa: PLR0917  # one call site, all needed
         self,
         decision: PolicyDecision,
+        stamp: DecisionStamp,
         exc: BaseException,
         status: ResultStatus,
         human: str | None,
@@ -586,12 +645,12 @@ class Runtime:
             decision.action, status, error=f"interrupted: {_describe(exc)}", completed_at=_now()
         )
         try:
-            await self.record(decision, result, human, token)
+            await self.record(decision, result, human, token, stamp=stamp)
         except Exception:
             _log.exception("could not record the interruption of %s", decision.action)
 
     async def _record_unreached(
-        self, decisions: tuple[PolicyDecision, ...], exc: BaseException
+        self, decisions: tuple[PolicyDecision, ...], exc: BaseException, stamp: DecisionStamp
     ) -> None:
         # The rest of an interrupted plan never ran: say so in the audit
         # trail rather than leave it out. Best effort, like the interruption.
@@ -605,7 +664,7 @@ class Runtime:
                 completed_at=now,
             )
             try:
-                await self.record(decision, result)
+                await self.record(decision, result, stamp=stamp)
             except Exception:
                 _log.exception("could not record the skipped action %s", decision.action)
                 return
@@ -711,6 +770,24 @@ def _checked(decision: object, action: Action) -> PolicyDecision:
             reason=reason,
         )
     return PolicyDecision(action, risk, approval, rule, reason)
+
+
+def _accepts_stamp(record: Callable[..., Any]) -> bool:
+    """Whether a backend's ``record`` takes ``context``, ``decided_at`` and ``policy_digest``."""
+    try:
+        parameters = inspect.signature(record).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: assume the current protocol
+        return True
+    names = {p.name for p in parameters}
+    return (
+        any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+        or {
+            "context",
+            "decided_at",
+            "policy_digest",
+        }
+        <= names
+    )
 
 
 def _executor_hooks(executor: object) -> tuple[Callable[[Action], Any], _Hook, _Hook]:

@@ -13,7 +13,7 @@ from aegis.core.action import Action
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import AuditError
+from aegis.errors import AuditError, ConfigurationError
 from aegis.runtime.audit_backend import RECORD_FIELDS
 from aegis.runtime.audit_logging import LoggingAuditLogger
 
@@ -111,7 +111,7 @@ def test_only_the_latest_records_are_kept() -> None:
 
 def test_a_negative_max_records_is_refused() -> None:
     """max_records below zero raises ValueError."""
-    with pytest.raises(ValueError, match="max_records"):
+    with pytest.raises(ConfigurationError, match="max_records"):
         LoggingAuditLogger(max_records=-1)
 
 
