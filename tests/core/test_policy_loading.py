@@ -153,7 +153,7 @@ def test_description_is_kept() -> None:
         (
             "rules:\n  - name: r\n    conditions:\n      param_matches: {q: '('}\n",
             4,
-            ["rule 'r'", "not a valid regular expression"],
+            ["rule 'r'", "cannot be used as a regular expression"],
         ),
         (
             "rules:\n  - name: r\n    conditions:\n      time_after: '25:00'\n",
