@@ -1,0 +1,173 @@
+"""``aegis serve``: run the approval service on uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import click
+
+from aegis.cli._output import note
+from aegis.cli._store import is_dsn, store_option
+from aegis.core.approval_request import parse_duration
+
+__all__ = ["serve"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@store_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8700, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--approval-ttl",
+    default="1h",
+    show_default=True,
+    callback=_duration,
+    help="How long a request stays open unless its rule sets approval_ttl (90s, 30m, 1h).",
+)
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Decide each request again with this policy: its approvers, reviewers and TTL win.",
+)
+@click.option(
+    "--tls-cert", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM)."
+)
+@click.option(
+    "--tls-key", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM)."
+)
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    help="Serve plain HTTP on a non-loopback address (tokens cross the network in clear).",
+)
+@click.option(
+    "--webhook",
+    "webhooks",
+    multiple=True,
+    metavar="URL",
+    help="POST every approval event here as signed JSON (repeatable).",
+)
+@click.option(
+    "--webhook-secret",
+    envvar="AEGIS_WEBHOOK_SECRET",
+    show_envvar=True,
+    help="The HMAC-SHA256 key of the X-Aegis-Signature header of webhooks.",
+)
+@click.option(
+    "--slack-webhook",
+    "slack_webhooks",
+    multiple=True,
+    metavar="URL",
+    help="A Slack incoming webhook that hears of every request and decision (repeatable).",
+)
+@click.option(
+    "--public-url",
+    metavar="URL",
+    help="The inbox's address as reviewers reach it (behind a proxy, say): links in "
+    "notifications, and the origin the inbox's forms are accepted from "
+    "(default: http://HOST:PORT).",
+)
+@click.option(
+    "--session-key",
+    envvar="AEGIS_SESSION_KEY",
+    show_envvar=True,
+    help="The key that signs inbox sessions; share it between processes and restarts "
+    "to keep reviewers signed in (default: random per process).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+)
+def serve(  # noqa: PLR0917  # Click passes one argument per option
+    db: str,
+    host: str,
+    port: int,
+    approval_ttl: float,
+    policy_path: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_http: bool,
+    webhooks: tuple[str, ...],
+    webhook_secret: str | None,
+    slack_webhooks: tuple[str, ...],
+    public_url: str | None,
+    session_key: str | None,
+    log_level: str,
+) -> None:
+    """Run the approval service and its inbox: agents ask, reviewers decide, all of it audited.
+
+    Reviewers open http://HOST:PORT/ and sign in with a reviewer token.
+    --webhook and --slack-webhook announce every request and decision.
+
+    It listens on 127.0.0.1 unless told otherwise, and refuses another
+    address without TLS (--tls-cert and --tls-key) or --insecure-http.
+
+    \b
+    Examples:
+      aegis serve --db aegis_audit.db
+      aegis serve --db postgresql://aegis@db/aegis --host 0.0.0.0 \\
+          --tls-cert cert.pem --tls-key key.pem
+    """
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("give both --tls-cert and --tls-key, or neither")
+    tls = tls_cert is not None
+    if not _is_loopback(host) and not tls and not insecure_http:
+        raise click.UsageError(
+            f"--host {host} is not a loopback address: bearer tokens would cross the network "
+            "in clear; give --tls-cert and --tls-key, or --insecure-http if a proxy in front "
+            "terminates TLS"
+        )
+    # Imported here: the server extra is only needed by this command.
+    import uvicorn  # noqa: PLC0415
+
+    from aegis.core.policy import Policy  # noqa: PLC0415
+    from aegis.server import create_app, open_service  # noqa: PLC0415
+    from aegis.server.inbox import Inbox  # noqa: PLC0415
+    from aegis.server.notify import Notifications  # noqa: PLC0415
+
+    scheme = "https" if tls else "http"
+    try:
+        notifications = Notifications(
+            webhooks,
+            secret=webhook_secret,
+            slack_webhooks=slack_webhooks,
+            public_url=public_url or f"{scheme}://{host}:{port}",
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    policy = Policy.from_yaml(policy_path) if policy_path is not None else None
+    service = open_service(db, approval_ttl=approval_ttl, policy=policy)
+    inbox = Inbox(service, session_key=session_key, public_url=public_url)
+    app = create_app(service, routes=inbox.routes(), on_startup=[notifications.startup])
+    where = db if not is_dsn(db) else "PostgreSQL"
+    note(f"Aegis approval service on {scheme}://{host}:{port} (store: {where})")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        log_level=log_level,
+        lifespan="on",
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
