@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 __all__ = ["Action", "FrozenDict", "action_digest", "canonical_json", "freeze", "thaw"]
 
@@ -161,6 +161,8 @@ def _wrap(items: dict[str, Any]) -> FrozenDict:
 
 _EMPTY = _wrap({})
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
+#: how deeply params may nest (mappings and lists); far beyond any tool call
+MAX_DEPTH: Final = 100
 #: what to do instead, for kinds people often pass
 _HINTS: dict[str, str] = {
     "bytes": "decode it to text, or base64-encode it",
@@ -209,14 +211,14 @@ def _plain_key(key: object, where: object) -> str:
     )
 
 
-def _plain_items(mapping: Mapping[Any, Any], where: object) -> dict[str, Any]:
+def _plain_items(mapping: Mapping[Any, Any], where: object, depth: int = 0) -> dict[str, Any]:
     pairs = dict.items(mapping) if isinstance(mapping, dict) else mapping.items()
     items: dict[str, Any] = {}
     for k, v in pairs:
         key = k if type(k) is str else _plain_key(k, where)
         if key in items:
             _raise_key_collision(mapping)
-        items[key] = v if type(v) in _PLAIN_SCALARS else _plain(v, key)
+        items[key] = v if type(v) in _PLAIN_SCALARS else _plain(v, key, depth + 1)
     return items
 
 
@@ -233,17 +235,21 @@ def _raise_key_collision(mapping: Mapping[Any, Any]) -> NoReturn:
     raise TypeError("params keys must be unique strings")  # pragma: no cover  # a lying key
 
 
-def _plain(value: Any, key: object) -> Any:
+def _plain(value: Any, key: object, depth: int = 0) -> Any:
     """``value`` as plain, immutable data, or ``TypeError`` naming ``key``."""
     kind = type(value)
     if kind in _PLAIN_SCALARS:
         return value
+    if depth > MAX_DEPTH:
+        # Deeper data is no tool call's arguments, and would exhaust the
+        # stack of every encoder after us (audit, digest, display).
+        raise TypeError(f"{_where(key)} is nested more than {MAX_DEPTH} levels deep; flatten it")
     if kind is FrozenDict:
         return value
     if kind is dict:
-        return _wrap(_plain_items(value, key))
+        return _wrap(_plain_items(value, key, depth))
     if kind is list or kind is tuple:
-        return tuple([_plain(v, key) for v in value])
+        return tuple([_plain(v, key, depth + 1) for v in value])
     # Subclasses: read them with the base type's own methods, which a
     # subclass cannot override, so that the plain value is the real one.
     if isinstance(value, Enum) and not isinstance(value, int | str):
@@ -258,15 +264,15 @@ def _plain(value: Any, key: object) -> Any:
         text = PurePath.__str__(value)
         return text if type(text) is str else _refuse(value, key)
     if isinstance(value, dict):
-        return _wrap(_plain_items(value, key))
+        return _wrap(_plain_items(value, key, depth))
     if isinstance(value, Mapping):
-        return _wrap(_plain_items(value, key))
+        return _wrap(_plain_items(value, key, depth))
     if isinstance(value, list):
-        return tuple([_plain(v, key) for v in list.__iter__(value)])
+        return tuple([_plain(v, key, depth + 1) for v in list.__iter__(value)])
     if isinstance(value, tuple):
-        return tuple([_plain(v, key) for v in tuple.__iter__(value)])
+        return tuple([_plain(v, key, depth + 1) for v in tuple.__iter__(value)])
     if isinstance(value, set | frozenset):
-        return frozenset([_plain(v, key) for v in value])
+        return frozenset([_plain(v, key, depth + 1) for v in value])
     _refuse(value, key)
 
 

@@ -177,9 +177,8 @@ class PolicyRule:
         except PolicyError as exc:
             raise PolicyError(exc.message, rule=name or None) from exc
         except TypeError as exc:  # freeze: not plain data (a YAML date, say)
-            raise PolicyError(
-                f"conditions: {exc} (in YAML, quote such a value)", rule=name or None
-            ) from exc
+            hint = " (in YAML, quote such a value)" if "not plain JSON" in str(exc) else ""
+            raise PolicyError(f"conditions: {exc}{hint}", rule=name or None) from exc
         fields = self.__dict__
         fields.update(values)
         fields["_compiled"] = compiled

@@ -447,3 +447,16 @@ def test_digest_of_huge_ints_and_sets_is_stable() -> None:
     assert action_digest(Action("a", "b", {"s": {"x", "y", "z"}})) == action_digest(
         Action("a", "b", {"s": frozenset(["z", "y", "x"])})
     )
+
+
+def test_params_nested_too_deeply_are_refused() -> None:
+    """Params nested past MAX_DEPTH are a TypeError naming the param, not a RecursionError."""
+    deep: Any = 1
+    for _ in range(900):
+        deep = {"a": deep}
+    with pytest.raises(TypeError, match="param 'a' is nested more than 100 levels deep"):
+        Action("a", "b", {"a": deep})
+    shallow: Any = [1]
+    for _ in range(99):
+        shallow = {"a": shallow}
+    assert Action("a", "b", {"a": shallow}).params["a"]["a"]
