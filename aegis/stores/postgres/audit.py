@@ -24,6 +24,7 @@ server-side cursor in one snapshot and hands it to
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -169,6 +170,8 @@ class PostgresAuditStore(ReadMixin):
         self._sql_lock = self._sql_head = self._sql_landed = self._sql_insert = ""
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
+        self._writer_pid = 0
+        self._abandoned: list[Connection] = []
         self._closed = False
         #: append transactions committed by this store (one per batch)
         self.commits = 0
@@ -231,13 +234,15 @@ class PostgresAuditStore(ReadMixin):
         with self._reading("open the audit trail in") as conn:
             if self.readonly:
                 return
+            table = self._t.as_string(conn)
             row = conn.execute(
                 "SELECT has_table_privilege(%s, 'INSERT'), pg_is_in_recovery(), "
-                "current_setting('transaction_read_only'), current_user",
-                (self._t.as_string(conn),),
+                "current_setting('transaction_read_only'), current_user, "
+                "has_function_privilege('pg_logical_emit_message(boolean, text, text)', "
+                "'EXECUTE')",
+                (table,),
             ).fetchone()
-            table = self._t.as_string(conn)
-        may_insert, standby, read_only, user = row or (True, False, "off", "")
+        may_insert, standby, read_only, user, may_flush = row or (True, False, "off", "", True)
         if standby or read_only == "on":
             raise StoreError(
                 f"cannot append to the audit trail in {self.url}: the server is read-only "
@@ -248,6 +253,13 @@ class PostgresAuditStore(ReadMixin):
                 f"cannot append to the audit trail in {self.url}: role {user!r} may not INSERT "
                 f"into {table}; grant it (GRANT SELECT, INSERT ON {table} TO {user}) or use a "
                 "role that may"
+            )
+        if not may_flush:
+            raise StoreError(
+                f"cannot append to the audit trail in {self.url}: role {user!r} may not execute "
+                "pg_logical_emit_message, which Aegis uses to wait until records are on disk; "
+                "GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO "
+                f"{user}"
             )
 
     # -- writing ---------------------------------------------------------------
@@ -324,8 +336,14 @@ class PostgresAuditStore(ReadMixin):
         self, drafts: Sequence[RecordDraft], attempt: list[AuditRecord]
     ) -> list[AuditRecord]:
         conn = self._writer_conn
+        if conn is not None and self._writer_pid != os.getpid():
+            # A forked child must not talk on its parent's socket (nor close
+            # it, which would end the parent's session): keep it, open ours.
+            self._abandoned.append(conn)
+            conn = None
         if conn is None:
             conn = self._writer_conn = self.db.connect("append to the audit trail in")
+            self._writer_pid = os.getpid()
         self._prepare(conn)
         with conn.transaction():
             # The lock and the head read must be two statements: a statement's
@@ -355,7 +373,7 @@ class PostgresAuditStore(ReadMixin):
 
     def _drop_writer_conn(self) -> None:
         conn, self._writer_conn = self._writer_conn, None
-        if conn is not None:
+        if conn is not None and self._writer_pid == os.getpid():
             with suppress(psycopg.Error):  # closing a broken connection may complain
                 conn.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -495,3 +496,23 @@ def test_an_unknown_synchronous_mode_is_refused(postgres_dsn: str) -> None:
     """A synchronous mode other than normal or full is a configuration error."""
     with pytest.raises(ConfigurationError, match="'normal' or 'full'"):
         AuditLogger(postgres_dsn, synchronous="off")
+
+
+def test_a_forked_child_appends_on_its_own_connection(trail: AuditLogger) -> None:
+    """A child forked after the parent appended writes through a connection of its own."""
+    fill(trail, 1)
+    pid = os.fork()
+    if pid == 0:  # the child: append one record, leave without cleanup
+        code = 0
+        try:
+            d = decision(2)
+            trail.log("child", d, result=success(d))
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    d = decision(3)
+    assert trail.log("parent", d, result=success(d)) == 3  # the parent's connection still works
+    assert [r["session_id"] for r in trail.get_log()] == ["s1", "child", "parent"]
+    assert trail.verify().ok
