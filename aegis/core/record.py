@@ -206,6 +206,8 @@ def safe_repr(value: object) -> str:
 
 def _json_default(value: object) -> object:
     # Called by json for anything it cannot encode: keep what we can, never fail.
+    if isinstance(value, Mapping):  # an Action's FrozenDict params, which are no dict
+        return dict(value.items())
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Enum):

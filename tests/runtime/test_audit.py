@@ -173,7 +173,7 @@ def test_a_record_without_result_has_no_status(
 
 
 @pytest.mark.parametrize(
-    ("params", "expected"),
+    ("data", "expected"),
     [
         ({"c": 1 + 2j}, {"c": repr(1 + 2j)}),
         ({"when": T0}, {"when": T0.isoformat()}),
@@ -185,13 +185,13 @@ def test_a_record_without_result_has_no_status(
     ],
 )
 def test_values_json_cannot_hold_are_stored_safely(
-    audit: AuditLogger, params: dict[str, Any], expected: dict[str, Any]
+    audit: AuditLogger, data: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    """Params that are not JSON are stored readably instead of failing the action."""
-    decision = decide(params=params)
-    audit.log("s", decision, result=done(decision, data=params))
+    """Result data that is not JSON is stored readably instead of failing the action."""
+    decision = decide(params={"tags": {"b", "a"}, "risk": RiskLevel.HIGH, "t": (1, (2, 3))})
+    audit.log("s", decision, result=done(decision, data=data))
     [record] = audit.get_log()
-    assert record["action_params"] == expected
+    assert record["action_params"] == {"tags": ["a", "b"], "risk": 3, "t": [1, [2, 3]]}
     assert record["result_data"] == expected
     assert audit.verify().ok
 

@@ -161,10 +161,13 @@ def test_export_writes_the_kept_records(tmp_path: Path) -> None:
 
 
 def test_values_json_cannot_hold_are_kept_as_repr() -> None:
-    """Non-JSON params are stored as their repr, like the SQLite backend."""
+    """Non-JSON result data is stored as its repr, like the SQLite backend."""
     audit = LoggingAuditLogger()
-    audit.log("s", decide(params={"c": 1 + 2j}))
-    assert audit.get_log()[0]["action_params"] == {"c": repr(1 + 2j)}
+    decision = decide()
+    audit.log(
+        "s", decision, result=Result(decision.action, ResultStatus.SUCCESS, data={"c": 1 + 2j})
+    )
+    assert audit.get_log()[0]["result_data"] == {"c": repr(1 + 2j)}
 
 
 def test_subscribers_and_a_raising_one(caplog: pytest.LogCaptureFixture) -> None:
