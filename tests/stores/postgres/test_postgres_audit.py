@@ -516,3 +516,31 @@ def test_a_forked_child_appends_on_its_own_connection(trail: AuditLogger) -> Non
     assert trail.log("parent", d, result=success(d)) == 3  # the parent's connection still works
     assert [r["session_id"] for r in trail.get_log()] == ["s1", "child", "parent"]
     assert trail.verify().ok
+
+
+async def test_a_writer_stuck_holding_the_chain_never_hangs_the_runtime(postgres_dsn: str) -> None:
+    """While another session holds the chain's lock, an action fails after statement_timeout."""
+    schema = postgres_dsn.rsplit("%3D", 1)[1]
+    audit = AuditLogger(postgres_dsn, statement_timeout=0.5)
+    ran: list[Action] = []
+    async with Runtime(executor=ran.append, policy=POLICY, audit_logger=audit) as runtime:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as stuck:
+            stuck.execute(
+                "SELECT pg_advisory_lock(1095059283, hashtext(%s))", (f"{schema}.aegis_audit_log",)
+            )
+            result = await asyncio.wait_for(runtime.run_one(Action("read", "crm")), 30)
+        assert result.status is ResultStatus.FAILED
+        assert "statement_timeout" in str(result.error)
+        assert ran == []
+        assert (await runtime.run_one(Action("read", "crm"))).ok  # the lock is free again
+        assert audit.verify().ok
+
+
+async def test_a_search_path_without_a_schema_fails_at_start(postgres_dsn: str) -> None:
+    """A DSN whose search_path names no existing schema is one clear error before anything runs."""
+    dsn = postgres_dsn.rsplit("%3D", 1)[0] + "%3Daegis_no_such_schema"
+    ran: list[Action] = []
+    with pytest.raises(StoreError, match=r"CREATE SCHEMA|schema="):
+        async with Runtime(executor=ran.append, policy=POLICY, audit_logger=AuditLogger(dsn)):
+            pass
+    assert ran == []
