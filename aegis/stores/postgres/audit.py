@@ -275,6 +275,8 @@ class PostgresAuditStore(ReadMixin):
             raise StoreError(f"the audit store at {self.url} was opened read-only")
         if self._closed:
             raise StoreError(f"the audit store at {self.url} is closed; open a new one")
+        if not drafts:
+            return []
         with self._write_lock:
             records = self._link(drafts)
         if self.synchronous == "full" or any(r.kind != RecordKind.START for r in records):

@@ -544,3 +544,11 @@ async def test_a_search_path_without_a_schema_fails_at_start(postgres_dsn: str) 
         async with Runtime(executor=ran.append, policy=POLICY, audit_logger=AuditLogger(dsn)):
             pass
     assert ran == []
+
+
+def test_appending_nothing_writes_nothing(postgres_dsn: str) -> None:
+    """An empty append returns no records and leaves the chain empty, in either mode."""
+    for mode in ("normal", "full"):
+        with AuditLogger(postgres_dsn, synchronous=mode) as audit:
+            assert audit.store.append([]) == []
+            assert audit.store.head().count == 0
