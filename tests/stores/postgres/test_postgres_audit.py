@@ -291,7 +291,7 @@ def test_a_schema_without_the_trail_is_an_error_for_readers(postgres_dsn: str) -
 def test_every_audit_command_takes_a_dsn(
     trail: AuditLogger, postgres_dsn: str, tmp_path: Path
 ) -> None:
-    """list, show, export, verify, stats and tail read the PostgreSQL trail through --db."""
+    """list, show, export, verify, stats, tail and replay read the PostgreSQL trail via --db."""
     fill(trail, 3)
     runner = CliRunner()
 
@@ -308,6 +308,10 @@ def test_every_audit_command_takes_a_dsn(
     assert json.loads(aegis("audit", "verify", "--format", "json"))["checked"] == 3
     assert json.loads(aegis("audit", "stats", "--format", "json"))["total"] == 3
     assert len(aegis("audit", "tail", "-n", "2").splitlines()) == 2
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('version: "1"\ndefaults: {risk_level: low, approval: block}\nrules: []\n')
+    replayed = json.loads(aegis("replay", str(policy), "--format", "json"))
+    assert replayed["checked"] == 3
 
 
 def test_the_cli_names_a_dead_server_in_one_line() -> None:
