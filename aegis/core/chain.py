@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from aegis.core.checkpoint import Checkpoint
 from aegis.core.record import AuditRecord, RecordDraft, RecordKind, safe_repr
 
 __all__ = [
@@ -137,7 +138,8 @@ class VerifyReport:
     ``checked`` counts the records that fit; ``first_bad_id`` is the id of
     the first record that is missing or does not fit (``None`` when ``ok``);
     ``head`` is the head as read, to keep for the next check; ``unfinished``
-    lists the ids of start records without a final record.
+    lists the ids of start records without a final record; ``checkpoints``
+    counts the signed checkpoints whose signature and head were checked.
     """
 
     ok: bool
@@ -146,6 +148,7 @@ class VerifyReport:
     reason: str
     head: Head
     unfinished: tuple[int, ...] = field(default=())
+    checkpoints: int = 0
 
     def __bool__(self) -> bool:
         return self.ok
@@ -220,7 +223,11 @@ def seal(draft: RecordDraft, record_id: int, prev_hash: str) -> AuditRecord:
 
 
 def verify_chain(
-    records: Iterable[AuditRecord], expected_head: Head | str | None = None
+    records: Iterable[AuditRecord],
+    expected_head: Head | str | None = None,
+    *,
+    checkpoints: Iterable[Checkpoint] = (),
+    check_signature: Callable[[Checkpoint], bool] | None = None,
 ) -> VerifyReport:
     """Check ``records`` (every record of a chain, in id order); report the first misfit.
 
@@ -230,10 +237,29 @@ def verify_chain(
     (an earlier head) it also catches records removed from the end and a
     chain rewritten since that head.
 
+    With ``check_signature`` (see :mod:`aegis.runtime.signing`), every one of
+    ``checkpoints`` must carry a valid signature and name a head of this
+    chain, which catches a rewrite or a truncation before the last one.
+    Without it, checkpoints are not trusted and not read.
+
     Raises:
         ValueError: ``expected_head`` is not a head.
     """
     expected = None if expected_head is None else Head.parse(expected_head)
+    signed: dict[int, Checkpoint] = {}
+    if check_signature is not None:
+        for checkpoint in sorted(checkpoints, key=lambda c: c.count):
+            if not check_signature(checkpoint):
+                return VerifyReport(
+                    False,
+                    0,
+                    checkpoint.count or None,
+                    f"the checkpoint of record {checkpoint.count} is not signed by the given "
+                    f"key (key id {checkpoint.key_id}): checkpoints were forged or the key is "
+                    "not the one that signed",
+                    EMPTY_HEAD,
+                )
+            signed[checkpoint.count] = checkpoint
     checked = 0
     prev_hash = GENESIS_HASH
     hash_at_expected: str | None = None
@@ -287,7 +313,22 @@ def verify_chain(
         prev_hash = record.hash
         if expected is not None and record_id == expected.count:
             hash_at_expected = prev_hash
+        if signed and record_id in signed and signed[record_id].hash != prev_hash:
+            return fail(
+                record_id,
+                f"record {record_id} differs from its signed checkpoint: the log was rewritten",
+            )
     head = Head(checked, prev_hash)
+    last_signed = max(signed, default=0)
+    if last_signed > checked:
+        return VerifyReport(
+            False,
+            checked,
+            checked + 1,
+            f"the log ends at record {checked} but a signed checkpoint covers record "
+            f"{last_signed}: records were removed from the end",
+            head,
+        )
     if expected is not None:
         if checked < expected.count:
             return VerifyReport(
@@ -308,4 +349,4 @@ def verify_chain(
                 f"record {expected.count} differs from the kept head: the log was rewritten",
                 head,
             )
-    return VerifyReport(True, checked, None, "", head, tuple(open_starts))
+    return VerifyReport(True, checked, None, "", head, tuple(open_starts), len(signed))

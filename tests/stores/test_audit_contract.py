@@ -337,3 +337,23 @@ def test_a_killed_writer_loses_no_committed_record(persistent_engine: Engine) ->
     assert report.ok, report.reason
     # the writer appends a start then its final: an unfinished start at most
     assert len(report.unfinished) <= 1
+
+
+def test_signed_checkpoints_are_kept_and_checked(engine: Engine, tmp_path: Path) -> None:
+    """A store keeps checkpoints once per count; verify checks them with the public key."""
+    from aegis.runtime.signing import Signer, generate_key_files, load_public_key
+    from aegis.stores.base import CheckpointStore
+
+    private, public = generate_key_files(tmp_path / "k")
+    store = engine.open()
+    assert isinstance(store, CheckpointStore)
+    fill(store, 4)
+    head = store.head()
+    signed = Signer(private).sign(head.count, head.hash)
+    store.add_checkpoint(signed)
+    store.add_checkpoint(Signer(private).sign(head.count, "0" * 64))  # same count: ignored
+    assert store.checkpoints() == [signed]
+    report = store.verify(check_signature=load_public_key(public))
+    assert (report.ok, report.checkpoints) == (True, 1)
+    engine.delete(4)
+    assert not store.verify(check_signature=load_public_key(public)).ok

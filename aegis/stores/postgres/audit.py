@@ -35,17 +35,20 @@ import psycopg
 from psycopg import sql
 
 from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, seal, verify_chain
+from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
 from aegis.errors import ConfigurationError, StoreError
-from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin
+from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin, SignatureCheck
 from aegis.stores.postgres.connection import Connection, Database
 from aegis.stores.postgres.schema import migrate, schema_lock_key
 
-__all__ = ["AUDIT_TABLE", "PostgresAuditStore"]
+__all__ = ["AUDIT_TABLE", "CHECKPOINT_TABLE", "PostgresAuditStore"]
 
 #: the table of the audit trail, in the store's schema
 AUDIT_TABLE: Final = "aegis_audit_log"
+#: the table of its signed checkpoints
+CHECKPOINT_TABLE: Final = "aegis_audit_checkpoints"
 
 #: the fields a record may leave empty; all others are NOT NULL
 _NULLABLE: Final = frozenset(
@@ -83,7 +86,15 @@ _MIGRATIONS: Final = {
         f"CREATE INDEX aegis_audit_log_start ON {{schema}}.{AUDIT_TABLE} (start_id)"
         " WHERE start_id IS NOT NULL",
     ),
+    # 1 -> 2: signed checkpoints of the chain's head, beside it
+    1: (
+        f"CREATE TABLE {{schema}}.{CHECKPOINT_TABLE} (count BIGINT PRIMARY KEY, "
+        "hash TEXT NOT NULL, created_at TEXT NOT NULL, key_id TEXT NOT NULL, "
+        "signature TEXT NOT NULL)",
+    ),
 }
+#: the schema version that added CHECKPOINT_TABLE
+_CHECKPOINTS_SINCE: Final = 2
 
 #: rows per page when reading, and per round trip of the verifying cursor
 _PAGE: Final = 1000
@@ -167,6 +178,7 @@ class PostgresAuditStore(ReadMixin):
         self._create = create and not readonly
         self._ready = False
         self._table: sql.Composed | None = None
+        self._checkpoints: sql.Composed | None = None
         self._sql_lock = self._sql_head = self._sql_landed = self._sql_insert = ""
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
@@ -186,10 +198,16 @@ class PostgresAuditStore(ReadMixin):
         """Create or check the tables once per store; free after the first call."""
         if self._ready:
             return
-        migrate(self.db, conn, "audit", _MIGRATIONS, create=self._create)
+        version = migrate(self.db, conn, "audit", _MIGRATIONS, create=self._create)
         schema = self.db.schema(conn)
         table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(AUDIT_TABLE))
         self._table = table
+        # a reader of an older trail finds no checkpoints table: it has none
+        self._checkpoints = (
+            sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(CHECKPOINT_TABLE))
+            if version >= _CHECKPOINTS_SINCE
+            else None
+        )
         # The statements of every append, rendered once: composing SQL costs
         # more than a loopback round trip.
         # The append commits without waiting for the disk (set_config is
@@ -482,6 +500,41 @@ class PostgresAuditStore(ReadMixin):
             ).fetchone()
         return EMPTY_HEAD if row is None else Head(int(row[0]), str(row[1]))
 
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Keep ``checkpoint``; one already kept for its count stays (two writers may sign)."""
+        if self.readonly:
+            raise StoreError(f"the audit store at {self.url} was opened read-only")
+        with self._reading("write a checkpoint to") as conn:
+            if self._checkpoints is None:  # pragma: no cover - a writer migrated to the newest
+                raise StoreError(f"the audit trail in {self.url} keeps no checkpoints")
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (count, hash, created_at, key_id, signature) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (count) DO NOTHING"
+                ).format(self._checkpoints),
+                (
+                    checkpoint.count,
+                    checkpoint.hash,
+                    checkpoint.created_at,
+                    checkpoint.key_id,
+                    checkpoint.signature,
+                ),
+            )
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every kept checkpoint, by count (none in a trail older than checkpoints)."""
+        with self._reading() as conn:
+            if self._checkpoints is None:
+                return []
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT count, hash, created_at, key_id, signature FROM {} ORDER BY count"
+                ).format(self._checkpoints)
+            ).fetchall()
+        return [
+            Checkpoint(int(n), str(h), str(at), str(key), str(sig)) for n, h, at, key, sig in rows
+        ]
+
     def _stream(self) -> Iterator[AuditRecord]:
         """Every record in id order through a server-side cursor, in one snapshot."""
         with self._reading() as conn, conn.transaction():
@@ -495,12 +548,24 @@ class PostgresAuditStore(ReadMixin):
                 for row in cursor:
                     yield AuditRecord(*row)
 
-    def verify(self, expected_head: Head | str | None = None) -> VerifyReport:
+    def verify(
+        self,
+        expected_head: Head | str | None = None,
+        *,
+        check_signature: SignatureCheck | None = None,
+    ) -> VerifyReport:
         """Check the whole chain with :func:`~aegis.core.chain.verify_chain`, streaming."""
         if expected_head is not None:
             Head.parse(expected_head)  # a bad head is the caller's ValueError, before any I/O
+        # Signed checkpoints are checked once this store keeps them (CheckpointStore).
+        kept = getattr(self, "checkpoints", None)
         try:
-            return verify_chain(self._stream(), expected_head)
+            return verify_chain(
+                self._stream(),
+                expected_head,
+                checkpoints=kept() if check_signature is not None and kept else (),
+                check_signature=check_signature,
+            )
         except psycopg.Error as exc:
             raise self.db.error("verify the audit trail in", exc) from exc
 

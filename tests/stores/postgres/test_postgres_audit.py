@@ -556,3 +556,23 @@ def test_appending_nothing_writes_nothing(postgres_dsn: str) -> None:
         with AuditLogger(postgres_dsn, synchronous=mode) as audit:
             assert audit.store.append([]) == []
             assert audit.store.head().count == 0
+
+
+def test_a_trail_of_an_older_schema_is_read_as_is_and_migrated_by_a_writer(
+    trail: AuditLogger, postgres_dsn: str
+) -> None:
+    """A version-1 trail (no checkpoints table) reads and verifies; a writer migrates it to 2."""
+    fill(trail, 3)
+    sql(postgres_dsn, "DROP TABLE aegis_audit_checkpoints")
+    sql(postgres_dsn, "UPDATE aegis_schema_versions SET version = 1 WHERE component = 'audit'")
+    with AuditLogger(postgres_dsn, create=False, readonly=True) as reader:
+        assert reader.verify().ok
+        assert reader.store.checkpoints() == []  # type: ignore[attr-defined]
+    assert sql(postgres_dsn, "SELECT to_regclass('aegis_audit_checkpoints')") == [(None,)]
+    with AuditLogger(postgres_dsn) as writer:
+        writer.check()
+        assert writer.store.checkpoints() == []  # type: ignore[attr-defined]
+    assert sql(
+        postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
+    ) == [(2,)]
+    assert sql(postgres_dsn, "SELECT count(*) FROM aegis_audit_checkpoints") == [(0,)]
