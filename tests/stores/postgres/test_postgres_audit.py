@@ -18,10 +18,11 @@ from pg_support import POSTGRES_DSN
 
 from aegis.cli import cli
 from aegis.core.action import Action
+from aegis.core.chain import GENESIS_HASH, row_hash
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.filters import Filters
 from aegis.core.policy import Policy
-from aegis.core.record import RECORD_FIELDS
+from aegis.core.record import RECORD_FIELDS, AuditRecord
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ConfigurationError, StoreError
@@ -576,3 +577,50 @@ def test_a_trail_of_an_older_schema_is_read_as_is_and_migrated_by_a_writer(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
     ) == [(2,)]
     assert sql(postgres_dsn, "SELECT count(*) FROM aegis_audit_checkpoints") == [(0,)]
+
+
+async def test_signed_checkpoints_on_postgresql_catch_a_consistent_rewrite(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """A signing trail keeps checkpoints in PostgreSQL; the CLI checks them with the public key."""
+    runner = CliRunner()
+    key = tmp_path / "audit.key"
+    assert runner.invoke(cli, ["audit", "keygen", str(key)]).exit_code == 0
+    audit = AuditLogger(postgres_dsn, signing_key=key, checkpoint_every=2)
+    async with Runtime(executor=lambda a: "ok", policy=POLICY, audit_logger=audit) as runtime:
+        for n in range(3):
+            assert (await runtime.run_one(Action("read", "crm", {"n": n}))).ok
+    verify = ["audit", "verify", "--db", postgres_dsn, "--public-key", f"{key}.pub"]
+    result = runner.invoke(cli, [*verify, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["checkpoints"] >= 1
+    head = runner.invoke(cli, ["audit", "head", "--db", postgres_dsn])
+    assert head.output.strip().startswith("6:")
+    # Rewrite the first action and re-hash the whole chain consistently: it
+    # links and hashes again, but no longer matches what the key signed.
+    with AuditLogger(postgres_dsn, create=False, readonly=True) as reader:
+        records = list(reader.store.records(Filters(view="records")))
+    prev = GENESIS_HASH
+    for record in records:
+        fields = record._asdict()
+        if record.id in (1, 2):  # the first action's start and final records
+            fields["action_target"] = "elsewhere"
+        fields["prev_hash"] = prev
+        fields["hash"] = row_hash(AuditRecord(**fields))
+        prev = fields["hash"]
+        sql(
+            postgres_dsn,
+            "ALTER TABLE aegis_audit_log DROP CONSTRAINT IF EXISTS aegis_audit_log_one_successor",
+        )
+        sql(
+            postgres_dsn,
+            "UPDATE aegis_audit_log SET action_target = %s, prev_hash = %s, hash = %s "
+            "WHERE id = %s",
+            fields["action_target"],
+            fields["prev_hash"],
+            fields["hash"],
+            record.id,
+        )
+    assert runner.invoke(cli, ["audit", "verify", "--db", postgres_dsn]).exit_code == 0
+    rewritten = runner.invoke(cli, verify)
+    assert rewritten.exit_code == 1
