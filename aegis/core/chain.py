@@ -160,6 +160,17 @@ def _json_text(value: object) -> str:
     return value if isinstance(value, str) else _encode(safe_repr(value))
 
 
+def _plain(value: object) -> str:
+    # JSON of a value: printable ASCII text without quote or backslash is
+    # written as it is (what the encoder would write), the rest encoded.
+    if type(value) is str and value.isascii() and value.isprintable():
+        if '"' not in value and "\\" not in value:
+            return f'"{value}"'
+    elif type(value) is int:
+        return str(value)
+    return _encode(value)
+
+
 def _extension(
     context: object, decided_at: object, kind: object, digest: object, start_id: object
 ) -> str:
@@ -167,13 +178,13 @@ def _extension(
     if context is not None:
         parts.append(f'"context":{_json_text(context)}')
     if decided_at is not None:
-        parts.append(f'"decided_at":{_encode(decided_at)}')
+        parts.append(f'"decided_at":{_plain(decided_at)}')
     if kind is not None:
-        parts.append(f'"kind":{_encode(kind)}')
+        parts.append(f'"kind":{_plain(kind)}')
     if digest is not None:
-        parts.append(f'"policy_digest":{_encode(digest)}')
+        parts.append(f'"policy_digest":{_plain(digest)}')
     if start_id is not None:
-        parts.append(f'"start_id":{_encode(start_id)}')
+        parts.append(f'"start_id":{_plain(start_id)}')
     return f",{{{','.join(parts)}}}" if parts else ""
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "check_context",
     "export_line",
     "final_draft",
+    "finish_draft",
     "from_dict",
     "isoformat",
     "load_json",
@@ -564,6 +565,34 @@ def final_draft(  # one field of the record each
         decided_at,
         digest,
         start_id,
+    )
+
+
+def finish_draft(
+    start: RecordDraft,
+    start_id: int,
+    result: Result,
+    *,
+    human_decision: str | None = None,
+    timestamp: str | None = None,
+) -> RecordDraft:
+    """The final record of the action whose start record is ``start`` (id ``start_id``).
+
+    The action, decision and stamp fields are the start's, already encoded:
+    the same as :func:`final_draft` gives for the same decision, without the
+    work (an action is encoded once on the way through the gate).
+    """
+    data = result.data
+    return start._replace(
+        kind=RecordKind.FINAL.value,
+        timestamp=timestamp or _now(),
+        human_decision=_optional_text(human_decision),
+        result_status=_text(getattr(result.status, "value", result.status)),
+        result_data="null" if data is None else storable_json(data),
+        result_error=_optional_text(None if result.error is None else str(result.error)),
+        started_at=_time(result.started_at),
+        completed_at=_time(result.completed_at),
+        start_id=start_id,
     )
 
 

@@ -43,6 +43,7 @@ from aegis.core.record import (
     DecisionStamp,
     RecordDraft,
     final_draft,
+    finish_draft,
     start_draft,
     storable_json,
     to_dict,
@@ -68,6 +69,17 @@ def _human_text(human_decision: str | ApprovalOutcome | None) -> str | None:
     if isinstance(human_decision, ApprovalOutcome):
         return human_decision.human_decision()
     return human_decision
+
+
+def _stamp_changed(start: RecordDraft, stamp: DecisionStamp | None) -> bool:
+    """Whether ``stamp`` differs from what the start record stored."""
+    if stamp is None:
+        return start.decided_at is not None or start.context is not None
+    return (
+        stamp.decided_at != start.decided_at
+        or stamp.policy_digest != start.policy_digest
+        or ((storable_json(stamp.context) if stamp.context else None) != start.context)
+    )
 
 
 def _stamp(
@@ -153,9 +165,9 @@ class AuditLogger(RecordReader):
         self._queue_loop: asyncio.AbstractEventLoop | None = None
         self._last_writer: asyncio.Task[Any] | None = None
         self._lock = threading.Lock()
-        # start id -> (the params object, its JSON text): the final record of
-        # the action reuses the text instead of encoding the params again
-        self._params: dict[int, tuple[object, str]] = {}
+        # start id -> (the action, its start draft): the final record of the
+        # action reuses the encoded fields instead of encoding them again
+        self._starts: dict[int, tuple[object, object, RecordDraft]] = {}
         self._signer = None if readonly else _signer(signing_key, store)
         if checkpoint_every < 1 or not checkpoint_interval > 0:
             raise ConfigurationError(
@@ -378,7 +390,7 @@ class AuditLogger(RecordReader):
             params_json=params_json,
         )
         record = await self._submit(draft)
-        self._params[record.id] = (params, params_json)
+        self._starts[record.id] = (decision.action, context, draft)
         return record.id
 
     async def record(  # one argument per field of the record
@@ -398,20 +410,29 @@ class AuditLogger(RecordReader):
         ``start_token`` is the id :meth:`record_start` returned, if the
         action reached the executor; the final record names it.
         """
-        params_json = None
-        if start_token is not None:
-            kept = self._params.pop(start_token, None)
-            if kept is not None and kept[0] is decision.action.params:
-                params_json = kept[1]
-        draft = final_draft(
-            session_id,
-            decision,
-            result,
-            human_decision=_human_text(human_decision),
-            stamp=_stamp(context, decided_at, policy_digest),
-            start_id=start_token,
-            params_json=params_json,
-        )
+        kept = None if start_token is None else self._starts.pop(start_token, None)
+        stamp = _stamp(context, decided_at, policy_digest)
+        draft = None
+        if start_token is not None and kept is not None and kept[0] is decision.action:
+            _, started_context, start = kept
+            if (
+                start.session_id == session_id
+                and start.decided_at == decided_at
+                and start.policy_digest == policy_digest
+                and (started_context is context or not _stamp_changed(start, stamp))
+            ):
+                draft = finish_draft(
+                    start, start_token, result, human_decision=_human_text(human_decision)
+                )
+        if draft is None:
+            draft = final_draft(
+                session_id,
+                decision,
+                result,
+                human_decision=_human_text(human_decision),
+                stamp=stamp,
+                start_id=start_token,
+            )
         return (await self._submit(draft)).id
 
     # -- reading ----------------------------------------------------------------

@@ -130,3 +130,27 @@ def test_filters_refuse_an_unknown_view() -> None:
     """A view other than actions or records is a ValueError."""
     with pytest.raises(ValueError, match="view"):
         Filters.of(view="everything")  # type: ignore[arg-type]  # the point of the test
+
+
+@settings(max_examples=100)
+@given(
+    params=st.dictionaries(st.text(), st.integers() | st.text() | st.none(), max_size=4),
+    data=st.none() | st.text() | st.lists(st.integers(), max_size=3),
+    human=st.none() | st.text(),
+    context=st.none() | st.dictionaries(st.text(min_size=1), st.integers(), max_size=2),
+)
+def test_a_final_from_the_start_equals_a_final_from_scratch(
+    params: dict[str, Any], data: Any, human: str | None, context: dict[str, int] | None
+) -> None:
+    """finish_draft reuses the start's encoding and gives exactly what final_draft gives."""
+    from aegis.core.record import DecisionStamp, finish_draft
+
+    d = PolicyDecision(Action("pay", "bank", params), RiskLevel.HIGH, Approval.APPROVE, "r")
+    stamp = DecisionStamp("2024-01-01T00:00:00.000000+00:00", "ab" * 32, context or None)
+    result = Result(d.action, ResultStatus.SUCCESS, data=data)
+    start = start_draft("s", d, human_decision=human, stamp=stamp)
+    reused = finish_draft(start, 7, result, human_decision=human, timestamp="t")
+    fresh = final_draft(
+        "s", d, result, human_decision=human, stamp=stamp, start_id=7, timestamp="t"
+    )
+    assert reused == fresh
