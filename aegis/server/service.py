@@ -591,10 +591,14 @@ class ApprovalService:
                 "this audit trail cannot be verified", status=404, code="no_audit"
             )
         report = await self._call(verify)
+        head = getattr(report, "head", None)
         return {
-            name: getattr(report, name)
-            for name in ("ok", "checked", "first_bad_id", "reason", "head")
-            if hasattr(report, name)
+            "ok": bool(report.ok),
+            "checked": int(report.checked),
+            "first_bad_id": report.first_bad_id,
+            "reason": str(report.reason),
+            "head": None if head is None else str(head),
+            "unfinished": list(getattr(report, "unfinished", ())),
         }
 
     def close(self) -> None:
