@@ -436,6 +436,15 @@ class SqlApprovalStore:
             )
             request = self._must(tx, request_id)
             if changed == 1:
+                if len(request.approvals) < request.approvers and request.grant_id is None:
+                    # Approved without enough recorded approvals: the row was edited.
+                    raise ApprovalServiceError(
+                        f"approval request {request_id} is marked approved but holds "
+                        f"{len(request.approvals)} of {request.approvers} approvals and no "
+                        "grant; it was edited outside Aegis and is not used",
+                        status=409,
+                        code="inconsistent",
+                    )
                 return request
             if request.status is RequestStatus.APPROVED:
                 raise ApprovalServiceError(
