@@ -121,8 +121,9 @@ def _echo_record(record: dict[str, Any]) -> None:
 def audit() -> None:
     """Read, export, follow and verify the audit trail.
 
-    Every subcommand reads the SQLite database the runtime writes
-    (--db, default aegis_audit.db, or $AEGIS_DB) and never creates one.
+    Every subcommand reads the audit trail the runtime writes (--db: a SQLite
+    file, default aegis_audit.db, or a postgresql:// DSN; or $AEGIS_DB) and
+    never creates one.
 
     \b
     Examples:
@@ -203,7 +204,7 @@ def list_records(  # noqa: PLR0917  # Click passes one argument per option
                 wrap=("Action", "Rule"),
             )
             if not shown:
-                note(f"no records in {db_path} match")
+                note(f"no records in {log.db_path} match")
 
 
 def _emit_json_array(records: Iterable[dict[str, Any]]) -> None:
@@ -246,7 +247,7 @@ def show(record_id: int, db_path: str, output_format: str) -> None:
         record = _fetch(log, record_id)
     if record is None:
         raise click.ClickException(
-            f"no record {record_id} in {db_path}; `aegis audit list` shows the ids"
+            f"no record {record_id} in {log.db_path}; `aegis audit list` shows the ids"
         )
     if output_format == "json":
         emit_json(record)
@@ -395,7 +396,7 @@ def verify(db_path: str, expect_head: str | None, output_format: str) -> None:
             }
         )
     elif report.ok:
-        success(f"audit chain intact: {report.checked} records verified in {db_path}")
+        success(f"audit chain intact: {report.checked} records verified in {log.db_path}")
         info(f"head: {report.head}")
         note("keep the head elsewhere; `--expect-head HEAD` later also catches a truncated log")
     else:

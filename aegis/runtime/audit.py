@@ -93,8 +93,9 @@ class AuditLogger(RecordReader):
         busy_timeout: SQLite: seconds to wait for another writer before failing.
         create: create the store if missing; ``False`` raises
             :class:`~aegis.errors.AuditError` instead (for tools that read).
-        synchronous: SQLite: ``"normal"`` (survives process death) or
-            ``"full"`` (survives power loss too).
+        synchronous: ``"normal"`` (survives process death) or ``"full"``
+            (survives power loss too; on PostgreSQL, a server crash too, for
+            start records as well as final ones).
         readonly: never write (to read a backup or an evidence copy).
         store: an :class:`~aegis.stores.base.AuditStore` to use instead of
             opening ``db_path``.
@@ -122,6 +123,8 @@ class AuditLogger(RecordReader):
         if store is None:
             if not is_postgres_url(db_path) and str(db_path).lower() != "memory://":
                 options.update(busy_timeout=busy_timeout, synchronous=synchronous)
+            elif is_postgres_url(db_path):
+                options.update(synchronous=synchronous)
             store = open_store(db_path, create=create, readonly=readonly, **options)
             self._path = str(db_path)
         else:

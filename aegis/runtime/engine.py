@@ -39,7 +39,7 @@ from aegis.core.plan import ExecutionPlan
 from aegis.core.record import ContextValue, DecisionStamp, check_context
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import AegisError, ConfigurationError
+from aegis.errors import AegisError, AuditError, ConfigurationError
 from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
 from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
@@ -197,6 +197,12 @@ class Runtime:
         # starts before it has finished. A failed setup() is tried again.
         async with self._start_lock:
             if not self._started:
+                # The trail must be usable before anything runs: a file that
+                # is not ours, damaged or read-only fails here, not after an
+                # action already ran and could not be recorded.
+                check = getattr(self.audit, "check", None)
+                if callable(check):
+                    check()
                 if self._setup is not None:
                     await self._setup()
                 self._started = True
@@ -569,7 +575,7 @@ class Runtime:
         action = decision.action
         approval = decision.approval
         if approval is Approval.BLOCK:
-            return await self.record(decision, self.block(decision), stamp=stamp)
+            return await self._finish(decision, self.block(decision), None, None, stamp)
         decided = canonical_json(action)
         human: str | None = None
         if approval is Approval.APPROVE:
@@ -581,17 +587,21 @@ class Runtime:
                 )
                 raise
             if denied is not None:
-                return await self.record(decision, denied, human, stamp=stamp)
+                return await self._finish(decision, denied, human, None, stamp)
         elif approval is not Approval.AUTO:  # decide() allows nothing else; fail closed anyway
-            return await self.record(decision, self.block(decision), stamp=stamp)
+            return await self._finish(decision, self.block(decision), None, None, stamp)
         if canonical_json(action) != decided:
             return await self._changed(decision, stamp, decided, human, ran=False)
         token = None
         if self._record_start is not None:
             fields = self._stamp_fields(stamp) if self._start_stamped else {}
-            token = await self._record_start(
-                self.session_id, decision, human_decision=human, **fields
-            )
+            try:
+                token = await self._record_start(
+                    self.session_id, decision, human_decision=human, **fields
+                )
+            except AuditError as exc:
+                # An action whose start is not in the trail must not run.
+                return _unrecorded(decision, None, exc)
         try:
             result = await self.run_executor(action)
         except BaseException as exc:  # cancelled or interrupted mid-action
@@ -601,7 +611,21 @@ class Runtime:
             return await self._changed(
                 decision, stamp, decided, human, token, ran=True, result=result
             )
-        return await self.record(decision, result, human, token, stamp=stamp)
+        return await self._finish(decision, result, human, token, stamp)
+
+    async def _finish(
+        self,
+        decision: PolicyDecision,
+        result: Result,
+        human: str | None,
+        token: int | None,
+        stamp: DecisionStamp,
+    ) -> Result:
+        """Record ``result``; if the trail cannot take it, the Result is FAILED, never success."""
+        try:
+            return await self.record(decision, result, human, token, stamp=stamp)
+        except AuditError as exc:
+            return _unrecorded(decision, result, exc)
 
     async def _changed(
         self,
@@ -632,7 +656,7 @@ class Runtime:
             human = f"denied: error: {error}"
         _log.error("%s: %s", original, error)
         changed = Result(original, status, error=error, started_at=started, completed_at=now)
-        return await self.record(decision, changed, human, token, stamp=stamp)
+        return await self._finish(decision, changed, human, token, stamp)
 
     async def _record_interrupted(  # noqa: PLR0917  # one call site, all needed
         self,
@@ -701,6 +725,32 @@ class Runtime:
 
 
 _Hook = Callable[[], Awaitable[None]] | None
+
+
+def _unrecorded(decision: PolicyDecision, result: Result | None, exc: AuditError) -> Result:
+    """The FAILED Result of an action whose start (``result`` None) or outcome was not recorded.
+
+    A failed write leaves no half-written record; the caller must not read
+    success into an outcome the audit trail does not hold.
+    """
+    _log.error("could not record %s in the audit trail: %s", decision.action, exc)
+    now = _now()
+    if result is None:
+        return Result(
+            decision.action,
+            ResultStatus.FAILED,
+            error=f"not run: the audit trail could not record its start ({exc})",
+            started_at=now,
+            completed_at=now,
+        )
+    return Result(
+        decision.action,
+        ResultStatus.FAILED,
+        data=result.data,
+        error=f"ended {result.status.value}, but the audit trail could not record it ({exc})",
+        started_at=result.started_at,
+        completed_at=result.completed_at or now,
+    )
 
 
 def _accepts_stamp(record: Callable[..., Any]) -> bool:

@@ -591,13 +591,12 @@ class ApprovalService:
                 "this audit trail cannot be verified", status=404, code="no_audit"
             )
         report = await self._call(verify)
-        head = getattr(report, "head", None)
         return {
-            "ok": bool(report.ok),
-            "checked": int(report.checked),
+            "ok": report.ok,
+            "checked": report.checked,
             "first_bad_id": report.first_bad_id,
-            "reason": str(report.reason),
-            "head": None if head is None else str(head),
+            "reason": report.reason,
+            "head": str(report.head),  # "<count>:<hash>", the form to keep elsewhere
             "unfinished": list(getattr(report, "unfinished", ())),
         }
 
