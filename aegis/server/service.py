@@ -368,12 +368,23 @@ class ApprovalService:
         principal: Principal,
         status: RequestStatus | None = RequestStatus.PENDING,
         *,
+        requester: str | None = None,
+        session_id: str | None = None,
         limit: int = 100,
     ) -> list[ApprovalRequest]:
-        """Requests newest first (reviewer role); ``status=None`` lists all."""
+        """Requests newest first (reviewer role); ``status=None`` lists all.
+
+        ``requester`` and ``session_id`` narrow the list to one agent or session.
+        """
         self._require(principal, Role.REVIEWER, "listing approval requests")
         await self.expire_due()
-        return await self._call(self.store.list_requests, status, limit=limit)
+        return await self._call(
+            self.store.list_requests,
+            status,
+            requester=requester,
+            session_id=session_id,
+            limit=limit,
+        )
 
     async def wait(self, principal: Principal, request_id: str, timeout: float) -> ApprovalRequest:
         """Answer as soon as the request is no longer pending, or after ``timeout`` seconds.

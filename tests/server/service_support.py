@@ -163,7 +163,7 @@ class Reviewer:
         """Wait for a pending request of ``session_id`` and return it."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            response = await self.client.get("/api/v1/approvals")
+            response = await self.client.get("/api/v1/approvals", params={"session": session_id})
             if response.status_code == 200:
                 for request in response.json()["approvals"]:
                     if request["session_id"] == session_id:

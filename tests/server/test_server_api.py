@@ -241,6 +241,14 @@ async def test_list_by_status(api: Api) -> None:
     assert [r["id"] for r in denied.json()["approvals"]] == [first["id"]]
     everything = await api.call("GET", "/api/v1/approvals", "bob", params={"status": "all"})
     assert len(everything.json()["approvals"]) == 2
+    by_session = await api.call(
+        "GET", "/api/v1/approvals", "bob", params={"status": "all", "session": "s2"}
+    )
+    assert [r["id"] for r in by_session.json()["approvals"]] == [second["id"]]
+    by_agent = await api.call(
+        "GET", "/api/v1/approvals", "bob", params={"status": "all", "requester": "nobody"}
+    )
+    assert by_agent.json()["approvals"] == []
     odd = await api.call("GET", "/api/v1/approvals", "bob", params={"status": "maybe"})
     assert odd.status_code == 422
 
