@@ -38,7 +38,7 @@ from aegis.core.approval_request import (
     request_digest,
 )
 from aegis.core.decision import Approval, PolicyDecision
-from aegis.errors import ApprovalServiceError
+from aegis.errors import ApprovalServiceError, AuditError
 from aegis.stores.approvals import ApprovalStore, hash_token, new_request_id
 
 if TYPE_CHECKING:
@@ -199,23 +199,40 @@ class ApprovalService:
             reviewers=request.reviewers,
         )
         human = f"approval: {text} [request {request.id}]"
-        try:
-            await self._call(
-                self.audit.log,
-                request.session_id,
-                decision,
-                human_decision=human,
-                context={
-                    "approval_event": event,
-                    "approval_request": request.id,
-                    "requester": request.requester,
-                    **context,
-                },
-            )
-        except Exception:
-            # The change is in the store already; say loudly that its record is not.
-            _log.exception("could not write the audit record %r", human)
-            raise
+        for attempt in range(3):
+            try:
+                await self._write_record(request, decision, human, event, context)
+            except AuditError:
+                if attempt == 2:
+                    # The change is in the store already; say loudly that its record is not.
+                    _log.exception("could not write the audit record %r", human)
+                    raise
+                await asyncio.sleep(0.1 * 3**attempt)  # a locked file often frees up soon
+            else:
+                return
+
+    async def _write_record(
+        self,
+        request: ApprovalRequest,
+        decision: PolicyDecision,
+        human: str,
+        event: str,
+        context: dict[str, str],
+    ) -> None:
+        if self.audit is None:
+            return
+        await self._call(
+            self.audit.log,
+            request.session_id,
+            decision,
+            human_decision=human,
+            context={
+                "approval_event": event,
+                "approval_request": request.id,
+                "requester": request.requester,
+                **context,
+            },
+        )
 
     # -- who is calling ---------------------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import ssl
@@ -187,8 +186,3 @@ class Reviewer:
     async def aclose(self) -> None:
         """Close the HTTP client."""
         await self.client.aclose()
-
-
-def python_env() -> dict[str, str]:
-    """The environment for a child Python that imports this checkout."""
-    return dict(os.environ)
