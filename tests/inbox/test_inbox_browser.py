@@ -237,19 +237,24 @@ def test_deny_with_the_keyboard(world: World) -> None:
 
 
 def test_expired_request_cannot_be_decided(world: World) -> None:
-    """A request past its approval_ttl is refused: the Runtime gets DENIED, the page says so."""
-    page = world.signed_in()
+    """A request past its approval_ttl leaves the live list and is refused on its open page."""
+    pending = world.signed_in()
     future = world.agent.start(Action("quick_check", "ops", {"host": "db-1"}))
-    expect(world.row(page, "quick_check")).to_be_visible(timeout=WAIT_MS)
-    world.row(page, "quick_check").locator("a").click()
+    expect(world.row(pending, "quick_check")).to_be_visible(timeout=WAIT_MS)
+    page = pending.context.new_page()
+    page.goto(
+        world.server.url
+        + (world.row(pending, "quick_check").locator("a").get_attribute("href") or "")
+    )
     expect(page.locator("#approve")).to_be_enabled()
     result = future.result(WAIT_MS / 1000)  # the 2 s TTL runs out while the page is open
     assert result.status is ResultStatus.DENIED
+    expect(world.row(pending, "quick_check")).to_have_count(0, timeout=WAIT_MS)
     page.click("#approve")
     expect(page.locator(".flash-error")).to_contain_text("expired")
     expect(page.locator("#refusal")).to_be_visible()
     expect(page.locator("#approve")).to_be_disabled()
-    page.context.close()
+    pending.context.close()
 
 
 def test_hostile_params_render_as_text(world: World) -> None:
