@@ -34,7 +34,7 @@ from aegis.errors import (
 )
 from aegis.runtime.approval import ApprovalHandler, AutoApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
-from aegis.runtime.audit import AuditLogger, VerifyReport
+from aegis.runtime.audit import AuditLogger, Head, VerifyReport
 from aegis.runtime.audit_backend import AuditBackend
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.engine import Runtime
@@ -64,6 +64,7 @@ __all__ = [
     "ConfigurationError",
     "ExecutionPlan",
     "FrozenDict",
+    "Head",
     "LoggingAuditLogger",
     "Policy",
     "PolicyDecision",

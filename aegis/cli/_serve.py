@@ -169,5 +169,19 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
         log_level=log_level,
         lifespan="on",
         server_header=False,
+        # Long polls last up to a minute; waiting agents reconnect on their own.
+        timeout_graceful_shutdown=3,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit:
+        if server.started:
+            raise
+        # uvicorn has logged why (usually the port is taken); say what to do.
+        raise click.ClickException(
+            f"could not listen on {host}:{port}; if another process uses the port, "
+            "pick another with --port"
+        ) from None
+    if not server.started:
+        raise click.ClickException(f"could not listen on {host}:{port}; pick another --port")

@@ -39,7 +39,6 @@ except ImportError as exc:  # pragma: no cover  # CI installs every extra
     ) from exc
 
 from aegis.core.policy import Policy
-from aegis.errors import StoreError
 from aegis.server.api import api_routes, error_response
 from aegis.server.service import ApprovalService
 
@@ -67,14 +66,6 @@ def open_service(
     from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
     from aegis.stores.approvals import open_approval_store  # noqa: PLC0415
 
-    if db.startswith(("postgresql://", "postgres://")):
-        import aegis.stores  # noqa: PLC0415
-
-        if not hasattr(aegis.stores, "open_store"):
-            raise StoreError(
-                "this Aegis has no PostgreSQL audit trail, so the approval service cannot "
-                "use one; use a SQLite file for --db"
-            )
     audit = AuditLogger(db)
     try:
         head = getattr(audit, "head", None)

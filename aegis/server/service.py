@@ -592,9 +592,12 @@ class ApprovalService:
             )
         report = await self._call(verify)
         return {
-            name: getattr(report, name)
-            for name in ("ok", "checked", "first_bad_id", "reason", "head")
-            if hasattr(report, name)
+            "ok": report.ok,
+            "checked": report.checked,
+            "first_bad_id": report.first_bad_id,
+            "reason": report.reason,
+            "head": str(report.head),  # "<count>:<hash>", the form to keep elsewhere
+            "unfinished": list(getattr(report, "unfinished", ())),
         }
 
     def close(self) -> None:
