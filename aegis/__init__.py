@@ -38,6 +38,8 @@ from aegis.runtime.audit import AuditLogger, Head, VerifyReport
 from aegis.runtime.audit_backend import AuditBackend
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.engine import Runtime
+from aegis.stores.sqlite.usage import SQLiteUsageStore
+from aegis.stores.usage import MemoryUsageStore, UsageStore
 
 if TYPE_CHECKING:
     from aegis.runtime.approval_remote import RemoteApprovalHandler
@@ -66,6 +68,7 @@ __all__ = [
     "FrozenDict",
     "Head",
     "LoggingAuditLogger",
+    "MemoryUsageStore",
     "Policy",
     "PolicyDecision",
     "PolicyError",
@@ -75,7 +78,9 @@ __all__ = [
     "ResultStatus",
     "RiskLevel",
     "Runtime",
+    "SQLiteUsageStore",
     "StoreError",
+    "UsageStore",
     "VerifyReport",
     "__version__",
 ]

@@ -25,6 +25,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -43,10 +44,12 @@ from aegis.errors import AegisError, AuditError, ConfigurationError
 from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
 from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
+from aegis.runtime.limits import _LimitsSetup
 
 if TYPE_CHECKING:
     from aegis.core.policy import Policy
     from aegis.runtime.audit_backend import AuditBackend
+    from aegis.stores.usage import UsageStore
 
 __all__ = ["Executor", "Runtime"]
 
@@ -96,6 +99,17 @@ class Runtime:
             executor is cancelled and not waited for; a synchronous one
             (which runs on a worker thread, so the event loop never blocks)
             is left to finish there, and what it returns is ignored.
+        agent: who acts, for limits keyed by ``agent``; when ``None``, the
+            ``"agent"`` entry of a call's ``context`` (see :mod:`aegis.runtime.limits`).
+        usage_store: where limits, budgets and flow rules count
+            (:class:`~aegis.stores.usage.UsageStore`); by default beside the
+            audit trail (its SQLite file or PostgreSQL database), or in memory
+            for an audit without a database. Opened only when the policy has
+            such rules; a store given here is not closed by the runtime.
+        policy_path: a policy file, read when ``policy`` is not given.
+        reload: watch ``policy_path`` every ``reload_interval`` seconds and
+            decide later actions by its new content; a broken file keeps the
+            current policy and is logged with its file and line.
 
     Inside ``async with``, the executor's ``setup()`` runs once on entering
     and ``teardown()`` once on leaving. Outside it, :meth:`execute` sets the
@@ -115,14 +129,22 @@ class Runtime:
         self,
         *,
         executor: Executor,
-        policy: Policy,
+        policy: Policy | None = None,
         approval_handler: ApprovalHandler | Callable[[PolicyDecision], Any] | None = None,
         audit_logger: AuditBackend | None = None,
         session_id: str | None = None,
         approval_timeout: float | None = None,
         execute_timeout: float | None = None,
+        agent: str | None = None,
+        usage_store: UsageStore | None = None,
+        policy_path: str | os.PathLike[str] | None = None,
+        reload: bool = False,
+        reload_interval: float = 1.0,
     ) -> None:
         self._execute_action, self._setup, self._teardown = _executor_hooks(executor)
+        self._limits = _LimitsSetup(agent, usage_store, policy_path, reload, reload_interval)
+        if policy is None:
+            policy = self._limits.initial_policy()
         self._execute_is_async = is_async_callable(self._execute_action)
         self._evaluate = _policy_evaluate(policy)
         if approval_handler is None:
@@ -191,6 +213,7 @@ class Runtime:
             raise AegisError("this Runtime is closed; create a new Runtime to run more actions")
         if self._started:
             return
+        self._limits.watch(self)
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         # Concurrent first calls wait here: setup() runs once, and no action
@@ -248,7 +271,10 @@ class Runtime:
             if self._started and self._teardown is not None:
                 await self._teardown()
         finally:
-            self.audit.close()
+            try:
+                await self._limits.close()
+            finally:
+                self.audit.close()
 
     # ------------------------------------------------------------------ public API
 
@@ -259,8 +285,25 @@ class Runtime:
 
             plan = runtime.plan([Action("read", "crm"), Action("delete", "crm")])
             print(plan.summary())
+
+        With rate limits, budgets or flow conditions in the policy, each action
+        is shown as the limits would decide it now, alone, reserving nothing.
         """
+        if getattr(self.policy, "limits", None) is not None:
+            return ExecutionPlan([self._limits.preview(self, a) for a in actions])
         return ExecutionPlan([self.decide(a) for a in actions])
+
+    def update_policy(self, policy: Policy) -> None:
+        """Decide every later action by ``policy``; actions in flight finish under the old one.
+
+        The swap is atomic for the event loop: an action is decided, metered,
+        approved and executed under one policy. Call it from the loop's thread.
+
+        Raises:
+            ConfigurationError: ``policy`` has no ``evaluate()`` method.
+        """
+        evaluate = _policy_evaluate(policy)
+        self.policy, self._evaluate = policy, evaluate
 
     async def execute(
         self,
@@ -565,13 +608,21 @@ class Runtime:
         }
 
     async def _run(self, decision: PolicyDecision, stamp: DecisionStamp) -> Result:
-        """One action through approve -> execute -> record.
+        """One action through meter -> approve -> execute -> record.
 
         ``decision`` comes from :meth:`decide` and stays the runtime's own:
         the approval handler sees a copy, and what runs and what is recorded
         is checked against the action's canonical form taken here, when it
         was decided.
         """
+        policy = self.policy
+        lease = None
+        if getattr(policy, "limits", None) is not None:
+            try:
+                decision, lease, stamp = await self._limits.check(self, policy, decision, stamp)
+            except BaseException as exc:  # cancelled while counting: it never ran
+                await self._record_interrupted(decision, stamp, exc, ResultStatus.SKIPPED, None)
+                raise
         action = decision.action
         approval = decision.approval
         if approval is Approval.BLOCK:
@@ -582,16 +633,24 @@ class Runtime:
             try:
                 denied, human = await self.approve(decision, decided=decided)
             except BaseException as exc:  # cancelled or interrupted while waiting
+                self._limits.release(lease)
                 await self._record_interrupted(
                     decision, stamp, exc, ResultStatus.DENIED, "denied: interrupted"
                 )
                 raise
             if denied is not None:
+                self._limits.release(lease)
                 return await self._finish(decision, denied, human, None, stamp)
         elif approval is not Approval.AUTO:  # decide() allows nothing else; fail closed anyway
+            self._limits.release(lease)
             return await self._finish(decision, self.block(decision), None, None, stamp)
         if canonical_json(action) != decided:
+            self._limits.release(lease)
             return await self._changed(decision, stamp, decided, human, ran=False)
+        if lease is not None or getattr(policy, "limits", None) is not None:
+            failed = self._limits.ran(self, policy, action, lease)
+            if failed is not None:
+                return await self._finish(decision, failed, human, None, stamp)
         token = None
         if self._record_start is not None:
             fields = self._stamp_fields(stamp) if self._start_stamped else {}
@@ -601,6 +660,7 @@ class Runtime:
                 )
             except AuditError as exc:
                 # An action whose start is not in the trail must not run.
+                self._limits.release(lease)
                 return _unrecorded(decision, None, exc)
         try:
             result = await self.run_executor(action)
