@@ -65,6 +65,8 @@ SIGNIN_TTL: Final = 900
 #: seconds between keep-alive comments on a quiet event stream
 KEEPALIVE: Final = 15.0
 MAX_COMMENT: Final = 2000
+#: bytes a posted form may have (a comment of MAX_COMMENT characters fits many times)
+MAX_FORM: Final = 64 * 1024
 MAX_GRANT_MINUTES: Final = 1440
 HISTORY_STATUSES: Final = ("all", "approved", "denied", "expired", "cancelled")
 #: how many recent requests History filters by agent and reviewer
@@ -308,6 +310,9 @@ class Inbox:
         """The posted form when it is from this inbox and carries ``csrf``; else ``None``."""
         if not csrf or not self._same_origin(request):
             return None
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > MAX_FORM:
+            return None  # the inbox's forms are small; a browser always says how small
         try:
             form = await request.form(max_files=0, max_fields=20, max_part_size=64 * 1024)
         except Exception:  # a malformed or oversized form is refused like a forged one

@@ -427,3 +427,16 @@ async def test_public_url_origin_is_accepted_and_cookies_are_secure(tmp_path: Pa
     finally:
         inbox.close()
         site.service.close()
+
+
+async def test_oversized_form_is_refused(site: Site) -> None:
+    """A decision form larger than the inbox's limit is refused before it is read."""
+    request = await site.ask()
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        response = await client.post(
+            f"/requests/{request['id']}/decision",
+            data={"verdict": "approve", "csrf": csrf, "comment": "x" * 100_000},
+        )
+    assert response.status_code == 403
+    assert (await site.store_request(request["id"]))["status"] == "pending"
