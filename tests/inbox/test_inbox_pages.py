@@ -440,3 +440,32 @@ async def test_oversized_form_is_refused(site: Site) -> None:
         )
     assert response.status_code == 403
     assert (await site.store_request(request["id"]))["status"] == "pending"
+
+
+async def test_own_request_cannot_be_decided(site: Site) -> None:
+    """A reviewer whose name asked for a request (with an earlier agent token) may not decide it."""
+    now = datetime.now(UTC)
+    site.store.create_token(TokenInfo("carl", Role.AGENT, (), now), hash_token("carl-agent"))
+    async with site.client() as client:
+        response = await client.post(
+            "/api/v1/approvals",
+            json={
+                "session_id": "s9",
+                "action": {"type": "deploy", "target": "prod"},
+                "risk_level": "high",
+            },
+            headers={"Authorization": "Bearer carl-agent"},
+        )
+    request = response.json()
+    site.store.revoke_token("carl", now)
+    site.store.create_token(TokenInfo("carl", Role.REVIEWER, (), now), hash_token("carl-secret"))
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "carl")
+        page = (await client.get(f"/requests/{request['id']}")).text
+        refused = await client.post(
+            f"/requests/{request['id']}/decision", data={"verdict": "approve", "csrf": csrf}
+        )
+    assert "nobody may decide their own request" in page
+    assert re.search(r'id="approve" disabled', page)
+    assert refused.status_code == 403
+    assert (await site.store_request(request["id"]))["status"] == "pending"
