@@ -703,7 +703,10 @@ class Inbox:
             if by and all(d.reviewer != by for d in item.decisions):
                 continue
             view = _request_view(item, now)
-            view["who"] = ", ".join(d.reviewer for d in item.decisions)
+            view["who"] = ", ".join(
+                f"{d.reviewer} {'approved' if d.verdict is Verdict.APPROVE else 'denied'}"
+                for d in item.decisions
+            )
             comments = [f"{d.reviewer}: {d.comment}" for d in item.decisions if d.comment]
             view["comment"] = "; ".join(comments) or item.status_reason
             view["finished_at"] = (

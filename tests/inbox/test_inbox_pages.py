@@ -297,6 +297,8 @@ async def test_history_filters_by_status_agent_and_reviewer(site: Site) -> None:
     assert "type_denied" in everything
     assert "type_pending" not in everything
     assert "looks right" in everything
+    assert "alice approved" in everything
+    assert "bob denied" in everything
     assert "type_denied" in only_denied
     assert "type_approved" not in only_denied
     assert "type_approved" in by_alice
