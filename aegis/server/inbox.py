@@ -45,6 +45,7 @@ from aegis.core.approval_request import ApprovalRequest, RequestStatus, Role, Ve
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError
+from aegis.server.api import MAX_GRANT_MINUTES
 from aegis.server.service import ApprovalEvent, ApprovalService, Principal
 from aegis.stores.approvals import hash_token
 
@@ -67,7 +68,6 @@ KEEPALIVE: Final = 15.0
 MAX_COMMENT: Final = 2000
 #: bytes a posted form may have (a comment of MAX_COMMENT characters fits many times)
 MAX_FORM: Final = 64 * 1024
-MAX_GRANT_MINUTES: Final = 1440
 HISTORY_STATUSES: Final = ("all", "approved", "denied", "expired", "cancelled")
 #: how many recent requests History filters by agent and reviewer
 HISTORY_SCAN: Final = 1000
@@ -613,6 +613,7 @@ class Inbox:
                 "page": "request",
                 "req": view,
                 "params_json": _pretty_json(view["action"]["params"]),
+                "max_grant_minutes": MAX_GRANT_MINUTES,
                 "refusal": f"You cannot decide this: {refusal}." if refusal else None,
             },
             reviewer=reviewer,
