@@ -102,10 +102,21 @@ class World:
         self.tokens = tokens
         self.agent = agent
         self.browser = browser
+        #: console errors and uncaught exceptions of every page (a CSP violation is one)
+        self.errors: list[str] = []
 
     def context(self) -> BrowserContext:
-        """A fresh browser profile (its own cookies)."""
-        return self.browser.new_context(viewport={"width": 1180, "height": 760})
+        """A fresh browser profile (its own cookies) whose pages report console errors."""
+        context = self.browser.new_context(viewport={"width": 1180, "height": 760})
+        context.on("page", self._watch)
+        return context
+
+    def _watch(self, page: Page) -> None:
+        page.on(
+            "console",
+            lambda message: self.errors.append(message.text) if message.type == "error" else None,
+        )
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
 
     def signed_in(self, name: str = "alice") -> Page:
         """A new page signed in as ``name`` through the form, showing Pending."""
@@ -210,6 +221,7 @@ def test_request_appears_live_and_approval_lets_the_runtime_run(world: World) ->
     expect(pending.locator("#pending-rows tr")).to_have_count(0, timeout=WAIT_MS)
     expect(pending.locator("#pending-empty")).to_be_visible()
     assert pending.evaluate("window.__notReloaded") == 42
+    assert world.errors == []  # the script runs under the CSP without a single complaint
     pending.context.close()
 
 
@@ -273,6 +285,7 @@ def test_hostile_params_render_as_text(world: World) -> None:
     assert page.locator("main img").count() == 0
     assert page.locator("main b").count() == 0
     assert page.evaluate("window.__pwned") is None
+    assert not [e for e in world.errors if "Content Security Policy" in e]
     page.click("#deny")
     expect(page.locator(".flash-ok")).to_contain_text("Denied")
     assert future.result(WAIT_MS / 1000).status is ResultStatus.DENIED
