@@ -292,6 +292,27 @@ def test_hostile_params_render_as_text(world: World) -> None:
     page.context.close()
 
 
+def test_every_page_fits_a_phone(world: World) -> None:
+    """On a 390 px wide phone no inbox page scrolls sideways, and Approve is reachable."""
+    page = world.signed_in()
+    page.set_viewport_size({"width": 390, "height": 844})
+    future = world.agent.start(
+        Action("refund", "billing-eu", {"customer": "c_1", "memo": "x" * 120}, "a long memo")
+    )
+    expect(world.row(page, "billing-eu")).to_be_visible(timeout=WAIT_MS)
+    href = world.row(page, "billing-eu").locator("a").get_attribute("href") or ""
+    for path in ("/", href, "/history", "/audit"):
+        page.goto(world.server.url + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
+    page.goto(world.server.url + href)
+    page.screenshot(path=OUTPUT / "inbox-request-phone.png", full_page=True)
+    page.click("#approve")
+    expect(page.locator(".flash-ok")).to_contain_text("Approved")
+    assert future.result(WAIT_MS / 1000).status is ResultStatus.SUCCESS
+    page.context.close()
+
+
 def test_sign_out(world: World) -> None:
     """Sign out ends the session: the inbox asks for a token again."""
     page = world.signed_in()
