@@ -8,7 +8,7 @@ import click
 
 from aegis.cli._output import note
 from aegis.cli._store import is_dsn, store_option
-from aegis.core.approval_request import parse_duration
+from aegis.core.approval_request import parse_approval_ttl
 
 __all__ = ["serve"]
 
@@ -24,7 +24,7 @@ def _is_loopback(host: str) -> bool:
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     try:
-        return parse_duration(value)
+        return parse_approval_ttl(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 

@@ -32,7 +32,7 @@ from typing import Any, Final, TypeVar
 
 from aegis.core._index import CLOCK, FLOW, RUN, Bucket, Index, covers
 from aegis.core.action import Action, _canonical_default, freeze, thaw
-from aegis.core.approval_request import parse_duration
+from aegis.core.approval_request import parse_approval_ttl
 from aegis.core.conditions import (
     CompiledConditions,
     ConditionSpecError,
@@ -249,7 +249,7 @@ def _check_ttl(value: object) -> float | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)  # type: ignore[arg-type]  # checked there
+        return parse_approval_ttl(value)  # type: ignore[arg-type]  # checked there
     except ValueError as exc:
         raise PolicyError(f"approval_ttl: {exc}") from None
 

@@ -295,6 +295,7 @@ class SqlApprovalStore:
         status: RequestStatus | None = None,
         *,
         requester: str | None = None,
+        session_id: str | None = None,
         limit: int = 100,
     ) -> list[ApprovalRequest]:
         """See :meth:`aegis.stores.approvals.ApprovalStore.list_requests`."""
@@ -305,6 +306,9 @@ class SqlApprovalStore:
         if requester is not None:
             clauses.append("requester = ?")
             args.append(requester)
+        if session_id is not None:
+            clauses.append("session_id = ?")
+            args.append(session_id)
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self._transaction(write=False) as tx:
             rows = tx.all(

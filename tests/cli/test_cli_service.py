@@ -72,6 +72,11 @@ def test_token_create_refuses_a_taken_name_and_bad_input(invoke: Invoke, tmp_pat
         invoke("token", "create", "x", "--role", "agent", "--expires", "soon", "--db", db).exit_code
         == 2
     )
+    forever = invoke(
+        "token", "create", "x", "--role", "agent", "--expires", "99999999d", "--db", db
+    )
+    assert forever.exit_code == 2
+    assert "ten years" in forever.stderr
 
 
 def test_token_list_needs_an_existing_database(invoke: Invoke, tmp_path: Path) -> None:
