@@ -66,8 +66,12 @@ async def _run_one(kind: str, count: int, folder: str) -> float:
     actions = [
         Action("refund", "stripe", {"amount": 1.5, "customer": i % 50}) for i in range(count)
     ]
+
+    async def execute(action: Action) -> None:  # async: no worker-thread hop to measure
+        return None
+
     async with Runtime(
-        executor=lambda action: None, policy=policy, audit_logger=audit, agent="bench"
+        executor=execute, policy=policy, audit_logger=audit, agent="bench"
     ) as runtime:
         for action in actions[:100]:  # warm up: open files, fill caches
             await runtime.run_one(action)
