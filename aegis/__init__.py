@@ -14,6 +14,7 @@ an executor, and a tamper-evident audit trail::
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from aegis.adapters.base import BaseExecutor
 from aegis.core.action import Action, FrozenDict
@@ -23,7 +24,14 @@ from aegis.core.plan import ExecutionPlan
 from aegis.core.policy import Policy, PolicyRule
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import AegisError, AuditError, ConfigurationError, PolicyError, StoreError
+from aegis.errors import (
+    AegisError,
+    ApprovalServiceError,
+    AuditError,
+    ConfigurationError,
+    PolicyError,
+    StoreError,
+)
 from aegis.runtime.approval import ApprovalHandler, AutoApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
 from aegis.runtime.audit import AuditLogger, Head, VerifyReport
@@ -32,6 +40,9 @@ from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.engine import Runtime
 from aegis.stores.sqlite.usage import SQLiteUsageStore
 from aegis.stores.usage import MemoryUsageStore, UsageStore
+
+if TYPE_CHECKING:
+    from aegis.runtime.approval_remote import RemoteApprovalHandler
 
 try:
     __version__ = version("aegis-runtime")
@@ -44,6 +55,7 @@ __all__ = [
     "Approval",
     "ApprovalHandler",
     "ApprovalOutcome",
+    "ApprovalServiceError",
     "AuditBackend",
     "AuditError",
     "AuditLogger",
@@ -61,6 +73,7 @@ __all__ = [
     "PolicyDecision",
     "PolicyError",
     "PolicyRule",
+    "RemoteApprovalHandler",
     "Result",
     "ResultStatus",
     "RiskLevel",
@@ -71,3 +84,12 @@ __all__ = [
     "VerifyReport",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RemoteApprovalHandler needs httpx (the server extra): import it on first use only.
+    if name == "RemoteApprovalHandler":
+        from aegis.runtime.approval_remote import RemoteApprovalHandler  # noqa: PLC0415
+
+        return RemoteApprovalHandler
+    raise AttributeError(f"module 'aegis' has no attribute {name!r}")

@@ -4,8 +4,9 @@
     ├── PolicyError (also ValueError)   a policy file or rule is invalid
     ├── AuditError                      the audit trail cannot be read or written
     │   └── StoreError                  the store's database failed (SQLite, PostgreSQL)
-    └── ConfigurationError (also TypeError)
-                                        Runtime was given something it cannot use
+    ├── ConfigurationError (also TypeError)
+    │                                   Runtime was given something it cannot use
+    └── ApprovalServiceError            the approval service refused or failed a request
 
 A blocked or denied action is not an error: it is a :class:`~aegis.Result`
 with status ``BLOCKED`` or ``DENIED``. Exceptions are for failures.
@@ -13,7 +14,14 @@ with status ``BLOCKED`` or ``DENIED``. Exceptions are for failures.
 
 from __future__ import annotations
 
-__all__ = ["AegisError", "AuditError", "ConfigurationError", "PolicyError", "StoreError"]
+__all__ = [
+    "AegisError",
+    "ApprovalServiceError",
+    "AuditError",
+    "ConfigurationError",
+    "PolicyError",
+    "StoreError",
+]
 
 
 class AegisError(Exception):
@@ -70,3 +78,18 @@ class ConfigurationError(AegisError, TypeError):
     """The runtime was configured with an object it cannot use."""
 
     exit_code = 2
+
+
+class ApprovalServiceError(AegisError):
+    """The approval service refused a request, or could not be reached.
+
+    ``status`` is the HTTP status the service answers with (401, 403, 404,
+    409, 422, 503, ...) and ``code`` a short machine-readable name such as
+    ``"not_pending"``; the message says what went wrong and what to do.
+    """
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code

@@ -106,10 +106,13 @@ class AegisGroup(click.Group):
     lazy={
         "audit": "aegis.cli._audit:audit",
         "demo": "aegis.cli._demo:demo",
+        "grants": "aegis.cli._grants:grants",
         "init": "aegis.cli._init:init",
         "replay": "aegis.cli._replay:replay",
         "schema": "aegis.cli._validate:schema",
+        "serve": "aegis.cli._serve:serve",
         "simulate": "aegis.cli._simulate:simulate",
+        "token": "aegis.cli._tokens:token",
         "test": "aegis.cli._test:test",
         "validate": "aegis.cli._validate:validate",
     },

@@ -181,7 +181,14 @@ class Index:
             limits = rule._rule_limits
             if limits is not None and limits.flows:
                 check, clock = _with_flow(check, limits.flow_check()), FLOW
-            template = _template(rule.risk_level, rule.approval, rule.name)
+            template = _template(
+                rule.risk_level,
+                rule.approval,
+                rule.name,
+                approvers=rule.approvers,
+                reviewers=rule.reviewers,
+                approval_ttl=rule.approval_ttl,
+            )
             type_prefix, target_prefix = literal_prefix(kind), literal_prefix(target)
             if is_literal(kind) and is_literal(target):
                 entry: Entry = (pos, None, None, check, clock, template)

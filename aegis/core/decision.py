@@ -40,6 +40,12 @@ class PolicyDecision:
     approval: Approval
     matched_rule: str = ""
     reason: str = ""
+    #: distinct reviewers an ``approve`` decision needs (a rule's ``approvers``)
+    approvers: int = 1
+    #: reviewer groups admitted to decide (a rule's ``reviewers``); empty admits all
+    reviewers: tuple[str, ...] = ()
+    #: seconds a remote approval request stays open (a rule's ``approval_ttl``)
+    approval_ttl: float | None = None
 
     @property
     def is_allowed(self) -> bool:
@@ -48,7 +54,14 @@ class PolicyDecision:
 
 
 def _template(
-    risk_level: RiskLevel, approval: Approval, matched_rule: str, reason: str = ""
+    risk_level: RiskLevel,
+    approval: Approval,
+    matched_rule: str,
+    reason: str = "",
+    *,
+    approvers: int = 1,
+    reviewers: tuple[str, ...] = (),
+    approval_ttl: float | None = None,
 ) -> dict[str, Any]:
     """The field values of a decision, less its action, for :func:`_decision`."""
     return {
@@ -57,6 +70,9 @@ def _template(
         "approval": approval,
         "matched_rule": matched_rule,
         "reason": reason,
+        "approvers": approvers,
+        "reviewers": reviewers,
+        "approval_ttl": approval_ttl,
     }
 
 

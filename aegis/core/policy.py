@@ -32,6 +32,7 @@ from typing import Any, Final, TypeVar
 
 from aegis.core._index import CLOCK, FLOW, RUN, Bucket, Index, covers
 from aegis.core.action import Action, _canonical_default, freeze, thaw
+from aegis.core.approval_request import parse_duration
 from aegis.core.conditions import (
     CompiledConditions,
     ConditionSpecError,
@@ -91,6 +92,12 @@ class PolicyRule:
             :mod:`aegis.core.conditions`; all must hold.
         description: free text for people reading the policy.
         source: where the rule was read (``"policy.yaml:12"``), if from a file.
+        approvers: how many distinct reviewers must approve (default 1).
+        reviewers: the reviewer groups admitted to decide; empty admits any
+            reviewer.
+        approval_ttl: how long an approval request stays open, in seconds
+            or as a duration such as ``"30m"``; the service's default when
+            ``None``.
 
     A rule that omits them asks for approval (``approve``) at ``medium`` risk.
     Everything is validated and compiled here: a bad value raises
@@ -110,6 +117,9 @@ class PolicyRule:
     conditions: Mapping[str, Any]
     description: str = field(kw_only=True)
     source: str | None = field(kw_only=True, compare=False)
+    approvers: int = field(kw_only=True, default=1)
+    reviewers: tuple[str, ...] = field(kw_only=True, default=())
+    approval_ttl: float | None = field(kw_only=True, default=None)
     limit: Mapping[str, Any] | None = field(kw_only=True, default=None)
     budget: Mapping[str, Any] | None = field(kw_only=True, default=None)
     on_exceed: Mapping[str, Any] | None = field(kw_only=True, default=None)
@@ -125,6 +135,9 @@ class PolicyRule:
         *,
         description: str = "",
         source: str | None = None,
+        approvers: int = 1,
+        reviewers: Iterable[str] = (),
+        approval_ttl: float | str | None = None,
         limit: Mapping[str, Any] | None = None,
         budget: Mapping[str, Any] | None = None,
         on_exceed: Mapping[str, Any] | None = None,
@@ -142,6 +155,9 @@ class PolicyRule:
                 "name": name,
                 "description": str(description),
                 "source": source,
+                "approvers": _check_approvers(approvers),
+                "reviewers": _check_reviewers(reviewers),
+                "approval_ttl": _check_ttl(approval_ttl),
             }
             # Compiled as given, so that errors name the keys as written (a
             # loader then finds their lines); the checks keep frozen copies.
@@ -196,11 +212,46 @@ class PolicyRule:
             data["conditions"] = thaw(self.conditions)
         data["risk_level"] = self.risk_level.name.lower()
         data["approval"] = self.approval.value
+        if self.approvers != 1:
+            data["approvers"] = self.approvers
+        if self.reviewers:
+            data["reviewers"] = list(self.reviewers)
+        if self.approval_ttl is not None:
+            data["approval_ttl"] = self.approval_ttl
         for key in ("limit", "budget", "on_exceed"):
             value = getattr(self, key)
             if value is not None:
                 data[key] = thaw(value)
         return data
+
+
+def _check_approvers(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 20:
+        raise PolicyError(
+            f"approvers must be a whole number of distinct reviewers from 1 to 20, got {value!r}"
+        )
+    return value
+
+
+def _check_reviewers(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise PolicyError(
+            f"reviewers must be a list of reviewer group names such as [finance], got {value!r}"
+        )
+    groups = tuple(value)
+    for group in groups:
+        if not isinstance(group, str) or not group.strip():
+            raise PolicyError(f"reviewers: a group name must be non-empty text, got {group!r}")
+    return groups
+
+
+def _check_ttl(value: object) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)  # type: ignore[arg-type]  # checked there
+    except ValueError as exc:
+        raise PolicyError(f"approval_ttl: {exc}") from None
 
 
 class Policy:

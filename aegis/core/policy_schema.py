@@ -13,6 +13,9 @@
         conditions: {param_gt: {amount: 500}}  # optional, see aegis.core.conditions
         risk_level: critical           # optional, medium when omitted
         approval: block                # optional, approve when omitted
+        approvers: 2                   # optional: distinct reviewers needed (1)
+        reviewers: [finance]           # optional: reviewer groups admitted (all)
+        approval_ttl: 30m              # optional: how long a request stays open
         limit: {max: 20, per: 1h, key: [agent]}     # optional, see aegis.core.limits
         budget: {sum: amount, max: 2000, per: 1d}   # optional
         on_exceed: {approval: block, risk_level: high}  # optional, with limit/budget
@@ -31,7 +34,15 @@ from aegis.core._yaml import line_of
 from aegis.core.conditions import FLOW_CONDITIONS, ConditionSpecError, _kind
 from aegis.core.decision import Approval
 from aegis.core.limits import LimitSpecError
-from aegis.core.policy import DuplicateRuleName, Policy, PolicyRule, _coerce_enum
+from aegis.core.policy import (
+    DuplicateRuleName,
+    Policy,
+    PolicyRule,
+    _check_approvers,
+    _check_reviewers,
+    _check_ttl,
+    _coerce_enum,
+)
 from aegis.core.risk import RiskLevel
 from aegis.errors import PolicyError
 
@@ -39,7 +50,17 @@ __all__ = ["json_schema", "parse_policy"]
 
 TOP_KEYS: Final = ("version", "defaults", "rules")
 DEFAULTS_KEYS: Final = ("risk_level", "approval")
-RULE_KEYS: Final = ("name", "description", "match", "conditions", "risk_level", "approval")
+RULE_KEYS: Final = (
+    "name",
+    "description",
+    "match",
+    "conditions",
+    "risk_level",
+    "approval",
+    "approvers",
+    "reviewers",
+    "approval_ttl",
+)
 #: the keys of rules that count (aegis.core.limits)
 LIMIT_RULE_KEYS: Final = ("limit", "budget", "on_exceed")
 MATCH_KEYS: Final = ("type", "target")
@@ -204,6 +225,7 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
         raise place.error(f"description must be text, not {_kind(description)}", raw, "description")
     risk = _enum(RiskLevel, raw.get("risk_level", RiskLevel.MEDIUM), "risk_level", place, raw)
     approval = _enum(Approval, raw.get("approval", Approval.APPROVE), "approval", place, raw)
+    approval_keys = _approval_keys(raw, place)
     try:
         return PolicyRule(
             match.get("type", "*"),
@@ -214,6 +236,7 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
             conditions,
             description=description,
             source=place.rule_source(raw),
+            **approval_keys,
             **{key: raw[key] for key in LIMIT_RULE_KEYS if raw.get(key) is not None},
         )
     except PolicyError as exc:  # PolicyRule compiles the conditions
@@ -223,6 +246,30 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
         if isinstance(cause, LimitSpecError):
             raise place.error(exc.message, *_limit_place(raw, conditions, cause)) from exc
         raise place.error(exc.message, raw) from exc
+
+
+def _approval_keys(raw: Mapping[Any, Any], place: _Place) -> dict[str, Any]:
+    """The rule's approval keys, each checked here so that errors name its line."""
+    checks = {
+        "approvers": _check_approvers,
+        "reviewers": _check_reviewers,
+        "approval_ttl": _check_ttl,
+    }
+    keys: dict[str, Any] = {}
+    for key, check in checks.items():
+        if key in raw:
+            value = raw[key]
+            if key == "reviewers" and (value is None or not isinstance(value, list | tuple)):
+                raise place.error(
+                    f"reviewers must be a list of group names like [finance], not {_kind(value)}",
+                    raw,
+                    key,
+                )
+            try:
+                keys[key] = check(value)
+            except PolicyError as exc:
+                raise place.error(exc.message, raw, key) from None
+    return keys
 
 
 # -- JSON Schema -------------------------------------------------------------------
@@ -383,6 +430,25 @@ def json_schema() -> dict[str, Any]:
                 "default": "medium",
             },
             "approval": {**_enum_schema(Approval, "what must happen first"), "default": "approve"},
+            "approvers": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 20,
+                "default": 1,
+                "description": "distinct reviewers who must approve; one deny denies",
+            },
+            "reviewers": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "description": "reviewer groups admitted to decide; any reviewer when omitted",
+            },
+            "approval_ttl": {
+                "oneOf": [
+                    {"type": "number", "exclusiveMinimum": 0},
+                    {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*[smhd]?\s*$"},
+                ],
+                "description": "how long an approval request stays open: seconds, 30s, 5m, 1h, 1d",
+            },
             **_limit_schemas(),
         },
     }

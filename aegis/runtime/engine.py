@@ -176,6 +176,10 @@ class Runtime:
         self.execute_timeout = execute_timeout
         self.audit: AuditBackend = audit_logger
         self.session_id: str = session_id or uuid.uuid4().hex
+        bind = getattr(approval_handler, "bind_session", None)
+        if callable(bind):
+            # A handler that keys requests by session (the remote one) learns ours.
+            bind(self.session_id)
         self._record_final = audit_logger.record
         self._record_start = getattr(audit_logger, "record_start", None)
         # A backend written before records had a context, a decision time

@@ -1,0 +1,78 @@
+"""``aegis grants``: the standing approvals reviewers gave, and taking them back."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from datetime import UTC, datetime
+
+import click
+
+from aegis.cli._output import emit_json, note, print_table, success
+from aegis.cli._params import format_option
+from aegis.cli._store import open_tables, store_option
+from aegis.core.approval_request import Role, iso
+
+__all__ = ["grants"]
+
+
+@click.group()
+def grants() -> None:
+    """List and revoke grants: approvals that let later, identical actions pass unasked.
+
+    A reviewer gives one by approving with `grant_minutes`; it covers the
+    same action type, target and rule in the same session until it expires.
+    """
+
+
+@grants.command("list")
+@click.option("--all", "include_all", is_flag=True, help="Include revoked and expired grants.")
+@store_option
+@format_option("table", "json")
+def list_grants(include_all: bool, db: str, output_format: str) -> None:
+    """List active grants, newest first."""
+    now = datetime.now(UTC)
+    with open_tables(db, create=False) as store:
+        found = store.list_grants(now, include_inactive=include_all)
+    if output_format == "json":
+        emit_json([g.to_json() for g in found])
+        return
+    shown = print_table(
+        ("Grant", "Session", "Action", "Rule", "Given by", "Expires", "State"),
+        (
+            (
+                g.id,
+                g.session_id,
+                f"{g.action_type} -> {g.action_target}",
+                g.matched_rule,
+                ", ".join(g.granted_by),
+                iso(g.expires_at)[:19],
+                "active" if g.active_at(now) else "revoked" if g.revoked_at else "expired",
+            )
+            for g in found
+        ),
+    )
+    if not shown:
+        note("no grants" if include_all else "no active grants (--all shows the others)")
+
+
+@grants.command("revoke")
+@click.argument("grant_id")
+@store_option
+def revoke(grant_id: str, db: str) -> None:
+    """Revoke GRANT_ID: the actions it covered ask a reviewer again.
+
+    The revocation is written to the audit trail, naming the operator.
+    """
+    # Imported here: the service module is only needed for this command.
+    from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
+    from aegis.server.service import ApprovalService, Principal  # noqa: PLC0415
+
+    with open_tables(db, create=False) as store:
+        audit = AuditLogger(db.removeprefix("sqlite:///"))
+        try:
+            operator = Principal(f"operator:{getpass.getuser()}", Role.REVIEWER)
+            grant = asyncio.run(ApprovalService(store, audit).revoke_grant(operator, grant_id))
+        finally:
+            audit.close()
+    success(f"grant {grant.id} revoked")

@@ -1,0 +1,118 @@
+"""``aegis token``: create, list and revoke the approval service's bearer tokens."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import click
+
+from aegis.cli._output import emit_json, note, print_table, success
+from aegis.cli._params import format_option
+from aegis.cli._store import open_tables, store_option
+from aegis.core.approval_request import Role, TokenInfo, iso, parse_duration
+from aegis.stores.approvals import hash_token, new_token
+
+__all__ = ["token"]
+
+
+@click.group()
+def token() -> None:
+    """Manage the bearer tokens of the approval service (`aegis serve`).
+
+    Agents use a token with the role `agent` to ask for approval; people
+    use one with the role `reviewer` to decide. Tokens are stored hashed:
+    the token itself is printed once, when created.
+    """
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@token.command("create")
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in Role]),
+    required=True,
+    help="agent: asks for approval; reviewer: decides.",
+)
+@click.option("--group", "groups", multiple=True, help="A reviewer group (repeatable).")
+@click.option("--expires", callback=_duration, help="Lifetime such as 30d or 12h; none by default.")
+@store_option
+def create(name: str, role: str, groups: tuple[str, ...], expires: float | None, db: str) -> None:
+    """Create a token called NAME and print it once.
+
+    \b
+    Examples:
+      aegis token create alice --role reviewer --group finance
+      export AEGIS_TOKEN=$(aegis token create support-bot --role agent --expires 30d)
+    """
+    name = name.strip()
+    if not name or len(name) > 200 or not name.isprintable():
+        raise click.BadParameter(
+            "a token name must be 1 to 200 printable characters", param_hint="NAME"
+        )
+    for group in groups:
+        if not group.strip():
+            raise click.BadParameter("a group name must not be empty", param_hint="--group")
+    now = datetime.now(UTC)
+    secret = new_token()
+    info = TokenInfo(
+        name=name,
+        role=Role(role),
+        groups=tuple(g.strip() for g in groups),
+        created_at=now,
+        expires_at=None if expires is None else now + timedelta(seconds=expires),
+    )
+    with open_tables(db, create=True) as store:
+        store.create_token(info, hash_token(secret))
+    click.echo(secret)
+    until = f", expires {iso(info.expires_at)}" if info.expires_at else ""
+    note(f"token {name!r} ({role}{until}) created; it is shown only this once")
+
+
+@token.command("list")
+@store_option
+@format_option("table", "json")
+def list_tokens(db: str, output_format: str) -> None:
+    """List the tokens (never the secrets): name, role, groups, expiry, state."""
+    now = datetime.now(UTC)
+    with open_tables(db, create=False) as store:
+        tokens = store.list_tokens()
+    if output_format == "json":
+        emit_json([t.to_json(now) for t in tokens])
+        return
+    shown = print_table(
+        ("Name", "Role", "Groups", "Created", "Expires", "State"),
+        (
+            (
+                t.name,
+                t.role.value,
+                ", ".join(t.groups) or "-",
+                iso(t.created_at)[:19] if t.created_at else "-",
+                iso(t.expires_at)[:19] if t.expires_at else "never",
+                t.state_at(now),
+            )
+            for t in tokens
+        ),
+    )
+    if not shown:
+        note(f"no tokens in {db}; create one with `aegis token create NAME --role reviewer`")
+
+
+@token.command("revoke")
+@click.argument("name")
+@store_option
+def revoke(name: str, db: str) -> None:
+    """Revoke the token called NAME; it stops working at once."""
+    with open_tables(db, create=False) as store:
+        revoked = store.revoke_token(name, datetime.now(UTC))
+    if not revoked:
+        raise click.ClickException(f"no active token named {name!r}; `aegis token list` shows them")
+    success(f"token {name!r} revoked")

@@ -1,0 +1,435 @@
+"""What a reviewer is asked to approve, and the digest that binds the answer to it.
+
+An :class:`ApprovalRequest` is a pure value: the action exactly as the agent
+will run it, who asked (the agent token's name), the policy's risk, rule and
+reason, how many reviewers it needs and from which groups, and when it
+expires. Its ``digest`` is SHA-256 over the canonical JSON of the action and
+the requester (:func:`request_digest`), so an approval can never be carried
+over to another action, or to the same action asked for by another agent.
+
+Nothing here does I/O or reads the clock: times are passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final
+
+from aegis.core.action import Action, canonical_json
+from aegis.core.risk import RiskLevel
+
+__all__ = [
+    "ApprovalRequest",
+    "Grant",
+    "NewRequest",
+    "RequestStatus",
+    "ReviewerDecision",
+    "Role",
+    "TokenInfo",
+    "Verdict",
+    "action_from_json",
+    "action_to_json",
+    "iso",
+    "parse_duration",
+    "parse_new_request",
+    "parse_time",
+    "request_digest",
+]
+
+_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION: Final = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$")
+
+#: the most an agent may put in one request, field by field
+MAX_TEXT: Final = 10_000
+MAX_ID: Final = 200
+
+
+def parse_duration(value: float | str) -> float:
+    """Seconds from a positive number or a text such as ``"90s"``, ``"30m"``, ``"1h"``, ``"2d"``.
+
+    Raises:
+        ValueError: the value is not a positive, finite duration.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"a duration must be a number of seconds or text like '30m', not {value}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        found = _DURATION.match(value)
+        if found is None:
+            raise ValueError(
+                f"{value!r} is not a duration; write seconds or a number with s, m, h or d "
+                "(e.g. 90s, 30m, 1h, 2d)"
+            )
+        seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    else:
+        raise ValueError(
+            f"a duration must be a number of seconds or text like '30m', not {type(value).__name__}"
+        )
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be positive and finite, got {value!r}")
+    return seconds
+
+
+def iso(moment: datetime) -> str:
+    """``moment`` as fixed-width ISO 8601 UTC text, so that text order is time order."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_time(text: str) -> datetime:
+    """The aware datetime of :func:`iso` text (naive text is taken as UTC)."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class RequestStatus(StrEnum):
+    """Where an approval request stands; only ``pending`` can change."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class Verdict(StrEnum):
+    """What one reviewer said."""
+
+    APPROVE = "approve"
+    DENY = "deny"
+
+
+class Role(StrEnum):
+    """What a token may do: agents ask, reviewers decide."""
+
+    AGENT = "agent"
+    REVIEWER = "reviewer"
+
+
+def request_digest(action: Action, requester: str) -> str:
+    """SHA-256 hex over the canonical JSON of ``action`` and ``requester``.
+
+    The same action asked for by the same name always gives the same
+    digest, in every process; a change to the type, target, params,
+    description or requester gives another.
+    """
+    text = (
+        '{"action":'
+        + canonical_json(action)
+        + ',"requester":'
+        + json.dumps(requester, ensure_ascii=False)
+        + "}"
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def action_from_json(data: object) -> Action:
+    """Build an :class:`Action` from its JSON object (type, target, params, description).
+
+    Raises:
+        ValueError: a field is missing, of the wrong kind or too long; the
+            message names it.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError("action must be an object with type, target, params and description")
+    unknown = set(data) - {"type", "target", "params", "description"}
+    if unknown:
+        raise ValueError(f"action has unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    kind, target = data.get("type"), data.get("target")
+    params = data.get("params", {})
+    description = data.get("description", "")
+    for name, value in (("type", kind), ("target", target)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"action.{name} must be non-empty text")
+        if len(value) > MAX_ID:
+            raise ValueError(f"action.{name} is longer than {MAX_ID} characters")
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise ValueError("action.params must be an object")
+    if description is None:
+        description = ""
+    if not isinstance(description, str) or len(description) > MAX_TEXT:
+        raise ValueError(f"action.description must be text of at most {MAX_TEXT} characters")
+    try:
+        return Action(str(kind), str(target), dict(params), description)
+    except TypeError as exc:
+        raise ValueError(f"action.params: {exc}") from None
+
+
+def action_to_json(action: Action) -> dict[str, Any]:
+    """The JSON object of ``action``, as the service stores and shows it.
+
+    Values JSON cannot hold are written the way :func:`canonical_json`
+    writes them, so the digest of the action rebuilt from this object is
+    the digest of ``action``.
+    """
+    loaded: dict[str, Any] = json.loads(canonical_json(action))
+    return {
+        "type": loaded["type"],
+        "target": loaded["target"],
+        "params": loaded["params"],
+        "description": loaded["description"],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """What an agent asks for: the body of ``POST /api/v1/approvals``, validated."""
+
+    session_id: str
+    action: Action
+    risk_level: RiskLevel
+    matched_rule: str = ""
+    reason: str = ""
+    approvers: int = 1
+    reviewers: tuple[str, ...] = ()
+    approval_ttl: float | None = None
+
+
+def _text(body: Mapping[str, Any], key: str, limit: int, *, required: bool = False) -> str:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise ValueError(f"{key} is required")
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be text")
+    if required and not value:
+        raise ValueError(f"{key} must not be empty")
+    if len(value) > limit:
+        raise ValueError(f"{key} is longer than {limit} characters")
+    return value
+
+
+def parse_new_request(body: object) -> NewRequest:
+    """Validate the JSON body of a new approval request.
+
+    Raises:
+        ValueError: the body is not a valid request; the message names the field.
+    """
+    if not isinstance(body, Mapping):
+        raise ValueError("the body must be a JSON object")
+    allowed = {
+        "session_id",
+        "action",
+        "risk_level",
+        "matched_rule",
+        "reason",
+        "approvers",
+        "reviewers",
+        "approval_ttl",
+    }
+    unknown = set(body) - allowed
+    if unknown:
+        raise ValueError(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    session_id = _text(body, "session_id", MAX_ID, required=True)
+    action = action_from_json(body.get("action"))
+    risk = body.get("risk_level", "medium")
+    if not isinstance(risk, str) or risk.upper() not in RiskLevel.__members__:
+        names = ", ".join(level.name.lower() for level in RiskLevel)
+        raise ValueError(f"risk_level must be one of {names}")
+    approvers = body.get("approvers", 1)
+    if isinstance(approvers, bool) or not isinstance(approvers, int) or not 1 <= approvers <= 20:
+        raise ValueError("approvers must be a whole number from 1 to 20")
+    groups = body.get("reviewers", [])
+    if groups is None:
+        groups = []
+    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+        raise ValueError("reviewers must be a list of group names")
+    ttl = body.get("approval_ttl")
+    if ttl is not None:
+        try:
+            ttl = parse_duration(ttl)
+        except ValueError as exc:
+            raise ValueError(f"approval_ttl: {exc}") from None
+    return NewRequest(
+        session_id=session_id,
+        action=action,
+        risk_level=RiskLevel[risk.upper()],
+        matched_rule=_text(body, "matched_rule", MAX_ID),
+        reason=_text(body, "reason", MAX_TEXT),
+        approvers=approvers,
+        reviewers=tuple(groups),
+        approval_ttl=ttl,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewerDecision:
+    """One reviewer's verdict on a request."""
+
+    reviewer: str
+    verdict: Verdict
+    comment: str
+    at: datetime
+    grant_minutes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as the API shows it."""
+        return {
+            "reviewer": self.reviewer,
+            "verdict": self.verdict.value,
+            "comment": self.comment,
+            "at": iso(self.at),
+            "grant_minutes": self.grant_minutes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """One approval request and everything decided about it so far.
+
+    ``digest`` binds it to the action and the requester (see
+    :func:`request_digest`); ``action_digest`` is the action's own digest,
+    which the runtime compares with the action it is about to run.
+    ``collected_at`` is set once the agent has collected an approval: it
+    cannot be collected twice. ``grant_id`` names the grant that approved
+    it without asking (``grant_by`` its reviewers), ``granted`` the grant its
+    approval created.
+    """
+
+    id: str
+    session_id: str
+    requester: str
+    action: Action
+    risk_level: RiskLevel
+    matched_rule: str
+    reason: str
+    approvers: int
+    reviewers: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime
+    status: RequestStatus = RequestStatus.PENDING
+    digest: str = ""
+    action_digest: str = ""
+    decisions: tuple[ReviewerDecision, ...] = ()
+    status_reason: str = ""
+    collected_at: datetime | None = None
+    grant_id: str | None = None
+    grant_by: tuple[str, ...] = ()
+    granted: str | None = None
+
+    @property
+    def approvals(self) -> tuple[ReviewerDecision, ...]:
+        """The approving decisions, in order."""
+        return tuple(d for d in self.decisions if d.verdict is Verdict.APPROVE)
+
+    def is_expired_at(self, now: datetime) -> bool:
+        """Whether a still-pending request is past its expiry at ``now``."""
+        return self.status is RequestStatus.PENDING and now >= self.expires_at
+
+    def with_status(self, status: RequestStatus, reason: str = "") -> ApprovalRequest:
+        """A copy in another status."""
+        return replace(self, status=status, status_reason=reason)
+
+    def to_json(self) -> dict[str, Any]:
+        """The request as the API shows it."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "session_id": self.session_id,
+            "requester": self.requester,
+            "action": action_to_json(self.action),
+            "risk_level": self.risk_level.name.lower(),
+            "matched_rule": self.matched_rule,
+            "reason": self.reason,
+            "approvers": self.approvers,
+            "reviewers": list(self.reviewers),
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "digest": self.digest,
+            "action_digest": self.action_digest,
+            "decisions": [d.to_json() for d in self.decisions],
+            "status_reason": self.status_reason,
+            "collected_at": None if self.collected_at is None else iso(self.collected_at),
+            "grant_id": self.grant_id,
+            "grant_by": list(self.grant_by),
+            "granted": self.granted,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A reviewer's leave for later actions of one kind in one session to pass unasked.
+
+    It covers actions with the same ``action_type``, ``action_target`` and
+    ``matched_rule``, asked for by the same requester in the same session,
+    until ``expires_at`` or until it is revoked.
+    """
+
+    id: str
+    session_id: str
+    requester: str
+    action_type: str
+    action_target: str
+    matched_rule: str
+    granted_by: tuple[str, ...]
+    request_id: str
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None
+
+    def active_at(self, now: datetime) -> bool:
+        """Whether the grant lets actions pass at ``now``."""
+        return self.revoked_at is None and now < self.expires_at
+
+    def to_json(self) -> dict[str, Any]:
+        """The grant as the API shows it."""
+        return {
+            "id": self.id,
+            "session_id": self.session_id,
+            "requester": self.requester,
+            "action_type": self.action_type,
+            "action_target": self.action_target,
+            "matched_rule": self.matched_rule,
+            "granted_by": list(self.granted_by),
+            "request_id": self.request_id,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "revoked_at": None if self.revoked_at is None else iso(self.revoked_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A service token as stored: never the token itself, only its hash elsewhere."""
+
+    name: str
+    role: Role
+    groups: tuple[str, ...] = ()
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def usable_at(self, now: datetime) -> bool:
+        """Whether the token may be used at ``now`` (not revoked, not expired)."""
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def state_at(self, now: datetime) -> str:
+        """``"active"``, ``"revoked"`` or ``"expired"``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        """The token's public facts."""
+        return {
+            "name": self.name,
+            "role": self.role.value,
+            "groups": list(self.groups),
+            "created_at": None if self.created_at is None else iso(self.created_at),
+            "expires_at": None if self.expires_at is None else iso(self.expires_at),
+            "state": self.state_at(now),
+        }

@@ -1,0 +1,319 @@
+"""The JSON API under ``/api/v1``: thin handlers over the approval service.
+
+Each handler reads the bearer token and the input, calls the service, and
+turns the answer into JSON. Every failure is a JSON error with a status code,
+``{"error": {"status": 409, "code": "not_pending", "message": "..."}}``,
+never an HTML page or a traceback: the service's refusals keep their status
+(401, 403, 404, 409, 422), a database that is locked, read-only or
+unreachable is a 503 the client may retry, and anything unexpected a 500
+whose details go to the server's log only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from aegis.core.approval_request import Verdict, parse_new_request
+from aegis.errors import AegisError, ApprovalServiceError, AuditError
+from aegis.server.openapi import openapi_document
+from aegis.server.service import ApprovalService, Principal, statuses
+
+__all__ = ["MAX_BODY", "api_routes", "error_response"]
+
+_log = logging.getLogger("aegis.server")
+
+#: the largest request body the API reads, in bytes
+MAX_BODY: Final = 64 * 1024
+#: the longest grant a reviewer may give, in minutes (one day)
+MAX_GRANT_MINUTES: Final = 24 * 60
+_AUDIT_FILTERS: Final = {
+    "session": "session_id",
+    "type": "action_type",
+    "target": "action_target",
+    "risk": "risk_level",
+    "status": "result_status",
+    "since": "since",
+    "until": "until",
+}
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    """The JSON error every failure of the API answers with."""
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(
+        {"error": {"status": status, "code": code, "message": message}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Turn every exception of ``handler`` into a JSON error response."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApprovalServiceError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        except AuditError as exc:  # StoreError too: the database failed, retry later
+            _log.warning("store failure on %s %s: %s", request.method, request.url.path, exc)
+            return error_response(503, "store_unavailable", str(exc))
+        except HTTPException as exc:
+            return error_response(exc.status_code, "http_error", str(exc.detail))
+        except AegisError as exc:
+            return error_response(422, "invalid", str(exc))
+        except Exception:
+            _log.exception("unexpected error on %s %s", request.method, request.url.path)
+            return error_response(
+                500, "internal", "the approval service failed unexpectedly; see its log"
+            )
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+def _service(request: Request) -> ApprovalService:
+    service: ApprovalService = request.app.state.service
+    return service
+
+
+async def _principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if header and scheme.lower() != "bearer":
+        raise ApprovalServiceError(
+            "the Authorization header must be 'Bearer <token>'", status=401, code="unauthorized"
+        )
+    return await _service(request).authenticate(token.strip() or None)
+
+
+def _invalid(message: str) -> ApprovalServiceError:
+    return ApprovalServiceError(message, status=422, code="invalid")
+
+
+async def _body(request: Request) -> Any:
+    """The request's JSON body, read up to :data:`MAX_BODY` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApprovalServiceError(
+            f"the body is larger than {MAX_BODY} bytes", status=413, code="too_large"
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApprovalServiceError(
+                f"the body is larger than {MAX_BODY} bytes", status=413, code="too_large"
+            )
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise _invalid(f"the body is not valid JSON: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _number(request: Request, name: str, default: float, low: float, high: float) -> float:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise _invalid(f"{name}={text!r} is not a number") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise _invalid(f"{name} must be between {low:g} and {high:g}, got {text}")
+    return value
+
+
+# -- handlers ------------------------------------------------------------------
+
+
+async def create_request(request: Request) -> Response:
+    """POST /api/v1/approvals: an agent asks; 201 new, 200 re-attached to a pending twin."""
+    principal = await _principal(request)
+    body = await _body(request)
+    try:
+        new = parse_new_request(body)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
+    stored, created = await _service(request).create(principal, new)
+    return JSONResponse(stored.to_json(), status_code=201 if created else 200)
+
+
+async def list_requests(request: Request) -> Response:
+    """GET /api/v1/approvals?status=pending|...|all: requests, newest first (reviewers)."""
+    principal = await _principal(request)
+    status = statuses(request.query_params.get("status"))
+    limit = int(_number(request, "limit", 100, 1, 1000))
+    found = await _service(request).list_requests(principal, status, limit=limit)
+    return JSONResponse({"approvals": [r.to_json() for r in found]})
+
+
+async def get_request(request: Request) -> Response:
+    """GET /api/v1/approvals/{id}: one request (a reviewer, or the agent that asked)."""
+    principal = await _principal(request)
+    found = await _service(request).get(principal, request.path_params["id"])
+    return JSONResponse(found.to_json())
+
+
+async def wait_request(request: Request) -> Response:
+    """GET /api/v1/approvals/{id}/wait?timeout=S: a long poll of at most 60 s."""
+    principal = await _principal(request)
+    service = _service(request)
+    timeout = _number(request, "timeout", 30.0, 0.0, service.max_wait)
+    found = await service.wait(principal, request.path_params["id"], timeout)
+    return JSONResponse(found.to_json())
+
+
+async def decide_request(request: Request) -> Response:
+    """POST /api/v1/approvals/{id}/decision: a reviewer approves or denies."""
+    principal = await _principal(request)
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise _invalid("the body must be a JSON object with a verdict")
+    unknown = set(body) - {"verdict", "comment", "grant_minutes"}
+    if unknown:
+        raise _invalid(f"unknown fields: {', '.join(sorted(unknown))}")
+    try:
+        verdict = Verdict(str(body.get("verdict")))
+    except ValueError:
+        raise _invalid('verdict must be "approve" or "deny"') from None
+    comment = body.get("comment") or ""
+    if not isinstance(comment, str) or len(comment) > 10_000:
+        raise _invalid("comment must be text of at most 10000 characters")
+    minutes = body.get("grant_minutes")
+    if minutes is not None and (
+        isinstance(minutes, bool)
+        or not isinstance(minutes, int)
+        or not 1 <= minutes <= MAX_GRANT_MINUTES
+    ):
+        raise _invalid(f"grant_minutes must be a whole number from 1 to {MAX_GRANT_MINUTES}")
+    if minutes is not None and verdict is Verdict.DENY:
+        raise _invalid("grant_minutes goes with an approval, not a deny")
+    decided = await _service(request).decide(
+        principal, request.path_params["id"], verdict, comment, minutes
+    )
+    return JSONResponse(decided.to_json())
+
+
+async def collect_request(request: Request) -> Response:
+    """POST /api/v1/approvals/{id}/collect: the agent uses its approval, once."""
+    principal = await _principal(request)
+    collected = await _service(request).collect(principal, request.path_params["id"])
+    return JSONResponse(collected.to_json())
+
+
+async def cancel_request(request: Request) -> Response:
+    """POST /api/v1/approvals/{id}/cancel: the agent gives up waiting."""
+    principal = await _principal(request)
+    body = await _body(request)
+    reason = body.get("reason", "") if isinstance(body, dict) else None
+    if not isinstance(reason, str) or len(reason) > 1000:
+        raise _invalid("the body must be {} or {'reason': text of at most 1000 characters}")
+    cancelled = await _service(request).cancel(principal, request.path_params["id"], reason)
+    return JSONResponse(cancelled.to_json())
+
+
+async def list_grants(request: Request) -> Response:
+    """GET /api/v1/grants?all=true: active grants (all with ``all``), newest first."""
+    principal = await _principal(request)
+    include = request.query_params.get("all", "").lower() in ("1", "true", "yes")
+    grants = await _service(request).list_grants(principal, include_inactive=include)
+    return JSONResponse({"grants": [g.to_json() for g in grants]})
+
+
+async def revoke_grant(request: Request) -> Response:
+    """POST /api/v1/grants/{id}/revoke: end a grant now."""
+    principal = await _principal(request)
+    grant = await _service(request).revoke_grant(principal, request.path_params["id"])
+    return JSONResponse(grant.to_json())
+
+
+async def audit_records(request: Request) -> Response:
+    """GET /api/v1/audit: audit records with the filters of ``aegis audit list``."""
+    principal = await _principal(request)
+    filters: dict[str, Any] = {}
+    for param, name in _AUDIT_FILTERS.items():
+        value = request.query_params.get(param)
+        if value:
+            filters[name] = value
+    limit = int(_number(request, "limit", 100, 1, 1000))
+    after = request.query_params.get("after_id")
+    if after is not None:
+        if not after.isdigit():
+            raise _invalid("after_id must be a record id")
+        filters["after_id"] = int(after)
+    try:
+        records = await _service(request).audit_records(principal, filters, limit)
+    except (ValueError, TypeError) as exc:  # a bad filter value
+        raise _invalid(str(exc)) from None
+    return JSONResponse({"records": records})
+
+
+async def verify_audit(request: Request) -> Response:
+    """GET /api/v1/audit/verify: check the audit chain."""
+    principal = await _principal(request)
+    return JSONResponse(await _service(request).verify_audit(principal))
+
+
+async def whoami(request: Request) -> Response:
+    """GET /api/v1/whoami: the caller's name, role and groups."""
+    principal = await _principal(request)
+    return JSONResponse(
+        {"name": principal.name, "role": principal.role.value, "groups": list(principal.groups)}
+    )
+
+
+async def openapi(request: Request) -> Response:
+    """GET /api/v1/openapi.json: this API's OpenAPI 3.1 document."""
+    return JSONResponse(openapi_document())
+
+
+async def healthz(request: Request) -> Response:
+    """GET /healthz: 200 when the store answers, 503 otherwise (no token needed)."""
+    await _service(request).health()
+    return JSONResponse({"status": "ok"})
+
+
+def api_routes() -> list[BaseRoute]:
+    """The routes of the JSON API and ``/healthz``."""
+    prefix = "/api/v1"
+    table: list[tuple[str, Handler, list[str]]] = [
+        ("/approvals", create_request, ["POST"]),
+        ("/approvals", list_requests, ["GET"]),
+        ("/approvals/{id}", get_request, ["GET"]),
+        ("/approvals/{id}/wait", wait_request, ["GET"]),
+        ("/approvals/{id}/decision", decide_request, ["POST"]),
+        ("/approvals/{id}/collect", collect_request, ["POST"]),
+        ("/approvals/{id}/cancel", cancel_request, ["POST"]),
+        ("/grants", list_grants, ["GET"]),
+        ("/grants/{id}/revoke", revoke_grant, ["POST"]),
+        ("/audit", audit_records, ["GET"]),
+        ("/audit/verify", verify_audit, ["GET"]),
+        ("/whoami", whoami, ["GET"]),
+        ("/openapi.json", openapi, ["GET"]),
+    ]
+    routes: list[BaseRoute] = [
+        Route(prefix + path, _guarded(handler), methods=methods) for path, handler, methods in table
+    ]
+    routes.append(Route("/healthz", _guarded(healthz), methods=["GET"]))
+    return routes

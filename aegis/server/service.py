@@ -1,0 +1,626 @@
+"""The approval service: who may do what to an approval request, and what gets recorded.
+
+:class:`ApprovalService` is the one place the rules of remote approval live;
+the JSON API (:mod:`aegis.server.api`), the inbox pages and the command line
+call it, never the store directly::
+
+    service = ApprovalService(store, audit, approval_ttl=3600)
+    agent = await service.authenticate(token)
+    request, created = await service.create(agent, new_request)
+    ...
+    request = await service.decide(reviewer, request.id, Verdict.APPROVE, "ok")
+
+Every request, decision, expiry, cancellation and collection is written to
+the audit trail. Changes are announced to subscribers (:meth:`subscribe`)
+as :class:`ApprovalEvent` values: the inbox's live updates and the
+notifiers listen there. Store calls run on worker threads, so a slow or
+locked database never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from aegis.core.action import action_digest
+from aegis.core.approval_request import (
+    ApprovalRequest,
+    Grant,
+    NewRequest,
+    RequestStatus,
+    Role,
+    Verdict,
+    request_digest,
+)
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.errors import ApprovalServiceError
+from aegis.stores.approvals import ApprovalStore, hash_token, new_request_id
+
+if TYPE_CHECKING:
+    from aegis.core.policy import Policy
+    from aegis.runtime.audit_backend import AuditBackend
+
+__all__ = ["EVENT_KINDS", "ApprovalEvent", "ApprovalService", "Principal", "Subscriber"]
+
+_log = logging.getLogger("aegis.server")
+
+#: the kinds of :class:`ApprovalEvent`, in the order a request lives them
+EVENT_KINDS: Final = (
+    "approval.requested",
+    "approval.decided",
+    "approval.expired",
+    "approval.cancelled",
+    "approval.collected",
+    "grant.revoked",
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a token's name, role and groups."""
+
+    name: str
+    role: Role
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalEvent:
+    """Something happened to a request.
+
+    ``kind`` is one of :data:`EVENT_KINDS`; ``decided`` events come for
+    every reviewer's verdict (``request.status`` says whether it settled
+    the request); ``grant`` is the grant the event created or revoked.
+    """
+
+    kind: str
+    request: ApprovalRequest | None
+    grant: Grant | None = None
+    reviewer: str | None = None
+
+
+#: a function called with each event, in the event loop; it must not block
+Subscriber = Callable[[ApprovalEvent], Any]
+
+
+def _forbidden(message: str, code: str = "forbidden") -> ApprovalServiceError:
+    return ApprovalServiceError(message, status=403, code=code)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ApprovalService:
+    """The rules of remote approval over an :class:`~aegis.stores.approvals.ApprovalStore`.
+
+    Args:
+        store: where requests, decisions, tokens and grants are kept.
+        audit: the audit trail that every change is written to; ``None``
+            records nothing (for tests of the rules alone).
+        approval_ttl: seconds a request stays open unless its rule says
+            otherwise (default one hour).
+        max_wait: the longest long poll, in seconds.
+        poll_interval: how often a waiting call re-reads the store, to see
+            decisions made by other service processes.
+        clock: returns the current aware time; ``datetime.now(UTC)`` by default.
+        policy: the service's own policy. When given, each new request is
+            decided again here and this decision's risk, rule, reason,
+            ``approvers``, ``reviewers`` and ``approval_ttl`` replace what the
+            agent sent, so an agent cannot ask for a weaker approval than
+            the policy demands; an action it blocks is refused (403).
+    """
+
+    def __init__(
+        self,
+        store: ApprovalStore,
+        audit: AuditBackend | None = None,
+        *,
+        approval_ttl: float = 3600.0,
+        max_wait: float = 60.0,
+        poll_interval: float = 0.5,
+        clock: Callable[[], datetime] = _utcnow,
+        policy: Policy | None = None,
+    ) -> None:
+        if not approval_ttl > 0:
+            raise ValueError(
+                f"approval_ttl must be a positive number of seconds, got {approval_ttl}"
+            )
+        self.store = store
+        self.audit = audit
+        self.approval_ttl = float(approval_ttl)
+        self.max_wait = float(max_wait)
+        self.poll_interval = float(poll_interval)
+        self.clock = clock
+        self.policy = policy
+        self._subscribers: list[Subscriber] = []
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    # -- plumbing ---------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store or audit call on a worker thread."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(event)`` for every :class:`ApprovalEvent`; return how to stop.
+
+        Callbacks run in the event loop and must return quickly (put the
+        event on a queue); one that raises is logged and kept.
+
+        Example::
+
+            queue: asyncio.Queue[ApprovalEvent] = asyncio.Queue()
+            unsubscribe = service.subscribe(queue.put_nowait)
+        """
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _emit(self, event: ApprovalEvent) -> None:
+        if event.request is not None:
+            for future in self._waiters.pop(event.request.id, ()):
+                if not future.done():
+                    future.set_result(None)
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                _log.exception("an approval event subscriber failed on %s", event.kind)
+
+    async def _record(
+        self, request: ApprovalRequest, text: str, event: str, **context: str
+    ) -> None:
+        """Write one approval event to the audit trail, tagged with the request id.
+
+        The record's context names the event, the request and the requester,
+        so ``aegis audit list`` can tell the service's records apart.
+        """
+        if self.audit is None:
+            return
+        decision = PolicyDecision(
+            request.action,
+            request.risk_level,
+            Approval.APPROVE,
+            request.matched_rule,
+            request.reason,
+            approvers=request.approvers,
+            reviewers=request.reviewers,
+        )
+        human = f"approval: {text} [request {request.id}]"
+        try:
+            await self._call(
+                self.audit.log,
+                request.session_id,
+                decision,
+                human_decision=human,
+                context={
+                    "approval_event": event,
+                    "approval_request": request.id,
+                    "requester": request.requester,
+                    **context,
+                },
+            )
+        except Exception:
+            # The change is in the store already; say loudly that its record is not.
+            _log.exception("could not write the audit record %r", human)
+            raise
+
+    # -- who is calling ---------------------------------------------------------
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal of a bearer token.
+
+        Raises:
+            ApprovalServiceError: 401 for a missing, unknown, revoked or expired token.
+        """
+        if not token:
+            raise ApprovalServiceError(
+                "no token; send 'Authorization: Bearer <token>' (create one with "
+                "`aegis token create NAME --role agent|reviewer`)",
+                status=401,
+                code="unauthorized",
+            )
+        info = await self._call(self.store.token_by_hash, hash_token(token))
+        now = self.clock()
+        if info is None or not info.usable_at(now):
+            state = "unknown" if info is None else info.state_at(now)
+            raise ApprovalServiceError(
+                f"the token is {state}; ask an operator for a valid one",
+                status=401,
+                code="unauthorized",
+            )
+        return Principal(info.name, info.role, info.groups)
+
+    @staticmethod
+    def _require(principal: Principal, role: Role, doing: str) -> None:
+        if principal.role is not role:
+            raise _forbidden(
+                f"{principal.name} has a {principal.role.value} token; {doing} needs a "
+                f"{role.value} token",
+                code="wrong_role",
+            )
+
+    @staticmethod
+    def refusal(principal: Principal, request: ApprovalRequest) -> str | None:
+        """Why ``principal`` may not decide ``request`` now, or ``None`` if they may.
+
+        For views that disable buttons with the reason; :meth:`decide`
+        enforces the same rules.
+        """
+        if principal.role is not Role.REVIEWER:
+            return f"{principal.name} is not a reviewer"
+        if principal.name == request.requester:
+            return "nobody may decide their own request"
+        if request.reviewers and not set(principal.groups) & set(request.reviewers):
+            return f"only reviewers in {', '.join(request.reviewers)} may decide this request"
+        if any(d.reviewer == principal.name for d in request.decisions):
+            return f"{principal.name} has already decided this request"
+        if request.status is not RequestStatus.PENDING:
+            return f"the request is {request.status.value}"
+        return None
+
+    async def health(self) -> None:
+        """Raise :class:`~aegis.errors.StoreError` unless the store answers."""
+        await self._call(self.store.token_by_hash, "0" * 64)
+
+    # -- requests ---------------------------------------------------------------
+
+    async def create(self, principal: Principal, new: NewRequest) -> tuple[ApprovalRequest, bool]:
+        """Open a request for ``new`` (agent role); ``(twin, False)`` re-attaches to a pending one.
+
+        When an active grant covers the request, it is created approved,
+        naming the grant.
+        """
+        self._require(principal, Role.AGENT, "asking for approval")
+        if self.policy is not None:
+            new = self._redecide(new, self.policy)
+        await self.expire_due()
+        now = self.clock()
+        ttl = new.approval_ttl if new.approval_ttl is not None else self.approval_ttl
+        request = ApprovalRequest(
+            id=new_request_id(),
+            session_id=new.session_id,
+            requester=principal.name,
+            action=new.action,
+            risk_level=new.risk_level,
+            matched_rule=new.matched_rule,
+            reason=new.reason,
+            approvers=new.approvers,
+            reviewers=new.reviewers,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+            digest=request_digest(new.action, principal.name),
+            action_digest=action_digest(new.action),
+        )
+        stored, created = await self._call(self.store.create_request, request, now)
+        if created:
+            if stored.grant_id is not None:
+                text = f"requested by {stored.requester}; {stored.status_reason}"
+            else:
+                expires = f"{stored.expires_at:%Y-%m-%dT%H:%M:%SZ}"
+                text = f"requested by {stored.requester}, expires {expires}"
+            await self._record(stored, text, "approval.requested")
+            self._emit(ApprovalEvent("approval.requested", stored))
+        return stored, created
+
+    @staticmethod
+    def _redecide(new: NewRequest, policy: Policy) -> NewRequest:
+        """``new`` with the approval terms of the service's own policy."""
+        decision = policy.evaluate(new.action)
+        if decision.approval is Approval.BLOCK:
+            raise _forbidden(
+                f"the service's policy blocks {new.action.type} -> {new.action.target} "
+                f"(rule {decision.matched_rule!r}); no approval can be asked for it",
+                code="blocked_by_policy",
+            )
+        return NewRequest(
+            session_id=new.session_id,
+            action=new.action,
+            risk_level=decision.risk_level,
+            matched_rule=decision.matched_rule,
+            reason=decision.reason,
+            approvers=decision.approvers,
+            reviewers=decision.reviewers,
+            approval_ttl=decision.approval_ttl,
+        )
+
+    async def _current(self, request_id: str) -> ApprovalRequest:
+        request = await self._call(self.store.get_request, request_id)
+        if request is None:
+            raise ApprovalServiceError(
+                f"no approval request {request_id!r}; check the id",
+                status=404,
+                code="not_found",
+            )
+        if request.is_expired_at(self.clock()):
+            await self.expire_due()
+            request = await self._call(self.store.get_request, request_id) or request
+        return request
+
+    def _may_see(self, principal: Principal, request: ApprovalRequest) -> None:
+        if principal.role is Role.REVIEWER or principal.name == request.requester:
+            return
+        raise _forbidden(
+            f"{principal.name} may not see approval request {request.id}: only reviewers "
+            "and the agent that asked may"
+        )
+
+    async def get(self, principal: Principal, request_id: str) -> ApprovalRequest:
+        """The request (a reviewer, or the agent that asked)."""
+        request = await self._current(request_id)
+        self._may_see(principal, request)
+        return request
+
+    async def list_requests(
+        self,
+        principal: Principal,
+        status: RequestStatus | None = RequestStatus.PENDING,
+        *,
+        limit: int = 100,
+    ) -> list[ApprovalRequest]:
+        """Requests newest first (reviewer role); ``status=None`` lists all."""
+        self._require(principal, Role.REVIEWER, "listing approval requests")
+        await self.expire_due()
+        return await self._call(self.store.list_requests, status, limit=limit)
+
+    async def wait(self, principal: Principal, request_id: str, timeout: float) -> ApprovalRequest:
+        """Answer as soon as the request is no longer pending, or after ``timeout`` seconds.
+
+        Only the agent that asked may wait; ``timeout`` is capped at
+        :attr:`max_wait`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, min(timeout, self.max_wait))
+        while True:
+            request = await self._current(request_id)
+            if principal.name != request.requester:
+                raise _forbidden(
+                    f"only the agent that asked ({request.requester}) may wait on "
+                    f"approval request {request_id}"
+                )
+            remaining = deadline - loop.time()
+            if request.status is not RequestStatus.PENDING or remaining <= 0:
+                return request
+            until_expiry = (request.expires_at - self.clock()).total_seconds()
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(request_id, set()).add(future)
+            try:
+                # Woken by a change made here; the poll sees other processes' changes.
+                pause = max(0.01, min(remaining, self.poll_interval, until_expiry + 0.01))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, pause)
+            finally:
+                waiting = self._waiters.get(request_id)
+                if waiting is not None:
+                    waiting.discard(future)
+                    if not waiting:
+                        del self._waiters[request_id]
+
+    async def decide(
+        self,
+        principal: Principal,
+        request_id: str,
+        verdict: Verdict,
+        comment: str = "",
+        grant_minutes: int | None = None,
+    ) -> ApprovalRequest:
+        """Record ``principal``'s verdict (reviewer role).
+
+        Raises:
+            ApprovalServiceError: 403 for a non-reviewer, the requester
+                themself, or a reviewer outside the rule's groups; 404 for an
+                unknown id; 409 when the request is no longer pending (or
+                expired) or this reviewer decided it already.
+        """
+        self._require(principal, Role.REVIEWER, "deciding an approval request")
+        request = await self._current(request_id)
+        if principal.name == request.requester:
+            raise _forbidden(
+                f"{principal.name} asked for approval request {request_id} and may not "
+                "decide it; another reviewer must",
+                code="self_approval",
+            )
+        if request.reviewers and not set(principal.groups) & set(request.reviewers):
+            raise _forbidden(
+                f"approval request {request_id} may only be decided by reviewers in "
+                f"{', '.join(request.reviewers)}; {principal.name} is in "
+                f"{', '.join(principal.groups) or 'no group'}",
+                code="wrong_group",
+            )
+        if request.status is RequestStatus.EXPIRED:
+            raise ApprovalServiceError(
+                f"approval request {request_id} expired; it can no longer be decided",
+                status=409,
+                code="expired",
+            )
+        stored, grant = await self._call(
+            self.store.decide,
+            request_id,
+            principal.name,
+            verdict,
+            comment=comment,
+            grant_minutes=grant_minutes if verdict is Verdict.APPROVE else None,
+            now=self.clock(),
+        )
+        await self._record(
+            stored,
+            self._decision_text(stored, principal.name, verdict, comment),
+            "approval.decided",
+            reviewer=principal.name,
+            verdict=verdict.value,
+        )
+        if grant is not None:
+            await self._record(
+                stored,
+                f"grant {grant.id} given by {', '.join(grant.granted_by)} until "
+                f"{grant.expires_at:%Y-%m-%dT%H:%M:%SZ} for {grant.action_type} -> "
+                f"{grant.action_target} (rule {grant.matched_rule}) in session {grant.session_id}",
+                "grant.created",
+                grant=grant.id,
+            )
+        self._emit(ApprovalEvent("approval.decided", stored, grant, principal.name))
+        return stored
+
+    @staticmethod
+    def _decision_text(
+        request: ApprovalRequest, reviewer: str, verdict: Verdict, comment: str
+    ) -> str:
+        said = f": {comment}" if comment else ""
+        if verdict is Verdict.DENY:
+            return f"denied by {reviewer}{said}"
+        if request.status is RequestStatus.APPROVED:
+            names = ", ".join(d.reviewer for d in request.approvals)
+            return f"approved by {names}{said}"
+        count = len(request.approvals)
+        return f"{reviewer} approved ({count} of {request.approvers}){said}"
+
+    async def collect(self, principal: Principal, request_id: str) -> ApprovalRequest:
+        """Use an approved request once (the agent that asked); a second collect is a 409."""
+        request = await self._current(request_id)
+        if principal.name != request.requester:
+            raise _forbidden(
+                f"only the agent that asked ({request.requester}) may collect approval "
+                f"request {request_id}"
+            )
+        stored = await self._call(self.store.collect, request_id, self.clock())
+        await self._record(stored, f"collected by {principal.name}", "approval.collected")
+        self._emit(ApprovalEvent("approval.collected", stored))
+        return stored
+
+    async def cancel(
+        self, principal: Principal, request_id: str, reason: str = ""
+    ) -> ApprovalRequest:
+        """Cancel a pending request (the agent that asked): nobody waits for it any more."""
+        request = await self._current(request_id)
+        if principal.name != request.requester:
+            raise _forbidden(
+                f"only the agent that asked ({request.requester}) may cancel approval "
+                f"request {request_id}"
+            )
+        why = reason or "cancelled by the agent"
+        stored = await self._call(self.store.cancel, request_id, why, self.clock())
+        await self._record(
+            stored, f"request cancelled by {principal.name}: {why}", "approval.cancelled"
+        )
+        self._emit(ApprovalEvent("approval.cancelled", stored))
+        return stored
+
+    async def expire_due(self) -> list[ApprovalRequest]:
+        """Expire every request past its expiry, record and announce each; return them."""
+        expired = await self._call(self.store.expire_due, self.clock())
+        for request in expired:
+            await self._record(request, "request expired without a decision", "approval.expired")
+            self._emit(ApprovalEvent("approval.expired", request))
+        return expired
+
+    async def sweep(self, interval: float = 1.0) -> None:
+        """Expire due requests every ``interval`` seconds, until cancelled.
+
+        A failing sweep (a locked database) is logged and tried again.
+        """
+        while True:
+            try:
+                await self.expire_due()
+            except Exception:
+                _log.exception("could not expire due approval requests; retrying")
+            await asyncio.sleep(interval)
+
+    # -- grants -----------------------------------------------------------------
+
+    async def list_grants(
+        self, principal: Principal, *, include_inactive: bool = False
+    ) -> list[Grant]:
+        """Grants, newest first (reviewer role)."""
+        self._require(principal, Role.REVIEWER, "listing grants")
+        return await self._call(
+            self.store.list_grants, self.clock(), include_inactive=include_inactive
+        )
+
+    async def revoke_grant(self, principal: Principal, grant_id: str) -> Grant:
+        """Revoke a grant (reviewer role); later actions it covered ask again."""
+        self._require(principal, Role.REVIEWER, "revoking a grant")
+        grant = await self._call(self.store.revoke_grant, grant_id, self.clock())
+        request = await self._call(self.store.get_request, grant.request_id)
+        if request is not None:
+            await self._record(
+                request,
+                f"grant {grant.id} revoked by {principal.name}",
+                "grant.revoked",
+                grant=grant.id,
+                reviewer=principal.name,
+            )
+        self._emit(ApprovalEvent("grant.revoked", request, grant, principal.name))
+        return grant
+
+    # -- the audit trail --------------------------------------------------------
+
+    def _audit_or_fail(self) -> AuditBackend:
+        if self.audit is None:
+            raise ApprovalServiceError(
+                "this service keeps no audit trail", status=404, code="no_audit"
+            )
+        return self.audit
+
+    async def audit_records(
+        self, principal: Principal, filters: dict[str, Any], limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Audit records matching ``filters`` (those of ``aegis audit list``; reviewer role)."""
+        self._require(principal, Role.REVIEWER, "reading the audit trail")
+        audit = self._audit_or_fail()
+        return await self._call(audit.get_log, limit=limit, **filters)
+
+    async def verify_audit(self, principal: Principal) -> dict[str, Any]:
+        """Verify the audit chain (reviewer role): ok, checked, first_bad_id, reason, head."""
+        self._require(principal, Role.REVIEWER, "verifying the audit trail")
+        audit = self._audit_or_fail()
+        verify = getattr(audit, "verify", None)
+        if verify is None:
+            raise ApprovalServiceError(
+                "this audit trail cannot be verified", status=404, code="no_audit"
+            )
+        report = await self._call(verify)
+        return {
+            "ok": report.ok,
+            "checked": report.checked,
+            "first_bad_id": report.first_bad_id,
+            "reason": report.reason,
+            "head": str(report.head),  # "<count>:<hash>", the form to keep elsewhere
+            "unfinished": list(getattr(report, "unfinished", ())),
+        }
+
+    def close(self) -> None:
+        """Close the store and the audit trail."""
+        try:
+            self.store.close()
+        finally:
+            if self.audit is not None:
+                self.audit.close()
+
+
+def statuses(text: str | None) -> RequestStatus | None:
+    """The status filter of a list query: a status name, or ``all`` (``None``)."""
+    if text is None or text == "":
+        return RequestStatus.PENDING
+    if text == "all":
+        return None
+    try:
+        return RequestStatus(text)
+    except ValueError:
+        names = ", ".join([*(s.value for s in RequestStatus), "all"])
+        raise ApprovalServiceError(
+            f"status={text!r} is not a request status; use one of {names}",
+            status=422,
+            code="invalid",
+        ) from None

@@ -1,0 +1,662 @@
+"""The approval store in SQL, shared by the SQLite and PostgreSQL engines.
+
+An engine gives :class:`SqlApprovalStore` two things: a transaction (a
+context manager yielding a :class:`Tx`) and its table prefix. Statements are
+written once, with ``?`` placeholders and ``{p}`` before each table name;
+the engine rewrites them for its driver.
+
+Times are stored as fixed-width ISO 8601 UTC text (see
+:func:`~aegis.core.approval_request.iso`), so comparing texts compares times
+on both engines alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
+from typing import Any, Final, Protocol
+
+from aegis.core.approval_request import (
+    ApprovalRequest,
+    Grant,
+    RequestStatus,
+    ReviewerDecision,
+    Role,
+    TokenInfo,
+    Verdict,
+    action_from_json,
+    action_to_json,
+    iso,
+    parse_time,
+)
+from aegis.core.risk import RiskLevel
+from aegis.errors import ApprovalServiceError, StoreError
+from aegis.stores.approvals import new_grant_id
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "Conflict", "SqlApprovalStore", "Tx"]
+
+#: the version of the approval tables, kept in aegis_schema_versions
+SCHEMA_VERSION: Final = 1
+COMPONENT: Final = "approvals"
+
+#: the tables of version 1, for both engines (``{p}`` is the table prefix)
+SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS {p}aegis_approval_requests (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        action_digest TEXT NOT NULL,
+        action_json TEXT NOT NULL,
+        risk_level TEXT NOT NULL,
+        matched_rule TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        approvers INTEGER NOT NULL,
+        reviewer_groups TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        status_reason TEXT NOT NULL,
+        approvals INTEGER NOT NULL,
+        decided_at TEXT,
+        collected_at TEXT,
+        grant_id TEXT,
+        grant_by TEXT,
+        granted TEXT
+    )""",
+    # One pending request per session and digest: a second post re-attaches.
+    """CREATE UNIQUE INDEX IF NOT EXISTS aegis_approval_requests_pending
+        ON {p}aegis_approval_requests (session_id, digest) WHERE status = 'pending'""",
+    """CREATE INDEX IF NOT EXISTS aegis_approval_requests_due
+        ON {p}aegis_approval_requests (status, expires_at)""",
+    """CREATE INDEX IF NOT EXISTS aegis_approval_requests_created
+        ON {p}aegis_approval_requests (created_at)""",
+    """CREATE TABLE IF NOT EXISTS {p}aegis_approval_decisions (
+        request_id TEXT NOT NULL,
+        reviewer TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        comment TEXT NOT NULL,
+        at TEXT NOT NULL,
+        grant_minutes INTEGER,
+        PRIMARY KEY (request_id, reviewer)
+    )""",
+    """CREATE TABLE IF NOT EXISTS {p}aegis_tokens (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        groups_json TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT,
+        revoked_at TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS {p}aegis_grants (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        action_type TEXT NOT NULL,
+        action_target TEXT NOT NULL,
+        matched_rule TEXT NOT NULL,
+        granted_by TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        revoked_at TEXT
+    )""",
+    """CREATE INDEX IF NOT EXISTS aegis_grants_scope
+        ON {p}aegis_grants (session_id, action_type, action_target)""",
+)
+
+_REQUEST_COLUMNS: Final = (
+    "id, session_id, requester, digest, action_digest, action_json, risk_level, "
+    "matched_rule, reason, approvers, reviewer_groups, created_at, expires_at, status, "
+    "status_reason, collected_at, grant_id, grant_by, granted"
+)
+_GRANT_COLUMNS: Final = (
+    "id, session_id, requester, action_type, action_target, matched_rule, granted_by, "
+    "request_id, created_at, expires_at, revoked_at"
+)
+_TOKEN_COLUMNS: Final = "name, role, groups_json, created_at, expires_at, revoked_at"
+
+
+class Conflict(Exception):
+    """A unique constraint refused a row (raised by an engine's :class:`Tx`)."""
+
+
+class Tx(Protocol):
+    """One open transaction of an engine."""
+
+    def all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a statement and return its rows."""
+        ...
+
+    def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Run a statement and return how many rows it changed.
+
+        Raises:
+            Conflict: a unique constraint refused the change.
+        """
+        ...
+
+
+def _not_found(request_id: str) -> ApprovalServiceError:
+    return ApprovalServiceError(
+        f"no approval request {request_id!r}; check the id (GET /api/v1/approvals lists them)",
+        status=404,
+        code="not_found",
+    )
+
+
+def not_pending(request: ApprovalRequest) -> ApprovalServiceError:
+    """The 409 for a change to a request that is no longer pending."""
+    return ApprovalServiceError(
+        f"approval request {request.id} is {request.status.value}, no longer pending; "
+        "nothing was changed",
+        status=409,
+        code="not_pending",
+    )
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else parse_time(text)
+
+
+class SqlApprovalStore:
+    """:class:`~aegis.stores.approvals.ApprovalStore` over an engine's transactions."""
+
+    #: the engine's transaction factory; ``write`` transactions lock early
+    def _transaction(self, *, write: bool) -> AbstractContextManager[Tx]:
+        raise NotImplementedError
+
+    # -- rows -------------------------------------------------------------------
+
+    def _request(self, tx: Tx, row: tuple[Any, ...]) -> ApprovalRequest:
+        decisions = tx.all(
+            "SELECT reviewer, verdict, comment, at, grant_minutes "
+            "FROM {p}aegis_approval_decisions WHERE request_id = ? ORDER BY at, reviewer",
+            (row[0],),
+        )
+        return _request_of(row, decisions)
+
+    def _fetch(self, tx: Tx, request_id: str) -> ApprovalRequest | None:
+        rows = tx.all(
+            f"SELECT {_REQUEST_COLUMNS} FROM {{p}}aegis_approval_requests WHERE id = ?",
+            (request_id,),
+        )
+        return self._request(tx, rows[0]) if rows else None
+
+    def _must(self, tx: Tx, request_id: str) -> ApprovalRequest:
+        request = self._fetch(tx, request_id)
+        if request is None:
+            raise _not_found(request_id)
+        return request
+
+    # -- requests ---------------------------------------------------------------
+
+    def create_request(
+        self, request: ApprovalRequest, now: datetime
+    ) -> tuple[ApprovalRequest, bool]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.create_request`."""
+        for attempt in range(3):
+            try:
+                with self._transaction(write=True) as tx:
+                    return self._create(tx, request, now)
+            except Conflict:
+                # Another process inserted the same pending request between
+                # our look and our insert: look again, now it is there.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _create(
+        self, tx: Tx, request: ApprovalRequest, now: datetime
+    ) -> tuple[ApprovalRequest, bool]:
+        rows = tx.all(
+            f"SELECT {_REQUEST_COLUMNS} FROM {{p}}aegis_approval_requests "
+            "WHERE session_id = ? AND digest = ? AND status = 'pending' AND expires_at > ?",
+            (request.session_id, request.digest, iso(now)),
+        )
+        if rows:
+            return self._request(tx, rows[0]), False
+        # A pending twin past its expiry still holds the unique index; the
+        # sweeper expires and audits it, a new request must not wait for it.
+        tx.run(
+            "UPDATE {p}aegis_approval_requests SET status = 'expired', "
+            "status_reason = 'expired (replaced by a new request)', decided_at = ? "
+            "WHERE session_id = ? AND digest = ? AND status = 'pending' AND expires_at <= ?",
+            (iso(now), request.session_id, request.digest, iso(now)),
+        )
+        grant = self._covering_grant(tx, request, now)
+        if grant is not None:
+            request = ApprovalRequest(
+                **{
+                    **_fields(request),
+                    "status": RequestStatus.APPROVED,
+                    "grant_id": grant.id,
+                    "grant_by": grant.granted_by,
+                    "status_reason": f"approved by grant {grant.id} "
+                    f"(from {', '.join(grant.granted_by)})",
+                }
+            )
+        tx.run(
+            f"INSERT INTO {{p}}aegis_approval_requests ({_REQUEST_COLUMNS}, approvals, "
+            "decided_at) VALUES (" + ", ".join("?" * 21) + ")",
+            (
+                request.id,
+                request.session_id,
+                request.requester,
+                request.digest,
+                request.action_digest,
+                json.dumps(action_to_json(request.action), sort_keys=True, ensure_ascii=False),
+                request.risk_level.name,
+                request.matched_rule,
+                request.reason,
+                request.approvers,
+                json.dumps(list(request.reviewers)),
+                iso(request.created_at),
+                iso(request.expires_at),
+                request.status.value,
+                request.status_reason,
+                None,
+                request.grant_id,
+                json.dumps(list(request.grant_by)) if request.grant_id else None,
+                None,
+                0,
+                iso(now) if grant is not None else None,
+            ),
+        )
+        return self._must(tx, request.id), True
+
+    def _covering_grant(self, tx: Tx, request: ApprovalRequest, now: datetime) -> Grant | None:
+        rows = tx.all(
+            f"SELECT {_GRANT_COLUMNS} FROM {{p}}aegis_grants WHERE session_id = ? "
+            "AND action_type = ? AND action_target = ? AND matched_rule = ? AND requester = ? "
+            "AND revoked_at IS NULL AND expires_at > ? ORDER BY created_at LIMIT 1",
+            (
+                request.session_id,
+                request.action.type,
+                request.action.target,
+                request.matched_rule,
+                request.requester,
+                iso(now),
+            ),
+        )
+        return _grant_of(rows[0]) if rows else None
+
+    def get_request(self, request_id: str) -> ApprovalRequest | None:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.get_request`."""
+        with self._transaction(write=False) as tx:
+            return self._fetch(tx, request_id)
+
+    def list_requests(
+        self,
+        status: RequestStatus | None = None,
+        *,
+        requester: str | None = None,
+        limit: int = 100,
+    ) -> list[ApprovalRequest]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.list_requests`."""
+        clauses, args = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status.value)
+        if requester is not None:
+            clauses.append("requester = ?")
+            args.append(requester)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        with self._transaction(write=False) as tx:
+            rows = tx.all(
+                f"SELECT {_REQUEST_COLUMNS} FROM {{p}}aegis_approval_requests{where} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*args, max(1, min(limit, 1000))),
+            )
+            return [self._request(tx, row) for row in rows]
+
+    def decide(
+        self,
+        request_id: str,
+        reviewer: str,
+        verdict: Verdict,
+        *,
+        comment: str,
+        grant_minutes: int | None,
+        now: datetime,
+    ) -> tuple[ApprovalRequest, Grant | None]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.decide`."""
+        stamp = iso(now)
+        with self._transaction(write=True) as tx:
+            request = self._must(tx, request_id)
+            if request.status is not RequestStatus.PENDING:
+                raise not_pending(request)
+            if request.is_expired_at(now):
+                raise ApprovalServiceError(
+                    f"approval request {request_id} expired at {iso(request.expires_at)}; "
+                    "it can no longer be decided",
+                    status=409,
+                    code="expired",
+                )
+            try:
+                tx.run(
+                    "INSERT INTO {p}aegis_approval_decisions "
+                    "(request_id, reviewer, verdict, comment, at, grant_minutes) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (request_id, reviewer, verdict.value, comment, stamp, grant_minutes),
+                )
+            except Conflict:
+                raise ApprovalServiceError(
+                    f"{reviewer} has already decided approval request {request_id}",
+                    status=409,
+                    code="already_decided",
+                ) from None
+            if verdict is Verdict.DENY:
+                changed = tx.run(
+                    "UPDATE {p}aegis_approval_requests SET status = 'denied', decided_at = ?, "
+                    "status_reason = ? WHERE id = ? AND status = 'pending' AND expires_at > ?",
+                    (stamp, f"denied by {reviewer}", request_id, stamp),
+                )
+            else:
+                # The decisive step: only a pending, unexpired row changes, so
+                # of two reviewers racing one request exactly one wins.
+                changed = tx.run(
+                    "UPDATE {p}aegis_approval_requests SET approvals = approvals + 1, "
+                    "status = CASE WHEN approvals + 1 >= approvers THEN 'approved' "
+                    "ELSE 'pending' END, "
+                    "decided_at = CASE WHEN approvals + 1 >= approvers THEN ? ELSE NULL END "
+                    "WHERE id = ? AND status = 'pending' AND expires_at > ?",
+                    (stamp, request_id, stamp),
+                )
+            if changed != 1:
+                raise not_pending(self._must(tx, request_id))
+            request = self._must(tx, request_id)
+            grant = None
+            if request.status is RequestStatus.APPROVED:
+                grant = self._grant_from(tx, request, now)
+            return (self._must(tx, request_id) if grant else request), grant
+
+    def _grant_from(self, tx: Tx, request: ApprovalRequest, now: datetime) -> Grant | None:
+        minutes = [d.grant_minutes for d in request.approvals]
+        if not minutes or any(m is None for m in minutes):
+            return None  # every approver must agree to let later ones pass unasked
+        shortest = min(m for m in minutes if m is not None)
+        grant = Grant(
+            id=new_grant_id(),
+            session_id=request.session_id,
+            requester=request.requester,
+            action_type=request.action.type,
+            action_target=request.action.target,
+            matched_rule=request.matched_rule,
+            granted_by=tuple(d.reviewer for d in request.approvals),
+            request_id=request.id,
+            created_at=now,
+            expires_at=now + timedelta(minutes=shortest),
+        )
+        tx.run(
+            f"INSERT INTO {{p}}aegis_grants ({_GRANT_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                grant.id,
+                grant.session_id,
+                grant.requester,
+                grant.action_type,
+                grant.action_target,
+                grant.matched_rule,
+                json.dumps(list(grant.granted_by)),
+                grant.request_id,
+                iso(grant.created_at),
+                iso(grant.expires_at),
+                None,
+            ),
+        )
+        tx.run(
+            "UPDATE {p}aegis_approval_requests SET granted = ? WHERE id = ?",
+            (grant.id, request.id),
+        )
+        return grant
+
+    def collect(self, request_id: str, now: datetime) -> ApprovalRequest:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.collect`."""
+        with self._transaction(write=True) as tx:
+            changed = tx.run(
+                "UPDATE {p}aegis_approval_requests SET collected_at = ? "
+                "WHERE id = ? AND status = 'approved' AND collected_at IS NULL",
+                (iso(now), request_id),
+            )
+            request = self._must(tx, request_id)
+            if changed == 1:
+                return request
+            if request.status is RequestStatus.APPROVED:
+                raise ApprovalServiceError(
+                    f"approval request {request_id} was collected already at "
+                    f"{iso(request.collected_at or now)}; an approval is used once",
+                    status=409,
+                    code="already_collected",
+                )
+            raise ApprovalServiceError(
+                f"approval request {request_id} is {request.status.value}, not approved; "
+                "there is nothing to collect",
+                status=409,
+                code="not_approved",
+            )
+
+    def cancel(self, request_id: str, reason: str, now: datetime) -> ApprovalRequest:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.cancel`."""
+        with self._transaction(write=True) as tx:
+            changed = tx.run(
+                "UPDATE {p}aegis_approval_requests SET status = 'cancelled', "
+                "status_reason = ?, decided_at = ? WHERE id = ? AND status = 'pending'",
+                (reason, iso(now), request_id),
+            )
+            request = self._must(tx, request_id)
+            if changed != 1:
+                raise not_pending(request)
+            return request
+
+    def expire_due(self, now: datetime) -> list[ApprovalRequest]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.expire_due`."""
+        stamp = iso(now)
+        with self._transaction(write=False) as tx:
+            due = [
+                row[0]
+                for row in tx.all(
+                    "SELECT id FROM {p}aegis_approval_requests "
+                    "WHERE status = 'pending' AND expires_at <= ? ORDER BY expires_at LIMIT 500",
+                    (stamp,),
+                )
+            ]
+        expired = []
+        for request_id in due:
+            with self._transaction(write=True) as tx:
+                # Conditional: of several service processes, one expires each request.
+                changed = tx.run(
+                    "UPDATE {p}aegis_approval_requests SET status = 'expired', "
+                    "status_reason = 'no decision before it expired', decided_at = ? "
+                    "WHERE id = ? AND status = 'pending' AND expires_at <= ?",
+                    (stamp, request_id, stamp),
+                )
+                if changed == 1:
+                    expired.append(self._must(tx, request_id))
+        return expired
+
+    # -- tokens -----------------------------------------------------------------
+
+    def create_token(self, info: TokenInfo, token_hash: str) -> None:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.create_token`."""
+        created = info.created_at
+        if created is None:
+            raise ValueError("a token needs its creation time")
+        values = (
+            token_hash,
+            info.role.value,
+            json.dumps(list(info.groups)),
+            iso(created),
+            None if info.expires_at is None else iso(info.expires_at),
+        )
+        with self._transaction(write=True) as tx:
+            rows = tx.all(
+                f"SELECT {_TOKEN_COLUMNS} FROM {{p}}aegis_tokens WHERE name = ?", (info.name,)
+            )
+            if rows and _token_of(rows[0]).usable_at(created):
+                raise ApprovalServiceError(
+                    f"a token named {info.name!r} exists and is active; revoke it first "
+                    f"(aegis token revoke {info.name}) or pick another name",
+                    status=409,
+                    code="token_exists",
+                )
+            if rows:  # revoked or expired: the name may be given out again
+                tx.run(
+                    "UPDATE {p}aegis_tokens SET token_hash = ?, role = ?, groups_json = ?, "
+                    "created_at = ?, expires_at = ?, revoked_at = NULL WHERE name = ?",
+                    (*values, info.name),
+                )
+            else:
+                tx.run(
+                    "INSERT INTO {p}aegis_tokens (token_hash, role, groups_json, created_at, "
+                    "expires_at, name) VALUES (?, ?, ?, ?, ?, ?)",
+                    (*values, info.name),
+                )
+
+    def token_by_hash(self, token_hash: str) -> TokenInfo | None:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.token_by_hash`."""
+        with self._transaction(write=False) as tx:
+            rows = tx.all(
+                f"SELECT {_TOKEN_COLUMNS} FROM {{p}}aegis_tokens WHERE token_hash = ?",
+                (token_hash,),
+            )
+        return _token_of(rows[0]) if rows else None
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.list_tokens`."""
+        with self._transaction(write=False) as tx:
+            rows = tx.all(f"SELECT {_TOKEN_COLUMNS} FROM {{p}}aegis_tokens ORDER BY name")
+        return [_token_of(row) for row in rows]
+
+    def revoke_token(self, name: str, now: datetime) -> bool:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.revoke_token`."""
+        with self._transaction(write=True) as tx:
+            return (
+                tx.run(
+                    "UPDATE {p}aegis_tokens SET revoked_at = ? "
+                    "WHERE name = ? AND revoked_at IS NULL",
+                    (iso(now), name),
+                )
+                == 1
+            )
+
+    # -- grants -----------------------------------------------------------------
+
+    def list_grants(self, now: datetime, *, include_inactive: bool = False) -> list[Grant]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.list_grants`."""
+        where = "" if include_inactive else " WHERE revoked_at IS NULL AND expires_at > ?"
+        args = () if include_inactive else (iso(now),)
+        with self._transaction(write=False) as tx:
+            rows = tx.all(
+                f"SELECT {_GRANT_COLUMNS} FROM {{p}}aegis_grants{where} "
+                "ORDER BY created_at DESC, id DESC LIMIT 1000",
+                args,
+            )
+        return [_grant_of(row) for row in rows]
+
+    def revoke_grant(self, grant_id: str, now: datetime) -> Grant:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.revoke_grant`."""
+        with self._transaction(write=True) as tx:
+            changed = tx.run(
+                "UPDATE {p}aegis_grants SET revoked_at = ? "
+                "WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+                (iso(now), grant_id, iso(now)),
+            )
+            rows = tx.all(
+                f"SELECT {_GRANT_COLUMNS} FROM {{p}}aegis_grants WHERE id = ?", (grant_id,)
+            )
+            if not rows:
+                raise ApprovalServiceError(
+                    f"no grant {grant_id!r}; `aegis grants list` shows them",
+                    status=404,
+                    code="not_found",
+                )
+            grant = _grant_of(rows[0])
+            if changed != 1:
+                raise ApprovalServiceError(
+                    f"grant {grant_id} is no longer active (revoked or expired)",
+                    status=409,
+                    code="not_active",
+                )
+            return grant
+
+
+def _fields(request: ApprovalRequest) -> dict[str, Any]:
+    return {name: getattr(request, name) for name in request.__dataclass_fields__}
+
+
+def _request_of(row: tuple[Any, ...], decisions: list[tuple[Any, ...]]) -> ApprovalRequest:
+    try:
+        action = action_from_json(json.loads(row[5]))
+        return ApprovalRequest(
+            id=row[0],
+            session_id=row[1],
+            requester=row[2],
+            digest=row[3],
+            action_digest=row[4],
+            action=action,
+            risk_level=RiskLevel[row[6]],
+            matched_rule=row[7],
+            reason=row[8],
+            approvers=int(row[9]),
+            reviewers=tuple(json.loads(row[10])),
+            created_at=parse_time(row[11]),
+            expires_at=parse_time(row[12]),
+            status=RequestStatus(row[13]),
+            status_reason=row[14],
+            collected_at=_time(row[15]),
+            grant_id=row[16],
+            grant_by=tuple(json.loads(row[17])) if row[17] else (),
+            granted=row[18],
+            decisions=tuple(
+                ReviewerDecision(
+                    reviewer=d[0],
+                    verdict=Verdict(d[1]),
+                    comment=d[2],
+                    at=parse_time(d[3]),
+                    grant_minutes=d[4],
+                )
+                for d in decisions
+            ),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(
+            f"approval request {row[0]!r} in the store cannot be read ({exc}); "
+            "the row was edited or damaged"
+        ) from exc
+
+
+def _grant_of(row: tuple[Any, ...]) -> Grant:
+    return Grant(
+        id=row[0],
+        session_id=row[1],
+        requester=row[2],
+        action_type=row[3],
+        action_target=row[4],
+        matched_rule=row[5],
+        granted_by=tuple(json.loads(row[6])),
+        request_id=row[7],
+        created_at=parse_time(row[8]),
+        expires_at=parse_time(row[9]),
+        revoked_at=_time(row[10]),
+    )
+
+
+def _token_of(row: tuple[Any, ...]) -> TokenInfo:
+    return TokenInfo(
+        name=row[0],
+        role=Role(row[1]),
+        groups=tuple(json.loads(row[2])),
+        created_at=parse_time(row[3]),
+        expires_at=_time(row[4]),
+        revoked_at=_time(row[5]),
+    )
+
+
+def statements(prefix: str, sql: Sequence[str] = SCHEMA) -> Iterator[str]:
+    """``sql`` with ``{p}`` replaced by ``prefix``."""
+    for statement in sql:
+        yield statement.replace("{p}", prefix)

@@ -1,0 +1,176 @@
+"""Where approval requests, reviewer decisions, tokens and grants are kept.
+
+:class:`ApprovalStore` is what the approval service needs from a database;
+SQLite (:mod:`aegis.stores.sqlite.approvals`) and PostgreSQL
+(:mod:`aegis.stores.postgres.approvals`) implement it with the same SQL
+(:mod:`aegis.stores._approvals_sql`) and pass the same contract tests. The
+tables live beside the audit trail, in the same file or database.
+
+Every change of a request's status is one conditional ``UPDATE ... WHERE
+status = 'pending'`` in the database, so two reviewers deciding at the same
+instant, or several service processes on one PostgreSQL database, can never
+both win: the second sees zero rows changed and gets a conflict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+from typing import Protocol
+
+from aegis.core.approval_request import (
+    ApprovalRequest,
+    Grant,
+    RequestStatus,
+    TokenInfo,
+    Verdict,
+)
+
+__all__ = [
+    "ApprovalStore",
+    "hash_token",
+    "new_grant_id",
+    "new_request_id",
+    "new_token",
+    "open_approval_store",
+]
+
+#: prefix of every token Aegis issues, so that leaked ones are easy to find
+TOKEN_PREFIX = "aegis_"
+
+
+def new_token() -> str:
+    """A fresh random bearer token (256 bits)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex of ``token``: what the store keeps instead of the token.
+
+    A fast hash is enough here: the token is 256 random bits, not a password.
+    """
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_request_id() -> str:
+    """A fresh approval request id, ``apr_`` and 24 hex digits."""
+    return "apr_" + secrets.token_hex(12)
+
+
+def new_grant_id() -> str:
+    """A fresh grant id, ``grt_`` and 24 hex digits."""
+    return "grt_" + secrets.token_hex(12)
+
+
+class ApprovalStore(Protocol):
+    """The approval service's storage; every method is one transaction.
+
+    Methods that change a request raise
+    :class:`~aegis.errors.ApprovalServiceError` with status 404 for an
+    unknown id and 409 when the request is no longer in a state that
+    allows the change; database failures raise
+    :class:`~aegis.errors.StoreError`.
+    """
+
+    def create_request(
+        self, request: ApprovalRequest, now: datetime
+    ) -> tuple[ApprovalRequest, bool]:
+        """Store ``request`` and return ``(stored, True)``.
+
+        When a request with the same session and digest is still pending,
+        return ``(that request, False)`` instead. When an active grant
+        covers the request (same session, requester, type, target and
+        rule), the request is stored already approved, naming the grant.
+        """
+        ...
+
+    def get_request(self, request_id: str) -> ApprovalRequest | None:
+        """The request with this id, with its decisions, or ``None``."""
+        ...
+
+    def list_requests(
+        self,
+        status: RequestStatus | None = None,
+        *,
+        requester: str | None = None,
+        limit: int = 100,
+    ) -> list[ApprovalRequest]:
+        """Requests, newest first, optionally of one status or requester."""
+        ...
+
+    def decide(
+        self,
+        request_id: str,
+        reviewer: str,
+        verdict: Verdict,
+        *,
+        comment: str,
+        grant_minutes: int | None,
+        now: datetime,
+    ) -> tuple[ApprovalRequest, Grant | None]:
+        """Record one reviewer's verdict; return the request and the grant it created.
+
+        A deny denies at once; approvals count until the request's
+        ``approvers`` distinct reviewers have approved. A grant is created
+        when the request becomes approved and every approving reviewer
+        asked for one (for the shortest time asked).
+        """
+        ...
+
+    def collect(self, request_id: str, now: datetime) -> ApprovalRequest:
+        """Mark an approved request as used; a second collect is a 409."""
+        ...
+
+    def cancel(self, request_id: str, reason: str, now: datetime) -> ApprovalRequest:
+        """Cancel a pending request; 409 when it is no longer pending."""
+        ...
+
+    def expire_due(self, now: datetime) -> list[ApprovalRequest]:
+        """Expire every pending request past its expiry; return those this call expired."""
+        ...
+
+    def create_token(self, info: TokenInfo, token_hash: str) -> None:
+        """Store a token's hash and facts; 409 if an active token has this name."""
+        ...
+
+    def token_by_hash(self, token_hash: str) -> TokenInfo | None:
+        """The token with this hash, revoked or not, or ``None``."""
+        ...
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every token, by name."""
+        ...
+
+    def revoke_token(self, name: str, now: datetime) -> bool:
+        """Revoke the token called ``name``; ``False`` if there is no active one."""
+        ...
+
+    def list_grants(self, now: datetime, *, include_inactive: bool = False) -> list[Grant]:
+        """Grants, newest first; only the active ones unless asked."""
+        ...
+
+    def revoke_grant(self, grant_id: str, now: datetime) -> Grant:
+        """Revoke a grant; 404 if unknown, 409 if revoked or expired already."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; calling it again does nothing."""
+        ...
+
+
+def open_approval_store(db: str, *, schema: str | None = None) -> ApprovalStore:
+    """Open the approval tables of a store: a SQLite path, ``sqlite:///path`` or a PostgreSQL DSN.
+
+    ``schema`` (PostgreSQL only) names the schema of the tables; the
+    connection's ``current_schema()`` by default.
+    """
+    if db.startswith(("postgresql://", "postgres://")):
+        # Imported here: psycopg is an extra, and SQLite users never need it.
+        from aegis.stores.postgres.approvals import PostgresApprovalStore  # noqa: PLC0415
+
+        return PostgresApprovalStore(db, schema=schema)
+    from aegis.stores.sqlite.approvals import SqliteApprovalStore  # noqa: PLC0415  # symmetric
+
+    path = db.removeprefix("sqlite:///") if db.startswith("sqlite:///") else db
+    return SqliteApprovalStore(path)

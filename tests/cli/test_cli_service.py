@@ -1,0 +1,151 @@
+"""`aegis token`, `aegis grants` and the checks `aegis serve` makes before it listens."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from conftest import Invoke
+
+from aegis.core.action import Action, action_digest
+from aegis.core.approval_request import ApprovalRequest, Verdict, request_digest
+from aegis.core.risk import RiskLevel
+from aegis.runtime.audit import AuditLogger
+from aegis.stores.approvals import hash_token, new_request_id, open_approval_store
+
+
+def test_token_create_prints_once_and_stores_a_hash(invoke: Invoke, tmp_path: Path) -> None:
+    """The token goes to stdout alone; the database keeps only its hash."""
+    db = tmp_path / "aegis.db"
+    result = invoke(
+        "token", "create", "alice", "--role", "reviewer", "--group", "finance", "--db", str(db)
+    )
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert token.startswith("aegis_")
+    assert "shown only this once" in result.stderr
+    raw = db.read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("aegis.db-*"))
+    assert token.encode() not in raw
+    store = open_approval_store(str(db))
+    try:
+        info = store.token_by_hash(hash_token(token))
+    finally:
+        store.close()
+    assert info is not None
+    assert (info.name, info.role.value, info.groups) == ("alice", "reviewer", ("finance",))
+
+
+def test_token_list_and_revoke(invoke: Invoke, tmp_path: Path) -> None:
+    """List shows names, roles and states, never secrets; revoke ends a token once."""
+    db = str(tmp_path / "aegis.db")
+    secret = invoke(
+        "token", "create", "bot", "--role", "agent", "--expires", "30d", "--db", db
+    ).stdout.strip()
+    listed = invoke("token", "list", "--db", db, "--format", "json")
+    assert listed.exit_code == 0
+    (entry,) = json.loads(listed.stdout)
+    assert entry["name"] == "bot"
+    assert entry["state"] == "active"
+    assert entry["expires_at"] is not None
+    assert secret not in listed.stdout
+    assert invoke("token", "revoke", "bot", "--db", db).exit_code == 0
+    again = invoke("token", "revoke", "bot", "--db", db)
+    assert again.exit_code == 1
+    assert "no active token named 'bot'" in again.stderr
+    table = invoke("token", "list", "--db", db)
+    assert "revoked" in table.stdout
+
+
+def test_token_create_refuses_a_taken_name_and_bad_input(invoke: Invoke, tmp_path: Path) -> None:
+    """An active name cannot be created twice (exit 1); a bad role or expiry is a usage error."""
+    db = str(tmp_path / "aegis.db")
+    assert invoke("token", "create", "bot", "--role", "agent", "--db", db).exit_code == 0
+    taken = invoke("token", "create", "bot", "--role", "agent", "--db", db)
+    assert taken.exit_code == 1
+    assert "revoke it first" in taken.stderr
+    assert invoke("token", "create", "x", "--role", "admin", "--db", db).exit_code == 2
+    assert (
+        invoke("token", "create", "x", "--role", "agent", "--expires", "soon", "--db", db).exit_code
+        == 2
+    )
+
+
+def test_token_list_needs_an_existing_database(invoke: Invoke, tmp_path: Path) -> None:
+    """Listing tokens of a missing file says so instead of creating it."""
+    missing = tmp_path / "nope.db"
+    result = invoke("token", "list", "--db", str(missing))
+    assert result.exit_code == 1
+    assert "no database at" in result.stderr
+    assert not missing.exists()
+
+
+def _granted(db: str) -> str:
+    """A request approved with a grant, in ``db``; return the grant id."""
+    with AuditLogger(db) as audit:
+        audit.head()
+    store = open_approval_store(db)
+    try:
+        now = datetime.now(UTC)
+        action = Action("refund", "billing", {"amount": 5})
+        request = ApprovalRequest(
+            id=new_request_id(),
+            session_id="s1",
+            requester="bot",
+            action=action,
+            risk_level=RiskLevel.HIGH,
+            matched_rule="refunds",
+            reason="",
+            approvers=1,
+            reviewers=(),
+            created_at=now,
+            expires_at=now + timedelta(hours=1),
+            digest=request_digest(action, "bot"),
+            action_digest=action_digest(action),
+        )
+        store.create_request(request, now)
+        _, grant = store.decide(
+            request.id, "alice", Verdict.APPROVE, comment="", grant_minutes=30, now=now
+        )
+    finally:
+        store.close()
+    assert grant is not None
+    return grant.id
+
+
+def test_grants_list_and_revoke(invoke: Invoke, tmp_path: Path) -> None:
+    """Grants are listed while active; revoking one is audited and leaves it listed with --all."""
+    db = str(tmp_path / "aegis.db")
+    grant_id = _granted(db)
+    listed = json.loads(invoke("grants", "list", "--db", db, "--format", "json").stdout)
+    assert [g["id"] for g in listed] == [grant_id]
+    assert listed[0]["granted_by"] == ["alice"]
+    revoked = invoke("grants", "revoke", grant_id, "--db", db)
+    assert revoked.exit_code == 0, revoked.output
+    assert json.loads(invoke("grants", "list", "--db", db, "--format", "json").stdout) == []
+    assert grant_id in invoke("grants", "list", "--all", "--db", db).stdout
+    again = invoke("grants", "revoke", grant_id, "--db", db)
+    assert again.exit_code == 1
+    assert "no longer active" in again.stderr
+    unknown = invoke("grants", "revoke", "grt_nope", "--db", db)
+    assert unknown.exit_code == 1
+    with AuditLogger(db) as audit:
+        texts = [r["human_decision"] for r in audit.get_log("s1")]
+    assert any(f"grant {grant_id} revoked by operator:" in t for t in texts)
+
+
+def test_serve_refuses_a_public_address_without_tls(invoke: Invoke, tmp_path: Path) -> None:
+    """A non-loopback host needs TLS or --insecure-http; half a TLS pair is a usage error."""
+    db = str(tmp_path / "aegis.db")
+    public = invoke("serve", "--db", db, "--host", "0.0.0.0")
+    assert public.exit_code == 2
+    assert "not a loopback address" in public.stderr
+    named = invoke("serve", "--db", db, "--host", "example.internal")
+    assert named.exit_code == 2
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    half = invoke("serve", "--db", db, "--tls-cert", str(cert))
+    assert half.exit_code == 2
+    assert "both --tls-cert and --tls-key" in half.stderr
+    assert invoke("serve", "--db", db, "--approval-ttl", "never").exit_code == 2
+    assert not Path(db).exists()

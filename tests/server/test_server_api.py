@@ -1,0 +1,435 @@
+"""The JSON API in-process (httpx's ASGI transport): status codes, roles and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aegis.core.approval_request import Role, TokenInfo
+from aegis.runtime.audit import AuditLogger
+from aegis.server import ApprovalService, create_app
+from aegis.server.api import MAX_BODY
+from aegis.stores.approvals import hash_token
+from aegis.stores.sqlite.approvals import SqliteApprovalStore
+
+TOKENS = {
+    "bot": (Role.AGENT, ()),
+    "other-bot": (Role.AGENT, ()),
+    "alice": (Role.REVIEWER, ("finance",)),
+    "bob": (Role.REVIEWER, ()),
+    "carol": (Role.REVIEWER, ("ops",)),
+    "dave": (Role.AGENT, ()),
+}
+
+#: the start of a body with a valid session and action, left open for more fields
+XY = b'{"session_id": "s1", "action": {"type": "x", "target": "y"'
+
+ACTION = {"type": "refund", "target": "billing", "params": {"amount": 900}, "description": "x"}
+
+
+class Api:
+    """A client of the in-process app that picks a token per call."""
+
+    def __init__(self, client: httpx.AsyncClient, service: ApprovalService, db: Path) -> None:
+        self.client = client
+        self.service = service
+        self.db = db
+
+    async def call(
+        self, method: str, path: str, who: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send one request as ``who`` (no token when ``None``)."""
+        headers = kwargs.pop("headers", {})
+        if who is not None:
+            headers["Authorization"] = f"Bearer {who}-secret"
+        return await self.client.request(method, path, headers=headers, **kwargs)
+
+    async def ask(self, who: str = "bot", **fields: Any) -> dict[str, Any]:
+        """Create a request as ``who`` and return its JSON."""
+        body = {"session_id": "s1", "action": ACTION, "risk_level": "high", **fields}
+        response = await self.call("POST", "/api/v1/approvals", who, json=body)
+        assert response.status_code in (200, 201), response.text
+        return dict(response.json())
+
+    async def decide(self, request_id: str, who: str, **body: Any) -> httpx.Response:
+        """Post a decision as ``who``."""
+        body.setdefault("verdict", "approve")
+        return await self.call("POST", f"/api/v1/approvals/{request_id}/decision", who, json=body)
+
+
+def add_tokens(store: SqliteApprovalStore, now: datetime) -> None:
+    """The tokens of :data:`TOKENS`, each with the secret ``<name>-secret``."""
+    for name, (role, groups) in TOKENS.items():
+        store.create_token(TokenInfo(name, role, groups, now), hash_token(f"{name}-secret"))
+    store.create_token(
+        TokenInfo("old", Role.REVIEWER, (), now - timedelta(days=2), now - timedelta(days=1)),
+        hash_token("old-secret"),
+    )
+    store.create_token(TokenInfo("gone", Role.REVIEWER, (), now), hash_token("gone-secret"))
+    store.revoke_token("gone", now)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    """The app over a fresh SQLite store with the test tokens."""
+    db = tmp_path / "aegis.db"
+    audit = AuditLogger(db, busy_timeout=0.3)
+    audit.head()
+    store = SqliteApprovalStore(db, busy_timeout=0.3)
+    add_tokens(store, datetime.now(UTC))
+    service = ApprovalService(store, audit, approval_ttl=60, poll_interval=0.05)
+    app = create_app(service)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield Api(client, service, db)
+    service.close()
+
+
+def error_code(response: httpx.Response) -> str:
+    """The ``code`` of a JSON error answer."""
+    body = response.json()
+    return str(body["error"]["code"])
+
+
+async def test_healthz_needs_no_token(api: Api) -> None:
+    """/healthz answers 200 without a token while the store answers."""
+    response = await api.call("GET", "/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_openapi_document(api: Api) -> None:
+    """The OpenAPI document names every endpoint of the API."""
+    document = (await api.call("GET", "/api/v1/openapi.json")).json()
+    assert document["openapi"].startswith("3.")
+    for path in (
+        "/api/v1/approvals",
+        "/api/v1/approvals/{id}/wait",
+        "/api/v1/approvals/{id}/decision",
+        "/api/v1/audit/verify",
+    ):
+        assert path in document["paths"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Basic Ym90OnNlY3JldA=="},
+        {"Authorization": "Bearer nonsense"},
+        {"Authorization": "Bearer gone-secret"},
+        {"Authorization": "Bearer old-secret"},
+    ],
+    ids=["none", "basic", "unknown", "revoked", "expired"],
+)
+async def test_bad_tokens_are_401(api: Api, headers: dict[str, str]) -> None:
+    """A missing, malformed, unknown, revoked or expired token is a JSON 401."""
+    response = await api.call("GET", "/api/v1/approvals", headers=headers)
+    assert response.status_code == 401
+    assert error_code(response) == "unauthorized"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_create_then_reattach(api: Api) -> None:
+    """The first post is 201 pending with a digest; the same again while pending is 200, same id."""
+    body = {"session_id": "s1", "action": ACTION, "risk_level": "high", "matched_rule": "r"}
+    first = await api.call("POST", "/api/v1/approvals", "bot", json=body)
+    assert first.status_code == 201
+    created = first.json()
+    assert created["status"] == "pending"
+    assert len(created["digest"]) == 64
+    assert created["requester"] == "bot"
+    assert created["expires_at"] > created["created_at"]
+    again = await api.call("POST", "/api/v1/approvals", "bot", json=body)
+    assert again.status_code == 200
+    assert again.json()["id"] == created["id"]
+    other_agent = await api.call("POST", "/api/v1/approvals", "other-bot", json=body)
+    assert other_agent.status_code == 201
+    assert other_agent.json()["digest"] != created["digest"]
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"{not json", "invalid"),
+        (b"[1, 2]", "invalid"),
+        (b'{"session_id": "s1"}', "invalid"),
+        (b'{"session_id": "s1", "action": {"type": "x", "target": "y"}, "extra": 1}', "invalid"),
+        (b'{"session_id": "s1", "action": {"type": "", "target": "y"}}', "invalid"),
+        (
+            b'{"session_id": "s1", "action": {"type": "x", "target": "y"}, "risk_level": "odd"}',
+            "invalid",
+        ),
+        (b'{"session_id": "s1", "action": {"type": "x", "target": "y", "params": [1]}}', "invalid"),
+        (
+            b'{"session_id": "s1", "action": {"type": "x", "target": "y"}, "approvers": 0}',
+            "invalid",
+        ),
+        (
+            b'{"session_id": "s1", "action": {"type": "x", "target": "y", "params": {"a": NaN}}}',
+            "invalid",
+        ),
+    ],
+    ids=[
+        "malformed",
+        "not-object",
+        "no-action",
+        "unknown-field",
+        "empty-type",
+        "bad-risk",
+        "params-list",
+        "zero-approvers",
+        "nan",
+    ],
+)
+async def test_malformed_requests_are_422(api: Api, content: bytes, code: str) -> None:
+    """Malformed JSON and invalid fields are a JSON 422 naming the problem."""
+    response = await api.call("POST", "/api/v1/approvals", "bot", content=content)
+    assert response.status_code == 422, response.text
+    assert error_code(response) == code
+    assert response.json()["error"]["message"]
+
+
+async def test_oversized_body_is_413(api: Api) -> None:
+    """A body over the limit is refused before it is parsed."""
+    big = b'{"session_id": "' + b"x" * MAX_BODY + b'"}'
+    response = await api.call("POST", "/api/v1/approvals", "bot", content=big)
+    assert response.status_code == 413
+    assert error_code(response) == "too_large"
+
+
+async def test_roles(api: Api) -> None:
+    """Reviewers cannot ask, agents cannot list or decide: 403 with the reason."""
+    body = {"session_id": "s1", "action": ACTION}
+    assert (await api.call("POST", "/api/v1/approvals", "alice", json=body)).status_code == 403
+    listed = await api.call("GET", "/api/v1/approvals", "bot")
+    assert listed.status_code == 403
+    assert error_code(listed) == "wrong_role"
+    request = await api.ask()
+    decided = await api.decide(request["id"], "bot")
+    assert decided.status_code == 403
+    assert (await api.call("GET", "/api/v1/audit", "bot")).status_code == 403
+
+
+async def test_who_may_see_a_request(api: Api) -> None:
+    """A request is visible to reviewers and its own agent only; an unknown id is 404."""
+    request = await api.ask()
+    path = f"/api/v1/approvals/{request['id']}"
+    assert (await api.call("GET", path, "bot")).status_code == 200
+    assert (await api.call("GET", path, "bob")).status_code == 200
+    assert (await api.call("GET", path, "other-bot")).status_code == 403
+    missing = await api.call("GET", "/api/v1/approvals/apr_nope", "bob")
+    assert missing.status_code == 404
+    assert error_code(missing) == "not_found"
+
+
+async def test_list_by_status(api: Api) -> None:
+    """The list shows pending requests by default, and each status on request."""
+    first = await api.ask()
+    second = await api.ask(session_id="s2")
+    await api.decide(first["id"], "bob", verdict="deny")
+    pending = (await api.call("GET", "/api/v1/approvals", "bob")).json()["approvals"]
+    assert [r["id"] for r in pending] == [second["id"]]
+    denied = await api.call("GET", "/api/v1/approvals", "bob", params={"status": "denied"})
+    assert [r["id"] for r in denied.json()["approvals"]] == [first["id"]]
+    everything = await api.call("GET", "/api/v1/approvals", "bob", params={"status": "all"})
+    assert len(everything.json()["approvals"]) == 2
+    odd = await api.call("GET", "/api/v1/approvals", "bob", params={"status": "maybe"})
+    assert odd.status_code == 422
+
+
+async def test_decision_answers(api: Api) -> None:
+    """200 with the updated request, then 409 for a second decision; 422 for a bad verdict."""
+    request = await api.ask()
+    bad = await api.decide(request["id"], "bob", verdict="APPROVE!")
+    assert bad.status_code == 422
+    grant_on_deny = await api.decide(request["id"], "bob", verdict="deny", grant_minutes=5)
+    assert grant_on_deny.status_code == 422
+    ok = await api.decide(request["id"], "bob", comment="fine")
+    assert ok.status_code == 200
+    body = ok.json()
+    assert body["status"] == "approved"
+    assert body["decisions"][0]["reviewer"] == "bob"
+    assert body["decisions"][0]["comment"] == "fine"
+    late = await api.decide(request["id"], "alice")
+    assert late.status_code == 409
+    assert error_code(late) == "not_pending"
+    missing = await api.decide("apr_nope", "bob")
+    assert missing.status_code == 404
+
+
+async def test_same_reviewer_twice_is_409(api: Api) -> None:
+    """On a two-person request, the same reviewer's second approval is a 409."""
+    request = await api.ask(approvers=2)
+    assert (await api.decide(request["id"], "bob")).json()["status"] == "pending"
+    again = await api.decide(request["id"], "bob")
+    assert again.status_code == 409
+    assert error_code(again) == "already_decided"
+    assert (await api.decide(request["id"], "alice")).json()["status"] == "approved"
+
+
+async def test_reviewer_groups(api: Api) -> None:
+    """A rule's reviewer groups admit only reviewers in them (403 for the others)."""
+    request = await api.ask(reviewers=["finance"])
+    outside = await api.decide(request["id"], "carol")
+    assert outside.status_code == 403
+    assert error_code(outside) == "wrong_group"
+    assert (await api.decide(request["id"], "alice")).status_code == 200
+
+
+async def test_no_self_approval_whatever_the_role(api: Api) -> None:
+    """A name that asked may never decide its request, even with a reviewer token later."""
+    request = await api.ask("dave")
+    api.service.store.revoke_token("dave", datetime.now(UTC))
+    api.service.store.create_token(
+        TokenInfo("dave", Role.REVIEWER, (), datetime.now(UTC)), hash_token("dave-secret")
+    )
+    refused = await api.decide(request["id"], "dave")
+    assert refused.status_code == 403
+    assert error_code(refused) == "self_approval"
+
+
+async def test_expired_request_cannot_be_approved(api: Api) -> None:
+    """A request past its approval_ttl is expired: deciding it is a 409, its status says so."""
+    request = await api.ask(approval_ttl=0.2)
+    await asyncio.sleep(0.3)
+    late = await api.decide(request["id"], "bob")
+    assert late.status_code == 409
+    assert error_code(late) == "expired"
+    now = await api.call("GET", f"/api/v1/approvals/{request['id']}", "bob")
+    assert now.json()["status"] == "expired"
+
+
+async def test_wait_long_polls(api: Api) -> None:
+    """Wait answers as soon as a decision lands, or with the pending request after S seconds."""
+    request = await api.ask()
+    path = f"/api/v1/approvals/{request['id']}/wait"
+    quiet = await api.call("GET", path, "bot", params={"timeout": "0.1"})
+    assert quiet.json()["status"] == "pending"
+    waiting = asyncio.create_task(api.call("GET", path, "bot", params={"timeout": "10"}))
+    await asyncio.sleep(0.1)
+    await api.decide(request["id"], "bob")
+    answered = await asyncio.wait_for(waiting, 2)
+    assert answered.json()["status"] == "approved"
+    assert (await api.call("GET", path, "bob", params={"timeout": "0"})).status_code == 403
+    too_long = await api.call("GET", path, "bot", params={"timeout": "61"})
+    assert too_long.status_code == 422
+
+
+async def test_collect_once_and_cancel(api: Api) -> None:
+    """Collect works once (then 409); a cancelled request cannot be approved (409)."""
+    request = await api.ask()
+    await api.decide(request["id"], "bob")
+    path = f"/api/v1/approvals/{request['id']}/collect"
+    assert (await api.call("POST", path, "other-bot")).status_code == 403
+    assert (await api.call("POST", path, "bot")).status_code == 200
+    second = await api.call("POST", path, "bot")
+    assert second.status_code == 409
+    assert error_code(second) == "already_collected"
+    other = await api.ask(session_id="s9")
+    cancel = f"/api/v1/approvals/{other['id']}/cancel"
+    cancelled = await api.call("POST", cancel, "bot", json={"reason": "gave up"})
+    assert cancelled.json()["status"] == "cancelled"
+    assert (await api.decide(other["id"], "bob")).status_code == 409
+
+
+async def test_concurrent_decisions_one_wins(api: Api) -> None:
+    """Reviewers deciding one request at the same instant: exactly one 200, the rest 409."""
+    request = await api.ask()
+    answers = await asyncio.gather(
+        *(api.decide(request["id"], name) for name in ("alice", "bob", "carol"))
+    )
+    assert sorted(r.status_code for r in answers) == [200, 409, 409]
+    final = await api.call("GET", f"/api/v1/approvals/{request['id']}", "bob")
+    assert len(final.json()["decisions"]) == 1
+
+
+async def test_audit_endpoints(api: Api) -> None:
+    """Every step is in the audit trail, readable and verifiable through the API."""
+    request = await api.ask()
+    await api.decide(request["id"], "bob", verdict="deny", comment="no")
+    records = (await api.call("GET", "/api/v1/audit", "bob", params={"session": "s1"})).json()
+    texts = [r["human_decision"] for r in records["records"]]
+    assert texts[0].startswith("approval: requested by bot")
+    assert texts[1] == f"approval: denied by bob: no [request {request['id']}]"
+    report = (await api.call("GET", "/api/v1/audit/verify", "bob")).json()
+    assert report["ok"] is True
+    assert report["checked"] == 2
+    bad = await api.call("GET", "/api/v1/audit", "bob", params={"since": "yesterday"})
+    assert bad.status_code == 422
+
+
+async def test_unknown_route_is_json_404(api: Api) -> None:
+    """Even an unknown path or method answers JSON."""
+    response = await api.call("GET", "/api/v1/nothing", "bob")
+    assert response.status_code == 404
+    assert response.json()["error"]["status"] == 404
+    wrong_method = await api.call("DELETE", "/api/v1/approvals", "bob")
+    assert wrong_method.status_code == 405
+
+
+async def test_locked_database_is_503(api: Api) -> None:
+    """A database held locked by another process gives a JSON 503, and nothing is decided."""
+    request = await api.ask()
+    holder = sqlite3.connect(api.db, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        locked = await api.decide(request["id"], "bob")
+        assert locked.status_code == 503
+        assert error_code(locked) == "store_unavailable"
+        assert "locked" in locked.json()["error"]["message"]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    after = await api.call("GET", f"/api/v1/approvals/{request['id']}", "bob")
+    assert after.json()["status"] == "pending"
+    assert (await api.call("GET", "/healthz")).status_code == 200
+
+
+async def test_service_policy_overrides_the_agents_terms(tmp_path: Path) -> None:
+    """A service with its own policy takes approvers and groups from it, and refuses blocks."""
+    from aegis import Policy
+
+    store = SqliteApprovalStore(tmp_path / "policy.db")
+    add_tokens(store, datetime.now(UTC))
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "wires",
+                    "match": {"type": "wire"},
+                    "approvers": 2,
+                    "reviewers": ["finance"],
+                },
+                {"name": "deletes", "match": {"type": "delete"}, "approval": "block"},
+            ]
+        }
+    )
+    service = ApprovalService(store, None, policy=policy)
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        headers = {"Authorization": "Bearer bot-secret"}
+        weak = {
+            "session_id": "s",
+            "action": {"type": "wire", "target": "bank"},
+            "approvers": 1,
+            "matched_rule": "made-up",
+        }
+        created = (await client.post("/api/v1/approvals", json=weak, headers=headers)).json()
+        assert (created["approvers"], created["reviewers"], created["matched_rule"]) == (
+            2,
+            ["finance"],
+            "wires",
+        )
+        blocked = {"session_id": "s", "action": {"type": "delete", "target": "crm"}}
+        refused = await client.post("/api/v1/approvals", json=blocked, headers=headers)
+        assert refused.status_code == 403
+        assert error_code(refused) == "blocked_by_policy"
+    service.close()

@@ -1,0 +1,346 @@
+"""One contract for the approval store, run against SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aegis.core.action import Action, action_digest
+from aegis.core.approval_request import (
+    ApprovalRequest,
+    RequestStatus,
+    Role,
+    TokenInfo,
+    Verdict,
+    request_digest,
+)
+from aegis.core.risk import RiskLevel
+from aegis.errors import ApprovalServiceError, StoreError
+from aegis.stores.approvals import ApprovalStore, new_request_id, open_approval_store
+from aegis.stores.sqlite.approvals import SqliteApprovalStore
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        return str(tmp_path / "aegis.db")
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    return dsn
+
+
+@pytest.fixture
+def store(db: str) -> Iterator[ApprovalStore]:
+    """The approval store of that database, closed afterwards."""
+    opened = open_approval_store(db)
+    yield opened
+    opened.close()
+
+
+def make(
+    session: str = "s1",
+    *,
+    amount: int = 900,
+    requester: str = "bot",
+    approvers: int = 1,
+    ttl: float = 3600,
+    rule: str = "refunds",
+) -> ApprovalRequest:
+    """A pending request for a refund of ``amount``."""
+    action = Action("refund", "billing", {"amount": amount})
+    return ApprovalRequest(
+        id=new_request_id(),
+        session_id=session,
+        requester=requester,
+        action=action,
+        risk_level=RiskLevel.HIGH,
+        matched_rule=rule,
+        reason="big refund",
+        approvers=approvers,
+        reviewers=(),
+        created_at=NOW,
+        expires_at=NOW + timedelta(seconds=ttl),
+        digest=request_digest(action, requester),
+        action_digest=action_digest(action),
+    )
+
+
+def decide(
+    store: ApprovalStore,
+    request_id: str,
+    reviewer: str,
+    verdict: Verdict = Verdict.APPROVE,
+    *,
+    minutes: int | None = None,
+    at: datetime = NOW,
+) -> ApprovalRequest:
+    """One reviewer's verdict, at ``at``."""
+    request, _ = store.decide(
+        request_id, reviewer, verdict, comment="", grant_minutes=minutes, now=at
+    )
+    return request
+
+
+def test_create_and_read_back(store: ApprovalStore) -> None:
+    """A stored request reads back equal, action and digests included."""
+    new = make()
+    stored, created = store.create_request(new, NOW)
+    assert created
+    assert stored == new
+    assert store.get_request(new.id) == new
+    assert store.get_request("apr_unknown") is None
+
+
+def test_same_session_and_digest_reattaches(store: ApprovalStore) -> None:
+    """A second request for the same action in the same session returns the pending one."""
+    first, _ = store.create_request(make(), NOW)
+    again, created = store.create_request(make(), NOW)
+    assert not created
+    assert again.id == first.id
+    other, created = store.create_request(make("s2"), NOW)
+    assert created
+    assert other.id != first.id
+
+
+def test_single_approval_settles(store: ApprovalStore) -> None:
+    """One approval of a one-approver request approves it and records the reviewer."""
+    request, _ = store.create_request(make(), NOW)
+    decided = decide(store, request.id, "alice")
+    assert decided.status is RequestStatus.APPROVED
+    assert [d.reviewer for d in decided.decisions] == ["alice"]
+
+
+def test_two_person_rule_needs_two_distinct_reviewers(store: ApprovalStore) -> None:
+    """With approvers 2, one approval leaves it pending, a repeat is refused, a second approves."""
+    request, _ = store.create_request(make(approvers=2), NOW)
+    assert decide(store, request.id, "alice").status is RequestStatus.PENDING
+    with pytest.raises(ApprovalServiceError) as refused:
+        decide(store, request.id, "alice")
+    assert refused.value.status == 409
+    assert refused.value.code == "already_decided"
+    assert decide(store, request.id, "bob").status is RequestStatus.APPROVED
+
+
+def test_a_single_deny_denies(store: ApprovalStore) -> None:
+    """A deny after an approval of a two-person request denies it."""
+    request, _ = store.create_request(make(approvers=2), NOW)
+    decide(store, request.id, "alice")
+    assert decide(store, request.id, "bob", Verdict.DENY).status is RequestStatus.DENIED
+
+
+def test_decided_request_refuses_more_decisions(store: ApprovalStore) -> None:
+    """Deciding a request that is no longer pending is a 409 and changes nothing."""
+    request, _ = store.create_request(make(), NOW)
+    decide(store, request.id, "alice", Verdict.DENY)
+    with pytest.raises(ApprovalServiceError) as refused:
+        decide(store, request.id, "bob")
+    assert refused.value.status == 409
+    after = store.get_request(request.id)
+    assert after is not None
+    assert after.status is RequestStatus.DENIED
+    assert len(after.decisions) == 1
+
+
+def test_unknown_request_is_not_found(store: ApprovalStore) -> None:
+    """Deciding, collecting or cancelling an unknown id is a 404."""
+    for call in (
+        lambda: decide(store, "apr_nope", "alice"),
+        lambda: store.collect("apr_nope", NOW),
+        lambda: store.cancel("apr_nope", "x", NOW),
+    ):
+        with pytest.raises(ApprovalServiceError) as refused:
+            call()
+        assert refused.value.status == 404
+
+
+def test_collect_once(store: ApprovalStore) -> None:
+    """An approval is collected once; the second collect is refused."""
+    request, _ = store.create_request(make(), NOW)
+    with pytest.raises(ApprovalServiceError) as early:
+        store.collect(request.id, NOW)
+    assert early.value.code == "not_approved"
+    decide(store, request.id, "alice")
+    assert store.collect(request.id, NOW).collected_at == NOW
+    with pytest.raises(ApprovalServiceError) as again:
+        store.collect(request.id, NOW)
+    assert again.value.code == "already_collected"
+
+
+def test_expiry(store: ApprovalStore) -> None:
+    """A request past its expiry is expired once, and can no longer be approved."""
+    request, _ = store.create_request(make(ttl=60), NOW)
+    assert store.expire_due(NOW + timedelta(seconds=59)) == []
+    with pytest.raises(ApprovalServiceError) as late:
+        decide(store, request.id, "alice", at=NOW + timedelta(seconds=61))
+    assert late.value.code == "expired"
+    expired = store.expire_due(NOW + timedelta(seconds=61))
+    assert [r.id for r in expired] == [request.id]
+    assert expired[0].status is RequestStatus.EXPIRED
+    assert store.expire_due(NOW + timedelta(seconds=62)) == []
+
+
+def test_cancel(store: ApprovalStore) -> None:
+    """A pending request can be cancelled once; a cancelled one cannot be approved."""
+    request, _ = store.create_request(make(), NOW)
+    cancelled = store.cancel(request.id, "the agent gave up", NOW)
+    assert cancelled.status is RequestStatus.CANCELLED
+    assert cancelled.status_reason == "the agent gave up"
+    with pytest.raises(ApprovalServiceError):
+        store.cancel(request.id, "again", NOW)
+    with pytest.raises(ApprovalServiceError):
+        decide(store, request.id, "alice")
+
+
+def test_grant_covers_the_same_kind_in_the_same_session(store: ApprovalStore) -> None:
+    """An approval with grant minutes approves later matching requests, until revoked."""
+    request, _ = store.create_request(make(amount=1), NOW)
+    _, grant = store.decide(
+        request.id, "alice", Verdict.APPROVE, comment="", grant_minutes=30, now=NOW
+    )
+    assert grant is not None
+    assert grant.granted_by == ("alice",)
+    later, _ = store.create_request(make(amount=2), NOW + timedelta(minutes=5))
+    assert later.status is RequestStatus.APPROVED
+    assert later.grant_id == grant.id
+    assert later.grant_by == ("alice",)
+    other_session, _ = store.create_request(make("s2", amount=2), NOW)
+    assert other_session.status is RequestStatus.PENDING
+    other_rule, _ = store.create_request(make(amount=3, rule="other"), NOW)
+    assert other_rule.status is RequestStatus.PENDING
+    store.revoke_grant(grant.id, NOW + timedelta(minutes=6))
+    after, _ = store.create_request(make(amount=4), NOW + timedelta(minutes=7))
+    assert after.status is RequestStatus.PENDING
+    with pytest.raises(ApprovalServiceError) as again:
+        store.revoke_grant(grant.id, NOW + timedelta(minutes=8))
+    assert again.value.status == 409
+
+
+def test_grant_expires(store: ApprovalStore) -> None:
+    """A grant stops covering requests after its minutes."""
+    request, _ = store.create_request(make(amount=1), NOW)
+    store.decide(request.id, "alice", Verdict.APPROVE, comment="", grant_minutes=1, now=NOW)
+    late, _ = store.create_request(make(amount=2), NOW + timedelta(minutes=2))
+    assert late.status is RequestStatus.PENDING
+    assert store.list_grants(NOW + timedelta(minutes=2)) == []
+    assert len(store.list_grants(NOW, include_inactive=True)) == 1
+
+
+def test_two_person_grant_needs_every_approver(store: ApprovalStore) -> None:
+    """A grant is made only when every approving reviewer asked for one, for the shortest time."""
+    request, _ = store.create_request(make(approvers=2), NOW)
+    decide(store, request.id, "alice", minutes=60)
+    _, grant = store.decide(
+        request.id, "bob", Verdict.APPROVE, comment="", grant_minutes=10, now=NOW
+    )
+    assert grant is not None
+    assert grant.expires_at == NOW + timedelta(minutes=10)
+    second, _ = store.create_request(make("s2", amount=5, approvers=2), NOW)
+    decide(store, second.id, "alice", minutes=60)
+    _, none = store.decide(
+        second.id, "bob", Verdict.APPROVE, comment="", grant_minutes=None, now=NOW
+    )
+    assert none is None
+
+
+def test_tokens(store: ApprovalStore) -> None:
+    """Tokens are found by hash, listed by name, revoked once, and the name reused after."""
+    info = TokenInfo("alice", Role.REVIEWER, ("finance",), NOW)
+    store.create_token(info, "h1")
+    assert store.token_by_hash("h1") == info
+    with pytest.raises(ApprovalServiceError) as taken:
+        store.create_token(info, "h2")
+    assert taken.value.status == 409
+    assert [t.name for t in store.list_tokens()] == ["alice"]
+    assert store.revoke_token("alice", NOW)
+    assert not store.revoke_token("alice", NOW)
+    revoked = store.token_by_hash("h1")
+    assert revoked is not None
+    assert not revoked.usable_at(NOW)
+    store.create_token(TokenInfo("alice", Role.REVIEWER, (), NOW), "h3")
+    assert store.token_by_hash("h1") is None
+    assert store.token_by_hash("h3") is not None
+
+
+def test_list_by_status_newest_first(store: ApprovalStore) -> None:
+    """Listing filters by status and returns the newest first."""
+    first, _ = store.create_request(make(amount=1), NOW)
+    later = make(amount=2)
+    later = ApprovalRequest(
+        **{
+            **{f: getattr(later, f) for f in later.__dataclass_fields__},
+            "created_at": NOW + timedelta(seconds=1),
+        }
+    )
+    store.create_request(later, NOW)
+    decide(store, first.id, "alice")
+    assert [r.id for r in store.list_requests()] == [later.id, first.id]
+    assert [r.id for r in store.list_requests(RequestStatus.PENDING)] == [later.id]
+    assert [r.id for r in store.list_requests(RequestStatus.APPROVED)] == [first.id]
+
+
+def test_racing_reviewers_exactly_one_wins(db: str) -> None:
+    """Eight reviewers deciding one request at once, each on its own connection: one wins."""
+    stores = [open_approval_store(db) for _ in range(8)]
+    try:
+        request, _ = stores[0].create_request(make(), NOW)
+        barrier = threading.Barrier(len(stores))
+        outcomes: list[str] = []
+
+        def review(index: int) -> None:
+            barrier.wait()
+            verdict = Verdict.APPROVE if index % 2 else Verdict.DENY
+            try:
+                decide(stores[index], request.id, f"reviewer{index}", verdict)
+                outcomes.append("won")
+            except ApprovalServiceError as exc:
+                outcomes.append(str(exc.status))
+
+        threads = [threading.Thread(target=review, args=(i,)) for i in range(len(stores))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcomes) == ["409"] * 7 + ["won"]
+        final = stores[0].get_request(request.id)
+        assert final is not None
+        assert len(final.decisions) == 1
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def test_sqlite_locked_file_is_a_store_error(tmp_path: Path) -> None:
+    """A SQLite file another process holds locked fails writes with a StoreError saying so."""
+    path = tmp_path / "locked.db"
+    store = SqliteApprovalStore(path, busy_timeout=0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError, match="locked"):
+            store.create_request(make(), NOW)
+        holder.execute("ROLLBACK")
+        assert store.create_request(make(), NOW)[1]
+    finally:
+        holder.close()
+        store.close()
+
+
+def test_sqlite_hand_edited_row_is_a_store_error(tmp_path: Path) -> None:
+    """A request row edited by hand into nonsense reads as a StoreError, not a crash."""
+    path = tmp_path / "edited.db"
+    store = open_approval_store(str(path))
+    try:
+        request, _ = store.create_request(make(), NOW)
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE aegis_approval_requests SET risk_level = 'HUGE'")
+        with pytest.raises(StoreError, match="edited or damaged"):
+            store.get_request(request.id)
+    finally:
+        store.close()
