@@ -691,3 +691,16 @@ def test_a_killed_action_stays_counted(tmp_path: Path) -> None:
     audit = AuditLogger(db)
     assert [r["action_type"] for r in audit.pending()] == ["hang"]
     audit.close()
+
+
+async def test_an_in_memory_audit_counts_in_its_own_database(policy: Policy) -> None:
+    """aegis.testing's InMemoryAuditLog keeps the counters beside its records, in memory."""
+    from aegis.testing import InMemoryAuditLog
+
+    audit = InMemoryAuditLog()
+    async with Runtime(executor=lambda a: "ok", policy=policy, audit_logger=audit, agent="t") as rt:
+        got = await statuses(rt, [Action("send_email", "smtp")] * 4)
+        store = rt._limits.metering(rt).store
+    assert got == ["success"] * 3 + ["blocked"]
+    assert isinstance(store, SQLiteUsageStore)
+    assert store.db is audit.store.db  # type: ignore[attr-defined]  # the SQLite store's
