@@ -59,7 +59,7 @@ def _rule_row(position: int, rule: PolicyRule) -> list[Cell]:
         str(position),
         rule.name,
         f"{rule.match_type}:{rule.match_target}",
-        describe_conditions(rule.conditions),
+        describe_conditions({**rule.conditions, **_counting(rule)}),
         Styled(risk, RISK_STYLES.get(risk, "")),
         Styled(approval, APPROVAL_STYLES.get(approval, "")),
         rule.source or "",
@@ -74,6 +74,16 @@ def _rule_json(rule: PolicyRule) -> dict[str, Any]:
         "risk_level": rule.risk_level.name,
         "approval": rule.approval.value,
         "source": rule.source,
+        **thaw(_counting(rule)),
+    }
+
+
+def _counting(rule: PolicyRule) -> dict[str, Any]:
+    """The rule's limit, budget and on_exceed, those it has."""
+    return {
+        key: value
+        for key in ("limit", "budget", "on_exceed")
+        if (value := getattr(rule, key, None)) is not None
     }
 
 
