@@ -40,10 +40,12 @@ from aegis.runtime.approval import (
     SuspendableApprovalHandler,
 )
 from aegis.runtime.approval_callback import CallbackApprovalHandler
-from aegis.runtime.audit import AuditLogger, VerifyReport
+from aegis.runtime.audit import AuditLogger, Head, VerifyReport
 from aegis.runtime.audit_backend import AuditBackend
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.engine import Runtime
+from aegis.stores.sqlite.usage import SQLiteUsageStore
+from aegis.stores.usage import MemoryUsageStore, UsageStore
 
 if TYPE_CHECKING:
     from aegis.runtime.approval_remote import RemoteApprovalHandler
@@ -70,7 +72,9 @@ __all__ = [
     "ConfigurationError",
     "ExecutionPlan",
     "FrozenDict",
+    "Head",
     "LoggingAuditLogger",
+    "MemoryUsageStore",
     "Policy",
     "PolicyDecision",
     "PolicyError",
@@ -80,10 +84,12 @@ __all__ = [
     "ResultStatus",
     "RiskLevel",
     "Runtime",
+    "SQLiteUsageStore",
     "StoreError",
     "SuspendableApprovalHandler",
     "ToolBlockedError",
     "ToolCallExecutor",
+    "UsageStore",
     "VerifyReport",
     "__version__",
 ]

@@ -175,7 +175,7 @@ async def _session(
     if report.ok:
         console.print(
             f"[green]✔ Audit chain intact:[/] {report.checked} records verified "
-            f"(head {report.head[:24]}...).",
+            f"(head {str(report.head)[:24]}...).",
             highlight=False,
         )
     else:

@@ -18,7 +18,6 @@ that record what happened, then assert on them::
 
 from __future__ import annotations
 
-import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -29,6 +28,7 @@ from aegis.core.decision import PolicyDecision
 from aegis.core.result import Result, ResultStatus
 from aegis.runtime.approval import ApprovalHandler
 from aegis.runtime.audit import AuditLogger
+from aegis.stores.memory import MemoryStore
 
 __all__ = ["InMemoryAuditLog", "RecordingExecutor", "ScriptedApprovalHandler"]
 
@@ -162,12 +162,13 @@ def _bools(answers: Iterable[bool]) -> list[bool]:
 
 
 class InMemoryAuditLog(AuditLogger):
-    """An :class:`~aegis.runtime.audit.AuditLogger` on ``":memory:"``, for tests.
+    """An :class:`~aegis.runtime.audit.AuditLogger` over a memory store, for tests.
 
-    The records, the hash chain, the filters and the start markers are those
-    of the SQLite audit trail; this adds :attr:`records` to look at what was
+    The records, the hash chain, the filters and the start records are those
+    of every audit trail; this adds :attr:`records` to look at what was
     written and :attr:`closed`, and keeps the records readable after
-    :meth:`close`.
+    :meth:`close`. :meth:`MemoryStore.tamper <aegis.stores.memory.MemoryStore.tamper>`
+    edits a record in place, to test what verification catches.
 
     Example::
 
@@ -178,17 +179,14 @@ class InMemoryAuditLog(AuditLogger):
     """
 
     def __init__(self) -> None:
-        super().__init__(":memory:")
+        self.memory = MemoryStore()
+        super().__init__(store=self.memory)
         #: whether :meth:`close` was called
         self.closed = False
-        # The records live in the connection, which must outlast close() to
-        # keep them readable; close it when the log itself goes away.
-        with self._lock:
-            weakref.finalize(self, self._connect().close)
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """The finished records, oldest first (copies: edit them through SQL)."""
+        """One record per action, oldest first (copies; see :meth:`get_log`)."""
         return self.get_log()
 
     def close(self) -> None:

@@ -82,7 +82,7 @@ def test_demo_reports_a_tampered_trail(tmp_path: Path) -> None:
     """If a record was edited since, the demo says the chain is broken and exits 1."""
     demo(tmp_path, interactive=False)
     with sqlite3.connect(tmp_path / "audit.db") as conn:
-        conn.execute("UPDATE audit_log SET result_status = 'success' WHERE id = 4")
+        conn.execute("UPDATE audit_log SET action_target = 'elsewhere' WHERE id = 4")
     code, out, _ = demo(tmp_path, interactive=False)
     assert code == 1
     assert "Audit chain broken" in out

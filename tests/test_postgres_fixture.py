@@ -6,6 +6,8 @@ import os
 
 import psycopg
 
+# Not imported from conftest: tests/cli/conftest.py shadows that module name
+# when the whole suite runs.
 POSTGRES_DSN = os.environ.get(
     "AEGIS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )

@@ -34,3 +34,21 @@ def test_the_readme_gives_the_ci_test_command() -> None:
     """The test command CI runs is the README's, word for word."""
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
     assert f"```sh\n{ci}\n```" in README
+
+
+def test_the_limits_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limits section's policy and script block the 21st email with a reason."""
+    section = README.split("## Limits, budgets and flow rules", 1)[1].split("\n## ", 1)[0]
+    policy = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)[0]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    (tmp_path / "limits.yaml").write_text(policy, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "limits.py"
+    script.write_text(code, encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.strip() == (
+        "blocked blocked by policy rule 'email_rate': limit of rule 'email_rate' exceeded:"
+        " 20 of 20 actions already in the last 1h per agent"
+    )

@@ -143,7 +143,8 @@ async def test_in_memory_log_records_the_full_record() -> None:
         "s1", d, result=result, human_decision="approved", start_token=token
     )
     [record] = audit.get_log()
-    assert record_id == record["id"] == 1
+    assert record_id == record["id"] == 2
+    assert record["start_id"] == token == 1
     assert record["action_params"] == {"id": 1}
     assert record["result_data"] == {"rows": [1, 2]}
     assert record["human_decision"] == "approved"
@@ -157,7 +158,8 @@ def test_in_memory_log_filters_and_counts() -> None:
     audit = InMemoryAuditLog()
     for session, action_type in [("a", "read"), ("b", "update"), ("a", "update"), ("a", "read")]:
         audit.log(session, decision(action_type, Approval.AUTO))
-    audit.log("a", decision("delete", Approval.BLOCK))
+    blocked = decision("delete", Approval.BLOCK)
+    audit.log("a", blocked, result=Result(blocked.action, ResultStatus.BLOCKED))
     assert audit.count() == 5
     assert audit.count("a") == 4
     assert audit.count(action_type="update") == 2
@@ -172,7 +174,7 @@ def test_in_memory_log_chain_detects_tampering() -> None:
     for _ in range(3):
         audit.log("s", decision())
     assert audit.verify().ok
-    audit._conn.execute("UPDATE audit_log SET human_decision = 'approved' WHERE id = 2")
+    audit.memory.tamper(2, human_decision="approved")
     report = audit.verify()
     assert not report.ok
     assert report.first_bad_id == 2

@@ -38,7 +38,7 @@ from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError, ToolBlockedError
-from aegis.runtime._call import CallBinding, bound_call
+from aegis.runtime._binding import CallBinding, bound_call
 from aegis.runtime.approval import SuspendableApprovalHandler
 
 if TYPE_CHECKING:

@@ -32,6 +32,7 @@ Start here:
   aegis init                      write a starter policy.yaml
   aegis validate policy.yaml      check it and list its rules
   aegis simulate policy.yaml read:crm delete:crm
+  aegis test policy.yaml policy.cases.yaml   check expected decisions
   aegis demo                      run a governed session end to end
   aegis audit verify              check the audit trail was not edited
 """
@@ -112,6 +113,7 @@ class AegisGroup(click.Group):
         "serve": "aegis.cli._serve:serve",
         "simulate": "aegis.cli._simulate:simulate",
         "token": "aegis.cli._tokens:token",
+        "test": "aegis.cli._test:test",
         "validate": "aegis.cli._validate:validate",
     },
     epilog=EPILOG,

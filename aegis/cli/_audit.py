@@ -70,6 +70,8 @@ def record_cells(record: dict[str, Any], *, short: bool = False) -> list[Cell]:
     risk = str(record.get("risk_level") or "")
     approval = str(record.get("approval") or "")
     status = str(record.get("result_status") or "")
+    if not status and record.get("kind") == "start":
+        status = "started"  # the action reached the executor and has no outcome yet
     cells: list[Cell] = [
         str(record["id"]),
         timestamp,
@@ -119,8 +121,9 @@ def _echo_record(record: dict[str, Any]) -> None:
 def audit() -> None:
     """Read, export, follow and verify the audit trail.
 
-    Every subcommand reads the SQLite database the runtime writes
-    (--db, default aegis_audit.db, or $AEGIS_DB) and never creates one.
+    Every subcommand reads the audit trail the runtime writes (--db: a SQLite
+    file, default aegis_audit.db, or a postgresql:// DSN; or $AEGIS_DB) and
+    never creates one.
 
     \b
     Examples:
@@ -201,7 +204,7 @@ def list_records(  # noqa: PLR0917  # Click passes one argument per option
                 wrap=("Action", "Rule"),
             )
             if not shown:
-                note(f"no records in {db_path} match")
+                note(f"no records in {log.db_path} match")
 
 
 def _emit_json_array(records: Iterable[dict[str, Any]]) -> None:
@@ -224,7 +227,7 @@ def _echo_jsonl(records: Iterable[dict[str, Any]]) -> int:
 
 
 def _fetch(log: AuditLogger, record_id: int) -> dict[str, Any] | None:
-    rows = log.get_log(after_id=record_id - 1, limit=1)
+    rows = log.get_log(after_id=record_id - 1, limit=1, view="records")
     return rows[0] if rows and rows[0]["id"] == record_id else None
 
 
@@ -244,7 +247,7 @@ def show(record_id: int, db_path: str, output_format: str) -> None:
         record = _fetch(log, record_id)
     if record is None:
         raise click.ClickException(
-            f"no record {record_id} in {db_path}; `aegis audit list` shows the ids"
+            f"no record {record_id} in {log.db_path}; `aegis audit list` shows the ids"
         )
     if output_format == "json":
         emit_json(record)
@@ -393,7 +396,7 @@ def verify(db_path: str, expect_head: str | None, output_format: str) -> None:
             }
         )
     elif report.ok:
-        success(f"audit chain intact: {report.checked} records verified in {db_path}")
+        success(f"audit chain intact: {report.checked} records verified in {log.db_path}")
         info(f"head: {report.head}")
         note("keep the head elsewhere; `--expect-head HEAD` later also catches a truncated log")
     else:
@@ -407,9 +410,9 @@ def verify(db_path: str, expect_head: str | None, output_format: str) -> None:
         )
         for entry in pending[:10]:
             warn(
-                f"  started {entry.get('timestamp')}: {entry.get('action_type')}:"
-                f"{entry.get('action_target')} (session {entry.get('session_id')},"
-                f" pid {entry.get('pid')})"
+                f"  record {entry.get('id')}, started {entry.get('timestamp')}:"
+                f" {entry.get('action_type')}:{entry.get('action_target')}"
+                f" (session {entry.get('session_id')})"
             )
         if len(pending) > 10:
             warn(f"  ... and {len(pending) - 10} more")
@@ -470,7 +473,7 @@ def _last_records(log: AuditLogger, count: int, session_id: str | None) -> list[
     if session_id is None:
         # Ids are consecutive in an intact chain, so the tail is an id range
         # away; this keeps `tail` instant on a log of millions.
-        last_id = int(log.head().split(":", 1)[0])
+        last_id = log.head().count
         return log.get_log(after_id=max(0, last_id - count))[-count:]
     return list(deque(log.iter_log(session_id), maxlen=count))
 
@@ -523,7 +526,7 @@ def tail(  # noqa: PLR0917  # Click passes one argument per option
             if not follow:
                 return
             if not last_id:
-                last_id = int(log.head().split(":", 1)[0])
+                last_id = log.head().count
             _follow(
                 log,
                 session_id=session_id,

@@ -19,9 +19,17 @@ def open_audit(db_path: str) -> Iterator[AuditLogger]:
     :class:`AuditLogger` creates a missing file, which would turn a typo in
     ``--db`` into an empty, valid-looking log; refuse that instead.
 
+    A ``postgresql://`` DSN opens the PostgreSQL trail, which must exist
+    too: a reader never creates its tables.
+
     Raises:
-        AuditError: the path does not exist or is not a file.
+        AuditError: the path does not exist or is not a file; the DSN's
+            database cannot be reached or holds no audit trail.
     """
+    if db_path.lower().startswith(("postgresql://", "postgres://")):
+        with AuditLogger(db_path, create=False, readonly=True) as trail:
+            yield trail
+        return
     path = Path(db_path)
     if not path.exists():
         raise AuditError(

@@ -39,6 +39,7 @@ __all__ = [
 APPROVAL_STYLES = {"auto": "green", "approve": "yellow", "block": "bold red"}
 RISK_STYLES = {"LOW": "green", "MEDIUM": "yellow", "HIGH": "red", "CRITICAL": "bold red"}
 STATUS_STYLES = {
+    "started": "bold yellow",
     "success": "green",
     "failed": "bold red",
     "blocked": "red",

@@ -235,7 +235,7 @@ class DateTimeParam(click.ParamType):  # type: ignore[type-arg]  # generic only 
 
 
 def db_option(function: F) -> F:
-    """Add ``--db PATH`` (also ``$AEGIS_DB``), the audit database to read."""
+    """Add ``--db PATH_OR_DSN`` (also ``$AEGIS_DB``), the audit trail to read."""
     return click.option(
         "--db",
         "db_path",
@@ -244,7 +244,7 @@ def db_option(function: F) -> F:
         envvar="AEGIS_DB",
         show_envvar=True,
         type=click.Path(dir_okay=False),
-        help="SQLite audit database written by the runtime.",
+        help="SQLite audit database written by the runtime, or a postgresql:// DSN.",
     )(function)
 
 

@@ -210,7 +210,7 @@ def replay(
         emit_json(
             {
                 "policy": policy_path,
-                "db": db_path,
+                "db": audit.db_path,
                 "session_id": session_id,
                 "checked": counter["checked"],
                 "changed": len(changes),

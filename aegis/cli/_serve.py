@@ -41,6 +41,12 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     help="How long a request stays open unless its rule sets approval_ttl (90s, 30m, 1h).",
 )
 @click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Decide each request again with this policy: its approvers, reviewers and TTL win.",
+)
+@click.option(
     "--tls-cert", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM)."
 )
 @click.option(
@@ -62,6 +68,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     host: str,
     port: int,
     approval_ttl: float,
+    policy_path: str | None,
     tls_cert: str | None,
     tls_key: str | None,
     insecure_http: bool,
@@ -90,9 +97,11 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     # Imported here: the server extra is only needed by this command.
     import uvicorn  # noqa: PLC0415
 
+    from aegis.core.policy import Policy  # noqa: PLC0415
     from aegis.server import create_app, open_service  # noqa: PLC0415
 
-    service = open_service(db, approval_ttl=approval_ttl)
+    policy = Policy.from_yaml(policy_path) if policy_path is not None else None
+    service = open_service(db, approval_ttl=approval_ttl, policy=policy)
     app = create_app(service)
     scheme = "https" if tls else "http"
     where = db if not is_dsn(db) else "PostgreSQL"

@@ -18,6 +18,7 @@ from aegis.cli._output import (
     emit_json,
     info,
     json_text,
+    note,
     print_table,
     warn,
 )
@@ -149,6 +150,11 @@ def simulate(  # noqa: PLR0917  # Click passes one argument per option
 
     policy = Policy.from_yaml(policy_path)
     decisions = [policy.evaluate(action, now=at) for action in all_actions]
+    if policy.limits is not None:
+        note(
+            "note: limits, budgets and after/not_after rules are shown for a fresh session"
+            " with nothing counted yet; give history with `aegis test`"
+        )
     counts = Counter(d.approval for d in decisions)
 
     if output_format == "json":

@@ -21,6 +21,7 @@ from aegis.cli._output import (
     warn,
 )
 from aegis.cli._params import format_option
+from aegis.core.action import thaw
 from aegis.core.policy import Policy, PolicyRule
 from aegis.errors import PolicyError
 
@@ -30,14 +31,18 @@ RULE_COLUMNS = ("#", "Name", "Match", "Conditions", "Risk", "Approval", "Source"
 
 
 def _compact(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return (
+        value
+        if isinstance(value, str)
+        else json.dumps(thaw(value), ensure_ascii=False, default=str)
+    )
 
 
 def describe_conditions(conditions: Mapping[str, Any]) -> str:
     """Render a rule's conditions on one line, e.g. ``param_gt amount=500; timezone=UTC``."""
     parts = []
     for name, value in conditions.items():
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             inner = ", ".join(f"{path}={_compact(v)}" for path, v in value.items())
             parts.append(f"{name} {inner}")
         else:
@@ -63,7 +68,7 @@ def _rule_json(rule: PolicyRule) -> dict[str, Any]:
     return {
         "name": rule.name,
         "match": {"type": rule.match_type, "target": rule.match_target},
-        "conditions": rule.conditions,
+        "conditions": thaw(rule.conditions),
         "risk_level": rule.risk_level.name,
         "approval": rule.approval.value,
         "source": rule.source,

@@ -16,6 +16,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from aegis.core.conditions import Unevaluable
 from aegis.core.decision import _template
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLOCK",
+    "FLOW",
     "PLAIN",
     "RUN",
     "Bucket",
@@ -84,7 +86,9 @@ def covers(earlier: str, later: str) -> bool:
 # its ``hits``.
 Entry = tuple[int, Matcher | None, Matcher | None, Callable[..., Any] | None, int, Any]
 Bucket = tuple[Entry, ...]
-PLAIN, CLOCK, RUN = 0, 1, 2
+# FLOW entries check the session's history too; their check takes it as a
+# third argument. FLOW & CLOCK is true: flow conditions need the time.
+PLAIN, CLOCK, RUN, FLOW = 0, 1, 2, 3
 #: shortest run of threshold rules worth a binary search
 _MIN_RUN = 4
 
@@ -174,6 +178,9 @@ class Index:
             compiled = rule._compiled_conditions
             check = compiled.check if compiled is not None else None
             clock = CLOCK if compiled is not None and compiled.needs_clock else PLAIN
+            limits = rule._rule_limits
+            if limits is not None and limits.flows:
+                check, clock = _with_flow(check, limits.flow_check()), FLOW
             template = _template(
                 rule.risk_level,
                 rule.approval,
@@ -212,6 +219,26 @@ class Index:
             (n, _freeze_table(t, rules)) for n, t in sorted(target_prefixes.items())
         )
         self.always: Bucket = tuple(_with_runs(always, rules))
+
+
+def _with_flow(
+    check: Callable[..., Any] | None, flow: Callable[[Any, Any], bool]
+) -> Callable[..., bool]:
+    """A FLOW entry's check: the rule's conditions and its flow conditions, all must hold."""
+
+    def both(params: Mapping[str, Any], now: Any, history: Any) -> bool:
+        if check is None:
+            return flow(history, now)
+        try:
+            held = check(params, now)
+        except Unevaluable:
+            # Kleene AND, as for other conditions: a false one decides
+            if not flow(history, now):
+                return False
+            raise
+        return bool(held) and flow(history, now)
+
+    return both
 
 
 _K = TypeVar("_K")

@@ -1,102 +1,141 @@
-"""The action an agent asks to take, with parameters that cannot change.
+"""The action an agent asks to take: plain JSON-like data that cannot change.
 
-What a human approves must be exactly what runs, so an :class:`Action`'s
-``params`` are frozen all the way down when the action is created: nested
-mappings become :class:`FrozenDict`, lists become tuples, sets frozensets,
-a ``bytearray`` becomes ``bytes``, and any other value that is not a known
-immutable scalar is refused with ``TypeError``.
+What a human approves must be exactly what runs, and what the policy
+judged must be what the human saw, so an :class:`Action` holds only plain
+values, normalised once, when it is created:
+
+============================  ===============================================
+value                         becomes
+============================  ===============================================
+``str``, ``int``, ``float``,  itself (these exact types only)
+``bool``, ``None``
+a ``str``/``int``/``float``   its plain value (``str``, ``int``, ``float``),
+subclass, ``IntEnum``,        read with the base type's own method, so an
+``StrEnum`` member            overridden ``__eq__``/``__gt__``/``__str__``
+                              cannot lie to a rule later
+a path (``PurePath``)         its text, ``str``
+a mapping (``dict`` or not)   :class:`FrozenDict` with ``str`` keys
+a list or tuple               a tuple
+a set or frozenset            a frozenset
+anything else                 refused with ``TypeError`` naming the param:
+                              bytes, ``Decimal``, ``datetime``, ``UUID``,
+                              other enums, objects. Each has several plain
+                              forms (text or number, ISO text or epoch) and
+                              choosing one is the caller's decision.
+============================  ===============================================
+
+Mapping keys must be strings; ``int``, ``float``, ``bool`` and ``None``
+keys are turned into text as Python's ``str()`` writes them. ``type``,
+``target`` and ``description`` are exact ``str`` (a subclass is converted;
+a ``None`` description becomes ``""``).
+
+:class:`FrozenDict` is a read-only mapping, not a ``dict`` subclass, so no
+``dict`` method can change it; the runtime also takes
+:func:`action_digest` when it decides and checks it again before the
+executor runs and before the audit record is written, so tampering below
+the API (``object.__setattr__``, ``gc``, ``ctypes``) is caught too.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from enum import Enum
-from fractions import Fraction
 from pathlib import PurePath
 from typing import Any, NoReturn
 
 __all__ = ["Action", "FrozenDict", "action_digest", "canonical_json", "freeze", "thaw"]
 
-#: values of these exact types cannot change, so freezing keeps them as they are
-_SCALARS: frozenset[type] = frozenset(
-    {
-        str,
-        int,
-        float,
-        bool,
-        type(None),
-        bytes,
-        complex,
-        Decimal,
-        Fraction,
-        _dt.datetime,
-        _dt.date,
-        _dt.time,
-        _dt.timedelta,
-        uuid.UUID,
-    }
-)
-#: immutable kinds whose subclasses hold an immutable value too
-_IMMUTABLE_BASES = (Enum, PurePath, str, int, float, bytes, complex, Decimal, Fraction)
+_new = object.__new__
+_setattr = object.__setattr__
 
 
-class FrozenDict(dict[str, Any]):
-    """A ``dict`` that refuses every change.
+class FrozenDict(Mapping[str, Any]):
+    """A read-only mapping of ``str`` keys to plain, deeply frozen values.
 
-    It stays a real ``dict`` so that ``json.dumps`` and ``dict(params)``
-    work on it unchanged; its content is set once, when it is created, and
-    frozen deeply like :func:`freeze` does. Every mutating method, including
-    a second call of ``__init__``, raises ``TypeError`` or does nothing.
+    It is a :class:`collections.abc.Mapping` and deliberately not a
+    ``dict``: ``dict.__setitem__(params, ...)`` and every other ``dict``
+    method refuse it. ``dict(params)`` gives a mutable plain copy and
+    :func:`thaw` a JSON-ready one. It compares equal to a ``dict`` with the
+    same items and is hashable. Values are normalised like an
+    :class:`Action`'s params (see the module's table).
 
     Example::
 
         FrozenDict({"ids": [1, 2]})  # FrozenDict({'ids': (1, 2)})
     """
 
-    __slots__ = ("_hash",)
+    __slots__ = ("_data", "_hash")
+    _data: dict[str, Any]
+    _hash: int
 
     def __new__(cls, *args: Any, **kwargs: Any) -> FrozenDict:
-        self = dict.__new__(cls)
-        dict.update(self, _freeze_items(dict(*args, **kwargs)))
-        return self
+        return _wrap(_plain_items(dict(*args, **kwargs), None))
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # The content was set by __new__; dict.__init__ would update it again,
-        # which on an existing instance (the shared empty one) would be a mutation.
-        pass
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass could override the read methods and show a rule one
+        # value and the executor another; Action trusts FrozenDict by type.
+        raise TypeError("FrozenDict cannot be subclassed; wrap it instead")
 
-    def _readonly(self, *args: object, **kwargs: object) -> NoReturn:
+    def __setattr__(self, name: str, value: object) -> NoReturn:
         raise TypeError("Action params are read-only; build a new Action instead")
 
-    __setitem__ = _readonly
-    __delitem__ = _readonly
-    __ior__ = _readonly
-    clear = _readonly
-    pop = _readonly
-    popitem = _readonly
-    setdefault = _readonly
-    update = _readonly
+    __delattr__ = __setattr__  # type: ignore[assignment]  # same refusal
 
-    @classmethod
-    def fromkeys(cls, iterable: Iterable[Any], value: Any = None) -> FrozenDict:  # type: ignore[override]  # dict's overloads
-        """A FrozenDict mapping every key of ``iterable`` to ``value``."""
-        return cls(dict.fromkeys(iterable, value))
+    # -- reading: delegated to the private dict, at C speed where possible --
 
-    def __hash__(self) -> int:  # type: ignore[override]  # dict is unhashable, we are not
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when it is absent."""
+        return self._data.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def keys(self) -> Any:  # a live view of a dict that never changes
+        """The keys, as a read-only view."""
+        return self._data.keys()
+
+    def values(self) -> Any:
+        """The values, as a read-only view."""
+        return self._data.values()
+
+    def items(self) -> Any:
+        """The ``(key, value)`` pairs, as a read-only view."""
+        return self._data.items()
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is FrozenDict:
+            return self._data == other._data
+        if isinstance(other, Mapping):
+            return self._data == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
         try:
             return self._hash
         except AttributeError:
-            self._hash: int = hash(frozenset(self.items()))
-            return self._hash
+            value = hash(frozenset(self._data.items()))
+            _setattr(self, "_hash", value)
+            return value
+
+    def __or__(self, other: Mapping[str, Any]) -> FrozenDict:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return FrozenDict({**self._data, **other})
 
     def __repr__(self) -> str:
-        return f"FrozenDict({dict.__repr__(self)})"
+        return f"FrozenDict({self._data!r})"
 
     def __copy__(self) -> FrozenDict:
         return self
@@ -105,26 +144,79 @@ class FrozenDict(dict[str, Any]):
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (FrozenDict, (dict(self),))
+        return (FrozenDict, (dict(self._data),))
+
+    @classmethod
+    def fromkeys(cls, iterable: Iterable[Any], value: Any = None) -> FrozenDict:
+        """A FrozenDict mapping every key of ``iterable`` to ``value``."""
+        return cls(dict.fromkeys(iterable, value))
 
 
 def _wrap(items: dict[str, Any]) -> FrozenDict:
-    """A FrozenDict holding ``items``, which are frozen already (no copy, no checks)."""
-    frozen = dict.__new__(FrozenDict)
-    dict.update(frozen, items)
+    """A FrozenDict holding ``items``, which are plain already (no copy, no checks)."""
+    frozen: FrozenDict = _new(FrozenDict)
+    _setattr(frozen, "_data", items)
     return frozen
 
 
 _EMPTY = _wrap({})
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+#: what to do instead, for kinds people often pass
+_HINTS: dict[str, str] = {
+    "bytes": "decode it to text, or base64-encode it",
+    "bytearray": "decode it to text, or base64-encode it",
+    "memoryview": "decode it to text, or base64-encode it",
+    "datetime": "pass value.isoformat()",
+    "date": "pass value.isoformat()",
+    "time": "pass value.isoformat()",
+    "timedelta": "pass value.total_seconds()",
+    "Decimal": "pass str(value) to keep every digit, or float(value)",
+    "Fraction": "pass str(value), or float(value)",
+    "complex": "pass its real and imaginary parts as two numbers",
+    "UUID": "pass str(value)",
+}
 
 
-def _freeze_items(mapping: Mapping[Any, Any]) -> dict[str, Any]:
-    items = {
-        (k if type(k) is str else str(k)): (v if type(v) in _SCALARS else _freeze_value(v, k))
-        for k, v in mapping.items()
-    }
-    if len(items) != len(mapping):
-        _raise_key_collision(mapping)
+def _where(key: object) -> str:
+    return "a value" if key is None else f"param {str(key)!r}"
+
+
+def _refuse(value: object, key: object) -> NoReturn:
+    kind = type(value).__name__
+    if isinstance(value, Enum):
+        hint = f"pass its value ({type(value).__name__}.{value.name}.value) instead"
+    else:
+        hint = _HINTS.get(
+            kind,
+            "convert it first, e.g. with dataclasses.asdict() or model.model_dump(mode='json')",
+        )
+    raise TypeError(
+        f"{_where(key)} is a {kind}, not plain JSON-like data (str, int, float, bool,"
+        f" None, lists and mappings of them), which is all an Action holds; {hint}"
+    )
+
+
+def _plain_key(key: object, where: object) -> str:
+    if type(key) is str:
+        return key
+    if isinstance(key, str):
+        return str.__str__(key)
+    if type(key) in (int, float, bool, type(None)):
+        return str(key)
+    raise TypeError(
+        f"{_where(where)} has a key of type {type(key).__name__} ({key!r}); param names"
+        " must be strings"
+    )
+
+
+def _plain_items(mapping: Mapping[Any, Any], where: object) -> dict[str, Any]:
+    pairs = dict.items(mapping) if isinstance(mapping, dict) else mapping.items()
+    items: dict[str, Any] = {}
+    for k, v in pairs:
+        key = k if type(k) is str else _plain_key(k, where)
+        if key in items:
+            _raise_key_collision(mapping)
+        items[key] = v if type(v) in _PLAIN_SCALARS else _plain(v, key)
     return items
 
 
@@ -138,46 +230,54 @@ def _raise_key_collision(mapping: Mapping[Any, Any]) -> NoReturn:
                 " param names must be unique strings"
             )
         seen[name] = key
-    raise TypeError("params keys must be unique strings")  # pragma: no cover  # a lying __len__
+    raise TypeError("params keys must be unique strings")  # pragma: no cover  # a lying key
 
 
-def _freeze_value(value: Any, key: object) -> Any:
-    if type(value) in _SCALARS or isinstance(value, FrozenDict):
+def _plain(value: Any, key: object) -> Any:
+    """``value`` as plain, immutable data, or ``TypeError`` naming ``key``."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
         return value
+    if kind is FrozenDict:
+        return value
+    if kind is dict:
+        return _wrap(_plain_items(value, key))
+    if kind is list or kind is tuple:
+        return tuple([_plain(v, key) for v in value])
+    # Subclasses: read them with the base type's own methods, which a
+    # subclass cannot override, so that the plain value is the real one.
+    if isinstance(value, Enum) and not isinstance(value, int | str):
+        _refuse(value, key)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):  # bool is exact, so this is a true subclass
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, PurePath):
+        text = PurePath.__str__(value)
+        return text if type(text) is str else _refuse(value, key)
+    if isinstance(value, dict):
+        return _wrap(_plain_items(value, key))
     if isinstance(value, Mapping):
-        return _wrap(_freeze_items(value))
-    if isinstance(value, list | tuple):
-        return tuple([_freeze_value(v, key) for v in value])
+        return _wrap(_plain_items(value, key))
+    if isinstance(value, list):
+        return tuple([_plain(v, key) for v in list.__iter__(value)])
+    if isinstance(value, tuple):
+        return tuple([_plain(v, key) for v in tuple.__iter__(value)])
     if isinstance(value, set | frozenset):
-        return frozenset([_freeze_value(v, key) for v in value])
-    if isinstance(value, bytearray):
-        return bytes(value)
-    if isinstance(value, _IMMUTABLE_BASES):
-        return value
-    # Anything else could change after a human approved it (even a copy of
-    # it: the agent holds the Action and could change the copy). Refuse it.
-    where = "a value" if key is None else f"param {str(key)!r}"
-    raise TypeError(
-        f"{where} is a {type(value).__name__}, which could change after approval; params "
-        "must be JSON-like values (str, numbers, bool, None, lists, mappings) or immutable "
-        "scalars (bytes, Decimal, datetime, UUID, Enum, ...): convert it first, e.g. with "
-        "dataclasses.asdict() or model.model_dump()"
-    )
+        return frozenset([_plain(v, key) for v in value])
+    _refuse(value, key)
 
 
 def freeze(value: Any) -> Any:
-    """Return a deeply immutable copy of ``value``.
-
-    Mappings become :class:`FrozenDict` (keys as strings), lists and tuples
-    tuples, sets frozensets, a ``bytearray`` ``bytes``; immutable scalars
-    (numbers, strings, dates, UUIDs, enum members, paths) stay as they are.
+    """Return ``value`` as plain, deeply immutable data (see the module's table).
 
     Raises:
         TypeError: two keys of a mapping are the same string (``1`` and
-            ``"1"``), or a value is of a kind that could change later (any
-            other object).
+            ``"1"``), or a value is not plain JSON-like data.
     """
-    return _freeze_value(value, None)
+    return _plain(value, None)
 
 
 def thaw(value: Any) -> Any:
@@ -200,6 +300,12 @@ def thaw(value: Any) -> Any:
     return value
 
 
+def _text(value: object, what: str) -> str:
+    if isinstance(value, str):
+        return str.__str__(value)
+    raise TypeError(f"Action {what} must be a string, not {type(value).__name__} ({value!r})")
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """One operation an agent wants to perform.
@@ -207,13 +313,14 @@ class Action:
     Args:
         type: the kind of operation, e.g. ``"read"``, ``"delete"``, ``"refund"``.
         target: the system acted upon, e.g. ``"salesforce"``.
-        params: the operation's arguments, a mapping; frozen on creation
-            (see :func:`freeze`).
-        description: a human-readable sentence shown to approvers.
+        params: the operation's arguments, a mapping of plain JSON-like
+            data; normalised and frozen on creation (see the module's table).
+        description: a human-readable sentence shown to approvers; ``None``
+            becomes ``""``.
 
     Raises:
-        TypeError: type or target is not a string, params is not a mapping,
-            or a param cannot be frozen.
+        TypeError: type, target or description is not a string, params is
+            not a mapping, or a param is not plain data (the message names it).
 
     Example::
 
@@ -226,18 +333,47 @@ class Action:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.type, str) or not isinstance(self.target, str):
-            raise TypeError("Action type and target must be strings")
+        if type(self.type) is not str:
+            _setattr(self, "type", _text(self.type, "type"))
+        if type(self.target) is not str:
+            _setattr(self, "target", _text(self.target, "target"))
+        description = self.description
+        if type(description) is not str:
+            _setattr(
+                self,
+                "description",
+                "" if description is None else _text(description, "description"),
+            )
         params = self.params
-        if isinstance(params, FrozenDict):
+        if type(params) is FrozenDict:
             return
-        if not isinstance(params, dict) and not isinstance(params, Mapping):
+        if not isinstance(params, Mapping):
             raise TypeError(f"Action params must be a mapping, not {type(params).__name__}")
-        object.__setattr__(self, "params", _wrap(_freeze_items(params)) if params else _EMPTY)
+        _setattr(self, "params", _wrap(_plain_items(params, None)) if params else _EMPTY)
 
     def __str__(self) -> str:
         suffix = f" - {self.description}" if self.description else ""
         return f"{self.type} -> {self.target}{suffix}"
+
+
+def _canonical_default(value: object) -> object:
+    if type(value) is FrozenDict:
+        return value._data
+    if type(value) is frozenset:
+        # A set has no order; sort by each element's own canonical text so
+        # that the same set gives the same text in every process.
+        return sorted(value, key=_canonical_encode)
+    raise TypeError(f"an Action holds no {type(value).__name__}")  # pragma: no cover
+
+
+# Built once: json.dumps with options builds a new encoder on every call.
+_canonical_encode = json.JSONEncoder(
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=True,  # a float param may be NaN; the text "NaN" is still unambiguous
+    default=_canonical_default,
+).encode
 
 
 def canonical_json(action: Action) -> str:
@@ -246,17 +382,13 @@ def canonical_json(action: Action) -> str:
     The same action always gives the same text, whichever process builds
     it; it is what :func:`action_digest` hashes.
     """
-    return json.dumps(
+    return _canonical_encode(
         {
             "type": action.type,
             "target": action.target,
-            "params": thaw(action.params),
+            "params": action.params,
             "description": action.description,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=_canonical_default,
+        }
     )
 
 
@@ -267,9 +399,3 @@ def action_digest(action: Action) -> str:
     params or description differ in any way has another digest.
     """
     return hashlib.sha256(canonical_json(action).encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _canonical_default(value: object) -> object:
-    # Immutable scalars an Action may hold today but JSON cannot: name the
-    # kind so that two different values never share a text.
-    return {"__aegis_type__": type(value).__name__, "repr": repr(value)}

@@ -53,6 +53,7 @@ from aegis.core.action import freeze
 
 __all__ = [
     "CONDITION_NAMES",
+    "FLOW_CONDITIONS",
     "Check",
     "CompiledConditions",
     "ConditionSpecError",
@@ -75,8 +76,10 @@ PARAM_CONDITIONS: Final = (
     "param_matches",
 )
 TIME_CONDITIONS: Final = ("time_after", "time_before", "weekdays", "timezone")
+#: conditions on the session's history, compiled by :mod:`aegis.core.limits`
+FLOW_CONDITIONS: Final = ("after", "not_after")
 #: every condition name a rule may use
-CONDITION_NAMES: Final = PARAM_CONDITIONS + TIME_CONDITIONS
+CONDITION_NAMES: Final = PARAM_CONDITIONS + TIME_CONDITIONS + FLOW_CONDITIONS
 
 _MISSING: Final[Any] = object()
 _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
@@ -137,7 +140,7 @@ def compile_conditions(spec: Mapping[str, Any]) -> CompiledConditions | None:
     for name, value in spec.items():
         if name in PARAM_CONDITIONS:
             checks.extend(_compile_param_condition(name, value))
-        elif name not in TIME_CONDITIONS:
+        elif name not in TIME_CONDITIONS and name not in FLOW_CONDITIONS:
             raise ConditionSpecError(_unknown_name(name), key=str(name))
     time_check = _compile_time_conditions(spec)
     if time_check is not None:

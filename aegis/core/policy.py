@@ -21,6 +21,8 @@ keep their first-match-wins order exactly.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -28,8 +30,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from aegis.core._index import CLOCK, RUN, Bucket, Index, covers
-from aegis.core.action import Action, freeze, thaw
+from aegis.core._index import CLOCK, FLOW, RUN, Bucket, Index, covers
+from aegis.core.action import Action, _canonical_default, freeze, thaw
 from aegis.core.approval_request import parse_duration
 from aegis.core.conditions import (
     CompiledConditions,
@@ -38,6 +40,7 @@ from aegis.core.conditions import (
     compile_conditions,
 )
 from aegis.core.decision import DEFAULT_RULE, Approval, PolicyDecision, _decision, _template
+from aegis.core.limits import History, LimitSpecError, PolicyLimits, RuleLimits, compile_rule_limits
 from aegis.core.risk import RiskLevel
 from aegis.errors import PolicyError
 
@@ -117,6 +120,9 @@ class PolicyRule:
     approvers: int = field(kw_only=True, default=1)
     reviewers: tuple[str, ...] = field(kw_only=True, default=())
     approval_ttl: float | None = field(kw_only=True, default=None)
+    limit: Mapping[str, Any] | None = field(kw_only=True, default=None)
+    budget: Mapping[str, Any] | None = field(kw_only=True, default=None)
+    on_exceed: Mapping[str, Any] | None = field(kw_only=True, default=None)
 
     def __init__(  # noqa: PLR0917  # positional order is the documented API
         self,
@@ -132,6 +138,9 @@ class PolicyRule:
         approvers: int = 1,
         reviewers: Iterable[str] = (),
         approval_ttl: float | str | None = None,
+        limit: Mapping[str, Any] | None = None,
+        budget: Mapping[str, Any] | None = None,
+        on_exceed: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(name, str):
             raise PolicyError(f"a rule name must be a string, not {type(name).__name__}")
@@ -154,6 +163,14 @@ class PolicyRule:
             # loader then finds their lines); the checks keep frozen copies.
             compiled = compile_conditions(conditions)
             values["conditions"] = freeze(conditions)
+            limits = compile_rule_limits(
+                name, limit=limit, budget=budget, on_exceed=on_exceed, conditions=conditions
+            )
+            values["limit"] = freeze(limit)
+            values["budget"] = freeze(budget)
+            values["on_exceed"] = freeze(on_exceed)
+        except LimitSpecError as exc:
+            raise PolicyError(exc.message, rule=name or None) from exc
         except ConditionSpecError as exc:
             raise PolicyError(exc.message, rule=name or None) from exc
         except PolicyError as exc:
@@ -163,12 +180,19 @@ class PolicyRule:
         fields = self.__dict__
         fields.update(values)
         fields["_compiled"] = compiled
+        fields["_limits"] = limits
 
     @property
     def _compiled_conditions(self) -> CompiledConditions | None:
         """The rule's conditions compiled for evaluation (``None`` without conditions)."""
         compiled: CompiledConditions | None = self.__dict__["_compiled"]
         return compiled
+
+    @property
+    def _rule_limits(self) -> RuleLimits | None:
+        """The rule's meters and flow conditions compiled (``None`` without them)."""
+        limits: RuleLimits | None = self.__dict__["_limits"]
+        return limits
 
     def matches(self, action: Action) -> bool:
         """Whether the globs match ``action`` (conditions are not checked)."""
@@ -194,6 +218,10 @@ class PolicyRule:
             data["reviewers"] = list(self.reviewers)
         if self.approval_ttl is not None:
             data["approval_ttl"] = self.approval_ttl
+        for key in ("limit", "budget", "on_exceed"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = thaw(value)
         return data
 
 
@@ -243,8 +271,10 @@ class Policy:
     """
 
     __slots__ = (
+        "_digest",
         "_given",
         "_index",
+        "_limits",
         "_size",
         "_template",
         "default_approval",
@@ -276,17 +306,54 @@ class Policy:
         self._size = len(self.rules)
         self._template = _template(self.default_risk_level, self.default_approval, DEFAULT_RULE)
         self._index = Index(self.rules)
+        self._digest: str | None = None
+        stateful = [(rule, rule._rule_limits) for rule in self.rules if rule._rule_limits]
+        self._limits = PolicyLimits(stateful) if stateful else None
+
+    @property
+    def limits(self) -> PolicyLimits | None:
+        """The rules that count or remember (limits, budgets, flow conditions), compiled.
+
+        ``None`` when the policy has none, so that the runtime skips its metering step.
+        """
+        return self._limits
+
+    @property
+    def digest(self) -> str:
+        """A SHA-256 hex digest of the policy's content, the same in every process.
+
+        It covers the defaults and every rule as :meth:`to_dict` writes them, so two
+        policies with the same rules have the same digest whatever file they came
+        from, and any change of a rule changes it. The audit trail records it with
+        every decision.
+        """
+        if self._digest is None:
+            text = json.dumps(
+                self.to_dict(),
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+                default=_canonical_default,
+            )
+            self._digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._digest
 
     # -- evaluation -------------------------------------------------------------
 
     def evaluate(  # noqa: PLR0915  # the hot path stays in one frame for speed
-        self, action: Action, *, now: datetime | None = None
+        self, action: Action, *, now: datetime | None = None, history: History | None = None
     ) -> PolicyDecision:
         """Decide on ``action``: the first matching rule wins, else the defaults.
 
         ``now`` is the time that time conditions look at (an aware datetime;
         a naive one is taken as UTC). Without it the clock is read, and only
         when a rule with a time condition is tried.
+
+        ``history`` answers the ``after`` / ``not_after`` conditions (see
+        :mod:`aegis.core.limits`); without it the session counts as having no
+        history, so ``after`` never holds and ``not_after`` always does. The
+        runtime fills it from its store; limits and budgets are not looked at
+        here at all, they are the runtime's step after this one.
 
         This never raises for a valid action: a condition that cannot be
         evaluated blocks the action (see :data:`UNEVALUABLE_MIN_RISK`).
@@ -334,18 +401,22 @@ class Policy:
                 problem = ""
                 if check is not None:
                     if now is None:
-                        if mode == CLOCK:
+                        if mode & CLOCK:  # CLOCK or FLOW
                             now = datetime.now(UTC)
                     elif now.tzinfo is None:
                         now = now.replace(tzinfo=UTC)
                     try:
-                        if mode == RUN:
-                            hit = check(action.params)
-                            if hit < 0:
-                                continue
-                            pos, template = template[hit]  # noqa: PLW2901  # the run's match
-                            if pos >= stop:
-                                break
+                        if mode >= RUN:  # one comparison for plain rules, as before FLOW
+                            if mode == FLOW:
+                                if not check(action.params, now, history):
+                                    continue
+                            else:
+                                hit = check(action.params)
+                                if hit < 0:
+                                    continue
+                                pos, template = template[hit]  # noqa: PLW2901  # the run's match
+                                if pos >= stop:
+                                    break
                         elif not check(action.params, now):
                             continue
                     except Unevaluable as exc:

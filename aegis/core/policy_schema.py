@@ -16,6 +16,9 @@
         approvers: 2                   # optional: distinct reviewers needed (1)
         reviewers: [finance]           # optional: reviewer groups admitted (all)
         approval_ttl: 30m              # optional: how long a request stays open
+        limit: {max: 20, per: 1h, key: [agent]}     # optional, see aegis.core.limits
+        budget: {sum: amount, max: 2000, per: 1d}   # optional
+        on_exceed: {approval: block, risk_level: high}  # optional, with limit/budget
 
 Unknown keys are errors at every level, so that a typo cannot silently turn
 a rule off.
@@ -28,8 +31,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from aegis.core._yaml import line_of
-from aegis.core.conditions import ConditionSpecError, _kind
+from aegis.core.conditions import FLOW_CONDITIONS, ConditionSpecError, _kind
 from aegis.core.decision import Approval
+from aegis.core.limits import LimitSpecError
 from aegis.core.policy import (
     DuplicateRuleName,
     Policy,
@@ -57,6 +61,8 @@ RULE_KEYS: Final = (
     "reviewers",
     "approval_ttl",
 )
+#: the keys of rules that count (aegis.core.limits)
+LIMIT_RULE_KEYS: Final = ("limit", "budget", "on_exceed")
 MATCH_KEYS: Final = ("type", "target")
 
 
@@ -164,6 +170,18 @@ def _parse(data: object, place: _Place) -> Policy:
         ) from exc
 
 
+def _limit_place(
+    raw: Mapping[Any, Any], conditions: Mapping[Any, Any], exc: LimitSpecError
+) -> tuple[object, object]:
+    """The mapping and key a limit error is about, for its line number."""
+    where = exc.where or ""
+    holder = conditions if where in FLOW_CONDITIONS else raw
+    inner = holder.get(where)
+    if isinstance(inner, Mapping) and exc.key is not None and exc.key in inner:
+        return inner, exc.key
+    return holder, where
+
+
 def _enum(enum: Any, value: object, key: str, place: _Place, mapping: object) -> Any:
     try:
         return _coerce_enum(enum, value, key)
@@ -187,7 +205,7 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
         raise place.error(f"a rule name must be a string, not {_kind(name)}", raw, "name")
     if name:
         place.rule = name
-    _check_keys(raw, RULE_KEYS, "a rule", place)
+    _check_keys(raw, RULE_KEYS + LIMIT_RULE_KEYS, "a rule", place)
     match = _mapping(raw.get("match"), "match", place, raw, "match")
     _check_keys(match, MATCH_KEYS, "match", place)
     for key in MATCH_KEYS:
@@ -219,11 +237,14 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
             description=description,
             source=place.rule_source(raw),
             **approval_keys,
+            **{key: raw[key] for key in LIMIT_RULE_KEYS if raw.get(key) is not None},
         )
     except PolicyError as exc:  # PolicyRule compiles the conditions
         cause = exc.__cause__
         if isinstance(cause, ConditionSpecError):
             raise place.error(exc.message, conditions, cause.key) from exc
+        if isinstance(cause, LimitSpecError):
+            raise place.error(exc.message, *_limit_place(raw, conditions, cause)) from exc
         raise place.error(exc.message, raw) from exc
 
 
@@ -271,6 +292,89 @@ _TIME: Final = {"type": "string", "pattern": r"^([01]?[0-9]|2[0-3]):[0-5][0-9]$"
 _NUMBER: Final = {"type": "number"}
 
 
+_WINDOW_SCHEMA: Final = {
+    "type": "string",
+    "pattern": r"^\s*[0-9]{1,9}\s*[smhd]\s*$",
+    "description": "a sliding window: 30s, 5m, 1h, 1d",
+}
+_KEY_SCHEMA: Final = {
+    "type": "array",
+    "uniqueItems": True,
+    "items": {
+        "anyOf": [
+            {"enum": ["session", "agent", "type", "target"]},
+            {"type": "string", "pattern": r"^params\.[^.]+(\.[^.]+)*$"},
+        ]
+    },
+    "description": "what counts are grouped by; none counts globally",
+}
+
+
+def _limit_schemas() -> dict[str, Any]:
+    """The rule keys of aegis.core.limits: limit, budget, on_exceed."""
+    return {
+        "limit": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["max", "per"],
+            "properties": {
+                "max": {"type": "integer", "minimum": 1},
+                "per": _WINDOW_SCHEMA,
+                "key": _KEY_SCHEMA,
+            },
+            "description": "at most max actions matched by this rule per window",
+        },
+        "budget": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["sum", "max", "per"],
+            "properties": {
+                "sum": {"type": "string", "minLength": 1, "description": "param path summed"},
+                "max": {"type": "number", "exclusiveMinimum": 0},
+                "per": _WINDOW_SCHEMA,
+                "key": _KEY_SCHEMA,
+            },
+            "description": "the summed param stays at most max per window",
+        },
+        "on_exceed": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "approval": {**_enum_schema(Approval, "for the action past the limit")},
+                "risk_level": _enum_schema(RiskLevel, "risk of the action past the limit"),
+            },
+            "description": "what the action that would pass a limit gets; block by default",
+        },
+    }
+
+
+def _flow_schemas(conditions: dict[str, Any]) -> dict[str, Any]:
+    """The flow conditions after / not_after, whose params use the param conditions."""
+    params = {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {name: conditions[name] for name in conditions if name.startswith("param")},
+    }
+    flow = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "type": {"type": "string", "minLength": 1, "default": "*"},
+            "target": {"type": "string", "minLength": 1, "default": "*"},
+            "params": params,
+            "within": {
+                "anyOf": [{"const": "session"}, _WINDOW_SCHEMA],
+                "default": "session",
+            },
+        },
+    }
+    return {
+        "after": {**flow, "description": "an earlier action of this session ran"},
+        "not_after": {**flow, "description": "no earlier action of this session ran"},
+    }
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the policy file format."""
     conditions = {
@@ -299,6 +403,7 @@ def json_schema() -> dict[str, Any]:
         },
         "timezone": {"type": "string", "description": "IANA time zone name; UTC by default"},
     }
+    conditions.update(_flow_schemas(conditions))
     rule = {
         "type": "object",
         "additionalProperties": False,
@@ -344,6 +449,7 @@ def json_schema() -> dict[str, Any]:
                 ],
                 "description": "how long an approval request stays open: seconds, 30s, 5m, 1h, 1d",
             },
+            **_limit_schemas(),
         },
     }
     return {

@@ -1,27 +1,178 @@
-"""What the audit trail stores about one action, besides the action itself.
+"""The audit record: what the trail stores about one step of one action. Pure.
 
-:class:`DecisionStamp` carries what the runtime knew when it decided: the
-time of the decide step, the digest of the policy that decided, and the
-caller's ``context`` (a tool-call id, an agent's name, an MCP request id).
-Each becomes a field of the action's audit records, covered by the chain hash.
+Every store (memory, SQLite, PostgreSQL) keeps the same records, built here
+and hashed by :mod:`aegis.core.chain`, so that verification and export are
+written once. A record is an :class:`AuditRecord`, a named tuple whose
+fields are the columns of :data:`RECORD_FIELDS`; the three JSON fields
+(``action_params``, ``result_data``, ``context``) hold canonical JSON *text*
+(sorted keys, compact, UTF-8), so a record goes from the runtime to a
+database row and back without being encoded twice.
+
+Two kinds of record make one action's history (:class:`RecordKind`):
+
+* a ``start`` record, written and committed before the executor runs: the
+  action, the decision, the human decision, no result;
+* a ``final`` record with the outcome; when the action reached the executor,
+  ``start_id`` names its start record. Blocked, denied and skipped actions
+  have a final record only.
+
+An action whose start has no final record was interrupted (the process was
+killed mid-action) or is still running. Records of the first schema, written
+before kinds existed, have ``kind`` ``None`` and count as final.
+
+A store receives a :class:`RecordDraft` (every field but ``id``,
+``prev_hash`` and ``hash``) from :func:`start_draft` or :func:`final_draft`
+and seals it into the chain with :func:`aegis.core.chain.seal`.
+
+Values that JSON cannot hold never lose a record (:func:`storable_json`):
+they are stored as readable text, and what cannot even be turned into text
+(an int past Python's 4,300-digit limit, an object whose ``__repr__``
+raises, a lone surrogate) becomes a marker string ``"<unstorable ...>"`` /
+``"<unrepresentable ...>"`` while the rest of the value is kept.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from enum import Enum, StrEnum
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from aegis.errors import ConfigurationError
 
-__all__ = ["ContextValue", "DecisionStamp", "check_context", "isoformat"]
+if TYPE_CHECKING:
+    from aegis.core.decision import PolicyDecision
+    from aegis.core.result import Result
 
-#: a value of an audit ``context``: a JSON scalar
-ContextValue = str | int | float | bool | None
+__all__ = [
+    "JSON_FIELDS",
+    "RECORD_FIELDS",
+    "AuditRecord",
+    "ContextValue",
+    "DecisionStamp",
+    "RecordDraft",
+    "RecordKind",
+    "check_context",
+    "export_line",
+    "final_draft",
+    "from_dict",
+    "isoformat",
+    "load_json",
+    "start_draft",
+    "storable_json",
+    "storable_text",
+    "to_dict",
+]
 
-#: ints wider than this lose precision in most JSON readers: pass them as text
-_MAX_INT_BITS = 64
+
+class RecordKind(StrEnum):
+    """What a record says about its action."""
+
+    START = "start"  # the action is about to reach the executor
+    FINAL = "final"  # the action's outcome
+
+
+#: the fields of every record, in storage (and column) order
+RECORD_FIELDS: Final[tuple[str, ...]] = (
+    "id",
+    "kind",
+    "session_id",
+    "timestamp",
+    "action_type",
+    "action_target",
+    "action_params",
+    "action_desc",
+    "risk_level",
+    "approval",
+    "matched_rule",
+    "reason",
+    "human_decision",
+    "result_status",
+    "result_data",
+    "result_error",
+    "started_at",
+    "completed_at",
+    "context",
+    "decided_at",
+    "policy_digest",
+    "start_id",
+    "prev_hash",
+    "hash",
+)
+
+#: the fields stored as canonical JSON text
+JSON_FIELDS: Final[tuple[str, ...]] = ("action_params", "result_data", "context")
+
+
+class RecordDraft(NamedTuple):
+    """A record before it joins the chain: every field but id, prev_hash and hash."""
+
+    kind: str | None
+    session_id: str
+    timestamp: str
+    action_type: str
+    action_target: str
+    action_params: str  # canonical JSON text of an object
+    action_desc: str
+    risk_level: str
+    approval: str
+    matched_rule: str
+    reason: str
+    human_decision: str | None
+    result_status: str | None
+    result_data: str  # canonical JSON text ("null" when there is none)
+    result_error: str | None
+    started_at: str | None
+    completed_at: str | None
+    context: str | None  # canonical JSON text of an object, or None
+    decided_at: str | None
+    policy_digest: str | None
+    start_id: int | None
+
+
+class AuditRecord(NamedTuple):
+    """One stored record, fields by name, JSON fields as canonical text.
+
+    A record read back from a hand-edited database may hold values of other
+    types in any field; :func:`aegis.core.chain.verify_chain` reports them
+    rather than fail, and :func:`to_dict` shows them as they are.
+    """
+
+    id: int
+    kind: str | None
+    session_id: str
+    timestamp: str
+    action_type: str
+    action_target: str
+    action_params: str
+    action_desc: str
+    risk_level: str
+    approval: str
+    matched_rule: str
+    reason: str
+    human_decision: str | None
+    result_status: str | None
+    result_data: str
+    result_error: str | None
+    started_at: str | None
+    completed_at: str | None
+    context: str | None
+    decided_at: str | None
+    policy_digest: str | None
+    start_id: int | None
+    prev_hash: str
+    hash: str
+
+    @property
+    def is_start(self) -> bool:
+        """Whether this is the start record of an action."""
+        return self.kind == RecordKind.START
+
+
+# ----------------------------------------------------------------- times
 
 
 def isoformat(moment: datetime) -> str:
@@ -35,6 +186,174 @@ def isoformat(moment: datetime) -> str:
     elif moment.utcoffset():
         moment = moment.astimezone(UTC)
     return moment.isoformat(timespec="microseconds")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+# ----------------------------------------------------------------- JSON
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or a marker naming its type when that raises."""
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not lose the audit record
+        return f"<unrepresentable {type(value).__name__}>"
+    return text if isinstance(text, str) else f"<unrepresentable {type(value).__name__}>"
+
+
+def _json_default(value: object) -> object:
+    # Called by json for anything it cannot encode: keep what we can, never fail.
+    if isinstance(value, Mapping):  # an Action's FrozenDict params, which are no dict
+        return dict(value.items())
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=storable_json)
+    return safe_repr(value)
+
+
+# Built once: json.dumps with options builds a new encoder on every call.
+_encode: Final = json.JSONEncoder(
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,  # NaN is not JSON: storable_json writes such floats as strings
+    default=_json_default,
+).encode
+
+
+def storable_text(text: str) -> str:
+    """``text``, or a marker when it cannot be stored as UTF-8 (a lone surrogate).
+
+    The marker keeps the text readable with the surrogates escaped:
+    ``"<unstorable str: 'ab\\udc80'>"``.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"<unstorable str: {text!a}>"
+    return text
+
+
+def _unstorable_int(value: int) -> str:
+    # Hex has no digit limit (the limit is on decimal conversions).
+    return f"<unstorable int: {hex(value)}>"
+
+
+def _sanitize(value: Any, depth: int, seen: set[int]) -> Any:
+    """``value`` with every part JSON or storage cannot hold replaced by text."""
+    kind = type(value)
+    if kind is str:
+        return storable_text(value)
+    if value is None or kind is bool:
+        return value
+    if kind is int:
+        try:
+            json.dumps(value)
+        except ValueError:
+            return _unstorable_int(value)
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else repr(value)
+    if depth > 200:
+        return "<unstorable: nested too deeply>"
+    if isinstance(value, Mapping | list | tuple):
+        if id(value) in seen:
+            return "<unstorable: refers to itself>"
+        seen.add(id(value))
+        try:
+            if isinstance(value, Mapping):
+                return {
+                    (storable_text(k) if type(k) is str else _key_text(k)): _sanitize(
+                        v, depth + 1, seen
+                    )
+                    for k, v in value.items()
+                }
+            return [_sanitize(v, depth + 1, seen) for v in value]
+        finally:
+            seen.discard(id(value))
+    try:
+        converted = _json_default(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
+    if isinstance(converted, str):
+        return storable_text(converted)
+    return _sanitize(converted, depth + 1, seen)
+
+
+def _key_text(key: object) -> str:
+    if isinstance(key, str):
+        return storable_text(str.__str__(key))
+    if type(key) in (int, float, bool) or key is None:
+        return storable_text(str(_sanitize(key, 0, set())))
+    return storable_text(safe_repr(key))
+
+
+def storable_json(value: Any) -> str:
+    """Serialise ``value`` canonically (sorted keys, compact, UTF-8); never raises.
+
+    Values JSON cannot hold become readable text (a datetime its ISO form, a
+    set a sorted list, other objects their ``repr``; NaN and infinities
+    ``"nan"``, ``"inf"``). A value that cannot be encoded as a whole (a
+    cycle, a key that is not a string) is stored whole as its ``repr``, and
+    when even that fails every part that cannot be stored becomes a marker
+    string while the rest is kept (see the module docstring). The text never
+    holds a lone surrogate, so every database can store it.
+    """
+    try:
+        text = _encode(value)
+    except ValueError:
+        pass  # NaN, an infinity, or an int past the digit limit: fix the parts
+    except (TypeError, RecursionError):
+        whole = safe_repr(value)
+        if not whole.startswith("<unrepresentable "):
+            return _encode(storable_text(whole))
+    except Exception:  # a hostile object's hook: fix the parts below
+        pass
+    else:
+        return text if text.isascii() else _utf8_safe(text, value)
+    try:
+        return _encode(_sanitize(value, 0, set()))
+    except Exception:  # pragma: no cover  # _sanitize yields plain JSON only
+        return _encode(f"<unrepresentable {type(value).__name__}>")
+
+
+def _utf8_safe(text: str, value: Any) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _encode(_sanitize(value, 0, set()))
+    return text
+
+
+def load_json(stored: object) -> Any:
+    """The value of a stored JSON field; what is not JSON comes back as it is.
+
+    A hand-edited column may hold anything: :func:`aegis.core.chain.verify_chain`
+    reports the edit, and reading the trail must not fail on it.
+    """
+    if isinstance(stored, str):
+        try:
+            return json.loads(stored)
+        except ValueError:
+            return stored
+    return stored if stored is None or isinstance(stored, int | float) else safe_repr(stored)
+
+
+# ----------------------------------------------------------------- context and stamps
+
+#: a value of an audit ``context``: a JSON scalar
+ContextValue = str | int | float | bool | None
+
+#: ints wider than this lose precision in most JSON readers: pass them as text
+_MAX_INT_BITS = 64
 
 
 def check_context(context: Mapping[str, ContextValue] | None) -> dict[str, ContextValue] | None:
@@ -97,7 +416,235 @@ class DecisionStamp:
         """A stamp for a decision taken now by ``policy`` with a checked ``context``."""
         digest = getattr(policy, "digest", None)
         return cls(
-            decided_at=isoformat(datetime.now(UTC)),
+            decided_at=_now(),
             policy_digest=digest if isinstance(digest, str) else None,
             context=context,
         )
+
+
+# ----------------------------------------------------------------- drafts
+
+
+def _text(value: object) -> str:
+    # Fields an Action or a decision guarantees to be str, made safe to store.
+    if type(value) is str:
+        return value if value.isascii() else storable_text(value)
+    return storable_text(safe_repr(value) if not isinstance(value, str) else str.__str__(value))
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _decision_fields(
+    decision: PolicyDecision, params_json: str | None
+) -> tuple[str, str, str, str, str, str, str, str]:
+    action = decision.action
+    params = action.params
+    if params_json is None:
+        params_json = storable_json(params) if params else "{}"
+    risk = decision.risk_level
+    approval = decision.approval
+    return (
+        _text(action.type),
+        _text(action.target),
+        params_json,
+        _text(action.description),
+        _text(getattr(risk, "name", risk)),
+        _text(getattr(approval, "value", approval)),
+        _text(decision.matched_rule),
+        _text(decision.reason),
+    )
+
+
+def _stamp_fields(stamp: DecisionStamp | None) -> tuple[str | None, str | None, str | None]:
+    if stamp is None:
+        return None, None, None
+    context = stamp.context
+    return (
+        storable_json(context) if context else None,
+        stamp.decided_at,
+        stamp.policy_digest,
+    )
+
+
+def start_draft(
+    session_id: str,
+    decision: PolicyDecision,
+    *,
+    human_decision: str | None = None,
+    stamp: DecisionStamp | None = None,
+    params_json: str | None = None,
+    timestamp: str | None = None,
+) -> RecordDraft:
+    """The start record of an action about to reach the executor.
+
+    ``params_json``, when the caller has it already, is the canonical JSON
+    text of the action's params (see :func:`storable_json`).
+    """
+    kind_type, target, params, desc, risk, approval, rule, reason = _decision_fields(
+        decision, params_json
+    )
+    context, decided_at, digest = _stamp_fields(stamp)
+    return RecordDraft(
+        RecordKind.START.value,
+        _text(session_id),
+        timestamp or _now(),
+        kind_type,
+        target,
+        params,
+        desc,
+        risk,
+        approval,
+        rule,
+        reason,
+        _optional_text(human_decision),
+        None,
+        "null",
+        None,
+        None,
+        None,
+        context,
+        decided_at,
+        digest,
+        None,
+    )
+
+
+def final_draft(  # one field of the record each
+    session_id: str,
+    decision: PolicyDecision,
+    result: Result | None,
+    *,
+    human_decision: str | None = None,
+    stamp: DecisionStamp | None = None,
+    start_id: int | None = None,
+    params_json: str | None = None,
+    timestamp: str | None = None,
+) -> RecordDraft:
+    """The final record of an action: its outcome, linked to its start record if any.
+
+    Without a ``result`` nothing is known to have run: the status is
+    ``None`` and the result fields are empty (a caller that knows better
+    passes a Result).
+    """
+    kind_type, target, params, desc, risk, approval, rule, reason = _decision_fields(
+        decision, params_json
+    )
+    context, decided_at, digest = _stamp_fields(stamp)
+    if result is None:
+        status = error = started = completed = None
+        data_json = "null"
+    else:
+        status = _text(getattr(result.status, "value", result.status))
+        data = result.data
+        data_json = "null" if data is None else storable_json(data)
+        error = _optional_text(None if result.error is None else str(result.error))
+        started = _time(result.started_at)
+        completed = _time(result.completed_at)
+    return RecordDraft(
+        RecordKind.FINAL.value,
+        _text(session_id),
+        timestamp or _now(),
+        kind_type,
+        target,
+        params,
+        desc,
+        risk,
+        approval,
+        rule,
+        reason,
+        _optional_text(human_decision),
+        status,
+        data_json,
+        error,
+        started,
+        completed,
+        context,
+        decided_at,
+        digest,
+        start_id,
+    )
+
+
+def _time(moment: object) -> str | None:
+    if moment is None:
+        return None
+    if isinstance(moment, datetime):
+        return isoformat(moment)
+    return _text(safe_repr(moment))
+
+
+# ----------------------------------------------------------------- reading and export
+
+
+def to_dict(record: AuditRecord) -> dict[str, Any]:
+    """The public form of a record: a dict keyed by :data:`RECORD_FIELDS`, JSON decoded."""
+    out = record._asdict()
+    out["action_params"] = load_json(record.action_params)
+    out["result_data"] = load_json(record.result_data)
+    out["context"] = None if record.context is None else load_json(record.context)
+    return out
+
+
+def from_dict(record: Mapping[str, Any]) -> AuditRecord:
+    """A record from its public form (as :func:`to_dict` or an exported line gives it).
+
+    A missing field counts as ``None``. The JSON fields are encoded
+    canonically again, so the record hashes as it did when it was stored.
+    """
+    values: list[Any] = [record.get(name) for name in RECORD_FIELDS]
+    values[6] = _canonical(record.get("action_params"))
+    values[14] = _canonical(record.get("result_data"))
+    context = record.get("context")
+    values[18] = None if context is None else _canonical(context)
+    return AuditRecord(*values)
+
+
+def _canonical(value: Any) -> str:
+    try:
+        return _encode(value)
+    except (ValueError, TypeError, RecursionError):
+        return storable_json(value)
+
+
+def export_line(record: AuditRecord) -> str:
+    """One exported JSON line of ``record``: every field, the JSON fields nested.
+
+    The stored JSON text nests verbatim, so exporting costs no decoding; a
+    field a hand edit left as something that is not JSON is exported as a
+    string (and verify reports the edit).
+    """
+    head = _compact({name: record[i] for i, name in _SCALARS})
+    return (
+        f'{head[:-1]},"action_params":{_json_text(record.action_params)},'
+        f'"result_data":{_json_text(record.result_data)},'
+        f'"context":{"null" if record.context is None else _json_text(record.context)}}}'
+    )
+
+
+#: compact JSON with keys in the order given, for text that is not hashed;
+#: anything JSON cannot hold (a BLOB in a hand-edited row) becomes its repr
+_compact: Final = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=safe_repr
+).encode
+
+_SCALARS: Final = tuple(
+    (i, name) for i, name in enumerate(RECORD_FIELDS) if name not in JSON_FIELDS
+)
+
+
+def _json_text(stored: object) -> str:
+    if isinstance(stored, str):
+        try:
+            json.loads(stored, parse_constant=_refuse)
+        except ValueError:
+            pass
+        else:
+            return stored
+    return _compact(stored if isinstance(stored, str) else safe_repr(stored))
+
+
+def _refuse(constant: str) -> Any:
+    # NaN and Infinity are Python's JSON extensions, not JSON.
+    raise ValueError(f"{constant} is not JSON")

@@ -164,8 +164,10 @@ class _LineReader:
             error: BaseException | None = None
             try:
                 line = stream.readline()
-            except (OSError, ValueError) as exc:  # closed or unreadable stdin
-                error = exc
+                if not isinstance(line, str):  # a binary or broken stream: never an answer
+                    raise TypeError(f"readline() gave {type(line).__name__}, not text")
+            except BaseException as exc:  # any breakage denies; none may leave us waiting
+                error = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
             # The loop may have ended while the person was away; nobody waits then.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(deliver, line, error)
@@ -262,9 +264,10 @@ class CLIApprovalHandler(ApprovalHandler):
                 raise TimeoutError(f"no answer within {self.timeout:g}s")
             try:
                 line = future.result()
-            except (OSError, ValueError) as exc:
+            except Exception as exc:  # whatever broke the stream, the answer is no
                 raise EOFError(
-                    f"no answer: the approval input stream cannot be read ({exc})"
+                    f"no answer: the approval input stream cannot be read"
+                    f" ({type(exc).__name__}: {exc})"
                 ) from exc
             if asked_for == question:
                 return line

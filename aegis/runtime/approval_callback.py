@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 
 from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.errors import ConfigurationError
+from aegis.runtime._calls import call_with_deadline
 from aegis.runtime.approval import ApprovalHandler
 
 __all__ = ["ApprovalCallback", "CallbackApprovalHandler"]
@@ -21,7 +21,8 @@ ApprovalCallback = Callable[
 class CallbackApprovalHandler(ApprovalHandler):
     """Ask ``callback(decision)`` whether an action may run.
 
-    The callback may be a plain or an ``async`` function and must return a
+    The callback may be a plain function (run on a worker thread, so that
+    it never blocks the event loop) or an ``async`` one, and must return a
     ``bool`` (or an :class:`~aegis.core.outcome.ApprovalOutcome`). Anything
     else, or an exception, denies the action: the runtime fails closed and
     records why.
@@ -42,9 +43,9 @@ class CallbackApprovalHandler(ApprovalHandler):
 
     async def request_approval(self, decision: PolicyDecision) -> bool | ApprovalOutcome:
         """Return the callback's answer for ``decision``, awaiting it if needed."""
-        answer = self.callback(decision)
-        if inspect.isawaitable(answer):
-            answer = await answer
+        # A plain function runs on a worker thread: a slow or hanging one
+        # must not block the event loop, nor outlive the runtime's timeout.
+        answer = await call_with_deadline(self.callback, (decision,), None, "the approval callback")
         if not isinstance(answer, bool | ApprovalOutcome):
             # Fail closed: a truthy string or a forgotten `return` must not approve.
             raise TypeError(

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import uuid
 from types import TracebackType
 from typing import Any, Final, Self
@@ -51,6 +52,8 @@ _log = logging.getLogger("aegis.runtime.approval_remote")
 _RETRY: Final = frozenset({502, 503, 504})
 #: the longest long poll the service grants
 _MAX_POLL: Final = 60.0
+#: the shortest time between two long polls
+_MIN_POLL: Final = 0.05
 
 
 class _GaveUp(Exception):
@@ -73,7 +76,9 @@ class RemoteApprovalHandler(ApprovalHandler):
         poll: seconds of each long poll (at most 60).
         transport: an httpx transport, e.g. ``httpx.ASGITransport(app)``
             to talk to an in-process service in tests.
-        verify: TLS verification as httpx takes it (``True``, a CA bundle path).
+        verify: TLS verification: ``True`` (the system's CAs), a CA bundle
+            path (for a service with its own certificate), or an
+            ``ssl.SSLContext``. Never turn it off for a real service.
     """
 
     def __init__(
@@ -85,7 +90,7 @@ class RemoteApprovalHandler(ApprovalHandler):
         session_id: str | None = None,
         poll: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigurationError(
@@ -111,7 +116,9 @@ class RemoteApprovalHandler(ApprovalHandler):
         self.poll = float(poll)
         self._token = token
         self._transport = transport
-        self._verify = verify
+        self._verify: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -254,6 +261,7 @@ class RemoteApprovalHandler(ApprovalHandler):
                     if remaining <= 0:
                         raise _GaveUp(f"no decision within {self.timeout:g}s")
                     wait = min(self.poll, remaining)
+                    asked_at = loop.time()
                     response = await self._send(
                         "GET",
                         f"/api/v1/approvals/{request_id}/wait",
@@ -262,6 +270,10 @@ class RemoteApprovalHandler(ApprovalHandler):
                         read_timeout=wait + 10.0,
                     )
                     request = self._json(response)
+                    pending = request.get("status") == "pending"
+                    if pending and loop.time() - asked_at < _MIN_POLL:
+                        # A service that answers "pending" at once must not make us spin.
+                        await asyncio.sleep(_MIN_POLL)
                 return await self._settle(request, action, deadline)
             except _GaveUp as exc:
                 reason = str(exc)

@@ -23,18 +23,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from aegis.core.decision import PolicyDecision
-from aegis.core.record import ContextValue
+from aegis.core.filters import Filters
+from aegis.core.outcome import ApprovalOutcome
+from aegis.core.record import RECORD_FIELDS, ContextValue, DecisionStamp, final_draft
 from aegis.core.result import Result
 from aegis.core.risk import RiskLevel
-from aegis.errors import AuditError
-from aegis.runtime.audit_backend import (
-    RECORD_FIELDS,
-    Filters,
-    RecordReader,
-    Subscriber,
-    SubscriberList,
-    record_values,
-)
+from aegis.errors import AuditError, ConfigurationError
+from aegis.runtime.audit_backend import RecordReader, Subscriber, SubscriberList
 
 __all__ = ["LoggingAuditLogger"]
 
@@ -47,6 +42,7 @@ LEVELS: Final[dict[str, int]] = {
 }
 
 _FIELDS: Final = RECORD_FIELDS[:-2]  # no prev_hash / hash: this log is not chained
+_JSON: Final = frozenset({"action_params", "result_data", "context"})
 
 
 class LoggingAuditLogger(RecordReader):
@@ -63,7 +59,7 @@ class LoggingAuditLogger(RecordReader):
 
     def __init__(self, logger: logging.Logger | None = None, *, max_records: int = 10_000) -> None:
         if max_records < 0:
-            raise ValueError(f"max_records must be 0 or more, not {max_records}")
+            raise ConfigurationError(f"max_records must be 0 or more, not {max_records}")
         self.logger = logger if logger is not None else logging.getLogger("aegis.audit")
         self._records: deque[dict[str, Any]] = deque(maxlen=max_records)
         self._next_id = 1
@@ -84,31 +80,32 @@ class LoggingAuditLogger(RecordReader):
         decision: PolicyDecision,
         *,
         result: Result | None = None,
-        human_decision: str | None = None,
+        human_decision: str | ApprovalOutcome | None = None,
         context: Mapping[str, ContextValue] | None = None,
         decided_at: str | None = None,
         policy_digest: str | None = None,
     ) -> int:
         """Log one finished record and return its id (1, 2, ... per logger)."""
         self._check_open()
-        values = record_values(
-            session_id,
-            decision,
-            result,
-            human_decision,
-            context=context,
-            decided_at=decided_at,
-            policy_digest=policy_digest,
+        if isinstance(human_decision, ApprovalOutcome):
+            human_decision = human_decision.human_decision()
+        stamp = (
+            None
+            if context is None and decided_at is None and policy_digest is None
+            else DecisionStamp(decided_at or "", policy_digest, context)
+        )
+        draft = final_draft(
+            session_id, decision, result, human_decision=human_decision, stamp=stamp
         )
         with self._lock:
             record_id = self._next_id
             self._next_id += 1
-            record = dict(zip(_FIELDS, (record_id, *values), strict=True))
-            record["action_params"] = json.loads(values[4])
-            record["result_data"] = json.loads(values[12])
-            record["context"] = None if values[16] is None else json.loads(values[16])
+            record = {
+                name: (json.loads(value) if name in _JSON and isinstance(value, str) else value)
+                for name, value in zip(_FIELDS, (record_id, *draft), strict=True)
+            }
             self._records.append(record)
-        level = LEVELS[values[6]]
+        level = LEVELS.get(draft.risk_level, logging.WARNING)
         if self.logger.isEnabledFor(level):
             self.logger.log(
                 level,
@@ -124,7 +121,7 @@ class LoggingAuditLogger(RecordReader):
         session_id: str,
         decision: PolicyDecision,
         *,
-        human_decision: str | None = None,
+        human_decision: str | ApprovalOutcome | None = None,
         context: Mapping[str, ContextValue] | None = None,
         decided_at: str | None = None,
         policy_digest: str | None = None,
@@ -148,7 +145,7 @@ class LoggingAuditLogger(RecordReader):
         decision: PolicyDecision,
         *,
         result: Result,
-        human_decision: str | None = None,
+        human_decision: str | ApprovalOutcome | None = None,
         start_token: int | None = None,
         context: Mapping[str, ContextValue] | None = None,
         decided_at: str | None = None,

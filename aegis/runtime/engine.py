@@ -19,8 +19,13 @@ A ``FAILED`` or ``DENIED`` action stops the plan: every later action is
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
+import hashlib
 import inspect
+import json
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -28,20 +33,24 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from aegis.adapters.base import BaseExecutor
-from aegis.core.action import Action, action_digest
+from aegis.core.action import Action, canonical_json
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.plan import ExecutionPlan
 from aegis.core.record import ContextValue, DecisionStamp, check_context
 from aegis.core.result import Result, ResultStatus
-from aegis.errors import AegisError, ConfigurationError
-from aegis.runtime._call import binding_for
+from aegis.core.risk import RiskLevel
+from aegis.errors import AegisError, AuditError, ConfigurationError
+from aegis.runtime._binding import binding_for
+from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
 from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
+from aegis.runtime.limits import _LimitsSetup
 
 if TYPE_CHECKING:
     from aegis.core.policy import Policy
     from aegis.runtime.audit_backend import AuditBackend
+    from aegis.stores.usage import UsageStore
 
 __all__ = ["Executor", "Runtime"]
 
@@ -83,14 +92,32 @@ class Runtime:
         session_id: groups this runtime's audit records; a random hex id
             by default.
         approval_timeout: seconds an approval may take before it counts
-            as denied; ``None`` (default) leaves timing to the handler.
-        execute_timeout: seconds an async executor may take before the
-            action counts as failed (it is cancelled); ``None`` (default)
-            waits for it. A synchronous executor cannot be interrupted.
+            as denied; ``None`` (default) leaves timing to the handler. It
+            holds for synchronous handlers (run on a worker thread) and for
+            handlers that ignore cancellation; a late answer is logged.
+        execute_timeout: seconds the executor may take before the action
+            counts as failed; ``None`` (default) waits for it. An async
+            executor is cancelled and not waited for; a synchronous one
+            (which runs on a worker thread, so the event loop never blocks)
+            is left to finish there, and what it returns is ignored.
+        agent: who acts, for limits keyed by ``agent``; when ``None``, the
+            ``"agent"`` entry of a call's ``context`` (see :mod:`aegis.runtime.limits`).
+        usage_store: where limits, budgets and flow rules count
+            (:class:`~aegis.stores.usage.UsageStore`); by default beside the
+            audit trail (its SQLite file or PostgreSQL database), or in memory
+            for an audit without a database. Opened only when the policy has
+            such rules; a store given here is not closed by the runtime.
+        policy_path: a policy file, read when ``policy`` is not given.
+        reload: watch ``policy_path`` every ``reload_interval`` seconds and
+            decide later actions by its new content; a broken file keeps the
+            current policy and is logged with its file and line.
 
-    The executor's ``setup()`` runs once, on ``async with`` or else before
-    the first action; ``teardown()`` and the audit's ``close()`` run once,
-    when the ``async with`` block ends or on :meth:`close`.
+    Inside ``async with``, the executor's ``setup()`` runs once on entering
+    and ``teardown()`` once on leaving. Outside it, :meth:`execute` sets the
+    executor up before the plan and tears it down after it, while
+    :meth:`run_one` sets it up once, before its first action, and
+    :meth:`close` tears it down. The audit's ``close()`` runs once, when the
+    block ends or on :meth:`close`.
 
     Example::
 
@@ -103,14 +130,23 @@ class Runtime:
         self,
         *,
         executor: Executor,
-        policy: Policy,
+        policy: Policy | None = None,
         approval_handler: ApprovalHandler | Callable[[PolicyDecision], Any] | None = None,
         audit_logger: AuditBackend | None = None,
         session_id: str | None = None,
         approval_timeout: float | None = None,
         execute_timeout: float | None = None,
+        agent: str | None = None,
+        usage_store: UsageStore | None = None,
+        policy_path: str | os.PathLike[str] | None = None,
+        reload: bool = False,
+        reload_interval: float = 1.0,
     ) -> None:
         self._execute_action, self._setup, self._teardown = _executor_hooks(executor)
+        self._limits = _LimitsSetup(agent, usage_store, policy_path, reload, reload_interval)
+        if policy is None:
+            policy = self._limits.initial_policy()
+        self._execute_is_async = is_async_callable(self._execute_action)
         self._evaluate = _policy_evaluate(policy)
         if approval_handler is None:
             approval_handler = CLIApprovalHandler()
@@ -153,12 +189,16 @@ class Runtime:
         self._start_stamped = self._record_start is not None and _accepts_stamp(self._record_start)
         self._started = False
         self._closed = False
+        self._entered = False  # inside ``async with``: set up once for the block
+        self._lazy = False  # set up by run_one outside ``async with``: until close()
+        self._plans = 0  # execute() calls running on a setup of their own
         self._start_lock: asyncio.Lock | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
         await self._start()
+        self._entered = True
         return self
 
     async def __aexit__(
@@ -174,15 +214,50 @@ class Runtime:
             raise AegisError("this Runtime is closed; create a new Runtime to run more actions")
         if self._started:
             return
+        self._limits.watch(self)
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         # Concurrent first calls wait here: setup() runs once, and no action
         # starts before it has finished. A failed setup() is tried again.
         async with self._start_lock:
             if not self._started:
+                # The trail must be usable before anything runs: a file that
+                # is not ours, damaged or read-only fails here, not after an
+                # action already ran and could not be recorded.
+                check = getattr(self.audit, "check", None)
+                if callable(check):
+                    check()
                 if self._setup is not None:
                     await self._setup()
                 self._started = True
+
+    async def _begin_plan(self) -> bool:
+        """Set the executor up for one execute() call; True when that call owns the setup.
+
+        Inside ``async with``, or after run_one set the executor up, the
+        plan runs on that setup. Otherwise the plan sets the executor up
+        and :meth:`_end_plan` tears it down after it; concurrent plans share
+        one setup, torn down when the last one ends.
+        """
+        if self._entered or (self._started and not self._plans):
+            if not self._started or self._closed:
+                await self._start()
+            return False
+        self._plans += 1
+        try:
+            await self._start()
+        except BaseException:
+            self._plans -= 1
+            raise
+        return True
+
+    async def _end_plan(self) -> None:
+        self._plans -= 1
+        if self._plans or self._lazy or self._entered or self._closed or not self._started:
+            return
+        self._started = False
+        if self._teardown is not None:
+            await self._teardown()
 
     async def close(self) -> None:
         """Tear the executor down and close the audit trail; later calls do nothing.
@@ -197,7 +272,10 @@ class Runtime:
             if self._started and self._teardown is not None:
                 await self._teardown()
         finally:
-            self.audit.close()
+            try:
+                await self._limits.close()
+            finally:
+                self.audit.close()
 
     # ------------------------------------------------------------------ public API
 
@@ -208,8 +286,25 @@ class Runtime:
 
             plan = runtime.plan([Action("read", "crm"), Action("delete", "crm")])
             print(plan.summary())
+
+        With rate limits, budgets or flow conditions in the policy, each action
+        is shown as the limits would decide it now, alone, reserving nothing.
         """
+        if getattr(self.policy, "limits", None) is not None:
+            return ExecutionPlan([self._limits.preview(self, a) for a in actions])
         return ExecutionPlan([self.decide(a) for a in actions])
+
+    def update_policy(self, policy: Policy) -> None:
+        """Decide every later action by ``policy``; actions in flight finish under the old one.
+
+        The swap is atomic for the event loop: an action is decided, metered,
+        approved and executed under one policy. Call it from the loop's thread.
+
+        Raises:
+            ConfigurationError: ``policy`` has no ``evaluate()`` method.
+        """
+        evaluate = _policy_evaluate(policy)
+        self.policy, self._evaluate = policy, evaluate
 
     async def execute(
         self,
@@ -237,8 +332,7 @@ class Runtime:
         actions = [d.action for d in plan] if isinstance(plan, ExecutionPlan) else plan
         planned = self.plan(actions).decisions
         stamp = self._stamp(checked)
-        if not self._started or self._closed:
-            await self._start()
+        own = await self._begin_plan()
         results: list[Result] = []
         stopped_by: Result | None = None
         for position, first in enumerate(planned):
@@ -261,8 +355,12 @@ class Runtime:
                     )
             except BaseException as exc:  # cancelled or interrupted mid-plan
                 await self._record_unreached(planned[reached:], exc, stamp)
+                if own:
+                    await self._end_plan()
                 raise
             results.append(result)
+        if own:
+            await self._end_plan()
         return results
 
     async def run_one(
@@ -286,6 +384,8 @@ class Runtime:
         stamp = self._stamp(checked)
         if not self._started or self._closed:
             await self._start()
+        if not self._entered:
+            self._lazy = True  # set up for good: close() tears it down
         return await self._run(decision, stamp)
 
     # ------------------------------------------------------------------ the steps
@@ -297,29 +397,50 @@ class Runtime:
                 f"expected an aegis Action, got {type(action).__name__}; "
                 'build one with Action("read", "crm", {...})'
             )
-        return self._evaluate(action)
+        decision = self._evaluate(action)
+        if (
+            type(decision) is PolicyDecision
+            and decision.action is action
+            and type(decision.approval) is Approval
+            and type(decision.risk_level) is RiskLevel
+        ):
+            return decision
+        return _checked(decision, action)
 
-    async def approve(self, decision: PolicyDecision) -> tuple[Result | None, str]:
+    async def approve(
+        self, decision: PolicyDecision, *, decided: str | None = None
+    ) -> tuple[Result | None, str]:
         """Step 2: ask the approval handler about an ``approve`` decision.
 
         Returns ``(None, "approved")`` when the action may run, otherwise a
         ``DENIED`` Result and the human decision to audit (``"denied"``,
         ``"denied: timeout: ..."`` or ``"denied: error: ..."``).
+
+        The handler gets a copy of ``decision``: whatever it does to it,
+        the runtime goes on with its own. ``decided`` is the action's
+        :func:`~aegis.core.action.canonical_json` when it was decided (taken
+        now when not given); an :class:`~aegis.core.outcome.ApprovalOutcome`
+        bound to another digest denies. A synchronous handler runs on a
+        worker thread, and ``approval_timeout`` holds for every handler, one
+        that ignores cancellation included.
         """
         started = _now()
+        if decided is None:
+            decided = canonical_json(decision.action)
+        view = copy.copy(decision)
         # A framework integration may bring an answer given while its run was
-        # suspended; it passes the same checks as a fresh one (see _call).
+        # suspended; it passes the same checks as a fresh one (see _binding).
         binding = binding_for(decision.action)
         try:
             approved: Any
             if binding is not None and binding.answer is not None:
                 approved = binding.answer
-            elif self.approval_timeout is None:
-                approved = await self._ask(decision)
             else:
-                approved = await asyncio.wait_for(self._ask(decision), self.approval_timeout)
-        except TimeoutError as exc:
-            why = str(exc) or f"no answer within {self.approval_timeout:g}s"
+                approved = await call_with_deadline(
+                    self._ask, (view,), self.approval_timeout, "the approval handler"
+                )
+        except TimeoutError as exc:  # ours (Deadline) or the handler's own
+            why = str(exc) or "the approval handler raised TimeoutError"
             return self._denied(decision, started, f"approval timed out ({why})"), (
                 f"denied: timeout: {why}"
             )
@@ -330,14 +451,14 @@ class Runtime:
         if approved is True:
             return None, "approved"
         if isinstance(approved, ApprovalOutcome):
-            return self._settle(decision, started, approved)
+            return self._settle(decision, started, approved, decided)
         if approved is False:
             return self._denied(decision, started, "denied by the approver"), "denied"
         why = f"approval handler returned {approved!r}, not True or False"
         return self._denied(decision, started, why), f"denied: error: {why}"
 
     def _settle(
-        self, decision: PolicyDecision, started: datetime, outcome: ApprovalOutcome
+        self, decision: PolicyDecision, started: datetime, outcome: ApprovalOutcome, decided: str
     ) -> tuple[Result | None, str]:
         """An :class:`ApprovalOutcome` as the result of the approve step."""
         human = outcome.human_decision()
@@ -348,7 +469,7 @@ class Runtime:
             elif outcome.comment:
                 why += f": {outcome.comment}"
             return self._denied(decision, started, why), human
-        if outcome.digest is not None and outcome.digest != action_digest(decision.action):
+        if outcome.digest is not None and outcome.digest != _digest(decided):
             # An approval is bound to the exact action a reviewer saw.
             why = "the approval was given for a different action (digest mismatch)"
             return self._denied(decision, started, why), f"denied: error: {why}"
@@ -363,13 +484,28 @@ class Runtime:
         approved, whatever the executor put in it.
         """
         started = _now()
+        limit = self.execute_timeout
+        execute, is_async = self._execute_action, self._execute_is_async
         binding = binding_for(action)  # a framework's tool runs its own call
-        execute = self._execute_action if binding is None else binding.execute
+        if binding is not None:
+            execute, is_async = binding.execute, is_async_callable(binding.execute)
         try:
-            out = execute(action)
-            if inspect.isawaitable(out):
-                limit = self.execute_timeout
-                out = await (out if limit is None else _in_time(out, limit))
+            if is_async and limit is None:
+                out = execute(action)
+                if inspect.isawaitable(out):
+                    out = await out
+            else:
+                # A sync executor runs on a worker thread, and a limit holds
+                # even for one that ignores cancellation.
+                out = await call_with_deadline(execute, (action,), limit, "the executor")
+        except Deadline:
+            return Result(
+                action,
+                ResultStatus.FAILED,
+                error=f"TimeoutError: the executor took longer than {limit:g}s",
+                started_at=started,
+                completed_at=_now(),
+            )
         except Exception as exc:  # an executor's failure is a result, not a crash
             return Result(
                 action,
@@ -482,33 +618,115 @@ class Runtime:
         }
 
     async def _run(self, decision: PolicyDecision, stamp: DecisionStamp) -> Result:
-        """One action through approve -> execute -> record."""
+        """One action through meter -> approve -> execute -> record.
+
+        ``decision`` comes from :meth:`decide` and stays the runtime's own:
+        the approval handler sees a copy, and what runs and what is recorded
+        is checked against the action's canonical form taken here, when it
+        was decided.
+        """
+        policy = self.policy
+        lease = None
+        if getattr(policy, "limits", None) is not None:
+            try:
+                decision, lease, stamp = await self._limits.check(self, policy, decision, stamp)
+            except BaseException as exc:  # cancelled while counting: it never ran
+                await self._record_interrupted(decision, stamp, exc, ResultStatus.SKIPPED, None)
+                raise
+        action = decision.action
         approval = decision.approval
         if approval is Approval.BLOCK:
-            return await self.record(decision, self.block(decision), stamp=stamp)
+            return await self._finish(decision, self.block(decision), None, None, stamp)
+        decided = canonical_json(action)
         human: str | None = None
         if approval is Approval.APPROVE:
             try:
-                denied, human = await self.approve(decision)
+                denied, human = await self.approve(decision, decided=decided)
             except BaseException as exc:  # cancelled or interrupted while waiting
+                self._limits.release(lease)
                 await self._record_interrupted(
                     decision, stamp, exc, ResultStatus.DENIED, "denied: interrupted"
                 )
                 raise
             if denied is not None:
-                return await self.record(decision, denied, human, stamp=stamp)
+                self._limits.release(lease)
+                return await self._finish(decision, denied, human, None, stamp)
+        elif approval is not Approval.AUTO:  # decide() allows nothing else; fail closed anyway
+            self._limits.release(lease)
+            return await self._finish(decision, self.block(decision), None, None, stamp)
+        if canonical_json(action) != decided:
+            self._limits.release(lease)
+            return await self._changed(decision, stamp, decided, human, ran=False)
+        if lease is not None or getattr(policy, "limits", None) is not None:
+            failed = self._limits.ran(self, policy, action, lease)
+            if failed is not None:
+                return await self._finish(decision, failed, human, None, stamp)
         token = None
         if self._record_start is not None:
             fields = self._stamp_fields(stamp) if self._start_stamped else {}
-            token = await self._record_start(
-                self.session_id, decision, human_decision=human, **fields
-            )
+            try:
+                token = await self._record_start(
+                    self.session_id, decision, human_decision=human, **fields
+                )
+            except AuditError as exc:
+                # An action whose start is not in the trail must not run.
+                self._limits.release(lease)
+                return _unrecorded(decision, None, exc)
         try:
-            result = await self.run_executor(decision.action)
+            result = await self.run_executor(action)
         except BaseException as exc:  # cancelled or interrupted mid-action
             await self._record_interrupted(decision, stamp, exc, ResultStatus.FAILED, human, token)
             raise
-        return await self.record(decision, result, human, token, stamp=stamp)
+        if canonical_json(action) != decided:
+            return await self._changed(
+                decision, stamp, decided, human, token, ran=True, result=result
+            )
+        return await self._finish(decision, result, human, token, stamp)
+
+    async def _finish(
+        self,
+        decision: PolicyDecision,
+        result: Result,
+        human: str | None,
+        token: int | None,
+        stamp: DecisionStamp,
+    ) -> Result:
+        """Record ``result``; if the trail cannot take it, the Result is FAILED, never success."""
+        try:
+            return await self.record(decision, result, human, token, stamp=stamp)
+        except AuditError as exc:
+            return _unrecorded(decision, result, exc)
+
+    async def _changed(
+        self,
+        decision: PolicyDecision,
+        stamp: DecisionStamp,
+        decided: str,
+        human: str | None,
+        token: int | None = None,
+        *,
+        ran: bool,
+        result: Result | None = None,
+    ) -> Result:
+        """Record an action that changed after it was decided, as it was decided."""
+        # Only tampering below the API gets here (object.__setattr__, gc):
+        # the record shows what was decided, never the changed object.
+        data = json.loads(decided)
+        original = Action(data["type"], data["target"], data["params"], data["description"])
+        decision = dataclasses.replace(decision, action=original)
+        now = _now()
+        if ran:
+            error = "the action was changed while it ran; the record shows it as decided"
+            status = ResultStatus.FAILED
+            started = result.started_at if result is not None else now
+        else:
+            error = "refused: the action changed after it was decided; it did not run"
+            status = ResultStatus.DENIED
+            started = now
+            human = f"denied: error: {error}"
+        _log.error("%s: %s", original, error)
+        changed = Result(original, status, error=error, started_at=started, completed_at=now)
+        return await self._finish(decision, changed, human, token, stamp)
 
     async def _record_interrupted(  # noqa: PLR0917  # one call site, all needed
         self,
@@ -579,6 +797,32 @@ class Runtime:
 _Hook = Callable[[], Awaitable[None]] | None
 
 
+def _unrecorded(decision: PolicyDecision, result: Result | None, exc: AuditError) -> Result:
+    """The FAILED Result of an action whose start (``result`` None) or outcome was not recorded.
+
+    A failed write leaves no half-written record; the caller must not read
+    success into an outcome the audit trail does not hold.
+    """
+    _log.error("could not record %s in the audit trail: %s", decision.action, exc)
+    now = _now()
+    if result is None:
+        return Result(
+            decision.action,
+            ResultStatus.FAILED,
+            error=f"not run: the audit trail could not record its start ({exc})",
+            started_at=now,
+            completed_at=now,
+        )
+    return Result(
+        decision.action,
+        ResultStatus.FAILED,
+        data=result.data,
+        error=f"ended {result.status.value}, but the audit trail could not record it ({exc})",
+        started_at=result.started_at,
+        completed_at=result.completed_at or now,
+    )
+
+
 def _accepts_stamp(record: Callable[..., Any]) -> bool:
     """Whether a backend's ``record`` takes ``context``, ``decided_at`` and ``policy_digest``."""
     try:
@@ -597,16 +841,77 @@ def _accepts_stamp(record: Callable[..., Any]) -> bool:
     )
 
 
-async def _in_time(pending: Awaitable[Any], limit: float) -> Any:
-    """Await an executor, cancelling it after ``limit`` seconds."""
-    deadline = asyncio.timeout(limit)
-    try:
-        async with deadline:
-            return await pending
-    except TimeoutError as exc:
-        if not deadline.expired():
-            raise  # the executor's own TimeoutError, not ours
-        raise TimeoutError(f"the executor took longer than {limit:g}s") from exc
+def _digest(decided: str) -> str:
+    """The :func:`~aegis.core.action.action_digest` of the canonical JSON ``decided``."""
+    return hashlib.sha256(decided.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _approval_of(value: object) -> Approval | None:
+    """The :class:`Approval` that ``value`` names (by value, any case), or ``None``."""
+    if isinstance(value, Approval):
+        return Approval(value.value)  # a member, even of a look-alike subclass
+    if isinstance(value, str):
+        text = str.__str__(value).strip().lower()
+        for member in Approval:
+            if member.value == text:
+                return member
+    return None
+
+
+def _risk_of(value: object) -> RiskLevel | None:
+    """The :class:`RiskLevel` that ``value`` names (a member, 1-4, or a name), or ``None``."""
+    if isinstance(value, RiskLevel):
+        return RiskLevel(int.__int__(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return RiskLevel._value2member_map_.get(int.__int__(value))  # type: ignore[return-value]
+    if isinstance(value, str):
+        return RiskLevel.__members__.get(str.__str__(value).strip().upper())
+    return None
+
+
+def _checked(decision: object, action: Action) -> PolicyDecision:
+    """A policy's answer as a well-formed decision about ``action``; anything unclear blocks.
+
+    Custom and duck-typed policies may return approvals as plain strings,
+    risks as names, or a decision about another action; ``decide`` takes
+    only what is unambiguous and blocks the rest with a reason.
+    """
+    approval = _approval_of(getattr(decision, "approval", None))
+    risk = _risk_of(getattr(decision, "risk_level", None))
+    rule = getattr(decision, "matched_rule", "")
+    reason = getattr(decision, "reason", "")
+    rule = rule if isinstance(rule, str) else repr(rule)
+    reason = reason if isinstance(reason, str) else repr(reason)
+    problems = []
+    if not hasattr(decision, "approval"):
+        problems.append(f"the policy returned {type(decision).__name__}, not a PolicyDecision")
+    elif approval is None:
+        problems.append(
+            f"the policy's approval {getattr(decision, 'approval', None)!r} is none of"
+            f" {', '.join(m.value for m in Approval)}"
+        )
+    if risk is None and hasattr(decision, "approval"):
+        problems.append(
+            f"the policy's risk level {getattr(decision, 'risk_level', None)!r} is not a RiskLevel"
+        )
+    other = getattr(decision, "action", None)
+    if other is not action and (
+        not isinstance(other, Action) or canonical_json(other) != canonical_json(action)
+    ):
+        problems.append("the policy's decision is about another action")
+    if problems or approval is None or risk is None:
+        approval, risk = Approval.BLOCK, max(risk or RiskLevel.CRITICAL, RiskLevel.HIGH)
+        reason = "; ".join([*problems, reason] if reason else problems) + "; blocked"
+    if isinstance(decision, PolicyDecision):
+        return dataclasses.replace(
+            decision,
+            action=action,
+            risk_level=risk,
+            approval=approval,
+            matched_rule=rule,
+            reason=reason,
+        )
+    return PolicyDecision(action, risk, approval, rule, reason)
 
 
 def _executor_hooks(executor: object) -> tuple[Callable[[Action], Any], _Hook, _Hook]:
@@ -653,12 +958,13 @@ def _policy_evaluate(policy: object) -> Callable[[Action], PolicyDecision]:
     )
 
 
-def _approval_function(handler: object) -> Callable[[PolicyDecision], Awaitable[Any]]:
+def _approval_function(handler: object) -> Callable[[PolicyDecision], Any]:
+    # Returned as is: the approve step runs a sync one on a worker thread.
     if isinstance(handler, ApprovalHandler):
         return handler.request_approval
     request = getattr(handler, "request_approval", None)
     if callable(request) and not isinstance(handler, type):
-        return _awaiting(request)
+        return request  # type: ignore[no-any-return]  # duck-typed handlers welcome
     if callable(handler) and not isinstance(handler, type):
         return CallbackApprovalHandler(handler).request_approval
     raise ConfigurationError(

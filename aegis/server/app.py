@@ -38,6 +38,8 @@ except ImportError as exc:  # pragma: no cover  # CI installs every extra
         'the approval service needs the server extra: pip install "aegis-runtime[server]"'
     ) from exc
 
+from aegis.core.policy import Policy
+from aegis.errors import StoreError
 from aegis.server.api import api_routes, error_response
 from aegis.server.service import ApprovalService
 
@@ -54,6 +56,7 @@ def open_service(
     schema: str | None = None,
     max_wait: float = 60.0,
     poll_interval: float = 0.5,
+    policy: Policy | None = None,
 ) -> ApprovalService:
     """Open the audit trail and the approval tables in ``db`` (a path or a PostgreSQL DSN).
 
@@ -64,6 +67,14 @@ def open_service(
     from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
     from aegis.stores.approvals import open_approval_store  # noqa: PLC0415
 
+    if db.startswith(("postgresql://", "postgres://")):
+        import aegis.stores  # noqa: PLC0415
+
+        if not hasattr(aegis.stores, "open_store"):
+            raise StoreError(
+                "this Aegis has no PostgreSQL audit trail, so the approval service cannot "
+                "use one; use a SQLite file for --db"
+            )
     audit = AuditLogger(db)
     try:
         head = getattr(audit, "head", None)
@@ -79,6 +90,7 @@ def open_service(
         approval_ttl=approval_ttl,
         max_wait=max_wait,
         poll_interval=poll_interval,
+        policy=policy,
     )
 
 

@@ -42,6 +42,7 @@ from aegis.errors import ApprovalServiceError
 from aegis.stores.approvals import ApprovalStore, hash_token, new_request_id
 
 if TYPE_CHECKING:
+    from aegis.core.policy import Policy
     from aegis.runtime.audit_backend import AuditBackend
 
 __all__ = ["EVENT_KINDS", "ApprovalEvent", "ApprovalService", "Principal", "Subscriber"]
@@ -110,6 +111,11 @@ class ApprovalService:
         poll_interval: how often a waiting call re-reads the store, to see
             decisions made by other service processes.
         clock: returns the current aware time; ``datetime.now(UTC)`` by default.
+        policy: the service's own policy. When given, each new request is
+            decided again here and this decision's risk, rule, reason,
+            ``approvers``, ``reviewers`` and ``approval_ttl`` replace what the
+            agent sent, so an agent cannot ask for a weaker approval than
+            the policy demands; an action it blocks is refused (403).
     """
 
     def __init__(
@@ -121,6 +127,7 @@ class ApprovalService:
         max_wait: float = 60.0,
         poll_interval: float = 0.5,
         clock: Callable[[], datetime] = _utcnow,
+        policy: Policy | None = None,
     ) -> None:
         if not approval_ttl > 0:
             raise ValueError(
@@ -132,6 +139,7 @@ class ApprovalService:
         self.max_wait = float(max_wait)
         self.poll_interval = float(poll_interval)
         self.clock = clock
+        self.policy = policy
         self._subscribers: list[Subscriber] = []
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
@@ -276,6 +284,8 @@ class ApprovalService:
         naming the grant.
         """
         self._require(principal, Role.AGENT, "asking for approval")
+        if self.policy is not None:
+            new = self._redecide(new, self.policy)
         await self.expire_due()
         now = self.clock()
         ttl = new.approval_ttl if new.approval_ttl is not None else self.approval_ttl
@@ -304,6 +314,27 @@ class ApprovalService:
             await self._record(stored, text, "approval.requested")
             self._emit(ApprovalEvent("approval.requested", stored))
         return stored, created
+
+    @staticmethod
+    def _redecide(new: NewRequest, policy: Policy) -> NewRequest:
+        """``new`` with the approval terms of the service's own policy."""
+        decision = policy.evaluate(new.action)
+        if decision.approval is Approval.BLOCK:
+            raise _forbidden(
+                f"the service's policy blocks {new.action.type} -> {new.action.target} "
+                f"(rule {decision.matched_rule!r}); no approval can be asked for it",
+                code="blocked_by_policy",
+            )
+        return NewRequest(
+            session_id=new.session_id,
+            action=new.action,
+            risk_level=decision.risk_level,
+            matched_rule=decision.matched_rule,
+            reason=decision.reason,
+            approvers=decision.approvers,
+            reviewers=decision.reviewers,
+            approval_ttl=decision.approval_ttl,
+        )
 
     async def _current(self, request_id: str) -> ApprovalRequest:
         request = await self._call(self.store.get_request, request_id)
@@ -561,9 +592,12 @@ class ApprovalService:
             )
         report = await self._call(verify)
         return {
-            name: getattr(report, name)
-            for name in ("ok", "checked", "first_bad_id", "reason", "head")
-            if hasattr(report, name)
+            "ok": report.ok,
+            "checked": report.checked,
+            "first_bad_id": report.first_bad_id,
+            "reason": report.reason,
+            "head": str(report.head),  # "<count>:<hash>", the form to keep elsewhere
+            "unfinished": list(getattr(report, "unfinished", ())),
         }
 
     def close(self) -> None:

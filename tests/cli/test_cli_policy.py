@@ -206,3 +206,16 @@ def test_validate_merged_reports_clashing_rule_names(invoke: Invoke, policy_path
     assert result.exit_code == 1
     assert "merging" in result.stderr
     assert "'reads'" in result.stderr
+
+
+def test_validate_shows_conditions_as_data(invoke: Invoke, tmp_path: Path) -> None:
+    """validate prints a rule's conditions as JSON data and readable text, never a repr."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "rules:\n  - name: big\n    match: {type: refund}\n"
+        "    conditions: {param_gt: {amount: 500}}\n    approval: block\n",
+        encoding="utf-8",
+    )
+    document = json.loads(invoke("validate", str(path), "--format", "json").stdout)
+    assert document["files"][0]["rules"][0]["conditions"] == {"param_gt": {"amount": 500}}
+    assert "param_gt amount=500" in invoke("validate", str(path)).stdout

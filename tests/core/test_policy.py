@@ -329,7 +329,7 @@ def test_evaluate_with_aware_now_in_utc() -> None:
 
 def test_uncopyable_condition_value_is_a_policy_error() -> None:
     """A condition value that cannot be frozen raises PolicyError naming the rule."""
-    with pytest.raises(PolicyError, match=r"rule 'r': .*could change after approval"):
+    with pytest.raises(PolicyError, match=r"rule 'r': .*not plain JSON-like data"):
         PolicyRule(name="r", conditions={"param_eq": {"x": threading.Lock()}})
 
 

@@ -93,6 +93,9 @@ def test_a_logged_record_round_trips_every_field(audit: AuditLogger) -> None:
     )
     [record] = audit.get_log()
     assert tuple(record) == RECORD_FIELDS
+    kind = record.pop("kind")
+    assert kind == "final"
+    assert record.pop("start_id") is None
     timestamp = datetime.fromisoformat(record.pop("timestamp"))
     assert timestamp.tzinfo is not None
     assert timestamp.utcoffset() == timedelta(0)
@@ -120,7 +123,9 @@ def test_a_logged_record_round_trips_every_field(audit: AuditLogger) -> None:
         "hash": record["hash"],
     }
     assert (
-        record_hash({**record, "timestamp": timestamp.isoformat(timespec="microseconds")})
+        record_hash(
+            {**record, "kind": kind, "timestamp": timestamp.isoformat(timespec="microseconds")}
+        )
         == (record["hash"])
     )
 
@@ -146,28 +151,29 @@ def test_every_result_status_is_recorded(audit: AuditLogger, status: ResultStatu
 
 
 @pytest.mark.parametrize(
-    ("approval", "human", "status"),
+    ("approval", "human"),
     [
-        (Approval.BLOCK, None, "blocked"),
-        (Approval.APPROVE, "denied", "denied"),
-        (Approval.APPROVE, "denied: timeout", "denied"),
-        (Approval.APPROVE, "approved", None),
-        (Approval.AUTO, None, None),
+        (Approval.BLOCK, None),
+        (Approval.APPROVE, "denied"),
+        (Approval.APPROVE, "denied: timeout"),
+        (Approval.APPROVE, "approved"),
+        (Approval.AUTO, None),
     ],
 )
-def test_a_record_without_result_takes_its_status_from_the_decision(
-    audit: AuditLogger, approval: Approval, human: str | None, status: str | None
+def test_a_record_without_result_has_no_status(
+    audit: AuditLogger, approval: Approval, human: str | None
 ) -> None:
-    """log() without a result records blocked/denied, or no status when nothing ran."""
+    """log() without a result invents no status: nothing is known to have run."""
     audit.log("s", decide(approval=approval), human_decision=human)
     [record] = audit.get_log()
-    assert record["result_status"] == status
+    assert record["result_status"] is None
+    assert record["human_decision"] == human
     assert record["result_data"] is None
     assert record["started_at"] is None
 
 
 @pytest.mark.parametrize(
-    ("params", "expected"),
+    ("data", "expected"),
     [
         ({"c": 1 + 2j}, {"c": repr(1 + 2j)}),
         ({"when": T0}, {"when": T0.isoformat()}),
@@ -179,26 +185,29 @@ def test_a_record_without_result_takes_its_status_from_the_decision(
     ],
 )
 def test_values_json_cannot_hold_are_stored_safely(
-    audit: AuditLogger, params: dict[str, Any], expected: dict[str, Any]
+    audit: AuditLogger, data: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    """Params that are not JSON are stored readably instead of failing the action."""
-    decision = decide(params=params)
-    audit.log("s", decision, result=done(decision, data=params))
+    """Result data that is not JSON is stored readably instead of failing the action."""
+    decision = decide(params={"tags": {"b", "a"}, "risk": RiskLevel.HIGH, "t": (1, (2, 3))})
+    audit.log("s", decision, result=done(decision, data=data))
     [record] = audit.get_log()
-    assert record["action_params"] == expected
+    assert record["action_params"] == {"tags": ["a", "b"], "risk": 3, "t": [1, [2, 3]]}
     assert record["result_data"] == expected
     assert audit.verify().ok
 
 
-def test_result_data_json_cannot_encode_at_all_is_stored_as_repr(audit: AuditLogger) -> None:
-    """A cyclic value or a dict with tuple keys is stored whole as its repr."""
+def test_result_data_json_cannot_encode_at_all_is_stored_as_text(audit: AuditLogger) -> None:
+    """A cyclic value keeps its other parts; a dict with tuple keys is stored as its repr."""
     cyclic: list[Any] = [1]
     cyclic.append(cyclic)
     for data in (cyclic, {(1, 2): "pair"}):
         decision = decide()
         audit.log("s", decision, result=done(decision, data=data))
     records = audit.get_log()
-    assert [r["result_data"] for r in records] == [repr(cyclic), repr({(1, 2): "pair"})]
+    assert [r["result_data"] for r in records] == [
+        [1, "<unstorable: refers to itself>"],
+        repr({(1, 2): "pair"}),
+    ]
     assert audit.verify().ok
 
 
@@ -211,7 +220,7 @@ def test_a_value_with_a_broken_repr_is_still_recorded(audit: AuditLogger) -> Non
 
     decision = decide()
     audit.log("s", decision, result=done(decision, data={Broken(): 1}))
-    assert audit.get_log()[0]["result_data"] == "<unrepresentable dict>"
+    assert audit.get_log()[0]["result_data"] == {"<unrepresentable Broken>": 1}
 
 
 # -- filters ----------------------------------------------------------------
@@ -279,13 +288,12 @@ def test_time_filters_bound_the_timestamp(
     tmp_path: Path, since: Any, until: Any, expected: int
 ) -> None:
     """since/until accept aware or naive datetimes and ISO strings and bound timestamps."""
-    from aegis.runtime import audit_backend
+    from aegis.core.record import final_draft
 
     with AuditLogger(tmp_path / "t.db") as audit:
         for n in range(6):
             moment = (T0 + timedelta(seconds=n)).isoformat(timespec="microseconds")
-            values = audit_backend.record_values("s", decide(), None, None, moment)
-            audit._write([(values, None, None)])
+            audit.store.append([final_draft("s", decide(), None, timestamp=moment)])
         assert audit.count(since=since, until=until) == expected
         assert len(audit.get_log(since=since, until=until)) == expected
 
@@ -407,28 +415,37 @@ def test_export_to_a_missing_folder_raises_audit_error(audit: AuditLogger, tmp_p
 
 
 async def test_record_start_leaves_a_pending_entry_until_record(audit: AuditLogger) -> None:
-    """A started action shows in pending() until its final record clears it."""
+    """A started action shows in pending() and as started until its final record."""
     decision = decide("update", params={"id": 3}, approval=Approval.APPROVE)
     token = await audit.record_start("s", decision, human_decision="approved")
     [entry] = audit.pending()
     assert entry["id"] == token
+    assert entry["kind"] == "start"
     assert entry["action_type"] == "update"
     assert entry["action_params"] == {"id": 3}
     assert entry["human_decision"] == "approved"
     assert entry["approval"] == "approve"
-    assert audit.count() == 0
-    await audit.record("s", decision, result=done(decision), start_token=token)
+    assert entry["result_status"] is None
+    assert [r["id"] for r in audit.get_log()] == [token]
+    assert audit.stats()["result_status"] == {"started": 1}
+    final = await audit.record("s", decision, result=done(decision), start_token=token)
     assert audit.pending() == []
+    assert [(r["id"], r["start_id"]) for r in audit.get_log()] == [(final, token)]
     assert audit.count() == 1
+    assert audit.count(view="records") == 2
+    assert audit.stats()["result_status"] == {"success": 1}
 
 
-async def test_pending_entries_are_not_in_the_chain(audit: AuditLogger) -> None:
-    """Start markers neither count as records nor break verification."""
+async def test_start_records_are_in_the_chain(audit: AuditLogger) -> None:
+    """A start record is chained like any other: it verifies and counts in the records view."""
     await audit.record_start("s", decide())
     audit.log("s", decide())
-    assert audit.count() == 1
+    assert audit.count() == 2
+    assert audit.count(view="records") == 2
     assert len(audit.pending()) == 1
-    assert audit.verify().ok
+    report = audit.verify()
+    assert report.ok
+    assert report.unfinished == (1,)
 
 
 # -- subscribers ------------------------------------------------------------
@@ -603,7 +620,7 @@ def test_an_in_memory_log_works(tmp_path: Path) -> None:
 
 def test_an_empty_log_verifies_and_has_the_genesis_head(audit: AuditLogger) -> None:
     """An empty log verifies with zero records and head '0:<64 zeros>'."""
-    assert audit.head() == f"0:{GENESIS_HASH}"
+    assert str(audit.head()) == f"0:{GENESIS_HASH}"
     report = audit.verify(audit.head())
     assert (report.ok, report.checked, report.first_bad_id) == (True, 0, None)
     assert bool(report)

@@ -144,6 +144,9 @@ async def test_exported_lines_carry_the_fields_and_verify(tmp_path: Path) -> Non
     with AuditLogger(tmp_path / "a.db") as audit:
         audit.export_jsonl(tmp_path / "out.jsonl")
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["kind"] for line in lines] == ["start", "final", "start", "final"]
+    assert lines[0]["context"] == lines[1]["context"]
+    lines = lines[1::2]
     assert lines[0]["context"] == {"n": 1.5, "tool_call_id": "c1"}
     assert lines[1]["context"] is None
     assert all(line["policy_digest"] == DIGEST and line["decided_at"] for line in lines)

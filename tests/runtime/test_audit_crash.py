@@ -65,7 +65,7 @@ def test_every_id_a_killed_writer_printed_is_in_the_log(tmp_path: Path, mode: st
     assert child.stdout is not None
     ids = kill_and_collect(child, read_ids(child.stdout, 200))
     with AuditLogger(db) as audit:
-        stored = {record["id"] for record in audit.iter_log()}
+        stored = {record["id"] for record in audit.iter_log(view="records")}
         report = audit.verify()
     assert len(ids) >= 200
     assert set(ids) <= stored
@@ -74,7 +74,7 @@ def test_every_id_a_killed_writer_printed_is_in_the_log(tmp_path: Path, mode: st
 
 
 def test_a_writer_killed_mid_action_leaves_a_pending_entry(tmp_path: Path) -> None:
-    """A process killed between record_start and record leaves its start in pending()."""
+    """A process killed between record_start and record leaves its start record, listed."""
     db = tmp_path / "audit.db"
     child = start_writer(db, "start", 1)
     go(child)
@@ -83,9 +83,14 @@ def test_a_writer_killed_mid_action_leaves_a_pending_entry(tmp_path: Path) -> No
     kill_and_collect(child, [])
     with AuditLogger(db) as audit:
         pending = audit.pending()
-        assert audit.count() == 0
+        listed = audit.get_log()
+        report = audit.verify()
     assert [entry["id"] for entry in pending] == [token]
-    assert pending[0]["pid"] == child.pid
+    assert listed == pending
+    assert report.ok
+    assert report.unfinished == (token,)
+    assert pending[0]["kind"] == "start"
+    assert pending[0]["result_status"] is None
     assert pending[0]["session_id"] == "start-writer"
     assert pending[0]["action_params"] == {"n": 0, "note": "ünïcode"}
 
@@ -118,11 +123,13 @@ def test_two_processes_appending_at_once_keep_one_valid_chain(tmp_path: Path) ->
         assert audit.count() == 1000
         assert audit.count("record-writer") == 500
         assert audit.count("log-writer") == 500
+        assert audit.count(view="records") == 1500
+        stored = [r["id"] for r in audit.iter_log()]
         report = audit.verify()
         pending = audit.pending()
-    assert sorted(ids) == list(range(1, 1001))
+    assert sorted(ids) == stored
     assert report.ok, report.reason
-    assert report.checked == 1000
+    assert report.checked == 1500
     assert pending == []
 
 

@@ -13,7 +13,7 @@ from aegis.core.action import Action
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import AuditError
+from aegis.errors import AuditError, ConfigurationError
 from aegis.runtime.audit_backend import RECORD_FIELDS
 from aegis.runtime.audit_logging import LoggingAuditLogger
 
@@ -111,7 +111,7 @@ def test_only_the_latest_records_are_kept() -> None:
 
 def test_a_negative_max_records_is_refused() -> None:
     """max_records below zero raises ValueError."""
-    with pytest.raises(ValueError, match="max_records"):
+    with pytest.raises(ConfigurationError, match="max_records"):
         LoggingAuditLogger(max_records=-1)
 
 
@@ -161,10 +161,13 @@ def test_export_writes_the_kept_records(tmp_path: Path) -> None:
 
 
 def test_values_json_cannot_hold_are_kept_as_repr() -> None:
-    """Non-JSON params are stored as their repr, like the SQLite backend."""
+    """Non-JSON result data is stored as its repr, like the SQLite backend."""
     audit = LoggingAuditLogger()
-    audit.log("s", decide(params={"c": 1 + 2j}))
-    assert audit.get_log()[0]["action_params"] == {"c": repr(1 + 2j)}
+    decision = decide()
+    audit.log(
+        "s", decision, result=Result(decision.action, ResultStatus.SUCCESS, data={"c": 1 + 2j})
+    )
+    assert audit.get_log()[0]["result_data"] == {"c": repr(1 + 2j)}
 
 
 def test_subscribers_and_a_raising_one(caplog: pytest.LogCaptureFixture) -> None:

@@ -153,11 +153,15 @@ def test_a_deleted_and_renumbered_record_is_caught(db: Path, raw: sqlite3.Connec
 def test_a_forged_record_appended_is_caught(db: Path, raw: sqlite3.Connection) -> None:
     """A copied row appended with a new id fails its own hash check."""
     raw.execute(
-        "INSERT INTO audit_log SELECT ?, session_id, timestamp, action_type, action_target,"
+        "INSERT INTO audit_log (id, session_id, timestamp, action_type, action_target,"
         " action_params, action_desc, risk_level, approval, matched_rule, reason,"
         " human_decision, result_status, result_data, result_error, started_at,"
-        " completed_at, (SELECT hash FROM audit_log WHERE id = ?), hash, NULL,"
-        " context, decided_at, policy_digest"
+        " completed_at, prev_hash, hash, context, decided_at, policy_digest, kind, start_id)"
+        " SELECT ?, session_id, timestamp, action_type, action_target,"
+        " action_params, action_desc, risk_level, approval, matched_rule, reason,"
+        " human_decision, result_status, result_data, result_error, started_at,"
+        " completed_at, (SELECT hash FROM audit_log WHERE id = ?), hash,"
+        " context, decided_at, policy_digest, kind, start_id"
         " FROM audit_log WHERE id = 3",
         (RECORDS + 1, RECORDS),
     )
@@ -230,14 +234,15 @@ def test_an_older_head_still_verifies_after_more_records(db: Path) -> None:
         report = audit.verify(kept)
     assert report.ok
     assert report.checked == RECORDS + 1
-    assert report.head.startswith(f"{RECORDS + 1}:")
+    assert str(report.head).startswith(f"{RECORDS + 1}:")
+    assert report.head.count == RECORDS + 1
 
 
 def test_the_report_head_equals_head(db: Path) -> None:
     """The head a verify report carries is the head() of the log it read."""
     with AuditLogger(db) as audit:
         assert audit.verify().head == audit.head()
-        assert audit.head().startswith(f"{RECORDS}:")
+        assert str(audit.head()).startswith(f"{RECORDS}:")
 
 
 @pytest.mark.parametrize("bad_head", ["", "10", "x:abc", f"ten:{'0' * 64}", "10:short"])

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -69,12 +70,24 @@ def add_tokens(db: str) -> None:
 class Service:
     """``python -m aegis serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, db: str, cwd: Path, *, ttl: str = "1h", port: int | None = None) -> None:
+    def __init__(
+        self,
+        db: str,
+        cwd: Path,
+        *,
+        ttl: str = "1h",
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        scheme: str = "http",
+        verify: bool | str = True,
+    ) -> None:
         self.db = db
+        self.args = args
+        self.verify = verify
         self.cwd = cwd
         self.ttl = ttl
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = cwd / f"serve-{self.port}.log"
 
@@ -95,6 +108,7 @@ class Service:
                     self.ttl,
                     "--log-level",
                     "warning",
+                    *self.args,
                 ],
                 cwd=self.cwd,
                 stdout=log,
@@ -105,7 +119,12 @@ class Service:
             if self.process.poll() is not None:
                 raise RuntimeError(f"aegis serve exited: {self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                verify = (
+                    ssl.create_default_context(cafile=self.verify)
+                    if isinstance(self.verify, str)
+                    else self.verify
+                )
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -131,10 +150,13 @@ class Service:
 class Reviewer:
     """A person with a token, using the API directly."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, *, verify: bool | str = True) -> None:
         self.name = name
         self.client = httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {name}-secret"}, timeout=10
+            base_url=url,
+            headers={"Authorization": f"Bearer {name}-secret"},
+            timeout=10,
+            verify=ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify,
         )
 
     async def pending(self, session_id: str, *, timeout: float = 10.0) -> dict[str, Any]:

@@ -391,3 +391,45 @@ async def test_locked_database_is_503(api: Api) -> None:
     after = await api.call("GET", f"/api/v1/approvals/{request['id']}", "bob")
     assert after.json()["status"] == "pending"
     assert (await api.call("GET", "/healthz")).status_code == 200
+
+
+async def test_service_policy_overrides_the_agents_terms(tmp_path: Path) -> None:
+    """A service with its own policy takes approvers and groups from it, and refuses blocks."""
+    from aegis import Policy
+
+    store = SqliteApprovalStore(tmp_path / "policy.db")
+    add_tokens(store, datetime.now(UTC))
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "wires",
+                    "match": {"type": "wire"},
+                    "approvers": 2,
+                    "reviewers": ["finance"],
+                },
+                {"name": "deletes", "match": {"type": "delete"}, "approval": "block"},
+            ]
+        }
+    )
+    service = ApprovalService(store, None, policy=policy)
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        headers = {"Authorization": "Bearer bot-secret"}
+        weak = {
+            "session_id": "s",
+            "action": {"type": "wire", "target": "bank"},
+            "approvers": 1,
+            "matched_rule": "made-up",
+        }
+        created = (await client.post("/api/v1/approvals", json=weak, headers=headers)).json()
+        assert (created["approvers"], created["reviewers"], created["matched_rule"]) == (
+            2,
+            ["finance"],
+            "wires",
+        )
+        blocked = {"session_id": "s", "action": {"type": "delete", "target": "crm"}}
+        refused = await client.post("/api/v1/approvals", json=blocked, headers=headers)
+        assert refused.status_code == 403
+        assert error_code(refused) == "blocked_by_policy"
+    service.close()

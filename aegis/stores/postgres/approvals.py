@@ -116,7 +116,7 @@ class PostgresApprovalStore(SqlApprovalStore):
         try:
             self.schema = schema if schema is not None else self._current_schema()
             self._prefix = _quote(self.schema) + "."
-            with self._transaction(write=True) as tx:
+            with self._transaction(write=False) as tx:
                 self._migrate(tx)
         except BaseException:
             self._pool.close()
@@ -153,7 +153,18 @@ class PostgresApprovalStore(SqlApprovalStore):
         except (PoolTimeout, psycopg.Error) as exc:
             raise self._error(exc) from exc
 
+    def _version(self, tx: _PgTx) -> int:
+        found = tx.all("SELECT to_regclass(?)", (self._prefix + "aegis_schema_versions",))
+        if not found or found[0][0] is None:
+            return 0
+        rows = tx.all(
+            "SELECT version FROM {p}aegis_schema_versions WHERE component = ?", (COMPONENT,)
+        )
+        return int(rows[0][0]) if rows else 0
+
     def _migrate(self, tx: _PgTx) -> None:
+        if self._version(tx) == SCHEMA_VERSION:
+            return  # nothing to write: a read-only role may serve reads
         # One process creates the tables; the others wait for it here.
         tx.all("SELECT pg_advisory_xact_lock(hashtext('aegis_schema:' || current_database()))")
         tx.run(

@@ -73,8 +73,11 @@ class SqliteApprovalStore(SqlApprovalStore):
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()  # guards the list of connections, not the data
         self._closed = False
-        with self._transaction(write=True) as tx:
-            self._migrate(tx)
+        with self._transaction(write=False) as tx:
+            current = self._version(tx)
+        if current != SCHEMA_VERSION:
+            with self._transaction(write=True) as tx:
+                self._migrate(tx)
 
     def __repr__(self) -> str:
         return f"<SqliteApprovalStore {self.path!r}>"
@@ -126,6 +129,16 @@ class SqliteApprovalStore(SqlApprovalStore):
         except sqlite3.Error as exc:
             _rollback(conn)
             raise self._error(exc) from exc
+
+    @staticmethod
+    def _version(tx: _SqliteTx) -> int:
+        found = tx.all(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'aegis_schema_versions'"
+        )
+        if not found:
+            return 0
+        rows = tx.all("SELECT version FROM aegis_schema_versions WHERE component = ?", (COMPONENT,))
+        return int(rows[0][0]) if rows else 0
 
     def _migrate(self, tx: _SqliteTx) -> None:
         tx.run(

@@ -1,0 +1,311 @@
+"""The hash chain over audit records, and its verification. Pure.
+
+Each record stores the hash of the record before it (``prev_hash``) and its
+own ``hash``, a SHA-256 over every other field. Editing, deleting, inserting
+or reordering records therefore breaks the chain, and :func:`verify_chain`
+names the first record that does not fit. Every store seals records with
+:func:`seal` and verifies them with :func:`verify_chain`, streaming, in
+id order, so the rules below are written once.
+
+What the hash covers (:func:`record_hash`): the SHA-256 of one compact JSON
+array holding, in order, the values of :data:`HASHED_SCALARS`, then the
+length in code points of the canonical ``action_params`` text, that text,
+the canonical ``result_data`` text, and last an object of the
+:data:`EXTENSION_FIELDS` that are not null (left out when all are, which
+keeps records of the first schema verifying). The length pins where the
+params end, so no text can move between the two JSON values unnoticed.
+
+A :class:`Head` (``"<count>:<hash>"``) names the last record of a chain.
+Kept somewhere else, it also catches records cut off the end and a chain
+rewritten consistently since; without one (or a signed checkpoint), a
+truncated tail is the one change a chain alone cannot reveal.
+
+Beyond the hashes, :func:`verify_chain` checks what the records claim of
+each other: a final record's ``start_id`` must name an earlier start record
+of the same action that no other final record finished. Start records left
+without a final record are reported in :attr:`VerifyReport.unfinished`:
+actions that were interrupted, or are still running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aegis.core.record import AuditRecord, RecordDraft, RecordKind, safe_repr
+
+__all__ = [
+    "EMPTY_HEAD",
+    "EXTENSION_FIELDS",
+    "GENESIS_HASH",
+    "HASHED_SCALARS",
+    "Head",
+    "VerifyReport",
+    "record_hash",
+    "row_hash",
+    "seal",
+    "verify_chain",
+]
+
+#: ``prev_hash`` of the first record of a chain
+GENESIS_HASH: Final = "0" * 64
+
+#: the scalar fields at the start of the hashed array, in order
+HASHED_SCALARS: Final[tuple[str, ...]] = (
+    "id",
+    "session_id",
+    "timestamp",
+    "action_type",
+    "action_target",
+    "action_desc",
+    "risk_level",
+    "approval",
+    "matched_rule",
+    "reason",
+    "human_decision",
+    "result_status",
+    "result_error",
+    "started_at",
+    "completed_at",
+    "prev_hash",
+)
+
+#: fields added after the first schema: hashed as one trailing object of the
+#: non-null ones, keys sorted
+EXTENSION_FIELDS: Final[tuple[str, ...]] = (
+    "context",
+    "decided_at",
+    "kind",
+    "policy_digest",
+    "start_id",
+)
+
+_encode: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=safe_repr
+).encode
+
+_KINDS: Final = (None, RecordKind.START.value, RecordKind.FINAL.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The last record of a chain: how many records it has and the last hash.
+
+    ``str(head)`` is ``"<count>:<hash>"``, the form to keep elsewhere and to
+    pass back as ``expected_head``; :meth:`parse` reads it.
+    """
+
+    count: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"{self.count}:{self.hash}"
+
+    @classmethod
+    def parse(cls, text: Head | str) -> Head:
+        """Read a head from its text form; raise ``ValueError`` naming the mistake."""
+        if isinstance(text, Head):
+            return text
+        if not isinstance(text, str):
+            raise ValueError(f"a head is a string like '42:<64 hex digits>', not {text!r}")
+        count, sep, digest = text.strip().partition(":")
+        if (
+            not sep
+            or not count.isascii()
+            or not count.isdigit()
+            or len(digest) != 64
+            or any(c not in "0123456789abcdef" for c in digest)
+        ):
+            raise ValueError(
+                f"expected_head={text!r} is not a head of an audit log; "
+                "pass the head verify or head() printed, like '42:<64 hex digits>'"
+            )
+        return cls(int(count), digest)
+
+
+#: the head of an empty chain
+EMPTY_HEAD: Final = Head(0, GENESIS_HASH)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The outcome of verifying a chain.
+
+    ``checked`` counts the records that fit; ``first_bad_id`` is the id of
+    the first record that is missing or does not fit (``None`` when ``ok``);
+    ``head`` is the head as read, to keep for the next check; ``unfinished``
+    lists the ids of start records without a final record.
+    """
+
+    ok: bool
+    checked: int
+    first_bad_id: int | None
+    reason: str
+    head: Head
+    unfinished: tuple[int, ...] = field(default=())
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _json_text(value: object) -> str:
+    # A stored JSON field is canonical text already; anything else (a hand
+    # edit) is hashed as the JSON of its repr, which never matches.
+    return value if isinstance(value, str) else _encode(safe_repr(value))
+
+
+def _extension(
+    context: object, decided_at: object, kind: object, digest: object, start_id: object
+) -> str:
+    parts = []
+    if context is not None:
+        parts.append(f'"context":{_json_text(context)}')
+    if decided_at is not None:
+        parts.append(f'"decided_at":{_encode(decided_at)}')
+    if kind is not None:
+        parts.append(f'"kind":{_encode(kind)}')
+    if digest is not None:
+        parts.append(f'"policy_digest":{_encode(digest)}')
+    if start_id is not None:
+        parts.append(f'"start_id":{_encode(start_id)}')
+    return f",{{{','.join(parts)}}}" if parts else ""
+
+
+def row_hash(record: Sequence[Any]) -> str:
+    """The hash of a record given as a row (fields in RECORD_FIELDS order, up to prev_hash).
+
+    The JSON fields are canonical text and nest verbatim, so this gives the
+    bytes of :func:`record_hash` without decoding them (a property test
+    holds the two equal). It runs for every write and every verified record.
+    """
+    try:
+        scalars = _encode(
+            [
+                record[0], record[2], record[3], record[4], record[5], record[7], record[8],
+                record[9], record[10], record[11], record[12], record[13], record[15],
+                record[16], record[17], record[22],
+            ]
+        )  # fmt: skip
+        params = _json_text(record[6])
+        extension = _extension(record[18], record[19], record[1], record[20], record[21])
+        text = f"{scalars[:-1]},{len(params)},{params},{_json_text(record[14])}{extension}]"
+    except ValueError:  # a hand-written NaN in a scalar field: it cannot match
+        text = safe_repr(tuple(record))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """The chain hash of a record in its public form (a dict, an exported line).
+
+    A missing field counts as ``null``. Verifying an export::
+
+        rec = json.loads(line)
+        assert record_hash(rec) == rec["hash"]
+    """
+    params = _encode(record.get("action_params"))
+    scalars = _encode([record.get(name) for name in HASHED_SCALARS])
+    extension = {name: record[name] for name in EXTENSION_FIELDS if record.get(name) is not None}
+    tail = f",{_encode(extension)}" if extension else ""
+    text = f"{scalars[:-1]},{len(params)},{params},{_encode(record.get('result_data'))}{tail}]"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def seal(draft: RecordDraft, record_id: int, prev_hash: str) -> AuditRecord:
+    """Join ``draft`` to a chain as record ``record_id`` after the hash ``prev_hash``."""
+    unsealed = (record_id, *draft, prev_hash)
+    return AuditRecord(*unsealed, row_hash(unsealed))
+
+
+def verify_chain(
+    records: Iterable[AuditRecord], expected_head: Head | str | None = None
+) -> VerifyReport:
+    """Check ``records`` (every record of a chain, in id order); report the first misfit.
+
+    Streams: memory grows only with the number of unfinished actions.
+    Catches edited, deleted, inserted and reordered records, and final
+    records that do not match the start they claim. With ``expected_head``
+    (an earlier head) it also catches records removed from the end and a
+    chain rewritten since that head.
+
+    Raises:
+        ValueError: ``expected_head`` is not a head.
+    """
+    expected = None if expected_head is None else Head.parse(expected_head)
+    checked = 0
+    prev_hash = GENESIS_HASH
+    hash_at_expected: str | None = None
+    # start id -> what its final record must repeat
+    open_starts: dict[int, tuple[object, ...]] = {}
+
+    def fail(bad_id: int | None, reason: str) -> VerifyReport:
+        return VerifyReport(False, checked, bad_id, reason, Head(checked, prev_hash))
+
+    for record in records:
+        record_id = record.id
+        if type(record_id) is not int or record_id != checked + 1:
+            missing = checked + 1
+            return fail(
+                missing,
+                f"record {missing} is missing: ids jump from {checked} to {record_id!r} "
+                "(records were deleted or renumbered)",
+            )
+        if record.prev_hash != prev_hash:
+            return fail(
+                record_id,
+                f"record {record_id} does not link to record {checked}: its prev_hash "
+                "differs (records were inserted, deleted or reordered)",
+            )
+        if row_hash(record) != record.hash:
+            return fail(
+                record_id,
+                f"record {record_id} was modified: its content does not match its hash",
+            )
+        kind = record.kind
+        if kind not in _KINDS:
+            return fail(record_id, f"record {record_id} has an unknown kind {kind!r}")
+        claim = (record.session_id, record.action_type, record.action_target, record.action_params)
+        if kind == RecordKind.START:
+            open_starts[record_id] = claim
+        elif record.start_id is not None:
+            started = open_starts.pop(record.start_id, None)
+            if started is None:
+                return fail(
+                    record_id,
+                    f"record {record_id} finishes start record {record.start_id!r}, which is "
+                    "not an unfinished start record before it",
+                )
+            if started != claim:
+                return fail(
+                    record_id,
+                    f"record {record_id} does not match its start record {record.start_id}: "
+                    "another action was recorded as finished",
+                )
+        checked = record_id
+        prev_hash = record.hash
+        if expected is not None and record_id == expected.count:
+            hash_at_expected = prev_hash
+    head = Head(checked, prev_hash)
+    if expected is not None:
+        if checked < expected.count:
+            return VerifyReport(
+                False,
+                checked,
+                checked + 1,
+                f"the log ends at record {checked} but the kept head names record "
+                f"{expected.count}: records were removed from the end",
+                head,
+            )
+        if (expected.count and hash_at_expected != expected.hash) or (
+            not expected.count and expected.hash != GENESIS_HASH
+        ):
+            return VerifyReport(
+                False,
+                checked,
+                expected.count or None,
+                f"record {expected.count} differs from the kept head: the log was rewritten",
+                head,
+            )
+    return VerifyReport(True, checked, None, "", head, tuple(open_starts))

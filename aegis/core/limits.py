@@ -1,0 +1,748 @@
+"""Rules that count and remember: rate limits, budgets and flow conditions, compiled at load.
+
+Three rule keys make a rule look beyond the one action in front of it::
+
+    - name: email_rate
+      match: {type: send_email}
+      limit: {max: 20, per: 1h, key: [agent]}          # at most 20 per agent per hour
+      on_exceed: {approval: block, risk_level: high}   # for the action that would pass it
+      approval: auto
+    - name: refund_budget
+      match: {type: refund}
+      budget: {sum: amount, max: 2000, per: 1d, key: [params.customer_id]}
+      on_exceed: {approval: approve, risk_level: critical}
+      approval: auto
+    - name: exfiltration
+      match: {type: "send*", target: "external*"}
+      conditions:
+        after: {type: "read*", target: crm, within: session}
+      approval: approve
+
+Everything here is pure: this module parses and validates those keys,
+computes an action's *charges* (which counter, how much) and judges counts
+that a store reports; counting itself is the runtime's step
+(:mod:`aegis.runtime.limits`) against a usage store
+(:mod:`aegis.stores.usage`). ``per`` is a sliding window (``30s``, ``5m``,
+``1h``, ``1d``); ``key`` groups counts by ``session``, ``agent``, ``type``,
+``target`` or ``params.<dotted path>``, and no key counts globally.
+
+Budget amounts are counted exactly, in millionths (:data:`BUDGET_SCALE`):
+``0.1 + 0.2`` fits a budget of ``0.3``. An amount with finer digits is
+rounded up, so a budget is never exceeded by rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any, Final, Protocol
+
+from aegis.core.action import Action, thaw
+from aegis.core.conditions import (
+    FLOW_CONDITIONS,
+    PARAM_CONDITIONS,
+    ConditionSpecError,
+    Unevaluable,
+    _kind,
+    compile_conditions,
+)
+from aegis.core.decision import Approval
+from aegis.core.risk import RiskLevel
+
+__all__ = [
+    "BUDGET_SCALE",
+    "FLOW_CONDITIONS",
+    "KEY_NAMES",
+    "Charge",
+    "FlowEvent",
+    "FlowSpec",
+    "History",
+    "LimitSpecError",
+    "Meter",
+    "OnExceed",
+    "PolicyLimits",
+    "RecordedHistory",
+    "RuleLimits",
+    "Subject",
+    "budget_units",
+    "compile_rule_limits",
+    "format_window",
+    "parse_window",
+]
+
+#: the key names a limit may group by, besides ``params.<path>``
+KEY_NAMES: Final = ("session", "agent", "type", "target")
+#: budgets count in millionths of the summed param, as exact integers
+BUDGET_SCALE: Final = 1_000_000
+#: the largest amount or maximum a counter holds, in its units
+MAX_UNITS: Final = 2**62
+
+LIMIT_KEYS: Final = ("max", "per", "key")
+BUDGET_KEYS: Final = ("sum", "max", "per", "key")
+ON_EXCEED_KEYS: Final = ("approval", "risk_level")
+FLOW_KEYS: Final = ("type", "target", "params", "within")
+
+_WINDOW = re.compile(r"(\d{1,9})\s*(s|m|h|d)")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: the longest window a limit may use: a year
+MAX_WINDOW: Final = 366 * 86400
+_MISSING: Final[Any] = object()
+#: counter names a meter keeps, keyed by their key values
+_BUCKET_CACHE: Final = 4096
+
+
+class LimitSpecError(ValueError):
+    """A ``limit``, ``budget``, ``on_exceed`` or flow condition is invalid.
+
+    ``key`` names the sub-key at fault (``None`` for the whole value), so that
+    a loader can point at its line; the policy turns this into a
+    :class:`~aegis.errors.PolicyError`.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+        #: the rule key (or flow condition) the error is in, set by compile_rule_limits
+        self.where: str | None = None
+
+
+# -- windows and keys ----------------------------------------------------------
+
+
+def parse_window(value: object, what: str = "per") -> int:
+    """Seconds of a sliding window written ``30s``, ``5m``, ``1h`` or ``1d``.
+
+    Raises:
+        LimitSpecError: the value is not such a duration, is zero or longer than a year.
+    """
+    match = _WINDOW.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise LimitSpecError(
+            f"{what} must be a window such as '30s', '5m', '1h' or '1d' (a whole number"
+            f" and s, m, h or d), not {_kind(value)}",
+            key=what,
+        )
+    seconds = int(match[1]) * _UNIT_SECONDS[match[2]]
+    if not 0 < seconds <= MAX_WINDOW:
+        raise LimitSpecError(
+            f"{what} {value!r} must be longer than zero and at most 366d", key=what
+        )
+    return seconds
+
+
+def format_window(seconds: float) -> str:
+    """``3600`` as ``"1h"``: the largest unit that divides the window."""
+    whole = int(seconds)
+    for unit in ("d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if whole >= size and whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+def _lookup(path: str) -> Callable[[Mapping[str, Any]], Any]:
+    keys = tuple(path.split("."))
+
+    def get(params: Mapping[str, Any]) -> Any:
+        value: Any = params
+        for key in keys:
+            if not isinstance(value, Mapping):
+                return _MISSING
+            value = value.get(key, _MISSING)
+            if value is _MISSING:
+                break
+        return value
+
+    return get
+
+
+def _check_path(path: object, what: str, key: str) -> str:
+    if not isinstance(path, str) or not path or "" in path.split("."):
+        raise LimitSpecError(
+            f"{what}: {path!r} is not a param path; use a name such as 'amount' or a"
+            " dotted path such as 'customer.id'",
+            key=key,
+        )
+    return path
+
+
+#: the context of one action that keys may group by
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who acts, and in which session: what ``session`` and ``agent`` keys group by."""
+
+    session_id: str
+    agent: str | None = None
+
+
+_KeyPart = Callable[[Action, Subject], Any]
+
+
+def _key_part(name: object) -> _KeyPart:
+    if name == "session":
+        return lambda action, subject: subject.session_id
+    if name == "agent":
+        return lambda action, subject: subject.agent
+    if name == "type":
+        return lambda action, subject: action.type
+    if name == "target":
+        return lambda action, subject: action.target
+    if isinstance(name, str) and name.startswith("params."):
+        path = _check_path(name[len("params.") :], "key", "key")
+        get = _lookup(path)
+        return lambda action, subject: get(action.params)
+    raise LimitSpecError(
+        f"key {name!r} is not a key a limit can group by; use session, agent, type,"
+        " target or params.<path> (e.g. params.customer_id)",
+        key="key",
+    )
+
+
+def _parse_key(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple):
+        raise LimitSpecError(
+            f"key must be a list of names such as [agent] or [params.customer_id], not"
+            f" {_kind(value)}",
+            key="key",
+        )
+    for name in names:
+        _key_part(name)
+    if len(set(names)) != len(names):
+        raise LimitSpecError(f"key {list(names)!r} names a key twice", key="key")
+    return tuple(names)
+
+
+# -- meters --------------------------------------------------------------------
+
+
+def budget_units(value: object) -> int:
+    """A budget amount as an exact count of millionths, rounded up.
+
+    Raises:
+        ValueError: the value is not a finite, non-negative number, or is too large.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | Fraction):
+        raise ValueError(f"is {_kind(value)}, not a number")
+    if isinstance(value, float | Decimal) and not math.isfinite(value):
+        raise ValueError(f"is {value!r}, not a finite number")
+    if value < 0:
+        raise ValueError(f"is negative ({value!r}); a budget only counts amounts of 0 or more")
+    if isinstance(value, int):
+        exact = Fraction(value)
+    elif isinstance(value, float):
+        # The float as its shortest decimal text, which is what the agent
+        # wrote: 0.1 counts as one tenth, not 0.1000000000000000055...
+        exact = Fraction(Decimal(repr(value)))
+    else:
+        try:
+            exact = Fraction(value)
+        except (InvalidOperation, ValueError, OverflowError) as exc:
+            raise ValueError(f"is {value!r}, not a finite number") from exc
+    units = math.ceil(exact * BUDGET_SCALE)
+    if units > MAX_UNITS:
+        raise ValueError(f"is {value!r}, larger than a budget can count")
+    return units
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one action adds to one counter, and how far the counter may go.
+
+    ``bucket`` names the counter (rule, meter and key values); ``amount`` and
+    ``maximum`` are in the counter's units (1 per action for a limit,
+    millionths for a budget); ``window`` is the sliding window in seconds.
+    """
+
+    bucket: str
+    amount: int
+    maximum: int
+    window: float
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """A rule's ``limit`` (``kind == "limit"``) or ``budget``, compiled.
+
+    ``maximum`` is as written (a count, or an amount of the summed param);
+    ``window`` in seconds; ``key`` the names counts are grouped by.
+    """
+
+    rule: str
+    kind: str
+    maximum: int | float | Decimal
+    window: int
+    key: tuple[str, ...]
+    sum_path: str | None = None
+    _parts: tuple[_KeyPart, ...] = field(default=(), repr=False, compare=False)
+    _amount: Callable[[Mapping[str, Any]], Any] | None = field(
+        default=None, repr=False, compare=False
+    )
+    _buckets: dict[tuple[Any, ...], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _units: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        units = int(self.maximum) if self.kind == "limit" else budget_units(self.maximum)
+        object.__setattr__(self, "_units", units)
+
+    @property
+    def units(self) -> int:
+        """The maximum in the counter's units."""
+        return self._units
+
+    def key_values(self, action: Action, subject: Subject) -> tuple[Any, ...]:
+        """The values of this meter's key for ``action``.
+
+        Raises:
+            Unevaluable: a ``params.`` key is missing from the action.
+        """
+        values = []
+        for name, part in zip(self.key, self._parts, strict=True):
+            value = part(action, subject)
+            if value is _MISSING:
+                raise Unevaluable(
+                    f"{self.kind} of rule {self.rule!r} is counted per {name}, which this"
+                    " action does not have"
+                )
+            values.append(value)
+        return tuple(values)
+
+    def charge(self, action: Action, subject: Subject) -> Charge:
+        """What ``action`` adds to its counter.
+
+        Raises:
+            Unevaluable: a key param is missing, or the summed param is missing,
+                not a number, negative or too large; the action must not run.
+        """
+        values = self.key_values(action, subject)
+        # Names of counters keyed by plain strings and ints are kept: the JSON
+        # costs more than the rest of a check. (Not other types: True == 1
+        # as a dict key, and a policy tells booleans from numbers.)
+        cacheable = all(type(v) is str or type(v) is int for v in values)
+        bucket = self._buckets.get(values) if cacheable else None
+        if bucket is None:
+            bucket = json.dumps(
+                [self.rule, self.kind, list(self.key), thaw(values)],
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+                default=repr,
+            )
+            if cacheable:
+                if len(self._buckets) >= _BUCKET_CACHE:
+                    self._buckets.clear()
+                self._buckets[values] = bucket
+        if self._amount is None:
+            return Charge(bucket, 1, self._units, self.window)
+        raw = self._amount(action.params)
+        if raw is _MISSING:
+            raise Unevaluable(
+                f"budget of rule {self.rule!r} sums param {self.sum_path!r}, which this"
+                " action does not have"
+            )
+        try:
+            amount = budget_units(raw)
+        except ValueError as exc:
+            raise Unevaluable(
+                f"budget of rule {self.rule!r} sums param {self.sum_path!r}, which {exc}"
+            ) from None
+        return Charge(bucket, amount, self._units, self.window)
+
+    def describe(self, used_units: int, charge: Charge) -> str:
+        """The reason an action exceeds this meter, naming limit, count and window."""
+        per = format_window(self.window)
+        keyed = f" per {', '.join(self.key)}" if self.key else ""
+        if self.kind == "limit":
+            return (
+                f"limit of rule {self.rule!r} exceeded: {used_units} of {self.maximum} actions"
+                f" already in the last {per}{keyed}"
+            )
+        return (
+            f"budget of rule {self.rule!r} exceeded: {_amount_text(used_units)} of"
+            f" {self.maximum} {self.sum_path} already in the last {per}{keyed}, and this"
+            f" action adds {_amount_text(charge.amount)}"
+        )
+
+
+def _amount_text(units: int) -> str:
+    value = Fraction(units, BUDGET_SCALE)
+    if value.denominator == 1:
+        return str(value.numerator)
+    return str(Decimal(value.numerator) / Decimal(value.denominator)).rstrip("0")
+
+
+def _positive_number(value: object, what: str, *, whole: bool) -> Any:
+    ok = not isinstance(value, bool) and (
+        isinstance(value, int) or (not whole and isinstance(value, float | Decimal))
+    )
+    if not ok or not value > 0 or (isinstance(value, float) and not math.isfinite(value)):  # type: ignore[operator]
+        kind = "a whole number" if whole else "a number"
+        raise LimitSpecError(f"{what} must be {kind} greater than 0, not {_kind(value)}", key="max")
+    return value
+
+
+def compile_meter(rule: str, kind: str, spec: object) -> Meter:
+    """Validate and compile a rule's ``limit`` or ``budget`` mapping.
+
+    Raises:
+        LimitSpecError: a key is unknown or a value invalid.
+    """
+    allowed = LIMIT_KEYS if kind == "limit" else BUDGET_KEYS
+    example = (
+        "{max: 20, per: 1h, key: [agent]}"
+        if kind == "limit"
+        else "{sum: amount, max: 2000, per: 1d, key: [params.customer_id]}"
+    )
+    if not isinstance(spec, Mapping):
+        raise LimitSpecError(f"{kind} must be a mapping such as {example}, not {_kind(spec)}")
+    for key in spec:
+        if key not in allowed:
+            raise LimitSpecError(
+                f"unknown key {key!r} in {kind}; valid keys are: {', '.join(allowed)}",
+                key=str(key),
+            )
+    for key in allowed:
+        if key != "key" and key not in spec:
+            raise LimitSpecError(f"{kind} needs {key!r}, e.g. {example}")
+    maximum = _positive_number(spec["max"], f"{kind} max", whole=kind == "limit")
+    window = parse_window(spec["per"])
+    names = _parse_key(spec.get("key"))
+    parts = tuple(_key_part(name) for name in names)
+    if kind == "limit":
+        if maximum > MAX_UNITS:
+            raise LimitSpecError(f"limit max {maximum} is larger than a limit can count", "max")
+        return Meter(rule, kind, maximum, window, names, _parts=parts)
+    path = _check_path(spec["sum"], "budget sum", "sum")
+    try:
+        budget_units(maximum)
+    except ValueError as exc:
+        raise LimitSpecError(f"budget max {exc}", key="max") from None
+    return Meter(rule, kind, maximum, window, names, path, _parts=parts, _amount=_lookup(path))
+
+
+@dataclass(frozen=True, slots=True)
+class OnExceed:
+    """What a rule says about the action that would pass one of its meters."""
+
+    approval: Approval = Approval.BLOCK
+    risk_level: RiskLevel | None = None  # None: the rule's own
+
+
+def compile_on_exceed(spec: object) -> OnExceed:
+    """Validate a rule's ``on_exceed`` mapping.
+
+    Raises:
+        LimitSpecError: a key is unknown or a value invalid.
+    """
+    if not isinstance(spec, Mapping):
+        raise LimitSpecError(
+            f"on_exceed must be a mapping such as {{approval: block, risk_level: high}}, not"
+            f" {_kind(spec)}"
+        )
+    for key in spec:
+        if key not in ON_EXCEED_KEYS:
+            raise LimitSpecError(
+                f"unknown key {key!r} in on_exceed; valid keys are: {', '.join(ON_EXCEED_KEYS)}",
+                key=str(key),
+            )
+    approval = _member(Approval, spec.get("approval", Approval.BLOCK), "approval")
+    risk = spec.get("risk_level")
+    return OnExceed(approval, None if risk is None else _member(RiskLevel, risk, "risk_level"))
+
+
+def _member(enum: Any, value: object, key: str) -> Any:
+    if isinstance(value, enum):
+        return value
+    if isinstance(value, str):
+        for member in enum:
+            if member.name.lower() == value.lower():
+                return member
+    valid = ", ".join(member.name.lower() for member in enum)
+    raise LimitSpecError(f"on_exceed {key} must be one of {valid}; got {value!r}", key=key)
+
+
+# -- flow conditions -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlowEvent:
+    """An action that was let through to run, as a flow condition sees it.
+
+    ``at`` is seconds since the epoch.
+    """
+
+    session_id: str
+    type: str
+    target: str
+    params: Mapping[str, Any]
+    at: float
+
+
+@dataclass(frozen=True, eq=False)
+class FlowSpec:
+    """One ``after`` or ``not_after`` condition, compiled.
+
+    ``within`` is ``None`` for the whole session, else a window in seconds.
+    Compared by identity: each condition of each rule is its own fact.
+    """
+
+    name: str
+    type: str
+    target: str
+    within: int | None
+    params: Mapping[str, Any] | None = None
+    _type_ok: Callable[[str], object] = field(default=bool, repr=False)
+    _target_ok: Callable[[str], object] = field(default=bool, repr=False)
+    _params_ok: Callable[..., bool] | None = field(default=None, repr=False)
+
+    @property
+    def literal_type(self) -> str | None:
+        """The type when it has no glob characters (a store may filter by it)."""
+        return self.type if not any(c in self.type for c in "*?[") else None
+
+    def since(self, now: float) -> float | None:
+        """The earliest event time this condition looks at (``None``: the session's start)."""
+        return None if self.within is None else now - self.within
+
+    def matches(self, event: FlowEvent, now: float) -> bool:
+        """Whether ``event`` is an earlier action this condition looks for."""
+        if self.within is not None and event.at <= now - self.within:
+            return False
+        if not (self._type_ok(event.type) and self._target_ok(event.target)):
+            return False
+        if self._params_ok is None:
+            return True
+        try:
+            return bool(self._params_ok(event.params, None))
+        except Unevaluable:
+            return False  # an event whose params do not fit is not the one looked for
+
+    def could_match(self, action: Action) -> bool:
+        """Whether ``action``, once run, could satisfy this condition later."""
+        return bool(self._type_ok(action.type) and self._target_ok(action.target))
+
+
+def _glob(pattern: object, what: str) -> Callable[[str], object]:
+    if not isinstance(pattern, str) or not pattern:
+        raise LimitSpecError(
+            f"{what} must be a glob string such as 'read*' or '*', not {_kind(pattern)};"
+            " quote it in YAML",
+            key=what.rsplit(" ", 1)[-1],
+        )
+    if pattern == "*":
+        return lambda value: True
+    if not any(c in pattern for c in "*?["):
+        return pattern.__eq__
+    import fnmatch  # noqa: PLC0415  # only policies with globbed flow conditions need it
+
+    return re.compile(fnmatch.translate(pattern)).match
+
+
+def compile_flow(name: str, spec: object) -> FlowSpec:
+    """Validate and compile one ``after`` / ``not_after`` condition.
+
+    Raises:
+        LimitSpecError: a key is unknown or a value invalid.
+    """
+    example = "{type: 'read*', target: crm, within: session}"
+    if not isinstance(spec, Mapping):
+        raise LimitSpecError(f"{name} must be a mapping such as {example}, not {_kind(spec)}")
+    for key in spec:
+        if key not in FLOW_KEYS:
+            raise LimitSpecError(
+                f"unknown key {key!r} in {name}; valid keys are: {', '.join(FLOW_KEYS)}",
+                key=str(key),
+            )
+    kind = spec.get("type", "*")
+    target = spec.get("target", "*")
+    type_ok = _glob(kind, f"{name} type")
+    target_ok = _glob(target, f"{name} target")
+    within_raw = spec.get("within", "session")
+    within = None if within_raw == "session" else parse_window(within_raw, "within")
+    params = spec.get("params")
+    params_ok = None
+    if params is not None:
+        if not isinstance(params, Mapping) or not params:
+            raise LimitSpecError(
+                f"{name} params must be param conditions such as {{param_eq: {{table:"
+                f" customers}}}}, not {_kind(params)}",
+                key="params",
+            )
+        for condition in params:
+            if condition not in PARAM_CONDITIONS:
+                raise LimitSpecError(
+                    f"{name} params: {condition!r} is not a param condition; use one of"
+                    f" {', '.join(PARAM_CONDITIONS)}",
+                    key="params",
+                )
+        try:
+            compiled = compile_conditions(params)
+        except ConditionSpecError as exc:
+            raise LimitSpecError(f"{name} params: {exc.message}", key="params") from exc
+        params_ok = compiled.check if compiled is not None else None
+    return FlowSpec(name, kind, target, within, params, type_ok, target_ok, params_ok)
+
+
+class History(Protocol):
+    """What a flow condition asks about the session's past: a pure answer.
+
+    The runtime passes one to :meth:`aegis.core.policy.Policy.evaluate`,
+    filled from the store before evaluating.
+    """
+
+    def seen(self, spec: FlowSpec, now: datetime) -> bool:
+        """Whether an earlier action of the session satisfies ``spec``."""
+        ...
+
+
+class KnownFacts:
+    """A :class:`History` of facts looked up beforehand: the specs that hold."""
+
+    __slots__ = ("_true",)
+
+    def __init__(self, true: Iterable[FlowSpec]) -> None:
+        self._true = frozenset(true)
+
+    def seen(self, spec: FlowSpec, now: datetime) -> bool:
+        """Whether ``spec`` was found satisfied."""
+        return spec in self._true
+
+
+class RecordedHistory:
+    """A :class:`History` over a list of events, for tests and ``aegis test``.
+
+    Example::
+
+        history = RecordedHistory([FlowEvent("s1", "read", "crm", {}, at=0.0)])
+        policy.evaluate(Action("send", "external"), now=later, history=history)
+    """
+
+    __slots__ = ("events", "session_id")
+
+    def __init__(self, events: Iterable[FlowEvent] = (), session_id: str | None = None) -> None:
+        self.events = list(events)
+        self.session_id = session_id
+
+    def seen(self, spec: FlowSpec, now: datetime) -> bool:
+        """Whether one of the events (of the session, when one is set) satisfies ``spec``."""
+        at = now.timestamp()
+        return any(
+            event.at <= at
+            and (self.session_id is None or event.session_id == self.session_id)
+            and spec.matches(event, at)
+            for event in self.events
+        )
+
+
+# -- a rule's and a policy's stateful parts -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuleLimits:
+    """The meters, ``on_exceed`` and flow conditions of one rule."""
+
+    rule: str
+    meters: tuple[Meter, ...] = ()
+    on_exceed: OnExceed = OnExceed()
+    flows: tuple[tuple[FlowSpec, bool], ...] = ()  # (spec, negated)
+
+    def flow_check(self) -> Callable[[History | None, datetime], bool]:
+        """A check that holds when every flow condition does, given a history."""
+        flows = self.flows
+
+        def check(history: History | None, now: datetime) -> bool:
+            for spec, negated in flows:
+                seen = history is not None and history.seen(spec, now)
+                if seen is negated:
+                    return False
+            return True
+
+        return check
+
+
+class PolicyLimits:
+    """A policy's rules with meters or flow conditions, by rule name.
+
+    ``None`` on a policy that has none, so that the runtime skips its step.
+    """
+
+    __slots__ = ("_flow_rules", "by_rule", "flow_specs")
+
+    def __init__(self, rules: Sequence[tuple[Any, RuleLimits]]) -> None:
+        #: rule name -> its limits, for rules with meters
+        self.by_rule: dict[str, RuleLimits] = {
+            limits.rule: limits for _, limits in rules if limits.meters
+        }
+        # (rule, its flow specs) in rule order; the rule's globs decide relevance
+        self._flow_rules = tuple((rule, limits) for rule, limits in rules if limits.flows)
+        #: every flow condition of the policy
+        self.flow_specs: tuple[FlowSpec, ...] = tuple(
+            spec for _, limits in self._flow_rules for spec, _ in limits.flows
+        )
+
+    def flow_specs_for(self, action: Action) -> tuple[FlowSpec, ...]:
+        """The flow conditions of the rules whose globs match ``action``."""
+        return tuple(
+            spec
+            for rule, limits in self._flow_rules
+            if rule.matches(action)
+            for spec, _ in limits.flows
+        )
+
+    def remembers(self, action: Action) -> bool:
+        """Whether a flow condition could look for ``action`` later, once it ran."""
+        return any(spec.could_match(action) for spec in self.flow_specs)
+
+
+def compile_rule_limits(
+    rule: str,
+    *,
+    limit: object = None,
+    budget: object = None,
+    on_exceed: object = None,
+    conditions: Mapping[str, Any] | None = None,
+) -> RuleLimits | None:
+    """Compile a rule's ``limit``, ``budget``, ``on_exceed`` and flow conditions.
+
+    ``None`` when the rule has none of them.
+
+    Raises:
+        LimitSpecError: one is invalid; its ``where`` names the rule key
+            (``"limit"``, ``"budget"``, ``"on_exceed"``, ``"after"``, ``"not_after"``).
+    """
+    meters: list[Meter] = []
+    flows: list[tuple[FlowSpec, bool]] = []
+    where = ""
+    try:
+        for where, spec in (("limit", limit), ("budget", budget)):
+            if spec is not None:
+                meters.append(compile_meter(rule, where, spec))
+        where = "on_exceed"
+        exceed = OnExceed()
+        if on_exceed is not None:
+            if not meters:
+                raise LimitSpecError(
+                    "on_exceed needs a limit or a budget in the same rule; add one or"
+                    " remove on_exceed"
+                )
+            exceed = compile_on_exceed(on_exceed)
+        for where in FLOW_CONDITIONS:
+            if conditions is not None and where in conditions:
+                flows.append((compile_flow(where, conditions[where]), where == "not_after"))
+    except LimitSpecError as exc:
+        exc.where = where
+        raise
+    if not meters and not flows:
+        return None
+    return RuleLimits(rule, tuple(meters), exceed, tuple(flows))

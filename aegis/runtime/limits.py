@@ -1,0 +1,498 @@
+"""The metering step: rate limits, budgets and flow conditions, checked against a store.
+
+The runtime runs it between *decide* and *approve* for policies that have
+``limit``, ``budget`` or ``after`` / ``not_after`` rules (others skip it):
+
+1. flow conditions: the session's earlier actions are looked up in the
+   usage store, and the policy decides again knowing them;
+2. meters: the deciding rule's counters are checked **and reserved in one
+   atomic step** in the store. Under the limit the rule's own approval
+   stands; the action that would pass it gets the rule's ``on_exceed``, with
+   a reason naming the limit, the count and the window. A budget param that
+   is missing or not a number blocks the action;
+3. what counts is an action let through to run: a reservation is released
+   when the action is then blocked or denied, and kept once the executor
+   starts, whatever its outcome. A reservation whose action never finishes
+   (the process was killed) stays counted until its window passes: a limit
+   errs on the side of fewer actions;
+4. an action let through is remembered as a flow event when some flow
+   condition of the policy could look for it later.
+
+Where the counts live (see :func:`usage_store_for`): an explicit
+``Runtime(usage_store=...)``; else the audit trail's own database (the
+:class:`~aegis.runtime.audit.AuditLogger`'s SQLite file, or a PostgreSQL
+DSN), so every process writing that trail shares the counts; else, for an
+audit without a database (``LoggingAuditLogger``, ``":memory:"``), this
+process's memory.
+
+Who "agent" is, for ``key: [agent]``: ``Runtime(agent=...)``; when that is
+``None``, the ``"agent"`` entry of the ``context`` given to ``run_one`` or
+``execute``; else ``None`` (all such actions share one count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aegis.core.action import Action
+from aegis.core.conditions import Unevaluable
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.limits import FlowEvent, FlowSpec, KnownFacts, PolicyLimits, RuleLimits, Subject
+from aegis.core.record import DecisionStamp
+from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.errors import AegisError, ConfigurationError, PolicyError
+from aegis.stores.usage import Acquired, MemoryUsageStore, Request, UsageStore
+
+if TYPE_CHECKING:
+    from aegis.core.policy import Policy
+    from aegis.runtime.engine import Runtime
+
+__all__ = ["Lease", "Metering", "usage_store_for"]
+
+_log = logging.getLogger("aegis.runtime")
+
+#: a blocked budget or key is at least this risky: the action was not what the author expected
+_UNEVALUABLE_MIN_RISK = RiskLevel.HIGH
+
+#: the reservation an action holds until it runs or is refused
+Lease = tuple[int, ...]
+
+
+def usage_store_for(audit: object) -> tuple[UsageStore, bool]:
+    """The usage store beside ``audit``'s records, and whether the caller owns it.
+
+    A SQLite audit file gives a :class:`~aegis.stores.sqlite.usage.SQLiteUsageStore`
+    on that file, a PostgreSQL audit its DSN; anything else (a logging or
+    in-memory audit) an in-memory store, counted in this process only.
+    """
+    db = getattr(audit, "db", None)
+    conninfo = getattr(db, "_conninfo", None)  # a PostgresAuditLogger's connection string
+    if isinstance(conninfo, str) and conninfo:
+        from aegis.stores.postgres.usage import PostgresUsageStore  # noqa: PLC0415
+
+        schema = getattr(db, "schema_option", None)
+        schema = schema if isinstance(schema, str) else None
+        return PostgresUsageStore(conninfo, schema=schema), True
+    for attribute in ("dsn", "url", "db_path"):
+        location = getattr(audit, attribute, None)
+        if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):
+            if "***" in location:
+                raise ConfigurationError(
+                    f"cannot open usage counters beside the audit at {location}: its password is"
+                    " masked; pass usage_store=PostgresUsageStore(dsn) to the Runtime"
+                )
+            from aegis.stores.postgres.usage import PostgresUsageStore  # noqa: PLC0415
+
+            return PostgresUsageStore(location), True
+    path = getattr(audit, "db_path", None)
+    if isinstance(path, str) and path and path != ":memory:" and not path.startswith("file:"):
+        from aegis.stores.sqlite.usage import SQLiteUsageStore  # noqa: PLC0415
+
+        return SQLiteUsageStore(path), True
+    return MemoryUsageStore(), True
+
+
+def _settle(
+    decision: PolicyDecision, rule: RuleLimits, request: Request, acquired: Acquired
+) -> PolicyDecision:
+    """The decision once the counters are known: ``on_exceed`` past a limit."""
+    if acquired.exceeded is None:
+        return decision
+    index = acquired.exceeded
+    exceed = rule.on_exceed
+    return replace(
+        decision,
+        approval=exceed.approval,
+        risk_level=exceed.risk_level or decision.risk_level,
+        reason=rule.meters[index].describe(acquired.used[index], request.charges[index]),
+    )
+
+
+class _Batch:
+    """Reservations of one event loop iteration, made in one store transaction."""
+
+    def __init__(self, store: UsageStore) -> None:
+        self.store = store
+        self._queue: list[tuple[Request, asyncio.Future[Acquired]]] = []
+
+    async def submit(self, request: Request) -> Acquired:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Acquired] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        self._queue.append((request, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled after the reservation was made: the action will not run.
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._give_back(future.result())
+            raise
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        live = [(request, future) for request, future in batch if not future.done()]
+        if not live:
+            return
+        try:
+            results = self.store.acquire_many([request for request, _ in live])
+        except Exception as exc:
+            for _, future in live:
+                if not future.done():
+                    future.set_exception(_copy(exc))
+            return
+        for (_, future), acquired in zip(live, results, strict=True):
+            if future.done():  # cancelled while the transaction ran
+                self._give_back(acquired)
+            else:
+                future.set_result(acquired)
+
+    def _give_back(self, acquired: Acquired) -> None:
+        if acquired.reservation:
+            try:
+                self.store.release(acquired.reservation)
+            except AegisError:
+                _log.exception("could not release a reservation; it stays counted")
+
+
+def _copy(exc: Exception) -> Exception:
+    """A fresh exception per waiting action, so that their tracebacks stay apart."""
+    if isinstance(exc, AegisError):
+        copy = type(exc).__new__(type(exc))
+        copy.__dict__.update(exc.__dict__)
+        copy.args = exc.args
+        copy.__cause__ = exc
+        return copy
+    return exc
+
+
+class Metering:
+    """The metering step of one runtime: its usage store and who the agent is.
+
+    ``check`` reserves; ``preview`` reserves nothing (``runtime.plan()``).
+    """
+
+    def __init__(self, store: UsageStore, *, agent: str | None = None) -> None:
+        self.store = store
+        self.agent = agent
+        self._batch = _Batch(store)
+
+    def subject(self, session_id: str, context: Mapping[str, Any] | None) -> Subject:
+        """Who acts: ``agent`` from the runtime, else from the call's context."""
+        agent = self.agent
+        if agent is None and context:
+            named = context.get("agent")
+            agent = named if isinstance(named, str) else None
+        return Subject(session_id, agent)
+
+    def check(
+        self,
+        policy: Any,
+        action: Action,
+        subject: Subject,
+        *,
+        reserve: bool = True,
+        now: float | None = None,
+    ) -> tuple[PolicyDecision, Lease | None]:
+        """Decide ``action`` with its session's history and its rule's counters.
+
+        Returns the decision and, when the action's charges were reserved,
+        the lease to :meth:`release` if it does not run after all.
+        """
+        at = time.time() if now is None else now
+        decision, pending = self._prepare(policy, action, subject, at)
+        if pending is None:
+            return decision, None
+        rule, request = pending
+        if reserve:
+            acquired = self.store.acquire_many([request])[0]
+        else:
+            acquired = self.store.acquire(request.charges, at, reserve=False, over=request.over)
+        return _settle(decision, rule, request, acquired), acquired.reservation
+
+    async def check_async(
+        self, policy: Any, action: Action, subject: Subject
+    ) -> tuple[PolicyDecision, Lease | None]:
+        """:meth:`check` with reservation, sharing one transaction with concurrent checks.
+
+        The checks of one event loop iteration are reserved together (group
+        commit), each seeing the ones before it, all in one atomic step.
+        """
+        at = time.time()
+        decision, pending = self._prepare(policy, action, subject, at)
+        if pending is None:
+            return decision, None
+        rule, request = pending
+        acquired = await self._batch.submit(request)
+        return _settle(decision, rule, request, acquired), acquired.reservation
+
+    def _prepare(
+        self, policy: Any, action: Action, subject: Subject, at: float
+    ) -> tuple[PolicyDecision, tuple[RuleLimits, Request] | None]:
+        """The decision with the session's history, and what to reserve for it, if anything."""
+        limits: PolicyLimits = policy.limits
+        moment = datetime.fromtimestamp(at, UTC)
+        specs = limits.flow_specs_for(action)
+        if specs:
+            facts = self._facts(specs, subject.session_id, at)
+            decision = policy.evaluate(action, now=moment, history=KnownFacts(facts))
+        else:
+            decision = policy.evaluate(action, now=moment)
+        if decision.approval is Approval.BLOCK:
+            return decision, None
+        rule = limits.by_rule.get(decision.matched_rule)
+        if rule is None:
+            return decision, None
+        try:
+            charges = tuple(meter.charge(action, subject) for meter in rule.meters)
+        except Unevaluable as exc:
+            risk = max(decision.risk_level, _UNEVALUABLE_MIN_RISK)
+            reason = f"blocked: {exc.reason}"
+            return replace(decision, approval=Approval.BLOCK, risk_level=risk, reason=reason), None
+        over = rule.on_exceed.approval is not Approval.BLOCK
+        return decision, (rule, Request(charges, at, over))
+
+    def count(self, policy: Any, action: Action, subject: Subject, *, now: float) -> None:
+        """Note that ``action`` ran at ``now``, whatever the limits say: a history to replay.
+
+        ``aegis test`` uses it for a case's history; its counters and flow
+        events then look as if the runtime had let these actions through.
+        """
+        limits: PolicyLimits = policy.limits
+        moment = datetime.fromtimestamp(now, UTC)
+        specs = limits.flow_specs_for(action)
+        history = KnownFacts(self._facts(specs, subject.session_id, now)) if specs else None
+        decision = policy.evaluate(action, now=moment, history=history)
+        rule = limits.by_rule.get(decision.matched_rule)
+        if rule is not None:
+            try:
+                charges = [meter.charge(action, subject) for meter in rule.meters]
+            except Unevaluable:
+                charges = []
+            if charges:
+                self.store.acquire(charges, now, reserve=True, over=True)
+        self.ran(policy, action, subject.session_id, now)
+
+    def release(self, lease: Lease | None) -> None:
+        """Give back what ``lease`` reserved: the action will not run."""
+        if lease:
+            self.store.release(lease)
+
+    def ran(self, policy: Any, action: Action, session_id: str, now: float | None = None) -> None:
+        """Note that ``action`` was let through, if a flow condition may look for it."""
+        limits: PolicyLimits | None = getattr(policy, "limits", None)
+        if limits is not None and limits.flow_specs and limits.remembers(action):
+            at = time.time() if now is None else now
+            self.store.remember(
+                FlowEvent(session_id, action.type, action.target, action.params, at)
+            )
+
+    def _facts(self, specs: tuple[FlowSpec, ...], session_id: str, at: float) -> list[FlowSpec]:
+        """The flow conditions among ``specs`` that the session's history satisfies."""
+        if len(specs) == 1:
+            spec = specs[0]
+            events = self.store.recall(session_id, spec.since(at), spec.literal_type)
+        else:
+            starts = [spec.since(at) for spec in specs]
+            since = None if None in starts else min(s for s in starts if s is not None)
+            events = self.store.recall(session_id, since, None)
+        return [spec for spec in specs if any(spec.matches(event, at) for event in events)]
+
+    def close(self) -> None:
+        """Close the usage store."""
+        self.store.close()
+
+
+class _LimitsSetup:
+    """A runtime's limits machinery: its metering (opened at first need) and policy file watch.
+
+    Kept out of :class:`~aegis.runtime.engine.Runtime` so that the engine's
+    per-action path only gains a few calls.
+    """
+
+    def __init__(
+        self,
+        agent: str | None,
+        usage_store: UsageStore | None,
+        policy_path: str | os.PathLike[str] | None,
+        reload: bool,
+        interval: float,
+    ) -> None:
+        if agent is not None and not isinstance(agent, str):
+            raise ConfigurationError(f"agent must be a string or None, got {type(agent).__name__}")
+        if usage_store is not None and not isinstance(usage_store, UsageStore):
+            raise ConfigurationError(
+                f"usage_store must implement aegis.stores.usage.UsageStore, got"
+                f" {type(usage_store).__name__}; e.g. SQLiteUsageStore('aegis_audit.db')"
+            )
+        if reload and policy_path is None:
+            raise ConfigurationError("reload=True needs policy_path, the file to watch")
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval > 0:
+            raise ConfigurationError(
+                f"reload_interval must be a positive number of seconds, got {interval!r}"
+            )
+        self.agent = agent
+        self.path = None if policy_path is None else os.fspath(policy_path)
+        self.reload = reload
+        self.interval = float(interval)
+        self._given = usage_store
+        self._metering: Metering | None = None
+        self._owned = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._seen: tuple[int, int, int] | None = None
+
+    # -- the policy file -------------------------------------------------------
+
+    def initial_policy(self) -> Policy:
+        """The policy read from ``policy_path``, for a Runtime given no ``policy``."""
+        if self.path is None:
+            raise ConfigurationError(
+                "Runtime needs a policy: pass policy=Policy.from_yaml('policy.yaml'), or"
+                " policy_path='policy.yaml'"
+            )
+        from aegis.core.policy import Policy  # noqa: PLC0415  # the engine imports it lazily too
+
+        self._seen = _signature(self.path)
+        return Policy.from_yaml(self.path)
+
+    def watch(self, runtime: Runtime) -> None:
+        """Start watching the policy file, once, on the running loop."""
+        if self.reload and self._watcher is None:
+            if self._seen is None:
+                self._seen = _signature(self.path or "")
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch(runtime), name="aegis-policy-reload"
+            )
+
+    async def _watch(self, runtime: Runtime) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.reload_now(runtime)
+            except Exception:  # the watch must outlive any surprise; say what happened
+                _log.exception("policy reload of %s failed; keeping the current policy", self.path)
+
+    async def reload_now(self, runtime: Runtime) -> bool:
+        """Load the policy file if it changed; ``True`` when a new policy now decides.
+
+        A file that does not load keeps the current policy and logs the error,
+        which names the file and line.
+        """
+        path = self.path or ""
+        seen = _signature(path)
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        from aegis.core.policy import Policy  # noqa: PLC0415
+
+        try:
+            policy = await asyncio.to_thread(Policy.from_yaml, path)
+        except PolicyError as exc:
+            _log.error("policy not reloaded, keeping the current one: %s", exc)
+            return False
+        runtime.update_policy(policy)
+        _log.info("policy reloaded from %s (digest %s)", path, policy.digest[:12])
+        return True
+
+    # -- metering --------------------------------------------------------------
+
+    def metering(self, runtime: Runtime) -> Metering:
+        """The metering step, opening the usage store the first time."""
+        if self._metering is None:
+            store = self._given
+            if store is None:
+                store, self._owned = usage_store_for(runtime.audit)
+            self._metering = Metering(store, agent=self.agent)
+        return self._metering
+
+    def preview(self, runtime: Runtime, action: Action) -> PolicyDecision:
+        """What the limits say about ``action`` now, reserving nothing."""
+        decision = runtime.decide(action)
+        subject = self.metering(runtime).subject(runtime.session_id, None)
+        checked, _ = self.metering(runtime).check(
+            runtime.policy, decision.action, subject, reserve=False
+        )
+        return checked
+
+    async def check(
+        self, runtime: Runtime, policy: Any, decision: PolicyDecision, stamp: DecisionStamp
+    ) -> tuple[PolicyDecision, Lease | None, DecisionStamp]:
+        """The metering step of one action: a decision, a lease and a fresh stamp.
+
+        A usage store that fails blocks the action, with the error as reason.
+        """
+        if stamp.policy_digest != getattr(policy, "digest", None):
+            # decided by a policy swapped out since: this step decides anew
+            stamp = DecisionStamp.now(policy, stamp.context)
+        try:
+            metering = self.metering(runtime)
+            subject = metering.subject(runtime.session_id, stamp.context)
+            checked, lease = await metering.check_async(policy, decision.action, subject)
+        except AegisError as exc:
+            reason = f"blocked: the usage counters could not be checked: {exc}"
+            blocked = replace(
+                decision,
+                approval=Approval.BLOCK,
+                risk_level=max(decision.risk_level, _UNEVALUABLE_MIN_RISK),
+                reason=reason,
+            )
+            return blocked, None, stamp
+        return checked, lease, stamp
+
+    def release(self, lease: Lease | None) -> None:
+        """Release ``lease``; a failure only leaves it counted (the safe side), and is logged."""
+        if not lease or self._metering is None:
+            return
+        try:
+            self._metering.release(lease)
+        except AegisError:
+            _log.exception("could not release a reservation; it stays counted until it expires")
+
+    def ran(
+        self, runtime: Runtime, policy: Any, action: Action, lease: Lease | None
+    ) -> Result | None:
+        """Note that ``action`` is let through; a ``FAILED`` Result if that cannot be noted."""
+        try:
+            self.metering(runtime).ran(policy, action, runtime.session_id)
+        except AegisError as exc:
+            self.release(lease)
+            now = datetime.now(UTC)
+            return Result(
+                action,
+                ResultStatus.FAILED,
+                error=f"not run: the usage store could not note the action: {exc}",
+                started_at=now,
+                completed_at=now,
+            )
+        return None
+
+    async def close(self) -> None:
+        """Stop the watch and close a usage store this runtime opened."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            try:
+                await watcher
+            except asyncio.CancelledError:
+                if not watcher.cancelled():
+                    raise
+        metering, self._metering = self._metering, None
+        if metering is not None and self._owned:
+            metering.close()
+
+
+def _signature(path: str) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or written: inode, size and mtime."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)

@@ -1,0 +1,177 @@
+"""The interfaces of the audit store: what the runtime writes and the CLI reads.
+
+A store keeps one hash chain of :class:`~aegis.core.record.AuditRecord`\\ s.
+Engines (memory, SQLite, PostgreSQL) implement :class:`AuditStore`; the
+facade :class:`aegis.runtime.audit.AuditLogger` turns decisions and results
+into drafts, batches concurrent writes (group commit) and calls the store.
+
+The contract every engine keeps (``tests/stores/`` checks it on each):
+
+* :meth:`AuditWriter.append` seals the drafts into the chain in one
+  transaction (:func:`aegis.core.chain.seal`, ids consecutive from the
+  current head) and returns the sealed records only once they are durable
+  (a killed process loses none of them). Appends from any number of threads
+  and processes never fork the chain: the head is read and extended under
+  the engine's write lock. A failed append writes nothing and raises
+  :class:`~aegis.errors.StoreError`.
+* :meth:`AuditWriter.check` opens (and when writing, creates or migrates)
+  the store and proves it usable, so a wrong path, a file that is not ours,
+  garbage or a read-only database fails before any action runs.
+* Reads stream in id order in constant memory. ``Filters.view`` selects
+  ``"actions"`` (final records, and start records without one) or
+  ``"records"`` (the whole chain). A store opened read-only (``readonly``)
+  never writes, so a backup or a mounted evidence file can be read.
+* :meth:`AuditReader.verify` is :func:`aegis.core.chain.verify_chain` over
+  the whole chain; engines add nothing to its rules.
+* Every error of the database driver is translated once, in the engine's
+  connection module, into :class:`~aegis.errors.StoreError` naming the store
+  (passwords masked) and what to do.
+
+:class:`ReadMixin` implements the reads that follow from :meth:`records`,
+for engines without faster ways.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Protocol, runtime_checkable
+
+from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, verify_chain
+from aegis.core.filters import NO_FILTERS, Filters
+from aegis.core.record import AuditRecord, RecordDraft, RecordKind, export_line
+
+__all__ = ["STATS_FIELDS", "AuditReader", "AuditStore", "AuditWriter", "ReadMixin"]
+
+#: the fields :meth:`AuditReader.stats` counts by, in order
+STATS_FIELDS: tuple[str, ...] = ("result_status", "risk_level", "matched_rule", "action_type")
+
+#: the ``result_status`` key under which stats count unfinished actions
+STARTED: str = "started"
+
+
+@runtime_checkable
+class AuditWriter(Protocol):
+    """What the runtime needs of a store."""
+
+    #: where the store is, for messages (a path, or a DSN with the password masked)
+    url: str
+    #: True when appends wait on a network round trip: the facade then calls
+    #: :meth:`append` from a writer thread instead of the event loop
+    remote: bool
+
+    def check(self) -> None:
+        """Open the store and prove it usable (writable unless read-only); raise StoreError."""
+        ...
+
+    def append(self, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
+        """Seal ``drafts`` into the chain in one durable transaction; return them sealed."""
+        ...
+
+    def head(self) -> Head:
+        """The head of the chain (:data:`~aegis.core.chain.EMPTY_HEAD` when empty)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; calling it again does nothing."""
+        ...
+
+
+@runtime_checkable
+class AuditReader(Protocol):
+    """What the command line and the readers of the trail need of a store."""
+
+    url: str
+
+    def records(
+        self,
+        filters: Filters = NO_FILTERS,
+        *,
+        after_id: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[AuditRecord]:
+        """Yield the records matching ``filters`` with an id above ``after_id``, in id order."""
+        ...
+
+    def count(self, filters: Filters = NO_FILTERS) -> int:
+        """How many records match ``filters``."""
+        ...
+
+    def stats(self, filters: Filters = NO_FILTERS) -> dict[str, dict[str, int]]:
+        """Counts by :data:`STATS_FIELDS`; unfinished actions count as status ``"started"``."""
+        ...
+
+    def unfinished(self, filters: Filters = NO_FILTERS) -> list[AuditRecord]:
+        """The start records that have no final record, oldest first."""
+        ...
+
+    def export_lines(self, filters: Filters = NO_FILTERS) -> Iterator[str]:
+        """Each matching record as an exported line (:func:`~aegis.core.record.export_line`)."""
+        ...
+
+    def verify(self, expected_head: Head | str | None = None) -> VerifyReport:
+        """Check the whole chain with :func:`~aegis.core.chain.verify_chain`."""
+        ...
+
+    def head(self) -> Head:
+        """The head of the chain."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; calling it again does nothing."""
+        ...
+
+
+@runtime_checkable
+class AuditStore(AuditWriter, AuditReader, Protocol):
+    """A store the runtime writes and the command line reads."""
+
+
+class ReadMixin:
+    """Reads derived from :meth:`records`, for engines that have nothing faster."""
+
+    def records(
+        self,
+        filters: Filters = NO_FILTERS,
+        *,
+        after_id: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[AuditRecord]:
+        """Yield the matching records in id order (the engine implements this)."""
+        raise NotImplementedError
+
+    def count(self, filters: Filters = NO_FILTERS) -> int:
+        """How many records match ``filters``."""
+        return sum(1 for _ in self.records(filters))
+
+    def stats(self, filters: Filters = NO_FILTERS) -> dict[str, dict[str, int]]:
+        """Counts by :data:`STATS_FIELDS`; unfinished actions count as status ``"started"``."""
+        counters: dict[str, Counter[str]] = {name: Counter() for name in STATS_FIELDS}
+        for record in self.records(filters):
+            for name in STATS_FIELDS:
+                value = getattr(record, name)
+                if name == "result_status" and record.kind == RecordKind.START:
+                    value = STARTED
+                counters[name]["none" if value is None else str(value)] += 1
+        return {name: dict(sorted(counter.items())) for name, counter in counters.items()}
+
+    def unfinished(self, filters: Filters = NO_FILTERS) -> list[AuditRecord]:
+        """The start records that have no final record, oldest first."""
+        actions = replace(filters, view="actions")
+        return [r for r in self.records(actions) if r.kind == RecordKind.START]
+
+    def export_lines(self, filters: Filters = NO_FILTERS) -> Iterator[str]:
+        """The exported JSON line of each matching record."""
+        return map(export_line, self.records(filters))
+
+    def verify(self, expected_head: Head | str | None = None) -> VerifyReport:
+        """Check the whole chain with :func:`~aegis.core.chain.verify_chain`."""
+        return verify_chain(self.records(Filters(view="records")), expected_head)
+
+    def head(self) -> Head:
+        """The head of the chain, read from its last record."""
+        last = None
+        for last in self.records(Filters(view="records")):  # noqa: B007  # the last one
+            pass
+        return EMPTY_HEAD if last is None else Head(last.id, last.hash)

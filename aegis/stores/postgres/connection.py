@@ -1,0 +1,380 @@
+"""The one boundary between Aegis and psycopg: connecting, timeouts, errors.
+
+Everything the PostgreSQL store does goes through a :class:`Database`: it
+holds the DSN (and shows it only with the password masked), adds the
+timeouts that keep a runtime from hanging on a dead server, hands out
+connections (a pool for readers, dedicated ones for the audit writer) and
+turns every psycopg error into one :class:`~aegis.errors.StoreError` that
+says which database, what failed and what to do.
+
+Timeouts, each configurable:
+
+- ``connect_timeout``: a server that does not answer the connection;
+- ``statement_timeout``: a statement that runs or waits (for the chain's
+  lock, say) too long; the server cancels it;
+- TCP keepalives and ``tcp_user_timeout``: a server that vanished without
+  closing the connection (a dead machine, a cut network);
+- ``pool_timeout``: every pooled connection busy;
+- ``idle_in_transaction_session_timeout``: a client that vanished inside a
+  transaction, holding the chain's lock, is cut off by the server.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+from aegis.errors import ConfigurationError, StoreError
+
+try:
+    import psycopg
+    from psycopg import conninfo as _conninfo
+    from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+except ImportError as exc:  # pragma: no cover - CI installs every extra
+    raise ImportError(
+        "the PostgreSQL store needs psycopg 3 and psycopg_pool; "
+        'install them with: pip install "aegis-runtime[postgres]"'
+    ) from exc
+
+__all__ = ["Connection", "Database", "is_postgres_url", "mask_dsn"]
+
+#: a psycopg connection as the store uses it (tuples as rows, autocommit on)
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+_SCHEMES: Final = ("postgresql://", "postgres://")
+
+_PASSWORD_IN_QUERY: Final = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
+_PASSWORD_IN_KEYWORDS: Final = re.compile(
+    r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE
+)
+
+# SQLSTATE (or its two-character class) -> what to do about it
+_HINTS: Final = {
+    "28P01": "check the user name and password in the DSN",
+    "28": "check the user name and password in the DSN, and pg_hba.conf on the server",
+    "3D000": "create the database (createdb NAME) or fix the database name in the DSN",
+    "42501": (
+        "the role lacks a privilege Aegis needs here; use a role that may create "
+        "and write the Aegis tables, or grant it (see the PostgreSQL section of the README)"
+    ),
+    "25006": (
+        "the server or session is read-only (a standby, or default_transaction_read_only); "
+        "point the DSN at the primary, or use a role that may write"
+    ),
+    "57014": (
+        "the server cancelled a statement that ran past statement_timeout (an "
+        "overloaded server, or a writer holding the chain's lock); retry, or raise "
+        "statement_timeout"
+    ),
+    "57P": "the server is shutting down or restarting; retry once it is back",
+    "53300": (
+        "the server has no free connection slots; lower the pools' max_connections "
+        "or raise the server's max_connections"
+    ),
+    "53": "the server is out of resources (disk, memory or connections); check it",
+    "3F000": "create the schema (CREATE SCHEMA name) or pass another schema",
+    "42P01": (
+        "there are no Aegis tables here; point the DSN (and schema) at the database "
+        "your runtime writes"
+    ),
+    "08": "the connection to the server broke; check the server and the network, then retry",
+}
+
+_CONNECT_HINT: Final = (
+    "check that the server is running and that the DSN's host, port and database are right"
+)
+_LOST_HINT: Final = "the connection was lost; check the server and the network, then retry"
+
+
+def is_postgres_url(url: object) -> bool:
+    """Whether ``url`` names a PostgreSQL database (``postgresql://...``)."""
+    return isinstance(url, str) and url.lower().startswith(_SCHEMES)
+
+
+def mask_dsn(dsn: str) -> str:
+    """Return ``dsn`` with its password replaced by ``***``, for messages and logs.
+
+    Example::
+
+        >>> mask_dsn("postgresql://app:s3cret@db.internal/aegis")
+        'postgresql://app:***@db.internal/aegis'
+    """
+    if is_postgres_url(dsn):
+        parts = urlsplit(dsn)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        if at and ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}{at}{hosts}"
+        query = _PASSWORD_IN_QUERY.sub(r"\1***", parts.query)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return _PASSWORD_IN_KEYWORDS.sub(r"\1***", dsn)
+
+
+def _seconds(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{name}={value!r}; give a number of seconds above 0, or None")
+    return float(value)
+
+
+class Database:
+    """A PostgreSQL database as the stores use it; the psycopg error boundary.
+
+    Nothing connects until first use. Connections run in autocommit mode, so
+    that nothing is ever committed by accident: writes use explicit
+    transactions (``with conn.transaction():``).
+
+    Args:
+        dsn: a ``postgresql://`` URL or a libpq ``key=value`` string.
+        schema: the PostgreSQL schema of the tables; ``None`` uses the
+            connection's ``current_schema()`` (the first schema of its
+            ``search_path`` that exists).
+        connect_timeout: seconds to wait for the server to accept a connection.
+        statement_timeout: seconds any one statement may run or wait for a
+            lock before the server cancels it; ``None`` keeps the server's.
+        pool_timeout: seconds to wait for a free pooled connection.
+        max_connections: the size of the pool of reading connections.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        connect_timeout: float = 5.0,
+        statement_timeout: float | None = 30.0,
+        pool_timeout: float = 10.0,
+        max_connections: int = 4,
+    ) -> None:
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise ConfigurationError(
+                f"a PostgreSQL DSN must be a non-empty string, not {dsn!r}; "
+                "give e.g. 'postgresql://user@host:5432/dbname'"
+            )
+        if schema is not None and (not isinstance(schema, str) or not schema):
+            raise ConfigurationError(f"schema={schema!r}; give a schema name, or None")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ConfigurationError(f"max_connections={max_connections!r}; give an int >= 1")
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections={max_connections!r}; give an int >= 1")
+        self.where = mask_dsn(dsn)
+        try:
+            params = _conninfo.conninfo_to_dict(dsn)
+        except psycopg.Error as exc:
+            raise ConfigurationError(
+                f"{self.where} is not a valid PostgreSQL DSN: {self._text(exc, dsn)}; "
+                "give e.g. 'postgresql://user@host:5432/dbname'"
+            ) from exc
+        self._password = str(params.get("password") or "")
+        self.connect_timeout = _seconds("connect_timeout", connect_timeout) or 5.0
+        self.statement_timeout = _seconds("statement_timeout", statement_timeout)
+        self.pool_timeout = _seconds("pool_timeout", pool_timeout) or 10.0
+        self._max_connections = max_connections
+        self._conninfo = self._with_timeouts(dsn, params)
+        self._schema_option = schema
+        self._schema: str | None = schema
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Connection] | None = None
+        self._pool_pid = 0
+        self._abandoned: list[object] = []  # a forked parent's; never closed here
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Database {self.where}>"
+
+    def _with_timeouts(self, dsn: str, params: dict[str, Any]) -> str:
+        """The DSN with our timeouts added wherever the DSN sets none of its own."""
+        extra: dict[str, Any] = {}
+        if "connect_timeout" not in params:
+            # libpq takes whole seconds and treats anything under 2 as 2
+            extra["connect_timeout"] = max(2, math.ceil(self.connect_timeout))
+        if "application_name" not in params:
+            extra["application_name"] = "aegis"
+        # A server that vanished without closing the socket (a dead machine, a
+        # cut network) shows up within ~15 s instead of the kernel's hours.
+        extra.setdefault("keepalives", params.get("keepalives", 1))
+        for key, value in (
+            ("keepalives_idle", 5),
+            ("keepalives_interval", 2),
+            ("keepalives_count", 3),
+            ("tcp_user_timeout", 15_000),
+        ):
+            if key not in params:
+                extra[key] = value
+        settings = []
+        if self.statement_timeout is not None:
+            settings.append(f"-c statement_timeout={math.ceil(self.statement_timeout * 1000)}")
+        # A client that vanished mid-transaction would hold the chain's lock
+        # until the server noticed; this bounds it.
+        settings.append("-c idle_in_transaction_session_timeout=60000")
+        options = " ".join([str(params["options"]), *settings] if "options" in params else settings)
+        extra["options"] = options
+        return _conninfo.make_conninfo(dsn, **extra)
+
+    # -- errors ----------------------------------------------------------------
+
+    def _text(self, exc: BaseException, dsn: str | None = None) -> str:
+        text = " ".join(str(exc).split())  # libpq's messages span lines and tabs
+        if self._password_in(text):
+            text = text.replace(self._password, "***")
+        if dsn is not None and dsn in text:
+            text = text.replace(dsn, self.where)
+        return text
+
+    def _password_in(self, text: str) -> bool:
+        return bool(getattr(self, "_password", "")) and self._password in text
+
+    def error(self, doing: str, exc: BaseException) -> StoreError:
+        """Turn a psycopg error into a StoreError naming the DSN and what to do.
+
+        ``doing`` completes "cannot ...", e.g. ``"append to the audit trail in"``.
+        """
+        if isinstance(exc, StoreError):
+            return exc
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        text = self._text(exc)
+        hint = _HINTS.get(sqlstate) or _HINTS.get(sqlstate[:3]) or _HINTS.get(sqlstate[:2])
+        if hint is None:
+            hint = self._connection_hint(exc, text.lower())
+        code = f" [SQLSTATE {sqlstate}]" if sqlstate else ""
+        return StoreError(f"cannot {doing} {self.where}: {text}{code}; {hint}")
+
+    @staticmethod
+    def _connection_hint(exc: BaseException, lowered: str) -> str:
+        # Errors while connecting come without a SQLSTATE: read libpq's text.
+        if "authentication failed" in lowered:
+            return _HINTS["28P01"]
+        if "does not exist" in lowered and "database" in lowered:
+            return _HINTS["3D000"]
+        if "does not exist" in lowered and "role" in lowered:
+            return "check the user name in the DSN; the server has no such role"
+        if "connection failed" in lowered or "could not translate host" in lowered:
+            return _CONNECT_HINT
+        if isinstance(exc, psycopg.OperationalError):
+            return _LOST_HINT
+        return "see the PostgreSQL server's log for details"
+
+    # -- connections -----------------------------------------------------------
+
+    def connect(self, doing: str = "connect to") -> Connection:
+        """Open a dedicated connection (autocommit); the caller closes it.
+
+        Raises:
+            StoreError: the server cannot be reached or refuses the DSN.
+        """
+        if self._closed:
+            raise StoreError(f"the store at {self.where} is closed; open a new one")
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise self.error(doing, exc) from exc
+
+    def _open_pool(self, doing: str) -> ConnectionPool[Connection]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"the store at {self.where} is closed; open a new one")
+            if self._pool is not None and self._pool_pid == os.getpid():
+                return self._pool
+            if self._pool is not None:
+                # A forked child must not close its parent's connections (that
+                # would end the parent's sessions): keep them, open our own.
+                self._abandoned.append(self._pool)
+                self._pool = None
+            # One direct connection first: a wrong DSN or a dead server is then
+            # one clear error at once, not a pool timeout after seconds.
+            self.connect(doing).close()
+            pool: ConnectionPool[Connection] = ConnectionPool(
+                self._conninfo,
+                kwargs={"autocommit": True},
+                min_size=1,
+                max_size=self._max_connections,
+                open=False,
+                timeout=self.pool_timeout,
+                # a pooled connection may have died with a restarted server
+                check=ConnectionPool.check_connection,
+                name="aegis",
+                reconnect_timeout=max(self.pool_timeout, 30.0),
+            )
+            pool.open(wait=False)
+            self._pool, self._pool_pid = pool, os.getpid()
+            # A store dropped without close() (a script's last line) still
+            # stops the pool's threads and closes its connections.
+            weakref.finalize(self, _close_pool, pool, os.getpid())
+            return pool
+
+    @contextmanager
+    def connection(self, doing: str) -> Iterator[Connection]:
+        """Lend a pooled connection (autocommit) for a ``with`` block.
+
+        psycopg errors raised in the block, and failures to get a
+        connection, leave as :class:`~aegis.errors.StoreError` naming ``doing``.
+        """
+        pool = self._open_pool(doing)
+        try:
+            with pool.connection(timeout=self.pool_timeout) as conn:
+                yield conn
+        except (PoolTimeout, PoolClosed) as exc:
+            raise self._diagnose(doing, exc) from exc
+        except psycopg.Error as exc:
+            raise self.error(doing, exc) from exc
+
+    def _diagnose(self, doing: str, exc: BaseException) -> StoreError:
+        """Say why no pooled connection came: the server, or a busy pool."""
+        try:
+            self.connect(doing).close()
+        except StoreError as down:
+            return down
+        return StoreError(
+            f"cannot {doing} {self.where}: all {self._max_connections} pooled connections "
+            f"stayed busy for {self.pool_timeout:g}s ({self._text(exc)}); "
+            "raise max_connections or pool_timeout"
+        )
+
+    # -- the schema ------------------------------------------------------------
+
+    def schema(self, conn: Connection) -> str:
+        """The schema of the tables: the ``schema`` option, else ``current_schema()``.
+
+        Raises:
+            StoreError: no schema was given and the search_path names none that exists.
+        """
+        if self._schema is not None:
+            return self._schema
+        row = conn.execute("SELECT current_schema(), current_setting('search_path')").fetchone()
+        if row is None or row[0] is None:
+            path = "" if row is None else row[1]
+            raise StoreError(
+                f"no schema to keep the Aegis tables in at {self.where}: its search_path "
+                f"({path!r}) names no schema that exists; create one (CREATE SCHEMA ...) "
+                "or pass schema=..."
+            )
+        self._schema = str(row[0])
+        return self._schema
+
+    @property
+    def schema_option(self) -> str | None:
+        """The schema the caller asked for, or ``None`` for ``current_schema()``."""
+        return self._schema_option
+
+    def close(self) -> None:
+        """Close the pool; calling it again does nothing."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            _close_pool(pool, self._pool_pid)
+
+
+def _close_pool(pool: ConnectionPool[Connection], pid: int) -> None:
+    # Only the process that opened a pool may close it: a forked child
+    # closing its parent's connections would end the parent's sessions.
+    if pid == os.getpid() and not pool.closed:
+        pool.close()

@@ -1,0 +1,357 @@
+"""The audit trail in a SQLite file: one hash chain, any number of writers.
+
+Records live in the table ``audit_log``, one column per field of
+:data:`~aegis.core.record.RECORD_FIELDS`, the JSON fields as their canonical
+text, exactly as hashed. Appends take SQLite's write lock (``BEGIN
+IMMEDIATE``), read the head inside it and extend it, so threads and
+processes sharing the file never fork the chain. In WAL mode with
+``synchronous=normal`` a commit is in the operating system's hands when it
+returns: the record survives the death of the process (even ``SIGKILL``);
+``synchronous=full`` makes it survive power loss too, at one fsync per
+commit.
+
+A logger that appended last knows the head, so appending one record is a
+single ``INSERT`` with the next id: if another process appended meanwhile,
+the id is taken, the insert fails on the primary key, nothing is written
+and the append takes the locked path. That saves the BEGIN, the head read
+and the COMMIT for an agent running actions one by one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, Head, seal
+from aegis.core.filters import NO_FILTERS, Filters
+from aegis.core.record import JSON_FIELDS, RECORD_FIELDS, AuditRecord, RecordDraft, export_line
+from aegis.errors import ConfigurationError, StoreError
+from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin
+from aegis.stores.sqlite.connection import SQLiteDatabase
+from aegis.stores.sqlite.schema import (
+    AUDIT_MIGRATIONS,
+    AUDIT_VERSION,
+    check_ours,
+    component_version,
+    migrate,
+)
+
+__all__ = ["SQLiteAuditStore"]
+
+_COLUMNS: Final = ", ".join(RECORD_FIELDS)
+_INSERT: Final = (
+    f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join('?' * len(RECORD_FIELDS))})"
+)
+_LAST: Final = "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
+_PAGE: Final = 1000
+#: the columns each older schema lacks (read as NULL from a read-only copy)
+_ADDED_IN: Final = {
+    1: ("context", "decided_at", "policy_digest", "kind", "start_id"),
+    2: ("kind", "start_id"),
+}
+# a start record that a final record finishes (the actions view hides it)
+_FINISHED: Final = "EXISTS (SELECT 1 FROM audit_log AS f WHERE f.start_id = audit_log.id)"
+
+
+class SQLiteAuditStore(ReadMixin):
+    """The audit chain in a SQLite file (or ``":memory:"``).
+
+    Args:
+        path: the database file, or ``":memory:"``.
+        busy_timeout: seconds to wait for another writer before failing.
+        synchronous: ``"normal"`` or ``"full"`` (see the module docstring).
+        create: create a missing file and migrate an older one; ``False``
+            requires an existing Aegis file (for tools that read).
+        readonly: never write; implies ``create=False``.
+        database: share an open :class:`SQLiteDatabase` with other table modules.
+    """
+
+    remote = False
+
+    def __init__(  # each is a documented option
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: str = "normal",
+        create: bool = True,
+        readonly: bool = False,
+        database: SQLiteDatabase | None = None,
+    ) -> None:
+        if synchronous not in ("normal", "full"):
+            raise ConfigurationError(f"synchronous={synchronous!r}; use 'normal' or 'full'")
+        self.url = path
+        self.readonly = readonly
+        self._create = create and not readonly
+        self.db = database or SQLiteDatabase(
+            path, busy_timeout=busy_timeout, synchronous=synchronous, readonly=readonly
+        )
+        self._ready_pid = 0
+        self._select = _COLUMNS
+        self._has_starts = True
+        # (id, hash) of the record this store appended last, while it may
+        # still be the newest; None makes the next append read the head
+        self._head: tuple[int, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<SQLiteAuditStore {self.url!r}>"
+
+    # ------------------------------------------------------------------ opening
+
+    def _missing(self) -> StoreError | None:
+        path = self.url
+        if self._create or path == ":memory:":
+            return None
+        if not os.path.exists(path):
+            return StoreError(
+                f"no audit database at {path!r}; check the path "
+                "(it is created when the first action is recorded)"
+            )
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return StoreError(
+                f"{path!r} is an empty file, not an Aegis audit database; "
+                "use the audit database your runtime writes instead"
+            )
+        return None
+
+    def _ensure(self, conn: sqlite3.Connection) -> None:
+        """Create, migrate or check the schema once per connection."""
+        if self._ready_pid == os.getpid() and self.db._conn is conn:  # our own db
+            return
+        if self._create:
+            migrate(conn, self.url, "audit", AUDIT_VERSION, AUDIT_MIGRATIONS)
+        else:
+            if not check_ours(conn, self.url):
+                raise StoreError(
+                    f"{self.url!r} holds no Aegis audit trail; "
+                    "use the audit database your runtime writes instead"
+                )
+            version = component_version(conn, "audit")
+            if version > AUDIT_VERSION:
+                raise StoreError(
+                    f"{self.url!r} was written by a newer Aegis (audit schema {version}, this "
+                    f"one reads up to {AUDIT_VERSION}); upgrade aegis-runtime"
+                )
+            if version == 0:
+                raise StoreError(
+                    f"{self.url!r} holds no Aegis audit trail; "
+                    "use the audit database your runtime writes instead"
+                )
+            missing = _ADDED_IN.get(version, ())
+            self._select = ", ".join(
+                f"NULL AS {name}" if name in missing else name for name in RECORD_FIELDS
+            )
+            self._has_starts = "start_id" not in missing
+        self._ready_pid = os.getpid()
+
+    def _conn(self, doing: str) -> Any:
+        error = self._missing()
+        if error is not None:
+            raise error
+        return self.db.connection(doing)
+
+    def check(self) -> None:
+        """Open the file, create or migrate the schema, and prove it writable (unless read-only)."""
+        with self._conn("open") as conn:
+            self._ensure(conn)
+            conn.execute(_LAST).fetchall()
+            if self.readonly:
+                return
+            # A read-only file, folder or mount opens and reads fine and only
+            # fails on the first write: find out now, writing nothing.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "UPDATE aegis_schema_versions SET version = version WHERE component = 'audit'"
+                )
+            finally:
+                conn.execute("ROLLBACK")
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
+        """Seal ``drafts`` after the head in one transaction; return them once committed."""
+        if self.readonly:
+            raise StoreError(f"the audit store {self.url!r} was opened read-only")
+        with self._conn("write to") as conn:
+            try:
+                self._ensure(conn)
+                out = None
+                if len(drafts) == 1 and self._head is not None:
+                    out = self._append_one(conn, drafts[0], self._head)
+                if out is None:
+                    out = self._append(conn, drafts)
+            except BaseException:
+                self._head = None
+                raise
+            last = out[-1]
+            self._head = (last.id, last.hash)
+        return out
+
+    def _append_one(
+        self, conn: sqlite3.Connection, draft: RecordDraft, head: tuple[int, str]
+    ) -> list[AuditRecord] | None:
+        # One statement commits by itself; a taken id means someone else
+        # appended, and nothing was written.
+        record = seal(draft, head[0] + 1, head[1])
+        try:
+            conn.execute(_INSERT, record)
+        except sqlite3.IntegrityError:
+            return None
+        return [record]
+
+    def _append(self, conn: sqlite3.Connection, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
+        out: list[AuditRecord] = []
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            # Read the head inside the write lock: another process may have
+            # appended since our last commit.
+            last_id, last_hash = cur.execute(_LAST).fetchone() or (0, GENESIS_HASH)
+            for draft in drafts:
+                last_id += 1
+                record = seal(draft, last_id, last_hash)
+                last_hash = record.hash
+                out.append(record)
+            cur.executemany(_INSERT, out)
+            cur.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return out
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self, doing: str, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._conn(doing) as conn:
+            self._ensure(conn)
+            return conn.execute(sql, args).fetchall()  # type: ignore[no-any-return]  # rows
+
+    def _where(self, filters: Filters, after_id: int | None = None) -> tuple[str, list[Any]]:
+        clauses = [f"{name} {op} ?" for name, op, _ in filters.items]
+        args: list[Any] = [value for _, _, value in filters.items]
+        if filters.view == "actions" and self._has_starts:
+            clauses.append(f"(kind IS NOT 'start' OR NOT {_FINISHED})")
+        if after_id is not None:
+            clauses.append("id > ?")
+            args.append(after_id)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def _pages(
+        self, filters: Filters, after_id: int | None, limit: int | None, columns: str | None = None
+    ) -> Iterator[Any]:
+        """Matching rows in id order, a page at a time; ``columns`` must start with ``id``."""
+        if limit is not None and limit <= 0:
+            return
+        left = limit
+        while True:
+            # The schema check sets the select list of an older read-only file.
+            if self._ready_pid != os.getpid():
+                self._read("read", "SELECT 1")
+            where, args = self._where(filters, after_id)
+            size = _PAGE if left is None else min(_PAGE, left)
+            rows = self._read(
+                "read",
+                f"SELECT {columns or self._select} FROM audit_log{where} ORDER BY id LIMIT ?",
+                (*args, size),
+            )
+            yield from rows
+            if len(rows) < size:
+                return
+            after_id = rows[-1][0]
+            if left is not None:
+                left -= len(rows)
+                if left <= 0:
+                    return
+
+    def records(
+        self,
+        filters: Filters = NO_FILTERS,
+        *,
+        after_id: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[AuditRecord]:
+        """Yield the matching records in id order, a page at a time (constant memory)."""
+        return (AuditRecord(*row) for row in self._pages(filters, after_id, limit))
+
+    def count(self, filters: Filters = NO_FILTERS) -> int:
+        """How many records match ``filters``."""
+        where, args = self._where(filters)
+        return int(self._read("count", f"SELECT count(*) FROM audit_log{where}", args)[0][0])
+
+    def stats(self, filters: Filters = NO_FILTERS) -> dict[str, dict[str, int]]:
+        """Counts by status, risk, rule and type; unfinished actions count as ``started``."""
+        where, args = self._where(filters)
+        out: dict[str, dict[str, int]] = {}
+        for name in STATS_FIELDS:
+            column = name
+            if name == "result_status" and self._has_starts:
+                column = f"CASE WHEN kind = 'start' THEN '{STARTED}' ELSE result_status END"
+            rows = self._read(
+                "read",
+                f"SELECT {column}, count(*) FROM audit_log{where} GROUP BY 1 ORDER BY 1",
+                args,
+            )
+            out[name] = {("none" if key is None else str(key)): n for key, n in rows}
+        return out
+
+    def unfinished(self, filters: Filters = NO_FILTERS) -> list[AuditRecord]:
+        """The start records without a final record, oldest first."""
+        self._read("read", "SELECT 1")  # the schema check, before _has_starts is read
+        if not self._has_starts:
+            return []
+        where, args = self._where(filters)
+        where = f"{where} AND kind = 'start'" if where else " WHERE kind = 'start'"
+        rows = self._read("read", f"SELECT {self._select} FROM audit_log{where} ORDER BY id", args)
+        return [AuditRecord(*row) for row in rows]
+
+    def export_lines(self, filters: Filters = NO_FILTERS) -> Iterator[str]:
+        """Each matching record as an exported JSON line, in id order, a page at a time.
+
+        SQLite renders each line itself, several times faster than Python; a
+        page holding a hand-edited row it cannot render is rendered in Python.
+        """
+        self._read("read", "SELECT 1")  # the schema check, before the select list is read
+        json_columns = self._json_columns()
+        after_id: int | None = None
+        while True:
+            where, args = self._where(filters, after_id)
+            try:
+                rows = self._read(
+                    "read",
+                    f"SELECT {json_columns} FROM audit_log{where} ORDER BY id LIMIT ?",
+                    (*args, _PAGE),
+                )
+                lines = [row[1] for row in rows]
+            except StoreError:
+                rows = self._read(
+                    "read",
+                    f"SELECT {self._select} FROM audit_log{where} ORDER BY id LIMIT ?",
+                    (*args, _PAGE),
+                )
+                lines = [export_line(AuditRecord(*row)) for row in rows]
+            yield from lines
+            if len(rows) < _PAGE:
+                return
+            after_id = rows[-1][0]
+
+    def _json_columns(self) -> str:
+        parts = []
+        for name, expr in zip(RECORD_FIELDS, self._select.split(", "), strict=True):
+            value = expr.split(" AS ")[0]
+            if name in JSON_FIELDS:
+                value = f"json({value})"
+            parts.append(f"'{name}', {value}")
+        return f"id, json_object({', '.join(parts)})"
+
+    def head(self) -> Head:
+        """The head of the chain, read from the file."""
+        rows = self._read("read", _LAST)
+        return Head(int(rows[0][0]), str(rows[0][1])) if rows else EMPTY_HEAD
+
+    def close(self) -> None:
+        """Close the file; calling it again does nothing."""
+        self.db.close()

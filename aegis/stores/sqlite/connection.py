@@ -1,0 +1,190 @@
+"""Connections to a SQLite store, and the one place sqlite3 errors become StoreError.
+
+One :class:`SQLiteDatabase` per store object holds one connection per
+process (a forked child opens its own and never touches its parent's), in
+WAL mode, guarded by a lock so any thread may use it. Every table module of
+the store (the audit trail here, approvals and usage counters beside it)
+borrows it through :meth:`SQLiteDatabase.connection`, which translates
+every ``sqlite3.Error`` raised inside into :class:`~aegis.errors.StoreError`
+with a hint of what to do.
+
+A store opened ``readonly`` never writes: it opens the file with SQLite's
+``mode=ro`` and, when even the WAL index cannot be created beside it (a
+read-only folder, a mounted evidence copy), as ``immutable``, so a backup
+can always be listed, exported and verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Final
+
+from aegis.errors import StoreError
+
+__all__ = ["APPLICATION_ID", "SQLiteDatabase", "store_error"]
+
+#: PRAGMA application_id of Aegis databases ("AEGS")
+APPLICATION_ID: Final = 0x41454753
+
+_HINTS: Final = (
+    ("not a database", "it is not an Aegis audit database; use the one your runtime writes"),
+    ("encrypted", "it is not an Aegis audit database; use the one your runtime writes"),
+    ("locked", "another process held it longer than the busy timeout; retry or raise it"),
+    ("busy", "another process held it longer than the busy timeout; retry or raise it"),
+    ("readonly", "the file or its folder is read-only; check the permissions"),
+    ("read-only", "the file or its folder is read-only; check the permissions"),
+    ("unable to open", "check that the folder exists and is writable"),
+    ("disk i/o", "check free disk space and the file system"),
+    ("full", "the disk is full; free some space"),
+    ("malformed", "the file is damaged; run 'aegis audit verify' on a copy"),
+    ("no such", "it is not an Aegis audit database, or it is damaged"),
+)
+
+
+def store_error(path: str, doing: str, exc: BaseException) -> StoreError:
+    """A StoreError for ``exc``, raised while ``doing`` something to the database ``path``."""
+    text = str(exc)
+    lowered = text.lower()
+    hint = next(
+        (hint for key, hint in _HINTS if key in lowered),
+        "the file may be damaged; run 'aegis audit verify' on it",
+    )
+    return StoreError(f"cannot {doing} audit database {path!r}: {text}; {hint}")
+
+
+class SQLiteDatabase:
+    """One SQLite file (or ``":memory:"``) shared by the store's table modules.
+
+    Args:
+        path: the database file, or ``":memory:"``.
+        busy_timeout: seconds to wait for another writer before failing.
+        synchronous: ``"normal"`` (a commit survives the death of the
+            process) or ``"full"`` (it survives power loss too).
+        readonly: never write (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: str = "normal",
+        readonly: bool = False,
+    ) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
+        self.readonly = readonly
+        self.lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._abandoned: list[sqlite3.Connection] = []  # a parent's, never closed by a child
+        self._closed = False
+        #: called with each new connection, under the lock (schema checks)
+        self.on_connect: list[object] = []
+
+    @contextlib.contextmanager
+    def connection(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; sqlite3 errors inside become StoreError."""
+        with self.lock:
+            try:
+                yield self._connect()
+            except sqlite3.Error as exc:
+                raise store_error(self.path, doing, exc) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is not None:
+            if self._pid == os.getpid():
+                return conn
+            # A forked child must not use its parent's connection (nor close
+            # it, which could checkpoint the parent's WAL): open its own.
+            self._abandoned.append(conn)
+            self._conn = None
+        if self._closed:
+            raise StoreError(f"the store of {self.path!r} is closed; open a new one")
+        conn = self._open()
+        self._conn = conn
+        self._pid = os.getpid()
+        for hook in self.on_connect:
+            hook(conn)  # type: ignore[operator]  # callables of the table modules
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        if self.readonly and self.path != ":memory:":
+            return self._open_readonly()
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # the store issues BEGIN IMMEDIATE / COMMIT itself
+            check_same_thread=False,  # any thread may use it; self.lock guards
+        )
+        try:
+            # Takes effect only on a new file: small pages make each commit
+            # write less to the WAL (records are a few hundred bytes).
+            conn.execute("PRAGMA page_size=1024")
+            self._enable_wal(conn)
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            # Checkpoints (which fsync) every ~8 MiB of WAL rather than every
+            # 1,000 pages: with small pages that would be every ~1 MiB.
+            conn.execute("PRAGMA wal_autocheckpoint=8192")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            # A WAL database whose index cannot be created beside it (a
+            # read-only folder): read the file as it is, nobody writes it.
+            conn.close()
+            conn = sqlite3.connect(
+                uri + "&immutable=1",
+                uri=True,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # While another process is switching a new file to WAL, SQLite refuses
+        # the change and answers with the old mode instead of waiting. Staying
+        # in rollback mode would let writers deadlock (SQLite then fails them at
+        # once, busy timeout or not), so try again until the switch holds.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                mode = "locked"
+            if str(mode).lower() in ("wal", "memory"):
+                return
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"could not switch to WAL mode (still {mode})")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        """Close the connection; calling it again does nothing."""
+        with self.lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None and self._pid == os.getpid():
+                try:
+                    conn.close()
+                except sqlite3.Error as exc:
+                    raise store_error(self.path, "close", exc) from exc

@@ -1,0 +1,215 @@
+"""Usage counters: what rate limits, budgets and flow conditions count, kept in a store.
+
+A :class:`UsageStore` keeps two things beside the audit trail (in the same
+SQLite file or PostgreSQL database):
+
+- **reservations**, one per action and counter (:class:`~aegis.core.limits.Charge`),
+  each with its time, so that a sliding window is a sum over the rows newer
+  than ``now - window``; :meth:`UsageStore.acquire` checks a counter and
+  reserves in **one atomic step**, so concurrent tasks and processes can
+  never pass a limit together;
+- **flow events**, the actions of a session that were let through to run,
+  which ``after`` / ``not_after`` conditions look for.
+
+Three engines implement it: :class:`MemoryUsageStore` here (one process),
+:class:`aegis.stores.sqlite.usage.SQLiteUsageStore` and
+:class:`aegis.stores.postgres.usage.PostgresUsageStore`. One contract test
+suite runs against all three.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from aegis.core.limits import Charge, FlowEvent
+
+__all__ = ["Acquired", "MemoryUsageStore", "Request", "UsageStore", "judge"]
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """What :meth:`UsageStore.acquire` found and did.
+
+    ``used`` holds, per charge, the units already counted in its window
+    before this action; ``exceeded`` is the index of the first charge this
+    action would take past its maximum (``None`` when all fit);
+    ``reservation`` identifies the rows reserved, to release them, and is
+    ``None`` when nothing was reserved.
+    """
+
+    used: tuple[int, ...]
+    exceeded: int | None
+    reservation: tuple[int, ...] | None
+
+    @property
+    def reserved(self) -> bool:
+        """Whether the action's charges were counted."""
+        return self.reservation is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One action's charges to reserve at ``now``; ``over`` as for :meth:`UsageStore.acquire`."""
+
+    charges: tuple[Charge, ...]
+    now: float
+    over: bool
+
+
+def judge(charges: Sequence[Charge], used: Sequence[int]) -> int | None:
+    """The index of the first charge that would pass its maximum, or ``None``.
+
+    Every engine decides with this one function, so that they agree.
+    """
+    for index, (charge, already) in enumerate(zip(charges, used, strict=True)):
+        if already + charge.amount > charge.maximum:
+            return index
+    return None
+
+
+@runtime_checkable
+class UsageStore(Protocol):
+    """Where counters and flow events are kept; every method is one transaction.
+
+    Times are seconds since the epoch, given by the caller (the runtime's
+    wall clock), so that every process on every machine counts alike.
+    """
+
+    def acquire(
+        self, charges: Sequence[Charge], now: float, *, reserve: bool, over: bool
+    ) -> Acquired:
+        """Count ``charges`` in their windows and, in the same atomic step, reserve them.
+
+        With ``reserve`` false nothing is written (a preview). Otherwise the
+        charges are reserved when they all fit, and also when one does not
+        but ``over`` is true (the rule's ``on_exceed`` still lets the action
+        run, so it counts); they are never partly reserved.
+        """
+        ...
+
+    def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
+        """Reserve for several actions in one atomic step, each seeing the ones before it.
+
+        Exactly as one :meth:`acquire` (with ``reserve``) per request in turn,
+        but in one transaction: concurrent actions of one process share a
+        commit (group commit).
+        """
+        ...
+
+    def release(self, reservation: Sequence[int]) -> None:
+        """Forget a reservation: its action was blocked or denied and never ran."""
+        ...
+
+    def remember(self, event: FlowEvent) -> None:
+        """Keep ``event``: an action of its session was let through to run."""
+        ...
+
+    def recall(
+        self, session_id: str, since: float | None, action_type: str | None
+    ) -> list[FlowEvent]:
+        """The session's events newer than ``since`` (all without it), oldest first.
+
+        ``action_type``, when given, keeps only events of that exact type (a hint the
+        caller may use when a condition names a literal type).
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the connection; later calls raise."""
+        ...
+
+
+class MemoryUsageStore:
+    """A :class:`UsageStore` in this process's memory: for tests and in-memory audits.
+
+    Counts are lost when the process ends and not shared with other
+    processes; use the SQLite or PostgreSQL store for those.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[int, tuple[str, float, int, float]] = {}  # id -> bucket, at, units, end
+        self._by_bucket: dict[str, dict[int, None]] = {}
+        self._events: list[FlowEvent] = []
+        self._next = 1
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<MemoryUsageStore {len(self._rows)} reservations, {len(self._events)} events>"
+
+    def _check(self) -> None:
+        if self._closed:
+            from aegis.errors import StoreError  # noqa: PLC0415  # errors import nothing of ours
+
+            raise StoreError("this usage store is closed; create a new one")
+
+    def acquire(
+        self, charges: Sequence[Charge], now: float, *, reserve: bool, over: bool
+    ) -> Acquired:
+        """See :meth:`UsageStore.acquire`."""
+        with self._lock:
+            self._check()
+            used = []
+            for charge in charges:
+                since = now - charge.window
+                ids = self._by_bucket.get(charge.bucket, {})
+                stale = [i for i in ids if self._rows[i][3] <= now]
+                for i in stale:  # past every window it was counted in
+                    del ids[i]
+                    del self._rows[i]
+                used.append(sum(self._rows[i][2] for i in ids if self._rows[i][1] > since))
+            exceeded = judge(charges, used)
+            if not reserve or (exceeded is not None and not over):
+                return Acquired(tuple(used), exceeded, None)
+            reserved = []
+            for charge in charges:
+                row = self._next
+                self._next += 1
+                self._rows[row] = (charge.bucket, now, charge.amount, now + charge.window)
+                self._by_bucket.setdefault(charge.bucket, {})[row] = None
+                reserved.append(row)
+            return Acquired(tuple(used), exceeded, tuple(reserved))
+
+    def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
+        """See :meth:`UsageStore.acquire_many`."""
+        return [self.acquire(r.charges, r.now, reserve=True, over=r.over) for r in requests]
+
+    def release(self, reservation: Sequence[int]) -> None:
+        """See :meth:`UsageStore.release`."""
+        with self._lock:
+            self._check()
+            for row in reservation:
+                found = self._rows.pop(row, None)
+                if found is not None:
+                    self._by_bucket[found[0]].pop(row, None)
+
+    def remember(self, event: FlowEvent) -> None:
+        """See :meth:`UsageStore.remember`."""
+        with self._lock:
+            self._check()
+            self._events.append(event)
+
+    def recall(
+        self, session_id: str, since: float | None, action_type: str | None
+    ) -> list[FlowEvent]:
+        """See :meth:`UsageStore.recall`."""
+        with self._lock:
+            self._check()
+            return [
+                e
+                for e in self._events
+                if e.session_id == session_id
+                and (since is None or e.at > since)
+                and (action_type is None or e.type == action_type)
+            ]
+
+    def close(self) -> None:
+        """Mark the store closed (its counts are dropped)."""
+        with self._lock:
+            self._closed = True
+            self._rows.clear()
+            self._by_bucket.clear()
+            self._events.clear()

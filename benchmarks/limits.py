@@ -1,0 +1,159 @@
+"""What rate limits, budgets and flow rules cost per governed action, and what they do not.
+
+Runs in the current interpreter against this checkout (no virtual
+environments needed) and prints a table:
+
+- ``run_one`` sequential with the durable SQLite audit, under a policy
+  without stateful rules (the baseline), with a rate limit, with a budget,
+  and with a flow rule; the difference to the baseline is the metering
+  step's cost, and its ratio to the baseline is the number the issue
+  targets (under 20 % on SQLite);
+- ``Policy.evaluate`` of a policy without stateful rules, here and, when a
+  second checkout is given with ``--against /path/to/checkout``, there too,
+  in a fresh process each, to show that the new keys cost such policies
+  nothing.
+
+Usage::
+
+    python benchmarks/limits.py                 # about half a minute
+    python benchmarks/limits.py --quick         # a smoke run
+    python benchmarks/limits.py --against ../main
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+LIMITED = {
+    "plain": [],
+    "limit": [{"limit": {"max": 10**9, "per": "1h", "key": ["agent"]}}],
+    "budget": [
+        {"budget": {"sum": "amount", "max": 10**12, "per": "1d", "key": ["params.customer"]}}
+    ],
+    "flow": [{"conditions": {"after": {"type": "read*", "target": "crm", "within": "1h"}}}],
+}
+
+
+def _policy(kind: str) -> dict[str, Any]:
+    extra = LIMITED[kind][0] if LIMITED[kind] else {}
+    rules = [
+        {"name": "refunds", "match": {"type": "refund"}, "approval": "auto", **extra},
+        {"name": "reads", "match": {"type": "read*"}, "approval": "auto"},
+        {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
+    ]
+    return {"rules": rules}
+
+
+async def _run_one(kind: str, count: int, folder: str) -> float:
+    """Seconds per run_one of ``count`` sequential refunds under policy ``kind``."""
+    from aegis import Action, AuditLogger, Policy, Runtime  # noqa: PLC0415  # after sys.path
+
+    policy = Policy.from_dict(_policy(kind))
+    audit = AuditLogger(os.path.join(folder, f"{kind}-{time.monotonic_ns()}.db"))
+    actions = [
+        Action("refund", "stripe", {"amount": 1.5, "customer": i % 50}) for i in range(count)
+    ]
+    async with Runtime(
+        executor=lambda action: None, policy=policy, audit_logger=audit, agent="bench"
+    ) as runtime:
+        for action in actions[:100]:  # warm up: open files, fill caches
+            await runtime.run_one(action)
+        gc.collect()
+        gc.disable()
+        try:
+            started = time.perf_counter()
+            for action in actions:
+                await runtime.run_one(action)
+            elapsed = time.perf_counter() - started
+        finally:
+            gc.enable()
+    return elapsed / count
+
+
+def _evaluate_rate(checkout: Path, count: int) -> float:
+    """Evaluations per second of a 100-rule policy without stateful rules, in a fresh process."""
+    code = f"""
+import time
+from aegis.core.action import Action
+from aegis.core.policy import Policy
+rules = [{{"name": f"r{{i}}", "match": {{"type": f"t{{i}}", "target": "crm"}},
+          "conditions": {{"param_gt": {{"amount": i}}}}, "approval": "approve"}}
+         for i in range(100)]
+rules.append({{"name": "all", "match": {{"type": "*", "target": "*"}}, "approval": "auto"}})
+policy = Policy.from_dict({{"rules": rules}})
+actions = [Action(f"t{{i % 120}}", "crm", {{"amount": i % 200}}) for i in range({count})]
+best = 0.0
+for _ in range(5):
+    started = time.perf_counter()
+    for action in actions:
+        policy.evaluate(action)
+    best = max(best, len(actions) / (time.perf_counter() - started))
+print(best)
+"""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip())
+
+
+def main() -> None:
+    """Measure and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer actions, one round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per workload (best)")
+    parser.add_argument("--against", type=Path, help="another checkout to compare evaluate with")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    count = 500 if args.quick else 3000
+    rounds = 1 if args.quick else args.rounds
+
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        samples: dict[str, list[float]] = {kind: [] for kind in LIMITED}
+        for _ in range(rounds):
+            for kind in LIMITED:  # interleaved, so drift hits every kind alike
+                samples[kind].append(asyncio.run(_run_one(kind, count, folder)))
+        # the best round: on a shared machine, noise only ever adds time
+        results = {kind: min(values) for kind, values in samples.items()}
+
+    base = results["plain"]
+    print(f"run_one, sequential, durable SQLite audit, {count} actions x {rounds} rounds (best)")
+    print(f"{'policy':<28}{'us/action':>12}{'metering us':>14}{'overhead':>10}")
+    for kind, seconds in results.items():
+        extra = seconds - base
+        label = "no stateful rules" if kind == "plain" else f"a {kind} on the rule"
+        ratio = "" if kind == "plain" else f"{extra / base:>9.1%}"
+        metering = "" if kind == "plain" else f"{extra * 1e6:>14.1f}"
+        print(f"{label:<28}{seconds * 1e6:>12.1f}{metering:>14}{ratio:>10}")
+    print("target: a limit check under 20% of the action's cost on SQLite")
+
+    evals = 20_000 if args.quick else 100_000
+    ours = theirs = 0.0
+    for _ in range(rounds):  # alternating fresh processes, the best of each side
+        ours = max(ours, _evaluate_rate(REPO, evals))
+        if args.against is not None:
+            theirs = max(theirs, _evaluate_rate(args.against.resolve(), evals))
+    print()
+    print(f"Policy.evaluate, 100 param_gt rules + catch-all, no stateful rules (best of {rounds})")
+    print(f"{'this checkout':<28}{ours:>12,.0f} evals/s")
+    if args.against is not None:
+        print(f"{args.against!s:<28}{theirs:>12,.0f} evals/s   ratio {ours / theirs:.2f}")
+    print(json.dumps({"run_one_s": results, "evaluate_per_s": ours}))
+
+
+if __name__ == "__main__":
+    main()

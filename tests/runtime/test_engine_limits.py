@@ -1,0 +1,670 @@
+"""The metering step: limits, budgets and flow rules enforced by the runtime against a store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aegis import (
+    Action,
+    AuditLogger,
+    MemoryUsageStore,
+    Policy,
+    ResultStatus,
+    Runtime,
+    SQLiteUsageStore,
+)
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.limits import Subject
+from aegis.core.risk import RiskLevel
+from aegis.runtime.audit_logging import LoggingAuditLogger
+from aegis.runtime.limits import Metering
+from aegis.stores.postgres.usage import PostgresUsageStore
+from aegis.stores.usage import UsageStore
+
+WORKER = Path(__file__).with_name("limits_worker.py")
+
+POLICY = """\
+version: "1"
+defaults: {approval: block}
+rules:
+  - name: email_rate
+    match: {type: send_email}
+    limit: {max: 3, per: 1h, key: [agent]}
+    on_exceed: {approval: block, risk_level: high}
+    risk_level: low
+    approval: auto
+  - name: sms_rate
+    match: {type: send_sms}
+    limit: {max: 2, per: 5m, key: [session, params.to]}
+    on_exceed: {approval: approve, risk_level: critical}
+    risk_level: low
+    approval: auto
+  - name: refund_budget
+    match: {type: refund}
+    budget: {sum: amount, max: 0.3, per: 1d, key: [params.customer_id]}
+    on_exceed: {approval: block}
+    risk_level: medium
+    approval: auto
+  - name: transfers
+    match: {type: transfer}
+    limit: {max: 2, per: 1h}
+    risk_level: high
+    approval: approve
+  - name: exfiltration
+    match: {type: "send*", target: "external*"}
+    conditions:
+      after: {type: "read*", target: crm, within: session}
+    risk_level: critical
+    approval: block
+  - name: reads
+    match: {type: "read*"}
+    risk_level: low
+    approval: auto
+  - name: other_sends
+    match: {type: "send*"}
+    risk_level: low
+    approval: auto
+"""
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    """The test policy as a file."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def policy(policy_file: Path) -> Policy:
+    """The test policy."""
+    return Policy.from_yaml(policy_file)
+
+
+def runtime(
+    policy: Policy,
+    tmp_path: Path,
+    *,
+    approve: Callable[[PolicyDecision], Any] = lambda d: False,
+    **kwargs: Any,
+) -> Runtime:
+    """A runtime with a SQLite audit in ``tmp_path`` and a recording executor."""
+    kwargs.setdefault("audit_logger", AuditLogger(tmp_path / "aegis_audit.db"))
+    return Runtime(executor=lambda a: "ok", policy=policy, approval_handler=approve, **kwargs)
+
+
+async def statuses(rt: Runtime, actions: list[Action], **kwargs: Any) -> list[str]:
+    """Run ``actions`` one after another; their statuses."""
+    return [(await rt.run_one(a, **kwargs)).status.value for a in actions]
+
+
+# -- limits through the runtime ---------------------------------------------------------
+
+
+async def test_the_action_past_a_limit_gets_on_exceed_with_a_reason(
+    policy: Policy, tmp_path: Path
+) -> None:
+    """Three emails run; the fourth is blocked, its reason naming limit, count and window."""
+    async with runtime(policy, tmp_path, agent="support") as rt:
+        results = [await rt.run_one(Action("send_email", "smtp")) for _ in range(4)]
+        records = rt.audit.get_log(rt.session_id)  # type: ignore[attr-defined]
+    assert [r.status for r in results[:3]] == [ResultStatus.SUCCESS] * 3
+    assert results[3].status is ResultStatus.BLOCKED
+    assert results[3].error == (
+        "blocked by policy rule 'email_rate': limit of rule 'email_rate' exceeded: 3 of 3"
+        " actions already in the last 1h per agent"
+    )
+    assert records[3]["risk_level"] == "HIGH"
+    assert records[3]["matched_rule"] == "email_rate"
+    assert "3 of 3 actions" in records[3]["reason"]
+
+
+async def test_on_exceed_approve_asks_a_human_and_a_denial_consumes_nothing(
+    policy: Policy, tmp_path: Path
+) -> None:
+    """Past the SMS limit a human decides; denied ones are released, approved ones count."""
+    answers = iter([False, True])
+    asked: list[PolicyDecision] = []
+
+    def approve(decision: PolicyDecision) -> bool:
+        asked.append(decision)
+        return next(answers)
+
+    store = MemoryUsageStore()
+    async with runtime(policy, tmp_path, approve=approve, usage_store=store) as rt:
+        sms = Action("send_sms", "twilio", {"to": "+1"})
+        got = await statuses(rt, [sms, sms, sms, sms])
+        assert got == ["success", "success", "denied", "success"]
+        assert [d.risk_level for d in asked] == [RiskLevel.CRITICAL] * 2
+        assert "2 of 2 actions already in the last 5m per session, params.to" in asked[0].reason
+        assert "3 of 2" in asked[1].reason or "2 of 2" in asked[1].reason
+        plan = rt.plan([sms])
+    assert plan[0].approval is Approval.APPROVE
+    assert "3 of 2 actions" in plan[0].reason  # the denied one was released
+
+
+async def test_a_denied_action_under_the_limit_gives_its_room_back(
+    policy: Policy, tmp_path: Path
+) -> None:
+    """Two denied transfers leave a limit of two untouched: two approved ones still run."""
+    answers = iter([False, False, True, True, True])
+    async with runtime(policy, tmp_path, approve=lambda d: next(answers)) as rt:
+        got = await statuses(rt, [Action("transfer", "bank")] * 5)
+    assert got == ["denied", "denied", "success", "success", "blocked"]
+
+
+async def test_a_cancelled_approval_releases_its_reservation(
+    policy: Policy, tmp_path: Path
+) -> None:
+    """An action interrupted while waiting for a human does not count."""
+    waiting = asyncio.Event()
+
+    async def slow(decision: PolicyDecision) -> bool:
+        waiting.set()
+        await asyncio.sleep(60)
+        return True
+
+    store = MemoryUsageStore()
+    async with runtime(policy, tmp_path, approve=slow, usage_store=store) as rt:
+        task = asyncio.ensure_future(rt.run_one(Action("transfer", "bank")))
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        preview = Metering(store).check(rt.policy, Action("transfer", "bank"), Subject("x"))
+    assert preview[0].reason == ""  # no count was left behind
+
+
+async def test_limits_count_per_key(policy: Policy, tmp_path: Path) -> None:
+    """Agents count apart (from Runtime(agent=) or the context); SMS recipients count apart."""
+    store = MemoryUsageStore()
+    email = Action("send_email", "smtp")
+    async with runtime(policy, tmp_path, agent="a", usage_store=store) as first:
+        assert await statuses(first, [email] * 4) == ["success"] * 3 + ["blocked"]
+    async with runtime(policy, tmp_path, usage_store=store) as second:
+        by_context = await statuses(second, [email] * 4, context={"agent": "b"})
+        assert by_context == ["success"] * 3 + ["blocked"]
+        assert await statuses(second, [email], context={"agent": "a"}) == ["blocked"]
+        assert await statuses(second, [email] * 4) == ["success"] * 3 + ["blocked"]  # agent None
+        one, two = (Action("send_sms", "t", {"to": n}) for n in ("+1", "+2"))
+        assert await statuses(second, [one, one, two, two]) == ["success"] * 4
+    async with runtime(policy, tmp_path, usage_store=store) as third:  # a new session
+        assert await statuses(third, [one, one]) == ["success"] * 2
+
+
+async def test_a_missing_key_param_blocks(policy: Policy, tmp_path: Path) -> None:
+    """An SMS without the 'to' its limit is keyed by cannot be counted, so it is blocked."""
+    async with runtime(policy, tmp_path) as rt:
+        result = await rt.run_one(Action("send_sms", "twilio"))
+    assert result.status is ResultStatus.BLOCKED
+    assert "counted per params.to, which this action does not have" in (result.error or "")
+
+
+async def test_budgets_sum_floats_exactly(policy: Policy, tmp_path: Path) -> None:
+    """0.1 + 0.2 fits a budget of 0.3; another 0.1 does not; other customers are apart."""
+
+    def refund(amount: Any, customer: int = 1) -> Action:
+        return Action("refund", "stripe", {"amount": amount, "customer_id": customer})
+
+    async with runtime(policy, tmp_path) as rt:
+        got = await statuses(rt, [refund(0.1), refund(0.2), refund(0.1), refund(0.3, 2)])
+        last = await rt.run_one(refund(0.0001))
+    assert got == ["success", "success", "blocked", "success"]
+    assert last.status is ResultStatus.BLOCKED
+    assert "budget of rule 'refund_budget' exceeded: 0.3 of 0.3 amount" in (last.error or "")
+    assert "adds 0.0001" in (last.error or "")
+
+
+@pytest.mark.parametrize(
+    ("amount", "why"),
+    [
+        (None, "which this action does not have"),
+        ("12", "is a string"),
+        (True, "is a boolean"),
+        (-0.1, "is negative"),
+        (float("nan"), "not a finite number"),
+    ],
+)
+async def test_a_budget_param_that_is_missing_or_not_a_number_blocks(
+    policy: Policy, tmp_path: Path, amount: Any, why: str
+) -> None:
+    """A refund whose amount cannot be summed never runs, and says why."""
+    params: dict[str, Any] = {"customer_id": 1}
+    if amount is not None:
+        params["amount"] = amount
+    async with runtime(policy, tmp_path) as rt:
+        result = await rt.run_one(Action("refund", "stripe", params))
+        records = rt.audit.get_log(rt.session_id)  # type: ignore[attr-defined]
+    assert result.status is ResultStatus.BLOCKED
+    assert why in (result.error or "")
+    assert records[-1]["risk_level"] == "HIGH"
+
+
+async def test_plan_shows_the_limits_without_reserving(policy: Policy, tmp_path: Path) -> None:
+    """plan() says what the limits would decide now and leaves the counts alone."""
+    email = Action("send_email", "smtp")
+    async with runtime(policy, tmp_path, agent="x") as rt:
+        for _ in range(10):
+            assert rt.plan([email])[0].approval is Approval.AUTO
+        assert await statuses(rt, [email] * 3) == ["success"] * 3
+        plan = rt.plan([email, Action("read", "crm")])
+    assert [d.approval for d in plan] == [Approval.BLOCK, Approval.AUTO]
+    assert "3 of 3" in plan[0].reason
+
+
+async def test_a_broken_usage_store_blocks_with_the_reason(policy: Policy, tmp_path: Path) -> None:
+    """Counters that cannot be checked block; history that cannot be noted fails the action."""
+    store = MemoryUsageStore()
+    store.close()
+    async with runtime(policy, tmp_path, usage_store=store) as rt:
+        result = await rt.run_one(Action("send_email", "smtp"))
+        remembered = await rt.run_one(Action("read", "crm"))
+        plain = await rt.run_one(Action("read", "billing"))
+    assert result.status is ResultStatus.BLOCKED
+    assert "the usage counters could not be checked" in (result.error or "")
+    # a read of the CRM is history a flow rule looks for: unnoted, it must not run
+    assert remembered.status is ResultStatus.FAILED
+    assert "not run: the usage store could not note the action" in (remembered.error or "")
+    assert plain.status is ResultStatus.SUCCESS  # needs no counter and no history
+
+
+async def test_policies_without_limits_never_open_a_usage_store(tmp_path: Path) -> None:
+    """A policy with no stateful rules leaves the audit file without usage tables."""
+    import sqlite3
+
+    plain = Policy.from_dict({"rules": [{"match": {"type": "*"}, "approval": "auto"}]})
+    async with runtime(plain, tmp_path) as rt:
+        await rt.run_one(Action("send_email", "smtp"))
+    with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "aegis_usage" not in names
+
+
+async def test_the_usage_store_follows_the_audit(tmp_path: Path, policy: Policy) -> None:
+    """A SQLite audit gets its file's counters; a logging audit gets counters in memory."""
+    async with runtime(policy, tmp_path) as rt:
+        await rt.run_one(Action("send_email", "smtp"))
+        metering = rt._limits.metering(rt)
+        assert isinstance(metering.store, SQLiteUsageStore)
+        assert metering.store.db_path == str(tmp_path / "aegis_audit.db")
+    assert metering.store._closed  # the runtime opened it, so it closed it
+    async with runtime(policy, tmp_path, audit_logger=LoggingAuditLogger()) as rt:
+        await rt.run_one(Action("send_email", "smtp"))
+        assert isinstance(rt._limits.metering(rt).store, MemoryUsageStore)
+    given = MemoryUsageStore()
+    async with runtime(policy, tmp_path, usage_store=given) as rt:
+        await rt.run_one(Action("send_email", "smtp"))
+    assert given.acquire([], 0.0, reserve=False, over=False).used == ()  # still open
+
+
+# -- windows, with the clock given -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("per", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("1d", 86400)]
+)
+@pytest.mark.parametrize("key", ["session", "agent", "type", "target", "params.customer.id", None])
+def test_each_window_and_key_slides_on_sqlite(
+    tmp_path: Path, per: str, seconds: int, key: str | None
+) -> None:
+    """A limit of 2 is full until its oldest action leaves the window, for every window and key."""
+    policy = Policy.from_dict(
+        {"rules": [{"name": "r", "approval": "auto", "limit": _limit(per, key)}]}
+    )
+    store = SQLiteUsageStore(tmp_path / "aegis_audit.db")
+    metering = Metering(store, agent="bot")
+    action = Action("send", "mail", {"customer": {"id": 7}})
+    other = Action("send", "mail", {"customer": {"id": 8}})
+    subject = Subject("s1", "bot")
+    t0 = 1_000_000.0
+
+    def approval(at: float, act: Action = action, who: Subject = subject) -> Approval:
+        decision, _ = metering.check(policy, act, who, now=at)
+        return decision.approval
+
+    assert approval(t0) is Approval.AUTO
+    assert approval(t0 + 1) is Approval.AUTO
+    assert approval(t0 + 2) is Approval.BLOCK
+    assert approval(t0 + seconds - 0.5) is Approval.BLOCK
+    assert approval(t0 + seconds + 0.5) is Approval.AUTO  # the first left the window
+    assert approval(t0 + seconds + 0.6) is Approval.BLOCK  # the second has not
+    # another value of the key has its own count; without a key everything shares one
+    changed = {
+        "session": (action, Subject("s2", "bot")),
+        "agent": (action, Subject("s1", "other")),
+        "type": (Action("send2", "mail", {"customer": {"id": 7}}), subject),
+        "target": (Action("send", "mail2", {"customer": {"id": 7}}), subject),
+        "params.customer.id": (other, subject),
+        None: (other, Subject("s9", "x")),
+    }[key]
+    expected = Approval.BLOCK if key is None else Approval.AUTO
+    assert approval(t0 + seconds + 0.7, *changed) is expected
+    store.close()
+
+
+def _limit(per: str, key: str | None) -> dict[str, Any]:
+    limit: dict[str, Any] = {"max": 2, "per": per}
+    if key is not None:
+        limit["key"] = [key]
+    return limit
+
+
+# -- concurrency: no limit is ever passed ----------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def usage_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(engine, location): the audit file for SQLite, or a DSN for PostgreSQL."""
+    if request.param == "sqlite":
+        yield "sqlite", str(tmp_path / "aegis_audit.db")
+    else:
+        yield "postgres", request.getfixturevalue("postgres_dsn")
+
+
+def _usage(engine: str, location: str) -> UsageStore:
+    if engine == "sqlite":
+        return SQLiteUsageStore(location)
+    return PostgresUsageStore(location)
+
+
+LIMIT_20 = {
+    "rules": [
+        {
+            "name": "r",
+            "match": {"type": "send"},
+            "limit": {"max": 20, "per": "1h"},
+            "approval": "auto",
+        }
+    ]
+}
+
+
+async def test_fifty_concurrent_tasks_never_pass_a_limit_of_twenty(
+    tmp_path: Path, usage_factory: tuple[str, str]
+) -> None:
+    """50 run_one at once, over two runtimes on one store: exactly 20 run."""
+    engine, location = usage_factory
+    policy = Policy.from_dict(LIMIT_20)
+    ran: list[int] = []
+
+    async def execute(action: Action) -> str:
+        await asyncio.sleep(0)  # let the others interleave
+        ran.append(1)
+        return "ok"
+
+    stores = [_usage(engine, location), _usage(engine, location)]
+    runtimes = [
+        Runtime(
+            executor=execute,
+            policy=policy,
+            audit_logger=AuditLogger(tmp_path / f"audit{i}.db"),
+            usage_store=store,
+        )
+        for i, store in enumerate(stores)
+    ]
+    try:
+        results = await asyncio.gather(
+            *(runtimes[i % 2].run_one(Action("send", "x", {"i": i})) for i in range(50))
+        )
+    finally:
+        for rt in runtimes:
+            await rt.close()
+        for store in stores:
+            store.close()
+    counts = {s: sum(r.status is s for r in results) for s in ResultStatus}
+    assert counts[ResultStatus.SUCCESS] == 20
+    assert counts[ResultStatus.BLOCKED] == 30
+    assert len(ran) == 20
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _collect(procs: list[subprocess.Popen[str]]) -> list[str]:
+    out: list[str] = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        out.extend(json.loads(stdout))
+    return out
+
+
+def test_four_processes_never_pass_a_limit_of_twenty(
+    tmp_path: Path, usage_factory: tuple[str, str]
+) -> None:
+    """Four real processes send 40 actions at once against one store: exactly 20 run."""
+    engine, location = usage_factory
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(json.dumps(LIMIT_20), encoding="utf-8")
+    start = tmp_path / "go"
+    dsn = location if engine == "postgres" else "-"
+    procs = [
+        _spawn(
+            [
+                str(policy),
+                str(tmp_path / ("aegis_audit.db" if engine == "sqlite" else f"a{i}.db")),
+                dsn,
+                f"session-{i}",
+                str(start),
+                *(f'send:x:{{"i": {j}}}' for j in range(10)),
+            ]
+        )
+        for i in range(4)
+    ]
+    start.touch()
+    got = _collect(procs)
+    assert len(got) == 40
+    assert got.count("success") == 20
+    assert got.count("blocked") == 20
+    if engine == "sqlite":
+        audit = AuditLogger(tmp_path / "aegis_audit.db")
+        assert audit.verify().ok
+        assert len(audit.get_log(result_status="success")) == 20
+        audit.close()
+
+
+# -- flow rules ----------------------------------------------------------------------------
+
+
+async def test_a_flow_rule_sees_earlier_run_one_calls(policy: Policy, tmp_path: Path) -> None:
+    """After reading the CRM in this session, sending outside is blocked; other sessions are not."""
+    store = MemoryUsageStore()
+    external = Action("send", "external_mail")
+    async with runtime(policy, tmp_path, usage_store=store) as rt:
+        assert await statuses(rt, [external]) == ["success"]
+        assert rt.plan([external])[0].matched_rule == "other_sends"
+        assert await statuses(rt, [Action("read_customer", "crm")]) == ["success"]
+        result = await rt.run_one(external)
+        assert rt.plan([external])[0].matched_rule == "exfiltration"
+    assert result.status is ResultStatus.BLOCKED
+    assert "exfiltration" in (result.error or "")
+    async with runtime(policy, tmp_path, usage_store=store) as fresh:
+        assert await statuses(fresh, [external]) == ["success"]
+
+
+async def test_a_blocked_read_is_not_history(policy: Policy, tmp_path: Path) -> None:
+    """Only actions let through count as history: a blocked read does not arm the flow rule."""
+    text = POLICY.replace(
+        "  - name: reads\n",
+        "  - name: no_secret\n    match: {type: read_secret}\n"
+        "    approval: block\n  - name: reads\n",
+    )
+    strict = Policy.from_dict(__import__("yaml").safe_load(text))
+    async with runtime(strict, tmp_path) as rt:
+        assert await statuses(rt, [Action("read_secret", "crm")]) == ["blocked"]
+        assert await statuses(rt, [Action("send", "external_x")]) == ["success"]
+
+
+def test_a_flow_rule_sees_another_process_of_the_session(
+    tmp_path: Path, usage_factory: tuple[str, str], policy_file: Path
+) -> None:
+    """A read in one process arms the flow rule for a send of the same session in another."""
+    engine, location = usage_factory
+    dsn = location if engine == "postgres" else "-"
+    db = str(tmp_path / "aegis_audit.db")
+    start = tmp_path / "go"
+    start.touch()
+
+    def run(session: str, *actions: str) -> list[str]:
+        return _collect([_spawn([str(policy_file), db, dsn, session, str(start), *actions])])
+
+    assert run("shared", "send:external_x") == ["success"]
+    assert run("shared", "read:crm") == ["success"]
+    assert run("shared", "send:external_x") == ["blocked"]
+    assert run("other", "send:external_x") == ["success"]
+
+
+# -- hot reload ----------------------------------------------------------------------------
+
+
+async def test_update_policy_swaps_for_later_actions_only(policy: Policy, tmp_path: Path) -> None:
+    """An action waiting for approval finishes under the old policy; the next uses the new."""
+    waiting, release = asyncio.Event(), asyncio.Event()
+
+    async def approve(decision: PolicyDecision) -> bool:
+        waiting.set()
+        await release.wait()
+        return True
+
+    block_all = Policy.from_dict({"rules": [{"name": "nothing", "approval": "block"}]})
+    async with runtime(policy, tmp_path, approve=approve) as rt:
+        in_flight = asyncio.ensure_future(rt.run_one(Action("transfer", "bank")))
+        await waiting.wait()
+        rt.update_policy(block_all)
+        later = await rt.run_one(Action("read", "crm"))
+        release.set()
+        first = await in_flight
+        records = rt.audit.get_log(rt.session_id)  # type: ignore[attr-defined]
+    assert first.status is ResultStatus.SUCCESS
+    assert later.status is ResultStatus.BLOCKED
+    by_rule = {r["matched_rule"]: r["policy_digest"] for r in records}
+    assert by_rule == {"transfers": policy.digest, "nothing": block_all.digest}
+
+
+async def test_reload_follows_the_file_and_survives_a_broken_one(
+    policy_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under steady load: a broken file is logged with file:line and ignored; a good one loads."""
+    email = Action("send", "mail")
+    outcomes: list[str] = []
+    rt = Runtime(
+        executor=lambda a: "ok",
+        policy_path=policy_file,
+        reload=True,
+        reload_interval=0.02,
+        approval_handler=lambda d: False,
+        audit_logger=AuditLogger(tmp_path / "aegis_audit.db"),
+    )
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            outcomes.append((await rt.run_one(email)).status.value)
+            await asyncio.sleep(0.002)
+
+    async def until(predicate: Callable[[], bool]) -> None:
+        for _ in range(500):
+            if predicate():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out")
+
+    async with rt:
+        workers = [asyncio.ensure_future(load()) for _ in range(4)]
+        await until(lambda: len(outcomes) > 20)
+        assert set(outcomes) == {"success"}
+        old_digest = rt.policy.digest
+        policy_file.write_text(POLICY + "  - name: broken\n    approval: sometimes\n")
+        await until(lambda: "not reloaded" in caplog.text)
+        assert f"{policy_file}:" in caplog.text
+        assert "approval must be one of" in caplog.text
+        count = len(outcomes)
+        await until(lambda: len(outcomes) > count + 20)
+        assert rt.policy.digest == old_digest
+        assert set(outcomes) == {"success"}
+        policy_file.write_text(POLICY.replace("approval: auto\n", "approval: block\n"))
+        await until(lambda: rt.policy.digest != old_digest)
+        count = len(outcomes)
+        await until(lambda: len(outcomes) > count + 20)
+        stop.set()
+        await asyncio.gather(*workers)
+    assert set(outcomes[count + 4 :]) == {"blocked"}
+
+
+def test_reload_needs_a_path_and_a_runtime_needs_a_policy() -> None:
+    """reload without policy_path, or no policy at all, is a ConfigurationError."""
+    from aegis.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="reload=True needs policy_path"):
+        Runtime(executor=lambda a: None, policy=Policy(), reload=True)
+    with pytest.raises(ConfigurationError, match="Runtime needs a policy"):
+        Runtime(executor=lambda a: None)
+    with pytest.raises(ConfigurationError, match="usage_store must implement"):
+        Runtime(executor=lambda a: None, policy=Policy(), usage_store=object())  # type: ignore[arg-type]
+
+
+async def test_concurrent_checks_share_a_batch_and_a_cancelled_one_reserves_nothing(
+    tmp_path: Path,
+) -> None:
+    """Checks of one loop iteration are reserved together; a waiter cancelled first counts not."""
+    policy = Policy.from_dict(LIMIT_20)
+    store = SQLiteUsageStore(tmp_path / "aegis_audit.db")
+    metering = Metering(store)
+    action = Action("send", "x")
+    tasks = [
+        asyncio.ensure_future(metering.check_async(policy, action, Subject("s"))) for _ in range(5)
+    ]
+    await asyncio.sleep(0)  # the tasks run up to their wait for the batch
+    tasks[0].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[0], asyncio.CancelledError)
+    assert all(isinstance(d, tuple) and d[1] is not None for d in done[1:])
+    preview, _ = metering.check(policy, action, Subject("s"), reserve=False)
+    assert preview.approval is Approval.AUTO
+    used = store.acquire(
+        [policy.limits.by_rule["r"].meters[0].charge(action, Subject("s"))],  # type: ignore[union-attr]
+        time.time(),
+        reserve=False,
+        over=False,
+    ).used
+    assert used == (4,)
+    store.close()
+
+
+async def test_a_postgres_audit_gets_its_counters_in_the_same_database(
+    postgres_dsn: str,
+) -> None:
+    """AuditLogger(DSN) gives the runtime a PostgreSQL usage store in that schema, shared."""
+    import psycopg
+
+    policy = Policy.from_dict(
+        LIMIT_20 | {"rules": [LIMIT_20["rules"][0] | {"limit": {"max": 3, "per": "1h"}}]}
+    )
+    statuses_seen: list[str] = []
+    for _ in range(2):  # two runtimes, as two workers of a fleet would be
+        async with Runtime(
+            executor=lambda a: "ok", policy=policy, audit_logger=AuditLogger(postgres_dsn)
+        ) as rt:
+            statuses_seen += await statuses(rt, [Action("send", "x")] * 2)
+            assert isinstance(rt._limits.metering(rt).store, PostgresUsageStore)
+    assert statuses_seen == ["success", "success", "success", "blocked"]
+    with psycopg.connect(postgres_dsn) as conn:
+        rows = conn.execute("SELECT count(*) FROM aegis_usage").fetchone()
+        versions = dict(conn.execute("SELECT component, version FROM aegis_schema_versions"))
+    assert rows == (3,)
+    assert {"audit", "usage"} <= set(versions)

@@ -1,0 +1,148 @@
+"""Two approval services on one PostgreSQL database serve one queue."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from aegis import Action, Policy, ResultStatus, Runtime
+from aegis.core.approval_request import Role, TokenInfo
+from aegis.runtime.approval_remote import RemoteApprovalHandler
+from aegis.server import ApprovalService, create_app
+from aegis.stores.approvals import hash_token
+from aegis.stores.postgres.approvals import PostgresApprovalStore, mask_dsn
+from aegis.testing import InMemoryAuditLog
+
+POLICY = Policy.from_dict({"rules": [{"name": "refunds", "match": {"type": "refund"}}]})
+
+
+@pytest.fixture
+async def pair(postgres_dsn: str) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """Two services, each with its own connection pool, on one schema; a client for each."""
+    services = [
+        ApprovalService(PostgresApprovalStore(postgres_dsn), InMemoryAuditLog(), poll_interval=0.05)
+        for _ in range(2)
+    ]
+    now = datetime.now(UTC)
+    for name, role in (("bot", Role.AGENT), ("alice", Role.REVIEWER), ("bob", Role.REVIEWER)):
+        services[0].store.create_token(TokenInfo(name, role, (), now), hash_token(f"{name}-secret"))
+    clients = [
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(s)), base_url="http://t")
+        for s in services
+    ]
+    yield clients
+    for client in clients:
+        await client.aclose()
+    for service in services:
+        service.close()
+
+
+def auth(name: str) -> dict[str, str]:
+    """The Authorization header of ``name``'s token."""
+    return {"Authorization": f"Bearer {name}-secret"}
+
+
+async def test_agent_on_one_service_reviewer_on_the_other(pair: list[httpx.AsyncClient]) -> None:
+    """An agent waiting through one service runs once a reviewer approves through the other."""
+    first, second = pair
+    handler = RemoteApprovalHandler(
+        "http://t", token="bot-secret", timeout=10, poll=5, transport=first._transport
+    )
+    async with Runtime(
+        executor=lambda action: "ok",
+        policy=POLICY,
+        approval_handler=handler,
+        audit_logger=InMemoryAuditLog(),
+    ) as runtime:
+        task = asyncio.create_task(runtime.run_one(Action("refund", "billing", {"amount": 3})))
+        pending: list[dict[str, str]] = []
+        while not pending:
+            await asyncio.sleep(0.02)
+            pending = (await second.get("/api/v1/approvals", headers=auth("alice"))).json()[
+                "approvals"
+            ]
+        decided = await second.post(
+            f"/api/v1/approvals/{pending[0]['id']}/decision",
+            json={"verdict": "approve"},
+            headers=auth("alice"),
+        )
+        assert decided.status_code == 200
+        result = await asyncio.wait_for(task, 10)
+    await handler.aclose()
+    assert result.status is ResultStatus.SUCCESS
+
+
+async def test_racing_reviewers_on_two_services(pair: list[httpx.AsyncClient]) -> None:
+    """Reviewers deciding one request at once through two services: exactly one wins."""
+    first, second = pair
+    body = {"session_id": "s", "action": {"type": "refund", "target": "billing"}}
+    created = await first.post("/api/v1/approvals", json=body, headers=auth("bot"))
+    request_id = created.json()["id"]
+    path = f"/api/v1/approvals/{request_id}/decision"
+    answers = await asyncio.gather(
+        first.post(path, json={"verdict": "approve"}, headers=auth("alice")),
+        second.post(path, json={"verdict": "deny"}, headers=auth("bob")),
+    )
+    assert sorted(a.status_code for a in answers) == [200, 409]
+    shown = (await second.get(f"/api/v1/approvals/{request_id}", headers=auth("bob"))).json()
+    assert len(shown["decisions"]) == 1
+
+
+async def test_reattach_across_services(pair: list[httpx.AsyncClient]) -> None:
+    """The same session and action posted to the other service re-attaches (200, same id)."""
+    first, second = pair
+    body = {"session_id": "s", "action": {"type": "refund", "target": "billing"}}
+    one = await first.post("/api/v1/approvals", json=body, headers=auth("bot"))
+    two = await second.post("/api/v1/approvals", json=body, headers=auth("bot"))
+    assert (one.status_code, two.status_code) == (201, 200)
+    assert one.json()["id"] == two.json()["id"]
+
+
+def test_unreachable_database_is_a_store_error_with_the_password_masked() -> None:
+    """A DSN nobody answers is a StoreError that names it without its password."""
+    from aegis.errors import StoreError
+
+    dsn = "postgresql://aegis:hunter2@127.0.0.1:1/nowhere?connect_timeout=1"
+    with pytest.raises(StoreError) as caught:
+        PostgresApprovalStore(dsn, timeout=1)
+    assert "hunter2" not in str(caught.value)
+    assert "***" in str(caught.value)
+    assert mask_dsn("host=x password=secret user=y") == "host=x password=*** user=y"
+
+
+async def test_read_only_database_is_a_json_503(postgres_dsn: str) -> None:
+    """A database that refuses writes gives clear JSON 503s; reads still work, nothing changes."""
+    writable = ApprovalService(PostgresApprovalStore(postgres_dsn), InMemoryAuditLog())
+    now = datetime.now(UTC)
+    for name, role in (("bot", Role.AGENT), ("alice", Role.REVIEWER)):
+        writable.store.create_token(TokenInfo(name, role, (), now), hash_token(f"{name}-secret"))
+    app = create_app(writable)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        body = {"session_id": "s", "action": {"type": "refund", "target": "billing"}}
+        created = (await client.post("/api/v1/approvals", json=body, headers=auth("bot"))).json()
+    writable.close()
+    read_only_dsn = postgres_dsn.replace(
+        "options=-csearch_path", "options=-cdefault_transaction_read_only%3Don%20-csearch_path"
+    )
+    service = ApprovalService(PostgresApprovalStore(read_only_dsn), InMemoryAuditLog())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://t"
+    ) as client:
+        path = f"/api/v1/approvals/{created['id']}"
+        refused = await client.post(
+            f"{path}/decision", json={"verdict": "approve"}, headers=auth("alice")
+        )
+        assert refused.status_code == 503
+        error = refused.json()["error"]
+        assert error["code"] == "store_unavailable"
+        assert "read-only" in error["message"]
+        shown = await client.get(path, headers=auth("alice"))
+        assert shown.json()["status"] == "pending"
+        assert shown.json()["decisions"] == []
+    service.close()

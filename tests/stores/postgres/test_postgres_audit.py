@@ -1,0 +1,497 @@
+"""The PostgreSQL audit trail on a real server: runtime, group commit, faults, fleets, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from pg_support import POSTGRES_DSN
+
+from aegis.cli import cli
+from aegis.core.action import Action
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.filters import Filters
+from aegis.core.policy import Policy
+from aegis.core.record import RECORD_FIELDS
+from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.errors import ConfigurationError, StoreError
+from aegis.runtime.audit import AuditLogger
+from aegis.runtime.engine import Runtime
+from aegis.stores.postgres.audit import PostgresAuditStore
+
+WORKER = Path(__file__).with_name("fleet_worker.py")
+
+#: lets every read and write run
+POLICY = Policy.from_dict(
+    {"version": "1", "defaults": {"risk_level": "low", "approval": "auto"}, "rules": []}
+)
+
+
+def decision(n: int = 1, kind: str = "write") -> PolicyDecision:
+    """An auto-approved decision about action number ``n``."""
+    return PolicyDecision(Action(kind, "crm", {"n": n}), RiskLevel.LOW, Approval.AUTO, "writes")
+
+
+def success(d: PolicyDecision) -> Result:
+    """A successful Result of ``d``'s action."""
+    return Result(d.action, ResultStatus.SUCCESS, {"done": True})
+
+
+def sql(dsn: str, statement: str, *args: object) -> list[tuple[object, ...]]:
+    """Run one statement through a fresh connection, as an outsider would."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(statement, args or None)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def trail(postgres_dsn: str) -> Iterator[AuditLogger]:
+    """A PostgreSQL audit trail in the test's own schema, closed afterwards."""
+    audit = AuditLogger(postgres_dsn)
+    assert isinstance(audit.store, PostgresAuditStore)
+    yield audit
+    audit.close()
+
+
+def columns(**replaced: str) -> str:
+    """The audit table's columns in order, as SQL, with some replaced by expressions."""
+    return ", ".join(replaced.get(name, name) for name in RECORD_FIELDS)
+
+
+def fill(audit: AuditLogger, count: int) -> None:
+    """Append ``count`` finished records."""
+    for n in range(1, count + 1):
+        d = decision(n)
+        audit.log("s1", d, result=success(d), context={"n": n})
+
+
+def test_audit_logger_dispatches_on_the_url(postgres_dsn: str, tmp_path: Path) -> None:
+    """AuditLogger gives the PostgreSQL trail for a DSN and the SQLite one for a path."""
+    with AuditLogger(postgres_dsn) as pg, AuditLogger(tmp_path / "a.db") as lite:
+        assert type(pg.store) is PostgresAuditStore
+        assert type(lite.store) is not PostgresAuditStore
+        assert "***" in repr(AuditLogger("postgresql://u:pw@127.0.0.1:1/x"))
+
+
+async def test_a_runtime_records_every_action_with_its_context(
+    trail: AuditLogger,
+) -> None:
+    """run_one through a Runtime lands each action, context included, in a chain that verifies."""
+
+    def executor(action: Action) -> str:
+        return f"did {action.type}"
+
+    async with Runtime(executor=executor, policy=POLICY, audit_logger=trail) as runtime:
+        result = await runtime.run_one(Action("read", "crm"), context={"agent": "support"})
+        assert result.ok
+        (record,) = trail.get_log()
+        assert record["context"] == {"agent": "support"}
+        assert record["result_data"] == "did read"
+        assert trail.verify().ok
+
+
+async def test_each_result_returns_only_after_its_record_commits(
+    trail: AuditLogger, postgres_dsn: str
+) -> None:
+    """Under group commit every record is visible to another connection when its call returns."""
+
+    async def one(n: int) -> int:
+        d = decision(n)
+        record_id = await trail.record("s1", d, result=success(d))
+        # an outsider's connection must see it the moment record() returns
+        found = await asyncio.to_thread(
+            sql, postgres_dsn, "SELECT count(*) FROM aegis_audit_log WHERE id = %s", record_id
+        )
+        assert found == [(1,)]
+        return record_id
+
+    ids = await asyncio.gather(*(one(n) for n in range(60)))
+    assert sorted(ids) == list(range(1, 61))
+    assert trail.verify().ok
+
+
+async def test_concurrent_actions_share_transactions(trail: AuditLogger) -> None:
+    """Five hundred concurrent records commit in far fewer transactions than records."""
+    trail.log("s0", decision(0), result=success(decision(0)))  # connect and create first
+    before = trail.store.commits
+    await asyncio.gather(
+        *(trail.record("s1", decision(n), result=success(decision(n))) for n in range(500))
+    )
+    assert trail.count() == 501
+    assert trail.store.commits - before <= 50
+    assert trail.verify().ok
+
+
+def test_an_edited_row_is_caught(trail: AuditLogger, postgres_dsn: str) -> None:
+    """A field changed in SQL is reported at that record."""
+    fill(trail, 6)
+    assert trail.verify().ok
+    sql(postgres_dsn, "UPDATE aegis_audit_log SET action_target = 'billing' WHERE id = 3")
+    report = trail.verify()
+    assert (report.ok, report.first_bad_id) == (False, 3)
+    assert "modified" in report.reason
+
+
+def test_a_deleted_row_is_caught(trail: AuditLogger, postgres_dsn: str) -> None:
+    """A row deleted from the middle is reported as missing."""
+    fill(trail, 5)
+    sql(postgres_dsn, "DELETE FROM aegis_audit_log WHERE id = 2")
+    report = trail.verify()
+    assert (report.ok, report.first_bad_id) == (False, 2)
+    assert "missing" in report.reason
+
+
+def test_reordered_rows_are_caught(trail: AuditLogger, postgres_dsn: str) -> None:
+    """Two rows whose ids are swapped no longer link."""
+    fill(trail, 5)
+    for move in ("id = -2 WHERE id = 2", "id = 2 WHERE id = 3", "id = 3 WHERE id = -2"):
+        sql(postgres_dsn, f"UPDATE aegis_audit_log SET {move}")
+    report = trail.verify()
+    assert (report.ok, report.first_bad_id) == (False, 2)
+
+
+def test_an_inserted_row_is_caught(trail: AuditLogger, postgres_dsn: str) -> None:
+    """A forged row slipped in (ids shifted to make room) breaks the link after it."""
+    fill(trail, 4)
+    sql(postgres_dsn, "ALTER TABLE aegis_audit_log DROP CONSTRAINT aegis_audit_log_one_successor")
+    sql(postgres_dsn, "UPDATE aegis_audit_log SET id = id + 100 WHERE id >= 3")
+    sql(postgres_dsn, "UPDATE aegis_audit_log SET id = id - 99 WHERE id >= 103")
+    forged = columns(id="3", action_target="'forged'", prev_hash="hash", hash="repeat('0', 64)")
+    sql(
+        postgres_dsn,
+        f"INSERT INTO aegis_audit_log SELECT {forged} FROM aegis_audit_log WHERE id = 2",
+    )
+    report = trail.verify()
+    assert not report.ok
+    assert report.first_bad_id == 3
+
+
+def test_a_truncated_tail_is_caught_with_a_kept_head(trail: AuditLogger, postgres_dsn: str) -> None:
+    """Rows cut off the end pass alone but fail against the head kept before."""
+    fill(trail, 5)
+    head = trail.head()
+    sql(postgres_dsn, "DELETE FROM aegis_audit_log WHERE id >= 4")
+    assert trail.verify().ok
+    report = trail.verify(expected_head=head)
+    assert not report.ok
+    assert "removed from the end" in report.reason
+
+
+def test_a_fork_is_refused_by_the_table(trail: AuditLogger, postgres_dsn: str) -> None:
+    """A second record linking to the same predecessor cannot even be stored."""
+    fill(trail, 2)
+    twin = columns(id="99")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        sql(
+            postgres_dsn,
+            f"INSERT INTO aegis_audit_log SELECT {twin} FROM aegis_audit_log WHERE id = 2",
+        )
+
+
+def test_a_terminated_backend_is_survived_without_a_duplicate(postgres_dsn: str) -> None:
+    """After pg_terminate_backend kills the writer's connection, the next append succeeds once."""
+    name = f"aegis_test_{uuid.uuid4().hex[:8]}"  # so that only this test's backends die
+    with AuditLogger(f"{postgres_dsn}&application_name={name}") as trail:
+        fill(trail, 3)
+        killed = sql(
+            postgres_dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            name,
+        )
+        assert len(killed) >= 1
+        d = decision(4)
+        assert trail.log("s1", d, result=success(d)) == 4
+        assert trail.count() == 4
+        report = trail.verify()
+        assert report.ok, report.reason
+
+
+def test_a_server_that_does_not_answer_fails_before_the_executor_runs() -> None:
+    """With a DSN of a closed port the first action raises StoreError and never executes."""
+    ran: list[Action] = []
+
+    async def go() -> None:
+        audit = AuditLogger("postgresql://postgres:pw@127.0.0.1:1/test", connect_timeout=2)
+        async with Runtime(executor=ran.append, policy=POLICY, audit_logger=audit) as runtime:
+            await runtime.run_one(Action("read", "crm"))
+
+    with pytest.raises(StoreError, match=r"postgresql://postgres:\*\*\*@127.0.0.1:1/test"):
+        asyncio.run(go())
+    assert ran == []
+
+
+@pytest.fixture
+def read_only_dsn(postgres_dsn: str) -> Iterator[str]:
+    """A DSN of a role that may read the test schema but not write it; dropped afterwards."""
+    role = f"aegis_ro_{uuid.uuid4().hex[:8]}"
+    schema = postgres_dsn.rsplit("%3D", 1)[1]
+    sql(POSTGRES_DSN, f'CREATE ROLE "{role}" LOGIN')
+    sql(POSTGRES_DSN, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+    try:
+        yield postgres_dsn.replace("postgres@", f"{role}:secret@", 1)
+    finally:
+        sql(POSTGRES_DSN, f'DROP OWNED BY "{role}"')
+        sql(POSTGRES_DSN, f'DROP ROLE "{role}"')
+
+
+def test_a_read_only_role_is_refused_before_anything_runs(
+    trail: AuditLogger, postgres_dsn: str, read_only_dsn: str
+) -> None:
+    """A role without INSERT gets one clear error at the first action, naming the grant."""
+    fill(trail, 2)
+    schema = postgres_dsn.rsplit("%3D", 1)[1]
+    role = read_only_dsn.split("//", 1)[1].split(":", 1)[0]
+    sql(POSTGRES_DSN, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    ran: list[Action] = []
+
+    async def go() -> None:
+        async with Runtime(
+            executor=ran.append, policy=POLICY, audit_logger=AuditLogger(read_only_dsn)
+        ) as rt:
+            await rt.run_one(Action("read", "crm"))
+
+    with pytest.raises(StoreError, match=r"may not INSERT|permission denied") as caught:
+        asyncio.run(go())
+    assert "secret" not in str(caught.value)
+    assert ran == []
+    # ... and the same role can still verify the trail, as an auditor would
+    with AuditLogger(read_only_dsn, create=False) as reader:
+        assert reader.verify().ok
+        assert reader.count() == 2
+
+
+def test_a_role_that_may_not_create_tables_gets_a_clear_error(read_only_dsn: str) -> None:
+    """Creating the tables without the privilege names the missing privilege."""
+    with pytest.raises(StoreError, match="privilege") as caught, AuditLogger(read_only_dsn) as a:
+        a.log("s1", decision(), result=success(decision()))
+    assert "SQLSTATE 42501" in str(caught.value)
+
+
+def test_a_schema_without_the_trail_is_an_error_for_readers(postgres_dsn: str) -> None:
+    """Reading a DSN whose schema holds no audit trail says so and creates nothing."""
+    reader = AuditLogger(postgres_dsn, create=False)
+    with pytest.raises(StoreError, match="no Aegis audit tables"):
+        reader.verify()
+    reader.close()
+    assert sql(
+        postgres_dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+    ) == [(0,)]
+
+
+def test_every_audit_command_takes_a_dsn(
+    trail: AuditLogger, postgres_dsn: str, tmp_path: Path
+) -> None:
+    """list, show, export, verify, stats and tail read the PostgreSQL trail through --db."""
+    fill(trail, 3)
+    runner = CliRunner()
+
+    def aegis(*args: str) -> str:
+        result = runner.invoke(cli, [*args, "--db", postgres_dsn], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert len(json.loads(aegis("audit", "list", "--format", "json"))) == 3
+    assert json.loads(aegis("audit", "show", "2", "--format", "json"))["context"] == {"n": 2}
+    out = tmp_path / "out.jsonl"
+    aegis("audit", "export", "-o", str(out))
+    assert len(out.read_text().splitlines()) == 3
+    assert json.loads(aegis("audit", "verify", "--format", "json"))["checked"] == 3
+    assert json.loads(aegis("audit", "stats", "--format", "json"))["total"] == 3
+    assert len(aegis("audit", "tail", "-n", "2").splitlines()) == 2
+
+
+def test_the_cli_names_a_dead_server_in_one_line() -> None:
+    """aegis audit verify against a closed port exits 1 with the masked DSN and no traceback."""
+    result = CliRunner().invoke(
+        cli, ["audit", "verify", "--db", "postgresql://postgres:pw@127.0.0.1:1/test"]
+    )
+    assert result.exit_code == 1
+    assert "postgres:***@127.0.0.1:1" in result.output
+    assert "Traceback" not in result.output
+
+
+def start_fleet(db: str, workers: int, count: int, concurrency: int) -> list[dict[str, object]]:
+    """Run ``workers`` processes of ``count`` actions each at once; return their summaries."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), db, str(count), str(i), str(concurrency)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(workers)
+    ]
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    summaries = []
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err
+        summaries.append(json.loads(out))
+    return summaries
+
+
+def test_eight_processes_share_one_chain(postgres_dsn: str) -> None:
+    """Eight processes writing at once leave one chain that verifies; a tampered row fails it."""
+    summaries = start_fleet(postgres_dsn, workers=8, count=150, concurrency=10)
+    assert sum(int(str(s["ok"])) for s in summaries) == 8 * 150
+    runner = CliRunner()
+    result = runner.invoke(cli, ["audit", "verify", "--db", postgres_dsn, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    # every action has a start record and a final record, all in one chain
+    assert json.loads(result.output)["checked"] == 2 * 1200
+    stats = runner.invoke(cli, ["audit", "stats", "--db", postgres_dsn, "--format", "json"])
+    assert json.loads(stats.output)["total"] == 1200
+    seen = sql(
+        postgres_dsn, "SELECT count(DISTINCT context) FROM aegis_audit_log WHERE kind = 'final'"
+    )
+    assert seen == [(1200,)]
+    sql(postgres_dsn, "UPDATE aegis_audit_log SET result_status = 'failed' WHERE id = 700")
+    result = runner.invoke(cli, ["audit", "verify", "--db", postgres_dsn])
+    assert result.exit_code == 1
+    assert "record 700" in result.output
+
+
+KILLED_CHILD = """
+import asyncio, sys, time
+from aegis import Action, AuditLogger, Policy, Runtime
+
+policy = Policy.from_dict({"version": "1", "defaults": {"approval": "auto"}, "rules": []})
+
+
+def transfer(action):
+    print("running", flush=True)
+    time.sleep(120)
+
+
+async def main():
+    audit = AuditLogger(sys.argv[1])
+    async with Runtime(executor=transfer, policy=policy, audit_logger=audit) as runtime:
+        await runtime.run_one(Action("transfer", "bank", {"amount": 900}))
+
+
+asyncio.run(main())
+"""
+
+
+def test_an_action_killed_mid_run_stays_in_the_chain(postgres_dsn: str) -> None:
+    """A worker SIGKILLed while its executor runs leaves a chained start record every view shows."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, postgres_dsn], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == "running\n"
+    child.kill()
+    child.wait(timeout=30)
+    child.stdout.close()
+    with AuditLogger(postgres_dsn, create=False) as audit:
+        (record,) = audit.get_log()
+        assert (record["kind"], record["action_type"], record["result_status"]) == (
+            "start",
+            "transfer",
+            None,
+        )
+        report = audit.verify()
+        assert report.ok
+        assert report.unfinished == (record["id"],)
+    listed = CliRunner().invoke(cli, ["audit", "list", "--db", postgres_dsn, "--format", "json"])
+    assert json.loads(listed.output)[0]["action_type"] == "transfer"
+
+
+async def test_a_rejected_start_means_the_action_never_runs(
+    trail: AuditLogger, postgres_dsn: str
+) -> None:
+    """When the server refuses the start record mid-run, the Result is FAILED and nothing ran."""
+    ran: list[Action] = []
+    async with Runtime(executor=ran.append, policy=POLICY, audit_logger=trail) as runtime:
+        assert (await runtime.run_one(Action("read", "crm"))).ok
+        sql(
+            postgres_dsn,
+            "ALTER TABLE aegis_audit_log ADD CONSTRAINT no_refunds CHECK (action_type <> 'refund')",
+        )
+        result = await runtime.run_one(Action("refund", "billing", {"amount": 5}))
+        assert result.status is ResultStatus.FAILED
+        assert "not run" in str(result.error)
+        assert "no_refunds" in str(result.error)
+        assert [a.type for a in ran] == ["read"]
+        assert trail.store.count(Filters(view="records")) == 2  # no half-written record
+        assert trail.verify().ok
+
+
+async def test_a_rejected_outcome_is_failed_never_success(
+    trail: AuditLogger, postgres_dsn: str
+) -> None:
+    """When the final record cannot be written, the Result is FAILED; the start stays open."""
+    trail.check()  # creates the tables
+    async with Runtime(executor=lambda a: "paid", policy=POLICY, audit_logger=trail) as runtime:
+        sql(
+            postgres_dsn,
+            "ALTER TABLE aegis_audit_log ADD CONSTRAINT no_outcomes "
+            "CHECK (kind IS DISTINCT FROM 'final')",
+        )
+        result = await runtime.run_one(Action("refund", "billing", {"amount": 5}))
+        assert result.status is ResultStatus.FAILED
+        assert "ended success, but the audit trail could not record it" in str(result.error)
+        (start,) = trail.get_log()
+        assert (start["kind"], start["action_type"]) == ("start", "refund")
+        report = trail.verify()
+        assert report.ok
+        assert report.unfinished == (start["id"],)
+
+
+async def test_a_server_lost_mid_run_fails_the_next_action_cleanly(postgres_dsn: str) -> None:
+    """With every connection cut and no way back in, the next action is FAILED and never runs."""
+    role = f"aegis_gone_{uuid.uuid4().hex[:8]}"
+    schema = postgres_dsn.rsplit("%3D", 1)[1]
+    sql(POSTGRES_DSN, f'CREATE ROLE "{role}" LOGIN')
+    sql(POSTGRES_DSN, f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO "{role}"')
+    dsn = postgres_dsn.replace("postgres@", f"{role}:pw@", 1)
+    ran: list[Action] = []
+    try:
+        async with Runtime(
+            executor=ran.append, policy=POLICY, audit_logger=AuditLogger(dsn, connect_timeout=2)
+        ) as runtime:
+            assert (await runtime.run_one(Action("read", "crm"))).ok
+            # the server "goes away" for this role: no new logins, sessions cut
+            sql(POSTGRES_DSN, f'ALTER ROLE "{role}" NOLOGIN')
+            sql(
+                POSTGRES_DSN,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                role,
+            )
+            result = await runtime.run_one(Action("update", "crm"))
+            assert result.status is ResultStatus.FAILED
+            assert f"{role}:***@" in str(result.error)
+            assert "pw@" not in str(result.error)
+        assert [a.type for a in ran] == ["read"]
+    finally:
+        sql(POSTGRES_DSN, f'DROP OWNED BY "{role}"')
+        sql(POSTGRES_DSN, f'DROP ROLE "{role}"')
+
+
+async def test_synchronous_full_records_every_action(postgres_dsn: str) -> None:
+    """synchronous='full' waits for the disk on start records too and writes the same chain."""
+    audit = AuditLogger(postgres_dsn, synchronous="full")
+    async with Runtime(executor=lambda a: "ok", policy=POLICY, audit_logger=audit) as runtime:
+        results = await asyncio.gather(*(runtime.run_one(Action("read", "crm")) for _ in range(20)))
+        assert all(r.ok for r in results)
+        assert audit.count() == 20
+        assert audit.verify().ok
+
+
+def test_an_unknown_synchronous_mode_is_refused(postgres_dsn: str) -> None:
+    """A synchronous mode other than normal or full is a configuration error."""
+    with pytest.raises(ConfigurationError, match="'normal' or 'full'"):
+        AuditLogger(postgres_dsn, synchronous="off")
