@@ -24,6 +24,7 @@ meaning of auto, approve and block lives once, in
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 import queue
@@ -39,6 +40,7 @@ from aegis.core.outcome import ApprovalOutcome
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError, ToolBlockedError
 from aegis.runtime._binding import CallBinding, bound_call
+from aegis.runtime._calls import call_with_deadline
 from aegis.runtime.approval import SuspendableApprovalHandler
 
 if TYPE_CHECKING:
@@ -267,11 +269,12 @@ class Governor:
             return await self.ask(decision)
         digest = action_digest(decision.action)
         timeout = self.runtime.approval_timeout
-        work = handler.collect_approval(request_id, decision)
         try:
-            answer = await (work if timeout is None else asyncio.wait_for(work, timeout))
+            answer = await call_with_deadline(
+                handler.collect_approval, (request_id, decision), timeout, "the approval handler"
+            )
         except TimeoutError as exc:
-            why = str(exc) or f"no answer within {timeout:g}s"
+            why = str(exc) or "the approval handler raised TimeoutError"
             return ApprovalOutcome(
                 False, reason=f"approval timed out ({why})", request_id=request_id, digest=digest
             )
@@ -298,11 +301,13 @@ class Governor:
         ask = _approval_function(self.runtime.approval_handler)
         timeout = self.runtime.approval_timeout
         try:
-            answer = await (
-                ask(decision) if timeout is None else asyncio.wait_for(ask(decision), timeout)
+            # As the runtime's approve step does: a sync handler runs on a
+            # worker thread, the deadline holds, the handler gets a copy.
+            answer = await call_with_deadline(
+                ask, (copy.copy(decision),), timeout, "the approval handler"
             )
         except TimeoutError as exc:
-            why = str(exc) or f"no answer within {timeout:g}s"
+            why = str(exc) or "the approval handler raised TimeoutError"
             return ApprovalOutcome(False, reason=f"approval timed out ({why})", digest=digest)
         except Exception as exc:  # fail closed: a broken handler must not approve
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -423,22 +428,24 @@ class _Portal:
 def _capturing(
     execute: Callable[[Action], Any], raised: list[Exception]
 ) -> Callable[[Action], Any]:
-    """``execute``, keeping any exception it raises (sync or async) in ``raised``."""
+    """``execute``, keeping any exception it raises in ``raised`` (async stays async)."""
+    if inspect.iscoroutinefunction(execute):
 
-    async def awaiting(pending: Awaitable[Any]) -> Any:
-        try:
-            return await pending
-        except Exception as exc:
-            raised.append(exc)
-            raise
+        async def call_async(action: Action) -> Any:
+            try:
+                return await execute(action)
+            except Exception as exc:
+                raised.append(exc)
+                raise
+
+        return call_async
 
     def call(action: Action) -> Any:
         try:
-            out = execute(action)
+            return execute(action)
         except Exception as exc:
             raised.append(exc)
             raise
-        return awaiting(out) if inspect.isawaitable(out) else out
 
     return call
 
