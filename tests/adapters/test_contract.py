@@ -95,6 +95,20 @@ async def test_approval_timeout_never_runs_the_tool(harness: Any) -> None:
     assert "timeout" in record["human_decision"] or "timed out" in record["human_decision"]
 
 
+async def test_a_failing_approval_handler_never_runs_the_tool(harness: Any) -> None:
+    """An approval handler that raises denies: the tool never runs and the model reads why."""
+    audit = InMemoryAuditLog()
+
+    def broken(decision: PolicyDecision) -> bool:
+        raise ConnectionError("approval service unreachable")
+
+    run = await harness.run(make_runtime(broken, audit=audit), [("refund", REFUND, "call_1")])
+    assert run.executed == []
+    assert "approval service unreachable" in run.model_saw["call_1"]
+    [record] = _records(audit)
+    assert record["result_status"] == "denied"
+
+
 async def test_an_approval_of_other_arguments_is_refused(harness: Any) -> None:
     """A yes bound to other arguments (the amount edited after approval) never runs the call."""
     audit = InMemoryAuditLog()
