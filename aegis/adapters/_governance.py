@@ -382,7 +382,22 @@ class _Portal:
         async def wrapped() -> Any:
             return await work
 
-        return asyncio.run_coroutine_threadsafe(wrapped(), self.loop()).result()
+        loop = self.loop()
+        self._refuse_reentry(loop)
+        return asyncio.run_coroutine_threadsafe(wrapped(), loop).result()
+
+    @staticmethod
+    def _refuse_reentry(loop: asyncio.AbstractEventLoop) -> None:
+        # Waiting on the loop from its own thread would wait forever.
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is loop:
+            raise ConfigurationError(
+                "a governed tool was called synchronously from Aegis' own event loop (from "
+                "an approval handler or an executor?); call it with its async API instead"
+            )
 
     def run(
         self,
@@ -394,6 +409,7 @@ class _Portal:
         answer: ApprovalOutcome | None,
     ) -> Result:
         loop = self.loop()
+        self._refuse_reentry(loop)
         work: queue.SimpleQueue[tuple[Action, asyncio.Future[Any]] | None] = queue.SimpleQueue()
 
         async def execute_in_caller(action: Action) -> Any:
