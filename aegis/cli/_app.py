@@ -104,6 +104,7 @@ class AegisGroup(click.Group):
     name="aegis",
     cls=AegisGroup,
     lazy={
+        "approvals": "aegis.cli._approvals:approvals",
         "audit": "aegis.cli._audit:audit",
         "demo": "aegis.cli._demo:demo",
         "grants": "aegis.cli._grants:grants",

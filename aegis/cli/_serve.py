@@ -58,6 +58,40 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     help="Serve plain HTTP on a non-loopback address (tokens cross the network in clear).",
 )
 @click.option(
+    "--webhook",
+    "webhooks",
+    multiple=True,
+    metavar="URL",
+    help="POST every approval event here as signed JSON (repeatable).",
+)
+@click.option(
+    "--webhook-secret",
+    envvar="AEGIS_WEBHOOK_SECRET",
+    show_envvar=True,
+    help="The HMAC-SHA256 key of the X-Aegis-Signature header of webhooks.",
+)
+@click.option(
+    "--slack-webhook",
+    "slack_webhooks",
+    multiple=True,
+    metavar="URL",
+    help="A Slack incoming webhook that hears of every request and decision (repeatable).",
+)
+@click.option(
+    "--public-url",
+    metavar="URL",
+    help="The inbox's address as reviewers reach it (behind a proxy, say): links in "
+    "notifications, and the origin the inbox's forms are accepted from "
+    "(default: http://HOST:PORT).",
+)
+@click.option(
+    "--session-key",
+    envvar="AEGIS_SESSION_KEY",
+    show_envvar=True,
+    help="The key that signs inbox sessions; share it between processes and restarts "
+    "to keep reviewers signed in (default: random per process).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -72,9 +106,17 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     tls_cert: str | None,
     tls_key: str | None,
     insecure_http: bool,
+    webhooks: tuple[str, ...],
+    webhook_secret: str | None,
+    slack_webhooks: tuple[str, ...],
+    public_url: str | None,
+    session_key: str | None,
     log_level: str,
 ) -> None:
-    """Run the approval service: agents ask, reviewers decide, all of it audited.
+    """Run the approval service and its inbox: agents ask, reviewers decide, all of it audited.
+
+    Reviewers open http://HOST:PORT/ and sign in with a reviewer token.
+    --webhook and --slack-webhook announce every request and decision.
 
     It listens on 127.0.0.1 unless told otherwise, and refuses another
     address without TLS (--tls-cert and --tls-key) or --insecure-http.
@@ -99,11 +141,23 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
 
     from aegis.core.policy import Policy  # noqa: PLC0415
     from aegis.server import create_app, open_service  # noqa: PLC0415
+    from aegis.server.inbox import Inbox  # noqa: PLC0415
+    from aegis.server.notify import Notifications  # noqa: PLC0415
 
+    scheme = "https" if tls else "http"
+    try:
+        notifications = Notifications(
+            webhooks,
+            secret=webhook_secret,
+            slack_webhooks=slack_webhooks,
+            public_url=public_url or f"{scheme}://{host}:{port}",
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     policy = Policy.from_yaml(policy_path) if policy_path is not None else None
     service = open_service(db, approval_ttl=approval_ttl, policy=policy)
-    app = create_app(service)
-    scheme = "https" if tls else "http"
+    inbox = Inbox(service, session_key=session_key, public_url=public_url)
+    app = create_app(service, routes=inbox.routes(), on_startup=[notifications.startup])
     where = db if not is_dsn(db) else "PostgreSQL"
     note(f"Aegis approval service on {scheme}://{host}:{port} (store: {where})")
     config = uvicorn.Config(

@@ -484,11 +484,12 @@ class Runtime:
         approved, whatever the executor put in it.
         """
         started = _now()
-        limit = self.execute_timeout
-        execute, is_async = self._execute_action, self._execute_is_async
         binding = binding_for(action)  # a framework's tool runs its own call
-        if binding is not None:
+        if binding is None:
+            execute, is_async = self._execute_action, self._execute_is_async
+        else:
             execute, is_async = binding.execute, is_async_callable(binding.execute)
+        limit = self.execute_timeout
         try:
             if is_async and limit is None:
                 out = execute(action)

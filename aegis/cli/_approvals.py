@@ -1,0 +1,380 @@
+"""``aegis approvals``: list, show and decide approval requests from a terminal.
+
+A client of the approval service's JSON API (``/api/v1/approvals``): it
+says exactly what the service says. Exit status 0 when done, 1 when the
+service refused (unknown id, wrong role, already decided, expired, own
+request, unreachable), 2 for usage errors (a missing token, a bad option,
+a body the service calls malformed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import click
+
+from aegis.cli._app import CheckFailed
+from aegis.cli._output import (
+    RISK_STYLES,
+    Styled,
+    emit_json,
+    info,
+    json_text,
+    print_table,
+    success,
+    use_color,
+)
+from aegis.cli._params import format_option
+
+__all__ = ["approvals"]
+
+DEFAULT_URL = "http://127.0.0.1:8700"
+
+STATUSES = ("pending", "approved", "denied", "expired", "cancelled", "all")
+
+STATUS_STYLES = {
+    "pending": "yellow",
+    "approved": "green",
+    "denied": "red",
+    "expired": "dim",
+    "cancelled": "dim",
+}
+
+LIST_COLUMNS = ("Id", "Created", "Action", "Risk", "Rule", "Agent", "Status", "Expires")
+
+#: seconds one call to the service may take; a decision is one short request
+TIMEOUT = 30.0
+
+
+class _Refused(CheckFailed):
+    """The service refused, or could not be reached (exit status 1)."""
+
+
+class _Client:
+    """The few calls the command makes, with the service's errors as exceptions."""
+
+    def __init__(self, url: str, token: str) -> None:
+        try:
+            import httpx  # noqa: PLC0415  # only this command needs it
+        except ImportError as exc:  # pragma: no cover - the [server] extra is absent
+            raise click.ClickException(
+                "aegis approvals needs httpx: pip install 'aegis-runtime[server]'"
+            ) from exc
+        self._httpx = httpx
+        self._url = url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self._url,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            timeout=TIMEOUT,
+            follow_redirects=False,
+        )
+
+    def __enter__(self) -> _Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        httpx = self._httpx
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.InvalidURL as exc:
+            raise click.BadParameter(f"{self._url!r}: {exc}", param_hint="'--url'") from exc
+        except httpx.HTTPError as exc:
+            raise _Refused(
+                f"cannot reach the approval service at {self._url}: {exc or type(exc).__name__}; "
+                "is `aegis serve` running there? (--url or AEGIS_URL)"
+            ) from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_success and body is not None:
+            return body
+        _raise_for(response.status_code, body, response.text, self._url)
+        return None  # a success without JSON: nothing to show
+
+
+def _message(body: Any, text: str) -> str:
+    if isinstance(body, Mapping):
+        for key in ("error", "detail", "message"):
+            value = body.get(key)
+            if isinstance(value, Mapping):  # {"error": {"message": ...}}
+                value = value.get("message") or value.get("detail")
+            if value:
+                return str(value)
+    text = " ".join(text.split())
+    return text[:200] or "(no details)"
+
+
+def _raise_for(status: int, body: Any, text: str, url: str) -> None:
+    if 200 <= status < 300:
+        return
+    message = _message(body, text)
+    if status == 401:
+        message = f"{message} (check --token or AEGIS_TOKEN)"
+    elif status == 404 and not isinstance(body, Mapping):
+        message = f"{url} answered 404: is it an Aegis approval service?"
+    if status in {400, 422}:
+        raise click.UsageError(f"the service refused the request as malformed: {message}")
+    raise _Refused(f"refused ({status}): {message}")
+
+
+def _unwrap_list(body: Any) -> list[Mapping[str, Any]]:
+    if isinstance(body, Mapping):
+        for key in ("approvals", "items", "requests"):
+            if isinstance(body.get(key), list):
+                body = body[key]
+                break
+    if not isinstance(body, list):
+        raise _Refused("the service answered something that is not a list of requests")
+    return [item for item in body if isinstance(item, Mapping)]
+
+
+def _action_text(request: Mapping[str, Any]) -> str:
+    action = request.get("action")
+    if not isinstance(action, Mapping):
+        return "?"
+    return f"{action.get('type')}:{action.get('target')}"
+
+
+def _short_time(value: Any) -> str:
+    text = str(value or "")
+    return text[:19].replace("T", " ")
+
+
+def _row(request: Mapping[str, Any]) -> list[str | Styled]:
+    risk = str(request.get("risk_level") or "").upper()
+    status = str(request.get("status") or "")
+    return [
+        str(request.get("id") or ""),
+        _short_time(request.get("created_at")),
+        _action_text(request),
+        Styled(risk, RISK_STYLES.get(risk, "")),
+        str(request.get("matched_rule") or ""),
+        str(request.get("requester") or ""),
+        Styled(status, STATUS_STYLES.get(status, "")),
+        _short_time(request.get("expires_at")),
+    ]
+
+
+def _show(request: Mapping[str, Any]) -> None:
+    raw_action = request.get("action")
+    action: Mapping[str, Any] = raw_action if isinstance(raw_action, Mapping) else {}
+    status = str(request.get("status") or "")
+    color = use_color()
+    lines: list[tuple[str, str]] = [
+        ("id", str(request.get("id") or "")),
+        ("status", status),
+        ("action", _action_text(request)),
+        ("description", str(action.get("description") or "")),
+        ("risk", str(request.get("risk_level") or "")),
+        ("rule", str(request.get("matched_rule") or "")),
+        ("reason", str(request.get("reason") or "")),
+        ("agent", str(request.get("requester") or "")),
+        ("session", str(request.get("session_id") or "")),
+        ("created", str(request.get("created_at") or "")),
+        ("expires", str(request.get("expires_at") or "")),
+        ("digest", str(request.get("digest") or "")),
+    ]
+    for name, value in lines:
+        if not value:
+            continue
+        shown = value
+        if name == "status" and color:
+            shown = click.style(value, fg=STATUS_STYLES.get(value) or None, bold=True)
+        click.echo(f"{name + ':':<13}{shown}", color=color)
+    info("params:")
+    for line in json_text(action.get("params", {}), indent=2).splitlines():
+        info(f"  {line}")
+    decisions = request.get("decisions") or []
+    if decisions:
+        info("decisions:")
+        for decision in decisions:
+            if not isinstance(decision, Mapping):
+                continue
+            comment = f": {decision['comment']}" if decision.get("comment") else ""
+            info(
+                f"  {_short_time(decision.get('at'))}  {decision.get('reviewer')} "
+                f"{decision.get('verdict')}{comment}"
+            )
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _connection_options(function: Any) -> Any:
+    function = click.option(
+        "--token",
+        envvar="AEGIS_TOKEN",
+        show_envvar=True,
+        help="A reviewer token (from `aegis token create NAME --role reviewer`).",
+    )(function)
+    return click.option(
+        "--url",
+        envvar="AEGIS_URL",
+        show_envvar=True,
+        default=DEFAULT_URL,
+        show_default=True,
+        help="The approval service (`aegis serve`).",
+    )(function)
+
+
+def _client(url: str, token: str | None) -> _Client:
+    if not token:
+        raise click.UsageError("no token: give --token or set AEGIS_TOKEN")
+    return _Client(url, token)
+
+
+def _fail(message: str) -> NoReturn:
+    raise _Refused(message)
+
+
+@click.group()
+def approvals() -> None:
+    """List, show, approve and deny requests waiting in an approval service.
+
+    Talks to `aegis serve` (--url, default $AEGIS_URL or http://127.0.0.1:8700)
+    with a reviewer token (--token or $AEGIS_TOKEN).
+
+    \b
+    Exit status: 0 done, 1 refused by the service (or unreachable), 2 usage.
+
+    \b
+    Examples:
+      export AEGIS_TOKEN=...            # aegis token create alice --role reviewer
+      aegis approvals list
+      aegis approvals show apr_3f2a
+      aegis approvals approve apr_3f2a --comment "checked the order"
+      aegis approvals deny apr_3f2a --comment "not this customer"
+    """
+
+
+@approvals.command("list")
+@_connection_options
+@click.option(
+    "--status",
+    type=click.Choice(STATUSES, case_sensitive=False),
+    default="pending",
+    show_default=True,
+    help="Which requests to list.",
+)
+@format_option("table", "json")
+def list_requests(url: str, token: str | None, status: str, output_format: str) -> None:
+    """List approval requests, newest first (pending ones by default)."""
+    with _client(url, token) as client:
+        requests = _unwrap_list(
+            client.call("GET", "/api/v1/approvals", params={"status": status.lower()})
+        )
+    if output_format == "json":
+        emit_json(list(requests))
+        return
+    if not requests:
+        info(f"no {status.lower()} requests" if status != "all" else "no requests")
+        return
+    print_table(LIST_COLUMNS, (_row(request) for request in requests), wrap=("Action", "Rule"))
+
+
+@approvals.command("show")
+@_connection_options
+@click.argument("request_id", metavar="ID")
+@format_option("text", "json")
+def show(url: str, token: str | None, request_id: str, output_format: str) -> None:
+    """Show one request: the action, its params, the rule and the decisions so far."""
+    with _client(url, token) as client:
+        request = client.call("GET", f"/api/v1/approvals/{_quote(request_id)}")
+    if not isinstance(request, Mapping):
+        _fail("the service answered something that is not a request")
+    if output_format == "json":
+        emit_json(request)
+    else:
+        _show(request)
+
+
+def _quote(request_id: str) -> str:
+    from urllib.parse import quote  # noqa: PLC0415  # tiny, but only these commands need it
+
+    if not request_id.strip():
+        raise click.BadParameter("an id is needed", param_hint="'ID'")
+    return quote(request_id, safe="")
+
+
+def _decide(
+    *,
+    url: str,
+    token: str | None,
+    request_id: str,
+    verdict: str,
+    comment: str | None,
+    grant_minutes: int | None,
+    output_format: str,
+) -> None:
+    body: dict[str, Any] = {"verdict": verdict}
+    if comment:
+        body["comment"] = comment
+    if grant_minutes is not None:
+        body["grant_minutes"] = grant_minutes
+    with _client(url, token) as client:
+        request = client.call("POST", f"/api/v1/approvals/{_quote(request_id)}/decision", json=body)
+    if output_format == "json":
+        emit_json(request)
+        return
+    status = str(request.get("status") or "") if isinstance(request, Mapping) else ""
+    done = "approved" if verdict == "approve" else "denied"
+    if status == "pending":
+        # a two-person rule: this yes is recorded and the request waits for another reviewer
+        success(f"{request_id}: your approval is recorded; it still needs another reviewer")
+    else:
+        success(f"{request_id}: {done}" + (f" ({status})" if status and status != done else ""))
+
+
+@approvals.command("approve")
+@_connection_options
+@click.argument("request_id", metavar="ID")
+@click.option("--comment", "-m", help="Why; stored with your decision in the audit trail.")
+@click.option(
+    "--grant-minutes",
+    type=click.IntRange(min=1),
+    help="Also let the same action type, target and rule pass in this session for N minutes.",
+)
+@format_option("text", "json")
+def approve(  # noqa: PLR0917  # Click passes one argument per option
+    url: str,
+    token: str | None,
+    request_id: str,
+    comment: str | None,
+    grant_minutes: int | None,
+    output_format: str,
+) -> None:
+    """Approve a pending request."""
+    _decide(
+        url=url,
+        token=token,
+        request_id=request_id,
+        verdict="approve",
+        comment=comment,
+        grant_minutes=grant_minutes,
+        output_format=output_format,
+    )
+
+
+@approvals.command("deny")
+@_connection_options
+@click.argument("request_id", metavar="ID")
+@click.option("--comment", "-m", help="Why; the agent and the audit trail see it.")
+@format_option("text", "json")
+def deny(
+    url: str, token: str | None, request_id: str, comment: str | None, output_format: str
+) -> None:
+    """Deny a pending request."""
+    _decide(
+        url=url,
+        token=token,
+        request_id=request_id,
+        verdict="deny",
+        comment=comment,
+        grant_minutes=None,
+        output_format=output_format,
+    )

@@ -1,0 +1,854 @@
+"""The approval inbox: the web pages reviewers live in, served by ``aegis serve`` at ``/``.
+
+Server-rendered HTML (Jinja2 with autoescape), plain CSS and one small
+script served as a file, so that the Content-Security-Policy can forbid
+inline script altogether: whatever an agent wrote (type, target, params,
+description, reason) is text on these pages, never markup.
+
+Sign-in takes a reviewer token once and answers with a session cookie
+(signed with the server's session key, HttpOnly, ``SameSite=Strict``,
+expiring); the token itself is never stored in the browser. Every request
+re-checks that the token behind the session is still valid, so revoking a
+token signs its sessions out. Every form carries a CSRF token bound to the
+session, and state-changing requests must come from the inbox's own origin.
+
+Pages: Pending (live through server-sent events), a request with Approve
+and Deny, History, and Audit (records, the chain's verification, grants).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import jinja2
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from aegis.core.approval_request import ApprovalRequest, RequestStatus, Role, Verdict, iso
+from aegis.core.result import ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.errors import ApprovalServiceError, AuditError
+from aegis.server.service import ApprovalEvent, ApprovalService, Principal
+from aegis.stores.approvals import hash_token
+
+__all__ = ["CONTENT_SECURITY_POLICY", "Inbox", "Reviewer", "human_duration", "security_headers"]
+
+HERE: Final = Path(__file__).resolve().parent
+
+_log = logging.getLogger("aegis.server.inbox")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+SESSION_COOKIE: Final = "aegis_session"
+SIGNIN_COOKIE: Final = "aegis_signin"
+FLASH_COOKIE: Final = "aegis_flash"
+
+#: seconds the sign-in form stays valid
+SIGNIN_TTL: Final = 900
+#: seconds between keep-alive comments on a quiet event stream
+KEEPALIVE: Final = 15.0
+MAX_COMMENT: Final = 2000
+MAX_GRANT_MINUTES: Final = 1440
+HISTORY_STATUSES: Final = ("all", "approved", "denied", "expired", "cancelled")
+#: how many recent requests History filters by agent and reviewer
+HISTORY_SCAN: Final = 1000
+AUDIT_FILTERS: Final = ("session", "type", "target", "risk", "status", "since", "until", "after")
+
+#: no inline script or style, nothing from elsewhere, no framing, forms post only here
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
+)
+
+
+def security_headers(*, secure: bool = False) -> dict[str, str]:
+    """The headers every inbox page carries (HSTS only when served over TLS)."""
+    headers = {
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "same-origin",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
+    if secure:
+        headers["Strict-Transport-Security"] = "max-age=31536000"
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Reviewer:
+    """Who is signed in: the principal, the hash of their token, their session's CSRF token."""
+
+    principal: Principal
+    token_hash: str
+    csrf: str
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def _parse_iso(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def human_duration(seconds: float) -> str:
+    """``"3m 05s"``, ``"2h 07m"``, ``"1d 4h"``: the clocks the script keeps ticking."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _short_time(text: Any) -> str:
+    moment = _parse_iso(text)
+    if moment is None:
+        return str(text or "")
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _compact_time(text: Any) -> str:
+    moment = _parse_iso(text)
+    if moment is None:
+        return str(text or "")
+    return moment.astimezone(UTC).strftime("%m-%d %H:%M:%S")
+
+
+def _pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+# ------------------------------------------------------------------ the inbox
+
+
+class Inbox:
+    """The inbox's routes over an :class:`~aegis.server.service.ApprovalService`.
+
+    Args:
+        service: the approval service the JSON API uses too; the inbox asks
+            it everything, so the same rules hold on both.
+        session_key: the key that signs session cookies. Give the same key
+            to every ``aegis serve`` process of one deployment (and across
+            restarts) to keep reviewers signed in; a random key per process
+            when ``None``.
+        session_ttl: seconds a session lasts after sign-in.
+        public_url: the inbox's address as reviewers' browsers see it, when a
+            proxy in front terminates TLS (``https://aegis.example.com``):
+            forms posted from that origin are accepted, and with ``https``
+            the cookies are marked ``Secure``.
+        poll_interval: seconds between the live list's looks at the store,
+            which catch what other processes changed; this process's own
+            events wake it at once.
+    """
+
+    def __init__(
+        self,
+        service: ApprovalService,
+        *,
+        session_key: str | bytes | None = None,
+        session_ttl: float = 8 * 3600,
+        public_url: str | None = None,
+        poll_interval: float = 2.0,
+        history_limit: int = 200,
+        audit_limit: int = 100,
+    ) -> None:
+        self.service = service
+        key = session_key if session_key else secrets.token_bytes(32)
+        self._sessions = URLSafeTimedSerializer(key, salt="aegis.inbox.session")
+        self._signin_nonces = URLSafeTimedSerializer(key, salt="aegis.inbox.signin")
+        self._flash = URLSafeTimedSerializer(key, salt="aegis.inbox.flash")
+        self._session_ttl = int(session_ttl)
+        public = urllib.parse.urlsplit(public_url) if public_url else None
+        self._public_origin = (public.scheme, public.netloc) if public else None
+        self._poll_interval = poll_interval
+        self._history_limit = history_limit
+        self._audit_limit = audit_limit
+        self._wakers: set[asyncio.Event] = set()
+        self._static_versions: dict[str, str] = {}
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,  # every template is HTML: escape everything, always
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self._env.filters["shorttime"] = _short_time
+        self._env.filters["compacttime"] = _compact_time
+        self._unsubscribe = service.subscribe(self._on_event)
+
+    # -------------------------------------------------------------- wiring
+
+    def routes(self) -> list[BaseRoute]:
+        """The inbox's routes, to put beside the JSON API in one Starlette app."""
+        table: list[tuple[str, Handler, str, str]] = [
+            ("/", self.pending, "GET", "inbox_pending"),
+            ("/signin", self.signin_form, "GET", "inbox_signin_form"),
+            ("/signin", self.signin, "POST", "inbox_signin"),
+            ("/signout", self.signout, "POST", "inbox_signout"),
+            ("/requests/{request_id}", self.request_page, "GET", "inbox_request"),
+            ("/requests/{request_id}/decision", self.decide, "POST", "inbox_decide"),
+            ("/history", self.history, "GET", "inbox_history"),
+            ("/audit", self.audit, "GET", "inbox_audit"),
+            ("/grants/{grant_id}/revoke", self.revoke_grant, "POST", "inbox_revoke_grant"),
+            ("/inbox/events", self.events, "GET", "inbox_events"),
+            ("/inbox/pending-rows", self.pending_rows, "GET", "inbox_pending_rows"),
+        ]
+        routes: list[BaseRoute] = [
+            Route(path, self._guarded(handler), methods=[method], name=name)
+            for path, handler, method, name in table
+        ]
+        routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
+        return routes
+
+    def _guarded(self, handler: Handler) -> Handler:
+        """``handler`` with a failing store answered by a page that says so, never a traceback."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except AuditError as exc:  # StoreError too: the database is down or locked
+                _log.warning(
+                    "inbox: store failure on %s %s: %s", request.method, request.url.path, exc
+                )
+                return self._error(
+                    request, None, 503, "The store is not answering", f"{exc} Try again shortly."
+                )
+
+        endpoint.__name__ = getattr(handler, "__name__", "endpoint")
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
+
+    def close(self) -> None:
+        """Stop listening to the service's events."""
+        self._unsubscribe()
+
+    def _on_event(self, event: ApprovalEvent) -> None:
+        # Called in the event loop by the service: wake every live list.
+        for waker in self._wakers:
+            waker.set()
+
+    # -------------------------------------------------------------- sessions
+
+    def _read_session(self, request: Request) -> dict[str, str] | None:
+        raw = request.cookies.get(SESSION_COOKIE)
+        if not raw:
+            return None
+        try:
+            data = self._sessions.loads(raw, max_age=self._session_ttl)
+        except BadSignature:  # SignatureExpired is one too
+            return None
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in "hc"):
+            return None
+        return {"h": data["h"], "c": data["c"]}
+
+    async def reviewer(self, request: Request) -> Reviewer | None:
+        """The signed-in reviewer, if the session is valid and its token still is."""
+        data = self._read_session(request)
+        if data is None:
+            return None
+        # The session names the token by its hash, as the store keeps it: the
+        # token itself never reaches the browser again after sign-in.
+        info = await asyncio.to_thread(self.service.store.token_by_hash, data["h"])
+        if info is None or info.role is not Role.REVIEWER:
+            return None
+        if not info.usable_at(self.service.clock()):
+            return None
+        return Reviewer(Principal(info.name, info.role, info.groups), data["h"], data["c"])
+
+    def _same_origin(self, request: Request) -> bool:
+        # SameSite=Strict keeps the cookie off cross-site posts already; this
+        # also refuses a post whose Origin (or Referer) names another site.
+        # (Browsers send "Origin: null" from sandboxed or privacy-stripped
+        # contexts: refused too; the pages' Referrer-Policy keeps ours real.)
+        origin = request.headers.get("origin") or request.headers.get("referer")
+        if origin is None:
+            return True  # not a browser (no browser omits both on a form post)
+        parts = urllib.parse.urlsplit(origin)
+        given = (parts.scheme, parts.netloc)
+        return given in {(request.url.scheme, request.url.netloc), self._public_origin}
+
+    def _secure(self, request: Request) -> bool:
+        """Whether cookies get ``Secure``: served over TLS, here or by a proxy in front."""
+        return request.url.scheme == "https" or (
+            self._public_origin is not None and self._public_origin[0] == "https"
+        )
+
+    async def _form(self, request: Request, csrf: str) -> FormData | None:
+        """The posted form when it is from this inbox and carries ``csrf``; else ``None``."""
+        if not csrf or not self._same_origin(request):
+            return None
+        try:
+            form = await request.form(max_files=0, max_fields=20, max_part_size=64 * 1024)
+        except Exception:  # a malformed or oversized form is refused like a forged one
+            return None
+        given = form.get("csrf")
+        if not isinstance(given, str) or not hmac.compare_digest(given, csrf):
+            return None
+        return form
+
+    # -------------------------------------------------------------- rendering
+
+    def _static(self, name: str) -> str:
+        version = self._static_versions.get(name)
+        if version is None:
+            digest = hashlib.sha256((HERE / "static" / name).read_bytes()).hexdigest()
+            version = self._static_versions[name] = digest[:10]
+        return f"/static/{name}?v={version}"
+
+    def _read_flashes(self, request: Request) -> list[tuple[str, str]]:
+        raw = request.cookies.get(FLASH_COOKIE)
+        if not raw:
+            return []
+        try:
+            data = self._flash.loads(raw, max_age=60)
+        except BadSignature:
+            return []
+        if isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data):
+            return [(data[0], data[1])]
+        return []
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        context: Mapping[str, Any],
+        *,
+        status_code: int = 200,
+        reviewer: Reviewer | None = None,
+        flashes: Sequence[tuple[str, str]] = (),
+        fragment: bool = False,
+    ) -> HTMLResponse:
+        """Render ``template`` with the inbox's common context and security headers.
+
+        A ``fragment`` (the live list's rows) leaves the flash message for the
+        page it was meant for: another tab may be fetching rows meanwhile.
+        """
+
+        def url(name: str, **params: str) -> str:
+            return str(request.app.url_path_for(name, **params))
+
+        shown = [*([] if fragment else self._read_flashes(request)), *flashes]
+        html = self._env.get_template(template).render(
+            {
+                "title": "Inbox",
+                "page": "",
+                "reviewer": reviewer.principal if reviewer else None,
+                "csrf": reviewer.csrf if reviewer else "",
+                "pending_count": None,
+                "flashes": shown,
+                "url": url,
+                "static": self._static,
+                **context,
+            }
+        )
+        response = HTMLResponse(html, status_code=status_code, headers=_headers(request))
+        if not fragment and request.cookies.get(FLASH_COOKIE):
+            response.delete_cookie(FLASH_COOKIE, path="/")
+        return response
+
+    def _redirect(
+        self, request: Request, target: str, flash: tuple[str, str] | None = None
+    ) -> RedirectResponse:
+        response = RedirectResponse(target, status_code=303, headers=_headers(request))
+        if flash is not None:
+            # a signed cookie, not the query string: no link can put words on these pages
+            response.set_cookie(
+                FLASH_COOKIE,
+                self._flash.dumps(list(flash)),
+                max_age=60,
+                httponly=True,
+                samesite="strict",
+                secure=self._secure(request),
+                path="/",
+            )
+        return response
+
+    def _to_signin(self, request: Request) -> Response:
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.method != "GET" or here == "/":
+            return self._redirect(request, "/signin")
+        return self._redirect(request, "/signin?" + urllib.parse.urlencode({"next": here}))
+
+    def _error(
+        self, request: Request, reviewer: Reviewer | None, status: int, title: str, message: str
+    ) -> HTMLResponse:
+        return self.render(
+            request,
+            "error.html",
+            {"title": title, "message": message},
+            status_code=status,
+            reviewer=reviewer,
+        )
+
+    def _forged(self, request: Request, reviewer: Reviewer) -> HTMLResponse:
+        return self._error(
+            request, reviewer, 403, "Refused", "That form was not sent from this page; reload it."
+        )
+
+    # -------------------------------------------------------------- sign in and out
+
+    async def signin_form(self, request: Request) -> Response:
+        """The sign-in page, with a nonce its form must echo (against login CSRF)."""
+        if await self.reviewer(request) is not None:
+            return self._redirect(request, _safe_next(request.query_params.get("next")) or "/")
+        nonce = secrets.token_urlsafe(24)
+        response = self.render(
+            request,
+            "signin.html",
+            {
+                "title": "Sign in",
+                "page": "signin",
+                "csrf": nonce,
+                "next": _safe_next(request.query_params.get("next")),
+            },
+        )
+        response.set_cookie(
+            SIGNIN_COOKIE,
+            self._signin_nonces.dumps(nonce),
+            max_age=SIGNIN_TTL,
+            httponly=True,
+            samesite="strict",
+            secure=self._secure(request),
+            path="/signin",
+        )
+        return response
+
+    async def signin(self, request: Request) -> Response:
+        """Check a reviewer token and start a session."""
+        nonce = ""
+        raw = request.cookies.get(SIGNIN_COOKIE)
+        if raw:
+            try:
+                nonce = str(self._signin_nonces.loads(raw, max_age=SIGNIN_TTL))
+            except BadSignature:
+                nonce = ""
+        form = await self._form(request, nonce)
+        if form is None:
+            return self._redirect(
+                request, "/signin", ("error", "The sign-in form expired; please try again.")
+            )
+        token = str(form.get("token") or "").strip()
+        next_page = _safe_next(str(form.get("next") or ""))
+        back = "/signin" + (f"?{urllib.parse.urlencode({'next': next_page})}" if next_page else "")
+        try:
+            principal = await self.service.authenticate(token)
+        except ApprovalServiceError as exc:
+            return self._redirect(request, back, ("error", f"Not signed in: {exc.message}."))
+        if principal.role is not Role.REVIEWER:
+            return self._redirect(
+                request,
+                back,
+                ("error", f"{principal.name} has an agent token; sign in with a reviewer token."),
+            )
+        session = self._sessions.dumps({"h": hash_token(token), "c": secrets.token_urlsafe(24)})
+        response = self._redirect(request, next_page or "/")
+        response.set_cookie(
+            SESSION_COOKIE,
+            session,
+            max_age=self._session_ttl,
+            httponly=True,
+            samesite="strict",
+            secure=self._secure(request),
+            path="/",
+        )
+        response.delete_cookie(SIGNIN_COOKIE, path="/signin")
+        return response
+
+    async def signout(self, request: Request) -> Response:
+        """End the session: a POST with the CSRF token, so no link or other site can."""
+        reviewer = await self.reviewer(request)
+        if reviewer is not None and await self._form(request, reviewer.csrf) is None:
+            return self._forged(request, reviewer)
+        response = self._redirect(request, "/signin", ("ok", "Signed out."))
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # -------------------------------------------------------------- pending
+
+    async def _pending(self, reviewer: Reviewer) -> list[dict[str, Any]]:
+        requests = await self.service.list_requests(
+            reviewer.principal, RequestStatus.PENDING, limit=500
+        )
+        now = self.service.clock()
+        views = [_request_view(r, now) for r in requests if not r.is_expired_at(now)]
+        views.sort(key=lambda view: str(view["created_at"]), reverse=True)
+        return views
+
+    async def pending(self, request: Request) -> Response:
+        """Pending requests, newest first; the script keeps the list live."""
+        reviewer = await self.reviewer(request)
+        if reviewer is None:
+            return self._to_signin(request)
+        pending = await self._pending(reviewer)
+        return self.render(
+            request,
+            "pending.html",
+            {
+                "title": "Pending",
+                "page": "pending",
+                "pending": pending,
+                "pending_count": len(pending),
+            },
+            reviewer=reviewer,
+        )
+
+    async def pending_rows(self, request: Request) -> Response:
+        """The pending list's rows alone, for the live update."""
+        reviewer = await self.reviewer(request)
+        if reviewer is None:
+            return Response(status_code=401, headers=_headers(request))
+        pending = await self._pending(reviewer)
+        return self.render(
+            request, "_pending_rows.html", {"pending": pending}, reviewer=reviewer, fragment=True
+        )
+
+    async def events(self, request: Request) -> Response:
+        """Server-sent events: ``pending`` whenever the set of pending requests changes."""
+        reviewer = await self.reviewer(request)
+        if reviewer is None:
+            return Response(status_code=401, headers=_headers(request))
+        waker = asyncio.Event()
+        self._wakers.add(waker)
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                yield "retry: 2000\n\n"
+                last: list[str] | None = None
+                quiet = 0.0
+                while not await request.is_disconnected():
+                    current = await self.reviewer(request)
+                    if current is None:
+                        yield "event: signout\ndata: {}\n\n"
+                        return
+                    ids = [str(view["id"]) for view in await self._pending(current)]
+                    if ids != last:
+                        # the first event too: the page may be older than this stream,
+                        # and the script refreshes only if its rows differ
+                        yield f"event: pending\ndata: {json.dumps(ids)}\n\n"
+                        quiet = 0.0
+                    elif quiet >= KEEPALIVE:
+                        yield ": keep-alive\n\n"
+                        quiet = 0.0
+                    last = ids
+                    started = time.monotonic()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waker.wait(), self._poll_interval)
+                    waker.clear()
+                    quiet += time.monotonic() - started
+            finally:
+                self._wakers.discard(waker)
+
+        headers = _headers(request)
+        headers["X-Accel-Buffering"] = "no"  # a proxy in front must not hold events back
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    # -------------------------------------------------------------- one request
+
+    async def request_page(self, request: Request) -> Response:
+        """One request with everything a reviewer needs to decide it."""
+        reviewer = await self.reviewer(request)
+        if reviewer is None:
+            return self._to_signin(request)
+        return await self._show_request(request, reviewer, request.path_params["request_id"])
+
+    async def _show_request(
+        self,
+        request: Request,
+        reviewer: Reviewer,
+        request_id: str,
+        *,
+        flashes: Sequence[tuple[str, str]] = (),
+        status_code: int = 200,
+    ) -> Response:
+        try:
+            found = await self.service.get(reviewer.principal, request_id)
+        except ApprovalServiceError as exc:
+            return self._error(request, reviewer, exc.status, "Not available", exc.message)
+        now = self.service.clock()
+        view = _request_view(found, now)
+        refusal = ApprovalService.refusal(reviewer.principal, found)
+        if refusal is None and found.is_expired_at(now):
+            refusal = "the request has expired"
+        return self.render(
+            request,
+            "request.html",
+            {
+                "title": f"{found.action.type} on {found.action.target}",
+                "page": "request",
+                "req": view,
+                "params_json": _pretty_json(view["action"]["params"]),
+                "refusal": f"You cannot decide this: {refusal}." if refusal else None,
+            },
+            reviewer=reviewer,
+            flashes=flashes,
+            status_code=status_code,
+        )
+
+    async def decide(self, request: Request) -> Response:
+        """Approve or deny from the request page's form."""
+        reviewer = await self.reviewer(request)
+        if reviewer is None:
+            return self._to_signin(request)
+        request_id = request.path_params["request_id"]
+        form = await self._form(request, reviewer.csrf)
+        if form is None:
+            return self._forged(request, reviewer)
+        verdict_text = form.get("verdict")
+        comment = str(form.get("comment") or "").strip()
+        grant_text = str(form.get("grant_minutes") or "").strip()
+        problem = ""
+        grant: int | None = None
+        if verdict_text not in {"approve", "deny"}:
+            problem = "Choose Approve or Deny."
+        elif len(comment) > MAX_COMMENT:
+            problem = f"The comment is longer than {MAX_COMMENT} characters."
+        elif grant_text and grant_text != "0":
+            if not grant_text.isdigit() or not 1 <= int(grant_text) <= MAX_GRANT_MINUTES:
+                problem = f"Grant minutes must be a whole number from 1 to {MAX_GRANT_MINUTES}."
+            elif verdict_text == "approve":
+                grant = int(grant_text)
+        if problem:
+            return await self._show_request(
+                request, reviewer, request_id, flashes=[("error", problem)], status_code=422
+            )
+        verdict = Verdict(str(verdict_text))
+        try:
+            decided = await self.service.decide(
+                reviewer.principal, request_id, verdict, comment, grant
+            )
+        except ApprovalServiceError as exc:
+            return await self._show_request(
+                request,
+                reviewer,
+                request_id,
+                flashes=[("error", f"Not recorded: {exc.message}.")],
+                status_code=exc.status,
+            )
+        if verdict is Verdict.DENY:
+            message = "Denied. The agent has been told."
+        elif decided.status is RequestStatus.APPROVED:
+            message = "Approved. The agent may go ahead."
+            if decided.granted:
+                message += f" Grant {decided.granted} also covers the same actions for a while."
+        else:
+            message = (
+                f"Your approval is recorded ({len(decided.approvals)} of {decided.approvers}); "
+                "it needs another reviewer."
+            )
+        return self._redirect(
+            request, f"/requests/{urllib.parse.quote(request_id, safe='')}", ("ok", message)
+        )
+
+    # -------------------------------------------------------------- history and audit
+
+    async def history(self, request: Request) -> Response:
+        """Finished requests: who decided, the verdict, the comment, when."""
+        reviewer = await self.reviewer(request)
+        if reviewer is None:
+            return self._to_signin(request)
+        query = request.query_params
+        status = query.get("status", "all")
+        if status not in HISTORY_STATUSES:
+            status = "all"
+        agent = query.get("agent", "").strip()
+        by = query.get("reviewer", "").strip()
+        found = await self.service.list_requests(
+            reviewer.principal,
+            None if status == "all" else RequestStatus(status),
+            limit=HISTORY_SCAN,
+        )
+        now = self.service.clock()
+        rows = []
+        for item in found:
+            if item.status is RequestStatus.PENDING:
+                continue
+            if agent and item.requester != agent:
+                continue
+            if by and all(d.reviewer != by for d in item.decisions):
+                continue
+            view = _request_view(item, now)
+            view["who"] = ", ".join(d.reviewer for d in item.decisions)
+            comments = [f"{d.reviewer}: {d.comment}" for d in item.decisions if d.comment]
+            view["comment"] = "; ".join(comments) or item.status_reason
+            view["finished_at"] = (
+                iso(max(d.at for d in item.decisions)) if item.decisions else view["expires_at"]
+            )
+            rows.append(view)
+        return self.render(
+            request,
+            "history.html",
+            {
+                "title": "History",
+                "page": "history",
+                "items": rows[: self._history_limit],
+                "truncated": len(rows) > self._history_limit,
+                "filters": {"status": status, "agent": agent, "reviewer": by},
+            },
+            reviewer=reviewer,
+        )
+
+    async def audit(self, request: Request) -> Response:
+        """The audit trail with the filters of ``aegis audit list``, its verification, grants."""
+        reviewer = await self.reviewer(request)
+        if reviewer is None:
+            return self._to_signin(request)
+        query = request.query_params
+        shown = {name: query.get(name, "").strip() for name in AUDIT_FILTERS}
+        flashes: list[tuple[str, str]] = []
+        try:
+            verify: dict[str, Any] = await self.service.verify_audit(reviewer.principal)
+        except ApprovalServiceError as exc:
+            verify = {"ok": False, "reason": exc.message}
+        # Unfiltered, the page opens on the newest records (the head says where
+        # they are); with filters or a page number, it reads forward like
+        # `aegis audit list`.
+        newest = not any(shown.values())
+        records: list[dict[str, Any]] = []
+        try:
+            filters = _audit_filters(shown)
+            if newest:
+                filters["after_id"] = max(0, _head_id(verify.get("head")) - self._audit_limit)
+            records = await self.service.audit_records(
+                reviewer.principal, filters, limit=self._audit_limit + 1
+            )
+        except ValueError as exc:
+            flashes.append(("error", str(exc)))
+        except ApprovalServiceError as exc:
+            flashes.append(("error", exc.message))
+        grants = await self.service.list_grants(reviewer.principal)
+        more = len(records) > self._audit_limit
+        records = records[: self._audit_limit]
+        next_page = None
+        if more and records:
+            params = {k: v for k, v in shown.items() if v and k != "after"}
+            params["after"] = str(records[-1].get("id"))
+            next_page = "/audit?" + urllib.parse.urlencode(params)
+        return self.render(
+            request,
+            "audit.html",
+            {
+                "title": "Audit",
+                "page": "audit",
+                "records": records,
+                "next_page": next_page,
+                "newest": newest,
+                "filters": shown,
+                "verify": verify,
+                "grants": [g.to_json() for g in grants],
+            },
+            reviewer=reviewer,
+            flashes=flashes,
+        )
+
+    async def revoke_grant(self, request: Request) -> Response:
+        """Revoke a grant from the audit page."""
+        reviewer = await self.reviewer(request)
+        if reviewer is None:
+            return self._to_signin(request)
+        if await self._form(request, reviewer.csrf) is None:
+            return self._forged(request, reviewer)
+        grant_id = request.path_params["grant_id"]
+        try:
+            await self.service.revoke_grant(reviewer.principal, grant_id)
+        except ApprovalServiceError as exc:
+            return self._redirect(request, "/audit#grants", ("error", exc.message))
+        return self._redirect(request, "/audit#grants", ("ok", f"Grant {grant_id} revoked."))
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _headers(request: Request) -> dict[str, str]:
+    return security_headers(secure=request.url.scheme == "https")
+
+
+def _request_view(item: ApprovalRequest, now: datetime) -> dict[str, Any]:
+    """What the templates show of a request: its JSON plus clocks and the risk's name."""
+    view = item.to_json()
+    view["risk"] = item.risk_level.name
+    view["waiting"] = human_duration((now - item.created_at).total_seconds())
+    left = (item.expires_at - now).total_seconds()
+    view["time_left"] = human_duration(left) if left > 0 else "expired"
+    view["urgent"] = left < 300
+    # epoch milliseconds for the script's clocks (Date.parse is unsure of microseconds)
+    view["created_ms"] = int(item.created_at.timestamp() * 1000)
+    view["expires_ms"] = int(item.expires_at.timestamp() * 1000)
+    return view
+
+
+def _audit_filters(shown: Mapping[str, str]) -> dict[str, Any]:
+    """The audit query of the page's fields, checked as ``aegis audit list`` checks them."""
+    filters: dict[str, Any] = {}
+    names = {
+        "session": "session_id",
+        "type": "action_type",
+        "target": "action_target",
+        "risk": "risk_level",
+        "status": "result_status",
+    }
+    for field, keyword in names.items():
+        if shown.get(field):
+            filters[keyword] = shown[field]
+    if shown.get("risk") and shown["risk"].upper() not in RiskLevel.__members__:
+        raise ValueError(f"risk {shown['risk']!r} is not low, medium, high or critical")
+    if shown.get("status") and shown["status"] not in {s.value for s in ResultStatus}:
+        raise ValueError(f"status {shown['status']!r} is not a result status")
+    for field in ("since", "until"):
+        if shown.get(field):
+            try:
+                moment = datetime.fromisoformat(shown[field])
+            except ValueError:
+                raise ValueError(
+                    f"{field} {shown[field]!r} is not an ISO 8601 time, e.g. 2026-01-31T09:00"
+                ) from None
+            filters[field] = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if shown.get("after"):
+        if not shown["after"].isdigit():
+            raise ValueError("after must be a record id")
+        filters["after_id"] = int(shown["after"])
+    return filters
+
+
+def _head_id(head: Any) -> int:
+    """The id of the last record from a head such as ``"42:9f86..."`` (0 when unknown)."""
+    text = str(head or "").partition(":")[0]
+    return int(text) if text.isdigit() else 0
+
+
+def _safe_next(value: str | None) -> str:
+    """A local path to return to after sign-in; anything else becomes ``""``."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return ""
+    parts = urllib.parse.urlsplit(value)
+    return "" if parts.scheme or parts.netloc else value

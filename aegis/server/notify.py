@@ -1,0 +1,684 @@
+"""Notifications: tell people that an agent is waiting, without ever making it wait longer.
+
+``aegis serve --webhook URL`` and ``--slack-webhook URL`` turn every approval
+event (``approval.requested``, ``approval.decided``, ``approval.expired``,
+``approval.cancelled``) into an HTTP POST. Delivery runs on its own thread
+with its own event loop: :meth:`Notifications.publish` only puts the event
+on a queue and returns, so a receiver that is slow, down or hanging can
+delay nothing but its own deliveries. Each receiver has its own queue and
+worker, so one dead receiver does not hold up another.
+
+A webhook delivery is a JSON document::
+
+    {"id": "evt_…", "type": "approval.requested", "created_at": "2026-…Z",
+     "link": "https://aegis.example.com/requests/apr_…", "request": {…}}
+
+with these headers:
+
+``X-Aegis-Event``
+    the event type;
+``X-Aegis-Delivery``
+    the event id, the same on every retry (deduplicate on it);
+``X-Aegis-Signature``
+    ``t=<unix seconds>,v1=<hex>``, where ``<hex>`` is HMAC-SHA256, keyed with
+    the ``--webhook-secret``, of the bytes ``<unix seconds>.`` followed by the
+    raw request body.
+
+How a receiver verifies a delivery (what :func:`verify_signature` does):
+
+1. read the raw body bytes, before any JSON parsing;
+2. split the header on ``,`` into ``t`` and ``v1`` (ignore other keys);
+3. compute HMAC-SHA256 with the shared secret over ``t + "." + body`` and
+   compare it with ``v1`` in constant time (``hmac.compare_digest``);
+4. refuse it when ``t`` is more than five minutes from the receiver's clock,
+   so that a captured delivery cannot be replayed later; remember the
+   ``X-Aegis-Delivery`` ids seen in that window to refuse a replay within it.
+
+Every attempt is signed afresh with the time it is sent, so a retry an hour
+later still verifies. A delivery is retried with exponential backoff (and
+``Retry-After`` when the receiver sends one) on connection errors, timeouts,
+``408``, ``429`` and ``5xx``; any other ``4xx`` is final. A delivery that
+cannot be made is logged on the ``aegis.server.notify`` logger and dropped:
+notifications are a courtesy, the approval service and its audit trail are
+the record.
+
+Slack: an incoming webhook receives a Block Kit message with the action,
+risk, rule, agent and a button to the request page. Incoming webhooks cannot
+edit a message once posted, so a decision, expiry or cancellation is posted
+as a new message in the same channel saying who decided and the verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from aegis.server.service import ApprovalEvent, ApprovalService
+
+__all__ = [
+    "EVENT_TYPES",
+    "SIGNATURE_HEADER",
+    "DeliveryStats",
+    "Notification",
+    "Notifications",
+    "sign_payload",
+    "slack_message",
+    "verify_signature",
+]
+
+logger = logging.getLogger("aegis.server.notify")
+
+EVENT_TYPES: Final = (
+    "approval.requested",
+    "approval.decided",
+    "approval.expired",
+    "approval.cancelled",
+)
+
+SIGNATURE_HEADER: Final = "X-Aegis-Signature"
+
+#: seconds queued events get to go out when the server stops
+SHUTDOWN_DRAIN: Final = 2.0
+
+#: how far a signature's timestamp may be from the receiver's clock
+DEFAULT_TOLERANCE: Final = 300.0
+
+#: statuses worth another attempt; every other 4xx means the receiver refuses it for good
+_RETRY_STATUSES: Final = frozenset({408, 425, 429})
+
+_USER_AGENT: Final = "aegis-notify/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One thing that happened to an approval request, as receivers get it.
+
+    Args:
+        type: one of :data:`EVENT_TYPES`.
+        request: the request as the JSON API shows it (id, status, action,
+            risk_level, matched_rule, requester, decisions, ...).
+        link: the request's page in the inbox, or ``None`` without a public URL.
+        reviewer: for ``approval.decided``, who just gave a verdict (with a
+            two-person rule the request may still be pending after it).
+        id: unique per event and stable across retries; receivers deduplicate on it.
+        created_at: when the event happened (ISO 8601, UTC).
+    """
+
+    type: str
+    request: Mapping[str, Any]
+    link: str | None = None
+    reviewer: str | None = None
+    id: str = field(default_factory=lambda: f"evt_{secrets.token_hex(12)}")
+    created_at: str = field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
+    )
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise ValueError(
+                f"unknown approval event type {self.type!r}; "
+                f"expected one of {', '.join(EVENT_TYPES)}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """The webhook body as a JSON-ready dict."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "created_at": self.created_at,
+            "link": self.link,
+            "reviewer": self.reviewer,
+            "request": dict(self.request),
+        }
+
+
+# ------------------------------------------------------------------ signatures
+
+
+def _mac(secret: str | bytes, timestamp: str, body: bytes) -> str:
+    key = secret.encode() if isinstance(secret, str) else secret
+    return hmac.new(key, timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+
+
+def sign_payload(secret: str | bytes, body: bytes, *, timestamp: int | None = None) -> str:
+    """The ``X-Aegis-Signature`` value for ``body``: ``t=<unix seconds>,v1=<hex HMAC-SHA256>``.
+
+    Example::
+
+        sign_payload("s3cret", b'{"id": "evt_1"}', timestamp=1700000000)
+        # 't=1700000000,v1=…'
+    """
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    return f"t={stamp},v1={_mac(secret, stamp, body)}"
+
+
+def verify_signature(
+    secret: str | bytes,
+    body: bytes,
+    header: str | None,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> bool:
+    """Whether ``header`` is a valid, fresh ``X-Aegis-Signature`` of ``body``.
+
+    For receivers (and tests): ``body`` must be the raw bytes as received.
+    A missing or malformed header, a wrong MAC, or a timestamp more than
+    ``tolerance`` seconds from ``now`` (default: the current time) is ``False``.
+    """
+    if not header:
+        return False
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if sep:
+            parts.setdefault(key, []).append(value)
+    stamps = parts.get("t", [])
+    if len(stamps) != 1 or not stamps[0].isdigit() or len(stamps[0]) > 12:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - int(stamps[0])) > tolerance:
+        return False
+    expected = _mac(secret, stamps[0], body)
+    # any one v1 may match: lets a sender sign with an old and a new secret while rotating
+    return any(hmac.compare_digest(expected, given) for given in parts.get("v1", []))
+
+
+# ------------------------------------------------------------------ Slack
+
+
+_RISK_EMOJI: Final = {
+    "LOW": ":large_green_circle:",
+    "MEDIUM": ":large_yellow_circle:",
+    "HIGH": ":red_circle:",
+    "CRITICAL": ":rotating_light:",
+}
+
+_SLACK_TEXT_LIMIT: Final = 2900  # a section's text may hold 3000 characters
+
+
+def _slack_escape(value: object, limit: int = 300) -> str:
+    # An agent wrote these words: Slack's three control characters are
+    # escaped so that no <!channel>, <@user> or <url|label> can be formed.
+    text = "" if value is None else str(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _decision_summary(request: Mapping[str, Any]) -> tuple[str, str]:
+    """(who, verdict) of a finished request, for the decided message."""
+    decisions = request.get("decisions") or []
+    status = str(request.get("status") or "")
+    verdicts = [d for d in decisions if isinstance(d, Mapping)]
+    deny = [d for d in verdicts if d.get("verdict") == "deny"]
+    chosen = deny or verdicts
+    who = ", ".join(str(d.get("reviewer") or "?") for d in chosen)
+    comment = next((str(d["comment"]) for d in reversed(chosen) if d.get("comment")), "")
+    verdict = {"approved": "Approved", "denied": "Denied"}.get(status, status.capitalize())
+    return who, f"{verdict}{': ' + comment if comment else ''}"
+
+
+def slack_message(event: Notification) -> dict[str, Any]:
+    """The Block Kit message an incoming Slack webhook receives for ``event``."""
+    request = event.request
+    raw_action = request.get("action")
+    action: Mapping[str, Any] = raw_action if isinstance(raw_action, Mapping) else {}
+    what = f"{_slack_escape(action.get('type'), 80)} on {_slack_escape(action.get('target'), 80)}"
+    risk = str(request.get("risk_level") or "").upper()
+    rule = _slack_escape(request.get("matched_rule") or "(no rule)", 120)
+    agent = _slack_escape(request.get("requester") or "?", 80)
+    request_id = _slack_escape(request.get("id"), 80)
+
+    granted = event.type == "approval.requested" and request.get("status") != "pending"
+    if granted:
+        # filed already approved: a reviewer's grant covers it, nobody needs to act
+        grant = _slack_escape(request.get("grant_id") or "a grant", 80)
+        title = f"Approved by {grant}"
+        text = f"{title}: {what} (risk {risk or '?'}, rule {rule})"
+    elif event.type == "approval.requested":
+        title = "Approval needed"
+        text = f"Approval needed: {what} (risk {risk or '?'}, rule {rule})"
+    elif event.type == "approval.decided" and request.get("status") == "pending":
+        # one yes of several needed: say so, and that it still waits
+        approvals = [
+            d
+            for d in request.get("decisions") or []
+            if isinstance(d, Mapping) and d.get("verdict") == "approve"
+        ]
+        who = _slack_escape(event.reviewer or "a reviewer", 80)
+        title = f"Approved by {who}, {len(approvals)} of {request.get('approvers', '?')} needed"
+        text = f"{title}: {what}"
+    elif event.type == "approval.decided":
+        who, verdict = _decision_summary(request)
+        title = f"{verdict.split(':', 1)[0]} by {_slack_escape(who, 120)}"
+        text = f"{title}: {what}"
+        if ":" in verdict:
+            text += f" ({_slack_escape(verdict.split(':', 1)[1].strip())})"
+    elif event.type == "approval.expired":
+        title = "Expired without a decision"
+        text = f"{title}: {what}"
+    else:
+        title = "Cancelled: the agent stopped waiting"
+        text = f"{title}: {what}"
+
+    fields = [
+        {"type": "mrkdwn", "text": f"*Action*\n{what}"},
+        {"type": "mrkdwn", "text": f"*Risk*\n{_RISK_EMOJI.get(risk, '')} {risk or '?'}".strip()},
+        {"type": "mrkdwn", "text": f"*Rule*\n{rule}"},
+        {"type": "mrkdwn", "text": f"*Agent*\n{agent}"},
+    ]
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+        {"type": "section", "fields": fields},
+    ]
+    reason = request.get("reason")
+    description = action.get("description")
+    details = [
+        f"*Reason:* {_slack_escape(reason, 1000)}" if reason else "",
+        f"*Description:* {_slack_escape(description, 1000)}" if description else "",
+    ]
+    detail_text = "\n".join(d for d in details if d)
+    if detail_text:
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": detail_text[:_SLACK_TEXT_LIMIT]}}
+        )
+    blocks.append(
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Request {request_id}"}]}
+    )
+    if event.link:
+        asking = event.type == "approval.requested" and not granted
+        label = "Review request" if asking else "Open request"
+        button: dict[str, Any] = {
+            "type": "button",
+            "text": {"type": "plain_text", "text": label},
+            "url": event.link,
+            "action_id": "aegis_open_request",
+        }
+        if asking:
+            button["style"] = "primary"
+        blocks.append({"type": "actions", "elements": [button]})
+    return {"text": text, "blocks": blocks}
+
+
+# ------------------------------------------------------------------ delivery
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    """Counters of one receiver's deliveries, for logs, health and tests."""
+
+    delivered: int = 0
+    failed: int = 0
+    retried: int = 0
+    dropped: int = 0
+
+
+Render = Callable[[Notification], tuple[bytes, dict[str, str]]]
+
+
+def _display_url(url: str) -> str:
+    # Webhook URLs carry secrets in their path (Slack's always do): log the host only.
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}/…"
+
+
+def _check_url(url: str, option: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"{option} {url!r} is not an http:// or https:// URL")
+    return url
+
+
+@dataclass(slots=True)
+class _Receiver:
+    kind: str
+    url: str
+    render: Render
+    stats: DeliveryStats = field(default_factory=DeliveryStats)
+    queue: asyncio.Queue[Notification] | None = None
+
+    @property
+    def shown(self) -> str:
+        return f"{self.kind} {_display_url(self.url)}"
+
+
+class Notifications:
+    """Deliver approval events to webhooks and Slack, in the background.
+
+    Args:
+        webhooks: URLs that receive every event as signed JSON.
+        secret: the HMAC key for ``X-Aegis-Signature``; required with ``webhooks``.
+        slack_webhooks: Slack incoming-webhook URLs.
+        public_url: the inbox's address as reviewers reach it (for links),
+            e.g. ``https://aegis.example.com``; ``None`` sends no links.
+        timeout: seconds one attempt may take, connecting included.
+        attempts: how many times a delivery is tried before it is dropped.
+        backoff: the first retry's delay in seconds; it doubles each time,
+            with jitter, up to ``max_backoff``.
+        max_queue: events waiting per receiver; past it the oldest is dropped.
+
+    Example::
+
+        notifications = Notifications(["https://hooks.example.com/aegis"], secret="s3cret",
+                                      public_url="https://aegis.example.com")
+        notifications.start()
+        notifications.publish("approval.requested", request)   # returns at once
+        notifications.close()
+    """
+
+    def __init__(
+        self,
+        webhooks: Sequence[str] = (),
+        *,
+        secret: str | None = None,
+        slack_webhooks: Sequence[str] = (),
+        public_url: str | None = None,
+        timeout: float = 10.0,
+        attempts: int = 6,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        max_queue: int = 1000,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if webhooks and not secret:
+            raise ValueError(
+                "--webhook needs --webhook-secret (or AEGIS_WEBHOOK_SECRET): "
+                "receivers must be able to check that an event came from this server"
+            )
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {attempts}")
+        if timeout <= 0 or backoff < 0 or max_backoff < backoff or max_queue < 1:
+            raise ValueError("timeout, backoff, max_backoff and max_queue must be positive")
+        self._secret = secret or ""
+        self._public_url = public_url.rstrip("/") if public_url else None
+        self._timeout = timeout
+        self._attempts = attempts
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._max_queue = max_queue
+        self._transport = transport
+        self._receivers = [
+            _Receiver("webhook", _check_url(url, "--webhook"), self._render_webhook)
+            for url in webhooks
+        ] + [
+            _Receiver("slack", _check_url(url, "--slack-webhook"), self._render_slack)
+            for url in slack_webhooks
+        ]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._main: asyncio.Future[None] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._close_timeout = 5.0
+
+    # -------------------------------------------------------------- public
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is any receiver at all."""
+        return bool(self._receivers)
+
+    @property
+    def stats(self) -> list[tuple[str, DeliveryStats]]:
+        """Delivery counters per receiver, in order: ``("webhook http://host/…", stats)``."""
+        return [(receiver.shown, receiver.stats) for receiver in self._receivers]
+
+    def link(self, request_id: str) -> str | None:
+        """The inbox page of a request, or ``None`` without a public URL."""
+        if self._public_url is None:
+            return None
+        return f"{self._public_url}/requests/{urllib.parse.quote(request_id, safe='')}"
+
+    def start(self) -> None:
+        """Start the delivery thread (once); a no-op without receivers."""
+        with self._lock:
+            if self._thread is not None or not self._receivers or self._closed:
+                return
+            self._thread = threading.Thread(target=self._run, name="aegis-notify", daemon=True)
+            self._thread.start()
+        self._ready.wait()
+
+    def publish(
+        self, event_type: str, request: Mapping[str, Any], *, reviewer: str | None = None
+    ) -> Notification | None:
+        """Queue ``event_type`` about ``request`` for every receiver and return at once.
+
+        Safe from any thread. Returns the event (``None`` when there is no
+        receiver, or after :meth:`close`). Never raises for a receiver's sake.
+        """
+        if not self._receivers or self._closed:
+            return None
+        request_id = str(request.get("id", ""))
+        event = Notification(
+            event_type, dict(request), link=self.link(request_id), reviewer=reviewer
+        )
+        loop = self._loop
+        if loop is None:
+            self.start()
+            loop = self._loop
+        if loop is None:  # closed meanwhile
+            return None
+        try:
+            loop.call_soon_threadsafe(self._enqueue, event)
+        except RuntimeError:  # the loop closed between the check and the call
+            return None
+        return event
+
+    def attach(self, service: ApprovalService) -> Callable[[], None]:
+        """Publish the service's request events from now on; return the function that stops it.
+
+        Collections and grant revocations are not notified: nobody needs to act on them.
+        """
+
+        def forward(event: ApprovalEvent) -> None:
+            if event.kind in EVENT_TYPES and event.request is not None:
+                self.publish(event.kind, event.request.to_json(), reviewer=event.reviewer)
+
+        return service.subscribe(forward)
+
+    async def startup(self, app: Starlette) -> asyncio.Task[None] | None:
+        """A ``create_app(on_startup=[...])`` hook: start, attach to the app's service.
+
+        The task it returns lives as long as the app; cancelled at shutdown,
+        it detaches and gives queued events a few seconds to go out.
+        """
+        if not self.enabled:
+            return None
+        await asyncio.to_thread(self.start)
+        detach = self.attach(app.state.service)
+
+        async def live() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                detach()
+                await asyncio.to_thread(self.close, SHUTDOWN_DRAIN)
+
+        return asyncio.create_task(live(), name="aegis-notify")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued for up to ``timeout`` seconds, then stop."""
+        with self._lock:
+            self._closed = True
+            self._close_timeout = max(0.0, timeout)
+            thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        stopping = self._stopping
+        if stopping is not None:
+            try:
+                loop.call_soon_threadsafe(stopping.set)
+            except RuntimeError:  # the loop already ended
+                return
+        thread.join(timeout + 1.0)
+
+    # -------------------------------------------------------------- the thread
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve(loop))
+        except Exception:  # logged; publish() then finds no loop and drops events
+            logger.exception("notifications: the delivery thread stopped")
+        finally:
+            self._loop = None
+            self._ready.set()
+            loop.close()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._stopping = asyncio.Event()
+        for receiver in self._receivers:
+            receiver.queue = asyncio.Queue()
+        self._loop = loop
+        self._ready.set()
+        limits = httpx.Limits(max_connections=4 * len(self._receivers))
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(self._timeout),
+            limits=limits,
+            follow_redirects=False,
+            headers={"User-Agent": _USER_AGENT},
+            transport=self._transport,
+        ) as client:
+            workers = [
+                asyncio.create_task(self._work(client, receiver)) for receiver in self._receivers
+            ]
+            await self._stopping.wait()
+            # drain: give queued events the close timeout, then give up on them
+            drained = asyncio.gather(*(r.queue.join() for r in self._receivers if r.queue))
+            try:
+                await asyncio.wait_for(drained, timeout=self._close_timeout)
+            except TimeoutError:
+                left = sum(r.queue.qsize() for r in self._receivers if r.queue)
+                logger.warning("notifications: stopped with %d event(s) undelivered", left)
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        self._loop = None
+
+    def _enqueue(self, event: Notification) -> None:
+        for receiver in self._receivers:
+            queue = receiver.queue
+            if queue is None:
+                continue
+            if queue.qsize() >= self._max_queue:
+                dropped = queue.get_nowait()
+                queue.task_done()
+                receiver.stats.dropped += 1
+                logger.warning(
+                    "notifications: %s is %d events behind; dropped %s %s",
+                    receiver.shown,
+                    self._max_queue,
+                    dropped.type,
+                    dropped.id,
+                )
+            queue.put_nowait(event)
+
+    async def _work(self, client: httpx.AsyncClient, receiver: _Receiver) -> None:
+        queue = receiver.queue
+        assert queue is not None  # set before the workers start
+        while True:
+            event = await queue.get()
+            try:
+                await self._deliver(client, receiver, event)
+            except Exception:  # a bug must not end the worker; the event is logged and dropped
+                receiver.stats.failed += 1
+                logger.exception(
+                    "notifications: could not deliver %s to %s", event.id, receiver.shown
+                )
+            finally:
+                queue.task_done()
+
+    async def _deliver(
+        self, client: httpx.AsyncClient, receiver: _Receiver, event: Notification
+    ) -> None:
+        problem = ""
+        for attempt in range(1, self._attempts + 1):
+            body, headers = receiver.render(event)
+            retry_after: float | None = None
+            try:
+                # httpx's timeout bounds each read; this bounds a receiver that trickles
+                response = await asyncio.wait_for(
+                    client.post(receiver.url, content=body, headers=headers), self._timeout
+                )
+            except TimeoutError:
+                problem = f"no answer within {self._timeout:g}s"
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                if response.is_success:
+                    receiver.stats.delivered += 1
+                    return
+                problem = f"HTTP {response.status_code}"
+                if response.status_code < 500 and response.status_code not in _RETRY_STATUSES:
+                    break
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+            if attempt == self._attempts:
+                break
+            receiver.stats.retried += 1
+            delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
+            # jitter, so that receivers coming back are not stampeded by every sender at once
+            delay = delay * (0.5 + random.random() / 2)
+            if retry_after is not None:
+                delay = min(self._max_backoff, max(delay, retry_after))
+            logger.info(
+                "notifications: %s attempt %d for %s failed (%s); retrying in %.1fs",
+                receiver.shown,
+                attempt,
+                event.id,
+                problem,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        receiver.stats.failed += 1
+        logger.warning(
+            "notifications: gave up delivering %s %s to %s: %s",
+            event.type,
+            event.id,
+            receiver.shown,
+            problem,
+        )
+
+    # -------------------------------------------------------------- bodies
+
+    def _render_webhook(self, event: Notification) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+        return body, {
+            "Content-Type": "application/json",
+            "X-Aegis-Event": event.type,
+            "X-Aegis-Delivery": event.id,
+            SIGNATURE_HEADER: sign_payload(self._secret, body),
+        }
+
+    def _render_slack(self, event: Notification) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(slack_message(event), ensure_ascii=False).encode()
+        return body, {"Content-Type": "application/json"}
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: the exponential delay is good enough
+    return seconds if seconds >= 0 else None

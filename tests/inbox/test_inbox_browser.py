@@ -1,0 +1,284 @@
+"""The inbox in a real browser (Debian's Chromium via Playwright) against the real `aegis serve`.
+
+A real Runtime with a RemoteApprovalHandler waits on the service while a
+reviewer works in the browser. Screenshots land in tests/output/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from serve_support import Server, create_token
+
+from aegis import Action, Policy, Result, ResultStatus, Runtime
+from aegis.runtime.approval_remote import RemoteApprovalHandler
+from aegis.runtime.audit import AuditLogger
+
+OUTPUT = Path(__file__).resolve().parent.parent / "output"
+
+POLICY = """\
+version: "1"
+defaults: {risk_level: medium, approval: block}
+rules:
+  - name: refunds
+    description: refunds move money, so a person checks them
+    match: {type: refund}
+    risk_level: high
+    approval: approve
+  - name: erasure
+    match: {type: "delete*"}
+    risk_level: critical
+    approval: approve
+  - name: notes
+    match: {type: add_note}
+    risk_level: low
+    approval: approve
+  - name: quick
+    match: {type: quick_check}
+    risk_level: medium
+    approval: approve
+    approval_ttl: 2s
+"""
+
+T = TypeVar("T")
+
+#: how long a test waits for something the page or the agent should do
+WAIT_MS = 15_000
+
+
+class Agent:
+    """A real Runtime with a RemoteApprovalHandler, running on its own event loop thread."""
+
+    def __init__(self, url: str, token: str, audit_db: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runtime: Runtime = self.call(self._open(url, token, audit_db))
+
+    async def _open(self, url: str, token: str, audit_db: Path) -> Runtime:
+        async def executor(action: Action) -> dict[str, Any]:
+            return {"done": action.type}
+
+        self.handler = RemoteApprovalHandler(url, token=token, timeout=60, poll=5)
+        runtime = Runtime(
+            executor=executor,
+            policy=Policy.from_dict(yaml.safe_load(POLICY)),
+            approval_handler=self.handler,
+            audit_logger=AuditLogger(audit_db),
+        )
+        await runtime.__aenter__()
+        return runtime
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the agent's loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
+    def start(self, action: Action) -> concurrent.futures.Future[Result]:
+        """Start governing ``action``; the future resolves when the runtime returns."""
+        return asyncio.run_coroutine_threadsafe(self.runtime.run_one(action), self.loop)
+
+    def close(self) -> None:
+        self.call(self.runtime.__aexit__(None, None, None))
+        self.call(self.handler.aclose())
+        self.call(self.loop.shutdown_asyncgens())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class World:
+    """The service, its tokens, the agent and the browser of one test module."""
+
+    def __init__(self, server: Server, tokens: dict[str, str], agent: Agent, browser: Browser):
+        self.server = server
+        self.tokens = tokens
+        self.agent = agent
+        self.browser = browser
+
+    def context(self) -> BrowserContext:
+        """A fresh browser profile (its own cookies)."""
+        return self.browser.new_context(viewport={"width": 1180, "height": 760})
+
+    def signed_in(self, name: str = "alice") -> Page:
+        """A new page signed in as ``name`` through the form, showing Pending."""
+        page = self.context().new_page()
+        page.goto(f"{self.server.url}/")
+        page.fill("#token", self.tokens[name])
+        page.click("button[type=submit]")
+        expect(page.locator("h1")).to_contain_text("Pending")
+        return page
+
+    def row(self, page: Page, action_type: str) -> Any:
+        """The pending row of an action type."""
+        return page.locator("#pending-rows tr", has_text=action_type)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """`aegis serve`, a reviewer and an agent token, a Runtime waiting on it, one Chromium."""
+    folder = tmp_path_factory.mktemp("inbox-browser")
+    db = folder / "aegis.db"
+    tokens = {
+        "alice": create_token(db, "alice", "reviewer"),
+        "support-bot": create_token(db, "support-bot", "agent"),
+    }
+    OUTPUT.mkdir(exist_ok=True)
+    with Server(db, log=folder / "serve.log") as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        agent = Agent(server.url, tokens["support-bot"], folder / "agent.db")
+        try:
+            yield World(server, tokens, agent, browser)
+        finally:
+            agent.close()
+            browser.close()
+
+
+def test_sign_in_form(world: World) -> None:
+    """A wrong token is refused on the page; a reviewer token opens Pending."""
+    page = world.context().new_page()
+    page.goto(f"{world.server.url}/")
+    expect(page).to_have_url(f"{world.server.url}/signin")
+    page.fill("#token", "aegis_wrong")
+    page.click("button[type=submit]")
+    expect(page.locator(".flash-error")).to_contain_text("the token is unknown")
+    page.fill("#token", world.tokens["alice"])
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_contain_text("Pending")
+    expect(page.locator(".who .name")).to_have_text("alice")
+    page.context.close()
+
+
+def test_request_appears_live_and_approval_lets_the_runtime_run(world: World) -> None:
+    """A waiting Runtime's request appears without reload; approving it makes the Result SUCCESS."""
+    pending = world.signed_in()
+    expect(pending.locator("#live")).to_have_class("live on", timeout=WAIT_MS)
+    pending.evaluate("window.__notReloaded = 42")
+    refund = world.agent.start(
+        Action(
+            "refund",
+            "billing",
+            {"amount": 900, "currency": "EUR", "order": "A-1017", "customer": "c_4242"},
+            "Refund order A-1017: the customer was charged twice",
+        )
+    )
+    note = world.agent.start(Action("add_note", "crm", {"customer": "c_4242", "text": "called"}))
+    erase = world.agent.start(
+        Action("delete_customer", "crm", {"customer": "c_977"}, "GDPR erasure request")
+    )
+    for kind in ("refund", "add_note", "delete_customer"):
+        expect(world.row(pending, kind)).to_be_visible(timeout=WAIT_MS)
+    expect(world.row(pending, "refund").locator(".risk")).to_have_text("HIGH")
+    expect(world.row(pending, "delete_customer").locator(".risk")).to_have_text("CRITICAL")
+    expect(world.row(pending, "add_note").locator(".risk")).to_have_text("LOW")
+    expect(world.row(pending, "refund")).to_contain_text("support-bot")
+    expect(pending.locator("#pending-count")).to_have_text("3")
+    # the clocks tick in the page: waiting time grows without a reload
+    expect(world.row(pending, "refund").locator(".ago")).not_to_have_text("0s", timeout=WAIT_MS)
+    pending.screenshot(path=OUTPUT / "inbox-pending.png", clip=_content_box(pending))
+
+    # the request page in a second tab; the first keeps the live list
+    page = pending.context.new_page()
+    page.goto(
+        world.server.url + (world.row(pending, "refund").locator("a").get_attribute("href") or "")
+    )
+    expect(page.locator("#params")).to_contain_text('"amount": 900')
+    expect(page.locator(".description")).to_contain_text("charged twice")
+    expect(page.locator(".facts")).to_contain_text("refunds")
+    page.screenshot(path=OUTPUT / "inbox-request.png", full_page=True)
+    page.fill("#comment", "Duplicate charge confirmed in Stripe")
+    page.click("#approve")
+    expect(page.locator(".flash-ok")).to_contain_text("Approved")
+    assert refund.result(WAIT_MS / 1000).status is ResultStatus.SUCCESS
+    expect(page.locator(".decisions")).to_contain_text("Duplicate charge confirmed")
+    expect(page.locator("#approve")).to_be_disabled()
+
+    # decided and cancelled requests leave the live list, still without a reload
+    expect(world.row(pending, "refund")).to_have_count(0, timeout=WAIT_MS)
+    note.cancel()
+    erase.cancel()
+    expect(pending.locator("#pending-rows tr")).to_have_count(0, timeout=WAIT_MS)
+    expect(pending.locator("#pending-empty")).to_be_visible()
+    assert pending.evaluate("window.__notReloaded") == 42
+    pending.context.close()
+
+
+def _content_box(page: Page) -> Any:
+    """The part of the page down to the end of its main content, for a tight picture."""
+    bottom = page.evaluate("document.querySelector('main').getBoundingClientRect().bottom")
+    width = page.viewport_size["width"] if page.viewport_size else 1180
+    return {"x": 0, "y": 0, "width": width, "height": bottom + 16}
+
+
+def test_deny_with_the_keyboard(world: World) -> None:
+    """Pressing d on a request page denies it, and the waiting Runtime gets DENIED."""
+    page = world.signed_in()
+    future = world.agent.start(Action("delete_account", "crm", {"customer": "c_31"}))
+    expect(world.row(page, "delete_account")).to_be_visible(timeout=WAIT_MS)
+    world.row(page, "delete_account").locator("a").click()
+    page.fill("#comment", "not without a ticket")
+    page.locator("#params").click()  # leave the comment field: shortcuts skip text fields
+    page.keyboard.press("d")
+    expect(page.locator(".flash-ok")).to_contain_text("Denied")
+    result = future.result(WAIT_MS / 1000)
+    assert result.status is ResultStatus.DENIED
+    expect(page.locator(".decisions")).to_contain_text("not without a ticket")
+    page.context.close()
+
+
+def test_expired_request_cannot_be_decided(world: World) -> None:
+    """A request past its approval_ttl is refused: the Runtime gets DENIED, the page says so."""
+    page = world.signed_in()
+    future = world.agent.start(Action("quick_check", "ops", {"host": "db-1"}))
+    expect(world.row(page, "quick_check")).to_be_visible(timeout=WAIT_MS)
+    world.row(page, "quick_check").locator("a").click()
+    expect(page.locator("#approve")).to_be_enabled()
+    result = future.result(WAIT_MS / 1000)  # the 2 s TTL runs out while the page is open
+    assert result.status is ResultStatus.DENIED
+    page.click("#approve")
+    expect(page.locator(".flash-error")).to_contain_text("expired")
+    expect(page.locator("#refusal")).to_be_visible()
+    expect(page.locator("#approve")).to_be_disabled()
+    page.context.close()
+
+
+def test_hostile_params_render_as_text(world: World) -> None:
+    """<script> and <img onerror> in what the agent wrote show as text and never run."""
+    page = world.signed_in()
+    script = "<script>window.__pwned = 1</script>"
+    image = "<img src=x onerror=window.__pwned=2>"
+    future = world.agent.start(
+        Action("add_note", "crm<b>bold</b>", {"text": script, "html": image}, image)
+    )
+    expect(world.row(page, "crm<b>bold</b>")).to_be_visible(timeout=WAIT_MS)
+    world.row(page, "crm<b>bold</b>").locator("a").click()
+    expect(page.locator("#params")).to_contain_text(script)
+    expect(page.locator("#params")).to_contain_text(image)
+    expect(page.locator(".description")).to_have_text(image)
+    assert page.locator("main img").count() == 0
+    assert page.locator("main b").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    page.click("#deny")
+    expect(page.locator(".flash-ok")).to_contain_text("Denied")
+    assert future.result(WAIT_MS / 1000).status is ResultStatus.DENIED
+    page.context.close()
+
+
+def test_sign_out(world: World) -> None:
+    """Sign out ends the session: the inbox asks for a token again."""
+    page = world.signed_in()
+    page.click("#signout")
+    expect(page.locator(".flash-ok")).to_contain_text("Signed out")
+    page.goto(f"{world.server.url}/history")
+    expect(page).to_have_url(f"{world.server.url}/signin?next=%2Fhistory")
+    page.context.close()

@@ -1,0 +1,429 @@
+"""The inbox's pages in-process: sessions, CSRF, escaping, refusals, history and audit."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aegis.core.approval_request import Role, TokenInfo
+from aegis.runtime.audit import AuditLogger
+from aegis.server import ApprovalService, create_app
+from aegis.server.inbox import CONTENT_SECURITY_POLICY, Inbox, human_duration
+from aegis.stores.approvals import hash_token
+from aegis.stores.sqlite.approvals import SqliteApprovalStore
+
+TOKENS = {
+    "alice": (Role.REVIEWER, ()),
+    "bob": (Role.REVIEWER, ("finance",)),
+    "bot": (Role.AGENT, ()),
+}
+
+HOSTILE = "<script>window.pwned=1</script><img src=x onerror=alert(1)>"
+
+
+class Site:
+    """A browser-like client of the in-process app, and the store behind it."""
+
+    def __init__(self, app: Any, service: ApprovalService, store: SqliteApprovalStore, db: Path):
+        self.app = app
+        self.service = service
+        self.store = store
+        self.db = db
+
+    def client(self) -> httpx.AsyncClient:
+        """A fresh client with its own cookie jar (one browser)."""
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url="http://inbox.test"
+        )
+
+    async def sign_in(self, client: httpx.AsyncClient, name: str) -> str:
+        """Sign ``name`` in through the form; return the session's CSRF token."""
+        form = await client.get("/signin")
+        nonce = csrf_of(form.text)
+        done = await client.post("/signin", data={"token": f"{name}-secret", "csrf": nonce})
+        assert done.status_code == 303, done.text
+        assert done.headers["location"] == "/"
+        return csrf_of((await client.get("/")).text)
+
+    async def store_request(self, request_id: str) -> dict[str, Any]:
+        """The request as the store holds it now."""
+        found = self.store.get_request(request_id)
+        assert found is not None
+        return found.to_json()
+
+    async def ask(self, who: str = "bot", **fields: Any) -> dict[str, Any]:
+        """Open a request through the JSON API as the agent."""
+        body = {
+            "session_id": "s1",
+            "action": {"type": "refund", "target": "billing", "params": {"amount": 9}},
+            "risk_level": "high",
+            **fields,
+        }
+        async with self.client() as client:
+            response = await client.post(
+                "/api/v1/approvals", json=body, headers={"Authorization": f"Bearer {who}-secret"}
+            )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+
+def csrf_of(html: str) -> str:
+    """The value of the first hidden csrf input of a page."""
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no csrf field on the page"
+    return found.group(1)
+
+
+def build_site(tmp_path: Path, **options: Any) -> tuple[Site, Inbox]:
+    """The app (API and inbox) over a fresh SQLite store with three tokens."""
+    db = tmp_path / "aegis.db"
+    audit = AuditLogger(db)
+    audit.head()
+    store = SqliteApprovalStore(db)
+    now = datetime.now(UTC)
+    for name, (role, groups) in TOKENS.items():
+        store.create_token(TokenInfo(name, role, groups, now), hash_token(f"{name}-secret"))
+    service = ApprovalService(store, audit, approval_ttl=600)
+    inbox = Inbox(service, session_key="k" * 32, poll_interval=0.1, **options)
+    app = create_app(service, routes=inbox.routes())
+    return Site(app, service, store, db), inbox
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    """The app (API and inbox) over a fresh SQLite store with three tokens."""
+    built, inbox = build_site(tmp_path)
+    yield built
+    inbox.close()
+    built.service.close()
+
+
+async def test_pages_need_a_session_and_carry_a_strict_csp(site: Site) -> None:
+    """Without a session every page redirects to sign-in; pages carry the strict CSP."""
+    async with site.client() as client:
+        for path in ("/", "/history", "/audit", "/requests/apr_x"):
+            response = await client.get(path)
+            assert response.status_code == 303
+            assert response.headers["location"].startswith("/signin")
+        page = await client.get("/signin")
+    assert page.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "script-src 'self'" in CONTENT_SECURITY_POLICY
+    assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in page.text  # the only script is a file: <script src=...>
+
+
+async def test_session_cookie_is_httponly_strict_and_expiring(site: Site) -> None:
+    """Sign-in sets a signed HttpOnly SameSite=Strict cookie with a lifetime, not the token."""
+    async with site.client() as client:
+        form = await client.get("/signin")
+        done = await client.post(
+            "/signin", data={"token": "alice-secret", "csrf": csrf_of(form.text)}
+        )
+    cookie = next(c for c in done.headers.get_list("set-cookie") if c.startswith("aegis_session="))
+    attributes = cookie.lower()
+    assert "httponly" in attributes
+    assert "samesite=strict" in attributes
+    assert "max-age=28800" in attributes
+    assert "alice-secret" not in cookie
+
+
+async def test_sign_in_refuses_agents_bad_tokens_and_forged_forms(site: Site) -> None:
+    """Agent tokens, unknown tokens and a form without the sign-in nonce start no session."""
+    expected = {
+        "bot-secret": "bot has an agent token; sign in with a reviewer token.",
+        "nobody-secret": "Not signed in: the token is unknown",
+    }
+    async with site.client() as client:
+        for token, message in expected.items():
+            nonce = csrf_of((await client.get("/signin")).text)
+            response = await client.post("/signin", data={"token": token, "csrf": nonce})
+            assert response.headers["location"] == "/signin"
+            assert "aegis_session" not in response.cookies
+            assert message in (await client.get("/signin")).text
+        forged = await client.post("/signin", data={"token": "alice-secret", "csrf": "guess"})
+        assert forged.headers["location"] == "/signin"
+        assert "aegis_session" not in forged.cookies
+        assert (await client.get("/")).status_code == 303
+
+
+async def test_decision_needs_the_csrf_token_and_same_origin(site: Site) -> None:
+    """A decision without the session's CSRF token, or from another origin, decides nothing."""
+    request = await site.ask()
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        url = f"/requests/{request['id']}/decision"
+        missing = await client.post(url, data={"verdict": "approve"})
+        wrong = await client.post(url, data={"verdict": "approve", "csrf": "x" + csrf})
+        foreign = await client.post(
+            url,
+            data={"verdict": "approve", "csrf": csrf},
+            headers={"Origin": "https://evil.example"},
+        )
+        for response in (missing, wrong, foreign):
+            assert response.status_code == 403
+        assert (await site.store_request(request["id"]))["status"] == "pending"
+        done = await client.post(
+            url,
+            data={"verdict": "approve", "csrf": csrf, "comment": "ok"},
+            headers={"Origin": "http://inbox.test"},
+        )
+        assert done.status_code == 303
+        page = await client.get(done.headers["location"])
+    assert "Approved. The agent may go ahead." in page.text
+    assert (await site.store_request(request["id"]))["status"] == "approved"
+
+
+async def test_agent_text_is_escaped_everywhere(site: Site) -> None:
+    """Type, target, params, description and reason written by an agent appear as text only."""
+    request = await site.ask(
+        action={
+            "type": "x<b>",
+            "target": "<i>t</i>",
+            "params": {"note": HOSTILE},
+            "description": HOSTILE,
+        },
+        reason=HOSTILE,
+        matched_rule="<u>r</u>",
+    )
+    async with site.client() as client:
+        await site.sign_in(client, "alice")
+        pages = [
+            (await client.get("/")).text,
+            (await client.get(f"/requests/{request['id']}")).text,
+            (await client.get("/inbox/pending-rows")).text,
+        ]
+    for html in pages:
+        for raw in ("<script>window", "<img src=x", "<b>", "<i>t</i>", "<u>r</u>"):
+            assert raw not in html
+    assert "&lt;script&gt;window.pwned=1&lt;/script&gt;" in pages[1]
+
+
+async def test_buttons_disabled_with_the_reason(site: Site) -> None:
+    """Outside the rule's groups, or after deciding, the buttons are disabled and say why."""
+    finance = await site.ask(reviewers=["finance"])
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        page = (await client.get(f"/requests/{finance['id']}")).text
+        assert "only reviewers in finance may decide this request" in page
+        assert re.search(r'id="approve" disabled', page)
+        two = await site.ask(approvers=2, action={"type": "wire", "target": "bank"})
+        await client.post(
+            f"/requests/{two['id']}/decision", data={"verdict": "approve", "csrf": csrf}
+        )
+        page = (await client.get(f"/requests/{two['id']}")).text
+    assert "alice has already decided this request" in page
+    assert "1 of 2" in page or "2 distinct reviewers" in page
+    assert re.search(r'id="deny" disabled', page)
+
+
+async def test_expired_request_cannot_be_approved(site: Site) -> None:
+    """Posting Approve on an expired request shows the service's refusal and decides nothing."""
+    request = await site.ask(approval_ttl=0.5)
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        await asyncio.sleep(0.6)
+        response = await client.post(
+            f"/requests/{request['id']}/decision", data={"verdict": "approve", "csrf": csrf}
+        )
+    assert response.status_code == 409
+    assert "expired" in response.text
+    assert (await site.store_request(request["id"]))["status"] == "expired"
+
+
+async def test_revoked_token_ends_the_session(site: Site) -> None:
+    """Revoking the reviewer's token signs their browser out at the next request."""
+    async with site.client() as client:
+        await site.sign_in(client, "alice")
+        assert (await client.get("/")).status_code == 200
+        site.store.revoke_token("alice", datetime.now(UTC))
+        assert (await client.get("/")).status_code == 303
+
+
+async def test_sign_out_needs_the_form_and_ends_the_session(site: Site) -> None:
+    """Sign out is a POST with the CSRF token; afterwards pages need sign-in again."""
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        refused = await client.post("/signout", data={"csrf": "nope"})
+        assert refused.status_code == 403
+        assert (await client.get("/")).status_code == 200
+        out = await client.post("/signout", data={"csrf": csrf})
+        assert out.headers["location"] == "/signin"
+        assert (await client.get("/")).status_code == 303
+
+
+async def test_sign_in_returns_only_to_local_pages(site: Site) -> None:
+    """The `next` page after sign-in is a local path; another site is ignored."""
+    async with site.client() as client:
+        for target, expected in (("/history", "/history"), ("//evil.example/x", "/")):
+            page = await client.get("/signin", params={"next": target})
+            done = await client.post(
+                "/signin",
+                data={"token": "alice-secret", "csrf": csrf_of(page.text), "next": target},
+            )
+            assert done.headers["location"] == expected
+            client.cookies.clear()
+
+
+async def test_history_filters_by_status_agent_and_reviewer(site: Site) -> None:
+    """History lists finished requests with who and comment, filtered by status and reviewer."""
+    approved = await site.ask(action={"type": "type_approved", "target": "t"})
+    denied = await site.ask(action={"type": "type_denied", "target": "t"})
+    pending = await site.ask(action={"type": "type_pending", "target": "t"})
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        await client.post(
+            f"/requests/{approved['id']}/decision",
+            data={"verdict": "approve", "csrf": csrf, "comment": "looks right"},
+        )
+        csrf_bob = await site.sign_in(bob := site.client(), "bob")
+        await bob.post(
+            f"/requests/{denied['id']}/decision", data={"verdict": "deny", "csrf": csrf_bob}
+        )
+        await bob.aclose()
+        everything = (await client.get("/history")).text
+        only_denied = (await client.get("/history", params={"status": "denied"})).text
+        by_alice = (await client.get("/history", params={"reviewer": "alice"})).text
+        other_agent = (await client.get("/history", params={"agent": "someone"})).text
+    assert "type_approved" in everything
+    assert "type_denied" in everything
+    assert "type_pending" not in everything
+    assert "looks right" in everything
+    assert "type_denied" in only_denied
+    assert "type_approved" not in only_denied
+    assert "type_approved" in by_alice
+    assert "type_denied" not in by_alice
+    assert "No requests match" in other_agent
+    assert pending["status"] == "pending"
+
+
+async def test_audit_page_shows_hashes_and_a_broken_chain(site: Site) -> None:
+    """Audit shows records with their hashes and verification, and names the first bad record."""
+    await site.ask()
+    async with site.client() as client:
+        await site.sign_in(client, "alice")
+        page = (await client.get("/audit")).text
+        assert "Chain verified" in page
+        assert re.search(r'class="mono small hash nowrap" title="[0-9a-f]{64}"', page)
+        filtered = (await client.get("/audit", params={"type": "nothing-like-this"})).text
+        assert "No records match" in filtered
+        bad = (await client.get("/audit", params={"since": "yesterday"})).text
+        assert "not an ISO 8601 time" in bad
+        with sqlite3.connect(site.db) as conn:
+            conn.execute("UPDATE audit_log SET reason = 'edited' WHERE id = 1")
+        broken = (await client.get("/audit")).text
+    assert "Chain broken at record 1" in broken
+
+
+async def test_grants_listed_and_revoked_from_the_audit_page(site: Site) -> None:
+    """An approval with grant minutes creates a grant; the audit page revokes it."""
+    request = await site.ask()
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        await client.post(
+            f"/requests/{request['id']}/decision",
+            data={"verdict": "approve", "csrf": csrf, "grant_minutes": "15"},
+        )
+        page = (await client.get("/audit")).text
+        grant_id = re.search(r"/grants/(grt_[0-9a-f]+)/revoke", page)
+        assert grant_id, "no grant on the audit page"
+        done = await client.post(f"/grants/{grant_id.group(1)}/revoke", data={"csrf": csrf})
+        assert done.status_code == 303
+        after = (await client.get("/audit")).text
+    assert "No active grants" in after
+    assert f"Grant {grant_id.group(1)} revoked." in after
+
+
+async def test_bad_grant_minutes_are_refused_on_the_page(site: Site) -> None:
+    """A grant that is not a whole number of minutes is refused before anything is decided."""
+    request = await site.ask()
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        response = await client.post(
+            f"/requests/{request['id']}/decision",
+            data={"verdict": "approve", "csrf": csrf, "grant_minutes": "-5"},
+        )
+    assert response.status_code == 422
+    assert "Grant minutes must be a whole number" in response.text
+    assert (await site.store_request(request["id"]))["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (59, "59s"), (61, "1m 01s"), (3600, "1h 00m"), (90061, "1d 1h"), (-5, "0s")],
+)
+def test_human_duration(seconds: float, text: str) -> None:
+    """Clocks on the pages read like 1m 01s, 1h 00m, 1d 1h."""
+    assert human_duration(seconds) == text
+
+
+async def test_audit_opens_on_the_newest_records_and_pages_forward(tmp_path: Path) -> None:
+    """Unfiltered, Audit shows the newest records; from the first record it pages forward."""
+    site, inbox = build_site(tmp_path, audit_limit=2)
+    try:
+        for index in range(5):
+            await site.ask(action={"type": f"kind_{index}", "target": "t"})
+        async with site.client() as client:
+            await site.sign_in(client, "alice")
+            newest = (await client.get("/audit")).text
+            first = (await client.get("/audit", params={"after": "0"})).text
+            following = re.search(r'href="(/audit\?after=\d+)" id="next-page"', first)
+            assert following, "no next page link"
+            second = (await client.get(following.group(1).replace("&amp;", "&"))).text
+    finally:
+        inbox.close()
+        site.service.close()
+    assert "kind_4" in newest
+    assert "kind_3" in newest
+    assert "kind_0" not in newest
+    assert "kind_0" in first
+    assert "kind_1" in first
+    assert "kind_2" in second
+    assert "kind_0" not in second
+
+
+async def test_public_url_origin_is_accepted_and_cookies_are_secure(tmp_path: Path) -> None:
+    """Behind a TLS proxy, forms from --public-url's origin are accepted and cookies are Secure."""
+    site, inbox = build_site(tmp_path, public_url="https://aegis.example.com")
+    try:
+        request = await site.ask()
+        async with site.client() as client:
+            form = await client.get("/signin")
+            # the test client keeps Secure cookies off plain http: hand them over
+            client.cookies.set("aegis_signin", form.cookies["aegis_signin"])
+            done = await client.post(
+                "/signin",
+                data={"token": "alice-secret", "csrf": csrf_of(form.text)},
+                headers={"Origin": "https://aegis.example.com"},
+            )
+            assert done.status_code == 303
+            assert done.headers["location"] == "/"
+            cookie = next(
+                c for c in done.headers.get_list("set-cookie") if c.startswith("aegis_session=")
+            )
+            assert "secure" in cookie.lower()
+            client.cookies.set("aegis_session", done.cookies["aegis_session"])
+            csrf = csrf_of((await client.get("/")).text)
+            decided = await client.post(
+                f"/requests/{request['id']}/decision",
+                data={"verdict": "deny", "csrf": csrf},
+                headers={"Origin": "https://aegis.example.com"},
+            )
+            assert decided.status_code == 303
+            other = await client.post(
+                f"/requests/{request['id']}/decision",
+                data={"verdict": "deny", "csrf": csrf},
+                headers={"Origin": "https://other.example.com"},
+            )
+            assert other.status_code == 403
+    finally:
+        inbox.close()
+        site.service.close()
