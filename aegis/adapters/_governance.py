@@ -123,9 +123,6 @@ class Governor:
         self.framework = framework
         self.on_block: OnBlock = on_block
         self.agent = agent
-        # Audit context arrives with the store work (CONTRACTS.md #2); until a
-        # runtime takes it, calls are still governed, without the context.
-        self._takes_context = "context" in inspect.signature(run_one).parameters
 
     # ------------------------------------------------------------ translation
 
@@ -183,10 +180,7 @@ class Governor:
         return result
 
     async def _run_one(self, action: Action, call: ToolCall) -> Result:
-        if self._takes_context:
-            run_one: Callable[..., Awaitable[Result]] = self.runtime.run_one
-            return await run_one(action, context=self.context(call))
-        return await self.runtime.run_one(action)
+        return await self.runtime.run_one(action, context=self.context(call))
 
     def run_sync(
         self,
