@@ -107,7 +107,7 @@ In a client's configuration, replace the server's command with:
     show_default=True,
     help="The largest message a client may send.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log every refusal and decision to stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Also log each call's outcome to stderr.")
 @format_option("table", "json")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def mcp_proxy(  # noqa: PLR0917  # click passes every option
@@ -137,7 +137,10 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     needing approval wait for a human. Every call is recorded in the audit
     trail with its MCP request id.
     """
-    from aegis.mcp.runner import ProxySettings  # noqa: PLC0415  # the SDK loads only here
+    from aegis.mcp.runner import (  # noqa: PLC0415  # loaded only for this command
+        ProxySettings,
+        check_loopback,
+    )
 
     if bool(command) == bool(upstream_url):
         raise click.UsageError(
@@ -173,6 +176,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         _check(settings, output_format)
         return
     if address is not None:
+        check_loopback(address[0])
         try:
             from aegis.mcp.http import run_http  # noqa: PLC0415  # starlette and uvicorn
         except ImportError as exc:

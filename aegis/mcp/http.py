@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import sys
@@ -22,7 +21,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from aegis.errors import ConfigurationError
 from aegis.mcp._jsonrpc import (
     DOWNSTREAM_UNAVAILABLE,
     INVALID_REQUEST,
@@ -34,7 +32,7 @@ from aegis.mcp._jsonrpc import (
 )
 from aegis.mcp.downstream import check_server
 from aegis.mcp.proxy import ProxySession
-from aegis.mcp.runner import ProxySettings, build_runtime, session_opener
+from aegis.mcp.runner import ProxySettings, build_runtime, check_loopback, session_opener
 from aegis.runtime.engine import Runtime
 
 try:
@@ -342,24 +340,11 @@ class GovernedHttpApp:
                 await task
 
 
-def _check_loopback(host: str) -> None:
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigurationError(
-            f"--listen {host}: the proxy has no authentication of its own, so it listens on "
-            "loopback only (127.0.0.1, ::1 or localhost); put an authenticating reverse proxy "
-            "in front of it to serve other machines"
-        )
-
-
 async def run_http(
     settings: ProxySettings, host: str, port: int, *, approval_handler: Any = None
 ) -> None:
     """Serve governed sessions over Streamable HTTP at ``http://host:port/mcp``."""
-    _check_loopback(host)
+    check_loopback(host)
     check_server(settings.command, settings.upstream_url)
     async with build_runtime(settings, approval_handler) as runtime:
         app = GovernedHttpApp(settings, runtime, host=host, port=port)

@@ -485,6 +485,14 @@ class ProxySession:
             result = await self._runtime.run_one(action, context=context)
         finally:
             _CURRENT.reset(token)
+        if _log.isEnabledFor(logging.INFO):
+            _log.info(
+                "request %r: %s on %s -> %s",
+                request_id,
+                kind,
+                self._options.target,
+                result.status.value,
+            )
         return self._reply_for(call, request_id, result)
 
     def _reply_for(self, call: _Call, request_id: RequestId, result: Result) -> Message:

@@ -8,6 +8,7 @@ server's tools with what the policy decides for each.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -38,9 +39,11 @@ __all__ = [
     "DenyApprovalHandler",
     "ProxySettings",
     "build_runtime",
+    "check_loopback",
     "check_tools",
     "make_approval_handler",
     "run_stdio",
+    "session_opener",
 ]
 
 _log = logging.getLogger("aegis.mcp")
@@ -105,6 +108,24 @@ class DenyApprovalHandler(ApprovalHandler):
             False,
             reason="this call needs a human's approval and the proxy has no approver; start "
             "it with --approval-url URL (the approval service) or --approval terminal",
+        )
+
+
+def check_loopback(host: str) -> None:
+    """Refuse to listen beyond this machine: the proxy authenticates nobody.
+
+    Raises:
+        ConfigurationError: ``host`` is not a loopback address.
+    """
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigurationError(
+            f"--listen {host}: the proxy has no authentication of its own, so it listens on "
+            "loopback only (127.0.0.1, ::1 or localhost); put an authenticating reverse proxy "
+            "in front of it to serve other machines"
         )
 
 
