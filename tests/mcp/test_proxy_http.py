@@ -118,3 +118,24 @@ async def test_stdio_proxy_in_front_of_an_http_server(tmp_path: Path) -> None:
     assert read.structured_content == {"path": "/srv/readme.txt", "content": "hello"}
     assert blocked.is_error is True
     assert [c["tool"] for c in files.calls()] == ["read"]
+
+
+async def test_the_servers_own_request_reaches_an_http_client(
+    listening: tuple[str, Files],
+) -> None:
+    """Over --listen, the server's mid-call elicitation travels on the call's stream and back."""
+    from typing import Any
+
+    from mcp import types
+
+    url, _ = listening
+    asked: list[str] = []
+
+    async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"ok": True})
+
+    async with Client(url, cache=None, elicitation_callback=elicit) as client:
+        result = await client.call_tool("read", {"path": "/ask"})
+    assert result.structured_content == {"path": "/ask", "content": "ok=True"}
+    assert asked == ["May I read /ask?"]
