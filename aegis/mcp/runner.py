@@ -8,12 +8,14 @@ server's tools with what the policy decides for each.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import signal
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -279,12 +281,47 @@ async def run_stdio(
             settings.upstream_url or " ".join(settings.command),
             settings.target,
         )
-        await serve_stdio(
-            session_opener(settings, runtime),
-            input_fd=input_fd,
-            output_fd=output_fd,
-            max_message_bytes=settings.max_message_bytes,
-        )
+        with _stop_on_signals():
+            await serve_stdio(
+                session_opener(settings, runtime),
+                input_fd=input_fd,
+                output_fd=output_fd,
+                max_message_bytes=settings.max_message_bytes,
+            )
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into a clean stop of the current task.
+
+    Without it SIGTERM would end the process at once: calls in flight would
+    leave no final record and the server would lose its stdin only by
+    accident. Cancelling the task runs every ``finally`` on the way out.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        if task is not None and not stopping:
+            stopping = True
+            _log.info("stopping: cancelling the calls in flight and closing the server")
+            task.cancel()
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop)
+            installed.append(sig)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 async def check_tools(settings: ProxySettings) -> list[tuple[dict[str, Any], PolicyDecision]]:

@@ -125,3 +125,44 @@ def test_duplicated_id_in_flight_is_refused(tmp_path: Path) -> None:
         ("delete", "no-deletes", "blocked"),
     ]
     assert [c["tool"] for c in files.calls()] == ["read"]
+
+
+def _alive_with(marker: str) -> list[int]:
+    """Pids of the processes whose command line contains ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_sigterm_stops_cleanly_recording_the_call_in_flight(tmp_path: Path) -> None:
+    """SIGTERM mid-call: the proxy exits 0, records the call as interrupted, ends its server."""
+    import signal
+    import time
+
+    files = Files(tmp_path)
+    with raw_proxy(files, server_args=["--hang-on", "read"]) as proxy:
+        proxy.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "read", "arguments": {"path": "/srv/readme.txt"}},
+            }
+        )
+        for _ in range(200):
+            if files.calls():
+                break
+            time.sleep(0.05)
+        assert _alive_with(str(files.log))
+        proxy.process.send_signal(signal.SIGTERM)
+        assert proxy.process.wait(20) == 0
+    [record] = files.records()
+    assert record["result_status"] == "failed"
+    assert "interrupted" in record["result_error"]
+    assert _alive_with(str(files.log)) == []
