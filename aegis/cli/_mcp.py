@@ -65,7 +65,8 @@ In a client's configuration, replace the server's command with:
     envvar="AEGIS_DB",
     show_default=True,
     show_envvar=True,
-    help="The audit trail every call is recorded in.",
+    metavar="PATH_OR_DSN",
+    help="The audit trail every call is recorded in: a SQLite file or a postgresql:// DSN.",
 )
 @click.option("--name", default=None, help="The actions' target [default: the command's name].")
 @click.option(

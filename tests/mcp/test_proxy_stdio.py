@@ -201,3 +201,20 @@ async def test_the_servers_own_requests_and_progress_reach_the_client(files: Fil
     assert result.structured_content == {"path": "/ask", "content": "ok=True"}
     assert asked == ["May I read /ask?"]
     assert progress == [1]
+
+
+async def test_the_audit_trail_may_be_postgresql(files: Files, postgres_dsn: str) -> None:
+    """--db takes a PostgreSQL DSN: the call's record lands there, chained and verifiable."""
+    from aegis.runtime.audit import AuditLogger
+
+    files.db = postgres_dsn
+    async with proxied_client(files) as client:
+        await client.call_tool("read", {"path": "/srv/readme.txt"})
+        await client.call_tool("delete", {"path": "/srv/readme.txt"})
+    with AuditLogger(postgres_dsn) as audit:
+        assert audit.verify().ok
+        records = list(audit.get_log())
+    assert [(r["action_type"], r["result_status"]) for r in records] == [
+        ("read", "success"),
+        ("delete", "blocked"),
+    ]
