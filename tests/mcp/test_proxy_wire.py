@@ -166,3 +166,50 @@ def test_sigterm_stops_cleanly_recording_the_call_in_flight(tmp_path: Path) -> N
     assert record["result_status"] == "failed"
     assert "interrupted" in record["result_error"]
     assert _alive_with(str(files.log)) == []
+
+
+def test_terminal_approval_asks_on_the_controlling_terminal(tmp_path: Path) -> None:
+    """--approval terminal asks on /dev/tty, not on the wire; a typed yes runs the call."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    files = Files(tmp_path)
+    master, slave = pty.openpty()
+    tty_name = os.ttyname(slave)
+    # A new session whose first opened terminal becomes its controlling one.
+    launcher = (
+        "import os, sys; os.setsid(); os.close(os.open(sys.argv[1], os.O_RDWR)); "
+        "os.execvp(sys.argv[2], sys.argv[2:])"
+    )
+    command = [sys.executable, "-c", launcher, tty_name, *files.proxy("--approval", "terminal")]
+    proxy = RawProxy(command, files.stderr)
+    try:
+        proxy.initialize()
+        proxy.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 5,
+                "method": "tools/call",
+                "params": {"name": "write", "arguments": {"path": "/t", "content": "x"}},
+            }
+        )
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"Approve this action?" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 4096)
+        assert b"write" in seen
+        os.write(master, b"y\n")
+        reply = proxy.receive()
+        assert reply["id"] == 5
+        assert reply["result"]["isError"] is False
+    finally:
+        proxy.close()
+        os.close(master)
+        os.close(slave)
+    assert files.calls() == [{"tool": "write", "arguments": {"path": "/t", "content": "x"}}]
+    [record] = files.records()
+    assert (record["result_status"], record["human_decision"]) == ("success", "approved")
