@@ -108,6 +108,8 @@ In a client's configuration, replace the server's command with:
     show_default=True,
     help="The largest message a client may send.",
 )
+@click.option("--agent", default=None, help="Who acts, for limits keyed by agent.")
+@click.option("--reload", is_flag=True, help="Decide later calls by the policy file's new content.")
 @click.option("-v", "--verbose", is_flag=True, help="Also log each call's outcome to stderr.")
 @format_option("table", "json")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -125,6 +127,8 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     hide_blocked: bool,
     check: bool,
     max_message_bytes: int,
+    agent: str | None,
+    reload: bool,
     verbose: bool,
     output_format: str,
     command: tuple[str, ...],
@@ -172,6 +176,9 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         call_timeout=call_timeout,
         hide_blocked=hide_blocked,
         max_message_bytes=max_message_bytes,
+        agent=agent,
+        policy_path=policy_path,
+        reload=reload,
     )
     if check:
         _check(settings, output_format)

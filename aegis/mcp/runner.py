@@ -68,6 +68,11 @@ class ProxySettings:
         call_timeout: seconds the server may take to answer one request.
         hide_blocked: leave out of ``tools/list`` the tools the policy always blocks.
         max_message_bytes: the largest message a client may send.
+        session_id: the runtime's audit session (random by default).
+        context: more audit context for every call.
+        agent: who acts, for limits keyed by ``agent``.
+        policy_path: the policy's file, watched when ``reload`` is true.
+        reload: decide later calls by the file's new content when it changes.
     """
 
     policy: Policy
@@ -84,6 +89,9 @@ class ProxySettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     session_id: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    agent: str | None = None
+    policy_path: str | None = None
+    reload: bool = False
 
     @property
     def target(self) -> str:
@@ -238,6 +246,9 @@ def build_runtime(settings: ProxySettings, approval_handler: Any | None = None) 
         audit_logger=AuditLogger(settings.db),
         session_id=settings.session_id,
         approval_timeout=timeout,
+        agent=settings.agent,
+        policy_path=settings.policy_path if settings.reload else None,
+        reload=settings.reload,
     )
 
 

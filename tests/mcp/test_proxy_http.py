@@ -43,7 +43,8 @@ async def test_sdk_client_over_http_is_governed(listening: tuple[str, Files]) ->
     statuses = [(r["action_type"], r["result_status"]) for r in records]
     assert ("read", "success") in statuses
     assert ("delete", "blocked") in statuses
-    assert all(set(r["context"]) == {"mcp_request_id", "mcp_session_id"} for r in records)
+    keys = {"mcp_request_id", "mcp_session_id", "mcp_client"}
+    assert all(set(r["context"]) == keys for r in records)
 
 
 @pytest.mark.parametrize(
