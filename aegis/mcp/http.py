@@ -38,9 +38,13 @@ from aegis.runtime.engine import Runtime
 try:
     import uvicorn
     from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
-    from mcp.server.transport_security import TransportSecuritySettings
+    from mcp.server.transport_security import (
+        TransportSecurityMiddleware,
+        TransportSecuritySettings,
+    )
     from mcp.shared.message import ServerMessageMetadata, SessionMessage
     from mcp.types import jsonrpc_message_adapter
+    from starlette.requests import Request
 except ImportError as exc:  # pragma: no cover - the extras are installed in CI
     raise ImportError(
         "aegis mcp-proxy --listen needs the mcp SDK and uvicorn: "
@@ -137,7 +141,7 @@ class GovernedHttpApp:
         self._settings = settings
         self._open = session_opener(settings, runtime)
         self._sessions: dict[str, _Session] = {}
-        self._security = TransportSecuritySettings(
+        self._security = security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
             allowed_hosts=[
                 f"{host}:{port}",
@@ -151,6 +155,7 @@ class GovernedHttpApp:
                 f"http://localhost:{port}",
             ],
         )
+        self._guard = TransportSecurityMiddleware(security)
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         """Serve one HTTP request."""
@@ -160,6 +165,13 @@ class GovernedHttpApp:
             await _respond(send, 404, {"error": f"not found; MCP is served at {MCP_PATH}"})
             return
         method = scope["method"]
+        # Host and Origin first (DNS rebinding): a page in a browser must not
+        # be able to start a session, and with it a server process.
+        refused = await self._guard.validate_request(Request(scope), is_post=method == "POST")
+        if refused is not None:
+            _log.warning("refused an HTTP request: %s", refused.body.decode(errors="replace"))
+            await refused(scope, receive, send)
+            return
         session_id = _header(scope, MCP_SESSION_ID_HEADER.encode())
         if method == "POST":
             await self._post(scope, receive, send, session_id)

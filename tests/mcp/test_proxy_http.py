@@ -140,3 +140,17 @@ async def test_the_servers_own_request_reaches_an_http_client(
         result = await client.call_tool("read", {"path": "/ask"})
     assert result.structured_content == {"path": "/ask", "content": "ok=True"}
     assert asked == ["May I read /ask?"]
+
+
+def test_a_foreign_origin_cannot_start_a_session(listening: tuple[str, Files]) -> None:
+    """A browser page of another origin (DNS rebinding) is refused before any session starts."""
+    url, _ = listening
+    body = (
+        b'{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": '
+        b'"2025-11-25", "capabilities": {}, "clientInfo": {"name": "evil", "version": "1"}}}'
+    )
+    response = httpx.post(
+        url, content=body, headers={**HEADERS, "origin": "http://evil.example"}, timeout=10
+    )
+    assert response.status_code == 403
+    assert "mcp-session-id" not in response.headers
