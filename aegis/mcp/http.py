@@ -169,7 +169,9 @@ class GovernedHttpApp:
         # be able to start a session, and with it a server process.
         refused = await self._guard.validate_request(Request(scope), is_post=method == "POST")
         if refused is not None:
-            _log.warning("refused an HTTP request: %s", refused.body.decode(errors="replace"))
+            _log.warning(
+                "refused an HTTP request: %s", bytes(refused.body).decode(errors="replace")
+            )
             await refused(scope, receive, send)
             return
         session_id = _header(scope, MCP_SESSION_ID_HEADER.encode())
