@@ -335,7 +335,7 @@ class Meter:
         bucket = self._buckets.get(values) if cacheable else None
         if bucket is None:
             bucket = json.dumps(
-                [self.rule, self.kind, list(self.key), thaw(values)],
+                [self.rule, self.kind, list(self.key), _same_number(thaw(values))],
                 sort_keys=True,
                 separators=(",", ":"),
                 ensure_ascii=False,
@@ -375,6 +375,23 @@ class Meter:
             f" {self.maximum} {self.sum_path} already in the last {per}{keyed}, and this"
             f" action adds {_amount_text(charge.amount)}"
         )
+
+
+def _same_number(value: Any) -> Any:
+    """``value`` with every integral float as its int, in containers too.
+
+    A counter's name must not depend on how a number was spelled: the
+    policy compares 7 and 7.0 as equal, and a budget per customer that
+    counted ``customer_id: 7.0`` apart from ``customer_id: 7`` (or ``-0.0``
+    apart from ``0``) would let an agent spend it twice.
+    """
+    if type(value) is float:
+        return int(value) if value.is_integer() else value
+    if isinstance(value, list):
+        return [_same_number(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _same_number(v) for k, v in value.items()}
+    return value
 
 
 def _amount_text(units: int) -> str:
