@@ -98,6 +98,8 @@ class RemoteSuspension:
             await handler._cancel(request_id, f"the agent stopped waiting: {exc}")
             return ApprovalOutcome(False, reason=f"{exc}; request cancelled", request_id=request_id)
         except ApprovalServiceError as exc:
+            # Denied here; a reviewer's late yes must not leave an approval behind.
+            await handler._cancel(request_id, f"the agent stopped waiting: {exc}")
             return ApprovalOutcome(
                 False, reason=f"the approval service refused: {exc}", request_id=request_id
             )

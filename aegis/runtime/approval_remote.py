@@ -281,6 +281,12 @@ class RemoteApprovalHandler(ApprovalHandler):
                     reason += "; request cancelled"
                     await self._cancel(request_id, f"the agent stopped waiting: {exc}")
                 return ApprovalOutcome(False, reason=reason, request_id=request_id)
+            except Exception as exc:
+                # The runtime denies (the handler failed); a reviewer's late
+                # yes must not leave an approval that nobody waits for.
+                if request_id is not None:
+                    await self._cancel(request_id, f"the agent stopped waiting: {exc}")
+                raise
         except asyncio.CancelledError:
             if request_id is not None:
                 # Our caller gave up (the runtime's approval_timeout, a shutdown):
