@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from fnmatch import fnmatchcase
 from fractions import Fraction
 from typing import Any, Final, Protocol
 
@@ -696,9 +697,11 @@ class PolicyLimits:
     ``None`` on a policy that has none, so that the runtime skips its step.
     """
 
-    __slots__ = ("_flow_rules", "by_rule", "flow_specs")
+    __slots__ = ("_flow_rules", "_fold", "_twins", "by_rule", "flow_specs")
 
-    def __init__(self, rules: Sequence[tuple[Any, RuleLimits]]) -> None:
+    def __init__(
+        self, rules: Sequence[tuple[Any, RuleLimits]], fold: Callable[[str], str] | None = None
+    ) -> None:
         #: rule name -> its limits, for rules with meters
         self.by_rule: dict[str, RuleLimits] = {
             limits.rule: limits for _, limits in rules if limits.meters
@@ -709,9 +712,50 @@ class PolicyLimits:
         self.flow_specs: tuple[FlowSpec, ...] = tuple(
             spec for _, limits in self._flow_rules for spec, _ in limits.flows
         )
+        # A policy with ``match_case: insensitive`` matches names folded; so
+        # must its flow conditions and the type/target keys of its counters,
+        # or "READ_customer" on "CRM" would be no read of crm for a flow rule
+        # and "BOB" another counter than "bob".
+        self._fold = fold
+        self._twins: dict[FlowSpec, FlowSpec] = {}
+        if fold is not None:
+            for spec in self.flow_specs:
+                kind, target = fold(spec.type), fold(spec.target)
+                self._twins[spec] = FlowSpec(
+                    spec.name,
+                    kind,
+                    target,
+                    spec.within,
+                    spec.params,
+                    _glob(kind, f"{spec.name} type"),
+                    _glob(target, f"{spec.name} target"),
+                    spec._params_ok,
+                )
+
+    @property
+    def folds(self) -> bool:
+        """Whether names are compared folded (the policy's ``match_case: insensitive``)."""
+        return self._fold is not None
+
+    def folded(self, action: Action) -> Action:
+        """``action`` with its type and target as this policy compares them."""
+        fold = self._fold
+        if fold is None:
+            return action
+        return Action(fold(action.type), fold(action.target), action.params, action.description)
 
     def flow_specs_for(self, action: Action) -> tuple[FlowSpec, ...]:
         """The flow conditions of the rules whose globs match ``action``."""
+        fold = self._fold
+        if fold is not None:
+            kind, target = fold(action.type), fold(action.target)
+            return tuple(
+                spec
+                for rule, limits in self._flow_rules
+                if fnmatchcase(kind, fold(rule.match_type))
+                and fnmatchcase(target, fold(rule.match_target))
+                for spec, _ in limits.flows
+            )
         return tuple(
             spec
             for rule, limits in self._flow_rules
@@ -721,7 +765,20 @@ class PolicyLimits:
 
     def remembers(self, action: Action) -> bool:
         """Whether a flow condition could look for ``action`` later, once it ran."""
+        if self._fold is not None:
+            action = self.folded(action)
+            return any(twin.could_match(action) for twin in self._twins.values())
         return any(spec.could_match(action) for spec in self.flow_specs)
+
+    def spec_matches(self, spec: FlowSpec, event: FlowEvent, now: float) -> bool:
+        """:meth:`FlowSpec.matches`, comparing names as this policy does."""
+        fold = self._fold
+        if fold is None:
+            return spec.matches(event, now)
+        folded = FlowEvent(
+            event.session_id, fold(event.type), fold(event.target), event.params, event.at
+        )
+        return self._twins[spec].matches(folded, now)
 
 
 def compile_rule_limits(

@@ -319,7 +319,7 @@ class Policy:
         self._index = Index(self.rules, fold=self._fold)
         self._digest: str | None = None
         stateful = [(rule, rule._rule_limits) for rule in self.rules if rule._rule_limits]
-        self._limits = PolicyLimits(stateful) if stateful else None
+        self._limits = PolicyLimits(stateful, self._fold) if stateful else None
 
     @property
     def limits(self) -> PolicyLimits | None:

@@ -254,7 +254,7 @@ class Metering:
         moment = datetime.fromtimestamp(at, UTC)
         specs = limits.flow_specs_for(action)
         if specs:
-            facts = self._facts(specs, subject.session_id, at)
+            facts = self._facts(limits, specs, subject.session_id, at)
             decision = policy.evaluate(action, now=moment, history=KnownFacts(facts))
         else:
             decision = policy.evaluate(action, now=moment)
@@ -264,7 +264,8 @@ class Metering:
         if rule is None:
             return decision, None
         try:
-            charges = tuple(meter.charge(action, subject) for meter in rule.meters)
+            metered = limits.folded(action)
+            charges = tuple(meter.charge(metered, subject) for meter in rule.meters)
         except Unevaluable as exc:
             risk = max(decision.risk_level, _UNEVALUABLE_MIN_RISK)
             reason = f"blocked: {exc.reason}"
@@ -281,12 +282,12 @@ class Metering:
         limits: PolicyLimits = policy.limits
         moment = datetime.fromtimestamp(now, UTC)
         specs = limits.flow_specs_for(action)
-        history = KnownFacts(self._facts(specs, subject.session_id, now)) if specs else None
+        history = KnownFacts(self._facts(limits, specs, subject.session_id, now)) if specs else None
         decision = policy.evaluate(action, now=moment, history=history)
         rule = limits.by_rule.get(decision.matched_rule)
         if rule is not None:
             try:
-                charges = [meter.charge(action, subject) for meter in rule.meters]
+                charges = [meter.charge(limits.folded(action), subject) for meter in rule.meters]
             except Unevaluable:
                 charges = []
             if charges:
@@ -307,16 +308,21 @@ class Metering:
                 FlowEvent(session_id, action.type, action.target, action.params, at)
             )
 
-    def _facts(self, specs: tuple[FlowSpec, ...], session_id: str, at: float) -> list[FlowSpec]:
+    def _facts(
+        self, limits: PolicyLimits, specs: tuple[FlowSpec, ...], session_id: str, at: float
+    ) -> list[FlowSpec]:
         """The flow conditions among ``specs`` that the session's history satisfies."""
         if len(specs) == 1:
             spec = specs[0]
-            events = self.store.recall(session_id, spec.since(at), spec.literal_type)
+            # Events keep their names as run: folded names cannot filter them.
+            literal = None if limits.folds else spec.literal_type
+            events = self.store.recall(session_id, spec.since(at), literal)
         else:
             starts = [spec.since(at) for spec in specs]
             since = None if None in starts else min(s for s in starts if s is not None)
             events = self.store.recall(session_id, since, None)
-        return [spec for spec in specs if any(spec.matches(event, at) for event in events)]
+        matches = limits.spec_matches
+        return [spec for spec in specs if any(matches(spec, event, at) for event in events)]
 
     def close(self) -> None:
         """Close the usage store."""
