@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aegis.core.action import Action, thaw
 from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.policy import fold_case
 from aegis.core.record import ContextValue, DecisionStamp
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
@@ -132,6 +133,14 @@ class Downstream(Protocol):
 def policy_names_method(policy: object, method: str) -> bool:
     """Whether a rule of ``policy`` names the MCP ``method`` (see the module docstring)."""
     rules = getattr(policy, "rules", ())
+    if getattr(policy, "match_case", None) == "insensitive":
+        # As the policy compares names: "Resources/*" names resources/read
+        # there, and an ungoverned pass-through would let it by.
+        method = fold_case(method)
+        return any(
+            "/" in rule.match_type and fnmatch.fnmatchcase(method, fold_case(rule.match_type))
+            for rule in rules
+        )
     return any(
         "/" in rule.match_type and fnmatch.fnmatchcase(method, rule.match_type) for rule in rules
     )
