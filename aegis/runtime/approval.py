@@ -24,6 +24,7 @@ from typing import IO, Any
 from aegis.core.action import thaw
 from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
+from aegis.errors import ConfigurationError
 
 __all__ = ["ApprovalHandler", "AutoApprovalHandler", "CLIApprovalHandler"]
 
@@ -175,7 +176,9 @@ class CLIApprovalHandler(ApprovalHandler):
         output_stream: IO[str] | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
-            raise ValueError(f"CLIApprovalHandler timeout must be positive, got {timeout!r}")
+            raise ConfigurationError(
+                f"CLIApprovalHandler timeout must be a positive number of seconds, got {timeout!r}"
+            )
         self.timeout = timeout
         self._input = input_stream
         self._output = output_stream
