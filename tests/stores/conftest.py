@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from store_engines import Engine, MemoryEngine, SQLiteEngine
+from store_engines import Engine, MemoryEngine, PostgresEngine, SQLiteEngine
 
 from aegis.stores.base import AuditStore
 
@@ -17,6 +17,7 @@ from aegis.stores.base import AuditStore
 ENGINES: dict[str, Callable[[pytest.FixtureRequest], Engine]] = {
     "memory": lambda request: MemoryEngine(),
     "sqlite": lambda request: SQLiteEngine(request.getfixturevalue("tmp_path")),
+    "postgres": lambda request: PostgresEngine(request.getfixturevalue("postgres_dsn")),
 }
 
 

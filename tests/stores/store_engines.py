@@ -110,3 +110,48 @@ class SQLiteEngine(Engine):
 
     def renumber(self, old: int, new: int) -> None:
         self._sql("UPDATE audit_log SET id = ? WHERE id = ?", (new, old))
+
+
+class PostgresEngine(Engine):
+    """A fresh schema of the test server; edits go through psycopg like a hand edit."""
+
+    name = "postgres"
+    persistent = True
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.opened: list[AuditStore] = []
+
+    def open(self, **options: Any) -> AuditStore:
+        store = open_store(self.dsn, **options)
+        self.opened.append(store)  # closed by cleanup: tests may drop a store unclosed
+        return store
+
+    @property
+    def url(self) -> str:
+        return self.dsn
+
+    def _sql(self, statement: str, args: tuple[Any, ...] = ()) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(statement, args)
+
+    def update(self, record_id: int, **fields: Any) -> None:
+        for name in fields:
+            assert name in RECORD_FIELDS, name
+        assignments = ", ".join(f"{name} = %s" for name in fields)
+        self._sql(
+            f"UPDATE aegis_audit_log SET {assignments} WHERE id = %s",
+            (*fields.values(), record_id),
+        )
+
+    def delete(self, record_id: int) -> None:
+        self._sql("DELETE FROM aegis_audit_log WHERE id = %s", (record_id,))
+
+    def renumber(self, old: int, new: int) -> None:
+        self._sql("UPDATE aegis_audit_log SET id = %s WHERE id = %s", (new, old))
+
+    def cleanup(self) -> None:
+        for store in self.opened:
+            store.close()
