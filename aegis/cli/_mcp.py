@@ -65,7 +65,8 @@ In a client's configuration, replace the server's command with:
     envvar="AEGIS_DB",
     show_default=True,
     show_envvar=True,
-    help="The audit trail every call is recorded in.",
+    metavar="PATH_OR_DSN",
+    help="The audit trail every call is recorded in: a SQLite file or a postgresql:// DSN.",
 )
 @click.option("--name", default=None, help="The actions' target [default: the command's name].")
 @click.option(
@@ -107,7 +108,9 @@ In a client's configuration, replace the server's command with:
     show_default=True,
     help="The largest message a client may send.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log every refusal and decision to stderr.")
+@click.option("--agent", default=None, help="Who acts, for limits keyed by agent.")
+@click.option("--reload", is_flag=True, help="Decide later calls by the policy file's new content.")
+@click.option("-v", "--verbose", is_flag=True, help="Also log each call's outcome to stderr.")
 @format_option("table", "json")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def mcp_proxy(  # noqa: PLR0917  # click passes every option
@@ -124,6 +127,8 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     hide_blocked: bool,
     check: bool,
     max_message_bytes: int,
+    agent: str | None,
+    reload: bool,
     verbose: bool,
     output_format: str,
     command: tuple[str, ...],
@@ -137,7 +142,10 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     needing approval wait for a human. Every call is recorded in the audit
     trail with its MCP request id.
     """
-    from aegis.mcp.runner import ProxySettings  # noqa: PLC0415  # the SDK loads only here
+    from aegis.mcp.runner import (  # noqa: PLC0415  # loaded only for this command
+        ProxySettings,
+        check_loopback,
+    )
 
     if bool(command) == bool(upstream_url):
         raise click.UsageError(
@@ -168,11 +176,15 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         call_timeout=call_timeout,
         hide_blocked=hide_blocked,
         max_message_bytes=max_message_bytes,
+        agent=agent,
+        policy_path=policy_path,
+        reload=reload,
     )
     if check:
         _check(settings, output_format)
         return
     if address is not None:
+        check_loopback(address[0])
         try:
             from aegis.mcp.http import run_http  # noqa: PLC0415  # starlette and uvicorn
         except ImportError as exc:

@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -220,7 +219,7 @@ async def open_downstream(
             *command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            stderr=sys.stderr,
+            stderr=None,  # the server's log lines go where the proxy's go
             start_new_session=True,  # its own group, so that its children end with it
             limit=MAX_SERVER_LINE,
         )

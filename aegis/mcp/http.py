@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import sys
@@ -22,7 +21,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from aegis.errors import ConfigurationError
 from aegis.mcp._jsonrpc import (
     DOWNSTREAM_UNAVAILABLE,
     INVALID_REQUEST,
@@ -34,15 +32,19 @@ from aegis.mcp._jsonrpc import (
 )
 from aegis.mcp.downstream import check_server
 from aegis.mcp.proxy import ProxySession
-from aegis.mcp.runner import ProxySettings, build_runtime, session_opener
+from aegis.mcp.runner import ProxySettings, build_runtime, check_loopback, session_opener
 from aegis.runtime.engine import Runtime
 
 try:
     import uvicorn
     from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
-    from mcp.server.transport_security import TransportSecuritySettings
+    from mcp.server.transport_security import (
+        TransportSecurityMiddleware,
+        TransportSecuritySettings,
+    )
     from mcp.shared.message import ServerMessageMetadata, SessionMessage
     from mcp.types import jsonrpc_message_adapter
+    from starlette.requests import Request
 except ImportError as exc:  # pragma: no cover - the extras are installed in CI
     raise ImportError(
         "aegis mcp-proxy --listen needs the mcp SDK and uvicorn: "
@@ -139,7 +141,7 @@ class GovernedHttpApp:
         self._settings = settings
         self._open = session_opener(settings, runtime)
         self._sessions: dict[str, _Session] = {}
-        self._security = TransportSecuritySettings(
+        self._security = security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
             allowed_hosts=[
                 f"{host}:{port}",
@@ -153,6 +155,7 @@ class GovernedHttpApp:
                 f"http://localhost:{port}",
             ],
         )
+        self._guard = TransportSecurityMiddleware(security)
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         """Serve one HTTP request."""
@@ -162,6 +165,15 @@ class GovernedHttpApp:
             await _respond(send, 404, {"error": f"not found; MCP is served at {MCP_PATH}"})
             return
         method = scope["method"]
+        # Host and Origin first (DNS rebinding): a page in a browser must not
+        # be able to start a session, and with it a server process.
+        refused = await self._guard.validate_request(Request(scope), is_post=method == "POST")
+        if refused is not None:
+            _log.warning(
+                "refused an HTTP request: %s", bytes(refused.body).decode(errors="replace")
+            )
+            await refused(scope, receive, send)
+            return
         session_id = _header(scope, MCP_SESSION_ID_HEADER.encode())
         if method == "POST":
             await self._post(scope, receive, send, session_id)
@@ -342,24 +354,11 @@ class GovernedHttpApp:
                 await task
 
 
-def _check_loopback(host: str) -> None:
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigurationError(
-            f"--listen {host}: the proxy has no authentication of its own, so it listens on "
-            "loopback only (127.0.0.1, ::1 or localhost); put an authenticating reverse proxy "
-            "in front of it to serve other machines"
-        )
-
-
 async def run_http(
     settings: ProxySettings, host: str, port: int, *, approval_handler: Any = None
 ) -> None:
     """Serve governed sessions over Streamable HTTP at ``http://host:port/mcp``."""
-    _check_loopback(host)
+    check_loopback(host)
     check_server(settings.command, settings.upstream_url)
     async with build_runtime(settings, approval_handler) as runtime:
         app = GovernedHttpApp(settings, runtime, host=host, port=port)

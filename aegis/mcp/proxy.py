@@ -252,8 +252,8 @@ class ProxySession:
         self._downstream = downstream
         self._send = send_to_client
         self._options = options
-        self._policy = runtime.policy
         self._named: dict[str, bool] = {}
+        self._named_for: object = None
         self._descriptions: dict[str, str] = {}
         # client request id -> the task serving it
         self._inflight: dict[tuple[type, RequestId], asyncio.Task[None]] = {}
@@ -269,6 +269,7 @@ class ProxySession:
         self._progress: dict[tuple[type, Any], RequestId] = {}
         self._gone: str | None = None
         self._closed = False
+        self._client_name: str | None = None
         #: the capabilities the client declared in ``initialize``
         self.client_capabilities: dict[str, Any] = {}
 
@@ -358,6 +359,12 @@ class ProxySession:
         if method == "initialize":
             capabilities = params.get("capabilities")
             self.client_capabilities = capabilities if isinstance(capabilities, dict) else {}
+            info = params.get("clientInfo")
+            name = info.get("name") if isinstance(info, dict) else None
+            if isinstance(name, str) and name:
+                # Who the client says it is, for the audit only: a client
+                # chooses this name, so nothing is decided by it.
+                self._client_name = name[:200]
         reply = await self._forward(message)
         if method == "tools/list":
             self._filter_tools(reply)
@@ -432,22 +439,34 @@ class ProxySession:
             error=f"refused by the Aegis proxy: {why}",
             completed_at=datetime.now(UTC),
         )
-        context: dict[str, ContextValue] = dict(self._options.context)
         request_id = message.get("id")
-        if isinstance(request_id, str | int) and not isinstance(request_id, bool):
-            context["mcp_request_id"] = request_id
-        stamp = DecisionStamp.now(self._policy, context)
+        valid = isinstance(request_id, str | int) and not isinstance(request_id, bool)
+        context = self._context(request_id if valid else None)
+        stamp = DecisionStamp.now(self._runtime.policy, context)
         try:
             await self._runtime.record(decision, result, stamp=stamp)
         except Exception:
             _log.exception("could not record the refused call %r", name)
 
+    def _context(self, request_id: Any) -> dict[str, ContextValue]:
+        """The audit context of one call: the request id, the client's name, the options'."""
+        context: dict[str, ContextValue] = dict(self._options.context)
+        if request_id is not None:
+            context["mcp_request_id"] = request_id
+        if self._client_name is not None:
+            context["mcp_client"] = self._client_name
+        return context
+
     # -------------------------------------------------------------- governance
 
     def _names(self, method: str) -> bool:
+        policy = self._runtime.policy
+        if policy is not self._named_for:
+            # The runtime's policy may be swapped (hot reload): ask the new one.
+            self._named, self._named_for = {}, policy
         named = self._named.get(method)
         if named is None:
-            named = self._named[method] = policy_names_method(self._policy, method)
+            named = self._named[method] = policy_names_method(policy, method)
         return named
 
     async def _call_tool(self, message: Message, params: dict[str, Any]) -> Message:
@@ -479,12 +498,20 @@ class ProxySession:
         except (TypeError, ValueError) as exc:
             return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {exc}")
         call = _Call(self, message, is_tool)
-        context: dict[str, ContextValue] = {**self._options.context, "mcp_request_id": request_id}
+        context = self._context(request_id)
         token = _CURRENT.set(call)
         try:
             result = await self._runtime.run_one(action, context=context)
         finally:
             _CURRENT.reset(token)
+        if _log.isEnabledFor(logging.INFO):
+            _log.info(
+                "request %r: %s on %s -> %s",
+                request_id,
+                kind,
+                self._options.target,
+                result.status.value,
+            )
         return self._reply_for(call, request_id, result)
 
     def _reply_for(self, call: _Call, request_id: RequestId, result: Result) -> Message:
@@ -585,7 +612,7 @@ class ProxySession:
                 if not (
                     isinstance(tool, dict)
                     and isinstance(tool.get("name"), str)
-                    and blocks_every_call(self._policy, tool["name"], target)
+                    and blocks_every_call(self._runtime.policy, tool["name"], target)
                 )
             ]
 

@@ -8,11 +8,14 @@ server's tools with what the policy decides for each.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import signal
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -38,9 +41,11 @@ __all__ = [
     "DenyApprovalHandler",
     "ProxySettings",
     "build_runtime",
+    "check_loopback",
     "check_tools",
     "make_approval_handler",
     "run_stdio",
+    "session_opener",
 ]
 
 _log = logging.getLogger("aegis.mcp")
@@ -63,6 +68,11 @@ class ProxySettings:
         call_timeout: seconds the server may take to answer one request.
         hide_blocked: leave out of ``tools/list`` the tools the policy always blocks.
         max_message_bytes: the largest message a client may send.
+        session_id: the runtime's audit session (random by default).
+        context: more audit context for every call.
+        agent: who acts, for limits keyed by ``agent``.
+        policy_path: the policy's file, watched when ``reload`` is true.
+        reload: decide later calls by the file's new content when it changes.
     """
 
     policy: Policy
@@ -79,6 +89,9 @@ class ProxySettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     session_id: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    agent: str | None = None
+    policy_path: str | None = None
+    reload: bool = False
 
     @property
     def target(self) -> str:
@@ -105,6 +118,24 @@ class DenyApprovalHandler(ApprovalHandler):
             False,
             reason="this call needs a human's approval and the proxy has no approver; start "
             "it with --approval-url URL (the approval service) or --approval terminal",
+        )
+
+
+def check_loopback(host: str) -> None:
+    """Refuse to listen beyond this machine: the proxy authenticates nobody.
+
+    Raises:
+        ConfigurationError: ``host`` is not a loopback address.
+    """
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigurationError(
+            f"--listen {host}: the proxy has no authentication of its own, so it listens on "
+            "loopback only (127.0.0.1, ::1 or localhost); put an authenticating reverse proxy "
+            "in front of it to serve other machines"
         )
 
 
@@ -215,6 +246,9 @@ def build_runtime(settings: ProxySettings, approval_handler: Any | None = None) 
         audit_logger=AuditLogger(settings.db),
         session_id=settings.session_id,
         approval_timeout=timeout,
+        agent=settings.agent,
+        policy_path=settings.policy_path if settings.reload else None,
+        reload=settings.reload,
     )
 
 
@@ -258,12 +292,47 @@ async def run_stdio(
             settings.upstream_url or " ".join(settings.command),
             settings.target,
         )
-        await serve_stdio(
-            session_opener(settings, runtime),
-            input_fd=input_fd,
-            output_fd=output_fd,
-            max_message_bytes=settings.max_message_bytes,
-        )
+        with _stop_on_signals():
+            await serve_stdio(
+                session_opener(settings, runtime),
+                input_fd=input_fd,
+                output_fd=output_fd,
+                max_message_bytes=settings.max_message_bytes,
+            )
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into a clean stop of the current task.
+
+    Without it SIGTERM would end the process at once: calls in flight would
+    leave no final record and the server would lose its stdin only by
+    accident. Cancelling the task runs every ``finally`` on the way out.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        if task is not None and not stopping:
+            stopping = True
+            _log.info("stopping: cancelling the calls in flight and closing the server")
+            task.cancel()
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop)
+            installed.append(sig)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 async def check_tools(settings: ProxySettings) -> list[tuple[dict[str, Any], PolicyDecision]]:

@@ -101,7 +101,13 @@ def usage_store_for(audit: object) -> tuple[UsageStore, bool]:
         # The audit's own connection: one writer per process for the file.
         return SQLiteUsageStore(database=database), True
     path = getattr(audit, "db_path", None)
-    if isinstance(path, str) and path and path != ":memory:" and not path.startswith("file:"):
+    if (
+        isinstance(path, str)
+        and path
+        and path != ":memory:"
+        and path.lower() != "memory://"  # the in-memory audit store: nothing on disk
+        and not path.startswith("file:")
+    ):
         return SQLiteUsageStore(path), True
     return MemoryUsageStore(), True
 

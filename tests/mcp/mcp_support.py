@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -191,7 +192,8 @@ class RawProxy:
     def close(self) -> int:
         """Close stdin and wait for the proxy to exit; return its status."""
         assert self.process.stdin is not None
-        self.process.stdin.close()
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
         try:
             return self.process.wait(15)
         finally:
@@ -212,8 +214,7 @@ def raw_proxy(files: Files, *args: str, server_args: Sequence[str] = ()) -> Iter
         proxy.initialize()
         yield proxy
     finally:
-        if proxy.process.poll() is None:
-            proxy.close()
+        proxy.close()
 
 
 @contextmanager

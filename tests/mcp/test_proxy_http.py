@@ -43,7 +43,8 @@ async def test_sdk_client_over_http_is_governed(listening: tuple[str, Files]) ->
     statuses = [(r["action_type"], r["result_status"]) for r in records]
     assert ("read", "success") in statuses
     assert ("delete", "blocked") in statuses
-    assert all(set(r["context"]) == {"mcp_request_id", "mcp_session_id"} for r in records)
+    keys = {"mcp_request_id", "mcp_session_id", "mcp_client"}
+    assert all(set(r["context"]) == keys for r in records)
 
 
 @pytest.mark.parametrize(
@@ -118,3 +119,38 @@ async def test_stdio_proxy_in_front_of_an_http_server(tmp_path: Path) -> None:
     assert read.structured_content == {"path": "/srv/readme.txt", "content": "hello"}
     assert blocked.is_error is True
     assert [c["tool"] for c in files.calls()] == ["read"]
+
+
+async def test_the_servers_own_request_reaches_an_http_client(
+    listening: tuple[str, Files],
+) -> None:
+    """Over --listen, the server's mid-call elicitation travels on the call's stream and back."""
+    from typing import Any
+
+    from mcp import types
+
+    url, _ = listening
+    asked: list[str] = []
+
+    async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"ok": True})
+
+    async with Client(url, cache=None, elicitation_callback=elicit) as client:
+        result = await client.call_tool("read", {"path": "/ask"})
+    assert result.structured_content == {"path": "/ask", "content": "ok=True"}
+    assert asked == ["May I read /ask?"]
+
+
+def test_a_foreign_origin_cannot_start_a_session(listening: tuple[str, Files]) -> None:
+    """A browser page of another origin (DNS rebinding) is refused before any session starts."""
+    url, _ = listening
+    body = (
+        b'{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": '
+        b'"2025-11-25", "capabilities": {}, "clientInfo": {"name": "evil", "version": "1"}}}'
+    )
+    response = httpx.post(
+        url, content=body, headers={**HEADERS, "origin": "http://evil.example"}, timeout=10
+    )
+    assert response.status_code == 403
+    assert "mcp-session-id" not in response.headers

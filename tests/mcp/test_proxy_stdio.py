@@ -49,6 +49,7 @@ async def test_auto_call_is_forwarded_and_recorded(files: Files) -> None:
     assert (record["action_type"], record["action_target"]) == ("read", "files")
     assert record["result_status"] == "success"
     assert isinstance(record["context"]["mcp_request_id"], int)
+    assert record["context"]["mcp_client"]  # the client's own name, for the record
 
 
 async def test_blocked_call_is_a_tool_error_naming_the_rule(files: Files) -> None:
@@ -201,3 +202,40 @@ async def test_the_servers_own_requests_and_progress_reach_the_client(files: Fil
     assert result.structured_content == {"path": "/ask", "content": "ok=True"}
     assert asked == ["May I read /ask?"]
     assert progress == [1]
+
+
+async def test_the_audit_trail_may_be_postgresql(files: Files, postgres_dsn: str) -> None:
+    """--db takes a PostgreSQL DSN: the call's record lands there, chained and verifiable."""
+    from aegis.runtime.audit import AuditLogger
+
+    files.db = postgres_dsn
+    async with proxied_client(files) as client:
+        await client.call_tool("read", {"path": "/srv/readme.txt"})
+        await client.call_tool("delete", {"path": "/srv/readme.txt"})
+    with AuditLogger(postgres_dsn) as audit:
+        assert audit.verify().ok
+        records = list(audit.get_log())
+    assert [(r["action_type"], r["result_status"]) for r in records] == [
+        ("read", "success"),
+        ("delete", "blocked"),
+    ]
+
+
+async def test_reload_decides_later_calls_by_the_edited_policy(files: Files) -> None:
+    """With --reload, an edit to the policy file governs the next calls without a restart."""
+    import asyncio
+
+    async with proxied_client(files, "--reload") as client:
+        before = await client.call_tool("delete", {"path": "/srv/readme.txt"})
+        files.policy.write_text(
+            files.policy.read_text().replace("approval: block\n", "approval: auto\n"),
+            encoding="utf-8",
+        )
+        for _ in range(100):
+            after = await client.call_tool("delete", {"path": "/srv/readme.txt"})
+            if not after.is_error:
+                break
+            await asyncio.sleep(0.1)
+    assert before.is_error is True
+    assert after.is_error is False
+    assert [c["tool"] for c in files.calls()] == ["delete"]

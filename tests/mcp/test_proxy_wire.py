@@ -38,7 +38,7 @@ def test_batch_smuggling_a_blocked_call_is_refused_whole(wire: tuple[RawProxy, F
     assert "batches are not accepted" in replies[0]["error"]["message"]
     _alive(proxy)
     assert files.calls() == []
-    [record] = [r for r in files.records() if r["context"] == {"mcp_request_id": 12}]
+    [record] = [r for r in files.records() if r["context"].get("mcp_request_id") == 12]
     assert (record["action_type"], record["result_status"]) == ("delete", "blocked")
     assert "batch" in record["reason"]
 
@@ -125,3 +125,91 @@ def test_duplicated_id_in_flight_is_refused(tmp_path: Path) -> None:
         ("delete", "no-deletes", "blocked"),
     ]
     assert [c["tool"] for c in files.calls()] == ["read"]
+
+
+def _alive_with(marker: str) -> list[int]:
+    """Pids of the processes whose command line contains ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_sigterm_stops_cleanly_recording_the_call_in_flight(tmp_path: Path) -> None:
+    """SIGTERM mid-call: the proxy exits 0, records the call as interrupted, ends its server."""
+    import signal
+    import time
+
+    files = Files(tmp_path)
+    with raw_proxy(files, server_args=["--hang-on", "read"]) as proxy:
+        proxy.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "read", "arguments": {"path": "/srv/readme.txt"}},
+            }
+        )
+        for _ in range(200):
+            if files.calls():
+                break
+            time.sleep(0.05)
+        assert _alive_with(str(files.log))
+        proxy.process.send_signal(signal.SIGTERM)
+        assert proxy.process.wait(20) == 0
+    [record] = files.records()
+    assert record["result_status"] == "failed"
+    assert "interrupted" in record["result_error"]
+    assert _alive_with(str(files.log)) == []
+
+
+def test_terminal_approval_asks_on_the_controlling_terminal(tmp_path: Path) -> None:
+    """--approval terminal asks on /dev/tty, not on the wire; a typed yes runs the call."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    files = Files(tmp_path)
+    master, slave = pty.openpty()
+    tty_name = os.ttyname(slave)
+    # A new session whose first opened terminal becomes its controlling one.
+    launcher = (
+        "import os, sys; os.setsid(); os.close(os.open(sys.argv[1], os.O_RDWR)); "
+        "os.execvp(sys.argv[2], sys.argv[2:])"
+    )
+    command = [sys.executable, "-c", launcher, tty_name, *files.proxy("--approval", "terminal")]
+    proxy = RawProxy(command, files.stderr)
+    try:
+        proxy.initialize()
+        proxy.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 5,
+                "method": "tools/call",
+                "params": {"name": "write", "arguments": {"path": "/t", "content": "x"}},
+            }
+        )
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"Approve this action?" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 4096)
+        assert b"write" in seen
+        os.write(master, b"y\n")
+        reply = proxy.receive()
+        assert reply["id"] == 5
+        assert reply["result"]["isError"] is False
+    finally:
+        proxy.close()
+        os.close(master)
+        os.close(slave)
+    assert files.calls() == [{"tool": "write", "arguments": {"path": "/t", "content": "x"}}]
+    [record] = files.records()
+    assert (record["result_status"], record["human_decision"]) == ("success", "approved")

@@ -693,8 +693,8 @@ def test_a_killed_action_stays_counted(tmp_path: Path) -> None:
     audit.close()
 
 
-async def test_an_in_memory_audit_counts_in_its_own_database(policy: Policy) -> None:
-    """aegis.testing's InMemoryAuditLog keeps the counters beside its records, in memory."""
+async def test_an_in_memory_audit_counts_in_memory(policy: Policy) -> None:
+    """aegis.testing's InMemoryAuditLog keeps the counters in memory too."""
     from aegis.testing import InMemoryAuditLog
 
     audit = InMemoryAuditLog()
@@ -702,5 +702,18 @@ async def test_an_in_memory_audit_counts_in_its_own_database(policy: Policy) -> 
         got = await statuses(rt, [Action("send_email", "smtp")] * 4)
         store = rt._limits.metering(rt).store
     assert got == ["success"] * 3 + ["blocked"]
-    assert isinstance(store, SQLiteUsageStore)
-    assert store.db is audit.store.db  # type: ignore[attr-defined]  # the SQLite store's
+    assert isinstance(store, MemoryUsageStore)
+
+
+async def test_a_memory_url_audit_counts_in_memory(
+    policy: Policy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AuditLogger("memory://") keeps its counters in memory and writes no file."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    audit = AuditLogger("memory://")
+    async with Runtime(executor=lambda a: "ok", policy=policy, audit_logger=audit, agent="t") as rt:
+        got = await statuses(rt, [Action("send_email", "smtp")] * 4)
+    assert got == ["success"] * 3 + ["blocked"]
+    assert list(workdir.iterdir()) == []  # no stray database file
