@@ -11,7 +11,11 @@ call it, never the store directly::
     request = await service.decide(reviewer, request.id, Verdict.APPROVE, "ok")
 
 Every request, decision, expiry, cancellation and collection is written to
-the audit trail. Changes are announced to subscribers (:meth:`subscribe`)
+the audit trail through an outbox: the store queues each change's event in
+the change's own transaction, and :meth:`ApprovalService.flush_audit` writes
+queued events to the trail (after each change, and every second), so a
+trail that is down or a process killed mid-way delays a record but never
+loses it. Changes are announced to subscribers (:meth:`subscribe`)
 as :class:`ApprovalEvent` values: the inbox's live updates and the
 notifiers listen there. Store calls run on worker threads, so a slow or
 locked database never blocks the event loop.
