@@ -596,10 +596,8 @@ class SqlApprovalStore:
         """See :meth:`aegis.stores.approvals.ApprovalStore.finish_event`."""
         with self._transaction(write=True) as tx:
             if audited:
-                tx.run(
-                    "UPDATE {p}aegis_approval_events SET audited_at = ? WHERE id = ?",
-                    (iso(now), event_id),
-                )
+                # Its record is in the trail now: the outbox keeps only what is owed.
+                tx.run("DELETE FROM {p}aegis_approval_events WHERE id = ?", (event_id,))
             else:
                 tx.run(
                     "UPDATE {p}aegis_approval_events SET claimed_at = NULL WHERE id = ?",

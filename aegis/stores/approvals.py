@@ -187,7 +187,7 @@ class ApprovalStore(Protocol):
         ...
 
     def finish_event(self, event_id: str, now: datetime, *, audited: bool) -> None:
-        """Mark a claimed event written (``audited``) or give the claim back."""
+        """Drop a claimed event once its record is written (``audited``), or give it back."""
         ...
 
     def close(self) -> None:
