@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from aegis.adapters.base import BaseExecutor
+from aegis.adapters.base import BaseExecutor, ToolCallExecutor
 from aegis.core.action import Action, FrozenDict
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
@@ -31,8 +31,14 @@ from aegis.errors import (
     ConfigurationError,
     PolicyError,
     StoreError,
+    ToolBlockedError,
 )
-from aegis.runtime.approval import ApprovalHandler, AutoApprovalHandler, CLIApprovalHandler
+from aegis.runtime.approval import (
+    ApprovalHandler,
+    AutoApprovalHandler,
+    CLIApprovalHandler,
+    SuspendableApprovalHandler,
+)
 from aegis.runtime.approval_callback import CallbackApprovalHandler
 from aegis.runtime.audit import AuditLogger, Head, VerifyReport
 from aegis.runtime.audit_backend import AuditBackend
@@ -80,6 +86,9 @@ __all__ = [
     "Runtime",
     "SQLiteUsageStore",
     "StoreError",
+    "SuspendableApprovalHandler",
+    "ToolBlockedError",
+    "ToolCallExecutor",
     "UsageStore",
     "VerifyReport",
     "__version__",

@@ -6,13 +6,20 @@
     │   └── StoreError                  the store's database failed (SQLite, PostgreSQL)
     ├── ConfigurationError (also TypeError)
     │                                   Runtime was given something it cannot use
-    └── ApprovalServiceError            the approval service refused or failed a request
+    ├── ApprovalServiceError            the approval service refused or failed a request
+    └── ToolBlockedError                a framework integration with on_block="raise"
+                                        refused a tool call the policy blocks
 
 A blocked or denied action is not an error: it is a :class:`~aegis.Result`
 with status ``BLOCKED`` or ``DENIED``. Exceptions are for failures.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aegis.core.result import Result
 
 __all__ = [
     "AegisError",
@@ -21,6 +28,7 @@ __all__ = [
     "ConfigurationError",
     "PolicyError",
     "StoreError",
+    "ToolBlockedError",
 ]
 
 
@@ -93,3 +101,15 @@ class ApprovalServiceError(AegisError):
         self.message = message
         self.status = status
         self.code = code
+
+
+class ToolBlockedError(AegisError):
+    """A tool call the policy blocks, raised by an integration with ``on_block="raise"``.
+
+    The blocked call is recorded in the audit trail before this is raised;
+    :attr:`result` is its ``BLOCKED`` Result, naming the rule and the reason.
+    """
+
+    def __init__(self, message: str, *, result: Result | None = None) -> None:
+        super().__init__(message)
+        self.result = result

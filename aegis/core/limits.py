@@ -39,7 +39,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, Final, Protocol
 
@@ -79,7 +79,8 @@ __all__ = [
 #: the key names a limit may group by, besides ``params.<path>``
 KEY_NAMES: Final = ("session", "agent", "type", "target")
 #: budgets count in millionths of the summed param, as exact integers
-BUDGET_SCALE: Final = 1_000_000
+_SCALE_DIGITS: Final = 6
+BUDGET_SCALE: Final = 10**_SCALE_DIGITS
 #: the largest amount or maximum a counter holds, in its units
 MAX_UNITS: Final = 2**62
 
@@ -238,17 +239,18 @@ def budget_units(value: object) -> int:
     if value < 0:
         raise ValueError(f"is negative ({value!r}); a budget only counts amounts of 0 or more")
     if isinstance(value, int):
-        exact = Fraction(value)
+        units = int(value) * BUDGET_SCALE
     elif isinstance(value, float):
         # The float as its shortest decimal text, which is what the agent
         # wrote: 0.1 counts as one tenth, not 0.1000000000000000055...
-        exact = Fraction(Decimal(repr(value)))
+        scaled = Decimal(repr(value)).scaleb(_SCALE_DIGITS)  # exact: only the exponent moves
+        units = int(scaled.to_integral_value(rounding=ROUND_CEILING))
     else:
         try:
             exact = Fraction(value)
         except (InvalidOperation, ValueError, OverflowError) as exc:
             raise ValueError(f"is {value!r}, not a finite number") from exc
-    units = math.ceil(exact * BUDGET_SCALE)
+        units = math.ceil(exact * BUDGET_SCALE)
     if units > MAX_UNITS:
         raise ValueError(f"is {value!r}, larger than a budget can count")
     return units

@@ -19,13 +19,19 @@ import json
 import sys
 import threading
 from abc import ABC, abstractmethod
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import IO, Any, Protocol, runtime_checkable
 
 from aegis.core.action import thaw
 from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 
-__all__ = ["ApprovalHandler", "AutoApprovalHandler", "CLIApprovalHandler"]
+__all__ = [
+    "ApprovalHandler",
+    "AutoApprovalHandler",
+    "CLIApprovalHandler",
+    "SuspendableApprovalHandler",
+]
 
 _YES = frozenset({"y", "yes"})
 _NO = frozenset({"n", "no"})
@@ -51,6 +57,28 @@ class ApprovalHandler(ABC):
         Raising, or taking longer than the runtime's ``approval_timeout``,
         denies the action too.
         """
+
+
+@runtime_checkable
+class SuspendableApprovalHandler(Protocol):
+    """An approval handler that can ask now and answer later, in another process.
+
+    Framework integrations that suspend a run (LangGraph's ``interrupt()``,
+    the Agents SDK's interruptions) call :meth:`submit_approval` when the run
+    suspends, so that reviewers see the request while nobody waits, and
+    :meth:`collect_approval` when it is resumed, possibly in another
+    process. A handler without these methods is asked on resume instead.
+    """
+
+    async def submit_approval(
+        self, decision: PolicyDecision, *, context: Mapping[str, Any] | None = None
+    ) -> str:
+        """Create an approval request for ``decision``; return its id."""
+
+    async def collect_approval(
+        self, request_id: str, decision: PolicyDecision
+    ) -> bool | ApprovalOutcome:
+        """Wait for the answer to request ``request_id`` about ``decision``."""
 
 
 class AutoApprovalHandler(ApprovalHandler):

@@ -41,6 +41,7 @@ from aegis.core.record import ContextValue, DecisionStamp, check_context
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import AegisError, AuditError, ConfigurationError
+from aegis.runtime._binding import binding_for
 from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
 from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
@@ -427,10 +428,17 @@ class Runtime:
         if decided is None:
             decided = canonical_json(decision.action)
         view = copy.copy(decision)
+        # A framework integration may bring an answer given while its run was
+        # suspended; it passes the same checks as a fresh one (see _binding).
+        binding = binding_for(decision.action)
         try:
-            approved = await call_with_deadline(
-                self._ask, (view,), self.approval_timeout, "the approval handler"
-            )
+            approved: Any
+            if binding is not None and binding.answer is not None:
+                approved = binding.answer
+            else:
+                approved = await call_with_deadline(
+                    self._ask, (view,), self.approval_timeout, "the approval handler"
+                )
         except TimeoutError as exc:  # ours (Deadline) or the handler's own
             why = str(exc) or "the approval handler raised TimeoutError"
             return self._denied(decision, started, f"approval timed out ({why})"), (
@@ -476,18 +484,21 @@ class Runtime:
         approved, whatever the executor put in it.
         """
         started = _now()
+        binding = binding_for(action)  # a framework's tool runs its own call
+        if binding is None:
+            execute, is_async = self._execute_action, self._execute_is_async
+        else:
+            execute, is_async = binding.execute, is_async_callable(binding.execute)
         limit = self.execute_timeout
         try:
-            if self._execute_is_async and limit is None:
-                out = self._execute_action(action)
+            if is_async and limit is None:
+                out = execute(action)
                 if inspect.isawaitable(out):
                     out = await out
             else:
                 # A sync executor runs on a worker thread, and a limit holds
                 # even for one that ignores cancellation.
-                out = await call_with_deadline(
-                    self._execute_action, (action,), limit, "the executor"
-                )
+                out = await call_with_deadline(execute, (action,), limit, "the executor")
         except Deadline:
             return Result(
                 action,

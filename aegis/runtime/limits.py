@@ -69,9 +69,10 @@ Lease = tuple[int, ...]
 def usage_store_for(audit: object) -> tuple[UsageStore, bool]:
     """The usage store beside ``audit``'s records, and whether the caller owns it.
 
-    A SQLite audit file gives a :class:`~aegis.stores.sqlite.usage.SQLiteUsageStore`
-    on that file, a PostgreSQL audit its DSN; anything else (a logging or
-    in-memory audit) an in-memory store, counted in this process only.
+    A SQLite audit gives a :class:`~aegis.stores.sqlite.usage.SQLiteUsageStore`
+    sharing its database (``":memory:"`` included), a PostgreSQL audit one on
+    its DSN; anything else (a logging audit) an in-memory store, counted in
+    this process only.
     """
     db = getattr(audit, "db", None)
     conninfo = getattr(db, "_conninfo", None)  # a PostgresAuditLogger's connection string
@@ -92,10 +93,21 @@ def usage_store_for(audit: object) -> tuple[UsageStore, bool]:
             from aegis.stores.postgres.usage import PostgresUsageStore  # noqa: PLC0415
 
             return PostgresUsageStore(location), True
-    path = getattr(audit, "db_path", None)
-    if isinstance(path, str) and path and path != ":memory:" and not path.startswith("file:"):
-        from aegis.stores.sqlite.usage import SQLiteUsageStore  # noqa: PLC0415
+    from aegis.stores.sqlite.connection import SQLiteDatabase  # noqa: PLC0415
+    from aegis.stores.sqlite.usage import SQLiteUsageStore  # noqa: PLC0415
 
+    database = getattr(getattr(audit, "store", None), "db", None)
+    if isinstance(database, SQLiteDatabase) and not database.readonly:
+        # The audit's own connection: one writer per process for the file.
+        return SQLiteUsageStore(database=database), True
+    path = getattr(audit, "db_path", None)
+    if (
+        isinstance(path, str)
+        and path
+        and path != ":memory:"
+        and path.lower() != "memory://"  # the in-memory audit store: nothing on disk
+        and not path.startswith("file:")
+    ):
         return SQLiteUsageStore(path), True
     return MemoryUsageStore(), True
 

@@ -239,3 +239,23 @@ def test_simulate_says_that_it_ignores_history(invoke: Invoke, tmp_path: Path) -
     assert result.exit_code == 0
     assert "nothing counted yet" in result.stderr
     assert "email_rate" in result.stdout
+
+
+def test_validate_lists_limits_and_budgets(invoke: Invoke, tmp_path: Path) -> None:
+    """validate shows each rule's limit, budget and on_exceed, in the table and in JSON."""
+    import json
+
+    policy = write(tmp_path, "p.yaml", POLICY)
+    table = invoke("validate", policy)
+    assert table.exit_code == 0
+    assert 'limit max=20, per=1h, key=["agent"]; on_exceed approval=block' in table.stdout
+    data = json.loads(invoke("validate", policy, "--format", "json").stdout)
+    rules = {r["name"]: r for r in data["files"][0]["rules"]} if "files" in data else None
+    assert rules is not None, data
+    assert rules["refund_budget"]["budget"] == {
+        "sum": "amount",
+        "max": 100,
+        "per": "1d",
+        "key": ["params.customer_id"],
+    }
+    assert "limit" not in rules["reads"]

@@ -6,7 +6,8 @@ Each ACTION is ``type:target`` or ``type:target:{json params}``. The worker
 waits for START_FILE to exist (so that several workers start together),
 runs every action with ``run_one`` under a runtime whose audit is the SQLite
 file DB and whose usage store is PostgreSQL when a DSN is given (else the
-audit file's), approves nothing, and prints one JSON list of statuses.
+audit file's), approves nothing, and prints one JSON list of statuses. An
+action of type ``hang`` prints ``hanging`` and never finishes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from pathlib import Path
 
 from aegis import Action, AuditLogger, Policy, Runtime
 from aegis.stores.usage import UsageStore
+
+
+async def execute(action: Action) -> str:
+    """Done at once; an action of type ``hang`` never finishes (for SIGKILL tests)."""
+    if action.type == "hang":
+        print("hanging", flush=True)
+        await asyncio.sleep(3600)
+    return "done"
 
 
 def parse(text: str) -> Action:
@@ -39,7 +48,7 @@ async def main(argv: list[str]) -> None:
     while not Path(start_file).exists() and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
     async with Runtime(
-        executor=lambda action: "done",
+        executor=execute,
         policy=Policy.from_yaml(policy_path),
         audit_logger=AuditLogger(db),
         approval_handler=lambda decision: False,

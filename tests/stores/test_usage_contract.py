@@ -247,7 +247,7 @@ def test_sqlite_refuses_a_file_that_is_not_aegis(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE mine (x)")
     store = SQLiteUsageStore(path)
-    with pytest.raises(StoreError, match="not an Aegis database"):
+    with pytest.raises(StoreError, match="not an Aegis"):
         store.acquire([limit()], 1.0, reserve=True, over=False)
     with sqlite3.connect(path) as conn:
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["mine"]

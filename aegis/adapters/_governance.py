@@ -1,0 +1,472 @@
+"""What every framework integration shares: one tool call, one governed action.
+
+The framework modules (:mod:`aegis.adapters.langchain`,
+:mod:`aegis.adapters.openai_agents`, :mod:`aegis.adapters.anthropic`) only
+translate: a framework's tool call into a :class:`ToolCall`, and a
+:class:`~aegis.core.result.Result` back into the framework's reply. The
+meaning of auto, approve and block lives once, in
+:meth:`~aegis.runtime.engine.Runtime.run_one`; this module is the bridge:
+
+- :class:`Governor` turns a call into an :class:`~aegis.core.action.Action`
+  (``type`` = tool name, ``target`` = the toolset's name, ``params`` = the
+  arguments, ``description`` = the tool's description) and runs it through
+  the runtime with the tool itself as the executor, the framework's call id
+  and agent name in the audit record's context;
+- :meth:`Governor.ask` asks the runtime's approval handler while a
+  framework's run is suspended, and binds the answer to the digest of the
+  action that was asked about, so that only those arguments can run later;
+- :meth:`Governor.run_sync` serves frameworks that call tools from plain
+  threads: the runtime's steps run on one background event loop while the
+  tool itself runs in the caller's thread (with the caller's context
+  variables, which frameworks such as LangGraph rely on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
+
+from aegis.core.action import Action, action_digest
+from aegis.core.decision import PolicyDecision
+from aegis.core.outcome import ApprovalOutcome
+from aegis.core.result import Result, ResultStatus
+from aegis.errors import ConfigurationError, ToolBlockedError
+from aegis.runtime._binding import CallBinding, bound_call
+from aegis.runtime._calls import call_with_deadline
+from aegis.runtime.approval import SuspendableApprovalHandler
+
+if TYPE_CHECKING:
+    from aegis.runtime.engine import Runtime
+
+__all__ = [
+    "Governor",
+    "OnBlock",
+    "ToolCall",
+    "missing_extra",
+]
+
+_log = logging.getLogger("aegis.adapters")
+
+#: what an integration does with a call the policy blocks: answer the model
+#: with a tool error (``"return"``, the default) or raise ToolBlockedError
+OnBlock = Literal["return", "raise"]
+
+
+def missing_extra(module: str, extra: str, exc: ImportError) -> NoReturn:
+    """Raise the one-line ImportError of an integration imported without its extra."""
+    raise ImportError(
+        f"{module} needs the {extra!r} extra ({exc.name or exc} is not installed); "
+        f'install it with: pip install "aegis-runtime[{extra}]"'
+    ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call as a framework made it.
+
+    Args:
+        name: the tool's name; it becomes the action's ``type``.
+        args: the call's arguments; they become the action's ``params``.
+        call_id: the framework's id of the call (recorded in the audit).
+        description: the tool's description, shown to approvers.
+        agent: the name of the agent that made the call, if known.
+    """
+
+    name: str
+    args: Mapping[str, Any]
+    call_id: str | None = None
+    description: str = ""
+    agent: str | None = None
+
+
+class Governor:
+    """Runs a framework's tool calls through one :class:`~aegis.runtime.engine.Runtime`.
+
+    Args:
+        runtime: the runtime that decides, approves, executes and records.
+        target: the action ``target`` of every call (the toolset's name).
+        framework: recorded in each audit record's context.
+        on_block: ``"return"`` answers a blocked call with a tool error the
+            model reads; ``"raise"`` raises :class:`~aegis.errors.ToolBlockedError`.
+        agent: the agent name recorded when the framework does not give one.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        target: str,
+        framework: str,
+        on_block: OnBlock = "return",
+        agent: str | None = None,
+    ) -> None:
+        run_one = getattr(runtime, "run_one", None)
+        if not callable(run_one) or not callable(getattr(runtime, "decide", None)):
+            raise ConfigurationError(
+                f"expected an aegis Runtime, got {type(runtime).__name__}; build one with "
+                "Runtime(executor=..., policy=Policy.from_yaml(...))"
+            )
+        if not isinstance(target, str) or not target:
+            raise ConfigurationError(f"target must be a non-empty string, got {target!r}")
+        if on_block not in ("return", "raise"):
+            raise ConfigurationError(f'on_block must be "return" or "raise", got {on_block!r}')
+        self.runtime = runtime
+        self.target = target
+        self.framework = framework
+        self.on_block: OnBlock = on_block
+        self.agent = agent
+
+    # ------------------------------------------------------------ translation
+
+    def action(self, call: ToolCall) -> Action:
+        """The action a call asks for."""
+        return Action(call.name, self.target, dict(call.args), call.description or "")
+
+    def context(self, call: ToolCall) -> dict[str, str]:
+        """What the audit record says about the call besides the action."""
+        context = {"framework": self.framework}
+        if call.call_id is not None:
+            context["tool_call_id"] = call.call_id
+        agent = call.agent or self.agent
+        if agent is not None:
+            context["agent"] = agent
+        return context
+
+    def decide(self, call: ToolCall) -> PolicyDecision:
+        """The policy's decision for a call now; nothing is recorded."""
+        return self.runtime.decide(self.action(call))
+
+    # ------------------------------------------------------------ running
+
+    async def run(
+        self,
+        call: ToolCall,
+        execute: Callable[[Action], Any] | None,
+        answer: ApprovalOutcome | None = None,
+        *,
+        reraise: bool = False,
+    ) -> Result:
+        """Decide, approve, execute (with ``execute``) and record one call.
+
+        ``execute`` receives the action the runtime decided and runs the
+        tool with exactly its params; ``None`` runs the runtime's own
+        executor. ``answer`` is an approval given while the run was
+        suspended; the runtime refuses it unless its digest is the digest
+        of this call's action. With ``reraise``, an exception of ``execute``
+        is raised again once the runtime has recorded the failure, so that
+        the framework's own error handling (or control flow) applies.
+        """
+        action = self.action(call)
+        if execute is None:
+            if answer is not None:
+                raise ConfigurationError("an approval answer needs the tool to run with it")
+            return await self._run_one(action, call)
+        raised: list[Exception] = []
+        if reraise:
+            execute = _capturing(execute, raised)
+        with bound_call(CallBinding(action, execute, answer)):
+            result = await self._run_one(action, call)
+        if raised and result.status is ResultStatus.FAILED:
+            # Recorded as FAILED; the framework handles its tool's error its own way.
+            raise raised[0]
+        return result
+
+    async def _run_one(self, action: Action, call: ToolCall) -> Result:
+        return await self.runtime.run_one(action, context=self.context(call))
+
+    def run_sync(
+        self,
+        call: ToolCall,
+        execute: Callable[[Action], Any],
+        answer: ApprovalOutcome | None = None,
+        *,
+        reraise: bool = False,
+    ) -> Result:
+        """:meth:`run` from synchronous code; ``execute`` runs in this thread."""
+
+        async def run(
+            call: ToolCall, execute: Callable[[Action], Any], answer: ApprovalOutcome | None
+        ) -> Result:
+            return await self.run(call, execute, answer, reraise=reraise)
+
+        return _portal.run(run, call, execute, answer)
+
+    def call_sync(self, work: Awaitable[Any]) -> Any:
+        """Await ``work`` on the background loop from synchronous code."""
+        return _portal.call(work)
+
+    # ------------------------------------------------------------ replies
+
+    def refusal(self, call: ToolCall, result: Result) -> str:
+        """What the model reads when a call did not run, or failed.
+
+        Raises:
+            ToolBlockedError: the call was blocked and ``on_block="raise"``.
+        """
+        if result.status is ResultStatus.FAILED:
+            return f"Tool call {call.name!r} failed: {result.error}"
+        why = result.error or result.status.value
+        if result.status is ResultStatus.BLOCKED:
+            why += self._rule_text(why)
+        text = f"Tool call {call.name!r} was not run: {why}."
+        if result.status is ResultStatus.BLOCKED and self.on_block == "raise":
+            raise ToolBlockedError(text, result=result)
+        return text
+
+    def _rule_text(self, error: str) -> str:
+        """The blocking rule's description, when the error does not give a reason."""
+        if ": " in error:
+            return ""  # the decision carried its own reason
+        for rule in getattr(self.runtime.policy, "rules", None) or ():
+            name = getattr(rule, "name", None)
+            if name is not None and f"{name!r}" in error:
+                description = getattr(rule, "description", "")
+                return f" ({description})" if isinstance(description, str) and description else ""
+        return ""
+
+    # ------------------------------------------------------------ approvals
+
+    async def submit(self, decision: PolicyDecision, call: ToolCall) -> str | None:
+        """Create an approval request for a suspended call, if the handler can.
+
+        A handler that can (a :class:`SuspendableApprovalHandler`, such as the
+        approval service's client) creates the request now, so that reviewers
+        see it while the run is suspended; :meth:`collect` waits for it later,
+        possibly in another process. Others are asked when the run resumes.
+        A request that cannot be created is logged; the resume asks afresh.
+        """
+        handler = _suspendable(self.runtime.approval_handler)
+        if handler is None:
+            return None
+        try:
+            return await handler.submit_approval(decision, context=self.context(call))
+        except Exception:  # the resume will ask the handler again
+            _log.exception("could not create an approval request for %s", decision.action)
+            return None
+
+    async def collect(self, request_id: str, decision: PolicyDecision) -> ApprovalOutcome:
+        """Wait for the answer to the request :meth:`submit` created.
+
+        Falls back to :meth:`ask` when the handler cannot collect; a failure
+        or a timeout is a denial with its reason.
+        """
+        handler = _suspendable(self.runtime.approval_handler)
+        if handler is None:
+            return await self.ask(decision)
+        digest = action_digest(decision.action)
+        timeout = self.runtime.approval_timeout
+        try:
+            answer = await call_with_deadline(
+                handler.collect_approval, (request_id, decision), timeout, "the approval handler"
+            )
+        except TimeoutError as exc:
+            why = str(exc) or "the approval handler raised TimeoutError"
+            return ApprovalOutcome(
+                False, reason=f"approval timed out ({why})", request_id=request_id, digest=digest
+            )
+        except Exception as exc:  # fail closed
+            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return ApprovalOutcome(
+                False,
+                reason=f"approval handler failed: {text}",
+                request_id=request_id,
+                digest=digest,
+            )
+        return bind_answer(answer, digest)
+
+    async def ask(self, decision: PolicyDecision) -> ApprovalOutcome:
+        """Ask the runtime's approval handler; the answer bound to the action's digest.
+
+        A refusal, an exception or a timeout (the runtime's
+        ``approval_timeout``) is a denial with its reason; an answer that
+        is not ``True``, ``False`` or an ApprovalOutcome denies too.
+        """
+        from aegis.runtime.engine import _approval_function  # noqa: PLC0415  # avoids a cycle
+
+        digest = action_digest(decision.action)
+        ask = _approval_function(self.runtime.approval_handler)
+        timeout = self.runtime.approval_timeout
+        try:
+            # As the runtime's approve step does: a sync handler runs on a
+            # worker thread, the deadline holds, the handler gets a copy.
+            answer = await call_with_deadline(
+                ask, (copy.copy(decision),), timeout, "the approval handler"
+            )
+        except TimeoutError as exc:
+            why = str(exc) or "the approval handler raised TimeoutError"
+            return ApprovalOutcome(False, reason=f"approval timed out ({why})", digest=digest)
+        except Exception as exc:  # fail closed: a broken handler must not approve
+            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return ApprovalOutcome(False, reason=f"approval handler failed: {text}", digest=digest)
+        return bind_answer(answer, digest)
+
+    async def ask_call(self, call: ToolCall) -> ApprovalOutcome:
+        """:meth:`ask` about the action of ``call``."""
+        return await self.ask(self.runtime.decide(self.action(call)))
+
+    def __repr__(self) -> str:
+        return f"Governor(target={self.target!r}, framework={self.framework!r})"
+
+
+def _suspendable(handler: object) -> SuspendableApprovalHandler | None:
+    """``handler`` as one that can ask now and answer later, if it can."""
+    if isinstance(handler, SuspendableApprovalHandler):
+        return handler
+    remote = sys.modules.get("aegis.runtime.approval_remote")
+    if remote is not None and isinstance(handler, remote.RemoteApprovalHandler):
+        from aegis.adapters._remote import RemoteSuspension  # noqa: PLC0415  # needs httpx
+
+        return RemoteSuspension(handler)
+    return None
+
+
+def bind_answer(answer: object, digest: str) -> ApprovalOutcome:
+    """A handler's answer as an ApprovalOutcome bound to ``digest``.
+
+    An outcome that names its own digest keeps it: if that is not the
+    digest of the action about to run, the runtime refuses to run it.
+    """
+    if isinstance(answer, ApprovalOutcome):
+        return answer if answer.digest is not None else replace(answer, digest=digest)
+    if answer is True:
+        return ApprovalOutcome(True, digest=digest)
+    if answer is False:
+        return ApprovalOutcome(False, digest=digest)
+    return ApprovalOutcome(
+        False, reason=f"approval handler returned {answer!r}, not True or False", digest=digest
+    )
+
+
+# ---------------------------------------------------------------- sync bridge
+
+
+class _Portal:
+    """One background event loop for governed calls made from synchronous code.
+
+    One loop for the whole process, so that approval handlers holding
+    loop-bound resources (an HTTP client) always see the same loop. The
+    runtime's steps run there; each tool runs back in the calling thread,
+    which waits for the work the loop hands it.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="aegis-integration-loop", daemon=True
+                )
+                thread.start()
+                self._loop = loop
+            return self._loop
+
+    def call(self, work: Awaitable[Any]) -> Any:
+        async def wrapped() -> Any:
+            return await work
+
+        loop = self.loop()
+        self._refuse_reentry(loop)
+        return asyncio.run_coroutine_threadsafe(wrapped(), loop).result()
+
+    @staticmethod
+    def _refuse_reentry(loop: asyncio.AbstractEventLoop) -> None:
+        # Waiting on the loop from its own thread would wait forever.
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is loop:
+            raise ConfigurationError(
+                "a governed tool was called synchronously from Aegis' own event loop (from "
+                "an approval handler or an executor?); call it with its async API instead"
+            )
+
+    def run(
+        self,
+        run: Callable[
+            [ToolCall, Callable[[Action], Any], ApprovalOutcome | None], Awaitable[Result]
+        ],
+        call: ToolCall,
+        execute: Callable[[Action], Any],
+        answer: ApprovalOutcome | None,
+    ) -> Result:
+        loop = self.loop()
+        self._refuse_reentry(loop)
+        work: queue.SimpleQueue[tuple[Action, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+
+        async def execute_in_caller(action: Action) -> Any:
+            future: asyncio.Future[Any] = loop.create_future()
+            work.put((action, future))
+            return await future
+
+        async def governed() -> Result:
+            return await run(call, execute_in_caller, answer)
+
+        done = asyncio.run_coroutine_threadsafe(governed(), loop)
+        done.add_done_callback(lambda _: work.put(None))
+        while (item := work.get()) is not None:
+            action, future = item
+            try:
+                value = execute(action)
+                if inspect.isawaitable(value):
+                    raise ConfigurationError(
+                        f"tool {call.name!r} returned an awaitable to a synchronous call; "
+                        "call the agent with its async API (ainvoke, astream)"
+                    )
+            except Exception as exc:  # the runtime records the tool's failure
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            except BaseException:  # interrupted: the runtime records it, we re-raise
+                loop.call_soon_threadsafe(future.cancel)
+                raise
+            else:
+                loop.call_soon_threadsafe(_settle, future, value, None)
+        return done.result()
+
+
+def _capturing(
+    execute: Callable[[Action], Any], raised: list[Exception]
+) -> Callable[[Action], Any]:
+    """``execute``, keeping any exception it raises in ``raised`` (async stays async)."""
+    if inspect.iscoroutinefunction(execute):
+
+        async def call_async(action: Action) -> Any:
+            try:
+                return await execute(action)
+            except Exception as exc:
+                raised.append(exc)
+                raise
+
+        return call_async
+
+    def call(action: Action) -> Any:
+        try:
+            return execute(action)
+        except Exception as exc:
+            raised.append(exc)
+            raise
+
+    return call
+
+
+def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if future.done():  # the runtime gave up waiting (execute_timeout)
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
+
+
+_portal = _Portal()

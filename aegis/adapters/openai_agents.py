@@ -1,0 +1,352 @@
+"""Govern the tools of an OpenAI Agents SDK agent.
+
+One semantics whatever the framework (see :mod:`aegis.adapters._governance`).
+:func:`govern` changes each ``FunctionTool`` of an agent in three places:
+
+- ``needs_approval`` asks the policy: a call it marks ``approve`` suspends
+  the run, and the SDK lists it in ``result.interruptions``. No thread waits
+  for the reviewer: save ``result.to_state().to_string()`` and come back,
+  in this process or another one.
+- a tool input guardrail runs just before the tool: a call the policy
+  blocks never runs (the model reads the rule and the reason; with
+  ``on_block="raise"`` the run stops with the SDK's tripwire exception), and
+  an approved call whose arguments differ from the approved ones is refused.
+- the tool's invocation goes through
+  :meth:`~aegis.runtime.engine.Runtime.run_one`, which decides the call once
+  more, runs it, and records it with the call id and the agent's name.
+
+:func:`resolve_interruptions` settles a suspended run's pending calls
+through the runtime's approval handler (the remote approval service too) and
+returns the :class:`~agents.RunState` to resume with ``Runner.run``.
+
+Example::
+
+    agent = govern(Agent(name="support", tools=[lookup, refund]), runtime, target="billing")
+    result = await Runner.run(agent, "Refund order 7")
+    while result.interruptions:
+        state = await resolve_interruptions(result, runtime)
+        result = await Runner.run(agent, state)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra
+from aegis.core.action import Action, thaw
+from aegis.core.decision import Approval
+from aegis.core.outcome import ApprovalOutcome
+from aegis.core.result import Result, ResultStatus
+from aegis.errors import ConfigurationError
+
+try:
+    from agents import (
+        Agent,
+        FunctionTool,
+        RunContextWrapper,
+        RunState,
+        ToolGuardrailFunctionOutput,
+        ToolInputGuardrail,
+        ToolInputGuardrailData,
+        function_tool,
+    )
+except ImportError as exc:
+    missing_extra("aegis.adapters.openai_agents", "openai-agents", exc)
+
+__all__ = ["govern", "governed_tool", "resolve_interruptions"]
+
+_FRAMEWORK = "openai-agents"
+#: the attributes of a governed FunctionTool holding its Governor and action type
+_MARK = "_aegis_governor"
+_KIND = "_aegis_action_type"
+#: the key of a run's dict context under which approval request ids travel
+_CONTEXT_KEY = "aegis_approval_requests"
+
+#: approvals settled by resolve_interruptions, by runtime and call id, until the call runs
+_settled: weakref.WeakKeyDictionary[Any, dict[str, ApprovalOutcome]] = weakref.WeakKeyDictionary()
+#: approval requests created when a run suspended, by runtime and call id
+_requests: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def govern(
+    agent_or_tools: Any,
+    runtime: Any,
+    *,
+    target: str = _FRAMEWORK,
+    on_block: OnBlock = "return",
+) -> Any:
+    """Put every function tool of an agent (or a list of tools) under ``runtime``.
+
+    Args:
+        agent_or_tools: an ``agents.Agent`` (its ``tools`` are replaced by
+            governed copies, and the agent is returned) or a list of tools
+            (a new list is returned). Tools other than ``FunctionTool`` are
+            kept as they are.
+        runtime: the :class:`~aegis.runtime.engine.Runtime`.
+        target: the action ``target`` of every call (the toolset's name).
+        on_block: ``"return"`` answers a blocked call with the reason;
+            ``"raise"`` stops the run (``ToolInputGuardrailTripwireTriggered``).
+
+    The policy replaces any ``needs_approval`` the tools had.
+    """
+    governor = Governor(runtime, target=target, framework=_FRAMEWORK, on_block=on_block)
+    if isinstance(agent_or_tools, Agent):
+        agent_or_tools.tools = [_governed(t, governor) for t in agent_or_tools.tools]
+        return agent_or_tools
+    if isinstance(agent_or_tools, list | tuple):
+        return [_governed(t, governor) for t in agent_or_tools]
+    raise ConfigurationError(
+        f"govern() takes an agents.Agent or a list of tools, got {type(agent_or_tools).__name__}"
+    )
+
+
+def governed_tool(
+    *,
+    runtime: Any,
+    action_type: str | None = None,
+    action_target: str = _FRAMEWORK,
+    on_block: OnBlock = "return",
+    **function_tool_options: Any,
+) -> Callable[[Callable[..., Any]], FunctionTool]:
+    """Decorate a function into a governed ``FunctionTool``.
+
+    The call's action is ``Action(action_type or the tool's name,
+    action_target, arguments)``; everything else is as with :func:`govern`.
+    ``function_tool_options`` go to ``agents.function_tool``.
+
+    Example::
+
+        @governed_tool(runtime=runtime, action_type="refund", action_target="billing")
+        def refund(order_id: str, amount: float) -> str:
+            "Refund an order."
+            ...
+    """
+    governor = Governor(runtime, target=action_target, framework=_FRAMEWORK, on_block=on_block)
+
+    def decorate(fn: Callable[..., Any]) -> FunctionTool:
+        tool = function_tool(fn, **function_tool_options)
+        governed: FunctionTool = _governed(tool, governor, action_type=action_type)
+        return governed
+
+    return decorate
+
+
+def _governed(tool: Any, governor: Governor, *, action_type: str | None = None) -> Any:
+    """A governed copy of ``tool``; other kinds of tools are returned unchanged."""
+    if not isinstance(tool, FunctionTool):
+        return tool
+    if getattr(tool, _MARK, None) is not None:
+        raise ConfigurationError(f"tool {tool.name!r} is governed already")
+    kind = action_type or tool.name
+    description = tool.description or ""
+    original = tool.on_invoke_tool
+    governed: FunctionTool = copy.copy(tool)
+
+    def call_of(arguments: str | None, call_id: str | None, agent: Any) -> ToolCall:
+        return ToolCall(
+            kind,
+            _arguments(arguments),
+            call_id=call_id,
+            description=description,
+            agent=getattr(agent, "name", None),
+        )
+
+    async def needs_approval(
+        context: RunContextWrapper[Any], params: dict[str, Any], call_id: str
+    ) -> bool:
+        call = ToolCall(kind, params, call_id=call_id, description=description)
+        decision = governor.decide(call)
+        if decision.approval is not Approval.APPROVE:
+            return False
+        # The run suspends on this call: create the request now (if the
+        # handler can), so that reviewers see it while nobody waits.
+        pending = _requests.setdefault(governor.runtime, {})
+        if call_id not in pending:
+            request_id = await governor.submit(decision, call)
+            if request_id is not None:
+                pending[call_id] = request_id
+                _remember(context, call_id, request_id)
+        return True
+
+    async def check(data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
+        context = data.context
+        call = call_of(context.tool_arguments, context.tool_call_id, data.agent)
+        decision = governor.decide(call)
+        answer = _settled.get(governor.runtime, {}).get(call.call_id or "")
+        refused: Result | None = None
+        if decision.approval is Approval.BLOCK:
+            refused = await governor.run(call, _never, None)
+        elif (
+            decision.approval is Approval.APPROVE
+            and answer is not None
+            and answer.digest != _digest(governor, call)
+        ):
+            # Approved, but not these arguments: the runtime refuses and records it.
+            _settled[governor.runtime].pop(call.call_id or "", None)
+            refused = await governor.run(call, _never, answer)
+        if refused is None or refused.status is ResultStatus.SUCCESS:
+            return ToolGuardrailFunctionOutput.allow()
+        if refused.status is ResultStatus.BLOCKED and governor.on_block == "raise":
+            return ToolGuardrailFunctionOutput.raise_exception(output_info=refused.error)
+        return ToolGuardrailFunctionOutput.reject_content(
+            governor.refusal(call, refused), output_info=refused.error
+        )
+
+    async def invoke(context: Any, arguments: str) -> Any:
+        call = call_of(
+            arguments, getattr(context, "tool_call_id", None), getattr(context, "agent", None)
+        )
+        answer = _settled.get(governor.runtime, {}).pop(call.call_id or "", None)
+
+        async def execute(action: Action) -> Any:
+            # Exactly the params the runtime decided, as the JSON the SDK passes.
+            return await original(context, json.dumps(thaw(action.params)))
+
+        result = await governor.run(call, execute, answer, reraise=True)
+        _requests.get(governor.runtime, {}).pop(call.call_id or "", None)
+        if result.status is ResultStatus.SUCCESS:
+            return result.data
+        return governor.refusal(call, result)
+
+    governed.on_invoke_tool = invoke
+    governed.needs_approval = needs_approval
+    governed.tool_input_guardrails = [
+        ToolInputGuardrail(guardrail_function=check, name="aegis_policy"),
+        *(tool.tool_input_guardrails or ()),
+    ]
+    setattr(governed, _MARK, governor)
+    setattr(governed, _KIND, kind)
+    return governed
+
+
+async def resolve_interruptions(result_or_state: Any, runtime: Any) -> RunState[Any, Any]:
+    """Settle a suspended run's pending tool calls through Aegis; return the state to resume.
+
+    For each pending call of a governed tool, the policy decides again: a
+    call it now blocks is rejected (and recorded) with the reason; one it
+    now lets through is approved, to be decided again when it runs; one that
+    still needs approval goes to the runtime's approval handler (collecting
+    the request created when the run suspended, when the handler can). A
+    denial or a timeout rejects the call, recorded with the reason; a yes is
+    bound to the digest of exactly these arguments. Calls of tools that are
+    not governed are left for you to decide.
+
+    Args:
+        result_or_state: a ``RunResult`` with ``interruptions``, or a
+            ``RunState`` (for instance from ``RunState.from_string``).
+        runtime: the runtime the tools were governed with.
+
+    Example::
+
+        state = await RunState.from_string(agent, saved)
+        result = await Runner.run(agent, await resolve_interruptions(state, runtime))
+    """
+    to_state = getattr(result_or_state, "to_state", None)
+    state: RunState[Any, Any] = to_state() if callable(to_state) else result_or_state
+    if not isinstance(state, RunState):
+        raise ConfigurationError(
+            f"resolve_interruptions() takes a RunResult or a RunState, got "
+            f"{type(result_or_state).__name__}"
+        )
+    for item in state.get_interruptions():
+        tool = _tool_of(item)
+        governor: Governor | None = getattr(tool, _MARK, None)
+        if governor is None:
+            continue  # not ours to decide
+        if governor.runtime is not runtime:
+            raise ConfigurationError(
+                f"tool {item.name!r} is governed by another Runtime than the one given"
+            )
+        await _settle(state, item, tool, governor)
+    return state
+
+
+async def _settle(state: RunState[Any, Any], item: Any, tool: Any, governor: Governor) -> None:
+    call = ToolCall(
+        getattr(tool, _KIND, None) or str(item.name),
+        _arguments(item.arguments),
+        call_id=item.call_id,
+        description=tool.description or "",
+        agent=getattr(item.agent, "name", None),
+    )
+    decision = governor.decide(call)
+    if decision.approval is Approval.AUTO:
+        state.approve(item)
+        return
+    if decision.approval is Approval.BLOCK:
+        result = await governor.run(call, _never, None)
+        state.reject(item, rejection_message=governor.refusal(call, result))
+        return
+    requests = _requests.setdefault(governor.runtime, {})
+    request_id = requests.pop(call.call_id or "", None) or _recalled(state, call.call_id)
+    if request_id is None:
+        # Suspended in another process: the service returns the pending
+        # request of the same session and action instead of a second one.
+        request_id = await governor.submit(decision, call)
+    outcome = (
+        await governor.collect(request_id, decision)
+        if request_id is not None
+        else await governor.ask(decision)
+    )
+    if outcome.approved is True:
+        _settled.setdefault(governor.runtime, {})[call.call_id or ""] = outcome
+        state.approve(item)
+        return
+    # Recorded now (the call never runs), then the model is told why.
+    result = await governor.run(call, _never, outcome)
+    state.reject(item, rejection_message=governor.refusal(call, result))
+
+
+def _remember(context: RunContextWrapper[Any], call_id: str, request_id: str) -> None:
+    """Keep the request id in the run's context, so that the saved state carries it.
+
+    Only a context that is ``None`` or a plain dict can hold it; a run
+    resumed elsewhere without it asks the service again (which re-attaches
+    to the request while it is pending).
+    """
+    if context.context is None:
+        context.context = {}
+    if type(context.context) is dict:
+        context.context.setdefault(_CONTEXT_KEY, {})[call_id] = request_id
+
+
+def _recalled(state: RunState[Any, Any], call_id: str | None) -> str | None:
+    wrapper = getattr(state, "_context", None)
+    held = getattr(wrapper, "context", None)
+    if not isinstance(held, dict) or call_id is None:
+        return None
+    found = (held.get(_CONTEXT_KEY) or {}).get(call_id)
+    return found if isinstance(found, str) else None
+
+
+def _tool_of(item: Any) -> Any:
+    agent = getattr(item, "agent", None)
+    for tool in getattr(agent, "tools", None) or ():
+        if isinstance(tool, FunctionTool) and tool.name == item.name:
+            return tool
+    return None
+
+
+def _arguments(arguments: str | None) -> dict[str, Any]:
+    """The call's arguments as a mapping; text that is not a JSON object is kept as text."""
+    if not arguments:
+        return {}
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return {"arguments": arguments}
+    return parsed if isinstance(parsed, dict) else {"arguments": parsed}
+
+
+def _digest(governor: Governor, call: ToolCall) -> str:
+    from aegis.core.action import action_digest  # noqa: PLC0415  # keeps the hot path lean
+
+    return action_digest(governor.action(call))
+
+
+def _never(action: Action) -> Any:
+    raise AssertionError(f"{action} was refused and must not run")

@@ -1,0 +1,348 @@
+"""One scripted agent per framework, driven the same way, for the integration contract.
+
+Each harness builds the framework's real agent loop around a scripted
+model (no network): the model asks for the given tool calls, then answers
+"done". The harness runs the loop to its end, settling any suspension
+through Aegis (``resolve_interrupts`` / ``resolve_interruptions``), and
+reports which tools really ran with which arguments, and what the model
+read back for each call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aegis import Policy, Runtime
+from aegis.testing import InMemoryAuditLog
+
+POLICY = {
+    "version": "1",
+    "defaults": {"approval": "approve", "risk_level": "medium"},
+    "rules": [
+        {"name": "reads", "match": {"type": "lookup"}, "approval": "auto", "risk_level": "low"},
+        {
+            "name": "no-deletes",
+            "description": "deletes need a ticket",
+            "match": {"type": "delete*"},
+            "approval": "block",
+            "risk_level": "critical",
+        },
+        {
+            "name": "refunds",
+            "match": {"type": "refund"},
+            "approval": "approve",
+            "risk_level": "high",
+        },
+    ],
+}
+
+#: the description every harness gives its refund tool (part of the approved action)
+DESCRIPTIONS = {
+    "lookup": "Look a customer up.",
+    "delete_customer": "Delete a customer.",
+    "refund": "Refund an order.",
+}
+
+#: a scripted model turn: (tool name, arguments, call id)
+Call = tuple[str, dict[str, Any], str]
+
+
+def make_runtime(
+    approval_handler: Any = None,
+    *,
+    approval_timeout: float | None = None,
+    audit: Any = None,
+    policy: dict[str, Any] | None = None,
+) -> Runtime:
+    """A runtime with the contract policy, an in-memory audit and the given approver."""
+
+    def no_executor(action: Any) -> Any:
+        raise AssertionError(f"the runtime's own executor ran {action}")
+
+    return Runtime(
+        executor=no_executor,
+        policy=Policy.from_dict(policy or POLICY),
+        approval_handler=approval_handler if approval_handler is not None else (lambda d: False),
+        audit_logger=audit if audit is not None else InMemoryAuditLog(),
+        approval_timeout=approval_timeout,
+    )
+
+
+@dataclass
+class Run:
+    """What happened in one scripted run."""
+
+    executed: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: call id -> what the model read back for it
+    model_saw: dict[str, str] = field(default_factory=dict)
+
+
+def _recorders(run: Run) -> dict[str, Callable[..., str]]:
+    def lookup(customer_id: int) -> str:
+        run.executed.append(("lookup", {"customer_id": customer_id}))
+        return f"customer {customer_id}: gold"
+
+    def delete_customer(customer_id: int) -> str:
+        run.executed.append(("delete_customer", {"customer_id": customer_id}))
+        return "deleted"
+
+    def refund(order_id: str, amount: float) -> str:
+        run.executed.append(("refund", {"order_id": order_id, "amount": amount}))
+        return f"refunded {amount} on {order_id}"
+
+    functions = {"lookup": lookup, "delete_customer": delete_customer, "refund": refund}
+    for name, fn in functions.items():
+        fn.__doc__ = DESCRIPTIONS[name]
+    return functions
+
+
+# ---------------------------------------------------------------- LangChain
+
+
+class LangChainHarness:
+    """``create_agent`` with AegisMiddleware, a fake chat model and InMemorySaver."""
+
+    name = "langchain"
+
+    async def run(self, runtime: Runtime, calls: list[Call], *, target: str = "crm") -> Run:
+        from langchain.agents import create_agent
+        from langchain_core.messages import ToolMessage
+        from langchain_core.tools import tool
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        from aegis.adapters.langchain import AegisMiddleware, resolve_interrupts
+
+        run = Run()
+        tools = [tool(fn) for fn in _recorders(run).values()]
+        model = scripted_chat_model(calls)
+        agent = create_agent(
+            model,
+            tools=tools,
+            middleware=[AegisMiddleware(runtime, target=target, agent="support")],
+            checkpointer=InMemorySaver(),
+        )
+        config: Any = {"configurable": {"thread_id": "contract"}}
+        state = await agent.ainvoke({"messages": [{"role": "user", "content": "go"}]}, config)
+        for _ in range(5):
+            if not state.get("__interrupt__"):
+                break
+            state = await resolve_interrupts(agent, config, runtime)
+        for message in model.seen[-1]:
+            if isinstance(message, ToolMessage):
+                run.model_saw[message.tool_call_id] = str(message.content)
+        return run
+
+
+def scripted_chat_model(calls: list[Call], *, resumed: bool = False) -> Any:
+    """LangChain's fake chat model asking for ``calls``, then saying "done".
+
+    ``resumed`` leaves the first turn out: the run it serves made it already.
+    """
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    class ScriptedChatModel(GenericFakeChatModel):
+        """GenericFakeChatModel that accepts tools and remembers what it was sent."""
+
+        seen: list[list[Any]] = []  # noqa: RUF012  # a pydantic field, copied per instance
+
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            return self
+
+        def _generate(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+        ) -> Any:
+            self.seen.append(list(messages))
+            return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+    turns = [
+        AIMessage(
+            content="",
+            tool_calls=[{"name": n, "args": a, "id": i, "type": "tool_call"} for n, a, i in calls],
+        ),
+        AIMessage(content="done"),
+    ]
+    return ScriptedChatModel(messages=iter(turns[1:] if resumed else turns), seen=[])
+
+
+# ---------------------------------------------------------------- OpenAI Agents SDK
+
+
+class OpenAIAgentsHarness:
+    """``Runner.run`` on a governed Agent with a scripted ``Model``."""
+
+    name = "openai-agents"
+
+    async def run(self, runtime: Runtime, calls: list[Call], *, target: str = "crm") -> Run:
+        from agents import Agent, Runner, function_tool
+
+        from aegis.adapters.openai_agents import govern, resolve_interruptions
+
+        run = Run()
+        tools = [function_tool(fn) for fn in _recorders(run).values()]
+        model = ScriptedModel(
+            [[function_call(n, a, i) for n, a, i in calls], [output_text("done")]]
+        )
+        agent = govern(Agent(name="support", model=model, tools=tools), runtime, target=target)
+        result = await Runner.run(agent, "go")
+        for _ in range(5):
+            if not result.interruptions:
+                break
+            result = await Runner.run(agent, await resolve_interruptions(result, runtime))
+        for item in model.inputs[-1]:
+            if isinstance(item, dict) and item.get("type") == "function_call_output":
+                run.model_saw[item["call_id"]] = str(item["output"])
+        return run
+
+
+def function_call(name: str, args: dict[str, Any], call_id: str) -> Any:
+    """A Responses API function call item."""
+    from openai.types.responses import ResponseFunctionToolCall
+
+    return ResponseFunctionToolCall(
+        arguments=json.dumps(args),
+        call_id=call_id,
+        name=name,
+        type="function_call",
+        id=f"fc_{call_id}",
+        status="completed",
+    )
+
+
+def output_text(text: str) -> Any:
+    """A Responses API assistant message."""
+    from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+
+    return ResponseOutputMessage(
+        id="msg_1",
+        content=[ResponseOutputText(annotations=[], text=text, type="output_text")],
+        role="assistant",
+        status="completed",
+        type="message",
+    )
+
+
+def _scripted_model_class() -> type:
+    from agents import Model, ModelResponse, Usage
+
+    class ScriptedModel(Model):
+        """An Agents SDK Model that answers from a script and remembers its inputs."""
+
+        def __init__(self, turns: list[list[Any]]) -> None:
+            self.turns = list(turns)
+            self.inputs: list[Any] = []
+
+        async def get_response(  # noqa: PLR0917  # the SDK's Model signature
+            self,
+            system_instructions: Any,
+            input: Any,
+            model_settings: Any,
+            tools: Any,
+            output_schema: Any,
+            handoffs: Any,
+            tracing: Any,
+            *,
+            previous_response_id: Any = None,
+            conversation_id: Any = None,
+            prompt: Any = None,
+        ) -> Any:
+            self.inputs.append(input)
+            if not self.turns:
+                raise AssertionError("the scripted model was asked more often than scripted")
+            return ModelResponse(output=self.turns.pop(0), usage=Usage(), response_id=None)
+
+        def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError("the contract runs are not streamed")
+
+    return ScriptedModel
+
+
+def ScriptedModel(turns: list[list[Any]]) -> Any:
+    """A scripted Agents SDK Model (built lazily: importing agents takes a second)."""
+    return _scripted_model_class()(turns)
+
+
+# ---------------------------------------------------------------- Anthropic
+
+
+class AnthropicHarness:
+    """The SDK's tool runner with ``governed`` @beta_tools and a mock transport."""
+
+    name = "anthropic"
+
+    async def run(self, runtime: Runtime, calls: list[Call], *, target: str = "crm") -> Run:
+        from anthropic.lib.tools import beta_tool
+
+        from aegis.adapters.anthropic import governed
+
+        run = Run()
+        tools = [
+            governed(beta_tool(fn), runtime, target=target, agent="support")
+            for fn in _recorders(run).values()
+        ]
+        client, sent = mock_anthropic(
+            [[tool_use(n, a, i) for n, a, i in calls], [text_block("done")]]
+        )
+        runner = client.beta.messages.tool_runner(
+            model="claude-test",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "go"}],
+            tools=tools,
+        )
+        runner.until_done()
+        for block in sent[-1]["messages"][-1]["content"]:
+            if block.get("type") == "tool_result":
+                run.model_saw[block["tool_use_id"]] = str(block["content"])
+        return run
+
+
+def tool_use(name: str, args: dict[str, Any], call_id: str) -> dict[str, Any]:
+    """A ``tool_use`` content block."""
+    return {"type": "tool_use", "id": call_id, "name": name, "input": args}
+
+
+def text_block(text: str) -> dict[str, Any]:
+    """A ``text`` content block."""
+    return {"type": "text", "text": text}
+
+
+def mock_anthropic(
+    turns: list[list[dict[str, Any]]], *, asynchronous: bool = False
+) -> tuple[Any, list[Any]]:
+    """An Anthropic client whose transport answers from ``turns``; and the bodies it was sent."""
+    import anthropic
+    import httpx2
+
+    sent: list[Any] = []
+    remaining = list(turns)
+
+    def handle(request: Any) -> Any:
+        sent.append(json.loads(request.content))
+        content = remaining.pop(0)
+        stop = "tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn"
+        return httpx2.Response(
+            200,
+            json={
+                "id": f"msg_{len(sent)}",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-test",
+                "content": content,
+                "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 1, "output_tokens": 1},
+            },
+        )
+
+    transport = httpx2.MockTransport(handle)
+    if asynchronous:
+        return anthropic.AsyncAnthropic(
+            api_key="test", http_client=httpx2.AsyncClient(transport=transport)
+        ), sent
+    return anthropic.Anthropic(api_key="test", http_client=httpx2.Client(transport=transport)), sent
+
+
+HARNESSES = [LangChainHarness(), OpenAIAgentsHarness(), AnthropicHarness()]

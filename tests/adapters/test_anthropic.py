@@ -1,0 +1,134 @@
+"""Anthropic SDK specifics: async tools, hand-written loops, on_block="raise"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from adapters_support import make_runtime, mock_anthropic, text_block, tool_use
+from anthropic.lib.tools import beta_async_tool
+
+from aegis import Action, Result, ResultStatus, Runtime, ToolBlockedError
+from aegis.adapters.anthropic import govern_tool_call, governed, tool_results_to_api_format
+from aegis.errors import ConfigurationError
+from aegis.testing import InMemoryAuditLog, RecordingExecutor, ScriptedApprovalHandler
+
+REFUND = {"order_id": "o-17", "amount": 20.0}
+
+
+async def test_async_tools_with_the_async_tool_runner() -> None:
+    """Async tools under AsyncAnthropic's runner: auto runs, approve-no does not."""
+    ran: list[Any] = []
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([False]), audit=audit)
+
+    @beta_async_tool
+    async def lookup(customer_id: int) -> str:
+        """Look a customer up."""
+        ran.append(("lookup", customer_id))
+        return "gold"
+
+    async def refund(order_id: str, amount: float) -> str:
+        """Refund an order."""
+        ran.append(("refund", amount))
+        return "refunded"
+
+    client, sent = mock_anthropic(
+        [
+            [tool_use("lookup", {"customer_id": 7}, "tu_1"), tool_use("refund", REFUND, "tu_2")],
+            [text_block("done")],
+        ],
+        asynchronous=True,
+    )
+    runner = client.beta.messages.tool_runner(
+        model="claude-test",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "go"}],
+        tools=[governed(lookup, runtime, target="crm"), governed(refund, runtime, target="crm")],
+    )
+    await runner.until_done()
+    assert ran == [("lookup", 7)]
+    results = {b["tool_use_id"]: b for b in sent[-1]["messages"][-1]["content"]}
+    assert results["tu_1"]["content"] == "gold"
+    assert results["tu_2"]["is_error"] is True
+    assert "denied" in results["tu_2"]["content"]
+    assert sorted(r["result_status"] for r in audit.records) == ["denied", "success"]
+
+
+async def test_a_hand_written_loop_with_the_runtimes_executor() -> None:
+    """govern_tool_call runs on the runtime's executor; results become tool_result blocks."""
+    executor = RecordingExecutor(responses={"lookup": {"tier": "gold"}})
+    base = make_runtime()
+    runtime = Runtime(executor=executor, policy=base.policy, audit_logger=InMemoryAuditLog())
+    blocks = [
+        tool_use("lookup", {"customer_id": 7}, "tu_1"),
+        tool_use("delete_customer", {"customer_id": 7}, "tu_2"),
+    ]
+    results = [
+        await govern_tool_call(
+            runtime=runtime,
+            tool_name=b["name"],
+            tool_input=b["input"],
+            tool_use_id=b["id"],
+            target="crm",
+        )
+        for b in blocks
+    ]
+    assert [a.type for a in executor.actions] == ["lookup"]
+    assert tool_results_to_api_format(results) == [
+        {"type": "tool_result", "tool_use_id": "tu_1", "content": '{"tier": "gold"}'},
+        {
+            "type": "tool_result",
+            "tool_use_id": "tu_2",
+            "content": "Tool call 'delete_customer' was not run: blocked by policy rule "
+            "'no-deletes' (deletes need a ticket).",
+            "is_error": True,
+        },
+    ]
+
+
+async def test_govern_tool_call_with_its_own_function() -> None:
+    """govern_tool_call(execute=...) runs that function with the approved action."""
+    seen: list[Action] = []
+
+    def execute(action: Action) -> Result:
+        seen.append(action)
+        return Result(action, ResultStatus.SUCCESS, data="refunded")
+
+    out = await govern_tool_call(
+        runtime=make_runtime(ScriptedApprovalHandler([True])),
+        tool_name="refund",
+        tool_input=REFUND,
+        tool_use_id="tu_9",
+        target="crm",
+        execute=execute,
+    )
+    assert (out.is_error, out.content) == (False, "refunded")
+    assert [dict(a.params) for a in seen] == [REFUND]
+
+
+async def test_on_block_raise_raises_tool_blocked_error() -> None:
+    """on_block="raise" raises ToolBlockedError carrying the recorded BLOCKED result."""
+    audit = InMemoryAuditLog()
+    with pytest.raises(ToolBlockedError, match="no-deletes") as caught:
+        await govern_tool_call(
+            runtime=make_runtime(audit=audit),
+            tool_name="delete_customer",
+            tool_input={"customer_id": 1},
+            on_block="raise",
+        )
+    assert caught.value.result is not None
+    assert caught.value.result.status is ResultStatus.BLOCKED
+    assert [r["result_status"] for r in audit.records] == ["blocked"]
+
+
+def test_tool_results_to_api_format_refuses_other_values() -> None:
+    """Only the results of govern_tool_call can be formatted: a bare Result has no tool_use id."""
+    with pytest.raises(ConfigurationError, match="GovernedToolResult"):
+        tool_results_to_api_format([Result(Action("a", "b"), ResultStatus.SUCCESS)])
+
+
+def test_governed_refuses_what_is_not_a_function() -> None:
+    """governed() says what it takes."""
+    with pytest.raises(ConfigurationError, match="function or a @beta_tool"):
+        governed(42, make_runtime())  # type: ignore[arg-type]
