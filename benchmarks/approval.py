@@ -134,7 +134,7 @@ async def round_trips(url: str, db: str, count: int) -> dict[str, float]:
         executor=lambda action: "ok",
         policy=POLICY,
         approval_handler=handler,
-        audit_logger=AuditLogger(db) if not db.startswith("postgresql://") else None,
+        audit_logger=AuditLogger(db),
     ) as runtime:
         for i in range(count):
             began = time.perf_counter()
@@ -192,8 +192,30 @@ def main() -> None:
     parser.add_argument("--db", help="a PostgreSQL DSN instead of a fresh SQLite file")
     args = parser.parse_args()
     trips, creates = (10, 50) if args.quick else (60, 400)
+    schema = None
+    if args.db:
+        # A schema of its own, dropped afterwards, so runs never see each other.
+        import psycopg  # noqa: PLC0415  # only PostgreSQL runs need it
+
+        schema = f"aegis_bench_{os.getpid()}"
+        with psycopg.connect(args.db, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        run(args, trips, creates, schema)
+    finally:
+        if schema is not None:
+            with psycopg.connect(args.db, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def run(args: argparse.Namespace, trips: int, creates: int, schema: str | None) -> None:
+    """Start the service, measure, print."""
     with tempfile.TemporaryDirectory() as tmp:
-        db = args.db or str(Path(tmp) / "aegis.db")
+        if schema is not None:
+            joiner = "&" if "?" in args.db else "?"
+            db = f"{args.db}{joiner}options=-csearch_path%3D{schema}"
+        else:
+            db = str(Path(tmp) / "aegis.db")
         prepare(db)
         port = free_port()
         url = f"http://127.0.0.1:{port}"

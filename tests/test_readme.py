@@ -36,6 +36,28 @@ def test_the_readme_gives_the_ci_test_command() -> None:
     assert f"```sh\n{ci}\n```" in README
 
 
+def test_the_signed_checkpoints_commands_run(tmp_path: Path) -> None:
+    """The signed checkpoints section's commands run as written and verify the signed trail."""
+    section = README.split("## Signed checkpoints", 1)[1]
+    block = re.findall(r"```sh\n(.*?)```", section, flags=re.S)[0]
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    aegis = f"{sys.executable} -m aegis"
+    script = "set -e\n" + block.replace("aegis audit", f"{aegis} audit").replace(
+        "python examples", f"{sys.executable} examples"
+    )
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 signed checkpoints valid" in done.stdout + done.stderr
+    assert re.search(r"^\d+:[0-9a-f]{64}$", done.stdout, flags=re.M)
+
+
 def test_the_limits_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The limits section's policy and script block the 21st email with a reason."""
     section = README.split("## Limits, budgets and flow rules", 1)[1].split("\n## ", 1)[0]

@@ -24,6 +24,7 @@ meaning of auto, approve and block lives once, in
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 import queue
@@ -38,7 +39,8 @@ from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError, ToolBlockedError
-from aegis.runtime._call import CallBinding, bound_call
+from aegis.runtime._binding import CallBinding, bound_call
+from aegis.runtime._calls import call_with_deadline
 from aegis.runtime.approval import SuspendableApprovalHandler
 
 if TYPE_CHECKING:
@@ -121,9 +123,6 @@ class Governor:
         self.framework = framework
         self.on_block: OnBlock = on_block
         self.agent = agent
-        # Audit context arrives with the store work (CONTRACTS.md #2); until a
-        # runtime takes it, calls are still governed, without the context.
-        self._takes_context = "context" in inspect.signature(run_one).parameters
 
     # ------------------------------------------------------------ translation
 
@@ -181,10 +180,7 @@ class Governor:
         return result
 
     async def _run_one(self, action: Action, call: ToolCall) -> Result:
-        if self._takes_context:
-            run_one: Callable[..., Awaitable[Result]] = self.runtime.run_one
-            return await run_one(action, context=self.context(call))
-        return await self.runtime.run_one(action)
+        return await self.runtime.run_one(action, context=self.context(call))
 
     def run_sync(
         self,
@@ -267,11 +263,12 @@ class Governor:
             return await self.ask(decision)
         digest = action_digest(decision.action)
         timeout = self.runtime.approval_timeout
-        work = handler.collect_approval(request_id, decision)
         try:
-            answer = await (work if timeout is None else asyncio.wait_for(work, timeout))
+            answer = await call_with_deadline(
+                handler.collect_approval, (request_id, decision), timeout, "the approval handler"
+            )
         except TimeoutError as exc:
-            why = str(exc) or f"no answer within {timeout:g}s"
+            why = str(exc) or "the approval handler raised TimeoutError"
             return ApprovalOutcome(
                 False, reason=f"approval timed out ({why})", request_id=request_id, digest=digest
             )
@@ -298,11 +295,13 @@ class Governor:
         ask = _approval_function(self.runtime.approval_handler)
         timeout = self.runtime.approval_timeout
         try:
-            answer = await (
-                ask(decision) if timeout is None else asyncio.wait_for(ask(decision), timeout)
+            # As the runtime's approve step does: a sync handler runs on a
+            # worker thread, the deadline holds, the handler gets a copy.
+            answer = await call_with_deadline(
+                ask, (copy.copy(decision),), timeout, "the approval handler"
             )
         except TimeoutError as exc:
-            why = str(exc) or f"no answer within {timeout:g}s"
+            why = str(exc) or "the approval handler raised TimeoutError"
             return ApprovalOutcome(False, reason=f"approval timed out ({why})", digest=digest)
         except Exception as exc:  # fail closed: a broken handler must not approve
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -377,7 +376,22 @@ class _Portal:
         async def wrapped() -> Any:
             return await work
 
-        return asyncio.run_coroutine_threadsafe(wrapped(), self.loop()).result()
+        loop = self.loop()
+        self._refuse_reentry(loop)
+        return asyncio.run_coroutine_threadsafe(wrapped(), loop).result()
+
+    @staticmethod
+    def _refuse_reentry(loop: asyncio.AbstractEventLoop) -> None:
+        # Waiting on the loop from its own thread would wait forever.
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is loop:
+            raise ConfigurationError(
+                "a governed tool was called synchronously from Aegis' own event loop (from "
+                "an approval handler or an executor?); call it with its async API instead"
+            )
 
     def run(
         self,
@@ -389,6 +403,7 @@ class _Portal:
         answer: ApprovalOutcome | None,
     ) -> Result:
         loop = self.loop()
+        self._refuse_reentry(loop)
         work: queue.SimpleQueue[tuple[Action, asyncio.Future[Any]] | None] = queue.SimpleQueue()
 
         async def execute_in_caller(action: Action) -> Any:
@@ -423,22 +438,24 @@ class _Portal:
 def _capturing(
     execute: Callable[[Action], Any], raised: list[Exception]
 ) -> Callable[[Action], Any]:
-    """``execute``, keeping any exception it raises (sync or async) in ``raised``."""
+    """``execute``, keeping any exception it raises in ``raised`` (async stays async)."""
+    if inspect.iscoroutinefunction(execute):
 
-    async def awaiting(pending: Awaitable[Any]) -> Any:
-        try:
-            return await pending
-        except Exception as exc:
-            raised.append(exc)
-            raise
+        async def call_async(action: Action) -> Any:
+            try:
+                return await execute(action)
+            except Exception as exc:
+                raised.append(exc)
+                raise
+
+        return call_async
 
     def call(action: Action) -> Any:
         try:
-            out = execute(action)
+            return execute(action)
         except Exception as exc:
             raised.append(exc)
             raise
-        return awaiting(out) if inspect.isawaitable(out) else out
 
     return call
 

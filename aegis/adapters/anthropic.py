@@ -152,8 +152,8 @@ class _GovernedAsyncTool(BetaAsyncFunctionTool[Any]):
         """Run the call through the runtime; raise ToolError when it does not run."""
         call = _tool_call(self._inner, input, self._governor)
 
-        def execute(action: Action) -> Any:
-            return self._inner.call(thaw(action.params))
+        async def execute(action: Action) -> Any:
+            return await self._inner.call(thaw(action.params))
 
         result = await self._governor.run(call, execute, reraise=True)
         return _answer(self._governor, call, result)

@@ -168,6 +168,7 @@ def _show(request: Mapping[str, Any]) -> None:
     lines: list[tuple[str, str]] = [
         ("id", str(request.get("id") or "")),
         ("status", status),
+        ("why", str(request.get("status_reason") or "")),
         ("action", _action_text(request)),
         ("description", str(action.get("description") or "")),
         ("risk", str(request.get("risk_level") or "")),

@@ -364,25 +364,38 @@ class _LineCounter:
     metavar="HEAD",
     help="A head printed by an earlier verify; also catches records removed from the end.",
 )
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False),
+    envvar="AEGIS_AUDIT_PUBLIC_KEY",
+    show_envvar=True,
+    help="Check the signed checkpoints with this public key (from `aegis audit keygen`).",
+)
 @format_option("text", "json")
-def verify(db_path: str, expect_head: str | None, output_format: str) -> None:
+def verify(
+    db_path: str, expect_head: str | None, public_key: str | None, output_format: str
+) -> None:
     """Check that no audit record was edited, removed, inserted or reordered.
 
     Exits 0 when the hash chain holds and prints the head to keep; exits 1
     naming the first record that does not fit. Actions that started but
-    never finished (the process died mid-action) are reported too.
+    never finished (the process died mid-action) are reported too. With
+    --public-key, every signed checkpoint must be valid and fit the chain,
+    which also catches a rewritten or truncated log up to the last one.
 
     \b
     Examples:
       aegis audit verify
       aegis audit verify --expect-head 1042:9f86d081884c7d65...
+      aegis audit verify --public-key audit.key.pub
     """
     with open_audit(db_path) as log:
         try:
-            report = log.verify(expect_head)
+            report = log.verify(expect_head, public_key=public_key)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--expect-head'") from exc
         pending = log.pending()
+        kept = len(log.checkpoints()) if public_key else 0
 
     if output_format == "json":
         emit_json(
@@ -391,13 +404,19 @@ def verify(db_path: str, expect_head: str | None, output_format: str) -> None:
                 "checked": report.checked,
                 "first_bad_id": report.first_bad_id,
                 "reason": report.reason,
-                "head": report.head,
+                "head": str(report.head),
+                "checkpoints": report.checkpoints,
                 "pending": pending,
             }
         )
     elif report.ok:
         success(f"audit chain intact: {report.checked} records verified in {log.db_path}")
         info(f"head: {report.head}")
+        if public_key:
+            if kept:
+                info(f"{report.checkpoints} signed checkpoints valid")
+            else:
+                warn("no signed checkpoints in this trail: nothing was signed with a key")
         note("keep the head elsewhere; `--expect-head HEAD` later also catches a truncated log")
     else:
         error(f"audit chain broken at record {report.first_bad_id}: {report.reason}")
@@ -562,3 +581,49 @@ def _follow(
         if deadline is not None and time.monotonic() >= deadline:
             return
         time.sleep(interval)
+
+
+@audit.command()
+@db_option
+@format_option("text", "json")
+def head(db_path: str, output_format: str) -> None:
+    """Print the current head of the chain, to keep somewhere else.
+
+    A kept head lets `aegis audit verify --expect-head HEAD` catch records
+    cut off the end, or a log rewritten since.
+
+    \b
+    Examples:
+      aegis audit head >> /secure/aegis-heads.txt
+      aegis audit head --format json
+    """
+    with open_audit(db_path) as log:
+        current = log.head()
+    if output_format == "json":
+        emit_json({"count": current.count, "hash": current.hash, "head": str(current)})
+    else:
+        click.echo(str(current))
+
+
+@audit.command()
+@click.argument("path", default="aegis_audit.key", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace existing key files.")
+def keygen(path: str, force: bool) -> None:
+    """Create an Ed25519 key pair for signed checkpoints of the audit trail.
+
+    Writes the private key to PATH (readable by you only) and the public
+    key to PATH.pub. Give the runtime the private key
+    (AuditLogger(signing_key=PATH) or $AEGIS_AUDIT_KEY); give auditors the
+    public key (aegis audit verify --public-key PATH.pub), which can check
+    checkpoints but never sign them.
+
+    \b
+    Examples:
+      aegis audit keygen /etc/aegis/audit.key
+    """
+    from aegis.runtime.signing import generate_key_files  # noqa: PLC0415  # the signing extra
+
+    private, public = generate_key_files(path, overwrite=force)
+    success(f"wrote the private key to {private} and the public key to {public}")
+    note(f"sign with: export AEGIS_AUDIT_KEY={private.resolve()}")
+    note(f"verify with: aegis audit verify --public-key {public}")

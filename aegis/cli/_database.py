@@ -14,10 +14,13 @@ __all__ = ["open_audit"]
 
 @contextmanager
 def open_audit(db_path: str) -> Iterator[AuditLogger]:
-    """Open an existing audit database and close it afterwards.
+    """Open an existing audit database, read-only, and close it afterwards.
 
     :class:`AuditLogger` creates a missing file, which would turn a typo in
-    ``--db`` into an empty, valid-looking log; refuse that instead.
+    ``--db`` into an empty, valid-looking log; refuse that instead. The
+    command line only reads, so it opens the store read-only: a backup or a
+    mounted evidence copy can be listed, exported and verified, and reading
+    never migrates or otherwise changes the file.
 
     A ``postgresql://`` DSN opens the PostgreSQL trail, which must exist
     too: a reader never creates its tables.
@@ -38,5 +41,5 @@ def open_audit(db_path: str) -> Iterator[AuditLogger]:
         )
     if not path.is_file():
         raise AuditError(f"{path} is not a file; point --db at the agent's SQLite audit database")
-    with AuditLogger(path, create=False) as audit:
+    with AuditLogger(path, create=False, readonly=True) as audit:
         yield audit

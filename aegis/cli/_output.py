@@ -34,6 +34,7 @@ __all__ = [
     "success",
     "use_color",
     "warn",
+    "writable",
 ]
 
 APPROVAL_STYLES = {"auto": "green", "approve": "yellow", "block": "bold red"}
@@ -73,7 +74,23 @@ def use_color(*, err: bool = False) -> bool:
     return is_terminal(sys.stderr if err else sys.stdout)
 
 
+def writable(text: str) -> str:
+    """``text`` with any lone surrogate written as its escape (``\\udc80``).
+
+    Agents and hand-edited files can hold them; UTF-8 cannot, and a crash
+    while printing would hide everything else the command had to say.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _echo(message: str, *, err: bool = False, **style: Any) -> None:
+    message = writable(message)
     color = use_color(err=err)
     text = click.style(message, **style) if color and style else message
     click.echo(text, err=err, color=color)
@@ -81,7 +98,7 @@ def _echo(message: str, *, err: bool = False, **style: Any) -> None:
 
 def info(message: str = "") -> None:
     """Print a plain line on stdout."""
-    click.echo(message)
+    click.echo(writable(message))
 
 
 def success(message: str) -> None:
@@ -123,12 +140,14 @@ def json_text(document: Any, *, indent: int | None = None) -> str:
     Objects JSON cannot encode are written as their ``str()``.
     """
     try:
-        return json.dumps(document, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+        text = json.dumps(document, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
     except ValueError:
         # Rare, so the common path does not pay for walking every document.
-        return json.dumps(
+        text = json.dumps(
             _finite(document), indent=indent, ensure_ascii=False, default=str, allow_nan=False
         )
+    # A lone surrogate becomes its JSON escape, which parsers read back as is.
+    return writable(text)
 
 
 def emit_json(document: Any) -> None:
@@ -139,7 +158,7 @@ def emit_json(document: Any) -> None:
 def _plain(cell: Cell) -> str:
     text = cell.text if isinstance(cell, Styled) else cell
     # One record per line: tabs and newlines inside a value would break cut/awk.
-    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return writable(text.replace("\t", " ").replace("\r", " ").replace("\n", " "))
 
 
 def _min_width(name: str, wrap: Collection[str]) -> int | None:
@@ -195,7 +214,12 @@ def print_table(
     count = 0
     for row in rows:
         table.add_row(
-            *(Text(c.text, style=c.style) if isinstance(c, Styled) else Text(c) for c in row)
+            *(
+                Text(writable(c.text), style=c.style)
+                if isinstance(c, Styled)
+                else Text(writable(c))
+                for c in row
+            )
         )
         count += 1
     Console(no_color=not use_color(), highlight=False).print(table)

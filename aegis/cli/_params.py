@@ -132,7 +132,10 @@ def parse_action(text: str) -> Action:
             ) from exc
         except ValueError as exc:
             raise ValueError(f"the params of {_shown(text)} cannot be used: {exc}") from exc
-    return Action(action_type, target, params)
+    try:
+        return Action(action_type, target, params)
+    except TypeError as exc:  # too deep, or a key or value no Action holds
+        raise ValueError(f"the params of {_shown(text)} cannot be used: {exc}") from exc
 
 
 def _action_from_object(obj: Any, where: str) -> Action:
@@ -152,7 +155,10 @@ def _action_from_object(obj: Any, where: str) -> Action:
     description = obj.get("description") or ""
     if not isinstance(description, str):
         raise ValueError(f"{where}: 'description' must be a string")
-    return Action(obj["type"], obj["target"], params, description)
+    try:
+        return Action(obj["type"], obj["target"], params, description)
+    except TypeError as exc:  # too deep, or a key or value no Action holds
+        raise ValueError(f"{where}: the params cannot be used: {exc}") from exc
 
 
 def parse_actions_jsonl(stream: IO[str], name: str) -> Iterator[Action]:

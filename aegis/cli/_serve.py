@@ -8,7 +8,7 @@ import click
 
 from aegis.cli._output import note
 from aegis.cli._store import is_dsn, store_option
-from aegis.core.approval_request import parse_duration
+from aegis.core.approval_request import parse_approval_ttl
 
 __all__ = ["serve"]
 
@@ -24,7 +24,7 @@ def _is_loopback(host: str) -> bool:
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     try:
-        return parse_duration(value)
+        return parse_approval_ttl(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -169,5 +169,19 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
         log_level=log_level,
         lifespan="on",
         server_header=False,
+        # Long polls last up to a minute; waiting agents reconnect on their own.
+        timeout_graceful_shutdown=3,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit:
+        if server.started:
+            raise
+        # uvicorn has logged why (usually the port is taken); say what to do.
+        raise click.ClickException(
+            f"could not listen on {host}:{port}; if another process uses the port, "
+            "pick another with --port"
+        ) from None
+    if not server.started:
+        raise click.ClickException(f"could not listen on {host}:{port}; pick another --port")

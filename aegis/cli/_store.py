@@ -39,11 +39,9 @@ def is_dsn(db: str) -> bool:
 def open_tables(db: str, *, create: bool) -> Iterator[ApprovalStore]:
     """Open the approval tables of ``db``; a missing SQLite file is created only if ``create``.
 
-    A new SQLite file becomes an audit database first, so that the audit
-    trail accepts the file the approval tables share with it.
+    The approval tables share the file or database with the audit trail.
     """
     # Imported here so that `aegis --help` never pays for the stores.
-    from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
     from aegis.stores.approvals import open_approval_store  # noqa: PLC0415
 
     if not is_dsn(db):
@@ -53,8 +51,6 @@ def open_tables(db: str, *, create: bool) -> Iterator[ApprovalStore]:
                 f"no database at {path}; create a token first (aegis token create ...) "
                 "or point --db (or $AEGIS_DB) at the service's database"
             )
-        with AuditLogger(path) as audit:
-            audit.head()
     store = open_approval_store(db)
     try:
         yield store

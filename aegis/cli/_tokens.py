@@ -14,6 +14,9 @@ from aegis.stores.approvals import hash_token, new_token
 
 __all__ = ["token"]
 
+#: the longest a token may live: ten years
+_MAX_LIFETIME = 3650 * 86400.0
+
 
 @click.group()
 def token() -> None:
@@ -29,9 +32,12 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if seconds > _MAX_LIFETIME:
+        raise click.BadParameter(f"{value!r} is longer than ten years; pick a shorter lifetime")
+    return seconds
 
 
 @token.command("create")

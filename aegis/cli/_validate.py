@@ -21,8 +21,10 @@ from aegis.cli._output import (
     warn,
 )
 from aegis.cli._params import format_option
+from aegis.core._yaml import read_policy_text, yaml11_warnings
 from aegis.core.action import thaw
-from aegis.core.policy import Policy, PolicyRule
+from aegis.core.decision import Approval
+from aegis.core.policy import Policy, PolicyRule, fold_case
 from aegis.errors import PolicyError
 
 __all__ = ["describe_conditions", "schema", "validate"]
@@ -85,6 +87,39 @@ def _counting(rule: PolicyRule) -> dict[str, Any]:
     }
 
 
+def _yaml_notes(path: str) -> list[str]:
+    """Unquoted scalars whose meaning YAML 1.1 tools disagree on, with the fix."""
+    try:
+        text = read_policy_text(path)
+    except PolicyError:  # it loaded a moment ago; a file that changed since says nothing
+        return []
+    return [f"{path}:{line}: {message}" for line, message in yaml11_warnings(text)]
+
+
+def _case_notes(policy: Policy) -> list[str]:
+    """Block rules that a differently-cased name would slip past (match_case not stated)."""
+    if policy.match_case is not None:
+        return []
+    notes = []
+    for rule in policy.rules:
+        if rule.approval is not Approval.BLOCK:
+            continue
+        for side, glob in (("type", rule.match_type), ("target", rule.match_target)):
+            other = glob.upper() if glob != glob.upper() else glob.lower()
+            if other == glob and fold_case(glob) == glob:
+                continue  # nothing to spell otherwise: "*", "42", ...
+            if other == glob:
+                other = fold_case(glob)
+            where = f"{rule.source}: " if rule.source else ""
+            notes.append(
+                f"{where}rule {rule.name!r} blocks {side} {glob!r} case-sensitively, so"
+                f" {other!r} slips past it; add 'match_case: insensitive' to the policy,"
+                " or 'match_case: sensitive' to keep exact matching and silence this"
+            )
+            break
+    return notes
+
+
 def _shadow_message(shadowed: PolicyRule, by: PolicyRule) -> str:
     where = f"{shadowed.source}: " if shadowed.source else ""
     by_where = f" ({by.source})" if by.source else ""
@@ -137,7 +172,11 @@ def _policy_json(label: str, policy: Policy) -> dict[str, Any]:
     is_flag=True,
     help="Also check the files as one layered policy, rules in the order given.",
 )
-@click.option("--strict", is_flag=True, help="Treat warnings (shadowed rules) as failures.")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Treat warnings (shadowed rules, case-sensitive blocks, YAML 1.1 values) as failures.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and warnings.")
 @format_option("table", "json")
 def validate(
@@ -147,7 +186,9 @@ def validate(
 
     Each file is loaded as the runtime would load it. Errors are printed as
     file:line: message and make the command exit with status 1; rules that
-    can never match (an earlier rule always wins) are reported as warnings.
+    can never match (an earlier rule always wins), block rules that a
+    differently-cased name slips past, and unquoted values that YAML 1.1
+    tools read otherwise (y, n, 1:30) are reported as warnings.
 
     \b
     Examples:
@@ -166,11 +207,14 @@ def validate(
             error(str(exc))
             documents.append({"path": path, "ok": False, "error": str(exc)})
             continue
+        notes = _yaml_notes(path) + _case_notes(policy)
         if as_json:
-            documents.append(_policy_json(path, policy))
-            warnings += len(documents[-1]["shadowed"])
+            documents.append({**_policy_json(path, policy), "warnings": notes})
+            warnings += len(documents[-1]["shadowed"]) + len(notes)
         else:
-            warnings += len(_report(path, policy, quiet=quiet))
+            warnings += len(_report(path, policy, quiet=quiet)) + len(notes)
+            for note in notes:
+                warn(note)
 
     merged_failed = False
     if merged and not failures:

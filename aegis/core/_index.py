@@ -28,6 +28,7 @@ __all__ = [
     "PLAIN",
     "RUN",
     "Bucket",
+    "CoverIndex",
     "Entry",
     "Index",
     "Matcher",
@@ -77,6 +78,79 @@ def covers(earlier: str, later: str) -> bool:
         return fnmatch.fnmatchcase(later, earlier)
     prefix, later_prefix = literal_prefix(earlier), literal_prefix(later)
     return prefix is not None and later_prefix is not None and later_prefix.startswith(prefix)
+
+
+def _cover_key(pattern: str) -> tuple[str, str]:
+    if pattern == "*":
+        return ("*", "")
+    if is_literal(pattern):
+        return ("=", pattern)
+    prefix = literal_prefix(pattern)
+    return ("p", prefix) if prefix is not None else ("?", pattern)
+
+
+class _Side:
+    """The catch-all globs seen so far on one side (type or target), by kind."""
+
+    def __init__(self) -> None:
+        self.prefix_lengths: set[int] = set()
+        self.complex: dict[str, None] = {}  # ordered, deduplicated
+
+    def add(self, pattern: str) -> tuple[str, str]:
+        key = _cover_key(pattern)
+        if key[0] == "p":
+            self.prefix_lengths.add(len(key[1]))
+        elif key[0] == "?":
+            self.complex[pattern] = None
+        return key
+
+    def covering(self, pattern: str) -> list[tuple[str, str]]:
+        """The keys of every seen glob that :func:`covers` ``pattern``."""
+        keys = [("*", ""), _cover_key(pattern)]
+        if is_literal(pattern):
+            keys.extend(("p", pattern[:n]) for n in self.prefix_lengths if n <= len(pattern))
+            keys.extend(("?", glob) for glob in self.complex if fnmatch.fnmatchcase(pattern, glob))
+        else:
+            prefix = literal_prefix(pattern)
+            if prefix is not None:
+                keys.extend(("p", prefix[:n]) for n in self.prefix_lengths if n <= len(prefix))
+        return keys
+
+
+class CoverIndex:
+    """Earlier catch-all rules by their globs: which one first covers a later rule.
+
+    Equivalent to trying :func:`covers` against every earlier rule in order,
+    but each lookup costs a few dictionary probes (plus one ``fnmatch`` per
+    distinct glob that is neither literal nor a literal then ``*``), so a
+    policy of thousands of rules is checked in near-linear time.
+    """
+
+    def __init__(self) -> None:
+        self._types = _Side()
+        self._targets = _Side()
+        self._first: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
+
+    def add(self, position: int, match_type: str, match_target: str) -> None:
+        """Remember a catch-all rule (one without conditions) at ``position``."""
+        inner = self._first.setdefault(self._types.add(match_type), {})
+        inner.setdefault(self._targets.add(match_target), position)
+
+    def first_covering(self, match_type: str, match_target: str) -> int | None:
+        """The position of the earliest remembered rule that covers both globs, or ``None``."""
+        best: int | None = None
+        targets: list[tuple[str, str]] | None = None
+        for type_key in self._types.covering(match_type):
+            inner = self._first.get(type_key)
+            if inner is None:
+                continue
+            if targets is None:
+                targets = self._targets.covering(match_target)
+            for target_key in targets:
+                position = inner.get(target_key)
+                if position is not None and (best is None or position < best):
+                    best = position
+        return best
 
 
 # A compiled rule, as a tuple because unpacking one is the cheapest read:
@@ -166,7 +240,9 @@ def _with_runs(entries: list[Entry], rules: tuple[PolicyRule, ...]) -> list[Entr
 class Index:
     """Rules sorted into hash tables by what is literal in their globs."""
 
-    def __init__(self, rules: tuple[PolicyRule, ...]) -> None:
+    def __init__(
+        self, rules: tuple[PolicyRule, ...], fold: Callable[[str], str] | None = None
+    ) -> None:
         exact: dict[tuple[str, str], list[Entry]] = {}
         by_type: dict[str, list[Entry]] = {}
         by_target: dict[str, list[Entry]] = {}
@@ -175,6 +251,8 @@ class Index:
         always: list[Entry] = []
         for pos, rule in enumerate(rules):
             kind, target = rule.match_type, rule.match_target
+            if fold is not None:  # match_case: insensitive: both sides folded alike
+                kind, target = fold(kind), fold(target)
             compiled = rule._compiled_conditions
             check = compiled.check if compiled is not None else None
             clock = CLOCK if compiled is not None and compiled.needs_clock else PLAIN

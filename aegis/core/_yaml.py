@@ -6,6 +6,9 @@ This is the one place where YAML and file-system errors become
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from pathlib import Path
 from typing import Any, Final
 
@@ -13,7 +16,10 @@ import yaml
 
 from aegis.errors import PolicyError
 
-__all__ = ["LineDict", "LineList", "line_of", "load_yaml"]
+__all__ = ["LineDict", "LineList", "line_of", "load_yaml", "read_policy_text", "yaml11_warnings"]
+
+#: the largest policy file read; a policy is a few kilobytes, this is ample
+MAX_BYTES: Final = 16 * 1024 * 1024
 
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -93,8 +99,62 @@ def _construct_sequence(loader: Any, node: yaml.SequenceNode) -> Any:
     data.extend(loader.construct_sequence(node, deep=True))
 
 
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _construct_timestamp(loader: Any, node: yaml.ScalarNode) -> Any:
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except (ValueError, OverflowError) as exc:  # 2024-02-30: a date that does not exist
+        raise PolicyError(
+            f"{node.value} looks like a date but is not one ({exc}); fix it, or quote it:"
+            f" '{node.value}'",
+            line=_line(node),
+        ) from exc
+
+
+_CANONICAL_BOOLS: Final = frozenset({"true", "false"})
+
+
+def _construct_bool(loader: Any, node: yaml.ScalarNode) -> Any:
+    value = loader.construct_yaml_bool(node)
+    if not node.style and node.value.lower() not in _CANONICAL_BOOLS:  # plain: None or ""
+        # YAML 1.1: NO (Norway), off, yes, on are booleans unless quoted.
+        raise PolicyError(
+            f"{node.value} is read by YAML 1.1 as the boolean {str(value).lower()}; write"
+            f" '{node.value}' in quotes for the text, or {str(value).lower()} for the boolean",
+            line=_line(node),
+        )
+    return value
+
+
+_OCTAL: Final = re.compile(r"[-+]?0[0-7_]+")
+
+
+def _construct_int(loader: Any, node: yaml.ScalarNode) -> Any:
+    if _OCTAL.fullmatch(node.value) and node.value.strip("+-0_"):
+        # YAML 1.1 reads 012 as the octal number 10: surely not what was meant.
+        raise PolicyError(
+            f"{node.value} is read by YAML 1.1 as an octal number; write it without the"
+            f" leading zero, or quote it: '{node.value}'",
+            line=_line(node),
+        )
+    try:
+        return loader.construct_yaml_int(node)
+    except ValueError as exc:  # more digits than int() converts (4,300)
+        raise PolicyError(
+            f"the number starting {node.value[:20]}... has too many digits"
+            f" ({len(node.value)}); a policy needs far smaller numbers",
+            line=_line(node),
+        ) from exc
+
+
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+_LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+_LineLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 #: deeper nesting than this is refused before it is composed: libyaml's
@@ -137,15 +197,20 @@ def _check_tokens(text: str) -> None:
             )
 
 
-def load_yaml(path: str | Path) -> Any:
-    """Parse the YAML file at ``path``; mappings in the result are :class:`LineDict`.
+def read_policy_text(path: str | Path) -> str:
+    """The text of the policy file at ``path``: a regular UTF-8 file of at most :data:`MAX_BYTES`.
+
+    A FIFO, a device such as ``/dev/zero`` or an endless file would block
+    or fill memory; each is one clear error instead.
 
     Raises:
-        PolicyError: the file cannot be read or is not valid YAML.
+        PolicyError: the file is missing, not a regular file, too large,
+            unreadable or not UTF-8.
     """
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError as exc:
         raise PolicyError(
             f"policy file not found; check the path (relative paths start from {Path.cwd()})",
@@ -153,12 +218,99 @@ def load_yaml(path: str | Path) -> Any:
         ) from exc
     except IsADirectoryError as exc:
         raise PolicyError("is a directory, not a policy file", path=name) from exc
+    except (OSError, ValueError) as exc:
+        raise PolicyError(f"cannot read policy file: {_strerror(exc)}", path=name) from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise PolicyError("is a directory, not a policy file", path=name)
+        if not stat.S_ISREG(info.st_mode):
+            raise PolicyError(
+                "is not a regular file (a pipe, a device or a socket); give the path of"
+                " a policy file",
+                path=name,
+            )
+        if info.st_size > MAX_BYTES:
+            raise PolicyError(
+                f"is {info.st_size:,} bytes; a policy file may be at most {MAX_BYTES:,}",
+                path=name,
+            )
+        chunks = []
+        left = MAX_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file: {_strerror(exc)}", path=name) from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:  # it grew while we read it
+        raise PolicyError(f"is larger than {MAX_BYTES:,} bytes", path=name)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(
             f"policy file is not UTF-8 text (byte {exc.start}); save it as UTF-8", path=name
         ) from exc
-    except OSError as exc:
-        raise PolicyError(f"cannot read policy file: {exc.strerror or exc}", path=name) from exc
+
+
+def _strerror(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+_SEXAGESIMAL: Final = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+_YAML11_ONLY_BOOLS: Final = frozenset({"y", "Y", "n", "N"})
+
+
+def yaml11_warnings(text: str) -> list[tuple[int, str]]:
+    """Unquoted scalars that YAML 1.1 tools read otherwise than a reader expects.
+
+    ``y`` and ``n`` are text for PyYAML but booleans for other YAML 1.1 tools;
+    ``1:30`` is the base-60 number 90. Returns ``(line, message)`` pairs,
+    each saying how to quote the value. Text that does not scan gives none
+    (loading reports it).
+    """
+    warnings = []
+    try:
+        tokens = list(yaml.scan(text, Loader=_BaseLoader))
+    except yaml.YAMLError:
+        return []
+    for token in tokens:
+        if not isinstance(token, yaml.ScalarToken) or not token.plain:
+            continue
+        line, value = token.start_mark.line + 1, token.value
+        if value in _YAML11_ONLY_BOOLS:
+            warnings.append(
+                (
+                    line,
+                    f"{value} is a boolean in YAML 1.1 (other tools read it as"
+                    f" {'true' if value in ('y', 'Y') else 'false'}); quote it, '{value}',"
+                    " if you mean the text",
+                )
+            )
+        elif _SEXAGESIMAL.fullmatch(value):
+            warnings.append(
+                (
+                    line,
+                    f"{value} is read by YAML 1.1 as a base-60 number; quote it, '{value}',"
+                    " if you mean the text",
+                )
+            )
+    return warnings
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse the YAML file at ``path``; mappings in the result are :class:`LineDict`.
+
+    Raises:
+        PolicyError: the file cannot be read or is not valid YAML.
+    """
+    name = str(path)
+    text = read_policy_text(path)
     try:
         _check_tokens(text)
         return yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass: no arbitrary objects
@@ -176,3 +328,5 @@ def load_yaml(path: str | Path) -> Any:
         ) from exc
     except yaml.YAMLError as exc:
         raise PolicyError(f"invalid YAML: {exc}", path=name) from exc
+    except (ValueError, OverflowError, RecursionError) as exc:  # a constructor we did not wrap
+        raise PolicyError(f"invalid value in YAML: {exc}", path=name) from exc

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 __all__ = ["Action", "FrozenDict", "action_digest", "canonical_json", "freeze", "thaw"]
 
@@ -161,6 +161,8 @@ def _wrap(items: dict[str, Any]) -> FrozenDict:
 
 _EMPTY = _wrap({})
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
+#: how deeply params may nest (mappings and lists); far beyond any tool call
+MAX_DEPTH: Final = 100
 #: what to do instead, for kinds people often pass
 _HINTS: dict[str, str] = {
     "bytes": "decode it to text, or base64-encode it",
@@ -209,14 +211,14 @@ def _plain_key(key: object, where: object) -> str:
     )
 
 
-def _plain_items(mapping: Mapping[Any, Any], where: object) -> dict[str, Any]:
+def _plain_items(mapping: Mapping[Any, Any], where: object, depth: int = 0) -> dict[str, Any]:
     pairs = dict.items(mapping) if isinstance(mapping, dict) else mapping.items()
     items: dict[str, Any] = {}
     for k, v in pairs:
         key = k if type(k) is str else _plain_key(k, where)
         if key in items:
             _raise_key_collision(mapping)
-        items[key] = v if type(v) in _PLAIN_SCALARS else _plain(v, key)
+        items[key] = v if type(v) in _PLAIN_SCALARS else _plain(v, key, depth + 1)
     return items
 
 
@@ -233,17 +235,21 @@ def _raise_key_collision(mapping: Mapping[Any, Any]) -> NoReturn:
     raise TypeError("params keys must be unique strings")  # pragma: no cover  # a lying key
 
 
-def _plain(value: Any, key: object) -> Any:
+def _plain(value: Any, key: object, depth: int = 0) -> Any:
     """``value`` as plain, immutable data, or ``TypeError`` naming ``key``."""
     kind = type(value)
     if kind in _PLAIN_SCALARS:
         return value
+    if depth > MAX_DEPTH:
+        # Deeper data is no tool call's arguments, and would exhaust the
+        # stack of every encoder after us (audit, digest, display).
+        raise TypeError(f"{_where(key)} is nested more than {MAX_DEPTH} levels deep; flatten it")
     if kind is FrozenDict:
         return value
     if kind is dict:
-        return _wrap(_plain_items(value, key))
+        return _wrap(_plain_items(value, key, depth))
     if kind is list or kind is tuple:
-        return tuple([_plain(v, key) for v in value])
+        return tuple([_plain(v, key, depth + 1) for v in value])
     # Subclasses: read them with the base type's own methods, which a
     # subclass cannot override, so that the plain value is the real one.
     if isinstance(value, Enum) and not isinstance(value, int | str):
@@ -258,15 +264,15 @@ def _plain(value: Any, key: object) -> Any:
         text = PurePath.__str__(value)
         return text if type(text) is str else _refuse(value, key)
     if isinstance(value, dict):
-        return _wrap(_plain_items(value, key))
+        return _wrap(_plain_items(value, key, depth))
     if isinstance(value, Mapping):
-        return _wrap(_plain_items(value, key))
+        return _wrap(_plain_items(value, key, depth))
     if isinstance(value, list):
-        return tuple([_plain(v, key) for v in list.__iter__(value)])
+        return tuple([_plain(v, key, depth + 1) for v in list.__iter__(value)])
     if isinstance(value, tuple):
-        return tuple([_plain(v, key) for v in tuple.__iter__(value)])
+        return tuple([_plain(v, key, depth + 1) for v in tuple.__iter__(value)])
     if isinstance(value, set | frozenset):
-        return frozenset([_plain(v, key) for v in value])
+        return frozenset([_plain(v, key, depth + 1) for v in value])
     _refuse(value, key)
 
 
@@ -362,33 +368,66 @@ def _canonical_default(value: object) -> object:
     if type(value) is frozenset:
         # A set has no order; sort by each element's own canonical text so
         # that the same set gives the same text in every process.
-        return sorted(value, key=_canonical_encode)
-    raise TypeError(f"an Action holds no {type(value).__name__}")  # pragma: no cover
+        return sorted(value, key=_canonical_value)
+    # Nothing else is in an Action; other callers (a policy's digest) get a
+    # tagged text, so that two different values never share one.
+    return {"__aegis_type__": type(value).__name__, "repr": repr(value)}
 
 
-# Built once: json.dumps with options builds a new encoder on every call.
-_canonical_encode = json.JSONEncoder(
-    sort_keys=True,
-    separators=(",", ":"),
-    ensure_ascii=False,
-    allow_nan=True,  # a float param may be NaN; the text "NaN" is still unambiguous
-    default=_canonical_default,
-).encode
+def _huge_ints_as_text(value: Any) -> Any:
+    """``value`` with every int too long for ``repr`` as a marked hex text."""
+    if type(value) is int:
+        try:
+            repr(value)
+        except ValueError:
+            return {"__aegis_int__": hex(value)}
+        return value
+    if isinstance(value, Mapping):
+        return {k: _huge_ints_as_text(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_huge_ints_as_text(v) for v in value]
+    if isinstance(value, frozenset):
+        return sorted((_huge_ints_as_text(v) for v in value), key=_canonical_value)
+    return value
+
+
+_encode_text = json.encoder.encode_basestring  # ensure_ascii=False: text stays as written
+# The C encoder, built once (JSONEncoder.encode builds one per call): sorted
+# keys, compact separators, no circular check (an Action holds no cycle).
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:
+    _encode_chunks = _c_make_encoder(
+        None, _canonical_default, _encode_text, None, ":", ",", True, False, True
+    )
+
+    def _canonical_value(value: Any) -> str:
+        return "".join(_encode_chunks(value, 0))
+
+else:  # pragma: no cover  # a Python built without the _json accelerator
+    _slow_encode = json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical_default
+    ).encode
+
+    def _canonical_value(value: Any) -> str:
+        return _slow_encode(value)
 
 
 def canonical_json(action: Action) -> str:
     """``action`` as canonical JSON text: sorted keys, compact, UTF-8.
 
     The same action always gives the same text, whichever process builds
-    it; it is what :func:`action_digest` hashes.
+    it; it is what :func:`action_digest` hashes. An int too long for
+    Python to print is written as ``{"__aegis_int__": "<hex>"}``.
     """
-    return _canonical_encode(
-        {
-            "type": action.type,
-            "target": action.target,
-            "params": action.params,
-            "description": action.description,
-        }
+    params = action.params
+    try:
+        params_text = _canonical_value(params)
+    except ValueError:  # an int past the 4,300-digit limit of int -> str
+        params_text = _canonical_value(_huge_ints_as_text(params))
+    # The keys in sorted order, written out: the same text json.dumps gives.
+    return (
+        f'{{"description":{_encode_text(action.description)},"params":{params_text},'
+        f'"target":{_encode_text(action.target)},"type":{_encode_text(action.type)}}}'
     )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "action_from_json",
     "action_to_json",
     "iso",
+    "parse_approval_ttl",
     "parse_duration",
     "parse_new_request",
     "parse_time",
@@ -45,6 +46,9 @@ __all__ = [
 
 _UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION: Final = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$")
+
+#: the longest an approval request may stay open: 30 days
+MAX_APPROVAL_TTL: Final = 30 * 86400.0
 
 #: the most an agent may put in one request, field by field
 MAX_TEXT: Final = 10_000
@@ -75,6 +79,18 @@ def parse_duration(value: float | str) -> float:
         )
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"a duration must be positive and finite, got {value!r}")
+    return seconds
+
+
+def parse_approval_ttl(value: float | str) -> float:
+    """:func:`parse_duration`, at most :data:`MAX_APPROVAL_TTL` (30 days).
+
+    Raises:
+        ValueError: not a positive duration, or longer than 30 days.
+    """
+    seconds = parse_duration(value)
+    if seconds > MAX_APPROVAL_TTL:
+        raise ValueError(f"{value!r} is longer than 30 days; an approval must not wait that long")
     return seconds
 
 
@@ -249,7 +265,7 @@ def parse_new_request(body: object) -> NewRequest:
     ttl = body.get("approval_ttl")
     if ttl is not None:
         try:
-            ttl = parse_duration(ttl)
+            ttl = parse_approval_ttl(ttl)
         except ValueError as exc:
             raise ValueError(f"approval_ttl: {exc}") from None
     return NewRequest(

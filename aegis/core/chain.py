@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from aegis.core.checkpoint import Checkpoint
 from aegis.core.record import AuditRecord, RecordDraft, RecordKind, safe_repr
 
 __all__ = [
@@ -87,6 +88,25 @@ _encode: Final = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=safe_repr
 ).encode
 
+# The C encoder behind _encode, built once: for a flat list of scalars (no
+# container, so no cycle to detect) it gives the same text without the
+# per-call setup of JSONEncoder.encode. None where CPython has no C speedups.
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_c_scalars = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(
+        None, safe_repr, json.encoder.encode_basestring, None, ":", ",", True, False, True
+    )
+)
+
+
+def _encode_scalars(values: list[Any]) -> str:
+    if _c_scalars is None:
+        return _encode(values)
+    return "".join(_c_scalars(values, 0))
+
+
 _KINDS: Final = (None, RecordKind.START.value, RecordKind.FINAL.value)
 
 
@@ -137,7 +157,8 @@ class VerifyReport:
     ``checked`` counts the records that fit; ``first_bad_id`` is the id of
     the first record that is missing or does not fit (``None`` when ``ok``);
     ``head`` is the head as read, to keep for the next check; ``unfinished``
-    lists the ids of start records without a final record.
+    lists the ids of start records without a final record; ``checkpoints``
+    counts the signed checkpoints whose signature and head were checked.
     """
 
     ok: bool
@@ -146,6 +167,7 @@ class VerifyReport:
     reason: str
     head: Head
     unfinished: tuple[int, ...] = field(default=())
+    checkpoints: int = 0
 
     def __bool__(self) -> bool:
         return self.ok
@@ -157,6 +179,17 @@ def _json_text(value: object) -> str:
     return value if isinstance(value, str) else _encode(safe_repr(value))
 
 
+def _plain(value: object) -> str:
+    # JSON of a value: printable ASCII text without quote or backslash is
+    # written as it is (what the encoder would write), the rest encoded.
+    if type(value) is str and value.isascii() and value.isprintable():
+        if '"' not in value and "\\" not in value:
+            return f'"{value}"'
+    elif type(value) is int:
+        return str(value)
+    return _encode(value)
+
+
 def _extension(
     context: object, decided_at: object, kind: object, digest: object, start_id: object
 ) -> str:
@@ -164,13 +197,13 @@ def _extension(
     if context is not None:
         parts.append(f'"context":{_json_text(context)}')
     if decided_at is not None:
-        parts.append(f'"decided_at":{_encode(decided_at)}')
+        parts.append(f'"decided_at":{_plain(decided_at)}')
     if kind is not None:
-        parts.append(f'"kind":{_encode(kind)}')
+        parts.append(f'"kind":{_plain(kind)}')
     if digest is not None:
-        parts.append(f'"policy_digest":{_encode(digest)}')
+        parts.append(f'"policy_digest":{_plain(digest)}')
     if start_id is not None:
-        parts.append(f'"start_id":{_encode(start_id)}')
+        parts.append(f'"start_id":{_plain(start_id)}')
     return f",{{{','.join(parts)}}}" if parts else ""
 
 
@@ -182,7 +215,7 @@ def row_hash(record: Sequence[Any]) -> str:
     holds the two equal). It runs for every write and every verified record.
     """
     try:
-        scalars = _encode(
+        scalars = _encode_scalars(
             [
                 record[0], record[2], record[3], record[4], record[5], record[7], record[8],
                 record[9], record[10], record[11], record[12], record[13], record[15],
@@ -220,7 +253,11 @@ def seal(draft: RecordDraft, record_id: int, prev_hash: str) -> AuditRecord:
 
 
 def verify_chain(
-    records: Iterable[AuditRecord], expected_head: Head | str | None = None
+    records: Iterable[AuditRecord],
+    expected_head: Head | str | None = None,
+    *,
+    checkpoints: Iterable[Checkpoint] = (),
+    check_signature: Callable[[Checkpoint], bool] | None = None,
 ) -> VerifyReport:
     """Check ``records`` (every record of a chain, in id order); report the first misfit.
 
@@ -230,10 +267,29 @@ def verify_chain(
     (an earlier head) it also catches records removed from the end and a
     chain rewritten since that head.
 
+    With ``check_signature`` (see :mod:`aegis.runtime.signing`), every one of
+    ``checkpoints`` must carry a valid signature and name a head of this
+    chain, which catches a rewrite or a truncation before the last one.
+    Without it, checkpoints are not trusted and not read.
+
     Raises:
         ValueError: ``expected_head`` is not a head.
     """
     expected = None if expected_head is None else Head.parse(expected_head)
+    signed: dict[int, Checkpoint] = {}
+    if check_signature is not None:
+        for checkpoint in sorted(checkpoints, key=lambda c: c.count):
+            if not check_signature(checkpoint):
+                return VerifyReport(
+                    False,
+                    0,
+                    checkpoint.count or None,
+                    f"the checkpoint of record {checkpoint.count} is not signed by the given "
+                    f"key (key id {checkpoint.key_id}): checkpoints were forged or the key is "
+                    "not the one that signed",
+                    EMPTY_HEAD,
+                )
+            signed[checkpoint.count] = checkpoint
     checked = 0
     prev_hash = GENESIS_HASH
     hash_at_expected: str | None = None
@@ -287,7 +343,22 @@ def verify_chain(
         prev_hash = record.hash
         if expected is not None and record_id == expected.count:
             hash_at_expected = prev_hash
+        if signed and record_id in signed and signed[record_id].hash != prev_hash:
+            return fail(
+                record_id,
+                f"record {record_id} differs from its signed checkpoint: the log was rewritten",
+            )
     head = Head(checked, prev_hash)
+    last_signed = max(signed, default=0)
+    if last_signed > checked:
+        return VerifyReport(
+            False,
+            checked,
+            checked + 1,
+            f"the log ends at record {checked} but a signed checkpoint covers record "
+            f"{last_signed}: records were removed from the end",
+            head,
+        )
     if expected is not None:
         if checked < expected.count:
             return VerifyReport(
@@ -308,4 +379,4 @@ def verify_chain(
                 f"record {expected.count} differs from the kept head: the log was rewritten",
                 head,
             )
-    return VerifyReport(True, checked, None, "", head, tuple(open_starts))
+    return VerifyReport(True, checked, None, "", head, tuple(open_starts), len(signed))

@@ -15,6 +15,7 @@ action's params or a dotted path into nested mappings (``"customer.tier"``):
 ``param_in``              the param equals one of the values of a list
 ``param_contains``        the param (a string, list or mapping) contains it
 ``param_matches``         a regular expression finds a match in the param
+                          (linear time: see :mod:`aegis.core._regex`)
 ========================  ==================================================
 
 Time conditions look at the local time in ``timezone`` (an IANA name such as
@@ -49,6 +50,7 @@ from fractions import Fraction
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from aegis.core._regex import RegexError, compile_search
 from aegis.core.action import freeze
 
 __all__ = [
@@ -373,6 +375,11 @@ def _compile_contains(name: str, path: str, expected: object) -> Check:
     return check
 
 
+def _shown(pattern: str, limit: int = 60) -> str:
+    # an error names the pattern, but not a pasted page of it
+    return repr(pattern if len(pattern) <= limit else pattern[: limit - 3] + "...")
+
+
 def _compile_matches(name: str, path: str, expected: object) -> Check:
     if not isinstance(expected, str):
         raise ConditionSpecError(
@@ -381,11 +388,11 @@ def _compile_matches(name: str, path: str, expected: object) -> Check:
             key=name,
         )
     try:
-        search = re.compile(expected).search
-    except re.error as exc:
+        search = compile_search(expected)
+    except RegexError as exc:
         raise ConditionSpecError(
-            f"{name}: {expected!r} for {path!r} is not a valid regular expression:"
-            f" {exc.msg} at position {exc.pos}",
+            f"{name}: {_shown(expected)} for {path!r} cannot be used as a regular"
+            f" expression: {exc}",
             key=name,
         ) from exc
     get = _lookup(path)
@@ -398,7 +405,7 @@ def _compile_matches(name: str, path: str, expected: object) -> Check:
             raise Unevaluable(
                 f"param {path!r} is {_kind(value)}, not a string, so {name} cannot apply"
             )
-        return search(value) is not None
+        return search(value)
 
     return check
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -30,9 +31,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from aegis.core._index import CLOCK, FLOW, RUN, Bucket, Index, covers
+from aegis.core._index import CLOCK, FLOW, RUN, Bucket, CoverIndex, Index
 from aegis.core.action import Action, _canonical_default, freeze, thaw
-from aegis.core.approval_request import parse_duration
+from aegis.core.approval_request import parse_approval_ttl
 from aegis.core.conditions import (
     CompiledConditions,
     ConditionSpecError,
@@ -175,8 +176,9 @@ class PolicyRule:
             raise PolicyError(exc.message, rule=name or None) from exc
         except PolicyError as exc:
             raise PolicyError(exc.message, rule=name or None) from exc
-        except TypeError as exc:  # freeze: a value that could change
-            raise PolicyError(f"conditions: {exc}", rule=name or None) from exc
+        except TypeError as exc:  # freeze: not plain data (a YAML date, say)
+            hint = " (in YAML, quote such a value)" if "not plain JSON" in str(exc) else ""
+            raise PolicyError(f"conditions: {exc}{hint}", rule=name or None) from exc
         fields = self.__dict__
         fields.update(values)
         fields["_compiled"] = compiled
@@ -249,7 +251,7 @@ def _check_ttl(value: object) -> float | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)  # type: ignore[arg-type]  # checked there
+        return parse_approval_ttl(value)  # type: ignore[arg-type]  # checked there
     except ValueError as exc:
         raise PolicyError(f"approval_ttl: {exc}") from None
 
@@ -272,6 +274,7 @@ class Policy:
 
     __slots__ = (
         "_digest",
+        "_fold",
         "_given",
         "_index",
         "_limits",
@@ -279,6 +282,7 @@ class Policy:
         "_template",
         "default_approval",
         "default_risk_level",
+        "match_case",
         "rules",
     )
 
@@ -287,6 +291,8 @@ class Policy:
         rules: Iterable[PolicyRule] = (),
         default_risk_level: RiskLevel | str = RiskLevel.MEDIUM,
         default_approval: Approval | str = Approval.BLOCK,
+        *,
+        match_case: str | None = None,
     ) -> None:
         given = tuple(rules)
         for rule in given:
@@ -305,7 +311,12 @@ class Policy:
         self.rules: tuple[PolicyRule, ...] = _named(given)
         self._size = len(self.rules)
         self._template = _template(self.default_risk_level, self.default_approval, DEFAULT_RULE)
-        self._index = Index(self.rules)
+        if match_case not in MATCH_CASES:
+            raise PolicyError(f"match_case must be sensitive or insensitive, not {match_case!r}")
+        #: ``"insensitive"``, ``"sensitive"``, or ``None`` (not stated: sensitive)
+        self.match_case: str | None = match_case
+        self._fold = fold_case if match_case == "insensitive" else None
+        self._index = Index(self.rules, fold=self._fold)
         self._digest: str | None = None
         stateful = [(rule, rule._rule_limits) for rule in self.rules if rule._rule_limits]
         self._limits = PolicyLimits(stateful) if stateful else None
@@ -360,6 +371,9 @@ class Policy:
         """
         kind = action.type
         target = action.target
+        if self._fold is not None:  # match_case: insensitive
+            kind = self._fold(kind)
+            target = self._fold(target)
         index = self._index
         buckets: list[Bucket] = []
         if index.exact:
@@ -458,7 +472,17 @@ class Policy:
                     f" and again in {_where(rule, 'the second policy')}; rename one of them",
                     rule=rule.name,
                 )
-        return Policy(self._given + other._given, self.default_risk_level, self.default_approval)
+        if (self.match_case or "sensitive") != (other.match_case or "sensitive"):
+            raise PolicyError(
+                f"one policy matches case {self.match_case or 'sensitive'}ly, the other"
+                f" {other.match_case or 'sensitive'}ly; state the same match_case in both"
+            )
+        return Policy(
+            self._given + other._given,
+            self.default_risk_level,
+            self.default_approval,
+            match_case=self.match_case or other.match_case,
+        )
 
     def shadowed_rules(self) -> list[tuple[PolicyRule, PolicyRule]]:
         """Rules that can never match, each with the earlier rule that catches all it would.
@@ -467,16 +491,15 @@ class Policy:
         without conditions has globs that surely match everything it matches.
         """
         shadowed: list[tuple[PolicyRule, PolicyRule]] = []
-        catch_alls: list[PolicyRule] = []
-        for rule in self.rules:
-            for earlier in catch_alls:
-                if covers(earlier.match_type, rule.match_type) and covers(
-                    earlier.match_target, rule.match_target
-                ):
-                    shadowed.append((rule, earlier))
-                    break
+        seen = CoverIndex()
+        fold = self._fold or str
+        for position, rule in enumerate(self.rules):
+            kind, target = fold(rule.match_type), fold(rule.match_target)
+            earlier = seen.first_covering(kind, target)
+            if earlier is not None:
+                shadowed.append((rule, self.rules[earlier]))
             if not rule.conditions:
-                catch_alls.append(rule)
+                seen.add(position, kind, target)
         return shadowed
 
     def to_dict(self) -> dict[str, Any]:
@@ -487,6 +510,7 @@ class Policy:
                 "risk_level": self.default_risk_level.name.lower(),
                 "approval": self.default_approval.value,
             },
+            **({"match_case": self.match_case} if self.match_case else {}),
             "rules": [rule.to_dict() for rule in self._given],
         }
 
@@ -554,7 +578,7 @@ class Policy:
             other.rules,
             other.default_risk_level,
             other.default_approval,
-        )
+        ) and (self.match_case or "sensitive") == (other.match_case or "sensitive")
 
     __hash__ = None  # type: ignore[assignment]  # equal policies need not hash alike
 
@@ -576,6 +600,15 @@ class DuplicateRuleName(PolicyError):
             f"rule name {two.name!r} is used twice{where}; rule names must be unique",
             rule=two.name,
         )
+
+
+#: the values of a policy's ``match_case`` (``None``: not stated, sensitive)
+MATCH_CASES: Final = (None, "sensitive", "insensitive")
+
+
+def fold_case(text: str) -> str:
+    """``text`` as ``match_case: insensitive`` compares it: NFKC, then case-folded."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
 def _where(rule: PolicyRule, fallback: str) -> str:

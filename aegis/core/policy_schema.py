@@ -3,6 +3,7 @@
 ::
 
     version: "1"                       # optional; "1" is the only version
+    match_case: insensitive            # optional; sensitive (exact) when absent
     defaults:                          # optional; medium / block when absent
       risk_level: medium
       approval: approve
@@ -35,6 +36,7 @@ from aegis.core.conditions import FLOW_CONDITIONS, ConditionSpecError, _kind
 from aegis.core.decision import Approval
 from aegis.core.limits import LimitSpecError
 from aegis.core.policy import (
+    MATCH_CASES,
     DuplicateRuleName,
     Policy,
     PolicyRule,
@@ -48,7 +50,7 @@ from aegis.errors import PolicyError
 
 __all__ = ["json_schema", "parse_policy"]
 
-TOP_KEYS: Final = ("version", "defaults", "rules")
+TOP_KEYS: Final = ("version", "defaults", "match_case", "rules")
 DEFAULTS_KEYS: Final = ("risk_level", "approval")
 RULE_KEYS: Final = (
     "name",
@@ -133,11 +135,22 @@ def _parse(data: object, place: _Place) -> Policy:
             data,
         )
     _check_keys(data, TOP_KEYS, "the policy", place)
-    if "version" in data and data["version"] not in ("1", 1):
+    version = data.get("version", "1")
+    # Compared by exact type first: Decimal("sNaN") raises on ==, True == 1.
+    if not (type(version) in (str, int) and version in ("1", 1)):
         raise place.error(
             f'unsupported policy version {data["version"]!r}; this Aegis reads version "1"',
             data,
             "version",
+        )
+    match_case = data.get("match_case")
+    if match_case not in MATCH_CASES:
+        raise place.error(
+            f"match_case must be sensitive (the default: 'Delete' is not 'delete') or"
+            f" insensitive (names compared after Unicode NFKC and case folding), not"
+            f" {_kind(match_case)}",
+            data,
+            "match_case",
         )
     defaults = _mapping(data.get("defaults"), "defaults", place, data, "defaults")
     _check_keys(defaults, DEFAULTS_KEYS, "defaults", place)
@@ -156,7 +169,7 @@ def _parse(data: object, place: _Place) -> Policy:
     rules = [_parse_rule(raw, position, place, data) for position, raw in enumerate(raw_rules, 1)]
     place.rule = None
     try:
-        return Policy(rules, risk, approval)
+        return Policy(rules, risk, approval, match_case=match_case)
     except DuplicateRuleName as exc:
         # Policy checks names; only the raw rules know the lines to point at
         first, second = raw_rules[exc.first], raw_rules[exc.second]
@@ -459,6 +472,11 @@ def json_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "version": {"enum": ["1", 1], "description": "file format version"},
+            "match_case": {
+                "enum": ["sensitive", "insensitive"],
+                "default": "sensitive",
+                "description": "how globs compare names: exactly, or after NFKC and case folding",
+            },
             "defaults": {
                 "type": "object",
                 "additionalProperties": False,

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -58,6 +57,7 @@ __all__ = [
     "check_context",
     "export_line",
     "final_draft",
+    "finish_draft",
     "from_dict",
     "isoformat",
     "load_json",
@@ -396,13 +396,13 @@ def check_context(context: Mapping[str, ContextValue] | None) -> dict[str, Conte
     return out or None
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionStamp:
+class DecisionStamp(NamedTuple):
     """When and under which policy an action was decided, and the caller's context.
 
     ``decided_at`` is an ISO 8601 UTC time (see :func:`isoformat`);
     ``policy_digest`` is the deciding policy's ``digest`` when it has one;
-    ``context`` is a checked context (see :func:`check_context`).
+    ``context`` is a checked context (see :func:`check_context`). A named
+    tuple, immutable and cheap: the runtime makes one per action.
     """
 
     decided_at: str
@@ -565,6 +565,42 @@ def final_draft(  # one field of the record each
         digest,
         start_id,
     )
+
+
+def finish_draft(
+    start: RecordDraft,
+    start_id: int,
+    result: Result,
+    *,
+    human_decision: str | None = None,
+    timestamp: str | None = None,
+) -> RecordDraft:
+    """The final record of the action whose start record is ``start`` (id ``start_id``).
+
+    The action, decision and stamp fields are the start's, already encoded:
+    the same as :func:`final_draft` gives for the same decision, without the
+    work (an action is encoded once on the way through the gate).
+    """
+    data = result.data
+    error = result.error
+    # Built positionally: _replace costs more than the rest of this function.
+    return RecordDraft(
+        _FINAL,
+        start[1],
+        timestamp or _now(),
+        *start[3:11],
+        None if human_decision is None else _text(human_decision),
+        _text(getattr(result.status, "value", result.status)),
+        "null" if data is None else storable_json(data),
+        None if error is None else _text(str(error)),
+        _time(result.started_at),
+        _time(result.completed_at),
+        *start[17:20],
+        start_id,
+    )
+
+
+_FINAL: Final = RecordKind.FINAL.value
 
 
 def _time(moment: object) -> str | None:

@@ -25,12 +25,15 @@ PostgreSQL one (the ``postgres`` extra), and ``store=`` any
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aegis.core.chain import Head, VerifyReport
+from aegis.core.checkpoint import Checkpoint
 from aegis.core.decision import PolicyDecision
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.outcome import ApprovalOutcome
@@ -40,15 +43,19 @@ from aegis.core.record import (
     DecisionStamp,
     RecordDraft,
     final_draft,
+    finish_draft,
     start_draft,
     storable_json,
     to_dict,
 )
 from aegis.core.result import Result
-from aegis.errors import AuditError
+from aegis.errors import AuditError, ConfigurationError
 from aegis.runtime.audit_backend import RecordReader, Subscriber, SubscriberList, write_jsonl
 from aegis.stores import is_postgres_url, open_store
-from aegis.stores.base import AuditStore
+from aegis.stores.base import AuditStore, CheckpointStore
+
+if TYPE_CHECKING:
+    from aegis.runtime.signing import Signer, Verifier
 
 __all__ = ["AuditLogger", "Head", "VerifyReport"]
 
@@ -62,6 +69,17 @@ def _human_text(human_decision: str | ApprovalOutcome | None) -> str | None:
     if isinstance(human_decision, ApprovalOutcome):
         return human_decision.human_decision()
     return human_decision
+
+
+def _stamp_changed(start: RecordDraft, stamp: DecisionStamp | None) -> bool:
+    """Whether ``stamp`` differs from what the start record stored."""
+    if stamp is None:
+        return start.decided_at is not None or start.context is not None
+    return (
+        stamp.decided_at != start.decided_at
+        or stamp.policy_digest != start.policy_digest
+        or ((storable_json(stamp.context) if stamp.context else None) != start.context)
+    )
 
 
 def _stamp(
@@ -99,6 +117,13 @@ class AuditLogger(RecordReader):
         readonly: never write (to read a backup or an evidence copy).
         store: an :class:`~aegis.stores.base.AuditStore` to use instead of
             opening ``db_path``.
+        signing_key: the path of an Ed25519 private key (``aegis audit
+            keygen``), or a :class:`~aegis.runtime.signing.Signer`; defaults
+            to ``$AEGIS_AUDIT_KEY`` when set. The head is then signed every
+            ``checkpoint_every`` records or ``checkpoint_interval`` seconds,
+            whichever comes first, and at :meth:`close` (the ``signing`` extra).
+        checkpoint_every: records between two signed checkpoints.
+        checkpoint_interval: seconds between two signed checkpoints.
         options: more options for the store's engine (e.g. ``schema=`` for
             PostgreSQL).
 
@@ -118,6 +143,9 @@ class AuditLogger(RecordReader):
         synchronous: str = "normal",
         readonly: bool = False,
         store: AuditStore | None = None,
+        signing_key: str | Path | Signer | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 60.0,
         **options: Any,
     ) -> None:
         if store is None:
@@ -137,9 +165,20 @@ class AuditLogger(RecordReader):
         self._queue_loop: asyncio.AbstractEventLoop | None = None
         self._last_writer: asyncio.Task[Any] | None = None
         self._lock = threading.Lock()
-        # start id -> (the params object, its JSON text): the final record of
-        # the action reuses the text instead of encoding the params again
-        self._params: dict[int, tuple[object, str]] = {}
+        # start id -> (the action, its start draft): the final record of the
+        # action reuses the encoded fields instead of encoding them again
+        self._starts: dict[int, tuple[object, object, RecordDraft]] = {}
+        self._signer = None if readonly else _signer(signing_key, store)
+        if checkpoint_every < 1 or not checkpoint_interval > 0:
+            raise ConfigurationError(
+                "checkpoint_every must be 1 or more and checkpoint_interval a positive "
+                f"number of seconds, got {checkpoint_every!r} and {checkpoint_interval!r}"
+            )
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_interval = checkpoint_interval
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._signed: Head | None = None
 
     @property
     def db_path(self) -> str:
@@ -177,11 +216,13 @@ class AuditLogger(RecordReader):
         self._store.check()
 
     def close(self) -> None:
-        """Commit queued records and close the store; calling it again does nothing."""
+        """Commit queued records, sign the head if a key is set, close; idempotent."""
         if self._closed:
             return
         try:
             self._flush()
+            if self._signer is not None:
+                self.checkpoint()
         finally:
             self._closed = True
             self._store.close()
@@ -199,7 +240,34 @@ class AuditLogger(RecordReader):
         if self._subscribers:
             for record in records:
                 self._subscribers.notify(to_dict(record))
+        if self._signer is not None:
+            self._since_checkpoint += len(records)
+            if (
+                self._since_checkpoint >= self._checkpoint_every
+                or time.monotonic() - self._last_checkpoint >= self._checkpoint_interval
+            ):
+                last = records[-1]
+                self._sign(Head(last.id, last.hash))
         return records
+
+    def _sign(self, head: Head) -> Checkpoint | None:
+        signer = self._signer
+        if signer is None or head.count == 0 or head == self._signed:
+            return None
+        checkpoint = signer.sign(head.count, head.hash)
+        self._store.add_checkpoint(checkpoint)  # type: ignore[attr-defined]  # checked at init
+        self._signed = head
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        return checkpoint
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Sign the current head now and keep the checkpoint; ``None`` without a key.
+
+        Also ``None`` when the chain is empty or the head is signed already.
+        """
+        self._check_open()
+        return self._sign(self._store.head())
 
     def _flush(self) -> None:
         ops, self._queue, self._queue_loop = self._queue, [], None
@@ -322,7 +390,7 @@ class AuditLogger(RecordReader):
             params_json=params_json,
         )
         record = await self._submit(draft)
-        self._params[record.id] = (params, params_json)
+        self._starts[record.id] = (decision.action, context, draft)
         return record.id
 
     async def record(  # one argument per field of the record
@@ -342,20 +410,29 @@ class AuditLogger(RecordReader):
         ``start_token`` is the id :meth:`record_start` returned, if the
         action reached the executor; the final record names it.
         """
-        params_json = None
-        if start_token is not None:
-            kept = self._params.pop(start_token, None)
-            if kept is not None and kept[0] is decision.action.params:
-                params_json = kept[1]
-        draft = final_draft(
-            session_id,
-            decision,
-            result,
-            human_decision=_human_text(human_decision),
-            stamp=_stamp(context, decided_at, policy_digest),
-            start_id=start_token,
-            params_json=params_json,
-        )
+        kept = None if start_token is None else self._starts.pop(start_token, None)
+        stamp = _stamp(context, decided_at, policy_digest)
+        draft = None
+        if start_token is not None and kept is not None and kept[0] is decision.action:
+            _, started_context, start = kept
+            if (
+                start.session_id == session_id
+                and start.decided_at == decided_at
+                and start.policy_digest == policy_digest
+                and (started_context is context or not _stamp_changed(start, stamp))
+            ):
+                draft = finish_draft(
+                    start, start_token, result, human_decision=_human_text(human_decision)
+                )
+        if draft is None:
+            draft = final_draft(
+                session_id,
+                decision,
+                result,
+                human_decision=_human_text(human_decision),
+                stamp=stamp,
+                start_id=start_token,
+            )
         return (await self._submit(draft)).id
 
     # -- reading ----------------------------------------------------------------
@@ -419,20 +496,39 @@ class AuditLogger(RecordReader):
         self._check_open()
         return self._store.head()
 
-    def verify(self, expected_head: Head | str | None = None) -> VerifyReport:
+    def verify(
+        self,
+        expected_head: Head | str | None = None,
+        *,
+        public_key: str | Path | Verifier | None = None,
+    ) -> VerifyReport:
         """Check the whole chain, streaming; report the first record that does not fit.
 
         Catches edited, deleted, inserted and reordered records. With
         ``expected_head`` (an earlier :meth:`head`) it also catches records
-        removed from the end, and a log rewritten since that head.
+        removed from the end, and a log rewritten since that head. With
+        ``public_key`` (a ``.pub`` file from ``aegis audit keygen``), every
+        signed checkpoint is checked, which catches the same without a kept
+        head, up to the last checkpoint.
 
         Raises:
             ValueError: ``expected_head`` is not a head.
+            ConfigurationError: ``public_key`` cannot be read.
         """
         self._check_open()
         if expected_head is not None:
             Head.parse(expected_head)  # a malformed head is the caller's error, before any I/O
-        return self._store.verify(expected_head)
+        check = None
+        if public_key is not None:
+            from aegis.runtime.signing import Verifier, load_public_key  # noqa: PLC0415  # the extra
+
+            check = public_key if isinstance(public_key, Verifier) else load_public_key(public_key)
+        return self._store.verify(expected_head, check_signature=check)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """The signed checkpoints the store keeps, by count (none if it keeps none)."""
+        self._check_open()
+        return self._store.checkpoints() if isinstance(self._store, CheckpointStore) else []
 
     # -- subscribers ------------------------------------------------------------
 
@@ -446,3 +542,20 @@ class AuditLogger(RecordReader):
     def unsubscribe(self, callback: Subscriber) -> None:
         """Stop calling ``callback``; unknown callbacks are ignored."""
         self._subscribers.remove(callback)
+
+
+def _signer(key: str | Path | Signer | None, store: AuditStore) -> Signer | None:
+    """The signer of checkpoints for ``key`` (or ``$AEGIS_AUDIT_KEY``), if any."""
+    if key is None:
+        key = os.environ.get("AEGIS_AUDIT_KEY") or None
+        if key is None:
+            return None
+    from aegis.runtime.signing import Signer  # noqa: PLC0415  # the signing extra
+
+    signer = key if isinstance(key, Signer) else Signer(key)
+    if not isinstance(store, CheckpointStore):
+        raise ConfigurationError(
+            f"the audit store {store.url!r} cannot keep signed checkpoints; "
+            "use SQLite or the memory store, or leave signing_key and $AEGIS_AUDIT_KEY unset"
+        )
+    return signer

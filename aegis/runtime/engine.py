@@ -41,7 +41,7 @@ from aegis.core.record import ContextValue, DecisionStamp, check_context
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import AegisError, AuditError, ConfigurationError
-from aegis.runtime._call import binding_for
+from aegis.runtime._binding import binding_for
 from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
 from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
@@ -429,7 +429,7 @@ class Runtime:
             decided = canonical_json(decision.action)
         view = copy.copy(decision)
         # A framework integration may bring an answer given while its run was
-        # suspended; it passes the same checks as a fresh one (see _call).
+        # suspended; it passes the same checks as a fresh one (see _binding).
         binding = binding_for(decision.action)
         try:
             approved: Any

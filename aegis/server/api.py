@@ -160,11 +160,17 @@ async def create_request(request: Request) -> Response:
 
 
 async def list_requests(request: Request) -> Response:
-    """GET /api/v1/approvals?status=pending|...|all: requests, newest first (reviewers)."""
+    """GET /api/v1/approvals?status=...&requester=...&session=...: newest first (reviewers)."""
     principal = await _principal(request)
     status = statuses(request.query_params.get("status"))
     limit = int(_number(request, "limit", 100, 1, 1000))
-    found = await _service(request).list_requests(principal, status, limit=limit)
+    found = await _service(request).list_requests(
+        principal,
+        status,
+        requester=request.query_params.get("requester") or None,
+        session_id=request.query_params.get("session") or None,
+        limit=limit,
+    )
     return JSONResponse({"approvals": [r.to_json() for r in found]})
 
 

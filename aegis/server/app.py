@@ -39,7 +39,6 @@ except ImportError as exc:  # pragma: no cover  # CI installs every extra
     ) from exc
 
 from aegis.core.policy import Policy
-from aegis.errors import StoreError
 from aegis.server.api import api_routes, error_response
 from aegis.server.service import ApprovalService
 
@@ -60,22 +59,16 @@ def open_service(
 ) -> ApprovalService:
     """Open the audit trail and the approval tables in ``db`` (a path or a PostgreSQL DSN).
 
-    The audit trail is opened first, so a new SQLite file becomes an
-    audit database before the approval tables join it.
+    ``schema`` (PostgreSQL only) names the schema of both the audit trail
+    and the approval tables; the connection's ``current_schema()`` when
+    ``None``.
     """
     # Imported here: the runtime's audit pulls in SQLite code the API module never needs.
     from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
     from aegis.stores.approvals import open_approval_store  # noqa: PLC0415
 
-    if db.startswith(("postgresql://", "postgres://")):
-        import aegis.stores  # noqa: PLC0415
-
-        if not hasattr(aegis.stores, "open_store"):
-            raise StoreError(
-                "this Aegis has no PostgreSQL audit trail, so the approval service cannot "
-                "use one; use a SQLite file for --db"
-            )
-    audit = AuditLogger(db)
+    # The audit trail and the approvals share one schema when one is named.
+    audit = AuditLogger(db) if schema is None else AuditLogger(db, schema=schema)
     try:
         head = getattr(audit, "head", None)
         if callable(head):

@@ -6,7 +6,7 @@ inline script altogether: whatever an agent wrote (type, target, params,
 description, reason) is text on these pages, never markup.
 
 Sign-in takes a reviewer token once and answers with a session cookie
-(signed with the server's session key, HttpOnly, ``SameSite=Strict``,
+(:mod:`aegis.server.sessions`: signed, HttpOnly, ``SameSite=Strict``,
 expiring); the token itself is never stored in the browser. Every request
 re-checks that the token behind the session is still valid, so revoking a
 token signs its sessions out. Every form carries a CSRF token bound to the
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import secrets
@@ -34,8 +33,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import jinja2
-from itsdangerous import BadSignature, URLSafeTimedSerializer
-from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
@@ -45,7 +42,9 @@ from aegis.core.approval_request import ApprovalRequest, RequestStatus, Role, Ve
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError
+from aegis.server.api import MAX_GRANT_MINUTES
 from aegis.server.service import ApprovalEvent, ApprovalService, Principal
+from aegis.server.sessions import BrowserSessions, Session
 from aegis.stores.approvals import hash_token
 
 __all__ = ["CONTENT_SECURITY_POLICY", "Inbox", "Reviewer", "human_duration", "security_headers"]
@@ -56,16 +55,10 @@ _log = logging.getLogger("aegis.server.inbox")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-SESSION_COOKIE: Final = "aegis_session"
-SIGNIN_COOKIE: Final = "aegis_signin"
-FLASH_COOKIE: Final = "aegis_flash"
 
-#: seconds the sign-in form stays valid
-SIGNIN_TTL: Final = 900
 #: seconds between keep-alive comments on a quiet event stream
 KEEPALIVE: Final = 15.0
 MAX_COMMENT: Final = 2000
-MAX_GRANT_MINUTES: Final = 1440
 HISTORY_STATUSES: Final = ("all", "approved", "denied", "expired", "cancelled")
 #: how many recent requests History filters by agent and reviewer
 HISTORY_SCAN: Final = 1000
@@ -96,11 +89,10 @@ def security_headers(*, secure: bool = False) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Reviewer:
-    """Who is signed in: the principal, the hash of their token, their session's CSRF token."""
+    """Who is signed in: the principal, and the session that says so."""
 
     principal: Principal
-    token_hash: str
-    csrf: str
+    session: Session
 
 
 # ------------------------------------------------------------------ formatting
@@ -184,13 +176,7 @@ class Inbox:
         audit_limit: int = 100,
     ) -> None:
         self.service = service
-        key = session_key if session_key else secrets.token_bytes(32)
-        self._sessions = URLSafeTimedSerializer(key, salt="aegis.inbox.session")
-        self._signin_nonces = URLSafeTimedSerializer(key, salt="aegis.inbox.signin")
-        self._flash = URLSafeTimedSerializer(key, salt="aegis.inbox.flash")
-        self._session_ttl = int(session_ttl)
-        public = urllib.parse.urlsplit(public_url) if public_url else None
-        self._public_origin = (public.scheme, public.netloc) if public else None
+        self.sessions = BrowserSessions(session_key, ttl=session_ttl, public_url=public_url)
         self._poll_interval = poll_interval
         self._history_limit = history_limit
         self._audit_limit = audit_limit
@@ -260,62 +246,19 @@ class Inbox:
 
     # -------------------------------------------------------------- sessions
 
-    def _read_session(self, request: Request) -> dict[str, str] | None:
-        raw = request.cookies.get(SESSION_COOKIE)
-        if not raw:
-            return None
-        try:
-            data = self._sessions.loads(raw, max_age=self._session_ttl)
-        except BadSignature:  # SignatureExpired is one too
-            return None
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in "hc"):
-            return None
-        return {"h": data["h"], "c": data["c"]}
-
     async def reviewer(self, request: Request) -> Reviewer | None:
         """The signed-in reviewer, if the session is valid and its token still is."""
-        data = self._read_session(request)
-        if data is None:
+        session = self.sessions.read(request)
+        if session is None:
             return None
         # The session names the token by its hash, as the store keeps it: the
         # token itself never reaches the browser again after sign-in.
-        info = await asyncio.to_thread(self.service.store.token_by_hash, data["h"])
+        info = await asyncio.to_thread(self.service.store.token_by_hash, session.token_hash)
         if info is None or info.role is not Role.REVIEWER:
             return None
         if not info.usable_at(self.service.clock()):
             return None
-        return Reviewer(Principal(info.name, info.role, info.groups), data["h"], data["c"])
-
-    def _same_origin(self, request: Request) -> bool:
-        # SameSite=Strict keeps the cookie off cross-site posts already; this
-        # also refuses a post whose Origin (or Referer) names another site.
-        # (Browsers send "Origin: null" from sandboxed or privacy-stripped
-        # contexts: refused too; the pages' Referrer-Policy keeps ours real.)
-        origin = request.headers.get("origin") or request.headers.get("referer")
-        if origin is None:
-            return True  # not a browser (no browser omits both on a form post)
-        parts = urllib.parse.urlsplit(origin)
-        given = (parts.scheme, parts.netloc)
-        return given in {(request.url.scheme, request.url.netloc), self._public_origin}
-
-    def _secure(self, request: Request) -> bool:
-        """Whether cookies get ``Secure``: served over TLS, here or by a proxy in front."""
-        return request.url.scheme == "https" or (
-            self._public_origin is not None and self._public_origin[0] == "https"
-        )
-
-    async def _form(self, request: Request, csrf: str) -> FormData | None:
-        """The posted form when it is from this inbox and carries ``csrf``; else ``None``."""
-        if not csrf or not self._same_origin(request):
-            return None
-        try:
-            form = await request.form(max_files=0, max_fields=20, max_part_size=64 * 1024)
-        except Exception:  # a malformed or oversized form is refused like a forged one
-            return None
-        given = form.get("csrf")
-        if not isinstance(given, str) or not hmac.compare_digest(given, csrf):
-            return None
-        return form
+        return Reviewer(Principal(info.name, info.role, info.groups), session)
 
     # -------------------------------------------------------------- rendering
 
@@ -325,18 +268,6 @@ class Inbox:
             digest = hashlib.sha256((HERE / "static" / name).read_bytes()).hexdigest()
             version = self._static_versions[name] = digest[:10]
         return f"/static/{name}?v={version}"
-
-    def _read_flashes(self, request: Request) -> list[tuple[str, str]]:
-        raw = request.cookies.get(FLASH_COOKIE)
-        if not raw:
-            return []
-        try:
-            data = self._flash.loads(raw, max_age=60)
-        except BadSignature:
-            return []
-        if isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data):
-            return [(data[0], data[1])]
-        return []
 
     def render(
         self,
@@ -358,13 +289,13 @@ class Inbox:
         def url(name: str, **params: str) -> str:
             return str(request.app.url_path_for(name, **params))
 
-        shown = [*([] if fragment else self._read_flashes(request)), *flashes]
+        shown = [*([] if fragment else self.sessions.flashes(request)), *flashes]
         html = self._env.get_template(template).render(
             {
                 "title": "Inbox",
                 "page": "",
                 "reviewer": reviewer.principal if reviewer else None,
-                "csrf": reviewer.csrf if reviewer else "",
+                "csrf": reviewer.session.csrf if reviewer else "",
                 "pending_count": None,
                 "flashes": shown,
                 "url": url,
@@ -373,8 +304,8 @@ class Inbox:
             }
         )
         response = HTMLResponse(html, status_code=status_code, headers=_headers(request))
-        if not fragment and request.cookies.get(FLASH_COOKIE):
-            response.delete_cookie(FLASH_COOKIE, path="/")
+        if not fragment:
+            self.sessions.drop_flashes(request, response)
         return response
 
     def _redirect(
@@ -382,16 +313,7 @@ class Inbox:
     ) -> RedirectResponse:
         response = RedirectResponse(target, status_code=303, headers=_headers(request))
         if flash is not None:
-            # a signed cookie, not the query string: no link can put words on these pages
-            response.set_cookie(
-                FLASH_COOKIE,
-                self._flash.dumps(list(flash)),
-                max_age=60,
-                httponly=True,
-                samesite="strict",
-                secure=self._secure(request),
-                path="/",
-            )
+            self.sessions.flash(request, response, *flash)
         return response
 
     def _to_signin(self, request: Request) -> Response:
@@ -433,27 +355,12 @@ class Inbox:
                 "next": _safe_next(request.query_params.get("next")),
             },
         )
-        response.set_cookie(
-            SIGNIN_COOKIE,
-            self._signin_nonces.dumps(nonce),
-            max_age=SIGNIN_TTL,
-            httponly=True,
-            samesite="strict",
-            secure=self._secure(request),
-            path="/signin",
-        )
+        self.sessions.set_nonce(request, response, nonce)
         return response
 
     async def signin(self, request: Request) -> Response:
         """Check a reviewer token and start a session."""
-        nonce = ""
-        raw = request.cookies.get(SIGNIN_COOKIE)
-        if raw:
-            try:
-                nonce = str(self._signin_nonces.loads(raw, max_age=SIGNIN_TTL))
-            except BadSignature:
-                nonce = ""
-        form = await self._form(request, nonce)
+        form = await self.sessions.form(request, self.sessions.nonce(request))
         if form is None:
             return self._redirect(
                 request, "/signin", ("error", "The sign-in form expired; please try again.")
@@ -471,27 +378,21 @@ class Inbox:
                 back,
                 ("error", f"{principal.name} has an agent token; sign in with a reviewer token."),
             )
-        session = self._sessions.dumps({"h": hash_token(token), "c": secrets.token_urlsafe(24)})
         response = self._redirect(request, next_page or "/")
-        response.set_cookie(
-            SESSION_COOKIE,
-            session,
-            max_age=self._session_ttl,
-            httponly=True,
-            samesite="strict",
-            secure=self._secure(request),
-            path="/",
-        )
-        response.delete_cookie(SIGNIN_COOKIE, path="/signin")
+        self.sessions.start(request, response, hash_token(token))
+        self.sessions.drop_nonce(response)
         return response
 
     async def signout(self, request: Request) -> Response:
         """End the session: a POST with the CSRF token, so no link or other site can."""
         reviewer = await self.reviewer(request)
-        if reviewer is not None and await self._form(request, reviewer.csrf) is None:
+        if (
+            reviewer is not None
+            and await self.sessions.form(request, reviewer.session.csrf) is None
+        ):
             return self._forged(request, reviewer)
         response = self._redirect(request, "/signin", ("ok", "Signed out."))
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        self.sessions.end(response)
         return response
 
     # -------------------------------------------------------------- pending
@@ -608,6 +509,7 @@ class Inbox:
                 "page": "request",
                 "req": view,
                 "params_json": _pretty_json(view["action"]["params"]),
+                "max_grant_minutes": MAX_GRANT_MINUTES,
                 "refusal": f"You cannot decide this: {refusal}." if refusal else None,
             },
             reviewer=reviewer,
@@ -621,7 +523,7 @@ class Inbox:
         if reviewer is None:
             return self._to_signin(request)
         request_id = request.path_params["request_id"]
-        form = await self._form(request, reviewer.csrf)
+        form = await self.sessions.form(request, reviewer.session.csrf)
         if form is None:
             return self._forged(request, reviewer)
         verdict_text = form.get("verdict")
@@ -698,7 +600,10 @@ class Inbox:
             if by and all(d.reviewer != by for d in item.decisions):
                 continue
             view = _request_view(item, now)
-            view["who"] = ", ".join(d.reviewer for d in item.decisions)
+            view["who"] = ", ".join(
+                f"{d.reviewer} {'approved' if d.verdict is Verdict.APPROVE else 'denied'}"
+                for d in item.decisions
+            )
             comments = [f"{d.reviewer}: {d.comment}" for d in item.decisions if d.comment]
             view["comment"] = "; ".join(comments) or item.status_reason
             view["finished_at"] = (
@@ -776,7 +681,7 @@ class Inbox:
         reviewer = await self.reviewer(request)
         if reviewer is None:
             return self._to_signin(request)
-        if await self._form(request, reviewer.csrf) is None:
+        if await self.sessions.form(request, reviewer.session.csrf) is None:
             return self._forged(request, reviewer)
         grant_id = request.path_params["grant_id"]
         try:

@@ -2,11 +2,11 @@
 
 ``aegis serve --webhook URL`` and ``--slack-webhook URL`` turn every approval
 event (``approval.requested``, ``approval.decided``, ``approval.expired``,
-``approval.cancelled``) into an HTTP POST. Delivery runs on its own thread
-with its own event loop: :meth:`Notifications.publish` only puts the event
-on a queue and returns, so a receiver that is slow, down or hanging can
-delay nothing but its own deliveries. Each receiver has its own queue and
-worker, so one dead receiver does not hold up another.
+``approval.cancelled``) into an HTTP POST. Each receiver has its own queue
+and delivery thread: :meth:`Notifications.publish` only appends the event to
+the queues and returns, so a receiver that is slow, down or hanging delays
+nothing but its own deliveries, never a request, a decision or another
+receiver.
 
 A webhook delivery is a JSON document::
 
@@ -51,12 +51,15 @@ as a new message in the same channel saying who decided and the verdict.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import random
 import secrets
+import ssl
 import threading
 import time
 import urllib.parse
@@ -64,8 +67,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
-
-import httpx
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -104,6 +105,9 @@ DEFAULT_TOLERANCE: Final = 300.0
 _RETRY_STATUSES: Final = frozenset({408, 425, 429})
 
 _USER_AGENT: Final = "aegis-notify/1"
+
+#: bytes of a receiver's answer read (and ignored); the rest closes the connection
+_MAX_ANSWER: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,24 +348,199 @@ def _check_url(url: str, option: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError(f"{option} {url!r} is not an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018  # raises on a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"{option} {url!r}: {exc}") from None
     return url
 
 
-@dataclass(slots=True)
-class _Receiver:
-    kind: str
-    url: str
-    render: Render
-    stats: DeliveryStats = field(default_factory=DeliveryStats)
-    queue: asyncio.Queue[Notification] | None = None
+class _Receiver(threading.Thread):
+    """One receiver's queue and the thread that delivers it, oldest event first.
 
-    @property
-    def shown(self) -> str:
-        return f"{self.kind} {_display_url(self.url)}"
+    Plain ``http.client`` on a kept-alive connection: a delivery costs the
+    process a fraction of what an async client would, which matters because
+    this thread shares the interpreter with the service it must not slow.
+    """
+
+    def __init__(self, kind: str, url: str, render: Render, owner: Notifications) -> None:
+        super().__init__(name=f"aegis-notify-{kind}", daemon=True)
+        self.kind = kind
+        self.url = url
+        self.render = render
+        self.owner = owner
+        self.stats = DeliveryStats()
+        self.shown = f"{kind} {_display_url(url)}"
+        parts = urllib.parse.urlsplit(url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        self._queue: collections.deque[Notification] = collections.deque()
+        self._wake = threading.Condition()
+        self._stop_at: float | None = None  # monotonic deadline once closing
+        self._connection: http.client.HTTPConnection | None = None
+
+    # ---------------------------------------------------------- the caller's side
+
+    def put(self, event: Notification) -> None:
+        with self._wake:
+            if len(self._queue) >= self.owner.max_queue:
+                dropped = self._queue.popleft()
+                self.stats.dropped += 1
+                if self.stats.dropped in (1, 10) or self.stats.dropped % 1000 == 0:
+                    # one line now and then, not one per event: a dead receiver is no log flood
+                    logger.warning(
+                        "notifications: %s is %d events behind; dropped %d so far (the latest %s)",
+                        self.shown,
+                        self.owner.max_queue,
+                        self.stats.dropped,
+                        dropped.id,
+                    )
+            self._queue.append(event)
+            self._wake.notify()
+
+    def stop(self, deadline: float) -> None:
+        with self._wake:
+            self._stop_at = deadline
+            self._wake.notify()
+
+    # ---------------------------------------------------------- the thread
+
+    def _stopped(self) -> bool:
+        return self._stop_at is not None and time.monotonic() >= self._stop_at
+
+    def _next(self) -> Notification | None:
+        with self._wake:
+            while not self._queue:
+                if self._stop_at is not None:
+                    return None
+                self._wake.wait()
+            if self._stopped():
+                return None
+            return self._queue.popleft()
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless closing cuts it short; ``False`` when it did."""
+        end = time.monotonic() + seconds
+        with self._wake:
+            while True:
+                limit = end if self._stop_at is None else min(end, self._stop_at)
+                left = limit - time.monotonic()
+                if left <= 0:
+                    return not self._stopped()
+                self._wake.wait(left)
+
+    def run(self) -> None:
+        try:
+            while (event := self._next()) is not None:
+                try:
+                    self._deliver(event)
+                except Exception:  # a bug must not end the thread; the event is logged and dropped
+                    self.stats.failed += 1
+                    logger.exception(
+                        "notifications: could not deliver %s to %s", event.id, self.shown
+                    )
+        finally:
+            self._disconnect()
+            left = len(self._queue)
+            if left:
+                logger.warning(
+                    "notifications: stopped with %d event(s) undelivered to %s", left, self.shown
+                )
+
+    def _deliver(self, event: Notification) -> None:
+        owner = self.owner
+        problem = ""
+        for attempt in range(1, owner.attempts + 1):
+            body, headers = self.render(event)  # signed afresh: the timestamp is this attempt's
+            status, retry_after, problem = self._post(body, headers)
+            if status is not None and 200 <= status < 300:
+                self.stats.delivered += 1
+                return
+            if status is not None and status < 500 and status not in _RETRY_STATUSES:
+                break  # the receiver refuses it for good
+            if attempt == owner.attempts:
+                break
+            self.stats.retried += 1
+            delay = min(owner.max_backoff, owner.backoff * 2 ** (attempt - 1))
+            # jitter, so that receivers coming back are not stampeded by every sender at once
+            delay *= 0.5 + random.random() / 2
+            if retry_after is not None:
+                delay = min(owner.max_backoff, max(delay, retry_after))
+            logger.info(
+                "notifications: %s attempt %d for %s failed (%s); retrying in %.1fs",
+                self.shown,
+                attempt,
+                event.id,
+                problem,
+                delay,
+            )
+            if not self._pause(delay):
+                problem += "; stopped before the next attempt"
+                break
+        self.stats.failed += 1
+        logger.warning(
+            "notifications: gave up delivering %s %s to %s: %s",
+            event.type,
+            event.id,
+            self.shown,
+            problem,
+        )
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._connection is None:
+            timeout = self.owner.timeout
+            if self._https:
+                self._connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=timeout, context=ssl.create_default_context()
+                )
+            else:
+                self._connection = http.client.HTTPConnection(
+                    self._host, self._port, timeout=timeout
+                )
+        return self._connection
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int | None, float | None, str]:
+        """One attempt: ``(status, retry_after, problem)``; ``status`` is ``None`` on no answer."""
+        for fresh in (False, True):
+            reused = self._connection is not None
+            connection = self._connect()
+            try:
+                connection.request("POST", self._target, body=body, headers=headers)
+                response = connection.getresponse()
+                response.read(_MAX_ANSWER)  # what is left unread closes the connection
+                if not response.isclosed():
+                    self._disconnect()
+            except TimeoutError:
+                self._disconnect()
+                return None, None, f"no answer within {self.owner.timeout:g}s"
+            except (OSError, http.client.HTTPException) as exc:
+                self._disconnect()
+                if reused and not fresh:
+                    continue  # a kept-alive connection the receiver had closed: once more, anew
+                return (
+                    None,
+                    None,
+                    f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                )
+            if response.will_close:
+                self._disconnect()
+            status = response.status
+            return status, _retry_after(response.getheader("Retry-After")), f"HTTP {status}"
+        return None, None, "no connection"  # pragma: no cover - the loop always returns
 
 
 class Notifications:
     """Deliver approval events to webhooks and Slack, in the background.
+
+    Each receiver has its own queue and thread; :meth:`publish` only appends
+    to the queues, so it costs the caller microseconds whatever the receivers do.
 
     Args:
         webhooks: URLs that receive every event as signed JSON.
@@ -369,7 +548,7 @@ class Notifications:
         slack_webhooks: Slack incoming-webhook URLs.
         public_url: the inbox's address as reviewers reach it (for links),
             e.g. ``https://aegis.example.com``; ``None`` sends no links.
-        timeout: seconds one attempt may take, connecting included.
+        timeout: seconds to connect, and seconds each read or write may wait.
         attempts: how many times a delivery is tried before it is dropped.
         backoff: the first retry's delay in seconds; it doubles each time,
             with jitter, up to ``max_backoff``.
@@ -396,7 +575,6 @@ class Notifications:
         backoff: float = 1.0,
         max_backoff: float = 300.0,
         max_queue: int = 1000,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if webhooks and not secret:
             raise ValueError(
@@ -409,27 +587,21 @@ class Notifications:
             raise ValueError("timeout, backoff, max_backoff and max_queue must be positive")
         self._secret = secret or ""
         self._public_url = public_url.rstrip("/") if public_url else None
-        self._timeout = timeout
-        self._attempts = attempts
-        self._backoff = backoff
-        self._max_backoff = max_backoff
-        self._max_queue = max_queue
-        self._transport = transport
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_queue = max_queue
         self._receivers = [
-            _Receiver("webhook", _check_url(url, "--webhook"), self._render_webhook)
+            _Receiver("webhook", _check_url(url, "--webhook"), self._render_webhook, self)
             for url in webhooks
         ] + [
-            _Receiver("slack", _check_url(url, "--slack-webhook"), self._render_slack)
+            _Receiver("slack", _check_url(url, "--slack-webhook"), self._render_slack, self)
             for url in slack_webhooks
         ]
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stopping: asyncio.Event | None = None
-        self._main: asyncio.Future[None] | None = None
         self._lock = threading.Lock()
+        self._started = False
         self._closed = False
-        self._close_timeout = 5.0
 
     # -------------------------------------------------------------- public
 
@@ -450,13 +622,13 @@ class Notifications:
         return f"{self._public_url}/requests/{urllib.parse.quote(request_id, safe='')}"
 
     def start(self) -> None:
-        """Start the delivery thread (once); a no-op without receivers."""
+        """Start the delivery threads (once); a no-op without receivers."""
         with self._lock:
-            if self._thread is not None or not self._receivers or self._closed:
+            if self._started or self._closed:
                 return
-            self._thread = threading.Thread(target=self._run, name="aegis-notify", daemon=True)
-            self._thread.start()
-        self._ready.wait()
+            self._started = True
+            for receiver in self._receivers:
+                receiver.start()
 
     def publish(
         self, event_type: str, request: Mapping[str, Any], *, reviewer: str | None = None
@@ -468,20 +640,14 @@ class Notifications:
         """
         if not self._receivers or self._closed:
             return None
+        if not self._started:
+            self.start()
         request_id = str(request.get("id", ""))
         event = Notification(
             event_type, dict(request), link=self.link(request_id), reviewer=reviewer
         )
-        loop = self._loop
-        if loop is None:
-            self.start()
-            loop = self._loop
-        if loop is None:  # closed meanwhile
-            return None
-        try:
-            loop.call_soon_threadsafe(self._enqueue, event)
-        except RuntimeError:  # the loop closed between the check and the call
-            return None
+        for receiver in self._receivers:
+            receiver.put(event)
         return event
 
     def attach(self, service: ApprovalService) -> Callable[[], None]:
@@ -504,7 +670,7 @@ class Notifications:
         """
         if not self.enabled:
             return None
-        await asyncio.to_thread(self.start)
+        self.start()
         detach = self.attach(app.state.service)
 
         async def live() -> None:
@@ -520,143 +686,17 @@ class Notifications:
         """Deliver what is queued for up to ``timeout`` seconds, then stop."""
         with self._lock:
             self._closed = True
-            self._close_timeout = max(0.0, timeout)
-            thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
+            started = self._started
+        if not started:
             return
-        stopping = self._stopping
-        if stopping is not None:
-            try:
-                loop.call_soon_threadsafe(stopping.set)
-            except RuntimeError:  # the loop already ended
-                return
-        thread.join(timeout + 1.0)
-
-    # -------------------------------------------------------------- the thread
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(self._serve(loop))
-        except Exception:  # logged; publish() then finds no loop and drops events
-            logger.exception("notifications: the delivery thread stopped")
-        finally:
-            self._loop = None
-            self._ready.set()
-            loop.close()
-
-    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._stopping = asyncio.Event()
+        deadline = time.monotonic() + max(0.0, timeout)
         for receiver in self._receivers:
-            receiver.queue = asyncio.Queue()
-        self._loop = loop
-        self._ready.set()
-        limits = httpx.Limits(max_connections=4 * len(self._receivers))
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(self._timeout),
-            limits=limits,
-            follow_redirects=False,
-            headers={"User-Agent": _USER_AGENT},
-            transport=self._transport,
-        ) as client:
-            workers = [
-                asyncio.create_task(self._work(client, receiver)) for receiver in self._receivers
-            ]
-            await self._stopping.wait()
-            # drain: give queued events the close timeout, then give up on them
-            drained = asyncio.gather(*(r.queue.join() for r in self._receivers if r.queue))
-            try:
-                await asyncio.wait_for(drained, timeout=self._close_timeout)
-            except TimeoutError:
-                left = sum(r.queue.qsize() for r in self._receivers if r.queue)
-                logger.warning("notifications: stopped with %d event(s) undelivered", left)
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-        self._loop = None
-
-    def _enqueue(self, event: Notification) -> None:
+            receiver.stop(deadline)
         for receiver in self._receivers:
-            queue = receiver.queue
-            if queue is None:
-                continue
-            if queue.qsize() >= self._max_queue:
-                dropped = queue.get_nowait()
-                queue.task_done()
-                receiver.stats.dropped += 1
-                logger.warning(
-                    "notifications: %s is %d events behind; dropped %s %s",
-                    receiver.shown,
-                    self._max_queue,
-                    dropped.type,
-                    dropped.id,
-                )
-            queue.put_nowait(event)
-
-    async def _work(self, client: httpx.AsyncClient, receiver: _Receiver) -> None:
-        queue = receiver.queue
-        assert queue is not None  # set before the workers start
-        while True:
-            event = await queue.get()
-            try:
-                await self._deliver(client, receiver, event)
-            except Exception:  # a bug must not end the worker; the event is logged and dropped
-                receiver.stats.failed += 1
-                logger.exception(
-                    "notifications: could not deliver %s to %s", event.id, receiver.shown
-                )
-            finally:
-                queue.task_done()
-
-    async def _deliver(
-        self, client: httpx.AsyncClient, receiver: _Receiver, event: Notification
-    ) -> None:
-        problem = ""
-        for attempt in range(1, self._attempts + 1):
-            body, headers = receiver.render(event)
-            retry_after: float | None = None
-            try:
-                # httpx's timeout bounds each read; this bounds a receiver that trickles
-                response = await asyncio.wait_for(
-                    client.post(receiver.url, content=body, headers=headers), self._timeout
-                )
-            except TimeoutError:
-                problem = f"no answer within {self._timeout:g}s"
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            else:
-                if response.is_success:
-                    receiver.stats.delivered += 1
-                    return
-                problem = f"HTTP {response.status_code}"
-                if response.status_code < 500 and response.status_code not in _RETRY_STATUSES:
-                    break
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-            if attempt == self._attempts:
-                break
-            receiver.stats.retried += 1
-            delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-            # jitter, so that receivers coming back are not stampeded by every sender at once
-            delay = delay * (0.5 + random.random() / 2)
-            if retry_after is not None:
-                delay = min(self._max_backoff, max(delay, retry_after))
-            logger.info(
-                "notifications: %s attempt %d for %s failed (%s); retrying in %.1fs",
-                receiver.shown,
-                attempt,
-                event.id,
-                problem,
-                delay,
-            )
-            await asyncio.sleep(delay)
-        receiver.stats.failed += 1
-        logger.warning(
-            "notifications: gave up delivering %s %s to %s: %s",
-            event.type,
-            event.id,
-            receiver.shown,
-            problem,
-        )
+            # A delivery still in flight at the deadline is left to its socket
+            # timeout on its daemon thread, which then ends: closing never waits
+            # longer than asked, however many receivers hang.
+            receiver.join(max(0.0, deadline - time.monotonic()))
 
     # -------------------------------------------------------------- bodies
 
@@ -664,6 +704,7 @@ class Notifications:
         body = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
         return body, {
             "Content-Type": "application/json",
+            "User-Agent": _USER_AGENT,
             "X-Aegis-Event": event.type,
             "X-Aegis-Delivery": event.id,
             SIGNATURE_HEADER: sign_payload(self._secret, body),
@@ -671,7 +712,7 @@ class Notifications:
 
     def _render_slack(self, event: Notification) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(slack_message(event), ensure_ascii=False).encode()
-        return body, {"Content-Type": "application/json"}
+        return body, {"Content-Type": "application/json", "User-Agent": _USER_AGENT}
 
 
 def _retry_after(value: str | None) -> float | None:

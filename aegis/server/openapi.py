@@ -142,6 +142,8 @@ def openapi_document() -> dict[str, Any]:
                             "enum": ["pending", "approved", "denied", "expired", "cancelled", "all"]
                         },
                     },
+                    {"name": "requester", "in": "query", "schema": {"type": "string"}},
+                    {"name": "session", "in": "query", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer"}},
                 ],
                 "responses": {"200": _json({"type": "object"}, "requests"), **_errors(401, 403)},

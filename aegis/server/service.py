@@ -38,7 +38,7 @@ from aegis.core.approval_request import (
     request_digest,
 )
 from aegis.core.decision import Approval, PolicyDecision
-from aegis.errors import ApprovalServiceError
+from aegis.errors import ApprovalServiceError, AuditError
 from aegis.stores.approvals import ApprovalStore, hash_token, new_request_id
 
 if TYPE_CHECKING:
@@ -199,23 +199,40 @@ class ApprovalService:
             reviewers=request.reviewers,
         )
         human = f"approval: {text} [request {request.id}]"
-        try:
-            await self._call(
-                self.audit.log,
-                request.session_id,
-                decision,
-                human_decision=human,
-                context={
-                    "approval_event": event,
-                    "approval_request": request.id,
-                    "requester": request.requester,
-                    **context,
-                },
-            )
-        except Exception:
-            # The change is in the store already; say loudly that its record is not.
-            _log.exception("could not write the audit record %r", human)
-            raise
+        for attempt in range(3):
+            try:
+                await self._write_record(request, decision, human, event, context)
+            except AuditError:
+                if attempt == 2:
+                    # The change is in the store already; say loudly that its record is not.
+                    _log.exception("could not write the audit record %r", human)
+                    raise
+                await asyncio.sleep(0.1 * 3**attempt)  # a locked file often frees up soon
+            else:
+                return
+
+    async def _write_record(
+        self,
+        request: ApprovalRequest,
+        decision: PolicyDecision,
+        human: str,
+        event: str,
+        context: dict[str, str],
+    ) -> None:
+        if self.audit is None:
+            return
+        await self._call(
+            self.audit.log,
+            request.session_id,
+            decision,
+            human_decision=human,
+            context={
+                "approval_event": event,
+                "approval_request": request.id,
+                "requester": request.requester,
+                **context,
+            },
+        )
 
     # -- who is calling ---------------------------------------------------------
 
@@ -368,12 +385,23 @@ class ApprovalService:
         principal: Principal,
         status: RequestStatus | None = RequestStatus.PENDING,
         *,
+        requester: str | None = None,
+        session_id: str | None = None,
         limit: int = 100,
     ) -> list[ApprovalRequest]:
-        """Requests newest first (reviewer role); ``status=None`` lists all."""
+        """Requests newest first (reviewer role); ``status=None`` lists all.
+
+        ``requester`` and ``session_id`` narrow the list to one agent or session.
+        """
         self._require(principal, Role.REVIEWER, "listing approval requests")
         await self.expire_due()
-        return await self._call(self.store.list_requests, status, limit=limit)
+        return await self._call(
+            self.store.list_requests,
+            status,
+            requester=requester,
+            session_id=session_id,
+            limit=limit,
+        )
 
     async def wait(self, principal: Principal, request_id: str, timeout: float) -> ApprovalRequest:
         """Answer as soon as the request is no longer pending, or after ``timeout`` seconds.

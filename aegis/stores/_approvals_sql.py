@@ -80,6 +80,7 @@ SCHEMA: Final = (
         comment TEXT NOT NULL,
         at TEXT NOT NULL,
         grant_minutes INTEGER,
+        seq INTEGER NOT NULL,
         PRIMARY KEY (request_id, reviewer)
     )""",
     """CREATE TABLE IF NOT EXISTS {p}aegis_tokens (
@@ -174,7 +175,7 @@ class SqlApprovalStore:
     def _request(self, tx: Tx, row: tuple[Any, ...]) -> ApprovalRequest:
         decisions = tx.all(
             "SELECT reviewer, verdict, comment, at, grant_minutes "
-            "FROM {p}aegis_approval_decisions WHERE request_id = ? ORDER BY at, reviewer",
+            "FROM {p}aegis_approval_decisions WHERE request_id = ? ORDER BY seq",
             (row[0],),
         )
         return _request_of(row, decisions)
@@ -294,6 +295,7 @@ class SqlApprovalStore:
         status: RequestStatus | None = None,
         *,
         requester: str | None = None,
+        session_id: str | None = None,
         limit: int = 100,
     ) -> list[ApprovalRequest]:
         """See :meth:`aegis.stores.approvals.ApprovalStore.list_requests`."""
@@ -304,6 +306,9 @@ class SqlApprovalStore:
         if requester is not None:
             clauses.append("requester = ?")
             args.append(requester)
+        if session_id is not None:
+            clauses.append("session_id = ?")
+            args.append(session_id)
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self._transaction(write=False) as tx:
             rows = tx.all(
@@ -336,19 +341,6 @@ class SqlApprovalStore:
                     status=409,
                     code="expired",
                 )
-            try:
-                tx.run(
-                    "INSERT INTO {p}aegis_approval_decisions "
-                    "(request_id, reviewer, verdict, comment, at, grant_minutes) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (request_id, reviewer, verdict.value, comment, stamp, grant_minutes),
-                )
-            except Conflict:
-                raise ApprovalServiceError(
-                    f"{reviewer} has already decided approval request {request_id}",
-                    status=409,
-                    code="already_decided",
-                ) from None
             if verdict is Verdict.DENY:
                 changed = tx.run(
                     "UPDATE {p}aegis_approval_requests SET status = 'denied', decided_at = ?, "
@@ -357,7 +349,8 @@ class SqlApprovalStore:
                 )
             else:
                 # The decisive step: only a pending, unexpired row changes, so
-                # of two reviewers racing one request exactly one wins.
+                # of two reviewers racing one request exactly one wins. It
+                # also locks the row, so the decisions below get their order.
                 changed = tx.run(
                     "UPDATE {p}aegis_approval_requests SET approvals = approvals + 1, "
                     "status = CASE WHEN approvals + 1 >= approvers THEN 'approved' "
@@ -368,6 +361,29 @@ class SqlApprovalStore:
                 )
             if changed != 1:
                 raise not_pending(self._must(tx, request_id))
+            try:
+                tx.run(
+                    "INSERT INTO {p}aegis_approval_decisions "
+                    "(request_id, reviewer, verdict, comment, at, grant_minutes, seq) "
+                    "SELECT ?, ?, ?, ?, ?, ?, COALESCE(MAX(seq), 0) + 1 "
+                    "FROM {p}aegis_approval_decisions WHERE request_id = ?",
+                    (
+                        request_id,
+                        reviewer,
+                        verdict.value,
+                        comment,
+                        stamp,
+                        grant_minutes,
+                        request_id,
+                    ),
+                )
+            except Conflict:
+                # The whole transaction rolls back: the update above never happened.
+                raise ApprovalServiceError(
+                    f"{reviewer} has already decided approval request {request_id}",
+                    status=409,
+                    code="already_decided",
+                ) from None
             request = self._must(tx, request_id)
             grant = None
             if request.status is RequestStatus.APPROVED:
@@ -424,6 +440,15 @@ class SqlApprovalStore:
             )
             request = self._must(tx, request_id)
             if changed == 1:
+                if len(request.approvals) < request.approvers and request.grant_id is None:
+                    # Approved without enough recorded approvals: the row was edited.
+                    raise ApprovalServiceError(
+                        f"approval request {request_id} is marked approved but holds "
+                        f"{len(request.approvals)} of {request.approvers} approvals and no "
+                        "grant; it was edited outside Aegis and is not used",
+                        status=409,
+                        code="inconsistent",
+                    )
                 return request
             if request.status is RequestStatus.APPROVED:
                 raise ApprovalServiceError(

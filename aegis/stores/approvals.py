@@ -94,9 +94,10 @@ class ApprovalStore(Protocol):
         status: RequestStatus | None = None,
         *,
         requester: str | None = None,
+        session_id: str | None = None,
         limit: int = 100,
     ) -> list[ApprovalRequest]:
-        """Requests, newest first, optionally of one status or requester."""
+        """Requests, newest first, optionally of one status, requester or session."""
         ...
 
     def decide(

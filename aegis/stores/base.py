@@ -34,15 +34,27 @@ for engines without faster ways.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, verify_chain
+from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import AuditRecord, RecordDraft, RecordKind, export_line
 
-__all__ = ["STATS_FIELDS", "AuditReader", "AuditStore", "AuditWriter", "ReadMixin"]
+__all__ = [
+    "STATS_FIELDS",
+    "AuditReader",
+    "AuditStore",
+    "AuditWriter",
+    "CheckpointStore",
+    "ReadMixin",
+    "SignatureCheck",
+]
+
+#: checks a checkpoint's signature (see :class:`aegis.runtime.signing.Verifier`)
+SignatureCheck = Callable[[Checkpoint], bool]
 
 #: the fields :meth:`AuditReader.stats` counts by, in order
 STATS_FIELDS: tuple[str, ...] = ("result_status", "risk_level", "matched_rule", "action_type")
@@ -110,8 +122,16 @@ class AuditReader(Protocol):
         """Each matching record as an exported line (:func:`~aegis.core.record.export_line`)."""
         ...
 
-    def verify(self, expected_head: Head | str | None = None) -> VerifyReport:
-        """Check the whole chain with :func:`~aegis.core.chain.verify_chain`."""
+    def verify(
+        self,
+        expected_head: Head | str | None = None,
+        *,
+        check_signature: SignatureCheck | None = None,
+    ) -> VerifyReport:
+        """Check the whole chain with :func:`~aegis.core.chain.verify_chain`.
+
+        With ``check_signature``, the store's signed checkpoints are checked too.
+        """
         ...
 
     def head(self) -> Head:
@@ -126,6 +146,25 @@ class AuditReader(Protocol):
 @runtime_checkable
 class AuditStore(AuditWriter, AuditReader, Protocol):
     """A store the runtime writes and the command line reads."""
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """A store that keeps signed checkpoints beside the chain.
+
+    SQLite keeps them in ``audit_checkpoints(count INTEGER PRIMARY KEY, hash,
+    created_at, key_id, signature)``, all text but ``count``; PostgreSQL
+    mirrors it. Adding a checkpoint whose count is already kept does nothing
+    (two processes may sign the same head).
+    """
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Keep ``checkpoint``."""
+        ...
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every kept checkpoint, by count."""
+        ...
 
 
 class ReadMixin:
@@ -165,9 +204,20 @@ class ReadMixin:
         """The exported JSON line of each matching record."""
         return map(export_line, self.records(filters))
 
-    def verify(self, expected_head: Head | str | None = None) -> VerifyReport:
+    def verify(
+        self,
+        expected_head: Head | str | None = None,
+        *,
+        check_signature: SignatureCheck | None = None,
+    ) -> VerifyReport:
         """Check the whole chain with :func:`~aegis.core.chain.verify_chain`."""
-        return verify_chain(self.records(Filters(view="records")), expected_head)
+        checkpoints = getattr(self, "checkpoints", None)
+        return verify_chain(
+            self.records(Filters(view="records")),
+            expected_head,
+            checkpoints=checkpoints() if check_signature and checkpoints else (),
+            check_signature=check_signature,
+        )
 
     def head(self) -> Head:
         """The head of the chain, read from its last record."""

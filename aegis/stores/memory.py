@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from aegis.core.chain import EMPTY_HEAD, Head, seal
+from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import AuditRecord, RecordDraft, RecordKind
 from aegis.errors import StoreError
@@ -36,6 +37,7 @@ class MemoryStore(ReadMixin):
     def __init__(self) -> None:
         self._records: list[AuditRecord] = []
         self._finished: set[int] = set()  # ids of start records that have a final record
+        self._checkpoints: dict[int, Checkpoint] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -97,6 +99,16 @@ class MemoryStore(ReadMixin):
                 found += 1
                 if found == limit:
                     return
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Keep ``checkpoint`` (once per count)."""
+        with self._lock:
+            self._checkpoints.setdefault(checkpoint.count, checkpoint)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every kept checkpoint, by count."""
+        with self._lock:
+            return [self._checkpoints[n] for n in sorted(self._checkpoints)]
 
     def tamper(self, record_id: int, **changes: Any) -> None:
         """Edit record ``record_id`` in place, hash untouched (tests of verification only)."""

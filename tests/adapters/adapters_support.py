@@ -51,7 +51,11 @@ Call = tuple[str, dict[str, Any], str]
 
 
 def make_runtime(
-    approval_handler: Any = None, *, approval_timeout: float | None = None, audit: Any = None
+    approval_handler: Any = None,
+    *,
+    approval_timeout: float | None = None,
+    audit: Any = None,
+    policy: dict[str, Any] | None = None,
 ) -> Runtime:
     """A runtime with the contract policy, an in-memory audit and the given approver."""
 
@@ -60,7 +64,7 @@ def make_runtime(
 
     return Runtime(
         executor=no_executor,
-        policy=Policy.from_dict(POLICY),
+        policy=Policy.from_dict(policy or POLICY),
         approval_handler=approval_handler if approval_handler is not None else (lambda d: False),
         audit_logger=audit if audit is not None else InMemoryAuditLog(),
         approval_timeout=approval_timeout,

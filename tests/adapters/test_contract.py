@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from adapters_support import DESCRIPTIONS, HARNESSES, make_runtime
 
 from aegis import Action, ApprovalOutcome, PolicyDecision
 from aegis.core.action import action_digest
+from aegis.runtime.audit import AuditLogger
 from aegis.testing import InMemoryAuditLog, ScriptedApprovalHandler
 
 REFUND = {"order_id": "o-17", "amount": 20.0}
@@ -95,6 +97,20 @@ async def test_approval_timeout_never_runs_the_tool(harness: Any) -> None:
     assert "timeout" in record["human_decision"] or "timed out" in record["human_decision"]
 
 
+async def test_a_failing_approval_handler_never_runs_the_tool(harness: Any) -> None:
+    """An approval handler that raises denies: the tool never runs and the model reads why."""
+    audit = InMemoryAuditLog()
+
+    def broken(decision: PolicyDecision) -> bool:
+        raise ConnectionError("approval service unreachable")
+
+    run = await harness.run(make_runtime(broken, audit=audit), [("refund", REFUND, "call_1")])
+    assert run.executed == []
+    assert "approval service unreachable" in run.model_saw["call_1"]
+    [record] = _records(audit)
+    assert record["result_status"] == "denied"
+
+
 async def test_an_approval_of_other_arguments_is_refused(harness: Any) -> None:
     """A yes bound to other arguments (the amount edited after approval) never runs the call."""
     audit = InMemoryAuditLog()
@@ -130,3 +146,30 @@ async def test_one_audit_record_per_call_with_its_call_id(harness: Any) -> None:
         assert context["tool_call_id"] == call_id
         assert context["agent"] == "support"
         assert context["framework"] == harness.name
+
+
+async def test_a_rate_limit_counts_the_agents_tool_calls(harness: Any, tmp_path: Path) -> None:
+    """A limit keyed by agent counts tool calls: the call past it is blocked, naming the limit."""
+    audit = AuditLogger(str(tmp_path / "audit.db"))  # the counters live beside the trail
+    limited = {
+        "version": "1",
+        "defaults": {"approval": "block", "risk_level": "high"},
+        "rules": [
+            {
+                "name": "lookup_rate",
+                "match": {"type": "lookup"},
+                "limit": {"max": 1, "per": "1h", "key": ["agent"]},
+                "on_exceed": {"approval": "block"},
+                "approval": "auto",
+                "risk_level": "low",
+            }
+        ],
+    }
+    calls = [("lookup", {"customer_id": 1}, "call_a"), ("lookup", {"customer_id": 2}, "call_b")]
+    run = await harness.run(make_runtime(audit=audit, policy=limited), calls)
+    assert len(run.executed) == 1
+    refused = [text for text in run.model_saw.values() if "was not run" in text]
+    assert len(refused) == 1
+    assert "lookup_rate" in refused[0]
+    assert sorted(r["result_status"] for r in audit.get_log()) == ["blocked", "success"]
+    audit.close()

@@ -199,3 +199,28 @@ def test_unreadable_policy_is_one_line(invoke: Invoke, policy_path: Path) -> Non
         policy_path.chmod(0o600)
     assert result.exit_code == 1
     assert "cannot read policy file" in result.stderr
+
+
+def test_the_entry_also_imports_as_aegis_cli_main() -> None:
+    """aegis.cli.main imports as a module with main and cli, and stays callable either way."""
+    script = (
+        "import aegis.cli.main as m\n"
+        "from aegis.cli import main\n"
+        "from aegis.cli.main import cli\n"
+        "assert m.cli is cli and callable(main)\n"
+        "main(['--version'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "aegis, version" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "aegis.cli.main", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "aegis, version" in done.stdout

@@ -311,17 +311,27 @@ def test_tail_by_session(invoke: Invoke, tmp_path: Path) -> None:
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["4"]
 
 
-def test_tail_follow_prints_new_records(invoke: Invoke, audit_db: Path) -> None:
+def test_tail_follow_prints_new_records(
+    invoke: Invoke, audit_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """tail -f prints records written after it started, then stops at --max-records."""
+    from aegis.cli import _audit
+
     started = threading.Event()
+    follow = _audit._follow
+
+    def following(*args: Any, **kwargs: Any) -> None:
+        started.set()  # the head is read: what is written now is new
+        follow(*args, **kwargs)
+
+    monkeypatch.setattr(_audit, "_follow", following)
 
     def writer() -> None:
-        started.wait()
-        write_session(audit_db, [(Action("late", "x"), ResultStatus.SUCCESS, None)] * 2)
+        if started.wait(60):
+            write_session(audit_db, [(Action("late", "x"), ResultStatus.SUCCESS, None)] * 2)
 
     thread = threading.Thread(target=writer)
     thread.start()
-    started.set()
     try:
         result = invoke(
             "audit", "tail", "-f", "-n", "0", "--db", str(audit_db),

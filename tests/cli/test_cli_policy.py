@@ -219,3 +219,43 @@ def test_validate_shows_conditions_as_data(invoke: Invoke, tmp_path: Path) -> No
     document = json.loads(invoke("validate", str(path), "--format", "json").stdout)
     assert document["files"][0]["rules"][0]["conditions"] == {"param_gt": {"amount": 500}}
     assert "param_gt amount=500" in invoke("validate", str(path)).stdout
+
+
+def test_validate_warns_about_yaml_1_1_values_with_the_fix(invoke: Invoke, tmp_path: Path) -> None:
+    """Unquoted y/n and base-60 numbers are warnings naming the line and how to quote them."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "match_case: sensitive\nrules:\n  - name: r\n    match: {type: x}\n"
+        "    conditions: {param_eq: {answer: y, at: 1:30}}\n",
+        encoding="utf-8",
+    )
+    result = invoke("validate", "-q", str(path))
+    assert result.exit_code == 0
+    assert f"{path}:5: y is a boolean in YAML 1.1" in result.stderr
+    assert "quote it, 'y'" in result.stderr
+    assert f"{path}:5: 1:30 is read by YAML 1.1 as a base-60 number" in result.stderr
+    assert invoke("validate", "-q", "--strict", str(path)).exit_code == 1
+    document = json.loads(invoke("validate", str(path), "--format", "json").stdout)
+    assert len(document["files"][0]["warnings"]) == 2
+
+
+def test_validate_warns_about_case_sensitive_block_rules(invoke: Invoke, tmp_path: Path) -> None:
+    """A block rule 'DELETE' would slip past is a warning until match_case is stated."""
+    path = tmp_path / "p.yaml"
+    rules = "rules:\n  - name: nd\n    match: {type: delete}\n    approval: block\n"
+    path.write_text(rules, encoding="utf-8")
+    result = invoke("validate", "-q", str(path))
+    assert "rule 'nd' blocks type 'delete' case-sensitively, so 'DELETE' slips past" in (
+        result.stderr
+    )
+    assert "match_case: insensitive" in result.stderr
+    for stated in ("sensitive", "insensitive"):
+        path.write_text(f"match_case: {stated}\n{rules}", encoding="utf-8")
+        assert invoke("validate", "-q", "--strict", str(path)).stderr == ""
+
+
+def test_validate_refuses_special_files(invoke: Invoke) -> None:
+    """aegis validate /dev/zero is one clear line, at once."""
+    result = invoke("validate", "/dev/zero")
+    assert result.exit_code == 1
+    assert "is not a regular file" in result.stderr

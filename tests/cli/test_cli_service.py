@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -69,6 +72,11 @@ def test_token_create_refuses_a_taken_name_and_bad_input(invoke: Invoke, tmp_pat
         invoke("token", "create", "x", "--role", "agent", "--expires", "soon", "--db", db).exit_code
         == 2
     )
+    forever = invoke(
+        "token", "create", "x", "--role", "agent", "--expires", "99999999d", "--db", db
+    )
+    assert forever.exit_code == 2
+    assert "ten years" in forever.stderr
 
 
 def test_token_list_needs_an_existing_database(invoke: Invoke, tmp_path: Path) -> None:
@@ -149,3 +157,23 @@ def test_serve_refuses_a_public_address_without_tls(invoke: Invoke, tmp_path: Pa
     assert "both --tls-cert and --tls-key" in half.stderr
     assert invoke("serve", "--db", db, "--approval-ttl", "never").exit_code == 2
     assert not Path(db).exists()
+
+
+def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
+    """`aegis serve` on a port another process holds exits 1 and names the port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "aegis", "serve", "--db", str(tmp_path / "a.db")),
+                *("--port", str(port), "--log-level", "critical"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"could not listen on 127.0.0.1:{port}" in result.stderr

@@ -401,3 +401,31 @@ def test_replay_skipped_records_leave_fail_on_change_alone(
     assert result.exit_code == 1
     assert "1 decisions would change and --fail-on-change is set" in result.stderr
     assert "1 records could not be replayed (ids 3)" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_simulate_shows_params_holding_a_lone_surrogate(
+    invoke: Invoke, policy_path: Path, fmt: str
+) -> None:
+    """A lone surrogate in params is shown as its escape, never a UnicodeEncodeError."""
+    result = invoke("simulate", str(policy_path), 'read:crm:{"a": "\\ud800"}', "--format", fmt)
+    assert result.exit_code == 0
+    assert "\\ud800" in result.stdout
+    if fmt == "json":
+        assert json.loads(result.stdout)["decisions"][0]["action"]["params"] == {"a": "\ud800"}
+
+
+def test_simulate_refuses_absurdly_deep_params_in_one_line(
+    invoke: Invoke, policy_path: Path, tmp_path: Path
+) -> None:
+    """Params nested 900 levels deep are one usage error line, from the argument or a file."""
+    deep = '{"a":' * 900 + "1" + "}" * 900
+    result = invoke("simulate", str(policy_path), f"read:crm:{deep}")
+    assert result.exit_code == 2
+    assert "nested more than 100 levels deep" in result.stderr
+    assert "Traceback" not in result.stderr
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text(f'{{"type": "read", "target": "crm", "params": {deep}}}\n', encoding="utf-8")
+    result = invoke("simulate", str(policy_path), "--actions", str(lines))
+    assert result.exit_code == 2
+    assert "deep.jsonl:1: the params cannot be used" in result.stderr

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from aegis.core.action import Action, FrozenDict, canonical_json, freeze, thaw
+from aegis.core.action import Action, FrozenDict, action_digest, canonical_json, freeze, thaw
 from aegis.core.decision import Approval
 from aegis.core.policy import Policy, PolicyRule
 from aegis.core.result import ResultStatus
@@ -413,3 +413,50 @@ def test_thaw_keeps_unsortable_frozensets_in_iteration_order() -> None:
     """Elements that cannot be ordered are listed in the frozenset's own order."""
     frozen = frozenset({1, "a", (None,)})
     assert thaw(frozen) == [thaw(v) for v in frozen]
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        Action("read", "crm"),
+        Action('qu"ote', "tärget\n", {"b": [1, {"z": [2.5, None, True]}], "a": "\u202e"}, "dé"),
+        Action("x", "y", {"nested": {"deeper": {"n": -(2**70)}}, "e": [], "f": {}}),
+    ],
+)
+def test_canonical_json_is_sorted_compact_json(action: Action) -> None:
+    """canonical_json gives exactly json.dumps's sorted, compact text of the plain action."""
+    expected = json.dumps(
+        {
+            "type": action.type,
+            "target": action.target,
+            "params": thaw(action.params),
+            "description": action.description,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    assert canonical_json(action) == expected
+
+
+def test_digest_of_huge_ints_and_sets_is_stable() -> None:
+    """An int past the 4,300-digit limit has a digest, and a set's digest ignores its order."""
+    huge = Action("pay", "bank", {"amount": 10**5000})
+    assert action_digest(huge) != action_digest(Action("pay", "bank", {"amount": 10**5000 + 1}))
+    assert '"__aegis_int__"' in canonical_json(huge)
+    assert action_digest(Action("a", "b", {"s": {"x", "y", "z"}})) == action_digest(
+        Action("a", "b", {"s": frozenset(["z", "y", "x"])})
+    )
+
+
+def test_params_nested_too_deeply_are_refused() -> None:
+    """Params nested past MAX_DEPTH are a TypeError naming the param, not a RecursionError."""
+    deep: Any = 1
+    for _ in range(900):
+        deep = {"a": deep}
+    with pytest.raises(TypeError, match="param 'a' is nested more than 100 levels deep"):
+        Action("a", "b", {"a": deep})
+    shallow: Any = [1]
+    for _ in range(99):
+        shallow = {"a": shallow}
+    assert Action("a", "b", {"a": shallow}).params["a"]["a"]

@@ -118,6 +118,10 @@ def test_new_request_body() -> None:
             "approval_ttl",
         ),
         ({"session_id": "s" * 201, "action": {"type": "x", "target": "y"}}, "longer than"),
+        (
+            {"session_id": "s", "action": {"type": "x", "target": "y"}, "approval_ttl": 1e12},
+            "30 days",
+        ),
     ],
 )
 def test_bad_request_bodies(body: dict[str, object], words: str) -> None:
@@ -152,6 +156,7 @@ def test_policy_rule_approval_keys_reach_the_decision() -> None:
         ("reviewers", [""], "group name"),
         ("approval_ttl", "1w", "approval_ttl"),
         ("approval_ttl", -5, "approval_ttl"),
+        ("approval_ttl", "31d", "30 days"),
     ],
 )
 def test_policy_file_rejects_bad_approval_keys(

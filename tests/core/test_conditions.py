@@ -282,7 +282,7 @@ def test_no_match_falls_to_default() -> None:
         ({"param_gt": {}}, "must map param names"),
         ({"param_eq": {"a..b": 1}}, "not a param path"),
         ({"param_in": {"a": "eu"}}, "must be a list"),
-        ({"param_matches": {"a": "("}}, "not a valid regular expression"),
+        ({"param_matches": {"a": "("}}, "cannot be used as a regular expression"),
         ({"param_matches": {"a": 5}}, "regular expression string"),
         ({"time_after": "25:00"}, "HH:MM"),
         ({"time_after": 1080}, "quoted"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -226,3 +227,15 @@ def test_dead_webhook_never_delays_the_service(service: Service) -> None:
             )
             assert decided.status_code == 200
     service.hanging.wait_for(1)  # the receiver was reached, and hangs
+
+
+def test_serve_refuses_unsigned_or_malformed_webhooks(tmp_path: Path) -> None:
+    """`aegis serve --webhook` without a secret, or a URL not http(s), is a usage error."""
+    db = str(tmp_path / "aegis.db")
+    runner = CliRunner()
+    unsigned = runner.invoke(cli, ["serve", "--db", db, "--webhook", "http://127.0.0.1:9/x"])
+    assert unsigned.exit_code == 2
+    assert "--webhook-secret" in unsigned.stderr
+    malformed = runner.invoke(cli, ["serve", "--db", db, "--slack-webhook", "hooks.slack.com/x"])
+    assert malformed.exit_code == 2
+    assert "not an http:// or https:// URL" in malformed.stderr

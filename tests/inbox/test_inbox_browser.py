@@ -102,10 +102,21 @@ class World:
         self.tokens = tokens
         self.agent = agent
         self.browser = browser
+        #: console errors and uncaught exceptions of every page (a CSP violation is one)
+        self.errors: list[str] = []
 
     def context(self) -> BrowserContext:
-        """A fresh browser profile (its own cookies)."""
-        return self.browser.new_context(viewport={"width": 1180, "height": 760})
+        """A fresh browser profile (its own cookies) whose pages report console errors."""
+        context = self.browser.new_context(viewport={"width": 1180, "height": 760})
+        context.on("page", self._watch)
+        return context
+
+    def _watch(self, page: Page) -> None:
+        page.on(
+            "console",
+            lambda message: self.errors.append(message.text) if message.type == "error" else None,
+        )
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
 
     def signed_in(self, name: str = "alice") -> Page:
         """A new page signed in as ``name`` through the form, showing Pending."""
@@ -210,6 +221,7 @@ def test_request_appears_live_and_approval_lets_the_runtime_run(world: World) ->
     expect(pending.locator("#pending-rows tr")).to_have_count(0, timeout=WAIT_MS)
     expect(pending.locator("#pending-empty")).to_be_visible()
     assert pending.evaluate("window.__notReloaded") == 42
+    assert world.errors == []  # the script runs under the CSP without a single complaint
     pending.context.close()
 
 
@@ -237,19 +249,24 @@ def test_deny_with_the_keyboard(world: World) -> None:
 
 
 def test_expired_request_cannot_be_decided(world: World) -> None:
-    """A request past its approval_ttl is refused: the Runtime gets DENIED, the page says so."""
-    page = world.signed_in()
+    """A request past its approval_ttl leaves the live list and is refused on its open page."""
+    pending = world.signed_in()
     future = world.agent.start(Action("quick_check", "ops", {"host": "db-1"}))
-    expect(world.row(page, "quick_check")).to_be_visible(timeout=WAIT_MS)
-    world.row(page, "quick_check").locator("a").click()
+    expect(world.row(pending, "quick_check")).to_be_visible(timeout=WAIT_MS)
+    page = pending.context.new_page()
+    page.goto(
+        world.server.url
+        + (world.row(pending, "quick_check").locator("a").get_attribute("href") or "")
+    )
     expect(page.locator("#approve")).to_be_enabled()
     result = future.result(WAIT_MS / 1000)  # the 2 s TTL runs out while the page is open
     assert result.status is ResultStatus.DENIED
+    expect(world.row(pending, "quick_check")).to_have_count(0, timeout=WAIT_MS)
     page.click("#approve")
     expect(page.locator(".flash-error")).to_contain_text("expired")
     expect(page.locator("#refusal")).to_be_visible()
     expect(page.locator("#approve")).to_be_disabled()
-    page.context.close()
+    pending.context.close()
 
 
 def test_hostile_params_render_as_text(world: World) -> None:
@@ -268,9 +285,31 @@ def test_hostile_params_render_as_text(world: World) -> None:
     assert page.locator("main img").count() == 0
     assert page.locator("main b").count() == 0
     assert page.evaluate("window.__pwned") is None
+    assert not [e for e in world.errors if "Content Security Policy" in e]
     page.click("#deny")
     expect(page.locator(".flash-ok")).to_contain_text("Denied")
     assert future.result(WAIT_MS / 1000).status is ResultStatus.DENIED
+    page.context.close()
+
+
+def test_every_page_fits_a_phone(world: World) -> None:
+    """On a 390 px wide phone no inbox page scrolls sideways, and Approve is reachable."""
+    page = world.signed_in()
+    page.set_viewport_size({"width": 390, "height": 844})
+    future = world.agent.start(
+        Action("refund", "billing-eu", {"customer": "c_1", "memo": "x" * 120}, "a long memo")
+    )
+    expect(world.row(page, "billing-eu")).to_be_visible(timeout=WAIT_MS)
+    href = world.row(page, "billing-eu").locator("a").get_attribute("href") or ""
+    for path in ("/", href, "/history", "/audit"):
+        page.goto(world.server.url + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
+    page.goto(world.server.url + href)
+    page.screenshot(path=OUTPUT / "inbox-request-phone.png", full_page=True)
+    page.click("#approve")
+    expect(page.locator(".flash-ok")).to_contain_text("Approved")
+    assert future.result(WAIT_MS / 1000).status is ResultStatus.SUCCESS
     page.context.close()
 
 

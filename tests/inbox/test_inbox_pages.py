@@ -14,11 +14,9 @@ import httpx
 import pytest
 
 from aegis.core.approval_request import Role, TokenInfo
-from aegis.runtime.audit import AuditLogger
-from aegis.server import ApprovalService, create_app
+from aegis.server import ApprovalService, create_app, open_service
 from aegis.server.inbox import CONTENT_SECURITY_POLICY, Inbox, human_duration
-from aegis.stores.approvals import hash_token
-from aegis.stores.sqlite.approvals import SqliteApprovalStore
+from aegis.stores.approvals import ApprovalStore, hash_token
 
 TOKENS = {
     "alice": (Role.REVIEWER, ()),
@@ -32,7 +30,7 @@ HOSTILE = "<script>window.pwned=1</script><img src=x onerror=alert(1)>"
 class Site:
     """A browser-like client of the in-process app, and the store behind it."""
 
-    def __init__(self, app: Any, service: ApprovalService, store: SqliteApprovalStore, db: Path):
+    def __init__(self, app: Any, service: ApprovalService, store: ApprovalStore, db: str):
         self.app = app
         self.service = service
         self.store = store
@@ -52,6 +50,19 @@ class Site:
         assert done.status_code == 303, done.text
         assert done.headers["location"] == "/"
         return csrf_of((await client.get("/")).text)
+
+    def edit_audit_record(self, record_id: int) -> None:
+        """Change a record's reason behind the store's back, as an attacker with the file would."""
+        if self.db.startswith("postgresql://"):
+            import psycopg
+
+            with psycopg.connect(self.db, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE aegis_audit_log SET reason = 'edited' WHERE id = %s", (record_id,)
+                )
+        else:
+            with sqlite3.connect(self.db) as conn:
+                conn.execute("UPDATE audit_log SET reason = 'edited' WHERE id = ?", (record_id,))
 
     async def store_request(self, request_id: str) -> dict[str, Any]:
         """The request as the store holds it now."""
@@ -82,25 +93,25 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
-def build_site(tmp_path: Path, **options: Any) -> tuple[Site, Inbox]:
-    """The app (API and inbox) over a fresh SQLite store with three tokens."""
-    db = tmp_path / "aegis.db"
-    audit = AuditLogger(db)
-    audit.head()
-    store = SqliteApprovalStore(db)
+def build_site(db: str, **options: Any) -> tuple[Site, Inbox]:
+    """The app (API and inbox) over a fresh store (a SQLite path or a DSN) with three tokens."""
+    service = open_service(db, approval_ttl=600)
     now = datetime.now(UTC)
     for name, (role, groups) in TOKENS.items():
-        store.create_token(TokenInfo(name, role, groups, now), hash_token(f"{name}-secret"))
-    service = ApprovalService(store, audit, approval_ttl=600)
+        service.store.create_token(TokenInfo(name, role, groups, now), hash_token(f"{name}-secret"))
     inbox = Inbox(service, session_key="k" * 32, poll_interval=0.1, **options)
     app = create_app(service, routes=inbox.routes())
-    return Site(app, service, store, db), inbox
+    return Site(app, service, service.store, db), inbox
 
 
-@pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    """The app (API and inbox) over a fresh SQLite store with three tokens."""
-    built, inbox = build_site(tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def site(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Site]:
+    """The app over SQLite, then over PostgreSQL: the inbox is the same on both."""
+    if request.param == "sqlite":
+        db = str(tmp_path / "aegis.db")
+    else:
+        db = request.getfixturevalue("postgres_dsn")
+    built, inbox = build_site(db)
     yield built
     inbox.close()
     built.service.close()
@@ -297,6 +308,8 @@ async def test_history_filters_by_status_agent_and_reviewer(site: Site) -> None:
     assert "type_denied" in everything
     assert "type_pending" not in everything
     assert "looks right" in everything
+    assert "alice approved" in everything
+    assert "bob denied" in everything
     assert "type_denied" in only_denied
     assert "type_approved" not in only_denied
     assert "type_approved" in by_alice
@@ -317,8 +330,7 @@ async def test_audit_page_shows_hashes_and_a_broken_chain(site: Site) -> None:
         assert "No records match" in filtered
         bad = (await client.get("/audit", params={"since": "yesterday"})).text
         assert "not an ISO 8601 time" in bad
-        with sqlite3.connect(site.db) as conn:
-            conn.execute("UPDATE audit_log SET reason = 'edited' WHERE id = 1")
+        site.edit_audit_record(1)
         broken = (await client.get("/audit")).text
     assert "Chain broken at record 1" in broken
 
@@ -367,7 +379,7 @@ def test_human_duration(seconds: float, text: str) -> None:
 
 async def test_audit_opens_on_the_newest_records_and_pages_forward(tmp_path: Path) -> None:
     """Unfiltered, Audit shows the newest records; from the first record it pages forward."""
-    site, inbox = build_site(tmp_path, audit_limit=2)
+    site, inbox = build_site(str(tmp_path / "aegis.db"), audit_limit=2)
     try:
         for index in range(5):
             await site.ask(action={"type": f"kind_{index}", "target": "t"})
@@ -392,7 +404,7 @@ async def test_audit_opens_on_the_newest_records_and_pages_forward(tmp_path: Pat
 
 async def test_public_url_origin_is_accepted_and_cookies_are_secure(tmp_path: Path) -> None:
     """Behind a TLS proxy, forms from --public-url's origin are accepted and cookies are Secure."""
-    site, inbox = build_site(tmp_path, public_url="https://aegis.example.com")
+    site, inbox = build_site(str(tmp_path / "aegis.db"), public_url="https://aegis.example.com")
     try:
         request = await site.ask()
         async with site.client() as client:
@@ -427,3 +439,45 @@ async def test_public_url_origin_is_accepted_and_cookies_are_secure(tmp_path: Pa
     finally:
         inbox.close()
         site.service.close()
+
+
+async def test_oversized_form_is_refused(site: Site) -> None:
+    """A decision form larger than the inbox's limit is refused before it is read."""
+    request = await site.ask()
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        response = await client.post(
+            f"/requests/{request['id']}/decision",
+            data={"verdict": "approve", "csrf": csrf, "comment": "x" * 100_000},
+        )
+    assert response.status_code == 403
+    assert (await site.store_request(request["id"]))["status"] == "pending"
+
+
+async def test_own_request_cannot_be_decided(site: Site) -> None:
+    """A reviewer whose name asked for a request (with an earlier agent token) may not decide it."""
+    now = datetime.now(UTC)
+    site.store.create_token(TokenInfo("carl", Role.AGENT, (), now), hash_token("carl-agent"))
+    async with site.client() as client:
+        response = await client.post(
+            "/api/v1/approvals",
+            json={
+                "session_id": "s9",
+                "action": {"type": "deploy", "target": "prod"},
+                "risk_level": "high",
+            },
+            headers={"Authorization": "Bearer carl-agent"},
+        )
+    request = response.json()
+    site.store.revoke_token("carl", now)
+    site.store.create_token(TokenInfo("carl", Role.REVIEWER, (), now), hash_token("carl-secret"))
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "carl")
+        page = (await client.get(f"/requests/{request['id']}")).text
+        refused = await client.post(
+            f"/requests/{request['id']}/decision", data={"verdict": "approve", "csrf": csrf}
+        )
+    assert "nobody may decide their own request" in page
+    assert re.search(r'id="approve" disabled', page)
+    assert refused.status_code == 403
+    assert (await site.store_request(request["id"]))["status"] == "pending"

@@ -280,3 +280,29 @@ def test_slack_says_a_grant_approved_a_request_without_asking() -> None:
     (button,) = message["blocks"][-1]["elements"]
     assert "style" not in button
     assert button["text"]["text"] == "Open request"
+
+
+def test_a_dropped_kept_alive_connection_is_reopened(notifications: list[Notifications]) -> None:
+    """A receiver that hangs up an idle kept-alive connection still gets every event, unretried."""
+    with Receiver(stale_keep_alive=True) as receiver:
+        notifier = make(notifications, [receiver.url])
+        for index in range(3):
+            notifier.publish("approval.requested", {**REQUEST, "id": f"apr_{index}"})
+            receiver.wait_for(index + 1)
+            time.sleep(0.05)  # let the receiver hang up before the next event
+    ((_, stats),) = notifier.stats
+    assert (stats.delivered, stats.retried, stats.failed) == (3, 0, 0)
+
+
+def test_close_does_not_wait_for_hanging_receivers(notifications: list[Notifications]) -> None:
+    """close(t) returns after about t even while deliveries hang on a 10 s socket timeout."""
+    with Receiver(default="hang") as first, Receiver(default="hang") as second:
+        notifier = make(notifications, [first.url, second.url], timeout=10)
+        notifier.publish("approval.requested", REQUEST)
+        first.wait_for(1)
+        second.wait_for(1)
+        started = time.perf_counter()
+        notifier.close(timeout=0.3)
+        # waiting for the in-flight attempts would take 10 s
+        assert time.perf_counter() - started < 3
+        assert notifier.publish("approval.requested", REQUEST) is None

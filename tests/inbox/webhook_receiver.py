@@ -33,7 +33,13 @@ class Delivery:
 class Receiver:
     """A threaded HTTP server answering POSTs by script; use as a context manager."""
 
-    def __init__(self, script: Iterable[int | str] = (), default: int | str = 200) -> None:
+    def __init__(
+        self,
+        script: Iterable[int | str] = (),
+        default: int | str = 200,
+        *,
+        stale_keep_alive: bool = False,
+    ) -> None:
         self.script = list(script)
         self.default = default
         self.deliveries: list[Delivery] = []
@@ -42,6 +48,10 @@ class Receiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            # HTTP/1.1: connections stay open unless closed; with stale_keep_alive the
+            # receiver promises keep-alive, then hangs up (as idle-timeout proxies do)
+            protocol_version = "HTTP/1.1" if stale_keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
@@ -58,6 +68,9 @@ class Receiver:
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+                if stale_keep_alive:
+                    self.wfile.flush()
+                    self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -729,3 +729,17 @@ def test_an_audit_url_of_unknown_kind_needs_a_usage_store() -> None:
     assert isinstance(store, SQLiteUsageStore)
     assert store.db_path == "x.db"
     store.close()
+
+
+async def test_a_memory_url_audit_counts_in_memory(
+    policy: Policy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AuditLogger("memory://") keeps its counters in memory and writes no file."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    audit = AuditLogger("memory://")
+    async with Runtime(executor=lambda a: "ok", policy=policy, audit_logger=audit, agent="t") as rt:
+        got = await statuses(rt, [Action("send_email", "smtp")] * 4)
+    assert got == ["success"] * 3 + ["blocked"]
+    assert list(workdir.iterdir()) == []  # no stray database file

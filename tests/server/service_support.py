@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import ssl
@@ -163,7 +162,7 @@ class Reviewer:
         """Wait for a pending request of ``session_id`` and return it."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            response = await self.client.get("/api/v1/approvals")
+            response = await self.client.get("/api/v1/approvals", params={"session": session_id})
             if response.status_code == 200:
                 for request in response.json()["approvals"]:
                     if request["session_id"] == session_id:
@@ -187,8 +186,3 @@ class Reviewer:
     async def aclose(self) -> None:
         """Close the HTTP client."""
         await self.client.aclose()
-
-
-def python_env() -> dict[str, str]:
-    """The environment for a child Python that imports this checkout."""
-    return dict(os.environ)

@@ -13,11 +13,13 @@ import httpx
 import pytest
 
 from aegis.core.approval_request import Role, TokenInfo
+from aegis.errors import AuditError
 from aegis.runtime.audit import AuditLogger
 from aegis.server import ApprovalService, create_app
 from aegis.server.api import MAX_BODY
 from aegis.stores.approvals import hash_token
 from aegis.stores.sqlite.approvals import SqliteApprovalStore
+from aegis.testing import InMemoryAuditLog
 
 TOKENS = {
     "bot": (Role.AGENT, ()),
@@ -241,6 +243,14 @@ async def test_list_by_status(api: Api) -> None:
     assert [r["id"] for r in denied.json()["approvals"]] == [first["id"]]
     everything = await api.call("GET", "/api/v1/approvals", "bob", params={"status": "all"})
     assert len(everything.json()["approvals"]) == 2
+    by_session = await api.call(
+        "GET", "/api/v1/approvals", "bob", params={"status": "all", "session": "s2"}
+    )
+    assert [r["id"] for r in by_session.json()["approvals"]] == [second["id"]]
+    by_agent = await api.call(
+        "GET", "/api/v1/approvals", "bob", params={"status": "all", "requester": "nobody"}
+    )
+    assert by_agent.json()["approvals"] == []
     odd = await api.call("GET", "/api/v1/approvals", "bob", params={"status": "maybe"})
     assert odd.status_code == 422
 
@@ -432,4 +442,47 @@ async def test_service_policy_overrides_the_agents_terms(tmp_path: Path) -> None
         refused = await client.post("/api/v1/approvals", json=blocked, headers=headers)
         assert refused.status_code == 403
         assert error_code(refused) == "blocked_by_policy"
+    service.close()
+
+
+class FlakyAudit(InMemoryAuditLog):
+    """An in-memory trail whose next ``failures`` writes fail as a locked database would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    def log(self, *args: Any, **kwargs: Any) -> int:
+        """Fail while failures are left, then write."""
+        if self.failures:
+            self.failures -= 1
+            raise AuditError("database is locked")
+        return super().log(*args, **kwargs)
+
+
+async def test_audit_writes_are_retried_then_reported(tmp_path: Path) -> None:
+    """A briefly locked trail is retried and the record lands; a dead one is a JSON 503."""
+    store = SqliteApprovalStore(tmp_path / "flaky.db")
+    add_tokens(store, datetime.now(UTC))
+    audit = FlakyAudit()
+    service = ApprovalService(store, audit)
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        body = {"session_id": "s", "action": ACTION}
+        audit.failures = 2
+        created = await client.post(
+            "/api/v1/approvals", json=body, headers={"Authorization": "Bearer bot-secret"}
+        )
+        assert created.status_code == 201
+        assert [r["human_decision"].split(",")[0] for r in audit.records] == [
+            "approval: requested by bot"
+        ]
+        audit.failures = 10
+        decided = await client.post(
+            f"/api/v1/approvals/{created.json()['id']}/decision",
+            json={"verdict": "deny"},
+            headers={"Authorization": "Bearer bob-secret"},
+        )
+        assert decided.status_code == 503
+        assert "locked" in decided.json()["error"]["message"]
     service.close()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
+from service_support import POLICY as SERVED_POLICY
+from service_support import Reviewer, Service, add_tokens
 
-from aegis import Action, Policy, ResultStatus, Runtime
+from aegis import Action, AuditLogger, Policy, ResultStatus, Runtime
 from aegis.core.approval_request import Role, TokenInfo
 from aegis.runtime.approval_remote import RemoteApprovalHandler
 from aegis.server import ApprovalService, create_app
@@ -146,3 +149,47 @@ async def test_read_only_database_is_a_json_503(postgres_dsn: str) -> None:
         assert shown.json()["status"] == "pending"
         assert shown.json()["decisions"] == []
     service.close()
+
+
+async def test_two_serve_processes_on_one_database(postgres_dsn: str, tmp_path: Path) -> None:
+    """Two `aegis serve` processes on one PostgreSQL: one queue, one expiry, one verified chain."""
+    add_tokens(postgres_dsn)
+    first = Service(postgres_dsn, tmp_path).start()
+    second = Service(postgres_dsn, tmp_path).start()
+    handler = RemoteApprovalHandler(first.url, token="bot-secret", timeout=10)
+    alice = Reviewer(second.url, "alice")
+    bob = Reviewer(first.url, "bob")
+    audit = AuditLogger(postgres_dsn)
+    try:
+        async with Runtime(
+            executor=lambda action: "ok",
+            policy=Policy.from_dict(SERVED_POLICY),
+            approval_handler=handler,
+            audit_logger=audit,
+            session_id="fleet",
+        ) as runtime:
+            task = asyncio.create_task(runtime.run_one(Action("refund", "billing")))
+            request = await alice.pending("fleet")
+            answers = await asyncio.gather(
+                alice.decide(request["id"]), bob.decide(request["id"], "deny")
+            )
+            assert sorted(a.status_code for a in answers) == [200, 409]
+            result = await asyncio.wait_for(task, 10)
+            won = next(a for a in answers if a.status_code == 200).json()["status"]
+            assert result.status is (
+                ResultStatus.SUCCESS if won == "approved" else ResultStatus.DENIED
+            )
+            purge = await runtime.run_one(Action("purge", "billing"))
+            assert purge.status is ResultStatus.DENIED
+        records = AuditLogger(postgres_dsn).get_log("fleet")
+        expiries = [
+            r for r in records if str(r["human_decision"]).startswith("approval: request expired")
+        ]
+        assert len(expiries) == 1
+        assert AuditLogger(postgres_dsn).verify().ok
+    finally:
+        await handler.aclose()
+        await alice.aclose()
+        await bob.aclose()
+        first.stop()
+        second.stop()

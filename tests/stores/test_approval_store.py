@@ -344,3 +344,19 @@ def test_sqlite_hand_edited_row_is_a_store_error(tmp_path: Path) -> None:
             store.get_request(request.id)
     finally:
         store.close()
+
+
+def test_hand_approved_row_cannot_be_collected(tmp_path: Path) -> None:
+    """A request set to approved by hand, with no approvals recorded, is refused at collect."""
+    path = tmp_path / "forged.db"
+    store = open_approval_store(str(path))
+    try:
+        request, _ = store.create_request(make(), NOW)
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE aegis_approval_requests SET status = 'approved'")
+        with pytest.raises(ApprovalServiceError) as refused:
+            store.collect(request.id, NOW)
+        assert refused.value.code == "inconsistent"
+        assert store.get_request(request.id).collected_at is None  # type: ignore[union-attr]
+    finally:
+        store.close()

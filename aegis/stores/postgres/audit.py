@@ -24,6 +24,7 @@ server-side cursor in one snapshot and hands it to
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -34,17 +35,20 @@ import psycopg
 from psycopg import sql
 
 from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, seal, verify_chain
+from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
 from aegis.errors import ConfigurationError, StoreError
-from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin
+from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin, SignatureCheck
 from aegis.stores.postgres.connection import Connection, Database
 from aegis.stores.postgres.schema import migrate, schema_lock_key
 
-__all__ = ["AUDIT_TABLE", "PostgresAuditStore"]
+__all__ = ["AUDIT_TABLE", "CHECKPOINT_TABLE", "PostgresAuditStore"]
 
 #: the table of the audit trail, in the store's schema
 AUDIT_TABLE: Final = "aegis_audit_log"
+#: the table of its signed checkpoints
+CHECKPOINT_TABLE: Final = "aegis_audit_checkpoints"
 
 #: the fields a record may leave empty; all others are NOT NULL
 _NULLABLE: Final = frozenset(
@@ -82,7 +86,15 @@ _MIGRATIONS: Final = {
         f"CREATE INDEX aegis_audit_log_start ON {{schema}}.{AUDIT_TABLE} (start_id)"
         " WHERE start_id IS NOT NULL",
     ),
+    # 1 -> 2: signed checkpoints of the chain's head, beside it
+    1: (
+        f"CREATE TABLE {{schema}}.{CHECKPOINT_TABLE} (count BIGINT PRIMARY KEY, "
+        "hash TEXT NOT NULL, created_at TEXT NOT NULL, key_id TEXT NOT NULL, "
+        "signature TEXT NOT NULL)",
+    ),
 }
+#: the schema version that added CHECKPOINT_TABLE
+_CHECKPOINTS_SINCE: Final = 2
 
 #: rows per page when reading, and per round trip of the verifying cursor
 _PAGE: Final = 1000
@@ -166,9 +178,12 @@ class PostgresAuditStore(ReadMixin):
         self._create = create and not readonly
         self._ready = False
         self._table: sql.Composed | None = None
+        self._checkpoints: sql.Composed | None = None
         self._sql_lock = self._sql_head = self._sql_landed = self._sql_insert = ""
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
+        self._writer_pid = 0
+        self._abandoned: list[Connection] = []
         self._closed = False
         #: append transactions committed by this store (one per batch)
         self.commits = 0
@@ -183,10 +198,16 @@ class PostgresAuditStore(ReadMixin):
         """Create or check the tables once per store; free after the first call."""
         if self._ready:
             return
-        migrate(self.db, conn, "audit", _MIGRATIONS, create=self._create)
+        version = migrate(self.db, conn, "audit", _MIGRATIONS, create=self._create)
         schema = self.db.schema(conn)
         table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(AUDIT_TABLE))
         self._table = table
+        # a reader of an older trail finds no checkpoints table: it has none
+        self._checkpoints = (
+            sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(CHECKPOINT_TABLE))
+            if version >= _CHECKPOINTS_SINCE
+            else None
+        )
         # The statements of every append, rendered once: composing SQL costs
         # more than a loopback round trip.
         # The append commits without waiting for the disk (set_config is
@@ -231,13 +252,15 @@ class PostgresAuditStore(ReadMixin):
         with self._reading("open the audit trail in") as conn:
             if self.readonly:
                 return
+            table = self._t.as_string(conn)
             row = conn.execute(
                 "SELECT has_table_privilege(%s, 'INSERT'), pg_is_in_recovery(), "
-                "current_setting('transaction_read_only'), current_user",
-                (self._t.as_string(conn),),
+                "current_setting('transaction_read_only'), current_user, "
+                "has_function_privilege('pg_logical_emit_message(boolean, text, text)', "
+                "'EXECUTE')",
+                (table,),
             ).fetchone()
-            table = self._t.as_string(conn)
-        may_insert, standby, read_only, user = row or (True, False, "off", "")
+        may_insert, standby, read_only, user, may_flush = row or (True, False, "off", "", True)
         if standby or read_only == "on":
             raise StoreError(
                 f"cannot append to the audit trail in {self.url}: the server is read-only "
@@ -248,6 +271,13 @@ class PostgresAuditStore(ReadMixin):
                 f"cannot append to the audit trail in {self.url}: role {user!r} may not INSERT "
                 f"into {table}; grant it (GRANT SELECT, INSERT ON {table} TO {user}) or use a "
                 "role that may"
+            )
+        if not may_flush:
+            raise StoreError(
+                f"cannot append to the audit trail in {self.url}: role {user!r} may not execute "
+                "pg_logical_emit_message, which Aegis uses to wait until records are on disk; "
+                "GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO "
+                f"{user}"
             )
 
     # -- writing ---------------------------------------------------------------
@@ -263,6 +293,8 @@ class PostgresAuditStore(ReadMixin):
             raise StoreError(f"the audit store at {self.url} was opened read-only")
         if self._closed:
             raise StoreError(f"the audit store at {self.url} is closed; open a new one")
+        if not drafts:
+            return []
         with self._write_lock:
             records = self._link(drafts)
         if self.synchronous == "full" or any(r.kind != RecordKind.START for r in records):
@@ -324,8 +356,14 @@ class PostgresAuditStore(ReadMixin):
         self, drafts: Sequence[RecordDraft], attempt: list[AuditRecord]
     ) -> list[AuditRecord]:
         conn = self._writer_conn
+        if conn is not None and self._writer_pid != os.getpid():
+            # A forked child must not talk on its parent's socket (nor close
+            # it, which would end the parent's session): keep it, open ours.
+            self._abandoned.append(conn)
+            conn = None
         if conn is None:
             conn = self._writer_conn = self.db.connect("append to the audit trail in")
+            self._writer_pid = os.getpid()
         self._prepare(conn)
         with conn.transaction():
             # The lock and the head read must be two statements: a statement's
@@ -355,7 +393,7 @@ class PostgresAuditStore(ReadMixin):
 
     def _drop_writer_conn(self) -> None:
         conn, self._writer_conn = self._writer_conn, None
-        if conn is not None:
+        if conn is not None and self._writer_pid == os.getpid():
             with suppress(psycopg.Error):  # closing a broken connection may complain
                 conn.close()
 
@@ -462,6 +500,41 @@ class PostgresAuditStore(ReadMixin):
             ).fetchone()
         return EMPTY_HEAD if row is None else Head(int(row[0]), str(row[1]))
 
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Keep ``checkpoint``; one already kept for its count stays (two writers may sign)."""
+        if self.readonly:
+            raise StoreError(f"the audit store at {self.url} was opened read-only")
+        with self._reading("write a checkpoint to") as conn:
+            if self._checkpoints is None:  # pragma: no cover - a writer migrated to the newest
+                raise StoreError(f"the audit trail in {self.url} keeps no checkpoints")
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (count, hash, created_at, key_id, signature) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (count) DO NOTHING"
+                ).format(self._checkpoints),
+                (
+                    checkpoint.count,
+                    checkpoint.hash,
+                    checkpoint.created_at,
+                    checkpoint.key_id,
+                    checkpoint.signature,
+                ),
+            )
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every kept checkpoint, by count (none in a trail older than checkpoints)."""
+        with self._reading() as conn:
+            if self._checkpoints is None:
+                return []
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT count, hash, created_at, key_id, signature FROM {} ORDER BY count"
+                ).format(self._checkpoints)
+            ).fetchall()
+        return [
+            Checkpoint(int(n), str(h), str(at), str(key), str(sig)) for n, h, at, key, sig in rows
+        ]
+
     def _stream(self) -> Iterator[AuditRecord]:
         """Every record in id order through a server-side cursor, in one snapshot."""
         with self._reading() as conn, conn.transaction():
@@ -475,12 +548,24 @@ class PostgresAuditStore(ReadMixin):
                 for row in cursor:
                     yield AuditRecord(*row)
 
-    def verify(self, expected_head: Head | str | None = None) -> VerifyReport:
+    def verify(
+        self,
+        expected_head: Head | str | None = None,
+        *,
+        check_signature: SignatureCheck | None = None,
+    ) -> VerifyReport:
         """Check the whole chain with :func:`~aegis.core.chain.verify_chain`, streaming."""
         if expected_head is not None:
             Head.parse(expected_head)  # a bad head is the caller's ValueError, before any I/O
+        # Signed checkpoints are checked once this store keeps them (CheckpointStore).
+        kept = getattr(self, "checkpoints", None)
         try:
-            return verify_chain(self._stream(), expected_head)
+            return verify_chain(
+                self._stream(),
+                expected_head,
+                checkpoints=kept() if check_signature is not None and kept else (),
+                check_signature=check_signature,
+            )
         except psycopg.Error as exc:
             raise self.db.error("verify the audit trail in", exc) from exc
 

@@ -77,12 +77,13 @@ def migrate(
     *,
     create: bool,
 ) -> int:
-    """Bring ``component``'s tables to the newest version; return it.
+    """Bring ``component``'s tables to the newest version; return the version now in place.
 
     With ``create=False`` (a reader: the command line, a verifier) nothing
-    is created: a schema without the component's tables is an error, so that
-    a typo in a DSN never looks like an empty, valid trail. A schema newer
-    than this Aegis is an error either way.
+    is created or migrated: a schema without the component's tables is an
+    error, so that a typo in a DSN never looks like an empty, valid trail,
+    and tables of an older version are read as they are (the version
+    returned says which). A schema newer than this Aegis is an error either way.
 
     Raises:
         StoreError: the tables are missing (``create=False``), newer than
@@ -94,6 +95,8 @@ def migrate(
     if version == target:
         return target  # the common case: one look, no lock
     _refuse_newer(db, schema, component, version, target)
+    if not create and version:
+        return version
     if not create:
         raise StoreError(
             f"no Aegis {component} tables in schema {schema!r} at {db.where}; point the "

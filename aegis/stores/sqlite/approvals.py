@@ -26,8 +26,12 @@ from aegis.stores._approvals_sql import (
     SqlApprovalStore,
     statements,
 )
+from aegis.stores.sqlite.schema import migrate
 
 __all__ = ["SqliteApprovalStore"]
+
+#: the approval tables' migrations, from version N to N + 1
+_MIGRATIONS: Final = {0: tuple(statements(""))}
 
 _HINTS: Final = (
     ("locked", "another process held the database longer than the busy timeout; retry"),
@@ -73,11 +77,12 @@ class SqliteApprovalStore(SqlApprovalStore):
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()  # guards the list of connections, not the data
         self._closed = False
-        with self._transaction(write=False) as tx:
-            current = self._version(tx)
-        if current != SCHEMA_VERSION:
-            with self._transaction(write=True) as tx:
-                self._migrate(tx)
+        try:
+            # The store's schema helper marks a new file as Aegis's, so the
+            # audit trail and the approvals may create their tables in any order.
+            migrate(self._connection(), self.path, COMPONENT, SCHEMA_VERSION, _MIGRATIONS)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     def __repr__(self) -> str:
         return f"<SqliteApprovalStore {self.path!r}>"
@@ -129,36 +134,6 @@ class SqliteApprovalStore(SqlApprovalStore):
         except sqlite3.Error as exc:
             _rollback(conn)
             raise self._error(exc) from exc
-
-    @staticmethod
-    def _version(tx: _SqliteTx) -> int:
-        found = tx.all(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'aegis_schema_versions'"
-        )
-        if not found:
-            return 0
-        rows = tx.all("SELECT version FROM aegis_schema_versions WHERE component = ?", (COMPONENT,))
-        return int(rows[0][0]) if rows else 0
-
-    def _migrate(self, tx: _SqliteTx) -> None:
-        tx.run(
-            "CREATE TABLE IF NOT EXISTS aegis_schema_versions "
-            "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
-        rows = tx.all("SELECT version FROM aegis_schema_versions WHERE component = ?", (COMPONENT,))
-        version = int(rows[0][0]) if rows else 0
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the approval tables in {self.path!r} were written by a newer Aegis "
-                f"(version {version}, this one reads {SCHEMA_VERSION}); upgrade aegis-runtime"
-            )
-        if version < SCHEMA_VERSION:
-            for statement in statements(""):
-                tx.run(statement)
-            tx.run(
-                "INSERT OR REPLACE INTO aegis_schema_versions (component, version) VALUES (?, ?)",
-                (COMPONENT, SCHEMA_VERSION),
-            )
 
     def close(self) -> None:
         """Close every connection; calling it again does nothing."""

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, Head, seal
+from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import JSON_FIELDS, RECORD_FIELDS, AuditRecord, RecordDraft, export_line
 from aegis.errors import ConfigurationError, StoreError
@@ -50,6 +51,7 @@ _PAGE: Final = 1000
 _ADDED_IN: Final = {
     1: ("context", "decided_at", "policy_digest", "kind", "start_id"),
     2: ("kind", "start_id"),
+    3: (),
 }
 # a start record that a final record finishes (the actions view hides it)
 _FINISHED: Final = "EXISTS (SELECT 1 FROM audit_log AS f WHERE f.start_id = audit_log.id)"
@@ -91,6 +93,7 @@ class SQLiteAuditStore(ReadMixin):
         self._ready_pid = 0
         self._select = _COLUMNS
         self._has_starts = True
+        self._has_checkpoints = True
         # (id, hash) of the record this store appended last, while it may
         # still be the newest; None makes the next append read the head
         self._head: tuple[int, str] | None = None
@@ -144,6 +147,7 @@ class SQLiteAuditStore(ReadMixin):
                 f"NULL AS {name}" if name in missing else name for name in RECORD_FIELDS
             )
             self._has_starts = "start_id" not in missing
+            self._has_checkpoints = version >= 4  # the schema that added them
         self._ready_pid = os.getpid()
 
     def _conn(self, doing: str) -> Any:
@@ -346,6 +350,36 @@ class SQLiteAuditStore(ReadMixin):
                 value = f"json({value})"
             parts.append(f"'{name}', {value}")
         return f"id, json_object({', '.join(parts)})"
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Keep ``checkpoint``; one already kept for its count stays."""
+        with self._conn("write a checkpoint to") as conn:
+            self._ensure(conn)
+            conn.execute(
+                "INSERT INTO audit_checkpoints (count, hash, created_at, key_id, signature) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (count) DO NOTHING",
+                (
+                    checkpoint.count,
+                    checkpoint.hash,
+                    checkpoint.created_at,
+                    checkpoint.key_id,
+                    checkpoint.signature,
+                ),
+            )
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every kept checkpoint, by count (none in a read-only file of an older schema)."""
+        self._read("read", "SELECT 1")  # the schema check, before _has_checkpoints is read
+        if not self._has_checkpoints:
+            return []
+        rows = self._read(
+            "read",
+            "SELECT count, hash, created_at, key_id, signature"
+            " FROM audit_checkpoints ORDER BY count",
+        )
+        return [
+            Checkpoint(int(n), str(h), str(at), str(key), str(sig)) for n, h, at, key, sig in rows
+        ]
 
     def head(self) -> Head:
         """The head of the chain, read from the file."""

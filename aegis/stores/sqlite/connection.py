@@ -126,6 +126,18 @@ class SQLiteDatabase:
             check_same_thread=False,  # any thread may use it; self.lock guards
         )
         try:
+            # Before changing anything (WAL mode rewrites the header), make
+            # sure the file is ours or empty: another application's database
+            # must be left exactly as it was.
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            if (
+                app_id != APPLICATION_ID
+                and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            ):
+                raise StoreError(
+                    f"{self.path!r} is a SQLite database but not an Aegis audit database; "
+                    "use the audit database your runtime writes instead"
+                )
             # Takes effect only on a new file: small pages make each commit
             # write less to the WAL (records are a few hundred bytes).
             conn.execute("PRAGMA page_size=1024")
@@ -146,9 +158,14 @@ class SQLiteDatabase:
         )
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN":
+                conn.close()
+                raise
             # A WAL database whose index cannot be created beside it (a
-            # read-only folder): read the file as it is, nobody writes it.
+            # read-only folder or mount): nobody can be writing it, so read
+            # the file as it is. Never for other errors: an immutable reader
+            # of a live file would miss every later write.
             conn.close()
             conn = sqlite3.connect(
                 uri + "&immutable=1",

@@ -29,7 +29,7 @@ _VERSIONS: Final = (
 )
 
 #: the audit trail's schema version this Aegis writes
-AUDIT_VERSION: Final = 3
+AUDIT_VERSION: Final = 4
 
 #: statements taking the audit tables from version N to N + 1
 AUDIT_MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
@@ -69,6 +69,16 @@ AUDIT_MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
         "ALTER TABLE audit_log ADD COLUMN kind TEXT",
         "ALTER TABLE audit_log ADD COLUMN start_id INTEGER",
         "CREATE INDEX audit_log_start ON audit_log (start_id) WHERE start_id IS NOT NULL",
+    ),
+    # signed checkpoints of the chain's head
+    3: (
+        """CREATE TABLE audit_checkpoints (
+            count INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            signature TEXT NOT NULL
+        )""",
     ),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -17,10 +18,11 @@ from pg_support import POSTGRES_DSN
 
 from aegis.cli import cli
 from aegis.core.action import Action
+from aegis.core.chain import GENESIS_HASH, row_hash
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.filters import Filters
 from aegis.core.policy import Policy
-from aegis.core.record import RECORD_FIELDS
+from aegis.core.record import RECORD_FIELDS, AuditRecord
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ConfigurationError, StoreError
@@ -290,7 +292,7 @@ def test_a_schema_without_the_trail_is_an_error_for_readers(postgres_dsn: str) -
 def test_every_audit_command_takes_a_dsn(
     trail: AuditLogger, postgres_dsn: str, tmp_path: Path
 ) -> None:
-    """list, show, export, verify, stats and tail read the PostgreSQL trail through --db."""
+    """list, show, export, verify, stats, tail and replay read the PostgreSQL trail via --db."""
     fill(trail, 3)
     runner = CliRunner()
 
@@ -307,6 +309,10 @@ def test_every_audit_command_takes_a_dsn(
     assert json.loads(aegis("audit", "verify", "--format", "json"))["checked"] == 3
     assert json.loads(aegis("audit", "stats", "--format", "json"))["total"] == 3
     assert len(aegis("audit", "tail", "-n", "2").splitlines()) == 2
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('version: "1"\ndefaults: {risk_level: low, approval: block}\nrules: []\n')
+    replayed = json.loads(aegis("replay", str(policy), "--format", "json"))
+    assert replayed["checked"] == 3
 
 
 def test_the_cli_names_a_dead_server_in_one_line() -> None:
@@ -495,3 +501,126 @@ def test_an_unknown_synchronous_mode_is_refused(postgres_dsn: str) -> None:
     """A synchronous mode other than normal or full is a configuration error."""
     with pytest.raises(ConfigurationError, match="'normal' or 'full'"):
         AuditLogger(postgres_dsn, synchronous="off")
+
+
+def test_a_forked_child_appends_on_its_own_connection(trail: AuditLogger) -> None:
+    """A child forked after the parent appended writes through a connection of its own."""
+    fill(trail, 1)
+    pid = os.fork()
+    if pid == 0:  # the child: append one record, leave without cleanup
+        code = 0
+        try:
+            d = decision(2)
+            trail.log("child", d, result=success(d))
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    d = decision(3)
+    assert trail.log("parent", d, result=success(d)) == 3  # the parent's connection still works
+    assert [r["session_id"] for r in trail.get_log()] == ["s1", "child", "parent"]
+    assert trail.verify().ok
+
+
+async def test_a_writer_stuck_holding_the_chain_never_hangs_the_runtime(postgres_dsn: str) -> None:
+    """While another session holds the chain's lock, an action fails after statement_timeout."""
+    schema = postgres_dsn.rsplit("%3D", 1)[1]
+    audit = AuditLogger(postgres_dsn, statement_timeout=0.5)
+    ran: list[Action] = []
+    async with Runtime(executor=ran.append, policy=POLICY, audit_logger=audit) as runtime:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as stuck:
+            stuck.execute(
+                "SELECT pg_advisory_lock(1095059283, hashtext(%s))", (f"{schema}.aegis_audit_log",)
+            )
+            result = await asyncio.wait_for(runtime.run_one(Action("read", "crm")), 30)
+        assert result.status is ResultStatus.FAILED
+        assert "statement_timeout" in str(result.error)
+        assert ran == []
+        assert (await runtime.run_one(Action("read", "crm"))).ok  # the lock is free again
+        assert audit.verify().ok
+
+
+async def test_a_search_path_without_a_schema_fails_at_start(postgres_dsn: str) -> None:
+    """A DSN whose search_path names no existing schema is one clear error before anything runs."""
+    dsn = postgres_dsn.rsplit("%3D", 1)[0] + "%3Daegis_no_such_schema"
+    ran: list[Action] = []
+    with pytest.raises(StoreError, match=r"CREATE SCHEMA|schema="):
+        async with Runtime(executor=ran.append, policy=POLICY, audit_logger=AuditLogger(dsn)):
+            pass
+    assert ran == []
+
+
+def test_appending_nothing_writes_nothing(postgres_dsn: str) -> None:
+    """An empty append returns no records and leaves the chain empty, in either mode."""
+    for mode in ("normal", "full"):
+        with AuditLogger(postgres_dsn, synchronous=mode) as audit:
+            assert audit.store.append([]) == []
+            assert audit.store.head().count == 0
+
+
+def test_a_trail_of_an_older_schema_is_read_as_is_and_migrated_by_a_writer(
+    trail: AuditLogger, postgres_dsn: str
+) -> None:
+    """A version-1 trail (no checkpoints table) reads and verifies; a writer migrates it to 2."""
+    fill(trail, 3)
+    sql(postgres_dsn, "DROP TABLE aegis_audit_checkpoints")
+    sql(postgres_dsn, "UPDATE aegis_schema_versions SET version = 1 WHERE component = 'audit'")
+    with AuditLogger(postgres_dsn, create=False, readonly=True) as reader:
+        assert reader.verify().ok
+        assert reader.store.checkpoints() == []  # type: ignore[attr-defined]
+    assert sql(postgres_dsn, "SELECT to_regclass('aegis_audit_checkpoints')") == [(None,)]
+    with AuditLogger(postgres_dsn) as writer:
+        writer.check()
+        assert writer.store.checkpoints() == []  # type: ignore[attr-defined]
+    assert sql(
+        postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
+    ) == [(2,)]
+    assert sql(postgres_dsn, "SELECT count(*) FROM aegis_audit_checkpoints") == [(0,)]
+
+
+async def test_signed_checkpoints_on_postgresql_catch_a_consistent_rewrite(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """A signing trail keeps checkpoints in PostgreSQL; the CLI checks them with the public key."""
+    runner = CliRunner()
+    key = tmp_path / "audit.key"
+    assert runner.invoke(cli, ["audit", "keygen", str(key)]).exit_code == 0
+    audit = AuditLogger(postgres_dsn, signing_key=key, checkpoint_every=2)
+    async with Runtime(executor=lambda a: "ok", policy=POLICY, audit_logger=audit) as runtime:
+        for n in range(3):
+            assert (await runtime.run_one(Action("read", "crm", {"n": n}))).ok
+    verify = ["audit", "verify", "--db", postgres_dsn, "--public-key", f"{key}.pub"]
+    result = runner.invoke(cli, [*verify, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["checkpoints"] >= 1
+    head = runner.invoke(cli, ["audit", "head", "--db", postgres_dsn])
+    assert head.output.strip().startswith("6:")
+    # Rewrite the first action and re-hash the whole chain consistently: it
+    # links and hashes again, but no longer matches what the key signed.
+    with AuditLogger(postgres_dsn, create=False, readonly=True) as reader:
+        records = list(reader.store.records(Filters(view="records")))
+    prev = GENESIS_HASH
+    for record in records:
+        fields = record._asdict()
+        if record.id in (1, 2):  # the first action's start and final records
+            fields["action_target"] = "elsewhere"
+        fields["prev_hash"] = prev
+        fields["hash"] = row_hash(AuditRecord(**fields))
+        prev = fields["hash"]
+        sql(
+            postgres_dsn,
+            "ALTER TABLE aegis_audit_log DROP CONSTRAINT IF EXISTS aegis_audit_log_one_successor",
+        )
+        sql(
+            postgres_dsn,
+            "UPDATE aegis_audit_log SET action_target = %s, prev_hash = %s, hash = %s "
+            "WHERE id = %s",
+            fields["action_target"],
+            fields["prev_hash"],
+            fields["hash"],
+            record.id,
+        )
+    assert runner.invoke(cli, ["audit", "verify", "--db", postgres_dsn]).exit_code == 0
+    rewritten = runner.invoke(cli, verify)
+    assert rewritten.exit_code == 1

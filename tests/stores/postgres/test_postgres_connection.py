@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -161,3 +163,20 @@ def test_concurrent_migrations_do_not_race(postgres_dsn: str) -> None:
         thread.join()
     assert errors == []
     assert versions == [2] * 8
+
+
+def test_without_the_extra_a_dsn_names_the_extra_to_install() -> None:
+    """With psycopg missing, a postgresql:// trail is one line naming the postgres extra."""
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from aegis.cli import main\n"
+        "sys.argv = ['aegis', 'audit', 'verify', '--db', 'postgresql://u:pw@127.0.0.1/db']\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert 'pip install "aegis-runtime[postgres]"' in lines[0]

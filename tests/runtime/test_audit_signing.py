@@ -1,0 +1,176 @@
+"""Signed checkpoints: the head signed with Ed25519, checked with the public key alone."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from engine_support import TablePolicy
+
+from aegis.cli import cli
+from aegis.core.action import Action
+from aegis.core.checkpoint import Checkpoint
+from aegis.errors import ConfigurationError
+from aegis.runtime.audit import AuditLogger
+from aegis.runtime.engine import Runtime
+from aegis.runtime.signing import Signer, generate_key_files, load_public_key
+from aegis.testing import RecordingExecutor
+
+DECISION = TablePolicy().evaluate(Action("read", "crm", {"n": 1}))
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh key pair: (private, public)."""
+    return generate_key_files(tmp_path / "audit.key")
+
+
+def write(db: Path, key: Path | None, count: int, every: int = 10) -> None:
+    """Log ``count`` records, signing with ``key`` every ``every`` records and at close."""
+    with AuditLogger(db, signing_key=key, checkpoint_every=every) as audit:
+        for _ in range(count):
+            audit.log("s", DECISION)
+
+
+def sql(db: Path, statement: str) -> None:
+    """Edit the database by hand."""
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(statement)
+
+
+def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:
+    """`aegis audit keygen` writes PATH (mode 0600) and PATH.pub, and refuses to overwrite."""
+    path = tmp_path / "k"
+    result = CliRunner().invoke(cli, ["audit", "keygen", str(path)])
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert b"PUBLIC KEY" in (tmp_path / "k.pub").read_bytes()
+    again = CliRunner().invoke(cli, ["audit", "keygen", str(path)])
+    assert again.exit_code == 2
+    assert "exists" in again.stderr
+
+
+def test_heads_are_signed_every_n_records_and_at_close(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """25 records with every=10 leave checkpoints at 10, 20 and 25, all valid."""
+    db = tmp_path / "a.db"
+    write(db, keys[0], 25)
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        kept = audit.checkpoints()
+        report = audit.verify(public_key=keys[1])
+    assert [c.count for c in kept] == [10, 20, 25]
+    assert (report.ok, report.checkpoints) == (True, 3)
+
+
+def test_heads_are_signed_after_the_interval(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """With a short interval, a record written after it passed is signed at once."""
+    db = tmp_path / "a.db"
+    audit = AuditLogger(db, signing_key=keys[0], checkpoint_every=1000, checkpoint_interval=0.01)
+    audit.log("s", DECISION)
+    time.sleep(0.05)
+    audit.log("s", DECISION)
+    # every=1000 was never reached: only the interval can have signed record 2
+    assert audit.checkpoints()[-1].count == 2
+    audit.close()
+
+
+def test_a_truncated_tail_is_caught_with_the_public_key_alone(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """Records cut off after a checkpoint pass the chain check and fail the signed one."""
+    db = tmp_path / "a.db"
+    write(db, keys[0], 25)
+    sql(db, "DELETE FROM audit_log WHERE id > 15")
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        assert audit.verify().ok  # without a key or a kept head: undetectable
+        report = audit.verify(public_key=keys[1])
+    assert not report.ok
+    assert "removed from the end" in report.reason
+
+
+def test_a_consistent_rewrite_is_caught_with_the_public_key(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """A chain rewritten from scratch, hashes and all, no longer fits the signed heads."""
+    db = tmp_path / "a.db"
+    write(db, keys[0], 12)
+    sql(db, "DELETE FROM audit_log")
+    write(db, None, 12)  # a forger without the key rebuilds a valid-looking chain
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        assert audit.verify().ok
+        report = audit.verify(public_key=keys[1])
+    assert (report.ok, report.first_bad_id) == (False, 10)
+    assert "signed checkpoint" in report.reason
+
+
+def test_checkpoints_signed_by_another_key_are_refused(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """A forger's own checkpoints fail against the real public key."""
+    db = tmp_path / "a.db"
+    forger, _ = generate_key_files(tmp_path / "forger.key")
+    write(db, forger, 5)
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        report = audit.verify(public_key=keys[1])
+    assert not report.ok
+    assert "not signed by the given key" in report.reason
+
+
+def test_an_edited_checkpoint_is_refused(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """Changing a kept checkpoint's head breaks its signature."""
+    db = tmp_path / "a.db"
+    write(db, keys[0], 10)
+    sql(db, "UPDATE audit_checkpoints SET count = 9")
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        assert not audit.verify(public_key=keys[1]).ok
+
+
+def test_the_public_key_cannot_sign(keys: tuple[Path, Path]) -> None:
+    """A public key file is refused as a signing key; it only checks."""
+    with pytest.raises(ConfigurationError, match="private key"):
+        Signer(keys[1])
+    checkpoint = Signer(keys[0]).sign(3, "ab" * 32)
+    assert load_public_key(keys[1])(checkpoint)
+    forged = Checkpoint(
+        4, checkpoint.hash, checkpoint.created_at, checkpoint.key_id, checkpoint.signature
+    )
+    assert not load_public_key(keys[1])(forged)
+
+
+async def test_the_runtime_signs_with_the_key_in_the_environment(
+    tmp_path: Path, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$AEGIS_AUDIT_KEY makes the default trail sign; verify --public-key checks it."""
+    monkeypatch.setenv("AEGIS_AUDIT_KEY", str(keys[0]))
+    monkeypatch.chdir(tmp_path)
+    async with Runtime(executor=RecordingExecutor(), policy=TablePolicy()) as runtime:
+        await runtime.run_one(Action("read", "crm"))
+    monkeypatch.delenv("AEGIS_AUDIT_KEY")
+    db = tmp_path / "aegis_audit.db"
+    result = CliRunner().invoke(
+        cli, ["audit", "verify", "--db", str(db), "--public-key", str(keys[1]), "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["checkpoints"] == 1
+    assert document["head"].startswith("2:")
+
+
+def test_audit_head_prints_the_head_to_keep(tmp_path: Path) -> None:
+    """`aegis audit head` prints count:hash, the form --expect-head takes."""
+    db = tmp_path / "a.db"
+    write(db, None, 3)
+    result = CliRunner().invoke(cli, ["audit", "head", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    printed = result.stdout.strip()
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        assert printed == str(audit.head())
+    kept = CliRunner().invoke(cli, ["audit", "verify", "--db", str(db), "--expect-head", printed])
+    assert kept.exit_code == 0

@@ -1,0 +1,455 @@
+"""Every start is in the chain: killed actions stay visible, edits fail, the store is checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from engine_support import TablePolicy
+
+from aegis.cli import cli
+from aegis.core.action import Action
+from aegis.core.chain import record_hash
+from aegis.core.result import Result, ResultStatus
+from aegis.errors import AuditError, StoreError
+from aegis.runtime.audit import AuditLogger
+from aegis.runtime.engine import Runtime
+from aegis.testing import RecordingExecutor
+
+CHILD = Path(__file__).with_name("runtime_child.py")
+
+
+def run_and_kill(db: Path, done: int) -> None:
+    """Run a real Runtime in a child process and SIGKILL it while an action executes."""
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(db), str(done)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line == "executing\n", child.communicate(timeout=30)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def killed_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database whose writer was killed in the middle of a wire transfer, after 3 reads."""
+    db = tmp_path_factory.mktemp("killed") / "audit.db"
+    run_and_kill(db, 3)
+    return db
+
+
+@pytest.fixture
+def copy(killed_db: Path, tmp_path: Path) -> Path:
+    """A private copy of the killed writer's database, to edit."""
+    target = tmp_path / "audit.db"
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{killed_db}{suffix}")
+        if source.exists():
+            shutil.copy(source, f"{target}{suffix}")
+    return target
+
+
+def sql(db: Path, statement: str, *args: Any) -> None:
+    """Edit the database by hand, as someone with the file would."""
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(statement, args)
+
+
+def cli_run(*args: str) -> Any:
+    """Run ``aegis ARGS`` in-process and return Click's result."""
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+# ---------------------------------------------------------------- a killed action
+
+
+def test_a_killed_action_shows_in_get_log_as_started(killed_db: Path) -> None:
+    """After SIGKILL mid-executor, get_log() lists the transfer as started with no outcome."""
+    with AuditLogger(killed_db, create=False, readonly=True) as audit:
+        records = audit.get_log()
+        pending = audit.pending()
+        stats = audit.stats()
+    assert [r["action_type"] for r in records] == ["read", "read", "read", "wire_transfer"]
+    transfer = records[-1]
+    assert transfer["kind"] == "start"
+    assert transfer["result_status"] is None
+    assert transfer["completed_at"] is None
+    assert transfer["action_params"] == {"amount": 250_000, "to": "ACME"}
+    assert transfer["context"] == {"tool_call_id": "call_42"}
+    assert transfer["decided_at"] is not None
+    assert pending == [transfer]
+    assert stats["result_status"] == {"started": 1, "success": 3}
+
+
+def test_a_killed_action_is_exported_and_the_export_verifies(
+    killed_db: Path, tmp_path: Path
+) -> None:
+    """export_jsonl writes the killed action's start record; every line rehashes."""
+    out = tmp_path / "out.jsonl"
+    with AuditLogger(killed_db, create=False, readonly=True) as audit:
+        written = audit.export_jsonl(out)
+        report = audit.verify()
+    lines = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    assert written == len(lines) == 7  # three reads (start + final) and one start
+    assert lines[-1]["kind"] == "start"
+    assert lines[-1]["action_type"] == "wire_transfer"
+    assert all(record_hash(line) == line["hash"] for line in lines)
+    assert [line["start_id"] for line in lines if line["kind"] == "final"] == [1, 3, 5]
+    assert report.ok
+    assert report.unfinished == (7,)
+
+
+def test_the_cli_lists_shows_and_counts_the_killed_action(killed_db: Path) -> None:
+    """`aegis audit list/show/stats/verify` show the interrupted transfer as started."""
+    listed = cli_run("audit", "list", "--db", str(killed_db))
+    assert listed.exit_code == 0, listed.output
+    last = listed.stdout.splitlines()[-1].split("\t")
+    assert last[0] == "7"
+    assert last[3] == "wire_transfer:bank"
+    assert last[7] == "started"
+    shown = cli_run("audit", "show", "7", "--db", str(killed_db))
+    assert "start" in shown.stdout
+    assert "call_42" in shown.stdout
+    stats = cli_run("audit", "stats", "--db", str(killed_db), "--format", "json")
+    assert json.loads(stats.stdout)["result_status"] == {"started": 1, "success": 3}
+    verified = cli_run("audit", "verify", "--db", str(killed_db))
+    assert verified.exit_code == 0
+    assert "1 actions started but never finished" in verified.stderr
+    assert "wire_transfer:bank" in verified.stderr
+
+
+def test_the_cli_in_a_real_process_lists_the_killed_action(killed_db: Path) -> None:
+    """`python -m aegis audit list` in its own process shows the started transfer."""
+    done = subprocess.run(
+        [sys.executable, "-m", "aegis", "audit", "list", "--db", str(killed_db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wire_transfer:bank" in done.stdout
+    assert "started" in done.stdout
+
+
+def test_no_file_is_left_beside_the_database(killed_db: Path) -> None:
+    """Starts live in the database: nothing but SQLite's own files sits beside it."""
+    names = {p.name for p in killed_db.parent.iterdir()}
+    assert names <= {"audit.db", "audit.db-wal", "audit.db-shm"}
+
+
+# ---------------------------------------------------------------- hand edits
+
+
+@pytest.mark.parametrize(
+    ("statement", "bad_id"),
+    [
+        ("DELETE FROM audit_log WHERE id = 7", None),  # the evidence of the transfer
+        ("UPDATE audit_log SET kind = 'final' WHERE id = 7", 7),
+        ("UPDATE audit_log SET kind = NULL WHERE id = 7", 7),
+        ("UPDATE audit_log SET start_id = 3 WHERE id = 2", 2),
+        ("UPDATE audit_log SET start_id = NULL WHERE id = 4", 4),
+        ("UPDATE audit_log SET context = NULL WHERE id = 7", 7),
+        ('UPDATE audit_log SET action_params = \'{"amount":1,"to":"ACME"}\' WHERE id = 7', 7),
+        ("DELETE FROM audit_log WHERE id = 3", 3),
+    ],
+    ids=[
+        "delete-start",
+        "start-made-final",
+        "kind-erased",
+        "start-id-moved",
+        "start-id-erased",
+        "context-erased",
+        "amount-edited",
+        "delete-finished-start",
+    ],
+)
+def test_editing_the_start_records_fails_verify(
+    copy: Path, statement: str, bad_id: int | None
+) -> None:
+    """Deleting or editing a start record or a link to it makes verify fail."""
+    kept_head = AuditLogger(copy, create=False, readonly=True).head()
+    sql(copy, statement)
+    with AuditLogger(copy, create=False, readonly=True) as audit:
+        report = audit.verify(kept_head)
+    assert not report.ok
+    if bad_id is not None:
+        assert report.first_bad_id == bad_id
+
+
+def test_deleting_the_last_start_is_caught_only_with_a_kept_head(copy: Path) -> None:
+    """Cutting the killed start off the end is the one edit that needs a kept head."""
+    with AuditLogger(copy, create=False, readonly=True) as audit:
+        kept = audit.head()
+    sql(copy, "DELETE FROM audit_log WHERE id = 7")
+    with AuditLogger(copy, create=False, readonly=True) as audit:
+        assert audit.verify().ok
+        report = audit.verify(kept)
+    assert not report.ok
+    assert "removed from the end" in report.reason
+
+
+def test_malformed_files_beside_the_database_do_not_disturb_verify(copy: Path) -> None:
+    """Junk files named like old journals or SQLite's own files never crash verify."""
+    Path(f"{copy}.pending-1-abcd").write_bytes(b"\xff\x00not json\n{")
+    Path(f"{copy}-journal").write_bytes(b"")
+    with AuditLogger(copy, create=False, readonly=True) as audit:
+        assert audit.verify().ok
+    result = cli_run("audit", "verify", "--db", str(copy))
+    assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------- read-only copies
+
+
+@contextmanager
+def read_only(*paths: Path) -> Iterator[None]:
+    """Make ``paths`` read-only, even for root (immutable), and undo it afterwards."""
+    root = os.geteuid() == 0
+    try:
+        for path in paths:
+            if root:
+                subprocess.run(["chattr", "+i", str(path)], check=True)
+            else:
+                path.chmod(0o555 if path.is_dir() else 0o444)
+        yield
+    finally:
+        for path in paths:
+            if root:
+                subprocess.run(["chattr", "-i", str(path)], check=True)
+            else:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def checkpointed_copy(source: Path, folder: Path) -> Path:
+    """A copy of ``source`` with its WAL folded in, as a backup tool would make it."""
+    folder.mkdir()
+    target = folder / "evidence.db"
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+    return target
+
+
+def test_a_read_only_copy_can_be_listed_exported_and_verified(
+    killed_db: Path, tmp_path: Path
+) -> None:
+    """A backup in a read-only folder is listed, exported and verified without writing."""
+    evidence = checkpointed_copy(killed_db, tmp_path / "mount")
+    before = evidence.read_bytes()
+    out = tmp_path / "out.jsonl"
+    with read_only(evidence, evidence.parent):
+        listed = cli_run("audit", "list", "--db", str(evidence))
+        exported = cli_run("audit", "export", "--db", str(evidence), "-o", str(out))
+        verified = cli_run("audit", "verify", "--db", str(evidence))
+        with AuditLogger(evidence, create=False, readonly=True) as audit:
+            assert len(audit.get_log()) == 4
+    assert listed.exit_code == 0, listed.output
+    assert "wire_transfer:bank" in listed.stdout
+    assert exported.exit_code == 0, exported.output
+    assert len(out.read_text().splitlines()) == 7
+    assert verified.exit_code == 0, verified.output
+    assert evidence.read_bytes() == before
+
+
+def test_a_read_only_copy_of_the_first_schema_can_be_read(tmp_path: Path) -> None:
+    """An old (schema 1) database is read, not migrated, when opened read-only."""
+    db = tmp_path / "old.db"
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE audit_log (id INTEGER PRIMARY KEY, session_id TEXT, timestamp TEXT,"
+            " action_type TEXT, action_target TEXT, action_params TEXT, action_desc TEXT,"
+            " risk_level TEXT, approval TEXT, matched_rule TEXT, reason TEXT,"
+            " human_decision TEXT, result_status TEXT, result_data TEXT, result_error TEXT,"
+            " started_at TEXT, completed_at TEXT, prev_hash TEXT, hash TEXT, start_ref TEXT)"
+        )
+        record = {
+            "id": 1,
+            "session_id": "s",
+            "timestamp": "2024-01-01T00:00:00.000000+00:00",
+            "action_type": "read",
+            "action_target": "crm",
+            "action_params": {},
+            "action_desc": "",
+            "risk_level": "LOW",
+            "approval": "auto",
+            "matched_rule": "r",
+            "reason": "",
+            "result_status": "success",
+            "prev_hash": "0" * 64,
+        }
+        digest = record_hash(record)
+        conn.execute(
+            "INSERT INTO audit_log VALUES (1, 's', ?, 'read', 'crm', '{}', '', 'LOW', 'auto',"
+            " 'r', '', NULL, 'success', 'null', NULL, NULL, NULL, ?, ?, NULL)",
+            (record["timestamp"], "0" * 64, digest),
+        )
+        conn.execute("PRAGMA application_id = 1095059283")
+        conn.execute("PRAGMA user_version = 1")
+    before = db.read_bytes()
+    with read_only(db), AuditLogger(db, create=False, readonly=True) as audit:
+        assert audit.verify().ok
+        [only] = audit.get_log()
+    assert only["kind"] is None
+    assert only["result_status"] == "success"
+    assert db.read_bytes() == before
+
+
+# ---------------------------------------------------------------- the store is checked first
+
+
+def runtime_on(db: Path, executor: RecordingExecutor) -> Runtime:
+    """A runtime writing to the SQLite file ``db``."""
+    return Runtime(executor=executor, policy=TablePolicy(), audit_logger=AuditLogger(db))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"this is a text file, not a database\n" * 100, "not a database"),
+        (os.urandom(8192), "not a database"),
+    ],
+    ids=["text", "random-bytes"],
+)
+async def test_a_garbage_file_fails_before_any_action_runs(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    """A file that is not SQLite is a StoreError at the first run_one; nothing executes."""
+    db = tmp_path / "audit.db"
+    db.write_bytes(content)
+    executor = RecordingExecutor()
+    with pytest.raises(StoreError, match=message):
+        await runtime_on(db, executor).run_one(Action("read", "crm"))
+    assert executor.actions == []
+    assert db.read_bytes() == content
+
+
+async def test_another_applications_database_fails_before_any_action_runs(
+    tmp_path: Path,
+) -> None:
+    """A SQLite file of another application is refused at start; it is left untouched."""
+    db = tmp_path / "app.db"
+    sql(db, "CREATE TABLE customers (id INTEGER)")
+    before = db.read_bytes()
+    executor = RecordingExecutor()
+    with pytest.raises(StoreError, match="not an Aegis audit database"):
+        async with runtime_on(db, executor) as runtime:
+            await runtime.run_one(Action("read", "crm"))
+    assert executor.actions == []
+    assert db.read_bytes() == before
+
+
+async def test_a_read_only_database_fails_before_any_action_runs(tmp_path: Path) -> None:
+    """A read-only audit file is an error at Runtime start, before the executor runs."""
+    db = tmp_path / "audit.db"
+    AuditLogger(db).log("s", TablePolicy().evaluate(Action("read", "crm")))
+    executor = RecordingExecutor()
+    with read_only(db):
+        with pytest.raises(StoreError, match="read-only"):
+            async with runtime_on(db, executor) as runtime:
+                await runtime.run_one(Action("read", "crm"))
+        assert executor.actions == []
+
+
+async def test_a_database_in_a_missing_folder_fails_before_any_action_runs(
+    tmp_path: Path,
+) -> None:
+    """A path whose folder does not exist is an AuditError before anything runs."""
+    executor = RecordingExecutor()
+    with pytest.raises(AuditError, match="folder exists"):
+        await runtime_on(tmp_path / "no" / "audit.db", executor).run_one(Action("read", "crm"))
+    assert executor.actions == []
+
+
+# ---------------------------------------------------------------- odd content
+
+
+class Unprintable:
+    """A value whose repr raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+@pytest.mark.parametrize(
+    ("params", "data", "expect_params", "expect_data"),
+    [
+        (
+            {"name": "caf\udce9", "keep": "ok"},
+            None,
+            {"name": "<unstorable str: 'caf\\udce9'>", "keep": "ok"},
+            None,
+        ),
+        (
+            {"keep": 2},
+            {"obj": Unprintable(), "rows": [1, 2]},
+            {"keep": 2},
+            {"obj": "<unrepresentable Unprintable>", "rows": [1, 2]},
+        ),
+        (
+            {"keep": 3},
+            Unprintable(),
+            {"keep": 3},
+            "<unrepresentable Unprintable>",
+        ),
+    ],
+    ids=["lone-surrogate", "broken-repr-inside", "broken-repr-whole"],
+)
+async def test_a_record_is_never_lost_because_of_its_content(
+    tmp_path: Path,
+    params: dict[str, Any],
+    data: Any,
+    expect_params: dict[str, Any],
+    expect_data: Any,
+) -> None:
+    """Values that cannot be stored become marked text; the record and other params stay."""
+    db = tmp_path / "audit.db"
+    executor = RecordingExecutor(default=data)
+    async with runtime_on(db, executor) as runtime:
+        result = await runtime.run_one(Action("read", "crm", params))
+    assert result.status is ResultStatus.SUCCESS
+    with AuditLogger(db, create=False, readonly=True) as audit:
+        [record] = audit.get_log()
+        report = audit.verify()
+        exported = list(audit.store.export_lines())
+    assert record["action_params"] == expect_params
+    assert record["result_data"] == expect_data
+    assert report.ok, report.reason
+    assert all(record_hash(json.loads(line)) == json.loads(line)["hash"] for line in exported)
+
+
+async def test_an_int_past_the_digit_limit_keeps_its_record_and_the_other_params(
+    tmp_path: Path,
+) -> None:
+    """A param past Python's 4,300-digit limit is stored as marked hex; the rest is kept."""
+    db = tmp_path / "audit.db"
+    decision = TablePolicy().evaluate(Action("read", "crm", {"big": 10**5000, "keep": 1}))
+    with AuditLogger(db) as audit:
+        start = await audit.record_start("s", decision)
+        await audit.record(
+            "s",
+            decision,
+            result=Result(decision.action, ResultStatus.SUCCESS, data=[10**5000, 2]),
+            start_token=start,
+        )
+        [record] = audit.get_log()
+        report = audit.verify()
+    marker = f"<unstorable int: {hex(10**5000)}>"
+    assert record["action_params"] == {"big": marker, "keep": 1}
+    assert record["result_data"] == [marker, 2]
+    assert report.ok

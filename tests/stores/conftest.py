@@ -1,0 +1,52 @@
+"""Fixtures of the store contract suite: every test runs once per engine in ENGINES.
+
+The engines are in store_engines.py; to add one (PostgreSQL), add its
+Engine subclass there and a factory here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from store_engines import Engine, MemoryEngine, PostgresEngine, SQLiteEngine
+
+from aegis.stores.base import AuditStore
+
+#: engine name -> factory of a fresh Engine (given pytest's request)
+ENGINES: dict[str, Callable[[pytest.FixtureRequest], Engine]] = {
+    "memory": lambda request: MemoryEngine(),
+    "sqlite": lambda request: SQLiteEngine(request.getfixturevalue("tmp_path")),
+    "postgres": lambda request: PostgresEngine(request.getfixturevalue("postgres_dsn")),
+}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """Each engine in turn, on a fresh location."""
+    made = ENGINES[request.param](request)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+@pytest.fixture(params=sorted(name for name in ENGINES if name != "memory"))
+def persistent_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """Each engine whose records outlive the process, on a fresh location."""
+    made = ENGINES[request.param](request)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+@pytest.fixture
+def store(engine: Engine) -> Iterator[AuditStore]:
+    """A store of the engine under test, checked and closed afterwards."""
+    opened = engine.open()
+    opened.check()
+    try:
+        yield opened
+    finally:
+        opened.close()
