@@ -109,6 +109,7 @@ class AegisGroup(click.Group):
         "demo": "aegis.cli._demo:demo",
         "grants": "aegis.cli._grants:grants",
         "init": "aegis.cli._init:init",
+        "mcp-proxy": "aegis.cli._mcp:mcp_proxy",
         "replay": "aegis.cli._replay:replay",
         "schema": "aegis.cli._validate:schema",
         "serve": "aegis.cli._serve:serve",

@@ -1,0 +1,246 @@
+"""``aegis mcp-proxy``: govern any MCP server for any MCP client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from aegis.cli._output import APPROVAL_STYLES, RISK_STYLES, Styled, emit_json, print_table
+from aegis.cli._params import DEFAULT_DB, format_option
+from aegis.core.policy import Policy
+from aegis.errors import ConfigurationError
+
+__all__ = ["mcp_proxy"]
+
+_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
+
+
+def _listen_address(value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8811)")
+    return host.strip("[]"), int(port)
+
+
+def _positive(value: float | None, what: str) -> float | None:
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"{what} must be positive seconds, got {value:g}")
+    return value
+
+
+@click.command(
+    "mcp-proxy",
+    context_settings={"ignore_unknown_options": False},
+    epilog="""\b
+Examples:
+  aegis mcp-proxy --policy policy.yaml --db aegis_audit.db --name files \\
+      -- npx @modelcontextprotocol/server-filesystem /srv
+  aegis mcp-proxy --policy policy.yaml --approval-url http://127.0.0.1:8700 \\
+      --listen 127.0.0.1:8811 -- python my_server.py
+  aegis mcp-proxy --check --policy policy.yaml -- python my_server.py
+
+\b
+In a client's configuration, replace the server's command with:
+  "command": "aegis", "args": ["mcp-proxy", "--policy", "policy.yaml", "--", ...]
+""",
+)
+@click.option(
+    "--policy",
+    "policy_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The policy that decides every tool call.",
+)
+@click.option(
+    "--db",
+    default=DEFAULT_DB,
+    envvar="AEGIS_DB",
+    show_default=True,
+    show_envvar=True,
+    help="The audit trail every call is recorded in.",
+)
+@click.option("--name", default=None, help="The actions' target [default: the command's name].")
+@click.option(
+    "--approval",
+    type=click.Choice(["terminal", "deny", "remote"]),
+    default=None,
+    help="How approvals are asked [default: remote with --approval-url, else deny].",
+)
+@click.option("--approval-url", default=None, help="The approval service (aegis serve).")
+@click.option(
+    "--approval-token",
+    default=None,
+    envvar="AEGIS_TOKEN",
+    show_envvar=True,
+    help="The agent token for the approval service.",
+)
+@click.option(
+    "--approval-timeout",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="Seconds an approval may take before the call is denied.",
+)
+@click.option(
+    "--call-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds the server may take to answer one request.",
+)
+@click.option("--listen", default=None, help="Serve Streamable HTTP on HOST:PORT (path /mcp).")
+@click.option("--upstream-url", default=None, help="Govern a Streamable HTTP server at this URL.")
+@click.option("--hide-blocked", is_flag=True, help="Leave tools the policy always blocks unlisted.")
+@click.option("--check", is_flag=True, help="List the server's tools and the policy's decisions.")
+@click.option(
+    "--max-message-bytes",
+    type=click.IntRange(min=1024),
+    default=4 * 1024 * 1024,
+    show_default=True,
+    help="The largest message a client may send.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log every refusal and decision to stderr.")
+@format_option("table", "json")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def mcp_proxy(  # noqa: PLR0917  # click passes every option
+    policy_path: str,
+    db: str,
+    name: str | None,
+    approval: str | None,
+    approval_url: str | None,
+    approval_token: str | None,
+    approval_timeout: float,
+    call_timeout: float,
+    listen: str | None,
+    upstream_url: str | None,
+    hide_blocked: bool,
+    check: bool,
+    max_message_bytes: int,
+    verbose: bool,
+    output_format: str,
+    command: tuple[str, ...],
+) -> None:
+    """Put Aegis between an MCP client and an MCP server.
+
+    Starts COMMAND as the MCP server (or reaches --upstream-url) and serves
+    its tools over stdio, or over Streamable HTTP with --listen. Every
+    tools/call is decided by the policy: auto calls are forwarded, blocked
+    and denied ones come back as tool errors naming the rule, and calls
+    needing approval wait for a human. Every call is recorded in the audit
+    trail with its MCP request id.
+    """
+    from aegis.mcp.runner import ProxySettings  # noqa: PLC0415  # the SDK loads only here
+
+    if bool(command) == bool(upstream_url):
+        raise click.UsageError(
+            "give the MCP server either as a command after `--` or with --upstream-url"
+        )
+    if approval is None:
+        approval = "remote" if approval_url else "deny"
+    if approval == "remote" and not approval_url:
+        raise click.UsageError("--approval remote needs --approval-url URL")
+    address = _listen_address(listen)
+    _positive(approval_timeout, "--approval-timeout")
+    _positive(call_timeout, "--call-timeout")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="aegis mcp-proxy: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = ProxySettings(
+        policy=Policy.from_yaml(policy_path),
+        command=command,
+        upstream_url=upstream_url,
+        name=name,
+        db=db,
+        approval=approval,
+        approval_url=approval_url,
+        approval_token=approval_token,
+        approval_timeout=approval_timeout,
+        call_timeout=call_timeout,
+        hide_blocked=hide_blocked,
+        max_message_bytes=max_message_bytes,
+    )
+    if check:
+        _check(settings, output_format)
+        return
+    if address is not None:
+        try:
+            from aegis.mcp.http import run_http  # noqa: PLC0415  # starlette and uvicorn
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+        asyncio.run(run_http(settings, address[0], address[1]))
+        return
+    _serve_stdio(settings)
+
+
+def _serve_stdio(settings: Any) -> None:
+    from aegis.mcp.runner import run_stdio  # noqa: PLC0415
+
+    # The client's pipes carry the protocol. Keep private copies of them and
+    # point fd 0 and 1 elsewhere, so that nothing else in this process (a
+    # library printing, a prompt) can read from or write into the wire.
+    wire_in, wire_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(2, 1)
+    os.close(null)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_stdio(settings, input_fd=wire_in, output_fd=wire_out))
+
+
+def _check(settings: Any, output_format: str) -> None:
+    from aegis.mcp.proxy import blocks_every_call  # noqa: PLC0415
+    from aegis.mcp.runner import check_tools  # noqa: PLC0415
+
+    try:
+        listed = asyncio.run(check_tools(settings))
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"could not list the tools of the MCP server: {type(exc).__name__}: {exc}"
+        ) from exc
+    target = settings.target
+    rows = []
+    for tool, decision in listed:
+        hints = tool.get("annotations") or {}
+        always = blocks_every_call(settings.policy, tool["name"], target)
+        rows.append(
+            {
+                "tool": tool["name"],
+                "target": target,
+                "approval": decision.approval.value,
+                "blocked_always": always,
+                "risk": decision.risk_level.name,
+                "rule": decision.matched_rule,
+                "hints": [h for h in _HINTS if hints.get(h) is True],
+            }
+        )
+    if output_format == "json":
+        emit_json(rows)
+        return
+    print_table(
+        ("Tool", "Approval", "Risk", "Rule", "Hints"),
+        (
+            (
+                row["tool"],
+                Styled(row["approval"], APPROVAL_STYLES.get(row["approval"], "")),
+                Styled(row["risk"], RISK_STYLES.get(row["risk"], "")),
+                row["rule"],
+                ", ".join(row["hints"]),
+            )
+            for row in rows
+        ),
+        title=f"Tools of {target!r} and what the policy decides for a call",
+        wrap=("Rule",),
+    )

@@ -1,0 +1,235 @@
+"""Reaching the governed MCP server: a child process over stdio, or a URL.
+
+A URL is spoken to over Streamable HTTP with the official SDK's
+``streamable_http_client``; its envelope types keep ``params`` and
+``result`` as free-form objects, so nothing the server says is dropped.
+
+A child process is spoken to by :class:`PipeDownstream`: newline-delimited
+JSON on its stdin and stdout, the same wire and the same shutdown sequence
+as the SDK's ``stdio_client`` (close stdin, wait, terminate the process
+group, kill it), without its per-message task hops and validation. It was
+measured: the SDK transport alone cost about 1 ms per call, more than the
+whole budget of the proxy (see ``benchmarks/mcp_proxy.py``). The proxy
+checks every message's JSON-RPC shape itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aegis.errors import ConfigurationError
+from aegis.mcp._jsonrpc import Message
+
+__all__ = ["PipeDownstream", "SdkDownstream", "check_server", "open_downstream"]
+
+#: the longest line a server may write (64 MiB); a longer one ends the connection
+MAX_SERVER_LINE = 64 * 1024 * 1024
+#: seconds a server gets to exit after its stdin closes, then after SIGTERM
+_EXIT_GRACE = 2.0
+
+_log = logging.getLogger("aegis.mcp")
+
+_VERSION_HEADER = "MCP-Protocol-Version"
+
+
+class SdkDownstream:
+    """A downstream connection over the SDK's read and write streams."""
+
+    def __init__(self, read_stream: Any, write_stream: Any, *, http: bool) -> None:
+        from mcp.shared.message import (  # noqa: PLC0415  # the SDK loads only for a URL
+            ClientMessageMetadata,
+            SessionMessage,
+        )
+        from mcp.types import jsonrpc_message_adapter  # noqa: PLC0415
+
+        self._adapter = jsonrpc_message_adapter
+        self._metadata = ClientMessageMetadata
+        self._message = SessionMessage
+        self._read = read_stream
+        self._write = write_stream
+        self._http = http
+        self._version: str | None = None
+
+    async def send(self, message: Message) -> None:
+        """Send one message; over HTTP it carries the negotiated protocol version."""
+        envelope = self._adapter.validate_python(message, by_name=False)
+        metadata = None
+        if self._http and self._version is not None and message.get("method") != "initialize":
+            metadata = self._metadata(headers={_VERSION_HEADER: self._version})
+        await self._write.send(self._message(envelope, metadata=metadata))
+
+    async def messages(self) -> AsyncIterator[Message | Exception]:
+        """The server's messages until it closes the connection."""
+        async for item in self._read:
+            if isinstance(item, Exception):
+                yield item
+                continue
+            message: Message = item.message.model_dump(
+                by_alias=True, mode="json", exclude_unset=True
+            )
+            result = message.get("result")
+            if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
+                # The initialize reply: later HTTP requests must name this version.
+                self._version = result["protocolVersion"]
+            yield message
+
+
+def check_server(command: Sequence[str] = (), url: str | None = None) -> None:
+    """Refuse a server given twice, not at all, or as a command that does not exist.
+
+    Raises:
+        ConfigurationError: with what to fix.
+    """
+    if bool(command) == bool(url):
+        raise ConfigurationError(
+            "give the MCP server either as a command after `--` or with --upstream-url, not both"
+        )
+    if command and shutil.which(command[0]) is None:
+        raise ConfigurationError(
+            f"cannot start the MCP server: {command[0]!r} is not an executable on PATH; "
+            "check the command after `--`"
+        )
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"--upstream-url must be an http:// or https:// URL, got {url!r}")
+
+
+class PipeDownstream:
+    """A stdio MCP server in a child process of its own process group."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._lock = asyncio.Lock()
+
+    @property
+    def returncode(self) -> int | None:
+        """The server's exit status, once it has exited."""
+        return self._process.returncode
+
+    async def send(self, message: Message) -> None:
+        """Write one message as a line; a dead server raises ``ConnectionError``."""
+        if self._stdin is None:
+            raise ConnectionError("the server's stdin is closed")
+        line = json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n"
+        async with self._lock:
+            self._stdin.write(line.encode("utf-8", "surrogatepass"))
+            await self._stdin.drain()
+
+    async def messages(self) -> AsyncIterator[Message | Exception]:
+        """The server's lines as messages; an unreadable line as an exception."""
+        if self._stdout is None:
+            return
+        while True:
+            try:
+                line = await self._stdout.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial.strip():
+                    yield ValueError(f"a last line without newline: {exc.partial[:80]!r}")
+                return
+            except asyncio.LimitOverrunError:
+                yield ValueError(f"a line longer than {MAX_SERVER_LINE} bytes; disconnecting")
+                return
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except (ValueError, RecursionError) as exc:
+                yield ValueError(f"{exc}: {line[:80]!r}")
+                continue
+            if not _is_message(value):
+                yield ValueError(f"not a JSON-RPC 2.0 message: {line[:80]!r}")
+                continue
+            yield value
+
+    async def close(self) -> None:
+        """Close stdin, give the server time to exit, then end its process group."""
+        process = self._process
+        if self._stdin is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                self._stdin.close()
+        if await _exited(process, _EXIT_GRACE):
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, sig)
+            if await _exited(process, _EXIT_GRACE):
+                return
+        _log.warning("the MCP server (pid %d) is still alive after SIGKILL", process.pid)
+
+
+def _is_message(value: object) -> bool:
+    if not isinstance(value, dict) or value.get("jsonrpc") != "2.0":
+        return False
+    request_id = value.get("id")
+    id_ok = isinstance(request_id, str) or (
+        isinstance(request_id, int) and not isinstance(request_id, bool)
+    )
+    if "method" in value:
+        return isinstance(value["method"], str) and ("id" not in value or id_ok)
+    if "result" in value:
+        return id_ok and isinstance(value["result"], dict)
+    return isinstance(value.get("error"), dict) and (id_ok or request_id is None)
+
+
+async def _exited(process: asyncio.subprocess.Process, timeout: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), timeout)
+    return process.returncode is not None
+
+
+@asynccontextmanager
+async def open_downstream(
+    command: Sequence[str] = (), url: str | None = None
+) -> AsyncIterator[SdkDownstream | PipeDownstream]:
+    """Start ``command`` as a stdio MCP server, or connect to ``url``; close it afterwards.
+
+    The child process gets the proxy's whole environment (the client that
+    starts the proxy configures it as it would configure the server) and
+    writes its stderr to the proxy's.
+
+    Raises:
+        ConfigurationError: neither or both of ``command`` and ``url``, or a
+            command that cannot be started.
+    """
+    check_server(command, url)
+    if url:
+        try:
+            from mcp.client.streamable_http import (  # noqa: PLC0415  # only for a URL
+                streamable_http_client,
+            )
+        except ImportError as exc:
+            raise ConfigurationError(
+                f'--upstream-url needs the mcp SDK ({exc}): pip install "aegis-runtime[mcp]"'
+            ) from exc
+        async with streamable_http_client(url) as (read_stream, write_stream):
+            yield SdkDownstream(read_stream, write_stream, http=True)
+        return
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=sys.stderr,
+            start_new_session=True,  # its own group, so that its children end with it
+            limit=MAX_SERVER_LINE,
+        )
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot start the MCP server {command[0]!r}: {exc.strerror or exc}"
+        ) from exc
+    downstream = PipeDownstream(process)
+    try:
+        yield downstream
+    finally:
+        await downstream.close()

@@ -1,0 +1,375 @@
+"""The proxy's Streamable HTTP face: many clients, one governed server each.
+
+Each client session (an ``initialize`` POST without a session id) gets
+its own :class:`~aegis.mcp.proxy.ProxySession` with its own downstream
+connection, since a stdio server serves exactly one client. The SDK's
+``StreamableHTTPServerTransport`` speaks the transport (sessions, SSE
+streams, GET and DELETE); in front of it this app judges every POST body
+the way the stdio face judges a line: too large, not JSON, a batch, a
+duplicated id in flight, or no session: a JSON-RPC error, and nothing
+reaches the transport or the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import sys
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aegis.errors import ConfigurationError
+from aegis.mcp._jsonrpc import (
+    DOWNSTREAM_UNAVAILABLE,
+    INVALID_REQUEST,
+    Message,
+    RequestId,
+    classify,
+    error_reply,
+    parse_frame,
+)
+from aegis.mcp.downstream import check_server
+from aegis.mcp.proxy import ProxySession
+from aegis.mcp.runner import ProxySettings, build_runtime, session_opener
+from aegis.runtime.engine import Runtime
+
+try:
+    import uvicorn
+    from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
+    from mcp.server.transport_security import TransportSecuritySettings
+    from mcp.shared.message import ServerMessageMetadata, SessionMessage
+    from mcp.types import jsonrpc_message_adapter
+except ImportError as exc:  # pragma: no cover - the extras are installed in CI
+    raise ImportError(
+        "aegis mcp-proxy --listen needs the mcp SDK and uvicorn: "
+        'pip install "aegis-runtime[mcp,server]"'
+    ) from exc
+
+__all__ = ["GovernedHttpApp", "run_http"]
+
+_log = logging.getLogger("aegis.mcp")
+
+#: the path clients POST to
+MCP_PATH = "/mcp"
+#: sessions served at once; each holds a server process or connection
+MAX_SESSIONS = 32
+#: seconds a session may sit idle (nothing in flight) before it is ended
+IDLE_TIMEOUT = 30 * 60.0
+
+_Scope = dict[str, Any]
+_Receive = Any
+_Send = Any
+
+
+@dataclass
+class _Session:
+    """One client's transport, its governed relay, and the task that runs both."""
+
+    transport: StreamableHTTPServerTransport
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    proxy: ProxySession | None = None
+    failure: str | None = None
+    task: asyncio.Task[None] | None = None
+
+
+async def _respond(
+    send: _Send, status: int, body: Any, headers: dict[str, str] | None = None
+) -> None:
+    payload = json.dumps(body).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    for key, value in (headers or {}).items():
+        raw_headers.append((key.encode(), value.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: _Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            raise ConnectionError("the client disconnected")
+        chunk = event.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not event.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: _Receive) -> _Receive:
+    """A ``receive`` that yields ``body`` once, then waits on the real one."""
+    sent = False
+
+    async def again() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        event: dict[str, Any] = await receive()
+        return event
+
+    return again
+
+
+def _header(scope: _Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class GovernedHttpApp:
+    """An ASGI app serving governed MCP sessions at ``/mcp``."""
+
+    def __init__(self, settings: ProxySettings, runtime: Runtime, *, host: str, port: int) -> None:
+        self._settings = settings
+        self._open = session_opener(settings, runtime)
+        self._sessions: dict[str, _Session] = {}
+        self._security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=[
+                f"{host}:{port}",
+                f"127.0.0.1:{port}",
+                f"localhost:{port}",
+                f"[::1]:{port}",
+            ],
+            allowed_origins=[
+                f"http://{host}:{port}",
+                f"http://127.0.0.1:{port}",
+                f"http://localhost:{port}",
+            ],
+        )
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        """Serve one HTTP request."""
+        if scope["type"] != "http":
+            return
+        if scope["path"].rstrip("/") != MCP_PATH:
+            await _respond(send, 404, {"error": f"not found; MCP is served at {MCP_PATH}"})
+            return
+        method = scope["method"]
+        session_id = _header(scope, MCP_SESSION_ID_HEADER.encode())
+        if method == "POST":
+            await self._post(scope, receive, send, session_id)
+            return
+        if method not in ("GET", "DELETE"):
+            await _respond(
+                send, 405, {"error": "use POST, GET or DELETE"}, {"allow": "GET, POST, DELETE"}
+            )
+            return
+        session = self._sessions.get(session_id or "")
+        if session is None:
+            await _respond(
+                send, 404, error_reply(None, INVALID_REQUEST, "Not Found: unknown or ended session")
+            )
+            return
+        await session.transport.handle_request(scope, receive, send)
+        if method == "DELETE" and session.task is not None:
+            session.task.cancel()
+
+    async def _post(
+        self, scope: _Scope, receive: _Receive, send: _Send, session_id: str | None
+    ) -> None:
+        limit = self._settings.max_message_bytes
+        try:
+            body = await _read_body(receive, limit)
+        except _TooLarge:
+            _log.warning("refused a message over %d bytes", limit)
+            await _respond(
+                send,
+                413,
+                error_reply(
+                    None, INVALID_REQUEST, f"Invalid Request: message larger than {limit} bytes"
+                ),
+            )
+            return
+        except ConnectionError:
+            return
+        frame = parse_frame(body)
+        if frame.replies:
+            _log.warning("refused a message: %s", frame.replies[0]["error"]["message"])
+            known = self._sessions.get(session_id or "")
+            if known is not None and known.proxy is not None:
+                for member in frame.members:
+                    await known.proxy.record_refused(member, "it came in a JSON-RPC batch")
+            await _respond(send, 400, list(frame.replies) if frame.batch else frame.replies[0])
+            return
+        message = frame.message or {}
+        request_id: RequestId | None = message.get("id") if frame.kind == "request" else None
+        if session_id is None:
+            if frame.kind != "request" or message.get("method") != "initialize":
+                await _respond(
+                    send,
+                    400,
+                    error_reply(
+                        request_id,
+                        INVALID_REQUEST,
+                        "Bad Request: no Mcp-Session-Id; start with initialize",
+                    ),
+                )
+                return
+            if len(self._sessions) >= MAX_SESSIONS:
+                _log.warning("refused a new session: %d sessions are open", MAX_SESSIONS)
+                await _respond(
+                    send,
+                    503,
+                    error_reply(
+                        request_id,
+                        INVALID_REQUEST,
+                        f"Service Unavailable: {MAX_SESSIONS} sessions are open; end one first",
+                    ),
+                )
+                return
+            session = await self._start_session()
+        else:
+            found = self._sessions.get(session_id)
+            if found is None:
+                await _respond(
+                    send,
+                    404,
+                    error_reply(request_id, INVALID_REQUEST, "Not Found: unknown or ended session"),
+                )
+                return
+            session = found
+        await session.ready.wait()
+        if session.proxy is None:
+            await _respond(
+                send,
+                502,
+                error_reply(
+                    request_id,
+                    DOWNSTREAM_UNAVAILABLE,
+                    session.failure or "the MCP server is unavailable",
+                ),
+            )
+            return
+        if request_id is not None and session.proxy.is_inflight(request_id):
+            await _respond(
+                send,
+                409,
+                error_reply(
+                    request_id,
+                    INVALID_REQUEST,
+                    f"Invalid Request: id {request_id!r} is already in use by a request in flight",
+                ),
+            )
+            return
+        await session.transport.handle_request(scope, _replay(body, receive), send)
+
+    async def _start_session(self) -> _Session:
+        session_id = uuid.uuid4().hex
+        transport = StreamableHTTPServerTransport(
+            session_id, security_settings=self._security, idle_timeout=IDLE_TIMEOUT
+        )
+        session = _Session(transport)
+        self._sessions[session_id] = session
+        session.task = asyncio.create_task(self._run_session(session_id, session))
+        return session
+
+    async def _run_session(self, session_id: str, session: _Session) -> None:
+        try:
+            async with session.transport.connect() as (read_stream, write_stream):
+
+                async def send_to_client(
+                    message: Message | list[Message], related: RequestId | None
+                ) -> None:
+                    for one in message if isinstance(message, list) else [message]:
+                        envelope = jsonrpc_message_adapter.validate_python(one, by_name=False)
+                        metadata = (
+                            None
+                            if related is None
+                            else ServerMessageMetadata(related_request_id=related)
+                        )
+                        await write_stream.send(SessionMessage(envelope, metadata=metadata))
+
+                idle = session.transport.idle_scope
+                with idle if idle is not None else contextlib.nullcontext():
+                    await self._relay(session, session_id, read_stream, send_to_client)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # one session's failure must not end the proxy
+            _log.exception("MCP session %s failed", session_id)
+            session.failure = f"the MCP server is unavailable: {type(exc).__name__}: {exc}"
+        finally:
+            session.ready.set()
+            self._sessions.pop(session_id, None)
+
+    async def _relay(
+        self, session: _Session, session_id: str, read_stream: Any, send_to_client: Any
+    ) -> None:
+        """Relay one session's messages until the client or the transport ends it."""
+        async with self._open(send_to_client, mcp_session_id=session_id) as proxy:
+            session.proxy = proxy
+            session.ready.set()
+            pump = asyncio.create_task(proxy.pump())
+            try:
+                async for item in read_stream:
+                    if isinstance(item, Exception):
+                        _log.warning("the transport refused a message: %s", item)
+                        continue
+                    checked = classify(
+                        item.message.model_dump(by_alias=True, mode="json", exclude_unset=True)
+                    )
+                    if checked.message is not None and checked.kind is not None:
+                        await proxy.from_client(checked.kind, checked.message)
+            finally:
+                await proxy.close()
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+
+    async def close(self) -> None:
+        """End every session."""
+        tasks = [s.task for s in self._sessions.values() if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _check_loopback(host: str) -> None:
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigurationError(
+            f"--listen {host}: the proxy has no authentication of its own, so it listens on "
+            "loopback only (127.0.0.1, ::1 or localhost); put an authenticating reverse proxy "
+            "in front of it to serve other machines"
+        )
+
+
+async def run_http(
+    settings: ProxySettings, host: str, port: int, *, approval_handler: Any = None
+) -> None:
+    """Serve governed sessions over Streamable HTTP at ``http://host:port/mcp``."""
+    _check_loopback(host)
+    check_server(settings.command, settings.upstream_url)
+    async with build_runtime(settings, approval_handler) as runtime:
+        app = GovernedHttpApp(settings, runtime, host=host, port=port)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        sys.stderr.write(
+            f"aegis mcp-proxy: serving {settings.target!r} at http://{host}:{port}{MCP_PATH}\n"
+        )
+        sys.stderr.flush()
+        try:
+            await server.serve()
+        finally:
+            await app.close()

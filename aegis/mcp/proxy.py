@@ -1,0 +1,774 @@
+"""The governing relay between one MCP client and one MCP server.
+
+A :class:`ProxySession` sits between a client connection and a downstream
+server connection and moves JSON-RPC messages both ways, as dictionaries,
+so that every field a server or client sends (tool annotations, input and
+output schemas, ``_meta``, fields of protocol revisions newer than this
+code) passes through untouched. It intercepts only what governance needs:
+
+- ``tools/call`` becomes an :class:`~aegis.core.action.Action` (``type`` =
+  tool name, ``target`` = the proxy's name, ``params`` = the arguments) and
+  goes through the :class:`~aegis.runtime.engine.Runtime`: decided by the
+  policy, approved when the policy asks, recorded in the audit trail with
+  the MCP request id. Only an allowed call is forwarded, and it is
+  forwarded with exactly the arguments that were decided.
+- A request for any other method of the MCP specification passes through
+  unchanged, unless the policy *names* the method: a rule whose ``type``
+  pattern contains a ``/`` and matches it (``resources/read``,
+  ``prompts/*``). A named method is governed like a tool call, with the
+  request's params (less ``_meta``) as the action's params.
+- A request for a method outside the specification is refused
+  (``-32601``) unless the policy names it: a server's private method must
+  not become a way around ``tools/call``.
+- Notifications outside ``notifications/`` are dropped (a "notification"
+  named ``tools/call`` would be a call without a decision); duplicated
+  in-flight request ids are refused; the downstream server sees the
+  proxy's own request ids, never the client's.
+
+The downstream side is anything with the shape of :class:`Downstream`;
+:mod:`aegis.mcp.downstream` connects one through the official MCP SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aegis.core.action import Action, thaw
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.record import ContextValue, DecisionStamp
+from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.mcp._jsonrpc import (
+    DOWNSTREAM_UNAVAILABLE,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    POLICY_REFUSED,
+    Message,
+    RequestId,
+    error_reply,
+    result_reply,
+)
+
+__all__ = [
+    "PASS_THROUGH_METHODS",
+    "REFUSED_RULE",
+    "Downstream",
+    "DownstreamError",
+    "ProxySession",
+    "SendToClient",
+    "blocks_every_call",
+    "execute_mcp_call",
+    "offer_approval_link",
+    "policy_names_method",
+]
+
+if TYPE_CHECKING:
+    from aegis.runtime.engine import Runtime
+
+_log = logging.getLogger("aegis.mcp")
+
+#: client requests of the MCP specification that pass through ungoverned
+#: unless the policy names them; ``tools/call`` is always governed
+PASS_THROUGH_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "tools/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
+        "tasks/cancel",
+    }
+)
+
+#: ``matched_rule`` of a call refused for how it was sent, before the policy saw it
+REFUSED_RULE = "<mcp-proxy>"
+
+#: seconds a server may take to answer ``initialize``, whatever the call timeout
+_STARTUP_ALLOWANCE = 60.0
+
+#: sends one message (or a batch's replies, as a list) to the client; the
+#: second argument is the client request the message belongs to, if any
+SendToClient = Callable[[Message | list[Message], RequestId | None], Awaitable[None]]
+
+
+class DownstreamError(Exception):
+    """The downstream server could not answer: gone, hung, or unreadable."""
+
+
+class Downstream(Protocol):
+    """A connection to the MCP server being governed."""
+
+    async def send(self, message: Message) -> None:
+        """Send one JSON-RPC message to the server."""
+
+    def messages(self) -> AsyncIterator[Message | Exception]:
+        """The server's messages as they arrive (an Exception for an unreadable one)."""
+
+
+# ------------------------------------------------------------------ policy helpers
+
+
+def policy_names_method(policy: object, method: str) -> bool:
+    """Whether a rule of ``policy`` names the MCP ``method`` (see the module docstring)."""
+    rules = getattr(policy, "rules", ())
+    return any(
+        "/" in rule.match_type and fnmatch.fnmatchcase(method, rule.match_type) for rule in rules
+    )
+
+
+def blocks_every_call(policy: object, tool: str, target: str) -> bool:
+    """Whether ``policy`` blocks every call of ``tool`` on ``target``, whatever its arguments.
+
+    The first rule whose globs match and that has no conditions settles it;
+    a matching rule with conditions that does not block means some call may
+    pass. A policy without inspectable rules never counts as blocking all.
+    """
+    rules = getattr(policy, "rules", None)
+    if rules is None:
+        return False
+    for rule in rules:
+        if not (
+            fnmatch.fnmatchcase(tool, rule.match_type)
+            and fnmatch.fnmatchcase(target, rule.match_target)
+        ):
+            continue
+        if not rule.conditions:
+            return bool(rule.approval is Approval.BLOCK)
+        if rule.approval is not Approval.BLOCK:
+            return False
+    return bool(getattr(policy, "default_approval", None) is Approval.BLOCK)
+
+
+# ------------------------------------------------------------------ the executor
+
+
+@dataclass(slots=True)
+class _Call:
+    """A governed request on its way through the runtime."""
+
+    session: ProxySession
+    message: Message
+    is_tool: bool
+    #: the server's reply, once it answered
+    reply: Message | None = None
+    #: why the server could not answer, if it could not
+    failure: str | None = None
+
+
+_CURRENT: ContextVar[_Call | None] = ContextVar("aegis_mcp_call", default=None)
+
+
+async def execute_mcp_call(action: Action) -> Result:
+    """The proxy's executor: forward the governed request being run to the server.
+
+    The runtime calls it with the action it decided (and, for ``approve``,
+    that a reviewer approved); the request forwarded is built from that
+    action, so the server receives exactly the arguments that were decided.
+    """
+    call = _CURRENT.get()
+    if call is None:
+        raise RuntimeError("execute_mcp_call runs only inside the Aegis MCP proxy")
+    return await call.session._execute(call, action)
+
+
+def offer_approval_link(url: str) -> None:
+    """Show ``url`` (where reviewers decide) to the client of the call awaiting approval.
+
+    Called from inside an approval handler, in the runtime's approve step:
+    the call is found from the context. Where the client declared URL
+    elicitation, the proxy sends it an ``elicitation/create`` request in
+    ``url`` mode; the answer is only a courtesy, the decision comes from
+    the reviewers. Does nothing outside a proxied call.
+    """
+    call = _CURRENT.get()
+    if call is not None:
+        call.session._offer_link(call, url)
+
+
+# ------------------------------------------------------------------ the session
+
+
+def _key(request_id: RequestId) -> tuple[type, RequestId]:
+    # 1 and "1" are different JSON-RPC ids.
+    return (type(request_id), request_id)
+
+
+@dataclass
+class SessionOptions:
+    """How a :class:`ProxySession` governs.
+
+    Args:
+        target: the ``target`` of every action (the proxy's ``--name``).
+        hide_blocked: leave the tools the policy blocks outright out of
+            ``tools/list``.
+        call_timeout: seconds the server may take to answer one request;
+            ``None`` waits for ever.
+        context: extra audit context for every action (JSON scalars).
+    """
+
+    target: str
+    hide_blocked: bool = False
+    call_timeout: float | None = 300.0
+    context: Mapping[str, ContextValue] = field(default_factory=dict)
+
+
+class ProxySession:
+    """One client connection relayed to one downstream connection, under a runtime.
+
+    Feed it the client's messages with :meth:`from_client`; run
+    :meth:`pump` to read the server's messages; call :meth:`close` at the
+    end. Replies and the server's messages go to ``send_to_client``.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        downstream: Downstream,
+        send_to_client: SendToClient,
+        options: SessionOptions,
+    ) -> None:
+        self._runtime = runtime
+        self._downstream = downstream
+        self._send = send_to_client
+        self._options = options
+        self._policy = runtime.policy
+        self._named: dict[str, bool] = {}
+        self._descriptions: dict[str, str] = {}
+        # client request id -> the task serving it
+        self._inflight: dict[tuple[type, RequestId], asyncio.Task[None]] = {}
+        # downstream id -> (future of its reply, client request id)
+        self._pending: dict[int, tuple[asyncio.Future[Message], RequestId]] = {}
+        self._ids = itertools.count(1)
+        # id the client sees -> the server's id, for the server's own requests
+        self._relayed: dict[int, RequestId] = {}
+        # ids of the proxy's own requests to the client (approval links)
+        self._own: set[int] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._client_ids = itertools.count(1)
+        self._progress: dict[tuple[type, Any], RequestId] = {}
+        self._gone: str | None = None
+        self._closed = False
+        #: the capabilities the client declared in ``initialize``
+        self.client_capabilities: dict[str, Any] = {}
+
+    # -------------------------------------------------------------- from the client
+
+    @property
+    def inflight(self) -> int:
+        """How many client requests are being served."""
+        return len(self._inflight)
+
+    def is_inflight(self, request_id: RequestId) -> bool:
+        """Whether a request with this id is being served now."""
+        return _key(request_id) in self._inflight
+
+    async def from_client(self, kind: str, message: Message) -> None:
+        """Act on one valid message from the client (see :func:`~aegis.mcp._jsonrpc.classify`).
+
+        A request is served in a task of its own, so a call waiting for a
+        human never holds up the others; this returns once it has started.
+        """
+        if self._closed:
+            return
+        if kind == "request":
+            request_id: RequestId = message["id"]
+            key = _key(request_id)
+            if key in self._inflight:
+                _log.warning("refused request %r: its id is already in flight", request_id)
+                await self.record_refused(message, "its request id was already in flight")
+                await self._to_client(
+                    error_reply(
+                        request_id,
+                        INVALID_REQUEST,
+                        f"Invalid Request: id {request_id!r} is already in use by a request "
+                        "in flight; use a new id for every request",
+                    ),
+                    None,
+                )
+                return
+            self._inflight[key] = asyncio.create_task(self._serve(message))
+        elif kind == "notification":
+            await self._client_notification(message)
+        else:
+            await self._client_response(message)
+
+    async def _serve(self, message: Message) -> None:
+        request_id: RequestId = message["id"]
+        try:
+            try:
+                reply = await self._answer(message)
+            except asyncio.CancelledError:
+                if self._closed:
+                    raise
+                return  # cancelled by the client: MCP sends no reply then
+            except Exception as exc:  # one request's failure must not end the proxy
+                _log.exception("the Aegis proxy failed on request %r", request_id)
+                reply = error_reply(
+                    request_id, INTERNAL_ERROR, f"Internal error in the Aegis proxy: {exc}"
+                )
+            await self._to_client(reply, request_id)
+        finally:
+            self._inflight.pop(_key(request_id), None)
+
+    async def _answer(self, message: Message) -> Message:
+        method: str = message["method"]
+        request_id: RequestId = message["id"]
+        params: dict[str, Any] = message.get("params") or {}
+        if method == "tools/call":
+            return await self._call_tool(message, params)
+        if self._names(method):
+            return await self._governed(message, method, params)
+        if method == "server/discover":
+            # The stateless 2026-07-28 revision is not proxied yet; this
+            # answer makes its clients fall back to the initialize handshake.
+            return error_reply(
+                request_id,
+                METHOD_NOT_FOUND,
+                "Method not found: the Aegis proxy speaks the initialize handshake; use initialize",
+            )
+        if method not in PASS_THROUGH_METHODS:
+            _log.warning("refused request %r for method %r: not an MCP method", request_id, method)
+            return error_reply(
+                request_id,
+                METHOD_NOT_FOUND,
+                f"Method not found: {method!r} is not an MCP method the Aegis proxy forwards; "
+                "a policy rule whose type names it (with a '/') can allow it",
+            )
+        if method == "initialize":
+            capabilities = params.get("capabilities")
+            self.client_capabilities = capabilities if isinstance(capabilities, dict) else {}
+        reply = await self._forward(message)
+        if method == "tools/list":
+            self._filter_tools(reply)
+        return reply
+
+    async def _client_notification(self, message: Message) -> None:
+        method: str = message["method"]
+        if method == "notifications/cancelled":
+            params = message.get("params") or {}
+            request_id = params.get("requestId")
+            if isinstance(request_id, str | int):
+                task = self._inflight.get(_key(request_id))
+                if task is not None:
+                    # Cancelling the task cancels its forwarded request downstream too.
+                    task.cancel()
+            return
+        if not method.startswith("notifications/"):
+            # Only notifications travel as notifications; a "notification"
+            # named tools/call would run a tool without a decision.
+            _log.warning("dropped a notification for method %r: not a notification", method)
+            await self.record_refused(message, "it was sent as a notification, without an id")
+            return
+        await self._relay_to_server(message)
+
+    async def _relay_to_server(self, message: Message) -> None:
+        """Pass a notification or a response on; a server that is gone drops it."""
+        try:
+            await self._to_server(message)
+        except DownstreamError as exc:
+            _log.info("dropped a message for the MCP server: %s", exc)
+
+    async def _to_client(self, message: Message | list[Message], related: RequestId | None) -> None:
+        """Write to the client; a client that is gone or refuses the message is logged."""
+        try:
+            await self._send(message, related)
+        except Exception as exc:
+            _log.warning("could not write to the client: %s: %s", type(exc).__name__, exc)
+
+    async def _client_response(self, message: Message) -> None:
+        request_id = message["id"]
+        if isinstance(request_id, int) and request_id in self._own:
+            self._own.discard(request_id)
+            _log.info("the client answered the approval link %r: %s", request_id, message)
+            return
+        own = self._relayed.pop(request_id, None) if isinstance(request_id, int) else None
+        if own is None:
+            _log.warning("dropped a response to unknown request %r", message["id"])
+            return
+        await self._relay_to_server({**message, "id": own})
+
+    async def record_refused(self, message: Message, why: str) -> None:
+        """Record a tools/call the proxy refused before any decision, as blocked.
+
+        Every call lands in the audit trail, including those refused for how
+        they were sent (in a batch, under a duplicated id, as a notification).
+        Anything that is not a recognisable tool call is only logged.
+        """
+        params = message.get("params")
+        if message.get("method") != "tools/call" or not isinstance(params, dict):
+            return
+        name, arguments = params.get("name"), params.get("arguments") or {}
+        if not isinstance(name, str) or not name or not isinstance(arguments, dict):
+            return
+        try:
+            action = Action(name, self._options.target, arguments)
+        except (TypeError, ValueError):
+            return
+        decision = PolicyDecision(action, RiskLevel.HIGH, Approval.BLOCK, REFUSED_RULE, why)
+        result = Result(
+            action,
+            ResultStatus.BLOCKED,
+            error=f"refused by the Aegis proxy: {why}",
+            completed_at=datetime.now(UTC),
+        )
+        context: dict[str, ContextValue] = dict(self._options.context)
+        request_id = message.get("id")
+        if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+            context["mcp_request_id"] = request_id
+        stamp = DecisionStamp.now(self._policy, context)
+        try:
+            await self._runtime.record(decision, result, stamp=stamp)
+        except Exception:
+            _log.exception("could not record the refused call %r", name)
+
+    # -------------------------------------------------------------- governance
+
+    def _names(self, method: str) -> bool:
+        named = self._named.get(method)
+        if named is None:
+            named = self._named[method] = policy_names_method(self._policy, method)
+        return named
+
+    async def _call_tool(self, message: Message, params: dict[str, Any]) -> Message:
+        request_id: RequestId = message["id"]
+        name = params.get("name")
+        arguments = params.get("arguments")
+        if not isinstance(name, str) or not name:
+            return error_reply(
+                request_id, INVALID_PARAMS, 'Invalid params: "name" must be a tool name'
+            )
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            return error_reply(
+                request_id, INVALID_PARAMS, 'Invalid params: "arguments" must be a JSON object'
+            )
+        return await self._govern(message, name, arguments, is_tool=True)
+
+    async def _governed(self, message: Message, method: str, params: dict[str, Any]) -> Message:
+        arguments = {k: v for k, v in params.items() if k != "_meta"}
+        return await self._govern(message, method, arguments, is_tool=False)
+
+    async def _govern(
+        self, message: Message, kind: str, arguments: dict[str, Any], *, is_tool: bool
+    ) -> Message:
+        request_id: RequestId = message["id"]
+        try:
+            action = Action(kind, self._options.target, arguments, self._descriptions.get(kind, ""))
+        except (TypeError, ValueError) as exc:
+            return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {exc}")
+        call = _Call(self, message, is_tool)
+        context: dict[str, ContextValue] = {**self._options.context, "mcp_request_id": request_id}
+        token = _CURRENT.set(call)
+        try:
+            result = await self._runtime.run_one(action, context=context)
+        finally:
+            _CURRENT.reset(token)
+        return self._reply_for(call, request_id, result)
+
+    def _reply_for(self, call: _Call, request_id: RequestId, result: Result) -> Message:
+        status = result.status
+        if status in (ResultStatus.BLOCKED, ResultStatus.DENIED):
+            text = f"Aegis: {result.error}"
+            if not call.is_tool:
+                return error_reply(request_id, POLICY_REFUSED, text)
+            return result_reply(
+                request_id, {"content": [{"type": "text", "text": text}], "isError": True}
+            )
+        if call.reply is not None:
+            # The server's own answer, result or error, under the client's id.
+            return {**call.reply, "id": request_id}
+        if call.failure is not None:
+            return error_reply(request_id, DOWNSTREAM_UNAVAILABLE, call.failure)
+        return error_reply(request_id, INTERNAL_ERROR, f"the call failed: {result.error}")
+
+    async def _execute(self, call: _Call, action: Action) -> Result:
+        message = call.message
+        params = dict(message.get("params") or {})
+        if call.is_tool:
+            params["name"] = action.type
+            params["arguments"] = thaw(action.params)
+        else:
+            meta = params.get("_meta")
+            params = dict(thaw(action.params))
+            if meta is not None:
+                params["_meta"] = meta
+        outgoing = {**message, "params": params}
+        try:
+            reply = await self._exchange(outgoing)
+        except DownstreamError as exc:
+            call.failure = str(exc)
+            raise
+        call.reply = reply
+        error = reply.get("error")
+        if error is not None:
+            return Result(
+                action,
+                ResultStatus.FAILED,
+                data={"error": error},
+                error=f"the MCP server answered with error {error.get('code')}: "
+                f"{error.get('message')}",
+            )
+        result = reply["result"]
+        if call.is_tool and result.get("isError") is True:
+            return Result(
+                action,
+                ResultStatus.FAILED,
+                data=result,
+                error=f"the tool reported an error: {_text_of(result)}",
+            )
+        return Result(action, ResultStatus.SUCCESS, data=result)
+
+    def _offer_link(self, call: _Call, url: str) -> None:
+        elicitation = self.client_capabilities.get("elicitation")
+        if not isinstance(elicitation, dict) or "url" not in elicitation:
+            return
+        client_id = next(self._client_ids)
+        self._own.add(client_id)
+        params = call.message.get("params") or {}
+        what = params.get("name") if call.is_tool else call.message["method"]
+        request = {
+            "jsonrpc": "2.0",
+            "id": client_id,
+            "method": "elicitation/create",
+            "params": {
+                "mode": "url",
+                "message": f"Aegis: {what!s} on {self._options.target} waits for a reviewer's "
+                "approval. Open the link to see the request; the call goes on once it is "
+                "decided.",
+                "url": url,
+                "elicitationId": f"aegis-approval-{client_id}",
+            },
+        }
+        task = asyncio.ensure_future(self._to_client(request, call.message["id"]))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _filter_tools(self, reply: Message) -> None:
+        result = reply.get("result")
+        if not isinstance(result, dict):
+            return
+        tools = result.get("tools")
+        if not isinstance(tools, list):
+            return
+        for tool in tools:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                description = tool.get("description")
+                if isinstance(description, str):
+                    self._descriptions[tool["name"]] = description
+        if self._options.hide_blocked:
+            target = self._options.target
+            result["tools"] = [
+                tool
+                for tool in tools
+                if not (
+                    isinstance(tool, dict)
+                    and isinstance(tool.get("name"), str)
+                    and blocks_every_call(self._policy, tool["name"], target)
+                )
+            ]
+
+    # -------------------------------------------------------------- to the server
+
+    async def _forward(self, message: Message) -> Message:
+        """Forward a request unchanged but for its id; the reply under the client's id."""
+        request_id: RequestId = message["id"]
+        try:
+            reply = await self._exchange(message)
+        except DownstreamError as exc:
+            return error_reply(request_id, DOWNSTREAM_UNAVAILABLE, str(exc))
+        return {**reply, "id": request_id}
+
+    async def _exchange(self, message: Message) -> Message:
+        """Send a request to the server under a fresh id and wait for its reply."""
+        if self._gone is not None:
+            raise DownstreamError(self._gone)
+        downstream_id = next(self._ids)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[downstream_id] = (future, message["id"])
+        token = _progress_token(message)
+        if token is not None:
+            self._progress[token] = message["id"]
+        limit = self._options.call_timeout
+        if limit is not None and message["method"] == "initialize":
+            limit = max(limit, _STARTUP_ALLOWANCE)  # the server may still be starting
+        try:
+            await self._to_server({**message, "id": downstream_id})
+            # asyncio.timeout, not wait_for: no extra task per call on the hot path.
+            async with asyncio.timeout(limit):
+                return await future
+        except TimeoutError:
+            _log.error(
+                "the MCP server did not answer %s (request %r) within %gs",
+                message["method"],
+                message["id"],
+                limit,
+            )
+            await self._cancel_downstream(downstream_id, "timed out")
+            raise DownstreamError(
+                f"the MCP server did not answer {message['method']} within {limit:g}s"
+            ) from None
+        except asyncio.CancelledError:
+            await self._cancel_downstream(downstream_id, "cancelled")
+            raise
+        finally:
+            self._pending.pop(downstream_id, None)
+            if token is not None:
+                self._progress.pop(token, None)
+
+    async def _cancel_downstream(self, downstream_id: int, reason: str) -> None:
+        if self._gone is not None:
+            return
+        with contextlib.suppress(Exception):
+            await self._to_server(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "notifications/cancelled",
+                    "params": {"requestId": downstream_id, "reason": reason},
+                }
+            )
+
+    async def _to_server(self, message: Message) -> None:
+        if self._gone is not None:
+            raise DownstreamError(self._gone)
+        try:
+            await self._downstream.send(message)
+        except DownstreamError:
+            raise
+        except Exception as exc:
+            self._lost(f"the MCP server cannot be reached: {exc or type(exc).__name__}")
+            raise DownstreamError(self._gone or "the MCP server cannot be reached") from exc
+
+    # -------------------------------------------------------------- from the server
+
+    async def pump(self) -> None:
+        """Relay the server's messages to the client until the server goes away."""
+        try:
+            async for item in self._downstream.messages():
+                if isinstance(item, Exception):
+                    _log.error(
+                        "the MCP server sent something that is not a JSON-RPC message; "
+                        "ignored it: %s",
+                        _first_line(item),
+                    )
+                    continue
+                await self._from_server(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._lost(f"the connection to the MCP server failed: {exc or type(exc).__name__}")
+            return
+        self._lost("the MCP server closed the connection (it exited or crashed)")
+
+    def _lost(self, why: str) -> None:
+        if self._gone is not None:
+            return
+        self._gone = why
+        if not self._closed:
+            _log.error("%s; calls now fail until the proxy is restarted", why)
+        for future, _ in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(DownstreamError(why))
+
+    async def _from_server(self, message: Message) -> None:
+        if "method" not in message:
+            pending = self._pending.get(message["id"]) if isinstance(message["id"], int) else None
+            if pending is None:
+                _log.warning(
+                    "dropped a reply of the MCP server to unknown request %r", message["id"]
+                )
+                return
+            if not pending[0].done():
+                pending[0].set_result(message)
+            return
+        if "id" in message:
+            # The server's own request (sampling, elicitation, roots): the
+            # client sees a proxy id, so it can never collide with another.
+            client_id = next(self._client_ids)
+            self._relayed[client_id] = message["id"]
+            await self._to_client({**message, "id": client_id}, self._related(None))
+            return
+        related = None
+        if message["method"] == "notifications/progress":
+            token = (message.get("params") or {}).get("progressToken")
+            if isinstance(token, str | int):
+                related = self._progress.get((type(token), token))
+        await self._to_client(message, self._related(related))
+
+    def _related(self, known: RequestId | None) -> RequestId | None:
+        # Over HTTP a server message travels on the stream of the request it
+        # belongs to; when the server does not say, the only request in
+        # flight is the best guess, else the client's standalone stream.
+        if known is not None:
+            return known
+        if len(self._pending) == 1:
+            return next(iter(self._pending.values()))[1]
+        return None
+
+    # -------------------------------------------------------------- the end
+
+    async def drain(self, grace: float) -> None:
+        """Give the requests in flight up to ``grace`` seconds to finish."""
+        tasks = list(self._inflight.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+
+    async def close(self) -> None:
+        """Stop serving: cancel what is in flight (its audit records say so)."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _progress_token(message: Message) -> tuple[type, Any] | None:
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    return (type(token), token) if isinstance(token, str | int) else None
+
+
+def _text_of(result: dict[str, Any]) -> str:
+    content = result.get("content")
+    texts = (
+        [
+            block["text"]
+            for block in content or ()
+            if isinstance(block, dict) and isinstance(block.get("text"), str)
+        ]
+        if isinstance(content, list)
+        else []
+    )
+    text = " ".join(texts) or "(no text)"
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

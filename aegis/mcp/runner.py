@@ -1,0 +1,304 @@
+"""Put a governing proxy in front of an MCP server: the pieces ``aegis mcp-proxy`` runs.
+
+:class:`ProxySettings` says what to run; :func:`run_stdio` serves one
+client over the process's own stdin and stdout, :func:`run_http` serves
+any number over Streamable HTTP, and :func:`check_tools` lists the
+server's tools with what the policy decides for each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from aegis.core.action import Action
+from aegis.core.decision import PolicyDecision
+from aegis.core.outcome import ApprovalOutcome
+from aegis.core.policy import Policy
+from aegis.errors import ConfigurationError
+from aegis.mcp.downstream import check_server, open_downstream
+from aegis.mcp.proxy import (
+    ProxySession,
+    SendToClient,
+    SessionOptions,
+    execute_mcp_call,
+    offer_approval_link,
+)
+from aegis.mcp.stdio import DEFAULT_MAX_MESSAGE_BYTES, serve_stdio
+from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
+from aegis.runtime.engine import Runtime
+
+__all__ = [
+    "DenyApprovalHandler",
+    "ProxySettings",
+    "build_runtime",
+    "check_tools",
+    "make_approval_handler",
+    "run_stdio",
+]
+
+_log = logging.getLogger("aegis.mcp")
+
+
+@dataclass
+class ProxySettings:
+    """Everything the proxy needs to run.
+
+    Args:
+        policy: decides every tool call.
+        command: the MCP server to start (stdio), or ``()`` with ``upstream_url``.
+        upstream_url: the Streamable HTTP URL of a running MCP server.
+        name: the ``target`` of every action; defaults to the command's name.
+        db: the audit trail (a path, or what ``AuditLogger`` accepts).
+        approval: ``"terminal"``, ``"deny"`` or ``"remote"``.
+        approval_url: the approval service (``aegis serve``), for ``remote``.
+        approval_token: the agent token for the approval service.
+        approval_timeout: seconds an approval may take before it is denied.
+        call_timeout: seconds the server may take to answer one request.
+        hide_blocked: leave out of ``tools/list`` the tools the policy always blocks.
+        max_message_bytes: the largest message a client may send.
+    """
+
+    policy: Policy
+    command: Sequence[str] = ()
+    upstream_url: str | None = None
+    name: str | None = None
+    db: str = "aegis_audit.db"
+    approval: str = "deny"
+    approval_url: str | None = None
+    approval_token: str | None = None
+    approval_timeout: float | None = 900.0
+    call_timeout: float | None = 300.0
+    hide_blocked: bool = False
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    session_id: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        """The actions' ``target``: ``name``, else the server command's or URL's name."""
+        if self.name:
+            return self.name
+        if self.command:
+            stem = Path(self.command[0]).name
+            # `python server.py` and `npx pkg` say more by their first argument.
+            if stem.startswith(("python", "node", "npx", "uvx", "uv", "deno", "bun")):
+                for arg in self.command[1:]:
+                    if not arg.startswith("-"):
+                        return Path(arg).stem or stem
+            return stem
+        return self.upstream_url or "mcp"
+
+
+class DenyApprovalHandler(ApprovalHandler):
+    """Deny every action that needs approval, saying how to get one asked instead."""
+
+    async def request_approval(self, decision: PolicyDecision) -> ApprovalOutcome:
+        """Deny ``decision`` with the reason."""
+        return ApprovalOutcome(
+            False,
+            reason="this call needs a human's approval and the proxy has no approver; start "
+            "it with --approval-url URL (the approval service) or --approval terminal",
+        )
+
+
+def _open_tty(mode: str) -> IO[str]:
+    try:
+        return open("/dev/tty", mode, encoding="utf-8")  # lives as long as the proxy
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--approval terminal needs a terminal (/dev/tty: {exc.strerror}); the stdio wire "
+            "is the client's, so use --approval-url with the approval service instead"
+        ) from exc
+
+
+def make_approval_handler(settings: ProxySettings) -> Any:
+    """The approval handler ``settings.approval`` names.
+
+    Raises:
+        ConfigurationError: ``remote`` without a URL, or ``terminal`` without a terminal.
+    """
+    if settings.approval == "deny":
+        return DenyApprovalHandler()
+    if settings.approval == "terminal":
+        # The proxy's stdin and stdout may be the MCP wire: ask on the terminal itself.
+        return CLIApprovalHandler(
+            input_stream=_open_tty("r"),
+            output_stream=_open_tty("w"),
+            timeout=settings.approval_timeout,
+        )
+    if settings.approval == "remote":
+        if not settings.approval_url:
+            raise ConfigurationError("--approval remote needs --approval-url URL")
+        try:
+            from aegis.runtime.approval_remote import (  # noqa: PLC0415  # optional part
+                RemoteApprovalHandler,
+            )
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"remote approval is not available in this installation ({exc}); "
+                'install "aegis-runtime[server]"'
+            ) from exc
+        token = settings.approval_token or os.environ.get("AEGIS_TOKEN")
+        timeout = settings.approval_timeout or 900.0
+        return RemoteApprovalHandler(
+            settings.approval_url,
+            token=token,
+            timeout=timeout,
+            transport=_linking_transport(settings.approval_url),
+        )
+    raise ConfigurationError(
+        f"unknown approval mode {settings.approval!r}; use terminal, deny or remote"
+    )
+
+
+def _linking_transport(base_url: str) -> Any:
+    """An httpx transport that offers each new approval request's inbox page to the client."""
+    import httpx  # noqa: PLC0415  # the server extra, present with the remote handler
+
+    inbox = base_url.rstrip("/")
+
+    class LinkingTransport(httpx.AsyncHTTPTransport):
+        """Passes every request on; reads the id of a created approval request."""
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            if not (
+                request.method == "POST"
+                and request.url.path.endswith("/api/v1/approvals")
+                and response.status_code in (200, 201)
+            ):
+                return response
+            content = await response.aread()
+            try:
+                request_id = json.loads(content)["id"]
+            except (ValueError, KeyError, TypeError):
+                request_id = None
+            if isinstance(request_id, str | int):
+                offer_approval_link(f"{inbox}/requests/{request_id}")
+            headers = [
+                (k, v)
+                for k, v in response.headers.multi_items()
+                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+            ]
+            return httpx.Response(
+                response.status_code,
+                headers=headers,
+                content=content,
+                extensions=response.extensions,
+                request=request,
+            )
+
+    return LinkingTransport()
+
+
+def build_runtime(settings: ProxySettings, approval_handler: Any | None = None) -> Runtime:
+    """The runtime that decides, approves and records the proxy's calls."""
+    from aegis.runtime.audit import AuditLogger  # noqa: PLC0415  # SQLite only when run
+
+    handler = approval_handler if approval_handler is not None else make_approval_handler(settings)
+    timeout = settings.approval_timeout
+    if timeout is not None and settings.approval == "remote":
+        # The remote handler keeps its own time and cancels its request on
+        # the service when it gives up; the runtime's limit is the backstop.
+        timeout += 30.0
+    return Runtime(
+        executor=execute_mcp_call,
+        policy=settings.policy,
+        approval_handler=handler,
+        audit_logger=AuditLogger(settings.db),
+        session_id=settings.session_id,
+        approval_timeout=timeout,
+    )
+
+
+def _options(settings: ProxySettings) -> SessionOptions:
+    return SessionOptions(
+        target=settings.target,
+        hide_blocked=settings.hide_blocked,
+        call_timeout=settings.call_timeout,
+        context=settings.context,
+    )
+
+
+def session_opener(settings: ProxySettings, runtime: Runtime) -> Any:
+    """A function ``open(send, **context)`` connecting a new server for one client.
+
+    ``context`` adds to every audit record of the session (e.g. its HTTP session id).
+    """
+
+    @asynccontextmanager
+    async def open_session(send: SendToClient, **context: str) -> AsyncIterator[ProxySession]:
+        options = _options(settings)
+        options.context = {**options.context, **context}
+        async with open_downstream(settings.command, settings.upstream_url) as downstream:
+            yield ProxySession(runtime, downstream, send, options)
+
+    return open_session
+
+
+async def run_stdio(
+    settings: ProxySettings,
+    *,
+    input_fd: int = 0,
+    output_fd: int = 1,
+    approval_handler: Any | None = None,
+) -> None:
+    """Serve one client over ``input_fd``/``output_fd`` until it closes its end."""
+    check_server(settings.command, settings.upstream_url)
+    async with build_runtime(settings, approval_handler) as runtime:
+        _log.info(
+            "governing MCP server %s as %r over stdio",
+            settings.upstream_url or " ".join(settings.command),
+            settings.target,
+        )
+        await serve_stdio(
+            session_opener(settings, runtime),
+            input_fd=input_fd,
+            output_fd=output_fd,
+            max_message_bytes=settings.max_message_bytes,
+        )
+
+
+async def check_tools(settings: ProxySettings) -> list[tuple[dict[str, Any], PolicyDecision]]:
+    """The server's tools, each with the policy's decision for a call without arguments.
+
+    The server is reached with the SDK's own :class:`mcp.Client`. A rule
+    with conditions on the arguments may decide differently for real calls.
+    """
+    try:
+        from mcp import Client  # noqa: PLC0415  # the SDK's own client
+        from mcp.client.stdio import StdioServerParameters  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigurationError(
+            f'--check needs the mcp SDK ({exc}): pip install "aegis-runtime[mcp]"'
+        ) from exc
+
+    check_server(settings.command, settings.upstream_url)
+    server: Any
+    if settings.upstream_url:
+        server = settings.upstream_url
+    else:
+        command = list(settings.command)
+        server = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
+    tools: list[dict[str, Any]] = []
+    async with Client(server, mode="legacy", cache=None) as client:
+        cursor: str | None = None
+        while True:
+            page = await client.list_tools(cursor=cursor)
+            tools.extend(
+                tool.model_dump(by_alias=True, mode="json", exclude_none=True)
+                for tool in page.tools
+            )
+            cursor = page.next_cursor
+            if not cursor:
+                break
+    return [
+        (tool, settings.policy.evaluate(Action(tool["name"], settings.target))) for tool in tools
+    ]

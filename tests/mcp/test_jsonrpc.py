@@ -1,0 +1,109 @@
+"""The proxy's pure parts: JSON-RPC frame checks, and what a policy says of tools and methods."""
+
+from __future__ import annotations
+
+import pytest
+
+from aegis.core.policy import Policy
+from aegis.mcp._jsonrpc import parse_frame
+from aegis.mcp.proxy import blocks_every_call, policy_names_method
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        ('{"jsonrpc": "2.0", "id": 1, "method": "ping"}', "request"),
+        ('{"jsonrpc": "2.0", "id": "a", "method": "tools/call", "params": {}}', "request"),
+        ('{"jsonrpc": "2.0", "method": "notifications/initialized"}', "notification"),
+        ('{"jsonrpc": "2.0", "id": 1, "result": {}}', "response"),
+        ('{"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "x"}}', "response"),
+    ],
+)
+def test_valid_frames_are_classified(frame: str, kind: str) -> None:
+    """Requests, notifications and responses are recognised as such."""
+    parsed = parse_frame(frame)
+    assert (parsed.kind, parsed.replies) == (kind, ())
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"jsonrpc": "2.0", "id": 1, "result": {}, "error": {"code": 1, "message": "x"}}',
+        '{"jsonrpc": "2.0", "id": 1, "result": 5}',
+        '{"jsonrpc": "2.0", "id": 1, "error": "x"}',
+        '{"jsonrpc": "2.0", "id": 1, "method": ""}',
+        "[" * 100000,
+        b"\xff\xfe",
+    ],
+)
+def test_invalid_frames_get_one_error(frame: str | bytes) -> None:
+    """Contradictory, mistyped, too deep or undecodable frames are refused with one error."""
+    parsed = parse_frame(frame)
+    assert parsed.message is None
+    assert len(parsed.replies) == 1
+    assert parsed.replies[0]["error"]["code"] in (-32700, -32600)
+
+
+def test_a_batch_gets_an_error_per_request() -> None:
+    """A batch is answered as an array: one refusal per member with an id."""
+    parsed = parse_frame(
+        '[{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "method": "x"}, 5]'
+    )
+    assert parsed.batch is True
+    assert [r["id"] for r in parsed.replies] == [1]
+
+
+POLICY = Policy.from_dict(
+    {
+        "defaults": {"approval": "approve"},
+        "rules": [
+            {
+                "name": "safe-deletes",
+                "match": {"type": "delete"},
+                "approval": "block",
+                "conditions": {"param_eq": {"path": "/"}},
+            },
+            {"name": "deletes", "match": {"type": "delete"}, "approval": "block"},
+            {
+                "name": "big-writes",
+                "match": {"type": "write"},
+                "approval": "block",
+                "conditions": {"param_gt": {"size": 10}},
+            },
+            {"name": "writes", "match": {"type": "write"}, "approval": "auto"},
+            {"name": "reads", "match": {"type": "read", "target": "files"}, "approval": "block"},
+            {"name": "resources", "match": {"type": "resources/*"}, "approval": "auto"},
+        ],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("tool", "target", "hidden"),
+    [
+        ("delete", "files", True),
+        ("write", "files", False),
+        ("read", "files", True),
+        ("read", "crm", False),
+        ("other", "files", False),
+    ],
+)
+def test_blocks_every_call(tool: str, target: str, hidden: bool) -> None:
+    """Only a tool whose first unconditional matching rule blocks counts as always blocked."""
+    assert blocks_every_call(POLICY, tool, target) is hidden
+
+
+def test_default_block_blocks_every_unmatched_tool() -> None:
+    """With a blocking default, a tool no rule matches is always blocked."""
+    assert blocks_every_call(Policy.from_dict({"rules": []}), "anything", "x") is True
+
+
+@pytest.mark.parametrize(
+    ("method", "named"),
+    [("resources/read", True), ("resources/list", True), ("prompts/get", False), ("ping", False)],
+)
+def test_a_rule_names_a_method_only_with_a_slash(method: str, named: bool) -> None:
+    """Rules name MCP methods by a type pattern with a '/'; '*' alone names none."""
+    assert policy_names_method(POLICY, method) is named
+    catch_all = Policy.from_dict({"rules": [{"match": {"type": "*"}, "approval": "block"}]})
+    assert policy_names_method(catch_all, method) is False

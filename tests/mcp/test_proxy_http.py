@@ -1,0 +1,120 @@
+"""The proxy serving Streamable HTTP (--listen), and governing an HTTP server (--upstream-url)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from mcp import Client
+from mcp_support import SERVER, Files, background, free_port, proxied_client
+
+HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def listening(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Files]]:
+    """The proxy serving Streamable HTTP on a free loopback port, in front of the stdio server."""
+    files = Files(tmp_path_factory.mktemp("http"))
+    port = free_port()
+    command = files.proxy("--listen", f"127.0.0.1:{port}", "--max-message-bytes", "4096")
+    url = f"http://127.0.0.1:{port}/mcp"
+    with background(command, files.stderr, url):
+        yield url, files
+
+
+async def test_sdk_client_over_http_is_governed(listening: tuple[str, Files]) -> None:
+    """Through --listen: annotations intact, auto runs, block is a tool error, both recorded."""
+    url, files = listening
+    async with Client(url, cache=None) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        read = await client.call_tool("read", {"path": "/srv/readme.txt"})
+        blocked = await client.call_tool("delete", {"path": "/srv/readme.txt"})
+    assert tools["delete"].annotations is not None
+    assert tools["delete"].annotations.destructive_hint is True
+    assert tools["read"].output_schema is not None
+    assert read.structured_content == {"path": "/srv/readme.txt", "content": "hello"}
+    assert blocked.is_error is True
+    assert "no-deletes" in blocked.content[0].text  # type: ignore[union-attr]
+    assert [c["tool"] for c in files.calls()] == ["read"]
+    records = files.records()
+    statuses = [(r["action_type"], r["result_status"]) for r in records]
+    assert ("read", "success") in statuses
+    assert ("delete", "blocked") in statuses
+    assert all(set(r["context"]) == {"mcp_request_id", "mcp_session_id"} for r in records)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{nope", 400, -32700),
+        (b'[{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}]', 400, -32600),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}', 400, -32600),
+        (
+            b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "p": "' + b"x" * 5000 + b'"}',
+            413,
+            -32600,
+        ),
+    ],
+)
+def test_bad_posts_are_refused_before_anything_runs(
+    listening: tuple[str, Files], body: bytes, status: int, code: int
+) -> None:
+    """Malformed, batched, session-less and oversized POSTs get a JSON-RPC error and a 4xx."""
+    url, _ = listening
+    response = httpx.post(url, content=body, headers=HEADERS, timeout=10)
+    assert response.status_code == status
+    reply = response.json()
+    first = reply[0] if isinstance(reply, list) else reply
+    assert first["error"]["code"] == code
+
+
+def test_unknown_session_is_not_found(listening: tuple[str, Files]) -> None:
+    """A POST naming a session the proxy does not have is a 404 with a JSON-RPC error."""
+    url, _ = listening
+    response = httpx.post(
+        url,
+        content=b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}',
+        headers={**HEADERS, "mcp-session-id": "nope"},
+        timeout=10,
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == -32600
+
+
+def test_non_loopback_listen_is_refused(tmp_path: Path) -> None:
+    """--listen on a non-loopback address is refused with one clear line."""
+    import subprocess
+
+    files = Files(tmp_path)
+    out = subprocess.run(
+        files.proxy("--listen", "0.0.0.0:8811"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "loopback only" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+async def test_stdio_proxy_in_front_of_an_http_server(tmp_path: Path) -> None:
+    """With --upstream-url the proxy governs a Streamable HTTP server for a stdio client."""
+    files = Files(tmp_path)
+    port = free_port()
+    server = [sys.executable, str(SERVER), "--log", str(files.log), "--http", str(port)]
+    upstream = f"http://127.0.0.1:{port}/mcp"
+    with background(server, tmp_path / "server.log", upstream):
+        command = files.proxy(upstream=upstream)
+        async with proxied_client(files, _command=command) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            read = await client.call_tool("read", {"path": "/srv/readme.txt"})
+            blocked = await client.call_tool("delete", {"path": "/srv/readme.txt"})
+    assert tools["read"].annotations is not None
+    assert tools["read"].annotations.read_only_hint is True
+    assert read.structured_content == {"path": "/srv/readme.txt", "content": "hello"}
+    assert blocked.is_error is True
+    assert [c["tool"] for c in files.calls()] == ["read"]

@@ -1,0 +1,203 @@
+"""The proxy over stdio, driven by the real MCP SDK client, in front of a real MCP server."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp_support import Files, proxied_client
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Files:
+    """A policy, an audit database and a server call log in a fresh folder."""
+    return Files(tmp_path)
+
+
+def _tools(listed: Any) -> list[dict[str, Any]]:
+    return [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in listed.tools]
+
+
+async def test_tools_list_keeps_annotations_and_schemas(files: Files) -> None:
+    """tools/list through the proxy equals the server's own: annotations, schemas, _meta."""
+    command = files.server()
+    direct = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
+    async with Client(direct, cache=None) as client:
+        expected = _tools(await client.list_tools())
+    async with proxied_client(files) as client:
+        listed = _tools(await client.list_tools())
+    assert listed == expected
+    read = next(t for t in listed if t["name"] == "read")
+    assert read["annotations"] == {"readOnlyHint": True, "openWorldHint": False}
+    assert read["outputSchema"]["required"] == ["path", "content"]
+    assert read["_meta"] == {"example.com/category": "files"}
+
+
+async def test_auto_call_is_forwarded_and_recorded(files: Files) -> None:
+    """An auto call reaches the server and returns its result; the audit has the request id."""
+    async with proxied_client(files) as client:
+        result = await client.call_tool("read", {"path": "/srv/readme.txt"})
+    assert result.is_error is False
+    assert result.structured_content == {"path": "/srv/readme.txt", "content": "hello"}
+    assert files.calls() == [{"tool": "read", "arguments": {"path": "/srv/readme.txt"}}]
+    [record] = files.records()
+    assert (record["action_type"], record["action_target"]) == ("read", "files")
+    assert record["result_status"] == "success"
+    assert isinstance(record["context"]["mcp_request_id"], int)
+
+
+async def test_blocked_call_is_a_tool_error_naming_the_rule(files: Files) -> None:
+    """A blocked call never reaches the server; the client gets isError with the rule."""
+    async with proxied_client(files) as client:
+        result = await client.call_tool("delete", {"path": "/srv/readme.txt"})
+        after = await client.call_tool("read", {"path": "/srv/readme.txt"})
+    assert result.is_error is True
+    assert "blocked by policy rule 'no-deletes'" in result.content[0].text  # type: ignore[union-attr]
+    assert after.structured_content == {"path": "/srv/readme.txt", "content": "hello"}
+    assert [c["tool"] for c in files.calls()] == ["read"]
+    assert [r["result_status"] for r in files.records()] == ["blocked", "success"]
+
+
+async def test_approval_without_an_approver_is_denied(files: Files) -> None:
+    """With the default deny mode an approve call is denied, saying how to get an approver."""
+    async with proxied_client(files) as client:
+        result = await client.call_tool("write", {"path": "/x", "content": "y"})
+    assert result.is_error is True
+    assert "--approval-url" in result.content[0].text  # type: ignore[union-attr]
+    assert files.calls() == []
+    [record] = files.records()
+    assert record["result_status"] == "denied"
+
+
+async def test_hide_blocked_leaves_out_tools_always_blocked(files: Files) -> None:
+    """--hide-blocked drops the tools the policy blocks outright, and they stay blocked."""
+    async with proxied_client(files, "--hide-blocked") as client:
+        names = [t.name for t in (await client.list_tools()).tools]
+        result = await client.call_tool("delete", {"path": "/srv/readme.txt"})
+    assert names == ["read", "write"]
+    assert result.is_error is True
+    assert files.calls() == []
+
+
+async def test_resources_pass_and_a_named_method_is_governed(files: Files) -> None:
+    """resources/read passes through unchanged; prompts/get, named by a rule, is refused."""
+    async with proxied_client(files) as client:
+        resource = await client.read_resource("file:///srv/readme.txt")
+        prompts = await client.list_prompts()
+        with pytest.raises(Exception, match="no-prompts"):
+            await client.get_prompt("summarize", {"path": "/x"})
+    assert resource.contents[0].text == "hello"  # type: ignore[union-attr]
+    assert [p.name for p in prompts.prompts] == ["summarize"]
+    [record] = files.records()
+    assert (record["action_type"], record["result_status"]) == ("prompts/get", "blocked")
+
+
+async def test_crashing_server_gives_errors_and_the_proxy_keeps_answering(files: Files) -> None:
+    """A server that dies mid-call gives that call and later ones an error; the proxy logs it."""
+    async with proxied_client(files, server_args=["--crash-on", "read"]) as client:
+        with pytest.raises(Exception, match="closed the connection"):
+            await client.call_tool("read", {"path": "/srv/readme.txt"})
+        with pytest.raises(Exception, match="closed the connection"):
+            await client.call_tool("read", {"path": "/srv/readme.txt"})
+        blocked = await client.call_tool("delete", {"path": "/x"})
+    assert blocked.is_error is True
+    assert "the MCP server closed the connection" in files.stderr.read_text()
+    statuses = [r["result_status"] for r in files.records()]
+    assert statuses == ["failed", "failed", "blocked"]
+
+
+async def test_hanging_server_times_out(files: Files) -> None:
+    """A call the server never answers fails after --call-timeout, and is recorded as failed."""
+    async with proxied_client(
+        files, "--call-timeout", "1", server_args=["--hang-on", "read"]
+    ) as client:
+        with pytest.raises(Exception, match="did not answer tools/call within 1s"):
+            await client.call_tool("read", {"path": "/srv/readme.txt"})
+    [record] = files.records()
+    assert record["result_status"] == "failed"
+    assert "did not answer" in files.stderr.read_text()
+
+
+async def test_garbage_from_the_server_is_logged_and_skipped(files: Files) -> None:
+    """A server line that is not JSON-RPC is logged; the call's real answer still arrives."""
+    async with proxied_client(files, server_args=["--garbage-on", "read"]) as client:
+        result = await client.call_tool("read", {"path": "/srv/readme.txt"})
+    assert result.structured_content == {"path": "/srv/readme.txt", "content": "hello"}
+    assert "not a JSON-RPC message" in files.stderr.read_text()
+
+
+def test_check_lists_tools_with_decisions(files: Files) -> None:
+    """--check prints each tool of the server with what the policy decides."""
+    import subprocess
+
+    out = subprocess.run(
+        [*files.proxy("--check", "--format", "json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows = {row["tool"]: row for row in json.loads(out.stdout)}
+    assert {name: row["approval"] for name, row in rows.items()} == {
+        "read": "auto",
+        "write": "approve",
+        "delete": "block",
+    }
+    assert rows["delete"]["blocked_always"] is True
+    assert rows["read"]["hints"] == ["readOnlyHint"]
+    assert files.calls() == []
+
+
+def test_missing_command_is_one_clear_line(files: Files) -> None:
+    """A server command that does not exist is a one-line error, not a traceback."""
+    import subprocess
+
+    command = files.proxy()
+    command[command.index("--") + 1 :] = ["no-such-mcp-server-xyz"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2
+    assert "'no-such-mcp-server-xyz' is not an executable" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_terminal_approval_without_a_terminal_is_one_clear_line(files: Files) -> None:
+    """--approval terminal with no terminal to ask on is refused at start, before serving."""
+    import subprocess
+
+    out = subprocess.run(
+        files.proxy("--approval", "terminal"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        start_new_session=True,  # no controlling terminal
+    )
+    assert out.returncode == 2
+    assert "--approval terminal needs a terminal" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+async def test_the_servers_own_requests_and_progress_reach_the_client(files: Files) -> None:
+    """Mid-call, the server's elicitation and progress pass through the proxy and back."""
+    from mcp import types
+
+    asked: list[str] = []
+    progress: list[float] = []
+
+    async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"ok": True})
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async with proxied_client(files, elicitation_callback=elicit) as client:
+        result = await client.call_tool("read", {"path": "/ask"}, progress_callback=on_progress)
+    assert result.structured_content == {"path": "/ask", "content": "ok=True"}
+    assert asked == ["May I read /ask?"]
+    assert progress == [1]

@@ -1,0 +1,127 @@
+"""Raw JSON-RPC on the proxy's stdio: each odd frame gets a deliberate answer; none passes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mcp_support import Files, RawProxy, raw_proxy
+
+BLOCKED_CALL = {"name": "delete", "arguments": {"path": "/srv/readme.txt"}}
+
+
+@pytest.fixture(scope="module")
+def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RawProxy, Files]]:
+    """One initialized proxy (with a small message limit) for the module's frames."""
+    files = Files(tmp_path_factory.mktemp("wire"))
+    with raw_proxy(files, "--max-message-bytes", "4096") as proxy:
+        yield proxy, files
+
+
+def _alive(proxy: RawProxy) -> None:
+    assert proxy.request("alive", "ping") == {"jsonrpc": "2.0", "id": "alive", "result": {}}
+
+
+def test_batch_smuggling_a_blocked_call_is_refused_whole(wire: tuple[RawProxy, Files]) -> None:
+    """A batch hiding a blocked call next to a harmless one is refused member by member."""
+    proxy, files = wire
+    proxy.send(
+        [
+            {"jsonrpc": "2.0", "id": 11, "method": "tools/list"},
+            {"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": BLOCKED_CALL},
+            {"jsonrpc": "2.0", "method": "notifications/progress", "params": {}},
+        ]
+    )
+    replies = proxy.receive()
+    assert [(r["id"], r["error"]["code"]) for r in replies] == [(11, -32600), (12, -32600)]
+    assert "batches are not accepted" in replies[0]["error"]["message"]
+    _alive(proxy)
+    assert files.calls() == []
+    [record] = [r for r in files.records() if r["context"] == {"mcp_request_id": 12}]
+    assert (record["action_type"], record["result_status"]) == ("delete", "blocked")
+    assert "batch" in record["reason"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "reply_id", "code"),
+    [
+        ("{not json", None, -32700),
+        ("[]", None, -32600),
+        ('"just a string"', None, -32600),
+        ('{"jsonrpc": "1.0", "id": 3, "method": "ping"}', 3, -32600),
+        ('{"jsonrpc": "2.0", "id": true, "method": "ping"}', None, -32600),
+        ('{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}', None, -32600),
+        ('{"jsonrpc": "2.0", "id": null, "method": "ping"}', None, -32600),
+        ('{"jsonrpc": "2.0", "id": 4, "method": 7}', 4, -32600),
+        ('{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": [1]}', 5, -32600),
+        ('{"jsonrpc": "2.0", "id": 6}', 6, -32600),
+        ('{"jsonrpc": "2.0", "id": 7, "method": "evil/exec", "params": {}}', 7, -32601),
+        ('{"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {}}', 8, -32602),
+        (
+            '{"jsonrpc": "2.0", "id": 9, "method": "tools/call", '
+            '"params": {"name": "read", "arguments": [1]}}',
+            9,
+            -32602,
+        ),
+        ('{"jsonrpc": "2.0", "id": 10, "method": "ping", "x": "' + "a" * 5000 + '"}', None, -32600),
+    ],
+)
+def test_bad_frames_get_json_rpc_errors(
+    wire: tuple[RawProxy, Files], frame: str, reply_id: object, code: int
+) -> None:
+    """Each malformed, invalid, unknown or oversized frame gets one error; the proxy lives on."""
+    proxy, files = wire
+    proxy.send(frame)
+    reply = proxy.receive()
+    assert (reply["id"], reply["error"]["code"]) == (reply_id, code)
+    _alive(proxy)
+    assert files.calls() == []
+
+
+def test_a_call_sent_as_a_notification_never_runs(wire: tuple[RawProxy, Files]) -> None:
+    """tools/call without an id (a notification) is dropped: no answer, no call."""
+    proxy, files = wire
+    proxy.send({"jsonrpc": "2.0", "method": "tools/call", "params": BLOCKED_CALL})
+    proxy.send({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "read"}})
+    assert proxy.nothing()
+    _alive(proxy)
+    assert files.calls() == []
+
+
+def test_a_stray_response_is_dropped(wire: tuple[RawProxy, Files]) -> None:
+    """A response to a request nobody sent is dropped without an answer."""
+    proxy, _ = wire
+    proxy.send({"jsonrpc": "2.0", "id": 999, "result": {}})
+    assert proxy.nothing()
+    _alive(proxy)
+
+
+def test_duplicated_id_in_flight_is_refused(tmp_path: Path) -> None:
+    """A second request reusing an id in flight is refused; after cancelling, the id is free."""
+    files = Files(tmp_path)
+    with raw_proxy(files, server_args=["--hang-on", "read"]) as proxy:
+        proxy.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "tools/call",
+                "params": {"name": "read", "arguments": {"path": "/srv/readme.txt"}},
+            }
+        )
+        duplicate = proxy.request(7, "tools/call", BLOCKED_CALL)
+        assert duplicate["error"]["code"] == -32600
+        assert "already in use" in duplicate["error"]["message"]
+        proxy.send(
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}}
+        )
+        assert proxy.nothing()
+        reused = proxy.request(7, "tools/call", BLOCKED_CALL)
+        assert reused["result"]["isError"] is True
+    statuses = [(r["action_type"], r["matched_rule"], r["result_status"]) for r in files.records()]
+    assert statuses == [
+        ("delete", "<mcp-proxy>", "blocked"),
+        ("read", "reads", "failed"),
+        ("delete", "no-deletes", "blocked"),
+    ]
+    assert [c["tool"] for c in files.calls()] == ["read"]
