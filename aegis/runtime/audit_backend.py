@@ -108,7 +108,7 @@ class AuditBackend(Protocol):
         decided_at: str | None = None,
         policy_digest: str | None = None,
     ) -> int:
-        """Write the final record of an action, clearing its start marker; return its id.
+        """Write the final record of an action (naming its start record); return its id.
 
         ``context``, ``decided_at`` and ``policy_digest`` come from the
         decide step (see :class:`~aegis.core.record.DecisionStamp`).
