@@ -43,6 +43,10 @@ PATTERNS = [
     r"x|",
     r"()*a",
     r"[^a-z\s]",
+    r"(?s)$.[^a]*",  # "$" with more after it: RE2 cannot say "before a final newline"
+    r"$\s\Z",
+    r"(?a)\B\d*",  # RE2 finds \B between the two bytes of "É"
+    r"[ab]?$^",
 ]
 TEXTS = [
     "",
@@ -64,6 +68,9 @@ TEXTS = [
     "bob@x.com",
     "ünï_ß",
     "\ud800a",
+    "a1\n",
+    "1Ébé1éb",
+    "\n",
 ]
 
 
