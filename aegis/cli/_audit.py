@@ -491,9 +491,10 @@ def stats(db_path: str, session_id: str | None, output_format: str) -> None:
 def _last_records(log: AuditLogger, count: int, session_id: str | None) -> list[dict[str, Any]]:
     if session_id is None:
         # Ids are consecutive in an intact chain, so the tail is an id range
-        # away; this keeps `tail` instant on a log of millions.
+        # away; this keeps `tail` instant on a log of millions. An action that
+        # ran has two records (start and final) and shows once.
         last_id = log.head().count
-        return log.get_log(after_id=max(0, last_id - count))[-count:]
+        return log.get_log(after_id=max(0, last_id - 2 * count))[-count:]
     return list(deque(log.iter_log(session_id), maxlen=count))
 
 

@@ -175,30 +175,42 @@ def _literal(code: int, flags: int) -> Callable[[str], bool]:
     return char.__eq__
 
 
-def _anchor(code: Any, flags: int) -> Callable[[str, int], bool]:
+#: an anchor's test, given the characters around the position (``None``
+#: past either end) and whether the next character is the text's last
+Anchor = Callable[[str | None, str | None, bool], bool]
+
+
+def _anchor(code: Any, flags: int) -> Anchor:
     multiline = bool(flags & C.SRE_FLAG_MULTILINE)
     ascii_only = bool(flags & C.SRE_FLAG_ASCII)
     if code is C.AT_BEGINNING_STRING or (code is C.AT_BEGINNING and not multiline):
-        return lambda text, pos: pos == 0
+        return lambda prev, cur, last: prev is None
     if code is C.AT_BEGINNING:
-        return lambda text, pos: pos == 0 or text[pos - 1] == "\n"
+        return lambda prev, cur, last: prev is None or prev == "\n"
     if code is C.AT_END_STRING:
-        return lambda text, pos: pos == len(text)
+        return lambda prev, cur, last: cur is None
     if code is C.AT_END and multiline:
-        return lambda text, pos: pos == len(text) or text[pos] == "\n"
+        return lambda prev, cur, last: cur is None or cur == "\n"
     if code is C.AT_END:
-        return lambda text, pos: pos == len(text) or (pos == len(text) - 1 and text[pos] == "\n")
+        return lambda prev, cur, last: cur is None or (last and cur == "\n")
 
-    def boundary(text: str, pos: int) -> bool:
-        before = pos > 0 and _is_word(text[pos - 1], ascii_only)
-        after = pos < len(text) and _is_word(text[pos], ascii_only)
+    def boundary(prev: str | None, cur: str | None, last: bool) -> bool:
+        before = prev is not None and _is_word(prev, ascii_only)
+        after = cur is not None and _is_word(cur, ascii_only)
         return before != after
 
     if code is C.AT_BOUNDARY:
         return boundary
-    if code is C.AT_NON_BOUNDARY:
-        return lambda text, pos: bool(text) and not boundary(text, pos)
+    if code is C.AT_NON_BOUNDARY:  # never in an empty text, as in Python's re
+        return lambda prev, cur, last: (
+            not (prev is None and cur is None) and not boundary(prev, cur, last)
+        )
     raise RegexError(f"unsupported anchor {code}")  # pragma: no cover
+
+
+#: the most cached transitions per pattern; the cache is emptied when full
+_CACHE_LIMIT: Final = 10_000
+_MATCHED: Final[frozenset[int]] = frozenset({-1})
 
 
 class _Program:
@@ -208,6 +220,11 @@ class _Program:
         self.code: list[tuple[Any, ...]] = []
         self._emit(tree, tree.state.flags)
         self.code.append((_MATCH,))
+        self._start = frozenset({0})
+        # Without anchors a step depends only on the character read, so the
+        # cache needs no neighbours in its keys and hits far more often.
+        self._context = any(instruction[0] is _ASSERT for instruction in self.code)
+        self._cache: dict[tuple[Any, ...], frozenset[int]] = {}
 
     def _add(self, instruction: tuple[Any, ...] | None) -> int:
         if len(self.code) >= MAX_PROGRAM:
@@ -266,46 +283,72 @@ class _Program:
             else:  # _check refused everything else already
                 raise RegexError(f"unsupported regular expression element {op}")
 
-    def search(self, text: str) -> bool:
-        """Whether the pattern matches anywhere in ``text``; linear in ``len(text)``."""
+    def _closure(
+        self, seeds: frozenset[int], prev: str | None, cur: str | None, last: bool
+    ) -> tuple[list[int], bool]:
+        """The character-consuming steps reachable from ``seeds`` here, and whether one matched."""
         code = self.code
-
-        def add(threads: list[int], seen: set[int], pc: int, pos: int) -> bool:
-            stack = [pc]
-            while stack:
-                pc = stack.pop()
-                if pc in seen:
-                    continue
-                seen.add(pc)
-                instruction = code[pc]
-                kind = instruction[0]
-                if kind is _CHAR:
-                    threads.append(pc)
-                elif kind is _SPLIT:
-                    stack.append(instruction[2])
-                    stack.append(instruction[1])
-                elif kind is _JMP:
-                    stack.append(instruction[1])
-                elif kind is _ASSERT:
-                    if instruction[1](text, pos):
-                        stack.append(pc + 1)
-                else:
-                    return True  # _MATCH
-            return False
-
         threads: list[int] = []
-        if add(threads, set(), 0, 0):
-            return True
-        for pos, ch in enumerate(text):
-            following: list[int] = []
-            seen: set[int] = set()
-            for pc in threads:
-                if code[pc][1](ch) and add(following, seen, pc + 1, pos + 1):
-                    return True
-            if add(following, seen, 0, pos + 1):  # a match may also start here
+        seen: set[int] = set()
+        stack = list(seeds)
+        while stack:
+            pc = stack.pop()
+            if pc in seen:
+                continue
+            seen.add(pc)
+            instruction = code[pc]
+            kind = instruction[0]
+            if kind is _CHAR:
+                threads.append(pc)
+            elif kind is _SPLIT:
+                stack.append(instruction[2])
+                stack.append(instruction[1])
+            elif kind is _JMP:
+                stack.append(instruction[1])
+            elif kind is _ASSERT:
+                if instruction[1](prev, cur, last):
+                    stack.append(pc + 1)
+            else:
+                return threads, True  # _MATCH
+        return threads, False
+
+    def _step(
+        self, seeds: frozenset[int], prev: str | None, cur: str, last: bool
+    ) -> frozenset[int]:
+        """The seeds after reading ``cur``, or :data:`_MATCHED`."""
+        threads, matched = self._closure(seeds, prev, cur, last)
+        if matched:
+            return _MATCHED
+        code = self.code
+        following = {pc + 1 for pc in threads if code[pc][1](cur)}
+        following.add(0)  # a match may also start at the next position
+        return frozenset(following)
+
+    def search(self, text: str) -> bool:
+        """Whether the pattern matches anywhere in ``text``; linear in ``len(text)``.
+
+        A lazy DFA: each (set of NFA states, characters around) seen is
+        stepped once through the NFA and cached, so a repeated situation
+        costs one dictionary look-up per character.
+        """
+        cache = self._cache
+        context = self._context
+        seeds = self._start
+        prev: str | None = None
+        end = len(text) - 1
+        for index, cur in enumerate(text):
+            last = index == end
+            key = (seeds, prev, cur, last) if context else (seeds, cur)
+            following = cache.get(key)
+            if following is None:
+                following = self._step(seeds, prev, cur, last)
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                cache[key] = following
+            if following is _MATCHED:
                 return True
-            threads = following
-        return False
+            seeds, prev = following, cur
+        return self._closure(seeds, prev, None, False)[1]
 
 
 # -- RE2 -----------------------------------------------------------------------------
@@ -392,7 +435,7 @@ def _class_to_re2(items: Any, flags: int) -> str | None:
     return ("[^" if negate else "[") + "".join(body) + "]"
 
 
-def _anchor_to_re2(code: Any, flags: int) -> str | None:
+def _anchor_to_re2(code: Any, flags: int, tail: bool) -> str | None:
     multiline = flags & C.SRE_FLAG_MULTILINE
     if code is C.AT_BEGINNING_STRING or (code is C.AT_BEGINNING and not multiline):
         return "\\A"
@@ -400,19 +443,25 @@ def _anchor_to_re2(code: Any, flags: int) -> str | None:
         return "(?m:^)"
     if code is C.AT_END_STRING:
         return "\\z"
+    if code is C.AT_END and multiline:
+        return "(?m:$)"
     if code is C.AT_END:
-        # Without MULTILINE: "the end, or before a final newline", exact in
-        # the only place a pattern puts it, at its end.
-        return "(?m:$)" if multiline else "(?:\\n?\\z)"
-    if code in (C.AT_BOUNDARY, C.AT_NON_BOUNDARY) and flags & C.SRE_FLAG_ASCII:
-        return "\\b" if code is C.AT_BOUNDARY else "\\B"
-    return None  # a Unicode word boundary: RE2's is ASCII-only
+        # "The end, or before a final newline": RE2 has no such anchor, but
+        # consuming that newline gives the same answer where nothing follows.
+        return "(?:\\n?\\z)" if tail else None
+    if code is C.AT_BOUNDARY and flags & C.SRE_FLAG_ASCII:
+        return "\\b"  # between ASCII word and non-word bytes: Python's places exactly
+    # A Unicode \b (RE2's is ASCII-only), and \B, which RE2 also finds between
+    # the bytes of one character: both are left to the NFA.
+    return None
 
 
-def _to_re2(items: Any, flags: int) -> str | None:  # None wherever RE2 differs
+def _to_re2(items: Any, flags: int, tail: bool = True) -> str | None:  # None where RE2 differs
     """``items`` in RE2 syntax with Python's meaning; ``None`` where that is impossible."""
     out: list[str | None] = []
-    for op, av in items:
+    items = list(items)
+    for index, (op, av) in enumerate(items):
+        at_tail = tail and index == len(items) - 1  # nothing of the pattern follows
         if op is C.LITERAL or op is C.NOT_LITERAL:
             text = _hex(av)
             if text is None:
@@ -423,18 +472,18 @@ def _to_re2(items: Any, flags: int) -> str | None:  # None wherever RE2 differs
         elif op is C.IN:
             out.append(_class_to_re2(av, flags))
         elif op is C.AT:
-            out.append(_anchor_to_re2(av, flags))
+            out.append(_anchor_to_re2(av, flags, at_tail))
         elif op is C.SUBPATTERN:
-            inner = _to_re2(av[3], (flags | av[1]) & ~av[2])
+            inner = _to_re2(av[3], (flags | av[1]) & ~av[2], at_tail)
             out.append(None if inner is None else f"(?:{inner})")
         elif op is C.BRANCH:
-            branches = [_to_re2(alternative, flags) for alternative in av[1]]
+            branches = [_to_re2(alternative, flags, at_tail) for alternative in av[1]]
             if any(branch is None for branch in branches):
                 return None
             out.append("(?:" + "|".join(branches) + ")")  # type: ignore[arg-type]
         elif op in (C.MAX_REPEAT, C.MIN_REPEAT):
             low, high, body = av
-            inner = _to_re2(body, flags)
+            inner = _to_re2(body, flags, tail=False)
             count = f"{{{low},}}" if high is C.MAXREPEAT else f"{{{low},{high}}}"
             out.append(None if inner is None else f"(?:{inner}){count}")
         else:

@@ -420,6 +420,8 @@ def canonical_json(action: Action) -> str:
     Python to print is written as ``{"__aegis_int__": "<hex>"}``.
     """
     params = action.params
+    if type(params) is FrozenDict:
+        params = params._data  # what the default hook would give, one call sooner
     try:
         params_text = _canonical_value(params)
     except ValueError:  # an int past the 4,300-digit limit of int -> str

@@ -25,6 +25,7 @@ from typing import IO, Any, Protocol, runtime_checkable
 from aegis.core.action import thaw
 from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
+from aegis.errors import ConfigurationError
 
 __all__ = [
     "ApprovalHandler",
@@ -203,7 +204,9 @@ class CLIApprovalHandler(ApprovalHandler):
         output_stream: IO[str] | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
-            raise ValueError(f"CLIApprovalHandler timeout must be positive, got {timeout!r}")
+            raise ConfigurationError(
+                f"CLIApprovalHandler timeout must be a positive number of seconds, got {timeout!r}"
+            )
         self.timeout = timeout
         self._input = input_stream
         self._output = output_stream

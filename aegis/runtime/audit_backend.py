@@ -32,7 +32,7 @@ from aegis.core.outcome import ApprovalOutcome
 from aegis.core.record import RECORD_FIELDS, ContextValue, isoformat, safe_repr, storable_json
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import AuditError
+from aegis.errors import AuditError, ConfigurationError
 
 # The interface a backend implements, and what a reader of its records needs.
 # The helpers (RecordReader, SubscriberList, write_jsonl) are shared by the
@@ -108,7 +108,7 @@ class AuditBackend(Protocol):
         decided_at: str | None = None,
         policy_digest: str | None = None,
     ) -> int:
-        """Write the final record of an action, clearing its start marker; return its id.
+        """Write the final record of an action (naming its start record); return its id.
 
         ``context``, ``decided_at`` and ``policy_digest`` come from the
         decide step (see :class:`~aegis.core.record.DecisionStamp`).
@@ -291,7 +291,9 @@ class SubscriberList:
     def add(self, callback: Subscriber) -> None:
         """Add ``callback``; it must accept one record dict."""
         if not callable(callback):
-            raise TypeError(f"an audit subscriber must be callable, not {type(callback).__name__}")
+            raise ConfigurationError(
+                f"an audit subscriber must be callable, not {type(callback).__name__}"
+            )
         # Replacing the tuple keeps notify() safe if a callback unsubscribes itself.
         self._callbacks = (*self._callbacks, callback)
 

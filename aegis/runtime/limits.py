@@ -101,15 +101,16 @@ def usage_store_for(audit: object) -> tuple[UsageStore, bool]:
         # The audit's own connection: one writer per process for the file.
         return SQLiteUsageStore(database=database), True
     path = getattr(audit, "db_path", None)
-    if (
-        isinstance(path, str)
-        and path
-        and path != ":memory:"
-        and path.lower() != "memory://"  # the in-memory audit store: nothing on disk
-        and not path.startswith("file:")
-    ):
-        return SQLiteUsageStore(path), True
-    return MemoryUsageStore(), True
+    if isinstance(path, str) and path.lower().startswith("sqlite:///"):
+        path = path[len("sqlite:///") :]
+    if not isinstance(path, str) or path in ("", ":memory:") or path.lower() == "memory://":
+        return MemoryUsageStore(), True  # no database to share: this process counts
+    if "://" in path or path.startswith("file:"):
+        raise ConfigurationError(
+            f"cannot tell where to keep usage counters beside the audit at {path!r}; pass"
+            " usage_store= to the Runtime (e.g. MemoryUsageStore() or SQLiteUsageStore(path))"
+        )
+    return SQLiteUsageStore(path), True
 
 
 def _settle(

@@ -11,7 +11,11 @@ call it, never the store directly::
     request = await service.decide(reviewer, request.id, Verdict.APPROVE, "ok")
 
 Every request, decision, expiry, cancellation and collection is written to
-the audit trail. Changes are announced to subscribers (:meth:`subscribe`)
+the audit trail through an outbox: the store queues each change's event in
+the change's own transaction, and :meth:`ApprovalService.flush_audit` writes
+queued events to the trail (after each change, and every second), so a
+trail that is down or a process killed mid-way delays a record but never
+loses it. Changes are announced to subscribers (:meth:`subscribe`)
 as :class:`ApprovalEvent` values: the inbox's live updates and the
 notifiers listen there. Store calls run on worker threads, so a slow or
 locked database never blocks the event loop.
@@ -38,8 +42,8 @@ from aegis.core.approval_request import (
     request_digest,
 )
 from aegis.core.decision import Approval, PolicyDecision
-from aegis.errors import ApprovalServiceError, AuditError
-from aegis.stores.approvals import ApprovalStore, hash_token, new_request_id
+from aegis.errors import ApprovalServiceError
+from aegis.stores.approvals import ApprovalStore, AuditEvent, hash_token, new_request_id
 
 if TYPE_CHECKING:
     from aegis.core.policy import Policy
@@ -141,6 +145,7 @@ class ApprovalService:
         self.clock = clock
         self.policy = policy
         self._subscribers: list[Subscriber] = []
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     # -- plumbing ---------------------------------------------------------------
@@ -179,16 +184,60 @@ class ApprovalService:
             except Exception:
                 _log.exception("an approval event subscriber failed on %s", event.kind)
 
-    async def _record(
-        self, request: ApprovalRequest, text: str, event: str, **context: str
-    ) -> None:
-        """Write one approval event to the audit trail, tagged with the request id.
+    def _flush_lock(self) -> asyncio.Lock:
+        # A lock belongs to one event loop; a service may outlive several (tests).
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:
+            self._lock = (loop, asyncio.Lock())
+        return self._lock[1]
 
-        The record's context names the event, the request and the requester,
-        so ``aegis audit list`` can tell the service's records apart.
+    async def flush_audit(self) -> int:
+        """Write the store's queued audit events to the audit trail, oldest first.
+
+        Each change of a request queues its event in the change's own
+        transaction; this writes them, each claimed by one process, so no
+        change ever lacks its record and none is recorded twice (unless a
+        process dies between writing a record and marking it written). The
+        service calls it after every change and every second; it returns
+        how many records it wrote.
         """
         if self.audit is None:
+            return 0
+        written = 0
+        async with self._flush_lock():
+            now = self.clock()
+            stale = now - timedelta(seconds=_STALE_CLAIM)
+            events = await self._call(self.store.pending_events, stale)
+            for event in events:
+                if not await self._call(self.store.claim_event, event.id, self.clock(), stale):
+                    continue  # another service process writes this one
+                try:
+                    request = await self._call(self.store.get_request, event.request_id)
+                    if request is not None:
+                        await self._write_event(event, request)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await self._call(
+                            self.store.finish_event, event.id, self.clock(), audited=False
+                        )
+                    raise
+                await self._call(self.store.finish_event, event.id, self.clock(), audited=True)
+                written += 1
+        return written
+
+    async def _flush_soon(self) -> None:
+        """Flush now; a failure is logged, and the sweeper tries again every second."""
+        try:
+            await self.flush_audit()
+        except Exception as exc:
+            _log.warning("audit records are queued, not yet written: %s", exc)
+
+    async def _write_event(self, event: AuditEvent, request: ApprovalRequest) -> None:
+        """Write one queued event as an audit record, tagged with the request id."""
+        audit = self.audit
+        if audit is None:
             return
+        text, extra = _event_text(event, request)
         decision = PolicyDecision(
             request.action,
             request.risk_level,
@@ -198,39 +247,16 @@ class ApprovalService:
             approvers=request.approvers,
             reviewers=request.reviewers,
         )
-        human = f"approval: {text} [request {request.id}]"
-        for attempt in range(3):
-            try:
-                await self._write_record(request, decision, human, event, context)
-            except AuditError:
-                if attempt == 2:
-                    # The change is in the store already; say loudly that its record is not.
-                    _log.exception("could not write the audit record %r", human)
-                    raise
-                await asyncio.sleep(0.1 * 3**attempt)  # a locked file often frees up soon
-            else:
-                return
-
-    async def _write_record(
-        self,
-        request: ApprovalRequest,
-        decision: PolicyDecision,
-        human: str,
-        event: str,
-        context: dict[str, str],
-    ) -> None:
-        if self.audit is None:
-            return
         await self._call(
-            self.audit.log,
+            audit.log,
             request.session_id,
             decision,
-            human_decision=human,
+            human_decision=f"approval: {text} [request {request.id}]",
             context={
-                "approval_event": event,
+                "approval_event": event.kind,
                 "approval_request": request.id,
                 "requester": request.requester,
-                **context,
+                **extra,
             },
         )
 
@@ -323,13 +349,8 @@ class ApprovalService:
         )
         stored, created = await self._call(self.store.create_request, request, now)
         if created:
-            if stored.grant_id is not None:
-                text = f"requested by {stored.requester}; {stored.status_reason}"
-            else:
-                expires = f"{stored.expires_at:%Y-%m-%dT%H:%M:%SZ}"
-                text = f"requested by {stored.requester}, expires {expires}"
-            await self._record(stored, text, "approval.requested")
             self._emit(ApprovalEvent("approval.requested", stored))
+            await self._flush_soon()
         return stored, created
 
     @staticmethod
@@ -482,37 +503,9 @@ class ApprovalService:
             grant_minutes=grant_minutes if verdict is Verdict.APPROVE else None,
             now=self.clock(),
         )
-        await self._record(
-            stored,
-            self._decision_text(stored, principal.name, verdict, comment),
-            "approval.decided",
-            reviewer=principal.name,
-            verdict=verdict.value,
-        )
-        if grant is not None:
-            await self._record(
-                stored,
-                f"grant {grant.id} given by {', '.join(grant.granted_by)} until "
-                f"{grant.expires_at:%Y-%m-%dT%H:%M:%SZ} for {grant.action_type} -> "
-                f"{grant.action_target} (rule {grant.matched_rule}) in session {grant.session_id}",
-                "grant.created",
-                grant=grant.id,
-            )
         self._emit(ApprovalEvent("approval.decided", stored, grant, principal.name))
+        await self._flush_soon()
         return stored
-
-    @staticmethod
-    def _decision_text(
-        request: ApprovalRequest, reviewer: str, verdict: Verdict, comment: str
-    ) -> str:
-        said = f": {comment}" if comment else ""
-        if verdict is Verdict.DENY:
-            return f"denied by {reviewer}{said}"
-        if request.status is RequestStatus.APPROVED:
-            names = ", ".join(d.reviewer for d in request.approvals)
-            return f"approved by {names}{said}"
-        count = len(request.approvals)
-        return f"{reviewer} approved ({count} of {request.approvers}){said}"
 
     async def collect(self, principal: Principal, request_id: str) -> ApprovalRequest:
         """Use an approved request once (the agent that asked); a second collect is a 409."""
@@ -523,8 +516,8 @@ class ApprovalService:
                 f"request {request_id}"
             )
         stored = await self._call(self.store.collect, request_id, self.clock())
-        await self._record(stored, f"collected by {principal.name}", "approval.collected")
         self._emit(ApprovalEvent("approval.collected", stored))
+        await self._flush_soon()
         return stored
 
     async def cancel(
@@ -539,30 +532,30 @@ class ApprovalService:
             )
         why = reason or "cancelled by the agent"
         stored = await self._call(self.store.cancel, request_id, why, self.clock())
-        await self._record(
-            stored, f"request cancelled by {principal.name}: {why}", "approval.cancelled"
-        )
         self._emit(ApprovalEvent("approval.cancelled", stored))
+        await self._flush_soon()
         return stored
 
     async def expire_due(self) -> list[ApprovalRequest]:
         """Expire every request past its expiry, record and announce each; return them."""
         expired = await self._call(self.store.expire_due, self.clock())
         for request in expired:
-            await self._record(request, "request expired without a decision", "approval.expired")
             self._emit(ApprovalEvent("approval.expired", request))
+        if expired:
+            await self._flush_soon()
         return expired
 
     async def sweep(self, interval: float = 1.0) -> None:
-        """Expire due requests every ``interval`` seconds, until cancelled.
+        """Expire due requests and write queued audit records every ``interval`` seconds.
 
         A failing sweep (a locked database) is logged and tried again.
         """
         while True:
             try:
                 await self.expire_due()
+                await self.flush_audit()
             except Exception:
-                _log.exception("could not expire due approval requests; retrying")
+                _log.exception("could not expire requests or write audit records; retrying")
             await asyncio.sleep(interval)
 
     # -- grants -----------------------------------------------------------------
@@ -579,17 +572,10 @@ class ApprovalService:
     async def revoke_grant(self, principal: Principal, grant_id: str) -> Grant:
         """Revoke a grant (reviewer role); later actions it covered ask again."""
         self._require(principal, Role.REVIEWER, "revoking a grant")
-        grant = await self._call(self.store.revoke_grant, grant_id, self.clock())
+        grant = await self._call(self.store.revoke_grant, grant_id, self.clock(), by=principal.name)
         request = await self._call(self.store.get_request, grant.request_id)
-        if request is not None:
-            await self._record(
-                request,
-                f"grant {grant.id} revoked by {principal.name}",
-                "grant.revoked",
-                grant=grant.id,
-                reviewer=principal.name,
-            )
         self._emit(ApprovalEvent("grant.revoked", request, grant, principal.name))
+        await self._flush_soon()
         return grant
 
     # -- the audit trail --------------------------------------------------------
@@ -652,3 +638,50 @@ def statuses(text: str | None) -> RequestStatus | None:
             status=422,
             code="invalid",
         ) from None
+
+
+#: seconds after which a claimed but unfinished audit event is taken over
+_STALE_CLAIM: Final = 60.0
+
+
+def _event_text(event: AuditEvent, request: ApprovalRequest) -> tuple[str, dict[str, str]]:
+    """The audit text of a queued event, and the context it adds."""
+    ctx = event.context
+    kind = event.kind
+    if kind == "approval.requested":
+        if request.grant_id is not None:
+            return f"requested by {request.requester}; {request.status_reason}", {
+                "grant": request.grant_id
+            }
+        expires = f"{request.expires_at:%Y-%m-%dT%H:%M:%SZ}"
+        return f"requested by {request.requester}, expires {expires}", {}
+    if kind == "approval.decided":
+        reviewer = str(ctx.get("reviewer"))
+        said = f": {ctx['comment']}" if ctx.get("comment") else ""
+        extra = {"reviewer": reviewer, "verdict": str(ctx.get("verdict"))}
+        if ctx.get("verdict") == Verdict.DENY.value:
+            return f"denied by {reviewer}{said}", extra
+        names = [str(n) for n in ctx.get("approved_by") or [reviewer]]
+        if ctx.get("status") == RequestStatus.APPROVED.value:
+            return f"approved by {', '.join(names)}{said}", extra
+        return f"{reviewer} approved ({len(names)} of {request.approvers}){said}", extra
+    if kind == "grant.created":
+        by = ", ".join(str(n) for n in ctx.get("granted_by") or ())
+        return (
+            f"grant {ctx.get('grant')} given by {by} until {ctx.get('expires_at')} for "
+            f"{request.action.type} -> {request.action.target} (rule {request.matched_rule}) "
+            f"in session {request.session_id}",
+            {"grant": str(ctx.get("grant"))},
+        )
+    if kind == "approval.collected":
+        return f"collected by {request.requester}", {}
+    if kind == "approval.cancelled":
+        return f"request cancelled by {request.requester}: {ctx.get('reason')}", {}
+    if kind == "approval.expired":
+        return "request expired without a decision", {}
+    if kind == "grant.revoked":
+        return f"grant {ctx.get('grant')} revoked by {ctx.get('by') or 'an operator'}", {
+            "grant": str(ctx.get("grant")),
+            "reviewer": str(ctx.get("by") or ""),
+        }
+    return kind, {}

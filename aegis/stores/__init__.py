@@ -87,7 +87,8 @@ def open_store(
             "e.g. 'aegis_audit.db' or 'postgresql://user@host/db'"
         )
     text = str(url)
-    if "://" in text and not text.lower().startswith("sqlite://"):
+    lowered = text.lower()
+    if ("://" in text or lowered.startswith("sqlite:")) and not lowered.startswith("sqlite://"):
         raise ConfigurationError(
             f"{text!r} names no audit store; use a file path, sqlite:///path, "
             "postgresql://... or memory://"

@@ -13,6 +13,7 @@ on both engines alike.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -33,12 +34,12 @@ from aegis.core.approval_request import (
 )
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, StoreError
-from aegis.stores.approvals import new_grant_id
+from aegis.stores.approvals import AuditEvent, new_grant_id
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "Conflict", "SqlApprovalStore", "Tx"]
+__all__ = ["EVENTS_SCHEMA", "SCHEMA", "SCHEMA_VERSION", "Conflict", "SqlApprovalStore", "Tx"]
 
 #: the version of the approval tables, kept in aegis_schema_versions
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 COMPONENT: Final = "approvals"
 
 #: the tables of version 1, for both engines (``{p}`` is the table prefix)
@@ -109,6 +110,23 @@ SCHEMA: Final = (
         ON {p}aegis_grants (session_id, action_type, action_target)""",
 )
 
+#: version 2: the outbox of audit events, written in the transaction of each change
+EVENTS_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS {p}aegis_approval_events (
+        id TEXT PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        context TEXT NOT NULL,
+        claimed_at TEXT,
+        audited_at TEXT,
+        seq INTEGER NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS aegis_approval_events_seq ON {p}aegis_approval_events (seq)""",
+    """CREATE INDEX IF NOT EXISTS aegis_approval_events_open
+        ON {p}aegis_approval_events (audited_at, seq)""",
+)
+
 _REQUEST_COLUMNS: Final = (
     "id, session_id, requester, digest, action_digest, action_json, risk_level, "
     "matched_rule, reason, approvers, reviewer_groups, created_at, expires_at, status, "
@@ -166,6 +184,17 @@ def _time(text: str | None) -> datetime | None:
 class SqlApprovalStore:
     """:class:`~aegis.stores.approvals.ApprovalStore` over an engine's transactions."""
 
+    @staticmethod
+    def _event(tx: Tx, request_id: str, kind: str, now: datetime, **context: Any) -> None:
+        """Queue an audit event in the same transaction as the change it describes."""
+        # Numbered in commit order (SQLite serialises writers; in PostgreSQL two
+        # unrelated changes committing at once may share a number).
+        tx.run(
+            "INSERT INTO {p}aegis_approval_events (id, request_id, at, kind, context, seq) "
+            "SELECT ?, ?, ?, ?, ?, COALESCE(MAX(seq), 0) + 1 FROM {p}aegis_approval_events",
+            (secrets.token_hex(12), request_id, iso(now), kind, json.dumps(context)),
+        )
+
     #: the engine's transaction factory; ``write`` transactions lock early
     def _transaction(self, *, write: bool) -> AbstractContextManager[Tx]:
         raise NotImplementedError
@@ -222,12 +251,19 @@ class SqlApprovalStore:
             return self._request(tx, rows[0]), False
         # A pending twin past its expiry still holds the unique index; the
         # sweeper expires and audits it, a new request must not wait for it.
-        tx.run(
-            "UPDATE {p}aegis_approval_requests SET status = 'expired', "
-            "status_reason = 'expired (replaced by a new request)', decided_at = ? "
+        twins = tx.all(
+            "SELECT id FROM {p}aegis_approval_requests "
             "WHERE session_id = ? AND digest = ? AND status = 'pending' AND expires_at <= ?",
-            (iso(now), request.session_id, request.digest, iso(now)),
+            (request.session_id, request.digest, iso(now)),
         )
+        for (twin,) in twins:
+            tx.run(
+                "UPDATE {p}aegis_approval_requests SET status = 'expired', "
+                "status_reason = 'no decision before it expired', decided_at = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (iso(now), twin),
+            )
+            self._event(tx, twin, "approval.expired", now)
         grant = self._covering_grant(tx, request, now)
         if grant is not None:
             request = ApprovalRequest(
@@ -267,6 +303,7 @@ class SqlApprovalStore:
                 iso(now) if grant is not None else None,
             ),
         )
+        self._event(tx, request.id, "approval.requested", now)
         return self._must(tx, request.id), True
 
     def _covering_grant(self, tx: Tx, request: ApprovalRequest, now: datetime) -> Grant | None:
@@ -385,9 +422,30 @@ class SqlApprovalStore:
                     code="already_decided",
                 ) from None
             request = self._must(tx, request_id)
+            self._event(
+                tx,
+                request_id,
+                "approval.decided",
+                now,
+                reviewer=reviewer,
+                verdict=verdict.value,
+                comment=comment,
+                status=request.status.value,
+                approved_by=[d.reviewer for d in request.approvals],
+            )
             grant = None
             if request.status is RequestStatus.APPROVED:
                 grant = self._grant_from(tx, request, now)
+            if grant is not None:
+                self._event(
+                    tx,
+                    request_id,
+                    "grant.created",
+                    now,
+                    grant=grant.id,
+                    granted_by=list(grant.granted_by),
+                    expires_at=iso(grant.expires_at),
+                )
             return (self._must(tx, request_id) if grant else request), grant
 
     def _grant_from(self, tx: Tx, request: ApprovalRequest, now: datetime) -> Grant | None:
@@ -449,6 +507,7 @@ class SqlApprovalStore:
                         status=409,
                         code="inconsistent",
                     )
+                self._event(tx, request_id, "approval.collected", now)
                 return request
             if request.status is RequestStatus.APPROVED:
                 raise ApprovalServiceError(
@@ -475,6 +534,7 @@ class SqlApprovalStore:
             request = self._must(tx, request_id)
             if changed != 1:
                 raise not_pending(request)
+            self._event(tx, request_id, "approval.cancelled", now, reason=reason)
             return request
 
     def expire_due(self, now: datetime) -> list[ApprovalRequest]:
@@ -500,8 +560,49 @@ class SqlApprovalStore:
                     (stamp, request_id, stamp),
                 )
                 if changed == 1:
+                    self._event(tx, request_id, "approval.expired", now)
                     expired.append(self._must(tx, request_id))
         return expired
+
+    # -- the audit outbox ---------------------------------------------------------
+
+    def pending_events(self, stale_before: datetime, limit: int = 100) -> list[AuditEvent]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.pending_events`."""
+        with self._transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT id, request_id, at, kind, context FROM {p}aegis_approval_events "
+                "WHERE audited_at IS NULL AND (claimed_at IS NULL OR claimed_at < ?) "
+                "ORDER BY seq, at LIMIT ?",
+                (iso(stale_before), limit),
+            )
+        return [
+            AuditEvent(row[0], row[1], parse_time(row[2]), row[3], json.loads(row[4]))
+            for row in rows
+        ]
+
+    def claim_event(self, event_id: str, now: datetime, stale_before: datetime) -> bool:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.claim_event`."""
+        with self._transaction(write=True) as tx:
+            return (
+                tx.run(
+                    "UPDATE {p}aegis_approval_events SET claimed_at = ? WHERE id = ? "
+                    "AND audited_at IS NULL AND (claimed_at IS NULL OR claimed_at < ?)",
+                    (iso(now), event_id, iso(stale_before)),
+                )
+                == 1
+            )
+
+    def finish_event(self, event_id: str, now: datetime, *, audited: bool) -> None:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.finish_event`."""
+        with self._transaction(write=True) as tx:
+            if audited:
+                # Its record is in the trail now: the outbox keeps only what is owed.
+                tx.run("DELETE FROM {p}aegis_approval_events WHERE id = ?", (event_id,))
+            else:
+                tx.run(
+                    "UPDATE {p}aegis_approval_events SET claimed_at = NULL WHERE id = ?",
+                    (event_id,),
+                )
 
     # -- tokens -----------------------------------------------------------------
 
@@ -582,7 +683,7 @@ class SqlApprovalStore:
             )
         return [_grant_of(row) for row in rows]
 
-    def revoke_grant(self, grant_id: str, now: datetime) -> Grant:
+    def revoke_grant(self, grant_id: str, now: datetime, *, by: str = "") -> Grant:
         """See :meth:`aegis.stores.approvals.ApprovalStore.revoke_grant`."""
         with self._transaction(write=True) as tx:
             changed = tx.run(
@@ -606,6 +707,7 @@ class SqlApprovalStore:
                     status=409,
                     code="not_active",
                 )
+            self._event(tx, grant.request_id, "grant.revoked", now, grant=grant.id, by=by)
             return grant
 
 

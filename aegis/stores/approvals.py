@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from aegis.core.approval_request import (
     ApprovalRequest,
@@ -29,6 +30,7 @@ from aegis.core.approval_request import (
 
 __all__ = [
     "ApprovalStore",
+    "AuditEvent",
     "hash_token",
     "new_grant_id",
     "new_request_id",
@@ -61,6 +63,23 @@ def new_request_id() -> str:
 def new_grant_id() -> str:
     """A fresh grant id, ``grt_`` and 24 hex digits."""
     return "grt_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """A change of the approval tables waiting to be written to the audit trail.
+
+    Every change writes its event in its own transaction (an outbox), so
+    no change is ever without its audit record, even when the audit trail
+    is down or the process dies right after the change: the service writes
+    the events it finds, oldest first, each claimed by one process.
+    """
+
+    id: str
+    request_id: str
+    at: datetime
+    kind: str
+    context: dict[str, Any]
 
 
 class ApprovalStore(Protocol):
@@ -151,8 +170,24 @@ class ApprovalStore(Protocol):
         """Grants, newest first; only the active ones unless asked."""
         ...
 
-    def revoke_grant(self, grant_id: str, now: datetime) -> Grant:
-        """Revoke a grant; 404 if unknown, 409 if revoked or expired already."""
+    def revoke_grant(self, grant_id: str, now: datetime, *, by: str = "") -> Grant:
+        """Revoke a grant (``by`` names who did); 404 if unknown, 409 if inactive already."""
+        ...
+
+    def pending_events(self, stale_before: datetime, limit: int = 100) -> list[AuditEvent]:
+        """Audit events not yet in the audit trail, oldest first.
+
+        An event claimed before ``stale_before`` counts as not claimed: the
+        process that claimed it died before it finished.
+        """
+        ...
+
+    def claim_event(self, event_id: str, now: datetime, stale_before: datetime) -> bool:
+        """Claim an event for writing to the audit trail; ``False`` if another has it."""
+        ...
+
+    def finish_event(self, event_id: str, now: datetime, *, audited: bool) -> None:
+        """Drop a claimed event once its record is written (``audited``), or give it back."""
         ...
 
     def close(self) -> None:

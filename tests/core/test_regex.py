@@ -43,6 +43,10 @@ PATTERNS = [
     r"x|",
     r"()*a",
     r"[^a-z\s]",
+    r"(?s)$.[^a]*",  # "$" with more after it: RE2 cannot say "before a final newline"
+    r"$\s\Z",
+    r"(?a)\B\d*",  # RE2 finds \B between the two bytes of "É"
+    r"[ab]?$^",
 ]
 TEXTS = [
     "",
@@ -64,6 +68,9 @@ TEXTS = [
     "bob@x.com",
     "ünï_ß",
     "\ud800a",
+    "a1\n",
+    "1Ébé1éb",
+    "\n",
 ]
 
 
@@ -83,8 +90,11 @@ def test_both_engines_agree_with_python(engine: str, pattern: str) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    pattern=st.from_regex(r"\A(?:[ab.]|\[ab\]|\(a\|b\)|[*+?]|\{1,2\}|\^|\$){1,6}\Z"),
-    text=st.text(alphabet="ab\n", max_size=8),
+    pattern=st.from_regex(
+        r"\A(?:\(\?[ams]\))?"
+        r"(?:[ab.]|\[ab\]|\(a\|b\)|[*+?]|\{1,2\}|\^|\$|\\[bBAZdws]){1,6}\Z"
+    ),
+    text=st.text(alphabet="ab \n1\u00e9\u00c9_", max_size=8),
 )
 def test_the_nfa_agrees_with_python_on_random_patterns(pattern: str, text: str) -> None:
     """On random small patterns the NFA (and RE2 when it runs them) agree with Python's re."""

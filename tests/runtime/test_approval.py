@@ -196,7 +196,7 @@ async def test_cli_asks_concurrent_requests_one_at_a_time(
 
 def test_cli_rejects_non_positive_timeout() -> None:
     """A timeout of zero or less is refused when the handler is built."""
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ConfigurationError, match="positive"):
         CLIApprovalHandler(timeout=0)
 
 

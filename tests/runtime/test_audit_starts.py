@@ -453,3 +453,14 @@ async def test_an_int_past_the_digit_limit_keeps_its_record_and_the_other_params
     assert record["action_params"] == {"big": marker, "keep": 1}
     assert record["result_data"] == [marker, 2]
     assert report.ok
+
+
+async def test_tail_shows_the_last_actions_not_the_last_records(tmp_path: Path) -> None:
+    """`aegis audit tail -n 3` shows three actions although each has two records."""
+    db = tmp_path / "audit.db"
+    async with runtime_on(db, RecordingExecutor()) as runtime:
+        for n in range(5):
+            await runtime.run_one(Action("read", "crm", {"n": n}))
+    result = cli_run("audit", "tail", "-n", "3", "--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["6", "8", "10"]

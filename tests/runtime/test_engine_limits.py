@@ -693,16 +693,42 @@ def test_a_killed_action_stays_counted(tmp_path: Path) -> None:
     audit.close()
 
 
-async def test_an_in_memory_audit_counts_in_memory(policy: Policy) -> None:
-    """aegis.testing's InMemoryAuditLog keeps the counters in memory too."""
+async def test_an_in_memory_audit_counts_in_memory(
+    policy: Policy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aegis.testing's InMemoryAuditLog ("memory://") counts in memory and writes no file."""
+    import os
+
     from aegis.testing import InMemoryAuditLog
 
-    audit = InMemoryAuditLog()
-    async with Runtime(executor=lambda a: "ok", policy=policy, audit_logger=audit, agent="t") as rt:
-        got = await statuses(rt, [Action("send_email", "smtp")] * 4)
-        store = rt._limits.metering(rt).store
-    assert got == ["success"] * 3 + ["blocked"]
-    assert isinstance(store, MemoryUsageStore)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for _ in range(2):  # a fresh log starts from zero
+        async with Runtime(
+            executor=lambda a: "ok", policy=policy, audit_logger=InMemoryAuditLog(), agent="t"
+        ) as rt:
+            got = await statuses(rt, [Action("send_email", "smtp")] * 4)
+            store = rt._limits.metering(rt).store
+        assert got == ["success"] * 3 + ["blocked"]
+        assert isinstance(store, MemoryUsageStore)
+    assert os.listdir() == []
+
+
+def test_an_audit_url_of_unknown_kind_needs_a_usage_store() -> None:
+    """An audit at a URL the runtime cannot share asks for an explicit usage_store."""
+    from aegis.errors import ConfigurationError
+    from aegis.runtime.limits import usage_store_for
+
+    class Elsewhere:
+        db_path = "redis://cache:6379/0"
+
+    with pytest.raises(ConfigurationError, match="pass usage_store="):
+        usage_store_for(Elsewhere())
+    sqlite_url = type("Url", (), {"db_path": "sqlite:///x.db"})()
+    store, _ = usage_store_for(sqlite_url)
+    assert isinstance(store, SQLiteUsageStore)
+    assert store.db_path == "x.db"
+    store.close()
 
 
 async def test_a_memory_url_audit_counts_in_memory(

@@ -460,29 +460,33 @@ class FlakyAudit(InMemoryAuditLog):
         return super().log(*args, **kwargs)
 
 
-async def test_audit_writes_are_retried_then_reported(tmp_path: Path) -> None:
-    """A briefly locked trail is retried and the record lands; a dead one is a JSON 503."""
+async def test_audit_records_wait_in_the_outbox_while_the_trail_is_down(tmp_path: Path) -> None:
+    """Changes made while the trail fails are kept and written later, each exactly once."""
     store = SqliteApprovalStore(tmp_path / "flaky.db")
     add_tokens(store, datetime.now(UTC))
     audit = FlakyAudit()
     service = ApprovalService(store, audit)
     transport = httpx.ASGITransport(app=create_app(service))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        body = {"session_id": "s", "action": ACTION}
-        audit.failures = 2
+        audit.failures = 10
         created = await client.post(
-            "/api/v1/approvals", json=body, headers={"Authorization": "Bearer bot-secret"}
+            "/api/v1/approvals",
+            json={"session_id": "s", "action": ACTION},
+            headers={"Authorization": "Bearer bot-secret"},
         )
         assert created.status_code == 201
-        assert [r["human_decision"].split(",")[0] for r in audit.records] == [
-            "approval: requested by bot"
-        ]
-        audit.failures = 10
         decided = await client.post(
             f"/api/v1/approvals/{created.json()['id']}/decision",
-            json={"verdict": "deny"},
+            json={"verdict": "deny", "comment": "no"},
             headers={"Authorization": "Bearer bob-secret"},
         )
-        assert decided.status_code == 503
-        assert "locked" in decided.json()["error"]["message"]
+        assert decided.status_code == 200
+        assert decided.json()["status"] == "denied"
+        assert audit.records == []
+        audit.failures = 0
+        assert await service.flush_audit() == 2
+        assert await service.flush_audit() == 0
+    texts = [r["human_decision"] for r in audit.records]
+    assert texts[0].startswith("approval: requested by bot")
+    assert texts[1] == f"approval: denied by bob: no [request {created.json()['id']}]"
     service.close()

@@ -360,3 +360,30 @@ def test_hand_approved_row_cannot_be_collected(tmp_path: Path) -> None:
         assert store.get_request(request.id).collected_at is None  # type: ignore[union-attr]
     finally:
         store.close()
+
+
+def test_every_change_queues_its_audit_event(store: ApprovalStore) -> None:
+    """Changes queue events in order; claims are exclusive; finished leave, stale come back."""
+    request, _ = store.create_request(make(), NOW)
+    decide(store, request.id, "alice", minutes=5)
+    store.collect(request.id, NOW)
+    later = NOW + timedelta(minutes=1)
+    events = store.pending_events(NOW - timedelta(minutes=1))
+    assert [e.kind for e in events] == [
+        "approval.requested",
+        "approval.decided",
+        "grant.created",
+        "approval.collected",
+    ]
+    first = events[0]
+    assert store.claim_event(first.id, NOW, NOW - timedelta(minutes=1))
+    assert not store.claim_event(first.id, NOW, NOW - timedelta(minutes=1))
+    assert first.id not in {e.id for e in store.pending_events(NOW - timedelta(minutes=1))}
+    # a claim older than the cut-off is taken over: its process died
+    assert first.id in {e.id for e in store.pending_events(later)}
+    store.finish_event(first.id, NOW, audited=True)
+    assert first.id not in {e.id for e in store.pending_events(later)}
+    second = events[1]
+    assert store.claim_event(second.id, NOW, NOW)
+    store.finish_event(second.id, NOW, audited=False)
+    assert second.id in {e.id for e in store.pending_events(NOW)}

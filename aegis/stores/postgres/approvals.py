@@ -19,6 +19,7 @@ from typing import Any
 from aegis.errors import StoreError
 from aegis.stores._approvals_sql import (
     COMPONENT,
+    EVENTS_SCHEMA,
     SCHEMA_VERSION,
     Conflict,
     SqlApprovalStore,
@@ -181,7 +182,7 @@ class PostgresApprovalStore(SqlApprovalStore):
                 f"(version {version}, this one reads {SCHEMA_VERSION}); upgrade aegis-runtime"
             )
         if version < SCHEMA_VERSION:
-            for statement in statements(self._prefix):
+            for statement in (*statements(self._prefix), *statements(self._prefix, EVENTS_SCHEMA)):
                 tx.run(statement)
             tx.run(
                 "INSERT INTO {p}aegis_schema_versions (component, version) VALUES (?, ?) "

@@ -21,6 +21,7 @@ from typing import Any, Final
 from aegis.errors import StoreError
 from aegis.stores._approvals_sql import (
     COMPONENT,
+    EVENTS_SCHEMA,
     SCHEMA_VERSION,
     Conflict,
     SqlApprovalStore,
@@ -31,7 +32,7 @@ from aegis.stores.sqlite.schema import migrate
 __all__ = ["SqliteApprovalStore"]
 
 #: the approval tables' migrations, from version N to N + 1
-_MIGRATIONS: Final = {0: tuple(statements(""))}
+_MIGRATIONS: Final = {0: tuple(statements("")), 1: tuple(statements("", EVENTS_SCHEMA))}
 
 _HINTS: Final = (
     ("locked", "another process held the database longer than the busy timeout; retry"),
