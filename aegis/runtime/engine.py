@@ -435,6 +435,13 @@ class Runtime:
             approved: Any
             if binding is not None and binding.answer is not None:
                 approved = binding.answer
+                if approved.approved is True and approved.digest is None:
+                    # Carried across a suspension, a yes must name the action it is for.
+                    approved = ApprovalOutcome(
+                        False,
+                        reason="the settled approval names no action digest",
+                        request_id=approved.request_id,
+                    )
             else:
                 approved = await call_with_deadline(
                     self._ask, (view,), self.approval_timeout, "the approval handler"

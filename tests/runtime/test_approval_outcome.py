@@ -76,3 +76,22 @@ def test_digest_changes_with_every_field() -> None:
     assert len(digests) == len(variants)
     again = Action("refund", "billing", {"amount": 5}, "pay back")
     assert action_digest(base) == action_digest(again)
+
+
+async def test_a_settled_answer_without_a_digest_never_runs() -> None:
+    """An approval carried across a suspension must name the action's digest, or it denies."""
+    from aegis.runtime._binding import CallBinding, bound_call
+
+    ran: list[Action] = []
+    rt, executor, _ = _runtime(True)
+    action = Action("refund", "billing", {"amount": 90})
+    async with rt:
+        with bound_call(CallBinding(action, ran.append, ApprovalOutcome(True, reviewers=("a",)))):
+            result = await rt.run_one(action)
+        assert result.status is ResultStatus.DENIED
+        assert "names no action digest" in (result.error or "")
+        bound = ApprovalOutcome(True, reviewers=("a",), digest=action_digest(action))
+        with bound_call(CallBinding(action, ran.append, bound)):
+            assert (await rt.run_one(action)).status is ResultStatus.SUCCESS
+    assert ran == [action]
+    assert executor.actions == []
