@@ -220,7 +220,8 @@ async def test_govern_tools_in_a_plain_tool_node() -> None:
     assert replies["c2"].status == "error"
     assert "deletes need a ticket" in replies["c2"].content
     assert replies["c3"].content == "refunded"
-    assert [name for name, _ in ran] == ["lookup", "refund"]
+    # ToolNode runs the calls concurrently: which tool finishes first is not ours to fix.
+    assert sorted(name for name, _ in ran) == ["lookup", "refund"]
     assert dict(approver.asked[0].action.params) == REFUND
 
 
