@@ -141,10 +141,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer actions, one round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per workload (best)")
+    parser.add_argument("--actions", type=int, default=3000, help="actions per round")
     parser.add_argument("--against", type=Path, help="another checkout to compare evaluate with")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    count = 500 if args.quick else 3000
+    count = 500 if args.quick else args.actions
     rounds = 1 if args.quick else args.rounds
 
     results: dict[str, float] = {}
