@@ -15,7 +15,7 @@ from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import StoreError
 from aegis.runtime.audit import AuditLogger
 from aegis.stores.postgres.usage import PostgresUsageStore
-from aegis.stores.sqlite.usage import SQLiteUsageStore
+from aegis.stores.sqlite.usage import SCHEMA_VERSION, SQLiteUsageStore
 from aegis.stores.usage import MemoryUsageStore, UsageStore
 
 Factory = Callable[[], UsageStore]
@@ -238,7 +238,28 @@ def test_sqlite_usage_tables_join_the_audit_file(tmp_path: Path) -> None:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         versions = dict(conn.execute("SELECT component, version FROM aegis_schema_versions"))
     assert {"audit_log", "aegis_usage", "aegis_flow_events"} <= tables
-    assert versions["usage"] == 1
+    assert versions["usage"] == SCHEMA_VERSION == 2
+
+
+def test_sqlite_version_1_tables_migrate_keeping_their_counts(tmp_path: Path) -> None:
+    """A file written with the first usage schema (no trigger) is migrated and still counts."""
+    path = tmp_path / "aegis_audit.db"
+    with SQLiteUsageStore(path) as store:
+        store.acquire([limit(maximum=3)], 1.0, reserve=True, over=False)
+    with sqlite3.connect(path) as conn:  # back to version 1, as the first release wrote it
+        conn.execute("DROP TRIGGER aegis_usage_count")
+        conn.execute("ALTER TABLE aegis_usage DROP COLUMN seen")
+        conn.execute("UPDATE aegis_schema_versions SET version = 1 WHERE component = 'usage'")
+    with SQLiteUsageStore(path) as store:
+        found = [store.acquire([limit(maximum=3)], 2.0, reserve=True, over=False) for _ in range(3)]
+    assert [a.used for a in found] == [(1,), (2,), (3,)]
+    assert [a.reserved for a in found] == [True, True, False]
+    with sqlite3.connect(path) as conn:
+        version = conn.execute(
+            "SELECT version FROM aegis_schema_versions WHERE component = 'usage'"
+        ).fetchone()[0]
+        total = conn.execute("SELECT units FROM aegis_usage_totals").fetchone()[0]
+    assert (version, total) == (SCHEMA_VERSION, 3)
 
 
 def test_sqlite_refuses_a_file_that_is_not_aegis(tmp_path: Path) -> None:

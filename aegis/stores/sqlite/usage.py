@@ -5,9 +5,10 @@ the ``usage`` component of ``aegis_schema_versions``. Beside an
 :class:`~aegis.runtime.audit.AuditLogger` the store shares the audit's
 connection (its :class:`~aegis.stores.sqlite.connection.SQLiteDatabase`):
 two connections to one file would make each re-read what the other wrote.
-A check and its reservation are one ``BEGIN IMMEDIATE`` transaction: SQLite
-lets one writer at a time in, so two processes can never both see room for
-the last action under a limit.
+A check and its reservation are one ``BEGIN IMMEDIATE`` transaction, or,
+for a lone charge that fits, one statement: SQLite lets one writer at a
+time in, so two processes can never both see room for the last action
+under a limit.
 
 Example::
 
@@ -33,7 +34,7 @@ from aegis.stores.usage import Acquired, Request, judge
 __all__ = ["SCHEMA_VERSION", "SQLiteUsageStore"]
 
 #: the version of this component's tables in ``aegis_schema_versions``
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _COMPONENT: Final = "usage"
 _T = TypeVar("_T")
 #: sweep rows past their window once per this many reservations
@@ -64,6 +65,16 @@ USAGE_MIGRATIONS: Final = {
         )""",
         "CREATE INDEX aegis_flow_events_session ON aegis_flow_events (session_id, at)",
     ),
+    # A reservation keeps the count it saw, and adds itself to its counter's
+    # total by a trigger: checking and reserving one charge is then a single
+    # statement, atomic without BEGIN / COMMIT (see _FAST).
+    1: (
+        "ALTER TABLE aegis_usage ADD COLUMN seen INTEGER",
+        """CREATE TRIGGER aegis_usage_count AFTER INSERT ON aegis_usage BEGIN
+            INSERT INTO aegis_usage_totals (bucket, units) VALUES (NEW.bucket, NEW.units)
+            ON CONFLICT (bucket) DO UPDATE SET units = units + excluded.units;
+        END""",
+    ),
 }
 
 # A counter's total is kept in aegis_usage_totals, so that a check reads one
@@ -74,10 +85,19 @@ _COUNT: Final = (
     " COALESCE(SUM(units), 0), MAX(typeof(units) != 'integer')"
     " FROM aegis_usage WHERE bucket = ?1 AND at <= ?2"
 )
-_INSERT: Final = "INSERT INTO aegis_usage (bucket, at, units, expires) VALUES (?, ?, ?, ?)"
-_SET_TOTAL: Final = (
-    "INSERT INTO aegis_usage_totals (bucket, units) VALUES (?, ?)"
-    " ON CONFLICT (bucket) DO UPDATE SET units = excluded.units"
+_INSERT: Final = "INSERT INTO aegis_usage (bucket, at, units, expires, seen) VALUES (?, ?, ?, ?, ?)"
+# One charge that fits, checked and reserved in one statement (SQLite runs a
+# statement under the write lock, so it is as atomic as a transaction): it
+# inserts only when the counter's total is a whole number, no row has left
+# the window (those need the slow path's delete) and the charge fits. No row
+# back means "not this way": the slow path decides, in a transaction.
+_FAST: Final = (
+    "INSERT INTO aegis_usage (bucket, at, units, expires, seen)"
+    " SELECT ?1, ?2, ?3, ?4, used FROM"
+    " (SELECT COALESCE((SELECT units FROM aegis_usage_totals WHERE bucket = ?1), 0) AS used)"
+    " WHERE typeof(used) = 'integer' AND used + ?3 <= ?5"
+    " AND NOT EXISTS (SELECT 1 FROM aegis_usage WHERE bucket = ?1 AND at <= ?6)"
+    " RETURNING id, seen"
 )
 _SUBTRACT: Final = "UPDATE aegis_usage_totals SET units = units - ? WHERE bucket = ?"
 _MAX_TOTAL: Final = 2**63 - 1
@@ -157,9 +177,18 @@ class SQLiteUsageStore:
         return result
 
     def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
-        """See :meth:`aegis.stores.usage.UsageStore.acquire_many`: one ``BEGIN IMMEDIATE``."""
+        """See :meth:`aegis.stores.usage.UsageStore.acquire_many`: one ``BEGIN IMMEDIATE``.
+
+        A lone request of one charge that fits (the common case) is one
+        statement instead.
+        """
 
         def work(conn: sqlite3.Connection) -> list[Acquired]:
+            if len(requests) == 1 and self._since_sweep < _SWEEP_EVERY:
+                fast = _fast(conn, requests[0])
+                if fast is not None:
+                    self._since_sweep += 1
+                    return [fast]
             conn.execute("BEGIN IMMEDIATE")
             try:
                 out = [self._acquire_one(conn, request) for request in requests]
@@ -288,9 +317,33 @@ def _reserve(
             "DELETE FROM aegis_usage WHERE bucket = ? AND at <= ?",
             (charge.bucket, now - charge.window),
         )
-    row = conn.execute(_INSERT, (charge.bucket, now, charge.amount, now + charge.window))
-    conn.execute(_SET_TOTAL, (charge.bucket, total))
+        conn.execute(_SUBTRACT, (expired, charge.bucket))
+    # the trigger aegis_usage_count adds the row's units to the total
+    row = conn.execute(_INSERT, (charge.bucket, now, charge.amount, now + charge.window, live))
     return int(row.lastrowid or 0)
+
+
+def _fast(conn: sqlite3.Connection, request: Request) -> Acquired | None:
+    """Reserve a lone charge that fits in one statement; ``None``: take the slow path."""
+    if len(request.charges) != 1:
+        return None
+    charge, now = request.charges[0], request.now
+    if not 0 < charge.amount <= charge.maximum <= _MAX_TOTAL:
+        return None  # nothing to add, never fits, or past what SQLite's integers hold
+    row = conn.execute(
+        _FAST,
+        (
+            charge.bucket,
+            now,
+            charge.amount,
+            now + charge.window,
+            charge.maximum,
+            now - charge.window,
+        ),
+    ).fetchall()  # to the end: a RETURNING statement commits when it is done
+    if not row:
+        return None
+    return Acquired((row[0][1],), None, (row[0][0],))
 
 
 def _sweep(conn: sqlite3.Connection, now: float) -> None:
