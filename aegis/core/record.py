@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from enum import Enum, StrEnum
@@ -181,6 +182,14 @@ def isoformat(moment: datetime) -> str:
     The fixed width keeps string comparison in time order, which the
     ``since``/``until`` filters rely on.
     """
+    if moment.tzinfo is UTC:
+        # Every record stamps two or three times of its second: format the
+        # date and time of that second once, then only the microseconds.
+        second = math.floor(moment.timestamp())
+        cached, prefix = _second
+        if second == cached:
+            return f"{prefix}.{moment.microsecond:06d}+00:00"
+        return _format(moment, second)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     elif moment.utcoffset():
@@ -188,8 +197,28 @@ def isoformat(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
+def _format(moment: datetime, second: int) -> str:
+    global _second  # noqa: PLW0603  # one (second, text) pair, replaced whole: thread-safe
+    text = moment.isoformat(timespec="microseconds")
+    if 0 <= second < _EXACT:
+        _second = (second, text[:19])
+    return text
+
+
+# Below 2**32 seconds a float timestamp keeps every microsecond apart from
+# the next second, so its floor is the second of the moment.
+_EXACT: Final = 1 << 32
+# the last second formatted, and its "YYYY-MM-DDTHH:MM:SS"
+_second: tuple[int, str] = (-1, "")
+
+
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    micros = time.time_ns() // 1000
+    second, fraction = divmod(micros, 1_000_000)
+    cached, prefix = _second
+    if second == cached:
+        return f"{prefix}.{fraction:06d}+00:00"
+    return _format(datetime.fromtimestamp(second, UTC).replace(microsecond=fraction), second)
 
 
 # ----------------------------------------------------------------- JSON

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from aegis.core.record import (
     export_line,
     final_draft,
     from_dict,
+    isoformat,
     start_draft,
     storable_json,
     to_dict,
@@ -154,3 +156,26 @@ def test_a_final_from_the_start_equals_a_final_from_scratch(
         "s", d, result, human_decision=human, stamp=stamp, start_id=7, timestamp="t"
     )
     assert reused == fresh
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1900, 1, 1), max_value=datetime(2300, 1, 1), timezones=st.just(UTC)
+    ),
+    st.sampled_from([0, 1, 500_000, 999_999, None]),
+)
+def test_isoformat_matches_datetime_for_every_moment(moment: datetime, micro: int | None) -> None:
+    """The cached per-second formatting gives exactly datetime's fixed-width text."""
+    for each in (moment, moment if micro is None else moment.replace(microsecond=micro)):
+        assert isoformat(each) == each.isoformat(timespec="microseconds")
+
+
+def test_record_times_are_now_in_fixed_width() -> None:
+    """A draft's timestamp lies between two clock readings taken around it, in the same form."""
+    for _ in range(3):
+        before = datetime.now(UTC).isoformat(timespec="microseconds")
+        decision = PolicyDecision(Action("a", "b"), RiskLevel.LOW, Approval.AUTO, "r")
+        draft = start_draft("s", decision)
+        after = datetime.now(UTC).isoformat(timespec="microseconds")
+        assert before <= draft.timestamp <= after
+        assert len(draft.timestamp) == len(before)

@@ -30,7 +30,7 @@ from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import JSON_FIELDS, RECORD_FIELDS, AuditRecord, RecordDraft, export_line
 from aegis.errors import ConfigurationError, StoreError
 from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin
-from aegis.stores.sqlite.connection import SQLiteDatabase
+from aegis.stores.sqlite.connection import SQLiteDatabase, store_error
 from aegis.stores.sqlite.schema import (
     AUDIT_MIGRATIONS,
     AUDIT_VERSION,
@@ -91,6 +91,7 @@ class SQLiteAuditStore(ReadMixin):
             path, busy_timeout=busy_timeout, synchronous=synchronous, readonly=readonly
         )
         self._ready_pid = 0
+        self._ready_conn: sqlite3.Connection | None = None  # the connection _ensure checked
         self._select = _COLUMNS
         self._has_starts = True
         self._has_checkpoints = True
@@ -149,6 +150,7 @@ class SQLiteAuditStore(ReadMixin):
             self._has_starts = "start_id" not in missing
             self._has_checkpoints = version >= 4  # the schema that added them
         self._ready_pid = os.getpid()
+        self._ready_conn = conn
 
     def _conn(self, doing: str) -> Any:
         error = self._missing()
@@ -179,6 +181,34 @@ class SQLiteAuditStore(ReadMixin):
         """Seal ``drafts`` after the head in one transaction; return them once committed."""
         if self.readonly:
             raise StoreError(f"the audit store {self.url!r} was opened read-only")
+        db = self.db
+        head = self._head
+        conn = db._conn
+        if (
+            head is not None
+            and len(drafts) == 1
+            and conn is not None
+            and conn is self._ready_conn
+            and self._create
+            and self._ready_pid == os.getpid()
+        ):
+            # The path of an agent running actions one by one: the connection
+            # is open and checked in this process; the same lock and the same
+            # error translation as db.connection(), without its generator.
+            with db.lock:
+                if db._conn is conn and self._head is head:
+                    try:
+                        out = self._append_one(conn, drafts[0], head)
+                    except sqlite3.Error as exc:
+                        self._head = None
+                        raise store_error(self.url, "write to", exc) from exc
+                    except BaseException:
+                        self._head = None
+                        raise
+                    if out is not None:
+                        record = out[0]
+                        self._head = (record.id, record.hash)
+                        return out
         with self._conn("write to") as conn:
             try:
                 self._ensure(conn)
