@@ -41,6 +41,7 @@ from datetime import UTC, date, datetime
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from aegis.core.action import FrozenDict
 from aegis.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -256,6 +257,18 @@ _encode: Final = json.JSONEncoder(
 ).encode
 
 
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+# _encode's options, for values without containers (see storable_json)
+_flat_encoder: Any = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(
+        None, _json_default, json.encoder.encode_basestring, None, ":", ",", True, False, False
+    )
+)
+_FLAT_TYPES: Final = frozenset({str, int, bool, type(None)})
+
+
 def storable_text(text: str) -> str:
     """``text``, or a marker when it cannot be stored as UTF-8 (a lone surrogate).
 
@@ -336,6 +349,21 @@ def storable_json(value: Any) -> str:
     string while the rest is kept (see the module docstring). The text never
     holds a lone surrogate, so every database can store it.
     """
+    data = value._data if type(value) is FrozenDict else value if type(value) is dict else None
+    if data is not None and _flat_encoder is not None:
+        # An action's params are mostly a flat object of text and numbers:
+        # no container inside, hence no cycle to watch for, so the C encoder
+        # built once gives the text _encode would, without its per-call setup.
+        for key, item in data.items():
+            if type(key) is not str or type(item) not in _FLAT_TYPES:
+                break
+        else:
+            try:
+                text = "".join(_flat_encoder(data, 0))
+            except ValueError:
+                pass  # an int past the digit limit: the general path below fixes it
+            else:
+                return text if text.isascii() else _utf8_safe(text, value)
     try:
         text = _encode(value)
     except ValueError:

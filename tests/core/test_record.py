@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aegis.core.action import Action
-from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, Head, seal, verify_chain
+from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, Head, record_hash, seal, verify_chain
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.filters import Filters
 from aegis.core.record import (
@@ -179,3 +179,34 @@ def test_record_times_are_now_in_fixed_width() -> None:
         after = datetime.now(UTC).isoformat(timespec="microseconds")
         assert before <= draft.timestamp <= after
         assert len(draft.timestamp) == len(before)
+
+
+_FLAT_VALUES = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",))), st.integers(), st.booleans(), st.none()
+)
+
+
+@given(st.dictionaries(st.text(st.characters(blacklist_categories=("Cs",))), _FLAT_VALUES))
+def test_storable_json_of_flat_params_is_canonical_json(params: dict[str, Any]) -> None:
+    """Flat params (the fast path) store exactly as json.dumps writes them canonically."""
+    expected = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert storable_json(Action("a", "b", params).params) == expected
+    assert storable_json(params) == expected
+
+
+@given(
+    st.sampled_from(["start", "final", "other", None]),
+    st.one_of(st.none(), st.text(max_size=40)),
+    st.one_of(st.none(), st.text(max_size=70)),
+    st.one_of(st.none(), st.integers(min_value=1), st.booleans()),
+)
+def test_row_hash_equals_record_hash_for_runtime_shaped_records(
+    kind: str | None, decided_at: str | None, digest: str | None, start_id: int | None
+) -> None:
+    """Records shaped as the runtime writes them (its fast path) hash as their public form."""
+    decision = PolicyDecision(Action("read", "crm", {"n": 1}), RiskLevel.LOW, Approval.AUTO, "r")
+    draft = start_draft("s", decision)._replace(
+        kind=kind, decided_at=decided_at, policy_digest=digest, start_id=start_id
+    )
+    record = seal(draft, 3, GENESIS_HASH)
+    assert record.hash == record_hash(to_dict(record))
