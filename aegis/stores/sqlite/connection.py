@@ -129,10 +129,11 @@ class SQLiteDatabase:
             # Before changing anything (WAL mode rewrites the header), make
             # sure the file is ours or empty: another application's database
             # must be left exactly as it was.
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            # The tables first: another process creating the file commits its
+            # tables and its mark together, so tables seen mean the mark is.
             if (
-                app_id != APPLICATION_ID
-                and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                and conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID
             ):
                 raise StoreError(
                     f"{self.path!r} is a SQLite database but not an Aegis audit database; "

@@ -101,6 +101,10 @@ def check_ours(conn: sqlite3.Connection, path: str) -> bool:
         return True
     if app_id == 0 and not _tables(conn):
         return False
+    # Another process may have created the file between the two reads; its
+    # mark and its tables commit together, so the tables seen mean the mark is.
+    if app_id == 0 and conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
+        return True
     raise _not_ours(path)
 
 
