@@ -231,7 +231,8 @@ class SQLiteAuditStore(ReadMixin):
         # appended, and nothing was written.
         record = seal(draft, head[0] + 1, head[1])
         try:
-            conn.execute(_INSERT, record)
+            # A plain tuple: sqlite3 binds a tuple subclass item by item, ~1 us slower.
+            conn.execute(_INSERT, tuple(record))
         except sqlite3.IntegrityError:
             return None
         return [record]
@@ -249,7 +250,7 @@ class SQLiteAuditStore(ReadMixin):
                 record = seal(draft, last_id, last_hash)
                 last_hash = record.hash
                 out.append(record)
-            cur.executemany(_INSERT, out)
+            cur.executemany(_INSERT, map(tuple, out))
             cur.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
