@@ -12,6 +12,7 @@ from aegis.core.action import Action
 from aegis.core.result import ResultStatus
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.engine import Runtime
+from aegis.stores.sqlite.audit import SQLiteAuditStore
 from aegis.testing import RecordingExecutor
 
 
@@ -106,3 +107,53 @@ async def test_cancelled_action_is_recorded_in_sqlite(tmp_path: Path) -> None:
     assert record["result_status"] == "failed"
     assert record["human_decision"] == "approved"
     assert record["result_error"] == "interrupted: CancelledError"
+
+
+def _trace(audit: AuditLogger) -> list[str]:
+    """Every SQL statement the trail's connection runs from now on."""
+    store = audit.store
+    assert isinstance(store, SQLiteAuditStore)
+    seen: list[str] = []
+    with store.db.connection("trace") as conn:
+        conn.set_trace_callback(seen.append)
+    return seen
+
+
+async def test_a_sequential_action_is_two_single_statement_commits(tmp_path: Path) -> None:
+    """Run one by one, an action writes its start and its final record as one INSERT each."""
+    audit = AuditLogger(tmp_path / "audit.db")
+    runtime = Runtime(
+        executor=RecordingExecutor(),
+        policy=TablePolicy(),
+        approval_handler=lambda d: True,
+        audit_logger=audit,
+    )
+    async with runtime:
+        await runtime.run_one(Action("read", "crm", {"i": -1}))  # opens the file, learns the head
+        seen = _trace(audit)
+        for i in range(5):
+            assert (await runtime.run_one(Action("read", "crm", {"i": i}))).ok
+        assert len(seen) == 10
+        assert all(sql.startswith("INSERT INTO audit_log") for sql in seen)
+        assert audit.verify().ok
+
+
+async def test_gathered_actions_share_a_few_transactions(tmp_path: Path) -> None:
+    """200 gathered actions commit their 400 records in a few transactions, not 400."""
+    audit = AuditLogger(tmp_path / "audit.db")
+    runtime = Runtime(
+        executor=RecordingExecutor(),
+        policy=TablePolicy(),
+        approval_handler=lambda d: True,
+        audit_logger=audit,
+    )
+    async with runtime:
+        await runtime.run_one(Action("read", "crm", {"i": -1}))
+        seen = _trace(audit)
+        actions = [Action("read", "crm", {"i": i}) for i in range(200)]
+        results = await asyncio.gather(*(runtime.run_one(a) for a in actions))
+        commits = [sql for sql in seen if sql == "COMMIT"]
+        assert all(result.ok for result in results)
+        assert 2 <= len(commits) <= 4
+        assert audit.count(runtime.session_id) == 201
+        assert audit.verify().ok
