@@ -75,7 +75,7 @@ THROUGHPUT = (
     Workload("eval_exact_1000", "evaluate, 1,000 exact rules + catch-all", True, 100),
     Workload("eval_glob_1000", "evaluate, 1,000 glob rules (95% miss)", True, 20),
     Workload("eval_cond_100", "evaluate, 100 param_gt rules", True, 5),
-    Workload("run_one_seq", "run_one x3,000 sequential, SQLite audit", True, 5),
+    Workload("run_one_seq", "run_one x3,000 sequential, SQLite audit", True, 3),
     Workload("run_one_conc", "run_one x1,000 asyncio.gather, SQLite audit", True),
 )
 AUDIT = (
@@ -265,10 +265,12 @@ def summarise(samples: dict[str, Any], args: argparse.Namespace) -> list[dict[st
                 "met": slowdown <= 1.5,
             }
         )
-    seq, conc = by_name["run_one_seq"]["speedup"], by_name["run_one_conc"]["speedup"]
+    # Issue 8: gathered actions must share commits well enough to run at
+    # least twice our own sequential rate.
+    seq, conc = by_name["run_one_seq"]["ours"], by_name["run_one_conc"]["ours"]
     if seq and conc:
-        by_name["run_one_conc"]["target"] = f"> seq ({seq:.1f}x)"
-        by_name["run_one_conc"]["met"] = conc > seq
+        by_name["run_one_conc"]["target"] = f">= 2x our seq ({conc / seq:.2f}x)"
+        by_name["run_one_conc"]["met"] = conc >= 2 * seq
     verify = by_name["verify"]
     outcomes = [r.get("outcome") for r in samples.get("verify", {}).get("ours", [])]
     if outcomes and all(isinstance(o, dict) for o in outcomes):
