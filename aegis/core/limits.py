@@ -46,11 +46,13 @@ from typing import Any, Final, Protocol
 
 from aegis.core.action import Action, thaw
 from aegis.core.conditions import (
+    _MISSING,
     FLOW_CONDITIONS,
     PARAM_CONDITIONS,
     ConditionSpecError,
     Unevaluable,
     _kind,
+    _lookup,
     compile_conditions,
 )
 from aegis.core.decision import Approval
@@ -94,7 +96,6 @@ _WINDOW = re.compile(r"(\d{1,9})\s*(s|m|h|d)")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: the longest window a limit may use: a year
 MAX_WINDOW: Final = 366 * 86400
-_MISSING: Final[Any] = object()
 #: counter names a meter keeps, keyed by their key values
 _BUCKET_CACHE: Final = 4096
 
@@ -147,22 +148,6 @@ def format_window(seconds: float) -> str:
         if whole >= size and whole % size == 0:
             return f"{whole // size}{unit}"
     return f"{whole}s"
-
-
-def _lookup(path: str) -> Callable[[Mapping[str, Any]], Any]:
-    keys = tuple(path.split("."))
-
-    def get(params: Mapping[str, Any]) -> Any:
-        value: Any = params
-        for key in keys:
-            if not isinstance(value, Mapping):
-                return _MISSING
-            value = value.get(key, _MISSING)
-            if value is _MISSING:
-                break
-        return value
-
-    return get
 
 
 def _check_path(path: object, what: str, key: str) -> str:
