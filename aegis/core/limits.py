@@ -275,7 +275,7 @@ class Meter:
     _amount: Callable[[Mapping[str, Any]], Any] | None = field(
         default=None, repr=False, compare=False
     )
-    _buckets: dict[tuple[Any, ...], str] = field(
+    _buckets: dict[tuple[Any, ...], Charge] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     _units: int = field(default=0, init=False, repr=False, compare=False)
@@ -317,9 +317,13 @@ class Meter:
         # Names of counters keyed by plain strings and ints are kept: the JSON
         # costs more than the rest of a check. (Not other types: True == 1
         # as a dict key, and a policy tells booleans from numbers.)
-        cacheable = all(type(v) is str or type(v) is int for v in values)
-        bucket = self._buckets.get(values) if cacheable else None
-        if bucket is None:
+        cacheable = True
+        for value in values:
+            if type(value) is not str and type(value) is not int:
+                cacheable = False
+                break
+        unit = self._buckets.get(values) if cacheable else None
+        if unit is None:
             bucket = json.dumps(
                 [self.rule, self.kind, list(self.key), _same_number(thaw(values))],
                 sort_keys=True,
@@ -327,12 +331,14 @@ class Meter:
                 ensure_ascii=False,
                 default=repr,
             )
+            unit = Charge(bucket, 1, self._units, self.window)
             if cacheable:
                 if len(self._buckets) >= _BUCKET_CACHE:
                     self._buckets.clear()
-                self._buckets[values] = bucket
+                self._buckets[values] = unit
         if self._amount is None:
-            return Charge(bucket, 1, self._units, self.window)
+            return unit  # a limit: one unit per action
+        bucket = unit.bucket
         raw = self._amount(action.params)
         if raw is _MISSING:
             raise Unevaluable(
@@ -731,6 +737,8 @@ class PolicyLimits:
 
     def flow_specs_for(self, action: Action) -> tuple[FlowSpec, ...]:
         """The flow conditions of the rules whose globs match ``action``."""
+        if not self._flow_rules:
+            return ()
         fold = self._fold
         if fold is not None:
             kind, target = fold(action.type), fold(action.target)

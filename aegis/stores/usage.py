@@ -37,12 +37,13 @@ class Acquired:
     before this action; ``exceeded`` is the index of the first charge this
     action would take past its maximum (``None`` when all fit);
     ``reservation`` identifies the rows reserved, to release them, and is
-    ``None`` when nothing was reserved.
+    ``None`` when nothing was reserved: one token per charge, which only the
+    store that made it understands (an id, or a row's key).
     """
 
     used: tuple[int, ...]
     exceeded: int | None
-    reservation: tuple[int, ...] | None
+    reservation: tuple[object, ...] | None
 
     @property
     def reserved(self) -> bool:
@@ -99,8 +100,8 @@ class UsageStore(Protocol):
         """
         ...
 
-    def release(self, reservation: Sequence[int]) -> None:
-        """Forget a reservation: its action was blocked or denied and never ran."""
+    def release(self, reservation: Sequence[object]) -> None:
+        """Forget a reservation (``Acquired.reservation``): its action was refused and never ran."""
         ...
 
     def remember(self, event: FlowEvent) -> None:
@@ -177,11 +178,13 @@ class MemoryUsageStore:
         """See :meth:`UsageStore.acquire_many`."""
         return [self.acquire(r.charges, r.now, reserve=True, over=r.over) for r in requests]
 
-    def release(self, reservation: Sequence[int]) -> None:
+    def release(self, reservation: Sequence[object]) -> None:
         """See :meth:`UsageStore.release`."""
         with self._lock:
             self._check()
             for row in reservation:
+                if type(row) is not int:
+                    raise TypeError(f"{row!r} is not a reservation of this memory store")
                 found = self._rows.pop(row, None)
                 if found is not None:
                     self._by_bucket[found[0]].pop(row, None)

@@ -15,7 +15,8 @@ from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import StoreError
 from aegis.runtime.audit import AuditLogger
 from aegis.stores.postgres.usage import PostgresUsageStore
-from aegis.stores.sqlite.usage import SCHEMA_VERSION, SQLiteUsageStore
+from aegis.stores.sqlite.connection import APPLICATION_ID
+from aegis.stores.sqlite.usage import SCHEMA_VERSION, USAGE_MIGRATIONS, SQLiteUsageStore
 from aegis.stores.usage import MemoryUsageStore, UsageStore
 
 Factory = Callable[[], UsageStore]
@@ -238,28 +239,53 @@ def test_sqlite_usage_tables_join_the_audit_file(tmp_path: Path) -> None:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         versions = dict(conn.execute("SELECT component, version FROM aegis_schema_versions"))
     assert {"audit_log", "aegis_usage", "aegis_flow_events"} <= tables
-    assert versions["usage"] == SCHEMA_VERSION == 2
+    assert versions["usage"] == SCHEMA_VERSION == 3
 
 
-def test_sqlite_version_1_tables_migrate_keeping_their_counts(tmp_path: Path) -> None:
-    """A file written with the first usage schema (no trigger) is migrated and still counts."""
-    path = tmp_path / "aegis_audit.db"
-    with SQLiteUsageStore(path) as store:
-        store.acquire([limit(maximum=3)], 1.0, reserve=True, over=False)
-    with sqlite3.connect(path) as conn:  # back to version 1, as the first release wrote it
-        conn.execute("DROP TRIGGER aegis_usage_count")
-        conn.execute("ALTER TABLE aegis_usage DROP COLUMN seen")
-        conn.execute("UPDATE aegis_schema_versions SET version = 1 WHERE component = 'usage'")
-    with SQLiteUsageStore(path) as store:
-        found = [store.acquire([limit(maximum=3)], 2.0, reserve=True, over=False) for _ in range(3)]
-    assert [a.used for a in found] == [(1,), (2,), (3,)]
-    assert [a.reserved for a in found] == [True, True, False]
+def _older_usage_file(path: Path, version: int, rows: list[tuple[str, float, int]]) -> None:
+    """A file with usage tables as schema ``version`` wrote them, holding ``rows``."""
     with sqlite3.connect(path) as conn:
-        version = conn.execute(
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(
+            "CREATE TABLE aegis_schema_versions (component TEXT PRIMARY KEY, version INTEGER)"
+        )
+        for step in range(version):
+            for statement in USAGE_MIGRATIONS[step]:
+                conn.execute(statement)
+        conn.execute("INSERT INTO aegis_schema_versions VALUES ('usage', ?)", (version,))
+        for bucket, at, units in rows:
+            conn.execute(
+                "INSERT INTO aegis_usage (bucket, at, units, expires) VALUES (?, ?, ?, ?)",
+                (bucket, at, units, at + 60.0),
+            )
+            if version == 1:  # no trigger yet: the first release kept the total itself
+                conn.execute(
+                    "INSERT INTO aegis_usage_totals VALUES (?, ?) ON CONFLICT (bucket)"
+                    " DO UPDATE SET units = units + excluded.units",
+                    (bucket, units),
+                )
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_sqlite_older_tables_migrate_keeping_their_counts(tmp_path: Path, version: int) -> None:
+    """Files of the first two usage schemas migrate in place and count what they held."""
+    path = tmp_path / "aegis_audit.db"
+    _older_usage_file(path, version, [("b", 1.0, 1), ("b", 1.5, 1), ("other", 1.2, 5)])
+    with SQLiteUsageStore(path) as store:
+        found = [store.acquire([limit(maximum=4)], 2.0, reserve=True, over=False) for _ in range(3)]
+        other = store.acquire([limit("other", maximum=5)], 2.0, reserve=False, over=False)
+        later = store.acquire([limit(maximum=4)], 61.6, reserve=False, over=False)
+    assert [a.used for a in found] == [(2,), (3,), (4,)]
+    assert [a.reserved for a in found] == [True, True, False]
+    assert (other.used, other.exceeded) == ((5,), 0)
+    assert later.used == (2,)  # the rows of 1.0 and 1.5 left the window; the two of 2.0 count
+    with sqlite3.connect(path) as conn:
+        version_now = conn.execute(
             "SELECT version FROM aegis_schema_versions WHERE component = 'usage'"
         ).fetchone()[0]
-        total = conn.execute("SELECT units FROM aegis_usage_totals").fetchone()[0]
-    assert (version, total) == (SCHEMA_VERSION, 3)
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert version_now == SCHEMA_VERSION
+    assert "aegis_usage_totals" not in tables
 
 
 def test_sqlite_refuses_a_file_that_is_not_aegis(tmp_path: Path) -> None:
@@ -292,21 +318,74 @@ def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
         SQLiteUsageStore(path).acquire([limit()], 1.0, reserve=True, over=False)
 
 
-def test_sqlite_hand_edited_units_fail_closed(tmp_path: Path) -> None:
-    """Text written into a counter's total or its rows by hand is an error, not a free pass."""
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE aegis_usage SET total = 'lots'",
+        "UPDATE aegis_usage SET units = 'lots'",
+        "UPDATE aegis_usage SET at = 'yesterday'",
+        "UPDATE aegis_usage SET units = -5",
+        "UPDATE aegis_usage SET total = total - 10 WHERE seq = 2",
+    ],
+)
+def test_sqlite_hand_edited_counters_fail_closed(tmp_path: Path, edit: str) -> None:
+    """A counter edited by hand into nonsense is an error that names the table, not a free pass."""
     path = tmp_path / "aegis_audit.db"
     store = SQLiteUsageStore(path)
-    store.acquire([limit()], 1.0, reserve=True, over=False)
+    for _ in range(2):
+        store.acquire([limit()], 1.0, reserve=True, over=False)
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE aegis_usage_totals SET units = 'lots'")
+        conn.execute(edit)
     with pytest.raises(StoreError, match="edited by hand"):
         store.acquire([limit()], 2.0, reserve=True, over=False)
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE aegis_usage_totals SET units = 1")
-        conn.execute("UPDATE aegis_usage SET units = 'lots'")
-    with pytest.raises(StoreError, match="edited by hand"):
-        store.acquire([limit()], 500.0, reserve=False, over=False)  # the row left the window
     store.close()
+
+
+def test_sqlite_releases_keep_the_running_totals_right(tmp_path: Path) -> None:
+    """Releasing a reservation in the middle of a counter leaves the later ones counted exactly."""
+    path = tmp_path / "aegis_audit.db"
+    with SQLiteUsageStore(path) as store:
+        made = [
+            store.acquire([limit(maximum=100, amount=n)], float(n), reserve=True, over=False)
+            for n in (1, 2, 3, 4)
+        ]
+        store.release(made[1].reservation or ())
+        assert store.acquire([limit(maximum=100)], 10.0, reserve=False, over=False).used == (8,)
+        # when the first row (at 1.0) has left the window, 3 + 4 remain
+        assert store.acquire([limit(maximum=100)], 62.5, reserve=False, over=False).used == (7,)
+        with pytest.raises(StoreError, match="not a reservation"):
+            store.release([42])
+
+
+def test_sqlite_a_clock_behind_counts_later_never_earlier(tmp_path: Path) -> None:
+    """A charge stamped before the counter's newest row is counted from that row's time."""
+    path = tmp_path / "aegis_audit.db"
+    with SQLiteUsageStore(path) as store:
+        store.acquire([limit(maximum=10)], 100.0, reserve=True, over=False)
+        behind = store.acquire([limit(maximum=10)], 50.0, reserve=True, over=False)
+        assert behind.used == (1,)
+        # at 159 both still count (the second from 100.0, not 50.0); at 160.5 neither does
+        assert store.acquire([limit(maximum=10)], 159.0, reserve=False, over=False).used == (2,)
+        assert store.acquire([limit(maximum=10)], 160.5, reserve=False, over=False).used == (0,)
+
+
+def test_sqlite_counters_forget_old_rows(tmp_path: Path) -> None:
+    """Rows past their window are deleted as a counter goes on, and from counters left alone."""
+    path = tmp_path / "aegis_audit.db"
+    with SQLiteUsageStore(path) as store:
+        store.acquire([limit("idle", maximum=10)], 0.0, reserve=True, over=False)
+        for n in range(200):
+            store.acquire([limit(maximum=1000, window=10.0)], float(n), reserve=True, over=False)
+        with sqlite3.connect(path) as conn:
+            busy = conn.execute("SELECT count(*) FROM aegis_usage WHERE bucket = 'b'").fetchone()
+        assert busy[0] < 10 + 64  # the window's rows, and at most one batch not yet trimmed
+        assert store.acquire(
+            [limit(maximum=1000, window=10.0)], 200.0, reserve=False, over=False
+        ).used == (9,)
+        store.acquire([limit(maximum=1000, window=10.0)], 2000.0, reserve=True, over=False)
+        with sqlite3.connect(path) as conn:
+            idle = conn.execute("SELECT count(*) FROM aegis_usage WHERE bucket = 'idle'").fetchone()
+        assert idle[0] == 0
 
 
 def test_sqlite_memory_path_is_refused() -> None:

@@ -355,9 +355,14 @@ class PostgresUsageStore:
                 {"b": bucket, "now": now},
             )
 
-    def release(self, reservation: Sequence[int]) -> None:
+    def release(self, reservation: Sequence[object]) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.release`."""
-        ids = [int(i) for i in reservation]
+        ids = [i for i in reservation if type(i) is int]
+        if len(ids) != len(reservation):
+            raise StoreError(
+                f"{list(reservation)!r} is not a reservation of the usage store at {self.where};"
+                " release what its acquire returned"
+            )
 
         def work(conn: psycopg.Connection[Any]) -> None:
             usage, totals = self._tables["aegis_usage"], self._tables["aegis_usage_totals"]

@@ -5,10 +5,17 @@ the ``usage`` component of ``aegis_schema_versions``. Beside an
 :class:`~aegis.runtime.audit.AuditLogger` the store shares the audit's
 connection (its :class:`~aegis.stores.sqlite.connection.SQLiteDatabase`):
 two connections to one file would make each re-read what the other wrote.
-A check and its reservation are one ``BEGIN IMMEDIATE`` transaction, or,
-for a lone charge that fits, one statement: SQLite lets one writer at a
-time in, so two processes can never both see room for the last action
-under a limit.
+A check and its reservation are one ``BEGIN IMMEDIATE`` transaction (for an
+action run on its own, the transaction that appends its start record: see
+:meth:`SQLiteUsageStore.guard`): SQLite lets one writer at a time in, so two
+processes can never both see room for the last action under a limit.
+
+A reservation is one row of ``aegis_usage``, keyed by counter, time and
+sequence, carrying the counter's running total: the units in a window are
+the newest row's total minus the total before the window's first row, two
+seeks in one B-tree, and a reservation writes one row. Rows past their
+window are forgotten as a counter goes on, and now and then in counters
+nobody charges any more.
 
 Example::
 
@@ -31,14 +38,16 @@ from aegis.stores.sqlite.connection import SQLiteDatabase
 from aegis.stores.sqlite.schema import migrate
 from aegis.stores.usage import Acquired, Request, judge
 
-__all__ = ["SCHEMA_VERSION", "SQLiteUsageStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteUsageStore", "StartGuard"]
 
 #: the version of this component's tables in ``aegis_schema_versions``
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 _COMPONENT: Final = "usage"
 _T = TypeVar("_T")
-#: sweep rows past their window once per this many reservations
-_SWEEP_EVERY: Final = 512
+#: forget rows past their window, in counters nobody charges any more, this often (seconds)
+_SWEEP_EVERY: Final = 600.0
+#: a counter forgets its own rows past the window every this many reservations
+_TRIM_EVERY: Final = 64
 
 #: statements taking the usage tables from version N to N + 1
 USAGE_MIGRATIONS: Final = {
@@ -65,9 +74,6 @@ USAGE_MIGRATIONS: Final = {
         )""",
         "CREATE INDEX aegis_flow_events_session ON aegis_flow_events (session_id, at)",
     ),
-    # A reservation keeps the count it saw, and adds itself to its counter's
-    # total by a trigger: checking and reserving one charge is then a single
-    # statement, atomic without BEGIN / COMMIT (see _FAST).
     1: (
         "ALTER TABLE aegis_usage ADD COLUMN seen INTEGER",
         """CREATE TRIGGER aegis_usage_count AFTER INSERT ON aegis_usage BEGIN
@@ -75,32 +81,50 @@ USAGE_MIGRATIONS: Final = {
             ON CONFLICT (bucket) DO UPDATE SET units = units + excluded.units;
         END""",
     ),
+    # One table, clustered by counter and time, whose rows carry their
+    # counter's running total: a reservation writes one row (one B-tree
+    # page, where version 2 wrote three), and a window's sum is the newest
+    # total minus the total before the window's first row.
+    2: (
+        """CREATE TABLE aegis_usage_v3 (
+            bucket TEXT NOT NULL,
+            at REAL NOT NULL,
+            seq INTEGER NOT NULL,
+            units INTEGER NOT NULL,
+            total INTEGER NOT NULL,
+            expires REAL NOT NULL,
+            PRIMARY KEY (bucket, at, seq)
+        ) WITHOUT ROWID""",
+        """INSERT INTO aegis_usage_v3 (bucket, at, seq, units, total, expires)
+            SELECT bucket, at, ROW_NUMBER() OVER counter, units, SUM(units) OVER counter, expires
+            FROM aegis_usage
+            WINDOW counter AS (PARTITION BY bucket ORDER BY at, id ROWS UNBOUNDED PRECEDING)""",
+        "DROP TRIGGER aegis_usage_count",
+        "DROP TABLE aegis_usage",
+        "DROP TABLE aegis_usage_totals",
+        "ALTER TABLE aegis_usage_v3 RENAME TO aegis_usage",
+    ),
 }
 
-# A counter's total is kept in aegis_usage_totals, so that a check reads one
-# row instead of summing its window: the rows that left the window since the
-# last reservation are summed (usually none) and then deleted.
+# A counter's newest row, and the first row inside the window (None when
+# the window is empty): units in the window = newest total - (first total -
+# first units). Both are seeks in the primary key.
 _COUNT: Final = (
-    "SELECT (SELECT units FROM aegis_usage_totals WHERE bucket = ?1),"
-    " COALESCE(SUM(units), 0), MAX(typeof(units) != 'integer')"
-    " FROM aegis_usage WHERE bucket = ?1 AND at <= ?2"
+    "SELECT at, seq, total,"
+    " (SELECT total FROM aegis_usage WHERE bucket = ?1 AND at > ?2 ORDER BY at, seq LIMIT 1),"
+    " (SELECT units FROM aegis_usage WHERE bucket = ?1 AND at > ?2 ORDER BY at, seq LIMIT 1)"
+    " FROM aegis_usage WHERE bucket = ?1 ORDER BY at DESC, seq DESC LIMIT 1"
 )
-_INSERT: Final = "INSERT INTO aegis_usage (bucket, at, units, expires, seen) VALUES (?, ?, ?, ?, ?)"
-# One charge that fits, checked and reserved in one statement (SQLite runs a
-# statement under the write lock, so it is as atomic as a transaction): it
-# inserts only when the counter's total is a whole number, no row has left
-# the window (those need the slow path's delete) and the charge fits. No row
-# back means "not this way": the slow path decides, in a transaction.
-_FAST: Final = (
-    "INSERT INTO aegis_usage (bucket, at, units, expires, seen)"
-    " SELECT ?1, ?2, ?3, ?4, used FROM"
-    " (SELECT COALESCE((SELECT units FROM aegis_usage_totals WHERE bucket = ?1), 0) AS used)"
-    " WHERE typeof(used) = 'integer' AND used + ?3 <= ?5"
-    " AND NOT EXISTS (SELECT 1 FROM aegis_usage WHERE bucket = ?1 AND at <= ?6)"
-    " RETURNING id, seen"
+_INSERT: Final = (
+    "INSERT INTO aegis_usage (bucket, at, seq, units, total, expires) VALUES (?, ?, ?, ?, ?, ?)"
 )
-_SUBTRACT: Final = "UPDATE aegis_usage_totals SET units = units - ? WHERE bucket = ?"
 _MAX_TOTAL: Final = 2**63 - 1
+
+#: where a counter stands: its newest row's (at, seq, total), and the units in the window
+_Head = tuple[float, int, int, int]
+_EMPTY: Final[_Head] = (0.0, 0, 0, 0)
+#: a reservation, to release it: (bucket, at, seq) of its row
+Token = tuple[str, float, int]
 
 
 class SQLiteUsageStore:
@@ -140,7 +164,7 @@ class SQLiteUsageStore:
         self.db = database
         self._ready: sqlite3.Connection | None = None
         self._closed = False
-        self._since_sweep = 0
+        self._swept = 0.0  # when this store last forgot rows past their window
 
     @property
     def db_path(self) -> str:
@@ -156,8 +180,7 @@ class SQLiteUsageStore:
             raise StoreError(f"the usage store for {self.db.path!r} is closed; create a new one")
         with self.db.connection(doing) as conn:
             if self._ready is not conn:  # a new connection (first use, or after a fork)
-                migrate(conn, self.db.path, _COMPONENT, SCHEMA_VERSION, USAGE_MIGRATIONS)
-                self._ready = conn
+                self._ready_on(conn)
             return work(conn)
 
     # -- the protocol ----------------------------------------------------------
@@ -170,31 +193,21 @@ class SQLiteUsageStore:
             return self.acquire_many([Request(tuple(charges), now, over)])[0]
 
         def peek(conn: sqlite3.Connection) -> Acquired:
-            used = [_count(conn, c, now, self.db.path)[0] for c in charges]
+            used = [_head(conn, c, now, self.db.path)[3] for c in charges]
             return Acquired(tuple(used), judge(charges, used), None)
 
         result: Acquired = self._run("count usage in", peek)
         return result
 
     def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
-        """See :meth:`aegis.stores.usage.UsageStore.acquire_many`: one ``BEGIN IMMEDIATE``.
-
-        A lone request of one charge that fits (the common case) is one
-        statement instead.
-        """
+        """See :meth:`aegis.stores.usage.UsageStore.acquire_many`: one ``BEGIN IMMEDIATE``."""
 
         def work(conn: sqlite3.Connection) -> list[Acquired]:
-            if len(requests) == 1 and self._since_sweep < _SWEEP_EVERY:
-                fast = _fast(conn, requests[0])
-                if fast is not None:
-                    self._since_sweep += 1
-                    return [fast]
             conn.execute("BEGIN IMMEDIATE")
             try:
                 out = [self._acquire_one(conn, request) for request in requests]
-                if self._since_sweep >= _SWEEP_EVERY:
-                    self._since_sweep = 0
-                    _sweep(conn, max(r.now for r in requests))
+                if requests:
+                    self._sweep(conn, max(r.now for r in requests))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -206,34 +219,55 @@ class SQLiteUsageStore:
         return result
 
     def _acquire_one(self, conn: sqlite3.Connection, request: Request) -> Acquired:
-        charges, now = request.charges, request.now
-        counts = [_count(conn, c, now, self.db.path) for c in charges]
-        used = [live for live, _ in counts]
+        """Count and reserve one request's charges, inside a write transaction."""
+        charges, now, path = request.charges, request.now, self.db.path
+        heads = [_head(conn, charge, now, path) for charge in charges]
+        used = tuple(head[3] for head in heads)
         exceeded = judge(charges, used)
-        reservation = None
-        if exceeded is None or request.over:
-            reservation = tuple(
-                _reserve(conn, c, now, live=live, expired=expired, path=self.db.path)
-                for c, (live, expired) in zip(charges, counts, strict=True)
-            )
-            self._since_sweep += 1
-        return Acquired(tuple(used), exceeded, reservation)
+        if exceeded is not None and not request.over:
+            return Acquired(used, exceeded, None)
+        tokens = tuple(
+            _reserve(conn, charge, now, head, path)
+            for charge, head in zip(charges, heads, strict=True)
+        )
+        return Acquired(used, exceeded, tokens)
 
-    def release(self, reservation: Sequence[int]) -> None:
+    def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
+        """Now and then, forget rows past their window in every counter (inside a transaction).
+
+        A counter that is charged forgets its own old rows (see ``_reserve``);
+        this catches the ones nobody charges any more (per-session keys).
+        A counter's oldest rows go first, so the totals of the rest still
+        add up.
+        """
+        if abs(now - self._swept) >= _SWEEP_EVERY:
+            self._swept = now
+            conn.execute("DELETE FROM aegis_usage WHERE expires <= ?", (now,))
+
+    def release(self, reservation: Sequence[object]) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.release`."""
-        ids = [int(i) for i in reservation]
+        tokens = [_token(item, self.db.path) for item in reservation]
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for row_id in ids:
+                for bucket, at, seq in tokens:
                     row = conn.execute(
-                        "SELECT bucket, units FROM aegis_usage WHERE id = ?", (row_id,)
+                        "SELECT units FROM aegis_usage WHERE bucket = ? AND at = ? AND seq = ?",
+                        (bucket, at, seq),
                     ).fetchone()
                     if row is None:
-                        continue  # swept already: it no longer counted
-                    conn.execute("DELETE FROM aegis_usage WHERE id = ?", (row_id,))
-                    conn.execute(_SUBTRACT, (row[1], row[0]))
+                        continue  # forgotten already: it no longer counted
+                    conn.execute(
+                        "DELETE FROM aegis_usage WHERE bucket = ? AND at = ? AND seq = ?",
+                        (bucket, at, seq),
+                    )
+                    # the later rows' running totals no longer include it
+                    conn.execute(
+                        "UPDATE aegis_usage SET total = total - ?"
+                        " WHERE bucket = ? AND (at > ? OR (at = ? AND seq > ?))",
+                        (row[0], bucket, at, at, seq),
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -244,17 +278,20 @@ class SQLiteUsageStore:
 
     def remember(self, event: FlowEvent) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.remember`."""
-        params = _params_json(event.params)
+        # One statement: autocommit makes it its own transaction.
+        self._run("note a flow event in", lambda conn: _remember(conn, event))
 
-        def work(conn: sqlite3.Connection) -> None:
-            # One statement: autocommit makes it its own transaction.
-            conn.execute(
-                "INSERT INTO aegis_flow_events (session_id, action_type, action_target, params,"
-                " at) VALUES (?, ?, ?, ?, ?)",
-                (event.session_id, event.type, event.target, params, event.at),
-            )
+    def guard(self, request: Request | None, event: FlowEvent | None) -> StartGuard:
+        """A :class:`~aegis.stores.sqlite.connection.Guard` for an action about to run.
 
-        self._run("note a flow event in", work)
+        Given to the audit store sharing this store's database
+        (:meth:`~aegis.stores.sqlite.audit.SQLiteAuditStore.append_guarded`),
+        it reserves ``request`` if all its charges fit, and keeps ``event``,
+        in the transaction that appends the action's start record: one
+        commit for both. If a charge does not fit nothing is written, and
+        the guard's :attr:`StartGuard.acquired` tells what was found.
+        """
+        return StartGuard(self, request, event)
 
     def recall(
         self, session_id: str, since: float | None, action_type: str | None
@@ -275,6 +312,13 @@ class SQLiteUsageStore:
         rows = self._run("read flow events in", lambda conn: conn.execute(sql, args).fetchall())
         return [_event(row, self.db.path) for row in rows]
 
+    def _ready_on(self, conn: sqlite3.Connection) -> None:
+        if self._closed:
+            raise StoreError(f"the usage store for {self.db.path!r} is closed; create a new one")
+        if self._ready is not conn:
+            migrate(conn, self.db.path, _COMPONENT, SCHEMA_VERSION, USAGE_MIGRATIONS)
+            self._ready = conn
+
     def close(self) -> None:
         """Close the connection (unless shared with the audit); later calls raise."""
         self._closed = True
@@ -289,71 +333,133 @@ class SQLiteUsageStore:
         self.close()
 
 
-def _count(conn: sqlite3.Connection, charge: Charge, now: float, path: str) -> tuple[int, int]:
-    """(units in the window, units of rows that left it but are still stored)."""
-    cutoff = now - charge.window
-    total, expired, odd = conn.execute(_COUNT, (charge.bucket, cutoff)).fetchone()
-    if odd or not isinstance(total or 0, int) or not isinstance(expired, int):
-        raise StoreError(
-            f"the usage counters in {path!r} hold something other than whole units; the"
-            " tables aegis_usage and aegis_usage_totals were edited by hand: delete the"
-            " odd rows to count again"
-        )
-    return (total or 0) - expired, expired
+class StartGuard:
+    """An action's charges and flow event, written with its start record (see ``guard``)."""
+
+    __slots__ = ("acquired", "event", "request", "store")
+
+    def __init__(
+        self, store: SQLiteUsageStore, request: Request | None, event: FlowEvent | None
+    ) -> None:
+        self.store = store
+        self.request = request
+        self.event = event
+        #: what the counters held, when a charge did not fit
+        self.acquired: Acquired | None = None
+
+    def prepare(self, conn: sqlite3.Connection) -> None:
+        """The usage tables, created or migrated on ``conn`` (outside the transaction)."""
+        self.store._ready_on(conn)
+
+    def __call__(self, conn: sqlite3.Connection) -> bool:
+        """Reserve the charges if they all fit, and keep the event; ``False`` if one does not."""
+        store = self.store
+        if store._closed:
+            raise StoreError(f"the usage store for {store.db.path!r} is closed; create a new one")
+        request = self.request
+        if request is not None:
+            now, path = request.now, store.db.path
+            # What _acquire_one does (never over the limit), for a lone charge first.
+            if len(request.charges) == 1:
+                charge = request.charges[0]
+                head = _head(conn, charge, now, path)
+                if head[3] + charge.amount > charge.maximum:
+                    self.acquired = Acquired((head[3],), 0, None)
+                    return False
+                _reserve(conn, charge, now, head, path)
+            else:
+                acquired = store._acquire_one(conn, Request(request.charges, now, over=False))
+                if acquired.exceeded is not None:
+                    self.acquired = acquired
+                    return False
+            store._sweep(conn, now)
+        if self.event is not None:
+            _remember(conn, self.event)
+        return True
 
 
-def _reserve(
-    conn: sqlite3.Connection, charge: Charge, now: float, *, live: int, expired: int, path: str
-) -> int:
-    """Insert the charge's row and set its counter's total; forget rows past the window."""
-    total = live + charge.amount
-    if total > _MAX_TOTAL:
-        raise StoreError(
-            f"the counter {charge.bucket} in {path!r} would pass 2**63 units; it cannot count"
-            " more until older reservations leave its window"
-        )
-    if expired:
+def _remember(conn: sqlite3.Connection, event: FlowEvent) -> None:
+    conn.execute(
+        "INSERT INTO aegis_flow_events (session_id, action_type, action_target, params, at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (event.session_id, event.type, event.target, _params_json(event.params), event.at),
+    )
+
+
+def _edited(path: str, what: str) -> StoreError:
+    return StoreError(
+        f"the usage counters in {path!r} hold {what}; the table aegis_usage was edited by"
+        " hand: delete the odd rows (or the counter's rows) to count again"
+    )
+
+
+def _head(conn: sqlite3.Connection, charge: Charge, now: float, path: str) -> _Head:
+    """Where ``charge``'s counter stands: its newest row and the units in the window."""
+    row = conn.execute(_COUNT, (charge.bucket, now - charge.window)).fetchone()
+    if row is None:
+        return _EMPTY
+    at, seq, total, first_total, first_units = row
+    if type(at) not in (float, int) or type(seq) is not int or type(total) is not int:
+        raise _edited(path, "something other than times and whole units")
+    if first_total is None:
+        return (float(at), seq, total, 0)  # nothing in the window
+    if type(first_total) is not int or type(first_units) is not int or first_units < 0:
+        raise _edited(path, "something other than whole units")
+    used = total - first_total + first_units
+    if used < 0:
+        raise _edited(path, "running totals that do not add up")
+    return (float(at), seq, total, used)
+
+
+def _reserve(conn: sqlite3.Connection, charge: Charge, now: float, head: _Head, path: str) -> Token:
+    """Add ``charge``'s row after its counter's newest; return the row's key."""
+    last_at, seq, total, used = head
+    # A clock behind the newest row (another machine's) counts the charge at
+    # that row's time: it then stays in the window a little longer, never less.
+    at = max(now, last_at)
+    if total + charge.amount > _MAX_TOTAL:
+        # The running total nears SQLite's integers: forget the rows past the
+        # window and restart the totals from the window's own sum.
         conn.execute(
             "DELETE FROM aegis_usage WHERE bucket = ? AND at <= ?",
             (charge.bucket, now - charge.window),
         )
-        conn.execute(_SUBTRACT, (expired, charge.bucket))
-    # the trigger aegis_usage_count adds the row's units to the total
-    row = conn.execute(_INSERT, (charge.bucket, now, charge.amount, now + charge.window, live))
-    return int(row.lastrowid or 0)
+        conn.execute(
+            "UPDATE aegis_usage SET total = total - ? WHERE bucket = ?",
+            (total - used, charge.bucket),
+        )
+        total = used
+        if total + charge.amount > _MAX_TOTAL:
+            raise StoreError(
+                f"the counter {charge.bucket} in {path!r} would pass 2**63 units; it cannot"
+                " count more until older reservations leave its window"
+            )
+    seq += 1
+    conn.execute(
+        _INSERT, (charge.bucket, at, seq, charge.amount, total + charge.amount, at + charge.window)
+    )
+    if seq % _TRIM_EVERY == 0:
+        # Now and then a counter forgets its own rows past the window.
+        conn.execute(
+            "DELETE FROM aegis_usage WHERE bucket = ? AND at <= ? AND seq < ?",
+            (charge.bucket, now - charge.window, seq),
+        )
+    return (charge.bucket, at, seq)
 
 
-def _fast(conn: sqlite3.Connection, request: Request) -> Acquired | None:
-    """Reserve a lone charge that fits in one statement; ``None``: take the slow path."""
-    if len(request.charges) != 1:
-        return None
-    charge, now = request.charges[0], request.now
-    if not 0 < charge.amount <= charge.maximum <= _MAX_TOTAL:
-        return None  # nothing to add, never fits, or past what SQLite's integers hold
-    row = conn.execute(
-        _FAST,
-        (
-            charge.bucket,
-            now,
-            charge.amount,
-            now + charge.window,
-            charge.maximum,
-            now - charge.window,
-        ),
-    ).fetchall()  # to the end: a RETURNING statement commits when it is done
-    if not row:
-        return None
-    return Acquired((row[0][1],), None, (row[0][0],))
-
-
-def _sweep(conn: sqlite3.Connection, now: float) -> None:
-    """Forget rows past the window they were counted in, in counters nobody touched since."""
-    for bucket, units in conn.execute(
-        "SELECT bucket, SUM(units) FROM aegis_usage WHERE expires <= ? GROUP BY bucket", (now,)
-    ).fetchall():
-        conn.execute(_SUBTRACT, (units, bucket))
-    conn.execute("DELETE FROM aegis_usage WHERE expires <= ?", (now,))
-    conn.execute("DELETE FROM aegis_usage_totals WHERE units = 0")
+def _token(item: object, path: str) -> Token:
+    if (
+        type(item) is tuple
+        and len(item) == 3
+        and type(item[0]) is str
+        and type(item[1]) is float
+        and type(item[2]) is int
+    ):
+        return item
+    raise StoreError(
+        f"{item!r} is not a reservation of the usage store in {path!r}; release what its"
+        " acquire returned"
+    )
 
 
 def _params_json(params: Any) -> str:
