@@ -56,6 +56,7 @@ from aegis.stores.base import AuditStore, CheckpointStore
 
 if TYPE_CHECKING:
     from aegis.runtime.signing import Signer, Verifier
+    from aegis.stores.sqlite.connection import Guard
 
 __all__ = ["AuditLogger", "Head", "VerifyReport"]
 
@@ -237,6 +238,11 @@ class AuditLogger(RecordReader):
 
     def _write(self, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
         records = self._store.append(drafts)
+        self._wrote(records)
+        return records
+
+    def _wrote(self, records: Sequence[AuditRecord]) -> None:
+        """Tell the subscribers, and sign the head when a checkpoint is due."""
         if self._subscribers:
             for record in records:
                 self._subscribers.notify(to_dict(record))
@@ -248,7 +254,6 @@ class AuditLogger(RecordReader):
             ):
                 last = records[-1]
                 self._sign(Head(last.id, last.hash))
-        return records
 
     def _sign(self, head: Head) -> Checkpoint | None:
         signer = self._signer
@@ -392,6 +397,52 @@ class AuditLogger(RecordReader):
         record = await self._submit(draft)
         self._starts[record.id] = (decision.action, context, draft)
         return record.id
+
+    def guards(self, database: object) -> bool:
+        """Whether :meth:`record_start_guarded` can share a transaction on ``database``.
+
+        True when this trail is a SQLite store on that very
+        :class:`~aegis.stores.sqlite.connection.SQLiteDatabase` (the usage
+        counters beside it, on the audit's connection).
+        """
+        return (
+            not self._closed
+            and callable(getattr(self._store, "append_guarded", None))
+            and getattr(self._store, "db", None) is database
+        )
+
+    def record_start_guarded(
+        self,
+        session_id: str,
+        decision: PolicyDecision,
+        guard: Guard,
+        *,
+        human_decision: str | ApprovalOutcome | None = None,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
+    ) -> int | None:
+        """:meth:`record_start` in one transaction with ``guard``'s writes; ``None`` if it said no.
+
+        Only for a store that :meth:`guards` the guard's database. It
+        writes at once, on the calling thread (an agent running actions one
+        by one: there is no batch to join).
+        """
+        self._check_open()
+        params = decision.action.params
+        draft = start_draft(
+            session_id,
+            decision,
+            human_decision=_human_text(human_decision),
+            stamp=_stamp(context, decided_at, policy_digest),
+            params_json=storable_json(params) if params else "{}",
+        )
+        record = self._store.append_guarded(draft, guard)  # type: ignore[attr-defined]  # guards()
+        if record is None:
+            return None
+        self._wrote((record,))
+        self._starts[record.id] = (decision.action, context, draft)
+        return int(record.id)
 
     async def record(  # one argument per field of the record
         self,

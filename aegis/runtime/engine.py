@@ -45,7 +45,7 @@ from aegis.runtime._binding import binding_for
 from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
 from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
-from aegis.runtime.limits import _LimitsSetup
+from aegis.runtime.limits import Deferred, _LimitsSetup
 
 if TYPE_CHECKING:
     from aegis.core.policy import Policy
@@ -386,7 +386,7 @@ class Runtime:
             await self._start()
         if not self._entered:
             self._lazy = True  # set up for good: close() tears it down
-        return await self._run(decision, stamp)
+        return await self._run(decision, stamp, plain=True)
 
     # ------------------------------------------------------------------ the steps
 
@@ -625,19 +625,30 @@ class Runtime:
             "policy_digest": stamp.policy_digest,
         }
 
-    async def _run(self, decision: PolicyDecision, stamp: DecisionStamp) -> Result:
+    async def _run(
+        self,
+        decision: PolicyDecision,
+        stamp: DecisionStamp,
+        *,
+        plain: bool = False,
+        defer: bool = True,
+    ) -> Result:
         """One action through meter -> approve -> execute -> record.
 
         ``decision`` comes from :meth:`decide` and stays the runtime's own:
         the approval handler sees a copy, and what runs and what is recorded
         is checked against the action's canonical form taken here, when it
-        was decided.
+        was decided. ``plain``: it is exactly :meth:`decide`'s, just taken.
+        ``defer``: the metering step may leave the reservation to the start
+        record (see :class:`~aegis.runtime.limits.Deferred`).
         """
         policy = self.policy
         lease = None
         if getattr(policy, "limits", None) is not None:
             try:
-                decision, lease, stamp = await self._limits.check(self, policy, decision, stamp)
+                decision, lease, stamp = await self._limits.check(
+                    self, policy, decision, stamp, plain=plain, defer=defer
+                )
             except BaseException as exc:  # cancelled while counting: it never ran
                 await self._record_interrupted(decision, stamp, exc, ResultStatus.SKIPPED, None)
                 raise
@@ -665,21 +676,31 @@ class Runtime:
         if canonical_json(action) != decided:
             self._limits.release(lease)
             return await self._changed(decision, stamp, decided, human, ran=False)
-        if lease is not None or getattr(policy, "limits", None) is not None:
-            failed = self._limits.ran(self, policy, action, lease)
-            if failed is not None:
-                return await self._finish(decision, failed, human, None, stamp)
-        token = None
-        if self._record_start is not None:
+        token: int | None = None
+        if type(lease) is Deferred:
+            # Reserved and remembered with the start record, in its commit.
             fields = self._stamp_fields(stamp) if self._start_stamped else {}
-            try:
-                token = await self._record_start(
-                    self.session_id, decision, human_decision=human, **fields
-                )
-            except AuditError as exc:
-                # An action whose start is not in the trail must not run.
-                self._limits.release(lease)
-                return _unrecorded(decision, None, exc)
+            started = self._limits.start(self, policy, decision, lease, human=human, fields=fields)
+            if started is None:  # meter again, the ordinary way
+                return await self._run(decision, stamp, defer=False)
+            if isinstance(started, PolicyDecision):  # over the limit, and on_exceed blocks
+                return await self._finish(started, self.block(started), None, None, stamp)
+            token = started
+        else:
+            if lease is not None or getattr(policy, "limits", None) is not None:
+                failed = self._limits.ran(self, policy, action, lease)
+                if failed is not None:
+                    return await self._finish(decision, failed, human, None, stamp)
+            if self._record_start is not None:
+                fields = self._stamp_fields(stamp) if self._start_stamped else {}
+                try:
+                    token = await self._record_start(
+                        self.session_id, decision, human_decision=human, **fields
+                    )
+                except AuditError as exc:
+                    # An action whose start is not in the trail must not run.
+                    self._limits.release(lease)
+                    return _unrecorded(decision, None, exc)
         try:
             result = await self.run_executor(action)
         except BaseException as exc:  # cancelled or interrupted mid-action

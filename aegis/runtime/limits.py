@@ -14,7 +14,10 @@ The runtime runs it between *decide* and *approve* for policies that have
    when the action is then blocked or denied, and kept once the executor
    starts, whatever its outcome. A reservation whose action never finishes
    (the process was killed) stays counted until its window passes: a limit
-   errs on the side of fewer actions;
+   errs on the side of fewer actions. An ``auto`` action of an agent running
+   actions one by one, with its counters in the audit's SQLite file, is
+   checked and reserved in the transaction that appends its start record
+   (:class:`Deferred`): one commit, and no reservation without its start;
 4. an action let through is remembered as a flow event when some flow
    condition of the policy could look for it later.
 
@@ -37,7 +40,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -55,15 +58,31 @@ if TYPE_CHECKING:
     from aegis.core.policy import Policy
     from aegis.runtime.engine import Runtime
 
-__all__ = ["Lease", "Metering", "usage_store_for"]
+__all__ = ["Deferred", "Lease", "Metering", "usage_store_for"]
 
 _log = logging.getLogger("aegis.runtime")
 
 #: a blocked budget or key is at least this risky: the action was not what the author expected
 _UNEVALUABLE_MIN_RISK = RiskLevel.HIGH
 
-#: the reservation an action holds until it runs or is refused
-Lease = tuple[int, ...]
+#: the reservation an action holds until it runs or is refused (the store's tokens)
+Lease = tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """What an action let through by its rule would reserve and remember, not yet written.
+
+    An ``auto`` action of an agent running actions one by one, on a usage
+    store that shares the audit trail's SQLite connection: its charges are
+    checked and reserved, and its flow event kept, in the transaction that
+    appends its start record (one commit instead of two, still one atomic
+    step). If a charge does not fit then, nothing is written and the
+    metering step runs again the ordinary way.
+    """
+
+    request: Request | None
+    event: FlowEvent | None
 
 
 def usage_store_for(audit: object) -> tuple[UsageStore, bool]:
@@ -137,6 +156,10 @@ class _Batch:
         self._queue: list[tuple[Request, asyncio.Future[Acquired]]] = []
         self._last: asyncio.Task[Any] | None = None  # the task that submitted last
 
+    def alone(self) -> bool:
+        """Whether a request now would be reserved at once, with nothing to group with."""
+        return not self._queue and asyncio.current_task() is self._last
+
     async def submit(self, request: Request) -> Acquired:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)
@@ -206,6 +229,7 @@ class Metering:
         self.store = store
         self.agent = agent
         self._batch = _Batch(store)
+        self._subject = Subject("", agent)  # the last one, to reuse
 
     def subject(self, session_id: str, context: Mapping[str, Any] | None) -> Subject:
         """Who acts: ``agent`` from the runtime, else from the call's context."""
@@ -213,7 +237,11 @@ class Metering:
         if agent is None and context:
             named = context.get("agent")
             agent = named if isinstance(named, str) else None
-        return Subject(session_id, agent)
+        last = self._subject
+        if last.session_id == session_id and last.agent == agent:
+            return last
+        self._subject = subject = Subject(session_id, agent)
+        return subject
 
     def check(
         self,
@@ -241,33 +269,94 @@ class Metering:
         return _settle(decision, rule, request, acquired), acquired.reservation
 
     async def check_async(
-        self, policy: Any, action: Action, subject: Subject
-    ) -> tuple[PolicyDecision, Lease | None]:
+        self,
+        policy: Any,
+        action: Action,
+        subject: Subject,
+        *,
+        decided: PolicyDecision | None = None,
+        defer: bool = False,
+    ) -> tuple[PolicyDecision, Lease | Deferred | None]:
         """:meth:`check` with reservation, sharing one transaction with concurrent checks.
 
         The checks of one event loop iteration are reserved together (group
         commit), each seeing the ones before it, all in one atomic step.
+        ``decided`` is ``policy``'s decision of ``action`` taken just now,
+        reused when no flow condition asks for the session's history. With
+        ``defer``, an ``auto`` action with nothing to group with gets a
+        :class:`Deferred` instead: nothing is reserved yet.
+        """
+        decision, found = self.begin(policy, action, subject, decided, defer)
+        if type(found) is not tuple:
+            return decision, found
+        return await self.reserve(decision, found)
+
+    def begin(
+        self,
+        policy: Any,
+        action: Action,
+        subject: Subject,
+        decided: PolicyDecision | None,
+        defer: bool,
+    ) -> tuple[PolicyDecision, Deferred | tuple[RuleLimits, Request] | None]:
+        """The first, synchronous part of :meth:`check_async`.
+
+        The decision, and: nothing to reserve (``None``), a :class:`Deferred`,
+        or the rule and request to give :meth:`reserve`.
         """
         at = time.time()
-        decision, pending = self._prepare(policy, action, subject, at)
-        if pending is None:
-            return decision, None
+        decision, pending = self._prepare(policy, action, subject, at, decided)
+        if defer and decision.approval is Approval.AUTO:
+            limits: PolicyLimits = policy.limits
+            event = None
+            if limits.flow_specs and limits.remembers(action):
+                event = FlowEvent(subject.session_id, action.type, action.target, action.params, at)
+            if pending is None:
+                return decision, None if event is None else Deferred(None, event)
+            if self._batch.alone():
+                return decision, Deferred(pending[1], event)
+        return decision, pending
+
+    async def reserve(
+        self, decision: PolicyDecision, pending: tuple[RuleLimits, Request]
+    ) -> tuple[PolicyDecision, Lease | None]:
+        """The second part: reserve (with concurrent checks) and settle the decision."""
         rule, request = pending
         acquired = await self._batch.submit(request)
         return _settle(decision, rule, request, acquired), acquired.reservation
 
+    def refused(
+        self, policy: Any, decision: PolicyDecision, request: Request, acquired: Acquired
+    ) -> PolicyDecision | None:
+        """The decision when a deferred charge did not fit, if no reservation is needed for it.
+
+        ``None`` when the rule's ``on_exceed`` still lets the action run (it
+        must then reserve ``over`` its limit, the ordinary way).
+        """
+        rule = policy.limits.by_rule.get(decision.matched_rule)
+        if rule is None or rule.on_exceed.approval is not Approval.BLOCK:
+            return None
+        return _settle(decision, rule, request, acquired)
+
     def _prepare(
-        self, policy: Any, action: Action, subject: Subject, at: float
+        self,
+        policy: Any,
+        action: Action,
+        subject: Subject,
+        at: float,
+        decided: PolicyDecision | None = None,
     ) -> tuple[PolicyDecision, tuple[RuleLimits, Request] | None]:
         """The decision with the session's history, and what to reserve for it, if anything."""
         limits: PolicyLimits = policy.limits
-        moment = datetime.fromtimestamp(at, UTC)
         specs = limits.flow_specs_for(action)
         if specs:
             facts = self._facts(limits, specs, subject.session_id, at)
+            moment = datetime.fromtimestamp(at, UTC)
             decision = policy.evaluate(action, now=moment, history=KnownFacts(facts))
+        elif decided is not None:
+            decision = decided
         else:
-            decision = policy.evaluate(action, now=moment)
+            decision = policy.evaluate(action, now=datetime.fromtimestamp(at, UTC))
         if decision.approval is Approval.BLOCK:
             return decision, None
         rule = limits.by_rule.get(decision.matched_rule)
@@ -275,7 +364,7 @@ class Metering:
             return decision, None
         try:
             metered = limits.folded(action)
-            charges = tuple(meter.charge(metered, subject) for meter in rule.meters)
+            charges = tuple([meter.charge(metered, subject) for meter in rule.meters])
         except Unevaluable as exc:
             risk = max(decision.risk_level, _UNEVALUABLE_MIN_RISK)
             reason = f"blocked: {exc.reason}"
@@ -374,6 +463,8 @@ class _LimitsSetup:
         self._given = usage_store
         self._metering: Metering | None = None
         self._owned = False
+        # the audit logger whose start records can carry the reservations (see Deferred)
+        self._guarded: Any = None
         self._watcher: asyncio.Task[None] | None = None
         self._seen: tuple[int, int, int] | None = None
 
@@ -439,6 +530,13 @@ class _LimitsSetup:
             if store is None:
                 store, self._owned = usage_store_for(runtime.audit)
             self._metering = Metering(store, agent=self.agent)
+            guards = getattr(runtime.audit, "guards", None)
+            if (
+                callable(getattr(store, "guard", None))
+                and callable(guards)
+                and guards(getattr(store, "db", None))
+            ):
+                self._guarded = runtime.audit
         return self._metering
 
     def preview(self, runtime: Runtime, action: Action) -> PolicyDecision:
@@ -451,19 +549,41 @@ class _LimitsSetup:
         return checked
 
     async def check(
-        self, runtime: Runtime, policy: Any, decision: PolicyDecision, stamp: DecisionStamp
-    ) -> tuple[PolicyDecision, Lease | None, DecisionStamp]:
+        self,
+        runtime: Runtime,
+        policy: Any,
+        decision: PolicyDecision,
+        stamp: DecisionStamp,
+        *,
+        plain: bool = False,
+        defer: bool = True,
+    ) -> tuple[PolicyDecision, Lease | Deferred | None, DecisionStamp]:
         """The metering step of one action: a decision, a lease and a fresh stamp.
 
+        ``plain``: ``decision`` is the policy's own, just taken (no limit
+        applied yet), and need not be taken again. ``defer`` allows a
+        :class:`Deferred` for :meth:`start`, when the audit can carry it.
         A usage store that fails blocks the action, with the error as reason.
         """
         if stamp.policy_digest != getattr(policy, "digest", None):
             # decided by a policy swapped out since: this step decides anew
             stamp = DecisionStamp.now(policy, stamp.context)
+            plain = False
         try:
-            metering = self.metering(runtime)
+            metering = self._metering or self.metering(runtime)
             subject = metering.subject(runtime.session_id, stamp.context)
-            checked, lease = await metering.check_async(policy, decision.action, subject)
+            checked, found = metering.begin(
+                policy,
+                decision.action,
+                subject,
+                decision if plain else None,
+                defer and self._guarded is not None,
+            )
+            lease: Lease | Deferred | None
+            if type(found) is tuple:
+                checked, lease = await metering.reserve(checked, found)
+            else:
+                lease = found
         except AegisError as exc:
             reason = f"blocked: the usage counters could not be checked: {exc}"
             blocked = replace(
@@ -475,9 +595,43 @@ class _LimitsSetup:
             return blocked, None, stamp
         return checked, lease, stamp
 
-    def release(self, lease: Lease | None) -> None:
+    def start(
+        self,
+        runtime: Runtime,
+        policy: Any,
+        decision: PolicyDecision,
+        deferred: Deferred,
+        *,
+        human: str | None,
+        fields: Mapping[str, Any],
+    ) -> int | PolicyDecision | None:
+        """Append the start record of ``decision`` with what ``deferred`` reserves: one commit.
+
+        Returns the start record's id; else, when a charge no longer fits,
+        the decision under the rule's ``on_exceed`` if that blocks, and
+        ``None`` when the metering step must run again the ordinary way
+        (``on_exceed`` lets the action run over the limit, or the store
+        failed: the ordinary way reports that).
+        """
+        metering = self._metering or self.metering(runtime)
+        guard = metering.store.guard(deferred.request, deferred.event)  # type: ignore[attr-defined]
+        try:
+            token: int | None = self._guarded.record_start_guarded(
+                runtime.session_id, decision, guard, human_decision=human, **fields
+            )
+        except AegisError:
+            _log.debug("the start with its reservation failed; metering again", exc_info=True)
+            return None
+        if token is not None:
+            return token
+        acquired = guard.acquired
+        if acquired is None or deferred.request is None:
+            return None
+        return metering.refused(policy, decision, deferred.request, acquired)
+
+    def release(self, lease: Lease | Deferred | None) -> None:
         """Release ``lease``; a failure only leaves it counted (the safe side), and is logged."""
-        if not lease or self._metering is None:
+        if not lease or self._metering is None or isinstance(lease, Deferred):
             return
         try:
             self._metering.release(lease)
@@ -485,7 +639,7 @@ class _LimitsSetup:
             _log.exception("could not release a reservation; it stays counted until it expires")
 
     def ran(
-        self, runtime: Runtime, policy: Any, action: Action, lease: Lease | None
+        self, runtime: Runtime, policy: Any, action: Action, lease: Lease | Deferred | None
     ) -> Result | None:
         """Note that ``action`` is let through; a ``FAILED`` Result if that cannot be noted."""
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -743,3 +744,99 @@ async def test_a_memory_url_audit_counts_in_memory(
         got = await statuses(rt, [Action("send_email", "smtp")] * 4)
     assert got == ["success"] * 3 + ["blocked"]
     assert list(workdir.iterdir()) == []  # no stray database file
+
+
+# -- a sequential action's reservation rides on its start record ------------------------
+
+
+def _trace(audit: AuditLogger) -> list[str]:
+    """Every SQL statement the trail's connection runs from now on."""
+    seen: list[str] = []
+    with audit.store.db.connection("trace") as conn:  # type: ignore[attr-defined]
+        conn.set_trace_callback(seen.append)
+    return seen
+
+
+async def test_a_sequential_action_reserves_in_its_start_records_transaction(
+    policy: Policy, tmp_path: Path
+) -> None:
+    """One by one, an action's count and its start record are one transaction, then its final."""
+    audit = AuditLogger(tmp_path / "aegis_audit.db")
+    async with runtime(policy, tmp_path, audit_logger=audit, agent="support") as rt:
+        await rt.run_one(Action("send_email", "smtp"))  # opens the file, learns the head
+        seen = _trace(audit)
+        results = [await rt.run_one(Action("send_email", "smtp")) for _ in range(3)]
+        assert [r.status.value for r in results] == ["success", "success", "blocked"]
+        words = [
+            sql.split()[0] + (" " + sql.split()[2] if sql.startswith("INSERT") else "")
+            for sql in seen
+        ]
+        per_action = [
+            "BEGIN",
+            "SELECT",
+            "INSERT aegis_usage",
+            "INSERT audit_log",
+            "COMMIT",
+            "INSERT audit_log",
+        ]
+        # the third does not fit: nothing is written but its blocked record
+        assert words == per_action * 2 + ["BEGIN", "SELECT", "ROLLBACK", "INSERT audit_log"]
+        assert audit.verify().ok
+    with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:
+        assert conn.execute("SELECT count(*) FROM aegis_usage").fetchone()[0] == 3
+
+
+async def test_a_start_that_cannot_be_written_leaves_no_count_behind(
+    policy: Policy, tmp_path: Path
+) -> None:
+    """When the trail refuses an action's start, the action does not run and counts nothing."""
+    ran: list[Action] = []
+    audit = AuditLogger(tmp_path / "aegis_audit.db")
+    rt = Runtime(executor=ran.append, policy=policy, audit_logger=audit, agent="support")
+    async with rt:
+        assert (await rt.run_one(Action("send_email", "smtp"))).ok
+        with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:
+            conn.execute(
+                "CREATE TRIGGER no_starts BEFORE INSERT ON audit_log WHEN NEW.kind = 'start'"
+                " BEGIN SELECT RAISE(ABORT, 'the disk said no'); END"
+            )
+        refused = await rt.run_one(Action("send_email", "smtp"))
+        with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:
+            conn.execute("DROP TRIGGER no_starts")
+            rows = conn.execute("SELECT count(*) FROM aegis_usage").fetchone()[0]
+        assert refused.status is ResultStatus.FAILED
+        assert "could not record its start" in (refused.error or "")
+        assert len(ran) == 1
+        assert rows == 1
+        later = [await rt.run_one(Action("send_email", "smtp")) for _ in range(3)]
+    assert [r.status.value for r in later] == ["success", "success", "blocked"]
+
+
+async def test_counters_edited_by_hand_block_a_sequential_action(
+    policy: Policy, tmp_path: Path
+) -> None:
+    """Nonsense in the counters blocks the next action with the reason, as before it ran."""
+    async with runtime(policy, tmp_path, agent="support") as rt:
+        for _ in range(2):
+            assert (await rt.run_one(Action("send_email", "smtp"))).ok
+        with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:
+            conn.execute("UPDATE aegis_usage SET total = 'lots'")
+        result = await rt.run_one(Action("send_email", "smtp"))
+    assert result.status is ResultStatus.BLOCKED
+    assert "the usage counters could not be checked" in (result.error or "")
+    assert "edited by hand" in (result.error or "")
+
+
+@pytest.mark.parametrize("where", ["beside the audit", "in memory"])
+async def test_on_exceed_approve_counts_only_what_a_human_let_run(
+    policy: Policy, tmp_path: Path, where: str
+) -> None:
+    """Past the limit, one by one: each action asks a human; only approved ones are counted."""
+    answers = iter([False, True, False])
+    store = MemoryUsageStore() if where == "in memory" else None
+    async with runtime(policy, tmp_path, approve=lambda d: next(answers), usage_store=store) as rt:
+        sms = Action("send_sms", "twilio", {"to": "+1"})
+        got = await statuses(rt, [sms] * 5)
+        plan = rt.plan([sms])
+    assert got == ["success", "success", "denied", "success", "denied"]
+    assert "3 of 2 actions" in plan[0].reason

@@ -30,7 +30,7 @@ from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import JSON_FIELDS, RECORD_FIELDS, AuditRecord, RecordDraft, export_line
 from aegis.errors import ConfigurationError, StoreError
 from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin
-from aegis.stores.sqlite.connection import SQLiteDatabase, store_error
+from aegis.stores.sqlite.connection import Guard, SQLiteDatabase, store_error
 from aegis.stores.sqlite.schema import (
     AUDIT_MIGRATIONS,
     AUDIT_VERSION,
@@ -223,6 +223,67 @@ class SQLiteAuditStore(ReadMixin):
             last = out[-1]
             self._head = (last.id, last.hash)
         return out
+
+    def append_guarded(self, draft: RecordDraft, guard: Guard) -> AuditRecord | None:
+        """Append ``draft`` in one transaction with ``guard``'s writes, if the guard lets it.
+
+        ``guard.prepare`` readies its tables first; then, under SQLite's
+        write lock, ``guard`` checks and writes what it must and says
+        whether the record goes in. The guard's writes and the record
+        commit together, or neither does: ``None`` when the guard said no.
+        """
+        if self.readonly:
+            raise StoreError(f"the audit store {self.url!r} was opened read-only")
+        if self._create:
+            db = self.db  # db.connection()'s lock and error translation, without its generator
+            with db.lock:
+                try:
+                    return self._append_guarded(db._connect(), draft, guard)
+                except sqlite3.Error as exc:
+                    raise store_error(self.url, "write to", exc) from exc
+        with self._conn("write to") as conn:
+            return self._append_guarded(conn, draft, guard)
+
+    def _append_guarded(
+        self, conn: sqlite3.Connection, draft: RecordDraft, guard: Guard
+    ) -> AuditRecord | None:
+        try:
+            self._ensure(conn)
+            guard.prepare(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if not guard(conn):
+                    conn.execute("ROLLBACK")
+                    return None
+                record = self._insert_locked(conn, draft)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            self._head = None
+            raise
+        self._head = (record.id, record.hash)
+        return record
+
+    def _insert_locked(self, conn: sqlite3.Connection, draft: RecordDraft) -> AuditRecord:
+        """Seal and insert ``draft`` after the head, inside a write transaction."""
+        head = self._head
+        if head is not None:
+            # Likely still the head; if another process appended since, the
+            # id is taken and only this statement fails.
+            record = seal(draft, head[0] + 1, head[1])
+            try:
+                conn.execute(_INSERT, tuple(record))
+            except sqlite3.IntegrityError:
+                pass
+            else:
+                return record
+        last_id, last_hash = conn.execute(_LAST).fetchone() or (0, GENESIS_HASH)
+        record = seal(draft, last_id + 1, last_hash)
+        conn.execute(_INSERT, tuple(record))
+        return record
 
     def _append_one(
         self, conn: sqlite3.Connection, draft: RecordDraft, head: tuple[int, str]

@@ -23,11 +23,11 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, Protocol
 
 from aegis.errors import StoreError
 
-__all__ = ["APPLICATION_ID", "SQLiteDatabase", "store_error"]
+__all__ = ["APPLICATION_ID", "Guard", "SQLiteDatabase", "store_error"]
 
 #: PRAGMA application_id of Aegis databases ("AEGS")
 APPLICATION_ID: Final = 0x41454753
@@ -56,6 +56,26 @@ def store_error(path: str, doing: str, exc: BaseException) -> StoreError:
         "the file may be damaged; run 'aegis audit verify' on it",
     )
     return StoreError(f"cannot {doing} audit database {path!r}: {text}; {hint}")
+
+
+class Guard(Protocol):
+    """Writes of another table module that share one write transaction with an audit append.
+
+    See :meth:`aegis.stores.sqlite.audit.SQLiteAuditStore.append_guarded`:
+    the usage counters reserve an action's charges in the transaction that
+    appends its start record, so that both are one commit.
+    """
+
+    def prepare(self, conn: sqlite3.Connection) -> None:
+        """Ready the module's tables on ``conn``, outside any transaction."""
+        ...
+
+    def __call__(self, conn: sqlite3.Connection) -> bool:
+        """Inside the write transaction: check, write, and say whether the record goes in.
+
+        ``False`` rolls back what it wrote and the record is not appended.
+        """
+        ...
 
 
 class SQLiteDatabase:
