@@ -224,6 +224,48 @@ def test_every_store_matches_a_sliding_window_model(
                 model[name].append((now, amount))
 
 
+_LONG_STEP = st.tuples(
+    st.sampled_from(["a", "b"]),
+    st.sampled_from([0.0, 0.5, 1.0, 3.0, 7.0]),  # seconds since the last step
+    st.integers(min_value=1, max_value=3),  # amount
+    st.booleans(),  # over
+    st.integers(min_value=0, max_value=4),  # 0: release this reservation; 1: an older one
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=st.lists(_LONG_STEP, min_size=50, max_size=300))
+def test_sqlite_running_totals_match_the_model_through_trims_and_releases(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, float, int, bool, int]]
+) -> None:
+    """Long runs (counters trimmed every 64th row) with releases anywhere count like the model."""
+    path = tmp_path_factory.mktemp("usage") / "aegis_audit.db"
+    window, maximum = 20.0, 25
+    model: dict[str, list[tuple[float, int, object]]] = {"a": [], "b": []}
+    now = 5000.0
+    with SQLiteUsageStore(path) as store:
+        for name, gap, amount, over, release in steps:
+            now += gap
+            used = sum(units for at, units, _ in model[name] if at > now - window)
+            found = store.acquire(
+                [Charge(name, amount, maximum, window)], now, reserve=True, over=over
+            )
+            assert found.used == (used,)
+            assert found.reserved == (used + amount <= maximum or over)
+            if found.reservation is not None:
+                model[name].append((now, amount, found.reservation))
+            if release < 2 and model[name]:
+                token = model[name].pop(-1 - release if len(model[name]) > 1 else -1)[2]
+                store.release(token)  # type: ignore[arg-type]  # the store's own token
+        for name, rows in model.items():  # and a look from another connection, as another process
+            used = sum(units for at, units, _ in rows if at > now - window)
+            with SQLiteUsageStore(path) as other:
+                peek = other.acquire(
+                    [Charge(name, 1, maximum, window)], now, reserve=False, over=False
+                )
+            assert peek.used == (used,)
+
+
 # -- engine specifics ------------------------------------------------------------------
 
 
