@@ -19,6 +19,7 @@ suite runs against all three.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,17 +124,30 @@ class UsageStore(Protocol):
         ...
 
 
+class _Counter:
+    """One counter of a :class:`MemoryUsageStore`: its live rows by end, and their sum."""
+
+    __slots__ = ("ends", "total", "window")
+
+    def __init__(self) -> None:
+        self.ends: list[tuple[float, int]] = []  # a heap of (end of the window, row id)
+        self.total = 0  # units of the rows not yet past their window
+        #: the window every live row was reserved with; -1.0 when they differ
+        self.window: float | None = None
+
+
 class MemoryUsageStore:
     """A :class:`UsageStore` in this process's memory: for tests and in-memory audits.
 
     Counts are lost when the process ends and not shared with other
-    processes; use the SQLite or PostgreSQL store for those.
+    processes; use the SQLite or PostgreSQL store for those. A check costs
+    the same however many reservations a window holds.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rows: dict[int, tuple[str, float, int, float]] = {}  # id -> bucket, at, units, end
-        self._by_bucket: dict[str, dict[int, None]] = {}
+        self._counters: dict[str, _Counter] = {}
         self._events: list[FlowEvent] = []
         self._next = 1
         self._closed = False
@@ -147,30 +161,50 @@ class MemoryUsageStore:
 
             raise StoreError("this usage store is closed; create a new one")
 
+    def _used(self, charge: Charge, now: float) -> int:
+        """The units in ``charge``'s window, forgetting the rows past their own."""
+        counter = self._counters.get(charge.bucket)
+        if counter is None:
+            return 0
+        rows, ends = self._rows, counter.ends
+        while ends and ends[0][0] <= now:
+            _, row = heapq.heappop(ends)
+            found = rows.pop(row, None)
+            if found is not None:  # not released meanwhile
+                counter.total -= found[2]
+        if not ends:
+            del self._counters[charge.bucket]
+            return 0
+        if counter.window == charge.window:
+            # every live row ends after now, i.e. began after now - window
+            return counter.total
+        since = now - charge.window  # rows reserved with another window: look at each
+        return sum(rows[r][2] for _, r in ends if r in rows and rows[r][1] > since)
+
     def acquire(
         self, charges: Sequence[Charge], now: float, *, reserve: bool, over: bool
     ) -> Acquired:
         """See :meth:`UsageStore.acquire`."""
         with self._lock:
             self._check()
-            used = []
-            for charge in charges:
-                since = now - charge.window
-                ids = self._by_bucket.get(charge.bucket, {})
-                stale = [i for i in ids if self._rows[i][3] <= now]
-                for i in stale:  # past every window it was counted in
-                    del ids[i]
-                    del self._rows[i]
-                used.append(sum(self._rows[i][2] for i in ids if self._rows[i][1] > since))
+            used = [self._used(charge, now) for charge in charges]
             exceeded = judge(charges, used)
             if not reserve or (exceeded is not None and not over):
                 return Acquired(tuple(used), exceeded, None)
-            reserved = []
+            reserved: list[object] = []
             for charge in charges:
                 row = self._next
                 self._next += 1
-                self._rows[row] = (charge.bucket, now, charge.amount, now + charge.window)
-                self._by_bucket.setdefault(charge.bucket, {})[row] = None
+                end = now + charge.window
+                self._rows[row] = (charge.bucket, now, charge.amount, end)
+                counter = self._counters.get(charge.bucket)
+                if counter is None:
+                    counter = self._counters[charge.bucket] = _Counter()
+                    counter.window = charge.window
+                elif counter.window != charge.window:
+                    counter.window = -1.0
+                heapq.heappush(counter.ends, (end, row))
+                counter.total += charge.amount
                 reserved.append(row)
             return Acquired(tuple(used), exceeded, tuple(reserved))
 
@@ -187,7 +221,7 @@ class MemoryUsageStore:
                     raise TypeError(f"{row!r} is not a reservation of this memory store")
                 found = self._rows.pop(row, None)
                 if found is not None:
-                    self._by_bucket[found[0]].pop(row, None)
+                    self._counters[found[0]].total -= found[2]  # its heap entry is skipped later
 
     def remember(self, event: FlowEvent) -> None:
         """See :meth:`UsageStore.remember`."""
@@ -214,5 +248,5 @@ class MemoryUsageStore:
         with self._lock:
             self._closed = True
             self._rows.clear()
-            self._by_bucket.clear()
+            self._counters.clear()
             self._events.clear()
