@@ -91,6 +91,23 @@ def _stamp(
     return DecisionStamp(decided_at or "", policy_digest, context)
 
 
+def _start(
+    session_id: str,
+    decision: PolicyDecision,
+    human_decision: str | ApprovalOutcome | None,
+    stamp: DecisionStamp | None,
+) -> RecordDraft:
+    """The start record of ``decision``'s action."""
+    params = decision.action.params
+    return start_draft(
+        session_id,
+        decision,
+        human_decision=_human_text(human_decision),
+        stamp=stamp,
+        params_json=storable_json(params) if params else "{}",
+    )
+
+
 class AuditLogger(RecordReader):
     """A tamper-evident audit trail: SQLite by default, or any store.
 
@@ -385,14 +402,8 @@ class AuditLogger(RecordReader):
         until the final record is written the action shows as started
         (:meth:`pending`, and in every listing and export).
         """
-        params = decision.action.params
-        params_json = storable_json(params) if params else "{}"
-        draft = start_draft(
-            session_id,
-            decision,
-            human_decision=_human_text(human_decision),
-            stamp=_stamp(context, decided_at, policy_digest),
-            params_json=params_json,
+        draft = _start(
+            session_id, decision, human_decision, _stamp(context, decided_at, policy_digest)
         )
         record = await self._submit(draft)
         self._starts[record.id] = (decision.action, context, draft)
@@ -429,13 +440,8 @@ class AuditLogger(RecordReader):
         by one: there is no batch to join).
         """
         self._check_open()
-        params = decision.action.params
-        draft = start_draft(
-            session_id,
-            decision,
-            human_decision=_human_text(human_decision),
-            stamp=_stamp(context, decided_at, policy_digest),
-            params_json=storable_json(params) if params else "{}",
+        draft = _start(
+            session_id, decision, human_decision, _stamp(context, decided_at, policy_digest)
         )
         record = self._store.append_guarded(draft, guard)  # type: ignore[attr-defined]  # guards()
         if record is None:
