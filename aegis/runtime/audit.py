@@ -25,6 +25,7 @@ PostgreSQL one (the ``postgres`` extra), and ``store=`` any
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -64,6 +65,7 @@ __all__ = ["AuditLogger", "Head", "VerifyReport"]
 _Op = tuple[RecordDraft, "asyncio.Future[AuditRecord] | None"]
 
 _MEMORY: Final = ":memory:"
+_log = logging.getLogger("aegis.audit")
 
 
 def _human_text(human_decision: str | ApprovalOutcome | None) -> str | None:
@@ -446,8 +448,13 @@ class AuditLogger(RecordReader):
         record = self._store.append_guarded(draft, guard)  # type: ignore[attr-defined]  # guards()
         if record is None:
             return None
-        self._wrote((record,))
         self._starts[record.id] = (decision.action, context, draft)
+        try:
+            self._wrote((record,))
+        except Exception:
+            # Committed with its reservation: the action goes on (metering it
+            # again would count it twice); a checkpoint is signed again later.
+            _log.exception("start record %s committed, but notifying or signing failed", record.id)
         return int(record.id)
 
     async def record(  # one argument per field of the record

@@ -380,13 +380,14 @@ class Runtime:
             assert result.ok
         """
         checked = None if context is None else check_context(context)
+        policy = self.policy
         decision = self.decide(action)
         stamp = self._stamp(checked)
         if not self._started or self._closed:
             await self._start()
         if not self._entered:
             self._lazy = True  # set up for good: close() tears it down
-        return await self._run(decision, stamp, plain=True)
+        return await self._run(decision, stamp, plain=self.policy is policy)
 
     # ------------------------------------------------------------------ the steps
 

@@ -28,6 +28,7 @@ from aegis.core.limits import Subject
 from aegis.core.risk import RiskLevel
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.limits import Metering
+from aegis.runtime.signing import generate_key_files
 from aegis.stores.postgres.usage import PostgresUsageStore
 from aegis.stores.usage import UsageStore
 
@@ -840,3 +841,34 @@ async def test_on_exceed_approve_counts_only_what_a_human_let_run(
         plan = rt.plan([sms])
     assert got == ["success", "success", "denied", "success", "denied"]
     assert "3 of 2 actions" in plan[0].reason
+
+
+async def test_a_checkpoint_failing_after_the_start_commits_counts_the_action_once(
+    policy: Policy, tmp_path: Path
+) -> None:
+    """Start and count commit before signing: a checkpoint that then fails counts nothing twice."""
+    key, _ = generate_key_files(tmp_path / "audit.key")
+    db = tmp_path / "aegis_audit.db"
+    ran: list[Action] = []
+    audit = AuditLogger(db, signing_key=key, checkpoint_every=1)
+    rt = Runtime(executor=ran.append, policy=policy, audit_logger=audit, agent="support")
+    async with rt:
+        assert (await rt.run_one(Action("send_email", "smtp"))).ok  # the next one is guarded
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "CREATE TRIGGER no_checkpoints BEFORE INSERT ON audit_checkpoints"
+                " BEGIN SELECT RAISE(ABORT, 'no room for checkpoints'); END"
+            )
+        second = await rt.run_one(Action("send_email", "smtp"))
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER no_checkpoints")
+            counted = conn.execute("SELECT count(*) FROM aegis_usage").fetchone()[0]
+            starts = conn.execute("SELECT count(*) FROM audit_log WHERE kind = 'start'").fetchone()[
+                0
+            ]
+    assert len(ran) == 2
+    assert counted == 2
+    assert starts == 2
+    # the final record's own checkpoint failed too: said, never a silent success
+    assert second.status is ResultStatus.FAILED
+    assert "could not record it" in (second.error or "")

@@ -151,6 +151,34 @@ def test_huge_counts_stay_exact(make_store: Factory) -> None:
     assert found.used[0] >= 2**62
 
 
+def test_a_shorter_window_never_forgets_what_a_longer_one_counts(make_store: Factory) -> None:
+    """A counter charged under two windows (a policy reloaded with another ``per``) stays safe.
+
+    Rows the hourly limit counts must survive the trims and sweeps the
+    per-minute charges cause: the sixth hourly action is refused.
+    """
+    store = make_store()
+    bucket = uuid.uuid4().hex
+    hourly, per_minute = Charge(bucket, 1, 5, 3600.0), Charge(bucket, 1, 1000, 60.0)
+    for _ in range(5):
+        assert store.acquire([hourly], 1000.0, reserve=True, over=False).reserved
+    for _ in range(70):  # past a counter's trim at its 64th row
+        store.acquire([per_minute], 1120.0, reserve=True, over=False)
+    store.acquire([per_minute], 1700.0, reserve=True, over=False)  # past the 10-minute sweep
+    found = store.acquire([hourly], 1761.0, reserve=True, over=False)
+    assert found.used[0] >= 5
+    assert not found.reserved
+
+
+def test_whole_second_times_give_reservations_that_release(make_store: Factory) -> None:
+    """Times given as ints work like floats, releases included."""
+    store = make_store()
+    made = store.acquire([limit("ints", maximum=2)], 100, reserve=True, over=False)  # type: ignore[arg-type]
+    assert made.reservation is not None
+    store.release(made.reservation)
+    assert store.acquire([limit("ints", maximum=2)], 101.0, reserve=False, over=False).used == (0,)
+
+
 def test_counts_are_shared_between_store_objects(make_store: Factory) -> None:
     """Two stores on one database see each other's reservations (as two processes do)."""
     one, two = make_store(), make_store()

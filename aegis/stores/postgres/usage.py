@@ -301,16 +301,24 @@ class PostgresUsageStore:
         self, conn: psycopg.Connection[Any], charge: Charge, now: float, live: int, expired: int
     ) -> int:
         usage, totals = self._tables["aegis_usage"], self._tables["aegis_usage_totals"]
-        total = live + charge.amount
+        total = live + expired  # what the stored rows add up to
+        if expired:
+            # Rows past this window, each forgotten only once past its own: a
+            # row reserved under a longer window (an older policy, another
+            # process's) still counts there until then.
+            gone = conn.execute(
+                sql.SQL(
+                    "WITH gone AS (DELETE FROM {} WHERE bucket = %s AND at <= %s"
+                    " AND expires <= %s RETURNING units) SELECT COALESCE(SUM(units), 0) FROM gone"
+                ).format(usage),
+                (charge.bucket, now - charge.window, now),
+            ).fetchone()
+            total -= int(gone[0]) if gone else 0
+        total += charge.amount
         if total > _MAX_TOTAL:
             raise StoreError(
                 f"the counter {charge.bucket} at {self.where} would pass 2**63 units; it cannot"
                 " count more until older reservations leave its window"
-            )
-        if expired:
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE bucket = %s AND at <= %s").format(usage),
-                (charge.bucket, now - charge.window),
             )
         row = conn.execute(
             sql.SQL(

@@ -416,14 +416,11 @@ def _reserve(conn: sqlite3.Connection, charge: Charge, now: float, head: _Head, 
     last_at, seq, total, used = head
     # A clock behind the newest row (another machine's) counts the charge at
     # that row's time: it then stays in the window a little longer, never less.
-    at = max(now, last_at)
+    at = float(max(now, last_at))
     if total + charge.amount > _MAX_TOTAL:
-        # The running total nears SQLite's integers: forget the rows past the
-        # window and restart the totals from the window's own sum.
-        conn.execute(
-            "DELETE FROM aegis_usage WHERE bucket = ? AND at <= ?",
-            (charge.bucket, now - charge.window),
-        )
+        # The running total nears SQLite's integers: shift every total of the
+        # counter down so that the window's first row starts from 0 (the
+        # differences, which are the counts, stay the same).
         conn.execute(
             "UPDATE aegis_usage SET total = total - ? WHERE bucket = ?",
             (total - used, charge.bucket),
@@ -439,10 +436,12 @@ def _reserve(conn: sqlite3.Connection, charge: Charge, now: float, head: _Head, 
         _INSERT, (charge.bucket, at, seq, charge.amount, total + charge.amount, at + charge.window)
     )
     if seq % _TRIM_EVERY == 0:
-        # Now and then a counter forgets its own rows past the window.
+        # Now and then a counter forgets its rows past the window, each only
+        # once past its own: a row reserved under a longer window (an older
+        # policy, another process's) counts there until then.
         conn.execute(
-            "DELETE FROM aegis_usage WHERE bucket = ? AND at <= ? AND seq < ?",
-            (charge.bucket, now - charge.window, seq),
+            "DELETE FROM aegis_usage WHERE bucket = ? AND at <= ? AND expires <= ? AND seq < ?",
+            (charge.bucket, now - charge.window, now, seq),
         )
     return (charge.bucket, at, seq)
 
