@@ -872,3 +872,64 @@ async def test_a_checkpoint_failing_after_the_start_commits_counts_the_action_on
     # the final record's own checkpoint failed too: said, never a silent success
     assert second.status is ResultStatus.FAILED
     assert "could not record it" in (second.error or "")
+
+
+class _NoDigest:
+    """A duck-typed policy without a digest, wrapping a real one."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self.limits = policy.limits
+
+    def evaluate(self, action: Action, **kwargs: Any) -> PolicyDecision:
+        return self._policy.evaluate(action, **kwargs)
+
+
+async def test_a_policy_swapped_during_setup_decides_the_first_action(tmp_path: Path) -> None:
+    """run_one's decision is not reused by the metering step once another policy took over."""
+    allow = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "mail",
+                    "match": {"type": "send_email"},
+                    "approval": "auto",
+                    "limit": {"max": 5, "per": "1h"},
+                }
+            ]
+        }
+    )
+    forbid = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "mail",
+                    "match": {"type": "send_email"},
+                    "approval": "block",
+                    "limit": {"max": 5, "per": "1h"},
+                }
+            ]
+        }
+    )
+    ran: list[Action] = []
+
+    class Swapping:
+        runtime: Runtime
+
+        async def setup(self) -> None:
+            self.runtime.update_policy(_NoDigest(forbid))  # type: ignore[arg-type]
+
+        async def execute(self, action: Action) -> None:
+            ran.append(action)
+
+    executor = Swapping()
+    rt = Runtime(
+        executor=executor,
+        policy=_NoDigest(allow),  # type: ignore[arg-type]
+        audit_logger=AuditLogger(tmp_path / "aegis_audit.db"),
+    )
+    executor.runtime = rt
+    result = await rt.run_one(Action("send_email", "smtp"))
+    await rt.close()
+    assert result.status is ResultStatus.BLOCKED
+    assert ran == []
