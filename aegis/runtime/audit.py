@@ -142,6 +142,8 @@ class AuditLogger(RecordReader):
             to ``$AEGIS_AUDIT_KEY`` when set. The head is then signed every
             ``checkpoint_every`` records or ``checkpoint_interval`` seconds,
             whichever comes first, and at :meth:`close` (the ``signing`` extra).
+            A checkpoint that cannot be written is logged (``aegis.audit``)
+            and tried again with the next record; the records stand.
         checkpoint_every: records between two signed checkpoints.
         checkpoint_interval: seconds between two signed checkpoints.
         options: more options for the store's engine (e.g. ``schema=`` for
@@ -261,7 +263,22 @@ class AuditLogger(RecordReader):
         return records
 
     def _wrote(self, records: Sequence[AuditRecord]) -> None:
-        """Tell the subscribers, and sign the head when a checkpoint is due."""
+        """Tell the subscribers, and sign the head when a checkpoint is due.
+
+        The records are committed already: a checkpoint that cannot be
+        written is logged (and tried again with the next record), never
+        reported as the records' failure.
+        """
+        try:
+            self._after_write(records)
+        except Exception:
+            _log.exception(
+                "records %s-%s are committed, but notifying or signing failed",
+                records[0].id,
+                records[-1].id,
+            )
+
+    def _after_write(self, records: Sequence[AuditRecord]) -> None:
         if self._subscribers:
             for record in records:
                 self._subscribers.notify(to_dict(record))
@@ -449,12 +466,7 @@ class AuditLogger(RecordReader):
         if record is None:
             return None
         self._starts[record.id] = (decision.action, context, draft)
-        try:
-            self._wrote((record,))
-        except Exception:
-            # Committed with its reservation: the action goes on (metering it
-            # again would count it twice); a checkpoint is signed again later.
-            _log.exception("start record %s committed, but notifying or signing failed", record.id)
+        self._wrote((record,))  # never raises: metering again would count the action twice
         return int(record.id)
 
     async def record(  # one argument per field of the record

@@ -174,3 +174,30 @@ def test_audit_head_prints_the_head_to_keep(tmp_path: Path) -> None:
         assert printed == str(audit.head())
     kept = CliRunner().invoke(cli, ["audit", "verify", "--db", str(db), "--expect-head", printed])
     assert kept.exit_code == 0
+
+
+async def test_a_checkpoint_that_cannot_be_written_never_fails_committed_records(
+    tmp_path: Path, keys: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The records are committed first: a failing checkpoint is logged and signed again later."""
+    db = tmp_path / "audit.db"
+    audit = AuditLogger(db, signing_key=keys[0], checkpoint_every=1)
+    runtime = Runtime(executor=RecordingExecutor(), policy=TablePolicy(), audit_logger=audit)
+    async with runtime:
+        assert (await runtime.run_one(Action("read", "crm", {"n": 1}))).ok
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute(
+                "CREATE TRIGGER no_room BEFORE INSERT ON audit_checkpoints"
+                " BEGIN SELECT RAISE(ABORT, 'no room for checkpoints'); END"
+            )
+        result = await runtime.run_one(Action("read", "crm", {"n": 2}))
+        assert result.ok
+        assert "no room for checkpoints" in caplog.text
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("DROP TRIGGER no_room")
+        assert (await runtime.run_one(Action("read", "crm", {"n": 3}))).ok
+    with AuditLogger(db, readonly=True) as reader:
+        assert reader.count() == 3  # actions
+        assert reader.head().count == 6  # records: a start and a final each
+        assert reader.verify(public_key=keys[1]).ok
+        assert reader.checkpoints()[-1].count == 6

@@ -869,9 +869,8 @@ async def test_a_checkpoint_failing_after_the_start_commits_counts_the_action_on
     assert len(ran) == 2
     assert counted == 2
     assert starts == 2
-    # the final record's own checkpoint failed too: said, never a silent success
-    assert second.status is ResultStatus.FAILED
-    assert "could not record it" in (second.error or "")
+    # both its records are committed: the checkpoint is logged and tried again later
+    assert second.status is ResultStatus.SUCCESS
 
 
 class _NoDigest:

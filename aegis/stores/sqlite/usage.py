@@ -106,13 +106,13 @@ USAGE_MIGRATIONS: Final = {
     ),
 }
 
-# A counter's newest row, and the first row inside the window (None when
-# the window is empty): units in the window = newest total - (first total -
-# first units). Both are seeks in the primary key.
+# A counter's newest row, and the total before the first row inside the
+# window (None when the window is empty; text when that row holds nonsense):
+# units in the window = newest total - that. Both are seeks in the primary key.
 _COUNT: Final = (
-    "SELECT at, seq, total,"
-    " (SELECT total FROM aegis_usage WHERE bucket = ?1 AND at > ?2 ORDER BY at, seq LIMIT 1),"
-    " (SELECT units FROM aegis_usage WHERE bucket = ?1 AND at > ?2 ORDER BY at, seq LIMIT 1)"
+    "SELECT at, seq, total, (SELECT CASE WHEN typeof(total) = 'integer'"
+    " AND typeof(units) = 'integer' AND units >= 0 THEN total - units ELSE 'edited' END"
+    " FROM aegis_usage WHERE bucket = ?1 AND at > ?2 ORDER BY at, seq LIMIT 1)"
     " FROM aegis_usage WHERE bucket = ?1 ORDER BY at DESC, seq DESC LIMIT 1"
 )
 _INSERT: Final = (
@@ -398,14 +398,14 @@ def _head(conn: sqlite3.Connection, charge: Charge, now: float, path: str) -> _H
     row = conn.execute(_COUNT, (charge.bucket, now - charge.window)).fetchone()
     if row is None:
         return _EMPTY
-    at, seq, total, first_total, first_units = row
+    at, seq, total, before = row
     if type(at) not in (float, int) or type(seq) is not int or type(total) is not int:
         raise _edited(path, "something other than times and whole units")
-    if first_total is None:
+    if before is None:
         return (float(at), seq, total, 0)  # nothing in the window
-    if type(first_total) is not int or type(first_units) is not int or first_units < 0:
+    if type(before) is not int:
         raise _edited(path, "something other than whole units")
-    used = total - first_total + first_units
+    used = total - before
     if used < 0:
         raise _edited(path, "running totals that do not add up")
     return (float(at), seq, total, used)
