@@ -156,11 +156,14 @@ def blocks_every_call(policy: object, tool: str, target: str) -> bool:
     rules = getattr(policy, "rules", None)
     if rules is None:
         return False
+    fold = fold_case if getattr(policy, "match_case", None) == "insensitive" else None
+    if fold is not None:  # as the policy compares names
+        tool, target = fold(tool), fold(target)
     for rule in rules:
-        if not (
-            fnmatch.fnmatchcase(tool, rule.match_type)
-            and fnmatch.fnmatchcase(target, rule.match_target)
-        ):
+        kind, where = rule.match_type, rule.match_target
+        if fold is not None:
+            kind, where = fold(kind), fold(where)
+        if not (fnmatch.fnmatchcase(tool, kind) and fnmatch.fnmatchcase(target, where)):
             continue
         if not rule.conditions:
             return bool(rule.approval is Approval.BLOCK)

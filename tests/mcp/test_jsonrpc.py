@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from aegis.core.action import Action
+from aegis.core.decision import Approval
 from aegis.core.policy import Policy
 from aegis.mcp._jsonrpc import parse_frame
 from aegis.mcp.proxy import blocks_every_call, policy_names_method
@@ -91,6 +93,22 @@ POLICY = Policy.from_dict(
 def test_blocks_every_call(tool: str, target: str, hidden: bool) -> None:
     """Only a tool whose first unconditional matching rule blocks counts as always blocked."""
     assert blocks_every_call(POLICY, tool, target) is hidden
+
+
+def test_blocks_every_call_compares_names_as_the_policy_does() -> None:
+    """Under match_case: insensitive a tool is judged by the rule the policy would use."""
+    policy = Policy.from_dict(
+        {
+            "match_case": "insensitive",
+            "rules": [
+                {"name": "reads", "match": {"type": "Read*"}, "approval": "auto"},
+                {"name": "rest", "match": {"type": "*"}, "approval": "block"},
+            ],
+        }
+    )
+    assert policy.evaluate(Action("read_file", "files")).approval is Approval.AUTO
+    assert blocks_every_call(policy, "read_file", "files") is False
+    assert blocks_every_call(policy, "DELETE", "files") is True
 
 
 def test_default_block_blocks_every_unmatched_tool() -> None:
