@@ -65,7 +65,13 @@ def judge(charges: Sequence[Charge], used: Sequence[int]) -> int | None:
     """The index of the first charge that would pass its maximum, or ``None``.
 
     Every engine decides with this one function, so that they agree.
+
+    Raises:
+        ValueError: two charges name the same counter (one action counts once
+            on a counter; a rule's limit and budget are two counters).
     """
+    if len(charges) > 1 and len({charge.bucket for charge in charges}) != len(charges):
+        raise ValueError(f"one request charges a counter twice: {[c.bucket for c in charges]}")
     for index, (charge, already) in enumerate(zip(charges, used, strict=True)):
         if already + charge.amount > charge.maximum:
             return index

@@ -804,7 +804,7 @@ async def test_a_start_that_cannot_be_written_leaves_no_count_behind(
         refused = await rt.run_one(Action("send_email", "smtp"))
         with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:
             conn.execute("DROP TRIGGER no_starts")
-            rows = conn.execute("SELECT count(*) FROM aegis_usage").fetchone()[0]
+            rows = conn.execute("SELECT SUM(units) FROM aegis_usage").fetchone()[0]
         assert refused.status is ResultStatus.FAILED
         assert "could not record its start" in (refused.error or "")
         assert len(ran) == 1

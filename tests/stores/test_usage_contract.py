@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import aegis.stores.sqlite.usage as sqlite_usage
 from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import StoreError
 from aegis.runtime.audit import AuditLogger
@@ -517,3 +518,53 @@ def test_a_forked_child_counts_on_its_own_connection(
     assert os.waitstatus_to_exitcode(status) == 0
     seen = store.acquire([limit(maximum=10)], 3.0, reserve=False, over=False).used
     assert seen == ((2,) if shared else (1,))  # the memory store is one process's
+
+
+def test_sqlite_a_release_after_a_sweep_of_mixed_windows_still_gives_back(
+    tmp_path: Path,
+) -> None:
+    """A reservation behind a longer window's row is kept by sweeps, so releasing it works."""
+    with SQLiteUsageStore(tmp_path / "aegis_audit.db") as store:
+        hourly, per_minute = Charge("m", 1, 100, 3600.0), Charge("m", 1, 100, 60.0)
+        store.acquire([hourly], 1000.0, reserve=True, over=False)
+        waiting = store.acquire([per_minute], 1100.0, reserve=True, over=False).reservation
+        store.acquire([per_minute], 1700.0, reserve=True, over=False)  # the 10-minute sweep
+        store.release(waiting or ())
+        assert store.acquire([hourly], 1701.0, reserve=False, over=False).used == (2,)
+
+
+def test_sqlite_a_released_token_is_never_given_again(tmp_path: Path) -> None:
+    """Released, then reserved again at the same time: a late second release frees nothing."""
+    with SQLiteUsageStore(tmp_path / "aegis_audit.db") as store:
+        store.acquire([limit(maximum=10)], 100.0, reserve=True, over=False)
+        first = store.acquire([limit(maximum=10)], 100.0, reserve=True, over=False).reservation
+        store.release(first or ())
+        second = store.acquire([limit(maximum=10)], 100.0, reserve=True, over=False).reservation
+        assert second != first
+        store.release(first or ())
+        assert store.acquire([limit(maximum=10)], 100.0, reserve=False, over=False).used == (2,)
+
+
+def test_sqlite_totals_near_the_integer_limit_shift_without_overflowing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counters that keep reaching the top are shifted down again and again and still count."""
+    monkeypatch.setattr(sqlite_usage, "_MAX_TOTAL", 40)
+    with SQLiteUsageStore(tmp_path / "aegis_audit.db") as store:
+        for step in range(12):
+            now = 1000.0 + 100 * step  # the step before left the 60 s window
+            first = store.acquire([Charge("n", 9, 40, 60.0)], now, reserve=True, over=False)
+            second = store.acquire([Charge("n", 9, 40, 60.0)], now, reserve=True, over=False)
+            assert (first.used, second.used) == ((0,), (9,))
+        with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:
+            low = conn.execute("SELECT min(total), typeof(min(total)) FROM aegis_usage").fetchone()
+        assert low[0] >= 0
+        assert low[1] == "integer"
+
+
+def test_a_request_may_not_charge_one_counter_twice(make_store: Factory) -> None:
+    """Two charges on one counter in one request are refused, writing nothing."""
+    store = make_store()
+    with pytest.raises(ValueError, match="charges a counter twice"):
+        store.acquire([limit("twice"), limit("twice")], 1.0, reserve=True, over=False)
+    assert store.acquire([limit("twice")], 1.0, reserve=False, over=False).used == (0,)

@@ -237,12 +237,14 @@ class SQLiteUsageStore:
 
         A counter that is charged forgets its own old rows (see ``_reserve``);
         this catches the ones nobody charges any more (per-session keys).
-        A counter's oldest rows go first, so the totals of the rest still
-        add up.
         """
         if abs(now - self._swept) >= _SWEEP_EVERY:
             self._swept = now
-            conn.execute("DELETE FROM aegis_usage WHERE expires <= ?", (now,))
+            stale = conn.execute(
+                "SELECT DISTINCT bucket FROM aegis_usage WHERE expires <= ?", (now,)
+            ).fetchall()
+            for (bucket,) in stale:
+                _forget(conn, bucket, now)
 
     def release(self, reservation: Sequence[object]) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.release`."""
@@ -256,16 +258,18 @@ class SQLiteUsageStore:
                         "SELECT units FROM aegis_usage WHERE bucket = ? AND at = ? AND seq = ?",
                         (bucket, at, seq),
                     ).fetchone()
-                    if row is None:
-                        continue  # forgotten already: it no longer counted
+                    if row is None or not row[0]:
+                        continue  # forgotten, or released already: it no longer counts
+                    # The row stays, counting nothing (its sequence number is
+                    # never given again), and the running totals from it on
+                    # no longer include it.
                     conn.execute(
-                        "DELETE FROM aegis_usage WHERE bucket = ? AND at = ? AND seq = ?",
+                        "UPDATE aegis_usage SET units = 0 WHERE bucket = ? AND at = ? AND seq = ?",
                         (bucket, at, seq),
                     )
-                    # the later rows' running totals no longer include it
                     conn.execute(
                         "UPDATE aegis_usage SET total = total - ?"
-                        " WHERE bucket = ? AND (at > ? OR (at = ? AND seq > ?))",
+                        " WHERE bucket = ? AND (at > ? OR (at = ? AND seq >= ?))",
                         (row[0], bucket, at, at, seq),
                     )
                 conn.execute("COMMIT")
@@ -413,19 +417,25 @@ def _head(conn: sqlite3.Connection, charge: Charge, now: float, path: str) -> _H
 
 def _reserve(conn: sqlite3.Connection, charge: Charge, now: float, head: _Head, path: str) -> Token:
     """Add ``charge``'s row after its counter's newest; return the row's key."""
-    last_at, seq, total, used = head
+    last_at, seq, total, _ = head
     # A clock behind the newest row (another machine's) counts the charge at
     # that row's time: it then stays in the window a little longer, never less.
     at = float(max(now, last_at))
     if total + charge.amount > _MAX_TOTAL:
-        # The running total nears SQLite's integers: shift every total of the
-        # counter down so that the window's first row starts from 0 (the
-        # differences, which are the counts, stay the same).
+        # The running total nears SQLite's integers: forget the rows past
+        # their window, then shift every total of the counter down so that
+        # its first row starts from 0 (the differences, which are the
+        # counts, stay the same, and no total goes below 0).
+        _forget(conn, charge.bucket, now)
+        first = conn.execute(
+            "SELECT total - units FROM aegis_usage WHERE bucket = ? ORDER BY at, seq LIMIT 1",
+            (charge.bucket,),
+        ).fetchone()
+        shift = int(first[0]) if first else total
         conn.execute(
-            "UPDATE aegis_usage SET total = total - ? WHERE bucket = ?",
-            (total - used, charge.bucket),
+            "UPDATE aegis_usage SET total = total - ? WHERE bucket = ?", (shift, charge.bucket)
         )
-        total = used
+        total -= shift
         if total + charge.amount > _MAX_TOTAL:
             raise StoreError(
                 f"the counter {charge.bucket} in {path!r} would pass 2**63 units; it cannot"
@@ -436,14 +446,28 @@ def _reserve(conn: sqlite3.Connection, charge: Charge, now: float, head: _Head, 
         _INSERT, (charge.bucket, at, seq, charge.amount, total + charge.amount, at + charge.window)
     )
     if seq % _TRIM_EVERY == 0:
-        # Now and then a counter forgets its rows past the window, each only
-        # once past its own: a row reserved under a longer window (an older
-        # policy, another process's) counts there until then.
-        conn.execute(
-            "DELETE FROM aegis_usage WHERE bucket = ? AND at <= ? AND expires <= ? AND seq < ?",
-            (charge.bucket, now - charge.window, now, seq),
-        )
+        _forget(conn, charge.bucket, now)  # now and then a counter forgets its old rows
     return (charge.bucket, at, seq)
+
+
+def _forget(conn: sqlite3.Connection, bucket: str, now: float) -> None:
+    """Delete a counter's oldest rows, up to the first one still inside its own window.
+
+    Only a counter's first rows go, so the running totals of the rest still
+    add up; a row reserved under a longer window (an older policy, another
+    process's) keeps the rows after it until it is past its own.
+    """
+    live = conn.execute(
+        "SELECT at, seq FROM aegis_usage WHERE bucket = ? AND expires > ? ORDER BY at, seq LIMIT 1",
+        (bucket, now),
+    ).fetchone()
+    if live is None:
+        conn.execute("DELETE FROM aegis_usage WHERE bucket = ?", (bucket,))
+    else:
+        conn.execute(
+            "DELETE FROM aegis_usage WHERE bucket = ? AND (at < ? OR (at = ? AND seq < ?))",
+            (bucket, live[0], live[0], live[1]),
+        )
 
 
 def _token(item: object, path: str) -> Token:
