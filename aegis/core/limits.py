@@ -313,15 +313,17 @@ class Meter:
             Unevaluable: a key param is missing, or the summed param is missing,
                 not a number, negative or too large; the action must not run.
         """
-        values = self.key_values(action, subject)
+        values = tuple([part(action, subject) for part in self._parts])
         # Names of counters keyed by plain strings and ints are kept: the JSON
         # costs more than the rest of a check. (Not other types: True == 1
-        # as a dict key, and a policy tells booleans from numbers.)
+        # as a dict key, and a policy tells booleans from numbers.) One pass
+        # over the values for both questions: a missing key is neither.
         cacheable = True
         for value in values:
             if type(value) is not str and type(value) is not int:
+                if value is _MISSING:
+                    self.key_values(action, subject)  # raises, naming the key
                 cacheable = False
-                break
         unit = self._buckets.get(values) if cacheable else None
         if unit is None:
             bucket = json.dumps(
