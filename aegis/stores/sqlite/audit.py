@@ -265,7 +265,7 @@ class SQLiteAuditStore(ReadMixin):
                 cur.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    cur.execute("ROLLBACK")  # on the cursor: resets what it still ran, too
                 raise
         except BaseException:
             self._head = None

@@ -213,7 +213,7 @@ class SQLiteUsageStore:
                 cur.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    cur.execute("ROLLBACK")
                 raise
             return out
 
