@@ -47,7 +47,15 @@ from typing import TYPE_CHECKING, Any
 from aegis.core.action import Action
 from aegis.core.conditions import Unevaluable
 from aegis.core.decision import Approval, PolicyDecision
-from aegis.core.limits import FlowEvent, FlowSpec, KnownFacts, PolicyLimits, RuleLimits, Subject
+from aegis.core.limits import (
+    Charge,
+    FlowEvent,
+    FlowSpec,
+    KnownFacts,
+    PolicyLimits,
+    RuleLimits,
+    Subject,
+)
 from aegis.core.record import DecisionStamp
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
@@ -305,9 +313,9 @@ class Metering:
         or the rule and request to give :meth:`reserve`.
         """
         at = time.time()
-        decision, pending = self._prepare(policy, action, subject, at, decided)
+        limits: PolicyLimits = policy.limits
+        decision, pending = self._prepare(policy, action, subject, at, decided, limits=limits)
         if defer and decision.approval is Approval.AUTO:
-            limits: PolicyLimits = policy.limits
             event = None
             if limits.flow_specs and limits.remembers(action):
                 event = FlowEvent(subject.session_id, action.type, action.target, action.params, at)
@@ -345,10 +353,16 @@ class Metering:
         subject: Subject,
         at: float,
         decided: PolicyDecision | None = None,
+        *,
+        limits: PolicyLimits | None = None,
     ) -> tuple[PolicyDecision, tuple[RuleLimits, Request] | None]:
-        """The decision with the session's history, and what to reserve for it, if anything."""
-        limits: PolicyLimits = policy.limits
-        specs = limits.flow_specs_for(action)
+        """The decision with the session's history, and what to reserve for it, if anything.
+
+        ``limits`` is ``policy.limits``, when the caller has it at hand.
+        """
+        if limits is None:
+            limits = policy.limits
+        specs = limits.flow_specs_for(action) if limits.flow_specs else ()
         if specs:
             facts = self._facts(limits, specs, subject.session_id, at)
             moment = datetime.fromtimestamp(at, UTC)
@@ -364,7 +378,11 @@ class Metering:
             return decision, None
         try:
             metered = limits.folded(action)
-            charges = tuple([meter.charge(metered, subject) for meter in rule.meters])
+            meters = rule.meters
+            if len(meters) == 1:  # the usual rule: no list to build
+                charges: tuple[Charge, ...] = (meters[0].charge(metered, subject),)
+            else:
+                charges = tuple([meter.charge(metered, subject) for meter in meters])
         except Unevaluable as exc:
             risk = max(decision.risk_level, _UNEVALUABLE_MIN_RISK)
             reason = f"blocked: {exc.reason}"

@@ -98,6 +98,9 @@ class SQLiteAuditStore(ReadMixin):
         # (id, hash) of the record this store appended last, while it may
         # still be the newest; None makes the next append read the head
         self._head: tuple[int, str] | None = None
+        # the cursor of guarded appends on the current connection: conn.execute
+        # makes a cursor per statement, which costs as much as a short statement
+        self._cursor: sqlite3.Cursor | None = None
 
     def __repr__(self) -> str:
         return f"<SQLiteAuditStore {self.url!r}>"
@@ -250,16 +253,19 @@ class SQLiteAuditStore(ReadMixin):
         try:
             self._ensure(conn)
             guard.prepare(conn)
-            conn.execute("BEGIN IMMEDIATE")
+            cur = self._cursor
+            if cur is None or cur.connection is not conn:  # first use, or a new connection
+                cur = self._cursor = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
             try:
-                if not guard(conn):
-                    conn.execute("ROLLBACK")
+                if not guard(cur):
+                    cur.execute("ROLLBACK")
                     return None
-                record = self._insert_locked(conn, draft)
-                conn.execute("COMMIT")
+                record = self._insert_locked(cur, draft)
+                cur.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    cur.execute("ROLLBACK")  # on the cursor: resets what it still ran, too
                 raise
         except BaseException:
             self._head = None
@@ -267,7 +273,7 @@ class SQLiteAuditStore(ReadMixin):
         self._head = (record.id, record.hash)
         return record
 
-    def _insert_locked(self, conn: sqlite3.Connection, draft: RecordDraft) -> AuditRecord:
+    def _insert_locked(self, cur: sqlite3.Cursor, draft: RecordDraft) -> AuditRecord:
         """Seal and insert ``draft`` after the head, inside a write transaction."""
         head = self._head
         if head is not None:
@@ -275,14 +281,14 @@ class SQLiteAuditStore(ReadMixin):
             # id is taken and only this statement fails.
             record = seal(draft, head[0] + 1, head[1])
             try:
-                conn.execute(_INSERT, tuple(record))
+                cur.execute(_INSERT, tuple(record))
             except sqlite3.IntegrityError:
                 pass
             else:
                 return record
-        last_id, last_hash = conn.execute(_LAST).fetchone() or (0, GENESIS_HASH)
+        last_id, last_hash = cur.execute(_LAST).fetchone() or (0, GENESIS_HASH)
         record = seal(draft, last_id + 1, last_hash)
-        conn.execute(_INSERT, tuple(record))
+        cur.execute(_INSERT, tuple(record))
         return record
 
     def _append_one(
@@ -480,4 +486,5 @@ class SQLiteAuditStore(ReadMixin):
 
     def close(self) -> None:
         """Close the file; calling it again does nothing."""
+        self._cursor = None
         self.db.close()

@@ -70,8 +70,8 @@ class Guard(Protocol):
         """Ready the module's tables on ``conn``, outside any transaction."""
         ...
 
-    def __call__(self, conn: sqlite3.Connection) -> bool:
-        """Inside the write transaction: check, write, and say whether the record goes in.
+    def __call__(self, cur: sqlite3.Cursor) -> bool:
+        """Inside the write transaction: check and write on ``cur``; whether the record goes in.
 
         ``False`` rolls back what it wrote and the record is not appended.
         """

@@ -193,7 +193,8 @@ class SQLiteUsageStore:
             return self.acquire_many([Request(tuple(charges), now, over)])[0]
 
         def peek(conn: sqlite3.Connection) -> Acquired:
-            used = [_head(conn, c, now, self.db.path)[3] for c in charges]
+            cur = conn.cursor()
+            used = [_head(cur, c, now, self.db.path)[3] for c in charges]
             return Acquired(tuple(used), judge(charges, used), None)
 
         result: Acquired = self._run("count usage in", peek)
@@ -203,36 +204,37 @@ class SQLiteUsageStore:
         """See :meth:`aegis.stores.usage.UsageStore.acquire_many`: one ``BEGIN IMMEDIATE``."""
 
         def work(conn: sqlite3.Connection) -> list[Acquired]:
-            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.cursor()  # one for the transaction's statements
+            cur.execute("BEGIN IMMEDIATE")
             try:
-                out = [self._acquire_one(conn, request) for request in requests]
+                out = [self._acquire_one(cur, request) for request in requests]
                 if requests:
-                    self._sweep(conn, max(r.now for r in requests))
-                conn.execute("COMMIT")
+                    self._sweep(cur, max(r.now for r in requests))
+                cur.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    cur.execute("ROLLBACK")
                 raise
             return out
 
         result: list[Acquired] = self._run("count usage in", work)
         return result
 
-    def _acquire_one(self, conn: sqlite3.Connection, request: Request) -> Acquired:
+    def _acquire_one(self, cur: sqlite3.Cursor, request: Request) -> Acquired:
         """Count and reserve one request's charges, inside a write transaction."""
         charges, now, path = request.charges, request.now, self.db.path
-        heads = [_head(conn, charge, now, path) for charge in charges]
+        heads = [_head(cur, charge, now, path) for charge in charges]
         used = tuple(head[3] for head in heads)
         exceeded = judge(charges, used)
         if exceeded is not None and not request.over:
             return Acquired(used, exceeded, None)
         tokens = tuple(
-            _reserve(conn, charge, now, head, path)
+            _reserve(cur, charge, now, head, path)
             for charge, head in zip(charges, heads, strict=True)
         )
         return Acquired(used, exceeded, tokens)
 
-    def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
+    def _sweep(self, cur: sqlite3.Cursor, now: float) -> None:
         """Now and then, forget rows past their window in every counter (inside a transaction).
 
         A counter that is charged forgets its own old rows (see ``_reserve``);
@@ -240,11 +242,11 @@ class SQLiteUsageStore:
         """
         if abs(now - self._swept) >= _SWEEP_EVERY:
             self._swept = now
-            stale = conn.execute(
+            stale = cur.execute(
                 "SELECT DISTINCT bucket FROM aegis_usage WHERE expires <= ?", (now,)
             ).fetchall()
             for (bucket,) in stale:
-                _forget(conn, bucket, now)
+                _forget(cur, bucket, now)
 
     def release(self, reservation: Sequence[object]) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.release`."""
@@ -283,7 +285,7 @@ class SQLiteUsageStore:
     def remember(self, event: FlowEvent) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.remember`."""
         # One statement: autocommit makes it its own transaction.
-        self._run("note a flow event in", lambda conn: _remember(conn, event))
+        self._run("note a flow event in", lambda conn: _remember(conn.cursor(), event))
 
     def guard(self, request: Request | None, event: FlowEvent | None) -> StartGuard:
         """A :class:`~aegis.stores.sqlite.connection.Guard` for an action about to run.
@@ -353,9 +355,11 @@ class StartGuard:
 
     def prepare(self, conn: sqlite3.Connection) -> None:
         """The usage tables, created or migrated on ``conn`` (outside the transaction)."""
-        self.store._ready_on(conn)
+        store = self.store
+        if store._ready is not conn:  # else ready already: no call on every action
+            store._ready_on(conn)
 
-    def __call__(self, conn: sqlite3.Connection) -> bool:
+    def __call__(self, cur: sqlite3.Cursor) -> bool:
         """Reserve the charges if they all fit, and keep the event; ``False`` if one does not."""
         store = self.store
         if store._closed:
@@ -366,24 +370,25 @@ class StartGuard:
             # What _acquire_one does (never over the limit), for a lone charge first.
             if len(request.charges) == 1:
                 charge = request.charges[0]
-                head = _head(conn, charge, now, path)
+                head = _head(cur, charge, now, path)
                 if head[3] + charge.amount > charge.maximum:
                     self.acquired = Acquired((head[3],), 0, None)
                     return False
-                _reserve(conn, charge, now, head, path)
+                _reserve(cur, charge, now, head, path)
             else:
-                acquired = store._acquire_one(conn, Request(request.charges, now, over=False))
+                acquired = store._acquire_one(cur, Request(request.charges, now, over=False))
                 if acquired.exceeded is not None:
                     self.acquired = acquired
                     return False
-            store._sweep(conn, now)
+            if abs(now - store._swept) >= _SWEEP_EVERY:  # _sweep's own test, without its call
+                store._sweep(cur, now)
         if self.event is not None:
-            _remember(conn, self.event)
+            _remember(cur, self.event)
         return True
 
 
-def _remember(conn: sqlite3.Connection, event: FlowEvent) -> None:
-    conn.execute(
+def _remember(cur: sqlite3.Cursor, event: FlowEvent) -> None:
+    cur.execute(
         "INSERT INTO aegis_flow_events (session_id, action_type, action_target, params, at)"
         " VALUES (?, ?, ?, ?, ?)",
         (event.session_id, event.type, event.target, _params_json(event.params), event.at),
@@ -397,9 +402,9 @@ def _edited(path: str, what: str) -> StoreError:
     )
 
 
-def _head(conn: sqlite3.Connection, charge: Charge, now: float, path: str) -> _Head:
+def _head(cur: sqlite3.Cursor, charge: Charge, now: float, path: str) -> _Head:
     """Where ``charge``'s counter stands: its newest row and the units in the window."""
-    row = conn.execute(_COUNT, (charge.bucket, now - charge.window)).fetchone()
+    row = cur.execute(_COUNT, (charge.bucket, now - charge.window)).fetchone()
     if row is None:
         return _EMPTY
     at, seq, total, before = row
@@ -415,24 +420,24 @@ def _head(conn: sqlite3.Connection, charge: Charge, now: float, path: str) -> _H
     return (float(at), seq, total, used)
 
 
-def _reserve(conn: sqlite3.Connection, charge: Charge, now: float, head: _Head, path: str) -> Token:
+def _reserve(cur: sqlite3.Cursor, charge: Charge, now: float, head: _Head, path: str) -> Token:
     """Add ``charge``'s row after its counter's newest; return the row's key."""
     last_at, seq, total, _ = head
     # A clock behind the newest row (another machine's) counts the charge at
     # that row's time: it then stays in the window a little longer, never less.
-    at = float(max(now, last_at))
+    at = float(last_at if last_at > now else now)  # max(), without its call
     if total + charge.amount > _MAX_TOTAL:
         # The running total nears SQLite's integers: forget the rows past
         # their window, then shift every total of the counter down so that
         # its first row starts from 0 (the differences, which are the
         # counts, stay the same, and no total goes below 0).
-        _forget(conn, charge.bucket, now)
-        first = conn.execute(
+        _forget(cur, charge.bucket, now)
+        first = cur.execute(
             "SELECT total - units FROM aegis_usage WHERE bucket = ? ORDER BY at, seq LIMIT 1",
             (charge.bucket,),
         ).fetchone()
         shift = int(first[0]) if first else total
-        conn.execute(
+        cur.execute(
             "UPDATE aegis_usage SET total = total - ? WHERE bucket = ?", (shift, charge.bucket)
         )
         total -= shift
@@ -442,29 +447,29 @@ def _reserve(conn: sqlite3.Connection, charge: Charge, now: float, head: _Head, 
                 " count more until older reservations leave its window"
             )
     seq += 1
-    conn.execute(
+    cur.execute(
         _INSERT, (charge.bucket, at, seq, charge.amount, total + charge.amount, at + charge.window)
     )
     if seq % _TRIM_EVERY == 0:
-        _forget(conn, charge.bucket, now)  # now and then a counter forgets its old rows
+        _forget(cur, charge.bucket, now)  # now and then a counter forgets its old rows
     return (charge.bucket, at, seq)
 
 
-def _forget(conn: sqlite3.Connection, bucket: str, now: float) -> None:
+def _forget(cur: sqlite3.Cursor, bucket: str, now: float) -> None:
     """Delete a counter's oldest rows, up to the first one still inside its own window.
 
     Only a counter's first rows go, so the running totals of the rest still
     add up; a row reserved under a longer window (an older policy, another
     process's) keeps the rows after it until it is past its own.
     """
-    live = conn.execute(
+    live = cur.execute(
         "SELECT at, seq FROM aegis_usage WHERE bucket = ? AND expires > ? ORDER BY at, seq LIMIT 1",
         (bucket, now),
     ).fetchone()
     if live is None:
-        conn.execute("DELETE FROM aegis_usage WHERE bucket = ?", (bucket,))
+        cur.execute("DELETE FROM aegis_usage WHERE bucket = ?", (bucket,))
     else:
-        conn.execute(
+        cur.execute(
             "DELETE FROM aegis_usage WHERE bucket = ? AND (at < ? OR (at = ? AND seq < ?))",
             (bucket, live[0], live[0], live[1]),
         )
