@@ -886,30 +886,12 @@ class _NoDigest:
 
 async def test_a_policy_swapped_during_setup_decides_the_first_action(tmp_path: Path) -> None:
     """run_one's decision is not reused by the metering step once another policy took over."""
-    allow = Policy.from_dict(
-        {
-            "rules": [
-                {
-                    "name": "mail",
-                    "match": {"type": "send_email"},
-                    "approval": "auto",
-                    "limit": {"max": 5, "per": "1h"},
-                }
-            ]
-        }
-    )
-    forbid = Policy.from_dict(
-        {
-            "rules": [
-                {
-                    "name": "mail",
-                    "match": {"type": "send_email"},
-                    "approval": "block",
-                    "limit": {"max": 5, "per": "1h"},
-                }
-            ]
-        }
-    )
+
+    def mail(approval: str) -> Policy:
+        rule = {"name": "mail", "match": {"type": "send_email"}, "approval": approval}
+        return Policy.from_dict({"rules": [{**rule, "limit": {"max": 5, "per": "1h"}}]})
+
+    allow, forbid = mail("auto"), mail("block")
     ran: list[Action] = []
 
     class Swapping:
