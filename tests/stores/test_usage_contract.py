@@ -18,7 +18,7 @@ from aegis.runtime.audit import AuditLogger
 from aegis.stores.postgres.usage import PostgresUsageStore
 from aegis.stores.sqlite.connection import APPLICATION_ID
 from aegis.stores.sqlite.usage import SCHEMA_VERSION, USAGE_MIGRATIONS, SQLiteUsageStore
-from aegis.stores.usage import MemoryUsageStore, UsageStore
+from aegis.stores.usage import MemoryUsageStore, Request, UsageStore
 
 Factory = Callable[[], UsageStore]
 
@@ -568,3 +568,25 @@ def test_a_request_may_not_charge_one_counter_twice(make_store: Factory) -> None
     with pytest.raises(ValueError, match="charges a counter twice"):
         store.acquire([limit("twice"), limit("twice")], 1.0, reserve=True, over=False)
     assert store.acquire([limit("twice")], 1.0, reserve=False, over=False).used == (0,)
+
+
+def test_sqlite_sweeps_walk_many_idle_counters_a_slice_at_a_time(tmp_path: Path) -> None:
+    """Idle counters are forgotten in slices: each sweep looks at a bounded number of them."""
+    path = tmp_path / "aegis_audit.db"
+    with SQLiteUsageStore(path) as store:
+        store.acquire_many(
+            [Request((limit(f"idle-{n:04}", window=10.0),), 0.0, over=False) for n in range(1200)]
+        )
+
+        def idle_rows() -> int:
+            with sqlite3.connect(path) as conn:
+                found = conn.execute(
+                    "SELECT count(*) FROM aegis_usage WHERE bucket LIKE 'idle-%'"
+                ).fetchone()
+            return int(found[0])
+
+        left = []
+        for now in (1000.0, 1011.0, 1022.0):
+            store.acquire([limit("busy", window=10.0)], now, reserve=True, over=False)
+            left.append(idle_rows())
+    assert left == [701, 201, 0]  # 500 counters a sweep, "busy" among the first

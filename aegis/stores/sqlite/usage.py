@@ -46,6 +46,12 @@ _COMPONENT: Final = "usage"
 _T = TypeVar("_T")
 #: forget rows past their window, in counters nobody charges any more, this often (seconds)
 _SWEEP_EVERY: Final = 600.0
+#: counters a sweep looks at, at most
+_SWEEP_COUNTERS: Final = 500
+# the counter after ``?`` by name, and when its oldest row leaves its window
+_NEXT_COUNTER: Final = (
+    "SELECT bucket, expires FROM aegis_usage WHERE bucket > ? ORDER BY bucket, at, seq LIMIT 1"
+)
 #: a counter forgets its own rows past the window every this many reservations
 _TRIM_EVERY: Final = 64
 
@@ -165,6 +171,7 @@ class SQLiteUsageStore:
         self._ready: sqlite3.Connection | None = None
         self._closed = False
         self._swept = 0.0  # when this store last forgot rows past their window
+        self._sweep_from = ""  # the counter an unfinished sweep goes on after
 
     @property
     def db_path(self) -> str:
@@ -238,15 +245,23 @@ class SQLiteUsageStore:
         """Now and then, forget rows past their window in every counter (inside a transaction).
 
         A counter that is charged forgets its own old rows (see ``_reserve``);
-        this catches the ones nobody charges any more (per-session keys).
+        this catches the ones nobody charges any more (per-session keys). It
+        walks the counters by name, a seek each, looking at each one's oldest
+        row: at most ``_SWEEP_COUNTERS`` of them per sweep, so that no action
+        waits long for it; an unfinished walk goes on 10 seconds later.
         """
-        if abs(now - self._swept) >= _SWEEP_EVERY:
-            self._swept = now
-            stale = cur.execute(
-                "SELECT DISTINCT bucket FROM aegis_usage WHERE expires <= ?", (now,)
-            ).fetchall()
-            for (bucket,) in stale:
+        if abs(now - self._swept) < _SWEEP_EVERY:
+            return
+        bucket = self._sweep_from
+        for _ in range(_SWEEP_COUNTERS):
+            row = cur.execute(_NEXT_COUNTER, (bucket,)).fetchone()
+            if row is None:  # walked them all
+                self._swept, self._sweep_from = now, ""
+                return
+            bucket, oldest_expires = row
+            if type(oldest_expires) in (float, int) and oldest_expires <= now:
                 _forget(cur, bucket, now)
+        self._swept, self._sweep_from = now - _SWEEP_EVERY + 10.0, bucket
 
     def release(self, reservation: Sequence[object]) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.release`."""
