@@ -201,6 +201,9 @@ class AuditLogger(RecordReader):
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._signed: Head | None = None
+        # since when notifying or signing after a write fails, and when that was logged last
+        self._failing_since: float | None = None
+        self._failing_logged = 0.0
 
     @property
     def db_path(self) -> str:
@@ -267,16 +270,28 @@ class AuditLogger(RecordReader):
 
         The records are committed already: a checkpoint that cannot be
         written is logged (and tried again with the next record), never
-        reported as the records' failure.
+        reported as the records' failure. While it keeps failing, it is
+        logged again once a minute, not on every write.
         """
         try:
             self._after_write(records)
         except Exception:
-            _log.exception(
-                "records %s-%s are committed, but notifying or signing failed",
-                records[0].id,
-                records[-1].id,
-            )
+            now = time.monotonic()
+            if self._failing_since is None or now - self._failing_logged >= 60.0:
+                again = "" if self._failing_since is None else " (still failing)"
+                _log.exception(
+                    "records %s-%s are committed, but notifying or signing failed%s",
+                    records[0].id,
+                    records[-1].id,
+                    again,
+                )
+                self._failing_logged = now
+            if self._failing_since is None:
+                self._failing_since = now
+        else:
+            if self._failing_since is not None:
+                _log.warning("notifying and signing after writes work again")
+                self._failing_since = None
 
     def _after_write(self, records: Sequence[AuditRecord]) -> None:
         if self._subscribers:

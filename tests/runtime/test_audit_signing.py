@@ -192,10 +192,14 @@ async def test_a_checkpoint_that_cannot_be_written_never_fails_committed_records
             )
         result = await runtime.run_one(Action("read", "crm", {"n": 2}))
         assert result.ok
+        # its start and its final record both failed to sign: logged once, not per write
+        failed = [r for r in caplog.records if "signing failed" in r.getMessage()]
+        assert len(failed) == 1
         assert "no room for checkpoints" in caplog.text
         with closing(sqlite3.connect(db)) as conn, conn:
             conn.execute("DROP TRIGGER no_room")
         assert (await runtime.run_one(Action("read", "crm", {"n": 3}))).ok
+        assert "work again" in caplog.text
     with AuditLogger(db, readonly=True) as reader:
         assert reader.count() == 3  # actions
         assert reader.head().count == 6  # records: a start and a final each
