@@ -539,32 +539,16 @@ def start_draft(
     ``params_json``, when the caller has it already, is the canonical JSON
     text of the action's params (see :func:`storable_json`).
     """
-    kind_type, target, params, desc, risk, approval, rule, reason = _decision_fields(
-        decision, params_json
-    )
-    context, decided_at, digest = _stamp_fields(stamp)
-    return RecordDraft(
-        RecordKind.START.value,
-        _text(session_id),
-        timestamp or _now(),
-        kind_type,
-        target,
-        params,
-        desc,
-        risk,
-        approval,
-        rule,
-        reason,
-        _optional_text(human_decision),
+    return _draft(
+        RecordKind.START,
+        session_id,
+        decision,
         None,
-        "null",
+        human_decision,
+        stamp,
         None,
-        None,
-        None,
-        context,
-        decided_at,
-        digest,
-        None,
+        params_json,
+        timestamp,
     )
 
 
@@ -585,6 +569,31 @@ def final_draft(  # one field of the record each
     ``None`` and the result fields are empty (a caller that knows better
     passes a Result).
     """
+    return _draft(
+        RecordKind.FINAL,
+        session_id,
+        decision,
+        result,
+        human_decision,
+        stamp,
+        start_id,
+        params_json,
+        timestamp,
+    )
+
+
+def _draft(  # noqa: PLR0917  # one field of the record each, two callers
+    kind: RecordKind,
+    session_id: str,
+    decision: PolicyDecision,
+    result: Result | None,
+    human_decision: str | None,
+    stamp: DecisionStamp | None,
+    start_id: int | None,
+    params_json: str | None,
+    timestamp: str | None,
+) -> RecordDraft:
+    """A start (no result yet) or final record of ``decision``'s action."""
     kind_type, target, params, desc, risk, approval, rule, reason = _decision_fields(
         decision, params_json
     )
@@ -600,7 +609,7 @@ def final_draft(  # one field of the record each
         started = _time(result.started_at)
         completed = _time(result.completed_at)
     return RecordDraft(
-        RecordKind.FINAL.value,
+        kind.value,
         _text(session_id),
         timestamp or _now(),
         kind_type,
