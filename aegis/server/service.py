@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -363,9 +363,8 @@ class ApprovalService:
                 f"(rule {decision.matched_rule!r}); no approval can be asked for it",
                 code="blocked_by_policy",
             )
-        return NewRequest(
-            session_id=new.session_id,
-            action=new.action,
+        return replace(
+            new,
             risk_level=decision.risk_level,
             matched_rule=decision.matched_rule,
             reason=decision.reason,
