@@ -20,14 +20,25 @@ suite runs against all three.
 from __future__ import annotations
 
 import heapq
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from aegis.core.action import thaw
 from aegis.core.limits import Charge, FlowEvent
+from aegis.errors import StoreError
 
-__all__ = ["Acquired", "MemoryUsageStore", "Request", "UsageStore", "judge"]
+__all__ = [
+    "Acquired",
+    "MemoryUsageStore",
+    "Request",
+    "UsageStore",
+    "event_from_row",
+    "judge",
+    "params_json",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +70,32 @@ class Request:
     charges: tuple[Charge, ...]
     now: float
     over: bool
+
+
+def params_json(params: Any) -> str:
+    """A flow event's params as stored: canonical JSON, odd values as their repr."""
+    return json.dumps(thaw(params), sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def event_from_row(row: Sequence[Any], where: str) -> FlowEvent:
+    """A flow event read back as ``(session_id, type, target, params JSON, at)``.
+
+    ``where`` names the database for the error ("in 'aegis_audit.db'").
+
+    Raises:
+        StoreError: the params column is not JSON (the table was edited by hand).
+    """
+    session_id, kind, target, params, at = row
+    try:
+        loaded = json.loads(params)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            f"a flow event {where} holds params that are not JSON ({params!r}); the table"
+            " aegis_flow_events was edited by hand"
+        ) from exc
+    return FlowEvent(
+        str(session_id), str(kind), str(target), loaded if isinstance(loaded, dict) else {}, at
+    )
 
 
 def judge(charges: Sequence[Charge], used: Sequence[int]) -> int | None:
@@ -163,8 +200,6 @@ class MemoryUsageStore:
 
     def _check(self) -> None:
         if self._closed:
-            from aegis.errors import StoreError  # noqa: PLC0415  # errors import nothing of ours
-
             raise StoreError("this usage store is closed; create a new one")
 
     def _used(self, charge: Charge, now: float) -> int:

@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import threading
@@ -34,10 +33,9 @@ except ImportError as exc:  # pragma: no cover  # the extra is installed in CI
         'the PostgreSQL usage store needs the postgres extra: pip install "aegis-runtime[postgres]"'
     ) from exc
 
-from aegis.core.action import thaw
 from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import ConfigurationError, StoreError
-from aegis.stores.usage import Acquired, Request, judge
+from aegis.stores.usage import Acquired, Request, event_from_row, judge, params_json
 
 __all__ = ["SCHEMA_VERSION", "PostgresUsageStore"]
 
@@ -398,7 +396,7 @@ class PostgresUsageStore:
 
     def remember(self, event: FlowEvent) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.remember`."""
-        params = json.dumps(thaw(event.params), sort_keys=True, separators=(",", ":"), default=repr)
+        params = params_json(event.params)
 
         def work(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
@@ -432,7 +430,7 @@ class PostgresUsageStore:
             return conn.execute(query, args).fetchall()
 
         rows = self._run("read", work)
-        return [_event(row, self.where) for row in rows]
+        return [event_from_row(row, f"at {self.where}") for row in rows]
 
     def close(self) -> None:
         """Close the connection; later calls raise. Calling it again does nothing."""
@@ -453,17 +451,3 @@ def _units(value: object, where: str) -> int:
     if isinstance(value, int | Decimal):
         return int(value)
     raise StoreError(f"the usage counters at {where} hold {value!r}, not a number of units")
-
-
-def _event(row: Sequence[Any], where: str) -> FlowEvent:
-    session_id, kind, target, params, at = row
-    try:
-        loaded = json.loads(params)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(
-            f"a flow event at {where} holds params that are not JSON ({params!r}); the table"
-            " aegis_flow_events was edited by hand"
-        ) from exc
-    return FlowEvent(
-        str(session_id), str(kind), str(target), loaded if isinstance(loaded, dict) else {}, at
-    )

@@ -25,18 +25,16 @@ Example::
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from aegis.core.action import thaw
 from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import StoreError
 from aegis.stores.sqlite.connection import SQLiteDatabase
 from aegis.stores.sqlite.schema import migrate
-from aegis.stores.usage import Acquired, Request, judge
+from aegis.stores.usage import Acquired, Request, event_from_row, judge, params_json
 
 __all__ = ["SCHEMA_VERSION", "SQLiteUsageStore", "StartGuard"]
 
@@ -331,7 +329,7 @@ class SQLiteUsageStore:
             args.append(action_type)
         sql += " ORDER BY at, id"
         rows = self._run("read flow events in", lambda conn: conn.execute(sql, args).fetchall())
-        return [_event(row, self.db.path) for row in rows]
+        return [event_from_row(row, f"in {self.db.path!r}") for row in rows]
 
     def _ready_on(self, conn: sqlite3.Connection) -> None:
         if self._closed:
@@ -406,7 +404,7 @@ def _remember(cur: sqlite3.Cursor, event: FlowEvent) -> None:
     cur.execute(
         "INSERT INTO aegis_flow_events (session_id, action_type, action_target, params, at)"
         " VALUES (?, ?, ?, ?, ?)",
-        (event.session_id, event.type, event.target, _params_json(event.params), event.at),
+        (event.session_id, event.type, event.target, params_json(event.params), event.at),
     )
 
 
@@ -502,22 +500,4 @@ def _token(item: object, path: str) -> Token:
     raise StoreError(
         f"{item!r} is not a reservation of the usage store in {path!r}; release what its"
         " acquire returned"
-    )
-
-
-def _params_json(params: Any) -> str:
-    return json.dumps(thaw(params), sort_keys=True, separators=(",", ":"), default=repr)
-
-
-def _event(row: tuple[Any, ...], path: str) -> FlowEvent:
-    session_id, kind, target, params, at = row
-    try:
-        loaded = json.loads(params)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(
-            f"a flow event in {path!r} holds params that are not JSON ({params!r}); the table"
-            " aegis_flow_events was edited by hand"
-        ) from exc
-    return FlowEvent(
-        str(session_id), str(kind), str(target), loaded if isinstance(loaded, dict) else {}, at
     )
