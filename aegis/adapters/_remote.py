@@ -19,7 +19,6 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from aegis.core.approval_request import action_to_json
 from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.errors import ApprovalServiceError
@@ -41,18 +40,7 @@ class RemoteSuspension:
         handler = self.handler
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(handler.timeout, 30.0)
-        body: dict[str, Any] = {
-            "session_id": handler.session_id or handler._fallback_session,
-            "action": action_to_json(decision.action),
-            "risk_level": decision.risk_level.name.lower(),
-            "matched_rule": decision.matched_rule,
-            "reason": decision.reason,
-            "approvers": getattr(decision, "approvers", 1),
-            "reviewers": list(getattr(decision, "reviewers", ())),
-        }
-        ttl = getattr(decision, "approval_ttl", None)
-        if ttl is not None:
-            body["approval_ttl"] = ttl
+        body = handler._request_body(decision)
         try:
             request = handler._json(
                 await handler._send("POST", "/api/v1/approvals", deadline, json=body)

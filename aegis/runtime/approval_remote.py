@@ -228,14 +228,11 @@ class RemoteApprovalHandler(ApprovalHandler):
 
     # -- asking -------------------------------------------------------------------
 
-    async def request_approval(self, decision: PolicyDecision) -> ApprovalOutcome:
-        """Open a request for ``decision.action`` and wait for the reviewers' verdict."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        action = decision.action
-        body = {
+    def _request_body(self, decision: PolicyDecision) -> dict[str, Any]:
+        """The body of ``POST /api/v1/approvals`` asking about ``decision``."""
+        body: dict[str, Any] = {
             "session_id": self.session_id or self._fallback_session,
-            "action": action_to_json(action),
+            "action": action_to_json(decision.action),
             "risk_level": decision.risk_level.name.lower(),
             "matched_rule": decision.matched_rule,
             "reason": decision.reason,
@@ -245,6 +242,14 @@ class RemoteApprovalHandler(ApprovalHandler):
         ttl = getattr(decision, "approval_ttl", None)
         if ttl is not None:
             body["approval_ttl"] = ttl
+        return body
+
+    async def request_approval(self, decision: PolicyDecision) -> ApprovalOutcome:
+        """Open a request for ``decision.action`` and wait for the reviewers' verdict."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        action = decision.action
+        body = self._request_body(decision)
         request_id: str | None = None
         try:
             try:
