@@ -284,8 +284,8 @@ class SQLiteUsageStore:
                     )
                     conn.execute(
                         "UPDATE aegis_usage SET total = total - ?"
-                        " WHERE bucket = ? AND (at > ? OR (at = ? AND seq >= ?))",
-                        (row[0], bucket, at, at, seq),
+                        " WHERE bucket = ? AND (at, seq) >= (?, ?)",  # a range of the key
+                        (row[0], bucket, at, seq),
                     )
                 conn.execute("COMMIT")
             except BaseException:
@@ -483,8 +483,11 @@ def _forget(cur: sqlite3.Cursor, bucket: str, now: float) -> None:
         cur.execute("DELETE FROM aegis_usage WHERE bucket = ?", (bucket,))
     else:
         cur.execute(
-            "DELETE FROM aegis_usage WHERE bucket = ? AND (at < ? OR (at = ? AND seq < ?))",
-            (bucket, live[0], live[0], live[1]),
+            # A row value, so the delete is a range of the key: with
+            # ``at < ? OR (at = ? AND seq < ?)`` SQLite walked every row of
+            # the counter, each 64th reservation.
+            "DELETE FROM aegis_usage WHERE bucket = ? AND (at, seq) < (?, ?)",
+            (bucket, live[0], live[1]),
         )
 
 
