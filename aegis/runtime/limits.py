@@ -40,9 +40,9 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aegis.core.action import Action
 from aegis.core.conditions import Unevaluable
@@ -77,8 +77,7 @@ _UNEVALUABLE_MIN_RISK = RiskLevel.HIGH
 Lease = tuple[object, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Deferred:
+class Deferred(NamedTuple):  # a tuple: built for every sequential metered action
     """What an action let through by its rule would reserve and remember, not yet written.
 
     An ``auto`` action of an agent running actions one by one, on a usage
@@ -295,7 +294,7 @@ class Metering:
         :class:`Deferred` instead: nothing is reserved yet.
         """
         decision, found = self.begin(policy, action, subject, decided, defer)
-        if type(found) is not tuple:
+        if found is None or isinstance(found, Deferred):
             return decision, found
         return await self.reserve(decision, found)
 
@@ -598,10 +597,10 @@ class _LimitsSetup:
                 defer and self._guarded is not None,
             )
             lease: Lease | Deferred | None
-            if type(found) is tuple:
-                checked, lease = await metering.reserve(checked, found)
-            else:
+            if found is None or isinstance(found, Deferred):
                 lease = found
+            else:
+                checked, lease = await metering.reserve(checked, found)
         except AegisError as exc:
             reason = f"blocked: the usage counters could not be checked: {exc}"
             blocked = replace(

@@ -761,7 +761,11 @@ def _trace(audit: AuditLogger) -> list[str]:
 async def test_a_sequential_action_reserves_in_its_start_records_transaction(
     policy: Policy, tmp_path: Path
 ) -> None:
-    """One by one, an action's count and its start record are one transaction, then its final."""
+    """One by one, an action's count and its start record are one transaction, then its final.
+
+    Once the connection knows the counter and nobody else wrote to the file
+    (``PRAGMA data_version`` unchanged), the count is not read again.
+    """
     audit = AuditLogger(tmp_path / "aegis_audit.db")
     async with runtime(policy, tmp_path, audit_logger=audit, agent="support") as rt:
         await rt.run_one(Action("send_email", "smtp"))  # opens the file, learns the head
@@ -772,16 +776,14 @@ async def test_a_sequential_action_reserves_in_its_start_records_transaction(
             sql.split()[0] + (" " + sql.split()[2] if sql.startswith("INSERT") else "")
             for sql in seen
         ]
-        per_action = [
-            "BEGIN",
-            "SELECT",
-            "INSERT aegis_usage",
-            "INSERT audit_log",
-            "COMMIT",
-            "INSERT audit_log",
+        written = ["INSERT aegis_usage", "INSERT audit_log", "COMMIT", "INSERT audit_log"]
+        assert words == [
+            *["BEGIN", "PRAGMA", "SELECT", *written],  # the version, first seen: keeps nothing
+            *["BEGIN", "PRAGMA", "SELECT", "SELECT", *written],  # reads the counter, keeps it
+            # the third does not fit, as the connection knows without reading:
+            # nothing is written but its blocked record
+            *["BEGIN", "PRAGMA", "ROLLBACK", "INSERT audit_log"],
         ]
-        # the third does not fit: nothing is written but its blocked record
-        assert words == per_action * 2 + ["BEGIN", "SELECT", "ROLLBACK", "INSERT audit_log"]
         assert audit.verify().ok
     with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:
         assert conn.execute("SELECT count(*) FROM aegis_usage").fetchone()[0] == 3

@@ -251,7 +251,8 @@ class SQLiteAuditStore(ReadMixin):
         self, conn: sqlite3.Connection, draft: RecordDraft, guard: Guard
     ) -> AuditRecord | None:
         try:
-            self._ensure(conn)
+            if conn is not self._ready_conn:  # else checked on this very connection already
+                self._ensure(conn)
             guard.prepare(conn)
             cur = self._cursor
             if cur is None or cur.connection is not conn:  # first use, or a new connection
@@ -271,6 +272,7 @@ class SQLiteAuditStore(ReadMixin):
             self._head = None
             raise
         self._head = (record.id, record.hash)
+        guard.committed()  # still under the lock: the next transaction sees what it keeps
         return record
 
     def _insert_locked(self, cur: sqlite3.Cursor, draft: RecordDraft) -> AuditRecord:

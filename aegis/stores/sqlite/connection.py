@@ -77,6 +77,10 @@ class Guard(Protocol):
         """
         ...
 
+    def committed(self) -> None:
+        """Called once the transaction it wrote in has committed, still under the lock."""
+        ...
+
 
 class SQLiteDatabase:
     """One SQLite file (or ``":memory:"``) shared by the store's table modules.
@@ -108,6 +112,8 @@ class SQLiteDatabase:
         self._closed = False
         #: called with each new connection, under the lock (schema checks)
         self.on_connect: list[object] = []
+        #: what table modules know of the current connection's data (emptied with each new one)
+        self.kept: dict[str, object] = {}
 
     @contextlib.contextmanager
     def connection(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -132,6 +138,7 @@ class SQLiteDatabase:
         conn = self._open()
         self._conn = conn
         self._pid = os.getpid()
+        self.kept = {}
         for hook in self.on_connect:
             hook(conn)  # type: ignore[operator]  # callables of the table modules
         return conn

@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -123,12 +124,112 @@ _INSERT: Final = (
     "INSERT INTO aegis_usage (bucket, at, seq, units, total, expires) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _MAX_TOTAL: Final = 2**63 - 1
+#: changes when another connection (a process, a hand edit) commits to the file; not for our own
+_DATA_VERSION: Final = "PRAGMA data_version"
+# A counter's rows inside the window, oldest first, for the known counters
+# (see _Seen); ?3 caps them at _FRONT rows.
+_FRONT_ROWS: Final = (
+    "SELECT at, total, units FROM aegis_usage WHERE bucket = ?1 AND at > ?2"
+    " ORDER BY at, seq LIMIT ?3"
+)
+#: rows of a counter's window kept in memory, at most, per counter
+_FRONT: Final = 64
+#: counters kept in memory, at most (past that, they are forgotten and read again)
+_KNOWN: Final = 1024
+#: after this many transactions in a row that found another connection's commits...
+_BUSY_AFTER: Final = 4
+#: ...this many reservations count from the file without asking whether anyone wrote
+_BUSY_FOR: Final = 64
 
 #: where a counter stands: its newest row's (at, seq, total), and the units in the window
 _Head = tuple[float, int, int, int]
 _EMPTY: Final[_Head] = (0.0, 0, 0, 0)
 #: a reservation, to release it: (bucket, at, seq) of its row
 Token = tuple[str, float, int]
+
+
+class _Known:
+    """What a connection knows of one counter (see :class:`_Seen`).
+
+    ``front`` holds ``(at, total before the row)`` of the counter's rows
+    after ``boundary``, oldest first: all of them up to the newest when
+    ``complete``, else the oldest few. ``boundary`` is the latest window
+    start asked about (of any window): it only moves forward, and a start
+    before it needs the file again.
+    """
+
+    __slots__ = ("at", "boundary", "complete", "front", "seq", "total")
+
+    def __init__(
+        self, head: _Head, front: deque[tuple[float, int]], complete: bool, boundary: float
+    ) -> None:
+        self.at, self.seq, self.total, _ = head
+        self.front = front
+        self.complete = complete
+        self.boundary = boundary
+
+    def used(self, boundary: float) -> int | None:
+        """The units in the window after ``boundary``; ``None`` when only the file can tell."""
+        if boundary < self.boundary:
+            return None  # a clock went back: rows let go of may count again
+        self.boundary = boundary
+        front = self.front
+        while front and front[0][0] <= boundary:
+            front.popleft()
+        if front:
+            return self.total - front[0][1]
+        return 0 if self.complete else None
+
+    def add(self, at: float, seq: int, total: int, before: int) -> None:
+        """The counter's new newest row."""
+        self.at, self.seq, self.total = at, seq, total
+        if self.complete:
+            if len(self.front) < _FRONT:
+                self.front.append((at, before))
+            else:
+                self.complete = False  # the oldest rows are enough; the rest is read later
+
+
+class _Seen:
+    """What one connection knows of the counters, true while no other connection commits.
+
+    SQLite's ``PRAGMA data_version`` changes when another connection
+    commits to the file (another process, a hand edit), never for the
+    connection's own commits. Read inside the write transaction, an
+    unchanged version means every counter is as this connection left it,
+    so a counter it knows is counted without reading it: one small
+    statement instead of a query and its checks. Every write of this module
+    keeps that true: a reservation updates its counter once its transaction
+    is seen to commit; any other write (a group of reservations, a release,
+    forgetting rows) drops the counter. While other connections keep
+    committing, the version is not even asked for a while.
+    """
+
+    __slots__ = ("busy", "counters", "dirty", "stirred", "version")
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.counters: dict[str, _Known] = {}
+        self.dirty = False  # a reservation was written, and its commit not seen
+        self.stirred = 0  # transactions in a row that found another connection's commits
+        self.busy = 0  # reservations still to count from the file without asking
+
+    def drop(self, bucket: str) -> None:
+        """Forget ``bucket``: it was written some other way."""
+        self.counters.pop(bucket, None)
+
+    def forget_all(self) -> None:
+        """Forget every counter (the version is not known to hold)."""
+        self.counters.clear()
+        self.version = None
+
+
+def _seen(db: SQLiteDatabase) -> _Seen:
+    """The counters known on ``db``'s current connection."""
+    seen = db.kept.get(_COMPONENT)
+    if type(seen) is not _Seen:
+        seen = db.kept[_COMPONENT] = _Seen()
+    return seen
 
 
 class SQLiteUsageStore:
@@ -167,6 +268,7 @@ class SQLiteUsageStore:
             self._owns_db = False
         self.db = database
         self._ready: sqlite3.Connection | None = None
+        self._seen = _Seen()  # replaced by the connection's own with each new connection
         self._closed = False
         self._swept = 0.0  # when this store last forgot rows past their window
         self._sweep_from = ""  # the counter an unfinished sweep goes on after
@@ -209,12 +311,13 @@ class SQLiteUsageStore:
         """See :meth:`aegis.stores.usage.UsageStore.acquire_many`: one ``BEGIN IMMEDIATE``."""
 
         def work(conn: sqlite3.Connection) -> list[Acquired]:
+            seen = self._seen
             cur = conn.cursor()  # one for the transaction's statements
             cur.execute("BEGIN IMMEDIATE")
             try:
-                out = [self._acquire_one(cur, request) for request in requests]
+                out = [self._acquire_one(cur, request, seen) for request in requests]
                 if requests:
-                    self._sweep(cur, max(r.now for r in requests))
+                    self._sweep(cur, max(r.now for r in requests), seen)
                 cur.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -225,21 +328,23 @@ class SQLiteUsageStore:
         result: list[Acquired] = self._run("count usage in", work)
         return result
 
-    def _acquire_one(self, cur: sqlite3.Cursor, request: Request) -> Acquired:
+    def _acquire_one(self, cur: sqlite3.Cursor, request: Request, seen: _Seen) -> Acquired:
         """Count and reserve one request's charges, inside a write transaction."""
         charges, now, path = request.charges, request.now, self.db.path
+        for charge in charges:
+            seen.drop(charge.bucket)  # written here, not kept
         heads = [_head(cur, charge, now, path) for charge in charges]
         used = tuple(head[3] for head in heads)
         exceeded = judge(charges, used)
         if exceeded is not None and not request.over:
             return Acquired(used, exceeded, None)
         tokens = tuple(
-            _reserve(cur, charge, now, head, path)
+            _reserve(cur, charge, now, head, path, seen=seen)
             for charge, head in zip(charges, heads, strict=True)
         )
         return Acquired(used, exceeded, tokens)
 
-    def _sweep(self, cur: sqlite3.Cursor, now: float) -> None:
+    def _sweep(self, cur: sqlite3.Cursor, now: float, seen: _Seen) -> None:
         """Now and then, forget rows past their window in every counter (inside a transaction).
 
         A counter that is charged forgets its own old rows (see ``_reserve``);
@@ -258,7 +363,7 @@ class SQLiteUsageStore:
                 return
             bucket, oldest_expires = row
             if type(oldest_expires) in (float, int) and oldest_expires <= now:
-                _forget(cur, bucket, now)
+                _forget(cur, bucket, now, seen)
         self._swept, self._sweep_from = now - _SWEEP_EVERY + 10.0, bucket
 
     def release(self, reservation: Sequence[object]) -> None:
@@ -266,6 +371,9 @@ class SQLiteUsageStore:
         tokens = [_token(item, self.db.path) for item in reservation]
 
         def work(conn: sqlite3.Connection) -> None:
+            seen = self._seen
+            for bucket, _, _ in tokens:
+                seen.drop(bucket)  # rewritten here, not kept
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for bucket, at, seq in tokens:
@@ -337,6 +445,7 @@ class SQLiteUsageStore:
         if self._ready is not conn:
             migrate(conn, self.db.path, _COMPONENT, SCHEMA_VERSION, USAGE_MIGRATIONS)
             self._ready = conn
+            self._seen = _seen(self.db)  # the new connection's, known to nothing yet
 
     def close(self) -> None:
         """Close the connection (unless shared with the audit); later calls raise."""
@@ -381,23 +490,34 @@ class StartGuard:
         if request is not None:
             now, path = request.now, store.db.path
             # What _acquire_one does (never over the limit), for a lone charge first.
+            seen = store._seen
             if len(request.charges) == 1:
                 charge = request.charges[0]
-                head = _head(cur, charge, now, path)
+                head, known = _count(cur, seen, charge, now, path)
+                total = head[2]
                 if head[3] + charge.amount > charge.maximum:
                     self.acquired = Acquired((head[3],), 0, None)
                     return False
-                _reserve(cur, charge, now, head, path)
+                # What is known changes now; until committed() clears ``dirty``,
+                # the next count forgets it all (a start that did not commit).
+                seen.dirty = True
+                _, at, seq = _reserve(cur, charge, now, head, path, seen=seen)
+                if known is not None:  # (dropped if _reserve forgot rows: then nobody's)
+                    known.add(at, seq, total + charge.amount, total)
             else:
-                acquired = store._acquire_one(cur, Request(request.charges, now, over=False))
+                acquired = store._acquire_one(cur, Request(request.charges, now, over=False), seen)
                 if acquired.exceeded is not None:
                     self.acquired = acquired
                     return False
             if abs(now - store._swept) >= _SWEEP_EVERY:  # _sweep's own test, without its call
-                store._sweep(cur, now)
+                store._sweep(cur, now, seen)
         if self.event is not None:
             _remember(cur, self.event)
         return True
+
+    def committed(self) -> None:
+        """Its transaction committed: what the connection knows, with this start's row, holds."""
+        self.store._seen.dirty = False
 
 
 def _remember(cur: sqlite3.Cursor, event: FlowEvent) -> None:
@@ -433,7 +553,66 @@ def _head(cur: sqlite3.Cursor, charge: Charge, now: float, path: str) -> _Head:
     return (float(at), seq, total, used)
 
 
-def _reserve(cur: sqlite3.Cursor, charge: Charge, now: float, head: _Head, path: str) -> Token:
+def _count(
+    cur: sqlite3.Cursor, seen: _Seen, charge: Charge, now: float, path: str
+) -> tuple[_Head, _Known | None]:
+    """Where ``charge``'s counter stands, from memory when ``seen`` still holds (inside a write).
+
+    Returns the head and, when the counter is (now) known, what is known of it.
+    """
+    if seen.dirty:  # the last reservation's commit was not seen: it may or may not count
+        seen.dirty = False
+        seen.forget_all()
+    if seen.busy:
+        seen.busy -= 1
+        return _head(cur, charge, now, path), None
+    version = cur.execute(_DATA_VERSION).fetchone()[0]
+    if version != seen.version:  # another connection committed: know nothing until it stops
+        seen.counters.clear()
+        seen.version = version
+        seen.stirred += 1
+        if seen.stirred >= _BUSY_AFTER:
+            seen.stirred, seen.busy, seen.version = 0, _BUSY_FOR, None
+        return _head(cur, charge, now, path), None
+    seen.stirred = 0
+    boundary = now - charge.window
+    known = seen.counters.get(charge.bucket)
+    if known is not None:
+        used = known.used(boundary)
+        if used is not None:
+            return (known.at, known.seq, known.total, used), known
+    head = _head(cur, charge, now, path)
+    known = _load(cur, charge, head, boundary, path)
+    if len(seen.counters) >= _KNOWN:
+        seen.counters.clear()
+    seen.counters[charge.bucket] = known
+    return head, known
+
+
+def _load(cur: sqlite3.Cursor, charge: Charge, head: _Head, boundary: float, path: str) -> _Known:
+    """What to know of ``charge``'s counter: ``head`` and its oldest rows in the window."""
+    front: deque[tuple[float, int]] = deque()
+    complete = True
+    if head is not _EMPTY and head[0] > boundary:  # else the window is empty
+        rows = cur.execute(_FRONT_ROWS, (charge.bucket, boundary, _FRONT)).fetchall()
+        for at, total, units in rows:
+            if (
+                type(at) not in (float, int)
+                or type(total) is not int
+                or type(units) is not int
+                or units < 0
+            ):
+                raise _edited(path, "something other than times and whole units")
+            front.append((float(at), total - units))
+        complete = len(rows) < _FRONT
+        if not rows or (complete and rows[-1][1] != head[2]) or head[2] - front[0][1] != head[3]:
+            raise _edited(path, "running totals that do not add up")
+    return _Known(head, front, complete, boundary)
+
+
+def _reserve(
+    cur: sqlite3.Cursor, charge: Charge, now: float, head: _Head, path: str, *, seen: _Seen
+) -> Token:
     """Add ``charge``'s row after its counter's newest; return the row's key."""
     last_at, seq, total, _ = head
     # A clock behind the newest row (another machine's) counts the charge at
@@ -444,7 +623,8 @@ def _reserve(cur: sqlite3.Cursor, charge: Charge, now: float, head: _Head, path:
         # their window, then shift every total of the counter down so that
         # its first row starts from 0 (the differences, which are the
         # counts, stay the same, and no total goes below 0).
-        _forget(cur, charge.bucket, now)
+        _forget(cur, charge.bucket, now, seen)
+        seen.drop(charge.bucket)
         first = cur.execute(
             "SELECT total - units FROM aegis_usage WHERE bucket = ? ORDER BY at, seq LIMIT 1",
             (charge.bucket,),
@@ -464,11 +644,11 @@ def _reserve(cur: sqlite3.Cursor, charge: Charge, now: float, head: _Head, path:
         _INSERT, (charge.bucket, at, seq, charge.amount, total + charge.amount, at + charge.window)
     )
     if seq % _TRIM_EVERY == 0:
-        _forget(cur, charge.bucket, now)  # now and then a counter forgets its old rows
+        _forget(cur, charge.bucket, now, seen)  # now and then a counter forgets its old rows
     return (charge.bucket, at, seq)
 
 
-def _forget(cur: sqlite3.Cursor, bucket: str, now: float) -> None:
+def _forget(cur: sqlite3.Cursor, bucket: str, now: float, seen: _Seen) -> None:
     """Delete a counter's oldest rows, up to the first one still inside its own window.
 
     Only a counter's first rows go, so the running totals of the rest still
@@ -489,6 +669,8 @@ def _forget(cur: sqlite3.Cursor, bucket: str, now: float) -> None:
             "DELETE FROM aegis_usage WHERE bucket = ? AND (at, seq) < (?, ?)",
             (bucket, live[0], live[1]),
         )
+    if cur.rowcount:  # rows went: what is known of the counter may hold some of them
+        seen.drop(bucket)
 
 
 def _token(item: object, path: str) -> Token:
