@@ -45,7 +45,7 @@ from aegis.runtime._binding import binding_for
 from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
 from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
-from aegis.runtime.limits import Deferred, _LimitsSetup
+from aegis.runtime.limits import Deferred, Lease, _LimitsSetup
 
 if TYPE_CHECKING:
     from aegis.core.policy import Policy
@@ -626,7 +626,7 @@ class Runtime:
             "policy_digest": stamp.policy_digest,
         }
 
-    async def _run(
+    async def _run(  # noqa: PLR0915  # the per-action path stays in one frame for speed
         self,
         decision: PolicyDecision,
         stamp: DecisionStamp,
@@ -644,15 +644,18 @@ class Runtime:
         record (see :class:`~aegis.runtime.limits.Deferred`).
         """
         policy = self.policy
-        lease = None
+        lease: Lease | Deferred | None = None
         if getattr(policy, "limits", None) is not None:
-            try:
-                decision, lease, stamp = await self._limits.check(
+            try:  # without a trip through a coroutine when there is nothing to wait for
+                checked, lease, fresh, pending = self._limits.check(
                     self, policy, decision, stamp, plain=plain, defer=defer
                 )
+                if pending is not None:  # reserved with the concurrent actions' charges
+                    checked, lease = await self._limits.reserve(self, decision, checked, pending)
             except BaseException as exc:  # cancelled while counting: it never ran
                 await self._record_interrupted(decision, stamp, exc, ResultStatus.SKIPPED, None)
                 raise
+            decision, stamp = checked, fresh
         action = decision.action
         approval = decision.approval
         if approval is Approval.BLOCK:

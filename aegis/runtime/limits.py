@@ -75,6 +75,8 @@ _UNEVALUABLE_MIN_RISK = RiskLevel.HIGH
 
 #: the reservation an action holds until it runs or is refused (the store's tokens)
 Lease = tuple[object, ...]
+#: a rule and the request to reserve for it, with the concurrent actions' requests
+_Pending = tuple[RuleLimits, Request]
 
 
 class Deferred(NamedTuple):  # a tuple: built for every sequential metered action
@@ -152,6 +154,16 @@ def _settle(
         approval=exceed.approval,
         risk_level=exceed.risk_level or decision.risk_level,
         reason=rule.meters[index].describe(acquired.used[index], request.charges[index]),
+    )
+
+
+def _unmetered(decision: PolicyDecision, exc: AegisError) -> PolicyDecision:
+    """``decision`` blocked because the usage store failed."""
+    return replace(
+        decision,
+        approval=Approval.BLOCK,
+        risk_level=max(decision.risk_level, _UNEVALUABLE_MIN_RISK),
+        reason=f"blocked: the usage counters could not be checked: {exc}",
     )
 
 
@@ -305,7 +317,7 @@ class Metering:
         subject: Subject,
         decided: PolicyDecision | None,
         defer: bool,
-    ) -> tuple[PolicyDecision, Deferred | tuple[RuleLimits, Request] | None]:
+    ) -> tuple[PolicyDecision, Deferred | _Pending | None]:
         """The first, synchronous part of :meth:`check_async`.
 
         The decision, and: nothing to reserve (``None``), a :class:`Deferred`,
@@ -325,7 +337,7 @@ class Metering:
         return decision, pending
 
     async def reserve(
-        self, decision: PolicyDecision, pending: tuple[RuleLimits, Request]
+        self, decision: PolicyDecision, pending: _Pending
     ) -> tuple[PolicyDecision, Lease | None]:
         """The second part: reserve (with concurrent checks) and settle the decision."""
         rule, request = pending
@@ -354,7 +366,7 @@ class Metering:
         decided: PolicyDecision | None = None,
         *,
         limits: PolicyLimits | None = None,
-    ) -> tuple[PolicyDecision, tuple[RuleLimits, Request] | None]:
+    ) -> tuple[PolicyDecision, _Pending | None]:
         """The decision with the session's history, and what to reserve for it, if anything.
 
         ``limits`` is ``policy.limits``, when the caller has it at hand.
@@ -565,7 +577,7 @@ class _LimitsSetup:
         )
         return checked
 
-    async def check(
+    def check(
         self,
         runtime: Runtime,
         policy: Any,
@@ -574,13 +586,16 @@ class _LimitsSetup:
         *,
         plain: bool = False,
         defer: bool = True,
-    ) -> tuple[PolicyDecision, Lease | Deferred | None, DecisionStamp]:
-        """The metering step of one action: a decision, a lease and a fresh stamp.
+    ) -> tuple[PolicyDecision, Deferred | None, DecisionStamp, _Pending | None]:
+        """The metering step of one action, as far as it goes without waiting.
 
+        Returns the decision, a :class:`Deferred` for :meth:`start` (or
+        ``None``), a fresh stamp and, when the charges must be reserved with
+        the concurrent actions' first, what to give :meth:`reserve`.
         ``plain``: ``decision`` is the policy's own, just taken (no limit
         applied yet), and need not be taken again. ``defer`` allows a
-        :class:`Deferred` for :meth:`start`, when the audit can carry it.
-        A usage store that fails blocks the action, with the error as reason.
+        :class:`Deferred`, when the audit can carry it. A usage store that
+        fails blocks the action, with the error as reason.
         """
         if stamp.policy_digest != getattr(policy, "digest", None):
             # decided by a policy swapped out since: this step decides anew
@@ -596,21 +611,27 @@ class _LimitsSetup:
                 decision if plain else None,
                 defer and self._guarded is not None,
             )
-            lease: Lease | Deferred | None
-            if found is None or isinstance(found, Deferred):
-                lease = found
-            else:
-                checked, lease = await metering.reserve(checked, found)
         except AegisError as exc:
-            reason = f"blocked: the usage counters could not be checked: {exc}"
-            blocked = replace(
-                decision,
-                approval=Approval.BLOCK,
-                risk_level=max(decision.risk_level, _UNEVALUABLE_MIN_RISK),
-                reason=reason,
-            )
-            return blocked, None, stamp
-        return checked, lease, stamp
+            return _unmetered(decision, exc), None, stamp, None
+        if found is None or isinstance(found, Deferred):
+            return checked, found, stamp, None
+        return checked, None, stamp, found
+
+    async def reserve(
+        self,
+        runtime: Runtime,
+        decision: PolicyDecision,
+        checked: PolicyDecision,
+        pending: _Pending,
+    ) -> tuple[PolicyDecision, Lease | None]:
+        """The rest of :meth:`check`: reserve with the concurrent actions, then settle.
+
+        ``decision`` is the one :meth:`check` was given, ``checked`` its answer.
+        """
+        try:
+            return await (self._metering or self.metering(runtime)).reserve(checked, pending)
+        except AegisError as exc:
+            return _unmetered(decision, exc), None
 
     def start(
         self,
