@@ -106,6 +106,21 @@ def test_another_connections_reservations_count_at_once(trail: Trail) -> None:
     assert refused.used == (5,)
 
 
+def test_while_others_keep_writing_the_file_is_read_without_asking(trail: Trail) -> None:
+    """After a few starts that each found another writer's commit, the version is not asked."""
+    charge = Charge("c", 1, 1000, 60.0)
+    for n in range(4):  # each start finds the other connection's reservation: stirred
+        assert trail.writer.acquire([charge], 10.0 + n, reserve=True, over=False).reserved
+        assert trail.start(charge, 10.5 + n) is None
+    seen = _statements(trail)
+    for n in range(3):
+        assert trail.writer.acquire([charge], 20.0 + n, reserve=True, over=False).reserved
+        assert trail.counted(charge, 20.5 + n) == trail.truth(charge, 20.5 + n) == 9 + 2 * n
+        assert trail.start(charge, 20.5 + n) is None
+    assert "PRAGMA" not in seen
+    assert seen.count("SELECT") == 6  # each count read from the file
+
+
 def test_a_hand_edit_of_a_known_counter_is_seen_at_once(trail: Trail) -> None:
     """Nonsense typed into a counter the connection knows fails the next start, closed."""
     charge = Charge("c", 1, 100, 60.0)
@@ -159,6 +174,39 @@ def test_a_start_that_is_not_written_leaves_the_known_count_alone(trail: Trail) 
         conn.execute("DROP TRIGGER no_starts")
     assert trail.start(charge, 14.0) is None  # the fourth, not the fifth
     assert trail.start(charge, 15.0) is not None
+
+
+def test_a_failed_start_is_forgotten_even_if_another_kind_of_start_commits_next(
+    trail: Trail,
+) -> None:
+    """A start with two charges committing after a failed one does not revive what it wrote."""
+    charge = Charge("x", 1, 4, 60.0)
+    for n in range(3):
+        assert trail.start(charge, 10.0 + n) is None
+    with trail.audit.db.connection("arm") as conn:
+        conn.execute(
+            "CREATE TEMP TRIGGER no_starts BEFORE INSERT ON main.audit_log"
+            " BEGIN SELECT RAISE(ABORT, 'the disk said no'); END"
+        )
+    with pytest.raises(StoreError, match="the disk said no"):
+        trail.start(charge, 13.0)
+    with trail.audit.db.connection("disarm") as conn:
+        conn.execute("DROP TRIGGER no_starts")
+    pair = Request((Charge("y", 1, 9, 60.0), Charge("z", 1, 9, 60.0)), 14.0, over=False)
+    assert trail.audit.append_guarded(start_draft("s", _DECISION), trail.usage.guard(pair, None))
+    assert trail.counted(charge, 15.0) == trail.truth(charge, 15.0) == 3
+
+
+def test_odd_rows_the_count_does_not_read_leave_the_counter_read_each_time(trail: Trail) -> None:
+    """A row edited by hand in the middle of the window: counted from the file, not refused."""
+    charge = Charge("c", 1, 100, 60.0)
+    for n in range(5):
+        assert trail.start(charge, 10.0 + n) is None
+    with sqlite3.connect(trail.path) as conn:
+        conn.execute("UPDATE aegis_usage SET units = 'odd' WHERE seq = 3")
+    for n in range(3):
+        assert trail.counted(charge, 20.0 + n) == trail.truth(charge, 20.0 + n) == 5 + n
+        assert trail.start(charge, 20.0 + n) is None
 
 
 def test_a_window_slides_past_more_rows_than_are_kept(trail: Trail) -> None:

@@ -272,7 +272,9 @@ class SQLiteAuditStore(ReadMixin):
             self._head = None
             raise
         self._head = (record.id, record.hash)
-        guard.committed()  # still under the lock: the next transaction sees what it keeps
+        committed = getattr(guard, "committed", None)  # optional for guards of other modules
+        if committed is not None:
+            committed()  # still under the lock: the next transaction sees what it keeps
         return record
 
     def _insert_locked(self, cur: sqlite3.Cursor, draft: RecordDraft) -> AuditRecord:

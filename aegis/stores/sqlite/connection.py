@@ -77,9 +77,8 @@ class Guard(Protocol):
         """
         ...
 
-    def committed(self) -> None:
-        """Called once the transaction it wrote in has committed, still under the lock."""
-        ...
+    # Optionally, ``committed(self) -> None``: called once the transaction it
+    # wrote in has committed, still under the lock.
 
 
 class SQLiteDatabase:

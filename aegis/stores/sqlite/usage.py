@@ -15,7 +15,10 @@ sequence, carrying the counter's running total: the units in a window are
 the newest row's total minus the total before the window's first row, two
 seeks in one B-tree, and a reservation writes one row. Rows past their
 window are forgotten as a counter goes on, and now and then in counters
-nobody charges any more.
+nobody charges any more. A connection that reserves with start records
+keeps what it read of each counter and, while ``PRAGMA data_version`` says
+no other connection committed, counts from that instead of reading it
+again (see ``_Seen``).
 
 Example::
 
@@ -486,11 +489,14 @@ class StartGuard:
         store = self.store
         if store._closed:
             raise StoreError(f"the usage store for {store.db.path!r} is closed; create a new one")
+        seen = store._seen
+        if seen.dirty:  # the last reservation's commit was not seen: it may or may not count
+            seen.dirty = False
+            seen.forget_all()
         request = self.request
         if request is not None:
             now, path = request.now, store.db.path
             # What _acquire_one does (never over the limit), for a lone charge first.
-            seen = store._seen
             if len(request.charges) == 1:
                 charge = request.charges[0]
                 head, known = _count(cur, seen, charge, now, path)
@@ -560,9 +566,6 @@ def _count(
 
     Returns the head and, when the counter is (now) known, what is known of it.
     """
-    if seen.dirty:  # the last reservation's commit was not seen: it may or may not count
-        seen.dirty = False
-        seen.forget_all()
     if seen.busy:
         seen.busy -= 1
         return _head(cur, charge, now, path), None
@@ -582,7 +585,11 @@ def _count(
         if used is not None:
             return (known.at, known.seq, known.total, used), known
     head = _head(cur, charge, now, path)
-    known = _load(cur, charge, head, boundary, path)
+    try:
+        known = _load(cur, charge, head, boundary, path)
+    except StoreError:  # odd rows that the count itself does not read: read it every time
+        seen.drop(charge.bucket)
+        return head, None
     if len(seen.counters) >= _KNOWN:
         seen.counters.clear()
     seen.counters[charge.bucket] = known
