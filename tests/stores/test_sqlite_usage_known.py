@@ -74,6 +74,12 @@ def trail(tmp_path: Path) -> Iterator[Trail]:
     opened.close()
 
 
+def _start_many(trail: Trail, charge: Charge, count: int) -> None:
+    """``count`` starts that fit, a second apart from 10.0: the counter is then known."""
+    for n in range(count):
+        assert trail.start(charge, 10.0 + n) is None
+
+
 def _statements(trail: Trail) -> list[str]:
     seen: list[str] = []
     with trail.audit.db.connection("trace") as conn:
@@ -84,8 +90,7 @@ def _statements(trail: Trail) -> list[str]:
 def test_a_known_counter_is_counted_without_reading_it(trail: Trail) -> None:
     """From the third start on, only the version is asked: no SELECT of the counter."""
     charge = Charge("c", 1, 100, 60.0)
-    for n in range(3):
-        assert trail.start(charge, 10.0 + n) is None
+    _start_many(trail, charge, 3)
     seen = _statements(trail)
     for n in range(5):
         assert trail.start(charge, 20.0 + n) is None
@@ -97,8 +102,7 @@ def test_a_known_counter_is_counted_without_reading_it(trail: Trail) -> None:
 def test_another_connections_reservations_count_at_once(trail: Trail) -> None:
     """A counter known in memory is read again as soon as another connection wrote."""
     charge = Charge("c", 1, 5, 60.0)
-    for n in range(3):
-        assert trail.start(charge, 10.0 + n) is None
+    _start_many(trail, charge, 3)
     assert trail.writer.acquire([charge], 14.0, reserve=True, over=False).reserved
     assert trail.start(charge, 15.0) is None  # the fifth fits
     refused = trail.start(charge, 16.0)
@@ -124,8 +128,7 @@ def test_while_others_keep_writing_the_file_is_read_without_asking(trail: Trail)
 def test_a_hand_edit_of_a_known_counter_is_seen_at_once(trail: Trail) -> None:
     """Nonsense typed into a counter the connection knows fails the next start, closed."""
     charge = Charge("c", 1, 100, 60.0)
-    for n in range(4):
-        assert trail.start(charge, 10.0 + n) is None
+    _start_many(trail, charge, 4)
     with sqlite3.connect(trail.path) as conn:
         conn.execute("UPDATE aegis_usage SET total = 'lots'")
     with pytest.raises(StoreError, match="edited by hand"):
@@ -135,8 +138,7 @@ def test_a_hand_edit_of_a_known_counter_is_seen_at_once(trail: Trail) -> None:
 def test_rows_deleted_by_hand_are_not_counted_from_memory(trail: Trail) -> None:
     """A plausible edit (the rows deleted) is counted as the file says, not as remembered."""
     charge = Charge("c", 1, 3, 60.0)
-    for n in range(3):
-        assert trail.start(charge, 10.0 + n) is None
+    _start_many(trail, charge, 3)
     assert trail.start(charge, 13.0) is not None  # full
     with sqlite3.connect(trail.path) as conn:
         conn.execute("DELETE FROM aegis_usage")
@@ -147,8 +149,7 @@ def test_rows_deleted_by_hand_are_not_counted_from_memory(trail: Trail) -> None:
 def test_the_same_connections_other_writes_are_not_missed(trail: Trail) -> None:
     """The group path and releases on the same connection (no new version) drop what is known."""
     charge = Charge("c", 1, 4, 60.0)
-    for n in range(3):
-        assert trail.start(charge, 10.0 + n) is None
+    _start_many(trail, charge, 3)
     grouped = trail.usage.acquire_many([Request((charge,), 13.0, over=False)])[0]
     assert grouped.reserved
     refused = trail.start(charge, 14.0)
@@ -158,20 +159,24 @@ def test_the_same_connections_other_writes_are_not_missed(trail: Trail) -> None:
     assert trail.start(charge, 15.0) is None
 
 
-def test_a_start_that_is_not_written_leaves_the_known_count_alone(trail: Trail) -> None:
-    """A start refused by the trail after the count was written rolls both back, in memory too."""
-    charge = Charge("c", 1, 4, 60.0)
-    for n in range(3):
-        assert trail.start(charge, 10.0 + n) is None
+def _start_fails_after_counting(trail: Trail, charge: Charge, now: float) -> None:
+    """A start whose count is written, then its record refused by the trail (all rolled back)."""
     with trail.audit.db.connection("arm") as conn:  # the same connection: no new version
         conn.execute(
             "CREATE TEMP TRIGGER no_starts BEFORE INSERT ON main.audit_log"
             " BEGIN SELECT RAISE(ABORT, 'the disk said no'); END"
         )
     with pytest.raises(StoreError, match="the disk said no"):
-        trail.start(charge, 13.0)
+        trail.start(charge, now)
     with trail.audit.db.connection("disarm") as conn:
         conn.execute("DROP TRIGGER no_starts")
+
+
+def test_a_start_that_is_not_written_leaves_the_known_count_alone(trail: Trail) -> None:
+    """A start refused by the trail after the count was written rolls both back, in memory too."""
+    charge = Charge("c", 1, 4, 60.0)
+    _start_many(trail, charge, 3)
+    _start_fails_after_counting(trail, charge, 13.0)
     assert trail.start(charge, 14.0) is None  # the fourth, not the fifth
     assert trail.start(charge, 15.0) is not None
 
@@ -181,17 +186,8 @@ def test_a_failed_start_is_forgotten_even_if_another_kind_of_start_commits_next(
 ) -> None:
     """A start with two charges committing after a failed one does not revive what it wrote."""
     charge = Charge("x", 1, 4, 60.0)
-    for n in range(3):
-        assert trail.start(charge, 10.0 + n) is None
-    with trail.audit.db.connection("arm") as conn:
-        conn.execute(
-            "CREATE TEMP TRIGGER no_starts BEFORE INSERT ON main.audit_log"
-            " BEGIN SELECT RAISE(ABORT, 'the disk said no'); END"
-        )
-    with pytest.raises(StoreError, match="the disk said no"):
-        trail.start(charge, 13.0)
-    with trail.audit.db.connection("disarm") as conn:
-        conn.execute("DROP TRIGGER no_starts")
+    _start_many(trail, charge, 3)
+    _start_fails_after_counting(trail, charge, 13.0)
     pair = Request((Charge("y", 1, 9, 60.0), Charge("z", 1, 9, 60.0)), 14.0, over=False)
     assert trail.audit.append_guarded(start_draft("s", _DECISION), trail.usage.guard(pair, None))
     assert trail.counted(charge, 15.0) == trail.truth(charge, 15.0) == 3
@@ -200,8 +196,7 @@ def test_a_failed_start_is_forgotten_even_if_another_kind_of_start_commits_next(
 def test_odd_rows_the_count_does_not_read_leave_the_counter_read_each_time(trail: Trail) -> None:
     """A row edited by hand in the middle of the window: counted from the file, not refused."""
     charge = Charge("c", 1, 100, 60.0)
-    for n in range(5):
-        assert trail.start(charge, 10.0 + n) is None
+    _start_many(trail, charge, 5)
     with sqlite3.connect(trail.path) as conn:
         conn.execute("UPDATE aegis_usage SET units = 'odd' WHERE seq = 3")
     for n in range(3):
