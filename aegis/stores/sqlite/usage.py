@@ -202,10 +202,11 @@ class _Seen:
     unchanged version means every counter is as this connection left it,
     so a counter it knows is counted without reading it: one small
     statement instead of a query and its checks. Every write of this module
-    keeps that true: a reservation updates its counter once its transaction
-    is seen to commit; any other write (a group of reservations, a release,
-    forgetting rows) drops the counter. While other connections keep
-    committing, the version is not even asked for a while.
+    keeps that true: a start's reservation updates its counter at once and
+    marks everything ``dirty`` until the start is seen to commit (else the
+    next guard forgets it all); any other write (a group of reservations, a
+    release, forgetting rows) drops the counter. While other connections
+    keep committing, the version is not even asked for a while.
     """
 
     __slots__ = ("busy", "counters", "dirty", "stirred", "version")
