@@ -289,10 +289,17 @@ class Meter:
         default_factory=dict, init=False, repr=False, compare=False
     )
     _units: int = field(default=0, init=False, repr=False, compare=False)
+    # keyed by who acts only (session, agent, or no key): the last subject and its counter
+    _by_subject: bool = field(default=False, init=False, repr=False, compare=False)
+    _recent: tuple[Subject, Charge] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         units = int(self.maximum) if self.kind == "limit" else budget_units(self.maximum)
         object.__setattr__(self, "_units", units)
+        by_subject = all(name in ("session", "agent") for name in self.key)
+        object.__setattr__(self, "_by_subject", by_subject)
 
     @property
     def units(self) -> int:
@@ -323,6 +330,11 @@ class Meter:
             Unevaluable: a key param is missing, or the summed param is missing,
                 not a number, negative or too large; the action must not run.
         """
+        recent = self._recent  # one read: another thread may replace it meanwhile
+        if recent is not None and recent[0] is subject:  # the same Subject: the same counter
+            if self._amount is None:
+                return recent[1]
+            return self._budget_charge(action, recent[1], self._amount)
         values = tuple([part(action, subject) for part in self._parts])
         # Names of counters keyed by plain strings and ints are kept: the JSON
         # costs more than the rest of a check. (Not other types: True == 1
@@ -348,10 +360,17 @@ class Meter:
                 if len(self._buckets) >= _BUCKET_CACHE:
                     self._buckets.clear()
                 self._buckets[values] = unit
+        if self._by_subject:  # (Subject is frozen: the same object names the same counter)
+            object.__setattr__(self, "_recent", (subject, unit))
         if self._amount is None:
             return unit  # a limit: one unit per action
-        bucket = unit.bucket
-        raw = self._amount(action.params)
+        return self._budget_charge(action, unit, self._amount)
+
+    def _budget_charge(
+        self, action: Action, unit: Charge, amount_of: Callable[[Mapping[str, Any]], Any]
+    ) -> Charge:
+        """What ``action`` adds to the budget whose counter is ``unit``'s."""
+        raw = amount_of(action.params)
         if raw is _MISSING:
             raise Unevaluable(
                 f"budget of rule {self.rule!r} sums param {self.sum_path!r}, which this"
@@ -363,7 +382,7 @@ class Meter:
             raise Unevaluable(
                 f"budget of rule {self.rule!r} sums param {self.sum_path!r}, which {exc}"
             ) from None
-        return Charge(bucket, amount, self._units, self.window)
+        return Charge(unit.bucket, amount, self._units, self.window)
 
     def describe(self, used_units: int, charge: Charge) -> str:
         """The reason an action exceeds this meter, naming limit, count and window."""

@@ -578,7 +578,8 @@ def _count(
         if seen.stirred >= _BUSY_AFTER:
             seen.stirred, seen.busy, seen.version = 0, _BUSY_FOR, None
         return _head(cur, charge, now, path), None
-    seen.stirred = 0
+    if seen.stirred:
+        seen.stirred = 0
     boundary = now - charge.window
     known = seen.counters.get(charge.bucket)
     if known is not None:
