@@ -217,6 +217,16 @@ def test_a_window_slides_past_more_rows_than_are_kept(trail: Trail) -> None:
         assert trail.start(wide, n / 8) is None
 
 
+def test_a_window_of_another_writers_rows_is_read_again_past_the_rows_kept(trail: Trail) -> None:
+    """Only the oldest rows of a long window are kept: when they have all left, it is read."""
+    charge = Charge("c", 1, 10_000, 20.0)
+    for n in range(100):
+        assert trail.writer.acquire([charge], n / 8, reserve=True, over=False).reserved
+    for now in (12.5, 12.5, 27.0, 30.0):  # first sight; read and kept; then the window moves
+        assert trail.counted(charge, now) == trail.truth(charge, now)
+    assert trail.truth(charge, 30.0) == 19
+
+
 def test_a_clock_that_goes_back_counts_the_rows_it_let_go_again(trail: Trail) -> None:
     """Rows let go of as the window moved count again when a later start has an earlier clock."""
     charge = Charge("c", 1, 100, 10.0)

@@ -152,7 +152,10 @@ Token = tuple[str, float, int]
 
 
 class _Known:
-    """What a connection knows of one counter (see :class:`_Seen`).
+    """Where one counter stands: its newest row, and what is known of its window.
+
+    Kept by a connection between transactions (see :class:`_Seen`), or read
+    for one transaction only (then ``front`` is empty and not ``complete``).
 
     ``front`` holds ``(at, total before the row)`` of the counter's rows
     after ``boundary``, oldest first: all of them up to the newest when
@@ -183,14 +186,28 @@ class _Known:
             return self.total - front[0][1]
         return 0 if self.complete else None
 
-    def add(self, at: float, seq: int, total: int, before: int) -> None:
-        """The counter's new newest row."""
-        self.at, self.seq, self.total = at, seq, total
+    def reserve(
+        self, cur: sqlite3.Cursor, charge: Charge, now: float, path: str, seen: _Seen
+    ) -> Token:
+        """Add ``charge``'s row after the counter's newest (inside a write); return its key."""
+        last_at, total, amount = self.at, self.total, charge.amount
+        # A clock behind the newest row (another machine's) counts the charge at
+        # that row's time: it then stays in the window a little longer, never less.
+        at = float(last_at if last_at > now else now)  # max(), without its call
+        if total + amount > _MAX_TOTAL:
+            total = _rebase(cur, charge, now, total, path, seen=seen)
+        seq = self.seq + 1
+        bucket = charge.bucket
+        cur.execute(_INSERT, (bucket, at, seq, amount, total + amount, at + charge.window))
+        self.at, self.seq, self.total = at, seq, total + amount
         if self.complete:
             if len(self.front) < _FRONT:
-                self.front.append((at, before))
+                self.front.append((at, total))
             else:
                 self.complete = False  # the oldest rows are enough; the rest is read later
+        if seq % _TRIM_EVERY == 0:
+            _forget(cur, bucket, now, seen)  # now and then a counter forgets its old rows
+        return (bucket, at, seq)
 
 
 class _Seen:
@@ -337,21 +354,21 @@ class SQLiteUsageStore:
         charges, now, path = request.charges, request.now, self.db.path
         for charge in charges:
             seen.drop(charge.bucket)  # written here, not kept
-        heads = [_head(cur, charge, now, path) for charge in charges]
-        used = tuple(head[3] for head in heads)
+        counted = [_read(cur, charge, now, path) for charge in charges]
+        used = tuple(units for units, _ in counted)
         exceeded = judge(charges, used)
         if exceeded is not None and not request.over:
             return Acquired(used, exceeded, None)
         tokens = tuple(
-            _reserve(cur, charge, now, head, path, seen=seen)
-            for charge, head in zip(charges, heads, strict=True)
+            counter.reserve(cur, charge, now, path, seen)
+            for charge, (_, counter) in zip(charges, counted, strict=True)
         )
         return Acquired(used, exceeded, tokens)
 
     def _sweep(self, cur: sqlite3.Cursor, now: float, seen: _Seen) -> None:
         """Now and then, forget rows past their window in every counter (inside a transaction).
 
-        A counter that is charged forgets its own old rows (see ``_reserve``);
+        A counter that is charged forgets its own old rows (see ``_Known.reserve``);
         this catches the ones nobody charges any more (per-session keys). It
         walks the counters by name, a seek each, looking at each one's oldest
         row: at most ``_SWEEP_COUNTERS`` of them per sweep, so that no action
@@ -500,17 +517,14 @@ class StartGuard:
             # What _acquire_one does (never over the limit), for a lone charge first.
             if len(request.charges) == 1:
                 charge = request.charges[0]
-                head, known = _count(cur, seen, charge, now, path)
-                total = head[2]
-                if head[3] + charge.amount > charge.maximum:
-                    self.acquired = Acquired((head[3],), 0, None)
+                used, counter = _count(cur, seen, charge, now, path)
+                if used + charge.amount > charge.maximum:
+                    self.acquired = Acquired((used,), 0, None)
                     return False
                 # What is known changes now; until committed() clears ``dirty``,
                 # the next count forgets it all (a start that did not commit).
                 seen.dirty = True
-                _, at, seq = _reserve(cur, charge, now, head, path, seen=seen)
-                if known is not None:  # (dropped if _reserve forgot rows: then nobody's)
-                    known.add(at, seq, total + charge.amount, total)
+                counter.reserve(cur, charge, now, path, seen)
             else:
                 acquired = store._acquire_one(cur, Request(request.charges, now, over=False), seen)
                 if acquired.exceeded is not None:
@@ -560,16 +574,22 @@ def _head(cur: sqlite3.Cursor, charge: Charge, now: float, path: str) -> _Head:
     return (float(at), seq, total, used)
 
 
+def _read(cur: sqlite3.Cursor, charge: Charge, now: float, path: str) -> tuple[int, _Known]:
+    """The units in ``charge``'s window, and where its counter stands, read from the file."""
+    head = _head(cur, charge, now, path)
+    return head[3], _Known(head, deque(), False, now - charge.window)
+
+
 def _count(
     cur: sqlite3.Cursor, seen: _Seen, charge: Charge, now: float, path: str
-) -> tuple[_Head, _Known | None]:
-    """Where ``charge``'s counter stands, from memory when ``seen`` still holds (inside a write).
+) -> tuple[int, _Known]:
+    """The units in ``charge``'s window and where its counter stands (inside a write).
 
-    Returns the head and, when the counter is (now) known, what is known of it.
+    From memory while ``seen`` holds; else read, and kept when the file is quiet.
     """
     if seen.busy:
         seen.busy -= 1
-        return _head(cur, charge, now, path), None
+        return _read(cur, charge, now, path)
     version = cur.execute(_DATA_VERSION).fetchone()[0]
     if version != seen.version:  # another connection committed: know nothing until it stops
         seen.counters.clear()
@@ -577,7 +597,7 @@ def _count(
         seen.stirred += 1
         if seen.stirred >= _BUSY_AFTER:
             seen.stirred, seen.busy, seen.version = 0, _BUSY_FOR, None
-        return _head(cur, charge, now, path), None
+        return _read(cur, charge, now, path)
     if seen.stirred:
         seen.stirred = 0
     boundary = now - charge.window
@@ -585,17 +605,17 @@ def _count(
     if known is not None:
         used = known.used(boundary)
         if used is not None:
-            return (known.at, known.seq, known.total, used), known
+            return used, known
     head = _head(cur, charge, now, path)
     try:
         known = _load(cur, charge, head, boundary, path)
     except StoreError:  # odd rows that the count itself does not read: read it every time
         seen.drop(charge.bucket)
-        return head, None
+        return head[3], _Known(head, deque(), False, boundary)
     if len(seen.counters) >= _KNOWN:
         seen.counters.clear()
     seen.counters[charge.bucket] = known
-    return head, known
+    return head[3], known
 
 
 def _load(cur: sqlite3.Cursor, charge: Charge, head: _Head, boundary: float, path: str) -> _Known:
@@ -619,42 +639,30 @@ def _load(cur: sqlite3.Cursor, charge: Charge, head: _Head, boundary: float, pat
     return _Known(head, front, complete, boundary)
 
 
-def _reserve(
-    cur: sqlite3.Cursor, charge: Charge, now: float, head: _Head, path: str, *, seen: _Seen
-) -> Token:
-    """Add ``charge``'s row after its counter's newest; return the row's key."""
-    last_at, seq, total, _ = head
-    # A clock behind the newest row (another machine's) counts the charge at
-    # that row's time: it then stays in the window a little longer, never less.
-    at = float(last_at if last_at > now else now)  # max(), without its call
+def _rebase(
+    cur: sqlite3.Cursor, charge: Charge, now: float, total: int, path: str, *, seen: _Seen
+) -> int:
+    """Shift a counter's running totals down as they near SQLite's integers; the new newest.
+
+    Forgets the rows past their window, then shifts every total of the
+    counter so that its first row starts from 0: the differences, which are
+    the counts, stay the same, and no total goes below 0.
+    """
+    _forget(cur, charge.bucket, now, seen)
+    seen.drop(charge.bucket)
+    first = cur.execute(
+        "SELECT total - units FROM aegis_usage WHERE bucket = ? ORDER BY at, seq LIMIT 1",
+        (charge.bucket,),
+    ).fetchone()
+    shift = int(first[0]) if first else total
+    cur.execute("UPDATE aegis_usage SET total = total - ? WHERE bucket = ?", (shift, charge.bucket))
+    total -= shift
     if total + charge.amount > _MAX_TOTAL:
-        # The running total nears SQLite's integers: forget the rows past
-        # their window, then shift every total of the counter down so that
-        # its first row starts from 0 (the differences, which are the
-        # counts, stay the same, and no total goes below 0).
-        _forget(cur, charge.bucket, now, seen)
-        seen.drop(charge.bucket)
-        first = cur.execute(
-            "SELECT total - units FROM aegis_usage WHERE bucket = ? ORDER BY at, seq LIMIT 1",
-            (charge.bucket,),
-        ).fetchone()
-        shift = int(first[0]) if first else total
-        cur.execute(
-            "UPDATE aegis_usage SET total = total - ? WHERE bucket = ?", (shift, charge.bucket)
+        raise StoreError(
+            f"the counter {charge.bucket} in {path!r} would pass 2**63 units; it cannot"
+            " count more until older reservations leave its window"
         )
-        total -= shift
-        if total + charge.amount > _MAX_TOTAL:
-            raise StoreError(
-                f"the counter {charge.bucket} in {path!r} would pass 2**63 units; it cannot"
-                " count more until older reservations leave its window"
-            )
-    seq += 1
-    cur.execute(
-        _INSERT, (charge.bucket, at, seq, charge.amount, total + charge.amount, at + charge.window)
-    )
-    if seq % _TRIM_EVERY == 0:
-        _forget(cur, charge.bucket, now, seen)  # now and then a counter forgets its old rows
-    return (charge.bucket, at, seq)
+    return total
 
 
 def _forget(cur: sqlite3.Cursor, bucket: str, now: float, seen: _Seen) -> None:
