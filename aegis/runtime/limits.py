@@ -277,8 +277,8 @@ class Metering:
         the lease to :meth:`release` if it does not run after all.
         """
         at = time.time() if now is None else now
-        decision, pending = self._prepare(policy, action, subject, at)
-        if pending is None:
+        decision, pending = self.begin(policy, action, subject, None, False, at=at)
+        if pending is None or isinstance(pending, Deferred):
             return decision, None
         rule, request = pending
         if reserve:
@@ -317,16 +317,53 @@ class Metering:
         subject: Subject,
         decided: PolicyDecision | None,
         defer: bool,
+        *,
+        at: float | None = None,
     ) -> tuple[PolicyDecision, Deferred | _Pending | None]:
-        """The first, synchronous part of :meth:`check_async`.
+        """The first, synchronous part of :meth:`check_async`: decide, and say what to reserve.
 
-        The decision, and: nothing to reserve (``None``), a :class:`Deferred`,
-        or the rule and request to give :meth:`reserve`.
+        The decision with the session's history, and: nothing to reserve
+        (``None``), a :class:`Deferred`, or the rule and request to give
+        :meth:`reserve`. ``decided`` is the policy's decision taken just
+        now, reused when no flow condition asks for history; ``at`` the
+        time of the check (now when not given).
         """
-        at = time.time()
+        if at is None:
+            at = time.time()
         limits: PolicyLimits = policy.limits
-        decision, pending = self._prepare(policy, action, subject, at, decided, limits=limits)
-        if defer and decision.approval is Approval.AUTO:
+        specs = limits.flow_specs_for(action) if limits.flow_specs else ()
+        if specs:
+            facts = self._facts(limits, specs, subject.session_id, at)
+            moment = datetime.fromtimestamp(at, UTC)
+            decision = policy.evaluate(action, now=moment, history=KnownFacts(facts))
+        elif decided is not None:
+            decision = decided
+        else:
+            decision = policy.evaluate(action, now=datetime.fromtimestamp(at, UTC))
+        approval = decision.approval
+        if approval is Approval.BLOCK:
+            return decision, None
+        rule = limits.by_rule.get(decision.matched_rule)
+        pending: _Pending | None = None
+        if rule is not None:
+            try:
+                metered = limits.folded(action)
+                meters = rule.meters
+                if len(meters) == 1:  # the usual rule: no list to build
+                    charges: tuple[Charge, ...] = (meters[0].charge(metered, subject),)
+                else:
+                    charges = tuple([meter.charge(metered, subject) for meter in meters])
+            except Unevaluable as exc:
+                risk = max(decision.risk_level, _UNEVALUABLE_MIN_RISK)
+                blocked = replace(
+                    decision,
+                    approval=Approval.BLOCK,
+                    risk_level=risk,
+                    reason=f"blocked: {exc.reason}",
+                )
+                return blocked, None
+            pending = (rule, Request(charges, at, rule.on_exceed.approval is not Approval.BLOCK))
+        if defer and approval is Approval.AUTO:
             event = None
             if limits.flow_specs and limits.remembers(action):
                 event = FlowEvent(subject.session_id, action.type, action.target, action.params, at)
@@ -356,50 +393,6 @@ class Metering:
         if rule is None or rule.on_exceed.approval is not Approval.BLOCK:
             return None
         return _settle(decision, rule, request, acquired)
-
-    def _prepare(
-        self,
-        policy: Any,
-        action: Action,
-        subject: Subject,
-        at: float,
-        decided: PolicyDecision | None = None,
-        *,
-        limits: PolicyLimits | None = None,
-    ) -> tuple[PolicyDecision, _Pending | None]:
-        """The decision with the session's history, and what to reserve for it, if anything.
-
-        ``limits`` is ``policy.limits``, when the caller has it at hand.
-        """
-        if limits is None:
-            limits = policy.limits
-        specs = limits.flow_specs_for(action) if limits.flow_specs else ()
-        if specs:
-            facts = self._facts(limits, specs, subject.session_id, at)
-            moment = datetime.fromtimestamp(at, UTC)
-            decision = policy.evaluate(action, now=moment, history=KnownFacts(facts))
-        elif decided is not None:
-            decision = decided
-        else:
-            decision = policy.evaluate(action, now=datetime.fromtimestamp(at, UTC))
-        if decision.approval is Approval.BLOCK:
-            return decision, None
-        rule = limits.by_rule.get(decision.matched_rule)
-        if rule is None:
-            return decision, None
-        try:
-            metered = limits.folded(action)
-            meters = rule.meters
-            if len(meters) == 1:  # the usual rule: no list to build
-                charges: tuple[Charge, ...] = (meters[0].charge(metered, subject),)
-            else:
-                charges = tuple([meter.charge(metered, subject) for meter in meters])
-        except Unevaluable as exc:
-            risk = max(decision.risk_level, _UNEVALUABLE_MIN_RISK)
-            reason = f"blocked: {exc.reason}"
-            return replace(decision, approval=Approval.BLOCK, risk_level=risk, reason=reason), None
-        over = rule.on_exceed.approval is not Approval.BLOCK
-        return decision, (rule, Request(charges, at, over))
 
     def count(self, policy: Any, action: Action, subject: Subject, *, now: float) -> None:
         """Note that ``action`` ran at ``now``, whatever the limits say: a history to replay.
