@@ -719,7 +719,7 @@ class PolicyLimits:
     ``None`` on a policy that has none, so that the runtime skips its step.
     """
 
-    __slots__ = ("_flow_rules", "_fold", "_twins", "by_rule", "flow_specs")
+    __slots__ = ("_flow_rules", "_fold", "_twins", "by_rule", "flow_specs", "folds")
 
     def __init__(
         self, rules: Sequence[tuple[Any, RuleLimits]], fold: Callable[[str], str] | None = None
@@ -739,6 +739,8 @@ class PolicyLimits:
         # or "READ_customer" on "CRM" would be no read of crm for a flow rule
         # and "BOB" another counter than "bob".
         self._fold = fold
+        #: whether names are compared folded (the policy's ``match_case: insensitive``)
+        self.folds = fold is not None
         self._twins: dict[FlowSpec, FlowSpec] = {}
         if fold is not None:
             for spec in self.flow_specs:
@@ -753,11 +755,6 @@ class PolicyLimits:
                     _glob(target, f"{spec.name} target"),
                     spec._params_ok,
                 )
-
-    @property
-    def folds(self) -> bool:
-        """Whether names are compared folded (the policy's ``match_case: insensitive``)."""
-        return self._fold is not None
 
     def folded(self, action: Action) -> Action:
         """``action`` with its type and target as this policy compares them."""

@@ -461,26 +461,24 @@ class AuditLogger(RecordReader):
         session_id: str,
         decision: PolicyDecision,
         guard: Guard,
-        *,
         human_decision: str | ApprovalOutcome | None = None,
-        context: Mapping[str, ContextValue] | None = None,
-        decided_at: str | None = None,
-        policy_digest: str | None = None,
+        stamp: DecisionStamp | None = None,
     ) -> int | None:
         """:meth:`record_start` in one transaction with ``guard``'s writes; ``None`` if it said no.
 
         Only for a store that :meth:`guards` the guard's database. It
         writes at once, on the calling thread (an agent running actions one
-        by one: there is no batch to join).
+        by one: there is no batch to join). ``stamp`` holds what
+        :meth:`record_start` takes as ``context``, ``decided_at`` and
+        ``policy_digest``: the runtime has it at hand.
         """
-        self._check_open()
-        draft = _start(
-            session_id, decision, human_decision, _stamp(context, decided_at, policy_digest)
-        )
+        if self._closed:
+            raise self._closed_error()
+        draft = _start(session_id, decision, human_decision, stamp)
         record = self._store.append_guarded(draft, guard)  # type: ignore[attr-defined]  # guards()
         if record is None:
             return None
-        self._starts[record.id] = (decision.action, context, draft)
+        self._starts[record.id] = (decision.action, None if stamp is None else stamp.context, draft)
         self._wrote((record,))  # never raises: metering again would count the action twice
         return int(record.id)
 

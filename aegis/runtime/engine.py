@@ -683,8 +683,8 @@ class Runtime:
         token: int | None = None
         if type(lease) is Deferred:
             # Reserved and remembered with the start record, in its commit.
-            fields = self._stamp_fields(stamp) if self._start_stamped else {}
-            started = self._limits.start(self, policy, decision, lease, human=human, fields=fields)
+            kept = stamp if self._start_stamped and self._stamped else None
+            started = self._limits.start(self, policy, decision, lease, human, kept)
             if started is None:  # meter again, the ordinary way
                 return await self._run(decision, stamp, defer=False)
             if isinstance(started, PolicyDecision):  # over the limit, and on_exceed blocks

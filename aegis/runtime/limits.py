@@ -39,6 +39,7 @@ import asyncio
 import logging
 import os
 import time
+from asyncio import current_task
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -165,6 +166,10 @@ def _unmetered(decision: PolicyDecision, exc: AegisError) -> PolicyDecision:
         risk_level=max(decision.risk_level, _UNEVALUABLE_MIN_RISK),
         reason=f"blocked: the usage counters could not be checked: {exc}",
     )
+
+
+#: builds a named tuple from C: its generated ``__new__`` is a Python call, for every action
+_new = tuple.__new__
 
 
 class _Batch:
@@ -347,7 +352,7 @@ class Metering:
         pending: _Pending | None = None
         if rule is not None:
             try:
-                metered = limits.folded(action)
+                metered = limits.folded(action) if limits.folds else action
                 meters = rule.meters
                 if len(meters) == 1:  # the usual rule: no list to build
                     charges: tuple[Charge, ...] = (meters[0].charge(metered, subject),)
@@ -362,15 +367,17 @@ class Metering:
                     reason=f"blocked: {exc.reason}",
                 )
                 return blocked, None
-            pending = (rule, Request(charges, at, rule.on_exceed.approval is not Approval.BLOCK))
+            over = rule.on_exceed.approval is not Approval.BLOCK
+            pending = (rule, _new(Request, (charges, at, over)))
         if defer and approval is Approval.AUTO:
             event = None
             if limits.flow_specs and limits.remembers(action):
                 event = FlowEvent(subject.session_id, action.type, action.target, action.params, at)
             if pending is None:
                 return decision, None if event is None else Deferred(None, event)
-            if self._batch.alone():
-                return decision, Deferred(pending[1], event)
+            batch = self._batch
+            if not batch._queue and current_task() is batch._last:  # batch.alone(), inline
+                return decision, _new(Deferred, (pending[1], event))
         return decision, pending
 
     async def reserve(
@@ -596,7 +603,9 @@ class _LimitsSetup:
             plain = False
         try:
             metering = self._metering or self.metering(runtime)
-            subject = metering.subject(runtime.session_id, stamp.context)
+            subject = metering._subject  # subject()'s answer when it is the last one's
+            if metering.agent is None or subject.session_id != runtime.session_id:
+                subject = metering.subject(runtime.session_id, stamp.context)
             checked, found = metering.begin(
                 policy,
                 decision.action,
@@ -626,29 +635,29 @@ class _LimitsSetup:
         except AegisError as exc:
             return _unmetered(decision, exc), None
 
-    def start(
+    def start(  # noqa: PLR0917  # the per-action path: positional, no keyword dict to build
         self,
         runtime: Runtime,
         policy: Any,
         decision: PolicyDecision,
         deferred: Deferred,
-        *,
         human: str | None,
-        fields: Mapping[str, Any],
+        stamp: DecisionStamp | None,
     ) -> int | PolicyDecision | None:
         """Append the start record of ``decision`` with what ``deferred`` reserves: one commit.
 
-        Returns the start record's id; else, when a charge no longer fits,
-        the decision under the rule's ``on_exceed`` if that blocks, and
-        ``None`` when the metering step must run again the ordinary way
-        (``on_exceed`` lets the action run over the limit, or the store
-        failed: the ordinary way reports that).
+        ``stamp`` is what the start record stores of the decision (``None``:
+        nothing). Returns the start record's id; else, when a charge no
+        longer fits, the decision under the rule's ``on_exceed`` if that
+        blocks, and ``None`` when the metering step must run again the
+        ordinary way (``on_exceed`` lets the action run over the limit, or
+        the store failed: the ordinary way reports that).
         """
         metering = self._metering or self.metering(runtime)
         guard = metering.store.guard(deferred.request, deferred.event)  # type: ignore[attr-defined]
         try:
             token: int | None = self._guarded.record_start_guarded(
-                runtime.session_id, decision, guard, human_decision=human, **fields
+                runtime.session_id, decision, guard, human, stamp
             )
         except AegisError:
             _log.debug("the start with its reservation failed; metering again", exc_info=True)

@@ -234,47 +234,45 @@ class SQLiteAuditStore(ReadMixin):
         write lock, ``guard`` checks and writes what it must and says
         whether the record goes in. The guard's writes and the record
         commit together, or neither does: ``None`` when the guard said no.
+        Once they committed, ``guard.committed()`` is called, still under
+        the lock.
         """
         if self.readonly:
             raise StoreError(f"the audit store {self.url!r} was opened read-only")
-        if self._create:
-            db = self.db  # db.connection()'s lock and error translation, without its generator
-            with db.lock:
-                try:
-                    return self._append_guarded(db._connect(), draft, guard)
-                except sqlite3.Error as exc:
-                    raise store_error(self.url, "write to", exc) from exc
-        with self._conn("write to") as conn:
-            return self._append_guarded(conn, draft, guard)
-
-    def _append_guarded(
-        self, conn: sqlite3.Connection, draft: RecordDraft, guard: Guard
-    ) -> AuditRecord | None:
-        try:
-            if conn is not self._ready_conn:  # else checked on this very connection already
-                self._ensure(conn)
-            guard.prepare(conn)
-            cur = self._cursor
-            if cur is None or cur.connection is not conn:  # first use, or a new connection
-                cur = self._cursor = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+        if not self._create:
+            error = self._missing()
+            if error is not None:
+                raise error
+        # db.connection()'s lock and error translation, without its generator:
+        # this runs for every action of an agent with limits.
+        db = self.db
+        with db.lock:
             try:
-                if not guard(cur):
-                    cur.execute("ROLLBACK")
-                    return None
-                record = self._insert_locked(cur, draft)
-                cur.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    cur.execute("ROLLBACK")  # on the cursor: resets what it still ran, too
+                conn = db._connect()
+                if conn is not self._ready_conn:  # else checked on this very connection already
+                    self._ensure(conn)
+                guard.prepare(conn)
+                cur = self._cursor
+                if cur is None or cur.connection is not conn:  # first use, or a new connection
+                    cur = self._cursor = conn.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    if not guard(cur):
+                        cur.execute("ROLLBACK")
+                        return None
+                    record = self._insert_locked(cur, draft)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        cur.execute("ROLLBACK")  # on the cursor: resets what it still ran, too
+                    raise
+            except BaseException as exc:
+                self._head = None
+                if isinstance(exc, sqlite3.Error):
+                    raise store_error(self.url, "write to", exc) from exc
                 raise
-        except BaseException:
-            self._head = None
-            raise
-        self._head = (record.id, record.hash)
-        committed = getattr(guard, "committed", None)  # optional for guards of other modules
-        if committed is not None:
-            committed()  # still under the lock: the next transaction sees what it keeps
+            self._head = (record.id, record.hash)
+            guard.committed()
         return record
 
     def _insert_locked(self, cur: sqlite3.Cursor, draft: RecordDraft) -> AuditRecord:

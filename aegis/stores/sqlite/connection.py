@@ -77,8 +77,9 @@ class Guard(Protocol):
         """
         ...
 
-    # Optionally, ``committed(self) -> None``: called once the transaction it
-    # wrote in has committed, still under the lock.
+    def committed(self) -> None:
+        """The transaction it wrote in has committed (called still under the lock)."""
+        ...
 
 
 class SQLiteDatabase:

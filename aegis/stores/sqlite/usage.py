@@ -129,6 +129,8 @@ _INSERT: Final = (
 _MAX_TOTAL: Final = 2**63 - 1
 #: changes when another connection (a process, a hand edit) commits to the file; not for our own
 _DATA_VERSION: Final = "PRAGMA data_version"
+#: the data version not asked for yet
+_UNASKED: Final = object()
 # A counter's rows inside the window, oldest first, for the known counters
 # (see _Seen); ?3 caps them at _FRONT rows.
 _FRONT_ROWS: Final = (
@@ -517,7 +519,16 @@ class StartGuard:
             # What _acquire_one does (never over the limit), for a lone charge first.
             if len(request.charges) == 1:
                 charge = request.charges[0]
-                used, counter = _count(cur, seen, charge, now, path)
+                # _count's first case, here: a counter known, and no one else wrote
+                version: Any = _UNASKED
+                counter = None
+                if not seen.busy:
+                    version = cur.execute(_DATA_VERSION).fetchone()[0]
+                    if version == seen.version and not seen.stirred:
+                        counter = seen.counters.get(charge.bucket)
+                used = None if counter is None else counter.used(now - charge.window)
+                if used is None or counter is None:
+                    used, counter = _count(cur, seen, charge, now, path, version)
                 if used + charge.amount > charge.maximum:
                     self.acquired = Acquired((used,), 0, None)
                     return False
@@ -580,17 +591,24 @@ def _read(cur: sqlite3.Cursor, charge: Charge, now: float, path: str) -> tuple[i
     return head[3], _Known(head, deque(), False, now - charge.window)
 
 
-def _count(
-    cur: sqlite3.Cursor, seen: _Seen, charge: Charge, now: float, path: str
+def _count(  # noqa: PLR0917  # the per-action path: positional
+    cur: sqlite3.Cursor,
+    seen: _Seen,
+    charge: Charge,
+    now: float,
+    path: str,
+    version: Any = _UNASKED,
 ) -> tuple[int, _Known]:
     """The units in ``charge``'s window and where its counter stands (inside a write).
 
-    From memory while ``seen`` holds; else read, and kept when the file is quiet.
+    From memory while ``seen`` holds; else read, and kept when the file is
+    quiet. ``version``: the data version, if the caller asked for it already.
     """
     if seen.busy:
         seen.busy -= 1
         return _read(cur, charge, now, path)
-    version = cur.execute(_DATA_VERSION).fetchone()[0]
+    if version is _UNASKED:
+        version = cur.execute(_DATA_VERSION).fetchone()[0]
     if version != seen.version:  # another connection committed: know nothing until it stops
         seen.counters.clear()
         seen.version = version
