@@ -12,6 +12,7 @@ edit), and whatever the clock does.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,6 +249,27 @@ def test_rows_forgotten_under_their_own_shorter_window_stop_counting(trail: Trai
         assert trail.counted(long, now) == trail.truth(long, now)
         assert trail.start(long, now) is None
     assert trail.counted(long, 3.5) == trail.truth(long, 3.5) == 63
+
+
+def test_a_forked_child_readies_and_counts_on_its_own_connection(trail: Trail) -> None:
+    """A child starts on a new connection: its tables are checked there, nothing kept is reused."""
+    charge = Charge("c", 1, 5, 60.0)
+    _start_many(trail, charge, 3)  # the parent's connection knows the counter
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child reports through its exit status
+        try:
+            fits = trail.start(charge, 20.0) is None  # the fourth
+            full = trail.start(Charge("c", 1, 4, 60.0), 21.0)  # a fifth would not fit in 4
+            same = full is not None and full.used == (4,)
+            os._exit(0 if fits and same else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's memory is stale (the child wrote): it counts what the file holds
+    assert trail.counted(charge, 22.0) == trail.truth(charge, 22.0) == 4
+    assert trail.start(charge, 23.0) is None
+    assert trail.start(charge, 24.0) is not None
 
 
 _STEP = st.one_of(

@@ -230,12 +230,12 @@ class SQLiteAuditStore(ReadMixin):
     def append_guarded(self, draft: RecordDraft, guard: Guard) -> AuditRecord | None:
         """Append ``draft`` in one transaction with ``guard``'s writes, if the guard lets it.
 
-        ``guard.prepare`` readies its tables first; then, under SQLite's
-        write lock, ``guard`` checks and writes what it must and says
-        whether the record goes in. The guard's writes and the record
-        commit together, or neither does: ``None`` when the guard said no.
-        Once they committed, ``guard.committed()`` is called, still under
-        the lock.
+        ``guard.prepare`` readies its tables first (unless ``guard.ready``
+        says they are ready on this connection); then, under SQLite's write
+        lock, ``guard`` checks and writes what it must and says whether the
+        record goes in. The guard's writes and the record commit together,
+        or neither does: ``None`` when the guard said no. Once they
+        committed, ``guard.committed()`` is called, still under the lock.
         """
         if self.readonly:
             raise StoreError(f"the audit store {self.url!r} was opened read-only")
@@ -251,7 +251,8 @@ class SQLiteAuditStore(ReadMixin):
                 conn = db._connect()
                 if conn is not self._ready_conn:  # else checked on this very connection already
                     self._ensure(conn)
-                guard.prepare(conn)
+                if guard.ready is not conn:
+                    guard.prepare(conn)
                 cur = self._cursor
                 if cur is None or cur.connection is not conn:  # first use, or a new connection
                     cur = self._cursor = conn.cursor()

@@ -66,6 +66,10 @@ class Guard(Protocol):
     appends its start record, so that both are one commit.
     """
 
+    #: the connection the module's tables are known to be ready on: ``prepare`` is
+    #: called (outside the transaction) only when that is not the one at hand
+    ready: sqlite3.Connection | None
+
     def prepare(self, conn: sqlite3.Connection) -> None:
         """Ready the module's tables on ``conn``, outside any transaction."""
         ...

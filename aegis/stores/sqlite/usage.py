@@ -487,7 +487,7 @@ class SQLiteUsageStore:
 class StartGuard:
     """An action's charges and flow event, written with its start record (see ``guard``)."""
 
-    __slots__ = ("acquired", "event", "request", "store")
+    __slots__ = ("acquired", "event", "ready", "request", "store")
 
     def __init__(
         self, store: SQLiteUsageStore, request: Request | None, event: FlowEvent | None
@@ -497,12 +497,15 @@ class StartGuard:
         self.event = event
         #: what the counters held, when a charge did not fit
         self.acquired: Acquired | None = None
+        #: the connection the usage tables are ready on (see Guard.ready)
+        self.ready = store._ready
 
     def prepare(self, conn: sqlite3.Connection) -> None:
         """The usage tables, created or migrated on ``conn`` (outside the transaction)."""
         store = self.store
-        if store._ready is not conn:  # else ready already: no call on every action
+        if store._ready is not conn:
             store._ready_on(conn)
+        self.ready = conn
 
     def __call__(self, cur: sqlite3.Cursor) -> bool:
         """Reserve the charges if they all fit, and keep the event; ``False`` if one does not."""
