@@ -306,6 +306,11 @@ class Meter:
         """The maximum in the counter's units."""
         return self._units
 
+    @property
+    def per_subject(self) -> bool:
+        """Whether its charge depends only on who acts: a limit keyed by session, agent or none."""
+        return self._by_subject and self._amount is None
+
     def key_values(self, action: Action, subject: Subject) -> tuple[Any, ...]:
         """The values of this meter's key for ``action``.
 

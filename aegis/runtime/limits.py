@@ -496,6 +496,11 @@ class _LimitsSetup:
         self._guarded: Any = None
         self._watcher: asyncio.Task[None] | None = None
         self._seen: tuple[int, int, int] | None = None
+        self._digest: tuple[object, object] = (None, None)  # (policy, its digest), the last
+        # The last check that deferred, to repeat while nothing it rests on changes:
+        # (policy, rule name, subject, charges, over), for a rule whose charges depend
+        # only on who acts, in a policy without flow conditions (see check).
+        self._lane: tuple[Any, str, Subject, tuple[Charge, ...], bool] | None = None
 
     # -- the policy file -------------------------------------------------------
 
@@ -597,10 +602,34 @@ class _LimitsSetup:
         :class:`Deferred`, when the audit can carry it. A usage store that
         fails blocks the action, with the error as reason.
         """
-        if stamp.policy_digest != getattr(policy, "digest", None):
+        digest = self._digest  # the policy's digest, without its property's call each time
+        if digest[0] is not policy:
+            digest = self._digest = (policy, getattr(policy, "digest", None))
+        if stamp.policy_digest != digest[1]:
             # decided by a policy swapped out since: this step decides anew
             stamp = DecisionStamp.now(policy, stamp.context)
             plain = False
+        lane = self._lane
+        if (
+            lane is not None
+            and plain
+            and defer
+            and lane[0] is policy
+            and lane[1] == decision.matched_rule
+            and decision.approval is Approval.AUTO
+        ):
+            # The agent's last action again: the same policy, rule and subject give
+            # the same charges (they depend on nothing else); only the time is new.
+            metering = self._metering  # (its agent is set: see _lane)
+            if (
+                metering is not None
+                and metering._subject is lane[2]
+                and lane[2].session_id == runtime.session_id
+            ):
+                batch = metering._batch
+                if not batch._queue and current_task() is batch._last:
+                    request = _new(Request, (lane[3], time.time(), lane[4]))
+                    return decision, _new(Deferred, (request, None)), stamp, None
         try:
             metering = self._metering or self.metering(runtime)
             subject = metering._subject  # subject()'s answer when it is the last one's
@@ -616,6 +645,8 @@ class _LimitsSetup:
         except AegisError as exc:
             return _unmetered(decision, exc), None, stamp, None
         if found is None or isinstance(found, Deferred):
+            if found is not None and plain and defer:
+                self._lane = _lane(policy, decision, metering, found)
             return checked, found, stamp, None
         return checked, None, stamp, found
 
@@ -709,6 +740,30 @@ class _LimitsSetup:
         metering, self._metering = self._metering, None
         if metering is not None and self._owned:
             metering.close()
+
+
+def _lane(
+    policy: Any, decision: PolicyDecision, metering: Metering, deferred: Deferred
+) -> tuple[Any, str, Subject, tuple[Charge, ...], bool] | None:
+    """What a later check of the same rule for the same subject may reuse, if anything.
+
+    Only when the deferred charges depend on who acts and nothing else (every
+    meter a limit keyed by session, agent or nothing), no flow condition could
+    ask for history or remember the action, and the agent is the runtime's.
+    """
+    request = deferred.request
+    limits = policy.limits
+    rule = limits.by_rule.get(decision.matched_rule)
+    if (
+        request is None
+        or deferred.event is not None
+        or limits.flow_specs
+        or rule is None
+        or metering.agent is None
+        or not all(meter.per_subject for meter in rule.meters)
+    ):
+        return None
+    return (policy, decision.matched_rule, metering._subject, request.charges, request.over)
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:

@@ -916,3 +916,93 @@ async def test_a_policy_swapped_during_setup_decides_the_first_action(tmp_path: 
     await rt.close()
     assert result.status is ResultStatus.BLOCKED
     assert ran == []
+
+
+# -- an agent's repeated actions: the last check reused -----------------------------------
+
+# No flow condition: an agent's next action of the same rule may reuse the last check.
+REPEAT = {
+    "rules": [
+        {"name": "email_rate", "match": {"type": "send_email"}, "approval": "auto",
+         "limit": {"max": 3, "per": "1h", "key": ["agent"]}},
+        {"name": "ping_rate", "match": {"type": "ping"}, "approval": "auto",
+         "limit": {"max": 2, "per": "1h", "key": ["session"]}},
+        {"name": "sms_rate", "match": {"type": "send_sms"}, "approval": "auto",
+         "limit": {"max": 2, "per": "1h", "key": ["params.to"]}},
+        {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
+    ]
+}  # fmt: skip
+
+
+@pytest.fixture
+def begins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The rules the metering step worked out from the policy (not reused), in order."""
+    seen: list[str] = []
+    begin = Metering.begin
+
+    def counting(self: Metering, policy: Any, action: Action, *args: Any, **kw: Any) -> Any:
+        seen.append(action.type)
+        return begin(self, policy, action, *args, **kw)
+
+    monkeypatch.setattr(Metering, "begin", counting)
+    return seen
+
+
+async def test_an_agents_repeated_actions_reuse_the_check_and_stop_at_the_limit(
+    tmp_path: Path, begins: list[str]
+) -> None:
+    """From the second action on the check is reused; the fourth still finds the limit."""
+    async with runtime(Policy.from_dict(REPEAT), tmp_path, agent="a") as rt:
+        got = await statuses(rt, [Action("send_email", "smtp")] * 5)
+        listed = rt.audit.get_log(rt.session_id)  # type: ignore[attr-defined]
+    assert got == ["success"] * 3 + ["blocked"] * 2
+    # worked out for the first two (the first goes through the batch), then reused
+    assert begins == ["send_email"] * 2
+    assert "3 of 3 actions already in the last 1h" in listed[-1]["reason"]
+
+
+async def test_a_swapped_policy_is_not_checked_with_the_last_ones_charges(
+    tmp_path: Path, begins: list[str]
+) -> None:
+    """The same rule name in a new policy with a lower limit applies at once."""
+    lower = json.loads(json.dumps(REPEAT))
+    lower["rules"][0]["limit"]["max"] = 2
+    async with runtime(Policy.from_dict(REPEAT), tmp_path, agent="a") as rt:
+        first = await statuses(rt, [Action("send_email", "smtp")] * 2)
+        rt.update_policy(Policy.from_dict(lower))
+        after = await statuses(rt, [Action("send_email", "smtp")])
+    assert first == ["success", "success"]
+    assert after == ["blocked"]
+
+
+async def test_two_limited_rules_in_turn_each_count_their_own(
+    tmp_path: Path, begins: list[str]
+) -> None:
+    """Alternating rules never take each other's counter."""
+    actions = [Action("send_email", "smtp"), Action("ping", "host")] * 4
+    async with runtime(Policy.from_dict(REPEAT), tmp_path, agent="a") as rt:
+        got = await statuses(rt, actions)
+    assert got[0::2] == ["success"] * 3 + ["blocked"]  # email: 3 an hour
+    assert got[1::2] == ["success"] * 2 + ["blocked"] * 2  # ping: 2 an hour
+
+
+async def test_a_limit_keyed_by_a_param_counts_each_value(
+    tmp_path: Path, begins: list[str]
+) -> None:
+    """A charge that depends on the action is worked out for every action."""
+    to = [{"to": "ann"}, {"to": "bob"}] * 3
+    async with runtime(Policy.from_dict(REPEAT), tmp_path, agent="a") as rt:
+        got = await statuses(rt, [Action("send_sms", "twilio", p) for p in to])
+    assert got == ["success"] * 4 + ["blocked"] * 2
+    assert len(begins) == 6
+
+
+async def test_agents_named_by_the_context_count_apart(tmp_path: Path, begins: list[str]) -> None:
+    """Without Runtime(agent=...), each call's context names its agent: no reuse across them."""
+    async with runtime(Policy.from_dict(REPEAT), tmp_path) as rt:
+        got = [
+            (await rt.run_one(Action("send_email", "smtp"), context={"agent": who})).status.value
+            for who in ["x", "y"] * 4
+        ]
+    assert got[0::2] == ["success"] * 3 + ["blocked"]
+    assert got[1::2] == ["success"] * 3 + ["blocked"]

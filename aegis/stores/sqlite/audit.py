@@ -235,7 +235,7 @@ class SQLiteAuditStore(ReadMixin):
         lock, ``guard`` checks and writes what it must and says whether the
         record goes in. The guard's writes and the record commit together,
         or neither does: ``None`` when the guard said no. Once they
-        committed, ``guard.committed()`` is called, still under the lock.
+        committed, ``guard.committed`` is set, still under the lock.
         """
         if self.readonly:
             raise StoreError(f"the audit store {self.url!r} was opened read-only")
@@ -248,8 +248,10 @@ class SQLiteAuditStore(ReadMixin):
         db = self.db
         with db.lock:
             try:
-                conn = db._connect()
-                if conn is not self._ready_conn:  # else checked on this very connection already
+                conn = db._conn
+                if conn is None or conn is not self._ready_conn or self._ready_pid != os.getpid():
+                    # a first use, a new connection or a forked child: what _connect is for
+                    conn = db._connect()
                     self._ensure(conn)
                 if guard.ready is not conn:
                     guard.prepare(conn)
@@ -273,7 +275,7 @@ class SQLiteAuditStore(ReadMixin):
                     raise store_error(self.url, "write to", exc) from exc
                 raise
             self._head = (record.id, record.hash)
-            guard.committed()
+            guard.committed = True
         return record
 
     def _insert_locked(self, cur: sqlite3.Cursor, draft: RecordDraft) -> AuditRecord:

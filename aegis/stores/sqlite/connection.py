@@ -81,9 +81,9 @@ class Guard(Protocol):
         """
         ...
 
-    def committed(self) -> None:
-        """The transaction it wrote in has committed (called still under the lock)."""
-        ...
+    #: set to ``True`` by the audit store once the transaction it wrote in has
+    #: committed, still under the lock
+    committed: bool
 
 
 class SQLiteDatabase:

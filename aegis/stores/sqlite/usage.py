@@ -131,6 +131,7 @@ _MAX_TOTAL: Final = 2**63 - 1
 _DATA_VERSION: Final = "PRAGMA data_version"
 #: the data version not asked for yet
 _UNASKED: Final = object()
+_new_object: Final = object.__new__
 # A counter's rows inside the window, oldest first, for the known counters
 # (see _Seen); ?3 caps them at _FRONT rows.
 _FRONT_ROWS: Final = (
@@ -222,18 +223,19 @@ class _Seen:
     so a counter it knows is counted without reading it: one small
     statement instead of a query and its checks. Every write of this module
     keeps that true: a start's reservation updates its counter at once and
-    marks everything ``dirty`` until the start is seen to commit (else the
-    next guard forgets it all); any other write (a group of reservations, a
+    is kept as ``pending`` until its start is seen to commit (else the next
+    guard forgets it all); any other write (a group of reservations, a
     release, forgetting rows) drops the counter. While other connections
     keep committing, the version is not even asked for a while.
     """
 
-    __slots__ = ("busy", "counters", "dirty", "stirred", "version")
+    __slots__ = ("busy", "counters", "pending", "stirred", "version")
 
     def __init__(self) -> None:
         self.version: int | None = None
         self.counters: dict[str, _Known] = {}
-        self.dirty = False  # a reservation was written, and its commit not seen
+        #: the guard that reserved last: until its ``committed`` is set, what is known is unsure
+        self.pending: StartGuard | None = None
         self.stirred = 0  # transactions in a row that found another connection's commits
         self.busy = 0  # reservations still to count from the file without asking
 
@@ -441,7 +443,15 @@ class SQLiteUsageStore:
         commit for both. If a charge does not fit nothing is written, and
         the guard's :attr:`StartGuard.acquired` tells what was found.
         """
-        return StartGuard(self, request, event)
+        # Built here, field by field: an __init__ would be one more Python call per action.
+        made: StartGuard = _new_object(StartGuard)
+        made.store = self
+        made.request = request
+        made.event = event
+        made.acquired = None
+        made.ready = self._ready
+        made.committed = False
+        return made
 
     def recall(
         self, session_id: str, since: float | None, action_type: str | None
@@ -485,20 +495,23 @@ class SQLiteUsageStore:
 
 
 class StartGuard:
-    """An action's charges and flow event, written with its start record (see ``guard``)."""
+    """An action's charges and flow event, written with its start record.
 
-    __slots__ = ("acquired", "event", "ready", "request", "store")
+    Made by :meth:`SQLiteUsageStore.guard`, which sets every field.
+    """
 
-    def __init__(
-        self, store: SQLiteUsageStore, request: Request | None, event: FlowEvent | None
-    ) -> None:
-        self.store = store
-        self.request = request
-        self.event = event
-        #: what the counters held, when a charge did not fit
-        self.acquired: Acquired | None = None
-        #: the connection the usage tables are ready on (see Guard.ready)
-        self.ready = store._ready
+    __slots__ = ("acquired", "committed", "event", "ready", "request", "store")
+
+    store: SQLiteUsageStore
+    request: Request | None
+    event: FlowEvent | None
+    #: what the counters held, when a charge did not fit
+    acquired: Acquired | None
+    #: the connection the usage tables are ready on (see Guard.ready)
+    ready: sqlite3.Connection | None
+    #: set by the audit store once its transaction committed: what the
+    #: connection knows, with this start's row, then holds (see _Seen)
+    committed: bool
 
     def prepare(self, conn: sqlite3.Connection) -> None:
         """The usage tables, created or migrated on ``conn`` (outside the transaction)."""
@@ -513,8 +526,10 @@ class StartGuard:
         if store._closed:
             raise StoreError(f"the usage store for {store.db.path!r} is closed; create a new one")
         seen = store._seen
-        if seen.dirty:  # the last reservation's commit was not seen: it may or may not count
-            seen.dirty = False
+        pending = seen.pending
+        if pending is not None and not pending.committed:
+            # the last reservation's commit was not seen: it may or may not count
+            seen.pending = None
             seen.forget_all()
         request = self.request
         if request is not None:
@@ -535,9 +550,9 @@ class StartGuard:
                 if used + charge.amount > charge.maximum:
                     self.acquired = Acquired((used,), 0, None)
                     return False
-                # What is known changes now; until committed() clears ``dirty``,
-                # the next count forgets it all (a start that did not commit).
-                seen.dirty = True
+                # What is known changes now; until the audit store sets this guard's
+                # ``committed``, the next count forgets it all (a start that did not commit).
+                seen.pending = self
                 counter.reserve(cur, charge, now, path, seen)
             else:
                 acquired = store._acquire_one(cur, Request(request.charges, now, over=False), seen)
@@ -549,10 +564,6 @@ class StartGuard:
         if self.event is not None:
             _remember(cur, self.event)
         return True
-
-    def committed(self) -> None:
-        """Its transaction committed: what the connection knows, with this start's row, holds."""
-        self.store._seen.dirty = False
 
 
 def _remember(cur: sqlite3.Cursor, event: FlowEvent) -> None:
