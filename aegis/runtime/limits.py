@@ -497,10 +497,8 @@ class _LimitsSetup:
         self._watcher: asyncio.Task[None] | None = None
         self._seen: tuple[int, int, int] | None = None
         self._digest: tuple[object, object] = (None, None)  # (policy, its digest), the last
-        # The last check that deferred, to repeat while nothing it rests on changes:
-        # (policy, rule name, subject, charges, over), for a rule whose charges depend
-        # only on who acts, in a policy without flow conditions (see check).
-        self._lane: tuple[Any, str, Subject, tuple[Charge, ...], bool] | None = None
+        # the last check that deferred, to repeat while nothing it rests on changes
+        self._lane: _Lane | None = None
 
     # -- the policy file -------------------------------------------------------
 
@@ -614,22 +612,27 @@ class _LimitsSetup:
             lane is not None
             and plain
             and defer
-            and lane[0] is policy
-            and lane[1] == decision.matched_rule
+            and lane.policy is policy
+            and lane.rule == decision.matched_rule
             and decision.approval is Approval.AUTO
         ):
-            # The agent's last action again: the same policy, rule and subject give
-            # the same charges (they depend on nothing else); only the time is new.
-            metering = self._metering  # (its agent is set: see _lane)
+            # The agent's last rule again: see _Lane. Only the time (and the
+            # charges, when they depend on the action) is new.
+            metering = self._metering  # (its agent is set: see _Lane.of)
+            subject = lane.subject
             if (
                 metering is not None
-                and metering._subject is lane[2]
-                and lane[2].session_id == runtime.session_id
+                and metering._subject is subject
+                and subject.session_id == runtime.session_id
             ):
                 batch = metering._batch
                 if not batch._queue and current_task() is batch._last:
-                    request = _new(Request, (lane[3], time.time(), lane[4]))
-                    return decision, _new(Deferred, (request, None)), stamp, None
+                    charges = lane.charges
+                    if charges is None:
+                        charges = lane.charge(decision.action)
+                    if charges is not None:
+                        request = _new(Request, (charges, time.time(), lane.over))
+                        return decision, _new(Deferred, (request, None)), stamp, None
         try:
             metering = self._metering or self.metering(runtime)
             subject = metering._subject  # subject()'s answer when it is the last one's
@@ -646,7 +649,7 @@ class _LimitsSetup:
             return _unmetered(decision, exc), None, stamp, None
         if found is None or isinstance(found, Deferred):
             if found is not None and plain and defer:
-                self._lane = _lane(policy, decision, metering, found)
+                self._lane = _Lane.of(policy, decision, metering, found)
             return checked, found, stamp, None
         return checked, None, stamp, found
 
@@ -742,28 +745,69 @@ class _LimitsSetup:
             metering.close()
 
 
-def _lane(
-    policy: Any, decision: PolicyDecision, metering: Metering, deferred: Deferred
-) -> tuple[Any, str, Subject, tuple[Charge, ...], bool] | None:
-    """What a later check of the same rule for the same subject may reuse, if anything.
+class _Lane:
+    """A sequential agent's last deferred check of a rule, and what a next one may reuse.
 
-    Only when the deferred charges depend on who acts and nothing else (every
-    meter a limit keyed by session, agent or nothing), no flow condition could
-    ask for history or remember the action, and the agent is the runtime's.
+    While the same policy object decides the same rule for the same subject
+    (and nothing waits to be grouped), the rule's lookup, its meters and
+    ``on_exceed`` are as they were; so are the charges themselves when every
+    meter is a limit keyed by session, agent or nothing (``per_subject``).
+    Only for a policy without flow conditions (nothing asks for history or
+    remembers the action) and an agent given to the runtime (not named by
+    each call's context).
     """
-    request = deferred.request
-    limits = policy.limits
-    rule = limits.by_rule.get(decision.matched_rule)
-    if (
-        request is None
-        or deferred.event is not None
-        or limits.flow_specs
-        or rule is None
-        or metering.agent is None
-        or not all(meter.per_subject for meter in rule.meters)
-    ):
-        return None
-    return (policy, decision.matched_rule, metering._subject, request.charges, request.over)
+
+    __slots__ = ("charges", "folds", "meters", "over", "policy", "rule", "subject")
+
+    def __init__(
+        self,
+        policy: Any,
+        rule: RuleLimits,
+        subject: Subject,
+        charges: tuple[Charge, ...] | None,
+        over: bool,
+    ) -> None:
+        self.policy = policy
+        self.rule = rule.rule
+        self.subject = subject
+        self.meters = rule.meters
+        self.folds: PolicyLimits | None = policy.limits if policy.limits.folds else None
+        #: the charges to reuse; None when they depend on the action
+        self.charges = charges
+        self.over = over
+
+    @classmethod
+    def of(
+        cls, policy: Any, decision: PolicyDecision, metering: Metering, deferred: Deferred
+    ) -> _Lane | None:
+        """The lane of a check that deferred ``deferred``, if a next check may use one."""
+        request = deferred.request
+        limits: PolicyLimits = policy.limits
+        rule = limits.by_rule.get(decision.matched_rule)
+        if (
+            request is None
+            or deferred.event is not None
+            or limits.flow_specs
+            or rule is None
+            or metering.agent is None
+        ):
+            return None
+        fixed = all(meter.per_subject for meter in rule.meters)
+        return cls(
+            policy, rule, metering._subject, request.charges if fixed else None, request.over
+        )
+
+    def charge(self, action: Action) -> tuple[Charge, ...] | None:
+        """``action``'s charges; ``None`` when it cannot be charged (the general path says why)."""
+        if self.folds is not None:
+            action = self.folds.folded(action)
+        meters, subject = self.meters, self.subject
+        try:
+            if len(meters) == 1:
+                return (meters[0].charge(action, subject),)
+            return tuple([meter.charge(action, subject) for meter in meters])
+        except Unevaluable:
+            return None
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:

@@ -929,6 +929,8 @@ REPEAT = {
          "limit": {"max": 2, "per": "1h", "key": ["session"]}},
         {"name": "sms_rate", "match": {"type": "send_sms"}, "approval": "auto",
          "limit": {"max": 2, "per": "1h", "key": ["params.to"]}},
+        {"name": "refunds", "match": {"type": "refund"}, "approval": "auto",
+         "budget": {"sum": "amount", "max": 0.3, "per": "1d", "key": ["params.customer"]}},
         {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
     ]
 }  # fmt: skip
@@ -989,12 +991,30 @@ async def test_two_limited_rules_in_turn_each_count_their_own(
 async def test_a_limit_keyed_by_a_param_counts_each_value(
     tmp_path: Path, begins: list[str]
 ) -> None:
-    """A charge that depends on the action is worked out for every action."""
+    """A charge that depends on the action is worked out for every action, in the reuse too."""
     to = [{"to": "ann"}, {"to": "bob"}] * 3
     async with runtime(Policy.from_dict(REPEAT), tmp_path, agent="a") as rt:
         got = await statuses(rt, [Action("send_sms", "twilio", p) for p in to])
     assert got == ["success"] * 4 + ["blocked"] * 2
-    assert len(begins) == 6
+    assert len(begins) == 2  # the rest reused the rule, not its charges
+
+
+async def test_a_budget_in_the_reuse_sums_each_amount_and_blocks_nonsense(
+    tmp_path: Path, begins: list[str]
+) -> None:
+    """Amounts are charged one by one; one that is not a number blocks, with the reason."""
+    amounts: list[Any] = [0.1, 0.1, "lots", 0.1, 0.1]
+    async with runtime(Policy.from_dict(REPEAT), tmp_path, agent="a") as rt:
+        results = [
+            await rt.run_one(Action("refund", "stripe", {"customer": "c1", "amount": amount}))
+            for amount in amounts
+        ]
+    assert [r.status.value for r in results] == ["success"] * 2 + ["blocked"] + [
+        "success",
+        "blocked",
+    ]
+    assert "amount" in (results[2].error or "")
+    assert "0.3" in (results[4].error or "")
 
 
 async def test_agents_named_by_the_context_count_apart(tmp_path: Path, begins: list[str]) -> None:
@@ -1006,3 +1026,21 @@ async def test_agents_named_by_the_context_count_apart(tmp_path: Path, begins: l
         ]
     assert got[0::2] == ["success"] * 3 + ["blocked"]
     assert got[1::2] == ["success"] * 3 + ["blocked"]
+
+
+async def test_the_reuse_folds_names_like_the_policy(tmp_path: Path, begins: list[str]) -> None:
+    """Under match_case: insensitive, a reused check counts EMAIL to BOB with email to Bob."""
+    policy = Policy.from_dict(
+        {
+            "match_case": "insensitive",
+            "rules": [
+                {"name": "emails", "match": {"type": "email"}, "approval": "auto",
+                 "limit": {"max": 2, "per": "1h", "key": ["type", "target"]}},
+            ],
+        }
+    )  # fmt: skip
+    sent = [("email", "Bob"), ("email", "Bob"), ("EMAIL", "BOB"), ("Email", "Ann")]
+    async with runtime(policy, tmp_path, agent="a") as rt:
+        got = await statuses(rt, [Action(kind, target) for kind, target in sent])
+    assert got == ["success", "success", "blocked", "success"]
+    assert len(begins) == 2
