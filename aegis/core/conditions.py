@@ -51,7 +51,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from aegis.core._regex import RegexError, compile_search
-from aegis.core.action import freeze
+from aegis.core.action import FrozenDict, freeze
 
 __all__ = [
     "CONDITION_NAMES",
@@ -233,9 +233,12 @@ def _lookup(path: str) -> Callable[[Mapping[str, Any]], Any]:
     def get(params: Mapping[str, Any]) -> Any:
         value: Any = params
         for key in keys:
-            if not isinstance(value, Mapping):
+            if type(value) is FrozenDict:  # an Action's params: its dict, without two calls
+                value = value._data.get(key, _MISSING)
+            elif isinstance(value, Mapping):
+                value = value.get(key, _MISSING)
+            else:
                 return _MISSING
-            value = value.get(key, _MISSING)
             if value is _MISSING:
                 break
         return value

@@ -340,7 +340,11 @@ class Meter:
             if self._amount is None:
                 return recent[1]
             return self._budget_charge(action, recent[1], self._amount)
-        values = tuple([part(action, subject) for part in self._parts])
+        parts = self._parts
+        if len(parts) == 1:  # the usual key: no list to build
+            values: tuple[Any, ...] = (parts[0](action, subject),)
+        else:
+            values = tuple([part(action, subject) for part in parts])
         # Names of counters keyed by plain strings and ints are kept: the JSON
         # costs more than the rest of a check. (Not other types: True == 1
         # as a dict key, and a policy tells booleans from numbers.) One pass
