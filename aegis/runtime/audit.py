@@ -463,6 +463,10 @@ class AuditLogger(RecordReader):
         guard: Guard,
         human_decision: str | ApprovalOutcome | None = None,
         stamp: DecisionStamp | None = None,
+        *,
+        context: Mapping[str, ContextValue] | None = None,
+        decided_at: str | None = None,
+        policy_digest: str | None = None,
     ) -> int | None:
         """:meth:`record_start` in one transaction with ``guard``'s writes; ``None`` if it said no.
 
@@ -470,10 +474,13 @@ class AuditLogger(RecordReader):
         writes at once, on the calling thread (an agent running actions one
         by one: there is no batch to join). ``stamp`` holds what
         :meth:`record_start` takes as ``context``, ``decided_at`` and
-        ``policy_digest``: the runtime has it at hand.
+        ``policy_digest`` (the runtime has it at hand); those keywords are
+        taken too, when no ``stamp`` is given.
         """
         if self._closed:
             raise self._closed_error()
+        if stamp is None:
+            stamp = _stamp(context, decided_at, policy_digest)
         draft = _start(session_id, decision, human_decision, stamp)
         record = self._store.append_guarded(draft, guard)  # type: ignore[attr-defined]  # guards()
         if record is None:

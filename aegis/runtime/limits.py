@@ -602,7 +602,9 @@ class _LimitsSetup:
         """
         digest = self._digest  # the policy's digest, without its property's call each time
         if digest[0] is not policy:
-            digest = self._digest = (policy, getattr(policy, "digest", None))
+            digest = (policy, getattr(policy, "digest", None))
+            if _immutable(policy):  # another object's digest may change: ask it each time
+                self._digest = digest
         if stamp.policy_digest != digest[1]:
             # decided by a policy swapped out since: this step decides anew
             stamp = DecisionStamp.now(policy, stamp.context)
@@ -752,9 +754,10 @@ class _Lane:
     (and nothing waits to be grouped), the rule's lookup, its meters and
     ``on_exceed`` are as they were; so are the charges themselves when every
     meter is a limit keyed by session, agent or nothing (``per_subject``).
-    Only for a policy without flow conditions (nothing asks for history or
-    remembers the action) and an agent given to the runtime (not named by
-    each call's context).
+    Only for an :class:`~aegis.core.policy.Policy` (which never changes; a
+    policy object of another kind might), without flow conditions (nothing
+    asks for history or remembers the action), and an agent given to the
+    runtime (not named by each call's context).
     """
 
     __slots__ = ("charges", "folds", "meters", "over", "policy", "rule", "subject")
@@ -782,11 +785,12 @@ class _Lane:
     ) -> _Lane | None:
         """The lane of a check that deferred ``deferred``, if a next check may use one."""
         request = deferred.request
+        if request is None or not _immutable(policy):  # another policy may change its rules
+            return None
         limits: PolicyLimits = policy.limits
         rule = limits.by_rule.get(decision.matched_rule)
         if (
-            request is None
-            or deferred.event is not None
+            deferred.event is not None
             or limits.flow_specs
             or rule is None
             or metering.agent is None
@@ -808,6 +812,13 @@ class _Lane:
             return tuple([meter.charge(action, subject) for meter in meters])
         except Unevaluable:
             return None
+
+
+def _immutable(policy: object) -> bool:
+    """Whether ``policy`` is an :class:`~aegis.core.policy.Policy`, whose rules never change."""
+    from aegis.core.policy import Policy  # noqa: PLC0415  # the engine imports it lazily too
+
+    return type(policy) is Policy
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:

@@ -1044,3 +1044,63 @@ async def test_the_reuse_folds_names_like_the_policy(tmp_path: Path, begins: lis
         got = await statuses(rt, [Action(kind, target) for kind, target in sent])
     assert got == ["success", "success", "blocked", "success"]
     assert len(begins) == 2
+
+
+async def test_a_new_session_is_not_counted_with_the_last_one(tmp_path: Path) -> None:
+    """A limit per session starts again when the runtime's session changes."""
+    async with runtime(Policy.from_dict(REPEAT), tmp_path, agent="a") as rt:
+        got = await statuses(rt, [Action("ping", "host")] * 3)
+        rt.session_id = "another"
+        got += await statuses(rt, [Action("ping", "host")] * 3)
+    assert got == ["success", "success", "blocked"] * 2
+
+
+class _Swappable:
+    """A policy of another kind: its rules are a Policy's it can swap."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+
+    def evaluate(self, action: Action, **kwargs: Any) -> PolicyDecision:
+        return self.inner.evaluate(action, **kwargs)
+
+    @property
+    def limits(self) -> Any:
+        return self.inner.limits
+
+
+async def test_a_policy_of_another_kind_is_asked_for_its_limits_each_time(
+    tmp_path: Path,
+) -> None:
+    """Only a Policy (which never changes) has its last check reused."""
+    three = Policy.from_dict(REPEAT)
+    lower = json.loads(json.dumps(REPEAT))
+    lower["rules"][0]["limit"]["max"] = 1
+    swappable = _Swappable(three)
+    async with runtime(swappable, tmp_path, agent="a") as rt:  # type: ignore[arg-type]
+        got = await statuses(rt, [Action("send_email", "smtp")] * 2)
+        swappable.inner = Policy.from_dict(lower)  # at most one an hour now
+        got += await statuses(rt, [Action("send_email", "smtp")])
+    assert got == ["success", "success", "blocked"]
+
+
+def test_a_guarded_start_takes_the_stamp_as_keywords_too(tmp_path: Path) -> None:
+    """record_start_guarded(context=..., decided_at=..., policy_digest=...) stores them."""
+    audit = AuditLogger(tmp_path / "aegis_audit.db")
+    audit.check()
+    usage = SQLiteUsageStore(database=audit.store.db)  # type: ignore[attr-defined]
+    decision = PolicyDecision(Action("ping", "host"), RiskLevel.LOW, Approval.AUTO, "pings")
+    started = audit.record_start_guarded(
+        "s1",
+        decision,
+        usage.guard(None, None),
+        context={"tool_call_id": "t1"},
+        decided_at="2026-11-29T12:00:00+00:00",
+        policy_digest="d" * 64,
+    )
+    assert started is not None
+    record = audit.get_log("s1")[-1]
+    assert record["decided_at"] == "2026-11-29T12:00:00+00:00"
+    assert record["policy_digest"] == "d" * 64
+    assert record["context"] == {"tool_call_id": "t1"}
+    audit.close()

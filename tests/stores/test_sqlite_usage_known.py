@@ -28,7 +28,7 @@ from aegis.core.record import start_draft
 from aegis.core.risk import RiskLevel
 from aegis.errors import StoreError
 from aegis.stores.sqlite.audit import SQLiteAuditStore
-from aegis.stores.sqlite.usage import SQLiteUsageStore
+from aegis.stores.sqlite.usage import SQLiteUsageStore, StartGuard
 from aegis.stores.usage import Acquired, Request
 
 _DECISION = PolicyDecision(Action("send_email", "smtp"), RiskLevel.LOW, Approval.AUTO, "r")
@@ -253,21 +253,22 @@ def test_rows_forgotten_under_their_own_shorter_window_stop_counting(trail: Trai
 
 def test_a_forked_child_readies_and_counts_on_its_own_connection(trail: Trail) -> None:
     """A child starts on a new connection: its tables are checked there, nothing kept is reused."""
-    charge = Charge("c", 1, 5, 60.0)
-    _start_many(trail, charge, 3)  # the parent's connection knows the counter
+    charge = Charge("c", 1, 6, 60.0)
+    _start_many(trail, charge, 3)  # the parent's connection knows the counter: 3
+    assert trail.writer.acquire([charge], 13.5, reserve=True, over=False).reserved  # 4 now
     pid = os.fork()
     if pid == 0:  # pragma: no cover  # the child reports through its exit status
         try:
-            fits = trail.start(charge, 20.0) is None  # the fourth
-            full = trail.start(Charge("c", 1, 4, 60.0), 21.0)  # a fifth would not fit in 4
-            same = full is not None and full.used == (4,)
+            fits = trail.start(charge, 20.0) is None  # the fifth
+            full = trail.start(Charge("c", 1, 5, 60.0), 21.0)  # a sixth would not fit in 5
+            same = full is not None and full.used == (5,)
             os._exit(0 if fits and same else 1)
         except BaseException:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    # the parent's memory is stale (the child wrote): it counts what the file holds
-    assert trail.counted(charge, 22.0) == trail.truth(charge, 22.0) == 4
+    # the parent's memory is stale (others wrote): it counts what the file holds
+    assert trail.counted(charge, 22.0) == trail.truth(charge, 22.0) == 5
     assert trail.start(charge, 23.0) is None
     assert trail.start(charge, 24.0) is not None
 
@@ -325,3 +326,37 @@ def test_starts_count_what_the_file_holds_whatever_else_happens(
             )
     finally:
         trail.close()
+
+
+class _PlainGuard:
+    """A guard of another module, written before Guard.ready and Guard.committed."""
+
+    __slots__ = ("prepared",)
+
+    def __init__(self) -> None:
+        self.prepared = 0
+
+    def prepare(self, conn: sqlite3.Connection) -> None:
+        self.prepared += 1
+
+    def __call__(self, cur: sqlite3.Cursor) -> bool:
+        return True
+
+
+def test_a_guard_without_the_new_fields_still_appends(trail: Trail) -> None:
+    """No ``ready``: prepared every time; no ``committed`` slot: the append still returns."""
+    guard = _PlainGuard()
+    assert trail.audit.append_guarded(start_draft("s", _DECISION), guard) is not None
+    assert trail.audit.append_guarded(start_draft("s", _DECISION), guard) is not None
+    assert guard.prepared == 2
+
+
+def test_a_start_guard_made_directly_counts_like_the_stores(trail: Trail) -> None:
+    """StartGuard(store, request, event) is the guard the store's ``guard`` makes."""
+    charge = Charge("c", 1, 2, 60.0)
+    for now in (10.0, 11.0, 12.0):
+        guard = StartGuard(trail.usage, Request((charge,), now, over=False), None)
+        trail.audit.append_guarded(start_draft("s", _DECISION), guard)
+    assert trail.truth(charge, 13.0) == 2
+    assert guard.acquired is not None
+    assert guard.acquired.used == (2,)

@@ -253,7 +253,11 @@ class SQLiteAuditStore(ReadMixin):
                     # a first use, a new connection or a forked child: what _connect is for
                     conn = db._connect()
                     self._ensure(conn)
-                if guard.ready is not conn:
+                try:
+                    ready = guard.ready
+                except AttributeError:  # a guard written before Guard.ready: always prepare
+                    ready = None
+                if ready is not conn:
                     guard.prepare(conn)
                 cur = self._cursor
                 if cur is None or cur.connection is not conn:  # first use, or a new connection
@@ -275,7 +279,10 @@ class SQLiteAuditStore(ReadMixin):
                     raise store_error(self.url, "write to", exc) from exc
                 raise
             self._head = (record.id, record.hash)
-            guard.committed = True
+            try:  # noqa: SIM105  # contextlib.suppress would be two more calls per action
+                guard.committed = True
+            except AttributeError:  # a guard with no such field (slots): it needs no word
+                pass
         return record
 
     def _insert_locked(self, cur: sqlite3.Cursor, draft: RecordDraft) -> AuditRecord:

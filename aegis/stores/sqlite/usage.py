@@ -443,7 +443,7 @@ class SQLiteUsageStore:
         commit for both. If a charge does not fit nothing is written, and
         the guard's :attr:`StartGuard.acquired` tells what was found.
         """
-        # Built here, field by field: an __init__ would be one more Python call per action.
+        # What __init__ does, here: calling it would be one more Python call per action.
         made: StartGuard = _new_object(StartGuard)
         made.store = self
         made.request = request
@@ -497,7 +497,7 @@ class SQLiteUsageStore:
 class StartGuard:
     """An action's charges and flow event, written with its start record.
 
-    Made by :meth:`SQLiteUsageStore.guard`, which sets every field.
+    Usually made by :meth:`SQLiteUsageStore.guard`.
     """
 
     __slots__ = ("acquired", "committed", "event", "ready", "request", "store")
@@ -512,6 +512,16 @@ class StartGuard:
     #: set by the audit store once its transaction committed: what the
     #: connection knows, with this start's row, then holds (see _Seen)
     committed: bool
+
+    def __init__(
+        self, store: SQLiteUsageStore, request: Request | None, event: FlowEvent | None
+    ) -> None:
+        self.store = store
+        self.request = request
+        self.event = event
+        self.acquired = None
+        self.ready = store._ready
+        self.committed = False
 
     def prepare(self, conn: sqlite3.Connection) -> None:
         """The usage tables, created or migrated on ``conn`` (outside the transaction)."""
