@@ -152,18 +152,28 @@ class PipeDownstream:
             yield value
 
     async def close(self) -> None:
-        """Close stdin, give the server time to exit, then end its process group."""
+        """Close stdin, give the server time to exit, then end its process group.
+
+        Stopped while it waits (the proxy's own client sends SIGTERM after
+        the same grace, which cancels this), it kills the group at once: a
+        server that hangs must not outlive the proxy that started it.
+        """
         process = self._process
         if self._stdin is not None:
             with contextlib.suppress(OSError, RuntimeError):
                 self._stdin.close()
-        if await _exited(process, _EXIT_GRACE):
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, sig)
+        try:
             if await _exited(process, _EXIT_GRACE):
                 return
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                _signal_group(process, sig)
+                if await _exited(process, _EXIT_GRACE):
+                    return
+        except asyncio.CancelledError:
+            if process.returncode is None:
+                _log.warning("stopped while the MCP server (pid %d) exits: killing it", process.pid)
+                _signal_group(process, signal.SIGKILL)
+            raise
         _log.warning("the MCP server (pid %d) is still alive after SIGKILL", process.pid)
 
 
@@ -179,6 +189,12 @@ def _is_message(value: object) -> bool:
     if "result" in value:
         return id_ok and isinstance(value["result"], dict)
     return isinstance(value.get("error"), dict) and (id_ok or request_id is None)
+
+
+def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
+    """Send ``sig`` to the server's process group (its own: see open_downstream)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
 
 
 async def _exited(process: asyncio.subprocess.Process, timeout: float) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,6 +166,33 @@ def test_sigterm_stops_cleanly_recording_the_call_in_flight(tmp_path: Path) -> N
     [record] = files.records()
     assert record["result_status"] == "failed"
     assert "interrupted" in record["result_error"]
+    assert _alive_with(str(files.log)) == []
+
+
+def test_sigterm_while_a_hung_server_is_given_time_to_exit_still_ends_it(tmp_path: Path) -> None:
+    """The client leaves, then sends SIGTERM within the server's grace: no server is left behind.
+
+    The SDK's client does just that (it waits as long as the proxy's grace);
+    the proxy used to exit and leave a hung server running for an hour.
+    """
+    import signal
+    import time
+
+    files = Files(tmp_path)
+    with raw_proxy(files, "--call-timeout", "1", server_args=["--hang-on", "read"]) as proxy:
+        reply = proxy.request(
+            1, "tools/call", {"name": "read", "arguments": {"path": "/srv/readme.txt"}}
+        )
+        assert "did not answer" in json.dumps(reply)  # the server still hangs in the call
+        assert _alive_with(str(files.log))
+        assert proxy.process.stdin is not None
+        proxy.process.stdin.close()  # the proxy closes its server's stdin and waits for it
+        time.sleep(0.5)
+        proxy.process.send_signal(signal.SIGTERM)
+        assert proxy.process.wait(20) == 0
+    deadline = time.monotonic() + 5
+    while _alive_with(str(files.log)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _alive_with(str(files.log)) == []
 
 
