@@ -53,6 +53,7 @@ from aegis.core.limits import (
     FlowEvent,
     FlowSpec,
     KnownFacts,
+    Meter,
     PolicyLimits,
     RuleLimits,
     Subject,
@@ -170,6 +171,17 @@ def _unmetered(decision: PolicyDecision, exc: AegisError) -> PolicyDecision:
 
 #: builds a named tuple from C: its generated ``__new__`` is a Python call, for every action
 _new = tuple.__new__
+
+
+def _charges(meters: tuple[Meter, ...], action: Action, subject: Subject) -> tuple[Charge, ...]:
+    """What ``action`` (folded as its policy folds names) adds to each meter's counter.
+
+    Raises:
+        Unevaluable: a key or amount the action does not have (see Meter.charge).
+    """
+    if len(meters) == 1:  # the usual rule: no list to build
+        return (meters[0].charge(action, subject),)
+    return tuple([meter.charge(action, subject) for meter in meters])
 
 
 class _Batch:
@@ -353,11 +365,7 @@ class Metering:
         if rule is not None:
             try:
                 metered = limits.folded(action) if limits.folds else action
-                meters = rule.meters
-                if len(meters) == 1:  # the usual rule: no list to build
-                    charges: tuple[Charge, ...] = (meters[0].charge(metered, subject),)
-                else:
-                    charges = tuple([meter.charge(metered, subject) for meter in meters])
+                charges = _charges(rule.meters, metered, subject)
             except Unevaluable as exc:
                 risk = max(decision.risk_level, _UNEVALUABLE_MIN_RISK)
                 blocked = replace(
@@ -496,7 +504,6 @@ class _LimitsSetup:
         self._guarded: Any = None
         self._watcher: asyncio.Task[None] | None = None
         self._seen: tuple[int, int, int] | None = None
-        self._digest: tuple[object, object] = (None, None)  # (policy, its digest), the last
         # the last check that deferred, to repeat while nothing it rests on changes
         self._lane: _Lane | None = None
 
@@ -600,12 +607,7 @@ class _LimitsSetup:
         :class:`Deferred`, when the audit can carry it. A usage store that
         fails blocks the action, with the error as reason.
         """
-        digest = self._digest  # the policy's digest, without its property's call each time
-        if digest[0] is not policy:
-            digest = (policy, getattr(policy, "digest", None))
-            if _immutable(policy):  # another object's digest may change: ask it each time
-                self._digest = digest
-        if stamp.policy_digest != digest[1]:
+        if stamp.policy_digest != getattr(policy, "digest", None):
             # decided by a policy swapped out since: this step decides anew
             stamp = DecisionStamp.now(policy, stamp.context)
             plain = False
@@ -805,11 +807,8 @@ class _Lane:
         """``action``'s charges; ``None`` when it cannot be charged (the general path says why)."""
         if self.folds is not None:
             action = self.folds.folded(action)
-        meters, subject = self.meters, self.subject
         try:
-            if len(meters) == 1:
-                return (meters[0].charge(action, subject),)
-            return tuple([meter.charge(action, subject) for meter in meters])
+            return _charges(self.meters, action, self.subject)
         except Unevaluable:
             return None
 

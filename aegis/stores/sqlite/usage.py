@@ -129,9 +129,6 @@ _INSERT: Final = (
 _MAX_TOTAL: Final = 2**63 - 1
 #: changes when another connection (a process, a hand edit) commits to the file; not for our own
 _DATA_VERSION: Final = "PRAGMA data_version"
-#: the data version not asked for yet
-_UNASKED: Final = object()
-_new_object: Final = object.__new__
 # A counter's rows inside the window, oldest first, for the known counters
 # (see _Seen); ?3 caps them at _FRONT rows.
 _FRONT_ROWS: Final = (
@@ -443,15 +440,7 @@ class SQLiteUsageStore:
         commit for both. If a charge does not fit nothing is written, and
         the guard's :attr:`StartGuard.acquired` tells what was found.
         """
-        # What __init__ does, here: calling it would be one more Python call per action.
-        made: StartGuard = _new_object(StartGuard)
-        made.store = self
-        made.request = request
-        made.event = event
-        made.acquired = None
-        made.ready = self._ready
-        made.committed = False
-        return made
+        return StartGuard(self, request, event)
 
     def recall(
         self, session_id: str, since: float | None, action_type: str | None
@@ -495,10 +484,7 @@ class SQLiteUsageStore:
 
 
 class StartGuard:
-    """An action's charges and flow event, written with its start record.
-
-    Usually made by :meth:`SQLiteUsageStore.guard`.
-    """
+    """An action's charges and flow event, written with its start record (see ``guard``)."""
 
     __slots__ = ("acquired", "committed", "event", "ready", "request", "store")
 
@@ -547,16 +533,7 @@ class StartGuard:
             # What _acquire_one does (never over the limit), for a lone charge first.
             if len(request.charges) == 1:
                 charge = request.charges[0]
-                # _count's first case, here: a counter known, and no one else wrote
-                version: Any = _UNASKED
-                counter = None
-                if not seen.busy:
-                    version = cur.execute(_DATA_VERSION).fetchone()[0]
-                    if version == seen.version and not seen.stirred:
-                        counter = seen.counters.get(charge.bucket)
-                used = None if counter is None else counter.used(now - charge.window)
-                if used is None or counter is None:
-                    used, counter = _count(cur, seen, charge, now, path, version)
+                used, counter = _count(cur, seen, charge, now, path)
                 if used + charge.amount > charge.maximum:
                     self.acquired = Acquired((used,), 0, None)
                     return False
@@ -615,24 +592,17 @@ def _read(cur: sqlite3.Cursor, charge: Charge, now: float, path: str) -> tuple[i
     return head[3], _Known(head, deque(), False, now - charge.window)
 
 
-def _count(  # noqa: PLR0917  # the per-action path: positional
-    cur: sqlite3.Cursor,
-    seen: _Seen,
-    charge: Charge,
-    now: float,
-    path: str,
-    version: Any = _UNASKED,
+def _count(
+    cur: sqlite3.Cursor, seen: _Seen, charge: Charge, now: float, path: str
 ) -> tuple[int, _Known]:
     """The units in ``charge``'s window and where its counter stands (inside a write).
 
-    From memory while ``seen`` holds; else read, and kept when the file is
-    quiet. ``version``: the data version, if the caller asked for it already.
+    From memory while ``seen`` holds; else read, and kept when the file is quiet.
     """
     if seen.busy:
         seen.busy -= 1
         return _read(cur, charge, now, path)
-    if version is _UNASKED:
-        version = cur.execute(_DATA_VERSION).fetchone()[0]
+    version = cur.execute(_DATA_VERSION).fetchone()[0]
     if version != seen.version:  # another connection committed: know nothing until it stops
         seen.counters.clear()
         seen.version = version
