@@ -10,6 +10,7 @@ Below this module everything just raises: :class:`AegisGroup` turns an
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from collections.abc import Sequence
 from typing import Any
@@ -49,12 +50,14 @@ class CheckFailed(click.ClickException):
             super().show(file)
 
 
-class _AegisErrorExit(click.ClickException):
-    """An AegisError on its way out, carrying that error's exit status."""
+@functools.cache
+def _exit_class(code: int) -> type[click.ClickException]:
+    """A ClickException class exiting with ``code``.
 
-    def __init__(self, exc: AegisError) -> None:
-        super().__init__(str(exc))
-        self.exit_code = exc.exit_code
+    Click declares ``exit_code`` on the class (a ClassVar since 8.2), so an
+    AegisError's own status needs a class of its own, made once per code.
+    """
+    return type(f"AegisErrorExit{code}", (click.ClickException,), {"exit_code": code})
 
 
 class AegisGroup(click.Group):
@@ -97,7 +100,7 @@ class AegisGroup(click.Group):
         try:
             return super().invoke(ctx)
         except AegisError as exc:
-            raise _AegisErrorExit(exc) from exc
+            raise _exit_class(exc.exit_code)(str(exc)) from exc
 
 
 @click.group(

@@ -178,23 +178,67 @@ def _check_tokens(text: str) -> None:
     stack, so both are refused on the flat token stream.
     """
     depth = 0
-    for token in yaml.scan(text, Loader=_BaseLoader):
-        if isinstance(token, _OPENING):
-            depth += 1
-            if depth > MAX_DEPTH:
+    try:
+        for token in yaml.scan(text, Loader=_BaseLoader):
+            if isinstance(token, _OPENING):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _too_deep(token.start_mark.line + 1)
+            elif isinstance(token, _CLOSING):
+                depth -= 1
+            elif isinstance(token, yaml.AnchorToken | yaml.AliasToken):
                 raise PolicyError(
-                    f"the policy is nested too deeply (more than {MAX_DEPTH} levels);"
-                    " a policy needs only a few levels",
+                    "anchors and aliases (&name / *name) are not supported in policy files;"
+                    " write the values out in full",
                     line=token.start_mark.line + 1,
                 )
-        elif isinstance(token, _CLOSING):
+    except yaml.MarkedYAMLError as exc:
+        # Some YAML libraries (libyaml 0.2.6, PyYAML 6.0.4) have a nesting limit
+        # of their own that their scanner hits while reading ahead, before this
+        # loop sees the token past ours; the refusal is still ours to word.
+        mark = exc.problem_mark
+        line = _flow_depth_line(text, mark.index if mark is not None else len(text))
+        if line is not None:
+            raise _too_deep(line) from exc
+        raise
+
+
+def _too_deep(line: int) -> PolicyError:
+    return PolicyError(
+        f"the policy is nested too deeply (more than {MAX_DEPTH} levels);"
+        " a policy needs only a few levels",
+        line=line,
+    )
+
+
+def _flow_depth_line(text: str, end: int) -> int | None:
+    """The line where ``[``/``{`` nesting first passes :data:`MAX_DEPTH` before ``end``, if it does.
+
+    A lexical count (quoted scalars and comments skipped), used only to word
+    a refusal the YAML scanner already made.
+    """
+    depth = 0
+    line = 1
+    quote = ""
+    previous = "\n"
+    for char in text[:end]:
+        if char == "\n":
+            line += 1
+            if quote == "#":  # a comment ends with its line; a quoted scalar may go on
+                quote = ""
+        elif quote:
+            if char == quote and quote != "#":
+                quote = ""
+        elif char in "\"'" or (char == "#" and previous in " \t\n"):
+            quote = char
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif char in "]}":
             depth -= 1
-        elif isinstance(token, yaml.AnchorToken | yaml.AliasToken):
-            raise PolicyError(
-                "anchors and aliases (&name / *name) are not supported in policy files;"
-                " write the values out in full",
-                line=token.start_mark.line + 1,
-            )
+        previous = char
+    return None
 
 
 def read_policy_text(path: str | Path) -> str:
