@@ -28,6 +28,7 @@ from aegis.core.risk import RiskLevel
 __all__ = [
     "ApprovalRequest",
     "Grant",
+    "InboxSession",
     "NewRequest",
     "RequestStatus",
     "ReviewerDecision",
@@ -36,12 +37,14 @@ __all__ = [
     "Verdict",
     "action_from_json",
     "action_to_json",
+    "groups_within",
     "iso",
     "parse_approval_ttl",
     "parse_duration",
     "parse_new_request",
     "parse_time",
     "request_digest",
+    "stricter_groups",
 ]
 
 _UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -129,6 +132,30 @@ class Role(StrEnum):
 
     AGENT = "agent"
     REVIEWER = "reviewer"
+
+
+def groups_within(groups: tuple[str, ...] | list[str], limit: tuple[str, ...] | list[str]) -> bool:
+    """Whether every reviewer allowed by ``groups`` is allowed by ``limit`` too.
+
+    An empty tuple means "any group": it is within only an empty ``limit``.
+    """
+    if not limit:
+        return True
+    return bool(groups) and set(groups) <= set(limit)
+
+
+def stricter_groups(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The reviewer groups that satisfy both ``first`` and ``second``; ``None`` if none can.
+
+    A reviewer must be in one of a request's groups; one in a group both
+    name satisfies both. Empty means any group, so the other side wins.
+    """
+    if not first:
+        return tuple(second)
+    if not second:
+        return tuple(first)
+    both = tuple(group for group in first if group in set(second))
+    return both or None
 
 
 def request_digest(action: Action, requester: str) -> str:
@@ -344,6 +371,16 @@ class ApprovalRequest:
         """Whether a still-pending request is past its expiry at ``now``."""
         return self.status is RequestStatus.PENDING and now >= self.expires_at
 
+    def terms_at_least(
+        self, approvers: int, reviewers: tuple[str, ...], expires_at: datetime
+    ) -> bool:
+        """Whether it asks at least these terms: approvers, groups within, expiry no later."""
+        return (
+            self.approvers >= approvers
+            and groups_within(self.reviewers, reviewers)
+            and self.expires_at <= expires_at
+        )
+
     def with_status(self, status: RequestStatus, reason: str = "") -> ApprovalRequest:
         """A copy in another status."""
         return replace(self, status=status, status_reason=reason)
@@ -380,7 +417,9 @@ class Grant:
 
     It covers actions with the same ``action_type``, ``action_target`` and
     ``matched_rule``, asked for by the same requester in the same session,
-    until ``expires_at`` or until it is revoked.
+    until ``expires_at`` or until it is revoked, and only when its givers met
+    the terms of the later request: ``approvers`` and ``reviewers`` are the
+    terms of the request it was given on (see :meth:`covers`).
     """
 
     id: str
@@ -394,10 +433,16 @@ class Grant:
     created_at: datetime
     expires_at: datetime
     revoked_at: datetime | None = None
+    approvers: int = 0
+    reviewers: tuple[str, ...] = ()
 
     def active_at(self, now: datetime) -> bool:
         """Whether the grant lets actions pass at ``now``."""
         return self.revoked_at is None and now < self.expires_at
+
+    def covers(self, approvers: int, reviewers: tuple[str, ...]) -> bool:
+        """Whether its givers met these terms: as many of them, from the groups asked for."""
+        return self.approvers >= approvers and groups_within(self.reviewers, reviewers)
 
     def to_json(self) -> dict[str, Any]:
         """The grant as the API shows it."""
@@ -413,7 +458,33 @@ class Grant:
             "created_at": iso(self.created_at),
             "expires_at": iso(self.expires_at),
             "revoked_at": None if self.revoked_at is None else iso(self.revoked_at),
+            "approvers": self.approvers,
+            "reviewers": list(self.reviewers),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class InboxSession:
+    """A browser's session of the inbox, kept by the server.
+
+    The browser's cookie holds a random secret; the store keeps its hash
+    (``id_hash``), so the cookie alone names a session and a copied cookie
+    stops working the moment the session ends (sign-out, expiry). Who is
+    signed in: ``token_hash`` for a token sign-in; ``identity`` for other
+    sign-ins (free-form facts, e.g. issuer and subject).
+    """
+
+    id_hash: str
+    csrf: str
+    created_at: datetime
+    expires_at: datetime
+    token_hash: str | None = None
+    identity: Mapping[str, Any] | None = None
+    ended_at: datetime | None = None
+
+    def active_at(self, now: datetime) -> bool:
+        """Whether the session may be used at ``now``."""
+        return self.ended_at is None and now < self.expires_at
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,7 +176,13 @@ class Inbox:
         audit_limit: int = 100,
     ) -> None:
         self.service = service
-        self.sessions = BrowserSessions(session_key, ttl=session_ttl, public_url=public_url)
+        self.sessions = BrowserSessions(
+            service.store,
+            session_key,
+            ttl=session_ttl,
+            public_url=public_url,
+            clock=service.clock,
+        )
         self._poll_interval = poll_interval
         self._history_limit = history_limit
         self._audit_limit = audit_limit
@@ -248,8 +254,8 @@ class Inbox:
 
     async def reviewer(self, request: Request) -> Reviewer | None:
         """The signed-in reviewer, if the session is valid and its token still is."""
-        session = self.sessions.read(request)
-        if session is None:
+        session = await self.sessions.read(request)
+        if session is None or session.token_hash is None:
             return None
         # The session names the token by its hash, as the store keeps it: the
         # token itself never reaches the browser again after sign-in.
@@ -379,7 +385,7 @@ class Inbox:
                 ("error", f"{principal.name} has an agent token; sign in with a reviewer token."),
             )
         response = self._redirect(request, next_page or "/")
-        self.sessions.start(request, response, hash_token(token))
+        await self.sessions.start(request, response, token_hash=hash_token(token))
         self.sessions.drop_nonce(response)
         return response
 
@@ -392,7 +398,8 @@ class Inbox:
         ):
             return self._forged(request, reviewer)
         response = self._redirect(request, "/signin", ("ok", "Signed out."))
-        self.sessions.end(response)
+        # Ended on the server too: a copy of the cookie is worth nothing now.
+        await self.sessions.end(request, response)
         return response
 
     # -------------------------------------------------------------- pending

@@ -3,8 +3,14 @@
 Three signed cookies, all HttpOnly and ``SameSite=Strict`` (and ``Secure``
 whenever the inbox is reached over TLS, directly or through a proxy):
 
-- the **session**: the hash of the reviewer's token (as the store keeps it,
-  never the token itself) and the session's CSRF token, expiring;
+- the **session**: a random secret naming a session the server keeps
+  (:class:`~aegis.core.approval_request.InboxSession`, in the approval
+  store, under the secret's hash). The server's row says who signed in
+  (the token's hash, or another sign-in's identity), the session's CSRF
+  token and when it ends. Signing out ends the row, so a copied cookie is
+  worthless from then on, in every service process; and nobody can make a
+  session from what the store holds (a token's hash), they would need the
+  secret of a session the server created;
 - the **sign-in nonce**: the sign-in form echoes it, so another site cannot
   sign a browser in under someone else's token;
 - a one-shot **message** shown by the next page after a redirect (in a
@@ -16,16 +22,22 @@ token, its Origin (or Referer) is the inbox's own, and it is small.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import secrets
 import urllib.parse
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
+
+from aegis.core.approval_request import InboxSession
+from aegis.stores.approvals import ApprovalStore
 
 __all__ = ["MAX_FORM", "BrowserSessions", "Session"]
 
@@ -40,60 +52,112 @@ FLASH_TTL: Final = 60
 #: bytes a posted form may have; the inbox's forms are small
 MAX_FORM: Final = 64 * 1024
 
+#: a valid session of the store: who, its CSRF token, when it ends
+Session = InboxSession
 
-@dataclass(frozen=True, slots=True)
-class Session:
-    """A valid session cookie's content: whose token, and the CSRF token of its forms."""
 
-    token_hash: str
-    csrf: str
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii", "replace")).hexdigest()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class BrowserSessions:
-    """The inbox's signed cookies and its checks on posted forms.
+    """The inbox's sessions (kept by the server), signed cookies and checks on posted forms.
 
     Args:
+        store: keeps the sessions (the approval store, shared by every
+            service process of a deployment).
         key: signs every cookie; the same key in every process (and across
             restarts) keeps reviewers signed in. Random when ``None``.
         ttl: seconds a session lasts after sign-in.
         public_url: the inbox's address as browsers see it when a proxy in
             front terminates TLS: forms from its origin are accepted too,
             and with ``https`` the cookies are ``Secure``.
+        clock: the current aware time.
     """
 
     def __init__(
-        self, key: str | bytes | None = None, *, ttl: float, public_url: str | None = None
+        self,
+        store: ApprovalStore,
+        key: str | bytes | None = None,
+        *,
+        ttl: float,
+        public_url: str | None = None,
+        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         key = key if key else secrets.token_bytes(32)
-        self._sessions = URLSafeTimedSerializer(key, salt="aegis.inbox.session")
+        self.store = store
+        self._sessions = URLSafeTimedSerializer(key, salt="aegis.inbox.session.v2")
         self._nonces = URLSafeTimedSerializer(key, salt="aegis.inbox.signin")
         self._flashes = URLSafeTimedSerializer(key, salt="aegis.inbox.flash")
         self.ttl = int(ttl)
+        self.clock = clock
         public = urllib.parse.urlsplit(public_url) if public_url else None
         self._public_origin = (public.scheme, public.netloc) if public else None
 
     # ---------------------------------------------------------------- the session
 
-    def read(self, request: Request) -> Session | None:
-        """The session of a request's cookie, if it is signed by us and unexpired."""
+    def _secret(self, request: Request) -> str | None:
         raw = request.cookies.get(SESSION_COOKIE)
         if not raw:
             return None
         try:
-            data = self._sessions.loads(raw, max_age=self.ttl)
+            secret = self._sessions.loads(raw, max_age=self.ttl)
         except BadSignature:  # SignatureExpired is one too
             return None
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in "hc"):
+        return secret if isinstance(secret, str) and secret else None
+
+    async def read(self, request: Request) -> Session | None:
+        """The server's session named by the request's cookie, if it is signed and active."""
+        secret = self._secret(request)
+        if secret is None:
             return None
-        return Session(data["h"], data["c"])
+        session = await asyncio.to_thread(self.store.get_session, _hash(secret))
+        if session is None or not session.active_at(self.clock()):
+            return None
+        return session
 
-    def start(self, request: Request, response: Response, token_hash: str) -> None:
-        """Give the browser a fresh session for the token with this hash."""
-        value = self._sessions.dumps({"h": token_hash, "c": secrets.token_urlsafe(24)})
+    async def start(
+        self,
+        request: Request,
+        response: Response,
+        *,
+        token_hash: str | None = None,
+        identity: Mapping[str, Any] | None = None,
+    ) -> Session:
+        """Start a session on the server for a token (by its hash) or an identity.
+
+        The browser gets a cookie naming it; any session the browser had
+        before is ended (a fresh session at each sign-in).
+        """
+        if (token_hash is None) == (identity is None):
+            raise ValueError("a session is for a token_hash or an identity, one of them")
+        old = self._secret(request)
+        if old is not None:
+            await asyncio.to_thread(self.store.end_session, _hash(old), self.clock())
+        secret = secrets.token_urlsafe(32)
+        now = self.clock()
+        session = InboxSession(
+            id_hash=_hash(secret),
+            csrf=secrets.token_urlsafe(24),
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.ttl),
+            token_hash=token_hash,
+            identity=dict(identity) if identity is not None else None,
+        )
+        await asyncio.to_thread(self.store.create_session, session)
+        value = self._sessions.dumps(secret)
         self._set(request, response, SESSION_COOKIE, value, age=self.ttl, path="/")
+        return session
 
-    def end(self, response: Response) -> None:
-        """Forget the browser's session."""
+    async def end(self, request: Request, response: Response) -> None:
+        """End the browser's session on the server and forget its cookie."""
+        secret = self._secret(request)
+        if secret is not None:
+            await asyncio.to_thread(self.store.end_session, _hash(secret), self.clock())
         response.delete_cookie(SESSION_COOKIE, path="/")
 
     # ---------------------------------------------------------------- sign-in nonce

@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol
 from aegis.core.approval_request import (
     ApprovalRequest,
     Grant,
+    InboxSession,
     RequestStatus,
     ReviewerDecision,
     Role,
@@ -36,10 +37,18 @@ from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, StoreError
 from aegis.stores.approvals import AuditEvent, new_grant_id
 
-__all__ = ["EVENTS_SCHEMA", "SCHEMA", "SCHEMA_VERSION", "Conflict", "SqlApprovalStore", "Tx"]
+__all__ = [
+    "EVENTS_SCHEMA",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "TERMS_SCHEMA",
+    "Conflict",
+    "SqlApprovalStore",
+    "Tx",
+]
 
 #: the version of the approval tables, kept in aegis_schema_versions
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 COMPONENT: Final = "approvals"
 
 #: the tables of version 1, for both engines (``{p}`` is the table prefix)
@@ -127,6 +136,32 @@ EVENTS_SCHEMA: Final = (
         ON {p}aegis_approval_events (audited_at, seq)""",
 )
 
+#: version 3: a grant keeps the terms its givers met, and inbox sessions live on the
+#: server (a cookie names one; signing out ends it everywhere). ``{ifnx}`` is
+#: ``IF NOT EXISTS`` where the engine knows it for columns (PostgreSQL).
+TERMS_SCHEMA: Final = (
+    "ALTER TABLE {p}aegis_grants ADD COLUMN {ifnx}approvers INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE {p}aegis_grants ADD COLUMN {ifnx}reviewer_groups TEXT NOT NULL DEFAULT '[]'",
+    # Grants given before: the terms of the request they were given on.
+    """UPDATE {p}aegis_grants SET
+        approvers = COALESCE((SELECT r.approvers FROM {p}aegis_approval_requests r
+                              WHERE r.id = {p}aegis_grants.request_id), 0),
+        reviewer_groups = COALESCE((SELECT r.reviewer_groups FROM {p}aegis_approval_requests r
+                                    WHERE r.id = {p}aegis_grants.request_id), '[]')
+        WHERE approvers = 0""",
+    """CREATE TABLE IF NOT EXISTS {p}aegis_inbox_sessions (
+        id_hash TEXT PRIMARY KEY,
+        token_hash TEXT,
+        identity TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        ended_at TEXT
+    )""",
+    """CREATE INDEX IF NOT EXISTS aegis_inbox_sessions_expiry
+        ON {p}aegis_inbox_sessions (expires_at)""",
+)
+
 _REQUEST_COLUMNS: Final = (
     "id, session_id, requester, digest, action_digest, action_json, risk_level, "
     "matched_rule, reason, approvers, reviewer_groups, created_at, expires_at, status, "
@@ -134,8 +169,9 @@ _REQUEST_COLUMNS: Final = (
 )
 _GRANT_COLUMNS: Final = (
     "id, session_id, requester, action_type, action_target, matched_rule, granted_by, "
-    "request_id, created_at, expires_at, revoked_at"
+    "request_id, created_at, expires_at, revoked_at, approvers, reviewer_groups"
 )
+_SESSION_COLUMNS: Final = "id_hash, token_hash, identity, csrf, created_at, expires_at, ended_at"
 _TOKEN_COLUMNS: Final = "name, role, groups_json, created_at, expires_at, revoked_at"
 
 
@@ -248,7 +284,19 @@ class SqlApprovalStore:
             (request.session_id, request.digest, iso(now)),
         )
         if rows:
-            return self._request(tx, rows[0]), False
+            twin = self._request(tx, rows[0])
+            if twin.terms_at_least(request.approvers, request.reviewers, request.expires_at):
+                return twin, False
+            # A weaker twin (filed before the policy was tightened, or by a
+            # dead process under other terms) must not carry this ask: it
+            # ends here, and the new request with the stricter terms replaces it.
+            why = f"superseded by {request.id}, which asks for stricter terms"
+            tx.run(
+                "UPDATE {p}aegis_approval_requests SET status = 'cancelled', "
+                "status_reason = ?, decided_at = ? WHERE id = ? AND status = 'pending'",
+                (why, iso(now), twin.id),
+            )
+            self._event(tx, twin.id, "approval.cancelled", now, reason=why)
         # A pending twin past its expiry still holds the unique index; the
         # sweeper expires and audits it, a new request must not wait for it.
         twins = tx.all(
@@ -310,7 +358,7 @@ class SqlApprovalStore:
         rows = tx.all(
             f"SELECT {_GRANT_COLUMNS} FROM {{p}}aegis_grants WHERE session_id = ? "
             "AND action_type = ? AND action_target = ? AND matched_rule = ? AND requester = ? "
-            "AND revoked_at IS NULL AND expires_at > ? ORDER BY created_at LIMIT 1",
+            "AND revoked_at IS NULL AND expires_at > ? ORDER BY created_at",
             (
                 request.session_id,
                 request.action.type,
@@ -320,7 +368,12 @@ class SqlApprovalStore:
                 iso(now),
             ),
         )
-        return _grant_of(rows[0]) if rows else None
+        # Only a grant whose givers met this request's terms covers it.
+        for row in rows:
+            grant = _grant_of(row)
+            if grant.covers(request.approvers, request.reviewers):
+                return grant
+        return None
 
     def get_request(self, request_id: str) -> ApprovalRequest | None:
         """See :meth:`aegis.stores.approvals.ApprovalStore.get_request`."""
@@ -464,10 +517,12 @@ class SqlApprovalStore:
             request_id=request.id,
             created_at=now,
             expires_at=now + timedelta(minutes=shortest),
+            approvers=len(request.approvals),
+            reviewers=request.reviewers,
         )
         tx.run(
             f"INSERT INTO {{p}}aegis_grants ({_GRANT_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 grant.id,
                 grant.session_id,
@@ -480,6 +535,8 @@ class SqlApprovalStore:
                 iso(grant.created_at),
                 iso(grant.expires_at),
                 None,
+                grant.approvers,
+                json.dumps(list(grant.reviewers)),
             ),
         )
         tx.run(
@@ -669,6 +726,63 @@ class SqlApprovalStore:
                 == 1
             )
 
+    # -- inbox sessions -----------------------------------------------------------
+
+    def create_session(self, session: InboxSession) -> None:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.create_session`."""
+        with self._transaction(write=True) as tx:
+            # Sessions long over are of no use to anyone: forget them as we go.
+            tx.run(
+                "DELETE FROM {p}aegis_inbox_sessions WHERE expires_at < ?",
+                (iso(session.created_at - timedelta(days=1)),),
+            )
+            tx.run(
+                f"INSERT INTO {{p}}aegis_inbox_sessions ({_SESSION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session.id_hash,
+                    session.token_hash,
+                    json.dumps(dict(session.identity or {}), sort_keys=True),
+                    session.csrf,
+                    iso(session.created_at),
+                    iso(session.expires_at),
+                    None if session.ended_at is None else iso(session.ended_at),
+                ),
+            )
+
+    def get_session(self, id_hash: str) -> InboxSession | None:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.get_session`."""
+        with self._transaction(write=False) as tx:
+            rows = tx.all(
+                f"SELECT {_SESSION_COLUMNS} FROM {{p}}aegis_inbox_sessions WHERE id_hash = ?",
+                (id_hash,),
+            )
+        if not rows:
+            return None
+        row = rows[0]
+        identity = json.loads(row[2]) if row[2] else {}
+        return InboxSession(
+            id_hash=row[0],
+            token_hash=row[1],
+            identity=identity if isinstance(identity, dict) and identity else None,
+            csrf=row[3],
+            created_at=parse_time(row[4]),
+            expires_at=parse_time(row[5]),
+            ended_at=_time(row[6]),
+        )
+
+    def end_session(self, id_hash: str, now: datetime) -> bool:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.end_session`."""
+        with self._transaction(write=True) as tx:
+            return (
+                tx.run(
+                    "UPDATE {p}aegis_inbox_sessions SET ended_at = ? "
+                    "WHERE id_hash = ? AND ended_at IS NULL",
+                    (iso(now), id_hash),
+                )
+                == 1
+            )
+
     # -- grants -----------------------------------------------------------------
 
     def list_grants(self, now: datetime, *, include_inactive: bool = False) -> list[Grant]:
@@ -769,6 +883,8 @@ def _grant_of(row: tuple[Any, ...]) -> Grant:
         created_at=parse_time(row[8]),
         expires_at=parse_time(row[9]),
         revoked_at=_time(row[10]),
+        approvers=int(row[11]),
+        reviewers=tuple(json.loads(row[12])),
     )
 
 
@@ -783,7 +899,7 @@ def _token_of(row: tuple[Any, ...]) -> TokenInfo:
     )
 
 
-def statements(prefix: str, sql: Sequence[str] = SCHEMA) -> Iterator[str]:
-    """``sql`` with ``{p}`` replaced by ``prefix``."""
+def statements(prefix: str, sql: Sequence[str] = SCHEMA, *, ifnx: str = "") -> Iterator[str]:
+    """``sql`` with ``{p}`` replaced by ``prefix`` (and ``{ifnx}`` by ``ifnx``)."""
     for statement in sql:
-        yield statement.replace("{p}", prefix)
+        yield statement.replace("{p}", prefix).replace("{ifnx}", ifnx)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from aegis.core.approval_request import (
     ApprovalRequest,
     Grant,
+    InboxSession,
     RequestStatus,
     TokenInfo,
     Verdict,
@@ -97,10 +98,14 @@ class ApprovalStore(Protocol):
     ) -> tuple[ApprovalRequest, bool]:
         """Store ``request`` and return ``(stored, True)``.
 
-        When a request with the same session and digest is still pending,
-        return ``(that request, False)`` instead. When an active grant
-        covers the request (same session, requester, type, target and
-        rule), the request is stored already approved, naming the grant.
+        When a request with the same session and digest is still pending
+        and asks at least as much (as many approvers, groups within the new
+        request's, an expiry no later), return ``(that request, False)``
+        instead; a weaker pending twin is cancelled as superseded and the new
+        request stored. When an active grant covers the request (same
+        session, requester, type, target and rule, and its givers met the
+        request's terms), the request is stored already approved, naming
+        the grant.
         """
         ...
 
@@ -164,6 +169,18 @@ class ApprovalStore(Protocol):
 
     def revoke_token(self, name: str, now: datetime) -> bool:
         """Revoke the token called ``name``; ``False`` if there is no active one."""
+        ...
+
+    def create_session(self, session: InboxSession) -> None:
+        """Keep a new inbox session (its id is a hash of the browser's secret)."""
+        ...
+
+    def get_session(self, id_hash: str) -> InboxSession | None:
+        """The inbox session with this id hash, ended or not, or ``None``."""
+        ...
+
+    def end_session(self, id_hash: str, now: datetime) -> bool:
+        """End an inbox session now; ``False`` if it was unknown or ended already."""
         ...
 
     def list_grants(self, now: datetime, *, include_inactive: bool = False) -> list[Grant]:

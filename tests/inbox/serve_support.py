@@ -51,7 +51,13 @@ def create_token(db: Path | str, name: str, role: str, groups: Sequence[str] = (
 class Server:
     """`aegis serve` on a free loopback port, as a context manager."""
 
-    def __init__(self, db: Path | str, *extra: str, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        db: Path | str,
+        *extra: str,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
@@ -59,6 +65,7 @@ class Server:
             "--port", str(self.port), "--log-level", "warning", *extra,
         ]  # fmt: skip
         self.log = log
+        self.env = {**os.environ, "NO_COLOR": "1", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
@@ -68,14 +75,14 @@ class Server:
                     self.args,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "NO_COLOR": "1"},
+                    env=self.env,
                 )
         else:
             self.process = subprocess.Popen(
                 self.args,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "NO_COLOR": "1"},
+                env=self.env,
             )
         deadline = time.monotonic() + 30
         while True:

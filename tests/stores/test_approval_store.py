@@ -387,3 +387,100 @@ def test_every_change_queues_its_audit_event(store: ApprovalStore) -> None:
     assert store.claim_event(second.id, NOW, NOW)
     store.finish_event(second.id, NOW, audited=False)
     assert second.id in {e.id for e in store.pending_events(NOW)}
+
+
+def make_with(
+    approvers: int = 1, reviewers: tuple[str, ...] = (), ttl: float = 3600, amount: int = 900
+) -> ApprovalRequest:
+    """A pending request for the same refund with these terms."""
+    base = make(amount=amount, approvers=approvers, ttl=ttl)
+    return ApprovalRequest(
+        **{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "reviewers": reviewers}
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"approvers": 1}, {"approvers": 2}),
+        ({"reviewers": ()}, {"reviewers": ("security",)}),
+        ({"reviewers": ("security", "ops")}, {"reviewers": ("security",)}),
+        ({"ttl": 7200}, {"ttl": 600}),
+    ],
+)
+def test_a_weaker_pending_twin_is_superseded(
+    store: ApprovalStore, old: dict[str, object], new: dict[str, object]
+) -> None:
+    """A second ask with stricter terms cancels the weaker pending twin and stands alone."""
+    first, _ = store.create_request(make_with(**old), NOW)  # type: ignore[arg-type]
+    second, created = store.create_request(make_with(**new), NOW)  # type: ignore[arg-type]
+    assert created
+    assert second.id != first.id
+    superseded = store.get_request(first.id)
+    assert superseded is not None
+    assert superseded.status is RequestStatus.CANCELLED
+    assert second.id in superseded.status_reason
+    with pytest.raises(ApprovalServiceError):
+        decide(store, first.id, "alice")
+
+
+def test_an_equally_strict_twin_is_reused(store: ApprovalStore) -> None:
+    """A twin asking at least as much carries the second ask (re-attach)."""
+    first, _ = store.create_request(make_with(approvers=2, reviewers=("security",)), NOW)
+    again, created = store.create_request(make_with(approvers=1), NOW + timedelta(seconds=5))
+    assert not created
+    assert again.id == first.id
+
+
+def test_a_grant_covers_only_requests_whose_terms_its_givers_met(store: ApprovalStore) -> None:
+    """A grant from one reviewer of any group does not approve one needing two from a group."""
+    easy, _ = store.create_request(make_with(), NOW)
+    _, grant = store.decide(
+        easy.id, "outsider", Verdict.APPROVE, comment="", grant_minutes=30, now=NOW
+    )
+    assert grant is not None
+    assert (grant.approvers, grant.reviewers) == (1, ())
+    strict, created = store.create_request(
+        make_with(approvers=2, reviewers=("security",), amount=901), NOW
+    )
+    assert created
+    assert strict.status is RequestStatus.PENDING
+    assert strict.grant_id is None
+    same, _ = store.create_request(make_with(amount=902), NOW)
+    assert same.grant_id == grant.id
+
+
+def test_a_grant_of_a_stricter_request_covers_a_looser_one(store: ApprovalStore) -> None:
+    """Two reviewers of security meeting a strict rule cover a later 1-of-security request."""
+    strict, _ = store.create_request(make_with(approvers=2, reviewers=("security",)), NOW)
+    decide(store, strict.id, "alice", minutes=30)
+    _, grant = store.decide(
+        strict.id, "bob", Verdict.APPROVE, comment="", grant_minutes=30, now=NOW
+    )
+    assert grant is not None
+    assert (grant.approvers, grant.reviewers) == (2, ("security",))
+    later, _ = store.create_request(make_with(reviewers=("security", "ops"), amount=901), NOW)
+    assert later.grant_id == grant.id
+    other, _ = store.create_request(make_with(reviewers=("ops",), amount=902), NOW)
+    assert other.grant_id is None
+
+
+def test_sessions_are_kept_and_ended_on_the_server(store: ApprovalStore) -> None:
+    """A session reads back by its id hash until it is ended; ending twice says so."""
+    from aegis.core.approval_request import InboxSession
+
+    session = InboxSession(
+        id_hash="a" * 64,
+        csrf="c",
+        created_at=NOW,
+        expires_at=NOW + timedelta(hours=8),
+        token_hash="b" * 64,
+    )
+    store.create_session(session)
+    assert store.get_session("a" * 64) == session
+    assert store.get_session("f" * 64) is None
+    assert store.end_session("a" * 64, NOW + timedelta(minutes=1))
+    assert not store.end_session("a" * 64, NOW + timedelta(minutes=2))
+    ended = store.get_session("a" * 64)
+    assert ended is not None
+    assert not ended.active_at(NOW + timedelta(minutes=1))

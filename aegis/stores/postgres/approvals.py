@@ -21,6 +21,7 @@ from aegis.stores._approvals_sql import (
     COMPONENT,
     EVENTS_SCHEMA,
     SCHEMA_VERSION,
+    TERMS_SCHEMA,
     Conflict,
     SqlApprovalStore,
     statements,
@@ -182,7 +183,11 @@ class PostgresApprovalStore(SqlApprovalStore):
                 f"(version {version}, this one reads {SCHEMA_VERSION}); upgrade aegis-runtime"
             )
         if version < SCHEMA_VERSION:
-            for statement in (*statements(self._prefix), *statements(self._prefix, EVENTS_SCHEMA)):
+            for statement in (
+                *statements(self._prefix),
+                *statements(self._prefix, EVENTS_SCHEMA),
+                *statements(self._prefix, TERMS_SCHEMA, ifnx="IF NOT EXISTS "),
+            ):
                 tx.run(statement)
             tx.run(
                 "INSERT INTO {p}aegis_schema_versions (component, version) VALUES (?, ?) "

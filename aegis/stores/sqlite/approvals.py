@@ -23,6 +23,7 @@ from aegis.stores._approvals_sql import (
     COMPONENT,
     EVENTS_SCHEMA,
     SCHEMA_VERSION,
+    TERMS_SCHEMA,
     Conflict,
     SqlApprovalStore,
     statements,
@@ -32,7 +33,11 @@ from aegis.stores.sqlite.schema import migrate
 __all__ = ["SqliteApprovalStore"]
 
 #: the approval tables' migrations, from version N to N + 1
-_MIGRATIONS: Final = {0: tuple(statements("")), 1: tuple(statements("", EVENTS_SCHEMA))}
+_MIGRATIONS: Final = {
+    0: tuple(statements("")),
+    1: tuple(statements("", EVENTS_SCHEMA)),
+    2: tuple(statements("", TERMS_SCHEMA)),
+}
 
 _HINTS: Final = (
     ("locked", "another process held the database longer than the busy timeout; retry"),
