@@ -22,6 +22,10 @@ STARTER_POLICY = """\
 #   aegis schema > policy.schema.json               JSON Schema for your editor
 version: "1"
 
+# Compare type and target names without regard to case (after Unicode NFKC
+# folding), so that "DELETE" meets the rule written for "delete*".
+match_case: insensitive
+
 # For actions no rule matches. "block" fails closed: an action you did not
 # think of does not run until you write a rule for it.
 defaults:
@@ -32,7 +36,7 @@ rules:
   # Reading is harmless: let it run without asking.
   - name: reads
     description: Read-only operations on any system
-    match: {type: "read*", target: "*"}   # shell-style globs, case-sensitive
+    match: {type: "read*", target: "*"}   # shell-style globs
     risk_level: low
     approval: auto
 

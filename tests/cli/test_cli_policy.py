@@ -47,6 +47,15 @@ def test_init_writes_a_starter_policy_that_validates(invoke: Invoke, tmp_path: P
     assert invoke("validate", str(target)).exit_code == 0
 
 
+def test_init_policy_validates_strictly_without_a_warning(invoke: Invoke, tmp_path: Path) -> None:
+    """The first validate of what init wrote has nothing to warn about, even with --strict."""
+    target = tmp_path / "policy.yaml"
+    assert invoke("init", "-o", str(target)).exit_code == 0
+    result = invoke("validate", "--strict", str(target))
+    assert result.exit_code == 0
+    assert "warning" not in result.stderr
+
+
 def test_starter_policy_fails_closed_and_blocks_deletes(tmp_path: Path) -> None:
     """The starter policy blocks deletes and actions no rule mentions."""
     path = tmp_path / "p.yaml"
@@ -57,6 +66,7 @@ def test_starter_policy_fails_closed_and_blocks_deletes(tmp_path: Path) -> None:
     assert policy.evaluate(Action("delete", "crm")).approval.value == "block"
     assert policy.evaluate(Action("launch", "rocket")).approval.value == "block"
     assert policy.evaluate(Action("read", "crm")).approval.value == "auto"
+    assert policy.evaluate(Action("DELETE", "crm")).approval.value == "block"
 
 
 def test_init_refuses_to_overwrite(invoke: Invoke, tmp_path: Path) -> None:
