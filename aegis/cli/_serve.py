@@ -175,6 +175,10 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     server = uvicorn.Server(config)
     try:
         server.run()
+    except KeyboardInterrupt:
+        # uvicorn shut down cleanly and then re-raised the Ctrl-C it caught.
+        note("stopped")
+        return
     except SystemExit:
         if server.started:
             raise

@@ -440,8 +440,9 @@ def _parse_time(name: str, value: object) -> int:
         )
     match = _TIME.fullmatch(value) if isinstance(value, str) else None
     if match is None:
+        got = f"not {value!r}" if isinstance(value, str) else f"not {_kind(value)}"
         raise ConditionSpecError(
-            f'{name} must be a time "HH:MM" between "00:00" and "23:59", not {_kind(value)}',
+            f'{name} must be a time "HH:MM" between "00:00" and "23:59", {got}',
             key=name,
         )
     return int(match[1]) * 60 + int(match[2])

@@ -290,8 +290,8 @@ class ApprovalService:
     def _require(principal: Principal, role: Role, doing: str) -> None:
         if principal.role is not role:
             raise _forbidden(
-                f"{principal.name} has a {principal.role.value} token; {doing} needs a "
-                f"{role.value} token",
+                f"{principal.name} has {_a(principal.role.value)} token; {doing} needs "
+                f"{_a(role.value)} token",
                 code="wrong_role",
             )
 
@@ -684,3 +684,8 @@ def _event_text(event: AuditEvent, request: ApprovalRequest) -> tuple[str, dict[
             "reviewer": str(ctx.get("by") or ""),
         }
     return kind, {}
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: "an agent", "a reviewer"."""
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"

@@ -285,6 +285,7 @@ def test_no_match_falls_to_default() -> None:
         ({"param_matches": {"a": "("}}, "cannot be used as a regular expression"),
         ({"param_matches": {"a": 5}}, "regular expression string"),
         ({"time_after": "25:00"}, "HH:MM"),
+        ({"time_after": "25:00"}, "not '25:00'"),
         ({"time_after": 1080}, "quoted"),
         ({"time_before": "noon"}, "HH:MM"),
         ({"time_after": "08:00", "time_before": "08:00"}, "empty"),

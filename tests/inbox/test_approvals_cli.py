@@ -245,3 +245,18 @@ def test_serve_refuses_unsigned_or_malformed_webhooks(tmp_path: Path) -> None:
     malformed = runner.invoke(cli, ["serve", "--db", db, "--slack-webhook", "hooks.slack.com/x"])
     assert malformed.exit_code == 2
     assert "not an http:// or https:// URL" in malformed.stderr
+
+
+def test_ctrl_c_stops_serve_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) on `aegis serve` shuts it down with exit 0 and no 'Aborted!'."""
+    import signal
+
+    server = Server(tmp_path / "aegis.db", log=tmp_path / "serve.log")
+    with server:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(20) == 0
+    output = (tmp_path / "serve.log").read_text(encoding="utf-8")
+    assert "Aborted" not in output
+    assert "Traceback" not in output
+    assert "stopped" in output

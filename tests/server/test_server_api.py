@@ -214,6 +214,7 @@ async def test_roles(api: Api) -> None:
     listed = await api.call("GET", "/api/v1/approvals", "bot")
     assert listed.status_code == 403
     assert error_code(listed) == "wrong_role"
+    assert "has an agent token" in listed.json()["error"]["message"]
     request = await api.ask()
     decided = await api.decide(request["id"], "bot")
     assert decided.status_code == 403
