@@ -40,6 +40,7 @@ from aegis.core.approval_request import (
     Role,
     Verdict,
     request_digest,
+    stricter_groups,
 )
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.errors import ApprovalServiceError
@@ -116,10 +117,12 @@ class ApprovalService:
             decisions made by other service processes.
         clock: returns the current aware time; ``datetime.now(UTC)`` by default.
         policy: the service's own policy. When given, each new request is
-            decided again here and this decision's risk, rule, reason,
-            ``approvers``, ``reviewers`` and ``approval_ttl`` replace what the
-            agent sent, so an agent cannot ask for a weaker approval than
-            the policy demands; an action it blocks is refused (403).
+            decided again here, and its terms become the stricter of both:
+            the most ``approvers``, the narrowest ``reviewers``, the shortest
+            ``approval_ttl``, the highest risk. An agent cannot ask for a
+            weaker approval than the policy demands, and the service never
+            lowers what the agent's runtime asked for; an action the
+            policy blocks is refused (403).
     """
 
     def __init__(
@@ -353,9 +356,17 @@ class ApprovalService:
             await self._flush_soon()
         return stored, created
 
-    @staticmethod
-    def _redecide(new: NewRequest, policy: Policy) -> NewRequest:
-        """``new`` with the approval terms of the service's own policy."""
+    def _redecide(self, new: NewRequest, policy: Policy) -> NewRequest:
+        """``new`` with terms at least as strict as both its own and the service's policy.
+
+        The service may only raise the terms a request carries, never lower
+        them: the agent's runtime may know more (the session's history, a
+        flow rule) than this policy sees in one action. So the request keeps
+        the most approvers, the narrowest reviewer groups, the shortest TTL
+        and the highest risk of the two; its rule and reason are the
+        service's. Groups no reviewer can satisfy on both sides are refused
+        (403), as is an action the service's policy blocks.
+        """
         decision = policy.evaluate(new.action)
         if decision.approval is Approval.BLOCK:
             raise _forbidden(
@@ -363,14 +374,30 @@ class ApprovalService:
                 f"(rule {decision.matched_rule!r}); no approval can be asked for it",
                 code="blocked_by_policy",
             )
+        groups = stricter_groups(tuple(new.reviewers), tuple(decision.reviewers))
+        if groups is None:
+            raise _forbidden(
+                f"the agent's rule {new.matched_rule!r} asks reviewers in "
+                f"{', '.join(new.reviewers)} and the service's rule "
+                f"{decision.matched_rule!r} in {', '.join(decision.reviewers)}; no group "
+                "satisfies both, so nobody could approve it",
+                code="terms_conflict",
+            )
+        ttls = [
+            ttl if ttl is not None else self.approval_ttl
+            for ttl in (new.approval_ttl, decision.approval_ttl)
+        ]
+        reason = decision.reason
+        if new.matched_rule and new.matched_rule != decision.matched_rule:
+            reason = f"{reason} (the agent's rule {new.matched_rule!r}: {new.reason})".strip()
         return replace(
             new,
-            risk_level=decision.risk_level,
+            risk_level=max(new.risk_level, decision.risk_level),
             matched_rule=decision.matched_rule,
-            reason=decision.reason,
-            approvers=decision.approvers,
-            reviewers=decision.reviewers,
-            approval_ttl=decision.approval_ttl,
+            reason=reason[:10_000],
+            approvers=max(new.approvers, decision.approvers),
+            reviewers=groups,
+            approval_ttl=min(ttls),
         )
 
     async def _current(self, request_id: str) -> ApprovalRequest:

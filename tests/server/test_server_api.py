@@ -404,8 +404,8 @@ async def test_locked_database_is_503(api: Api) -> None:
     assert (await api.call("GET", "/healthz")).status_code == 200
 
 
-async def test_service_policy_overrides_the_agents_terms(tmp_path: Path) -> None:
-    """A service with its own policy takes approvers and groups from it, and refuses blocks."""
+async def test_service_policy_raises_the_agents_terms(tmp_path: Path) -> None:
+    """A service policy raises weaker approvers and groups to its own, and refuses blocks."""
     from aegis import Policy
 
     store = SqliteApprovalStore(tmp_path / "policy.db")
