@@ -406,6 +406,8 @@ def verify(
                 "reason": report.reason,
                 "head": str(report.head),
                 "checkpoints": report.checkpoints,
+                "unsigned": report.unsigned,
+                "bad_signature": report.bad_signature,
                 "pending": pending,
             }
         )
@@ -413,11 +415,24 @@ def verify(
         success(f"audit chain intact: {report.checked} records verified in {log.db_path}")
         info(f"head: {report.head}")
         if public_key:
-            if kept:
-                info(f"{report.checkpoints} signed checkpoints valid")
-            else:
-                warn("no signed checkpoints in this trail: nothing was signed with a key")
+            info(f"{report.checkpoints} signed checkpoints valid")
+            if report.unsigned:
+                first = report.checked - report.unsigned + 1
+                span = (
+                    f"record {first}"
+                    if first == report.checked
+                    else (f"records {first}-{report.checked}")
+                )
+                warn(
+                    f"{span} ({report.unsigned} records) after the last signed checkpoint:"
+                    " no signature covers them yet (written since the last checkpoint,"
+                    " or without the key)"
+                )
         note("keep the head elsewhere; `--expect-head HEAD` later also catches a truncated log")
+    elif report.bad_signature:
+        error(f"signature check failed: {report.reason}")
+        if kept == 0:
+            note("this trail keeps no signed checkpoints at all")
     else:
         error(f"audit chain broken at record {report.first_bad_id}: {report.reason}")
         note(f"the {report.checked} records before it are intact")

@@ -161,6 +161,12 @@ class VerifyReport:
     ``head`` is the head as read, to keep for the next check; ``unfinished``
     lists the ids of start records without a final record; ``checkpoints``
     counts the signed checkpoints whose signature and head were checked.
+
+    When signatures were checked, ``unsigned`` counts the records after the
+    last signed checkpoint, which no signature covers yet (written since the
+    last checkpoint, or without the key), and ``bad_signature`` says that the
+    check failed on the signatures rather than on the chain: a checkpoint
+    not signed by the given key, or no checkpoint of that key at all.
     """
 
     ok: bool
@@ -170,6 +176,8 @@ class VerifyReport:
     head: Head
     unfinished: tuple[int, ...] = field(default=())
     checkpoints: int = 0
+    unsigned: int = 0
+    bad_signature: bool = False
 
     def __bool__(self) -> bool:
         return self.ok
@@ -314,6 +322,7 @@ def verify_chain(
                     f"key (key id {checkpoint.key_id}): checkpoints were forged or the key is "
                     "not the one that signed",
                     EMPTY_HEAD,
+                    bad_signature=True,
                 )
             signed[checkpoint.count] = checkpoint
     checked = 0
@@ -405,4 +414,21 @@ def verify_chain(
                 f"record {expected.count} differs from the kept head: the log was rewritten",
                 head,
             )
-    return VerifyReport(True, checked, None, "", head, tuple(open_starts), len(signed))
+    if check_signature is not None and checked and not signed:
+        # Asked to check signatures, a trail that none covers proves nothing:
+        # whoever rewrote it without the key would pass.
+        return VerifyReport(
+            False,
+            checked,
+            None,
+            f"none of the {checked} records is covered by a checkpoint signed with the given "
+            "key: the trail was written without it, or rewritten",
+            head,
+            tuple(open_starts),
+            unsigned=checked,
+            bad_signature=True,
+        )
+    unsigned = checked - last_signed if check_signature is not None else 0
+    return VerifyReport(
+        True, checked, None, "", head, tuple(open_starts), len(signed), unsigned=unsigned
+    )

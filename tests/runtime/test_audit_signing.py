@@ -205,3 +205,63 @@ async def test_a_checkpoint_that_cannot_be_written_never_fails_committed_records
         assert reader.head().count == 6  # records: a start and a final each
         assert reader.verify(public_key=keys[1]).ok
         assert reader.checkpoints()[-1].count == 6
+
+
+def verify_cli(db: Path, public: Path) -> tuple[int, str]:
+    """Run `aegis audit verify --public-key` and return its exit code and stderr+stdout."""
+    result = CliRunner().invoke(
+        cli, ["audit", "verify", "--db", str(db), "--public-key", str(public)]
+    )
+    return result.exit_code, result.output + result.stderr
+
+
+def test_records_after_the_last_checkpoint_are_named(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """Records written without the key after the last checkpoint are named, not passed silently."""
+    db = tmp_path / "a.db"
+    write(db, keys[0], 10, every=100)  # signed at close: records 1-10
+    write(db, None, 3)  # records 11-13, no key
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        report = audit.verify(public_key=keys[1])
+    assert (report.ok, report.checked, report.unsigned) == (True, 13, 3)
+    code, output = verify_cli(db, keys[1])
+    assert code == 0
+    assert "records 11-13" in output
+
+
+def test_a_wrong_key_is_a_signature_failure_not_a_broken_chain(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """Checked with another key, verify says the signature does not match and the chain is not blamed."""
+    db = tmp_path / "a.db"
+    write(db, keys[0], 5)
+    _, other = generate_key_files(tmp_path / "other.key")
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        report = audit.verify(public_key=other)
+    assert (report.ok, report.bad_signature) == (False, True)
+    code, output = verify_cli(db, other)
+    assert code == 1
+    assert "signature check failed" in output
+    assert "chain broken" not in output
+
+
+def test_a_trail_no_checkpoint_of_the_key_covers_fails(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """Asked to check signatures, a non-empty trail with no checkpoint at all fails (exit 1)."""
+    db = tmp_path / "a.db"
+    write(db, None, 12)  # rewritten by someone without the key, checkpoints and all gone
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        assert audit.verify().ok
+        report = audit.verify(public_key=keys[1])
+    assert (report.ok, report.bad_signature, report.unsigned) == (False, True, 12)
+    code, output = verify_cli(db, keys[1])
+    assert code == 1
+    assert "signature check failed" in output
+
+
+def test_an_empty_trail_passes_a_signature_check(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """Nothing to cover is not a failure: an empty trail verifies with a key."""
+    with AuditLogger(tmp_path / "a.db") as audit:
+        assert audit.verify(public_key=keys[1]).ok
