@@ -233,7 +233,7 @@ def test_records_after_the_last_checkpoint_are_named(
 def test_a_wrong_key_is_a_signature_failure_not_a_broken_chain(
     tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
-    """Checked with another key, verify says the signature does not match and the chain is not blamed."""
+    """Checked with another key, verify blames the signature, not the chain."""
     db = tmp_path / "a.db"
     write(db, keys[0], 5)
     _, other = generate_key_files(tmp_path / "other.key")
