@@ -8,6 +8,8 @@ message the proxy will act on, or the error reply that ends it.
 from __future__ import annotations
 
 import json
+import unicodedata
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +26,8 @@ __all__ = [
     "Message",
     "RequestId",
     "error_reply",
+    "fold_name",
+    "lookalike_members",
     "parse_frame",
     "result_reply",
 ]
@@ -78,8 +82,11 @@ class Frame:
     replies: tuple[Message, ...] = ()
     #: the frame was a batch: its replies go back as one JSON array
     batch: bool = False
-    #: the refused batch's members that are JSON objects, for the audit trail
+    #: the refused frame's messages (a batch's members that are JSON objects,
+    #: an ambiguous message as decoded leniently), for the audit trail
     members: tuple[Message, ...] = ()
+    #: why those messages were refused, for their audit records
+    why: str = "it came in a JSON-RPC batch"
 
 
 def _valid_id(value: object) -> bool:
@@ -127,6 +134,97 @@ def classify(value: object) -> Frame:
     return Frame(kind="response", message=value)
 
 
+# -- member names: one reading for every decoder -------------------------------
+#
+# Python keeps the last of two equal member names; Go's encoding/json (and the
+# MCP servers built on it) matches member names to fields ignoring case, with
+# Unicode simple folding ("param" + U+017F is "params", U+212A is "k"), and keeps the
+# last match. A message whose names two decoders can read differently is
+# refused before anything is decided on it.
+
+#: the members of a JSON-RPC message, as the proxy reads them
+ENVELOPE_MEMBERS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
+
+
+def fold_name(name: str) -> str:
+    """The form under which two member names count as the same name.
+
+    ASCII names fold to lower case. Other names are NFKC-normalised and
+    case-folded, and each character is also mapped as Go maps it (to upper
+    case of its lower case), so that names any of those decoders would match
+    fold alike. Lone surrogates fold to U+FFFD, as Go decodes them.
+    """
+    if name.isascii():
+        return name.lower()
+    text = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in name)
+    go = "".join(_go_fold(c) for c in text)
+    return unicodedata.normalize("NFKC", go).casefold()
+
+
+def _go_fold(char: str) -> str:
+    # unicode.ToUpper(unicode.ToLower(r)) of Go, from Python's full mappings:
+    # a mapping that is not one character is not Go's simple one.
+    lower = char.lower()
+    if len(lower) != 1:
+        lower = lower[0] if lower[0].isalpha() else char
+    upper = lower.upper()
+    return upper if len(upper) == 1 else lower
+
+
+def lookalike_members(names: Iterable[str], known: Collection[str] = ()) -> str | None:
+    """Why ``names`` (one object's member names) are ambiguous, or ``None``.
+
+    Ambiguous: two names that fold alike (``"name"`` and ``"Name"``), or a
+    name that is not in ``known`` but folds like one that is (``"Method"``,
+    ``"param\\u017f"``).
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        folded = fold_name(name)
+        other = seen.get(folded)
+        if other is not None:
+            return f"members {other!r} and {name!r} differ only by case or Unicode folding"
+        seen[folded] = name
+    if known:
+        folds = {fold_name(one): one for one in known}
+        for folded, name in seen.items():
+            one = folds.get(folded)
+            if one is not None and one != name:
+                return f"member {name!r} differs from {one!r} only by case or Unicode folding"
+    return None
+
+
+class _Ambiguous(ValueError):
+    """A JSON object whose member names two decoders may read differently."""
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        names = [name for name, _ in pairs]
+        twice = next(name for name in names if names.count(name) > 1)
+        raise _Ambiguous(f"member {twice!r} appears twice in one object")
+    if len(value) > 1:
+        why = lookalike_members(value)
+        if why is not None:
+            raise _Ambiguous(why)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_strict(raw: bytes | str) -> Any:
+    """Decode JSON refusing duplicate or look-alike member names and NaN/Infinity.
+
+    Raises:
+        ValueError: not JSON, or ambiguous (:class:`_Ambiguous`, a ValueError).
+        RecursionError: nested too deep.
+    """
+    return json.loads(raw, object_pairs_hook=_strict_object, parse_constant=_no_constant)
+
+
 def parse_frame(raw: bytes | str) -> Frame:
     """Decode one frame (a stdio line or an HTTP body) into a :class:`Frame`.
 
@@ -134,16 +232,59 @@ def parse_frame(raw: bytes | str) -> Frame:
     refused as a whole, with one error per member that carries an id, so
     that nothing in it reaches the server undecided. MCP dropped batches in
     its 2025-06-18 revision; the SDK's clients never send them.
+
+    A message with a member name twice in one object, or two names that
+    differ only by case or Unicode folding (``"method"`` and ``"Method"``),
+    or a top-level name that folds like a JSON-RPC member without being one
+    (``"param\\u017f"``), is an Invalid Request: another decoder (Go's, which
+    ignores case) could read a different message from it than the one the
+    proxy decides on.
     """
     try:
-        value = json.loads(raw)
+        value = decode_strict(raw)
+    except _Ambiguous as exc:
+        return _ambiguous(raw, str(exc))
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and invalid UTF-8 in bytes.
         return Frame(replies=(error_reply(None, PARSE_ERROR, f"Parse error: {_short(exc)}"),))
     if isinstance(value, list):
         members = tuple(m for m in value if isinstance(m, dict))
         return Frame(replies=batch_refusal(value), batch=bool(value), members=members)
+    if isinstance(value, dict):
+        why = lookalike_members(value, ENVELOPE_MEMBERS)
+        if why is not None:
+            return _ambiguous(raw, why)
     return classify(value)
+
+
+def _ambiguous(raw: bytes | str, why: str) -> Frame:
+    """The refusal of a message whose member names are ambiguous.
+
+    It is answered under its id when the id alone is unambiguous, and kept
+    (as the last-wins decoding reads it) for the audit trail.
+    """
+    top: list[list[tuple[str, Any]]] = []
+
+    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        top[:] = [pairs]  # the outermost object is decoded last
+        return dict(pairs)
+
+    try:
+        value = json.loads(raw, object_pairs_hook=keep)
+    except (ValueError, RecursionError):
+        value = None
+    request_id = None
+    if isinstance(value, dict) and top:
+        ids = [(name, v) for name, v in top[0] if fold_name(name) == "id"]
+        if [name for name, _ in ids] == ["id"] and _valid_id(ids[0][1]):
+            request_id = ids[0][1]
+    reply = error_reply(request_id, INVALID_REQUEST, f"Invalid Request: ambiguous message: {why}")
+    members = (value,) if isinstance(value, dict) else ()
+    return Frame(
+        replies=(reply,),
+        members=members,
+        why=f"its member names are ambiguous ({why})",
+    )
 
 
 def batch_refusal(batch: list[Any]) -> tuple[Message, ...]:

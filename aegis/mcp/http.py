@@ -217,7 +217,7 @@ class GovernedHttpApp:
             known = self._sessions.get(session_id or "")
             if known is not None and known.proxy is not None:
                 for member in frame.members:
-                    await known.proxy.record_refused(member, "it came in a JSON-RPC batch")
+                    await known.proxy.record_refused(member, frame.why)
             await _respond(send, 400, list(frame.replies) if frame.batch else frame.replies[0])
             return
         message = frame.message or {}

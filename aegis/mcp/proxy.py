@@ -58,8 +58,11 @@ from aegis.mcp._jsonrpc import (
     Message,
     RequestId,
     error_reply,
+    fold_name,
+    lookalike_members,
     result_reply,
 )
+from aegis.runtime._binding import CallBinding, bound_call
 
 __all__ = [
     "PASS_THROUGH_METHODS",
@@ -192,16 +195,20 @@ _CURRENT: ContextVar[_Call | None] = ContextVar("aegis_mcp_call", default=None)
 
 
 async def execute_mcp_call(action: Action) -> Result:
-    """The proxy's executor: forward the governed request being run to the server.
+    """The proxy runtime's own executor: it runs nothing.
 
-    The runtime calls it with the action it decided (and, for ``approve``,
-    that a reviewer approved); the request forwarded is built from that
-    action, so the server receives exactly the arguments that were decided.
+    Each governed request brings its executor to the runtime through the
+    binding the framework integrations use (:mod:`aegis.runtime._binding`):
+    the request forwarded is built from the action the runtime decided, so
+    the server receives exactly the arguments that were decided. An action
+    run on the proxy's runtime without such a binding fails.
     """
-    call = _CURRENT.get()
-    if call is None:
-        raise RuntimeError("execute_mcp_call runs only inside the Aegis MCP proxy")
-    return await call.session._execute(call, action)
+    return Result(
+        action,
+        ResultStatus.FAILED,
+        error="execute_mcp_call runs only inside the Aegis MCP proxy",
+        completed_at=datetime.now(UTC),
+    )
 
 
 def offer_approval_link(url: str) -> None:
@@ -267,6 +274,8 @@ class ProxySession:
         self._named: dict[str, bool] = {}
         self._named_for: object = None
         self._descriptions: dict[str, str] = {}
+        # a tool's input schema property names, from tools/list
+        self._properties: dict[str, frozenset[str]] = {}
         # client request id -> the task serving it
         self._inflight: dict[tuple[type, RequestId], asyncio.Task[None]] = {}
         # downstream id -> (future of its reply, client request id)
@@ -399,7 +408,7 @@ class ProxySession:
             _log.warning("dropped a notification for method %r: not a notification", method)
             await self.record_refused(message, "it was sent as a notification, without an id")
             return
-        await self._relay_to_server(message)
+        await self._relay_to_server(_notification(message))
 
     async def _relay_to_server(self, message: Message) -> None:
         """Pass a notification or a response on; a server that is gone drops it."""
@@ -425,7 +434,7 @@ class ProxySession:
         if own is None:
             _log.warning("dropped a response to unknown request %r", message["id"])
             return
-        await self._relay_to_server({**message, "id": own})
+        await self._relay_to_server(_response(message, own))
 
     async def record_refused(self, message: Message, why: str) -> None:
         """Record a tools/call the proxy refused before any decision, as blocked.
@@ -434,10 +443,18 @@ class ProxySession:
         they were sent (in a batch, under a duplicated id, as a notification).
         Anything that is not a recognisable tool call is only logged.
         """
-        params = message.get("params")
-        if message.get("method") != "tools/call" or not isinstance(params, dict):
+        # Read as leniently as any decoder might (the message may be one
+        # refused for look-alike member names): a tools/call under any
+        # spelling of its members is recorded.
+        methods = _members_like(message, "method")
+        if not any(isinstance(m, str) and fold_name(m) == "tools/call" for m in methods):
             return
-        name, arguments = params.get("name"), params.get("arguments") or {}
+        params = next((p for p in _members_like(message, "params") if isinstance(p, dict)), None)
+        if params is None:
+            return
+        names = _members_like(params, "name")
+        name = next((n for n in names if isinstance(n, str) and n), None)
+        arguments = next((a for a in _members_like(params, "arguments") if isinstance(a, dict)), {})
         if not isinstance(name, str) or not name or not isinstance(arguments, dict):
             return
         try:
@@ -485,6 +502,10 @@ class ProxySession:
         request_id: RequestId = message["id"]
         name = params.get("name")
         arguments = params.get("arguments")
+        why = lookalike_members(params, _TOOL_CALL_MEMBERS)
+        if why is not None:
+            await self.record_refused(message, f"its params are ambiguous: {why}")
+            return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")
         if not isinstance(name, str) or not name:
             return error_reply(
                 request_id, INVALID_PARAMS, 'Invalid params: "name" must be a tool name'
@@ -495,6 +516,11 @@ class ProxySession:
             return error_reply(
                 request_id, INVALID_PARAMS, 'Invalid params: "arguments" must be a JSON object'
             )
+        known = self._properties.get(name)
+        why = lookalike_members(arguments, known) if known else None
+        if why is not None:
+            await self.record_refused(message, f"its arguments are ambiguous: {why}")
+            return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")
         return await self._govern(message, name, arguments, is_tool=True)
 
     async def _governed(self, message: Message, method: str, params: dict[str, Any]) -> Message:
@@ -511,9 +537,14 @@ class ProxySession:
             return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {exc}")
         call = _Call(self, message, is_tool)
         context = self._context(request_id)
-        token = _CURRENT.set(call)
+
+        async def execute(decided: Action) -> Result:
+            return await self._execute(call, decided)
+
+        token = _CURRENT.set(call)  # for offer_approval_link, from the approval handler
         try:
-            result = await self._runtime.run_one(action, context=context)
+            with bound_call(CallBinding(action, execute)):
+                result = await self._runtime.run_one(action, context=context)
         finally:
             _CURRENT.reset(token)
         if _log.isEnabledFor(logging.INFO):
@@ -543,17 +574,21 @@ class ProxySession:
         return error_reply(request_id, INTERNAL_ERROR, f"the call failed: {result.error}")
 
     async def _execute(self, call: _Call, action: Action) -> Result:
+        # The request the server gets is the proxy's own: the decided name and
+        # arguments, and of the rest only the protocol's own members.
         message = call.message
-        params = dict(message.get("params") or {})
+        sent = message.get("params") or {}
+        params: dict[str, Any]
         if call.is_tool:
-            params["name"] = action.type
-            params["arguments"] = thaw(action.params)
+            params = {"name": action.type, "arguments": thaw(action.params)}
+            for name in _TOOL_CALL_EXTRAS:
+                if name in sent:
+                    params[name] = sent[name]
         else:
-            meta = params.get("_meta")
             params = dict(thaw(action.params))
-            if meta is not None:
-                params["_meta"] = meta
-        outgoing = {**message, "params": params}
+            if "_meta" in sent:
+                params["_meta"] = sent["_meta"]
+        outgoing = _request(message["id"], message["method"], params)
         try:
             reply = await self._exchange(outgoing)
         except DownstreamError as exc:
@@ -616,6 +651,10 @@ class ProxySession:
                 description = tool.get("description")
                 if isinstance(description, str):
                     self._descriptions[tool["name"]] = description
+                schema = tool.get("inputSchema")
+                properties = schema.get("properties") if isinstance(schema, dict) else None
+                if isinstance(properties, dict):
+                    self._properties[tool["name"]] = frozenset(properties)
         if self._options.hide_blocked:
             target = self._options.target
             result["tools"] = [
@@ -633,8 +672,9 @@ class ProxySession:
     async def _forward(self, message: Message) -> Message:
         """Forward a request unchanged but for its id; the reply under the client's id."""
         request_id: RequestId = message["id"]
+        params = message.get("params")
         try:
-            reply = await self._exchange(message)
+            reply = await self._exchange(_request(request_id, message["method"], params))
         except DownstreamError as exc:
             return error_reply(request_id, DOWNSTREAM_UNAVAILABLE, str(exc))
         return {**reply, "id": request_id}
@@ -784,6 +824,46 @@ class ProxySession:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+
+
+#: the members of tools/call params the proxy reads or passes on
+_TOOL_CALL_MEMBERS = frozenset({"name", "arguments", "_meta", "task"})
+#: those of them passed on as the client sent them (the protocol's, not the tool's)
+_TOOL_CALL_EXTRAS = ("_meta", "task")
+
+
+def _members_like(value: Message, name: str) -> list[Any]:
+    """The values of ``value``'s members whose names fold like ``name``, exact name first."""
+    found = [value[name]] if name in value else []
+    folded = fold_name(name)
+    found.extend(v for k, v in value.items() if k != name and fold_name(k) == folded)
+    return found
+
+
+def _request(request_id: RequestId, method: str, params: Any) -> Message:
+    """A request as the proxy writes it: the JSON-RPC members and nothing else."""
+    request: Message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        request["params"] = params
+    return request
+
+
+def _notification(message: Message) -> Message:
+    """A client notification as the proxy passes it on: its JSON-RPC members only."""
+    out: Message = {"jsonrpc": "2.0", "method": message["method"]}
+    if "params" in message:
+        out["params"] = message["params"]
+    return out
+
+
+def _response(message: Message, response_id: RequestId) -> Message:
+    """A client response as the proxy passes it on, under the server's id."""
+    out: Message = {"jsonrpc": "2.0", "id": response_id}
+    if "error" in message:
+        out["error"] = message["error"]
+    else:
+        out["result"] = message["result"]
+    return out
 
 
 def _progress_token(message: Message) -> tuple[type, Any] | None:

@@ -171,7 +171,7 @@ async def serve_stdio(
                         why = parsed.replies[0]["error"]["message"]
                         _log.warning("refused a message: %s", why)
                         for member in parsed.members:
-                            await session.record_refused(member, "it came in a JSON-RPC batch")
+                            await session.record_refused(member, parsed.why)
                         if parsed.batch:
                             await wire.send(list(parsed.replies))
                         else:

@@ -1,0 +1,161 @@
+"""What the server receives is what was decided: raw messages a case-folding server reads otherwise.
+
+The downstream server here decodes JSON as Go's ``encoding/json`` does
+(member names matched ignoring case and Unicode folding, the last match
+winning) and logs every line it receives, so each test shows what such a
+server would have run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp_support import HERE, Files, RawProxy
+
+POLICY = """\
+version: "1"
+defaults: {risk_level: medium, approval: block}
+rules:
+  - name: no-secrets
+    match: {type: read}
+    conditions:
+      param_matches: {path: "^/srv/secret"}
+    risk_level: critical
+    approval: block
+  - name: reads
+    match: {type: read}
+    risk_level: low
+    approval: auto
+  - name: no-deletes
+    match: {type: delete}
+    risk_level: critical
+    approval: block
+"""
+
+
+class Folding:
+    """The proxy in front of the folding server, and what that server received."""
+
+    def __init__(self, root: Path) -> None:
+        self.files = Files(root, POLICY)
+        self.log = root / "folding.jsonl"
+        command = self.files.proxy()
+        command = command[: command.index("--") + 1]
+        command += [sys.executable, str(HERE / "folding_server.py"), "--log", str(self.log)]
+        self.proxy = RawProxy(command, self.files.stderr)
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def ran(self) -> list[tuple[Any, Any]]:
+        """The tools the server ran, with the arguments it read."""
+        return [(e["ran"], e["arguments"]) for e in self.entries() if "ran" in e]
+
+    def received(self) -> list[dict[str, Any]]:
+        """Every message the server received, decoded plainly."""
+        return [json.loads(e["raw"]) for e in self.entries() if "raw" in e]
+
+
+@pytest.fixture
+def folding(tmp_path: Path) -> Iterator[Folding]:
+    """An initialized proxy whose tools list is known."""
+    setup = Folding(tmp_path)
+    try:
+        setup.proxy.initialize()
+        assert "result" in setup.proxy.request("list", "tools/list")
+        yield setup
+    finally:
+        setup.proxy.close()
+
+
+def _raw(proxy: RawProxy, text: str) -> Any:
+    proxy.send(text)
+    return proxy.receive()
+
+
+READ = '"params": {"name": "read", "arguments": {"path": "/srv/readme.txt"}}'
+DELETE = '{"name": "delete", "arguments": {"path": "/srv/readme.txt"}}'
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        # a ping the proxy would pass through, a tools/call to a case-insensitive server
+        '{"jsonrpc": "2.0", "id": 5, "method": "ping", "Method": "tools/call", "params": '
+        + DELETE
+        + "}",
+        # a second name for the tool, in another case
+        '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": '
+        '{"name": "read", "arguments": {"path": "/srv/readme.txt"}, "Name": "delete"}}',
+        # params spelt with a long s (U+017F), which folds to "s"
+        '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", '
+        + READ
+        + ', "param\\u017f": '
+        + DELETE
+        + "}",
+        # the same member twice
+        '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": '
+        '{"name": "delete", "name": "read", "arguments": {"path": "/srv/readme.txt"}}}',
+        # an argument the policy reads, and its look-alike the server reads last
+        '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "read", '
+        '"arguments": {"path": "/srv/readme.txt", "Path": "/srv/secret/key.txt"}}}',
+        # an argument named with the Kelvin sign (U+212A), folding to "k", next to "k"
+        '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "read", '
+        '"arguments": {"path": "/srv/readme.txt", "k": 1, "\\u212a": 2}}}',
+    ],
+)
+def test_ambiguous_members_are_refused_before_anything_reaches_the_server(
+    folding: Folding, frame: str
+) -> None:
+    """A message a case-insensitive decoder reads differently is refused under its id."""
+    before = len(folding.received())
+    reply = _raw(folding.proxy, frame)
+    assert reply["id"] == 5
+    assert reply["error"]["code"] in (-32600, -32602)
+    assert folding.proxy.request("alive", "ping")["result"] == {}
+    assert folding.ran() == []
+    # only the ping reached the server
+    assert [m.get("method") for m in folding.received()[before:]] == ["ping"]
+
+
+def test_a_ping_carrying_a_tool_call_is_recorded_as_refused(folding: Folding) -> None:
+    """The refused ping-form call lands in the audit trail as a blocked delete."""
+    _raw(
+        folding.proxy,
+        '{"jsonrpc": "2.0", "id": 9, "method": "ping", "Method": "tools/call", "params": '
+        + DELETE
+        + "}",
+    )
+    folding.proxy.request("alive", "ping")
+    [record] = folding.files.records()
+    assert (record["action_type"], record["result_status"]) == ("delete", "blocked")
+    assert "ambiguous" in record["reason"]
+
+
+def test_the_server_receives_the_proxys_own_serialization(folding: Folding) -> None:
+    """Unknown members at any level of a call are not forwarded; the decided ones are."""
+    reply = _raw(
+        folding.proxy,
+        '{"jsonrpc": "2.0", "id": 6, "method": "tools/call", "extra": {"name": "delete"}, '
+        '"params": {"name": "read", "arguments": {"path": "/srv/readme.txt"}, '
+        '"_meta": {"progressToken": "p1"}, "tool": "delete"}}',
+    )
+    assert reply["result"]["content"][0]["text"] == "ran read"
+    reply = _raw(folding.proxy, '{"jsonrpc": "2.0", "id": 7, "method": "ping", "x": 1}')
+    assert reply["result"] == {}
+    call, ping = folding.received()[-2:]
+    assert set(call) == {"jsonrpc", "id", "method", "params"}
+    assert call["params"] == {
+        "name": "read",
+        "arguments": {"path": "/srv/readme.txt"},
+        "_meta": {"progressToken": "p1"},
+    }
+    assert set(ping) == {"jsonrpc", "id", "method"}
+    assert folding.ran() == [("read", {"path": "/srv/readme.txt"})]
