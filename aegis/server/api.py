@@ -63,6 +63,7 @@ def _guarded(handler: Handler) -> Handler:
 
     async def endpoint(request: Request) -> Response:
         try:
+            _check_query(request)
             return await handler(request)
         except ApprovalServiceError as exc:
             return error_response(exc.status, exc.code, exc.message)
@@ -122,13 +123,64 @@ async def _body(request: Request) -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        body = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise _invalid(f"the body is not valid JSON: {exc}") from None
+    try:
+        _check_storable(body, "")
+    except RecursionError:
+        raise _invalid("the body is nested too deeply") from None
+    return body
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _bad_text(text: str) -> str | None:
+    """Why ``text`` cannot be stored and shown as it is, or ``None``."""
+    if "\x00" in text:
+        return "holds a NUL character"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "holds a lone surrogate (\\ud800-\\udfff), which is not text"
+    return None
+
+
+def _check_storable(value: Any, where: str) -> None:
+    """Refuse what a store cannot keep or a reviewer's list cannot show, naming the field.
+
+    ``1e400`` parses as infinity, which no JSON answer can carry (it would
+    blind every list that shows it); a lone surrogate is not text in UTF-8;
+    PostgreSQL refuses NUL in text. Each is the sender's mistake: a 422.
+    """
+    if isinstance(value, str):
+        problem = _bad_text(value)
+        if problem:
+            raise _invalid(f"{where or 'the body'} {problem}")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _invalid(f"{where or 'the body'} is a number too large to keep (not finite)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            problem = _bad_text(key)
+            name = f"{where}.{key}" if where else key
+            if problem:
+                raise _invalid(f"a field name in {where or 'the body'} {problem}")
+            _check_storable(item, name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_storable(item, f"{where}[{index}]")
+
+
+def _check_query(request: Request) -> None:
+    """Refuse query and path parameters holding NUL or lone surrogates, naming them."""
+    for name, value in (*request.query_params.multi_items(), *request.path_params.items()):
+        problem = _bad_text(str(value))
+        if problem:
+            raise _invalid(f"{name} {problem}")
 
 
 def _number(request: Request, name: str, default: float, low: float, high: float) -> float:
@@ -265,8 +317,8 @@ async def audit_records(request: Request) -> Response:
     limit = int(_number(request, "limit", 100, 1, 1000))
     after = request.query_params.get("after_id")
     if after is not None:
-        if not after.isdigit():
-            raise _invalid("after_id must be a record id")
+        if not after.isascii() or not after.isdigit() or int(after) >= 2**63:
+            raise _invalid("after_id must be a record id (a whole number below 2^63)")
         filters["after_id"] = int(after)
     try:
         records = await _service(request).audit_records(principal, filters, limit)

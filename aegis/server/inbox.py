@@ -746,7 +746,8 @@ def _audit_filters(shown: Mapping[str, str]) -> dict[str, Any]:
                 ) from None
             filters[field] = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     if shown.get("after"):
-        if not shown["after"].isdigit():
+        after = shown["after"]
+        if not after.isascii() or not after.isdigit() or int(after) >= 2**63:
             raise ValueError("after must be a record id")
         filters["after_id"] = int(shown["after"])
     return filters
