@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -166,6 +165,8 @@ def list_records(  # noqa: PLR0917  # Click passes one argument per option
 ) -> None:
     """List audit records, oldest first, filtered.
 
+    On a terminal without --limit it shows the newest 500, and says so last.
+
     \b
     Examples:
       aegis audit list
@@ -182,17 +183,16 @@ def list_records(  # noqa: PLR0917  # Click passes one argument per option
     }
     terminal_table = output_format == "table" and is_terminal()
     with open_audit(db_path) as log:
+        records: Iterable[dict[str, Any]]
+        matching = 0
         if terminal_table and limit is None:
             # A Rich table is built in memory and nobody reads a million rows
-            # on screen; pipes and machine formats still stream everything.
-            limit = TERMINAL_LIMIT
+            # on screen: a terminal gets the newest, with the note last, where
+            # it is read; pipes and machine formats still stream everything.
             matching = log.count(session_id, **filters)
-            if matching > limit:
-                note(
-                    f"showing the first {limit} of {matching} records;"
-                    " narrow with filters, or use --limit or --format jsonl"
-                )
-        records = log.iter_log(session_id, limit=limit, **filters)
+            records = _newest(log, TERMINAL_LIMIT, session_id, filters)
+        else:
+            records = log.iter_log(session_id, limit=limit, **filters)
         if output_format == "jsonl":
             _echo_jsonl(records)
         elif output_format == "json":
@@ -205,6 +205,11 @@ def list_records(  # noqa: PLR0917  # Click passes one argument per option
             )
             if not shown:
                 note(f"no records in {log.db_path} match")
+            elif matching > TERMINAL_LIMIT:
+                note(
+                    f"showing the newest {TERMINAL_LIMIT} of {matching} matching records;"
+                    " narrow with filters (--since), or use --limit or --format jsonl for all"
+                )
 
 
 def _emit_json_array(records: Iterable[dict[str, Any]]) -> None:
@@ -503,14 +508,26 @@ def stats(db_path: str, session_id: str | None, output_format: str) -> None:
             )
 
 
-def _last_records(log: AuditLogger, count: int, session_id: str | None) -> list[dict[str, Any]]:
-    if session_id is None:
-        # Ids are consecutive in an intact chain, so the tail is an id range
-        # away; this keeps `tail` instant on a log of millions. An action that
-        # ran has two records (start and final) and shows once.
-        last_id = log.head().count
-        return log.get_log(after_id=max(0, last_id - 2 * count))[-count:]
-    return list(deque(log.iter_log(session_id), maxlen=count))
+def _newest(
+    log: AuditLogger, count: int, session_id: str | None, filters: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The newest ``count`` matching records, oldest first.
+
+    Ids are consecutive in a chain, so the newest records are an id range
+    back from the head: read windows back from it, four times larger each
+    time, until enough match. A log of millions answers at once when the
+    filters match often, and costs about one scan when they match rarely.
+    """
+    if count == 0:
+        return []
+    head = log.head().count
+    window = 2 * count  # an action that ran has two records and shows once
+    while True:
+        after = max(0, head - window)
+        rows = log.get_log(session_id, after_id=after, **filters)
+        if len(rows) >= count or after == 0:
+            return rows[-count:]
+        window *= 4
 
 
 @audit.command()
@@ -555,7 +572,7 @@ def tail(  # noqa: PLR0917  # Click passes one argument per option
         with open_audit(db_path) as log:
             last_id = 0
             if count:
-                for record in _last_records(log, count, session_id):
+                for record in _newest(log, count, session_id, {}):
                     _echo_record(record)
                     last_id = record["id"]
             if not follow:

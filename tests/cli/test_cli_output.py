@@ -69,12 +69,17 @@ def test_terminal_list_drops_wide_columns(invoke: Invoke, audit_db: Path) -> Non
 def test_terminal_list_is_capped_with_a_note(
     invoke: Invoke, audit_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A terminal table without --limit stops at TERMINAL_LIMIT and says so."""
+    """A terminal table without --limit shows the newest TERMINAL_LIMIT and says so."""
     monkeypatch.setattr(_audit, "TERMINAL_LIMIT", 2)
     result = invoke("audit", "list", "--db", str(audit_db))
-    assert "showing the first 2 of 4 records" in result.stderr
-    assert "read:crm" in result.stdout
-    assert "read:billing" not in result.stdout
+    assert "showing the newest 2 of 4 matching records" in result.stderr
+    assert "delete:crm" in result.stdout
+    assert "read:bil" in result.stdout  # the narrow test terminal wraps the rest
+    assert "read:crm" not in result.stdout
+    assert result.stdout.index("delete:crm") < result.stdout.index("read:bil")
+    filtered = invoke("audit", "list", "--db", str(audit_db), "--type", "read")
+    assert "showing the" not in filtered.stderr  # 2 reads match: all of them shown
+    assert "read:crm" in filtered.stdout
     piped = invoke("audit", "list", "--db", str(audit_db), "--format", "jsonl")
     assert len(piped.stdout.splitlines()) == 4
 
