@@ -42,6 +42,7 @@ from aegis.errors import ConfigurationError, ToolBlockedError
 from aegis.runtime._binding import CallBinding, bound_call
 from aegis.runtime._calls import call_with_deadline
 from aegis.runtime.approval import SuspendableApprovalHandler
+from aegis.runtime.refusal import refusal_text
 
 if TYPE_CHECKING:
     from aegis.runtime.engine import Runtime
@@ -208,29 +209,23 @@ class Governor:
     def refusal(self, call: ToolCall, result: Result) -> str:
         """What the model reads when a call did not run, or failed.
 
+        The same wording in every integration (see :mod:`aegis.runtime.refusal`):
+        ``blocked by rule NAME: DESCRIPTION (REASON)``, or the approver's
+        denial with its comment and the rule that asked for approval.
+
         Raises:
             ToolBlockedError: the call was blocked and ``on_block="raise"``.
         """
-        if result.status is ResultStatus.FAILED:
-            return f"Tool call {call.name!r} failed: {result.error}"
-        why = result.error or result.status.value
-        if result.status is ResultStatus.BLOCKED:
-            why += self._rule_text(why)
-        text = f"Tool call {call.name!r} was not run: {why}."
+        decision = None
+        if result.status is ResultStatus.DENIED:
+            try:  # only for the text: which rule asked for approval
+                decision = self.runtime.decide(result.action)
+            except Exception:  # a text without the rule is still a refusal
+                decision = None
+        text = refusal_text(result, policy=self.runtime.policy, decision=decision)
         if result.status is ResultStatus.BLOCKED and self.on_block == "raise":
             raise ToolBlockedError(text, result=result)
         return text
-
-    def _rule_text(self, error: str) -> str:
-        """The blocking rule's description, when the error does not give a reason."""
-        if ": " in error:
-            return ""  # the decision carried its own reason
-        for rule in getattr(self.runtime.policy, "rules", None) or ():
-            name = getattr(rule, "name", None)
-            if name is not None and f"{name!r}" in error:
-                description = getattr(rule, "description", "")
-                return f" ({description})" if isinstance(description, str) and description else ""
-        return ""
 
     # ------------------------------------------------------------ approvals
 

@@ -161,7 +161,7 @@ class _GovernedAsyncTool(BetaAsyncFunctionTool[Any]):
 
 def _tool_call(tool: Any, input: object, governor: Governor) -> ToolCall:
     if not isinstance(input, Mapping):
-        raise ToolError(f"Tool call {tool.name!r} was not run: its input must be a JSON object")
+        raise ToolError(f"tool {tool.name} was not run: its input must be a JSON object")
     return ToolCall(
         tool.name,
         input,
@@ -216,6 +216,28 @@ class GovernedToolResult:
     content: str
     is_error: bool
 
+    # Code written for the runtime's Result keeps working on what a loop gets back.
+
+    @property
+    def status(self) -> ResultStatus:
+        """The Result's status (``success``, ``blocked``, ``denied``, ``failed``)."""
+        return self.result.status
+
+    @property
+    def ok(self) -> bool:
+        """Whether the call ran and succeeded."""
+        return self.result.ok
+
+    @property
+    def data(self) -> Any:
+        """What the tool returned (``None`` unless it succeeded)."""
+        return self.result.data
+
+    @property
+    def error(self) -> str | None:
+        """Why the call did not run or failed, as the runtime recorded it."""
+        return self.result.error
+
 
 async def govern_tool_call(
     *,
@@ -237,11 +259,15 @@ async def govern_tool_call(
 
     Example::
 
+        def run_tool(action):  # the approved action: its params are what may run
+            return TOOLS[action.type](**action.params)
+
         results = [
             await govern_tool_call(runtime=rt, tool_name=b.name, tool_input=b.input,
-                                   tool_use_id=b.id, target="billing")
+                                   tool_use_id=b.id, target="billing", execute=run_tool)
             for b in message.content if b.type == "tool_use"
         ]
+        if any(not r.ok for r in results): ...  # r.status, r.data, r.error as on a Result
         messages.append({"role": "user", "content": tool_results_to_api_format(results)})
 
     Raises:

@@ -63,6 +63,7 @@ from aegis.mcp._jsonrpc import (
     result_reply,
 )
 from aegis.runtime._binding import CallBinding, bound_call
+from aegis.runtime.refusal import refusal_text
 
 __all__ = [
     "PASS_THROUGH_METHODS",
@@ -557,10 +558,20 @@ class ProxySession:
             )
         return self._reply_for(call, request_id, result)
 
+    def _refusal(self, result: Result) -> str:
+        """The same sentence every integration gives (see :mod:`aegis.runtime.refusal`)."""
+        decision = None
+        if result.status is ResultStatus.DENIED:
+            try:  # only for the text: which rule asked for approval
+                decision = self._runtime.decide(result.action)
+            except Exception:
+                decision = None
+        return refusal_text(result, policy=self._runtime.policy, decision=decision)
+
     def _reply_for(self, call: _Call, request_id: RequestId, result: Result) -> Message:
         status = result.status
         if status in (ResultStatus.BLOCKED, ResultStatus.DENIED):
-            text = f"Aegis: {result.error}"
+            text = self._refusal(result)
             if not call.is_tool:
                 return error_reply(request_id, POLICY_REFUSED, text)
             return result_reply(

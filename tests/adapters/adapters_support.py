@@ -32,6 +32,7 @@ POLICY = {
         },
         {
             "name": "refunds",
+            "description": "refunds need a reviewer",
             "match": {"type": "refund"},
             "approval": "approve",
             "risk_level": "high",
@@ -56,8 +57,13 @@ def make_runtime(
     approval_timeout: float | None = None,
     audit: Any = None,
     policy: dict[str, Any] | None = None,
+    no_approver: bool = False,
 ) -> Runtime:
-    """A runtime with the contract policy, an in-memory audit and the given approver."""
+    """A runtime with the contract policy, an in-memory audit and the given approver.
+
+    Without an approver it denies; with ``no_approver`` it has none configured
+    (the runtime's default, which asks at the terminal).
+    """
 
     def no_executor(action: Any) -> Any:
         raise AssertionError(f"the runtime's own executor ran {action}")
@@ -65,7 +71,11 @@ def make_runtime(
     return Runtime(
         executor=no_executor,
         policy=Policy.from_dict(policy or POLICY),
-        approval_handler=approval_handler if approval_handler is not None else (lambda d: False),
+        approval_handler=None
+        if no_approver
+        else approval_handler
+        if approval_handler is not None
+        else (lambda d: False),
         audit_logger=audit if audit is not None else InMemoryAuditLog(),
         approval_timeout=approval_timeout,
     )
@@ -345,4 +355,86 @@ def mock_anthropic(
     return anthropic.Anthropic(api_key="test", http_client=httpx2.Client(transport=transport)), sent
 
 
-HARNESSES = [LangChainHarness(), OpenAIAgentsHarness(), AnthropicHarness()]
+# ---------------------------------------------------------------- Pydantic AI
+
+
+class PydanticAIHarness:
+    """A governed ``Agent`` driven by Pydantic AI's ``FunctionModel``."""
+
+    name = "pydantic-ai"
+
+    async def run(self, runtime: Runtime, calls: list[Call], *, target: str = "crm") -> Run:
+        from pydantic_ai import Agent, DeferredToolRequests
+
+        from aegis.adapters.pydantic_ai import govern, resolve_deferred
+
+        run = Run()
+        model, seen = scripted_function_model(calls)
+        agent = govern(
+            Agent(model, name="support", tools=list(_recorders(run).values())),
+            runtime,
+            target=target,
+        )
+        result = await agent.run("go")
+        for _ in range(5):
+            if not isinstance(result.output, DeferredToolRequests):
+                break
+            result = await agent.run(
+                message_history=result.all_messages(),
+                deferred_tool_results=await resolve_deferred(result, runtime),
+            )
+        run.model_saw.update(pydantic_ai_tool_results(seen[-1]))
+        return run
+
+
+def scripted_function_model(calls: list[Call]) -> tuple[Any, list[list[Any]]]:
+    """A ``FunctionModel`` asking for ``calls`` until it reads their results, then "done".
+
+    It decides from the messages alone, so a run resumed in another process
+    (from its saved history) gets the same answers. Returns the model and
+    the message lists it was sent.
+    """
+    from pydantic_ai.messages import (
+        ModelRequest,
+        ModelResponse,
+        RetryPromptPart,
+        TextPart,
+        ToolCallPart,
+        ToolReturnPart,
+    )
+    from pydantic_ai.models.function import FunctionModel
+
+    seen: list[list[Any]] = []
+
+    def respond(messages: list[Any], info: Any) -> Any:
+        seen.append(list(messages))
+        last = messages[-1]
+        answered = isinstance(last, ModelRequest) and any(
+            isinstance(part, ToolReturnPart | RetryPromptPart) for part in last.parts
+        )
+        if answered or not calls:
+            return ModelResponse(parts=[TextPart("done")])
+        return ModelResponse(
+            parts=[ToolCallPart(name, args, tool_call_id=call_id) for name, args, call_id in calls]
+        )
+
+    return FunctionModel(respond), seen
+
+
+def pydantic_ai_tool_results(messages: list[Any]) -> dict[str, str]:
+    """Call id -> what the model read back for it, over a whole message history."""
+    from pydantic_ai.messages import ModelRequest, RetryPromptPart, ToolReturnPart
+
+    saw: dict[str, str] = {}
+    for message in messages:
+        if not isinstance(message, ModelRequest):
+            continue
+        for part in message.parts:
+            if isinstance(part, ToolReturnPart) or (
+                isinstance(part, RetryPromptPart) and part.tool_call_id
+            ):
+                saw[part.tool_call_id] = str(part.content)
+    return saw
+
+
+HARNESSES = [LangChainHarness(), OpenAIAgentsHarness(), AnthropicHarness(), PydanticAIHarness()]

@@ -80,11 +80,34 @@ async def test_a_hand_written_loop_with_the_runtimes_executor() -> None:
         {
             "type": "tool_result",
             "tool_use_id": "tu_2",
-            "content": "Tool call 'delete_customer' was not run: blocked by policy rule "
-            "'no-deletes' (deletes need a ticket).",
+            "content": "blocked by rule no-deletes: deletes need a ticket",
             "is_error": True,
         },
     ]
+
+
+async def test_a_governed_result_answers_like_a_result() -> None:
+    """Code written for Result (status, ok, data, error) works on govern_tool_call's answer."""
+    runtime = make_runtime(ScriptedApprovalHandler([]))
+
+    def lookup(action: Action) -> dict[str, str]:
+        return {"tier": "gold", "id": str(action.params["customer_id"])}
+
+    ran = await govern_tool_call(
+        runtime=runtime, tool_name="lookup", tool_input={"customer_id": 7}, execute=lookup
+    )
+    assert (ran.status, ran.ok, ran.data, ran.error) == (
+        ResultStatus.SUCCESS,
+        True,
+        {"tier": "gold", "id": "7"},
+        None,
+    )
+    refused = await govern_tool_call(
+        runtime=runtime, tool_name="delete_customer", tool_input={"customer_id": 7}, execute=lookup
+    )
+    assert (refused.status, refused.ok, refused.data) == (ResultStatus.BLOCKED, False, None)
+    assert refused.error is not None
+    assert "no-deletes" in refused.error
 
 
 async def test_govern_tool_call_with_its_own_function() -> None:

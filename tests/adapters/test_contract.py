@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,7 @@ async def test_block_never_reaches_the_tool_and_the_model_reads_why(harness: Any
         make_runtime(approver, audit=audit), [("delete_customer", {"customer_id": 7}, "call_1")]
     )
     assert run.executed == []
-    assert "no-deletes" in run.model_saw["call_1"]
-    assert "deletes need a ticket" in run.model_saw["call_1"]
+    assert "blocked by rule no-deletes: deletes need a ticket" in run.model_saw["call_1"]
     assert approver.asked == []
     [record] = _records(audit)
     assert record["result_status"] == "blocked"
@@ -75,7 +76,40 @@ async def test_approve_no_never_runs_the_tool(harness: Any) -> None:
         make_runtime(ScriptedApprovalHandler([False]), audit=audit), [("refund", REFUND, "call_1")]
     )
     assert run.executed == []
-    assert "denied" in run.model_saw["call_1"]
+    assert (
+        "denied by the approver (approval required by rule refunds: refunds need a reviewer)"
+        in (run.model_saw["call_1"])
+    )
+    [record] = _records(audit)
+    assert record["result_status"] == "denied"
+
+
+async def test_a_reviewers_comment_reaches_the_model_with_the_rule(harness: Any) -> None:
+    """A reviewer's no with a comment: the model reads who, the comment and the asking rule."""
+    audit = InMemoryAuditLog()
+
+    def alice_says_no(decision: PolicyDecision) -> ApprovalOutcome:
+        return ApprovalOutcome(False, reviewers=("alice",), comment="not this one")
+
+    run = await harness.run(make_runtime(alice_says_no, audit=audit), [("refund", REFUND, "c1")])
+    assert run.executed == []
+    expected = "denied by alice: not this one (approval required by rule refunds: refunds need"
+    assert expected in run.model_saw["c1"]
+    [record] = _records(audit)
+    assert record["result_status"] == "denied"
+
+
+async def test_without_an_approver_the_model_reads_the_rule(
+    harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No approver configured (and nobody at the terminal): denied, and the model reads the rule."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    audit = InMemoryAuditLog()
+    run = await harness.run(
+        make_runtime(no_approver=True, audit=audit), [("refund", REFUND, "call_1")]
+    )
+    assert run.executed == []
+    assert "(approval required by rule refunds: refunds need a reviewer)" in run.model_saw["call_1"]
     [record] = _records(audit)
     assert record["result_status"] == "denied"
 
@@ -168,8 +202,7 @@ async def test_a_rate_limit_counts_the_agents_tool_calls(harness: Any, tmp_path:
     calls = [("lookup", {"customer_id": 1}, "call_a"), ("lookup", {"customer_id": 2}, "call_b")]
     run = await harness.run(make_runtime(audit=audit, policy=limited), calls)
     assert len(run.executed) == 1
-    refused = [text for text in run.model_saw.values() if "was not run" in text]
+    refused = [text for text in run.model_saw.values() if "blocked by rule lookup_rate" in text]
     assert len(refused) == 1
-    assert "lookup_rate" in refused[0]
     assert sorted(r["result_status"] for r in audit.get_log()) == ["blocked", "success"]
     audit.close()

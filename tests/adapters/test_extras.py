@@ -11,6 +11,7 @@ CASES = [
     ("aegis.adapters.langchain", "langchain", "langchain"),
     ("aegis.adapters.openai_agents", "agents", "openai-agents"),
     ("aegis.adapters.anthropic", "anthropic", "anthropic"),
+    ("aegis.adapters.pydantic_ai", "pydantic_ai", "pydantic-ai"),
 ]
 
 
@@ -38,7 +39,7 @@ def test_the_core_imports_no_framework() -> None:
     """Importing aegis loads none of the framework packages."""
     code = (
         "import sys, aegis, aegis.runtime.engine\n"
-        "names = ('langchain', 'langgraph', 'agents', 'anthropic')\n"
+        "names = ('langchain', 'langgraph', 'agents', 'anthropic', 'pydantic_ai')\n"
         "print(sorted(m for m in names if m in sys.modules))"
     )
     out = subprocess.run(

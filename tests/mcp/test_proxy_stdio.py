@@ -58,7 +58,7 @@ async def test_blocked_call_is_a_tool_error_naming_the_rule(files: Files) -> Non
         result = await client.call_tool("delete", {"path": "/srv/readme.txt"})
         after = await client.call_tool("read", {"path": "/srv/readme.txt"})
     assert result.is_error is True
-    assert "blocked by policy rule 'no-deletes'" in result.content[0].text  # type: ignore[union-attr]
+    assert result.content[0].text == "blocked by rule no-deletes"  # type: ignore[union-attr]
     assert after.structured_content == {"path": "/srv/readme.txt", "content": "hello"}
     assert [c["tool"] for c in files.calls()] == ["read"]
     assert [r["result_status"] for r in files.records()] == ["blocked", "success"]
