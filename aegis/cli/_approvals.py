@@ -19,6 +19,7 @@ from aegis.cli._output import (
     RISK_STYLES,
     Styled,
     emit_json,
+    inert,
     info,
     json_text,
     print_table,
@@ -112,7 +113,7 @@ def _message(body: Any, text: str) -> str:
 def _raise_for(status: int, body: Any, text: str, url: str) -> None:
     if 200 <= status < 300:
         return
-    message = _message(body, text)
+    message = inert(_message(body, text))
     if status == 401:
         message = f"{message} (check --token or AEGIS_TOKEN)"
     elif status == 404 and not isinstance(body, Mapping):
@@ -180,16 +181,19 @@ def _show(request: Mapping[str, Any]) -> None:
         ("expires", str(request.get("expires_at") or "")),
         ("digest", str(request.get("digest") or "")),
     ]
-    for name, value in lines:
-        if not value:
+    for name, raw in lines:
+        if not raw:
             continue
+        # Everything here but the name was written by the agent (or its
+        # reviewers): shown inert, so no escape sequence or bidi control acts.
+        value = inert(raw)
         shown = value
         if name == "status" and color:
             shown = click.style(value, fg=STATUS_STYLES.get(value) or None, bold=True)
         click.echo(f"{name + ':':<13}{shown}", color=color)
     info("params:")
     for line in json_text(action.get("params", {}), indent=2).splitlines():
-        info(f"  {line}")
+        info(f"  {inert(line)}")
     decisions = request.get("decisions") or []
     if decisions:
         info("decisions:")
@@ -198,8 +202,10 @@ def _show(request: Mapping[str, Any]) -> None:
                 continue
             comment = f": {decision['comment']}" if decision.get("comment") else ""
             info(
-                f"  {_short_time(decision.get('at'))}  {decision.get('reviewer')} "
-                f"{decision.get('verdict')}{comment}"
+                inert(
+                    f"  {_short_time(decision.get('at'))}  {decision.get('reviewer')} "
+                    f"{decision.get('verdict')}{comment}"
+                )
             )
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Collection, Iterable, Sequence
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, Final, NamedTuple
 
 import click
 
@@ -26,6 +27,7 @@ __all__ = [
     "Styled",
     "emit_json",
     "error",
+    "inert",
     "info",
     "is_terminal",
     "json_text",
@@ -89,6 +91,36 @@ def writable(text: str) -> str:
     return text
 
 
+#: bidirectional controls: they reorder what is drawn (``invoice_\u202efdp.exe``)
+BIDI_CONTROLS: Final = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+#: what a terminal would act on instead of showing: C0 and C1 controls, DEL, line
+#: and paragraph separators, and the bidi controls
+_ACTIVE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029" + BIDI_CONTROLS + "]")
+#: the same, minus what JSON escapes on its own (C0), for JSON text
+_JSON_ACTIVE: Final = re.compile("[\x7f-\x9f\u2028\u2029" + BIDI_CONTROLS + "]")
+
+
+def _escape(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def inert(text: str) -> str:
+    """``text`` with every control a terminal would obey written out visibly.
+
+    Agent-written text may hold escape sequences (erase a line, hide the
+    real params, write the clipboard with OSC 52) or bidi overrides that
+    draw ``invoice_\u202efdp.exe`` as ``invoice_exe.pdf``. Each such
+    character becomes its escape (``\\x1b``, ``\\u202e``), so what a
+    reviewer reads is what the agent sent, on a terminal and when piped.
+    """
+    return _ACTIVE.sub(_escape, writable(text))
+
+
+def _json_escape(found: re.Match[str]) -> str:
+    return f"\\u{ord(found.group()):04x}"
+
+
 def _echo(message: str, *, err: bool = False, **style: Any) -> None:
     message = writable(message)
     color = use_color(err=err)
@@ -146,6 +178,9 @@ def json_text(document: Any, *, indent: int | None = None) -> str:
         text = json.dumps(
             _finite(document), indent=indent, ensure_ascii=False, default=str, allow_nan=False
         )
+    # C1 controls, DEL and bidi controls become JSON escapes: parsers read them
+    # back as they were, and no terminal acts on them.
+    text = _JSON_ACTIVE.sub(_json_escape, text)
     # A lone surrogate becomes its JSON escape, which parsers read back as is.
     return writable(text)
 
@@ -158,7 +193,7 @@ def emit_json(document: Any) -> None:
 def _plain(cell: Cell) -> str:
     text = cell.text if isinstance(cell, Styled) else cell
     # One record per line: tabs and newlines inside a value would break cut/awk.
-    return writable(text.replace("\t", " ").replace("\r", " ").replace("\n", " "))
+    return inert(text.replace("\t", " ").replace("\r", " ").replace("\n", " "))
 
 
 def _min_width(name: str, wrap: Collection[str]) -> int | None:
@@ -215,9 +250,7 @@ def print_table(
     for row in rows:
         table.add_row(
             *(
-                Text(writable(c.text), style=c.style)
-                if isinstance(c, Styled)
-                else Text(writable(c))
+                Text(inert(c.text), style=c.style) if isinstance(c, Styled) else Text(inert(c))
                 for c in row
             )
         )

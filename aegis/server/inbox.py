@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
 import urllib.parse
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import jinja2
+import markupsafe
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
@@ -47,7 +49,14 @@ from aegis.server.service import ApprovalEvent, ApprovalService, Principal
 from aegis.server.sessions import BrowserSessions, Session
 from aegis.stores.approvals import hash_token
 
-__all__ = ["CONTENT_SECURITY_POLICY", "Inbox", "Reviewer", "human_duration", "security_headers"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "Inbox",
+    "Reviewer",
+    "human_duration",
+    "security_headers",
+    "visible_controls",
+]
 
 HERE: Final = Path(__file__).resolve().parent
 
@@ -96,6 +105,25 @@ class Reviewer:
 
 
 # ------------------------------------------------------------------ formatting
+
+
+#: characters that change how text is drawn instead of being drawn: C0 controls
+#: but tab and newlines, DEL, C1 controls, and the bidirectional controls (an
+#: override draws ``invoice_\u202efdp.exe`` as ``invoice_exe.pdf``)
+_CONTROLS: Final = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069]"
+)
+
+
+def visible_controls(value: Any) -> Any:
+    """Text with each control character shown as ``⟨U+202E⟩``; other values as they are.
+
+    Every value a template prints passes here before it is escaped, so
+    whatever an agent wrote is drawn as written, never reordered.
+    """
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return _CONTROLS.sub(lambda found: f"\u27e8U+{ord(found.group()):04X}\u27e9", value)
+    return value
 
 
 def _parse_iso(text: Any) -> datetime | None:
@@ -191,6 +219,7 @@ class Inbox:
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,  # every template is HTML: escape everything, always
+            finalize=visible_controls,  # and show controls, never let them act
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
