@@ -92,6 +92,11 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "to keep reviewers signed in (default: random per process).",
 )
 @click.option(
+    "--metrics-public",
+    is_flag=True,
+    help="Serve /metrics (Prometheus) without a token, for a scraper on a trusted network.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -111,11 +116,13 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     slack_webhooks: tuple[str, ...],
     public_url: str | None,
     session_key: str | None,
+    metrics_public: bool,
     log_level: str,
 ) -> None:
     """Run the approval service and its inbox: agents ask, reviewers decide, all of it audited.
 
     Reviewers open http://HOST:PORT/ and sign in with a reviewer token.
+    /metrics serves Prometheus metrics to any token (or none, with --metrics-public).
     --webhook and --slack-webhook announce every request and decision.
 
     It listens on 127.0.0.1 unless told otherwise, and refuses another
@@ -142,6 +149,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     from aegis.core.policy import Policy  # noqa: PLC0415
     from aegis.server import create_app, open_service  # noqa: PLC0415
     from aegis.server.inbox import Inbox  # noqa: PLC0415
+    from aegis.server.metrics import ServiceMetrics  # noqa: PLC0415
     from aegis.server.notify import Notifications  # noqa: PLC0415
 
     scheme = "https" if tls else "http"
@@ -157,7 +165,12 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     policy = Policy.from_yaml(policy_path) if policy_path is not None else None
     service = open_service(db, approval_ttl=approval_ttl, policy=policy)
     inbox = Inbox(service, session_key=session_key, public_url=public_url)
-    app = create_app(service, routes=inbox.routes(), on_startup=[notifications.startup])
+    metrics = ServiceMetrics(service, public=metrics_public)
+    app = create_app(
+        service,
+        routes=[*metrics.routes(), *inbox.routes()],
+        on_startup=[notifications.startup, metrics.follow],
+    )
     where = db if not is_dsn(db) else "PostgreSQL"
     note(f"Aegis approval service on {scheme}://{host}:{port} (store: {where})")
     config = uvicorn.Config(

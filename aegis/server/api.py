@@ -27,7 +27,7 @@ from aegis.errors import AegisError, ApprovalServiceError, AuditError
 from aegis.server.openapi import openapi_document
 from aegis.server.service import ApprovalService, Principal, statuses
 
-__all__ = ["MAX_BODY", "api_routes", "error_response"]
+__all__ = ["MAX_BODY", "api_routes", "authenticated", "error_response"]
 
 _log = logging.getLogger("aegis.server")
 
@@ -56,6 +56,18 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
         status_code=status,
         headers=headers,
     )
+
+
+async def authenticated(request: Request) -> Response | None:
+    """``None`` when the request carries a valid bearer token, else the API's 401 answer.
+
+    For routes outside the API's table (``/metrics``) that accept any token.
+    """
+    try:
+        await _principal(request)
+    except ApprovalServiceError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    return None
 
 
 def _guarded(handler: Handler) -> Handler:

@@ -43,7 +43,7 @@ from aegis.core.approval_request import (
     stricter_groups,
 )
 from aegis.core.decision import Approval, PolicyDecision
-from aegis.errors import ApprovalServiceError
+from aegis.errors import ApprovalServiceError, AuditError
 from aegis.stores.approvals import ApprovalStore, AuditEvent, hash_token, new_request_id
 
 if TYPE_CHECKING:
@@ -150,12 +150,20 @@ class ApprovalService:
         self._subscribers: list[Subscriber] = []
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        #: store and audit calls that failed (a metric: ``aegis_store_errors_total``)
+        self.store_errors = 0
 
     # -- plumbing ---------------------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking store or audit call on a worker thread."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store or audit call on a worker thread; count it if the store fails."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except AuditError:  # StoreError too
+            self.store_errors += 1
+            raise
+
+    _call = call
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` for every :class:`ApprovalEvent`; return how to stop.

@@ -408,6 +408,13 @@ class SqlApprovalStore:
             )
             return [self._request(tx, row) for row in rows]
 
+    def count_requests(self, status: RequestStatus | None = None) -> int:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.count_requests`."""
+        where, args = (" WHERE status = ?", (status.value,)) if status is not None else ("", ())
+        with self._transaction(write=False) as tx:
+            rows = tx.all(f"SELECT COUNT(*) FROM {{p}}aegis_approval_requests{where}", args)
+            return int(rows[0][0])
+
     def decide(
         self,
         request_id: str,

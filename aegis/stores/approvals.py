@@ -124,6 +124,10 @@ class ApprovalStore(Protocol):
         """Requests, newest first, optionally of one status, requester or session."""
         ...
 
+    def count_requests(self, status: RequestStatus | None = None) -> int:
+        """How many requests there are, optionally of one status."""
+        ...
+
     def decide(
         self,
         request_id: str,

@@ -285,6 +285,19 @@ def test_list_by_status_newest_first(store: ApprovalStore) -> None:
     assert [r.id for r in store.list_requests(RequestStatus.APPROVED)] == [first.id]
 
 
+def test_count_by_status(store: ApprovalStore) -> None:
+    """Counting gives every request of a status, past the list's page size."""
+    assert store.count_requests() == 0
+    first, _ = store.create_request(make(amount=1), NOW)
+    for amount in range(2, 5):
+        store.create_request(make(amount=amount), NOW)
+    decide(store, first.id, "alice")
+    assert store.count_requests() == 4
+    assert store.count_requests(RequestStatus.PENDING) == 3
+    assert store.count_requests(RequestStatus.APPROVED) == 1
+    assert store.count_requests(RequestStatus.EXPIRED) == 0
+
+
 def test_racing_reviewers_exactly_one_wins(db: str) -> None:
     """Eight reviewers deciding one request at once, each on its own connection: one wins."""
     stores = [open_approval_store(db) for _ in range(8)]
