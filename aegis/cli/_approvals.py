@@ -26,7 +26,7 @@ from aegis.cli._output import (
     success,
     use_color,
 )
-from aegis.cli._params import format_option
+from aegis.cli._params import format_option, secret_option
 
 __all__ = ["approvals"]
 
@@ -115,7 +115,7 @@ def _raise_for(status: int, body: Any, text: str, url: str) -> None:
         return
     message = inert(_message(body, text))
     if status == 401:
-        message = f"{message} (check --token or AEGIS_TOKEN)"
+        message = f"{message} (check AEGIS_TOKEN or --token-file)"
     elif status == 404 and not isinstance(body, Mapping):
         message = f"{url} answered 404: is it an Aegis approval service?"
     if status in {400, 422}:
@@ -213,11 +213,11 @@ def _show(request: Mapping[str, Any]) -> None:
 
 
 def _connection_options(function: Any) -> Any:
-    function = click.option(
-        "--token",
-        envvar="AEGIS_TOKEN",
-        show_envvar=True,
-        help="A reviewer token (from `aegis token create NAME --role reviewer`).",
+    function = secret_option(
+        "token",
+        "AEGIS_TOKEN",
+        "the token",
+        help_text="A reviewer token (from `aegis token create NAME --role reviewer`).",
     )(function)
     return click.option(
         "--url",
@@ -231,7 +231,7 @@ def _connection_options(function: Any) -> Any:
 
 def _client(url: str, token: str | None) -> _Client:
     if not token:
-        raise click.UsageError("no token: give --token or set AEGIS_TOKEN")
+        raise click.UsageError("no token: set AEGIS_TOKEN or give --token-file PATH")
     return _Client(url, token)
 
 
@@ -244,7 +244,7 @@ def approvals() -> None:
     """List, show, approve and deny requests waiting in an approval service.
 
     Talks to `aegis serve` (--url, default $AEGIS_URL or http://127.0.0.1:8700)
-    with a reviewer token (--token or $AEGIS_TOKEN).
+    with a reviewer token ($AEGIS_TOKEN or --token-file PATH; never on argv).
 
     \b
     Exit status: 0 done, 1 refused by the service (or unreachable), 2 usage.

@@ -264,3 +264,56 @@ def format_option(*choices: str) -> Callable[[F], F]:
         show_default=True,
         help="Output format; json and jsonl write nothing else on stdout.",
     )
+
+
+def secret_option(name: str, envvar: str, what: str, *, help_text: str) -> Callable[[F], F]:
+    """``--NAME-file PATH`` and ``$ENVVAR`` for a secret; ``--NAME VALUE`` on argv is refused.
+
+    A value on the command line is visible to every local user in the
+    process list (``ps``, ``/proc/*/cmdline``), so a secret comes from a
+    file or the environment. The command receives the secret itself (or
+    ``None``) under the option's name.
+    """
+    flag = "--" + name
+
+    def read(ctx: click.Context, param: click.Parameter, value: Any) -> str | None:
+        source = ctx.get_parameter_source(param.name or "")
+        if value is not None and source is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(
+                f"{flag} takes no value on the command line, where every local user can read "
+                f"it in the process list; put {what} in a file readable only by you and give "
+                f"{flag}-file PATH, or set {envvar}"
+            )
+        path = ctx.params.pop(f"{param.name}_file", None)
+        if path is not None:
+            if value is not None:
+                raise click.UsageError(f"give {flag}-file or {envvar}, not both")
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    value = handle.read().strip()
+            except OSError as exc:
+                raise click.BadParameter(
+                    f"cannot read {path!r}: {exc.strerror or exc}", param_hint=f"'{flag}-file'"
+                ) from None
+            if not value:
+                raise click.BadParameter(f"{path!r} is empty", param_hint=f"'{flag}-file'")
+        return str(value) if value else None
+
+    def decorate(function: F) -> F:
+        function = click.option(
+            flag,
+            envvar=envvar,
+            show_envvar=True,
+            callback=read,
+            help=f"{help_text} Only from ${envvar} or {flag}-file (never on argv).",
+        )(function)
+        return click.option(
+            f"{flag}-file",
+            f"{name.replace('-', '_')}_file",
+            type=click.Path(exists=True, dir_okay=False),
+            is_eager=True,
+            expose_value=True,
+            help=f"A file holding {what}.",
+        )(function)
+
+    return decorate

@@ -7,6 +7,7 @@ import ipaddress
 import click
 
 from aegis.cli._output import note
+from aegis.cli._params import secret_option
 from aegis.cli._store import is_dsn, store_option
 from aegis.core.approval_request import parse_approval_ttl
 
@@ -64,11 +65,11 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     metavar="URL",
     help="POST every approval event here as signed JSON (repeatable).",
 )
-@click.option(
-    "--webhook-secret",
-    envvar="AEGIS_WEBHOOK_SECRET",
-    show_envvar=True,
-    help="The HMAC-SHA256 key of the X-Aegis-Signature header of webhooks.",
+@secret_option(
+    "webhook-secret",
+    "AEGIS_WEBHOOK_SECRET",
+    "the webhook key",
+    help_text="The HMAC-SHA256 key of the X-Aegis-Signature header of webhooks.",
 )
 @click.option(
     "--slack-webhook",
@@ -84,11 +85,11 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "notifications, and the origin the inbox's forms are accepted from "
     "(default: http://HOST:PORT).",
 )
-@click.option(
-    "--session-key",
-    envvar="AEGIS_SESSION_KEY",
-    show_envvar=True,
-    help="The key that signs inbox sessions; share it between processes and restarts "
+@secret_option(
+    "session-key",
+    "AEGIS_SESSION_KEY",
+    "the session key",
+    help_text="The key that signs inbox cookies; share it between processes and restarts "
     "to keep reviewers signed in (default: random per process).",
 )
 @click.option(

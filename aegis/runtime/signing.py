@@ -103,6 +103,7 @@ def generate_key_files(path: str | Path, *, overwrite: bool = False) -> tuple[Pa
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         fd = os.open(private_path, flags, 0o600)
+        os.fchmod(fd, 0o600)  # a file that was there keeps its mode through O_TRUNC
         with os.fdopen(fd, "wb") as out:
             out.write(private_pem)
         public_path.write_bytes(public_pem)

@@ -578,7 +578,7 @@ class Notifications:
     ) -> None:
         if webhooks and not secret:
             raise ValueError(
-                "--webhook needs --webhook-secret (or AEGIS_WEBHOOK_SECRET): "
+                "--webhook needs AEGIS_WEBHOOK_SECRET (or --webhook-secret-file PATH): "
                 "receivers must be able to check that an event came from this server"
             )
         if attempts < 1:

@@ -65,10 +65,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     with Receiver() as hook, Receiver() as slack, Receiver(default="hang") as hanging:
         server = Server(
             db,
-            "--webhook", hook.url, "--webhook", hanging.url, "--webhook-secret", SECRET,
+            "--webhook", hook.url, "--webhook", hanging.url,
             "--slack-webhook", slack.url,
             "--public-url", "https://aegis.example.com",
             log=folder / "serve.log",
+            env={"AEGIS_WEBHOOK_SECRET": SECRET},
         )  # fmt: skip
         with server:
             yield Service(server, tokens, hook, slack, hanging)
@@ -82,9 +83,8 @@ def run(service: Service, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     def invoke(*args: str, token: str | None = "alice", url: str | None = None) -> Result:
         extra = ["--url", url or service.url]
-        if token is not None:
-            extra += ["--token", service.tokens.get(token, token)]
-        return CliRunner().invoke(cli, ["approvals", *args, *extra], catch_exceptions=False)
+        env = {} if token is None else {"AEGIS_TOKEN": service.tokens.get(token, token)}
+        return CliRunner(env=env).invoke(cli, ["approvals", *args, *extra], catch_exceptions=False)
 
     return invoke
 
@@ -174,7 +174,7 @@ def test_unreachable_service_exits_1(run: Any) -> None:
 
 
 def test_token_and_url_from_the_environment(service: Service) -> None:
-    """AEGIS_TOKEN and AEGIS_URL stand in for --token and --url (a real subprocess)."""
+    """AEGIS_TOKEN and AEGIS_URL give the token and the URL (a real subprocess)."""
     request = service.ask(refund(600))
     result = aegis(
         "approvals", "list", "--format", "json",
@@ -241,7 +241,7 @@ def test_serve_refuses_unsigned_or_malformed_webhooks(tmp_path: Path) -> None:
     runner = CliRunner()
     unsigned = runner.invoke(cli, ["serve", "--db", db, "--webhook", "http://127.0.0.1:9/x"])
     assert unsigned.exit_code == 2
-    assert "--webhook-secret" in unsigned.stderr
+    assert "AEGIS_WEBHOOK_SECRET" in unsigned.stderr
     malformed = runner.invoke(cli, ["serve", "--db", db, "--slack-webhook", "hooks.slack.com/x"])
     assert malformed.exit_code == 2
     assert "not an http:// or https:// URL" in malformed.stderr

@@ -184,7 +184,7 @@ def test_full_queue_drops_the_oldest_event(notifications: list[Notifications]) -
 
 def test_webhook_requires_a_secret() -> None:
     """Webhooks without a secret are refused: receivers could not tell a forged event."""
-    with pytest.raises(ValueError, match="--webhook-secret"):
+    with pytest.raises(ValueError, match="AEGIS_WEBHOOK_SECRET"):
         Notifications(["http://127.0.0.1:9/hook"])
     with pytest.raises(ValueError, match="not an http"):
         Notifications(["ftp://example/hook"], secret="s")

@@ -28,6 +28,7 @@ from aegis.stores._approvals_sql import (
     SqlApprovalStore,
     statements,
 )
+from aegis.stores.sqlite.connection import create_owner_only
 from aegis.stores.sqlite.schema import migrate
 
 __all__ = ["SqliteApprovalStore"]
@@ -103,6 +104,7 @@ class SqliteApprovalStore(SqlApprovalStore):
             raise StoreError(f"the approval store {self.path!r} is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            create_owner_only(self.path)
             conn = sqlite3.connect(
                 self.path,
                 timeout=self._busy_timeout,

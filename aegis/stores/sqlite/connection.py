@@ -27,7 +27,7 @@ from typing import Final, Protocol
 
 from aegis.errors import StoreError
 
-__all__ = ["APPLICATION_ID", "Guard", "SQLiteDatabase", "store_error"]
+__all__ = ["APPLICATION_ID", "Guard", "SQLiteDatabase", "create_owner_only", "store_error"]
 
 #: PRAGMA application_id of Aegis databases ("AEGS")
 APPLICATION_ID: Final = 0x41454753
@@ -56,6 +56,25 @@ def store_error(path: str, doing: str, exc: BaseException) -> StoreError:
         "the file may be damaged; run 'aegis audit verify' on it",
     )
     return StoreError(f"cannot {doing} audit database {path!r}: {text}; {hint}")
+
+
+def create_owner_only(path: str) -> None:
+    """Create the database file ``path`` readable and writable by its owner only.
+
+    The store holds token hashes, sessions, params and the trail: nobody
+    else on the machine may read it. SQLite gives its WAL and shared-memory
+    files the database file's permissions, so they are owner-only too. An
+    existing file is left as its owner set it.
+    """
+    if path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another process created it a moment ago
+    except OSError:
+        return  # sqlite3.connect reports the folder's problem in its own words
+    os.close(fd)
 
 
 class Guard(Protocol):
@@ -150,6 +169,7 @@ class SQLiteDatabase:
     def _open(self) -> sqlite3.Connection:
         if self.readonly and self.path != ":memory:":
             return self._open_readonly()
+        create_owner_only(self.path)
         conn = sqlite3.connect(
             self.path,
             timeout=self.busy_timeout,
