@@ -437,4 +437,80 @@ def pydantic_ai_tool_results(messages: list[Any]) -> dict[str, str]:
     return saw
 
 
-HARNESSES = [LangChainHarness(), OpenAIAgentsHarness(), AnthropicHarness(), PydanticAIHarness()]
+# ---------------------------------------------------------------- Claude Agent SDK
+
+#: the input schema of each recorder, for the SDK's @tool
+_SCHEMAS: dict[str, dict[str, type]] = {
+    "lookup": {"customer_id": int},
+    "delete_customer": {"customer_id": int},
+    "refund": {"order_id": str, "amount": float},
+}
+
+
+def claude_sdk_tools(run: Run) -> list[Any]:
+    """The recorders as the SDK's in-process MCP tools."""
+    from claude_agent_sdk import tool
+
+    def as_tool(name: str, fn: Callable[..., str]) -> Any:
+        async def handler(args: dict[str, Any]) -> dict[str, Any]:
+            return {"content": [{"type": "text", "text": fn(**args)}]}
+
+        return tool(name, DESCRIPTIONS[name], _SCHEMAS[name])(handler)
+
+    return [as_tool(name, fn) for name, fn in _recorders(run).items()]
+
+
+class ClaudeAgentSDKHarness:
+    """``query()`` with Aegis's hooks, against a scripted Claude Code speaking the SDK protocol."""
+
+    name = "claude-agent-sdk"
+    framework = "claude-agent-sdk"
+    permission_callback = False
+
+    async def run(self, runtime: Runtime, calls: list[Call], *, target: str = "crm") -> Run:
+        from claude_agent_sdk import ClaudeAgentOptions, create_sdk_mcp_server, query
+        from fake_claude_code import FakeClaudeCode
+
+        from aegis.adapters.claude_agent_sdk import can_use_tool, hooks
+
+        run = Run()
+        tools = claude_sdk_tools(run)
+        server = create_sdk_mcp_server("crm", tools=tools)
+        if self.permission_callback:
+            options = ClaudeAgentOptions(
+                mcp_servers={"crm": server},
+                can_use_tool=can_use_tool(runtime, target=target, tools=tools, agent="support"),
+            )
+        else:
+            options = ClaudeAgentOptions(
+                mcp_servers={"crm": server},
+                hooks=hooks(runtime, target=target, tools=tools, agent="support"),  # type: ignore[arg-type]
+            )
+        cli = FakeClaudeCode(calls, server="crm", ask_permission=self.permission_callback)
+
+        async def prompt() -> Any:
+            yield {"type": "user", "message": {"role": "user", "content": "go"}}
+
+        final = None
+        async for message in query(prompt=prompt(), options=options, transport=cli):
+            final = getattr(message, "result", final)
+        assert final == "done"
+        run.model_saw.update(cli.model_saw)
+        return run
+
+
+class ClaudeAgentSDKPermissionHarness(ClaudeAgentSDKHarness):
+    """``query()`` with Aegis's ``can_use_tool`` callback instead of hooks."""
+
+    name = "claude-agent-sdk-can-use-tool"
+    permission_callback = True
+
+
+HARNESSES = [
+    LangChainHarness(),
+    OpenAIAgentsHarness(),
+    AnthropicHarness(),
+    PydanticAIHarness(),
+    ClaudeAgentSDKHarness(),
+    ClaudeAgentSDKPermissionHarness(),
+]

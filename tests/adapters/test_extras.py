@@ -12,6 +12,7 @@ CASES = [
     ("aegis.adapters.openai_agents", "agents", "openai-agents"),
     ("aegis.adapters.anthropic", "anthropic", "anthropic"),
     ("aegis.adapters.pydantic_ai", "pydantic_ai", "pydantic-ai"),
+    ("aegis.adapters.claude_agent_sdk", "claude_agent_sdk", "claude-agent-sdk"),
 ]
 
 
@@ -39,7 +40,8 @@ def test_the_core_imports_no_framework() -> None:
     """Importing aegis loads none of the framework packages."""
     code = (
         "import sys, aegis, aegis.runtime.engine\n"
-        "names = ('langchain', 'langgraph', 'agents', 'anthropic', 'pydantic_ai')\n"
+        "names = ('langchain', 'langgraph', 'agents', 'anthropic', 'pydantic_ai',"
+        " 'claude_agent_sdk', 'google', 'crewai')\n"
         "print(sorted(m for m in names if m in sys.modules))"
     )
     out = subprocess.run(

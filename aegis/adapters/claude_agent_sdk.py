@@ -1,0 +1,279 @@
+"""Govern the tools of a Claude Agent SDK agent.
+
+The Claude Agent SDK drives Claude Code, which runs the tools itself (its
+own, MCP servers', and the in-process tools of ``create_sdk_mcp_server``).
+Aegis decides before a tool runs, through the SDK's two interception
+points, with one semantics (see :mod:`aegis.adapters._governance`):
+
+- :func:`hooks` gives the ``PreToolUse`` hook (with its ``PostToolUse`` and
+  ``PostToolUseFailure`` partners) for ``ClaudeAgentOptions(hooks=...)``. A
+  call the policy lets through is allowed with exactly the decided input
+  (``updatedInput``); one it blocks is denied and Claude reads the rule and
+  the reason; one that needs approval waits for the runtime's approval
+  handler and is allowed only after a yes, with exactly the approved input.
+  The audit record is written when the tool has run, with its output (or
+  its failure), the ``tool_use_id`` and the agent's name.
+- :func:`can_use_tool` gives the permission callback for
+  ``ClaudeAgentOptions(can_use_tool=...)``, with the same decisions; Claude
+  Code asks it only for the calls its own permission rules leave open, and
+  the SDK tells it nothing of the tool's outcome, so the record says the
+  call was permitted.
+
+Claude Code cannot suspend a run for a reviewer: a call that needs approval
+waits (up to the runtime's ``approval_timeout``; set the hook's ``timeout``
+above it). The hooks fail closed: a hook that fails blocks the call
+(``on_failure="block"``). Tools of an SDK MCP server (``mcp__crm__refund``)
+are the action type ``refund``.
+
+Example::
+
+    options = ClaudeAgentOptions(
+        mcp_servers={"billing": create_sdk_mcp_server("billing", tools=[refund])},
+        hooks=hooks(runtime, target="billing", tools=[refund]),
+    )
+    async for message in query(prompt="Refund order 17", options=options):
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra
+from aegis.core.action import Action, thaw
+from aegis.core.result import Result, ResultStatus
+from aegis.errors import ConfigurationError
+
+try:
+    from claude_agent_sdk import (
+        HookMatcher,
+        PermissionResultAllow,
+        PermissionResultDeny,
+        ToolPermissionContext,
+    )
+except ImportError as exc:
+    missing_extra("aegis.adapters.claude_agent_sdk", "claude-agent-sdk", exc)
+
+__all__ = ["can_use_tool", "hooks"]
+
+_FRAMEWORK = "claude-agent-sdk"
+
+
+class ToolFailure(Exception):
+    """The tool failed in Claude Code (``PostToolUseFailure``)."""
+
+
+class _Gate:
+    """The decisions of one set of hooks: a runtime, a target, the tools' descriptions."""
+
+    def __init__(
+        self,
+        runtime: Any,
+        target: str,
+        tools: Iterable[Any],
+        agent: str | None,
+        on_block: OnBlock,
+    ) -> None:
+        self.governor = Governor(
+            runtime, target=target, framework=_FRAMEWORK, on_block=on_block, agent=agent
+        )
+        self.descriptions: dict[str, str] = {}
+        for tool in tools:
+            name, description = getattr(tool, "name", None), getattr(tool, "description", None)
+            if not isinstance(name, str) or not isinstance(description, str):
+                raise ConfigurationError(
+                    "tools= takes the SDK's @tool functions (SdkMcpTool), got "
+                    f"{type(tool).__name__}"
+                )
+            self.descriptions[name] = description
+        #: calls allowed to run, by tool_use_id: their outcome (set by the Post
+        #: hooks) and the governed run that records it
+        self.running: dict[str, tuple[asyncio.Future[Any], asyncio.Future[Result]]] = {}
+        self.tasks: set[asyncio.Future[Result]] = set()
+
+    def call(
+        self, tool_name: str, tool_input: object, tool_use_id: str | None, agent: Any
+    ) -> ToolCall:
+        name = _action_type(tool_name)
+        if not isinstance(tool_input, Mapping):
+            tool_input = {"input": tool_input}
+        return ToolCall(
+            name,
+            tool_input,
+            call_id=tool_use_id,
+            description=self.descriptions.get(name, ""),
+            agent=agent if isinstance(agent, str) and agent else self.governor.agent,
+        )
+
+    async def pre_tool_use(
+        self, input: Mapping[str, Any], tool_use_id: str | None, context: Any
+    ) -> dict[str, Any]:
+        """``PreToolUse``: allow exactly the decided input, or deny with the reason."""
+        tool_use_id = tool_use_id or _text(input.get("tool_use_id"))
+        call = self.call(
+            str(input.get("tool_name")),
+            input.get("tool_input"),
+            tool_use_id,
+            input.get("agent_type"),
+        )
+        loop = asyncio.get_running_loop()
+        allowed: asyncio.Future[Action] = loop.create_future()
+        outcome: asyncio.Future[Any] = loop.create_future()
+
+        async def execute(action: Action) -> Any:
+            # Claude Code runs the tool: let it, then wait for what came of it.
+            allowed.set_result(action)
+            return await outcome
+
+        task = asyncio.ensure_future(self.governor.run(call, execute))
+        if tool_use_id is not None:
+            self.running[tool_use_id] = (outcome, task)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished(tool_use_id, outcome))
+        either: set[asyncio.Future[Any]] = {task, allowed}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if allowed.done():
+            return _pre_tool_use("allow", "allowed by Aegis", thaw(allowed.result().params))
+        return _pre_tool_use("deny", self.governor.refusal(call, task.result()))
+
+    def _finished(self, tool_use_id: str | None, outcome: asyncio.Future[Any]) -> Any:
+        def done(task: asyncio.Future[Result]) -> None:
+            self.tasks.discard(task)
+            running = self.running.get(tool_use_id or "")
+            if running is not None and running[0] is outcome:
+                del self.running[tool_use_id or ""]
+
+        return done
+
+    async def post_tool_use(
+        self, input: Mapping[str, Any], tool_use_id: str | None, context: Any
+    ) -> dict[str, Any]:
+        """``PostToolUse``: the tool's output completes the call's audit record."""
+        await self._settle(tool_use_id or _text(input.get("tool_use_id")), input, None)
+        return {}
+
+    async def post_tool_use_failure(
+        self, input: Mapping[str, Any], tool_use_id: str | None, context: Any
+    ) -> dict[str, Any]:
+        """``PostToolUseFailure``: the tool's error completes the call's audit record."""
+        error = ToolFailure(str(input.get("error") or "the tool failed"))
+        await self._settle(tool_use_id or _text(input.get("tool_use_id")), input, error)
+        return {}
+
+    async def _settle(
+        self, tool_use_id: str | None, input: Mapping[str, Any], error: Exception | None
+    ) -> None:
+        running = self.running.get(tool_use_id or "")
+        if running is None:
+            return  # a call these hooks did not allow
+        outcome, task = running
+        if not outcome.done():
+            if error is not None:
+                outcome.set_exception(error)
+            else:
+                outcome.set_result(input.get("tool_response"))
+        await asyncio.wait({task})  # recorded before Claude Code goes on
+
+    async def permission(
+        self, tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
+    ) -> PermissionResultAllow | PermissionResultDeny:
+        """``can_use_tool``: allow exactly the decided input, or deny with the reason."""
+        call = self.call(tool_name, tool_input, context.tool_use_id, context.agent_id)
+        permitted: list[Action] = []
+
+        def permit(action: Action) -> str:
+            permitted.append(action)
+            return "permitted; Claude Code runs the tool"
+
+        result = await self.governor.run(call, permit)
+        if result.status is ResultStatus.SUCCESS and permitted:
+            return PermissionResultAllow(updated_input=thaw(permitted[0].params))
+        return PermissionResultDeny(message=self.governor.refusal(call, result))
+
+
+def hooks(
+    runtime: Any,
+    *,
+    target: str = _FRAMEWORK,
+    tools: Iterable[Any] = (),
+    matcher: str | None = None,
+    timeout: float | None = None,
+    agent: str | None = None,
+    on_block: OnBlock = "return",
+) -> dict[str, list[HookMatcher]]:
+    """The hooks that put every tool call of a Claude Agent SDK run through Aegis.
+
+    Args:
+        runtime: the :class:`~aegis.runtime.engine.Runtime` that decides,
+            approves and records.
+        target: the action ``target`` of every call (the toolset's name).
+        tools: the SDK ``@tool`` functions, whose descriptions go with
+            their actions (shown to reviewers, part of what is approved).
+        matcher: the tools the hooks apply to (Claude Code's matcher
+            syntax, e.g. ``"mcp__billing__.*"``); all tools by default.
+        timeout: seconds Claude Code waits for the hook; keep it above the
+            runtime's ``approval_timeout``.
+        agent: the agent name recorded when the call names no subagent.
+        on_block: ``"raise"`` makes a blocked call fail the hook (blocking
+            the call) instead of answering with the reason.
+
+    Returns:
+        the ``hooks=`` value of ``ClaudeAgentOptions`` (merge it with your own).
+    """
+    gate = _Gate(runtime, target, tools, agent, on_block)
+
+    def matched(hook: Any) -> list[HookMatcher]:
+        return [HookMatcher(matcher=matcher, hooks=[hook], timeout=timeout, on_failure="block")]
+
+    return {
+        "PreToolUse": matched(gate.pre_tool_use),
+        "PostToolUse": matched(gate.post_tool_use),
+        "PostToolUseFailure": matched(gate.post_tool_use_failure),
+    }
+
+
+def can_use_tool(
+    runtime: Any,
+    *,
+    target: str = _FRAMEWORK,
+    tools: Iterable[Any] = (),
+    agent: str | None = None,
+    on_block: OnBlock = "return",
+) -> Any:
+    """The ``can_use_tool`` permission callback deciding through Aegis.
+
+    Args: as :func:`hooks`.
+
+    Returns:
+        an async ``(tool_name, input, context) -> PermissionResult`` for
+        ``ClaudeAgentOptions(can_use_tool=...)``.
+    """
+    return _Gate(runtime, target, tools, agent, on_block).permission
+
+
+def _pre_tool_use(
+    decision: str, reason: str, updated_input: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    output: dict[str, Any] = {
+        "hookEventName": "PreToolUse",
+        "permissionDecision": decision,
+        "permissionDecisionReason": reason,
+    }
+    if updated_input is not None:
+        output["updatedInput"] = updated_input
+    return {"hookSpecificOutput": output}
+
+
+def _action_type(tool_name: str) -> str:
+    """``mcp__SERVER__TOOL`` -> ``TOOL``; other names as they are."""
+    if tool_name.startswith("mcp__"):
+        server_and_tool = tool_name[len("mcp__") :]
+        if "__" in server_and_tool:
+            return server_and_tool.split("__", 1)[1]
+    return tool_name
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
