@@ -16,7 +16,31 @@ action's params or a dotted path into nested mappings (``"customer.tier"``):
 ``param_contains``        the param (a string, list or mapping) contains it
 ``param_matches``         a regular expression finds a match in the param
                           (linear time: see :mod:`aegis.core._regex`)
+``path_under``            the param is a path at or under one of the given
+                          absolute directories, after lexical normalisation
+``path_not_under``        the param is a path under none of them
 ========================  ==================================================
+
+Values are compared as the same JSON type: where a param's type differs from
+the type of the value a rule names (``force: "true"`` against ``param_eq:
+{force: true}``, ``customer_id: "7"`` against ``param_in: {customer_id: [7]}``),
+the condition cannot be evaluated and the action is blocked, never let
+through as "not equal": a tool that coerces ``"true"`` to ``True`` would run
+with the very value the rule names. Integrations that know a tool's input
+schema coerce the arguments with it before the policy sees them.
+
+Path conditions normalise each path lexically before comparing: ``.`` and
+``..`` segments and repeated separators are resolved (``/srv/public/../secret``
+is ``/srv/secret``, ``//srv`` is ``/srv``), and a directory matches itself and
+what lies under it, never a sibling that shares its prefix (``/srv/secretary``
+is not under ``/srv/secret``). A param that is a list of paths holds
+``path_under`` when any element is under a directory, and ``path_not_under``
+when any element is outside all of them: one path out of bounds is enough for
+a rule that blocks. A relative path, or anything but a string, cannot be
+evaluated (the action is blocked). Symbolic links, case-insensitive file
+systems, ``~``, URL encoding and ``file:`` URIs are not resolved: the check is
+on the text as the tool will receive it. ``param_matches`` on a path does none
+of this: it is a search in the raw text.
 
 Time conditions look at the local time in ``timezone`` (an IANA name such as
 ``"Europe/Berlin"``; UTC when omitted): ``time_after`` and ``time_before``
@@ -76,6 +100,8 @@ PARAM_CONDITIONS: Final = (
     "param_in",
     "param_contains",
     "param_matches",
+    "path_under",
+    "path_not_under",
 )
 TIME_CONDITIONS: Final = ("time_after", "time_before", "weekdays", "timezone")
 #: conditions on the session's history, compiled by :mod:`aegis.core.limits`
@@ -252,8 +278,33 @@ def _same(a: object, b: object) -> bool:
     return (a is True or a is False) == (b is True or b is False) and a == b
 
 
+def _json_type(value: object) -> str:
+    """The JSON type of a param value, as a rule's type check names it."""
+    if value is True or value is False:
+        return "boolean"
+    if isinstance(value, _NUMBER_TYPES):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, tuple | list | frozenset):
+        return "array"
+    return type(value).__name__
+
+
+def _mismatch(name: str, path: str, value: object, expected: str) -> Unevaluable:
+    return Unevaluable(
+        f"param {path!r} is {_kind(value)}, not a {expected} like the value of {name}: "
+        "a tool may coerce it into the very value the rule names"
+    )
+
+
 def _compile_eq(name: str, path: str, expected: object) -> Check:
     expected = freeze(expected)
+    expected_type = _json_type(expected)
     get = _lookup(path)
     negate = name == "param_ne"
 
@@ -261,7 +312,11 @@ def _compile_eq(name: str, path: str, expected: object) -> Check:
         value = get(params)
         if value is _MISSING:
             return False
-        return _same(value, expected) is not negate
+        if _same(value, expected):
+            return not negate
+        if type(value) is not type(expected) and _json_type(value) != expected_type:
+            raise _mismatch(name, path, value, expected_type)
+        return negate
 
     return check
 
@@ -341,14 +396,21 @@ def _compile_in(name: str, path: str, expected: object) -> Check:
             f"{name}: the value for {path!r} must be a list of values, not {_kind(expected)}",
             key=name,
         )
-    contains = _member_test(tuple(freeze(v) for v in expected))
+    values = tuple(freeze(v) for v in expected)
+    contains = _member_test(values)
+    types = frozenset(_json_type(v) for v in values)
+    shown = " or ".join(sorted(types)) or "value"
     get = _lookup(path)
 
     def check(params: Mapping[str, Any], now: datetime | None) -> bool:
         value = get(params)
         if value is _MISSING:
             return False
-        return contains(value)
+        if contains(value):
+            return True
+        if types and _json_type(value) not in types:
+            raise _mismatch(name, path, value, shown)
+        return False
 
     return check
 
@@ -413,6 +475,63 @@ def _compile_matches(name: str, path: str, expected: object) -> Check:
     return check
 
 
+def normalize_path(path: str) -> str | None:
+    """``path`` resolved lexically (``.``, ``..``, repeated ``/``); ``None`` if it is relative."""
+    if not path.startswith("/"):
+        return None
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def _compile_path(name: str, path: str, expected: object) -> Check:
+    roots = expected if isinstance(expected, list | tuple) else [expected]
+    normal: list[str] = []
+    for root in roots:
+        clean = normalize_path(root) if isinstance(root, str) else None
+        if clean is None:
+            raise ConditionSpecError(
+                f"{name}: the value for {path!r} must be an absolute directory such as"
+                f" '/srv/secret' (or a list of them), not {_kind(root)}",
+                key=name,
+            )
+        normal.append(clean)
+    if not normal:
+        raise ConditionSpecError(f"{name}: the list for {path!r} is empty", key=name)
+    prefixes = tuple("/" if d == "/" else d + "/" for d in normal)
+    exact = frozenset(normal)
+    get = _lookup(path)
+    want = name == "path_under"
+
+    def under(one: object) -> bool:
+        if not isinstance(one, str):
+            raise Unevaluable(f"param {path!r} holds {_kind(one)}, not a path ({name})")
+        clean = normalize_path(one)
+        if clean is None:
+            raise Unevaluable(
+                f"param {path!r} is the relative path {one!r}, which cannot be placed ({name})"
+            )
+        return clean in exact or clean.startswith(prefixes)
+
+    def check(params: Mapping[str, Any], now: datetime | None) -> bool:
+        value = get(params)
+        if value is _MISSING:
+            return False
+        if isinstance(value, tuple | frozenset):
+            # any element: one path out of bounds decides a block rule
+            return any(under(one) is want for one in value)
+        return under(value) is want
+
+    return check
+
+
 _PARAM_COMPILERS: Final[dict[str, Callable[[str, str, Any], Check]]] = {
     "param_eq": _compile_eq,
     "param_ne": _compile_eq,
@@ -423,6 +542,8 @@ _PARAM_COMPILERS: Final[dict[str, Callable[[str, str, Any], Check]]] = {
     "param_in": _compile_in,
     "param_contains": _compile_contains,
     "param_matches": _compile_matches,
+    "path_under": _compile_path,
+    "path_not_under": _compile_path,
 }
 
 

@@ -410,20 +410,42 @@ class Meter:
 
 
 def _same_number(value: Any) -> Any:
-    """``value`` with every integral float as its int, in containers too.
+    """``value`` in the one form a counter's name uses, in containers too.
 
-    A counter's name must not depend on how a number was spelled: the
-    policy compares 7 and 7.0 as equal, and a budget per customer that
-    counted ``customer_id: 7.0`` apart from ``customer_id: 7`` (or ``-0.0``
-    apart from ``0``) would let an agent spend it twice.
+    A counter's name must not depend on how a value was spelled: a budget
+    per customer that counted ``customer_id: 7.0`` apart from ``7`` (or
+    ``-0.0`` apart from ``0``), or ``"7"`` apart from ``7`` (tools coerce
+    one into the other), would let an agent spend it twice. So an integral
+    float becomes its int, a string that spells a number becomes that
+    number, and ``"true"``/``"false"`` become booleans.
     """
-    if type(value) is float:
+    kind = type(value)
+    if kind is float:
         return int(value) if value.is_integer() else value
+    if kind is str:
+        return _spelled(value)
     if isinstance(value, list):
         return [_same_number(v) for v in value]
     if isinstance(value, dict):
         return {k: _same_number(v) for k, v in value.items()}
     return value
+
+
+_NUMBER_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,4})?\s*")
+
+
+def _spelled(text: str) -> Any:
+    """The number or boolean a string spells, as tools coerce it; else the string."""
+    if _NUMBER_TEXT.fullmatch(text):
+        number = Decimal(text.strip())
+        if number == number.to_integral_value() and abs(number.adjusted()) < 40:
+            return int(number)
+        as_float = float(number)
+        return as_float if math.isfinite(as_float) else text
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return text
 
 
 def _amount_text(units: int) -> str:

@@ -303,6 +303,8 @@ def _params_schema(value: dict[str, Any], description: str) -> dict[str, Any]:
 
 _TIME: Final = {"type": "string", "pattern": r"^([01]?[0-9]|2[0-3]):[0-5][0-9]$"}
 _NUMBER: Final = {"type": "number"}
+_DIRECTORY: Final = {"type": "string", "pattern": "^/"}
+_DIRECTORIES: Final = {"anyOf": [_DIRECTORY, {"type": "array", "items": _DIRECTORY, "minItems": 1}]}
 
 
 _WINDOW_SCHEMA: Final = {
@@ -405,6 +407,12 @@ def json_schema() -> dict[str, Any]:
         ),
         "param_matches": _params_schema(
             {"type": "string", "format": "regex"}, "param path -> regular expression (search)"
+        ),
+        "path_under": _params_schema(
+            _DIRECTORIES, "param path -> absolute directory (or list): the path is at or under one"
+        ),
+        "path_not_under": _params_schema(
+            _DIRECTORIES, "param path -> absolute directory (or list): the path is under none"
         ),
         "time_after": {**_TIME, "description": 'local time "HH:MM" from which the rule applies'},
         "time_before": {**_TIME, "description": 'local time "HH:MM" until which the rule applies'},

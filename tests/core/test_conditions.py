@@ -34,13 +34,19 @@ def decide(conditions: dict[str, Any], params: dict[str, Any] | None = None, **k
         ("param_eq", 5, 5, "match"),
         ("param_eq", 5, 6, "no match"),
         ("param_eq", "gold", "gold", "match"),
-        ("param_eq", True, 1, "no match"),
-        ("param_eq", 1, True, "no match"),
+        ("param_eq", True, 1, "unevaluable"),
+        ("param_eq", 1, True, "unevaluable"),
         ("param_eq", [1, 2], [1, 2], "match"),
         ("param_eq", {"a": 1}, {"a": 1}, "match"),
+        ("param_eq", True, "true", "unevaluable"),
+        ("param_eq", True, "yes", "unevaluable"),
+        ("param_eq", True, None, "unevaluable"),
+        ("param_eq", 5, 5.0, "match"),
+        ("param_eq", "7", 7, "unevaluable"),
+        ("param_ne", "7", 7, "unevaluable"),
         ("param_ne", 5, 6, "match"),
         ("param_ne", 5, 5, "no match"),
-        ("param_ne", 0, False, "match"),
+        ("param_ne", 0, False, "unevaluable"),
         ("param_gt", 500, 501, "match"),
         ("param_gt", 500, 500, "no match"),
         ("param_gt", 500, 500.5, "match"),
@@ -57,8 +63,10 @@ def decide(conditions: dict[str, Any], params: dict[str, Any] | None = None, **k
         ("param_gt", 500, float("nan"), "unevaluable"),
         ("param_in", ["eu", "us"], "eu", "match"),
         ("param_in", ["eu", "us"], "asia", "no match"),
-        ("param_in", [1, 2], True, "no match"),
-        ("param_in", [True], 1, "no match"),
+        ("param_in", [1, 2], True, "unevaluable"),
+        ("param_in", [True], 1, "unevaluable"),
+        ("param_in", [7, 8], "7", "unevaluable"),
+        ("param_in", [7, "x"], "y", "no match"),
         ("param_in", [[1], {"a": 1}], [1], "match"),
         ("param_in", [[1], {"a": 1}], {"a": 1}, "match"),
         ("param_contains", "drop", "please drop table", "match"),
@@ -72,6 +80,28 @@ def decide(conditions: dict[str, Any], params: dict[str, Any] | None = None, **k
         ("param_matches", r"^DROP\b", "SELECT 1", "no match"),
         ("param_matches", r"TABLE", "DROP TABLE x", "match"),
         ("param_matches", r"\d", 7, "unevaluable"),
+        ("path_under", "/srv/secret", "/srv/secret", "match"),
+        ("path_under", "/srv/secret", "/srv/secret/key.txt", "match"),
+        ("path_under", "/srv/secret", "/srv/public/../secret/key.txt", "match"),
+        ("path_under", "/srv/secret", "//srv/secret/key.txt", "match"),
+        ("path_under", "/srv/secret", "/srv/./secret//key.txt", "match"),
+        ("path_under", "/srv/secret/", "/srv/secret/key.txt", "match"),
+        ("path_under", "/srv/secret", "/srv/secretary/x", "no match"),
+        ("path_under", "/srv/secret", "/srv/secret/../public/x", "no match"),
+        ("path_under", "/srv/secret", "/../../srv/secret", "match"),
+        ("path_under", ["/etc", "/srv/secret"], "/etc/passwd", "match"),
+        ("path_under", "/srv/secret", ["/srv/public/a", "/srv/public/../secret/b"], "match"),
+        ("path_under", "/srv/secret", ["/srv/public/a"], "no match"),
+        ("path_under", "/srv/secret", [], "no match"),
+        ("path_under", "/srv/secret", "secret/key.txt", "unevaluable"),
+        ("path_under", "/srv/secret", 7, "unevaluable"),
+        ("path_under", "/srv/secret", ["/srv/public/a", 7], "unevaluable"),
+        ("path_under", "/", "/anything", "match"),
+        ("path_not_under", "/srv/public", "/srv/public/a.txt", "no match"),
+        ("path_not_under", "/srv/public", "/srv/public/../secret", "match"),
+        ("path_not_under", "/srv/public", ["/srv/public/a", "/srv/secret/b"], "match"),
+        ("path_not_under", "/srv/public", ["/srv/public/a", "/srv/public/b"], "no match"),
+        ("path_not_under", "/srv/public", "../x", "unevaluable"),
     ],
 )
 def test_param_condition_truth_table(condition: str, value: Any, param: Any, expected: str) -> None:
@@ -310,3 +340,50 @@ def test_conditions_must_be_a_mapping() -> None:
     """A conditions value that is not a mapping is rejected."""
     with pytest.raises(PolicyError, match="conditions must be a mapping"):
         PolicyRule(conditions=["param_gt"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("root", ["relative/dir", "", 7, [], None])
+def test_path_conditions_need_absolute_directories(root: Any) -> None:
+    """A path condition naming a relative directory, or nothing, is refused when loaded."""
+    with pytest.raises(PolicyError, match="path_under"):
+        decide({"path_under": {"p": root}}, {"p": "/x"})
+
+
+@pytest.mark.parametrize("spelling", ["true", "True", 1, "yes", "1"])
+def test_a_block_rule_on_true_blocks_what_a_tool_would_coerce_to_true(spelling: Any) -> None:
+    """force: "true" (or 1, "yes") does not slip past a param_eq force: true block rule."""
+    policy = Policy(
+        [
+            PolicyRule(
+                "delete",
+                "*",
+                "high",
+                "block",
+                name="no-force",
+                conditions={"param_eq": {"force": True}},
+            )
+        ],
+        default_approval="auto",
+    )
+    decision = policy.evaluate(Action("delete", "repo", {"force": spelling}), now=NOON)
+    assert decision.approval is Approval.BLOCK
+    assert "coerce" in decision.reason
+
+
+def test_a_type_mismatch_loses_to_a_plainly_false_condition() -> None:
+    """Unevaluable blocks only when no other condition of the rule is plainly false."""
+    policy = Policy(
+        [
+            PolicyRule(
+                "delete",
+                "*",
+                "high",
+                "block",
+                name="no-force",
+                conditions={"param_eq": {"force": True}, "param_gt": {"amount": 10}},
+            )
+        ],
+        default_approval="auto",
+    )
+    decision = policy.evaluate(Action("delete", "repo", {"force": "true", "amount": 1}), now=NOON)
+    assert decision.approval is Approval.AUTO

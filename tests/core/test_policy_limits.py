@@ -326,6 +326,26 @@ def test_budget_amounts_that_are_not_plain_numbers_are_refused(value: Any, messa
         budget_units(value)
 
 
+@pytest.mark.parametrize("spelling", [7, 7.0, "7", " 7", "7.0", "07", "7e0"])
+def test_one_customer_however_its_id_is_spelled(tmp_path: Path, spelling: Any) -> None:
+    """7, 7.0 and "7" are one customer to a limit: tools coerce one into the other."""
+    text = """\
+rules:
+  - name: r
+    limit: {max: 3, per: 1h, key: [params.customer_id]}
+    approval: auto
+"""
+    policy = load(tmp_path, text)
+    assert policy.limits is not None
+    meter = policy.limits.by_rule["r"].meters[0]
+    subject = Subject("s1", "bot")
+    seven = meter.charge(Action("send", "mail", {"customer_id": 7}), subject)
+    spelt = meter.charge(Action("send", "mail", {"customer_id": spelling}), subject)
+    assert spelt.bucket == seven.bucket
+    eight = meter.charge(Action("send", "mail", {"customer_id": "8"}), subject)
+    assert eight.bucket != seven.bucket
+
+
 def test_charges_key_by_every_kind_of_key(tmp_path: Path) -> None:
     """session, agent, type, target and params.<path> all go into the counter's name."""
     text = """\
@@ -342,7 +362,7 @@ rules:
     keys = ["session", "agent", "type", "target", "params.customer.id"]
     assert json.loads(charge.bucket) == ["r", "limit", keys, ["s1", "bot", "send", "mail", 7]]
     assert (charge.amount, charge.maximum, charge.window) == (1, 3, 3600)
-    other = meter.charge(Action("send", "mail", {"customer": {"id": "7"}}), Subject("s1", "bot"))
+    other = meter.charge(Action("send", "mail", {"customer": {"id": 8}}), Subject("s1", "bot"))
     assert other.bucket != charge.bucket
     with pytest.raises(Unevaluable, match=r"counted per params\.customer\.id"):
         meter.charge(Action("send", "mail"), Subject("s1", "bot"))

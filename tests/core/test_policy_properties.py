@@ -58,6 +58,14 @@ def build(specs: list[tuple[Any, ...]]) -> list[PolicyRule]:
     return rules
 
 
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "null" if value is None else type(value).__name__
+
+
 def reference(policy: Policy, action: Action) -> tuple[Approval, RiskLevel, str]:
     """A straightforward first-match loop with the documented condition semantics."""
     for rule in policy.rules:
@@ -74,7 +82,10 @@ def reference(policy: Policy, action: Action) -> tuple[Approval, RiskLevel, str]
             continue
         value = action.params["amount"]
         if name == "param_eq":
-            holds = value == bound and isinstance(value, bool) == isinstance(bound, bool)
+            same_type = _json_type(value) == _json_type(bound)
+            holds = value == bound and same_type
+            if not holds and not same_type:  # a type mismatch is unevaluable: it blocks
+                return Approval.BLOCK, max(rule.risk_level, RiskLevel.HIGH), rule.name
         elif isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             return Approval.BLOCK, max(rule.risk_level, RiskLevel.HIGH), rule.name
         else:
