@@ -150,6 +150,8 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         # Tool descriptions, learnt from the model requests: after_model only
         # sees the calls. A resumed run gets them back with the answers.
         self._descriptions: dict[str, str] = {}
+        # The tools themselves, whose schemas read the calls' arguments.
+        self._tools: dict[str, BaseTool] = {}
         # Settled answers by tool call id, from after_model to wrap_tool_call.
         self._settled: dict[str, tuple[ApprovalOutcome, str]] = {}
         self._lock = threading.Lock()
@@ -171,6 +173,8 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
             name = getattr(tool, "name", None)
             if isinstance(name, str):
                 self._descriptions[name] = getattr(tool, "description", "") or ""
+                if isinstance(tool, BaseTool):
+                    self._tools[name] = tool
 
     def after_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
         """Suspend the run for the calls of this turn that need approval."""
@@ -221,16 +225,34 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         return pending or None
 
     def _call(
-        self, tool_call: Mapping[str, Any], description: str, config: object = None
+        self,
+        tool_call: Mapping[str, Any],
+        description: str,
+        config: object = None,
+        tool: Any = None,
     ) -> ToolCall:
+        return self._read(tool_call, description, config, tool)[0]
+
+    def _read(
+        self,
+        tool_call: Mapping[str, Any],
+        description: str,
+        config: object = None,
+        tool: Any = None,
+    ) -> tuple[ToolCall, _ToolArgs]:
         args = tool_call.get("args")
-        return ToolCall(
-            str(tool_call.get("name")),
-            args if isinstance(args, Mapping) else {},
+        name = str(tool_call.get("name"))
+        if tool is None:
+            tool = self._tools.get(name)
+        read = _ToolArgs(tool, args if isinstance(args, Mapping) else {}, tool_call.get("id"))
+        call = ToolCall(
+            name,
+            read.decided,
             call_id=tool_call.get("id"),
             description=description,
             agent=self.governor.agent or _agent_name(config),
         )
+        return call, read
 
     async def _submit(
         self, pending: list[tuple[ToolCall, PolicyDecision]], payload: dict[str, Any]
@@ -259,31 +281,33 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
 
     def wrap_tool_call(self, request: ToolCallRequest, handler: Callable[..., Any]) -> Any:
         """Decide the call again and run it through the runtime, or answer with an error."""
-        call, answer = self._tool_call(request)
+        call, read, answer = self._tool_call(request)
         box: list[Any] = []
-        execute = _tool_executor(request, handler, box)
+        execute = _tool_executor(request, handler, box, read)
         result = self.governor.run_sync(call, execute, answer, reraise=True)
         return self._reply(call, request, result, box)
 
     async def awrap_tool_call(self, request: ToolCallRequest, handler: Callable[..., Any]) -> Any:
         """Decide the call again and run it through the runtime, or answer with an error."""
-        call, answer = self._tool_call(request)
+        call, read, answer = self._tool_call(request)
         box: list[Any] = []
-        execute = _async_tool_executor(request, handler, box)
+        execute = _async_tool_executor(request, handler, box, read)
         result = await self.governor.run(call, execute, answer, reraise=True)
         return self._reply(call, request, result, box)
 
-    def _tool_call(self, request: ToolCallRequest) -> tuple[ToolCall, ApprovalOutcome | None]:
+    def _tool_call(
+        self, request: ToolCallRequest
+    ) -> tuple[ToolCall, _ToolArgs, ApprovalOutcome | None]:
         tool_call = request.tool_call
         with self._lock:
             settled = self._settled.pop(str(tool_call.get("id")), None)
         config = getattr(request.runtime, "config", None)
+        tool = request.tool
         if settled is not None:
             outcome, description = settled
-            return self._call(tool_call, description, config), outcome
-        tool = request.tool
+            return (*self._read(tool_call, description, config, tool), outcome)
         description = getattr(tool, "description", "") if tool is not None else ""
-        return self._call(tool_call, description or "", config), None
+        return (*self._read(tool_call, description or "", config, tool), None)
 
     def _reply(
         self, call: ToolCall, request: ToolCallRequest, result: Result, box: list[Any]
@@ -300,6 +324,57 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         )
 
 
+class _ToolArgs:
+    """A tool's arguments as the tool will receive them: what is decided, and how it is handed over.
+
+    Where the tool's ``args_schema`` is a Pydantic model, the model's
+    arguments are validated and coerced with it first (aliases resolved to
+    field names, ``"5"`` to ``5`` for an ``int``, defaults filled in, extra
+    fields a permissive schema keeps kept): the action's params are those
+    values, by field name, and the tool gets exactly them back (under the
+    names its schema reads). Arguments the tool node injects (state, store,
+    the call id) are not the model's: they reach the tool but are not part
+    of the action. Without a Pydantic schema, or when the arguments do not
+    validate, every argument but the injected ones is the action.
+    """
+
+    __slots__ = ("aliases", "decided", "injected")
+
+    def __init__(self, tool: Any, args: Mapping[str, Any], call_id: object = None) -> None:
+        keys = getattr(tool, "_injected_args_keys", ()) if tool is not None else ()
+        injected = frozenset(keys) if isinstance(keys, frozenset | set | tuple | list) else ()
+        self.injected = {k: v for k, v in args.items() if k in injected}
+        self.aliases: dict[str, str] = {}
+        plain = {k: v for k, v in args.items() if k not in injected}
+        self.decided: dict[str, Any] = plain
+        schema = getattr(tool, "args_schema", None)
+        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+            return
+        fields = schema.model_fields
+        values = dict(args)
+        for name in injected:
+            if name not in values and name in fields and isinstance(call_id, str):
+                values[name] = call_id  # an injected call id, as the tool will get it
+        try:
+            model = schema.model_validate(values)
+        except ValueError:
+            return  # the tool refuses these arguments itself, as they were decided
+        try:
+            dumped = model.model_dump(mode="json", exclude=set(injected))
+        except ValueError:
+            return
+        self.decided = dumped
+        for name, info in fields.items():
+            alias = info.validation_alias if isinstance(info.validation_alias, str) else info.alias
+            if alias and alias != name and not schema.model_config.get("populate_by_name"):
+                self.aliases[name] = alias
+
+    def for_tool(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The tool's input for the decided ``params``: under its schema's names, plus injected."""
+        aliases = self.aliases
+        return {**{aliases.get(k, k): v for k, v in params.items()}, **self.injected}
+
+
 def _agent_name(config: object) -> str | None:
     """The name ``create_agent(name=...)`` gave the agent, from the run's config."""
     metadata = config.get("metadata") if isinstance(config, Mapping) else None
@@ -308,10 +383,10 @@ def _agent_name(config: object) -> str | None:
 
 
 def _tool_executor(
-    request: ToolCallRequest, handler: Callable[..., Any], box: list[Any]
+    request: ToolCallRequest, handler: Callable[..., Any], box: list[Any], read: _ToolArgs
 ) -> Callable[[Action], Any]:
     def execute(action: Action) -> Any:
-        out = handler(_with_args(request, action))
+        out = handler(_with_args(request, action, read))
         box.append(out)
         return _outcome(action, out)
 
@@ -319,20 +394,22 @@ def _tool_executor(
 
 
 def _async_tool_executor(
-    request: ToolCallRequest, handler: Callable[..., Any], box: list[Any]
+    request: ToolCallRequest, handler: Callable[..., Any], box: list[Any], read: _ToolArgs
 ) -> Callable[[Action], Any]:
     async def execute(action: Action) -> Any:
-        out = await handler(_with_args(request, action))
+        out = await handler(_with_args(request, action, read))
         box.append(out)
         return _outcome(action, out)
 
     return execute
 
 
-def _with_args(request: ToolCallRequest, action: Action) -> ToolCallRequest:
-    # The tool runs with the params of the action the runtime decided, which
-    # are the call's own arguments: never a copy read back from elsewhere.
-    return request.override(tool_call={**request.tool_call, "args": thaw(action.params)})
+def _with_args(request: ToolCallRequest, action: Action, read: _ToolArgs) -> ToolCallRequest:
+    # The tool runs with the params of the action the runtime decided (the
+    # call's arguments as the tool's schema reads them), handed over under the
+    # names the schema reads: never a copy read back from elsewhere.
+    args = read.for_tool(thaw(action.params))
+    return request.override(tool_call={**request.tool_call, "args": args})
 
 
 def _outcome(action: Action, out: Any) -> Result:
@@ -520,7 +597,7 @@ class _GovernedBase(BaseTool):
     def _run(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("governed tools run through invoke() and ainvoke()")
 
-    def _parse(self, input: Any) -> tuple[ToolCall, Mapping[str, Any] | None, dict[str, Any]]:
+    def _parse(self, input: Any) -> tuple[ToolCall, Mapping[str, Any] | None, _ToolArgs]:
         tool_call = (
             input if isinstance(input, Mapping) and input.get("type") == "tool_call" else None
         )
@@ -535,18 +612,18 @@ class _GovernedBase(BaseTool):
                 f"tool {self.name!r} takes a mapping of arguments or a ToolCall, got "
                 f"{type(input).__name__}"
             )
-        governed = self._governed_args(args)
+        read = self._read_args(args, tool_call.get("id") if tool_call else None)
         call = ToolCall(
             self.name,
-            governed,
+            read.decided,
             call_id=tool_call.get("id") if tool_call else None,
             description=self.description or "",
             agent=self.governor.agent,
         )
-        return call, tool_call, args
+        return call, tool_call, read
 
-    def _governed_args(self, args: dict[str, Any]) -> dict[str, Any]:
-        return args
+    def _read_args(self, args: dict[str, Any], call_id: object) -> _ToolArgs:
+        return _ToolArgs(None, args)
 
     def _reply(
         self, call: ToolCall, tool_call: Mapping[str, Any] | None, result: Result, out: list[Any]
@@ -571,7 +648,7 @@ class _GovernedBase(BaseTool):
         out: list[Any] = []
 
         def execute(action: Action) -> Any:
-            value = self._execute({**args, **thaw(action.params)}, tool_call, config)
+            value = self._execute(args.for_tool(thaw(action.params)), tool_call, config)
             out.append(value)
             return _outcome(action, value) if isinstance(value, ToolMessage) else value
 
@@ -584,7 +661,7 @@ class _GovernedBase(BaseTool):
         out: list[Any] = []
 
         async def execute(action: Action) -> Any:
-            value = await self._aexecute({**args, **thaw(action.params)}, tool_call, config)
+            value = await self._aexecute(args.for_tool(thaw(action.params)), tool_call, config)
             out.append(value)
             return _outcome(action, value) if isinstance(value, ToolMessage) else value
 
@@ -598,14 +675,9 @@ class _GovernedTool(_GovernedBase):
     inner: BaseTool
     """The tool that runs when the runtime allows it."""
 
-    def _governed_args(self, args: dict[str, Any]) -> dict[str, Any]:
-        # Arguments the tool node injects (state, store, the call id) are not
-        # the model's: they are passed to the tool but are not the action's.
-        schema = self.inner.tool_call_schema
-        fields = getattr(schema, "model_fields", None)
-        if isinstance(fields, Mapping):
-            return {k: v for k, v in args.items() if k in fields}
-        return args
+    def _read_args(self, args: dict[str, Any], call_id: object) -> _ToolArgs:
+        # Every argument the tool receives is part of the decided action.
+        return _ToolArgs(self.inner, args, call_id)
 
     def _input(self, args: dict[str, Any], tool_call: Mapping[str, Any] | None) -> Any:
         return {**tool_call, "args": args} if tool_call is not None else args
@@ -710,7 +782,7 @@ class AegisTool(_GovernedBase):
             action_target=action_target,
         )
 
-    def _parse(self, input: Any) -> tuple[ToolCall, Mapping[str, Any] | None, dict[str, Any]]:
+    def _parse(self, input: Any) -> tuple[ToolCall, Mapping[str, Any] | None, _ToolArgs]:
         call, tool_call, args = super()._parse(input)
         call = ToolCall(self.action_type, call.args, call.call_id, call.description, call.agent)
         return call, tool_call, args
