@@ -13,6 +13,7 @@ import click
 
 from aegis.cli._output import APPROVAL_STYLES, RISK_STYLES, Styled, emit_json, print_table
 from aegis.cli._params import DEFAULT_DB, format_option
+from aegis.cli._store import durability_option
 from aegis.core.policy import Policy
 from aegis.errors import ConfigurationError
 
@@ -68,6 +69,7 @@ In a client's configuration, replace the server's command with:
     metavar="PATH_OR_DSN",
     help="The audit trail every call is recorded in: a SQLite file or a postgresql:// DSN.",
 )
+@durability_option
 @click.option("--name", default=None, help="The actions' target [default: the command's name].")
 @click.option(
     "--approval",
@@ -116,6 +118,7 @@ In a client's configuration, replace the server's command with:
 def mcp_proxy(  # noqa: PLR0917  # click passes every option
     policy_path: str,
     db: str,
+    durability: str | None,
     name: str | None,
     approval: str | None,
     approval_url: str | None,
@@ -169,6 +172,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         upstream_url=upstream_url,
         name=name,
         db=db,
+        durability=durability,
         approval=approval,
         approval_url=approval_url,
         approval_token=approval_token,

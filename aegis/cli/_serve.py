@@ -8,7 +8,7 @@ import click
 
 from aegis.cli._output import note
 from aegis.cli._params import secret_option
-from aegis.cli._store import is_dsn, store_option
+from aegis.cli._store import durability_option, is_dsn, store_option
 from aegis.core.approval_request import parse_approval_ttl
 
 __all__ = ["serve"]
@@ -32,6 +32,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 @click.command()
 @store_option
+@durability_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8700, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
@@ -105,6 +106,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 )
 def serve(  # noqa: PLR0917  # Click passes one argument per option
     db: str,
+    durability: str | None,
     host: str,
     port: int,
     approval_ttl: float,
@@ -164,7 +166,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     policy = Policy.from_yaml(policy_path) if policy_path is not None else None
-    service = open_service(db, approval_ttl=approval_ttl, policy=policy)
+    service = open_service(db, approval_ttl=approval_ttl, policy=policy, durability=durability)
     inbox = Inbox(service, session_key=session_key, public_url=public_url)
     metrics = ServiceMetrics(service, public=metrics_public)
     app = create_app(

@@ -12,7 +12,7 @@ import click
 from aegis.errors import StoreError
 from aegis.stores.approvals import ApprovalStore
 
-__all__ = ["is_dsn", "open_tables", "store_option"]
+__all__ = ["durability_option", "is_dsn", "open_tables", "store_option"]
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -27,6 +27,20 @@ def store_option(function: F) -> F:
         envvar="AEGIS_DB",
         show_envvar=True,
         help="SQLite file, sqlite:///PATH or postgresql:// DSN of the audit trail and approvals.",
+    )(function)
+
+
+def durability_option(function: F) -> F:
+    """Add ``--durability LEVEL`` (also ``$AEGIS_DURABILITY``): what a returned record survives."""
+    return click.option(
+        "--durability",
+        type=click.Choice(["process", "result", "full"]),
+        default=None,
+        envvar="AEGIS_DURABILITY",
+        show_envvar=True,
+        help="What a recorded action survives: process (the process's death), result "
+        "(a power cut, once its Result is returned; the default) or full (a power cut, "
+        "from its start on).",
     )(function)
 
 

@@ -61,6 +61,8 @@ class ProxySettings:
         upstream_url: the Streamable HTTP URL of a running MCP server.
         name: the ``target`` of every action; defaults to the command's name.
         db: the audit trail (a path, or what ``AuditLogger`` accepts).
+        durability: the audit trail's (:data:`~aegis.stores.base.Durability`;
+            ``"result"`` when ``None``).
         approval: ``"terminal"``, ``"deny"`` or ``"remote"``.
         approval_url: the approval service (``aegis serve``), for ``remote``.
         approval_token: the agent token for the approval service.
@@ -80,6 +82,7 @@ class ProxySettings:
     upstream_url: str | None = None
     name: str | None = None
     db: str = "aegis_audit.db"
+    durability: str | None = None
     approval: str = "deny"
     approval_url: str | None = None
     approval_token: str | None = None
@@ -243,7 +246,7 @@ def build_runtime(settings: ProxySettings, approval_handler: Any | None = None) 
         executor=execute_mcp_call,
         policy=settings.policy,
         approval_handler=handler,
-        audit_logger=AuditLogger(settings.db),
+        audit_logger=AuditLogger(settings.db, durability=settings.durability),
         session_id=settings.session_id,
         approval_timeout=timeout,
         agent=settings.agent,

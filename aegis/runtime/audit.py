@@ -114,16 +114,25 @@ class AuditLogger(RecordReader):
     """A tamper-evident audit trail: SQLite by default, or any store.
 
     The store opens on first use (or on :meth:`check`, which the runtime
-    calls before its first action). With SQLite's default
-    ``synchronous="normal"`` a record is safe from the death of the
-    process (even ``SIGKILL``) as soon as the call that wrote it returns;
-    ``synchronous="full"`` survives power loss as well. Several processes
-    may append to the same trail; the chain stays one.
+    calls before its first action). Several processes may append to the
+    same trail; the chain stays one.
+
+    What a returned record survives is the ``durability`` (the same on every
+    store): at the default ``"result"`` a Result is returned only after its
+    final record is on disk, as agent-aegis and PostgreSQL do by default; a
+    start record, committed before the executor runs, need only survive the
+    death of the process, and the final record's flush carries it to disk
+    too, so an action waits for one flush. ``"process"`` waits for no disk
+    (a record survives ``kill -9``, not a power cut); ``"full"`` flushes
+    start records too, so even a power cut cannot hide an action that
+    began. Blocked and denied actions' records are final records and are
+    flushed like the others at ``"result"``.
 
     Concurrent writes from one event loop (the start and final records of
-    many actions) are committed together, once per loop iteration; each
-    caller gets its id only after the commit. SQLite writes run on the
-    calling thread (no thread hop); a remote store's run on a worker thread.
+    many actions) are committed together, once per loop iteration: one
+    commit and at most one flush for the lot; each caller gets its id only
+    after the commit. SQLite writes run on the calling thread (no thread
+    hop); a remote store's run on a worker thread.
 
     Args:
         db_path: a SQLite file (or ``":memory:"``), ``sqlite:///...``,
@@ -131,9 +140,11 @@ class AuditLogger(RecordReader):
         busy_timeout: SQLite: seconds to wait for another writer before failing.
         create: create the store if missing; ``False`` raises
             :class:`~aegis.errors.AuditError` instead (for tools that read).
-        synchronous: ``"normal"`` (survives process death) or ``"full"``
-            (survives power loss too; on PostgreSQL, a server crash too, for
-            start records as well as final ones).
+        durability: ``"process"``, ``"result"`` (the default) or ``"full"``;
+            see :data:`~aegis.stores.base.Durability`.
+        synchronous: the older spelling of ``durability``: ``"full"`` is
+            ``"full"``; ``"normal"`` keeps what it meant on each engine
+            (``"process"`` on SQLite, ``"result"`` on PostgreSQL).
         readonly: never write (to read a backup or an evidence copy).
         store: an :class:`~aegis.stores.base.AuditStore` to use instead of
             opening ``db_path``.
@@ -162,8 +173,9 @@ class AuditLogger(RecordReader):
         *,
         busy_timeout: float = 30.0,
         create: bool = True,
-        synchronous: str = "normal",
+        synchronous: str | None = None,
         readonly: bool = False,
+        durability: str | None = None,
         store: AuditStore | None = None,
         signing_key: str | Path | Signer | None = None,
         checkpoint_every: int = 1000,
@@ -172,9 +184,8 @@ class AuditLogger(RecordReader):
     ) -> None:
         if store is None:
             if not is_postgres_url(db_path) and str(db_path).lower() != "memory://":
-                options.update(busy_timeout=busy_timeout, synchronous=synchronous)
-            elif is_postgres_url(db_path):
-                options.update(synchronous=synchronous)
+                options.update(busy_timeout=busy_timeout)
+            options.update(durability=durability, synchronous=synchronous)
             store = open_store(db_path, create=create, readonly=readonly, **options)
             self._path = str(db_path)
         else:

@@ -56,19 +56,25 @@ def open_service(
     max_wait: float = 60.0,
     poll_interval: float = 0.5,
     policy: Policy | None = None,
+    durability: str | None = None,
 ) -> ApprovalService:
     """Open the audit trail and the approval tables in ``db`` (a path or a PostgreSQL DSN).
 
     ``schema`` (PostgreSQL only) names the schema of both the audit trail
     and the approval tables; the connection's ``current_schema()`` when
-    ``None``.
+    ``None``. ``durability`` is the audit trail's
+    (:data:`~aegis.stores.base.Durability`; ``"result"`` when ``None``).
     """
     # Imported here: the runtime's audit pulls in SQLite code the API module never needs.
     from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
     from aegis.stores.approvals import open_approval_store  # noqa: PLC0415
 
     # The audit trail and the approvals share one schema when one is named.
-    audit = AuditLogger(db) if schema is None else AuditLogger(db, schema=schema)
+    audit = (
+        AuditLogger(db, durability=durability)
+        if schema is None
+        else AuditLogger(db, schema=schema, durability=durability)
+    )
     try:
         head = getattr(audit, "head", None)
         if callable(head):

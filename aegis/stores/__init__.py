@@ -58,8 +58,9 @@ def open_store(
 
     Nothing connects until the store is first used (or :meth:`check`\\ ed).
     ``create=False`` requires an existing store; ``readonly=True`` never
-    writes. ``options`` go to the engine (``busy_timeout``, ``synchronous``
-    for SQLite; ``schema`` and pool options for PostgreSQL).
+    writes. ``options`` go to the engine: ``durability`` (and its older
+    spelling ``synchronous``) for every engine, ``busy_timeout`` for SQLite,
+    ``schema`` and pool options for PostgreSQL.
 
     Raises:
         ConfigurationError: ``url`` names no engine this Aegis has, or the
@@ -68,7 +69,9 @@ def open_store(
     if isinstance(url, str) and url.lower() == "memory://":
         from aegis.stores.memory import MemoryStore  # noqa: PLC0415  # only when asked for
 
-        return MemoryStore()
+        return MemoryStore(
+            durability=options.get("durability"), synchronous=options.get("synchronous")
+        )
     if is_postgres_url(url):
         try:
             module = importlib.import_module("aegis.stores.postgres.audit")

@@ -9,8 +9,10 @@ The contract every engine keeps (``tests/stores/`` checks it on each):
 
 * :meth:`AuditWriter.append` seals the drafts into the chain in one
   transaction (:func:`aegis.core.chain.seal`, ids consecutive from the
-  current head) and returns the sealed records only once they are durable
-  (a killed process loses none of them). Appends from any number of threads
+  current head) and returns the sealed records only once they are as
+  durable as the store's :data:`Durability` asks (at every level a killed
+  process loses none of them; see :func:`must_flush` for when an append
+  waits for the disk too). Appends from any number of threads
   and processes never fork the chain: the head is read and extended under
   the engine's write lock. A failed append writes nothing and raises
   :class:`~aegis.errors.StoreError`.
@@ -36,22 +38,100 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, runtime_checkable
 
 from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, verify_chain
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import AuditRecord, RecordDraft, RecordKind, export_line
+from aegis.errors import ConfigurationError
 
 __all__ = [
+    "DEFAULT_DURABILITY",
+    "DURABILITIES",
     "STATS_FIELDS",
     "AuditReader",
     "AuditStore",
     "AuditWriter",
     "CheckpointStore",
+    "Durability",
     "ReadMixin",
     "SignatureCheck",
+    "must_flush",
+    "resolve_durability",
 ]
+
+#: What a returned append promises to survive; one meaning on every engine.
+#:
+#: ``"process"``
+#:     Nothing waits for the disk. A record is safe from the death of the
+#:     process (even ``kill -9``) once its append returns, not from a power
+#:     cut or an operating-system crash, which may lose the last records.
+#: ``"result"`` (the default)
+#:     A Result is returned only after its final record is on disk: appends
+#:     holding a final record wait for the disk (one flush, which carries
+#:     every record committed before it). Start records wait for nothing, so
+#:     a power cut may lose the start of an action that was still running,
+#:     never the record of an outcome someone was told. Blocked and denied
+#:     actions ran nothing, but their records are final records all the same
+#:     and wait too: a refused attempt is evidence worth a flush, and the
+#:     promise stays one sentence.
+#: ``"full"``
+#:     Every append waits for the disk, start records too: even a power cut
+#:     cannot hide an action that began.
+Durability = Literal["process", "result", "full"]
+
+#: the levels, weakest first
+DURABILITIES: Final[tuple[Durability, ...]] = ("process", "result", "full")
+
+#: what a store promises unless told otherwise (agent-aegis's and PostgreSQL's default)
+DEFAULT_DURABILITY: Final[Durability] = "result"
+
+
+def resolve_durability(
+    durability: str | None, synchronous: str | None = None, *, normal: Durability = "process"
+) -> Durability:
+    """The store's :data:`Durability` from its ``durability=`` and ``synchronous=`` options.
+
+    ``synchronous=`` is the older spelling and keeps what it meant:
+    ``"full"`` is ``"full"``; ``"normal"`` is ``normal``, the engine's old
+    default (``"process"`` on SQLite, ``"result"`` on PostgreSQL). Neither
+    given: :data:`DEFAULT_DURABILITY`.
+
+    Raises:
+        ConfigurationError: an unknown level, or the two options disagree.
+    """
+    if durability is not None and durability not in DURABILITIES:
+        raise ConfigurationError(
+            f"durability={durability!r}; use one of {', '.join(map(repr, DURABILITIES))}"
+        )
+    if synchronous is None:
+        return durability or DEFAULT_DURABILITY
+    mode = str(synchronous).lower()
+    if mode not in ("normal", "full"):
+        raise ConfigurationError(
+            f"synchronous={synchronous!r}; use 'normal' or 'full' "
+            "(or durability='process', 'result' or 'full')"
+        )
+    implied: Durability = "full" if mode == "full" else normal
+    if durability is not None and durability != implied:
+        raise ConfigurationError(
+            f"durability={durability!r} and synchronous={synchronous!r} disagree; "
+            "give durability= alone"
+        )
+    return implied
+
+
+def must_flush(durability: Durability, records: Sequence[RecordDraft | AuditRecord]) -> bool:
+    """Whether an append of ``records`` must wait for the disk before it returns.
+
+    At ``"result"`` only an append holding a record that is not a start
+    does; the flush makes every record committed before it durable too.
+    """
+    if durability == "result":
+        return any(record.kind != RecordKind.START for record in records)
+    return durability == "full"
+
 
 #: checks a checkpoint's signature (see :class:`aegis.runtime.signing.Verifier`)
 SignatureCheck = Callable[[Checkpoint], bool]

@@ -17,13 +17,16 @@ from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import AuditRecord, RecordDraft, RecordKind
 from aegis.errors import StoreError
-from aegis.stores.base import ReadMixin
+from aegis.stores.base import Durability, ReadMixin, resolve_durability
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore(ReadMixin):
     """An in-memory :class:`~aegis.stores.base.AuditStore`.
+
+    ``durability`` and ``synchronous`` are taken for the contract's sake:
+    whatever the level, nothing outlives the process.
 
     Example::
 
@@ -34,7 +37,9 @@ class MemoryStore(ReadMixin):
     url = "memory://"
     remote = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, durability: str | None = None, synchronous: str | None = None) -> None:
+        #: the level asked for (:data:`~aegis.stores.base.Durability`); memory keeps nothing
+        self.durability: Durability = resolve_durability(durability, synchronous)
         self._records: list[AuditRecord] = []
         self._finished: set[int] = set()  # ids of start records that have a final record
         self._checkpoints: dict[int, Checkpoint] = {}

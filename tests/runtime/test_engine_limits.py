@@ -776,13 +776,15 @@ async def test_a_sequential_action_reserves_in_its_start_records_transaction(
             sql.split()[0] + (" " + sql.split()[2] if sql.startswith("INSERT") else "")
             for sql in seen
         ]
-        written = ["INSERT aegis_usage", "INSERT audit_log", "COMMIT", "INSERT audit_log"]
+        # a final record commits with synchronous=FULL (the default durability, "result")
+        final = ["PRAGMA", "INSERT audit_log", "PRAGMA"]
+        written = ["INSERT aegis_usage", "INSERT audit_log", "COMMIT", *final]
         assert words == [
             *["BEGIN", "PRAGMA", "SELECT", *written],  # the version, first seen: keeps nothing
             *["BEGIN", "PRAGMA", "SELECT", "SELECT", *written],  # reads the counter, keeps it
             # the third does not fit, as the connection knows without reading:
             # nothing is written but its blocked record
-            *["BEGIN", "PRAGMA", "ROLLBACK", "INSERT audit_log"],
+            *["BEGIN", "PRAGMA", "ROLLBACK", *final],
         ]
         assert audit.verify().ok
     with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:

@@ -119,9 +119,15 @@ def _trace(audit: AuditLogger) -> list[str]:
     return seen
 
 
-async def test_a_sequential_action_is_two_single_statement_commits(tmp_path: Path) -> None:
-    """Run one by one, an action writes its start and its final record as one INSERT each."""
-    audit = AuditLogger(tmp_path / "audit.db")
+@pytest.mark.parametrize("durability", ["process", "result", "full"])
+async def test_a_sequential_action_is_two_single_statement_commits(
+    tmp_path: Path, durability: str
+) -> None:
+    """Run one by one, an action writes its start and its final record as one INSERT each.
+
+    At "result" the final record's INSERT alone runs with synchronous=FULL.
+    """
+    audit = AuditLogger(tmp_path / "audit.db", durability=durability)
     runtime = Runtime(
         executor=RecordingExecutor(),
         policy=TablePolicy(),
@@ -133,8 +139,16 @@ async def test_a_sequential_action_is_two_single_statement_commits(tmp_path: Pat
         seen = _trace(audit)
         for i in range(5):
             assert (await runtime.run_one(Action("read", "crm", {"i": i}))).ok
-        assert len(seen) == 10
-        assert all(sql.startswith("INSERT INTO audit_log") for sql in seen)
+        inserts = [sql for sql in seen if not sql.startswith("PRAGMA synchronous")]
+        assert len(inserts) == 10
+        assert all(sql.startswith("INSERT INTO audit_log") for sql in inserts)
+        if durability == "result":
+            # start; FULL, final, NORMAL
+            assert seen[:4] == [inserts[0], "PRAGMA synchronous=FULL", inserts[1], seen[3]]
+            assert seen[3] == "PRAGMA synchronous=NORMAL"
+            assert len(seen) == 20
+        else:
+            assert len(seen) == 10
         assert audit.verify().ok
 
 

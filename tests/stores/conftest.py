@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from store_engines import Engine, MemoryEngine, PostgresEngine, SQLiteEngine
+from store_engines import ENGINE_CLASSES, Engine, MemoryEngine, PostgresEngine, SQLiteEngine
 
 from aegis.stores.base import AuditStore
 
@@ -50,3 +50,15 @@ def store(engine: Engine) -> Iterator[AuditStore]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture(
+    params=sorted(name for name, kind in ENGINE_CLASSES.items() if kind.observes_flushes)
+)
+def flushing_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """Each engine that can show which commits waited for the disk (Engine.watch_flushes)."""
+    made = ENGINES[request.param](request)
+    try:
+        yield made
+    finally:
+        made.cleanup()

@@ -10,7 +10,8 @@ an Engine subclass and its factory to ``ENGINES`` in conftest.py.
 from __future__ import annotations
 
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,10 @@ class Engine:
     persistent = False
     #: whether two store objects on the location share one chain
     shared = True
+    #: whether :meth:`watch_flushes` can tell which commits waited for the disk (memory
+    #: has no disk; PostgreSQL's flushes are not watched yet: the durability tests then
+    #: run on it as soon as its engine sets this and implements watch_flushes)
+    observes_flushes = False
 
     def open(self, **options: Any) -> AuditStore:
         """A new store object on this location."""
@@ -53,6 +58,12 @@ class Engine:
     def cleanup(self) -> None:
         """Release what the location holds."""
 
+    @contextmanager
+    def watch_flushes(self, store: AuditStore) -> Iterator[list[bool]]:
+        """Yield a list of, per commit ``store`` makes meanwhile, whether it waited for the disk."""
+        raise NotImplementedError
+        yield []
+
 
 class MemoryEngine(Engine):
     """The in-memory store: one object is the location."""
@@ -63,7 +74,8 @@ class MemoryEngine(Engine):
         self.store = MemoryStore()
 
     def open(self, **options: Any) -> AuditStore:
-        return self.store
+        # memory has no location but the object: options make a store of their own
+        return MemoryStore(**options) if options else self.store
 
     @property
     def url(self) -> str:
@@ -111,6 +123,42 @@ class SQLiteEngine(Engine):
     def renumber(self, old: int, new: int) -> None:
         self._sql("UPDATE audit_log SET id = ? WHERE id = ?", (new, old))
 
+    observes_flushes = True
+
+    @contextmanager
+    def watch_flushes(self, store: AuditStore) -> Iterator[list[bool]]:
+        """Per commit on the store's connection, whether ``synchronous`` was FULL then.
+
+        In WAL mode a commit syncs the WAL to disk exactly when the
+        connection's ``synchronous`` is FULL at that moment; SQLite's trace
+        of the statements it runs shows every change of the setting and
+        every commit (a COMMIT, or a write outside a transaction).
+        """
+        commits: list[bool] = []
+        with store.db.connection("watch") as conn:  # type: ignore[attr-defined]  # SQLite's
+            state = {"full": conn.execute("PRAGMA synchronous").fetchone()[0] == 2, "tx": False}
+
+            def trace(statement: str) -> None:
+                text = " ".join(statement.split()).upper()
+                if text.startswith("PRAGMA SYNCHRONOUS="):
+                    state["full"] = text.endswith(("FULL", "2", "EXTRA", "3"))
+                elif text.startswith("BEGIN"):
+                    state["tx"] = True
+                elif text.startswith(("COMMIT", "END")):
+                    state["tx"] = False
+                    commits.append(state["full"])
+                elif text.startswith("ROLLBACK"):
+                    state["tx"] = False
+                elif text.startswith(("INSERT", "UPDATE", "DELETE")) and not state["tx"]:
+                    commits.append(state["full"])
+
+            conn.set_trace_callback(trace)
+        try:
+            yield commits
+        finally:
+            with store.db.connection("watch") as conn:  # type: ignore[attr-defined]
+                conn.set_trace_callback(None)
+
 
 class PostgresEngine(Engine):
     """A fresh schema of the test server; edits go through psycopg like a hand edit."""
@@ -155,3 +203,11 @@ class PostgresEngine(Engine):
     def cleanup(self) -> None:
         for store in self.opened:
             store.close()
+
+
+#: engine name -> its class, for fixtures that need to know an engine's abilities up front
+ENGINE_CLASSES: dict[str, type[Engine]] = {
+    "memory": MemoryEngine,
+    "sqlite": SQLiteEngine,
+    "postgres": PostgresEngine,
+}

@@ -1,7 +1,7 @@
 """A child process appending start and final records to a store until killed.
 
-Usage: ``python store_writer.py URL``; prints the id of each final record
-once its append returned.
+Usage: ``python store_writer.py URL [DURABILITY]``; prints the id of each
+final record once its append returned.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from aegis.stores import open_store
 
 def main() -> None:
     """Append forever, printing each committed final record's id."""
-    store = open_store(sys.argv[1])
+    options = {"durability": sys.argv[2]} if len(sys.argv) > 2 else {}
+    store = open_store(sys.argv[1], **options)
     for n in itertools.count():
         d = PolicyDecision(Action("write", "crm", {"n": n}), RiskLevel.LOW, Approval.AUTO, "w")
         [start] = store.append([start_draft("killed", d)])

@@ -37,9 +37,17 @@ from psycopg import sql
 from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, seal, verify_chain
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
-from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
-from aegis.errors import ConfigurationError, StoreError
-from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin, SignatureCheck
+from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft
+from aegis.errors import StoreError
+from aegis.stores.base import (
+    STARTED,
+    STATS_FIELDS,
+    Durability,
+    ReadMixin,
+    SignatureCheck,
+    must_flush,
+    resolve_durability,
+)
 from aegis.stores.postgres.connection import Connection, Database
 from aegis.stores.postgres.schema import migrate, schema_lock_key
 
@@ -130,14 +138,18 @@ class PostgresAuditStore(ReadMixin):
             ``None`` uses the connection's ``current_schema()``.
         create: create the tables when missing; ``False`` requires an existing trail.
         readonly: never create, migrate or write (auditors, the command line).
-        synchronous: when :meth:`append` returns, its records are committed
+        durability: when :meth:`append` returns, its records are committed
             (visible to every reader, safe from the death of the writing
             process). With ``"full"`` every append also waits until they are
-            on the server's disk. With ``"normal"`` (the default, like SQLite's)
-            an append of start records only does not wait: the final record
-            of the action, which does wait, makes its start durable with it,
-            and the server's WAL writer flushes within a fraction of a second
+            on the server's disk. With ``"result"`` (the default) an append
+            of start records only does not wait: the final record of the
+            action, which does wait, makes its start durable with it, and
+            the server's WAL writer flushes within a fraction of a second
             anyway; only a server crash in that moment could lose a start.
+            With ``"process"`` no append waits for the disk. See
+            :data:`~aegis.stores.base.Durability`.
+        synchronous: the older spelling: ``"normal"`` is ``"result"``,
+            ``"full"`` is ``"full"``.
         connect_timeout, statement_timeout, pool_timeout, max_connections:
             see :class:`~aegis.stores.postgres.connection.Database`.
 
@@ -156,7 +168,8 @@ class PostgresAuditStore(ReadMixin):
         schema: str | None = None,
         create: bool = True,
         readonly: bool = False,
-        synchronous: str = "normal",
+        durability: str | None = None,
+        synchronous: str | None = None,
         connect_timeout: float = 5.0,
         statement_timeout: float | None = 30.0,
         pool_timeout: float = 10.0,
@@ -170,10 +183,9 @@ class PostgresAuditStore(ReadMixin):
             pool_timeout=pool_timeout,
             max_connections=max_connections,
         )
-        if synchronous not in ("normal", "full"):
-            raise ConfigurationError(f"synchronous={synchronous!r}; use 'normal' or 'full'")
+        #: what a returned append promises (:data:`~aegis.stores.base.Durability`)
+        self.durability: Durability = resolve_durability(durability, synchronous, normal="result")
         self.url = self.db.where
-        self.synchronous = synchronous
         self.readonly = readonly
         self._create = create and not readonly
         self._ready = False
@@ -297,7 +309,7 @@ class PostgresAuditStore(ReadMixin):
             return []
         with self._write_lock:
             records = self._link(drafts)
-        if self.synchronous == "full" or any(r.kind != RecordKind.START for r in records):
+        if must_flush(self.durability, records):
             self._make_durable(records)
         return records
 

@@ -4,11 +4,17 @@ Records live in the table ``audit_log``, one column per field of
 :data:`~aegis.core.record.RECORD_FIELDS`, the JSON fields as their canonical
 text, exactly as hashed. Appends take SQLite's write lock (``BEGIN
 IMMEDIATE``), read the head inside it and extend it, so threads and
-processes sharing the file never fork the chain. In WAL mode with
-``synchronous=normal`` a commit is in the operating system's hands when it
-returns: the record survives the death of the process (even ``SIGKILL``);
-``synchronous=full`` makes it survive power loss too, at one fsync per
-commit.
+processes sharing the file never fork the chain.
+
+Durability (:data:`~aegis.stores.base.Durability`): in WAL mode a commit is
+in the operating system's hands when it returns, so a record survives the
+death of the process (even ``SIGKILL``) at every level. What survives a
+power cut is what was synced: at ``"process"`` nothing is synced but at WAL
+checkpoints; at ``"full"`` every commit syncs the WAL (``synchronous=FULL``);
+at ``"result"``, the default, only the commits holding a final record do,
+and since the WAL is one file written in order, that one sync also carries
+the action's start record (and everything else committed before it). An
+action thus waits for one flush, not two.
 
 A logger that appended last knows the head, so appending one record is a
 single ``INSERT`` with the next id: if another process appended meanwhile,
@@ -27,9 +33,16 @@ from typing import Any, Final
 from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, Head, seal
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
-from aegis.core.record import JSON_FIELDS, RECORD_FIELDS, AuditRecord, RecordDraft, export_line
+from aegis.core.record import (
+    JSON_FIELDS,
+    RECORD_FIELDS,
+    AuditRecord,
+    RecordDraft,
+    RecordKind,
+    export_line,
+)
 from aegis.errors import ConfigurationError, StoreError
-from aegis.stores.base import STARTED, STATS_FIELDS, ReadMixin
+from aegis.stores.base import STARTED, STATS_FIELDS, Durability, ReadMixin, resolve_durability
 from aegis.stores.sqlite.connection import Guard, SQLiteDatabase, store_error
 from aegis.stores.sqlite.schema import (
     AUDIT_MIGRATIONS,
@@ -47,6 +60,7 @@ _INSERT: Final = (
 )
 _LAST: Final = "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
 _PAGE: Final = 1000
+_START: Final = RecordKind.START
 #: the columns each older schema lacks (read as NULL from a read-only copy)
 _ADDED_IN: Final = {
     1: ("context", "decided_at", "policy_digest", "kind", "start_id"),
@@ -63,11 +77,16 @@ class SQLiteAuditStore(ReadMixin):
     Args:
         path: the database file, or ``":memory:"``.
         busy_timeout: seconds to wait for another writer before failing.
-        synchronous: ``"normal"`` or ``"full"`` (see the module docstring).
+        durability: ``"process"``, ``"result"`` (the default) or ``"full"``
+            (see :data:`~aegis.stores.base.Durability` and the module docstring).
+        synchronous: the older spelling: ``"normal"`` is ``"process"``,
+            ``"full"`` is ``"full"``.
         create: create a missing file and migrate an older one; ``False``
             requires an existing Aegis file (for tools that read).
         readonly: never write; implies ``create=False``.
-        database: share an open :class:`SQLiteDatabase` with other table modules.
+        database: share an open :class:`SQLiteDatabase` with other table
+            modules; its durability is the store's, and ``durability`` or
+            ``synchronous``, if given, must agree with it.
     """
 
     remote = False
@@ -77,19 +96,35 @@ class SQLiteAuditStore(ReadMixin):
         path: str,
         *,
         busy_timeout: float = 30.0,
-        synchronous: str = "normal",
+        durability: str | None = None,
+        synchronous: str | None = None,
         create: bool = True,
         readonly: bool = False,
         database: SQLiteDatabase | None = None,
     ) -> None:
-        if synchronous not in ("normal", "full"):
-            raise ConfigurationError(f"synchronous={synchronous!r}; use 'normal' or 'full'")
         self.url = path
         self.readonly = readonly
         self._create = create and not readonly
-        self.db = database or SQLiteDatabase(
-            path, busy_timeout=busy_timeout, synchronous=synchronous, readonly=readonly
-        )
+        if database is None:
+            database = SQLiteDatabase(
+                path,
+                busy_timeout=busy_timeout,
+                durability=durability,
+                synchronous=synchronous,
+                readonly=readonly,
+            )
+        elif (durability, synchronous) != (None, None) and (
+            resolve_durability(durability, synchronous) != database.durability
+        ):
+            raise ConfigurationError(
+                f"durability={durability or synchronous!r} disagrees with the shared "
+                f"database's {database.durability!r}; give it to the SQLiteDatabase"
+            )
+        self.db = database
+        #: what a returned append promises (:data:`~aegis.stores.base.Durability`)
+        self.durability: Durability = database.durability
+        # at "result" the connection runs unsynced and a final record turns the sync on
+        self._flush_finals = database.durability == "result"
         self._ready_pid = 0
         self._ready_conn: sqlite3.Connection | None = None  # the connection _ensure checked
         self._select = _COLUMNS
@@ -227,7 +262,9 @@ class SQLiteAuditStore(ReadMixin):
             self._head = (last.id, last.hash)
         return out
 
-    def append_guarded(self, draft: RecordDraft, guard: Guard) -> AuditRecord | None:
+    def append_guarded(  # noqa: PLR0915  # one frame per action: this runs for each
+        self, draft: RecordDraft, guard: Guard
+    ) -> AuditRecord | None:
         """Append ``draft`` in one transaction with ``guard``'s writes, if the guard lets it.
 
         ``guard.prepare`` readies its tables first (unless ``guard.ready``
@@ -262,17 +299,24 @@ class SQLiteAuditStore(ReadMixin):
                 cur = self._cursor
                 if cur is None or cur.connection is not conn:  # first use, or a new connection
                     cur = self._cursor = conn.cursor()
-                cur.execute("BEGIN IMMEDIATE")
+                flush = self._flush_finals and draft.kind != _START
+                if flush:
+                    db.flush_on(cur)
                 try:
-                    if not guard(cur):
-                        cur.execute("ROLLBACK")
-                        return None
-                    record = self._insert_locked(cur, draft)
-                    cur.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        cur.execute("ROLLBACK")  # on the cursor: resets what it still ran, too
-                    raise
+                    cur.execute("BEGIN IMMEDIATE")
+                    try:
+                        if not guard(cur):
+                            cur.execute("ROLLBACK")
+                            return None
+                        record = self._insert_locked(cur, draft)
+                        cur.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            cur.execute("ROLLBACK")  # on the cursor: resets what it ran, too
+                        raise
+                finally:
+                    if flush:
+                        db.flush_off(cur)
             except BaseException as exc:
                 self._head = None
                 if isinstance(exc, sqlite3.Error):
@@ -309,6 +353,15 @@ class SQLiteAuditStore(ReadMixin):
         # One statement commits by itself; a taken id means someone else
         # appended, and nothing was written.
         record = seal(draft, head[0] + 1, head[1])
+        if self._flush_finals and draft.kind != _START:
+            self.db.flush_on(conn)
+            try:
+                conn.execute(_INSERT, tuple(record))
+            except sqlite3.IntegrityError:
+                return None
+            finally:
+                self.db.flush_off(conn)
+            return [record]
         try:
             # A plain tuple: sqlite3 binds a tuple subclass item by item, ~1 us slower.
             conn.execute(_INSERT, tuple(record))
@@ -319,22 +372,30 @@ class SQLiteAuditStore(ReadMixin):
     def _append(self, conn: sqlite3.Connection, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
         out: list[AuditRecord] = []
         cur = conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        # One commit for the whole batch: one flush for every final record in it.
+        flush = self._flush_finals and any(draft.kind != _START for draft in drafts)
+        if flush:
+            self.db.flush_on(cur)
         try:
-            # Read the head inside the write lock: another process may have
-            # appended since our last commit.
-            last_id, last_hash = cur.execute(_LAST).fetchone() or (0, GENESIS_HASH)
-            for draft in drafts:
-                last_id += 1
-                record = seal(draft, last_id, last_hash)
-                last_hash = record.hash
-                out.append(record)
-            cur.executemany(_INSERT, map(tuple, out))
-            cur.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                # Read the head inside the write lock: another process may have
+                # appended since our last commit.
+                last_id, last_hash = cur.execute(_LAST).fetchone() or (0, GENESIS_HASH)
+                for draft in drafts:
+                    last_id += 1
+                    record = seal(draft, last_id, last_hash)
+                    last_hash = record.hash
+                    out.append(record)
+                cur.executemany(_INSERT, map(tuple, out))
+                cur.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if flush:
+                self.db.flush_off(cur)
         return out
 
     # ------------------------------------------------------------------ reading

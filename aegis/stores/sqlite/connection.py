@@ -26,11 +26,19 @@ from collections.abc import Iterator
 from typing import Final, Protocol
 
 from aegis.errors import StoreError
+from aegis.stores.base import Durability, resolve_durability
 
 __all__ = ["APPLICATION_ID", "Guard", "SQLiteDatabase", "create_owner_only", "store_error"]
 
 #: PRAGMA application_id of Aegis databases ("AEGS")
 APPLICATION_ID: Final = 0x41454753
+
+# In WAL mode FULL syncs the WAL at every commit, which makes every frame
+# written before (by any connection) durable too; NORMAL syncs it only at
+# checkpoints. The setting is the connection's and read at each commit, so
+# switching it between two commits costs a statement, not a reopen.
+_FLUSH_ON: Final = "PRAGMA synchronous=FULL"
+_FLUSH_OFF: Final = "PRAGMA synchronous=NORMAL"
 
 _HINTS: Final = (
     ("not a database", "it is not an Aegis audit database; use the one your runtime writes"),
@@ -111,8 +119,14 @@ class SQLiteDatabase:
     Args:
         path: the database file, or ``":memory:"``.
         busy_timeout: seconds to wait for another writer before failing.
-        synchronous: ``"normal"`` (a commit survives the death of the
-            process) or ``"full"`` (it survives power loss too).
+        durability: the :data:`~aegis.stores.base.Durability` of the
+            file's commits: the connection runs with ``synchronous=FULL``
+            (an fsync of the WAL per commit) at ``"full"`` and with
+            ``synchronous=NORMAL`` (the WAL synced at checkpoints only)
+            otherwise; at ``"result"`` the audit turns ``FULL`` on for the
+            commits that must reach the disk (:meth:`flush_on`).
+        synchronous: the older spelling: ``"normal"`` is ``durability="process"``,
+            ``"full"`` is ``"full"``.
         readonly: never write (see the module docstring).
     """
 
@@ -121,12 +135,13 @@ class SQLiteDatabase:
         path: str,
         *,
         busy_timeout: float = 30.0,
-        synchronous: str = "normal",
+        durability: str | None = None,
+        synchronous: str | None = None,
         readonly: bool = False,
     ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
-        self.synchronous = synchronous
+        self.durability: Durability = resolve_durability(durability, synchronous)
         self.readonly = readonly
         self.lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -194,7 +209,7 @@ class SQLiteDatabase:
             # write less to the WAL (records are a few hundred bytes).
             conn.execute("PRAGMA page_size=1024")
             self._enable_wal(conn)
-            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            conn.execute(_FLUSH_ON if self.durability == "full" else _FLUSH_OFF)
             # Checkpoints (which fsync) every ~8 MiB of WAL rather than every
             # 1,000 pages: with small pages that would be every ~1 MiB.
             conn.execute("PRAGMA wal_autocheckpoint=8192")
@@ -246,6 +261,20 @@ class SQLiteDatabase:
             if time.monotonic() > deadline:
                 raise sqlite3.OperationalError(f"could not switch to WAL mode (still {mode})")
             time.sleep(0.01)
+
+    def flush_on(self, conn: sqlite3.Connection | sqlite3.Cursor) -> None:
+        """Make the next commits on ``conn`` wait for the disk (until :meth:`flush_off`).
+
+        Call both outside a transaction, under :attr:`lock`. At ``"full"``
+        every commit waits already and these do nothing.
+        """
+        if self.durability != "full":
+            conn.execute(_FLUSH_ON)
+
+    def flush_off(self, conn: sqlite3.Connection | sqlite3.Cursor) -> None:
+        """Back to the connection's own setting after :meth:`flush_on`."""
+        if self.durability != "full":
+            conn.execute(_FLUSH_OFF)
 
     def close(self) -> None:
         """Close the connection; calling it again does nothing."""
