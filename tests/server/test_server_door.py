@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,13 @@ BAD_BODIES = [
 ]
 
 
+#: the test server (tests/conftest.py reads the same variable); not imported from
+#: there: which "conftest" a fixture finds at run time depends on collection order
+POSTGRES_DSN = os.environ.get(
+    "AEGIS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -51,7 +59,6 @@ def served(
         import uuid
 
         import psycopg
-        from conftest import POSTGRES_DSN
 
         schema = f"aegis_test_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
