@@ -65,7 +65,12 @@ class Receiver:
                     stop.wait(60)
                     return
                 at = time.perf_counter()
-                if not verify_signature(SECRET, body, self.headers.get("X-Aegis-Signature")):
+                if not verify_signature(
+                    SECRET,
+                    body,
+                    self.headers.get("X-Aegis-Signature"),
+                    self.headers.get("X-Aegis-Delivery"),
+                ):
                     receiver.bad += 1
                 receiver.count += 1
                 marker = b'"id":"apr_'

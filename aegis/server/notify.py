@@ -20,16 +20,18 @@ with these headers:
 ``X-Aegis-Delivery``
     the event id, the same on every retry (deduplicate on it);
 ``X-Aegis-Signature``
-    ``t=<unix seconds>,v1=<hex>``, where ``<hex>`` is HMAC-SHA256, keyed with
-    the ``--webhook-secret``, of the bytes ``<unix seconds>.`` followed by the
-    raw request body.
+    ``t=<unix seconds>,v2=<hex>``, where ``<hex>`` is HMAC-SHA256, keyed with
+    the webhook secret, of the bytes ``<unix seconds>.<delivery id>.``
+    followed by the raw request body: the delivery id receivers deduplicate
+    on is signed too, so a replay cannot pass as a new delivery.
 
 How a receiver verifies a delivery (what :func:`verify_signature` does):
 
 1. read the raw body bytes, before any JSON parsing;
-2. split the header on ``,`` into ``t`` and ``v1`` (ignore other keys);
-3. compute HMAC-SHA256 with the shared secret over ``t + "." + body`` and
-   compare it with ``v1`` in constant time (``hmac.compare_digest``);
+2. split the header on ``,`` into ``t`` and ``v2`` (ignore other keys);
+3. compute HMAC-SHA256 with the shared secret over
+   ``t + "." + X-Aegis-Delivery + "." + body`` and compare it with ``v2``
+   in constant time (``hmac.compare_digest``);
 4. refuse it when ``t`` is more than five minutes from the receiver's clock,
    so that a captured delivery cannot be replayed later; remember the
    ``X-Aegis-Delivery`` ids seen in that window to refuse a replay within it.
@@ -156,38 +158,52 @@ class Notification:
 # ------------------------------------------------------------------ signatures
 
 
-def _mac(secret: str | bytes, timestamp: str, body: bytes) -> str:
-    key = secret.encode() if isinstance(secret, str) else secret
-    return hmac.new(key, timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+def _mac(secret: str | bytes, timestamp: str, delivery: str, body: bytes) -> str:
+    key = secret.encode("utf-8", "surrogateescape") if isinstance(secret, str) else secret
+    signed = timestamp.encode("ascii") + b"." + delivery.encode("ascii") + b"." + body
+    return hmac.new(key, signed, hashlib.sha256).hexdigest()
 
 
-def sign_payload(secret: str | bytes, body: bytes, *, timestamp: int | None = None) -> str:
-    """The ``X-Aegis-Signature`` value for ``body``: ``t=<unix seconds>,v1=<hex HMAC-SHA256>``.
+def sign_payload(
+    secret: str | bytes, body: bytes, delivery: str, *, timestamp: int | None = None
+) -> str:
+    """The ``X-Aegis-Signature`` value: ``t=<unix seconds>,v2=<hex HMAC-SHA256>``.
+
+    The MAC covers the time, the delivery id (``X-Aegis-Delivery``, what
+    receivers deduplicate on) and the body, so none can be changed alone.
 
     Example::
 
-        sign_payload("s3cret", b'{"id": "evt_1"}', timestamp=1700000000)
-        # 't=1700000000,v1=…'
+        sign_payload("s3cret", b'{"id": "evt_1"}', "evt_1", timestamp=1700000000)
+        # 't=1700000000,v2=…'
     """
     stamp = str(int(time.time()) if timestamp is None else timestamp)
-    return f"t={stamp},v1={_mac(secret, stamp, body)}"
+    return f"t={stamp},v2={_mac(secret, stamp, delivery, body)}"
 
 
 def verify_signature(
     secret: str | bytes,
     body: bytes,
     header: str | None,
+    delivery: str | None,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     now: float | None = None,
 ) -> bool:
-    """Whether ``header`` is a valid, fresh ``X-Aegis-Signature`` of ``body``.
+    """Whether ``header`` is a valid, fresh ``X-Aegis-Signature`` of ``delivery`` and ``body``.
 
-    For receivers (and tests): ``body`` must be the raw bytes as received.
-    A missing or malformed header, a wrong MAC, or a timestamp more than
-    ``tolerance`` seconds from ``now`` (default: the current time) is ``False``.
+    For receivers (and tests): ``body`` must be the raw bytes as received,
+    ``delivery`` the ``X-Aegis-Delivery`` header. Anything malformed (a
+    missing header or delivery id, non-ASCII or non-text values, a body
+    that is not bytes), a wrong MAC, or a timestamp more than ``tolerance``
+    seconds from ``now`` (default: the current time) is ``False``, never an
+    exception.
     """
-    if not header:
+    if not isinstance(header, str) or not header.isascii():
+        return False
+    if not isinstance(delivery, str) or not delivery or not delivery.isascii():
+        return False
+    if not isinstance(body, bytes | bytearray | memoryview):
         return False
     parts: dict[str, list[str]] = {}
     for item in header.split(","):
@@ -200,9 +216,12 @@ def verify_signature(
     current = time.time() if now is None else now
     if abs(current - int(stamps[0])) > tolerance:
         return False
-    expected = _mac(secret, stamps[0], body)
-    # any one v1 may match: lets a sender sign with an old and a new secret while rotating
-    return any(hmac.compare_digest(expected, given) for given in parts.get("v1", []))
+    try:
+        expected = _mac(secret, stamps[0], delivery, bytes(body)).encode("ascii")
+    except (TypeError, ValueError):  # a secret that is neither text nor bytes
+        return False
+    # any one v2 may match: lets a sender sign with an old and a new secret while rotating
+    return any(hmac.compare_digest(expected, given.encode()) for given in parts.get("v2", []))
 
 
 # ------------------------------------------------------------------ Slack
@@ -707,7 +726,7 @@ class Notifications:
             "User-Agent": _USER_AGENT,
             "X-Aegis-Event": event.type,
             "X-Aegis-Delivery": event.id,
-            SIGNATURE_HEADER: sign_payload(self._secret, body),
+            SIGNATURE_HEADER: sign_payload(self._secret, body, event.id),
         }
 
     def _render_slack(self, event: Notification) -> tuple[bytes, dict[str, str]]:

@@ -204,7 +204,12 @@ def test_webhook_and_slack_hear_of_requests_and_decisions(service: Service, run:
     (requested,) = events_for(service.hook, "approval.requested")
     (decided,) = events_for(service.hook, "approval.decided")
     for delivery in (requested, decided):
-        assert verify_signature(SECRET, delivery.body, delivery.headers["X-Aegis-Signature"])
+        assert verify_signature(
+            SECRET,
+            delivery.body,
+            delivery.headers["X-Aegis-Signature"],
+            delivery.headers["X-Aegis-Delivery"],
+        )
     body = decided.json()
     assert body["link"] == f"https://aegis.example.com/requests/{request['id']}"
     assert body["reviewer"] == "alice"

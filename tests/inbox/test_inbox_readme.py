@@ -60,11 +60,12 @@ def test_the_receiver_check_accepts_only_fresh_signed_bodies() -> None:
     exec(compile(code, "README.md", "exec"), scope)
     verify = scope["verify"]
     body = b'{"type":"approval.requested"}'
-    header = sign_payload(b"s3cret", body)
-    assert verify(body, header, b"s3cret")
-    assert not verify(body + b" ", header, b"s3cret")
-    assert not verify(body, header, b"other")
-    assert not verify(
-        body, sign_payload(b"s3cret", body, timestamp=int(time.time()) - 400), b"s3cret"
-    )
-    assert not verify(body, "garbage", b"s3cret")
+    header = sign_payload(b"s3cret", body, "evt_1")
+    assert verify(body, header, "evt_1", b"s3cret")
+    assert not verify(body + b" ", header, "evt_1", b"s3cret")
+    assert not verify(body, header, "evt_2", b"s3cret")
+    assert not verify(body, header, "evt_1", b"other")
+    old = sign_payload(b"s3cret", body, "evt_1", timestamp=int(time.time()) - 400)
+    assert not verify(body, old, "evt_1", b"s3cret")
+    assert not verify(body, "garbage", "evt_1", b"s3cret")
+    assert not verify(body, header, "évt", b"s3cret")

@@ -81,23 +81,44 @@ def test_webhook_event_is_signed_json_with_link(notifications: list[Notification
     assert delivery.headers["X-Aegis-Delivery"] == body["id"]
     assert delivery.headers["Content-Type"] == "application/json"
     signature = delivery.headers["X-Aegis-Signature"]
-    assert verify_signature(SECRET, delivery.body, signature)
-    assert not verify_signature("another-secret", delivery.body, signature)
-    assert not verify_signature(SECRET, delivery.body.replace(b"900", b"901"), signature)
+    delivered = delivery.headers["X-Aegis-Delivery"]
+    assert verify_signature(SECRET, delivery.body, signature, delivered)
+    assert not verify_signature("another-secret", delivery.body, signature, delivered)
+    assert not verify_signature(SECRET, delivery.body.replace(b"900", b"901"), signature, delivered)
+    # the delivery id receivers deduplicate on is signed: a replay under a new id fails
+    assert not verify_signature(SECRET, delivery.body, signature, "evt_replayed")
 
 
 def test_signature_refuses_stale_and_malformed_headers() -> None:
     """A signature older than the tolerance, or a malformed header, does not verify."""
     body = b'{"id":"evt_1"}'
-    old = sign_payload(SECRET, body, timestamp=1_700_000_000)
-    assert verify_signature(SECRET, body, old, now=1_700_000_000 + 299)
-    assert not verify_signature(SECRET, body, old, now=1_700_000_000 + 301)
-    assert not verify_signature(SECRET, body, old, now=1_700_000_000 - 301)
-    mac = old.split("v1=")[1]
-    for header in (None, "", "v1=" + mac, "t=abc,v1=" + mac, "t=1700000000", f"t=1,t=2,v1={mac}"):
-        assert not verify_signature(SECRET, body, header, now=1_700_000_000), header
+    old = sign_payload(SECRET, body, "evt_1", timestamp=1_700_000_000)
+    assert verify_signature(SECRET, body, old, "evt_1", now=1_700_000_000 + 299)
+    assert not verify_signature(SECRET, body, old, "evt_1", now=1_700_000_000 + 301)
+    assert not verify_signature(SECRET, body, old, "evt_1", now=1_700_000_000 - 301)
+    mac = old.split("v2=")[1]
+    for header in (None, "", "v2=" + mac, "t=abc,v2=" + mac, "t=1700000000", f"t=1,t=2,v2={mac}"):
+        assert not verify_signature(SECRET, body, header, "evt_1", now=1_700_000_000), header
     # the timestamp is covered: moving it forward breaks the MAC
-    assert not verify_signature(SECRET, body, f"t=1700000100,v1={mac}", now=1_700_000_100)
+    assert not verify_signature(SECRET, body, f"t=1700000100,v2={mac}", "evt_1", now=1_700_000_100)
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "delivery"),
+    [
+        (b"{}", "t=1700000000,v2=\u00e9", "evt_1"),  # non-ASCII MAC
+        (b"{}", "t=1700000000,v2=\udc80", "evt_1"),  # a lone surrogate
+        (b"{}", "t=\u0661\u0662,v2=ab", "evt_1"),  # digits, but not ASCII ones
+        (b"{}", b"t=1700000000,v2=ab", "evt_1"),  # bytes, not text
+        ("{}", "t=1700000000,v2=ab", "evt_1"),  # a body that is not bytes
+        (None, "t=1700000000,v2=ab", "evt_1"),
+        (b"{}", "t=1700000000,v2=ab", None),  # no delivery id
+        (b"{}", "t=1700000000,v2=ab", "\u00e9vt"),
+    ],
+)
+def test_malformed_input_answers_false(body: Any, header: Any, delivery: Any) -> None:
+    """verify_signature answers False for malformed headers and bodies, never raises."""
+    assert verify_signature(SECRET, body, header, delivery, now=1_700_000_000) is False
 
 
 def test_retries_with_backoff_until_the_receiver_accepts(
@@ -111,7 +132,12 @@ def test_retries_with_backoff_until_the_receiver_accepts(
         time.sleep(0.1)
         assert len(receiver.deliveries) == 4  # nothing after the success
     assert len({d.headers["X-Aegis-Delivery"] for d in deliveries}) == 1
-    assert all(verify_signature(SECRET, d.body, d.headers["X-Aegis-Signature"]) for d in deliveries)
+    assert all(
+        verify_signature(
+            SECRET, d.body, d.headers["X-Aegis-Signature"], d.headers["X-Aegis-Delivery"]
+        )
+        for d in deliveries
+    )
     gaps = [b.at - a.at for a, b in itertools.pairwise(deliveries)]
     # jittered exponential backoff: 0.05 * 2**n * [0.5, 1]
     assert gaps[0] >= 0.02
