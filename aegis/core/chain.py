@@ -45,6 +45,7 @@ __all__ = [
     "HASHED_SCALARS",
     "Head",
     "VerifyReport",
+    "hash_pieces",
     "record_hash",
     "row_hash",
     "seal",
@@ -261,6 +262,28 @@ def row_hash(record: Sequence[Any]) -> str:
     except ValueError:  # a hand-written NaN in a scalar field: it cannot match
         text = safe_repr(tuple(record))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def hash_pieces(draft: RecordDraft) -> tuple[str, str]:
+    """The text a record's hash covers, less its id and ``prev_hash``: ``(middle, tail)``.
+
+    For a store that links records where the chain's head is (a database
+    function under the chain's lock): the hash of ``draft`` sealed as record
+    ``n`` after ``prev`` (hex, as every hash is) is the SHA-256 of the UTF-8 of
+    ``f'[{n},{middle},"{prev}"{tail}'``, which is :func:`row_hash`'s text.
+
+    Raises:
+        ValueError: a field holds what JSON cannot (a NaN); seal it instead.
+    """
+    text = _encode_scalars(
+        [
+            0, draft[1], draft[2], draft[3], draft[4], draft[6], draft[7], draft[8],
+            draft[9], draft[10], draft[11], draft[12], draft[14], draft[15], draft[16], "",
+        ]
+    )  # fmt: skip
+    params = _json_text(draft[5])
+    extension = _extension(draft[17], draft[18], draft[0], draft[19], draft[20])
+    return text[3:-4], f",{len(params)},{params},{_json_text(draft[13])}{extension}]"
 
 
 def record_hash(record: Mapping[str, Any]) -> str:

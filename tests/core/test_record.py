@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aegis.core.action import Action
-from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, Head, record_hash, seal, verify_chain
+from aegis.core.chain import (
+    EMPTY_HEAD,
+    GENESIS_HASH,
+    Head,
+    hash_pieces,
+    record_hash,
+    seal,
+    verify_chain,
+)
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.filters import Filters
 from aegis.core.record import (
@@ -210,3 +219,28 @@ def test_row_hash_equals_record_hash_for_runtime_shaped_records(
     )
     record = seal(draft, 3, GENESIS_HASH)
     assert record.hash == record_hash(to_dict(record))
+
+
+@given(
+    st.sampled_from(["start", "final", None]),
+    st.text(max_size=20),
+    st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=2**62)),
+    st.integers(min_value=1, max_value=2**62),
+    st.text("0123456789abcdef", min_size=64, max_size=64),
+)
+def test_hash_pieces_around_id_and_prev_give_the_seal_hash(  # noqa: PLR0917
+    kind: str | None,
+    reason: str,
+    params: dict[str, Any],
+    start_id: int | None,
+    record_id: int,
+    prev: str,
+) -> None:
+    """The text a database assembles from hash_pieces, the id and prev_hash hashes as seal does."""
+    decision = PolicyDecision(Action("read", "crm", params), RiskLevel.LOW, Approval.AUTO, reason)
+    draft = start_draft("s", decision)._replace(kind=kind, start_id=start_id)
+    middle, tail = hash_pieces(draft)
+    text = f'[{record_id},{middle},"{prev}"{tail}'
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    assert digest == seal(draft, record_id, prev).hash

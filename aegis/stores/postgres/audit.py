@@ -4,19 +4,32 @@ Records live in ``aegis_audit_log`` in the store's schema, one column per
 record field: ``id`` and ``start_id`` as ``BIGINT``, the rest as ``TEXT``
 exactly as hashed, so the server never re-renders what the hash covers.
 
-Appends are serialized per chain by a transaction-scoped advisory lock: a
-writer takes the lock, reads the head, seals its records after it
-(:func:`aegis.core.chain.seal`), inserts them and commits, which releases
-the lock. N processes on M machines thus append one after another and
-never fork the chain; a unique ``prev_hash`` makes a fork impossible even
-for a writer that skipped the lock. The facade
-(:class:`~aegis.runtime.audit.AuditLogger`) calls :meth:`append` from a
-writer thread with every record that queued up meanwhile: concurrent
-actions share one transaction, one round trip and one fsync.
+An append is one round trip. The client encodes its records' fields and
+the text their hashes cover (:func:`aegis.core.chain.hash_pieces`) and
+calls the schema's ``aegis_audit_append`` function, which takes the
+chain's transaction-scoped advisory lock, reads the head, links, hashes
+and inserts the records, and commits without waiting for the disk: the
+lock is held for a few statements on the server, never across a network
+round trip or an fsync. When the records must be durable, the same
+message then commits a tiny write that waits for the disk; its commit lies
+after the append's, so its flush covers the records. Those flushes run
+outside the lock, so the writers of a fleet wait for the disk together
+(PostgreSQL's group commit): the chain grows with the number of writers,
+not one fsync at a time. Every record is in the chain the moment its
+append commits; none waits for a later linking step.
 
-A connection lost mid-append (a restarted server, a terminated backend) is
-retried once on a new connection; the retry first checks, under the lock,
-whether the lost transaction committed after all, so nothing is written
+A unique ``prev_hash`` makes a fork impossible even for a writer that
+skipped the lock. The client recomputes each record's hash from the id and
+predecessor the server chose (:func:`aegis.core.chain.seal`) and refuses a
+server whose hash differs. The facade (:class:`~aegis.runtime.audit.AuditLogger`)
+calls :meth:`PostgresAuditStore.append` from a writer thread with every
+record that queued up meanwhile: concurrent actions of a process share one
+round trip.
+
+An append whose connection was lost (a restarted server, a terminated
+backend, a server that stopped answering) is settled on a new connection,
+under the chain's lock: when its last record is there it committed, and is
+returned as it is; otherwise it is appended once more. Nothing is written
 twice and nothing is lost. Verification streams the chain through a
 server-side cursor in one snapshot and hands it to
 :func:`aegis.core.chain.verify_chain`, the one verifier of every store.
@@ -34,7 +47,15 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, seal, verify_chain
+from aegis.core.chain import (
+    EMPTY_HEAD,
+    GENESIS_HASH,
+    Head,
+    VerifyReport,
+    hash_pieces,
+    seal,
+    verify_chain,
+)
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft
@@ -51,12 +72,14 @@ from aegis.stores.base import (
 from aegis.stores.postgres.connection import Connection, Database
 from aegis.stores.postgres.schema import migrate, schema_lock_key
 
-__all__ = ["AUDIT_TABLE", "CHECKPOINT_TABLE", "PostgresAuditStore"]
+__all__ = ["APPEND_FUNCTION", "AUDIT_TABLE", "CHECKPOINT_TABLE", "PostgresAuditStore"]
 
 #: the table of the audit trail, in the store's schema
 AUDIT_TABLE: Final = "aegis_audit_log"
 #: the table of its signed checkpoints
 CHECKPOINT_TABLE: Final = "aegis_audit_checkpoints"
+#: the function that links and inserts an append, in the store's schema
+APPEND_FUNCTION: Final = "aegis_audit_append"
 
 #: the fields a record may leave empty; all others are NOT NULL
 _NULLABLE: Final = frozenset(
@@ -81,7 +104,53 @@ def _column(name: str) -> str:
     return f"{name} {kind}" + ("" if name in _NULLABLE else " NOT NULL")
 
 
-_MIGRATIONS: Final = {
+def _append_function() -> str:
+    """The statement creating ``aegis_audit_append``: lock, link, hash, insert; no fsync.
+
+    Arguments: the chain's lock key (two ints), every record's draft fields
+    as one flat text array (``start_id`` as text), and per record the two
+    pieces of its hashed text (:func:`aegis.core.chain.hash_pieces`). It
+    returns each record's id, predecessor hash and hash, in order.
+    """
+    width = len(RecordDraft._fields)
+    values = ", ".join(
+        f"v[b + {n}]" + ("::bigint" if name in _INTEGERS else "")
+        for n, name in enumerate(RecordDraft._fields, 1)
+    )
+    return (
+        f"CREATE OR REPLACE FUNCTION {{schema}}.{APPEND_FUNCTION}("
+        "lock1 integer, lock2 integer, v text[], mids text[], tails text[]) "
+        "RETURNS TABLE (rid bigint, rprev text, rhash text) "
+        "LANGUAGE plpgsql VOLATILE AS $aegis$\n"
+        "DECLARE\n"
+        "  b integer;\n"
+        "BEGIN\n"
+        # the lock is released at commit: committing must not wait for the
+        # disk, or the fleet would fsync one append at a time
+        "  PERFORM set_config('synchronous_commit', 'off', true);\n"
+        "  PERFORM pg_advisory_xact_lock(lock1, lock2);\n"
+        # a new snapshot per statement: the head as the last holder left it
+        f"  SELECT l.id, l.hash INTO rid, rhash FROM {{schema}}.{AUDIT_TABLE} AS l\n"
+        "    ORDER BY l.id DESC LIMIT 1;\n"
+        "  IF NOT FOUND THEN\n"
+        f"    rid := 0; rhash := '{GENESIS_HASH}';\n"
+        "  END IF;\n"
+        "  FOR i IN 1 .. coalesce(array_length(mids, 1), 0) LOOP\n"
+        f"    b := (i - 1) * {width};\n"
+        "    rid := rid + 1;\n"
+        "    rprev := rhash;\n"
+        "    rhash := encode(sha256(convert_to('[' || rid || ',' || mids[i]\n"
+        "      || ',\"' || rprev || '\"' || tails[i], 'UTF8')), 'hex');\n"
+        f"    INSERT INTO {{schema}}.{AUDIT_TABLE} ({', '.join(RECORD_FIELDS)})\n"
+        f"      VALUES (rid, {values}, rprev, rhash);\n"
+        "    RETURN NEXT;\n"
+        "  END LOOP;\n"
+        "END\n"
+        "$aegis$"
+    )
+
+
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # 0 -> 1: the chain as it is hashed, field by field
     0: (
         f"CREATE TABLE {{schema}}.{AUDIT_TABLE} ("
@@ -100,12 +169,28 @@ _MIGRATIONS: Final = {
         "hash TEXT NOT NULL, created_at TEXT NOT NULL, key_id TEXT NOT NULL, "
         "signature TEXT NOT NULL)",
     ),
+    # 2 -> 3: appends in one round trip, linked by the server under the lock
+    2: (_append_function(),),
 }
+
+
 #: the schema version that added CHECKPOINT_TABLE
 _CHECKPOINTS_SINCE: Final = 2
 
 #: rows per page when reading, and per round trip of the verifying cursor
 _PAGE: Final = 1000
+#: how many of a session's newest records are searched for an append whose
+#: outcome is unknown (a lost connection): only its own writer appends to a
+#: session, so its last record, if there, is among the very newest
+_SETTLE_WINDOW: Final = 1000
+
+#: after an append, in the same message: commit it, then wait for the disk.
+#: A transaction that writes WAL and commits synchronously flushes the WAL up
+#: to its own commit, which lies after the append's; a one-line logical
+#: message is the cheapest such write any role may make. Many writers'
+#: flushes overlap and the server syncs them together.
+_FLUSH: Final = "; COMMIT; SELECT pg_logical_emit_message(true, 'aegis', '')"
+_FLUSH_ALONE: Final = _FLUSH.removeprefix("; COMMIT; ")
 
 _COLUMNS: Final = sql.SQL(", ").join(map(sql.Identifier, RECORD_FIELDS))
 
@@ -113,6 +198,23 @@ _COLUMNS: Final = sql.SQL(", ").join(map(sql.Identifier, RECORD_FIELDS))
 _FINISHED: Final = sql.SQL(
     "kind = 'start' AND EXISTS (SELECT 1 FROM {} AS f WHERE f.start_id = {}.id)"
 )
+
+
+def _arguments(drafts: list[RecordDraft]) -> tuple[list[Any], list[str], list[str]]:
+    """The append function's arguments: every draft's fields in one list, the hash pieces."""
+    values: list[Any] = []
+    mids: list[str] = []
+    tails: list[str] = []
+    for draft in drafts:
+        try:
+            mid, tail = hash_pieces(draft)
+        except ValueError as exc:  # a NaN in a scalar field: no runtime writes one
+            raise StoreError(f"an audit record holds what JSON cannot: {exc}") from exc
+        mids.append(mid)
+        tails.append(tail)
+        values.extend(draft[:-1])
+        values.append(None if draft.start_id is None else str(draft.start_id))
+    return values, mids, tails
 
 
 def _storable(draft: RecordDraft) -> RecordDraft:
@@ -138,20 +240,21 @@ class PostgresAuditStore(ReadMixin):
             ``None`` uses the connection's ``current_schema()``.
         create: create the tables when missing; ``False`` requires an existing trail.
         readonly: never create, migrate or write (auditors, the command line).
-        durability: when :meth:`append` returns, its records are committed
-            (visible to every reader, safe from the death of the writing
-            process). With ``"full"`` every append also waits until they are
-            on the server's disk. With ``"result"`` (the default) an append
-            of start records only does not wait: the final record of the
-            action, which does wait, makes its start durable with it, and
-            the server's WAL writer flushes within a fraction of a second
-            anyway; only a server crash in that moment could lose a start.
-            With ``"process"`` no append waits for the disk. See
+        durability: what a returned :meth:`append` survives. Every append is
+            committed when it returns (visible to every reader, safe from
+            the death of the writing process). ``"process"``: nothing more;
+            a crash of the server may lose the last fraction of a second.
+            ``"result"`` (the default): an append holding a final record
+            returns once it is on the server's disk (and its synchronous
+            standbys), and with it every record before it, its action's
+            start included; an append of start records only does not wait
+            (the server's WAL writer flushes it within a fraction of a
+            second anyway). ``"full"``: every append waits for the disk. See
             :data:`~aegis.stores.base.Durability`.
-        synchronous: the older spelling: ``"normal"`` is ``"result"``,
-            ``"full"`` is ``"full"``.
-        connect_timeout, statement_timeout, pool_timeout, max_connections:
-            see :class:`~aegis.stores.postgres.connection.Database`.
+        synchronous: the older name: ``"normal"`` is ``"result"``, ``"full"``
+            is ``"full"``.
+        connect_timeout, statement_timeout, response_timeout, pool_timeout,
+        max_connections: see :class:`~aegis.stores.postgres.connection.Database`.
 
     Example::
 
@@ -172,26 +275,28 @@ class PostgresAuditStore(ReadMixin):
         synchronous: str | None = None,
         connect_timeout: float = 5.0,
         statement_timeout: float | None = 30.0,
+        response_timeout: float | None = 40.0,
         pool_timeout: float = 10.0,
         max_connections: int = 4,
     ) -> None:
+        #: what a returned append promises (:data:`~aegis.stores.base.Durability`)
+        self.durability: Durability = resolve_durability(durability, synchronous, normal="result")
         self.db = Database(
             dsn,
             schema=schema,
             connect_timeout=connect_timeout,
             statement_timeout=statement_timeout,
+            response_timeout=response_timeout,
             pool_timeout=pool_timeout,
             max_connections=max_connections,
         )
-        #: what a returned append promises (:data:`~aegis.stores.base.Durability`)
-        self.durability: Durability = resolve_durability(durability, synchronous, normal="result")
         self.url = self.db.where
         self.readonly = readonly
         self._create = create and not readonly
         self._ready = False
         self._table: sql.Composed | None = None
         self._checkpoints: sql.Composed | None = None
-        self._sql_lock = self._sql_head = self._sql_landed = self._sql_insert = ""
+        self._sql_append = self._sql_flush = self._sql_lock = self._sql_last = ""
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
         self._writer_pid = 0
@@ -222,27 +327,17 @@ class PostgresAuditStore(ReadMixin):
         )
         # The statements of every append, rendered once: composing SQL costs
         # more than a loopback round trip.
-        # The append commits without waiting for the disk (set_config is
-        # local to the transaction), so the chain's lock is not held through
-        # an fsync; append() then waits for durability outside the lock.
-        self._sql_lock = (
-            sql.SQL(
-                "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock({})"
-            )
-            .format(schema_lock_key(schema, AUDIT_TABLE))
+        key = schema_lock_key(schema, AUDIT_TABLE)
+        self._sql_append = (
+            sql.SQL("SELECT rid, rprev, rhash FROM {}.{}({}, %s::text[], %s::text[], %s::text[])")
+            .format(sql.Identifier(schema), sql.Identifier(APPEND_FUNCTION), key)
             .as_string(conn)
         )
-        self._sql_head = (
-            sql.SQL("SELECT id, hash FROM {} ORDER BY id DESC LIMIT 1")
-            .format(table)
-            .as_string(conn)
-        )
-        self._sql_landed = (
-            sql.SQL("SELECT 1 FROM {} WHERE id = %s AND hash = %s").format(table).as_string(conn)
-        )
-        self._sql_insert = (
-            sql.SQL("INSERT INTO {} ({}) VALUES ({})")
-            .format(table, _COLUMNS, sql.SQL(", ").join(sql.Placeholder() * len(RECORD_FIELDS)))
+        self._sql_lock = sql.SQL("SELECT pg_advisory_xact_lock({})").format(key).as_string(conn)
+        # the newest records of a session, to settle an append whose outcome is unknown
+        self._sql_last = (
+            sql.SQL("SELECT {} FROM {} WHERE session_id = %s ORDER BY id DESC LIMIT {}")
+            .format(_COLUMNS, table, sql.Literal(_SETTLE_WINDOW))
             .as_string(conn)
         )
         self._ready = True
@@ -269,10 +364,18 @@ class PostgresAuditStore(ReadMixin):
                 "SELECT has_table_privilege(%s, 'INSERT'), pg_is_in_recovery(), "
                 "current_setting('transaction_read_only'), current_user, "
                 "has_function_privilege('pg_logical_emit_message(boolean, text, text)', "
-                "'EXECUTE')",
+                "'EXECUTE'), current_setting('server_encoding')",
                 (table,),
             ).fetchone()
-        may_insert, standby, read_only, user, may_flush = row or (True, False, "off", "", True)
+        may_insert, standby, read_only, user, may_flush, encoding = row or (
+            True, False, "off", "", True, "UTF8"
+        )  # fmt: skip
+        if encoding != "UTF8":
+            raise StoreError(
+                f"cannot append to the audit trail in {self.url}: the database's encoding is "
+                f"{encoding}, and records are hashed as UTF-8; create the database with "
+                "ENCODING 'UTF8'"
+            )
         if standby or read_only == "on":
             raise StoreError(
                 f"cannot append to the audit trail in {self.url}: the server is read-only "
@@ -295,11 +398,15 @@ class PostgresAuditStore(ReadMixin):
     # -- writing ---------------------------------------------------------------
 
     def append(self, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
-        """Seal ``drafts`` after the head in one transaction; return them once durable.
+        """Link ``drafts`` after the head in one transaction; return them once durable.
+
+        "Durable" as :attr:`durability` says: at ``"result"`` an append that
+        holds a final record returns once it is on the server's disk.
 
         Raises:
-            StoreError: nothing was written (a failed transaction writes no
-                record); the message names the DSN and what to do.
+            StoreError: the records were not written, or (the connection was
+                lost and cannot be had again) whether they were is unknown;
+                the message names the DSN and what to do.
         """
         if self.readonly:
             raise StoreError(f"the audit store at {self.url} was opened read-only")
@@ -307,66 +414,23 @@ class PostgresAuditStore(ReadMixin):
             raise StoreError(f"the audit store at {self.url} is closed; open a new one")
         if not drafts:
             return []
+        stored = [_storable(draft) for draft in drafts]
+        durable = must_flush(self.durability, stored)
+        arguments = _arguments(stored)
         with self._write_lock:
-            records = self._link(drafts)
-        if must_flush(self.durability, records):
-            self._make_durable(records)
-        return records
-
-    def _link(self, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
-        """Append ``drafts`` to the chain and commit, not yet waiting for the disk."""
-        attempt: list[AuditRecord] = []
-        try:
-            return self._append_once(drafts, attempt)
-        except psycopg.OperationalError as first:
-            conn = self._writer_conn
-            if conn is not None and not conn.broken:
-                raise self.db.error("append to the audit trail in", first) from first
-            # The connection died (a restarted server, a terminated backend, a
-            # network cut). Whether its commit landed is unknown: the retry
-            # settles that under the chain's lock before writing again.
-            self._drop_writer_conn()
+            conn = self._writer()
             try:
-                return self._append_once(drafts, attempt)
+                return self._append_once(conn, stored, arguments, durable)
             except psycopg.Error as exc:
-                self._drop_writer_conn()
-                raise self.db.error("append to the audit trail in", exc) from exc
-        except psycopg.Error as exc:
-            raise self.db.error("append to the audit trail in", exc) from exc
+                # Which part of the message failed is not known: the append
+                # may have committed before its flush failed. Settle it.
+                lost = conn.broken or conn.closed
+                if lost:
+                    self._drop_writer_conn()
+                return self._settle(stored, arguments, durable, exc, again=lost)
 
-    def _make_durable(self, records: list[AuditRecord]) -> None:
-        """Return once ``records`` are on the server's disk (and synchronous standbys).
-
-        A transaction that writes WAL and commits synchronously flushes the
-        WAL up to its own commit, which lies after the append's: a one-line
-        logical message is the cheapest such write any role may make.
-        Flushes of many writers overlap: the server syncs them together.
-        """
-        last = records[-1]
-        doing = "confirm that the audit records are durable in"
-        for attempt in (1, 2):
-            try:
-                with self.db.connection(doing) as conn:
-                    if attempt == 2:
-                        # The first try lost its connection: is the append still
-                        # there? After a server crash it may not be, and then it
-                        # was never acknowledged to anyone.
-                        landed = conn.execute(self._sql_landed, (last.id, last.hash)).fetchone()
-                        if landed is None:
-                            raise StoreError(
-                                f"cannot {doing} {self.url}: the server lost records "
-                                f"{records[0].id}-{last.id} before they reached its disk "
-                                "(it crashed or restarted); nothing of them was recorded, retry"
-                            )
-                    conn.execute("SELECT pg_logical_emit_message(true, 'aegis', '')")
-                return
-            except StoreError as exc:
-                if attempt == 2 or not isinstance(exc.__cause__, psycopg.OperationalError):
-                    raise
-
-    def _append_once(
-        self, drafts: Sequence[RecordDraft], attempt: list[AuditRecord]
-    ) -> list[AuditRecord]:
+    def _writer(self) -> Connection:
+        """The writing connection of this process, opened (and the schema readied) on first use."""
         conn = self._writer_conn
         if conn is not None and self._writer_pid != os.getpid():
             # A forked child must not talk on its parent's socket (nor close
@@ -376,32 +440,106 @@ class PostgresAuditStore(ReadMixin):
         if conn is None:
             conn = self._writer_conn = self.db.connect("append to the audit trail in")
             self._writer_pid = os.getpid()
-        self._prepare(conn)
-        with conn.transaction():
-            # The lock and the head read must be two statements: a statement's
-            # snapshot is taken when it starts, before the lock is granted.
-            conn.execute(self._sql_lock)
-            if attempt:
-                # A retry: did the lost attempt commit after all? Holding the
-                # lock, its transaction has ended one way or the other.
-                last = attempt[-1]
-                found = conn.execute(self._sql_landed, (last.id, last.hash)).fetchone()
-                if found is not None:
-                    return list(attempt)
-                attempt.clear()
-            head = conn.execute(self._sql_head).fetchone()
-            record_id, prev = head if head is not None else (0, EMPTY_HEAD.hash)
-            for draft in drafts:
-                record_id += 1
-                record = seal(_storable(draft), record_id, prev)
-                prev = record.hash
-                attempt.append(record)
-            if len(attempt) == 1:
-                conn.execute(self._sql_insert, attempt[0])
-            else:
-                conn.cursor().executemany(self._sql_insert, attempt)
+            try:
+                self._prepare(conn)
+            except psycopg.Error as exc:
+                self._drop_writer_conn()
+                raise self.db.error("append to the audit trail in", exc) from exc
+            except BaseException:
+                self._drop_writer_conn()
+                raise
+        return conn
+
+    def _append_once(
+        self,
+        conn: Connection,
+        drafts: list[RecordDraft],
+        arguments: tuple[list[Any], list[str], list[str]],
+        durable: bool,
+    ) -> list[AuditRecord]:
+        """One message: append (linked by the server), and when ``durable`` commit and flush."""
+        cursor = psycopg.ClientCursor(conn)
+        cursor.execute(self._sql_append + _FLUSH if durable else self._sql_append, arguments)
+        records = self._sealed(drafts, cursor.fetchall())
         self.commits += 1
-        return list(attempt)
+        return records
+
+    def _sealed(self, drafts: list[RecordDraft], rows: list[tuple[Any, ...]]) -> list[AuditRecord]:
+        """The records as the server linked them; refuse a server that hashed one otherwise."""
+        if len(rows) != len(drafts):
+            raise StoreError(
+                f"the audit trail in {self.url} returned {len(rows)} records for an append of "
+                f"{len(drafts)}; its {APPEND_FUNCTION} function was changed, restore it"
+            )
+        records = []
+        for draft, (record_id, prev, digest) in zip(drafts, rows, strict=True):
+            record = seal(draft, int(record_id), str(prev))
+            if record.hash != digest:
+                raise StoreError(
+                    f"the audit trail in {self.url} hashed record {record_id} otherwise than "
+                    "Aegis does, so the chain no longer verifies; the database must use the "
+                    f"UTF8 encoding and its {APPEND_FUNCTION} function must be Aegis' own"
+                )
+            records.append(record)
+        return records
+
+    def _settle(
+        self,
+        drafts: list[RecordDraft],
+        arguments: tuple[list[Any], list[str], list[str]],
+        durable: bool,
+        failure: psycopg.Error,
+        *,
+        again: bool,
+    ) -> list[AuditRecord]:
+        """Find out whether a failed append committed; append it ``again`` if not and if lost.
+
+        Under the chain's lock the failed transaction has ended one way or
+        the other, and only this writer appends to its sessions: the append
+        committed if its last record is among its session's newest.
+        """
+        doing = "append to the audit trail in"
+        try:
+            conn = self._writer()
+            with conn.transaction():
+                conn.execute(self._sql_lock)
+                landed = self._landed(conn, drafts)
+                if landed is None and again:
+                    cursor = psycopg.ClientCursor(conn)
+                    cursor.execute(self._sql_append, arguments)
+                    landed = self._sealed(drafts, cursor.fetchall())
+                    self.commits += 1
+            if landed is None:
+                raise self.db.error(doing, failure) from failure
+            if durable:
+                conn.execute(_FLUSH_ALONE)
+            return landed
+        except psycopg.Error as exc:
+            if self._writer_conn is not None and self._writer_conn.broken:
+                self._drop_writer_conn()
+            raise self.db.error(doing, exc) from exc
+
+    def _landed(self, conn: Connection, drafts: list[RecordDraft]) -> list[AuditRecord] | None:
+        """The records of an append of ``drafts`` if it committed, else ``None``."""
+        last = tuple(drafts[-1])
+        newest = conn.execute(self._sql_last, (drafts[-1].session_id,)).fetchall()
+        for row in newest:
+            if tuple(row[1:-2]) == last:
+                end = int(row[0])
+                rows = conn.execute(
+                    sql.SQL("SELECT {} FROM {} WHERE id > %s AND id <= %s ORDER BY id").format(
+                        _COLUMNS, self._t
+                    ),
+                    (end - len(drafts), end),
+                ).fetchall()
+                found = [AuditRecord(*r) for r in rows]
+                if [tuple(r[1:-2]) for r in found] != [tuple(d) for d in drafts]:
+                    raise StoreError(
+                        f"an append to the audit trail in {self.url} was interrupted and only "
+                        f"part of it is found (records up to {end}); verify the trail"
+                    )
+                return found
+        return None
 
     def _drop_writer_conn(self) -> None:
         conn, self._writer_conn = self._writer_conn, None

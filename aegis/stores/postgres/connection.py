@@ -12,6 +12,10 @@ Timeouts, each configurable:
 - ``connect_timeout``: a server that does not answer the connection;
 - ``statement_timeout``: a statement that runs or waits (for the chain's
   lock, say) too long; the server cancels it;
+- ``response_timeout``: a server that keeps the connection open but stops
+  answering (a stopped postmaster, a stalled pooler, a hung disk), which no
+  server-side timeout can end: the client gives up on the round trip,
+  closes the connection and fails;
 - TCP keepalives and ``tcp_user_timeout``: a server that vanished without
   closing the connection (a dead machine, a cut network);
 - ``pool_timeout``: every pooled connection busy;
@@ -28,7 +32,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from aegis.errors import ConfigurationError, StoreError
@@ -36,6 +40,7 @@ from aegis.errors import ConfigurationError, StoreError
 try:
     import psycopg
     from psycopg import conninfo as _conninfo
+    from psycopg.abc import PQGen
     from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError as exc:  # pragma: no cover - CI installs every extra
     raise ImportError(
@@ -43,10 +48,42 @@ except ImportError as exc:  # pragma: no cover - CI installs every extra
         'install them with: pip install "aegis-runtime[postgres]"'
     ) from exc
 
-__all__ = ["Connection", "Database", "is_postgres_url", "mask_dsn"]
+__all__ = ["AnsweringConnection", "Connection", "Database", "is_postgres_url", "mask_dsn"]
 
 #: a psycopg connection as the store uses it (tuples as rows, autocommit on)
 Connection = psycopg.Connection[tuple[Any, ...]]
+
+_RV = TypeVar("_RV")
+# psycopg raises this (an OperationalError) when a wait's timeout expires
+_WAIT_TIMEOUT: Final[type[BaseException]] = getattr(psycopg.errors, "_WaitTimeout", TimeoutError)
+
+
+class AnsweringConnection(Connection):
+    """A connection whose every round trip has a client-side deadline (``response_timeout``).
+
+    A server that stops answering leaves libpq waiting forever on a socket
+    the kernel keeps open (keepalives are answered by the kernel): past the
+    deadline the connection is closed and ``OperationalError`` raised, so
+    the caller fails instead of hanging, and the pool discards it.
+    """
+
+    #: seconds one round trip may wait for the server; None waits forever
+    response_timeout: float | None = None
+
+    def wait(self, gen: PQGen[_RV], interval: float = 0.1, timeout: float | None = None) -> _RV:
+        """psycopg's wait, bounded by :attr:`response_timeout` unless a timeout is given."""
+        limit = self.response_timeout if timeout is None else timeout
+        try:
+            return super().wait(gen, interval, limit)
+        except _WAIT_TIMEOUT:
+            if timeout is not None:
+                raise
+            self.pgconn.finish()  # mid-message: the connection cannot be used again
+            raise psycopg.OperationalError(
+                f"the server did not answer within {limit:g}s (response_timeout); "
+                "it may be stopped, stalled or overloaded"
+            ) from None
+
 
 _SCHEMES: Final = ("postgresql://", "postgres://")
 
@@ -140,6 +177,11 @@ class Database:
         connect_timeout: seconds to wait for the server to accept a connection.
         statement_timeout: seconds any one statement may run or wait for a
             lock before the server cancels it; ``None`` keeps the server's.
+        response_timeout: seconds the client waits for the server's answer
+            to any one round trip before it closes the connection and fails
+            (a server that stopped answering); ``None`` waits forever. Keep
+            it above ``statement_timeout``, so that the server's clearer
+            error comes first.
         pool_timeout: seconds to wait for a free pooled connection.
         max_connections: the size of the pool of reading connections.
     """
@@ -151,6 +193,7 @@ class Database:
         schema: str | None = None,
         connect_timeout: float = 5.0,
         statement_timeout: float | None = 30.0,
+        response_timeout: float | None = 40.0,
         pool_timeout: float = 10.0,
         max_connections: int = 4,
     ) -> None:
@@ -176,6 +219,7 @@ class Database:
         self._password = str(params.get("password") or "")
         self.connect_timeout = _seconds("connect_timeout", connect_timeout) or 5.0
         self.statement_timeout = _seconds("statement_timeout", statement_timeout)
+        self.response_timeout = _seconds("response_timeout", response_timeout)
         self.pool_timeout = _seconds("pool_timeout", pool_timeout) or 10.0
         self._max_connections = max_connections
         self._conninfo = self._with_timeouts(dsn, params)
@@ -273,9 +317,15 @@ class Database:
         if self._closed:
             raise StoreError(f"the store at {self.where} is closed; open a new one")
         try:
-            return psycopg.connect(self._conninfo, autocommit=True)
+            conn = AnsweringConnection.connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise self.error(doing, exc) from exc
+        self._configure(conn)
+        return conn
+
+    def _configure(self, conn: Connection) -> None:
+        if isinstance(conn, AnsweringConnection):
+            conn.response_timeout = self.response_timeout
 
     def _open_pool(self, doing: str) -> ConnectionPool[Connection]:
         with self._lock:
@@ -294,6 +344,8 @@ class Database:
             pool: ConnectionPool[Connection] = ConnectionPool(
                 self._conninfo,
                 kwargs={"autocommit": True},
+                connection_class=AnsweringConnection,
+                configure=self._configure,
                 min_size=1,
                 max_size=self._max_connections,
                 open=False,

@@ -562,7 +562,7 @@ def test_appending_nothing_writes_nothing(postgres_dsn: str) -> None:
 def test_a_trail_of_an_older_schema_is_read_as_is_and_migrated_by_a_writer(
     trail: AuditLogger, postgres_dsn: str
 ) -> None:
-    """A version-1 trail (no checkpoints table) reads and verifies; a writer migrates it to 2."""
+    """A version-1 trail (no checkpoints table) reads and verifies; a writer migrates it."""
     fill(trail, 3)
     sql(postgres_dsn, "DROP TABLE aegis_audit_checkpoints")
     sql(postgres_dsn, "UPDATE aegis_schema_versions SET version = 1 WHERE component = 'audit'")
@@ -575,8 +575,26 @@ def test_a_trail_of_an_older_schema_is_read_as_is_and_migrated_by_a_writer(
         assert writer.store.checkpoints() == []  # type: ignore[attr-defined]
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(2,)]
+    ) == [(3,)]
     assert sql(postgres_dsn, "SELECT count(*) FROM aegis_audit_checkpoints") == [(0,)]
+
+
+def test_a_trail_written_before_the_append_function_is_upgraded_and_continued(
+    trail: AuditLogger, postgres_dsn: str
+) -> None:
+    """A version-2 trail (appends linked by the client) gains the function and chains on."""
+    fill(trail, 3)
+    sql(postgres_dsn, "DROP FUNCTION aegis_audit_append")
+    sql(postgres_dsn, "UPDATE aegis_schema_versions SET version = 2 WHERE component = 'audit'")
+    with AuditLogger(postgres_dsn) as writer:
+        d = decision(4)
+        assert writer.log("s2", d, result=success(d)) == 4
+        report = writer.verify()
+        assert report.ok, report.reason
+        assert report.checked == 4
+    assert sql(
+        postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
+    ) == [(3,)]
 
 
 async def test_signed_checkpoints_on_postgresql_catch_a_consistent_rewrite(

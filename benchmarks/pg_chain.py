@@ -1,0 +1,249 @@
+"""The PostgreSQL chain against the server's own floor: one and eight writers.
+
+Measured in one run, on one server, interleaved round by round so that the
+load of a shared machine falls on every figure alike:
+
+- **bare**: the server's durable commit rate, a one-row ``INSERT`` per
+  transaction on one connection (``synchronous_commit`` on): the floor of
+  one flush per action;
+- **1 process**: one worker process running ``Runtime.run_one`` one action
+  at a time (a policy, an executor that does nothing, the PostgreSQL audit
+  trail) at each durability level;
+- **8 processes**: eight such workers at once, into the same chain.
+
+Each row prints actions per second and its ratio to the bare commit rate of
+the same round; the summary takes the median over the rounds. Targets (issue
+22, at the default durability ``"result"``): 1 process >= 0.40x bare,
+8 processes >= 1.0x bare.
+
+Usage::
+
+    python benchmarks/pg_chain.py                    # 3 rounds, every durability
+    python benchmarks/pg_chain.py --rounds 5 --seconds 5 --durability result
+    python benchmarks/pg_chain.py --json out.json
+
+The server is ``$AEGIS_TEST_POSTGRES_DSN`` (default the local test server);
+each run gets a fresh schema, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+POSTGRES = os.environ.get("AEGIS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+LEVELS = ("process", "result", "full")
+POLICY = {
+    "version": "1",
+    "defaults": {"risk_level": "medium", "approval": "block"},
+    "rules": [
+        {"name": "writes", "match": {"type": "write"}, "risk_level": "low", "approval": "auto"}
+    ],
+}
+
+
+# ---------------------------------------------------------------- the worker
+
+
+async def _work(db: str, seconds: float, worker: int, durability: str) -> dict[str, Any]:
+    from aegis import Action, AuditLogger, Policy, Runtime  # noqa: PLC0415  # in the child only
+    from aegis.stores.postgres.audit import PostgresAuditStore  # noqa: PLC0415
+
+    audit = AuditLogger(store=PostgresAuditStore(db, durability=durability))
+    async with Runtime(
+        executor=lambda action: {"ok": True}, policy=Policy.from_dict(POLICY), audit_logger=audit
+    ) as runtime:
+        n = 0
+
+        async def one() -> None:
+            nonlocal n
+            n += 1
+            result = await runtime.run_one(
+                Action("write", "crm", {"n": n, "worker": worker}), context={"worker": worker}
+            )
+            if not result.ok:
+                raise SystemExit(f"an action failed: {result.error}")
+
+        await one()  # connects and creates the tables: before the clock
+        print("ready", flush=True)
+        sys.stdin.readline()
+        done = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            await one()
+            done += 1
+        elapsed = time.perf_counter() - start
+    return {"worker": worker, "actions": done, "elapsed": elapsed}
+
+
+def worker_main(db: str, seconds: float, worker: int, durability: str) -> None:
+    """Child process: connect, say ready, wait for the go line, run, print one JSON line."""
+    print(json.dumps(asyncio.run(_work(db, seconds, worker, durability))), flush=True)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def _fresh() -> tuple[str, Callable[[], None]]:
+    """A DSN whose search_path is a fresh schema, and its cleanup."""
+    import psycopg  # noqa: PLC0415
+
+    schema = f"aegis_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+
+    def drop() -> None:
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+    separator = "&" if "?" in POSTGRES else "?"
+    return f"{POSTGRES}{separator}options=-csearch_path%3D{schema}", drop
+
+
+def bare_commits(seconds: float) -> float:
+    """Durable commits per second of a one-row INSERT per transaction, one connection."""
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = on")
+        table = f"aegis_bare_{uuid.uuid4().hex[:8]}"
+        conn.execute(f"CREATE TABLE public.{table} (x int)")
+        try:
+            done = 0
+            start = time.perf_counter()
+            deadline = start + seconds
+            while time.perf_counter() < deadline:
+                conn.execute(f"INSERT INTO public.{table} VALUES (%s)", (done,))
+                done += 1
+            return done / (time.perf_counter() - start)
+        finally:
+            conn.execute(f"DROP TABLE public.{table}")
+
+
+def fleet(processes: int, durability: str, seconds: float) -> float:
+    """Actions per second of ``processes`` sequential workers into one fresh chain."""
+    db, cleanup = _fresh()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    try:
+        children = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", db, str(seconds), str(i), durability],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for i in range(processes)
+        ]
+        try:
+            for child in children:
+                assert child.stdout is not None
+                if child.stdout.readline().strip() != "ready":
+                    raise SystemExit(f"a worker did not start (exit {child.wait()})")
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            summaries = []
+            for child in children:
+                out, _ = child.communicate(timeout=600)
+                if child.returncode != 0:
+                    raise SystemExit(f"a worker failed (exit {child.returncode})")
+                summaries.append(json.loads(out))
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        # every worker ran for the same time from the same go: the fleet's rate
+        # is the sum of theirs
+        return sum(s["actions"] / s["elapsed"] for s in summaries)
+    finally:
+        cleanup()
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on Linux
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the rounds, print each and the medians; optionally write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", nargs=4, metavar=("DB", "SECONDS", "N", "DURABILITY"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--processes", type=int, default=8)
+    parser.add_argument("--durability", nargs="+", choices=LEVELS, default=list(LEVELS))
+    parser.add_argument("--json", type=Path, help="write every sample here")
+    args = parser.parse_args(argv)
+    if args.worker:
+        db, seconds, n, durability = args.worker
+        worker_main(db, float(seconds), int(n), durability)
+        return 0
+
+    print(f"PostgreSQL chain benchmark: {POSTGRES.split('@')[-1]}, {os.cpu_count()} CPUs")
+    print(f"{args.rounds} rounds x {args.seconds:g} s per figure; load average at start {_load()}")
+    samples: list[dict[str, Any]] = []
+    for round_no in range(1, args.rounds + 1):
+        bare = bare_commits(args.seconds)
+        print(f"\nround {round_no}: bare durable commits {bare:,.0f}/s (load {_load()})")
+        for durability in args.durability:
+            for processes in (1, args.processes):
+                rate = fleet(processes, durability, args.seconds)
+                ratio = rate / bare
+                samples.append(
+                    {
+                        "round": round_no,
+                        "durability": durability,
+                        "processes": processes,
+                        "rate": rate,
+                        "bare": bare,
+                        "ratio": ratio,
+                    }
+                )
+                print(
+                    f"  durability={durability:<8} {processes} process(es): "
+                    f"{rate:8,.0f} actions/s = {ratio:5.2f}x bare"
+                )
+    print("\nmedian over rounds (ratio to the bare commit rate of the same round):")
+    print("| durability | processes | actions/s | x bare |")
+    print("|---|---|---|---|")
+    for durability in args.durability:
+        for processes in (1, args.processes):
+            mine = [
+                s for s in samples if s["durability"] == durability and s["processes"] == processes
+            ]
+            print(
+                f"| {durability} | {processes} | "
+                f"{statistics.median(s['rate'] for s in mine):,.0f} | "
+                f"{statistics.median(s['ratio'] for s in mine):.2f} |"
+            )
+    bares = sorted({s["bare"] for s in samples})
+    print(f"bare commits/s: median {statistics.median(bares):,.0f} (of {len(bares)} rounds)")
+    print(f"load average at the end {_load()}")
+    if args.json:
+        args.json.write_text(json.dumps(samples, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
