@@ -29,6 +29,7 @@ import math
 import os
 import re
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,35 +55,51 @@ __all__ = ["AnsweringConnection", "Connection", "Database", "is_postgres_url", "
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 _RV = TypeVar("_RV")
-# psycopg raises this (an OperationalError) when a wait's timeout expires
-_WAIT_TIMEOUT: Final[type[BaseException]] = getattr(psycopg.errors, "_WaitTimeout", TimeoutError)
+
+
+def _bounded(gen: PQGen[_RV], seconds: float, conn: Connection) -> PQGen[_RV]:
+    """``gen``, failing once it has waited ``seconds`` for the server.
+
+    psycopg's wait loop resumes a generator at least every 0.1 s even when
+    nothing arrived, so the deadline is checked whether or not the server
+    answers. A connection past its deadline is mid-message: it is closed.
+    """
+    deadline = time.monotonic() + seconds
+    try:
+        waiting_for = next(gen)
+        while True:
+            ready = yield waiting_for
+            if time.monotonic() > deadline:
+                conn.pgconn.finish()
+                raise psycopg.OperationalError(
+                    f"the server did not answer within {seconds:g}s (response_timeout); "
+                    "it may be stopped, stalled or overloaded"
+                )
+            waiting_for = gen.send(ready)
+    except StopIteration as done:
+        result: _RV = done.value
+        return result
 
 
 class AnsweringConnection(Connection):
     """A connection whose every round trip has a client-side deadline (``response_timeout``).
 
     A server that stops answering leaves libpq waiting forever on a socket
-    the kernel keeps open (keepalives are answered by the kernel): past the
-    deadline the connection is closed and ``OperationalError`` raised, so
-    the caller fails instead of hanging, and the pool discards it.
+    the kernel keeps open (it answers keepalives itself): past the deadline
+    the connection is closed and ``OperationalError`` raised, so the caller
+    fails instead of hanging, and a pool discards the connection.
     """
 
     #: seconds one round trip may wait for the server; None waits forever
     response_timeout: float | None = None
 
     def wait(self, gen: PQGen[_RV], interval: float = 0.1, timeout: float | None = None) -> _RV:
-        """psycopg's wait, bounded by :attr:`response_timeout` unless a timeout is given."""
-        limit = self.response_timeout if timeout is None else timeout
-        try:
-            return super().wait(gen, interval, limit)
-        except _WAIT_TIMEOUT:
-            if timeout is not None:
-                raise
-            self.pgconn.finish()  # mid-message: the connection cannot be used again
-            raise psycopg.OperationalError(
-                f"the server did not answer within {limit:g}s (response_timeout); "
-                "it may be stopped, stalled or overloaded"
-            ) from None
+        """psycopg's wait, bounded by :attr:`response_timeout`."""
+        if self.response_timeout is not None:
+            gen = _bounded(gen, self.response_timeout, self)
+        if timeout is None:  # psycopg before 3.3.? has no timeout argument
+            return super().wait(gen, interval)
+        return super().wait(gen, interval, timeout)
 
 
 _SCHEMES: Final = ("postgresql://", "postgres://")
