@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra
@@ -47,6 +47,7 @@ try:
     from agents import (
         Agent,
         FunctionTool,
+        Handoff,
         RunContextWrapper,
         RunState,
         ToolGuardrailFunctionOutput,
@@ -63,6 +64,10 @@ _FRAMEWORK = "openai-agents"
 #: the attributes of a governed FunctionTool holding its Governor and action type
 _MARK = "_aegis_governor"
 _KIND = "_aegis_action_type"
+#: the attribute of a governed Agent holding its Governor
+_AGENT_MARK = "_aegis_governor"
+#: the attribute of a governed Agent holding the governed tools its MCP servers listed
+_MCP_TOOLS = "_aegis_mcp_tools"
 #: the key of a run's dict context under which approval request ids travel
 _CONTEXT_KEY = "aegis_approval_requests"
 
@@ -78,30 +83,117 @@ def govern(
     *,
     target: str = _FRAMEWORK,
     on_block: OnBlock = "return",
+    ungoverned: Collection[str] = (),
 ) -> Any:
-    """Put every function tool of an agent (or a list of tools) under ``runtime``.
+    """Put every tool an agent's run can reach (or a list of tools) under ``runtime``.
 
     Args:
-        agent_or_tools: an ``agents.Agent`` (its ``tools`` are replaced by
-            governed copies, and the agent is returned) or a list of tools
-            (a new list is returned). Tools other than ``FunctionTool`` are
-            kept as they are.
+        agent_or_tools: an ``agents.Agent`` (returned, governed in place) or
+            a list of tools (a new list is returned). Governing an agent
+            governs everything its run can reach: its function tools, the
+            agents it hands off to (``handoffs``, and any agent a custom
+            ``Handoff`` returns when it runs), the agents behind its
+            ``Agent.as_tool`` tools, and the tools of its ``mcp_servers``,
+            each listed anew on every turn, recursively.
         runtime: the :class:`~aegis.runtime.engine.Runtime`.
         target: the action ``target`` of every call (the toolset's name).
         on_block: ``"return"`` answers a blocked call with the reason;
             ``"raise"`` stops the run (``ToolInputGuardrailTripwireTriggered``).
+        ungoverned: names of tools Aegis cannot govern (hosted tools, which
+            run on the model provider's side, and other tools that are not
+            ``FunctionTool``) that you accept to leave ungoverned. Any other
+            such tool is refused.
 
     The policy replaces any ``needs_approval`` the tools had.
+
+    Raises:
+        ConfigurationError: a tool cannot be governed and is not in
+            ``ungoverned``, or a tool is governed already by another runtime.
     """
     governor = Governor(runtime, target=target, framework=_FRAMEWORK, on_block=on_block)
+    reach = _Reach(governor, frozenset(ungoverned))
     if isinstance(agent_or_tools, Agent):
-        agent_or_tools.tools = [_governed(t, governor) for t in agent_or_tools.tools]
+        reach.agent(agent_or_tools)
         return agent_or_tools
     if isinstance(agent_or_tools, list | tuple):
-        return [_governed(t, governor) for t in agent_or_tools]
+        return [reach.tool(t) for t in agent_or_tools]
     raise ConfigurationError(
         f"govern() takes an agents.Agent or a list of tools, got {type(agent_or_tools).__name__}"
     )
+
+
+class _Reach:
+    """Governs everything one agent's run can reach, each agent once."""
+
+    def __init__(self, governor: Governor, ungoverned: frozenset[str]) -> None:
+        self.governor = governor
+        self.ungoverned = ungoverned
+
+    def agent(self, agent: Any) -> None:
+        mark = getattr(agent, _AGENT_MARK, None)
+        if mark is self.governor:
+            return
+        if mark is not None:
+            raise ConfigurationError(
+                f"agent {agent.name!r} is governed already by another govern()"
+            )
+        setattr(agent, _AGENT_MARK, self.governor)  # first: handoff cycles end here
+        agent.tools = [self.tool(t) for t in agent.tools]
+        agent.handoffs = [self.handoff(h) for h in agent.handoffs]
+        if agent.mcp_servers:
+            self.mcp_tools(agent)
+
+    def tool(self, tool: Any) -> Any:
+        if isinstance(tool, FunctionTool):
+            inner = getattr(tool, "_agent_instance", None)
+            if getattr(tool, "_is_agent_tool", False) and isinstance(inner, Agent):
+                self.agent(inner)  # the agent behind Agent.as_tool runs its own tools
+            if getattr(tool, _MARK, None) is self.governor:
+                return tool
+            return _governed(tool, self.governor)
+        name = getattr(tool, "name", type(tool).__name__)
+        if name in self.ungoverned:
+            return tool
+        raise ConfigurationError(
+            f"tool {name!r} is a {type(tool).__name__}, which Aegis cannot govern (it does not "
+            "run through a FunctionTool's invocation); remove it, or name it in "
+            "govern(..., ungoverned=[...]) to leave it ungoverned on purpose"
+        )
+
+    def handoff(self, handoff: Any) -> Any:
+        if isinstance(handoff, Agent):
+            self.agent(handoff)
+            return handoff
+        if not isinstance(handoff, Handoff):
+            return handoff
+        ref = getattr(handoff, "_agent_ref", None)
+        target = ref() if callable(ref) else None
+        if isinstance(target, Agent):
+            self.agent(target)
+        invoke = handoff.on_invoke_handoff
+
+        async def governed_handoff(context: Any, arguments: str) -> Any:
+            # A custom handoff may return any agent: it is governed before it runs.
+            agent = await invoke(context, arguments)
+            if isinstance(agent, Agent):
+                self.agent(agent)
+            return agent
+
+        governed = copy.copy(handoff)
+        governed.on_invoke_handoff = governed_handoff
+        return governed
+
+    def mcp_tools(self, agent: Any) -> None:
+        listed = agent.get_mcp_tools
+
+        async def get_mcp_tools(run_context: Any) -> list[Any]:
+            tools = [self.tool(t) for t in await listed(run_context)]
+            known = {t.name: t for t in tools if isinstance(t, FunctionTool)}
+            setattr(agent, _MCP_TOOLS, {**getattr(agent, _MCP_TOOLS, {}), **known})
+            return tools
+
+        # Listed anew on each turn by the SDK: each listing is governed as it comes.
+        agent.get_mcp_tools = get_mcp_tools
 
 
 def governed_tool(
@@ -328,7 +420,7 @@ def _tool_of(item: Any) -> Any:
     for tool in getattr(agent, "tools", None) or ():
         if isinstance(tool, FunctionTool) and tool.name == item.name:
             return tool
-    return None
+    return (getattr(agent, _MCP_TOOLS, None) or {}).get(item.name)
 
 
 def _arguments(arguments: str | None) -> dict[str, Any]:
