@@ -31,6 +31,18 @@ def _listen_address(value: str | None) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def _session(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > 200 or not value.isprintable():
+        raise click.BadParameter(
+            "must be 1 to 200 printable characters, e.g. the agent's run id",
+            param_hint="'--session' / AEGIS_SESSION",
+        )
+    return value
+
+
 def _positive(value: float | None, what: str) -> float | None:
     if value is not None and value <= 0:
         raise click.BadParameter(f"{what} must be positive seconds, got {value:g}")
@@ -111,6 +123,16 @@ In a client's configuration, replace the server's command with:
     help="The largest message a client may send.",
 )
 @click.option("--agent", default=None, help="Who acts, for limits keyed by agent.")
+@click.option(
+    "--session",
+    "session_id",
+    default=None,
+    envvar="AEGIS_SESSION",
+    show_envvar=True,
+    metavar="ID",
+    help="The audit session of every call [default: a new random one]. Give the proxies of "
+    "one agent the same ID (and --db) to share flow history across servers and restarts.",
+)
 @click.option("--reload", is_flag=True, help="Decide later calls by the policy file's new content.")
 @click.option("-v", "--verbose", is_flag=True, help="Also log each call's outcome to stderr.")
 @format_option("table", "json")
@@ -131,6 +153,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     check: bool,
     max_message_bytes: int,
     agent: str | None,
+    session_id: str | None,
     reload: bool,
     verbose: bool,
     output_format: str,
@@ -181,6 +204,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         hide_blocked=hide_blocked,
         max_message_bytes=max_message_bytes,
         agent=agent,
+        session_id=_session(session_id),
         policy_path=policy_path,
         reload=reload,
     )
