@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from aegis.core.action import Action, canonical_json
+from aegis.core.identity import Identity
 from aegis.core.risk import RiskLevel
 
 __all__ = [
@@ -309,18 +310,33 @@ def parse_new_request(body: object) -> NewRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReviewerDecision:
-    """One reviewer's verdict on a request."""
+    """One reviewer's verdict on a request.
+
+    ``reviewer`` is the reviewer's :attr:`~aegis.core.identity.Identity.key`
+    (a token's name, or a provider's ``issuer#subject``): what makes two
+    decisions one person's. ``reviewer_name`` is their name for display.
+    """
 
     reviewer: str
     verdict: Verdict
     comment: str
     at: datetime
     grant_minutes: int | None = None
+    reviewer_name: str = ""
+
+    @property
+    def identity(self) -> Identity:
+        """Who decided: issuer, subject and display name."""
+        return Identity.from_key(self.reviewer, self.reviewer_name)
 
     def to_json(self) -> dict[str, Any]:
         """The decision as the API shows it."""
+        who = self.identity
         return {
             "reviewer": self.reviewer,
+            "reviewer_name": who.display,
+            "reviewer_issuer": who.issuer or None,
+            "reviewer_subject": who.subject,
             "verdict": self.verdict.value,
             "comment": self.comment,
             "at": iso(self.at),
@@ -489,7 +505,12 @@ class InboxSession:
 
 @dataclass(frozen=True, slots=True)
 class TokenInfo:
-    """A service token as stored: never the token itself, only its hash elsewhere."""
+    """A service token as stored: never the token itself, only its hash elsewhere.
+
+    A reviewer token may be tied to a person of an OpenID provider
+    (``oidc_subject``, and ``oidc_issuer`` or else the issuer the service
+    trusts): its decisions are then that person's.
+    """
 
     name: str
     role: Role
@@ -497,6 +518,8 @@ class TokenInfo:
     created_at: datetime | None = None
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    oidc_issuer: str | None = None
+    oidc_subject: str | None = None
 
     def usable_at(self, now: datetime) -> bool:
         """Whether the token may be used at ``now`` (not revoked, not expired)."""
@@ -519,4 +542,6 @@ class TokenInfo:
             "created_at": None if self.created_at is None else iso(self.created_at),
             "expires_at": None if self.expires_at is None else iso(self.expires_at),
             "state": self.state_at(now),
+            "oidc_issuer": self.oidc_issuer,
+            "oidc_subject": self.oidc_subject,
         }

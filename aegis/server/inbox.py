@@ -293,7 +293,11 @@ class Inbox:
             return None
         if not info.usable_at(self.service.clock()):
             return None
-        return Reviewer(Principal(info.name, info.role, info.groups), session)
+        try:
+            principal = self.service.principal_of(info)
+        except ApprovalServiceError:
+            return None  # tied to a subject at an issuer this service no longer names
+        return Reviewer(principal, session)
 
     # -------------------------------------------------------------- rendering
 

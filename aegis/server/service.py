@@ -38,11 +38,13 @@ from aegis.core.approval_request import (
     NewRequest,
     RequestStatus,
     Role,
+    TokenInfo,
     Verdict,
     request_digest,
     stricter_groups,
 )
 from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.identity import Identity
 from aegis.errors import ApprovalServiceError, AuditError
 from aegis.stores.approvals import ApprovalStore, AuditEvent, hash_token, new_request_id
 
@@ -69,11 +71,23 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a token's name, role and groups."""
+    """Who is calling: a name, a role and groups, and for a reviewer an identity.
+
+    ``identity`` is who decides, as decisions and the audit trail record
+    it (issuer and subject for a person of an OpenID provider, or a
+    token tied to one); ``None`` for a token tied to no provider, whose
+    name is its identity (:attr:`who`).
+    """
 
     name: str
     role: Role
     groups: tuple[str, ...] = ()
+    identity: Identity | None = None
+
+    @property
+    def who(self) -> Identity:
+        """The identity decisions are recorded and compared under."""
+        return self.identity if self.identity is not None else Identity.of_token(self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +137,9 @@ class ApprovalService:
             weaker approval than the policy demands, and the service never
             lowers what the agent's runtime asked for; an action the
             policy blocks is refused (403).
+        oidc_issuer: the OpenID provider the service trusts: a reviewer
+            token tied to a subject without naming an issuer is that
+            subject at this issuer.
     """
 
     def __init__(
@@ -135,6 +152,7 @@ class ApprovalService:
         poll_interval: float = 0.5,
         clock: Callable[[], datetime] = _utcnow,
         policy: Policy | None = None,
+        oidc_issuer: str | None = None,
     ) -> None:
         if not approval_ttl > 0:
             raise ValueError(
@@ -147,6 +165,7 @@ class ApprovalService:
         self.poll_interval = float(poll_interval)
         self.clock = clock
         self.policy = policy
+        self.oidc_issuer = oidc_issuer
         self._subscribers: list[Subscriber] = []
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
@@ -295,7 +314,27 @@ class ApprovalService:
                 status=401,
                 code="unauthorized",
             )
-        return Principal(info.name, info.role, info.groups)
+        return self.principal_of(info)
+
+    def principal_of(self, info: TokenInfo) -> Principal:
+        """The principal of a valid token: tied to a provider's subject, it is that person.
+
+        Raises:
+            ApprovalServiceError: 401 for a token tied to a subject when
+                neither the token nor the service names the issuer.
+        """
+        if info.oidc_subject is None:
+            return Principal(info.name, info.role, info.groups)
+        issuer = info.oidc_issuer or self.oidc_issuer
+        if not issuer:
+            raise ApprovalServiceError(
+                f"token {info.name!r} is tied to OpenID subject {info.oidc_subject!r} but "
+                "this service trusts no issuer; start it with --oidc-issuer",
+                status=401,
+                code="unauthorized",
+            )
+        identity = Identity(issuer, info.oidc_subject, info.name)
+        return Principal(info.name, info.role, info.groups, identity)
 
     @staticmethod
     def _require(principal: Principal, role: Role, doing: str) -> None:
@@ -315,12 +354,13 @@ class ApprovalService:
         """
         if principal.role is not Role.REVIEWER:
             return f"{principal.name} is not a reviewer"
-        if principal.name == request.requester:
+        who = principal.who
+        if who.key == request.requester:
             return "nobody may decide their own request"
         if request.reviewers and not set(principal.groups) & set(request.reviewers):
             return f"only reviewers in {', '.join(request.reviewers)} may decide this request"
-        if any(d.reviewer == principal.name for d in request.decisions):
-            return f"{principal.name} has already decided this request"
+        if any(d.reviewer == who.key for d in request.decisions):
+            return f"{who.display} has already decided this request"
         if request.status is not RequestStatus.PENDING:
             return f"the request is {request.status.value}"
         return None
@@ -509,7 +549,8 @@ class ApprovalService:
         """
         self._require(principal, Role.REVIEWER, "deciding an approval request")
         request = await self._current(request_id)
-        if principal.name == request.requester:
+        who = principal.who
+        if who.key == request.requester:
             raise _forbidden(
                 f"{principal.name} asked for approval request {request_id} and may not "
                 "decide it; another reviewer must",
@@ -531,13 +572,14 @@ class ApprovalService:
         stored, grant = await self._call(
             self.store.decide,
             request_id,
-            principal.name,
+            who.key,
             verdict,
             comment=comment,
             grant_minutes=grant_minutes if verdict is Verdict.APPROVE else None,
             now=self.clock(),
+            reviewer_name=who.display,
         )
-        self._emit(ApprovalEvent("approval.decided", stored, grant, principal.name))
+        self._emit(ApprovalEvent("approval.decided", stored, grant, str(who)))
         await self._flush_soon()
         return stored
 
@@ -606,9 +648,10 @@ class ApprovalService:
     async def revoke_grant(self, principal: Principal, grant_id: str) -> Grant:
         """Revoke a grant (reviewer role); later actions it covered ask again."""
         self._require(principal, Role.REVIEWER, "revoking a grant")
-        grant = await self._call(self.store.revoke_grant, grant_id, self.clock(), by=principal.name)
+        by = str(principal.who)
+        grant = await self._call(self.store.revoke_grant, grant_id, self.clock(), by=by)
         request = await self._call(self.store.get_request, grant.request_id)
-        self._emit(ApprovalEvent("grant.revoked", request, grant, principal.name))
+        self._emit(ApprovalEvent("grant.revoked", request, grant, by))
         await self._flush_soon()
         return grant
 
@@ -690,17 +733,34 @@ def _event_text(event: AuditEvent, request: ApprovalRequest) -> tuple[str, dict[
         expires = f"{request.expires_at:%Y-%m-%dT%H:%M:%SZ}"
         return f"requested by {request.requester}, expires {expires}", {}
     if kind == "approval.decided":
-        reviewer = str(ctx.get("reviewer"))
+        # Who decided, by identity (issuer#subject, or a token's name) with
+        # the display name beside it: what an auditor reads and matches.
+        who = Identity.from_key(str(ctx.get("reviewer")), str(ctx.get("reviewer_name") or ""))
+        reviewer = str(who)
         said = f": {ctx['comment']}" if ctx.get("comment") else ""
-        extra = {"reviewer": reviewer, "verdict": str(ctx.get("verdict"))}
+        extra = {"reviewer": who.key, "verdict": str(ctx.get("verdict"))}
+        if who.issuer:
+            extra |= {
+                "reviewer_issuer": who.issuer,
+                "reviewer_subject": who.subject,
+                "reviewer_name": who.display,
+            }
         if ctx.get("verdict") == Verdict.DENY.value:
             return f"denied by {reviewer}{said}", extra
-        names = [str(n) for n in ctx.get("approved_by") or [reviewer]]
+        keys = [str(n) for n in ctx.get("approved_by") or [who.key]]
+        shown = [str(n) for n in ctx.get("approved_by_names") or ()]
+        names = [
+            str(Identity.from_key(key, shown[i] if i < len(shown) else ""))
+            for i, key in enumerate(keys)
+        ]
         if ctx.get("status") == RequestStatus.APPROVED.value:
             return f"approved by {', '.join(names)}{said}", extra
         return f"{reviewer} approved ({len(names)} of {request.approvers}){said}", extra
     if kind == "grant.created":
-        by = ", ".join(str(n) for n in ctx.get("granted_by") or ())
+        known = {d.reviewer: d.identity for d in request.decisions}
+        by = ", ".join(
+            str(known.get(str(n)) or Identity.from_key(str(n))) for n in ctx.get("granted_by") or ()
+        )
         return (
             f"grant {ctx.get('grant')} given by {by} until {ctx.get('expires_at')} for "
             f"{request.action.type} -> {request.action.target} (rule {request.matched_rule}) "

@@ -39,6 +39,7 @@ from aegis.stores.approvals import AuditEvent, new_grant_id
 
 __all__ = [
     "EVENTS_SCHEMA",
+    "IDENTITY_SCHEMA",
     "SCHEMA",
     "SCHEMA_VERSION",
     "TERMS_SCHEMA",
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 #: the version of the approval tables, kept in aegis_schema_versions
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 COMPONENT: Final = "approvals"
 
 #: the tables of version 1, for both engines (``{p}`` is the table prefix)
@@ -162,6 +163,15 @@ TERMS_SCHEMA: Final = (
         ON {p}aegis_inbox_sessions (expires_at)""",
 )
 
+#: version 4: who decided by identity (the key in ``reviewer``, the display name
+#: beside it), and reviewer tokens tied to a person of an OpenID provider.
+#: ``{ifnx}`` is ``IF NOT EXISTS`` where the engine knows it for columns (PostgreSQL).
+IDENTITY_SCHEMA: Final = (
+    "ALTER TABLE {p}aegis_approval_decisions ADD COLUMN {ifnx}reviewer_name TEXT",
+    "ALTER TABLE {p}aegis_tokens ADD COLUMN {ifnx}oidc_issuer TEXT",
+    "ALTER TABLE {p}aegis_tokens ADD COLUMN {ifnx}oidc_subject TEXT",
+)
+
 _REQUEST_COLUMNS: Final = (
     "id, session_id, requester, digest, action_digest, action_json, risk_level, "
     "matched_rule, reason, approvers, reviewer_groups, created_at, expires_at, status, "
@@ -172,7 +182,9 @@ _GRANT_COLUMNS: Final = (
     "request_id, created_at, expires_at, revoked_at, approvers, reviewer_groups"
 )
 _SESSION_COLUMNS: Final = "id_hash, token_hash, identity, csrf, created_at, expires_at, ended_at"
-_TOKEN_COLUMNS: Final = "name, role, groups_json, created_at, expires_at, revoked_at"
+_TOKEN_COLUMNS: Final = (
+    "name, role, groups_json, created_at, expires_at, revoked_at, oidc_issuer, oidc_subject"
+)
 
 
 class Conflict(Exception):
@@ -239,7 +251,7 @@ class SqlApprovalStore:
 
     def _request(self, tx: Tx, row: tuple[Any, ...]) -> ApprovalRequest:
         decisions = tx.all(
-            "SELECT reviewer, verdict, comment, at, grant_minutes "
+            "SELECT reviewer, verdict, comment, at, grant_minutes, reviewer_name "
             "FROM {p}aegis_approval_decisions WHERE request_id = ? ORDER BY seq",
             (row[0],),
         )
@@ -424,6 +436,7 @@ class SqlApprovalStore:
         comment: str,
         grant_minutes: int | None,
         now: datetime,
+        reviewer_name: str = "",
     ) -> tuple[ApprovalRequest, Grant | None]:
         """See :meth:`aegis.stores.approvals.ApprovalStore.decide`."""
         stamp = iso(now)
@@ -461,8 +474,8 @@ class SqlApprovalStore:
             try:
                 tx.run(
                     "INSERT INTO {p}aegis_approval_decisions "
-                    "(request_id, reviewer, verdict, comment, at, grant_minutes, seq) "
-                    "SELECT ?, ?, ?, ?, ?, ?, COALESCE(MAX(seq), 0) + 1 "
+                    "(request_id, reviewer, verdict, comment, at, grant_minutes, reviewer_name, "
+                    "seq) SELECT ?, ?, ?, ?, ?, ?, ?, COALESCE(MAX(seq), 0) + 1 "
                     "FROM {p}aegis_approval_decisions WHERE request_id = ?",
                     (
                         request_id,
@@ -471,6 +484,7 @@ class SqlApprovalStore:
                         comment,
                         stamp,
                         grant_minutes,
+                        reviewer_name or None,
                         request_id,
                     ),
                 )
@@ -488,10 +502,12 @@ class SqlApprovalStore:
                 "approval.decided",
                 now,
                 reviewer=reviewer,
+                reviewer_name=reviewer_name or reviewer,
                 verdict=verdict.value,
                 comment=comment,
                 status=request.status.value,
                 approved_by=[d.reviewer for d in request.approvals],
+                approved_by_names=[d.identity.display for d in request.approvals],
             )
             grant = None
             if request.status is RequestStatus.APPROVED:
@@ -681,6 +697,8 @@ class SqlApprovalStore:
             json.dumps(list(info.groups)),
             iso(created),
             None if info.expires_at is None else iso(info.expires_at),
+            info.oidc_issuer,
+            info.oidc_subject,
         )
         with self._transaction(write=True) as tx:
             rows = tx.all(
@@ -696,13 +714,14 @@ class SqlApprovalStore:
             if rows:  # revoked or expired: the name may be given out again
                 tx.run(
                     "UPDATE {p}aegis_tokens SET token_hash = ?, role = ?, groups_json = ?, "
-                    "created_at = ?, expires_at = ?, revoked_at = NULL WHERE name = ?",
+                    "created_at = ?, expires_at = ?, oidc_issuer = ?, oidc_subject = ?, "
+                    "revoked_at = NULL WHERE name = ?",
                     (*values, info.name),
                 )
             else:
                 tx.run(
                     "INSERT INTO {p}aegis_tokens (token_hash, role, groups_json, created_at, "
-                    "expires_at, name) VALUES (?, ?, ?, ?, ?, ?)",
+                    "expires_at, oidc_issuer, oidc_subject, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (*values, info.name),
                 )
 
@@ -866,6 +885,7 @@ def _request_of(row: tuple[Any, ...], decisions: list[tuple[Any, ...]]) -> Appro
                     comment=d[2],
                     at=parse_time(d[3]),
                     grant_minutes=d[4],
+                    reviewer_name=d[5] or "",
                 )
                 for d in decisions
             ),
@@ -903,6 +923,8 @@ def _token_of(row: tuple[Any, ...]) -> TokenInfo:
         created_at=parse_time(row[3]),
         expires_at=_time(row[4]),
         revoked_at=_time(row[5]),
+        oidc_issuer=row[6],
+        oidc_subject=row[7],
     )
 
 

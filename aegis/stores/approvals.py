@@ -137,8 +137,14 @@ class ApprovalStore(Protocol):
         comment: str,
         grant_minutes: int | None,
         now: datetime,
+        reviewer_name: str = "",
     ) -> tuple[ApprovalRequest, Grant | None]:
         """Record one reviewer's verdict; return the request and the grant it created.
+
+        ``reviewer`` is the reviewer's identity key (see
+        :class:`~aegis.core.identity.Identity`): one identity decides once,
+        however many sessions or tokens it has; ``reviewer_name`` is kept
+        beside it for display.
 
         A deny denies at once; approvals count until the request's
         ``approvers`` distinct reviewers have approved. A grant is created

@@ -20,6 +20,7 @@ from aegis.errors import StoreError
 from aegis.stores._approvals_sql import (
     COMPONENT,
     EVENTS_SCHEMA,
+    IDENTITY_SCHEMA,
     SCHEMA_VERSION,
     TERMS_SCHEMA,
     Conflict,
@@ -187,6 +188,7 @@ class PostgresApprovalStore(SqlApprovalStore):
                 *statements(self._prefix),
                 *statements(self._prefix, EVENTS_SCHEMA),
                 *statements(self._prefix, TERMS_SCHEMA, ifnx="IF NOT EXISTS "),
+                *statements(self._prefix, IDENTITY_SCHEMA, ifnx="IF NOT EXISTS "),
             ):
                 tx.run(statement)
             tx.run(

@@ -22,6 +22,7 @@ from aegis.errors import StoreError
 from aegis.stores._approvals_sql import (
     COMPONENT,
     EVENTS_SCHEMA,
+    IDENTITY_SCHEMA,
     SCHEMA_VERSION,
     TERMS_SCHEMA,
     Conflict,
@@ -38,6 +39,7 @@ _MIGRATIONS: Final = {
     0: tuple(statements("")),
     1: tuple(statements("", EVENTS_SCHEMA)),
     2: tuple(statements("", TERMS_SCHEMA)),
+    3: tuple(statements("", IDENTITY_SCHEMA)),
 }
 
 _HINTS: Final = (
