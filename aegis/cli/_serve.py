@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,6 +12,9 @@ from aegis.cli._output import note
 from aegis.cli._params import secret_option
 from aegis.cli._store import durability_option, is_dsn, store_option
 from aegis.core.approval_request import parse_approval_ttl
+
+if TYPE_CHECKING:
+    from aegis.server.oidc import OidcSignIn
 
 __all__ = ["serve"]
 
@@ -21,6 +26,49 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a name: it may resolve anywhere
+
+
+def _bound_address(scheme: str, host: str, port: int) -> str | None:
+    """``scheme://host:port`` as a browser would reach it; ``None`` when it cannot tell."""
+    if port == 0 or host in {"0.0.0.0", "::", ""}:  # any address: no one to name
+        return None  # each request's own address stands in
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
+
+def _oidc_signin(
+    issuer: str | None,
+    client_id: str | None,
+    secret: str | None,
+    *,
+    groups_claim: str,
+    scopes: str,
+    required_groups: tuple[str, ...],
+    key: str,
+    redirect_base: str | None,
+) -> OidcSignIn | None:
+    """The inbox's OpenID sign-in of the ``--oidc-*`` options, or ``None`` without them."""
+    if issuer is None and client_id is None:
+        if secret is not None:
+            raise click.UsageError("an OpenID client secret needs --oidc-issuer")
+        return None
+    if issuer is None or client_id is None:
+        raise click.UsageError("give both --oidc-issuer and --oidc-client-id")
+    # Imported here: Authlib (the oidc extra) is only needed with these options.
+    from aegis.server.oidc import OidcSettings, OidcSignIn  # noqa: PLC0415
+
+    try:
+        settings = OidcSettings(
+            issuer=issuer,
+            client_id=client_id,
+            client_secret=secret,
+            groups_claim=groups_claim,
+            scopes=tuple(scopes.split()),
+            required_groups=tuple(g.strip() for g in required_groups if g.strip()),
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    return OidcSignIn(settings, key, redirect_base=redirect_base)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -94,6 +142,44 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "to keep reviewers signed in (default: random per process).",
 )
 @click.option(
+    "--oidc-issuer",
+    metavar="URL",
+    help="Let reviewers sign in with this OpenID provider (its issuer URL, exactly).",
+)
+@click.option("--oidc-client-id", metavar="ID", help="The inbox's client id at the provider.")
+@secret_option(
+    "oidc-client-secret",
+    "AEGIS_OIDC_CLIENT_SECRET",
+    "the OpenID client secret",
+    help_text="The inbox's client secret at the provider (none: a public client, PKCE alone).",
+)
+@click.option(
+    "--oidc-groups-claim",
+    default="groups",
+    show_default=True,
+    help="The ID token claim listing a person's groups: their reviewer groups.",
+)
+@click.option(
+    "--oidc-scopes",
+    default="openid profile email",
+    show_default=True,
+    help="The scopes asked for at sign-in (add the one that brings the groups claim).",
+)
+@click.option(
+    "--oidc-require-group",
+    "oidc_required_groups",
+    multiple=True,
+    metavar="GROUP",
+    help="Only people in one of these groups may sign in (repeatable; default: anyone "
+    "the provider signs in for this client).",
+)
+@click.option(
+    "--no-token-signin",
+    is_flag=True,
+    help="The inbox takes no reviewer tokens: people sign in with the OpenID provider "
+    "(the API still takes tokens).",
+)
+@click.option(
     "--metrics-public",
     is_flag=True,
     help="Serve /metrics (Prometheus) without a token, for a scraper on a trusted network.",
@@ -119,12 +205,20 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     slack_webhooks: tuple[str, ...],
     public_url: str | None,
     session_key: str | None,
+    oidc_issuer: str | None,
+    oidc_client_id: str | None,
+    oidc_client_secret: str | None,
+    oidc_groups_claim: str,
+    oidc_scopes: str,
+    oidc_required_groups: tuple[str, ...],
+    no_token_signin: bool,
     metrics_public: bool,
     log_level: str,
 ) -> None:
     """Run the approval service and its inbox: agents ask, reviewers decide, all of it audited.
 
-    Reviewers open http://HOST:PORT/ and sign in with a reviewer token.
+    Reviewers open http://HOST:PORT/ and sign in with a reviewer token, or
+    with the company's OpenID provider (--oidc-issuer, --oidc-client-id).
     /metrics serves Prometheus metrics to any token (or none, with --metrics-public).
     --webhook and --slack-webhook announce every request and decision.
 
@@ -136,6 +230,9 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
       aegis serve --db aegis_audit.db
       aegis serve --db postgresql://aegis@db/aegis --host 0.0.0.0 \\
           --tls-cert cert.pem --tls-key key.pem
+      aegis serve --public-url https://aegis.example.com \\
+          --oidc-issuer https://id.example.com --oidc-client-id aegis \\
+          --oidc-client-secret-file /run/secrets/oidc --no-token-signin
     """
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("give both --tls-cert and --tls-key, or neither")
@@ -156,6 +253,21 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     from aegis.server.notify import Notifications  # noqa: PLC0415
 
     scheme = "https" if tls else "http"
+    key = session_key or secrets.token_urlsafe(32)  # the inbox and its OpenID flows share it
+    oidc = _oidc_signin(
+        oidc_issuer,
+        oidc_client_id,
+        oidc_client_secret,
+        groups_claim=oidc_groups_claim,
+        scopes=oidc_scopes,
+        required_groups=oidc_required_groups,
+        key=key,
+        redirect_base=public_url or _bound_address(scheme, host, port),
+    )
+    if no_token_signin and oidc is None:
+        raise click.UsageError(
+            "--no-token-signin leaves no way to sign in; give --oidc-issuer and --oidc-client-id"
+        )
     try:
         notifications = Notifications(
             webhooks,
@@ -167,7 +279,14 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
         raise click.UsageError(str(exc)) from None
     policy = Policy.from_yaml(policy_path) if policy_path is not None else None
     service = open_service(db, approval_ttl=approval_ttl, policy=policy, durability=durability)
-    inbox = Inbox(service, session_key=session_key, public_url=public_url)
+    service.oidc_issuer = oidc_issuer
+    inbox = Inbox(
+        service,
+        session_key=key,
+        public_url=public_url,
+        oidc=oidc,
+        token_signin=not no_token_signin,
+    )
     metrics = ServiceMetrics(service, public=metrics_public)
     app = create_app(
         service,

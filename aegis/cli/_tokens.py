@@ -10,6 +10,7 @@ from aegis.cli._output import emit_json, note, print_table, success
 from aegis.cli._params import format_option
 from aegis.cli._store import open_tables, store_option
 from aegis.core.approval_request import Role, TokenInfo, iso, parse_duration
+from aegis.core.identity import KEY_SEPARATOR
 from aegis.stores.approvals import hash_token, new_token
 
 __all__ = ["token"]
@@ -50,20 +51,54 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 )
 @click.option("--group", "groups", multiple=True, help="A reviewer group (repeatable).")
 @click.option("--expires", callback=_duration, help="Lifetime such as 30d or 12h; none by default.")
+@click.option(
+    "--oidc-subject",
+    metavar="SUB",
+    help="Tie a reviewer token to this person of the OpenID provider (their 'sub'): "
+    "its decisions are theirs, and count once with their sign-ins.",
+)
+@click.option(
+    "--oidc-issuer",
+    metavar="URL",
+    help="The provider of --oidc-subject (default: the --oidc-issuer of `aegis serve`).",
+)
 @store_option
-def create(name: str, role: str, groups: tuple[str, ...], expires: float | None, db: str) -> None:
+def create(  # noqa: PLR0917  # Click passes one argument per option
+    name: str,
+    role: str,
+    groups: tuple[str, ...],
+    expires: float | None,
+    oidc_subject: str | None,
+    oidc_issuer: str | None,
+    db: str,
+) -> None:
     """Create a token called NAME and print it once.
 
     \b
     Examples:
       aegis token create alice --role reviewer --group finance
+      aegis token create alice-cli --role reviewer --group finance --oidc-subject 248289761001
       export AEGIS_TOKEN=$(aegis token create support-bot --role agent --expires 30d)
     """
     name = name.strip()
-    if not name or len(name) > 200 or not name.isprintable():
+    if not name or len(name) > 200 or not name.isprintable() or KEY_SEPARATOR in name:
         raise click.BadParameter(
-            "a token name must be 1 to 200 printable characters", param_hint="NAME"
+            f"a token name must be 1 to 200 printable characters, without {KEY_SEPARATOR!r}",
+            param_hint="NAME",
         )
+    if oidc_issuer is not None and oidc_subject is None:
+        raise click.BadParameter("--oidc-issuer needs --oidc-subject", param_hint="--oidc-issuer")
+    if oidc_subject is not None:
+        if role != Role.REVIEWER.value:
+            raise click.BadParameter(
+                "only a reviewer token can be tied to a person", param_hint="--oidc-subject"
+            )
+        if not oidc_subject or len(oidc_subject) > 255 or not oidc_subject.isprintable():
+            raise click.BadParameter(
+                "a subject is 1 to 255 printable characters", param_hint="--oidc-subject"
+            )
+        if oidc_issuer is not None and not oidc_issuer.startswith(("https://", "http://")):
+            raise click.BadParameter("an issuer is an http(s) URL", param_hint="--oidc-issuer")
     for group in groups:
         if not group.strip():
             raise click.BadParameter("a group name must not be empty", param_hint="--group")
@@ -75,12 +110,15 @@ def create(name: str, role: str, groups: tuple[str, ...], expires: float | None,
         groups=tuple(g.strip() for g in groups),
         created_at=now,
         expires_at=None if expires is None else now + timedelta(seconds=expires),
+        oidc_issuer=oidc_issuer,
+        oidc_subject=oidc_subject,
     )
     with open_tables(db, create=True) as store:
         store.create_token(info, hash_token(secret))
     click.echo(secret)
     until = f", expires {iso(info.expires_at)}" if info.expires_at else ""
-    note(f"token {name!r} ({role}{until}) created; it is shown only this once")
+    person = f", decides as OpenID subject {oidc_subject!r}" if oidc_subject else ""
+    note(f"token {name!r} ({role}{until}{person}) created; it is shown only this once")
 
 
 @token.command("list")

@@ -45,6 +45,7 @@ from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError
 from aegis.server.api import MAX_GRANT_MINUTES
+from aegis.server.oidc import CALLBACK_PATH, OidcError, OidcSignIn, OidcUser
 from aegis.server.service import ApprovalEvent, ApprovalService, Principal
 from aegis.server.sessions import BrowserSessions, Session
 from aegis.stores.approvals import hash_token
@@ -202,8 +203,14 @@ class Inbox:
         poll_interval: float = 2.0,
         history_limit: int = 200,
         audit_limit: int = 100,
+        oidc: OidcSignIn | None = None,
+        token_signin: bool = True,
     ) -> None:
+        if oidc is None and not token_signin:
+            raise ValueError("with token sign-in off, the inbox needs OpenID sign-in (oidc=)")
         self.service = service
+        self.oidc = oidc
+        self.token_signin = token_signin
         self.sessions = BrowserSessions(
             service.store,
             session_key,
@@ -237,6 +244,8 @@ class Inbox:
             ("/signin", self.signin_form, "GET", "inbox_signin_form"),
             ("/signin", self.signin, "POST", "inbox_signin"),
             ("/signout", self.signout, "POST", "inbox_signout"),
+            ("/signin/oidc", self.oidc_begin, "GET", "inbox_oidc_begin"),
+            (CALLBACK_PATH, self.oidc_callback, "GET", "inbox_oidc_callback"),
             ("/requests/{request_id}", self.request_page, "GET", "inbox_request"),
             ("/requests/{request_id}/decision", self.decide, "POST", "inbox_decide"),
             ("/history", self.history, "GET", "inbox_history"),
@@ -284,8 +293,12 @@ class Inbox:
     async def reviewer(self, request: Request) -> Reviewer | None:
         """The signed-in reviewer, if the session is valid and its token still is."""
         session = await self.sessions.read(request)
-        if session is None or session.token_hash is None:
+        if session is None:
             return None
+        if session.token_hash is None:
+            return self._oidc_reviewer(session)
+        if not self.token_signin:
+            return None  # a token session from before token sign-in was switched off
         # The session names the token by its hash, as the store keeps it: the
         # token itself never reaches the browser again after sign-in.
         info = await asyncio.to_thread(self.service.store.token_by_hash, session.token_hash)
@@ -298,6 +311,16 @@ class Inbox:
         except ApprovalServiceError:
             return None  # tied to a subject at an issuer this service no longer names
         return Reviewer(principal, session)
+
+    def _oidc_reviewer(self, session: Session) -> Reviewer | None:
+        """The reviewer of a session started by OpenID sign-in, while this inbox offers it."""
+        user = OidcUser.from_session(session.identity)
+        if user is None or self.oidc is None:
+            return None
+        if user.identity.issuer != self.oidc.settings.issuer:
+            return None  # signed in at an issuer this inbox no longer trusts
+        who = user.identity
+        return Reviewer(Principal(who.display, Role.REVIEWER, user.groups, who), session)
 
     # -------------------------------------------------------------- rendering
 
@@ -392,6 +415,8 @@ class Inbox:
                 "page": "signin",
                 "csrf": nonce,
                 "next": _safe_next(request.query_params.get("next")),
+                "token_signin": self.token_signin,
+                "oidc_name": self.oidc.settings.name if self.oidc else None,
             },
         )
         self.sessions.set_nonce(request, response, nonce)
@@ -399,6 +424,10 @@ class Inbox:
 
     async def signin(self, request: Request) -> Response:
         """Check a reviewer token and start a session."""
+        if not self.token_signin:
+            return self._redirect(
+                request, "/signin", ("error", "Token sign-in is off here; use the button below.")
+            )
         form = await self.sessions.form(request, self.sessions.nonce(request))
         if form is None:
             return self._redirect(
@@ -433,6 +462,48 @@ class Inbox:
         response = self._redirect(request, "/signin", ("ok", "Signed out."))
         # Ended on the server too: a copy of the cookie is worth nothing now.
         await self.sessions.end(request, response)
+        return response
+
+    async def oidc_begin(self, request: Request) -> Response:
+        """Send the browser to the OpenID provider (authorization code flow with PKCE)."""
+        if self.oidc is None:
+            return self._error(request, None, 404, "Not here", "This inbox has no OpenID sign-in.")
+        next_page = _safe_next(request.query_params.get("next"))
+        try:
+            return await self.oidc.begin(
+                request,
+                lambda url: RedirectResponse(url, status_code=302, headers=_headers(request)),
+                next_page,
+            )
+        except OidcError as exc:
+            _log.warning("inbox: OpenID sign-in could not start: %s", exc)
+            return self._redirect(request, "/signin", ("error", f"Not signed in: {exc}."))
+
+    async def oidc_callback(self, request: Request) -> Response:
+        """The provider's answer: check it all, then start a session for the person."""
+        if self.oidc is None:
+            return self._error(request, None, 404, "Not here", "This inbox has no OpenID sign-in.")
+        try:
+            user, next_page = await self.oidc.finish(request)
+        except OidcError as exc:
+            _log.warning("inbox: OpenID sign-in refused: %s", exc)
+            # Said on this page: a redirect's message (a SameSite=Strict cookie)
+            # would not survive the provider's cross-site navigation.
+            refused = self._error(request, None, 400, "Not signed in", f"{exc}.")
+            self.oidc.forget(refused)
+            return refused
+        # A page of ours, not a redirect, leads on: the browser came here from
+        # the provider's site, and a redirect would carry that cross-site
+        # navigation on, without the SameSite=Strict session cookie set here.
+        target = _safe_next(next_page) or "/"
+        response = self.render(
+            request,
+            "signed_in.html",
+            {"title": "Signed in", "page": "signin", "target": target, "who": user.identity},
+        )
+        await self.sessions.start(request, response, identity=user.to_session())
+        self.oidc.forget(response)
+        _log.info("inbox: %s signed in (groups: %s)", user.identity, ", ".join(user.groups) or "-")
         return response
 
     # -------------------------------------------------------------- pending

@@ -1,0 +1,427 @@
+"""Reviewers sign in to the inbox with the company's OpenID provider.
+
+The authorization code flow with PKCE, done with Authlib: the inbox sends
+the browser to the provider with a fresh ``state``, ``nonce`` and PKCE
+``code_challenge`` (all three kept in a short-lived signed cookie, never
+on the server); the provider sends it back to ``/signin/oidc/callback``
+with a code, which the server exchanges (with the PKCE verifier and the
+client's secret) for an ID token. The ID token counts only when it is
+signed by a key of the issuer's JWKS (with an algorithm the issuer
+announces; never ``none``, never a shared-secret one), and its ``iss``,
+``aud``, ``azp``, ``exp``, ``iat`` and ``nonce`` are right. The person is
+then the issuer and the token's ``sub``, with the ``name`` beside it
+(:class:`~aegis.core.identity.Identity`), and the groups claim says which
+reviewer groups they are in.
+
+Anything missing, malformed or unexpected ends the sign-in with a message
+that says what, and nobody signed in: it fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import secrets
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import Request
+from starlette.responses import Response
+
+from aegis.core.identity import Identity
+
+if TYPE_CHECKING:
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
+    from joserfc.jwk import KeySet
+
+# Authlib and joserfc (the ``oidc`` extra) are imported where a sign-in
+# needs them: an inbox without OpenID sign-in, or reading a session, needs
+# neither.
+
+__all__ = ["CALLBACK_PATH", "FLOW_COOKIE", "OidcError", "OidcSettings", "OidcSignIn", "OidcUser"]
+
+_log = logging.getLogger("aegis.server.oidc")
+
+#: where the provider sends the browser back: ``{public url}/signin/oidc/callback``
+CALLBACK_PATH: Final = "/signin/oidc/callback"
+#: the cookie that carries one sign-in's state, nonce and PKCE verifier
+FLOW_COOKIE: Final = "aegis_oidc"
+#: seconds a person has at the provider before the sign-in must start over
+FLOW_TTL: Final = 600
+#: seconds the provider's metadata and keys are kept before being read again
+METADATA_TTL: Final = 3600.0
+#: seconds of clock difference with the provider that ``exp`` and ``iat`` forgive
+LEEWAY: Final = 60
+#: signature algorithms with a public key: the JWKS can vouch only for these
+ASYMMETRIC: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class OidcError(Exception):
+    """A sign-in that did not succeed; the message is shown to the person."""
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class OidcSettings:
+    """How the inbox reaches its OpenID provider.
+
+    Args:
+        issuer: the provider's issuer URL, exactly as its discovery document
+            and its ID tokens say it (``https://id.example.com``);
+            ``https`` unless on a loopback address.
+        client_id: the inbox's client id at the provider.
+        client_secret: its secret; ``None`` for a public client (PKCE alone).
+        groups_claim: the ID token claim listing the person's groups.
+        scopes: asked for at sign-in; ``openid`` is always among them.
+        required_groups: when given, only people in one of these groups
+            may sign in at all.
+        label: the provider's name on the sign-in button (its host by default).
+    """
+
+    issuer: str
+    client_id: str
+    client_secret: str | None = None
+    groups_claim: str = "groups"
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    required_groups: tuple[str, ...] = ()
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        parts = urllib.parse.urlsplit(self.issuer)
+        if parts.scheme not in {"https", "http"} or not parts.netloc:
+            raise ValueError(f"the OpenID issuer {self.issuer!r} is not an http(s) URL")
+        if parts.query or parts.fragment:
+            raise ValueError(f"the OpenID issuer {self.issuer!r} may not hold a query or fragment")
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            raise ValueError(
+                f"the OpenID issuer {self.issuer!r} is plain http on another host; "
+                "an issuer must be https (http only on a loopback address, for tests)"
+            )
+        if not self.client_id:
+            raise ValueError("an OpenID client id is needed (--oidc-client-id)")
+        if not self.groups_claim:
+            raise ValueError("the groups claim needs a name")
+        if "openid" not in self.scopes:
+            object.__setattr__(self, "scopes", ("openid", *self.scopes))
+
+    @property
+    def name(self) -> str:
+        """The provider's name for people: the label, or the issuer's host."""
+        return self.label or urllib.parse.urlsplit(self.issuer).netloc
+
+
+@dataclass(frozen=True, slots=True)
+class OidcUser:
+    """Who signed in: their identity and the groups the provider says they are in."""
+
+    identity: Identity
+    groups: tuple[str, ...]
+
+    def to_session(self) -> dict[str, Any]:
+        """What the server's session keeps of them."""
+        return {
+            "kind": "oidc",
+            "issuer": self.identity.issuer,
+            "subject": self.identity.subject,
+            "name": self.identity.name,
+            "groups": list(self.groups),
+        }
+
+    @classmethod
+    def from_session(cls, data: Any) -> OidcUser | None:
+        """The user a session's identity names, or ``None`` if it names none."""
+        if not isinstance(data, dict) or data.get("kind") != "oidc":
+            return None
+        fields = (data.get("issuer"), data.get("subject"), data.get("name"))
+        groups = data.get("groups")
+        if not all(isinstance(f, str) for f in fields) or not isinstance(groups, list):
+            return None
+        if not fields[0] or not fields[1] or not all(isinstance(g, str) for g in groups):
+            return None
+        return cls(Identity(str(fields[0]), str(fields[1]), str(fields[2])), tuple(groups))
+
+
+class OidcSignIn:
+    """The authorization code flow with PKCE against one OpenID provider.
+
+    Args:
+        settings: the provider and this client.
+        key: signs the flow cookie (the inbox's session key).
+        redirect_base: the inbox's address as browsers reach it (``--public-url``
+            or the bound address); the redirect URI is this and
+            :data:`CALLBACK_PATH`. ``None`` takes the address each request came to.
+        timeout: seconds for each call to the provider.
+    """
+
+    def __init__(
+        self,
+        settings: OidcSettings,
+        key: str | bytes,
+        *,
+        redirect_base: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self._flows = URLSafeTimedSerializer(key, salt="aegis.inbox.oidc")
+        self._redirect_base = redirect_base.rstrip("/") if redirect_base else None
+        self._timeout = timeout
+        self._metadata: tuple[float, dict[str, Any]] | None = None
+        self._jwks: tuple[float, dict[str, Any]] | None = None
+        self._lock = asyncio.Lock()
+
+    # -------------------------------------------------------------- the provider
+
+    def _client(self) -> AsyncOAuth2Client:
+        from authlib.integrations.httpx_client import AsyncOAuth2Client  # noqa: PLC0415
+
+        secret = self.settings.client_secret
+        return AsyncOAuth2Client(
+            client_id=self.settings.client_id,
+            client_secret=secret,
+            token_endpoint_auth_method="client_secret_basic" if secret else "none",
+            scope=" ".join(self.settings.scopes),
+            code_challenge_method="S256",
+            timeout=self._timeout,
+            follow_redirects=False,
+        )
+
+    async def _get_json(self, url: str, what: str) -> dict[str, Any]:
+        try:
+            async with self._client() as client:
+                response = await client.get(url, withhold_token=True)
+        except Exception as exc:  # any transport failure: the provider cannot be read
+            raise OidcError(f"the identity provider's {what} could not be read ({exc})") from exc
+        if response.status_code != 200:
+            raise OidcError(f"the identity provider's {what} answered HTTP {response.status_code}")
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise OidcError(f"the identity provider's {what} is not JSON") from exc
+        if not isinstance(data, dict):
+            raise OidcError(f"the identity provider's {what} is not a JSON object")
+        return data
+
+    async def metadata(self, *, fresh: bool = False) -> dict[str, Any]:
+        """The issuer's discovery document, checked to be the issuer's own."""
+        async with self._lock:
+            if not fresh and self._metadata and time.monotonic() < self._metadata[0]:
+                return self._metadata[1]
+            url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            data = await self._get_json(url, "discovery document")
+            # OpenID Connect Discovery 4.3: the document's issuer is exactly ours.
+            if data.get("issuer") != self.settings.issuer:
+                raise OidcError(
+                    f"the discovery document names issuer {data.get('issuer')!r}, not "
+                    f"{self.settings.issuer!r}; --oidc-issuer must be the issuer exactly"
+                )
+            for field in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+                if not isinstance(data.get(field), str):
+                    raise OidcError(f"the discovery document has no {field}")
+            self._metadata = (time.monotonic() + METADATA_TTL, data)
+            return data
+
+    async def _keys(self, *, fresh: bool = False) -> KeySet:
+        from joserfc.errors import JoseError  # noqa: PLC0415
+        from joserfc.jwk import KeySet  # noqa: PLC0415
+
+        metadata = await self.metadata()
+        if fresh or self._jwks is None or time.monotonic() >= self._jwks[0]:
+            data = await self._get_json(str(metadata["jwks_uri"]), "key set (JWKS)")
+            self._jwks = (time.monotonic() + METADATA_TTL, data)
+        try:
+            return KeySet.import_key_set(self._jwks[1])  # type: ignore[arg-type]
+        except (JoseError, ValueError, TypeError, KeyError) as exc:
+            raise OidcError(f"the identity provider's key set cannot be read ({exc})") from exc
+
+    # -------------------------------------------------------------- the flow
+
+    def redirect_uri(self, request: Request) -> str:
+        """``{public url or bound address}/signin/oidc/callback``."""
+        base = self._redirect_base or str(request.base_url).rstrip("/")
+        return base + CALLBACK_PATH
+
+    async def begin(self, request: Request, response_factory: Any, next_page: str) -> Response:
+        """Send the browser to the provider; ``response_factory(url)`` makes the redirect."""
+        metadata = await self.metadata()
+        state = secrets.token_urlsafe(32)
+        nonce = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64)  # RFC 7636: 43 to 128 characters
+        redirect_uri = self.redirect_uri(request)
+        async with self._client() as client:
+            url, _ = client.create_authorization_url(
+                str(metadata["authorization_endpoint"]),
+                state=state,
+                code_verifier=verifier,
+                nonce=nonce,
+                redirect_uri=redirect_uri,
+            )
+        response: Response = response_factory(url)
+        flow = {"s": state, "n": nonce, "v": verifier, "r": redirect_uri, "next": next_page}
+        response.set_cookie(
+            FLOW_COOKIE,
+            self._flows.dumps(flow),
+            max_age=FLOW_TTL,
+            httponly=True,
+            # Lax, not Strict: the provider's redirect back is a cross-site
+            # navigation, and this cookie must come along on it.
+            samesite="lax",
+            secure=redirect_uri.startswith("https:"),
+            path=CALLBACK_PATH,
+        )
+        return response
+
+    def forget(self, response: Response) -> None:
+        """The flow is over (done or failed): its cookie goes."""
+        response.delete_cookie(FLOW_COOKIE, path=CALLBACK_PATH)
+
+    def _flow(self, request: Request) -> dict[str, str]:
+        raw = request.cookies.get(FLOW_COOKIE)
+        if not raw:
+            raise OidcError(
+                "this sign-in was not started here, or took longer than "
+                f"{FLOW_TTL // 60} minutes; please start again"
+            )
+        try:
+            flow = self._flows.loads(raw, max_age=FLOW_TTL)
+        except BadSignature:
+            raise OidcError("this sign-in expired; please start again") from None
+        if not isinstance(flow, dict) or not all(
+            isinstance(flow.get(k), str) for k in ("s", "n", "v", "r", "next")
+        ):
+            raise OidcError("this sign-in's state is damaged; please start again")
+        return {k: str(flow[k]) for k in ("s", "n", "v", "r", "next")}
+
+    async def finish(self, request: Request) -> tuple[OidcUser, str]:
+        """Check the provider's answer and the ID token; the user and the page to go to.
+
+        Raises:
+            OidcError: anything is missing, wrong or unverifiable.
+        """
+        flow = self._flow(request)
+        query = request.query_params
+        state = query.get("state") or ""
+        if not hmac.compare_digest(state.encode(), flow["s"].encode()):
+            raise OidcError("the answer does not belong to this sign-in (state); start again")
+        if "iss" in query and query["iss"] != self.settings.issuer:
+            # RFC 9207: an answer from another issuer (a mix-up attack)
+            raise OidcError(f"the answer comes from issuer {query['iss']!r}, not ours")
+        if query.get("error"):
+            said = query.get("error_description") or query["error"]
+            raise OidcError(f"the identity provider refused: {said[:300]}")
+        code = query.get("code")
+        if not code:
+            raise OidcError("the identity provider sent no authorization code")
+        metadata = await self.metadata()
+        async with self._client() as client:
+            try:
+                token = await client.fetch_token(
+                    str(metadata["token_endpoint"]),
+                    grant_type="authorization_code",
+                    code=code,
+                    redirect_uri=flow["r"],
+                    code_verifier=flow["v"],
+                )
+            except Exception as exc:  # Authlib's OAuthError, or the transport's
+                raise OidcError(f"the code could not be exchanged for tokens ({exc})") from exc
+        id_token = token.get("id_token")
+        if not isinstance(id_token, str) or not id_token:
+            raise OidcError("the identity provider sent no ID token")
+        claims = await self._validate(id_token, flow["n"], token.get("access_token"))
+        user = self._user(claims)
+        if self.settings.required_groups and not set(user.groups) & set(
+            self.settings.required_groups
+        ):
+            raise OidcError(
+                f"{user.identity.display} is in none of the groups allowed to review here "
+                f"({', '.join(self.settings.required_groups)})"
+            )
+        return user, flow["next"]
+
+    async def _validate(self, id_token: str, nonce: str, access_token: Any) -> dict[str, Any]:
+        """The ID token's claims once its signature and claims are all checked."""
+        from authlib.oidc.core import CodeIDToken  # noqa: PLC0415
+        from joserfc import jwt  # noqa: PLC0415
+        from joserfc.errors import JoseError  # noqa: PLC0415
+        from joserfc.jws import JWSRegistry  # noqa: PLC0415
+
+        metadata = await self.metadata()
+        announced = metadata.get("id_token_signing_alg_values_supported") or ["RS256"]
+        algorithms = [a for a in announced if a in ASYMMETRIC]
+        if not algorithms:
+            raise OidcError(
+                "the identity provider signs ID tokens with no public-key algorithm "
+                f"({', '.join(map(str, announced))}); Aegis accepts none of these"
+            )
+        registry = JWSRegistry(algorithms=algorithms)
+        try:
+            try:
+                decoded = jwt.decode(id_token, await self._keys(), registry=registry)
+            except JoseError:
+                # Keys rotate: read the key set again once before refusing.
+                decoded = jwt.decode(id_token, await self._keys(fresh=True), registry=registry)
+        except JoseError as exc:
+            raise OidcError(f"the ID token's signature does not verify ({exc.error})") from exc
+        except ValueError as exc:
+            raise OidcError(f"the ID token is malformed ({exc})") from exc
+        options: dict[str, Any] = {
+            "iss": {"essential": True, "value": self.settings.issuer},
+            "aud": {"essential": True, "value": self.settings.client_id},
+            "sub": {"essential": True},
+            "exp": {"essential": True},
+            "iat": {"essential": True},
+        }
+        params = {"nonce": nonce, "client_id": self.settings.client_id}
+        if isinstance(access_token, str):
+            params["access_token"] = access_token
+        checked = CodeIDToken(decoded.claims, decoded.header, options, params)
+        try:
+            checked.validate(now=int(time.time()), leeway=LEEWAY)
+        except JoseError as exc:
+            raise OidcError(f"the ID token is not valid here ({exc.error}: {exc})") from exc
+        return dict(checked)
+
+    def _user(self, claims: dict[str, Any]) -> OidcUser:
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise OidcError("the ID token names no subject")
+        name = next(
+            (
+                str(claims[k])
+                for k in ("name", "preferred_username", "email")
+                if isinstance(claims.get(k), str) and claims[k]
+            ),
+            subject,
+        )
+        raw = claims.get(self.settings.groups_claim)
+        if raw is None:
+            groups: tuple[str, ...] = ()
+        elif isinstance(raw, str):
+            groups = (raw,)
+        elif isinstance(raw, list) and all(isinstance(g, str) for g in raw):
+            groups = tuple(raw)
+        else:
+            # Fail closed: groups we cannot read are no groups.
+            _log.warning(
+                "oidc: claim %r of %s is not a list of names; no groups given",
+                self.settings.groups_claim,
+                subject,
+            )
+            groups = ()
+        return OidcUser(Identity(self.settings.issuer, subject, name), groups)
