@@ -346,10 +346,15 @@ async def verify_audit(request: Request) -> Response:
 
 
 async def whoami(request: Request) -> Response:
-    """GET /api/v1/whoami: the caller's name, role and groups."""
+    """GET /api/v1/whoami: the caller's name, role, groups and identity."""
     principal = await _principal(request)
     return JSONResponse(
-        {"name": principal.name, "role": principal.role.value, "groups": list(principal.groups)}
+        {
+            "name": principal.name,
+            "role": principal.role.value,
+            "groups": list(principal.groups),
+            "identity": principal.who.to_json(),
+        }
     )
 
 

@@ -513,7 +513,13 @@ class Inbox:
             reviewer.principal, RequestStatus.PENDING, limit=500
         )
         now = self.service.clock()
-        views = [_request_view(r, now) for r in requests if not r.is_expired_at(now)]
+        # Only what this reviewer's groups may decide: the rest is someone else's work.
+        groups = set(reviewer.principal.groups)
+        views = [
+            _request_view(r, now)
+            for r in requests
+            if not r.is_expired_at(now) and (not r.reviewers or groups & set(r.reviewers))
+        ]
         views.sort(key=lambda view: str(view["created_at"]), reverse=True)
         return views
 
@@ -708,14 +714,14 @@ class Inbox:
                 continue
             if agent and item.requester != agent:
                 continue
-            if by and all(d.reviewer != by for d in item.decisions):
+            if by and all(by not in {d.reviewer, d.identity.display} for d in item.decisions):
                 continue
             view = _request_view(item, now)
             view["who"] = ", ".join(
-                f"{d.reviewer} {'approved' if d.verdict is Verdict.APPROVE else 'denied'}"
+                f"{d.identity} {'approved' if d.verdict is Verdict.APPROVE else 'denied'}"
                 for d in item.decisions
             )
-            comments = [f"{d.reviewer}: {d.comment}" for d in item.decisions if d.comment]
+            comments = [f"{d.identity.display}: {d.comment}" for d in item.decisions if d.comment]
             view["comment"] = "; ".join(comments) or item.status_reason
             view["finished_at"] = (
                 iso(max(d.at for d in item.decisions)) if item.decisions else view["expires_at"]

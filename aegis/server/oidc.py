@@ -26,6 +26,7 @@ import logging
 import secrets
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -168,6 +169,8 @@ class OidcSignIn:
             or the bound address); the redirect URI is this and
             :data:`CALLBACK_PATH`. ``None`` takes the address each request came to.
         timeout: seconds for each call to the provider.
+        clock: the current time in seconds since the epoch, for ``exp``
+            and ``iat`` (``time.time`` by default).
     """
 
     def __init__(
@@ -177,11 +180,13 @@ class OidcSignIn:
         *,
         redirect_base: str | None = None,
         timeout: float = 10.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
         self._flows = URLSafeTimedSerializer(key, salt="aegis.inbox.oidc")
         self._redirect_base = redirect_base.rstrip("/") if redirect_base else None
         self._timeout = timeout
+        self._clock = clock or time.time
         self._metadata: tuple[float, dict[str, Any]] | None = None
         self._jwks: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
@@ -205,7 +210,7 @@ class OidcSignIn:
     async def _get_json(self, url: str, what: str) -> dict[str, Any]:
         try:
             async with self._client() as client:
-                response = await client.get(url, withhold_token=True)
+                response = await client.request("GET", url, withhold_token=True)
         except Exception as exc:  # any transport failure: the provider cannot be read
             raise OidcError(f"the identity provider's {what} could not be read ({exc})") from exc
         if response.status_code != 200:
@@ -343,8 +348,7 @@ class OidcSignIn:
         id_token = token.get("id_token")
         if not isinstance(id_token, str) or not id_token:
             raise OidcError("the identity provider sent no ID token")
-        claims = await self._validate(id_token, flow["n"], token.get("access_token"))
-        user = self._user(claims)
+        user = await self.validate_id_token(id_token, flow["n"], token.get("access_token"))
         if self.settings.required_groups and not set(user.groups) & set(
             self.settings.required_groups
         ):
@@ -354,8 +358,16 @@ class OidcSignIn:
             )
         return user, flow["next"]
 
-    async def _validate(self, id_token: str, nonce: str, access_token: Any) -> dict[str, Any]:
-        """The ID token's claims once its signature and claims are all checked."""
+    async def validate_id_token(
+        self, id_token: str, nonce: str, access_token: Any = None
+    ) -> OidcUser:
+        """The person an ID token names, once its signature and every claim are checked.
+
+        Raises:
+            OidcError: a signature that does not verify with the issuer's
+                keys, or a wrong ``iss``, ``aud``, ``azp``, ``nonce``,
+                ``at_hash``, or an ``exp`` passed (or ``iat`` missing).
+        """
         from authlib.oidc.core import CodeIDToken  # noqa: PLC0415
         from joserfc import jwt  # noqa: PLC0415
         from joserfc.errors import JoseError  # noqa: PLC0415
@@ -392,10 +404,10 @@ class OidcSignIn:
             params["access_token"] = access_token
         checked = CodeIDToken(decoded.claims, decoded.header, options, params)
         try:
-            checked.validate(now=int(time.time()), leeway=LEEWAY)
+            checked.validate(now=int(self._clock()), leeway=LEEWAY)
         except JoseError as exc:
             raise OidcError(f"the ID token is not valid here ({exc.error}: {exc})") from exc
-        return dict(checked)
+        return self._user(dict(checked))
 
     def _user(self, claims: dict[str, Any]) -> OidcUser:
         subject = claims.get("sub")

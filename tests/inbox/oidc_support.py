@@ -1,0 +1,221 @@
+"""A real OpenID provider for the tests: `oidc-provider` from npm, on a loopback port.
+
+``install_oidc_provider`` installs the pinned package into a folder with
+``npm install --prefix``; :class:`OpenIdProvider` starts it with node and
+a configuration this module writes: static clients, test accounts with a
+``groups`` claim, and the package's own login and consent pages (its
+"dev interactions": a real HTML login form, any password). Nothing here
+imitates the provider; the provider is the certified implementation.
+
+:func:`sign_in` walks that login as a browser would, over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+#: the oidc-provider release the tests run against
+OIDC_PROVIDER_VERSION = "9.13.3"
+
+#: the provider's program: a key made per run, the clients and accounts of a JSON file
+PROVIDER_JS = r"""
+import { generateKeyPairSync } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import Provider from 'oidc-provider';
+
+const setup = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const jwk = {
+  ...privateKey.export({ format: 'jwk' }), kid: 'aegis-test', use: 'sig', alg: 'RS256',
+};
+
+const server = createServer();
+server.listen(0, '127.0.0.1', () => {
+  const issuer = `http://127.0.0.1:${server.address().port}`;
+  const provider = new Provider(issuer, {
+    clients: setup.clients,
+    jwks: { keys: [jwk] },
+    claims: { openid: ['sub'], profile: ['name'], email: ['email'], groups: ['groups'] },
+    // the claims of the scopes asked for go into the ID token itself
+    conformIdTokenClaims: false,
+    features: { devInteractions: { enabled: true } },
+    pkce: { required: () => true },
+    ttl: { IdToken: setup.id_token_ttl || 3600 },
+    async findAccount(ctx, id) {
+      const account = setup.accounts[id];
+      if (!account) return undefined;
+      return { accountId: id, async claims() { return { sub: id, ...account }; } };
+    },
+  });
+  server.on('request', provider.callback());
+  console.log(JSON.stringify({ issuer }));
+});
+"""
+
+
+class ProviderInstallError(RuntimeError):
+    """npm could not install oidc-provider: the test fails (it is never skipped)."""
+
+
+def install_oidc_provider(folder: Path) -> Path:
+    """Install the pinned oidc-provider into ``folder``; return it (its node_modules inside)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ProviderInstallError("npm is not on PATH; the OpenID tests need node and npm")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "package.json").write_text('{"name": "aegis-oidc-test", "private": true}\n')
+    done = subprocess.run(
+        [
+            npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund",
+            "--no-package-lock", f"oidc-provider@{OIDC_PROVIDER_VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise ProviderInstallError(
+            f"npm install oidc-provider@{OIDC_PROVIDER_VERSION} failed:\n{done.stderr[-2000:]}"
+        )
+    (folder / "provider.mjs").write_text(PROVIDER_JS)
+    return folder
+
+
+class OpenIdProvider:
+    """oidc-provider on a free loopback port, as a context manager; ``issuer`` once started."""
+
+    def __init__(
+        self,
+        installed: Path,
+        clients: Sequence[Mapping[str, Any]],
+        accounts: Mapping[str, Mapping[str, Any]],
+        *,
+        workdir: Path,
+        id_token_ttl: int = 3600,
+    ) -> None:
+        self.installed = installed
+        self.setup = workdir / "provider-setup.json"
+        self.setup.write_text(
+            json.dumps(
+                {"clients": list(clients), "accounts": dict(accounts), "id_token_ttl": id_token_ttl}
+            )
+        )
+        self.log = workdir / "provider.log"
+        self.process: subprocess.Popen[str] | None = None
+        self.issuer = ""
+
+    def __enter__(self) -> OpenIdProvider:
+        with open(self.log, "w") as errors:
+            self.process = subprocess.Popen(
+                ["node", str(self.installed / "provider.mjs"), str(self.setup)],
+                cwd=self.installed,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                env={**os.environ, "NODE_ENV": "development"},
+            )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # the provider prints its issuer once listening
+        if not line:
+            self.process.wait(10)
+            raise RuntimeError(f"oidc-provider did not start:\n{self.log.read_text()[-2000:]}")
+        self.issuer = json.loads(line)["issuer"]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                found = httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=2)
+                if found.status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("oidc-provider did not answer its discovery document")
+            time.sleep(0.1)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def _form_action(html: str, base: str) -> str:
+    match = re.search(r'<form[^>]*action="([^"]+)"', html)
+    assert match, f"no form on the provider's page:\n{html[:800]}"
+    return urllib.parse.urljoin(base, match.group(1).replace("&amp;", "&"))
+
+
+def follow_to(client: httpx.Client, url: str, stop_at: str) -> httpx.Response:
+    """GET ``url`` and follow redirects until one points at ``stop_at`` (not followed)."""
+    response = client.get(url)
+    while response.is_redirect:
+        target = urllib.parse.urljoin(str(response.url), response.headers["location"])
+        if target.startswith(stop_at):
+            return response
+        response = client.get(target)
+    return response
+
+
+def provider_login(client: httpx.Client, start: httpx.Response, login: str, stop_at: str) -> str:
+    """Log in at the provider's own login page and consent; the URL it sends back to ``stop_at``.
+
+    ``start`` is the provider's login page (the end of the redirects from
+    the authorization request).
+    """
+    page = start
+    for _ in range(6):
+        if page.is_redirect:
+            target = urllib.parse.urljoin(str(page.url), page.headers["location"])
+            if target.startswith(stop_at):
+                return target
+            page = client.get(target)
+            continue
+        html = page.text
+        action = _form_action(html, str(page.url))
+        if 'name="login"' in html:
+            page = client.post(
+                action, data={"prompt": "login", "login": login, "password": "any password"}
+            )
+        elif 'value="consent"' in html:
+            page = client.post(action, data={"prompt": "consent"})
+        else:
+            raise AssertionError(f"an unexpected provider page:\n{html[:800]}")
+    raise AssertionError("the provider never sent the browser back")
+
+
+def sign_in(inbox: str, login: str, client: httpx.Client) -> httpx.Client:
+    """Sign in to the inbox at ``inbox`` through the provider as ``login``; return ``client``.
+
+    The client keeps cookies like a browser; its last page is the inbox's.
+    """
+    start = follow_to(client, f"{inbox}/signin/oidc", stop_at=f"{inbox}/signin/oidc/callback")
+    callback = provider_login(client, start, login, stop_at=f"{inbox}/signin/oidc/callback")
+    done = client.get(callback)
+    assert done.status_code == 200, done.text[:800]
+    assert "Signed in" in done.text, done.text[:800]
+    return client
