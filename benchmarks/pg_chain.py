@@ -59,9 +59,8 @@ POLICY = {
 
 async def _work(db: str, seconds: float, worker: int, durability: str) -> dict[str, Any]:
     from aegis import Action, AuditLogger, Policy, Runtime  # noqa: PLC0415  # in the child only
-    from aegis.stores.postgres.audit import PostgresAuditStore  # noqa: PLC0415
 
-    audit = AuditLogger(store=PostgresAuditStore(db, durability=durability))
+    audit = AuditLogger(db, durability=durability)
     async with Runtime(
         executor=lambda action: {"ok": True}, policy=Policy.from_dict(POLICY), audit_logger=audit
     ) as runtime:

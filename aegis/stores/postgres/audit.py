@@ -58,7 +58,7 @@ from aegis.core.chain import (
 )
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
-from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft
+from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
 from aegis.errors import StoreError
 from aegis.stores.base import (
     STARTED,
@@ -301,6 +301,12 @@ class PostgresAuditStore(ReadMixin):
         self._write_lock = threading.Lock()
         self._writer_pid = 0
         self._abandoned: list[Connection] = []
+        # start records committed without a flush, by id; starts recorded
+        # again after a server crash lost them, old id -> new id; whether
+        # the writing connection was lost since (see _recover_starts)
+        self._unflushed: dict[int, AuditRecord] = {}
+        self._moved: dict[int, int] = {}
+        self._suspect = False
         self._closed = False
         #: append transactions committed by this store (one per batch)
         self.commits = 0
@@ -416,18 +422,93 @@ class PostgresAuditStore(ReadMixin):
             return []
         stored = [_storable(draft) for draft in drafts]
         durable = must_flush(self.durability, stored)
-        arguments = _arguments(stored)
         with self._write_lock:
             conn = self._writer()
+            if self._suspect:
+                self._recover_starts(conn)
+            stored = self._remapped(stored)
+            arguments = _arguments(stored)
             try:
-                return self._append_once(conn, stored, arguments, durable)
+                records = self._append_once(conn, stored, arguments, durable)
             except psycopg.Error as exc:
                 # Which part of the message failed is not known: the append
                 # may have committed before its flush failed. Settle it.
                 lost = conn.broken or conn.closed
                 if lost:
                     self._drop_writer_conn()
-                return self._settle(stored, arguments, durable, exc, again=lost)
+                records = self._settle(stored, arguments, durable, exc, again=lost)
+            self._appended(records, durable)
+            return records
+
+    def _appended(self, records: list[AuditRecord], durable: bool) -> None:
+        """Keep account of the start records a server crash could still take away.
+
+        A start committed without a flush is lost if the server crashes
+        before anything flushes past it; its final record, appended later,
+        would then name a start that is not there. Such starts are kept
+        until a flush (or their final record) makes them safe.
+        """
+        if durable:
+            self._unflushed.clear()  # the flush covered every record before it
+            return
+        for record in records:
+            if record.kind == RecordKind.START:
+                self._unflushed[record.id] = record
+            elif record.start_id is not None:
+                # committed after its start: a crash cannot keep it and lose the start
+                self._unflushed.pop(record.start_id, None)
+
+    def _remapped(self, drafts: list[RecordDraft]) -> list[RecordDraft]:
+        """``drafts`` naming the new id of any start recorded again after a server crash."""
+        if not self._moved:
+            return drafts
+        return [
+            d._replace(start_id=self._moved.pop(d.start_id))
+            if d.start_id is not None and d.start_id in self._moved
+            else d
+            for d in drafts
+        ]
+
+    def _recover_starts(self, conn: Connection) -> None:
+        """After a lost connection: record again every unflushed start the server lost.
+
+        A server that crashed loses the commits it had not flushed. Every
+        start record this store committed without a flush is looked up; one
+        that is gone is appended again (same fields, a new id, after the
+        records written since), and the final record of its action will name
+        the new id. The action's evidence stays whole: its start, then its
+        outcome.
+        """
+        try:
+            with conn.transaction():
+                if self._unflushed:
+                    conn.execute(self._sql_lock)
+                    self._record_lost_starts(conn)
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                self._drop_writer_conn()
+            raise self.db.error("append to the audit trail in", exc) from exc
+        self._suspect = False
+
+    def _record_lost_starts(self, conn: Connection) -> None:
+        """Append again the unflushed starts not in the chain; the caller holds the lock."""
+        kept = dict(self._unflushed)
+        rows = conn.execute(
+            sql.SQL("SELECT id, hash FROM {} WHERE id = ANY(%s)").format(self._t), (list(kept),)
+        ).fetchall()
+        there = {int(i) for i, digest in rows if kept[int(i)].hash == digest}
+        lost = [record for record_id, record in sorted(kept.items()) if record_id not in there]
+        self._unflushed.clear()
+        if not lost:
+            return
+        drafts = [RecordDraft._make(record[1:-2]) for record in lost]
+        cursor = psycopg.ClientCursor(conn)
+        cursor.execute(self._sql_append, _arguments(drafts))
+        again = self._sealed(drafts, cursor.fetchall())
+        self.commits += 1
+        for old, new in zip(lost, again, strict=True):
+            self._moved[old.id] = new.id
+            self._unflushed[new.id] = new
 
     def _writer(self) -> Connection:
         """The writing connection of this process, opened (and the schema readied) on first use."""
@@ -505,10 +586,15 @@ class PostgresAuditStore(ReadMixin):
                 conn.execute(self._sql_lock)
                 landed = self._landed(conn, drafts)
                 if landed is None and again:
+                    if self._unflushed:
+                        self._record_lost_starts(conn)
+                        drafts = self._remapped(drafts)
+                        arguments = _arguments(drafts)
                     cursor = psycopg.ClientCursor(conn)
                     cursor.execute(self._sql_append, arguments)
                     landed = self._sealed(drafts, cursor.fetchall())
                     self.commits += 1
+            self._suspect = False
             if landed is None:
                 raise self.db.error(doing, failure) from failure
             if durable:
@@ -543,6 +629,8 @@ class PostgresAuditStore(ReadMixin):
 
     def _drop_writer_conn(self) -> None:
         conn, self._writer_conn = self._writer_conn, None
+        # a lost connection may mean a crashed server: check unflushed starts first
+        self._suspect = True
         if conn is not None and self._writer_pid == os.getpid():
             with suppress(psycopg.Error):  # closing a broken connection may complain
                 conn.close()

@@ -29,9 +29,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from aegis.core.action import Action
+from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.filters import Filters
 from aegis.core.policy import Policy
-from aegis.core.result import ResultStatus
+from aegis.core.record import final_draft, start_draft
+from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.engine import Runtime
 from aegis.stores.postgres.audit import PostgresAuditStore
@@ -68,6 +71,7 @@ class OwnServer:
     base: Path
     port: int
     user: pwd.struct_passwd = field(default_factory=lambda: pwd.getpwnam("postgres"))
+    settings: str = ""
 
     @property
     def data(self) -> Path:
@@ -82,7 +86,10 @@ class OwnServer:
         subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=120)
 
     def _options(self) -> str:
-        return f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=on"
+        return (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=on "
+            + self.settings
+        )
 
     def init(self) -> None:
         self._as_postgres(
@@ -110,10 +117,10 @@ class OwnServer:
 
 
 @pytest.fixture
-def own_server() -> Iterator[OwnServer]:
+def own_server(request: pytest.FixtureRequest) -> Iterator[OwnServer]:
     """A fresh cluster on a free port, stopped and removed afterwards."""
     base = Path(tempfile.mkdtemp(prefix="aegis-pg-"))
-    server = OwnServer(base, _free_port())
+    server = OwnServer(base, _free_port(), settings=getattr(request, "param", ""))
     if os.geteuid() == 0:
         os.chown(base, server.user.pw_uid, server.user.pw_gid)
     try:
@@ -230,6 +237,37 @@ def test_eight_writers_kill_9_and_a_server_crash_leave_one_chain_with_every_acke
         for n in writer.acked:
             assert (writer.worker, n, "final") in finals, (writer.worker, n)
     assert report.checked == len(records) > acked()
+
+
+# the WAL writer waits 10 s between flushes: a commit that does not wait for
+# the disk is lost by a crash soon after it
+_LAZY_WAL = "-c wal_writer_delay=10000"
+
+
+@pytest.mark.parametrize("own_server", [_LAZY_WAL], indirect=True)
+def test_a_start_lost_in_a_server_crash_is_recorded_again_before_its_outcome(
+    own_server: OwnServer,
+) -> None:
+    """A crash that loses an unflushed start: the final record names the start recorded again."""
+    store = PostgresAuditStore(own_server.dsn, durability="result", connect_timeout=2)
+    try:
+        store.check()
+        decision = PolicyDecision(
+            Action("write", "crm", {"n": 1}), RiskLevel.LOW, Approval.AUTO, "r"
+        )
+        (start,) = store.append([start_draft("s1", decision)])
+        own_server.crash_and_restart()  # the start was committed, never flushed
+        assert store.count(Filters(view="records")) == 0  # the crash took it
+        outcome = Result(decision.action, ResultStatus.SUCCESS, {"done": True})
+        (final,) = store.append([final_draft("s1", decision, outcome, start_id=start.id)])
+        records = list(store.records(Filters(view="records")))
+        report = store.verify()
+    finally:
+        store.close()
+    assert report.ok, report.reason
+    assert [(r.kind, r.start_id) for r in records] == [("start", None), ("final", records[0].id)]
+    assert final.start_id == records[0].id
+    assert records[0][1:-2] == start[1:-2]  # the same start, recorded again
 
 
 # ---------------------------------------------------------------- a server that stops answering
