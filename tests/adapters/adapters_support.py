@@ -11,6 +11,7 @@ read back for each call.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -506,7 +507,110 @@ class ClaudeAgentSDKPermissionHarness(ClaudeAgentSDKHarness):
     permission_callback = True
 
 
-HARNESSES = [
+# ---------------------------------------------------------------- Google ADK
+
+
+def scripted_llm(calls: list[Call]) -> Any:
+    """An ADK ``BaseLlm`` asking for ``calls`` until it reads their results, then "done".
+
+    It decides from the request alone (a resumed invocation gets the same
+    answers); ``.seen`` holds the contents of every request.
+    """
+    from google.adk.models.base_llm import BaseLlm
+    from google.adk.models.llm_response import LlmResponse
+    from google.genai import types
+
+    class ScriptedLlm(BaseLlm):  # type: ignore[misc]
+        """Answers from the script; remembers what it was sent."""
+
+        seen: list[list[Any]] = []  # noqa: RUF012  # a pydantic field, copied per instance
+
+        async def generate_content_async(self, llm_request: Any, stream: bool = False) -> Any:
+            contents = list(llm_request.contents or [])
+            self.seen.append(contents)
+            last = contents[-1] if contents else None
+            answered = last is not None and any(
+                part.function_response is not None for part in last.parts or []
+            )
+            if answered or not calls:
+                parts = [types.Part(text="done")]
+            else:
+                parts = [
+                    types.Part(function_call=types.FunctionCall(name=n, args=a, id=i))
+                    for n, a, i in calls
+                ]
+            yield LlmResponse(content=types.Content(role="model", parts=parts))
+
+    return ScriptedLlm(model="scripted", seen=[])
+
+
+def adk_tool_results(contents: list[Any]) -> dict[str, str]:
+    """Call id -> what the model read back for it (the function response)."""
+    saw: dict[str, str] = {}
+    for content in contents:
+        for part in content.parts or []:
+            response = part.function_response
+            if response is not None and response.id and response.name != "adk_request_confirmation":
+                value = response.response or {}
+                text = value.get("result", value.get("error", value))
+                saw[response.id] = text if isinstance(text, str) else json.dumps(text)
+    return saw
+
+
+class GoogleADKHarness:
+    """An ADK ``Runner`` with the AegisPlugin, a scripted ``BaseLlm`` and tool confirmations."""
+
+    name = "google-adk"
+
+    async def run(self, runtime: Runtime, calls: list[Call], *, target: str = "crm") -> Run:
+        from google.adk.agents import LlmAgent
+        from google.adk.apps import App
+        from google.adk.runners import Runner
+        from google.adk.sessions import InMemorySessionService
+        from google.adk.tools import FunctionTool
+        from google.genai import types
+
+        from aegis.adapters.google_adk import (
+            AegisPlugin,
+            confirmation_responses,
+            pending_confirmations,
+        )
+
+        run = Run()
+        llm = scripted_llm(calls)
+        agent = LlmAgent(
+            name="support",
+            model=llm,
+            tools=[FunctionTool(fn) for fn in _recorders(run).values()],
+        )
+        app = App(name="contract", root_agent=agent, plugins=[AegisPlugin(runtime, target=target)])
+        sessions = InMemorySessionService()
+        runner = Runner(app=app, session_service=sessions)
+        session = await sessions.create_session(app_name="contract", user_id="u")
+        message = types.Content(role="user", parts=[types.Part(text="go")])
+        events = [
+            e
+            async for e in runner.run_async(user_id="u", session_id=session.id, new_message=message)
+        ]
+        for _ in range(5):
+            if not pending_confirmations(events):
+                break
+            events += [
+                e
+                async for e in runner.run_async(
+                    user_id="u", session_id=session.id, new_message=confirmation_responses(events)
+                )
+            ]
+        run.model_saw.update(adk_tool_results(llm.seen[-1]))
+        return run
+
+
+#: the integration whose own environment runs the tests (scripts/check sets it), if any
+ISOLATED = os.environ.get("AEGIS_TEST_FRAMEWORK", "")
+
+#: the integrations of the main environment, and those that need their own
+#: (their pins conflict with the main environment's packages)
+MAIN_HARNESSES: list[Any] = [
     LangChainHarness(),
     OpenAIAgentsHarness(),
     AnthropicHarness(),
@@ -514,3 +618,6 @@ HARNESSES = [
     ClaudeAgentSDKHarness(),
     ClaudeAgentSDKPermissionHarness(),
 ]
+ISOLATED_HARNESSES: dict[str, list[Any]] = {"google-adk": [GoogleADKHarness()]}
+
+HARNESSES = ISOLATED_HARNESSES[ISOLATED] if ISOLATED else MAIN_HARNESSES

@@ -2,10 +2,10 @@
 
     python resume_agent.py FRAMEWORK PHASE DIR URL SESSION
 
-FRAMEWORK is ``langchain`` or ``openai``; PHASE is ``start`` (run until the
-refund needs approval, save the run in DIR, exit) or ``resume`` (load the
-run from DIR, settle its approvals through Aegis, finish). The approver is
-the approval service at URL (``RemoteApprovalHandler``, agent token
+FRAMEWORK is ``langchain``, ``openai``, ``pydantic-ai`` or ``google-adk``;
+PHASE is ``start`` (run until the refund needs approval, save the run in DIR,
+exit) or ``resume`` (load the run from DIR, settle its approvals through Aegis,
+finish). The approver is the approval service at URL (``RemoteApprovalHandler``, agent token
 ``bot-secret``), the runtime's session SESSION. Tools append what they ran to
 DIR/ran.jsonl; the audit trail is DIR/audit.db. The last line printed is a
 JSON summary.
@@ -26,6 +26,8 @@ from adapters_support import (
     function_call,
     output_text,
     scripted_chat_model,
+    scripted_function_model,
+    scripted_llm,
 )
 
 from aegis import Policy, Runtime
@@ -140,10 +142,105 @@ async def openai(phase: str, folder: Path, url: str, session: str) -> dict[str, 
     return summary
 
 
+# ---------------------------------------------------------------- Pydantic AI
+
+
+async def pydantic_ai(phase: str, folder: Path, url: str, session: str) -> dict[str, Any]:
+    from pydantic import TypeAdapter
+    from pydantic_ai import Agent, DeferredToolRequests
+    from pydantic_ai.messages import ModelMessagesTypeAdapter
+
+    from aegis.adapters.pydantic_ai import govern, resolve_deferred
+
+    runtime = _runtime(folder, url, session)
+    model, _ = scripted_function_model([("refund", REFUND, "call_refund")])
+    agent = govern(Agent(model, name="support", tools=[_refund(folder)]), runtime, target="crm")
+    requests_type = TypeAdapter(DeferredToolRequests)
+    history, pending = folder / "messages.json", folder / "deferred.json"
+    if phase == "start":
+        result = await agent.run("refund o-17")
+        assert isinstance(result.output, DeferredToolRequests)
+        history.write_bytes(ModelMessagesTypeAdapter.dump_json(result.all_messages()))
+        pending.write_bytes(requests_type.dump_json(result.output))
+        summary: dict[str, Any] = {"suspended": [p.tool_call_id for p in result.output.approvals]}
+    else:
+        requests = requests_type.validate_json(pending.read_bytes())
+        result = await agent.run(
+            message_history=ModelMessagesTypeAdapter.validate_json(history.read_bytes()),
+            deferred_tool_results=await resolve_deferred(requests, runtime),
+        )
+        summary = {
+            "final": result.output,
+            "interrupted": isinstance(result.output, DeferredToolRequests),
+        }
+    await runtime.close()
+    return summary
+
+
+# ---------------------------------------------------------------- Google ADK
+
+
+async def google_adk(phase: str, folder: Path, url: str, session: str) -> dict[str, Any]:
+    from google.adk.agents import LlmAgent
+    from google.adk.apps import App
+    from google.adk.runners import Runner
+    from google.adk.sessions.sqlite_session_service import SqliteSessionService
+    from google.adk.tools import FunctionTool
+    from google.genai import types
+
+    from aegis.adapters.google_adk import (
+        AegisPlugin,
+        confirmation_responses,
+        pending_confirmations,
+    )
+
+    runtime = _runtime(folder, url, session)
+    agent = LlmAgent(
+        name="support",
+        model=scripted_llm([("refund", REFUND, "call_refund")]),
+        tools=[FunctionTool(_refund(folder))],
+    )
+    app = App(name="resume", root_agent=agent, plugins=[AegisPlugin(runtime, target="crm")])
+    sessions = SqliteSessionService(str(folder / "sessions.db"))
+    runner = Runner(app=app, session_service=sessions)
+    if phase == "start":
+        created = await sessions.create_session(app_name="resume", user_id="u", session_id="s1")
+        message = types.Content(role="user", parts=[types.Part(text="refund o-17")])
+        events = [
+            e
+            async for e in runner.run_async(user_id="u", session_id=created.id, new_message=message)
+        ]
+        summary: dict[str, Any] = {"suspended": [c.id for c in pending_confirmations(events)]}
+    else:
+        saved = await sessions.get_session(app_name="resume", user_id="u", session_id="s1")
+        assert saved is not None
+        events = [
+            e
+            async for e in runner.run_async(
+                user_id="u", session_id="s1", new_message=confirmation_responses(saved.events)
+            )
+        ]
+        texts = [p.text for e in events if e.content for p in e.content.parts or [] if p.text]
+        after = await sessions.get_session(app_name="resume", user_id="u", session_id="s1")
+        assert after is not None
+        summary = {
+            "final": texts[-1] if texts else None,
+            "interrupted": bool(pending_confirmations(after.events)),
+        }
+    await runner.close()
+    await runtime.close()
+    return summary
+
+
 def main() -> None:
     framework, phase, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     url, session = sys.argv[4], sys.argv[5]
-    run = {"langchain": langchain, "openai": openai}[framework]
+    run = {
+        "langchain": langchain,
+        "openai": openai,
+        "pydantic-ai": pydantic_ai,
+        "google-adk": google_adk,
+    }[framework]
     print(json.dumps(asyncio.run(run(phase, folder, url, session))))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,7 +18,10 @@ import pytest
 from aegis.runtime.audit import AuditLogger
 
 AGENT = Path(__file__).with_name("resume_agent.py")
-FRAMEWORKS = ["langchain", "openai"]
+#: the frameworks that suspend a run, in this environment (see conftest.ISOLATED)
+FRAMEWORKS = {"": ["langchain", "openai", "pydantic-ai"], "google-adk": ["google-adk"]}[
+    os.environ.get("AEGIS_TEST_FRAMEWORK", "")
+]
 
 
 def _phase(framework: str, phase: str, folder: Path, *extra: str) -> dict[str, Any]:

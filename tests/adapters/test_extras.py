@@ -13,6 +13,7 @@ CASES = [
     ("aegis.adapters.anthropic", "anthropic", "anthropic"),
     ("aegis.adapters.pydantic_ai", "pydantic_ai", "pydantic-ai"),
     ("aegis.adapters.claude_agent_sdk", "claude_agent_sdk", "claude-agent-sdk"),
+    ("aegis.adapters.google_adk", "google.adk", "google-adk"),
 ]
 
 

@@ -29,6 +29,20 @@ PRELUDES = {
         "model = ScriptedModel([[function_call('refund', {'order_id': '17', 'amount': 120.0},"
         " 'c1')], [output_text('done')]])\n"
     ),
+    "### Pydantic AI": (
+        "from adapters_support import scripted_function_model\n"
+        "model, _ = scripted_function_model([('refund', {'order_id': '17', 'amount': 120.0},"
+        " 'c1')])\n"
+    ),
+    "### Claude Agent SDK": (
+        "import functools\n"
+        "import claude_agent_sdk\n"
+        "from fake_claude_code import FakeClaudeCode\n"
+        "# the claude CLI, scripted: the SDK talks to it through its Transport\n"
+        "claude_agent_sdk.query = functools.partial(claude_agent_sdk.query, transport="
+        "FakeClaudeCode([('refund', {'order_id': '17', 'amount': 120.0}, 'c1')],"
+        " server='billing'))\n"
+    ),
     "### Anthropic SDK": (
         "from adapters_support import mock_anthropic, text_block, tool_use\n"
         "client, _ = mock_anthropic([[tool_use('refund', {'order_id': '17', 'amount': 120.0},"
@@ -45,11 +59,16 @@ def _example(heading: str) -> str:
 @pytest.mark.parametrize("heading", list(PRELUDES))
 def test_the_integration_example_runs(heading: str, tmp_path: Path) -> None:
     """The example asks at the terminal, runs the refund after the yes, and records it."""
+    run_example(heading, PRELUDES[heading], tmp_path)
+
+
+def run_example(heading: str, prelude: str, tmp_path: Path) -> None:
+    """Run the README's example under ``heading`` after ``prelude``; check the yes ran it."""
     (tmp_path / "examples").mkdir()
     shutil.copy(ROOT / "examples" / "policy.yaml", tmp_path / "examples" / "policy.yaml")
     script = tmp_path / "example.py"
     script.write_text(
-        f"import sys\nsys.path.insert(0, {str(HERE)!r})\n" + PRELUDES[heading] + _example(heading),
+        f"import sys\nsys.path.insert(0, {str(HERE)!r})\n" + prelude + _example(heading),
         encoding="utf-8",
     )
     done = subprocess.run(
