@@ -41,6 +41,7 @@ from typing import Any
 
 from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra
 from aegis.core.action import Action, thaw
+from aegis.core.coerce import coerce_arguments
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError
 
@@ -164,7 +165,8 @@ def _tool_call(tool: Any, input: object, governor: Governor) -> ToolCall:
         raise ToolError(f"tool {tool.name} was not run: its input must be a JSON object")
     return ToolCall(
         tool.name,
-        input,
+        # As the tool's input_schema types them: the SDK's tools coerce "yes" to True.
+        coerce_arguments(input, getattr(tool, "input_schema", None)),
         call_id=_tool_use_id(input),
         description=tool.description or "",
         agent=governor.agent,

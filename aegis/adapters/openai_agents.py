@@ -38,6 +38,7 @@ from typing import Any
 
 from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra
 from aegis.core.action import Action, thaw
+from aegis.core.coerce import coerce_arguments
 from aegis.core.decision import Approval
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.result import Result, ResultStatus
@@ -241,7 +242,7 @@ def _governed(tool: Any, governor: Governor, *, action_type: str | None = None) 
     def call_of(arguments: str | None, call_id: str | None, agent: Any) -> ToolCall:
         return ToolCall(
             kind,
-            _arguments(arguments),
+            _arguments(arguments, tool),
             call_id=call_id,
             description=description,
             agent=getattr(agent, "name", None),
@@ -250,7 +251,8 @@ def _governed(tool: Any, governor: Governor, *, action_type: str | None = None) 
     async def needs_approval(
         context: RunContextWrapper[Any], params: dict[str, Any], call_id: str
     ) -> bool:
-        call = ToolCall(kind, params, call_id=call_id, description=description)
+        args = coerce_arguments(params, tool.params_json_schema)
+        call = ToolCall(kind, args, call_id=call_id, description=description)
         decision = governor.decide(call)
         if decision.approval is not Approval.APPROVE:
             return False
@@ -360,7 +362,7 @@ async def resolve_interruptions(result_or_state: Any, runtime: Any) -> RunState[
 async def _settle(state: RunState[Any, Any], item: Any, tool: Any, governor: Governor) -> None:
     call = ToolCall(
         getattr(tool, _KIND, None) or str(item.name),
-        _arguments(item.arguments),
+        _arguments(item.arguments, tool),
         call_id=item.call_id,
         description=tool.description or "",
         agent=getattr(item.agent, "name", None),
@@ -423,15 +425,22 @@ def _tool_of(item: Any) -> Any:
     return (getattr(agent, _MCP_TOOLS, None) or {}).get(item.name)
 
 
-def _arguments(arguments: str | None) -> dict[str, Any]:
-    """The call's arguments as a mapping; text that is not a JSON object is kept as text."""
+def _arguments(arguments: str | None, tool: Any = None) -> dict[str, Any]:
+    """The call's arguments as a mapping, coerced as the tool's schema types them.
+
+    The SDK's function tools validate their JSON with Pydantic, which runs
+    ``"yes"`` as ``True``: the action is the coerced values, and the tool
+    gets exactly them. Text that is not a JSON object is kept as text.
+    """
     if not arguments:
         return {}
     try:
         parsed = json.loads(arguments)
     except ValueError:
         return {"arguments": arguments}
-    return parsed if isinstance(parsed, dict) else {"arguments": parsed}
+    if not isinstance(parsed, dict):
+        return {"arguments": parsed}
+    return coerce_arguments(parsed, getattr(tool, "params_json_schema", None))
 
 
 def _digest(governor: Governor, call: ToolCall) -> str:

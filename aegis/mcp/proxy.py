@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aegis.core.action import Action, thaw
+from aegis.core.coerce import coerce_arguments
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.policy import fold_case
 from aegis.core.record import ContextValue, DecisionStamp
@@ -275,8 +276,8 @@ class ProxySession:
         self._named: dict[str, bool] = {}
         self._named_for: object = None
         self._descriptions: dict[str, str] = {}
-        # a tool's input schema property names, from tools/list
-        self._properties: dict[str, frozenset[str]] = {}
+        # a tool's input schema, from tools/list
+        self._schemas: dict[str, dict[str, Any]] = {}
         # client request id -> the task serving it
         self._inflight: dict[tuple[type, RequestId], asyncio.Task[None]] = {}
         # downstream id -> (future of its reply, client request id)
@@ -517,11 +518,15 @@ class ProxySession:
             return error_reply(
                 request_id, INVALID_PARAMS, 'Invalid params: "arguments" must be a JSON object'
             )
-        known = self._properties.get(name)
-        why = lookalike_members(arguments, known) if known else None
-        if why is not None:
-            await self.record_refused(message, f"its arguments are ambiguous: {why}")
-            return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")
+        schema = self._schemas.get(name)
+        properties = schema.get("properties") if schema is not None else None
+        if isinstance(properties, dict) and properties:
+            why = lookalike_members(arguments, properties)
+            if why is not None:
+                await self.record_refused(message, f"its arguments are ambiguous: {why}")
+                return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")
+            # Decided, and forwarded, as the tool's inputSchema types them.
+            arguments = coerce_arguments(arguments, schema)
         return await self._govern(message, name, arguments, is_tool=True)
 
     async def _governed(self, message: Message, method: str, params: dict[str, Any]) -> Message:
@@ -663,9 +668,8 @@ class ProxySession:
                 if isinstance(description, str):
                     self._descriptions[tool["name"]] = description
                 schema = tool.get("inputSchema")
-                properties = schema.get("properties") if isinstance(schema, dict) else None
-                if isinstance(properties, dict):
-                    self._properties[tool["name"]] = frozenset(properties)
+                if isinstance(schema, dict):
+                    self._schemas[tool["name"]] = schema
         if self._options.hide_blocked:
             target = self._options.target
             result["tools"] = [

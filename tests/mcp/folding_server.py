@@ -21,7 +21,12 @@ TOOLS = [
         "description": f"{name} a file",
         "inputSchema": {
             "type": "object",
-            "properties": {"path": {"type": "string"}, "paths": {"type": "array"}},
+            "properties": {
+                "path": {"type": "string"},
+                "paths": {"type": "array"},
+                "force": {"type": "boolean"},
+                "count": {"type": "integer"},
+            },
         },
     }
     for name in ("read", "delete")

@@ -27,6 +27,12 @@ rules:
       param_matches: {path: "^/srv/secret"}
     risk_level: critical
     approval: block
+  - name: no-force
+    match: {type: read}
+    conditions:
+      param_eq: {force: true}
+    risk_level: high
+    approval: block
   - name: reads
     match: {type: read}
     risk_level: low
@@ -159,3 +165,22 @@ def test_the_server_receives_the_proxys_own_serialization(folding: Folding) -> N
     }
     assert set(ping) == {"jsonrpc", "id", "method"}
     assert folding.ran() == [("read", {"path": "/srv/readme.txt"})]
+
+
+def test_arguments_are_decided_and_forwarded_as_the_input_schema_types_them(
+    folding: Folding,
+) -> None:
+    """force: "yes" is the boolean true the rule names; count: "3" reaches the server as 3."""
+    blocked = folding.proxy.request(
+        8, "tools/call", {"name": "read", "arguments": {"path": "/srv/a", "force": "yes"}}
+    )
+    assert blocked["result"]["isError"] is True
+    allowed = folding.proxy.request(
+        9,
+        "tools/call",
+        {"name": "read", "arguments": {"path": "/srv/a", "force": "no", "count": "3"}},
+    )
+    assert allowed["result"]["content"][0]["text"] == "ran read"
+    assert folding.ran() == [("read", {"path": "/srv/a", "force": False, "count": 3})]
+    rules = [(r["matched_rule"], r["result_status"]) for r in folding.files.records()]
+    assert rules == [("no-force", "blocked"), ("reads", "success")]
