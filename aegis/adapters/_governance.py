@@ -42,6 +42,7 @@ from aegis.errors import ConfigurationError, ToolBlockedError
 from aegis.runtime._binding import CallBinding, bound_call
 from aegis.runtime._calls import call_with_deadline
 from aegis.runtime.approval import SuspendableApprovalHandler
+from aegis.runtime.asking import approval_function
 from aegis.runtime.refusal import refusal_text
 
 if TYPE_CHECKING:
@@ -284,10 +285,8 @@ class Governor:
         ``approval_timeout``) is a denial with its reason; an answer that
         is not ``True``, ``False`` or an ApprovalOutcome denies too.
         """
-        from aegis.runtime.engine import _approval_function  # noqa: PLC0415  # avoids a cycle
-
         digest = action_digest(decision.action)
-        ask = _approval_function(self.runtime.approval_handler)
+        ask = approval_function(self.runtime.approval_handler)
         timeout = self.runtime.approval_timeout
         try:
             # As the runtime's approve step does: a sync handler runs on a

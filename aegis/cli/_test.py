@@ -42,7 +42,7 @@ from aegis.core.limits import LimitSpecError, Subject, parse_window
 from aegis.core.policy import Policy
 from aegis.core.risk import RiskLevel
 from aegis.errors import AegisError
-from aegis.runtime.limits import Metering
+from aegis.runtime.metering import Metering
 from aegis.stores.usage import MemoryUsageStore
 
 __all__ = ["Case", "CaseOutcome", "load_cases", "run_case", "test"]

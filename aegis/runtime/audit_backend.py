@@ -23,16 +23,26 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from aegis.core.chain import GENESIS_HASH, HASHED_SCALARS, record_hash
 from aegis.core.decision import PolicyDecision
 from aegis.core.filters import Filters, View
 from aegis.core.outcome import ApprovalOutcome
-from aegis.core.record import RECORD_FIELDS, ContextValue, isoformat, safe_repr, storable_json
+from aegis.core.record import (
+    RECORD_FIELDS,
+    ContextValue,
+    DecisionStamp,
+    isoformat,
+    safe_repr,
+    storable_json,
+)
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError, ConfigurationError
+
+if TYPE_CHECKING:
+    from aegis.stores.sqlite.connection import Guard
 
 # The interface a backend implements, and what a reader of its records needs.
 # The helpers (RecordReader, SubscriberList, write_jsonl) are shared by the
@@ -159,6 +169,36 @@ class AuditBackend(Protocol):
 
     def close(self) -> None:
         """Release resources; calling it again does nothing."""
+        ...
+
+
+@runtime_checkable
+class GuardedStarts(Protocol):
+    """An optional capability of an audit backend: a start record in one commit with other writes.
+
+    Not part of the public interface (its guard is the SQLite store's); the
+    runtime asks for it explicitly instead of probing for methods.
+
+    :class:`~aegis.runtime.audit.AuditLogger` over SQLite has it: the usage
+    counters sharing its database reserve an action's charges in the
+    transaction that appends the action's start record (see
+    :class:`~aegis.runtime.metering.Deferred`). The metering step uses it
+    only when :meth:`guards` says yes for the usage store's database.
+    """
+
+    def guards(self, database: object) -> bool:
+        """Whether :meth:`record_start_guarded` can share a transaction on ``database``."""
+        ...
+
+    def record_start_guarded(
+        self,
+        session_id: str,
+        decision: PolicyDecision,
+        guard: Guard,
+        human_decision: str | ApprovalOutcome | None = None,
+        stamp: DecisionStamp | None = None,
+    ) -> int | None:
+        """Append the start record with ``guard``'s writes; its id, or ``None`` if it said no."""
         ...
 
 

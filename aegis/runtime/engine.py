@@ -1,51 +1,50 @@
-"""The governed runtime: every action goes decide -> approve -> execute -> record.
+"""The governed runtime: its lifecycle and its public API.
 
-Each action passes through four small steps, each a method of
-:class:`Runtime`:
+Every action goes decide -> meter -> approve -> start -> execute -> finish:
 
-1. **decide**: the policy evaluates the action (in :meth:`Runtime.plan`);
-2. **approve**: ``block`` ends here with ``BLOCKED``; ``approve`` asks the
-   approval handler, and a refusal, an exception or a timeout ends here
-   with ``DENIED``;
-3. **execute**: the audit notes the start durably, then the executor runs
-   the action; an exception becomes ``FAILED``;
-4. **record**: the final outcome is written to the audit trail, and only
-   then is the :class:`~aegis.core.result.Result` returned.
+1. **decide**: the policy evaluates the action (:meth:`Runtime.decide`,
+   and :meth:`Runtime.plan` for a whole plan, which runs nothing);
+2. the other steps are those of :mod:`aegis.runtime.steps`: the limits are
+   counted, ``block`` ends with ``BLOCKED``, ``approve`` asks the approval
+   handler (a refusal, an exception or a timeout ends with ``DENIED``), the
+   audit notes the start durably, the executor runs the action (an
+   exception becomes ``FAILED``), and the final outcome is written to the
+   audit trail before the :class:`~aegis.core.result.Result` is returned.
 
 A ``FAILED`` or ``DENIED`` action stops the plan: every later action is
 ``SKIPPED`` (and recorded). A ``BLOCKED`` action does not stop it.
+
+This module holds what lasts longer than one action: setting the executor
+up and tearing it down, the policy in force (and its file, see
+:mod:`aegis.runtime.policy_file`), the audit trail and the usage counters
+(:mod:`aegis.runtime.metering`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
-import hashlib
-import inspect
-import json
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from aegis.adapters.base import BaseExecutor
 from aegis.core.action import Action, canonical_json
 from aegis.core.decision import Approval, PolicyDecision
-from aegis.core.outcome import ApprovalOutcome
 from aegis.core.plan import ExecutionPlan
 from aegis.core.record import ContextValue, DecisionStamp, check_context
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import AegisError, AuditError, ConfigurationError
-from aegis.runtime._binding import binding_for
-from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
+from aegis.errors import AegisError, ConfigurationError
 from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
-from aegis.runtime.approval_callback import CallbackApprovalHandler
-from aegis.runtime.limits import Deferred, Lease, _LimitsSetup
+from aegis.runtime.asking import approval_function
+from aegis.runtime.executor import Executor, executor_hooks
+from aegis.runtime.metering import MeteringStep
+from aegis.runtime.policy_file import PolicyFile
+from aegis.runtime.steps import Gate, Passage, blocked, describe, skipped
 
 if TYPE_CHECKING:
     from aegis.core.policy import Policy
@@ -56,21 +55,11 @@ __all__ = ["Executor", "Runtime"]
 
 _log = logging.getLogger("aegis.runtime")
 
-#: an executor: a BaseExecutor, or a function of the action (sync or async)
-Executor = BaseExecutor | Callable[[Action], Any]
-
 _STOPPING = frozenset({ResultStatus.FAILED, ResultStatus.DENIED})
-# Statuses only the runtime may give; an executor reporting one is confused.
-_RUNTIME_ONLY = frozenset({ResultStatus.BLOCKED, ResultStatus.DENIED, ResultStatus.SKIPPED})
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Runtime:
@@ -142,15 +131,15 @@ class Runtime:
         reload: bool = False,
         reload_interval: float = 1.0,
     ) -> None:
-        self._execute_action, self._setup, self._teardown = _executor_hooks(executor)
-        self._limits = _LimitsSetup(agent, usage_store, policy_path, reload, reload_interval)
+        execute, self._setup, self._teardown = executor_hooks(executor)
+        self._metering = MeteringStep(agent, usage_store)
+        self._policy_file = PolicyFile(policy_path, reload, reload_interval, self.update_policy)
         if policy is None:
-            policy = self._limits.initial_policy()
-        self._execute_is_async = is_async_callable(self._execute_action)
+            policy = self._policy_file.load()
         self._evaluate = _policy_evaluate(policy)
         if approval_handler is None:
             approval_handler = CLIApprovalHandler()
-        self._ask = _approval_function(approval_handler)
+        ask = approval_function(approval_handler)
         for name, timeout in (
             ("approval_timeout", approval_timeout),
             ("execute_timeout", execute_timeout),
@@ -171,28 +160,67 @@ class Runtime:
                 f"session_id must be a string, got {type(session_id).__name__}"
             )
         self.executor = executor
-        self.policy = policy
         self.approval_handler = approval_handler
-        self.approval_timeout = approval_timeout
-        self.execute_timeout = execute_timeout
         self.audit: AuditBackend = audit_logger
-        self.session_id: str = session_id or uuid.uuid4().hex
+        self._metering.beside(audit_logger)
+        self._gate = Gate(
+            execute=execute,
+            ask=ask,
+            audit=audit_logger,
+            metering=self._metering,
+            policy=policy,
+            session_id=session_id or uuid.uuid4().hex,
+            approval_timeout=approval_timeout,
+            execute_timeout=execute_timeout,
+        )
         bind = getattr(approval_handler, "bind_session", None)
         if callable(bind):
             # A handler that keys requests by session (the remote one) learns ours.
             bind(self.session_id)
-        self._record_final = audit_logger.record
-        self._record_start = getattr(audit_logger, "record_start", None)
-        # A backend written before records had a context, a decision time
-        # and a policy digest still works; it just does not store them.
-        self._stamped = _accepts_stamp(audit_logger.record)
-        self._start_stamped = self._record_start is not None and _accepts_stamp(self._record_start)
         self._started = False
         self._closed = False
         self._entered = False  # inside ``async with``: set up once for the block
         self._lazy = False  # set up by run_one outside ``async with``: until close()
         self._plans = 0  # execute() calls running on a setup of their own
         self._start_lock: asyncio.Lock | None = None
+
+    # The steps read these from the gate; the runtime shows them as its own.
+
+    @property
+    def policy(self) -> Policy:
+        """The policy deciding now; set it with :meth:`update_policy`."""
+        return self._gate.policy  # type: ignore[no-any-return]  # duck-typed policies welcome
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self.update_policy(policy)
+
+    @property
+    def session_id(self) -> str:
+        """The session this runtime's audit records belong to."""
+        return self._gate.session_id
+
+    @session_id.setter
+    def session_id(self, session_id: str) -> None:
+        self._gate.session_id = session_id
+
+    @property
+    def approval_timeout(self) -> float | None:
+        """Seconds an approval may take before it counts as denied, or ``None``."""
+        return self._gate.approval_timeout
+
+    @approval_timeout.setter
+    def approval_timeout(self, seconds: float | None) -> None:
+        self._gate.approval_timeout = seconds
+
+    @property
+    def execute_timeout(self) -> float | None:
+        """Seconds the executor may take before the action counts as failed, or ``None``."""
+        return self._gate.execute_timeout
+
+    @execute_timeout.setter
+    def execute_timeout(self, seconds: float | None) -> None:
+        self._gate.execute_timeout = seconds
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -214,7 +242,7 @@ class Runtime:
             raise AegisError("this Runtime is closed; create a new Runtime to run more actions")
         if self._started:
             return
-        self._limits.watch(self)
+        self._policy_file.watch()
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         # Concurrent first calls wait here: setup() runs once, and no action
@@ -273,9 +301,12 @@ class Runtime:
                 await self._teardown()
         finally:
             try:
-                await self._limits.close()
+                await self._policy_file.close()
             finally:
-                self.audit.close()
+                try:
+                    self._metering.close()
+                finally:
+                    self.audit.close()
 
     # ------------------------------------------------------------------ public API
 
@@ -290,8 +321,10 @@ class Runtime:
         With rate limits, budgets or flow conditions in the policy, each action
         is shown as the limits would decide it now, alone, reserving nothing.
         """
-        if getattr(self.policy, "limits", None) is not None:
-            return ExecutionPlan([self._limits.preview(self, a) for a in actions])
+        policy = self._gate.policy
+        if getattr(policy, "limits", None) is not None:
+            preview, session_id = self._metering.preview, self.session_id
+            return ExecutionPlan([preview(policy, self.decide(a), session_id) for a in actions])
         return ExecutionPlan([self.decide(a) for a in actions])
 
     def update_policy(self, policy: Policy) -> None:
@@ -304,7 +337,7 @@ class Runtime:
             ConfigurationError: ``policy`` has no ``evaluate()`` method.
         """
         evaluate = _policy_evaluate(policy)
-        self.policy, self._evaluate = policy, evaluate
+        self._gate.policy, self._evaluate = policy, evaluate
 
     async def execute(
         self,
@@ -345,7 +378,7 @@ class Runtime:
                     decision = first
                 if stopped_by is None:
                     reached = position + 1  # _run records even when interrupted
-                    result = await self._run(decision, stamp)
+                    result = await Passage(self._gate, decision, stamp).run()
                     if result.status in _STOPPING:
                         stopped_by = result
                 else:
@@ -380,19 +413,20 @@ class Runtime:
             assert result.ok
         """
         checked = None if context is None else check_context(context)
-        policy = self.policy
+        gate = self._gate
+        policy = gate.policy
         decision = self.decide(action)
-        stamp = self._stamp(checked)
+        stamp = DecisionStamp.now(gate.policy, checked)
         if not self._started or self._closed:
             await self._start()
         if not self._entered:
             self._lazy = True  # set up for good: close() tears it down
-        return await self._run(decision, stamp, plain=self.policy is policy)
+        return await Passage(gate, decision, stamp).run(plain=gate.policy is policy)
 
     # ------------------------------------------------------------------ the steps
 
     def decide(self, action: Action) -> PolicyDecision:
-        """Step 1: the policy's decision for ``action``."""
+        """The policy's decision for ``action`` (the decide step)."""
         if not isinstance(action, Action):
             raise ConfigurationError(
                 f"expected an aegis Action, got {type(action).__name__}; "
@@ -411,7 +445,7 @@ class Runtime:
     async def approve(
         self, decision: PolicyDecision, *, decided: str | None = None
     ) -> tuple[Result | None, str]:
-        """Step 2: ask the approval handler about an ``approve`` decision.
+        """Ask the approval handler about an ``approve`` decision.
 
         Returns ``(None, "approved")`` when the action may run, otherwise a
         ``DENIED`` Result and the human decision to audit (``"denied"``,
@@ -425,139 +459,19 @@ class Runtime:
         worker thread, and ``approval_timeout`` holds for every handler, one
         that ignores cancellation included.
         """
-        started = _now()
         if decided is None:
             decided = canonical_json(decision.action)
-        view = copy.copy(decision)
-        # A framework integration may bring an answer given while its run was
-        # suspended; it passes the same checks as a fresh one (see _binding).
-        binding = binding_for(decision.action)
-        try:
-            approved: Any
-            if binding is not None and binding.answer is not None:
-                approved = binding.answer
-                if approved.approved is True and approved.digest is None:
-                    # Carried across a suspension, a yes must name the action it is for.
-                    approved = ApprovalOutcome(
-                        False,
-                        reason="the settled approval names no action digest",
-                        request_id=approved.request_id,
-                    )
-            else:
-                approved = await call_with_deadline(
-                    self._ask, (view,), self.approval_timeout, "the approval handler"
-                )
-        except TimeoutError as exc:  # ours (Deadline) or the handler's own
-            why = str(exc) or "the approval handler raised TimeoutError"
-            return self._denied(decision, started, f"approval timed out ({why})"), (
-                f"denied: timeout: {why}"
-            )
-        except Exception as exc:  # fail closed: a broken handler must not approve
-            return self._denied(decision, started, f"approval handler failed: {_describe(exc)}"), (
-                f"denied: error: {_describe(exc)}"
-            )
-        if approved is True:
-            return None, "approved"
-        if isinstance(approved, ApprovalOutcome):
-            return self._settle(decision, started, approved, decided)
-        if approved is False:
-            return self._denied(decision, started, "denied by the approver"), "denied"
-        why = f"approval handler returned {approved!r}, not True or False"
-        return self._denied(decision, started, why), f"denied: error: {why}"
-
-    def _settle(
-        self, decision: PolicyDecision, started: datetime, outcome: ApprovalOutcome, decided: str
-    ) -> tuple[Result | None, str]:
-        """An :class:`ApprovalOutcome` as the result of the approve step."""
-        human = outcome.human_decision()
-        if outcome.approved is not True:
-            why = "denied by " + ", ".join(outcome.reviewers) if outcome.reviewers else "denied"
-            if outcome.reason:
-                why += f": {outcome.reason}"
-            elif outcome.comment:
-                why += f": {outcome.comment}"
-            return self._denied(decision, started, why), human
-        if outcome.digest is not None and outcome.digest != _digest(decided):
-            # An approval is bound to the exact action a reviewer saw.
-            why = "the approval was given for a different action (digest mismatch)"
-            return self._denied(decision, started, why), f"denied: error: {why}"
-        return None, human
+        return await self._gate.approve(decision, decided)
 
     async def run_executor(self, action: Action) -> Result:
-        """Step 3: run ``action`` on the executor and normalise what comes back.
+        """Run ``action`` on the executor and normalise what comes back.
 
         An exception becomes ``FAILED`` with ``"Type: message"`` as error; a
         value that is not a Result becomes ``SUCCESS`` with that value as
         data. The Result always carries ``action``, the action that was
         approved, whatever the executor put in it.
         """
-        started = _now()
-        binding = binding_for(action)  # a framework's tool runs its own call
-        if binding is None:
-            execute, is_async = self._execute_action, self._execute_is_async
-        else:
-            execute, is_async = binding.execute, is_async_callable(binding.execute)
-        limit = self.execute_timeout
-        try:
-            if is_async and limit is None:
-                out = execute(action)
-                if inspect.isawaitable(out):
-                    out = await out
-            else:
-                # A sync executor runs on a worker thread, and a limit holds
-                # even for one that ignores cancellation.
-                out = await call_with_deadline(execute, (action,), limit, "the executor")
-        except Deadline:
-            return Result(
-                action,
-                ResultStatus.FAILED,
-                error=f"TimeoutError: the executor took longer than {limit:g}s",
-                started_at=started,
-                completed_at=_now(),
-            )
-        except Exception as exc:  # an executor's failure is a result, not a crash
-            return Result(
-                action,
-                ResultStatus.FAILED,
-                error=_describe(exc),
-                started_at=started,
-                completed_at=_now(),
-            )
-        if not isinstance(out, Result):
-            return Result(
-                action, ResultStatus.SUCCESS, data=out, started_at=started, completed_at=_now()
-            )
-        status = out.status
-        if not isinstance(status, ResultStatus) or not isinstance(
-            out.completed_at, datetime | None
-        ):
-            # Result is mutable; one changed after construction could break
-            # the audit write, and the action did run: record it as failed.
-            return Result(
-                action,
-                ResultStatus.FAILED,
-                error=f"executor returned an invalid Result (status={status!r}, "
-                f"completed_at={out.completed_at!r}); use a ResultStatus and a datetime",
-                started_at=started,
-                completed_at=_now(),
-            )
-        if status in _RUNTIME_ONLY:
-            return Result(
-                action,
-                ResultStatus.FAILED,
-                data=out.data,
-                error=f"executor reported status {status.name}, which only the runtime may "
-                "give; return SUCCESS or FAILED, or raise",
-                started_at=started,
-                completed_at=_now(),
-            )
-        if out.action is not action:
-            # What was approved is what gets recorded, never the executor's copy.
-            out = Result(action, status, data=out.data, error=out.error)
-        out.started_at = started
-        if out.completed_at is None:
-            out.completed_at = _now()
-        return out
+        return await self._gate.run_executor(action)
 
     async def record(
         self,
@@ -568,217 +482,28 @@ class Runtime:
         *,
         stamp: DecisionStamp | None = None,
     ) -> Result:
-        """Step 4: write ``result`` to the audit trail, then return it.
+        """Write ``result`` to the audit trail, then return it.
 
         ``stamp`` says when and under which policy ``decision`` was taken,
         and the caller's context; a stamp of now, without context, if omitted.
         """
-        await self._record_final(
-            self.session_id,
-            decision,
-            result=result,
-            human_decision=human_decision,
-            start_token=start_token,
-            **self._stamp_fields(stamp),
-        )
-        return result
+        return await self._gate.record(decision, result, human_decision, start_token, stamp)
 
     @staticmethod
     def block(decision: PolicyDecision) -> Result:
         """The ``BLOCKED`` Result of a decision the policy forbids."""
-        error = f"blocked by policy rule {decision.matched_rule!r}"
-        if decision.reason:
-            error += f": {decision.reason}"
-        now = _now()
-        return Result(
-            decision.action, ResultStatus.BLOCKED, error=error, started_at=now, completed_at=now
-        )
+        return blocked(decision)
 
     @staticmethod
     def skip(decision: PolicyDecision, cause: Result) -> Result:
         """The ``SKIPPED`` Result of an action after ``cause`` stopped the plan."""
-        verb = "failed" if cause.status is ResultStatus.FAILED else "was denied"
-        now = _now()
-        return Result(
-            decision.action,
-            ResultStatus.SKIPPED,
-            error=f"skipped: an earlier action {verb} ({cause.action.type} -> "
-            f"{cause.action.target})",
-            started_at=now,
-            completed_at=now,
-        )
+        return skipped(decision, cause)
 
     # ------------------------------------------------------------------ internals
 
     def _stamp(self, context: Mapping[str, ContextValue] | None) -> DecisionStamp:
         """The stamp of a decision taken now by this runtime's policy."""
-        return DecisionStamp.now(self.policy, context)
-
-    def _stamp_fields(self, stamp: DecisionStamp | None) -> dict[str, Any]:
-        """The audit backend's keyword arguments for ``stamp``."""
-        if not self._stamped:
-            return {}
-        if stamp is None:
-            stamp = self._stamp(None)
-        return {
-            "context": stamp.context,
-            "decided_at": stamp.decided_at,
-            "policy_digest": stamp.policy_digest,
-        }
-
-    async def _run(  # noqa: PLR0915  # the per-action path stays in one frame for speed
-        self,
-        decision: PolicyDecision,
-        stamp: DecisionStamp,
-        *,
-        plain: bool = False,
-        defer: bool = True,
-    ) -> Result:
-        """One action through meter -> approve -> execute -> record.
-
-        ``decision`` comes from :meth:`decide` and stays the runtime's own:
-        the approval handler sees a copy, and what runs and what is recorded
-        is checked against the action's canonical form taken here, when it
-        was decided. ``plain``: it is exactly :meth:`decide`'s, just taken.
-        ``defer``: the metering step may leave the reservation to the start
-        record (see :class:`~aegis.runtime.limits.Deferred`).
-        """
-        policy = self.policy
-        lease: Lease | Deferred | None = None
-        if getattr(policy, "limits", None) is not None:
-            try:  # without a trip through a coroutine when there is nothing to wait for
-                checked, lease, fresh, pending = self._limits.check(
-                    self, policy, decision, stamp, plain=plain, defer=defer
-                )
-                if pending is not None:  # reserved with the concurrent actions' charges
-                    checked, lease = await self._limits.reserve(self, decision, checked, pending)
-            except BaseException as exc:  # cancelled while counting: it never ran
-                await self._record_interrupted(decision, stamp, exc, ResultStatus.SKIPPED, None)
-                raise
-            decision, stamp = checked, fresh
-        action = decision.action
-        approval = decision.approval
-        if approval is Approval.BLOCK:
-            return await self._finish(decision, self.block(decision), None, None, stamp)
-        decided = canonical_json(action)
-        human: str | None = None
-        if approval is Approval.APPROVE:
-            try:
-                denied, human = await self.approve(decision, decided=decided)
-            except BaseException as exc:  # cancelled or interrupted while waiting
-                self._limits.release(lease)
-                await self._record_interrupted(
-                    decision, stamp, exc, ResultStatus.DENIED, "denied: interrupted"
-                )
-                raise
-            if denied is not None:
-                self._limits.release(lease)
-                return await self._finish(decision, denied, human, None, stamp)
-        elif approval is not Approval.AUTO:  # decide() allows nothing else; fail closed anyway
-            self._limits.release(lease)
-            return await self._finish(decision, self.block(decision), None, None, stamp)
-        if canonical_json(action) != decided:
-            self._limits.release(lease)
-            return await self._changed(decision, stamp, decided, human, ran=False)
-        token: int | None = None
-        if type(lease) is Deferred:
-            # Reserved and remembered with the start record, in its commit.
-            kept = stamp if self._start_stamped and self._stamped else None
-            started = self._limits.start(self, policy, decision, lease, human, kept)
-            if started is None:  # meter again, the ordinary way
-                return await self._run(decision, stamp, defer=False)
-            if isinstance(started, PolicyDecision):  # over the limit, and on_exceed blocks
-                return await self._finish(started, self.block(started), None, None, stamp)
-            token = started
-        else:
-            if lease is not None or getattr(policy, "limits", None) is not None:
-                failed = self._limits.ran(self, policy, action, lease)
-                if failed is not None:
-                    return await self._finish(decision, failed, human, None, stamp)
-            if self._record_start is not None:
-                fields = self._stamp_fields(stamp) if self._start_stamped else {}
-                try:
-                    token = await self._record_start(
-                        self.session_id, decision, human_decision=human, **fields
-                    )
-                except AuditError as exc:
-                    # An action whose start is not in the trail must not run.
-                    self._limits.release(lease)
-                    return _unrecorded(decision, None, exc)
-        try:
-            result = await self.run_executor(action)
-        except BaseException as exc:  # cancelled or interrupted mid-action
-            await self._record_interrupted(decision, stamp, exc, ResultStatus.FAILED, human, token)
-            raise
-        if canonical_json(action) != decided:
-            return await self._changed(
-                decision, stamp, decided, human, token, ran=True, result=result
-            )
-        return await self._finish(decision, result, human, token, stamp)
-
-    async def _finish(
-        self,
-        decision: PolicyDecision,
-        result: Result,
-        human: str | None,
-        token: int | None,
-        stamp: DecisionStamp,
-    ) -> Result:
-        """Record ``result``; if the trail cannot take it, the Result is FAILED, never success."""
-        try:
-            return await self.record(decision, result, human, token, stamp=stamp)
-        except AuditError as exc:
-            return _unrecorded(decision, result, exc)
-
-    async def _changed(
-        self,
-        decision: PolicyDecision,
-        stamp: DecisionStamp,
-        decided: str,
-        human: str | None,
-        token: int | None = None,
-        *,
-        ran: bool,
-        result: Result | None = None,
-    ) -> Result:
-        """Record an action that changed after it was decided, as it was decided."""
-        # Only tampering below the API gets here (object.__setattr__, gc):
-        # the record shows what was decided, never the changed object.
-        data = json.loads(decided)
-        original = Action(data["type"], data["target"], data["params"], data["description"])
-        decision = dataclasses.replace(decision, action=original)
-        now = _now()
-        if ran:
-            error = "the action was changed while it ran; the record shows it as decided"
-            status = ResultStatus.FAILED
-            started = result.started_at if result is not None else now
-        else:
-            error = "refused: the action changed after it was decided; it did not run"
-            status = ResultStatus.DENIED
-            started = now
-            human = f"denied: error: {error}"
-        _log.error("%s: %s", original, error)
-        changed = Result(original, status, error=error, started_at=started, completed_at=now)
-        return await self._finish(decision, changed, human, token, stamp)
-
-    async def _record_interrupted(  # noqa: PLR0917  # one call site, all needed
-        self,
-        decision: PolicyDecision,
-        stamp: DecisionStamp,
-        exc: BaseException,
-        status: ResultStatus,
-        human: str | None,
-        token: int | None = None,
-    ) -> None:
-        # Best effort: the interruption must propagate whatever happens here,
-        # and an audit that cannot write now would only hide it.
-        result = Result(
-            decision.action, status, error=f"interrupted: {_describe(exc)}", completed_at=_now()
-        )
-        try:
-            await self.record(decision, result, human, token, stamp=stamp)
-        except Exception:
-            _log.exception("could not record the interruption of %s", decision.action)
+        return DecisionStamp.now(self._gate.policy, context)
 
     async def _record_unreached(
         self, decisions: tuple[PolicyDecision, ...], exc: BaseException, stamp: DecisionStamp
@@ -790,7 +515,7 @@ class Runtime:
             result = Result(
                 decision.action,
                 ResultStatus.SKIPPED,
-                error=f"skipped: the plan was interrupted ({_describe(exc)})",
+                error=f"skipped: the plan was interrupted ({describe(exc)})",
                 started_at=now,
                 completed_at=now,
             )
@@ -799,16 +524,6 @@ class Runtime:
             except Exception:
                 _log.exception("could not record the skipped action %s", decision.action)
                 return
-
-    @staticmethod
-    def _denied(decision: PolicyDecision, started: datetime, error: str) -> Result:
-        return Result(
-            decision.action,
-            ResultStatus.DENIED,
-            error=error,
-            started_at=started,
-            completed_at=_now(),
-        )
 
     @staticmethod
     def _check_audit(audit: object) -> None:
@@ -825,58 +540,6 @@ class Runtime:
             f"Runtime(session_id={self.session_id!r}, executor={self.executor!r}, "
             f"policy={self.policy!r})"
         )
-
-
-_Hook = Callable[[], Awaitable[None]] | None
-
-
-def _unrecorded(decision: PolicyDecision, result: Result | None, exc: AuditError) -> Result:
-    """The FAILED Result of an action whose start (``result`` None) or outcome was not recorded.
-
-    A failed write leaves no half-written record; the caller must not read
-    success into an outcome the audit trail does not hold.
-    """
-    _log.error("could not record %s in the audit trail: %s", decision.action, exc)
-    now = _now()
-    if result is None:
-        return Result(
-            decision.action,
-            ResultStatus.FAILED,
-            error=f"not run: the audit trail could not record its start ({exc})",
-            started_at=now,
-            completed_at=now,
-        )
-    return Result(
-        decision.action,
-        ResultStatus.FAILED,
-        data=result.data,
-        error=f"ended {result.status.value}, but the audit trail could not record it ({exc})",
-        started_at=result.started_at,
-        completed_at=result.completed_at or now,
-    )
-
-
-def _accepts_stamp(record: Callable[..., Any]) -> bool:
-    """Whether a backend's ``record`` takes ``context``, ``decided_at`` and ``policy_digest``."""
-    try:
-        parameters = inspect.signature(record).parameters.values()
-    except (TypeError, ValueError):  # no signature to read: assume the current protocol
-        return True
-    names = {p.name for p in parameters}
-    return (
-        any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-        or {
-            "context",
-            "decided_at",
-            "policy_digest",
-        }
-        <= names
-    )
-
-
-def _digest(decided: str) -> str:
-    """The :func:`~aegis.core.action.action_digest` of the canonical JSON ``decided``."""
-    return hashlib.sha256(decided.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _approval_of(value: object) -> Approval | None:
@@ -947,37 +610,6 @@ def _checked(decision: object, action: Action) -> PolicyDecision:
     return PolicyDecision(action, risk, approval, rule, reason)
 
 
-def _executor_hooks(executor: object) -> tuple[Callable[[Action], Any], _Hook, _Hook]:
-    """The executor's action function and its setup/teardown hooks, if any."""
-    if isinstance(executor, BaseExecutor):
-        return executor.execute, executor.setup, executor.teardown
-    execute = getattr(executor, "execute", None)
-    if callable(execute) and not isinstance(executor, type):
-        # Duck-typed executor (same shape as BaseExecutor, not a subclass).
-        return execute, _hook(executor, "setup"), _hook(executor, "teardown")
-    if callable(executor) and not isinstance(executor, type):
-        return executor, None, None
-    hint = ""
-    if isinstance(executor, type):
-        hint = (
-            f" (you passed the class {executor.__name__}; pass an instance: {executor.__name__}())"
-        )
-    raise ConfigurationError(
-        f"executor must be a BaseExecutor or a function taking an Action, got "
-        f"{type(executor).__name__}{hint}; e.g. `async def execute(action): ...` or a "
-        "subclass of aegis.adapters.base.BaseExecutor"
-    )
-
-
-def _hook(obj: object, name: str) -> _Hook:
-    fn = getattr(obj, name, None)
-    if fn is None:
-        return None
-    if not callable(fn):
-        raise ConfigurationError(f"executor.{name} must be a method, got {type(fn).__name__}")
-    return _awaiting(fn)
-
-
 def _policy_evaluate(policy: object) -> Callable[[Action], PolicyDecision]:
     evaluate = getattr(policy, "evaluate", None)
     if callable(evaluate) and not isinstance(policy, type):
@@ -989,29 +621,3 @@ def _policy_evaluate(policy: object) -> Callable[[Action], PolicyDecision]:
         f"policy must be an aegis Policy (with an evaluate() method), got "
         f"{type(policy).__name__}{hint}"
     )
-
-
-def _approval_function(handler: object) -> Callable[[PolicyDecision], Any]:
-    # Returned as is: the approve step runs a sync one on a worker thread.
-    if isinstance(handler, ApprovalHandler):
-        return handler.request_approval
-    request = getattr(handler, "request_approval", None)
-    if callable(request) and not isinstance(handler, type):
-        return request  # type: ignore[no-any-return]  # duck-typed handlers welcome
-    if callable(handler) and not isinstance(handler, type):
-        return CallbackApprovalHandler(handler).request_approval
-    raise ConfigurationError(
-        f"approval_handler must be an ApprovalHandler or a function of the decision "
-        f"returning True/False, got {type(handler).__name__}; e.g. "
-        "CallbackApprovalHandler(callback=lambda d: d.risk_level.value <= 2)"
-    )
-
-
-def _awaiting(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    """``fn`` as an async function, whether it is one already or not."""
-
-    async def call(*args: Any) -> Any:
-        out = fn(*args)
-        return await out if inspect.isawaitable(out) else out
-
-    return call

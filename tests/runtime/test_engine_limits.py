@@ -295,13 +295,13 @@ async def test_the_usage_store_follows_the_audit(tmp_path: Path, policy: Policy)
     """A SQLite audit gets its file's counters; a logging audit gets counters in memory."""
     async with runtime(policy, tmp_path) as rt:
         await rt.run_one(Action("send_email", "smtp"))
-        metering = rt._limits.metering(rt)
+        metering = rt._metering.metering()
         assert isinstance(metering.store, SQLiteUsageStore)
         assert metering.store.db_path == str(tmp_path / "aegis_audit.db")
     assert metering.store._closed  # the runtime opened it, so it closed it
     async with runtime(policy, tmp_path, audit_logger=LoggingAuditLogger()) as rt:
         await rt.run_one(Action("send_email", "smtp"))
-        assert isinstance(rt._limits.metering(rt).store, MemoryUsageStore)
+        assert isinstance(rt._metering.metering().store, MemoryUsageStore)
     given = MemoryUsageStore()
     async with runtime(policy, tmp_path, usage_store=given) as rt:
         await rt.run_one(Action("send_email", "smtp"))
@@ -663,7 +663,7 @@ async def test_a_postgres_audit_gets_its_counters_in_the_same_database(
             executor=lambda a: "ok", policy=policy, audit_logger=AuditLogger(postgres_dsn)
         ) as rt:
             statuses_seen += await statuses(rt, [Action("send", "x")] * 2)
-            assert isinstance(rt._limits.metering(rt).store, PostgresUsageStore)
+            assert isinstance(rt._metering.metering().store, PostgresUsageStore)
     assert statuses_seen == ["success", "success", "success", "blocked"]
     with psycopg.connect(postgres_dsn) as conn:
         rows = conn.execute("SELECT count(*) FROM aegis_usage").fetchone()
@@ -710,7 +710,7 @@ async def test_an_in_memory_audit_counts_in_memory(
             executor=lambda a: "ok", policy=policy, audit_logger=InMemoryAuditLog(), agent="t"
         ) as rt:
             got = await statuses(rt, [Action("send_email", "smtp")] * 4)
-            store = rt._limits.metering(rt).store
+            store = rt._metering.metering().store
         assert got == ["success"] * 3 + ["blocked"]
         assert isinstance(store, MemoryUsageStore)
     assert os.listdir() == []

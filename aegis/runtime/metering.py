@@ -1,0 +1,739 @@
+"""The metering step: rate limits, budgets and flow conditions, checked against a store.
+
+The runtime runs it between *decide* and *approve* for policies that have
+``limit``, ``budget`` or ``after`` / ``not_after`` rules (others skip it):
+
+1. flow conditions: the session's earlier actions are looked up in the
+   usage store, and the policy decides again knowing them;
+2. meters: the deciding rule's counters are checked **and reserved in one
+   atomic step** in the store. Under the limit the rule's own approval
+   stands; the action that would pass it gets the rule's ``on_exceed``, with
+   a reason naming the limit, the count and the window. A budget param that
+   is missing or not a number blocks the action;
+3. what counts is an action let through to run: a reservation is released
+   when the action is then blocked or denied, and kept once the executor
+   starts, whatever its outcome. A reservation whose action never finishes
+   (the process was killed) stays counted until its window passes: a limit
+   errs on the side of fewer actions. An ``auto`` action of an agent running
+   actions one by one, with its counters in the audit's SQLite file, is
+   checked and reserved in the transaction that appends its start record
+   (:class:`Deferred`): one commit, and no reservation without its start;
+4. an action let through is remembered as a flow event when some flow
+   condition of the policy could look for it later.
+
+Two classes: :class:`Metering` counts against a usage store (``aegis test``
+replays histories with it too); :class:`MeteringStep` is the step as one
+runtime runs it. The step knows the runtime only through what it is given:
+the agent, the usage store (or the audit trail to find one beside, see
+:func:`~aegis.runtime._usage_store.usage_store_for`), and, for each call,
+the session and the policy deciding it. The one-commit start is an explicit
+capability: an audit that is a :class:`~aegis.runtime.audit_backend.GuardedStarts`
+over the very database of a usage store that is a :class:`StartGuarding`.
+
+Who "agent" is, for ``key: [agent]``: ``Runtime(agent=...)``; when that is
+``None``, the ``"agent"`` entry of the ``context`` given to ``run_one`` or
+``execute``; else ``None`` (all such actions share one count).
+
+Speed: a governed action costs about 100 µs and this step is on its path,
+measured by ``python benchmarks/limits.py`` (see BENCHMARKS.md, "Limits,
+budgets and flow rules"). The places that trade plainness for it say so:
+``tuple.__new__`` for named tuples, the batch asked inline whether it is
+alone, and :class:`_Lane`, which lets a sequential agent's next action of
+the same rule skip the lookups its last one made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from asyncio import current_task
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+from aegis.core.action import Action
+from aegis.core.conditions import Unevaluable
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.limits import (
+    Charge,
+    FlowEvent,
+    FlowSpec,
+    KnownFacts,
+    Meter,
+    PolicyLimits,
+    RuleLimits,
+    Subject,
+)
+from aegis.core.record import DecisionStamp
+from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
+from aegis.errors import AegisError, ConfigurationError
+from aegis.runtime._usage_store import usage_store_for
+from aegis.runtime.audit_backend import GuardedStarts
+from aegis.stores.usage import Acquired, Request, UsageStore
+
+if TYPE_CHECKING:
+    from aegis.core.outcome import ApprovalOutcome
+    from aegis.stores.sqlite.connection import Guard
+
+__all__ = ["Deferred", "Lease", "Metering", "MeteringStep", "StartGuarding"]
+
+_log = logging.getLogger("aegis.runtime")
+
+#: a blocked budget or key is at least this risky: the action was not what the author expected
+_UNEVALUABLE_MIN_RISK = RiskLevel.HIGH
+
+#: the reservation an action holds until it runs or is refused (the store's tokens)
+Lease = tuple[object, ...]
+#: a rule and the request to reserve for it, with the concurrent actions' requests
+_Pending = tuple[RuleLimits, Request]
+
+
+class Deferred(NamedTuple):  # a tuple: built for every sequential metered action
+    """What an action let through by its rule would reserve and remember, not yet written.
+
+    An ``auto`` action of an agent running actions one by one, on a usage
+    store that shares the audit trail's SQLite connection: its charges are
+    checked and reserved, and its flow event kept, in the transaction that
+    appends its start record (one commit instead of two, still one atomic
+    step). If a charge does not fit then, nothing is written and the
+    metering step runs again the ordinary way.
+    """
+
+    request: Request | None
+    event: FlowEvent | None
+
+
+def _settle(
+    decision: PolicyDecision, rule: RuleLimits, request: Request, acquired: Acquired
+) -> PolicyDecision:
+    """The decision once the counters are known: ``on_exceed`` past a limit."""
+    if acquired.exceeded is None:
+        return decision
+    index = acquired.exceeded
+    exceed = rule.on_exceed
+    return replace(
+        decision,
+        approval=exceed.approval,
+        risk_level=exceed.risk_level or decision.risk_level,
+        reason=rule.meters[index].describe(acquired.used[index], request.charges[index]),
+    )
+
+
+def _unmetered(decision: PolicyDecision, exc: AegisError) -> PolicyDecision:
+    """``decision`` blocked because the usage store failed."""
+    return replace(
+        decision,
+        approval=Approval.BLOCK,
+        risk_level=max(decision.risk_level, _UNEVALUABLE_MIN_RISK),
+        reason=f"blocked: the usage counters could not be checked: {exc}",
+    )
+
+
+#: builds a named tuple from C: its generated ``__new__`` is a Python call, for every action
+_new = tuple.__new__
+
+
+def _charges(meters: tuple[Meter, ...], action: Action, subject: Subject) -> tuple[Charge, ...]:
+    """What ``action`` (folded as its policy folds names) adds to each meter's counter.
+
+    Raises:
+        Unevaluable: a key or amount the action does not have (see Meter.charge).
+    """
+    if len(meters) == 1:  # the usual rule: no list to build
+        return (meters[0].charge(action, subject),)
+    return tuple([meter.charge(action, subject) for meter in meters])
+
+
+class _Batch:
+    """Reservations of one event loop iteration, made in one store transaction."""
+
+    def __init__(self, store: UsageStore) -> None:
+        self.store = store
+        self._queue: list[tuple[Request, asyncio.Future[Acquired]]] = []
+        self._last: asyncio.Task[Any] | None = None  # the task that submitted last
+
+    def alone(self) -> bool:
+        """Whether a request now would be reserved at once, with nothing to group with."""
+        return not self._queue and asyncio.current_task() is self._last
+
+    async def submit(self, request: Request) -> Acquired:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if not self._queue and task is self._last:
+            # Nothing to group with: the task that checked last checks again
+            # and no batch waits (an agent calling run_one in a loop). Reserve
+            # now, without a trip round the event loop (a third of the step's
+            # cost). Tasks that interleave (asyncio.gather) take the batch.
+            return self.store.acquire_many([request])[0]
+        self._last = task
+        future: asyncio.Future[Acquired] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        self._queue.append((request, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled after the reservation was made: the action will not run.
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._give_back(future.result())
+            raise
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        live = [(request, future) for request, future in batch if not future.done()]
+        if not live:
+            return
+        try:
+            results = self.store.acquire_many([request for request, _ in live])
+        except Exception as exc:
+            for _, future in live:
+                if not future.done():
+                    future.set_exception(_copy(exc))
+            return
+        for (_, future), acquired in zip(live, results, strict=True):
+            if future.done():  # cancelled while the transaction ran
+                self._give_back(acquired)
+            else:
+                future.set_result(acquired)
+
+    def _give_back(self, acquired: Acquired) -> None:
+        if acquired.reservation:
+            try:
+                self.store.release(acquired.reservation)
+            except AegisError:
+                _log.exception("could not release a reservation; it stays counted")
+
+
+def _copy(exc: Exception) -> Exception:
+    """A fresh exception per waiting action, so that their tracebacks stay apart."""
+    if isinstance(exc, AegisError):
+        copy = type(exc).__new__(type(exc))
+        copy.__dict__.update(exc.__dict__)
+        copy.args = exc.args
+        copy.__cause__ = exc
+        return copy
+    return exc
+
+
+class Metering:
+    """Counting against a usage store for one agent: what the limits say, and reserving it.
+
+    ``check(..., reserve=False)`` reserves nothing (``runtime.plan()``);
+    :meth:`count` replays a history (``aegis test``).
+    """
+
+    def __init__(self, store: UsageStore, *, agent: str | None = None) -> None:
+        self.store = store
+        self.agent = agent
+        #: the reservations of one event loop iteration, made in one transaction
+        self.batch = _Batch(store)
+        #: the subject of the last check, reused while it is the same one
+        self.last_subject = Subject("", agent)
+
+    def subject(self, session_id: str, context: Mapping[str, Any] | None) -> Subject:
+        """Who acts: ``agent`` from the runtime, else from the call's context."""
+        agent = self.agent
+        if agent is None and context:
+            named = context.get("agent")
+            agent = named if isinstance(named, str) else None
+        last = self.last_subject
+        if last.session_id == session_id and last.agent == agent:
+            return last
+        self.last_subject = subject = Subject(session_id, agent)
+        return subject
+
+    def check(
+        self,
+        policy: Any,
+        action: Action,
+        subject: Subject,
+        *,
+        reserve: bool = True,
+        now: float | None = None,
+    ) -> tuple[PolicyDecision, Lease | None]:
+        """Decide ``action`` with its session's history and its rule's counters.
+
+        Returns the decision and, when the action's charges were reserved,
+        the lease to :meth:`release` if it does not run after all.
+        """
+        at = time.time() if now is None else now
+        decision, pending = self.begin(policy, action, subject, None, False, at=at)
+        if pending is None or isinstance(pending, Deferred):
+            return decision, None
+        rule, request = pending
+        if reserve:
+            acquired = self.store.acquire_many([request])[0]
+        else:
+            acquired = self.store.acquire(request.charges, at, reserve=False, over=request.over)
+        return _settle(decision, rule, request, acquired), acquired.reservation
+
+    async def check_async(
+        self,
+        policy: Any,
+        action: Action,
+        subject: Subject,
+        *,
+        decided: PolicyDecision | None = None,
+        defer: bool = False,
+    ) -> tuple[PolicyDecision, Lease | Deferred | None]:
+        """:meth:`check` with reservation, sharing one transaction with concurrent checks.
+
+        The checks of one event loop iteration are reserved together (group
+        commit), each seeing the ones before it, all in one atomic step.
+        ``decided`` is ``policy``'s decision of ``action`` taken just now,
+        reused when no flow condition asks for the session's history. With
+        ``defer``, an ``auto`` action with nothing to group with gets a
+        :class:`Deferred` instead: nothing is reserved yet.
+        """
+        decision, found = self.begin(policy, action, subject, decided, defer)
+        if found is None or isinstance(found, Deferred):
+            return decision, found
+        return await self.reserve(decision, found)
+
+    def begin(
+        self,
+        policy: Any,
+        action: Action,
+        subject: Subject,
+        decided: PolicyDecision | None,
+        defer: bool,
+        *,
+        at: float | None = None,
+    ) -> tuple[PolicyDecision, Deferred | _Pending | None]:
+        """The first, synchronous part of :meth:`check_async`: decide, and say what to reserve.
+
+        The decision with the session's history, and: nothing to reserve
+        (``None``), a :class:`Deferred`, or the rule and request to give
+        :meth:`reserve`. ``decided`` is the policy's decision taken just
+        now, reused when no flow condition asks for history; ``at`` the
+        time of the check (now when not given).
+        """
+        if at is None:
+            at = time.time()
+        limits: PolicyLimits = policy.limits
+        specs = limits.flow_specs_for(action) if limits.flow_specs else ()
+        if specs:
+            facts = self._facts(limits, specs, subject.session_id, at)
+            moment = datetime.fromtimestamp(at, UTC)
+            decision = policy.evaluate(action, now=moment, history=KnownFacts(facts))
+        elif decided is not None:
+            decision = decided
+        else:
+            decision = policy.evaluate(action, now=datetime.fromtimestamp(at, UTC))
+        approval = decision.approval
+        if approval is Approval.BLOCK:
+            return decision, None
+        rule = limits.by_rule.get(decision.matched_rule)
+        pending: _Pending | None = None
+        if rule is not None:
+            try:
+                metered = limits.folded(action) if limits.folds else action
+                charges = _charges(rule.meters, metered, subject)
+            except Unevaluable as exc:
+                risk = max(decision.risk_level, _UNEVALUABLE_MIN_RISK)
+                blocked = replace(
+                    decision,
+                    approval=Approval.BLOCK,
+                    risk_level=risk,
+                    reason=f"blocked: {exc.reason}",
+                )
+                return blocked, None
+            over = rule.on_exceed.approval is not Approval.BLOCK
+            pending = (rule, _new(Request, (charges, at, over)))
+        if defer and approval is Approval.AUTO:
+            event = None
+            if limits.flow_specs and limits.remembers(action):
+                event = FlowEvent(subject.session_id, action.type, action.target, action.params, at)
+            if pending is None:
+                return decision, None if event is None else Deferred(None, event)
+            batch = self.batch
+            # batch.alone(), inline: a call less on every sequential action (benchmarks/limits.py)
+            if not batch._queue and current_task() is batch._last:
+                return decision, _new(Deferred, (pending[1], event))
+        return decision, pending
+
+    async def reserve(
+        self, decision: PolicyDecision, pending: _Pending
+    ) -> tuple[PolicyDecision, Lease | None]:
+        """The second part: reserve (with concurrent checks) and settle the decision."""
+        rule, request = pending
+        acquired = await self.batch.submit(request)
+        return _settle(decision, rule, request, acquired), acquired.reservation
+
+    def refused(
+        self, policy: Any, decision: PolicyDecision, request: Request, acquired: Acquired
+    ) -> PolicyDecision | None:
+        """The decision when a deferred charge did not fit, if no reservation is needed for it.
+
+        ``None`` when the rule's ``on_exceed`` still lets the action run (it
+        must then reserve ``over`` its limit, the ordinary way).
+        """
+        rule = policy.limits.by_rule.get(decision.matched_rule)
+        if rule is None or rule.on_exceed.approval is not Approval.BLOCK:
+            return None
+        return _settle(decision, rule, request, acquired)
+
+    def count(self, policy: Any, action: Action, subject: Subject, *, now: float) -> None:
+        """Note that ``action`` ran at ``now``, whatever the limits say: a history to replay.
+
+        ``aegis test`` uses it for a case's history; its counters and flow
+        events then look as if the runtime had let these actions through.
+        """
+        limits: PolicyLimits = policy.limits
+        moment = datetime.fromtimestamp(now, UTC)
+        specs = limits.flow_specs_for(action)
+        history = KnownFacts(self._facts(limits, specs, subject.session_id, now)) if specs else None
+        decision = policy.evaluate(action, now=moment, history=history)
+        rule = limits.by_rule.get(decision.matched_rule)
+        if rule is not None:
+            try:
+                charges = [meter.charge(limits.folded(action), subject) for meter in rule.meters]
+            except Unevaluable:
+                charges = []
+            if charges:
+                self.store.acquire(charges, now, reserve=True, over=True)
+        self.ran(policy, action, subject.session_id, now)
+
+    def release(self, lease: Lease | None) -> None:
+        """Give back what ``lease`` reserved: the action will not run."""
+        if lease:
+            self.store.release(lease)
+
+    def ran(self, policy: Any, action: Action, session_id: str, now: float | None = None) -> None:
+        """Note that ``action`` was let through, if a flow condition may look for it."""
+        limits: PolicyLimits | None = getattr(policy, "limits", None)
+        if limits is not None and limits.flow_specs and limits.remembers(action):
+            at = time.time() if now is None else now
+            self.store.remember(
+                FlowEvent(session_id, action.type, action.target, action.params, at)
+            )
+
+    def _facts(
+        self, limits: PolicyLimits, specs: tuple[FlowSpec, ...], session_id: str, at: float
+    ) -> list[FlowSpec]:
+        """The flow conditions among ``specs`` that the session's history satisfies."""
+        if len(specs) == 1:
+            spec = specs[0]
+            # Events keep their names as run: folded names cannot filter them.
+            literal = None if limits.folds else spec.literal_type
+            events = self.store.recall(session_id, spec.since(at), literal)
+        else:
+            starts = [spec.since(at) for spec in specs]
+            since = None if None in starts else min(s for s in starts if s is not None)
+            events = self.store.recall(session_id, since, None)
+        matches = limits.spec_matches
+        return [spec for spec in specs if any(matches(spec, event, at) for event in events)]
+
+    def close(self) -> None:
+        """Close the usage store."""
+        self.store.close()
+
+
+@runtime_checkable
+class StartGuarding(Protocol):
+    """A usage store whose writes can join an audit append's transaction (SQLite's).
+
+    ``db`` is the database it writes to; an audit that
+    :meth:`~aegis.runtime.audit_backend.GuardedStarts.guards` that database
+    appends a start record with :meth:`guard`'s writes in one commit.
+    """
+
+    db: object
+
+    def guard(self, request: Request | None, event: FlowEvent | None) -> Guard:
+        """The writes of an action about to run, to make with its start record."""
+        ...
+
+
+class MeteringStep:
+    """The metering step of one runtime: its usage store (opened at first need) and its agent.
+
+    Args:
+        agent: who acts, for limits keyed by ``agent`` (see the module docstring).
+        usage_store: where to count; ``None`` finds the store beside the
+            audit trail (and closes it in :meth:`close`).
+
+    The runtime then gives it its audit trail (:meth:`beside`): where to
+    find the counters when no store is given, and where a start record may
+    carry its reservation. Nothing is opened before the first action that
+    needs the counters.
+
+    Raises:
+        ConfigurationError: an ``agent`` that is not a string, or a
+            ``usage_store`` that is not a :class:`~aegis.stores.usage.UsageStore`.
+    """
+
+    def __init__(self, agent: str | None, usage_store: UsageStore | None) -> None:
+        if agent is not None and not isinstance(agent, str):
+            raise ConfigurationError(f"agent must be a string or None, got {type(agent).__name__}")
+        if usage_store is not None and not isinstance(usage_store, UsageStore):
+            raise ConfigurationError(
+                f"usage_store must implement aegis.stores.usage.UsageStore, got"
+                f" {type(usage_store).__name__}; e.g. SQLiteUsageStore('aegis_audit.db')"
+            )
+        self.agent = agent
+        self._given = usage_store
+        self._audit: object = None
+        self._metering: Metering | None = None
+        self._owned = False
+        # the audit whose start records carry the reservations (see Deferred), if one can
+        self._guarded: GuardedStarts | None = None
+        # the last check that deferred, to repeat while nothing it rests on changes
+        self._lane: _Lane | None = None
+
+    def beside(self, audit: object) -> None:
+        """Count beside ``audit`` (unless given a store); let its starts carry reservations."""
+        if self._metering is not None:
+            raise ConfigurationError("the usage counters are open already; give the audit first")
+        self._audit = audit
+
+    @property
+    def store(self) -> UsageStore:
+        """The usage store, opened the first time it is asked for."""
+        return self.metering().store
+
+    def metering(self) -> Metering:
+        """The counting itself, opening the usage store the first time."""
+        if self._metering is None:
+            store = self._given
+            if store is None:
+                store, self._owned = usage_store_for(self._audit)
+            self._metering = Metering(store, agent=self.agent)
+            audit = self._audit
+            if (
+                isinstance(audit, GuardedStarts)
+                and isinstance(store, StartGuarding)
+                and audit.guards(store.db)
+            ):
+                self._guarded = audit
+        return self._metering
+
+    def preview(self, policy: Any, decision: PolicyDecision, session_id: str) -> PolicyDecision:
+        """What the limits say now about the action of ``decision``, reserving nothing."""
+        metering = self.metering()
+        subject = metering.subject(session_id, None)
+        checked, _ = metering.check(policy, decision.action, subject, reserve=False)
+        return checked
+
+    def check(  # noqa: PLR0917  # the per-action path: positional, no keyword dict to build
+        self,
+        session_id: str,
+        policy: Any,
+        decision: PolicyDecision,
+        stamp: DecisionStamp,
+        plain: bool,
+        defer: bool,
+    ) -> tuple[PolicyDecision, Deferred | None, DecisionStamp, _Pending | None]:
+        """The metering step of one action, as far as it goes without waiting.
+
+        Returns the decision, a :class:`Deferred` for :meth:`start` (or
+        ``None``), a fresh stamp and, when the charges must be reserved with
+        the concurrent actions' first, what to give :meth:`reserve`.
+        ``plain``: ``decision`` is the policy's own, just taken (no limit
+        applied yet), and need not be taken again. ``defer`` allows a
+        :class:`Deferred`, when the audit can carry it. A usage store that
+        fails blocks the action, with the error as reason.
+        """
+        if stamp.policy_digest != getattr(policy, "digest", None):
+            # decided by a policy swapped out since: this step decides anew
+            stamp = DecisionStamp.now(policy, stamp.context)
+            plain = False
+        lane = self._lane
+        if (
+            lane is not None
+            and plain
+            and defer
+            and lane.policy is policy
+            and lane.rule == decision.matched_rule
+            and decision.approval is Approval.AUTO
+        ):
+            # The agent's last rule again: see _Lane. Only the time (and the
+            # charges, when they depend on the action) is new.
+            metering = self._metering  # (its agent is set: see _Lane.of)
+            subject = lane.subject
+            if (
+                metering is not None
+                and metering.last_subject is subject
+                and subject.session_id == session_id
+                and metering.batch.alone()
+            ):
+                charges = lane.charges
+                if charges is None:
+                    charges = lane.charge(decision.action)
+                if charges is not None:
+                    request = _new(Request, (charges, time.time(), lane.over))
+                    return decision, _new(Deferred, (request, None)), stamp, None
+        try:
+            metering = self._metering or self.metering()
+            subject = metering.last_subject  # subject()'s answer when it is the last one's
+            if metering.agent is None or subject.session_id != session_id:
+                subject = metering.subject(session_id, stamp.context)
+            checked, found = metering.begin(
+                policy,
+                decision.action,
+                subject,
+                decision if plain else None,
+                defer and self._guarded is not None,
+            )
+        except AegisError as exc:
+            return _unmetered(decision, exc), None, stamp, None
+        if found is None or isinstance(found, Deferred):
+            if found is not None and plain and defer:
+                self._lane = _Lane.of(policy, decision, metering, found)
+            return checked, found, stamp, None
+        return checked, None, stamp, found
+
+    async def reserve(
+        self, decision: PolicyDecision, checked: PolicyDecision, pending: _Pending
+    ) -> tuple[PolicyDecision, Lease | None]:
+        """The rest of :meth:`check`: reserve with the concurrent actions, then settle.
+
+        ``decision`` is the one :meth:`check` was given, ``checked`` its answer.
+        """
+        try:
+            return await (self._metering or self.metering()).reserve(checked, pending)
+        except AegisError as exc:
+            return _unmetered(decision, exc), None
+
+    def start(  # noqa: PLR0917  # the per-action path: positional, no keyword dict to build
+        self,
+        session_id: str,
+        policy: Any,
+        decision: PolicyDecision,
+        deferred: Deferred,
+        human: str | ApprovalOutcome | None,
+        stamp: DecisionStamp | None,
+    ) -> int | PolicyDecision | None:
+        """Append the start record of ``decision`` with what ``deferred`` reserves: one commit.
+
+        Only after :meth:`check` gave ``deferred`` (so the audit guards the
+        store). ``stamp`` is what the start record stores of the decision
+        (``None``: nothing). Returns the start record's id; else, when a
+        charge no longer fits, the decision under the rule's ``on_exceed``
+        if that blocks, and ``None`` when the metering step must run again
+        the ordinary way (``on_exceed`` lets the action run over the limit,
+        or the store failed: the ordinary way reports that).
+        """
+        metering = self._metering or self.metering()
+        audit, store = self._guarded, metering.store
+        if audit is None or not isinstance(store, StartGuarding):  # check() defers only then
+            return None
+        guard = store.guard(deferred.request, deferred.event)
+        try:
+            token = audit.record_start_guarded(session_id, decision, guard, human, stamp)
+        except AegisError:
+            _log.debug("the start with its reservation failed; metering again", exc_info=True)
+            return None
+        if token is not None:
+            return token
+        acquired = getattr(guard, "acquired", None)
+        if not isinstance(acquired, Acquired) or deferred.request is None:
+            return None
+        return metering.refused(policy, decision, deferred.request, acquired)
+
+    def release(self, lease: Lease | Deferred | None) -> None:
+        """Release ``lease``; a failure only leaves it counted (the safe side), and is logged."""
+        if not lease or self._metering is None or isinstance(lease, Deferred):
+            return
+        try:
+            self._metering.release(lease)
+        except AegisError:
+            _log.exception("could not release a reservation; it stays counted until it expires")
+
+    def ran(self, session_id: str, policy: Any, action: Action) -> Result | None:
+        """Note that ``action`` is let through; a ``FAILED`` Result if that cannot be noted.
+
+        The caller then gives back what the action reserved: it does not run.
+        """
+        try:
+            self.metering().ran(policy, action, session_id)
+        except AegisError as exc:
+            now = datetime.now(UTC)
+            return Result(
+                action,
+                ResultStatus.FAILED,
+                error=f"not run: the usage store could not note the action: {exc}",
+                started_at=now,
+                completed_at=now,
+            )
+        return None
+
+    def close(self) -> None:
+        """Close the usage store, if this step opened it."""
+        metering, self._metering = self._metering, None
+        if metering is not None and self._owned:
+            metering.close()
+
+
+class _Lane:
+    """A sequential agent's last deferred check of a rule, and what a next one may reuse.
+
+    While the same policy object decides the same rule for the same subject
+    (and nothing waits to be grouped), the rule's lookup, its meters and
+    ``on_exceed`` are as they were; so are the charges themselves when every
+    meter is a limit keyed by session, agent or nothing (``per_subject``).
+    Only for an :class:`~aegis.core.policy.Policy` (which never changes; a
+    policy object of another kind might), without flow conditions (nothing
+    asks for history or remembers the action), and an agent given to the
+    runtime (not named by each call's context).
+    """
+
+    __slots__ = ("charges", "folds", "meters", "over", "policy", "rule", "subject")
+
+    def __init__(
+        self,
+        policy: Any,
+        rule: RuleLimits,
+        subject: Subject,
+        charges: tuple[Charge, ...] | None,
+        over: bool,
+    ) -> None:
+        self.policy = policy
+        self.rule = rule.rule
+        self.subject = subject
+        self.meters = rule.meters
+        self.folds: PolicyLimits | None = policy.limits if policy.limits.folds else None
+        #: the charges to reuse; None when they depend on the action
+        self.charges = charges
+        self.over = over
+
+    @classmethod
+    def of(
+        cls, policy: Any, decision: PolicyDecision, metering: Metering, deferred: Deferred
+    ) -> _Lane | None:
+        """The lane of a check that deferred ``deferred``, if a next check may use one."""
+        request = deferred.request
+        if request is None or not _immutable(policy):  # another policy may change its rules
+            return None
+        limits: PolicyLimits = policy.limits
+        rule = limits.by_rule.get(decision.matched_rule)
+        if (
+            deferred.event is not None
+            or limits.flow_specs
+            or rule is None
+            or metering.agent is None
+        ):
+            return None
+        fixed = all(meter.per_subject for meter in rule.meters)
+        return cls(
+            policy, rule, metering.last_subject, request.charges if fixed else None, request.over
+        )
+
+    def charge(self, action: Action) -> tuple[Charge, ...] | None:
+        """``action``'s charges; ``None`` when it cannot be charged (the general path says why)."""
+        if self.folds is not None:
+            action = self.folds.folded(action)
+        try:
+            return _charges(self.meters, action, self.subject)
+        except Unevaluable:
+            return None
+
+
+def _immutable(policy: object) -> bool:
+    """Whether ``policy`` is an :class:`~aegis.core.policy.Policy`, whose rules never change."""
+    from aegis.core.policy import Policy  # noqa: PLC0415  # the engine imports it lazily too
+
+    return type(policy) is Policy
