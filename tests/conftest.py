@@ -43,3 +43,18 @@ def postgres_dsn() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+# ---------------------------------------------------------------- OpenID provider
+
+
+@pytest.fixture(scope="session")
+def oidc_provider_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """oidc-provider installed from npm into a temp folder, once per session; fails if npm does."""
+    # tests/inbox/oidc_support.py: on the path once an inbox test module is collected
+    from oidc_support import ProviderInstallError, install_oidc_provider
+
+    try:
+        return install_oidc_provider(tmp_path_factory.mktemp("oidc-provider"))
+    except ProviderInstallError as exc:
+        pytest.fail(str(exc))

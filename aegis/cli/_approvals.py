@@ -201,10 +201,12 @@ def _show(request: Mapping[str, Any]) -> None:
             if not isinstance(decision, Mapping):
                 continue
             comment = f": {decision['comment']}" if decision.get("comment") else ""
+            who = decision.get("reviewer")
+            if decision.get("reviewer_issuer"):  # a person of an OpenID provider: name <id>
+                who = f"{decision.get('reviewer_name')} <{who}>"
             info(
                 inert(
-                    f"  {_short_time(decision.get('at'))}  {decision.get('reviewer')} "
-                    f"{decision.get('verdict')}{comment}"
+                    f"  {_short_time(decision.get('at'))}  {who} {decision.get('verdict')}{comment}"
                 )
             )
 

@@ -133,7 +133,7 @@ def list_tokens(db: str, output_format: str) -> None:
         emit_json([t.to_json(now) for t in tokens])
         return
     shown = print_table(
-        ("Name", "Role", "Groups", "Created", "Expires", "State"),
+        ("Name", "Role", "Groups", "Created", "Expires", "State", "Person"),
         (
             (
                 t.name,
@@ -142,6 +142,7 @@ def list_tokens(db: str, output_format: str) -> None:
                 iso(t.created_at)[:19] if t.created_at else "-",
                 iso(t.expires_at)[:19] if t.expires_at else "never",
                 t.state_at(now),
+                t.oidc_subject or "-",
             )
             for t in tokens
         ),

@@ -253,7 +253,7 @@ def _decision_summary(request: Mapping[str, Any]) -> tuple[str, str]:
     verdicts = [d for d in decisions if isinstance(d, Mapping)]
     deny = [d for d in verdicts if d.get("verdict") == "deny"]
     chosen = deny or verdicts
-    who = ", ".join(str(d.get("reviewer") or "?") for d in chosen)
+    who = ", ".join(str(d.get("reviewer_name") or d.get("reviewer") or "?") for d in chosen)
     comment = next((str(d["comment"]) for d in reversed(chosen) if d.get("comment")), "")
     verdict = {"approved": "Approved", "denied": "Denied"}.get(status, status.capitalize())
     return who, f"{verdict}{': ' + comment if comment else ''}"

@@ -219,7 +219,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/v1/whoami": {
             "get": {
-                "summary": "The caller's name, role and groups",
+                "summary": "The caller's name, role, groups and identity (issuer, subject)",
                 "responses": {"200": _json({"type": "object"}, "principal"), **_errors(401)},
             }
         },

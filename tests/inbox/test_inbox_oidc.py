@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import secrets
+import shlex
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -504,3 +505,38 @@ def test_settings_refuse_plain_http_off_loopback() -> None:
     with pytest.raises(ValueError, match="https"):
         OidcSettings("http://id.example.com", "aegis")
     assert OidcSettings("https://id.example.com", "aegis").name == "id.example.com"
+
+
+# ------------------------------------------------------------------ the README
+
+
+def test_readme_command_starts_an_inbox_that_sends_people_to_the_provider(
+    idp: Idp, tmp_path: Path
+) -> None:
+    """The README's `aegis serve --oidc-…` line, pointed at the test provider, runs as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Signing in with the company's identity provider", 1)[1]
+    shell = section.split("```sh\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    (install, serve) = [shlex.split(line) for line in shell.splitlines() if line.strip()]
+    assert install[:2] == ["pip", "install"]
+    assert serve[:2] == ["aegis", "serve"]
+    secret = tmp_path / "aegis-oidc"
+    secret.write_text(CLIENT_SECRET)
+    server = Server(tmp_path / "aegis_audit.db")
+    swap = {
+        "https://aegis.example.com": server.url,
+        "https://id.example.com": idp.issuer,
+        "/run/secrets/aegis-oidc": str(secret),
+    }
+    args = [swap.get(arg, arg) for arg in serve[4:]]  # after `aegis serve --db FILE`
+    server.args += args
+    with server:
+        page = httpx.get(f"{server.url}/signin", timeout=20)
+        assert "Sign in with 127.0.0.1:" in page.text
+        assert 'id="token"' not in page.text  # --no-token-signin
+        start = httpx.get(f"{server.url}/signin/oidc", timeout=20)
+    assert start.status_code == 302
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(start.headers["location"]).query))
+    assert query["client_id"] == "aegis-inbox"
+    assert query["redirect_uri"] == f"{server.url}/signin/oidc/callback"
+    assert set(query["scope"].split()) == {"openid", "profile", "email", "groups"}
