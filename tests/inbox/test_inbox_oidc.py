@@ -45,6 +45,7 @@ class Idp:
     provider: OpenIdProvider
     inbox: Server  # token sign-in too; secret from a file
     strict: Server  # --no-token-signin, --public-url, secret from the environment
+    public: Server  # a public client (no secret: PKCE alone), --oidc-require-group security
     agent: str
     db: Path
     strict_db: Path
@@ -97,6 +98,7 @@ def idp(tmp_path_factory: pytest.TempPathFactory, oidc_provider_package: Path) -
     # their redirect URIs, and the servers must know the provider's issuer.
     inbox = Server(db, log=folder / "inbox.log")
     strict = Server(strict_db, log=folder / "strict.log")
+    public = Server(folder / "public.db", log=folder / "public.log")
     clients = [
         {
             "client_id": "aegis",
@@ -107,7 +109,14 @@ def idp(tmp_path_factory: pytest.TempPathFactory, oidc_provider_package: Path) -
             ],
             "grant_types": ["authorization_code"],
             "response_types": ["code"],
-        }
+        },
+        {
+            "client_id": "aegis-public",
+            "token_endpoint_auth_method": "none",
+            "redirect_uris": [f"{public.url}/signin/oidc/callback"],
+            "grant_types": ["authorization_code"],
+            "response_types": ["code"],
+        },
     ]
     with OpenIdProvider(oidc_provider_package, clients, ACCOUNTS, workdir=folder) as provider:
         common = [
@@ -117,8 +126,12 @@ def idp(tmp_path_factory: pytest.TempPathFactory, oidc_provider_package: Path) -
         inbox.args += [*common, "--oidc-client-secret-file", str(secret_file)]
         strict.args += [*common, "--no-token-signin", "--public-url", strict.url]
         strict.env["AEGIS_OIDC_CLIENT_SECRET"] = CLIENT_SECRET
-        with inbox, strict:
-            yield Idp(provider, inbox, strict, agent, db, strict_db)
+        public.args += [
+            "--oidc-issuer", provider.issuer, "--oidc-client-id", "aegis-public",
+            "--oidc-scopes", "openid profile groups", "--oidc-require-group", "security",
+        ]  # fmt: skip
+        with inbox, strict, public:
+            yield Idp(provider, inbox, strict, public, agent, db, strict_db)
 
 
 Browser = Callable[..., httpx.Client]
@@ -422,6 +435,24 @@ def test_no_token_signin_still_signs_people_in(idp: Idp, browser: Browser) -> No
     """The strict server signs a person in through the provider (secret from the environment)."""
     client = sign_in(idp.strict.url, "carol", browser())
     assert "Carol Chen" in client.get(f"{idp.strict.url}/").text
+
+
+def test_public_client_signs_in_with_pkce_alone(idp: Idp, browser: Browser) -> None:
+    """Without a client secret the code is exchanged with the PKCE verifier only, and works."""
+    client = sign_in(idp.public.url, "alice", browser())
+    assert "Alice Example" in client.get(f"{idp.public.url}/").text
+
+
+def test_required_group_keeps_others_out(idp: Idp, browser: Browser) -> None:
+    """--oidc-require-group security: Erin (marketing) is told why and is not signed in."""
+    client = browser()
+    callback = f"{idp.public.url}/signin/oidc/callback"
+    start = follow_to(client, f"{idp.public.url}/signin/oidc", stop_at=callback)
+    back = provider_login(client, start, "erin", stop_at=callback)
+    refused = client.get(back)
+    assert refused.status_code == 400
+    assert "Erin Outsider is in none of the groups allowed to review here" in refused.text
+    assert client.get(f"{idp.public.url}/").status_code == 303
 
 
 # ------------------------------------------------------------------ the ID token's checks
