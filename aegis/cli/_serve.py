@@ -185,6 +185,13 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     help="Serve /metrics (Prometheus) without a token, for a scraper on a trusted network.",
 )
 @click.option(
+    "--read-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="Seconds a client has to send a request's headers, and then its body.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -213,6 +220,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     oidc_required_groups: tuple[str, ...],
     no_token_signin: bool,
     metrics_public: bool,
+    read_timeout: float,
     log_level: str,
 ) -> None:
     """Run the approval service and its inbox: agents ask, reviewers decide, all of it audited.
@@ -245,9 +253,11 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
         )
     # Imported here: the server extra is only needed by this command.
     import uvicorn  # noqa: PLC0415
+    from starlette.middleware import Middleware  # noqa: PLC0415
 
     from aegis.core.policy import Policy  # noqa: PLC0415
     from aegis.server import create_app, open_service  # noqa: PLC0415
+    from aegis.server.bounds import LoopbackHosts, bounded_protocol  # noqa: PLC0415
     from aegis.server.inbox import Inbox  # noqa: PLC0415
     from aegis.server.metrics import ServiceMetrics  # noqa: PLC0415
     from aegis.server.notify import Notifications  # noqa: PLC0415
@@ -288,11 +298,16 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
         token_signin=not no_token_signin,
     )
     metrics = ServiceMetrics(service, public=metrics_public)
+    # On a loopback bind, only loopback names (and the public URL's host) are
+    # served: a page elsewhere cannot reach the service through DNS rebinding.
+    middleware = [Middleware(LoopbackHosts, public_url=public_url)] if _is_loopback(host) else []
     app = create_app(
         service,
         routes=[*metrics.routes(), *inbox.routes()],
         on_startup=[notifications.startup, metrics.follow],
+        middleware=middleware,
     )
+    app.state.read_timeout = read_timeout
     where = db if not is_dsn(db) else "PostgreSQL"
     note(f"Aegis approval service on {scheme}://{host}:{port} (store: {where})")
     config = uvicorn.Config(
@@ -304,6 +319,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
         log_level=log_level,
         lifespan="on",
         server_header=False,
+        http=bounded_protocol(read_timeout),  # a request's head must arrive in time
         # Long polls last up to a minute; waiting agents reconnect on their own.
         timeout_graceful_shutdown=3,
     )

@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from aegis.core.approval_request import Verdict, parse_new_request
 from aegis.errors import AegisError, ApprovalServiceError, AuditError
+from aegis.server.bounds import DEFAULT_READ_TIMEOUT, read_within
 from aegis.server.openapi import openapi_document
 from aegis.server.service import ApprovalService, Principal, statuses
 
@@ -112,6 +113,11 @@ async def _principal(request: Request) -> Principal:
     return await _service(request).authenticate(token.strip() or None)
 
 
+def read_timeout(request: Request) -> float:
+    """Seconds a client has to send a body (``app.state.read_timeout``, else 10)."""
+    return float(getattr(request.app.state, "read_timeout", DEFAULT_READ_TIMEOUT))
+
+
 def _invalid(message: str) -> ApprovalServiceError:
     return ApprovalServiceError(message, status=422, code="invalid")
 
@@ -123,15 +129,20 @@ async def _body(request: Request) -> Any:
         raise ApprovalServiceError(
             f"the body is larger than {MAX_BODY} bytes", status=413, code="too_large"
         )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApprovalServiceError(
-                f"the body is larger than {MAX_BODY} bytes", status=413, code="too_large"
-            )
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ApprovalServiceError(
+                    f"the body is larger than {MAX_BODY} bytes", status=413, code="too_large"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # A client sending a byte now and then must not hold the connection forever.
+    raw = await read_within(read_timeout(request), read)
     if not raw.strip():
         return {}
     try:

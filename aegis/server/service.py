@@ -46,6 +46,7 @@ from aegis.core.approval_request import (
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.identity import Identity
 from aegis.errors import ApprovalServiceError, AuditError
+from aegis.server.bounds import PollSlots
 from aegis.stores.approvals import ApprovalStore, AuditEvent, hash_token, new_request_id
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class ApprovalService:
         poll_interval: how often a waiting call re-reads the store, to see
             decisions made by other service processes.
         clock: returns the current aware time; ``datetime.now(UTC)`` by default.
+        max_polls: how many long polls one token may hold open at once.
         policy: the service's own policy. When given, each new request is
             decided again here, and its terms become the stricter of both:
             the most ``approvers``, the narrowest ``reviewers``, the shortest
@@ -153,6 +155,7 @@ class ApprovalService:
         clock: Callable[[], datetime] = _utcnow,
         policy: Policy | None = None,
         oidc_issuer: str | None = None,
+        max_polls: int = 16,
     ) -> None:
         if not approval_ttl > 0:
             raise ValueError(
@@ -169,6 +172,7 @@ class ApprovalService:
         self._subscribers: list[Subscriber] = []
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._polls = PollSlots(max_polls)
         #: store and audit calls that failed (a metric: ``aegis_store_errors_total``)
         self.store_errors = 0
 
@@ -502,8 +506,13 @@ class ApprovalService:
         """Answer as soon as the request is no longer pending, or after ``timeout`` seconds.
 
         Only the agent that asked may wait; ``timeout`` is capped at
-        :attr:`max_wait`.
+        :attr:`max_wait`. One token holds at most ``max_polls`` waits at once;
+        more are refused (429) rather than left to slow everyone's decisions.
         """
+        async with self._polls.hold(principal.name):
+            return await self._wait(principal, request_id, timeout)
+
+    async def _wait(self, principal: Principal, request_id: str, timeout: float) -> ApprovalRequest:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, min(timeout, self.max_wait))
         while True:

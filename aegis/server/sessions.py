@@ -234,9 +234,11 @@ class BrowserSessions:
         declared = request.headers.get("content-length", "")
         if not declared.isdigit() or int(declared) > MAX_FORM:
             return None  # a browser always says how long a form is
+        seconds = float(getattr(request.app.state, "read_timeout", 10.0))
         try:
-            form = await request.form(max_files=0, max_fields=20, max_part_size=MAX_FORM)
-        except Exception:  # a malformed form is refused like a forged one
+            async with asyncio.timeout(seconds):  # a form sent a byte at a time is refused
+                form = await request.form(max_files=0, max_fields=20, max_part_size=MAX_FORM)
+        except Exception:  # a malformed or too slow form is refused like a forged one
             return None
         given = form.get("csrf")
         if not isinstance(given, str) or not hmac.compare_digest(given, csrf):

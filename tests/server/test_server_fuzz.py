@@ -19,7 +19,7 @@ from aegis.server import ApprovalService, create_app
 from aegis.stores.approvals import hash_token
 from aegis.stores.sqlite.approvals import SqliteApprovalStore
 
-DOCUMENTED = {200, 201, 401, 403, 404, 405, 409, 413, 422}
+DOCUMENTED = {200, 201, 401, 403, 404, 405, 408, 409, 413, 422, 429}
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
