@@ -12,7 +12,10 @@ The runtime runs it between *decide* and *approve* for policies that have
    is missing or not a number blocks the action;
 3. what counts is an action let through to run: a reservation is released
    when the action is then blocked or denied, and kept once the executor
-   starts, whatever its outcome. A reservation whose action never finishes
+   starts, whatever its outcome. An action that waited for approval is
+   counted again when it is let through (:meth:`MeteringStep.restamp`):
+   its decision-time reservation only held its place while a person
+   decided. A reservation whose action never finishes
    (the process was killed) stays counted until its window passes: a limit
    errs on the side of fewer actions. An ``auto`` action of an agent running
    actions one by one, with its counters in the audit's SQLite file, is
@@ -78,7 +81,7 @@ if TYPE_CHECKING:
     from aegis.core.outcome import ApprovalOutcome
     from aegis.stores.sqlite.connection import Guard
 
-__all__ = ["Deferred", "Lease", "Metering", "MeteringStep", "StartGuarding"]
+__all__ = ["Deferred", "Lease", "Metering", "MeteringStep", "Pending", "StartGuarding"]
 
 _log = logging.getLogger("aegis.runtime")
 
@@ -88,7 +91,8 @@ _UNEVALUABLE_MIN_RISK = RiskLevel.HIGH
 #: the reservation an action holds until it runs or is refused (the store's tokens)
 Lease = tuple[object, ...]
 #: a rule and the request to reserve for it, with the concurrent actions' requests
-_Pending = tuple[RuleLimits, Request]
+Pending = tuple[RuleLimits, Request]
+_Pending = Pending
 
 
 class Deferred(NamedTuple):  # a tuple: built for every sequential metered action
@@ -597,6 +601,31 @@ class MeteringStep:
             return await (self._metering or self.metering()).reserve(checked, pending)
         except AegisError as exc:
             return _unmetered(decision, exc), None
+
+    async def restamp(
+        self, decision: PolicyDecision, pending: _Pending, lease: Lease | None
+    ) -> tuple[PolicyDecision | None, Lease | None]:
+        """Count an approved action from when it is let through, not from when it was decided.
+
+        While a person decides, the reservation made at decision time holds
+        the action's place; once approved it is given back and the charges
+        are reserved again now, in one atomic step that counts whatever ran
+        meanwhile. Without this, an approval slower than the window let a
+        "1 per 3 s" limit run two sends 0.9 s apart. Returns the decision
+        under the rule's ``on_exceed`` when that blocks (the action does not
+        run; nothing stays reserved), else ``None``, and the new lease.
+        """
+        rule, request = pending
+        self.release(lease)
+        fresh: Request = _new(Request, (request.charges, time.time(), request.over))
+        try:
+            acquired = await (self._metering or self.metering()).batch.submit(fresh)
+        except AegisError as exc:
+            return _unmetered(decision, exc), None
+        if acquired.exceeded is not None and rule.on_exceed.approval is Approval.BLOCK:
+            return _settle(decision, rule, fresh, acquired), None
+        # Within the limit; or over it, and on_exceed lets it run (it counts).
+        return None, acquired.reservation
 
     def start(  # noqa: PLR0917  # the per-action path: positional, no keyword dict to build
         self,

@@ -49,7 +49,7 @@ from aegis.core.result import Result, ResultStatus
 from aegis.errors import AuditError
 from aegis.runtime._binding import binding_for
 from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
-from aegis.runtime.metering import Deferred, Lease, MeteringStep
+from aegis.runtime.metering import Deferred, Lease, MeteringStep, Pending
 
 if TYPE_CHECKING:
     from aegis.runtime.audit_backend import AuditBackend
@@ -261,7 +261,7 @@ class Passage:
     it was decided.
     """
 
-    __slots__ = ("decided", "decision", "gate", "human", "lease", "stamp", "token")
+    __slots__ = ("decided", "decision", "gate", "human", "lease", "pending", "stamp", "token")
 
     def __init__(self, gate: Gate, decision: PolicyDecision, stamp: DecisionStamp) -> None:
         self.gate = gate
@@ -271,6 +271,8 @@ class Passage:
         self.decided = ""
         #: what the metering step reserved, until the action starts or is refused
         self.lease: Lease | Deferred | None = None
+        #: the rule and request the lease was reserved for, to reserve again once approved
+        self.pending: Pending | None = None
         #: what the approval step says, for the audit
         self.human: str | None = None
         #: the start record's id, once written
@@ -296,6 +298,10 @@ class Passage:
             denied = await self.approve()
             if denied is not None:
                 return await self.abort(denied)
+            if self.pending is not None and self.lease:
+                refused = await self.restamp(self.pending)
+                if refused is not None:
+                    return await self.abort(refused)
         elif approval is not Approval.AUTO:  # decide() allows nothing else; fail closed anyway
             return await self.abort(blocked(decision))
         if canonical_json(decision.action) != self.decided:
@@ -318,7 +324,25 @@ class Passage:
         except BaseException as exc:  # cancelled while counting: it never ran
             await self.interrupted(exc, ResultStatus.SKIPPED)
             raise
-        self.decision, self.lease, self.stamp = checked, lease, fresh
+        self.decision, self.lease, self.stamp, self.pending = checked, lease, fresh, pending
+
+    async def restamp(self, pending: Pending) -> Result | None:
+        """Step 2b: an approved action counts from now, when it is let through.
+
+        The ``BLOCKED`` Result when the limit, counted again now, no longer
+        lets it run (see :meth:`~aegis.runtime.metering.MeteringStep.restamp`).
+        """
+        lease = self.lease if not isinstance(self.lease, Deferred) else None
+        self.lease = None
+        try:
+            refused, self.lease = await self.gate.metering.restamp(self.decision, pending, lease)
+        except BaseException as exc:  # cancelled while counting: it never ran
+            await self.interrupted(exc, ResultStatus.SKIPPED)
+            raise
+        if refused is None:
+            return None
+        self.decision = refused
+        return blocked(refused)
 
     async def approve(self) -> Result | None:
         """Step 2: ask the approval handler; the ``DENIED`` Result if it does not approve."""
