@@ -60,7 +60,11 @@ POLICY = {
 async def _work(db: str, seconds: float, worker: int, durability: str) -> dict[str, Any]:
     from aegis import Action, AuditLogger, Policy, Runtime  # noqa: PLC0415  # in the child only
 
-    audit = AuditLogger(db, durability=durability)
+    try:
+        audit = AuditLogger(db, durability=durability)
+        audit.check()
+    except TypeError:  # a checkout from before durability= (--baseline): its older names
+        audit = AuditLogger(db, synchronous={"result": "normal", "full": "full"}[durability])
     async with Runtime(
         executor=lambda action: {"ok": True}, policy=Policy.from_dict(POLICY), audit_logger=audit
     ) as runtime:
@@ -132,12 +136,15 @@ def bare_commits(seconds: float) -> float:
             conn.execute(f"DROP TABLE public.{table}")
 
 
-def fleet(processes: int, durability: str, seconds: float) -> float:
-    """Actions per second of ``processes`` sequential workers into one fresh chain."""
+def fleet(processes: int, durability: str, seconds: float, repo: Path = REPO) -> float:
+    """Actions per second of ``processes`` sequential workers into one fresh chain.
+
+    The workers import Aegis from ``repo`` (another checkout, for a baseline).
+    """
     db, cleanup = _fresh()
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
     }
     try:
         children = [
@@ -193,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--durability", nargs="+", choices=LEVELS, default=list(LEVELS))
     parser.add_argument("--json", type=Path, help="write every sample here")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. a git worktree of an older commit) measured in the same "
+        "rounds at durability result, for a before/after",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         db, seconds, n, durability = args.worker
@@ -205,13 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     for round_no in range(1, args.rounds + 1):
         bare = bare_commits(args.seconds)
         print(f"\nround {round_no}: bare durable commits {bare:,.0f}/s (load {_load()})")
-        for durability in args.durability:
+        runs = [(durability, "this checkout", REPO) for durability in args.durability]
+        if args.baseline:
+            runs.append(("result", "baseline", args.baseline.resolve()))
+        for durability, code, repo in runs:
             for processes in (1, args.processes):
-                rate = fleet(processes, durability, args.seconds)
+                rate = fleet(processes, durability, args.seconds, repo)
                 ratio = rate / bare
                 samples.append(
                     {
                         "round": round_no,
+                        "code": code,
                         "durability": durability,
                         "processes": processes,
                         "rate": rate,
@@ -220,19 +237,22 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 print(
-                    f"  durability={durability:<8} {processes} process(es): "
+                    f"  {code}, durability={durability:<8} {processes} process(es): "
                     f"{rate:8,.0f} actions/s = {ratio:5.2f}x bare"
                 )
     print("\nmedian over rounds (ratio to the bare commit rate of the same round):")
-    print("| durability | processes | actions/s | x bare |")
-    print("|---|---|---|---|")
-    for durability in args.durability:
+    print("| code | durability | processes | actions/s | x bare |")
+    print("|---|---|---|---|---|")
+    kinds = sorted({(s["code"], s["durability"]) for s in samples}, key=lambda k: k[0] != "this")
+    for code, durability in kinds:
         for processes in (1, args.processes):
             mine = [
-                s for s in samples if s["durability"] == durability and s["processes"] == processes
+                s
+                for s in samples
+                if (s["code"], s["durability"], s["processes"]) == (code, durability, processes)
             ]
             print(
-                f"| {durability} | {processes} | "
+                f"| {code} | {durability} | {processes} | "
                 f"{statistics.median(s['rate'] for s in mine):,.0f} | "
                 f"{statistics.median(s['ratio'] for s in mine):.2f} |"
             )
