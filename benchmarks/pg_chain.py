@@ -243,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmedian over rounds (ratio to the bare commit rate of the same round):")
     print("| code | durability | processes | actions/s | x bare |")
     print("|---|---|---|---|---|")
-    kinds = sorted({(s["code"], s["durability"]) for s in samples}, key=lambda k: k[0] != "this")
+    kinds = sorted(
+        {(s["code"], s["durability"]) for s in samples},
+        key=lambda k: (k[0] != "this checkout", LEVELS.index(k[1])),
+    )
     for code, durability in kinds:
         for processes in (1, args.processes):
             mine = [

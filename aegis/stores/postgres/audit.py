@@ -10,8 +10,8 @@ calls the schema's ``aegis_audit_append`` function, which takes the
 chain's transaction-scoped advisory lock, reads the head, links, hashes
 and inserts the records, and commits without waiting for the disk: the
 lock is held for a few statements on the server, never across a network
-round trip or an fsync. When the records must be durable, the same
-message then commits a tiny write that waits for the disk; its commit lies
+round trip or an fsync. When the records must be durable, the same round
+trip (a pipeline) then commits a tiny write that waits for the disk; its commit lies
 after the append's, so its flush covers the records. Those flushes run
 outside the lock, so the writers of a fleet wait for the disk together
 (PostgreSQL's group commit): the chain grows with the number of writers,
@@ -184,13 +184,12 @@ _PAGE: Final = 1000
 #: session, so its last record, if there, is among the very newest
 _SETTLE_WINDOW: Final = 1000
 
-#: after an append, in the same message: commit it, then wait for the disk.
-#: A transaction that writes WAL and commits synchronously flushes the WAL up
-#: to its own commit, which lies after the append's; a one-line logical
-#: message is the cheapest such write any role may make. Many writers'
-#: flushes overlap and the server syncs them together.
-_FLUSH: Final = "; COMMIT; SELECT pg_logical_emit_message(true, 'aegis', '')"
-_FLUSH_ALONE: Final = _FLUSH.removeprefix("; COMMIT; ")
+#: after an append, in the same round trip: wait for the disk. A transaction
+#: that writes WAL and commits synchronously flushes the WAL up to its own
+#: commit, which lies after the append's; a one-line logical message is the
+#: cheapest such write any role may make. Many writers' flushes overlap and
+#: the server syncs them together.
+_FLUSH: Final = "SELECT pg_logical_emit_message(true, 'aegis', '')"
 
 _COLUMNS: Final = sql.SQL(", ").join(map(sql.Identifier, RECORD_FIELDS))
 
@@ -335,7 +334,7 @@ class PostgresAuditStore(ReadMixin):
         # more than a loopback round trip.
         key = schema_lock_key(schema, AUDIT_TABLE)
         self._sql_append = (
-            sql.SQL("SELECT rid, rprev, rhash FROM {}.{}({}, %s::text[], %s::text[], %s::text[])")
+            sql.SQL("SELECT rid, rprev, rhash FROM {}.{}({}, %b::text[], %b::text[], %b::text[])")
             .format(sql.Identifier(schema), sql.Identifier(APPEND_FUNCTION), key)
             .as_string(conn)
         )
@@ -502,8 +501,7 @@ class PostgresAuditStore(ReadMixin):
         if not lost:
             return
         drafts = [RecordDraft._make(record[1:-2]) for record in lost]
-        cursor = psycopg.ClientCursor(conn)
-        cursor.execute(self._sql_append, _arguments(drafts))
+        cursor = conn.execute(self._sql_append, _arguments(drafts))
         again = self._sealed(drafts, cursor.fetchall())
         self.commits += 1
         for old, new in zip(lost, again, strict=True):
@@ -538,9 +536,19 @@ class PostgresAuditStore(ReadMixin):
         arguments: tuple[list[Any], list[str], list[str]],
         durable: bool,
     ) -> list[AuditRecord]:
-        """One message: append (linked by the server), and when ``durable`` commit and flush."""
-        cursor = psycopg.ClientCursor(conn)
-        cursor.execute(self._sql_append + _FLUSH if durable else self._sql_append, arguments)
+        """One round trip: append (linked by the server), and when ``durable`` commit and flush.
+
+        The three statements of a durable append go in one pipeline: the
+        explicit ``COMMIT`` ends the append's transaction (and releases the
+        chain's lock) before the flush's own transaction begins.
+        """
+        if durable:
+            with conn.pipeline():
+                cursor = conn.execute(self._sql_append, arguments)
+                conn.execute("COMMIT")
+                conn.execute(_FLUSH)
+        else:
+            cursor = conn.execute(self._sql_append, arguments)
         records = self._sealed(drafts, cursor.fetchall())
         self.commits += 1
         return records
@@ -590,15 +598,14 @@ class PostgresAuditStore(ReadMixin):
                         self._record_lost_starts(conn)
                         drafts = self._remapped(drafts)
                         arguments = _arguments(drafts)
-                    cursor = psycopg.ClientCursor(conn)
-                    cursor.execute(self._sql_append, arguments)
+                    cursor = conn.execute(self._sql_append, arguments)
                     landed = self._sealed(drafts, cursor.fetchall())
                     self.commits += 1
             self._suspect = False
             if landed is None:
                 raise self.db.error(doing, failure) from failure
             if durable:
-                conn.execute(_FLUSH_ALONE)
+                conn.execute(_FLUSH)
             return landed
         except psycopg.Error as exc:
             if self._writer_conn is not None and self._writer_conn.broken:
