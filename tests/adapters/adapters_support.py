@@ -605,6 +605,73 @@ class GoogleADKHarness:
         return run
 
 
+# ---------------------------------------------------------------- CrewAI
+
+
+def scripted_crewai_llm(calls: list[Call]) -> Any:
+    """A CrewAI ``BaseLLM`` asking for ``calls`` (native tool calls), then answering "done".
+
+    It decides from the messages alone; ``.seen`` holds every message list.
+    """
+    from crewai.llms.base_llm import BaseLLM
+
+    class ScriptedLLM(BaseLLM):  # type: ignore[misc]
+        """Answers from the script; remembers what it was sent."""
+
+        seen: list[list[Any]] = []  # noqa: RUF012  # a pydantic field, copied per instance
+
+        def call(self, messages: Any, tools: Any = None, *args: Any, **kwargs: Any) -> Any:
+            listed = (
+                messages if isinstance(messages, list) else [{"role": "user", "content": messages}]
+            )
+            self.seen.append(list(listed))
+            if not calls or any(m.get("role") == "tool" for m in listed):
+                return "done"
+            return [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(args)},
+                }
+                for name, args, call_id in calls
+            ]
+
+        def supports_function_calling(self) -> bool:
+            return True
+
+    return ScriptedLLM(model="scripted", seen=[])
+
+
+class CrewAIHarness:
+    """A governed ``Crew`` with a scripted ``BaseLLM`` making native tool calls."""
+
+    name = "crewai"
+
+    async def run(self, runtime: Runtime, calls: list[Call], *, target: str = "crm") -> Run:
+        import asyncio
+
+        from crewai import Agent, Crew, Task
+        from crewai.tools import tool
+
+        from aegis.adapters.crewai import govern, ungovern
+
+        run = Run()
+        tools = [tool(name)(fn) for name, fn in _recorders(run).items()]
+        llm = scripted_crewai_llm(calls)
+        agent = Agent(role="support", goal="help", backstory="a support desk", llm=llm, tools=tools)
+        task = Task(description="go", expected_output="a summary", agent=agent)
+        crew = govern(Crew(agents=[agent], tasks=[task]), runtime, target=target)
+        try:
+            output = await asyncio.to_thread(crew.kickoff)
+        finally:
+            ungovern(crew)
+        assert str(output) == "done"
+        for message in llm.seen[-1]:
+            if message.get("role") == "tool":
+                run.model_saw[message["tool_call_id"]] = str(message["content"])
+        return run
+
+
 #: the integration whose own environment runs the tests (scripts/check sets it), if any
 ISOLATED = os.environ.get("AEGIS_TEST_FRAMEWORK", "")
 
@@ -618,6 +685,9 @@ MAIN_HARNESSES: list[Any] = [
     ClaudeAgentSDKHarness(),
     ClaudeAgentSDKPermissionHarness(),
 ]
-ISOLATED_HARNESSES: dict[str, list[Any]] = {"google-adk": [GoogleADKHarness()]}
+ISOLATED_HARNESSES: dict[str, list[Any]] = {
+    "google-adk": [GoogleADKHarness()],
+    "crewai": [CrewAIHarness()],
+}
 
 HARNESSES = ISOLATED_HARNESSES[ISOLATED] if ISOLATED else MAIN_HARNESSES

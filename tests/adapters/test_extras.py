@@ -14,6 +14,7 @@ CASES = [
     ("aegis.adapters.pydantic_ai", "pydantic_ai", "pydantic-ai"),
     ("aegis.adapters.claude_agent_sdk", "claude_agent_sdk", "claude-agent-sdk"),
     ("aegis.adapters.google_adk", "google.adk", "google-adk"),
+    ("aegis.adapters.crewai", "crewai", "crewai"),
 ]
 
 

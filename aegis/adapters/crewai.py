@@ -1,0 +1,241 @@
+"""Govern the tools of a CrewAI crew, agent or tool list.
+
+:func:`govern` registers a pair of CrewAI tool-call hooks (the framework's
+own ``before_tool_call`` / ``after_tool_call`` interception points) scoped
+to what it is given, with one semantics (see
+:mod:`aegis.adapters._governance`):
+
+- a call the policy lets through runs, with exactly the decided arguments
+  (the hook sets CrewAI's tool input to them), and is recorded with the
+  tool's result, the tool call id and the agent's role;
+- a call it blocks never runs: the agent reads the rule and the reason as
+  the tool's result;
+- a call that needs approval waits for the runtime's approval handler (up
+  to its ``approval_timeout``) and runs only after a yes, with exactly the
+  approved arguments. CrewAI has no way to suspend a crew for a reviewer.
+
+CrewAI lets a hook that raises pass the call (it fails open); these hooks
+never raise: anything unexpected blocks the call and is recorded.
+
+Example::
+
+    crew = govern(Crew(agents=[support], tasks=[refund_task]), runtime, target="billing")
+    crew.kickoff()
+    ungovern(crew)  # when done: CrewAI's hooks are process-wide
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+from collections.abc import Iterable
+from types import FrameType
+from typing import Any
+
+from aegis.adapters._governance import Governor, OnBlock, ToolCall, _portal, missing_extra
+from aegis.core.action import Action, thaw
+from aegis.core.result import Result
+from aegis.errors import ConfigurationError
+
+try:
+    from crewai import Agent, Crew
+    from crewai.hooks import (
+        register_after_tool_call_hook,
+        register_before_tool_call_hook,
+        unregister_after_tool_call_hook,
+        unregister_before_tool_call_hook,
+    )
+    from crewai.tools import BaseTool
+except ImportError as exc:
+    missing_extra("aegis.adapters.crewai", "crewai", exc)
+
+__all__ = ["govern", "ungovern"]
+
+_FRAMEWORK = "crewai"
+_log = logging.getLogger("aegis.adapters")
+
+#: the hooks registered for each governed object, by id, until ungovern()
+_registered: dict[int, tuple[Any, Any]] = {}
+
+
+class _Hooks:
+    """The two hooks of one govern() call, and the calls between them."""
+
+    def __init__(self, governor: Governor, agents: list[Any], tools: list[Any]) -> None:
+        self.governor = governor
+        self.agents = agents
+        self.tools = tools
+        self.lock = threading.Lock()
+        #: calls allowed to run, by their tool input: the outcome to set, the run to wait for
+        self.running: dict[int, tuple[asyncio.Future[Any], Any]] = {}
+        #: calls refused, by their tool input: what the agent reads instead
+        self.refused: dict[int, str] = {}
+
+    def applies(self, context: Any) -> bool:
+        if self.agents:
+            return any(context.agent is agent for agent in self.agents)
+        tool = getattr(context.tool, "_original_tool", None) or context.tool
+        return any(tool is governed for governed in self.tools)
+
+    def before(self, context: Any) -> bool | None:
+        """CrewAI's before-tool hook: ``None`` lets the call run, ``False`` blocks it."""
+        if not self.applies(context):
+            return None
+        try:
+            return self._before(context)
+        except Exception as exc:  # CrewAI would let the call pass: block it instead
+            _log.exception("the Aegis hook failed; the call is blocked")
+            with self.lock:
+                self.refused[id(context.tool_input)] = f"blocked: the Aegis hook failed ({exc})"
+            return False
+
+    def _before(self, context: Any) -> bool | None:
+        governor = self.governor
+        tool = getattr(context.tool, "_original_tool", None) or context.tool
+        role = getattr(context.agent, "role", None)
+        call = ToolCall(
+            str(context.tool_name),
+            dict(context.tool_input),
+            call_id=_call_id(context),
+            description=_description(tool),
+            agent=role if isinstance(role, str) and role else governor.agent,
+        )
+        loop = _portal.loop()
+        allowed = threading.Event()
+        held: dict[str, Any] = {}
+
+        async def execute(action: Action) -> Any:
+            # CrewAI runs the tool once this hook returns; its result settles this.
+            outcome: asyncio.Future[Any] = loop.create_future()
+            held["action"], held["outcome"] = action, outcome
+            allowed.set()
+            return await outcome
+
+        done = asyncio.run_coroutine_threadsafe(governor.run(call, execute), loop)
+        done.add_done_callback(lambda _: allowed.set())
+        allowed.wait()
+        key = id(context.tool_input)
+        if "action" in held:
+            # Exactly the decided (approved) arguments, in CrewAI's own input dict.
+            context.tool_input.clear()
+            context.tool_input.update(thaw(held["action"].params))
+            with self.lock:
+                self.running[key] = (held["outcome"], done)
+            return None
+        result: Result = done.result()
+        text = governor.refusal(call, result)
+        with self.lock:
+            self.refused[key] = text
+        return False
+
+    def after(self, context: Any) -> str | None:
+        """CrewAI's after-tool hook: the refusal as the result, or the outcome recorded."""
+        key = id(context.tool_input)
+        with self.lock:
+            text = self.refused.pop(key, None)
+            running = self.running.pop(key, None)
+        if text is not None:
+            return text
+        if running is not None:
+            outcome, done = running
+            loop = _portal.loop()
+            loop.call_soon_threadsafe(_settle, outcome, context.tool_result)
+            try:
+                done.result()  # recorded before the agent goes on
+            except Exception:
+                _log.exception("could not record the outcome of %s", context.tool_name)
+        return None
+
+
+def govern(
+    crew_or_agent_or_tools: Any,
+    runtime: Any,
+    *,
+    target: str = _FRAMEWORK,
+    agent: str | None = None,
+    on_block: OnBlock = "return",
+) -> Any:
+    """Govern every tool call of a crew, an agent, or a list of tools.
+
+    Args:
+        crew_or_agent_or_tools: a ``Crew`` (all its agents' calls), an
+            ``Agent`` (its calls), or a list of CrewAI tools (their calls,
+            whichever agent makes them).
+        runtime: the :class:`~aegis.runtime.engine.Runtime` that decides,
+            approves, executes and records.
+        target: the action ``target`` of every call (the toolset's name).
+        agent: the agent name recorded when the agent has no role.
+        on_block: only ``"return"``: a blocked call is answered with the
+            reason (CrewAI lets a hook that raises pass the call, so a hook
+            cannot stop the crew).
+
+    Returns:
+        what it was given, now governed (until :func:`ungovern`).
+    """
+    if on_block != "return":
+        raise ConfigurationError(
+            'CrewAI cannot stop a crew from a tool hook: use on_block="return" (the default)'
+        )
+    governor = Governor(runtime, target=target, framework=_FRAMEWORK, agent=agent)
+    given = crew_or_agent_or_tools
+    if isinstance(given, Crew):
+        hooks = _Hooks(governor, list(given.agents), [])
+    elif isinstance(given, Agent):
+        hooks = _Hooks(governor, [given], [])
+    elif isinstance(given, Iterable) and not isinstance(given, str | bytes):
+        tools = list(given)
+        if not all(isinstance(tool, BaseTool) for tool in tools):
+            raise ConfigurationError("govern() takes a list of CrewAI tools (BaseTool)")
+        hooks = _Hooks(governor, [], tools)
+    else:
+        raise ConfigurationError(
+            f"govern() takes a crewai Crew, Agent or list of tools, got {type(given).__name__}"
+        )
+    ungovern(given)
+    register_before_tool_call_hook(hooks.before)
+    register_after_tool_call_hook(hooks.after)
+    _registered[id(given)] = (hooks.before, hooks.after)
+    return given
+
+
+def ungovern(crew_or_agent_or_tools: Any) -> None:
+    """Remove the hooks :func:`govern` registered for this object (CrewAI's are process-wide)."""
+    registered = _registered.pop(id(crew_or_agent_or_tools), None)
+    if registered is not None:
+        unregister_before_tool_call_hook(registered[0])
+        unregister_after_tool_call_hook(registered[1])
+
+
+def _settle(outcome: asyncio.Future[Any], value: Any) -> None:
+    if not outcome.done():
+        outcome.set_result(value)
+
+
+def _description(tool: Any) -> str:
+    """The tool's own description, without the header CrewAI adds for the model."""
+    text = getattr(tool, "description", "") or ""
+    marker = "Tool Description:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return str(text).strip()
+
+
+def _call_id(context: Any) -> str | None:
+    """The model's id of the call, from CrewAI's frame that built the hook's context.
+
+    The hook's context does not carry it; the function that built the
+    context (and passed it to the hooks) holds it as ``call_id``. Only a
+    frame holding this very context counts, so an id is never misattributed.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(10):
+        if frame is None:
+            return None
+        values = frame.f_locals
+        call_id = values.get("call_id")
+        if isinstance(call_id, str) and any(v is context for v in values.values()):
+            return call_id
+        frame = frame.f_back
+    return None

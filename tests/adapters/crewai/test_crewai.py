@@ -1,0 +1,70 @@
+"""CrewAI: hooks scoped to what was governed, and the README's example.
+
+These run in CrewAI's own environment (``scripts/check`` makes it); the
+contract suite covers the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from adapters_support import Run, _recorders, make_runtime, scripted_crewai_llm
+from test_readme_integrations import run_example
+
+from aegis.errors import ConfigurationError
+from aegis.testing import InMemoryAuditLog, ScriptedApprovalHandler
+
+
+def _crew(run: Run, calls: list[tuple[str, dict[str, object], str]]) -> object:
+    from crewai import Agent, Crew, Task
+    from crewai.tools import tool
+
+    tools = [tool(name)(fn) for name, fn in _recorders(run).items()]
+    agent = Agent(
+        role="support",
+        goal="help",
+        backstory="a support desk",
+        llm=scripted_crewai_llm(calls),
+        tools=tools,
+    )
+    return Crew(agents=[agent], tasks=[Task(description="go", expected_output="x", agent=agent)])
+
+
+async def test_an_ungoverned_crew_is_left_alone_and_ungovern_ends_governance() -> None:
+    """Hooks apply to the governed crew only; after ungovern() its calls are not recorded."""
+    from aegis.adapters.crewai import govern, ungovern
+
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    governed_run, other_run = Run(), Run()
+    governed = govern(_crew(governed_run, [("delete_customer", {"customer_id": 1}, "c1")]), runtime)
+    other = _crew(other_run, [("delete_customer", {"customer_id": 2}, "c2")])
+    try:
+        await asyncio.to_thread(governed.kickoff)  # type: ignore[attr-defined]
+        await asyncio.to_thread(other.kickoff)  # type: ignore[attr-defined]
+    finally:
+        ungovern(governed)
+    assert governed_run.executed == []
+    assert other_run.executed == [("delete_customer", {"customer_id": 2})]
+    assert [r["result_status"] for r in audit.records] == ["blocked"]
+
+
+def test_govern_refuses_what_it_cannot_govern() -> None:
+    """govern() names what it takes; on_block="raise" is refused (a hook cannot stop a crew)."""
+    from aegis.adapters.crewai import govern
+
+    with pytest.raises(ConfigurationError, match="Crew, Agent or list of tools"):
+        govern(42, make_runtime())
+    with pytest.raises(ConfigurationError, match="on_block"):
+        govern([], make_runtime(), on_block="raise")
+
+
+def test_the_readme_example_runs(tmp_path: Path) -> None:
+    """The README's CrewAI example asks at the terminal and runs the refund after a yes."""
+    prelude = (
+        "from adapters_support import scripted_crewai_llm\n"
+        "llm = scripted_crewai_llm([('refund', {'order_id': '17', 'amount': 120.0}, 'c1')])\n"
+    )
+    run_example("### CrewAI", prelude, tmp_path)
