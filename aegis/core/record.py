@@ -28,13 +28,18 @@ Values that JSON cannot hold never lose a record (:func:`storable_json`):
 they are stored as readable text, and what cannot even be turned into text
 (an int past Python's 4,300-digit limit, an object whose ``__repr__``
 raises, a lone surrogate) becomes a marker string ``"<unstorable ...>"`` /
-``"<unrepresentable ...>"`` while the rest of the value is kept.
+``"<unrepresentable ...>"`` while the rest of the value is kept. Nothing
+stored nests deeper than :data:`MAX_JSON_DEPTH` (deeper parts become a
+marker), so a stored field that does can only be a hand edit: reading it
+raises one :class:`~aegis.errors.AuditError` naming the record, never a
+``RecursionError`` from deep inside a decoder.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
@@ -42,7 +47,7 @@ from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from aegis.core.action import FrozenDict
-from aegis.errors import ConfigurationError
+from aegis.errors import AuditError, ConfigurationError
 
 if TYPE_CHECKING:
     from aegis.core.decision import PolicyDecision
@@ -289,6 +294,36 @@ def _unstorable_int(value: int) -> str:
     return f"<unstorable int: {hex(value)}>"
 
 
+#: no stored JSON field nests deeper than this (arrays and objects), far beyond
+#: any tool call (an action's params stop at 100); deeper parts become a marker
+MAX_JSON_DEPTH: Final = 200
+
+# the tokens that decide nesting: a whole string (brackets inside do not count), or a bracket
+_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _scan_depth(text: str, limit: int) -> int:
+    depth = deepest = 0
+    for match in _STRUCTURE.finditer(text):
+        first = match.group()[0]
+        if first in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif first in "]}":
+            depth -= 1
+    return deepest
+
+
+def too_deep(text: str) -> bool:
+    """Whether JSON ``text`` nests deeper than :data:`MAX_JSON_DEPTH` (only a hand edit does)."""
+    return text.count("[") + text.count("{") > MAX_JSON_DEPTH and (
+        _scan_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH
+    )
+
+
 def _sanitize(value: Any, depth: int, seen: set[int]) -> Any:
     """``value`` with every part JSON or storage cannot hold replaced by text."""
     kind = type(value)
@@ -304,7 +339,7 @@ def _sanitize(value: Any, depth: int, seen: set[int]) -> Any:
         return value
     if kind is float:
         return value if math.isfinite(value) else repr(value)
-    if depth > 200:
+    if depth >= MAX_JSON_DEPTH:
         return "<unstorable: nested too deeply>"
     if isinstance(value, Mapping | list | tuple):
         if id(value) in seen:
@@ -366,6 +401,8 @@ def storable_json(value: Any) -> str:
                 return text if text.isascii() else _utf8_safe(text, value)
     try:
         text = _encode(value)
+        if too_deep(text):  # stored as written, it could not be read back
+            return _encode(_sanitize(value, 0, set()))
     except ValueError:
         pass  # NaN, an infinity, or an int past the digit limit: fix the parts
     except (TypeError, RecursionError):
@@ -394,9 +431,14 @@ def load_json(stored: object) -> Any:
     """The value of a stored JSON field; what is not JSON comes back as it is.
 
     A hand-edited column may hold anything: :func:`aegis.core.chain.verify_chain`
-    reports the edit, and reading the trail must not fail on it.
+    reports the edit, and reading the trail must not fail on it, with one
+    exception: JSON nested deeper than :data:`MAX_JSON_DEPTH` raises
+    :class:`~aegis.errors.AuditError` (decoding it would exhaust the stack;
+    :func:`to_dict` names the record).
     """
     if isinstance(stored, str):
+        if too_deep(stored):
+            raise AuditError(_too_deep_text())
         try:
             return json.loads(stored)
         except ValueError:
@@ -683,10 +725,37 @@ def _time(moment: object) -> str | None:
 def to_dict(record: AuditRecord) -> dict[str, Any]:
     """The public form of a record: a dict keyed by :data:`RECORD_FIELDS`, JSON decoded."""
     out = record._asdict()
-    out["action_params"] = load_json(record.action_params)
-    out["result_data"] = load_json(record.result_data)
-    out["context"] = None if record.context is None else load_json(record.context)
+    try:
+        out["action_params"] = load_json(record.action_params)
+        out["result_data"] = load_json(record.result_data)
+        out["context"] = None if record.context is None else load_json(record.context)
+    except AuditError:
+        raise _unreadable(record) from None
     return out
+
+
+def _too_deep_text() -> str:
+    return (
+        f"a JSON field nests more than {MAX_JSON_DEPTH} levels deep, which Aegis never "
+        "writes: the database was edited by hand or is damaged"
+    )
+
+
+def _unreadable(record: AuditRecord) -> AuditError:
+    """The error of a record with a field nested too deeply to read."""
+    fields = [
+        name
+        for name in ("action_params", "result_data", "context")
+        if isinstance(getattr(record, name), str) and too_deep(getattr(record, name))
+    ]
+    named = " and ".join(fields) or "a JSON field"
+    return AuditError(
+        f"cannot read audit record {record.id}: {named} "
+        + ("nest" if len(fields) > 1 else "nests")
+        + f" more than {MAX_JSON_DEPTH} levels deep, which Aegis never writes: the database "
+        "was edited by hand or is damaged; `aegis audit verify` names the first record "
+        "that does not fit"
+    )
 
 
 def from_dict(record: Mapping[str, Any]) -> AuditRecord:
@@ -718,6 +787,9 @@ def export_line(record: AuditRecord) -> str:
     string (and verify reports the edit).
     """
     head = _compact({name: record[i] for i, name in _SCALARS})
+    for stored in (record.action_params, record.result_data, record.context):
+        if isinstance(stored, str) and too_deep(stored):
+            raise _unreadable(record)
     return (
         f'{head[:-1]},"action_params":{_json_text(record.action_params)},'
         f'"result_data":{_json_text(record.result_data)},'

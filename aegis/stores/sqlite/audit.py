@@ -35,6 +35,7 @@ from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import (
     JSON_FIELDS,
+    MAX_JSON_DEPTH,
     RECORD_FIELDS,
     AuditRecord,
     RecordDraft,
@@ -501,6 +502,9 @@ class SQLiteAuditStore(ReadMixin):
                     (*args, _PAGE),
                 )
                 lines = [row[1] for row in rows]
+                if any(line.count("[") + line.count("{") > MAX_JSON_DEPTH for line in lines):
+                    # SQLite renders deeper JSON than Aegis reads: let Python look at it
+                    raise StoreError("a page holds deeply nested JSON")
             except StoreError:
                 rows = self._read(
                     "read",

@@ -9,16 +9,22 @@ every ``sqlite3.Error`` raised inside into :class:`~aegis.errors.StoreError`
 with a hint of what to do.
 
 A store opened ``readonly`` never writes: it opens the file with SQLite's
-``mode=ro`` and, when even the WAL index cannot be created beside it (a
-read-only folder, a mounted evidence copy), as ``immutable``, so a backup
-can always be listed, exported and verified.
+``mode=ro``, so a backup or an evidence copy can always be listed, exported
+and verified. When even the WAL index cannot be created beside the file (a
+read-only folder, a mount, a folder of another user), nobody can be writing
+it either: a file without a write-ahead log beside it is read as it is
+(``immutable``); one with a log is copied, log and all, into a private
+temporary folder and read there, because SQLite never reads the log of an
+immutable file and the records in it would silently be missing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -32,6 +38,11 @@ __all__ = ["APPLICATION_ID", "Guard", "SQLiteDatabase", "create_owner_only", "st
 
 #: PRAGMA application_id of Aegis databases ("AEGS")
 APPLICATION_ID: Final = 0x41454753
+
+#: SQLite's answers when a read-only file's WAL index cannot be opened or created
+_NO_WAL_INDEX: Final = frozenset(
+    {"SQLITE_CANTOPEN", "SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT"}
+)
 
 # In WAL mode FULL syncs the WAL at every commit, which makes every frame
 # written before (by any connection) durable too; NORMAL syncs it only at
@@ -147,6 +158,8 @@ class SQLiteDatabase:
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._abandoned: list[sqlite3.Connection] = []  # a parent's, never closed by a child
+        # the private copy of a read-only file, if made: (by which process, its folder)
+        self._snapshot: tuple[int, str] | None = None
         self._closed = False
         #: called with each new connection, under the lock (schema checks)
         self.on_connect: list[object] = []
@@ -219,29 +232,60 @@ class SQLiteDatabase:
         return conn
 
     def _open_readonly(self) -> sqlite3.Connection:
-        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
-        conn = sqlite3.connect(
-            uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = self._connect_ro(os.path.abspath(self.path))
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN":
-                conn.close()
-                raise
-            # A WAL database whose index cannot be created beside it (a
-            # read-only folder or mount): nobody can be writing it, so read
-            # the file as it is. Never for other errors: an immutable reader
-            # of a live file would miss every later write.
             conn.close()
-            conn = sqlite3.connect(
-                uri + "&immutable=1",
-                uri=True,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            if getattr(exc, "sqlite_errorname", "") not in _NO_WAL_INDEX:
+                raise
+            # No WAL index can be made beside the file (a read-only folder or
+            # mount, another user's folder): nobody can be writing it. Never
+            # for other errors: an immutable reader of a live file would miss
+            # every later write.
+            return self._open_unindexed(exc)
         return conn
+
+    def _connect_ro(self, path: str, *, immutable: bool = False) -> sqlite3.Connection:
+        uri = f"file:{urllib.parse.quote(path)}?mode=ro" + ("&immutable=1" if immutable else "")
+        return sqlite3.connect(
+            uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+
+    def _open_unindexed(self, cause: sqlite3.OperationalError) -> sqlite3.Connection:
+        """Open a file whose WAL index cannot be made beside it, seeing every committed record."""
+        path = os.path.abspath(self.path)
+        try:
+            log_size = os.path.getsize(path + "-wal")
+        except FileNotFoundError:
+            log_size = 0
+        except OSError as exc:  # a log we may not even look at
+            raise cause from exc
+        if log_size == 0:
+            # Everything is in the file itself: read it as it is.
+            return self._connect_ro(path, immutable=True)
+        # SQLite ignores the log of an immutable file: copy both where the
+        # index can be made, and read the copy (taken in one go, log last
+        # written, so the copy holds whole transactions: recovery drops any
+        # torn tail as SQLite would).
+        folder = tempfile.mkdtemp(prefix="aegis-readonly-")
+        try:
+            copy = os.path.join(folder, os.path.basename(path))
+            shutil.copyfile(path, copy)
+            shutil.copyfile(path + "-wal", copy + "-wal")
+            conn = self._connect_ro(copy)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._drop_snapshot()
+        self._snapshot = (os.getpid(), folder)
+        return conn
+
+    def _drop_snapshot(self) -> None:
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is not None and snapshot[0] == os.getpid():  # never a parent's copy
+            shutil.rmtree(snapshot[1], ignore_errors=True)
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         # While another process is switching a new file to WAL, SQLite refuses
@@ -286,3 +330,5 @@ class SQLiteDatabase:
                     conn.close()
                 except sqlite3.Error as exc:
                     raise store_error(self.path, "close", exc) from exc
+                finally:
+                    self._drop_snapshot()
