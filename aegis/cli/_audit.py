@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -31,11 +32,11 @@ from aegis.cli._output import (
     use_color,
     warn,
 )
-from aegis.cli._params import DateTimeParam, db_option, format_option
+from aegis.cli._params import DEFAULT_DB, DateTimeParam, db_option, format_option
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.runtime.audit import AuditLogger
-from aegis.runtime.audit_backend import RECORD_FIELDS
+from aegis.runtime.audit_backend import RECORD_FIELDS, mark_unfinished
 
 __all__ = ["audit", "record_cells"]
 
@@ -116,13 +117,30 @@ def _echo_record(record: dict[str, Any]) -> None:
     click.echo(_record_line(record, color=color), color=color)
 
 
-@click.group()
-def audit() -> None:
+@click.group(invoke_without_command=True)
+@click.option("--db", "db_path", default=None, hidden=True)
+@click.option(
+    "--format", "legacy_format", type=click.Choice(["table", "json", "jsonl"]), hidden=True
+)
+@click.option("-o", "--output", "legacy_output", default=None, hidden=True)
+@click.option("--session", "legacy_session", default=None, hidden=True)
+@click.pass_context
+def audit(
+    ctx: click.Context,
+    db_path: str | None,
+    legacy_format: str | None,
+    legacy_output: str | None,
+    legacy_session: str | None,
+) -> None:
     """Read, export, follow and verify the audit trail.
 
     Every subcommand reads the audit trail the runtime writes (--db: a SQLite
     file, default aegis_audit.db, or a postgresql:// DSN; or $AEGIS_DB) and
     never creates one.
+
+    The form agent-aegis users know works too: `aegis audit --db DB --format
+    jsonl -o FILE` exports one line per action (as `aegis audit export`),
+    and `--format table` or `json` lists (as `aegis audit list`).
 
     \b
     Examples:
@@ -130,6 +148,41 @@ def audit() -> None:
       aegis audit verify --expect-head 42:9f86d0...
       aegis audit tail -f
     """
+    given = (db_path, legacy_format, legacy_output, legacy_session)
+    if ctx.invoked_subcommand is not None:
+        if any(value is not None for value in given):
+            raise click.UsageError(
+                "give --db, --format, -o and --session after the subcommand: "
+                f"aegis audit {ctx.invoked_subcommand} --db ..."
+            )
+        return
+    if all(value is None for value in given):
+        click.echo(ctx.get_help())
+        return
+    _legacy(db_path, legacy_format or "table", legacy_output, legacy_session)
+
+
+def _legacy(
+    db_path: str | None, output_format: str, output: str | None, session: str | None
+) -> None:
+    """agent-aegis's ``aegis audit [--db] [--format] [-o] [--session]``, with its outputs."""
+    db = db_path or os.environ.get("AEGIS_DB") or DEFAULT_DB
+    if output_format == "jsonl":
+        target = output or "aegis_audit.jsonl"  # agent-aegis's default file
+        with open_audit(db) as log:
+            written = log.export_jsonl(target, session)
+        click.echo(f"Exported {written} entries to {target}")
+        return
+    if output is not None:
+        raise click.UsageError("-o/--output goes with --format jsonl (or use aegis audit export)")
+    with open_audit(db) as log:
+        records = log.iter_log(session)
+        if output_format == "json":
+            _emit_json_array(records)
+        else:
+            shown = print_table(LIST_COLUMNS, (record_cells(r) for r in records))
+            if not shown:
+                note(f"no records in {log.db_path} match")
 
 
 @audit.command("list")
@@ -286,28 +339,41 @@ def show(record_id: int, db_path: str, output_format: str) -> None:
     help="JSONL file to write; - writes to stdout.",
 )
 @click.option("--session", "session_id", help="Only this session's records.")
-def export(db_path: str, output: str, session_id: str | None) -> None:
-    """Export the audit records as JSON lines, oldest first.
+@click.option(
+    "--records",
+    "raw",
+    is_flag=True,
+    help="Every record of the chain, start records included, instead of one line per action.",
+)
+def export(db_path: str, output: str, session_id: str | None, raw: bool) -> None:
+    """Export the audit trail as JSON lines, oldest first: one line per action.
 
-    Each line is one record with every field, including the chain hashes,
-    so an export can be checked independently of the database.
+    An action's line is its final record, or its start record, marked
+    "unfinished": true, when it has no outcome (the process died mid-action,
+    or it is still running). Each line has every field, the chain hashes
+    included, and rehashes on its own; with --records every record of the
+    chain is exported, so the export verifies as a chain.
 
     \b
     Examples:
       aegis audit export -o audit.jsonl
+      aegis audit export --records -o chain.jsonl
       aegis audit export --session 3f2a... | jq .result_status
     """
+    view = "records" if raw else "actions"
     with open_audit(db_path) as log:
         if output == "-":
-            written = _echo_jsonl(log.iter_log(session_id))
+            found = log.iter_log(session_id, view=view)
+            written = _echo_jsonl(found if raw else map(mark_unfinished, found))
         elif is_terminal(sys.stderr) and log.count(session_id) >= PROGRESS_THRESHOLD:
-            written = _export_with_progress(log, output, session_id)
+            written = _export_with_progress(log, output, session_id, raw)
         else:
-            written = log.export_jsonl(output, session_id)
-    note(f"exported {written} records" + ("" if output == "-" else f" to {output}"))
+            written = log.export_jsonl(output, session_id, records=raw)
+    what = "records" if raw else "actions"
+    note(f"exported {written} {what}" + ("" if output == "-" else f" to {output}"))
 
 
-def _export_with_progress(log: AuditLogger, output: str, session_id: str | None) -> int:
+def _export_with_progress(log: AuditLogger, output: str, session_id: str | None, raw: bool) -> int:
     """Run ``export_jsonl`` on a worker thread and show its progress on stderr.
 
     The bar follows the lines appearing in the output file, so the file is
@@ -321,7 +387,7 @@ def _export_with_progress(log: AuditLogger, output: str, session_id: str | None)
 
     def work() -> None:
         try:
-            outcome["written"] = log.export_jsonl(output, session_id)
+            outcome["written"] = log.export_jsonl(output, session_id, records=raw)
         except BaseException as exc:  # handed to the main thread, which re-raises it
             outcome["error"] = exc
 

@@ -779,12 +779,18 @@ def _canonical(value: Any) -> str:
         return storable_json(value)
 
 
-def export_line(record: AuditRecord) -> str:
+#: what an exported line of an action with no outcome (its start record) ends with
+UNFINISHED_MARK: Final = ',"unfinished":true}'
+
+
+def export_line(record: AuditRecord, *, unfinished: bool = False) -> str:
     """One exported JSON line of ``record``: every field, the JSON fields nested.
 
     The stored JSON text nests verbatim, so exporting costs no decoding; a
     field a hand edit left as something that is not JSON is exported as a
-    string (and verify reports the edit).
+    string (and verify reports the edit). ``unfinished`` adds
+    ``"unfinished": true`` (not a field of the record, so the line still
+    rehashes): the line stands for an action that has no outcome.
     """
     head = _compact({name: record[i] for i, name in _SCALARS})
     for stored in (record.action_params, record.result_data, record.context):
@@ -793,7 +799,8 @@ def export_line(record: AuditRecord) -> str:
     return (
         f'{head[:-1]},"action_params":{_json_text(record.action_params)},'
         f'"result_data":{_json_text(record.result_data)},'
-        f'"context":{"null" if record.context is None else _json_text(record.context)}}}'
+        f'"context":{"null" if record.context is None else _json_text(record.context)}'
+        + (UNFINISHED_MARK if unfinished else "}")
     )
 
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aegis.core.chain import Head, VerifyReport
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.decision import PolicyDecision
-from aegis.core.filters import NO_FILTERS, Filters
+from aegis.core.filters import NO_FILTERS, Filters, View
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.record import (
     AuditRecord,
@@ -584,16 +584,23 @@ class AuditLogger(RecordReader):
         self._check_open()
         return [to_dict(record) for record in self._store.unfinished()]
 
-    def export_jsonl(self, path: str | Path, session_id: str | None = None) -> int:
-        """Write every record of the chain, oldest first, as UTF-8 JSON lines; return how many.
+    def export_jsonl(
+        self, path: str | Path, session_id: str | None = None, *, records: bool = False
+    ) -> int:
+        """Write one UTF-8 JSON line per action, oldest first; return how many.
 
-        Start records are exported too, so that an export verifies on its
-        own; each line rehashes with :func:`~aegis.core.chain.record_hash`.
-        ``action_params``, ``result_data`` and ``context`` are nested JSON.
+        As agent-aegis does: each action's line is its final record, or its
+        start record while it has no outcome (interrupted, or still running),
+        marked ``"unfinished": true``. ``records=True`` writes every record of
+        the chain instead, start records included, so that the export
+        verifies on its own. Either way each line rehashes with
+        :func:`~aegis.core.chain.record_hash`; ``action_params``,
+        ``result_data`` and ``context`` are nested JSON.
         """
         self._check_open()
+        view: View = "records" if records else "actions"
         return write_jsonl(
-            path, self._store.export_lines(Filters(session_id=session_id, view="records"))
+            path, self._store.export_lines(Filters(session_id=session_id, view=view))
         )
 
     # -- tamper evidence --------------------------------------------------------

@@ -156,7 +156,7 @@ class AuditBackend(Protocol):
         ...
 
     def export_jsonl(self, path: str | Path, session_id: str | None = None) -> int:
-        """Write the records as UTF-8 JSON lines to ``path``; return how many."""
+        """Write one UTF-8 JSON line per action to ``path``; return how many."""
         ...
 
     def subscribe(self, callback: Subscriber) -> None:
@@ -312,9 +312,18 @@ class RecordReader:
             )
         )
 
-    def export_jsonl(self, path: str | Path, session_id: str | None = None) -> int:
-        """Write the records (of one session, if given) as UTF-8 JSON lines; return how many."""
-        return write_jsonl(path, self.iter_log(session_id))
+    def export_jsonl(
+        self, path: str | Path, session_id: str | None = None, *, records: bool = False
+    ) -> int:
+        """Write one UTF-8 JSON line per action (of one session, if given); return how many.
+
+        Each action's line is its final record, or its start record, marked
+        ``"unfinished": true``, while it has none. ``records=True`` writes
+        every record of the trail instead, start records included.
+        """
+        if records:
+            return write_jsonl(path, self.iter_log(session_id, view="records"))
+        return write_jsonl(path, map(mark_unfinished, self.iter_log(session_id)))
 
 
 class SubscriberList:
@@ -355,6 +364,13 @@ class SubscriberList:
                 logger.exception(
                     "audit subscriber %r failed on record %s", callback, record.get("id")
                 )
+
+
+def mark_unfinished(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as an action's exported line: a start record says the action is unfinished."""
+    if record.get("kind") == "start":
+        return {**record, "unfinished": True}
+    return record
 
 
 def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any] | str]) -> int:

@@ -199,7 +199,11 @@ class AuditReader(Protocol):
         ...
 
     def export_lines(self, filters: Filters = NO_FILTERS) -> Iterator[str]:
-        """Each matching record as an exported line (:func:`~aegis.core.record.export_line`)."""
+        """Each matching record as an exported line (:func:`~aegis.core.record.export_line`).
+
+        In the ``"actions"`` view a start record stands for an action with no
+        outcome, and its line says ``"unfinished": true``.
+        """
         ...
 
     def verify(
@@ -281,8 +285,13 @@ class ReadMixin:
         return [r for r in self.records(actions) if r.kind == RecordKind.START]
 
     def export_lines(self, filters: Filters = NO_FILTERS) -> Iterator[str]:
-        """The exported JSON line of each matching record."""
-        return map(export_line, self.records(filters))
+        """The exported JSON line of each matching record (unfinished actions marked)."""
+        if filters.view != "actions":
+            return map(export_line, self.records(filters))
+        return (
+            export_line(record, unfinished=record.kind == RecordKind.START)
+            for record in self.records(filters)
+        )
 
     def verify(
         self,

@@ -163,11 +163,11 @@ def test_show_unknown_id(invoke: Invoke, audit_db: Path) -> None:
 
 
 def test_export_writes_jsonl_that_verifies(invoke: Invoke, audit_db: Path, tmp_path: Path) -> None:
-    """export -o writes one JSON line per record, each still matching its hash."""
+    """export -o writes one JSON line per action, each still matching its hash."""
     out = tmp_path / "out.jsonl"
     result = invoke("audit", "export", "--db", str(audit_db), "-o", str(out))
     assert result.exit_code == 0
-    assert "exported 4 records" in result.stderr
+    assert "exported 4 actions" in result.stderr
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in lines] == [1, 2, 3, 4]
     assert all(record_hash(r) == r["hash"] for r in lines)

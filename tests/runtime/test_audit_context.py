@@ -142,7 +142,7 @@ async def test_exported_lines_carry_the_fields_and_verify(tmp_path: Path) -> Non
         await rt.run_one(Action("read", "crm"), context={"tool_call_id": "c1", "n": 1.5})
         await rt.run_one(Action("read", "crm"))
     with AuditLogger(tmp_path / "a.db") as audit:
-        audit.export_jsonl(tmp_path / "out.jsonl")
+        audit.export_jsonl(tmp_path / "out.jsonl", records=True)
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [line["kind"] for line in lines] == ["start", "final", "start", "final"]
     assert lines[0]["context"] == lines[1]["context"]

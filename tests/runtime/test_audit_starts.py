@@ -100,17 +100,23 @@ def test_a_killed_action_shows_in_get_log_as_started(killed_db: Path) -> None:
 def test_a_killed_action_is_exported_and_the_export_verifies(
     killed_db: Path, tmp_path: Path
 ) -> None:
-    """export_jsonl writes the killed action's start record; every line rehashes."""
+    """export_jsonl writes the killed action's start record, marked; every line rehashes."""
     out = tmp_path / "out.jsonl"
+    chain = tmp_path / "chain.jsonl"
     with AuditLogger(killed_db, create=False, readonly=True) as audit:
         written = audit.export_jsonl(out)
+        records = audit.export_jsonl(chain, records=True)
         report = audit.verify()
     lines = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
-    assert written == len(lines) == 7  # three reads (start + final) and one start
+    assert written == len(lines) == 4  # one line per action: three reads and the transfer
     assert lines[-1]["kind"] == "start"
+    assert lines[-1]["unfinished"] is True
     assert lines[-1]["action_type"] == "wire_transfer"
     assert all(record_hash(line) == line["hash"] for line in lines)
     assert [line["start_id"] for line in lines if line["kind"] == "final"] == [1, 3, 5]
+    every = [json.loads(line) for line in chain.read_text("utf-8").splitlines()]
+    assert records == len(every) == 7  # three reads (start + final) and one start
+    assert all(record_hash(line) == line["hash"] for line in every)
     assert report.ok
     assert report.unfinished == (7,)
 
@@ -262,7 +268,7 @@ def test_a_read_only_copy_can_be_listed_exported_and_verified(
     assert listed.exit_code == 0, listed.output
     assert "wire_transfer:bank" in listed.stdout
     assert exported.exit_code == 0, exported.output
-    assert len(out.read_text().splitlines()) == 7
+    assert len(out.read_text().splitlines()) == 4  # one line per action
     assert verified.exit_code == 0, verified.output
     assert evidence.read_bytes() == before
 

@@ -157,6 +157,16 @@ def test_export_lines_rehash_and_include_starts(store: AuditStore) -> None:
     assert lines[1]["result_data"] == {"n": 2}
 
 
+def test_exported_actions_mark_the_unfinished(store: AuditStore) -> None:
+    """In the actions view, the line of a start without a final record says unfinished."""
+    d = decision("pay", 1)
+    store.append([start_draft("s", d), start_draft("s", decision("pay", 2))])
+    store.append([final_draft("s", d, Result(d.action, ResultStatus.SUCCESS), start_id=1)])
+    lines = [json.loads(line) for line in store.export_lines(Filters(view="actions"))]
+    assert [(line["id"], line.get("unfinished")) for line in lines] == [(2, True), (3, None)]
+    assert [record_hash(line) for line in lines] == [line["hash"] for line in lines]
+
+
 # ---------------------------------------------------------------- concurrency
 
 

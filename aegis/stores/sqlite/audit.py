@@ -37,6 +37,7 @@ from aegis.core.record import (
     JSON_FIELDS,
     MAX_JSON_DEPTH,
     RECORD_FIELDS,
+    UNFINISHED_MARK,
     AuditRecord,
     RecordDraft,
     RecordKind,
@@ -489,9 +490,12 @@ class SQLiteAuditStore(ReadMixin):
 
         SQLite renders each line itself, several times faster than Python; a
         page holding a hand-edited row it cannot render is rendered in Python.
+        In the ``"actions"`` view a start record's line is marked
+        ``"unfinished": true`` (the action has no outcome).
         """
         self._read("read", "SELECT 1")  # the schema check, before the select list is read
         json_columns = self._json_columns()
+        mark = filters.view == "actions" and self._has_starts
         after_id: int | None = None
         while True:
             where, args = self._where(filters, after_id)
@@ -501,7 +505,10 @@ class SQLiteAuditStore(ReadMixin):
                     f"SELECT {json_columns} FROM audit_log{where} ORDER BY id LIMIT ?",
                     (*args, _PAGE),
                 )
-                lines = [row[1] for row in rows]
+                lines = [
+                    row[2][:-1] + UNFINISHED_MARK if mark and row[1] == _START else row[2]
+                    for row in rows
+                ]
                 if any(line.count("[") + line.count("{") > MAX_JSON_DEPTH for line in lines):
                     # SQLite renders deeper JSON than Aegis reads: let Python look at it
                     raise StoreError("a page holds deeply nested JSON")
@@ -511,7 +518,11 @@ class SQLiteAuditStore(ReadMixin):
                     f"SELECT {self._select} FROM audit_log{where} ORDER BY id LIMIT ?",
                     (*args, _PAGE),
                 )
-                lines = [export_line(AuditRecord(*row)) for row in rows]
+                records = [AuditRecord(*row) for row in rows]
+                lines = [
+                    export_line(record, unfinished=mark and record.kind == _START)
+                    for record in records
+                ]
             yield from lines
             if len(rows) < _PAGE:
                 return
@@ -524,7 +535,8 @@ class SQLiteAuditStore(ReadMixin):
             if name in JSON_FIELDS:
                 value = f"json({value})"
             parts.append(f"'{name}', {value}")
-        return f"id, json_object({', '.join(parts)})"
+        kind = self._select.split(", ")[RECORD_FIELDS.index("kind")].split(" AS ")[0]
+        return f"id, {kind}, json_object({', '.join(parts)})"
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Keep ``checkpoint``; one already kept for its count stays."""
