@@ -360,10 +360,9 @@ def export(db_path: str, output: str, session_id: str | None, raw: bool) -> None
       aegis audit export --records -o chain.jsonl
       aegis audit export --session 3f2a... | jq .result_status
     """
-    view = "records" if raw else "actions"
     with open_audit(db_path) as log:
         if output == "-":
-            found = log.iter_log(session_id, view=view)
+            found = log.iter_log(session_id, view="records" if raw else "actions")
             written = _echo_jsonl(found if raw else map(mark_unfinished, found))
         elif is_terminal(sys.stderr) and log.count(session_id) >= PROGRESS_THRESHOLD:
             written = _export_with_progress(log, output, session_id, raw)
