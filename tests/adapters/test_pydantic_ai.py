@@ -1,0 +1,89 @@
+"""Pydantic AI specifics: edited deferred approvals, the capability, governed toolsets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters_support import (
+    DESCRIPTIONS,
+    Run,
+    _recorders,
+    make_runtime,
+    pydantic_ai_tool_results,
+    scripted_function_model,
+)
+
+from aegis.testing import InMemoryAuditLog, ScriptedApprovalHandler
+
+REFUND = {"order_id": "o-17", "amount": 20.0}
+
+
+async def test_arguments_edited_in_the_deferred_results_are_refused() -> None:
+    """A yes for 20 whose ToolApproved overrides the amount to 2000: refused, never run."""
+    from pydantic_ai import Agent, DeferredToolRequests, ToolApproved
+
+    from aegis.adapters.pydantic_ai import govern, resolve_deferred
+
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([True]), audit=audit)
+    run = Run()
+    model, seen = scripted_function_model([("refund", REFUND, "call_1")])
+    agent = govern(Agent(model, name="support", tools=list(_recorders(run).values())), runtime)
+    result = await agent.run("go")
+    assert isinstance(result.output, DeferredToolRequests)
+    answers = await resolve_deferred(result, runtime)
+    answers.approvals["call_1"] = ToolApproved(override_args={**REFUND, "amount": 2000.0})
+    await agent.run(message_history=result.all_messages(), deferred_tool_results=answers)
+    assert run.executed == []
+    assert "digest mismatch" in pydantic_ai_tool_results(seen[-1])["call_1"]
+    [record] = audit.records
+    assert record["result_status"] == "denied"
+
+
+async def test_the_capability_governs_the_agent_it_is_given_to() -> None:
+    """AegisCapability in Agent(capabilities=...) blocks, defers and records like govern()."""
+    from pydantic_ai import Agent, DeferredToolRequests
+
+    from aegis.adapters.pydantic_ai import AegisCapability
+
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(audit=audit)
+    run = Run()
+    calls: list[Any] = [
+        ("delete_customer", {"customer_id": 3}, "c1"),
+        ("refund", REFUND, "c2"),
+    ]
+    model, _ = scripted_function_model(calls)
+    agent: Any = Agent(
+        model,
+        name="support",
+        tools=list(_recorders(run).values()),
+        output_type=[str, DeferredToolRequests],
+        capabilities=[AegisCapability(runtime, target="crm")],
+    )
+    result = await agent.run("go")
+    assert isinstance(result.output, DeferredToolRequests)
+    assert [part.tool_call_id for part in result.output.approvals] == ["c2"]
+    saw = pydantic_ai_tool_results(result.all_messages())
+    assert saw["c1"] == "blocked by rule no-deletes: deletes need a ticket"
+    assert run.executed == []
+    assert [r["result_status"] for r in audit.records] == ["blocked"]
+
+
+async def test_a_governed_toolset_records_its_calls() -> None:
+    """govern(toolset) wraps a FunctionToolset: its auto call runs once, with its description."""
+    from pydantic_ai import Agent, FunctionToolset
+
+    from aegis.adapters.pydantic_ai import AegisToolset, govern
+
+    audit = InMemoryAuditLog()
+    run = Run()
+    toolset = govern(FunctionToolset(list(_recorders(run).values())), make_runtime(audit=audit))
+    assert isinstance(toolset, AegisToolset)
+    model, _ = scripted_function_model([("lookup", {"customer_id": 7}, "c1")])
+    result = await Agent(model, name="support", toolsets=[toolset]).run("go")
+    assert result.output == "done"
+    assert run.executed == [("lookup", {"customer_id": 7})]
+    [record] = audit.records
+    assert (record["result_status"], record["action_desc"]) == ("success", DESCRIPTIONS["lookup"])
+    assert record["context"]["tool_call_id"] == "c1"
