@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -49,6 +48,7 @@ from aegis.core.policy import fold_case
 from aegis.core.record import ContextValue, DecisionStamp
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
+from aegis.mcp._ids import IdTable, id_key
 from aegis.mcp._jsonrpc import (
     DOWNSTREAM_UNAVAILABLE,
     INTERNAL_ERROR,
@@ -230,9 +230,7 @@ def offer_approval_link(url: str) -> None:
 # ------------------------------------------------------------------ the session
 
 
-def _key(request_id: RequestId) -> tuple[type, RequestId]:
-    # 1 and "1" are different JSON-RPC ids.
-    return (type(request_id), request_id)
+_key = id_key
 
 
 @dataclass
@@ -280,16 +278,9 @@ class ProxySession:
         self._schemas: dict[str, dict[str, Any]] = {}
         # client request id -> the task serving it
         self._inflight: dict[tuple[type, RequestId], asyncio.Task[None]] = {}
-        # downstream id -> (future of its reply, client request id)
-        self._pending: dict[int, tuple[asyncio.Future[Message], RequestId]] = {}
-        self._ids = itertools.count(1)
-        # id the client sees -> the server's id, for the server's own requests
-        self._relayed: dict[int, RequestId] = {}
-        # ids of the proxy's own requests to the client (approval links)
-        self._own: set[int] = set()
+        # where each message belongs, by its JSON-RPC id (nothing decided there)
+        self._ids = IdTable()
         self._background: set[asyncio.Task[None]] = set()
-        self._client_ids = itertools.count(1)
-        self._progress: dict[tuple[type, Any], RequestId] = {}
         self._gone: str | None = None
         self._closed = False
         self._client_name: str | None = None
@@ -428,15 +419,14 @@ class ProxySession:
 
     async def _client_response(self, message: Message) -> None:
         request_id = message["id"]
-        if isinstance(request_id, int) and request_id in self._own:
-            self._own.discard(request_id)
+        where, server_id = self._ids.client_answered(request_id)
+        if where == "own":
             _log.info("the client answered the approval link %r: %s", request_id, message)
             return
-        own = self._relayed.pop(request_id, None) if isinstance(request_id, int) else None
-        if own is None:
-            _log.warning("dropped a response to unknown request %r", message["id"])
+        if server_id is None:
+            _log.warning("dropped a response to unknown request %r", request_id)
             return
-        await self._relay_to_server(_response(message, own))
+        await self._relay_to_server(_response(message, server_id))
 
     async def record_refused(self, message: Message, why: str) -> None:
         """Record a tools/call the proxy refused before any decision, as blocked.
@@ -634,8 +624,7 @@ class ProxySession:
         elicitation = self.client_capabilities.get("elicitation")
         if not isinstance(elicitation, dict) or "url" not in elicitation:
             return
-        client_id = next(self._client_ids)
-        self._own.add(client_id)
+        client_id = self._ids.own()
         params = call.message.get("params") or {}
         what = params.get("name") if call.is_tool else call.message["method"]
         request = {
@@ -698,12 +687,8 @@ class ProxySession:
         """Send a request to the server under a fresh id and wait for its reply."""
         if self._gone is not None:
             raise DownstreamError(self._gone)
-        downstream_id = next(self._ids)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[downstream_id] = (future, message["id"])
         token = _progress_token(message)
-        if token is not None:
-            self._progress[token] = message["id"]
+        downstream_id, future = self._ids.open(message["id"], token)
         limit = self._options.call_timeout
         if limit is not None and message["method"] == "initialize":
             limit = max(limit, _STARTUP_ALLOWANCE)  # the server may still be starting
@@ -727,9 +712,7 @@ class ProxySession:
             await self._cancel_downstream(downstream_id, "cancelled")
             raise
         finally:
-            self._pending.pop(downstream_id, None)
-            if token is not None:
-                self._progress.pop(token, None)
+            self._ids.close(downstream_id, token)
 
     async def _cancel_downstream(self, downstream_id: int, reason: str) -> None:
         if self._gone is not None:
@@ -781,33 +764,24 @@ class ProxySession:
         self._gone = why
         if not self._closed:
             _log.error("%s; calls now fail until the proxy is restarted", why)
-        for future, _ in list(self._pending.values()):
-            if not future.done():
-                future.set_exception(DownstreamError(why))
+        self._ids.fail_all(DownstreamError(why))
 
     async def _from_server(self, message: Message) -> None:
         if "method" not in message:
-            pending = self._pending.get(message["id"]) if isinstance(message["id"], int) else None
-            if pending is None:
+            if not self._ids.answered(message):
                 _log.warning(
                     "dropped a reply of the MCP server to unknown request %r", message["id"]
                 )
-                return
-            if not pending[0].done():
-                pending[0].set_result(message)
             return
         if "id" in message:
             # The server's own request (sampling, elicitation, roots): the
             # client sees a proxy id, so it can never collide with another.
-            client_id = next(self._client_ids)
-            self._relayed[client_id] = message["id"]
+            client_id = self._ids.relay(message["id"])
             await self._to_client({**message, "id": client_id}, self._related(None))
             return
         related = None
         if message["method"] == "notifications/progress":
-            token = (message.get("params") or {}).get("progressToken")
-            if isinstance(token, str | int):
-                related = self._progress.get((type(token), token))
+            related = self._ids.progress_of((message.get("params") or {}).get("progressToken"))
         await self._to_client(message, self._related(related))
 
     def _related(self, known: RequestId | None) -> RequestId | None:
@@ -816,9 +790,7 @@ class ProxySession:
         # flight is the best guess, else the client's standalone stream.
         if known is not None:
             return known
-        if len(self._pending) == 1:
-            return next(iter(self._pending.values()))[1]
-        return None
+        return self._ids.only_request()
 
     # -------------------------------------------------------------- the end
 
