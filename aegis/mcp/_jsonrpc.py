@@ -146,6 +146,10 @@ def classify(value: object) -> Frame:
 ENVELOPE_MEMBERS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
 
 
+def _folds(names: Iterable[str]) -> dict[str, str]:
+    return {fold_name(name): name for name in names}
+
+
 def fold_name(name: str) -> str:
     """The form under which two member names count as the same name.
 
@@ -186,12 +190,15 @@ def lookalike_members(names: Iterable[str], known: Collection[str] = ()) -> str 
             return f"members {other!r} and {name!r} differ only by case or Unicode folding"
         seen[folded] = name
     if known:
-        folds = {fold_name(one): one for one in known}
+        folds = _folds(known)
         for folded, name in seen.items():
             one = folds.get(folded)
             if one is not None and one != name:
                 return f"member {name!r} differs from {one!r} only by case or Unicode folding"
     return None
+
+
+_ENVELOPE_FOLDS: dict[str, str] = _folds(ENVELOPE_MEMBERS)
 
 
 class _Ambiguous(ValueError):
@@ -205,9 +212,12 @@ def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         twice = next(name for name in names if names.count(name) > 1)
         raise _Ambiguous(f"member {twice!r} appears twice in one object")
     if len(value) > 1:
-        why = lookalike_members(value)
-        if why is not None:
-            raise _Ambiguous(why)
+        names = value.keys()
+        # The common case in one pass of C: ASCII names, distinct in lower case.
+        if not "".join(names).isascii() or len({n.lower() for n in names}) != len(value):
+            why = lookalike_members(value)
+            if why is not None:
+                raise _Ambiguous(why)
     return value
 
 
@@ -251,9 +261,11 @@ def parse_frame(raw: bytes | str) -> Frame:
         members = tuple(m for m in value if isinstance(m, dict))
         return Frame(replies=batch_refusal(value), batch=bool(value), members=members)
     if isinstance(value, dict):
-        why = lookalike_members(value, ENVELOPE_MEMBERS)
-        if why is not None:
-            return _ambiguous(raw, why)
+        for name in value:
+            one = _ENVELOPE_FOLDS.get(name.lower() if name.isascii() else fold_name(name))
+            if one is not None and one != name:
+                why = f"member {name!r} differs from {one!r} only by case or Unicode folding"
+                return _ambiguous(raw, why)
     return classify(value)
 
 
