@@ -9,8 +9,9 @@ a body the service calls malformed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NoReturn
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -27,6 +28,10 @@ from aegis.cli._output import (
     use_color,
 )
 from aegis.cli._params import format_option, secret_option
+from aegis.errors import ApprovalServiceError
+
+if TYPE_CHECKING:
+    from aegis.client import ApprovalClient
 
 __all__ = ["approvals"]
 
@@ -53,70 +58,55 @@ class _Refused(CheckFailed):
 
 
 class _Client:
-    """The few calls the command makes, with the service's errors as exceptions."""
+    """The command's calls through :class:`~aegis.client.ApprovalClient`, errors as exits."""
 
     def __init__(self, url: str, token: str) -> None:
         try:
-            import httpx  # noqa: PLC0415  # only this command needs it
+            from aegis.client import ApprovalClient  # noqa: PLC0415  # needs httpx
         except ImportError as exc:  # pragma: no cover - the [server] extra is absent
             raise click.ClickException(
                 "aegis approvals needs httpx: pip install 'aegis-runtime[server]'"
             ) from exc
-        self._httpx = httpx
         self._url = url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self._url,
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            timeout=TIMEOUT,
-            follow_redirects=False,
-        )
+        self._client = ApprovalClient(self._url, token=token, timeout=TIMEOUT)
 
     def __enter__(self) -> _Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._client.close()
+        """Nothing to close: each call opens and closes its own connection."""
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        httpx = self._httpx
+    def run(self, call: Callable[[ApprovalClient], Awaitable[Any]]) -> Any:
+        """Run one call of the client; the service's refusals become exit statuses."""
+        import httpx  # noqa: PLC0415  # present with the client
+
+        from aegis.client import Unreachable  # noqa: PLC0415  # same
+
+        async def once() -> Any:
+            try:
+                return await call(self._client)
+            finally:
+                await self._client.aclose()
+
         try:
-            response = self._client.request(method, path, **kwargs)
+            return asyncio.run(once())
         except httpx.InvalidURL as exc:
             raise click.BadParameter(f"{self._url!r}: {exc}", param_hint="'--url'") from exc
-        except httpx.HTTPError as exc:
+        except Unreachable as exc:
             raise _Refused(
-                f"cannot reach the approval service at {self._url}: {exc or type(exc).__name__}; "
+                f"cannot reach the approval service at {self._url}: {inert(str(exc))}; "
                 "is `aegis serve` running there? (--url or AEGIS_URL)"
             ) from exc
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.is_success and body is not None:
-            return body
-        _raise_for(response.status_code, body, response.text, self._url)
-        return None  # a success without JSON: nothing to show
+        except ApprovalServiceError as exc:
+            _raise_for(exc.status, exc.code, str(exc), self._url)
+            raise  # pragma: no cover  # _raise_for always raises
 
 
-def _message(body: Any, text: str) -> str:
-    if isinstance(body, Mapping):
-        for key in ("error", "detail", "message"):
-            value = body.get(key)
-            if isinstance(value, Mapping):  # {"error": {"message": ...}}
-                value = value.get("message") or value.get("detail")
-            if value:
-                return str(value)
-    text = " ".join(text.split())
-    return text[:200] or "(no details)"
-
-
-def _raise_for(status: int, body: Any, text: str, url: str) -> None:
-    if 200 <= status < 300:
-        return
-    message = inert(_message(body, text))
+def _raise_for(status: int, code: str, message: str, url: str) -> None:
+    message = inert(message)
     if status == 401:
         message = f"{message} (check AEGIS_TOKEN or --token-file)"
-    elif status == 404 and not isinstance(body, Mapping):
+    elif status == 404 and code == "bad_answer":
         message = f"{url} answered 404: is it an Aegis approval service?"
     if status in {400, 422}:
         raise click.UsageError(f"the service refused the request as malformed: {message}")
@@ -274,9 +264,7 @@ def approvals() -> None:
 def list_requests(url: str, token: str | None, status: str, output_format: str) -> None:
     """List approval requests, newest first (pending ones by default)."""
     with _client(url, token) as client:
-        requests = _unwrap_list(
-            client.call("GET", "/api/v1/approvals", params={"status": status.lower()})
-        )
+        requests = _unwrap_list(client.run(lambda c: c.list_requests(status.lower())))
     if output_format == "json":
         emit_json(list(requests))
         return
@@ -293,7 +281,7 @@ def list_requests(url: str, token: str | None, status: str, output_format: str) 
 def show(url: str, token: str | None, request_id: str, output_format: str) -> None:
     """Show one request: the action, its params, the rule and the decisions so far."""
     with _client(url, token) as client:
-        request = client.call("GET", f"/api/v1/approvals/{_quote(request_id)}")
+        request = client.run(lambda c: c.get(_check_id(request_id)))
     if not isinstance(request, Mapping):
         _fail("the service answered something that is not a request")
     if output_format == "json":
@@ -302,12 +290,10 @@ def show(url: str, token: str | None, request_id: str, output_format: str) -> No
         _show(request)
 
 
-def _quote(request_id: str) -> str:
-    from urllib.parse import quote  # noqa: PLC0415  # tiny, but only these commands need it
-
+def _check_id(request_id: str) -> str:
     if not request_id.strip():
         raise click.BadParameter("an id is needed", param_hint="'ID'")
-    return quote(request_id, safe="")
+    return request_id
 
 
 def _decide(
@@ -320,13 +306,12 @@ def _decide(
     grant_minutes: int | None,
     output_format: str,
 ) -> None:
-    body: dict[str, Any] = {"verdict": verdict}
-    if comment:
-        body["comment"] = comment
-    if grant_minutes is not None:
-        body["grant_minutes"] = grant_minutes
     with _client(url, token) as client:
-        request = client.call("POST", f"/api/v1/approvals/{_quote(request_id)}/decision", json=body)
+        request = client.run(
+            lambda c: c.decide(
+                _check_id(request_id), verdict, comment=comment, grant_minutes=grant_minutes
+            )
+        )
     if output_format == "json":
         emit_json(request)
         return

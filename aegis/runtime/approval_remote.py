@@ -8,30 +8,40 @@ answers an :class:`~aegis.core.outcome.ApprovalOutcome` naming them::
     async with Runtime(executor=crm, policy=policy, approval_handler=handler) as rt:
         result = await rt.run_one(Action("refund", "billing", {"amount": 900}))
 
-It fails closed everywhere: a denial, an expiry, a cancellation, a service
-that refuses the token, an answer for another action (a digest that does not
-match), an approval used already, or no answer within ``timeout`` all deny.
-A service restart or a dropped connection is ridden out: the handler retries
-with backoff on the same request id until its ``timeout``. When it gives up,
-it cancels the request on the service, so a late click approves nothing.
+When a request is filed it says so once (on stderr, or to ``announce``):
+the request id and the inbox page where a reviewer decides it.
 
-Needs the ``server`` extra (for httpx): ``pip install "aegis-runtime[server]"``.
+It fails closed everywhere, and fast where waiting cannot help: a service
+that refuses (a token it does not know, a request it calls malformed: any
+4xx) or cannot be reached when asking (``unreachable_after`` seconds) denies
+at once with the reason. A denial, an expiry, a cancellation, an answer for
+another action (a digest that does not match) or under weaker terms than
+the policy's, an approval used already, or no answer within ``timeout``
+all deny. While waiting, a service restart or a dropped connection is
+ridden out: the handler retries with backoff on the same request id until
+its ``timeout``. When it gives up, it cancels the request on the service,
+so a late click approves nothing.
+
+All HTTP goes through :class:`~aegis.client.ApprovalClient`, the one client
+of the approval API. Needs the ``server`` extra (for httpx):
+``pip install "aegis-runtime[server]"``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import random
 import ssl
+import sys
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Self
 
-from aegis.core.action import Action, action_digest
-from aegis.core.approval_request import action_from_json, action_to_json, request_digest
+from aegis.client import ApprovalClient, Unreachable
+from aegis.core.action import action_digest
+from aegis.core.approval_request import action_from_json, action_to_json
 from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.errors import ApprovalServiceError, ConfigurationError
@@ -48,16 +58,14 @@ __all__ = ["RemoteApprovalHandler"]
 
 _log = logging.getLogger("aegis.runtime.approval_remote")
 
-#: statuses worth retrying: the service restarts, or its database is busy
-_RETRY: Final = frozenset({502, 503, 504})
 #: the longest long poll the service grants
 _MAX_POLL: Final = 60.0
 #: the shortest time between two long polls
 _MIN_POLL: Final = 0.05
 
 
-class _GaveUp(Exception):
-    """The handler's own timeout passed while the service could not be reached."""
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class RemoteApprovalHandler(ApprovalHandler):
@@ -79,6 +87,12 @@ class RemoteApprovalHandler(ApprovalHandler):
         verify: TLS verification: ``True`` (the system's CAs), a CA bundle
             path (for a service with its own certificate), or an
             ``ssl.SSLContext``. Never turn it off for a real service.
+        announce: called once per filed request with a line naming the
+            request id and its inbox page; stderr by default, ``None`` for
+            silence (it is logged at INFO on ``aegis.runtime.approval_remote``
+            either way), ``logging.getLogger(...).warning`` to log it.
+        unreachable_after: seconds to keep trying to file a request while
+            the service cannot be reached, before denying with the reason.
     """
 
     def __init__(
@@ -91,6 +105,8 @@ class RemoteApprovalHandler(ApprovalHandler):
         poll: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         verify: bool | str | ssl.SSLContext = True,
+        announce: Callable[[str], object] | None = _to_stderr,
+        unreachable_after: float = 5.0,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigurationError(
@@ -114,13 +130,9 @@ class RemoteApprovalHandler(ApprovalHandler):
         self.timeout = float(timeout)
         self.session_id = session_id
         self.poll = float(poll)
-        self._token = token
-        self._transport = transport
-        self._verify: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
-        )
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self.announce = announce
+        self.unreachable_after = float(unreachable_after)
+        self.client = ApprovalClient(self.url, token=token, transport=transport, verify=verify)
         self._background: set[asyncio.Task[Any]] = set()
         self._fallback_session = uuid.uuid4().hex
 
@@ -132,30 +144,11 @@ class RemoteApprovalHandler(ApprovalHandler):
         if self.session_id is None:
             self.session_id = session_id
 
-    # -- the HTTP client ----------------------------------------------------------
-
-    def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop or self._client.is_closed:
-            # A client belongs to one event loop; a handler may outlive several.
-            self._client = httpx.AsyncClient(
-                base_url=self.url,
-                headers={"Authorization": f"Bearer {self._token}"},
-                transport=self._transport,
-                verify=self._verify,
-                timeout=httpx.Timeout(10.0),
-                follow_redirects=False,
-            )
-            self._client_loop = loop
-        return self._client
-
     async def aclose(self) -> None:
         """Close the HTTP client (cancellations still in flight finish first)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.client.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -168,67 +161,9 @@ class RemoteApprovalHandler(ApprovalHandler):
     ) -> None:
         await self.aclose()
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        deadline: float,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-        read_timeout: float = 10.0,
-    ) -> httpx.Response:
-        """One call, retried with backoff while the service is unreachable, until ``deadline``."""
-        loop = asyncio.get_running_loop()
-        delay = 0.05
-        while True:
-            try:
-                response = await self._http().request(
-                    method,
-                    path,
-                    json=json,
-                    params=params,
-                    timeout=httpx.Timeout(10.0, read=read_timeout),
-                )
-            except httpx.TransportError as exc:
-                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            else:
-                if response.status_code not in _RETRY:
-                    return response
-                why = f"HTTP {response.status_code}"
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise _GaveUp(f"the approval service at {self.url} did not answer ({why})")
-            _log.info("approval service unreachable (%s); retrying in %.2fs", why, delay)
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 2.0) * random.uniform(0.8, 1.2)  # jitter, not crypto
-
-    @staticmethod
-    def _json(response: httpx.Response) -> dict[str, Any]:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise ApprovalServiceError(
-                f"the approval service answered HTTP {response.status_code} with something "
-                "that is not a JSON object",
-                status=502,
-                code="bad_answer",
-            )
-        if response.is_success:
-            return body
-        found = body.get("error")
-        error: dict[str, Any] = found if isinstance(found, dict) else {}
-        raise ApprovalServiceError(
-            f"the approval service refused: {error.get('message') or response.reason_phrase}",
-            status=response.status_code,
-            code=str(error.get("code") or "refused"),
-        )
-
     # -- asking -------------------------------------------------------------------
 
-    def _request_body(self, decision: PolicyDecision) -> dict[str, Any]:
+    def request_body(self, decision: PolicyDecision) -> dict[str, Any]:
         """The body of ``POST /api/v1/approvals`` asking about ``decision``."""
         body: dict[str, Any] = {
             "session_id": self.session_id or self._fallback_session,
@@ -244,82 +179,102 @@ class RemoteApprovalHandler(ApprovalHandler):
             body["approval_ttl"] = ttl
         return body
 
+    def mismatch(self, request: dict[str, Any], decision: PolicyDecision) -> str | None:
+        """Why the service's request is not the one ``decision`` asks for, or ``None``."""
+        return self.client.mismatch(
+            request,
+            decision.action,
+            approvers=getattr(decision, "approvers", 1),
+            reviewers=tuple(getattr(decision, "reviewers", ())),
+        )
+
+    async def file(self, decision: PolicyDecision, deadline: float) -> dict[str, Any]:
+        """File (or re-attach to) the request for ``decision``; checked and announced.
+
+        Raises:
+            ApprovalServiceError: refused (4xx), unreachable for
+                ``unreachable_after`` seconds (:class:`~aegis.client.Unreachable`),
+                or an answer for another action or weaker terms (502; the
+                request is cancelled).
+        """
+        loop = asyncio.get_running_loop()
+        soon = min(deadline, loop.time() + self.unreachable_after)
+        request = await self.client.create(self.request_body(decision), deadline=soon)
+        request_id = str(request.get("id"))
+        problem = self.mismatch(request, decision)
+        if problem is not None:
+            await self.client.cancel(request_id, f"refused by the agent: {problem}")
+            raise ApprovalServiceError(problem, status=502, code="mismatch")
+        action = decision.action
+        line = (
+            f"aegis: approval needed for {action.type} -> {action.target}: request "
+            f"{request_id}, decide at {self.client.inbox_link(request_id)}"
+        )
+        _log.info("%s", line)
+        if self.announce is not None:
+            try:
+                self.announce(line)
+            except Exception:
+                _log.exception("the announce callback failed")
+        return request
+
     async def request_approval(self, decision: PolicyDecision) -> ApprovalOutcome:
         """Open a request for ``decision.action`` and wait for the reviewers' verdict."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        action = decision.action
-        body = self._request_body(decision)
-        request_id: str | None = None
         try:
-            try:
-                request = self._json(
-                    await self._send("POST", "/api/v1/approvals", deadline, json=body)
-                )
-                request_id = str(request.get("id"))
-                problem = self._mismatch(request, action)
-                if problem is not None:
-                    await self._cancel(request_id, f"refused by the agent: {problem}")
-                    return ApprovalOutcome(False, reason=problem, request_id=request_id)
-                while request.get("status") == "pending":
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise _GaveUp(f"no decision within {self.timeout:g}s")
-                    wait = min(self.poll, remaining)
-                    asked_at = loop.time()
-                    response = await self._send(
-                        "GET",
-                        f"/api/v1/approvals/{request_id}/wait",
-                        deadline,
-                        params={"timeout": f"{wait:.3f}"},
-                        read_timeout=wait + 10.0,
-                    )
-                    request = self._json(response)
-                    pending = request.get("status") == "pending"
-                    if pending and loop.time() - asked_at < _MIN_POLL:
-                        # A service that answers "pending" at once must not make us spin.
-                        await asyncio.sleep(_MIN_POLL)
-                return await self._settle(request, action, deadline)
-            except _GaveUp as exc:
-                reason = str(exc)
-                if request_id is not None:
-                    reason += "; request cancelled"
-                    await self._cancel(request_id, f"the agent stopped waiting: {exc}")
-                return ApprovalOutcome(False, reason=reason, request_id=request_id)
-            except Exception as exc:
-                # The runtime denies (the handler failed); a reviewer's late
-                # yes must not leave an approval that nobody waits for.
-                if request_id is not None:
-                    await self._cancel(request_id, f"the agent stopped waiting: {exc}")
-                raise
+            request = await self.file(decision, deadline)
+        except ApprovalServiceError as exc:
+            # Waiting cannot help: say why, at once.
+            why = (
+                str(exc)
+                if isinstance(exc, Unreachable) or exc.code == "mismatch"
+                else f"the approval service refused ({exc.status} {exc.code}): {exc}"
+            )
+            _log.error("approval not asked for %s: %s", decision.action.type, why)
+            return ApprovalOutcome(False, reason=why)
+        request_id = str(request.get("id"))
+        try:
+            return await self.follow(request, decision, deadline)
         except asyncio.CancelledError:
-            if request_id is not None:
-                # Our caller gave up (the runtime's approval_timeout, a shutdown):
-                # cancel on the service in the background, it must not approve later.
-                task = loop.create_task(self._cancel(request_id, "the agent stopped waiting"))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            # Our caller gave up (the runtime's approval_timeout, a shutdown):
+            # cancel on the service in the background, it must not approve later.
+            task = loop.create_task(self.client.cancel(request_id, "the agent stopped waiting"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             raise
 
-    def _mismatch(self, request: dict[str, Any], action: Action) -> str | None:
-        """Why the service's request is not for ``action``, or ``None`` if it is."""
-        local = action_digest(action)
+    async def follow(
+        self, request: dict[str, Any], decision: PolicyDecision, deadline: float
+    ) -> ApprovalOutcome:
+        """Wait until ``request`` is decided (or ``deadline``) and settle it.
+
+        Giving up cancels the request on the service; so does any failure,
+        since a reviewer's late yes must not leave an approval nobody waits for.
+        """
+        loop = asyncio.get_running_loop()
+        request_id = str(request.get("id"))
         try:
-            theirs = action_from_json(request.get("action"))
-        except ValueError as exc:
-            return f"the service returned an unreadable action ({exc})"
-        requester = request.get("requester")
-        if (
-            request.get("action_digest") != local
-            or action_digest(theirs) != local
-            or not isinstance(requester, str)
-            or request.get("digest") != request_digest(action, requester)
-        ):
-            return "the service's request is for a different action (digest mismatch)"
-        return None
+            while request.get("status") == "pending":
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise Unreachable(f"no decision within {self.timeout:g}s")
+                wait = min(self.poll, remaining)
+                asked_at = loop.time()
+                request = await self.client.wait(request_id, wait, deadline=deadline)
+                if request.get("status") == "pending" and loop.time() - asked_at < _MIN_POLL:
+                    # A service that answers "pending" at once must not make us spin.
+                    await asyncio.sleep(_MIN_POLL)
+            return await self._settle(request, decision, deadline)
+        except Unreachable as exc:
+            await self.client.cancel(request_id, f"the agent stopped waiting: {exc}")
+            return ApprovalOutcome(False, reason=f"{exc}; request cancelled", request_id=request_id)
+        except Exception as exc:
+            await self.client.cancel(request_id, f"the agent stopped waiting: {exc}")
+            raise
 
     async def _settle(
-        self, request: dict[str, Any], action: Action, deadline: float
+        self, request: dict[str, Any], decision: PolicyDecision, deadline: float
     ) -> ApprovalOutcome:
         """The outcome of a request that is no longer pending."""
         request_id = str(request.get("id"))
@@ -327,16 +282,12 @@ class RemoteApprovalHandler(ApprovalHandler):
         decisions = [d for d in request.get("decisions") or [] if isinstance(d, dict)]
         if status == "approved":
             try:
-                request = self._json(
-                    await self._send(
-                        "POST", f"/api/v1/approvals/{request_id}/collect", deadline + 5.0
-                    )
-                )
+                request = await self.client.collect(request_id, deadline=deadline + 5.0)
             except ApprovalServiceError as exc:
                 return ApprovalOutcome(
                     False, reason=f"the approval could not be used: {exc}", request_id=request_id
                 )
-            problem = self._mismatch(request, action)
+            problem = self.mismatch(request, decision)
             if problem is not None or request.get("status") != "approved":
                 return ApprovalOutcome(
                     False, reason=problem or "the approval was withdrawn", request_id=request_id
@@ -373,20 +324,3 @@ class RemoteApprovalHandler(ApprovalHandler):
         return ApprovalOutcome(
             False, reason=f"the request was {status}: {why}", request_id=request_id
         )
-
-    async def _cancel(self, request_id: str, reason: str) -> None:
-        """Cancel a request on the service; best effort, a few seconds at most."""
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(Exception):
-            response = await self._send(
-                "POST",
-                f"/api/v1/approvals/{request_id}/cancel",
-                loop.time() + 5.0,
-                json={"reason": reason[:1000]},
-            )
-            if not response.is_success and response.status_code != 409:
-                _log.warning(
-                    "could not cancel approval request %s: HTTP %s",
-                    request_id,
-                    response.status_code,
-                )

@@ -149,7 +149,7 @@ async def test_a_refused_token_denies_with_the_reason() -> None:
     result, _, record = await run(service)
     assert result.status is ResultStatus.DENIED
     assert "the token is revoked" in result.error
-    assert record["human_decision"].startswith("denied: error:")
+    assert record["human_decision"].startswith("denied: the approval service refused (401")
 
 
 async def test_garbage_answers_deny() -> None:
@@ -236,7 +236,7 @@ def test_token_from_environment_and_export(monkeypatch: pytest.MonkeyPatch) -> N
     """The token defaults to $AEGIS_TOKEN, and the class is exported from aegis."""
     monkeypatch.setenv("AEGIS_TOKEN", "from-env")
     assert aegis.RemoteApprovalHandler is RemoteApprovalHandler
-    assert RemoteApprovalHandler("http://x")._token == "from-env"
+    assert RemoteApprovalHandler("http://x").client._token == "from-env"
 
 
 def test_runtime_gives_the_handler_its_session() -> None:
@@ -259,3 +259,73 @@ def test_runtime_gives_the_handler_its_session() -> None:
         session_id="s-43",
     )
     assert own.session_id == "mine"
+
+
+async def test_a_service_that_lowers_the_terms_is_not_trusted() -> None:
+    """A request stored with fewer approvers or wider groups than the policy's is refused."""
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {"name": "r", "match": {"type": "refund"}, "approvers": 2, "reviewers": ["sec"]}
+            ]
+        }
+    )
+    lowered = answer(ACTION, "pending", approvers=1, reviewers=[])
+    service = FakeService(
+        {
+            "POST /api/v1/approvals": respond(lowered, 201),
+            "/cancel": respond(answer(ACTION, "cancelled")),
+        }
+    )
+    ran: list[Action] = []
+    handler = RemoteApprovalHandler(
+        "http://service", token="t", transport=httpx.MockTransport(service), announce=None
+    )
+    async with Runtime(
+        executor=ran.append,
+        policy=policy,
+        approval_handler=handler,
+        audit_logger=InMemoryAuditLog(),
+    ) as runtime:
+        result = await runtime.run_one(ACTION)
+    await handler.aclose()
+    assert result.status is ResultStatus.DENIED
+    assert "asks less than the policy" in (result.error or "")
+    assert "POST /api/v1/approvals/apr_1/cancel" in service.calls
+    assert not ran
+
+
+async def test_the_request_is_announced_once_with_its_inbox_link() -> None:
+    """A filed request is announced once: its id and the inbox page to decide it."""
+    lines: list[str] = []
+    service = FakeService(
+        {
+            "POST /api/v1/approvals": respond(answer(ACTION, "pending"), 201),
+            "/wait": respond(answer(ACTION, "denied")),
+        }
+    )
+    result, _, _ = await run(service, announce=lines.append)
+    assert result.status is ResultStatus.DENIED
+    assert lines == ["aegis: approval needed for refund -> billing: request apr_1, "
+                     "decide at http://service/requests/apr_1"]  # fmt: skip
+
+
+async def test_an_unreachable_service_fails_fast_not_at_the_timeout() -> None:
+    """Nobody listening: denied after unreachable_after, with the reason, not after 900 s."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    handler = RemoteApprovalHandler(
+        f"http://127.0.0.1:{port}", token="t", timeout=900, unreachable_after=0.5, announce=None
+    )
+    async with Runtime(
+        executor=lambda a: None,
+        policy=POLICY,
+        approval_handler=handler,
+        audit_logger=InMemoryAuditLog(),
+    ) as runtime:
+        result = await asyncio.wait_for(runtime.run_one(ACTION), 60)
+    await handler.aclose()
+    assert result.status is ResultStatus.DENIED
+    assert f"127.0.0.1:{port}" in (result.error or "")
+    assert "did not answer" in (result.error or "")

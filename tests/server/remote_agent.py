@@ -8,27 +8,31 @@ Prints ``posted <HTTP status> <request id>`` once its request is filed, and
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
-from typing import Any
 
+import httpx
 from service_support import POLICY
 
 from aegis import Action, AuditLogger, Policy, Runtime
 from aegis.runtime.approval_remote import RemoteApprovalHandler
 
 
-async def main(url: str, db: str, session_id: str, amount: int) -> None:
-    handler = RemoteApprovalHandler(url, token="bot-secret", timeout=30, poll=5)
-    send = handler._send
+class ReportingTransport(httpx.AsyncHTTPTransport):
+    """Tells the test when the request is filed and whether it was new (201) or re-attached."""
 
-    async def reporting_send(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
-        # Tells the test when the request is filed and whether it was new (201) or re-attached.
-        response = await send(method, path, *args, **kwargs)
-        if method == "POST" and path == "/api/v1/approvals":
-            print("posted", response.status_code, response.json()["id"], flush=True)
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if request.method == "POST" and request.url.path == "/api/v1/approvals":
+            await response.aread()
+            print("posted", response.status_code, json.loads(response.content)["id"], flush=True)
         return response
 
-    handler._send = reporting_send  # type: ignore[method-assign]
+
+async def main(url: str, db: str, session_id: str, amount: int) -> None:
+    handler = RemoteApprovalHandler(
+        url, token="bot-secret", timeout=30, poll=5, transport=ReportingTransport()
+    )
     audit = AuditLogger(db)
     async with Runtime(
         executor=lambda action: "refunded",

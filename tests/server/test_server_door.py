@@ -135,3 +135,24 @@ async def test_the_agent_fails_fast_on_a_refused_request(served: Service, tmp_pa
     assert result.status.value == "denied"
     assert "action.params.note" in (result.error or "")
     print(f"refused request denied after {took:.2f}s")
+
+
+async def test_a_refused_token_fails_fast_with_the_reason(served: Service, tmp_path: Path) -> None:
+    """An unknown token is a denial at once that says the token was refused, not a long wait."""
+    lines: list[str] = []
+    handler = RemoteApprovalHandler(
+        served.url, token="nobody-secret", timeout=900, poll=5, announce=lines.append
+    )
+    policy = Policy.from_dict({"rules": [{"name": "refunds", "match": {"type": "refund"}}]})
+    async with Runtime(
+        executor=lambda action: "done",
+        policy=policy,
+        approval_handler=handler,
+        audit_logger=AuditLogger(str(tmp_path / "agent.db")),
+    ) as runtime:
+        result = await asyncio.wait_for(runtime.run_one(Action("refund", "billing", {})), 60)
+    await handler.aclose()
+    assert result.status.value == "denied"
+    assert "401" in (result.error or "")
+    assert "unknown" in (result.error or "")
+    assert lines == []  # nothing was filed, so nothing is announced
