@@ -208,8 +208,8 @@ class _Ambiguous(ValueError):
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     value = dict(pairs)
     if len(value) != len(pairs):
-        names = [name for name, _ in pairs]
-        twice = next(name for name in names if names.count(name) > 1)
+        seen = [name for name, _ in pairs]
+        twice = next(name for name in seen if seen.count(name) > 1)
         raise _Ambiguous(f"member {twice!r} appears twice in one object")
     if len(value) > 1:
         names = value.keys()
