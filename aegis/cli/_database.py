@@ -6,14 +6,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from aegis.cli._params import command_schema
 from aegis.errors import AuditError
 from aegis.runtime.audit import AuditLogger
+from aegis.stores import parse_store_url
 
 __all__ = ["open_audit"]
 
 
 @contextmanager
-def open_audit(db_path: str) -> Iterator[AuditLogger]:
+def open_audit(db_path: str, *, schema: str | None = None) -> Iterator[AuditLogger]:
     """Open an existing audit database, read-only, and close it afterwards.
 
     :class:`AuditLogger` creates a missing file, which would turn a typo in
@@ -22,24 +24,32 @@ def open_audit(db_path: str) -> Iterator[AuditLogger]:
     mounted evidence copy can be listed, exported and verified, and reading
     never migrates or otherwise changes the file.
 
-    A ``postgresql://`` DSN opens the PostgreSQL trail, which must exist
-    too: a reader never creates its tables.
+    A PostgreSQL DSN opens the PostgreSQL trail (in ``schema``, by default
+    the command's ``--schema``), which must exist too: a reader never
+    creates its tables. Which engine a location names is decided by
+    :func:`aegis.stores.parse_store_url`, so ``mysql://`` is refused, never
+    taken for a file name.
 
     Raises:
         AuditError: the path does not exist or is not a file; the DSN's
             database cannot be reached or holds no audit trail.
     """
-    if db_path.lower().startswith(("postgresql://", "postgres://")):
-        with AuditLogger(db_path, create=False, readonly=True) as trail:
-            yield trail
-        return
-    path = Path(db_path)
-    if not path.exists():
+    location = parse_store_url(db_path)
+    if location.engine == "memory" or location.target == ":memory:":
         raise AuditError(
-            f"no audit database at {path}; run `aegis demo` to create one,"
-            " or point --db (or $AEGIS_DB) at your agent's database"
+            f"{db_path} keeps nothing between processes; point --db at your agent's database"
         )
-    if not path.is_file():
-        raise AuditError(f"{path} is not a file; point --db at the agent's SQLite audit database")
-    with AuditLogger(path, create=False, readonly=True) as audit:
-        yield audit
+    if location.engine == "sqlite":
+        path = Path(location.target)
+        if not path.exists():
+            raise AuditError(
+                f"no audit database at {path}; run `aegis demo` to create one,"
+                " or point --db (or $AEGIS_DB) at your agent's database"
+            )
+        if not path.is_file():
+            raise AuditError(
+                f"{path} is not a file; point --db at the agent's SQLite audit database"
+            )
+    schema = command_schema() if schema is None else schema
+    with AuditLogger(db_path, create=False, readonly=True, schema=schema) as trail:
+        yield trail

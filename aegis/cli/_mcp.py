@@ -82,6 +82,14 @@ In a client's configuration, replace the server's command with:
     help="The audit trail every call is recorded in: a SQLite file or a postgresql:// DSN.",
 )
 @durability_option
+@click.option(
+    "--schema",
+    default=None,
+    envvar="AEGIS_SCHEMA",
+    show_envvar=True,
+    metavar="NAME",
+    help="PostgreSQL schema of the trail and the limits' counters [default: current schema].",
+)
 @click.option("--name", default=None, help="The actions' target [default: the command's name].")
 @click.option(
     "--approval",
@@ -141,6 +149,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     policy_path: str,
     db: str,
     durability: str | None,
+    schema: str | None,
     name: str | None,
     approval: str | None,
     approval_url: str | None,
@@ -196,6 +205,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         name=name,
         db=db,
         durability=durability,
+        schema=schema,
         approval=approval,
         approval_url=approval_url,
         approval_token=approval_token,

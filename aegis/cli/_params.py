@@ -241,17 +241,55 @@ class DateTimeParam(click.ParamType):  # type: ignore[type-arg]  # generic only 
 
 
 def db_option(function: F) -> F:
-    """Add ``--db PATH_OR_DSN`` (also ``$AEGIS_DB``), the audit trail to read."""
+    """Add ``--db PATH_OR_DSN`` (also ``$AEGIS_DB``), the audit trail to read, and ``--schema``."""
+    return schema_option(
+        click.option(
+            "--db",
+            "db_path",
+            default=DEFAULT_DB,
+            show_default=True,
+            envvar="AEGIS_DB",
+            show_envvar=True,
+            type=click.Path(dir_okay=False),
+            help="SQLite audit database written by the runtime, or a postgresql:// DSN.",
+        )(function)
+    )
+
+
+_SCHEMA_KEY = "aegis.schema"
+
+
+def schema_option(function: F) -> F:
+    """Add ``--schema NAME`` (also ``$AEGIS_SCHEMA``): the PostgreSQL schema beside ``--db``.
+
+    The value is kept on the command's context rather than passed to the
+    command, so every command that takes ``--db`` takes ``--schema`` too
+    without a parameter of its own; the store openers of the command line
+    read it with :func:`command_schema`.
+    """
+
+    def keep(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is not None and not value.strip():
+            raise click.BadParameter("give a schema name, or leave --schema out", ctx, param)
+        ctx.meta[_SCHEMA_KEY] = value
+
     return click.option(
-        "--db",
-        "db_path",
-        default=DEFAULT_DB,
-        show_default=True,
-        envvar="AEGIS_DB",
+        "--schema",
+        default=None,
+        envvar="AEGIS_SCHEMA",
         show_envvar=True,
-        type=click.Path(dir_okay=False),
-        help="SQLite audit database written by the runtime, or a postgresql:// DSN.",
+        expose_value=False,
+        callback=keep,
+        metavar="NAME",
+        help="PostgreSQL schema of the tables [default: the connection's current schema].",
     )(function)
+
+
+def command_schema() -> str | None:
+    """The ``--schema`` of the running command, or ``None``."""
+    ctx = click.get_current_context(silent=True)
+    found = None if ctx is None else ctx.meta.get(_SCHEMA_KEY)
+    return found if isinstance(found, str) else None
 
 
 def format_option(*choices: str) -> Callable[[F], F]:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import click
 
 from aegis.cli._output import note
-from aegis.cli._params import secret_option
-from aegis.cli._store import durability_option, is_dsn, store_option
+from aegis.cli._params import command_schema, secret_option
+from aegis.cli._store import durability_option, store_option
 from aegis.core.approval_request import parse_approval_ttl
 
 if TYPE_CHECKING:
@@ -261,6 +261,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     from aegis.server.inbox import Inbox  # noqa: PLC0415
     from aegis.server.metrics import ServiceMetrics  # noqa: PLC0415
     from aegis.server.notify import Notifications  # noqa: PLC0415
+    from aegis.stores import parse_store_url  # noqa: PLC0415
 
     scheme = "https" if tls else "http"
     key = session_key or secrets.token_urlsafe(32)  # the inbox and its OpenID flows share it
@@ -288,7 +289,13 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     policy = Policy.from_yaml(policy_path) if policy_path is not None else None
-    service = open_service(db, approval_ttl=approval_ttl, policy=policy, durability=durability)
+    service = open_service(
+        db,
+        approval_ttl=approval_ttl,
+        policy=policy,
+        durability=durability,
+        schema=command_schema(),
+    )
     service.oidc_issuer = oidc_issuer
     inbox = Inbox(
         service,
@@ -308,7 +315,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
         middleware=middleware,
     )
     app.state.read_timeout = read_timeout
-    where = db if not is_dsn(db) else "PostgreSQL"
+    where = parse_store_url(db).where  # a DSN's password masked
     note(f"Aegis approval service on {scheme}://{host}:{port} (store: {where})")
     config = uvicorn.Config(
         app,

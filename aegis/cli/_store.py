@@ -1,4 +1,4 @@
-"""The ``--db`` option of the service commands, and opening the approval tables."""
+"""The ``--db`` and ``--schema`` options of the service commands; opening the approval tables."""
 
 from __future__ import annotations
 
@@ -9,25 +9,31 @@ from typing import TypeVar
 
 import click
 
+from aegis.cli._output import warn
+from aegis.cli._params import command_schema, schema_option
 from aegis.errors import StoreError
+from aegis.stores._url import parse_store_url
 from aegis.stores.approvals import ApprovalStore
 
-__all__ = ["durability_option", "is_dsn", "open_tables", "store_option"]
+__all__ = ["durability_option", "open_tables", "store_option"]
 
 F = TypeVar("F", bound=Callable[..., object])
 
 
 def store_option(function: F) -> F:
-    """Add ``--db PATH_OR_DSN`` (also ``$AEGIS_DB``): the store of the audit trail and approvals."""
-    return click.option(
-        "--db",
-        "db",
-        default="aegis_audit.db",
-        show_default=True,
-        envvar="AEGIS_DB",
-        show_envvar=True,
-        help="SQLite file, sqlite:///PATH or postgresql:// DSN of the audit trail and approvals.",
-    )(function)
+    """Add ``--db PATH_OR_DSN`` (also ``$AEGIS_DB``) and ``--schema``: the service's store."""
+    return schema_option(
+        click.option(
+            "--db",
+            "db",
+            default="aegis_audit.db",
+            show_default=True,
+            envvar="AEGIS_DB",
+            show_envvar=True,
+            help="SQLite file, sqlite:///PATH or postgresql:// DSN of the audit trail and "
+            "approvals.",
+        )(function)
+    )
 
 
 def durability_option(function: F) -> F:
@@ -44,29 +50,35 @@ def durability_option(function: F) -> F:
     )(function)
 
 
-def is_dsn(db: str) -> bool:
-    """Whether ``db`` names a PostgreSQL database rather than a SQLite file."""
-    return db.startswith(("postgresql://", "postgres://"))
-
-
 @contextmanager
 def open_tables(db: str, *, create: bool) -> Iterator[ApprovalStore]:
-    """Open the approval tables of ``db``; a missing SQLite file is created only if ``create``.
+    """Open the approval tables of ``db`` (and ``--schema``), beside the audit trail.
 
-    The approval tables share the file or database with the audit trail.
+    A store is never created unnoticed: without ``create`` a missing SQLite
+    file is an error; with it, a new file is said out loud, with its full
+    path, because a token created in a database the service does not read
+    is a token the service calls unknown.
     """
     # Imported here so that `aegis --help` never pays for the stores.
-    from aegis.stores.approvals import open_approval_store  # noqa: PLC0415
+    from aegis.stores import open_stores  # noqa: PLC0415
 
-    if not is_dsn(db):
-        path = db.removeprefix("sqlite:///")
-        if not create and not os.path.exists(path):
-            raise StoreError(
-                f"no database at {path}; create a token first (aegis token create ...) "
-                "or point --db (or $AEGIS_DB) at the service's database"
+    location = parse_store_url(db)
+    created = None
+    if location.engine == "sqlite" and location.target != ":memory:":
+        path = location.target
+        if not os.path.exists(path):
+            if not create:
+                raise StoreError(
+                    f"no database at {os.path.abspath(path)}; point --db (or $AEGIS_DB) at "
+                    "the database `aegis serve` uses"
+                )
+            created = os.path.abspath(path)
+    with open_stores(location, schema=command_schema()) as stores:
+        store = stores.approvals
+        if created is not None:
+            warn(
+                f"created a new database at {created}, as none was there: `aegis serve` must "
+                f"use this one (aegis serve --db {created}), or its reviewers and agents will "
+                "not know this token"
             )
-    store = open_approval_store(db)
-    try:
         yield store
-    finally:
-        store.close()

@@ -63,6 +63,7 @@ class ProxySettings:
         db: the audit trail (a path, or what ``AuditLogger`` accepts).
         durability: the audit trail's (:data:`~aegis.stores.base.Durability`;
             ``"result"`` when ``None``).
+        schema: the PostgreSQL schema of the trail and its usage counters.
         approval: ``"terminal"``, ``"deny"`` or ``"remote"``.
         approval_url: the approval service (``aegis serve``), for ``remote``.
         approval_token: the agent token for the approval service.
@@ -83,6 +84,7 @@ class ProxySettings:
     name: str | None = None
     db: str = "aegis_audit.db"
     durability: str | None = None
+    schema: str | None = None
     approval: str = "deny"
     approval_url: str | None = None
     approval_token: str | None = None
@@ -246,7 +248,9 @@ def build_runtime(settings: ProxySettings, approval_handler: Any | None = None) 
         executor=execute_mcp_call,
         policy=settings.policy,
         approval_handler=handler,
-        audit_logger=AuditLogger(settings.db, durability=settings.durability),
+        audit_logger=AuditLogger(
+            settings.db, durability=settings.durability, schema=settings.schema
+        ),
         session_id=settings.session_id,
         approval_timeout=timeout,
         agent=settings.agent,

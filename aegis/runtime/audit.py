@@ -52,7 +52,7 @@ from aegis.core.record import (
 from aegis.core.result import Result
 from aegis.errors import AuditError, ConfigurationError
 from aegis.runtime.audit_backend import RecordReader, Subscriber, SubscriberList, write_jsonl
-from aegis.stores import is_postgres_url, open_store
+from aegis.stores import Stores, open_stores, parse_store_url, stores_for
 from aegis.stores.base import AuditStore, CheckpointStore
 
 if TYPE_CHECKING:
@@ -183,14 +183,18 @@ class AuditLogger(RecordReader):
         **options: Any,
     ) -> None:
         if store is None:
-            if not is_postgres_url(db_path) and str(db_path).lower() != "memory://":
+            location = parse_store_url(db_path)
+            if location.engine == "sqlite":
                 options.update(busy_timeout=busy_timeout)
             options.update(durability=durability, synchronous=synchronous)
-            store = open_store(db_path, create=create, readonly=readonly, **options)
-            self._path = str(db_path)
+            stores = open_stores(location, create=create, readonly=readonly, **options)
+            # the path as given (a SQLite file), or the DSN with its password masked
+            self._path = location.where if location.engine == "postgres" else str(db_path)
         else:
+            stores = stores_for(store)
             self._path = store.url
-        self._store: AuditStore = store
+        self._stores = stores
+        self._store: AuditStore = stores.audit
         self._flushes: set[asyncio.Task[None]] = set()
         self._closed = False
         self._subscribers = SubscriberList()
@@ -201,7 +205,7 @@ class AuditLogger(RecordReader):
         # start id -> (the action, its start draft): the final record of the
         # action reuses the encoded fields instead of encoding them again
         self._starts: dict[int, tuple[object, object, RecordDraft]] = {}
-        self._signer = None if readonly else _signer(signing_key, store)
+        self._signer = None if readonly else _signer(signing_key, self._store)
         if checkpoint_every < 1 or not checkpoint_interval > 0:
             raise ConfigurationError(
                 "checkpoint_every must be 1 or more and checkpoint_interval a positive "
@@ -219,12 +223,21 @@ class AuditLogger(RecordReader):
     @property
     def db_path(self) -> str:
         """The path or URL of the trail (a DSN with its password masked)."""
-        return self._store.url if is_postgres_url(self._path) else self._path
+        return self._path
 
     @property
     def store(self) -> AuditStore:
         """The store that keeps the records."""
         return self._store
+
+    @property
+    def stores(self) -> Stores:
+        """The trail's store with the usage and approval stores beside it, on its connection.
+
+        A :class:`~aegis.runtime.engine.Runtime` counts its limits in
+        ``stores.usage``; ``aegis serve`` keeps approvals in ``stores.approvals``.
+        """
+        return self._stores
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
@@ -261,7 +274,7 @@ class AuditLogger(RecordReader):
                 self.checkpoint()
         finally:
             self._closed = True
-            self._store.close()
+            self._stores.close()
 
     def __enter__(self) -> AuditLogger:
         return self

@@ -67,19 +67,13 @@ def open_service(
     """
     # Imported here: the runtime's audit pulls in SQLite code the API module never needs.
     from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
-    from aegis.stores.approvals import open_approval_store  # noqa: PLC0415
 
-    # The audit trail and the approvals share one schema when one is named.
-    audit = (
-        AuditLogger(db, durability=durability)
-        if schema is None
-        else AuditLogger(db, schema=schema, durability=durability)
-    )
+    # One opener: the audit trail and the approvals share the connection, and
+    # with it the database, the schema and the credentials.
+    audit = AuditLogger(db, schema=schema, durability=durability)
     try:
-        head = getattr(audit, "head", None)
-        if callable(head):
-            head()  # creates the schema now, not on the first request
-        store = open_approval_store(db, schema=schema)
+        audit.check()  # creates the trail (and a named schema) now, not on the first request
+        store = audit.stores.approvals
     except BaseException:
         audit.close()
         raise

@@ -18,7 +18,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aegis.core.approval_request import (
     ApprovalRequest,
@@ -28,6 +28,7 @@ from aegis.core.approval_request import (
     TokenInfo,
     Verdict,
 )
+from aegis.errors import ConfigurationError
 
 __all__ = [
     "ApprovalStore",
@@ -83,6 +84,7 @@ class AuditEvent:
     context: dict[str, Any]
 
 
+@runtime_checkable
 class ApprovalStore(Protocol):
     """The approval service's storage; every method is one transaction.
 
@@ -223,17 +225,30 @@ class ApprovalStore(Protocol):
 
 
 def open_approval_store(db: str, *, schema: str | None = None) -> ApprovalStore:
-    """Open the approval tables of a store: a SQLite path, ``sqlite:///path`` or a PostgreSQL DSN.
+    """Open only the approval tables at ``db``: a SQLite path, ``sqlite:///path`` or a DSN.
 
-    ``schema`` (PostgreSQL only) names the schema of the tables; the
-    connection's ``current_schema()`` by default.
+    The store keeps a connection of its own; beside an audit trail in the
+    same process, prefer ``open_stores(db, schema=...).approvals``, which
+    shares the trail's. ``schema`` (PostgreSQL only) names the schema of the
+    tables; the connection's ``current_schema()`` by default.
+
+    Raises:
+        ConfigurationError: ``db`` names no store with approval tables.
     """
-    if db.startswith(("postgresql://", "postgres://")):
-        # Imported here: psycopg is an extra, and SQLite users never need it.
+    # Imported here: the engines load lazily, and psycopg is an extra.
+    from aegis.stores._url import parse_store_url  # noqa: PLC0415
+
+    location = parse_store_url(db)
+    if location.engine == "postgres":
         from aegis.stores.postgres.approvals import PostgresApprovalStore  # noqa: PLC0415
 
-        return PostgresApprovalStore(db, schema=schema)
-    from aegis.stores.sqlite.approvals import SqliteApprovalStore  # noqa: PLC0415  # symmetric
+        return PostgresApprovalStore(location, schema=schema)
+    if location.engine == "sqlite" and schema is None:
+        from aegis.stores.sqlite.approvals import SqliteApprovalStore  # noqa: PLC0415
 
-    path = db.removeprefix("sqlite:///") if db.startswith("sqlite:///") else db
-    return SqliteApprovalStore(path)
+        return SqliteApprovalStore(location.target)
+    raise ConfigurationError(
+        f"{location.where!r} keeps no approval tables"
+        + (" in schemas (that is PostgreSQL's)" if schema is not None else "")
+        + "; give a SQLite file or a postgresql:// DSN"
+    )

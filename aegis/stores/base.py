@@ -1,4 +1,10 @@
-"""The interfaces of the audit store: what the runtime writes and the CLI reads.
+"""The interfaces of the stores, side by side: the audit trail, usage counters, approvals.
+
+Each location (:func:`aegis.stores.open_stores`) has all three, on one
+connection of its engine: :class:`AuditStore` (what the runtime writes and
+the command line reads), :class:`UsageStore` (what limits, budgets and flow
+rules count) and :class:`ApprovalStore` (what the approval service keeps).
+
 
 A store keeps one hash chain of :class:`~aegis.core.record.AuditRecord`\\ s.
 Engines (memory, SQLite, PostgreSQL) implement :class:`AuditStore`; the
@@ -37,12 +43,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
-from typing import Final, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, replace
+from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, verify_chain
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
+from aegis.core.limits import Charge, FlowEvent
 from aegis.core.record import AuditRecord, RecordDraft, RecordKind, export_line
 from aegis.errors import ConfigurationError
 
@@ -50,13 +57,17 @@ __all__ = [
     "DEFAULT_DURABILITY",
     "DURABILITIES",
     "STATS_FIELDS",
+    "Acquired",
+    "ApprovalStore",
     "AuditReader",
     "AuditStore",
     "AuditWriter",
     "CheckpointStore",
     "Durability",
     "ReadMixin",
+    "Request",
     "SignatureCheck",
+    "UsageStore",
     "must_flush",
     "resolve_durability",
 ]
@@ -251,6 +262,94 @@ class CheckpointStore(Protocol):
         ...
 
 
+# -- usage counters ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """What :meth:`UsageStore.acquire` found and did.
+
+    ``used`` holds, per charge, the units already counted in its window
+    before this action; ``exceeded`` is the index of the first charge this
+    action would take past its maximum (``None`` when all fit);
+    ``reservation`` identifies the rows reserved, to release them, and is
+    ``None`` when nothing was reserved: one token per charge, which only the
+    store that made it understands (an id, or a row's key).
+    """
+
+    used: tuple[int, ...]
+    exceeded: int | None
+    reservation: tuple[object, ...] | None
+
+    @property
+    def reserved(self) -> bool:
+        """Whether the action's charges were counted."""
+        return self.reservation is not None
+
+
+class Request(NamedTuple):  # a tuple: built for every metered action, at half a dataclass's cost
+    """One action's charges to reserve at ``now``; ``over`` as for :meth:`UsageStore.acquire`."""
+
+    charges: tuple[Charge, ...]
+    now: float
+    over: bool
+
+
+@runtime_checkable
+class UsageStore(Protocol):
+    """Where counters and flow events are kept; every method is one transaction.
+
+    Times are seconds since the epoch, given by the caller (the runtime's
+    wall clock), so that every process on every machine counts alike.
+    """
+
+    def acquire(
+        self, charges: Sequence[Charge], now: float, *, reserve: bool, over: bool
+    ) -> Acquired:
+        """Count ``charges`` in their windows and, in the same atomic step, reserve them.
+
+        With ``reserve`` false nothing is written (a preview). Otherwise the
+        charges are reserved when they all fit, and also when one does not
+        but ``over`` is true (the rule's ``on_exceed`` still lets the action
+        run, so it counts); they are never partly reserved.
+        """
+        ...
+
+    def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
+        """Reserve for several actions in one atomic step, each seeing the ones before it.
+
+        Exactly as one :meth:`acquire` (with ``reserve``) per request in turn,
+        but in one transaction: concurrent actions of one process share a
+        commit (group commit).
+        """
+        ...
+
+    def release(self, reservation: Sequence[object]) -> None:
+        """Forget a reservation (``Acquired.reservation``): its action was refused and never ran."""
+        ...
+
+    def remember(self, event: FlowEvent) -> None:
+        """Keep ``event``: an action of its session was let through to run."""
+        ...
+
+    def recall(
+        self, session_id: str, since: float | None, action_type: str | None
+    ) -> list[FlowEvent]:
+        """The session's events newer than ``since`` (all without it), oldest first.
+
+        ``action_type``, when given, keeps only events of that exact type (a hint the
+        caller may use when a condition names a literal type).
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the connection; later calls raise."""
+        ...
+
+
+# -- reads shared by the audit engines ----------------------------------------
+
+
 class ReadMixin:
     """Reads derived from :meth:`records`, for engines that have nothing faster."""
 
@@ -314,3 +413,8 @@ class ReadMixin:
         for last in self.records(Filters(view="records")):  # noqa: B007  # the last one
             pass
         return EMPTY_HEAD if last is None else Head(last.id, last.hash)
+
+
+# The approval store's interface lives with its value types; it is named here
+# so that the three interfaces are found together.
+from aegis.stores.approvals import ApprovalStore  # noqa: E402  # after the names it needs

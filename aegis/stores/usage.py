@@ -23,12 +23,12 @@ import heapq
 import json
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any
 
 from aegis.core.action import thaw
 from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import StoreError
+from aegis.stores.base import Acquired, Request, UsageStore
 
 __all__ = [
     "Acquired",
@@ -39,36 +39,6 @@ __all__ = [
     "judge",
     "params_json",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Acquired:
-    """What :meth:`UsageStore.acquire` found and did.
-
-    ``used`` holds, per charge, the units already counted in its window
-    before this action; ``exceeded`` is the index of the first charge this
-    action would take past its maximum (``None`` when all fit);
-    ``reservation`` identifies the rows reserved, to release them, and is
-    ``None`` when nothing was reserved: one token per charge, which only the
-    store that made it understands (an id, or a row's key).
-    """
-
-    used: tuple[int, ...]
-    exceeded: int | None
-    reservation: tuple[object, ...] | None
-
-    @property
-    def reserved(self) -> bool:
-        """Whether the action's charges were counted."""
-        return self.reservation is not None
-
-
-class Request(NamedTuple):  # a tuple: built for every metered action, at half a dataclass's cost
-    """One action's charges to reserve at ``now``; ``over`` as for :meth:`UsageStore.acquire`."""
-
-    charges: tuple[Charge, ...]
-    now: float
-    over: bool
 
 
 def params_json(params: Any) -> str:
@@ -112,58 +82,6 @@ def judge(charges: Sequence[Charge], used: Sequence[int]) -> int | None:
         if already + charge.amount > charge.maximum:
             return index
     return None
-
-
-@runtime_checkable
-class UsageStore(Protocol):
-    """Where counters and flow events are kept; every method is one transaction.
-
-    Times are seconds since the epoch, given by the caller (the runtime's
-    wall clock), so that every process on every machine counts alike.
-    """
-
-    def acquire(
-        self, charges: Sequence[Charge], now: float, *, reserve: bool, over: bool
-    ) -> Acquired:
-        """Count ``charges`` in their windows and, in the same atomic step, reserve them.
-
-        With ``reserve`` false nothing is written (a preview). Otherwise the
-        charges are reserved when they all fit, and also when one does not
-        but ``over`` is true (the rule's ``on_exceed`` still lets the action
-        run, so it counts); they are never partly reserved.
-        """
-        ...
-
-    def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
-        """Reserve for several actions in one atomic step, each seeing the ones before it.
-
-        Exactly as one :meth:`acquire` (with ``reserve``) per request in turn,
-        but in one transaction: concurrent actions of one process share a
-        commit (group commit).
-        """
-        ...
-
-    def release(self, reservation: Sequence[object]) -> None:
-        """Forget a reservation (``Acquired.reservation``): its action was refused and never ran."""
-        ...
-
-    def remember(self, event: FlowEvent) -> None:
-        """Keep ``event``: an action of its session was let through to run."""
-        ...
-
-    def recall(
-        self, session_id: str, since: float | None, action_type: str | None
-    ) -> list[FlowEvent]:
-        """The session's events newer than ``since`` (all without it), oldest first.
-
-        ``action_type``, when given, keeps only events of that exact type (a hint the
-        caller may use when a condition names a literal type).
-        """
-        ...
-
-    def close(self) -> None:
-        """Release the connection; later calls raise."""
-        ...
 
 
 class _Counter:

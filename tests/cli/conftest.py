@@ -18,6 +18,7 @@ Invoke = Callable[..., Result]
 def invoke(monkeypatch: pytest.MonkeyPatch) -> Invoke:
     """Run ``aegis ARGS...`` in-process and return Click's result (stdout, stderr apart)."""
     monkeypatch.delenv("AEGIS_DB", raising=False)
+    monkeypatch.delenv("AEGIS_SCHEMA", raising=False)
     monkeypatch.delenv("NO_COLOR", raising=False)
     runner = CliRunner()
 

@@ -716,21 +716,26 @@ async def test_an_in_memory_audit_counts_in_memory(
     assert os.listdir() == []
 
 
-def test_an_audit_url_of_unknown_kind_needs_a_usage_store() -> None:
-    """An audit at a URL the runtime cannot share asks for an explicit usage_store."""
-    from aegis.errors import ConfigurationError
+def test_the_usage_store_comes_from_the_audit_loggers_stores(tmp_path: Path) -> None:
+    """An AuditLogger's counters are its opened stores' (on its connection); others count here."""
+    from aegis import AuditLogger
+    from aegis.runtime.audit_logging import LoggingAuditLogger
     from aegis.runtime.limits import usage_store_for
 
-    class Elsewhere:
-        db_path = "redis://cache:6379/0"
-
-    with pytest.raises(ConfigurationError, match="pass usage_store="):
-        usage_store_for(Elsewhere())
-    sqlite_url = type("Url", (), {"db_path": "sqlite:///x.db"})()
-    store, _ = usage_store_for(sqlite_url)
+    audit = AuditLogger(f"sqlite:///{tmp_path / 'x.db'}")
+    store, owned = usage_store_for(audit)
+    assert store is audit.stores.usage  # closed with the audit logger
+    assert not owned
     assert isinstance(store, SQLiteUsageStore)
-    assert store.db_path == "x.db"
-    store.close()
+    assert store.db is audit.store.db  # type: ignore[attr-defined]  # a SQLite store
+    audit.close()
+    # an object that merely looks like an audit with a database is not sniffed for one
+    lookalike = type("Url", (), {"db_path": "sqlite:///y.db", "dsn": "postgresql://x@y/z"})()
+    for other in (LoggingAuditLogger(), lookalike):
+        found, owned = usage_store_for(other)
+        assert isinstance(found, MemoryUsageStore)
+        assert owned
+    assert not (tmp_path / "y.db").exists()
 
 
 async def test_a_memory_url_audit_counts_in_memory(

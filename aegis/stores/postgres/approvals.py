@@ -1,37 +1,40 @@
-"""Approval requests, decisions, tokens and grants in PostgreSQL (psycopg 3 and a pool).
+"""Approval requests, decisions, tokens and grants in PostgreSQL.
 
-The tables live in the schema given by ``schema=``, by default the
-connection's ``current_schema()``. Several ``aegis serve`` processes on one
-database serve one queue: every status change is a conditional ``UPDATE``
-that only a pending row satisfies, and PostgreSQL's row locks make the
-second of two racing transactions re-check it and change nothing.
+The tables live beside the audit trail, in the schema of the store's
+:class:`~aegis.stores.postgres.connection.Database` (``schema=``, by default
+the connection's ``current_schema()``): :func:`aegis.stores.open_stores`
+hands this store the audit store's database, so one DSN, one pool, one
+password masker and one migration helper (:mod:`aegis.stores.postgres.schema`)
+serve all three. Several ``aegis serve`` processes on one database serve
+one queue: every status change is a conditional ``UPDATE`` that only a
+pending row satisfies, and PostgreSQL's row locks make the second of two
+racing transactions re-check it and change nothing.
 
 Needs the ``postgres`` extra: ``pip install "aegis-runtime[postgres]"``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
-from aegis.errors import StoreError
 from aegis.stores._approvals_sql import (
     COMPONENT,
     EVENTS_SCHEMA,
     IDENTITY_SCHEMA,
-    SCHEMA_VERSION,
     TERMS_SCHEMA,
     Conflict,
     SqlApprovalStore,
     statements,
 )
+from aegis.stores._url import StoreURL, mask_dsn
+from aegis.stores.postgres.connection import Database
+from aegis.stores.postgres.schema import migrate
 
 try:
     import psycopg
     from psycopg import errors as pg_errors
-    from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover  # CI installs every extra
     raise ImportError(
         'the PostgreSQL store needs the postgres extra: pip install "aegis-runtime[postgres]"'
@@ -39,13 +42,13 @@ except ImportError as exc:  # pragma: no cover  # CI installs every extra
 
 __all__ = ["PostgresApprovalStore", "mask_dsn"]
 
-_PASSWORD_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
-_PASSWORD_KEY = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
-
-
-def mask_dsn(dsn: str) -> str:
-    """``dsn`` with any password replaced by ``***``, fit for messages and logs."""
-    return _PASSWORD_KEY.sub(r"\1***", _PASSWORD_URL.sub(r"\1***@", dsn))
+#: the approval tables' migrations, from version N to N + 1 (``{schema}`` is the schema)
+_MIGRATIONS: Final = {
+    0: tuple(statements("{schema}.")),
+    1: tuple(statements("{schema}.", EVENTS_SCHEMA)),
+    2: tuple(statements("{schema}.", TERMS_SCHEMA, ifnx="IF NOT EXISTS ")),
+    3: tuple(statements("{schema}.", IDENTITY_SCHEMA, ifnx="IF NOT EXISTS ")),
+}
 
 
 def _quote(identifier: str) -> str:
@@ -78,125 +81,62 @@ class PostgresApprovalStore(SqlApprovalStore):
     """The approval tables in PostgreSQL.
 
     Args:
-        dsn: a ``postgresql://`` URL or a libpq connection string.
-        schema: the schema of the tables; ``current_schema()`` when ``None``.
-        pool_size: the most connections this store opens.
-        timeout: seconds to wait for a connection before failing with
-            :class:`~aegis.errors.StoreError`.
+        dsn: the audit store's :class:`~aegis.stores.postgres.connection.Database`
+            to share (what :func:`aegis.stores.open_stores` gives), or a
+            ``postgresql://`` URL or libpq string to open one of its own.
+        schema: with a DSN, the schema of the tables; ``current_schema()``
+            when ``None``. A shared database brings its own.
+        pool_size: with a DSN, the most connections this store opens.
+        timeout: with a DSN, seconds to wait for the server or a free
+            connection before failing with :class:`~aegis.errors.StoreError`.
+        create: create or migrate the tables when missing or older;
+            ``False`` requires them (a read-only role may then serve reads).
+
+    The tables are ready when the constructor returns: a wrong DSN or a
+    dead server fails here, not at the first request.
     """
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | StoreURL | Database,
         *,
         schema: str | None = None,
         pool_size: int = 8,
         timeout: float = 10.0,
+        create: bool = True,
     ) -> None:
-        self.dsn = dsn
-        self._where = mask_dsn(dsn)
-        self._timeout = timeout
-        self._pool = ConnectionPool(
-            dsn,
-            min_size=1,
-            max_size=max(1, pool_size),
-            open=False,
-            timeout=timeout,
-            kwargs={"autocommit": True},
-            # A connection the server dropped is replaced before use, so a
-            # database restart costs a failed request at most, not the pool.
-            check=ConnectionPool.check_connection,
-            name="aegis-approvals",
-        )
+        if isinstance(dsn, Database):
+            self.db, self._owns_db = dsn, False
+        else:
+            self.db = Database(
+                dsn,
+                schema=schema,
+                connect_timeout=timeout,
+                pool_timeout=timeout,
+                max_connections=max(1, pool_size),
+            )
+            self._owns_db = True
+        self._where = self.db.where
         try:
-            self._pool.open(wait=True, timeout=timeout)
-        except (PoolTimeout, psycopg.Error) as exc:
-            self._pool.close()
-            raise StoreError(
-                f"cannot connect to the approval store at {self._where}: {exc}; "
-                "check that PostgreSQL runs and the DSN is right"
-            ) from exc
-        try:
-            self.schema = schema if schema is not None else self._current_schema()
-            self._prefix = _quote(self.schema) + "."
-            with self._transaction(write=False) as tx:
-                self._migrate(tx)
+            with self.db.connection("open the approval tables in") as conn:
+                migrate(self.db, conn, COMPONENT, _MIGRATIONS, create=create)
+                self.schema = self.db.schema(conn)
         except BaseException:
-            self._pool.close()
+            if self._owns_db:
+                self.db.close()
             raise
+        self._prefix = _quote(self.schema) + "."
 
     def __repr__(self) -> str:
         return f"<PostgresApprovalStore {self._where} schema={getattr(self, 'schema', None)!r}>"
 
-    def _error(self, exc: BaseException) -> StoreError:
-        state = getattr(exc, "sqlstate", None)
-        where = f" (SQLSTATE {state})" if state else ""
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return StoreError(
-            f"approval store at {self._where}: {text}{where}; "
-            "check that PostgreSQL is reachable and writable, then retry"
-        )
-
-    def _current_schema(self) -> str:
-        with self._transaction(write=False) as tx:
-            rows = tx.all("SELECT current_schema()")
-        if not rows or rows[0][0] is None:
-            raise StoreError(
-                f"the connection to {self._where} has no current schema (its search_path names "
-                "no existing schema); create the schema or pass schema="
-            )
-        return str(rows[0][0])
-
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[_PgTx]:
-        prefix = getattr(self, "_prefix", "")
-        try:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                yield _PgTx(cur, prefix)
-        except (PoolTimeout, psycopg.Error) as exc:
-            raise self._error(exc) from exc
-
-    def _version(self, tx: _PgTx) -> int:
-        found = tx.all("SELECT to_regclass(?)", (self._prefix + "aegis_schema_versions",))
-        if not found or found[0][0] is None:
-            return 0
-        rows = tx.all(
-            "SELECT version FROM {p}aegis_schema_versions WHERE component = ?", (COMPONENT,)
-        )
-        return int(rows[0][0]) if rows else 0
-
-    def _migrate(self, tx: _PgTx) -> None:
-        if self._version(tx) == SCHEMA_VERSION:
-            return  # nothing to write: a read-only role may serve reads
-        # One process creates the tables; the others wait for it here.
-        tx.all("SELECT pg_advisory_xact_lock(hashtext('aegis_schema:' || current_database()))")
-        tx.run(
-            "CREATE TABLE IF NOT EXISTS {p}aegis_schema_versions "
-            "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
-        rows = tx.all(
-            "SELECT version FROM {p}aegis_schema_versions WHERE component = ?", (COMPONENT,)
-        )
-        version = int(rows[0][0]) if rows else 0
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the approval tables at {self._where} were written by a newer Aegis "
-                f"(version {version}, this one reads {SCHEMA_VERSION}); upgrade aegis-runtime"
-            )
-        if version < SCHEMA_VERSION:
-            for statement in (
-                *statements(self._prefix),
-                *statements(self._prefix, EVENTS_SCHEMA),
-                *statements(self._prefix, TERMS_SCHEMA, ifnx="IF NOT EXISTS "),
-                *statements(self._prefix, IDENTITY_SCHEMA, ifnx="IF NOT EXISTS "),
-            ):
-                tx.run(statement)
-            tx.run(
-                "INSERT INTO {p}aegis_schema_versions (component, version) VALUES (?, ?) "
-                "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
-                (COMPONENT, SCHEMA_VERSION),
-            )
+        doing = "change the approval tables in" if write else "read the approval tables in"
+        with self.db.connection(doing) as conn, conn.transaction(), conn.cursor() as cur:
+            yield _PgTx(cur, self._prefix)
 
     def close(self) -> None:
-        """Close the connection pool; calling it again does nothing."""
-        self._pool.close()
+        """Close a database of its own; a shared one is the audit store's to close. Idempotent."""
+        if self._owns_db:
+            self.db.close()

@@ -60,6 +60,7 @@ from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
 from aegis.errors import StoreError
+from aegis.stores._url import StoreURL
 from aegis.stores.base import (
     STARTED,
     STATS_FIELDS,
@@ -265,7 +266,7 @@ class PostgresAuditStore(ReadMixin):
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | StoreURL,
         *,
         schema: str | None = None,
         create: bool = True,

@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from aegis.errors import ConfigurationError, StoreError
+from aegis.stores._url import StoreURL, is_postgres_url, mask_dsn, parse_store_url
 
 try:
     import psycopg
@@ -102,13 +101,6 @@ class AnsweringConnection(Connection):
         return super().wait(gen, interval, timeout)
 
 
-_SCHEMES: Final = ("postgresql://", "postgres://")
-
-_PASSWORD_IN_QUERY: Final = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
-_PASSWORD_IN_KEYWORDS: Final = re.compile(
-    r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE
-)
-
 # SQLSTATE (or its two-character class) -> what to do about it
 _HINTS: Final = {
     "28P01": "check the user name and password in the DSN",
@@ -126,6 +118,10 @@ _HINTS: Final = {
         "the server cancelled a statement that ran past statement_timeout (an "
         "overloaded server, or a writer holding the chain's lock); retry, or raise "
         "statement_timeout"
+    ),
+    "55P03": (
+        "another process held a lock this needs (a usage counter, the chain) past "
+        "lock_timeout; retry, or raise it"
     ),
     "57P": "the server is shutting down or restarting; retry once it is back",
     "53300": (
@@ -147,28 +143,17 @@ _CONNECT_HINT: Final = (
 _LOST_HINT: Final = "the connection was lost; check the server and the network, then retry"
 
 
-def is_postgres_url(url: object) -> bool:
-    """Whether ``url`` names a PostgreSQL database (``postgresql://...``)."""
-    return isinstance(url, str) and url.lower().startswith(_SCHEMES)
-
-
-def mask_dsn(dsn: str) -> str:
-    """Return ``dsn`` with its password replaced by ``***``, for messages and logs.
-
-    Example::
-
-        >>> mask_dsn("postgresql://app:s3cret@db.internal/aegis")
-        'postgresql://app:***@db.internal/aegis'
-    """
-    if is_postgres_url(dsn):
-        parts = urlsplit(dsn)
-        userinfo, at, hosts = parts.netloc.rpartition("@")
-        if at and ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}{at}{hosts}"
-        query = _PASSWORD_IN_QUERY.sub(r"\1***", parts.query)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    return _PASSWORD_IN_KEYWORDS.sub(r"\1***", dsn)
+def _location(dsn: object) -> StoreURL:
+    """``dsn`` parsed; only a PostgreSQL location will do."""
+    if isinstance(dsn, str | StoreURL):
+        location = parse_store_url(dsn)
+        if location.engine == "postgres":
+            return location
+    shown = dsn.where if isinstance(dsn, StoreURL) else repr(dsn)
+    raise ConfigurationError(
+        f"a PostgreSQL DSN is a postgresql:// URL or a libpq string, not {shown}; "
+        "give e.g. 'postgresql://user@host:5432/dbname'"
+    )
 
 
 def _seconds(name: str, value: float | None) -> float | None:
@@ -205,7 +190,7 @@ class Database:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | StoreURL,
         *,
         schema: str | None = None,
         connect_timeout: float = 5.0,
@@ -214,23 +199,21 @@ class Database:
         pool_timeout: float = 10.0,
         max_connections: int = 4,
     ) -> None:
-        if not isinstance(dsn, str) or not dsn.strip():
-            raise ConfigurationError(
-                f"a PostgreSQL DSN must be a non-empty string, not {dsn!r}; "
-                "give e.g. 'postgresql://user@host:5432/dbname'"
-            )
+        location = _location(dsn)
         if schema is not None and (not isinstance(schema, str) or not schema):
             raise ConfigurationError(f"schema={schema!r}; give a schema name, or None")
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise ConfigurationError(f"max_connections={max_connections!r}; give an int >= 1")
         if max_connections < 1:
             raise ConfigurationError(f"max_connections={max_connections!r}; give an int >= 1")
-        self.where = mask_dsn(dsn)
+        self.location = location
+        self.where = location.where
+        dsn = location.target
         try:
             params = _conninfo.conninfo_to_dict(dsn)
         except psycopg.Error as exc:
             raise ConfigurationError(
-                f"{self.where} is not a valid PostgreSQL DSN: {self._text(exc, dsn)}; "
+                f"{self.where} is not a valid PostgreSQL DSN: {self._text(exc)}; "
                 "give e.g. 'postgresql://user@host:5432/dbname'"
             ) from exc
         self._password = str(params.get("password") or "")
@@ -282,16 +265,11 @@ class Database:
 
     # -- errors ----------------------------------------------------------------
 
-    def _text(self, exc: BaseException, dsn: str | None = None) -> str:
-        text = " ".join(str(exc).split())  # libpq's messages span lines and tabs
-        if self._password_in(text):
-            text = text.replace(self._password, "***")
-        if dsn is not None and dsn in text:
-            text = text.replace(dsn, self.where)
-        return text
-
-    def _password_in(self, text: str) -> bool:
-        return bool(getattr(self, "_password", "")) and self._password in text
+    def _text(self, exc: BaseException) -> str:
+        """The text of ``exc`` on one line, without the DSN's password in any spelling."""
+        text = self.location.scrub(" ".join(str(exc).split()))  # libpq's span lines
+        password = getattr(self, "_password", "")
+        return text.replace(password, "***") if password else text
 
     def error(self, doing: str, exc: BaseException) -> StoreError:
         """Turn a psycopg error into a StoreError naming the DSN and what to do.

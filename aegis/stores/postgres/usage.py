@@ -1,25 +1,31 @@
 """Usage counters in PostgreSQL, shared by every process on every machine.
 
-The tables live in the same database (and schema) as the audit trail; this
-store keeps its own connection. A check and its reservation are one
-transaction that first takes a transaction-scoped advisory lock per counter
-(in a fixed order, so two actions never wait for each other in a circle):
-whoever holds a counter's lock is the only one reading and adding to it
-until it commits, so N processes can never pass a limit together.
+The tables live in the same database and schema as the audit trail: beside
+an audit store (:func:`aegis.stores.open_stores`) this store shares its
+:class:`~aegis.stores.postgres.connection.Database` (the DSN, the schema,
+the timeouts, the masked password in every message) and migrates with the
+same helper (:mod:`aegis.stores.postgres.schema`), on one dedicated
+connection of its own. A check and its reservation are one transaction
+that first takes a transaction-scoped advisory lock per counter (in a fixed
+order, so two actions never wait for each other in a circle): whoever holds
+a counter's lock is the only one reading and adding to it until it commits,
+so N processes can never pass a limit together.
 
 Needs the ``postgres`` extra: ``pip install "aegis-runtime[postgres]"``.
 
 Example::
 
-    usage = PostgresUsageStore("postgresql://aegis@db.internal/aegis")
-    runtime = Runtime(executor=..., policy=..., audit_logger=audit, usage_store=usage)
+    stores = open_stores("postgresql://app:secret@db.internal/aegis", schema="agents")
+    runtime = Runtime(executor=..., policy=..., audit_logger=AuditLogger(...))
+    # or, on its own:
+    usage = PostgresUsageStore("postgresql://aegis@db.internal/aegis", schema="agents")
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import re
 import threading
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -35,6 +41,9 @@ except ImportError as exc:  # pragma: no cover  # the extra is installed in CI
 
 from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import ConfigurationError, StoreError
+from aegis.stores._url import StoreURL
+from aegis.stores.postgres.connection import Database
+from aegis.stores.postgres.schema import migrate
 from aegis.stores.usage import Acquired, Request, event_from_row, judge, params_json
 
 __all__ = ["SCHEMA_VERSION", "PostgresUsageStore"]
@@ -44,53 +53,53 @@ SCHEMA_VERSION: Final = 1
 _COMPONENT: Final = "usage"
 #: the first key of Aegis's advisory locks ("AEGS"), shared with the other stores
 _LOCK_CLASS: Final = 0x41454753
-_VERSIONS: Final = "aegis_schema_versions"
 _SWEEP_EVERY: Final = 512
 _MAX_TOTAL: Final = 2**63 - 1
 
-_TABLES: Final = (
-    """CREATE TABLE IF NOT EXISTS {schema}.aegis_usage (
-        id BIGSERIAL PRIMARY KEY,
-        bucket TEXT NOT NULL,
-        at DOUBLE PRECISION NOT NULL,
-        units BIGINT NOT NULL,
-        expires DOUBLE PRECISION NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS aegis_usage_bucket ON {schema}.aegis_usage (bucket, at)",
-    """CREATE TABLE IF NOT EXISTS {schema}.aegis_usage_totals (
-        bucket TEXT PRIMARY KEY,
-        units BIGINT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS {schema}.aegis_flow_events (
-        id BIGSERIAL PRIMARY KEY,
-        session_id TEXT NOT NULL,
-        action_type TEXT NOT NULL,
-        action_target TEXT NOT NULL,
-        params TEXT NOT NULL,
-        at DOUBLE PRECISION NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS aegis_flow_events_session"
-    " ON {schema}.aegis_flow_events (session_id, at)",
-)
-_PASSWORD_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
-_PASSWORD_KEY = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+#: statements taking the usage tables from version N to N + 1
+_MIGRATIONS: Final = {
+    0: (
+        """CREATE TABLE IF NOT EXISTS {schema}.aegis_usage (
+            id BIGSERIAL PRIMARY KEY,
+            bucket TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            units BIGINT NOT NULL,
+            expires DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS aegis_usage_bucket ON {schema}.aegis_usage (bucket, at)",
+        """CREATE TABLE IF NOT EXISTS {schema}.aegis_usage_totals (
+            bucket TEXT PRIMARY KEY,
+            units BIGINT NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS {schema}.aegis_flow_events (
+            id BIGSERIAL PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            action_type TEXT NOT NULL,
+            action_target TEXT NOT NULL,
+            params TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS aegis_flow_events_session"
+        " ON {schema}.aegis_flow_events (session_id, at)",
+    ),
+}
 _T = TypeVar("_T")
-
-
-def _mask(dsn: str) -> str:
-    return _PASSWORD_KEY.sub(r"\1***", _PASSWORD_URL.sub(r"\1***@", dsn))
 
 
 class PostgresUsageStore:
     """A :class:`~aegis.stores.usage.UsageStore` in a PostgreSQL database.
 
     Args:
-        dsn: ``postgresql://user:password@host:5432/dbname`` or a libpq string.
-        schema: the schema of the tables; ``None`` uses the connection's
-            ``current_schema()``, as the audit trail does.
-        connect_timeout: seconds to wait for the server to accept a connection.
+        dsn: the audit store's :class:`~aegis.stores.postgres.connection.Database`
+            to share (what :func:`aegis.stores.open_stores` gives), or a
+            ``postgresql://user:password@host:5432/dbname`` URL or libpq
+            string to open one of its own.
+        schema: with a DSN, the schema of the tables; ``None`` uses the
+            connection's ``current_schema()``, as the audit trail does. A
+            shared database brings its own.
+        connect_timeout: with a DSN, seconds to wait for the server to accept a connection.
         lock_timeout: seconds a check may wait for another process holding
-            the same counter (or any statement may run) before it fails.
+            the same counter before it fails.
 
     One connection, used by one thread at a time; calls block the caller
     for a network round trip or two. A lost connection fails the call with
@@ -99,24 +108,33 @@ class PostgresUsageStore:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | StoreURL | Database,
         *,
         schema: str | None = None,
         connect_timeout: float = 5.0,
         lock_timeout: float = 30.0,
     ) -> None:
-        if not isinstance(dsn, str) or not dsn.strip():
-            raise ConfigurationError(
-                f"a PostgreSQL DSN must be a non-empty string, not {dsn!r}; e.g."
-                " 'postgresql://user@host:5432/dbname'"
+        if isinstance(dsn, Database):
+            if schema is not None and schema != dsn.schema_option:
+                raise ConfigurationError(
+                    f"schema={schema!r} differs from the shared database's "
+                    f"({dsn.schema_option!r}); the counters live in its schema"
+                )
+            self.db, self._owns_db = dsn, False
+        else:
+            self.db = Database(
+                dsn,
+                schema=schema,
+                connect_timeout=connect_timeout,
+                statement_timeout=lock_timeout,
             )
-        if schema is not None and (not isinstance(schema, str) or not schema):
-            raise ConfigurationError(f"schema={schema!r}; give a schema name, or None")
-        self._dsn = dsn
-        self.where = _mask(dsn)
-        self._schema_option = schema
-        self._connect_timeout = max(1, round(connect_timeout))
-        self._lock_timeout_ms = int(lock_timeout * 1000)
+            self._owns_db = True
+        if isinstance(lock_timeout, bool) or not (
+            isinstance(lock_timeout, int | float) and lock_timeout > 0
+        ):
+            raise ConfigurationError(f"lock_timeout={lock_timeout!r}; give seconds above 0")
+        self.where = self.db.where
+        self._lock_timeout_ms = math.ceil(lock_timeout * 1000)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = 0
@@ -131,22 +149,6 @@ class PostgresUsageStore:
 
     # -- connection ------------------------------------------------------------
 
-    def _error(self, doing: str, exc: BaseException) -> StoreError:
-        text = str(exc).strip().replace(self._dsn, self.where)
-        state = getattr(getattr(exc, "diag", None), "sqlstate", None) or ""
-        if isinstance(exc, psycopg.OperationalError) and not state:
-            hint = "check that the server is running and the DSN's host, port and database"
-        elif state.startswith("55P03") or state.startswith("57014"):
-            hint = "another process held the counter past lock_timeout; retry or raise it"
-        elif state.startswith("42501"):
-            hint = "the role may not create or write the usage tables; grant it or use another"
-        elif state.startswith("25006"):
-            hint = "the server or session is read-only; point the DSN at the primary"
-        else:
-            hint = "check the server's log"
-        where = f" [SQLSTATE {state}]" if state else ""
-        return StoreError(f"cannot {doing} usage counters at {self.where}: {text}{where}; {hint}")
-
     def _connect(self) -> psycopg.Connection[Any]:
         # Callers hold self._lock and translate psycopg errors.
         if self._closed:
@@ -158,14 +160,20 @@ class PostgresUsageStore:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         self._drop()
-        conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout)
+        conn = self.db.connect("connect the usage counters to")
         try:
             conn.execute(f"SET lock_timeout = {self._lock_timeout_ms}")
-            conn.execute(f"SET statement_timeout = {self._lock_timeout_ms}")
-            self._migrate(conn)
+            migrate(self.db, conn, _COMPONENT, _MIGRATIONS, create=True)
+            schema = self.db.schema(conn)
         except BaseException:
             conn.close()
             raise
+        ident = sql.Identifier(schema)
+        self._schema = schema
+        self._tables = {
+            name: sql.SQL("{}.{}").format(ident, sql.Identifier(name))
+            for name in ("aegis_usage", "aegis_usage_totals", "aegis_flow_events")
+        }
         self._conn, self._pid = conn, os.getpid()
         return conn
 
@@ -175,55 +183,6 @@ class PostgresUsageStore:
             with contextlib.suppress(psycopg.Error):  # broken already; a new one replaces it
                 conn.close()
 
-    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        schema = self._schema_option
-        if schema is None:
-            row = conn.execute("SELECT current_schema()").fetchone()
-            if row is None or row[0] is None:
-                raise StoreError(
-                    f"no schema of the search_path exists at {self.where}; create one or pass"
-                    " schema="
-                )
-            schema = str(row[0])
-        ident = sql.Identifier(schema)
-        versions = sql.SQL("{}.{}").format(ident, sql.Identifier(_VERSIONS))
-        with conn.transaction():
-            # The same lock the other components take to create the versions table.
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                (_LOCK_CLASS, f"{schema}.{_VERSIONS}"),
-            )
-            if self._schema_option is not None:
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {} (component TEXT PRIMARY KEY,"
-                    " version INTEGER NOT NULL)"
-                ).format(versions)
-            )
-            row = conn.execute(
-                sql.SQL("SELECT version FROM {} WHERE component = %s FOR UPDATE").format(versions),
-                (_COMPONENT,),
-            ).fetchone()
-            if row is not None and int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the usage tables in schema {schema!r} at {self.where} are at version"
-                    f" {row[0]}, newer than this Aegis knows ({SCHEMA_VERSION}); upgrade"
-                    " aegis-runtime"
-                )
-            if row is None:
-                for statement in _TABLES:
-                    conn.execute(sql.SQL(statement).format(schema=ident))
-                conn.execute(
-                    sql.SQL("INSERT INTO {} (component, version) VALUES (%s, %s)").format(versions),
-                    (_COMPONENT, SCHEMA_VERSION),
-                )
-        self._schema = schema
-        self._tables = {
-            name: sql.SQL("{}.{}").format(ident, sql.Identifier(name))
-            for name in ("aegis_usage", "aegis_usage_totals", "aegis_flow_events")
-        }
-
     def _run(self, doing: str, work: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         with self._lock:
             try:
@@ -231,7 +190,7 @@ class PostgresUsageStore:
             except psycopg.Error as exc:
                 if self._conn is not None and (self._conn.broken or self._conn.closed):
                     self._drop()
-                raise self._error(doing, exc) from exc
+                raise self.db.error(doing, exc) from exc
 
     # -- the protocol ----------------------------------------------------------
 
@@ -246,7 +205,7 @@ class PostgresUsageStore:
             used = [self._count(conn, c, now)[0] for c in charges]
             return Acquired(tuple(used), judge(charges, used), None)
 
-        return self._run("count", peek)
+        return self._run("count the usage counters in", peek)
 
     def acquire_many(self, requests: Sequence[Request]) -> list[Acquired]:
         """See :meth:`aegis.stores.usage.UsageStore.acquire_many`: one transaction."""
@@ -266,7 +225,7 @@ class PostgresUsageStore:
                     self._sweep(conn, max(r.now for r in requests))
             return out
 
-        return self._run("count", work)
+        return self._run("count the usage counters in", work)
 
     def _count(self, conn: psycopg.Connection[Any], charge: Charge, now: float) -> tuple[int, int]:
         """(units in the window, units of stored rows that left it)."""
@@ -392,7 +351,7 @@ class PostgresUsageStore:
                     (ids,),
                 )
 
-        self._run("release", work)
+        self._run("release a reservation of the usage counters in", work)
 
     def remember(self, event: FlowEvent) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.remember`."""
@@ -407,7 +366,7 @@ class PostgresUsageStore:
                 (event.session_id, event.type, event.target, params, event.at),
             )
 
-        self._run("remember", work)
+        self._run("keep a flow event in", work)
 
     def recall(
         self, session_id: str, since: float | None, action_type: str | None
@@ -429,14 +388,16 @@ class PostgresUsageStore:
             query += sql.SQL(" ORDER BY at, id")
             return conn.execute(query, args).fetchall()
 
-        rows = self._run("read", work)
+        rows = self._run("read the flow events in", work)
         return [event_from_row(row, f"at {self.where}") for row in rows]
 
     def close(self) -> None:
-        """Close the connection; later calls raise. Calling it again does nothing."""
+        """Close the connection (and a database of its own); later calls raise. Idempotent."""
         with self._lock:
             self._closed = True
             self._drop()
+        if self._owns_db:
+            self.db.close()
 
     def __enter__(self) -> PostgresUsageStore:
         return self

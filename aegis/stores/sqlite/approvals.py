@@ -1,24 +1,24 @@
 """Approval requests, decisions, tokens and grants in the SQLite file of the audit trail.
 
-One connection per thread (the service calls the store from a thread pool),
-WAL mode, and ``BEGIN IMMEDIATE`` for every transaction that writes, so that
-writers queue in SQLite (up to ``busy_timeout``) instead of failing half way.
-Exclusivity comes from SQLite's write lock and the conditional updates of
-:mod:`aegis.stores._approvals_sql`, never from a Python lock: several
-processes may share the file.
+Beside an audit store (:func:`aegis.stores.open_stores`) this store shares
+its :class:`~aegis.stores.sqlite.connection.SQLiteDatabase`: one connection
+per process for the file, so the audit trail, the usage counters and the
+approvals never wait on each other's locks inside one process. Every
+transaction that writes is ``BEGIN IMMEDIATE``, so that writers of other
+processes queue in SQLite (up to ``busy_timeout``) instead of failing half
+way. Exclusivity comes from SQLite's write lock and the conditional updates
+of :mod:`aegis.stores._approvals_sql`: several processes may share the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from aegis.errors import StoreError
 from aegis.stores._approvals_sql import (
     COMPONENT,
     EVENTS_SCHEMA,
@@ -29,7 +29,7 @@ from aegis.stores._approvals_sql import (
     SqlApprovalStore,
     statements,
 )
-from aegis.stores.sqlite.connection import create_owner_only
+from aegis.stores.sqlite.connection import SQLiteDatabase
 from aegis.stores.sqlite.schema import migrate
 
 __all__ = ["SqliteApprovalStore"]
@@ -41,17 +41,6 @@ _MIGRATIONS: Final = {
     2: tuple(statements("", TERMS_SCHEMA)),
     3: tuple(statements("", IDENTITY_SCHEMA)),
 }
-
-_HINTS: Final = (
-    ("locked", "another process held the database longer than the busy timeout; retry"),
-    ("busy", "another process held the database longer than the busy timeout; retry"),
-    ("readonly", "the file or its folder is read-only; check the permissions"),
-    ("unable to open", "check that the folder exists and is writable"),
-    ("disk i/o", "check free disk space and the file system"),
-    ("full", "the disk is full; free some space"),
-    ("not a database", "the file is not an Aegis database"),
-    ("no such", "the approval tables are missing or damaged"),
-)
 
 
 class _SqliteTx:
@@ -74,84 +63,56 @@ class SqliteApprovalStore(SqlApprovalStore):
     """The approval tables in a SQLite file (the audit trail's file, usually).
 
     Args:
-        path: the database file; created when missing.
-        busy_timeout: seconds to wait for another writer before failing
-            with :class:`~aegis.errors.StoreError`.
+        path: the audit store's :class:`~aegis.stores.sqlite.connection.SQLiteDatabase`
+            to share (what :func:`aegis.stores.open_stores` gives), or a
+            database file to open on its own; created when missing.
+        busy_timeout: with a path, seconds to wait for another writer
+            before failing with :class:`~aegis.errors.StoreError`.
+
+    The tables are ready when the constructor returns.
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
-        self.path = str(path)
-        self._busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()  # guards the list of connections, not the data
-        self._closed = False
+    def __init__(self, path: str | Path | SQLiteDatabase, *, busy_timeout: float = 10.0) -> None:
+        if isinstance(path, SQLiteDatabase):
+            self.db, self._owns_db = path, False
+        else:
+            self.db, self._owns_db = SQLiteDatabase(str(path), busy_timeout=busy_timeout), True
+        self.path = self.db.path
         try:
-            # The store's schema helper marks a new file as Aegis's, so the
-            # audit trail and the approvals may create their tables in any order.
-            migrate(self._connection(), self.path, COMPONENT, SCHEMA_VERSION, _MIGRATIONS)
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
+            with self.db.connection("create the approval tables in") as conn:
+                # The store's schema helper marks a new file as Aegis's, so the
+                # audit trail and the approvals may create their tables in any order.
+                migrate(conn, self.path, COMPONENT, SCHEMA_VERSION, _MIGRATIONS)
+        except BaseException:
+            if self._owns_db:
+                self.db.close()
+            raise
 
     def __repr__(self) -> str:
         return f"<SqliteApprovalStore {self.path!r}>"
 
-    def _error(self, exc: sqlite3.Error) -> StoreError:
-        text = str(exc)
-        hint = next((h for key, h in _HINTS if key in text.lower()), "check the database file")
-        return StoreError(f"approval store {self.path!r}: {text}; {hint}")
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError(f"the approval store {self.path!r} is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            create_owner_only(self.path)
-            conn = sqlite3.connect(
-                self.path,
-                timeout=self._busy_timeout,
-                isolation_level=None,  # transactions are explicit
-                check_same_thread=False,  # closed from another thread at the end
-            )
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-            except sqlite3.Error:
-                conn.close()
-                raise
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
-
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[_SqliteTx]:
-        try:
-            conn = self._connection()
+        doing = "change the approval tables in" if write else "read the approval tables in"
+        # The database's lock is held from BEGIN to COMMIT: the connection is
+        # the process's one, and no other thread may slip a statement in.
+        with self.db.connection(doing) as conn:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
-        try:
-            yield _SqliteTx(conn)
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            raise self._error(exc) from exc
-        except BaseException:
-            _rollback(conn)
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            raise self._error(exc) from exc
+            try:
+                yield _SqliteTx(conn)
+            except BaseException:
+                _rollback(conn)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                _rollback(conn)
+                raise
 
     def close(self) -> None:
-        """Close every connection; calling it again does nothing."""
-        self._closed = True
-        with self._all_lock:
-            connections, self._all = self._all, []
-        for conn in connections:
-            conn.close()
+        """Close a database of its own; a shared one is the audit store's to close. Idempotent."""
+        if self._owns_db:
+            self.db.close()
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,161 @@
+"""Every command with --db opens it through the one opener: --schema, no odd schemes, no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import Invoke
+
+from aegis import Action, AuditLogger, Policy, Runtime
+from aegis.stores import open_stores
+from aegis.stores.approvals import hash_token
+
+BAD_ESCAPE_DSN = "postgresql://app:Xk%zzq-5150@127.0.0.1:1/aegis"
+
+
+@pytest.fixture
+def schema(postgres_dsn: str) -> Iterator[str]:
+    """A schema name of the test database (not on the DSN's search_path), dropped afterwards."""
+    name = f"aegis_cli_{uuid.uuid4().hex[:10]}"
+    yield name
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def _write_trail(dsn: str, schema: str) -> None:
+    async def run() -> None:
+        policy = Policy.from_dict({"rules": [{"name": "all", "match": {"type": "*"}}]})
+        async with Runtime(
+            executor=lambda a: "ok",
+            policy=policy,
+            audit_logger=AuditLogger(dsn, schema=schema),
+            session_id="in-schema",
+        ) as runtime:
+            await runtime.run_one(Action("send_email", "smtp"))
+
+    asyncio.run(run())
+
+
+def test_audit_commands_read_the_trail_of_the_named_schema(
+    invoke: Invoke, postgres_dsn: str, schema: str
+) -> None:
+    """`aegis audit list` and `verify` take --schema; without it they look elsewhere."""
+    _write_trail(postgres_dsn, schema)
+    listed = invoke("audit", "list", "--db", postgres_dsn, "--schema", schema, "--format", "json")
+    assert listed.exit_code == 0, listed.output
+    assert "in-schema" in listed.stdout
+    verified = invoke("audit", "verify", "--db", postgres_dsn, "--schema", schema)
+    assert verified.exit_code == 0, verified.output
+    elsewhere = invoke("audit", "list", "--db", postgres_dsn)
+    assert elsewhere.exit_code != 0  # the search_path's schema holds no trail
+    assert "in-schema" not in elsewhere.stdout
+
+
+def test_token_commands_take_a_schema(invoke: Invoke, postgres_dsn: str, schema: str) -> None:
+    """`aegis token create --schema S` keeps the token beside the trail in S."""
+    made = invoke(
+        "token", "create", "alice", "--role", "reviewer", "--db", postgres_dsn, "--schema", schema
+    )
+    assert made.exit_code == 0, made.output
+    with open_stores(postgres_dsn, schema=schema) as stores:
+        info = stores.approvals.token_by_hash(hash_token(made.stdout.strip()))
+    assert info is not None
+    assert info.name == "alice"
+    listed = invoke("token", "list", "--db", postgres_dsn, "--schema", schema)
+    assert "alice" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("audit", "verify", "--db", BAD_ESCAPE_DSN),
+        ("audit", "list", "--db", BAD_ESCAPE_DSN),
+        ("replay", "POLICY", "--db", BAD_ESCAPE_DSN),
+        ("token", "list", "--db", BAD_ESCAPE_DSN),
+    ],
+)
+def test_a_bad_percent_escape_in_a_password_never_reaches_the_terminal(
+    invoke: Invoke, policy_path: Path, args: tuple[str, ...]
+) -> None:
+    """A DSN whose password holds '%zz' is refused by every command with the password masked."""
+    result = invoke(*(str(policy_path) if arg == "POLICY" else arg for arg in args))
+    assert result.exit_code != 0
+    assert "zzq" not in result.output
+    assert "app:***@127.0.0.1:1/aegis" in result.output
+
+
+def test_mcp_proxy_never_shows_a_password_with_a_bad_percent_escape(policy_path: Path) -> None:
+    """`aegis mcp-proxy --db DSN` with '%zz' in the password exits with it masked."""
+    proxy = subprocess.run(
+        [
+            *(sys.executable, "-m", "aegis", "mcp-proxy", "--policy", str(policy_path)),
+            *("--db", BAD_ESCAPE_DSN, "--", sys.executable, "-c", "pass"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert proxy.returncode != 0
+    assert "zzq" not in proxy.stdout + proxy.stderr
+    assert "app:***@127.0.0.1:1/aegis" in proxy.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("audit", "list"), ("token", "list"), ("token", "create", "x", "--role", "agent")],
+)
+def test_an_unknown_scheme_is_refused_not_taken_for_a_file(
+    invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """`--db mysql://...` names no store Aegis has: a clear error, and no file is created."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*args, "--db", "mysql://app@db/aegis")
+    assert result.exit_code != 0
+    assert "mysql" in result.output
+    assert "no audit database at" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_schema_with_a_sqlite_file_is_refused(invoke: Invoke, audit_db: Path) -> None:
+    """--schema names a PostgreSQL schema: with a SQLite --db it is an error, not ignored."""
+    result = invoke("audit", "list", "--db", str(audit_db), "--schema", "agents")
+    assert result.exit_code != 0
+    assert "schema" in result.output
+
+
+def test_token_create_in_an_empty_folder_says_where_it_created_the_database(
+    invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token command never creates a store unnoticed: the new file's full path is printed."""
+    monkeypatch.chdir(tmp_path)
+    made = invoke("token", "create", "bot", "--role", "agent")
+    assert made.exit_code == 0, made.output
+    created = tmp_path / "aegis_audit.db"
+    assert created.exists()
+    assert str(created) in made.stderr
+    assert "aegis serve --db" in made.stderr
+    assert made.stdout.strip().startswith("aegis_")  # stdout stays the token alone
+    again = invoke("token", "create", "alice", "--role", "reviewer")
+    assert again.exit_code == 0
+    assert "created a new database" not in again.stderr  # only when it was created
+
+
+def test_token_list_and_revoke_never_create_a_store(
+    invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing or revoking in a folder without a database is an error naming the path."""
+    monkeypatch.chdir(tmp_path)
+    for args in (("token", "list"), ("token", "revoke", "bot")):
+        result = invoke(*args)
+        assert result.exit_code != 0
+        assert str(tmp_path / "aegis_audit.db") in result.output
+    assert list(tmp_path.iterdir()) == []
