@@ -154,3 +154,39 @@ def test_a_foreign_origin_cannot_start_a_session(listening: tuple[str, Files]) -
     )
     assert response.status_code == 403
     assert "mcp-session-id" not in response.headers
+
+
+def test_an_ambiguous_call_over_http_is_refused_and_recorded(
+    listening: tuple[str, Files],
+) -> None:
+    """Over HTTP too, a second "Name" in a call's params is refused, recorded, never run."""
+    url, files = listening
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw-http", "version": "1"},
+        },
+    }
+    with httpx.Client(timeout=10) as http:
+        opened = http.post(url, json=init, headers=HEADERS)
+        assert opened.status_code == 200
+        session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert http.post(url, json=note, headers=session).status_code == 202
+        body = (
+            b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "read",'
+            b' "arguments": {"path": "/srv/readme.txt"}, "Name": "delete"}}'
+        )
+        refused = http.post(url, content=body, headers=session)
+    assert refused.status_code == 400
+    assert refused.json()["id"] == 2
+    assert refused.json()["error"]["code"] == -32600
+    assert "delete" not in [c["tool"] for c in files.calls()]
+    [record] = [r for r in files.records() if r["context"].get("mcp_client") == "raw-http"]
+    assert record["context"]["mcp_request_id"] == 2
+    assert (record["action_type"], record["result_status"]) == ("read", "blocked")
+    assert "ambiguous" in record["reason"]
