@@ -120,6 +120,25 @@ def _case_notes(policy: Policy) -> list[str]:
     return notes
 
 
+def _path_notes(policy: Policy) -> list[str]:
+    """``param_matches`` regexes anchored at an absolute path: a text match a path slips past."""
+    notes = []
+    for rule in policy.rules:
+        spec = (rule.conditions or {}).get("param_matches")
+        if not isinstance(spec, Mapping):
+            continue
+        for param, pattern in spec.items():
+            if not (isinstance(pattern, str) and pattern.startswith(("^/", "/", "\\A/"))):
+                continue
+            where = f"{rule.source}: " if rule.source else ""
+            notes.append(
+                f"{where}rule {rule.name!r} matches param {param!r} against {pattern!r} as "
+                "text, so '/srv/public/../x', '//x' and the elements of a list of paths slip "
+                f"past it; for directories use path_under / path_not_under: {{{param}: /dir}}"
+            )
+    return notes
+
+
 def _shadow_message(shadowed: PolicyRule, by: PolicyRule) -> str:
     where = f"{shadowed.source}: " if shadowed.source else ""
     by_where = f" ({by.source})" if by.source else ""
@@ -207,7 +226,7 @@ def validate(
             error(str(exc))
             documents.append({"path": path, "ok": False, "error": str(exc)})
             continue
-        notes = _yaml_notes(path) + _case_notes(policy)
+        notes = _yaml_notes(path) + _case_notes(policy) + _path_notes(policy)
         if as_json:
             documents.append({**_policy_json(path, policy), "warnings": notes})
             warnings += len(documents[-1]["shadowed"]) + len(notes)

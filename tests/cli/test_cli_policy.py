@@ -264,6 +264,25 @@ def test_validate_warns_about_case_sensitive_block_rules(invoke: Invoke, tmp_pat
         assert invoke("validate", "-q", "--strict", str(path)).stderr == ""
 
 
+def test_validate_warns_about_path_regexes(invoke: Invoke, tmp_path: Path) -> None:
+    """A param_matches anchored at an absolute path is a warning pointing at path_under."""
+    path = tmp_path / "p.yaml"
+    rules = (
+        "match_case: sensitive\nrules:\n  - name: secrets\n    match: {type: read}\n"
+        '    conditions: {param_matches: {path: "^/srv/secret/"}}\n    approval: block\n'
+    )
+    path.write_text(rules, encoding="utf-8")
+    result = invoke("validate", "-q", str(path))
+    assert "rule 'secrets' matches param 'path' against '^/srv/secret/' as text" in result.stderr
+    assert "path_under" in result.stderr
+    assert invoke("validate", "-q", "--strict", str(path)).exit_code == 1
+    fixed = rules.replace(
+        'param_matches: {path: "^/srv/secret/"}', "path_under: {path: /srv/secret}"
+    )
+    path.write_text(fixed, encoding="utf-8")
+    assert invoke("validate", "-q", "--strict", str(path)).stderr == ""
+
+
 def test_validate_refuses_special_files(invoke: Invoke) -> None:
     """aegis validate /dev/zero is one clear line, at once."""
     result = invoke("validate", "/dev/zero")
