@@ -38,6 +38,7 @@ from aegis.core.risk import RiskLevel
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.engine import Runtime
 from aegis.stores.postgres.audit import PostgresAuditStore
+from aegis.stores.postgres.usage import PostgresUsageStore
 
 WRITER = Path(__file__).with_name("chain_writer.py")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -350,5 +351,50 @@ async def test_a_server_that_stops_answering_fails_the_action_not_runs_it(
             assert result.status is ResultStatus.FAILED
             assert "not run" in str(result.error)
         assert ran == ["read"]
+    finally:
+        proxy.close()
+
+
+async def test_a_silent_server_fails_a_limited_action_at_its_usage_check(
+    postgres_dsn: str,
+) -> None:
+    """With a limit, the usage counters' round trip has the deadline too: FAILED, not run."""
+    target = urlsplit(postgres_dsn)
+    proxy = StallingProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    ran: list[str] = []
+    policy = Policy.from_dict(
+        {
+            "version": "1",
+            "defaults": {"risk_level": "low", "approval": "auto"},
+            "rules": [
+                {
+                    "name": "sends",
+                    "match": {"type": "send"},
+                    "limit": {"max": 100, "per": "1h"},
+                    "approval": "auto",
+                }
+            ],
+        }
+    )
+    try:
+        audit = AuditLogger(
+            _through(postgres_dsn, proxy.port), response_timeout=1, connect_timeout=2
+        )
+        store = audit.store
+        assert isinstance(store, PostgresAuditStore)
+        usage = PostgresUsageStore(store.db)  # the trail's database, its deadline
+        async with Runtime(
+            executor=lambda action: ran.append(action.type),
+            policy=policy,
+            audit_logger=audit,
+            usage_store=usage,
+        ) as runtime:
+            assert (await runtime.run_one(Action("send", "crm"))).ok
+            proxy.stall()
+            result = await asyncio.wait_for(runtime.run_one(Action("send", "crm")), 120)
+            # the counter's round trip ran out of time: blocked, fail-closed
+            assert result.status is ResultStatus.FAILED
+            assert "blocked" in str(result.error)
+        assert ran == ["send"]
     finally:
         proxy.close()
