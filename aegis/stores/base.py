@@ -44,8 +44,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
+from datetime import datetime
+from typing import Any, Final, Literal, NamedTuple, Protocol, runtime_checkable
 
+from aegis.core.approval_request import (
+    ApprovalRequest,
+    Grant,
+    InboxSession,
+    RequestStatus,
+    TokenInfo,
+    Verdict,
+)
 from aegis.core.chain import EMPTY_HEAD, Head, VerifyReport, verify_chain
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
@@ -59,6 +68,7 @@ __all__ = [
     "STATS_FIELDS",
     "Acquired",
     "ApprovalStore",
+    "AuditEvent",
     "AuditReader",
     "AuditStore",
     "AuditWriter",
@@ -347,6 +357,166 @@ class UsageStore(Protocol):
         ...
 
 
+# -- approvals -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """A change of the approval tables waiting to be written to the audit trail.
+
+    Every change writes its event in its own transaction (an outbox), so
+    no change is ever without its audit record, even when the audit trail
+    is down or the process dies right after the change: the service writes
+    the events it finds, oldest first, each claimed by one process.
+    """
+
+    id: str
+    request_id: str
+    at: datetime
+    kind: str
+    context: dict[str, Any]
+
+
+@runtime_checkable
+class ApprovalStore(Protocol):
+    """The approval service's storage; every method is one transaction.
+
+    Methods that change a request raise
+    :class:`~aegis.errors.ApprovalServiceError` with status 404 for an
+    unknown id and 409 when the request is no longer in a state that
+    allows the change; database failures raise
+    :class:`~aegis.errors.StoreError`.
+    """
+
+    def create_request(
+        self, request: ApprovalRequest, now: datetime
+    ) -> tuple[ApprovalRequest, bool]:
+        """Store ``request`` and return ``(stored, True)``.
+
+        When a request with the same session and digest is still pending
+        and asks at least as much (as many approvers, groups within the new
+        request's, an expiry no later), return ``(that request, False)``
+        instead; a weaker pending twin is cancelled as superseded and the new
+        request stored. When an active grant covers the request (same
+        session, requester, type, target and rule, and its givers met the
+        request's terms), the request is stored already approved, naming
+        the grant.
+        """
+        ...
+
+    def get_request(self, request_id: str) -> ApprovalRequest | None:
+        """The request with this id, with its decisions, or ``None``."""
+        ...
+
+    def list_requests(
+        self,
+        status: RequestStatus | None = None,
+        *,
+        requester: str | None = None,
+        session_id: str | None = None,
+        limit: int = 100,
+    ) -> list[ApprovalRequest]:
+        """Requests, newest first, optionally of one status, requester or session."""
+        ...
+
+    def count_requests(self, status: RequestStatus | None = None) -> int:
+        """How many requests there are, optionally of one status."""
+        ...
+
+    def decide(
+        self,
+        request_id: str,
+        reviewer: str,
+        verdict: Verdict,
+        *,
+        comment: str,
+        grant_minutes: int | None,
+        now: datetime,
+        reviewer_name: str = "",
+    ) -> tuple[ApprovalRequest, Grant | None]:
+        """Record one reviewer's verdict; return the request and the grant it created.
+
+        ``reviewer`` is the reviewer's identity key (see
+        :class:`~aegis.core.identity.Identity`): one identity decides once,
+        however many sessions or tokens it has; ``reviewer_name`` is kept
+        beside it for display.
+
+        A deny denies at once; approvals count until the request's
+        ``approvers`` distinct reviewers have approved. A grant is created
+        when the request becomes approved and every approving reviewer
+        asked for one (for the shortest time asked).
+        """
+        ...
+
+    def collect(self, request_id: str, now: datetime) -> ApprovalRequest:
+        """Mark an approved request as used; a second collect is a 409."""
+        ...
+
+    def cancel(self, request_id: str, reason: str, now: datetime) -> ApprovalRequest:
+        """Cancel a pending request; 409 when it is no longer pending."""
+        ...
+
+    def expire_due(self, now: datetime) -> list[ApprovalRequest]:
+        """Expire every pending request past its expiry; return those this call expired."""
+        ...
+
+    def create_token(self, info: TokenInfo, token_hash: str) -> None:
+        """Store a token's hash and facts; 409 if an active token has this name."""
+        ...
+
+    def token_by_hash(self, token_hash: str) -> TokenInfo | None:
+        """The token with this hash, revoked or not, or ``None``."""
+        ...
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every token, by name."""
+        ...
+
+    def revoke_token(self, name: str, now: datetime) -> bool:
+        """Revoke the token called ``name``; ``False`` if there is no active one."""
+        ...
+
+    def create_session(self, session: InboxSession) -> None:
+        """Keep a new inbox session (its id is a hash of the browser's secret)."""
+        ...
+
+    def get_session(self, id_hash: str) -> InboxSession | None:
+        """The inbox session with this id hash, ended or not, or ``None``."""
+        ...
+
+    def end_session(self, id_hash: str, now: datetime) -> bool:
+        """End an inbox session now; ``False`` if it was unknown or ended already."""
+        ...
+
+    def list_grants(self, now: datetime, *, include_inactive: bool = False) -> list[Grant]:
+        """Grants, newest first; only the active ones unless asked."""
+        ...
+
+    def revoke_grant(self, grant_id: str, now: datetime, *, by: str = "") -> Grant:
+        """Revoke a grant (``by`` names who did); 404 if unknown, 409 if inactive already."""
+        ...
+
+    def pending_events(self, stale_before: datetime, limit: int = 100) -> list[AuditEvent]:
+        """Audit events not yet in the audit trail, oldest first.
+
+        An event claimed before ``stale_before`` counts as not claimed: the
+        process that claimed it died before it finished.
+        """
+        ...
+
+    def claim_event(self, event_id: str, now: datetime, stale_before: datetime) -> bool:
+        """Claim an event for writing to the audit trail; ``False`` if another has it."""
+        ...
+
+    def finish_event(self, event_id: str, now: datetime, *, audited: bool) -> None:
+        """Drop a claimed event once its record is written (``audited``), or give it back."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; calling it again does nothing."""
+        ...
+
+
 # -- reads shared by the audit engines ----------------------------------------
 
 
@@ -413,8 +583,3 @@ class ReadMixin:
         for last in self.records(Filters(view="records")):  # noqa: B007  # the last one
             pass
         return EMPTY_HEAD if last is None else Head(last.id, last.hash)
-
-
-# The approval store's interface lives with its value types; it is named here
-# so that the three interfaces are found together.
-from aegis.stores.approvals import ApprovalStore  # noqa: E402  # after the names it needs
