@@ -24,7 +24,6 @@ PostgreSQL one (the ``postgres`` extra), and ``store=`` any
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -51,6 +50,7 @@ from aegis.core.record import (
 )
 from aegis.core.result import Result
 from aegis.errors import AuditError, ConfigurationError
+from aegis.runtime._group_commit import GroupCommit
 from aegis.runtime.audit_backend import RecordReader, Subscriber, SubscriberList, write_jsonl
 from aegis.stores import Stores, open_stores, parse_store_url, stores_for
 from aegis.stores.base import AuditStore, CheckpointStore
@@ -61,8 +61,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AuditLogger", "Head", "VerifyReport"]
 
-# queued writes: (draft, future or None)
-_Op = tuple[RecordDraft, "asyncio.Future[AuditRecord] | None"]
 
 _MEMORY: Final = ":memory:"
 _log = logging.getLogger("aegis.audit")
@@ -195,12 +193,12 @@ class AuditLogger(RecordReader):
             self._path = store.url
         self._stores = stores
         self._store: AuditStore = stores.audit
-        self._flushes: set[asyncio.Task[None]] = set()
         self._closed = False
         self._subscribers = SubscriberList()
-        self._queue: list[_Op] = []
-        self._queue_loop: asyncio.AbstractEventLoop | None = None
-        self._last_writer: asyncio.Task[Any] | None = None
+        # the records of concurrent actions, committed (and flushed) together
+        self._batch: GroupCommit[RecordDraft, AuditRecord] = GroupCommit(
+            self._write, remote=self._store.remote
+        )
         self._lock = threading.Lock()
         # start id -> (the action, its start draft): the final record of the
         # action reuses the encoded fields instead of encoding them again
@@ -350,71 +348,7 @@ class AuditLogger(RecordReader):
         return self._sign(self._store.head())
 
     def _flush(self) -> None:
-        ops, self._queue, self._queue_loop = self._queue, [], None
-        if ops:
-            self._settle(ops)
-
-    def _settle(self, ops: list[_Op]) -> None:
-        try:
-            records = self._write([draft for draft, _ in ops])
-        except Exception as exc:
-            # Every waiter must wake up, or the runtime would hang on a write.
-            for _, future in ops:
-                if future is not None and not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), record in zip(ops, records, strict=True):
-            if future is not None and not future.done():
-                future.set_result(record)
-
-    async def _flush_remote(self) -> None:
-        ops, self._queue, self._queue_loop = self._queue, [], None
-        if not ops:
-            return
-        try:
-            # A network round trip must not stall the loop: commit on a thread,
-            # while the next batch gathers.
-            records = await asyncio.to_thread(self._write, [draft for draft, _ in ops])
-        except Exception as exc:
-            for _, future in ops:
-                if future is not None and not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), record in zip(ops, records, strict=True):
-            if future is not None and not future.done():
-                future.set_result(record)
-
-    def _schedule_remote_flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        task = loop.create_task(self._flush_remote())
-        self._flushes.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._flushes.discard)
-
-    async def _submit(self, draft: RecordDraft) -> AuditRecord:
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        remote = self._store.remote
-        if self._queue and self._queue_loop is not loop:
-            # A batch of another event loop waits: never mix two loops' futures.
-            if remote:
-                return (await asyncio.to_thread(self._write, [draft]))[0]
-            return self._write([draft])[0]
-        task = asyncio.current_task(loop)
-        if not remote and not self._queue and task is self._last_writer:
-            # Write now, without a trip round the event loop, when there is
-            # nothing to group with: the task that wrote last writes again and
-            # no batch is waiting (an agent calling run_one in a loop). Tasks
-            # that interleave (asyncio.gather) take the batched path below.
-            return self._write([draft])[0]
-        self._last_writer = task
-        future: asyncio.Future[AuditRecord] = loop.create_future()
-        if not self._queue:
-            self._queue_loop = loop
-            if remote:
-                loop.call_soon(self._schedule_remote_flush, loop)
-            else:
-                loop.call_soon(self._flush)
-        self._queue.append((draft, future))
-        return await future
+        self._batch.flush()
 
     def log(  # one argument per field of the record
         self,
@@ -463,7 +397,9 @@ class AuditLogger(RecordReader):
         draft = _start(
             session_id, decision, human_decision, _stamp(context, decided_at, policy_digest)
         )
-        record = await self._submit(draft)
+        if self._closed:
+            raise self._closed_error()
+        record = await self._batch.submit(draft)
         self._starts[record.id] = (decision.action, context, draft)
         return record.id
 
@@ -553,7 +489,9 @@ class AuditLogger(RecordReader):
                 stamp=stamp,
                 start_id=start_token,
             )
-        return (await self._submit(draft)).id
+        if self._closed:
+            raise self._closed_error()
+        return (await self._batch.submit(draft)).id
 
     # -- reading ----------------------------------------------------------------
 

@@ -47,7 +47,6 @@ the same rule skip the lookups its last one made.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from asyncio import current_task
@@ -73,6 +72,7 @@ from aegis.core.record import DecisionStamp
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import AegisError, ConfigurationError
+from aegis.runtime._group_commit import GroupCommit
 from aegis.runtime._usage_store import usage_store_for
 from aegis.runtime.audit_backend import GuardedStarts
 from aegis.stores.usage import Acquired, Request, UsageStore
@@ -151,77 +151,6 @@ def _charges(meters: tuple[Meter, ...], action: Action, subject: Subject) -> tup
     return tuple([meter.charge(action, subject) for meter in meters])
 
 
-class _Batch:
-    """Reservations of one event loop iteration, made in one store transaction."""
-
-    def __init__(self, store: UsageStore) -> None:
-        self.store = store
-        self._queue: list[tuple[Request, asyncio.Future[Acquired]]] = []
-        self._last: asyncio.Task[Any] | None = None  # the task that submitted last
-
-    def alone(self) -> bool:
-        """Whether a request now would be reserved at once, with nothing to group with."""
-        return not self._queue and asyncio.current_task() is self._last
-
-    async def submit(self, request: Request) -> Acquired:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        if not self._queue and task is self._last:
-            # Nothing to group with: the task that checked last checks again
-            # and no batch waits (an agent calling run_one in a loop). Reserve
-            # now, without a trip round the event loop (a third of the step's
-            # cost). Tasks that interleave (asyncio.gather) take the batch.
-            return self.store.acquire_many([request])[0]
-        self._last = task
-        future: asyncio.Future[Acquired] = loop.create_future()
-        if not self._queue:
-            loop.call_soon(self._flush)
-        self._queue.append((request, future))
-        try:
-            return await future
-        except asyncio.CancelledError:
-            # Cancelled after the reservation was made: the action will not run.
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self._give_back(future.result())
-            raise
-
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        live = [(request, future) for request, future in batch if not future.done()]
-        if not live:
-            return
-        try:
-            results = self.store.acquire_many([request for request, _ in live])
-        except Exception as exc:
-            for _, future in live:
-                if not future.done():
-                    future.set_exception(_copy(exc))
-            return
-        for (_, future), acquired in zip(live, results, strict=True):
-            if future.done():  # cancelled while the transaction ran
-                self._give_back(acquired)
-            else:
-                future.set_result(acquired)
-
-    def _give_back(self, acquired: Acquired) -> None:
-        if acquired.reservation:
-            try:
-                self.store.release(acquired.reservation)
-            except AegisError:
-                _log.exception("could not release a reservation; it stays counted")
-
-
-def _copy(exc: Exception) -> Exception:
-    """A fresh exception per waiting action, so that their tracebacks stay apart."""
-    if isinstance(exc, AegisError):
-        copy = type(exc).__new__(type(exc))
-        copy.__dict__.update(exc.__dict__)
-        copy.args = exc.args
-        copy.__cause__ = exc
-        return copy
-    return exc
-
-
 class Metering:
     """Counting against a usage store for one agent: what the limits say, and reserving it.
 
@@ -233,9 +162,19 @@ class Metering:
         self.store = store
         self.agent = agent
         #: the reservations of one event loop iteration, made in one transaction
-        self.batch = _Batch(store)
+        self.batch: GroupCommit[Request, Acquired] = GroupCommit(
+            store.acquire_many, drop_cancelled=True, give_back=self._give_back
+        )
         #: the subject of the last check, reused while it is the same one
         self.last_subject = Subject("", agent)
+
+    def _give_back(self, acquired: Acquired) -> None:
+        """Release what a check reserved for an action that was cancelled meanwhile."""
+        if acquired.reservation:
+            try:
+                self.store.release(acquired.reservation)
+            except AegisError:
+                _log.exception("could not release a reservation; it stays counted")
 
     def subject(self, session_id: str, context: Mapping[str, Any] | None) -> Subject:
         """Who acts: ``agent`` from the runtime, else from the call's context."""
@@ -355,7 +294,7 @@ class Metering:
                 return decision, None if event is None else Deferred(None, event)
             batch = self.batch
             # batch.alone(), inline: a call less on every sequential action (benchmarks/limits.py)
-            if not batch._queue and current_task() is batch._last:
+            if not batch.waiting and current_task() is batch.last_task:
                 return decision, _new(Deferred, (pending[1], event))
         return decision, pending
 
