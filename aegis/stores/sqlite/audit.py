@@ -355,18 +355,23 @@ class SQLiteAuditStore(ReadMixin):
         # One statement commits by itself; a taken id means someone else
         # appended, and nothing was written.
         record = seal(draft, head[0] + 1, head[1])
+        # One cursor for every statement: conn.execute makes one per call,
+        # which costs about as much as a short statement.
+        cur = self._cursor
+        if cur is None or cur.connection is not conn:  # first use, or a new connection
+            cur = self._cursor = conn.cursor()
         if self._flush_finals and draft.kind != _START:
-            self.db.flush_on(conn)
+            self.db.flush_on(cur)
             try:
-                conn.execute(_INSERT, tuple(record))
+                cur.execute(_INSERT, tuple(record))
             except sqlite3.IntegrityError:
                 return None
             finally:
-                self.db.flush_off(conn)
+                self.db.flush_off(cur)
             return [record]
         try:
             # A plain tuple: sqlite3 binds a tuple subclass item by item, ~1 us slower.
-            conn.execute(_INSERT, tuple(record))
+            cur.execute(_INSERT, tuple(record))
         except sqlite3.IntegrityError:
             return None
         return [record]
