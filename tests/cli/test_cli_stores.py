@@ -159,3 +159,17 @@ def test_token_list_and_revoke_never_create_a_store(
         assert result.exit_code != 0
         assert str(tmp_path / "aegis_audit.db") in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args", [("--db", "mysql://app@db/aegis"), ("--db", "aegis.db", "--schema", "agents")]
+)
+def test_serve_refuses_a_store_it_cannot_open_as_named(
+    invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """`aegis serve` with an unknown scheme, or --schema on a SQLite file, stops at once."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("serve", "--port", "0", *args)
+    assert result.exit_code != 0
+    assert ("mysql" if "mysql" in args[1] else "schema") in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -22,7 +22,8 @@ again (see ``_Seen``).
 
 Example::
 
-    usage = SQLiteUsageStore("aegis_audit.db")     # its own connection
+    usage = open_stores("aegis_audit.db").usage    # on the audit's connection
+    usage = SQLiteUsageStore("aegis_audit.db")     # or on its own connection
     runtime = Runtime(executor=..., policy=..., usage_store=usage)
 """
 

@@ -42,3 +42,27 @@ def test_the_postgresql_example_records_to_the_server() -> None:
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_the_verify_command_reads_the_named_schema() -> None:
+    """The section's `aegis audit verify --db DSN --schema NAME` reads the trail in that schema."""
+    from click.testing import CliRunner
+
+    from aegis import AuditLogger
+    from aegis.cli import cli
+
+    section = README.split("## PostgreSQL", 1)[1].split("\n## ", 1)[0]
+    shell = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert shell is not None
+    line = next(x for x in shell.group(1).splitlines() if x.startswith("aegis audit verify"))
+    schema = f"aegis_readme_{uuid.uuid4().hex[:8]}"
+    args = re.sub(r"postgresql://\S+", POSTGRES_DSN, line).split()[1:]
+    args[args.index("--schema") + 1] = schema
+    try:
+        with AuditLogger(POSTGRES_DSN, schema=schema) as audit:
+            audit.check()
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
