@@ -329,7 +329,9 @@ class OidcSignIn:
             raise OidcError(f"the answer comes from issuer {query['iss']!r}, not ours")
         if query.get("error"):
             said = query.get("error_description") or query["error"]
-            raise OidcError(f"the identity provider refused: {said[:300]}")
+            # the provider's words, shown and logged: printable, and not too many
+            said = "".join(c if c.isprintable() else " " for c in said[:300])
+            raise OidcError(f"the identity provider refused: {said}")
         code = query.get("code")
         if not code:
             raise OidcError("the identity provider sent no authorization code")
