@@ -45,6 +45,7 @@ from aegis.runtime.executor import Executor, executor_hooks
 from aegis.runtime.metering import MeteringStep
 from aegis.runtime.policy_file import PolicyFile
 from aegis.runtime.steps import Gate, Passage, blocked, describe, skipped
+from aegis.runtime.tracing import action_tracer
 
 if TYPE_CHECKING:
     from aegis.core.policy import Policy
@@ -100,6 +101,9 @@ class Runtime:
         reload: watch ``policy_path`` every ``reload_interval`` seconds and
             decide later actions by its new content; a broken file keeps the
             current policy and is logged with its file and line.
+        tracer_provider: an OpenTelemetry tracer provider for the spans of
+            governed actions (see :mod:`aegis.runtime.tracing`); by default
+            the global one, when the application has configured one.
 
     Inside ``async with``, the executor's ``setup()`` runs once on entering
     and ``teardown()`` once on leaving. Outside it, :meth:`execute` sets the
@@ -130,8 +134,10 @@ class Runtime:
         policy_path: str | os.PathLike[str] | None = None,
         reload: bool = False,
         reload_interval: float = 1.0,
+        tracer_provider: Any = None,
     ) -> None:
         execute, self._setup, self._teardown = executor_hooks(executor)
+        self._tracer_provider = tracer_provider
         self._metering = MeteringStep(agent, usage_store)
         self._policy_file = PolicyFile(policy_path, reload, reload_interval, self.update_policy)
         if policy is None:
@@ -173,6 +179,7 @@ class Runtime:
             approval_timeout=approval_timeout,
             execute_timeout=execute_timeout,
         )
+        self._gate.agent = agent
         bind = getattr(approval_handler, "bind_session", None)
         if callable(bind):
             # A handler that keys requests by session (the remote one) learns ours.
@@ -257,6 +264,7 @@ class Runtime:
                     check()
                 if self._setup is not None:
                     await self._setup()
+                self._gate.tracer = action_tracer(self._tracer_provider)
                 self._started = True
 
     async def _begin_plan(self) -> bool:
@@ -378,7 +386,9 @@ class Runtime:
                     decision = first
                 if stopped_by is None:
                     reached = position + 1  # _run records even when interrupted
-                    result = await Passage(self._gate, decision, stamp).run()
+                    passage = Passage(self._gate, decision, stamp)
+                    tracer = self._gate.tracer
+                    result = await (passage.run() if tracer is None else passage.traced(tracer))
                     if result.status in _STOPPING:
                         stopped_by = result
                 else:
@@ -421,6 +431,10 @@ class Runtime:
             await self._start()
         if not self._entered:
             self._lazy = True  # set up for good: close() tears it down
+        if gate.tracer is not None:
+            return await Passage(gate, decision, stamp).traced(
+                gate.tracer, plain=gate.policy is policy
+            )
         return await Passage(gate, decision, stamp).run(plain=gate.policy is policy)
 
     # ------------------------------------------------------------------ the steps

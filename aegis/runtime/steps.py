@@ -53,6 +53,7 @@ from aegis.runtime.metering import Deferred, Lease, MeteringStep, Pending
 
 if TYPE_CHECKING:
     from aegis.runtime.audit_backend import AuditBackend
+    from aegis.runtime.tracing import ActionTracer
 
 __all__ = ["Gate", "Passage", "blocked", "skipped"]
 
@@ -139,6 +140,10 @@ class Gate:
         # and a policy digest still works; it just does not store them.
         self.stamped = _accepts_stamp(audit.record)
         self.start_stamped = self.record_start is not None and _accepts_stamp(self.record_start)
+        #: spans of each action, when the application traces (set when the runtime starts)
+        self.tracer: ActionTracer | None = None
+        #: the runtime's agent, for the spans
+        self.agent: str | None = None
 
     def stamp_fields(self, stamp: DecisionStamp | None) -> dict[str, Any]:
         """The audit backend's keyword arguments for ``stamp``."""
@@ -261,7 +266,17 @@ class Passage:
     it was decided.
     """
 
-    __slots__ = ("decided", "decision", "gate", "human", "lease", "pending", "stamp", "token")
+    __slots__ = (
+        "decided",
+        "decision",
+        "gate",
+        "human",
+        "lease",
+        "pending",
+        "record_id",
+        "stamp",
+        "token",
+    )
 
     def __init__(self, gate: Gate, decision: PolicyDecision, stamp: DecisionStamp) -> None:
         self.gate = gate
@@ -277,6 +292,8 @@ class Passage:
         self.human: str | None = None
         #: the start record's id, once written
         self.token: int | None = None
+        #: the final record's id, once written
+        self.record_id: int | None = None
 
     async def run(self, *, plain: bool = False, defer: bool = True) -> Result:
         """Take the action through every step that applies to it; its recorded Result.
@@ -411,7 +428,7 @@ class Passage:
         """Step 5: record ``result``; if the trail cannot take it, the Result is FAILED."""
         gate = self.gate
         try:
-            await gate.record_final(
+            self.record_id = await gate.record_final(
                 gate.session_id,
                 self.decision,
                 result=result,
@@ -421,6 +438,21 @@ class Passage:
             )
         except AuditError as exc:
             return unrecorded(self.decision, result, exc)
+        return result
+
+    async def traced(self, tracer: ActionTracer, *, plain: bool = False) -> Result:
+        """:meth:`run` inside the action's span (see :mod:`aegis.runtime.tracing`)."""
+        first = self.decision
+        span, token = tracer.start(first, agent=self.gate.agent, context=self.stamp.context)
+        try:
+            result = await self.run(plain=plain)
+        except BaseException as exc:
+            tracer.finish(span, token, None, human=self.human, error=exc)
+            raise
+        changed = self.decision if self.decision.approval is not first.approval else None
+        tracer.finish(
+            span, token, result, changed=changed, human=self.human, record_id=self.record_id
+        )
         return result
 
     # ------------------------------------------------------------ leaving early

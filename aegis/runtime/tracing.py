@@ -1,0 +1,183 @@
+"""OpenTelemetry spans of governed actions (the ``[otel]`` extra).
+
+When the application has configured a tracer provider, every action the
+runtime governs becomes one span, named as OpenTelemetry's semantic
+conventions for generative AI name a tool execution (``execute_tool
+NAME``, with ``gen_ai.operation.name``, ``gen_ai.tool.name``,
+``gen_ai.tool.call.id`` and ``gen_ai.agent.name``), and Aegis's verdict
+rides along under the ``aegis.`` prefix: the approval the policy asked
+for, the risk, the rule, the reviewer, the status and the id of the audit
+record. Blocked and denied calls get their span too, and the span is a
+child of whatever span is current when the action is run, so it joins the
+caller's trace; spans the executor starts are children of it.
+
+Without OpenTelemetry nothing here runs and nothing is imported:
+:func:`action_tracer` looks only at modules the application has already
+imported, and a runtime without a tracer takes no step of this module.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from aegis.core.decision import PolicyDecision
+    from aegis.core.result import Result
+
+__all__ = ["ActionTracer", "action_tracer"]
+
+#: the instrumentation scope spans are created under
+SCOPE: Final = "aegis"
+#: statuses whose span is marked as an error
+_FAILED: Final = frozenset({"failed"})
+
+
+def action_tracer(provider: Any = None) -> ActionTracer | None:
+    """A tracer of ``provider``, or of the global provider when one is configured; else ``None``.
+
+    Without ``provider`` nothing is imported: an application that traces
+    has imported ``opentelemetry.trace`` already, and one that has not pays
+    nothing.
+    """
+    if provider is not None:
+        from aegis import __version__  # noqa: PLC0415
+
+        return ActionTracer(provider.get_tracer(SCOPE, __version__))
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None  # nothing configured: spans would go nowhere
+    from aegis import __version__  # noqa: PLC0415  # only once a provider exists
+
+    return ActionTracer(provider.get_tracer(SCOPE, __version__))
+
+
+class ActionTracer:
+    """Starts and ends the span of each governed action.
+
+    The runtime calls :meth:`start` once the policy has decided and
+    :meth:`finish` with the result; ``start`` makes the span current until
+    ``finish``.
+    """
+
+    def __init__(self, tracer: Any) -> None:
+        from opentelemetry import context, trace  # noqa: PLC0415  # imported by the app already
+
+        self._tracer = tracer
+        self._context = context
+        self._trace = trace
+        self._kind = trace.SpanKind.INTERNAL
+
+    def start(
+        self,
+        decision: PolicyDecision,
+        *,
+        agent: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, Any]:
+        """Start the span of ``decision``'s action as the current span; return it and its token.
+
+        Every attribute known now goes in with the span: the SDK takes a
+        lock for each attribute set later.
+        """
+        action = decision.action
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": action.type,
+            "aegis.target": action.target,
+            "aegis.approval": decision.approval.value,
+            "aegis.risk": decision.risk_level.name.lower(),
+            "aegis.rule": decision.matched_rule,
+        }
+        if context is not None:
+            call_id = context.get("tool_call_id")
+            if isinstance(call_id, str):
+                attributes["gen_ai.tool.call.id"] = call_id
+            if agent is None and isinstance(context.get("agent"), str):
+                agent = context["agent"]
+        if agent is not None:
+            attributes["gen_ai.agent.name"] = agent
+        span = self._tracer.start_span(
+            f"execute_tool {action.type}", kind=self._kind, attributes=attributes
+        )
+        return span, self._context.attach(self._trace.set_span_in_context(span))
+
+    def finish(
+        self,
+        span: Any,
+        token: Any,
+        result: Result | None,
+        *,
+        changed: PolicyDecision | None = None,
+        human: str | None = None,
+        record_id: int | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """End the span with the result (``None`` when the run raised ``error``).
+
+        ``changed`` is the decision when metering changed the policy's verdict
+        (a limit reached); ``human`` is the approval step's audit text
+        (``"approved by alice"``).
+        """
+        try:
+            if not span.is_recording():  # sampled out: nothing to fill in
+                return
+            attributes: dict[str, Any] = {}
+            if changed is not None:
+                attributes["aegis.approval"] = changed.approval.value
+                attributes["aegis.risk"] = changed.risk_level.name.lower()
+                attributes["aegis.rule"] = changed.matched_rule
+                if changed.reason:
+                    attributes["aegis.reason"] = changed.reason
+            if result is not None:
+                attributes["aegis.status"] = result.status.value
+            if human:
+                attributes["aegis.human_decision"] = human
+                reviewers = _reviewers(human)
+                if reviewers:
+                    attributes["aegis.reviewer"] = reviewers
+            if record_id is not None:
+                attributes["aegis.audit.record_id"] = record_id
+            failure = None
+            if error is not None:
+                span.record_exception(error)
+                attributes["error.type"] = type(error).__qualname__
+                failure = str(error)
+            elif result is not None and result.status.value in _FAILED:
+                attributes["error.type"] = _error_type(result.error)
+                failure = result.error
+            span.set_attributes(attributes)
+            if failure is not None:
+                span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, failure))
+        finally:
+            span.end()
+            self._context.detach(token)
+
+
+def _error_type(error: str | None) -> str:
+    """The exception's name from a result's ``"Name: message"`` error text, or ``"_OTHER"``."""
+    if error:
+        name = error.partition(":")[0].strip()
+        if name.isidentifier():
+            return name
+    return "_OTHER"
+
+
+def _reviewers(human: str) -> list[str]:
+    """The reviewers an approval step's audit text names (``"approved by alice, bob: ok"``)."""
+    for verdict in ("approved by ", "denied by "):
+        if human.startswith(verdict):
+            names = human[len(verdict) :]
+            if names.startswith("grant "):
+                opened = names.find("(from ")
+                if opened < 0:
+                    return []
+                names = names[opened + len("(from ") : names.find(")", opened)]
+            for end in (": ", " ["):
+                names = names.split(end, 1)[0]
+            return [name.strip() for name in names.split(",") if name.strip()]
+    return []
