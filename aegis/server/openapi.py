@@ -87,7 +87,14 @@ def openapi_document() -> dict[str, Any]:
         "Decision": {
             "type": "object",
             "properties": {
-                "reviewer": {"type": "string"},
+                "reviewer": {
+                    "type": "string",
+                    "description": "who decided: a token's name, or issuer#subject of a person "
+                    "signed in with the OpenID provider (what is compared)",
+                },
+                "reviewer_name": {"type": "string"},
+                "reviewer_issuer": {"type": ["string", "null"]},
+                "reviewer_subject": {"type": "string"},
                 "verdict": {"enum": ["approve", "deny"]},
                 "comment": {"type": "string"},
                 "at": {"type": "string", "format": "date-time"},
