@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -44,8 +45,12 @@ def _session(value: str | None) -> str | None:
 
 
 def _positive(value: float | None, what: str) -> float | None:
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"{what} must be positive seconds, got {value:g}")
+    # NaN compares false with everything and infinity never ends: neither is a deadline.
+    if value is not None and not (0 < value < math.inf):
+        raise click.BadParameter(
+            f"{what} must be a positive, finite number of seconds, got {value:g}",
+            param_hint=f"'{what}'",
+        )
     return value
 
 

@@ -239,3 +239,25 @@ async def test_reload_decides_later_calls_by_the_edited_policy(files: Files) -> 
     assert before.is_error is True
     assert after.is_error is False
     assert [c["tool"] for c in files.calls()] == ["delete"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--call-timeout", "nan"),
+        ("--call-timeout", "inf"),
+        ("--approval-timeout", "1e400"),
+        ("--approval-timeout", "-1"),
+    ],
+)
+def test_timeouts_must_be_finite_and_positive(files: Files, option: str, value: str) -> None:
+    """NaN, infinity and overflowing timeouts are usage errors naming the option, before serving."""
+    import subprocess
+
+    out = subprocess.run(
+        files.proxy(option, value), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 2
+    assert option in out.stderr
+    assert "finite" in out.stderr
+    assert files.calls() == []
