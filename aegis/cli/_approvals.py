@@ -10,6 +10,7 @@ a body the service calls malformed).
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -23,6 +24,7 @@ from aegis.cli._output import (
     inert,
     info,
     json_text,
+    note,
     print_table,
     success,
     use_color,
@@ -260,18 +262,48 @@ def approvals() -> None:
     show_default=True,
     help="Which requests to list.",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="At most this many requests (one page).",
+)
+@click.option(
+    "--before",
+    metavar="CURSOR",
+    help="The next page: the cursor the previous page named.",
+)
 @format_option("table", "json")
-def list_requests(url: str, token: str | None, status: str, output_format: str) -> None:
-    """List approval requests, newest first (pending ones by default)."""
+def list_requests(  # noqa: PLR0917  # Click passes one argument per option
+    url: str,
+    token: str | None,
+    status: str,
+    limit: int,
+    before: str | None,
+    output_format: str,
+) -> None:
+    """List approval requests, newest first (pending ones by default), a page at a time.
+
+    When more requests match than one page holds, it says how many more
+    there are and the command that lists the next page (on stderr).
+    """
     with _client(url, token) as client:
-        requests = _unwrap_list(client.run(lambda c: c.list_requests(status.lower())))
+        body = client.run(lambda c: c.list_requests(status.lower(), limit=limit, before=before))
+    requests = _unwrap_list(body)
     if output_format == "json":
         emit_json(list(requests))
-        return
-    if not requests:
+    elif not requests:
         info(f"no {status.lower()} requests" if status != "all" else "no requests")
-        return
-    print_table(LIST_COLUMNS, (_row(request) for request in requests), wrap=("Action", "Rule"))
+    else:
+        print_table(LIST_COLUMNS, (_row(request) for request in requests), wrap=("Action", "Rule"))
+    more = body.get("more") if isinstance(body, Mapping) else None
+    following = body.get("next") if isinstance(body, Mapping) else None
+    if isinstance(more, int) and more > 0 and isinstance(following, str):
+        note(
+            f"{more} more, older; the next page: aegis approvals list --status "
+            f"{status.lower()} --limit {limit} --before {shlex.quote(inert(following))}"
+        )
 
 
 @approvals.command("show")

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Final
 
 from starlette.exceptions import HTTPException
@@ -22,7 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from aegis.core.approval_request import Verdict, parse_new_request
+from aegis.core.approval_request import (
+    ApprovalRequest,
+    Verdict,
+    iso,
+    parse_new_request,
+    parse_time,
+)
 from aegis.errors import AegisError, ApprovalServiceError, AuditError
 from aegis.server.bounds import DEFAULT_READ_TIMEOUT, read_within
 from aegis.server.openapi import openapi_document
@@ -239,14 +246,38 @@ async def list_requests(request: Request) -> Response:
     principal = await _principal(request)
     status = statuses(request.query_params.get("status"))
     limit = int(_number(request, "limit", 100, 1, 1000))
-    found = await _service(request).list_requests(
+    before = _cursor(request.query_params.get("before"))
+    found, more = await _service(request).page_requests(
         principal,
         status,
         requester=request.query_params.get("requester") or None,
         session_id=request.query_params.get("session") or None,
         limit=limit,
+        before=before,
     )
-    return JSONResponse({"approvals": [r.to_json() for r in found]})
+    # Say how many the page leaves out, and where the next page starts.
+    following = _next_cursor(found[-1]) if more and found else None
+    return JSONResponse(
+        {"approvals": [r.to_json() for r in found], "more": more, "next": following}
+    )
+
+
+def _next_cursor(last: ApprovalRequest) -> str:
+    """The ``before`` of the page after one ending with ``last``: its time and id."""
+    return f"{iso(last.created_at)}~{last.id}"
+
+
+def _cursor(text: str | None) -> tuple[datetime, str] | None:
+    """The ``before`` query parameter: a ``next`` value of an earlier page."""
+    if not text:
+        return None
+    moment, sep, request_id = text.partition("~")
+    try:
+        if not sep or not request_id:
+            raise ValueError(text)
+        return parse_time(moment), request_id
+    except ValueError:
+        raise _invalid("before must be the 'next' value of an earlier page") from None
 
 
 async def get_request(request: Request) -> Response:

@@ -70,6 +70,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 KEEPALIVE: Final = 15.0
 MAX_COMMENT: Final = 2000
 HISTORY_STATUSES: Final = ("all", "approved", "denied", "expired", "cancelled")
+#: pending requests on one page of the inbox
+PENDING_PAGE: Final = 500
 #: how many recent requests History filters by agent and reviewer
 HISTORY_SCAN: Final = 1000
 AUDIT_FILTERS: Final = ("session", "type", "target", "risk", "status", "since", "until", "after")
@@ -509,9 +511,19 @@ class Inbox:
     # -------------------------------------------------------------- pending
 
     async def _pending(self, reviewer: Reviewer) -> list[dict[str, Any]]:
-        requests = await self.service.list_requests(
-            reviewer.principal, RequestStatus.PENDING, limit=500
+        views, _, _ = await self._pending_page(reviewer)
+        return views
+
+    async def _pending_page(
+        self, reviewer: Reviewer, before: tuple[datetime, str] | None = None
+    ) -> tuple[list[dict[str, Any]], int, str | None]:
+        """A page of pending requests, how many older ones it leaves out, and where they start."""
+        requests, more = await self.service.page_requests(
+            reviewer.principal, RequestStatus.PENDING, limit=PENDING_PAGE, before=before
         )
+        following = None
+        if more and requests:
+            following = f"{iso(requests[-1].created_at)}~{requests[-1].id}"
         now = self.service.clock()
         # Only what this reviewer's groups may decide: the rest is someone else's work.
         groups = set(reviewer.principal.groups)
@@ -521,14 +533,15 @@ class Inbox:
             if not r.is_expired_at(now) and (not r.reviewers or groups & set(r.reviewers))
         ]
         views.sort(key=lambda view: str(view["created_at"]), reverse=True)
-        return views
+        return views, more, following
 
     async def pending(self, request: Request) -> Response:
         """Pending requests, newest first; the script keeps the list live."""
         reviewer = await self.reviewer(request)
         if reviewer is None:
             return self._to_signin(request)
-        pending = await self._pending(reviewer)
+        before = _before(request.query_params.get("before"))
+        pending, more, following = await self._pending_page(reviewer, before)
         return self.render(
             request,
             "pending.html",
@@ -537,6 +550,12 @@ class Inbox:
                 "page": "pending",
                 "pending": pending,
                 "pending_count": len(pending),
+                # A flood must not push older requests out of sight without a word.
+                "more": more,
+                "older": "/?" + urllib.parse.urlencode({"before": following})
+                if following
+                else None,
+                "paged": before is not None,
             },
             reviewer=reviewer,
         )
@@ -861,6 +880,17 @@ def _audit_filters(shown: Mapping[str, str]) -> dict[str, Any]:
             raise ValueError("after must be a record id")
         filters["after_id"] = int(shown["after"])
     return filters
+
+
+def _before(text: str | None) -> tuple[datetime, str] | None:
+    """The ``before`` of a page link (``<created_at>~<id>``); ``None`` if absent or unreadable."""
+    moment, sep, request_id = (text or "").partition("~")
+    if not sep or not request_id:
+        return None
+    try:
+        return datetime.fromisoformat(moment).astimezone(UTC), request_id
+    except ValueError:
+        return None
 
 
 def _head_id(head: Any) -> int:

@@ -487,20 +487,60 @@ class ApprovalService:
         requester: str | None = None,
         session_id: str | None = None,
         limit: int = 100,
+        before: tuple[datetime, str] | None = None,
     ) -> list[ApprovalRequest]:
         """Requests newest first (reviewer role); ``status=None`` lists all.
 
-        ``requester`` and ``session_id`` narrow the list to one agent or session.
+        ``requester`` and ``session_id`` narrow the list to one agent or
+        session; ``before`` (a request's ``created_at`` and ``id``) pages on.
+        """
+        page, _ = await self.page_requests(
+            principal,
+            status,
+            requester=requester,
+            session_id=session_id,
+            limit=limit,
+            before=before,
+        )
+        return page
+
+    async def page_requests(
+        self,
+        principal: Principal,
+        status: RequestStatus | None = RequestStatus.PENDING,
+        *,
+        requester: str | None = None,
+        session_id: str | None = None,
+        limit: int = 100,
+        before: tuple[datetime, str] | None = None,
+    ) -> tuple[list[ApprovalRequest], int]:
+        """A page of :meth:`list_requests` and how many more follow it.
+
+        A flood of requests must not push older ones out of sight without a
+        word: the count says how many the page leaves out, and the last
+        request of the page is where the next page starts.
         """
         self._require(principal, Role.REVIEWER, "listing approval requests")
         await self.expire_due()
-        return await self._call(
+        page = await self._call(
             self.store.list_requests,
             status,
             requester=requester,
             session_id=session_id,
             limit=limit,
+            before=before,
         )
+        if len(page) < limit:
+            return page, 0
+        last = page[-1]
+        more = await self._call(
+            self.store.count_requests,
+            status,
+            requester=requester,
+            session_id=session_id,
+            before=(last.created_at, last.id),
+        )
+        return page, more
 
     async def wait(self, principal: Principal, request_id: str, timeout: float) -> ApprovalRequest:
         """Answer as soon as the request is no longer pending, or after ``timeout`` seconds.

@@ -392,16 +392,19 @@ class SqlApprovalStore:
         with self._transaction(write=False) as tx:
             return self._fetch(tx, request_id)
 
-    def list_requests(
-        self,
-        status: RequestStatus | None = None,
-        *,
-        requester: str | None = None,
-        session_id: str | None = None,
-        limit: int = 100,
-    ) -> list[ApprovalRequest]:
-        """See :meth:`aegis.stores.approvals.ApprovalStore.list_requests`."""
-        clauses, args = [], []
+    @staticmethod
+    def _filters(
+        status: RequestStatus | None,
+        requester: str | None,
+        session_id: str | None,
+        before: tuple[datetime, str] | None,
+    ) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if before is not None:
+            # Keyset paging in the list's own order: stable while new ones arrive.
+            clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args.extend((iso(before[0]), iso(before[0]), before[1]))
         if status is not None:
             clauses.append("status = ?")
             args.append(status.value)
@@ -411,6 +414,19 @@ class SqlApprovalStore:
         if session_id is not None:
             clauses.append("session_id = ?")
             args.append(session_id)
+        return clauses, args
+
+    def list_requests(
+        self,
+        status: RequestStatus | None = None,
+        *,
+        requester: str | None = None,
+        session_id: str | None = None,
+        limit: int = 100,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[ApprovalRequest]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.list_requests`."""
+        clauses, args = self._filters(status, requester, session_id, before)
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self._transaction(write=False) as tx:
             rows = tx.all(
@@ -420,9 +436,17 @@ class SqlApprovalStore:
             )
             return [self._request(tx, row) for row in rows]
 
-    def count_requests(self, status: RequestStatus | None = None) -> int:
+    def count_requests(
+        self,
+        status: RequestStatus | None = None,
+        *,
+        requester: str | None = None,
+        session_id: str | None = None,
+        before: tuple[datetime, str] | None = None,
+    ) -> int:
         """See :meth:`aegis.stores.approvals.ApprovalStore.count_requests`."""
-        where, args = (" WHERE status = ?", (status.value,)) if status is not None else ("", ())
+        clauses, args = self._filters(status, requester, session_id, before)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self._transaction(write=False) as tx:
             rows = tx.all(f"SELECT COUNT(*) FROM {{p}}aegis_approval_requests{where}", args)
             return int(rows[0][0])

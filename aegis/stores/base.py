@@ -415,12 +415,27 @@ class ApprovalStore(Protocol):
         requester: str | None = None,
         session_id: str | None = None,
         limit: int = 100,
+        before: tuple[datetime, str] | None = None,
     ) -> list[ApprovalRequest]:
-        """Requests, newest first, optionally of one status, requester or session."""
+        """Requests, newest first, optionally of one status, requester or session.
+
+        ``before`` (a request's ``created_at`` and ``id``) starts the page
+        after that request, in the same order: the next page of a list.
+        """
         ...
 
-    def count_requests(self, status: RequestStatus | None = None) -> int:
-        """How many requests there are, optionally of one status."""
+    def count_requests(
+        self,
+        status: RequestStatus | None = None,
+        *,
+        requester: str | None = None,
+        session_id: str | None = None,
+        before: tuple[datetime, str] | None = None,
+    ) -> int:
+        """How many requests there are, optionally of one status, requester or session.
+
+        ``before``: only those a :meth:`list_requests` page with it would list.
+        """
         ...
 
     def decide(
