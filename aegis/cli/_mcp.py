@@ -135,6 +135,21 @@ In a client's configuration, replace the server's command with:
     show_default=True,
     help="The largest message a client may send.",
 )
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="With --listen, client sessions served at once (each runs a server); when all are "
+    "taken, the one idle the longest gives way to a new client.",
+)
+@click.option(
+    "--session-idle-timeout",
+    type=click.FloatRange(min=1, max=86400),
+    default=300,
+    show_default=True,
+    help="With --listen, seconds a client session may sit idle before it ends.",
+)
 @click.option("--agent", default=None, help="Who acts, for limits keyed by agent.")
 @click.option(
     "--session",
@@ -166,6 +181,8 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     hide_blocked: bool,
     check: bool,
     max_message_bytes: int,
+    max_sessions: int,
+    session_idle_timeout: float,
     agent: str | None,
     session_id: str | None,
     reload: bool,
@@ -218,6 +235,8 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         call_timeout=call_timeout,
         hide_blocked=hide_blocked,
         max_message_bytes=max_message_bytes,
+        max_sessions=max_sessions,
+        idle_timeout=session_idle_timeout,
         agent=agent,
         session_id=_session(session_id),
         policy_path=policy_path,

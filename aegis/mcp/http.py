@@ -57,10 +57,6 @@ _log = logging.getLogger("aegis.mcp")
 
 #: the path clients POST to
 MCP_PATH = "/mcp"
-#: sessions served at once; each holds a server process or connection
-MAX_SESSIONS = 32
-#: seconds a session may sit idle (nothing in flight) before it is ended
-IDLE_TIMEOUT = 30 * 60.0
 
 _Scope = dict[str, Any]
 _Receive = Any
@@ -76,6 +72,12 @@ class _Session:
     proxy: ProxySession | None = None
     failure: str | None = None
     task: asyncio.Task[None] | None = None
+    #: when the client last sent anything (the event loop's clock)
+    last_seen: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+
+    def idle(self) -> bool:
+        """Whether nothing of the client is being served now."""
+        return self.proxy is not None and self.proxy.inflight == 0
 
 
 async def _respond(
@@ -189,6 +191,7 @@ class GovernedHttpApp:
                 send, 404, error_reply(None, INVALID_REQUEST, "Not Found: unknown or ended session")
             )
             return
+        session.last_seen = asyncio.get_running_loop().time()
         await session.transport.handle_request(scope, receive, send)
         if method == "DELETE" and session.task is not None:
             session.task.cancel()
@@ -234,15 +237,17 @@ class GovernedHttpApp:
                     ),
                 )
                 return
-            if len(self._sessions) >= MAX_SESSIONS:
-                _log.warning("refused a new session: %d sessions are open", MAX_SESSIONS)
+            most = self._settings.max_sessions
+            if len(self._sessions) >= most and not await self._evict_idlest():
+                _log.warning("refused a new session: %d sessions are busy", most)
                 await _respond(
                     send,
                     503,
                     error_reply(
                         request_id,
                         INVALID_REQUEST,
-                        f"Service Unavailable: {MAX_SESSIONS} sessions are open; end one first",
+                        f"Service Unavailable: {most} sessions are serving requests;"
+                        " try again when one is done",
                     ),
                 )
                 return
@@ -257,6 +262,7 @@ class GovernedHttpApp:
                 )
                 return
             session = found
+            session.last_seen = asyncio.get_running_loop().time()
         await session.ready.wait()
         if session.proxy is None:
             await _respond(
@@ -282,10 +288,29 @@ class GovernedHttpApp:
             return
         await session.transport.handle_request(scope, _replay(body, receive), send)
 
+    async def _evict_idlest(self) -> bool:
+        """End the session idle the longest, to make room; ``False`` when every one is busy."""
+        idle = [(s.last_seen, sid) for sid, s in self._sessions.items() if s.idle()]
+        if not idle:
+            return False
+        _, session_id = min(idle)
+        session = self._sessions.pop(session_id)
+        _log.warning(
+            "ended MCP session %s, idle the longest, to make room for a new client", session_id
+        )
+        if session.task is not None:
+            session.task.cancel()
+            with contextlib.suppress(BaseException):
+                await session.task
+        return True
+
     async def _start_session(self) -> _Session:
         session_id = uuid.uuid4().hex
         transport = StreamableHTTPServerTransport(
-            session_id, security_settings=self._security, idle_timeout=IDLE_TIMEOUT
+            session_id,
+            security_settings=self._security,
+            # many clients (the Inspector, test suites) never end their sessions
+            idle_timeout=self._settings.idle_timeout,
         )
         session = _Session(transport)
         self._sessions[session_id] = session

@@ -71,6 +71,9 @@ class ProxySettings:
         call_timeout: seconds the server may take to answer one request.
         hide_blocked: leave out of ``tools/list`` the tools the policy always blocks.
         max_message_bytes: the largest message a client may send.
+        max_sessions: with ``--listen``, client sessions served at once; when all
+            are taken the one idle the longest gives way to a new client.
+        idle_timeout: with ``--listen``, seconds a session may sit idle before it ends.
         session_id: the runtime's audit session (random by default).
         context: more audit context for every call.
         agent: who acts, for limits keyed by ``agent``.
@@ -92,6 +95,8 @@ class ProxySettings:
     call_timeout: float | None = 300.0
     hide_blocked: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_sessions: int = 32
+    idle_timeout: float = 300.0
     session_id: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
     agent: str | None = None

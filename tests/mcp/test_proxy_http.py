@@ -190,3 +190,62 @@ def test_an_ambiguous_call_over_http_is_refused_and_recorded(
     assert record["context"]["mcp_request_id"] == 2
     assert (record["action_type"], record["result_status"]) == ("read", "blocked")
     assert "ambiguous" in record["reason"]
+
+
+def _initialize(url: str) -> httpx.Response:
+    """Start a session with a raw initialize POST, as a client that never ends it would."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "forgetful", "version": "1"},
+        },
+    }
+    return httpx.post(url, json=body, headers=HEADERS, timeout=30)
+
+
+def _ping(url: str, session: str) -> httpx.Response:
+    return httpx.post(
+        url,
+        json={"jsonrpc": "2.0", "id": 2, "method": "ping"},
+        headers={**HEADERS, "mcp-session-id": session},
+        timeout=30,
+    )
+
+
+def test_the_session_idle_the_longest_gives_way_to_a_new_client(tmp_path: Path) -> None:
+    """With every session taken by clients that never end theirs, a new client still gets in."""
+    files = Files(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    command = files.proxy("--listen", f"127.0.0.1:{port}", "--max-sessions", "2")
+    with background(command, files.stderr, url):
+        sessions = []
+        for _ in range(3):
+            response = _initialize(url)
+            assert response.status_code == 200, response.text
+            sessions.append(response.headers["mcp-session-id"])
+        first, second, third = sessions
+        assert _ping(url, first).status_code == 404  # idle the longest: ended for the third
+        assert _ping(url, second).status_code == 200
+        assert _ping(url, third).status_code == 200
+
+
+def test_idle_sessions_end_after_the_idle_timeout(tmp_path: Path) -> None:
+    """A session nobody uses for --session-idle-timeout seconds is ended with its server."""
+    import time
+
+    files = Files(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    command = files.proxy("--listen", f"127.0.0.1:{port}", "--session-idle-timeout", "2")
+    with background(command, files.stderr, url):
+        session = _initialize(url).headers["mcp-session-id"]
+        assert _ping(url, session).status_code == 200
+        deadline = time.monotonic() + 30
+        while _ping(url, session).status_code != 404:
+            assert time.monotonic() < deadline, "the idle session was never ended"
+            time.sleep(3)
