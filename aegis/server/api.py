@@ -56,10 +56,36 @@ _AUDIT_FILTERS: Final = {
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+class JSONAnswer(JSONResponse):
+    """A JSON answer that stays valid JSON whatever a stored row holds.
+
+    The door refuses non-finite numbers, but a row written before it did
+    (or edited by hand) may hold one; it is shown as the string
+    ``"Infinity"`` instead of failing the whole list with a 500.
+    """
+
+    def render(self, content: Any) -> bytes:
+        """Encode ``content``; non-finite floats become strings."""
+        try:
+            return super().render(content)
+        except ValueError:
+            return super().render(_finite(content))
+
+
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     """The JSON error every failure of the API answers with."""
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(
+    return JSONAnswer(
         {"error": {"status": status, "code": code, "message": message}},
         status_code=status,
         headers=headers,
@@ -238,7 +264,7 @@ async def create_request(request: Request) -> Response:
     except ValueError as exc:
         raise _invalid(str(exc)) from None
     stored, created = await _service(request).create(principal, new)
-    return JSONResponse(stored.to_json(), status_code=201 if created else 200)
+    return JSONAnswer(stored.to_json(), status_code=201 if created else 200)
 
 
 async def list_requests(request: Request) -> Response:
@@ -257,7 +283,7 @@ async def list_requests(request: Request) -> Response:
     )
     # Say how many the page leaves out, and where the next page starts.
     following = _next_cursor(found[-1]) if more and found else None
-    return JSONResponse(
+    return JSONAnswer(
         {"approvals": [r.to_json() for r in found], "more": more, "next": following}
     )
 
@@ -284,7 +310,7 @@ async def get_request(request: Request) -> Response:
     """GET /api/v1/approvals/{id}: one request (a reviewer, or the agent that asked)."""
     principal = await _principal(request)
     found = await _service(request).get(principal, request.path_params["id"])
-    return JSONResponse(found.to_json())
+    return JSONAnswer(found.to_json())
 
 
 async def wait_request(request: Request) -> Response:
@@ -293,7 +319,7 @@ async def wait_request(request: Request) -> Response:
     service = _service(request)
     timeout = _number(request, "timeout", 30.0, 0.0, service.max_wait)
     found = await service.wait(principal, request.path_params["id"], timeout)
-    return JSONResponse(found.to_json())
+    return JSONAnswer(found.to_json())
 
 
 async def decide_request(request: Request) -> Response:
@@ -324,14 +350,14 @@ async def decide_request(request: Request) -> Response:
     decided = await _service(request).decide(
         principal, request.path_params["id"], verdict, comment, minutes
     )
-    return JSONResponse(decided.to_json())
+    return JSONAnswer(decided.to_json())
 
 
 async def collect_request(request: Request) -> Response:
     """POST /api/v1/approvals/{id}/collect: the agent uses its approval, once."""
     principal = await _principal(request)
     collected = await _service(request).collect(principal, request.path_params["id"])
-    return JSONResponse(collected.to_json())
+    return JSONAnswer(collected.to_json())
 
 
 async def cancel_request(request: Request) -> Response:
@@ -342,7 +368,7 @@ async def cancel_request(request: Request) -> Response:
     if not isinstance(reason, str) or len(reason) > 1000:
         raise _invalid("the body must be {} or {'reason': text of at most 1000 characters}")
     cancelled = await _service(request).cancel(principal, request.path_params["id"], reason)
-    return JSONResponse(cancelled.to_json())
+    return JSONAnswer(cancelled.to_json())
 
 
 async def list_grants(request: Request) -> Response:
@@ -350,14 +376,14 @@ async def list_grants(request: Request) -> Response:
     principal = await _principal(request)
     include = request.query_params.get("all", "").lower() in ("1", "true", "yes")
     grants = await _service(request).list_grants(principal, include_inactive=include)
-    return JSONResponse({"grants": [g.to_json() for g in grants]})
+    return JSONAnswer({"grants": [g.to_json() for g in grants]})
 
 
 async def revoke_grant(request: Request) -> Response:
     """POST /api/v1/grants/{id}/revoke: end a grant now."""
     principal = await _principal(request)
     grant = await _service(request).revoke_grant(principal, request.path_params["id"])
-    return JSONResponse(grant.to_json())
+    return JSONAnswer(grant.to_json())
 
 
 async def audit_records(request: Request) -> Response:
@@ -378,19 +404,19 @@ async def audit_records(request: Request) -> Response:
         records = await _service(request).audit_records(principal, filters, limit)
     except (ValueError, TypeError) as exc:  # a bad filter value
         raise _invalid(str(exc)) from None
-    return JSONResponse({"records": records})
+    return JSONAnswer({"records": records})
 
 
 async def verify_audit(request: Request) -> Response:
     """GET /api/v1/audit/verify: check the audit chain."""
     principal = await _principal(request)
-    return JSONResponse(await _service(request).verify_audit(principal))
+    return JSONAnswer(await _service(request).verify_audit(principal))
 
 
 async def whoami(request: Request) -> Response:
     """GET /api/v1/whoami: the caller's name, role, groups and identity."""
     principal = await _principal(request)
-    return JSONResponse(
+    return JSONAnswer(
         {
             "name": principal.name,
             "role": principal.role.value,
@@ -408,7 +434,7 @@ async def openapi(request: Request) -> Response:
 async def healthz(request: Request) -> Response:
     """GET /healthz: 200 when the store answers, 503 otherwise (no token needed)."""
     await _service(request).health()
-    return JSONResponse({"status": "ok"})
+    return JSONAnswer({"status": "ok"})
 
 
 def api_routes() -> list[BaseRoute]:

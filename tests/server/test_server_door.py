@@ -156,3 +156,37 @@ async def test_a_refused_token_fails_fast_with_the_reason(served: Service, tmp_p
     assert "401" in (result.error or "")
     assert "unknown" in (result.error or "")
     assert lines == []  # nothing was filed, so nothing is announced
+
+
+def test_a_stored_infinity_does_not_blind_the_list(tmp_path: Path) -> None:
+    """A row written before the door checked (edited by hand) is listed, not a 500 for all."""
+    import sqlite3
+
+    db = str(tmp_path / "aegis.db")
+    add_tokens(db)
+    service = Service(db, tmp_path).start()
+    try:
+        made = httpx.post(
+            f"{service.url}/api/v1/approvals",
+            json={
+                "session_id": "s",
+                "action": {"type": "refund", "target": "b", "params": {"n": 1}},
+            },
+            headers=AGENT,
+            timeout=10,
+        )
+        assert made.status_code == 201
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "UPDATE aegis_approval_requests SET action_json = ?",
+                (
+                    '{"type": "refund", "target": "b", "params": {"n": Infinity}, '
+                    '"description": ""}',
+                ),
+            )
+        listed = httpx.get(f"{service.url}/api/v1/approvals", headers=REVIEWER, timeout=10)
+        assert listed.status_code == 200
+        (shown,) = listed.json()["approvals"]
+        assert shown["action"]["params"]["n"] == "Infinity"
+    finally:
+        service.stop()

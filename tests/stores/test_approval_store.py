@@ -497,3 +497,41 @@ def test_sessions_are_kept_and_ended_on_the_server(store: ApprovalStore) -> None
     ended = store.get_session("a" * 64)
     assert ended is not None
     assert not ended.active_at(NOW + timedelta(minutes=1))
+
+
+def test_grants_of_an_older_file_get_the_terms_of_their_request(tmp_path: Path) -> None:
+    """A version-2 file's grants are migrated with the approvers and groups of their request."""
+    from aegis.stores._approvals_sql import EVENTS_SCHEMA, SCHEMA, statements
+    from aegis.stores.sqlite.schema import migrate
+
+    path = str(tmp_path / "old.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(
+        conn,
+        path,
+        "approvals",
+        2,
+        {0: tuple(statements("", SCHEMA)), 1: tuple(statements("", EVENTS_SCHEMA))},
+    )
+    strict = make(approvers=2)
+    conn.execute(
+        "INSERT INTO aegis_approval_requests (id, session_id, requester, digest, action_digest, "
+        "action_json, risk_level, matched_rule, reason, approvers, reviewer_groups, created_at, "
+        "expires_at, status, status_reason, approvals) VALUES (?, 's1', 'bot', ?, ?, "
+        '\'{"type": "refund", "target": "billing", "params": {}, "description": ""}\', '
+        "'HIGH', 'refunds', '', 2, '[\"security\"]', ?, ?, 'approved', '', 2)",
+        (strict.id, strict.digest, strict.action_digest, NOW.isoformat(), NOW.isoformat()),
+    )
+    conn.execute(
+        "INSERT INTO aegis_grants (id, session_id, requester, action_type, action_target, "
+        "matched_rule, granted_by, request_id, created_at, expires_at) VALUES "
+        "('grt_old', 's1', 'bot', 'refund', 'billing', 'refunds', '[\"a\", \"b\"]', ?, ?, ?)",
+        (strict.id, NOW.isoformat(), (NOW + timedelta(hours=1)).isoformat()),
+    )
+    conn.close()
+    store = open_approval_store(path)
+    try:
+        (grant,) = store.list_grants(NOW, include_inactive=True)
+        assert (grant.approvers, grant.reviewers) == (2, ("security",))
+    finally:
+        store.close()
