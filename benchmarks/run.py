@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -213,6 +214,64 @@ def contention() -> dict[str, Any]:
         fields = dict(part.split("=") for part in first.split()[1:])
         seen[f"{kind}_pressure_avg10"] = float(fields.get("avg10", "nan"))
     return seen
+
+
+#: (label, side, extra workload arguments) of the flush counts --sqlite adds
+FLUSH_COUNTS = (
+    ("ours, durability='process'", "ours", ("--durability", "process")),
+    ("ours, durability='result' (default)", "ours", ("--durability", "result")),
+    ("ours, durability='full'", "ours", ("--durability", "full")),
+    ("agent-aegis 1.0.0 (its only mode)", "theirs", ()),
+)
+
+
+def count_flushes(side: Side, extra: tuple[str, ...], scratch: Path) -> float | None:
+    """fsync/fdatasync calls per sequential ``run_one``, counted by strace; None without it.
+
+    The count does not depend on the machine's load, so it says what the
+    promise costs even when the timings are noise: one flush per action is
+    the floor of "result", two is what "full" asks.
+    """
+    strace = shutil.which("strace")
+    if strace is None:
+        return None
+    log = scratch / f"strace-{side.name}.txt"
+    done = subprocess.run(
+        [
+            *(strace, "-f", "-c", "-o", str(log), "-e", "trace=fsync,fdatasync"),
+            *(str(side.python), str(WORKLOADS), "run_one_seq", "--quick", *extra),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=scratch,
+        check=False,
+    )
+    if done.returncode != 0 or not log.exists():
+        return None
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    calls = 0
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[-1] in ("fsync", "fdatasync"):
+            calls += int(parts[3])
+    # the workload's warm-up actions run under strace too
+    return calls / (report["n"] + report.get("warmup", 0))
+
+
+def print_flushes(sides: list[Side]) -> list[dict[str, Any]]:
+    """Print (and return as rows) the flushes per action of each side and level."""
+    print("\nflushes (fsync + fdatasync) per sequential run_one, counted by strace:")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="aegis-bench-") as tmp:
+        for label, name, extra in FLUSH_COUNTS:
+            side = OURS if name == "ours" else THEIRS
+            if side not in sides:
+                continue
+            flushes = count_flushes(side, extra, Path(tmp))
+            shown = "not measured (no strace)" if flushes is None else f"{flushes:.2f}"
+            print(f"  {label}: {shown}")
+            rows.append({"workload": f"flushes: {label}", "flushes_per_action": flushes})
+    return rows
 
 
 def describe_contention(busy: list[dict[str, Any]]) -> str:
@@ -574,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = " (quick: 1/10 of the evaluations, 1/5 of the run_one calls)" if args.quick else ""
     print(f"\n{args.rounds} round(s) per side after {args.warmup} warm-up{sizes}; {elapsed:.0f} s")
     print("memory: peak RSS of a fresh process (ru_maxrss), interpreter included")
+    if args.sqlite:
+        rows += print_flushes(sides)
     print(describe_contention(busy))
     RESULTS.write_text(
         json.dumps(

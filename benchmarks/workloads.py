@@ -260,6 +260,7 @@ def run_one_workload(
     with tempfile.TemporaryDirectory(prefix="aegis-bench-", dir=SCRATCH) as tmp:
         report = asyncio.run(run_one_rate(n, concurrent, Path(tmp) / "audit.db", durability))
     report["durability"] = durability or "default"
+    report["warmup"] = WARMUP // 4  # actions run before the clock started
     return report
 
 
