@@ -123,7 +123,7 @@ async def reviewer(url: str, stop: asyncio.Event, decided_at: list[float]) -> No
 
 async def round_trips(url: str, db: str, count: int) -> dict[str, float]:
     """Median and p95 of the approval round trip, and of decision -> runtime proceeding."""
-    handler = RemoteApprovalHandler(url, token="bot-secret", timeout=30)
+    handler = RemoteApprovalHandler(url, token="bot-secret", timeout=30, announce=None)
     totals: list[float] = []
     after_decision: list[float] = []
     auto: list[float] = []
@@ -185,6 +185,52 @@ async def creation(url: str, count: int, concurrency: int) -> float:
         return count / (time.perf_counter() - began)
 
 
+async def decisions_under_polls(url: str, polls: int, count: int) -> tuple[float, int]:
+    """Median ms of a decision while one agent token holds ``polls`` long polls open.
+
+    Returns the median and how many of the polls the service held (the rest
+    it refused with 429 at once: one token holds a bounded number).
+    """
+    agent = {"Authorization": "Bearer bot-secret"}
+    reviewer_headers = {"Authorization": "Bearer alice-secret"}
+    limits = httpx.Limits(max_connections=polls + 10, max_keepalive_connections=polls + 10)
+    tag = time.perf_counter_ns()
+    async with (
+        httpx.AsyncClient(base_url=url, headers=agent, limits=limits, timeout=90) as client,
+        httpx.AsyncClient(base_url=url, headers=reviewer_headers, timeout=90) as alice,
+    ):
+        bait = await client.post(
+            "/api/v1/approvals",
+            json={"session_id": f"polls-{tag}", "action": {"type": "refund", "target": "x"}},
+        )
+        bait_id = bait.json()["id"]
+        waits = [
+            asyncio.create_task(client.get(f"/api/v1/approvals/{bait_id}/wait?timeout=60"))
+            for _ in range(polls)
+        ]
+        await asyncio.sleep(1.0 if polls else 0)
+        times = []
+        for i in range(count):
+            made = await client.post(
+                "/api/v1/approvals",
+                json={
+                    "session_id": f"polls-{tag}",
+                    "action": {"type": "refund", "target": "billing", "params": {"n": i}},
+                },
+            )
+            began = time.perf_counter()
+            answer = await alice.post(
+                f"/api/v1/approvals/{made.json()['id']}/decision", json={"verdict": "approve"}
+            )
+            times.append((time.perf_counter() - began) * 1000)
+            if answer.status_code != 200:
+                raise SystemExit(f"decision answered {answer.status_code}: {answer.text}")
+        held = sum(1 for w in waits if not w.done())
+        await alice.post(f"/api/v1/approvals/{bait_id}/decision", json={"verdict": "deny"})
+        await asyncio.gather(*waits, return_exceptions=True)
+    return statistics.median(times), held
+
+
 def main() -> None:
     """Run the benchmark and print its numbers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -224,6 +270,10 @@ def run(args: argparse.Namespace, trips: int, creates: int, schema: str | None) 
             numbers: dict[str, Any] = asyncio.run(round_trips(url, db, trips))
             numbers["create_per_s_1"] = asyncio.run(creation(url, creates, 1))
             numbers["create_per_s_8"] = asyncio.run(creation(url, creates, 8))
+            numbers["decide_0"], _ = asyncio.run(decisions_under_polls(url, 0, 20))
+            numbers["decide_400"], numbers["held"] = asyncio.run(
+                decisions_under_polls(url, 400, 20)
+            )
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
@@ -243,6 +293,12 @@ def run(args: argparse.Namespace, trips: int, creates: int, schema: str | None) 
         f"  request creation: {numbers['create_per_s_1']:.0f}/s one client, "
         f"{numbers['create_per_s_8']:.0f}/s eight clients "
         f"({numbers['create_per_s_8'] / numbers['create_per_s_1']:.2f}x)"
+    )
+    print(
+        f"  a decision: {numbers['decide_0']:.1f} ms median with no long polls open, "
+        f"{numbers['decide_400']:.1f} ms with 400 opened by one token "
+        f"({numbers['decide_400'] / numbers['decide_0']:.2f}x; the service held "
+        f"{numbers['held']} of them, refused the rest with 429)"
     )
 
 

@@ -283,9 +283,7 @@ async def list_requests(request: Request) -> Response:
     )
     # Say how many the page leaves out, and where the next page starts.
     following = _next_cursor(found[-1]) if more and found else None
-    return JSONAnswer(
-        {"approvals": [r.to_json() for r in found], "more": more, "next": following}
-    )
+    return JSONAnswer({"approvals": [r.to_json() for r in found], "more": more, "next": following})
 
 
 def _next_cursor(last: ApprovalRequest) -> str:
