@@ -24,14 +24,13 @@ meaning of auto, approve and block lives once, in
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import logging
 import queue
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from aegis.core.action import Action, action_digest
@@ -39,10 +38,9 @@ from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError, ToolBlockedError
+from aegis.runtime import asking
 from aegis.runtime._binding import CallBinding, bound_call
-from aegis.runtime._calls import call_with_deadline
 from aegis.runtime.approval import SuspendableApprovalHandler
-from aegis.runtime.asking import approval_function
 from aegis.runtime.refusal import refusal_text
 
 if TYPE_CHECKING:
@@ -257,54 +255,22 @@ class Governor:
         handler = _suspendable(self.runtime.approval_handler)
         if handler is None:
             return await self.ask(decision)
-        digest = action_digest(decision.action)
-        timeout = self.runtime.approval_timeout
-        try:
-            answer = await call_with_deadline(
-                handler.collect_approval, (request_id, decision), timeout, "the approval handler"
-            )
-        except TimeoutError as exc:
-            why = str(exc) or "the approval handler raised TimeoutError"
-            return ApprovalOutcome(
-                False, reason=f"approval timed out ({why})", request_id=request_id, digest=digest
-            )
-        except Exception as exc:  # fail closed
-            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return ApprovalOutcome(
-                False,
-                reason=f"approval handler failed: {text}",
-                request_id=request_id,
-                digest=digest,
-            )
-        return bind_answer(answer, digest)
+        return await asking.ask(
+            handler.collect_approval,
+            decision,
+            timeout=self.runtime.approval_timeout,
+            digest=action_digest(decision.action),
+            request_id=request_id,
+        )
 
     async def ask(self, decision: PolicyDecision) -> ApprovalOutcome:
-        """Ask the runtime's approval handler; the answer bound to the action's digest.
-
-        A refusal, an exception or a timeout (the runtime's
-        ``approval_timeout``) is a denial with its reason; an answer that
-        is not ``True``, ``False`` or an ApprovalOutcome denies too.
-        """
-        digest = action_digest(decision.action)
-        ask = approval_function(self.runtime.approval_handler)
-        timeout = self.runtime.approval_timeout
-        try:
-            # As the runtime's approve step does: a sync handler runs on a
-            # worker thread, the deadline holds, the handler gets a copy.
-            answer = await call_with_deadline(
-                ask, (copy.copy(decision),), timeout, "the approval handler"
-            )
-        except TimeoutError as exc:
-            why = str(exc) or "the approval handler raised TimeoutError"
-            return ApprovalOutcome(False, reason=f"approval timed out ({why})", digest=digest)
-        except Exception as exc:  # fail closed: a broken handler must not approve
-            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return ApprovalOutcome(False, reason=f"approval handler failed: {text}", digest=digest)
-        return bind_answer(answer, digest)
-
-    async def ask_call(self, call: ToolCall) -> ApprovalOutcome:
-        """:meth:`ask` about the action of ``call``."""
-        return await self.ask(self.runtime.decide(self.action(call)))
+        """Ask the runtime's approval handler as its approve step does (one ``asking.ask``)."""
+        return await asking.ask(
+            asking.approval_function(self.runtime.approval_handler),
+            decision,
+            timeout=self.runtime.approval_timeout,
+            digest=action_digest(decision.action),
+        )
 
     def __repr__(self) -> str:
         return f"Governor(target={self.target!r}, framework={self.framework!r})"
@@ -320,23 +286,6 @@ def _suspendable(handler: object) -> SuspendableApprovalHandler | None:
 
         return RemoteSuspension(handler)
     return None
-
-
-def bind_answer(answer: object, digest: str) -> ApprovalOutcome:
-    """A handler's answer as an ApprovalOutcome bound to ``digest``.
-
-    An outcome that names its own digest keeps it: if that is not the
-    digest of the action about to run, the runtime refuses to run it.
-    """
-    if isinstance(answer, ApprovalOutcome):
-        return answer if answer.digest is not None else replace(answer, digest=digest)
-    if answer is True:
-        return ApprovalOutcome(True, digest=digest)
-    if answer is False:
-        return ApprovalOutcome(False, digest=digest)
-    return ApprovalOutcome(
-        False, reason=f"approval handler returned {answer!r}, not True or False", digest=digest
-    )
 
 
 # ---------------------------------------------------------------- sync bridge

@@ -1,4 +1,15 @@
-"""Asking the approval handler: any handler as one function, and its answer failing closed.
+"""Asking the approval handler, once, failing closed: every answer an ApprovalOutcome.
+
+The runtime's approve step and the framework integrations ask through
+:func:`ask`, so that what counts as a yes is decided in one place:
+
+- ``True``, or an :class:`~aegis.core.outcome.ApprovalOutcome` that approves,
+  is a yes for the action whose digest it carries (the asked action's when
+  it names none);
+- ``False``, an outcome that does not approve, anything else the handler
+  returns, an exception it raises, and no answer within the timeout are a
+  no, with the reason in the outcome (``"error: ..."``, ``"timeout: ..."``:
+  the audit trail reads ``"denied: timeout: no answer within 30s"``).
 
 :func:`approval_function` reads whatever was given as ``approval_handler``
 (an :class:`~aegis.runtime.approval.ApprovalHandler`, a duck-typed object
@@ -7,15 +18,21 @@ with ``request_approval``, or a plain function of the decision).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aegis.core.decision import PolicyDecision
+from aegis.core.outcome import ApprovalOutcome
 from aegis.errors import ConfigurationError
+from aegis.runtime._calls import call_with_deadline
 from aegis.runtime.approval import ApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
 
-__all__ = ["approval_function"]
+__all__ = ["approval_function", "ask", "bind_answer", "denial_text", "refused"]
+
+_TIMEOUT = "timeout: "
 
 
 def approval_function(handler: object) -> Callable[[PolicyDecision], Any]:
@@ -24,7 +41,7 @@ def approval_function(handler: object) -> Callable[[PolicyDecision], Any]:
     Raises:
         ConfigurationError: ``handler`` is neither a handler nor a function.
     """
-    # Returned as is: the approve step runs a sync one on a worker thread.
+    # Returned as is: ask() runs a sync one on a worker thread.
     if isinstance(handler, ApprovalHandler):
         return handler.request_approval
     request = getattr(handler, "request_approval", None)
@@ -37,3 +54,74 @@ def approval_function(handler: object) -> Callable[[PolicyDecision], Any]:
         f"returning True/False, got {type(handler).__name__}; e.g. "
         "CallbackApprovalHandler(callback=lambda d: d.risk_level.value <= 2)"
     )
+
+
+async def ask(
+    handler: Callable[..., Any],
+    decision: PolicyDecision,
+    *,
+    timeout: float | None,
+    digest: str,
+    request_id: str | None = None,
+) -> ApprovalOutcome:
+    """Ask ``handler`` about ``decision``; its answer as an outcome bound to ``digest``.
+
+    ``handler`` is called with a copy of ``decision`` (whatever it does to
+    it, the caller goes on with its own), or, with ``request_id``, as
+    ``handler(request_id, decision)`` (a suspendable handler's
+    ``collect_approval``). A synchronous handler runs on a worker thread and
+    ``timeout`` holds for every handler, one that ignores cancellation
+    included. Never raises an ``Exception``: a failure is a refusal.
+    """
+    view = copy.copy(decision)
+    args = (view,) if request_id is None else (request_id, view)
+    try:
+        answer = await call_with_deadline(handler, args, timeout, "the approval handler")
+    except TimeoutError as exc:  # ours (Deadline) or the handler's own
+        why = str(exc) or "the approval handler raised TimeoutError"
+        return refused(_TIMEOUT + why, digest=digest, request_id=request_id)
+    except Exception as exc:  # fail closed: a broken handler must not approve
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return refused(f"error: {text}", digest=digest, request_id=request_id)
+    return bind_answer(answer, digest)
+
+
+def bind_answer(answer: object, digest: str) -> ApprovalOutcome:
+    """A handler's answer as an ApprovalOutcome bound to ``digest``.
+
+    An outcome that names its own digest keeps it: if that is not the
+    digest of the action about to run, the runtime refuses to run it.
+    """
+    if isinstance(answer, ApprovalOutcome):
+        return answer if answer.digest is not None else replace(answer, digest=digest)
+    if answer is True:
+        return ApprovalOutcome(True, digest=digest)
+    if answer is False:
+        return ApprovalOutcome(False, digest=digest)
+    return refused(f"error: approval handler returned {answer!r}, not True or False", digest=digest)
+
+
+def refused(
+    reason: str, *, digest: str | None = None, request_id: str | None = None
+) -> ApprovalOutcome:
+    """A refusal no reviewer gave; ``reason`` says why (``"error: ..."``, ``"timeout: ..."``)."""
+    return ApprovalOutcome(False, reason=reason, request_id=request_id, digest=digest)
+
+
+def denial_text(outcome: ApprovalOutcome) -> str:
+    """What a refused action's Result says: who refused and why, for the agent and its user.
+
+    ``"denied by carol: not today"``, ``"approval timed out (no answer
+    within 30s)"``, ``"denied: error: ConnectionError: pager down"``; the
+    audit trail keeps the outcome's own
+    :meth:`~aegis.core.outcome.ApprovalOutcome.human_decision`.
+    """
+    why = outcome.reason or outcome.comment
+    if outcome.reviewers:
+        who = "denied by " + ", ".join(outcome.reviewers)
+        return f"{who}: {why}" if why else who
+    if not why:
+        return "denied by the approver"
+    if why.startswith(_TIMEOUT):
+        return f"approval timed out ({why.removeprefix(_TIMEOUT)})"
+    return f"denied: {why}"

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from aegis.core.action import Action, canonical_json
 from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.outcome import ApprovalOutcome
 from aegis.core.plan import ExecutionPlan
 from aegis.core.record import ContextValue, DecisionStamp, check_context
 from aegis.core.result import Result, ResultStatus
@@ -458,12 +459,17 @@ class Runtime:
 
     async def approve(
         self, decision: PolicyDecision, *, decided: str | None = None
-    ) -> tuple[Result | None, str]:
+    ) -> tuple[Result | None, ApprovalOutcome]:
         """Ask the approval handler about an ``approve`` decision.
 
-        Returns ``(None, "approved")`` when the action may run, otherwise a
-        ``DENIED`` Result and the human decision to audit (``"denied"``,
-        ``"denied: timeout: ..."`` or ``"denied: error: ..."``).
+        Returns ``None`` and the approving
+        :class:`~aegis.core.outcome.ApprovalOutcome` when the action may run,
+        otherwise a ``DENIED`` Result and the refusing outcome, whose
+        :meth:`~aegis.core.outcome.ApprovalOutcome.human_decision` the audit
+        trail records (``"denied by carol: no"``, ``"denied: timeout: ..."``,
+        ``"denied: error: ..."``). A handler that raises, times out or
+        answers anything but a bool or an outcome refuses (see
+        :func:`aegis.runtime.asking.ask`).
 
         The handler gets a copy of ``decision``: whatever it does to it,
         the runtime goes on with its own. ``decided`` is the action's
@@ -491,7 +497,7 @@ class Runtime:
         self,
         decision: PolicyDecision,
         result: Result,
-        human_decision: str | None = None,
+        human_decision: str | ApprovalOutcome | None = None,
         start_token: int | None = None,
         *,
         stamp: DecisionStamp | None = None,

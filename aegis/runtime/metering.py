@@ -75,11 +75,11 @@ from aegis.errors import AegisError, ConfigurationError
 from aegis.runtime._group_commit import GroupCommit
 from aegis.runtime._usage_store import usage_store_for
 from aegis.runtime.audit_backend import GuardedStarts
+from aegis.stores.sqlite.connection import Guard
 from aegis.stores.usage import Acquired, Request, UsageStore
 
 if TYPE_CHECKING:
     from aegis.core.outcome import ApprovalOutcome
-    from aegis.stores.sqlite.connection import Guard
 
 __all__ = ["Deferred", "Lease", "Metering", "MeteringStep", "Pending", "StartGuarding"]
 
@@ -386,9 +386,16 @@ class StartGuarding(Protocol):
 
     db: object
 
-    def guard(self, request: Request | None, event: FlowEvent | None) -> Guard:
+    def guard(self, request: Request | None, event: FlowEvent | None) -> ReservingGuard:
         """The writes of an action about to run, to make with its start record."""
         ...
+
+
+class ReservingGuard(Guard, Protocol):
+    """A guard that says, when a charge did not fit, what the counters held."""
+
+    #: ``None`` until the guard found a charge that does not fit
+    acquired: Acquired | None
 
 
 class MeteringStep:
@@ -422,8 +429,10 @@ class MeteringStep:
         self._audit: object = None
         self._metering: Metering | None = None
         self._owned = False
-        # the audit whose start records carry the reservations (see Deferred), if one can
+        # the audit whose start records carry the reservations (see Deferred), if one
+        # can, and the store whose guard it takes: found once, when the store opens
         self._guarded: GuardedStarts | None = None
+        self._guarding: StartGuarding | None = None
         # the last check that deferred, to repeat while nothing it rests on changes
         self._lane: _Lane | None = None
 
@@ -451,7 +460,7 @@ class MeteringStep:
                 and isinstance(store, StartGuarding)
                 and audit.guards(store.db)
             ):
-                self._guarded = audit
+                self._guarded, self._guarding = audit, store
         return self._metering
 
     def preview(self, policy: Any, decision: PolicyDecision, session_id: str) -> PolicyDecision:
@@ -586,8 +595,8 @@ class MeteringStep:
         or the store failed: the ordinary way reports that).
         """
         metering = self._metering or self.metering()
-        audit, store = self._guarded, metering.store
-        if audit is None or not isinstance(store, StartGuarding):  # check() defers only then
+        audit, store = self._guarded, self._guarding
+        if audit is None or store is None:  # check() defers only when both are there
             return None
         guard = store.guard(deferred.request, deferred.event)
         try:
@@ -597,8 +606,8 @@ class MeteringStep:
             return None
         if token is not None:
             return token
-        acquired = getattr(guard, "acquired", None)
-        if not isinstance(acquired, Acquired) or deferred.request is None:
+        acquired = guard.acquired
+        if acquired is None or deferred.request is None:
             return None
         return metering.refused(policy, decision, deferred.request, acquired)
 

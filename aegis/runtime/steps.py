@@ -31,7 +31,6 @@ not apply to an action are not called, and the audit is called directly.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import inspect
@@ -49,6 +48,7 @@ from aegis.core.result import Result, ResultStatus
 from aegis.errors import AuditError
 from aegis.runtime._binding import binding_for
 from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
+from aegis.runtime.asking import ask, denial_text, refused
 from aegis.runtime.metering import Deferred, Lease, MeteringStep, Pending
 
 if TYPE_CHECKING:
@@ -145,6 +145,12 @@ class Gate:
         #: the runtime's agent, for the spans
         self.agent: str | None = None
 
+    def human_decision(self, human: str | ApprovalOutcome | None) -> str | ApprovalOutcome | None:
+        """``human`` as the audit backend takes it: an outcome, or its text for an older one."""
+        if self.stamped or not isinstance(human, ApprovalOutcome):
+            return human
+        return human.human_decision()
+
     def stamp_fields(self, stamp: DecisionStamp | None) -> dict[str, Any]:
         """The audit backend's keyword arguments for ``stamp``."""
         if not self.stamped:
@@ -161,7 +167,7 @@ class Gate:
         self,
         decision: PolicyDecision,
         result: Result,
-        human: str | None,
+        human: str | ApprovalOutcome | None,
         token: int | None,
         stamp: DecisionStamp | None,
     ) -> Result:
@@ -170,51 +176,40 @@ class Gate:
             self.session_id,
             decision,
             result=result,
-            human_decision=human,
+            human_decision=self.human_decision(human),
             start_token=token,
             **self.stamp_fields(stamp),
         )
         return result
 
-    async def approve(self, decision: PolicyDecision, decided: str) -> tuple[Result | None, str]:
+    async def approve(
+        self, decision: PolicyDecision, decided: str
+    ) -> tuple[Result | None, ApprovalOutcome]:
         """Ask the approval handler about ``decision``; see :meth:`Runtime.approve`."""
         started = _now()
-        view = copy.copy(decision)
+        digest = _digest(decided)
         # A framework integration may bring an answer given while its run was
         # suspended; it passes the same checks as a fresh one (see _binding).
         binding = binding_for(decision.action)
-        try:
-            approved: Any
-            if binding is not None and binding.answer is not None:
-                approved = binding.answer
-                if approved.approved is True and approved.digest is None:
-                    # Carried across a suspension, a yes must name the action it is for.
-                    approved = ApprovalOutcome(
-                        False,
-                        reason="the settled approval names no action digest",
-                        request_id=approved.request_id,
-                    )
-            else:
-                approved = await call_with_deadline(
-                    self.ask, (view,), self.approval_timeout, "the approval handler"
+        if binding is not None and binding.answer is not None:
+            outcome = binding.answer
+            if outcome.approved is True and outcome.digest is None:
+                # Carried across a suspension, a yes must name the action it is for.
+                outcome = refused(
+                    "the settled approval names no action digest", request_id=outcome.request_id
                 )
-        except TimeoutError as exc:  # ours (Deadline) or the handler's own
-            why = str(exc) or "the approval handler raised TimeoutError"
-            return _denied(decision, started, f"approval timed out ({why})"), (
-                f"denied: timeout: {why}"
+        else:
+            outcome = await ask(self.ask, decision, timeout=self.approval_timeout, digest=digest)
+        if outcome.approved is not True:
+            return _denied(decision, started, outcome), outcome
+        if outcome.digest is not None and outcome.digest != digest:
+            # An approval is bound to the exact action a reviewer saw.
+            outcome = refused(
+                "error: the approval was given for a different action (digest mismatch)",
+                request_id=outcome.request_id,
             )
-        except Exception as exc:  # fail closed: a broken handler must not approve
-            return _denied(decision, started, f"approval handler failed: {describe(exc)}"), (
-                f"denied: error: {describe(exc)}"
-            )
-        if approved is True:
-            return None, "approved"
-        if isinstance(approved, ApprovalOutcome):
-            return _settle(decision, started, approved, decided)
-        if approved is False:
-            return _denied(decision, started, "denied by the approver"), "denied"
-        why = f"approval handler returned {approved!r}, not True or False"
-        return _denied(decision, started, why), f"denied: error: {why}"
+            return _denied(decision, started, outcome), outcome
+        return None, outcome
 
     async def run_executor(self, action: Action) -> Result:
         """Run ``action`` on the executor; see :meth:`Runtime.run_executor`."""
@@ -288,8 +283,8 @@ class Passage:
         self.lease: Lease | Deferred | None = None
         #: the rule and request the lease was reserved for, to reserve again once approved
         self.pending: Pending | None = None
-        #: what the approval step says, for the audit
-        self.human: str | None = None
+        #: what the approval step answered, for the audit
+        self.human: ApprovalOutcome | None = None
         #: the start record's id, once written
         self.token: int | None = None
         #: the final record's id, once written
@@ -316,9 +311,9 @@ class Passage:
             if denied is not None:
                 return await self.abort(denied)
             if self.pending is not None and self.lease:
-                refused = await self.restamp(self.pending)
-                if refused is not None:
-                    return await self.abort(refused)
+                over = await self.restamp(self.pending)
+                if over is not None:
+                    return await self.abort(over)
         elif approval is not Approval.AUTO:  # decide() allows nothing else; fail closed anyway
             return await self.abort(blocked(decision))
         if canonical_json(decision.action) != self.decided:
@@ -352,21 +347,21 @@ class Passage:
         lease = self.lease if not isinstance(self.lease, Deferred) else None
         self.lease = None
         try:
-            refused, self.lease = await self.gate.metering.restamp(self.decision, pending, lease)
+            over, self.lease = await self.gate.metering.restamp(self.decision, pending, lease)
         except BaseException as exc:  # cancelled while counting: it never ran
             await self.interrupted(exc, ResultStatus.SKIPPED)
             raise
-        if refused is None:
+        if over is None:
             return None
-        self.decision = refused
-        return blocked(refused)
+        self.decision = over
+        return blocked(over)
 
     async def approve(self) -> Result | None:
         """Step 2: ask the approval handler; the ``DENIED`` Result if it does not approve."""
         try:
             denied, self.human = await self.gate.approve(self.decision, self.decided)
         except BaseException as exc:  # cancelled or interrupted while waiting
-            self.human = "denied: interrupted"
+            self.human = refused("interrupted")
             await self.interrupted(exc, ResultStatus.DENIED)
             raise
         return denied
@@ -403,7 +398,10 @@ class Passage:
             fields = gate.stamp_fields(self.stamp) if gate.start_stamped else {}
             try:
                 self.token = await gate.record_start(
-                    gate.session_id, decision, human_decision=self.human, **fields
+                    gate.session_id,
+                    decision,
+                    human_decision=gate.human_decision(self.human),
+                    **fields,
                 )
             except AuditError as exc:
                 # An action whose start is not in the trail must not run.
@@ -432,7 +430,7 @@ class Passage:
                 gate.session_id,
                 self.decision,
                 result=result,
-                human_decision=self.human,
+                human_decision=self.human if gate.stamped else gate.human_decision(self.human),
                 start_token=self.token,
                 **gate.stamp_fields(self.stamp),
             )
@@ -502,7 +500,7 @@ class Passage:
             error = "refused: the action changed after it was decided; it did not run"
             status = ResultStatus.DENIED
             started = now
-            self.human = f"denied: error: {error}"
+            self.human = refused(f"error: {error}")
         _log.error("%s: %s", original, error)
         return Result(original, status, error=error, started_at=started, completed_at=now)
 
@@ -566,33 +564,15 @@ def _checked_result(action: Action, out: Result, started: datetime) -> Result:
     return out
 
 
-def _denied(decision: PolicyDecision, started: datetime, error: str) -> Result:
+def _denied(decision: PolicyDecision, started: datetime, outcome: ApprovalOutcome) -> Result:
+    """The ``DENIED`` Result of a refusal; its error names who refused, and why."""
     return Result(
         decision.action,
         ResultStatus.DENIED,
-        error=error,
+        error=denial_text(outcome),
         started_at=started,
         completed_at=_now(),
     )
-
-
-def _settle(
-    decision: PolicyDecision, started: datetime, outcome: ApprovalOutcome, decided: str
-) -> tuple[Result | None, str]:
-    """An :class:`ApprovalOutcome` as the result of the approve step."""
-    human = outcome.human_decision()
-    if outcome.approved is not True:
-        why = "denied by " + ", ".join(outcome.reviewers) if outcome.reviewers else "denied"
-        if outcome.reason:
-            why += f": {outcome.reason}"
-        elif outcome.comment:
-            why += f": {outcome.comment}"
-        return _denied(decision, started, why), human
-    if outcome.digest is not None and outcome.digest != _digest(decided):
-        # An approval is bound to the exact action a reviewer saw.
-        why = "the approval was given for a different action (digest mismatch)"
-        return _denied(decision, started, why), f"denied: error: {why}"
-    return None, human
 
 
 def _digest(decided: str) -> str:
