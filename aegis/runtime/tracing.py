@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from aegis.core.decision import PolicyDecision
+    from aegis.core.outcome import ApprovalOutcome
     from aegis.core.result import Result
 
 __all__ = ["ActionTracer", "action_tracer"]
@@ -113,15 +114,14 @@ class ActionTracer:
         result: Result | None,
         *,
         changed: PolicyDecision | None = None,
-        human: str | None = None,
+        human: ApprovalOutcome | None = None,
         record_id: int | None = None,
         error: BaseException | None = None,
     ) -> None:
         """End the span with the result (``None`` when the run raised ``error``).
 
         ``changed`` is the decision when metering changed the policy's verdict
-        (a limit reached); ``human`` is the approval step's audit text
-        (``"approved by alice"``).
+        (a limit reached); ``human`` is the approval step's answer.
         """
         try:
             if not span.is_recording():  # sampled out: nothing to fill in
@@ -135,11 +135,10 @@ class ActionTracer:
                     attributes["aegis.reason"] = changed.reason
             if result is not None:
                 attributes["aegis.status"] = result.status.value
-            if human:
-                attributes["aegis.human_decision"] = human
-                reviewers = _reviewers(human)
-                if reviewers:
-                    attributes["aegis.reviewer"] = reviewers
+            if human is not None:
+                attributes["aegis.human_decision"] = human.human_decision()
+                if human.reviewers:
+                    attributes["aegis.reviewer"] = list(human.reviewers)
             if record_id is not None:
                 attributes["aegis.audit.record_id"] = record_id
             failure = None
@@ -165,19 +164,3 @@ def _error_type(error: str | None) -> str:
         if name.isidentifier():
             return name
     return "_OTHER"
-
-
-def _reviewers(human: str) -> list[str]:
-    """The reviewers an approval step's audit text names (``"approved by alice, bob: ok"``)."""
-    for verdict in ("approved by ", "denied by "):
-        if human.startswith(verdict):
-            names = human[len(verdict) :]
-            if names.startswith("grant "):
-                opened = names.find("(from ")
-                if opened < 0:
-                    return []
-                names = names[opened + len("(from ") : names.find(")", opened)]
-            for end in (": ", " ["):
-                names = names.split(end, 1)[0]
-            return [name.strip() for name in names.split(",") if name.strip()]
-    return []
