@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -327,6 +328,11 @@ def secret_option(name: str, envvar: str, what: str, *, help_text: str) -> Calla
             if value is not None:
                 raise click.UsageError(f"give {flag}-file or {envvar}, not both")
             try:
+                if os.stat(path).st_mode & 0o077:
+                    click.echo(
+                        f"warning: {path} can be read by other local users; chmod 600 {path}",
+                        err=True,
+                    )
                 with open(path, encoding="utf-8") as handle:
                     value = handle.read().strip()
             except OSError as exc:

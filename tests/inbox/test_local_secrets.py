@@ -84,3 +84,15 @@ def test_the_session_key_comes_from_a_file(tmp_path: Path) -> None:
         assert cookie
         with httpx.Client(base_url=second.url, cookies={"aegis_session": cookie}) as other:
             assert other.get("/").status_code == 200
+
+
+def test_a_secret_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
+    """A --token-file readable by other users still works, with a warning to chmod it."""
+    key = tmp_path / "token"
+    key.write_text("aegis_x\n")
+    key.chmod(0o644)
+    done = aegis(
+        "approvals", "list", "--token-file", str(key), "--url", "http://127.0.0.1:9", check=False
+    )
+    assert "other local users" in done.stderr
+    assert f"chmod 600 {key}" in done.stderr
