@@ -252,12 +252,16 @@ async def govern_tool_call(
     execute: Callable[[Action], Any] | None = None,
     agent: str | None = None,
     on_block: OnBlock = "return",
+    input_schema: Mapping[str, Any] | None = None,
 ) -> GovernedToolResult:
     """Govern one ``tool_use`` block of a hand-written loop.
 
     The call runs through ``runtime.run_one``: with ``execute`` (a function
     of the approved :class:`~aegis.core.action.Action`, sync or async) when
-    given, else with the runtime's own executor.
+    given, else with the runtime's own executor. Give the tool's
+    ``input_schema`` (the one sent to the model) when your tool coerces its
+    input: the arguments are then coerced with it first, decided on as
+    coerced, and ``execute`` receives exactly those.
 
     Example::
 
@@ -280,7 +284,8 @@ async def govern_tool_call(
             f"tool_input must be the tool_use block's input object, got {type(tool_input).__name__}"
         )
     governor = Governor(runtime, target=target, framework=_FRAMEWORK, on_block=on_block)
-    call = ToolCall(tool_name, tool_input, tool_use_id, description, agent)
+    arguments = coerce_arguments(tool_input, input_schema) if input_schema else tool_input
+    call = ToolCall(tool_name, arguments, tool_use_id, description, agent)
     result = await governor.run(call, execute)
     if result.status is ResultStatus.SUCCESS:
         return GovernedToolResult(tool_use_id, result, _text(result.data), False)

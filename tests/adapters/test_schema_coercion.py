@@ -107,3 +107,25 @@ def test_anthropic_tools_decide_on_coerced_arguments() -> None:
         ("no-force", "blocked"),
         ("<default>", "success"),
     ]
+
+
+async def test_a_hand_written_anthropic_loop_decides_on_coerced_arguments() -> None:
+    """govern_tool_call(input_schema=...): the executor gets the values the policy saw."""
+    from aegis.adapters.anthropic import govern_tool_call
+
+    got: list[Any] = []
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(audit=audit, policy=POLICY)
+    schema = {"type": "object", "properties": {"force": {"type": "boolean"}}}
+    blocked = await govern_tool_call(
+        runtime=runtime, tool_name="purge", tool_input={"force": "1"}, input_schema=schema
+    )
+    ran = await govern_tool_call(
+        runtime=runtime,
+        tool_name="purge",
+        tool_input={"force": "off"},
+        input_schema=schema,
+        execute=lambda action: got.append(dict(action.params)) or "ok",
+    )
+    assert (blocked.is_error, ran.is_error) == (True, False)
+    assert got == [{"force": False}]
