@@ -55,9 +55,10 @@ def open_tables(db: str, *, create: bool) -> Iterator[ApprovalStore]:
     """Open the approval tables of ``db`` (and ``--schema``), beside the audit trail.
 
     A store is never created unnoticed: without ``create`` a missing SQLite
-    file is an error; with it, a new file is said out loud, with its full
-    path, because a token created in a database the service does not read
-    is a token the service calls unknown.
+    file (or PostgreSQL tables) is an error; with it, new ones are said out
+    loud, with the full path (or the DSN and schema), because a token created
+    in a database the service does not read is a token the service calls
+    unknown.
     """
     # Imported here so that `aegis --help` never pays for the stores.
     from aegis.stores import open_stores  # noqa: PLC0415
@@ -73,12 +74,22 @@ def open_tables(db: str, *, create: bool) -> Iterator[ApprovalStore]:
                     "the database `aegis serve` uses"
                 )
             created = os.path.abspath(path)
-    with open_stores(location, schema=command_schema()) as stores:
+    schema = command_schema()
+    with open_stores(location, schema=schema, create=create) as stores:
         store = stores.approvals
+        if location.engine == "postgres":
+            # Imported here: psycopg is an extra, loaded only for a DSN.
+            from aegis.stores.postgres.approvals import PostgresApprovalStore  # noqa: PLC0415
+
+            if isinstance(store, PostgresApprovalStore) and store.created:
+                created = f"new approval tables in schema {store.schema!r} of {location.where}"
+                serve = f"--db {location.where}" + (f" --schema {schema}" if schema else "")
+        elif created is not None:
+            serve = f"--db {created}"
+            created = f"a new database at {created}"
         if created is not None:
             warn(
-                f"created a new database at {created}, as none was there: `aegis serve` must "
-                f"use this one (aegis serve --db {created}), or its reviewers and agents will "
-                "not know this token"
+                f"created {created}, as none was there: `aegis serve` must use it "
+                f"(aegis serve {serve}), or its reviewers and agents will not know this token"
             )
         yield store

@@ -68,8 +68,24 @@ def test_token_commands_take_a_schema(invoke: Invoke, postgres_dsn: str, schema:
         info = stores.approvals.token_by_hash(hash_token(made.stdout.strip()))
     assert info is not None
     assert info.name == "alice"
+    assert f"schema {schema!r}" in made.stderr  # new tables there: said out loud
+    assert f"--schema {schema}" in made.stderr
     listed = invoke("token", "list", "--db", postgres_dsn, "--schema", schema)
     assert "alice" in listed.stdout
+    again = invoke("token", "create", "bob", "--role", "agent", "--db", postgres_dsn)
+    assert "created" in again.stderr  # the DSN's own schema had no approval tables either
+
+
+def test_token_list_never_creates_tables_in_a_mistyped_schema(
+    invoke: Invoke, postgres_dsn: str, schema: str
+) -> None:
+    """`aegis token list --schema TYPO` is an error; no schema or table appears."""
+    result = invoke("token", "list", "--db", postgres_dsn, "--schema", schema)
+    assert result.exit_code != 0
+    assert schema in result.output
+    with psycopg.connect(postgres_dsn) as conn:
+        found = conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()
+    assert found == (None,)
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from aegis.stores._approvals_sql import (
 )
 from aegis.stores._url import StoreURL, mask_dsn
 from aegis.stores.postgres.connection import Database
-from aegis.stores.postgres.schema import migrate
+from aegis.stores.postgres.schema import component_version, migrate
 
 try:
     import psycopg
@@ -119,8 +119,12 @@ class PostgresApprovalStore(SqlApprovalStore):
         self._where = self.db.where
         try:
             with self.db.connection("open the approval tables in") as conn:
-                migrate(self.db, conn, COMPONENT, _MIGRATIONS, create=create)
                 self.schema = self.db.schema(conn)
+                found = component_version(conn, self.schema, COMPONENT)
+                # tables there already are brought up to date even when not creating
+                migrate(self.db, conn, COMPONENT, _MIGRATIONS, create=create or bool(found))
+                #: whether this store created the tables (none were there)
+                self.created = not found
         except BaseException:
             if self._owns_db:
                 self.db.close()
