@@ -479,11 +479,13 @@ class PostgresAuditStore(ReadMixin):
         the new id. The action's evidence stays whole: its start, then its
         outcome.
         """
+        if not self._unflushed:
+            self._suspect = False
+            return
         try:
             with conn.transaction():
-                if self._unflushed:
-                    conn.execute(self._sql_lock)
-                    self._record_lost_starts(conn)
+                conn.execute(self._sql_lock)
+                self._record_lost_starts(conn)
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
                 self._drop_writer_conn()
