@@ -558,8 +558,10 @@ class MeteringStep:
         While a person decides, the reservation made at decision time holds
         the action's place; once approved it is given back and the charges
         are reserved again now, in one atomic step that counts whatever ran
-        meanwhile. Without this, an approval slower than the window let a
-        "1 per 3 s" limit run two sends 0.9 s apart. Returns the decision
+        meanwhile (between the two, another action may take the place: the
+        approved one is then refused, never run past the limit). Without
+        this, an approval slower than the window let a "1 per 3 s" limit run
+        two sends 0.9 s apart. Returns the decision
         under the rule's ``on_exceed`` when that blocks (the action does not
         run; nothing stays reserved), else ``None``, and the new lease.
         """
