@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from aegis.cli._output import APPROVAL_STYLES, RISK_STYLES, Styled, emit_json, print_table
-from aegis.cli._params import DEFAULT_DB, format_option
+from aegis.cli._params import DEFAULT_DB, format_option, secret_option
 from aegis.cli._store import durability_option
 from aegis.core.policy import Policy
 from aegis.errors import ConfigurationError
@@ -150,6 +150,19 @@ In a client's configuration, replace the server's command with:
     show_default=True,
     help="With --listen, seconds a client session may sit idle before it ends.",
 )
+@click.option(
+    "--metrics-public",
+    is_flag=True,
+    help="With --listen, serve /metrics (Prometheus) without a token, for a scraper on a "
+    "trusted network.",
+)
+@secret_option(
+    "metrics-token",
+    "AEGIS_METRICS_TOKEN",
+    "the token",
+    help_text="With --listen, the bearer token /metrics asks for (from a file or the "
+    "environment); without it or --metrics-public, /metrics is off.",
+)
 @click.option("--agent", default=None, help="Who acts, for limits keyed by agent.")
 @click.option(
     "--session",
@@ -183,6 +196,8 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     max_message_bytes: int,
     max_sessions: int,
     session_idle_timeout: float,
+    metrics_public: bool,
+    metrics_token: str | None,
     agent: str | None,
     session_id: str | None,
     reload: bool,
@@ -237,6 +252,8 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         max_message_bytes=max_message_bytes,
         max_sessions=max_sessions,
         idle_timeout=session_idle_timeout,
+        metrics_public=metrics_public,
+        metrics_token=metrics_token,
         agent=agent,
         session_id=_session(session_id),
         policy_path=policy_path,

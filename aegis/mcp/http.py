@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ from aegis.mcp.downstream import check_server
 from aegis.mcp.proxy import ProxySession
 from aegis.mcp.runner import ProxySettings, build_runtime, check_loopback, session_opener
 from aegis.runtime.engine import Runtime
+from aegis.runtime.metrics import ActionsCollector, ActionTally, metrics_response
 
 try:
     import uvicorn
@@ -44,6 +47,8 @@ try:
     )
     from mcp.shared.message import ServerMessageMetadata, SessionMessage
     from mcp.types import jsonrpc_message_adapter
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily, Metric
     from starlette.requests import Request
 except ImportError as exc:  # pragma: no cover - the extras are installed in CI
     raise ImportError(
@@ -52,6 +57,22 @@ except ImportError as exc:  # pragma: no cover - the extras are installed in CI
     ) from exc
 
 __all__ = ["GovernedHttpApp", "run_http"]
+
+
+class _SessionsCollector:
+    """``aegis_mcp_sessions``: the client sessions open now."""
+
+    def __init__(self, sessions: dict[str, Any]) -> None:
+        self.sessions = sessions
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "aegis_mcp_sessions", "MCP client sessions open now.", value=len(self.sessions)
+        )
+
 
 _log = logging.getLogger("aegis.mcp")
 
@@ -158,10 +179,48 @@ class GovernedHttpApp:
             ],
         )
         self._guard = TransportSecurityMiddleware(security)
+        # /metrics: the actions this proxy records, and its sessions
+        tally = ActionTally()
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._registry.register(ActionsCollector(tally))
+        self._registry.register(_SessionsCollector(self._sessions))
+        runtime.audit.subscribe(tally.add)
+
+    async def _metrics(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        settings = self._settings
+        if settings.metrics_token is None and not settings.metrics_public:
+            await _respond(
+                send,
+                404,
+                {"error": "metrics are off: give --metrics-token-file or --metrics-public"},
+            )
+            return
+        if not settings.metrics_public:
+            given = _header(scope, b"authorization") or ""
+            scheme, _, token = given.partition(" ")
+            expected = settings.metrics_token or ""
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), expected.encode()
+            ):
+                await _respond(
+                    send,
+                    401,
+                    {"error": "/metrics needs the metrics token (Authorization: Bearer ...)"},
+                    {"www-authenticate": "Bearer"},
+                )
+                return
+        await metrics_response(self._registry)(scope, receive, send)
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         """Serve one HTTP request."""
         if scope["type"] != "http":
+            return
+        if scope["path"] == "/metrics" and scope["method"] == "GET":
+            refused = await self._guard.validate_request(Request(scope), is_post=False)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+            await self._metrics(scope, receive, send)
             return
         if scope["path"].rstrip("/") != MCP_PATH:
             await _respond(send, 404, {"error": f"not found; MCP is served at {MCP_PATH}"})

@@ -81,6 +81,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from aegis.runtime.engine import Runtime
+from aegis.runtime.tracing import remote_parent
 
 _log = logging.getLogger("aegis.mcp")
 
@@ -538,8 +539,10 @@ class ProxySession:
             return await self._execute(call, decided)
 
         token = _CURRENT.set(call)  # for offer_approval_link, from the approval handler
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
         try:
-            with bound_call(CallBinding(action, execute)):
+            with bound_call(CallBinding(action, execute)), remote_parent(meta):
                 result = await self._runtime.run_one(action, context=context)
         finally:
             _CURRENT.reset(token)

@@ -74,6 +74,8 @@ class ProxySettings:
         max_sessions: with ``--listen``, client sessions served at once; when all
             are taken the one idle the longest gives way to a new client.
         idle_timeout: with ``--listen``, seconds a session may sit idle before it ends.
+        metrics_public: with ``--listen``, serve ``/metrics`` without a token.
+        metrics_token: with ``--listen``, the bearer token ``/metrics`` asks for.
         session_id: the runtime's audit session (random by default).
         context: more audit context for every call.
         agent: who acts, for limits keyed by ``agent``.
@@ -97,6 +99,8 @@ class ProxySettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_sessions: int = 32
     idle_timeout: float = 300.0
+    metrics_public: bool = False
+    metrics_token: str | None = None
     session_id: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
     agent: str | None = None

@@ -18,8 +18,9 @@ imported, and a runtime without a tracer takes no step of this module.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from aegis.core.outcome import ApprovalOutcome
     from aegis.core.result import Result
 
-__all__ = ["ActionTracer", "action_tracer"]
+__all__ = ["ActionTracer", "action_tracer", "remote_parent"]
 
 #: the instrumentation scope spans are created under
 SCOPE: Final = "aegis"
@@ -164,3 +165,31 @@ def _error_type(error: str | None) -> str:
         if name.isidentifier():
             return name
     return "_OTHER"
+
+
+def remote_parent(carrier: object) -> contextlib.AbstractContextManager[None]:
+    """Make the W3C trace context in ``carrier`` (an MCP request's ``_meta``) current.
+
+    The span of the action decided inside then continues the caller's trace.
+    A no-op when the carrier has no ``traceparent`` or the process does not
+    trace (OpenTelemetry not imported).
+    """
+    if (
+        not isinstance(carrier, Mapping)
+        or not isinstance(carrier.get("traceparent"), str)
+        or "opentelemetry.trace" not in sys.modules
+    ):
+        return contextlib.nullcontext()
+    return _attached({k: carrier[k] for k in ("traceparent", "tracestate") if k in carrier})
+
+
+@contextlib.contextmanager
+def _attached(carrier: dict[str, Any]) -> Iterator[None]:
+    from opentelemetry import context, propagate  # noqa: PLC0415  # the process traces
+
+    fields = {key: value for key, value in carrier.items() if isinstance(value, str)}
+    token = context.attach(propagate.extract(fields))
+    try:
+        yield
+    finally:
+        context.detach(token)

@@ -24,14 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter as Tally
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Histogram
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 except ImportError as exc:  # pragma: no cover  # CI installs every extra
     raise ImportError(
         'Prometheus metrics need the metrics extra: pip install "aegis-runtime[metrics]"'
@@ -43,64 +41,17 @@ from starlette.routing import Route
 
 from aegis.core.approval_request import RequestStatus
 from aegis.errors import AegisError
+from aegis.runtime.metrics import ActionsCollector, ActionTally, metrics_response
 
 if TYPE_CHECKING:
     from aegis.server.service import ApprovalEvent, ApprovalService
 
-__all__ = ["ActionTally", "ServiceMetrics", "metrics_response"]
+__all__ = ["ServiceMetrics"]
 
 _log = logging.getLogger("aegis.server")
 
 #: seconds from a request to its settling decision: a minute to a day
 DECISION_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0)
-#: audit records read per page while following the trail
-PAGE: Final = 1000
-
-
-def metrics_response(registry: CollectorRegistry) -> Response:
-    """The registry's samples as a Prometheus text exposition."""
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
-class ActionTally:
-    """Governed actions by decision and status, counted from audit records.
-
-    Feed it records in id order with :meth:`add`; a start record, and the
-    records the approval service writes about its requests, are not actions
-    of their own and are skipped, so each action counts once.
-    """
-
-    def __init__(self) -> None:
-        self.counts: Tally[tuple[str, str]] = Tally()
-        self.last_id = 0
-
-    def add(self, record: Mapping[str, Any]) -> None:
-        """Count one audit record (a dict as ``AuditLogger.get_log`` gives it)."""
-        record_id = record.get("id")
-        if isinstance(record_id, int):
-            self.last_id = max(self.last_id, record_id)
-        if record.get("kind") == "start":
-            return
-        context = record.get("context")
-        if isinstance(context, Mapping) and "approval_event" in context:
-            return
-        decision = str(record.get("approval") or "unknown")
-        status = str(record.get("result_status") or "none")
-        self.counts[(decision, status)] += 1
-
-    def catch_up(self, read: Callable[..., list[dict[str, Any]]]) -> int:
-        """Read and count every record after the last one seen; return how many were read.
-
-        ``read`` is an ``AuditLogger.get_log``.
-        """
-        total = 0
-        while True:
-            page = read(after_id=self.last_id, limit=PAGE, view="records")
-            for record in page:
-                self.add(record)
-            total += len(page)
-            if len(page) < PAGE:
-                return total
 
 
 class ServiceMetrics:
@@ -133,6 +84,7 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.pending = 0
+        self.registry.register(ActionsCollector(self.actions))
         self.registry.register(_Snapshot(self))
         self._unsubscribe = service.subscribe(self._on_event)
 
@@ -206,14 +158,6 @@ class _Snapshot:
 
     def collect(self) -> Iterator[Metric]:
         metrics = self.metrics
-        actions = CounterMetricFamily(
-            "aegis_actions",
-            "Governed actions by the policy's decision and the result's status.",
-            labels=["decision", "status"],
-        )
-        for (decision, status), count in sorted(metrics.actions.counts.items()):
-            actions.add_metric([decision, status], count)
-        yield actions
         yield GaugeMetricFamily(
             "aegis_approval_requests_pending",
             "Approval requests waiting for a reviewer.",

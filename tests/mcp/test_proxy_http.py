@@ -249,3 +249,48 @@ def test_idle_sessions_end_after_the_idle_timeout(tmp_path: Path) -> None:
         while _ping(url, session).status_code != 404:
             assert time.monotonic() < deadline, "the idle session was never ended"
             time.sleep(3)
+
+
+def test_metrics_count_the_proxys_calls_behind_a_token(tmp_path: Path) -> None:
+    """--listen serves /metrics to the metrics token: the proxy's calls by decision and status."""
+    import asyncio
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    files = Files(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text("scrape-me\n", encoding="utf-8")
+    command = files.proxy("--listen", f"127.0.0.1:{port}", "--metrics-token-file", str(token_file))
+
+    async def calls() -> None:
+        async with Client(url, cache=None) as client:
+            await client.call_tool("read", {"path": "/srv/readme.txt"})
+            await client.call_tool("delete", {"path": "/srv/readme.txt"})
+
+    with background(command, files.stderr, url):
+        assert httpx.get(metrics, timeout=10).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.get(metrics, headers=wrong, timeout=10).status_code == 401
+        asyncio.run(calls())
+        good = {"Authorization": "Bearer scrape-me"}
+        response = httpx.get(metrics, headers=good, timeout=10)
+    assert response.status_code == 200
+    seen = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    assert seen[("aegis_actions_total", (("decision", "auto"), ("status", "success")))] == 1
+    assert seen[("aegis_actions_total", (("decision", "block"), ("status", "blocked")))] == 1
+    assert ("aegis_mcp_sessions", ()) in seen
+
+
+def test_metrics_are_off_without_a_token_or_public(listening: tuple[str, Files]) -> None:
+    """Without --metrics-token-file or --metrics-public, /metrics answers 404 and says why."""
+    url, _ = listening
+    response = httpx.get(url.replace("/mcp", "/metrics"), timeout=10)
+    assert response.status_code == 404
+    assert "metrics-public" in response.json()["error"]

@@ -241,3 +241,35 @@ def test_terminal_approval_asks_on_the_controlling_terminal(tmp_path: Path) -> N
     assert files.calls() == [{"tool": "write", "arguments": {"path": "/t", "content": "x"}}]
     [record] = files.records()
     assert (record["result_status"], record["human_decision"]) == ("success", "approved")
+
+
+def test_a_call_continues_the_trace_passed_in_its_meta(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A traceparent in a call's _meta makes the proxy's span of that action its child."""
+    files = Files(tmp_path)
+    spans = tmp_path / "spans.jsonl"
+    monkeypatch.setenv("SPANS_FILE", str(spans))
+    command = files.proxy()
+    command[1:3] = [str(Path(__file__).with_name("traced_proxy.py"))]
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    proxy = RawProxy(command, files.stderr)
+    try:
+        proxy.initialize()
+        reply = proxy.request(
+            7,
+            "tools/call",
+            {
+                "name": "read",
+                "arguments": {"path": "/srv/readme.txt"},
+                "_meta": {"traceparent": f"00-{trace_id}-{parent_id}-01"},
+            },
+        )
+    finally:
+        proxy.close()
+    assert "result" in reply
+    found = [json.loads(line) for line in spans.read_text(encoding="utf-8").splitlines()]
+    (span,) = [s for s in found if s["name"] == "execute_tool read"]
+    assert span["trace_id"] == trace_id
+    assert span["parent_id"] == parent_id
+    assert span["attributes"]["aegis.status"] == "success"
