@@ -241,7 +241,9 @@ class Governor:
         if handler is None:
             return None
         try:
-            return await handler.submit_approval(decision, context=self.context(call))
+            return await handler.submit_approval(
+                asking.explained(self.runtime.policy, decision), context=self.context(call)
+            )
         except Exception:  # the resume will ask the handler again
             _log.exception("could not create an approval request for %s", decision.action)
             return None
@@ -267,7 +269,7 @@ class Governor:
         """Ask the runtime's approval handler as its approve step does (one ``asking.ask``)."""
         return await asking.ask(
             asking.approval_function(self.runtime.approval_handler),
-            decision,
+            asking.explained(self.runtime.policy, decision),
             timeout=self.runtime.approval_timeout,
             digest=action_digest(decision.action),
         )

@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from aegis.core.action import Action, canonical_json
+from aegis.core.explain import Why
 from aegis.core.identity import Identity
 from aegis.core.risk import RiskLevel
 
@@ -238,6 +239,7 @@ class NewRequest:
     approvers: int = 1
     reviewers: tuple[str, ...] = ()
     approval_ttl: float | None = None
+    why: Why | None = None
 
 
 def _text(body: Mapping[str, Any], key: str, limit: int, *, required: bool = False) -> str:
@@ -272,6 +274,7 @@ def parse_new_request(body: object) -> NewRequest:
         "approvers",
         "reviewers",
         "approval_ttl",
+        "why",
     }
     unknown = set(body) - allowed
     if unknown:
@@ -296,7 +299,9 @@ def parse_new_request(body: object) -> NewRequest:
             ttl = parse_approval_ttl(ttl)
         except ValueError as exc:
             raise ValueError(f"approval_ttl: {exc}") from None
+    why = body.get("why")
     return NewRequest(
+        why=None if why is None else Why.from_json(why),
         session_id=session_id,
         action=action,
         risk_level=RiskLevel[risk.upper()],
@@ -377,6 +382,7 @@ class ApprovalRequest:
     grant_id: str | None = None
     grant_by: tuple[str, ...] = ()
     granted: str | None = None
+    why: Why | None = None
 
     @property
     def approvals(self) -> tuple[ReviewerDecision, ...]:
@@ -424,6 +430,7 @@ class ApprovalRequest:
             "grant_id": self.grant_id,
             "grant_by": list(self.grant_by),
             "granted": self.granted,
+            "why": None if self.why is None else self.why.to_json(),
         }
 
 

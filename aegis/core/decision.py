@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aegis.core.action import Action
 from aegis.core.risk import RiskLevel
+
+if TYPE_CHECKING:
+    from aegis.core.explain import Why
 
 __all__ = ["DEFAULT_RULE", "Approval", "PolicyDecision"]
 
@@ -46,6 +49,9 @@ class PolicyDecision:
     reviewers: tuple[str, ...] = ()
     #: seconds a remote approval request stays open (a rule's ``approval_ttl``)
     approval_ttl: float | None = None
+    #: why a person is asked (see :func:`aegis.core.explain.why`); set only on the
+    #: copy an approval handler receives, never on the per-action path
+    why: Why | None = None
 
     @property
     def is_allowed(self) -> bool:

@@ -23,10 +23,14 @@ if TYPE_CHECKING:
     from aegis.core.decision import PolicyDecision
     from aegis.core.policy import Policy, PolicyRule
 
-__all__ = ["Why", "matched_conditions", "why"]
+__all__ = ["Why", "matched_conditions", "safe_why", "why"]
 
 #: how much of one value a condition line shows
 VALUE_WIDTH: Final = 60
+#: the most a request's ``why`` may carry, field by field
+MAX_RULE: Final = 200
+MAX_WHY: Final = 10_000
+MAX_CONDITIONS: Final = 100
 
 _SYMBOLS: Final = {
     "param_eq": "==",
@@ -73,6 +77,44 @@ class Why:
             "reason": self.reason,
         }
 
+    @classmethod
+    def from_json(cls, data: object) -> Why:
+        """A :class:`Why` from :meth:`to_json`'s object, checked field by field.
+
+        Raises:
+            ValueError: not such an object, a field of the wrong kind or too
+                long; the message names the field.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError("why must be an object with rule, description, conditions, reason")
+        unknown = set(data) - {"rule", "description", "conditions", "reason"}
+        if unknown:
+            raise ValueError(f"why has unknown fields: {', '.join(sorted(map(str, unknown)))}")
+        texts: dict[str, str] = {}
+        for name, limit in (("rule", MAX_RULE), ("description", MAX_WHY), ("reason", MAX_WHY)):
+            value = data.get(name, "")
+            if value is None:
+                value = ""
+            if not isinstance(value, str) or len(value) > limit:
+                raise ValueError(f"why.{name} must be text of at most {limit} characters")
+            texts[name] = value
+        conditions = data.get("conditions") or []
+        if (
+            not isinstance(conditions, list)
+            or len(conditions) > MAX_CONDITIONS
+            or not all(isinstance(c, str) and len(c) <= MAX_WHY for c in conditions)
+        ):
+            raise ValueError(
+                f"why.conditions must be a list of at most {MAX_CONDITIONS} texts "
+                f"of at most {MAX_WHY} characters"
+            )
+        return cls(
+            texts["rule"],
+            description=texts["description"],
+            conditions=tuple(conditions),
+            reason=texts["reason"],
+        )
+
 
 def why(policy: Policy, decision: PolicyDecision, *, now: datetime | None = None) -> Why:
     """Explain ``decision`` (made by ``policy``): its rule's description and conditions.
@@ -95,6 +137,19 @@ def why(policy: Policy, decision: PolicyDecision, *, now: datetime | None = None
         conditions=matched_conditions(rule.conditions, decision.action, now=now),
         reason=decision.reason,
     )
+
+
+def safe_why(policy: object, decision: PolicyDecision) -> Why:
+    """:func:`why`, or just the rule and reason when ``policy`` cannot explain it.
+
+    Explaining must never stand between a person and the question: a
+    policy object of another kind, or a condition this module cannot
+    render, gives the plain facts of the decision instead.
+    """
+    try:
+        return why(policy, decision)  # type: ignore[arg-type]  # duck-typed policies welcome
+    except Exception:  # the question is asked either way
+        return Why(decision.matched_rule, reason=decision.reason)
 
 
 def _rule_named(policy: Policy, name: str) -> PolicyRule | None:

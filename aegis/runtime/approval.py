@@ -123,6 +123,11 @@ def describe(decision: PolicyDecision) -> list[tuple[str, str]]:
         rows.append(("Description", _printable(action.description)))
     rows.append(("Risk", decision.risk_level.name))
     rows.append(("Rule", _printable(decision.matched_rule) or "-"))
+    why = decision.why
+    if why is not None and why.description:
+        rows.append(("Why", _printable(why.description)))
+    if why is not None and why.conditions:
+        rows.append(("Matched", "\n".join(_printable(c) for c in why.conditions)))
     if decision.reason:
         rows.append(("Reason", _printable(decision.reason)))
     return rows
@@ -182,8 +187,9 @@ class _LineReader:
 class CLIApprovalHandler(ApprovalHandler):
     """Ask a person at the terminal to approve each action (the default).
 
-    Shows the action's type, target, parameters, description, risk and the
-    rule that asked for approval, then reads ``y``/``yes`` or ``n``/``no``
+    Shows the action's type, target, parameters, description, risk, the
+    rule that asked for approval and why (the rule's description and the
+    conditions that held, with their values), then reads ``y``/``yes`` or ``n``/``no``
     (any case); anything else is asked again. End of input (closed or
     piped-out stdin) raises ``EOFError`` and passing ``timeout`` seconds
     raises ``TimeoutError``: the runtime records both as denials with the

@@ -177,6 +177,9 @@ class RemoteApprovalHandler(ApprovalHandler):
         ttl = getattr(decision, "approval_ttl", None)
         if ttl is not None:
             body["approval_ttl"] = ttl
+        why = getattr(decision, "why", None)
+        if why is not None:
+            body["why"] = why.to_json()
         return body
 
     def mismatch(self, request: dict[str, Any], decision: PolicyDecision) -> str | None:

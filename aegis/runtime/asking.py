@@ -13,7 +13,9 @@ The runtime's approve step and the framework integrations ask through
 
 :func:`approval_function` reads whatever was given as ``approval_handler``
 (an :class:`~aegis.runtime.approval.ApprovalHandler`, a duck-typed object
-with ``request_approval``, or a plain function of the decision).
+with ``request_approval``, or a plain function of the decision);
+:func:`explained` gives the copy of a decision a person is asked about, with
+why they are asked.
 """
 
 from __future__ import annotations
@@ -24,15 +26,28 @@ from dataclasses import replace
 from typing import Any
 
 from aegis.core.decision import PolicyDecision
+from aegis.core.explain import safe_why
 from aegis.core.outcome import ApprovalOutcome
 from aegis.errors import ConfigurationError
 from aegis.runtime._calls import call_with_deadline
 from aegis.runtime.approval import ApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
 
-__all__ = ["approval_function", "ask", "bind_answer", "denial_text", "refused"]
+__all__ = ["approval_function", "ask", "bind_answer", "denial_text", "explained", "refused"]
 
 _TIMEOUT = "timeout: "
+
+
+def explained(policy: object, decision: PolicyDecision) -> PolicyDecision:
+    """A copy of ``decision`` carrying :func:`~aegis.core.explain.why` it needs a person.
+
+    Called only where a person is about to be asked (the approve step, a
+    suspended run's request), never on the per-action path. A decision that
+    carries its ``why`` already keeps it.
+    """
+    if decision.why is not None:
+        return replace(decision)
+    return replace(decision, why=safe_why(policy, decision))
 
 
 def approval_function(handler: object) -> Callable[[PolicyDecision], Any]:

@@ -48,7 +48,7 @@ from aegis.core.result import Result, ResultStatus
 from aegis.errors import AuditError
 from aegis.runtime._binding import binding_for
 from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
-from aegis.runtime.asking import ask, denial_text, refused
+from aegis.runtime.asking import ask, denial_text, explained, refused
 from aegis.runtime.metering import Deferred, Lease, MeteringStep, Pending
 
 if TYPE_CHECKING:
@@ -199,7 +199,13 @@ class Gate:
                     "the settled approval names no action digest", request_id=outcome.request_id
                 )
         else:
-            outcome = await ask(self.ask, decision, timeout=self.approval_timeout, digest=digest)
+            # The handler's copy says why a person is asked (computed only here).
+            outcome = await ask(
+                self.ask,
+                explained(self.policy, decision),
+                timeout=self.approval_timeout,
+                digest=digest,
+            )
         if outcome.approved is not True:
             return _denied(decision, started, outcome), outcome
         if outcome.digest is not None and outcome.digest != digest:

@@ -55,6 +55,7 @@ __all__ = [
     "Inbox",
     "Reviewer",
     "human_duration",
+    "params_summary",
     "security_headers",
     "visible_controls",
 ]
@@ -644,7 +645,7 @@ class Inbox:
                 "title": f"{found.action.type} on {found.action.target}",
                 "page": "request",
                 "req": view,
-                "params_json": _pretty_json(view["action"]["params"]),
+                **_params_parts(_pretty_json(view["action"]["params"])),
                 "max_grant_minutes": MAX_GRANT_MINUTES,
                 "refusal": f"You cannot decide this: {refusal}." if refusal else None,
             },
@@ -834,10 +835,72 @@ def _headers(request: Request) -> dict[str, str]:
     return security_headers(secure=request.url.scheme == "https")
 
 
+#: how many params a row's summary names, and how much of each value it shows
+SUMMARY_KEYS: Final = 3
+SUMMARY_VALUE: Final = 40
+
+
+def _summary_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        text = json.dumps(value)
+    elif isinstance(value, int | float):
+        text = f"{value:,}"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, Mapping):
+        text = "{" + f"{len(value)} keys" + "}"
+    elif isinstance(value, list):
+        text = f"[{len(value)} items]"
+    else:
+        text = str(value)
+    return text if len(text) <= SUMMARY_VALUE else text[: SUMMARY_VALUE - 1] + "…"
+
+
+#: a params document longer than this many lines shows its head and an "expand" cue
+PARAMS_LINES: Final = 40
+PARAMS_HEAD: Final = 30
+
+
+def _params_parts(text: str) -> dict[str, Any]:
+    """The params' JSON whole, or its head and the rest behind a cue naming how much."""
+    lines = text.splitlines()
+    if len(lines) <= PARAMS_LINES:
+        return {"params_json": text, "params_rest": ""}
+    return {
+        "params_json": text,
+        "params_head": "\n".join(lines[:PARAMS_HEAD]),
+        "params_rest": "\n".join(lines[PARAMS_HEAD:]),
+        "params_rest_count": len(lines) - PARAMS_HEAD,
+    }
+
+
+def params_summary(params: Any) -> str:
+    """The first few params as ``key: value`` pairs, to tell one request from the next."""
+    if not isinstance(params, Mapping) or not params:
+        return ""
+    keys = list(params)
+    parts = [f"{key}: {_summary_value(params[key])}" for key in keys[:SUMMARY_KEYS]]
+    if len(keys) > SUMMARY_KEYS:
+        parts.append(f"+{len(keys) - SUMMARY_KEYS} more")
+    return " · ".join(parts)
+
+
+def why_summary(item: ApprovalRequest) -> str:
+    """One line of why a person is asked: the conditions that held, else the description."""
+    why = item.why
+    if why is not None and why.conditions:
+        return "; ".join(why.conditions)
+    if why is not None and why.description:
+        return why.description
+    return item.reason
+
+
 def _request_view(item: ApprovalRequest, now: datetime) -> dict[str, Any]:
     """What the templates show of a request: its JSON plus clocks and the risk's name."""
     view = item.to_json()
     view["risk"] = item.risk_level.name
+    view["summary"] = params_summary(view["action"]["params"])
+    view["why_line"] = why_summary(item)
     view["waiting"] = human_duration((now - item.created_at).total_seconds())
     left = (item.expires_at - now).total_seconds()
     view["time_left"] = human_duration(left) if left > 0 else "expired"

@@ -56,6 +56,11 @@ def openapi_document() -> dict[str, Any]:
             "grant_id": {"type": ["string", "null"], "description": "grant that approved it"},
             "grant_by": {"type": "array", "items": {"type": "string"}},
             "granted": {"type": ["string", "null"], "description": "grant its approval created"},
+            "why": {
+                "oneOf": [_ref("Why"), {"type": "null"}],
+                "description": "why a person is asked, as the agent's runtime explained it "
+                "(null for requests filed without it)",
+            },
         },
     }
     schemas = {
@@ -82,6 +87,24 @@ def openapi_document() -> dict[str, Any]:
                 "approvers": {"type": "integer", "minimum": 1, "maximum": 20},
                 "reviewers": {"type": "array", "items": {"type": "string"}},
                 "approval_ttl": {"type": ["number", "string"]},
+                "why": _ref("Why"),
+            },
+        },
+        "Why": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "why a person is asked: the rule, its description, each condition "
+            "that held with its value (e.g. 'amount 1,299 > 500'), and the decision's reason "
+            "(a limit's count and window, a flow rule's earlier action)",
+            "properties": {
+                "rule": {"type": "string", "maxLength": 200},
+                "description": {"type": "string", "maxLength": 10000},
+                "conditions": {
+                    "type": "array",
+                    "maxItems": 100,
+                    "items": {"type": "string", "maxLength": 10000},
+                },
+                "reason": {"type": "string", "maxLength": 10000},
             },
         },
         "Decision": {

@@ -44,6 +44,7 @@ from aegis.core.approval_request import (
     stricter_groups,
 )
 from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.explain import safe_why
 from aegis.core.identity import Identity
 from aegis.errors import ApprovalServiceError, AuditError
 from aegis.server.bounds import PollSlots
@@ -401,6 +402,7 @@ class ApprovalService:
             expires_at=now + timedelta(seconds=ttl),
             digest=request_digest(new.action, principal.name),
             action_digest=action_digest(new.action),
+            why=new.why,
         )
         stored, created = await self._call(self.store.create_request, request, now)
         if created:
@@ -450,6 +452,8 @@ class ApprovalService:
             approvers=max(new.approvers, decision.approvers),
             reviewers=groups,
             approval_ttl=min(ttls),
+            # the service's own account: its rule decided the terms
+            why=replace(safe_why(policy, decision), reason=reason[:10_000]),
         )
 
     async def _current(self, request_id: str) -> ApprovalRequest:

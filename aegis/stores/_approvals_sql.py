@@ -33,6 +33,7 @@ from aegis.core.approval_request import (
     iso,
     parse_time,
 )
+from aegis.core.explain import Why
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, StoreError
 from aegis.stores.approvals import AuditEvent, new_grant_id
@@ -43,13 +44,14 @@ __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
     "TERMS_SCHEMA",
+    "WHY_SCHEMA",
     "Conflict",
     "SqlApprovalStore",
     "Tx",
 ]
 
 #: the version of the approval tables, kept in aegis_schema_versions
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 COMPONENT: Final = "approvals"
 
 #: the tables of version 1, for both engines (``{p}`` is the table prefix)
@@ -172,10 +174,14 @@ IDENTITY_SCHEMA: Final = (
     "ALTER TABLE {p}aegis_tokens ADD COLUMN {ifnx}oidc_subject TEXT",
 )
 
+#: version 5: why a person is asked (the rule's description, the conditions that
+#: held, the reason), as the runtime explained it; JSON, NULL for older requests
+WHY_SCHEMA: Final = ("ALTER TABLE {p}aegis_approval_requests ADD COLUMN {ifnx}why_json TEXT",)
+
 _REQUEST_COLUMNS: Final = (
     "id, session_id, requester, digest, action_digest, action_json, risk_level, "
     "matched_rule, reason, approvers, reviewer_groups, created_at, expires_at, status, "
-    "status_reason, collected_at, grant_id, grant_by, granted"
+    "status_reason, collected_at, grant_id, grant_by, granted, why_json"
 )
 _GRANT_COLUMNS: Final = (
     "id, session_id, requester, action_type, action_target, matched_rule, granted_by, "
@@ -338,7 +344,7 @@ class SqlApprovalStore:
             )
         tx.run(
             f"INSERT INTO {{p}}aegis_approval_requests ({_REQUEST_COLUMNS}, approvals, "
-            "decided_at) VALUES (" + ", ".join("?" * 21) + ")",
+            "decided_at) VALUES (" + ", ".join("?" * 22) + ")",
             (
                 request.id,
                 request.session_id,
@@ -359,6 +365,7 @@ class SqlApprovalStore:
                 request.grant_id,
                 json.dumps(list(request.grant_by)) if request.grant_id else None,
                 None,
+                None if request.why is None else json.dumps(request.why.to_json()),
                 0,
                 iso(now) if grant is not None else None,
             ),
@@ -902,6 +909,7 @@ def _request_of(row: tuple[Any, ...], decisions: list[tuple[Any, ...]]) -> Appro
             grant_id=row[16],
             grant_by=tuple(json.loads(row[17])) if row[17] else (),
             granted=row[18],
+            why=None if row[19] is None else Why.from_json(json.loads(row[19])),
             decisions=tuple(
                 ReviewerDecision(
                     reviewer=d[0],

@@ -204,7 +204,7 @@ def test_request_appears_live_and_approval_lets_the_runtime_run(world: World) ->
         world.server.url + (world.row(pending, "refund").locator("a").get_attribute("href") or "")
     )
     expect(page.locator("#params")).to_contain_text('"amount": 900')
-    expect(page.locator(".description")).to_contain_text("charged twice")
+    expect(page.locator(".agent-said .agent-text")).to_contain_text("charged twice")
     expect(page.locator(".facts")).to_contain_text("refunds")
     page.screenshot(path=OUTPUT / "inbox-request.png", full_page=True)
     page.fill("#comment", "Duplicate charge confirmed in Stripe")
@@ -281,7 +281,7 @@ def test_hostile_params_render_as_text(world: World) -> None:
     world.row(page, "crm<b>bold</b>").locator("a").click()
     expect(page.locator("#params")).to_contain_text(script)
     expect(page.locator("#params")).to_contain_text(image)
-    expect(page.locator(".description")).to_have_text(image)
+    expect(page.locator(".agent-said .agent-text")).to_have_text(image)
     assert page.locator("main img").count() == 0
     assert page.locator("main b").count() == 0
     assert page.evaluate("window.__pwned") is None

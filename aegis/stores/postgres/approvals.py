@@ -24,6 +24,7 @@ from aegis.stores._approvals_sql import (
     EVENTS_SCHEMA,
     IDENTITY_SCHEMA,
     TERMS_SCHEMA,
+    WHY_SCHEMA,
     Conflict,
     SqlApprovalStore,
     statements,
@@ -48,6 +49,7 @@ _MIGRATIONS: Final = {
     1: tuple(statements("{schema}.", EVENTS_SCHEMA)),
     2: tuple(statements("{schema}.", TERMS_SCHEMA, ifnx="IF NOT EXISTS ")),
     3: tuple(statements("{schema}.", IDENTITY_SCHEMA, ifnx="IF NOT EXISTS ")),
+    4: tuple(statements("{schema}.", WHY_SCHEMA, ifnx="IF NOT EXISTS ")),
 }
 
 

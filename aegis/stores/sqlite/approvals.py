@@ -25,6 +25,7 @@ from aegis.stores._approvals_sql import (
     IDENTITY_SCHEMA,
     SCHEMA_VERSION,
     TERMS_SCHEMA,
+    WHY_SCHEMA,
     Conflict,
     SqlApprovalStore,
     statements,
@@ -40,6 +41,7 @@ _MIGRATIONS: Final = {
     1: tuple(statements("", EVENTS_SCHEMA)),
     2: tuple(statements("", TERMS_SCHEMA)),
     3: tuple(statements("", IDENTITY_SCHEMA)),
+    4: tuple(statements("", WHY_SCHEMA)),
 }
 
 

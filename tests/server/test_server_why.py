@@ -1,0 +1,206 @@
+"""Why a person is asked: from the runtime's policy to the stored request and back out."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aegis import Action, Policy, Runtime
+from aegis.core.approval_request import Role, TokenInfo
+from aegis.core.explain import Why
+from aegis.runtime import asking
+from aegis.runtime.approval import CLIApprovalHandler
+from aegis.runtime.approval_remote import RemoteApprovalHandler
+from aegis.runtime.audit import AuditLogger
+from aegis.server import ApprovalService, create_app
+from aegis.stores.approvals import hash_token
+from aegis.stores.sqlite.approvals import SqliteApprovalStore
+from aegis.testing import InMemoryAuditLog
+
+POLICY = {
+    "defaults": {"approval": "block"},
+    "rules": [
+        {"name": "small", "match": {"type": "read"}, "approval": "auto", "risk_level": "low"},
+        {
+            "name": "big-refunds",
+            "description": "Refunds above 500 need a person",
+            "match": {"type": "refund"},
+            "conditions": {"param_gt": {"amount": 500}},
+            "approval": "approve",
+            "risk_level": "high",
+        },
+    ],
+}
+
+
+class Served:
+    """The app in-process, a reviewer client and the transport an agent uses."""
+
+    def __init__(self, transport: httpx.ASGITransport, reviewer: httpx.AsyncClient) -> None:
+        self.transport = transport
+        self.reviewer = reviewer
+
+    async def pending(self) -> list[dict[str, Any]]:
+        """The pending requests as the API lists them."""
+        answer = await self.reviewer.get("/api/v1/approvals")
+        assert answer.status_code == 200, answer.text
+        return list(answer.json()["approvals"])
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    """The approval service over a fresh SQLite file with an agent and a reviewer token."""
+    db = tmp_path / "aegis.db"
+    audit = AuditLogger(db)
+    audit.head()
+    store = SqliteApprovalStore(db)
+    now = datetime.now(UTC)
+    store.create_token(TokenInfo("bot", Role.AGENT, (), now), hash_token("bot-secret"))
+    store.create_token(TokenInfo("alice", Role.REVIEWER, (), now), hash_token("alice-secret"))
+    service = ApprovalService(store, audit, approval_ttl=60, poll_interval=0.05)
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://127.0.0.1",
+        headers={"Authorization": "Bearer alice-secret"},
+    ) as reviewer:
+        yield Served(transport, reviewer)
+    service.close()
+
+
+async def test_the_runtime_sends_why_and_the_api_shows_it(served: Served) -> None:
+    """A remote request carries the rule's description and the condition's value; stored."""
+    handler = RemoteApprovalHandler(
+        "http://127.0.0.1", token="bot-secret", transport=served.transport, announce=None
+    )
+    runtime = Runtime(
+        executor=lambda action: "done",
+        policy=Policy.from_dict(POLICY),
+        approval_handler=handler,
+        audit_logger=InMemoryAuditLog(),
+    )
+    task = asyncio.create_task(runtime.run_one(Action("refund", "billing", {"amount": 1299})))
+    try:
+        for _ in range(200):
+            pending = await served.pending()
+            if pending:
+                break
+            await asyncio.sleep(0.02)
+        assert len(pending) == 1
+        why = pending[0]["why"]
+        assert why == {
+            "rule": "big-refunds",
+            "description": "Refunds above 500 need a person",
+            "conditions": ["amount 1,299 > 500"],
+            "reason": "",
+        }
+        one = await served.reviewer.get(f"/api/v1/approvals/{pending[0]['id']}")
+        assert one.json()["why"] == why
+        decided = await served.reviewer.post(
+            f"/api/v1/approvals/{pending[0]['id']}/decision", json={"verdict": "approve"}
+        )
+        assert decided.status_code == 200, decided.text
+        result = await asyncio.wait_for(task, 30)
+        assert result.status.value == "success"
+    finally:
+        task.cancel()
+        await runtime.close()
+        await handler.aclose()
+
+
+@pytest.mark.parametrize(
+    ("why", "field"),
+    [
+        ("because", "why must be an object"),
+        ({"rule": "r", "conditions": "amount > 5"}, "why.conditions"),
+        ({"rule": "r", "conditions": [1]}, "why.conditions"),
+        ({"rule": "r", "description": "x" * 10_001}, "why.description"),
+        ({"rule": "r", "mood": "sure"}, "unknown fields"),
+    ],
+)
+async def test_a_malformed_why_is_refused_at_the_door(
+    served: Served, why: object, field: str
+) -> None:
+    """A request whose why is not the runtime's shape is a 422 naming the field."""
+    async with httpx.AsyncClient(
+        transport=served.transport,
+        base_url="http://127.0.0.1",
+        headers={"Authorization": "Bearer bot-secret"},
+    ) as agent:
+        answer = await agent.post(
+            "/api/v1/approvals",
+            json={"session_id": "s", "action": {"type": "t", "target": "x"}, "why": why},
+        )
+    assert answer.status_code == 422, answer.text
+    assert field in answer.json()["error"]["message"]
+    assert await served.pending() == []
+
+
+async def test_a_request_without_why_reads_null(served: Served) -> None:
+    """An agent of an older version sends no why: the request shows ``why: null``."""
+    async with httpx.AsyncClient(
+        transport=served.transport,
+        base_url="http://127.0.0.1",
+        headers={"Authorization": "Bearer bot-secret"},
+    ) as agent:
+        answer = await agent.post(
+            "/api/v1/approvals", json={"session_id": "s", "action": {"type": "t", "target": "x"}}
+        )
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["why"] is None
+
+
+async def test_why_is_computed_only_when_a_person_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Auto actions never explain themselves; the one approval does, once."""
+    calls: list[str] = []
+    real = asking.safe_why
+
+    def counting(policy: object, decision: Any) -> Why:
+        calls.append(decision.matched_rule)
+        return real(policy, decision)
+
+    monkeypatch.setattr(asking, "safe_why", counting)
+    seen: list[Any] = []
+
+    def approve(decision: Any) -> bool:
+        seen.append(decision)
+        return True
+
+    async with Runtime(
+        executor=lambda action: "done",
+        policy=Policy.from_dict(POLICY),
+        approval_handler=approve,
+        audit_logger=InMemoryAuditLog(),
+    ) as runtime:
+        for _ in range(20):
+            await runtime.run_one(Action("read", "crm", {}))
+        assert calls == []
+        await runtime.run_one(Action("refund", "billing", {"amount": 501}))
+    assert calls == ["big-refunds"]
+    assert seen[0].why.conditions == ("amount 501 > 500",)
+
+
+async def test_the_terminal_handler_shows_why() -> None:
+    """CLIApprovalHandler prints the rule's description and the condition with its value."""
+    out = io.StringIO()
+    handler = CLIApprovalHandler(input_stream=io.StringIO("n\n"), output_stream=out)
+    async with Runtime(
+        executor=lambda action: "done",
+        policy=Policy.from_dict(POLICY),
+        approval_handler=handler,
+        audit_logger=InMemoryAuditLog(),
+    ) as runtime:
+        result = await runtime.run_one(Action("refund", "billing", {"amount": 1299}))
+    assert result.status.value == "denied"
+    text = out.getvalue()
+    assert "Why:        Refunds above 500 need a person" in text
+    assert "Matched:    amount 1,299 > 500" in text
