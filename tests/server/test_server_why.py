@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sqlite3
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,16 @@ import httpx
 import pytest
 
 from aegis import Action, Policy, Runtime
-from aegis.core.approval_request import Role, TokenInfo
+from aegis.core.action import action_digest
+from aegis.core.approval_request import ApprovalRequest, Role, TokenInfo, request_digest
 from aegis.core.explain import Why
+from aegis.core.risk import RiskLevel
 from aegis.runtime import asking
 from aegis.runtime.approval import CLIApprovalHandler
 from aegis.runtime.approval_remote import RemoteApprovalHandler
 from aegis.runtime.audit import AuditLogger
 from aegis.server import ApprovalService, create_app
-from aegis.stores.approvals import hash_token
+from aegis.stores.approvals import hash_token, new_request_id, open_approval_store
 from aegis.stores.sqlite.approvals import SqliteApprovalStore
 from aegis.testing import InMemoryAuditLog
 
@@ -204,3 +207,84 @@ async def test_the_terminal_handler_shows_why() -> None:
     text = out.getvalue()
     assert "Why:        Refunds above 500 need a person" in text
     assert "Matched:    amount 1,299 > 500" in text
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh SQLite file or PostgreSQL schema for an approval store."""
+    if request.param == "sqlite":
+        return str(tmp_path / "aegis.db")
+    return str(request.getfixturevalue("postgres_dsn"))
+
+
+def _asked(why: Why | None) -> Any:
+    action = Action("refund", "billing", {"amount": 1299})
+    now = datetime.now(UTC)
+    return ApprovalRequest(
+        id=new_request_id(),
+        session_id="s1",
+        requester="bot",
+        action=action,
+        risk_level=RiskLevel.HIGH,
+        matched_rule="big-refunds",
+        reason="",
+        approvers=1,
+        reviewers=(),
+        created_at=now,
+        expires_at=now + timedelta(hours=1),
+        digest=request_digest(action, "bot"),
+        action_digest=action_digest(action),
+        why=why,
+    )
+
+
+def test_both_stores_keep_why(location: str) -> None:
+    """SQLite and PostgreSQL give back the why a request was stored with, or None."""
+
+    store = open_approval_store(location)
+    try:
+        why = Why("big-refunds", "Refunds above 500", ("amount 1,299 > 500",), "2 of 2 in 1h")
+        created, _ = store.create_request(_asked(why), datetime.now(UTC))
+        assert created.why == why
+        bare, _ = store.create_request(
+            _asked(None).__class__(**{**_fields(_asked(None)), "session_id": "s2"}),
+            datetime.now(UTC),
+        )
+        assert bare.why is None
+        listed = {r.id: r.why for r in store.list_requests()}
+        assert listed == {created.id: why, bare.id: None}
+    finally:
+        store.close()
+
+
+def _fields(request: Any) -> dict[str, Any]:
+    return {name: getattr(request, name) for name in request.__dataclass_fields__}
+
+
+def test_a_file_of_the_previous_schema_gains_why(tmp_path: Path) -> None:
+    """A SQLite file written before requests had a why opens; its requests read why None."""
+
+    from aegis.stores.approvals import open_approval_store
+
+    path = tmp_path / "aegis.db"
+    store = open_approval_store(str(path))
+    old, _ = store.create_request(_asked(None), datetime.now(UTC))
+    store.close()
+    with sqlite3.connect(path) as conn:  # back to version 4, before why
+        conn.execute("ALTER TABLE aegis_approval_requests DROP COLUMN why_json")
+        conn.execute("UPDATE aegis_schema_versions SET version = 4 WHERE component = 'approvals'")
+    conn.close()
+    reopened = open_approval_store(str(path))
+    try:
+        found = reopened.get_request(old.id)
+        assert found is not None
+        assert found.why is None
+        why = Why("r", conditions=("amount 1,299 > 500",))
+        fresh, _ = reopened.create_request(
+            _asked(why).__class__(**{**_fields(_asked(why)), "session_id": "s3"}),
+            datetime.now(UTC),
+        )
+        assert reopened.get_request(fresh.id) == fresh
+        assert fresh.why == why
+    finally:
+        reopened.close()
