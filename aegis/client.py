@@ -276,10 +276,20 @@ class ApprovalClient:
         return await self.call("POST", _path(request_id, "decision"), json=body)
 
     async def list_requests(
-        self, status: str = "pending", *, limit: int | None = None, before: str | None = None
+        self,
+        status: str = "pending",
+        *,
+        limit: int | None = None,
+        before: str | None = None,
+        agent: str | None = None,
     ) -> dict[str, Any]:
-        """``GET /api/v1/approvals``: a page of requests, newest first, and how many more."""
+        """``GET /api/v1/approvals``: a page of requests, newest first, and how many more.
+
+        ``agent`` keeps only the requests of that agent (its token's name).
+        """
         params: dict[str, Any] = {"status": status}
+        if agent:
+            params["requester"] = agent
         if limit is not None:
             params["limit"] = limit
         if before:

@@ -10,19 +10,25 @@ a body the service calls malformed).
 from __future__ import annotations
 
 import asyncio
+import re
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+import shutil
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 
 from aegis.cli._app import CheckFailed
 from aegis.cli._output import (
     RISK_STYLES,
+    Lines,
     Styled,
+    TableCell,
     emit_json,
     inert,
     info,
+    is_terminal,
     json_text,
     note,
     print_table,
@@ -40,6 +46,9 @@ __all__ = ["approvals"]
 DEFAULT_URL = "http://127.0.0.1:8700"
 
 STATUSES = ("pending", "approved", "denied", "expired", "cancelled", "all")
+SORTS = ("newest", "expiring", "risk")
+#: highest first
+RISKS = ("critical", "high", "medium", "low")
 
 STATUS_STYLES = {
     "pending": "yellow",
@@ -138,6 +147,109 @@ def _short_time(value: Any) -> str:
     return text[:19].replace("T", " ")
 
 
+#: a terminal narrower than this shows short ids (any unambiguous prefix is accepted)
+WIDE: Final = 140
+#: a terminal narrower than this names the agent under the action, not in a column
+NARROW: Final = 110
+#: the columns of the table on a terminal; Action and Rule carry the summary and why
+TERMINAL_COLUMNS: Final = ("Id", "Risk", "Action", "Rule / why", "Agent", "Left")
+#: hex digits of a short id: a collision among a few thousand requests is unlikely,
+#: and a longer prefix is shown wherever two would read alike
+SHORT_ID: Final = 8
+
+
+def short_ids(ids: Sequence[str]) -> dict[str, str]:
+    """Each id cut to its shortest start (``apr_`` and 8 digits or more) unique among ``ids``."""
+    shown: dict[str, str] = {}
+    for request_id in ids:
+        head, _, digits = request_id.partition("_")
+        size = SHORT_ID
+        while size < len(digits) and any(
+            other != request_id and other.startswith(f"{head}_{digits[:size]}") for other in ids
+        ):
+            size += 2
+        shown[request_id] = f"{head}_{digits[:size]}" if digits else request_id
+    return shown
+
+
+def params_summary(params: Any, keys: int = 3, width: int = 24) -> str:
+    """The first few params as ``key=value``, to tell one request from the next."""
+    if not isinstance(params, Mapping) or not params:
+        return ""
+    parts = []
+    for key in list(params)[:keys]:
+        value = params[key]
+        if isinstance(value, Mapping):
+            text = "{" + f"{len(value)} keys" + "}"
+        elif isinstance(value, list):
+            text = f"[{len(value)} items]"
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            text = f"{value:,}"
+        else:
+            text = json_text(value)
+        parts.append(f"{key}={text if len(text) <= width else text[: width - 1] + '…'}")
+    if len(params) > keys:
+        parts.append(f"+{len(params) - keys} more")
+    return " ".join(parts)
+
+
+def why_line(request: Mapping[str, Any]) -> str:
+    """Why a person is asked, in one line: the conditions that held, else the description."""
+    why = request.get("why")
+    if isinstance(why, Mapping):
+        conditions = [str(c) for c in why.get("conditions") or [] if isinstance(c, str)]
+        if conditions:
+            return "; ".join(conditions)
+        if why.get("description"):
+            return str(why["description"])
+    return str(request.get("reason") or "")
+
+
+def _time_left(request: Mapping[str, Any], now: datetime) -> str:
+    try:
+        expires = datetime.fromisoformat(str(request.get("expires_at")))
+    except ValueError:
+        return "?"
+    seconds = int((expires - now).total_seconds())
+    if seconds <= 0:
+        return "expired"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{rest % 60:02d}s"
+
+
+def _terminal_row(
+    request: Mapping[str, Any], shown_id: str, now: datetime, *, narrow: bool
+) -> list[TableCell]:
+    risk = str(request.get("risk_level") or "").upper()
+    raw_action = request.get("action")
+    action: Mapping[str, Any] = raw_action if isinstance(raw_action, Mapping) else {}
+    agent = str(request.get("requester") or "")
+    what = [_action_text(request) + (f" (by {agent})" if narrow else "")]
+    what.append(params_summary(action.get("params")))
+    description = str(action.get("description") or "")
+    if description:
+        cut = description if len(description) <= 60 else description[:59] + "…"
+        what.append(f"agent wrote: “{cut}”")
+    status = str(request.get("status") or "")
+    left = _time_left(request, now) if status == "pending" else status
+    row: list[TableCell] = [
+        shown_id,
+        Styled(risk, RISK_STYLES.get(risk, "")),
+        Lines(tuple(what)),
+        Lines((str(request.get("matched_rule") or "(default)"), why_line(request))),
+    ]
+    if not narrow:
+        row.append(agent)
+    row.append(Styled(left, STATUS_STYLES.get(status, "") if status != "pending" else ""))
+    return row
+
+
 def _row(request: Mapping[str, Any]) -> list[str | Styled]:
     risk = str(request.get("risk_level") or "").upper()
     status = str(request.get("status") or "")
@@ -153,6 +265,16 @@ def _row(request: Mapping[str, Any]) -> list[str | Styled]:
     ]
 
 
+def _why_lines(request: Mapping[str, Any]) -> list[tuple[str, str]]:
+    why = request.get("why")
+    if not isinstance(why, Mapping):
+        return []
+    lines = [("why", str(why.get("description") or ""))]
+    for condition in why.get("conditions") or []:
+        lines.append(("matched", str(condition)))
+    return lines
+
+
 def _show(request: Mapping[str, Any]) -> None:
     raw_action = request.get("action")
     action: Mapping[str, Any] = raw_action if isinstance(raw_action, Mapping) else {}
@@ -161,11 +283,12 @@ def _show(request: Mapping[str, Any]) -> None:
     lines: list[tuple[str, str]] = [
         ("id", str(request.get("id") or "")),
         ("status", status),
-        ("why", str(request.get("status_reason") or "")),
+        ("status why", str(request.get("status_reason") or "")),
         ("action", _action_text(request)),
-        ("description", str(action.get("description") or "")),
+        ("agent wrote", str(action.get("description") or "")),
         ("risk", str(request.get("risk_level") or "")),
         ("rule", str(request.get("matched_rule") or "")),
+        *_why_lines(request),
         ("reason", str(request.get("reason") or "")),
         ("agent", str(request.get("requester") or "")),
         ("session", str(request.get("session_id") or "")),
@@ -182,7 +305,8 @@ def _show(request: Mapping[str, Any]) -> None:
         shown = value
         if name == "status" and color:
             shown = click.style(value, fg=STATUS_STYLES.get(value) or None, bold=True)
-        click.echo(f"{name + ':':<13}{shown}", color=color)
+        # a long value wraps under itself, not under the names
+        click.echo(f"{name + ':':<13}{shown}".replace("\n", "\n" + " " * 13), color=color)
     info("params:")
     for line in json_text(action.get("params", {}), indent=2).splitlines():
         info(f"  {inert(line)}")
@@ -247,9 +371,14 @@ def approvals() -> None:
     Examples:
       export AEGIS_TOKEN=...            # aegis token create alice --role reviewer
       aegis approvals list
-      aegis approvals show apr_3f2a
-      aegis approvals approve apr_3f2a --comment "checked the order"
-      aegis approvals deny apr_3f2a --comment "not this customer"
+      aegis approvals show apr_3f2a9c1b
+      aegis approvals approve apr_3f2a9c1b --comment "checked the order"
+      aegis approvals deny 3f2a9c1b --comment "not this customer"
+
+    \b
+    An ID is a request's full id (apr_ and 24 hex digits) or any start of it
+    that names one request (at least 4 digits, with or without apr_), as
+    `aegis approvals list` shows them on a narrow terminal.
     """
 
 
@@ -274,6 +403,18 @@ def approvals() -> None:
     metavar="CURSOR",
     help="The next page: the cursor the previous page named.",
 )
+@click.option(
+    "--agent",
+    metavar="NAME",
+    help="Only the requests of this agent (its token's name).",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(SORTS, case_sensitive=False),
+    default="newest",
+    show_default=True,
+    help="Order of the page: newest first, closest to expiring first, or highest risk first.",
+)
 @format_option("table", "json")
 def list_requests(  # noqa: PLR0917  # Click passes one argument per option
     url: str,
@@ -281,6 +422,8 @@ def list_requests(  # noqa: PLR0917  # Click passes one argument per option
     status: str,
     limit: int,
     before: str | None,
+    agent: str | None,
+    sort: str,
     output_format: str,
 ) -> None:
     """List approval requests, newest first (pending ones by default), a page at a time.
@@ -289,21 +432,65 @@ def list_requests(  # noqa: PLR0917  # Click passes one argument per option
     there are and the command that lists the next page (on stderr).
     """
     with _client(url, token) as client:
-        body = client.run(lambda c: c.list_requests(status.lower(), limit=limit, before=before))
-    requests = _unwrap_list(body)
+        body = client.run(
+            lambda c: c.list_requests(status.lower(), limit=limit, before=before, agent=agent)
+        )
+    requests = _sorted(_unwrap_list(body), sort.lower())
+    more = body.get("more") if isinstance(body, Mapping) else None
     if output_format == "json":
         emit_json(list(requests))
     elif not requests:
         info(f"no {status.lower()} requests" if status != "all" else "no requests")
+    elif is_terminal():
+        total = len(requests) + (more if isinstance(more, int) else 0)
+        _print_terminal(requests, status.lower(), total, before is not None)
     else:
-        print_table(LIST_COLUMNS, (_row(request) for request in requests), wrap=("Action", "Rule"))
-    more = body.get("more") if isinstance(body, Mapping) else None
+        print_table(
+            (*LIST_COLUMNS, "Summary", "Why"),
+            ([*_row(r), params_summary(_params(r)), why_line(r)] for r in requests),
+        )
     following = body.get("next") if isinstance(body, Mapping) else None
     if isinstance(more, int) and more > 0 and isinstance(following, str):
         note(
             f"{more} more, older; the next page: aegis approvals list --status "
             f"{status.lower()} --limit {limit} --before {shlex.quote(inert(following))}"
         )
+
+
+def _params(request: Mapping[str, Any]) -> Any:
+    action = request.get("action")
+    return action.get("params") if isinstance(action, Mapping) else None
+
+
+def _sorted(requests: list[Mapping[str, Any]], sort: str) -> list[Mapping[str, Any]]:
+    if sort == "expiring":
+        return sorted(requests, key=lambda r: str(r.get("expires_at") or ""))
+    if sort == "risk":
+        order = {name: index for index, name in enumerate(RISKS)}
+        return sorted(requests, key=lambda r: order.get(str(r.get("risk_level")), len(RISKS)))
+    return requests
+
+
+def _print_terminal(
+    requests: list[Mapping[str, Any]], status: str, total: int, paged: bool
+) -> None:
+    """The table for people: why and a summary per row, readable at 80 columns."""
+    width = shutil.get_terminal_size((80, 24)).columns
+    ids = [str(r.get("id") or "") for r in requests]
+    shown = short_ids(ids) if width < WIDE else {i: i for i in ids}
+    now = datetime.now(UTC)
+    kind = f"{status} " if status != "all" else ""
+    where = "on this page" if paged else "newest first"
+    info(f"{total} {kind}request{'s' if total != 1 else ''}; {len(requests)} shown ({where})")
+    narrow = width < NARROW
+    columns = [c for c in TERMINAL_COLUMNS if not (narrow and c == "Agent")]
+    print_table(
+        columns,
+        (_terminal_row(r, shown[str(r.get("id") or "")], now, narrow=narrow) for r in requests),
+        wrap=("Action", "Rule / why"),
+    )
+    if width < WIDE:
+        note("short ids: any unambiguous start of an id works, e.g. aegis approvals show ID")
 
 
 @approvals.command("show")
@@ -313,7 +500,7 @@ def list_requests(  # noqa: PLR0917  # Click passes one argument per option
 def show(url: str, token: str | None, request_id: str, output_format: str) -> None:
     """Show one request: the action, its params, the rule and the decisions so far."""
     with _client(url, token) as client:
-        request = client.run(lambda c: c.get(_check_id(request_id)))
+        request = client.run(lambda c: _get(c, request_id))
     if not isinstance(request, Mapping):
         _fail("the service answered something that is not a request")
     if output_format == "json":
@@ -322,10 +509,64 @@ def show(url: str, token: str | None, request_id: str, output_format: str) -> No
         _show(request)
 
 
+async def _get(client: ApprovalClient, request_id: str) -> dict[str, Any]:
+    return await client.get(await resolve_id(client, request_id))
+
+
 def _check_id(request_id: str) -> str:
     if not request_id.strip():
         raise click.BadParameter("an id is needed", param_hint="'ID'")
-    return request_id
+    return request_id.strip()
+
+
+_FULL_ID: Final = re.compile(r"apr_[0-9a-f]{24}")
+_PREFIX: Final = re.compile(r"(?:apr_)?([0-9a-f]{4,24})")
+#: pages of 1000 requests a prefix is looked for in, newest first
+PREFIX_PAGES: Final = 10
+
+
+async def resolve_id(client: ApprovalClient, text: str) -> str:
+    """The full id ``text`` names: itself, or the one request whose id starts with it.
+
+    Raises:
+        click.UsageError: the start names several requests.
+        _Refused: no request's id starts with it.
+    """
+    text = _check_id(text)
+    if _FULL_ID.fullmatch(text):
+        return text
+    found = _PREFIX.fullmatch(text.lower())
+    if found is None:  # not an id's start: the service says whether it knows it
+        return text
+    prefix = "apr_" + found.group(1)
+    matches: list[str] = []
+    before: str | None = None
+    for _ in range(PREFIX_PAGES):
+        body = await client.list_requests("all", limit=1000, before=before)
+        matches += [
+            str(r.get("id")) for r in _unwrap_list(body) if str(r.get("id")).startswith(prefix)
+        ]
+        following = body.get("next")
+        if not isinstance(following, str) or not following:
+            break
+        before = following
+    else:
+        if not matches:
+            raise _Refused(
+                f"no request id starting with {prefix} among the newest "
+                f"{PREFIX_PAGES * 1000:,} requests; give the whole id"
+            )
+    if not matches:
+        raise _Refused(f"no request id starts with {prefix}; `aegis approvals list` shows them")
+    if len(matches) > 1:
+        names = ", ".join(matches[:5]) + (
+            f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+        )
+        raise click.UsageError(
+            f"{prefix} is ambiguous: it starts {len(matches)} request ids ({names}); "
+            "give more of the id"
+        )
+    return matches[0]
 
 
 def _decide(
@@ -338,16 +579,19 @@ def _decide(
     grant_minutes: int | None,
     output_format: str,
 ) -> None:
+    async def decide(c: ApprovalClient) -> dict[str, Any]:
+        full = await resolve_id(c, request_id)
+        return await c.decide(full, verdict, comment=comment, grant_minutes=grant_minutes)
+
     with _client(url, token) as client:
-        request = client.run(
-            lambda c: c.decide(
-                _check_id(request_id), verdict, comment=comment, grant_minutes=grant_minutes
-            )
-        )
+        request = client.run(decide)
     if output_format == "json":
         emit_json(request)
         return
     status = str(request.get("status") or "") if isinstance(request, Mapping) else ""
+    request_id = (
+        str(request.get("id") or request_id) if isinstance(request, Mapping) else request_id
+    )
     done = "approved" if verdict == "approve" else "denied"
     if status == "pending":
         # a two-person rule: this yes is recorded and the request waits for another reviewer

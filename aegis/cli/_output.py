@@ -58,7 +58,15 @@ class Styled(NamedTuple):
     style: str = ""
 
 
+class Lines(NamedTuple):
+    """A table cell of several lines, each shown inert on its own line (`` · `` when piped)."""
+
+    lines: tuple[str, ...]
+
+
 Cell = str | Styled
+#: what a table cell of :func:`print_table` may be
+TableCell = str | Styled | Lines
 
 
 def is_terminal(stream: IO[str] | None = None) -> bool:
@@ -190,10 +198,21 @@ def emit_json(document: Any) -> None:
     click.echo(json_text(document, indent=2))
 
 
-def _plain(cell: Cell) -> str:
+def _plain(cell: TableCell) -> str:
+    if isinstance(cell, Lines):
+        return " \u00b7 ".join(_plain(line) for line in cell.lines if line)
     text = cell.text if isinstance(cell, Styled) else cell
     # One record per line: tabs and newlines inside a value would break cut/awk.
     return inert(text.replace("\t", " ").replace("\r", " ").replace("\n", " "))
+
+
+def _rich_cell(cell: TableCell, text: Any) -> Any:
+    if isinstance(cell, Styled):
+        return text(inert(cell.text), style=cell.style)
+    if isinstance(cell, Lines):
+        # our line breaks, between lines each made inert: the agent's stay escaped
+        return text("\n".join(inert(line) for line in cell.lines if line))
+    return text(inert(cell))
 
 
 def _min_width(name: str, wrap: Collection[str]) -> int | None:
@@ -204,7 +223,7 @@ def _min_width(name: str, wrap: Collection[str]) -> int | None:
 
 def print_table(
     columns: Sequence[str],
-    rows: Iterable[Sequence[Cell]],
+    rows: Iterable[Sequence[TableCell]],
     *,
     title: str | None = None,
     wrap: Collection[str] = (),
@@ -248,12 +267,7 @@ def print_table(
     )
     count = 0
     for row in rows:
-        table.add_row(
-            *(
-                Text(inert(c.text), style=c.style) if isinstance(c, Styled) else Text(inert(c))
-                for c in row
-            )
-        )
+        table.add_row(*(_rich_cell(c, Text) for c in row))
         count += 1
     Console(no_color=not use_color(), highlight=False).print(table)
     return count
