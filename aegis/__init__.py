@@ -13,9 +13,9 @@ an executor, and a tamper-evident audit trail::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from aegis._version import __version__
 from aegis.adapters.base import BaseExecutor, ToolCallExecutor
 from aegis.core.action import Action, FrozenDict
 from aegis.core.decision import Approval, PolicyDecision
@@ -50,10 +50,6 @@ from aegis.stores.usage import MemoryUsageStore, UsageStore
 if TYPE_CHECKING:
     from aegis.runtime.approval_remote import RemoteApprovalHandler
 
-try:
-    __version__ = version("aegis-runtime")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
 
 __all__ = [
     "Action",

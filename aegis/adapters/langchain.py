@@ -34,6 +34,10 @@ Example::
     state = await agent.ainvoke({"messages": [("user", "refund order 7")]}, config)
     if state.get("__interrupt__"):
         state = await resolve_interrupts(agent, config, runtime)
+
+Size: one module per framework, as every integration is: the middleware for
+create_agent, the ToolNode wrappers and the human-in-the-loop resume share the
+framework's types and the Governor; split, each part would import the others.
 """
 
 from __future__ import annotations

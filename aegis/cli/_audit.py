@@ -1,4 +1,9 @@
-"""``aegis audit``: read, export, follow and verify the audit trail."""
+"""``aegis audit``: read, export, follow and verify the audit trail.
+
+Size: one module per command group: the audit subcommands (list, show, export,
+follow, verify, evidence) share their options, the store opening and the output
+helpers.
+"""
 
 from __future__ import annotations
 

@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from aegis.core.conditions import Unevaluable
-from aegis.core.decision import _template
+from aegis.core.decision import decision_template
 
 if TYPE_CHECKING:
-    from aegis.core.policy import PolicyRule
+    from aegis.core.rule import PolicyRule
 
 __all__ = [
     "CLOCK",
@@ -259,7 +259,7 @@ class Index:
             limits = rule._rule_limits
             if limits is not None and limits.flows:
                 check, clock = _with_flow(check, limits.flow_check()), FLOW
-            template = _template(
+            template = decision_template(
                 rule.risk_level,
                 rule.approval,
                 rule.name,

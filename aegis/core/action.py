@@ -362,7 +362,7 @@ class Action:
         return f"{self.type} -> {self.target}{suffix}"
 
 
-def _canonical_default(value: object) -> object:
+def canonical_default(value: object) -> object:
     if type(value) is FrozenDict:
         return value._data
     if type(value) is frozenset:
@@ -397,7 +397,7 @@ _encode_text = json.encoder.encode_basestring  # ensure_ascii=False: text stays 
 _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 if _c_make_encoder is not None:
     _encode_chunks = _c_make_encoder(
-        None, _canonical_default, _encode_text, None, ":", ",", True, False, True
+        None, canonical_default, _encode_text, None, ":", ",", True, False, True
     )
 
     def _canonical_value(value: Any) -> str:
@@ -405,7 +405,7 @@ if _c_make_encoder is not None:
 
 else:  # pragma: no cover  # a Python built without the _json accelerator
     _slow_encode = json.JSONEncoder(
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical_default
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=canonical_default
     ).encode
 
     def _canonical_value(value: Any) -> str:

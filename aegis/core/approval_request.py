@@ -17,7 +17,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -402,10 +402,6 @@ class ApprovalRequest:
             and groups_within(self.reviewers, reviewers)
             and self.expires_at <= expires_at
         )
-
-    def with_status(self, status: RequestStatus, reason: str = "") -> ApprovalRequest:
-        """A copy in another status."""
-        return replace(self, status=status, status_reason=reason)
 
     def to_json(self) -> dict[str, Any]:
         """The request as the API shows it."""

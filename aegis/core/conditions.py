@@ -58,6 +58,10 @@ number, a regular expression run on a list, a NaN amount) raises
 :class:`Unevaluable`; the policy turns that into a blocked decision instead
 of guessing. A condition that is plainly false wins over one that cannot be
 evaluated, whatever their order: the rule does not match.
+
+Size: the condition kinds are one table of small compilers, each beside its
+error messages; they share the param lookup and the value checks, and the
+truth-table tests read them as one list.
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ FLOW_CONDITIONS: Final = ("after", "not_after")
 #: every condition name a rule may use
 CONDITION_NAMES: Final = PARAM_CONDITIONS + TIME_CONDITIONS + FLOW_CONDITIONS
 
-_MISSING: Final[Any] = object()
+MISSING: Final[Any] = object()
 _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 _NUMBER_TYPES = (int, float, Decimal, Fraction)
 
@@ -162,7 +166,7 @@ def compile_conditions(spec: Mapping[str, Any]) -> CompiledConditions | None:
     """
     if not isinstance(spec, Mapping):
         raise ConditionSpecError(
-            f"conditions must be a mapping of condition name to value, not {_kind(spec)}"
+            f"conditions must be a mapping of condition name to value, not {kind_of(spec)}"
         )
     checks: list[Check] = []
     for name, value in spec.items():
@@ -195,7 +199,7 @@ def _unknown_name(name: object) -> str:
     return f"{message}; valid conditions are: {', '.join(CONDITION_NAMES)}"
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
     if isinstance(value, bool):
         return f"a boolean ({value})"
     if isinstance(value, str):
@@ -238,7 +242,7 @@ def _compile_param_condition(name: str, value: object) -> list[Check]:
     if not isinstance(value, Mapping) or not value:
         raise ConditionSpecError(
             f"{name} must map param names to values, e.g. {{{name}: {{amount: 500}}}};"
-            f" got {_kind(value)}",
+            f" got {kind_of(value)}",
             key=name,
         )
     checks = []
@@ -253,19 +257,19 @@ def _compile_param_condition(name: str, value: object) -> list[Check]:
     return checks
 
 
-def _lookup(path: str) -> Callable[[Mapping[str, Any]], Any]:
+def lookup(path: str) -> Callable[[Mapping[str, Any]], Any]:
     keys = tuple(path.split("."))
 
     def get(params: Mapping[str, Any]) -> Any:
         value: Any = params
         for key in keys:
             if type(value) is FrozenDict:  # an Action's params: its dict, without two calls
-                value = value._data.get(key, _MISSING)
+                value = value._data.get(key, MISSING)
             elif isinstance(value, Mapping):
-                value = value.get(key, _MISSING)
+                value = value.get(key, MISSING)
             else:
-                return _MISSING
-            if value is _MISSING:
+                return MISSING
+            if value is MISSING:
                 break
         return value
 
@@ -297,7 +301,7 @@ def _json_type(value: object) -> str:
 
 def _mismatch(name: str, path: str, value: object, expected: str) -> Unevaluable:
     return Unevaluable(
-        f"param {path!r} is {_kind(value)}, not a {expected} like the value of {name}: "
+        f"param {path!r} is {kind_of(value)}, not a {expected} like the value of {name}: "
         "a tool may coerce it into the very value the rule names"
     )
 
@@ -305,12 +309,12 @@ def _mismatch(name: str, path: str, value: object, expected: str) -> Unevaluable
 def _compile_eq(name: str, path: str, expected: object) -> Check:
     expected = freeze(expected)
     expected_type = _json_type(expected)
-    get = _lookup(path)
+    get = lookup(path)
     negate = name == "param_ne"
 
     def check(params: Mapping[str, Any], now: datetime | None) -> bool:
         value = get(params)
-        if value is _MISSING:
+        if value is MISSING:
             return False
         if _same(value, expected):
             return not negate
@@ -328,18 +332,18 @@ def _is_number(value: object) -> bool:
 def _compile_compare(name: str, path: str, bound: object) -> Check:
     if not _is_number(bound) or (isinstance(bound, float) and math.isnan(bound)):
         raise ConditionSpecError(
-            f"{name}: the value for {path!r} must be a number, not {_kind(bound)}", key=name
+            f"{name}: the value for {path!r} must be a number, not {kind_of(bound)}", key=name
         )
     op: Callable[[Any, Any], bool] = _OPERATORS[name]
-    get = _lookup(path)
+    get = lookup(path)
     key = path if "." not in path else None
 
     def slow(value: object) -> bool:
-        if value is _MISSING:
+        if value is MISSING:
             return False
         if not _is_number(value):
             raise Unevaluable(
-                f"param {path!r} is {_kind(value)}, which cannot be compared with"
+                f"param {path!r} is {kind_of(value)}, which cannot be compared with"
                 f" the number {bound!r} ({name})"
             )
         if isinstance(value, float | Decimal) and math.isnan(value):
@@ -350,7 +354,7 @@ def _compile_compare(name: str, path: str, bound: object) -> Check:
     if key is not None:
         # The common case (a top-level int) stays on a short path.
         def check(params: Mapping[str, Any], now: datetime | None) -> bool:
-            value = params.get(key, _MISSING)
+            value = params.get(key, MISSING)
             if type(value) is int:
                 return op(value, bound)
             return slow(value)
@@ -393,18 +397,18 @@ def _member_test(values: tuple[Any, ...]) -> Callable[[Any], bool]:
 def _compile_in(name: str, path: str, expected: object) -> Check:
     if not isinstance(expected, list | tuple):
         raise ConditionSpecError(
-            f"{name}: the value for {path!r} must be a list of values, not {_kind(expected)}",
+            f"{name}: the value for {path!r} must be a list of values, not {kind_of(expected)}",
             key=name,
         )
     values = tuple(freeze(v) for v in expected)
     contains = _member_test(values)
     types = frozenset(_json_type(v) for v in values)
     shown = " or ".join(sorted(types)) or "value"
-    get = _lookup(path)
+    get = lookup(path)
 
     def check(params: Mapping[str, Any], now: datetime | None) -> bool:
         value = get(params)
-        if value is _MISSING:
+        if value is MISSING:
             return False
         if contains(value):
             return True
@@ -417,16 +421,16 @@ def _compile_in(name: str, path: str, expected: object) -> Check:
 
 def _compile_contains(name: str, path: str, expected: object) -> Check:
     expected = freeze(expected)
-    get = _lookup(path)
+    get = lookup(path)
 
     def check(params: Mapping[str, Any], now: datetime | None) -> bool:
         value = get(params)
-        if value is _MISSING:
+        if value is MISSING:
             return False
         if isinstance(value, str):
             if not isinstance(expected, str):
                 raise Unevaluable(
-                    f"param {path!r} is a string, which cannot contain {_kind(expected)} ({name})"
+                    f"param {path!r} is a string, which cannot contain {kind_of(expected)} ({name})"
                 )
             return expected in value
         if isinstance(value, Mapping):
@@ -434,7 +438,7 @@ def _compile_contains(name: str, path: str, expected: object) -> Check:
         if isinstance(value, tuple | frozenset):
             return any(_same(expected, item) for item in value)
         raise Unevaluable(
-            f"param {path!r} is {_kind(value)}, which cannot contain anything ({name})"
+            f"param {path!r} is {kind_of(value)}, which cannot contain anything ({name})"
         )
 
     return check
@@ -449,7 +453,7 @@ def _compile_matches(name: str, path: str, expected: object) -> Check:
     if not isinstance(expected, str):
         raise ConditionSpecError(
             f"{name}: the value for {path!r} must be a regular expression string,"
-            f" not {_kind(expected)}",
+            f" not {kind_of(expected)}",
             key=name,
         )
     try:
@@ -460,15 +464,15 @@ def _compile_matches(name: str, path: str, expected: object) -> Check:
             f" expression: {exc}",
             key=name,
         ) from exc
-    get = _lookup(path)
+    get = lookup(path)
 
     def check(params: Mapping[str, Any], now: datetime | None) -> bool:
         value = get(params)
-        if value is _MISSING:
+        if value is MISSING:
             return False
         if not isinstance(value, str):
             raise Unevaluable(
-                f"param {path!r} is {_kind(value)}, not a string, so {name} cannot apply"
+                f"param {path!r} is {kind_of(value)}, not a string, so {name} cannot apply"
             )
         return search(value)
 
@@ -499,7 +503,7 @@ def _compile_path(name: str, path: str, expected: object) -> Check:
         if clean is None:
             raise ConditionSpecError(
                 f"{name}: the value for {path!r} must be an absolute directory such as"
-                f" '/srv/secret' (or a list of them), not {_kind(root)}",
+                f" '/srv/secret' (or a list of them), not {kind_of(root)}",
                 key=name,
             )
         normal.append(clean)
@@ -507,12 +511,12 @@ def _compile_path(name: str, path: str, expected: object) -> Check:
         raise ConditionSpecError(f"{name}: the list for {path!r} is empty", key=name)
     prefixes = tuple("/" if d == "/" else d + "/" for d in normal)
     exact = frozenset(normal)
-    get = _lookup(path)
+    get = lookup(path)
     want = name == "path_under"
 
     def under(one: object) -> bool:
         if not isinstance(one, str):
-            raise Unevaluable(f"param {path!r} holds {_kind(one)}, not a path ({name})")
+            raise Unevaluable(f"param {path!r} holds {kind_of(one)}, not a path ({name})")
         clean = normalize_path(one)
         if clean is None:
             raise Unevaluable(
@@ -522,7 +526,7 @@ def _compile_path(name: str, path: str, expected: object) -> Check:
 
     def check(params: Mapping[str, Any], now: datetime | None) -> bool:
         value = get(params)
-        if value is _MISSING:
+        if value is MISSING:
             return False
         if isinstance(value, tuple | frozenset):
             # any element: one path out of bounds decides a block rule
@@ -561,7 +565,7 @@ def _parse_time(name: str, value: object) -> int:
         )
     match = _TIME.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        got = f"not {value!r}" if isinstance(value, str) else f"not {_kind(value)}"
+        got = f"not {value!r}" if isinstance(value, str) else f"not {kind_of(value)}"
         raise ConditionSpecError(
             f'{name} must be a time "HH:MM" between "00:00" and "23:59", {got}',
             key=name,
@@ -587,7 +591,8 @@ def _parse_weekdays(value: object) -> frozenset[int]:
 def _parse_timezone(value: object) -> Any:
     if not isinstance(value, str) or not value:
         raise ConditionSpecError(
-            f"timezone must be an IANA time zone name such as 'Europe/Berlin', not {_kind(value)}",
+            "timezone must be an IANA time zone name such as 'Europe/Berlin',"
+            f" not {kind_of(value)}",
             key="timezone",
         )
     try:

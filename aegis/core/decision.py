@@ -27,7 +27,7 @@ class Approval(StrEnum):
 
 
 # Not slots: a policy builds one decision per evaluation, and filling an
-# instance ``__dict__`` from a per-rule template (see ``_decision``) costs
+# instance ``__dict__`` from a per-rule template (see ``make_decision``) costs
 # less than half of the generated frozen ``__init__``.
 @dataclass(frozen=True)
 class PolicyDecision:
@@ -59,7 +59,7 @@ class PolicyDecision:
         return self.approval is not Approval.BLOCK
 
 
-def _template(
+def decision_template(
     risk_level: RiskLevel,
     approval: Approval,
     matched_rule: str,
@@ -69,7 +69,7 @@ def _template(
     reviewers: tuple[str, ...] = (),
     approval_ttl: float | None = None,
 ) -> dict[str, Any]:
-    """The field values of a decision, less its action, for :func:`_decision`."""
+    """The field values of a decision, less its action, for :func:`make_decision`."""
     return {
         "action": None,
         "risk_level": risk_level,
@@ -85,8 +85,8 @@ def _template(
 _new = object.__new__
 
 
-def _decision(template: dict[str, Any], action: Action) -> PolicyDecision:
-    """Build a decision from a :func:`_template` without the frozen ``__init__``."""
+def make_decision(template: dict[str, Any], action: Action) -> PolicyDecision:
+    """Build a decision from a :func:`decision_template` without the frozen ``__init__``."""
     decision: PolicyDecision = _new(PolicyDecision)
     fields = decision.__dict__
     fields.update(template)

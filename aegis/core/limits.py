@@ -29,6 +29,10 @@ that a store reports; counting itself is the runtime's step
 Budget amounts are counted exactly, in millionths (:data:`BUDGET_SCALE`):
 ``0.1 + 0.2`` fits a budget of ``0.3``. An amount with finer digits is
 rounded up, so a budget is never exceeded by rounding.
+
+Size: limits, budgets and flow conditions are parsed, compiled and charged by
+one set of types (Meter, Charge, FlowSpec, PolicyLimits); the parsing and the
+charging share the key and amount rules, which must not drift apart.
 """
 
 from __future__ import annotations
@@ -46,14 +50,14 @@ from typing import Any, Final, Protocol
 
 from aegis.core.action import Action, thaw
 from aegis.core.conditions import (
-    _MISSING,
     FLOW_CONDITIONS,
+    MISSING,
     PARAM_CONDITIONS,
     ConditionSpecError,
     Unevaluable,
-    _kind,
-    _lookup,
     compile_conditions,
+    kind_of,
+    lookup,
 )
 from aegis.core.decision import Approval
 from aegis.core.risk import RiskLevel
@@ -129,7 +133,7 @@ def parse_window(value: object, what: str = "per") -> int:
     if match is None:
         raise LimitSpecError(
             f"{what} must be a window such as '30s', '5m', '1h' or '1d' (a whole number"
-            f" and s, m, h or d), not {_kind(value)}",
+            f" and s, m, h or d), not {kind_of(value)}",
             key=what,
         )
     seconds = int(match[1]) * _UNIT_SECONDS[match[2]]
@@ -183,7 +187,7 @@ def _key_part(name: object) -> _KeyPart:
         return lambda action, subject: action.target
     if isinstance(name, str) and name.startswith("params."):
         path = _check_path(name[len("params.") :], "key", "key")
-        get = _lookup(path)
+        get = lookup(path)
         return lambda action, subject: get(action.params)
     raise LimitSpecError(
         f"key {name!r} is not a key a limit can group by; use session, agent, type,"
@@ -199,7 +203,7 @@ def _parse_key(value: object) -> tuple[str, ...]:
     if not isinstance(names, list | tuple):
         raise LimitSpecError(
             f"key must be a list of names such as [agent] or [params.customer_id], not"
-            f" {_kind(value)}",
+            f" {kind_of(value)}",
             key="key",
         )
     for name in names:
@@ -229,7 +233,7 @@ def budget_units(value: object) -> int:
     if type(value) is int and 0 <= value <= MAX_UNITS // BUDGET_SCALE:
         return value * BUDGET_SCALE
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal | Fraction):
-        raise ValueError(f"is {_kind(value)}, not a number")
+        raise ValueError(f"is {kind_of(value)}, not a number")
     if isinstance(value, float | Decimal) and not math.isfinite(value):
         raise ValueError(f"is {value!r}, not a finite number")
     if value < 0:
@@ -320,7 +324,7 @@ class Meter:
         values = []
         for name, part in zip(self.key, self._parts, strict=True):
             value = part(action, subject)
-            if value is _MISSING:
+            if value is MISSING:
                 raise Unevaluable(
                     f"{self.kind} of rule {self.rule!r} is counted per {name}, which this"
                     " action does not have"
@@ -352,7 +356,7 @@ class Meter:
         cacheable = True
         for value in values:
             if type(value) is not str and type(value) is not int:
-                if value is _MISSING:
+                if value is MISSING:
                     self.key_values(action, subject)  # raises, naming the key
                 cacheable = False
         unit = self._buckets.get(values) if cacheable else None
@@ -380,7 +384,7 @@ class Meter:
     ) -> Charge:
         """What ``action`` adds to the budget whose counter is ``unit``'s."""
         raw = amount_of(action.params)
-        if raw is _MISSING:
+        if raw is MISSING:
             raise Unevaluable(
                 f"budget of rule {self.rule!r} sums param {self.sum_path!r}, which this"
                 " action does not have"
@@ -461,7 +465,9 @@ def _positive_number(value: object, what: str, *, whole: bool) -> Any:
     )
     if not ok or not value > 0 or (isinstance(value, float) and not math.isfinite(value)):  # type: ignore[operator]
         kind = "a whole number" if whole else "a number"
-        raise LimitSpecError(f"{what} must be {kind} greater than 0, not {_kind(value)}", key="max")
+        raise LimitSpecError(
+            f"{what} must be {kind} greater than 0, not {kind_of(value)}", key="max"
+        )
     return value
 
 
@@ -478,7 +484,7 @@ def compile_meter(rule: str, kind: str, spec: object) -> Meter:
         else "{sum: amount, max: 2000, per: 1d, key: [params.customer_id]}"
     )
     if not isinstance(spec, Mapping):
-        raise LimitSpecError(f"{kind} must be a mapping such as {example}, not {_kind(spec)}")
+        raise LimitSpecError(f"{kind} must be a mapping such as {example}, not {kind_of(spec)}")
     for key in spec:
         if key not in allowed:
             raise LimitSpecError(
@@ -501,7 +507,7 @@ def compile_meter(rule: str, kind: str, spec: object) -> Meter:
         budget_units(maximum)
     except ValueError as exc:
         raise LimitSpecError(f"budget max {exc}", key="max") from None
-    return Meter(rule, kind, maximum, window, names, path, _parts=parts, _amount=_lookup(path))
+    return Meter(rule, kind, maximum, window, names, path, _parts=parts, _amount=lookup(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,7 +527,7 @@ def compile_on_exceed(spec: object) -> OnExceed:
     if not isinstance(spec, Mapping):
         raise LimitSpecError(
             f"on_exceed must be a mapping such as {{approval: block, risk_level: high}}, not"
-            f" {_kind(spec)}"
+            f" {kind_of(spec)}"
         )
     for key in spec:
         if key not in ON_EXCEED_KEYS:
@@ -609,7 +615,7 @@ class FlowSpec:
 def _glob(pattern: object, what: str) -> Callable[[str], object]:
     if not isinstance(pattern, str) or not pattern:
         raise LimitSpecError(
-            f"{what} must be a glob string such as 'read*' or '*', not {_kind(pattern)};"
+            f"{what} must be a glob string such as 'read*' or '*', not {kind_of(pattern)};"
             " quote it in YAML",
             key=what.rsplit(" ", 1)[-1],
         )
@@ -630,7 +636,7 @@ def compile_flow(name: str, spec: object) -> FlowSpec:
     """
     example = "{type: 'read*', target: crm, within: session}"
     if not isinstance(spec, Mapping):
-        raise LimitSpecError(f"{name} must be a mapping such as {example}, not {_kind(spec)}")
+        raise LimitSpecError(f"{name} must be a mapping such as {example}, not {kind_of(spec)}")
     for key in spec:
         if key not in FLOW_KEYS:
             raise LimitSpecError(
@@ -649,7 +655,7 @@ def compile_flow(name: str, spec: object) -> FlowSpec:
         if not isinstance(params, Mapping) or not params:
             raise LimitSpecError(
                 f"{name} params must be param conditions such as {{param_eq: {{table:"
-                f" customers}}}}, not {_kind(params)}",
+                f" customers}}}}, not {kind_of(params)}",
                 key="params",
             )
         for condition in params:

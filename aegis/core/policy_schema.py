@@ -29,26 +29,36 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from aegis.core._yaml import line_of
-from aegis.core.conditions import FLOW_CONDITIONS, ConditionSpecError, _kind
+from aegis.core.conditions import FLOW_CONDITIONS, ConditionSpecError, kind_of
 from aegis.core.decision import Approval
 from aegis.core.limits import LimitSpecError
-from aegis.core.policy import (
+from aegis.core.risk import RiskLevel
+from aegis.core.rule import (
     MATCH_CASES,
     DuplicateRuleName,
-    Policy,
     PolicyRule,
-    _check_approvers,
-    _check_reviewers,
-    _check_ttl,
-    _coerce_enum,
+    check_approvers,
+    check_reviewers,
+    check_ttl,
+    coerce_enum,
+    named_rules,
 )
-from aegis.core.risk import RiskLevel
 from aegis.errors import PolicyError
 
-__all__ = ["json_schema", "parse_policy"]
+__all__ = ["PolicySpec", "json_schema", "parse_policy"]
+
+
+class PolicySpec(NamedTuple):
+    """What a valid policy file says: the arguments of :class:`~aegis.core.policy.Policy`."""
+
+    rules: tuple[PolicyRule, ...]
+    default_risk_level: RiskLevel
+    default_approval: Approval
+    match_case: str | None
+
 
 TOP_KEYS: Final = ("version", "defaults", "match_case", "rules")
 DEFAULTS_KEYS: Final = ("risk_level", "approval")
@@ -103,12 +113,12 @@ def _mapping(
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise place.error(f"{what} must be a mapping, not {_kind(value)}", parent, key)
+        raise place.error(f"{what} must be a mapping, not {kind_of(value)}", parent, key)
     return value
 
 
-def parse_policy(data: object, *, source: str | None = None) -> Policy:
-    """Validate file-format data and build the :class:`Policy` it describes.
+def parse_policy(data: object, *, source: str | None = None) -> PolicySpec:
+    """Validate file-format data; what it says, for :class:`~aegis.core.policy.Policy`.
 
     Mappings read by the loader in :mod:`aegis.core._yaml` carry line numbers,
     which every error message then names.
@@ -126,12 +136,12 @@ def parse_policy(data: object, *, source: str | None = None) -> Policy:
         ) from exc
 
 
-def _parse(data: object, place: _Place) -> Policy:
+def _parse(data: object, place: _Place) -> PolicySpec:
     if data is None:
         raise place.error("the policy is empty; it needs at least 'rules' (and usually 'defaults')")
     if not isinstance(data, Mapping):
         raise place.error(
-            f"a policy must be a mapping with the keys {', '.join(TOP_KEYS)}, not {_kind(data)}",
+            f"a policy must be a mapping with the keys {', '.join(TOP_KEYS)}, not {kind_of(data)}",
             data,
         )
     _check_keys(data, TOP_KEYS, "the policy", place)
@@ -148,7 +158,7 @@ def _parse(data: object, place: _Place) -> Policy:
         raise place.error(
             f"match_case must be sensitive (the default: 'Delete' is not 'delete') or"
             f" insensitive (names compared after Unicode NFKC and case folding), not"
-            f" {_kind(match_case)}",
+            f" {kind_of(match_case)}",
             data,
             "match_case",
         )
@@ -165,13 +175,13 @@ def _parse(data: object, place: _Place) -> Policy:
     if raw_rules is None:
         raw_rules = []
     if not isinstance(raw_rules, list | tuple):
-        raise place.error(f"rules must be a list of rules, not {_kind(raw_rules)}", data, "rules")
+        raise place.error(f"rules must be a list of rules, not {kind_of(raw_rules)}", data, "rules")
     rules = [_parse_rule(raw, position, place, data) for position, raw in enumerate(raw_rules, 1)]
     place.rule = None
     try:
-        return Policy(rules, risk, approval, match_case=match_case)
+        named_rules(tuple(rules))
     except DuplicateRuleName as exc:
-        # Policy checks names; only the raw rules know the lines to point at
+        # only the raw rules know the lines to point at
         first, second = raw_rules[exc.first], raw_rules[exc.second]
         line = line_of(first, "name")
         where = f" (first on line {line})" if line is not None else ""
@@ -181,6 +191,7 @@ def _parse(data: object, place: _Place) -> Policy:
             second,
             "name",
         ) from exc
+    return PolicySpec(tuple(rules), risk, approval, match_case)
 
 
 def _limit_place(
@@ -197,7 +208,7 @@ def _limit_place(
 
 def _enum(enum: Any, value: object, key: str, place: _Place, mapping: object) -> Any:
     try:
-        return _coerce_enum(enum, value, key)
+        return coerce_enum(enum, value, key)
     except PolicyError as exc:
         raise place.error(exc.message, mapping, key) from None
 
@@ -207,7 +218,7 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
     if not isinstance(raw, Mapping):
         raise place.error(
             f"rule {position} must be a mapping with keys such as match, risk_level and"
-            f" approval, not {_kind(raw)}",
+            f" approval, not {kind_of(raw)}",
             parent,
             "rules",
         )
@@ -215,7 +226,7 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
     if name is None:
         name = ""
     if not isinstance(name, str):
-        raise place.error(f"a rule name must be a string, not {_kind(name)}", raw, "name")
+        raise place.error(f"a rule name must be a string, not {kind_of(name)}", raw, "name")
     if name:
         place.rule = name
     _check_keys(raw, RULE_KEYS + LIMIT_RULE_KEYS, "a rule", place)
@@ -225,7 +236,7 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
         value = match.get(key, "*")
         if not isinstance(value, str) or not value:
             raise place.error(
-                f"match {key} must be a glob string such as 'read*' or '*', not {_kind(value)};"
+                f"match {key} must be a glob string such as 'read*' or '*', not {kind_of(value)};"
                 " quote it in YAML",
                 match,
                 key,
@@ -235,7 +246,9 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
     if description is None:
         description = ""
     if not isinstance(description, str):
-        raise place.error(f"description must be text, not {_kind(description)}", raw, "description")
+        raise place.error(
+            f"description must be text, not {kind_of(description)}", raw, "description"
+        )
     risk = _enum(RiskLevel, raw.get("risk_level", RiskLevel.MEDIUM), "risk_level", place, raw)
     approval = _enum(Approval, raw.get("approval", Approval.APPROVE), "approval", place, raw)
     approval_keys = _approval_keys(raw, place)
@@ -264,9 +277,9 @@ def _parse_rule(raw: object, position: int, place: _Place, parent: object) -> Po
 def _approval_keys(raw: Mapping[Any, Any], place: _Place) -> dict[str, Any]:
     """The rule's approval keys, each checked here so that errors name its line."""
     checks = {
-        "approvers": _check_approvers,
-        "reviewers": _check_reviewers,
-        "approval_ttl": _check_ttl,
+        "approvers": check_approvers,
+        "reviewers": check_reviewers,
+        "approval_ttl": check_ttl,
     }
     keys: dict[str, Any] = {}
     for key, check in checks.items():
@@ -274,7 +287,7 @@ def _approval_keys(raw: Mapping[Any, Any], place: _Place) -> dict[str, Any]:
             value = raw[key]
             if key == "reviewers" and (value is None or not isinstance(value, list | tuple)):
                 raise place.error(
-                    f"reviewers must be a list of group names like [finance], not {_kind(value)}",
+                    f"reviewers must be a list of group names like [finance], not {kind_of(value)}",
                     raw,
                     key,
                 )

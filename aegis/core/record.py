@@ -33,6 +33,10 @@ stored nests deeper than :data:`MAX_JSON_DEPTH` (deeper parts become a
 marker), so a stored field that does can only be a hand edit: reading it
 raises one :class:`~aegis.errors.AuditError` naming the record, never a
 ``RecursionError`` from deep inside a decoder.
+
+Size: the record's fields, its canonical JSON, its drafts and the checks of
+stored values are one contract with the hash chain (core/chain.py); split, a
+field could change in one place and not the other.
 """
 
 from __future__ import annotations
@@ -172,11 +176,6 @@ class AuditRecord(NamedTuple):
     start_id: int | None
     prev_hash: str
     hash: str
-
-    @property
-    def is_start(self) -> bool:
-        """Whether this is the start record of an action."""
-        return self.kind == RecordKind.START
 
 
 # ----------------------------------------------------------------- times

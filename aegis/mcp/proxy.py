@@ -27,6 +27,10 @@ code) passes through untouched. It intercepts only what governance needs:
 
 The downstream side is anything with the shape of :class:`Downstream`;
 :mod:`aegis.mcp.downstream` connects one through the official MCP SDK.
+
+Size: ProxySession is one relay with one state (the pending calls, the tool
+list, the governed answers); its halves (the client's side and the server's
+side) read and write that state together.
 """
 
 from __future__ import annotations

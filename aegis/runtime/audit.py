@@ -20,6 +20,10 @@ the trail as started, with no outcome (see :meth:`AuditLogger.pending`).
 ``sqlite:///...`` gives the SQLite trail, ``postgresql://...`` the
 PostgreSQL one (the ``postgres`` extra), and ``store=`` any
 :class:`~aegis.stores.base.AuditStore`.
+
+Size: AuditLogger is the one facade of the seed's import path over every store
+(append, start records, reading, export, verify, checkpoints), and most of its
+length is docstrings of that public API.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aegis.core.chain import Head, VerifyReport
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.decision import PolicyDecision
-from aegis.core.filters import NO_FILTERS, Filters, View
+from aegis.core.filters import Filters, View
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.record import (
     AuditRecord,
@@ -504,17 +508,6 @@ class AuditLogger(RecordReader):
     def _count(self, filters: Filters) -> int:
         self._check_open()
         return self._store.count(filters)
-
-    def iter_records(
-        self,
-        filters: Filters = NO_FILTERS,
-        *,
-        after_id: int | None = None,
-        limit: int | None = None,
-    ) -> Iterator[AuditRecord]:
-        """The typed records matching ``filters`` (see :mod:`aegis.core.filters`), in id order."""
-        self._check_open()
-        return self._store.records(filters, after_id=after_id, limit=limit)
 
     def stats(self, session_id: str | None = None) -> dict[str, dict[str, int]]:
         """Count actions by ``result_status``, ``risk_level``, ``matched_rule`` and ``action_type``.

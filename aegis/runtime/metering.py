@@ -43,6 +43,11 @@ budgets and flow rules"). The places that trade plainness for it say so:
 ``tuple.__new__`` for named tuples, the batch asked inline whether it is
 alone, and :class:`_Lane`, which lets a sequential agent's next action of
 the same rule skip the lookups its last one made.
+
+Size: the store-facing counting (Metering) and the runtime's step
+(MeteringStep, _Lane) share the fast path's state: the last subject, the batch
+and the lane of a sequential agent; kept together so that the speed tricks stay
+fenced in one module.
 """
 
 from __future__ import annotations

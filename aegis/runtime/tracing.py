@@ -44,7 +44,7 @@ def action_tracer(provider: Any = None) -> ActionTracer | None:
     nothing.
     """
     if provider is not None:
-        from aegis import __version__  # noqa: PLC0415
+        from aegis._version import __version__  # noqa: PLC0415  # see below
 
         return ActionTracer(provider.get_tracer(SCOPE, __version__))
     trace = sys.modules.get("opentelemetry.trace")
@@ -53,7 +53,7 @@ def action_tracer(provider: Any = None) -> ActionTracer | None:
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None  # nothing configured: spans would go nowhere
-    from aegis import __version__  # noqa: PLC0415  # only once a provider exists
+    from aegis._version import __version__  # noqa: PLC0415  # only once a provider exists
 
     return ActionTracer(provider.get_tracer(SCOPE, __version__))
 

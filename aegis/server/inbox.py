@@ -14,6 +14,9 @@ session, and state-changing requests must come from the inbox's own origin.
 
 Pages: Pending (live through server-sent events), a request with Approve
 and Deny, History, and Audit (records, the chain's verification, grants).
+
+Size: the inbox is one Starlette app of server-rendered pages over one service;
+its handlers share the session, the CSRF check and the rendering helpers.
 """
 
 from __future__ import annotations

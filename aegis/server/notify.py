@@ -48,6 +48,10 @@ Slack: an incoming webhook receives a Block Kit message with the action,
 risk, rule, agent and a button to the request page. Incoming webhooks cannot
 edit a message once posted, so a decision, expiry or cancellation is posted
 as a new message in the same channel saying who decided and the verdict.
+
+Size: notifications are one subscriber of the service with its channels
+(webhook, Slack) and their retry and signing; the channels share the receiver's
+queue and the message builders.
 """
 
 from __future__ import annotations

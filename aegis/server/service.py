@@ -19,6 +19,10 @@ loses it. Changes are announced to subscribers (:meth:`subscribe`)
 as :class:`ApprovalEvent` values: the inbox's live updates and the
 notifiers listen there. Store calls run on worker threads, so a slow or
 locked database never blocks the event loop.
+
+Size: ApprovalService holds every rule of who may do what to a request, beside
+the outbox that records each change; splitting the rules from their records
+would let one change without the other.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ the engine rewrites them for its driver.
 Times are stored as fixed-width ISO 8601 UTC text (see
 :func:`~aegis.core.approval_request.iso`), so comparing texts compares times
 on both engines alike.
+
+Size: the approval store's SQL, written once for both engines; each method is
+one transaction and most of the length is the statements themselves.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from aegis.core.approval_request import (
 from aegis.core.explain import Why
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, StoreError
-from aegis.stores.approvals import AuditEvent, new_grant_id
+from aegis.stores._ids import new_grant_id
+from aegis.stores.base import AuditEvent
 
 __all__ = [
     "EVENTS_SCHEMA",

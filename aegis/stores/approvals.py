@@ -15,13 +15,12 @@ both win: the second sees zero rows changed and gets a conflict.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-
 from aegis.errors import ConfigurationError
+from aegis.stores._ids import TOKEN_PREFIX, hash_token, new_grant_id, new_request_id, new_token
 from aegis.stores.base import ApprovalStore, AuditEvent
 
 __all__ = [
+    "TOKEN_PREFIX",
     "ApprovalStore",
     "AuditEvent",
     "hash_token",
@@ -30,32 +29,6 @@ __all__ = [
     "new_token",
     "open_approval_store",
 ]
-
-#: prefix of every token Aegis issues, so that leaked ones are easy to find
-TOKEN_PREFIX = "aegis_"
-
-
-def new_token() -> str:
-    """A fresh random bearer token (256 bits)."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_token(token: str) -> str:
-    """The SHA-256 hex of ``token``: what the store keeps instead of the token.
-
-    A fast hash is enough here: the token is 256 random bits, not a password.
-    """
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def new_request_id() -> str:
-    """A fresh approval request id, ``apr_`` and 24 hex digits."""
-    return "apr_" + secrets.token_hex(12)
-
-
-def new_grant_id() -> str:
-    """A fresh grant id, ``grt_`` and 24 hex digits."""
-    return "grt_" + secrets.token_hex(12)
 
 
 def open_approval_store(db: str, *, schema: str | None = None) -> ApprovalStore:

@@ -33,6 +33,10 @@ returned as it is; otherwise it is appended once more. Nothing is written
 twice and nothing is lost. Verification streams the chain through a
 server-side cursor in one snapshot and hands it to
 :func:`aegis.core.chain.verify_chain`, the one verifier of every store.
+
+Size: the PostgreSQL audit store is one class over one connection: the append
+function, the chain's head, the reads and the migrations share its transaction
+handling and its error mapping.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ Example::
     usage = open_stores("aegis_audit.db").usage    # on the audit's connection
     usage = SQLiteUsageStore("aegis_audit.db")     # or on its own connection
     runtime = Runtime(executor=..., policy=..., usage_store=usage)
+
+Size: the SQLite usage counters and the guard that writes them in the audit's
+transaction share the known-counter cache and the statements; split, the one-
+commit start could drift from the ordinary path.
 """
 
 from __future__ import annotations
