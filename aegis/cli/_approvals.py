@@ -5,6 +5,9 @@ says exactly what the service says. Exit status 0 when done, 1 when the
 service refused (unknown id, wrong role, already decided, expired, own
 request, unreachable), 2 for usage errors (a missing token, a bad option,
 a body the service calls malformed).
+
+Size: one module per command group: list, show and decide share the client, the
+token and the terminal rendering of a request.
 """
 
 from __future__ import annotations

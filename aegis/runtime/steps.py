@@ -27,6 +27,10 @@ Speed: this is the path of every governed action (about 100 µs on SQLite;
 ``python benchmarks/run.py`` and ``python benchmarks/limits.py``, see
 BENCHMARKS.md). A passage is one small object with slots, the steps that do
 not apply to an action are not called, and the audit is called directly.
+
+Size: the Gate, the Passage and the Results its steps build (blocked, skipped,
+unrecorded, the executor's answer normalised) read as one sequence; the per-
+action path stays in one module so that its cost is seen in one place.
 """
 
 from __future__ import annotations
