@@ -163,6 +163,14 @@ In a client's configuration, replace the server's command with:
     help_text="With --listen, the bearer token /metrics asks for (from a file or the "
     "environment); without it or --metrics-public, /metrics is off.",
 )
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0, max=3600),
+    default=15.0,
+    show_default=True,
+    help="While a call waits for a reviewer, seconds between the progress notifications "
+    "sent to a client that asked for progress (0: none).",
+)
 @click.option("--agent", default=None, help="Who acts, for limits keyed by agent.")
 @click.option(
     "--session",
@@ -198,6 +206,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     session_idle_timeout: float,
     metrics_public: bool,
     metrics_token: str | None,
+    progress_interval: float,
     agent: str | None,
     session_id: str | None,
     reload: bool,
@@ -254,6 +263,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         idle_timeout=session_idle_timeout,
         metrics_public=metrics_public,
         metrics_token=metrics_token,
+        progress_interval=progress_interval,
         agent=agent,
         session_id=_session(session_id),
         policy_path=policy_path,

@@ -67,6 +67,7 @@ from aegis.mcp._jsonrpc import (
     lookalike_members,
     result_reply,
 )
+from aegis.mcp._tasks import RELATED_TASK, TERMINAL, ProxyTask, TaskTable
 from aegis.runtime._binding import CallBinding, bound_call
 from aegis.runtime.refusal import refusal_text
 
@@ -249,11 +250,15 @@ class SessionOptions:
         call_timeout: seconds the server may take to answer one request;
             ``None`` waits for ever.
         context: extra audit context for every action (JSON scalars).
+        progress_interval: while a call waits for its decision (a reviewer),
+            seconds between the progress notifications sent to a client
+            that gave a ``progressToken``; ``0`` sends none.
     """
 
     target: str
     hide_blocked: bool = False
     call_timeout: float | None = 300.0
+    progress_interval: float = 15.0
     context: Mapping[str, ContextValue] = field(default_factory=dict)
 
 
@@ -286,6 +291,14 @@ class ProxySession:
         # where each message belongs, by its JSON-RPC id (nothing decided there)
         self._ids = IdTable()
         self._background: set[asyncio.Task[None]] = set()
+        # the proxy's own tasks (task-augmented tools/call)
+        self._tasks = TaskTable()
+        # the server's own tasks capability, from its initialize reply
+        self._server_tasks: dict[str, Any] | None = None
+        # tools whose server requires task-augmented calls
+        self._task_required: set[str] = set()
+        # client request id -> the progress ticker of a call awaiting its decision
+        self._waiting: dict[tuple[type, RequestId], asyncio.Task[None]] = {}
         self._gone: str | None = None
         self._closed = False
         self._client_name: str | None = None
@@ -357,6 +370,10 @@ class ProxySession:
         params: dict[str, Any] = message.get("params") or {}
         if method == "tools/call":
             return await self._call_tool(message, params)
+        if method.startswith("tasks/"):
+            own = await self._own_task_request(message, method, params)
+            if own is not None:
+                return own
         if self._names(method):
             return await self._governed(message, method, params)
         if method == "server/discover":
@@ -387,6 +404,8 @@ class ProxySession:
         reply = await self._forward(message)
         if method == "tools/list":
             self._filter_tools(reply)
+        elif method == "initialize":
+            self._advertise_tasks(reply)
         return reply
 
     async def _client_notification(self, message: Message) -> None:
@@ -522,11 +541,170 @@ class ProxySession:
                 return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")
             # Decided, and forwarded, as the tool's inputSchema types them.
             arguments = coerce_arguments(arguments, schema)
-        return await self._govern(message, name, arguments, is_tool=True)
+        if "task" in params:
+            requested = params["task"]
+            if not isinstance(requested, dict):
+                return error_reply(
+                    request_id, INVALID_PARAMS, 'Invalid params: "task" must be a JSON object'
+                )
+            return self._start_task(message, name, arguments, requested)
+        return await self._kept_alive(message, name, arguments, is_tool=True)
 
     async def _governed(self, message: Message, method: str, params: dict[str, Any]) -> Message:
         arguments = {k: v for k, v in params.items() if k != "_meta"}
-        return await self._govern(message, method, arguments, is_tool=False)
+        return await self._kept_alive(message, method, arguments, is_tool=False)
+
+    # -------------------------------------------------------------- long waits
+
+    async def _kept_alive(
+        self, message: Message, kind: str, arguments: dict[str, Any], *, is_tool: bool
+    ) -> Message:
+        """:meth:`_govern`, with progress notifications while the decision is awaited.
+
+        A client that gave a ``progressToken`` hears from the proxy every
+        ``progress_interval`` seconds until the call is forwarded (or
+        refused), so a client that resets its timeout on progress (the
+        TypeScript SDK's ``resetTimeoutOnProgress``) waits for a reviewer
+        however long they take. Once forwarded, the server's own progress
+        under the same token takes over.
+        """
+        token = _progress_token(message)
+        interval = self._options.progress_interval
+        if token is None or not interval > 0:
+            return await self._govern(message, kind, arguments, is_tool=is_tool)
+        key = _key(message["id"])
+        ticker = asyncio.create_task(self._tick(message["id"], token[1], interval))
+        self._waiting[key] = ticker
+        try:
+            return await self._govern(message, kind, arguments, is_tool=is_tool)
+        finally:
+            ticker.cancel()
+            if self._waiting.get(key) is ticker:
+                del self._waiting[key]
+
+    async def _tick(self, request_id: RequestId, token: str | int, interval: float) -> None:
+        count = 0
+        while True:
+            await asyncio.sleep(interval)
+            count += 1
+            await self._to_client(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "notifications/progress",
+                    "params": {
+                        "progressToken": token,
+                        "progress": count,
+                        "message": "Aegis: waiting for the call's decision (a reviewer's approval)",
+                    },
+                },
+                request_id,
+            )
+
+    def _stop_ticking(self, request_id: RequestId) -> None:
+        ticker = self._waiting.pop(_key(request_id), None)
+        if ticker is not None:
+            ticker.cancel()
+
+    def _start_task(
+        self, message: Message, name: str, arguments: dict[str, Any], requested: dict[str, Any]
+    ) -> Message:
+        """Answer a task-augmented call with its task; decide and run it behind that."""
+        task = self._tasks.create(requested)
+
+        async def work() -> None:
+            try:
+                reply = await self._govern(message, name, arguments, is_tool=True)
+            except asyncio.CancelledError:
+                task.finish("cancelled", _tool_error(message["id"], "the call was cancelled"))
+                raise
+            except Exception as exc:  # one task's failure must not end the proxy
+                _log.exception("the Aegis proxy failed on task %s", task.task_id)
+                reply = error_reply(
+                    message["id"], INTERNAL_ERROR, f"Internal error in the Aegis proxy: {exc}"
+                )
+            status, why = _task_outcome(reply)
+            task.finish(status, reply, why)
+            await self._to_client(
+                {"jsonrpc": "2.0", "method": "notifications/tasks/status", "params": task.view()},
+                None,
+            )
+
+        task.worker = asyncio.create_task(work())
+        self._background.add(task.worker)
+        task.worker.add_done_callback(self._background.discard)
+        return result_reply(message["id"], {"task": task.view()})
+
+    async def _own_task_request(
+        self, message: Message, method: str, params: dict[str, Any]
+    ) -> Message | None:
+        """Serve ``tasks/*`` for the proxy's own tasks; ``None`` passes the request on."""
+        request_id: RequestId = message["id"]
+        if method == "tasks/list":
+            return await self._list_tasks(message, params)
+        task_id = params.get("taskId")
+        if method not in ("tasks/get", "tasks/result", "tasks/cancel"):
+            return None
+        if not self._tasks.owns(task_id):
+            return None  # the server's own task
+        task = self._tasks.get(task_id)
+        if task is None:
+            return error_reply(
+                request_id,
+                INVALID_PARAMS,
+                f"Invalid params: no task {task_id!r} (unknown or expired)",
+            )
+        if method == "tasks/get":
+            return result_reply(request_id, task.view())
+        if method == "tasks/cancel":
+            if task.status in TERMINAL:
+                return error_reply(
+                    request_id,
+                    INVALID_PARAMS,
+                    f"Invalid params: task {task_id!r} already ended ({task.status})",
+                )
+            if task.worker is not None:
+                task.worker.cancel()
+                with contextlib.suppress(BaseException):
+                    await task.worker
+            task.finish("cancelled", _tool_error(request_id, "the call was cancelled"))
+            return result_reply(request_id, task.view())
+        await task.done.wait()
+        return _task_result(request_id, task)
+
+    async def _list_tasks(self, message: Message, params: dict[str, Any]) -> Message | None:
+        own = [task.view() for task in self._tasks.all()]
+        if params.get("cursor") is not None:
+            return None  # a page of the server's own list
+        server = self._server_tasks
+        if not (isinstance(server, dict) and "list" in server):
+            return result_reply(message["id"], {"tasks": own})
+        reply = await self._forward(message)
+        result = reply.get("result")
+        if isinstance(result, dict) and isinstance(result.get("tasks"), list):
+            result["tasks"] = own + result["tasks"]
+        return reply
+
+    def _advertise_tasks(self, reply: Message) -> None:
+        """Say in the initialize reply that the proxy takes task-augmented tool calls."""
+        result = reply.get("result")
+        if not isinstance(result, dict):
+            return
+        capabilities = result.get("capabilities")
+        if not isinstance(capabilities, dict):
+            return
+        server = capabilities.get("tasks")
+        self._server_tasks = server if isinstance(server, dict) else None
+        tasks: dict[str, Any] = dict(server) if isinstance(server, dict) else {}
+        tasks.setdefault("list", {})
+        tasks.setdefault("cancel", {})
+        requests = tasks.get("requests")
+        requests = dict(requests) if isinstance(requests, dict) else {}
+        tools = requests.get("tools")
+        tools = dict(tools) if isinstance(tools, dict) else {}
+        tools.setdefault("call", {})
+        requests["tools"] = tools
+        tasks["requests"] = requests
+        capabilities["tasks"] = tasks
 
     async def _govern(
         self, message: Message, kind: str, arguments: dict[str, Any], *, is_tool: bool
@@ -597,13 +775,20 @@ class ProxySession:
             for name in _TOOL_CALL_EXTRAS:
                 if name in sent:
                     params[name] = sent[name]
+            if action.type not in self._task_required:
+                # The proxy is the task's receiver; the server gets a plain
+                # call unless it takes this tool only as a task.
+                params.pop("task", None)
         else:
             params = dict(thaw(action.params))
             if "_meta" in sent:
                 params["_meta"] = sent["_meta"]
         outgoing = _request(message["id"], message["method"], params)
+        self._stop_ticking(message["id"])  # forwarded: the server's progress now
         try:
             reply = await self._exchange(outgoing)
+            if "task" in params:
+                reply = await self._task_outcome_of(message["id"], reply)
         except DownstreamError as exc:
             call.failure = str(exc)
             raise
@@ -626,6 +811,15 @@ class ProxySession:
                 error=f"the tool reported an error: {_text_of(result)}",
             )
         return Result(action, ResultStatus.SUCCESS, data=result)
+
+    async def _task_outcome_of(self, request_id: RequestId, reply: Message) -> Message:
+        """The server's own task's outcome: what its ``tasks/result`` answers."""
+        result = reply.get("result")
+        created = result.get("task") if isinstance(result, dict) else None
+        task_id = created.get("taskId") if isinstance(created, dict) else None
+        if not isinstance(task_id, str):
+            return reply
+        return await self._exchange(_request(request_id, "tasks/result", {"taskId": task_id}))
 
     def _offer_link(self, call: _Call, url: str) -> None:
         elicitation = self.client_capabilities.get("elicitation")
@@ -666,6 +860,14 @@ class ProxySession:
                 schema = tool.get("inputSchema")
                 if isinstance(schema, dict):
                     self._schemas[tool["name"]] = schema
+                execution = tool.get("execution")
+                execution = dict(execution) if isinstance(execution, dict) else {}
+                if execution.get("taskSupport") == "required":
+                    self._task_required.add(tool["name"])
+                else:
+                    # The proxy takes any call as a task (see aegis.mcp._tasks).
+                    execution["taskSupport"] = "optional"
+                    tool["execution"] = execution
         if self._options.hide_blocked:
             target = self._options.target
             result["tools"] = [
@@ -813,6 +1015,7 @@ class ProxySession:
             return
         self._closed = True
         tasks = list(self._inflight.values())
+        tasks.extend(task.worker for task in self._tasks.running() if task.worker is not None)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -865,6 +1068,34 @@ def _progress_token(message: Message) -> tuple[type, Any] | None:
     meta = params.get("_meta") if isinstance(params, dict) else None
     token = meta.get("progressToken") if isinstance(meta, dict) else None
     return (type(token), token) if isinstance(token, str | int) else None
+
+
+def _tool_error(request_id: RequestId, text: str) -> Message:
+    return result_reply(request_id, {"content": [{"type": "text", "text": text}], "isError": True})
+
+
+def _task_outcome(reply: Message) -> tuple[str, str | None]:
+    """A finished task's status and status message, from the call's reply."""
+    error = reply.get("error")
+    if isinstance(error, dict):
+        return "failed", str(error.get("message", "the call failed"))[:500]
+    result = reply.get("result")
+    if isinstance(result, dict) and result.get("isError") is True:
+        return "failed", _text_of(result)
+    return "completed", None
+
+
+def _task_result(request_id: RequestId, task: ProxyTask) -> Message:
+    """What ``tasks/result`` answers for an ended task: the call's own reply."""
+    reply = task.reply or _tool_error(request_id, f"the task ended {task.status}")
+    related = {RELATED_TASK: {"taskId": task.task_id}}
+    error = reply.get("error")
+    if isinstance(error, dict):
+        return {"jsonrpc": "2.0", "id": request_id, "error": error}
+    result = dict(reply.get("result") or {})
+    meta = result.get("_meta")
+    result["_meta"] = {**meta, **related} if isinstance(meta, dict) else related
+    return result_reply(request_id, result)
 
 
 def _text_of(result: dict[str, Any]) -> str:

@@ -81,6 +81,9 @@ class ProxySettings:
         agent: who acts, for limits keyed by ``agent``.
         policy_path: the policy's file, watched when ``reload`` is true.
         reload: decide later calls by the file's new content when it changes.
+        progress_interval: seconds between the progress notifications sent
+            while a call waits for its decision (to clients that asked for
+            progress); ``0`` sends none.
     """
 
     policy: Policy
@@ -106,6 +109,7 @@ class ProxySettings:
     agent: str | None = None
     policy_path: str | None = None
     reload: bool = False
+    progress_interval: float = 15.0
 
     @property
     def target(self) -> str:
@@ -274,6 +278,7 @@ def _options(settings: ProxySettings) -> SessionOptions:
         hide_blocked=settings.hide_blocked,
         call_timeout=settings.call_timeout,
         context=settings.context,
+        progress_interval=settings.progress_interval,
     )
 
 

@@ -24,14 +24,18 @@ def _tools(listed: Any) -> list[dict[str, Any]]:
 
 
 async def test_tools_list_keeps_annotations_and_schemas(files: Files) -> None:
-    """tools/list through the proxy equals the server's own: annotations, schemas, _meta."""
+    """tools/list through the proxy equals the server's own, but that every tool takes tasks."""
     command = files.server()
     direct = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
     async with Client(direct, cache=None) as client:
         expected = _tools(await client.list_tools())
     async with proxied_client(files) as client:
         listed = _tools(await client.list_tools())
-    assert listed == expected
+    # The proxy is the receiver of task-augmented calls, for every tool.
+    assert {t["name"]: t.pop("execution") for t in listed} == {
+        t["name"]: {"taskSupport": "optional"} for t in expected
+    }
+    assert listed == [{k: v for k, v in t.items() if k != "execution"} for t in expected]
     read = next(t for t in listed if t["name"] == "read")
     assert read["annotations"] == {"readOnlyHint": True, "openWorldHint": False}
     assert read["outputSchema"]["required"] == ["path", "content"]
