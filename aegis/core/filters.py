@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypedDict, Unpack
 
 from aegis.core.record import AuditRecord, isoformat
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 
-__all__ = ["FILTER_FIELDS", "NO_FILTERS", "Filters", "View"]
+__all__ = ["FILTER_FIELDS", "NO_FILTERS", "FilterArgs", "Filters", "View"]
 
 #: which records a query sees (see the module docstring)
 View = Literal["actions", "records"]
@@ -37,6 +37,22 @@ FILTER_FIELDS: Final[tuple[str, ...]] = (
     "risk_level",
     "result_status",
 )
+
+
+class FilterArgs(TypedDict, total=False):
+    """The keyword filters every audit reader takes beside ``session_id``, as callers pass them.
+
+    ``get_log``, ``iter_log`` and ``count`` take them as ``**filters``, so that
+    they are written here once; :meth:`Filters.of` checks and normalises them.
+    """
+
+    action_type: str | None
+    action_target: str | None
+    risk_level: RiskLevel | str | int | None
+    result_status: ResultStatus | str | None
+    since: datetime | str | None
+    until: datetime | str | None
+    view: View
 
 
 def _as_utc_iso(value: datetime | str, name: str) -> str:
@@ -92,19 +108,25 @@ class Filters:
     view: View = "actions"
 
     @classmethod
-    def of(  # one argument per filter, as the public methods take them
-        cls,
-        session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-        view: View = "actions",
-    ) -> Filters:
-        """Validate and normalise filter arguments; raise ``ValueError`` on a bad one."""
+    def of(cls, session_id: str | None = None, **filters: Unpack[FilterArgs]) -> Filters:
+        """Validate and normalise filter arguments; raise ``ValueError`` on a bad one.
+
+        Raises:
+            TypeError: a keyword that is no filter, or a time of the wrong type.
+        """
+        unknown = set(filters) - set(FilterArgs.__annotations__)
+        if unknown:
+            raise TypeError(
+                f"unknown filter {sorted(unknown)[0]!r}; the filters are session_id,"
+                f" {', '.join(FilterArgs.__annotations__)}"
+            )
+        action_type = filters.get("action_type")
+        action_target = filters.get("action_target")
+        risk_level = filters.get("risk_level")
+        result_status = filters.get("result_status")
+        since = filters.get("since")
+        until = filters.get("until")
+        view = filters.get("view", "actions")
         if view not in ("actions", "records"):
             raise ValueError(f"view={view!r}; use 'actions' or 'records'")
         return cls(

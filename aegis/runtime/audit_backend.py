@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
 
 from aegis.core.chain import GENESIS_HASH, HASHED_SCALARS, record_hash
 from aegis.core.decision import PolicyDecision
-from aegis.core.filters import Filters, View
+from aegis.core.filters import FilterArgs, Filters
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.record import (
     RECORD_FIELDS,
@@ -37,8 +36,7 @@ from aegis.core.record import (
     safe_repr,
     storable_json,
 )
-from aegis.core.result import Result, ResultStatus
-from aegis.core.risk import RiskLevel
+from aegis.core.result import Result
 from aegis.errors import AuditError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -129,14 +127,9 @@ class AuditBackend(Protocol):
         self,
         session_id: str | None = None,
         *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
         limit: int | None = None,
         after_id: int | None = None,
+        **filters: Unpack[FilterArgs],
     ) -> list[dict[str, Any]]:
         """Return the records that match every given filter, oldest first."""
         ...
@@ -144,13 +137,7 @@ class AuditBackend(Protocol):
     def count(
         self,
         session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
+        **filters: Unpack[FilterArgs],
     ) -> int:
         """Return how many records match every given filter."""
         ...
@@ -224,15 +211,9 @@ class RecordReader:
         self,
         session_id: str | None = None,
         *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
         limit: int | None = None,
         after_id: int | None = None,
-        view: View = "actions",
+        **filters: Unpack[FilterArgs],
     ) -> Iterator[dict[str, Any]]:
         """Yield the records that match every given filter, oldest first.
 
@@ -244,73 +225,26 @@ class RecordReader:
         interrupted or still running); ``view="records"`` gives every record
         of the chain.
         """
-        filters = Filters.of(
-            session_id,
-            action_type=action_type,
-            action_target=action_target,
-            risk_level=risk_level,
-            result_status=result_status,
-            since=since,
-            until=until,
-            view=view,
-        )
-        yield from self._select(filters, after_id, limit)
+        yield from self._select(Filters.of(session_id, **filters), after_id, limit)
 
     def get_log(
         self,
         session_id: str | None = None,
         *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
         limit: int | None = None,
         after_id: int | None = None,
-        view: View = "actions",
+        **filters: Unpack[FilterArgs],
     ) -> list[dict[str, Any]]:
         """Return the records that match every given filter, oldest first (see :meth:`iter_log`)."""
-        return list(
-            self.iter_log(
-                session_id,
-                action_type=action_type,
-                action_target=action_target,
-                risk_level=risk_level,
-                result_status=result_status,
-                since=since,
-                until=until,
-                limit=limit,
-                after_id=after_id,
-                view=view,
-            )
-        )
+        return list(self.iter_log(session_id, limit=limit, after_id=after_id, **filters))
 
     def count(
         self,
         session_id: str | None = None,
-        *,
-        action_type: str | None = None,
-        action_target: str | None = None,
-        risk_level: RiskLevel | str | int | None = None,
-        result_status: ResultStatus | str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-        view: View = "actions",
+        **filters: Unpack[FilterArgs],
     ) -> int:
         """Return how many records match every given filter (see :meth:`iter_log`)."""
-        return self._count(
-            Filters.of(
-                session_id,
-                action_type=action_type,
-                action_target=action_target,
-                risk_level=risk_level,
-                result_status=result_status,
-                since=since,
-                until=until,
-                view=view,
-            )
-        )
+        return self._count(Filters.of(session_id, **filters))
 
     def export_jsonl(
         self, path: str | Path, session_id: str | None = None, *, records: bool = False

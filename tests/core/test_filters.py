@@ -1,0 +1,25 @@
+"""The audit filters: one definition of the keywords every reader takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from aegis.core.filters import FilterArgs, Filters
+from aegis.testing import InMemoryAuditLog
+
+
+def test_an_unknown_filter_keyword_is_refused_naming_the_filters() -> None:
+    """A misspelt filter is a TypeError listing the real ones, not a silent match-all."""
+    with pytest.raises(TypeError, match=r"unknown filter 'action'.*action_type"):
+        Filters.of(action="read")  # type: ignore[call-arg]
+
+
+def test_readers_take_exactly_the_filter_keywords() -> None:
+    """get_log and count accept every keyword FilterArgs names, and only those."""
+    audit = InMemoryAuditLog()
+    every = dict.fromkeys(FilterArgs.__annotations__)
+    every["view"] = "records"
+    assert audit.get_log("s", **every) == []  # type: ignore[arg-type]
+    assert audit.count("s", **every) == 0  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        audit.count(target="crm")  # type: ignore[call-arg]
