@@ -21,7 +21,7 @@ Three rule keys make a rule look beyond the one action in front of it::
 Everything here is pure: this module parses and validates those keys,
 computes an action's *charges* (which counter, how much) and judges counts
 that a store reports; counting itself is the runtime's step
-(:mod:`aegis.runtime.limits`) against a usage store
+(:mod:`aegis.runtime.metering`) against a usage store
 (:mod:`aegis.stores.usage`). ``per`` is a sliding window (``30s``, ``5m``,
 ``1h``, ``1d``); ``key`` groups counts by ``session``, ``agent``, ``type``,
 ``target`` or ``params.<dotted path>``, and no key counts globally.

@@ -92,7 +92,7 @@ class Runtime:
             (which runs on a worker thread, so the event loop never blocks)
             is left to finish there, and what it returns is ignored.
         agent: who acts, for limits keyed by ``agent``; when ``None``, the
-            ``"agent"`` entry of a call's ``context`` (see :mod:`aegis.runtime.limits`).
+            ``"agent"`` entry of a call's ``context`` (see :mod:`aegis.runtime.metering`).
         usage_store: where limits, budgets and flow rules count
             (:class:`~aegis.stores.usage.UsageStore`); by default beside the
             audit trail (its SQLite file or PostgreSQL database), or in memory
