@@ -421,9 +421,13 @@ def _same_number(value: Any) -> Any:
     ``-0.0`` apart from ``0``), or ``"7"`` apart from ``7`` (tools coerce
     one into the other), would let an agent spend it twice. So an integral
     float becomes its int, a string that spells a number becomes that
-    number, and ``"true"``/``"false"`` become booleans.
+    number (underscores between digits too: ``"1_000"`` is 1000 to Pydantic),
+    and a boolean, or a string Pydantic reads as one (``"yes"``, ``"on"``...),
+    becomes ``1`` or ``0``: an integer field takes ``true`` as ``1``.
     """
     kind = type(value)
+    if kind is bool:
+        return int(value)
     if kind is float:
         return int(value) if value.is_integer() else value
     if kind is str:
@@ -435,7 +439,12 @@ def _same_number(value: Any) -> Any:
     return value
 
 
-_NUMBER_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,4})?\s*")
+_NUMBER_TEXT = re.compile(
+    r"\s*[+-]?(\d+(?:_\d+)*\.?(?:\d+(?:_\d+)*)?|\.\d+(?:_\d+)*)([eE][+-]?\d(?:_?\d){0,3})?\s*"
+)
+#: the strings Pydantic's lax mode reads as a boolean
+_TRUE_TEXT = frozenset({"true", "t", "yes", "y", "on"})
+_FALSE_TEXT = frozenset({"false", "f", "no", "n", "off"})
 
 
 def _spelled(text: str) -> Any:
@@ -447,8 +456,10 @@ def _spelled(text: str) -> Any:
         as_float = float(number)
         return as_float if math.isfinite(as_float) else text
     lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
+    if lowered in _TRUE_TEXT:
+        return 1
+    if lowered in _FALSE_TEXT:
+        return 0
     return text
 
 

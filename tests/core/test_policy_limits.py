@@ -326,7 +326,7 @@ def test_budget_amounts_that_are_not_plain_numbers_are_refused(value: Any, messa
         budget_units(value)
 
 
-@pytest.mark.parametrize("spelling", [7, 7.0, "7", " 7", "7.0", "07", "7e0"])
+@pytest.mark.parametrize("spelling", [7, 7.0, "7", " 7", "7.0", "07", "7e0", "0_7", "+7.0"])
 def test_one_customer_however_its_id_is_spelled(tmp_path: Path, spelling: Any) -> None:
     """7, 7.0 and "7" are one customer to a limit: tools coerce one into the other."""
     text = """\
@@ -344,6 +344,40 @@ rules:
     assert spelt.bucket == seven.bucket
     eight = meter.charge(Action("send", "mail", {"customer_id": "8"}), subject)
     assert eight.bucket != seven.bucket
+
+
+@pytest.mark.parametrize(
+    ("plain", "spelling"),
+    [
+        (1000, "1_000"),
+        (1000, "10_00"),
+        (1000, "1_000.0"),
+        (1, True),
+        (1, "true"),
+        (1, "yes"),
+        (0, False),
+        (0, "off"),
+    ],
+)
+def test_one_customer_however_pydantic_reads_its_id(
+    tmp_path: Path, plain: int, spelling: Any
+) -> None:
+    """Spellings a Pydantic int field reads as one number ("1_000", true) are one customer."""
+    text = """\
+rules:
+  - name: r
+    limit: {max: 1, per: 1h, key: [params.customer_id]}
+    approval: auto
+"""
+    policy = load(tmp_path, text)
+    assert policy.limits is not None
+    meter = policy.limits.by_rule["r"].meters[0]
+    subject = Subject("s1", "bot")
+    one = meter.charge(Action("send", "mail", {"customer_id": plain}), subject)
+    spelt = meter.charge(Action("send", "mail", {"customer_id": spelling}), subject)
+    assert spelt.bucket == one.bucket
+    other = meter.charge(Action("send", "mail", {"customer_id": "1_0_01"}), subject)
+    assert other.bucket != one.bucket
 
 
 def test_charges_key_by_every_kind_of_key(tmp_path: Path) -> None:
