@@ -36,8 +36,12 @@ what lies under it, never a sibling that shares its prefix (``/srv/secretary``
 is not under ``/srv/secret``). A param that is a list of paths holds
 ``path_under`` when any element is under a directory, and ``path_not_under``
 when any element is outside all of them: one path out of bounds is enough for
-a rule that blocks. A relative path, or anything but a string, cannot be
-evaluated (the action is blocked). Symbolic links, case-insensitive file
+a rule that blocks. In a rule that lets actions through (auto or approve), a
+list must hold for every element: one that holds for some elements and not
+others cannot be evaluated (and is blocked), so that ``auto`` for paths under
+``/srv/public`` never lets ``[/srv/public/a, /srv/secret/key]`` through. A
+relative path, or anything but a string, cannot be evaluated (the action is
+blocked). Symbolic links, case-insensitive file
 systems, ``~``, URL encoding and ``file:`` URIs are not resolved: the check is
 on the text as the tool will receive it. ``param_matches`` on a path does none
 of this: it is a search in the raw text.
@@ -158,8 +162,17 @@ class CompiledConditions:
     comparison: tuple[str, str, Any] | None = None
 
 
-def compile_conditions(spec: Mapping[str, Any]) -> CompiledConditions | None:
+def compile_conditions(
+    spec: Mapping[str, Any], *, blocking: bool = True
+) -> CompiledConditions | None:
     """Validate and compile a ``conditions`` mapping; ``None`` when it is empty.
+
+    ``blocking`` says the rule blocks what it matches (or the conditions
+    only ever make things stricter, as a flow condition's): a list of paths
+    then matches a path condition when any element does. A rule that lets
+    actions through (auto or approve) must not be matched by a list whose
+    other elements it would not match, so there a list that is partly in
+    and partly out cannot be evaluated (and blocks).
 
     Raises:
         ConditionSpecError: a name is unknown or a value is invalid.
@@ -171,7 +184,7 @@ def compile_conditions(spec: Mapping[str, Any]) -> CompiledConditions | None:
     checks: list[Check] = []
     for name, value in spec.items():
         if name in PARAM_CONDITIONS:
-            checks.extend(_compile_param_condition(name, value))
+            checks.extend(_compile_param_condition(name, value, blocking=blocking))
         elif name not in TIME_CONDITIONS and name not in FLOW_CONDITIONS:
             raise ConditionSpecError(_unknown_name(name), key=str(name))
     time_check = _compile_time_conditions(spec)
@@ -238,7 +251,7 @@ def _all_of(checks: list[Check]) -> Check:
 # -- params -------------------------------------------------------------------
 
 
-def _compile_param_condition(name: str, value: object) -> list[Check]:
+def _compile_param_condition(name: str, value: object, *, blocking: bool = True) -> list[Check]:
     if not isinstance(value, Mapping) or not value:
         raise ConditionSpecError(
             f"{name} must map param names to values, e.g. {{{name}: {{amount: 500}}}};"
@@ -253,7 +266,10 @@ def _compile_param_condition(name: str, value: object) -> list[Check]:
                 " or a dotted path such as 'customer.tier'",
                 key=name,
             )
-        checks.append(_PARAM_COMPILERS[name](name, path, expected))
+        if name in ("path_under", "path_not_under"):
+            checks.append(_compile_path(name, path, expected, blocking=blocking))
+        else:
+            checks.append(_PARAM_COMPILERS[name](name, path, expected))
     return checks
 
 
@@ -495,7 +511,7 @@ def normalize_path(path: str) -> str | None:
     return "/" + "/".join(parts)
 
 
-def _compile_path(name: str, path: str, expected: object) -> Check:
+def _compile_path(name: str, path: str, expected: object, *, blocking: bool = True) -> Check:
     roots = expected if isinstance(expected, list | tuple) else [expected]
     normal: list[str] = []
     for root in roots:
@@ -529,8 +545,17 @@ def _compile_path(name: str, path: str, expected: object) -> Check:
         if value is MISSING:
             return False
         if isinstance(value, tuple | frozenset):
-            # any element: one path out of bounds decides a block rule
-            return any(under(one) is want for one in value)
+            held = [under(one) is want for one in value]
+            if blocking or all(held) or not any(held):
+                # any element: one path out of bounds decides a block rule
+                return any(held)
+            # A rule that lets actions through, matched by some paths of the
+            # list and not by others, would let the others through with them.
+            raise Unevaluable(
+                f"param {path!r} is a list of paths only some of which are "
+                f"{'under' if want else 'outside'} {', '.join(normal)} ({name}); "
+                "a rule that lets actions through must hold for every path"
+            )
         return under(value) is want
 
     return check

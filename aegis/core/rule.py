@@ -148,7 +148,7 @@ class PolicyRule:
             }
             # Compiled as given, so that errors name the keys as written (a
             # loader then finds their lines); the checks keep frozen copies.
-            compiled = compile_conditions(conditions)
+            compiled = compile_conditions(conditions, blocking=values["approval"] is Approval.BLOCK)
             values["conditions"] = freeze(conditions)
             limits = compile_rule_limits(
                 name, limit=limit, budget=budget, on_exceed=on_exceed, conditions=conditions

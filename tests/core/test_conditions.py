@@ -90,7 +90,9 @@ def decide(conditions: dict[str, Any], params: dict[str, Any] | None = None, **k
         ("path_under", "/srv/secret", "/srv/secret/../public/x", "no match"),
         ("path_under", "/srv/secret", "/../../srv/secret", "match"),
         ("path_under", ["/etc", "/srv/secret"], "/etc/passwd", "match"),
-        ("path_under", "/srv/secret", ["/srv/public/a", "/srv/public/../secret/b"], "match"),
+        # a list partly under: it matches a blocking rule, and an auto rule (this one) cannot say
+        ("path_under", "/srv/secret", ["/srv/public/a", "/srv/public/../secret/b"], "unevaluable"),
+        ("path_under", "/srv/secret", ["/srv/secret/a", "/srv/public/../secret/b"], "match"),
         ("path_under", "/srv/secret", ["/srv/public/a"], "no match"),
         ("path_under", "/srv/secret", [], "no match"),
         ("path_under", "/srv/secret", "secret/key.txt", "unevaluable"),
@@ -99,7 +101,8 @@ def decide(conditions: dict[str, Any], params: dict[str, Any] | None = None, **k
         ("path_under", "/", "/anything", "match"),
         ("path_not_under", "/srv/public", "/srv/public/a.txt", "no match"),
         ("path_not_under", "/srv/public", "/srv/public/../secret", "match"),
-        ("path_not_under", "/srv/public", ["/srv/public/a", "/srv/secret/b"], "match"),
+        ("path_not_under", "/srv/public", ["/srv/public/a", "/srv/secret/b"], "unevaluable"),
+        ("path_not_under", "/srv/public", ["/tmp/a", "/srv/secret/b"], "match"),
         ("path_not_under", "/srv/public", ["/srv/public/a", "/srv/public/b"], "no match"),
         ("path_not_under", "/srv/public", "../x", "unevaluable"),
     ],
@@ -387,3 +390,32 @@ def test_a_type_mismatch_loses_to_a_plainly_false_condition() -> None:
     )
     decision = policy.evaluate(Action("delete", "repo", {"force": "true", "amount": 1}), now=NOON)
     assert decision.approval is Approval.AUTO
+
+
+@pytest.mark.parametrize(
+    ("approval", "condition", "paths", "expected"),
+    [
+        ("auto", "path_under", ["/srv/public/a", "/srv/secret/key"], Approval.BLOCK),
+        ("auto", "path_under", ["/srv/public/a", "/srv/public/../secret"], Approval.BLOCK),
+        ("auto", "path_under", ["/srv/public/a", "/srv/public/b"], Approval.AUTO),
+        ("auto", "path_under", ["/srv/other/a"], Approval.APPROVE),
+        ("auto", "path_not_under", ["/tmp/a", "/srv/secret/key"], Approval.BLOCK),
+        ("auto", "path_not_under", ["/tmp/a", "/var/b"], Approval.AUTO),
+        ("approve", "path_under", ["/srv/public/a", "/srv/secret/key"], Approval.BLOCK),
+        ("block", "path_under", ["/srv/other/a", "/srv/public/key"], Approval.BLOCK),
+        ("block", "path_not_under", ["/srv/secret/a", "/tmp/b"], Approval.BLOCK),
+    ],
+)
+def test_a_rule_letting_lists_through_must_hold_for_every_path(
+    approval: str, condition: str, paths: list[str], expected: Approval
+) -> None:
+    """A list only partly under an auto rule's directory is blocked, not let through whole."""
+    root = "/srv/public" if condition == "path_under" else "/srv/secret"
+    policy = Policy(
+        [PolicyRule("read", approval=approval, name="r", conditions={condition: {"paths": root}})],
+        default_approval="approve",
+    )
+    decision = policy.evaluate(Action("read", "fs", {"paths": paths}))
+    assert decision.approval is expected
+    if approval == "block":  # any element decides a blocking rule: it matches by its name
+        assert (decision.matched_rule, decision.reason) == ("r", "")
