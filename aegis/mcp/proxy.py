@@ -39,6 +39,8 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -286,6 +288,7 @@ class ProxySession:
         self._descriptions: dict[str, str] = {}
         # a tool's input schema, from tools/list
         self._schemas: dict[str, dict[str, Any]] = {}
+        self._listed_at = -math.inf  # when the proxy last asked the server for its tools
         # client request id -> the task serving it
         self._inflight: dict[tuple[type, RequestId], asyncio.Task[None]] = {}
         # where each message belongs, by its JSON-RPC id (nothing decided there)
@@ -533,9 +536,19 @@ class ProxySession:
                 request_id, INVALID_PARAMS, 'Invalid params: "arguments" must be a JSON object'
             )
         schema = self._schemas.get(name)
+        if schema is None:
+            # A client need not list the tools before calling one: ask the
+            # server, so that the call is read as the tool's schema reads it.
+            try:
+                await self._list_tools(request_id)
+            except asyncio.CancelledError:
+                # Cancelled before it was decided: it ran nothing, and says so.
+                await self.record_refused(message, "the client cancelled it before it was decided")
+                raise
+            schema = self._schemas.get(name)
         properties = schema.get("properties") if schema is not None else None
-        if isinstance(properties, dict) and properties:
-            why = lookalike_members(arguments, properties)
+        if schema is not None and isinstance(properties, dict) and properties:
+            why = _lookalike_arguments(arguments, schema, schema)
             if why is not None:
                 await self.record_refused(message, f"its arguments are ambiguous: {why}")
                 return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")
@@ -845,11 +858,29 @@ class ProxySession:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _filter_tools(self, reply: Message) -> None:
-        result = reply.get("result")
-        if not isinstance(result, dict):
+    async def _list_tools(self, request_id: RequestId) -> None:
+        """Learn the tools' schemas and descriptions from the server's own tools/list."""
+        now = time.monotonic()
+        if now - self._listed_at < _RELIST_INTERVAL:
             return
-        tools = result.get("tools")
+        self._listed_at = now
+        cursor: Any = None
+        for _ in range(_MAX_LIST_PAGES):
+            params = {} if cursor is None else {"cursor": cursor}
+            try:
+                reply = await self._exchange(_request(request_id, "tools/list", params))
+            except DownstreamError as exc:
+                _log.warning("could not list the server's tools: %s", exc)
+                return
+            result = reply.get("result")
+            if not isinstance(result, dict):
+                return
+            self._learn_tools(result.get("tools"))
+            cursor = result.get("nextCursor")
+            if not isinstance(cursor, str) or not cursor:
+                return
+
+    def _learn_tools(self, tools: object) -> None:
         if not isinstance(tools, list):
             return
         for tool in tools:
@@ -868,6 +899,15 @@ class ProxySession:
                     # The proxy takes any call as a task (see aegis.mcp._tasks).
                     execution["taskSupport"] = "optional"
                     tool["execution"] = execution
+
+    def _filter_tools(self, reply: Message) -> None:
+        result = reply.get("result")
+        if not isinstance(result, dict):
+            return
+        tools = result.get("tools")
+        if not isinstance(tools, list):
+            return
+        self._learn_tools(tools)
         if self._options.hide_blocked:
             target = self._options.target
             result["tools"] = [
@@ -1027,6 +1067,62 @@ class ProxySession:
 _TOOL_CALL_MEMBERS = frozenset({"name", "arguments", "_meta", "task"})
 #: those of them passed on as the client sent them (the protocol's, not the tool's)
 _TOOL_CALL_EXTRAS = ("_meta", "task")
+
+
+#: seconds between the proxy's own tools/list requests (for calls of unknown tools)
+_RELIST_INTERVAL = 1.0
+#: pages of a tools/list the proxy reads at most
+_MAX_LIST_PAGES = 100
+
+
+def _lookalike_arguments(
+    value: Any, spec: Any, root: Mapping[str, Any], seen: set[tuple[int, int]] | None = None
+) -> str | None:
+    """Why ``value`` holds a member name that folds like one its schema ``spec`` names, or ``None``.
+
+    At every level the schema describes (object properties, array items,
+    ``anyOf``/``oneOf`` options, local ``$ref`` definitions): a nested
+    ``{"Force": true}`` is what a case-insensitive server reads as ``force``.
+    """
+    if not isinstance(spec, Mapping):
+        return None
+    seen = set() if seen is None else seen
+    if (id(value), id(spec)) in seen:  # each schema part once per value: refs may loop
+        return None
+    seen.add((id(value), id(spec)))
+    ref = spec.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")  # noqa: PLW2901
+            target = target.get(part) if isinstance(target, Mapping) else None
+        why = _lookalike_arguments(value, target, root, seen)
+        if why is not None:
+            return why
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = spec.get(key)
+        if isinstance(options, list):
+            for option in options:
+                why = _lookalike_arguments(value, option, root, seen)
+                if why is not None:
+                    return why
+    if isinstance(value, dict):
+        properties = spec.get("properties")
+        if isinstance(properties, Mapping) and properties:
+            why = lookalike_members(value, properties)
+            if why is not None:
+                return why
+            for name, inner in value.items():
+                why = _lookalike_arguments(inner, properties.get(name), root, seen)
+                if why is not None:
+                    return f"in {name!r}: {why}"
+    elif isinstance(value, list):
+        items = spec.get("items")
+        for inner in value:
+            why = _lookalike_arguments(inner, items, root, seen)
+            if why is not None:
+                return why
+    return None
 
 
 def _members_like(value: Message, name: str) -> list[Any]:

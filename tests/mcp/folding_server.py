@@ -26,7 +26,9 @@ TOOLS = [
                 "paths": {"type": "array"},
                 "force": {"type": "boolean"},
                 "count": {"type": "integer"},
+                "options": {"$ref": "#/$defs/Options"},
             },
+            "$defs": {"Options": {"type": "object", "properties": {"force": {"type": "boolean"}}}},
         },
     }
     for name in ("read", "delete")

@@ -33,6 +33,12 @@ rules:
       param_eq: {force: true}
     risk_level: high
     approval: block
+  - name: no-forced-options
+    match: {type: read}
+    conditions:
+      param_eq: {options.force: true}
+    risk_level: high
+    approval: block
   - name: reads
     match: {type: read}
     risk_level: low
@@ -184,3 +190,47 @@ def test_arguments_are_decided_and_forwarded_as_the_input_schema_types_them(
     assert folding.ran() == [("read", {"path": "/srv/a", "force": False, "count": 3})]
     rules = [(r["matched_rule"], r["result_status"]) for r in folding.files.records()]
     assert rules == [("no-force", "blocked"), ("reads", "success")]
+
+
+@pytest.fixture
+def unlisted(tmp_path: Path) -> Iterator[Folding]:
+    """An initialized proxy whose client never asked for the tools list."""
+    setup = Folding(tmp_path)
+    try:
+        setup.proxy.initialize()
+        yield setup
+    finally:
+        setup.proxy.close()
+
+
+def test_a_call_before_any_tools_list_is_read_as_the_tools_schema_reads_it(
+    unlisted: Folding,
+) -> None:
+    """Without a tools/list from the client, "Force" is still the force a folding server reads."""
+    reply = unlisted.proxy.request(
+        3, "tools/call", {"name": "read", "arguments": {"path": "/srv/a", "Force": True}}
+    )
+    assert reply["error"]["code"] == -32602
+    assert unlisted.ran() == []
+    allowed = unlisted.proxy.request(
+        4, "tools/call", {"name": "read", "arguments": {"path": "/srv/a", "count": "3"}}
+    )
+    assert allowed["result"]["content"][0]["text"] == "ran read"
+    assert unlisted.ran() == [("read", {"path": "/srv/a", "count": 3})]
+
+
+def test_a_nested_lookalike_argument_is_refused(folding: Folding) -> None:
+    """A nested member a case-insensitive server reads as a ruled field is refused, not run."""
+    reply = folding.proxy.request(
+        5,
+        "tools/call",
+        {"name": "read", "arguments": {"path": "/srv/a", "options": {"Force": True}}},
+    )
+    assert reply["error"]["code"] == -32602
+    assert folding.ran() == []
+    allowed = folding.proxy.request(
+        6,
+        "tools/call",
+        {"name": "read", "arguments": {"path": "/srv/a", "options": {"force": False}}},
+    )
+    assert allowed["result"]["content"][0]["text"] == "ran read"

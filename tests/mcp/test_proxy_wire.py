@@ -102,6 +102,8 @@ def test_duplicated_id_in_flight_is_refused(tmp_path: Path) -> None:
     """A second request reusing an id in flight is refused; after cancelling, the id is free."""
     files = Files(tmp_path)
     with raw_proxy(files, server_args=["--hang-on", "read"]) as proxy:
+        # the schemas known first: the read is decided as soon as it arrives
+        assert "result" in proxy.request("list", "tools/list")
         proxy.send(
             {
                 "jsonrpc": "2.0",
