@@ -553,7 +553,9 @@ class Inbox:
                 "title": "Pending",
                 "page": "pending",
                 "pending": pending,
-                "pending_count": len(pending),
+                # the true count, not the page's: the hidden ones are the oldest
+                "pending_count": len(pending) + more,
+                "pending_total": len(pending) + more,
                 # A flood must not push older requests out of sight without a word.
                 "more": more,
                 "older": "/?" + urllib.parse.urlencode({"before": following})
@@ -569,10 +571,13 @@ class Inbox:
         reviewer = await self.reviewer(request)
         if reviewer is None:
             return Response(status_code=401, headers=_headers(request))
-        pending = await self._pending(reviewer)
-        return self.render(
+        pending, more, _ = await self._pending_page(reviewer)
+        response = self.render(
             request, "_pending_rows.html", {"pending": pending}, reviewer=reviewer, fragment=True
         )
+        # the badge shows the true count, the page's rows and the older ones alike
+        response.headers["X-Pending-Total"] = str(len(pending) + more)
+        return response
 
     async def events(self, request: Request) -> Response:
         """Server-sent events: ``pending`` whenever the set of pending requests changes."""
@@ -641,6 +646,12 @@ class Inbox:
         refusal = ApprovalService.refusal(reviewer.principal, found)
         if refusal is None and found.is_expired_at(now):
             refusal = "the request has expired"
+        # decided (or not for this reviewer): on to the next one, closest to expiring
+        following = (
+            await self._next_pending(reviewer, found.id)
+            if refusal is not None or found.status is not RequestStatus.PENDING
+            else None
+        )
         return self.render(
             request,
             "request.html",
@@ -651,6 +662,7 @@ class Inbox:
                 **_params_parts(_pretty_json(view["action"]["params"])),
                 "max_grant_minutes": MAX_GRANT_MINUTES,
                 "refusal": f"You cannot decide this: {refusal}." if refusal else None,
+                "next_request": following,
             },
             reviewer=reviewer,
             flashes=flashes,
@@ -685,6 +697,32 @@ class Inbox:
                 request, reviewer, request_id, flashes=[("error", problem)], status_code=422
             )
         verdict = Verdict(str(verdict_text))
+        if verdict is Verdict.APPROVE and form.get("confirm") != "yes":
+            try:
+                risky = await self.service.get(reviewer.principal, request_id)
+            except ApprovalServiceError:
+                risky = None
+            if (
+                risky is not None
+                and risky.risk_level >= RiskLevel.HIGH
+                and risky.status is RequestStatus.PENDING
+                and not risky.is_expired_at(self.service.clock())
+                and ApprovalService.refusal(reviewer.principal, risky) is None
+            ):
+                return await self._show_request(
+                    request,
+                    reviewer,
+                    request_id,
+                    flashes=[
+                        (
+                            "error",
+                            f"This is a {risky.risk_level.name} risk action: tick "
+                            "\u201cI have checked\u201d to confirm, then approve. "
+                            "Nothing was changed.",
+                        )
+                    ],
+                    status_code=422,
+                )
         try:
             decided = await self.service.decide(
                 reviewer.principal, request_id, verdict, comment, grant
@@ -711,6 +749,13 @@ class Inbox:
         return self._redirect(
             request, f"/requests/{urllib.parse.quote(request_id, safe='')}", ("ok", message)
         )
+
+    async def _next_pending(self, reviewer: Reviewer, done: str) -> str | None:
+        """The pending request to show after ``done``: the one closest to expiring."""
+        views = [v for v in await self._pending(reviewer) if v["id"] != done]
+        if not views:
+            return None
+        return str(min(views, key=lambda view: str(view["expires_at"]))["id"])
 
     # -------------------------------------------------------------- history and audit
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -209,6 +212,7 @@ def test_request_appears_live_and_approval_lets_the_runtime_run(world: World) ->
     expect(page.locator("#why")).to_contain_text("refunds move money, so a person checks them")
     page.screenshot(path=OUTPUT / "inbox-request.png", full_page=True)
     page.fill("#comment", "Duplicate charge confirmed in Stripe")
+    page.check("#confirm")  # HIGH risk: Approve asks for the box first
     page.click("#approve")
     expect(page.locator(".flash-ok")).to_contain_text("Approved")
     assert refund.result(WAIT_MS / 1000).status is ResultStatus.SUCCESS
@@ -250,7 +254,7 @@ def test_deny_with_the_keyboard(world: World) -> None:
 
 
 def test_expired_request_cannot_be_decided(world: World) -> None:
-    """A request past its approval_ttl leaves the live list and is refused on its open page."""
+    """A request past its approval_ttl leaves the live list; its open page says so and closes."""
     pending = world.signed_in()
     future = world.agent.start(Action("quick_check", "ops", {"host": "db-1"}))
     expect(world.row(pending, "quick_check")).to_be_visible(timeout=WAIT_MS)
@@ -263,9 +267,11 @@ def test_expired_request_cannot_be_decided(world: World) -> None:
     result = future.result(WAIT_MS / 1000)  # the 2 s TTL runs out while the page is open
     assert result.status is ResultStatus.DENIED
     expect(world.row(pending, "quick_check")).to_have_count(0, timeout=WAIT_MS)
-    page.click("#approve")
-    expect(page.locator(".flash-error")).to_contain_text("expired")
-    expect(page.locator("#refusal")).to_be_visible()
+    # the open page says so by itself, and its form is closed
+    expect(page.locator("#gone")).to_contain_text("expired elsewhere", timeout=WAIT_MS)
+    expect(page.locator("#approve")).to_be_disabled()
+    page.reload()
+    expect(page.locator("#refusal")).to_contain_text("expired")
     expect(page.locator("#approve")).to_be_disabled()
     pending.context.close()
 
@@ -308,6 +314,7 @@ def test_every_page_fits_a_phone(world: World) -> None:
         assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
     page.goto(world.server.url + href)
     page.screenshot(path=OUTPUT / "inbox-request-phone.png", full_page=True)
+    page.check("#confirm")
     page.click("#approve")
     expect(page.locator(".flash-ok")).to_contain_text("Approved")
     assert future.result(WAIT_MS / 1000).status is ResultStatus.SUCCESS
@@ -322,3 +329,124 @@ def test_sign_out(world: World) -> None:
     page.goto(f"{world.server.url}/history")
     expect(page).to_have_url(f"{world.server.url}/signin?next=%2Fhistory")
     page.context.close()
+
+
+def test_critical_approval_needs_confirmation_by_keyboard_too(world: World) -> None:
+    """On a CRITICAL request, a, a click and a forged post all wait for the confirm box."""
+    page = world.signed_in()
+    future = world.agent.start(Action("delete_customer", "crm-eu", {"customer": "c_5"}))
+    expect(world.row(page, "crm-eu")).to_be_visible(timeout=WAIT_MS)
+    world.row(page, "crm-eu").locator("a").click()
+    page.locator("#params").click()
+    page.keyboard.press("a")
+    expect(page.locator("label.confirm")).to_have_class(re.compile(r"\bask\b"))
+    expect(page.locator("#confirm")).to_be_focused()
+    page.click("#approve")
+    assert page.locator(".flash-ok").count() == 0
+    assert not future.done()
+    # without the script's check, the server refuses it and changes nothing
+    page.evaluate("document.getElementById('confirm').remove()")
+    page.evaluate(
+        "document.getElementById('decide').requestSubmit(document.getElementById('approve'))"
+    )
+    expect(page.locator(".flash-error")).to_contain_text("Nothing was changed")
+    assert not future.done()
+    page.check("#confirm")
+    page.locator("#params").click()
+    page.keyboard.press("a")
+    expect(page.locator(".flash-ok")).to_contain_text("Approved")
+    assert future.result(WAIT_MS / 1000).status is ResultStatus.SUCCESS
+    page.context.close()
+
+
+def test_a_request_decided_elsewhere_says_so_live(world: World) -> None:
+    """The open page of a request cancelled elsewhere says so without a reload."""
+    page = world.signed_in()
+    future = world.agent.start(Action("add_note", "crm-live", {"text": "hello"}))
+    expect(world.row(page, "crm-live")).to_be_visible(timeout=WAIT_MS)
+    world.row(page, "crm-live").locator("a").click()
+    expect(page.locator("#approve")).to_be_enabled()
+    page.evaluate("window.__notReloaded = 7")
+    future.cancel()  # the agent stops waiting: the service cancels the request
+    expect(page.locator("#gone")).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#gone")).to_contain_text("cancelled elsewhere")
+    expect(page.locator("#approve")).to_be_disabled()
+    assert page.evaluate("window.__notReloaded") == 7
+    page.context.close()
+
+
+#: axe-core, from the npm registry, pinned
+AXE_VERSION = "4.10.2"
+
+
+@pytest.fixture(scope="module")
+def axe_source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """axe-core installed with npm into a temporary folder; failing, never skipping."""
+    npm = shutil.which("npm")
+    assert npm is not None, "npm is not on PATH; the accessibility check needs it"
+    folder = tmp_path_factory.mktemp("axe")
+    (folder / "package.json").write_text('{"name": "aegis-axe-test", "private": true}\n')
+    done = subprocess.run(
+        [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund",
+         "--no-package-lock", f"axe-core@{AXE_VERSION}"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"npm install axe-core failed:\n{done.stderr[-2000:]}"
+    return (folder / "node_modules" / "axe-core" / "axe.min.js").read_text()
+
+
+def _axe_problems(page: Page, axe: str) -> list[str]:
+    """The serious and critical violations axe-core finds on ``page``."""
+    page.evaluate(axe)  # through the debugger protocol: the page's CSP stays as it is
+    found = page.evaluate(
+        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+        ".map(v => ({id: v.id, impact: v.impact, help: v.help,"
+        " nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))"
+    )
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at {v['nodes']}"
+        for v in found
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+@pytest.mark.parametrize(("scheme", "size"), [
+    ("light", {"width": 1180, "height": 760}),
+    ("dark", {"width": 1180, "height": 760}),
+    ("light", {"width": 390, "height": 844}),
+    ("dark", {"width": 390, "height": 844}),
+])  # fmt: skip
+def test_every_page_passes_axe(
+    world: World, axe_source: str, scheme: str, size: dict[str, int]
+) -> None:
+    """axe-core finds nothing serious or critical on any inbox page: light, dark, desk, phone."""
+    context = world.browser.new_context(viewport=size, color_scheme=scheme)  # type: ignore[arg-type]
+    page = context.new_page()
+    problems: dict[str, list[str]] = {}
+    page.goto(f"{world.server.url}/signin")
+    problems["/signin"] = _axe_problems(page, axe_source)
+    page.fill("#token", world.tokens["alice"])
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_contain_text("Pending")
+    future = world.agent.start(
+        Action("refund", f"axe-{scheme}-{size['width']}",
+               {"amount": 1299, "lines": [{"sku": f"s{i}", "qty": i} for i in range(30)]},
+               "customer asked twice")
+    )  # fmt: skip
+    row = world.row(page, f"axe-{scheme}-{size['width']}")
+    expect(row).to_be_visible(timeout=WAIT_MS)
+    href = row.locator("a").get_attribute("href") or ""
+    problems["/ (pending)"] = _axe_problems(page, axe_source)
+    for path in (href, "/history", "/audit", "/requests/apr_000000000000000000000000"):
+        page.goto(world.server.url + path)
+        problems[path] = _axe_problems(page, axe_source)
+    page.goto(world.server.url + href)
+    page.locator("#more-params summary").click()
+    page.check("#confirm")
+    page.click("#deny")
+    expect(page.locator(".flash-ok")).to_contain_text("Denied")
+    problems[href + " (decided)"] = _axe_problems(page, axe_source)
+    assert future.result(WAIT_MS / 1000).status is ResultStatus.DENIED
+    context.close()
+    found = [f"{path}: {problem}" for path, listed in problems.items() for problem in listed]
+    assert found == [], "\n".join(found)

@@ -163,6 +163,7 @@ def test_person_signs_in_decides_within_their_groups_and_signs_out(world: World)
     page.click(f"a[href='/requests/{security}']")
     expect(page.locator("#approve")).to_be_enabled()
     page.fill("#comment", "Rotation window agreed with the on-call")
+    page.check("#confirm")  # a HIGH risk request asks for the box
     page.click("#approve")
     expect(page.locator(".flash-ok")).to_contain_text("Approved")
     expect(page.locator(".decisions")).to_contain_text("Alice Example")

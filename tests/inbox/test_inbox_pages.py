@@ -176,7 +176,7 @@ async def test_decision_needs_the_csrf_token_and_same_origin(site: Site) -> None
         wrong = await client.post(url, data={"verdict": "approve", "csrf": "x" + csrf})
         foreign = await client.post(
             url,
-            data={"verdict": "approve", "csrf": csrf},
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf},
             headers={"Origin": "https://evil.example"},
         )
         for response in (missing, wrong, foreign):
@@ -184,7 +184,7 @@ async def test_decision_needs_the_csrf_token_and_same_origin(site: Site) -> None
         assert (await site.store_request(request["id"]))["status"] == "pending"
         done = await client.post(
             url,
-            data={"verdict": "approve", "csrf": csrf, "comment": "ok"},
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf, "comment": "ok"},
             headers={"Origin": "http://inbox.test"},
         )
         assert done.status_code == 303
@@ -228,7 +228,8 @@ async def test_buttons_disabled_with_the_reason(site: Site) -> None:
         assert re.search(r'id="approve" disabled', page)
         two = await site.ask(approvers=2, action={"type": "wire", "target": "bank"})
         await client.post(
-            f"/requests/{two['id']}/decision", data={"verdict": "approve", "csrf": csrf}
+            f"/requests/{two['id']}/decision",
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf},
         )
         page = (await client.get(f"/requests/{two['id']}")).text
     assert "alice has already decided this request" in page
@@ -243,7 +244,8 @@ async def test_expired_request_cannot_be_approved(site: Site) -> None:
         csrf = await site.sign_in(client, "alice")
         await asyncio.sleep(0.6)
         response = await client.post(
-            f"/requests/{request['id']}/decision", data={"verdict": "approve", "csrf": csrf}
+            f"/requests/{request['id']}/decision",
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf},
         )
     assert response.status_code == 409
     assert "expired" in response.text
@@ -293,7 +295,7 @@ async def test_history_filters_by_status_agent_and_reviewer(site: Site) -> None:
         csrf = await site.sign_in(client, "alice")
         await client.post(
             f"/requests/{approved['id']}/decision",
-            data={"verdict": "approve", "csrf": csrf, "comment": "looks right"},
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf, "comment": "looks right"},
         )
         csrf_bob = await site.sign_in(bob := site.client(), "bob")
         await bob.post(
@@ -342,7 +344,7 @@ async def test_grants_listed_and_revoked_from_the_audit_page(site: Site) -> None
         csrf = await site.sign_in(client, "alice")
         await client.post(
             f"/requests/{request['id']}/decision",
-            data={"verdict": "approve", "csrf": csrf, "grant_minutes": "15"},
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf, "grant_minutes": "15"},
         )
         page = (await client.get("/audit")).text
         grant_id = re.search(r"/grants/(grt_[0-9a-f]+)/revoke", page)
@@ -361,7 +363,7 @@ async def test_bad_grant_minutes_are_refused_on_the_page(site: Site) -> None:
         csrf = await site.sign_in(client, "alice")
         response = await client.post(
             f"/requests/{request['id']}/decision",
-            data={"verdict": "approve", "csrf": csrf, "grant_minutes": "-5"},
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf, "grant_minutes": "-5"},
         )
     assert response.status_code == 422
     assert "Grant minutes must be a whole number" in response.text
@@ -448,7 +450,7 @@ async def test_oversized_form_is_refused(site: Site) -> None:
         csrf = await site.sign_in(client, "alice")
         response = await client.post(
             f"/requests/{request['id']}/decision",
-            data={"verdict": "approve", "csrf": csrf, "comment": "x" * 100_000},
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf, "comment": "x" * 100_000},
         )
     assert response.status_code == 403
     assert (await site.store_request(request["id"]))["status"] == "pending"
@@ -475,7 +477,8 @@ async def test_own_request_cannot_be_decided(site: Site) -> None:
         csrf = await site.sign_in(client, "carl")
         page = (await client.get(f"/requests/{request['id']}")).text
         refused = await client.post(
-            f"/requests/{request['id']}/decision", data={"verdict": "approve", "csrf": csrf}
+            f"/requests/{request['id']}/decision",
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf},
         )
     assert "nobody may decide their own request" in page
     assert re.search(r'id="approve" disabled', page)

@@ -40,7 +40,7 @@
     var live = document.getElementById("live");
     var tbody = document.getElementById("pending-rows");
     if (!live || !tbody || !window.EventSource) return;
-    var busy = false, again = false;
+    var busy = false, again = false, total = null;
 
     function refresh() {
       if (busy) { again = true; return; }
@@ -49,6 +49,7 @@
         .then(function (response) {
           if (response.status === 401 || response.redirected) { window.location.reload(); return null; }
           if (!response.ok) throw new Error("HTTP " + response.status);
+          total = response.headers.get("X-Pending-Total");
           return response.text();
         })
         .then(function (html) {
@@ -64,7 +65,9 @@
           var empty = document.getElementById("pending-empty");
           if (empty) empty.hidden = rows.length > 0;
           var count = document.getElementById("pending-count");
-          if (count) count.textContent = String(rows.length);
+          if (count) count.textContent = total !== null ? total : String(rows.length);
+          var summary = document.getElementById("pending-total");
+          if (summary && total !== null) summary.textContent = total + " pending in all.";
           tick();
         })
         .catch(function () { /* the next event or the reconnect tries again */ })
@@ -96,6 +99,17 @@
   }
 
   function shortcuts() {
+    var next = document.getElementById("next-request");
+    if (next) {
+      next.focus();
+      document.addEventListener("keydown", function (event) {
+        var tag = (event.target.tagName || "").toLowerCase();
+        if (event.key !== "n" || event.ctrlKey || event.metaKey || event.altKey) return;
+        if (tag === "input" || tag === "textarea" || tag === "select") return;
+        event.preventDefault();
+        window.location.assign(next.href);
+      });
+    }
     var form = document.getElementById("decide");
     if (!form) return;
     document.addEventListener("keydown", function (event) {
@@ -111,18 +125,65 @@
       else if (event.key === "c") { event.preventDefault(); var c = document.getElementById("comment"); if (c && !c.disabled) c.focus(); return; }
       if (button && !button.disabled) {
         event.preventDefault();
+        if (button.id === "approve" && !confirmed()) return;
         form.requestSubmit(button);
       }
     });
+    // a HIGH or CRITICAL approval needs its box ticked, by keyboard as by mouse
+    function confirmed() {
+      var box = document.getElementById("confirm");
+      if (!box || box.checked) return true;
+      var label = box.closest("label");
+      if (label) label.classList.add("ask");
+      box.focus();
+      return false;
+    }
+    form.addEventListener("submit", function (event) {
+      if (event.submitter && event.submitter.id === "approve" && !confirmed()) event.preventDefault();
+    });
     // one decision per click: a double submit would only earn a 409
-    form.addEventListener("submit", function () {
+    form.addEventListener("submit", function (event) {
+      if (event.defaultPrevented) return;
       setTimeout(function () {
         form.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
       }, 0);
     });
   }
 
+  // the open request decided elsewhere (another reviewer, expiry, the agent): say so live
+  function watchRequest() {
+    var article = document.getElementById("request");
+    var gone = document.getElementById("gone");
+    if (!article || !gone || !article.dataset.events || !window.EventSource) return;
+    var source = new EventSource(article.dataset.events);
+    source.addEventListener("pending", function (event) {
+      var ids = null;
+      try { ids = JSON.parse(event.data); } catch (e) { return; }
+      if (!Array.isArray(ids) || ids.indexOf(article.dataset.id) >= 0) return;
+      // not among the newest pending: ask the page itself whether it still is
+      fetch(window.location.pathname, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+        .then(function (response) { return response.ok ? response.text() : null; })
+        .then(function (html) {
+          if (html === null) return;
+          var doc = new DOMParser().parseFromString(html, "text/html");
+          var now = doc.getElementById("request");
+          if (now && now.dataset.status !== "pending") decided(now.dataset.status);
+        })
+        .catch(function () { /* the next event asks again */ });
+    });
+    function decided(status) {
+      source.close();
+      gone.textContent = "This request was " + status + " elsewhere while you had it open; nothing you do here changes it. Reload to see who decided.";
+      gone.hidden = false;
+      document.querySelectorAll("#decide button, #decide textarea, #decide input").forEach(function (el) {
+        if (el.type !== "hidden") el.disabled = true;
+      });
+    }
+    window.addEventListener("pagehide", function () { source.close(); });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    watchRequest();
     tick();
     setInterval(tick, 1000);
     livePending();
