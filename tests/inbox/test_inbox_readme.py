@@ -23,10 +23,11 @@ SECTION = (
 
 
 def test_the_screenshot_is_in_the_repository() -> None:
-    """The section shows docs/inbox.png, and that file is a PNG image."""
-    (image,) = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", SECTION)
-    assert image == "docs/inbox.png"
-    assert (ROOT / image).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    """The section shows docs/inbox.png and the request page, each a PNG image."""
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", SECTION)
+    assert images == ["docs/inbox.png", "docs/inbox-request.png"]
+    for image in images:
+        assert (ROOT / image).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_the_three_lines_start_an_inbox(tmp_path: Path) -> None:
