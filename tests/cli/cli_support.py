@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
 import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 
 import yaml
+from click.testing import CliRunner
 
+from aegis.cli import cli
 from aegis.core.action import Action
 from aegis.core.policy import Policy
 from aegis.core.result import Result, ResultStatus
@@ -68,3 +73,36 @@ def edit_database(db_path: Path, sql: str) -> None:
     """Run ``sql`` on the audit database with sqlite3, as someone editing it by hand would."""
     with closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute(sql)
+
+
+def run_as_reader(args: list[str]) -> tuple[int, str]:
+    """``aegis ARGS`` as a user without root's rights: exit code and output.
+
+    Run as root, the command runs in a forked child that has become ``nobody``
+    for good (root reads and writes anything); load the command's module first.
+    """
+    if os.geteuid() != 0:
+        result = CliRunner().invoke(cli, args)
+        return result.exit_code, result.output
+    nobody = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root for good, run, report, leave without cleanup
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            result = CliRunner().invoke(cli, args)
+            report = {"code": result.exit_code, "output": result.output}
+        except BaseException as exc:  # everything goes back to the parent
+            report = {"code": -1, "output": f"child failed: {exc!r}"}
+        with os.fdopen(write, "w") as stream:
+            json.dump(report, stream)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as stream:
+        text = stream.read()
+    os.waitpid(pid, 0)
+    report = json.loads(text)
+    return int(report["code"]), str(report["output"])

@@ -10,6 +10,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from cli_support import run_as_reader
 from click.testing import Result
 
 from aegis.cli import cli
@@ -189,16 +190,25 @@ def test_user_mistakes_are_one_line_not_a_traceback(  # noqa: PLR0917  # pytest 
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_policy_is_one_line(invoke: Invoke, policy_path: Path) -> None:
-    """A policy file without read permission exits 1 saying it cannot be read."""
-    policy_path.chmod(0)
+def test_unreadable_policy_is_one_line(policy_path: Path) -> None:
+    """A policy file without read permission is a usage error naming it (root: run as nobody)."""
+    import shutil
+    import tempfile
+
+    import aegis.cli._simulate  # noqa: F401  # loaded before a child drops its rights
+
+    folder = Path(tempfile.mkdtemp(prefix="aegis-unreadable-"))
+    folder.chmod(0o755)  # any user may enter; pytest's own folders are root's alone
     try:
-        result = invoke("simulate", str(policy_path), "read:x")
+        unreadable = folder / "policy.yaml"
+        shutil.copyfile(policy_path, unreadable)
+        unreadable.chmod(0)
+        code, output = run_as_reader(["simulate", str(unreadable), "read:x"])
     finally:
-        policy_path.chmod(0o600)
-    assert result.exit_code == 1
-    assert "cannot read policy file" in result.stderr
+        shutil.rmtree(folder)
+    assert code == 2  # refused as a usage error, before anything is read
+    assert str(unreadable) in output
+    assert "Traceback" not in output
 
 
 def test_the_entry_also_imports_as_aegis_cli_main() -> None:

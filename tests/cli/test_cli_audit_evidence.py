@@ -8,7 +8,6 @@ root, the command runs in a child process that has become ``nobody``
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
@@ -17,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_support import run_as_reader
 
 import aegis.cli._audit  # noqa: F401  # loaded before a child drops its rights
-from aegis.cli import cli
 from aegis.core.action import Action
 from aegis.core.policy import Policy
 from aegis.core.result import Result, ResultStatus
@@ -61,35 +59,6 @@ def _seal(evidence: Path) -> None:
     evidence.chmod(READ_ONLY_DIR)
 
 
-def _run_as_reader(args: list[str]) -> tuple[int, str]:
-    """``aegis ARGS`` as a user who may not write the evidence folder: exit code and output."""
-    if os.geteuid() != 0:
-        result = CliRunner().invoke(cli, args)
-        return result.exit_code, result.output
-    nobody = pwd.getpwnam("nobody")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop root for good, run, report, leave without cleanup
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            result = CliRunner().invoke(cli, args)
-            report = {"code": result.exit_code, "output": result.output}
-        except BaseException as exc:  # everything goes back to the parent
-            report = {"code": -1, "output": f"child failed: {exc!r}"}
-        with os.fdopen(write, "w") as stream:
-            json.dump(report, stream)
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as stream:
-        text = stream.read()
-    os.waitpid(pid, 0)
-    report = json.loads(text)
-    return int(report["code"]), str(report["output"])
-
-
 def _evidence(shared_dir: Path, *, with_log: bool) -> tuple[Path, int]:
     """An audit file copied into a sealed folder; with its write-ahead log if ``with_log``."""
     source = shared_dir / "live"
@@ -122,16 +91,16 @@ def test_an_evidence_copy_is_listed_exported_and_verified(shared_dir: Path, with
     out.chmod(0o777)
     before = sorted(p.name for p in db.parent.iterdir())
 
-    code, output = _run_as_reader(["audit", "list", "--db", str(db), "--format", "jsonl"])
+    code, output = run_as_reader(["audit", "list", "--db", str(db), "--format", "jsonl"])
     assert code == 0, output
     assert len([line for line in output.splitlines() if line.startswith("{")]) == count
 
-    code, output = _run_as_reader(["audit", "verify", "--db", str(db)])
+    code, output = run_as_reader(["audit", "verify", "--db", str(db)])
     assert code == 0, output
     assert f"{count} records verified" in output
 
     exported = out / "audit.jsonl"
-    code, output = _run_as_reader(["audit", "export", "--db", str(db), "-o", str(exported)])
+    code, output = run_as_reader(["audit", "export", "--db", str(db), "-o", str(exported)])
     assert code == 0, output
     assert len(exported.read_text().splitlines()) == count
 
