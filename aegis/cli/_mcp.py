@@ -286,7 +286,15 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
 
 def _serve_stdio(settings: Any) -> None:
     from aegis.mcp.runner import run_stdio  # noqa: PLC0415
+    from aegis.mcp.stdio import ServerGone  # noqa: PLC0415
 
+    if _is_devnull(0):
+        # Under a supervisor or nohup there is no client on stdin: nothing to serve.
+        raise click.ClickException(
+            "stdin is /dev/null, so no MCP client is connected: the stdio proxy serves the "
+            "client on its stdin (start it from the client's configuration), or use "
+            "--listen HOST:PORT to serve clients over HTTP"
+        )
     # The client's pipes carry the protocol. Keep private copies of them and
     # point fd 0 and 1 elsewhere, so that nothing else in this process (a
     # library printing, a prompt) can read from or write into the wire.
@@ -295,8 +303,21 @@ def _serve_stdio(settings: Any) -> None:
     os.dup2(null, 0)
     os.dup2(2, 1)
     os.close(null)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_stdio(settings, input_fd=wire_in, output_fd=wire_out))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_stdio(settings, input_fd=wire_in, output_fd=wire_out))
+    except ServerGone as exc:
+        # A host restarts a server whose process ends: end, and say why.
+        raise click.ClickException(
+            f"{exc}; the proxy stopped with it, so that the client can restart both"
+        ) from None
+
+
+def _is_devnull(fd: int) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(os.devnull))
+    except OSError:
+        return False
 
 
 def _check(settings: Any, output_format: str) -> None:

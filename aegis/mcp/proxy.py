@@ -1007,12 +1007,17 @@ class ProxySession:
             return
         self._lost("the MCP server closed the connection (it exited or crashed)")
 
+    @property
+    def gone(self) -> str | None:
+        """Why the server can no longer be reached, once it cannot."""
+        return self._gone
+
     def _lost(self, why: str) -> None:
         if self._gone is not None:
             return
         self._gone = why
         if not self._closed:
-            _log.error("%s; calls now fail until the proxy is restarted", why)
+            _log.error("%s", why)
         self._ids.fail_all(DownstreamError(why))
 
     async def _from_server(self, message: Message) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import selectors
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, suppress
@@ -22,7 +23,7 @@ from typing import Any
 from aegis.mcp._jsonrpc import INVALID_REQUEST, Message, RequestId, error_reply, parse_frame
 from aegis.mcp.proxy import ProxySession, SendToClient
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "serve_stdio"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerGone", "serve_stdio"]
 
 _log = logging.getLogger("aegis.mcp")
 
@@ -30,8 +31,100 @@ _log = logging.getLogger("aegis.mcp")
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes | None]:
-    """Each line of input, or ``None`` for a line past the reader's limit."""
+class ServerGone(Exception):
+    """The downstream server went away; the stdio proxy stopped so its host can restart it."""
+
+
+class _Oversized:
+    """A line past the size limit, read only for its top-level ``id``."""
+
+    __slots__ = ("request_id",)
+
+    def __init__(self, request_id: RequestId | None) -> None:
+        self.request_id = request_id
+
+
+class _IdScanner:
+    """Finds the top-level ``"id"`` of a JSON object fed in pieces, without keeping it.
+
+    An oversized request is refused under its own id when the id can be
+    read: the client is waiting for exactly that id. Members nested in
+    ``params`` are skipped; only the object's own ``id`` counts.
+    """
+
+    _MAX_VALUE = 1024
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        self._key: bytearray | None = None  # a top-level key being read
+        self._last_key: bytes | None = None
+        self._value: bytearray | None = None  # the id's value being read
+        self._done = False
+        self.found: RequestId | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Read one more piece of the line."""
+        for byte in data:
+            if self._done:
+                return
+            self._step(byte)
+
+    def _step(self, byte: int) -> None:  # one JSON lexer state machine
+        if self._value is not None and not (
+            self._depth == 1 and not self._in_string and byte in b",}"
+        ):
+            self._value.append(byte)
+            if len(self._value) > self._MAX_VALUE:
+                self._done = True
+        if self._in_string:
+            if self._escaped:
+                self._escaped = False
+            elif byte == 0x5C:  # backslash
+                self._escaped = True
+            elif byte == 0x22:  # the closing quote
+                self._in_string = False
+                if self._key is not None:
+                    self._last_key, self._key = bytes(self._key), None
+                return
+            if self._key is not None:
+                self._key.append(byte)
+            return
+        if byte == 0x22:
+            self._in_string = True
+            if self._depth == 1 and self._value is None and self._last_key is None:
+                self._key = bytearray()
+            return
+        if byte in b"{[":
+            self._depth += 1
+        elif byte in b"}]":
+            self._depth -= 1
+            if self._depth <= 0:
+                self._finish_value()
+                self._done = True
+        elif byte == 0x3A and self._depth == 1:  # ':'
+            if self._last_key == b"id":
+                self._value = bytearray()
+        elif byte == 0x2C and self._depth == 1:  # ','
+            self._finish_value()
+            self._last_key = None
+
+    def _finish_value(self) -> None:
+        if self._value is None:
+            return
+        raw, self._value = bytes(self._value), None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            self.found = value
+            self._done = True
+
+
+async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes | _Oversized]:
+    """Each line of input, or an :class:`_Oversized` for a line past the reader's limit."""
     while True:
         try:
             line = await reader.readuntil(b"\n")
@@ -40,23 +133,35 @@ async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes | None]:
                 yield exc.partial  # a last line without its newline
             return
         except asyncio.LimitOverrunError:
-            await _skip_line(reader)
-            yield None
+            yield _Oversized(await _skip_line(reader))
             continue
         if line.strip():
             yield line
 
 
-async def _skip_line(reader: asyncio.StreamReader) -> None:
+async def _skip_line(reader: asyncio.StreamReader) -> RequestId | None:
+    """Read past an oversized line, keeping only its top-level id."""
+    scanner = _IdScanner()
     while True:
         try:
-            await reader.readuntil(b"\n")
+            scanner.feed(await reader.readuntil(b"\n"))
         except asyncio.LimitOverrunError as exc:
-            await reader.readexactly(exc.consumed)
-        except asyncio.IncompleteReadError:
-            return
+            scanner.feed(await reader.readexactly(exc.consumed))
+        except asyncio.IncompleteReadError as exc:
+            scanner.feed(exc.partial)
+            return scanner.found
         else:
-            return
+            return scanner.found
+
+
+def _pollable(fd: int) -> bool:
+    """Whether the event loop can watch ``fd`` (``/dev/null`` and files it cannot)."""
+    try:
+        with selectors.DefaultSelector() as probe:
+            probe.register(fd, selectors.EVENT_READ)
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 async def _open_reader(fd: int, limit: int) -> asyncio.StreamReader:
@@ -64,6 +169,8 @@ async def _open_reader(fd: int, limit: int) -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit)
     try:
+        if not _pollable(fd):
+            raise OSError("not pollable")
         await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", closefd=False)
         )
@@ -147,6 +254,12 @@ async def serve_stdio(
 
     ``open_session(send)`` connects the downstream server and returns the
     session; it is closed when the client goes away.
+
+    Raises:
+        ServerGone: the server exited or its connection failed; the requests
+            in flight were answered with errors first. A host restarts an
+            MCP server whose process ends, never one that keeps answering
+            errors, so the proxy ends with its server.
     """
     reader = await _open_reader(input_fd, max_message_bytes)
     writer, transport = await _open_writer(output_fd)
@@ -154,34 +267,22 @@ async def serve_stdio(
     try:
         async with open_session(wire.send) as session:
             pump = asyncio.create_task(session.pump())
+            relay = asyncio.create_task(_relay(reader, wire, session, max_message_bytes))
             try:
-                async for frame in _frames(reader):
-                    if frame is None:
-                        _log.warning("refused a message over %d bytes", max_message_bytes)
-                        await wire.send(
-                            error_reply(
-                                None,
-                                INVALID_REQUEST,
-                                f"Invalid Request: message larger than {max_message_bytes} bytes",
-                            )
-                        )
-                        continue
-                    parsed = parse_frame(frame)
-                    if parsed.replies:
-                        why = parsed.replies[0]["error"]["message"]
-                        _log.warning("refused a message: %s", why)
-                        for member in parsed.members:
-                            await session.record_refused(member, parsed.why)
-                        if parsed.batch:
-                            await wire.send(list(parsed.replies))
-                        else:
-                            for reply in parsed.replies:
-                                await wire.send(reply)
-                    elif parsed.message is not None and parsed.kind is not None:
-                        await session.from_client(parsed.kind, parsed.message)
-                # The client closed its end: let quick answers still go out.
-                await session.drain(_EOF_GRACE)
+                await asyncio.wait({pump, relay}, return_when=asyncio.FIRST_COMPLETED)
+                if relay.done():
+                    relay.result()
+                    # The client closed its end: let quick answers still go out.
+                    await session.drain(_EOF_GRACE)
+                else:
+                    # The server is gone: the calls in flight fail at once;
+                    # let their answers go out, then end.
+                    await session.drain(_EOF_GRACE)
+                    raise ServerGone(session.gone or "the MCP server went away")
             finally:
+                relay.cancel()
+                with suppress(asyncio.CancelledError):
+                    await relay
                 await session.close()
                 pump.cancel()
                 with suppress(asyncio.CancelledError):
@@ -189,3 +290,36 @@ async def serve_stdio(
     finally:
         if transport is not None:
             transport.close()
+
+
+async def _relay(
+    reader: asyncio.StreamReader, wire: _Wire, session: ProxySession, max_message_bytes: int
+) -> None:
+    """Pass the client's frames to the session until the client closes its end."""
+    async for frame in _frames(reader):
+        if isinstance(frame, _Oversized):
+            _log.warning(
+                "refused a message over %d bytes (request %r)", max_message_bytes, frame.request_id
+            )
+            await wire.send(
+                error_reply(
+                    frame.request_id,
+                    INVALID_REQUEST,
+                    f"Invalid Request: message larger than {max_message_bytes} bytes "
+                    "(the proxy's --max-message-bytes)",
+                )
+            )
+            continue
+        parsed = parse_frame(frame)
+        if parsed.replies:
+            why = parsed.replies[0]["error"]["message"]
+            _log.warning("refused a message: %s", why)
+            for member in parsed.members:
+                await session.record_refused(member, parsed.why)
+            if parsed.batch:
+                await wire.send(list(parsed.replies))
+            else:
+                for reply in parsed.replies:
+                    await wire.send(reply)
+        elif parsed.message is not None and parsed.kind is not None:
+            await session.from_client(parsed.kind, parsed.message)

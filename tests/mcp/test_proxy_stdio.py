@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
-from mcp_support import Files, proxied_client
+from mcp_support import ROOT, Files, RawProxy, proxied_client
 
 
 @pytest.fixture
@@ -102,18 +103,37 @@ async def test_resources_pass_and_a_named_method_is_governed(files: Files) -> No
     assert (record["action_type"], record["result_status"]) == ("prompts/get", "blocked")
 
 
-async def test_crashing_server_gives_errors_and_the_proxy_keeps_answering(files: Files) -> None:
-    """A server that dies mid-call gives that call and later ones an error; the proxy logs it."""
-    async with proxied_client(files, server_args=["--crash-on", "read"]) as client:
-        with pytest.raises(Exception, match="closed the connection"):
-            await client.call_tool("read", {"path": "/srv/readme.txt"})
-        with pytest.raises(Exception, match="closed the connection"):
-            await client.call_tool("read", {"path": "/srv/readme.txt"})
-        blocked = await client.call_tool("delete", {"path": "/x"})
-    assert blocked.is_error is True
-    assert "the MCP server closed the connection" in files.stderr.read_text()
-    statuses = [r["result_status"] for r in files.records()]
-    assert statuses == ["failed", "failed", "blocked"]
+def test_a_crashing_server_ends_the_proxy_so_the_host_can_restart_it(files: Files) -> None:
+    """A server that dies mid-call: that call gets an error, then the proxy exits saying why."""
+    proxy = RawProxy(files.proxy(server_args=["--crash-on", "read"]), files.stderr)
+    try:
+        proxy.initialize()
+        reply = proxy.request(
+            1, "tools/call", {"name": "read", "arguments": {"path": "/srv/readme.txt"}}
+        )
+        assert reply["id"] == 1
+        assert "closed the connection" in reply["error"]["message"]
+        status = proxy.process.wait(30)  # without a client closing anything
+    finally:
+        proxy.close()
+    assert status == 1
+    err = files.stderr.read_text()
+    assert "Traceback" not in err
+    assert "the proxy stopped with it" in err
+    assert [r["result_status"] for r in files.records()] == ["failed"]
+
+
+def test_stdin_at_dev_null_exits_with_one_line(files: Files) -> None:
+    """Started with stdin at /dev/null (nohup, supervisors): one line, status 1, no hang."""
+    with open(os.devnull, "rb") as null:
+        done = subprocess.run(
+            files.proxy(), stdin=null, capture_output=True, timeout=60, check=False, cwd=ROOT
+        )
+    assert done.returncode == 1
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "/dev/null" in lines[0]
+    assert done.stdout == b""
 
 
 async def test_hanging_server_times_out(files: Files) -> None:

@@ -65,7 +65,15 @@ def test_batch_smuggling_a_blocked_call_is_refused_whole(wire: tuple[RawProxy, F
             9,
             -32602,
         ),
-        ('{"jsonrpc": "2.0", "id": 10, "method": "ping", "x": "' + "a" * 5000 + '"}', None, -32600),
+        ('{"jsonrpc": "2.0", "id": 10, "method": "ping", "x": "' + "a" * 5000 + '"}', 10, -32600),
+        # Over the limit, the id is read wherever it stands; a nested "id" is not it.
+        (
+            '{"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "write", '
+            '"arguments": {"id": 99, "content": "' + 'a\\"},{' * 2000 + '"}}, "id": "late"}',
+            "late",
+            -32600,
+        ),
+        ('{"jsonrpc": "2.0", "method": "ping", "x": "' + "a" * 5000 + '"}', None, -32600),
     ],
 )
 def test_bad_frames_get_json_rpc_errors(
