@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -127,7 +128,21 @@ In a client's configuration, replace the server's command with:
 @click.option("--listen", default=None, help="Serve Streamable HTTP on HOST:PORT (path /mcp).")
 @click.option("--upstream-url", default=None, help="Govern a Streamable HTTP server at this URL.")
 @click.option("--hide-blocked", is_flag=True, help="Leave tools the policy always blocks unlisted.")
-@click.option("--check", is_flag=True, help="List the server's tools and the policy's decisions.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="List the server's tools and the policy's decisions (the server gets 30 s, or "
+    "--call-timeout if shorter, to answer).",
+)
+@click.option(
+    "--check-args",
+    "check_args",
+    multiple=True,
+    metavar="TOOL=JSON",
+    help="With --check, decide TOOL with these sample arguments (a JSON object), e.g. "
+    '--check-args write=\'{"path": "/srv/x"}\'; repeatable. Tools without one are '
+    "decided with no arguments.",
+)
 @click.option(
     "--max-message-bytes",
     type=click.IntRange(min=1024),
@@ -201,6 +216,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     upstream_url: str | None,
     hide_blocked: bool,
     check: bool,
+    check_args: tuple[str, ...],
     max_message_bytes: int,
     max_sessions: int,
     session_idle_timeout: float,
@@ -270,8 +286,10 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         reload=reload,
     )
     if check:
-        _check(settings, output_format)
+        _check(settings, output_format, _samples(check_args))
         return
+    if check_args:
+        raise click.UsageError("--check-args goes with --check")
     if address is not None:
         check_loopback(address[0])
         try:
@@ -288,13 +306,6 @@ def _serve_stdio(settings: Any) -> None:
     from aegis.mcp.runner import run_stdio  # noqa: PLC0415
     from aegis.mcp.stdio import ServerGone  # noqa: PLC0415
 
-    if _is_devnull(0):
-        # Under a supervisor or nohup there is no client on stdin: nothing to serve.
-        raise click.ClickException(
-            "stdin is /dev/null, so no MCP client is connected: the stdio proxy serves the "
-            "client on its stdin (start it from the client's configuration), or use "
-            "--listen HOST:PORT to serve clients over HTTP"
-        )
     # The client's pipes carry the protocol. Keep private copies of them and
     # point fd 0 and 1 elsewhere, so that nothing else in this process (a
     # library printing, a prompt) can read from or write into the wire.
@@ -313,19 +324,37 @@ def _serve_stdio(settings: Any) -> None:
         ) from None
 
 
-def _is_devnull(fd: int) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(os.devnull))
-    except OSError:
-        return False
+def _samples(given: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    samples: dict[str, dict[str, Any]] = {}
+    for item in given:
+        tool, sep, text = item.partition("=")
+        if not sep or not tool.strip():
+            raise click.BadParameter(
+                f'{item!r} is not TOOL=JSON, e.g. write=\'{{"path": "/srv/x"}}\'',
+                param_hint="'--check-args'",
+            )
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{tool.strip()}: not JSON ({exc})", param_hint="'--check-args'"
+            ) from None
+        if not isinstance(value, dict):
+            raise click.BadParameter(
+                f"{tool.strip()}: the arguments must be a JSON object", param_hint="'--check-args'"
+            )
+        samples[tool.strip()] = value
+    return samples
 
 
-def _check(settings: Any, output_format: str) -> None:
+def _check(settings: Any, output_format: str, samples: dict[str, dict[str, Any]]) -> None:
     from aegis.mcp.proxy import blocks_every_call  # noqa: PLC0415
-    from aegis.mcp.runner import check_tools  # noqa: PLC0415
+    from aegis.mcp.runner import CHECK_DEADLINE, check_tools  # noqa: PLC0415
 
     try:
-        listed = asyncio.run(check_tools(settings))
+        # A short deadline: a server that hangs must not hang the check.
+        deadline = min(CHECK_DEADLINE, settings.call_timeout or CHECK_DEADLINE)
+        listed = asyncio.run(check_tools(settings, samples, deadline=deadline))
     except ConfigurationError:
         raise
     except Exception as exc:
@@ -334,13 +363,17 @@ def _check(settings: Any, output_format: str) -> None:
         ) from exc
     target = settings.target
     rows = []
-    for tool, decision in listed:
+    for checked in listed:
+        tool, decision = checked.tool, checked.decision
         hints = tool.get("annotations") or {}
         always = blocks_every_call(settings.policy, tool["name"], target)
         rows.append(
             {
                 "tool": tool["name"],
                 "target": target,
+                "arguments": checked.arguments,
+                "sample": tool["name"] in samples,
+                "conditional": checked.conditional,
                 "approval": decision.approval.value,
                 "blocked_always": always,
                 "risk": decision.risk_level.name,
@@ -352,10 +385,11 @@ def _check(settings: Any, output_format: str) -> None:
         emit_json(rows)
         return
     print_table(
-        ("Tool", "Approval", "Risk", "Rule", "Hints"),
+        ("Tool", "Decided with", "Approval", "Risk", "Rule", "Hints"),
         (
             (
                 row["tool"],
+                _decided_with(row),
                 Styled(row["approval"], APPROVAL_STYLES.get(row["approval"], "")),
                 Styled(row["risk"], RISK_STYLES.get(row["risk"], "")),
                 row["rule"],
@@ -364,5 +398,19 @@ def _check(settings: Any, output_format: str) -> None:
             for row in rows
         ),
         title=f"Tools of {target!r} and what the policy decides for a call",
-        wrap=("Rule",),
+        wrap=("Rule", "Decided with"),
     )
+    unsampled = [row["tool"] for row in rows if row["conditional"] and not row["sample"]]
+    if unsampled:
+        click.echo(
+            "Decided without arguments: rules with conditions on the arguments apply to "
+            f"{', '.join(unsampled)}, so real calls may be decided otherwise; try one with "
+            "--check-args TOOL='{...}'.",
+            err=True,
+        )
+
+
+def _decided_with(row: dict[str, Any]) -> str:
+    if row["sample"]:
+        return json.dumps(row["arguments"], ensure_ascii=False)
+    return "no arguments (rules with conditions)" if row["conditional"] else "no arguments"

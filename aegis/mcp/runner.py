@@ -9,21 +9,23 @@ server's tools with what the policy decides for each.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import ipaddress
 import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from aegis.core.action import Action
+from aegis.core.coerce import coerce_arguments
 from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
-from aegis.core.policy import Policy
+from aegis.core.policy import Policy, fold_case
 from aegis.errors import ConfigurationError
 from aegis.mcp.downstream import check_server, open_downstream
 from aegis.mcp.proxy import (
@@ -38,6 +40,8 @@ from aegis.runtime.approval import ApprovalHandler, CLIApprovalHandler
 from aegis.runtime.engine import Runtime
 
 __all__ = [
+    "CHECK_DEADLINE",
+    "CheckedTool",
     "DenyApprovalHandler",
     "ProxySettings",
     "build_runtime",
@@ -308,6 +312,13 @@ async def run_stdio(
     """Serve one client over ``input_fd``/``output_fd`` until it closes its end."""
     check_server(settings.command, settings.upstream_url)
     async with build_runtime(settings, approval_handler) as runtime:
+        if _is_devnull(input_fd):
+            # Under a supervisor or nohup there is no client on stdin: nothing to serve.
+            raise ConfigurationError(
+                "stdin is /dev/null, so no MCP client is connected: the stdio proxy serves the "
+                "client on its stdin (start it from the client's configuration), or use "
+                "--listen HOST:PORT to serve clients over HTTP"
+            )
         _log.info(
             "governing MCP server %s as %r over stdio",
             settings.upstream_url or " ".join(settings.command),
@@ -320,6 +331,13 @@ async def run_stdio(
                 output_fd=output_fd,
                 max_message_bytes=settings.max_message_bytes,
             )
+
+
+def _is_devnull(fd: int) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(os.devnull))
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -356,11 +374,64 @@ def _stop_on_signals() -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-async def check_tools(settings: ProxySettings) -> list[tuple[dict[str, Any], PolicyDecision]]:
-    """The server's tools, each with the policy's decision for a call without arguments.
+#: seconds ``--check`` gives the server to start and list its tools
+CHECK_DEADLINE = 30.0
 
-    The server is reached with the SDK's own :class:`mcp.Client`. A rule
-    with conditions on the arguments may decide differently for real calls.
+
+@dataclass(frozen=True)
+class CheckedTool:
+    """One tool of the server, with what the policy decides for a sample call."""
+
+    tool: dict[str, Any]
+    decision: PolicyDecision
+    #: the arguments decided on: the sample given for the tool, else none
+    arguments: dict[str, Any]
+    #: whether a rule for the tool has conditions, so other arguments may decide otherwise
+    conditional: bool
+
+
+def _conditional(policy: Policy, tool: str, target: str) -> bool:
+    """Whether a rule matching ``tool`` on ``target`` looks at anything but the names."""
+    fold = fold_case if policy.match_case == "insensitive" else None
+    if fold is not None:
+        tool, target = fold(tool), fold(target)
+    for rule in policy.rules:
+        kind, where = rule.match_type, rule.match_target
+        if fold is not None:
+            kind, where = fold(kind), fold(where)
+        if (
+            fnmatch.fnmatchcase(tool, kind)
+            and fnmatch.fnmatchcase(target, where)
+            and rule.conditions
+        ):
+            return True
+    return False
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def check_tools(
+    settings: ProxySettings,
+    samples: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    deadline: float = CHECK_DEADLINE,
+) -> list[CheckedTool]:
+    """The server's tools, each with the policy's decision for a sample call.
+
+    A tool is decided with its arguments in ``samples`` (typed by its
+    inputSchema, as the proxy types real calls), else with none: a rule
+    with conditions on the arguments may then show its fallback, and
+    :attr:`CheckedTool.conditional` says so. The server is reached with the
+    SDK's own :class:`mcp.Client`.
+
+    Raises:
+        ConfigurationError: the server cannot be started, fails, or does not
+            list its tools within ``deadline`` seconds; one line saying which.
     """
     try:
         from mcp import Client  # noqa: PLC0415  # the SDK's own client
@@ -378,17 +449,59 @@ async def check_tools(settings: ProxySettings) -> list[tuple[dict[str, Any], Pol
         command = list(settings.command)
         server = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
     tools: list[dict[str, Any]] = []
-    async with Client(server, mode="legacy", cache=None) as client:
-        cursor: str | None = None
-        while True:
-            page = await client.list_tools(cursor=cursor)
-            tools.extend(
-                tool.model_dump(by_alias=True, mode="json", exclude_none=True)
-                for tool in page.tools
+
+    async def listing() -> None:
+        async with Client(server, mode="legacy", cache=None) as client:
+            cursor: str | None = None
+            while True:
+                page = await client.list_tools(cursor=cursor)
+                tools.extend(
+                    tool.model_dump(by_alias=True, mode="json", exclude_none=True)
+                    for tool in page.tools
+                )
+                cursor = page.next_cursor
+                if not cursor:
+                    break
+
+    where = settings.upstream_url or " ".join(settings.command)
+    try:
+        async with asyncio.timeout(deadline):
+            await listing()
+    except TimeoutError:
+        raise ConfigurationError(
+            f"the MCP server ({where}) did not list its tools within {deadline:g}s: "
+            "it hangs, or is not an MCP server speaking stdio"
+        ) from None
+    except Exception as exc:  # the SDK wraps failures in exception groups
+        leaf = _leaf(exc)
+        text = str(leaf).strip().splitlines()
+        why = text[0] if text else type(leaf).__name__
+        raise ConfigurationError(
+            f"could not list the tools of the MCP server ({where}): it failed or exited "
+            f"before answering ({type(leaf).__name__}: {why}); its own messages are above"
+        ) from None
+    samples = samples or {}
+    unknown = sorted(set(samples) - {tool["name"] for tool in tools})
+    if unknown:
+        raise ConfigurationError(
+            f"--check-args names tools the server does not list: {', '.join(unknown)}"
+        )
+    checked = []
+    for tool in tools:
+        arguments = dict(samples.get(tool["name"], {}))
+        schema = tool.get("inputSchema")
+        if arguments and isinstance(schema, dict):
+            arguments = coerce_arguments(arguments, schema)
+        try:
+            action = Action(tool["name"], settings.target, arguments)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"--check-args {tool['name']}: {exc}") from None
+        checked.append(
+            CheckedTool(
+                tool,
+                settings.policy.evaluate(action),
+                arguments,
+                _conditional(settings.policy, tool["name"], settings.target),
             )
-            cursor = page.next_cursor
-            if not cursor:
-                break
-    return [
-        (tool, settings.policy.evaluate(Action(tool["name"], settings.target))) for tool in tools
-    ]
+        )
+    return checked

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +125,12 @@ def test_a_crashing_server_ends_the_proxy_so_the_host_can_restart_it(files: File
 
 
 def test_stdin_at_dev_null_exits_with_one_line(files: Files) -> None:
-    """Started with stdin at /dev/null (nohup, supervisors): one line, status 1, no hang."""
+    """Started with stdin at /dev/null (nohup, supervisors): one line, status 2, no hang."""
     with open(os.devnull, "rb") as null:
         done = subprocess.run(
             files.proxy(), stdin=null, capture_output=True, timeout=60, check=False, cwd=ROOT
         )
-    assert done.returncode == 1
+    assert done.returncode == 2
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert "/dev/null" in lines[0]
@@ -285,3 +286,102 @@ def test_timeouts_must_be_finite_and_positive(files: Files, option: str, value: 
     assert option in out.stderr
     assert "finite" in out.stderr
     assert files.calls() == []
+
+
+CONDITIONAL_POLICY = """\
+version: "1"
+defaults:
+  risk_level: medium
+  approval: approve
+rules:
+  - name: no-secrets
+    match: {type: read}
+    conditions: {path_under: {path: /srv/secret}}
+    risk_level: high
+    approval: block
+  - name: reads
+    match: {type: read}
+    risk_level: low
+    approval: auto
+"""
+
+
+def _check(files: Files, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        files.proxy("--check", *args),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_check_says_when_it_decided_without_arguments(tmp_path: Path) -> None:
+    """A tool under a conditional rule is flagged: decided without arguments, may differ."""
+    files = Files(tmp_path, CONDITIONAL_POLICY)
+    out = _check(files, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = {row["tool"]: row for row in json.loads(out.stdout)}
+    assert rows["read"]["conditional"] is True
+    assert rows["read"]["arguments"] == {}
+    assert rows["write"]["conditional"] is False
+    table = _check(files)
+    assert table.returncode == 0, table.stderr
+    assert "Decided without arguments" in table.stderr
+    assert "read" in table.stderr.split("Decided without arguments", 1)[1]
+
+
+def test_check_decides_with_sample_arguments(tmp_path: Path) -> None:
+    """--check-args decides a tool with the sample given: the conditional rule now applies."""
+    files = Files(tmp_path, CONDITIONAL_POLICY)
+    out = _check(files, "--format", "json", "--check-args", 'read={"path": "/srv/secret/key"}')
+    assert out.returncode == 0, out.stderr
+    rows = {row["tool"]: row for row in json.loads(out.stdout)}
+    assert (rows["read"]["approval"], rows["read"]["rule"]) == ("block", "no-secrets")
+    assert rows["read"]["arguments"] == {"path": "/srv/secret/key"}
+    table = _check(files, "--check-args", 'read={"path": "/srv/secret/key"}')
+    assert "/srv/secret/key" in table.stdout
+    assert "Decided without arguments" not in table.stderr
+
+
+@pytest.mark.parametrize(
+    ("sample", "says"),
+    [
+        ("read", "TOOL=JSON"),
+        ("read={nope", "not JSON"),
+        ("read=[1]", "JSON object"),
+        ('nosuchtool={"a": 1}', "nosuchtool"),
+    ],
+)
+def test_check_args_that_cannot_be_used_are_one_clear_error(
+    files: Files, sample: str, says: str
+) -> None:
+    """A malformed sample, or one for a tool the server lacks, is refused in one line."""
+    out = _check(files, "--check-args", sample)
+    assert out.returncode != 0
+    assert says in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_check_against_a_crashing_server_is_one_clear_line(files: Files) -> None:
+    """A server that exits at once: one line naming the failure, no exception group text."""
+    command = files.proxy("--check")
+    command[command.index("--") + 1 :] = [sys.executable, "-c", "raise SystemExit(3)"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "could not list the tools of the MCP server" in lines[0]
+    assert "ExceptionGroup" not in out.stderr
+    assert "TaskGroup" not in out.stderr
+
+
+def test_check_against_a_hanging_server_ends_within_its_deadline(files: Files) -> None:
+    """A server that never answers: a clear line once --call-timeout (shorter than 30 s) passes."""
+    command = files.proxy("--check", "--call-timeout", "2")
+    command[command.index("--") + 1 :] = [sys.executable, "-c", "import time; time.sleep(600)"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode != 0
+    assert "did not list its tools within 2s" in out.stderr
+    assert "Traceback" not in out.stderr
