@@ -540,12 +540,15 @@ class Inbox:
         return views, more, following
 
     async def pending(self, request: Request) -> Response:
-        """Pending requests, newest first; the script keeps the list live."""
+        """Pending requests, newest first (or as sorted and filtered); the script keeps it live."""
         reviewer = await self.reviewer(request)
         if reviewer is None:
             return self._to_signin(request)
         before = _before(request.query_params.get("before"))
-        pending, more, following = await self._pending_page(reviewer, before)
+        page, more, following = await self._pending_page(reviewer, before)
+        shown = _pending_filters(request.query_params)
+        pending = _arrange(page, shown)
+        asked = {name: value for name, value in shown.items() if value}
         return self.render(
             request,
             "pending.html",
@@ -554,11 +557,20 @@ class Inbox:
                 "page": "pending",
                 "pending": pending,
                 # the true count, not the page's: the hidden ones are the oldest
-                "pending_count": len(pending) + more,
-                "pending_total": len(pending) + more,
+                "pending_total": len(page) + more,
+                "pending_count": len(page) + more,
+                "on_page": len(page),
+                "shown": shown,
+                "filtered": any(shown[name] for name in ("risk", "agent", "rule")),
+                "query": urllib.parse.urlencode(asked),
+                "sorts": PENDING_SORTS,
+                "risks": [level.name.lower() for level in reversed(RiskLevel)],
                 # A flood must not push older requests out of sight without a word.
                 "more": more,
-                "older": "/?" + urllib.parse.urlencode({"before": following})
+                "older": "/?"
+                + urllib.parse.urlencode(
+                    {"before": following, **{k: v for k, v in shown.items() if v}}
+                )
                 if following
                 else None,
                 "paged": before is not None,
@@ -571,12 +583,13 @@ class Inbox:
         reviewer = await self.reviewer(request)
         if reviewer is None:
             return Response(status_code=401, headers=_headers(request))
-        pending, more, _ = await self._pending_page(reviewer)
+        page, more, _ = await self._pending_page(reviewer)
+        pending = _arrange(page, _pending_filters(request.query_params))
         response = self.render(
             request, "_pending_rows.html", {"pending": pending}, reviewer=reviewer, fragment=True
         )
         # the badge shows the true count, the page's rows and the older ones alike
-        response.headers["X-Pending-Total"] = str(len(pending) + more)
+        response.headers["X-Pending-Total"] = str(len(page) + more)
         return response
 
     async def events(self, request: Request) -> Response:
@@ -902,6 +915,38 @@ def _summary_value(value: Any) -> str:
     else:
         text = str(value)
     return text if len(text) <= SUMMARY_VALUE else text[: SUMMARY_VALUE - 1] + "…"
+
+
+#: how the Pending page may be ordered
+PENDING_SORTS: Final = ("newest", "expiring", "risk")
+
+
+def _pending_filters(query: Mapping[str, str]) -> dict[str, str]:
+    """The Pending page's sort and filters from its query; unknown values are ignored."""
+    sort = query.get("sort", "newest")
+    risk = query.get("risk", "").lower()
+    return {
+        "sort": sort if sort in PENDING_SORTS else "newest",
+        "risk": risk if risk.upper() in RiskLevel.__members__ else "",
+        "agent": query.get("agent", "").strip()[:200],
+        "rule": query.get("rule", "").strip()[:200],
+    }
+
+
+def _arrange(views: list[dict[str, Any]], shown: Mapping[str, str]) -> list[dict[str, Any]]:
+    """``views`` filtered by risk, agent and rule, in the order asked for."""
+    kept = [
+        view
+        for view in views
+        if (not shown["risk"] or view["risk_level"] == shown["risk"])
+        and (not shown["agent"] or view["requester"] == shown["agent"])
+        and (not shown["rule"] or view["matched_rule"] == shown["rule"])
+    ]
+    if shown["sort"] == "expiring":
+        kept.sort(key=lambda view: int(view["expires_ms"]))
+    elif shown["sort"] == "risk":
+        kept.sort(key=lambda view: (-RiskLevel[str(view["risk"])].value, -int(view["created_ms"])))
+    return kept
 
 
 #: a params document longer than this many lines shows its head and an "expand" cue

@@ -484,3 +484,33 @@ async def test_own_request_cannot_be_decided(site: Site) -> None:
     assert re.search(r'id="approve" disabled', page)
     assert refused.status_code == 403
     assert (await site.store_request(request["id"]))["status"] == "pending"
+
+
+async def test_pending_sorts_and_filters(site: Site) -> None:
+    """Pending sorts by risk or time left and filters by risk, agent and rule; counts stay true."""
+    low = await site.ask(risk_level="low", matched_rule="notes", approval_ttl=500)
+    critical = await site.ask(
+        risk_level="critical", session_id="s2", matched_rule="erasure", approval_ttl=60
+    )
+    high = await site.ask(risk_level="high", session_id="s3", matched_rule="refunds")
+    async with site.client() as client:
+        await site.sign_in(client, "alice")
+
+        def order(html: str) -> list[str]:
+            return re.findall(r'class="request-row" data-id="([^"]+)"', html)
+
+        newest = (await client.get("/")).text
+        assert order(newest) == [high["id"], critical["id"], low["id"]]
+        by_risk = (await client.get("/", params={"sort": "risk"})).text
+        assert order(by_risk) == [critical["id"], high["id"], low["id"]]
+        expiring = (await client.get("/", params={"sort": "expiring"})).text
+        assert order(expiring)[0] == critical["id"]
+        only = (await client.get("/", params={"risk": "high", "rule": "refunds"})).text
+        assert order(only) == [high["id"]]
+        assert "3 pending in all" in only
+        assert "1 match the filters" in only
+        nobody = (await client.get("/", params={"agent": "someone-else"})).text
+        assert order(nobody) == []
+        rows = await client.get("/inbox/pending-rows", params={"sort": "risk", "risk": "critical"})
+        assert order(rows.text) == [critical["id"]]
+        assert rows.headers["x-pending-total"] == "3"
