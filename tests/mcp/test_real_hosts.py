@@ -29,6 +29,10 @@ rules:
     match: {type: echo}
     risk_level: low
     approval: auto
+  - name: research
+    match: {type: simulate-research-query}
+    risk_level: low
+    approval: auto
 """
 
 
@@ -112,10 +116,14 @@ def test_the_typescript_sdk_host_runs_task_calls(npm_hosts: Path, tmp_path: Path
         [
             {"kind": "task", "name": "echo", "arguments": {"message": "t"}},
             {"kind": "task", "name": "get-env", "arguments": {}},
+            # The server takes this tool only as a task: the proxy follows the server's task.
+            {"kind": "task", "name": "simulate-research-query", "arguments": {"topic": "x"}},
         ],
     )
     assert "call" in seen["server"]["tasks"]["requests"]["tools"]
-    allowed, blocked = (step["stream"] for step in seen["steps"])
+    allowed, blocked, research = (step["stream"] for step in seen["steps"])
+    assert research[-1]["type"] == "result"
+    assert "Research Report: x" in research[-1]["result"]["content"][0]["text"]
     assert allowed[0]["type"] == "taskCreated"
     assert allowed[-1]["type"] == "result"
     assert allowed[-1]["result"]["content"] == [{"type": "text", "text": "Echo: t"}]
@@ -125,4 +133,8 @@ def test_the_typescript_sdk_host_runs_task_calls(npm_hosts: Path, tmp_path: Path
     assert blocked[-1]["type"] == "error"  # the SDK's own report of a failed task
     assert "schema" not in blocked[-1]["error"].lower()
     statuses = {(r["action_type"], r["result_status"]) for r in files.records()}
-    assert statuses == {("echo", "success"), ("get-env", "blocked")}
+    assert statuses == {
+        ("echo", "success"),
+        ("get-env", "blocked"),
+        ("simulate-research-query", "success"),
+    }
