@@ -123,6 +123,6 @@ def test_the_inbox_says_how_many_more_are_pending(served: Service) -> None:
         assert link
         older = browser.get(link.group(1).replace("&amp;", "&"))
     assert older.status_code == 200
-    rows = older.text.split('id="pending-rows">', 1)[1].split("</tbody>", 1)[0]
+    rows = older.text.split('id="pending-rows"', 1)[1].split(">", 1)[1].split("</tbody>", 1)[0]
     assert rows.count("<tr") == 7
     assert "more pending" not in older.text
