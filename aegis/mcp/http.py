@@ -412,7 +412,8 @@ class GovernedHttpApp:
             session.proxy = proxy
             session.ready.set()
             pump = asyncio.create_task(proxy.pump())
-            try:
+
+            async def reading() -> None:
                 async for item in read_stream:
                     if isinstance(item, Exception):
                         _log.warning("the transport refused a message: %s", item)
@@ -422,7 +423,23 @@ class GovernedHttpApp:
                     )
                     if checked.message is not None and checked.kind is not None:
                         await proxy.from_client(checked.kind, checked.message)
+
+            reader = asyncio.create_task(reading())
+            try:
+                await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not reader.done():
+                    # The server is gone: the calls in flight fail at once; once
+                    # they are answered the session ends, and the client's next
+                    # request gets 404, which tells it to start a new session
+                    # (with a new server).
+                    await proxy.drain(1.0)
+                    _log.error("ended MCP session %s: %s", session_id, proxy.gone)
+                else:
+                    reader.result()
             finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
                 await proxy.close()
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,3 +295,32 @@ def test_metrics_are_off_without_a_token_or_public(listening: tuple[str, Files])
     response = httpx.get(url.replace("/mcp", "/metrics"), timeout=10)
     assert response.status_code == 404
     assert "metrics-public" in response.json()["error"]
+
+
+def test_a_session_whose_server_crashed_ends_so_the_client_starts_anew(tmp_path: Path) -> None:
+    """Over HTTP, a crashed server ends its session: the call errs, then 404, then a new one."""
+    files = Files(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    command = files.proxy("--listen", f"127.0.0.1:{port}", server_args=["--crash-on", "read"])
+    with background(command, files.stderr, url):
+        session = _initialize(url).headers["mcp-session-id"]
+        headers = {**HEADERS, "mcp-session-id": session}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert httpx.post(url, json=note, headers=headers, timeout=30).status_code == 202
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "read", "arguments": {"path": "/srv/readme.txt"}},
+        }
+        crashed = httpx.post(url, json=call, headers=headers, timeout=30)
+        assert "closed the connection" in crashed.text
+        for _ in range(200):  # the session ends once its call is answered
+            if _ping(url, session).status_code == 404:
+                break
+            time.sleep(0.05)
+        assert _ping(url, session).status_code == 404
+        fresh = _initialize(url)
+        assert fresh.status_code == 200
+        assert _ping(url, fresh.headers["mcp-session-id"]).status_code == 200
