@@ -154,13 +154,13 @@ def browser() -> Iterator[Browser]:
 
 
 def _decide(client: httpx.Client, inbox: str, request_id: str, verdict: str) -> httpx.Response:
-    """Approve or deny on the request's page, with its own form's CSRF token."""
+    """Approve or deny on the request's page, with its own form's CSRF token (box ticked)."""
     page = client.get(f"{inbox}/requests/{request_id}")
     assert page.status_code == 200, page.text[:500]
     csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
     return client.post(
         f"{inbox}/requests/{request_id}/decision",
-        data={"csrf": csrf, "verdict": verdict, "comment": ""},
+        data={"csrf": csrf, "verdict": verdict, "comment": "", "confirm": "yes"},
         headers={"Origin": inbox},
     )
 
