@@ -41,7 +41,7 @@ from typing import Any
 
 from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra
 from aegis.core.action import Action, thaw
-from aegis.core.coerce import coerce_arguments
+from aegis.core.coerce import UnreadableSchema, coerce_arguments
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError
 
@@ -163,10 +163,14 @@ class _GovernedAsyncTool(BetaAsyncFunctionTool[Any]):
 def _tool_call(tool: Any, input: object, governor: Governor) -> ToolCall:
     if not isinstance(input, Mapping):
         raise ToolError(f"tool {tool.name} was not run: its input must be a JSON object")
+    try:
+        # As the tool's input_schema types them: the SDK's tools coerce "yes" to True.
+        arguments = coerce_arguments(input, getattr(tool, "input_schema", None))
+    except UnreadableSchema as exc:
+        raise ToolError(f"tool {tool.name} was not run: {exc}") from None
     return ToolCall(
         tool.name,
-        # As the tool's input_schema types them: the SDK's tools coerce "yes" to True.
-        coerce_arguments(input, getattr(tool, "input_schema", None)),
+        arguments,
         call_id=_tool_use_id(input),
         description=tool.description or "",
         agent=governor.agent,

@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aegis.core.action import Action, thaw
-from aegis.core.coerce import coerce_arguments
+from aegis.core.coerce import UnreadableSchema, coerce_arguments
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.policy import fold_case
 from aegis.core.record import ContextValue, DecisionStamp
@@ -546,14 +546,18 @@ class ProxySession:
                 await self.record_refused(message, "the client cancelled it before it was decided")
                 raise
             schema = self._schemas.get(name)
-        properties = schema.get("properties") if schema is not None else None
-        if schema is not None and isinstance(properties, dict) and properties:
+        if schema is not None:
             why = _lookalike_arguments(arguments, schema, schema)
             if why is not None:
                 await self.record_refused(message, f"its arguments are ambiguous: {why}")
                 return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")
             # Decided, and forwarded, as the tool's inputSchema types them.
-            arguments = coerce_arguments(arguments, schema)
+            try:
+                arguments = coerce_arguments(arguments, schema)
+            except UnreadableSchema as exc:
+                # What the tool would make of them is unknown: nothing to decide on.
+                await self.record_refused(message, f"its arguments cannot be read: {exc}")
+                return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {exc}")
         if "task" in params:
             requested = params["task"]
             if not isinstance(requested, dict):

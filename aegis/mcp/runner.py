@@ -490,9 +490,9 @@ async def check_tools(
     for tool in tools:
         arguments = dict(samples.get(tool["name"], {}))
         schema = tool.get("inputSchema")
-        if arguments and isinstance(schema, dict):
-            arguments = coerce_arguments(arguments, schema)
         try:
+            if arguments and isinstance(schema, dict):
+                arguments = coerce_arguments(arguments, schema)
             action = Action(tool["name"], settings.target, arguments)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"--check-args {tool['name']}: {exc}") from None

@@ -27,6 +27,7 @@ TOOLS = [
                 "force": {"type": "boolean"},
                 "count": {"type": "integer"},
                 "options": {"$ref": "#/$defs/Options"},
+                "remote": {"$ref": "https://schemas.example/options.json"},
             },
             "$defs": {"Options": {"type": "object", "properties": {"force": {"type": "boolean"}}}},
         },

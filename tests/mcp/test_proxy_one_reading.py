@@ -234,3 +234,39 @@ def test_a_nested_lookalike_argument_is_refused(folding: Folding) -> None:
         {"name": "read", "arguments": {"path": "/srv/a", "options": {"force": False}}},
     )
     assert allowed["result"]["content"][0]["text"] == "ran read"
+
+
+def test_a_nested_model_under_a_ref_is_decided_and_forwarded_as_typed(folding: Folding) -> None:
+    """options.force under a $ref: "yes" is the true a rule blocks, "no" runs as false."""
+    blocked = folding.proxy.request(
+        5,
+        "tools/call",
+        {"name": "read", "arguments": {"path": "/srv/a", "options": {"force": "yes"}}},
+    )
+    assert blocked["result"]["isError"] is True
+    allowed = folding.proxy.request(
+        6,
+        "tools/call",
+        {"name": "read", "arguments": {"path": "/srv/a", "options": {"force": "no"}}},
+    )
+    assert allowed["result"]["content"][0]["text"] == "ran read"
+    assert folding.ran() == [("read", {"path": "/srv/a", "options": {"force": False}})]
+    rules = [(r["matched_rule"], r["result_status"]) for r in folding.files.records()]
+    assert rules == [("no-forced-options", "blocked"), ("reads", "success")]
+
+
+def test_an_argument_under_a_ref_outside_the_schema_is_refused_and_recorded(
+    folding: Folding,
+) -> None:
+    """A value the tool reads by a remote schema is refused, named, recorded, never run."""
+    reply = folding.proxy.request(
+        7,
+        "tools/call",
+        {"name": "read", "arguments": {"path": "/srv/a", "remote": {"force": "yes"}}},
+    )
+    assert reply["error"]["code"] == -32602
+    assert "remote" in reply["error"]["message"]
+    assert folding.ran() == []
+    [record] = folding.files.records()
+    assert (record["action_type"], record["result_status"]) == ("read", "blocked")
+    assert "cannot be read" in record["reason"]
