@@ -253,6 +253,7 @@ def background(command: list[str], log: Path, url: str) -> Iterator[subprocess.P
 NPM_PACKAGES = (
     "@modelcontextprotocol/sdk@1.32.2",
     "@modelcontextprotocol/server-everything@2026.8.31",
+    "@modelcontextprotocol/server-filesystem@2026.8.31",
     "@modelcontextprotocol/conformance@0.1.16",
     "@modelcontextprotocol/inspector@2.12.0",
     # Node 22 from npm: the Inspector needs >= 22.19, Debian ships 20.
@@ -269,6 +270,7 @@ class NpmPackages:
         scoped = self.modules / "@modelcontextprotocol"
         self.sdk = scoped / "sdk"
         self.everything = scoped / "server-everything" / "dist" / "index.js"
+        self.filesystem = scoped / "server-filesystem" / "dist" / "index.js"
         self.conformance = scoped / "conformance" / "dist" / "index.js"
         self.inspector = scoped / "inspector" / "clients" / "launcher" / "build" / "index.js"
 
@@ -290,7 +292,8 @@ def install_npm_packages(root: Path) -> NpmPackages:
     )
     assert done.returncode == 0, f"npm install failed: {done.stderr[-2000:]}"
     packages = NpmPackages(root)
-    for path in (packages.sdk, packages.everything, packages.conformance, packages.inspector):
+    everything = (packages.sdk, packages.everything, packages.filesystem)
+    for path in (*everything, packages.conformance, packages.inspector):
         assert path.exists(), f"npm install left out {path}"
     version = subprocess.run(
         [packages.node, "--version"], capture_output=True, text=True, timeout=60, check=False

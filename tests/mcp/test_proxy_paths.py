@@ -7,45 +7,17 @@ that only matches text would let it read what the rule meant to keep out.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp_support import Files, proxied_client
-
-FILESYSTEM_VERSION = "2026.8.31"
+from mcp_support import Files, NpmPackages, proxied_client
 
 
-@pytest.fixture(scope="module")
-def filesystem_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The pinned server-filesystem installed from npm; its entry point. Fails if npm does."""
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is not on PATH; the filesystem server tests need node and npm")
-    folder = tmp_path_factory.mktemp("server-filesystem")
-    (folder / "package.json").write_text('{"name": "aegis-fs-test", "private": true}\n')
-    done = subprocess.run(
-        [
-            npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund",
-            "--no-package-lock", f"@modelcontextprotocol/server-filesystem@{FILESYSTEM_VERSION}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.fail(f"npm install server-filesystem failed:\n{done.stderr[-2000:]}")
-    return (
-        folder
-        / "node_modules"
-        / "@modelcontextprotocol"
-        / "server-filesystem"
-        / "dist"
-        / "index.js"
-    )
+@pytest.fixture
+def filesystem_server(npm_packages: NpmPackages) -> Path:
+    """The pinned server-filesystem's entry point (tests/mcp/mcp_support.py: NPM_PACKAGES)."""
+    return npm_packages.filesystem
 
 
 def _setup(tmp_path: Path, conditions: str, entry: Path) -> tuple[Files, list[str], Path]:
