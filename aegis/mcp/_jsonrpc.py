@@ -8,6 +8,7 @@ message the proxy will act on, or the error reply that ends it.
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -221,18 +222,51 @@ def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
+class _NonFinite(ValueError):
+    """A number literal no float holds (``1e400`` overflows to infinity)."""
+
+
+class _Overflow(str):
+    """The text of a number literal no float holds, kept to name where it stood."""
+
+    __slots__ = ()
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
+def _kept_float(text: str) -> float | _Overflow:
+    value = float(text)
+    return value if math.isfinite(value) else _Overflow(text)
+
+
 def decode_strict(raw: bytes | str) -> Any:
-    """Decode JSON refusing duplicate or look-alike member names and NaN/Infinity.
+    """Decode JSON refusing duplicate or look-alike member names and non-finite numbers.
+
+    JSON has no infinity, but Python reads ``1e400`` as one: such a number,
+    like ``NaN`` and ``Infinity``, is refused rather than decided on as a
+    value no server would read the same (or that the proxy could not send on
+    as JSON).
 
     Raises:
-        ValueError: not JSON, or ambiguous (:class:`_Ambiguous`, a ValueError).
+        ValueError: not JSON, ambiguous (:class:`_Ambiguous`) or a number
+            past a float's range (:class:`_NonFinite`), all ValueErrors.
         RecursionError: nested too deep.
     """
-    return json.loads(raw, object_pairs_hook=_strict_object, parse_constant=_no_constant)
+    return json.loads(
+        raw,
+        object_pairs_hook=_strict_object,
+        parse_constant=_no_constant,
+        parse_float=_finite_float,
+    )
 
 
 def parse_frame(raw: bytes | str) -> Frame:
@@ -254,6 +288,8 @@ def parse_frame(raw: bytes | str) -> Frame:
         value = decode_strict(raw)
     except _Ambiguous as exc:
         return _ambiguous(raw, str(exc))
+    except _NonFinite:
+        return _non_finite(raw)
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and invalid UTF-8 in bytes.
         return Frame(replies=(error_reply(None, PARSE_ERROR, f"Parse error: {_short(exc)}"),))
@@ -269,11 +305,12 @@ def parse_frame(raw: bytes | str) -> Frame:
     return classify(value)
 
 
-def _ambiguous(raw: bytes | str, why: str) -> Frame:
-    """The refusal of a message whose member names are ambiguous.
+def _lenient(raw: bytes | str) -> tuple[Any, RequestId | None]:
+    """A refused message read leniently for its answer and its audit record.
 
-    It is answered under its id when the id alone is unambiguous, and kept
-    (as the last-wins decoding reads it) for the audit trail.
+    Objects are read last-wins and numbers past a float's range are kept as
+    their text (:class:`_Overflow`); the id is the message's only when no
+    other member folds like ``id``.
     """
     top: list[list[tuple[str, Any]]] = []
 
@@ -282,21 +319,71 @@ def _ambiguous(raw: bytes | str, why: str) -> Frame:
         return dict(pairs)
 
     try:
-        value = json.loads(raw, object_pairs_hook=keep)
+        value = json.loads(raw, object_pairs_hook=keep, parse_float=_kept_float)
     except (ValueError, RecursionError):
         value = None
     request_id = None
     if isinstance(value, dict) and top:
         ids = [(name, v) for name, v in top[0] if fold_name(name) == "id"]
-        if [name for name, _ in ids] == ["id"] and _valid_id(ids[0][1]):
-            request_id = ids[0][1]
+        found = ids[0][1] if [name for name, _ in ids] == ["id"] else None
+        if _valid_id(found) and not isinstance(found, _Overflow):
+            request_id = found
+    return value, request_id
+
+
+def _ambiguous(raw: bytes | str, why: str) -> Frame:
+    """The refusal of a message whose member names are ambiguous.
+
+    It is answered under its id when the id alone is unambiguous, and kept
+    (as the last-wins decoding reads it) for the audit trail.
+    """
+    value, request_id = _lenient(raw)
     reply = error_reply(request_id, INVALID_REQUEST, f"Invalid Request: ambiguous message: {why}")
-    members = (value,) if isinstance(value, dict) else ()
+    try:
+        members = (_as_text(value, "", []),) if isinstance(value, dict) else ()
+    except RecursionError:
+        members = ()
     return Frame(
         replies=(reply,),
         members=members,
         why=f"its member names are ambiguous ({why})",
     )
+
+
+def _non_finite(raw: bytes | str) -> Frame:
+    """The refusal of a message holding a number no float holds, naming its member.
+
+    Under ``params`` it is an Invalid params error, elsewhere an Invalid
+    Request; answered under the message's id when that can be read, and kept
+    (the number as its text) for the audit trail.
+    """
+    value, request_id = _lenient(raw)
+    found: list[tuple[str, str]] = []
+    try:
+        kept = _as_text(value, "", found)
+    except RecursionError:
+        kept = None
+    where, text = found[0] if found else ("", "")
+    what = f"{where} is {text}" if where else f"{text or 'a number'} is"
+    why = f"{what}, a number beyond a float's range (it would be read as infinity)"
+    if where.startswith("params"):
+        reply = error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")
+    else:
+        reply = error_reply(request_id, INVALID_REQUEST, f"Invalid Request: {why}")
+    members = (kept,) if isinstance(kept, dict) else ()
+    return Frame(replies=(reply,), members=members, why=f"its {why}")
+
+
+def _as_text(value: Any, where: str, found: list[tuple[str, str]]) -> Any:
+    """``value`` with each :class:`_Overflow` as plain text; where each stood goes in ``found``."""
+    if isinstance(value, _Overflow):
+        found.append((where, str(value)))
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _as_text(v, f"{where}.{k}" if where else k, found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_text(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
+    return value
 
 
 def batch_refusal(batch: list[Any]) -> tuple[Message, ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from aegis.core.action import Action
@@ -53,6 +55,36 @@ def test_a_batch_gets_an_error_per_request() -> None:
     )
     assert parsed.batch is True
     assert [r["id"] for r in parsed.replies] == [1]
+
+
+@pytest.mark.parametrize(
+    ("frame", "request_id", "code", "member"),
+    [
+        (
+            '{"jsonrpc": "2.0", "id": 3, "method": "x", "params": {"a": [0, 1e400]}}',
+            3,
+            -32602,
+            "params.a[1]",
+        ),
+        ('{"jsonrpc": "2.0", "id": 1e999, "method": "ping"}', None, -32600, "id is 1e999"),
+        (
+            '{"jsonrpc": "2.0", "id": 4, "id": 5, "method": "x", "params": {"n": -1e400}}',
+            None,
+            -32602,
+            "params.n",
+        ),
+    ],
+)
+def test_a_number_past_a_floats_range_is_refused_naming_it(
+    frame: str, request_id: int | None, code: int, member: str
+) -> None:
+    """1e400 is no JSON value the proxy can decide on or send on: refused, named, kept as text."""
+    parsed = parse_frame(frame)
+    assert parsed.message is None
+    [reply] = parsed.replies
+    assert (reply["id"], reply["error"]["code"]) == (request_id, code)
+    assert member in reply["error"]["message"]
+    assert all(json.dumps(m, allow_nan=False) for m in parsed.members)
 
 
 POLICY = Policy.from_dict(

@@ -270,3 +270,32 @@ def test_an_argument_under_a_ref_outside_the_schema_is_refused_and_recorded(
     [record] = folding.files.records()
     assert (record["action_type"], record["result_status"]) == ("read", "blocked")
     assert "cannot be read" in record["reason"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "member"),
+    [
+        ('{"path": "/srv/a", "count": 1e400}', "params.arguments.count"),
+        (
+            '{"path": "/srv/a", "options": {"force": true, "n": -2E+999}}',
+            "params.arguments.options.n",
+        ),
+        ('{"path": "/srv/a", "paths": [1, 1.5e309]}', "params.arguments.paths[1]"),
+    ],
+)
+def test_a_number_json_cannot_carry_is_refused_naming_its_member(
+    folding: Folding, arguments: str, member: str
+) -> None:
+    """1e400 overflows to infinity, no JSON value: refused under the id, named, recorded."""
+    reply = _raw(
+        folding.proxy,
+        '{"jsonrpc": "2.0", "id": 8, "method": "tools/call", '
+        f'"params": {{"name": "read", "arguments": {arguments}}}}}',
+    )
+    assert reply["id"] == 8
+    assert reply["error"]["code"] == -32602
+    assert member in reply["error"]["message"]
+    assert folding.proxy.request("alive", "ping")["result"] == {}
+    assert folding.ran() == []
+    [record] = folding.files.records()
+    assert (record["action_type"], record["result_status"]) == ("read", "blocked")
