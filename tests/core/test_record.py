@@ -19,6 +19,7 @@ from aegis.core.chain import (
     hash_pieces,
     record_hash,
     seal,
+    seal_pieces,
     verify_chain,
 )
 from aegis.core.decision import Approval, PolicyDecision
@@ -244,3 +245,4 @@ def test_hash_pieces_around_id_and_prev_give_the_seal_hash(  # noqa: PLR0917
     text = f'[{record_id},{middle},"{prev}"{tail}'
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     assert digest == seal(draft, record_id, prev).hash
+    assert seal_pieces(draft, (middle, tail), record_id, prev) == seal(draft, record_id, prev)

@@ -4,19 +4,25 @@ Records live in ``aegis_audit_log`` in the store's schema, one column per
 record field: ``id`` and ``start_id`` as ``BIGINT``, the rest as ``TEXT``
 exactly as hashed, so the server never re-renders what the hash covers.
 
-An append is one round trip. The client encodes its records' fields and
-the text their hashes cover (:func:`aegis.core.chain.hash_pieces`) and
-calls the schema's ``aegis_audit_append`` function, which takes the
-chain's transaction-scoped advisory lock, reads the head, links, hashes
-and inserts the records, and commits without waiting for the disk: the
-lock is held for a few statements on the server, never across a network
-round trip or an fsync. When the records must be durable, the same round
-trip (a pipeline) then commits a tiny write that waits for the disk; its commit lies
-after the append's, so its flush covers the records. Those flushes run
-outside the lock, so the writers of a fleet wait for the disk together
-(PostgreSQL's group commit): the chain grows with the number of writers,
-not one fsync at a time. Every record is in the chain the moment its
-append commits; none waits for a later linking step.
+An append is one round trip and one statement. The client encodes its
+records' fields and the text their hashes cover
+(:func:`aegis.core.chain.hash_pieces`) and sends a prepared ``CALL`` of the
+schema's ``aegis_audit_append_call`` procedure, straight to libpq with its
+parameters already in PostgreSQL's text form (psycopg's adaptation of
+arrays cost more client CPU than the round trip). The procedure runs the
+``aegis_audit_append`` function, which takes the chain's
+transaction-scoped advisory lock, reads the head, links, hashes and
+inserts the records, and commits without waiting for the disk: the lock is
+held for a few statements on the server, never across a network round
+trip or an fsync. When the records must be durable, the procedure then
+commits and writes a one-line logical message whose commit waits for the
+disk; it lies after the append's, so its flush covers the records. Those
+flushes run outside the lock, so the writers of a fleet wait for the disk
+together (PostgreSQL's group commit): the chain grows with the number of
+writers, not one fsync at a time. Every record is in the chain the moment
+its append commits; none waits for a later linking step. (A trail of an
+older schema opened by a writer that may not migrate it appends through
+the function and a pipeline of three statements instead.)
 
 A unique ``prev_hash`` makes a fork impossible even for a writer that
 skipped the lock. The client recomputes each record's hash from the id and
@@ -50,6 +56,9 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import sql
+from psycopg.errors import error_from_result
+from psycopg.generators import execute
+from psycopg.pq import ExecStatus
 
 from aegis.core.chain import (
     EMPTY_HEAD,
@@ -58,6 +67,7 @@ from aegis.core.chain import (
     VerifyReport,
     hash_pieces,
     seal,
+    seal_pieces,
     verify_chain,
 )
 from aegis.core.checkpoint import Checkpoint
@@ -77,7 +87,13 @@ from aegis.stores.base import (
 from aegis.stores.postgres.connection import Connection, Database
 from aegis.stores.postgres.schema import migrate, schema_lock_key
 
-__all__ = ["APPEND_FUNCTION", "AUDIT_TABLE", "CHECKPOINT_TABLE", "PostgresAuditStore"]
+__all__ = [
+    "APPEND_FUNCTION",
+    "APPEND_PROCEDURE",
+    "AUDIT_TABLE",
+    "CHECKPOINT_TABLE",
+    "PostgresAuditStore",
+]
 
 #: the table of the audit trail, in the store's schema
 AUDIT_TABLE: Final = "aegis_audit_log"
@@ -85,6 +101,8 @@ AUDIT_TABLE: Final = "aegis_audit_log"
 CHECKPOINT_TABLE: Final = "aegis_audit_checkpoints"
 #: the function that links and inserts an append, in the store's schema
 APPEND_FUNCTION: Final = "aegis_audit_append"
+#: the procedure that appends and, when asked, commits and waits for the disk
+APPEND_PROCEDURE: Final = "aegis_audit_append_call"
 
 #: the fields a record may leave empty; all others are NOT NULL
 _NULLABLE: Final = frozenset(
@@ -155,6 +173,48 @@ def _append_function() -> str:
     )
 
 
+def _append_procedure() -> str:
+    """The statement creating ``aegis_audit_append_call``: an append in one statement.
+
+    It runs :data:`APPEND_FUNCTION` (whose transaction commits without
+    waiting for the disk, releasing the chain's lock) and, when ``durable``,
+    commits it and then commits a one-line logical message synchronously:
+    that commit waits until the WAL is on disk up to itself, past the
+    append's. One ``CALL`` in autocommit mode is one round trip and one
+    statement for the server, where a pipeline of three cost three. It
+    returns the first record's id and predecessor and the last record's
+    hash: the client links the records itself and checks that it reaches
+    the same last hash.
+    """
+    return (
+        f"CREATE OR REPLACE PROCEDURE {{schema}}.{APPEND_PROCEDURE}("
+        "lock1 integer, lock2 integer, v text[], mids text[], tails text[], durable boolean, "
+        "INOUT first_id bigint, INOUT first_prev text, INOUT last_hash text) "
+        "LANGUAGE plpgsql AS $aegis$\n"
+        "DECLARE\n"
+        "  r record;\n"
+        "BEGIN\n"
+        f"  FOR r IN SELECT * FROM {{schema}}.{APPEND_FUNCTION}(lock1, lock2, v, mids, tails)"
+        " LOOP\n"
+        "    IF first_id IS NULL THEN\n"
+        "      first_id := r.rid; first_prev := r.rprev;\n"
+        "    END IF;\n"
+        "    last_hash := r.rhash;\n"
+        "  END LOOP;\n"
+        "  IF durable THEN\n"
+        # ends the append's transaction (no flush, the lock released)
+        "    COMMIT;\n"
+        # a server whose default is not to wait would break the promise
+        "    IF current_setting('synchronous_commit') = 'off' THEN\n"
+        "      PERFORM set_config('synchronous_commit', 'on', true);\n"
+        "    END IF;\n"
+        "    PERFORM pg_logical_emit_message(true, 'aegis', '');\n"
+        "  END IF;\n"
+        "END\n"
+        "$aegis$"
+    )
+
+
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # 0 -> 1: the chain as it is hashed, field by field
     0: (
@@ -176,11 +236,17 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     ),
     # 2 -> 3: appends in one round trip, linked by the server under the lock
     2: (_append_function(),),
+    # 3 -> 4: an append, durable or not, in one statement
+    3: (_append_procedure(),),
 }
 
 
 #: the schema version that added CHECKPOINT_TABLE
 _CHECKPOINTS_SINCE: Final = 2
+#: the schema version that added APPEND_PROCEDURE
+_PROCEDURE_SINCE: Final = 4
+#: the name of the prepared CALL of APPEND_PROCEDURE on the writing connection
+_PREPARED: Final = b"aegis_audit_append_call"
 
 #: rows per page when reading, and per round trip of the verifying cursor
 _PAGE: Final = 1000
@@ -204,27 +270,75 @@ _FINISHED: Final = sql.SQL(
 )
 
 
-def _arguments(drafts: list[RecordDraft]) -> tuple[list[Any], list[str], list[str]]:
+def _pieces(drafts: list[RecordDraft]) -> list[tuple[str, str]]:
+    """The hash pieces of every draft (:func:`aegis.core.chain.hash_pieces`), computed once."""
+    try:
+        return [hash_pieces(draft) for draft in drafts]
+    except ValueError as exc:  # a NaN in a scalar field: no runtime writes one
+        raise StoreError(f"an audit record holds what JSON cannot: {exc}") from exc
+
+
+def _arguments(
+    drafts: list[RecordDraft], pieces: list[tuple[str, str]] | None = None
+) -> tuple[list[Any], list[str], list[str]]:
     """The append function's arguments: every draft's fields in one list, the hash pieces."""
     values: list[Any] = []
-    mids: list[str] = []
-    tails: list[str] = []
     for draft in drafts:
-        try:
-            mid, tail = hash_pieces(draft)
-        except ValueError as exc:  # a NaN in a scalar field: no runtime writes one
-            raise StoreError(f"an audit record holds what JSON cannot: {exc}") from exc
-        mids.append(mid)
-        tails.append(tail)
         values.extend(draft[:-1])
         values.append(None if draft.start_id is None else str(draft.start_id))
-    return values, mids, tails
+    pairs = _pieces(drafts) if pieces is None else pieces
+    return values, [mid for mid, _ in pairs], [tail for _, tail in pairs]
+
+
+def _array(values: Sequence[object]) -> str:
+    """``values`` as PostgreSQL's text form of a ``text[]``: quoted, escaped, NULL for None."""
+    parts = []
+    for value in values:
+        if value is None:
+            parts.append("NULL")
+            continue
+        if not isinstance(value, str):
+            raise StoreError(
+                f"an audit record field holds {type(value).__name__} {value!r}, not text"
+            )
+        text = value if type(value) is str else str.__str__(value)
+        if "\\" in text or '"' in text:
+            text = text.replace("\\", "\\\\").replace('"', '\\"')
+        parts.append(f'"{text}"')
+    return "{" + ",".join(parts) + "}"
+
+
+def _call_parameters(
+    drafts: list[RecordDraft], pieces: list[tuple[str, str]], durable: bool, encoding: str
+) -> list[bytes | None]:
+    """The parameters of the prepared CALL, in the text format, ready to send."""
+    values: list[object] = []
+    for draft in drafts:
+        values.extend(draft[:-1])
+        values.append(None if draft.start_id is None else str(draft.start_id))
+    texts = (
+        _array(values),
+        _array([mid for mid, _ in pieces]),
+        _array([tail for _, tail in pieces]),
+    )
+    try:
+        encoded: list[bytes | None] = [text.encode(encoding) for text in texts]
+    except UnicodeEncodeError as exc:
+        raise StoreError(
+            f"an audit record holds text the connection's encoding ({encoding}) cannot "
+            f"carry: {exc.reason}; connect with client_encoding UTF8"
+        ) from exc
+    encoded.append(b"t" if durable else b"f")
+    return encoded
 
 
 def _storable(draft: RecordDraft) -> RecordDraft:
     # PostgreSQL text cannot hold NUL (JSON text escapes it, scalars may
     # not); the hash covers exactly what is stored, so mark it before sealing.
-    if not any(isinstance(v, str) and "\x00" in v for v in draft):
+    for value in draft:
+        if isinstance(value, str) and "\x00" in value:
+            break
+    else:
         return draft
     return RecordDraft._make(
         f"<unstorable str: {v!a}>" if isinstance(v, str) and "\x00" in v else v for v in draft
@@ -301,6 +415,7 @@ class PostgresAuditStore(ReadMixin):
         self._table: sql.Composed | None = None
         self._checkpoints: sql.Composed | None = None
         self._sql_append = self._sql_flush = self._sql_lock = self._sql_last = ""
+        self._sql_call = b""
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
         self._writer_pid = 0
@@ -344,6 +459,17 @@ class PostgresAuditStore(ReadMixin):
             .as_string(conn)
         )
         self._sql_lock = sql.SQL("SELECT pg_advisory_xact_lock({})").format(key).as_string(conn)
+        # an older trail opened without migrating (create=False) has no procedure
+        self._sql_call = (
+            sql.SQL(
+                "CALL {}.{}({}, $1::text[], $2::text[], $3::text[], $4::boolean, NULL, NULL, NULL)"
+            )
+            .format(sql.Identifier(schema), sql.Identifier(APPEND_PROCEDURE), key)
+            .as_string(conn)
+            .encode()
+            if version >= _PROCEDURE_SINCE
+            else b""
+        )
         # the newest records of a session, to settle an append whose outcome is unknown
         self._sql_last = (
             sql.SQL("SELECT {} FROM {} WHERE session_id = %s ORDER BY id DESC LIMIT {}")
@@ -431,15 +557,19 @@ class PostgresAuditStore(ReadMixin):
             if self._suspect:
                 self._recover_starts(conn)
             stored = self._remapped(stored)
-            arguments = _arguments(stored)
+            pieces = _pieces(stored)
             try:
-                records = self._append_once(conn, stored, arguments, durable)
+                if self._sql_call:
+                    records = self._call(conn, stored, pieces, durable)
+                else:
+                    records = self._append_once(conn, stored, _arguments(stored, pieces), durable)
             except psycopg.Error as exc:
                 # Which part of the message failed is not known: the append
                 # may have committed before its flush failed. Settle it.
                 lost = conn.broken or conn.closed
                 if lost:
                     self._drop_writer_conn()
+                arguments = _arguments(stored, pieces)
                 records = self._settle(stored, arguments, durable, exc, again=lost)
             self._appended(records, durable)
             return records
@@ -526,8 +656,14 @@ class PostgresAuditStore(ReadMixin):
         if conn is None:
             conn = self._writer_conn = self.db.connect("append to the audit trail in")
             self._writer_pid = os.getpid()
+            # psycopg's own prepared statements stay off on this connection:
+            # after a rollback it would deallocate every statement, the
+            # append's prepared CALL among them
+            conn.prepare_threshold = None
             try:
                 self._prepare(conn)
+                if self._sql_call:
+                    self._prepare_call(conn)
             except psycopg.Error as exc:
                 self._drop_writer_conn()
                 raise self.db.error("append to the audit trail in", exc) from exc
@@ -535,6 +671,73 @@ class PostgresAuditStore(ReadMixin):
                 self._drop_writer_conn()
                 raise
         return conn
+
+    def _prepare_call(self, conn: Connection) -> None:
+        """Prepare the CALL of the append procedure on ``conn`` (once per connection)."""
+        pgconn = conn.pgconn
+        with conn.lock:
+            pgconn.send_prepare(_PREPARED, self._sql_call)
+            results = conn.wait(execute(pgconn))
+        for result in results:
+            if result.status != ExecStatus.COMMAND_OK:
+                raise error_from_result(result, encoding=conn.info.encoding)
+
+    def _call(
+        self,
+        conn: Connection,
+        drafts: list[RecordDraft],
+        pieces: list[tuple[str, str]],
+        durable: bool,
+    ) -> list[AuditRecord]:
+        """One round trip, one statement: append (linked by the server), and flush if ``durable``.
+
+        The prepared CALL goes to libpq directly, parameters already in the
+        text format: psycopg's adaptation of every argument cost more client
+        CPU than the round trip. The wait is the connection's, bounded by
+        ``response_timeout`` like every other.
+        """
+        encoding = conn.info.encoding
+        parameters = _call_parameters(drafts, pieces, durable, encoding)
+        pgconn = conn.pgconn
+        for attempt in (1, 2):
+            with conn.lock:
+                pgconn.send_query_prepared(_PREPARED, parameters)
+                results = conn.wait(execute(pgconn))
+            result = results[-1]
+            if result.status == ExecStatus.TUPLES_OK:
+                break
+            error = error_from_result(result, encoding=encoding)
+            if attempt == 1 and error.sqlstate == "26000":
+                # the statement was deallocated (DISCARD ALL, a pooler): nothing
+                # ran, so prepare it again and send the append once more
+                self._prepare_call(conn)
+                continue
+            raise error
+        first_id, first_prev, last_hash = (
+            result.get_value(0, 0),
+            result.get_value(0, 1),
+            result.get_value(0, 2),
+        )
+        if first_id is None or first_prev is None or last_hash is None:
+            raise StoreError(
+                f"the audit trail in {self.url} returned no record for an append of "
+                f"{len(drafts)}; its {APPEND_PROCEDURE} procedure was changed, restore it"
+            )
+        record_id, prev = int(first_id), first_prev.decode()
+        records = []
+        for draft, pair in zip(drafts, pieces, strict=True):
+            record = seal_pieces(draft, pair, record_id, prev)
+            records.append(record)
+            record_id, prev = record_id + 1, record.hash
+        if prev != last_hash.decode():
+            raise StoreError(
+                f"the audit trail in {self.url} hashed records {int(first_id)}-{record_id - 1} "
+                "otherwise than Aegis does, so the chain no longer verifies; the database "
+                f"must use the UTF8 encoding and its {APPEND_FUNCTION} function must be "
+                "Aegis' own"
+            )
+        self.commits += 1
+        return records
 
     def _append_once(
         self,

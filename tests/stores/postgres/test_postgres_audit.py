@@ -575,7 +575,7 @@ def test_a_trail_of_an_older_schema_is_read_as_is_and_migrated_by_a_writer(
         assert writer.store.checkpoints() == []  # type: ignore[attr-defined]
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(3,)]
+    ) == [(4,)]
     assert sql(postgres_dsn, "SELECT count(*) FROM aegis_audit_checkpoints") == [(0,)]
 
 
@@ -584,6 +584,7 @@ def test_a_trail_written_before_the_append_function_is_upgraded_and_continued(
 ) -> None:
     """A version-2 trail (appends linked by the client) gains the function and chains on."""
     fill(trail, 3)
+    sql(postgres_dsn, "DROP PROCEDURE aegis_audit_append_call")
     sql(postgres_dsn, "DROP FUNCTION aegis_audit_append")
     sql(postgres_dsn, "UPDATE aegis_schema_versions SET version = 2 WHERE component = 'audit'")
     with AuditLogger(postgres_dsn) as writer:
@@ -594,7 +595,36 @@ def test_a_trail_written_before_the_append_function_is_upgraded_and_continued(
         assert report.checked == 4
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
+    ) == [(4,)]
+
+
+@pytest.mark.parametrize("level", ["process", "result", "full"])
+def test_a_trail_before_the_append_procedure_is_written_as_is_or_upgraded(
+    trail: AuditLogger, postgres_dsn: str, level: str
+) -> None:
+    """A version-3 trail is appended to as it is by a writer that may not migrate, then upgraded.
+
+    Without the procedure the function and a pipeline append; a writer that
+    may migrate adds the procedure; the chain verifies either way.
+    """
+    fill(trail, 2)
+    sql(postgres_dsn, "DROP PROCEDURE aegis_audit_append_call")
+    sql(postgres_dsn, "UPDATE aegis_schema_versions SET version = 3 WHERE component = 'audit'")
+    with AuditLogger(postgres_dsn, create=False, durability=level) as writer:
+        d = decision(3)
+        assert writer.log("s3", d, result=success(d)) == 3
+    assert sql(
+        postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
     ) == [(3,)]
+    with AuditLogger(postgres_dsn, durability=level) as writer:
+        d = decision(4)
+        assert writer.log("s4", d, result=success(d)) == 4
+        report = writer.verify()
+    assert report.ok, report.reason
+    assert report.checked == 4
+    assert sql(
+        postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
+    ) == [(4,)]
 
 
 async def test_signed_checkpoints_on_postgresql_catch_a_consistent_rewrite(
@@ -642,3 +672,64 @@ async def test_signed_checkpoints_on_postgresql_catch_a_consistent_rewrite(
     assert runner.invoke(cli, ["audit", "verify", "--db", postgres_dsn]).exit_code == 0
     rewritten = runner.invoke(cli, verify)
     assert rewritten.exit_code == 1
+
+
+ODD_TEXTS = [
+    "",
+    "NULL",
+    'a "quoted" word',
+    "back\\slash \\\\ and \\",
+    '{braces}, commas, {"nested": [1, 2]}',
+    "  spaces around  ",
+    "line\nbreak\ttab",
+    "ünïcödé ✓ 🛡️",
+    "nul\x00inside",
+]
+
+
+@pytest.mark.parametrize("level", ["process", "result"])
+def test_odd_text_in_every_field_is_stored_and_read_back_as_hashed(
+    postgres_dsn: str, level: str
+) -> None:
+    """Quotes, backslashes, braces, "NULL", empty and non-ASCII text survive an append whole."""
+    with AuditLogger(postgres_dsn, durability=level) as audit:
+        for n, text in enumerate(ODD_TEXTS):
+            d = PolicyDecision(
+                Action(text or "t", text, {text: text, "n": n}), RiskLevel.LOW, Approval.AUTO, text
+            )
+            audit.log(text, d, result=Result(d.action, ResultStatus.SUCCESS, {"echo": text}))
+        stored = list(audit.store.records(Filters(view="records")))
+        report = audit.verify()
+    assert report.ok, report.reason
+    assert [r.id for r in stored] == list(range(1, len(ODD_TEXTS) + 1))
+    for record, text in zip(stored, ODD_TEXTS, strict=True):
+        assert record.hash == row_hash(record[:-1])
+        if "\x00" not in text:  # NUL cannot be stored, and is marked
+            assert record.session_id == text
+            assert record.matched_rule == text
+            assert record.action_target == text
+            assert json.loads(record.result_data) == {"echo": text}
+            assert json.loads(record.action_params) == {text: text, "n": n_of(record)}
+
+
+def n_of(record: AuditRecord) -> int:
+    """The ``n`` an action of the odd-text test carries in its params."""
+    return int(json.loads(record.action_params)["n"])
+
+
+def test_an_append_after_the_prepared_statements_were_dropped_goes_through(
+    postgres_dsn: str,
+) -> None:
+    """A writer whose session lost its prepared statements (a pooler's DISCARD) prepares again."""
+    with AuditLogger(postgres_dsn) as audit:
+        fill(audit, 1)
+        store = audit.store
+        assert isinstance(store, PostgresAuditStore)
+        conn = store._writer_conn  # the writer's own session, as a pooler sees it
+        assert conn is not None
+        conn.execute("DEALLOCATE ALL")
+        d = decision(2)
+        assert audit.log("s1", d, result=success(d)) == 2
+        report = audit.verify()
+    assert report.ok, report.reason
+    assert report.checked == 2
