@@ -21,8 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["KEY_SEPARATOR", "Identity"]
+__all__ = ["KEY_SEPARATOR", "Identity", "canonical_issuer"]
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 #: separates issuer and subject in :attr:`Identity.key`
 KEY_SEPARATOR: Final = "#"
@@ -42,6 +45,10 @@ class Identity:
     issuer: str
     subject: str
     name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        # One person, one identity: however the issuer was spelt where it came from.
+        object.__setattr__(self, "issuer", canonical_issuer(self.issuer))
 
     @classmethod
     def of_token(cls, name: str) -> Identity:
@@ -77,3 +84,39 @@ class Identity:
     def to_json(self) -> dict[str, Any]:
         """Issuer, subject and name, as the API and the audit trail show them."""
         return {"issuer": self.issuer or None, "subject": self.subject, "name": self.display}
+
+
+def canonical_issuer(issuer: str) -> str:
+    """The one spelling of an issuer URL that identities keep and compare.
+
+    ``http://id.example.com/``, ``HTTPS://ID.example.com:443`` and
+    ``https://id.example.com`` name one provider: the scheme and host are
+    read in lower case, a default port is dropped and so are trailing
+    slashes of the path (so ``https://id.example.com/tenant/`` is
+    ``https://id.example.com/tenant``). The path keeps its case. The ID
+    token's ``iss`` is still checked against the configured issuer exactly;
+    this only keeps one person from counting as two. Text that is not an
+    http(s) URL is returned as it is.
+
+    Example::
+
+        canonical_issuer("https://ID.example.com:443/")  # 'https://id.example.com'
+    """
+    if not issuer:
+        return issuer
+    try:
+        parts = urlsplit(issuer)
+        port = parts.port
+    except ValueError:
+        return issuer
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return issuer
+    host = parts.hostname  # lower case, without brackets
+    if ":" in host:
+        host = f"[{host}]"
+    user = parts.netloc.rpartition("@")[0]
+    netloc = f"{user}@{host}" if user else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc = f"{netloc}:{port}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, parts.fragment))

@@ -39,3 +39,40 @@ def test_subject_may_hold_the_separator() -> None:
     """A subject with '#' in it reads back whole: the issuer never holds one."""
     odd = Identity(ISSUER, "a#b", "Odd")
     assert Identity.from_key(odd.key) == odd
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "https://id.example.com",
+        "https://id.example.com/",
+        "https://id.example.com//",
+        "HTTPS://ID.Example.COM",
+        "https://id.example.com:443/",
+    ],
+)
+def test_one_issuer_spelt_differently_is_one_person(spelling: str) -> None:
+    """Trailing slashes, letter case of scheme and host, a default port: the same identity."""
+    person = Identity(spelling, "248289761001", "Alice")
+    assert person == Identity("https://id.example.com", "248289761001")
+    assert person.key == "https://id.example.com#248289761001"
+    assert Identity.from_key(f"{spelling}#248289761001") == person
+
+
+@pytest.mark.parametrize(
+    ("issuer", "other"),
+    [
+        ("https://id.example.com/tenant", "https://id.example.com/Tenant"),
+        ("https://id.example.com", "https://id.example.com:8443"),
+        ("https://id.example.com", "http://id.example.com"),
+        ("https://id.example.com/a", "https://id.example.com"),
+    ],
+)
+def test_different_issuers_stay_different(issuer: str, other: str) -> None:
+    """A path's case, another port, another scheme or another path are other providers."""
+    assert Identity(issuer, "1") != Identity(other, "1")
+
+
+def test_a_token_identity_is_untouched() -> None:
+    """A token's identity (no issuer) keeps its name as subject, whatever it looks like."""
+    assert Identity.of_token("https://x/").key == "https://x/"

@@ -337,6 +337,32 @@ def test_token_tied_first_then_sign_in_counts_once(idp: Idp, browser: Browser) -
     assert idp.status(request_id)["status"] == "pending"
 
 
+def test_one_person_under_two_spellings_of_the_issuer_counts_once(
+    idp: Idp, browser: Browser
+) -> None:
+    """A token tied under "http://x/" and a sign-in from "http://x" are one person, not two."""
+    issuer = idp.issuer + "/"
+    request_id = idp.ask("wire_money", ["finance"], approvers=2)
+    name = "carol-cli-" + secrets.token_hex(3)
+    token = aegis(
+        "token", "create", name, "--role", "reviewer", "--group", "finance",
+        "--oidc-subject", "carol", "--oidc-issuer", issuer, "--db", str(idp.db),
+    ).stdout.strip()  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"}
+    who = httpx.get(f"{idp.inbox.url}/api/v1/whoami", headers=headers, timeout=20).json()
+    assert who["identity"]["issuer"] == idp.issuer
+    first = httpx.post(
+        f"{idp.inbox.url}/api/v1/approvals/{request_id}/decision",
+        json={"verdict": "approve"},
+        headers=headers,
+        timeout=20,
+    )
+    assert first.status_code == 200, first.text
+    carol = sign_in(idp.inbox.url, "carol", browser())
+    assert _decide(carol, idp.inbox.url, request_id, "approve").status_code in {403, 409}
+    assert idp.status(request_id)["status"] == "pending"
+
+
 def test_sign_out_ends_the_session_on_the_server(idp: Idp, browser: Browser) -> None:
     """After sign-out, a copy of the session cookie taken before no longer works."""
     alice = sign_in(idp.inbox.url, "alice", browser())
