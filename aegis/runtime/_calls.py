@@ -131,8 +131,10 @@ async def _settle(first: Awaitable[Any]) -> Any:
     return value
 
 
-def _start(fn: Callable[..., Any], args: tuple[Any, ...], what: str) -> Awaitable[Any]:
-    if is_async_callable(fn):
+def _start(
+    fn: Callable[..., Any], args: tuple[Any, ...], what: str, is_async: bool
+) -> Awaitable[Any]:
+    if is_async:
         out = fn(*args)
         return out if inspect.isawaitable(out) else _ready(out)
     return run_in_worker(fn, *args, what=what)
@@ -142,19 +144,39 @@ async def _ready(value: Any) -> Any:
     return value
 
 
+# What an approval handler or an executor answers most: never awaitable, and
+# inspect.isawaitable would ask the Awaitable ABC about it (a Python-level check).
+_PLAIN: Final = frozenset({bool, type(None), str, int, float, dict, list, tuple})
+
+
 async def call_with_deadline(
-    fn: Callable[..., Any], args: tuple[Any, ...], limit: float | None, what: str
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    limit: float | None,
+    what: str,
+    *,
+    is_async: bool | None = None,
 ) -> Any:
     """``fn(*args)``, sync on a worker thread or async on the loop, within ``limit`` seconds.
+
+    ``is_async`` is :func:`is_async_callable` of ``fn`` when the caller
+    knows it already (taken now when ``None``).
 
     Raises:
         Deadline: ``limit`` passed first; the call is abandoned (see the
             module's docstring) and its late answer logged, naming ``what``.
         Exception: whatever ``fn`` raised.
     """
-    pending = _settle(_start(fn, args, what))
+    if is_async is None:
+        is_async = is_async_callable(fn)
     if limit is None:
-        return await pending
+        # Speed (benchmarks/calls.py, "approve"; an approval asks through two of
+        # these): no coroutine around the call, and no ABC check of a plain answer.
+        value = fn(*args) if is_async else run_in_worker(fn, *args, what=what)
+        while type(value) not in _PLAIN and inspect.isawaitable(value):
+            value = await value
+        return value
+    pending = _settle(_start(fn, args, what, is_async))
     task = asyncio.ensure_future(pending)
     try:
         done, _ = await asyncio.wait({task}, timeout=limit)

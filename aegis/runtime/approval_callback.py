@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.errors import ConfigurationError
-from aegis.runtime._calls import call_with_deadline
+from aegis.runtime._calls import call_with_deadline, is_async_callable
 from aegis.runtime.approval import ApprovalHandler
 
 __all__ = ["ApprovalCallback", "CallbackApprovalHandler"]
@@ -40,12 +40,22 @@ class CallbackApprovalHandler(ApprovalHandler):
                 "pass a function such as `lambda decision: decision.risk_level.value <= 2`"
             )
         self.callback = callback
+        # the callback whose asyncness is known, and that asyncness
+        self._known: tuple[object, bool] = (callback, is_async_callable(callback))
 
     async def request_approval(self, decision: PolicyDecision) -> bool | ApprovalOutcome:
         """Return the callback's answer for ``decision``, awaiting it if needed."""
+        callback = self.callback
+        # (a subclass that sets callback without our __init__ has no _known)
+        known, is_async = getattr(self, "_known", (None, False))
+        if known is not callback:  # replaced since: look again
+            is_async = is_async_callable(callback)
+            self._known = (callback, is_async)
         # A plain function runs on a worker thread: a slow or hanging one
         # must not block the event loop, nor outlive the runtime's timeout.
-        answer = await call_with_deadline(self.callback, (decision,), None, "the approval callback")
+        answer = await call_with_deadline(
+            callback, (decision,), None, "the approval callback", is_async=is_async
+        )
         if not isinstance(answer, bool | ApprovalOutcome):
             # Fail closed: a truthy string or a forgotten `return` must not approve.
             raise TypeError(

@@ -204,9 +204,10 @@ class AuditLogger(RecordReader):
             self._write, remote=self._store.remote
         )
         self._lock = threading.Lock()
-        # start id -> (the action, its start draft): the final record of the
-        # action reuses the encoded fields instead of encoding them again
-        self._starts: dict[int, tuple[object, object, RecordDraft]] = {}
+        # start id -> (the action, its context, its start draft, the human decision
+        # as given): the final record of the action reuses the encoded fields
+        # instead of encoding them again
+        self._starts: dict[int, tuple[object, object, RecordDraft, object]] = {}
         self._signer = None if readonly else _signer(signing_key, self._store)
         if checkpoint_every < 1 or not checkpoint_interval > 0:
             raise ConfigurationError(
@@ -404,7 +405,7 @@ class AuditLogger(RecordReader):
         if self._closed:
             raise self._closed_error()
         record = await self._batch.submit(draft)
-        self._starts[record.id] = (decision.action, context, draft)
+        self._starts[record.id] = (decision.action, context, draft, human_decision)
         return record.id
 
     def guards(self, database: object) -> bool:
@@ -449,7 +450,8 @@ class AuditLogger(RecordReader):
         record = self._store.append_guarded(draft, guard)  # type: ignore[attr-defined]  # guards()
         if record is None:
             return None
-        self._starts[record.id] = (decision.action, None if stamp is None else stamp.context, draft)
+        context = None if stamp is None else stamp.context
+        self._starts[record.id] = (decision.action, context, draft, human_decision)
         self._wrote((record,))  # never raises: metering again would count the action twice
         return int(record.id)
 
@@ -471,26 +473,32 @@ class AuditLogger(RecordReader):
         action reached the executor; the final record names it.
         """
         kept = None if start_token is None else self._starts.pop(start_token, None)
-        stamp = _stamp(context, decided_at, policy_digest)
         draft = None
         if start_token is not None and kept is not None and kept[0] is decision.action:
-            _, started_context, start = kept
+            _, started_context, start, started_human = kept
             if (
                 start.session_id == session_id
                 and start.decided_at == decided_at
                 and start.policy_digest == policy_digest
-                and (started_context is context or not _stamp_changed(start, stamp))
-            ):
-                draft = finish_draft(
-                    start, start_token, result, human_decision=_human_text(human_decision)
+                and (
+                    started_context is context
+                    or not _stamp_changed(start, _stamp(context, decided_at, policy_digest))
                 )
+            ):
+                # The approval's text is the start's when it is the same answer.
+                human = (
+                    start.human_decision
+                    if human_decision is started_human
+                    else _human_text(human_decision)
+                )
+                draft = finish_draft(start, start_token, result, human_decision=human)
         if draft is None:
             draft = final_draft(
                 session_id,
                 decision,
                 result,
                 human_decision=_human_text(human_decision),
-                stamp=stamp,
+                stamp=_stamp(context, decided_at, policy_digest),
                 start_id=start_token,
             )
         if self._closed:

@@ -40,6 +40,7 @@ import hashlib
 import inspect
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -136,6 +137,7 @@ class Gate:
         self.execute_timeout = execute_timeout
         self.metering = metering
         self.ask = ask
+        self.ask_is_async = is_async_callable(ask)
         self.execute = execute
         self.execute_is_async = is_async_callable(execute)
         self.record_final = audit.record
@@ -190,7 +192,7 @@ class Gate:
         self, decision: PolicyDecision, decided: str
     ) -> tuple[Result | None, ApprovalOutcome]:
         """Ask the approval handler about ``decision``; see :meth:`Runtime.approve`."""
-        started = _now()
+        started = time.time()  # a datetime only if it is denied
         digest = _digest(decided)
         # A framework integration may bring an answer given while its run was
         # suspended; it passes the same checks as a fresh one (see _binding).
@@ -209,6 +211,8 @@ class Gate:
                 explained(self.policy, decision),
                 timeout=self.approval_timeout,
                 digest=digest,
+                copied=True,
+                is_async=self.ask_is_async,
             )
         if outcome.approved is not True:
             return _denied(decision, started, outcome), outcome
@@ -574,13 +578,13 @@ def _checked_result(action: Action, out: Result, started: datetime) -> Result:
     return out
 
 
-def _denied(decision: PolicyDecision, started: datetime, outcome: ApprovalOutcome) -> Result:
-    """The ``DENIED`` Result of a refusal; its error names who refused, and why."""
+def _denied(decision: PolicyDecision, started: float, outcome: ApprovalOutcome) -> Result:
+    """The ``DENIED`` Result of a refusal (asked at ``started``, a POSIX time): who refused, why."""
     return Result(
         decision.action,
         ResultStatus.DENIED,
         error=denial_text(outcome),
-        started_at=started,
+        started_at=datetime.fromtimestamp(started, UTC),
         completed_at=_now(),
     )
 
