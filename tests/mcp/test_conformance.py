@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mcp_support import Files, NpmPackages, background, free_port
+from mcp_support import HERE, Files, NpmPackages, background, free_port
 
 #: the policy behind the proxy: the suite's own tools run, anything else is blocked
 POLICY = """\
@@ -100,6 +101,11 @@ def compare(
     assert set(direct) == expected
     assert set(proxied) == expected
     assert len(passing(direct)) >= at_least, sorted(passing(direct))
+    print(
+        f"conformance: {len(passing(direct))} of {len(expected)} scenarios pass directly,"
+        f" {len(passing(proxied))} behind the proxy;"
+        f" behind the proxy only: {sorted(passing(proxied) - passing(direct))}"
+    )
     lost = sorted(passing(direct) - passing(proxied))
     assert not lost, "pass directly, fail behind the proxy: " + " | ".join(
         f"{scenario} ({failures(proxied, scenario)})" for scenario in lost
@@ -131,5 +137,40 @@ def test_server_everything_passes_behind_the_proxy_as_it_does_directly(
         proxied = run_suite(npm, url, tmp_path / "proxied")
     compare(npm, direct, proxied, at_least=10)
     # The suite's tool calls were decided and recorded, whatever the server made of them.
-    calls = {r["action_type"] for r in files.records()}
-    assert {"test_simple_text", "test_error_handling", "test_sampling"} <= calls
+    records = files.records()
+    assert {"test_simple_text", "test_error_handling", "test_sampling"} <= {
+        r["action_type"] for r in records
+    }
+    assert {r["matched_rule"] for r in records} == {"conformance-tools"}
+
+
+def test_a_server_offering_every_scenario_passes_them_behind_the_proxy(
+    npm_packages: NpmPackages, tmp_path: Path
+) -> None:
+    """conformance_server.py, directly and behind ``--listen --upstream-url``: both pass.
+
+    The server offers the suite's own tools, resources and prompts, so nearly
+    every scenario passes directly, and must behind the proxy, which records
+    each of the suite's tool calls with its outcome.
+    """
+    npm = npm_packages
+    files = Files(tmp_path, POLICY)
+    port = free_port()
+    server = [sys.executable, str(HERE / "conformance_server.py"), "--http", str(port)]
+    direct_url = f"http://127.0.0.1:{port}/mcp"
+    with background(server, tmp_path / "server.log", direct_url):
+        direct = run_suite(npm, direct_url, tmp_path / "direct")
+        with proxy(files, "--upstream-url", direct_url) as url:
+            proxied = run_suite(npm, url, tmp_path / "proxied")
+    compare(npm, direct, proxied, at_least=30)
+    # Each tool call of the suite was decided by the rule and recorded once, with its outcome.
+    outcomes = {r["action_type"]: r["result_status"] for r in files.records()}
+    assert len(outcomes) == len(files.records())
+    assert {r["matched_rule"] for r in files.records()} == {"conformance-tools"}
+    called = {
+        "test_simple_text", "test_image_content", "test_audio_content", "test_embedded_resource",
+        "test_multiple_content_types", "test_tool_with_logging", "test_tool_with_progress",
+        "test_sampling", "test_elicitation", "test_elicitation_sep1034_defaults",
+        "test_elicitation_sep1330_enums", "test_reconnection",
+    }  # fmt: skip
+    assert outcomes == {**dict.fromkeys(called, "success"), "test_error_handling": "failed"}
