@@ -134,7 +134,9 @@ class AuditLogger(RecordReader):
     many actions) are committed together, once per loop iteration: one
     commit and at most one flush for the lot; each caller gets its id only
     after the commit. SQLite writes run on the calling thread (no thread
-    hop); a remote store's run on a worker thread.
+    hop); a remote store's batches run on a worker thread, and an action
+    alone (one task acting one action at a time) writes on the calling
+    thread, as on SQLite.
 
     Args:
         db_path: a SQLite file (or ``":memory:"``), ``sqlite:///...``,

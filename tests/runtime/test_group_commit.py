@@ -104,6 +104,20 @@ async def test_remote_commits_run_on_a_thread_and_give_back_what_is_abandoned() 
     assert store.threads[0] != threading.get_ident()
 
 
+async def test_a_task_alone_writes_a_remote_store_at_once_on_the_loop_thread() -> None:
+    """One task submitting in turn never waits for a thread: its items go to the store at once."""
+    store = Store()
+    group: GroupCommit[int, str] = GroupCommit(store.commit, remote=True)
+    assert await group.submit(1) == "r1"  # the first submit of a task is batched: a thread
+    assert group.alone()
+    assert await group.submit(2) == "r2"
+    assert await group.submit(3) == "r3"
+    assert store.batches == [[1], [2], [3]]
+    loop_thread = threading.get_ident()
+    assert store.threads[0] != loop_thread
+    assert store.threads[1:] == [loop_thread, loop_thread]
+
+
 def test_another_loop_never_joins_a_batch_of_the_first() -> None:
     """While one loop's batch waits, a submit from another loop is written on its own."""
     store = Store()

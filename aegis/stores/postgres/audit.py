@@ -28,9 +28,9 @@ A unique ``prev_hash`` makes a fork impossible even for a writer that
 skipped the lock. The client recomputes each record's hash from the id and
 predecessor the server chose (:func:`aegis.core.chain.seal`) and refuses a
 server whose hash differs. The facade (:class:`~aegis.runtime.audit.AuditLogger`)
-calls :meth:`PostgresAuditStore.append` from a writer thread with every
-record that queued up meanwhile: concurrent actions of a process share one
-round trip.
+calls :meth:`PostgresAuditStore.append` with every record that queued up
+meanwhile (from a worker thread) or, for a task acting alone, at once on
+its own thread: concurrent actions of a process share one round trip.
 
 An append whose connection was lost (a restarted server, a terminated
 backend, a server that stopped answering) is settled on a new connection,
