@@ -40,24 +40,27 @@ rules:
 _FOLDER = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[0-9-]+Z$")
 
 
-def run_suite(npm: NpmPackages, url: str, out: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every server scenario (active and pending) against ``url``: each one's checks."""
-    command = [npm.node, str(npm.conformance), "server", "--url", url, "--suite", "all"]
-    done = subprocess.run(
-        [*command, "--output-dir", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=out.parent,
-    )
+def run_suite(
+    npm: NpmPackages, url: str, out: Path, only: tuple[str, ...] = ()
+) -> dict[str, list[dict[str, Any]]]:
+    """Every server scenario (active and pending), or ``only`` these, against ``url``."""
+    command = [npm.node, str(npm.conformance), "server", "--url", url, "--output-dir", str(out)]
+    runs = [[*command, "--scenario", scenario] for scenario in only] or [
+        [*command, "--suite", "all"]
+    ]
+    said = ""
+    for run in runs:
+        done = subprocess.run(
+            run, capture_output=True, text=True, timeout=600, check=False, cwd=out.parent
+        )
+        said += done.stdout[-1000:] + done.stderr[-1000:]
     # The suite exits 1 when any scenario fails; its results folders say which.
     results: dict[str, list[dict[str, Any]]] = {}
     for folder in sorted(out.iterdir()) if out.exists() else []:
         match = _FOLDER.match(folder.name)
         assert match is not None, f"unexpected results folder {folder.name}"
         results[match["scenario"]] = json.loads((folder / "checks.json").read_text())
-    assert results, f"the suite wrote no results: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+    assert results, f"the suite wrote no results: {said}"
     return results
 
 
@@ -174,3 +177,40 @@ def test_a_server_offering_every_scenario_passes_them_behind_the_proxy(
         "test_elicitation_sep1330_enums", "test_reconnection",
     }  # fmt: skip
     assert outcomes == {**dict.fromkeys(called, "success"), "test_error_handling": "failed"}
+
+
+#: the scenarios where the server speaks first mid-call: requests to the client, notifications
+TALKING_BACK = (
+    "tools-call-sampling",
+    "tools-call-elicitation",
+    "elicitation-sep1034-defaults",
+    "elicitation-sep1330-enums",
+    "tools-call-with-logging",
+    "tools-call-with-progress",
+)
+
+
+def test_a_stdio_server_talks_back_through_the_proxy(
+    npm_packages: NpmPackages, tmp_path: Path
+) -> None:
+    """conformance_server.py over stdio behind ``--listen``: sampling, elicitation, logs, progress.
+
+    The suite speaks HTTP only, so these pass outright rather than against a
+    direct run; they pass directly over HTTP in the test above. (Only the
+    scenarios the stdio leg adds anything to, since every session starts a server.)
+    """
+    files = Files(tmp_path, POLICY)
+    server = ["--", sys.executable, str(HERE / "conformance_server.py")]
+    with proxy(files, *server) as url:
+        proxied = run_suite(npm_packages, url, tmp_path / "proxied", only=TALKING_BACK)
+    assert set(proxied) == set(TALKING_BACK)
+    failed = sorted(set(TALKING_BACK) - passing(proxied))
+    assert not failed, " | ".join(f"{s} ({failures(proxied, s)})" for s in failed)
+    outcomes = [(r["action_type"], r["result_status"]) for r in files.records()]
+    assert sorted(outcomes) == sorted(
+        (tool, "success")
+        for tool in (
+            "test_sampling", "test_elicitation", "test_elicitation_sep1034_defaults",
+            "test_elicitation_sep1330_enums", "test_tool_with_logging", "test_tool_with_progress",
+        )
+    )  # fmt: skip
