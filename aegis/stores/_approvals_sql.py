@@ -739,14 +739,9 @@ class SqlApprovalStore:
             rows = tx.all(
                 f"SELECT {_TOKEN_COLUMNS} FROM {{p}}aegis_tokens WHERE name = ?", (info.name,)
             )
-            if rows and _token_of(rows[0]).usable_at(created):
-                raise ApprovalServiceError(
-                    f"a token named {info.name!r} exists and is active; revoke it first "
-                    f"(aegis token revoke {info.name}) or pick another name",
-                    status=409,
-                    code="token_exists",
-                )
-            if rows:  # revoked or expired: the name may be given out again
+            if rows:
+                _check_renewal(_token_of(rows[0]), info, created)
+                # An expired token renewed by its holder: same name, role and person.
                 tx.run(
                     "UPDATE {p}aegis_tokens SET token_hash = ?, role = ?, groups_json = ?, "
                     "created_at = ?, expires_at = ?, oidc_issuer = ?, oidc_subject = ?, "
@@ -949,6 +944,45 @@ def _grant_of(row: tuple[Any, ...]) -> Grant:
         approvers=int(row[11]),
         reviewers=tuple(json.loads(row[12])),
     )
+
+
+def _check_renewal(old: TokenInfo, new: TokenInfo, now: datetime) -> None:
+    """Refuse a token whose name another holder had or still has.
+
+    A token's name is who decided in decisions and in the audit trail: a
+    name given to someone else would make the trail say one holder did what
+    two did, and the two count as one reviewer. So an active name is taken,
+    a revoked name is retired for good, and an expired token may be renewed
+    under its name only with the same role and the same OpenID person.
+    """
+    name = old.name
+    if old.usable_at(now):
+        raise ApprovalServiceError(
+            f"a token named {name!r} exists and is active; to replace it, create the new "
+            f"token under another name, then revoke this one (aegis token revoke {name})",
+            status=409,
+            code="token_exists",
+        )
+    if old.revoked_at is not None:
+        raise ApprovalServiceError(
+            f"the token name {name!r} was revoked on {iso(old.revoked_at)} and is not given "
+            "out again: decisions and the audit trail name its holder by it; pick another "
+            f"name (for instance {name}-2)",
+            status=409,
+            code="token_name_retired",
+        )
+    if (old.role, old.oidc_issuer, old.oidc_subject) != (
+        new.role,
+        new.oidc_issuer,
+        new.oidc_subject,
+    ):
+        raise ApprovalServiceError(
+            f"the token {name!r} expired; it may be renewed under its name only with the "
+            "same role and the same --oidc-subject/--oidc-issuer, since decisions and the "
+            "audit trail name its holder by it; pick another name for another holder",
+            status=409,
+            code="token_name_retired",
+        )
 
 
 def _token_of(row: tuple[Any, ...]) -> TokenInfo:

@@ -476,7 +476,12 @@ class ApprovalStore(Protocol):
         ...
 
     def create_token(self, info: TokenInfo, token_hash: str) -> None:
-        """Store a token's hash and facts; 409 if an active token has this name."""
+        """Store a token's hash and facts.
+
+        409 if the name is taken: by an active token, by a revoked one (a
+        revoked name is retired), or by an expired one of another role or
+        OpenID person (an expired token is renewed only by its holder).
+        """
         ...
 
     def token_by_hash(self, token_hash: str) -> TokenInfo | None:

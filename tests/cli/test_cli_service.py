@@ -60,13 +60,33 @@ def test_token_list_and_revoke(invoke: Invoke, tmp_path: Path) -> None:
     assert "revoked" in table.stdout
 
 
+def test_a_revoked_name_is_not_given_to_another_holder(invoke: Invoke, tmp_path: Path) -> None:
+    """`token create alice` after `token revoke alice` exits 1 saying why; alice-2 is fine."""
+    db = str(tmp_path / "aegis.db")
+    made = invoke(
+        "token", "create", "alice", "--role", "reviewer", "--group", "finance", "--db", db
+    )
+    assert made.exit_code == 0, made.output
+    assert invoke("token", "revoke", "alice", "--db", db).exit_code == 0
+    again = invoke("token", "create", "alice", "--role", "reviewer", "--group", "ops", "--db", db)
+    assert again.exit_code == 1
+    assert again.stdout == ""  # no secret printed for a token that was not made
+    assert "was revoked" in again.stderr
+    assert "alice-2" in again.stderr
+    listed = json.loads(invoke("token", "list", "--db", db, "--format", "json").stdout)
+    assert [(t["name"], t["state"], t["groups"]) for t in listed] == [
+        ("alice", "revoked", ["finance"])
+    ]
+    assert invoke("token", "create", "alice-2", "--role", "reviewer", "--db", db).exit_code == 0
+
+
 def test_token_create_refuses_a_taken_name_and_bad_input(invoke: Invoke, tmp_path: Path) -> None:
     """An active name cannot be created twice (exit 1); a bad role or expiry is a usage error."""
     db = str(tmp_path / "aegis.db")
     assert invoke("token", "create", "bot", "--role", "agent", "--db", db).exit_code == 0
     taken = invoke("token", "create", "bot", "--role", "agent", "--db", db)
     assert taken.exit_code == 1
-    assert "revoke it first" in taken.stderr
+    assert "another name" in taken.stderr
     assert invoke("token", "create", "x", "--role", "admin", "--db", db).exit_code == 2
     assert (
         invoke("token", "create", "x", "--role", "agent", "--expires", "soon", "--db", db).exit_code

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from aegis.core.approval_request import Role, TokenInfo
+from aegis.errors import ApprovalServiceError
 from aegis.server import ApprovalService, create_app, open_service
 from aegis.server.inbox import CONTENT_SECURITY_POLICY, Inbox, human_duration
 from aegis.stores.approvals import ApprovalStore, hash_token
@@ -50,6 +51,26 @@ class Site:
         assert done.status_code == 303, done.text
         assert done.headers["location"] == "/"
         return csrf_of((await client.get("/")).text)
+
+    def give_name_again(self, name: str, role: Role, secret: str) -> None:
+        """Hand a revoked token's name to a new token, as stores before retired names allowed."""
+        values = (hash_token(secret), role.value, name)
+        if self.db.startswith("postgresql://"):
+            import psycopg
+
+            with psycopg.connect(self.db, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE aegis_tokens SET token_hash = %s, role = %s, revoked_at = NULL "
+                    "WHERE name = %s",
+                    values,
+                )
+        else:
+            with sqlite3.connect(self.db) as conn:
+                conn.execute(
+                    "UPDATE aegis_tokens SET token_hash = ?, role = ?, revoked_at = NULL "
+                    "WHERE name = ?",
+                    values,
+                )
 
     def edit_audit_record(self, record_id: int) -> None:
         """Change a record's reason behind the store's back, as an attacker with the file would."""
@@ -457,7 +478,10 @@ async def test_oversized_form_is_refused(site: Site) -> None:
 
 
 async def test_own_request_cannot_be_decided(site: Site) -> None:
-    """A reviewer whose name asked for a request (with an earlier agent token) may not decide it."""
+    """A reviewer whose name asked for a request (with an earlier agent token) may not decide it.
+
+    Names are retired on revocation now; a store from before may still hold such a reviewer.
+    """
     now = datetime.now(UTC)
     site.store.create_token(TokenInfo("carl", Role.AGENT, (), now), hash_token("carl-agent"))
     async with site.client() as client:
@@ -472,7 +496,10 @@ async def test_own_request_cannot_be_decided(site: Site) -> None:
         )
     request = response.json()
     site.store.revoke_token("carl", now)
-    site.store.create_token(TokenInfo("carl", Role.REVIEWER, (), now), hash_token("carl-secret"))
+    with pytest.raises(ApprovalServiceError) as retired:  # a revoked name is retired now
+        site.store.create_token(TokenInfo("carl", Role.REVIEWER, (), now), hash_token("carl-2"))
+    assert retired.value.code == "token_name_retired"
+    site.give_name_again("carl", Role.REVIEWER, "carl-secret")  # a store from before that
     async with site.client() as client:
         csrf = await site.sign_in(client, "carl")
         page = (await client.get(f"/requests/{request['id']}")).text

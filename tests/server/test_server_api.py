@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from aegis.core.approval_request import Role, TokenInfo
-from aegis.errors import AuditError
+from aegis.errors import ApprovalServiceError, AuditError
 from aegis.runtime.audit import AuditLogger
 from aegis.server import ApprovalService, create_app
 from aegis.server.api import MAX_BODY
@@ -296,12 +296,24 @@ async def test_reviewer_groups(api: Api) -> None:
 
 
 async def test_no_self_approval_whatever_the_role(api: Api) -> None:
-    """A name that asked may never decide its request, even with a reviewer token later."""
+    """A name that asked may never decide its request, even with a reviewer token later.
+
+    Names are retired on revocation now; a store from before may still hold such a reviewer.
+    """
     request = await api.ask("dave")
     api.service.store.revoke_token("dave", datetime.now(UTC))
-    api.service.store.create_token(
-        TokenInfo("dave", Role.REVIEWER, (), datetime.now(UTC)), hash_token("dave-secret")
-    )
+    with pytest.raises(ApprovalServiceError) as retired:
+        api.service.store.create_token(
+            TokenInfo("dave", Role.REVIEWER, (), datetime.now(UTC)), hash_token("dave-2")
+        )
+    assert retired.value.code == "token_name_retired"
+    with sqlite3.connect(api.db) as conn:  # as a store from before retired names allowed
+        conn.execute(
+            "UPDATE aegis_tokens SET token_hash = ?, role = 'reviewer', revoked_at = NULL "
+            "WHERE name = 'dave'",
+            (hash_token("dave-secret"),),
+        )
+    conn.close()
     refused = await api.decide(request["id"], "dave")
     assert refused.status_code == 403
     assert error_code(refused) == "self_approval"

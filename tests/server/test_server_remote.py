@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,7 @@ from service_support import POLICY, Reviewer, Service, add_tokens
 
 from aegis import Action, AuditLogger, Policy, Result, ResultStatus, Runtime
 from aegis.core.approval_request import Role, TokenInfo
+from aegis.errors import ApprovalServiceError
 from aegis.runtime.approval_remote import RemoteApprovalHandler
 from aegis.stores.approvals import hash_token, open_approval_store
 
@@ -198,11 +200,19 @@ async def test_self_approval_refused(served: Service, people: dict[str, Reviewer
         store = open_approval_store(served.db)
         try:
             store.revoke_token("erin", _now())
-            store.create_token(
-                TokenInfo("erin", Role.REVIEWER, (), _now()), hash_token("erin-secret")
-            )
+            with pytest.raises(ApprovalServiceError):  # a revoked name is retired now
+                store.create_token(
+                    TokenInfo("erin", Role.REVIEWER, (), _now()), hash_token("erin-2")
+                )
         finally:
             store.close()
+        with sqlite3.connect(served.db) as conn:  # a store from before retired names
+            conn.execute(
+                "UPDATE aegis_tokens SET token_hash = ?, role = 'reviewer', revoked_at = NULL "
+                "WHERE name = 'erin'",
+                (hash_token("erin-secret"),),
+            )
+        conn.close()
         refused = await client.post(
             f"/api/v1/approvals/{request_id}/decision",
             json={"verdict": "approve"},

@@ -101,15 +101,20 @@ def test_one_identity_decides_once_whatever_its_name(store: ApprovalStore) -> No
 
 
 def test_tokens_keep_their_tie_to_a_person(store: ApprovalStore) -> None:
-    """A token's OpenID issuer and subject read back; a name given out again loses them."""
-    tied = TokenInfo("alice-cli", Role.REVIEWER, ("security",), NOW, None, None, ISSUER, "sub-1")
+    """A token's OpenID issuer and subject read back; its expired name is no one else's."""
+    expires = NOW + timedelta(days=1)
+    tied = TokenInfo("alice-cli", Role.REVIEWER, ("security",), NOW, expires, None, ISSUER, "sub-1")
     store.create_token(tied, "h1")
     assert store.token_by_hash("h1") == tied
-    assert store.revoke_token("alice-cli", NOW)
-    store.create_token(TokenInfo("alice-cli", Role.REVIEWER, (), NOW), "h2")
-    again = store.token_by_hash("h2")
-    assert again is not None
-    assert (again.oidc_issuer, again.oidc_subject) == (None, None)
+    later = expires + timedelta(seconds=1)
+    with pytest.raises(ApprovalServiceError) as refused:
+        store.create_token(TokenInfo("alice-cli", Role.REVIEWER, (), later), "h2")
+    assert refused.value.code == "token_name_retired"
+    renewed = TokenInfo(
+        "alice-cli", Role.REVIEWER, ("security",), later, None, None, ISSUER, "sub-1"
+    )
+    store.create_token(renewed, "h3")
+    assert store.token_by_hash("h3") == renewed
 
 
 def test_sqlite_file_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:

@@ -250,7 +250,7 @@ def test_two_person_grant_needs_every_approver(store: ApprovalStore) -> None:
 
 
 def test_tokens(store: ApprovalStore) -> None:
-    """Tokens are found by hash, listed by name, revoked once, and the name reused after."""
+    """Tokens are found by hash, listed by name, revoked once; a revoked name is retired."""
     info = TokenInfo("alice", Role.REVIEWER, ("finance",), NOW)
     store.create_token(info, "h1")
     assert store.token_by_hash("h1") == info
@@ -263,9 +263,24 @@ def test_tokens(store: ApprovalStore) -> None:
     revoked = store.token_by_hash("h1")
     assert revoked is not None
     assert not revoked.usable_at(NOW)
-    store.create_token(TokenInfo("alice", Role.REVIEWER, (), NOW), "h3")
+    with pytest.raises(ApprovalServiceError) as retired:
+        store.create_token(TokenInfo("alice", Role.REVIEWER, (), NOW), "h3")
+    assert (retired.value.status, retired.value.code) == (409, "token_name_retired")
+    assert store.token_by_hash("h3") is None
+    assert store.token_by_hash("h1") == revoked
+
+
+def test_an_expired_token_is_renewed_only_by_its_holder(store: ApprovalStore) -> None:
+    """Past its expiry a token's name takes a new secret of the same role and person, no other."""
+    later = NOW + timedelta(days=31)
+    store.create_token(TokenInfo("bot", Role.AGENT, (), NOW, NOW + timedelta(days=30)), "h1")
+    with pytest.raises(ApprovalServiceError) as other_role:
+        store.create_token(TokenInfo("bot", Role.REVIEWER, ("finance",), later), "h2")
+    assert other_role.value.code == "token_name_retired"
+    renewed = TokenInfo("bot", Role.AGENT, (), later, later + timedelta(days=30))
+    store.create_token(renewed, "h3")
+    assert store.token_by_hash("h3") == renewed
     assert store.token_by_hash("h1") is None
-    assert store.token_by_hash("h3") is not None
 
 
 def test_list_by_status_newest_first(store: ApprovalStore) -> None:
