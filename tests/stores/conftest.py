@@ -6,9 +6,11 @@ Engine subclass there and a factory here.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from quiet_postgres import QuietServer
 from store_engines import ENGINE_CLASSES, Engine, MemoryEngine, PostgresEngine, SQLiteEngine
 
 from aegis.stores.base import AuditStore
@@ -52,12 +54,45 @@ def store(engine: Engine) -> Iterator[AuditStore]:
         opened.close()
 
 
+@pytest.fixture(scope="session")
+def quiet_postgres() -> Iterator[str]:
+    """The DSN of a PostgreSQL cluster of this session's own, whose WAL flushes can be watched."""
+    server = QuietServer()
+    try:
+        server.start()
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def quiet_postgres_dsn(quiet_postgres: str) -> Iterator[str]:
+    """A DSN of the quiet cluster whose search_path is a fresh schema, dropped afterwards."""
+    import psycopg
+
+    schema = f"aegis_quiet_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(quiet_postgres, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{quiet_postgres}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(quiet_postgres, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @pytest.fixture(
     params=sorted(name for name, kind in ENGINE_CLASSES.items() if kind.observes_flushes)
 )
 def flushing_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    """Each engine that can show which commits waited for the disk (Engine.watch_flushes)."""
-    made = ENGINES[request.param](request)
+    """Each engine that can show which commits waited for the disk (Engine.watch_flushes).
+
+    PostgreSQL's runs on the quiet cluster: on the shared server, other
+    clients' flushes would carry ours.
+    """
+    if request.param == "postgres":
+        made: Engine = PostgresEngine(request.getfixturevalue("quiet_postgres_dsn"))
+    else:
+        made = ENGINES[request.param](request)
     try:
         yield made
     finally:

@@ -10,12 +10,13 @@ an Engine subclass and its factory to ``ENGINES`` in conftest.py.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from aegis.core.record import RECORD_FIELDS
+from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft
 from aegis.stores import open_store
 from aegis.stores.base import AuditStore
 from aegis.stores.memory import MemoryStore
@@ -30,8 +31,7 @@ class Engine:
     #: whether two store objects on the location share one chain
     shared = True
     #: whether :meth:`watch_flushes` can tell which commits waited for the disk (memory
-    #: has no disk; PostgreSQL's flushes are not watched yet: the durability tests then
-    #: run on it as soon as its engine sets this and implements watch_flushes)
+    #: has no disk)
     observes_flushes = False
 
     def open(self, **options: Any) -> AuditStore:
@@ -203,6 +203,58 @@ class PostgresEngine(Engine):
     def cleanup(self) -> None:
         for store in self.opened:
             store.close()
+
+    observes_flushes = True
+
+    @contextmanager
+    def watch_flushes(self, store: AuditStore) -> Iterator[list[bool]]:
+        """Per append of ``store`` meanwhile, whether its commit was on disk when it returned.
+
+        When an append returns, the server's flushed end of the WAL is read
+        on another connection; afterwards the WAL itself (pg_walinspect)
+        says where the commit record of the append's transaction (the
+        ``xmin`` of its records) ends. The commit waited for the disk, or
+        rode on a flush that did, exactly when it ends at or before that
+        point. Only meaningful on a server nobody else writes to (the
+        ``quiet_postgres`` cluster), whose WAL writer flushes seldom.
+        """
+        import psycopg
+
+        watch = psycopg.connect(self.dsn, autocommit=True)
+        since = watch.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        assert since is not None
+        returned: list[tuple[int, object]] = []
+        lock = threading.Lock()
+        append = store.append
+
+        def watched(drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
+            records = append(drafts)
+            with lock:
+                row = watch.execute("SELECT pg_current_wal_flush_lsn()").fetchone()
+            assert row is not None
+            if records:
+                returned.append((records[-1].id, row[0]))
+            return records
+
+        store.append = watched  # type: ignore[method-assign]  # the store's own, watched
+        commits: list[bool] = []
+        try:
+            yield commits
+        finally:
+            del store.append  # type: ignore[method-assign]
+            # a durable commit of our own: the WAL up to here can be read
+            watch.execute("SELECT pg_logical_emit_message(true, 'aegis-watch', '')")
+            for record_id, flushed in returned:
+                row = watch.execute(
+                    "SELECT c.end_lsn <= %s FROM aegis_audit_log AS l, "
+                    "public.pg_get_wal_records_info(%s, pg_current_wal_flush_lsn()) AS c "
+                    "WHERE l.id = %s AND c.resource_manager = 'Transaction' "
+                    "AND c.record_type = 'COMMIT' AND c.xid = l.xmin::text::xid",
+                    (flushed, since[0], record_id),
+                ).fetchone()
+                assert row is not None, f"no commit record found for record {record_id}"
+                commits.append(bool(row[0]))
+            watch.close()
 
 
 #: engine name -> its class, for fixtures that need to know an engine's abilities up front

@@ -2,8 +2,10 @@
 
 Which commits wait for the disk is observed where the engine shows it
 (:attr:`Engine.observes_flushes`); a power cut cannot be simulated, so the
-tests check the flag each commit ran under, and that a killed process keeps
-every record whose append returned, at every level.
+tests check the flag each commit ran under (SQLite's ``synchronous``), or
+whether the commit was within the flushed WAL when the append returned
+(PostgreSQL, on a quiet cluster of the session's own), and that a killed
+process keeps every record whose append returned, at every level.
 """
 
 from __future__ import annotations
