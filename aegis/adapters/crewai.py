@@ -17,6 +17,13 @@ to what it is given, with one semantics (see
 CrewAI lets a hook that raises pass the call (it fails open); these hooks
 never raise: anything unexpected blocks the call and is recorded.
 
+A tool that raises is recorded as failed, with its error. CrewAI turns the
+exception into the text the model reads and does not hand it to the
+after-hook, so the tool's function is watched (wrapped once, on its first
+governed call, re-raising whatever it raises): the tool runs on the hook's
+thread, where the watch is read. A call CrewAI runs elsewhere (its async
+ReAct path, on an executor thread) is recorded with the text it produced.
+
 Example::
 
     crew = govern(Crew(agents=[support], tasks=[refund_task]), runtime, target="billing")
@@ -58,6 +65,10 @@ _log = logging.getLogger("aegis.adapters")
 
 #: the hooks registered for each governed object, by id, until ungovern()
 _registered: dict[int, tuple[Any, Any]] = {}
+
+#: what the watched tool function raised on this thread since the before-hook, if anything
+_raised = threading.local()
+_WATCHED = "_aegis_watched"
 
 
 class _Hooks:
@@ -121,6 +132,8 @@ class _Hooks:
             # Exactly the decided (approved) arguments, in CrewAI's own input dict.
             context.tool_input.clear()
             context.tool_input.update(thaw(held["action"].params))
+            _watch(tool)
+            _raised.error = None
             with self.lock:
                 self.running[key] = (held["outcome"], done)
             return None
@@ -140,8 +153,9 @@ class _Hooks:
             return text
         if running is not None:
             outcome, done = running
+            error, _raised.error = getattr(_raised, "error", None), None
             loop = _portal.loop()
-            loop.call_soon_threadsafe(_settle, outcome, context.tool_result)
+            loop.call_soon_threadsafe(_settle, outcome, context.tool_result, error)
             try:
                 done.result()  # recorded before the agent goes on
             except Exception:
@@ -208,9 +222,44 @@ def ungovern(crew_or_agent_or_tools: Any) -> None:
         unregister_after_tool_call_hook(registered[1])
 
 
-def _settle(outcome: asyncio.Future[Any], value: Any) -> None:
-    if not outcome.done():
+def _settle(outcome: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if outcome.done():
+        return
+    if error is not None:
+        outcome.set_exception(error)  # recorded as failed, with the tool's error
+    else:
         outcome.set_result(value)
+
+
+def _watch(tool: Any) -> None:
+    """Wrap the function CrewAI calls for ``tool`` so that what it raises is seen.
+
+    A ``@tool`` function's tool runs ``func``; a ``BaseTool`` subclass runs
+    ``_run``. Both are looked up when the tool runs, so a wrapper put on the
+    instance applies from the next call on. The wrapper re-raises: CrewAI
+    handles the error as before, and the after-hook records it.
+    """
+    if getattr(tool, _WATCHED, False):
+        return
+    name = "func" if callable(getattr(tool, "func", None)) else "_run"
+    inner = getattr(tool, name, None)
+    if not callable(inner):
+        return
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = inner(*args, **kwargs)
+        except Exception as exc:
+            _raised.error = exc
+            raise
+        # An async function's tool: CrewAI runs the coroutine on this thread.
+        return _watched_coroutine(result) if asyncio.iscoroutine(result) else result
+
+    try:
+        object.__setattr__(tool, name, watched)
+        object.__setattr__(tool, _WATCHED, True)
+    except (AttributeError, TypeError):  # a tool that takes no attributes: its text records it
+        _log.debug("could not watch the tool %r for errors", tool)
 
 
 def _description(tool: Any) -> str:
@@ -239,3 +288,11 @@ def _call_id(context: Any) -> str | None:
             return call_id
         frame = frame.f_back
     return None
+
+
+async def _watched_coroutine(work: Any) -> Any:
+    try:
+        return await work
+    except Exception as exc:
+        _raised.error = exc
+        raise

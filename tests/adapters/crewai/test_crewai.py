@@ -68,3 +68,44 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
         "llm = scripted_crewai_llm([('refund', {'order_id': '17', 'amount': 120.0}, 'c1')])\n"
     )
     run_example("### CrewAI", prelude, tmp_path)
+
+
+async def test_a_tool_that_raises_is_recorded_as_failed() -> None:
+    """A tool that raises is recorded as failed, with its error; one that returns, as success."""
+    from crewai import Agent, Crew, Task
+    from crewai.tools import tool
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[int] = []
+
+    def lookup(customer_id: int) -> str:
+        """Look a customer up."""
+        ran.append(customer_id)
+        if customer_id == 2:
+            raise RuntimeError("the CRM is down")
+        return f"customer {customer_id}: gold"
+
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    calls = [("lookup", {"customer_id": 1}, "c1"), ("lookup", {"customer_id": 2}, "c2")]
+    agent = Agent(
+        role="support",
+        goal="help",
+        backstory="a support desk",
+        llm=scripted_crewai_llm(calls),
+        tools=[tool("lookup")(lookup)],
+    )
+    crew = govern(
+        Crew(agents=[agent], tasks=[Task(description="go", expected_output="x", agent=agent)]),
+        runtime,
+    )
+    try:
+        await asyncio.to_thread(crew.kickoff)
+    finally:
+        ungovern(crew)
+    assert sorted(ran) == [1, 2]
+    outcomes = {r["context"]["tool_call_id"]: r for r in audit.records}
+    assert outcomes["c1"]["result_status"] == "success"
+    assert outcomes["c2"]["result_status"] == "failed"
+    assert "the CRM is down" in str(outcomes["c2"]["result_error"])
