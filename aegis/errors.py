@@ -4,14 +4,22 @@
     ├── PolicyError (also ValueError)   a policy file or rule is invalid
     ├── AuditError                      the audit trail cannot be read or written
     │   └── StoreError                  the store's database failed (SQLite, PostgreSQL)
-    ├── ConfigurationError (also TypeError)
-    │                                   Runtime was given something it cannot use
+    ├── ConfigurationError (also ValueError and TypeError)
+    │                                   a setting or argument Aegis cannot use: the
+    │                                   Runtime's, a store URL, the server's, a
+    │                                   query's filters or expected head
     ├── ApprovalServiceError            the approval service refused or failed a request
     └── ToolBlockedError                a framework integration with on_block="raise"
                                         refused a tool call the policy blocks
 
 A blocked or denied action is not an error: it is a :class:`~aegis.Result`
 with status ``BLOCKED`` or ``DENIED``. Exceptions are for failures.
+
+``ConfigurationError`` is a ``ValueError`` and a ``TypeError`` both, so
+code written against the builtin exception a wrong value or a wrong type
+used to raise keeps working; catch ``ConfigurationError`` (or
+``AegisError``) to tell Aegis's refusals from a bug. The command line
+reports it as one line and exits 2, the status of a usage error.
 """
 
 from __future__ import annotations
@@ -82,8 +90,14 @@ class StoreError(AuditError):
     """
 
 
-class ConfigurationError(AegisError, TypeError):
-    """The runtime was configured with an object it cannot use."""
+class ConfigurationError(AegisError, ValueError, TypeError):
+    """Aegis was given a setting or argument it cannot use.
+
+    A wrong object for the runtime, a store URL or option, a setting of the
+    approval service (its TTL, OpenID sign-in, webhooks), a filter of an
+    audit query or a malformed expected head. The message names the
+    setting and what to give instead.
+    """
 
     exit_code = 2
 

@@ -38,8 +38,10 @@ from aegis.cli._output import (
     warn,
 )
 from aegis.cli._params import DEFAULT_DB, DateTimeParam, db_option, format_option
+from aegis.core.chain import Head
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
+from aegis.errors import ConfigurationError
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.audit_backend import RECORD_FIELDS, mark_unfinished
 
@@ -432,11 +434,22 @@ class _LineCounter:
         return self.lines
 
 
+def _head(ctx: click.Context, param: click.Parameter, value: str | None) -> Head | None:
+    """The ``--expect-head`` text as a :class:`Head`, checked before the log is opened."""
+    if value is None:
+        return None
+    try:
+        return Head.parse(value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @audit.command(short_help="Check the hash chain: nothing edited, removed or reordered.")
 @db_option
 @click.option(
     "--expect-head",
     metavar="HEAD",
+    callback=_head,
     help="A head printed by an earlier verify; also catches records removed from the end.",
 )
 @click.option(
@@ -448,7 +461,7 @@ class _LineCounter:
 )
 @format_option("text", "json")
 def verify(
-    db_path: str, expect_head: str | None, public_key: str | None, output_format: str
+    db_path: str, expect_head: Head | None, public_key: str | None, output_format: str
 ) -> None:
     """Check that no audit record was edited, removed, inserted or reordered.
 
@@ -465,10 +478,7 @@ def verify(
       aegis audit verify --public-key audit.key.pub
     """
     with open_audit(db_path) as log:
-        try:
-            report = log.verify(expect_head, public_key=public_key)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--expect-head'") from exc
+        report = log.verify(expect_head, public_key=public_key)
         pending = log.pending()
         kept = len(log.checkpoints()) if public_key else 0
 

@@ -12,6 +12,7 @@ from aegis.cli._output import note
 from aegis.cli._params import command_schema, secret_option
 from aegis.cli._store import durability_option, store_option
 from aegis.core.approval_request import parse_approval_ttl
+from aegis.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from aegis.server.oidc import OidcSignIn
@@ -66,7 +67,7 @@ def _oidc_signin(
             scopes=tuple(scopes.split()),
             required_groups=tuple(g.strip() for g in required_groups if g.strip()),
         )
-    except ValueError as exc:
+    except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     return OidcSignIn(settings, key, redirect_base=redirect_base)
 
@@ -74,7 +75,7 @@ def _oidc_signin(
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     try:
         return parse_approval_ttl(value)
-    except ValueError as exc:
+    except ConfigurationError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
@@ -286,7 +287,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
             slack_webhooks=slack_webhooks,
             public_url=public_url or f"{scheme}://{host}:{port}",
         )
-    except ValueError as exc:
+    except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     policy = Policy.from_yaml(policy_path) if policy_path is not None else None
     service = open_service(

@@ -11,6 +11,7 @@ from aegis.cli._params import format_option
 from aegis.cli._store import open_tables, store_option
 from aegis.core.approval_request import Role, TokenInfo, iso, parse_duration
 from aegis.core.identity import KEY_SEPARATOR
+from aegis.errors import ConfigurationError
 from aegis.stores.approvals import hash_token, new_token
 
 __all__ = ["token"]
@@ -34,7 +35,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return None
     try:
         seconds = parse_duration(value)
-    except ValueError as exc:
+    except ConfigurationError as exc:
         raise click.BadParameter(str(exc)) from None
     if seconds > _MAX_LIFETIME:
         raise click.BadParameter(f"{value!r} is longer than ten years; pick a shorter lifetime")

@@ -26,6 +26,7 @@ from aegis.core.action import Action, canonical_json
 from aegis.core.explain import Why
 from aegis.core.identity import Identity
 from aegis.core.risk import RiskLevel
+from aegis.errors import ConfigurationError
 
 __all__ = [
     "ApprovalRequest",
@@ -64,26 +65,28 @@ def parse_duration(value: float | str) -> float:
     """Seconds from a positive number or a text such as ``"90s"``, ``"30m"``, ``"1h"``, ``"2d"``.
 
     Raises:
-        ValueError: the value is not a positive, finite duration.
+        ConfigurationError: the value is not a positive, finite duration.
     """
     if isinstance(value, bool):
-        raise ValueError(f"a duration must be a number of seconds or text like '30m', not {value}")
+        raise ConfigurationError(
+            f"a duration must be a number of seconds or text like '30m', not {value}"
+        )
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
         found = _DURATION.match(value)
         if found is None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{value!r} is not a duration; write seconds or a number with s, m, h or d "
                 "(e.g. 90s, 30m, 1h, 2d)"
             )
         seconds = float(found.group(1)) * _UNITS[found.group(2)]
     else:
-        raise ValueError(
+        raise ConfigurationError(
             f"a duration must be a number of seconds or text like '30m', not {type(value).__name__}"
         )
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"a duration must be positive and finite, got {value!r}")
+        raise ConfigurationError(f"a duration must be positive and finite, got {value!r}")
     return seconds
 
 
@@ -91,11 +94,13 @@ def parse_approval_ttl(value: float | str) -> float:
     """:func:`parse_duration`, at most :data:`MAX_APPROVAL_TTL` (30 days).
 
     Raises:
-        ValueError: not a positive duration, or longer than 30 days.
+        ConfigurationError: not a positive duration, or longer than 30 days.
     """
     seconds = parse_duration(value)
     if seconds > MAX_APPROVAL_TTL:
-        raise ValueError(f"{value!r} is longer than 30 days; an approval must not wait that long")
+        raise ConfigurationError(
+            f"{value!r} is longer than 30 days; an approval must not wait that long"
+        )
     return seconds
 
 
@@ -297,7 +302,7 @@ def parse_new_request(body: object) -> NewRequest:
     if ttl is not None:
         try:
             ttl = parse_approval_ttl(ttl)
-        except ValueError as exc:
+        except ConfigurationError as exc:
             raise ValueError(f"approval_ttl: {exc}") from None
     why = body.get("why")
     return NewRequest(

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.record import AuditRecord, RecordDraft, RecordKind, safe_repr
+from aegis.errors import ConfigurationError
 
 __all__ = [
     "EMPTY_HEAD",
@@ -130,11 +131,15 @@ class Head:
 
     @classmethod
     def parse(cls, text: Head | str) -> Head:
-        """Read a head from its text form; raise ``ValueError`` naming the mistake."""
+        """Read a head from its text form.
+
+        Raises:
+            ConfigurationError: ``text`` is no head; the message names the mistake.
+        """
         if isinstance(text, Head):
             return text
         if not isinstance(text, str):
-            raise ValueError(f"a head is a string like '42:<64 hex digits>', not {text!r}")
+            raise ConfigurationError(f"a head is a string like '42:<64 hex digits>', not {text!r}")
         count, sep, digest = text.strip().partition(":")
         if (
             not sep
@@ -143,7 +148,7 @@ class Head:
             or len(digest) != 64
             or any(c not in "0123456789abcdef" for c in digest)
         ):
-            raise ValueError(
+            raise ConfigurationError(
                 f"expected_head={text!r} is not a head of an audit log; "
                 "pass the head verify or head() printed, like '42:<64 hex digits>'"
             )
@@ -341,7 +346,7 @@ def verify_chain(
     Without it, checkpoints are not trusted and not read.
 
     Raises:
-        ValueError: ``expected_head`` is not a head.
+        ConfigurationError: ``expected_head`` is not a head.
     """
     expected = None if expected_head is None else Head.parse(expected_head)
     signed: dict[int, Checkpoint] = {}

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, TypedDict, Unpack
 from aegis.core.record import AuditRecord, isoformat
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
+from aegis.errors import ConfigurationError
 
 __all__ = ["FILTER_FIELDS", "NO_FILTERS", "FilterArgs", "Filters", "View"]
 
@@ -60,12 +61,14 @@ def _as_utc_iso(value: datetime | str, name: str) -> str:
         try:
             value = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{name}={value!r} is not an ISO 8601 date or time; "
                 "use e.g. '2024-05-01' or '2024-05-01T12:00:00+00:00'"
             ) from exc
     if not isinstance(value, datetime):
-        raise TypeError(f"{name} must be a datetime or an ISO 8601 string, not {type(value)}")
+        raise ConfigurationError(
+            f"{name} must be a datetime or an ISO 8601 string, not {type(value).__name__}"
+        )
     return isoformat(value)
 
 
@@ -78,7 +81,9 @@ def _risk_name(value: RiskLevel | str | int) -> str:
         return RiskLevel(value).name
     except (KeyError, ValueError):
         names = ", ".join(level.name for level in RiskLevel)
-        raise ValueError(f"risk_level={value!r} is not a risk level; use one of {names}") from None
+        raise ConfigurationError(
+            f"risk_level={value!r} is not a risk level; use one of {names}"
+        ) from None
 
 
 def _status_value(value: ResultStatus | str) -> str:
@@ -86,7 +91,7 @@ def _status_value(value: ResultStatus | str) -> str:
         return ResultStatus(value.lower() if isinstance(value, str) else value).value
     except ValueError:
         names = ", ".join(s.value for s in ResultStatus)
-        raise ValueError(
+        raise ConfigurationError(
             f"result_status={value!r} is not a result status; use one of {names}"
         ) from None
 
@@ -109,14 +114,17 @@ class Filters:
 
     @classmethod
     def of(cls, session_id: str | None = None, **filters: Unpack[FilterArgs]) -> Filters:
-        """Validate and normalise filter arguments; raise ``ValueError`` on a bad one.
+        """Validate and normalise filter arguments.
 
         Raises:
-            TypeError: a keyword that is no filter, or a time of the wrong type.
+            ConfigurationError: a keyword that is no filter, or a value no
+                record could hold (an unknown risk level or status, a time
+                that is not ISO 8601, a view other than the two); the
+                message names the filter and the values it takes.
         """
         unknown = set(filters) - set(FilterArgs.__annotations__)
         if unknown:
-            raise TypeError(
+            raise ConfigurationError(
                 f"unknown filter {sorted(unknown)[0]!r}; the filters are session_id,"
                 f" {', '.join(FilterArgs.__annotations__)}"
             )
@@ -128,7 +136,7 @@ class Filters:
         until = filters.get("until")
         view = filters.get("view", "actions")
         if view not in ("actions", "records"):
-            raise ValueError(f"view={view!r}; use 'actions' or 'records'")
+            raise ConfigurationError(f"view={view!r}; use 'actions' or 'records'")
         return cls(
             session_id=session_id,
             action_type=action_type,

@@ -23,7 +23,7 @@ from aegis.core.conditions import CompiledConditions, ConditionSpecError, compil
 from aegis.core.decision import Approval
 from aegis.core.limits import LimitSpecError, RuleLimits, compile_rule_limits
 from aegis.core.risk import RiskLevel
-from aegis.errors import PolicyError
+from aegis.errors import ConfigurationError, PolicyError
 
 __all__ = [
     "MATCH_CASES",
@@ -238,7 +238,7 @@ def check_ttl(value: object) -> float | None:
         return None
     try:
         return parse_approval_ttl(value)  # type: ignore[arg-type]  # checked there
-    except ValueError as exc:
+    except ConfigurationError as exc:
         raise PolicyError(f"approval_ttl: {exc}") from None
 
 

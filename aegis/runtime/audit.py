@@ -580,7 +580,7 @@ class AuditLogger(RecordReader):
         head, up to the last checkpoint.
 
         Raises:
-            ValueError: ``expected_head`` is not a head.
+            ConfigurationError: ``expected_head`` is not a head.
             ConfigurationError: ``public_key`` cannot be read.
         """
         self._check_open()

@@ -224,6 +224,10 @@ class RecordReader:
         final record, or its start record while it has none (an action
         interrupted or still running); ``view="records"`` gives every record
         of the chain.
+
+        Raises:
+            ConfigurationError: a filter that is unknown or holds a value no
+                record could (when the first record is asked for).
         """
         yield from self._select(Filters.of(session_id, **filters), after_id, limit)
 

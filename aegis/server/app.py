@@ -64,6 +64,10 @@ def open_service(
     and the approval tables; the connection's ``current_schema()`` when
     ``None``. ``durability`` is the audit trail's
     (:data:`~aegis.stores.base.Durability`; ``"result"`` when ``None``).
+
+    Raises:
+        ConfigurationError: a setting it cannot use (a TTL or wait that is
+            not a positive number of seconds, a store URL it cannot open).
     """
     # Imported here: the runtime's audit pulls in SQLite code the API module never needs.
     from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
@@ -73,18 +77,17 @@ def open_service(
     audit = AuditLogger(db, schema=schema, durability=durability)
     try:
         audit.check()  # creates the trail (and a named schema) now, not on the first request
-        store = audit.stores.approvals
-    except BaseException:
+        return ApprovalService(
+            audit.stores.approvals,
+            audit,
+            approval_ttl=approval_ttl,
+            max_wait=max_wait,
+            poll_interval=poll_interval,
+            policy=policy,
+        )
+    except BaseException:  # a bad setting too: nothing is left open
         audit.close()
         raise
-    return ApprovalService(
-        store,
-        audit,
-        approval_ttl=approval_ttl,
-        max_wait=max_wait,
-        poll_interval=poll_interval,
-        policy=policy,
-    )
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

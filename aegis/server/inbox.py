@@ -46,7 +46,7 @@ from starlette.staticfiles import StaticFiles
 from aegis.core.approval_request import ApprovalRequest, RequestStatus, Role, Verdict, iso
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import ApprovalServiceError, AuditError
+from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
 from aegis.server.api import MAX_GRANT_MINUTES
 from aegis.server.oidc import CALLBACK_PATH, OidcError, OidcSignIn, OidcUser
 from aegis.server.service import ApprovalEvent, ApprovalService, Principal
@@ -213,7 +213,9 @@ class Inbox:
         token_signin: bool = True,
     ) -> None:
         if oidc is None and not token_signin:
-            raise ValueError("with token sign-in off, the inbox needs OpenID sign-in (oidc=)")
+            raise ConfigurationError(
+                "with token sign-in off, the inbox needs OpenID sign-in (oidc=)"
+            )
         self.service = service
         self.oidc = oidc
         self.token_signin = token_signin

@@ -74,6 +74,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from aegis.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
@@ -142,7 +144,7 @@ class Notification:
 
     def __post_init__(self) -> None:
         if self.type not in EVENT_TYPES:
-            raise ValueError(
+            raise ConfigurationError(
                 f"unknown approval event type {self.type!r}; "
                 f"expected one of {', '.join(EVENT_TYPES)}"
             )
@@ -370,11 +372,11 @@ def _display_url(url: str) -> str:
 def _check_url(url: str, option: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError(f"{option} {url!r} is not an http:// or https:// URL")
+        raise ConfigurationError(f"{option} {url!r} is not an http:// or https:// URL")
     try:
         parts.port  # noqa: B018  # raises on a port that is not a number
-    except ValueError as exc:
-        raise ValueError(f"{option} {url!r}: {exc}") from None
+    except ValueError as exc:  # urllib's own parse
+        raise ConfigurationError(f"{option} {url!r}: {exc}") from None
     return url
 
 
@@ -600,14 +602,14 @@ class Notifications:
         max_queue: int = 1000,
     ) -> None:
         if webhooks and not secret:
-            raise ValueError(
+            raise ConfigurationError(
                 "--webhook needs AEGIS_WEBHOOK_SECRET (or --webhook-secret-file PATH): "
                 "receivers must be able to check that an event came from this server"
             )
         if attempts < 1:
-            raise ValueError(f"attempts must be at least 1, not {attempts}")
+            raise ConfigurationError(f"attempts must be at least 1, not {attempts}")
         if timeout <= 0 or backoff < 0 or max_backoff < backoff or max_queue < 1:
-            raise ValueError("timeout, backoff, max_backoff and max_queue must be positive")
+            raise ConfigurationError("timeout, backoff, max_backoff and max_queue must be positive")
         self._secret = secret or ""
         self._public_url = public_url.rstrip("/") if public_url else None
         self.timeout = timeout

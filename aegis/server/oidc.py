@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aegis.core.identity import Identity
+from aegis.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from authlib.integrations.httpx_client import AsyncOAuth2Client
@@ -107,18 +108,20 @@ class OidcSettings:
     def __post_init__(self) -> None:
         parts = urllib.parse.urlsplit(self.issuer)
         if parts.scheme not in {"https", "http"} or not parts.netloc:
-            raise ValueError(f"the OpenID issuer {self.issuer!r} is not an http(s) URL")
+            raise ConfigurationError(f"the OpenID issuer {self.issuer!r} is not an http(s) URL")
         if parts.query or parts.fragment:
-            raise ValueError(f"the OpenID issuer {self.issuer!r} may not hold a query or fragment")
+            raise ConfigurationError(
+                f"the OpenID issuer {self.issuer!r} may not hold a query or fragment"
+            )
         if parts.scheme == "http" and not _loopback(parts.hostname):
-            raise ValueError(
+            raise ConfigurationError(
                 f"the OpenID issuer {self.issuer!r} is plain http on another host; "
                 "an issuer must be https (http only on a loopback address, for tests)"
             )
         if not self.client_id:
-            raise ValueError("an OpenID client id is needed (--oidc-client-id)")
+            raise ConfigurationError("an OpenID client id is needed (--oidc-client-id)")
         if not self.groups_claim:
-            raise ValueError("the groups claim needs a name")
+            raise ConfigurationError("the groups claim needs a name")
         if "openid" not in self.scopes:
             object.__setattr__(self, "scopes", ("openid", *self.scopes))
 

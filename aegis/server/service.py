@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -50,7 +51,7 @@ from aegis.core.approval_request import (
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.explain import safe_why
 from aegis.core.identity import Identity
-from aegis.errors import ApprovalServiceError, AuditError
+from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
 from aegis.server.bounds import PollSlots
 from aegis.stores.approvals import ApprovalStore, AuditEvent, hash_token, new_request_id
 
@@ -58,7 +59,13 @@ if TYPE_CHECKING:
     from aegis.core.policy import Policy
     from aegis.runtime.audit_backend import AuditBackend
 
-__all__ = ["EVENT_KINDS", "ApprovalEvent", "ApprovalService", "Principal", "Subscriber"]
+__all__ = [
+    "EVENT_KINDS",
+    "ApprovalEvent",
+    "ApprovalService",
+    "Principal",
+    "Subscriber",
+]
 
 _log = logging.getLogger("aegis.server")
 
@@ -123,6 +130,15 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _positive_seconds(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 class ApprovalService:
     """The rules of remote approval over an :class:`~aegis.stores.approvals.ApprovalStore`.
 
@@ -162,10 +178,17 @@ class ApprovalService:
         oidc_issuer: str | None = None,
         max_polls: int = 16,
     ) -> None:
-        if not approval_ttl > 0:
-            raise ValueError(
-                f"approval_ttl must be a positive number of seconds, got {approval_ttl}"
-            )
+        for name, seconds in (
+            ("approval_ttl", approval_ttl),
+            ("max_wait", max_wait),
+            ("poll_interval", poll_interval),
+        ):
+            if not _positive_seconds(seconds):
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, got {seconds!r}"
+                )
+        if isinstance(max_polls, bool) or not isinstance(max_polls, int) or max_polls < 1:
+            raise ConfigurationError(f"max_polls must be a whole number from 1, got {max_polls!r}")
         self.store = store
         self.audit = audit
         self.approval_ttl = float(approval_ttl)
@@ -724,10 +747,18 @@ class ApprovalService:
     async def audit_records(
         self, principal: Principal, filters: dict[str, Any], limit: int = 100
     ) -> list[dict[str, Any]]:
-        """Audit records matching ``filters`` (those of ``aegis audit list``; reviewer role)."""
+        """Audit records matching ``filters`` (those of ``aegis audit list``; reviewer role).
+
+        Raises:
+            ApprovalServiceError: 403 for a non-reviewer; 422 (``invalid``)
+                for a filter that is unknown or holds a value no record could.
+        """
         self._require(principal, Role.REVIEWER, "reading the audit trail")
         audit = self._audit_or_fail()
-        return await self._call(audit.get_log, limit=limit, **filters)
+        try:
+            return await self._call(audit.get_log, limit=limit, **filters)
+        except ConfigurationError as exc:
+            raise ApprovalServiceError(str(exc), status=422, code="invalid") from None
 
     async def verify_audit(self, principal: Principal) -> dict[str, Any]:
         """Verify the audit chain (reviewer role): ok, checked, first_bad_id, reason, head."""

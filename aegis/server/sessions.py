@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aegis.core.approval_request import InboxSession
+from aegis.errors import ConfigurationError
 from aegis.stores.approvals import ApprovalStore
 
 __all__ = ["MAX_FORM", "BrowserSessions", "Session"]
@@ -134,7 +135,7 @@ class BrowserSessions:
         before is ended (a fresh session at each sign-in).
         """
         if (token_hash is None) == (identity is None):
-            raise ValueError("a session is for a token_hash or an identity, one of them")
+            raise ConfigurationError("a session is for a token_hash or an identity, one of them")
         old = self._secret(request)
         if old is not None:
             await asyncio.to_thread(self.store.end_session, _hash(old), self.clock())

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from aegis.core.filters import FilterArgs, Filters
+from aegis.errors import ConfigurationError
 from aegis.testing import InMemoryAuditLog
 
 
 def test_an_unknown_filter_keyword_is_refused_naming_the_filters() -> None:
-    """A misspelt filter is a TypeError listing the real ones, not a silent match-all."""
-    with pytest.raises(TypeError, match=r"unknown filter 'action'.*action_type"):
+    """A misspelt filter is a ConfigurationError listing the real ones, not a silent match-all."""
+    with pytest.raises(ConfigurationError, match=r"unknown filter 'action'.*action_type"):
         Filters.of(action="read")  # type: ignore[call-arg]
 
 

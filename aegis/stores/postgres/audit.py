@@ -1011,7 +1011,7 @@ class PostgresAuditStore(ReadMixin):
     ) -> VerifyReport:
         """Check the whole chain with :func:`~aegis.core.chain.verify_chain`, streaming."""
         if expected_head is not None:
-            Head.parse(expected_head)  # a bad head is the caller's ValueError, before any I/O
+            Head.parse(expected_head)  # a bad head is the caller's error, before any I/O
         # Signed checkpoints are checked once this store keeps them (CheckpointStore).
         kept = getattr(self, "checkpoints", None)
         try:
