@@ -41,8 +41,6 @@ _log = logging.getLogger("aegis.server")
 
 #: the largest request body the API reads, in bytes
 MAX_BODY: Final = 64 * 1024
-#: the longest grant a reviewer may give, in minutes (one day)
-MAX_GRANT_MINUTES: Final = 24 * 60
 _AUDIT_FILTERS: Final = {
     "session": "session_id",
     "type": "action_type",
@@ -336,17 +334,9 @@ async def decide_request(request: Request) -> Response:
     comment = body.get("comment") or ""
     if not isinstance(comment, str) or len(comment) > 10_000:
         raise _invalid("comment must be text of at most 10000 characters")
-    minutes = body.get("grant_minutes")
-    if minutes is not None and (
-        isinstance(minutes, bool)
-        or not isinstance(minutes, int)
-        or not 1 <= minutes <= MAX_GRANT_MINUTES
-    ):
-        raise _invalid(f"grant_minutes must be a whole number from 1 to {MAX_GRANT_MINUTES}")
-    if minutes is not None and verdict is Verdict.DENY:
-        raise _invalid("grant_minutes goes with an approval, not a deny")
+    # The service checks the grant's length, as it does for the inbox's form.
     decided = await _service(request).decide(
-        principal, request.path_params["id"], verdict, comment, minutes
+        principal, request.path_params["id"], verdict, comment, body.get("grant_minutes")
     )
     return JSONAnswer(decided.to_json())
 

@@ -47,9 +47,14 @@ from aegis.core.approval_request import ApprovalRequest, RequestStatus, Role, Ve
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
-from aegis.server.api import MAX_GRANT_MINUTES
 from aegis.server.oidc import CALLBACK_PATH, OidcError, OidcSignIn, OidcUser
-from aegis.server.service import ApprovalEvent, ApprovalService, Principal
+from aegis.server.service import (
+    MAX_GRANT_MINUTES,
+    ApprovalEvent,
+    ApprovalService,
+    Principal,
+    grant_refusal,
+)
 from aegis.server.sessions import BrowserSessions, Session
 from aegis.stores.approvals import hash_token
 
@@ -131,6 +136,15 @@ def visible_controls(value: Any) -> Any:
     if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
         return _CONTROLS.sub(lambda found: f"\u27e8U+{ord(found.group()):04X}\u27e9", value)
     return value
+
+
+def _form_minutes(text: str) -> int | str:
+    """A form field's whole number of minutes, or the text itself when it is none."""
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), and few
+    # of them: int() of thousands of digits raises rather than answer.
+    if text.isascii() and text.isdecimal() and len(text) <= 9:
+        return int(text)
+    return text
 
 
 def _parse_iso(text: Any) -> datetime | None:
@@ -703,10 +717,14 @@ class Inbox:
         elif len(comment) > MAX_COMMENT:
             problem = f"The comment is longer than {MAX_COMMENT} characters."
         elif grant_text and grant_text != "0":
-            if not grant_text.isdigit() or not 1 <= int(grant_text) <= MAX_GRANT_MINUTES:
+            # The service's rule of grant lengths (decide() enforces it), asked
+            # first so that a person reads it in words, whichever button was
+            # pressed; a deny grants nothing, so its valid grant is ignored.
+            minutes = _form_minutes(grant_text)
+            if grant_refusal(Verdict.APPROVE, minutes) is not None:
                 problem = f"Grant minutes must be a whole number from 1 to {MAX_GRANT_MINUTES}."
-            elif verdict_text == "approve":
-                grant = int(grant_text)
+            elif verdict_text == "approve" and isinstance(minutes, int):
+                grant = minutes
         if problem:
             return await self._show_request(
                 request, reviewer, request_id, flashes=[("error", problem)], status_code=422

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aegis.server.service import MAX_GRANT_MINUTES
+
 __all__ = ["openapi_document"]
 
 
@@ -131,7 +133,7 @@ def openapi_document() -> dict[str, Any]:
             "properties": {
                 "verdict": {"enum": ["approve", "deny"]},
                 "comment": {"type": "string"},
-                "grant_minutes": {"type": "integer", "minimum": 1, "maximum": 1440},
+                "grant_minutes": {"type": "integer", "minimum": 1, "maximum": MAX_GRANT_MINUTES},
             },
         },
         "ApprovalRequest": request_schema,

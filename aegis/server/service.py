@@ -61,10 +61,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVENT_KINDS",
+    "MAX_GRANT_MINUTES",
     "ApprovalEvent",
     "ApprovalService",
     "Principal",
     "Subscriber",
+    "grant_refusal",
 ]
 
 _log = logging.getLogger("aegis.server")
@@ -80,6 +82,9 @@ EVENT_KINDS: Final = (
 )
 
 T = TypeVar("T")
+
+#: the longest grant a reviewer may give, in minutes (one day)
+MAX_GRANT_MINUTES: Final = 24 * 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,26 @@ def _positive_seconds(value: object) -> bool:
         and math.isfinite(value)
         and value > 0
     )
+
+
+def grant_refusal(verdict: Verdict, grant_minutes: object) -> str | None:
+    """Why ``grant_minutes`` cannot go with ``verdict``, or ``None`` when it can.
+
+    A grant is a whole number of minutes from 1 to :data:`MAX_GRANT_MINUTES`
+    and comes only with an approval. :meth:`ApprovalService.decide` enforces
+    it; a form may call this first to show the reason beside its field.
+    """
+    if grant_minutes is None:
+        return None
+    if (
+        isinstance(grant_minutes, bool)
+        or not isinstance(grant_minutes, int)
+        or not 1 <= grant_minutes <= MAX_GRANT_MINUTES
+    ):
+        return f"grant_minutes must be a whole number from 1 to {MAX_GRANT_MINUTES}"
+    if verdict is not Verdict.APPROVE:
+        return "grant_minutes goes with an approval, not a deny"
+    return None
 
 
 class ApprovalService:
@@ -621,13 +646,21 @@ class ApprovalService:
     ) -> ApprovalRequest:
         """Record ``principal``'s verdict (reviewer role).
 
+        ``grant_minutes`` (an approval only, 1 to :data:`MAX_GRANT_MINUTES`)
+        also lets the same action type, target and rule pass in the
+        session for that long, once the request is approved.
+
         Raises:
             ApprovalServiceError: 403 for a non-reviewer, the requester
                 themself, or a reviewer outside the rule's groups; 404 for an
                 unknown id; 409 when the request is no longer pending (or
-                expired) or this reviewer decided it already.
+                expired) or this reviewer decided it already; 422
+                (``invalid``) for a grant of the wrong length or with a deny.
         """
         self._require(principal, Role.REVIEWER, "deciding an approval request")
+        refusal = grant_refusal(verdict, grant_minutes)
+        if refusal is not None:
+            raise ApprovalServiceError(refusal, status=422, code="invalid")
         request = await self._current(request_id)
         who = principal.who
         if who.key == request.requester:
@@ -655,7 +688,7 @@ class ApprovalService:
             who.key,
             verdict,
             comment=comment,
-            grant_minutes=grant_minutes if verdict is Verdict.APPROVE else None,
+            grant_minutes=grant_minutes,
             now=self.clock(),
             reviewer_name=who.display,
         )

@@ -392,6 +392,26 @@ async def test_bad_grant_minutes_are_refused_on_the_page(site: Site) -> None:
 
 
 @pytest.mark.parametrize(
+    ("verdict", "minutes"),
+    [("approve", "1441"), ("approve", "9" * 5000), ("approve", "\u00b2"), ("deny", "1441")],
+    ids=["over-a-day-approve", "thousands-of-digits", "superscript", "over-a-day-deny"],
+)
+async def test_the_page_holds_grants_to_the_services_rule(
+    site: Site, verdict: str, minutes: str
+) -> None:
+    """The service's grant length rule holds on the form too: 422, nothing decided."""
+    request = await site.ask()
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        response = await client.post(
+            f"/requests/{request['id']}/decision",
+            data={"verdict": verdict, "confirm": "yes", "csrf": csrf, "grant_minutes": minutes},
+        )
+    assert response.status_code == 422
+    assert (await site.store_request(request["id"]))["status"] == "pending"
+
+
+@pytest.mark.parametrize(
     ("seconds", "text"),
     [(0, "0s"), (59, "59s"), (61, "1m 01s"), (3600, "1h 00m"), (90061, "1d 1h"), (-5, "0s")],
 )
