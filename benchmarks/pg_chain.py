@@ -80,16 +80,42 @@ async def _work(db: str, seconds: float, worker: int, durability: str) -> dict[s
                 raise SystemExit(f"an action failed: {result.error}")
 
         await one()  # connects and creates the tables: before the clock
+        backend = _backend_pid(audit)
         print("ready", flush=True)
         sys.stdin.readline()
         done = 0
+        server = _cpu_of(backend)
+        cpu = time.process_time()
         start = time.perf_counter()
         deadline = start + seconds
         while time.perf_counter() < deadline:
             await one()
             done += 1
         elapsed = time.perf_counter() - start
-    return {"worker": worker, "actions": done, "elapsed": elapsed}
+        cpu = time.process_time() - cpu
+        server = _cpu_of(backend) - server
+    return {
+        "worker": worker,
+        "actions": done,
+        "elapsed": elapsed,
+        "cpu": cpu,
+        "server_cpu": server if backend else None,
+    }
+
+
+def _backend_pid(audit: Any) -> int:
+    """The server process of the trail's writing connection (0 if not known)."""
+    conn = getattr(audit.store, "_writer_conn", None)  # the store's own; a benchmark may look
+    return int(conn.info.backend_pid) if conn is not None else 0
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) of a local process, from /proc; 0.0 if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def worker_main(db: str, seconds: float, worker: int, durability: str) -> None:
@@ -136,10 +162,13 @@ def bare_commits(seconds: float) -> float:
             conn.execute(f"DROP TABLE public.{table}")
 
 
-def fleet(processes: int, durability: str, seconds: float, repo: Path = REPO) -> float:
+def fleet(processes: int, durability: str, seconds: float, repo: Path = REPO) -> dict[str, Any]:
     """Actions per second of ``processes`` sequential workers into one fresh chain.
 
-    The workers import Aegis from ``repo`` (another checkout, for a baseline).
+    Also the CPU per action of the workers (``cpu_us``, client) and of their
+    connections' server processes (``server_cpu_us``; read from /proc, so
+    only for a server on this machine, ``None`` elsewhere). The workers
+    import Aegis from ``repo`` (another checkout, for a baseline).
     """
     db, cleanup = _fresh()
     env = {
@@ -179,7 +208,13 @@ def fleet(processes: int, durability: str, seconds: float, repo: Path = REPO) ->
                     child.wait()
         # every worker ran for the same time from the same go: the fleet's rate
         # is the sum of theirs
-        return sum(s["actions"] / s["elapsed"] for s in summaries)
+        actions = sum(s["actions"] for s in summaries)
+        servers = [s["server_cpu"] for s in summaries]
+        return {
+            "rate": sum(s["actions"] / s["elapsed"] for s in summaries),
+            "cpu_us": 1e6 * sum(s["cpu"] for s in summaries) / max(actions, 1),
+            "server_cpu_us": (None if None in servers else 1e6 * sum(servers) / max(actions, 1)),
+        }
     finally:
         cleanup()
 
@@ -223,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("result", "baseline", args.baseline.resolve()))
         for durability, code, repo in runs:
             for processes in (1, args.processes):
-                rate = fleet(processes, durability, args.seconds, repo)
+                measured = fleet(processes, durability, args.seconds, repo)
+                rate = measured["rate"]
                 ratio = rate / bare
                 samples.append(
                     {
@@ -234,15 +270,22 @@ def main(argv: list[str] | None = None) -> int:
                         "rate": rate,
                         "bare": bare,
                         "ratio": ratio,
+                        "cpu_us": measured["cpu_us"],
+                        "server_cpu_us": measured["server_cpu_us"],
+                        "load": _load(),
                     }
                 )
+                server = measured["server_cpu_us"]
                 print(
                     f"  {code}, durability={durability:<8} {processes} process(es): "
-                    f"{rate:8,.0f} actions/s = {ratio:5.2f}x bare"
+                    f"{rate:8,.0f} actions/s = {ratio:5.2f}x bare; CPU per action "
+                    f"{measured['cpu_us']:,.0f} us client, "
+                    + ("?" if server is None else f"{server:,.0f} us")
+                    + " server"
                 )
     print("\nmedian over rounds (ratio to the bare commit rate of the same round):")
-    print("| code | durability | processes | actions/s | x bare |")
-    print("|---|---|---|---|---|")
+    print("| code | durability | processes | actions/s | x bare | client CPU/action | server |")
+    print("|---|---|---|---|---|---|---|")
     kinds = sorted(
         {(s["code"], s["durability"]) for s in samples},
         key=lambda k: (k[0] != "this checkout", LEVELS.index(k[1])),
@@ -254,10 +297,13 @@ def main(argv: list[str] | None = None) -> int:
                 for s in samples
                 if (s["code"], s["durability"], s["processes"]) == (code, durability, processes)
             ]
+            servers = [s["server_cpu_us"] for s in mine if s["server_cpu_us"] is not None]
             print(
                 f"| {code} | {durability} | {processes} | "
                 f"{statistics.median(s['rate'] for s in mine):,.0f} | "
-                f"{statistics.median(s['ratio'] for s in mine):.2f} |"
+                f"{statistics.median(s['ratio'] for s in mine):.2f} | "
+                f"{statistics.median(s['cpu_us'] for s in mine):,.0f} us | "
+                + (f"{statistics.median(servers):,.0f} us |" if servers else "? |")
             )
     bares = sorted({s["bare"] for s in samples})
     print(f"bare commits/s: median {statistics.median(bares):,.0f} (of {len(bares)} rounds)")
