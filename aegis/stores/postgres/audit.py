@@ -31,6 +31,10 @@ server whose hash differs. The facade (:class:`~aegis.runtime.audit.AuditLogger`
 calls :meth:`PostgresAuditStore.append` with every record that queued up
 meanwhile (from a worker thread) or, for a task acting alone, at once on
 its own thread: concurrent actions of a process share one round trip.
+Threads appending at once (the synchronous API, several event loops) share
+them too: while one holds the writing connection the others queue, and the
+next to hold it writes every queued append in one round trip and one flush;
+each thread gets its own records, or its own copy of the error.
 
 An append whose connection was lost (a restarted server, a terminated
 backend, a server that stopped answering) is settled on a new connection,
@@ -345,6 +349,38 @@ def _storable(draft: RecordDraft) -> RecordDraft:
     )
 
 
+class _Waiting:
+    """One thread's append, queued for whichever thread holds the writing lock next."""
+
+    __slots__ = ("done", "drafts", "error", "pieces", "records")
+
+    def __init__(self, drafts: list[RecordDraft], pieces: list[tuple[str, str]]) -> None:
+        self.drafts = drafts
+        self.pieces = pieces
+        self.records: list[AuditRecord] = []
+        self.error: Exception | None = None
+        self.done = False
+
+    def wrote(self, records: list[AuditRecord]) -> None:
+        self.records, self.done = records, True
+
+    def failed(self, exc: Exception) -> None:
+        # each thread raises an error of its own, so that tracebacks stay apart
+        try:
+            copy = type(exc).__new__(type(exc))
+            copy.__dict__.update(exc.__dict__)
+            copy.args = exc.args
+            copy.__cause__ = exc
+        except (TypeError, AttributeError):  # an exception that cannot be copied
+            copy = exc
+        self.error, self.done = copy, True
+
+    def outcome(self) -> list[AuditRecord]:
+        if self.error is not None:
+            raise self.error
+        return self.records
+
+
 class PostgresAuditStore(ReadMixin):
     """An :class:`~aegis.stores.base.AuditStore` in a PostgreSQL database, for fleets.
 
@@ -418,6 +454,10 @@ class PostgresAuditStore(ReadMixin):
         self._sql_call = b""
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
+        # appends of other threads waiting for the lock: the next holder
+        # writes them all in its round trip (group commit across threads)
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Waiting] = []
         self._writer_pid = 0
         self._abandoned: list[Connection] = []
         # start records committed without a flush, by id; starts recorded
@@ -551,28 +591,67 @@ class PostgresAuditStore(ReadMixin):
         if not drafts:
             return []
         stored = [_storable(draft) for draft in drafts]
-        durable = must_flush(self.durability, stored)
+        mine = _Waiting(stored, _pieces(stored))
+        with self._queue_lock:
+            self._queue.append(mine)
         with self._write_lock:
-            conn = self._writer()
-            if self._suspect:
-                self._recover_starts(conn)
-            stored = self._remapped(stored)
-            pieces = _pieces(stored)
+            if mine.done:  # another thread's append carried these records
+                return mine.outcome()
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
             try:
-                if self._sql_call:
-                    records = self._call(conn, stored, pieces, durable)
-                else:
-                    records = self._append_once(conn, stored, _arguments(stored, pieces), durable)
-            except psycopg.Error as exc:
-                # Which part of the message failed is not known: the append
-                # may have committed before its flush failed. Settle it.
-                lost = conn.broken or conn.closed
-                if lost:
-                    self._drop_writer_conn()
-                arguments = _arguments(stored, pieces)
-                records = self._settle(stored, arguments, durable, exc, again=lost)
-            self._appended(records, durable)
-            return records
+                records = self._append_locked(
+                    [d for w in batch for d in w.drafts], [p for w in batch for p in w.pieces]
+                )
+            except Exception as exc:
+                for waiting in batch:
+                    waiting.failed(exc)
+                raise
+            except BaseException:
+                for waiting in batch:
+                    waiting.failed(
+                        StoreError(
+                            f"an append to the audit trail in {self.url} was interrupted; "
+                            "whether its records were written is not known: verify the trail"
+                        )
+                    )
+                raise
+            start = 0
+            for waiting in batch:
+                waiting.wrote(records[start : start + len(waiting.drafts)])
+                start += len(waiting.drafts)
+            return mine.outcome()
+
+    def _append_locked(
+        self, stored: list[RecordDraft], pieces: list[tuple[str, str]]
+    ) -> list[AuditRecord]:
+        """Append ``stored`` (one or more threads' records) in one round trip; hold the lock."""
+        durable = must_flush(self.durability, stored)
+        conn = self._writer()
+        if self._suspect:
+            self._recover_starts(conn)
+        remapped = self._remapped(stored)
+        if remapped is not stored:
+            pieces = [
+                pair if new is old else hash_pieces(new)
+                for new, old, pair in zip(remapped, stored, pieces, strict=True)
+            ]
+            stored = remapped
+        try:
+            if self._sql_call:
+                records = self._call(conn, stored, pieces, durable)
+            else:
+                records = self._append_once(conn, stored, _arguments(stored, pieces), durable)
+        except psycopg.Error as exc:
+            # Which part of the message failed is not known: the append
+            # may have committed before its flush failed. Settle it.
+            lost = conn.broken or conn.closed
+            if lost:
+                self._drop_writer_conn()
+            arguments = _arguments(stored, pieces)
+            records = self._settle(stored, arguments, durable, exc, again=lost)
+        self._appended(records, durable)
+        return records
 
     def _appended(self, records: list[AuditRecord], durable: bool) -> None:
         """Keep account of the start records a server crash could still take away.

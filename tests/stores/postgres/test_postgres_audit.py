@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from aegis.errors import ConfigurationError, StoreError
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.engine import Runtime
 from aegis.stores.postgres.audit import PostgresAuditStore
+from aegis.stores.postgres.schema import schema_lock_key
 
 WORKER = Path(__file__).with_name("fleet_worker.py")
 
@@ -733,3 +736,48 @@ def test_an_append_after_the_prepared_statements_were_dropped_goes_through(
         report = audit.verify()
     assert report.ok, report.reason
     assert report.checked == 2
+
+
+def test_threads_appending_at_once_share_round_trips_and_flushes(postgres_dsn: str) -> None:
+    """Eight threads logging at once through one store: a few commits carry them all, in order."""
+    with AuditLogger(postgres_dsn, durability="result") as audit:
+        fill(audit, 1)  # the tables exist; the chain's lock key is known
+        store = audit.store
+        assert isinstance(store, PostgresAuditStore)
+        schema = sql(postgres_dsn, "SELECT current_schema()")[0][0]
+        holder = psycopg.connect(postgres_dsn, autocommit=True)
+        key = schema_lock_key(str(schema), "aegis_audit_log").as_string(holder)
+        holder.execute(f"SELECT pg_advisory_lock({key})")  # the chain waits for us
+        before = store.commits
+        ids: dict[int, int] = {}
+
+        def log(n: int) -> None:
+            d = decision(100 + n)
+            ids[n] = audit.log(f"thread-{n}", d, result=success(d))
+
+        threads = [threading.Thread(target=log, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        # the first append waits on the server; the other seven queue behind it
+        for _ in range(200):
+            waiting = sql(
+                postgres_dsn,
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            if waiting[0][0]:
+                break
+            time.sleep(0.02)
+        time.sleep(0.5)
+        holder.execute(f"SELECT pg_advisory_unlock({key})")
+        holder.close()
+        for thread in threads:
+            thread.join(timeout=60)
+        report = audit.verify()
+        stored = {r.id: r for r in audit.store.records(Filters(view="records"))}
+        commits = store.commits - before
+    assert report.ok, report.reason
+    assert sorted(ids.values()) == list(range(2, 10))  # eight records, no gap, no duplicate
+    for n, record_id in ids.items():
+        assert stored[record_id].session_id == f"thread-{n}"
+    # the first thread's own append, then one for the seven that queued meanwhile
+    assert commits == 2, commits
