@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Final, Literal, TypedDict, Unpack
 
 from aegis.core.record import AuditRecord, isoformat
@@ -25,7 +26,7 @@ from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ConfigurationError
 
-__all__ = ["FILTER_FIELDS", "NO_FILTERS", "FilterArgs", "Filters", "View"]
+__all__ = ["FILTER_FIELDS", "NO_FILTERS", "SHORT_NAMES", "FilterArgs", "Filters", "View"]
 
 #: which records a query sees (see the module docstring)
 View = Literal["actions", "records"]
@@ -37,6 +38,21 @@ FILTER_FIELDS: Final[tuple[str, ...]] = (
     "action_target",
     "risk_level",
     "result_status",
+)
+
+
+#: each filter's short name, as ``aegis audit list --type``, the API's
+#: ``?type=`` and the inbox's audit page spell it, and the keyword it stands for
+SHORT_NAMES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "session": "session_id",
+        "type": "action_type",
+        "target": "action_target",
+        "risk": "risk_level",
+        "status": "result_status",
+        "since": "since",
+        "until": "until",
+    }
 )
 
 

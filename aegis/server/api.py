@@ -30,6 +30,7 @@ from aegis.core.approval_request import (
     parse_new_request,
     parse_time,
 )
+from aegis.core.filters import SHORT_NAMES
 from aegis.errors import AegisError, ApprovalServiceError, AuditError
 from aegis.server.bounds import DEFAULT_READ_TIMEOUT, read_within
 from aegis.server.openapi import openapi_document
@@ -41,15 +42,6 @@ _log = logging.getLogger("aegis.server")
 
 #: the largest request body the API reads, in bytes
 MAX_BODY: Final = 64 * 1024
-_AUDIT_FILTERS: Final = {
-    "session": "session_id",
-    "type": "action_type",
-    "target": "action_target",
-    "risk": "risk_level",
-    "status": "result_status",
-    "since": "since",
-    "until": "until",
-}
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -378,7 +370,7 @@ async def audit_records(request: Request) -> Response:
     """GET /api/v1/audit: audit records with the filters of ``aegis audit list``."""
     principal = await _principal(request)
     filters: dict[str, Any] = {}
-    for param, name in _AUDIT_FILTERS.items():
+    for param, name in SHORT_NAMES.items():
         value = request.query_params.get(param)
         if value:
             filters[name] = value

@@ -44,6 +44,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from aegis.core.approval_request import ApprovalRequest, RequestStatus, Role, Verdict, iso
+from aegis.core.filters import SHORT_NAMES
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
@@ -83,7 +84,7 @@ HISTORY_STATUSES: Final = ("all", "approved", "denied", "expired", "cancelled")
 PENDING_PAGE: Final = 500
 #: how many recent requests History filters by agent and reviewer
 HISTORY_SCAN: Final = 1000
-AUDIT_FILTERS: Final = ("session", "type", "target", "risk", "status", "since", "until", "after")
+AUDIT_FILTERS: Final = (*SHORT_NAMES, "after")
 
 #: no inline script or style, nothing from elsewhere, no framing, forms post only here
 CONTENT_SECURITY_POLICY: Final = (
@@ -1027,15 +1028,8 @@ def _request_view(item: ApprovalRequest, now: datetime) -> dict[str, Any]:
 def _audit_filters(shown: Mapping[str, str]) -> dict[str, Any]:
     """The audit query of the page's fields, checked as ``aegis audit list`` checks them."""
     filters: dict[str, Any] = {}
-    names = {
-        "session": "session_id",
-        "type": "action_type",
-        "target": "action_target",
-        "risk": "risk_level",
-        "status": "result_status",
-    }
-    for field, keyword in names.items():
-        if shown.get(field):
+    for field, keyword in SHORT_NAMES.items():
+        if shown.get(field) and field not in {"since", "until"}:  # times: read below
             filters[keyword] = shown[field]
     if shown.get("risk") and shown["risk"].upper() not in RiskLevel.__members__:
         raise ValueError(f"risk {shown['risk']!r} is not low, medium, high or critical")

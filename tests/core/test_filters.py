@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aegis.core.filters import FilterArgs, Filters
+from aegis.core.filters import SHORT_NAMES, FilterArgs, Filters
 from aegis.errors import ConfigurationError
 from aegis.testing import InMemoryAuditLog
 
@@ -24,3 +24,8 @@ def test_readers_take_exactly_the_filter_keywords() -> None:
     assert audit.count("s", **every) == 0  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         audit.count(target="crm")  # type: ignore[call-arg]
+
+
+def test_the_short_names_stand_for_every_filter_but_the_view() -> None:
+    """SHORT_NAMES (the CLI's, the API's and the inbox's spelling) covers every filter."""
+    assert set(SHORT_NAMES.values()) == {"session_id", *FilterArgs.__annotations__} - {"view"}

@@ -13,6 +13,9 @@ import httpx
 import pytest
 
 from aegis.core.approval_request import Role, TokenInfo
+from aegis.core.filters import SHORT_NAMES
+from aegis.core.result import ResultStatus
+from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError
 from aegis.runtime.audit import AuditLogger
 from aegis.server import ApprovalService, create_app
@@ -387,6 +390,34 @@ async def test_audit_endpoints(api: Api) -> None:
     assert report["checked"] == 2
     bad = await api.call("GET", "/api/v1/audit", "bob", params={"since": "yesterday"})
     assert bad.status_code == 422
+
+
+async def test_audit_query_takes_every_short_filter_name(api: Api) -> None:
+    """Each short name of SHORT_NAMES filters the API's audit query; a bad value is 422."""
+    request = await api.ask()
+    await api.decide(request["id"], "bob", verdict="deny")
+    every = (await api.call("GET", "/api/v1/audit", "bob")).json()["records"]
+    assert every
+    risks = {r["risk_level"] for r in every}
+    statuses = {r["result_status"] for r in every}
+    missing = {
+        "session": "no-such-session",
+        "type": "no-such-type",
+        "target": "no-such-target",
+        "risk": next(level.name for level in RiskLevel if level.name not in risks),
+        "status": next(s.value for s in ResultStatus if s.value not in statuses),
+        "since": "2999-01-01",
+        "until": "2000-01-01",
+    }
+    assert set(missing) == set(SHORT_NAMES)
+    for name, value in missing.items():
+        found = await api.call("GET", "/api/v1/audit", "bob", params={name: value})
+        assert found.status_code == 200, (name, found.text)
+        assert found.json()["records"] == [], name
+    for name, value in (("risk", "severe"), ("status", "done"), ("until", "later")):
+        bad = await api.call("GET", "/api/v1/audit", "bob", params={name: value})
+        assert bad.status_code == 422, name
+        assert error_code(bad) == "invalid"
 
 
 async def test_unknown_route_is_json_404(api: Api) -> None:
