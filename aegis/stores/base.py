@@ -5,6 +5,9 @@ connection of its engine: :class:`AuditStore` (what the runtime writes and
 the command line reads), :class:`UsageStore` (what limits, budgets and flow
 rules count) and :class:`ApprovalStore` (what the approval service keeps).
 
+Size: the three store protocols sit side by side, as issue 25 asked, with the
+contract each engine keeps written beside them; split apart they would be
+read together anyway.
 
 A store keeps one hash chain of :class:`~aegis.core.record.AuditRecord`\\ s.
 Engines (memory, SQLite, PostgreSQL) implement :class:`AuditStore`; the
