@@ -255,6 +255,12 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     address = _listen_address(listen)
     _positive(approval_timeout, "--approval-timeout")
     _positive(call_timeout, "--call-timeout")
+    _positive(session_idle_timeout, "--session-idle-timeout")
+    if math.isnan(progress_interval):  # NaN passes click's range check, and means nothing
+        raise click.BadParameter(
+            "must be a finite number of seconds (0: none), got nan",
+            param_hint="'--progress-interval'",
+        )
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="aegis mcp-proxy: %(levelname)s: %(message)s",

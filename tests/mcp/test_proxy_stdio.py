@@ -273,6 +273,9 @@ async def test_reload_decides_later_calls_by_the_edited_policy(files: Files) -> 
         ("--call-timeout", "inf"),
         ("--approval-timeout", "1e400"),
         ("--approval-timeout", "-1"),
+        # NaN passes a range check (it compares false with every bound)
+        ("--session-idle-timeout", "nan"),
+        ("--progress-interval", "nan"),
     ],
 )
 def test_timeouts_must_be_finite_and_positive(files: Files, option: str, value: str) -> None:
