@@ -221,8 +221,7 @@ def _extension(
         and type(digest) is str
         and type(kind) is str
         and kind in _KIND_TEXT
-        and _verbatim(decided_at)
-        and _verbatim(digest)
+        and _verbatim(decided_at + digest)  # one check of the two, one call
     ):
         # What the runtime writes: a time, a hex digest, a kind, maybe an
         # id; every character one the encoder writes as it is.
@@ -255,16 +254,23 @@ def row_hash(record: Sequence[Any]) -> str:
     holds the two equal). It runs for every write and every verified record.
     """
     try:
-        scalars = _encode_scalars(
-            [
-                record[0], record[2], record[3], record[4], record[5], record[7], record[8],
-                record[9], record[10], record[11], record[12], record[13], record[15],
-                record[16], record[17], record[22],
-            ]
-        )  # fmt: skip
-        params = _json_text(record[6])
+        values = [
+            record[0], record[2], record[3], record[4], record[5], record[7], record[8],
+            record[9], record[10], record[11], record[12], record[13], record[15],
+            record[16], record[17], record[22],
+        ]  # fmt: skip
+        # Speed (benchmarks/calls.py: two seals per action, and verify): the
+        # encoder and the JSON fields' text without a call each when they are
+        # what every store writes (text); _encode_scalars and _json_text else.
+        scalars = _encode_scalars(values) if _c_scalars is None else "".join(_c_scalars(values, 0))
+        params = record[6]
+        if type(params) is not str:
+            params = _json_text(params)
+        data = record[14]
+        if type(data) is not str:
+            data = _json_text(data)
         extension = _extension(record[18], record[19], record[1], record[20], record[21])
-        text = f"{scalars[:-1]},{len(params)},{params},{_json_text(record[14])}{extension}]"
+        text = f"{scalars[:-1]},{len(params)},{params},{data}{extension}]"
     except ValueError:  # a hand-written NaN in a scalar field: it cannot match
         text = safe_repr(tuple(record))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

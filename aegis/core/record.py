@@ -51,6 +51,9 @@ from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from aegis.core.action import FrozenDict
+from aegis.core.decision import Approval
+from aegis.core.result import ResultStatus
+from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -270,7 +273,9 @@ _flat_encoder: Any = (
         None, _json_default, json.encoder.encode_basestring, None, ":", ",", True, False, False
     )
 )
-_FLAT_TYPES: Final = frozenset({str, int, bool, type(None)})
+# float too: the flat encoder refuses NaN and the infinities (allow_nan off),
+# which then take the general path, as with _encode
+_FLAT_TYPES: Final = frozenset({str, int, float, bool, type(None)})
 
 
 def storable_text(text: str) -> str:
@@ -395,7 +400,7 @@ def storable_json(value: Any) -> str:
             try:
                 text = "".join(_flat_encoder(data, 0))
             except ValueError:
-                pass  # an int past the digit limit: the general path below fixes it
+                pass  # NaN, or an int past the digit limit: the general path below fixes it
             else:
                 return text if text.isascii() else _utf8_safe(text, value)
     try:
@@ -543,15 +548,36 @@ def _decision_fields(
         params_json = storable_json(params) if params else "{}"
     risk = decision.risk_level
     approval = decision.approval
+    kind, target, desc = action.type, action.target, action.description
+    rule, reason = decision.matched_rule, decision.reason
+    # Speed (benchmarks/calls.py, every kind): a member's name and value are
+    # plain attributes (the enum properties are Python calls), and five
+    # fields of plain ASCII text, what a policy's decision nearly always
+    # holds, are checked together rather than by a call each.
+    level: object = risk._name_ if type(risk) is RiskLevel else getattr(risk, "name", risk)
+    mode: object = (
+        approval._value_ if type(approval) is Approval else getattr(approval, "value", approval)
+    )
+    if (
+        type(kind) is str
+        and type(target) is str
+        and type(desc) is str
+        and type(rule) is str
+        and type(reason) is str
+        and type(level) is str
+        and type(mode) is str
+        and (kind + target + desc + rule + reason + level + mode).isascii()
+    ):
+        return kind, target, params_json, desc, level, mode, rule, reason
     return (
-        _text(action.type),
-        _text(action.target),
+        _text(kind),
+        _text(target),
         params_json,
-        _text(action.description),
-        _text(getattr(risk, "name", risk)),
-        _text(getattr(approval, "value", approval)),
-        _text(decision.matched_rule),
-        _text(decision.reason),
+        _text(desc),
+        _text(level),
+        _text(mode),
+        _text(rule),
+        _text(reason),
     )
 
 
@@ -638,40 +664,56 @@ def _draft(  # noqa: PLR0917  # one field of the record each, two callers
     kind_type, target, params, desc, risk, approval, rule, reason = _decision_fields(
         decision, params_json
     )
-    context, decided_at, digest = _stamp_fields(stamp)
+    if stamp is None:
+        context = decided_at = digest = None
+    else:
+        context, decided_at, digest = _stamp_fields(stamp)
     if result is None:
         status = error = started = completed = None
         data_json = "null"
     else:
-        status = _text(getattr(result.status, "value", result.status))
+        status = _status_text(result.status)
         data = result.data
         data_json = "null" if data is None else storable_json(data)
         error = _optional_text(None if result.error is None else str(result.error))
         started = _time(result.started_at)
         completed = _time(result.completed_at)
-    return RecordDraft(
-        kind.value,
-        _text(session_id),
-        timestamp or _now(),
-        kind_type,
-        target,
-        params,
-        desc,
-        risk,
-        approval,
-        rule,
-        reason,
-        _optional_text(human_decision),
-        status,
-        data_json,
-        error,
-        started,
-        completed,
-        context,
-        decided_at,
-        digest,
-        start_id,
+    # tuple.__new__: the named tuple's __new__ is a Python call of 21 arguments
+    return _new_tuple(
+        RecordDraft,
+        (
+            kind._value_,
+            session_id if type(session_id) is str and session_id.isascii() else _text(session_id),
+            timestamp or _now(),
+            kind_type,
+            target,
+            params,
+            desc,
+            risk,
+            approval,
+            rule,
+            reason,
+            None if human_decision is None else _text(human_decision),
+            status,
+            data_json,
+            error,
+            started,
+            completed,
+            context,
+            decided_at,
+            digest,
+            start_id,
+        ),
     )
+
+
+def _status_text(status: object) -> str:
+    if type(status) is ResultStatus:
+        return status._value_
+    return _text(getattr(status, "value", status))
+
+
+_new_tuple: Final = tuple.__new__
 
 
 def finish_draft(
@@ -690,20 +732,24 @@ def finish_draft(
     """
     data = result.data
     error = result.error
-    # Built positionally: _replace costs more than the rest of this function.
-    return RecordDraft(
-        _FINAL,
-        start[1],
-        timestamp or _now(),
-        *start[3:11],
-        None if human_decision is None else _text(human_decision),
-        _text(getattr(result.status, "value", result.status)),
-        "null" if data is None else storable_json(data),
-        None if error is None else _text(str(error)),
-        _time(result.started_at),
-        _time(result.completed_at),
-        *start[17:20],
-        start_id,
+    # Built positionally: _replace costs more than the rest of this function;
+    # and with tuple.__new__, not the named tuple's Python-level __new__.
+    return _new_tuple(
+        RecordDraft,
+        (
+            _FINAL,
+            start[1],
+            timestamp or _now(),
+            *start[3:11],
+            None if human_decision is None else _text(human_decision),
+            _status_text(result.status),
+            "null" if data is None else storable_json(data),
+            None if error is None else _text(str(error)),
+            _time(result.started_at),
+            _time(result.completed_at),
+            *start[17:20],
+            start_id,
+        ),
     )
 
 

@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import time
+from asyncio import current_task
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -202,8 +203,9 @@ class AuditLogger(RecordReader):
         self._closed = False
         self._subscribers = SubscriberList()
         # the records of concurrent actions, committed (and flushed) together
+        self._remote = self._store.remote
         self._batch: GroupCommit[RecordDraft, AuditRecord] = GroupCommit(
-            self._write, remote=self._store.remote
+            self._write, remote=self._remote
         )
         self._lock = threading.Lock()
         # start id -> (the action, its context, its start draft, the human decision
@@ -291,7 +293,10 @@ class AuditLogger(RecordReader):
 
     def _write(self, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
         records = self._store.append(drafts)
-        self._wrote(records)
+        # Speed (benchmarks/calls.py, every kind): with no subscriber and no
+        # key, and nothing failing, there is nothing to do after a write.
+        if self._subscribers or self._signer is not None or self._failing_since is not None:
+            self._wrote(records)
         return records
 
     def _wrote(self, records: Sequence[AuditRecord]) -> None:
@@ -406,7 +411,14 @@ class AuditLogger(RecordReader):
         )
         if self._closed:
             raise self._closed_error()
-        record = await self._batch.submit(draft)
+        batch = self._batch
+        if not batch.waiting and not self._remote and current_task() is batch.last_task:
+            # Speed (benchmarks/calls.py, every kind): what batch.submit does for
+            # an agent acting one action at a time (nothing to group with),
+            # without a coroutine of its own.
+            record = self._write((draft,))[0]
+        else:
+            record = await batch.submit(draft)
         self._starts[record.id] = (decision.action, context, draft, human_decision)
         return record.id
 
@@ -505,7 +517,10 @@ class AuditLogger(RecordReader):
             )
         if self._closed:
             raise self._closed_error()
-        return (await self._batch.submit(draft)).id
+        batch = self._batch
+        if not batch.waiting and not self._remote and current_task() is batch.last_task:
+            return self._write((draft,))[0].id  # see record_start
+        return (await batch.submit(draft)).id
 
     # -- reading ----------------------------------------------------------------
 

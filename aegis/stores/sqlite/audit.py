@@ -45,7 +45,13 @@ from aegis.core.record import (
 )
 from aegis.errors import ConfigurationError, StoreError
 from aegis.stores.base import STARTED, STATS_FIELDS, Durability, ReadMixin, resolve_durability
-from aegis.stores.sqlite.connection import Guard, SQLiteDatabase, store_error
+from aegis.stores.sqlite.connection import (
+    FLUSH_OFF,
+    FLUSH_ON,
+    Guard,
+    SQLiteDatabase,
+    store_error,
+)
 from aegis.stores.sqlite.schema import (
     AUDIT_MIGRATIONS,
     AUDIT_VERSION,
@@ -237,26 +243,42 @@ class SQLiteAuditStore(ReadMixin):
             # error translation as db.connection(), without its generator.
             with db.lock:
                 if db._conn is conn and self._head is head:
+                    draft = drafts[0]
+                    record = seal(draft, head[0] + 1, head[1])
+                    # One statement commits by itself; a taken id means someone
+                    # else appended, nothing was written, and the locked path
+                    # below reads the head. One cursor for every statement:
+                    # conn.execute makes one per call, which costs about as
+                    # much as a short statement.
+                    cur = self._cursor
+                    if cur is None or cur.connection is not conn:  # first use, or a new one
+                        cur = self._cursor = conn.cursor()
+                    flush = self._flush_finals and draft[0] != _START
                     try:
-                        out = self._append_one(conn, drafts[0], head)
+                        if flush:
+                            cur.execute(FLUSH_ON)
+                        try:
+                            # A plain tuple: sqlite3 binds a tuple subclass item
+                            # by item, ~1 us slower.
+                            cur.execute(_INSERT, tuple(record))
+                        finally:
+                            if flush:
+                                cur.execute(FLUSH_OFF)
+                    except sqlite3.IntegrityError:
+                        pass  # another process appended: the id is taken, nothing written
                     except sqlite3.Error as exc:
                         self._head = None
                         raise store_error(self.url, "write to", exc) from exc
                     except BaseException:
                         self._head = None
                         raise
-                    if out is not None:
-                        record = out[0]
+                    else:
                         self._head = (record.id, record.hash)
-                        return out
+                        return [record]
         with self._conn("write to") as conn:
             try:
                 self._ensure(conn)
-                out = None
-                if len(drafts) == 1 and self._head is not None:
-                    out = self._append_one(conn, drafts[0], self._head)
-                if out is None:
-                    out = self._append(conn, drafts)
+                out = self._append(conn, drafts)
             except BaseException:
                 self._head = None
                 raise
@@ -348,33 +370,6 @@ class SQLiteAuditStore(ReadMixin):
         record = seal(draft, last_id + 1, last_hash)
         cur.execute(_INSERT, tuple(record))
         return record
-
-    def _append_one(
-        self, conn: sqlite3.Connection, draft: RecordDraft, head: tuple[int, str]
-    ) -> list[AuditRecord] | None:
-        # One statement commits by itself; a taken id means someone else
-        # appended, and nothing was written.
-        record = seal(draft, head[0] + 1, head[1])
-        # One cursor for every statement: conn.execute makes one per call,
-        # which costs about as much as a short statement.
-        cur = self._cursor
-        if cur is None or cur.connection is not conn:  # first use, or a new connection
-            cur = self._cursor = conn.cursor()
-        if self._flush_finals and draft.kind != _START:
-            self.db.flush_on(cur)
-            try:
-                cur.execute(_INSERT, tuple(record))
-            except sqlite3.IntegrityError:
-                return None
-            finally:
-                self.db.flush_off(cur)
-            return [record]
-        try:
-            # A plain tuple: sqlite3 binds a tuple subclass item by item, ~1 us slower.
-            cur.execute(_INSERT, tuple(record))
-        except sqlite3.IntegrityError:
-            return None
-        return [record]
 
     def _append(self, conn: sqlite3.Connection, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
         out: list[AuditRecord] = []

@@ -34,7 +34,15 @@ from typing import Final, Protocol
 from aegis.errors import StoreError
 from aegis.stores.base import Durability, resolve_durability
 
-__all__ = ["APPLICATION_ID", "Guard", "SQLiteDatabase", "create_owner_only", "store_error"]
+__all__ = [
+    "APPLICATION_ID",
+    "FLUSH_OFF",
+    "FLUSH_ON",
+    "Guard",
+    "SQLiteDatabase",
+    "create_owner_only",
+    "store_error",
+]
 
 #: PRAGMA application_id of Aegis databases ("AEGS")
 APPLICATION_ID: Final = 0x41454753
@@ -48,8 +56,8 @@ _NO_WAL_INDEX: Final = frozenset(
 # written before (by any connection) durable too; NORMAL syncs it only at
 # checkpoints. The setting is the connection's and read at each commit, so
 # switching it between two commits costs a statement, not a reopen.
-_FLUSH_ON: Final = "PRAGMA synchronous=FULL"
-_FLUSH_OFF: Final = "PRAGMA synchronous=NORMAL"
+FLUSH_ON: Final = "PRAGMA synchronous=FULL"
+FLUSH_OFF: Final = "PRAGMA synchronous=NORMAL"
 
 # Speed (benchmarks/calls.py, every kind: about 7% of a sequential action's
 # instructions): sqlite3 binds str, int and float directly, but hands every
@@ -231,7 +239,7 @@ class SQLiteDatabase:
             # write less to the WAL (records are a few hundred bytes).
             conn.execute("PRAGMA page_size=1024")
             self._enable_wal(conn)
-            conn.execute(_FLUSH_ON if self.durability == "full" else _FLUSH_OFF)
+            conn.execute(FLUSH_ON if self.durability == "full" else FLUSH_OFF)
             # Checkpoints (which fsync) every ~8 MiB of WAL rather than every
             # 1,000 pages: with small pages that would be every ~1 MiB.
             conn.execute("PRAGMA wal_autocheckpoint=8192")
@@ -322,12 +330,12 @@ class SQLiteDatabase:
         every commit waits already and these do nothing.
         """
         if self.durability != "full":
-            conn.execute(_FLUSH_ON)
+            conn.execute(FLUSH_ON)
 
     def flush_off(self, conn: sqlite3.Connection | sqlite3.Cursor) -> None:
         """Back to the connection's own setting after :meth:`flush_on`."""
         if self.durability != "full":
-            conn.execute(_FLUSH_OFF)
+            conn.execute(FLUSH_OFF)
 
     def close(self) -> None:
         """Close the connection; calling it again does nothing."""
