@@ -143,13 +143,22 @@ class _Reader:
     # ------------------------------------------------------------ the values
 
     def value(self, value: Any, spec: Mapping[str, Any], where: str, depth: int) -> Any:
-        spec = self.resolve(spec, where)
+        if "$ref" in spec or "allOf" in spec:
+            spec = self.resolve(spec, where)
+        kind = spec.get("type")
+        if isinstance(kind, str):  # the common case, one type: read directly
+            if _is(value, kind):
+                return self._inside(value, kind, spec, where, depth)
+            converted = _convert(value, kind)
+            return value if converted is _MISSING else converted
         candidates = self._candidates(spec, where)
         if not candidates:
             return value
         exact = [(kind, s) for kind, s in candidates if _is(value, kind)]
         if exact:
             readings = [self._inside(value, kind, s, where, depth) for kind, s in exact]
+            if len(readings) == 1:
+                return readings[0]
             first = _canonical(readings[0])
             if all(_canonical(r) == first for r in readings[1:]):
                 return readings[0]
