@@ -1117,12 +1117,17 @@ def _lookalike_arguments(
                     return why
     if isinstance(value, dict):
         properties = spec.get("properties")
-        if isinstance(properties, Mapping) and properties:
+        properties = properties if isinstance(properties, Mapping) else {}
+        # Members the properties do not name are read by additionalProperties
+        # (a map of models: Pydantic's dict[str, Model]).
+        others = spec.get("additionalProperties")
+        if properties:
             why = lookalike_members(value, properties)
             if why is not None:
                 return why
+        if properties or isinstance(others, Mapping):
             for name, inner in value.items():
-                why = _lookalike_arguments(inner, properties.get(name), root, seen)
+                why = _lookalike_arguments(inner, properties.get(name, others), root, seen)
                 if why is not None:
                     return f"in {name!r}: {why}"
     elif isinstance(value, list):

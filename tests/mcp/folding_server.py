@@ -28,6 +28,7 @@ TOOLS = [
                 "count": {"type": "integer"},
                 "options": {"$ref": "#/$defs/Options"},
                 "remote": {"$ref": "https://schemas.example/options.json"},
+                "named": {"type": "object", "additionalProperties": {"$ref": "#/$defs/Options"}},
             },
             "$defs": {"Options": {"type": "object", "properties": {"force": {"type": "boolean"}}}},
         },

@@ -255,6 +255,24 @@ def test_a_nested_model_under_a_ref_is_decided_and_forwarded_as_typed(folding: F
     assert rules == [("no-forced-options", "blocked"), ("reads", "success")]
 
 
+def test_a_lookalike_inside_a_map_of_models_is_refused(folding: Folding) -> None:
+    """A model under additionalProperties (a map of models) is read for look-alikes too."""
+    reply = folding.proxy.request(
+        8,
+        "tools/call",
+        {"name": "read", "arguments": {"path": "/srv/a", "named": {"a": {"Force": True}}}},
+    )
+    assert reply["error"]["code"] == -32602
+    assert folding.ran() == []
+    allowed = folding.proxy.request(
+        9,
+        "tools/call",
+        {"name": "read", "arguments": {"path": "/srv/a", "named": {"a": {"force": "no"}}}},
+    )
+    assert allowed["result"]["content"][0]["text"] == "ran read"
+    assert folding.ran() == [("read", {"path": "/srv/a", "named": {"a": {"force": False}}})]
+
+
 def test_an_argument_under_a_ref_outside_the_schema_is_refused_and_recorded(
     folding: Folding,
 ) -> None:
