@@ -76,6 +76,8 @@ async def test_a_reviewer_yes_runs_the_call_and_the_link_is_offered(
         call = asyncio.create_task(client.call_tool("write", {"path": path, "content": "x"}))
         request = await _pending(service, path)
         assert files.calls() == []
+        # the reviewer reads what the tool does, in the server's own words
+        assert request["action"]["description"] == "Write a file, replacing any content."
         await _decide(service, request["id"], "approve", "fine")
         result = await asyncio.wait_for(call, 30)
     assert result.is_error is False

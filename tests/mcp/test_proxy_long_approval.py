@@ -104,7 +104,9 @@ def test_a_call_awaiting_a_reviewer_sends_progress_to_a_client_that_asked(
     raw, files = proxy[0], proxy[1]
     path = f"/srv/{uuid.uuid4().hex}"
     raw.raw.send(_write(7, path, _meta={"progressToken": "tok-7"}))
-    _pending(service, path)
+    # this client never listed the tools: the proxy learnt the description itself
+    request = _pending(service, path)
+    assert request["action"]["description"] == "Write a file, replacing any content."
     seen = []
     while len(seen) < 3:  # several ticks while nobody has decided yet
         message = raw.raw.receive(10)

@@ -41,6 +41,27 @@ async def test_two_proxies_with_one_session_share_flow_history(tmp_path: Path) -
     assert records == [("crm", "agent-7", "success"), ("external-mail", "agent-7", "blocked")]
 
 
+async def test_proxies_running_side_by_side_see_each_others_calls(tmp_path: Path) -> None:
+    """As a host runs them: both proxies started first, the read then the write, one flow."""
+    files = Files(tmp_path, POLICY)
+    async with (
+        proxied_client(files, "--name", "crm", "--session", "agent-9") as crm,
+        proxied_client(files, "--name", "external-mail", "--session", "agent-9") as mail,
+    ):
+        before = await mail.call_tool("write", WRITE)  # nothing read yet: it runs
+        assert (await crm.call_tool("read", READ)).is_error is False
+        after = await mail.call_tool("write", WRITE)
+    assert before.is_error is False
+    assert after.is_error is True
+    assert "exfiltration" in after.content[0].text
+    statuses = [(r["action_target"], r["result_status"]) for r in files.records()]
+    assert statuses == [
+        ("external-mail", "success"),
+        ("crm", "success"),
+        ("external-mail", "blocked"),
+    ]
+
+
 async def test_the_session_comes_from_the_environment_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
