@@ -282,14 +282,28 @@ class ApprovalClient:
         limit: int | None = None,
         before: str | None = None,
         agent: str | None = None,
+        risk: str | Sequence[str] | None = None,
+        rule: str | None = None,
+        sort: str | None = None,
     ) -> dict[str, Any]:
-        """``GET /api/v1/approvals``: a page of requests, newest first, and how many more.
+        """``GET /api/v1/approvals``: a page of requests, how many more, and the total.
 
-        ``agent`` keeps only the requests of that agent (its token's name).
+        The service filters and sorts: ``agent`` keeps only the requests of
+        that agent (its token's name), ``risk`` those of these levels
+        (``"high"`` or ``["high", "critical"]``), ``rule`` those of that
+        rule; ``sort`` is ``newest`` (default), ``expiring`` or ``risk``.
+        ``before`` is the ``next`` of the page before, asked with the same
+        sort. A value the service does not take is a 422 naming it.
         """
         params: dict[str, Any] = {"status": status}
         if agent:
             params["requester"] = agent
+        if risk:
+            params["risk"] = risk if isinstance(risk, str) else ",".join(risk)
+        if rule:
+            params["rule"] = rule
+        if sort:
+            params["sort"] = sort
         if limit is not None:
             params["limit"] = limit
         if before:

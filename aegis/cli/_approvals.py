@@ -412,11 +412,19 @@ def approvals() -> None:
     help="Only the requests of this agent (its token's name).",
 )
 @click.option(
+    "--risk",
+    "risks",
+    type=click.Choice(RISKS, case_sensitive=False),
+    multiple=True,
+    help="Only requests of this risk; repeat for several (--risk high --risk critical).",
+)
+@click.option("--rule", metavar="NAME", help="Only the requests of this policy rule.")
+@click.option(
     "--sort",
     type=click.Choice(SORTS, case_sensitive=False),
     default="newest",
     show_default=True,
-    help="Order of the page: newest first, closest to expiring first, or highest risk first.",
+    help="Order: newest first, closest to expiring first, or highest risk first.",
 )
 @format_option("table", "json")
 def list_requests(  # noqa: PLR0917  # Click passes one argument per option
@@ -426,27 +434,45 @@ def list_requests(  # noqa: PLR0917  # Click passes one argument per option
     limit: int,
     before: str | None,
     agent: str | None,
+    risks: tuple[str, ...],
+    rule: str | None,
     sort: str,
     output_format: str,
 ) -> None:
     """List approval requests, newest first (pending ones by default), a page at a time.
 
-    When more requests match than one page holds, it says how many more
-    there are and the command that lists the next page (on stderr).
+    The service filters (--agent, --risk, --rule) and sorts (--sort) every
+    matching request, not only one page, and counts them all. When more
+    match than one page holds, it says how many more there are and the
+    command that lists the next page (on stderr).
     """
+    status, sort = status.lower(), sort.lower()
+    levels = sorted({r.lower() for r in risks}, key=RISKS.index)
     with _client(url, token) as client:
         body = client.run(
-            lambda c: c.list_requests(status.lower(), limit=limit, before=before, agent=agent)
+            lambda c: c.list_requests(
+                status,
+                limit=limit,
+                before=before,
+                agent=agent,
+                risk=levels or None,
+                rule=rule,
+                sort=sort,
+            )
         )
-    requests = _sorted(_unwrap_list(body), sort.lower())
+    requests = _unwrap_list(body)
     more = body.get("more") if isinstance(body, Mapping) else None
+    total = body.get("total") if isinstance(body, Mapping) else None
+    filtered = bool(agent or levels or rule)
     if output_format == "json":
         emit_json(list(requests))
     elif not requests:
-        info(f"no {status.lower()} requests" if status != "all" else "no requests")
+        kind = f"{status} " if status != "all" else ""
+        info(f"no {kind}requests" + (" match the filters" if filtered else ""))
     elif is_terminal():
-        total = len(requests) + (more if isinstance(more, int) else 0)
-        _print_terminal(requests, status.lower(), total, before is not None)
+        if not isinstance(total, int):
+            total = len(requests) + (more if isinstance(more, int) else 0)
+        _print_terminal(requests, status, total, before is not None, sort=sort, filtered=filtered)
     else:
         print_table(
             (*LIST_COLUMNS, "Summary", "Why"),
@@ -454,9 +480,18 @@ def list_requests(  # noqa: PLR0917  # Click passes one argument per option
         )
     following = body.get("next") if isinstance(body, Mapping) else None
     if isinstance(more, int) and more > 0 and isinstance(following, str):
+        again = [f"--status {status}", f"--limit {limit}"]
+        if sort != "newest":
+            again.append(f"--sort {sort}")
+        again += [f"--risk {level}" for level in levels]
+        if agent:
+            again.append(f"--agent {shlex.quote(inert(agent))}")
+        if rule:
+            again.append(f"--rule {shlex.quote(inert(rule))}")
+        again.append(f"--before {shlex.quote(inert(following))}")
         note(
-            f"{more} more, older; the next page: aegis approvals list --status "
-            f"{status.lower()} --limit {limit} --before {shlex.quote(inert(following))}"
+            f"{more} more{' after these' if sort != 'newest' else ', older'}; "
+            f"the next page: aegis approvals list {' '.join(again)}"
         )
 
 
@@ -465,17 +500,14 @@ def _params(request: Mapping[str, Any]) -> Any:
     return action.get("params") if isinstance(action, Mapping) else None
 
 
-def _sorted(requests: list[Mapping[str, Any]], sort: str) -> list[Mapping[str, Any]]:
-    if sort == "expiring":
-        return sorted(requests, key=lambda r: str(r.get("expires_at") or ""))
-    if sort == "risk":
-        order = {name: index for index, name in enumerate(RISKS)}
-        return sorted(requests, key=lambda r: order.get(str(r.get("risk_level")), len(RISKS)))
-    return requests
-
-
 def _print_terminal(
-    requests: list[Mapping[str, Any]], status: str, total: int, paged: bool
+    requests: list[Mapping[str, Any]],
+    status: str,
+    total: int,
+    paged: bool,
+    *,
+    sort: str = "newest",
+    filtered: bool = False,
 ) -> None:
     """The table for people: why and a summary per row, readable at 80 columns."""
     width = shutil.get_terminal_size((80, 24)).columns
@@ -483,8 +515,14 @@ def _print_terminal(
     shown = short_ids(ids) if width < WIDE else {i: i for i in ids}
     now = datetime.now(UTC)
     kind = f"{status} " if status != "all" else ""
-    where = "on this page" if paged else "newest first"
-    info(f"{total} {kind}request{'s' if total != 1 else ''}; {len(requests)} shown ({where})")
+    order = {"newest": "newest first", "expiring": "closest to expiring first",
+             "risk": "highest risk first"}.get(sort, sort)  # fmt: skip
+    where = "on this page" if paged else order
+    matching = " matching the filters" if filtered else ""
+    info(
+        f"{total} {kind}request{'s' if total != 1 else ''}{matching}; "
+        f"{len(requests)} shown ({where})"
+    )
     narrow = width < NARROW
     columns = [c for c in TERMINAL_COLUMNS if not (narrow and c == "Agent")]
     print_table(

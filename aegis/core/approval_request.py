@@ -8,6 +8,10 @@ the requester (:func:`request_digest`), so an approval can never be carried
 over to another action, or to the same action asked for by another agent.
 
 Nothing here does I/O or reads the clock: times are passed in.
+
+Size: every value of remote approval (the request, its decisions, grants,
+tokens, sessions, the list cursor) with its JSON form and its validation,
+in one place, so the service, the stores and the client agree on each.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from aegis.core.risk import RiskLevel
 from aegis.errors import ConfigurationError
 
 __all__ = [
+    "REQUEST_SORTS",
     "ApprovalRequest",
     "Grant",
     "InboxSession",
+    "ListCursor",
     "NewRequest",
     "RequestStatus",
     "ReviewerDecision",
@@ -553,3 +559,64 @@ class TokenInfo:
             "oidc_issuer": self.oidc_issuer,
             "oidc_subject": self.oidc_subject,
         }
+
+
+#: the orders a list of requests may be read in: newest first, closest to
+#: expiring first, highest risk first (newest first within a risk)
+REQUEST_SORTS: Final = ("newest", "expiring", "risk")
+
+
+@dataclass(frozen=True, slots=True)
+class ListCursor:
+    """Where a page of a request list ends: its last request's keys in the list's order.
+
+    ``at`` is the request's ``created_at`` for ``newest`` and ``risk``, its
+    ``expires_at`` for ``expiring``; ``risk`` counts only for ``risk``. A
+    list read on from a cursor is stable while new requests arrive, and
+    these keys never change once a request is stored.
+    """
+
+    sort: str
+    at: datetime
+    id: str
+    risk: RiskLevel = RiskLevel.LOW
+
+    @classmethod
+    def after(cls, request: ApprovalRequest, sort: str = "newest") -> ListCursor:
+        """The cursor of the page that ends with ``request``, in the order ``sort``."""
+        if sort not in REQUEST_SORTS:
+            raise ValueError(f"sort {sort!r} is not one of {', '.join(REQUEST_SORTS)}")
+        at = request.expires_at if sort == "expiring" else request.created_at
+        return cls(sort, at, request.id, request.risk_level)
+
+    def text(self) -> str:
+        """The cursor as a list's ``next`` text (``newest``: ``<created_at>~<id>``, as before)."""
+        if self.sort == "expiring":
+            return f"expiring~{iso(self.at)}~{self.id}"
+        if self.sort == "risk":
+            return f"risk~{self.risk.name}~{iso(self.at)}~{self.id}"
+        return f"{iso(self.at)}~{self.id}"
+
+    @classmethod
+    def parse(cls, text: str, sort: str = "newest") -> ListCursor:
+        """The cursor of a ``next`` text of a list in the order ``sort``.
+
+        Raises:
+            ValueError: ``text`` is no such cursor, or one of a list in another order.
+        """
+        parts = text.split("~")
+        named = parts[0] if parts and parts[0] in REQUEST_SORTS else "newest"
+        if named != sort:
+            raise ValueError(
+                f"the cursor is of a list sorted by {named}; ask with sort={named} or start over"
+            )
+        try:
+            if sort == "risk" and len(parts) == 4 and parts[1] in RiskLevel.__members__:
+                return cls(sort, parse_time(parts[2]), parts[3], RiskLevel[parts[1]])
+            if sort == "expiring" and len(parts) == 3 and parts[2]:
+                return cls(sort, parse_time(parts[1]), parts[2])
+            if sort == "newest" and len(parts) == 2 and parts[1]:
+                return cls(sort, parse_time(parts[0]), parts[1])
+        except ValueError:
+            pass
+        raise ValueError("the cursor is not the 'next' value of an earlier page")

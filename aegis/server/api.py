@@ -15,7 +15,6 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, Final
 
 from starlette.exceptions import HTTPException
@@ -24,19 +23,26 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from aegis.core.approval_request import (
-    ApprovalRequest,
+    REQUEST_SORTS,
+    ListCursor,
     Verdict,
-    iso,
     parse_new_request,
-    parse_time,
 )
 from aegis.core.filters import SHORT_NAMES
+from aegis.core.risk import RiskLevel
 from aegis.errors import AegisError, ApprovalServiceError, AuditError
 from aegis.server.bounds import DEFAULT_READ_TIMEOUT, read_within
 from aegis.server.openapi import openapi_document
 from aegis.server.service import ApprovalService, Principal, statuses
 
-__all__ = ["MAX_BODY", "api_routes", "authenticated", "error_response"]
+__all__ = [
+    "MAX_BODY",
+    "api_routes",
+    "authenticated",
+    "error_response",
+    "request_sort",
+    "risk_levels",
+]
 
 _log = logging.getLogger("aegis.server")
 
@@ -258,40 +264,75 @@ async def create_request(request: Request) -> Response:
 
 
 async def list_requests(request: Request) -> Response:
-    """GET /api/v1/approvals?status=...&requester=...&session=...: newest first (reviewers)."""
+    """GET /api/v1/approvals?status=&requester=&session=&risk=&rule=&sort=: a page (reviewers).
+
+    The store filters and sorts: ``risk`` is one level or several, comma
+    separated; ``sort`` is ``newest`` (the default), ``expiring`` or
+    ``risk``. ``total`` counts every request the filters match; ``more``
+    how many follow this page, which ``next`` (given as ``before``) lists.
+    """
     principal = await _principal(request)
-    status = statuses(request.query_params.get("status"))
+    query = request.query_params
+    status = statuses(query.get("status"))
     limit = int(_number(request, "limit", 100, 1, 1000))
-    before = _cursor(request.query_params.get("before"))
-    found, more = await _service(request).page_requests(
-        principal,
-        status,
-        requester=request.query_params.get("requester") or None,
-        session_id=request.query_params.get("session") or None,
-        limit=limit,
-        before=before,
+    sort = request_sort(query.get("sort"))
+    before = _cursor(query.get("before"), sort)
+    filters: dict[str, Any] = {
+        "requester": query.get("requester") or None,
+        "session_id": query.get("session") or None,
+        "risk": risk_levels(query.get("risk")),
+        "rule": query.get("rule") or None,
+    }
+    service = _service(request)
+    found, more = await service.page_requests(
+        principal, status, sort=sort, limit=limit, before=before, **filters
     )
+    total = await service.count_requests(principal, status, **filters)
     # Say how many the page leaves out, and where the next page starts.
-    following = _next_cursor(found[-1]) if more and found else None
-    return JSONAnswer({"approvals": [r.to_json() for r in found], "more": more, "next": following})
+    following = ListCursor.after(found[-1], sort).text() if more and found else None
+    return JSONAnswer(
+        {
+            "approvals": [r.to_json() for r in found],
+            "more": more,
+            "next": following,
+            "total": total,
+        }
+    )
 
 
-def _next_cursor(last: ApprovalRequest) -> str:
-    """The ``before`` of the page after one ending with ``last``: its time and id."""
-    return f"{iso(last.created_at)}~{last.id}"
+def request_sort(text: str | None) -> str:
+    """The ``sort`` query parameter: one of :data:`REQUEST_SORTS` (``newest`` when absent)."""
+    if text is None or text == "":
+        return "newest"
+    if text not in REQUEST_SORTS:
+        raise _invalid(f"sort={text!r} is not a sort; use one of {', '.join(REQUEST_SORTS)}")
+    return text
 
 
-def _cursor(text: str | None) -> tuple[datetime, str] | None:
-    """The ``before`` query parameter: a ``next`` value of an earlier page."""
+def risk_levels(text: str | None) -> frozenset[RiskLevel] | None:
+    """The ``risk`` query parameter: one level or several, comma separated; ``None`` for any."""
+    if text is None or not text.strip():
+        return None
+    levels = set()
+    for word in text.split(","):
+        name = word.strip().upper()
+        if name not in RiskLevel.__members__:
+            raise _invalid(
+                f"risk={text!r} is not a risk level; use low, medium, high or critical "
+                "(several comma separated)"
+            )
+        levels.add(RiskLevel[name])
+    return frozenset(levels)
+
+
+def _cursor(text: str | None, sort: str = "newest") -> ListCursor | None:
+    """The ``before`` query parameter: a ``next`` value of an earlier page of the same sort."""
     if not text:
         return None
-    moment, sep, request_id = text.partition("~")
     try:
-        if not sep or not request_id:
-            raise ValueError(text)
-        return parse_time(moment), request_id
-    except ValueError:
-        raise _invalid("before must be the 'next' value of an earlier page") from None
+        return ListCursor.parse(text, sort)
+    except ValueError as exc:
+        raise _invalid(f"before: {exc}") from None
 
 
 async def get_request(request: Request) -> Response:

@@ -43,11 +43,20 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from aegis.core.approval_request import ApprovalRequest, RequestStatus, Role, Verdict, iso
+from aegis.core.approval_request import (
+    REQUEST_SORTS,
+    ApprovalRequest,
+    ListCursor,
+    RequestStatus,
+    Role,
+    Verdict,
+    iso,
+)
 from aegis.core.filters import SHORT_NAMES
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
+from aegis.server.api import request_sort, risk_levels
 from aegis.server.oidc import CALLBACK_PATH, OidcError, OidcSignIn, OidcUser
 from aegis.server.service import (
     MAX_GRANT_MINUTES,
@@ -82,6 +91,8 @@ MAX_COMMENT: Final = 2000
 HISTORY_STATUSES: Final = ("all", "approved", "denied", "expired", "cancelled")
 #: pending requests on one page of the inbox
 PENDING_PAGE: Final = 500
+#: how many pending requests each way the inbox looks through for the next to decide
+NEXT_SCAN: Final = 100
 #: how many recent requests History filters by agent and reviewer
 HISTORY_SCAN: Final = 1000
 AUDIT_FILTERS: Final = (*SHORT_NAMES, "after")
@@ -374,6 +385,9 @@ class Inbox:
         def url(name: str, **params: str) -> str:
             return str(request.app.url_path_for(name, **params))
 
+        # The script's own look at a page (is this request still pending?) must
+        # not take the message meant for the page the reviewer goes to next.
+        fragment = fragment or request.headers.get("x-inbox-peek") == "1"
         shown = [*([] if fragment else self.sessions.flashes(request)), *flashes]
         html = self._env.get_template(template).render(
             {
@@ -531,82 +545,111 @@ class Inbox:
 
     # -------------------------------------------------------------- pending
 
-    async def _pending(self, reviewer: Reviewer) -> list[dict[str, Any]]:
-        views, _, _ = await self._pending_page(reviewer)
-        return views
-
     async def _pending_page(
-        self, reviewer: Reviewer, before: tuple[datetime, str] | None = None
-    ) -> tuple[list[dict[str, Any]], int, str | None]:
-        """A page of pending requests, how many older ones it leaves out, and where they start."""
+        self,
+        reviewer: Reviewer,
+        shown: Mapping[str, str],
+        before: ListCursor | None = None,
+        *,
+        limit: int | None = None,
+    ) -> tuple[list[ApprovalRequest], int]:
+        """A page of pending requests as ``shown`` filters and sorts them, and how many follow.
+
+        The store filters and sorts, so the page and the counts cover every
+        pending request, not the newest few hundred. Only what this
+        reviewer's groups may decide: the rest is someone else's work.
+        """
         requests, more = await self.service.page_requests(
-            reviewer.principal, RequestStatus.PENDING, limit=PENDING_PAGE, before=before
+            reviewer.principal,
+            RequestStatus.PENDING,
+            sort=shown["sort"],
+            limit=PENDING_PAGE if limit is None else limit,
+            before=before,
+            **_store_filters(shown, reviewer),
         )
-        following = None
-        if more and requests:
-            following = f"{iso(requests[-1].created_at)}~{requests[-1].id}"
         now = self.service.clock()
-        # Only what this reviewer's groups may decide: the rest is someone else's work.
-        groups = set(reviewer.principal.groups)
-        views = [
-            _request_view(r, now)
-            for r in requests
-            if not r.is_expired_at(now) and (not r.reviewers or groups & set(r.reviewers))
-        ]
-        views.sort(key=lambda view: str(view["created_at"]), reverse=True)
-        return views, more, following
+        return [r for r in requests if not r.is_expired_at(now)], more
+
+    async def _pending_counts(
+        self, reviewer: Reviewer, shown: Mapping[str, str]
+    ) -> tuple[int, int]:
+        """How many are pending for this reviewer, and how many of them match ``shown``."""
+        everything = {"groups": reviewer.principal.groups}
+        total = await self.service.count_requests(
+            reviewer.principal, RequestStatus.PENDING, **everything
+        )
+        if not _filtered(shown):
+            return total, total
+        matching = await self.service.count_requests(
+            reviewer.principal, RequestStatus.PENDING, **_store_filters(shown, reviewer)
+        )
+        return total, matching
 
     async def pending(self, request: Request) -> Response:
-        """Pending requests, newest first (or as sorted and filtered); the script keeps it live."""
+        """Pending requests, newest first or as sorted and filtered; the script keeps it live."""
         reviewer = await self.reviewer(request)
         if reviewer is None:
             return self._to_signin(request)
-        before = _before(request.query_params.get("before"))
-        page, more, following = await self._pending_page(reviewer, before)
-        shown = _pending_filters(request.query_params)
-        pending = _arrange(page, shown)
-        asked = {name: value for name, value in shown.items() if value}
+        shown, problems = _pending_filters(request.query_params)
+        before = None
+        if request.query_params.get("before"):
+            try:
+                before = ListCursor.parse(request.query_params["before"], shown["sort"])
+            except ValueError as exc:
+                problems.append(f"The page link is out of date ({exc}); showing the first page.")
+        page, more = await self._pending_page(reviewer, shown, before)
+        total, matching = await self._pending_counts(reviewer, shown)
+        query = _list_query(shown)
+        following = ListCursor.after(page[-1], shown["sort"]).text() if more and page else None
+        now = self.service.clock()
         return self.render(
             request,
             "pending.html",
             {
                 "title": "Pending",
                 "page": "pending",
-                "pending": pending,
-                # the true count, not the page's: the hidden ones are the oldest
-                "pending_total": len(page) + more,
-                "pending_count": len(page) + more,
+                "pending": [_request_view(r, now) for r in page],
+                # the true counts, not the page's: the hidden ones may be closest to expiring
+                "pending_total": total,
+                "pending_count": total,
+                "matching": matching,
                 "on_page": len(page),
                 "shown": shown,
-                "filtered": any(shown[name] for name in ("risk", "agent", "rule")),
-                "query": urllib.parse.urlencode(asked),
-                "sorts": PENDING_SORTS,
+                "filtered": _filtered(shown),
+                "query": query,
+                "sorts": REQUEST_SORTS,
                 "risks": [level.name.lower() for level in reversed(RiskLevel)],
-                # A flood must not push older requests out of sight without a word.
+                # A flood must not push requests out of sight without a word.
                 "more": more,
-                "older": "/?"
-                + urllib.parse.urlencode(
-                    {"before": following, **{k: v for k, v in shown.items() if v}}
-                )
+                "older": "/?" + urllib.parse.urlencode({**_list_params(shown), "before": following})
                 if following
                 else None,
                 "paged": before is not None,
             },
             reviewer=reviewer,
+            flashes=[("error", problem) for problem in problems],
+            status_code=400 if problems else 200,
         )
 
     async def pending_rows(self, request: Request) -> Response:
-        """The pending list's rows alone, for the live update."""
+        """The pending list's rows alone (its first page, as filtered), for the live update."""
         reviewer = await self.reviewer(request)
         if reviewer is None:
             return Response(status_code=401, headers=_headers(request))
-        page, more, _ = await self._pending_page(reviewer)
-        pending = _arrange(page, _pending_filters(request.query_params))
+        shown, _ = _pending_filters(request.query_params)
+        page, _more = await self._pending_page(reviewer, shown)
+        total, matching = await self._pending_counts(reviewer, shown)
+        now = self.service.clock()
         response = self.render(
-            request, "_pending_rows.html", {"pending": pending}, reviewer=reviewer, fragment=True
+            request,
+            "_pending_rows.html",
+            {"pending": [_request_view(r, now) for r in page], "query": _list_query(shown)},
+            reviewer=reviewer,
+            fragment=True,
         )
-        # the badge shows the true count, the page's rows and the older ones alike
-        response.headers["X-Pending-Total"] = str(len(page) + more)
+        # the badge shows the true count; the summary how many match the filters
+        response.headers["X-Pending-Total"] = str(total)
+        response.headers["X-Pending-Matching"] = str(matching)
         return response
 
     async def events(self, request: Request) -> Response:
@@ -614,6 +657,9 @@ class Inbox:
         reviewer = await self.reviewer(request)
         if reviewer is None:
             return Response(status_code=401, headers=_headers(request))
+        # the ids of the list as the page filters and sorts it: the script
+        # fetches rows only when they differ from the ones it shows
+        shown, _ = _pending_filters(request.query_params)
         waker = asyncio.Event()
         self._wakers.add(waker)
 
@@ -627,7 +673,8 @@ class Inbox:
                     if current is None:
                         yield "event: signout\ndata: {}\n\n"
                         return
-                    ids = [str(view["id"]) for view in await self._pending(current)]
+                    page, _ = await self._pending_page(current, shown)
+                    ids = [item.id for item in page]
                     if ids != last:
                         # the first event too: the page may be older than this stream,
                         # and the script refreshes only if its rows differ
@@ -676,9 +723,10 @@ class Inbox:
         refusal = ApprovalService.refusal(reviewer.principal, found)
         if refusal is None and found.is_expired_at(now):
             refusal = "the request has expired"
-        # decided (or not for this reviewer): on to the next one, closest to expiring
+        # decided (or not for this reviewer): on to the next one of the list it came from
+        shown, _ = _pending_filters(request.query_params)
         following = (
-            await self._next_pending(reviewer, found.id)
+            await self._next_pending(reviewer, found, shown)
             if refusal is not None or found.status is not RequestStatus.PENDING
             else None
         )
@@ -693,6 +741,8 @@ class Inbox:
                 "max_grant_minutes": MAX_GRANT_MINUTES,
                 "refusal": f"You cannot decide this: {refusal}." if refusal else None,
                 "next_request": following,
+                "query": _list_query(shown),
+                "filtered": _filtered(shown),
             },
             reviewer=reviewer,
             flashes=flashes,
@@ -769,27 +819,44 @@ class Inbox:
                 flashes=[("error", f"Not recorded: {exc.message}.")],
                 status_code=exc.status,
             )
-        if verdict is Verdict.DENY:
-            message = "Denied. The agent has been told."
-        elif decided.status is RequestStatus.APPROVED:
-            message = "Approved. The agent may go ahead."
-            if decided.granted:
-                message += f" Grant {decided.granted} also covers the same actions for a while."
-        else:
-            message = (
-                f"Your approval is recorded ({len(decided.approvals)} of {decided.approvers}); "
-                "it needs another reviewer."
+        # On to the next request of the list the reviewer came from, saying
+        # what was just decided; back to the list when none is left.
+        shown, _ = _pending_filters(request.query_params)
+        query = _list_query(shown)
+        suffix = f"?{query}" if query else ""
+        notice = _decided_notice(decided, verdict)
+        following = await self._next_pending(reviewer, decided, shown)
+        if following is not None:
+            return self._redirect(
+                request,
+                f"/requests/{urllib.parse.quote(following, safe='')}{suffix}",
+                ("ok", f"{notice} Showing the next pending request."),
             )
-        return self._redirect(
-            request, f"/requests/{urllib.parse.quote(request_id, safe='')}", ("ok", message)
+        nothing = "Nothing else is pending" + (
+            " that matches the filters" if _filtered(shown) else ""
         )
+        return self._redirect(request, f"/{suffix}", ("ok", f"{notice} {nothing}."))
 
-    async def _next_pending(self, reviewer: Reviewer, done: str) -> str | None:
-        """The pending request to show after ``done``: the one closest to expiring."""
-        views = [v for v in await self._pending(reviewer) if v["id"] != done]
-        if not views:
-            return None
-        return str(min(views, key=lambda view: str(view["expires_at"]))["id"])
+    async def _next_pending(
+        self, reviewer: Reviewer, done: ApprovalRequest, shown: Mapping[str, str]
+    ) -> str | None:
+        """The pending request to go on to after ``done``, in the list as ``shown`` orders it.
+
+        The first this reviewer may decide after ``done``'s place in the
+        list, else the first from the top; ``None`` when none is left.
+        Looks at most :data:`NEXT_SCAN` requests each way.
+        """
+        now = self.service.clock()
+        for before in (ListCursor.after(done, shown["sort"]), None):
+            page, _ = await self._pending_page(reviewer, shown, before, limit=NEXT_SCAN)
+            for item in page:
+                if (
+                    item.id != done.id
+                    and not item.is_expired_at(now)
+                    and ApprovalService.refusal(reviewer.principal, item) is None
+                ):
+                    return item.id
+        return None
 
     # -------------------------------------------------------------- history and audit
 
@@ -917,6 +984,30 @@ def _headers(request: Request) -> dict[str, str]:
     return security_headers(secure=request.url.scheme == "https")
 
 
+#: how much of an agent-written type or target a notice after a decision repeats
+NOTICE_TEXT: Final = 60
+
+
+def _clip(text: str, size: int = NOTICE_TEXT) -> str:
+    return text if len(text) <= size else text[: size - 1] + "\u2026"
+
+
+def _decided_notice(decided: ApprovalRequest, verdict: Verdict) -> str:
+    """``Decided: approved apr_… (refund on billing).`` and what follows from it."""
+    what = f"{decided.id} ({_clip(decided.action.type)} on {_clip(decided.action.target)})"
+    if verdict is Verdict.DENY:
+        return f"Decided: denied {what}. The agent has been told."
+    if decided.status is RequestStatus.APPROVED:
+        message = f"Decided: approved {what}. The agent may go ahead."
+        if decided.granted:
+            message += f" Grant {decided.granted} also covers the same actions for a while."
+        return message
+    return (
+        f"Decided: approved {what}; your approval is recorded ({len(decided.approvals)} of "
+        f"{decided.approvers}), it needs another reviewer."
+    )
+
+
 #: how many params a row's summary names, and how much of each value it shows
 SUMMARY_KEYS: Final = 3
 SUMMARY_VALUE: Final = 40
@@ -938,36 +1029,64 @@ def _summary_value(value: Any) -> str:
     return text if len(text) <= SUMMARY_VALUE else text[: SUMMARY_VALUE - 1] + "…"
 
 
-#: how the Pending page may be ordered
-PENDING_SORTS: Final = ("newest", "expiring", "risk")
+#: the list's query parameters, in the order its links carry them
+LIST_PARAMS: Final = ("sort", "risk", "agent", "rule")
 
 
-def _pending_filters(query: Mapping[str, str]) -> dict[str, str]:
-    """The Pending page's sort and filters from its query; unknown values are ignored."""
-    sort = query.get("sort", "newest")
-    risk = query.get("risk", "").lower()
-    return {
-        "sort": sort if sort in PENDING_SORTS else "newest",
-        "risk": risk if risk.upper() in RiskLevel.__members__ else "",
+def _pending_filters(query: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The Pending list's sort and filters from a query, and what was wrong with it.
+
+    A value the list cannot take is dropped with a message naming it, the
+    same check the JSON API makes (there a 422).
+    """
+    problems: list[str] = []
+    shown = {
+        "sort": "newest",
+        "risk": "",
         "agent": query.get("agent", "").strip()[:200],
         "rule": query.get("rule", "").strip()[:200],
     }
+    try:
+        shown["sort"] = request_sort(query.get("sort"))
+    except ApprovalServiceError as exc:
+        problems.append(f"{exc.message}; showing newest first.")
+    try:
+        levels = risk_levels(query.get("risk"))
+    except ApprovalServiceError as exc:
+        problems.append(f"{exc.message}; showing every risk.")
+    else:
+        if levels:
+            shown["risk"] = ",".join(level.name.lower() for level in sorted(levels, reverse=True))
+    return shown, problems
 
 
-def _arrange(views: list[dict[str, Any]], shown: Mapping[str, str]) -> list[dict[str, Any]]:
-    """``views`` filtered by risk, agent and rule, in the order asked for."""
-    kept = [
-        view
-        for view in views
-        if (not shown["risk"] or view["risk_level"] == shown["risk"])
-        and (not shown["agent"] or view["requester"] == shown["agent"])
-        and (not shown["rule"] or view["matched_rule"] == shown["rule"])
-    ]
-    if shown["sort"] == "expiring":
-        kept.sort(key=lambda view: int(view["expires_ms"]))
-    elif shown["sort"] == "risk":
-        kept.sort(key=lambda view: (-RiskLevel[str(view["risk"])].value, -int(view["created_ms"])))
-    return kept
+def _filtered(shown: Mapping[str, str]) -> bool:
+    return any(shown[name] for name in ("risk", "agent", "rule"))
+
+
+def _list_params(shown: Mapping[str, str]) -> dict[str, str]:
+    """The query parameters that bring the list back as ``shown`` (defaults left out)."""
+    return {
+        name: shown[name]
+        for name in LIST_PARAMS
+        if shown[name] and not (name == "sort" and shown[name] == "newest")
+    }
+
+
+def _list_query(shown: Mapping[str, str]) -> str:
+    return urllib.parse.urlencode(_list_params(shown))
+
+
+def _store_filters(shown: Mapping[str, str], reviewer: Reviewer) -> dict[str, Any]:
+    """The store's filters of ``shown``, for the requests this reviewer's groups may decide."""
+    return {
+        "risk": frozenset(RiskLevel[name.upper()] for name in shown["risk"].split(","))
+        if shown["risk"]
+        else None,
+        "requester": shown["agent"] or None,
+        "rule": shown["rule"] or None,
+        "groups": reviewer.principal.groups,
+    }
 
 
 #: a params document longer than this many lines shows its head and an "expand" cue
@@ -1050,17 +1169,6 @@ def _audit_filters(shown: Mapping[str, str]) -> dict[str, Any]:
             raise ValueError("after must be a record id")
         filters["after_id"] = int(shown["after"])
     return filters
-
-
-def _before(text: str | None) -> tuple[datetime, str] | None:
-    """The ``before`` of a page link (``<created_at>~<id>``); ``None`` if absent or unreadable."""
-    moment, sep, request_id = (text or "").partition("~")
-    if not sep or not request_id:
-        return None
-    try:
-        return datetime.fromisoformat(moment).astimezone(UTC), request_id
-    except ValueError:
-        return None
 
 
 def _head_id(head: Any) -> int:

@@ -165,7 +165,7 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
             "get": {
-                "summary": "List requests, newest first (reviewer role)",
+                "summary": "List requests, filtered and sorted by the store (reviewer role)",
                 "parameters": [
                     {
                         "name": "status",
@@ -176,9 +176,49 @@ def openapi_document() -> dict[str, Any]:
                     },
                     {"name": "requester", "in": "query", "schema": {"type": "string"}},
                     {"name": "session", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "risk",
+                        "in": "query",
+                        "description": "one risk level or several, comma separated",
+                        "schema": {"type": "string", "examples": ["high,critical"]},
+                    },
+                    {"name": "rule", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "sort",
+                        "in": "query",
+                        "description": "newest first, closest to expiring first, or highest "
+                        "risk first (newest first within a risk)",
+                        "schema": {"enum": ["newest", "expiring", "risk"], "default": "newest"},
+                    },
                     {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "the next page: the 'next' of the page before, same sort",
+                        "schema": {"type": "string"},
+                    },
                 ],
-                "responses": {"200": _json({"type": "object"}, "requests"), **_errors(401, 403)},
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "approvals": {"type": "array", "items": _ref("ApprovalRequest")},
+                                "total": {
+                                    "type": "integer",
+                                    "description": "every request the filters match",
+                                },
+                                "more": {
+                                    "type": "integer",
+                                    "description": "how many follow this page",
+                                },
+                                "next": {"type": ["string", "null"]},
+                            },
+                        },
+                        "requests",
+                    ),
+                    **_errors(401, 403, 422),
+                },
             },
         },
         "/api/v1/approvals/{id}": {

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -40,6 +40,7 @@ from aegis.core.action import action_digest
 from aegis.core.approval_request import (
     ApprovalRequest,
     Grant,
+    ListCursor,
     NewRequest,
     RequestStatus,
     Role,
@@ -51,6 +52,7 @@ from aegis.core.approval_request import (
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.explain import safe_why
 from aegis.core.identity import Identity
+from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
 from aegis.server.bounds import PollSlots
 from aegis.stores.approvals import ApprovalStore, AuditEvent, hash_token, new_request_id
@@ -540,24 +542,16 @@ class ApprovalService:
         principal: Principal,
         status: RequestStatus | None = RequestStatus.PENDING,
         *,
-        requester: str | None = None,
-        session_id: str | None = None,
         limit: int = 100,
-        before: tuple[datetime, str] | None = None,
+        before: ListCursor | tuple[datetime, str] | None = None,
+        **filters: Any,
     ) -> list[ApprovalRequest]:
         """Requests newest first (reviewer role); ``status=None`` lists all.
 
-        ``requester`` and ``session_id`` narrow the list to one agent or
-        session; ``before`` (a request's ``created_at`` and ``id``) pages on.
+        ``filters`` are :meth:`page_requests`'s (``requester``, ``session_id``,
+        ``risk``, ``rule``, ``groups``, ``sort``); ``before`` pages on.
         """
-        page, _ = await self.page_requests(
-            principal,
-            status,
-            requester=requester,
-            session_id=session_id,
-            limit=limit,
-            before=before,
-        )
+        page, _ = await self.page_requests(principal, status, limit=limit, before=before, **filters)
         return page
 
     async def page_requests(
@@ -567,36 +561,57 @@ class ApprovalService:
         *,
         requester: str | None = None,
         session_id: str | None = None,
+        risk: Collection[RiskLevel] | None = None,
+        rule: str | None = None,
+        groups: Collection[str] | None = None,
+        sort: str = "newest",
         limit: int = 100,
-        before: tuple[datetime, str] | None = None,
+        before: ListCursor | tuple[datetime, str] | None = None,
     ) -> tuple[list[ApprovalRequest], int]:
-        """A page of :meth:`list_requests` and how many more follow it.
+        """A page of requests in the order ``sort``, and how many more follow it.
 
-        A flood of requests must not push older ones out of sight without a
-        word: the count says how many the page leaves out, and the last
-        request of the page is where the next page starts.
+        The store filters and orders (``risk`` levels, ``rule``, the agent
+        ``requester``, ``session_id``, and ``groups``: open to anyone or
+        naming one of them), so counts and pages are true however many
+        match. A flood of requests must not push older ones out of sight
+        without a word: the count says how many the page leaves out, and
+        the last request of the page is where the next page starts
+        (:meth:`ListCursor.after <aegis.core.approval_request.ListCursor.after>`).
         """
         self._require(principal, Role.REVIEWER, "listing approval requests")
         await self.expire_due()
+        filters: dict[str, Any] = {
+            "requester": requester,
+            "session_id": session_id,
+            "risk": risk,
+            "rule": rule,
+            "groups": groups,
+        }
         page = await self._call(
-            self.store.list_requests,
-            status,
-            requester=requester,
-            session_id=session_id,
-            limit=limit,
-            before=before,
+            self.store.list_requests, status, sort=sort, limit=limit, before=before, **filters
         )
-        if len(page) < limit:
-            return page, 0
-        last = page[-1]
-        more = await self._call(
-            self.store.count_requests,
-            status,
-            requester=requester,
-            session_id=session_id,
-            before=(last.created_at, last.id),
-        )
+        more = 0
+        if len(page) >= limit:
+            more = await self._call(
+                self.store.count_requests,
+                status,
+                before=ListCursor.after(page[-1], sort),
+                **filters,
+            )
+        if groups is not None:  # exactly: the store may match a quoted name too widely
+            wanted = set(groups)
+            page = [r for r in page if not r.reviewers or wanted & set(r.reviewers)]
         return page, more
+
+    async def count_requests(
+        self,
+        principal: Principal,
+        status: RequestStatus | None = RequestStatus.PENDING,
+        **filters: Any,
+    ) -> int:
+        """How many requests :meth:`page_requests` with these filters lists in all."""
+        self._require(principal, Role.REVIEWER, "counting approval requests")
+        return await self._call(self.store.count_requests, status, **filters)
 
     async def wait(self, principal: Principal, request_id: str, timeout: float) -> ApprovalRequest:
         """Answer as soon as the request is no longer pending, or after ``timeout`` seconds.

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from aegis.core.approval_request import (
+    REQUEST_SORTS,
     ApprovalRequest,
     Grant,
     InboxSession,
+    ListCursor,
     RequestStatus,
     ReviewerDecision,
     Role,
@@ -195,6 +197,20 @@ _SESSION_COLUMNS: Final = "id_hash, token_hash, identity, csrf, created_at, expi
 _TOKEN_COLUMNS: Final = (
     "name, role, groups_json, created_at, expires_at, revoked_at, oidc_issuer, oidc_subject"
 )
+
+
+#: a request's risk as a number, for the order "highest risk first"
+_RISK_RANK: Final = (
+    "(CASE risk_level "
+    + " ".join(f"WHEN '{level.name}' THEN {int(level)}" for level in RiskLevel)
+    + " ELSE 0 END)"
+)
+#: ORDER BY of each sort; the last key is the id, so the order is total
+_ORDERS: Final = {
+    "newest": "created_at DESC, id DESC",
+    "expiring": "expires_at ASC, id ASC",
+    "risk": f"{_RISK_RANK} DESC, created_at DESC, id DESC",
+}
 
 
 class Conflict(Exception):
@@ -403,19 +419,40 @@ class SqlApprovalStore:
         with self._transaction(write=False) as tx:
             return self._fetch(tx, request_id)
 
-    @staticmethod
+    #: the engine's test that the column's text holds the argument's, exactly
+    _CONTAINS: ClassVar[str] = "instr({column}, ?) > 0"
+
+    @classmethod
     def _filters(
+        cls,
         status: RequestStatus | None,
         requester: str | None,
         session_id: str | None,
-        before: tuple[datetime, str] | None,
+        before: ListCursor | tuple[datetime, str] | None,
+        *,
+        risk: Collection[RiskLevel] | None = None,
+        rule: str | None = None,
+        groups: Collection[str] | None = None,
     ) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         args: list[Any] = []
+        if isinstance(before, tuple):
+            before = ListCursor("newest", before[0], before[1])
         if before is not None:
             # Keyset paging in the list's own order: stable while new ones arrive.
-            clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            args.extend((iso(before[0]), iso(before[0]), before[1]))
+            if before.sort == "expiring":
+                clauses.append("(expires_at > ? OR (expires_at = ? AND id > ?))")
+                args.extend((iso(before.at), iso(before.at), before.id))
+            elif before.sort == "risk":
+                clauses.append(
+                    f"({_RISK_RANK} < ? OR ({_RISK_RANK} = ? AND "
+                    "(created_at < ? OR (created_at = ? AND id < ?))))"
+                )
+                rank = int(before.risk)
+                args.extend((rank, rank, iso(before.at), iso(before.at), before.id))
+            else:
+                clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
+                args.extend((iso(before.at), iso(before.at), before.id))
         if status is not None:
             clauses.append("status = ?")
             args.append(status.value)
@@ -425,6 +462,25 @@ class SqlApprovalStore:
         if session_id is not None:
             clauses.append("session_id = ?")
             args.append(session_id)
+        if risk is not None:
+            levels = sorted({RiskLevel(level).name for level in risk})
+            if not levels:
+                clauses.append("1 = 0")
+            else:
+                clauses.append(f"risk_level IN ({', '.join('?' * len(levels))})")
+                args.extend(levels)
+        if rule is not None:
+            clauses.append("matched_rule = ?")
+            args.append(rule)
+        if groups is not None:
+            # Open to anyone, or naming one of the groups: each group as its JSON
+            # text, quotes and all, so "ops" never matches "ops2". A name holding
+            # an escaped quote may match too widely; the caller checks exactly.
+            either = ["reviewer_groups = '[]'"]
+            for group in sorted(set(groups)):
+                either.append(cls._CONTAINS.format(column="reviewer_groups"))
+                args.append(json.dumps(group))
+            clauses.append(f"({' OR '.join(either)})")
         return clauses, args
 
     def list_requests(
@@ -433,16 +489,27 @@ class SqlApprovalStore:
         *,
         requester: str | None = None,
         session_id: str | None = None,
+        risk: Collection[RiskLevel] | None = None,
+        rule: str | None = None,
+        groups: Collection[str] | None = None,
+        sort: str = "newest",
         limit: int = 100,
-        before: tuple[datetime, str] | None = None,
+        before: ListCursor | tuple[datetime, str] | None = None,
     ) -> list[ApprovalRequest]:
         """See :meth:`aegis.stores.approvals.ApprovalStore.list_requests`."""
-        clauses, args = self._filters(status, requester, session_id, before)
+        order = _ORDERS.get(sort)
+        if order is None:
+            raise ValueError(f"sort {sort!r} is not one of {', '.join(REQUEST_SORTS)}")
+        if isinstance(before, ListCursor) and before.sort != sort:
+            raise ValueError(f"a cursor of a list sorted by {before.sort} cannot page by {sort}")
+        clauses, args = self._filters(
+            status, requester, session_id, before, risk=risk, rule=rule, groups=groups
+        )
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self._transaction(write=False) as tx:
             rows = tx.all(
                 f"SELECT {_REQUEST_COLUMNS} FROM {{p}}aegis_approval_requests{where} "
-                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                f"ORDER BY {order} LIMIT ?",
                 (*args, max(1, min(limit, 1000))),
             )
             return [self._request(tx, row) for row in rows]
@@ -453,10 +520,15 @@ class SqlApprovalStore:
         *,
         requester: str | None = None,
         session_id: str | None = None,
-        before: tuple[datetime, str] | None = None,
+        risk: Collection[RiskLevel] | None = None,
+        rule: str | None = None,
+        groups: Collection[str] | None = None,
+        before: ListCursor | tuple[datetime, str] | None = None,
     ) -> int:
         """See :meth:`aegis.stores.approvals.ApprovalStore.count_requests`."""
-        clauses, args = self._filters(status, requester, session_id, before)
+        clauses, args = self._filters(
+            status, requester, session_id, before, risk=risk, rule=rule, groups=groups
+        )
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self._transaction(write=False) as tx:
             rows = tx.all(f"SELECT COUNT(*) FROM {{p}}aegis_approval_requests{where}", args)

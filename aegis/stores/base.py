@@ -45,7 +45,7 @@ for engines without faster ways.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal, NamedTuple, Protocol, runtime_checkable
@@ -54,6 +54,7 @@ from aegis.core.approval_request import (
     ApprovalRequest,
     Grant,
     InboxSession,
+    ListCursor,
     RequestStatus,
     TokenInfo,
     Verdict,
@@ -63,6 +64,7 @@ from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.limits import Charge, FlowEvent
 from aegis.core.record import AuditRecord, RecordDraft, RecordKind, export_line
+from aegis.core.risk import RiskLevel
 from aegis.errors import ConfigurationError
 
 __all__ = [
@@ -417,13 +419,28 @@ class ApprovalStore(Protocol):
         *,
         requester: str | None = None,
         session_id: str | None = None,
+        risk: Collection[RiskLevel] | None = None,
+        rule: str | None = None,
+        groups: Collection[str] | None = None,
+        sort: str = "newest",
         limit: int = 100,
-        before: tuple[datetime, str] | None = None,
+        before: ListCursor | tuple[datetime, str] | None = None,
     ) -> list[ApprovalRequest]:
-        """Requests, newest first, optionally of one status, requester or session.
+        """Requests in the order ``sort``, optionally narrowed by the filters.
 
-        ``before`` (a request's ``created_at`` and ``id``) starts the page
-        after that request, in the same order: the next page of a list.
+        Filters: one ``status``, ``requester`` or ``session_id``; ``risk``
+        one of these levels; ``rule`` the matched rule; ``groups`` open to
+        any reviewer or naming one of these reviewer groups (a name holding
+        an escaped quote may match too widely: check exactly after).
+        ``sort`` is one of :data:`~aegis.core.approval_request.REQUEST_SORTS`
+        (ValueError otherwise): ``newest`` (``created_at`` then ``id``,
+        descending), ``expiring`` (``expires_at`` then ``id``, ascending),
+        ``risk`` (highest first, then newest first).
+
+        ``before`` (a :class:`~aegis.core.approval_request.ListCursor` of
+        the same sort, or for ``newest`` a request's ``created_at`` and
+        ``id``) starts the page after that request, in the same order: the
+        next page of a list.
         """
         ...
 
@@ -433,11 +450,14 @@ class ApprovalStore(Protocol):
         *,
         requester: str | None = None,
         session_id: str | None = None,
-        before: tuple[datetime, str] | None = None,
+        risk: Collection[RiskLevel] | None = None,
+        rule: str | None = None,
+        groups: Collection[str] | None = None,
+        before: ListCursor | tuple[datetime, str] | None = None,
     ) -> int:
-        """How many requests there are, optionally of one status, requester or session.
+        """How many requests :meth:`list_requests` with these filters would list in all.
 
-        ``before``: only those a :meth:`list_requests` page with it would list.
+        ``before``: only those after the cursor, as a page with it would list them.
         """
         ...
 

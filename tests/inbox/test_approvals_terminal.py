@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -195,6 +196,36 @@ def test_list_sorts_by_risk_and_filters_by_agent(setup: Setup) -> None:
     assert [r["risk_level"] for r in listed][:3] == ["critical", "high", "high"]
     nobody = piped(setup, "approvals", "list", "--agent", "someone-else", "--format", "json")
     assert json.loads(nobody.stdout) == []
+
+
+def test_list_filters_by_risk_and_rule_on_the_service_and_pages_with_them(setup: Setup) -> None:
+    """--risk and --rule are asked of the service; the next-page command keeps them and --sort."""
+    critical = json.loads(
+        piped(setup, "approvals", "list", "--risk", "critical", "--format", "json").stdout
+    )
+    assert [r["id"] for r in critical] == [setup.ids[1]]
+    several = piped(setup, "approvals", "list", "--risk", "HIGH", "--risk", "critical",
+                    "--rule", "big-refunds", "--sort", "expiring", "--limit", "1")  # fmt: skip
+    assert several.returncode == 0, several.stderr
+    assert "2 more after these" in several.stderr
+    command = several.stderr.split("the next page: ", 1)[1].strip()
+    assert "--sort expiring --risk critical --risk high --rule big-refunds --before " in command
+    second = piped(setup, *shlex.split(command)[1:], "--format", "json")
+    assert second.returncode == 0, second.stderr
+    assert "1 more after these" in second.stderr
+    third = piped(setup, *shlex.split(second.stderr.split("the next page: ", 1)[1])[1:],
+                  "--format", "json")  # fmt: skip
+    first = piped(setup, *several.args[3:], "--format", "json")
+    pages = [json.loads(p.stdout) for p in (first, second, third)]
+    assert [len(page) for page in pages] == [1, 1, 1]
+    assert sorted(page[0]["id"] for page in pages) == sorted(setup.ids)
+    # on a terminal: the count is of every request matching, and says so
+    status, out, _ = on_terminal(setup, "approvals", "list", "--rule", "refunds")
+    assert status == 0
+    assert "2 pending requests matching the filters; 2 shown" in out
+    bad = piped(setup, "approvals", "list", "--risk", "severe")
+    assert bad.returncode == 2
+    assert "--risk" in bad.stderr
 
 
 def test_piped_list_carries_summary_and_why(setup: Setup) -> None:

@@ -165,7 +165,10 @@ def test_person_signs_in_decides_within_their_groups_and_signs_out(world: World)
     page.fill("#comment", "Rotation window agreed with the on-call")
     page.check("#confirm")  # a HIGH risk request asks for the box
     page.click("#approve")
-    expect(page.locator(".flash-ok")).to_contain_text("Approved")
+    expect(page.locator(".flash-ok")).to_contain_text(f"Decided: approved {security}")
+    # nothing else of hers is pending: back on the list, which says so
+    expect(page.locator(".flash-ok")).to_contain_text("Nothing else is pending")
+    page.goto(f"{world.server.url}/requests/{security}")
     expect(page.locator(".decisions")).to_contain_text("Alice Example")
     expect(page.locator(".decisions .identity")).to_contain_text(
         f"alice at {world.provider.issuer}"

@@ -210,7 +210,8 @@ async def test_decision_needs_the_csrf_token_and_same_origin(site: Site) -> None
         )
         assert done.status_code == 303
         page = await client.get(done.headers["location"])
-    assert "Approved. The agent may go ahead." in page.text
+    assert f"Decided: approved {request['id']} (refund on billing)" in page.text
+    assert "The agent may go ahead." in page.text
     assert (await site.store_request(request["id"]))["status"] == "approved"
 
 
@@ -561,3 +562,143 @@ async def test_pending_sorts_and_filters(site: Site) -> None:
         rows = await client.get("/inbox/pending-rows", params={"sort": "risk", "risk": "critical"})
         assert order(rows.text) == [critical["id"]]
         assert rows.headers["x-pending-total"] == "3"
+
+
+def _order(html: str) -> list[str]:
+    return re.findall(r'class="request-row" data-id="([^"]+)"', html)
+
+
+async def _mixed(site: Site) -> dict[str, dict[str, Any]]:
+    """Five pending requests of mixed risk, rule and expiry, filed oldest first."""
+    made = {}
+    for name, risk, rule, ttl in [
+        ("old-low", "low", "notes", 300),
+        ("critical", "critical", "erasure", 200),
+        ("high", "high", "refunds", 500),
+        ("new-low", "low", "notes", 400),
+        ("medium", "medium", "refunds", 100),
+    ]:
+        made[name] = await site.ask(
+            session_id=name, risk_level=risk, matched_rule=rule, approval_ttl=ttl
+        )
+    return made
+
+
+async def test_pending_filters_and_sorts_every_request_not_one_page(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With pages of two, the filter and the sort cover all pending; links keep them."""
+    monkeypatch.setattr("aegis.server.inbox.PENDING_PAGE", 2)
+    made = await _mixed(site)
+    ids = {name: request["id"] for name, request in made.items()}
+    async with site.client() as client:
+        await site.sign_in(client, "alice")
+        lows = (await client.get("/", params={"risk": "low"})).text
+        assert _order(lows) == [ids["new-low"], ids["old-low"]]
+        assert "5 pending in all; 2 match the filters." in lows
+        first = (await client.get("/", params={"sort": "risk", "rule": "refunds"})).text
+        assert _order(first) == [ids["high"], ids["medium"]]
+        by_risk = (await client.get("/", params={"sort": "risk"})).text
+        assert _order(by_risk) == [ids["critical"], ids["high"]]
+        assert "3 more pending after these" in by_risk
+        # the request links carry the list's query, for the next one after a decision
+        assert f'href="/requests/{ids["critical"]}?sort=risk"' in by_risk
+        link = re.search(r'<a href="([^"]+)">Next page</a>', by_risk)
+        assert link is not None
+        assert "sort=risk" in link.group(1)
+        second = (await client.get(link.group(1).replace("&amp;", "&"))).text
+        assert _order(second) == [ids["medium"], ids["new-low"]]
+        expiring = (await client.get("/", params={"sort": "expiring"})).text
+        assert _order(expiring) == [ids["medium"], ids["critical"]]
+        several = (await client.get("/", params={"risk": "high,critical", "sort": "risk"})).text
+        assert _order(several) == [ids["critical"], ids["high"]]
+        rows = await client.get("/inbox/pending-rows", params={"risk": "low"})
+        assert _order(rows.text) == [ids["new-low"], ids["old-low"]]
+        assert rows.headers["x-pending-total"] == "5"
+        assert rows.headers["x-pending-matching"] == "2"
+        # a value the list cannot take is named, and the list shown without it
+        bad = await client.get("/", params={"sort": "oldest", "risk": "severe"})
+        assert bad.status_code == 400
+        assert "sort=&#39;oldest&#39; is not a sort" in bad.text
+        assert "risk=&#39;severe&#39; is not a risk level" in bad.text
+        stale = await client.get("/", params={"sort": "expiring", "before": "x~y"})
+        assert stale.status_code == 400
+        assert "page link is out of date" in stale.text
+
+
+async def test_the_api_filters_and_sorts_in_the_store_and_names_bad_values(site: Site) -> None:
+    """GET /api/v1/approvals takes risk, rule, sort; counts all; a bad value is a 422 naming it."""
+    made = await _mixed(site)
+    ids = {name: request["id"] for name, request in made.items()}
+    reviewer = {"Authorization": "Bearer alice-secret"}
+    async with site.client() as client:
+
+        async def listed(**params: Any) -> dict[str, Any]:
+            answer = await client.get("/api/v1/approvals", params=params, headers=reviewer)
+            assert answer.status_code == 200, answer.text
+            return dict(answer.json())
+
+        page = await listed(sort="risk", limit=2)
+        assert [r["id"] for r in page["approvals"]] == [ids["critical"], ids["high"]]
+        assert (page["total"], page["more"]) == (5, 3)
+        rest = await listed(sort="risk", limit=5, before=page["next"])
+        assert [r["id"] for r in rest["approvals"]] == [
+            ids["medium"],
+            ids["new-low"],
+            ids["old-low"],
+        ]
+        refunds = await listed(rule="refunds", risk="medium,high", sort="expiring")
+        assert [r["id"] for r in refunds["approvals"]] == [ids["medium"], ids["high"]]
+        assert refunds["total"] == 2
+        for params, named in [
+            ({"sort": "oldest"}, "sort="),
+            ({"risk": "high,severe"}, "risk="),
+            ({"sort": "expiring", "before": page["next"]}, "before"),
+            ({"limit": "0"}, "limit"),
+        ]:
+            answer = await client.get("/api/v1/approvals", params=params, headers=reviewer)
+            assert answer.status_code == 422, params
+            assert answer.json()["error"]["message"].startswith(named), answer.text
+
+
+async def test_a_decision_goes_on_to_the_next_pending_of_the_list(site: Site) -> None:
+    """After a decision the next request of the filtered, sorted list opens, saying what was done.
+
+    Back to the list when none is left.
+    """
+    made = await _mixed(site)
+    ids = {name: request["id"] for name, request in made.items()}
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+
+        async def decide(name: str, query: str, verdict: str = "approve") -> str:
+            done = await client.post(
+                f"/requests/{ids[name]}/decision?{query}",
+                data={"verdict": verdict, "confirm": "yes", "csrf": csrf},
+            )
+            assert done.status_code == 303, done.text
+            return str(done.headers["location"])
+
+        where = await decide("critical", "sort=risk")
+        assert where == f"/requests/{ids['high']}?sort=risk"
+        page = (await client.get(where)).text
+        assert f"Decided: approved {ids['critical']} (refund on billing)." in page
+        assert "Showing the next pending request." in page
+        assert 'id="approve"' in page
+        assert (await site.store_request(ids["critical"]))["status"] == "approved"
+        # within the filter: the one after it in the list, then none, back to the list
+        where = await decide("old-low", "sort=expiring&rule=notes", "deny")
+        assert where == f"/requests/{ids['new-low']}?sort=expiring&rule=notes"
+        where = await decide("new-low", "sort=expiring&rule=notes")
+        assert where == "/?sort=expiring&rule=notes"
+        page = (await client.get(where)).text
+        assert f"Decided: approved {ids['new-low']} (refund on billing)." in page
+        assert "Nothing else is pending that matches the filters." in page
+        # a decided page offers the next one (n), in the same list
+        decided = (await client.get(f"/requests/{ids['new-low']}?sort=risk")).text
+        assert f'href="/requests/{ids["high"]}?sort=risk">Next pending request' in decided
+        # the last ones: nothing else pending at all
+        await decide("high", "")
+        where = await decide("medium", "")
+        assert where == "/"
+        assert "Nothing else is pending." in (await client.get(where)).text

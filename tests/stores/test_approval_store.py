@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aegis.core.action import Action, action_digest
 from aegis.core.approval_request import (
+    REQUEST_SORTS,
     ApprovalRequest,
+    ListCursor,
     RequestStatus,
     Role,
     TokenInfo,
@@ -311,6 +314,84 @@ def test_count_by_status(store: ApprovalStore) -> None:
     assert store.count_requests(RequestStatus.PENDING) == 3
     assert store.count_requests(RequestStatus.APPROVED) == 1
     assert store.count_requests(RequestStatus.EXPIRED) == 0
+
+
+def _varied(store: ApprovalStore) -> list[ApprovalRequest]:
+    """Twelve pending requests of mixed risk, rule, agent, groups, age and expiry."""
+    made = []
+    for n in range(12):
+        base = make(session=f"v{n}", amount=n, requester=("bot", "crawler")[n % 2])
+        fields = {f: getattr(base, f) for f in base.__dataclass_fields__}
+        fields.update(
+            risk_level=list(RiskLevel)[n % 4],
+            matched_rule=("refunds", "erasure", "notes")[n % 3],
+            reviewers=(("ops",), (), ("finance", "ops2"))[n % 3],
+            # ties on purpose: created in pairs, expiring in threes
+            created_at=NOW + timedelta(seconds=n // 2),
+            expires_at=NOW + timedelta(seconds=600 - 60 * (n // 3)),
+        )
+        request, _ = store.create_request(ApprovalRequest(**fields), NOW)
+        made.append(request)
+    return made
+
+
+def _expected_order(requests: list[ApprovalRequest], sort: str) -> list[str]:
+    if sort == "expiring":
+        return [r.id for r in sorted(requests, key=lambda r: (r.expires_at, r.id))]
+    if sort == "risk":
+        key = lambda r: (r.risk_level, r.created_at, r.id)  # noqa: E731
+        return [r.id for r in sorted(requests, key=key, reverse=True)]
+    return [r.id for r in sorted(requests, key=lambda r: (r.created_at, r.id), reverse=True)]
+
+
+@pytest.mark.parametrize("sort", REQUEST_SORTS)
+def test_sorted_pages_list_each_request_once_in_order(store: ApprovalStore, sort: str) -> None:
+    """Paged by cursor in each order, every request comes once, in that order, counts true."""
+    made = _varied(store)
+    seen: list[str] = []
+    cursor: ListCursor | None = None
+    while True:
+        page = store.list_requests(RequestStatus.PENDING, sort=sort, limit=5, before=cursor)
+        left = store.count_requests(RequestStatus.PENDING, before=cursor)
+        assert left == len(made) - len(seen)
+        seen += [r.id for r in page]
+        if len(page) < 5:
+            break
+        cursor = ListCursor.parse(ListCursor.after(page[-1], sort).text(), sort)
+    assert seen == _expected_order(made, sort)
+
+
+def test_filters_by_risk_rule_agent_and_groups(store: ApprovalStore) -> None:
+    """Risk levels, rule, agent and reviewer groups narrow the list, and its count alike."""
+    made = _varied(store)
+    decide(store, made[3].id, "alice", Verdict.DENY)  # not pending any more
+    cases: list[tuple[dict[str, Any], Callable[[ApprovalRequest], bool]]] = [
+        ({"risk": {RiskLevel.HIGH, RiskLevel.CRITICAL}}, lambda r: r.risk_level >= RiskLevel.HIGH),
+        ({"risk": set()}, lambda r: False),
+        ({"rule": "erasure"}, lambda r: r.matched_rule == "erasure"),
+        ({"requester": "crawler"}, lambda r: r.requester == "crawler"),
+        ({"groups": ["ops"]}, lambda r: r.reviewers in ((), ("ops",))),
+        ({"groups": []}, lambda r: r.reviewers == ()),
+        ({"groups": ["ops2"], "rule": "notes"}, lambda r: r.matched_rule == "notes"),
+        ({"rule": "refunds", "risk": {RiskLevel.LOW}}, lambda r: r.id == made[0].id),
+    ]
+    for filters, wanted in cases:
+        expected = [r.id for r in made if r.id != made[3].id and wanted(r)]
+        listed = store.list_requests(RequestStatus.PENDING, sort="expiring", **filters)
+        assert sorted(r.id for r in listed) == sorted(expected), filters
+        assert store.count_requests(RequestStatus.PENDING, **filters) == len(expected), filters
+    assert store.count_requests(risk={RiskLevel.LOW}) == 3
+
+
+def test_unknown_sort_and_a_cursor_of_another_sort_are_refused(store: ApprovalStore) -> None:
+    """A sort the store does not know, or a cursor from another order, is a ValueError."""
+    made = _varied(store)
+    with pytest.raises(ValueError, match="sort"):
+        store.list_requests(sort="oldest")
+    with pytest.raises(ValueError, match="risk"):
+        store.list_requests(sort="expiring", before=ListCursor.after(made[0], "risk"))
+    with pytest.raises(ValueError, match="sorted by expiring"):
+        ListCursor.parse(ListCursor.after(made[0], "expiring").text(), "newest")
 
 
 def test_racing_reviewers_exactly_one_wins(db: str) -> None:

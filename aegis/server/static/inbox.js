@@ -40,7 +40,7 @@
     var live = document.getElementById("live");
     var tbody = document.getElementById("pending-rows");
     if (!live || !tbody || !window.EventSource) return;
-    var busy = false, again = false, total = null;
+    var busy = false, again = false, total = null, matching = null;
 
     function refresh() {
       if (busy) { again = true; return; }
@@ -50,6 +50,7 @@
           if (response.status === 401 || response.redirected) { window.location.reload(); return null; }
           if (!response.ok) throw new Error("HTTP " + response.status);
           total = response.headers.get("X-Pending-Total");
+          matching = response.headers.get("X-Pending-Matching");
           return response.text();
         })
         .then(function (html) {
@@ -67,7 +68,12 @@
           var count = document.getElementById("pending-count");
           if (count) count.textContent = total !== null ? total : String(rows.length);
           var summary = document.getElementById("pending-total");
-          if (summary && total !== null) summary.textContent = total + " pending in all.";
+          if (summary && total !== null) {
+            // the first page, as filtered and sorted: the live list never pages
+            summary.textContent = total + " pending in all" +
+              (summary.dataset.filtered && matching !== null ? "; " + matching + " match the filters" : "") +
+              (rows.length < Number(summary.dataset.filtered ? matching : total) ? "; " + rows.length + " on this page" : "") + ".";
+          }
           tick();
         })
         .catch(function () { /* the next event or the reconnect tries again */ })
@@ -115,7 +121,9 @@
     document.addEventListener("keydown", function (event) {
       if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
       var tag = (event.target.tagName || "").toLowerCase();
-      if (tag === "input" || tag === "textarea" || tag === "select" || event.target.isContentEditable) {
+      // a checkbox takes no letters: a, d and c work on from the confirm box
+      var box = tag === "input" && event.target.type === "checkbox";
+      if ((tag === "input" && !box) || tag === "textarea" || tag === "select" || event.target.isContentEditable) {
         if (event.key === "Escape") event.target.blur();
         return;
       }
@@ -161,7 +169,7 @@
       try { ids = JSON.parse(event.data); } catch (e) { return; }
       if (!Array.isArray(ids) || ids.indexOf(article.dataset.id) >= 0) return;
       // not among the newest pending: ask the page itself whether it still is
-      fetch(window.location.pathname, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      fetch(window.location.pathname, { credentials: "same-origin", headers: { "Accept": "text/html", "X-Inbox-Peek": "1" } })
         .then(function (response) { return response.ok ? response.text() : null; })
         .then(function (html) {
           if (html === null) return;
@@ -180,9 +188,24 @@
       });
     }
     window.addEventListener("pagehide", function () { source.close(); });
+    // deciding here: the page is about to go on, nothing to watch any more
+    var form = document.getElementById("decide");
+    if (form) form.addEventListener("submit", function (event) {
+      // after every listener: the confirm box may still hold the approval back
+      setTimeout(function () { if (!event.defaultPrevented) source.close(); }, 0);
+    });
+  }
+
+  // what the last step did (e.g. "Decided: approved ..."), read out once the page has loaded
+  function announce() {
+    var flash = document.querySelector(".flash");
+    var region = document.getElementById("announce");
+    if (!flash || !region) return;
+    setTimeout(function () { region.textContent = flash.textContent; }, 250);
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    announce();
     watchRequest();
     tick();
     setInterval(tick, 1000);

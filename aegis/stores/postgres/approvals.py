@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from aegis.stores._approvals_sql import (
     COMPONENT,
@@ -97,6 +97,8 @@ class PostgresApprovalStore(SqlApprovalStore):
     The tables are ready when the constructor returns: a wrong DSN or a
     dead server fails here, not at the first request.
     """
+
+    _CONTAINS: ClassVar[str] = "strpos({column}, ?) > 0"
 
     def __init__(
         self,
