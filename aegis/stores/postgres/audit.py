@@ -298,14 +298,17 @@ def _array(values: Sequence[object]) -> str:
     """``values`` as PostgreSQL's text form of a ``text[]``: quoted, escaped, NULL for None."""
     parts = []
     for value in values:
-        if value is None:
+        if type(value) is str:
+            text = value
+        elif value is None:
             parts.append("NULL")
             continue
-        if not isinstance(value, str):
+        elif isinstance(value, str):
+            text = str.__str__(value)
+        else:
             raise StoreError(
                 f"an audit record field holds {type(value).__name__} {value!r}, not text"
             )
-        text = value if type(value) is str else str.__str__(value)
         if "\\" in text or '"' in text:
             text = text.replace("\\", "\\\\").replace('"', '\\"')
         parts.append(f'"{text}"')
@@ -340,7 +343,10 @@ def _storable(draft: RecordDraft) -> RecordDraft:
     # PostgreSQL text cannot hold NUL (JSON text escapes it, scalars may
     # not); the hash covers exactly what is stored, so mark it before sealing.
     for value in draft:
-        if isinstance(value, str) and "\x00" in value:
+        if type(value) is str:
+            if "\x00" in value:
+                break
+        elif value is not None and isinstance(value, str) and "\x00" in value:
             break
     else:
         return draft
@@ -452,6 +458,7 @@ class PostgresAuditStore(ReadMixin):
         self._checkpoints: sql.Composed | None = None
         self._sql_append = self._sql_flush = self._sql_lock = self._sql_last = ""
         self._sql_call = b""
+        self._encoding = "utf-8"
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
         # appends of other threads waiting for the lock: the next holder
@@ -753,6 +760,7 @@ class PostgresAuditStore(ReadMixin):
 
     def _prepare_call(self, conn: Connection) -> None:
         """Prepare the CALL of the append procedure on ``conn`` (once per connection)."""
+        self._encoding = conn.info.encoding  # the parameters' (UTF8 unless the DSN says)
         pgconn = conn.pgconn
         with conn.lock:
             pgconn.send_prepare(_PREPARED, self._sql_call)
@@ -775,7 +783,7 @@ class PostgresAuditStore(ReadMixin):
         CPU than the round trip. The wait is the connection's, bounded by
         ``response_timeout`` like every other.
         """
-        encoding = conn.info.encoding
+        encoding = self._encoding
         parameters = _call_parameters(drafts, pieces, durable, encoding)
         pgconn = conn.pgconn
         for attempt in (1, 2):
