@@ -24,6 +24,7 @@ __all__ = [
     "PARSE_ERROR",
     "POLICY_REFUSED",
     "Frame",
+    "IdScanner",
     "Message",
     "RequestId",
     "error_reply",
@@ -232,8 +233,12 @@ class _Overflow(str):
     __slots__ = ()
 
 
+class _NotJson(ValueError):
+    """``NaN`` or ``Infinity``: Python reads them, JSON has no such literal."""
+
+
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotJson(f"{name} is not JSON")
 
 
 def _finite_float(text: str) -> float:
@@ -246,6 +251,13 @@ def _finite_float(text: str) -> float:
 def _kept_float(text: str) -> float | _Overflow:
     value = float(text)
     return value if math.isfinite(value) else _Overflow(text)
+
+
+def _kept_int(text: str) -> int | _Overflow:
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        return _Overflow(text)
 
 
 def decode_strict(raw: bytes | str) -> Any:
@@ -290,9 +302,14 @@ def parse_frame(raw: bytes | str) -> Frame:
         return _ambiguous(raw, str(exc))
     except _NonFinite:
         return _non_finite(raw)
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError and invalid UTF-8 in bytes.
+    except (json.JSONDecodeError, UnicodeDecodeError, _NotJson) as exc:
         return Frame(replies=(error_reply(None, PARSE_ERROR, f"Parse error: {_short(exc)}"),))
+    except ValueError:
+        # Valid JSON with an integer of more digits than Python converts.
+        return _non_finite(raw)
+    except RecursionError:
+        # Valid JSON nested deeper than the proxy reads: refused under its id.
+        return Frame(replies=(_too_deep(raw),))
     if isinstance(value, list):
         members = tuple(m for m in value if isinstance(m, dict))
         return Frame(replies=batch_refusal(value), batch=bool(value), members=members)
@@ -319,7 +336,9 @@ def _lenient(raw: bytes | str) -> tuple[Any, RequestId | None]:
         return dict(pairs)
 
     try:
-        value = json.loads(raw, object_pairs_hook=keep, parse_float=_kept_float)
+        value = json.loads(
+            raw, object_pairs_hook=keep, parse_float=_kept_float, parse_int=_kept_int
+        )
     except (ValueError, RecursionError):
         value = None
     request_id = None
@@ -364,14 +383,29 @@ def _non_finite(raw: bytes | str) -> Frame:
     except RecursionError:
         kept = None
     where, text = found[0] if found else ("", "")
-    what = f"{where} is {text}" if where else f"{text or 'a number'} is"
-    why = f"{what}, a number beyond a float's range (it would be read as infinity)"
+    shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+    what = f"{where} is {shown}" if where else f"{shown or 'a number'} is"
+    if text and not any(c in text for c in ".eE"):
+        why = f"{what}, an integer of more digits than the proxy reads"
+    else:
+        why = f"{what}, a number beyond a float's range (it would be read as infinity)"
     if where.startswith("params"):
         reply = error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")
     else:
         reply = error_reply(request_id, INVALID_REQUEST, f"Invalid Request: {why}")
     members = (kept,) if isinstance(kept, dict) else ()
     return Frame(replies=(reply,), members=members, why=f"its {why}")
+
+
+def _too_deep(raw: bytes | str) -> Message:
+    """The refusal of a message nested too deep to decode, under its top-level id if any."""
+    scanner = IdScanner()
+    scanner.feed(raw.encode() if isinstance(raw, str) else raw)
+    return error_reply(
+        scanner.found,
+        INVALID_REQUEST,
+        "Invalid Request: the message is nested deeper than the Aegis proxy reads",
+    )
 
 
 def _as_text(value: Any, where: str, found: list[tuple[str, str]]) -> Any:
@@ -384,6 +418,85 @@ def _as_text(value: Any, where: str, found: list[tuple[str, str]]) -> Any:
     if isinstance(value, list):
         return [_as_text(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
     return value
+
+
+class IdScanner:
+    """Finds the top-level ``"id"`` of a JSON object fed in pieces, without keeping it.
+
+    An oversized request is refused under its own id when the id can be
+    read: the client is waiting for exactly that id. Members nested in
+    ``params`` are skipped; only the object's own ``id`` counts.
+    """
+
+    _MAX_VALUE = 1024
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        self._key: bytearray | None = None  # a top-level key being read
+        self._last_key: bytes | None = None
+        self._value: bytearray | None = None  # the id's value being read
+        self._done = False
+        self.found: RequestId | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Read one more piece of the line."""
+        for byte in data:
+            if self._done:
+                return
+            self._step(byte)
+
+    def _step(self, byte: int) -> None:  # one JSON lexer state machine
+        if self._value is not None and not (
+            self._depth == 1 and not self._in_string and byte in b",}"
+        ):
+            self._value.append(byte)
+            if len(self._value) > self._MAX_VALUE:
+                self._done = True
+        if self._in_string:
+            if self._escaped:
+                self._escaped = False
+            elif byte == 0x5C:  # backslash
+                self._escaped = True
+            elif byte == 0x22:  # the closing quote
+                self._in_string = False
+                if self._key is not None:
+                    self._last_key, self._key = bytes(self._key), None
+                return
+            if self._key is not None:
+                self._key.append(byte)
+            return
+        if byte == 0x22:
+            self._in_string = True
+            if self._depth == 1 and self._value is None and self._last_key is None:
+                self._key = bytearray()
+            return
+        if byte in b"{[":
+            self._depth += 1
+        elif byte in b"}]":
+            self._depth -= 1
+            if self._depth <= 0:
+                self._finish_value()
+                self._done = True
+        elif byte == 0x3A and self._depth == 1:  # ':'
+            if self._last_key == b"id":
+                self._value = bytearray()
+        elif byte == 0x2C and self._depth == 1:  # ','
+            self._finish_value()
+            self._last_key = None
+
+    def _finish_value(self) -> None:
+        if self._value is None:
+            return
+        raw, self._value = bytes(self._value), None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            self.found = value
+            self._done = True
 
 
 def batch_refusal(batch: list[Any]) -> tuple[Message, ...]:

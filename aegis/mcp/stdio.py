@@ -20,7 +20,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any
 
-from aegis.mcp._jsonrpc import INVALID_REQUEST, Message, RequestId, error_reply, parse_frame
+from aegis.mcp._jsonrpc import (
+    INVALID_REQUEST,
+    IdScanner,
+    Message,
+    RequestId,
+    error_reply,
+    parse_frame,
+)
 from aegis.mcp.proxy import ProxySession, SendToClient
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerGone", "serve_stdio"]
@@ -44,85 +51,6 @@ class _Oversized:
         self.request_id = request_id
 
 
-class _IdScanner:
-    """Finds the top-level ``"id"`` of a JSON object fed in pieces, without keeping it.
-
-    An oversized request is refused under its own id when the id can be
-    read: the client is waiting for exactly that id. Members nested in
-    ``params`` are skipped; only the object's own ``id`` counts.
-    """
-
-    _MAX_VALUE = 1024
-
-    def __init__(self) -> None:
-        self._depth = 0
-        self._in_string = False
-        self._escaped = False
-        self._key: bytearray | None = None  # a top-level key being read
-        self._last_key: bytes | None = None
-        self._value: bytearray | None = None  # the id's value being read
-        self._done = False
-        self.found: RequestId | None = None
-
-    def feed(self, data: bytes) -> None:
-        """Read one more piece of the line."""
-        for byte in data:
-            if self._done:
-                return
-            self._step(byte)
-
-    def _step(self, byte: int) -> None:  # one JSON lexer state machine
-        if self._value is not None and not (
-            self._depth == 1 and not self._in_string and byte in b",}"
-        ):
-            self._value.append(byte)
-            if len(self._value) > self._MAX_VALUE:
-                self._done = True
-        if self._in_string:
-            if self._escaped:
-                self._escaped = False
-            elif byte == 0x5C:  # backslash
-                self._escaped = True
-            elif byte == 0x22:  # the closing quote
-                self._in_string = False
-                if self._key is not None:
-                    self._last_key, self._key = bytes(self._key), None
-                return
-            if self._key is not None:
-                self._key.append(byte)
-            return
-        if byte == 0x22:
-            self._in_string = True
-            if self._depth == 1 and self._value is None and self._last_key is None:
-                self._key = bytearray()
-            return
-        if byte in b"{[":
-            self._depth += 1
-        elif byte in b"}]":
-            self._depth -= 1
-            if self._depth <= 0:
-                self._finish_value()
-                self._done = True
-        elif byte == 0x3A and self._depth == 1:  # ':'
-            if self._last_key == b"id":
-                self._value = bytearray()
-        elif byte == 0x2C and self._depth == 1:  # ','
-            self._finish_value()
-            self._last_key = None
-
-    def _finish_value(self) -> None:
-        if self._value is None:
-            return
-        raw, self._value = bytes(self._value), None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return
-        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
-            self.found = value
-            self._done = True
-
-
 async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes | _Oversized]:
     """Each line of input, or an :class:`_Oversized` for a line past the reader's limit."""
     while True:
@@ -141,7 +69,7 @@ async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes | _Oversi
 
 async def _skip_line(reader: asyncio.StreamReader) -> RequestId | None:
     """Read past an oversized line, keeping only its top-level id."""
-    scanner = _IdScanner()
+    scanner = IdScanner()
     while True:
         try:
             scanner.feed(await reader.readuntil(b"\n"))

@@ -73,6 +73,13 @@ def test_a_batch_gets_an_error_per_request() -> None:
             -32602,
             "params.n",
         ),
+        (
+            '{"jsonrpc": "2.0", "id": 6, "method": "x", "params": {"n": -' + "9" * 5000 + "}}",
+            6,
+            -32602,
+            "params.n is -9999",
+        ),
+        ('{"jsonrpc": "2.0", "id": ' + "9" * 5000 + ', "method": "ping"}', None, -32600, "id is"),
     ],
 )
 def test_a_number_past_a_floats_range_is_refused_naming_it(

@@ -299,6 +299,8 @@ def test_an_argument_under_a_ref_outside_the_schema_is_refused_and_recorded(
             "params.arguments.options.n",
         ),
         ('{"path": "/srv/a", "paths": [1, 1.5e309]}', "params.arguments.paths[1]"),
+        # an integer of more digits than Python converts (4300) is refused the same way
+        ('{"path": "/srv/a", "count": ' + "7" * 5000 + "}", "params.arguments.count"),
     ],
 )
 def test_a_number_json_cannot_carry_is_refused_naming_its_member(

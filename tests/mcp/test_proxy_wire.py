@@ -74,6 +74,12 @@ def test_batch_smuggling_a_blocked_call_is_refused_whole(wire: tuple[RawProxy, F
             -32600,
         ),
         ('{"jsonrpc": "2.0", "method": "ping", "x": "' + "a" * 5000 + '"}', None, -32600),
+        # Valid JSON nested deeper than Python decodes: refused under its id all the same.
+        (
+            '{"jsonrpc": "2.0", "id": 12, "method": "ping", "x": ' + "[" * 1900 + "]" * 1900 + "}",
+            12,
+            -32600,
+        ),
     ],
 )
 def test_bad_frames_get_json_rpc_errors(
