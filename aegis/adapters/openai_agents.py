@@ -141,8 +141,20 @@ class _Reach:
         setattr(agent, _AGENT_MARK, self.governor)  # first: handoff cycles end here
         agent.tools = [self.tool(t) for t in agent.tools]
         agent.handoffs = [self.handoff(h) for h in agent.handoffs]
-        if agent.mcp_servers:
-            self.mcp_tools(agent)
+        self.mcp_tools(agent)  # also when none yet: servers added later are governed too
+        self.clones(agent)
+
+    def clones(self, agent: Any) -> None:
+        # Agent.clone copies the dataclass fields only, not what govern() set on
+        # the instance (the governed MCP listing, the mark): govern each clone.
+        clone = agent.clone
+
+        def governed_clone(**changes: Any) -> Any:
+            copy_ = clone(**changes)
+            self.agent(copy_)
+            return copy_
+
+        agent.clone = governed_clone
 
     def tool(self, tool: Any) -> Any:
         if isinstance(tool, FunctionTool):

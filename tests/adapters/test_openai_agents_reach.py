@@ -144,6 +144,40 @@ async def test_the_tools_of_mcp_servers_are_governed(tmp_path: Path) -> None:
     assert sorted(_outcomes(audit)) == [("delete", "blocked"), ("read", "success")]
 
 
+async def test_a_clone_of_a_governed_agent_is_governed(tmp_path: Path) -> None:
+    """Agent.clone copies fields only: its MCP servers' tools and new tools are governed still."""
+    log = tmp_path / "calls.jsonl"
+    audit = InMemoryAuditLog()
+    ran: list[Any] = []
+    policy = {
+        "version": "1",
+        "defaults": {"approval": "auto", "risk_level": "low"},
+        "rules": [{"name": "no-deletes", "match": {"type": "delete*"}, "approval": "block"}],
+    }
+    server = MCPServerStdio(
+        params={"command": sys.executable, "args": [str(FILES_SERVER), "--log", str(log)]},
+        client_session_timeout_seconds=30,
+    )
+    model = ScriptedModel(
+        [
+            [
+                function_call("delete", {"path": "/srv/readme.txt"}, "m1"),
+                function_call("delete_customer", {"customer_id": 7}, "m2"),
+            ],
+            [output_text("done")],
+        ]
+    )
+    async with server:
+        agent = govern(
+            Agent(name="files", mcp_servers=[server]), make_runtime(audit=audit, policy=policy)
+        )
+        clone = agent.clone(name="copy", model=model, tools=[_delete(ran)])
+        await Runner.run(clone, "go")
+    assert not log.exists() or log.read_text() == ""
+    assert ran == []
+    assert sorted(_outcomes(audit)) == [("delete", "blocked"), ("delete_customer", "blocked")]
+
+
 def test_a_tool_that_cannot_be_governed_is_refused_unless_named() -> None:
     """A hosted tool runs at the provider, out of reach: govern() refuses it unless told."""
     search = WebSearchTool()
