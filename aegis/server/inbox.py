@@ -74,6 +74,7 @@ __all__ = [
     "Reviewer",
     "human_duration",
     "params_summary",
+    "params_tree",
     "security_headers",
     "visible_controls",
 ]
@@ -666,7 +667,7 @@ class Inbox:
         async def stream() -> AsyncIterator[str]:
             try:
                 yield "retry: 2000\n\n"
-                last: list[str] | None = None
+                last: dict[str, Any] | None = None
                 quiet = 0.0
                 while not await request.is_disconnected():
                     current = await self.reviewer(request)
@@ -674,10 +675,14 @@ class Inbox:
                         yield "event: signout\ndata: {}\n\n"
                         return
                     page, _ = await self._pending_page(current, shown)
-                    ids = [item.id for item in page]
+                    # the rows as filtered, and the badge's count of all pending
+                    total = await self.service.count_requests(
+                        current.principal, RequestStatus.PENDING, groups=current.principal.groups
+                    )
+                    ids = {"ids": [item.id for item in page], "total": total}
                     if ids != last:
                         # the first event too: the page may be older than this stream,
-                        # and the script refreshes only if its rows differ
+                        # and the script refreshes only if its rows or count differ
                         yield f"event: pending\ndata: {json.dumps(ids)}\n\n"
                         quiet = 0.0
                     elif quiet >= KEEPALIVE:
@@ -737,7 +742,8 @@ class Inbox:
                 "title": f"{found.action.type} on {found.action.target}",
                 "page": "request",
                 "req": view,
-                **_params_parts(_pretty_json(view["action"]["params"])),
+                "params": params_tree(view["action"]["params"]),
+                "params_json": _pretty_json(view["action"]["params"]),
                 "max_grant_minutes": MAX_GRANT_MINUTES,
                 "refusal": f"You cannot decide this: {refusal}." if refusal else None,
                 "next_request": following,
@@ -1089,21 +1095,53 @@ def _store_filters(shown: Mapping[str, str], reviewer: Reviewer) -> dict[str, An
     }
 
 
-#: a params document longer than this many lines shows its head and an "expand" cue
-PARAMS_LINES: Final = 40
-PARAMS_HEAD: Final = 30
+#: how many keys or items of one object or list show before "N more ... expand"
+PARAMS_ITEMS: Final = 25
+#: how many characters of one string show before "N more characters ... expand"
+PARAMS_TEXT: Final = 600
+#: how deep the tree nests before a value shows as JSON text (wrapped alike)
+PARAMS_DEPTH: Final = 6
 
 
-def _params_parts(text: str) -> dict[str, Any]:
-    """The params' JSON whole, or its head and the rest behind a cue naming how much."""
-    lines = text.splitlines()
-    if len(lines) <= PARAMS_LINES:
-        return {"params_json": text, "params_rest": ""}
+def _text_node(kind: str, text: str) -> dict[str, Any]:
+    if len(text) <= PARAMS_TEXT:
+        return {"kind": kind, "text": text, "rest": ""}
+    return {"kind": kind, "text": text[:PARAMS_TEXT], "rest": text[PARAMS_TEXT:]}
+
+
+def params_tree(value: Any, depth: int = 0) -> dict[str, Any]:
+    """The params as a tree the request page draws as nested key/value lists.
+
+    An object or list shows its first :data:`PARAMS_ITEMS` entries and keeps
+    the rest behind a cue naming how many; a string its first
+    :data:`PARAMS_TEXT` characters, likewise; below :data:`PARAMS_DEPTH`
+    levels a value is its JSON text. Nothing is left out: every value is on
+    the page, some behind an "expand". The template escapes every key and
+    value, as it does all an agent wrote.
+    """
+    if isinstance(value, Mapping | list) and value and depth >= PARAMS_DEPTH:
+        return _text_node("json", json.dumps(value, ensure_ascii=False, default=str))
+    if isinstance(value, Mapping):
+        entries = [(str(key), params_tree(item, depth + 1)) for key, item in value.items()]
+        return _container("map", entries)
+    if isinstance(value, list):
+        entries = [(str(index), params_tree(item, depth + 1)) for index, item in enumerate(value)]
+        return _container("list", entries)
+    if isinstance(value, str):
+        return _text_node("str" if value else "empty", value or '""')
+    if isinstance(value, bool) or value is None:
+        return {"kind": "lit", "text": json.dumps(value), "rest": ""}
+    if isinstance(value, int | float):
+        return {"kind": "num", "text": json.dumps(value), "rest": ""}
+    return _text_node("str", str(value))
+
+
+def _container(kind: str, entries: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     return {
-        "params_json": text,
-        "params_head": "\n".join(lines[:PARAMS_HEAD]),
-        "params_rest": "\n".join(lines[PARAMS_HEAD:]),
-        "params_rest_count": len(lines) - PARAMS_HEAD,
+        "kind": kind,
+        "size": len(entries),
+        "shown": entries[:PARAMS_ITEMS],
+        "hidden": entries[PARAMS_ITEMS:],
     }
 
 

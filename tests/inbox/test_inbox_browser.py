@@ -206,7 +206,7 @@ def test_request_appears_live_and_approval_lets_the_runtime_run(world: World) ->
     page.goto(
         world.server.url + (world.row(pending, "refund").locator("a").get_attribute("href") or "")
     )
-    expect(page.locator("#params")).to_contain_text('"amount": 900')
+    expect(page.locator("#params .p-entry", has_text="amount")).to_contain_text("900")
     expect(page.locator(".agent-said .agent-text")).to_contain_text("charged twice")
     expect(page.locator("#why")).to_contain_text("refunds")
     expect(page.locator("#why")).to_contain_text("refunds move money, so a person checks them")
@@ -292,6 +292,7 @@ def test_hostile_params_render_as_text(world: World) -> None:
     world.row(page, "crm<b>bold</b>").locator("a").click()
     expect(page.locator("#params")).to_contain_text(script)
     expect(page.locator("#params")).to_contain_text(image)
+    expect(page.locator("#params-json pre")).to_contain_text(script)
     expect(page.locator(".agent-said .agent-text")).to_have_text(image)
     assert page.locator("main img").count() == 0
     assert page.locator("main b").count() == 0
@@ -445,7 +446,7 @@ def test_every_page_passes_axe(
         page.goto(world.server.url + path)
         problems[path] = _axe_problems(page, axe_source)
     page.goto(world.server.url + href)
-    page.locator("#more-params summary").click()
+    page.locator(".more-params summary").first.click()
     page.check("#confirm")
     page.click("#deny")
     expect(page.locator(".flash-ok")).to_contain_text("Decided: denied")
@@ -454,3 +455,119 @@ def test_every_page_passes_axe(
     context.close()
     found = [f"{path}: {problem}" for path, listed in problems.items() for problem in listed]
     assert found == [], "\n".join(found)
+
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1180, "height": 760}
+
+#: elements of main wider than the screen, as "tag.class right=..."
+OVERFLOWING = """() => Array.from(document.querySelectorAll('main *'))
+  .filter(el => { const r = el.getBoundingClientRect();
+                  return r.width > 0 && r.height > 0 && r.right > window.innerWidth + 0.5; })
+  .map(el => el.tagName.toLowerCase() + '.' + el.className + ' right=' +
+             Math.round(el.getBoundingClientRect().right))"""
+
+
+@pytest.mark.parametrize("size", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_nested_params_read_whole_without_sideways_scroll(
+    world: World, size: dict[str, int]
+) -> None:
+    """Nested params are key/value rows, long text wraps; every value is shown or one click away."""
+    page = world.signed_in()
+    page.set_viewport_size(size)
+    memo = "ref:" + "7f3a9c" * 150  # 904 characters without a space
+    deep: Any = {"level": 7, "value": "at the bottom"}
+    for level in range(6, 0, -1):
+        deep = {"level": level, "inner": deep}
+    params = {
+        "amount": 1299,
+        "memo": memo,
+        "customer": {"id": "c_4242", "email": "someone.with.a.very.long.address@example.com",
+                     "tags": ["vip", "eu", ""], "flags": {}},
+        "lines": [{"sku": f"sku-{i:02d}", "qty": i, "gift": i % 2 == 0} for i in range(30)],
+        "deep": deep,
+        "note": None,
+    }  # fmt: skip
+    target = f"nested-{size['width']}"
+    future = world.agent.start(Action("refund", target, params, "nested params"))
+    expect(world.row(page, target)).to_be_visible(timeout=WAIT_MS)
+    world.row(page, target).locator("a").click()
+    tree = page.locator("#params")
+    expect(tree.locator(".p-entry", has_text="amount").first).to_contain_text("1299")
+    assert page.evaluate("document.documentElement.scrollWidth") <= size["width"]
+    assert page.evaluate(OVERFLOWING) == []
+    # what is held back says how much, and opens on a click (or Enter on its summary)
+    more = tree.locator("details.more-params > summary")
+    expect(more.filter(has_text="5 more items of 30")).to_have_count(1)
+    expect(more.filter(has_text="304 more characters of 904")).to_have_count(1)
+    while tree.locator("details.more-params:not([open]) > summary").count():
+        tree.locator("details.more-params:not([open]) > summary").first.click()
+    assert page.evaluate(OVERFLOWING) == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= size["width"]
+    # every value is on the page and visible now
+    leaves = tree.locator(".p-str, .p-num, .p-lit, .p-empty, .p-json")
+    assert leaves.count() > 0
+    hidden = [i for i in range(leaves.count()) if not leaves.nth(i).is_visible()]
+    assert hidden == []
+    for i in range(30):
+        expect(tree.locator(".p-str", has_text=f"sku-{i:02d}")).to_have_count(1)
+    memo_row = tree.locator(".p-entry", has=page.locator("dt", has_text="memo"))
+    assert "".join(memo_row.locator(".p-str").all_text_contents()) == memo
+    expect(tree).to_contain_text("at the bottom")  # below the tree's depth: JSON text, wrapped
+    expect(tree).to_contain_text("someone.with.a.very.long.address@example.com")
+    page.screenshot(path=OUTPUT / f"inbox-params-{size['width']}.png", full_page=True)
+    page.click("#deny")
+    expect(page.locator(".flash-ok")).to_contain_text("Decided: denied")
+    assert future.result(WAIT_MS / 1000).status is ResultStatus.DENIED
+    page.context.close()
+
+
+@pytest.mark.parametrize("size", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_a_filtered_list_by_url_stays_filtered_live_and_the_keyboard_goes_on(
+    world: World, size: dict[str, int]
+) -> None:
+    """A linked filter holds live; a, Space, a approve a CRITICAL one, the next opens; d, back."""
+    page = world.signed_in()
+    page.set_viewport_size(size)
+    tag = f"kb{size['width']}"
+    page.goto(f"{world.server.url}/?risk=critical&sort=expiring")
+    expect(page.locator("#f-risk")).to_have_value("critical")
+    expect(page.locator("#f-sort")).to_have_value("expiring")
+    expect(page.locator("#live")).to_have_class("live on", timeout=WAIT_MS)
+    first = world.agent.start(Action("delete_customer", f"{tag}-1", {"customer": "c_1"}))
+    expect(world.row(page, f"{tag}-1")).to_be_visible(timeout=WAIT_MS)
+    second = world.agent.start(Action("delete_customer", f"{tag}-2", {"customer": "c_2"}))
+    note = world.agent.start(Action("add_note", f"{tag}-note", {"text": "low"}))
+    expect(world.row(page, f"{tag}-2")).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#pending-count")).to_have_text("3", timeout=WAIT_MS)
+    expect(page.locator("#pending-total")).to_contain_text("2 match the filters")
+    expect(world.row(page, f"{tag}-note")).to_have_count(0)  # live, and still filtered
+    assert page.url.endswith("/?risk=critical&sort=expiring")
+
+    world.row(page, f"{tag}-1").locator("a").click()
+    expect(page).to_have_url(re.compile(r"/requests/apr_\w+\?sort=expiring&risk=critical$"))
+    first_id = page.locator("#request").get_attribute("data-id")
+    page.keyboard.press("a")  # CRITICAL: the confirm box first
+    expect(page.locator("#confirm")).to_be_focused()
+    assert not first.done()
+    page.keyboard.press("Space")
+    expect(page.locator("#confirm")).to_be_checked()
+    page.keyboard.press("a")
+    # on to the next critical one by itself, saying what was decided, aloud too
+    notice = f"Decided: approved {first_id} (delete_customer on {tag}-1)"
+    expect(page.locator(".flash-ok")).to_contain_text(notice)
+    expect(page.locator("#announce")).to_contain_text(notice)
+    expect(page.locator("h1")).to_contain_text(f"{tag}-2")
+    assert first.result(WAIT_MS / 1000).status is ResultStatus.SUCCESS
+    page.screenshot(path=OUTPUT / f"inbox-next-{size['width']}.png", full_page=True)
+    page.keyboard.press("d")
+    expect(page.locator(".flash-ok")).to_contain_text("Decided: denied")
+    expect(page.locator(".flash-ok")).to_contain_text(
+        "Nothing else is pending that matches the filters"
+    )
+    expect(page).to_have_url(f"{world.server.url}/?sort=expiring&risk=critical")
+    assert second.result(WAIT_MS / 1000).status is ResultStatus.DENIED
+    expect(world.row(page, f"{tag}-note")).to_have_count(0)
+    note.cancel()
+    expect(page.locator("#pending-count")).to_have_text("0", timeout=WAIT_MS)
+    page.context.close()

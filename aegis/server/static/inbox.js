@@ -87,9 +87,11 @@
     source.addEventListener("open", function () { live.classList.add("on"); live.textContent = "live"; });
     source.addEventListener("error", function () { live.classList.remove("on"); live.textContent = "reconnecting"; });
     source.addEventListener("pending", function (event) {
-      var ids = null;
-      try { ids = JSON.parse(event.data); } catch (e) { ids = null; }
-      if (Array.isArray(ids) && ids.join("\n") === rowIds(tbody).join("\n")) return;
+      var data = null;
+      try { data = JSON.parse(event.data); } catch (e) { data = null; }
+      var count = document.getElementById("pending-count");
+      if (data && Array.isArray(data.ids) && data.ids.join("\n") === rowIds(tbody).join("\n") &&
+          (!count || count.textContent === String(data.total))) return;
       refresh();
     });
     source.addEventListener("signout", function () { source.close(); window.location.reload(); });
@@ -166,7 +168,7 @@
     var source = new EventSource(article.dataset.events);
     source.addEventListener("pending", function (event) {
       var ids = null;
-      try { ids = JSON.parse(event.data); } catch (e) { return; }
+      try { ids = JSON.parse(event.data).ids; } catch (e) { return; }
       if (!Array.isArray(ids) || ids.indexOf(article.dataset.id) >= 0) return;
       // not among the newest pending: ask the page itself whether it still is
       fetch(window.location.pathname, { credentials: "same-origin", headers: { "Accept": "text/html", "X-Inbox-Peek": "1" } })
