@@ -9,10 +9,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 from mcp_support import HERE, ROOT, Files, NpmPackages
+
+sys.path.insert(0, str(HERE.parent / "server"))
+from service_support import Service, add_tokens  # tests/server's helpers
 
 POLICY = """\
 version: "1"
@@ -31,20 +37,28 @@ rules:
 """
 
 
-def _host(npm: NpmPackages, files: Files, steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run the TypeScript SDK client against the proxy in front of server-everything."""
+def _host_command(
+    npm: NpmPackages, files: Files, steps: list[dict[str, Any]], *options: str
+) -> list[str]:
+    """The TypeScript SDK client's command line, against the proxy in front of server-everything."""
     proxy = [
         sys.executable, "-m", "aegis", "mcp-proxy", "--policy", str(files.policy),
-        "--db", files.db, "--name", "everything", "--", "node", str(npm.everything), "stdio",
+        "--db", files.db, "--name", "everything", *options,
+        "--", "node", str(npm.everything), "stdio",
     ]  # fmt: skip
+    return [
+        "node",
+        str(HERE / "npm" / "ts_client.mjs"),
+        str(npm.sdk),
+        json.dumps(proxy),
+        json.dumps(steps),
+    ]
+
+
+def _host(npm: NpmPackages, files: Files, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run the TypeScript SDK client against the proxy in front of server-everything."""
     done = subprocess.run(
-        [
-            "node",
-            str(HERE / "npm" / "ts_client.mjs"),
-            str(npm.sdk),
-            json.dumps(proxy),
-            json.dumps(steps),
-        ],
+        _host_command(npm, files, steps),
         capture_output=True,
         text=True,
         timeout=180,
@@ -114,3 +128,66 @@ def test_the_typescript_sdk_host_runs_task_calls(npm_packages: NpmPackages, tmp_
         ("get-env", "blocked"),
         ("simulate-research-query", "success"),
     }
+
+
+APPROVED_ECHO = """\
+version: "1"
+defaults: {risk_level: medium, approval: block}
+rules:
+  - name: echo-needs-a-person
+    match: {type: echo}
+    risk_level: medium
+    approval: approve
+"""
+
+
+def test_a_typescript_host_waits_for_a_reviewer_longer_than_its_request_timeout(
+    npm_packages: NpmPackages, tmp_path: Path
+) -> None:
+    """The proxy's progress resets the TS SDK's 2 s timeout while alice takes 4 s: the call runs."""
+    db = str(tmp_path / "approvals.db")
+    add_tokens(db)
+    service = Service(db, tmp_path).start()
+    files = Files(tmp_path, APPROVED_ECHO)
+    message = f"wait for alice {uuid.uuid4().hex}"
+    steps = [
+        {"kind": "patient", "name": "echo", "arguments": {"message": message}, "timeout": 2000}
+    ]
+    options = ("--approval-url", service.url, "--approval-token", "bot-secret")
+    command = _host_command(npm_packages, files, steps, *options, "--progress-interval", "0.5")
+    host = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        alice = httpx.Client(
+            base_url=service.url, headers={"Authorization": "Bearer alice-secret"}, timeout=10
+        )
+        with alice:
+            deadline = time.monotonic() + 120
+            pending: list[Any] = []
+            while not pending:
+                assert time.monotonic() < deadline, "the call never reached the reviewer"
+                assert host.poll() is None, host.communicate()[1][-3000:]
+                approvals = alice.get("/api/v1/approvals").json()["approvals"]
+                pending = [a for a in approvals if a["action"]["params"] == {"message": message}]
+                time.sleep(0.1)
+            time.sleep(4)  # twice the host's request timeout
+            decided = alice.post(
+                f"/api/v1/approvals/{pending[0]['id']}/decision",
+                json={"verdict": "approve", "comment": "ok"},
+            )
+            assert decided.status_code == 200, decided.text
+        out, err = host.communicate(timeout=120)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait(10)
+        service.stop()
+    assert host.returncode == 0, err[-3000:]
+    [step] = json.loads(out)["steps"]
+    assert "error" not in step, step
+    assert step["result"]["content"] == [{"type": "text", "text": f"Echo: {message}"}]
+    assert step["elapsed"] > 4000
+    assert step["progress"] >= 4
+    [record] = files.records()
+    assert (record["action_type"], record["result_status"]) == ("echo", "success")

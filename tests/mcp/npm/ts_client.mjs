@@ -26,6 +26,16 @@ for (const step of steps) {
     } else if (step.kind === "call") {
       const result = await client.callTool({ name: step.name, arguments: step.arguments });
       out.steps.push({ result });
+    } else if (step.kind === "patient") {
+      // A call with a short request timeout that each progress notification resets,
+      // as hosts do for long-running tools (the SDK sends a progressToken with onprogress).
+      let progress = 0;
+      const started = Date.now();
+      const result = await client.callTool(
+        { name: step.name, arguments: step.arguments }, CallToolResultSchema,
+        { timeout: step.timeout, resetTimeoutOnProgress: true, onprogress: () => { progress += 1; } },
+      );
+      out.steps.push({ result, progress, elapsed: Date.now() - started });
     } else if (step.kind === "task") {
       const seen = [];
       const stream = client.experimental.tasks.callToolStream(
