@@ -268,7 +268,10 @@ def _convert(value: Any, kind: str) -> Any:
             return value == 1
     elif kind == "integer":
         if isinstance(value, str) and _INTEGER.fullmatch(value):
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:  # more digits than Python converts: left as it is
+                return _MISSING
         if type(value) is float and value.is_integer():
             return int(value)
     elif kind == "number" and isinstance(value, str) and _NUMBER.fullmatch(value):
