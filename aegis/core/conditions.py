@@ -533,6 +533,9 @@ def _compile_path(name: str, path: str, expected: object, *, blocking: bool = Tr
     def under(one: object) -> bool:
         if not isinstance(one, str):
             raise Unevaluable(f"param {path!r} holds {kind_of(one)}, not a path ({name})")
+        if "\x00" in one:
+            # A server in C reads the path only up to the NUL, before any ".." after it.
+            raise Unevaluable(f"param {path!r} holds a NUL character, which ends a path ({name})")
         clean = normalize_path(one)
         if clean is None:
             raise Unevaluable(

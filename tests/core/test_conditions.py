@@ -96,6 +96,9 @@ def decide(conditions: dict[str, Any], params: dict[str, Any] | None = None, **k
         ("path_under", "/srv/secret", ["/srv/public/a"], "no match"),
         ("path_under", "/srv/secret", [], "no match"),
         ("path_under", "/srv/secret", "secret/key.txt", "unevaluable"),
+        # a C server reads /srv/secret, up to the NUL; lexically it is /srv/public
+        ("path_under", "/srv/secret", "/srv/secret\x00/../public", "unevaluable"),
+        ("path_not_under", "/srv/public", "/srv/secret\x00/../public/a", "unevaluable"),
         ("path_under", "/srv/secret", 7, "unevaluable"),
         ("path_under", "/srv/secret", ["/srv/public/a", 7], "unevaluable"),
         ("path_under", "/", "/anything", "match"),
