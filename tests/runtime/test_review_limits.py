@@ -24,7 +24,7 @@ rules:
 
 @pytest.mark.parametrize(
     ("first", "second"),
-    [(7, 7.0), (0, -0.0), ({"id": 7}, {"id": 7.0}), ([7], [7.0])],
+    [(7, 7.0), (7, "7"), ("7", 7), (0, -0.0), ({"id": 7}, {"id": 7.0}), ([7], [7.0])],
 )
 async def test_a_budget_key_spelt_as_a_float_counts_with_its_int(
     tmp_path: Path, first: object, second: object
