@@ -6,17 +6,18 @@ exactly as hashed, so the server never re-renders what the hash covers.
 
 An append is one round trip and one statement. The client encodes its
 records' fields and the text their hashes cover
-(:func:`aegis.core.chain.hash_pieces`) and sends a prepared ``CALL`` of the
-schema's ``aegis_audit_append_call`` procedure, straight to libpq with its
-parameters already in PostgreSQL's text form (psycopg's adaptation of
-arrays cost more client CPU than the round trip). The procedure runs the
-``aegis_audit_append`` function, which takes the chain's
-transaction-scoped advisory lock, reads the head, links, hashes and
-inserts the records, and commits without waiting for the disk: the lock is
-held for a few statements on the server, never across a network round
-trip or an fsync. When the records must be durable, the procedure then
-commits and writes a one-line logical message whose commit waits for the
-disk; it lies after the append's, so its flush covers the records. Those
+(:func:`aegis.core.chain.hash_pieces`) and sends a prepared statement
+straight to libpq, its parameters already in PostgreSQL's text form
+(psycopg's adaptation of arrays cost more client CPU than the round trip):
+a ``SELECT`` of the schema's ``aegis_audit_append`` function, which takes
+the chain's transaction-scoped advisory lock, reads the head, links,
+hashes and inserts the records, and commits without waiting for the disk:
+the lock is held for a few statements on the server, never across a
+network round trip or an fsync. When the records must be durable, a
+``CALL`` of the ``aegis_audit_append_call`` procedure instead runs the
+function, commits, and then writes a one-line logical message whose
+commit waits for the disk; it lies after the append's, so its flush
+covers the records. Those
 flushes run outside the lock, so the writers of a fleet wait for the disk
 together (PostgreSQL's group commit): the chain grows with the number of
 writers, not one fsync at a time. Every record is in the chain the moment
@@ -249,8 +250,11 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 _CHECKPOINTS_SINCE: Final = 2
 #: the schema version that added APPEND_PROCEDURE
 _PROCEDURE_SINCE: Final = 4
-#: the name of the prepared CALL of APPEND_PROCEDURE on the writing connection
-_PREPARED: Final = b"aegis_audit_append_call"
+#: the prepared statements of the writing connection: a durable append (a
+#: CALL of APPEND_PROCEDURE), and one that waits for no disk (a SELECT of
+#: APPEND_FUNCTION, which costs the server less than a CALL)
+_PREPARED_DURABLE: Final = b"aegis_audit_append_durable"
+_PREPARED_QUICK: Final = b"aegis_audit_append_quick"
 
 #: rows per page when reading, and per round trip of the verifying cursor
 _PAGE: Final = 1000
@@ -316,9 +320,9 @@ def _array(values: Sequence[object]) -> str:
 
 
 def _call_parameters(
-    drafts: list[RecordDraft], pieces: list[tuple[str, str]], durable: bool, encoding: str
+    drafts: list[RecordDraft], pieces: list[tuple[str, str]], encoding: str
 ) -> list[bytes | None]:
-    """The parameters of the prepared CALL, in the text format, ready to send."""
+    """The parameters of a prepared append, in the text format, ready to send."""
     values: list[object] = []
     for draft in drafts:
         values.extend(draft[:-1])
@@ -335,7 +339,6 @@ def _call_parameters(
             f"an audit record holds text the connection's encoding ({encoding}) cannot "
             f"carry: {exc.reason}; connect with client_encoding UTF8"
         ) from exc
-    encoded.append(b"t" if durable else b"f")
     return encoded
 
 
@@ -457,7 +460,7 @@ class PostgresAuditStore(ReadMixin):
         self._table: sql.Composed | None = None
         self._checkpoints: sql.Composed | None = None
         self._sql_append = self._sql_flush = self._sql_lock = self._sql_last = ""
-        self._sql_call = b""
+        self._sql_call = self._sql_quick = b""
         self._encoding = "utf-8"
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
@@ -508,14 +511,18 @@ class PostgresAuditStore(ReadMixin):
         self._sql_lock = sql.SQL("SELECT pg_advisory_xact_lock({})").format(key).as_string(conn)
         # an older trail opened without migrating (create=False) has no procedure
         self._sql_call = (
-            sql.SQL(
-                "CALL {}.{}({}, $1::text[], $2::text[], $3::text[], $4::boolean, NULL, NULL, NULL)"
-            )
+            sql.SQL("CALL {}.{}({}, $1::text[], $2::text[], $3::text[], true, NULL, NULL, NULL)")
             .format(sql.Identifier(schema), sql.Identifier(APPEND_PROCEDURE), key)
             .as_string(conn)
             .encode()
             if version >= _PROCEDURE_SINCE
             else b""
+        )
+        self._sql_quick = (
+            sql.SQL("SELECT rid, rprev, rhash FROM {}.{}({}, $1::text[], $2::text[], $3::text[])")
+            .format(sql.Identifier(schema), sql.Identifier(APPEND_FUNCTION), key)
+            .as_string(conn)
+            .encode()
         )
         # the newest records of a session, to settle an append whose outcome is unknown
         self._sql_last = (
@@ -759,15 +766,21 @@ class PostgresAuditStore(ReadMixin):
         return conn
 
     def _prepare_call(self, conn: Connection) -> None:
-        """Prepare the CALL of the append procedure on ``conn`` (once per connection)."""
+        """Prepare the two appends on ``conn`` (once per connection; again if deallocated)."""
         self._encoding = conn.info.encoding  # the parameters' (UTF8 unless the DSN says)
         pgconn = conn.pgconn
-        with conn.lock:
-            pgconn.send_prepare(_PREPARED, self._sql_call)
-            results = conn.wait(execute(pgconn))
-        for result in results:
-            if result.status != ExecStatus.COMMAND_OK:
-                raise error_from_result(result, encoding=conn.info.encoding)
+        for name, statement in (
+            (_PREPARED_DURABLE, self._sql_call),
+            (_PREPARED_QUICK, self._sql_quick),
+        ):
+            with conn.lock:
+                pgconn.send_prepare(name, statement)
+                results = conn.wait(execute(pgconn))
+            for result in results:
+                if result.status != ExecStatus.COMMAND_OK:
+                    error = error_from_result(result, encoding=self._encoding)
+                    if error.sqlstate != "42P05":  # still there: only the other was dropped
+                        raise error
 
     def _call(
         self,
@@ -778,17 +791,20 @@ class PostgresAuditStore(ReadMixin):
     ) -> list[AuditRecord]:
         """One round trip, one statement: append (linked by the server), and flush if ``durable``.
 
-        The prepared CALL goes to libpq directly, parameters already in the
-        text format: psycopg's adaptation of every argument cost more client
-        CPU than the round trip. The wait is the connection's, bounded by
+        The prepared statement goes to libpq directly, parameters already in
+        the text format: psycopg's adaptation of every argument cost more
+        client CPU than the round trip. A durable append is a CALL of the
+        procedure (append, commit, flush); any other a SELECT of the
+        function. The wait is the connection's, bounded by
         ``response_timeout`` like every other.
         """
         encoding = self._encoding
-        parameters = _call_parameters(drafts, pieces, durable, encoding)
+        parameters = _call_parameters(drafts, pieces, encoding)
+        name = _PREPARED_DURABLE if durable else _PREPARED_QUICK
         pgconn = conn.pgconn
         for attempt in (1, 2):
             with conn.lock:
-                pgconn.send_query_prepared(_PREPARED, parameters)
+                pgconn.send_query_prepared(name, parameters)
                 results = conn.wait(execute(pgconn))
             result = results[-1]
             if result.status == ExecStatus.TUPLES_OK:
@@ -800,10 +816,19 @@ class PostgresAuditStore(ReadMixin):
                 self._prepare_call(conn)
                 continue
             raise error
+        # the CALL answers one row (first id, its predecessor, last hash);
+        # the SELECT one row per record (id, predecessor, hash)
+        rows = result.ntuples
+        if rows != (1 if durable else len(drafts)):
+            raise StoreError(
+                f"the audit trail in {self.url} returned {rows} rows for an append of "
+                f"{len(drafts)}; its {APPEND_FUNCTION} function or {APPEND_PROCEDURE} "
+                "procedure was changed, restore them"
+            )
         first_id, first_prev, last_hash = (
             result.get_value(0, 0),
             result.get_value(0, 1),
-            result.get_value(0, 2),
+            result.get_value(rows - 1, 2),
         )
         if first_id is None or first_prev is None or last_hash is None:
             raise StoreError(
