@@ -10,21 +10,38 @@ checkout, each in a fresh process. Use it beside ``benchmarks/limits.py``
 and ``benchmarks/run.py`` to see whether a change added layers, then time
 what it added.
 
+``--cpu`` also times each policy: the process's CPU time per action (best
+of several rounds of sequential actions, the audit on a tmpfs when there is
+one, so that a flush costs no waiting), at durability ``result`` and
+``process`` (a checkout without ``durability=`` at its default). With
+``--against`` the rounds alternate between the two checkouts, each in a
+fresh interpreter, so a loaded machine weighs on both alike.
+``--instructions`` counts the instructions of one action instead
+(valgrind's callgrind, counting only the measured actions): the one measure
+that other work on the machine cannot disturb.
+
 Usage::
 
     python benchmarks/calls.py
     python benchmarks/calls.py --against /path/to/other/checkout
+    python benchmarks/calls.py --cpu [--against ...]            # about a minute
+    python benchmarks/calls.py --instructions [--against ...]   # a few minutes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import inspect
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,81 +60,229 @@ KINDS: dict[str, dict[str, Any]] = {
     "approve, handler says yes": {"approval": "approve"},
 }
 WARM, COUNTED = 50, 150
+DURABILITIES = ("result", "process")
+#: CPU rounds per checkout, and actions per round
+ROUNDS, ACTIONS = 5, 400
 
 
-async def _count(rule: dict[str, Any], folder: str) -> tuple[float, float]:
-    """Python calls and C calls per ``run_one`` under a policy whose first rule is ``rule``."""
-    from aegis import Action, AuditLogger, Policy, Runtime  # noqa: PLC0415  # after sys.path
+def _folder() -> str:
+    """A fresh folder for the audit files: on a tmpfs when there is one."""
+    shm = "/dev/shm"  # a tmpfs: a flush costs no waiting
+    return tempfile.mkdtemp(dir=shm if os.path.isdir(shm) else None)
+
+
+async def _runtime(rule: dict[str, Any], path: str, durability: str | None) -> Any:
+    """A runtime over a fresh audit at ``path`` whose first rule is ``rule``, entered."""
+    from aegis import AuditLogger, Policy, Runtime  # noqa: PLC0415  # after sys.path
 
     rules = [
         {"name": "refunds", "match": {"type": "refund"}, **rule},
         {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
     ]
-    policy = Policy.from_dict({"rules": rules})
-    audit = AuditLogger(os.path.join(folder, f"{len(os.listdir(folder))}.db"))
-    actions = [
-        Action("refund", "stripe", {"amount": 1.5, "customer": i % 50})
-        for i in range(WARM + COUNTED)
-    ]
+    options: dict[str, Any] = {}
+    if durability is not None and "durability" in inspect.signature(AuditLogger).parameters:
+        options["durability"] = durability
+    audit = AuditLogger(path, **options)
+
+    async def execute(action: object) -> None:
+        return None
+
+    async def approve(decision: object) -> bool:
+        return True
+
+    runtime = Runtime(
+        executor=execute,
+        policy=Policy.from_dict({"rules": rules}),
+        audit_logger=audit,
+        agent="bench",
+        approval_handler=approve,
+    )
+    return await runtime.__aenter__()
+
+
+def _actions(count: int) -> list[Any]:
+    from aegis import Action  # noqa: PLC0415  # after sys.path
+
+    return [Action("refund", "stripe", {"amount": 1.5, "customer": i % 50}) for i in range(count)]
+
+
+async def _count(rule: dict[str, Any], folder: str) -> tuple[float, float]:
+    """Python calls and C calls per ``run_one`` under a policy whose first rule is ``rule``."""
+    runtime = await _runtime(rule, os.path.join(folder, f"{len(os.listdir(folder))}.db"), None)
+    actions = _actions(WARM + COUNTED)
     counts = {"call": 0, "c_call": 0}
 
     def profile(frame: object, event: str, arg: object) -> None:
         if event in counts:
             counts[event] += 1
 
-    async def execute(action: Action) -> None:
-        return None
-
-    async def approve(decision: object) -> bool:
-        return True
-
-    async with Runtime(
-        executor=execute, policy=policy, audit_logger=audit, agent="bench", approval_handler=approve
-    ) as runtime:
-        for action in actions[:WARM]:
+    for action in actions[:WARM]:
+        await runtime.run_one(action)
+    sys.setprofile(profile)
+    try:
+        for action in actions[WARM:]:
             await runtime.run_one(action)
-        sys.setprofile(profile)
-        try:
-            for action in actions[WARM:]:
-                await runtime.run_one(action)
-        finally:
-            sys.setprofile(None)
+    finally:
+        sys.setprofile(None)
+    await runtime.close()
     return counts["call"] / COUNTED, counts["c_call"] / COUNTED
 
 
-def _measure() -> dict[str, tuple[float, float]]:
-    with tempfile.TemporaryDirectory() as folder:
-        return {kind: asyncio.run(_count(rule, folder)) for kind, rule in KINDS.items()}
+async def _cpu(rule: dict[str, Any], path: str, durability: str) -> float:
+    """Best CPU microseconds per ``run_one`` over :data:`ROUNDS` rounds of :data:`ACTIONS`."""
+    runtime = await _runtime(rule, path, durability)
+    for action in _actions(WARM):
+        await runtime.run_one(action)
+    best = float("inf")
+    for _ in range(ROUNDS):
+        actions = _actions(ACTIONS)
+        gc.collect()
+        gc.disable()
+        used = time.process_time()
+        for action in actions:
+            await runtime.run_one(action)
+        best = min(best, (time.process_time() - used) / ACTIONS * 1e6)
+        gc.enable()
+    await runtime.close()
+    return best
 
 
-def _in(checkout: Path) -> dict[str, tuple[float, float]]:
-    """:func:`_measure` in a fresh process importing ``checkout``."""
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    out = subprocess.run(
-        [sys.executable, __file__, "--json"], env=env, capture_output=True, text=True, check=True
+def _counted(kind: str, durability: str, count: int) -> None:
+    """Run ``count`` actions of ``kind``; callgrind counts them alone (see --instructions)."""
+    folder = _folder()
+    loop = asyncio.new_event_loop()
+    runtime = loop.run_until_complete(
+        _runtime(KINDS[kind], os.path.join(folder, "a.db"), durability)
     )
-    return {kind: (py, c) for kind, (py, c) in json.loads(out.stdout).items()}
+
+    async def run(actions: list[Any]) -> None:
+        for action in actions:
+            await runtime.run_one(action)
+
+    actions = _actions(WARM + count)
+    loop.run_until_complete(run(actions[:WARM]))
+    # The one call of sys.call_tracing in the process: callgrind counts inside it only.
+    sys.call_tracing(loop.run_until_complete, (run(actions[WARM:]),))
+    loop.run_until_complete(runtime.close())
+    loop.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure(cpu: bool) -> dict[str, Any]:
+    folder = _folder()
+    try:
+        if cpu:
+            return {
+                f"{kind}@{durability}": asyncio.run(
+                    _cpu(rule, os.path.join(folder, f"{len(os.listdir(folder))}.db"), durability)
+                )
+                for durability in DURABILITIES
+                for kind, rule in KINDS.items()
+            }
+        return {kind: asyncio.run(_count(rule, folder)) for kind, rule in KINDS.items()}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _child(checkout: Path, *args: str, valgrind: bool = False) -> str:
+    """This script in a fresh process importing ``checkout``; its output (or callgrind's count)."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    command = [sys.executable, __file__, *args]
+    if valgrind:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            "--collect-atstart=no",
+            "--toggle-collect=sys_call_tracing",
+            *command,
+        ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    if valgrind:
+        counted = re.search(r"Collected : (\d+)", done.stderr)
+        if counted is None:
+            raise SystemExit(f"callgrind printed no count:\n{done.stderr}")
+        return counted.group(1)
+    return done.stdout
+
+
+def _table(title: str, rows: list[str], sides: dict[str, dict[str, Any]], cell: Any) -> None:
+    print(title)
+    print(f"{'':34s}" + "".join(f"{name[-24:]:>26s}" for name in sides))
+    for row in rows:
+        print(f"{row:34s}" + "".join(f"{cell(side[row]):>26s}" for side in sides.values()))
 
 
 def main() -> None:
-    """Count and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--against", type=Path, help="another checkout to count too")
+    """Count (and time) and print the tables."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--against", type=Path, help="another checkout to measure too")
+    parser.add_argument("--cpu", action="store_true", help="CPU time per action too")
+    parser.add_argument("--instructions", action="store_true", help="instructions per action")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--kind", help=argparse.SUPPRESS)
+    parser.add_argument("--durability", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.json:
+    if args.json or args.count is not None:  # a child: import aegis from PYTHONPATH
         sys.path.insert(0, os.environ.get("PYTHONPATH", str(REPO)))
-        print(json.dumps(_measure()))
+        if args.count is not None:
+            _counted(args.kind, args.durability, args.count)
+        else:
+            print(json.dumps(_measure(args.cpu)))
         return
-    sides = {"this checkout": _in(REPO)}
+    checkouts = {"this checkout": REPO}
     if args.against is not None:
-        sides[str(args.against)] = _in(args.against.resolve())
-    print(f"calls per run_one ({COUNTED} actions after {WARM}), Python / C")
-    header = f"{'':30s}" + "".join(f"{name[-24:]:>26s}" for name in sides)
-    print(header)
-    for kind in KINDS:
-        row = "".join(f"{side[kind][0]:>14.1f} / {side[kind][1]:<9.1f}" for side in sides.values())
-        print(f"{kind:30s}{row}")
+        checkouts[str(args.against)] = args.against.resolve()
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            parser.error("--instructions needs valgrind")
+        counted: dict[str, dict[str, float]] = {name: {} for name in checkouts}
+        rows = [
+            f"{k}@{d}" for d in DURABILITIES for k in KINDS if k != "a limit per params.customer"
+        ]
+        for row in rows:
+            kind, durability = row.split("@")
+            for name, checkout in checkouts.items():
+                out = _child(
+                    checkout,
+                    "--count",
+                    "200",
+                    "--kind",
+                    kind,
+                    "--durability",
+                    durability,
+                    valgrind=True,
+                )
+                counted[name][row] = int(out) / 200
+        _table(
+            "instructions per run_one (callgrind, 200 actions after 50)",
+            rows,
+            counted,
+            lambda v: f"{v:,.0f}",
+        )
+        return
+    sides = {name: json.loads(_child(path, "--json")) for name, path in checkouts.items()}
+    _table(
+        f"calls per run_one ({COUNTED} actions after {WARM}), Python / C",
+        list(KINDS),
+        sides,
+        lambda v: f"{v[0]:.1f} / {v[1]:<9.1f}",
+    )
+    if args.cpu:
+        best: dict[str, dict[str, float]] = {name: {} for name in checkouts}
+        for _ in range(2):  # the checkouts alternate, each run in a fresh process
+            for name, path in checkouts.items():
+                for row, value in json.loads(_child(path, "--json", "--cpu")).items():
+                    best[name][row] = min(value, best[name].get(row, value))
+        print()
+        _table(
+            f"CPU us per run_one (process time, best round of {ACTIONS} actions, tmpfs)",
+            list(best["this checkout"]),
+            best,
+            lambda v: f"{v:.1f}",
+        )
+        print(f"load average: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
