@@ -159,6 +159,36 @@ def policy_names_method(policy: object, method: str) -> bool:
     )
 
 
+def policy_param_names(policy: object) -> frozenset[str]:
+    """Every member name the rules of ``policy`` read in an action's params, at any depth.
+
+    The names in the dotted paths of param and path conditions
+    (``options.force`` gives ``options`` and ``force``), of limit and budget
+    keys (``params.customer_id``) and of a budget's sum.
+    """
+    names: set[str] = set()
+
+    def add(path: object) -> None:
+        if isinstance(path, str):
+            names.update(path.removeprefix("params.").split("."))
+
+    for rule in getattr(policy, "rules", ()):
+        conditions = getattr(rule, "conditions", None)
+        if isinstance(conditions, Mapping):
+            for kind, spec in conditions.items():
+                if isinstance(spec, Mapping) and str(kind).startswith(("param_", "path_")):
+                    for path in spec:
+                        add(path)
+        for meter in (getattr(rule, "limit", None), getattr(rule, "budget", None)):
+            if isinstance(meter, Mapping):
+                keys = meter.get("key") or ()
+                for key in (keys,) if isinstance(keys, str) else keys:
+                    if isinstance(key, str) and key.startswith("params."):
+                        add(key)
+                add(meter.get("sum"))
+    return frozenset(names)
+
+
 def blocks_every_call(policy: object, tool: str, target: str) -> bool:
     """Whether ``policy`` blocks every call of ``tool`` on ``target``, whatever its arguments.
 
@@ -285,6 +315,8 @@ class ProxySession:
         self._options = options
         self._named: dict[str, bool] = {}
         self._named_for: object = None
+        self._param_names: frozenset[str] = frozenset()
+        self._param_names_for: object = None
         self._descriptions: dict[str, str] = {}
         # a tool's input schema, from tools/list
         self._schemas: dict[str, dict[str, Any]] = {}
@@ -517,6 +549,12 @@ class ProxySession:
             named = self._named[method] = policy_names_method(policy, method)
         return named
 
+    def _read_names(self) -> frozenset[str]:
+        policy = self._runtime.policy
+        if policy is not self._param_names_for:  # a reload swaps the policy
+            self._param_names, self._param_names_for = policy_param_names(policy), policy
+        return self._param_names
+
     async def _call_tool(self, message: Message, params: dict[str, Any]) -> Message:
         request_id: RequestId = message["id"]
         name = params.get("name")
@@ -558,6 +596,14 @@ class ProxySession:
                 # What the tool would make of them is unknown: nothing to decide on.
                 await self.record_refused(message, f"its arguments cannot be read: {exc}")
                 return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {exc}")
+        else:
+            # No schema names what the tool reads (a tool the server does not
+            # list): "Path" is still what a case-insensitive server reads as
+            # the "path" a rule compares, so it is refused like a look-alike.
+            why = _lookalike_of(arguments, self._read_names())
+            if why is not None:
+                await self.record_refused(message, f"its arguments are ambiguous: {why}")
+                return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")
         if "task" in params:
             requested = params["task"]
             if not isinstance(requested, dict):
@@ -569,6 +615,11 @@ class ProxySession:
 
     async def _governed(self, message: Message, method: str, params: dict[str, Any]) -> Message:
         arguments = {k: v for k, v in params.items() if k != "_meta"}
+        # "URI" alone is what a case-insensitive server reads as the "uri" a rule compares.
+        why = _lookalike_of(arguments, self._read_names())
+        if why is not None:
+            await self.record_refused(message, f"its params are ambiguous: {why}")
+            return error_reply(message["id"], INVALID_PARAMS, f"Invalid params: {why}")
         return await self._kept_alive(message, method, arguments, is_tool=False)
 
     # -------------------------------------------------------------- long waits
@@ -1082,6 +1133,26 @@ _TOOL_CALL_EXTRAS = ("_meta", "task")
 _RELIST_INTERVAL = 1.0
 #: pages of a tools/list the proxy reads at most
 _MAX_LIST_PAGES = 100
+
+
+def _lookalike_of(value: Any, names: frozenset[str]) -> str | None:
+    """Why a member of ``value``, at any depth, folds like one of ``names`` without being it."""
+    if not names:
+        return None
+    if isinstance(value, dict):
+        why = lookalike_members(value, names)
+        if why is not None:
+            return why
+        for name, inner in value.items():
+            why = _lookalike_of(inner, names)
+            if why is not None:
+                return f"in {name!r}: {why}"
+    elif isinstance(value, list):
+        for inner in value:
+            why = _lookalike_of(inner, names)
+            if why is not None:
+                return why
+    return None
 
 
 def _lookalike_arguments(

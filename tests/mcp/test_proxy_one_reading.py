@@ -53,8 +53,8 @@ rules:
 class Folding:
     """The proxy in front of the folding server, and what that server received."""
 
-    def __init__(self, root: Path) -> None:
-        self.files = Files(root, POLICY)
+    def __init__(self, root: Path, policy: str = POLICY) -> None:
+        self.files = Files(root, policy)
         self.log = root / "folding.jsonl"
         command = self.files.proxy()
         command = command[: command.index("--") + 1]
@@ -319,3 +319,58 @@ def test_a_number_json_cannot_carry_is_refused_naming_its_member(
     assert folding.ran() == []
     [record] = folding.files.records()
     assert (record["action_type"], record["result_status"]) == ("read", "blocked")
+
+
+UNLISTED_POLICY = """\
+version: "1"
+defaults: {risk_level: low, approval: auto}
+rules:
+  - name: no-secrets
+    match: {type: "read*"}
+    conditions: {path_under: {path: /srv/secret}}
+    risk_level: critical
+    approval: block
+  - name: no-forced-options
+    match: {type: "read*"}
+    conditions: {param_eq: {options.force: true}}
+    risk_level: high
+    approval: block
+  - name: no-secret-resources
+    match: {type: resources/read}
+    conditions: {param_matches: {uri: "^file:///srv/secret/"}}
+    risk_level: critical
+    approval: block
+"""
+
+
+def test_without_a_schema_lookalikes_of_what_the_policy_reads_are_refused(
+    tmp_path: Path,
+) -> None:
+    """A tool the server does not list: "Path" is still the path a folding server reads."""
+    setup = Folding(tmp_path, UNLISTED_POLICY)
+    try:
+        setup.proxy.initialize()
+        for request_id, arguments in enumerate(
+            [
+                {"Path": "/srv/secret/key.txt"},
+                {"path": "/srv/a", "options": {"Force": True}},
+                {"path": "/srv/a", "Options": {"force": True}},
+            ]
+        ):
+            reply = setup.proxy.request(
+                request_id, "tools/call", {"name": "read_unlisted", "arguments": arguments}
+            )
+            assert reply["error"]["code"] == -32602, reply
+        resource = setup.proxy.request(5, "resources/read", {"URI": "file:///srv/secret/key.txt"})
+        assert resource["error"]["code"] == -32602, resource
+        # names no rule reads pass in any case
+        allowed = setup.proxy.request(
+            6, "tools/call", {"name": "read_unlisted", "arguments": {"path": "/srv/a", "Mode": 1}}
+        )
+        assert allowed["result"]["content"][0]["text"] == "ran read_unlisted"
+        assert setup.ran() == [("read_unlisted", {"path": "/srv/a", "Mode": 1})]
+        assert "resources/read" not in [m.get("method") for m in setup.received()]
+        outcomes = [(r["action_type"], r["result_status"]) for r in setup.files.records()]
+        assert outcomes == [("read_unlisted", "blocked")] * 3 + [("read_unlisted", "success")]
+    finally:
+        setup.proxy.close()
