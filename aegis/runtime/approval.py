@@ -113,14 +113,16 @@ def describe(decision: PolicyDecision) -> list[tuple[str, str]]:
 
     Texts that come from the agent are made printable; the params are JSON
     with every non-ASCII character escaped, so nothing in them can act on
-    the terminal either.
+    the terminal either. The action's description is the agent's own claim,
+    labelled and quoted as such (as ``aegis approvals`` and the inbox show it),
+    never as a fact the runtime states.
     """
     action = decision.action
     rows = [("Action", _printable(action.type)), ("Target", _printable(action.target))]
     if action.params:
         rows.append(("Params", json.dumps(thaw(action.params), indent=2, default=repr)))
     if action.description:
-        rows.append(("Description", _printable(action.description)))
+        rows.append(("Agent wrote", f"\u201c{_printable(action.description)}\u201d"))
     rows.append(("Risk", decision.risk_level.name))
     rows.append(("Rule", _printable(decision.matched_rule) or "-"))
     why = decision.why
@@ -293,8 +295,8 @@ class CLIApprovalHandler(ApprovalHandler):
             return
         lines = ["", "Approval required"]
         for label, text in rows:
-            indented = text.replace("\n", "\n" + " " * 14)
-            lines.append(f"  {label + ':':<12}{indented}")
+            indented = text.replace("\n", "\n" + " " * 16)
+            lines.append(f"  {label + ':':<14}{indented}")
         out.write("\n".join(lines) + "\n")
         out.flush()
 

@@ -193,7 +193,11 @@ async def test_why_is_computed_only_when_a_person_is_asked(
 
 
 async def test_the_terminal_handler_shows_why() -> None:
-    """CLIApprovalHandler prints the rule's description and the condition with its value."""
+    """CLIApprovalHandler prints the rule's description and the condition with its value.
+
+    The agent's description is labelled as the agent's words, as `aegis
+    approvals show` and the inbox mark it, never as a plain "Description".
+    """
     out = io.StringIO()
     handler = CLIApprovalHandler(input_stream=io.StringIO("n\n"), output_stream=out)
     async with Runtime(
@@ -202,11 +206,14 @@ async def test_the_terminal_handler_shows_why() -> None:
         approval_handler=handler,
         audit_logger=InMemoryAuditLog(),
     ) as runtime:
-        result = await runtime.run_one(Action("refund", "billing", {"amount": 1299}))
+        action = Action("refund", "billing", {"amount": 1299}, "charged twice, refund one")
+        result = await runtime.run_one(action)
     assert result.status.value == "denied"
     text = out.getvalue()
-    assert "Why:        Refunds above 500 need a person" in text
-    assert "Matched:    amount 1,299 > 500" in text
+    assert "Why:          Refunds above 500 need a person" in text
+    assert "Matched:      amount 1,299 > 500" in text
+    assert "Agent wrote:  \u201ccharged twice, refund one\u201d" in text
+    assert "Description" not in text
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
