@@ -93,7 +93,12 @@ def _stamp(
 ) -> DecisionStamp | None:
     if context is None and decided_at is None and policy_digest is None:
         return None
-    return DecisionStamp(decided_at or "", policy_digest, context)
+    # tuple.__new__ (benchmarks/calls.py: once or twice per action): the named
+    # tuple's own __new__ is a Python call
+    return _new_tuple(DecisionStamp, (decided_at or "", policy_digest, context))
+
+
+_new_tuple: Final = tuple.__new__
 
 
 def _start(
@@ -202,6 +207,7 @@ class AuditLogger(RecordReader):
         self._store: AuditStore = stores.audit
         self._closed = False
         self._subscribers = SubscriberList()
+        self._notify = False  # whether there are subscribers (read on every write)
         # the records of concurrent actions, committed (and flushed) together
         self._remote = self._store.remote
         self._batch: GroupCommit[RecordDraft, AuditRecord] = GroupCommit(
@@ -295,7 +301,7 @@ class AuditLogger(RecordReader):
         records = self._store.append(drafts)
         # Speed (benchmarks/calls.py, every kind): with no subscriber and no
         # key, and nothing failing, there is nothing to do after a write.
-        if self._subscribers or self._signer is not None or self._failing_since is not None:
+        if self._notify or self._signer is not None or self._failing_since is not None:
             self._wrote(records)
         return records
 
@@ -621,10 +627,12 @@ class AuditLogger(RecordReader):
         A callback that raises is logged on ``aegis.audit`` and otherwise ignored.
         """
         self._subscribers.add(callback)
+        self._notify = bool(self._subscribers)
 
     def unsubscribe(self, callback: Subscriber) -> None:
         """Stop calling ``callback``; unknown callbacks are ignored."""
         self._subscribers.remove(callback)
+        self._notify = bool(self._subscribers)
 
 
 def _signer(key: str | Path | Signer | None, store: AuditStore) -> Signer | None:
