@@ -408,6 +408,56 @@ def _conditional(policy: Policy, tool: str, target: str) -> bool:
     return False
 
 
+class _KeptErrors(logging.Handler):
+    """The MCP SDK's log records during a check, kept instead of printed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.first: logging.LogRecord | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.first is None:
+            self.first = record
+
+    def note(self) -> str:
+        """The first kept record as a clause of the check's one line ("" when none)."""
+        record = self.first
+        if record is None:
+            return ""
+        error = record.exc_info[1] if record.exc_info else None
+        errors = getattr(error, "errors", None)
+        if callable(errors) and "JSONRPC" in record.getMessage():
+            try:
+                line = errors()[0].get("input")
+            except Exception:  # an error of another shape: say less, never fail here
+                line = None
+            if isinstance(line, str | bytes):
+                shown = line if isinstance(line, str) else line.decode("utf-8", "replace")
+                cut = shown if len(shown) <= 80 else shown[:79] + "\u2026"
+                return f"; it wrote a line that is not JSON-RPC on its stdout: {cut!r}"
+        return f"; the MCP client said: {record.getMessage()}"
+
+
+@contextmanager
+def _sdk_errors_kept() -> Iterator[_KeptErrors]:
+    """Keep the MCP SDK's logs (a traceback per bad line) out of --check's one line.
+
+    A server that prints a banner on stdout, or crashes, makes the SDK log
+    each unreadable line with its traceback; the check says the first of
+    them in its own line instead.
+    """
+    sdk = logging.getLogger("mcp")
+    kept = _KeptErrors()
+    propagate = sdk.propagate
+    sdk.addHandler(kept)
+    sdk.propagate = False
+    try:
+        yield kept
+    finally:
+        sdk.removeHandler(kept)
+        sdk.propagate = propagate
+
+
 def _leaf(exc: BaseException) -> BaseException:
     """The first real error inside (possibly nested) exception groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -464,22 +514,24 @@ async def check_tools(
                     break
 
     where = settings.upstream_url or " ".join(settings.command)
-    try:
-        async with asyncio.timeout(deadline):
-            await listing()
-    except TimeoutError:
-        raise ConfigurationError(
-            f"the MCP server ({where}) did not list its tools within {deadline:g}s: "
-            "it hangs, or is not an MCP server speaking stdio"
-        ) from None
-    except Exception as exc:  # the SDK wraps failures in exception groups
-        leaf = _leaf(exc)
-        text = str(leaf).strip().splitlines()
-        why = text[0] if text else type(leaf).__name__
-        raise ConfigurationError(
-            f"could not list the tools of the MCP server ({where}): it failed or exited "
-            f"before answering ({type(leaf).__name__}: {why}); its own messages are above"
-        ) from None
+    with _sdk_errors_kept() as kept:
+        try:
+            async with asyncio.timeout(deadline):
+                await listing()
+        except TimeoutError:
+            raise ConfigurationError(
+                f"the MCP server ({where}) did not list its tools within {deadline:g}s: "
+                f"it hangs, or is not an MCP server speaking stdio{kept.note()}"
+            ) from None
+        except Exception as exc:  # the SDK wraps failures in exception groups
+            leaf = _leaf(exc)
+            text = str(leaf).strip().splitlines()
+            why = text[0] if text else type(leaf).__name__
+            raise ConfigurationError(
+                f"could not list the tools of the MCP server ({where}): it failed or exited "
+                f"before answering ({type(leaf).__name__}: {why}){kept.note()}; "
+                "its own messages are above"
+            ) from None
     samples = samples or {}
     unknown = sorted(set(samples) - {tool["name"] for tool in tools})
     if unknown:

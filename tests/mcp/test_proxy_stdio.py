@@ -388,3 +388,23 @@ def test_check_against_a_hanging_server_ends_within_its_deadline(files: Files) -
     assert out.returncode != 0
     assert "did not list its tools within 2s" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_check_against_a_server_printing_on_stdout_is_one_clear_line(files: Files) -> None:
+    """A server that prints a banner on stdout, then dies: one line naming the banner.
+
+    The MCP SDK logs every unreadable line with its traceback; --check says
+    the first such line in its own one-line error instead.
+    """
+    command = files.proxy("--check")
+    command[command.index("--") + 1 :] = [
+        sys.executable, "-c",
+        "import sys; print('Starting server...', flush=True); sys.stdin.readline(); sys.exit(1)",
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "could not list the tools of the MCP server" in lines[0]
+    assert "not JSON-RPC on its stdout: 'Starting server...'" in lines[0]
+    assert "Traceback" not in out.stderr
