@@ -197,12 +197,18 @@ def params_summary(params: Any, keys: int = 3, width: int = 24) -> str:
 
 
 def why_line(request: Mapping[str, Any]) -> str:
-    """Why a person is asked, in one line: the conditions that held, else the description."""
+    """Why a person is asked, in one line.
+
+    The conditions that held and the decision's reason (a limit's count and
+    window), else the rule's description.
+    """
     why = request.get("why")
     if isinstance(why, Mapping):
-        conditions = [str(c) for c in why.get("conditions") or [] if isinstance(c, str)]
-        if conditions:
-            return "; ".join(conditions)
+        parts = [str(c) for c in why.get("conditions") or [] if isinstance(c, str)]
+        if why.get("reason"):
+            parts.append(str(why["reason"]))
+        if parts:
+            return "; ".join(parts)
         if why.get("description"):
             return str(why["description"])
     return str(request.get("reason") or "")

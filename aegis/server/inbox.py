@@ -1157,12 +1157,18 @@ def params_summary(params: Any) -> str:
 
 
 def why_summary(item: ApprovalRequest) -> str:
-    """One line of why a person is asked: the conditions that held, else the description."""
+    """One line of why a person is asked.
+
+    The conditions that held and the decision's reason (a limit's count and
+    window), else the rule's description.
+    """
     why = item.why
-    if why is not None and why.conditions:
-        return "; ".join(why.conditions)
-    if why is not None and why.description:
-        return why.description
+    if why is not None:
+        parts = [*why.conditions, why.reason] if why.reason else list(why.conditions)
+        if parts:
+            return "; ".join(parts)
+        if why.description:
+            return why.description
     return item.reason
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from aegis.runtime.approval import CLIApprovalHandler
 from aegis.runtime.approval_remote import RemoteApprovalHandler
 from aegis.runtime.audit import AuditLogger
 from aegis.server import ApprovalService, create_app
+from aegis.server.inbox import Inbox
 from aegis.stores.approvals import hash_token, new_request_id, open_approval_store
 from aegis.stores.sqlite.approvals import SqliteApprovalStore
 from aegis.testing import InMemoryAuditLog
@@ -59,7 +61,7 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    """The approval service over a fresh SQLite file with an agent and a reviewer token."""
+    """The approval service and inbox over a fresh SQLite file, an agent and a reviewer token."""
     db = tmp_path / "aegis.db"
     audit = AuditLogger(db)
     audit.head()
@@ -68,13 +70,15 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     store.create_token(TokenInfo("bot", Role.AGENT, (), now), hash_token("bot-secret"))
     store.create_token(TokenInfo("alice", Role.REVIEWER, (), now), hash_token("alice-secret"))
     service = ApprovalService(store, audit, approval_ttl=60, poll_interval=0.05)
-    transport = httpx.ASGITransport(app=create_app(service))
+    inbox = Inbox(service, session_key="k" * 32, poll_interval=0.1)
+    transport = httpx.ASGITransport(app=create_app(service, routes=inbox.routes()))
     async with httpx.AsyncClient(
         transport=transport,
         base_url="http://127.0.0.1",
         headers={"Authorization": "Bearer alice-secret"},
     ) as reviewer:
         yield Served(transport, reviewer)
+    inbox.close()
     service.close()
 
 
@@ -295,3 +299,71 @@ def test_a_file_of_the_previous_schema_gains_why(tmp_path: Path) -> None:
         assert fresh.why == why
     finally:
         reopened.close()
+
+
+BUDGET = {
+    "rules": [
+        {
+            "name": "refund_budget",
+            "description": "Refunds add up to 2,000 a day per customer",
+            "match": {"type": "refund"},
+            "budget": {"sum": "amount", "max": 2000, "per": "1d", "key": ["params.customer_id"]},
+            "on_exceed": {"approval": "approve", "risk_level": "critical"},
+            "approval": "auto",
+        }
+    ]
+}
+
+
+async def test_a_limits_count_and_window_reach_every_row(served: Served, tmp_path: Path) -> None:
+    """Past a budget, the rows of the inbox and of `aegis approvals list` say the count.
+
+    A limit's rule has a description but no conditions: its count and window
+    (the decision's reason) are what tell this request from the last one,
+    so the one-line why of a row carries them, not just the description.
+    """
+    from aegis.cli._approvals import why_line
+
+    handler = RemoteApprovalHandler(
+        "http://127.0.0.1", token="bot-secret", transport=served.transport, announce=None
+    )
+    runtime = Runtime(
+        executor=lambda action: "done",
+        policy=Policy.from_dict(BUDGET),
+        approval_handler=handler,
+        audit_logger=AuditLogger(tmp_path / "agent.db"),
+    )
+    first = await runtime.run_one(Action("refund", "billing", {"amount": 1500, "customer_id": 7}))
+    assert first.status.value == "success"
+    task = asyncio.create_task(
+        runtime.run_one(Action("refund", "billing", {"amount": 900, "customer_id": 7}))
+    )
+    try:
+        for _ in range(200):
+            pending = await served.pending()
+            if pending:
+                break
+            await asyncio.sleep(0.02)
+        assert len(pending) == 1
+        count = "1500 of 2000 amount already in the last 1d"
+        assert count in pending[0]["why"]["reason"]
+        assert count in why_line(pending[0])
+        web = httpx.AsyncClient(transport=served.transport, base_url="http://127.0.0.1")
+        async with web:
+            form = (await web.get("/signin")).text
+            nonce = re.search(r'name="csrf" value="([^"]+)"', form)
+            assert nonce is not None
+            done = await web.post("/signin", data={"token": "alice-secret", "csrf": nonce[1]})
+            assert done.status_code == 303, done.text
+            page = (await web.get("/")).text
+        row = page.split(pending[0]["id"], 1)[1].split("</tr>", 1)[0]
+        assert count in row
+        denied = await served.reviewer.post(
+            f"/api/v1/approvals/{pending[0]['id']}/decision", json={"verdict": "deny"}
+        )
+        assert denied.status_code == 200, denied.text
+        assert (await asyncio.wait_for(task, 30)).status.value == "denied"
+    finally:
+        task.cancel()
+        await runtime.close()
+        await handler.aclose()
