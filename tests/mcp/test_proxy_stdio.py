@@ -124,6 +124,39 @@ def test_a_crashing_server_ends_the_proxy_so_the_host_can_restart_it(files: File
     assert [r["result_status"] for r in files.records()] == ["failed"]
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_server_dying_between_calls_ends_the_proxy_too(files: Files) -> None:
+    """Killed while no call is in flight, the server takes the proxy with it: status 1, one why."""
+    import signal
+
+    proxy = RawProxy(files.proxy(), files.stderr)
+    try:
+        proxy.initialize()
+        assert "result" in proxy.request(1, "tools/list")
+        [server] = _children(proxy.process.pid)
+        os.kill(server, signal.SIGKILL)
+        status = proxy.process.wait(30)  # without a client closing anything
+    finally:
+        proxy.close()
+    assert status == 1
+    err = files.stderr.read_text()
+    assert "Traceback" not in err
+    assert "the proxy stopped with it" in err
+
+
 def test_stdin_at_dev_null_exits_with_one_line(files: Files) -> None:
     """Started with stdin at /dev/null (nohup, supervisors): one line, status 2, no hang."""
     with open(os.devnull, "rb") as null:
