@@ -219,6 +219,20 @@ def raw_proxy(files: Files, *args: str, server_args: Sequence[str] = ()) -> Iter
         proxy.close()
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 @contextmanager
 def background(command: list[str], log: Path, url: str) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` until the test ends, once ``url`` answers HTTP at all."""

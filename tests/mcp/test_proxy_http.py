@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from mcp import Client
-from mcp_support import SERVER, Files, background, free_port, proxied_client
+from mcp_support import SERVER, Files, background, child_pids, free_port, proxied_client
 
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
@@ -243,13 +243,17 @@ def test_idle_sessions_end_after_the_idle_timeout(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
     command = files.proxy("--listen", f"127.0.0.1:{port}", "--session-idle-timeout", "2")
-    with background(command, files.stderr, url):
+    with background(command, files.stderr, url) as proxy:
         session = _initialize(url).headers["mcp-session-id"]
         assert _ping(url, session).status_code == 200
+        assert len(child_pids(proxy.pid)) == 1  # the session's server
         deadline = time.monotonic() + 30
         while _ping(url, session).status_code != 404:
             assert time.monotonic() < deadline, "the idle session was never ended"
             time.sleep(3)
+        while child_pids(proxy.pid):  # its server process ends with it
+            assert time.monotonic() < deadline + 10, "the idle session's server still runs"
+            time.sleep(0.2)
 
 
 def test_metrics_count_the_proxys_calls_behind_a_token(tmp_path: Path) -> None:

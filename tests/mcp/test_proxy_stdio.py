@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
-from mcp_support import ROOT, Files, RawProxy, proxied_client
+from mcp_support import ROOT, Files, RawProxy, child_pids, proxied_client
 
 
 @pytest.fixture
@@ -124,20 +124,6 @@ def test_a_crashing_server_ends_the_proxy_so_the_host_can_restart_it(files: File
     assert [r["result_status"] for r in files.records()] == ["failed"]
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def test_a_server_dying_between_calls_ends_the_proxy_too(files: Files) -> None:
     """Killed while no call is in flight, the server takes the proxy with it: status 1, one why."""
     import signal
@@ -146,7 +132,7 @@ def test_a_server_dying_between_calls_ends_the_proxy_too(files: Files) -> None:
     try:
         proxy.initialize()
         assert "result" in proxy.request(1, "tools/list")
-        [server] = _children(proxy.process.pid)
+        [server] = child_pids(proxy.process.pid)
         os.kill(server, signal.SIGKILL)
         status = proxy.process.wait(30)  # without a client closing anything
     finally:
