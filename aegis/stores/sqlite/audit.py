@@ -21,6 +21,10 @@ single ``INSERT`` with the next id: if another process appended meanwhile,
 the id is taken, the insert fails on the primary key, nothing is written
 and the append takes the locked path. That saves the BEGIN, the head read
 and the COMMIT for an agent running actions one by one.
+
+Size: one store class over one connection: the append's fast and locked
+paths, the durability switches and the readers share its state, so they
+stay together.
 """
 
 from __future__ import annotations
