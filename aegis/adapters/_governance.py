@@ -228,6 +228,13 @@ class Governor:
 
     # ------------------------------------------------------------ approvals
 
+    def explained(self, decision: PolicyDecision) -> PolicyDecision:
+        """The copy of ``decision`` a person is asked about, as the runtime's approve step asks."""
+        explain = getattr(self.runtime, "_explained", None)
+        if callable(explain):
+            return explain(decision)  # type: ignore[no-any-return]
+        return asking.explained(self.runtime.policy, decision)
+
     async def submit(self, decision: PolicyDecision, call: ToolCall) -> str | None:
         """Create an approval request for a suspended call, if the handler can.
 
@@ -242,7 +249,7 @@ class Governor:
             return None
         try:
             return await handler.submit_approval(
-                asking.explained(self.runtime.policy, decision), context=self.context(call)
+                self.explained(decision), context=self.context(call)
             )
         except Exception:  # the resume will ask the handler again
             _log.exception("could not create an approval request for %s", decision.action)
@@ -269,7 +276,7 @@ class Governor:
         """Ask the runtime's approval handler as its approve step does (one ``asking.ask``)."""
         return await asking.ask(
             asking.approval_function(self.runtime.approval_handler),
-            asking.explained(self.runtime.policy, decision),
+            self.explained(decision),
             timeout=self.runtime.approval_timeout,
             digest=action_digest(decision.action),
         )

@@ -804,6 +804,13 @@ class PolicyLimits:
                     spec._params_ok,
                 )
 
+    def flows_of(self, rule: str) -> tuple[tuple[FlowSpec, bool], ...]:
+        """The flow conditions of the rule named ``rule``, as (spec, negated)."""
+        for policy_rule, limits in self._flow_rules:
+            if policy_rule.name == rule:
+                return limits.flows
+        return ()
+
     def folded(self, action: Action) -> Action:
         """``action`` with its type and target as this policy compares them."""
         fold = self._fold

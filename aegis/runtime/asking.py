@@ -38,16 +38,23 @@ __all__ = ["approval_function", "ask", "bind_answer", "denial_text", "explained"
 _TIMEOUT = "timeout: "
 
 
-def explained(policy: object, decision: PolicyDecision) -> PolicyDecision:
+def explained(
+    policy: object, decision: PolicyDecision, earlier: tuple[str, ...] = ()
+) -> PolicyDecision:
     """A copy of ``decision`` carrying :func:`~aegis.core.explain.why` it needs a person.
 
     Called only where a person is about to be asked (the approve step, a
     suspended run's request), never on the per-action path. A decision that
-    carries its ``why`` already keeps it.
+    carries its ``why`` already keeps it. ``earlier``: lines naming the
+    earlier actions a flow rule found (see
+    :meth:`~aegis.runtime.metering.MeteringStep.earlier`), shown after the
+    conditions.
     """
     if decision.why is not None:
         return replace(decision)
     why = safe_why(policy, decision)
+    if earlier:
+        why = replace(why, conditions=(*why.conditions, *earlier))
     if type(decision) is PolicyDecision:
         # Speed (benchmarks/calls.py, "approve"): the copy replace() makes, without
         # its per-field checks; a decision has no __post_init__ to skip.

@@ -203,6 +203,10 @@ class Runtime:
     def policy(self, policy: Policy) -> None:
         self.update_policy(policy)
 
+    def _explained(self, decision: PolicyDecision) -> PolicyDecision:
+        """The copy of ``decision`` a person is asked about (for the framework adapters)."""
+        return self._gate.explained(decision)
+
     @property
     def session_id(self) -> str:
         """The session this runtime's audit records belong to."""

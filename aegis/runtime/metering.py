@@ -359,6 +359,29 @@ class Metering:
                 FlowEvent(session_id, action.type, action.target, action.params, at)
             )
 
+    def earlier(
+        self, limits: PolicyLimits, rule: str, session_id: str, now: float
+    ) -> tuple[str, ...]:
+        """For each ``after`` condition of ``rule``: the latest earlier action it found.
+
+        One line per condition that found one, for a reviewer: ``earlier in
+        this session: read_contacts on crm at 2026-12-07 01:40:12 UTC``.
+        Read only when a person is about to be asked.
+        """
+        lines = []
+        for spec, negated in limits.flows_of(rule):
+            if negated:
+                continue
+            events = self.store.recall(session_id, spec.since(now), None)
+            found = [e for e in events if e.at <= now and limits.spec_matches(spec, e, now)]
+            if found:
+                event = max(found, key=lambda e: e.at)
+                when = datetime.fromtimestamp(event.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+                lines.append(
+                    f"earlier in this session: {_cut(event.type)} on {_cut(event.target)} at {when}"
+                )
+        return tuple(lines)
+
     def _facts(
         self, limits: PolicyLimits, specs: tuple[FlowSpec, ...], session_id: str, at: float
     ) -> list[FlowSpec]:
@@ -467,6 +490,25 @@ class MeteringStep:
             ):
                 self._guarded, self._guarding = audit, store
         return self._metering
+
+    def earlier(self, policy: Any, decision: PolicyDecision, session_id: str) -> tuple[str, ...]:
+        """The earlier actions that made ``decision``'s flow rule hold.
+
+        See :meth:`Metering.earlier`.
+
+        Empty when its rule has no ``after`` condition, and when the history
+        cannot be read: explaining never stands between a person and the question.
+        """
+        limits: PolicyLimits | None = getattr(policy, "limits", None)
+        if limits is None or not limits.flows_of(decision.matched_rule):
+            return ()
+        try:
+            return self.metering().earlier(limits, decision.matched_rule, session_id, time.time())
+        except Exception:  # the question is asked either way
+            _log.warning(
+                "could not read the session's history to explain a flow rule", exc_info=True
+            )
+            return ()
 
     def preview(self, policy: Any, decision: PolicyDecision, session_id: str) -> PolicyDecision:
         """What the limits say now about the action of ``decision``, reserving nothing."""
@@ -721,3 +763,7 @@ def _immutable(policy: object) -> bool:
     from aegis.core.policy import Policy  # noqa: PLC0415  # the engine imports it lazily too
 
     return type(policy) is Policy
+
+
+def _cut(name: str, width: int = 60) -> str:
+    return name if len(name) <= width else name[: width - 1] + "\u2026"

@@ -192,6 +192,15 @@ class Gate:
         )
         return result
 
+    def explained(self, decision: PolicyDecision) -> PolicyDecision:
+        """The copy of ``decision`` a person is asked about.
+
+        It carries why (the rule's description, the conditions that held) and
+        the earlier actions a flow rule found in this session.
+        """
+        earlier = self.metering.earlier(self.policy, decision, self.session_id)
+        return explained(self.policy, decision, earlier)
+
     async def approve(
         self, decision: PolicyDecision, decided: str
     ) -> tuple[Result | None, ApprovalOutcome]:
@@ -212,7 +221,7 @@ class Gate:
             # The handler's copy says why a person is asked (computed only here).
             outcome = await ask(
                 self.ask,
-                explained(self.policy, decision),
+                self.explained(decision),
                 timeout=self.approval_timeout,
                 digest=digest,
                 copied=True,

@@ -367,3 +367,70 @@ async def test_a_limits_count_and_window_reach_every_row(served: Served, tmp_pat
         task.cancel()
         await runtime.close()
         await handler.aclose()
+
+
+FLOW = {
+    "rules": [
+        {
+            "name": "exfiltration",
+            "description": "After reading the CRM, sending outside needs a person",
+            "match": {"type": "send*", "target": "external*"},
+            "conditions": {"after": {"type": "read*", "target": "crm", "within": "1h"}},
+            "approval": "approve",
+        },
+        {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
+    ]
+}
+
+
+async def test_a_flow_rule_names_the_earlier_action_it_found(
+    served: Served, tmp_path: Path
+) -> None:
+    """The request says which earlier action of the session made the flow rule hold, and when."""
+    handler = RemoteApprovalHandler(
+        "http://127.0.0.1", token="bot-secret", transport=served.transport, announce=None
+    )
+    runtime = Runtime(
+        executor=lambda action: "done",
+        policy=Policy.from_dict(FLOW),
+        approval_handler=handler,
+        audit_logger=AuditLogger(tmp_path / "agent.db"),
+    )
+    for action in (Action("read_contacts", "crm"), Action("read_orders", "erp")):
+        assert (await runtime.run_one(action)).status.value == "success"
+    task = asyncio.create_task(runtime.run_one(Action("send_mail", "external_smtp")))
+    try:
+        for _ in range(200):
+            pending = await served.pending()
+            if pending:
+                break
+            await asyncio.sleep(0.02)
+        assert len(pending) == 1
+        conditions = pending[0]["why"]["conditions"]
+        assert conditions[0].startswith("after {type: 'read*', target: 'crm'")
+        assert re.fullmatch(
+            r"earlier in this session: read_contacts on crm at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC",
+            conditions[1],
+        ), conditions
+        assert len(conditions) == 2  # the read of erp is not what the rule looked for
+        denied = await served.reviewer.post(
+            f"/api/v1/approvals/{pending[0]['id']}/decision", json={"verdict": "deny"}
+        )
+        assert denied.status_code == 200, denied.text
+        assert (await asyncio.wait_for(task, 30)).status.value == "denied"
+    finally:
+        task.cancel()
+        await runtime.close()
+        await handler.aclose()
+    # the terminal handler shows the same line
+    out = io.StringIO()
+    local = CLIApprovalHandler(input_stream=io.StringIO("n\n"), output_stream=out)
+    async with Runtime(
+        executor=lambda action: "done",
+        policy=Policy.from_dict(FLOW),
+        approval_handler=local,
+        audit_logger=AuditLogger(tmp_path / "local.db"),
+    ) as again:
+        await again.run_one(Action("read_contacts", "crm"))
+        assert (await again.run_one(Action("send_mail", "external_smtp"))).status.value == "denied"
+    assert "earlier in this session: read_contacts on crm at " in out.getvalue()
