@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 import yaml
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
@@ -377,6 +378,33 @@ def test_a_request_decided_elsewhere_says_so_live(world: World) -> None:
     expect(page.locator("#gone")).to_contain_text("cancelled elsewhere")
     expect(page.locator("#approve")).to_be_disabled()
     assert page.evaluate("window.__notReloaded") == 7
+    page.context.close()
+
+
+def test_a_request_approved_by_another_reviewer_says_so_live(world: World) -> None:
+    """Another reviewer approves the request open on this page: it says so, no reload."""
+    page = world.signed_in()
+    future = world.agent.start(Action("add_note", "crm-other", {"text": "hello"}))
+    expect(world.row(page, "crm-other")).to_be_visible(timeout=WAIT_MS)
+    world.row(page, "crm-other").locator("a").click()
+    expect(page.locator("#approve")).to_be_enabled()
+    page.evaluate("window.__notReloaded = 7")
+    request_id = page.url.split("/requests/", 1)[1].split("?", 1)[0]
+    db = world.server.args[world.server.args.index("--db") + 1]
+    bob = create_token(db, "bob-elsewhere", "reviewer")
+    decided = httpx.post(
+        f"{world.server.url}/api/v1/approvals/{request_id}/decision",
+        json={"verdict": "approve"},
+        headers={"Authorization": f"Bearer {bob}"},
+        timeout=30,
+    )
+    assert decided.status_code == 200, decided.text
+    expect(page.locator("#gone")).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#gone")).to_contain_text("approved elsewhere")
+    expect(page.locator("#approve")).to_be_disabled()
+    expect(page.locator("#deny")).to_be_disabled()
+    assert page.evaluate("window.__notReloaded") == 7
+    assert future.result(WAIT_MS / 1000).status is ResultStatus.SUCCESS
     page.context.close()
 
 

@@ -112,13 +112,16 @@ def test_the_cli_says_how_many_more_and_how_to_see_them(served: Service) -> None
 
 
 def test_the_inbox_says_how_many_more_are_pending(served: Service) -> None:
-    """The inbox's pending page shows 500 and says 7 more are older, with a link to them."""
+    """The inbox's pending page shows 500, counts 507, and says 7 more are older, linked."""
     with httpx.Client(base_url=served.url) as browser:
         nonce = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
         assert nonce is not None
         browser.post("/signin", data={"token": "alice-secret", "csrf": nonce.group(1)})
         page = browser.get("/")
         assert "7 more pending" in page.text
+        # the count in the menu and above the list is every pending request, not the page's
+        assert '<span class="count" id="pending-count">507</span>' in page.text
+        assert "507 pending in all" in page.text
         link = re.search(r'<a href="(/\?before=[^"]+)">Older requests</a>', page.text)
         assert link
         older = browser.get(link.group(1).replace("&amp;", "&"))
