@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
-import shutil
-import subprocess
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
+from axe_support import axe_problems
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from serve_support import Server, create_token
 
@@ -381,8 +380,11 @@ def test_a_request_decided_elsewhere_says_so_live(world: World) -> None:
     page.context.close()
 
 
-def test_a_request_approved_by_another_reviewer_says_so_live(world: World) -> None:
-    """Another reviewer approves the request open on this page: it says so, no reload."""
+def test_a_request_approved_by_another_reviewer_says_so_live(world: World, axe_source: str) -> None:
+    """Another reviewer approves the request open on this page: it says so, no reload.
+
+    The notice passes axe-core as the pages do.
+    """
     page = world.signed_in()
     future = world.agent.start(Action("add_note", "crm-other", {"text": "hello"}))
     expect(world.row(page, "crm-other")).to_be_visible(timeout=WAIT_MS)
@@ -404,43 +406,9 @@ def test_a_request_approved_by_another_reviewer_says_so_live(world: World) -> No
     expect(page.locator("#approve")).to_be_disabled()
     expect(page.locator("#deny")).to_be_disabled()
     assert page.evaluate("window.__notReloaded") == 7
+    assert axe_problems(page, axe_source) == []
     assert future.result(WAIT_MS / 1000).status is ResultStatus.SUCCESS
     page.context.close()
-
-
-#: axe-core, from the npm registry, pinned
-AXE_VERSION = "4.10.2"
-
-
-@pytest.fixture(scope="module")
-def axe_source(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """axe-core installed with npm into a temporary folder; failing, never skipping."""
-    npm = shutil.which("npm")
-    assert npm is not None, "npm is not on PATH; the accessibility check needs it"
-    folder = tmp_path_factory.mktemp("axe")
-    (folder / "package.json").write_text('{"name": "aegis-axe-test", "private": true}\n')
-    done = subprocess.run(
-        [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund",
-         "--no-package-lock", f"axe-core@{AXE_VERSION}"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, f"npm install axe-core failed:\n{done.stderr[-2000:]}"
-    return (folder / "node_modules" / "axe-core" / "axe.min.js").read_text()
-
-
-def _axe_problems(page: Page, axe: str) -> list[str]:
-    """The serious and critical violations axe-core finds on ``page``."""
-    page.evaluate(axe)  # through the debugger protocol: the page's CSP stays as it is
-    found = page.evaluate(
-        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
-        ".map(v => ({id: v.id, impact: v.impact, help: v.help,"
-        " nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))"
-    )
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']} at {v['nodes']}"
-        for v in found
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 @pytest.mark.parametrize(("scheme", "size"), [
@@ -457,7 +425,7 @@ def test_every_page_passes_axe(
     page = context.new_page()
     problems: dict[str, list[str]] = {}
     page.goto(f"{world.server.url}/signin")
-    problems["/signin"] = _axe_problems(page, axe_source)
+    problems["/signin"] = axe_problems(page, axe_source)
     page.fill("#token", world.tokens["alice"])
     page.click("button[type=submit]")
     expect(page.locator("h1")).to_contain_text("Pending")
@@ -469,17 +437,26 @@ def test_every_page_passes_axe(
     row = world.row(page, f"axe-{scheme}-{size['width']}")
     expect(row).to_be_visible(timeout=WAIT_MS)
     href = row.locator("a").get_attribute("href") or ""
-    problems["/ (pending)"] = _axe_problems(page, axe_source)
+    problems["/ (pending)"] = axe_problems(page, axe_source)
     for path in (href, "/history", "/audit", "/requests/apr_000000000000000000000000"):
         page.goto(world.server.url + path)
-        problems[path] = _axe_problems(page, axe_source)
+        problems[path] = axe_problems(page, axe_source)
     page.goto(world.server.url + href)
     page.locator(".more-params summary").first.click()
+    page.locator("#params").click()
+    page.keyboard.press("a")  # HIGH: the confirm box asks first, highlighted
+    expect(page.locator("label.confirm")).to_have_class(re.compile(r"\bask\b"))
+    problems[href + " (asking to confirm)"] = axe_problems(page, axe_source)
     page.check("#confirm")
     page.click("#deny")
     expect(page.locator(".flash-ok")).to_contain_text("Decided: denied")
-    problems[href + " (decided)"] = _axe_problems(page, axe_source)
+    problems[href + " (decided)"] = axe_problems(page, axe_source)
     assert future.result(WAIT_MS / 1000).status is ResultStatus.DENIED
+    page.goto(world.server.url + href)  # the decided request's own page: its decisions, no form
+    expect(page.locator(".decisions")).to_be_visible()
+    problems[href + " (its page, decided)"] = axe_problems(page, axe_source)
+    page.goto(world.server.url + "/history")
+    problems["/history (with the decision)"] = axe_problems(page, axe_source)
     context.close()
     found = [f"{path}: {problem}" for path, listed in problems.items() for problem in listed]
     assert found == [], "\n".join(found)

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from axe_support import axe_problems
 from oidc_support import OpenIdProvider
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 from serve_support import Server, create_token
@@ -215,3 +216,19 @@ def test_other_groups_see_their_own_requests(world: World) -> None:
     assert world.status(finance)["status"] == "pending"
     context.close()
     assert world.errors == []
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("size", [{"width": 1180, "height": 760}, {"width": 390, "height": 844}])
+def test_the_sign_in_page_with_a_provider_passes_axe(
+    world: World, axe_source: str, scheme: str, size: dict[str, int]
+) -> None:
+    """The sign-in page offering the provider's button: nothing serious or critical to axe-core."""
+    context = world.browser.new_context(viewport=size, color_scheme=scheme)  # type: ignore[arg-type]
+    context.route("**/*", _loopback_only)
+    page = context.new_page()
+    page.goto(f"{world.server.url}/signin")
+    expect(page.locator("a[href^='/signin/oidc']")).to_be_visible()
+    problems = axe_problems(page, axe_source)
+    context.close()
+    assert problems == [], "\n".join(problems)
