@@ -23,6 +23,8 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from aegis.core.risk import RiskLevel
+
 if TYPE_CHECKING:
     from aegis.core.decision import PolicyDecision
     from aegis.core.outcome import ApprovalOutcome
@@ -34,6 +36,10 @@ __all__ = ["ActionTracer", "action_tracer", "remote_parent"]
 SCOPE: Final = "aegis"
 #: statuses whose span is marked as an error
 _FAILED: Final = frozenset({"failed"})
+#: each risk level's attribute value. Approvals and statuses are ``StrEnum``s,
+#: read with ``str()``: an enum's ``.value`` and ``.name`` are Python-level
+#: properties, a few percent of the span's cost each time they are read.
+_RISK: Final = {level: level.name.lower() for level in RiskLevel}
 
 
 def action_tracer(provider: Any = None) -> ActionTracer | None:
@@ -91,8 +97,8 @@ class ActionTracer:
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": action.type,
             "aegis.target": action.target,
-            "aegis.approval": decision.approval.value,
-            "aegis.risk": decision.risk_level.name.lower(),
+            "aegis.approval": str(decision.approval),
+            "aegis.risk": _RISK[decision.risk_level],
             "aegis.rule": decision.matched_rule,
         }
         if context is not None:
@@ -129,13 +135,14 @@ class ActionTracer:
                 return
             attributes: dict[str, Any] = {}
             if changed is not None:
-                attributes["aegis.approval"] = changed.approval.value
-                attributes["aegis.risk"] = changed.risk_level.name.lower()
+                attributes["aegis.approval"] = str(changed.approval)
+                attributes["aegis.risk"] = _RISK[changed.risk_level]
                 attributes["aegis.rule"] = changed.matched_rule
                 if changed.reason:
                     attributes["aegis.reason"] = changed.reason
-            if result is not None:
-                attributes["aegis.status"] = result.status.value
+            status = None if result is None else str(result.status)
+            if status is not None:
+                attributes["aegis.status"] = status
             if human is not None:
                 attributes["aegis.human_decision"] = human.human_decision()
                 if human.reviewers:
@@ -147,7 +154,7 @@ class ActionTracer:
                 span.record_exception(error)
                 attributes["error.type"] = type(error).__qualname__
                 failure = str(error)
-            elif result is not None and result.status.value in _FAILED:
+            elif result is not None and status in _FAILED:
                 attributes["error.type"] = _error_type(result.error)
                 failure = result.error
             span.set_attributes(attributes)

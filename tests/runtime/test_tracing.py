@@ -98,6 +98,8 @@ async def test_an_action_is_an_execute_tool_span_with_the_decision(
         final = audit.get_log(view="records")[-1]
     assert attributes["aegis.audit.record_id"] == final["id"]
     assert span.kind is trace.SpanKind.INTERNAL
+    # plain values, as every exporter takes them: no enum member leaks out
+    assert {type(value) for value in attributes.values()} <= {str, int}
 
 
 async def test_blocked_denied_and_failed_calls_get_spans(traced: Traced, tmp_path: Path) -> None:
