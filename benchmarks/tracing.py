@@ -127,11 +127,14 @@ async def run_only(traced: bool, actions: int) -> None:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
+    async def noop(action: Action) -> dict[str, Any]:
+        return {}
+
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(Dropping()))
     folder = Path(tempfile.mkdtemp(prefix="aegis-bench-tracing-"))
     runtime = Runtime(
-        executor=lambda action: {},
+        executor=noop,
         policy=Policy.from_dict(POLICY),
         audit_logger=AuditLogger(folder / "a.db", durability="process"),
         tracer_provider=provider if traced else None,
