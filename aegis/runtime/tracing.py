@@ -157,7 +157,11 @@ class ActionTracer:
             elif result is not None and status in _FAILED:
                 attributes["error.type"] = _error_type(result.error)
                 failure = result.error
-            span.set_attributes(attributes)
+            if len(attributes) > 2:
+                span.set_attributes(attributes)
+            else:  # the usual status and record id: the SDK checks a mapping
+                for key, value in attributes.items():  # dearer than a lock a value
+                    span.set_attribute(key, value)
             if failure is not None:
                 span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, failure))
         finally:
