@@ -74,3 +74,39 @@ def test_the_limits_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "blocked blocked by policy rule 'email_rate': limit of rule 'email_rate' exceeded:"
         " 20 of 20 actions already in the last 1h per agent"
     )
+
+
+def test_the_first_command_runs_on_a_stock_debian(tmp_path: Path) -> None:
+    """'On a fresh machine' runs as written where only Debian's python3 is on PATH.
+
+    Debian has no ``python`` command and refuses ``pip install`` outside a
+    virtual environment (EXTERNALLY-MANAGED): the line makes the venv first,
+    then installs the sources (a copy of them) and runs the demo. Installs
+    from the package index (or pip's cache), as a new user's machine would.
+    """
+    section = README.split("## On a fresh machine", 1)[1]
+    line = re.findall(r"```sh\n(.*?)```", section, flags=re.S)[0].strip()
+    assert line.startswith("python3 -m venv "), line
+    source = tmp_path / "aegis-src"
+    source.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", source)
+    shutil.copy(ROOT / "README.md", source)
+    shutil.copytree(ROOT / "aegis", source / "aegis", ignore=shutil.ignore_patterns("__pycache__"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    debian = Path("/usr/bin/python3")
+    (bin_dir / "python3").symlink_to(debian if debian.exists() else Path(sys._base_executable))
+    path = f"{bin_dir}:/usr/bin:/bin"
+    assert shutil.which("python", path=path) is None  # as on a stock Debian
+    done = subprocess.run(
+        ["bash", "-c", line],
+        cwd=source,
+        env={"PATH": path, "HOME": str(Path.home()), "LANG": "C.UTF-8"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Audit chain intact" in done.stdout
+    assert (source / ".venv" / "bin" / "aegis").exists()

@@ -285,3 +285,8 @@ def test_help_names_ids_that_are_accepted(setup: Setup) -> None:
     assert examples
     for example in examples:
         assert re.fullmatch(r"(?:apr_)?[0-9a-f]{4,24}", example), example
+        # taken as the start of an id and looked up, not refused as malformed
+        looked_up = piped(setup, "approvals", "show", example)
+        assert looked_up.returncode == 1, looked_up.stderr
+        start = "apr_" + example.removeprefix("apr_")
+        assert f"no request id starts with {start}" in looked_up.stderr
