@@ -197,6 +197,11 @@ def test_request_appears_live_and_approval_lets_the_runtime_run(world: World) ->
     expect(world.row(pending, "add_note").locator(".risk")).to_have_text("LOW")
     expect(world.row(pending, "refund")).to_contain_text("support-bot")
     expect(pending.locator("#pending-count")).to_have_text("3")
+    # rows that arrive live are inside a polite live region: a screen reader hears them
+    live = world.row(pending, "refund").evaluate(
+        "row => row.closest('[aria-live]')?.getAttribute('aria-live')"
+    )
+    assert live == "polite"
     # the clocks tick in the page: waiting time grows without a reload
     expect(world.row(pending, "refund").locator(".ago")).not_to_have_text("0s", timeout=WAIT_MS)
     pending.screenshot(path=OUTPUT / "inbox-pending.png", clip=_content_box(pending))
@@ -403,6 +408,7 @@ def test_a_request_approved_by_another_reviewer_says_so_live(world: World, axe_s
     assert decided.status_code == 200, decided.text
     expect(page.locator("#gone")).to_be_visible(timeout=WAIT_MS)
     expect(page.locator("#gone")).to_contain_text("approved elsewhere")
+    assert page.locator("#gone").get_attribute("aria-live") == "polite"
     expect(page.locator("#approve")).to_be_disabled()
     expect(page.locator("#deny")).to_be_disabled()
     assert page.evaluate("window.__notReloaded") == 7
