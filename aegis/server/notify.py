@@ -265,6 +265,26 @@ def _decision_summary(request: Mapping[str, Any]) -> tuple[str, str]:
     return who, f"{verdict}{': ' + comment if comment else ''}"
 
 
+def _slack_details(request: Mapping[str, Any], action: Mapping[str, Any]) -> str:
+    """Why a person is asked (as the inbox says it) and the agent's words, marked as its own."""
+    reason = request.get("reason")
+    description = action.get("description")
+    why = request.get("why")
+    why = why if isinstance(why, Mapping) else {}
+    conditions = [c for c in why.get("conditions") or [] if isinstance(c, str)]
+    details = [
+        f"*Why:* {_slack_escape(why.get('description'), 1000)}" if why.get("description") else "",
+        # a condition names the agent's values: escaped like the rest it wrote
+        "*Matched:* " + "; ".join(_slack_escape(c, 300) for c in conditions[:10])
+        if conditions
+        else "",
+        f"*Reason:* {_slack_escape(reason, 1000)}" if reason else "",
+        # the agent's claim, quoted and labelled as such, never as a fact of ours
+        f"*Agent wrote:* \u201c{_slack_escape(description, 1000)}\u201d" if description else "",
+    ]
+    return "\n".join(d for d in details if d)
+
+
 def slack_message(event: Notification) -> dict[str, Any]:
     """The Block Kit message an incoming Slack webhook receives for ``event``."""
     request = event.request
@@ -318,13 +338,7 @@ def slack_message(event: Notification) -> dict[str, Any]:
         {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
         {"type": "section", "fields": fields},
     ]
-    reason = request.get("reason")
-    description = action.get("description")
-    details = [
-        f"*Reason:* {_slack_escape(reason, 1000)}" if reason else "",
-        f"*Description:* {_slack_escape(description, 1000)}" if description else "",
-    ]
-    detail_text = "\n".join(d for d in details if d)
+    detail_text = _slack_details(request, action)
     if detail_text:
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": detail_text[:_SLACK_TEXT_LIMIT]}}

@@ -286,6 +286,34 @@ def test_slack_escapes_what_the_agent_wrote() -> None:
     assert "a &amp; b" in text
 
 
+def test_slack_says_why_and_marks_the_agents_words() -> None:
+    """The request message says why a person is asked, as the inbox does; the agent's words quoted.
+
+    The matched conditions carry the agent's values: escaped like all it wrote.
+    """
+    asked = {
+        **REQUEST,
+        "why": {
+            "rule": "refunds",
+            "description": "Refunds above 500 need a person",
+            "conditions": ["amount 1,299 > 500", "note '<!channel>' contains '!'"],
+            "reason": "",
+        },
+    }
+    message = slack_message(Notification("approval.requested", asked))
+    details = "\n".join(
+        block["text"]["text"]
+        for block in message["blocks"]
+        if block["type"] == "section" and "text" in block
+    )
+    assert "*Why:* Refunds above 500 need a person" in details
+    # Slack reads &gt; and &lt; as > and <
+    assert "*Matched:* amount 1,299 &gt; 500; note '&lt;!channel&gt;' contains '!'" in details
+    assert "*Agent wrote:* \u201crefund order 7\u201d" in details
+    assert "Description" not in details
+    assert "<!channel>" not in json.dumps(message)
+
+
 def test_publish_after_close_is_a_no_op(notifications: list[Notifications]) -> None:
     """After close, publish returns None and sends nothing."""
     with Receiver() as receiver:
