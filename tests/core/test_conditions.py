@@ -342,6 +342,15 @@ def test_invalid_conditions_are_rejected(conditions: dict[str, Any], fragment: s
     assert info.value.rule == "bad"
 
 
+@pytest.mark.parametrize("text", ["25:00", "noon", "8:00pm"])
+def test_a_bad_time_string_is_never_called_not_a_string(text: str) -> None:
+    """A string that is no time is named as the text it is, not as 'not a string'."""
+    with pytest.raises(PolicyError) as info:
+        PolicyRule(name="bad", conditions={"time_after": text})
+    assert f"not {text!r}" in str(info.value)
+    assert "not a string" not in str(info.value)
+
+
 def test_conditions_must_be_a_mapping() -> None:
     """A conditions value that is not a mapping is rejected."""
     with pytest.raises(PolicyError, match="conditions must be a mapping"):
