@@ -310,6 +310,27 @@ async def test_the_request_is_announced_once_with_its_inbox_link() -> None:
                      "decide at http://service/requests/apr_1"]  # fmt: skip
 
 
+async def test_long_waits_announce_the_request_only_once() -> None:
+    """Long polls that end still pending do not announce the request again."""
+    lines: list[str] = []
+    decisions = [{"reviewer": "alice", "verdict": "approve", "comment": "ok", "at": "x"}]
+    answers = iter(["pending", "pending", "pending", "approved"])
+    service = FakeService(
+        {
+            "POST /api/v1/approvals": respond(answer(ACTION, "pending"), 201),
+            "/wait": lambda request: httpx.Response(
+                200, json=answer(ACTION, next(answers), decisions=decisions)
+            ),
+            "/collect": respond(answer(ACTION, "approved", decisions=decisions)),
+        }
+    )
+    result, ran, _ = await run(service, announce=lines.append, poll=0.01)
+    assert result.status is ResultStatus.SUCCESS
+    assert ran == [ACTION]
+    assert sum(call.endswith("/wait") for call in service.calls) == 4
+    assert len(lines) == 1
+
+
 async def test_an_unreachable_service_fails_fast_not_at_the_timeout() -> None:
     """Nobody listening: denied after unreachable_after, with the reason, not after 900 s."""
     with socket.socket() as sock:
