@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
-from axe_support import axe_problems
+from axe_support import axe_problems, install_axe
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from serve_support import Server, create_token
 
@@ -582,3 +582,9 @@ def test_a_filtered_list_by_url_stays_filtered_live_and_the_keyboard_goes_on(
     note.cancel()
     expect(page.locator("#pending-count")).to_have_text("0", timeout=WAIT_MS)
     page.context.close()
+
+
+@pytest.fixture(scope="module")
+def axe_source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """axe-core from the npm registry, once for this module."""
+    return install_axe(tmp_path_factory)

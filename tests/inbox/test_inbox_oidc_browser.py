@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from axe_support import axe_problems
+from axe_support import axe_problems, install_axe
 from oidc_support import OpenIdProvider
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 from serve_support import Server, create_token
@@ -232,3 +232,9 @@ def test_the_sign_in_page_with_a_provider_passes_axe(
     problems = axe_problems(page, axe_source)
     context.close()
     assert problems == [], "\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def axe_source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """axe-core from the npm registry, once for this module."""
+    return install_axe(tmp_path_factory)
