@@ -488,24 +488,31 @@ class ProxySession:
         await self._relay_to_server(_response(message, server_id))
 
     async def record_refused(self, message: Message, why: str) -> None:
-        """Record a tools/call the proxy refused before any decision, as blocked.
+        """Record a call the proxy refused before any decision, as blocked.
 
         Every call lands in the audit trail, including those refused for how
-        they were sent (in a batch, under a duplicated id, as a notification).
-        Anything that is not a recognisable tool call is only logged.
+        they were sent (in a batch, under a duplicated id, as a notification):
+        a tools/call, and a request for any other method a policy rule
+        governs (a ``resources/read``), recorded as the action it would have
+        been decided as. Anything else is only logged.
         """
         # Read as leniently as any decoder might (the message may be one
         # refused for look-alike member names): a tools/call under any
         # spelling of its members is recorded.
         methods = _members_like(message, "method")
-        if not any(isinstance(m, str) and fold_name(m) == "tools/call" for m in methods):
-            return
         params = next((p for p in _members_like(message, "params") if isinstance(p, dict)), None)
-        if params is None:
-            return
-        names = _members_like(params, "name")
-        name = next((n for n in names if isinstance(n, str) and n), None)
-        arguments = next((a for a in _members_like(params, "arguments") if isinstance(a, dict)), {})
+        if any(isinstance(m, str) and fold_name(m) == "tools/call" for m in methods):
+            if params is None:
+                return
+            names = _members_like(params, "name")
+            name = next((n for n in names if isinstance(n, str) and n), None)
+            arguments = next(
+                (a for a in _members_like(params, "arguments") if isinstance(a, dict)), {}
+            )
+        else:
+            # A governed method is decided with its params as the arguments.
+            name = next((m for m in methods if isinstance(m, str) and self._names(m)), None)
+            arguments = {k: v for k, v in (params or {}).items() if k != "_meta"}
         if not isinstance(name, str) or not name or not isinstance(arguments, dict):
             return
         try:

@@ -371,6 +371,9 @@ def test_without_a_schema_lookalikes_of_what_the_policy_reads_are_refused(
         assert setup.ran() == [("read_unlisted", {"path": "/srv/a", "Mode": 1})]
         assert "resources/read" not in [m.get("method") for m in setup.received()]
         outcomes = [(r["action_type"], r["result_status"]) for r in setup.files.records()]
-        assert outcomes == [("read_unlisted", "blocked")] * 3 + [("read_unlisted", "success")]
+        assert outcomes == [("read_unlisted", "blocked")] * 3 + [
+            ("resources/read", "blocked"),
+            ("read_unlisted", "success"),
+        ]
     finally:
         setup.proxy.close()

@@ -289,3 +289,26 @@ def test_a_call_continues_the_trace_passed_in_its_meta(
     assert span["trace_id"] == trace_id
     assert span["parent_id"] == parent_id
     assert span["attributes"]["aegis.status"] == "success"
+
+
+def test_a_refused_governed_method_is_recorded_like_a_refused_call(
+    wire: tuple[RawProxy, Files],
+) -> None:
+    """prompts/get, which a rule governs, refused in a batch or as a notification, is audited."""
+    proxy, files = wire
+    secret = {"name": "secret-prompt", "arguments": {"who": "ops"}}
+    proxy.send([{"jsonrpc": "2.0", "id": "batched", "method": "prompts/get", "params": secret}])
+    [reply] = proxy.receive()
+    assert (reply["id"], reply["error"]["code"]) == ("batched", -32600)
+    proxy.send({"jsonrpc": "2.0", "method": "prompts/get", "params": secret})
+    assert proxy.nothing()
+    _alive(proxy)
+    records = [r for r in files.records() if r["action_type"] == "prompts/get"]
+    assert [(r["matched_rule"], r["result_status"]) for r in records] == [
+        ("<mcp-proxy>", "blocked"),
+        ("<mcp-proxy>", "blocked"),
+    ]
+    assert records[0]["context"]["mcp_request_id"] == "batched"
+    assert "batch" in records[0]["reason"]
+    assert "notification" in records[1]["reason"]
+    assert records[0]["action_params"] == secret
