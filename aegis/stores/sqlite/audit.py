@@ -22,6 +22,13 @@ the id is taken, the insert fails on the primary key, nothing is written
 and the append takes the locked path. That saves the BEGIN, the head read
 and the COMMIT for an agent running actions one by one.
 
+Threads appending at once (the synchronous API, several event loops) share
+commits and flushes: an append that finds the connection busy queues, and
+the next thread to hold the connection writes every queued append in one
+transaction, flushed once if any of them must be; each thread gets its own
+records, or its own copy of the error. A lone writer finds the connection
+free and takes the single ``INSERT`` as before.
+
 Size: one store class over one connection: the append's fast and locked
 paths, the durability switches and the readers share its state, so they
 stay together.
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -110,6 +118,37 @@ def _insert_args(record: AuditRecord) -> tuple[str, tuple[Any, ...]]:
     return _INSERT, tuple(record)
 
 
+class _Waiting:
+    """One thread's append, queued for whichever thread holds the connection next."""
+
+    __slots__ = ("done", "drafts", "error", "records")
+
+    def __init__(self, drafts: Sequence[RecordDraft]) -> None:
+        self.drafts = drafts
+        self.records: list[AuditRecord] = []
+        self.error: BaseException | None = None
+        self.done = False
+
+    def wrote(self, records: list[AuditRecord]) -> None:
+        self.records, self.done = records, True
+
+    def failed(self, exc: BaseException) -> None:
+        # a copy per thread: each raises its own, with a traceback of its own
+        try:
+            copy = type(exc).__new__(type(exc))
+            copy.__dict__.update(exc.__dict__)
+            copy.args = exc.args
+            copy.__cause__ = exc
+        except (TypeError, AttributeError):  # an error that cannot be copied: share it
+            copy = exc
+        self.error, self.done = copy, True
+
+    def outcome(self) -> list[AuditRecord]:
+        if self.error is not None:
+            raise self.error
+        return self.records
+
+
 class SQLiteAuditStore(ReadMixin):
     """The audit chain in a SQLite file (or ``":memory:"``).
 
@@ -175,6 +214,11 @@ class SQLiteAuditStore(ReadMixin):
         # the cursor of guarded appends on the current connection: conn.execute
         # makes a cursor per statement, which costs as much as a short statement
         self._cursor: sqlite3.Cursor | None = None
+        # appends of threads waiting for the connection: its next holder
+        # writes them all in one transaction (group commit across threads)
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Waiting] = []
+        self._queue_pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"<SQLiteAuditStore {self.url!r}>"
@@ -261,6 +305,7 @@ class SQLiteAuditStore(ReadMixin):
         db = self.db
         head = self._head
         conn = db._conn
+        lock = db.lock
         if (
             head is not None
             and len(drafts) == 1
@@ -268,12 +313,14 @@ class SQLiteAuditStore(ReadMixin):
             and conn is self._ready_conn
             and self._create
             and self._ready_pid == os.getpid()
+            and lock.acquire(blocking=False)
         ):
             # The path of an agent running actions one by one: the connection
-            # is open and checked in this process; the same lock and the same
-            # error translation as db.connection(), without its generator.
-            with db.lock:
-                if db._conn is conn and self._head is head:
+            # is open and checked in this process, and free; the same error
+            # translation as db.connection(), without its generator. A busy
+            # connection means other threads append: queue with them below.
+            try:
+                if db._conn is conn and self._head is head and not self._queue:
                     draft = drafts[0]
                     record = seal(draft, head[0] + 1, head[1])
                     # One statement commits by itself; a taken id means someone
@@ -304,16 +351,58 @@ class SQLiteAuditStore(ReadMixin):
                     else:
                         self._head = (record.id, record.hash)
                         return [record]
-        with self._conn("write to") as conn:
+            finally:
+                lock.release()
+        return self._append_queued(drafts)
+
+    def _append_queued(self, drafts: Sequence[RecordDraft]) -> list[AuditRecord]:
+        """Append ``drafts`` with every other thread's queued meanwhile, in one transaction.
+
+        Group commit across threads: while one thread holds the connection
+        the others queue; the next holder writes every queued append in one
+        transaction, flushed once if any of them must be, and each thread
+        gets its own records, or its own copy of the error.
+        """
+        mine = _Waiting(drafts)
+        pid = os.getpid()
+        if self._queue_pid != pid:  # a forked child: its parent's waiters are not its own
+            self._queue_lock, self._queue, self._queue_pid = threading.Lock(), [], pid
+        with self._queue_lock:
+            self._queue.append(mine)
+        with self.db.lock:
+            if mine.done:  # another thread's transaction carried these records
+                return mine.outcome()
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+            if mine not in batch:  # queued on a list a forked child's first append replaced
+                batch.append(mine)
             try:
-                self._ensure(conn)
-                out = self._append(conn, drafts)
+                with self._conn("write to") as conn:
+                    self._ensure(conn)
+                    out = self._append(conn, [d for w in batch for d in w.drafts])
+            except Exception as exc:
+                self._head = None
+                for waiting in batch:
+                    waiting.failed(exc)
+                raise
             except BaseException:
                 self._head = None
+                for waiting in batch:
+                    waiting.failed(
+                        StoreError(
+                            f"an append to the audit trail in {self.url!r} was interrupted; "
+                            "whether its records were written is not known: verify the trail"
+                        )
+                    )
                 raise
             last = out[-1]
             self._head = (last.id, last.hash)
-        return out
+            start = 0
+            for waiting in batch:
+                end = start + len(waiting.drafts)
+                waiting.wrote(out[start:end])
+                start = end
+            return mine.outcome()
 
     def append_guarded(  # noqa: PLR0915  # one frame per action: this runs for each
         self, draft: RecordDraft, guard: Guard
