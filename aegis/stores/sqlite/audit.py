@@ -313,7 +313,7 @@ class SQLiteAuditStore(ReadMixin):
             and conn is self._ready_conn
             and self._create
             and self._ready_pid == os.getpid()
-            and lock.acquire(blocking=False)
+            and lock.acquire(False)  # positional: a keyword costs a dict
         ):
             # The path of an agent running actions one by one: the connection
             # is open and checked in this process, and free; the same error
