@@ -592,7 +592,12 @@ class ProxySession:
                 raise
             schema = self._schemas.get(name)
         if schema is not None:
-            why = _lookalike_arguments(arguments, schema, schema)
+            # Look-alikes of the schema's names, and of the names a rule reads:
+            # a server may bind more fields than its schema declares ("Force"
+            # into a Go struct's Force field, when the schema names no force).
+            why = _lookalike_arguments(arguments, schema, schema) or _lookalike_of(
+                arguments, self._read_names()
+            )
             if why is not None:
                 await self.record_refused(message, f"its arguments are ambiguous: {why}")
                 return error_reply(request_id, INVALID_PARAMS, f"Invalid params: {why}")

@@ -34,6 +34,14 @@ TOOLS = [
         },
     }
     for name in ("read", "delete")
+] + [
+    # A schema that names less than the server binds (mcp-go's BindArguments
+    # fills every field of its struct, whatever the schema declares).
+    {
+        "name": "read_narrow",
+        "description": "read_narrow a file",
+        "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}},
+    }
 ]
 
 

@@ -343,6 +343,50 @@ rules:
 """
 
 
+NARROW_POLICY = """\
+version: "1"
+defaults: {risk_level: low, approval: auto}
+rules:
+  - name: no-forced-reads
+    match: {type: "read*"}
+    conditions: {param_eq: {force: true}}
+    risk_level: high
+    approval: block
+"""
+
+
+def test_a_lookalike_of_a_name_the_policy_reads_is_refused_where_the_schema_names_less(
+    tmp_path: Path,
+) -> None:
+    """The schema names no "force", but the server binds "Force" into its force field."""
+    setup = Folding(tmp_path, NARROW_POLICY)
+    try:
+        setup.proxy.initialize()
+        setup.proxy.request(1, "tools/list", {})
+        refused = setup.proxy.request(
+            2, "tools/call", {"name": "read_narrow", "arguments": {"path": "/srv/a", "Force": True}}
+        )
+        assert refused["error"]["code"] == -32602, refused
+        # a name no rule reads, and the rule's own name, still pass to be decided
+        allowed = setup.proxy.request(
+            3, "tools/call", {"name": "read_narrow", "arguments": {"path": "/srv/a", "Mode": 1}}
+        )
+        assert allowed["result"]["content"][0]["text"] == "ran read_narrow"
+        blocked = setup.proxy.request(
+            4, "tools/call", {"name": "read_narrow", "arguments": {"path": "/srv/a", "force": True}}
+        )
+        assert blocked["result"]["isError"] is True, blocked
+        assert setup.ran() == [("read_narrow", {"path": "/srv/a", "Mode": 1})]
+        outcomes = [(r["action_type"], r["result_status"]) for r in setup.files.records()]
+        assert outcomes == [
+            ("read_narrow", "blocked"),
+            ("read_narrow", "success"),
+            ("read_narrow", "blocked"),
+        ]
+    finally:
+        setup.proxy.close()
+
+
 def test_without_a_schema_lookalikes_of_what_the_policy_reads_are_refused(
     tmp_path: Path,
 ) -> None:
