@@ -31,12 +31,15 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from aegis.core.action import Action, action_digest
-from aegis.core.decision import PolicyDecision
+from aegis.core.action import Action, NonFiniteNumber, action_digest
+from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
+from aegis.core.record import DecisionStamp
 from aegis.core.result import Result, ResultStatus
+from aegis.core.risk import RiskLevel
 from aegis.errors import ConfigurationError, ToolBlockedError
 from aegis.runtime import asking
 from aegis.runtime._binding import CallBinding, bound_call
@@ -85,6 +88,21 @@ class ToolCall:
     call_id: str | None = None
     description: str = ""
     agent: str | None = None
+
+
+#: the rule of the audit record of a call refused before any decision
+REFUSED_RULE = "<aegis>"
+
+
+def _as_text_if_nonfinite(value: Any) -> Any:
+    """``value`` with each infinite or NaN float as its text, for the record of a refusal."""
+    if isinstance(value, float):
+        return value if value - value == 0.0 else repr(value)
+    if isinstance(value, Mapping):
+        return {k: _as_text_if_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_text_if_nonfinite(v) for v in value]
+    return value
 
 
 class Governor:
@@ -141,8 +159,36 @@ class Governor:
         return context
 
     def decide(self, call: ToolCall) -> PolicyDecision:
-        """The policy's decision for a call now; nothing is recorded."""
-        return self.runtime.decide(self.action(call))
+        """The policy's decision for a call now; nothing is recorded.
+
+        A call that cannot be decided (a number that is not finite) is blocked.
+        """
+        try:
+            action = self.action(call)
+        except NonFiniteNumber as exc:
+            return self._refused(call, str(exc))
+        return self.runtime.decide(action)
+
+    def _refused(self, call: ToolCall, why: str) -> PolicyDecision:
+        """The blocking decision for a call that cannot be decided, on what can be kept of it."""
+        try:
+            action = Action(
+                call.name, self.target, _as_text_if_nonfinite(call.args), call.description or ""
+            )
+        except (TypeError, ValueError):
+            action = Action(call.name, self.target, {}, call.description or "")
+        return PolicyDecision(action, RiskLevel.HIGH, Approval.BLOCK, REFUSED_RULE, why)
+
+    async def _record_refused(self, call: ToolCall, decision: PolicyDecision) -> Result:
+        """Record a call refused before any decision as blocked, and return its Result."""
+        result = Result(
+            decision.action,
+            ResultStatus.BLOCKED,
+            error=f"blocked: tool {call.name} was not run: {decision.reason}",
+            completed_at=datetime.now(UTC),
+        )
+        stamp = DecisionStamp.now(self.runtime.policy, self.context(call))
+        return await self.runtime.record(decision, result, stamp=stamp)
 
     # ------------------------------------------------------------ running
 
@@ -164,7 +210,11 @@ class Governor:
         is raised again once the runtime has recorded the failure, so that
         the framework's own error handling (or control flow) applies.
         """
-        action = self.action(call)
+        try:
+            action = self.action(call)
+        except NonFiniteNumber as exc:
+            # Fails closed: refused, recorded, and the model reads why.
+            return await self._record_refused(call, self._refused(call, str(exc)))
         if execute is None:
             if answer is not None:
                 raise ConfigurationError("an approval answer needs the tool to run with it")

@@ -223,7 +223,7 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
             if tool_call.get("id") in answered:
                 continue
             call = self._call(tool_call, self._descriptions.get(tool_call["name"], ""))
-            decision = self.governor.runtime.decide(self.governor.action(call))
+            decision = self.governor.decide(call)
             if decision.approval is Approval.APPROVE:
                 pending.append((call, decision))
         return pending or None

@@ -7,8 +7,9 @@ values, normalised once, when it is created:
 ============================  ===============================================
 value                         becomes
 ============================  ===============================================
-``str``, ``int``, ``float``,  itself (these exact types only)
-``bool``, ``None``
+``str``, ``int``, ``float``,  itself (these exact types only); a float
+``bool``, ``None``              that is not finite (``inf``, ``-inf``,
+                              ``nan``) is refused with ``ValueError``
 a ``str``/``int``/``float``   its plain value (``str``, ``int``, ``float``),
 subclass, ``IntEnum``,        read with the base type's own method, so an
 ``StrEnum`` member            overridden ``__eq__``/``__gt__``/``__str__``
@@ -72,7 +73,11 @@ class FrozenDict(Mapping[str, Any]):
     _hash: int
 
     def __new__(cls, *args: Any, **kwargs: Any) -> FrozenDict:
-        return _wrap(_plain_items(dict(*args, **kwargs), None))
+        items = dict(*args, **kwargs)
+        try:
+            return _wrap(_plain_items(items, None))
+        except NonFiniteNumber as exc:
+            _refuse_nonfinite(exc, items)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A subclass could override the read methods and show a rule one
@@ -161,6 +166,8 @@ def _wrap(items: dict[str, Any]) -> FrozenDict:
 
 _EMPTY = _wrap({})
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
+#: the scalars kept as they are without a look at their value
+_KEPT_SCALARS = (str, int, bool, type(None))
 #: how deeply params may nest (mappings and lists); far beyond any tool call
 MAX_DEPTH: Final = 100
 #: what to do instead, for kinds people often pass
@@ -218,8 +225,62 @@ def _plain_items(mapping: Mapping[Any, Any], where: object, depth: int = 0) -> d
         key = k if type(k) is str else _plain_key(k, where)
         if key in items:
             _raise_key_collision(mapping)
-        items[key] = v if type(v) in _PLAIN_SCALARS else _plain(v, key, depth + 1)
+        items[key] = v if type(v) in _KEPT_SCALARS else _plain(v, key, depth + 1)
     return items
+
+
+class NonFiniteNumber(ValueError):
+    """A float in an action's params that is not finite (``inf``, ``-inf``, ``nan``).
+
+    JSON has no such number, but ``json.loads`` reads ``1e400`` as infinity
+    and ``NaN`` as nan: a model's arguments can hold one. A rule cannot
+    judge it as the tool would (nan equals nothing, and infinity passes
+    every upper bound), nor can the audit trail write it as JSON.
+    """
+
+
+def _finite(value: float, key: object) -> float:
+    if value - value == 0.0:  # false for inf, -inf and nan alike
+        return value
+    raise NonFiniteNumber(_where(key))  # the whole path is named by _refuse_nonfinite
+
+
+def _nonfinite_path(value: Any, where: str) -> str | None:
+    """The member path of the first non-finite float in ``value``, if any."""
+    if isinstance(value, float):
+        return None if value - value == 0.0 else where
+    if isinstance(value, str | bytes):
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _nonfinite_path(item, f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _nonfinite_path(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+    elif isinstance(value, set | frozenset):
+        for item in value:
+            found = _nonfinite_path(item, f"{where}{{}}")
+            if found is not None:
+                return found
+    return None
+
+
+def _refuse_nonfinite(exc: NonFiniteNumber, value: Any) -> NoReturn:
+    """Raise ``exc`` again, naming the whole member path where it stood."""
+    try:
+        path = _nonfinite_path(value, "")
+    except Exception:  # a mapping that cannot be read twice: the key alone
+        path = None
+    where = f"param {path!r}" if path else str(exc)
+    raise NonFiniteNumber(
+        f"{where} is not a finite number (infinity or NaN, as a number like 1e400 "
+        "decodes); JSON has none, and no rule can judge one: pass a finite number, "
+        "or the value as text"
+    ) from None
 
 
 def _raise_key_collision(mapping: Mapping[Any, Any]) -> NoReturn:
@@ -238,8 +299,10 @@ def _raise_key_collision(mapping: Mapping[Any, Any]) -> NoReturn:
 def _plain(value: Any, key: object, depth: int = 0) -> Any:
     """``value`` as plain, immutable data, or ``TypeError`` naming ``key``."""
     kind = type(value)
-    if kind in _PLAIN_SCALARS:
+    if kind in _KEPT_SCALARS:
         return value
+    if kind is float:
+        return _finite(value, key)
     if depth > MAX_DEPTH:
         # Deeper data is no tool call's arguments, and would exhaust the
         # stack of every encoder after us (audit, digest, display).
@@ -259,7 +322,7 @@ def _plain(value: Any, key: object, depth: int = 0) -> Any:
     if isinstance(value, int):  # bool is exact, so this is a true subclass
         return int.__int__(value)
     if isinstance(value, float):
-        return float.__float__(value)
+        return _finite(float.__float__(value), key)
     if isinstance(value, PurePath):
         text = PurePath.__str__(value)
         return text if type(text) is str else _refuse(value, key)
@@ -282,8 +345,12 @@ def freeze(value: Any) -> Any:
     Raises:
         TypeError: two keys of a mapping are the same string (``1`` and
             ``"1"``), or a value is not plain JSON-like data.
+        NonFiniteNumber: a float is infinite or NaN (a ValueError).
     """
-    return _plain(value, None)
+    try:
+        return _plain(value, None)
+    except NonFiniteNumber as exc:
+        _refuse_nonfinite(exc, value)
 
 
 def thaw(value: Any) -> Any:
@@ -327,6 +394,8 @@ class Action:
     Raises:
         TypeError: type, target or description is not a string, params is
             not a mapping, or a param is not plain data (the message names it).
+        NonFiniteNumber: a param holds an infinite or NaN float, such as
+            ``json.loads`` makes of ``1e400`` (a ValueError naming its path).
 
     Example::
 
@@ -355,7 +424,10 @@ class Action:
             return
         if not isinstance(params, Mapping):
             raise TypeError(f"Action params must be a mapping, not {type(params).__name__}")
-        _setattr(self, "params", _wrap(_plain_items(params, None)) if params else _EMPTY)
+        try:
+            _setattr(self, "params", _wrap(_plain_items(params, None)) if params else _EMPTY)
+        except NonFiniteNumber as exc:
+            _refuse_nonfinite(exc, params)
 
     def __str__(self) -> str:
         suffix = f" - {self.description}" if self.description else ""

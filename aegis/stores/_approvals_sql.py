@@ -957,9 +957,18 @@ def _fields(request: ApprovalRequest) -> dict[str, Any]:
     return {name: getattr(request, name) for name in request.__dataclass_fields__}
 
 
+def _float_or_text(text: str) -> float | str:
+    value = float(text)
+    return value if value - value == 0.0 else text
+
+
 def _request_of(row: tuple[Any, ...], decisions: list[tuple[Any, ...]]) -> ApprovalRequest:
     try:
-        action = action_from_json(json.loads(row[5]))
+        # A row edited to hold Infinity or NaN (which no Action holds) keeps
+        # them as text: the list still shows it, and its digest no longer matches.
+        action = action_from_json(
+            json.loads(row[5], parse_constant=str, parse_float=_float_or_text)
+        )
         return ApprovalRequest(
             id=row[0],
             session_id=row[1],

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 from adapters_support import ScriptedModel, function_call, make_runtime, output_text
-from agents import Agent, Runner, RunState, ToolInputGuardrailTripwireTriggered, function_tool
+from agents import (
+    Agent,
+    Runner,
+    RunState,
+    ToolInputGuardrailTripwireTriggered,
+    function_tool,
+)
 
 from aegis.adapters.openai_agents import govern, governed_tool, resolve_interruptions
 from aegis.errors import ConfigurationError
@@ -161,3 +167,65 @@ def _drop(data: Any, key: str) -> None:
     elif isinstance(data, list):
         for value in data:
             _drop(value, key)
+
+
+def _raw_call(name: str, arguments: str, call_id: str) -> Any:
+    """A function call item whose arguments are the model's own text, as it wrote it."""
+    from openai.types.responses import ResponseFunctionToolCall
+
+    return ResponseFunctionToolCall(
+        arguments=arguments,
+        call_id=call_id,
+        name=name,
+        type="function_call",
+        id=f"fc_{call_id}",
+        status="completed",
+    )
+
+
+def _tool_outputs(model: Any) -> dict[str, str]:
+    return {
+        item["call_id"]: str(item["output"])
+        for item in model.inputs[-1]
+        if isinstance(item, dict) and item.get("type") == "function_call_output"
+    }
+
+
+async def test_an_infinite_argument_is_refused_recorded_and_read_by_the_model() -> None:
+    """1e400 decodes to infinity: the call is blocked and recorded, and the run goes on."""
+    ran: list[Any] = []
+    audit = InMemoryAuditLog()
+    policy = {
+        "version": "1",
+        "defaults": {"approval": "block", "risk_level": "high"},
+        "rules": [
+            {
+                "name": "small-refunds",
+                "match": {"type": "refund"},
+                "conditions": {"param_lt": {"amount": 100}},
+                "approval": "auto",
+                "risk_level": "low",
+            }
+        ],
+    }
+    model = ScriptedModel(
+        [
+            [
+                _raw_call("refund", '{"order_id": "o-17", "amount": -1e400}', "c1"),
+                _raw_call("refund", '{"order_id": "o-18", "amount": 5}', "c2"),
+            ],
+            [output_text("done")],
+        ]
+    )
+    runtime = make_runtime(audit=audit, policy=policy)
+    agent = govern(Agent(name="support", model=model, tools=[_refund(ran)]), runtime)
+    result = await Runner.run(agent, "go")
+    assert result.final_output == "done"
+    assert ran == [("o-18", 5.0)]
+    saw = _tool_outputs(model)
+    assert "param 'amount' is not a finite number" in saw["c1"]
+    assert saw["c2"] == "refunded"
+    blocked = [r for r in audit.records if r["result_status"] == "blocked"]
+    assert [(r["action_type"], r["matched_rule"]) for r in blocked] == [("refund", "<aegis>")]
+    assert blocked[0]["action_params"] == {"order_id": "o-17", "amount": "-inf"}
+    assert blocked[0]["context"]["tool_call_id"] == "c1"

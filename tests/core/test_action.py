@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import pickle
+import re
 import threading
 import uuid
 from collections import deque
@@ -19,7 +21,15 @@ from typing import Any
 
 import pytest
 
-from aegis.core.action import Action, FrozenDict, action_digest, canonical_json, freeze, thaw
+from aegis.core.action import (
+    Action,
+    FrozenDict,
+    NonFiniteNumber,
+    action_digest,
+    canonical_json,
+    freeze,
+    thaw,
+)
 from aegis.core.decision import Approval
 from aegis.core.policy import Policy, PolicyRule
 from aegis.core.result import ResultStatus
@@ -460,3 +470,33 @@ def test_params_nested_too_deeply_are_refused() -> None:
     for _ in range(99):
         shallow = {"a": shallow}
     assert Action("a", "b", {"a": shallow}).params["a"]["a"]
+
+
+@pytest.mark.parametrize(
+    ("params", "path"),
+    [
+        ({"amount": json.loads("1e400")}, "amount"),
+        ({"amount": -math.inf}, "amount"),
+        ({"order": {"lines": [1.5, math.nan]}}, "order.lines[1]"),
+        ({"limits": ({"max": math.inf},)}, "limits[0].max"),
+    ],
+)
+def test_a_non_finite_number_is_refused_naming_its_path(params: dict[str, Any], path: str) -> None:
+    """Infinity and NaN (as json.loads reads 1e400 and NaN) are no value a rule can judge."""
+    with pytest.raises(ValueError, match=re.escape(f"param {path!r} is not a finite number")):
+        Action("refund", "billing", params)
+    with pytest.raises(NonFiniteNumber):
+        FrozenDict(params)
+    with pytest.raises(NonFiniteNumber):
+        freeze(params)
+
+
+def test_a_float_subclass_holding_infinity_is_refused() -> None:
+    """A float subclass is read as its plain value, and that value is checked too."""
+
+    class Amount(float):
+        pass
+
+    with pytest.raises(NonFiniteNumber, match="param 'amount'"):
+        Action("refund", "billing", {"amount": Amount("inf")})
+    assert Action("refund", "billing", {"amount": Amount(2.5)}).params["amount"] == 2.5
