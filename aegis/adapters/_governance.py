@@ -81,6 +81,9 @@ class ToolCall:
         call_id: the framework's id of the call (recorded in the audit).
         description: the tool's description, shown to approvers.
         agent: the name of the agent that made the call, if known.
+        unreadable: why the call cannot be decided as the tool would read
+            it (its schema cannot be read); such a call is blocked and
+            recorded, and never runs.
     """
 
     name: str
@@ -88,6 +91,7 @@ class ToolCall:
     call_id: str | None = None
     description: str = ""
     agent: str | None = None
+    unreadable: str | None = None
 
 
 #: the rule of the audit record of a call refused before any decision
@@ -161,12 +165,15 @@ class Governor:
     def decide(self, call: ToolCall) -> PolicyDecision:
         """The policy's decision for a call now; nothing is recorded.
 
-        A call that cannot be decided (a number that is not finite) is blocked.
+        A call that cannot be decided (a number that is not finite, or
+        :attr:`ToolCall.unreadable`) is blocked.
         """
         try:
             action = self.action(call)
         except NonFiniteNumber as exc:
             return self._refused(call, str(exc))
+        if call.unreadable is not None:
+            return self._refused(call, call.unreadable)
         return self.runtime.decide(action)
 
     def _refused(self, call: ToolCall, why: str) -> PolicyDecision:
@@ -215,6 +222,8 @@ class Governor:
         except NonFiniteNumber as exc:
             # Fails closed: refused, recorded, and the model reads why.
             return await self._record_refused(call, self._refused(call, str(exc)))
+        if call.unreadable is not None:
+            return await self._record_refused(call, self._refused(call, call.unreadable))
         if execute is None:
             if answer is not None:
                 raise ConfigurationError("an approval answer needs the tool to run with it")

@@ -38,7 +38,7 @@ from typing import Any
 
 from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra
 from aegis.core.action import Action, thaw
-from aegis.core.coerce import coerce_arguments
+from aegis.core.coerce import UnreadableSchema, coerce_arguments
 from aegis.core.decision import Approval
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.result import Result, ResultStatus
@@ -252,18 +252,23 @@ def _governed(tool: Any, governor: Governor, *, action_type: str | None = None) 
     governed: FunctionTool = copy.copy(tool)
 
     def call_of(arguments: str | None, call_id: str | None, agent: Any) -> ToolCall:
+        args, unreadable = _read_arguments(arguments, tool)
         return ToolCall(
             kind,
-            _arguments(arguments, tool),
+            args,
             call_id=call_id,
             description=description,
             agent=getattr(agent, "name", None),
+            unreadable=unreadable,
         )
 
     async def needs_approval(
         context: RunContextWrapper[Any], params: dict[str, Any], call_id: str
     ) -> bool:
-        args = coerce_arguments(params, tool.params_json_schema)
+        try:
+            args = coerce_arguments(params, tool.params_json_schema)
+        except UnreadableSchema:
+            return False  # blocked and recorded by the guardrail, which runs next
         call = ToolCall(kind, args, call_id=call_id, description=description)
         decision = governor.decide(call)
         if decision.approval is not Approval.APPROVE:
@@ -372,12 +377,14 @@ async def resolve_interruptions(result_or_state: Any, runtime: Any) -> RunState[
 
 
 async def _settle(state: RunState[Any, Any], item: Any, tool: Any, governor: Governor) -> None:
+    args, unreadable = _read_arguments(item.arguments, tool)
     call = ToolCall(
         getattr(tool, _KIND, None) or str(item.name),
-        _arguments(item.arguments, tool),
+        args,
         call_id=item.call_id,
         description=tool.description or "",
         agent=getattr(item.agent, "name", None),
+        unreadable=unreadable,
     )
     decision = governor.decide(call)
     if decision.approval is Approval.AUTO:
@@ -453,6 +460,18 @@ def _arguments(arguments: str | None, tool: Any = None) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         return {"arguments": parsed}
     return coerce_arguments(parsed, getattr(tool, "params_json_schema", None))
+
+
+def _read_arguments(arguments: str | None, tool: Any) -> tuple[dict[str, Any], str | None]:
+    """:func:`_arguments`, or the arguments as sent and why they cannot be decided.
+
+    A tool whose schema cannot be read (a broken ``$ref``) leaves its call
+    undecidable: the governor blocks and records it, and the model reads why.
+    """
+    try:
+        return _arguments(arguments, tool), None
+    except UnreadableSchema as exc:
+        return _arguments(arguments), str(exc)
 
 
 def _digest(governor: Governor, call: ToolCall) -> str:

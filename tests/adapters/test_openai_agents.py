@@ -9,6 +9,7 @@ import pytest
 from adapters_support import ScriptedModel, function_call, make_runtime, output_text
 from agents import (
     Agent,
+    FunctionTool,
     Runner,
     RunState,
     ToolInputGuardrailTripwireTriggered,
@@ -229,3 +230,41 @@ async def test_an_infinite_argument_is_refused_recorded_and_read_by_the_model() 
     assert [(r["action_type"], r["matched_rule"]) for r in blocked] == [("refund", "<aegis>")]
     assert blocked[0]["action_params"] == {"order_id": "o-17", "amount": "-inf"}
     assert blocked[0]["context"]["tool_call_id"] == "c1"
+
+
+async def test_a_tool_with_an_unreadable_schema_is_refused_and_recorded() -> None:
+    """A broken $ref cannot say how the tool reads its arguments: blocked, recorded, read."""
+    ran: list[str] = []
+    audit = InMemoryAuditLog()
+
+    async def invoke(context: Any, arguments: str) -> str:
+        ran.append(arguments)
+        return "looked up"
+
+    lookup = FunctionTool(
+        name="lookup",
+        description="Look a customer up.",
+        params_json_schema={
+            "type": "object",
+            "properties": {"customer": {"$ref": "#/$defs/Missing"}},
+        },
+        on_invoke_tool=invoke,
+        strict_json_schema=False,
+    )
+    model = ScriptedModel(
+        [[_raw_call("lookup", '{"customer": {"id": 7}}', "c1")], [output_text("done")]]
+    )
+    agent = govern(Agent(name="support", model=model, tools=[lookup]), make_runtime(audit=audit))
+    result = await Runner.run(agent, "go")
+    assert result.final_output == "done"
+    assert ran == []
+    saw = _tool_outputs(model)["c1"]
+    assert "lookup was not run" in saw
+    assert "#/$defs/Missing" in saw
+    [record] = audit.records
+    assert (record["action_type"], record["result_status"], record["matched_rule"]) == (
+        "lookup",
+        "blocked",
+        "<aegis>",
+    )
+    assert record["action_params"] == {"customer": {"id": 7}}
