@@ -80,6 +80,7 @@ from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
 from aegis.errors import StoreError
 from aegis.stores._url import StoreURL
+from aegis.stores._waiting import Waiting
 from aegis.stores.base import (
     STARTED,
     STATS_FIELDS,
@@ -358,38 +359,6 @@ def _storable(draft: RecordDraft) -> RecordDraft:
     )
 
 
-class _Waiting:
-    """One thread's append, queued for whichever thread holds the writing lock next."""
-
-    __slots__ = ("done", "drafts", "error", "pieces", "records")
-
-    def __init__(self, drafts: list[RecordDraft], pieces: list[tuple[str, str]]) -> None:
-        self.drafts = drafts
-        self.pieces = pieces
-        self.records: list[AuditRecord] = []
-        self.error: Exception | None = None
-        self.done = False
-
-    def wrote(self, records: list[AuditRecord]) -> None:
-        self.records, self.done = records, True
-
-    def failed(self, exc: Exception) -> None:
-        # each thread raises an error of its own, so that tracebacks stay apart
-        try:
-            copy = type(exc).__new__(type(exc))
-            copy.__dict__.update(exc.__dict__)
-            copy.args = exc.args
-            copy.__cause__ = exc
-        except (TypeError, AttributeError):  # an exception that cannot be copied
-            copy = exc
-        self.error, self.done = copy, True
-
-    def outcome(self) -> list[AuditRecord]:
-        if self.error is not None:
-            raise self.error
-        return self.records
-
-
 class PostgresAuditStore(ReadMixin):
     """An :class:`~aegis.stores.base.AuditStore` in a PostgreSQL database, for fleets.
 
@@ -467,7 +436,7 @@ class PostgresAuditStore(ReadMixin):
         # appends of other threads waiting for the lock: the next holder
         # writes them all in its round trip (group commit across threads)
         self._queue_lock = threading.Lock()
-        self._queue: list[_Waiting] = []
+        self._queue: list[Waiting] = []
         self._writer_pid = 0
         self._abandoned: list[Connection] = []
         # start records committed without a flush, by id; starts recorded
@@ -605,7 +574,7 @@ class PostgresAuditStore(ReadMixin):
         if not drafts:
             return []
         stored = [_storable(draft) for draft in drafts]
-        mine = _Waiting(stored, _pieces(stored))
+        mine = Waiting(stored, _pieces(stored))
         with self._queue_lock:
             self._queue.append(mine)
         with self._write_lock:
@@ -615,7 +584,7 @@ class PostgresAuditStore(ReadMixin):
                 batch, self._queue = self._queue, []
             try:
                 records = self._append_locked(
-                    [d for w in batch for d in w.drafts], [p for w in batch for p in w.pieces]
+                    [d for w in batch for d in w.drafts], [p for w in batch for p in w.extra]
                 )
             except Exception as exc:
                 for waiting in batch:

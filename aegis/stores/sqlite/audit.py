@@ -56,6 +56,7 @@ from aegis.core.record import (
     export_line,
 )
 from aegis.errors import ConfigurationError, StoreError
+from aegis.stores._waiting import Waiting
 from aegis.stores.base import STARTED, STATS_FIELDS, Durability, ReadMixin, resolve_durability
 from aegis.stores.sqlite.connection import (
     FLUSH_OFF,
@@ -116,37 +117,6 @@ def _insert_args(record: AuditRecord) -> tuple[str, tuple[Any, ...]]:
     ):
         return _INSERT_START, record[:13] + record[14:15] + record[18:21] + record[22:]
     return _INSERT, tuple(record)
-
-
-class _Waiting:
-    """One thread's append, queued for whichever thread holds the connection next."""
-
-    __slots__ = ("done", "drafts", "error", "records")
-
-    def __init__(self, drafts: Sequence[RecordDraft]) -> None:
-        self.drafts = drafts
-        self.records: list[AuditRecord] = []
-        self.error: BaseException | None = None
-        self.done = False
-
-    def wrote(self, records: list[AuditRecord]) -> None:
-        self.records, self.done = records, True
-
-    def failed(self, exc: BaseException) -> None:
-        # a copy per thread: each raises its own, with a traceback of its own
-        try:
-            copy = type(exc).__new__(type(exc))
-            copy.__dict__.update(exc.__dict__)
-            copy.args = exc.args
-            copy.__cause__ = exc
-        except (TypeError, AttributeError):  # an error that cannot be copied: share it
-            copy = exc
-        self.error, self.done = copy, True
-
-    def outcome(self) -> list[AuditRecord]:
-        if self.error is not None:
-            raise self.error
-        return self.records
 
 
 class SQLiteAuditStore(ReadMixin):
@@ -217,7 +187,7 @@ class SQLiteAuditStore(ReadMixin):
         # appends of threads waiting for the connection: its next holder
         # writes them all in one transaction (group commit across threads)
         self._queue_lock = threading.Lock()
-        self._queue: list[_Waiting] = []
+        self._queue: list[Waiting] = []
         self._queue_pid = os.getpid()
 
     def __repr__(self) -> str:
@@ -363,7 +333,7 @@ class SQLiteAuditStore(ReadMixin):
         transaction, flushed once if any of them must be, and each thread
         gets its own records, or its own copy of the error.
         """
-        mine = _Waiting(drafts)
+        mine = Waiting(drafts)
         pid = os.getpid()
         if self._queue_pid != pid:  # a forked child: its parent's waiters are not its own
             self._queue_lock, self._queue, self._queue_pid = threading.Lock(), [], pid
