@@ -46,8 +46,10 @@ from datetime import datetime
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from fnmatch import fnmatchcase
 from fractions import Fraction
+from functools import partial
 from typing import Any, Final, Protocol
 
+from aegis.core._enums import coerce_enum
 from aegis.core.action import Action, thaw
 from aegis.core.conditions import (
     FLOW_CONDITIONS,
@@ -546,20 +548,21 @@ def compile_on_exceed(spec: object) -> OnExceed:
                 f"unknown key {key!r} in on_exceed; valid keys are: {', '.join(ON_EXCEED_KEYS)}",
                 key=str(key),
             )
-    approval = _member(Approval, spec.get("approval", Approval.BLOCK), "approval")
+    approval = coerce_enum(
+        Approval,
+        spec.get("approval", Approval.BLOCK),
+        "on_exceed approval",
+        partial(LimitSpecError, key="approval"),
+    )
     risk = spec.get("risk_level")
-    return OnExceed(approval, None if risk is None else _member(RiskLevel, risk, "risk_level"))
-
-
-def _member(enum: Any, value: object, key: str) -> Any:
-    if isinstance(value, enum):
-        return value
-    if isinstance(value, str):
-        for member in enum:
-            if member.name.lower() == value.lower():
-                return member
-    valid = ", ".join(member.name.lower() for member in enum)
-    raise LimitSpecError(f"on_exceed {key} must be one of {valid}; got {value!r}", key=key)
+    if risk is None:
+        return OnExceed(approval, None)
+    return OnExceed(
+        approval,
+        coerce_enum(
+            RiskLevel, risk, "on_exceed risk_level", partial(LimitSpecError, key="risk_level")
+        ),
+    )
 
 
 # -- flow conditions -------------------------------------------------------------

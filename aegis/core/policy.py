@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from aegis.core._enums import coerce_enum
 from aegis.core._index import CLOCK, FLOW, RUN, Bucket, CoverIndex, Index
 from aegis.core.action import Action, canonical_default
 from aegis.core.conditions import (
@@ -41,7 +42,7 @@ from aegis.core.decision import (
 )
 from aegis.core.limits import History, PolicyLimits
 from aegis.core.risk import RiskLevel
-from aegis.core.rule import MATCH_CASES, PolicyRule, coerce_enum, fold_case, named_rules
+from aegis.core.rule import MATCH_CASES, PolicyRule, fold_case, named_rules
 from aegis.errors import PolicyError
 
 if TYPE_CHECKING:

@@ -31,6 +31,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
+from aegis.core._enums import coerce_enum
 from aegis.core._yaml import line_of
 from aegis.core.conditions import FLOW_CONDITIONS, ConditionSpecError, kind_of
 from aegis.core.decision import Approval
@@ -43,7 +44,6 @@ from aegis.core.rule import (
     check_approvers,
     check_reviewers,
     check_ttl,
-    coerce_enum,
     named_rules,
 )
 from aegis.errors import PolicyError

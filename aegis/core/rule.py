@@ -14,9 +14,9 @@ import fnmatch
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
+from aegis.core._enums import coerce_enum
 from aegis.core.action import Action, freeze, thaw
 from aegis.core.approval_request import parse_approval_ttl
 from aegis.core.conditions import CompiledConditions, ConditionSpecError, compile_conditions
@@ -32,25 +32,9 @@ __all__ = [
     "check_approvers",
     "check_reviewers",
     "check_ttl",
-    "coerce_enum",
     "fold_case",
     "named_rules",
 ]
-
-
-_E = TypeVar("_E", bound=Enum)
-
-
-def coerce_enum(enum: type[_E], value: object, what: str) -> _E:
-    """An enum member from a member or its (case-insensitive) string value."""
-    if isinstance(value, enum):
-        return value
-    if isinstance(value, str):
-        for member in enum:
-            if member.name.lower() == value.lower():
-                return member
-    valid = ", ".join(member.name.lower() for member in enum)
-    raise PolicyError(f"{what} must be one of {valid}; got {value!r}")
 
 
 def check_pattern(value: object, what: str) -> str:

@@ -140,6 +140,11 @@ def test_windows_print_in_their_largest_unit(seconds: int, text: str) -> None:
             5,
             "on_exceed approval must be one of",
         ),
+        (
+            "    limit: {max: 5, per: 1h}\n    on_exceed: {approval: block, risk_level: severe}\n",
+            5,
+            "on_exceed risk_level must be one of",
+        ),
         ("    conditions:\n      after: {type: read, within: forever}\n", 5, "within must be"),
         ("    conditions:\n      after: {kind: read}\n", 5, "unknown key 'kind' in after"),
         ("    conditions:\n      not_after: [read]\n", 5, "not_after must be a mapping"),
@@ -185,6 +190,37 @@ def test_rules_built_in_python_take_the_same_keys() -> None:
     assert data["budget"] == {"sum": "amount", "max": 10, "per": "1d"}
     assert data["on_exceed"] == {"approval": "approve"}
     assert Policy.from_dict(Policy([rule]).to_dict()) == Policy([rule])
+
+
+def test_on_exceed_reads_approval_and_risk_names_as_the_rule_does() -> None:
+    """Names in any case or the members themselves read alike in a rule and in its on_exceed."""
+    rule = PolicyRule(
+        "refund",
+        name="r",
+        approval="APPROVE",
+        risk_level=RiskLevel.HIGH,
+        limit={"max": 1, "per": "1d"},
+        on_exceed={"approval": Approval.APPROVE, "risk_level": "High"},
+    )
+    limits = Policy([rule]).limits
+    assert limits is not None
+    on_exceed = limits.by_rule["r"].on_exceed
+    assert (rule.approval, rule.risk_level) == (Approval.APPROVE, RiskLevel.HIGH)
+    assert (on_exceed.approval, on_exceed.risk_level) == (Approval.APPROVE, RiskLevel.HIGH)
+
+
+@pytest.mark.parametrize("field", ["approval", "risk_level"])
+@pytest.mark.parametrize("value", [2, True, "", "blocked"])
+def test_a_value_naming_no_member_is_refused_in_a_rule_and_in_on_exceed(
+    field: str, value: object
+) -> None:
+    """What is not a member's name is a PolicyError whether the rule or its on_exceed says it."""
+    with pytest.raises(PolicyError, match=field):
+        PolicyRule("refund", **{field: value})
+    with pytest.raises(PolicyError, match=f"on_exceed {field}"):
+        PolicyRule(
+            "refund", limit={"max": 1, "per": "1d"}, on_exceed={"approval": "block", field: value}
+        )
 
 
 def test_unnamed_rules_count_under_their_generated_name() -> None:
