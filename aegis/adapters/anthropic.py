@@ -161,20 +161,33 @@ class _GovernedAsyncTool(BetaAsyncFunctionTool[Any]):
 
 
 def _tool_call(tool: Any, input: object, governor: Governor) -> ToolCall:
-    if not isinstance(input, Mapping):
-        raise ToolError(f"tool {tool.name} was not run: its input must be a JSON object")
-    try:
-        # As the tool's input_schema types them: the SDK's tools coerce "yes" to True.
-        arguments = coerce_arguments(input, getattr(tool, "input_schema", None))
-    except UnreadableSchema as exc:
-        raise ToolError(f"tool {tool.name} was not run: {exc}") from None
+    # As the tool's input_schema types them: the SDK's tools coerce "yes" to True.
+    arguments, unreadable = _read_input(input, getattr(tool, "input_schema", None))
     return ToolCall(
         tool.name,
         arguments,
         call_id=_tool_use_id(input),
         description=tool.description or "",
         agent=governor.agent,
+        unreadable=unreadable,
     )
+
+
+def _read_input(input: object, schema: object) -> tuple[Mapping[str, Any], str | None]:
+    """The call's arguments as the tool's schema reads them, or as sent and why they cannot be.
+
+    An input that is not an object, or a schema that cannot be read (a
+    broken ``$ref``), leaves the call undecidable: the governor blocks it
+    and records it, and the model reads why.
+    """
+    if not isinstance(input, Mapping):
+        return {"input": input}, "its input must be a JSON object"
+    if not schema:
+        return input, None
+    try:
+        return coerce_arguments(input, schema), None
+    except UnreadableSchema as exc:
+        return input, str(exc)
 
 
 def _tool_use_id(input: object) -> str | None:
@@ -288,8 +301,8 @@ async def govern_tool_call(
             f"tool_input must be the tool_use block's input object, got {type(tool_input).__name__}"
         )
     governor = Governor(runtime, target=target, framework=_FRAMEWORK, on_block=on_block)
-    arguments = coerce_arguments(tool_input, input_schema) if input_schema else tool_input
-    call = ToolCall(tool_name, arguments, tool_use_id, description, agent)
+    arguments, unreadable = _read_input(tool_input, input_schema)
+    call = ToolCall(tool_name, arguments, tool_use_id, description, agent, unreadable)
     result = await governor.run(call, execute)
     if result.status is ResultStatus.SUCCESS:
         return GovernedToolResult(tool_use_id, result, _text(result.data), False)

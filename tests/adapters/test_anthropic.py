@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from adapters_support import make_runtime, mock_anthropic, text_block, tool_use
-from anthropic.lib.tools import beta_async_tool
+from anthropic.lib.tools import BetaFunctionTool, beta_async_tool
 
 from aegis import Action, Result, ResultStatus, Runtime, ToolBlockedError
 from aegis.adapters.anthropic import govern_tool_call, governed, tool_results_to_api_format
@@ -155,3 +155,62 @@ def test_governed_refuses_what_is_not_a_function() -> None:
     """governed() says what it takes."""
     with pytest.raises(ConfigurationError, match="function or a @beta_tool"):
         governed(42, make_runtime())  # type: ignore[arg-type]
+
+
+_BROKEN_SCHEMA = {"type": "object", "properties": {"customer": {"$ref": "#/$defs/Missing"}}}
+
+
+def test_a_tool_whose_schema_cannot_be_read_is_refused_and_recorded() -> None:
+    """A broken $ref cannot say how the tool reads its input: blocked, recorded, and read."""
+    ran: list[Any] = []
+    audit = InMemoryAuditLog()
+
+    def lookup(customer: dict[str, Any]) -> str:
+        """Look a customer up."""
+        ran.append(customer)
+        return "gold"
+
+    tool = BetaFunctionTool(lookup, name="lookup", input_schema=_BROKEN_SCHEMA)
+    client, sent = mock_anthropic(
+        [[tool_use("lookup", {"customer": {"id": 7}}, "tu_1")], [text_block("done")]]
+    )
+    runner = client.beta.messages.tool_runner(
+        model="claude-test",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "go"}],
+        tools=[governed(tool, make_runtime(audit=audit), target="crm")],
+    )
+    runner.until_done()
+    assert ran == []
+    [block] = sent[-1]["messages"][-1]["content"]
+    assert block["is_error"] is True
+    assert "lookup was not run" in block["content"]
+    assert "#/$defs/Missing" in block["content"]
+    [record] = audit.records
+    assert (record["action_type"], record["result_status"], record["matched_rule"]) == (
+        "lookup",
+        "blocked",
+        "<aegis>",
+    )
+    assert record["action_params"] == {"customer": {"id": 7}}
+    assert record["context"]["tool_call_id"] == "tu_1"
+
+
+async def test_govern_tool_call_with_a_schema_that_cannot_be_read_refuses_and_records() -> None:
+    """A hand-written loop's broken input_schema: the call is blocked and recorded, never run."""
+    ran: list[Action] = []
+    audit = InMemoryAuditLog()
+    out = await govern_tool_call(
+        runtime=make_runtime(audit=audit),
+        tool_name="lookup",
+        tool_input={"customer": {"id": 7}},
+        tool_use_id="tu_1",
+        execute=ran.append,
+        input_schema=_BROKEN_SCHEMA,
+    )
+    assert ran == []
+    assert (out.status, out.is_error) == (ResultStatus.BLOCKED, True)
+    assert "#/$defs/Missing" in out.content
+    [record] = audit.records
+    assert (record["result_status"], record["matched_rule"]) == ("blocked", "<aegis>")
+    assert record["context"]["tool_call_id"] == "tu_1"
