@@ -52,6 +52,17 @@ DESCRIPTIONS = {
 Call = tuple[str, dict[str, Any], str]
 
 
+def model_json(value: Any) -> str:
+    """``value`` as a model's JSON text: an infinite float as ``1e400``, nan as ``NaN``.
+
+    JSON has no infinity; a model that means it writes a number too large
+    for a float, which ``json.loads`` (and so the frameworks) read back as
+    infinity. The scripted values hold no string with "Infinity" in it.
+    """
+    text = json.dumps(value)
+    return text.replace("-Infinity", "-1e400").replace("Infinity", "1e400")
+
+
 def make_runtime(
     approval_handler: Any = None,
     *,
@@ -214,7 +225,7 @@ def function_call(name: str, args: dict[str, Any], call_id: str) -> Any:
     from openai.types.responses import ResponseFunctionToolCall
 
     return ResponseFunctionToolCall(
-        arguments=json.dumps(args),
+        arguments=model_json(args),
         call_id=call_id,
         name=name,
         type="function_call",
@@ -334,18 +345,18 @@ def mock_anthropic(
         sent.append(json.loads(request.content))
         content = remaining.pop(0)
         stop = "tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn"
+        body = {
+            "id": f"msg_{len(sent)}",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-test",
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }
         return httpx2.Response(
-            200,
-            json={
-                "id": f"msg_{len(sent)}",
-                "type": "message",
-                "role": "assistant",
-                "model": "claude-test",
-                "content": content,
-                "stop_reason": stop,
-                "stop_sequence": None,
-                "usage": {"input_tokens": 1, "output_tokens": 1},
-            },
+            200, content=model_json(body), headers={"content-type": "application/json"}
         )
 
     transport = httpx2.MockTransport(handle)
@@ -631,7 +642,7 @@ def scripted_crewai_llm(calls: list[Call]) -> Any:
                 {
                     "id": call_id,
                     "type": "function",
-                    "function": {"name": name, "arguments": json.dumps(args)},
+                    "function": {"name": name, "arguments": model_json(args)},
                 }
                 for name, args, call_id in calls
             ]

@@ -18,6 +18,15 @@ from aegis.testing import InMemoryAuditLog, ScriptedApprovalHandler
 
 REFUND = {"order_id": "o-17", "amount": 20.0}
 
+#: refunds run without a reviewer: only Aegis' own refusal keeps a non-finite one from running
+REFUNDS_RUN = {
+    "version": "1",
+    "defaults": {"approval": "block", "risk_level": "high"},
+    "rules": [
+        {"name": "refunds", "match": {"type": "refund"}, "approval": "auto", "risk_level": "low"}
+    ],
+}
+
 
 @pytest.fixture(params=HARNESSES, ids=lambda h: h.name)
 def harness(request: pytest.FixtureRequest) -> Any:
@@ -206,3 +215,29 @@ async def test_a_rate_limit_counts_the_agents_tool_calls(harness: Any, tmp_path:
     assert len(refused) == 1
     assert sorted(r["result_status"] for r in audit.get_log()) == ["blocked", "success"]
     audit.close()
+
+
+@pytest.mark.parametrize(
+    ("amount", "recorded"),
+    [(float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf")],
+    ids=["NaN", "1e400", "-1e400"],  # a model writes infinity as a number too large for a float
+)
+async def test_a_number_that_is_not_finite_is_refused_and_recorded(
+    harness: Any, amount: float, recorded: str
+) -> None:
+    """NaN or infinity in a call's arguments: never run, recorded as blocked, read by the model."""
+    audit = InMemoryAuditLog()
+    calls = [
+        ("refund", {"order_id": "o-17", "amount": amount}, "call_1"),
+        ("refund", {"order_id": "o-18", "amount": 5.0}, "call_2"),
+    ]
+    run = await harness.run(make_runtime(audit=audit, policy=REFUNDS_RUN), calls)
+    assert run.executed == [("refund", {"order_id": "o-18", "amount": 5.0})]
+    assert "param 'amount' is not a finite number" in run.model_saw["call_1"]
+    assert run.model_saw["call_2"] == "refunded 5.0 on o-18"
+    records = {r["context"]["tool_call_id"]: r for r in _records(audit)}
+    assert len(_records(audit)) == 2
+    refused = records["call_1"]
+    assert (refused["result_status"], refused["matched_rule"]) == ("blocked", "<aegis>")
+    assert refused["action_params"] == {"order_id": "o-17", "amount": recorded}
+    assert records["call_2"]["result_status"] == "success"
