@@ -17,12 +17,18 @@ to what it is given, with one semantics (see
 CrewAI lets a hook that raises pass the call (it fails open); these hooks
 never raise: anything unexpected blocks the call and is recorded.
 
-A tool that raises is recorded as failed, with its error. CrewAI turns the
-exception into the text the model reads and does not hand it to the
-after-hook, so the tool's function is watched (wrapped once, on its first
-governed call, re-raising whatever it raises): the tool runs on the hook's
-thread, where the watch is read. A call CrewAI runs elsewhere (its async
-ReAct path, on an executor thread) is recorded with the text it produced.
+The record says what really happened. CrewAI turns a tool's exception, and
+its own refusals (arguments its validation rejects, a usage limit reached),
+into the text the model reads, and the after-hook sees only that text. So
+each governed tool's function is watched (wrapped once, re-raising whatever
+it raises): a call is recorded as a success only when the function returned
+for it, or when CrewAI answered it from its cache; as failed with the
+error when the function raised; and as failed with CrewAI's text when the
+function never ran. The watch finds its call by thread (the hook's thread
+runs the tool on CrewAI's native paths), else by the one call of that tool
+under way (CrewAI's async ReAct path runs a tool on an executor thread);
+when several calls of one tool are under way on other threads, it cannot
+tell which one ran, and none of them is recorded as a success.
 
 Example::
 
@@ -34,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import threading
@@ -66,9 +73,41 @@ _log = logging.getLogger("aegis.adapters")
 #: the hooks registered for each governed object, by id, until ungovern()
 _registered: dict[int, tuple[Any, Any]] = {}
 
-#: what the watched tool function raised on this thread since the before-hook, if anything
-_raised = threading.local()
 _WATCHED = "_aegis_watched"
+
+
+class _Ticket:
+    """What the watched function of one allowed call did: ran, raised, or could not tell."""
+
+    __slots__ = ("error", "ran", "thread", "unclear")
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.ran = False
+        self.error: BaseException | None = None
+        self.unclear = False
+
+
+#: the allowed calls not yet settled, by the tool (its id) they are to run
+_open: dict[int, list[_Ticket]] = {}
+_open_lock = threading.Lock()
+
+
+def _claim(tool: Any) -> _Ticket | None:
+    """The call that this run of ``tool``'s function serves, if it can be told."""
+    with _open_lock:
+        tickets = _open.get(id(tool), [])
+        here = [t for t in tickets if t.thread == threading.get_ident()]
+        candidates = here or tickets
+        if len(candidates) == 1:
+            return candidates[0]
+        for ticket in candidates:  # several under way elsewhere: none is proven to have run
+            ticket.unclear = True
+        return None
+
+
+class _NotRun(Exception):
+    """CrewAI answered the call without running the tool's function."""
 
 
 class _Hooks:
@@ -80,7 +119,7 @@ class _Hooks:
         self.tools = tools
         self.lock = threading.Lock()
         #: calls allowed to run, by their tool input: the outcome to set, the run to wait for
-        self.running: dict[int, tuple[asyncio.Future[Any], Any]] = {}
+        self.running: dict[int, tuple[asyncio.Future[Any], Any, Any, _Ticket]] = {}
         #: calls refused, by their tool input: what the agent reads instead
         self.refused: dict[int, str] = {}
 
@@ -133,9 +172,11 @@ class _Hooks:
             context.tool_input.clear()
             context.tool_input.update(thaw(held["action"].params))
             _watch(tool)
-            _raised.error = None
+            ticket = _Ticket()
+            with _open_lock:
+                _open.setdefault(id(tool), []).append(ticket)
             with self.lock:
-                self.running[key] = (held["outcome"], done)
+                self.running[key] = (held["outcome"], done, tool, ticket)
             return None
         result: Result = done.result()
         text = governor.refusal(call, result)
@@ -152,8 +193,14 @@ class _Hooks:
         if text is not None:
             return text
         if running is not None:
-            outcome, done = running
-            error, _raised.error = getattr(_raised, "error", None), None
+            outcome, done, tool, ticket = running
+            with _open_lock:
+                tickets = _open.get(id(tool), [])
+                if ticket in tickets:
+                    tickets.remove(ticket)
+                if not tickets:
+                    _open.pop(id(tool), None)
+            error = _what_happened(ticket, context)
             loop = _portal.loop()
             loop.call_soon_threadsafe(_settle, outcome, context.tool_result, error)
             try:
@@ -208,6 +255,11 @@ def govern(
             f"govern() takes a crewai Crew, Agent or list of tools, got {type(given).__name__}"
         )
     ungovern(given)
+    for agent_ in hooks.agents:
+        for tool in getattr(agent_, "tools", None) or ():
+            _watch(tool)
+    for tool in hooks.tools:
+        _watch(tool)
     register_before_tool_call_hook(hooks.before)
     register_after_tool_call_hook(hooks.after)
     _registered[id(given)] = (hooks.before, hooks.after)
@@ -231,6 +283,35 @@ def _settle(outcome: asyncio.Future[Any], value: Any, error: BaseException | Non
         outcome.set_result(value)
 
 
+def _what_happened(ticket: _Ticket, context: Any) -> BaseException | None:
+    """The error to record for a call that ran, or ``None`` when it succeeded."""
+    if ticket.error is not None:
+        return ticket.error
+    if ticket.ran or _from_cache(context):
+        return None
+    text = context.tool_result
+    if ticket.unclear:
+        return _NotRun(
+            "Aegis could not tell this call's run from another call of the same tool "
+            f"under way at once; CrewAI answered: {text}"
+        )
+    return _NotRun(f"CrewAI did not run the tool: {text}")
+
+
+def _from_cache(context: Any) -> bool:
+    """Whether CrewAI answered the call from its tool cache (the tool did not run)."""
+    handler = getattr(context.agent, "tools_handler", None)
+    read = getattr(getattr(handler, "cache", None), "read", None)
+    if not callable(read):
+        return False
+    given = json.dumps(context.tool_input) if context.tool_input else ""
+    try:
+        cached = read(tool=context.tool_name, input=given)
+    except Exception:  # a cache that cannot be read answered nothing
+        return False
+    return cached is not None and cached == context.raw_tool_result
+
+
 def _watch(tool: Any) -> None:
     """Wrap the function CrewAI calls for ``tool`` so that what it raises is seen.
 
@@ -247,13 +328,18 @@ def _watch(tool: Any) -> None:
         return
 
     def watched(*args: Any, **kwargs: Any) -> Any:
+        ticket = _claim(tool)
         try:
             result = inner(*args, **kwargs)
         except Exception as exc:
-            _raised.error = exc
+            if ticket is not None:
+                ticket.error = exc
             raise
-        # An async function's tool: CrewAI runs the coroutine on this thread.
-        return _watched_coroutine(result) if asyncio.iscoroutine(result) else result
+        if asyncio.iscoroutine(result):
+            return _watched_coroutine(result, ticket)
+        if ticket is not None:  # the last run counts (CrewAI's ReAct path retries a failure)
+            ticket.ran, ticket.error = True, None
+        return result
 
     try:
         object.__setattr__(tool, name, watched)
@@ -290,9 +376,13 @@ def _call_id(context: Any) -> str | None:
     return None
 
 
-async def _watched_coroutine(work: Any) -> Any:
+async def _watched_coroutine(work: Any, ticket: _Ticket | None) -> Any:
     try:
-        return await work
+        result = await work
     except Exception as exc:
-        _raised.error = exc
+        if ticket is not None:
+            ticket.error = exc
         raise
+    if ticket is not None:
+        ticket.ran, ticket.error = True, None
+    return result

@@ -109,3 +109,72 @@ async def test_a_tool_that_raises_is_recorded_as_failed() -> None:
     assert outcomes["c1"]["result_status"] == "success"
     assert outcomes["c2"]["result_status"] == "failed"
     assert "the CRM is down" in str(outcomes["c2"]["result_error"])
+
+
+async def test_a_call_crewai_refuses_to_run_is_recorded_as_failed() -> None:
+    """Arguments CrewAI's own validation rejects: the tool never runs, and the record says so."""
+    from aegis.adapters.crewai import govern, ungovern
+
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    run = Run()
+    calls = [("lookup", {"customer_id": "seven"}, "c1"), ("lookup", {"customer_id": 8}, "c2")]
+    crew = govern(_crew(run, calls), runtime)
+    try:
+        await asyncio.to_thread(crew.kickoff)  # type: ignore[attr-defined]
+    finally:
+        ungovern(crew)
+    assert run.executed == [("lookup", {"customer_id": 8})]
+    outcomes = {r["context"]["tool_call_id"]: r for r in audit.records}
+    assert outcomes["c1"]["result_status"] == "failed"
+    assert "customer_id" in str(outcomes["c1"]["result_error"])
+    assert outcomes["c2"]["result_status"] == "success"
+
+
+def _react_action(name: str, arguments: str) -> object:
+    from crewai.agents.parser import AgentAction
+
+    text = f"Thought: I need {name}\nAction: {name}\nAction Input: {arguments}"
+    return AgentAction(thought=f"I need {name}", tool=name, tool_input=arguments, text=text)
+
+
+async def test_a_tool_run_on_the_async_react_path_is_recorded_as_it_ended() -> None:
+    """CrewAI's async ReAct path runs a tool on an executor thread: its failure is still seen."""
+    from crewai import Agent
+    from crewai.tools import tool
+    from crewai.utilities.tool_utils import aexecute_tool_and_check_finality
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[int] = []
+
+    def lookup(customer_id: int) -> str:
+        """Look a customer up."""
+        ran.append(customer_id)
+        if customer_id == 2:
+            raise RuntimeError("the CRM is down")
+        return f"customer {customer_id}: gold"
+
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    tools = [tool("lookup")(lookup)]
+    agent = Agent(
+        role="support",
+        goal="help",
+        backstory="a support desk",
+        llm=scripted_crewai_llm([]),
+        tools=tools,
+    )
+    governed = govern(tools, runtime)
+    try:
+        for customer_id in (1, 2):
+            await aexecute_tool_and_check_finality(
+                _react_action("lookup", f'{{"customer_id": {customer_id}}}'),  # type: ignore[arg-type]
+                [t.to_structured_tool() for t in tools],
+                agent=agent,
+            )
+    finally:
+        ungovern(governed)
+    assert set(ran) == {1, 2}  # CrewAI retries a failing call on this path
+    assert [r["result_status"] for r in audit.records] == ["success", "failed"]
+    assert "the CRM is down" in str(audit.records[1]["result_error"])
