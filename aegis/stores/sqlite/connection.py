@@ -38,6 +38,7 @@ __all__ = [
     "APPLICATION_ID",
     "FLUSH_OFF",
     "FLUSH_ON",
+    "WAL_BYTES",
     "Guard",
     "SQLiteDatabase",
     "create_owner_only",
@@ -58,6 +59,32 @@ _NO_WAL_INDEX: Final = frozenset(
 # switching it between two commits costs a statement, not a reopen.
 FLUSH_ON: Final = "PRAGMA synchronous=FULL"
 FLUSH_OFF: Final = "PRAGMA synchronous=NORMAL"
+
+#: about how many bytes of WAL a connection writes before it checkpoints, by durability.
+#:
+#: After a complete checkpoint the next commit writes the WAL again from its
+#: start, so once the log has reached this size it stays there, and a commit
+#: overwrites blocks the file already has. Until then each commit makes the
+#: file longer, and on ext4 a flush of a longer file must also write its inode
+#: and the block bitmap it allocated from: two more synchronous writes, which
+#: about doubled the cost of a flush on the benchmark machine (BENCHMARKS.md,
+#: "Durability"). At ``"result"`` and ``"full"`` every action waits for a
+#: flush, so the log is kept small (about 140 sequential actions' worth, as
+#: SQLite's default 1,000 pages of 1 KiB): it is rewritten in place after
+#: that, and the checkpoints it costs (two more flushes each) add about 1.5%
+#: to the flushes. At ``"process"`` nothing waits for a flush but the
+#: checkpoints, so the log is larger and they are rarer.
+WAL_BYTES: Final[dict[Durability, int]] = {
+    "process": 8 << 20,
+    "result": 1 << 20,
+    "full": 1 << 20,
+}
+# What each page costs in the WAL beyond itself (SQLite's frame header).
+_FRAME_HEADER: Final = 24
+# A log grown past WAL_BYTES (a long read kept the checkpoints from finishing,
+# a batch of a thousand actions committed at once) is cut back to this many
+# times WAL_BYTES at the next restart, not kept at its largest for good.
+_WAL_LIMIT: Final = 4
 
 # Speed (benchmarks/calls.py, every kind: about 7% of a sequential action's
 # instructions): sqlite3 binds str, int and float directly, but hands every
@@ -240,13 +267,19 @@ class SQLiteDatabase:
             conn.execute("PRAGMA page_size=1024")
             self._enable_wal(conn)
             conn.execute(FLUSH_ON if self.durability == "full" else FLUSH_OFF)
-            # Checkpoints (which fsync) every ~8 MiB of WAL rather than every
-            # 1,000 pages: with small pages that would be every ~1 MiB.
-            conn.execute("PRAGMA wal_autocheckpoint=8192")
+            self._size_wal(conn)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _size_wal(self, conn: sqlite3.Connection) -> None:
+        # See WAL_BYTES: the checkpoint threshold is counted in pages, and a
+        # file made before page_size=1024 (or by another tool) has bigger ones.
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        wal = WAL_BYTES[self.durability]
+        conn.execute(f"PRAGMA wal_autocheckpoint={max(wal // (page + _FRAME_HEADER), 1)}")
+        conn.execute(f"PRAGMA journal_size_limit={wal * _WAL_LIMIT}")
 
     def _open_readonly(self) -> sqlite3.Connection:
         conn = self._connect_ro(os.path.abspath(self.path))
