@@ -64,16 +64,16 @@ FLUSH_OFF: Final = "PRAGMA synchronous=NORMAL"
 #:
 #: After a complete checkpoint the next commit writes the WAL again from its
 #: start, so once the log has reached this size it stays there, and a commit
-#: overwrites blocks the file already has. Until then each commit makes the
-#: file longer, and on ext4 a flush of a longer file must also write its inode
-#: and the block bitmap it allocated from: two more synchronous writes, which
-#: about doubled the cost of a flush on the benchmark machine (BENCHMARKS.md,
+#: rewrites blocks the file already has. Until then each commit makes the file
+#: longer, and on ext4 the flush of a longer file also waits for its inode (the
+#: new size) and, when it took new blocks, the block bitmap to be written, one
+#: after the other, before the disk's cache flush (BENCHMARKS.md,
 #: "Durability"). At ``"result"`` and ``"full"`` every action waits for a
-#: flush, so the log is kept small (about 140 sequential actions' worth, as
-#: SQLite's default 1,000 pages of 1 KiB): it is rewritten in place after
-#: that, and the checkpoints it costs (two more flushes each) add about 1.5%
-#: to the flushes. At ``"process"`` nothing waits for a flush but the
-#: checkpoints, so the log is larger and they are rarer.
+#: flush, so the log is kept small (as SQLite's default, 1,000 pages of 1 KiB:
+#: the first ~120 sequential actions of a connection grow it, not ~1,150): the
+#: checkpoints this costs add about 2% to the flushes. At ``"process"`` no
+#: action waits for a flush, only the checkpoints do, so the log is larger and
+#: they are rarer.
 WAL_BYTES: Final[dict[Durability, int]] = {
     "process": 8 << 20,
     "result": 1 << 20,
@@ -82,7 +82,7 @@ WAL_BYTES: Final[dict[Durability, int]] = {
 # What each page costs in the WAL beyond itself (SQLite's frame header).
 _FRAME_HEADER: Final = 24
 # A log grown past WAL_BYTES (a long read kept the checkpoints from finishing,
-# a batch of a thousand actions committed at once) is cut back to this many
+# a very large batch committed at once) is cut back to this many
 # times WAL_BYTES at the next restart, not kept at its largest for good.
 _WAL_LIMIT: Final = 4
 
