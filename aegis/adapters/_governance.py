@@ -152,6 +152,10 @@ class Governor:
         """The action a call asks for."""
         return Action(call.name, self.target, dict(call.args), call.description or "")
 
+    def digest(self, call: ToolCall) -> str:
+        """The digest of the action a call asks for: what an approval of it is bound to."""
+        return action_digest(self.action(call))
+
     def context(self, call: ToolCall) -> dict[str, str]:
         """What the audit record says about the call besides the action."""
         context = {"framework": self.framework}

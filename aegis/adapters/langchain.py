@@ -276,7 +276,7 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
                 "aegis.adapters.langchain.resolve_interrupts(agent, config, runtime)"
             )
         for (call, _), decision in zip(pending, decisions, strict=True):
-            settled = _settled_answer(call, decision, self.governor.target)
+            settled = _settled_answer(call, decision, self.governor)
             if settled is not None and call.call_id is not None:
                 with self._lock:
                     self._settled[call.call_id] = settled
@@ -470,7 +470,7 @@ def _payload(pending: list[tuple[ToolCall, PolicyDecision]]) -> dict[str, Any]:
 
 
 def _settled_answer(
-    call: ToolCall, decision: object, target: str
+    call: ToolCall, decision: object, governor: Governor
 ) -> tuple[ApprovalOutcome, str] | None:
     """The outcome of one answer and the action's description, or None to ask at run time.
 
@@ -479,7 +479,7 @@ def _settled_answer(
     ``approve`` leaves the decision to the approval handler when the tool is
     about to run. A rejection needs no proof; an edit is refused.
     """
-    digest = action_digest(Action(call.name, target, dict(call.args), call.description))
+    digest = governor.digest(call)
     if not isinstance(decision, Mapping):
         return ApprovalOutcome(False, reason=f"malformed decision: {_short(decision)}"), ""
     kind = decision.get("type")
@@ -549,14 +549,15 @@ async def resolve_interrupts(agent: Any, config: Mapping[str, Any], runtime: Any
 async def _decide(runtime: Any, request: Mapping[str, Any]) -> dict[str, Any]:
     """One HITL decision for one suspended call, with a reference to its Aegis outcome."""
     raw = request.get("action") or {}
-    action = Action(
+    call_id = request.get("tool_call_id")
+    call = ToolCall(
         str(raw.get("type")),
-        str(raw.get("target")),
         dict(raw.get("params") or {}),
-        str(raw.get("description") or ""),
+        call_id=call_id if isinstance(call_id, str) else None,
+        description=str(raw.get("description") or ""),
     )
-    governor = Governor(runtime, target=action.target, framework=_FRAMEWORK)
-    decision = runtime.decide(action)
+    governor = Governor(runtime, target=str(raw.get("target")), framework=_FRAMEWORK)
+    decision = governor.decide(call)  # a call that cannot be decided is blocked
     if decision.approval is Approval.BLOCK:
         return {"type": "reject", "message": runtime.block(decision).error}
     if decision.approval is Approval.AUTO:
@@ -566,8 +567,7 @@ async def _decide(runtime: Any, request: Mapping[str, Any]) -> dict[str, Any]:
         outcome = await governor.collect(request_id, decision)
     else:
         outcome = await governor.ask(decision)
-    call_id = request.get("tool_call_id")
-    ref = _answers.keep(call_id if isinstance(call_id, str) else None, outcome, action.description)
+    ref = _answers.keep(call.call_id, outcome, call.description)
     answer: dict[str, Any] = {
         "type": "approve" if outcome.approved is True else "reject",
         _KEY: {"ref": ref},
