@@ -234,6 +234,11 @@ def govern(
 
     Returns:
         what it was given, now governed (until :func:`ungovern`).
+
+    Tools added later are governed too: a tool given to a governed agent
+    (the hooks apply by agent, whatever the tool), a tool appended to a
+    governed list. An agent added to a crew after govern() is not: govern
+    the crew again (or that agent).
     """
     if on_block != "return":
         raise ConfigurationError(
@@ -246,7 +251,8 @@ def govern(
     elif isinstance(given, Agent):
         hooks = _Hooks(governor, [given], [])
     elif isinstance(given, Iterable) and not isinstance(given, str | bytes):
-        tools = list(given)
+        # A list is kept as it is: tools appended to it later are governed too.
+        tools = given if isinstance(given, list) else list(given)
         if not all(isinstance(tool, BaseTool) for tool in tools):
             raise ConfigurationError("govern() takes a list of CrewAI tools (BaseTool)")
         hooks = _Hooks(governor, [], tools)

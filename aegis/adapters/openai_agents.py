@@ -105,7 +105,12 @@ def govern(
             ``FunctionTool``) that you accept to leave ungoverned. Any other
             such tool is refused.
 
-    The policy replaces any ``needs_approval`` the tools had.
+    The policy replaces any ``needs_approval`` the tools had. Tools added to
+    a governed agent later (``agent.tools.append(...)``, or a new list in
+    ``agent.tools``) are governed on the next turn, before the model sees
+    them; one that cannot be governed stops the run with
+    :class:`~aegis.errors.ConfigurationError`. A list of tools is governed
+    as it is: tools added to the returned list later are not.
 
     Raises:
         ConfigurationError: a tool cannot be governed and is not in
@@ -142,7 +147,32 @@ class _Reach:
         agent.tools = [self.tool(t) for t in agent.tools]
         agent.handoffs = [self.handoff(h) for h in agent.handoffs]
         self.mcp_tools(agent)  # also when none yet: servers added later are governed too
+        self.later_tools(agent)
         self.clones(agent)
+
+    def later_tools(self, agent: Any) -> None:
+        # The SDK asks the agent for its tools on every turn: tools appended to
+        # agent.tools after govern(), or a list put in its place, are governed
+        # then, before the model can call them (or refused, as govern() refuses).
+        listed = agent.get_all_tools
+
+        async def get_all_tools(run_context: Any) -> list[Any]:
+            tools = agent.tools
+            if not all(self.governs(t) for t in tools):
+                governed = [self.tool(t) for t in tools]
+                if isinstance(tools, list):
+                    tools[:] = governed  # the caller's list too
+                else:
+                    agent.tools = governed
+            return await listed(run_context)  # type: ignore[no-any-return]
+
+        agent.get_all_tools = get_all_tools
+
+    def governs(self, tool: Any) -> bool:
+        """Whether ``tool`` is governed by this govern() already (or left out on purpose)."""
+        if isinstance(tool, FunctionTool):
+            return getattr(tool, _MARK, None) is self.governor
+        return getattr(tool, "name", type(tool).__name__) in self.ungoverned
 
     def clones(self, agent: Any) -> None:
         # Agent.clone copies the dataclass fields only, not what govern() set on
@@ -294,7 +324,7 @@ def _governed(tool: Any, governor: Governor, *, action_type: str | None = None) 
         elif (
             decision.approval is Approval.APPROVE
             and answer is not None
-            and answer.digest != _digest(governor, call)
+            and answer.digest != governor.digest(call)
         ):
             # Approved, but not these arguments: the runtime refuses and records it.
             _settled[governor.runtime].pop(call.call_id or "", None)
@@ -472,12 +502,6 @@ def _read_arguments(arguments: str | None, tool: Any) -> tuple[dict[str, Any], s
         return _arguments(arguments, tool), None
     except UnreadableSchema as exc:
         return _arguments(arguments), str(exc)
-
-
-def _digest(governor: Governor, call: ToolCall) -> str:
-    from aegis.core.action import action_digest  # noqa: PLC0415  # keeps the hot path lean
-
-    return action_digest(governor.action(call))
 
 
 def _never(action: Action) -> Any:

@@ -185,3 +185,33 @@ def test_a_tool_that_cannot_be_governed_is_refused_unless_named() -> None:
         govern(Agent(name="a", tools=[search]), make_runtime())
     agent = govern(Agent(name="b", tools=[search]), make_runtime(), ungoverned=[search.name])
     assert agent.tools == [search]
+
+
+@pytest.mark.parametrize("add", ["append", "replace"])
+async def test_tools_added_after_govern_are_governed(add: str) -> None:
+    """A tool appended to agent.tools after govern(), or a new tools list: governed."""
+    ran: list[Any] = []
+    audit = InMemoryAuditLog()
+    model = ScriptedModel(
+        [[function_call("delete_customer", {"customer_id": 7}, "d1")], [output_text("done")]]
+    )
+    agent = govern(Agent(name="support", model=model), make_runtime(audit=audit), target="crm")
+    if add == "append":
+        agent.tools.append(_delete(ran))
+    else:
+        agent.tools = [_delete(ran)]
+    result = await Runner.run(agent, "delete customer 7")
+    assert result.final_output == "done"
+    assert ran == []
+    assert _outcomes(audit) == [("delete_customer", "blocked")]
+    assert audit.records[0]["context"]["tool_call_id"] == "d1"
+
+
+async def test_a_tool_added_after_govern_that_cannot_be_governed_stops_the_run() -> None:
+    """A hosted tool appended after govern(), not named ungoverned: the run stops at once."""
+    model = ScriptedModel([[output_text("done")]])
+    agent = govern(Agent(name="support", model=model), make_runtime())
+    agent.tools.append(WebSearchTool())
+    with pytest.raises(ConfigurationError, match="cannot govern"):
+        await Runner.run(agent, "search")
+    assert model.inputs == []

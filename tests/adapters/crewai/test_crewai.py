@@ -178,3 +178,34 @@ async def test_a_tool_run_on_the_async_react_path_is_recorded_as_it_ended() -> N
     assert set(ran) == {1, 2}  # CrewAI retries a failing call on this path
     assert [r["result_status"] for r in audit.records] == ["success", "failed"]
     assert "the CRM is down" in str(audit.records[1]["result_error"])
+
+
+async def test_a_tool_appended_to_a_governed_tool_list_is_governed() -> None:
+    """A tool appended to the list govern() was given, then given to an agent: blocked, recorded."""
+    from crewai import Agent, Crew, Task
+    from crewai.tools import tool
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    run = Run()
+    recorders = _recorders(run)
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    tools = govern([tool("lookup")(recorders["lookup"])], runtime)
+    tools.append(tool("delete_customer")(recorders["delete_customer"]))
+    agent = Agent(
+        role="support",
+        goal="help",
+        backstory="a support desk",
+        llm=scripted_crewai_llm([("delete_customer", {"customer_id": 7}, "c1")]),
+        tools=tools,
+    )
+    crew = Crew(agents=[agent], tasks=[Task(description="go", expected_output="x", agent=agent)])
+    try:
+        await asyncio.to_thread(crew.kickoff)
+    finally:
+        ungovern(tools)
+    assert run.executed == []
+    assert [(r["action_type"], r["result_status"]) for r in audit.records] == [
+        ("delete_customer", "blocked")
+    ]
