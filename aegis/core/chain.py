@@ -196,9 +196,8 @@ def _json_text(value: object) -> str:
     return value if isinstance(value, str) else _encode(safe_repr(value))
 
 
-def _verbatim(text: str) -> bool:
-    # Whether JSON writes ``text`` as it is between quotes.
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+# the bytes JSON writes as they are between quotes: printable ASCII but " and \\
+_VERBATIM: Final = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
 
 
 def _plain(value: object) -> str:
@@ -221,7 +220,11 @@ def _extension(
         and type(digest) is str
         and type(kind) is str
         and kind in _KIND_TEXT
-        and _verbatim(decided_at + digest)  # one check of the two, one call
+        and (both := decided_at + digest).isascii()
+        # JSON writes both as they are: every byte is one of _VERBATIM. Speed
+        # (benchmarks/calls.py --instructions, every kind): deleting those
+        # bytes costs less than str.isprintable's look-up of each character.
+        and not both.encode().translate(None, _VERBATIM)
     ):
         # What the runtime writes: a time, a hex digest, a kind, maybe an
         # id; every character one the encoder writes as it is.

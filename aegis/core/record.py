@@ -190,14 +190,34 @@ def isoformat(moment: datetime) -> str:
     The fixed width keeps string comparison in time order, which the
     ``since``/``until`` filters rely on.
     """
+    global _clock  # noqa: PLW0603  # one tuple, replaced whole: thread-safe
     if moment.tzinfo is UTC:
         # Every record stamps two or three times of its second: format the
         # date and time of that second once, then only the microseconds.
-        second = math.floor(moment.timestamp())
-        cached, prefix = _second
-        if second == cached:
-            return f"{prefix}.{moment.microsecond:06d}+00:00"
-        return _format(moment, second)
+        # Speed (benchmarks/calls.py --instructions, every kind): the second
+        # is known by its fields, a third of the cost of moment.timestamp().
+        second, minute, hour, day, month, year, prefix = _clock
+        if (
+            moment.second == second
+            and moment.minute == minute
+            and moment.hour == hour
+            and moment.day == day
+            and moment.month == month
+            and moment.year == year
+        ):
+            fraction = moment.microsecond
+            return f"{prefix}.{_DIGITS[fraction // 1000]}{_DIGITS[fraction % 1000]}+00:00"
+        text = moment.isoformat(timespec="microseconds")
+        _clock = (
+            moment.second,
+            moment.minute,
+            moment.hour,
+            moment.day,
+            moment.month,
+            moment.year,
+            text[:19],
+        )
+        return text
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     elif moment.utcoffset():
@@ -213,11 +233,15 @@ def _format(moment: datetime, second: int) -> str:
     return text
 
 
-# Below 2**32 seconds a float timestamp keeps every microsecond apart from
-# the next second, so its floor is the second of the moment.
+# _now caches the seconds from 1970 to 2106 (a clock set outside is formatted each time).
 _EXACT: Final = 1 << 32
-# the last second formatted, and its "YYYY-MM-DDTHH:MM:SS"
+# the last second _now formatted, and its "YYYY-MM-DDTHH:MM:SS"
 _second: tuple[int, str] = (-1, "")
+# the second, minute, hour, day, month and year isoformat formatted last, and their text
+_clock: tuple[int, int, int, int, int, int, str] = (-1, -1, -1, -1, -1, -1, "")
+# Speed (benchmarks/calls.py --instructions, every kind: five times per
+# action): microseconds as two three-digit texts, a third of a :06d format.
+_DIGITS: Final = tuple(f"{n:03d}" for n in range(1000))
 
 
 def _now() -> str:
@@ -225,7 +249,7 @@ def _now() -> str:
     second, fraction = divmod(micros, 1_000_000)
     cached, prefix = _second
     if second == cached:
-        return f"{prefix}.{fraction:06d}+00:00"
+        return f"{prefix}.{_DIGITS[fraction // 1000]}{_DIGITS[fraction % 1000]}+00:00"
     return _format(datetime.fromtimestamp(second, UTC).replace(microsecond=fraction), second)
 
 
@@ -579,17 +603,6 @@ def _decision_fields(
     )
 
 
-def _stamp_fields(stamp: DecisionStamp | None) -> tuple[str | None, str | None, str | None]:
-    if stamp is None:
-        return None, None, None
-    context = stamp.context
-    return (
-        storable_json(context) if context else None,
-        stamp.decided_at,
-        stamp.policy_digest,
-    )
-
-
 def start_draft(
     session_id: str,
     decision: PolicyDecision,
@@ -665,7 +678,9 @@ def _draft(  # noqa: PLR0917  # one field of the record each, two callers
     if stamp is None:
         context = decided_at = digest = None
     else:
-        context, decided_at, digest = _stamp_fields(stamp)
+        given = stamp.context
+        context = storable_json(given) if given else None
+        decided_at, digest = stamp.decided_at, stamp.policy_digest
     if result is None:
         status = error = started = completed = None
         data_json = "null"
@@ -730,8 +745,14 @@ def finish_draft(
     """
     data = result.data
     error = result.error
+    status = result.status
+    started = result.started_at
+    completed = result.completed_at
     # Built positionally: _replace costs more than the rest of this function;
     # and with tuple.__new__, not the named tuple's Python-level __new__.
+    # Speed (benchmarks/calls.py --instructions, every kind): what the runtime
+    # gives (a ResultStatus, datetimes) is read without a call to _status_text
+    # and _time each.
     return _new_tuple(
         RecordDraft,
         (
@@ -740,11 +761,11 @@ def finish_draft(
             timestamp or _now(),
             *start[3:11],
             None if human_decision is None else _text(human_decision),
-            _status_text(result.status),
+            status._value_ if type(status) is ResultStatus else _status_text(status),
             "null" if data is None else storable_json(data),
             None if error is None else _text(str(error)),
-            _time(result.started_at),
-            _time(result.completed_at),
+            isoformat(started) if type(started) is datetime else _time(started),
+            isoformat(completed) if type(completed) is datetime else _time(completed),
             *start[17:20],
             start_id,
         ),

@@ -108,13 +108,15 @@ def _start(
     stamp: DecisionStamp | None,
 ) -> RecordDraft:
     """The start record of ``decision``'s action."""
-    params = decision.action.params
+    # No params encode as "{}" too; a None or text human decision is the text.
     return start_draft(
         session_id,
         decision,
-        human_decision=_human_text(human_decision),
+        human_decision=human_decision
+        if human_decision is None or type(human_decision) is str
+        else _human_text(human_decision),
         stamp=stamp,
-        params_json=storable_json(params) if params else "{}",
+        params_json=storable_json(decision.action.params),
     )
 
 

@@ -336,7 +336,8 @@ class Passage:
         :class:`~aegis.runtime.metering.Deferred`).
         """
         policy = self.gate.policy
-        if getattr(policy, "limits", None) is not None:
+        metered = getattr(policy, "limits", None) is not None
+        if metered:
             await self.meter(policy, plain, defer)
         decision = self.decision
         approval = decision.approval
@@ -358,7 +359,7 @@ class Passage:
                 return await self.abort(self.changed(ran=False))
         elif approval is not Approval.AUTO:  # decide() allows nothing else; fail closed anyway
             return await self.abort(blocked(decision))
-        ended = await self.start(policy)
+        ended = await self.start(policy, metered)
         if ended is not None:
             return ended
         return await self.finish(await self.execute())
@@ -406,8 +407,10 @@ class Passage:
             raise
         return denied
 
-    async def start(self, policy: Any) -> Result | None:
+    async def start(self, policy: Any, metered: bool) -> Result | None:
         """Step 3: note the action as let through and write its start record.
+
+        ``metered``: ``policy`` has limits (read once, in :meth:`run`).
 
         Returns ``None`` when the action may run, else its final Result (it
         did not run). A deferred reservation is made in the start record's
@@ -430,7 +433,7 @@ class Passage:
                 return await self.abort(blocked(started))
             self.token = started
             return None
-        if lease is not None or getattr(policy, "limits", None) is not None:
+        if lease is not None or metered:
             failed = gate.metering.ran(gate.session_id, policy, decision.action)
             if failed is not None:
                 return await self.abort(failed)
@@ -440,7 +443,7 @@ class Passage:
                 self.token = await gate.record_start(
                     gate.session_id,
                     decision,
-                    human_decision=gate.human_decision(self.human),
+                    human_decision=self.human if gate.stamped else gate.human_decision(self.human),
                     **fields,
                 )
             except AuditError as exc:
