@@ -714,6 +714,10 @@ def govern_tools(
     ``approve`` call waits on the runtime's approval handler; use
     :class:`AegisMiddleware` to suspend the run instead.
 
+    Only the tools given are governed: a tool added to the returned list
+    later is not (wrap it with ``govern_tools`` too). :class:`AegisMiddleware`
+    governs every call of its agent, whatever tool it names.
+
     Example::
 
         node = ToolNode(govern_tools([lookup, refund], runtime, target="billing"))

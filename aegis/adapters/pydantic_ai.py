@@ -205,6 +205,11 @@ def govern(
         on_block: ``"return"`` (the model reads the refusal) or ``"raise"``
             (:class:`~aegis.errors.ToolBlockedError` ends the run).
         agent: the agent name recorded when the run's agent has none.
+
+    A governed agent governs each run's tools as the run starts, so tools
+    registered on it later are governed too; so are tools added later to a
+    governed toolset. A list of tools is copied: add tools to the toolset
+    returned, not to the list.
     """
     capability = AegisCapability(runtime, target=target, on_block=on_block, agent=agent)
     if isinstance(agent_or_toolset, AbstractAgent):

@@ -87,3 +87,31 @@ async def test_a_governed_toolset_records_its_calls() -> None:
     [record] = audit.records
     assert (record["result_status"], record["action_desc"]) == ("success", DESCRIPTIONS["lookup"])
     assert record["context"]["tool_call_id"] == "c1"
+
+
+async def test_tools_registered_after_govern_are_governed() -> None:
+    """A tool registered on the agent, or added to a governed toolset, after govern(): blocked."""
+    from pydantic_ai import Agent, FunctionToolset
+
+    from aegis.adapters.pydantic_ai import govern
+
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    run = Run()
+    recorders = _recorders(run)
+    model, seen = scripted_function_model([("delete_customer", {"customer_id": 7}, "c1")])
+    base = Agent(model, name="support", tools=[recorders["lookup"]])
+    agent = govern(base, runtime)
+    base.tool_plain(recorders["delete_customer"])
+    await agent.run("go")
+    toolset = FunctionToolset([recorders["lookup"]])
+    governed = govern(toolset, runtime)
+    toolset.add_function(recorders["delete_customer"])
+    model, seen = scripted_function_model([("delete_customer", {"customer_id": 8}, "c2")])
+    await Agent(model, name="support", toolsets=[governed]).run("go")
+    assert run.executed == []
+    assert [(r["action_type"], r["result_status"]) for r in audit.records] == [
+        ("delete_customer", "blocked"),
+        ("delete_customer", "blocked"),
+    ]
+    assert "blocked by rule no-deletes" in pydantic_ai_tool_results(seen[-1])["c2"]
