@@ -6,18 +6,24 @@ import json
 import os
 import pwd
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
+from click.testing import Result as CliResult
 
 from aegis.cli import cli
 from aegis.core.action import Action
 from aegis.core.policy import Policy
 from aegis.core.result import Result, ResultStatus
 from aegis.runtime.audit import AuditLogger
+
+#: the ``invoke`` fixture of conftest.py: runs ``aegis ARGS...``, returns Click's result.
+#: Imported from here, never from conftest: with several test folders in one run,
+#: another folder's conftest.py may hold that module name.
+Invoke = Callable[..., CliResult]
 
 POLICY = """\
 version: "1"

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_support import POLICY, write_session
+from cli_support import POLICY, Invoke, write_session
 from click.testing import CliRunner, Result
 
 from aegis.cli import cli
-
-Invoke = Callable[..., Result]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Invoke
+from cli_support import Invoke
 
 ISSUER = ["--oidc-issuer", "https://id.example.com"]
 

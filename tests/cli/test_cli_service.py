@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import Invoke
+from cli_support import Invoke
 
 from aegis.core.action import Action, action_digest
 from aegis.core.approval_request import ApprovalRequest, Verdict, request_digest

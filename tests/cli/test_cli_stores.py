@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Invoke
+from cli_support import Invoke
 
 from aegis import Action, AuditLogger, Policy, Runtime
 from aegis.stores import open_stores

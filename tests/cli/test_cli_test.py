@@ -7,7 +7,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from conftest import Invoke
+from cli_support import Invoke
 
 from aegis.cli._init import STARTER_CASES, STARTER_POLICY
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Invoke
+from cli_support import Invoke
 
 
 def test_tied_token_is_listed_with_its_person(invoke: Invoke, tmp_path: Path) -> None:
