@@ -239,7 +239,9 @@ def background(command: list[str], log: Path, url: str) -> Iterator[subprocess.P
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 20
+        # a Python or Node process starting on a loaded machine (2 cores, many
+        # agents) can take tens of seconds before it listens; one that exited fails at once
+        deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"{command[:4]} exited: {log.read_text()}")

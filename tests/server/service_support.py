@@ -113,7 +113,9 @@ class Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 20
+        # generous: aegis serve starting on a loaded machine can take tens of seconds;
+        # one that exited fails at once
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"aegis serve exited: {self.log.read_text()}")
