@@ -95,6 +95,8 @@ from aegis.stores.postgres.schema import migrate, schema_lock_key
 
 __all__ = [
     "APPEND_FUNCTION",
+    "APPEND_ONE_FUNCTION",
+    "APPEND_ONE_PROCEDURE",
     "APPEND_PROCEDURE",
     "AUDIT_TABLE",
     "CHECKPOINT_TABLE",
@@ -109,6 +111,9 @@ CHECKPOINT_TABLE: Final = "aegis_audit_checkpoints"
 APPEND_FUNCTION: Final = "aegis_audit_append"
 #: the procedure that appends and, when asked, commits and waits for the disk
 APPEND_PROCEDURE: Final = "aegis_audit_append_call"
+#: the same two for an append of one record, a parameter per field
+APPEND_ONE_FUNCTION: Final = "aegis_audit_append_one"
+APPEND_ONE_PROCEDURE: Final = "aegis_audit_append_one_call"
 
 #: the fields a record may leave empty; all others are NOT NULL
 _NULLABLE: Final = frozenset(
@@ -221,6 +226,81 @@ def _append_procedure() -> str:
     )
 
 
+def _one_body(durable: bool) -> str:
+    """The body of the one-record append: lock, link, hash and insert in two statements.
+
+    Every field arrives as its own parameter, so the ``INSERT`` projects
+    plain parameters (an array subscript per field cost the server more to
+    set up, per call, than the rest of the append), and the lock and the
+    commit settings are assignments, which plpgsql evaluates without
+    starting an executor. With ``durable`` (the procedure) the append is
+    committed without waiting for the disk, releasing the lock, and a
+    logical message is then committed synchronously: its flush covers the
+    record.
+    """
+    fields = ", ".join(f"p_{name}" for name in RecordDraft._fields)
+    flush = (
+        "  IF durable THEN\n"
+        "    COMMIT;\n"
+        # a server whose default is not to wait would break the promise
+        "    IF current_setting('synchronous_commit') = 'off' THEN\n"
+        "      ignored := set_config('synchronous_commit', 'on', true);\n"
+        "    END IF;\n"
+        "    ignored := pg_logical_emit_message(true, 'aegis', '')::text;\n"
+        "  END IF;\n"
+    )
+    return (
+        "DECLARE\n"
+        "  ignored text;\n"
+        "BEGIN\n"
+        # the lock is released at commit: committing must not wait for the
+        # disk, or the fleet would fsync one append at a time
+        "  ignored := set_config('synchronous_commit', 'off', true);\n"
+        "  ignored := pg_advisory_xact_lock(lock1, lock2)::text;\n"
+        # a new snapshot per statement: the head as the last holder left it
+        f"  SELECT l.id, l.hash INTO rid, rprev FROM {{schema}}.{AUDIT_TABLE} AS l\n"
+        "    ORDER BY l.id DESC LIMIT 1;\n"
+        "  IF NOT FOUND THEN\n"
+        f"    rid := 0; rprev := '{GENESIS_HASH}';\n"
+        "  END IF;\n"
+        "  rid := rid + 1;\n"
+        "  rhash := encode(sha256(convert_to('[' || rid || ',' || mid\n"
+        "    || ',\"' || rprev || '\"' || tail, 'UTF8')), 'hex');\n"
+        f"  INSERT INTO {{schema}}.{AUDIT_TABLE} ({', '.join(RECORD_FIELDS)})\n"
+        f"    VALUES (rid, {fields}, rprev, rhash);\n" + (flush if durable else "") + "END\n"
+    )
+
+
+def _one_arguments() -> str:
+    return ", ".join(
+        f"p_{name} " + ("bigint" if name in _INTEGERS else "text") for name in RecordDraft._fields
+    )
+
+
+def _append_one_function() -> str:
+    """The statement creating ``aegis_audit_append_one``: one record, no flush.
+
+    Arguments: the chain's lock key, the draft's fields one by one, the two
+    pieces of its hashed text. Returns the record's id, predecessor and hash.
+    """
+    return (
+        f"CREATE OR REPLACE FUNCTION {{schema}}.{APPEND_ONE_FUNCTION}(lock1 integer, "
+        f"lock2 integer, {_one_arguments()}, mid text, tail text, "
+        "OUT rid bigint, OUT rprev text, OUT rhash text) "
+        "LANGUAGE plpgsql VOLATILE AS $aegis$\n" + _one_body(durable=False) + "$aegis$"
+    )
+
+
+def _append_one_procedure() -> str:
+    """The statement creating ``aegis_audit_append_one_call``: one record, flushed if asked."""
+    return (
+        f"CREATE OR REPLACE PROCEDURE {{schema}}.{APPEND_ONE_PROCEDURE}(lock1 integer, "
+        f"lock2 integer, {_one_arguments()}, mid text, tail text, durable boolean, "
+        "INOUT rid bigint, INOUT rprev text, INOUT rhash text) "
+        "LANGUAGE plpgsql AS $aegis$\n" + _one_body(durable=True) + "$aegis$"
+    )
+
+
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # 0 -> 1: the chain as it is hashed, field by field
     0: (
@@ -244,6 +324,9 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     2: (_append_function(),),
     # 3 -> 4: an append, durable or not, in one statement
     3: (_append_procedure(),),
+    # 4 -> 5: one record's append with a parameter per field, cheaper for
+    # the server (the common case: an agent acting one action at a time)
+    4: (_append_one_function(), _append_one_procedure()),
 }
 
 
@@ -256,6 +339,11 @@ _PROCEDURE_SINCE: Final = 4
 #: APPEND_FUNCTION, which costs the server less than a CALL)
 _PREPARED_DURABLE: Final = b"aegis_audit_append_durable"
 _PREPARED_QUICK: Final = b"aegis_audit_append_quick"
+#: the schema version that added APPEND_ONE_FUNCTION and APPEND_ONE_PROCEDURE
+_ONE_SINCE: Final = 5
+#: their prepared statements: a record appended alone
+_PREPARED_ONE_DURABLE: Final = b"aegis_audit_append_one_durable"
+_PREPARED_ONE_QUICK: Final = b"aegis_audit_append_one_quick"
 
 #: rows per page when reading, and per round trip of the verifying cursor
 _PAGE: Final = 1000
@@ -341,6 +429,46 @@ def _call_parameters(
             f"carry: {exc.reason}; connect with client_encoding UTF8"
         ) from exc
     return encoded
+
+
+def _one_parameters(draft: RecordDraft, pair: tuple[str, str], encoding: str) -> list[bytes | None]:
+    """The parameters of a one-record append, in the text format: each field, then its pieces."""
+    parameters: list[bytes | None] = []
+    try:
+        for value in draft[:-1]:
+            if type(value) is str:
+                parameters.append(value.encode(encoding))
+            elif value is None:
+                parameters.append(None)
+            elif isinstance(value, str):
+                parameters.append(str.__str__(value).encode(encoding))
+            else:
+                raise StoreError(
+                    f"an audit record field holds {type(value).__name__} {value!r}, not text"
+                )
+        start_id = draft.start_id
+        parameters.append(None if start_id is None else str(int(start_id)).encode())
+        parameters.append(pair[0].encode(encoding))
+        parameters.append(pair[1].encode(encoding))
+    except UnicodeEncodeError as exc:
+        raise StoreError(
+            f"an audit record holds text the connection's encoding ({encoding}) cannot "
+            f"carry: {exc.reason}; connect with client_encoding UTF8"
+        ) from exc
+    return parameters
+
+
+def _composite(value: bytes | None) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The three fields of ``(id,prev,hash)``, PostgreSQL's text of the one-record append's row.
+
+    The id is digits and both hashes hex, so the text holds no quotes.
+    """
+    if value is None or not value.startswith(b"(") or not value.endswith(b")"):
+        return None, None, None
+    parts = value[1:-1].split(b",")
+    if len(parts) != 3:
+        return None, None, None
+    return parts[0] or None, parts[1] or None, parts[2] or None
 
 
 def _storable(draft: RecordDraft) -> RecordDraft:
@@ -429,7 +557,7 @@ class PostgresAuditStore(ReadMixin):
         self._table: sql.Composed | None = None
         self._checkpoints: sql.Composed | None = None
         self._sql_append = self._sql_flush = self._sql_lock = self._sql_last = ""
-        self._sql_call = self._sql_quick = b""
+        self._sql_call = self._sql_quick = self._sql_one_call = self._sql_one_quick = b""
         self._encoding = "utf-8"
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
@@ -492,6 +620,27 @@ class PostgresAuditStore(ReadMixin):
             .format(sql.Identifier(schema), sql.Identifier(APPEND_FUNCTION), key)
             .as_string(conn)
             .encode()
+        )
+        # one record alone: a parameter per field (none before schema version 5)
+        ones = ", ".join(f"${n}" for n in range(1, len(RecordDraft._fields) + 3))
+        self._sql_one_call, self._sql_one_quick = (
+            (
+                sql.SQL("CALL {}.{}({}, {}, true, NULL, NULL, NULL)")
+                .format(
+                    sql.Identifier(schema), sql.Identifier(APPEND_ONE_PROCEDURE), key, sql.SQL(ones)
+                )
+                .as_string(conn)
+                .encode(),
+                # a composite in one column: a FROM clause would cost the server a scan
+                sql.SQL("SELECT {}.{}({}, {})")
+                .format(
+                    sql.Identifier(schema), sql.Identifier(APPEND_ONE_FUNCTION), key, sql.SQL(ones)
+                )
+                .as_string(conn)
+                .encode(),
+            )
+            if version >= _ONE_SINCE
+            else (b"", b"")
         )
         # the newest records of a session, to settle an append whose outcome is unknown
         self._sql_last = (
@@ -741,7 +890,11 @@ class PostgresAuditStore(ReadMixin):
         for name, statement in (
             (_PREPARED_DURABLE, self._sql_call),
             (_PREPARED_QUICK, self._sql_quick),
+            (_PREPARED_ONE_DURABLE, self._sql_one_call),
+            (_PREPARED_ONE_QUICK, self._sql_one_quick),
         ):
+            if not statement:
+                continue
             with conn.lock:
                 pgconn.send_prepare(name, statement)
                 results = conn.wait(execute(pgconn))
@@ -768,8 +921,13 @@ class PostgresAuditStore(ReadMixin):
         ``response_timeout`` like every other.
         """
         encoding = self._encoding
-        parameters = _call_parameters(drafts, pieces, encoding)
-        name = _PREPARED_DURABLE if durable else _PREPARED_QUICK
+        one = len(drafts) == 1 and bool(self._sql_one_call)
+        if one:
+            parameters = _one_parameters(drafts[0], pieces[0], encoding)
+            name = _PREPARED_ONE_DURABLE if durable else _PREPARED_ONE_QUICK
+        else:
+            parameters = _call_parameters(drafts, pieces, encoding)
+            name = _PREPARED_DURABLE if durable else _PREPARED_QUICK
         pgconn = conn.pgconn
         for attempt in (1, 2):
             with conn.lock:
@@ -785,20 +943,24 @@ class PostgresAuditStore(ReadMixin):
                 self._prepare_call(conn)
                 continue
             raise error
-        # the CALL answers one row (first id, its predecessor, last hash);
-        # the SELECT one row per record (id, predecessor, hash)
+        # a CALL answers one row (first id, its predecessor, last hash); the
+        # SELECT of a batch one row per record (id, predecessor, hash); the
+        # SELECT of one record one row holding those three as a composite
         rows = result.ntuples
-        if rows != (1 if durable else len(drafts)):
+        if rows != (1 if durable or one else len(drafts)):
             raise StoreError(
                 f"the audit trail in {self.url} returned {rows} rows for an append of "
-                f"{len(drafts)}; its {APPEND_FUNCTION} function or {APPEND_PROCEDURE} "
-                "procedure was changed, restore them"
+                f"{len(drafts)}; its {APPEND_FUNCTION} functions or {APPEND_PROCEDURE} "
+                "procedures were changed, restore them"
             )
-        first_id, first_prev, last_hash = (
-            result.get_value(0, 0),
-            result.get_value(0, 1),
-            result.get_value(rows - 1, 2),
-        )
+        if one and not durable:
+            first_id, first_prev, last_hash = _composite(result.get_value(0, 0))
+        else:
+            first_id, first_prev, last_hash = (
+                result.get_value(0, 0),
+                result.get_value(0, 1),
+                result.get_value(rows - 1, 2),
+            )
         if first_id is None or first_prev is None or last_hash is None:
             raise StoreError(
                 f"the audit trail in {self.url} returned no record for an append of "

@@ -24,7 +24,7 @@ from aegis.core.chain import GENESIS_HASH, row_hash
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.filters import Filters
 from aegis.core.policy import Policy
-from aegis.core.record import RECORD_FIELDS, AuditRecord
+from aegis.core.record import RECORD_FIELDS, AuditRecord, final_draft, start_draft
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ConfigurationError, StoreError
@@ -578,7 +578,7 @@ def test_a_trail_of_an_older_schema_is_read_as_is_and_migrated_by_a_writer(
         assert writer.store.checkpoints() == []  # type: ignore[attr-defined]
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(4,)]
+    ) == [(5,)]
     assert sql(postgres_dsn, "SELECT count(*) FROM aegis_audit_checkpoints") == [(0,)]
 
 
@@ -598,7 +598,7 @@ def test_a_trail_written_before_the_append_function_is_upgraded_and_continued(
         assert report.checked == 4
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(4,)]
+    ) == [(5,)]
 
 
 @pytest.mark.parametrize("level", ["process", "result", "full"])
@@ -627,7 +627,51 @@ def test_a_trail_before_the_append_procedure_is_written_as_is_or_upgraded(
     assert report.checked == 4
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
+    ) == [(5,)]
+
+
+@pytest.mark.parametrize("level", ["process", "result", "full"])
+def test_a_trail_before_the_one_record_append_is_written_as_is_or_upgraded(
+    trail: AuditLogger, postgres_dsn: str, level: str
+) -> None:
+    """A version-4 trail takes appends through its procedure, then gains the one-record append.
+
+    A writer that may not migrate appends through the version-4 procedure;
+    a writer that may adds the one-record function and procedure (version
+    5) and appends through them; starts, finals and batches chain on and
+    the whole trail verifies.
+    """
+    fill(trail, 2)
+    sql(postgres_dsn, "DROP PROCEDURE aegis_audit_append_one_call")
+    sql(postgres_dsn, "DROP FUNCTION aegis_audit_append_one")
+    sql(postgres_dsn, "UPDATE aegis_schema_versions SET version = 4 WHERE component = 'audit'")
+    with AuditLogger(postgres_dsn, create=False, durability=level) as writer:
+        d = decision(3)
+        assert writer.log("s3", d, result=success(d)) == 3
+    assert sql(
+        postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
     ) == [(4,)]
+    with AuditLogger(postgres_dsn, durability=level) as writer:
+        d = decision(4)
+        assert writer.log("s4", d, result=success(d)) == 4
+        store = writer.store
+        assert isinstance(store, PostgresAuditStore)
+        started = store.append([start_draft("s5", d)])
+        assert [r.id for r in started] == [5]
+        final = final_draft("s5", d, success(d), start_id=5)
+        again = start_draft("s6", d)
+        assert [r.id for r in store.append([final, again])] == [6, 7]
+        report = writer.verify()
+    assert report.ok, report.reason
+    assert report.checked == 7
+    assert sql(
+        postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
+    ) == [(5,)]
+    assert sql(postgres_dsn, "SELECT id, start_id FROM aegis_audit_log WHERE id >= 5") == [
+        (5, None),
+        (6, 5),
+        (7, None),
+    ]
 
 
 async def test_signed_checkpoints_on_postgresql_catch_a_consistent_rewrite(
@@ -733,8 +777,9 @@ def test_an_append_after_the_prepared_statements_were_dropped_goes_through(
         conn.execute("DEALLOCATE ALL")
         d = decision(2)
         assert audit.log("s1", d, result=success(d)) == 2
-        # one of the two statements dropped: the other is kept as it is
-        conn.execute("DEALLOCATE aegis_audit_append_durable")
+        # one of the statements dropped (the one a lone record's durable
+        # append uses): the others are kept as they are
+        conn.execute("DEALLOCATE aegis_audit_append_one_durable")
         d = decision(3)
         assert audit.log("s1", d, result=success(d)) == 3
         report = audit.verify()
