@@ -25,6 +25,7 @@ Timeouts, each configurable:
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import threading
@@ -80,6 +81,14 @@ def _bounded(gen: PQGen[_RV], seconds: float, conn: Connection) -> PQGen[_RV]:
         return result
 
 
+#: what psycopg's wait raises past a deadline of its own (3.3 onwards), if it takes one
+_WAIT_TIMEOUT: Final[type[Exception] | None] = (
+    getattr(psycopg.errors, "_WaitTimeout", None)
+    if "timeout" in inspect.signature(psycopg.Connection.wait).parameters
+    else None
+)
+
+
 class AnsweringConnection(Connection):
     """A connection whose every round trip has a client-side deadline (``response_timeout``).
 
@@ -94,8 +103,20 @@ class AnsweringConnection(Connection):
 
     def wait(self, gen: PQGen[_RV], interval: float = 0.1, timeout: float | None = None) -> _RV:
         """psycopg's wait, bounded by :attr:`response_timeout`."""
-        if self.response_timeout is not None:
-            gen = _bounded(gen, self.response_timeout, self)
+        seconds = self.response_timeout
+        if seconds is not None and timeout is None and _WAIT_TIMEOUT is not None:
+            # psycopg's own deadline, in its C wait loop: wrapping the
+            # generator in Python cost more client CPU per round trip
+            try:
+                return super().wait(gen, interval, seconds)
+            except _WAIT_TIMEOUT:
+                self.pgconn.finish()  # mid-message: the connection is done
+                raise psycopg.OperationalError(
+                    f"the server did not answer within {seconds:g}s (response_timeout); "
+                    "it may be stopped, stalled or overloaded"
+                ) from None
+        if seconds is not None:
+            gen = _bounded(gen, seconds, self)
         if timeout is None:  # psycopg before 3.3.? has no timeout argument
             return super().wait(gen, interval)
         return super().wait(gen, interval, timeout)
