@@ -787,6 +787,27 @@ def test_an_append_after_the_prepared_statements_were_dropped_goes_through(
     assert report.checked == 3
 
 
+@pytest.mark.parametrize("level", ["process", "result"])
+def test_a_one_record_append_the_server_hashed_otherwise_is_refused(
+    postgres_dsn: str, level: str
+) -> None:
+    """A one-record function changed to hash other text: the append fails, it never chains on.
+
+    The client recomputes the hash of every record from the id and
+    predecessor the server chose; quick (``process``) and flushed
+    (``result``) appends both go through the one-record path here.
+    """
+    with AuditLogger(postgres_dsn, durability=level) as audit:
+        fill(audit, 1)
+        for routine in ("aegis_audit_append_one", "aegis_audit_append_one_call"):
+            source = sql(postgres_dsn, f"SELECT pg_get_functiondef('{routine}'::regproc)")[0][0]
+            assert "|| tail, 'UTF8'" in str(source)
+            sql(postgres_dsn, str(source).replace("|| tail, 'UTF8'", "|| tail || ' ', 'UTF8'"))
+        d = decision(2)
+        with pytest.raises(StoreError, match="otherwise than Aegis does"):
+            audit.log("s1", d, result=success(d))
+
+
 def test_threads_appending_at_once_share_round_trips_and_flushes(postgres_dsn: str) -> None:
     """Eight threads logging at once through one store: a few commits carry them all, in order."""
     with AuditLogger(postgres_dsn, durability="result") as audit:
