@@ -523,13 +523,45 @@ class ApprovalService:
             request = await self._call(self.store.get_request, request_id) or request
         return request
 
+    @staticmethod
+    def may_see(principal: Principal, request: ApprovalRequest) -> bool:
+        """Whether ``principal`` may read ``request``.
+
+        The agent that asked reads its own requests. A reviewer reads what
+        their groups may decide (a request naming no group is anyone's),
+        and what they decided themselves; another group's request is
+        someone else's work, and its params may be theirs alone to read.
+        """
+        if principal.role is not Role.REVIEWER:
+            return principal.name == request.requester
+        if not request.reviewers or set(principal.groups) & set(request.reviewers):
+            return True
+        who = principal.who.key
+        return any(d.reviewer == who for d in request.decisions)
+
     def _may_see(self, principal: Principal, request: ApprovalRequest) -> None:
-        if principal.role is Role.REVIEWER or principal.name == request.requester:
+        if self.may_see(principal, request):
             return
+        if principal.role is Role.REVIEWER:
+            raise _forbidden(
+                f"approval request {request.id} is for reviewers in "
+                f"{', '.join(request.reviewers)}; {principal.name} is in "
+                f"{', '.join(principal.groups) or 'no group'}",
+                code="wrong_group",
+            )
         raise _forbidden(
             f"{principal.name} may not see approval request {request.id}: only reviewers "
             "and the agent that asked may"
         )
+
+    @staticmethod
+    def _visible_groups(principal: Principal, groups: Collection[str] | None) -> tuple[str, ...]:
+        """The groups filter a reviewer lists under: theirs, narrowed by ``groups`` if given."""
+        own = tuple(principal.groups)
+        if groups is None:
+            return own
+        wanted = set(groups)
+        return tuple(g for g in own if g in wanted)
 
     async def get(self, principal: Principal, request_id: str) -> ApprovalRequest:
         """The request (a reviewer, or the agent that asked)."""
@@ -580,6 +612,8 @@ class ApprovalService:
         """
         self._require(principal, Role.REVIEWER, "listing approval requests")
         await self.expire_due()
+        # Only what the reviewer's groups may decide, whatever the caller asked.
+        groups = self._visible_groups(principal, groups)
         filters: dict[str, Any] = {
             "requester": requester,
             "session_id": session_id,
@@ -598,9 +632,9 @@ class ApprovalService:
                 before=ListCursor.after(page[-1], sort),
                 **filters,
             )
-        if groups is not None:  # exactly: the store may match a quoted name too widely
-            wanted = set(groups)
-            page = [r for r in page if not r.reviewers or wanted & set(r.reviewers)]
+        # exactly: the store may match a quoted name too widely
+        wanted = set(groups)
+        page = [r for r in page if not r.reviewers or wanted & set(r.reviewers)]
         return page, more
 
     async def count_requests(
@@ -611,6 +645,7 @@ class ApprovalService:
     ) -> int:
         """How many requests :meth:`page_requests` with these filters lists in all."""
         self._require(principal, Role.REVIEWER, "counting approval requests")
+        filters["groups"] = self._visible_groups(principal, filters.get("groups"))
         return await self._call(self.store.count_requests, status, **filters)
 
     async def wait(self, principal: Principal, request_id: str, timeout: float) -> ApprovalRequest:
@@ -767,15 +802,26 @@ class ApprovalService:
     async def list_grants(
         self, principal: Principal, *, include_inactive: bool = False
     ) -> list[Grant]:
-        """Grants, newest first (reviewer role)."""
+        """Grants of requests the reviewer's groups may decide, newest first (reviewer role)."""
         self._require(principal, Role.REVIEWER, "listing grants")
-        return await self._call(
+        grants = await self._call(
             self.store.list_grants, self.clock(), include_inactive=include_inactive
         )
+        return [g for g in grants if _may_see_grant(principal, g)]
 
     async def revoke_grant(self, principal: Principal, grant_id: str) -> Grant:
-        """Revoke a grant (reviewer role); later actions it covered ask again."""
+        """Revoke a grant (reviewer role, of the groups it was given for).
+
+        Later actions it covered ask again.
+        """
         self._require(principal, Role.REVIEWER, "revoking a grant")
+        found = await self._call(self.store.get_grant, grant_id)
+        if found is not None and not _may_see_grant(principal, found):
+            raise _forbidden(
+                f"grant {grant_id} was given for reviewers in {', '.join(found.reviewers)}; "
+                f"{principal.name} is in {', '.join(principal.groups) or 'no group'}",
+                code="wrong_group",
+            )
         by = str(principal.who)
         grant = await self._call(self.store.revoke_grant, grant_id, self.clock(), by=by)
         request = await self._call(self.store.get_request, grant.request_id)
@@ -834,6 +880,13 @@ class ApprovalService:
         finally:
             if self.audit is not None:
                 self.audit.close()
+
+
+def _may_see_grant(principal: Principal, grant: Grant) -> bool:
+    """A grant is seen by the groups of the request it was given on, and by its givers."""
+    if not grant.reviewers or set(principal.groups) & set(grant.reviewers):
+        return True
+    return principal.who.key in grant.granted_by
 
 
 def statuses(text: str | None) -> RequestStatus | None:

@@ -925,6 +925,14 @@ class SqlApprovalStore:
             )
         return [_grant_of(row) for row in rows]
 
+    def get_grant(self, grant_id: str) -> Grant | None:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.get_grant`."""
+        with self._transaction(write=False) as tx:
+            rows = tx.all(
+                f"SELECT {_GRANT_COLUMNS} FROM {{p}}aegis_grants WHERE id = ?", (grant_id,)
+            )
+        return _grant_of(rows[0]) if rows else None
+
     def revoke_grant(self, grant_id: str, now: datetime, *, by: str = "") -> Grant:
         """See :meth:`aegis.stores.approvals.ApprovalStore.revoke_grant`."""
         with self._transaction(write=True) as tx:

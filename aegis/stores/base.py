@@ -535,6 +535,10 @@ class ApprovalStore(Protocol):
         """Grants, newest first; only the active ones unless asked."""
         ...
 
+    def get_grant(self, grant_id: str) -> Grant | None:
+        """The grant with this id, active or not, or ``None``."""
+        ...
+
     def revoke_grant(self, grant_id: str, now: datetime, *, by: str = "") -> Grant:
         """Revoke a grant (``by`` names who did); 404 if unknown, 409 if inactive already."""
         ...

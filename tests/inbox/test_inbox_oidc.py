@@ -211,13 +211,40 @@ def test_pending_shows_only_what_your_groups_may_decide(idp: Idp, browser: Brows
     shown = bob.get(f"{idp.inbox.url}/").text
     assert finance in shown
     assert security not in shown
-    refused = _decide(bob, idp.inbox.url, security, "approve")
+    assert bob.get(f"{idp.inbox.url}/requests/{security}").status_code == 403
+    # His own session's form token cannot decide it either.
+    csrf = shown.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    refused = bob.post(
+        f"{idp.inbox.url}/requests/{security}/decision",
+        data={"csrf": csrf, "verdict": "approve", "comment": "", "confirm": "yes"},
+        headers={"Origin": idp.inbox.url},
+    )
     assert refused.status_code == 403
     assert idp.status(security)["status"] == "pending"
     carol = sign_in(idp.inbox.url, "carol", browser())
     both = carol.get(f"{idp.inbox.url}/").text
     assert finance in both
     assert security in both
+
+
+def test_another_groups_request_is_hidden_on_every_page(idp: Idp, browser: Browser) -> None:
+    """Bob (finance) cannot open security's request, nor see it in rows, events or History."""
+    security = idp.ask("rotate_certs", ["security"])
+    finished = idp.ask("revoke_certs", ["security"])
+    alice = sign_in(idp.inbox.url, "alice", browser())
+    assert _decide(alice, idp.inbox.url, finished, "deny").status_code == 303
+    bob = sign_in(idp.inbox.url, "bob", browser())
+    page = bob.get(f"{idp.inbox.url}/requests/{security}")
+    assert page.status_code == 403
+    assert "rotate_certs" not in page.text
+    assert security not in bob.get(f"{idp.inbox.url}/inbox/pending-rows").text
+    with bob.stream("GET", f"{idp.inbox.url}/inbox/events") as stream:
+        data = next(line for line in stream.iter_lines() if line.startswith("data: "))
+    assert security not in json.loads(data.removeprefix("data: "))["ids"]
+    assert finished not in bob.get(f"{idp.inbox.url}/history", params={"status": "all"}).text
+    # Alice (security) sees both, the finished one in History.
+    assert alice.get(f"{idp.inbox.url}/requests/{security}").status_code == 200
+    assert finished in alice.get(f"{idp.inbox.url}/history", params={"status": "all"}).text
 
 
 def test_decision_records_issuer_subject_and_name(idp: Idp, browser: Browser) -> None:

@@ -26,6 +26,7 @@ TOKENS: dict[str, tuple[Role, tuple[str, ...]]] = {
     "bob": (Role.REVIEWER, ("finance",)),
     "carol": (Role.REVIEWER, ("ops",)),
     "dave": (Role.AGENT, ()),
+    "sam": (Role.REVIEWER, ("security",)),
 }
 
 POLICY = {

@@ -171,7 +171,7 @@ async def test_two_person_rule(agent: Agent, people: dict[str, Reviewer]) -> Non
 async def test_reviewer_groups(agent: Agent, people: dict[str, Reviewer]) -> None:
     """reviewers: [finance] refuses carol (ops) and accepts alice (finance)."""
     task = agent.start("payroll")
-    request = await people["carol"].pending(agent.session_id)
+    request = await people["alice"].pending(agent.session_id)  # carol's list omits it
     refused = await people["carol"].decide(request["id"])
     assert refused.status_code == 403
     assert not task.done()

@@ -69,6 +69,7 @@ async def test_one_outsider_cannot_approve_what_the_runtime_made_strict(served: 
     ran: list[Action] = []
     handler = RemoteApprovalHandler(served.url, token="bot-secret", timeout=20, poll=2)
     carol = Reviewer(served.url, "carol")  # ops, not security
+    sam = Reviewer(served.url, "sam")  # security
     runtime = Runtime(
         executor=lambda action: ran.append(action) or "sent",
         policy=Policy.from_dict(AGENT_POLICY),
@@ -81,13 +82,13 @@ async def test_one_outsider_cannot_approve_what_the_runtime_made_strict(served: 
         task = asyncio.create_task(
             runtime.run_one(Action("send_email", "external-smtp", {"to": "x@evil.test"}))
         )
-        pending = await carol.pending(session)
+        pending = await sam.pending(session)  # security sees it; ops does not
         assert pending["approvers"] == 2
         assert pending["reviewers"] == ["security"]
         assert pending["risk_level"] == "critical"
         refused = await carol.decide(pending["id"], "approve")
         assert refused.status_code == 403
-        assert (await carol.get(pending["id"]))["status"] == "pending"
+        assert (await sam.get(pending["id"]))["status"] == "pending"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -96,6 +97,7 @@ async def test_one_outsider_cannot_approve_what_the_runtime_made_strict(served: 
         await runtime.close()
         await handler.aclose()
         await carol.aclose()
+        await sam.aclose()
 
 
 @pytest.mark.parametrize(
