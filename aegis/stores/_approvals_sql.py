@@ -49,6 +49,7 @@ __all__ = [
     "IDENTITY_SCHEMA",
     "SCHEMA",
     "SCHEMA_VERSION",
+    "SORT_SCHEMA",
     "TERMS_SCHEMA",
     "WHY_SCHEMA",
     "Conflict",
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 #: the version of the approval tables, kept in aegis_schema_versions
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 COMPONENT: Final = "approvals"
 
 #: the tables of version 1, for both engines (``{p}`` is the table prefix)
@@ -211,6 +212,14 @@ _ORDERS: Final = {
     "expiring": "expires_at ASC, id ASC",
     "risk": f"{_RISK_RANK} DESC, created_at DESC, id DESC",
 }
+
+#: version 6: the pending list sorted "highest risk first" reads an index in its
+#: order instead of sorting every pending request; the indexed expression is
+#: the sort's own, word for word, as both engines need to match it
+SORT_SCHEMA: Final = (
+    "CREATE INDEX IF NOT EXISTS aegis_approval_requests_risk ON {p}aegis_approval_requests "
+    f"(status, ({_RISK_RANK}), created_at, id)",
+)
 
 
 class Conflict(Exception):

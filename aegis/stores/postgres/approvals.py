@@ -23,6 +23,7 @@ from aegis.stores._approvals_sql import (
     COMPONENT,
     EVENTS_SCHEMA,
     IDENTITY_SCHEMA,
+    SORT_SCHEMA,
     TERMS_SCHEMA,
     WHY_SCHEMA,
     Conflict,
@@ -50,6 +51,7 @@ _MIGRATIONS: Final = {
     2: tuple(statements("{schema}.", TERMS_SCHEMA, ifnx="IF NOT EXISTS ")),
     3: tuple(statements("{schema}.", IDENTITY_SCHEMA, ifnx="IF NOT EXISTS ")),
     4: tuple(statements("{schema}.", WHY_SCHEMA, ifnx="IF NOT EXISTS ")),
+    5: tuple(statements("{schema}.", SORT_SCHEMA)),
 }
 
 

@@ -24,6 +24,7 @@ from aegis.stores._approvals_sql import (
     EVENTS_SCHEMA,
     IDENTITY_SCHEMA,
     SCHEMA_VERSION,
+    SORT_SCHEMA,
     TERMS_SCHEMA,
     WHY_SCHEMA,
     Conflict,
@@ -42,6 +43,7 @@ _MIGRATIONS: Final = {
     2: tuple(statements("", TERMS_SCHEMA)),
     3: tuple(statements("", IDENTITY_SCHEMA)),
     4: tuple(statements("", WHY_SCHEMA)),
+    5: tuple(statements("", SORT_SCHEMA)),
 }
 
 
