@@ -88,6 +88,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 #: seconds between keep-alive comments on a quiet event stream
 KEEPALIVE: Final = 15.0
+#: seconds after which a live list reads its page again, changed or not
+FULL_READ: Final = 30.0
 MAX_COMMENT: Final = 2000
 HISTORY_STATUSES: Final = ("all", "approved", "denied", "expired", "cancelled")
 #: pending requests on one page of the inbox
@@ -668,32 +670,47 @@ class Inbox:
             try:
                 yield "retry: 2000\n\n"
                 last: dict[str, Any] | None = None
-                quiet = 0.0
+                stamp: tuple[int, str] | None = None
+                quiet = since_read = 0.0
+                woken = True
                 while not await request.is_disconnected():
                     current = await self.reviewer(request)
                     if current is None:
                         yield "event: signout\ndata: {}\n\n"
                         return
-                    page, _ = await self._pending_page(current, shown)
-                    # the rows as filtered, and the badge's count of all pending
-                    total = await self.service.count_requests(
-                        current.principal, RequestStatus.PENDING, groups=current.principal.groups
-                    )
-                    ids = {"ids": [item.id for item in page], "total": total}
-                    if ids != last:
-                        # the first event too: the page may be older than this stream,
-                        # and the script refreshes only if its rows or count differ
-                        yield f"event: pending\ndata: {json.dumps(ids)}\n\n"
-                        quiet = 0.0
-                    elif quiet >= KEEPALIVE:
+                    # The page is read again only when something may have changed:
+                    # this process said so (woken), the pending requests' stamp
+                    # moved (another process), or a while passed (a change the
+                    # stamp cannot see: one leaving as another older one arrives).
+                    seen = await self.service.pending_stamp(self._poll_interval / 2)
+                    if woken or seen != stamp or since_read >= FULL_READ:
+                        stamp, since_read = seen, 0.0
+                        page, _ = await self._pending_page(current, shown)
+                        # the rows as filtered, and the badge's count of all pending
+                        total = await self.service.count_requests(
+                            current.principal,
+                            RequestStatus.PENDING,
+                            groups=current.principal.groups,
+                        )
+                        ids = {"ids": [item.id for item in page], "total": total}
+                        if ids != last:
+                            # the first event too: the page may be older than this
+                            # stream, and the script refreshes only if rows or count differ
+                            yield f"event: pending\ndata: {json.dumps(ids)}\n\n"
+                            quiet = 0.0
+                        last = ids
+                    if quiet >= KEEPALIVE:
                         yield ": keep-alive\n\n"
                         quiet = 0.0
-                    last = ids
                     started = time.monotonic()
+                    woken = False
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(waker.wait(), self._poll_interval)
+                        woken = True
                     waker.clear()
-                    quiet += time.monotonic() - started
+                    waited = time.monotonic() - started
+                    quiet += waited
+                    since_read += waited
             finally:
                 self._wakers.discard(waker)
 

@@ -228,6 +228,9 @@ class ApprovalService:
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._polls = PollSlots(max_polls)
+        #: the last :meth:`pending_stamp`: its loop, when it was taken, and the stamp
+        self._stamp: tuple[asyncio.AbstractEventLoop, float, tuple[int, str]] | None = None
+        self._stamp_guard: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         #: store and audit calls that failed (a metric: ``aegis_store_errors_total``)
         self.store_errors = 0
 
@@ -647,6 +650,37 @@ class ApprovalService:
         self._require(principal, Role.REVIEWER, "counting approval requests")
         filters["groups"] = self._visible_groups(principal, filters.get("groups"))
         return await self._call(self.store.count_requests, status, **filters)
+
+    async def pending_stamp(self, max_age: float) -> tuple[int, str]:
+        """A cheap sign of whether the pending requests changed, in any service process.
+
+        How many are pending and the newest one's id: a request arriving
+        makes a new newest, one leaving (decided, expired, cancelled, by
+        any process) lowers the count. Live lists compare it before reading
+        their pages again. One reading at most every ``max_age`` seconds is
+        shared by every caller in this process, so open lists cost the
+        store one small query pair per interval, however many are open.
+        """
+        loop = asyncio.get_running_loop()
+        cached = self._stamp
+        if cached is not None and cached[0] is loop and loop.time() - cached[1] < max_age:
+            return cached[2]
+        async with self._stamp_lock():
+            cached = self._stamp
+            if cached is not None and cached[0] is loop and loop.time() - cached[1] < max_age:
+                return cached[2]
+            taken = loop.time()
+            count = await self._call(self.store.count_requests, RequestStatus.PENDING)
+            newest = await self._call(self.store.list_requests, RequestStatus.PENDING, limit=1)
+            stamp = (count, newest[0].id if newest else "")
+            self._stamp = (loop, taken, stamp)
+            return stamp
+
+    def _stamp_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._stamp_guard is None or self._stamp_guard[0] is not loop:
+            self._stamp_guard = (loop, asyncio.Lock())
+        return self._stamp_guard[1]
 
     async def wait(self, principal: Principal, request_id: str, timeout: float) -> ApprovalRequest:
         """Answer as soon as the request is no longer pending, or after ``timeout`` seconds.
