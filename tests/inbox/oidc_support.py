@@ -38,7 +38,8 @@ import Provider from 'oidc-provider';
 
 const setup = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-const jwk = {
+// a key of the test's own when given (two providers sharing one), else this run's
+const jwk = setup.signing_key || {
   ...privateKey.export({ format: 'jwk' }), kid: 'aegis-test', use: 'sig', alg: 'RS256',
 };
 
@@ -106,15 +107,20 @@ class OpenIdProvider:
         *,
         workdir: Path,
         id_token_ttl: int = 3600,
+        signing_key: Mapping[str, Any] | None = None,
+        name: str = "provider",
     ) -> None:
         self.installed = installed
-        self.setup = workdir / "provider-setup.json"
-        self.setup.write_text(
-            json.dumps(
-                {"clients": list(clients), "accounts": dict(accounts), "id_token_ttl": id_token_ttl}
-            )
-        )
-        self.log = workdir / "provider.log"
+        self.setup = workdir / f"{name}-setup.json"
+        setup: dict[str, Any] = {
+            "clients": list(clients),
+            "accounts": dict(accounts),
+            "id_token_ttl": id_token_ttl,
+        }
+        if signing_key is not None:
+            setup["signing_key"] = dict(signing_key)  # a private JWK: both providers sign with it
+        self.setup.write_text(json.dumps(setup))
+        self.log = workdir / f"{name}.log"
         self.process: subprocess.Popen[str] | None = None
         self.issuer = ""
 

@@ -515,22 +515,26 @@ def test_required_group_keeps_others_out(idp: Idp, browser: Browser) -> None:
 
 def _id_token(idp: Idp, nonce: str) -> tuple[str, str]:
     """A real ID token and access token for alice, asked for by this test itself."""
+    return _tokens_from(idp.issuer, f"{idp.inbox.url}/signin/oidc/callback", nonce)
+
+
+def _tokens_from(issuer: str, callback: str, nonce: str) -> tuple[str, str]:
+    """Alice's ID token and access token from ``issuer``, for client ``aegis`` at ``callback``."""
     verifier = secrets.token_urlsafe(48)
     challenge = (
         base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     )
-    callback = f"{idp.inbox.url}/signin/oidc/callback"
     query = {
         "response_type": "code", "client_id": "aegis", "redirect_uri": callback,
         "scope": "openid profile groups", "state": "s" * 20, "nonce": nonce,
         "code_challenge": challenge, "code_challenge_method": "S256",
     }  # fmt: skip
     with httpx.Client(timeout=20) as client:
-        start = follow_to(client, f"{idp.issuer}/auth?{urllib.parse.urlencode(query)}", callback)
+        start = follow_to(client, f"{issuer}/auth?{urllib.parse.urlencode(query)}", callback)
         back = provider_login(client, start, "alice", stop_at=callback)
         code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(back).query))["code"]
         tokens = client.post(
-            f"{idp.issuer}/token",
+            f"{issuer}/token",
             data={
                 "grant_type": "authorization_code",
                 "code": code,
@@ -577,6 +581,41 @@ async def test_id_token_checks_fail_closed(idp: Idp) -> None:
     later = float(claims["exp"]) + 3600
     with pytest.raises(OidcError, match="exp"):
         await _checker(idp, clock=later).validate_id_token(id_token, nonce, access)
+
+
+async def test_an_id_token_of_another_issuer_fails_though_its_key_is_trusted(
+    tmp_path: Path, oidc_provider_package: Path
+) -> None:
+    """Two providers signing with one key: B's token, right in all else, fails A's iss check."""
+    from joserfc.jwk import RSAKey
+
+    key = {
+        **RSAKey.generate_key(2048).as_dict(private=True),
+        **{"kid": "shared", "use": "sig", "alg": "RS256"},
+    }
+    callback = "http://127.0.0.1:9/signin/oidc/callback"  # the walk stops before it
+    client = {
+        "client_id": "aegis",
+        "client_secret": CLIENT_SECRET,
+        "redirect_uris": [callback],
+        "grant_types": ["authorization_code"],
+        "response_types": ["code"],
+    }
+    common: dict[str, Any] = {"workdir": tmp_path, "signing_key": key}
+    with (
+        OpenIdProvider(oidc_provider_package, [client], ACCOUNTS, name="a", **common) as a,
+        OpenIdProvider(oidc_provider_package, [client], ACCOUNTS, name="b", **common) as b,
+    ):
+        assert a.issuer != b.issuer
+        nonce = secrets.token_urlsafe(32)
+        id_token, access = await asyncio.to_thread(_tokens_from, b.issuer, callback, nonce)
+        trusting_a = OidcSignIn(OidcSettings(a.issuer, "aegis", CLIENT_SECRET), "k" * 32)
+        with pytest.raises(OidcError, match="iss"):
+            await trusting_a.validate_id_token(id_token, nonce, access)
+        # B's own checks pass it: the issuer alone was wrong, and the key verified.
+        trusting_b = OidcSignIn(OidcSettings(b.issuer, "aegis", CLIENT_SECRET), "k" * 32)
+        user = await trusting_b.validate_id_token(id_token, nonce, access)
+        assert user.identity == Identity(b.issuer, "alice")
 
 
 async def test_discovery_of_another_issuer_is_refused(idp: Idp) -> None:

@@ -1,0 +1,99 @@
+"""Decisions an attacker would try to forge or double, against the real stores.
+
+The other attacks on the approval path have their tests beside the feature
+they attack (see each module); these are the ones that had none: a
+decision that names its own reviewer or outcome, and one reviewer racing
+themself to be both approvers of a two-person rule, on SQLite and on
+PostgreSQL, where the racing transactions really run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aegis.core.action import Action
+from aegis.core.approval_request import NewRequest, RequestStatus, Role, TokenInfo, Verdict
+from aegis.core.risk import RiskLevel
+from aegis.errors import ApprovalServiceError
+from aegis.server import ApprovalService, create_app, open_service
+from aegis.server.service import Principal
+from aegis.stores.approvals import hash_token
+
+AGENT = Principal("bot", Role.AGENT)
+ALICE = Principal("alice", Role.REVIEWER, ("finance",))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ApprovalService]:
+    """The service over a fresh SQLite file, then a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        db = str(tmp_path / "aegis.db")
+    else:
+        db = request.getfixturevalue("postgres_dsn")
+    opened = open_service(db, approval_ttl=600)
+    now = datetime.now(UTC)
+    for name, role, groups in (("alice", Role.REVIEWER, ("finance",)), ("bot", Role.AGENT, ())):
+        opened.store.create_token(TokenInfo(name, role, groups, now), hash_token(f"{name}-secret"))
+    yield opened
+    opened.close()
+
+
+def _wire(approvers: int = 2) -> NewRequest:
+    return NewRequest(
+        "s1", Action("wire", "bank", {"amount": 10_000}), RiskLevel.HIGH, "wires", "", approvers
+    )
+
+
+async def test_one_reviewer_racing_themself_counts_once(service: ApprovalService) -> None:
+    """Eight approvals by one reviewer at once on a two-person request: one counts, none settles."""
+    request, _ = await service.create(AGENT, _wire())
+
+    async def approve() -> str:
+        try:
+            await service.decide(ALICE, request.id, Verdict.APPROVE)
+        except ApprovalServiceError as exc:
+            return exc.code
+        return "ok"
+
+    answers = await asyncio.gather(*(approve() for _ in range(8)))
+    assert sorted(answers) == ["already_decided"] * 7 + ["ok"]
+    stored = service.store.get_request(request.id)
+    assert stored is not None
+    assert stored.status is RequestStatus.PENDING
+    assert [d.reviewer for d in stored.decisions] == ["alice"]
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"reviewer": "carol"},
+        {"reviewer_issuer": "https://id.example.com", "reviewer_subject": "ceo"},
+        {"status": "approved"},
+        {"approvals": 2},
+        {"decisions": [{"reviewer": "carol", "verdict": "approve"}]},
+    ],
+)
+async def test_a_decision_cannot_name_its_reviewer_or_outcome(
+    service: ApprovalService, forged: dict[str, object]
+) -> None:
+    """Fields beyond verdict, comment and grant are refused (422); nothing is recorded."""
+    request, _ = await service.create(AGENT, _wire())
+    transport = httpx.ASGITransport(app=create_app(service, close_service=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.post(
+            f"/api/v1/approvals/{request.id}/decision",
+            json={"verdict": "approve", **forged},
+            headers={"Authorization": "Bearer alice-secret"},
+        )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["code"] == "invalid"
+    stored = service.store.get_request(request.id)
+    assert stored is not None
+    assert stored.status is RequestStatus.PENDING
+    assert stored.decisions == ()
