@@ -166,6 +166,8 @@ def openapi_document() -> dict[str, Any]:
             },
             "get": {
                 "summary": "List requests, filtered and sorted by the store (reviewer role)",
+                "description": "Only the requests the reviewer's groups may decide (a "
+                "request naming no reviewer group is anyone's); total and more count those.",
                 "parameters": [
                     {
                         "name": "status",
@@ -223,7 +225,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/v1/approvals/{id}": {
             "get": {
-                "summary": "One request (a reviewer, or the agent that asked)",
+                "summary": "One request (a reviewer of its groups or who decided it, or "
+                "the agent that asked)",
                 "parameters": [_ID],
                 "responses": {"200": one, **_errors(401, 403, 404)},
             }

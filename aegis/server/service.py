@@ -567,7 +567,7 @@ class ApprovalService:
         return tuple(g for g in own if g in wanted)
 
     async def get(self, principal: Principal, request_id: str) -> ApprovalRequest:
-        """The request (a reviewer, or the agent that asked)."""
+        """The request, for those who :meth:`may_see` it (403 ``wrong_group`` for others)."""
         request = await self._current(request_id)
         self._may_see(principal, request)
         return request
@@ -608,9 +608,11 @@ class ApprovalService:
         The store filters and orders (``risk`` levels, ``rule``, the agent
         ``requester``, ``session_id``, and ``groups``: open to anyone or
         naming one of them), so counts and pages are true however many
-        match. A flood of requests must not push older ones out of sight
-        without a word: the count says how many the page leaves out, and
-        the last request of the page is where the next page starts
+        match. The groups are always within the reviewer's own: nobody
+        lists another group's requests (:meth:`may_see`). A flood of
+        requests must not push older ones out of sight without a word:
+        the count says how many the page leaves out, and the last request
+        of the page is where the next page starts
         (:meth:`ListCursor.after <aegis.core.approval_request.ListCursor.after>`).
         """
         self._require(principal, Role.REVIEWER, "listing approval requests")
