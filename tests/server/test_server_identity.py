@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,6 +61,24 @@ async def test_refusal_names_the_person_who_decided(service: ApprovalService) ->
     refusal = ApprovalService.refusal(_person("42", "A. Example"), decided)
     assert refusal == "A. Example has already decided this request"
     assert ApprovalService.refusal(_person("7", "Bob"), decided) is None
+
+
+async def test_a_person_reads_their_decision_after_leaving_its_group(
+    service: ApprovalService,
+) -> None:
+    """Moved from finance to ops, Alice still reads what she decided by id, and lists it no more."""
+    request, _ = await service.create(
+        AGENT, replace(_new(2), reviewers=("finance",), matched_rule="payroll")
+    )
+    await service.decide(_person("42", "Alice Example"), request.id, Verdict.APPROVE)
+    moved = Principal("Alice Example", Role.REVIEWER, ("ops",), Identity(ISSUER, "42"))
+    seen = await service.get(moved, request.id)
+    assert [d.identity for d in seen.decisions] == [Identity(ISSUER, "42")]
+    assert request.id not in [r.id for r in await service.list_requests(moved, None)]
+    stranger = Principal("Oscar", Role.REVIEWER, ("ops",), Identity(ISSUER, "99"))
+    with pytest.raises(ApprovalServiceError) as refused:
+        await service.get(stranger, request.id)
+    assert refused.value.code == "wrong_group"
 
 
 async def test_tied_token_is_the_person(service: ApprovalService) -> None:
