@@ -447,7 +447,7 @@ def _one_parameters(draft: RecordDraft, pair: tuple[str, str], encoding: str) ->
                     f"an audit record field holds {type(value).__name__} {value!r}, not text"
                 )
         start_id = draft.start_id
-        parameters.append(None if start_id is None else str(int(start_id)).encode())
+        parameters.append(None if start_id is None else str(start_id).encode())
         parameters.append(pair[0].encode(encoding))
         parameters.append(pair[1].encode(encoding))
     except UnicodeEncodeError as exc:
