@@ -6,7 +6,7 @@ import asyncio
 import re
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +282,29 @@ async def test_revoked_token_ends_the_session(site: Site) -> None:
         assert (await client.get("/")).status_code == 200
         site.store.revoke_token("alice", datetime.now(UTC))
         assert (await client.get("/")).status_code == 303
+
+
+async def test_an_expiring_token_ends_the_session_and_its_form(site: Site) -> None:
+    """Once the token's time is up, its session is signed out and its open form decides nothing."""
+    expires = datetime.now(UTC) + timedelta(seconds=4)
+    site.store.create_token(
+        TokenInfo("brief", Role.REVIEWER, (), datetime.now(UTC), expires),
+        hash_token("brief-secret"),
+    )
+    request = await site.ask(session_id="s-brief")
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "brief")
+        assert (await client.get(f"/requests/{request['id']}")).status_code == 200
+        await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
+        assert (await client.get("/")).status_code == 303
+        late = await client.post(
+            f"/requests/{request['id']}/decision",
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf},
+            headers={"Origin": "http://inbox.test"},
+        )
+        assert late.status_code == 303
+        assert late.headers["location"].startswith("/signin")
+    assert (await site.store_request(request["id"]))["status"] == "pending"
 
 
 async def test_sign_out_needs_the_form_and_ends_the_session(site: Site) -> None:
