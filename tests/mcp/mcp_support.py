@@ -169,13 +169,19 @@ class RawProxy:
             return True
         raise AssertionError(f"unexpected output: {line!r}")
 
-    def request(self, request_id: Any, method: str, params: dict[str, Any] | None = None) -> Any:
+    def request(
+        self,
+        request_id: Any,
+        method: str,
+        params: dict[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> Any:
         """Send a request and return the proxy's answer to it."""
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
         self.send(message)
-        return self.receive()
+        return self.receive(timeout)
 
     def initialize(self) -> Any:
         """Do the MCP handshake."""
@@ -187,6 +193,9 @@ class RawProxy:
                 "capabilities": {},
                 "clientInfo": {"name": "raw", "version": "1"},
             },
+            # the first answer waits for the proxy's start, and its server's:
+            # tens of seconds on a loaded machine
+            timeout=120,
         )
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return reply
@@ -197,7 +206,7 @@ class RawProxy:
         with contextlib.suppress(OSError):
             self.process.stdin.close()
         try:
-            return self.process.wait(15)
+            return self.process.wait(60)  # generous: a loaded machine exits slowly too
         finally:
             if self.process.poll() is None:
                 self.process.kill()

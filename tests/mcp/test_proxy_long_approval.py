@@ -61,7 +61,11 @@ class Proxy:
             "--approval-url", service.url, "--approval-token", "bot-secret", *more
         )
         self.raw = RawProxy(command, files.stderr)
-        self.init = self.raw.initialize()
+        try:
+            self.init = self.raw.initialize()
+        except BaseException:
+            self.raw.close()  # no proxy left running past a failed handshake
+            raise
 
     def until_reply(self, request_id: Any, timeout: float = 30.0) -> tuple[Any, list[Any]]:
         """The reply to ``request_id`` and the messages that came before it."""
