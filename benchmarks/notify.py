@@ -142,6 +142,8 @@ def serve(db: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     """``aegis serve`` in a subprocess, once /healthz answers."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if "--webhook" in extra:  # the key from the environment: serve refuses it as an argument
+        env["AEGIS_WEBHOOK_SECRET"] = SECRET
     process = subprocess.Popen(
         [sys.executable, "-m", "aegis", "serve", "--db", db, "--port", str(port),
          "--log-level", "warning", *extra],
@@ -213,8 +215,6 @@ def main() -> None:
                 extra += ["--webhook", live.url]
             if "dead" in setup:
                 extra += ["--webhook", dead.url]
-            if extra:
-                extra += ["--webhook-secret", SECRET]
             process, url = serve(db, *extra)
             try:
                 file_requests(url, 10, "warmup")
