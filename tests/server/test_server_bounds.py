@@ -26,6 +26,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     service.stop()
 
 
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """`aegis serve --read-timeout 60` on loopback: opening 400 connections at once
+    on a loaded machine can leave a request head unsent past the 1 s of `served`."""
+    root = tmp_path_factory.mktemp("patient")
+    db = str(root / "aegis.db")
+    add_tokens(db)
+    service = Service(db, root, args=("--read-timeout", "60")).start()
+    yield service
+    service.stop()
+
+
 def closed_within(sock: socket.socket, seconds: float, dribble: bytes) -> float | None:
     """Send ``dribble`` a byte at a time until the server closes; return when, or None."""
     started = time.monotonic()
@@ -80,11 +92,11 @@ def test_foreign_host_names_are_refused_on_loopback(served: Service, host: str) 
 
 
 async def test_long_polls_are_bounded_per_token_and_decisions_stay_fast(
-    served: Service,
+    patient: Service,
 ) -> None:
     """400 open polls from one token: most are refused (429) at once; a decision stays quick."""
     async with httpx.AsyncClient(
-        base_url=served.url,
+        base_url=patient.url,
         headers=AGENT,
         timeout=30,
         limits=httpx.Limits(max_connections=500, max_keepalive_connections=500),
@@ -104,7 +116,7 @@ async def test_long_polls_are_bounded_per_token_and_decisions_stay_fast(
         refused = [p for p in polls if p.done() and p.result().status_code == 429]
         assert len(refused) >= 400 - 16
         assert refused[0].result().json()["error"]["code"] == "too_many_waits"
-        alice = Reviewer(served.url, "alice")
+        alice = Reviewer(patient.url, "alice")
         started = time.monotonic()
         decided = await alice.decide(request_id, "approve")
         took = time.monotonic() - started
