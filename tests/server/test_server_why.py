@@ -58,6 +58,22 @@ class Served:
         assert answer.status_code == 200, answer.text
         return list(answer.json()["approvals"])
 
+    async def arrived(self) -> list[dict[str, Any]]:
+        """The pending requests once there are any (at most 200 looks, 20 ms apart)."""
+        for _ in range(200):
+            pending = await self.pending()
+            if pending:
+                break
+            await asyncio.sleep(0.02)
+        return pending
+
+    async def deny(self, request_id: str) -> None:
+        """Deny ``request_id`` as the reviewer."""
+        denied = await self.reviewer.post(
+            f"/api/v1/approvals/{request_id}/decision", json={"verdict": "deny"}
+        )
+        assert denied.status_code == 200, denied.text
+
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
@@ -95,11 +111,7 @@ async def test_the_runtime_sends_why_and_the_api_shows_it(served: Served) -> Non
     )
     task = asyncio.create_task(runtime.run_one(Action("refund", "billing", {"amount": 1299})))
     try:
-        for _ in range(200):
-            pending = await served.pending()
-            if pending:
-                break
-            await asyncio.sleep(0.02)
+        pending = await served.arrived()
         assert len(pending) == 1
         why = pending[0]["why"]
         assert why == {
@@ -339,11 +351,7 @@ async def test_a_limits_count_and_window_reach_every_row(served: Served, tmp_pat
         runtime.run_one(Action("refund", "billing", {"amount": 900, "customer_id": 7}))
     )
     try:
-        for _ in range(200):
-            pending = await served.pending()
-            if pending:
-                break
-            await asyncio.sleep(0.02)
+        pending = await served.arrived()
         assert len(pending) == 1
         count = "1500 of 2000 amount already in the last 1d"
         assert count in pending[0]["why"]["reason"]
@@ -358,10 +366,7 @@ async def test_a_limits_count_and_window_reach_every_row(served: Served, tmp_pat
             page = (await web.get("/")).text
         row = page.split(pending[0]["id"], 1)[1].split("</tr>", 1)[0]
         assert count in row
-        denied = await served.reviewer.post(
-            f"/api/v1/approvals/{pending[0]['id']}/decision", json={"verdict": "deny"}
-        )
-        assert denied.status_code == 200, denied.text
+        await served.deny(pending[0]["id"])
         assert (await asyncio.wait_for(task, 30)).status.value == "denied"
     finally:
         task.cancel()
@@ -400,11 +405,7 @@ async def test_a_flow_rule_names_the_earlier_action_it_found(
         assert (await runtime.run_one(action)).status.value == "success"
     task = asyncio.create_task(runtime.run_one(Action("send_mail", "external_smtp")))
     try:
-        for _ in range(200):
-            pending = await served.pending()
-            if pending:
-                break
-            await asyncio.sleep(0.02)
+        pending = await served.arrived()
         assert len(pending) == 1
         conditions = pending[0]["why"]["conditions"]
         assert conditions[0].startswith("after {type: 'read*', target: 'crm'")
@@ -413,10 +414,7 @@ async def test_a_flow_rule_names_the_earlier_action_it_found(
             conditions[1],
         ), conditions
         assert len(conditions) == 2  # the read of erp is not what the rule looked for
-        denied = await served.reviewer.post(
-            f"/api/v1/approvals/{pending[0]['id']}/decision", json={"verdict": "deny"}
-        )
-        assert denied.status_code == 200, denied.text
+        await served.deny(pending[0]["id"])
         assert (await asyncio.wait_for(task, 30)).status.value == "denied"
     finally:
         task.cancel()
