@@ -175,6 +175,15 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "the provider signs in for this client).",
 )
 @click.option(
+    "--auditor-group",
+    "auditor_groups",
+    multiple=True,
+    metavar="GROUP",
+    help="Reviewers in this group (a token's --group, or the OpenID groups claim) read the "
+    "whole audit trail and verify it; others read only the records of requests they may "
+    "see (repeatable; default: none).",
+)
+@click.option(
     "--no-token-signin",
     is_flag=True,
     help="The inbox takes no reviewer tokens: people sign in with the OpenID provider "
@@ -219,6 +228,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     oidc_groups_claim: str,
     oidc_scopes: str,
     oidc_required_groups: tuple[str, ...],
+    auditor_groups: tuple[str, ...],
     no_token_signin: bool,
     metrics_public: bool,
     read_timeout: float,
@@ -290,12 +300,15 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     policy = Policy.from_yaml(policy_path) if policy_path is not None else None
+    if any(not g.strip() for g in auditor_groups):
+        raise click.UsageError("--auditor-group needs a group name")
     service = open_service(
         db,
         approval_ttl=approval_ttl,
         policy=policy,
         durability=durability,
         schema=command_schema(),
+        auditor_groups=auditor_groups,
     )
     service.oidc_issuer = oidc_issuer
     inbox = Inbox(

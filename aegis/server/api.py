@@ -408,7 +408,13 @@ async def revoke_grant(request: Request) -> Response:
 
 
 async def audit_records(request: Request) -> Response:
-    """GET /api/v1/audit: audit records with the filters of ``aegis audit list``."""
+    """GET /api/v1/audit: audit records with the filters of ``aegis audit list``.
+
+    An auditor reads every record; another reviewer the records of the
+    requests they may see. ``next_after_id``, given as ``after_id``, goes
+    on; it is ``null`` once the trail has no more to look at (a page may be
+    short, even empty, and still name a next one).
+    """
     principal = await _principal(request)
     filters: dict[str, Any] = {}
     for param, name in SHORT_NAMES.items():
@@ -421,24 +427,25 @@ async def audit_records(request: Request) -> Response:
         if not after.isascii() or not after.isdigit() or int(after) >= 2**63:
             raise _invalid("after_id must be a record id (a whole number below 2^63)")
         filters["after_id"] = int(after)
-    records = await _service(request).audit_records(principal, filters, limit)
-    return JSONAnswer({"records": records})
+    page = await _service(request).audit_page(principal, filters, limit)
+    return JSONAnswer({"records": page.records, "next_after_id": page.next_after_id})
 
 
 async def verify_audit(request: Request) -> Response:
-    """GET /api/v1/audit/verify: check the audit chain."""
+    """GET /api/v1/audit/verify: check the audit chain (auditors only)."""
     principal = await _principal(request)
     return JSONAnswer(await _service(request).verify_audit(principal))
 
 
 async def whoami(request: Request) -> Response:
-    """GET /api/v1/whoami: the caller's name, role, groups and identity."""
+    """GET /api/v1/whoami: the caller's name, role, groups, whether an auditor, and identity."""
     principal = await _principal(request)
     return JSONAnswer(
         {
             "name": principal.name,
             "role": principal.role.value,
             "groups": list(principal.groups),
+            "auditor": _service(request).is_auditor(principal),
             "identity": principal.who.to_json(),
         }
     )

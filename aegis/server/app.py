@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 try:
@@ -57,6 +57,7 @@ def open_service(
     poll_interval: float = 0.5,
     policy: Policy | None = None,
     durability: str | None = None,
+    auditor_groups: Collection[str] = (),
 ) -> ApprovalService:
     """Open the audit trail and the approval tables in ``db`` (a path or a PostgreSQL DSN).
 
@@ -64,6 +65,7 @@ def open_service(
     and the approval tables; the connection's ``current_schema()`` when
     ``None``. ``durability`` is the audit trail's
     (:data:`~aegis.stores.base.Durability`; ``"result"`` when ``None``).
+    Reviewers in one of ``auditor_groups`` read the whole audit trail.
 
     Raises:
         ConfigurationError: a setting it cannot use (a TTL or wait that is
@@ -84,6 +86,7 @@ def open_service(
             max_wait=max_wait,
             poll_interval=poll_interval,
             policy=policy,
+            auditor_groups=auditor_groups,
         )
     except BaseException:  # a bad setting too: nothing is left open
         audit.close()

@@ -59,6 +59,7 @@ from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
 from aegis.server.api import request_sort, risk_levels
 from aegis.server.oidc import CALLBACK_PATH, OidcError, OidcSignIn, OidcUser
 from aegis.server.service import (
+    AUDIT_SCAN,
     MAX_GRANT_MINUTES,
     ApprovalEvent,
     ApprovalService,
@@ -933,40 +934,48 @@ class Inbox:
         )
 
     async def audit(self, request: Request) -> Response:
-        """The audit trail with the filters of ``aegis audit list``, its verification, grants."""
+        """The audit trail with the filters of ``aegis audit list``, its verification, grants.
+
+        An auditor sees every record and the chain's verification; another
+        reviewer the records of the requests they may see, and no
+        verification (it counts every group's records).
+        """
         reviewer = await self.reviewer(request)
         if reviewer is None:
             return self._to_signin(request)
         query = request.query_params
         shown = {name: query.get(name, "").strip() for name in AUDIT_FILTERS}
         flashes: list[tuple[str, str]] = []
-        try:
-            verify: dict[str, Any] = await self.service.verify_audit(reviewer.principal)
-        except ApprovalServiceError as exc:
-            verify = {"ok": False, "reason": exc.message}
-        # Unfiltered, the page opens on the newest records (the head says where
-        # they are); with filters or a page number, it reads forward like
-        # `aegis audit list`.
+        auditor = self.service.is_auditor(reviewer.principal)
+        verify: dict[str, Any] | None = None
+        if auditor:
+            try:
+                verify = await self.service.verify_audit(reviewer.principal)
+            except ApprovalServiceError as exc:
+                verify = {"ok": False, "reason": exc.message}
+        # Unfiltered, the page opens on the newest records; with filters or a
+        # page number, it reads forward like `aegis audit list`.
         newest = not any(shown.values())
         records: list[dict[str, Any]] = []
+        following: int | None = None
         try:
-            filters = _audit_filters(shown)
             if newest:
-                filters["after_id"] = max(0, _head_id(verify.get("head")) - self._audit_limit)
-            records = await self.service.audit_records(
-                reviewer.principal, filters, limit=self._audit_limit + 1
-            )
+                page = await self.service.audit_newest(reviewer.principal, self._audit_limit)
+            else:
+                filters = _audit_filters(shown)
+                page = await self.service.audit_page(
+                    reviewer.principal, filters, limit=self._audit_limit
+                )
+            records, following = page.records, page.next_after_id
         except ValueError as exc:
             flashes.append(("error", str(exc)))
         except ApprovalServiceError as exc:
             flashes.append(("error", exc.message))
         grants = await self.service.list_grants(reviewer.principal)
-        more = len(records) > self._audit_limit
-        records = records[: self._audit_limit]
         next_page = None
-        if more and records:
+        if following is not None:
             params = {k: v for k, v in shown.items() if v and k != "after"}
-            params["after"] = str(records[-1].get("id"))
+            params["after"] = str(following)
             next_page = "/audit?" + urllib.parse.urlencode(params)
         return self.render(
             request,
@@ -979,6 +988,8 @@ class Inbox:
                 "newest": newest,
                 "filters": shown,
                 "verify": verify,
+                "auditor": auditor,
+                "scan": AUDIT_SCAN,
                 "grants": [g.to_json() for g in grants],
             },
             reviewer=reviewer,
@@ -1230,12 +1241,6 @@ def _audit_filters(shown: Mapping[str, str]) -> dict[str, Any]:
             raise ValueError("after must be a record id")
         filters["after_id"] = int(shown["after"])
     return filters
-
-
-def _head_id(head: Any) -> int:
-    """The id of the last record from a head such as ``"42:9f86..."`` (0 when unknown)."""
-    text = str(head or "").partition(":")[0]
-    return int(text) if text.isdigit() else 0
 
 
 def _safe_next(value: str | None) -> str:

@@ -281,20 +281,24 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/v1/audit": {
             "get": {
-                "summary": "Audit records (reviewer role): session, type, target, risk, status, "
-                "since, until, limit, after_id",
-                "responses": {"200": _json({"type": "object"}, "records"), **_errors(401, 403)},
+                "summary": "Audit records (reviewer role; an auditor reads all, others the "
+                "records of requests they may see): session, type, target, risk, status, "
+                "since, until, limit, after_id; next_after_id goes on (null at the end)",
+                "responses": {
+                    "200": _json({"type": "object"}, "records, next_after_id"),
+                    **_errors(401, 403, 422),
+                },
             }
         },
         "/api/v1/audit/verify": {
             "get": {
-                "summary": "Verify the audit chain (reviewer role)",
+                "summary": "Verify the audit chain (auditors: reviewers in an --auditor-group)",
                 "responses": {"200": _json({"type": "object"}, "report"), **_errors(401, 403)},
             }
         },
         "/api/v1/whoami": {
             "get": {
-                "summary": "The caller's name, role, groups and identity (issuer, subject)",
+                "summary": "The caller's name, role, groups, auditor or not, and identity",
                 "responses": {"200": _json({"type": "object"}, "principal"), **_errors(401)},
             }
         },

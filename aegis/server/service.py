@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -62,13 +62,16 @@ if TYPE_CHECKING:
     from aegis.runtime.audit_backend import AuditBackend
 
 __all__ = [
+    "AUDIT_SCAN",
     "EVENT_KINDS",
     "MAX_GRANT_MINUTES",
     "ApprovalEvent",
     "ApprovalService",
+    "AuditPage",
     "Principal",
     "Subscriber",
     "grant_refusal",
+    "record_request_id",
 ]
 
 _log = logging.getLogger("aegis.server")
@@ -127,6 +130,27 @@ class ApprovalEvent:
 
 #: a function called with each event, in the event loop; it must not block
 Subscriber = Callable[[ApprovalEvent], Any]
+
+#: audit records one read looks through for a reviewer who is no auditor; a
+#: page that ends short of the trail says where the next read goes on
+AUDIT_SCAN: Final = 5000
+#: records read from the trail at a time while looking through it
+_AUDIT_BATCH: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """Audit records a principal may read, oldest first, and where the next page starts.
+
+    ``next_after_id`` is the ``after_id`` that goes on from here, or
+    ``None`` when the trail (as filtered) has no more records to look at.
+    A page may hold fewer records than asked and still name a next one:
+    for a reviewer the service looks through at most :data:`AUDIT_SCAN`
+    records per read, most of which may be other groups'.
+    """
+
+    records: list[dict[str, Any]]
+    next_after_id: int | None
 
 
 def _forbidden(message: str, code: str = "forbidden") -> ApprovalServiceError:
@@ -190,6 +214,10 @@ class ApprovalService:
         oidc_issuer: the OpenID provider the service trusts: a reviewer
             token tied to a subject without naming an issuer is that
             subject at this issuer.
+        auditor_groups: reviewers in one of these groups are auditors:
+            they read the whole audit trail and verify its chain. Other
+            reviewers read only the records of requests they may see
+            (:meth:`may_read_record`), and verify nothing.
     """
 
     def __init__(
@@ -204,6 +232,7 @@ class ApprovalService:
         policy: Policy | None = None,
         oidc_issuer: str | None = None,
         max_polls: int = 16,
+        auditor_groups: Collection[str] = (),
     ) -> None:
         for name, seconds in (
             ("approval_ttl", approval_ttl),
@@ -224,6 +253,12 @@ class ApprovalService:
         self.clock = clock
         self.policy = policy
         self.oidc_issuer = oidc_issuer
+        if isinstance(auditor_groups, str):
+            raise ConfigurationError("auditor_groups is a collection of group names, not one")
+        names = [g.strip() for g in auditor_groups]
+        if not all(names):
+            raise ConfigurationError("an auditor group needs a name")
+        self.auditor_groups = frozenset(names)
         self._subscribers: list[Subscriber] = []
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
@@ -867,6 +902,16 @@ class ApprovalService:
 
     # -- the audit trail --------------------------------------------------------
 
+    def _require_auditor(self, principal: Principal, doing: str) -> None:
+        if not self.is_auditor(principal):
+            groups = ", ".join(sorted(self.auditor_groups))
+            raise _forbidden(
+                f"{doing} is for auditors (reviewers in "
+                f"{groups or 'an auditor group; this service names none, see --auditor-group'}"
+                f"); {principal.name} is in {', '.join(principal.groups) or 'no group'}",
+                code="not_auditor",
+            )
+
     def _audit_or_fail(self) -> AuditBackend:
         if self.audit is None:
             raise ApprovalServiceError(
@@ -874,10 +919,62 @@ class ApprovalService:
             )
         return self.audit
 
-    async def audit_records(
-        self, principal: Principal, filters: dict[str, Any], limit: int = 100
+    def is_auditor(self, principal: Principal) -> bool:
+        """Whether ``principal`` reads the whole audit trail: a reviewer in an auditor group."""
+        return principal.role is Role.REVIEWER and bool(self.auditor_groups & set(principal.groups))
+
+    def may_read_record(
+        self, principal: Principal, record: Mapping[str, Any], request: ApprovalRequest | None
+    ) -> bool:
+        """Whether ``principal`` may read an audit record whose request is ``request``.
+
+        An auditor reads every record. Another reviewer reads the records
+        of the requests they :meth:`may_see` (the same rule as the requests
+        themselves): a record names its request in its context
+        (``approval_request``), and ``request`` is that request as the store
+        holds it now. A record that names no request (an agent's own
+        action), or one the store no longer holds, belongs to no group we
+        can tell: only auditors read it.
+        """
+        if self.is_auditor(principal):
+            return True
+        if principal.role is not Role.REVIEWER or request is None:
+            return False
+        return record_request_id(record) == request.id and self.may_see(principal, request)
+
+    def _readable(
+        self,
+        principal: Principal,
+        records: list[dict[str, Any]],
+        known: dict[str, ApprovalRequest | None],
     ) -> list[dict[str, Any]]:
-        """Audit records matching ``filters`` (those of ``aegis audit list``; reviewer role).
+        """The records of ``records`` ``principal`` may read (blocking: store look-ups).
+
+        ``known`` caches the requests looked up, across the batches of one read.
+        """
+        readable = []
+        for record in records:
+            request_id = record_request_id(record)
+            request = None
+            if request_id is not None:
+                if request_id not in known:
+                    known[request_id] = self.store.get_request(request_id)
+                request = known[request_id]
+            if self.may_read_record(principal, record, request):
+                readable.append(record)
+        return readable
+
+    async def audit_page(
+        self, principal: Principal, filters: dict[str, Any], limit: int = 100
+    ) -> AuditPage:
+        """The audit records matching ``filters`` that ``principal`` may read (reviewer role).
+
+        ``filters`` are those of ``aegis audit list`` (``after_id`` pages
+        on). An auditor reads the trail as it is; another reviewer reads
+        only records :meth:`may_read_record` lets through, looked for
+        among at most :data:`AUDIT_SCAN` records per call, so that a
+        reviewer of a rare group cannot make one call read the whole
+        trail. Either way the page says where the next one starts.
 
         Raises:
             ApprovalServiceError: 403 for a non-reviewer; 422 (``invalid``)
@@ -885,14 +982,62 @@ class ApprovalService:
         """
         self._require(principal, Role.REVIEWER, "reading the audit trail")
         audit = self._audit_or_fail()
-        try:
-            return await self._call(audit.get_log, limit=limit, **filters)
-        except ConfigurationError as exc:
-            raise ApprovalServiceError(str(exc), status=422, code="invalid") from None
+        query = dict(filters)
+        after = int(query.pop("after_id", 0) or 0)
+        auditor = self.is_auditor(principal)
+        found: list[dict[str, Any]] = []
+        known: dict[str, ApprovalRequest | None] = {}
+        scanned = 0
+        while True:
+            # An auditor's page is one read; one more record says whether more follow.
+            batch_size = limit + 1 if auditor else min(_AUDIT_BATCH, AUDIT_SCAN - scanned)
+            try:
+                batch = await self._call(audit.get_log, limit=batch_size, after_id=after, **query)
+            except ConfigurationError as exc:
+                raise ApprovalServiceError(str(exc), status=422, code="invalid") from None
+            readable = (
+                batch if auditor else await self._call(self._readable, principal, batch, known)
+            )
+            ids = {id(r) for r in readable}
+            for record in batch:
+                if id(record) in ids:
+                    if len(found) == limit:  # a readable record beyond the page
+                        return AuditPage(found, int(found[-1]["id"]))
+                    found.append(record)
+                after = int(record["id"])
+            scanned += len(batch)
+            if len(batch) < batch_size:
+                return AuditPage(found, None)  # the end of the trail
+            if scanned >= AUDIT_SCAN and not auditor:
+                return AuditPage(found, after)  # looked far enough for one call
+
+    async def audit_newest(self, principal: Principal, limit: int = 100) -> AuditPage:
+        """The newest records ``principal`` may read, oldest of them first (reviewer role).
+
+        An auditor gets the last ``limit`` records of the trail; another
+        reviewer the last ``limit`` they may read among its last
+        :data:`AUDIT_SCAN` records. ``next_after_id`` is always ``None``.
+        """
+        self._require(principal, Role.REVIEWER, "reading the audit trail")
+        audit = self._audit_or_fail()
+        head = getattr(audit, "head", None)
+        last = 0 if head is None else int((await self._call(head)).count)
+        window = limit if self.is_auditor(principal) else AUDIT_SCAN
+        after = max(0, last - window)
+        page = await self.audit_page(principal, {"after_id": after}, limit=AUDIT_SCAN)
+        return AuditPage(page.records[-limit:], None)
 
     async def verify_audit(self, principal: Principal) -> dict[str, Any]:
-        """Verify the audit chain (reviewer role): ok, checked, first_bad_id, reason, head."""
+        """Verify the audit chain (auditors): ok, checked, first_bad_id, reason, head.
+
+        Only an auditor (:meth:`is_auditor`) verifies: the chain spans every
+        group's records, and its report counts and names them all.
+
+        Raises:
+            ApprovalServiceError: 403 ``not_auditor`` for anyone else.
+        """
         self._require(principal, Role.REVIEWER, "verifying the audit trail")
+        self._require_auditor(principal, "verifying the audit trail")
         audit = self._audit_or_fail()
         verify = getattr(audit, "verify", None)
         if verify is None:
@@ -916,6 +1061,15 @@ class ApprovalService:
         finally:
             if self.audit is not None:
                 self.audit.close()
+
+
+def record_request_id(record: Mapping[str, Any]) -> str | None:
+    """The approval request an audit record names in its context, or ``None``."""
+    context = record.get("context")
+    if not isinstance(context, Mapping):
+        return None
+    found = context.get("approval_request")
+    return found if isinstance(found, str) and found else None
 
 
 def _may_see_grant(principal: Principal, grant: Grant) -> bool:

@@ -124,7 +124,9 @@ def idp(tmp_path_factory: pytest.TempPathFactory, oidc_provider_package: Path) -
             "--oidc-issuer", provider.issuer, "--oidc-client-id", "aegis",
             "--oidc-scopes", "openid profile email groups",
         ]  # fmt: skip
-        inbox.args += [*common, "--oidc-client-secret-file", str(secret_file)]
+        inbox.args += [
+            *common, "--oidc-client-secret-file", str(secret_file), "--auditor-group", "auditors",
+        ]  # fmt: skip
         strict.args += [*common, "--no-token-signin", "--public-url", strict.url]
         strict.env["AEGIS_OIDC_CLIENT_SECRET"] = CLIENT_SECRET
         public.args += [
@@ -266,7 +268,7 @@ def test_audit_trail_names_the_identity(idp: Idp, browser: Browser) -> None:
     request_id = idp.ask("close_account", ["security"])
     carol = sign_in(idp.inbox.url, "carol", browser())
     assert _decide(carol, idp.inbox.url, request_id, "deny").status_code == 303
-    reviewer = create_token(idp.db, "auditor-" + secrets.token_hex(3), "reviewer")
+    reviewer = create_token(idp.db, "auditor-" + secrets.token_hex(3), "reviewer", ["auditors"])
     session = idp.status(request_id)["session_id"]
     deadline = time.monotonic() + 40  # the outbox writes the record soon after the decision
     records: list[dict[str, Any]] = []

@@ -23,6 +23,7 @@ TOKENS = {
     "alice": (Role.REVIEWER, ()),
     "bob": (Role.REVIEWER, ("finance",)),
     "bot": (Role.AGENT, ()),
+    "ida": (Role.REVIEWER, ("audit",)),  # an auditor
 }
 
 HOSTILE = "<script>window.pwned=1</script><img src=x onerror=alert(1)>"
@@ -116,7 +117,7 @@ def csrf_of(html: str) -> str:
 
 def build_site(db: str, **options: Any) -> tuple[Site, Inbox]:
     """The app (API and inbox) over a fresh store (a SQLite path or a DSN) with three tokens."""
-    service = open_service(db, approval_ttl=600)
+    service = open_service(db, approval_ttl=600, auditor_groups=("audit",))
     now = datetime.now(UTC)
     for name, (role, groups) in TOKENS.items():
         service.store.create_token(TokenInfo(name, role, groups, now), hash_token(f"{name}-secret"))
@@ -367,10 +368,10 @@ async def test_history_filters_by_status_agent_and_reviewer(site: Site) -> None:
 
 
 async def test_audit_page_shows_hashes_and_a_broken_chain(site: Site) -> None:
-    """Audit shows records with their hashes and verification, and names the first bad record."""
+    """Audit shows an auditor records with their hashes and verification, and the first bad one."""
     await site.ask()
     async with site.client() as client:
-        await site.sign_in(client, "alice")
+        await site.sign_in(client, "ida")
         page = (await client.get("/audit")).text
         assert "Chain verified" in page
         assert re.search(r'class="mono small hash nowrap" title="[0-9a-f]{64}"', page)

@@ -31,6 +31,7 @@ TOKENS = {
     "bob": (Role.REVIEWER, ()),
     "carol": (Role.REVIEWER, ("ops",)),
     "dave": (Role.AGENT, ()),
+    "ida": (Role.REVIEWER, ("audit",)),  # an auditor
 }
 
 #: the start of a body with a valid session and action, left open for more fields
@@ -89,7 +90,9 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     audit.head()
     store = SqliteApprovalStore(db, busy_timeout=0.3)
     add_tokens(store, datetime.now(UTC))
-    service = ApprovalService(store, audit, approval_ttl=60, poll_interval=0.05)
+    service = ApprovalService(
+        store, audit, approval_ttl=60, poll_interval=0.05, auditor_groups=("audit",)
+    )
     app = create_app(service)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -378,14 +381,18 @@ async def test_concurrent_decisions_one_wins(api: Api) -> None:
 
 
 async def test_audit_endpoints(api: Api) -> None:
-    """Every step is in the audit trail, readable and verifiable through the API."""
+    """Every step is in the audit trail, readable through the API and verifiable by an auditor."""
     request = await api.ask()
     await api.decide(request["id"], "bob", verdict="deny", comment="no")
     records = (await api.call("GET", "/api/v1/audit", "bob", params={"session": "s1"})).json()
     texts = [r["human_decision"] for r in records["records"]]
     assert texts[0].startswith("approval: requested by bot")
     assert texts[1] == f"approval: denied by bob: no [request {request['id']}]"
-    report = (await api.call("GET", "/api/v1/audit/verify", "bob")).json()
+    assert records["next_after_id"] is None
+    refused = await api.call("GET", "/api/v1/audit/verify", "bob")
+    assert refused.status_code == 403
+    assert error_code(refused) == "not_auditor"
+    report = (await api.call("GET", "/api/v1/audit/verify", "ida")).json()
     assert report["ok"] is True
     assert report["checked"] == 2
     bad = await api.call("GET", "/api/v1/audit", "bob", params={"since": "yesterday"})
