@@ -18,17 +18,33 @@ CrewAI lets a hook that raises pass the call (it fails open); these hooks
 never raise: anything unexpected blocks the call and is recorded.
 
 The record says what really happened. CrewAI turns a tool's exception, and
-its own refusals (arguments its validation rejects, a usage limit reached),
-into the text the model reads, and the after-hook sees only that text. So
-each governed tool's function is watched (wrapped once, re-raising whatever
-it raises): a call is recorded as a success only when the function returned
-for it, or when CrewAI answered it from its cache; as failed with the
+its own refusals (arguments its validation rejects, a usage limit reached,
+a ReAct call repeated word for word), into the text the model reads, and
+the after-hook sees only that text. So each governed tool's function is
+watched (wrapped once, re-raising whatever it raises): a call is recorded
+as a success only when the function returned for it; as failed with the
 error when the function raised; and as failed with CrewAI's text when the
 function never ran. The watch finds its call by thread (the hook's thread
 runs the tool on CrewAI's native paths), else by the one call of that tool
 under way (CrewAI's async ReAct path runs a tool on an executor thread);
 when several calls of one tool are under way on other threads, it cannot
 tell which one ran, and none of them is recorded as a success.
+
+One decision, one run. CrewAI's ReAct paths (sync and async, its
+``ToolUsage``) run a tool that raised again, under the same hook call: the
+same arguments once more at once, then the whole attempt up to its parsing
+limit (three attempts, so up to six runs). The watch lets the function run
+once per allowed call; a second run of it is refused without running (with
+an error naming the first run's), so the record's outcome is that of the
+one run the decision allowed. The model reads the failure and may call the
+tool again, which is a new call, decided and recorded on its own.
+
+An answer from CrewAI's tool cache (a call repeated with the same
+arguments, with the crew's or agent's ``cache`` on) is decided like any
+call, since the decision comes first (a blocked call never reads the
+cache), but the tool does not run: it is recorded as failed, with the
+error saying CrewAI answered from its cache and the cached value as its
+data, so that the trail never counts it as a run of the tool.
 
 Example::
 
@@ -50,7 +66,7 @@ from typing import Any
 
 from aegis.adapters._governance import Governor, OnBlock, ToolCall, _portal, missing_extra
 from aegis.core.action import Action, thaw
-from aegis.core.result import Result
+from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError
 
 try:
@@ -79,10 +95,13 @@ _WATCHED = "_aegis_watched"
 class _Ticket:
     """What the watched function of one allowed call did: ran, raised, or could not tell."""
 
-    __slots__ = ("error", "ran", "thread", "unclear")
+    __slots__ = ("error", "ran", "started", "thread", "unclear")
 
     def __init__(self) -> None:
         self.thread = threading.get_ident()
+        #: the function was called for this call (once: a decision allows one run)
+        self.started = False
+        #: the function returned for this call
         self.ran = False
         self.error: BaseException | None = None
         self.unclear = False
@@ -93,21 +112,31 @@ _open: dict[int, list[_Ticket]] = {}
 _open_lock = threading.Lock()
 
 
-def _claim(tool: Any) -> _Ticket | None:
-    """The call that this run of ``tool``'s function serves, if it can be told."""
+def _claim(tool: Any) -> tuple[_Ticket | None, bool]:
+    """The call this run of ``tool``'s function serves (if it can be told), and whether it may run.
+
+    It may not when the function already ran for that call: a decision allows one run.
+    """
     with _open_lock:
         tickets = _open.get(id(tool), [])
         here = [t for t in tickets if t.thread == threading.get_ident()]
         candidates = here or tickets
         if len(candidates) == 1:
-            return candidates[0]
+            ticket = candidates[0]
+            first = not ticket.started
+            ticket.started = True
+            return ticket, first
         for ticket in candidates:  # several under way elsewhere: none is proven to have run
             ticket.unclear = True
-        return None
+        return None, True
 
 
 class _NotRun(Exception):
     """CrewAI answered the call without running the tool's function."""
+
+
+class _NotRunAgain(Exception):
+    """CrewAI tried to run a tool again for a call whose one allowed run is over."""
 
 
 class _Hooks:
@@ -118,8 +147,9 @@ class _Hooks:
         self.agents = agents
         self.tools = tools
         self.lock = threading.Lock()
-        #: calls allowed to run, by their tool input: the outcome to set, the run to wait for
-        self.running: dict[int, tuple[asyncio.Future[Any], Any, Any, _Ticket]] = {}
+        #: calls allowed to run, by their tool input: the action, the outcome to set,
+        #: the run to wait for, the tool and what its function did
+        self.running: dict[int, tuple[Action, asyncio.Future[Any], Any, Any, _Ticket]] = {}
         #: calls refused, by their tool input: what the agent reads instead
         self.refused: dict[int, str] = {}
 
@@ -176,7 +206,7 @@ class _Hooks:
             with _open_lock:
                 _open.setdefault(id(tool), []).append(ticket)
             with self.lock:
-                self.running[key] = (held["outcome"], done, tool, ticket)
+                self.running[key] = (held["action"], held["outcome"], done, tool, ticket)
             return None
         result: Result = done.result()
         text = governor.refusal(call, result)
@@ -193,16 +223,16 @@ class _Hooks:
         if text is not None:
             return text
         if running is not None:
-            outcome, done, tool, ticket = running
+            action, outcome, done, tool, ticket = running
             with _open_lock:
                 tickets = _open.get(id(tool), [])
                 if ticket in tickets:
                     tickets.remove(ticket)
                 if not tickets:
                     _open.pop(id(tool), None)
-            error = _what_happened(ticket, context)
+            value, error = _what_happened(action, ticket, context)
             loop = _portal.loop()
-            loop.call_soon_threadsafe(_settle, outcome, context.tool_result, error)
+            loop.call_soon_threadsafe(_settle, outcome, value, error)
             try:
                 done.result()  # recorded before the agent goes on
             except Exception:
@@ -289,19 +319,31 @@ def _settle(outcome: asyncio.Future[Any], value: Any, error: BaseException | Non
         outcome.set_result(value)
 
 
-def _what_happened(ticket: _Ticket, context: Any) -> BaseException | None:
-    """The error to record for a call that ran, or ``None`` when it succeeded."""
+def _what_happened(
+    action: Action, ticket: _Ticket, context: Any
+) -> tuple[Any, BaseException | None]:
+    """The outcome to record for an allowed call: what it returned, or the error."""
     if ticket.error is not None:
-        return ticket.error
-    if ticket.ran or _from_cache(context):
-        return None
+        return None, ticket.error
     text = context.tool_result
+    if ticket.ran:
+        return text, None
+    if not ticket.started and _from_cache(context):
+        # Not a run of the tool: failed (Result.ok means "ran and succeeded"),
+        # with what the agent read instead.
+        return Result(
+            action,
+            ResultStatus.FAILED,
+            data=text,
+            error="not run: CrewAI answered from its tool cache, "
+            "with the result of an earlier run of the same call",
+        ), None
     if ticket.unclear:
-        return _NotRun(
+        return None, _NotRun(
             "Aegis could not tell this call's run from another call of the same tool "
             f"under way at once; CrewAI answered: {text}"
         )
-    return _NotRun(f"CrewAI did not run the tool: {text}")
+    return None, _NotRun(f"CrewAI did not run the tool: {text}")
 
 
 def _from_cache(context: Any) -> bool:
@@ -334,7 +376,9 @@ def _watch(tool: Any) -> None:
         return
 
     def watched(*args: Any, **kwargs: Any) -> Any:
-        ticket = _claim(tool)
+        ticket, first = _claim(tool)
+        if not first:
+            raise _again(ticket)
         try:
             result = inner(*args, **kwargs)
         except Exception as exc:
@@ -343,8 +387,8 @@ def _watch(tool: Any) -> None:
             raise
         if asyncio.iscoroutine(result):
             return _watched_coroutine(result, ticket)
-        if ticket is not None:  # the last run counts (CrewAI's ReAct path retries a failure)
-            ticket.ran, ticket.error = True, None
+        if ticket is not None:
+            ticket.ran = True
         return result
 
     try:
@@ -390,5 +434,17 @@ async def _watched_coroutine(work: Any, ticket: _Ticket | None) -> Any:
             ticket.error = exc
         raise
     if ticket is not None:
-        ticket.ran, ticket.error = True, None
+        ticket.ran = True
     return result
+
+
+def _again(ticket: _Ticket | None) -> _NotRunAgain:
+    """The refusal of a second run for one allowed call (CrewAI's ReAct retry)."""
+    first = ticket.error if ticket is not None else None
+    ended = f"it raised {type(first).__name__}: {first}" if first is not None else "it ran"
+    refusal = _NotRunAgain(
+        f"not run again: Aegis allowed this call one run of the tool, and {ended}; "
+        "call the tool again to retry (a new call is decided on its own)"
+    )
+    refusal.__cause__ = first
+    return refusal

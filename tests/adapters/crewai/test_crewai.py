@@ -7,7 +7,9 @@ contract suite covers the rest.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from adapters_support import Run, _recorders, make_runtime, scripted_crewai_llm
@@ -70,14 +72,9 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
     run_example("### CrewAI", prelude, tmp_path)
 
 
-async def test_a_tool_that_raises_is_recorded_as_failed() -> None:
-    """A tool that raises is recorded as failed, with its error; one that returns, as success."""
-    from crewai import Agent, Crew, Task
+def _flaky_lookup(ran: list[int]) -> Any:
+    """A ``lookup`` tool that notes each run in ``ran`` and raises for customer 2."""
     from crewai.tools import tool
-
-    from aegis.adapters.crewai import govern, ungovern
-
-    ran: list[int] = []
 
     def lookup(customer_id: int) -> str:
         """Look a customer up."""
@@ -86,29 +83,94 @@ async def test_a_tool_that_raises_is_recorded_as_failed() -> None:
             raise RuntimeError("the CRM is down")
         return f"customer {customer_id}: gold"
 
+    return tool("lookup")(lookup)
+
+
+def _turns_llm(turns: list[Any], *, native: bool) -> Any:
+    """A CrewAI ``BaseLLM`` answering each request with the next turn, then with its final answer.
+
+    A turn is a list of native tool calls (``native``), or ReAct text
+    (:func:`_react`): without native function calling CrewAI takes its
+    ReAct path, which runs tools through its ToolUsage (and its retries).
+    ``.seen`` holds every message list it was sent.
+    """
+    from crewai.llms.base_llm import BaseLLM
+
+    final = "done" if native else "Thought: I know enough\nFinal Answer: done"
+
+    class TurnsLLM(BaseLLM):  # type: ignore[misc]
+        """Answers from the script, one turn per request."""
+
+        script: list[Any] = []  # noqa: RUF012  # a pydantic field, copied per instance
+        seen: list[Any] = []  # noqa: RUF012  # a pydantic field, copied per instance
+
+        def call(self, messages: Any, tools: Any = None, *args: Any, **kwargs: Any) -> Any:
+            self.seen.append(messages)
+            if not self.script:
+                return final
+            turn = self.script.pop(0)
+            if isinstance(turn, str):
+                return turn
+            return [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(args)},
+                }
+                for name, args, call_id in turn
+            ]
+
+        def supports_function_calling(self) -> bool:
+            return native
+
+    return TurnsLLM(model="scripted", script=list(turns), seen=[])
+
+
+def _react(name: str, arguments: dict[str, object]) -> str:
+    """One ReAct turn calling ``name`` with ``arguments``."""
+    return f"Thought: I need {name}\nAction: {name}\nAction Input: {json.dumps(arguments)}"
+
+
+async def _kickoff(runtime: Any, llm: Any, tools: list[Any], **crew: Any) -> None:
+    """Run a governed one-agent crew with ``llm`` and ``tools`` to its end."""
+    from crewai import Agent, Crew, Task
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    agent = Agent(role="support", goal="help", backstory="a support desk", llm=llm, tools=tools)
+    task = Task(description="go", expected_output="x", agent=agent)
+    governed = govern(Crew(agents=[agent], tasks=[task], **crew), runtime)
+    try:
+        await asyncio.to_thread(governed.kickoff)
+    finally:
+        ungovern(governed)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "react"])
+async def test_each_run_of_a_tool_is_one_recorded_action(native: bool) -> None:
+    """A raising tool runs once per call, recorded as failed with its error, on both paths.
+
+    CrewAI's ReAct path (its ToolUsage) retries a tool that raised, up to six
+    runs under one hook call; each run would need a decision of its own.
+    """
+    ran: list[int] = []
     audit = InMemoryAuditLog()
     runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
-    calls = [("lookup", {"customer_id": 1}, "c1"), ("lookup", {"customer_id": 2}, "c2")]
-    agent = Agent(
-        role="support",
-        goal="help",
-        backstory="a support desk",
-        llm=scripted_crewai_llm(calls),
-        tools=[tool("lookup")(lookup)],
-    )
-    crew = govern(
-        Crew(agents=[agent], tasks=[Task(description="go", expected_output="x", agent=agent)]),
-        runtime,
-    )
-    try:
-        await asyncio.to_thread(crew.kickoff)
-    finally:
-        ungovern(crew)
-    assert sorted(ran) == [1, 2]
-    outcomes = {r["context"]["tool_call_id"]: r for r in audit.records}
-    assert outcomes["c1"]["result_status"] == "success"
-    assert outcomes["c2"]["result_status"] == "failed"
-    assert "the CRM is down" in str(outcomes["c2"]["result_error"])
+    if native:
+        turns: list[Any] = [
+            [("lookup", {"customer_id": 1}, "c1")],
+            [("lookup", {"customer_id": 2}, "c2")],
+        ]
+    else:
+        turns = [_react("lookup", {"customer_id": 1}), _react("lookup", {"customer_id": 2})]
+    llm = _turns_llm(turns, native=native)
+    await _kickoff(runtime, llm, [_flaky_lookup(ran)])
+    assert ran == [1, 2]
+    assert [r["result_status"] for r in audit.records] == ["success", "failed"]
+    assert "the CRM is down" in str(audit.records[1]["result_error"])
+    assert "the CRM is down" in str(llm.seen[-1])  # the model reads the tool's own error
+    if native:
+        assert [r["context"]["tool_call_id"] for r in audit.records] == ["c1", "c2"]
 
 
 async def test_a_call_crewai_refuses_to_run_is_recorded_as_failed() -> None:
@@ -131,33 +193,27 @@ async def test_a_call_crewai_refuses_to_run_is_recorded_as_failed() -> None:
     assert outcomes["c2"]["result_status"] == "success"
 
 
-def _react_action(name: str, arguments: str) -> object:
+def _react_action(name: str, arguments: dict[str, object]) -> object:
+    """The parsed ReAct turn :func:`_react` writes, as CrewAI's agent hands it on."""
     from crewai.agents.parser import AgentAction
 
-    text = f"Thought: I need {name}\nAction: {name}\nAction Input: {arguments}"
-    return AgentAction(thought=f"I need {name}", tool=name, tool_input=arguments, text=text)
+    given = json.dumps(arguments)
+    return AgentAction(
+        thought=f"I need {name}", tool=name, tool_input=given, text=_react(name, arguments)
+    )
 
 
-async def test_a_tool_run_on_the_async_react_path_is_recorded_as_it_ended() -> None:
-    """CrewAI's async ReAct path runs a tool on an executor thread: its failure is still seen."""
+async def test_a_tool_run_on_the_async_react_path_runs_once_per_decision() -> None:
+    """The async ReAct path (tools on an executor thread, retries) runs a tool once per decision."""
     from crewai import Agent
-    from crewai.tools import tool
     from crewai.utilities.tool_utils import aexecute_tool_and_check_finality
 
     from aegis.adapters.crewai import govern, ungovern
 
     ran: list[int] = []
-
-    def lookup(customer_id: int) -> str:
-        """Look a customer up."""
-        ran.append(customer_id)
-        if customer_id == 2:
-            raise RuntimeError("the CRM is down")
-        return f"customer {customer_id}: gold"
-
     audit = InMemoryAuditLog()
     runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
-    tools = [tool("lookup")(lookup)]
+    tools = [_flaky_lookup(ran)]
     agent = Agent(
         role="support",
         goal="help",
@@ -169,15 +225,47 @@ async def test_a_tool_run_on_the_async_react_path_is_recorded_as_it_ended() -> N
     try:
         for customer_id in (1, 2):
             await aexecute_tool_and_check_finality(
-                _react_action("lookup", f'{{"customer_id": {customer_id}}}'),  # type: ignore[arg-type]
+                _react_action("lookup", {"customer_id": customer_id}),  # type: ignore[arg-type]
                 [t.to_structured_tool() for t in tools],
                 agent=agent,
             )
     finally:
         ungovern(governed)
-    assert set(ran) == {1, 2}  # CrewAI retries a failing call on this path
+    assert ran == [1, 2]
     assert [r["result_status"] for r in audit.records] == ["success", "failed"]
     assert "the CRM is down" in str(audit.records[1]["result_error"])
+
+
+async def test_a_blocked_call_on_the_react_path_never_runs() -> None:
+    """A blocked call on CrewAI's ReAct path is refused once and never retried into running."""
+    from crewai.tools import tool
+
+    run = Run()
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    tools = [tool(name)(fn) for name, fn in _recorders(run).items()]
+    turns = [_react("delete_customer", {"customer_id": 7}), _react("lookup", {"customer_id": 1})]
+    await _kickoff(runtime, _turns_llm(turns, native=False), tools)
+    assert run.executed == [("lookup", {"customer_id": 1})]
+    assert [(r["action_type"], r["result_status"]) for r in audit.records] == [
+        ("delete_customer", "blocked"),
+        ("lookup", "success"),
+    ]
+
+
+async def test_an_answer_from_crewais_cache_is_not_recorded_as_a_run() -> None:
+    """A call CrewAI answers from its cache did not run the tool, and its record says so."""
+    ran: list[int] = []
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    turns = [[("lookup", {"customer_id": 1}, "c1")], [("lookup", {"customer_id": 1}, "c2")]]
+    await _kickoff(runtime, _turns_llm(turns, native=True), [_flaky_lookup(ran)], cache=True)
+    assert ran == [1]
+    first, second = audit.records
+    assert (first["context"]["tool_call_id"], first["result_status"]) == ("c1", "success")
+    assert (second["context"]["tool_call_id"], second["result_status"]) == ("c2", "failed")
+    assert "cache" in str(second["result_error"])
+    assert second["result_data"] == first["result_data"]  # what the agent read instead
 
 
 async def test_a_tool_appended_to_a_governed_tool_list_is_governed() -> None:
