@@ -46,6 +46,13 @@ cache), but the tool does not run: it is recorded as failed, with the
 error saying CrewAI answered from its cache and the cached value as its
 data, so that the trail never counts it as a run of the tool.
 
+CrewAI's other limits come after the decision too: a call past a tool's
+``max_usage_count`` is decided (and asked about, if the policy says so)
+before CrewAI refuses to run it, and is recorded as failed, not run. On
+CrewAI's native path a blocked call to a ``result_as_answer`` tool ends the
+task with the refusal as its answer (that path takes a blocked call's text
+as the tool's result); nothing ran, and the record says blocked.
+
 Example::
 
     crew = govern(Crew(agents=[support], tasks=[refund_task]), runtime, target="billing")

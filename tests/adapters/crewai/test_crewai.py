@@ -131,8 +131,8 @@ def _react(name: str, arguments: dict[str, object]) -> str:
     return f"Thought: I need {name}\nAction: {name}\nAction Input: {json.dumps(arguments)}"
 
 
-async def _kickoff(runtime: Any, llm: Any, tools: list[Any], **crew: Any) -> None:
-    """Run a governed one-agent crew with ``llm`` and ``tools`` to its end."""
+async def _kickoff(runtime: Any, llm: Any, tools: list[Any], **crew: Any) -> Any:
+    """Run a governed one-agent crew with ``llm`` and ``tools`` to its end; its output."""
     from crewai import Agent, Crew, Task
 
     from aegis.adapters.crewai import govern, ungovern
@@ -141,7 +141,7 @@ async def _kickoff(runtime: Any, llm: Any, tools: list[Any], **crew: Any) -> Non
     task = Task(description="go", expected_output="x", agent=agent)
     governed = govern(Crew(agents=[agent], tasks=[task], **crew), runtime)
     try:
-        await asyncio.to_thread(governed.kickoff)
+        return await asyncio.to_thread(governed.kickoff)
     finally:
         ungovern(governed)
 
@@ -266,6 +266,54 @@ async def test_an_answer_from_crewais_cache_is_not_recorded_as_a_run() -> None:
     assert (second["context"]["tool_call_id"], second["result_status"]) == ("c2", "failed")
     assert "cache" in str(second["result_error"])
     assert second["result_data"] == first["result_data"]  # what the agent read instead
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "react"])
+async def test_a_call_past_the_tools_usage_limit_is_recorded_as_not_run(native: bool) -> None:
+    """A call past the tool's max_usage_count is decided, but CrewAI does not run it: failed."""
+    from crewai.tools import tool
+
+    run = Run()
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    lookup = tool("lookup", max_usage_count=1)(_recorders(run)["lookup"])
+    if native:
+        turns: list[Any] = [
+            [("lookup", {"customer_id": 1}, "c1")],
+            [("lookup", {"customer_id": 2}, "c2")],
+        ]
+    else:
+        turns = [_react("lookup", {"customer_id": 1}), _react("lookup", {"customer_id": 2})]
+    await _kickoff(runtime, _turns_llm(turns, native=native), [lookup])
+    assert run.executed == [("lookup", {"customer_id": 1})]
+    assert [r["result_status"] for r in audit.records] == ["success", "failed"]
+    assert "did not run" in str(audit.records[1]["result_error"])
+
+
+@pytest.mark.parametrize(
+    ("call", "answer", "status"),
+    [
+        (("lookup", {"customer_id": 1}, "c1"), "customer 1: gold", "success"),
+        # CrewAI's native path takes a blocked call's text as the tool's
+        # result: the task ends with the refusal as its answer, nothing ran.
+        (("delete_customer", {"customer_id": 7}, "c1"), "no-deletes", "blocked"),
+    ],
+    ids=["allowed", "blocked"],
+)
+async def test_a_result_as_answer_tool_ends_the_task_with_one_record(
+    call: tuple[str, dict[str, object], str], answer: str, status: str
+) -> None:
+    """A result_as_answer tool's call ends the task with what the agent read, recorded once."""
+    from crewai.tools import tool
+
+    run = Run()
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    tools = [tool(name, result_as_answer=True)(fn) for name, fn in _recorders(run).items()]
+    output = await _kickoff(runtime, _turns_llm([[call]], native=True), tools)
+    assert answer in str(output)
+    assert run.executed == ([(call[0], call[1])] if status == "success" else [])
+    assert [(r["action_type"], r["result_status"]) for r in audit.records] == [(call[0], status)]
 
 
 async def test_a_tool_appended_to_a_governed_tool_list_is_governed() -> None:
