@@ -90,7 +90,7 @@ from aegis.stores.base import (
     must_flush,
     resolve_durability,
 )
-from aegis.stores.postgres.connection import Connection, Database
+from aegis.stores.postgres.connection import AnsweringConnection, Connection, Database
 from aegis.stores.postgres.schema import migrate, schema_lock_key
 
 __all__ = [
@@ -559,7 +559,7 @@ class PostgresAuditStore(ReadMixin):
         self._sql_append = self._sql_flush = self._sql_lock = self._sql_last = ""
         self._sql_call = self._sql_quick = self._sql_one_call = self._sql_one_quick = b""
         self._encoding = "utf-8"
-        self._writer_conn: Connection | None = None
+        self._writer_conn: AnsweringConnection | None = None
         self._write_lock = threading.Lock()
         # appends of other threads waiting for the lock: the next holder
         # writes them all in its round trip (group commit across threads)
@@ -723,7 +723,21 @@ class PostgresAuditStore(ReadMixin):
         if not drafts:
             return []
         stored = [_storable(draft) for draft in drafts]
-        mine = Waiting(stored, _pieces(stored))
+        pieces = _pieces(stored)
+        if not self._queue and self._write_lock.acquire(blocking=False):
+            # Speed (the common case: one thread appending, nobody queued):
+            # no Waiting to hand over. A thread that queues meanwhile waits
+            # for the lock and writes its own batch after this one.
+            try:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                if not batch:
+                    return self._append_locked(stored, pieces)
+                mine = Waiting(stored, pieces)
+                return self._append_batch([*batch, mine], mine)
+            finally:
+                self._write_lock.release()
+        mine = Waiting(stored, pieces)
         with self._queue_lock:
             self._queue.append(mine)
         with self._write_lock:
@@ -731,28 +745,33 @@ class PostgresAuditStore(ReadMixin):
                 return mine.outcome()
             with self._queue_lock:
                 batch, self._queue = self._queue, []
-            try:
-                records = self._append_locked(
-                    [d for w in batch for d in w.drafts], [p for w in batch for p in w.extra]
-                )
-            except Exception as exc:
-                for waiting in batch:
-                    waiting.failed(exc)
-                raise
-            except BaseException:
-                for waiting in batch:
-                    waiting.failed(
-                        StoreError(
-                            f"an append to the audit trail in {self.url} was interrupted; "
-                            "whether its records were written is not known: verify the trail"
-                        )
-                    )
-                raise
-            start = 0
+            return self._append_batch(batch, mine)
+
+    def _append_batch(self, batch: list[Waiting], mine: Waiting) -> list[AuditRecord]:
+        """Append every queued thread's records in one round trip; hold the write lock."""
+        try:
+            records = self._append_locked(
+                [d for w in batch for d in w.drafts], [p for w in batch for p in w.extra]
+            )
+        except Exception as exc:
             for waiting in batch:
-                waiting.wrote(records[start : start + len(waiting.drafts)])
-                start += len(waiting.drafts)
-            return mine.outcome()
+                waiting.failed(exc)
+            raise
+        except BaseException:
+            for waiting in batch:
+                waiting.failed(self._interrupted())
+            raise
+        start = 0
+        for waiting in batch:
+            waiting.wrote(records[start : start + len(waiting.drafts)])
+            start += len(waiting.drafts)
+        return mine.outcome()
+
+    def _interrupted(self) -> StoreError:
+        return StoreError(
+            f"an append to the audit trail in {self.url} was interrupted; "
+            "whether its records were written is not known: verify the trail"
+        )
 
     def _append_locked(
         self, stored: list[RecordDraft], pieces: list[tuple[str, str]]
@@ -782,6 +801,12 @@ class PostgresAuditStore(ReadMixin):
                 self._drop_writer_conn()
             arguments = _arguments(stored, pieces)
             records = self._settle(stored, arguments, durable, exc, again=lost)
+        except BaseException:
+            # interrupted mid-round-trip (KeyboardInterrupt): the connection
+            # was closed; the next append settles on a new one
+            if conn.closed:
+                self._drop_writer_conn()
+            raise
         self._appended(records, durable)
         return records
 
@@ -856,7 +881,7 @@ class PostgresAuditStore(ReadMixin):
             self._moved[old.id] = new.id
             self._unflushed[new.id] = new
 
-    def _writer(self) -> Connection:
+    def _writer(self) -> AnsweringConnection:
         """The writing connection of this process, opened (and the schema readied) on first use."""
         conn = self._writer_conn
         if conn is not None and self._writer_pid != os.getpid():
@@ -906,7 +931,7 @@ class PostgresAuditStore(ReadMixin):
 
     def _call(
         self,
-        conn: Connection,
+        conn: AnsweringConnection,
         drafts: list[RecordDraft],
         pieces: list[tuple[str, str]],
         durable: bool,
@@ -932,7 +957,7 @@ class PostgresAuditStore(ReadMixin):
         for attempt in (1, 2):
             with conn.lock:
                 pgconn.send_query_prepared(name, parameters)
-                results = conn.wait(execute(pgconn))
+                results = conn.answer(execute(pgconn))
             result = results[-1]
             if result.status == ExecStatus.TUPLES_OK:
                 break

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -851,3 +852,50 @@ def test_threads_appending_at_once_share_round_trips_and_flushes(postgres_dsn: s
         assert stored[record_id].session_id == f"thread-{n}"
     # the first thread's own append, then one for the seven that queued meanwhile
     assert commits == 2, commits
+
+
+def test_an_append_interrupted_while_waiting_for_the_server_leaves_the_store_usable(
+    postgres_dsn: str,
+) -> None:
+    """A Ctrl-C during an append's round trip raises at once; the next append works, no fork.
+
+    The round trip is held up by another session holding the chain's lock,
+    and SIGALRM raises KeyboardInterrupt in the middle of the client's wait
+    for the answer: the interrupted connection is closed (its outcome is
+    unknown), and the next append settles on a new one.
+    """
+    schema = postgres_dsn.rsplit("%3D", 1)[1]
+    store = PostgresAuditStore(postgres_dsn)
+    try:
+        started = decision(1)
+        first = store.append([start_draft("s1", started)])[0]
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            with psycopg.connect(POSTGRES_DSN, autocommit=True) as holder:
+                holder.execute(
+                    "SELECT pg_advisory_lock(1095059283, hashtext(%s))",
+                    (f"{schema}.aegis_audit_log",),
+                )
+                signal.setitimer(signal.ITIMER_REAL, 0.5)
+                began = time.monotonic()
+                with pytest.raises(KeyboardInterrupt):
+                    store.append([start_draft("s1", decision(2))])
+                assert time.monotonic() - began < 10  # interrupted, not the statement_timeout
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        # the lock is free again: the interrupted append may have committed
+        # meanwhile or not; the next one is appended once, after it
+        last = store.append([final_draft("s1", started, success(started), start_id=first.id)])[0]
+        records = list(store.records(Filters(view="records")))
+        assert records[0] == first
+        assert records[-1] == last
+        assert [r.action_params for r in records[1:-1]] in ([], ['{"n":2}'])
+        report = store.verify()
+        assert report.ok, report.reason
+    finally:
+        store.close()
