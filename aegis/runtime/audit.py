@@ -211,9 +211,8 @@ class AuditLogger(RecordReader):
         self._subscribers = SubscriberList()
         self._notify = False  # whether there are subscribers (read on every write)
         # the records of concurrent actions, committed (and flushed) together
-        self._remote = self._store.remote
         self._batch: GroupCommit[RecordDraft, AuditRecord] = GroupCommit(
-            self._write, remote=self._remote
+            self._write, remote=self._store.remote
         )
         self._lock = threading.Lock()
         # start id -> (the action, its context, its start draft, the human decision
@@ -420,10 +419,11 @@ class AuditLogger(RecordReader):
         if self._closed:
             raise self._closed_error()
         batch = self._batch
-        if not batch.waiting and not self._remote and current_task() is batch.last_task:
+        if not batch.waiting and current_task() is batch.last_task:
             # Speed (benchmarks/calls.py, every kind): what batch.submit does for
             # an agent acting one action at a time (nothing to group with),
-            # without a coroutine of its own.
+            # without a coroutine of its own; on a remote store too, which
+            # submit writes at once on this thread as well.
             record = self._write((draft,))[0]
         else:
             record = await batch.submit(draft)
@@ -526,7 +526,7 @@ class AuditLogger(RecordReader):
         if self._closed:
             raise self._closed_error()
         batch = self._batch
-        if not batch.waiting and not self._remote and current_task() is batch.last_task:
+        if not batch.waiting and current_task() is batch.last_task:
             return self._write((draft,))[0].id  # see record_start
         return (await batch.submit(draft)).id
 
