@@ -131,6 +131,13 @@ def _react(name: str, arguments: dict[str, object]) -> str:
     return f"Thought: I need {name}\nAction: {name}\nAction Input: {json.dumps(arguments)}"
 
 
+def _lookups_of_1_then_2(*, native: bool) -> list[Any]:
+    """Two turns: look customer 1 up (call id c1), then customer 2 (c2)."""
+    if native:
+        return [[("lookup", {"customer_id": 1}, "c1")], [("lookup", {"customer_id": 2}, "c2")]]
+    return [_react("lookup", {"customer_id": 1}), _react("lookup", {"customer_id": 2})]
+
+
 async def _kickoff(runtime: Any, llm: Any, tools: list[Any], **crew: Any) -> Any:
     """Run a governed one-agent crew with ``llm`` and ``tools`` to its end; its output."""
     from crewai import Agent, Crew, Task
@@ -156,14 +163,7 @@ async def test_each_run_of_a_tool_is_one_recorded_action(native: bool) -> None:
     ran: list[int] = []
     audit = InMemoryAuditLog()
     runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
-    if native:
-        turns: list[Any] = [
-            [("lookup", {"customer_id": 1}, "c1")],
-            [("lookup", {"customer_id": 2}, "c2")],
-        ]
-    else:
-        turns = [_react("lookup", {"customer_id": 1}), _react("lookup", {"customer_id": 2})]
-    llm = _turns_llm(turns, native=native)
+    llm = _turns_llm(_lookups_of_1_then_2(native=native), native=native)
     await _kickoff(runtime, llm, [_flaky_lookup(ran)])
     assert ran == [1, 2]
     assert [r["result_status"] for r in audit.records] == ["success", "failed"]
@@ -201,6 +201,28 @@ def _react_action(name: str, arguments: dict[str, object]) -> object:
     return AgentAction(
         thought=f"I need {name}", tool=name, tool_input=given, text=_react(name, arguments)
     )
+
+
+async def test_an_approved_call_that_raises_runs_once_on_the_react_path() -> None:
+    """One yes allows one run: CrewAI's ReAct retry of an approved refund that raised is refused."""
+    from crewai.tools import tool
+
+    runs: list[tuple[str, float]] = []
+
+    def refund(order_id: str, amount: float) -> str:
+        runs.append((order_id, amount))
+        raise RuntimeError("the payment gateway timed out")
+
+    refund.__doc__ = "Refund an order."
+    audit = InMemoryAuditLog()
+    approver = ScriptedApprovalHandler([True])
+    runtime = make_runtime(approver, audit=audit)
+    turns = [_react("refund", {"order_id": "17", "amount": 120.0})]
+    await _kickoff(runtime, _turns_llm(turns, native=False), [tool("refund")(refund)])
+    assert runs == [("17", 120.0)]
+    assert [d.action.type for d in approver.asked] == ["refund"]
+    assert [r["result_status"] for r in audit.records] == ["failed"]
+    assert "the payment gateway timed out" in str(audit.records[0]["result_error"])
 
 
 async def test_a_tool_run_on_the_async_react_path_runs_once_per_decision() -> None:
@@ -277,14 +299,9 @@ async def test_a_call_past_the_tools_usage_limit_is_recorded_as_not_run(native: 
     audit = InMemoryAuditLog()
     runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
     lookup = tool("lookup", max_usage_count=1)(_recorders(run)["lookup"])
-    if native:
-        turns: list[Any] = [
-            [("lookup", {"customer_id": 1}, "c1")],
-            [("lookup", {"customer_id": 2}, "c2")],
-        ]
-    else:
-        turns = [_react("lookup", {"customer_id": 1}), _react("lookup", {"customer_id": 2})]
-    await _kickoff(runtime, _turns_llm(turns, native=native), [lookup])
+    await _kickoff(
+        runtime, _turns_llm(_lookups_of_1_then_2(native=native), native=native), [lookup]
+    )
     assert run.executed == [("lookup", {"customer_id": 1})]
     assert [r["result_status"] for r in audit.records] == ["success", "failed"]
     assert "did not run" in str(audit.records[1]["result_error"])
