@@ -9,7 +9,7 @@ import pytest
 from aegis.core.action import Action
 from aegis.core.decision import Approval
 from aegis.core.policy import Policy
-from aegis.mcp._jsonrpc import parse_frame
+from aegis.mcp._jsonrpc import IdScanner, parse_frame
 from aegis.mcp.proxy import blocks_every_call, policy_names_method
 
 
@@ -27,6 +27,35 @@ def test_valid_frames_are_classified(frame: str, kind: str) -> None:
     """Requests, notifications and responses are recognised as such."""
     parsed = parse_frame(frame)
     assert (parsed.kind, parsed.replies) == (kind, ())
+
+
+@pytest.mark.parametrize(
+    ("line", "found"),
+    [
+        (rb'{"jsonrpc": "2.0", "id": 5, "method": "x"}', 5),
+        (rb'{"\u0069d": 5, "params": {"id": 7}}', 5),
+        (rb'{"params": {"id": 7, "s": "}\"{"}, "id": "a\"b"}', 'a"b'),
+        (rb'{"params": {"s": ["\\", {"a": [["]]"]]}]}, "id": 3}', 3),
+        (rb'{"x": ["id", {"id": 3, "y": [["]"]]}], "id": -4}', -4),
+        (rb'{"id": "\u0061b"}', "ab"),
+        (rb'{"id": 1, "ID": 2}', None),
+        (rb'{"id": 1, "id": 2}', None),
+        (rb'{"\uff29d": 1, "id": 2}', None),
+        (rb'{"Id": 1}', None),
+        (rb'[{"id": 1}]', None),
+        (rb'5 {"id": 1}', None),
+        (rb'{"id": true}', None),
+        (rb'{"id": 1.5}', None),
+        (rb'{"id": {"a": 1}}', None),
+    ],
+)
+def test_the_id_scanner_reads_the_id_as_a_parser_would(line: bytes, found: object) -> None:
+    """The top-level id, read with escapes decoded, in any pieces; none when it is ambiguous."""
+    for size in (len(line), 1, 2, 3, 7):
+        scanner = IdScanner()
+        for start in range(0, len(line), size):
+            scanner.feed(line[start : start + size])
+        assert (scanner.found, type(scanner.found)) == (found, type(found)), size
 
 
 @pytest.mark.parametrize(

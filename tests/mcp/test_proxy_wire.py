@@ -10,6 +10,8 @@ import pytest
 from mcp_support import Files, RawProxy, raw_proxy
 
 BLOCKED_CALL = {"name": "delete", "arguments": {"path": "/srv/readme.txt"}}
+#: enough to take a frame past the module's 4096-byte limit
+PAD = "a" * 5000
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,12 @@ def test_batch_smuggling_a_blocked_call_is_refused_whole(wire: tuple[RawProxy, F
             -32600,
         ),
         ('{"jsonrpc": "2.0", "method": "ping", "x": "' + "a" * 5000 + '"}', None, -32600),
+        # Over the limit, a member name is read as a JSON parser reads it: escapes decoded.
+        ('{"\\u0069d": 13, "jsonrpc": "2.0", "method": "ping", "x": "' + PAD + '"}', 13, -32600),
+        ('{"jsonrpc": "2.0", "method": "ping", "x": "' + PAD + '", "i\\u0064": "t"}', "t", -32600),
+        # ...and an id named twice (or by a look-alike) is no id to answer under.
+        ('{"ID": 14, "id": 14, "method": "ping", "x": "' + PAD + '"}', None, -32600),
+        ('{"id": 15, "method": "ping", "x": "' + PAD + '", "id": 16}', None, -32600),
         # Valid JSON nested deeper than Python decodes: refused under its id all the same.
         (
             '{"jsonrpc": "2.0", "id": 12, "method": "ping", "x": ' + "[" * 1900 + "]" * 1900 + "}",
