@@ -151,6 +151,14 @@ In a client's configuration, replace the server's command with:
     help="The largest message a client may send.",
 )
 @click.option(
+    "--max-server-message-bytes",
+    type=click.IntRange(min=1024),
+    default=64 * 1024 * 1024,
+    show_default=True,
+    help="The longest line a stdio server may write; a longer one is read past and the "
+    "request it answers fails.",
+)
+@click.option(
     "--max-sessions",
     type=click.IntRange(min=1),
     default=32,
@@ -218,6 +226,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     check: bool,
     check_args: tuple[str, ...],
     max_message_bytes: int,
+    max_server_message_bytes: int,
     max_sessions: int,
     session_idle_timeout: float,
     metrics_public: bool,
@@ -281,6 +290,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         call_timeout=call_timeout,
         hide_blocked=hide_blocked,
         max_message_bytes=max_message_bytes,
+        max_server_message_bytes=max_server_message_bytes,
         max_sessions=max_sessions,
         idle_timeout=session_idle_timeout,
         metrics_public=metrics_public,

@@ -79,6 +79,15 @@ class IdTable:
             pending[0].set_result(reply)
         return True
 
+    def fail(self, server_id: RequestId, exc: BaseException) -> bool:
+        """Fail the request waiting under ``server_id``; ``False`` if none waits."""
+        pending = self._pending.get(server_id) if type(server_id) is int else None
+        if pending is None:
+            return False
+        if not pending[0].done():
+            pending[0].set_exception(exc)
+        return True
+
     def fail_all(self, exc: BaseException) -> None:
         """Fail every request waiting for the server (it is gone)."""
         for future, _ in list(self._pending.values()):

@@ -28,10 +28,13 @@ __all__ = [
     "IdScanner",
     "Message",
     "RequestId",
+    "Unreadable",
+    "encode_line",
     "error_reply",
     "fold_name",
     "lookalike_members",
     "parse_frame",
+    "read_message",
     "result_reply",
 ]
 
@@ -591,6 +594,64 @@ class IdScanner:
             return
         if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
             self._found = value
+
+
+class Unreadable(ValueError):
+    """A peer's line the proxy will not act on: why, and the id it answers when that can be read."""
+
+    def __init__(self, why: str, request_id: RequestId | None, line: bytes) -> None:
+        super().__init__(why)
+        self.why = why
+        self.request_id = request_id
+        #: the start of the line, for a log or an error message
+        self.line = line[:80].decode("utf-8", "replace").rstrip()
+
+
+def read_message(raw: bytes | str) -> Message | Unreadable:
+    """Read one line from the server with the checks :func:`parse_frame` makes of a client's.
+
+    The same reader for both peers, so that what the proxy relays or
+    decides on is what every JSON parser reads: duplicate and look-alike
+    member names, ``NaN``, ``Infinity``, numbers past a float's range or
+    of more digits than Python converts, nesting deeper than Python
+    decodes, batches and shapes that are not JSON-RPC come back as an
+    :class:`Unreadable`, with the id it answers when one can be read
+    (from the message, else by :class:`IdScanner`), so that the request
+    waiting for it fails at once. A message passes on as its JSON-RPC
+    members only (forward what was read, nothing else).
+    """
+    frame = parse_frame(raw)
+    if frame.message is not None:
+        message = frame.message
+        return {name: message[name] for name in _ENVELOPE_ORDER if name in message}
+    reply = frame.replies[0] if frame.replies else None
+    why = str(reply["error"]["message"]) if reply is not None else "not a JSON-RPC message"
+    for prefix in ("Parse error: ", "Invalid Request: ", "Invalid params: "):
+        why = why.removeprefix(prefix)
+    request_id = reply["id"] if reply is not None else None
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if request_id is None and not frame.batch:
+        scanner = IdScanner()
+        scanner.feed(data)
+        request_id = scanner.found
+    return Unreadable(why, request_id, data)
+
+
+_ENVELOPE_ORDER = ("jsonrpc", "id", "method", "params", "result", "error")
+
+
+def encode_line(message: Message | list[Message]) -> bytes:
+    """``message`` as one line of UTF-8 JSON.
+
+    A lone surrogate (which JSON text may hold as an escape, but UTF-8
+    cannot) is written as its escape, never as the bytes ``surrogatepass``
+    makes, which are not UTF-8 and which a reader would refuse or replace.
+    """
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 def batch_refusal(batch: list[Any]) -> tuple[Message, ...]:

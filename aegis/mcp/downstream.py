@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -27,14 +26,22 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aegis.errors import ConfigurationError
-from aegis.mcp._jsonrpc import Message
+from aegis.mcp._jsonrpc import (
+    IdScanner,
+    Message,
+    RequestId,
+    Unreadable,
+    encode_line,
+    read_message,
+)
 
-__all__ = ["PipeDownstream", "SdkDownstream", "check_server", "open_downstream"]
+__all__ = ["PipeDownstream", "SdkDownstream", "check_server", "open_downstream", "skip_line"]
 
-#: the longest line a server may write (64 MiB); a longer one ends the connection
+#: the longest line a server may write (64 MiB); a longer one is read past and
+#: refused, and the request it answers fails
 MAX_SERVER_LINE = 64 * 1024 * 1024
 #: seconds a server gets to exit after its stdin closes, then after SIGTERM
-_EXIT_GRACE = 2.0
+EXIT_GRACE = 2.0
 
 _log = logging.getLogger("aegis.mcp")
 
@@ -105,8 +112,15 @@ def check_server(command: Sequence[str] = (), url: str | None = None) -> None:
 class PipeDownstream:
     """A stdio MCP server in a child process of its own process group."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        limit: int = MAX_SERVER_LINE,
+        exit_grace: float = EXIT_GRACE,
+    ) -> None:
         self._process = process
+        self._limit = limit
+        self._grace = exit_grace
         self._stdin = process.stdin
         self._stdout = process.stdout
         self._lock = asyncio.Lock()
@@ -120,13 +134,18 @@ class PipeDownstream:
         """Write one message as a line; a dead server raises ``ConnectionError``."""
         if self._stdin is None:
             raise ConnectionError("the server's stdin is closed")
-        line = json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = encode_line(message)
         async with self._lock:
-            self._stdin.write(line.encode("utf-8", "surrogatepass"))
+            self._stdin.write(line)
             await self._stdin.drain()
 
     async def messages(self) -> AsyncIterator[Message | Exception]:
-        """The server's lines as messages; an unreadable line as an exception."""
+        """The server's lines as messages; a line the proxy will not use as an :class:`Unreadable`.
+
+        Each line is read by :func:`~aegis.mcp._jsonrpc.read_message`, the
+        reader of the client's lines. A line longer than the limit is read
+        past (its id kept, nothing else) rather than held in memory.
+        """
         if self._stdout is None:
             return
         while True:
@@ -134,22 +153,14 @@ class PipeDownstream:
                 line = await self._stdout.readuntil(b"\n")
             except asyncio.IncompleteReadError as exc:
                 if exc.partial.strip():
-                    yield ValueError(f"a last line without newline: {exc.partial[:80]!r}")
+                    yield Unreadable("a last line without its newline", None, exc.partial)
                 return
             except asyncio.LimitOverrunError:
-                yield ValueError(f"a line longer than {MAX_SERVER_LINE} bytes; disconnecting")
-                return
-            if not line.strip():
+                request_id = await skip_line(self._stdout)
+                yield Unreadable(f"a line longer than {self._limit} bytes", request_id, b"")
                 continue
-            try:
-                value = json.loads(line)
-            except (ValueError, RecursionError) as exc:
-                yield ValueError(f"{exc}: {line[:80]!r}")
-                continue
-            if not _is_message(value):
-                yield ValueError(f"not a JSON-RPC 2.0 message: {line[:80]!r}")
-                continue
-            yield value
+            if line.strip():
+                yield read_message(line)
 
     async def close(self) -> None:
         """Close stdin, give the server time to exit, then end its process group.
@@ -163,11 +174,11 @@ class PipeDownstream:
             with contextlib.suppress(OSError, RuntimeError):
                 self._stdin.close()
         try:
-            if await _exited(process, _EXIT_GRACE):
+            if await _exited(process, self._grace):
                 return
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 _signal_group(process, sig)
-                if await _exited(process, _EXIT_GRACE):
+                if await _exited(process, self._grace):
                     return
         except asyncio.CancelledError:
             if process.returncode is None:
@@ -177,18 +188,19 @@ class PipeDownstream:
         _log.warning("the MCP server (pid %d) is still alive after SIGKILL", process.pid)
 
 
-def _is_message(value: object) -> bool:
-    if not isinstance(value, dict) or value.get("jsonrpc") != "2.0":
-        return False
-    request_id = value.get("id")
-    id_ok = isinstance(request_id, str) or (
-        isinstance(request_id, int) and not isinstance(request_id, bool)
-    )
-    if "method" in value:
-        return isinstance(value["method"], str) and ("id" not in value or id_ok)
-    if "result" in value:
-        return id_ok and isinstance(value["result"], dict)
-    return isinstance(value.get("error"), dict) and (id_ok or request_id is None)
+async def skip_line(reader: asyncio.StreamReader) -> RequestId | None:
+    """Read past a line longer than ``reader``'s limit, keeping only its top-level id."""
+    scanner = IdScanner()
+    while True:
+        try:
+            scanner.feed(await reader.readuntil(b"\n"))
+        except asyncio.LimitOverrunError as exc:
+            scanner.feed(await reader.readexactly(exc.consumed))
+        except asyncio.IncompleteReadError as exc:
+            scanner.feed(exc.partial)
+            return scanner.found
+        else:
+            return scanner.found
 
 
 def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
@@ -205,9 +217,17 @@ async def _exited(process: asyncio.subprocess.Process, timeout: float) -> bool:
 
 @asynccontextmanager
 async def open_downstream(
-    command: Sequence[str] = (), url: str | None = None
+    command: Sequence[str] = (),
+    url: str | None = None,
+    *,
+    max_line: int = MAX_SERVER_LINE,
+    exit_grace: float = EXIT_GRACE,
 ) -> AsyncIterator[SdkDownstream | PipeDownstream]:
     """Start ``command`` as a stdio MCP server, or connect to ``url``; close it afterwards.
+
+    ``max_line`` bounds the lines the server may write; ``exit_grace`` is
+    the seconds it gets to exit once its stdin closes, then again after
+    SIGTERM, before its process group is killed.
 
     The child process gets the proxy's whole environment (the client that
     starts the proxy configures it as it would configure the server) and
@@ -237,13 +257,13 @@ async def open_downstream(
             stdout=asyncio.subprocess.PIPE,
             stderr=None,  # the server's log lines go where the proxy's go
             start_new_session=True,  # its own group, so that its children end with it
-            limit=MAX_SERVER_LINE,
+            limit=max_line,
         )
     except OSError as exc:
         raise ConfigurationError(
             f"cannot start the MCP server {command[0]!r}: {exc.strerror or exc}"
         ) from exc
-    downstream = PipeDownstream(process)
+    downstream = PipeDownstream(process, max_line, exit_grace)
     try:
         yield downstream
     finally:

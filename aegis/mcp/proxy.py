@@ -64,6 +64,7 @@ from aegis.mcp._jsonrpc import (
     POLICY_REFUSED,
     Message,
     RequestId,
+    Unreadable,
     error_reply,
     fold_name,
     lookalike_members,
@@ -1060,11 +1061,7 @@ class ProxySession:
         try:
             async for item in self._downstream.messages():
                 if isinstance(item, Exception):
-                    _log.error(
-                        "the MCP server sent something that is not a JSON-RPC message; "
-                        "ignored it: %s",
-                        _first_line(item),
-                    )
+                    self._refuse_from_server(item)
                     continue
                 await self._from_server(item)
         except asyncio.CancelledError:
@@ -1073,6 +1070,31 @@ class ProxySession:
             self._lost(f"the connection to the MCP server failed: {exc or type(exc).__name__}")
             return
         self._lost("the MCP server closed the connection (it exited or crashed)")
+
+    def _refuse_from_server(self, item: Exception) -> None:
+        """A line of the server the proxy will not use: the request it answers fails now."""
+        why = item.why if isinstance(item, Unreadable) else _first_line(item)
+        request_id = item.request_id if isinstance(item, Unreadable) else None
+        line = f": {item.line!r}" if isinstance(item, Unreadable) and item.line else ""
+        failed = request_id is not None and self._ids.fail(
+            request_id,
+            DownstreamError(f"the MCP server's reply was refused by the Aegis proxy: {why}"),
+        )
+        if failed:
+            _log.error(
+                "the MCP server's reply to request %r is not a JSON-RPC message the proxy "
+                "accepts; the request failed: %s%s",
+                request_id,
+                why,
+                line,
+            )
+        else:
+            _log.error(
+                "the MCP server sent something that is not a JSON-RPC message the proxy "
+                "accepts; dropped it: %s%s",
+                why,
+                line,
+            )
 
     @property
     def gone(self) -> str | None:

@@ -27,7 +27,7 @@ from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.policy import Policy, fold_case
 from aegis.errors import ConfigurationError
-from aegis.mcp.downstream import check_server, open_downstream
+from aegis.mcp.downstream import MAX_SERVER_LINE, check_server, open_downstream
 from aegis.mcp.proxy import (
     ProxySession,
     SendToClient,
@@ -75,6 +75,8 @@ class ProxySettings:
         call_timeout: seconds the server may take to answer one request.
         hide_blocked: leave out of ``tools/list`` the tools the policy always blocks.
         max_message_bytes: the largest message a client may send.
+        max_server_message_bytes: the longest line a stdio server may write; a
+            longer one is read past and the request it answers fails.
         max_sessions: with ``--listen``, client sessions served at once; when all
             are taken the one idle the longest gives way to a new client.
         idle_timeout: with ``--listen``, seconds a session may sit idle before it ends.
@@ -104,6 +106,7 @@ class ProxySettings:
     call_timeout: float | None = 300.0
     hide_blocked: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_server_message_bytes: int = MAX_SERVER_LINE
     max_sessions: int = 32
     idle_timeout: float = 300.0
     metrics_public: bool = False
@@ -296,7 +299,9 @@ def session_opener(settings: ProxySettings, runtime: Runtime) -> Any:
     async def open_session(send: SendToClient, **context: str) -> AsyncIterator[ProxySession]:
         options = _options(settings)
         options.context = {**options.context, **context}
-        async with open_downstream(settings.command, settings.upstream_url) as downstream:
+        async with open_downstream(
+            settings.command, settings.upstream_url, max_line=settings.max_server_message_bytes
+        ) as downstream:
             yield ProxySession(runtime, downstream, send, options)
 
     return open_session

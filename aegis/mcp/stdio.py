@@ -11,7 +11,6 @@ well-formed message goes on to the :class:`~aegis.mcp.proxy.ProxySession`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import selectors
@@ -22,12 +21,13 @@ from typing import Any
 
 from aegis.mcp._jsonrpc import (
     INVALID_REQUEST,
-    IdScanner,
     Message,
     RequestId,
+    encode_line,
     error_reply,
     parse_frame,
 )
+from aegis.mcp.downstream import skip_line
 from aegis.mcp.proxy import ProxySession, SendToClient
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerGone", "serve_stdio"]
@@ -61,25 +61,10 @@ async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes | _Oversi
                 yield exc.partial  # a last line without its newline
             return
         except asyncio.LimitOverrunError:
-            yield _Oversized(await _skip_line(reader))
+            yield _Oversized(await skip_line(reader))
             continue
         if line.strip():
             yield line
-
-
-async def _skip_line(reader: asyncio.StreamReader) -> RequestId | None:
-    """Read past an oversized line, keeping only its top-level id."""
-    scanner = IdScanner()
-    while True:
-        try:
-            scanner.feed(await reader.readuntil(b"\n"))
-        except asyncio.LimitOverrunError as exc:
-            scanner.feed(await reader.readexactly(exc.consumed))
-        except asyncio.IncompleteReadError as exc:
-            scanner.feed(exc.partial)
-            return scanner.found
-        else:
-            return scanner.found
 
 
 def _pollable(fd: int) -> bool:
@@ -162,11 +147,11 @@ class _Wire:
     async def send(
         self, message: Message | list[Message], related: RequestId | None = None
     ) -> None:
-        line = json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = encode_line(message)
         async with self._lock:
             if self._writer.is_closing():
                 return
-            self._writer.write(line.encode("utf-8", "surrogatepass"))
+            self._writer.write(line)
             with suppress(ConnectionError):
                 await self._writer.drain()
 
