@@ -11,7 +11,7 @@ import click
 from aegis.cli._output import note
 from aegis.cli._params import command_schema, secret_option
 from aegis.cli._store import durability_option, store_option
-from aegis.core.approval_request import parse_approval_ttl
+from aegis.core.approval_request import parse_approval_ttl, parse_duration
 from aegis.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ def _oidc_signin(
     groups_claim: str,
     scopes: str,
     required_groups: tuple[str, ...],
+    max_age: float,
     key: str,
     redirect_base: str | None,
 ) -> OidcSignIn | None:
@@ -66,6 +67,7 @@ def _oidc_signin(
             groups_claim=groups_claim,
             scopes=tuple(scopes.split()),
             required_groups=tuple(g.strip() for g in required_groups if g.strip()),
+            max_age=max_age,
         )
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
@@ -75,6 +77,13 @@ def _oidc_signin(
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     try:
         return parse_approval_ttl(value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -175,6 +184,15 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "the provider signs in for this client).",
 )
 @click.option(
+    "--oidc-max-age",
+    default="1h",
+    show_default=True,
+    callback=_seconds,
+    help="How long an OpenID sign-in lasts (90s, 30m, 1h): then the person signs in "
+    "again and the provider's groups of now apply; the longest a person the provider "
+    "took out of a group still decides for it.",
+)
+@click.option(
     "--auditor-group",
     "auditor_groups",
     multiple=True,
@@ -228,6 +246,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     oidc_groups_claim: str,
     oidc_scopes: str,
     oidc_required_groups: tuple[str, ...],
+    oidc_max_age: float,
     auditor_groups: tuple[str, ...],
     no_token_signin: bool,
     metrics_public: bool,
@@ -283,6 +302,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
         groups_claim=oidc_groups_claim,
         scopes=oidc_scopes,
         required_groups=oidc_required_groups,
+        max_age=oidc_max_age,
         key=key,
         redirect_base=public_url or _bound_address(scheme, host, port),
     )

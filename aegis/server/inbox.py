@@ -351,12 +351,22 @@ class Inbox:
         return Reviewer(principal, session)
 
     def _oidc_reviewer(self, session: Session) -> Reviewer | None:
-        """The reviewer of a session started by OpenID sign-in, while this inbox offers it."""
+        """The reviewer of a session started by OpenID sign-in, while this inbox offers it.
+
+        Only within the max age of the sign-in: the groups are the provider's
+        word of then, and after it the person signs in again, which asks the
+        provider for their groups of now. Checked here, not only by the
+        session's end, so that a max age lowered at a restart holds for the
+        sessions already started.
+        """
         user = OidcUser.from_session(session.identity)
         if user is None or self.oidc is None:
             return None
         if user.identity.issuer != self.oidc.settings.issuer:
             return None  # signed in at an issuer this inbox no longer trusts
+        age = (self.service.clock() - session.created_at).total_seconds()
+        if not 0 <= age < self.oidc.settings.max_age:
+            return None  # the provider's word on the groups is too old: ask it again
         who = user.identity
         return Reviewer(Principal(who.display, Role.REVIEWER, user.groups, who), session)
 
@@ -542,7 +552,9 @@ class Inbox:
             "signed_in.html",
             {"title": "Signed in", "page": "signin", "target": target, "who": user.identity},
         )
-        await self.sessions.start(request, response, identity=user.to_session())
+        await self.sessions.start(
+            request, response, identity=user.to_session(), ttl=self.oidc.settings.max_age
+        )
         self.oidc.forget(response)
         _log.info("inbox: %s signed in (groups: %s)", user.identity, ", ".join(user.groups) or "-")
         return response

@@ -13,6 +13,15 @@ then the issuer and the token's ``sub``, with the ``name`` beside it
 (:class:`~aegis.core.identity.Identity`), and the groups claim says which
 reviewer groups they are in.
 
+Those groups are the provider's word at sign-in, and the inbox trusts that
+word for :attr:`OidcSettings.max_age` seconds (``--oidc-max-age``, an hour
+by default): then the session ends, and the person signs in again, which
+asks the provider again (whose single sign-on usually makes it one click).
+So a person the provider takes out of a group decides for it no longer than
+that bound. The bound is the inbox's own, not the ID token's ``exp``: that
+says how long the token may be accepted, and providers set it anywhere from
+five minutes to a day.
+
 Anything missing, malformed or unexpected ends the sign-in with a message
 that says what, and nobody signed in: it fails closed.
 """
@@ -23,6 +32,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import math
 import secrets
 import time
 import urllib.parse
@@ -45,7 +55,15 @@ if TYPE_CHECKING:
 # needs them: an inbox without OpenID sign-in, or reading a session, needs
 # neither.
 
-__all__ = ["CALLBACK_PATH", "FLOW_COOKIE", "OidcError", "OidcSettings", "OidcSignIn", "OidcUser"]
+__all__ = [
+    "CALLBACK_PATH",
+    "DEFAULT_MAX_AGE",
+    "FLOW_COOKIE",
+    "OidcError",
+    "OidcSettings",
+    "OidcSignIn",
+    "OidcUser",
+]
 
 _log = logging.getLogger("aegis.server.oidc")
 
@@ -59,6 +77,8 @@ FLOW_TTL: Final = 600
 METADATA_TTL: Final = 3600.0
 #: seconds of clock difference with the provider that ``exp`` and ``iat`` forgive
 LEEWAY: Final = 60
+#: seconds an OpenID sign-in, and the groups it read, count before the provider is asked again
+DEFAULT_MAX_AGE: Final = 3600.0
 #: signature algorithms with a public key: the JWKS can vouch only for these
 ASYMMETRIC: Final = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -95,6 +115,9 @@ class OidcSettings:
         required_groups: when given, only people in one of these groups
             may sign in at all.
         label: the provider's name on the sign-in button (its host by default).
+        max_age: seconds the provider's word on a person (and their groups)
+            is trusted: an OpenID session ends this long after sign-in, and
+            signing in again asks the provider afresh (:data:`DEFAULT_MAX_AGE`).
     """
 
     issuer: str
@@ -104,6 +127,7 @@ class OidcSettings:
     scopes: tuple[str, ...] = ("openid", "profile", "email")
     required_groups: tuple[str, ...] = ()
     label: str = ""
+    max_age: float = 3600.0
 
     def __post_init__(self) -> None:
         parts = urllib.parse.urlsplit(self.issuer)
@@ -122,6 +146,11 @@ class OidcSettings:
             raise ConfigurationError("an OpenID client id is needed (--oidc-client-id)")
         if not self.groups_claim:
             raise ConfigurationError("the groups claim needs a name")
+        age = self.max_age
+        if isinstance(age, bool) or not isinstance(age, int | float) or not 0 < age < math.inf:
+            raise ConfigurationError(
+                f"the OpenID max age must be a positive number of seconds, got {age!r}"
+            )
         if "openid" not in self.scopes:
             object.__setattr__(self, "scopes", ("openid", *self.scopes))
 

@@ -128,11 +128,13 @@ class BrowserSessions:
         *,
         token_hash: str | None = None,
         identity: Mapping[str, Any] | None = None,
+        ttl: float | None = None,
     ) -> Session:
         """Start a session on the server for a token (by its hash) or an identity.
 
         The browser gets a cookie naming it; any session the browser had
-        before is ended (a fresh session at each sign-in).
+        before is ended (a fresh session at each sign-in). ``ttl`` shortens
+        this session's life below the inbox's (an OpenID sign-in's max age).
         """
         if (token_hash is None) == (identity is None):
             raise ConfigurationError("a session is for a token_hash or an identity, one of them")
@@ -141,17 +143,18 @@ class BrowserSessions:
             await asyncio.to_thread(self.store.end_session, _hash(old), self.clock())
         secret = secrets.token_urlsafe(32)
         now = self.clock()
+        life = self.ttl if ttl is None else max(1, min(self.ttl, int(ttl)))
         session = InboxSession(
             id_hash=_hash(secret),
             csrf=secrets.token_urlsafe(24),
             created_at=now,
-            expires_at=now + timedelta(seconds=self.ttl),
+            expires_at=now + timedelta(seconds=life),
             token_hash=token_hash,
             identity=dict(identity) if identity is not None else None,
         )
         await asyncio.to_thread(self.store.create_session, session)
         value = self._sessions.dumps(secret)
-        self._set(request, response, SESSION_COOKIE, value, age=self.ttl, path="/")
+        self._set(request, response, SESSION_COOKIE, value, age=life, path="/")
         return session
 
     async def end(self, request: Request, response: Response) -> None:

@@ -56,7 +56,8 @@ server.listen(0, '127.0.0.1', () => {
     pkce: { required: () => true },
     ttl: { IdToken: setup.id_token_ttl || 3600 },
     async findAccount(ctx, id) {
-      const account = setup.accounts[id];
+      // read again at each sign-in: a test changes a person's groups while it runs
+      const account = JSON.parse(readFileSync(process.argv[2], 'utf8')).accounts[id];
       if (!account) return undefined;
       return { accountId: id, async claims() { return { sub: id, ...account }; } };
     },
@@ -123,6 +124,15 @@ class OpenIdProvider:
         self.log = workdir / f"{name}.log"
         self.process: subprocess.Popen[str] | None = None
         self.issuer = ""
+
+    def set_account(self, login: str, claims: Mapping[str, Any]) -> None:
+        """Change (or add) a person at the provider, as an administrator would: the next
+        ID token it issues for them carries ``claims``."""
+        setup = json.loads(self.setup.read_text())
+        setup["accounts"][login] = dict(claims)
+        staged = self.setup.with_suffix(".tmp")
+        staged.write_text(json.dumps(setup))
+        staged.replace(self.setup)  # the provider never reads half a file
 
     def __enter__(self) -> OpenIdProvider:
         with open(self.log, "w") as errors:

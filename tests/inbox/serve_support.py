@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -96,6 +97,17 @@ class Server:
             if time.monotonic() > deadline:
                 raise RuntimeError("aegis serve did not answer /healthz within 30 s")
             time.sleep(0.1)
+
+    @contextlib.contextmanager
+    def started(self, *extra: str) -> Iterator[Server]:
+        """Run with ``extra`` arguments too for the block, then stop; it may start again."""
+        base = self.args
+        self.args = [*base, *extra]
+        try:
+            with self:
+                yield self
+        finally:
+            self.args = base
 
     def __exit__(
         self,

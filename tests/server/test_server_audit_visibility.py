@@ -302,12 +302,6 @@ def test_whoami_says_who_is_an_auditor(world: World) -> None:
         assert carol.get("/api/v1/whoami").json()["auditor"] is False
 
 
-def test_an_agent_reads_no_audit_record(world: World) -> None:
-    """The agent's token reads nothing of the trail (403)."""
-    with world.api("bot") as bot:
-        assert bot.get("/api/v1/audit").status_code == 403
-
-
 # ------------------------------------------------------------------ the inbox
 
 

@@ -1,0 +1,287 @@
+"""Groups from the OpenID provider are asked again within --oidc-max-age.
+
+A real provider (oidc-provider from npm) and `aegis serve --oidc-max-age
+MAX_AGE`. A person signs in as a member of finance; an administrator then
+removes them from finance at the provider. Once the session is older than
+the bound, the inbox treats the person as signed out (pages, forms and the
+live list alike), and signing in again brings the provider's groups of now.
+Walked over HTTP and in Chromium.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from oidc_support import OpenIdProvider, sign_in
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from serve_support import Server, aegis, create_token
+
+CLIENT_SECRET = "groups-test-client-secret"  # a test fixture's secret
+#: seconds the provider's word on a person's groups is trusted here: long
+#: enough that a loaded machine signs in and reads a page within it
+MAX_AGE = 15
+WAIT_MS = 30_000
+
+ACCOUNTS = {
+    "dana": {"name": "Dana Finance", "groups": ["finance"]},
+    "evan": {"name": "Evan Finance", "groups": ["finance"]},
+    "fay": {"name": "Fay Finance", "groups": ["finance"]},
+    "gail": {"name": "Gail Finance", "groups": ["finance"]},
+}
+
+
+@dataclass
+class World:
+    """The provider, `aegis serve` trusting it with a short max age, an agent's token."""
+
+    provider: OpenIdProvider
+    server: Server
+    agent: str
+    browser: Browser
+    later: Server  # not started: the restart test starts it, twice
+
+    def ask(self, action_type: str, reviewers: list[str]) -> str:
+        """The agent asks for approval; the request's id."""
+        answer = httpx.post(
+            f"{self.server.url}/api/v1/approvals",
+            json={
+                "session_id": "s-" + secrets.token_hex(4),
+                "action": {"type": action_type, "target": "crm", "params": {"n": 1}},
+                "risk_level": "high",
+                "matched_rule": action_type,
+                "reviewers": reviewers,
+            },
+            headers={"Authorization": f"Bearer {self.agent}"},
+            timeout=30,
+        )
+        assert answer.status_code in {200, 201}, answer.text
+        return str(answer.json()["id"])
+
+    def status(self, request_id: str) -> str:
+        """The request's status as the agent sees it."""
+        answer = httpx.get(
+            f"{self.server.url}/api/v1/approvals/{request_id}",
+            headers={"Authorization": f"Bearer {self.agent}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["status"])
+
+
+def _loopback_only(route: Route) -> None:
+    host = urllib.parse.urlsplit(route.request.url).hostname
+    if host in {"127.0.0.1", "localhost"}:
+        route.continue_()
+    else:
+        route.abort()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, oidc_provider_package: Path) -> Iterator[World]:
+    """oidc-provider, `aegis serve --oidc-max-age 15s`, Chromium."""
+    folder = tmp_path_factory.mktemp("oidc-groups")
+    db = folder / "aegis.db"
+    agent = create_token(db, "support-bot", "agent")
+    server = Server(db, log=folder / "serve.log", env={"AEGIS_OIDC_CLIENT_SECRET": CLIENT_SECRET})
+    later = Server(
+        folder / "later.db",
+        log=folder / "later.log",
+        env={"AEGIS_OIDC_CLIENT_SECRET": CLIENT_SECRET, "AEGIS_SESSION_KEY": "k" * 40},
+    )
+    clients = [
+        {
+            "client_id": "aegis-inbox",
+            "client_secret": CLIENT_SECRET,
+            "redirect_uris": [
+                f"{server.url}/signin/oidc/callback",
+                f"{later.url}/signin/oidc/callback",
+            ],
+            "grant_types": ["authorization_code"],
+            "response_types": ["code"],
+        }
+    ]
+    with OpenIdProvider(oidc_provider_package, clients, ACCOUNTS, workdir=folder) as provider:
+        common = [
+            "--oidc-issuer", provider.issuer, "--oidc-client-id", "aegis-inbox",
+            "--oidc-scopes", "openid profile groups",
+        ]  # fmt: skip
+        server.args += [*common, "--oidc-max-age", f"{MAX_AGE}s"]
+        later.args += common
+        with server, sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            try:
+                yield World(provider, server, agent, browser, later)
+            finally:
+                browser.close()
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no csrf field on the page"
+    return found.group(1)
+
+
+def _past_the_bound(signed_in_by: float) -> None:
+    """Sleep until the session that started before ``signed_in_by`` is older than MAX_AGE."""
+    time.sleep(max(0.0, signed_in_by + MAX_AGE + 1 - time.monotonic()))
+
+
+def test_a_person_removed_from_a_group_loses_it_within_the_max_age(world: World) -> None:
+    """Dana, taken out of finance at the provider, can neither read nor decide finance's
+    request once her session is older than --oidc-max-age; signing in again brings her
+    groups of now."""
+    world.provider.set_account("dana", ACCOUNTS["dana"])
+    finance = world.ask("pay_salary", ["finance"])
+    with httpx.Client(timeout=30) as client:
+        sign_in(world.server.url, "dana", client)
+        signed_in_by = time.monotonic()
+        page = client.get(f"{world.server.url}/requests/{finance}")
+        assert page.status_code == 200
+        assert "pay_salary" in page.text
+        csrf = _csrf(page.text)
+
+        world.provider.set_account("dana", {**ACCOUNTS["dana"], "groups": []})
+        _past_the_bound(signed_in_by)
+
+        lapsed = client.get(f"{world.server.url}/requests/{finance}")
+        assert lapsed.status_code == 303
+        assert lapsed.headers["location"].startswith("/signin")
+        assert "pay_salary" not in lapsed.text
+        decided = client.post(
+            f"{world.server.url}/requests/{finance}/decision",
+            data={"csrf": csrf, "verdict": "approve", "comment": "", "confirm": "yes"},
+            headers={"Origin": world.server.url},
+        )
+        assert decided.status_code == 303
+        assert decided.headers["location"].startswith("/signin")
+        assert world.status(finance) == "pending"
+
+        sign_in(world.server.url, "dana", client)  # the provider's groups of now
+        pending = client.get(f"{world.server.url}/")
+        assert pending.status_code == 200
+        assert "Dana Finance" in pending.text
+        assert "(finance)" not in pending.text
+        assert finance not in pending.text
+        assert client.get(f"{world.server.url}/requests/{finance}").status_code == 403
+    assert world.status(finance) == "pending"
+
+
+def test_the_live_list_signs_out_when_the_max_age_passes(world: World) -> None:
+    """An open Pending page's event stream says signout once the session is past the bound."""
+    with httpx.Client(timeout=30) as client:
+        sign_in(world.server.url, "evan", client)
+        deadline = time.monotonic() + MAX_AGE + 60
+        kinds: list[str] = []
+        with client.stream("GET", f"{world.server.url}/inbox/events") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    kinds.append(line.removeprefix("event: "))
+                    if kinds[-1] == "signout":
+                        break
+                if time.monotonic() > deadline:
+                    break
+    assert kinds[0] == "pending"  # the session was live when the stream began
+    assert kinds[-1] == "signout", kinds
+
+
+def _provider_sign_in(world: World, page: Page, login: str) -> None:
+    """From the inbox's sign-in page through the provider and back to Pending.
+
+    The provider shows its login (and consent) the first time; later its
+    single sign-on sends the browser straight back.
+    """
+    page.click("#oidc-signin")
+    form = page.locator("input[name=login]")
+    pending = page.locator("h1", has_text="Pending")
+    expect(form.or_(pending)).to_be_visible(timeout=WAIT_MS)
+    if form.count():
+        form.fill(login)
+        page.fill("input[name=password]", "any password")
+        page.click("button[type=submit]")
+        consent = page.locator("button[type=submit]", has_text="Continue")
+        expect(consent.or_(pending)).to_be_visible(timeout=WAIT_MS)
+        if consent.count():
+            consent.click()
+    expect(pending).to_be_visible(timeout=WAIT_MS)
+
+
+def test_in_a_browser_the_lapsed_session_signs_in_again_with_new_groups(world: World) -> None:
+    """In Chromium: Fay's open page leaves for the sign-in page once her session is past the
+    bound, and after signing in again her groups are the provider's new ones."""
+    world.provider.set_account("fay", ACCOUNTS["fay"])
+    finance = world.ask("approve_budget", ["finance"])
+    ops = world.ask("restart_cache", ["ops"])
+    context = world.browser.new_context()
+    context.route("**/*", _loopback_only)
+    page = context.new_page()
+    page.goto(f"{world.server.url}/")
+    _provider_sign_in(world, page, "fay")
+    rows = page.locator("#pending-rows tr")
+    expect(rows.filter(has_text="approve_budget")).to_have_count(1)
+    expect(rows.filter(has_text="restart_cache")).to_have_count(0)
+
+    world.provider.set_account("fay", {**ACCOUNTS["fay"], "groups": ["ops"]})
+    # the page is left open: its live list is told of the signout and reloads
+    expect(page).to_have_url(
+        re.compile("^" + re.escape(world.server.url) + "/signin"),
+        timeout=(MAX_AGE + 60) * 1000,
+    )
+    _provider_sign_in(world, page, "fay")
+    expect(page.locator(".who .name")).to_have_attribute("title", "Signed in as Fay Finance (ops)")
+    expect(rows.filter(has_text="restart_cache")).to_have_count(1)
+    expect(rows.filter(has_text="approve_budget")).to_have_count(0)
+    refused = page.goto(f"{world.server.url}/requests/{finance}")
+    assert refused is not None
+    assert refused.status == 403
+    context.close()
+    assert world.status(finance) == "pending"
+    assert world.status(ops) == "pending"
+
+
+def test_a_max_age_lowered_at_a_restart_holds_for_sessions_already_started(
+    world: World,
+) -> None:
+    """Gail signs in under a max age of 1h; after a restart with a lower one (same session
+    key, same store) her session still works while young and ends once older than it."""
+    lowered = 2 * MAX_AGE
+    server = world.later
+    with httpx.Client(timeout=30) as client:
+        with server.started("--oidc-max-age", "1h"):
+            sign_in(server.url, "gail", client)
+            signed_in_by = time.monotonic()
+        with server.started("--oidc-max-age", f"{lowered}s"):
+            young = client.get(f"{server.url}/")
+            assert young.status_code == 200, young.text[:300]
+            assert "Gail Finance" in young.text
+            time.sleep(max(0.0, signed_in_by + lowered + 1 - time.monotonic()))
+            lapsed = client.get(f"{server.url}/")
+            assert lapsed.status_code == 303
+            assert lapsed.headers["location"].startswith("/signin")
+
+
+@pytest.mark.parametrize(
+    ("value", "said"), [("soon", "is not a duration"), ("0s", "must be positive")]
+)
+def test_serve_refuses_a_max_age_that_is_not_a_duration(
+    tmp_path: Path, value: str, said: str
+) -> None:
+    """--oidc-max-age takes a positive duration such as 30m; else a usage error (exit 2)."""
+    done = aegis(
+        "serve", "--db", str(tmp_path / "a.db"), "--oidc-issuer", "http://127.0.0.1:9",
+        "--oidc-client-id", "x", "--oidc-max-age", value, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--oidc-max-age" in done.stderr
+    assert said in done.stderr
+    assert not (tmp_path / "a.db").exists()  # refused before anything was opened
