@@ -16,6 +16,18 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p
 )
 
+# Bytecode: the suite starts hundreds of Python processes (aegis serve,
+# mcp-proxy, the CLI, agents), and with PYTHONDONTWRITEBYTECODE set each one
+# compiles aegis and the test helpers from source again, about a third of the
+# CPU such a test spends. Those processes keep their bytecode in a cache
+# folder of their own instead (PYTHONPYCACHEPREFIX), so nothing is written
+# into the checkout and the next process, or the next run, reads it back.
+# A PYTHONPYCACHEPREFIX already set is used as it is.
+if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+    _cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(Path(_cache_home) / "aegis-test-pycache"))
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+
 
 # ---------------------------------------------------------------- PostgreSQL
 
