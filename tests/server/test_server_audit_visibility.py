@@ -347,3 +347,11 @@ def test_audit_page_shows_an_auditor_everything_and_the_verification(world: Worl
     page.goto(f"{world.service.url}/audit?type=agent_own")
     expect(page.locator("table.audit tbody")).to_contain_text("agent_own")
     page.context.close()
+    # the same pages for Carol, who is no auditor: neither the verification nor those records
+    other = world.signed_in("carol")
+    other.goto(f"{world.service.url}/audit")
+    expect(other.locator("#scope")).to_be_visible()
+    expect(other.locator("#verify")).to_have_count(0)
+    other.goto(f"{world.service.url}/audit?type=agent_own")
+    expect(other.locator(".empty")).to_have_text("No records match.")
+    other.context.close()
