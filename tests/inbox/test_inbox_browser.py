@@ -48,7 +48,7 @@ rules:
     match: {type: quick_check}
     risk_level: medium
     approval: approve
-    approval_ttl: 2s
+    approval_ttl: 6s  # the expiry test opens the page first: room for a loaded machine
 """
 
 T = TypeVar("T")
@@ -273,7 +273,7 @@ def test_expired_request_cannot_be_decided(world: World) -> None:
         + (world.row(pending, "quick_check").locator("a").get_attribute("href") or "")
     )
     expect(page.locator("#approve")).to_be_enabled()
-    result = future.result(WAIT_MS / 1000)  # the 2 s TTL runs out while the page is open
+    result = future.result(WAIT_MS / 1000)  # the 6 s TTL runs out while the page is open
     assert result.status is ResultStatus.DENIED
     expect(world.row(pending, "quick_check")).to_have_count(0, timeout=WAIT_MS)
     # the open page says so by itself, and its form is closed
