@@ -58,6 +58,11 @@ KINDS: dict[str, dict[str, Any]] = {
         "limit": {"max": 10**9, "per": "1h", "key": ["params.customer"]},
     },
     "approve, handler says yes": {"approval": "approve"},
+    # every refund looks for an earlier one in the session and is remembered as one
+    "a flow rule (after, 1h)": {
+        "approval": "auto",
+        "conditions": {"after": {"type": "refund", "target": "stripe", "within": "1h"}},
+    },
 }
 WARM, COUNTED = 50, 150
 DURABILITIES = ("result", "process")

@@ -770,7 +770,7 @@ class PolicyLimits:
     ``None`` on a policy that has none, so that the runtime skips its step.
     """
 
-    __slots__ = ("_flow_rules", "_fold", "_twins", "by_rule", "flow_specs", "folds")
+    __slots__ = ("_flow_rules", "_fold", "_twins", "by_rule", "flow_horizon", "flow_specs", "folds")
 
     def __init__(
         self, rules: Sequence[tuple[Any, RuleLimits]], fold: Callable[[str], str] | None = None
@@ -784,6 +784,13 @@ class PolicyLimits:
         #: every flow condition of the policy
         self.flow_specs: tuple[FlowSpec, ...] = tuple(
             spec for _, limits in self._flow_rules for spec, _ in limits.flows
+        )
+        #: how far back (seconds) the policy's flow conditions look at most; ``None`` when
+        #: one looks over a whole session (or there are none): no flow event is too old
+        self.flow_horizon: float | None = (
+            None
+            if not self.flow_specs or any(spec.within is None for spec in self.flow_specs)
+            else float(max(spec.within or 0 for spec in self.flow_specs))
         )
         # A policy with ``match_case: insensitive`` matches names folded; so
         # must its flow conditions and the type/target keys of its counters,

@@ -22,7 +22,10 @@ The runtime runs it between *decide* and *approve* for policies that have
    checked and reserved in the transaction that appends its start record
    (:class:`Deferred`): one commit, and no reservation without its start;
 4. an action let through is remembered as a flow event when some flow
-   condition of the policy could look for it later.
+   condition of the policy could look for it later. Once a minute (and on
+   a new policy) the step tells the store how far back the policy looks
+   and lets it delete older events (:meth:`~aegis.stores.base.UsageStore.forget_events`),
+   a bounded number per call, in a transaction of their own.
 
 Two classes: :class:`Metering` counts against a usage store (``aegis test``
 replays histories with it too); :class:`MeteringStep` is the step as one
@@ -92,6 +95,11 @@ _log = logging.getLogger("aegis.runtime")
 
 #: a blocked budget or key is at least this risky: the action was not what the author expected
 _UNEVALUABLE_MIN_RISK = RiskLevel.HIGH
+#: flow events older than the policy looks back are deleted this often (seconds)...
+_FORGET_EVERY = 60.0
+#: ...and this soon again while a call left some to delete
+_FORGET_SOON = 1.0
+_UNTOLD = object()
 
 #: the reservation an action holds until it runs or is refused (the store's tokens)
 Lease = tuple[object, ...]
@@ -172,6 +180,25 @@ class Metering:
         )
         #: the subject of the last check, reused while it is the same one
         self.last_subject = Subject("", agent)
+        #: when to let the store forget old flow events next, and the horizon it was told
+        #: (compared by value: a policy object may build its limits anew)
+        self._forget_at = 0.0
+        self._told: object = _UNTOLD
+
+    def _forget(self, limits: PolicyLimits, at: float) -> None:
+        """Tell the store how far back ``limits`` looks, and let it delete older events.
+
+        Housekeeping: a store that fails is logged and asked again later,
+        never a reason to refuse the action (the recall or the note of the
+        event says so when the store is broken).
+        """
+        self._told = limits.flow_horizon
+        try:
+            more = self.store.forget_events(limits.flow_horizon, at)
+        except AegisError:
+            _log.warning("could not delete old flow events; trying again later", exc_info=True)
+            more = False
+        self._forget_at = at + (_FORGET_SOON if more else _FORGET_EVERY)
 
     def _give_back(self, acquired: Acquired) -> None:
         """Release what a check reserved for an action that was cancelled meanwhile."""
@@ -259,9 +286,11 @@ class Metering:
         now, reused when no flow condition asks for history; ``at`` the
         time of the check (now when not given).
         """
-        if at is None:
-            at = time.time()
         limits: PolicyLimits = policy.limits
+        if at is None:  # the runtime's own check, now (plan() and `aegis test` give a time)
+            at = time.time()
+            if limits.flow_specs and (at >= self._forget_at or limits.flow_horizon != self._told):
+                self._forget(limits, at)  # before the recall: a longer window is kept from now
         specs = limits.flow_specs_for(action) if limits.flow_specs else ()
         if specs:
             facts = self._facts(limits, specs, subject.session_id, at)
@@ -358,6 +387,8 @@ class Metering:
             self.store.remember(
                 FlowEvent(session_id, action.type, action.target, action.params, at)
             )
+            if now is None and (at >= self._forget_at or limits.flow_horizon != self._told):
+                self._forget(limits, at)
 
     def earlier(
         self, limits: PolicyLimits, rule: str, session_id: str, now: float

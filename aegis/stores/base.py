@@ -357,6 +357,20 @@ class UsageStore(Protocol):
         """
         ...
 
+    def forget_events(self, horizon: float | None, now: float) -> bool:
+        """Note how far back a policy's flow conditions look, and delete events none needs.
+
+        ``horizon`` is the policy's longest ``within`` in seconds (``None``:
+        a condition looks over a whole session). The store keeps the longest
+        horizon any policy ever gave it, shared by every process, and deletes
+        only events older than that (with a margin for clocks that disagree):
+        a process still running a policy with a longer window never loses
+        its history to one with a shorter window. ``None`` once given stops
+        the deleting for good. Deletes a bounded number of events per call;
+        returns whether more may be left to delete (call again soon).
+        """
+        ...
+
     def close(self) -> None:
         """Release the connection; later calls raise."""
         ...

@@ -9,7 +9,11 @@ SQLite file or PostgreSQL database):
   reserves in **one atomic step**, so concurrent tasks and processes can
   never pass a limit together;
 - **flow events**, the actions of a session that were let through to run,
-  which ``after`` / ``not_after`` conditions look for.
+  which ``after`` / ``not_after`` conditions look for. Events older than
+  any flow condition looks back are deleted now and then
+  (:meth:`UsageStore.forget_events`): the store keeps the longest look-back
+  (the *horizon*) any policy declared to it, so one process's shorter
+  window never deletes what another's longer one still reads.
 
 Three engines implement it: :class:`MemoryUsageStore` here (one process),
 :class:`aegis.stores.sqlite.usage.SQLiteUsageStore` and
@@ -21,9 +25,10 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from aegis.core.action import thaw
 from aegis.core.limits import Charge, FlowEvent
@@ -31,6 +36,9 @@ from aegis.errors import StoreError
 from aegis.stores.base import Acquired, Request, UsageStore
 
 __all__ = [
+    "EVENT_MARGIN",
+    "FORGET_ROWS",
+    "FORGET_SESSIONS",
     "Acquired",
     "MemoryUsageStore",
     "Request",
@@ -38,7 +46,27 @@ __all__ = [
     "event_from_row",
     "judge",
     "params_json",
+    "widest",
 ]
+
+#: flow events are kept this much longer than the horizon (seconds): another
+#: machine's clock may stamp its events a little in the past
+EVENT_MARGIN: Final = 300.0
+#: flow events one :meth:`UsageStore.forget_events` deletes, at most
+FORGET_ROWS: Final = 1000
+#: sessions one :meth:`UsageStore.forget_events` looks at, at most (the SQL stores)
+FORGET_SESSIONS: Final = 500
+
+
+def widest(kept: object, given: float | None) -> float | None:
+    """The horizon to keep: the longer of the stored one (``kept``) and ``given``.
+
+    ``None`` (a whole session) is the longest. A stored value that is not a
+    number (edited by hand) counts as ``None``: when in doubt, keep events.
+    """
+    if given is None or not isinstance(kept, float | int) or math.isnan(kept):
+        return None
+    return max(float(kept), given)
 
 
 def params_json(params: Any) -> str:
@@ -84,6 +112,9 @@ def judge(charges: Sequence[Charge], used: Sequence[int]) -> int | None:
     return None
 
 
+_NEVER_TOLD: Final = object()
+
+
 class _Counter:
     """One counter of a :class:`MemoryUsageStore`: its live rows by end, and their sum."""
 
@@ -109,6 +140,7 @@ class MemoryUsageStore:
         self._rows: dict[int, tuple[str, float, int, float]] = {}  # id -> bucket, at, units, end
         self._counters: dict[str, _Counter] = {}
         self._events: list[FlowEvent] = []
+        self._horizon: object = _NEVER_TOLD  # the longest look-back declared (forget_events)
         self._next = 1
         self._closed = False
 
@@ -200,6 +232,23 @@ class MemoryUsageStore:
                 and (since is None or e.at > since)
                 and (action_type is None or e.type == action_type)
             ]
+
+    def forget_events(self, horizon: float | None, now: float) -> bool:
+        """See :meth:`UsageStore.forget_events`."""
+        with self._lock:
+            self._check()
+            if self._horizon is not _NEVER_TOLD:
+                horizon = widest(self._horizon, horizon)
+            self._horizon = horizon
+            if horizon is None:
+                return False
+            cutoff = now - horizon - EVENT_MARGIN
+            old = [i for i, e in enumerate(self._events) if e.at <= cutoff][:FORGET_ROWS]
+            if not old:
+                return False
+            gone = set(old)
+            self._events = [e for i, e in enumerate(self._events) if i not in gone]
+            return len(old) == FORGET_ROWS
 
     def close(self) -> None:
         """Mark the store closed (its counts are dropped)."""

@@ -24,7 +24,7 @@ from aegis import (
     SQLiteUsageStore,
 )
 from aegis.core.decision import Approval, PolicyDecision
-from aegis.core.limits import Subject
+from aegis.core.limits import FlowEvent, Subject
 from aegis.core.risk import RiskLevel
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.limits import Metering
@@ -555,6 +555,56 @@ def test_a_flow_rule_sees_another_process_of_the_session(
     assert run("shared", "read:crm") == ["success"]
     assert run("shared", "send:external_x") == ["blocked"]
     assert run("other", "send:external_x") == ["success"]
+
+
+def _flow_policy(within: str) -> Policy:
+    """Sends outside blocked within ``within`` of a read of the CRM; everything else runs."""
+    return Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "exfiltration",
+                    "match": {"type": "send", "target": "external*"},
+                    "conditions": {"after": {"type": "read*", "target": "crm", "within": within}},
+                    "approval": "block",
+                },
+                {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
+            ]
+        }
+    )
+
+
+async def test_flow_events_no_rule_looks_back_to_are_forgotten_and_a_reload_keeps_more(
+    tmp_path: Path, usage_factory: tuple[str, str]
+) -> None:
+    """The runtime deletes events older than its flow rules look back; a longer window
+    declared by a reload is kept from then on by every process, even one with the old policy."""
+    engine, location = usage_factory
+    now = time.time()
+    seed = _usage(engine, location)
+    for age in (3 * 86400, 7200, 600):
+        seed.remember(FlowEvent("s", "read", "crm", {}, now - age))
+    send = Action("send", "external_mail")
+    first, second = _usage(engine, location), _usage(engine, location)
+    try:
+        async with runtime(_flow_policy("1h"), tmp_path, usage_store=first, session_id="s") as rt:
+            # the first governed action lets the store forget: only the read 10 min ago is left
+            assert await statuses(rt, [send]) == ["blocked"]
+            assert [round(now - e.at) for e in seed.recall("s", None, None)] == [600]
+            # written since (say, by a machine whose clock is behind): past the 1 h policy's
+            # horizon, it would go at its next sweep; the reload comes first
+            seed.remember(FlowEvent("t", "read", "crm", {}, now - 5 * 3600))
+            rt.update_policy(_flow_policy("1d"))
+            rt.session_id = "t"
+            assert await statuses(rt, [send]) == ["blocked"]  # the 5 h old read still counts
+        # another process, still on the 1 h policy, keeps what the 1 d window reads
+        other = runtime(_flow_policy("1h"), tmp_path, usage_store=second, session_id="u")
+        async with other as rt:
+            assert await statuses(rt, [send]) == ["success"]
+        assert len(seed.recall("t", None, None)) == 1
+    finally:
+        for store in (seed, first, second):
+            store.close()
 
 
 # -- hot reload ----------------------------------------------------------------------------

@@ -18,7 +18,14 @@ from aegis.runtime.audit import AuditLogger
 from aegis.stores.postgres.usage import PostgresUsageStore
 from aegis.stores.sqlite.connection import APPLICATION_ID
 from aegis.stores.sqlite.usage import SCHEMA_VERSION, USAGE_MIGRATIONS, SQLiteUsageStore
-from aegis.stores.usage import MemoryUsageStore, Request, UsageStore
+from aegis.stores.usage import (
+    EVENT_MARGIN,
+    FORGET_ROWS,
+    FORGET_SESSIONS,
+    MemoryUsageStore,
+    Request,
+    UsageStore,
+)
 
 Factory = Callable[[], UsageStore]
 
@@ -309,8 +316,8 @@ def test_sqlite_usage_tables_join_the_audit_file(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         versions = dict(conn.execute("SELECT component, version FROM aegis_schema_versions"))
-    assert {"audit_log", "aegis_usage", "aegis_flow_events"} <= tables
-    assert versions["usage"] == SCHEMA_VERSION == 3
+    assert {"audit_log", "aegis_usage", "aegis_flow_events", "aegis_flow_horizon"} <= tables
+    assert versions["usage"] == SCHEMA_VERSION == 4
 
 
 def _older_usage_file(path: Path, version: int, rows: list[tuple[str, float, int]]) -> None:
@@ -633,3 +640,94 @@ def test_postgres_a_total_edited_by_hand_fails_closed(postgres_dsn: str, edit: s
             store.acquire_many([Request((limit(maximum=4, window=10.0),), 12.5, over=True)])
     finally:
         store.close()
+
+
+# -- forgetting old flow events -------------------------------------------------------------
+
+
+def _events(store: UsageStore, sessions: list[str]) -> list[float]:
+    """The times of every event kept for ``sessions``, sorted."""
+    return sorted(e.at for s in sessions for e in store.recall(s, None, None))
+
+
+def test_flow_events_older_than_the_horizon_are_forgotten(make_store: Factory) -> None:
+    """Events older than the longest look-back (and its margin) go; the rest stay."""
+    store = make_store()
+    now = 100_000.0
+    edge = now - 3600 - EVENT_MARGIN
+    for session in ("s1", "s2"):
+        for at in (10.0, edge - 1, edge, edge + 1, now - 10):
+            store.remember(FlowEvent(session, "read", "crm", {}, at))
+    while store.forget_events(3600.0, now):
+        pass
+    assert _events(store, ["s1", "s2"]) == sorted([edge + 1, now - 10] * 2)
+    assert [e.at for e in store.recall("s1", now - 3600, None)] == [now - 10]
+
+
+def test_a_longer_horizon_from_another_store_is_kept_by_all(make_store: Factory) -> None:
+    """A store whose policy looks back 1 h deletes nothing a 1 d policy elsewhere still reads."""
+    short, long = make_store(), make_store()
+    now = 1_000_000.0
+    for at in (now - 2 * 86400, now - 7200, now - 60):
+        short.remember(FlowEvent("s", "read", "crm", {}, at))
+    long.forget_events(86400.0, now)  # another process runs a policy with `within: 1d`
+    while short.forget_events(3600.0, now):
+        pass
+    assert _events(short, ["s"]) == [now - 7200, now - 60]
+    # the horizon never shrinks by itself: a shorter policy later still keeps a day
+    while short.forget_events(60.0, now + 3600):
+        pass
+    assert _events(long, ["s"]) == [now - 7200, now - 60]
+
+
+def test_a_whole_session_look_back_stops_forgetting(make_store: Factory) -> None:
+    """Once a policy looks over whole sessions, no event is ever too old to be needed."""
+    store = make_store()
+    store.remember(FlowEvent("s", "read", "crm", {}, 1.0))
+    assert store.forget_events(None, 1_000_000.0) is False
+    assert store.forget_events(60.0, 2_000_000.0) is False
+    assert _events(store, ["s"]) == [1.0]
+
+
+def test_forgetting_is_bounded_per_call(make_store: Factory) -> None:
+    """One call deletes a bounded number of events and says more are left; later calls finish."""
+    store = make_store()
+    for n in range(FORGET_ROWS + 50):
+        store.remember(FlowEvent("big", "read", "crm", {}, float(n)))
+    store.remember(FlowEvent("young", "read", "crm", {}, 90_000.0))
+    assert store.forget_events(60.0, 90_000.0) is True
+    assert len(_events(store, ["big"])) == 50
+    calls = 1
+    while store.forget_events(60.0, 90_000.0):
+        calls += 1
+    assert calls <= 3
+    assert _events(store, ["big", "young"]) == [90_000.0]
+
+
+def test_forgetting_walks_many_sessions_a_slice_at_a_time(make_store: Factory) -> None:
+    """More sessions than one call looks at: each call takes a slice, and all old ones go."""
+    store = make_store()
+    count = FORGET_SESSIONS + 30
+    names = [f"s{n:04}" for n in range(count)]
+    for name in names:
+        store.remember(FlowEvent(name, "read", "crm", {}, 5.0))
+    store.remember(FlowEvent("s0100", "read", "crm", {}, 80_000.0))  # young: stays
+    calls = 1
+    while store.forget_events(60.0, 80_000.0):
+        calls += 1
+        assert calls < 5
+    assert _events(store, names) == [80_000.0]
+    # the SQL stores look at FORGET_SESSIONS sessions per call; memory has no walk to slice
+    assert calls == (1 if isinstance(store, MemoryUsageStore) else 2)
+
+
+def test_sqlite_a_hand_edited_horizon_keeps_every_event(tmp_path: Path) -> None:
+    """A horizon typed into nonsense by hand is taken as a whole session: nothing is deleted."""
+    path = tmp_path / "aegis_audit.db"
+    with SQLiteUsageStore(path) as store:
+        store.remember(FlowEvent("s", "read", "crm", {}, 1.0))
+        assert store.forget_events(60.0, 2.0) is False
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE aegis_flow_horizon SET seconds = 'short'")
+        assert store.forget_events(60.0, 1_000_000.0) is False
+        assert _events(store, ["s"]) == [1.0]

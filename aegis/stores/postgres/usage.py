@@ -44,12 +44,22 @@ from aegis.errors import ConfigurationError, StoreError
 from aegis.stores._url import StoreURL
 from aegis.stores.postgres.connection import Database
 from aegis.stores.postgres.schema import migrate
-from aegis.stores.usage import Acquired, Request, event_from_row, judge, params_json
+from aegis.stores.usage import (
+    EVENT_MARGIN,
+    FORGET_ROWS,
+    FORGET_SESSIONS,
+    Acquired,
+    Request,
+    event_from_row,
+    judge,
+    params_json,
+    widest,
+)
 
 __all__ = ["SCHEMA_VERSION", "PostgresUsageStore"]
 
 #: the version of this component's tables in ``aegis_schema_versions``
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _COMPONENT: Final = "usage"
 #: the first key of Aegis's advisory locks ("AEGS"), shared with the other stores
 _LOCK_CLASS: Final = 0x41454753
@@ -81,6 +91,15 @@ _MIGRATIONS: Final = {
         )""",
         "CREATE INDEX IF NOT EXISTS aegis_flow_events_session"
         " ON {schema}.aegis_flow_events (session_id, at)",
+    ),
+    # The longest look-back of flow conditions any policy declared: flow
+    # events older than it are deleted (see PostgresUsageStore.forget_events).
+    # One row; NULL seconds: a condition looks over a whole session.
+    1: (
+        """CREATE TABLE IF NOT EXISTS {schema}.aegis_flow_horizon (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seconds DOUBLE PRECISION
+        )""",
     ),
 }
 _T = TypeVar("_T")
@@ -143,6 +162,9 @@ class PostgresUsageStore:
         self._tables: dict[str, sql.Composable] = {}
         self._closed = False
         self._since_sweep = 0
+        # the session a walk of the flow events goes on from, and whether it is
+        # itself still to do (see forget_events)
+        self._events_from: tuple[str, bool] = ("", True)
 
     def __repr__(self) -> str:
         return f"<PostgresUsageStore {self.where}{' closed' if self._closed else ''}>"
@@ -172,7 +194,12 @@ class PostgresUsageStore:
         self._schema = schema
         self._tables = {
             name: sql.SQL("{}.{}").format(ident, sql.Identifier(name))
-            for name in ("aegis_usage", "aegis_usage_totals", "aegis_flow_events")
+            for name in (
+                "aegis_usage",
+                "aegis_usage_totals",
+                "aegis_flow_events",
+                "aegis_flow_horizon",
+            )
         }
         self._conn, self._pid = conn, os.getpid()
         return conn
@@ -408,6 +435,74 @@ class PostgresUsageStore:
 
         rows = self._run("read the flow events in", work)
         return [event_from_row(row, f"at {self.where}") for row in rows]
+
+    def forget_events(self, horizon: float | None, now: float) -> bool:
+        """See :meth:`aegis.stores.usage.UsageStore.forget_events`: one transaction.
+
+        The horizon is kept in ``aegis_flow_horizon`` (the longest declared);
+        its row stays locked until the deleting commits, so a process
+        declaring a longer horizon meanwhile waits, and is obeyed by every
+        later call. One statement finds the next ``FORGET_SESSIONS`` sessions
+        by name (a skip through the index on ``(session_id, at)``) with their
+        oldest event, and one deletes up to ``FORGET_ROWS`` events of those
+        past the cutoff; the walk goes on from there at the next call.
+        """
+
+        def work(conn: psycopg.Connection[Any]) -> bool:
+            horizons, events = self._tables["aegis_flow_horizon"], self._tables["aegis_flow_events"]
+            with conn.transaction():
+                row = conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (id, seconds) VALUES (1, %s) ON CONFLICT (id) DO UPDATE"
+                        " SET seconds = CASE WHEN {}.seconds IS NULL OR EXCLUDED.seconds IS NULL"
+                        " THEN NULL ELSE GREATEST({}.seconds, EXCLUDED.seconds) END"
+                        " RETURNING seconds"
+                    ).format(horizons, horizons, horizons),
+                    (horizon,),
+                ).fetchone()
+                kept = widest(row[0] if row else None, horizon)
+                if kept is None:
+                    return False  # some policy looks over whole sessions: every event may count
+                session, inclusive = self._events_from
+                walked = conn.execute(
+                    sql.SQL(
+                        "WITH RECURSIVE walk (session_id, oldest, n) AS ("
+                        " (SELECT session_id, at, 1 FROM {events} WHERE session_id "
+                        + (">=" if inclusive else ">")
+                        + " %(from)s ORDER BY session_id, at LIMIT 1)"
+                        " UNION ALL SELECT next.session_id, next.at, walk.n + 1 FROM walk,"
+                        " LATERAL (SELECT session_id, at FROM {events}"
+                        " WHERE session_id > walk.session_id ORDER BY session_id, at LIMIT 1) next"
+                        " WHERE walk.n < %(most)s)"
+                        " SELECT session_id, oldest FROM walk ORDER BY n"
+                    ).format(events=events),
+                    {"from": session, "most": FORGET_SESSIONS},
+                ).fetchall()
+                if not walked:  # walked them all
+                    self._events_from = ("", True)
+                    return False
+                cutoff = now - kept - EVENT_MARGIN
+                old = [s for s, oldest in walked if oldest <= cutoff]
+                gone = 0
+                if old:
+                    gone = conn.execute(
+                        sql.SQL(
+                            "DELETE FROM {events} WHERE id IN (SELECT id FROM {events}"
+                            " WHERE session_id = ANY(%s) AND at <= %s ORDER BY session_id, at"
+                            " LIMIT %s)"
+                        ).format(events=events),
+                        (old, cutoff, FORGET_ROWS),
+                    ).rowcount
+                if gone >= FORGET_ROWS:  # the sessions may hold more: go on from the first
+                    self._events_from = (old[0], True)
+                elif len(walked) < FORGET_SESSIONS:
+                    self._events_from = ("", True)
+                    return False
+                else:
+                    self._events_from = (walked[-1][0], False)
+                return True
+
+        return self._run("forget old flow events in", work)
 
     def close(self) -> None:
         """Close the connection (and a database of its own); later calls raise. Idempotent."""

@@ -43,12 +43,22 @@ from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import StoreError
 from aegis.stores.sqlite.connection import SQLiteDatabase
 from aegis.stores.sqlite.schema import migrate
-from aegis.stores.usage import Acquired, Request, event_from_row, judge, params_json
+from aegis.stores.usage import (
+    EVENT_MARGIN,
+    FORGET_ROWS,
+    FORGET_SESSIONS,
+    Acquired,
+    Request,
+    event_from_row,
+    judge,
+    params_json,
+    widest,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteUsageStore", "StartGuard"]
 
 #: the version of this component's tables in ``aegis_schema_versions``
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _COMPONENT: Final = "usage"
 _T = TypeVar("_T")
 #: forget rows past their window, in counters nobody charges any more, this often (seconds)
@@ -116,6 +126,15 @@ USAGE_MIGRATIONS: Final = {
         "DROP TABLE aegis_usage",
         "DROP TABLE aegis_usage_totals",
         "ALTER TABLE aegis_usage_v3 RENAME TO aegis_usage",
+    ),
+    # The longest look-back of flow conditions any policy declared: flow
+    # events older than it are deleted (see SQLiteUsageStore.forget_events).
+    # One row; NULL seconds: a condition looks over a whole session.
+    3: (
+        """CREATE TABLE aegis_flow_horizon (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seconds REAL
+        )""",
     ),
 }
 
@@ -307,6 +326,9 @@ class SQLiteUsageStore:
         self._closed = False
         self._swept = 0.0  # when this store last forgot rows past their window
         self._sweep_from = ""  # the counter an unfinished sweep goes on after
+        # the session a walk of the flow events goes on from, and whether it is
+        # itself still to do (see forget_events)
+        self._events_from: tuple[str, bool] = ("", True)
 
     @property
     def db_path(self) -> str:
@@ -473,6 +495,68 @@ class SQLiteUsageStore:
         sql += " ORDER BY at, id"
         rows = self._run("read flow events in", lambda conn: conn.execute(sql, args).fetchall())
         return [event_from_row(row, f"in {self.db.path!r}") for row in rows]
+
+    def forget_events(self, horizon: float | None, now: float) -> bool:
+        """See :meth:`aegis.stores.usage.UsageStore.forget_events`: one ``BEGIN IMMEDIATE``.
+
+        The horizon is kept in ``aegis_flow_horizon`` (the longest declared).
+        Deleting walks the sessions by name, a seek each in the index on
+        ``(session_id, at)``, as the counters' sweep walks the counters:
+        at most ``FORGET_SESSIONS`` sessions and ``FORGET_ROWS`` events per
+        call, then the walk goes on from there at the next call.
+        """
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                more = self._forget_events(cur, horizon, now)
+                cur.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            return more
+
+        result: bool = self._run("forget old flow events in", work)
+        return result
+
+    def _forget_events(self, cur: sqlite3.Cursor, horizon: float | None, now: float) -> bool:
+        row = cur.execute("SELECT seconds FROM aegis_flow_horizon WHERE id = 1").fetchone()
+        kept = widest(row[0], horizon) if row is not None else horizon
+        if row is None or kept != row[0]:
+            cur.execute(
+                "INSERT INTO aegis_flow_horizon (id, seconds) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET seconds = excluded.seconds",
+                (kept,),
+            )
+        if kept is None:
+            return False  # some policy looks over whole sessions: every event may be needed
+        cutoff = now - kept - EVENT_MARGIN
+        rows, (session, inclusive) = FORGET_ROWS, self._events_from
+        for _ in range(FORGET_SESSIONS):
+            found = cur.execute(
+                "SELECT session_id, at FROM aegis_flow_events"
+                f" WHERE session_id {'>=' if inclusive else '>'} ?"
+                " ORDER BY session_id, at LIMIT 1",
+                (session,),
+            ).fetchone()
+            if found is None:  # walked them all
+                self._events_from = ("", True)
+                return False
+            (session, oldest), inclusive = found, False
+            if type(oldest) in (float, int) and oldest <= cutoff:
+                cur.execute(
+                    "DELETE FROM aegis_flow_events WHERE id IN (SELECT id FROM aegis_flow_events"
+                    " WHERE session_id = ? AND at <= ? ORDER BY at LIMIT ?)",
+                    (session, cutoff, rows),
+                )
+                rows -= cur.rowcount
+                if rows <= 0:  # this session may have more: start the next call with it
+                    self._events_from = (session, True)
+                    return True
+        self._events_from = (session, False)
+        return True
 
     def _ready_on(self, conn: sqlite3.Connection) -> None:
         if self._closed:
