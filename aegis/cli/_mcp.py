@@ -131,8 +131,15 @@ In a client's configuration, replace the server's command with:
 @click.option(
     "--check",
     is_flag=True,
-    help="List the server's tools and the policy's decisions (the server gets 30 s, or "
-    "--call-timeout if shorter, to answer).",
+    help="List the server's tools and the policy's decisions, then stop the server.",
+)
+@click.option(
+    "--check-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="With --check, seconds the server gets to start and list its tools (--call-timeout "
+    "if shorter); one that hangs is then killed, within 1.5 s more.",
 )
 @click.option(
     "--check-args",
@@ -224,6 +231,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     upstream_url: str | None,
     hide_blocked: bool,
     check: bool,
+    check_timeout: float,
     check_args: tuple[str, ...],
     max_message_bytes: int,
     max_server_message_bytes: int,
@@ -264,6 +272,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
     address = _listen_address(listen)
     _positive(approval_timeout, "--approval-timeout")
     _positive(call_timeout, "--call-timeout")
+    _positive(check_timeout, "--check-timeout")
     _positive(session_idle_timeout, "--session-idle-timeout")
     if math.isnan(progress_interval):  # NaN passes click's range check, and means nothing
         raise click.BadParameter(
@@ -302,7 +311,7 @@ def mcp_proxy(  # noqa: PLR0917  # click passes every option
         reload=reload,
     )
     if check:
-        _check(settings, output_format, _samples(check_args))
+        _check(settings, output_format, _samples(check_args), check_timeout)
         return
     if check_args:
         raise click.UsageError("--check-args goes with --check")
@@ -363,13 +372,15 @@ def _samples(given: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return samples
 
 
-def _check(settings: Any, output_format: str, samples: dict[str, dict[str, Any]]) -> None:
+def _check(
+    settings: Any, output_format: str, samples: dict[str, dict[str, Any]], timeout: float
+) -> None:
     from aegis.mcp.proxy import blocks_every_call  # noqa: PLC0415
-    from aegis.mcp.runner import CHECK_DEADLINE, check_tools  # noqa: PLC0415
+    from aegis.mcp.runner import check_tools  # noqa: PLC0415
 
     try:
         # A short deadline: a server that hangs must not hang the check.
-        deadline = min(CHECK_DEADLINE, settings.call_timeout or CHECK_DEADLINE)
+        deadline = min(timeout, settings.call_timeout or timeout)
         listed = asyncio.run(check_tools(settings, samples, deadline=deadline))
     except ConfigurationError:
         raise

@@ -27,6 +27,7 @@ from aegis.core.decision import PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.policy import Policy, fold_case
 from aegis.errors import ConfigurationError
+from aegis.mcp._jsonrpc import DOWNSTREAM_UNAVAILABLE, Unreadable, error_reply
 from aegis.mcp.downstream import MAX_SERVER_LINE, check_server, open_downstream
 from aegis.mcp.proxy import (
     ProxySession,
@@ -379,8 +380,11 @@ def _stop_on_signals() -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-#: seconds ``--check`` gives the server to start and list its tools
-CHECK_DEADLINE = 30.0
+#: seconds ``--check`` gives the server to start and list its tools (``--check-timeout``)
+CHECK_DEADLINE = 10.0
+#: seconds a checked server gets to exit after its stdin closes, then after SIGTERM,
+#: before its process group is killed: a check ends at most 3 of these after its deadline
+CHECK_EXIT_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -470,6 +474,74 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+def _note(refused: list[Unreadable], kept: _KeptErrors) -> str:
+    if refused:
+        first = refused[0]
+        shown = first.line if len(first.line) <= 79 else first.line[:79] + "\u2026"
+        return f"; it wrote a line that is not JSON-RPC on its stdout: {shown!r}"
+    return kept.note()
+
+
+@asynccontextmanager
+async def _checked_pipe(
+    settings: ProxySettings, refused: list[Unreadable]
+) -> AsyncIterator[tuple[Any, Any]]:
+    """An SDK transport over the proxy's own pipe to the server (:class:`PipeDownstream`).
+
+    Each line is read by the proxy's reader; one it refuses is kept in
+    ``refused`` (for the check's error) and, when it answers a request,
+    answered to the SDK as an error so that the check fails at once.
+    """
+    import anyio  # noqa: PLC0415  # with the mcp SDK
+    from mcp.shared.message import SessionMessage  # noqa: PLC0415
+    from mcp.types import jsonrpc_message_adapter  # noqa: PLC0415
+
+    to_sdk, from_server = anyio.create_memory_object_stream[Any](0)
+    to_server, from_sdk = anyio.create_memory_object_stream[Any](0)
+
+    async with open_downstream(
+        settings.command,
+        max_line=settings.max_server_message_bytes,
+        exit_grace=CHECK_EXIT_GRACE,
+    ) as downstream:
+
+        async def read() -> None:
+            async with to_sdk:
+                async for item in downstream.messages():
+                    if isinstance(item, Unreadable):
+                        refused.append(item)
+                        if item.request_id is None:
+                            continue
+                        item = error_reply(  # noqa: PLW2901
+                            item.request_id,
+                            DOWNSTREAM_UNAVAILABLE,
+                            f"the reply was refused by the Aegis proxy: {item.why}",
+                        )
+                    elif isinstance(item, Exception):
+                        continue
+                    try:
+                        envelope = jsonrpc_message_adapter.validate_python(item, by_name=False)
+                    except ValueError as exc:
+                        await to_sdk.send(exc)
+                        continue
+                    await to_sdk.send(SessionMessage(envelope))
+
+        async def write() -> None:
+            async with from_sdk:
+                async for message in from_sdk:
+                    await downstream.send(
+                        message.message.model_dump(by_alias=True, mode="json", exclude_unset=True)
+                    )
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(read)
+            group.start_soon(write)
+            try:
+                yield from_server, to_server
+            finally:
+                group.cancel_scope.cancel()
+
+
 async def check_tools(
     settings: ProxySettings,
     samples: Mapping[str, Mapping[str, Any]] | None = None,
@@ -490,7 +562,6 @@ async def check_tools(
     """
     try:
         from mcp import Client  # noqa: PLC0415  # the SDK's own client
-        from mcp.client.stdio import StdioServerParameters  # noqa: PLC0415
     except ImportError as exc:
         raise ConfigurationError(
             f'--check needs the mcp SDK ({exc}): pip install "aegis-runtime[mcp]"'
@@ -498,11 +569,11 @@ async def check_tools(
 
     check_server(settings.command, settings.upstream_url)
     server: Any
-    if settings.upstream_url:
-        server = settings.upstream_url
-    else:
-        command = list(settings.command)
-        server = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
+    refused: list[Unreadable] = []
+    # A command is reached over the proxy's own pipe, not the SDK's: the server
+    # is read as the proxy reads it, and one that hangs is killed within
+    # CHECK_EXIT_GRACE seconds, not the SDK's four.
+    server = settings.upstream_url or _checked_pipe(settings, refused)
     tools: list[dict[str, Any]] = []
 
     async def listing() -> None:
@@ -526,7 +597,8 @@ async def check_tools(
         except TimeoutError:
             raise ConfigurationError(
                 f"the MCP server ({where}) did not list its tools within {deadline:g}s: "
-                f"it hangs, or is not an MCP server speaking stdio{kept.note()}"
+                f"it hangs, or is not an MCP server speaking stdio{_note(refused, kept)}; "
+                "a server slow to start may be given longer with --check-timeout SECONDS"
             ) from None
         except Exception as exc:  # the SDK wraps failures in exception groups
             leaf = _leaf(exc)
@@ -534,7 +606,7 @@ async def check_tools(
             why = text[0] if text else type(leaf).__name__
             raise ConfigurationError(
                 f"could not list the tools of the MCP server ({where}): it failed or exited "
-                f"before answering ({type(leaf).__name__}: {why}){kept.note()}; "
+                f"before answering ({type(leaf).__name__}: {why}){_note(refused, kept)}; "
                 "its own messages are above"
             ) from None
     samples = samples or {}

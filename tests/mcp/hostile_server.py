@@ -4,8 +4,8 @@ Run as ``python hostile_server.py MODE [ARG]``. It answers ``initialize``
 and ``tools/list`` (one tool, ``read``) like a server should, except in
 the modes that hang; what it does with a ``tools/call`` is the mode:
 
-- ``hang-initialize``: never answers anything.
-- ``stall-list``: answers ``initialize``, never ``tools/list``.
+- ``hang-initialize``: never answers anything, nor exits when its stdin closes.
+- ``stall-list``: answers ``initialize``, never ``tools/list``, nor exits when its stdin closes.
 - ``raw TEMPLATE``: writes ``TEMPLATE`` with ``{id}`` replaced by the call's id (JSON).
 - ``half-line``: writes the start of its reply, then stops without a newline.
 - ``long-line BYTES``: writes a reply of ``BYTES`` bytes (its id last), then a good one to ping.
@@ -13,6 +13,7 @@ the modes that hang; what it does with a ``tools/call`` is the mode:
 - ``flood COUNT``: sends COUNT notifications, then the reply.
 
 Every ``tools/call`` it receives is appended to the file ``$HOSTILE_LOG`` when set.
+With ``$HOSTILE_PIDS`` set, it writes its pid to that file.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def on_call(request_id: object) -> None:
 
 
 def main() -> None:
+    pids = os.environ.get("HOSTILE_PIDS")
+    if pids:
+        with open(pids, "w", encoding="utf-8") as out:
+            out.write(f"{os.getpid()}\n")
     for raw in sys.stdin.buffer:
         if MODE == "hang-initialize":
             continue
@@ -94,6 +99,8 @@ def main() -> None:
             on_call(request_id)
         else:
             reply(request_id, {})
+    if MODE in ("hang-initialize", "stall-list"):
+        time.sleep(3600)
 
 
 if __name__ == "__main__":

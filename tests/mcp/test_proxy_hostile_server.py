@@ -9,6 +9,8 @@ by line. Each test checks what the client reads, that the proxy lives on
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,3 +161,53 @@ def test_replies_to_ids_never_asked_are_dropped(tmp_path: Path) -> None:
         assert proxy.nothing(0.5)
     err = proxy.files.stderr.read_text()  # type: ignore[attr-defined]
     assert "unknown request 10000" in err
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return "zombie"  # gone while read
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "within"),
+    [
+        # never answers initialize (nor exits when its stdin closes): the default deadline
+        ("hang-initialize", (), "within 10s"),
+        # answers initialize, then stalls on tools/list
+        ("stall-list", ("--check-timeout", "1"), "within 1s"),
+    ],
+)
+def test_check_against_a_hanging_server_fails_at_its_deadline_and_kills_it(
+    tmp_path: Path, mode: str, options: tuple[str, ...], within: str
+) -> None:
+    """--check gives a hanging server --check-timeout seconds (10 by default), then kills it."""
+    files = Files(tmp_path, POLICY)
+    pids = tmp_path / "pids"
+    command = [
+        sys.executable, "-m", "aegis", "mcp-proxy", "--check", "--policy", str(files.policy),
+        "--db", files.db, *options, "--", sys.executable, str(HOSTILE), mode,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "HOSTILE_PIDS": str(pids)},
+    )
+    assert done.returncode == 2
+    assert f"did not list its tools {within}" in done.stderr
+    assert "--check-timeout" in done.stderr
+    assert "Traceback" not in done.stderr
+    # the server is gone with the check
+    assert not _alive(int(pids.read_text()))

@@ -295,6 +295,8 @@ async def test_reload_decides_later_calls_by_the_edited_policy(files: Files) -> 
         # NaN passes a range check (it compares false with every bound)
         ("--session-idle-timeout", "nan"),
         ("--progress-interval", "nan"),
+        ("--check-timeout", "nan"),
+        ("--check-timeout", "0"),
     ],
 )
 def test_timeouts_must_be_finite_and_positive(files: Files, option: str, value: str) -> None:
