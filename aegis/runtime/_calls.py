@@ -22,8 +22,9 @@ import contextlib
 import contextvars
 import inspect
 import logging
-import queue
+import socket
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -50,38 +51,197 @@ def is_async_callable(fn: object) -> bool:
     )
 
 
+# Speed (benchmarks/calls.py --threads). A hand-off between threads costs
+# little CPU; a context switch costs much more, and each wake-up made while
+# the GIL is held costs two: the woken thread runs, finds the GIL taken,
+# sleeps again, and is woken once more when it is let go. So both ways
+# across wake the other thread with a ``send`` on a socket, which lets go of
+# the GIL first: a sync call costs two switches, the least there can be (the
+# worker sleeps, the loop sleeps). A queue's ``put`` and the loop's
+# ``call_soon_threadsafe`` wake with the GIL held: four to eight switches.
+
+
+class _Answers:
+    """Answers of worker threads on their way back to one loop's thread.
+
+    An answer joins a list; only the first answer of a batch wakes the loop,
+    with one byte on a socket the loop watches, and answers that arrive
+    together share the wake-up. (``call_soon_threadsafe`` also wakes the loop
+    by a socket, but with the GIL held, and makes it read until ``recv``
+    raises: a Python exception per wake-up.)
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._lock = threading.Lock()
+        self._answers: list[tuple[asyncio.Future[Any], Any, BaseException | None, str]] = []
+        self._signalled = False  # a byte is on its way and the loop has yet to read it
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        try:
+            loop.add_reader(self._read, self._deliver)
+        except BaseException:  # NotImplementedError on a proactor loop
+            _close(self._read, self._write)
+            raise
+        # The sockets live as long as the loop: a thread still at work holds
+        # a future, so the loop, so the sockets it will write to.
+        weakref.finalize(loop, _close, self._read, self._write)
+
+    def put(
+        self, future: asyncio.Future[Any], value: Any, error: BaseException | None, what: str
+    ) -> None:
+        """Hand ``future`` its answer on its loop's thread (called on a worker thread)."""
+        with self._lock:
+            self._answers.append((future, value, error, what))
+            if self._signalled:  # the loop has yet to wake for the earlier answers
+                return
+            self._signalled = True
+        self._write.send(b"\0")
+
+    def _deliver(self) -> None:
+        self._read.recv(1)  # the one byte: sent only while unsignalled
+        with self._lock:
+            answers, self._answers = self._answers, []
+            self._signalled = False
+        for future, value, error, what in answers:
+            _settle_future(future, value, error, what)
+
+
+class _Threadsafe:
+    """Answers back to a loop that cannot watch a socket: one ``call_soon_threadsafe`` each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def put(
+        self, future: asyncio.Future[Any], value: Any, error: BaseException | None, what: str
+    ) -> None:
+        """Hand ``future`` its answer on its loop's thread (called on a worker thread)."""
+        # The loop may be gone by now (the program moved on); nobody waits then.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(_settle_future, future, value, error, what)
+
+
+def _settle_future(
+    future: asyncio.Future[Any], value: Any, error: BaseException | None, what: str
+) -> None:
+    if future.done():  # abandoned: cancelled at its deadline
+        shown = error if error is not None else value
+        _log.warning("%s answered after it was abandoned; ignored: %r", what, shown)
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+def _close(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+#: each loop's way back from the workers, made at its first sync call
+_ANSWERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Answers] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _answers_for(loop: asyncio.AbstractEventLoop) -> _Answers | _Threadsafe:
+    answers = _ANSWERS.get(loop)
+    if answers is None:
+        try:
+            answers = _ANSWERS[loop] = _Answers(loop)
+        except NotImplementedError:  # no add_reader (Windows' proactor loop)
+            return _Threadsafe(loop)
+    return answers
+
+
+#: one call for a worker: the function, its arguments, the context to run it in,
+#: the future for its answer, where to hand that, and what to call it in a warning
+_Call = tuple[
+    Callable[..., Any],
+    tuple[Any, ...],
+    contextvars.Context,
+    asyncio.Future[Any],
+    _Answers | _Threadsafe,
+    str,
+]
+
+
+class _Worker:
+    """One daemon thread that runs the calls handed to it, one at a time.
+
+    It sleeps on a socket of its own, woken by one byte per call, and ends
+    after :data:`_IDLE_SECONDS` without one.
+    """
+
+    def __init__(self, pool: _Workers, call: _Call) -> None:
+        self._pool = pool
+        self._call: _Call | None = call
+        self._bell, self._ring = socket.socketpair()
+        self._bell.settimeout(_IDLE_SECONDS)
+        threading.Thread(target=self._serve, name="aegis-worker", daemon=True).start()
+
+    def hand(self, call: _Call) -> None:
+        """Give this idle thread ``call`` and wake it."""
+        self._call = call
+        self._ring.send(b"\0")
+
+    def _serve(self) -> None:
+        try:
+            while self._call is not None:
+                fn, args, context, future, answers, what = self._call
+                self._call = None
+                value: Any = None
+                error: BaseException | None = None
+                try:
+                    value = context.run(fn, *args)
+                except BaseException as exc:  # delivered to the awaiting task, never lost here
+                    error = exc
+                # Idle before answering: the loop's next call, made as soon as
+                # this answer lands, finds this thread instead of starting another.
+                self._pool.idle(self)
+                answers.put(future, value, error, what)
+                del fn, args, context, future, answers, value, error  # nothing kept while idle
+                self._wait()
+        finally:
+            _close(self._bell, self._ring)
+
+    def _wait(self) -> None:
+        """Sleep until a call is handed over, or return without one to retire."""
+        while True:
+            try:
+                self._bell.recv(1)
+                return
+            except TimeoutError:
+                if self._pool.retire(self):
+                    return  # no call was handed over, and none will be now
+
+
 class _Workers:
-    """Daemon threads that run submitted functions, reused while there is work."""
+    """The idle worker threads; the most recently busy (its caches warm) is used first."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle = 0
-        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle: list[_Worker] = []
 
-    def submit(self, work: Callable[[], None]) -> None:
+    def submit(self, call: _Call) -> None:
         with self._lock:
-            if self._idle:
-                self._idle -= 1
-                self._queue.put(work)
-                return
-        threading.Thread(target=self._serve, args=(work,), name="aegis-worker", daemon=True).start()
+            worker = self._idle.pop() if self._idle else None
+        if worker is None:
+            _Worker(self, call)
+        else:
+            worker.hand(call)
 
-    def _serve(self, work: Callable[[], None]) -> None:
-        # Threads waiting in get() always number idle + queued items, so a
-        # worker may retire only while idle > 0, i.e. no item is meant for it.
-        while True:
-            work()
-            with self._lock:
-                self._idle += 1
-            while True:
-                try:
-                    work = self._queue.get(timeout=_IDLE_SECONDS)
-                    break
-                except queue.Empty:
-                    with self._lock:
-                        if self._idle:
-                            self._idle -= 1
-                            return
+    def idle(self, worker: _Worker) -> None:
+        with self._lock:
+            self._idle.append(worker)
+
+    def retire(self, worker: _Worker) -> bool:
+        """Whether ``worker`` may end: still idle, so no call was handed to it."""
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+                return True
+            return False
 
 
 _WORKERS = _Workers()
@@ -95,31 +255,9 @@ def run_in_worker(fn: Callable[..., Any], *args: Any, what: str = "a call") -> a
     answer that comes later is dropped and logged, naming ``what``.
     """
     loop = asyncio.get_running_loop()
+    answers = _answers_for(loop)
     future: asyncio.Future[Any] = loop.create_future()
-    context = contextvars.copy_context()
-
-    def deliver(value: Any, error: BaseException | None) -> None:
-        if future.done():
-            shown = error if error is not None else value
-            _log.warning("%s answered after it was abandoned; ignored: %r", what, shown)
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-
-    def work() -> None:
-        value: Any = None
-        error: BaseException | None = None
-        try:
-            value = context.run(fn, *args)
-        except BaseException as exc:  # delivered to the awaiting task, never lost here
-            error = exc
-        # The loop may be gone by now (the program moved on); nobody waits then.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(deliver, value, error)
-
-    _WORKERS.submit(work)
+    _WORKERS.submit((fn, args, contextvars.copy_context(), future, answers, what))
     return future
 
 

@@ -1,0 +1,121 @@
+"""Sync executors and handlers on worker threads: the hand-off there and back (_calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+from aegis import Action, Policy, Runtime
+from aegis.runtime import _calls
+from aegis.runtime._calls import call_with_deadline
+from aegis.testing import InMemoryAuditLog
+
+AUTO = Policy.from_dict({"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]})
+
+
+async def test_sequential_sync_actions_reuse_one_worker_thread() -> None:
+    """A worker is idle before its answer lands, so the next action finds it: no new thread."""
+    threads: list[int] = []
+
+    def execute(action: Action) -> int:
+        threads.append(threading.get_ident())
+        return len(threads)
+
+    runtime = Runtime(executor=execute, policy=AUTO, audit_logger=InMemoryAuditLog())
+    results = [await runtime.run_one(Action("read", "crm", {"i": i})) for i in range(30)]
+    assert [r.data for r in results] == list(range(1, 31))
+    assert len(set(threads)) == 1
+    assert threads[0] != threading.get_ident()
+
+
+async def test_answers_arriving_together_each_reach_their_own_caller() -> None:
+    """Many sync calls at once: every caller gets its own answer or its own exception."""
+    gate = threading.Barrier(8)
+
+    def work(i: int) -> int:
+        gate.wait(5)  # eight threads answer at about the same time
+        if i % 3 == 0:
+            raise ValueError(f"no {i}")
+        return i * 10
+
+    calls = [call_with_deadline(work, (i,), None, "work", is_async=False) for i in range(8)]
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    for i, answer in enumerate(answers):
+        if i % 3 == 0:
+            assert isinstance(answer, ValueError)
+            assert str(answer) == f"no {i}"
+        else:
+            assert answer == i * 10
+
+
+async def test_context_variables_carry_over_and_stay_apart() -> None:
+    """The call sees the caller's context variables; what it sets there stays on its copy."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    var.set("caller")
+
+    def read_and_set() -> str:
+        seen = var.get()
+        var.set("worker")
+        return seen
+
+    assert await call_with_deadline(read_and_set, (), 5.0, "read", is_async=False) == "caller"
+    assert await call_with_deadline(read_and_set, (), None, "read", is_async=False) == "caller"
+    assert var.get() == "caller"
+
+
+class _NoReaderLoop(asyncio.SelectorEventLoop):
+    """A loop that cannot watch sockets, as Windows' proactor loop cannot."""
+
+    def add_reader(self, *args: Any) -> None:
+        raise NotImplementedError
+
+
+def test_a_loop_without_add_reader_still_gets_answers_and_logs_late_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without add_reader, answers come back by call_soon_threadsafe: same results and warnings."""
+    release = threading.Event()
+
+    def slow() -> str:
+        release.wait(5)
+        return "late"
+
+    async def main() -> tuple[Any, ...]:
+        quick = await call_with_deadline(lambda: "quick", (), None, "quick", is_async=False)
+        with pytest.raises(ZeroDivisionError):
+            await call_with_deadline(lambda: 1 / 0, (), None, "fails", is_async=False)
+        with pytest.raises(_calls.Deadline):
+            await call_with_deadline(slow, (), 0.05, "the slow one", is_async=False)
+        release.set()
+        for _ in range(100):
+            if "the slow one" in caplog.text:
+                break
+            await asyncio.sleep(0.02)
+        return (quick,)
+
+    loop = _NoReaderLoop()
+    try:
+        with caplog.at_level(logging.WARNING, logger="aegis.runtime"):
+            assert loop.run_until_complete(main()) == ("quick",)
+    finally:
+        loop.close()
+    assert "the slow one answered after it was abandoned" in caplog.text
+
+
+async def test_an_idle_worker_retires_and_a_new_one_starts_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker idle for the idle limit ends; the next call starts a fresh thread."""
+    monkeypatch.setattr(_calls, "_IDLE_SECONDS", 0.1)
+    monkeypatch.setattr(_calls, "_WORKERS", _calls._Workers())
+    first = await call_with_deadline(threading.current_thread, (), None, "who", is_async=False)
+    first.join(5)
+    assert not first.is_alive()
+    second = await call_with_deadline(threading.current_thread, (), None, "who", is_async=False)
+    assert second is not first
+    assert second.name == "aegis-worker"
