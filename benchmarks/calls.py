@@ -16,6 +16,10 @@ one, so that a flush costs no waiting), at durability ``result`` and
 ``process`` (a checkout without ``durability=`` at its default). With
 ``--against`` the rounds alternate between the two checkouts, each in a
 fresh interpreter, so a loaded machine weighs on both alike.
+``--threads`` times a plain ``def`` executor (run on a worker thread)
+beside an ``async def`` one, sequential ``run_one`` at durability
+``result`` on a tmpfs: actions per second, CPU (user + system, all
+threads) and context switches per action, the best of several rounds.
 ``--instructions`` counts the instructions of one action instead
 (valgrind's callgrind, counting only the measured actions): the one measure
 that other work on the machine cannot disturb.
@@ -26,6 +30,7 @@ Usage::
     python benchmarks/calls.py --against /path/to/other/checkout
     python benchmarks/calls.py --cpu [--against ...]            # about a minute
     python benchmarks/calls.py --instructions [--against ...]   # a few minutes
+    python benchmarks/calls.py --threads [--against ...]        # about a minute
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import inspect
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -76,7 +82,9 @@ def _folder() -> str:
     return tempfile.mkdtemp(dir=shm if os.path.isdir(shm) else None)
 
 
-async def _runtime(rule: dict[str, Any], path: str, durability: str | None) -> Any:
+async def _runtime(
+    rule: dict[str, Any], path: str, durability: str | None, executor: Any = None
+) -> Any:
     """A runtime over a fresh audit at ``path`` whose first rule is ``rule``, entered."""
     from aegis import AuditLogger, Policy, Runtime  # noqa: PLC0415  # after sys.path
 
@@ -96,7 +104,7 @@ async def _runtime(rule: dict[str, Any], path: str, durability: str | None) -> A
         return True
 
     runtime = Runtime(
-        executor=execute,
+        executor=execute if executor is None else executor,
         policy=Policy.from_dict({"rules": rules}),
         audit_logger=audit,
         agent="bench",
@@ -152,6 +160,44 @@ async def _cpu(rule: dict[str, Any], path: str, durability: str) -> float:
     return best
 
 
+def _sync_execute(action: object) -> dict[str, bool]:
+    return {"ok": True}
+
+
+async def _async_execute(action: object) -> dict[str, bool]:
+    return {"ok": True}
+
+
+EXECUTORS = {"def executor": _sync_execute, "async def executor": _async_execute}
+
+
+async def _threads(name: str, path: str) -> dict[str, float]:
+    """Best round of :data:`ACTIONS` sequential actions with executor ``name``, 'result'."""
+    runtime = await _runtime(KINDS["plain auto"], path, "result", EXECUTORS[name])
+    for action in _actions(WARM):
+        await runtime.run_one(action)
+    best: dict[str, float] = {}
+    for _ in range(ROUNDS):
+        actions = _actions(ACTIONS)
+        gc.collect()
+        gc.disable()
+        before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for action in actions:
+            await runtime.run_one(action)
+        after, took = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - began
+        gc.enable()
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        switches = after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw
+        if not best or ACTIONS / took > best["actions/s"]:
+            best = {
+                "actions/s": ACTIONS / took,
+                "CPU us/action": cpu / ACTIONS * 1e6,
+                "switches/action": switches / ACTIONS,
+            }
+    await runtime.close()
+    return best
+
+
 def _counted(kind: str, durability: str, count: int) -> None:
     """Run ``count`` actions of ``kind``; callgrind counts them alone (see --instructions)."""
     folder = _folder()
@@ -173,9 +219,17 @@ def _counted(kind: str, durability: str, count: int) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _measure(cpu: bool) -> dict[str, Any]:
+def _measure(cpu: bool, threads: bool = False) -> dict[str, Any]:
     folder = _folder()
     try:
+        if threads:
+            return {
+                f"{name}: {measure}": value
+                for name in EXECUTORS
+                for measure, value in asyncio.run(
+                    _threads(name, os.path.join(folder, f"{len(os.listdir(folder))}.db"))
+                ).items()
+            }
         if cpu:
             return {
                 f"{kind}@{durability}": asyncio.run(
@@ -224,6 +278,7 @@ def main() -> None:
     parser.add_argument("--against", type=Path, help="another checkout to measure too")
     parser.add_argument("--cpu", action="store_true", help="CPU time per action too")
     parser.add_argument("--instructions", action="store_true", help="instructions per action")
+    parser.add_argument("--threads", action="store_true", help="def vs async def executor")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
@@ -234,11 +289,26 @@ def main() -> None:
         if args.count is not None:
             _counted(args.kind, args.durability, args.count)
         else:
-            print(json.dumps(_measure(args.cpu)))
+            print(json.dumps(_measure(args.cpu, args.threads)))
         return
     checkouts = {"this checkout": REPO}
     if args.against is not None:
         checkouts[str(args.against)] = args.against.resolve()
+    if args.threads:
+        runs: dict[str, dict[str, float]] = {name: {} for name in checkouts}
+        for _ in range(2):  # the checkouts alternate, each run in a fresh process
+            for name, path in checkouts.items():
+                for row, value in json.loads(_child(path, "--json", "--threads")).items():
+                    better = max if row.endswith("actions/s") else min
+                    runs[name][row] = better(value, runs[name].get(row, value))
+        _table(
+            f"sequential run_one, 'result' on tmpfs (best round of {ACTIONS} actions)",
+            list(runs["this checkout"]),
+            runs,
+            lambda v: f"{v:,.1f}",
+        )
+        print(f"load average: {os.getloadavg()[0]:.1f}")
+        return
     if args.instructions:
         if shutil.which("valgrind") is None:
             parser.error("--instructions needs valgrind")
