@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import os
 import socket
 import threading
 import weakref
@@ -166,24 +167,75 @@ _Call = tuple[
 ]
 
 
+#: at most this many workers sleep on a socket of their own (two descriptors
+#: each); more at once, as many sync calls gathered together make, sleep on a
+#: lock instead, so a thousand calls never take two thousand file descriptors
+_SOCKET_WORKERS: Final = 16
+
+
+class _SocketBell:
+    """How a worker sleeps until handed a call: one byte on a socket of its own.
+
+    ``send`` lets go of the GIL before it wakes the worker (see above).
+    """
+
+    def __init__(self) -> None:
+        self._bell, self._ring = socket.socketpair()
+
+    def ring(self) -> None:
+        self._ring.send(b"\0")
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the bell rang within ``timeout`` seconds."""
+        self._bell.settimeout(timeout)
+        try:
+            self._bell.recv(1)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        _close(self._bell, self._ring)
+
+
+class _LockBell:
+    """The same with no file descriptor: a lock released to wake (the GIL is held then)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def ring(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=timeout)
+
+    def close(self) -> None:
+        pass
+
+
 class _Worker:
     """One daemon thread that runs the calls handed to it, one at a time.
 
-    It sleeps on a socket of its own, woken by one byte per call, and ends
-    after :data:`_IDLE_SECONDS` without one.
+    It sleeps on a bell of its own, rung once per call, and ends after
+    :data:`_IDLE_SECONDS` without one.
     """
 
-    def __init__(self, pool: _Workers, call: _Call) -> None:
+    def __init__(self, pool: _Workers, call: _Call, bell: _SocketBell | _LockBell) -> None:
         self._pool = pool
         self._call: _Call | None = call
-        self._bell, self._ring = socket.socketpair()
-        self._bell.settimeout(_IDLE_SECONDS)
+        self._bell = bell
         threading.Thread(target=self._serve, name="aegis-worker", daemon=True).start()
+
+    @property
+    def on_socket(self) -> bool:
+        return type(self._bell) is _SocketBell
 
     def hand(self, call: _Call) -> None:
         """Give this idle thread ``call`` and wake it."""
         self._call = call
-        self._ring.send(b"\0")
+        self._bell.ring()
 
     def _serve(self) -> None:
         try:
@@ -203,17 +255,14 @@ class _Worker:
                 del fn, args, context, future, answers, value, error  # nothing kept while idle
                 self._wait()
         finally:
-            _close(self._bell, self._ring)
+            self._pool.gone(self)
+            self._bell.close()
 
     def _wait(self) -> None:
         """Sleep until a call is handed over, or return without one to retire."""
-        while True:
-            try:
-                self._bell.recv(1)
-                return
-            except TimeoutError:
-                if self._pool.retire(self):
-                    return  # no call was handed over, and none will be now
+        while not self._bell.wait(_IDLE_SECONDS):
+            if self._pool.retire(self):
+                return  # no call was handed over, and none will be now
 
 
 class _Workers:
@@ -222,14 +271,32 @@ class _Workers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
+        self._on_sockets = 0  # live workers sleeping on a socket
 
     def submit(self, call: _Call) -> None:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
-        if worker is None:
-            _Worker(self, call)
-        else:
+            socket_bell = worker is None and self._on_sockets < _SOCKET_WORKERS
+            if socket_bell:
+                self._on_sockets += 1
+        if worker is not None:
             worker.hand(call)
+            return
+        bell: _SocketBell | _LockBell = _LockBell()
+        if socket_bell:
+            try:
+                bell = _SocketBell()
+            except OSError:  # out of descriptors: a lock wakes it as well
+                with self._lock:
+                    self._on_sockets -= 1
+        try:
+            _Worker(self, call, bell)
+        except BaseException:  # no thread could start: the call fails, nothing leaks
+            if type(bell) is _SocketBell:
+                with self._lock:
+                    self._on_sockets -= 1
+            bell.close()
+            raise
 
     def idle(self, worker: _Worker) -> None:
         with self._lock:
@@ -243,8 +310,32 @@ class _Workers:
                 return True
             return False
 
+    def gone(self, worker: _Worker) -> None:
+        """``worker``'s thread ends (retired, or its answer could not be handed back)."""
+        with self._lock:
+            if worker in self._idle:  # never hand a call to a thread that is gone
+                self._idle.remove(worker)
+            if worker.on_socket:
+                self._on_sockets -= 1
+
+    def forget(self) -> None:
+        """In a forked child: the parent's threads do not exist here."""
+        self._lock = threading.Lock()
+        self._idle = []
+        self._on_sockets = 0
+
 
 _WORKERS = _Workers()
+
+
+def _after_fork_in_child() -> None:
+    # A child of fork() has only the thread that forked: the idle workers it
+    # inherited would never answer, and the loops' sockets are the parent's.
+    _WORKERS.forget()
+    _ANSWERS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def run_in_worker(fn: Callable[..., Any], *args: Any, what: str = "a call") -> asyncio.Future[Any]:

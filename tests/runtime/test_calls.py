@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,3 +124,72 @@ async def test_an_idle_worker_retires_and_a_new_one_starts_after(
     second = await call_with_deadline(threading.current_thread, (), None, "who", is_async=False)
     assert second is not first
     assert second.name == "aegis-worker"
+
+
+def test_a_thousand_sync_calls_at_once_fit_in_a_small_descriptor_limit(tmp_path: Path) -> None:
+    """Past a few workers on sockets, the rest sleep on locks: 1,000 at once under 256 fds."""
+    script = tmp_path / "many.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, resource, threading
+            from aegis import Action, Policy, Runtime
+            from aegis.testing import InMemoryAuditLog
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+            AUTO = Policy.from_dict(
+                {"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]}
+            )
+            gate = threading.Barrier(1000, timeout=60)
+
+            def execute(action):
+                gate.wait()  # every call holds its thread until all 1,000 have one
+                return action.params["i"]
+
+            async def main():
+                runtime = Runtime(executor=execute, policy=AUTO, audit_logger=InMemoryAuditLog())
+                results = await asyncio.gather(
+                    *(runtime.run_one(Action("read", "crm", {"i": i})) for i in range(1000))
+                )
+                assert [r.error for r in results if not r.ok] == []
+                assert [r.data for r in results] == list(range(1000))
+                print("ok")
+
+            asyncio.run(main())
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_forked_child_gets_fresh_workers(tmp_path: Path) -> None:
+    """The parent's idle workers are not in the child: its sync calls start threads of its own."""
+    script = tmp_path / "fork.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, os, sys
+            from aegis.runtime._calls import call_with_deadline
+
+            async def once():
+                return await call_with_deadline(lambda: os.getpid(), (), None, "a call")
+
+            assert asyncio.run(once()) == os.getpid()  # leaves an idle worker behind
+            child = os.fork()
+            if child == 0:
+                answer = asyncio.run(asyncio.wait_for(once(), 30))
+                os._exit(0 if answer == os.getpid() else 3)
+            _, status = os.waitpid(child, 0)
+            sys.exit(os.waitstatus_to_exitcode(status))
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
