@@ -599,49 +599,6 @@ def test_sqlite_sweeps_walk_many_idle_counters_a_slice_at_a_time(tmp_path: Path)
     assert left == [701, 201, 0]  # 500 counters a sweep, "busy" among the first
 
 
-@pytest.mark.parametrize(
-    "edit",
-    [
-        "UPDATE aegis_usage_totals SET units = units - 2 WHERE bucket = 'b'",  # lowered
-        "UPDATE aegis_usage_totals SET units = 0 WHERE bucket = 'b'",
-        "DELETE FROM aegis_usage_totals WHERE bucket = 'b'",  # the total gone, its rows kept
-    ],
-)
-def test_postgres_a_total_edited_by_hand_fails_closed(postgres_dsn: str, edit: str) -> None:
-    """A counter's total lowered in aegis_usage_totals no longer lets more through: refused.
-
-    What the store wrote itself first (a release, trims, a sweep of another
-    counter) still adds up: the check refuses only the hand edit.
-    """
-    import psycopg
-
-    store = PostgresUsageStore(postgres_dsn)
-    try:
-        made = [
-            store.acquire([limit(maximum=4, window=10.0)], float(n), reserve=True, over=False)
-            for n in range(1, 5)
-        ]
-        store.release(made[1].reservation or ())
-        store.acquire([limit("idle", window=1.0)], 5.0, reserve=True, over=False)
-        for _ in range(600):  # past the sweep's interval: the idle counter's row is swept
-            store.acquire([limit("other", maximum=10**6)], 8.0, reserve=True, over=False)
-        # at 12.5 the rows at 1 and 2 (released) have left; 3 and 4 count, 2 more fit
-        for n in range(3):
-            got = store.acquire([limit(maximum=4, window=10.0)], 12.5, reserve=True, over=False)
-            assert got.used == (2 + n,)
-        assert not got.reserved  # full
-        assert store.acquire([limit("idle")], 9.0, reserve=False, over=False).used == (0,)
-        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-            admin.execute(edit)
-        for reserve in (True, False):
-            with pytest.raises(StoreError, match="edited by hand"):
-                store.acquire([limit(maximum=4, window=10.0)], 12.5, reserve=reserve, over=False)
-        with pytest.raises(StoreError, match="edited by hand"):
-            store.acquire_many([Request((limit(maximum=4, window=10.0),), 12.5, over=True)])
-    finally:
-        store.close()
-
-
 # -- forgetting old flow events -------------------------------------------------------------
 
 

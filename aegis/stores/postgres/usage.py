@@ -255,35 +255,17 @@ class PostgresUsageStore:
         return self._run("count the usage counters in", work)
 
     def _count(self, conn: psycopg.Connection[Any], charge: Charge, now: float) -> tuple[int, int]:
-        """(units in the window, units of stored rows that left it).
-
-        Raises:
-            StoreError: the counter's total in ``aegis_usage_totals`` is not
-                the sum of its rows (it was edited by hand).
-        """
-        # A counter's total is kept in aegis_usage_totals and every write
-        # changes it with its rows, in one transaction. The rows are summed
-        # too, in the same statement (one snapshot), so that a total lowered
-        # by hand to let more through is refused instead of believed: the
-        # counter's rows are its window and the few that left it since the
-        # last reservation, which are then deleted.
+        """(units in the window, units of stored rows that left it)."""
+        # A counter's total is kept in aegis_usage_totals, so that a check
+        # reads one row instead of summing its window: the rows that left
+        # the window since the last reservation are summed, then deleted.
         count = sql.SQL(
-            "SELECT (SELECT units FROM {} WHERE bucket = %(b)s),"
-            " COALESCE(SUM(units) FILTER (WHERE at <= %(cut)s), 0), COALESCE(SUM(units), 0)"
-            " FROM {} WHERE bucket = %(b)s"
+            "SELECT (SELECT units FROM {} WHERE bucket = %(b)s), COALESCE(SUM(units), 0)"
+            " FROM {} WHERE bucket = %(b)s AND at <= %(cut)s"
         ).format(self._tables["aegis_usage_totals"], self._tables["aegis_usage"])
         row = conn.execute(count, {"b": charge.bucket, "cut": now - charge.window}).fetchone()
-        total, expired, rows = row if row is not None else (None, 0, 0)
-        kept = _units(total, self.where)
-        if kept != int(rows):
-            raise StoreError(
-                f"the usage counter {charge.bucket!r} at {self.where} keeps a total of {kept}"
-                f" units where its reservations add up to {rows}; the table aegis_usage_totals"
-                " (or aegis_usage) was edited by hand: set the counter's total in"
-                " aegis_usage_totals to the sum of its rows in aegis_usage, or delete both,"
-                " to count again"
-            )
-        return kept - int(expired), int(expired)
+        total, expired = row if row is not None else (None, 0)
+        return _units(total, self.where) - int(expired), int(expired)
 
     def _acquire_one(self, conn: psycopg.Connection[Any], request: Request) -> Acquired:
         charges, now = request.charges, request.now

@@ -138,21 +138,13 @@ USAGE_MIGRATIONS: Final = {
     ),
 }
 
-# A counter's newest row, the total before the first row inside the window
-# (None when the window is empty; text when that row holds nonsense), and the
-# units of the window's rows added up one by one (text when one is not whole
-# units): units in the window = newest total - the total before, which must
-# equal that sum. The first two are seeks in the primary key; the sum reads
-# the window's rows, a range of the key, and catches a running total lowered
-# by hand (see _head). A counter known to a connection is counted without
-# this query while no other connection writes (see _Seen).
+# A counter's newest row, and the total before the first row inside the
+# window (None when the window is empty; text when that row holds nonsense):
+# units in the window = newest total - that. Both are seeks in the primary key.
 _COUNT: Final = (
     "SELECT at, seq, total, (SELECT CASE WHEN typeof(total) = 'integer'"
     " AND typeof(units) = 'integer' AND units >= 0 THEN total - units ELSE 'edited' END"
-    " FROM aegis_usage WHERE bucket = ?1 AND at > ?2 ORDER BY at, seq LIMIT 1),"
-    " (SELECT CASE WHEN count(*) = count(CASE WHEN typeof(units) = 'integer' AND units >= 0"
-    " THEN 1 END) THEN coalesce(sum(units), 0) ELSE 'edited' END"
-    " FROM aegis_usage WHERE bucket = ?1 AND at > ?2)"
+    " FROM aegis_usage WHERE bucket = ?1 AND at > ?2 ORDER BY at, seq LIMIT 1)"
     " FROM aegis_usage WHERE bucket = ?1 ORDER BY at DESC, seq DESC LIMIT 1"
 )
 _INSERT: Final = (
@@ -670,22 +662,16 @@ def _head(cur: sqlite3.Cursor, charge: Charge, now: float, path: str) -> _Head:
     row = cur.execute(_COUNT, (charge.bucket, now - charge.window)).fetchone()
     if row is None:
         return _EMPTY
-    at, seq, total, before, added = row
+    at, seq, total, before = row
     if type(at) not in (float, int) or type(seq) is not int or type(total) is not int:
         raise _edited(path, "something other than times and whole units")
     if before is None:
         return (float(at), seq, total, 0)  # nothing in the window
-    if type(before) is not int or type(added) is not int:
+    if type(before) is not int:
         raise _edited(path, "something other than whole units")
     used = total - before
-    if used != added:
-        # A running total lowered (or raised) by hand: the rows of the window
-        # say otherwise, and which of them to believe is anyone's guess.
-        raise _edited(
-            path,
-            f"running totals that do not add up (counter {charge.bucket!r}: its totals say"
-            f" {used} units in the window, its rows {added})",
-        )
+    if used < 0:
+        raise _edited(path, "running totals that do not add up")
     return (float(at), seq, total, used)
 
 
@@ -722,8 +708,11 @@ def _count(
         if used is not None:
             return used, known
     head = _head(cur, charge, now, path)
-    # a total edited in the window, even one the count does not read yet, fails closed here
-    known = _load(cur, charge, head, boundary, path)
+    try:
+        known = _load(cur, charge, head, boundary, path)
+    except StoreError:  # odd rows that the count itself does not read: read it every time
+        seen.drop(charge.bucket)
+        return head[3], _Known(head, deque(), False, boundary)
     if len(seen.counters) >= _KNOWN:
         seen.counters.clear()
     seen.counters[charge.bucket] = known
@@ -736,7 +725,6 @@ def _load(cur: sqlite3.Cursor, charge: Charge, head: _Head, boundary: float, pat
     complete = True
     if head is not _EMPTY and head[0] > boundary:  # else the window is empty
         rows = cur.execute(_FRONT_ROWS, (charge.bucket, boundary, _FRONT)).fetchall()
-        last = 0
         for at, total, units in rows:
             if (
                 type(at) not in (float, int)
@@ -745,11 +733,6 @@ def _load(cur: sqlite3.Cursor, charge: Charge, head: _Head, boundary: float, pat
                 or units < 0
             ):
                 raise _edited(path, "something other than times and whole units")
-            # each row's total is the one before it plus its units: a total
-            # edited in the middle would be counted from once the window reaches it
-            if front and total - units != last:
-                raise _edited(path, "running totals that do not add up")
-            last = total
             front.append((float(at), total - units))
         complete = len(rows) < _FRONT
         if not rows or (complete and rows[-1][1] != head[2]) or head[2] - front[0][1] != head[3]:
