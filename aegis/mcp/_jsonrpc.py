@@ -3,6 +3,14 @@
 Pure and dependency-free. The proxy judges every frame a client sends here,
 before anything reaches the downstream server: one frame becomes either one
 message the proxy will act on, or the error reply that ends it.
+
+Size: one reader for both directions (a client's frames and, since the
+server's replies are held to the same checks, the server's lines), so the
+strict decoder, the classifier, the error codes and the id scanner for
+lines too long to decode share one vocabulary of refusals here. The
+scanner (:class:`IdScanner`, about 160 lines, a byte-at-a-time state
+machine) is the piece that could move to a module of its own if this one
+grows again.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@
 client over the process's own stdin and stdout, :func:`run_http` serves
 any number over Streamable HTTP, and :func:`check_tools` lists the
 server's tools with what the policy decides for each.
+
+Size: the settings, the runtime they build and the three ways to run
+(stdio, HTTP, ``--check``) stay together because each way reads the same
+settings and builds the same runtime; ``--check`` adds about 150 lines of
+its own (a pipe to the server it starts, a deadline, and stopping that
+server's process group), the first candidate for a module of its own.
 """
 
 from __future__ import annotations
