@@ -22,9 +22,12 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Route
 
 #: the oidc-provider release the tests run against
 OIDC_PROVIDER_VERSION = "9.13.3"
@@ -235,3 +238,12 @@ def sign_in(inbox: str, login: str, client: httpx.Client) -> httpx.Client:
     assert done.status_code == 200, done.text[:800]
     assert "Signed in" in done.text, done.text[:800]
     return client
+
+
+def loopback_only(route: Route) -> None:
+    """A Playwright route handler: requests to loopback go on, any other host is refused."""
+    host = urllib.parse.urlsplit(route.request.url).hostname
+    if host in {"127.0.0.1", "localhost"}:
+        route.continue_()
+    else:
+        route.abort()

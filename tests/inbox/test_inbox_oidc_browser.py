@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 from axe_support import axe_problems, install_axe
-from oidc_support import OpenIdProvider
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+from oidc_support import OpenIdProvider, loopback_only
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from serve_support import Server, create_token
 
 OUTPUT = Path(__file__).resolve().parent.parent / "output"
@@ -46,7 +45,7 @@ class World:
     def context(self) -> BrowserContext:
         """A fresh profile that reaches loopback only and reports the inbox's console errors."""
         context = self.browser.new_context(viewport={"width": 1100, "height": 720})
-        context.route("**/*", _loopback_only)
+        context.route("**/*", loopback_only)
         context.on("page", self._watch)
         return context
 
@@ -84,14 +83,6 @@ class World:
         )
         result: dict[str, Any] = answer.json()
         return result
-
-
-def _loopback_only(route: Route) -> None:
-    host = urllib.parse.urlsplit(route.request.url).hostname
-    if host in {"127.0.0.1", "localhost"}:
-        route.continue_()
-    else:
-        route.abort()
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +230,7 @@ def test_the_sign_in_page_with_a_provider_passes_axe(
 ) -> None:
     """The sign-in page offering the provider's button: nothing serious or critical to axe-core."""
     context = world.browser.new_context(viewport=size, color_scheme=scheme)  # type: ignore[arg-type]
-    context.route("**/*", _loopback_only)
+    context.route("**/*", loopback_only)
     page = context.new_page()
     page.goto(f"{world.server.url}/signin")
     expect(page.locator("a[href^='/signin/oidc']")).to_be_visible()

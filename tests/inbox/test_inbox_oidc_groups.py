@@ -13,15 +13,14 @@ from __future__ import annotations
 import re
 import secrets
 import time
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from oidc_support import OpenIdProvider, sign_in
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from oidc_support import OpenIdProvider, loopback_only, sign_in
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 from serve_support import Server, aegis, create_token
 
 CLIENT_SECRET = "groups-test-client-secret"  # a test fixture's secret
@@ -74,14 +73,6 @@ class World:
         )
         assert answer.status_code == 200, answer.text
         return str(answer.json()["status"])
-
-
-def _loopback_only(route: Route) -> None:
-    host = urllib.parse.urlsplit(route.request.url).hostname
-    if host in {"127.0.0.1", "localhost"}:
-        route.continue_()
-    else:
-        route.abort()
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +214,7 @@ def test_in_a_browser_the_lapsed_session_signs_in_again_with_new_groups(world: W
     finance = world.ask("approve_budget", ["finance"])
     ops = world.ask("restart_cache", ["ops"])
     context = world.browser.new_context()
-    context.route("**/*", _loopback_only)
+    context.route("**/*", loopback_only)
     page = context.new_page()
     page.goto(f"{world.server.url}/")
     _provider_sign_in(world, page, "fay")
