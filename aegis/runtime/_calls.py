@@ -129,9 +129,20 @@ def _settle_future(
         shown = error if error is not None else value
         _log.warning("%s answered after it was abandoned; ignored: %r", what, shown)
     elif error is not None:
+        if isinstance(error, StopIteration):
+            # A future refuses it (TypeError), which left the caller waiting
+            # forever and lost the rest of the batch; a coroutine's would be
+            # a RuntimeError too (PEP 479).
+            error = _stop_iteration(what, error)
         future.set_exception(error)
     else:
         future.set_result(value)
+
+
+def _stop_iteration(what: str, stop: StopIteration) -> RuntimeError:
+    error = RuntimeError(f"{what} raised StopIteration")
+    error.__cause__ = stop
+    return error
 
 
 def _close(*sockets: socket.socket) -> None:

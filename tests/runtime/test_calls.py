@@ -193,3 +193,21 @@ def test_a_forked_child_gets_fresh_workers(tmp_path: Path) -> None:
         [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+async def test_a_sync_executor_raising_stop_iteration_fails_and_strands_no_other_answer() -> None:
+    """StopIteration (a bare next() on an empty iterator) fails its action; the batch arrives."""
+    gate = threading.Barrier(4, timeout=10)
+
+    def execute(action: Action) -> int:
+        gate.wait()  # the four answer together: one wake-up of the loop for all
+        if action.params["i"] == 2:
+            return int(next(iter(())))
+        return int(action.params["i"])
+
+    runtime = Runtime(executor=execute, policy=AUTO, audit_logger=InMemoryAuditLog())
+    calls = (runtime.run_one(Action("read", "crm", {"i": i})) for i in range(4))
+    results = await asyncio.wait_for(asyncio.gather(*calls), 10)
+    assert [r.status.value for r in results] == ["success", "success", "failed", "success"]
+    assert [results[i].data for i in (0, 1, 3)] == [0, 1, 3]
+    assert results[2].error == "RuntimeError: the executor raised StopIteration"
