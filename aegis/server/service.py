@@ -131,8 +131,9 @@ class ApprovalEvent:
 #: a function called with each event, in the event loop; it must not block
 Subscriber = Callable[[ApprovalEvent], Any]
 
-#: audit records one read looks through for a reviewer who is no auditor; a
-#: page that ends short of the trail says where the next read goes on
+#: audit record ids one read looks through for a reviewer who is no auditor
+#: (``after_id + 1`` to ``after_id + AUDIT_SCAN``); a page that ends short of
+#: the trail says where the next read goes on
 AUDIT_SCAN: Final = 5000
 #: records read from the trail at a time while looking through it
 _AUDIT_BATCH: Final = 500
@@ -143,10 +144,11 @@ class AuditPage:
     """Audit records a principal may read, oldest first, and where the next page starts.
 
     ``next_after_id`` is the ``after_id`` that goes on from here, or
-    ``None`` when the trail (as filtered) has no more records to look at.
+    ``None`` when the trail has no more records to look at (for an
+    auditor: none that match the filters).
     A page may hold fewer records than asked and still name a next one:
-    for a reviewer the service looks through at most :data:`AUDIT_SCAN`
-    records per read, most of which may be other groups'.
+    for a reviewer the service looks through the next :data:`AUDIT_SCAN`
+    record ids per read, most of which may be other groups'.
     """
 
     records: list[dict[str, Any]]
@@ -972,7 +974,7 @@ class ApprovalService:
         ``filters`` are those of ``aegis audit list`` (``after_id`` pages
         on). An auditor reads the trail as it is; another reviewer reads
         only records :meth:`may_read_record` lets through, looked for
-        among at most :data:`AUDIT_SCAN` records per call, so that a
+        among the next :data:`AUDIT_SCAN` record ids per call, so that a
         reviewer of a rare group cannot make one call read the whole
         trail. Either way the page says where the next one starts.
 
@@ -984,32 +986,62 @@ class ApprovalService:
         audit = self._audit_or_fail()
         query = dict(filters)
         after = int(query.pop("after_id", 0) or 0)
-        auditor = self.is_auditor(principal)
+        try:
+            if self.is_auditor(principal):
+                return await self._auditor_page(audit, query, after, limit)
+            return await self._reviewer_page(audit, principal, query, after, limit)
+        except ConfigurationError as exc:
+            raise ApprovalServiceError(str(exc), status=422, code="invalid") from None
+
+    async def _auditor_page(
+        self, audit: AuditBackend, query: dict[str, Any], after: int, limit: int
+    ) -> AuditPage:
+        """An auditor's page: one read, and one record more says whether more follow."""
+        batch = await self._call(audit.get_log, limit=limit + 1, after_id=after, **query)
+        if len(batch) <= limit:
+            return AuditPage(batch, None)
+        return AuditPage(batch[:limit], int(batch[limit - 1]["id"]))
+
+    async def _reviewer_page(
+        self,
+        audit: AuditBackend,
+        principal: Principal,
+        query: dict[str, Any],
+        after: int,
+        limit: int,
+    ) -> AuditPage:
+        """A reviewer's page: the readable records among ids ``after + 1 .. after + AUDIT_SCAN``.
+
+        The stretch looked through is fixed by ids, not by how many records
+        match the filters, and where the next page starts depends only on
+        it, the length of the trail and the records the reviewer may read.
+        Were it the id of the last *matching* record looked at, a filter
+        such as ``type=pay_salary`` would tell a reviewer of ops which
+        records are finance's payments, and how many there are, records
+        they may not read.
+        """
+        end = after + AUDIT_SCAN
         found: list[dict[str, Any]] = []
         known: dict[str, ApprovalRequest | None] = {}
-        scanned = 0
         while True:
-            # An auditor's page is one read; one more record says whether more follow.
-            batch_size = limit + 1 if auditor else min(_AUDIT_BATCH, AUDIT_SCAN - scanned)
-            try:
-                batch = await self._call(audit.get_log, limit=batch_size, after_id=after, **query)
-            except ConfigurationError as exc:
-                raise ApprovalServiceError(str(exc), status=422, code="invalid") from None
-            readable = (
-                batch if auditor else await self._call(self._readable, principal, batch, known)
-            )
-            ids = {id(r) for r in readable}
-            for record in batch:
-                if id(record) in ids:
+            batch = await self._call(audit.get_log, limit=_AUDIT_BATCH, after_id=after, **query)
+            inside = [r for r in batch if int(r["id"]) <= end]
+            readable = {id(r) for r in await self._call(self._readable, principal, inside, known)}
+            for record in inside:
+                if id(record) in readable:
                     if len(found) == limit:  # a readable record beyond the page
                         return AuditPage(found, int(found[-1]["id"]))
                     found.append(record)
                 after = int(record["id"])
-            scanned += len(batch)
-            if len(batch) < batch_size:
-                return AuditPage(found, None)  # the end of the trail
-            if scanned >= AUDIT_SCAN and not auditor:
-                return AuditPage(found, after)  # looked far enough for one call
+            if len(inside) < len(batch):
+                return AuditPage(found, end)  # the trail goes on past the stretch
+            if len(batch) < _AUDIT_BATCH:
+                break  # nothing more matches
+        # Whether the trail goes on is asked without the filters: asked with
+        # them, the answer would say whether others' records match them.
+        if end >= 2**63 or not await self._call(audit.get_log, limit=1, after_id=end):
+            return AuditPage(found, None)
+        return AuditPage(found, end)
 
     async def audit_newest(self, principal: Principal, limit: int = 100) -> AuditPage:
         """The newest records ``principal`` may read, oldest of them first (reviewer role).

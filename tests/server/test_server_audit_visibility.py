@@ -248,6 +248,40 @@ def test_filters_cannot_reach_another_groups_records(world: World, params: dict[
     assert every  # the records exist: the filter matched them for the auditor
 
 
+def _answers(world: World, who: str, **params: Any) -> list[tuple[list[Any], Any]]:
+    """Each answer ``who`` gets following ``next_after_id`` from the start: ids and next."""
+    answers: list[tuple[list[Any], Any]] = []
+    after = 0
+    with world.api(who) as client:
+        for _ in range(20):
+            query = {"limit": 1000, "after_id": after, **params}
+            body = client.get("/api/v1/audit", params=query).json()
+            answers.append(([r["id"] for r in body["records"]], body["next_after_id"]))
+            if body["next_after_id"] is None:
+                return answers
+            after = body["next_after_id"]
+    raise AssertionError("paging never ended")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"type": "bulk"}, {"session": "agent-session"}, {"risk": "low"}],
+    ids=["agent-type", "agent-session", "agent-risk"],
+)
+def test_where_a_filtered_read_goes_on_tells_nothing_of_unreadable_records(
+    world: World, params: dict[str, str]
+) -> None:
+    """Carol filtering for records she may not read is answered as for a filter matching none.
+
+    Were next_after_id the last matching record looked at, the filter for
+    the agent's 5,500 bulk records would name where its 5,000th lies (and by
+    moving after_id, which ids are bulk records): what she may not read.
+    """
+    nothing = _answers(world, "carol", type="no_such_type")
+    assert _answers(world, "carol", **params) == nothing
+    assert len(nothing) >= 2  # the trail is longer than one read looks through
+
+
 def test_paging_one_at_a_time_never_reaches_another_groups_records(world: World) -> None:
     """Carol's pages of one, followed by next_after_id, give exactly her unpaged records."""
     whole, _ = world.read_all("carol")
