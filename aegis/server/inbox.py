@@ -357,7 +357,7 @@ class Inbox:
         word of then, and after it the person signs in again, which asks the
         provider for their groups of now. Checked here, not only by the
         session's end, so that a max age lowered at a restart holds for the
-        sessions already started.
+        sessions already started; so do the groups required to sign in.
         """
         user = OidcUser.from_session(session.identity)
         if user is None or self.oidc is None:
@@ -367,6 +367,8 @@ class Inbox:
         age = (self.service.clock() - session.created_at).total_seconds()
         if not 0 <= age < self.oidc.settings.max_age:
             return None  # the provider's word on the groups is too old: ask it again
+        if not self.oidc.settings.admits(user.groups):
+            return None  # --oidc-require-group, given at a restart, holds for sessions too
         who = user.identity
         return Reviewer(Principal(who.display, Role.REVIEWER, user.groups, who), session)
 

@@ -36,7 +36,7 @@ import math
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -153,6 +153,10 @@ class OidcSettings:
             )
         if "openid" not in self.scopes:
             object.__setattr__(self, "scopes", ("openid", *self.scopes))
+
+    def admits(self, groups: Collection[str]) -> bool:
+        """Whether a person in ``groups`` may review here (:attr:`required_groups`)."""
+        return not self.required_groups or bool(set(groups) & set(self.required_groups))
 
     @property
     def name(self) -> str:
@@ -383,9 +387,7 @@ class OidcSignIn:
         if not isinstance(id_token, str) or not id_token:
             raise OidcError("the identity provider sent no ID token")
         user = await self.validate_id_token(id_token, flow["n"], token.get("access_token"))
-        if self.settings.required_groups and not set(user.groups) & set(
-            self.settings.required_groups
-        ):
+        if not self.settings.admits(user.groups):
             raise OidcError(
                 f"{user.identity.display} is in none of the groups allowed to review here "
                 f"({', '.join(self.settings.required_groups)})"

@@ -34,6 +34,7 @@ ACCOUNTS = {
     "evan": {"name": "Evan Finance", "groups": ["finance"]},
     "fay": {"name": "Fay Finance", "groups": ["finance"]},
     "gail": {"name": "Gail Finance", "groups": ["finance"]},
+    "hana": {"name": "Hana Support", "groups": ["support"]},
 }
 
 
@@ -240,18 +241,25 @@ def test_in_a_browser_the_lapsed_session_signs_in_again_with_new_groups(world: W
     assert world.status(ops) == "pending"
 
 
-def test_a_max_age_lowered_at_a_restart_holds_for_sessions_already_started(
+def test_settings_tightened_at_a_restart_hold_for_sessions_already_started(
     world: World,
 ) -> None:
-    """Gail signs in under a max age of 1h; after a restart with a lower one (same session
-    key, same store) her session still works while young and ends once older than it."""
+    """Gail (finance) and Hana (support) sign in under a max age of 1h and no required group;
+    after a restart (same session key, same store) with a lower max age and
+    --oidc-require-group finance, Hana's session is over at once, and Gail's works while
+    young and ends once older than the lower max age."""
     lowered = 2 * MAX_AGE
     server = world.later
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30) as client, httpx.Client(timeout=30) as hana:
         with server.started("--oidc-max-age", "1h"):
             sign_in(server.url, "gail", client)
             signed_in_by = time.monotonic()
-        with server.started("--oidc-max-age", f"{lowered}s"):
+            sign_in(server.url, "hana", hana)
+            assert "Hana Support" in hana.get(f"{server.url}/").text
+        with server.started("--oidc-max-age", f"{lowered}s", "--oidc-require-group", "finance"):
+            shut_out = hana.get(f"{server.url}/")
+            assert shut_out.status_code == 303
+            assert shut_out.headers["location"].startswith("/signin")
             young = client.get(f"{server.url}/")
             assert young.status_code == 200, young.text[:300]
             assert "Gail Finance" in young.text
