@@ -7,7 +7,9 @@ waits for START_FILE to exist (so that several workers start together),
 runs every action with ``run_one`` under a runtime whose audit is the SQLite
 file DB and whose usage store is PostgreSQL when a DSN is given (else the
 audit file's), approves nothing, and prints one JSON list of statuses. An
-action of type ``hang`` prints ``hanging`` and never finishes.
+action of type ``hang`` prints ``hanging`` and never finishes. With the one
+ACTION ``-``, the actions are read from stdin instead, a line each, run one
+after another in the same runtime, and each status is printed as it ends.
 """
 
 from __future__ import annotations
@@ -56,7 +58,13 @@ async def main(argv: list[str]) -> None:
         agent="worker",
         usage_store=usage,
     ) as runtime:
-        results = await asyncio.gather(*(runtime.run_one(parse(a)) for a in actions))
+        if actions == ["-"]:  # one at a time, as the test asks, in this one process
+            while line := await asyncio.to_thread(sys.stdin.readline):
+                result = await runtime.run_one(parse(line.strip()))
+                print(json.dumps(result.status.value), flush=True)
+            results = []
+        else:
+            results = await asyncio.gather(*(runtime.run_one(parse(a)) for a in actions))
     if usage is not None:
         usage.close()
     print(json.dumps([r.status.value for r in results]))

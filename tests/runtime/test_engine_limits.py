@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import sqlite3
 import subprocess
 import sys
@@ -578,6 +579,77 @@ async def test_flow_events_no_rule_looks_back_to_are_forgotten_and_a_reload_keep
     finally:
         for store in (seed, first, second):
             store.close()
+
+
+def _answer(proc: subprocess.Popen[str], action: str) -> str:
+    """Have the running worker ``proc`` (ACTION ``-``) run ``action``; its status."""
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(action + "\n")
+    proc.stdin.flush()
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    assert ready, "the worker did not answer within 60 s"
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read() if proc.stderr else "the worker ended"
+    status: str = json.loads(line)
+    return status
+
+
+def test_a_process_on_a_shorter_window_keeps_what_a_running_longer_one_reads(
+    tmp_path: Path, usage_factory: tuple[str, str]
+) -> None:
+    """Two OS processes on one store, flow windows of 1 d and 1 h: the 1 h one's sweep deletes
+    only what is older than 1 d, and the 1 d one, still running, still blocks on a 5 h old read."""
+    engine, location = usage_factory
+    dsn = location if engine == "postgres" else "-"
+    db, start = str(tmp_path / "aegis_audit.db"), tmp_path / "go"
+    start.touch()
+    policies = {}
+    for within in ("1d", "1h"):
+        policies[within] = tmp_path / f"flow_{within}.json"
+        policies[within].write_text(
+            json.dumps(
+                {
+                    "rules": [
+                        {
+                            "name": "exfiltration",
+                            "match": {"type": "send", "target": "external*"},
+                            "conditions": {
+                                "after": {"type": "read*", "target": "crm", "within": within}
+                            },
+                            "approval": "block",
+                        },
+                        {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
+                    ]
+                }
+            ),
+            encoding="utf-8",
+        )
+    now = time.time()
+    seed = _usage(engine, location)
+    for age in (3 * 86400, 5 * 3600):  # older than either window; inside the 1 d one only
+        seed.remember(FlowEvent("s", "read", "crm", {}, now - age))
+    with subprocess.Popen(
+        [sys.executable, str(WORKER), str(policies["1d"]), db, dsn, "s", str(start), "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as long:
+        try:
+            assert _answer(long, "send:external_x") == "blocked"  # the 5 h old read counts
+            # another process with the 1 h policy: its first action lets the store forget
+            short = _spawn([str(policies["1h"]), db, dsn, "s", str(start), "send:external_x"])
+            assert _collect([short]) == ["success"]
+            # it did delete (the 3 d old read is gone), but not the read the 1 d window needs
+            assert [round((now - e.at) / 3600) for e in seed.recall("s", None, None)] == [5]
+            assert _answer(long, "send:external_x") == "blocked"
+            _, stderr = long.communicate(timeout=60)  # closes its stdin: it ends
+            assert long.returncode == 0, stderr
+        finally:
+            if long.poll() is None:
+                long.kill()
+            seed.close()
 
 
 # -- hot reload ----------------------------------------------------------------------------
