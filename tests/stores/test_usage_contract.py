@@ -5,7 +5,9 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
+from typing import Final
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -364,6 +366,80 @@ def test_sqlite_older_tables_migrate_keeping_their_counts(tmp_path: Path, versio
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert version_now == SCHEMA_VERSION
     assert "aegis_usage_totals" not in tables
+
+
+#: the usage tables as the release before flow-event deleting (usage schema 3) left them,
+#: written out here rather than replayed from USAGE_MIGRATIONS, which may change
+_USAGE_V3: Final = (
+    """CREATE TABLE aegis_flow_events (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        action_type TEXT NOT NULL,
+        action_target TEXT NOT NULL,
+        params TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX aegis_flow_events_session ON aegis_flow_events (session_id, at)",
+    """CREATE TABLE "aegis_usage" (
+        bucket TEXT NOT NULL,
+        at REAL NOT NULL,
+        seq INTEGER NOT NULL,
+        units INTEGER NOT NULL,
+        total INTEGER NOT NULL,
+        expires REAL NOT NULL,
+        PRIMARY KEY (bucket, at, seq)
+    ) WITHOUT ROWID""",
+    "CREATE TABLE aegis_schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+    "INSERT INTO aegis_schema_versions VALUES ('usage', 3)",
+)
+
+
+def test_sqlite_a_schema_3_file_migrates_keeping_its_counters_and_flow_events(
+    tmp_path: Path,
+) -> None:
+    """A usage file of the previous release gains the horizon table; counts and events stay."""
+    path = tmp_path / "aegis_audit.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA page_size = 1024")
+        conn.execute("PRAGMA journal_mode = WAL")
+        with conn:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            for statement in _USAGE_V3:
+                conn.execute(statement)
+            conn.executemany(  # running totals, as schema 3 keeps them
+                "INSERT INTO aegis_usage VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    ("b", 1.0, 1, 1, 1, 61.0),
+                    ("b", 1.5, 2, 1, 2, 61.5),
+                    ("other", 1.2, 1, 5, 5, 61.2),
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO aegis_flow_events"
+                " (session_id, action_type, action_target, params, at) VALUES (?, ?, ?, ?, ?)",
+                [("s", "read", "crm", '{"id":7}', 10.0), ("s", "read", "crm", "{}", 9000.0)],
+            )
+    with SQLiteUsageStore(path) as store:
+        events = store.recall("s", None, None)
+        found = [store.acquire([limit(maximum=4)], 2.0, reserve=True, over=False) for _ in range(3)]
+        other = store.acquire([limit("other", maximum=5)], 2.0, reserve=False, over=False)
+        later = store.acquire([limit(maximum=4)], 61.6, reserve=False, over=False)
+        assert store.forget_events(3600.0, 9000.0 + 3600) is False
+        kept = store.recall("s", None, None)
+    assert [(e.target, dict(e.params), e.at) for e in events] == [
+        ("crm", {"id": 7}, 10.0),
+        ("crm", {}, 9000.0),
+    ]
+    assert [a.used for a in found] == [(2,), (3,), (4,)]
+    assert [a.reserved for a in found] == [True, True, False]
+    assert (other.used, other.exceeded) == ((5,), 0)
+    assert later.used == (2,)  # the rows of 1.0 and 1.5 left the window; the two of 2.0 count
+    assert [e.at for e in kept] == [9000.0]  # the old one is past the horizon now declared
+    with closing(sqlite3.connect(path)) as conn:
+        versions = dict(conn.execute("SELECT component, version FROM aegis_schema_versions"))
+        horizon = conn.execute("SELECT id, seconds FROM aegis_flow_horizon").fetchall()
+    assert versions == {"usage": SCHEMA_VERSION} == {"usage": 4}
+    assert horizon == [(1, 3600.0)]
 
 
 def test_sqlite_refuses_a_file_that_is_not_aegis(tmp_path: Path) -> None:
