@@ -51,6 +51,7 @@ from aegis.core.approval_request import (
 )
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.explain import safe_why
+from aegis.core.filters import Filters
 from aegis.core.identity import Identity
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
@@ -131,9 +132,9 @@ class ApprovalEvent:
 #: a function called with each event, in the event loop; it must not block
 Subscriber = Callable[[ApprovalEvent], Any]
 
-#: audit record ids one read looks through for a reviewer who is no auditor
-#: (``after_id + 1`` to ``after_id + AUDIT_SCAN``); a page that ends short of
-#: the trail says where the next read goes on
+#: audit records one read looks through for a reviewer who is no auditor,
+#: filtered or not; a page that ends short of the trail says where the next
+#: read goes on
 AUDIT_SCAN: Final = 5000
 #: records read from the trail at a time while looking through it
 _AUDIT_BATCH: Final = 500
@@ -148,7 +149,7 @@ class AuditPage:
     auditor: none that match the filters).
     A page may hold fewer records than asked and still name a next one:
     for a reviewer the service looks through the next :data:`AUDIT_SCAN`
-    record ids per read, most of which may be other groups'.
+    records per read, most of which may be other groups'.
     """
 
     records: list[dict[str, Any]]
@@ -974,7 +975,7 @@ class ApprovalService:
         ``filters`` are those of ``aegis audit list`` (``after_id`` pages
         on). An auditor reads the trail as it is; another reviewer reads
         only records :meth:`may_read_record` lets through, looked for
-        among the next :data:`AUDIT_SCAN` record ids per call, so that a
+        among the next :data:`AUDIT_SCAN` records per call, so that a
         reviewer of a rare group cannot make one call read the whole
         trail. Either way the page says where the next one starts.
 
@@ -1010,38 +1011,34 @@ class ApprovalService:
         after: int,
         limit: int,
     ) -> AuditPage:
-        """A reviewer's page: the readable records among ids ``after + 1 .. after + AUDIT_SCAN``.
+        """A reviewer's page: what they may read among the next AUDIT_SCAN records of the trail.
 
-        The stretch looked through is fixed by ids, not by how many records
-        match the filters, and where the next page starts depends only on
-        it, the length of the trail and the records the reviewer may read.
-        Were it the id of the last *matching* record looked at, a filter
-        such as ``type=pay_salary`` would tell a reviewer of ops which
-        records are finance's payments, and how many there are, records
-        they may not read.
+        The trail is read unfiltered, in id order, and the filters applied
+        here. So the stretch looked through, and where the next page starts,
+        depend only on the trail's ids and on the records the reviewer may
+        read, never on which others' records match the filters (with the
+        filters in the query, ``?type=pay_salary`` told ops where finance's
+        payments lie, and a filter matching nothing read the whole trail).
         """
-        end = after + AUDIT_SCAN
+        wanted = Filters.of(**query)
         found: list[dict[str, Any]] = []
         known: dict[str, ApprovalRequest | None] = {}
-        while True:
-            batch = await self._call(audit.get_log, limit=_AUDIT_BATCH, after_id=after, **query)
-            inside = [r for r in batch if int(r["id"]) <= end]
-            readable = {id(r) for r in await self._call(self._readable, principal, inside, known)}
-            for record in inside:
+        scanned = 0
+        while scanned < AUDIT_SCAN:
+            size = min(_AUDIT_BATCH, AUDIT_SCAN - scanned)
+            batch = await self._call(audit.get_log, limit=size, after_id=after)
+            matching = [r for r in batch if wanted.matches(r)]
+            readable = {id(r) for r in await self._call(self._readable, principal, matching, known)}
+            for record in batch:
                 if id(record) in readable:
                     if len(found) == limit:  # a readable record beyond the page
                         return AuditPage(found, int(found[-1]["id"]))
                     found.append(record)
                 after = int(record["id"])
-            if len(inside) < len(batch):
-                return AuditPage(found, end)  # the trail goes on past the stretch
-            if len(batch) < _AUDIT_BATCH:
-                break  # nothing more matches
-        # Whether the trail goes on is asked without the filters: asked with
-        # them, the answer would say whether others' records match them.
-        if end >= 2**63 or not await self._call(audit.get_log, limit=1, after_id=end):
-            return AuditPage(found, None)
-        return AuditPage(found, end)
+            scanned += len(batch)
+            if len(batch) < size:
+                return AuditPage(found, None)  # the end of the trail
+        return AuditPage(found, after)  # looked far enough for one call
 
     async def audit_newest(self, principal: Principal, limit: int = 100) -> AuditPage:
         """The newest records ``principal`` may read, oldest of them first (reviewer role).
