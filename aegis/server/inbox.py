@@ -57,7 +57,7 @@ from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
 from aegis.server.api import request_sort, risk_levels
-from aegis.server.oidc import CALLBACK_PATH, OidcError, OidcSignIn, OidcUser
+from aegis.server.oidc import CALLBACK_PATH, LEEWAY, OidcError, OidcSignIn, OidcUser
 from aegis.server.service import (
     AUDIT_SCAN,
     MAX_GRANT_MINUTES,
@@ -357,7 +357,12 @@ class Inbox:
         word of then, and after it the person signs in again, which asks the
         provider for their groups of now. Checked here, not only by the
         session's end, so that a max age lowered at a restart holds for the
-        sessions already started; so do the groups required to sign in.
+        sessions already started; so do the groups required to sign in. A
+        session may seem to start a little in the future (up to
+        :data:`~aegis.server.oidc.LEEWAY`): another process of the
+        deployment started it by a clock a little ahead. Refusing it would
+        not end it any sooner (this clock finds it younger all its life),
+        only sign the person out until this clock catches up.
         """
         user = OidcUser.from_session(session.identity)
         if user is None or self.oidc is None:
@@ -365,7 +370,7 @@ class Inbox:
         if user.identity.issuer != self.oidc.settings.issuer:
             return None  # signed in at an issuer this inbox no longer trusts
         age = (self.service.clock() - session.created_at).total_seconds()
-        if not 0 <= age < self.oidc.settings.max_age:
+        if not -LEEWAY <= age < self.oidc.settings.max_age:
             return None  # the provider's word on the groups is too old: ask it again
         if not self.oidc.settings.admits(user.groups):
             return None  # --oidc-require-group, given at a restart, holds for sessions too

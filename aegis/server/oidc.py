@@ -75,7 +75,8 @@ FLOW_COOKIE: Final = "aegis_oidc"
 FLOW_TTL: Final = 600
 #: seconds the provider's metadata and keys are kept before being read again
 METADATA_TTL: Final = 3600.0
-#: seconds of clock difference with the provider that ``exp`` and ``iat`` forgive
+#: seconds of clock difference that ``exp`` and ``iat`` forgive (with the provider), and
+#: a session's start (between the inbox's processes)
 LEEWAY: Final = 60
 #: seconds an OpenID sign-in, and the groups it read, count before the provider is asked again
 DEFAULT_MAX_AGE: Final = 3600.0

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -35,6 +37,7 @@ ACCOUNTS = {
     "fay": {"name": "Fay Finance", "groups": ["finance"]},
     "gail": {"name": "Gail Finance", "groups": ["finance"]},
     "hana": {"name": "Hana Support", "groups": ["support"]},
+    "ivy": {"name": "Ivy Finance", "groups": ["finance"]},
 }
 
 
@@ -47,6 +50,7 @@ class World:
     agent: str
     browser: Browser
     later: Server  # not started: the restart test starts it, twice
+    db: Path  # the server's store
 
     def ask(self, action_type: str, reviewers: list[str]) -> str:
         """The agent asks for approval; the request's id."""
@@ -113,7 +117,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, oidc_provider_package: Path)
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
             )
             try:
-                yield World(provider, server, agent, browser, later)
+                yield World(provider, server, agent, browser, later, db)
             finally:
                 browser.close()
 
@@ -185,6 +189,44 @@ def test_the_live_list_signs_out_when_the_max_age_passes(world: World) -> None:
                     break
     assert kinds[0] == "pending"  # the session was live when the stream began
     assert kinds[-1] == "signout", kinds
+
+
+def _move_session(db: Path, subject: str, by: timedelta) -> None:
+    """Move the start and end of ``subject``'s live session by ``by``, as another host's clock."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT id_hash, created_at, expires_at FROM aegis_inbox_sessions "
+            "WHERE identity LIKE ? AND ended_at IS NULL",
+            (f'%"subject": "{subject}"%',),
+        ).fetchall()
+        assert len(rows) == 1, rows
+        id_hash, created, expires = rows[0]
+        conn.execute(
+            "UPDATE aegis_inbox_sessions SET created_at = ?, expires_at = ? WHERE id_hash = ?",
+            (
+                (datetime.fromisoformat(created) + by).isoformat(timespec="microseconds"),
+                (datetime.fromisoformat(expires) + by).isoformat(timespec="microseconds"),
+                id_hash,
+            ),
+        )
+
+
+def test_a_session_started_by_a_clock_a_little_ahead_holds_and_one_far_ahead_does_not(
+    world: World,
+) -> None:
+    """Ivy's session row says it began 5 s from now, as a service process on a host whose
+    clock runs ahead writes it: she stays signed in. Said to begin an hour from now, it
+    would outlast the max age: it counts for nothing."""
+    with httpx.Client(timeout=30) as client:
+        sign_in(world.server.url, "ivy", client)
+        _move_session(world.db, "ivy", timedelta(seconds=5))
+        page = client.get(f"{world.server.url}/")
+        assert page.status_code == 200, page.headers.get("location")
+        assert "Ivy Finance" in page.text
+        _move_session(world.db, "ivy", timedelta(hours=1))
+        refused = client.get(f"{world.server.url}/")
+        assert refused.status_code == 303
+        assert refused.headers["location"].startswith("/signin")
 
 
 def _provider_sign_in(world: World, page: Page, login: str) -> None:
