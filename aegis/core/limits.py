@@ -604,6 +604,11 @@ class FlowSpec:
         """The type when it has no glob characters (a store may filter by it)."""
         return self.type if not any(c in self.type for c in "*?[") else None
 
+    @property
+    def literal_target(self) -> str | None:
+        """The target when it has no glob characters (a store may filter by it)."""
+        return self.target if not any(c in self.target for c in "*?[") else None
+
     def since(self, now: float) -> float | None:
         """The earliest event time this condition looks at (``None``: the session's start)."""
         return None if self.within is None else now - self.within
@@ -855,6 +860,19 @@ class PolicyLimits:
             action = self.folded(action)
             return any(twin.could_match(action) for twin in self._twins.values())
         return any(spec.could_match(action) for spec in self.flow_specs)
+
+    def narrowing(self, spec: FlowSpec) -> tuple[str | None, str | None, bool]:
+        """How a store may narrow its search for ``spec``'s events.
+
+        The exact type and target to filter by (``None``: any), and whether
+        each event so found must still be asked (:meth:`spec_matches`): no
+        when those two and the window decide alone (no glob, no params, no
+        case folding), so that any event the filter finds satisfies ``spec``.
+        """
+        if self._fold is not None:  # events keep their names as run: folded names cannot filter
+            return None, None, True
+        kind, target = spec.literal_type, spec.literal_target
+        return kind, target, kind is None or target is None or spec.params is not None
 
     def spec_matches(self, spec: FlowSpec, event: FlowEvent, now: float) -> bool:
         """:meth:`FlowSpec.matches`, comparing names as this policy does."""

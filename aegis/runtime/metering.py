@@ -3,8 +3,9 @@
 The runtime runs it between *decide* and *approve* for policies that have
 ``limit``, ``budget`` or ``after`` / ``not_after`` rules (others skip it):
 
-1. flow conditions: the session's earlier actions are looked up in the
-   usage store, and the policy decides again knowing them;
+1. flow conditions: each asks the usage store for the session's newest
+   earlier action it accepts (newest first, stopping at the first: a long
+   session costs no more), and the policy decides again knowing them;
 2. meters: the deciding rule's counters are checked **and reserved in one
    atomic step** in the store. Under the limit the rule's own approval
    stands; the action that would pass it gets the rule's ``on_exceed``, with
@@ -403,10 +404,8 @@ class Metering:
         for spec, negated in limits.flows_of(rule):
             if negated:
                 continue
-            events = self.store.recall(session_id, spec.since(now), None)
-            found = [e for e in events if e.at <= now and limits.spec_matches(spec, e, now)]
-            if found:
-                event = max(found, key=lambda e: e.at)
+            event = self._latest(limits, spec, session_id, now, until=now)
+            if event is not None:
                 when = datetime.fromtimestamp(event.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
                 lines.append(
                     f"earlier in this session: {_cut(event.type)} on {_cut(event.target)} at {when}"
@@ -417,17 +416,35 @@ class Metering:
         self, limits: PolicyLimits, specs: tuple[FlowSpec, ...], session_id: str, at: float
     ) -> list[FlowSpec]:
         """The flow conditions among ``specs`` that the session's history satisfies."""
-        if len(specs) == 1:
-            spec = specs[0]
-            # Events keep their names as run: folded names cannot filter them.
-            literal = None if limits.folds else spec.literal_type
-            events = self.store.recall(session_id, spec.since(at), literal)
-        else:
-            starts = [spec.since(at) for spec in specs]
-            since = None if None in starts else min(s for s in starts if s is not None)
-            events = self.store.recall(session_id, since, None)
+        return [spec for spec in specs if self._latest(limits, spec, session_id, at) is not None]
+
+    def _latest(
+        self,
+        limits: PolicyLimits,
+        spec: FlowSpec,
+        session_id: str,
+        at: float,
+        until: float | None = None,
+    ) -> FlowEvent | None:
+        """The session's newest event that ``spec`` looks for at ``at`` (none after ``until``).
+
+        One question to the store, which stops at the first match, newest
+        first: a check costs the same however long the session's history
+        (see :meth:`~aegis.stores.base.UsageStore.latest_event`).
+        """
+        kind, target, ask = limits.narrowing(spec)
         matches = limits.spec_matches
-        return [spec for spec in specs if any(matches(spec, event, at) for event in events)]
+
+        def accepts(event: FlowEvent) -> bool:
+            return (until is None or event.at <= until) and matches(spec, event, at)
+
+        return self.store.latest_event(
+            session_id,
+            spec.since(at),
+            accepts if ask or until is not None else None,
+            action_type=kind,
+            action_target=target,
+        )
 
     def close(self) -> None:
         """Close the usage store."""

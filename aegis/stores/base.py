@@ -357,6 +357,29 @@ class UsageStore(Protocol):
         """
         ...
 
+    def latest_event(
+        self,
+        session_id: str,
+        since: float | None,
+        where: Callable[[FlowEvent], bool] | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+    ) -> FlowEvent | None:
+        """The session's newest event newer than ``since`` that ``where`` accepts; ``None``: none.
+
+        What a flow condition asks. ``action_type`` and ``action_target``,
+        when given, keep only events with exactly that type and target; the
+        store filters by them itself (both together with an index), before
+        ``where`` (every event, when ``None``) is asked. Events are read
+        newest first (the latest ``at``; among equal times the last noted)
+        and the reading stops at the first that ``where`` accepts, so that a
+        check costs the events newer than its match, not the session's
+        whole history; with type and target given and no ``where``, one
+        index look-up however long the session.
+        """
+        ...
+
     def forget_events(self, horizon: float | None, now: float) -> bool:
         """Note how far back a policy's flow conditions look, and delete events none needs.
 

@@ -9,7 +9,9 @@ SQLite file or PostgreSQL database):
   reserves in **one atomic step**, so concurrent tasks and processes can
   never pass a limit together;
 - **flow events**, the actions of a session that were let through to run,
-  which ``after`` / ``not_after`` conditions look for. Events older than
+  which ``after`` / ``not_after`` conditions look for, each asking for the
+  newest event it accepts (:meth:`UsageStore.latest_event`), so that a
+  long session costs a check no more than a short one. Events older than
   any flow condition looks back are deleted now and then
   (:meth:`UsageStore.forget_events`): the store keeps the longest look-back
   (the *horizon*) any policy declared to it, so one process's shorter
@@ -27,7 +29,7 @@ import heapq
 import json
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from aegis.core.action import thaw
@@ -132,7 +134,8 @@ class MemoryUsageStore:
 
     Counts are lost when the process ends and not shared with other
     processes; use the SQLite or PostgreSQL store for those. A check costs
-    the same however many reservations a window holds.
+    the same however many reservations a window holds; a flow condition
+    reads the events (of every session) newer than its newest match.
     """
 
     def __init__(self) -> None:
@@ -140,6 +143,8 @@ class MemoryUsageStore:
         self._rows: dict[int, tuple[str, float, int, float]] = {}  # id -> bucket, at, units, end
         self._counters: dict[str, _Counter] = {}
         self._events: list[FlowEvent] = []
+        #: whether ``_events`` is in time order (so the newest match is the last one)
+        self._in_order = True
         self._horizon: object = _NEVER_TOLD  # the longest look-back declared (forget_events)
         self._next = 1
         self._closed = False
@@ -217,7 +222,10 @@ class MemoryUsageStore:
         """See :meth:`UsageStore.remember`."""
         with self._lock:
             self._check()
-            self._events.append(event)
+            events = self._events
+            if events and event.at < events[-1].at:  # noted late: search them all from now on
+                self._in_order = False
+            events.append(event)
 
     def recall(
         self, session_id: str, since: float | None, action_type: str | None
@@ -232,6 +240,38 @@ class MemoryUsageStore:
                 and (since is None or e.at > since)
                 and (action_type is None or e.type == action_type)
             ]
+
+    def latest_event(
+        self,
+        session_id: str,
+        since: float | None,
+        where: Callable[[FlowEvent], bool] | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+    ) -> FlowEvent | None:
+        """See :meth:`UsageStore.latest_event`: the events of every session, newest first."""
+        with self._lock:
+            self._check()
+            found: FlowEvent | None = None
+            in_order = self._in_order
+            for event in reversed(self._events):
+                if since is not None and event.at <= since:
+                    if in_order:
+                        break  # every event before it is older too
+                    continue
+                if (
+                    event.session_id != session_id
+                    or (action_type is not None and event.type != action_type)
+                    or (action_target is not None and event.target != action_target)
+                    or (found is not None and event.at <= found.at)
+                    or (where is not None and not where(event))
+                ):
+                    continue
+                if in_order:
+                    return event  # the last noted match is the newest
+                found = event
+            return found
 
     def forget_events(self, horizon: float | None, now: float) -> bool:
         """See :meth:`UsageStore.forget_events`."""

@@ -531,6 +531,90 @@ def test_a_flow_rule_sees_another_process_of_the_session(
     assert run("other", "send:external_x") == ["success"]
 
 
+# (conditions of a rule on sends, match_case, whether the rule holds for session "s")
+FLOW_CASES: list[tuple[dict[str, Any], str, bool]] = [
+    ({"after": {"type": "read_customer", "target": "crm", "within": "1h"}}, "sensitive", False),
+    ({"after": {"type": "read_customer", "target": "crm"}}, "sensitive", True),
+    ({"after": {"type": "read_customer", "target": "crm", "within": "3h"}}, "sensitive", True),
+    ({"after": {"type": "read*", "target": "crm", "within": "1h"}}, "sensitive", False),
+    ({"after": {"type": "read*", "target": "crm", "within": "1h"}}, "insensitive", True),
+    ({"after": {"type": "read_contacts", "target": "crm"}}, "sensitive", False),
+    ({"after": {"type": "read_contacts", "target": "crm"}}, "insensitive", True),
+    ({"after": {"target": "CRM"}}, "sensitive", True),
+    ({"after": {"type": "read_contacts", "target": "*"}}, "insensitive", True),
+    (
+        {"after": {"type": "read*", "params": {"param_eq": {"table": "customers"}}}},
+        "sensitive",
+        True,
+    ),
+    ({"after": {"type": "read*", "params": {"param_eq": {"table": "orders"}}}}, "sensitive", False),
+    ({"after": {"type": "log", "target": "disk", "within": "1m"}}, "sensitive", False),
+    ({"after": {"type": "log", "target": "disk", "within": "5m"}}, "sensitive", True),
+    ({"after": {"type": "l?g", "params": {"param_gt": {"n": 198}}}}, "sensitive", True),
+    ({"after": {"type": "log", "params": {"param_gt": {"n": 199}}}}, "sensitive", False),
+    ({"not_after": {"type": "delete", "target": "crm"}}, "sensitive", True),
+    ({"not_after": {"type": "delete"}}, "insensitive", True),
+    ({"not_after": {"type": "log", "target": "disk"}}, "sensitive", False),
+    (
+        {
+            "after": {"type": "read_customer", "target": "crm"},
+            "not_after": {"type": "read_contacts", "target": "crm", "within": "1h"},
+        },
+        "insensitive",
+        False,
+    ),
+    (
+        {
+            "after": {"type": "read_customer", "target": "crm"},
+            "not_after": {"type": "read_contacts", "target": "crm", "within": "1h"},
+        },
+        "sensitive",
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite", "postgres"])
+def test_flow_conditions_decide_alike_on_every_store(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
+    """Globs, params, not_after, windows and case folding decide as written, on every store,
+    however many newer events that do not match lie above the one that does."""
+    if engine == "memory":
+        store: UsageStore = MemoryUsageStore()
+    elif engine == "sqlite":
+        store = SQLiteUsageStore(tmp_path / "aegis_audit.db")
+    else:
+        store = PostgresUsageStore(request.getfixturevalue("postgres_dsn"))
+    now = 1_000_000.0
+    store.remember(FlowEvent("s", "read_customer", "crm", {"table": "customers"}, now - 7200))
+    store.remember(FlowEvent("s", "Read_Contacts", "CRM", {"table": "contacts"}, now - 600))
+    for n in range(200):  # newer than every match: a search must read past them
+        store.remember(FlowEvent("s", "log", "disk", {"n": n}, now - 300 + n))
+    store.remember(FlowEvent("other", "delete", "crm", {}, now - 10))
+    metering = Metering(store)
+    found = []
+    try:
+        for conditions, match_case, _ in FLOW_CASES:
+            policy = Policy.from_dict(
+                {
+                    "match_case": match_case,
+                    "rules": [
+                        {"name": "flow", "match": {"type": "send"}, "conditions": conditions},
+                        {"name": "rest", "match": {"type": "*"}},
+                    ],
+                    "defaults": {"approval": "auto"},
+                }
+            )
+            decision, _ = metering.check(
+                policy, Action("send", "mail"), Subject("s"), reserve=False, now=now
+            )
+            found.append(decision.matched_rule == "flow")
+    finally:
+        store.close()
+    assert found == [holds for *_, holds in FLOW_CASES]
+
+
 def _flow_policy(within: str) -> Policy:
     """Sends outside blocked within ``within`` of a read of the CRM; everything else runs."""
     return Policy.from_dict(

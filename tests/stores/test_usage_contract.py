@@ -211,6 +211,68 @@ def test_flow_events_are_recalled_per_session_and_time(make_store: Factory) -> N
     assert store.recall("nobody", None, None) == []
 
 
+def _number(found: FlowEvent | None) -> int | None:
+    """The ``n`` param of an event found, ``None`` when none was."""
+    return None if found is None else int(found.params["n"])
+
+
+def test_the_latest_event_is_the_newest_of_the_session_in_the_window(make_store: Factory) -> None:
+    """latest_event narrows by session, time, exact type and target; the newest comes back."""
+    store = make_store()
+    store.remember(FlowEvent("s1", "read", "crm", {"n": 1}, 10.0))
+    store.remember(FlowEvent("s1", "read", "wiki", {"n": 2}, 20.0))
+    store.remember(FlowEvent("s1", "send", "crm", {"n": 3}, 30.0))
+    store.remember(FlowEvent("s2", "read", "crm", {"n": 4}, 40.0))
+    n = _number
+    assert n(store.latest_event("s1", None)) == 3
+    assert n(store.latest_event("s1", None, action_type="read")) == 2
+    assert n(store.latest_event("s1", None, action_target="crm")) == 3
+    assert n(store.latest_event("s1", None, action_type="read", action_target="crm")) == 1
+    assert n(store.latest_event("s1", 10.0, action_type="read", action_target="crm")) is None
+    assert n(store.latest_event("s1", 9.9, action_type="read", action_target="crm")) == 1
+    assert n(store.latest_event("s1", None, lambda e: e.params["n"] < 3)) == 2
+    assert n(store.latest_event("s1", 20.0, lambda e: e.params["n"] < 3)) is None
+    assert n(store.latest_event("s2", None, action_type="send")) is None
+    assert store.latest_event("nobody", None) is None
+
+
+def test_the_latest_event_goes_by_time_then_by_the_order_noted(make_store: Factory) -> None:
+    """An event noted late with an older time is not the newest; of equal times, the last noted."""
+    store = make_store()
+    for n, at in enumerate([5.0, 30.0, 10.0, 30.0, 20.0]):
+        store.remember(FlowEvent("s", "read", "crm", {"n": n}, at))
+    assert _number(store.latest_event("s", None, action_type="read", action_target="crm")) == 3
+    assert _number(store.latest_event("s", None, lambda e: e.params["n"] != 3)) == 1
+    assert _number(store.latest_event("s", None, lambda e: e.at < 30.0)) == 4
+
+
+def test_the_latest_event_reads_past_many_that_do_not_match(make_store: Factory) -> None:
+    """The one match under 300 newer events is found, also when they share its time."""
+    store = make_store()
+    store.remember(FlowEvent("s", "read", "crm", {"wanted": True}, 1.0))
+    for n in range(150):
+        store.remember(FlowEvent("s", "read", "crm", {"wanted": False}, 2.0 + n))
+    store.remember(FlowEvent("t", "read", "crm", {"wanted": False}, 0.5))
+    for _ in range(150):  # one time for all: the pages go on by the order noted
+        store.remember(FlowEvent("t", "read", "crm", {"wanted": False}, 1.0))
+    store.remember(FlowEvent("t", "read", "crm", {"wanted": True}, 1.0))  # noted in between
+    for _ in range(150):
+        store.remember(FlowEvent("t", "read", "crm", {"wanted": False}, 1.0))
+
+    def wanted(event: FlowEvent) -> bool:
+        return bool(event.params["wanted"])
+
+    def where(session: str, since: float | None = None) -> float | None:
+        found = store.latest_event(session, since, wanted, action_type="read")
+        return None if found is None else found.at
+
+    assert where("s") == 1.0
+    assert where("s", 1.0) is None
+    assert where("t") == 1.0
+    older = store.latest_event("t", None, lambda e: e.at < 1.0)
+    assert (older.at if older else None) == 0.5
+
+
 def test_a_closed_store_refuses_work(make_store: Factory) -> None:
     """After close(), every call raises StoreError."""
     store = make_store()
@@ -319,7 +381,8 @@ def test_sqlite_usage_tables_join_the_audit_file(tmp_path: Path) -> None:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         versions = dict(conn.execute("SELECT component, version FROM aegis_schema_versions"))
     assert {"audit_log", "aegis_usage", "aegis_flow_events", "aegis_flow_horizon"} <= tables
-    assert versions["usage"] == SCHEMA_VERSION == 4
+    assert "aegis_flow_events_kind" in tables  # the index a flow condition's look-up seeks in
+    assert versions["usage"] == SCHEMA_VERSION == 5
 
 
 def _older_usage_file(path: Path, version: int, rows: list[tuple[str, float, int]]) -> None:

@@ -59,7 +59,7 @@ from aegis.stores.usage import (
 __all__ = ["SCHEMA_VERSION", "PostgresUsageStore"]
 
 #: the version of this component's tables in ``aegis_schema_versions``
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 _COMPONENT: Final = "usage"
 #: the first key of Aegis's advisory locks ("AEGS"), shared with the other stores
 _LOCK_CLASS: Final = 0x41454753
@@ -101,7 +101,17 @@ _MIGRATIONS: Final = {
             seconds DOUBLE PRECISION
         )""",
     ),
+    # A flow condition naming an exact type and target finds the session's
+    # newest such event with one index scan, however many the session holds
+    # (see PostgresUsageStore.latest_event).
+    2: (
+        "CREATE INDEX IF NOT EXISTS aegis_flow_events_kind"
+        " ON {schema}.aegis_flow_events (session_id, action_type, action_target, at)",
+    ),
 }
+#: rows :meth:`PostgresUsageStore.latest_event` reads first, and at most at a time after
+_FIRST_ROWS: Final = 16
+_MOST_ROWS: Final = 1024
 _T = TypeVar("_T")
 
 
@@ -417,6 +427,56 @@ class PostgresUsageStore:
 
         rows = self._run("read the flow events in", work)
         return [event_from_row(row, f"at {self.where}") for row in rows]
+
+    def latest_event(
+        self,
+        session_id: str,
+        since: float | None,
+        where: Callable[[FlowEvent], bool] | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+    ) -> FlowEvent | None:
+        """See :meth:`aegis.stores.usage.UsageStore.latest_event`.
+
+        Newest first, a page at a time (16 rows, then eight times more, up to
+        1024), each page going on below the last row read (by ``at`` and
+        ``id``, the order of the index on ``(session_id, at)``, or on
+        ``(session_id, action_type, action_target, at)`` when both names
+        are given): a first match ends the reading, and the rows past it are
+        never sent.
+        """
+        query = sql.SQL(
+            "SELECT session_id, action_type, action_target, params, at, id FROM {}"
+            " WHERE session_id = %s"
+        ).format(self._tables["aegis_flow_events"])
+        args: list[Any] = [session_id]
+        for column, value in (("action_type", action_type), ("action_target", action_target)):
+            if value is not None:
+                query += sql.SQL(" AND {} = %s").format(sql.Identifier(column))
+                args.append(value)
+        if since is not None:
+            query += sql.SQL(" AND at > %s")
+            args.append(since)
+        first = query + sql.SQL(" ORDER BY at DESC, id DESC LIMIT %s")
+        after = query + sql.SQL(" AND (at, id) < (%s, %s) ORDER BY at DESC, id DESC LIMIT %s")
+        where_in = f"at {self.where}"
+
+        def work(conn: psycopg.Connection[Any]) -> FlowEvent | None:
+            size = 1 if where is None else _FIRST_ROWS
+            rows = conn.execute(first, [*args, size]).fetchall()
+            while True:
+                for row in rows:
+                    event = event_from_row(row[:5], where_in)
+                    if where is None or where(event):
+                        return event
+                if len(rows) < size:
+                    return None
+                last = rows[-1]
+                size = min(size * 8, _MOST_ROWS)
+                rows = conn.execute(after, [*args, last[4], last[5], size]).fetchall()
+
+        return self._run("read the flow events in", work)
 
     def forget_events(self, horizon: float | None, now: float) -> bool:
         """See :meth:`aegis.stores.usage.UsageStore.forget_events`: one transaction.

@@ -58,7 +58,7 @@ from aegis.stores.usage import (
 __all__ = ["SCHEMA_VERSION", "SQLiteUsageStore", "StartGuard"]
 
 #: the version of this component's tables in ``aegis_schema_versions``
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 _COMPONENT: Final = "usage"
 _T = TypeVar("_T")
 #: forget rows past their window, in counters nobody charges any more, this often (seconds)
@@ -68,6 +68,11 @@ _SWEEP_COUNTERS: Final = 500
 # the counter after ``?`` by name, and when its oldest row leaves its window
 _NEXT_COUNTER: Final = (
     "SELECT bucket, expires FROM aegis_usage WHERE bucket > ? ORDER BY bucket, at, seq LIMIT 1"
+)
+#: a session's flow events, to narrow and order (see SQLiteUsageStore.latest_event)
+_LATEST: Final = (
+    "SELECT session_id, action_type, action_target, params, at FROM aegis_flow_events"
+    " WHERE session_id = ?"
 )
 #: a counter forgets its own rows past the window every this many reservations
 _TRIM_EVERY: Final = 64
@@ -135,6 +140,13 @@ USAGE_MIGRATIONS: Final = {
             id INTEGER PRIMARY KEY CHECK (id = 1),
             seconds REAL
         )""",
+    ),
+    # A flow condition naming an exact type and target finds the session's
+    # newest such event with one seek, however many the session holds (see
+    # SQLiteUsageStore.latest_event).
+    4: (
+        "CREATE INDEX aegis_flow_events_kind"
+        " ON aegis_flow_events (session_id, action_type, action_target, at)",
     ),
 }
 
@@ -487,6 +499,55 @@ class SQLiteUsageStore:
         sql += " ORDER BY at, id"
         rows = self._run("read flow events in", lambda conn: conn.execute(sql, args).fetchall())
         return [event_from_row(row, f"in {self.db.path!r}") for row in rows]
+
+    def latest_event(
+        self,
+        session_id: str,
+        since: float | None,
+        where: Callable[[FlowEvent], bool] | None = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+    ) -> FlowEvent | None:
+        """See :meth:`aegis.stores.usage.UsageStore.latest_event`.
+
+        With type and target, the rows come in time order from the index on
+        ``(session_id, action_type, action_target, at)``; else from the one
+        on ``(session_id, at)``, read backwards, the exact names a filter on
+        each row (``+``: the planner must not take the first index, whose
+        rows of one type are not in time order, and sort them all). SQLite
+        steps to the next row only when asked: the first accepted row ends
+        the reading.
+        """
+        sql = _LATEST
+        args: list[Any] = [session_id]
+        if action_type is not None and action_target is not None:
+            sql += " AND action_type = ? AND action_target = ?"
+            args += (action_type, action_target)
+        elif action_type is not None:
+            sql += " AND +action_type = ?"
+            args.append(action_type)
+        elif action_target is not None:
+            sql += " AND +action_target = ?"
+            args.append(action_target)
+        if since is not None:
+            sql += " AND at > ?"
+            args.append(since)
+        sql += " ORDER BY at DESC, id DESC" + (" LIMIT 1" if where is None else "")
+        where_in = f"in {self.db.path!r}"
+
+        def work(conn: sqlite3.Connection) -> FlowEvent | None:
+            cur = conn.execute(sql, args)
+            try:
+                for row in cur:
+                    event = event_from_row(row, where_in)
+                    if where is None or where(event):
+                        return event
+                return None
+            finally:
+                cur.close()
+
+        return self._run("read flow events in", work)
 
     def forget_events(self, horizon: float | None, now: float) -> bool:
         """See :meth:`aegis.stores.usage.UsageStore.forget_events`: one ``BEGIN IMMEDIATE``.
