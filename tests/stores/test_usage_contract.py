@@ -460,7 +460,7 @@ _USAGE_V3: Final = (
 def test_sqlite_a_schema_3_file_migrates_keeping_its_counters_and_flow_events(
     tmp_path: Path,
 ) -> None:
-    """A usage file of the previous release gains the horizon table; counts and events stay."""
+    """A schema 3 usage file gains the horizon table and the flow index; counts and events stay."""
     path = tmp_path / "aegis_audit.db"
     with closing(sqlite3.connect(path)) as conn:
         conn.execute("PRAGMA page_size = 1024")
@@ -484,6 +484,7 @@ def test_sqlite_a_schema_3_file_migrates_keeping_its_counters_and_flow_events(
             )
     with SQLiteUsageStore(path) as store:
         events = store.recall("s", None, None)
+        newest = store.latest_event("s", None, action_type="read", action_target="crm")
         found = [store.acquire([limit(maximum=4)], 2.0, reserve=True, over=False) for _ in range(3)]
         other = store.acquire([limit("other", maximum=5)], 2.0, reserve=False, over=False)
         later = store.acquire([limit(maximum=4)], 61.6, reserve=False, over=False)
@@ -493,6 +494,7 @@ def test_sqlite_a_schema_3_file_migrates_keeping_its_counters_and_flow_events(
         ("crm", {"id": 7}, 10.0),
         ("crm", {}, 9000.0),
     ]
+    assert newest == events[-1]
     assert [a.used for a in found] == [(2,), (3,), (4,)]
     assert [a.reserved for a in found] == [True, True, False]
     assert (other.used, other.exceeded) == ((5,), 0)
@@ -501,7 +503,9 @@ def test_sqlite_a_schema_3_file_migrates_keeping_its_counters_and_flow_events(
     with closing(sqlite3.connect(path)) as conn:
         versions = dict(conn.execute("SELECT component, version FROM aegis_schema_versions"))
         horizon = conn.execute("SELECT id, seconds FROM aegis_flow_horizon").fetchall()
-    assert versions == {"usage": SCHEMA_VERSION} == {"usage": 4}
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert versions == {"usage": SCHEMA_VERSION} == {"usage": 5}
+    assert "aegis_flow_events_kind" in indexes
     assert horizon == [(1, 3600.0)]
 
 
