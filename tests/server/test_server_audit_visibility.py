@@ -248,6 +248,22 @@ def test_filters_cannot_reach_another_groups_records(world: World, params: dict[
     assert every  # the records exist: the filter matched them for the auditor
 
 
+@pytest.mark.parametrize(
+    "params",
+    [{"type": "restart_db"}, {"type": "rotate_logs", "risk": "high"}, {"target": "crm"}],
+    ids=["type", "type-risk", "target"],
+)
+def test_a_reviewers_filters_find_what_an_auditors_find_among_her_records(
+    world: World, params: dict[str, str]
+) -> None:
+    """Carol's filtered read finds exactly the auditor's matches that she may read."""
+    mine = {r["id"] for r in world.read_all("carol")[0]}
+    found = [r["id"] for r in world.read_all("carol", **params)[0]]
+    every = [r["id"] for r in world.read_all("ida", **params)[0]]
+    assert found
+    assert found == [i for i in every if i in mine]
+
+
 def _answers(world: World, who: str, **params: Any) -> list[tuple[list[Any], Any]]:
     """Each answer ``who`` gets following ``next_after_id`` from the start: ids and next."""
     answers: list[tuple[list[Any], Any]] = []
