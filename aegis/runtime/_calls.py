@@ -83,9 +83,11 @@ class _Answers:
         except BaseException:  # NotImplementedError on a proactor loop
             _close(self._read, self._write)
             raise
-        # The sockets live as long as the loop: a thread still at work holds
-        # a future, so the loop, so the sockets it will write to.
-        weakref.finalize(loop, _close, self._read, self._write)
+        # The loop's reader keeps this alive while the loop is open (a closed
+        # loop drops its readers), and so does a thread still at work, which
+        # holds it to answer; the sockets go with it. Nothing else may hold
+        # it: an answer waiting here after the loop closed holds the loop.
+        weakref.finalize(self, _close, self._read, self._write).atexit = False
 
     def put(
         self, future: asyncio.Future[Any], value: Any, error: BaseException | None, what: str
@@ -150,19 +152,24 @@ def _close(*sockets: socket.socket) -> None:
         sock.close()
 
 
-#: each loop's way back from the workers, made at its first sync call
-_ANSWERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Answers] = (
+#: each loop's way back from the workers, made at its first sync call; held
+#: weakly (see _Answers): a strong value here, holding the loop through an
+#: answer that came after the loop closed, kept the loop and two descriptors
+#: for good, a pair per asyncio.run() that abandoned a sync call
+_ANSWERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.ref[_Answers]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def _answers_for(loop: asyncio.AbstractEventLoop) -> _Answers | _Threadsafe:
-    answers = _ANSWERS.get(loop)
+    kept = _ANSWERS.get(loop)
+    answers = None if kept is None else kept()
     if answers is None:
         try:
-            answers = _ANSWERS[loop] = _Answers(loop)
+            answers = _Answers(loop)
         except NotImplementedError:  # no add_reader (Windows' proactor loop)
             return _Threadsafe(loop)
+        _ANSWERS[loop] = weakref.ref(answers)
     return answers
 
 

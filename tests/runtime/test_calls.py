@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import logging
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +214,29 @@ async def test_a_sync_executor_raising_stop_iteration_fails_and_strands_no_other
     assert [r.status.value for r in results] == ["success", "success", "failed", "success"]
     assert [results[i].data for i in (0, 1, 3)] == [0, 1, 3]
     assert results[2].error == "RuntimeError: the executor raised StopIteration"
+
+
+def test_a_loop_closed_before_a_late_answer_is_freed_with_its_sockets() -> None:
+    """asyncio.run() ending while an abandoned sync call still works leaks no loop and no fd."""
+
+    async def abandon(release: threading.Event) -> weakref.ref[asyncio.AbstractEventLoop]:
+        with pytest.raises(_calls.Deadline):
+            await call_with_deadline(release.wait, (10,), 0.01, "slow", is_async=False)
+        return weakref.ref(asyncio.get_running_loop())
+
+    def freed(loop: weakref.ref[asyncio.AbstractEventLoop]) -> bool:
+        for _ in range(100):
+            gc.collect()
+            if loop() is None:
+                return True
+            time.sleep(0.01)
+        return False
+
+    descriptors: list[int] = []
+    for _ in range(5):
+        release = threading.Event()
+        loop = asyncio.run(abandon(release))
+        release.set()  # the call answers its closed loop now, and its worker is idle again
+        assert freed(loop)
+        descriptors.append(len(os.listdir("/proc/self/fd")))
+    assert descriptors == descriptors[:1] * 5  # the one worker's, nothing per loop
