@@ -41,6 +41,7 @@ import inspect
 import json
 import logging
 import time
+from asyncio import CancelledError
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import CoroutineType
@@ -74,6 +75,13 @@ _RUNTIME_ONLY = frozenset({ResultStatus.BLOCKED, ResultStatus.DENIED, ResultStat
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+#: the end of a record's error when a sync executor was abandoned (its deadline, or the
+#: caller cancelled): its thread goes on, and whatever it then does or answers is not recorded
+_LEFT_RUNNING: Final = (
+    "; the executor was left running on its thread, and what it went on to do is not recorded"
+)
 
 
 def describe(exc: BaseException) -> str:
@@ -238,6 +246,13 @@ class Gate:
             return _denied(decision, started, outcome), outcome
         return None, outcome
 
+    def runs_on_a_thread(self, action: Action) -> bool:
+        """Whether ``action``'s executor is a sync one: on a worker thread, which nothing stops."""
+        binding = binding_for(action)
+        if binding is None:
+            return not self.execute_is_async
+        return not is_async_callable(binding.execute)
+
     async def run_executor(self, action: Action) -> Result:
         """Run ``action`` on the executor; see :meth:`Runtime.run_executor`."""
         started = datetime.now(UTC)
@@ -258,10 +273,11 @@ class Gate:
                 # even for one that ignores cancellation.
                 out = await call_with_deadline(execute, (action,), limit, "the executor")
         except Deadline:
+            error = f"TimeoutError: the executor took longer than {limit:g}s"
             return Result(
                 action,
                 ResultStatus.FAILED,
-                error=f"TimeoutError: the executor took longer than {limit:g}s",
+                error=error if is_async else error + _LEFT_RUNNING,
                 started_at=started,
                 completed_at=_now(),
             )
@@ -459,7 +475,10 @@ class Passage:
         try:
             result = await self.gate.run_executor(action)
         except BaseException as exc:  # cancelled or interrupted mid-action
-            await self.interrupted(exc, ResultStatus.FAILED)
+            # A cancelled sync executor goes on (see _calls): the record must
+            # not read as if the action stopped; what it did is not known here.
+            left = isinstance(exc, CancelledError) and self.gate.runs_on_a_thread(action)
+            await self.interrupted(exc, ResultStatus.FAILED, left_running=left)
             raise
         if canonical_json(action) != self.decided:
             return self.changed(ran=True, result=result)
@@ -509,17 +528,22 @@ class Passage:
         self.release()
         return await self.finish(result)
 
-    async def interrupted(self, exc: BaseException, status: ResultStatus) -> None:
+    async def interrupted(
+        self, exc: BaseException, status: ResultStatus, *, left_running: bool = False
+    ) -> None:
         """:meth:`abort` of an interrupted action, as far as it goes: the interruption goes on.
 
-        Best effort: an audit that cannot write now would only hide the
-        interruption, so a failure here is logged, not raised.
+        ``left_running``: the executor was not stopped (a sync one, on its
+        thread), and the record says so. Best effort: an audit that cannot
+        write now would only hide the interruption, so a failure here is
+        logged, not raised.
         """
         self.release()
+        error = f"interrupted: {describe(exc)}"
         result = Result(
             self.decision.action,
             status,
-            error=f"interrupted: {describe(exc)}",
+            error=error + _LEFT_RUNNING if left_running else error,
             completed_at=_now(),
         )
         try:

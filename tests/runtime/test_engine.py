@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -555,6 +556,56 @@ async def test_cancellation_while_waiting_for_approval_is_recorded() -> None:
         await task
     assert audit.records[0]["result_status"] == "denied"
     assert executor.actions == []
+
+
+@pytest.mark.parametrize("how", ["cancel", "execute_timeout"])
+async def test_a_sync_executor_left_running_is_not_recorded_as_stopped(how: str) -> None:
+    """Cancelled or past its deadline, a sync executor goes on: its record says so."""
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def refund(action: Action) -> str:
+        started.set()
+        release.wait(10)
+        done.set()  # the refund went through after all
+        return "refunded"
+
+    audit = InMemoryAuditLog()
+    limit = 0.05 if how == "execute_timeout" else None
+    runtime = make(executor=refund, audit=audit, execute_timeout=limit)
+    task = asyncio.ensure_future(runtime.run_one(Action("read", "a")))
+    if how == "cancel":
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    else:
+        assert (await task).status is ResultStatus.FAILED
+    release.set()
+    assert done.wait(10)
+    [record] = audit.records
+    assert record["result_status"] == "failed"
+    assert record["result_error"].startswith(
+        "interrupted: CancelledError" if how == "cancel" else "TimeoutError"
+    )
+    assert "left running on its thread" in record["result_error"]
+
+
+async def test_a_cancelled_async_executor_is_recorded_as_interrupted_only() -> None:
+    """An async executor is stopped by the cancellation: nothing is said to go on."""
+    started = asyncio.Event()
+
+    async def wait(action: Action) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    audit = InMemoryAuditLog()
+    task = asyncio.ensure_future(make(executor=wait, audit=audit).run_one(Action("read", "a")))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert audit.records[0]["result_error"] == "interrupted: CancelledError"
 
 
 async def test_keyboard_interrupt_propagates_after_recording() -> None:
