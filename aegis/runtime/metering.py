@@ -181,9 +181,11 @@ class Metering:
         )
         #: the subject of the last check, reused while it is the same one
         self.last_subject = Subject("", agent)
-        #: when to let the store forget old flow events next, and the horizon it was told
-        #: (compared by value: a policy object may build its limits anew)
-        self._forget_at = 0.0
+        #: when the store last forgot old flow events, when to let it next, and the horizon
+        #: it was told (compared by value: a policy object may build its limits anew); a
+        #: clock set back before the last time lets it at once (waiting for the clock to
+        #: pass the old time again stopped the deleting for as long as it had gone back)
+        self._forgot, self._forget_at = 0.0, 0.0
         self._told: object = _UNTOLD
 
     def _forget(self, limits: PolicyLimits, at: float) -> None:
@@ -199,7 +201,7 @@ class Metering:
         except AegisError:
             _log.warning("could not delete old flow events; trying again later", exc_info=True)
             more = False
-        self._forget_at = at + (_FORGET_SOON if more else _FORGET_EVERY)
+        self._forgot, self._forget_at = at, at + (_FORGET_SOON if more else _FORGET_EVERY)
 
     def _give_back(self, acquired: Acquired) -> None:
         """Release what a check reserved for an action that was cancelled meanwhile."""
@@ -290,7 +292,9 @@ class Metering:
         limits: PolicyLimits = policy.limits
         if at is None:  # the runtime's own check, now (plan() and `aegis test` give a time)
             at = time.time()
-            if limits.flow_specs and (at >= self._forget_at or limits.flow_horizon != self._told):
+            if limits.flow_specs and (
+                not self._forgot <= at < self._forget_at or limits.flow_horizon != self._told
+            ):
                 self._forget(limits, at)  # before the recall: a longer window is kept from now
         specs = limits.flow_specs_for(action) if limits.flow_specs else ()
         if specs:
@@ -388,7 +392,9 @@ class Metering:
             self.store.remember(
                 FlowEvent(session_id, action.type, action.target, action.params, at)
             )
-            if now is None and (at >= self._forget_at or limits.flow_horizon != self._told):
+            if now is None and (
+                not self._forgot <= at < self._forget_at or limits.flow_horizon != self._told
+            ):
                 self._forget(limits, at)
 
     def earlier(

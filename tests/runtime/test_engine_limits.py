@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from aegis import (
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.limits import FlowEvent, Subject
 from aegis.core.risk import RiskLevel
+from aegis.runtime import metering as metering_module
 from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.limits import Metering
 from aegis.runtime.signing import generate_key_files
@@ -663,6 +665,23 @@ async def test_flow_events_no_rule_looks_back_to_are_forgotten_and_a_reload_keep
     finally:
         for store in (seed, first, second):
             store.close()
+
+
+async def test_a_clock_set_back_does_not_stop_the_forgetting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the clock goes back a day, old flow events are still deleted within the minute."""
+    clock = [time.time()]
+    monkeypatch.setattr(metering_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    store = MemoryUsageStore()
+    send = Action("send", "external_mail")
+    async with runtime(_flow_policy("1h"), tmp_path, usage_store=store, session_id="s") as rt:
+        assert await statuses(rt, [send]) == ["success"]  # the first sweep: nothing to delete
+        clock[0] -= 86400  # set back a day (say, by hand, after it ran ahead)
+        store.remember(FlowEvent("s", "read", "crm", {}, clock[0] - 3 * 3600))  # past 1 h
+        clock[0] += 61  # a minute on
+        assert await statuses(rt, [send]) == ["success"]
+    assert store.recall("s", None, None) == []
 
 
 def _answer(proc: subprocess.Popen[str], action: str) -> str:
