@@ -188,7 +188,7 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
     default="1h",
     show_default=True,
     callback=_seconds,
-    help="How long an OpenID sign-in lasts (90s, 30m, 1h): then the person signs in "
+    help="How long an OpenID sign-in lasts (90s, 30m, 1h; 10s or more): then the person signs in "
     "again and the provider's groups of now apply; the longest a person the provider "
     "took out of a group still decides for it.",
 )

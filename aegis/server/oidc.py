@@ -59,6 +59,7 @@ __all__ = [
     "CALLBACK_PATH",
     "DEFAULT_MAX_AGE",
     "FLOW_COOKIE",
+    "MIN_MAX_AGE",
     "OidcError",
     "OidcSettings",
     "OidcSignIn",
@@ -80,6 +81,8 @@ METADATA_TTL: Final = 3600.0
 LEEWAY: Final = 60
 #: seconds an OpenID sign-in, and the groups it read, count before the provider is asked again
 DEFAULT_MAX_AGE: Final = 3600.0
+#: the shortest max age: a person signs in, reads a request and decides within it
+MIN_MAX_AGE: Final = 10.0
 #: signature algorithms with a public key: the JWKS can vouch only for these
 ASYMMETRIC: Final = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -118,7 +121,8 @@ class OidcSettings:
         label: the provider's name on the sign-in button (its host by default).
         max_age: seconds the provider's word on a person (and their groups)
             is trusted: an OpenID session ends this long after sign-in, and
-            signing in again asks the provider afresh (:data:`DEFAULT_MAX_AGE`).
+            signing in again asks the provider afresh (:data:`DEFAULT_MAX_AGE`;
+            at least :data:`MIN_MAX_AGE`).
     """
 
     issuer: str
@@ -150,7 +154,13 @@ class OidcSettings:
         age = self.max_age
         if isinstance(age, bool) or not isinstance(age, int | float) or not 0 < age < math.inf:
             raise ConfigurationError(
-                f"the OpenID max age must be a positive number of seconds, got {age!r}"
+                f"the OpenID max age (--oidc-max-age) must be a positive number of seconds, "
+                f"got {age!r}"
+            )
+        if age < MIN_MAX_AGE:
+            raise ConfigurationError(
+                f"the OpenID max age (--oidc-max-age) must be at least {MIN_MAX_AGE:g} seconds, "
+                f"got {age:g}: a shorter one ends each session before its first page is read"
             )
         if "openid" not in self.scopes:
             object.__setattr__(self, "scopes", ("openid", *self.scopes))

@@ -312,12 +312,13 @@ def test_settings_tightened_at_a_restart_hold_for_sessions_already_started(
 
 
 @pytest.mark.parametrize(
-    ("value", "said"), [("soon", "is not a duration"), ("0s", "must be positive")]
+    ("value", "said"),
+    [("soon", "is not a duration"), ("0s", "must be positive"), ("5s", "at least 10 seconds")],
 )
 def test_serve_refuses_a_max_age_that_is_not_a_duration(
     tmp_path: Path, value: str, said: str
 ) -> None:
-    """--oidc-max-age takes a positive duration such as 30m; else a usage error (exit 2)."""
+    """--oidc-max-age takes a duration of 10 s or more such as 30m; else a usage error (exit 2)."""
     done = aegis(
         "serve", "--db", str(tmp_path / "a.db"), "--oidc-issuer", "http://127.0.0.1:9",
         "--oidc-client-id", "x", "--oidc-max-age", value, check=False,

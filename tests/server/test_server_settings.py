@@ -80,6 +80,8 @@ def test_open_service_closes_what_it_opened_on_a_bad_setting(tmp_path: Path) -> 
         ({"issuer": "https://id.example.com/?tenant=1"}, "query"),
         ({"client_id": ""}, "client id"),
         ({"groups_claim": ""}, "groups claim"),
+        ({"max_age": 0.5}, "--oidc-max-age"),
+        ({"max_age": 9}, "at least 10 seconds"),
     ],
 )
 def test_openid_settings(settings: dict[str, Any], names: str) -> None:
