@@ -17,11 +17,23 @@ environments needed) and prints a table:
   in a fresh process each, to show that the new keys cost such policies
   nothing.
 
+``--flow-history`` instead measures what a flow condition costs as a
+session's history grows: sequential refunds in a session that already holds
+0 or 10,000 refunds on stripe (noted in the last half hour, all inside the
+window), under a rule with an ``after`` condition that the history
+satisfies, a ``not_after`` condition it does not trip (both naming an exact
+type and target), and an ``after`` condition with a glob that nothing in the
+history satisfies (the search must read every event in the window). It
+prints µs per action (wall clock: noise on a loaded machine) and Python
+calls per action (``sys.setprofile``: exact). With ``--against`` it runs
+there too, in a fresh process each.
+
 Usage::
 
     python benchmarks/limits.py                 # about half a minute
     python benchmarks/limits.py --quick         # a smoke run
     python benchmarks/limits.py --against ../main
+    python benchmarks/limits.py --flow-history [--against ../main]   # a minute or two
 """
 
 from __future__ import annotations
@@ -54,6 +66,17 @@ LIMITED = {
 }
 #: a limit whose counter already holds this many reservations in its window
 FULL = 10_000
+#: flow conditions on refunds, against a history of refunds on stripe (see --flow-history)
+FLOW_HISTORY = {
+    "after, found": {"after": {"type": "refund", "target": "stripe", "within": "1h"}},
+    "not_after, absent": {"not_after": {"type": "chargeback", "target": "stripe", "within": "1h"}},
+    # a glob nothing satisfies: every event in the window is read and asked
+    "after (glob), absent": {
+        "after": {"type": "read*", "target": "crm", "within": "1h"},
+        # (refunds must be remembered as events for this rule to have a history to read)
+        "not_after": {"type": "refund", "target": "paypal", "within": "1h"},
+    },
+}
 
 
 def _policy(kind: str) -> dict[str, Any]:
@@ -119,6 +142,118 @@ def _check_alone(count: int, folder: str) -> float:
     return elapsed / count
 
 
+async def _flow_run(conditions: dict[str, Any], prior: int, count: int, folder: str) -> list[float]:
+    """µs and Python calls per run_one of ``count`` refunds after ``prior`` in the session."""
+    from aegis import Action, AuditLogger, Policy, Runtime  # noqa: PLC0415  # after sys.path
+    from aegis.core.limits import FlowEvent  # noqa: PLC0415
+    from aegis.stores.sqlite.usage import SQLiteUsageStore  # noqa: PLC0415
+
+    rules = [
+        {
+            "name": "refunds",
+            "match": {"type": "refund"},
+            "conditions": conditions,
+            "approval": "auto",
+        },
+        {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
+    ]
+    policy = Policy.from_dict({"rules": rules})
+    path = os.path.join(folder, f"flow-{time.monotonic_ns()}.db")
+    now = time.time()
+    with SQLiteUsageStore(path) as seed:  # the history, as earlier actions would have left it
+        for n in range(prior):
+            params = {"amount": 1.5, "customer": n % 50}
+            seed.remember(FlowEvent("bench", "refund", "stripe", params, now - 1800 + n * 0.1))
+    actions = [
+        Action("refund", "stripe", {"amount": 1.5, "customer": i % 50}) for i in range(count + 20)
+    ]
+
+    async def execute(action: Action) -> None:
+        return None
+
+    calls = 0
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    async with Runtime(
+        executor=execute,
+        policy=policy,
+        audit_logger=AuditLogger(path),
+        agent="bench",
+        session_id="bench",
+    ) as runtime:
+        for action in actions[:20]:  # warm up
+            await runtime.run_one(action)
+        gc.collect()
+        gc.disable()
+        try:
+            started = time.perf_counter()
+            for action in actions[20:]:
+                await runtime.run_one(action)
+            elapsed = time.perf_counter() - started
+            sys.setprofile(profile)
+            try:
+                for action in actions[20 : 20 + count // 4]:
+                    await runtime.run_one(action)
+            finally:
+                sys.setprofile(None)
+        finally:
+            gc.enable()
+    return [elapsed / count * 1e6, calls / (count // 4)]
+
+
+def _flow_history(args: argparse.Namespace) -> None:
+    """Print what flow conditions cost per action with 0 and 10,000 events in the session."""
+    checkouts = {"this checkout": REPO}
+    if args.against is not None:
+        checkouts[str(args.against)] = args.against.resolve()
+    count = 100 if args.quick else 400
+    rounds = 1 if args.quick else 3
+    # a tmpfs when there is one: a flush costs no waiting, and the search is what is timed
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    best: dict[tuple[str, str, int], list[float]] = {}
+    for _ in range(rounds):
+        for title, conditions in FLOW_HISTORY.items():
+            for prior in (0, FULL):
+                for name, checkout in checkouts.items():  # alternating, each a fresh process
+                    code = (
+                        "import asyncio, json, sys, tempfile\n"
+                        f"sys.path.insert(1, {str(HERE)!r})\n"  # after the checkout's folder
+                        "import limits\n"
+                        f"with tempfile.TemporaryDirectory(dir={shm!r}) as folder:\n"
+                        f"    print(json.dumps(asyncio.run(limits._flow_run({conditions!r},"
+                        f" {prior}, {count}, folder))))\n"
+                    )
+                    env = {**os.environ, "PYTHONPATH": str(checkout)}
+                    out = subprocess.run(
+                        [sys.executable, "-c", code],
+                        cwd=checkout,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    us, calls = json.loads(out.stdout)
+                    key = (name, title, prior)
+                    old = best.get(key)
+                    best[key] = [min(us, old[0]) if old else us, calls]
+    where = "on a tmpfs" if shm else "in the temporary folder"
+    print(f"run_one, sequential, SQLite audit {where}, {count} refunds x {rounds} rounds (best)")
+    header = "".join(f"{name[-24:]:>34}" for name in checkouts)
+    print(f"{'condition, events in session':<40}{header}")
+    for title in FLOW_HISTORY:
+        for prior in (0, FULL):
+            cells = ""
+            for name in checkouts:
+                us, calls = best[name, title, prior]
+                cells += f"{us:>12,.0f} us {calls:>9,.1f} calls"
+            print(f"{f'{title}, {prior:,}':<40}{cells}")
+    print(json.dumps({f"{n} | {t} | {p}": v for (n, t, p), v in best.items()}))
+
+
 def _evaluate_rate(checkout: Path, count: int) -> float:
     """Evaluations per second of a 100-rule policy without stateful rules, in a fresh process."""
     code = f"""
@@ -153,7 +288,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per workload (best)")
     parser.add_argument("--actions", type=int, default=3000, help="actions per round")
     parser.add_argument("--against", type=Path, help="another checkout to compare evaluate with")
+    parser.add_argument(
+        "--flow-history", action="store_true", help="flow conditions over a long session"
+    )
     args = parser.parse_args()
+    if args.flow_history:
+        _flow_history(args)
+        return
     sys.path.insert(0, str(REPO))
     count = 500 if args.quick else args.actions
     rounds = 1 if args.quick else args.rounds
