@@ -135,7 +135,8 @@ class MemoryUsageStore:
     Counts are lost when the process ends and not shared with other
     processes; use the SQLite or PostgreSQL store for those. A check costs
     the same however many reservations a window holds; a flow condition
-    reads the events (of every session) newer than its newest match.
+    reads the events (of every session) newer than its newest match, and
+    all of them once an event was noted out of time order.
     """
 
     def __init__(self) -> None:
