@@ -28,7 +28,8 @@ function never ran. The watch finds its call by thread (the hook's thread
 runs the tool on CrewAI's native paths), else by the one call of that tool
 under way (CrewAI's async ReAct path runs a tool on an executor thread);
 when several calls of one tool are under way on other threads, it cannot
-tell which one ran, and none of them is recorded as a success.
+tell which one ran, and none of them is recorded as a success (the tool
+still runs at most once for each of them).
 
 One decision, one run. CrewAI's ReAct paths (sync and async, its
 ``ToolUsage``) run a tool that raised again, under the same hook call: the
@@ -133,8 +134,16 @@ def _claim(tool: Any) -> tuple[_Ticket | None, bool]:
             first = not ticket.started
             ticket.started = True
             return ticket, first
-        for ticket in candidates:  # several under way elsewhere: none is proven to have run
+        # Several under way elsewhere: none is proven to have run, but each
+        # allows one run, so runs of the tool still number no more than them
+        # (else every retry of each ran: up to six runs a call).
+        fresh = [ticket for ticket in candidates if not ticket.started]
+        for ticket in candidates:
             ticket.unclear = True
+        if candidates and not fresh:
+            return None, False
+        if fresh:
+            fresh[0].started = True
         return None, True
 
 

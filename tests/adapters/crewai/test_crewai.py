@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,52 @@ async def test_a_tool_run_on_the_async_react_path_runs_once_per_decision() -> No
     assert ran == [1, 2]
     assert [r["result_status"] for r in audit.records] == ["success", "failed"]
     assert "the CRM is down" in str(audit.records[1]["result_error"])
+
+
+async def test_two_calls_at_once_on_the_async_react_path_run_the_tool_twice_at_most() -> None:
+    """Two allowed calls of one raising tool, under way together: two runs, not their retries."""
+    from crewai import Agent
+    from crewai.tools import tool
+    from crewai.utilities.tool_utils import aexecute_tool_and_check_finality
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[int] = []
+    both = threading.Barrier(2, timeout=10)  # each first run waits for the other call's
+
+    def lookup(customer_id: int) -> str:
+        """Look a customer up."""
+        ran.append(customer_id)
+        if len(ran) <= 2:
+            both.wait()
+        raise RuntimeError("the CRM is down")
+
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([]), audit=audit)
+    tools = [tool("lookup")(lookup)]
+    agent = Agent(
+        role="support",
+        goal="help",
+        backstory="a support desk",
+        llm=scripted_crewai_llm([]),
+        tools=tools,
+    )
+    governed = govern(tools, runtime)
+    try:
+        await asyncio.gather(
+            *(
+                aexecute_tool_and_check_finality(
+                    _react_action("lookup", {"customer_id": customer_id}),  # type: ignore[arg-type]
+                    [t.to_structured_tool() for t in tools],
+                    agent=agent,
+                )
+                for customer_id in (1, 2)
+            )
+        )
+    finally:
+        ungovern(governed)
+    assert sorted(ran) == [1, 2]
+    assert [r["result_status"] for r in audit.records] == ["failed", "failed"]
 
 
 async def test_a_blocked_call_on_the_react_path_never_runs() -> None:
