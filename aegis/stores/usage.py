@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -64,9 +63,11 @@ def widest(kept: object, given: float | None) -> float | None:
     """The horizon to keep: the longer of the stored one (``kept``) and ``given``.
 
     ``None`` (a whole session) is the longest. A stored value that is not a
-    number (edited by hand) counts as ``None``: when in doubt, keep events.
+    number of seconds (edited by hand: text, NaN, or below zero, which
+    would have deleted what a longer window declared before still reads)
+    counts as ``None``: when in doubt, keep events.
     """
-    if given is None or not isinstance(kept, float | int) or math.isnan(kept):
+    if given is None or not isinstance(kept, float | int) or not kept >= 0:
         return None
     return max(float(kept), given)
 

@@ -821,13 +821,33 @@ def test_forgetting_walks_many_sessions_a_slice_at_a_time(make_store: Factory) -
     assert calls == (1 if isinstance(store, MemoryUsageStore) else 2)
 
 
-def test_sqlite_a_hand_edited_horizon_keeps_every_event(tmp_path: Path) -> None:
+@pytest.mark.parametrize("edit", ["'short'", "-5", "-9e999"])
+def test_sqlite_a_hand_edited_horizon_keeps_every_event(tmp_path: Path, edit: str) -> None:
     """A horizon typed into nonsense by hand is taken as a whole session: nothing is deleted."""
     path = tmp_path / "aegis_audit.db"
     with SQLiteUsageStore(path) as store:
         store.remember(FlowEvent("s", "read", "crm", {}, 1.0))
-        assert store.forget_events(60.0, 2.0) is False
+        store.remember(FlowEvent("s", "read", "crm", {}, 900_000.0))
+        assert store.forget_events(86400.0, 2.0) is False  # a 1 d window elsewhere
         with sqlite3.connect(path) as conn:
-            conn.execute("UPDATE aegis_flow_horizon SET seconds = 'short'")
+            conn.execute(f"UPDATE aegis_flow_horizon SET seconds = {edit}")
         assert store.forget_events(60.0, 1_000_000.0) is False
-        assert _events(store, ["s"]) == [1.0]
+        assert _events(store, ["s"]) == [1.0, 900_000.0]
+
+
+@pytest.mark.parametrize("edit", ["-5", "'-Infinity'", "'NaN'"])
+def test_postgres_a_hand_edited_horizon_keeps_every_event(postgres_dsn: str, edit: str) -> None:
+    """The same on PostgreSQL: a horizon below zero or not a number deletes nothing."""
+    import psycopg
+
+    store = PostgresUsageStore(postgres_dsn)
+    try:
+        store.remember(FlowEvent("s", "read", "crm", {}, 1.0))
+        store.remember(FlowEvent("s", "read", "crm", {}, 900_000.0))
+        assert store.forget_events(86400.0, 2.0) is False  # a 1 d window elsewhere
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"UPDATE aegis_flow_horizon SET seconds = {edit}")
+        assert store.forget_events(60.0, 1_000_000.0) is False
+        assert _events(store, ["s"]) == [1.0, 900_000.0]
+    finally:
+        store.close()

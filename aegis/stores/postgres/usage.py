@@ -497,9 +497,10 @@ class PostgresUsageStore:
                     sql.SQL(
                         "INSERT INTO {} (id, seconds) VALUES (1, %s) ON CONFLICT (id) DO UPDATE"
                         " SET seconds = CASE WHEN {}.seconds IS NULL OR EXCLUDED.seconds IS NULL"
+                        " OR NOT {}.seconds >= 0"  # below zero: edited by hand (see widest)
                         " THEN NULL ELSE GREATEST({}.seconds, EXCLUDED.seconds) END"
                         " RETURNING seconds"
-                    ).format(horizons, horizons, horizons),
+                    ).format(horizons, horizons, horizons, horizons),
                     (horizon,),
                 ).fetchone()
                 kept = widest(row[0] if row else None, horizon)
