@@ -236,6 +236,11 @@ def test_the_latest_event_is_the_newest_of_the_session_in_the_window(make_store:
     assert store.latest_event("nobody", None) is None
 
 
+def test_a_fresh_store_answers_latest_event_first(make_store: Factory) -> None:
+    """latest_event as a store's first call (an explanation, a plan) finds nothing, no error."""
+    assert make_store().latest_event("s", None, action_type="read", action_target="crm") is None
+
+
 def test_the_latest_event_goes_by_time_then_by_the_order_noted(make_store: Factory) -> None:
     """An event noted late with an older time is not the newest; of equal times, the last noted."""
     store = make_store()

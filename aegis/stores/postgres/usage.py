@@ -446,23 +446,24 @@ class PostgresUsageStore:
         are given): a first match ends the reading, and the rows past it are
         never sent.
         """
-        query = sql.SQL(
-            "SELECT session_id, action_type, action_target, params, at, id FROM {}"
-            " WHERE session_id = %s"
-        ).format(self._tables["aegis_flow_events"])
-        args: list[Any] = [session_id]
-        for column, value in (("action_type", action_type), ("action_target", action_target)):
-            if value is not None:
-                query += sql.SQL(" AND {} = %s").format(sql.Identifier(column))
-                args.append(value)
-        if since is not None:
-            query += sql.SQL(" AND at > %s")
-            args.append(since)
-        first = query + sql.SQL(" ORDER BY at DESC, id DESC LIMIT %s")
-        after = query + sql.SQL(" AND (at, id) < (%s, %s) ORDER BY at DESC, id DESC LIMIT %s")
         where_in = f"at {self.where}"
 
         def work(conn: psycopg.Connection[Any]) -> FlowEvent | None:
+            # (the table's name is known once connected: built here, not before)
+            query = sql.SQL(
+                "SELECT session_id, action_type, action_target, params, at, id FROM {}"
+                " WHERE session_id = %s"
+            ).format(self._tables["aegis_flow_events"])
+            args: list[Any] = [session_id]
+            for column, value in (("action_type", action_type), ("action_target", action_target)):
+                if value is not None:
+                    query += sql.SQL(" AND {} = %s").format(sql.Identifier(column))
+                    args.append(value)
+            if since is not None:
+                query += sql.SQL(" AND at > %s")
+                args.append(since)
+            first = query + sql.SQL(" ORDER BY at DESC, id DESC LIMIT %s")
+            after = query + sql.SQL(" AND (at, id) < (%s, %s) ORDER BY at DESC, id DESC LIMIT %s")
             size = 1 if where is None else _FIRST_ROWS
             rows = conn.execute(first, [*args, size]).fetchall()
             while True:
