@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -838,6 +839,20 @@ def test_sqlite_a_hand_edited_horizon_keeps_every_event(tmp_path: Path, edit: st
             conn.execute(f"UPDATE aegis_flow_horizon SET seconds = {edit}")
         assert store.forget_events(60.0, 1_000_000.0) is False
         assert _events(store, ["s"]) == [1.0, 900_000.0]
+
+
+def test_postgres_a_client_clock_ahead_deletes_only_by_the_servers(postgres_dsn: str) -> None:
+    """A process whose clock runs a day ahead deletes only what the server's clock says is old."""
+    store = PostgresUsageStore(postgres_dsn)
+    real = time.time()
+    try:
+        for age in (3 * 3600, 30 * 60):  # past a 1 h window, and inside it
+            store.remember(FlowEvent("s", "read", "crm", {}, real - age))
+        while store.forget_events(3600.0, real + 86400):
+            pass
+        assert [round((real - e.at) / 60) for e in store.recall("s", None, None)] == [30]
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("edit", ["-5", "'-Infinity'", "'NaN'"])

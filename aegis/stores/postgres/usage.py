@@ -488,7 +488,8 @@ class PostgresUsageStore:
         later call. One statement finds the next ``FORGET_SESSIONS`` sessions
         by name (a skip through the index on ``(session_id, at)``) with their
         oldest event, and one deletes up to ``FORGET_ROWS`` events of those
-        past the cutoff; the walk goes on from there at the next call.
+        past the cutoff; the walk goes on from there at the next call. The
+        cutoff counts from ``now`` or the server's clock, whichever is earlier.
         """
 
         def work(conn: psycopg.Connection[Any]) -> bool:
@@ -500,11 +501,16 @@ class PostgresUsageStore:
                         " SET seconds = CASE WHEN {}.seconds IS NULL OR EXCLUDED.seconds IS NULL"
                         " OR NOT {}.seconds >= 0"  # below zero: edited by hand (see widest)
                         " THEN NULL ELSE GREATEST({}.seconds, EXCLUDED.seconds) END"
-                        " RETURNING seconds"
+                        " RETURNING seconds, EXTRACT(EPOCH FROM clock_timestamp())::float8"
                     ).format(horizons, horizons, horizons, horizons),
                     (horizon,),
                 ).fetchone()
                 kept = widest(row[0] if row else None, horizon)
+                # The earlier of this process's clock and the server's: one
+                # client's clock run ahead (or stepped forward, to be set back
+                # later) must not delete events still inside other processes'
+                # windows; a server clock behind only keeps more.
+                until = min(now, row[1]) if row is not None else now
                 if kept is None:
                     return False  # some policy looks over whole sessions: every event may count
                 session, inclusive = self._events_from
@@ -525,7 +531,7 @@ class PostgresUsageStore:
                 if not walked:  # walked them all
                     self._events_from = ("", True)
                     return False
-                cutoff = now - kept - EVENT_MARGIN
+                cutoff = until - kept - EVENT_MARGIN
                 old = [s for s, oldest in walked if oldest <= cutoff]
                 gone = 0
                 if old:
