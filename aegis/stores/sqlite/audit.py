@@ -39,7 +39,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any, Final
 
 from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, Head, seal
@@ -76,22 +77,64 @@ from aegis.stores.sqlite.schema import (
 __all__ = ["SQLiteAuditStore"]
 
 _COLUMNS: Final = ", ".join(RECORD_FIELDS)
-_INSERT: Final = (
-    f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join('?' * len(RECORD_FIELDS))})"
-)
-# Speed (benchmarks/calls.py --instructions, every kind: about 2% of an
-# action): a start record's five outcome columns are NULL, and sqlite3 binds
-# each None through its adapter lookup, so a start's INSERT leaves them out
-# (the schema gives them no default: they are NULL); see _insert_args.
-_START_COLUMNS: Final = tuple(
-    name
-    for name in RECORD_FIELDS
-    if name not in ("result_status", "result_error", "started_at", "completed_at", "start_id")
-)
-_INSERT_START: Final = (
-    f"INSERT INTO audit_log ({', '.join(_START_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_START_COLUMNS))})"
-)
+
+
+# Speed (benchmarks/calls.py --instructions; BENCHMARKS.md, "A fourth pass"):
+# sqlite3 binds str and int directly but hands every None to its adapter
+# lookup (about 1,200 instructions each, even with the None adapter of
+# connection.py). So an INSERT leaves out the columns a record most often has
+# NULL: a start record's five outcome columns, and the human decision, the
+# error and the context of any record. The schema gives none of them a
+# default, so a column left out is NULL, as a bound None was; every other
+# column is bound as it is, None or not.
+def _form(left_out: frozenset[str]) -> tuple[str, Callable[[AuditRecord], tuple[Any, ...]]]:
+    """The INSERT naming every column but ``left_out``, and what picks its values from a record."""
+    kept = [i for i, name in enumerate(RECORD_FIELDS) if name not in left_out]
+    sql = (
+        f"INSERT INTO audit_log ({', '.join(RECORD_FIELDS[i] for i in kept)}) "
+        f"VALUES ({', '.join('?' * len(kept))})"
+    )
+    # one C call builds the plain tuple (bound faster than the named tuple)
+    return sql, itemgetter(*kept)
+
+
+def _forms(
+    always: tuple[str, ...],
+) -> dict[tuple[bool, bool, bool], tuple[str, Callable[[AuditRecord], tuple[Any, ...]]]]:
+    """The forms by (human_decision, result_error, context is None), each leaving out ``always``."""
+    return {
+        nulls: _form(
+            frozenset(always).union(
+                name for name, null in zip(_OFTEN_NULL, nulls, strict=True) if null
+            )
+        )
+        for nulls in [
+            (human, error, context)
+            for human in (False, True)
+            for error in (False, True)
+            for context in (False, True)
+        ]
+    }
+
+
+_OFTEN_NULL: Final = ("human_decision", "result_error", "context")
+_OUTCOME: Final = ("result_status", "result_error", "started_at", "completed_at", "start_id")
+_START_FORMS: Final = _forms(_OUTCOME)
+_FORMS: Final = _forms(())
+# the positions _insert_args reads, checked against the field names once
+if tuple(RECORD_FIELDS.index(name) for name in (*_OFTEN_NULL, *_OUTCOME)) != (
+    12,
+    15,
+    18,
+    13,
+    15,
+    16,
+    17,
+    21,
+):  # pragma: no cover  # a field moved: _insert_args must follow
+    raise ImportError("audit_log columns moved; update _insert_args")
+
+
 _LAST: Final = "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
 _PAGE: Final = 1000
 _START: Final = RecordKind.START
@@ -106,17 +149,33 @@ _FINISHED: Final = "EXISTS (SELECT 1 FROM audit_log AS f WHERE f.start_id = audi
 
 
 def _insert_args(record: AuditRecord) -> tuple[str, tuple[Any, ...]]:
-    """The INSERT of ``record`` and what it binds (a plain tuple, bound faster than a subclass)."""
+    """The INSERT of ``record`` and what it binds: every column but some that are NULL."""
     if (
-        record[1] == "start"
-        and record[13] is None
+        record[13] is None
         and record[15] is None
         and record[16] is None
         and record[17] is None
         and record[21] is None
-    ):
-        return _INSERT_START, record[:13] + record[14:15] + record[18:21] + record[22:]
-    return _INSERT, tuple(record)
+    ):  # no outcome: a start record
+        sql, pick = _START_FORMS[record[12] is None, True, record[18] is None]
+    else:
+        sql, pick = _FORMS[record[12] is None, record[15] is None, record[18] is None]
+    return sql, pick(record)
+
+
+def _insert_all(cur: sqlite3.Cursor, records: Sequence[AuditRecord]) -> None:
+    """INSERT ``records`` in order, one ``executemany`` per run of records with one statement."""
+    run = ""
+    rows: list[tuple[Any, ...]] = []
+    for record in records:
+        sql, args = _insert_args(record)
+        if sql is not run:
+            if rows:
+                cur.executemany(run, rows)
+            run, rows = sql, []
+        rows.append(args)
+    if rows:
+        cur.executemany(run, rows)
 
 
 class SQLiteAuditStore(ReadMixin):
@@ -477,7 +536,7 @@ class SQLiteAuditStore(ReadMixin):
                     record = seal(draft, last_id, last_hash)
                     last_hash = record.hash
                     out.append(record)
-                cur.executemany(_INSERT, map(tuple, out))
+                _insert_all(cur, out)
                 cur.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
