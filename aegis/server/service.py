@@ -907,11 +907,10 @@ class ApprovalService:
 
     def _require_auditor(self, principal: Principal, doing: str) -> None:
         if not self.is_auditor(principal):
-            groups = ", ".join(sorted(self.auditor_groups))
+            # Which groups audit is the operator's to know (--auditor-group):
+            # naming them would tell any reviewer whom to aim at.
             raise _forbidden(
-                f"{doing} is for auditors (reviewers in "
-                f"{groups or 'an auditor group; this service names none, see --auditor-group'}"
-                f"); {principal.name} is in {', '.join(principal.groups) or 'no group'}",
+                f"{doing} is for an auditor, and {principal.name} is not one",
                 code="not_auditor",
             )
 

@@ -12,6 +12,7 @@ Audit page in Chromium.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -338,6 +339,8 @@ def test_only_an_auditor_verifies_the_chain(world: World) -> None:
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "not_auditor"
     assert "checked" not in refused.text
+    # which groups audit is the operator's to know, not any reviewer's
+    assert re.search(r"\bauditors\b", refused.text) is None, refused.text
     with world.api("ida") as ida:
         report = ida.get("/api/v1/audit/verify").json()
     assert report["ok"] is True
