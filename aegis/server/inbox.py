@@ -32,7 +32,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -130,6 +130,10 @@ class Reviewer:
 
     principal: Principal
     session: Session
+    #: the latest a grant this reviewer gives may last: the end of the provider's
+    #: word on their groups (an OpenID sign-in's start + --oidc-max-age); ``None``
+    #: for a token's session
+    grant_until: datetime | None = None
 
 
 # ------------------------------------------------------------------ formatting
@@ -375,7 +379,11 @@ class Inbox:
         if not self.oidc.settings.admits(user.groups):
             return None  # --oidc-require-group, given at a restart, holds for sessions too
         who = user.identity
-        return Reviewer(Principal(who.display, Role.REVIEWER, user.groups, who), session)
+        # A grant given now keeps approving after this session: it may not
+        # outlast the provider's word on the groups it was given for either.
+        until = session.created_at + timedelta(seconds=self.oidc.settings.max_age)
+        principal = Principal(who.display, Role.REVIEWER, user.groups, who)
+        return Reviewer(principal, session, grant_until=until)
 
     # -------------------------------------------------------------- rendering
 
@@ -782,6 +790,7 @@ class Inbox:
                 "params": params_tree(view["action"]["params"]),
                 "params_json": _pretty_json(view["action"]["params"]),
                 "max_grant_minutes": MAX_GRANT_MINUTES,
+                "grant_until": _grant_until_note(reviewer),
                 "refusal": f"You cannot decide this: {refusal}." if refusal else None,
                 "next_request": following,
                 "query": _list_query(shown),
@@ -852,7 +861,12 @@ class Inbox:
                 )
         try:
             decided = await self.service.decide(
-                reviewer.principal, request_id, verdict, comment, grant
+                reviewer.principal,
+                request_id,
+                verdict,
+                comment,
+                grant,
+                grant_until=reviewer.grant_until,
             )
         except ApprovalServiceError as exc:
             return await self._show_request(
@@ -868,6 +882,8 @@ class Inbox:
         query = _list_query(shown)
         suffix = f"?{query}" if query else ""
         notice = _decided_notice(decided, verdict)
+        if grant is not None:
+            notice += _shortened_grant(decided, reviewer, grant)
         following = await self._next_pending(reviewer, decided, shown)
         if following is not None:
             return self._redirect(
@@ -1058,6 +1074,30 @@ def _decided_notice(decided: ApprovalRequest, verdict: Verdict) -> str:
     return (
         f"Decided: approved {what}; your approval is recorded ({len(decided.approvals)} of "
         f"{decided.approvers}), it needs another reviewer."
+    )
+
+
+def _grant_until_note(reviewer: Reviewer) -> str | None:
+    """What the request page says of grants to a reviewer signed in with OpenID."""
+    if reviewer.grant_until is None:
+        return None
+    return (
+        "You signed in with OpenID: a grant you give ends by "
+        f"{reviewer.grant_until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC at the latest, when "
+        "this sign-in reaches its max age (the provider is then asked for your groups "
+        "again). A longer grant is shortened."
+    )
+
+
+def _shortened_grant(decided: ApprovalRequest, reviewer: Reviewer, asked: int) -> str:
+    """`` Your grant was shortened …`` when the service recorded fewer minutes than asked."""
+    key = reviewer.principal.who.key
+    given = [d.grant_minutes for d in decided.approvals if d.reviewer == key]
+    if not given or given[0] is None or given[0] >= asked:
+        return ""
+    return (
+        f" Your grant was shortened from {asked} to {given[0]} minutes: it may not outlast "
+        "your OpenID sign-in's max age, after which the provider is asked for your groups again."
     )
 
 

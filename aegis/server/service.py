@@ -767,6 +767,8 @@ class ApprovalService:
         verdict: Verdict,
         comment: str = "",
         grant_minutes: int | None = None,
+        *,
+        grant_until: datetime | None = None,
     ) -> ApprovalRequest:
         """Record ``principal``'s verdict (reviewer role).
 
@@ -774,18 +776,31 @@ class ApprovalService:
         also lets the same action type, target and rule pass in the
         session for that long, once the request is approved.
 
+        ``grant_until`` bounds the grant this reviewer gives: the end of
+        the provider's word on their groups, for a reviewer signed in with
+        OpenID (``--oidc-max-age``). The minutes recorded are shortened to
+        end by then, counted from the latest the grant can start: now when
+        this approval is the last one needed, else the request's expiry
+        (a grant starts with the approval that completes the request). The
+        decision records the shortened minutes.
+
         Raises:
             ApprovalServiceError: 403 for a non-reviewer, the requester
                 themself, or a reviewer outside the rule's groups; 404 for an
                 unknown id; 409 when the request is no longer pending (or
                 expired) or this reviewer decided it already; 422
-                (``invalid``) for a grant of the wrong length or with a deny.
+                (``invalid``) for a grant of the wrong length or with a deny,
+                and for a grant that ``grant_until`` leaves less than a
+                minute (``grant_too_late``): nothing is recorded then.
         """
         self._require(principal, Role.REVIEWER, "deciding an approval request")
         refusal = grant_refusal(verdict, grant_minutes)
         if refusal is not None:
             raise ApprovalServiceError(refusal, status=422, code="invalid")
         request = await self._current(request_id)
+        now = self.clock()
+        if grant_minutes is not None and grant_until is not None:
+            grant_minutes = self._bounded_grant(request, grant_minutes, grant_until, now)
         who = principal.who
         if who.key == request.requester:
             raise _forbidden(
@@ -813,12 +828,35 @@ class ApprovalService:
             verdict,
             comment=comment,
             grant_minutes=grant_minutes,
-            now=self.clock(),
+            now=now,
             reviewer_name=who.display,
         )
         self._emit(ApprovalEvent("approval.decided", stored, grant, str(who)))
         await self._flush_soon()
         return stored
+
+    @staticmethod
+    def _bounded_grant(
+        request: ApprovalRequest, minutes: int, until: datetime, now: datetime
+    ) -> int:
+        """``minutes`` shortened so that a grant on ``request`` ends by ``until``.
+
+        The store starts a grant when the last approval needed comes in; when
+        this one is not the last, that is at the latest the request's expiry.
+        """
+        last = len(request.approvals) + 1 >= request.approvers
+        start = now if last else max(now, request.expires_at)
+        left = math.floor((until - start).total_seconds() / 60)
+        if left < 1:
+            when = "" if last else " from the request's expiry, when the grant could start"
+            raise ApprovalServiceError(
+                "a grant may not outlast the identity provider's word on your groups "
+                f"(--oidc-max-age), and less than a minute of it is left{when}; "
+                "approve without a grant, or sign in again and then give one",
+                status=422,
+                code="grant_too_late",
+            )
+        return min(minutes, left)
 
     async def collect(self, principal: Principal, request_id: str) -> ApprovalRequest:
         """Use an approved request once (the agent that asked); a second collect is a 409."""

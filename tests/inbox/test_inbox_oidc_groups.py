@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -38,6 +38,8 @@ ACCOUNTS = {
     "gail": {"name": "Gail Finance", "groups": ["finance"]},
     "hana": {"name": "Hana Support", "groups": ["support"]},
     "ivy": {"name": "Ivy Finance", "groups": ["finance"]},
+    "jo": {"name": "Jo Finance", "groups": ["finance"]},
+    "kim": {"name": "Kim Finance", "groups": ["finance"]},
 }
 
 
@@ -309,6 +311,117 @@ def test_settings_tightened_at_a_restart_hold_for_sessions_already_started(
             lapsed = client.get(f"{server.url}/")
             assert lapsed.status_code == 303
             assert lapsed.headers["location"].startswith("/signin")
+
+
+def _approve(
+    client: httpx.Client, inbox: str, request_id: str, grant_minutes: str = ""
+) -> httpx.Response:
+    """Approve ``request_id`` from its page in the inbox, with a grant of so many minutes."""
+    page = client.get(f"{inbox}/requests/{request_id}")
+    assert page.status_code == 200, page.headers.get("location")
+    return client.post(
+        f"{inbox}/requests/{request_id}/decision",
+        data={
+            "csrf": _csrf(page.text),
+            "verdict": "approve",
+            "comment": "",
+            "grant_minutes": grant_minutes,
+            "confirm": "yes",
+        },
+        headers={"Origin": inbox},
+    )
+
+
+def test_a_grant_is_refused_when_the_sign_in_has_less_than_a_minute_left(world: World) -> None:
+    """Jo's sign-in is trusted for 15 s: a grant of an hour would keep approving for finance
+    long after the provider's word on her membership, so nothing is recorded and she is told
+    why; approving without a grant works."""
+    finance = world.ask("refund_order", ["finance"])
+    with httpx.Client(timeout=30) as client:
+        sign_in(world.server.url, "jo", client)
+        page = client.get(f"{world.server.url}/requests/{finance}")
+        assert 'id="grant-until"' in page.text  # the form says a grant ends with the sign-in
+        refused = _approve(client, world.server.url, finance, grant_minutes="60")
+        assert refused.status_code == 422, refused.headers.get("location")
+        assert "--oidc-max-age" in refused.text
+        assert world.status(finance) == "pending"
+        approved = _approve(client, world.server.url, finance)
+        assert approved.status_code == 303
+        assert not approved.headers["location"].startswith("/signin")
+    assert world.status(finance) == "approved"
+
+
+def _grant_of(server: Server, token: str, request_id: str) -> dict[str, str]:
+    """The grant given on ``request_id``, as the grants API shows it to a reviewer."""
+    answer = httpx.get(
+        f"{server.url}/api/v1/grants",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    found = [g for g in answer.json()["grants"] if g["request_id"] == request_id]
+    assert len(found) == 1, answer.text
+    return dict(found[0])
+
+
+def test_a_grant_given_from_an_openid_session_ends_by_the_sign_ins_max_age(
+    world: World,
+) -> None:
+    """Under --oidc-max-age 10m Kim gives a day's grant: it is shortened to end by her
+    sign-in's start + 10 min, and the inbox says so. Approving first of two, her grant is
+    counted from the request's expiry (the latest the grant can start), so the grant
+    the second approver completes ends by then too."""
+    server = world.later
+    db = world.db.parent / "later.db"
+    with server.started("--oidc-max-age", "10m"):
+        agent = create_token(db, "grant-bot", "agent")
+        bob = create_token(db, "bob", "reviewer", ["finance"])
+
+        def ask(action_type: str, **terms: object) -> str:
+            body = {
+                "session_id": "s-" + secrets.token_hex(4),
+                "action": {"type": action_type, "target": "crm", "params": {}},
+                "risk_level": "high",
+                "reviewers": ["finance"],
+                **terms,
+            }
+            answer = httpx.post(
+                f"{server.url}/api/v1/approvals",
+                json=body,
+                headers={"Authorization": f"Bearer {agent}"},
+                timeout=30,
+            )
+            assert answer.status_code in {200, 201}, answer.text
+            return str(answer.json()["id"])
+
+        alone = ask("refund_order")
+        jointly = ask("pay_supplier", approvers=2, approval_ttl="5m")
+        with httpx.Client(timeout=30) as client:
+            sign_in(server.url, "kim", client)
+            trusted_until = datetime.now(UTC) + timedelta(minutes=10)
+            decided = _approve(client, server.url, alone, grant_minutes="1440")
+            assert decided.status_code == 303
+            told = client.get(f"{server.url}{decided.headers['location']}").text
+            shortened = re.search(r"shortened from 1440 to (\d+) minutes", told)
+            assert shortened is not None, told[:2000]
+            grant = _grant_of(server, bob, alone)
+            given = datetime.fromisoformat(grant["created_at"])
+            ends = datetime.fromisoformat(grant["expires_at"])
+            assert ends - given == timedelta(minutes=int(shortened.group(1)))
+            assert ends <= trusted_until
+
+            first = _approve(client, server.url, jointly, grant_minutes="1440")
+            assert first.status_code == 303
+        second = httpx.post(
+            f"{server.url}/api/v1/approvals/{jointly}/decision",
+            json={"verdict": "approve", "grant_minutes": 1440},
+            headers={"Authorization": f"Bearer {bob}"},
+            timeout=30,
+        )
+        assert second.status_code == 200, second.text
+        assert second.json()["status"] == "approved"
+        joint = _grant_of(server, bob, jointly)
+        assert datetime.fromisoformat(joint["expires_at"]) <= trusted_until
 
 
 @pytest.mark.parametrize(
