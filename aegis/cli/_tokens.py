@@ -56,7 +56,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--oidc-subject",
     metavar="SUB",
     help="Tie a reviewer token to this person of the OpenID provider (their 'sub'): "
-    "its decisions are theirs, and count once with their sign-ins.",
+    "its decisions are theirs, and count once with their sign-ins. Its groups stay "
+    "the token's --group, not the provider's, until `aegis token revoke`.",
 )
 @click.option(
     "--oidc-issuer",
