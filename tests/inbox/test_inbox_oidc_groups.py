@@ -56,20 +56,7 @@ class World:
 
     def ask(self, action_type: str, reviewers: list[str]) -> str:
         """The agent asks for approval; the request's id."""
-        answer = httpx.post(
-            f"{self.server.url}/api/v1/approvals",
-            json={
-                "session_id": "s-" + secrets.token_hex(4),
-                "action": {"type": action_type, "target": "crm", "params": {"n": 1}},
-                "risk_level": "high",
-                "matched_rule": action_type,
-                "reviewers": reviewers,
-            },
-            headers={"Authorization": f"Bearer {self.agent}"},
-            timeout=30,
-        )
-        assert answer.status_code in {200, 201}, answer.text
-        return str(answer.json()["id"])
+        return _ask(self.server, self.agent, action_type, reviewers, matched_rule=action_type)
 
     def status(self, request_id: str) -> str:
         """The request's status as the agent sees it."""
@@ -80,6 +67,26 @@ class World:
         )
         assert answer.status_code == 200, answer.text
         return str(answer.json()["status"])
+
+
+def _ask(
+    server: Server, agent: str, action_type: str, reviewers: list[str], **terms: object
+) -> str:
+    """The agent asks ``server`` for approval of a high-risk action; the request's id."""
+    answer = httpx.post(
+        f"{server.url}/api/v1/approvals",
+        json={
+            "session_id": "s-" + secrets.token_hex(4),
+            "action": {"type": action_type, "target": "crm", "params": {"n": 1}},
+            "risk_level": "high",
+            "reviewers": reviewers,
+            **terms,
+        },
+        headers={"Authorization": f"Bearer {agent}"},
+        timeout=30,
+    )
+    assert answer.status_code in {200, 201}, answer.text
+    return str(answer.json()["id"])
 
 
 @pytest.fixture(scope="module")
@@ -377,25 +384,8 @@ def test_a_grant_given_from_an_openid_session_ends_by_the_sign_ins_max_age(
         agent = create_token(db, "grant-bot", "agent")
         bob = create_token(db, "bob", "reviewer", ["finance"])
 
-        def ask(action_type: str, **terms: object) -> str:
-            body = {
-                "session_id": "s-" + secrets.token_hex(4),
-                "action": {"type": action_type, "target": "crm", "params": {}},
-                "risk_level": "high",
-                "reviewers": ["finance"],
-                **terms,
-            }
-            answer = httpx.post(
-                f"{server.url}/api/v1/approvals",
-                json=body,
-                headers={"Authorization": f"Bearer {agent}"},
-                timeout=30,
-            )
-            assert answer.status_code in {200, 201}, answer.text
-            return str(answer.json()["id"])
-
-        alone = ask("refund_order")
-        jointly = ask("pay_supplier", approvers=2, approval_ttl="5m")
+        alone = _ask(server, agent, "refund_order", ["finance"])
+        jointly = _ask(server, agent, "pay_supplier", ["finance"], approvers=2, approval_ttl="5m")
         with httpx.Client(timeout=30) as client:
             sign_in(server.url, "kim", client)
             trusted_until = datetime.now(UTC) + timedelta(minutes=10)
