@@ -732,6 +732,7 @@ ODD_TEXTS = [
     "line\nbreak\ttab",
     "ünïcödé ✓ 🛡️",
     "nul\x00inside",
+    "a NUL's JSON escape written out: \\u0000",
 ]
 
 
@@ -758,6 +759,22 @@ def test_odd_text_in_every_field_is_stored_and_read_back_as_hashed(
             assert record.action_target == text
             assert json.loads(record.result_data) == {"echo": text}
             assert json.loads(record.action_params) == {text: text, "n": n_of(record)}
+
+
+def test_a_field_that_is_not_text_is_refused_and_nothing_is_written(postgres_dsn: str) -> None:
+    """A draft holding a number where text belongs is a clear error; the chain stays as it was."""
+    with AuditLogger(postgres_dsn) as audit:
+        fill(audit, 1)
+        store = audit.store
+        assert isinstance(store, PostgresAuditStore)
+        d = decision(2)
+        draft = start_draft("s1", d)._replace(action_target=7)  # type: ignore[arg-type]
+        with pytest.raises(StoreError, match="holds int 7, not text"):
+            store.append([draft])
+        assert audit.log("s1", d, result=success(d)) == 2
+        report = audit.verify()
+    assert report.ok, report.reason
+    assert report.checked == 2
 
 
 def n_of(record: AuditRecord) -> int:
