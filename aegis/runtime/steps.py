@@ -68,6 +68,12 @@ _log = logging.getLogger("aegis.runtime")
 
 _new = object.__new__
 _SUCCESS: Final = ResultStatus.SUCCESS
+# Speed (benchmarks/calls.py --instructions; BENCHMARKS.md, "A fourth pass"):
+# on Python 3.11 a member read off an enum class goes through the enum
+# metaclass's __getattr__ hook (about 300 instructions); read once here.
+_BLOCK: Final = Approval.BLOCK
+_APPROVE: Final = Approval.APPROVE
+_AUTO: Final = Approval.AUTO
 
 # Statuses only the runtime may give; an executor reporting one is confused.
 _RUNTIME_ONLY = frozenset({ResultStatus.BLOCKED, ResultStatus.DENIED, ResultStatus.SKIPPED})
@@ -357,10 +363,10 @@ class Passage:
             await self.meter(policy, plain, defer)
         decision = self.decision
         approval = decision.approval
-        if approval is Approval.BLOCK:
+        if approval is _BLOCK:
             return await self.abort(blocked(decision))
         self.decided = canonical_json(decision.action)
-        if approval is Approval.APPROVE:
+        if approval is _APPROVE:
             denied = await self.approve()
             if denied is not None:
                 return await self.abort(denied)
@@ -373,7 +379,7 @@ class Passage:
             # else runs, since nothing is awaited between here and the decision.)
             if canonical_json(decision.action) != self.decided:
                 return await self.abort(self.changed(ran=False))
-        elif approval is not Approval.AUTO:  # decide() allows nothing else; fail closed anyway
+        elif approval is not _AUTO:  # decide() allows nothing else; fail closed anyway
             return await self.abort(blocked(decision))
         ended = await self.start(policy, metered)
         if ended is not None:
