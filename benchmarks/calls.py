@@ -22,7 +22,9 @@ beside an ``async def`` one, sequential ``run_one`` at durability
 threads) and context switches per action, the best of several rounds.
 ``--instructions`` counts the instructions of one action instead
 (valgrind's callgrind, counting only the measured actions): the one measure
-that other work on the machine cannot disturb.
+that other work on the machine cannot disturb. Its last row is 1,000 plain
+actions under one ``asyncio.gather`` (the gathered row of ``run.py``), whose
+records share commits.
 
 Usage::
 
@@ -72,6 +74,8 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 WARM, COUNTED = 50, 150
 DURABILITIES = ("result", "process")
+#: the --instructions row of 1,000 plain actions gathered at once
+GATHERED = "plain auto, 1,000 gathered@result"
 #: CPU rounds per checkout, and actions per round
 ROUNDS, ACTIONS = 5, 400
 
@@ -198,8 +202,8 @@ async def _threads(name: str, path: str) -> dict[str, float]:
     return best
 
 
-def _counted(kind: str, durability: str, count: int) -> None:
-    """Run ``count`` actions of ``kind``; callgrind counts them alone (see --instructions)."""
+def _counted(kind: str, durability: str, count: int, gathered: bool = False) -> None:
+    """Run ``count`` actions of ``kind`` (at once if ``gathered``); callgrind counts them alone."""
     folder = _folder()
     loop = asyncio.new_event_loop()
     runtime = loop.run_until_complete(
@@ -207,6 +211,9 @@ def _counted(kind: str, durability: str, count: int) -> None:
     )
 
     async def run(actions: list[Any]) -> None:
+        if gathered:
+            await asyncio.gather(*(runtime.run_one(action) for action in actions))
+            return
         for action in actions:
             await runtime.run_one(action)
 
@@ -283,11 +290,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--durability", help=argparse.SUPPRESS)
+    parser.add_argument("--gathered", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.json or args.count is not None:  # a child: import aegis from PYTHONPATH
         sys.path.insert(0, os.environ.get("PYTHONPATH", str(REPO)))
         if args.count is not None:
-            _counted(args.kind, args.durability, args.count)
+            _counted(args.kind, args.durability, args.count, args.gathered)
         else:
             print(json.dumps(_measure(args.cpu, args.threads)))
         return
@@ -316,22 +324,25 @@ def main() -> None:
         rows = [
             f"{k}@{d}" for d in DURABILITIES for k in KINDS if k != "a limit per params.customer"
         ]
+        rows.append(GATHERED)
         for row in rows:
             kind, durability = row.split("@")
+            count = 1000 if row == GATHERED else 200
             for name, checkout in checkouts.items():
                 out = _child(
                     checkout,
                     "--count",
-                    "200",
+                    str(count),
                     "--kind",
-                    kind,
+                    "plain auto" if row == GATHERED else kind,
                     "--durability",
                     durability,
+                    *(["--gathered"] if row == GATHERED else []),
                     valgrind=True,
                 )
-                counted[name][row] = int(out) / 200
+                counted[name][row] = int(out) / count
         _table(
-            "instructions per run_one (callgrind, 200 actions after 50)",
+            "instructions per run_one (callgrind, 200 actions after 50; gathered: 1,000)",
             rows,
             counted,
             lambda v: f"{v:,.0f}",
