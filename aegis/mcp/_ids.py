@@ -25,7 +25,12 @@ from typing import Any
 
 from aegis.mcp._jsonrpc import Message, RequestId
 
-__all__ = ["IdTable", "id_key"]
+__all__ = ["MAX_CLIENT_PENDING", "IdTable", "id_key"]
+
+#: the server's own requests waiting for the client's answer at most; past
+#: it the server's next request is answered with an error at once (a client
+#: that never answers must not make the table grow for ever)
+MAX_CLIENT_PENDING = 256
 
 
 def id_key(request_id: RequestId) -> tuple[type, RequestId]:
@@ -36,7 +41,15 @@ def id_key(request_id: RequestId) -> tuple[type, RequestId]:
 class IdTable:
     """Where each message of one relayed connection belongs, by its JSON-RPC id."""
 
-    __slots__ = ("_client_ids", "_own", "_pending", "_progress", "_relayed", "_server_ids")
+    __slots__ = (
+        "_client_ids",
+        "_own",
+        "_pending",
+        "_progress",
+        "_relayed",
+        "_relayed_ids",
+        "_server_ids",
+    )
 
     def __init__(self) -> None:
         # server-side id -> (future of its reply, the client's id)
@@ -44,8 +57,10 @@ class IdTable:
         self._server_ids = itertools.count(1)
         # id the client sees -> the server's id, for the server's own requests
         self._relayed: dict[int, RequestId] = {}
-        # ids of the proxy's own requests to the client
-        self._own: set[int] = set()
+        # the server's id -> the id the client sees, to name it in the server's cancel
+        self._relayed_ids: dict[tuple[type, RequestId], int] = {}
+        # ids of the proxy's own requests to the client, oldest first
+        self._own: dict[int, None] = {}
         self._client_ids = itertools.count(1)
         # progress token -> the client request it reports on
         self._progress: dict[tuple[type, Any], RequestId] = {}
@@ -108,16 +123,47 @@ class IdTable:
 
     # -------------------------------------------------------------- toward the client
 
-    def relay(self, server_id: RequestId) -> int:
-        """A fresh id for the client, standing for the server's own request ``server_id``."""
+    def relay(self, server_id: RequestId) -> int | None:
+        """A fresh id for the client, standing for the server's own request ``server_id``.
+
+        ``None`` when :data:`MAX_CLIENT_PENDING` of the server's requests
+        already wait for the client: the request is to be refused.
+        """
+        if len(self._relayed) >= MAX_CLIENT_PENDING:
+            return None
         client_id = next(self._client_ids)
         self._relayed[client_id] = server_id
+        self._relayed_ids[id_key(server_id)] = client_id
+        return client_id
+
+    @property
+    def waiting_for_client(self) -> int:
+        """How many of the server's requests wait for the client's answer."""
+        return len(self._relayed)
+
+    def withdrawn(self, server_id: object) -> int | None:
+        """The client's id of the server's request ``server_id``, which the server cancelled.
+
+        The request is forgotten (the client answers no cancelled request);
+        ``None`` when no such request waits for the client.
+        """
+        if not isinstance(server_id, str | int) or isinstance(server_id, bool):
+            return None
+        client_id = self._relayed_ids.pop(id_key(server_id), None)
+        if client_id is not None:
+            self._relayed.pop(client_id, None)
         return client_id
 
     def own(self) -> int:
-        """A fresh id for the proxy's own request to the client."""
+        """A fresh id for the proxy's own request to the client.
+
+        Only the newest :data:`MAX_CLIENT_PENDING` are remembered: an answer
+        to an older one (a courtesy the proxy does not wait for) is dropped.
+        """
         client_id = next(self._client_ids)
-        self._own.add(client_id)
+        self._own[client_id] = None
+        if len(self._own) > MAX_CLIENT_PENDING:
+            del self._own[next(iter(self._own))]
         return client_id
 
     def client_answered(self, response_id: RequestId) -> tuple[str, RequestId | None]:
@@ -130,9 +176,12 @@ class IdTable:
         if type(response_id) is not int:
             return "unknown", None
         if response_id in self._own:
-            self._own.discard(response_id)
+            del self._own[response_id]
             return "own", None
         server_id = self._relayed.pop(response_id, None)
         if server_id is None:
             return "unknown", None
+        key = id_key(server_id)
+        if self._relayed_ids.get(key) == response_id:
+            del self._relayed_ids[key]
         return "server", server_id

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 __all__ = [
     "BATCH_REFUSED",
+    "CLIENT_BUSY",
     "DOWNSTREAM_UNAVAILABLE",
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
@@ -62,6 +63,8 @@ INTERNAL_ERROR = -32603
 POLICY_REFUSED = -32010
 #: the downstream server is gone, hung, or answered garbage
 DOWNSTREAM_UNAVAILABLE = -32011
+#: too many of the server's requests wait for the client's answer
+CLIENT_BUSY = -32012
 #: JSON-RPC batches are refused as a whole
 BATCH_REFUSED = INVALID_REQUEST
 
@@ -470,11 +473,17 @@ class IdScanner:
         self._ids = 0  # top-level names that fold like "id"
         self._done = False
         self._found: RequestId | None = None
+        self._method = False
 
     @property
     def found(self) -> RequestId | None:
         """The object's id, when exactly one top-level member names it and its value is one."""
         return self._found if self._ids == 1 else None
+
+    @property
+    def has_method(self) -> bool:
+        """Whether a top-level member name folds like ``method``: a request, not a reply."""
+        return self._method
 
     def feed(self, data: bytes) -> None:
         """Read one more piece of the line."""
@@ -524,8 +533,11 @@ class IdScanner:
             except ValueError:
                 name = None
         self._last_key = name if isinstance(name, str) else ""
-        if self._last_key and fold_name(self._last_key) == "id":
+        folded = fold_name(self._last_key) if self._last_key else ""
+        if folded == "id":
             self._ids += 1
+        elif folded == "method":
+            self._method = True
 
     def _outside(self, data: bytes, i: int, n: int) -> int:
         if self._depth >= 2 and self._value is None:
@@ -605,12 +617,20 @@ class IdScanner:
 
 
 class Unreadable(ValueError):
-    """A peer's line the proxy will not act on: why, and the id it answers when that can be read."""
+    """A peer's line the proxy will not act on: why, and the id it answers when that can be read.
 
-    def __init__(self, why: str, request_id: RequestId | None, line: bytes) -> None:
+    ``is_request`` says the line names a ``method``: its id is then the
+    peer's own request's, to answer with an error, never the id of a
+    request of the proxy's to fail.
+    """
+
+    def __init__(
+        self, why: str, request_id: RequestId | None, line: bytes, *, is_request: bool = False
+    ) -> None:
         super().__init__(why)
         self.why = why
         self.request_id = request_id
+        self.is_request = is_request
         #: the start of the line, for a log or an error message
         self.line = line[:80].decode("utf-8", "replace").rstrip()
 
@@ -638,11 +658,15 @@ def read_message(raw: bytes | str) -> Message | Unreadable:
         why = why.removeprefix(prefix)
     request_id = reply["id"] if reply is not None else None
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if request_id is None and not frame.batch:
-        scanner = IdScanner()
-        scanner.feed(data)
+    if frame.batch:
+        return Unreadable(why, request_id, data)
+    # Whether it is a request (of the peer's own, under the peer's id space)
+    # or a reply decides what its id means: read by the scanner either way.
+    scanner = IdScanner()
+    scanner.feed(data)
+    if request_id is None:
         request_id = scanner.found
-    return Unreadable(why, request_id, data)
+    return Unreadable(why, request_id, data, is_request=scanner.has_method)
 
 
 _ENVELOPE_ORDER = ("jsonrpc", "id", "method", "params", "result", "error")

@@ -29,7 +29,6 @@ from aegis.errors import ConfigurationError
 from aegis.mcp._jsonrpc import (
     IdScanner,
     Message,
-    RequestId,
     Unreadable,
     encode_line,
     read_message,
@@ -156,8 +155,13 @@ class PipeDownstream:
                     yield Unreadable("a last line without its newline", None, exc.partial)
                 return
             except asyncio.LimitOverrunError:
-                request_id = await skip_line(self._stdout)
-                yield Unreadable(f"a line longer than {self._limit} bytes", request_id, b"")
+                scanner = await skip_line(self._stdout)
+                yield Unreadable(
+                    f"a line longer than {self._limit} bytes",
+                    scanner.found,
+                    b"",
+                    is_request=scanner.has_method,
+                )
                 continue
             if line.strip():
                 yield read_message(line)
@@ -188,8 +192,12 @@ class PipeDownstream:
         _log.warning("the MCP server (pid %d) is still alive after SIGKILL", process.pid)
 
 
-async def skip_line(reader: asyncio.StreamReader) -> RequestId | None:
-    """Read past a line longer than ``reader``'s limit, keeping only its top-level id."""
+async def skip_line(reader: asyncio.StreamReader) -> IdScanner:
+    """Read past a line longer than ``reader``'s limit, keeping only its top-level id.
+
+    The scanner that read it says the id (:attr:`~IdScanner.found`) and
+    whether the line names a method (:attr:`~IdScanner.has_method`).
+    """
     scanner = IdScanner()
     while True:
         try:
@@ -198,9 +206,9 @@ async def skip_line(reader: asyncio.StreamReader) -> RequestId | None:
             scanner.feed(await reader.readexactly(exc.consumed))
         except asyncio.IncompleteReadError as exc:
             scanner.feed(exc.partial)
-            return scanner.found
+            return scanner
         else:
-            return scanner.found
+            return scanner
 
 
 def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:

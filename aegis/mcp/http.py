@@ -32,6 +32,7 @@ from aegis.mcp._jsonrpc import (
     error_reply,
     parse_frame,
 )
+from aegis.mcp._logs import QuietLog
 from aegis.mcp.downstream import check_server
 from aegis.mcp.proxy import ProxySession
 from aegis.mcp.runner import ProxySettings, build_runtime, check_loopback, session_opener
@@ -179,6 +180,8 @@ class GovernedHttpApp:
             ],
         )
         self._guard = TransportSecurityMiddleware(security)
+        # the log lines clients provoke, bounded (a flood of bad POSTs)
+        self._refusals = QuietLog(_log)
         # /metrics: the actions this proxy records, and its sessions
         tally = ActionTally()
         self._registry = CollectorRegistry(auto_describe=True)
@@ -230,8 +233,8 @@ class GovernedHttpApp:
         # be able to start a session, and with it a server process.
         refused = await self._guard.validate_request(Request(scope), is_post=method == "POST")
         if refused is not None:
-            _log.warning(
-                "refused an HTTP request: %s", bytes(refused.body).decode(errors="replace")
+            self._refusals.warning(
+                "http", "refused an HTTP request: %s", bytes(refused.body).decode(errors="replace")
             )
             await refused(scope, receive, send)
             return
@@ -262,7 +265,7 @@ class GovernedHttpApp:
         try:
             body = await _read_body(receive, limit)
         except _TooLarge:
-            _log.warning("refused a message over %d bytes", limit)
+            self._refusals.warning("client", "refused a message over %d bytes", limit)
             await _respond(
                 send,
                 413,
@@ -275,7 +278,9 @@ class GovernedHttpApp:
             return
         frame = parse_frame(body)
         if frame.replies:
-            _log.warning("refused a message: %s", frame.replies[0]["error"]["message"])
+            self._refusals.warning(
+                "client", "refused a message: %s", frame.replies[0]["error"]["message"]
+            )
             known = self._sessions.get(session_id or "")
             if known is not None and known.proxy is not None:
                 for member in frame.members:
@@ -335,6 +340,7 @@ class GovernedHttpApp:
             )
             return
         if request_id is not None and session.proxy.is_inflight(request_id):
+            await session.proxy.record_refused(message, "its request id was already in flight")
             await _respond(
                 send,
                 409,
@@ -416,7 +422,9 @@ class GovernedHttpApp:
             async def reading() -> None:
                 async for item in read_stream:
                     if isinstance(item, Exception):
-                        _log.warning("the transport refused a message: %s", item)
+                        proxy.refusals.warning(
+                            "client", "the transport refused a message: %s", item
+                        )
                         continue
                     checked = classify(
                         item.message.model_dump(by_alias=True, mode="json", exclude_unset=True)

@@ -54,8 +54,9 @@ from aegis.core.policy import fold_case
 from aegis.core.record import ContextValue, DecisionStamp
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.mcp._ids import IdTable, id_key
+from aegis.mcp._ids import MAX_CLIENT_PENDING, IdTable, id_key
 from aegis.mcp._jsonrpc import (
+    CLIENT_BUSY,
     DOWNSTREAM_UNAVAILABLE,
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -70,11 +71,13 @@ from aegis.mcp._jsonrpc import (
     lookalike_members,
     result_reply,
 )
+from aegis.mcp._logs import QuietLog
 from aegis.mcp._tasks import RELATED_TASK, TERMINAL, ProxyTask, TaskTable
 from aegis.runtime._binding import CallBinding, bound_call
 from aegis.runtime.refusal import refusal_text
 
 __all__ = [
+    "MAX_INFLIGHT",
     "PASS_THROUGH_METHODS",
     "REFUSED_RULE",
     "Downstream",
@@ -118,6 +121,10 @@ PASS_THROUGH_METHODS = frozenset(
 
 #: ``matched_rule`` of a call refused for how it was sent, before the policy saw it
 REFUSED_RULE = "<mcp-proxy>"
+
+#: the client's requests served at once at most; past it a request is refused at
+#: once (a client must not grow the proxy's tasks and tables without bound)
+MAX_INFLIGHT = 1024
 
 #: seconds a server may take to answer ``initialize``, whatever the call timeout
 _STARTUP_ALLOWANCE = 60.0
@@ -338,6 +345,8 @@ class ProxySession:
         self._gone: str | None = None
         self._closed = False
         self._client_name: str | None = None
+        #: the log lines a peer provokes (refused and dropped messages), bounded
+        self.refusals = QuietLog(_log)
         #: the capabilities the client declared in ``initialize``
         self.client_capabilities: dict[str, Any] = {}
 
@@ -364,7 +373,9 @@ class ProxySession:
             request_id: RequestId = message["id"]
             key = _key(request_id)
             if key in self._inflight:
-                _log.warning("refused request %r: its id is already in flight", request_id)
+                self.refusals.warning(
+                    "client", "refused request %r: its id is already in flight", request_id
+                )
                 await self.record_refused(message, "its request id was already in flight")
                 await self._to_client(
                     error_reply(
@@ -372,6 +383,24 @@ class ProxySession:
                         INVALID_REQUEST,
                         f"Invalid Request: id {request_id!r} is already in use by a request "
                         "in flight; use a new id for every request",
+                    ),
+                    None,
+                )
+                return
+            if len(self._inflight) >= MAX_INFLIGHT:
+                self.refusals.warning(
+                    "client",
+                    "refused request %r: %d requests are in flight",
+                    request_id,
+                    MAX_INFLIGHT,
+                )
+                await self.record_refused(message, f"{MAX_INFLIGHT} requests were in flight")
+                await self._to_client(
+                    error_reply(
+                        request_id,
+                        INVALID_REQUEST,
+                        f"Invalid Request: {MAX_INFLIGHT} requests of this client are in flight "
+                        "already; send more once some are answered",
                     ),
                     None,
                 )
@@ -421,7 +450,9 @@ class ProxySession:
                 "Method not found: the Aegis proxy speaks the initialize handshake; use initialize",
             )
         if method not in PASS_THROUGH_METHODS:
-            _log.warning("refused request %r for method %r: not an MCP method", request_id, method)
+            self.refusals.warning(
+                "client", "refused request %r for method %r: not an MCP method", request_id, method
+            )
             return error_reply(
                 request_id,
                 METHOD_NOT_FOUND,
@@ -458,7 +489,9 @@ class ProxySession:
         if not method.startswith("notifications/"):
             # Only notifications travel as notifications; a "notification"
             # named tools/call would run a tool without a decision.
-            _log.warning("dropped a notification for method %r: not a notification", method)
+            self.refusals.warning(
+                "client", "dropped a notification for method %r: not a notification", method
+            )
             await self.record_refused(message, "it was sent as a notification, without an id")
             return
         await self._relay_to_server(_notification(message))
@@ -475,7 +508,9 @@ class ProxySession:
         try:
             await self._send(message, related)
         except Exception as exc:
-            _log.warning("could not write to the client: %s: %s", type(exc).__name__, exc)
+            self.refusals.warning(
+                "write", "could not write to the client: %s: %s", type(exc).__name__, exc
+            )
 
     async def _client_response(self, message: Message) -> None:
         request_id = message["id"]
@@ -484,7 +519,7 @@ class ProxySession:
             _log.info("the client answered the approval link %r: %s", request_id, message)
             return
         if server_id is None:
-            _log.warning("dropped a response to unknown request %r", request_id)
+            self.refusals.warning("client", "dropped a response to unknown request %r", request_id)
             return
         await self._relay_to_server(_response(message, server_id))
 
@@ -578,6 +613,7 @@ class ProxySession:
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
+            await self.record_refused(message, "its arguments were not a JSON object")
             return error_reply(
                 request_id, INVALID_PARAMS, 'Invalid params: "arguments" must be a JSON object'
             )
@@ -620,6 +656,7 @@ class ProxySession:
         if "task" in params:
             requested = params["task"]
             if not isinstance(requested, dict):
+                await self.record_refused(message, "its task was not a JSON object")
                 return error_reply(
                     request_id, INVALID_PARAMS, 'Invalid params: "task" must be a JSON object'
                 )
@@ -1061,7 +1098,7 @@ class ProxySession:
         try:
             async for item in self._downstream.messages():
                 if isinstance(item, Exception):
-                    self._refuse_from_server(item)
+                    await self._refuse_from_server(item)
                     continue
                 await self._from_server(item)
         except asyncio.CancelledError:
@@ -1071,17 +1108,41 @@ class ProxySession:
             return
         self._lost("the MCP server closed the connection (it exited or crashed)")
 
-    def _refuse_from_server(self, item: Exception) -> None:
-        """A line of the server the proxy will not use: the request it answers fails now."""
+    async def _refuse_from_server(self, item: Exception) -> None:
+        """A line of the server the proxy will not use: the request it answers fails now.
+
+        A request of the server's own (the line names a method) is answered
+        with an error instead: its id is the server's, and the proxy's
+        request under the same number is another one.
+        """
         why = item.why if isinstance(item, Unreadable) else _first_line(item)
         request_id = item.request_id if isinstance(item, Unreadable) else None
         line = f": {item.line!r}" if isinstance(item, Unreadable) and item.line else ""
+        if isinstance(item, Unreadable) and item.is_request:
+            if request_id is not None:
+                await self._relay_to_server(
+                    error_reply(
+                        request_id,
+                        INVALID_REQUEST,
+                        f"Invalid Request: refused by the Aegis proxy: {why}",
+                    )
+                )
+            self.refusals.error(
+                "server",
+                "the MCP server sent a request (%r) that is not a JSON-RPC message the proxy "
+                "accepts; refused it: %s%s",
+                request_id,
+                why,
+                line,
+            )
+            return
         failed = request_id is not None and self._ids.fail(
             request_id,
             DownstreamError(f"the MCP server's reply was refused by the Aegis proxy: {why}"),
         )
         if failed:
-            _log.error(
+            self.refusals.error(
+                "server",
                 "the MCP server's reply to request %r is not a JSON-RPC message the proxy "
                 "accepts; the request failed: %s%s",
                 request_id,
@@ -1089,7 +1150,8 @@ class ProxySession:
                 line,
             )
         else:
-            _log.error(
+            self.refusals.error(
+                "server",
                 "the MCP server sent something that is not a JSON-RPC message the proxy "
                 "accepts; dropped it: %s%s",
                 why,
@@ -1112,20 +1174,60 @@ class ProxySession:
     async def _from_server(self, message: Message) -> None:
         if "method" not in message:
             if not self._ids.answered(message):
-                _log.warning(
-                    "dropped a reply of the MCP server to unknown request %r", message["id"]
+                self.refusals.warning(
+                    "server",
+                    "dropped a reply of the MCP server to unknown request %r",
+                    message["id"],
                 )
             return
         if "id" in message:
             # The server's own request (sampling, elicitation, roots): the
             # client sees a proxy id, so it can never collide with another.
             client_id = self._ids.relay(message["id"])
+            if client_id is None:
+                await self._client_busy(message)
+                return
             await self._to_client({**message, "id": client_id}, self._related(None))
             return
         related = None
-        if message["method"] == "notifications/progress":
+        if message["method"] == "notifications/cancelled":
+            # The server withdraws a request of its own: the client knows it
+            # by the proxy's id, and another of its requests may have the
+            # server's number.
+            params = message.get("params")
+            params = params if isinstance(params, dict) else {}
+            client_id = self._ids.withdrawn(params.get("requestId"))
+            if client_id is None:
+                self.refusals.warning(
+                    "server",
+                    "dropped the MCP server's cancel of request %r: none of its requests "
+                    "with that id waits for the client",
+                    params.get("requestId"),
+                )
+                return
+            message = {**message, "params": {**params, "requestId": client_id}}
+        elif message["method"] == "notifications/progress":
             related = self._ids.progress_of((message.get("params") or {}).get("progressToken"))
         await self._to_client(message, self._related(related))
+
+    async def _client_busy(self, message: Message) -> None:
+        """Refuse the server's request: too many of its requests wait for the client already."""
+        self.refusals.warning(
+            "server",
+            "refused the MCP server's request %r (%s): %d of its requests wait for the "
+            "client's answer",
+            message["id"],
+            message["method"],
+            MAX_CLIENT_PENDING,
+        )
+        await self._relay_to_server(
+            error_reply(
+                message["id"],
+                CLIENT_BUSY,
+                f"the Aegis proxy refused the request: {MAX_CLIENT_PENDING} requests of the "
+                "server are waiting for the client's answer; send more once it answered some",
+            )
+        )
 
     def _related(self, known: RequestId | None) -> RequestId | None:
         # Over HTTP a server message travels on the stream of the request it
@@ -1148,6 +1250,7 @@ class ProxySession:
         if self._closed:
             return
         self._closed = True
+        self.refusals.flush()
         tasks = list(self._inflight.values())
         tasks.extend(task.worker for task in self._tasks.running() if task.worker is not None)
         for task in tasks:

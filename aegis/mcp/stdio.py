@@ -61,7 +61,7 @@ async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes | _Oversi
                 yield exc.partial  # a last line without its newline
             return
         except asyncio.LimitOverrunError:
-            yield _Oversized(await skip_line(reader))
+            yield _Oversized((await skip_line(reader)).found)
             continue
         if line.strip():
             yield line
@@ -211,8 +211,11 @@ async def _relay(
     """Pass the client's frames to the session until the client closes its end."""
     async for frame in _frames(reader):
         if isinstance(frame, _Oversized):
-            _log.warning(
-                "refused a message over %d bytes (request %r)", max_message_bytes, frame.request_id
+            session.refusals.warning(
+                "client",
+                "refused a message over %d bytes (request %r)",
+                max_message_bytes,
+                frame.request_id,
             )
             await wire.send(
                 error_reply(
@@ -226,7 +229,7 @@ async def _relay(
         parsed = parse_frame(frame)
         if parsed.replies:
             why = parsed.replies[0]["error"]["message"]
-            _log.warning("refused a message: %s", why)
+            session.refusals.warning("client", "refused a message: %s", why)
             for member in parsed.members:
                 await session.record_refused(member, parsed.why)
             if parsed.batch:

@@ -211,3 +211,136 @@ def test_check_against_a_hanging_server_fails_at_its_deadline_and_kills_it(
     assert "Traceback" not in done.stderr
     # the server is gone with the check
     assert not _alive(int(pids.read_text()))
+
+
+def _answers(log: Path) -> list[dict[str, Any]]:
+    """The answers the hostile server got to its own requests, in order."""
+    if not log.exists():
+        return []
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line]
+    return [line["answer"] for line in lines if "answer" in line]
+
+
+def test_a_server_request_it_cannot_read_is_refused_to_the_server_not_to_a_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's own request holding NaN, under the id of a call in flight, fails neither."""
+    log = tmp_path / "server.jsonl"
+    monkeypatch.setenv("HOSTILE_LOG", str(log))
+    with hostile(tmp_path, "bad-request", options=("--call-timeout", "120")) as proxy:
+        answer = proxy.request(1, "tools/call", READ, timeout=60)
+        # the call is answered by its own reply, sent once the server heard back
+        assert answer == {"jsonrpc": "2.0", "id": 1, "result": _text("ok")}
+    [refused] = _answers(log)
+    assert refused["error"]["code"] == -32600
+    assert "NaN" in refused["error"]["message"]
+    [record] = _records(proxy)
+    assert record["result_status"] == "success"
+
+
+def _text(value: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": value}], "isError": False}
+
+
+def test_a_server_cancelling_its_own_request_cancels_the_one_the_client_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's cancel names its request by the id the client knows it by, not the server's."""
+    log = tmp_path / "server.jsonl"
+    monkeypatch.setenv("HOSTILE_LOG", str(log))
+    with hostile(tmp_path, "cancel-own") as proxy:
+        proxy.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": READ})
+        first, second, cancel, answer = (proxy.receive(60) for _ in range(4))
+        assert (first["method"], second["method"]) == ("roots/list", "roots/list")
+        assert first["id"] != second["id"]
+        # the server cancelled its request 1: the second it sent
+        assert cancel["method"] == "notifications/cancelled"
+        assert cancel["params"]["requestId"] == second["id"]
+        assert answer["id"] == 1
+        # the client answers both; only the live one reaches the server
+        for request in (first, second):
+            proxy.send({"jsonrpc": "2.0", "id": request["id"], "result": {"roots": []}})
+        assert proxy.request(2, "ping", timeout=60)["id"] == 2
+    assert [a["id"] for a in _answers(log)] == [2]
+
+
+def test_server_requests_the_client_has_not_answered_are_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the cap a server's request gets an error at once; those within it all get through."""
+    from aegis.mcp._ids import MAX_CLIENT_PENDING
+
+    log = tmp_path / "server.jsonl"
+    monkeypatch.setenv("HOSTILE_LOG", str(log))
+    count = MAX_CLIENT_PENDING + 5
+    with hostile(tmp_path, "requests", str(count)) as proxy:
+        proxy.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": READ})
+        relayed = []
+        while True:
+            message = proxy.receive(60)
+            if message.get("id") == 1 and "method" not in message:
+                break
+            relayed.append(message)
+        assert len(relayed) == MAX_CLIENT_PENDING
+        for request in relayed:
+            proxy.send({"jsonrpc": "2.0", "id": request["id"], "result": {"roots": []}})
+        # answered, they make room again: a ping still works, and so would a new request
+        assert proxy.request(2, "ping", timeout=60)["id"] == 2
+    answers = _answers(log)
+    refused = [a for a in answers if "error" in a]
+    assert [a["id"] for a in refused] == [f"r{i}" for i in range(MAX_CLIENT_PENDING, count)]
+    assert all("waiting for the client" in a["error"]["message"] for a in refused)
+    assert sorted(a["id"] for a in answers if "result" in a) == sorted(
+        f"r{i}" for i in range(MAX_CLIENT_PENDING)
+    )
+    err = proxy.files.stderr.read_text()  # type: ignore[attr-defined]
+    assert err.count("waiting for the client") <= 12
+
+
+def _lines_about(proxy: RawProxy, text: str) -> list[str]:
+    err: str = proxy.files.stderr.read_text()  # type: ignore[attr-defined]
+    return [line for line in err.splitlines() if text in line]
+
+
+def test_a_flood_of_refused_client_lines_is_answered_in_full_and_logged_in_brief(
+    tmp_path: Path,
+) -> None:
+    """Every refused line gets its error; stderr gets the first ten, then one count."""
+    with hostile(tmp_path, "ok", options=("--max-message-bytes", "4096")) as proxy:
+        for i in range(300):
+            proxy.send("{not json" if i % 2 else json.dumps({"id": i, "pad": "a" * 5000}))
+        replies = [proxy.receive(60) for _ in range(300)]
+        assert [r["error"]["code"] for r in replies[:2]] == [-32600, -32700]
+        assert [r["id"] for r in replies[::2]] == list(range(0, 300, 2))
+        assert proxy.request(1, "ping", timeout=60)["id"] == 1
+    refused = _lines_about(proxy, "refused a message")
+    assert len(refused) <= 12
+    assert any("290 more like it" in line for line in refused)
+
+
+def test_a_flood_of_unreadable_server_lines_is_logged_in_brief(tmp_path: Path) -> None:
+    """A server writing 300 lines that are not JSON: ten logged, then one count, the call served."""
+    with hostile(tmp_path, "garbage", "300") as proxy:
+        answer = proxy.request(1, "tools/call", READ, timeout=60)
+        assert answer["result"] == _text("after the garbage")
+    dropped = _lines_about(proxy, "not a JSON-RPC message")
+    assert len(dropped) <= 12
+    assert any("290 more like it" in line for line in dropped)
+
+
+def test_requests_in_flight_are_capped_and_the_excess_refused_at_once(tmp_path: Path) -> None:
+    """Past MAX_INFLIGHT unanswered requests the next is refused at once; the proxy lives on."""
+    from aegis.mcp.proxy import MAX_INFLIGHT
+
+    # stall-list: the server never answers tools/list, so each one stays in flight
+    with hostile(tmp_path, "stall-list", options=("--call-timeout", "600")) as proxy:
+        for i in range(MAX_INFLIGHT + 1):
+            proxy.send({"jsonrpc": "2.0", "id": i, "method": "tools/list"})
+        refused = proxy.receive(60)
+        assert refused["id"] == MAX_INFLIGHT
+        assert refused["error"]["code"] == -32600
+        assert "in flight" in refused["error"]["message"]
+        # a request refused at once is also refused without the server: a cancel makes room
+        proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": 0}})  # fmt: skip
+        assert proxy.request("after", "ping", timeout=60)["id"] == "after"

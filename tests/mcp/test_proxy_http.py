@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -126,8 +129,6 @@ async def test_the_servers_own_request_reaches_an_http_client(
     listening: tuple[str, Files],
 ) -> None:
     """Over --listen, the server's mid-call elicitation travels on the call's stream and back."""
-    from typing import Any
-
     from mcp import types
 
     url, _ = listening
@@ -328,3 +329,49 @@ def test_a_session_whose_server_crashed_ends_so_the_client_starts_anew(tmp_path:
         fresh = _initialize(url)
         assert fresh.status_code == 200
         assert _ping(url, fresh.headers["mcp-session-id"]).status_code == 200
+
+
+def test_a_duplicated_id_in_flight_over_http_is_refused_and_recorded(tmp_path: Path) -> None:
+    """Over HTTP as over stdio, a request reusing an id in flight is refused and recorded."""
+    files = Files(tmp_path)
+    port = free_port()
+    command = files.proxy("--listen", f"127.0.0.1:{port}", server_args=["--hang-on", "read"])
+    url = f"http://127.0.0.1:{port}/mcp"
+    with background(command, files.stderr, url):
+        opened = _initialize(url)
+        session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        with httpx.Client(timeout=30) as http:
+            assert http.post(url, json=note, headers=session).status_code == 202
+            listed = http.post(
+                url, json={"jsonrpc": "2.0", "id": 6, "method": "tools/list"}, headers=session
+            )
+            assert listed.status_code == 200
+        read = {"name": "read", "arguments": {"path": "/srv/readme.txt"}}
+        hanging = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": read}
+        with httpx.Client(timeout=30) as http, _posting(url, hanging, session):
+            deadline = time.monotonic() + 30
+            while not files.calls() and time.monotonic() < deadline:
+                time.sleep(0.05)  # the read is in flight once the server has it
+            delete = {"name": "delete", "arguments": {"path": "/srv/readme.txt"}}
+            duplicate = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": delete}
+            refused = http.post(url, json=duplicate, headers=session)
+    assert refused.status_code == 409
+    assert [c["tool"] for c in files.calls()] == ["read"]
+    [record] = [r for r in files.records() if r["matched_rule"] == "<mcp-proxy>"]
+    assert (record["action_type"], record["result_status"]) == ("delete", "blocked")
+    assert record["context"]["mcp_request_id"] == 7
+    assert "already in flight" in record["reason"]
+
+
+@contextlib.contextmanager
+def _posting(url: str, body: dict[str, Any], headers: dict[str, str]) -> Iterator[None]:
+    """POST ``body`` on a thread of its own, for a request that is answered late or never."""
+
+    def post() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(url, json=body, headers=headers, timeout=60)
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    yield

@@ -102,6 +102,27 @@ def test_bad_frames_get_json_rpc_errors(
     assert files.calls() == []
 
 
+@pytest.mark.parametrize(
+    ("request_id", "params", "why"),
+    [
+        ("arguments-list", {"name": "delete", "arguments": [1]}, "arguments were not"),
+        ("task-number", {**BLOCKED_CALL, "task": 5}, "task was not"),
+    ],
+)
+def test_a_call_refused_for_its_params_shape_is_recorded(
+    wire: tuple[RawProxy, Files], request_id: str, params: dict[str, object], why: str
+) -> None:
+    """A tools/call whose arguments or task is not an object is refused, and recorded as blocked."""
+    proxy, files = wire
+    reply = proxy.request(request_id, "tools/call", params)
+    assert reply["error"]["code"] == -32602
+    [record] = [r for r in files.records() if r["context"].get("mcp_request_id") == request_id]
+    assert (record["action_type"], record["matched_rule"]) == ("delete", "<mcp-proxy>")
+    assert record["result_status"] == "blocked"
+    assert why in record["reason"]
+    assert files.calls() == []
+
+
 def test_a_call_sent_as_a_notification_never_runs(wire: tuple[RawProxy, Files]) -> None:
     """tools/call without an id (a notification) is dropped: no answer, no call."""
     proxy, files = wire
