@@ -12,6 +12,17 @@ Usage::
     python benchmarks/mcp_proxy.py              # 5 rounds of 500 calls
     python benchmarks/mcp_proxy.py --quick      # 2 rounds of 100 calls
     python benchmarks/mcp_proxy.py --calls 2000 --rounds 7
+    python benchmarks/mcp_proxy.py --callgrind [--against OTHER_CHECKOUT]
+
+``--callgrind`` counts instructions instead of timing (a loaded machine
+makes wall clocks noise): the proxy runs under ``valgrind
+--tool=callgrind`` (the client and the server do not), once for a short
+session and once for a session of ``--calls`` more auto calls; the
+difference over the difference in calls is the proxy's instructions per
+call, start-up excluded. ``--against`` runs the same against another
+checkout's ``aegis`` (``git worktree add /tmp/old COMMIT``) for a
+before/after. ``--reader`` counts the instructions of reading one reply
+line with the proxy's strict reader and with plain ``json.loads``.
 
 Needs the ``mcp`` extra (the test server is built on the SDK).
 """
@@ -21,6 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,10 +68,18 @@ def _receive(pipe: IO[bytes]) -> dict[str, Any]:
     return reply
 
 
-def _session(command: list[str], calls: int, tool: str, env: dict[str, str]) -> list[float]:
+def _session(
+    command: list[str],
+    calls: int,
+    tool: str,
+    env: dict[str, str],
+    *,
+    wait: float = 15,
+    cwd: Path = REPO,
+) -> list[float]:
     """Round-trip times (seconds) of ``calls`` sequential calls of ``tool``."""
     process = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, env=env
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd, env=env
     )
     if process.stdin is None or process.stdout is None:
         raise RuntimeError("the process has no pipes")
@@ -99,10 +120,113 @@ def _session(command: list[str], calls: int, tool: str, env: dict[str, str]) -> 
     finally:
         process.stdin.close()
         try:
-            process.wait(15)
+            process.wait(wait)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+def _instructions(command: list[str], calls: int, root: Path, out: Path) -> int:
+    """Instructions the proxy (``command``, ``root``'s aegis) executes over ``calls`` auto calls."""
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "-q"]
+    # `python -m` puts the working directory first on sys.path: run it in
+    # the checkout measured, or this one's aegis is what runs.
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    _session([*valgrind, *command], calls, "read", env, wait=300, cwd=root)
+    summary = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
+    if summary is None:
+        raise RuntimeError(f"no summary line in {out}")
+    return int(summary.group(1))
+
+
+def _callgrind(base: list[str], server: list[str], calls: int, against: str | None) -> None:
+    """Print the proxy's instructions per auto call, here and in ``against``."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--callgrind needs valgrind on PATH")
+    checkouts = [("this checkout", REPO)]
+    if against:
+        checkouts.append((against, Path(against).resolve()))
+    short = 10
+    print(
+        f"MCP proxy instructions per auto tools/call (callgrind): "
+        f"sessions of {short} and {short + calls} calls"
+    )
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = Path(tmp) / "policy.yaml"
+        policy.write_text(POLICY, encoding="utf-8")
+        for label, root in checkouts:
+            where = subprocess.run(
+                [sys.executable, "-c", "import aegis; print(aegis.__file__)"],
+                cwd=root,
+                env={**os.environ, "PYTHONPATH": str(root)},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            if not where.startswith(str(root)):
+                raise SystemExit(f"{label}: the proxy would run {where}, not {root}'s aegis")
+            counts = []
+            for i, n in enumerate((short, short + calls)):
+                db = str(Path(tmp) / f"audit-{len(results)}-{i}.db")
+                command = [*base, "--policy", str(policy), "--db", db, "--", *server]
+                out = Path(tmp) / f"cg-{len(results)}-{i}"
+                counts.append(_instructions(command, n, root, out))
+            per_call = (counts[1] - counts[0]) / calls
+            results.append(per_call)
+            print(f"{label:<40}{per_call:>14,.0f} instructions per call")
+    if len(results) == 2:
+        print(f"this checkout / {against}: {results[0] / results[1]:.3f}x")
+    print(f"load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+
+#: one typical reply of the test server to a read, as the proxy reads it
+_REPLY = {
+    "jsonrpc": "2.0",
+    "id": 7,
+    "result": {
+        "content": [{"type": "text", "text": "hello"}],
+        "structuredContent": {"path": "/srv/readme.txt", "content": "hello"},
+        "isError": False,
+    },
+}
+
+_READER = """
+import json, sys
+from aegis.mcp._jsonrpc import read_message
+line = sys.argv[3].encode() + b"\\n"
+read = read_message if sys.argv[1] == "strict" else json.loads
+for _ in range(int(sys.argv[2])):
+    read(line)
+"""
+
+
+def _reader(repeat: int) -> None:
+    """Print the instructions to read one reply line: the proxy's reader, and json.loads."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--reader needs valgrind on PATH")
+    line = json.dumps(_REPLY)
+    per_line = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("plain", "strict"):
+            counts = []
+            for n in (0, repeat):
+                out = Path(tmp) / f"cg-{kind}-{n}"
+                valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "-q"]
+                subprocess.run(
+                    [*valgrind, sys.executable, "-c", _READER, kind, str(n), line],
+                    cwd=REPO,
+                    check=True,
+                )
+                summary = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
+                if summary is None:
+                    raise RuntimeError(f"no summary line in {out}")
+                counts.append(int(summary.group(1)))
+            per_line[kind] = (counts[1] - counts[0]) / repeat
+    print(f"instructions to read one {len(line) + 1}-byte reply line (callgrind, {repeat} reads)")
+    print(f"{'json.loads':<40}{per_line['plain']:>14,.0f}")
+    print(f"{'read_message (the proxy reader)':<40}{per_line['strict']:>14,.0f}")
+    print(f"strict / plain: {per_line['strict'] / per_line['plain']:.2f}x")
 
 
 def _ms(seconds: float) -> str:
@@ -115,7 +239,20 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions")
+    parser.add_argument("--against", help="another checkout, for --callgrind")
+    parser.add_argument(
+        "--reader", action="store_true", help="count the instructions to read one reply line"
+    )
     args = parser.parse_args()
+    if args.reader:
+        _reader(2000)
+        return
+    if args.callgrind:
+        server = [sys.executable, str(SERVER)]
+        base = [sys.executable, "-m", "aegis", "mcp-proxy", "--name", "files"]
+        _callgrind(base, server, args.calls if args.calls != 500 else 200, args.against)
+        return
     calls, rounds = (100, 2) if args.quick else (args.calls, args.rounds)
     env = {
         **os.environ,
