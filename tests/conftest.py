@@ -57,16 +57,44 @@ def postgres_dsn() -> Iterator[str]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+# ---------------------------------------------------------------- npm packages
+
+#: which of tests/npm_installs.py's sets each fixture needs
+NPM_SETS = {
+    "npm_packages": "mcp",
+    "oidc_provider_package": "oidc-provider",
+    "axe_source": "axe-core",
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _npm_installs_started(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Start installing the npm sets the selected tests need, at once and in the background.
+
+    They take minutes; this way they finish while the tests that need none run.
+    """
+    from npm_installs import start
+
+    wanted = {NPM_SETS[name] for item in request.session.items for name in item.fixturenames
+              if name in NPM_SETS}  # fmt: skip
+    for name in sorted(wanted):
+        start(tmp_path_factory, name)
+
+
 # ---------------------------------------------------------------- OpenID provider
 
 
 @pytest.fixture(scope="session")
 def oidc_provider_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """oidc-provider installed from npm into a temp folder, once per session; fails if npm does."""
+    """oidc-provider from npm, installed once per run (tests/npm_installs.py); fails if npm does."""
+    from npm_installs import NpmInstallError, installed
+
     # tests/inbox/oidc_support.py: on the path once an inbox test module is collected
-    from oidc_support import ProviderInstallError, install_oidc_provider
+    from oidc_support import prepare_oidc_provider
 
     try:
-        return install_oidc_provider(tmp_path_factory.mktemp("oidc-provider"))
-    except ProviderInstallError as exc:
+        return prepare_oidc_provider(installed(tmp_path_factory, "oidc-provider"))
+    except NpmInstallError as exc:
         pytest.fail(str(exc))

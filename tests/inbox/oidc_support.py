@@ -1,7 +1,7 @@
 """A real OpenID provider for the tests: `oidc-provider` from npm, on a loopback port.
 
-``install_oidc_provider`` installs the pinned package into a folder with
-``npm install --prefix``; :class:`OpenIdProvider` starts it with node and
+tests/npm_installs.py installs the pinned package (the ``oidc_provider_package``
+fixture waits for it); :class:`OpenIdProvider` starts it with node and
 a configuration this module writes: static clients, test accounts with a
 ``groups`` claim, and the package's own login and consent pages (its
 "dev interactions": a real HTML login form, any password). Nothing here
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -28,9 +27,6 @@ import httpx
 
 if TYPE_CHECKING:
     from playwright.sync_api import Route
-
-#: the oidc-provider release the tests run against
-OIDC_PROVIDER_VERSION = "9.13.3"
 
 #: the provider's program: a key made per run, the clients and accounts of a JSON file
 PROVIDER_JS = r"""
@@ -71,33 +67,15 @@ server.listen(0, '127.0.0.1', () => {
 """
 
 
-class ProviderInstallError(RuntimeError):
-    """npm could not install oidc-provider: the test fails (it is never skipped)."""
+def prepare_oidc_provider(installed: Path) -> Path:
+    """``installed`` (oidc-provider's npm folder) with the provider's program beside it; returned.
 
-
-def install_oidc_provider(folder: Path) -> Path:
-    """Install the pinned oidc-provider into ``folder``; return it (its node_modules inside)."""
-    npm = shutil.which("npm")
-    if npm is None:
-        raise ProviderInstallError("npm is not on PATH; the OpenID tests need node and npm")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "package.json").write_text('{"name": "aegis-oidc-test", "private": true}\n')
-    done = subprocess.run(
-        [
-            npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund",
-            "--no-package-lock", f"oidc-provider@{OIDC_PROVIDER_VERSION}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise ProviderInstallError(
-            f"npm install oidc-provider@{OIDC_PROVIDER_VERSION} failed:\n{done.stderr[-2000:]}"
-        )
-    (folder / "provider.mjs").write_text(PROVIDER_JS)
-    return folder
+    Written whole under a name of its own, then renamed: xdist workers share the folder.
+    """
+    program = installed / f"provider.mjs.{os.getpid()}"
+    program.write_text(PROVIDER_JS)
+    program.replace(installed / "provider.mjs")
+    return installed
 
 
 class OpenIdProvider:

@@ -16,7 +16,7 @@ from mcp_support import Files, NpmPackages, proxied_client
 
 @pytest.fixture
 def filesystem_server(npm_packages: NpmPackages) -> Path:
-    """The pinned server-filesystem's entry point (tests/mcp/mcp_support.py: NPM_PACKAGES)."""
+    """The pinned server-filesystem's entry point (tests/npm_installs.py: PACKAGES)."""
     return npm_packages.filesystem
 
 
