@@ -1,8 +1,10 @@
 """The MCP conformance suite (npm, pinned) against real servers, directly and behind the proxy.
 
-The suite's server scenarios run twice against the same server: once
-straight at its Streamable HTTP endpoint, once through ``aegis mcp-proxy
---listen`` with a policy that lets the suite's tools through. The proxy must
+The suite's server scenarios run twice against the same server program:
+once straight at its Streamable HTTP endpoint, once through ``aegis
+mcp-proxy --listen`` with a policy that lets the suite's tools through.
+The two runs go side by side, each against a server process of its own
+(most of a run is waiting, and a run takes minutes on a loaded machine). The proxy must
 not cost a scenario: every scenario that passes directly passes behind it.
 Scenarios that fail directly fail because the server lacks what they ask
 for (server-everything offers none of the suite's own test tools), so they
@@ -16,7 +18,8 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,12 +51,16 @@ def run_suite(
     runs = [[*command, "--scenario", scenario] for scenario in only] or [
         [*command, "--suite", "all"]
     ]
-    said = ""
-    for run in runs:
+
+    def one(run: list[str]) -> str:
         done = subprocess.run(
             run, capture_output=True, text=True, timeout=600, check=False, cwd=out.parent
         )
-        said += done.stdout[-1000:] + done.stderr[-1000:]
+        return done.stdout[-1000:] + done.stderr[-1000:]
+
+    # single scenarios three at a time: each mostly waits for its node and its server to start
+    with ThreadPoolExecutor(3) as pool:
+        said = "".join(pool.map(one, runs))
     # The suite exits 1 when any scenario fails; its results folders say which.
     results: dict[str, list[dict[str, Any]]] = {}
     for folder in sorted(out.iterdir()) if out.exists() else []:
@@ -62,6 +69,15 @@ def run_suite(
         results[match["scenario"]] = json.loads((folder / "checks.json").read_text())
     assert results, f"the suite wrote no results: {said}"
     return results
+
+
+def side_by_side(
+    first: Callable[[], dict[str, Any]], second: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two suite runs at once (each mostly waits on its server); both their results."""
+    with ThreadPoolExecutor(2) as pool:
+        one, two = pool.submit(first), pool.submit(second)
+        return one.result(), two.result()
 
 
 def passing(results: dict[str, list[dict[str, Any]]]) -> set[str]:
@@ -134,10 +150,15 @@ def test_server_everything_passes_behind_the_proxy_as_it_does_directly(
     files = Files(tmp_path, POLICY)
     port = free_port()
     server = ["env", f"PORT={port}", npm.node, str(npm.everything), "streamableHttp"]
-    with background(server, tmp_path / "server.log", f"http://127.0.0.1:{port}/mcp"):
-        direct = run_suite(npm, f"http://127.0.0.1:{port}/mcp", tmp_path / "direct")
-    with proxy(files, "--", npm.node, str(npm.everything), "stdio") as url:
-        proxied = run_suite(npm, url, tmp_path / "proxied")
+    direct_url = f"http://127.0.0.1:{port}/mcp"
+    with (
+        background(server, tmp_path / "server.log", direct_url),
+        proxy(files, "--", npm.node, str(npm.everything), "stdio") as url,
+    ):
+        direct, proxied = side_by_side(
+            lambda: run_suite(npm, direct_url, tmp_path / "direct"),
+            lambda: run_suite(npm, url, tmp_path / "proxied"),
+        )
     compare(npm, direct, proxied, at_least=10)
     # The suite's tool calls were decided and recorded, whatever the server made of them.
     records = files.records()
@@ -152,19 +173,26 @@ def test_a_server_offering_every_scenario_passes_them_behind_the_proxy(
 ) -> None:
     """conformance_server.py, directly and behind ``--listen --upstream-url``: both pass.
 
+    Two instances of it, one for each run: the runs go side by side.
+
     The server offers the suite's own tools, resources and prompts, so nearly
     every scenario passes directly, and must behind the proxy, which records
     each of the suite's tool calls with its outcome.
     """
     npm = npm_packages
     files = Files(tmp_path, POLICY)
-    port = free_port()
-    server = [sys.executable, str(HERE / "conformance_server.py"), "--http", str(port)]
-    direct_url = f"http://127.0.0.1:{port}/mcp"
-    with background(server, tmp_path / "server.log", direct_url):
-        direct = run_suite(npm, direct_url, tmp_path / "direct")
-        with proxy(files, "--upstream-url", direct_url) as url:
-            proxied = run_suite(npm, url, tmp_path / "proxied")
+    ports = free_port(), free_port()
+    direct_url, upstream_url = (f"http://127.0.0.1:{port}/mcp" for port in ports)
+    server = [sys.executable, str(HERE / "conformance_server.py"), "--http"]
+    with (
+        background([*server, str(ports[0])], tmp_path / "server.log", direct_url),
+        background([*server, str(ports[1])], tmp_path / "upstream.log", upstream_url),
+        proxy(files, "--upstream-url", upstream_url) as url,
+    ):
+        direct, proxied = side_by_side(
+            lambda: run_suite(npm, direct_url, tmp_path / "direct"),
+            lambda: run_suite(npm, url, tmp_path / "proxied"),
+        )
     compare(npm, direct, proxied, at_least=30)
     # Each tool call of the suite was decided by the rule and recorded once, with its outcome.
     outcomes = {r["action_type"]: r["result_status"] for r in files.records()}
