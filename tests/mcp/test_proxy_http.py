@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
 import threading
 import time
@@ -337,8 +339,11 @@ def test_a_duplicated_id_in_flight_over_http_is_refused_and_recorded(tmp_path: P
     port = free_port()
     command = files.proxy("--listen", f"127.0.0.1:{port}", server_args=["--hang-on", "read"])
     url = f"http://127.0.0.1:{port}/mcp"
-    with background(command, files.stderr, url):
+    with background(command, files.stderr, url) as proxy:
         opened = _initialize(url)
+        # the session's server hangs in its tool, past the proxy's SIGTERM
+        # (uvicorn re-raises SIGTERM before the proxy closes its sessions): the test ends it itself
+        servers = child_pids(proxy.pid)
         session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
         note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         with httpx.Client(timeout=30) as http:
@@ -356,6 +361,9 @@ def test_a_duplicated_id_in_flight_over_http_is_refused_and_recorded(tmp_path: P
             delete = {"name": "delete", "arguments": {"path": "/srv/readme.txt"}}
             duplicate = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": delete}
             refused = http.post(url, json=duplicate, headers=session)
+    for pid in servers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     assert refused.status_code == 409
     assert [c["tool"] for c in files.calls()] == ["read"]
     [record] = [r for r in files.records() if r["matched_rule"] == "<mcp-proxy>"]
