@@ -17,6 +17,8 @@ import contextlib
 import hmac
 import json
 import logging
+import math
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -33,7 +35,7 @@ from aegis.mcp._jsonrpc import (
     parse_frame,
 )
 from aegis.mcp._logs import QuietLog
-from aegis.mcp.downstream import check_server
+from aegis.mcp.downstream import EXIT_GRACE, check_server
 from aegis.mcp.proxy import ProxySession
 from aegis.mcp.runner import ProxySettings, build_runtime, check_loopback, session_opener
 from aegis.runtime.engine import Runtime
@@ -79,6 +81,12 @@ _log = logging.getLogger("aegis.mcp")
 
 #: the path clients POST to
 MCP_PATH = "/mcp"
+#: seconds the calls in flight get to finish after SIGTERM or SIGINT; then they are
+#: cancelled (recorded as interrupted: the proxy stopped) and their servers closed
+STOP_GRACE = 1.0
+#: seconds uvicorn waits for its connections once the sessions are stopping, on top of
+#: STOP_GRACE and a server's exit (two EXIT_GRACEs): then it drops them
+_CONNECTIONS_GRACE = 2.0
 
 _Scope = dict[str, Any]
 _Receive = Any
@@ -165,6 +173,8 @@ class GovernedHttpApp:
         self._settings = settings
         self._open = session_opener(settings, runtime)
         self._sessions: dict[str, _Session] = {}
+        #: why the proxy stopped, once it is stopping (no new session then)
+        self._stopped: str | None = None
         self._security = security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
             allowed_hosts=[
@@ -298,6 +308,15 @@ class GovernedHttpApp:
                         request_id,
                         INVALID_REQUEST,
                         "Bad Request: no Mcp-Session-Id; start with initialize",
+                    ),
+                )
+                return
+            if self._stopped is not None:
+                await _respond(
+                    send,
+                    503,
+                    error_reply(
+                        request_id, INVALID_REQUEST, f"Service Unavailable: {self._stopped}"
                     ),
                 )
                 return
@@ -448,16 +467,29 @@ class GovernedHttpApp:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
-                await proxy.close()
+                await proxy.close(self._stopped)
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pump
+
+    async def stop(self, why: str, grace: float = STOP_GRACE) -> None:
+        """Start no session; give the calls in flight ``grace`` seconds, then end every session.
+
+        A call still running then is cancelled, and its audit record says it
+        was interrupted, and ``why``; each session's server is closed (killed
+        when it does not exit).
+        """
+        self._stopped = why
+        proxies = [s.proxy for s in self._sessions.values() if s.proxy is not None]
+        if proxies:
+            await asyncio.gather(*(proxy.drain(grace) for proxy in proxies))
+        await self.close()
 
     async def close(self) -> None:
         """End every session."""
         tasks = [s.task for s in self._sessions.values() if s.task is not None]
         for task in tasks:
-            task.cancel()
+            task.cancel(self._stopped)
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
@@ -471,13 +503,75 @@ async def run_http(
     check_server(settings.command, settings.upstream_url)
     async with build_runtime(settings, approval_handler) as runtime:
         app = GovernedHttpApp(settings, runtime, host=host, port=port)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
-        server = uvicorn.Server(config)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            # a connection still open once the sessions have ended is dropped
+            timeout_graceful_shutdown=math.ceil(STOP_GRACE + 2 * EXIT_GRACE + _CONNECTIONS_GRACE),
+        )
+        server = _Server(config)
         sys.stderr.write(
             f"aegis mcp-proxy: serving {settings.target!r} at http://{host}:{port}{MCP_PATH}\n"
         )
         sys.stderr.flush()
-        try:
-            await server.serve()
-        finally:
-            await app.close()
+        with _stop_on_signals(server, app) as stopping:
+            try:
+                await server.serve()
+            finally:
+                if stopping:
+                    with contextlib.suppress(BaseException):
+                        await stopping[0]
+                await app.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handlers (see :func:`_stop_on_signals`).
+
+    uvicorn's restore the previous handlers when it has shut down and raise
+    the signal again: SIGTERM's default action then ends the process before
+    the sessions are closed, leaving their servers running and the calls in
+    flight without their outcome.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.contextmanager
+def _stop_on_signals(
+    server: uvicorn.Server, app: GovernedHttpApp
+) -> Iterator[list[asyncio.Task[None]]]:
+    """On SIGTERM or SIGINT: stop accepting, stop the sessions, and let ``serve()`` return.
+
+    The first signal makes uvicorn shut down (no new connection) while the
+    app gives the calls in flight :data:`STOP_GRACE` seconds, then ends
+    every session: calls cancelled and recorded as interrupted, servers
+    closed. A second signal makes uvicorn stop waiting for its connections.
+    Yields the list that then holds the stopping task, for the caller to await.
+    """
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if stopping:
+            server.force_exit = True
+            return
+        why = f"the proxy stopped ({sig.name})"
+        _log.info("stopping on %s: the calls in flight get %gs, then end", sig.name, STOP_GRACE)
+        server.should_exit = True
+        stopping.append(loop.create_task(app.stop(why)))
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop, sig)
+            installed.append(sig)
+    try:
+        yield stopping
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1245,8 +1245,8 @@ class ProxySession:
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
 
-    async def close(self) -> None:
-        """Stop serving: cancel what is in flight (its audit records say so)."""
+    async def close(self, why: str | None = None) -> None:
+        """Stop serving: cancel what is in flight (its audit records say so, and ``why``)."""
         if self._closed:
             return
         self._closed = True
@@ -1254,7 +1254,7 @@ class ProxySession:
         tasks = list(self._inflight.values())
         tasks.extend(task.worker for task in self._tasks.running() if task.worker is not None)
         for task in tasks:
-            task.cancel()
+            task.cancel(why)
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task

@@ -341,9 +341,8 @@ def test_a_duplicated_id_in_flight_over_http_is_refused_and_recorded(tmp_path: P
     url = f"http://127.0.0.1:{port}/mcp"
     with background(command, files.stderr, url) as proxy:
         opened = _initialize(url)
-        # the session's server hangs in its tool, past the proxy's SIGTERM
-        # (uvicorn re-raises SIGTERM before the proxy closes its sessions): the test ends it itself
-        servers = child_pids(proxy.pid)
+        # the session's server hangs in its tool: the proxy's SIGTERM ends it
+        [server] = child_pids(proxy.pid)
         session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
         note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         with httpx.Client(timeout=30) as http:
@@ -361,9 +360,8 @@ def test_a_duplicated_id_in_flight_over_http_is_refused_and_recorded(tmp_path: P
             delete = {"name": "delete", "arguments": {"path": "/srv/readme.txt"}}
             duplicate = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": delete}
             refused = http.post(url, json=duplicate, headers=session)
-    for pid in servers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    assert proxy.returncode == 0
+    assert _gone(server), "the session's server outlived the proxy"
     assert refused.status_code == 409
     assert [c["tool"] for c in files.calls()] == ["read"]
     [record] = [r for r in files.records() if r["matched_rule"] == "<mcp-proxy>"]
@@ -383,3 +381,64 @@ def _posting(url: str, body: dict[str, Any], headers: dict[str, str]) -> Iterato
     thread = threading.Thread(target=post, daemon=True)
     thread.start()
     yield
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (exited, or a zombie nobody reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def test_sigterm_mid_call_ends_the_servers_and_records_the_call(tmp_path: Path) -> None:
+    """SIGTERM to --listen mid-call: exits 0, its server ends, the call has its outcome recorded.
+
+    As the stdio proxy does: the call in flight is recorded as interrupted, so
+    `aegis audit verify` finds no action without its outcome, and the server
+    hanging in the call does not outlive the proxy.
+    """
+    import subprocess
+
+    files = Files(tmp_path)
+    port = free_port()
+    command = files.proxy("--listen", f"127.0.0.1:{port}", server_args=["--hang-on", "read"])
+    url = f"http://127.0.0.1:{port}/mcp"
+    with background(command, files.stderr, url) as proxy:
+        opened = _initialize(url)
+        session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert httpx.post(url, json=note, headers=session, timeout=30).status_code == 202
+        [server] = child_pids(proxy.pid)
+        read = {"name": "read", "arguments": {"path": "/srv/readme.txt"}}
+        hanging = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": read}
+        with _posting(url, hanging, session):
+            deadline = time.monotonic() + 60
+            while not files.calls():  # the read is in flight once the server has it
+                assert time.monotonic() < deadline, "the call never reached the server"
+                time.sleep(0.05)
+            proxy.send_signal(signal.SIGTERM)
+            try:
+                status = proxy.wait(60)  # generous: a loaded machine; the grace is seconds
+            finally:
+                if not _gone(server):  # never leave it behind, even when the test fails
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(server, signal.SIGKILL)
+                    alive = True
+                else:
+                    alive = False
+    assert status == 0, files.stderr.read_text()
+    assert not alive, "the session's server outlived the proxy"
+    [record] = files.records()
+    assert (record["action_type"], record["result_status"]) == ("read", "failed")
+    assert "interrupted" in record["result_error"]
+    assert "the proxy stopped (SIGTERM)" in record["result_error"]
+    verified = subprocess.run(
+        [sys.executable, "-m", "aegis", "audit", "verify", "--db", files.db, "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
