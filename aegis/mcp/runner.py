@@ -364,17 +364,18 @@ def _stop_on_signals() -> Iterator[None]:
     task = asyncio.current_task()
     stopping = False
 
-    def stop() -> None:
+    def stop(sig: signal.Signals) -> None:
         nonlocal stopping
         if task is not None and not stopping:
             stopping = True
             _log.info("stopping: cancelling the calls in flight and closing the server")
-            task.cancel()
+            # the message reaches the records of the calls cancelled (serve_stdio)
+            task.cancel(f"the proxy stopped ({sig.name})")
 
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop)
+            loop.add_signal_handler(sig, stop, sig)
             installed.append(sig)
     try:
         yield

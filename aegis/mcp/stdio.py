@@ -181,6 +181,8 @@ async def serve_stdio(
         async with open_session(wire.send) as session:
             pump = asyncio.create_task(session.pump())
             relay = asyncio.create_task(_relay(reader, wire, session, max_message_bytes))
+            #: why the proxy stopped, when it was stopped (the message it was cancelled with)
+            why: str | None = None
             try:
                 await asyncio.wait({pump, relay}, return_when=asyncio.FIRST_COMPLETED)
                 if relay.done():
@@ -192,11 +194,14 @@ async def serve_stdio(
                     # let their answers go out, then end.
                     await session.drain(_EOF_GRACE)
                     raise ServerGone(session.gone or "the MCP server went away")
+            except asyncio.CancelledError as exc:
+                why = str(exc.args[0]) if exc.args else None
+                raise
             finally:
                 relay.cancel()
                 with suppress(asyncio.CancelledError):
                     await relay
-                await session.close()
+                await session.close(why)
                 pump.cancel()
                 with suppress(asyncio.CancelledError):
                     await pump

@@ -211,6 +211,7 @@ def test_sigterm_stops_cleanly_recording_the_call_in_flight(tmp_path: Path) -> N
     [record] = files.records()
     assert record["result_status"] == "failed"
     assert "interrupted" in record["result_error"]
+    assert "the proxy stopped (SIGTERM)" in record["result_error"]  # as over --listen
     assert _alive_with(str(files.log)) == []
 
 
