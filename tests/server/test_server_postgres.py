@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,10 +182,19 @@ async def test_two_serve_processes_on_one_database(postgres_dsn: str, tmp_path: 
             )
             purge = await runtime.run_one(Action("purge", "billing"))
             assert purge.status is ResultStatus.DENIED
-        records = AuditLogger(postgres_dsn).get_log("fleet")
-        expiries = [
-            r for r in records if str(r["human_decision"]).startswith("approval: request expired")
-        ]
+        # The agent may see the request expired (a read past its expiry says
+        # so) before either service's sweep, once a second, writes the record.
+        give_up = time.monotonic() + 15
+        while True:
+            records = AuditLogger(postgres_dsn).get_log("fleet")
+            expiries = [
+                r
+                for r in records
+                if str(r["human_decision"]).startswith("approval: request expired")
+            ]
+            if expiries or time.monotonic() > give_up:
+                break
+            await asyncio.sleep(0.2)
         assert len(expiries) == 1
         assert AuditLogger(postgres_dsn).verify().ok
     finally:
