@@ -171,7 +171,8 @@ class PipeDownstream:
 
         Stopped while it waits (the proxy's own client sends SIGTERM after
         the same grace, which cancels this), it kills the group at once: a
-        server that hangs must not outlive the proxy that started it.
+        server that hangs must not outlive the proxy that started it. Once
+        the server has exited, what it left running in its group is killed.
         """
         process = self._process
         if self._stdin is not None:
@@ -189,6 +190,11 @@ class PipeDownstream:
                 _log.warning("stopped while the MCP server (pid %d) exits: killing it", process.pid)
                 _signal_group(process, signal.SIGKILL)
             raise
+        finally:
+            if process.returncode is not None:
+                # Its children (npx's node, a shell's command) stay in its group;
+                # the group's id stays reserved while any of them lives.
+                _signal_group(process, signal.SIGKILL)
         _log.warning("the MCP server (pid %d) is still alive after SIGKILL", process.pid)
 
 

@@ -1,9 +1,11 @@
 """A small real MCP server for the proxy's tests: read, write and delete on a dict.
 
 Run as ``python files_server.py [--http PORT] [--crash-on TOOL] [--hang-on TOOL]
-[--garbage-on TOOL] [--log FILE]``. It serves over stdio by default, or over
+[--garbage-on TOOL] [--log FILE] [--spawn PIDFILE]``. It serves over stdio by default, or over
 Streamable HTTP on 127.0.0.1:PORT at ``/mcp``. Every tool call it receives is
 appended to ``--log`` (one JSON line), so tests can prove what reached it.
+With ``--spawn`` it starts a child (``sleep``, in the server's process group)
+and writes the child's pid to PIDFILE.
 """
 
 from __future__ import annotations
@@ -105,7 +107,14 @@ def main() -> None:
     parser.add_argument("--hang-on", default=None)
     parser.add_argument("--garbage-on", default=None)
     parser.add_argument("--log", default=None)
+    parser.add_argument("--spawn", default=None)
     args = parser.parse_args()
+    if args.spawn:
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "3600"])
+        with open(args.spawn, "w", encoding="utf-8") as out:
+            out.write(str(child.pid))
     server = build(args)
     if args.http is None:
         server.run("stdio")

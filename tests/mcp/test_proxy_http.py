@@ -442,3 +442,29 @@ def test_sigterm_mid_call_ends_the_servers_and_records_the_call(tmp_path: Path) 
         check=False,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_sigterm_ends_the_children_a_server_left_behind(tmp_path: Path) -> None:
+    """A server that exits when the proxy stops, leaving a child, leaves nothing: its group ends."""
+    files = Files(tmp_path)
+    port = free_port()
+    pidfile = tmp_path / "child.pid"
+    command = files.proxy("--listen", f"127.0.0.1:{port}", server_args=["--spawn", str(pidfile)])
+    url = f"http://127.0.0.1:{port}/mcp"
+    with background(command, files.stderr, url) as proxy:
+        assert _initialize(url).status_code == 200
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.monotonic() < deadline, "the server never started its child"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        proxy.send_signal(signal.SIGTERM)
+        status = proxy.wait(60)
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = not _gone(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)  # never leave it behind, even when the test fails
+    assert status == 0, files.stderr.read_text()
+    assert not alive, "the server's child outlived the proxy"
