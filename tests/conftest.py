@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,15 @@ if os.environ.get("PYTHONDONTWRITEBYTECODE"):
     _cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     os.environ.setdefault("PYTHONPYCACHEPREFIX", str(Path(_cache_home) / "aegis-test-pycache"))
     del os.environ["PYTHONDONTWRITEBYTECODE"]
+
+# Ctrl-C: a shell without job control starts a background command (`cmd &`,
+# as CI runners and nohup do) with SIGINT ignored, and a process keeps an
+# ignored signal across exec. Every process a test starts would then ignore
+# the Ctrl-C a test sends to stop it (`aegis serve`, `aegis audit tail -f`),
+# and those tests failed for the way the suite was launched. The suite's
+# processes take SIGINT as a terminal would give it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Hypothesis: its clock-based checks (an example slower than 200 ms, data
 # drawn too slowly) say how loaded the machine is, not whether the code is
