@@ -799,8 +799,6 @@ class ApprovalService:
             raise ApprovalServiceError(refusal, status=422, code="invalid")
         request = await self._current(request_id)
         now = self.clock()
-        if grant_minutes is not None and grant_until is not None:
-            grant_minutes = self._bounded_grant(request, grant_minutes, grant_until, now)
         who = principal.who
         if who.key == request.requester:
             raise _forbidden(
@@ -821,6 +819,11 @@ class ApprovalService:
                 status=409,
                 code="expired",
             )
+        # Bounded only once the reviewer may decide: the refusal's words say
+        # whether this approval would be the last one needed, which is the
+        # request's business, not that of a reviewer outside its groups.
+        if grant_minutes is not None and grant_until is not None:
+            grant_minutes = self._bounded_grant(request, grant_minutes, grant_until, now)
         stored, grant = await self._call(
             self.store.decide,
             request_id,

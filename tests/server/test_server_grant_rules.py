@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from service_support import Reviewer, Service, add_tokens
 
 from aegis.core.action import Action
 from aegis.core.approval_request import NewRequest, Role, Verdict
+from aegis.core.identity import Identity
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError
 from aegis.server import open_service
@@ -147,5 +148,46 @@ async def test_the_service_refuses_callers_that_skip_the_api(tmp_path: Path) -> 
                 await service.decide(reviewer, created.id, verdict, "", minutes)
             assert (caught.value.status, caught.value.code) == (422, "invalid")
         assert (await service.get(reviewer, created.id)).decisions == ()
+    finally:
+        service.close()
+
+
+async def test_a_grant_bound_is_asked_only_of_a_reviewer_who_may_decide(tmp_path: Path) -> None:
+    """Carol of ops, signed in with OpenID and under a minute from her max age, approves
+    finance's request with a grant: she is refused as outside its groups (403), not told
+    the grant is too late, whose words say whether hers would be the last approval needed;
+    an expired request is refused as expired (409). Nothing is recorded either way."""
+    db = str(tmp_path / "aegis.db")
+    add_tokens(db)
+    service = open_service(db)
+    try:
+        agent = Principal("bot", Role.AGENT)
+        carol = Principal(
+            "Carol", Role.REVIEWER, ("ops",), Identity("http://127.0.0.1:9", "carol", "Carol")
+        )
+        alice = Principal(
+            "Alice", Role.REVIEWER, ("finance",), Identity("http://127.0.0.1:9", "al", "Alice")
+        )
+        finance, _ = await service.create(
+            agent,
+            NewRequest(
+                session_id="s",
+                action=Action("refund", "billing"),
+                risk_level=RiskLevel.HIGH,
+                approvers=2,
+                reviewers=("finance",),
+            ),
+        )
+        soon = datetime.now(UTC) + timedelta(seconds=30)
+        with pytest.raises(ApprovalServiceError) as caught:
+            await service.decide(carol, finance.id, Verdict.APPROVE, "", 60, grant_until=soon)
+        assert (caught.value.status, caught.value.code) == (403, "wrong_group")
+        real_clock = service.clock
+        service.clock = lambda: real_clock() + timedelta(hours=2)
+        later = service.clock() + timedelta(seconds=30)
+        with pytest.raises(ApprovalServiceError) as caught:
+            await service.decide(alice, finance.id, Verdict.APPROVE, "", 60, grant_until=later)
+        assert (caught.value.status, caught.value.code) == (409, "expired")
+        assert (await service.get(alice, finance.id)).decisions == ()
     finally:
         service.close()
