@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from aegis.core.action import thaw
+from aegis.core.action import FrozenDict, freeze, thaw
 from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import StoreError
 from aegis.stores.base import Acquired, Request, UsageStore
@@ -80,6 +80,10 @@ def params_json(params: Any) -> str:
 def event_from_row(row: Sequence[Any], where: str) -> FlowEvent:
     """A flow event read back as ``(session_id, type, target, params JSON, at)``.
 
+    The params are frozen as an :class:`~aegis.core.action.Action` holds
+    them (lists as tuples, mappings as ``FrozenDict``): a flow condition's
+    ``param_eq: {ids: [1, 2]}`` compares a tuple, and a JSON list would
+    equal nothing, letting a ``not_after`` through.
     ``where`` names the database for the error ("in 'aegis_audit.db'").
 
     Raises:
@@ -88,14 +92,36 @@ def event_from_row(row: Sequence[Any], where: str) -> FlowEvent:
     session_id, kind, target, params, at = row
     try:
         loaded = json.loads(params)
-    except (TypeError, ValueError) as exc:
+        frozen = freeze(loaded) if isinstance(loaded, dict) else _NO_PARAMS
+    except (TypeError, ValueError) as exc:  # not JSON, or NaN / too deep: no Action's params
         raise StoreError(
-            f"a flow event {where} holds params that are not JSON ({params!r}); the table"
-            " aegis_flow_events was edited by hand"
+            f"a flow event {where} holds params that are not an action's JSON ({params!r});"
+            " the table aegis_flow_events was edited by hand"
         ) from exc
-    return FlowEvent(
-        str(session_id), str(kind), str(target), loaded if isinstance(loaded, dict) else {}, at
-    )
+    return FlowEvent(str(session_id), str(kind), str(target), frozen, at)
+
+
+_NO_PARAMS: Final = FrozenDict()
+#: a param of one of these types reads back from JSON as it was
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _as_stored(event: FlowEvent) -> FlowEvent:
+    """``event`` with its params as a database store reads them back (:func:`event_from_row`).
+
+    Sets become sorted tuples, lists tuples, mappings ``FrozenDict``: the
+    memory store keeps this, so that a flow condition decides alike on
+    every engine. Params of plain scalars (the usual tool call) are kept as
+    they are, without the round trip.
+    """
+    params = event.params
+    if type(params) is FrozenDict and all(type(v) in _SCALARS for v in params.values()):
+        return event
+    try:
+        frozen = freeze(json.loads(params_json(params)))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"a flow event's params are not an action's ({exc})") from exc
+    return FlowEvent(event.session_id, event.type, event.target, frozen, event.at)
 
 
 def judge(charges: Sequence[Charge], used: Sequence[int]) -> int | None:
@@ -222,6 +248,7 @@ class MemoryUsageStore:
 
     def remember(self, event: FlowEvent) -> None:
         """See :meth:`UsageStore.remember`."""
+        event = _as_stored(event)
         with self._lock:
             self._check()
             events = self._events

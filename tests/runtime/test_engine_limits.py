@@ -555,6 +555,30 @@ FLOW_CASES: list[tuple[dict[str, Any], str, bool]] = [
     ({"after": {"type": "l?g", "params": {"param_gt": {"n": 198}}}}, "sensitive", True),
     ({"after": {"type": "log", "params": {"param_gt": {"n": 199}}}}, "sensitive", False),
     ({"not_after": {"type": "delete", "target": "crm"}}, "sensitive", True),
+    # params read back from a database as the Action held them: lists, nested mappings, sets
+    (
+        {"not_after": {"type": "export", "params": {"param_eq": {"ids": [1, 2]}}}},
+        "sensitive",
+        False,
+    ),
+    ({"not_after": {"type": "exp*", "params": {"param_contains": {"ids": 2}}}}, "sensitive", False),
+    (
+        {"not_after": {"target": "files", "params": {"param_in": {"ids": [[1, 2]]}}}},
+        "sensitive",
+        False,
+    ),
+    ({"not_after": {"params": {"path_under": {"o.paths": ["/srv"]}}}}, "sensitive", False),
+    (
+        {"after": {"type": "export", "params": {"param_eq": {"o": {"paths": ["/srv/a"]}}}}},
+        "sensitive",
+        True,
+    ),
+    (
+        {"after": {"type": "EXPORT", "params": {"param_eq": {"tags": ["a", "b"]}}}},
+        "insensitive",
+        True,
+    ),
+    ({"after": {"type": "export", "params": {"param_contains": {"ids": 3}}}}, "sensitive", False),
     ({"not_after": {"type": "delete"}}, "insensitive", True),
     ({"not_after": {"type": "log", "target": "disk"}}, "sensitive", False),
     (
@@ -591,6 +615,10 @@ def test_flow_conditions_decide_alike_on_every_store(
     now = 1_000_000.0
     store.remember(FlowEvent("s", "read_customer", "crm", {"table": "customers"}, now - 7200))
     store.remember(FlowEvent("s", "Read_Contacts", "CRM", {"table": "contacts"}, now - 600))
+    exported = Action(
+        "export", "files", {"ids": [1, 2], "o": {"paths": ["/srv/a"]}, "tags": {"b", "a"}}
+    )
+    store.remember(FlowEvent("s", exported.type, exported.target, exported.params, now - 500))
     for n in range(200):  # newer than every match: a search must read past them
         store.remember(FlowEvent("s", "log", "disk", {"n": n}, now - 300 + n))
     store.remember(FlowEvent("other", "delete", "crm", {}, now - 10))

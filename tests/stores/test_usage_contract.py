@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aegis.stores.sqlite.usage as sqlite_usage
+from aegis.core.action import Action, FrozenDict
 from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import StoreError
 from aegis.runtime.audit import AuditLogger
@@ -206,10 +207,24 @@ def test_flow_events_are_recalled_per_session_and_time(make_store: Factory) -> N
     store.remember(FlowEvent("s2", "read", "crm", {}, 15.0))
     events = store.recall("s1", None, None)
     assert [(e.type, e.at) for e in events] == [("read", 10.0), ("send", 20.0)]
-    assert events[0].params == {"id": 1, "nested": {"x": [1]}}
+    assert events[0].params == {"id": 1, "nested": {"x": (1,)}}
     assert [e.type for e in store.recall("s1", 10.0, None)] == ["send"]
     assert [e.type for e in store.recall("s1", None, "read")] == ["read"]
     assert store.recall("nobody", None, None) == []
+
+
+def test_events_come_back_with_params_as_an_action_holds_them(make_store: Factory) -> None:
+    """Lists are tuples and mappings frozen, as in the Action that ran, on every engine:
+    a rule's ``param_eq: {ids: [1, 2]}`` compares equal to what is read back."""
+    store = make_store()
+    params = Action("read", "crm", {"ids": [1, 2], "o": {"a": [True]}, "tags": {"b", "a"}}).params
+    store.remember(FlowEvent("s", "read", "crm", params, 1.0))
+    for found in (store.latest_event("s", None), store.recall("s", None, None)[0]):
+        assert found is not None
+        assert type(found.params) is FrozenDict
+        assert found.params == FrozenDict({"ids": (1, 2), "o": {"a": (True,)}, "tags": ("a", "b")})
+        assert type(found.params["ids"]) is tuple
+        assert type(found.params["o"]) is FrozenDict
 
 
 def _number(found: FlowEvent | None) -> int | None:
