@@ -230,6 +230,9 @@ class AuditLogger(RecordReader):
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._signed: Head | None = None
+        # id -> hash of each record this logger wrote since its last checkpoint
+        # (kept only with a key): what a checkpoint checks before it signs
+        self._written: dict[int, str] = {}
         # since when notifying or signing after a write fails, and when that was logged last
         self._failing_since: float | None = None
         self._failing_logged = 0.0
@@ -285,7 +288,7 @@ class AuditLogger(RecordReader):
         try:
             self._flush()
             if self._signer is not None:
-                self.checkpoint()
+                self._sign_written()
         finally:
             self._closed = True
             self._stores.close()
@@ -339,13 +342,15 @@ class AuditLogger(RecordReader):
             for record in records:
                 self._subscribers.notify(to_dict(record))
         if self._signer is not None:
+            written = self._written
+            for record in records:
+                written[record.id] = record.hash
             self._since_checkpoint += len(records)
             if (
                 self._since_checkpoint >= self._checkpoint_every
                 or time.monotonic() - self._last_checkpoint >= self._checkpoint_interval
             ):
-                last = records[-1]
-                self._sign(Head(last.id, last.hash))
+                self._sign_written()
 
     def _sign(self, head: Head) -> Checkpoint | None:
         signer = self._signer
@@ -354,16 +359,76 @@ class AuditLogger(RecordReader):
         checkpoint = signer.sign(head.count, head.hash)
         self._store.add_checkpoint(checkpoint)  # type: ignore[attr-defined]  # checked at init
         self._signed = head
+        self._written.clear()
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         return checkpoint
+
+    def _changed(self) -> Head | None:
+        """The first record written here since the last checkpoint that the store no longer holds.
+
+        As this logger wrote it (its id and the hash it computed); ``None``
+        when every one is still there as written. Someone who can write the
+        store could otherwise rewrite those records, not yet covered by a
+        signature, and have the next checkpoint sign the rewrite.
+        """
+        written = self._written
+        if not written:
+            return None
+        first, last = min(written), max(written)
+        found = 0
+        for record in self._store.records(
+            Filters(view="records"), after_id=first - 1, limit=last - first + 1
+        ):
+            expected = written.get(record.id)
+            if expected is None:
+                continue
+            if record.hash != expected:
+                return Head(record.id, expected)
+            found += 1
+        if found == len(written):
+            return None
+        stored = {r.id for r in self._store.records(Filters(view="records"), after_id=first - 1)}
+        gone = min(i for i in written if i not in stored)
+        return Head(gone, written[gone])
+
+    def _sign_written(self) -> Checkpoint | None:
+        """Sign the last record this logger wrote, once those since the last checkpoint are checked.
+
+        A record changed or removed in the store since this logger wrote it
+        is not signed over: the head this logger wrote for it is, so that a
+        verify with the public key names the rewrite, and the error is logged.
+        """
+        changed = self._changed()
+        if changed is not None:
+            _log.error(
+                "record %s of %s is no longer the record this logger wrote: the trail was "
+                "changed; its checkpoint signs the record as written, so verify reports it",
+                changed.count,
+                self.db_path,
+            )
+            return self._sign(changed)
+        written = self._written
+        if not written:
+            return None
+        last = max(written)
+        return self._sign(Head(last, written[last]))
 
     def checkpoint(self) -> Checkpoint | None:
         """Sign the current head now and keep the checkpoint; ``None`` without a key.
 
         Also ``None`` when the chain is empty or the head is signed already.
+        The signature vouches for the trail as the store holds it now, so
+        the records this logger wrote since its last checkpoint are checked
+        first: if one was changed or removed meanwhile, the record as this
+        logger wrote it is signed instead (a verify with the public key
+        then reports the rewrite) and the error is logged.
         """
         self._check_open()
+        if self._written:
+            changed = self._changed()
+            if changed is not None:
+                return self._sign_written()
         return self._sign(self._store.head())
 
     def _flush(self) -> None:

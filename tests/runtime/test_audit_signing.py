@@ -110,6 +110,51 @@ def test_a_consistent_rewrite_is_caught_with_the_public_key(
     assert "signed checkpoint" in report.reason
 
 
+@pytest.mark.parametrize(("edit", "bad_id"), [("rewrite", 2), ("cut", 4)])
+def test_records_changed_before_their_checkpoint_are_never_signed_over(
+    tmp_path: Path, keys: tuple[Path, Path], edit: str, bad_id: int
+) -> None:
+    """Records rewritten or cut while the runtime runs, before a checkpoint covers them, fail.
+
+    The checkpoint at close signs what the logger wrote, not what the store
+    holds by then: a forger who rebuilt the unsigned records consistently
+    (or cut them off) while the logger was open does not get them signed.
+    """
+    db = tmp_path / "a.db"
+    with AuditLogger(db, signing_key=keys[0], checkpoint_every=1000) as audit:
+        for _ in range(5):
+            audit.log("s", DECISION)
+        sql(db, f"DELETE FROM audit_log WHERE id >= {bad_id}")
+        if edit == "rewrite":
+            with AuditLogger(db) as forger:  # a valid-looking chain of other actions
+                for _ in range(5 - bad_id + 1):
+                    forger.log("forged", DECISION)
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        assert audit.verify().ok  # the chain alone holds
+        report = audit.verify(public_key=keys[1])
+    assert (report.ok, report.first_bad_id) == (False, bad_id)
+
+
+def test_a_checkpoint_after_a_rewrite_signs_the_records_as_written(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """checkpoint() signs the current head, but never over a record rewritten since."""
+    db = tmp_path / "a.db"
+    with AuditLogger(db, signing_key=keys[0], checkpoint_every=1000) as audit:
+        for _ in range(2):
+            audit.log("s", DECISION)
+        sql(db, "DELETE FROM audit_log WHERE id = 2")
+        with AuditLogger(db) as forger:
+            forger.log("forged", DECISION)
+        kept = audit.checkpoint()
+    assert kept is not None
+    assert kept.count == 2
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        assert audit.verify().ok
+        report = audit.verify(public_key=keys[1])
+    assert (report.ok, report.first_bad_id) == (False, 2)
+
+
 def test_checkpoints_signed_by_another_key_are_refused(
     tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
