@@ -13,7 +13,7 @@ import difflib
 import functools
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -37,6 +37,39 @@ Start here:
   aegis demo                      run a governed session end to end
   aegis audit verify              check the audit trail was not edited
 """
+
+
+#: The extra that brings each optional package a command may import.
+EXTRAS: Final = {
+    "uvicorn": "server",
+    "starlette": "server",
+    "jinja2": "server",
+    "itsdangerous": "server",
+    "multipart": "server",
+    "python_multipart": "server",
+    "httpx": "server",
+    "prometheus_client": "server",
+    "psycopg": "postgres",
+    "psycopg_pool": "postgres",
+    "authlib": "oidc",
+    "joserfc": "oidc",
+    "cryptography": "signing",
+    "mcp": "mcp",
+    "re2": "re2",
+    "opentelemetry": "otel",
+}
+
+
+def _missing_extra(exc: BaseException) -> tuple[str, str] | None:
+    """The missing package and its extra behind an ImportError, if an extra brings it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError) and seen.name:
+            package = seen.name.partition(".")[0]
+            if package in EXTRAS:
+                return package, EXTRAS[package]
+        seen = seen.__cause__
+    return None
 
 
 class CheckFailed(click.ClickException):
@@ -93,14 +126,30 @@ class AegisGroup(click.Group):
             close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
             if close:
                 ctx.fail(f"No such command {name!r}. Did you mean {close[0]!r}?")
-        return super().resolve_command(ctx, args)
+        resolved = super().resolve_command(ctx, args)
+        ctx.meta.setdefault("aegis.command", resolved[0])
+        return resolved
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the subcommand; report an AegisError as one line and its exit code."""
+        """Run the subcommand; report an AegisError as one line and its exit code.
+
+        A package of an extra that is not installed (``aegis serve`` without
+        uvicorn) is one line naming the extra to install, not a traceback.
+        """
         try:
             return super().invoke(ctx)
         except AegisError as exc:
             raise _exit_class(exc.exit_code)(str(exc)) from exc
+        except ImportError as exc:
+            missing = _missing_extra(exc)
+            if missing is None:
+                raise
+            package, extra = missing
+            command = " ".join(filter(None, ("aegis", ctx.meta.get("aegis.command"))))
+            raise click.ClickException(
+                f"{command} needs the {extra} extra ({package} is not installed): "
+                f'pip install "aegis-runtime[{extra}]"'
+            ) from exc
 
 
 @click.group(

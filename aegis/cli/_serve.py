@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import secrets
 from typing import TYPE_CHECKING
@@ -58,6 +59,11 @@ def _oidc_signin(
         raise click.UsageError("give both --oidc-issuer and --oidc-client-id")
     # Imported here: Authlib (the oidc extra) is only needed with these options.
     from aegis.server.oidc import OidcSettings, OidcSignIn  # noqa: PLC0415
+
+    # The sign-in imports these only when someone signs in: without the oidc
+    # extra, refuse to start rather than fail the first person at the door.
+    for package in ("authlib.integrations.httpx_client", "authlib.oidc.core", "joserfc.jwt"):
+        importlib.import_module(package)
 
     try:
         settings = OidcSettings(

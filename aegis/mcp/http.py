@@ -39,7 +39,6 @@ from aegis.mcp.downstream import EXIT_GRACE, check_server
 from aegis.mcp.proxy import ProxySession
 from aegis.mcp.runner import ProxySettings, build_runtime, check_loopback, session_opener
 from aegis.runtime.engine import Runtime
-from aegis.runtime.metrics import ActionsCollector, ActionTally, metrics_response
 
 try:
     import uvicorn
@@ -53,10 +52,14 @@ try:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import GaugeMetricFamily, Metric
     from starlette.requests import Request
-except ImportError as exc:  # pragma: no cover - the extras are installed in CI
+
+    from aegis.runtime.metrics import ActionsCollector, ActionTally, metrics_response
+except ImportError as exc:
+    # The mcp extra brings all of these (the SDK needs uvicorn and starlette).
+    missing = exc.name or getattr(exc.__cause__, "name", None) or "the mcp SDK"
     raise ImportError(
-        "aegis mcp-proxy --listen needs the mcp SDK and uvicorn: "
-        'pip install "aegis-runtime[mcp,server]"'
+        f"aegis mcp-proxy --listen needs the mcp extra ({missing.partition('.')[0]} is not "
+        'installed): pip install "aegis-runtime[mcp]"'
     ) from exc
 
 __all__ = ["GovernedHttpApp", "run_http"]

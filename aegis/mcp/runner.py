@@ -205,8 +205,8 @@ def make_approval_handler(settings: ProxySettings) -> Any:
             )
         except ImportError as exc:
             raise ConfigurationError(
-                f"remote approval is not available in this installation ({exc}); "
-                'install "aegis-runtime[server]"'
+                "--approval-url needs the approval client of the server extra: "
+                'pip install "aegis-runtime[server]"'
             ) from exc
         token = settings.approval_token or os.environ.get("AEGIS_TOKEN")
         timeout = settings.approval_timeout or 900.0

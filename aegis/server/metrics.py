@@ -32,7 +32,7 @@ try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 except ImportError as exc:  # pragma: no cover  # CI installs every extra
     raise ImportError(
-        'Prometheus metrics need the metrics extra: pip install "aegis-runtime[metrics]"'
+        'Prometheus metrics need the server extra: pip install "aegis-runtime[server]"'
     ) from exc
 
 from starlette.requests import Request
