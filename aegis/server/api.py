@@ -42,6 +42,7 @@ __all__ = [
     "error_response",
     "request_sort",
     "risk_levels",
+    "unstorable_text",
 ]
 
 _log = logging.getLogger("aegis.server")
@@ -189,8 +190,12 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _bad_text(text: str) -> str | None:
-    """Why ``text`` cannot be stored and shown as it is, or ``None``."""
+def unstorable_text(text: str) -> str | None:
+    """Why ``text`` cannot be stored and shown as it is (``"holds a NUL character"``), or ``None``.
+
+    The API and the inbox refuse such text from a caller, naming the field:
+    PostgreSQL cannot keep NUL, and a lone surrogate is not text in UTF-8.
+    """
     if "\x00" in text:
         return "holds a NUL character"
     if not text.isascii():
@@ -209,7 +214,7 @@ def _check_storable(value: Any, where: str) -> None:
     PostgreSQL refuses NUL in text. Each is the sender's mistake: a 422.
     """
     if isinstance(value, str):
-        problem = _bad_text(value)
+        problem = unstorable_text(value)
         if problem:
             raise _invalid(f"{where or 'the body'} {problem}")
     elif isinstance(value, float):
@@ -217,7 +222,7 @@ def _check_storable(value: Any, where: str) -> None:
             raise _invalid(f"{where or 'the body'} is a number too large to keep (not finite)")
     elif isinstance(value, dict):
         for key, item in value.items():
-            problem = _bad_text(key)
+            problem = unstorable_text(key)
             name = f"{where}.{key}" if where else key
             if problem:
                 raise _invalid(f"a field name in {where or 'the body'} {problem}")
@@ -230,7 +235,7 @@ def _check_storable(value: Any, where: str) -> None:
 def _check_query(request: Request) -> None:
     """Refuse query and path parameters holding NUL or lone surrogates, naming them."""
     for name, value in (*request.query_params.multi_items(), *request.path_params.items()):
-        problem = _bad_text(str(value))
+        problem = unstorable_text(str(value))
         if problem:
             raise _invalid(f"{name} {problem}")
 

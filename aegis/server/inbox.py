@@ -56,7 +56,7 @@ from aegis.core.filters import SHORT_NAMES
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
-from aegis.server.api import request_sort, risk_levels
+from aegis.server.api import request_sort, risk_levels, unstorable_text
 from aegis.server.oidc import CALLBACK_PATH, LEEWAY, OidcError, OidcSignIn, OidcUser
 from aegis.server.service import (
     AUDIT_SCAN,
@@ -308,7 +308,8 @@ class Inbox:
 
         async def endpoint(request: Request) -> Response:
             try:
-                return await handler(request)
+                refused = await self._unstorable(request)
+                return refused if refused is not None else await handler(request)
             except AuditError as exc:  # StoreError too: the database is down or locked
                 _log.warning(
                     "inbox: store failure on %s %s: %s", request.method, request.url.path, exc
@@ -320,6 +321,20 @@ class Inbox:
         endpoint.__name__ = getattr(handler, "__name__", "endpoint")
         endpoint.__doc__ = handler.__doc__
         return endpoint
+
+    async def _unstorable(self, request: Request) -> Response | None:
+        """A 400 page when a query or path parameter holds text no store can keep.
+
+        Such a filter or link is the sender's mistake and is said to be:
+        PostgreSQL would refuse it as a failure (a 503 saying the store is
+        down), SQLite would look for it. The JSON API refuses it alike.
+        """
+        for name, value in (*request.query_params.multi_items(), *request.path_params.items()):
+            problem = unstorable_text(str(value))
+            if problem:
+                reviewer = await self.reviewer(request)
+                return self._error(request, reviewer, 400, "Not understood", f"{name} {problem}.")
+        return None
 
     def close(self) -> None:
         """Stop listening to the service's events."""
@@ -819,6 +834,8 @@ class Inbox:
             problem = "Choose Approve or Deny."
         elif len(comment) > MAX_COMMENT:
             problem = f"The comment is longer than {MAX_COMMENT} characters."
+        elif unstorable_text(comment):
+            problem = f"The comment {unstorable_text(comment)}; nothing was decided."
         elif grant_text and grant_text != "0":
             # The service's rule of grant lengths (decide() enforces it), asked
             # first so that a person reads it in words, whichever button was

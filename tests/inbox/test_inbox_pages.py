@@ -727,3 +727,26 @@ async def test_a_decision_goes_on_to_the_next_pending_of_the_list(site: Site) ->
         where = await decide("medium", "")
         assert where == "/"
         assert "Nothing else is pending." in (await client.get(where)).text
+
+
+async def test_text_no_store_can_keep_is_refused_by_name(site: Site) -> None:
+    """A comment, filter or page link holding NUL (which PostgreSQL cannot keep) or a lone
+    surrogate is the sender's mistake, refused as the API refuses it and naming the field,
+    on either store: not a 503 saying the store is down, and nothing is decided."""
+    request = await site.ask()
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "ida")
+        decided = await client.post(
+            f"/requests/{request['id']}/decision",
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf, "comment": "ok\x00"},
+        )
+        assert decided.status_code == 422, decided.text
+        assert "comment" in decided.text
+        assert "NUL" in decided.text
+        for page in ("/?agent=a%00b", "/history?agent=a%00b", "/audit?type=a%00b"):
+            shown = await client.get(page)
+            assert shown.status_code == 400, (page, shown.status_code)
+            assert "NUL" in shown.text
+        shown = await client.get("/audit?target=%ED%A0%80")
+        assert shown.status_code in (200, 400), shown.text
+    assert (await site.store_request(request["id"]))["status"] == "pending"
