@@ -11,7 +11,7 @@ import click
 from aegis.cli._output import emit_json, note, print_table, success
 from aegis.cli._params import format_option
 from aegis.cli._store import open_tables, store_option
-from aegis.core.approval_request import Role, iso
+from aegis.core.approval_request import iso
 
 __all__ = ["grants"]
 
@@ -66,13 +66,15 @@ def revoke(grant_id: str, db: str) -> None:
     """
     # Imported here: the service module is only needed for this command.
     from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
-    from aegis.server.service import ApprovalService, Principal  # noqa: PLC0415
+    from aegis.server.service import ApprovalService  # noqa: PLC0415
 
     with open_tables(db, create=False) as store:
         audit = AuditLogger(db.removeprefix("sqlite:///"))
         try:
-            operator = Principal(f"operator:{getpass.getuser()}", Role.REVIEWER)
-            grant = asyncio.run(ApprovalService(store, audit).revoke_grant(operator, grant_id))
+            # The operator holds the database, not a reviewer group: any grant is theirs to stop.
+            operator = f"operator:{getpass.getuser()}"
+            service = ApprovalService(store, audit)
+            grant = asyncio.run(service.operator_revoke_grant(grant_id, operator))
         finally:
             audit.close()
     success(f"grant {grant.id} revoked")

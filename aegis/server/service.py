@@ -937,7 +937,18 @@ class ApprovalService:
                 f"{principal.name} is in {', '.join(principal.groups) or 'no group'}",
                 code="wrong_group",
             )
-        by = str(principal.who)
+        return await self._revoke_grant(grant_id, str(principal.who))
+
+    async def operator_revoke_grant(self, grant_id: str, by: str) -> Grant:
+        """Revoke a grant as the operator (``aegis grants revoke``), whatever its groups.
+
+        Whoever holds the database is no reviewer of a group: the operator's
+        way to stop a grant must not depend on being in one. ``by`` names
+        them in the audit record (``operator:<user>``).
+        """
+        return await self._revoke_grant(grant_id, by)
+
+    async def _revoke_grant(self, grant_id: str, by: str) -> Grant:
         grant = await self._call(self.store.revoke_grant, grant_id, self.clock(), by=by)
         request = await self._call(self.store.get_request, grant.request_id)
         self._emit(ApprovalEvent("grant.revoked", request, grant, by))

@@ -108,8 +108,8 @@ def test_token_list_needs_an_existing_database(invoke: Invoke, tmp_path: Path) -
     assert not missing.exists()
 
 
-def _granted(db: str) -> str:
-    """A request approved with a grant, in ``db``; return the grant id."""
+def _granted(db: str, reviewers: tuple[str, ...] = ()) -> str:
+    """A request (for ``reviewers``) approved with a grant, in ``db``; return the grant id."""
     with AuditLogger(db) as audit:
         audit.head()
     store = open_approval_store(db)
@@ -125,7 +125,7 @@ def _granted(db: str) -> str:
             matched_rule="refunds",
             reason="",
             approvers=1,
-            reviewers=(),
+            reviewers=reviewers,
             created_at=now,
             expires_at=now + timedelta(hours=1),
             digest=request_digest(action, "bot"),
@@ -157,6 +157,19 @@ def test_grants_list_and_revoke(invoke: Invoke, tmp_path: Path) -> None:
     assert "no longer active" in again.stderr
     unknown = invoke("grants", "revoke", "grt_nope", "--db", db)
     assert unknown.exit_code == 1
+    with AuditLogger(db) as audit:
+        texts = [r["human_decision"] for r in audit.get_log("s1")]
+    assert any(f"grant {grant_id} revoked by operator:" in t for t in texts)
+
+
+def test_grants_revoke_stops_a_grant_given_for_a_group(invoke: Invoke, tmp_path: Path) -> None:
+    """The operator is in no reviewer group, yet `aegis grants revoke` stops finance's grant:
+    an operator's brake that worked only on grants open to anyone would not be one."""
+    db = str(tmp_path / "aegis.db")
+    grant_id = _granted(db, reviewers=("finance",))
+    revoked = invoke("grants", "revoke", grant_id, "--db", db)
+    assert revoked.exit_code == 0, revoked.output
+    assert json.loads(invoke("grants", "list", "--db", db, "--format", "json").stdout) == []
     with AuditLogger(db) as audit:
         texts = [r["human_decision"] for r in audit.get_log("s1")]
     assert any(f"grant {grant_id} revoked by operator:" in t for t in texts)
