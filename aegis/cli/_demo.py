@@ -35,10 +35,11 @@ def demo(
 ) -> None:
     """Run a demo agent against a small local CRM, under a policy.
 
-    Reads run on their own, updates and refunds ask you for approval,
-    deletes are blocked; every step lands in the audit trail, which is
-    then listed and verified. Without a terminal, approvals follow a
-    printed rule so the demo also runs in CI.
+    Reads and small refunds run on their own, updates, larger refunds and
+    deletes ask you for approval, deleting every customer is blocked; every
+    step lands in the audit trail, which is then listed and verified.
+    Without a terminal, approvals follow a printed rule so the demo also
+    runs in CI.
 
     \b
     Examples:

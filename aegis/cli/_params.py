@@ -295,13 +295,15 @@ def command_schema() -> str | None:
 
 def format_option(*choices: str) -> Callable[[F], F]:
     """Add ``--format`` with ``choices``; the first one is the default."""
+    machine = [choice for choice in choices if choice not in {"table", "text"}]
+    verb = "writes" if len(machine) == 1 else "write"
     return click.option(
         "--format",
         "output_format",
         type=click.Choice(choices, case_sensitive=False),
         default=choices[0],
         show_default=True,
-        help="Output format; json and jsonl write nothing else on stdout.",
+        help=f"Output format; {' and '.join(machine)} {verb} nothing else on stdout.",
     )
 
 

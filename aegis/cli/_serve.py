@@ -98,7 +98,13 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @store_option
 @durability_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8700, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port",
+    default=8700,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on.",
+)
 @click.option(
     "--approval-ttl",
     default="1h",

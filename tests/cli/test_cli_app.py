@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
+import click
 import pytest
 from cli_support import run_as_reader
 from click.testing import Result
@@ -58,6 +60,36 @@ def test_every_command_has_help_with_an_example(invoke: Invoke, command: tuple[s
     assert result.exit_code == 0
     assert "Example" in result.stdout
     assert "aegis " in result.stdout
+
+
+def _every_command(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    ctx = click.Context(group)
+    found: list[tuple[str, ...]] = []
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None
+        found.append((*path, name))
+        if isinstance(command, click.Group):
+            found += _every_command(command, (*path, name))
+    return found
+
+
+def test_format_help_names_only_the_formats_the_command_has(invoke: Invoke) -> None:
+    """--format's help speaks of the machine formats of its own command, and no others."""
+    checked = 0
+    for command in _every_command(cli):
+        result = invoke(*command, "--help")
+        assert result.exit_code == 0, command
+        text = " ".join(result.stdout.split())
+        listed = re.search(r"--format \[([a-z|]+)\] Output format; (.*?) writes? nothing", text)
+        if listed is None:
+            assert "--format [" not in text, command
+            continue
+        choices = set(listed[1].split("|"))
+        named = set(listed[2].split(" and "))
+        assert named == choices - {"table", "text"}, command
+        checked += 1
+    assert checked >= 10
 
 
 def test_main_exits_with_the_command_status(capsys: pytest.CaptureFixture[str]) -> None:
