@@ -614,7 +614,14 @@ class FlowSpec:
         return None if self.within is None else now - self.within
 
     def matches(self, event: FlowEvent, now: float) -> bool:
-        """Whether ``event`` is an earlier action this condition looks for."""
+        """Whether ``event`` is an earlier action this condition looks for.
+
+        Raises:
+            Unevaluable: its type and target are, but its params cannot be
+                judged (``table: [customers]`` against ``param_eq: {table:
+                customers}``): it may be the action looked for, as a tool
+                coercing the value would have run it.
+        """
         if self.within is not None and event.at <= now - self.within:
             return False
         if not (self._type_ok(event.type) and self._target_ok(event.target)):
@@ -623,12 +630,20 @@ class FlowSpec:
             return True
         try:
             return bool(self._params_ok(event.params, None))
-        except Unevaluable:
-            return False  # an event whose params do not fit is not the one looked for
+        except Unevaluable as exc:
+            raise Unevaluable(
+                f"{self.name}: an earlier {_shown(event.type)} on {_shown(event.target)}"
+                f" of the session: {exc.reason}"
+            ) from None
 
     def could_match(self, action: Action) -> bool:
         """Whether ``action``, once run, could satisfy this condition later."""
         return bool(self._type_ok(action.type) and self._target_ok(action.target))
+
+
+def _shown(name: str) -> str:
+    """An action's type or target in a reason: quoted, and cut when long."""
+    return repr(name if len(name) <= 60 else name[:57] + "...")
 
 
 def _glob(pattern: object, what: str) -> Callable[[str], object]:
@@ -705,16 +720,34 @@ class History(Protocol):
 
 
 class KnownFacts:
-    """A :class:`History` of facts looked up beforehand: the specs that hold."""
+    """A :class:`History` of facts looked up beforehand: the specs that hold.
 
-    __slots__ = ("_true",)
+    ``unsure`` maps each spec that no earlier action satisfies for certain,
+    but one may (its params could not be judged), to why: asking about it
+    raises :class:`Unevaluable`, and the rule blocks, as for any condition
+    that cannot be evaluated.
+    """
 
-    def __init__(self, true: Iterable[FlowSpec]) -> None:
+    __slots__ = ("_true", "_unsure")
+
+    def __init__(
+        self, true: Iterable[FlowSpec], unsure: Mapping[FlowSpec, str] | None = None
+    ) -> None:
         self._true = frozenset(true)
+        self._unsure = unsure
 
     def seen(self, spec: FlowSpec, now: datetime) -> bool:
-        """Whether ``spec`` was found satisfied."""
-        return spec in self._true
+        """Whether ``spec`` was found satisfied.
+
+        Raises:
+            Unevaluable: whether it was is unsure.
+        """
+        if spec in self._true:
+            return True
+        unsure = self._unsure
+        if unsure and spec in unsure:
+            raise Unevaluable(unsure[spec])
+        return False
 
 
 class RecordedHistory:
@@ -733,14 +766,25 @@ class RecordedHistory:
         self.session_id = session_id
 
     def seen(self, spec: FlowSpec, now: datetime) -> bool:
-        """Whether one of the events (of the session, when one is set) satisfies ``spec``."""
+        """Whether one of the events (of the session, when one is set) satisfies ``spec``.
+
+        Raises:
+            Unevaluable: none does for certain, and one's params cannot be judged.
+        """
         at = now.timestamp()
-        return any(
-            event.at <= at
-            and (self.session_id is None or event.session_id == self.session_id)
-            and spec.matches(event, at)
-            for event in self.events
-        )
+        problem: Unevaluable | None = None
+        session_id = self.session_id
+        for event in self.events:
+            if event.at > at or (session_id is not None and event.session_id != session_id):
+                continue
+            try:
+                if spec.matches(event, at):
+                    return True
+            except Unevaluable as exc:
+                problem = problem or exc
+        if problem is not None:
+            raise problem
+        return False
 
 
 # -- a rule's and a policy's stateful parts -------------------------------------
@@ -760,10 +804,17 @@ class RuleLimits:
         flows = self.flows
 
         def check(history: History | None, now: datetime) -> bool:
+            problem: Unevaluable | None = None
             for spec, negated in flows:
-                seen = history is not None and history.seen(spec, now)
+                try:
+                    seen = history is not None and history.seen(spec, now)
+                except Unevaluable as exc:  # Kleene AND: a false condition still decides
+                    problem = problem or exc
+                    continue
                 if seen is negated:
                     return False
+            if problem is not None:
+                raise problem
             return True
 
         return check

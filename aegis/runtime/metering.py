@@ -300,7 +300,7 @@ class Metering:
         if specs:
             facts = self._facts(limits, specs, subject.session_id, at)
             moment = datetime.fromtimestamp(at, UTC)
-            decision = policy.evaluate(action, now=moment, history=KnownFacts(facts))
+            decision = policy.evaluate(action, now=moment, history=facts)
         elif decided is not None:
             decision = decided
         else:
@@ -367,7 +367,7 @@ class Metering:
         limits: PolicyLimits = policy.limits
         moment = datetime.fromtimestamp(now, UTC)
         specs = limits.flow_specs_for(action)
-        history = KnownFacts(self._facts(limits, specs, subject.session_id, now)) if specs else None
+        history = self._facts(limits, specs, subject.session_id, now) if specs else None
         decision = policy.evaluate(action, now=moment, history=history)
         rule = limits.by_rule.get(decision.matched_rule)
         if rule is not None:
@@ -420,9 +420,17 @@ class Metering:
 
     def _facts(
         self, limits: PolicyLimits, specs: tuple[FlowSpec, ...], session_id: str, at: float
-    ) -> list[FlowSpec]:
-        """The flow conditions among ``specs`` that the session's history satisfies."""
-        return [spec for spec in specs if self._latest(limits, spec, session_id, at) is not None]
+    ) -> KnownFacts:
+        """What the session's history says of each of ``specs``: holds, does not, or unsure."""
+        true: list[FlowSpec] = []
+        unsure: dict[FlowSpec, str] = {}
+        for spec in specs:
+            problem: list[str] = []
+            if self._latest(limits, spec, session_id, at, problem=problem) is not None:
+                true.append(spec)
+            elif problem:
+                unsure[spec] = problem[0]
+        return KnownFacts(true, unsure)
 
     def _latest(
         self,
@@ -431,18 +439,29 @@ class Metering:
         session_id: str,
         at: float,
         until: float | None = None,
+        *,
+        problem: list[str] | None = None,
     ) -> FlowEvent | None:
         """The session's newest event that ``spec`` looks for at ``at`` (none after ``until``).
 
         One question to the store, which stops at the first match, newest
         first: a check costs the same however long the session's history
-        (see :meth:`~aegis.stores.base.UsageStore.latest_event`).
+        (see :meth:`~aegis.stores.base.UsageStore.latest_event`). An event
+        whose params cannot be judged is passed over, its reason added to
+        ``problem``: with no match, the condition is unsure, not false.
         """
         kind, target, ask = limits.narrowing(spec)
         matches = limits.spec_matches
 
         def accepts(event: FlowEvent) -> bool:
-            return (until is None or event.at <= until) and matches(spec, event, at)
+            if until is not None and event.at > until:
+                return False
+            try:
+                return matches(spec, event, at)
+            except Unevaluable as exc:
+                if problem is not None and not problem:
+                    problem.append(exc.reason)
+                return False
 
         return self.store.latest_event(
             session_id,

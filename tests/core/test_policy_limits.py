@@ -294,6 +294,35 @@ def test_not_after_with_params_and_a_window(tmp_path: Path) -> None:
     )
 
 
+def test_an_earlier_action_whose_params_cannot_be_judged_blocks(tmp_path: Path) -> None:
+    """A not_after whose only candidate has params of another type (a tool may coerce them
+    into the very value named) blocks as unevaluable, never lets through; a sure match or a
+    false condition beside it still decides."""
+    text = """\
+rules:
+  - name: sends
+    match: {type: send}
+    conditions:
+      not_after: {type: read, params: {param_eq: {table: customers}}}
+    approval: auto
+  - name: rest
+    approval: block
+"""
+    policy = load(tmp_path, text)
+    at = NOW.timestamp()
+    odd = FlowEvent("s", "read", "crm", {"table": ("customers",)}, at - 2)
+    decision = policy.evaluate(Action("send", "x"), now=NOW, history=RecordedHistory([odd]))
+    assert (decision.approval, decision.matched_rule) == (Approval.BLOCK, "sends")
+    assert "cannot be evaluated" in decision.reason
+    assert "not_after: an earlier 'read' on 'crm'" in decision.reason
+    sure = FlowEvent("s", "read", "crm", {"table": "customers"}, at - 5)
+    both = RecordedHistory([sure, odd])
+    assert policy.evaluate(Action("send", "x"), now=NOW, history=both).matched_rule == "rest"
+    other = FlowEvent("s", "read", "crm", {"table": "orders"}, at - 5)
+    fine = RecordedHistory([other])
+    assert policy.evaluate(Action("send", "x"), now=NOW, history=fine).approval is Approval.AUTO
+
+
 def test_a_false_param_condition_decides_before_the_history(tmp_path: Path) -> None:
     """A rule whose param condition is false does not match, whatever the history says."""
     text = """\
