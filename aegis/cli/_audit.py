@@ -11,8 +11,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,7 @@ def list_records(  # noqa: PLR0917  # Click passes one argument per option
             records = _newest(log, TERMINAL_LIMIT, session_id, filters)
         else:
             records = log.iter_log(session_id, limit=limit, **filters)
+        records = _first_read(records)
         if output_format == "jsonl":
             _echo_jsonl(records)
         elif output_format == "json":
@@ -270,6 +272,18 @@ def list_records(  # noqa: PLR0917  # Click passes one argument per option
                     f"showing the newest {TERMINAL_LIMIT} of {matching} matching records;"
                     " narrow with filters (--since), or use --limit or --format jsonl for all"
                 )
+
+
+def _first_read(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """``records``, the first one read already.
+
+    A trail that cannot be read (not a database, an unreachable server)
+    fails before a table's header or a JSON array's ``[`` is printed, so a
+    pipe receives nothing but the error.
+    """
+    rows = iter(records)
+    first = next(rows, None)
+    return iter(()) if first is None else chain((first,), rows)
 
 
 def _emit_json_array(records: Iterable[dict[str, Any]]) -> None:

@@ -222,6 +222,18 @@ def test_user_mistakes_are_one_line_not_a_traceback(  # noqa: PLR0917  # pytest 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("output_format", ["table", "json", "jsonl"])
+def test_a_trail_that_cannot_be_read_prints_nothing_but_the_error(
+    invoke: Invoke, policy_path: Path, output_format: str
+) -> None:
+    """audit list on a file that is no database: no header or '[' on stdout, one Error line."""
+    result = invoke("audit", "list", "--db", str(policy_path), "--format", output_format)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: ")
+    assert str(policy_path) in result.stderr
+
+
 def test_unreadable_policy_is_one_line(policy_path: Path) -> None:
     """A policy file without read permission is a usage error naming it (root: run as nobody)."""
     import shutil
