@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -10,9 +12,9 @@ from aegis.cli._output import emit_json, note, print_table, success
 from aegis.cli._params import format_option
 from aegis.cli._store import open_tables, store_option
 from aegis.core.approval_request import Role, TokenInfo, iso, parse_duration
-from aegis.core.identity import KEY_SEPARATOR
-from aegis.errors import ConfigurationError
-from aegis.stores.approvals import hash_token, new_token
+from aegis.core.identity import KEY_SEPARATOR, Identity, canonical_issuer
+from aegis.errors import ApprovalServiceError, ConfigurationError
+from aegis.stores.approvals import ApprovalStore, hash_token, new_token
 
 __all__ = ["token"]
 
@@ -157,9 +159,67 @@ def list_tokens(db: str, output_format: str) -> None:
 @click.argument("name")
 @store_option
 def revoke(name: str, db: str) -> None:
-    """Revoke the token called NAME; it stops working at once."""
+    """Revoke the token called NAME; it stops working at once.
+
+    The grants a reviewer token gave end with it (each revocation is
+    audited): a grant keeps approving actions in its giver's name, and a
+    revoked giver's word must not. A token tied to an OpenID subject gave
+    its grants as that person, who may have given others from the inbox;
+    those end too, as nothing tells them apart.
+    """
     with open_tables(db, create=False) as store:
+        info = next((t for t in store.list_tokens() if t.name == name), None)
         revoked = store.revoke_token(name, datetime.now(UTC))
-    if not revoked:
-        raise click.ClickException(f"no active token named {name!r}; `aegis token list` shows them")
+        if not revoked:
+            raise click.ClickException(
+                f"no active token named {name!r}; `aegis token list` shows them"
+            )
+        ended = _end_grants(store, db, info) if info and info.role is Role.REVIEWER else []
     success(f"token {name!r} revoked")
+    if ended:
+        note(f"the grants it gave are revoked too: {', '.join(ended)}")
+
+
+def _gave(info: TokenInfo, key: str) -> bool:
+    """Whether the stored identity ``key`` of a grant's giver is the token ``info``'s."""
+    if info.oidc_subject is None:
+        return key == info.name
+    # Tied to a subject: at its issuer, or at any when it names none (the
+    # service's --oidc-issuer, which this command does not know): fail closed.
+    giver = Identity.from_key(key)
+    if giver.subject != info.oidc_subject or not giver.issuer:
+        return False
+    return info.oidc_issuer is None or giver.issuer == canonical_issuer(info.oidc_issuer)
+
+
+def _end_grants(store: ApprovalStore, db: str, info: TokenInfo) -> list[str]:
+    """Revoke the active grants ``info`` gave, each audited; their ids."""
+    # Imported here: the service and the audit trail are only needed for this.
+    from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
+    from aegis.server.service import ApprovalService  # noqa: PLC0415
+
+    given = [
+        g.id
+        for g in store.list_grants(datetime.now(UTC))
+        if any(_gave(info, key) for key in g.granted_by)
+    ]
+    if not given:
+        return []
+    operator = f"operator:{getpass.getuser()} (token {info.name} revoked)"
+    audit = AuditLogger(db.removeprefix("sqlite:///"))
+    try:
+        service = ApprovalService(store, audit)
+
+        async def end_all() -> list[str]:
+            ended = []
+            for grant_id in given:
+                try:
+                    await service.operator_revoke_grant(grant_id, operator)
+                except ApprovalServiceError:
+                    continue  # it ended meanwhile (expired, or revoked by someone else)
+                ended.append(grant_id)
+            return ended
+
+        return asyncio.run(end_all())
+    finally:
+        audit.close()

@@ -108,8 +108,10 @@ def test_token_list_needs_an_existing_database(invoke: Invoke, tmp_path: Path) -
     assert not missing.exists()
 
 
-def _granted(db: str, reviewers: tuple[str, ...] = ()) -> str:
-    """A request (for ``reviewers``) approved with a grant, in ``db``; return the grant id."""
+def _granted(
+    db: str, reviewers: tuple[str, ...] = (), *, by: str = "alice", session: str = "s1"
+) -> str:
+    """A request (for ``reviewers``) approved ``by`` with a grant, in ``db``; the grant's id."""
     with AuditLogger(db) as audit:
         audit.head()
     store = open_approval_store(db)
@@ -118,7 +120,7 @@ def _granted(db: str, reviewers: tuple[str, ...] = ()) -> str:
         action = Action("refund", "billing", {"amount": 5})
         request = ApprovalRequest(
             id=new_request_id(),
-            session_id="s1",
+            session_id=session,
             requester="bot",
             action=action,
             risk_level=RiskLevel.HIGH,
@@ -133,7 +135,7 @@ def _granted(db: str, reviewers: tuple[str, ...] = ()) -> str:
         )
         store.create_request(request, now)
         _, grant = store.decide(
-            request.id, "alice", Verdict.APPROVE, comment="", grant_minutes=30, now=now
+            request.id, by, Verdict.APPROVE, comment="", grant_minutes=30, now=now
         )
     finally:
         store.close()
@@ -173,6 +175,35 @@ def test_grants_revoke_stops_a_grant_given_for_a_group(invoke: Invoke, tmp_path:
     with AuditLogger(db) as audit:
         texts = [r["human_decision"] for r in audit.get_log("s1")]
     assert any(f"grant {grant_id} revoked by operator:" in t for t in texts)
+
+
+def test_token_revoke_ends_the_grants_it_gave(invoke: Invoke, tmp_path: Path) -> None:
+    """Revoking alice's token ends the grants she gave (audited, and said), not bob's: a
+    grant keeps approving in its giver's name, and a revoked giver's word must not."""
+    db = str(tmp_path / "aegis.db")
+    for name in ("alice", "bob"):
+        made = invoke("token", "create", name, "--role", "reviewer", "--group", "ops", "--db", db)
+        assert made.exit_code == 0, made.output
+    hers = _granted(db, ("ops",), by="alice", session="s1")
+    his = _granted(db, ("ops",), by="bob", session="s2")
+    revoked = invoke("token", "revoke", "alice", "--db", db)
+    assert revoked.exit_code == 0, revoked.output
+    assert hers in revoked.stderr
+    listed = json.loads(invoke("grants", "list", "--db", db, "--format", "json").stdout)
+    assert [g["id"] for g in listed] == [his]
+    with AuditLogger(db) as audit:
+        texts = [r["human_decision"] for r in audit.get_log("s1")]
+    assert any(f"grant {hers} revoked by operator:" in t for t in texts)
+    # A token tied to a person ends that person's grants at its issuer, not a namesake's.
+    tied = ("--oidc-subject", "248289", "--oidc-issuer", "https://id.example.com")
+    made = invoke("token", "create", "kim-cli", "--role", "reviewer", *tied, "--db", db)
+    assert made.exit_code == 0, made.output
+    kims = _granted(db, ("ops",), by="https://id.example.com#248289", session="s3")
+    namesake = _granted(db, ("ops",), by="https://other.example.com#248289", session="s4")
+    assert invoke("token", "revoke", "kim-cli", "--db", db).exit_code == 0
+    listed = json.loads(invoke("grants", "list", "--db", db, "--format", "json").stdout)
+    assert sorted(g["id"] for g in listed) == sorted([his, namesake])
+    assert kims not in {g["id"] for g in listed}
 
 
 def test_serve_refuses_a_public_address_without_tls(invoke: Invoke, tmp_path: Path) -> None:
