@@ -364,7 +364,12 @@ def load_yaml(path: str | Path) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or "invalid YAML"
-        context = f" ({exc.context})" if exc.context else ""
+        context = ""
+        if exc.context:
+            # An unclosed '{' or quote is noticed lines later: name where it opened.
+            opened = exc.context_mark.line + 1 if exc.context_mark is not None else line
+            where = f" that starts at line {opened}" if opened != line else ""
+            context = f" ({exc.context}{where})"
         raise PolicyError(
             f"invalid YAML: {problem}{context}; check the indentation and quoting",
             path=name,

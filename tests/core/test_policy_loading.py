@@ -116,6 +116,11 @@ def test_description_is_kept() -> None:
     ("text", "line", "fragments"),
     [
         ("rules: [\n  {name: a\n", 3, ["invalid YAML"]),
+        (
+            "rules:\n  - name: a\n    match: {type: read\n    approval: auto\n",
+            4,
+            ["invalid YAML", "flow mapping that starts at line 3"],
+        ),
         ("- a\n- b\n", 1, ["must be a mapping", "a list"]),
         ("versoin: '1'\n", 1, ["unknown key 'versoin'", "did you mean 'version'"]),
         ("version: '2'\n", 1, ["unsupported policy version '2'"]),
