@@ -499,6 +499,33 @@ class ReservingGuard(Guard, Protocol):
     acquired: Acquired | None
 
 
+def _not_a_usage_store(store: object) -> str:
+    """Why ``store`` is refused as a usage store: the methods it lacks, and what to do."""
+    kind = type(store).__name__
+    members = vars(UsageStore)
+    missing = [
+        name
+        for name in sorted(members)
+        if not name.startswith("_")
+        and callable(members[name])
+        and not callable(getattr(store, name, None))
+    ]
+    message = f"usage_store must implement aegis.stores.usage.UsageStore; {kind} has no "
+    message += ", ".join(missing) if missing else "such methods"
+    if missing and len(missing) < len([n for n in members if not n.startswith("_")]):
+        # a store of its own, written to an earlier protocol: say what to add
+        message += (
+            " (see the docstrings of aegis.stores.base.UsageStore; latest_event, which flow"
+            " conditions ask, can be written over the store's recall: the session's newest"
+            " event newer than since that where accepts)"
+            if "latest_event" in missing
+            else " (see the docstrings of aegis.stores.base.UsageStore)"
+        )
+    else:
+        message += "; e.g. SQLiteUsageStore('aegis_audit.db')"
+    return message
+
+
 class MeteringStep:
     """The metering step of one runtime: its usage store (opened at first need) and its agent.
 
@@ -521,10 +548,7 @@ class MeteringStep:
         if agent is not None and not isinstance(agent, str):
             raise ConfigurationError(f"agent must be a string or None, got {type(agent).__name__}")
         if usage_store is not None and not isinstance(usage_store, UsageStore):
-            raise ConfigurationError(
-                f"usage_store must implement aegis.stores.usage.UsageStore, got"
-                f" {type(usage_store).__name__}; e.g. SQLiteUsageStore('aegis_audit.db')"
-            )
+            raise ConfigurationError(_not_a_usage_store(usage_store))
         self.agent = agent
         self._given = usage_store
         self._audit: object = None

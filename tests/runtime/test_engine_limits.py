@@ -893,6 +893,29 @@ def test_reload_needs_a_path_and_a_runtime_needs_a_policy() -> None:
         Runtime(executor=lambda a: None, policy=Policy(), usage_store=object())  # type: ignore[arg-type]
 
 
+class _EarlierStore:
+    """A user's usage store written to the protocol before latest_event: the rest delegated."""
+
+    def __init__(self) -> None:
+        self._inner = MemoryUsageStore()
+        for name in ("acquire", "acquire_many", "release", "remember", "recall"):
+            setattr(self, name, getattr(self._inner, name))
+        self.forget_events, self.close = self._inner.forget_events, self._inner.close
+
+
+def test_a_usage_store_of_the_earlier_protocol_is_refused_naming_what_to_add() -> None:
+    """A store without latest_event fails at Runtime(), naming the method and how to write it,
+    never later on the first flow check."""
+    from aegis.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as caught:
+        Runtime(executor=lambda a: None, policy=Policy(), usage_store=_EarlierStore())  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert "_EarlierStore has no latest_event (" in message
+    assert "recall" in message
+    assert "acquire" not in message
+
+
 async def test_concurrent_checks_share_a_batch_and_a_cancelled_one_reserves_nothing(
     tmp_path: Path,
 ) -> None:
