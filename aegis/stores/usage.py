@@ -47,6 +47,7 @@ __all__ = [
     "event_from_row",
     "judge",
     "params_json",
+    "unencodable",
     "widest",
 ]
 
@@ -75,6 +76,20 @@ def widest(kept: object, given: float | None) -> float | None:
 def params_json(params: Any) -> str:
     """A flow event's params as stored: canonical JSON, odd values as their repr."""
     return json.dumps(thaw(params), sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def unencodable(doing: str, where: str, exc: UnicodeEncodeError) -> StoreError:
+    """The error for text a database cannot hold: a lone surrogate, which UTF-8 has not.
+
+    A model's JSON can carry one (``"\\ud800"``) into a tool's name or a
+    session id; the action is refused (it could not be remembered or looked
+    up), never run unseen by a flow condition.
+    """
+    bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+    return StoreError(
+        f"cannot {doing} {where}: a name holds {bad!a}, a lone surrogate that UTF-8 cannot"
+        " encode; pass valid Unicode text as the action's type and target and the session id"
+    )
 
 
 def event_from_row(row: Sequence[Any], where: str) -> FlowEvent:

@@ -1407,3 +1407,39 @@ def test_a_guarded_start_takes_the_stamp_as_keywords_too(tmp_path: Path) -> None
     assert record["policy_digest"] == "d" * 64
     assert record["context"] == {"tool_call_id": "t1"}
     audit.close()
+
+
+async def test_names_a_database_cannot_hold_fail_the_action_clearly(
+    usage_factory: tuple[str, str],
+) -> None:
+    """A type, target or session with a lone surrogate (UTF-8 has none; a model's JSON can
+    hold one) is not run, with a StoreError's reason, when a flow rule must remember it or
+    look it up: no exception escapes run_one, nothing runs unremembered."""
+    _, location = usage_factory
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {"match": {"type": "send"}, "conditions": {"not_after": {"type": "read*"}}},
+                {"match": {"type": "send"}, "approval": "block"},
+            ],
+            "defaults": {"approval": "auto"},
+        }
+    )
+    ran: list[Action] = []
+    for session, action in [
+        ("s1", Action("read\ud800", "crm")),
+        ("s2", Action("read", "crm\udfff")),
+        ("s3\ud800", Action("read", "crm")),
+        ("s3\ud800", Action("send", "mail")),
+    ]:
+        rt = Runtime(
+            executor=ran.append,
+            policy=policy,
+            audit_logger=AuditLogger(location),
+            session_id=session,
+        )
+        async with rt:
+            result = await rt.run_one(action)
+        assert result.status in (ResultStatus.FAILED, ResultStatus.BLOCKED)
+        assert "surrogate" in (result.error or result.decision.reason)
+    assert ran == []

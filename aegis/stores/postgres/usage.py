@@ -53,6 +53,7 @@ from aegis.stores.usage import (
     event_from_row,
     judge,
     params_json,
+    unencodable,
     widest,
 )
 
@@ -228,6 +229,8 @@ class PostgresUsageStore:
                 if self._conn is not None and (self._conn.broken or self._conn.closed):
                     self._drop()
                 raise self.db.error(doing, exc) from exc
+            except UnicodeEncodeError as exc:  # encoded before sending (a transaction rolls back)
+                raise unencodable(doing, str(self.where), exc) from exc
 
     # -- the protocol ----------------------------------------------------------
 

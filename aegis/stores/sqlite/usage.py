@@ -52,6 +52,7 @@ from aegis.stores.usage import (
     event_from_row,
     judge,
     params_json,
+    unencodable,
     widest,
 )
 
@@ -349,7 +350,10 @@ class SQLiteUsageStore:
         with self.db.connection(doing) as conn:
             if self._ready is not conn:  # a new connection (first use, or after a fork)
                 self._ready_on(conn)
-            return work(conn)
+            try:
+                return work(conn)
+            except UnicodeEncodeError as exc:
+                raise unencodable(doing, repr(self.db.path), exc) from exc
 
     # -- the protocol ----------------------------------------------------------
 
@@ -699,7 +703,10 @@ class StartGuard:
             if abs(now - store._swept) >= _SWEEP_EVERY:  # _sweep's own test, without its call
                 store._sweep(cur, now, seen)
         if self.event is not None:
-            _remember(cur, self.event)
+            try:
+                _remember(cur, self.event)
+            except UnicodeEncodeError as exc:  # the audit's transaction rolls back
+                raise unencodable("keep a flow event in", repr(store.db.path), exc) from exc
         return True
 
 
