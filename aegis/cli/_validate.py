@@ -111,9 +111,11 @@ def _case_notes(policy: Policy) -> list[str]:
             if other == glob:
                 other = fold_case(glob)
             where = f"{rule.source}: " if rule.source else ""
+            # A glob is no name: say which names slip past ('READ*' is not one).
+            slips = f"a {side} matching {other!r}" if any(c in glob for c in "*?[") else repr(other)
             notes.append(
                 f"{where}rule {rule.name!r} blocks {side} {glob!r} case-sensitively, so"
-                f" {other!r} slips past it; add 'match_case: insensitive' to the policy,"
+                f" {slips} slips past it; add 'match_case: insensitive' to the policy,"
                 " or 'match_case: sensitive' to keep exact matching and silence this"
             )
             break

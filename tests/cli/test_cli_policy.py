@@ -262,6 +262,9 @@ def test_validate_warns_about_case_sensitive_block_rules(invoke: Invoke, tmp_pat
     for stated in ("sensitive", "insensitive"):
         path.write_text(f"match_case: {stated}\n{rules}", encoding="utf-8")
         assert invoke("validate", "-q", "--strict", str(path)).stderr == ""
+    path.write_text(rules.replace("delete", "'delete*'"), encoding="utf-8")
+    result = invoke("validate", "-q", str(path))
+    assert "so a type matching 'DELETE*' slips past" in " ".join(result.stderr.split())
 
 
 def test_validate_warns_about_path_regexes(invoke: Invoke, tmp_path: Path) -> None:
