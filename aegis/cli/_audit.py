@@ -454,8 +454,12 @@ def _head(ctx: click.Context, param: click.Parameter, value: str | None) -> Head
         return None
     try:
         return Head.parse(value)
-    except ConfigurationError as exc:
-        raise click.BadParameter(str(exc)) from None
+    except ConfigurationError:
+        # Head.parse speaks to Python callers (expected_head=, head()); say it in commands.
+        raise click.BadParameter(
+            f"{value!r} is not a head of an audit log; give one `aegis audit verify` or"
+            " `aegis audit head` printed: the record count, ':' and 64 hex digits"
+        ) from None
 
 
 @audit.command(short_help="Check the hash chain: nothing edited, removed or reordered.")

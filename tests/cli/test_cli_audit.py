@@ -217,9 +217,12 @@ def test_verify_truncated_log_against_kept_head(invoke: Invoke, audit_db: Path) 
 
 def test_verify_bad_head_is_a_usage_error(invoke: Invoke, audit_db: Path) -> None:
     """A malformed --expect-head exits 2, not with a traceback."""
-    result = invoke("audit", "verify", "--db", str(audit_db), "--expect-head", "garbage")
+    result = invoke("audit", "verify", "--db", str(audit_db), "--expect-head", "42:9f86...")
     assert result.exit_code == 2
-    assert "--expect-head" in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "'--expect-head': '42:9f86...' is not a head" in message
+    assert "`aegis audit head`" in message
+    assert "expected_head" not in message  # the Python parameter's name means nothing here
 
 
 def test_verify_json(invoke: Invoke, audit_db: Path) -> None:
