@@ -134,6 +134,9 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            # An audit record being written as the sweeper stopped is finished
+            # and marked before the store closes, or the next start writes it again.
+            await service.settle()
             if close_service:
                 service.close()
 

@@ -271,6 +271,8 @@ class ApprovalService:
         self._stamp_guard: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         #: store and audit calls that failed (a metric: ``aegis_store_errors_total``)
         self.store_errors = 0
+        #: audit writes under way on worker threads (:meth:`settle` waits for them)
+        self._writing: set[asyncio.Future[bool]] = set()
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -335,25 +337,44 @@ class ApprovalService:
             return 0
         written = 0
         async with self._flush_lock():
-            now = self.clock()
-            stale = now - timedelta(seconds=_STALE_CLAIM)
+            stale = self.clock() - timedelta(seconds=_STALE_CLAIM)
             events = await self._call(self.store.pending_events, stale)
             for event in events:
-                if not await self._call(self.store.claim_event, event.id, self.clock(), stale):
-                    continue  # another service process writes this one
-                try:
-                    request = await self._call(self.store.get_request, event.request_id)
-                    if request is not None:
-                        await self._write_event(event, request)
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await self._call(
-                            self.store.finish_event, event.id, self.clock(), audited=False
-                        )
-                    raise
-                await self._call(self.store.finish_event, event.id, self.clock(), audited=True)
-                written += 1
+                # Claimed, written and marked on one worker thread, and shielded:
+                # a flush cancelled mid-way (a request cut off, the service
+                # stopping) leaves the thread to finish the record and mark it.
+                # Cancelled between the two, the claim was given back with the
+                # record already written, and the next flush wrote it again.
+                job = asyncio.ensure_future(self._call(self._audit_one, event, stale))
+                self._writing.add(job)
+                job.add_done_callback(self._writing.discard)
+                if await asyncio.shield(job):
+                    written += 1
         return written
+
+    async def settle(self) -> None:
+        """Wait for the audit writes under way to finish (before :meth:`close`)."""
+        while self._writing:
+            await asyncio.gather(*self._writing, return_exceptions=True)
+
+    def _audit_one(self, event: AuditEvent, stale: datetime) -> bool:
+        """Claim one queued event, write its record and mark it written (blocking).
+
+        ``False`` when another service process has it. A record that cannot be
+        written gives the claim back, to be tried again.
+        """
+        if not self.store.claim_event(event.id, self.clock(), stale):
+            return False
+        try:
+            request = self.store.get_request(event.request_id)
+            if request is not None:
+                self._write_event(event, request)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.store.finish_event(event.id, self.clock(), audited=False)
+            raise
+        self.store.finish_event(event.id, self.clock(), audited=True)
+        return True
 
     async def _flush_soon(self) -> None:
         """Flush now; a failure is logged, and the sweeper tries again every second."""
@@ -362,8 +383,8 @@ class ApprovalService:
         except Exception as exc:
             _log.warning("audit records are queued, not yet written: %s", exc)
 
-    async def _write_event(self, event: AuditEvent, request: ApprovalRequest) -> None:
-        """Write one queued event as an audit record, tagged with the request id."""
+    def _write_event(self, event: AuditEvent, request: ApprovalRequest) -> None:
+        """Write one queued event as an audit record, tagged with the request id (blocking)."""
         audit = self.audit
         if audit is None:
             return
@@ -377,8 +398,7 @@ class ApprovalService:
             approvers=request.approvers,
             reviewers=request.reviewers,
         )
-        await self._call(
-            audit.log,
+        audit.log(
             request.session_id,
             decision,
             human_decision=f"approval: {text} [request {request.id}]",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aegis.core.approval_request import Role, TokenInfo
+from aegis.core.approval_request import Role, TokenInfo, Verdict, parse_new_request
 from aegis.core.filters import SHORT_NAMES
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
@@ -493,6 +494,54 @@ async def test_service_policy_raises_the_agents_terms(tmp_path: Path) -> None:
         refused = await client.post("/api/v1/approvals", json=blocked, headers=headers)
         assert refused.status_code == 403
         assert error_code(refused) == "blocked_by_policy"
+    service.close()
+
+
+class HeldAudit(AuditLogger):
+    """A real SQLite trail whose writes, once ``hold`` is set, wait for ``release`` inside."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.hold = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def log(self, *args: Any, **kwargs: Any) -> int:
+        """Wait while held (as a write on a slow disk would), then write."""
+        if self.hold:
+            self.entered.set()
+            self.release.wait(10)
+        return super().log(*args, **kwargs)
+
+
+async def test_a_flush_cut_off_mid_write_records_the_decision_once(tmp_path: Path) -> None:
+    """A decision's request cut off while its record is being written (a client gone, the
+    service stopping): the record is written and marked once, never written again by the
+    next flush. Before, the cut-off flush gave its claim back while the write went on."""
+    store = SqliteApprovalStore(tmp_path / "held.db")
+    add_tokens(store, datetime.now(UTC))
+    audit = HeldAudit(str(tmp_path / "held.db"))
+    service = ApprovalService(store, audit)
+    bot = await service.authenticate("bot-secret")
+    bob = await service.authenticate("bob-secret")
+    created, _ = await service.create(bot, parse_new_request({"session_id": "s", "action": ACTION}))
+    audit.hold = True
+    deciding = asyncio.create_task(service.decide(bob, created.id, Verdict.DENY, "no"))
+    assert await asyncio.to_thread(audit.entered.wait, 10)
+    deciding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await deciding
+    audit.hold = False
+    audit.release.set()
+    await service.settle()
+    await service.flush_audit()
+    decided = [
+        r
+        for r in audit.get_log("s")
+        if (r["context"] or {}).get("approval_event") == "approval.decided"
+    ]
+    assert len(decided) == 1
+    assert store.pending_events(datetime.now(UTC)) == []
     service.close()
 
 
