@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -43,6 +44,7 @@ __all__ = [
     "Acquired",
     "MemoryUsageStore",
     "Request",
+    "SteadyClock",
     "UsageStore",
     "event_from_row",
     "judge",
@@ -58,6 +60,30 @@ EVENT_MARGIN: Final = 300.0
 FORGET_ROWS: Final = 1000
 #: sessions one :meth:`UsageStore.forget_events` looks at, at most (the SQL stores)
 FORGET_SESSIONS: Final = 500
+
+
+#: a clock that counts on through a suspend where Linux has one, else the monotonic clock
+_STEADY: Final = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+class SteadyClock:
+    """The wall clock when it was made, moved on by a clock no one sets: immune to steps.
+
+    A store deletes flow events by the time its caller gives; a wall clock
+    stepped ahead (by hand, or a bad time source, to be set back later)
+    would delete events still inside every window, for good. :meth:`cap`
+    gives the earlier of that time and the time that really passed since.
+    """
+
+    __slots__ = ("_offset",)
+
+    def __init__(self) -> None:
+        self._offset = time.time() - time.clock_gettime(_STEADY)
+
+    def cap(self, now: float) -> float:
+        """``now``, or the wall time since this clock was made, when that is earlier."""
+        steady = self._offset + time.clock_gettime(_STEADY)
+        return now if now <= steady else steady
 
 
 def widest(kept: object, given: float | None) -> float | None:
@@ -189,6 +215,7 @@ class MemoryUsageStore:
         #: whether ``_events`` is in time order (so the newest match is the last one)
         self._in_order = True
         self._horizon: object = _NEVER_TOLD  # the longest look-back declared (forget_events)
+        self._steady = SteadyClock()  # forget_events counts from it when the wall clock is ahead
         self._next = 1
         self._closed = False
 
@@ -326,7 +353,7 @@ class MemoryUsageStore:
             self._horizon = horizon
             if horizon is None:
                 return False
-            cutoff = now - horizon - EVENT_MARGIN
+            cutoff = self._steady.cap(now) - horizon - EVENT_MARGIN
             old = [i for i, e in enumerate(self._events) if e.at <= cutoff][:FORGET_ROWS]
             if not old:
                 return False

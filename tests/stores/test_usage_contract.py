@@ -856,6 +856,22 @@ def test_sqlite_a_hand_edited_horizon_keeps_every_event(tmp_path: Path, edit: st
         assert _events(store, ["s"]) == [1.0, 900_000.0]
 
 
+def test_a_clock_stepped_ahead_deletes_only_what_time_really_made_old(
+    make_store: Factory,
+) -> None:
+    """A wall clock stepped a day ahead (to be set back later) while a store is open deletes
+    only events older than the window by the time that really passed: set back, the flow
+    rules still find the events of the last hour (SQLite's and memory's processes have no
+    server clock, so the store counts from its monotonic clock since it opened)."""
+    store = make_store()
+    real = time.time()
+    for age in (3 * 3600, 30 * 60):  # past a 1 h window, and inside it
+        store.remember(FlowEvent("s", "read", "crm", {}, real - age))
+    while store.forget_events(3600.0, real + 86400):
+        pass
+    assert [round((real - e.at) / 60) for e in store.recall("s", None, None)] == [30]
+
+
 def test_postgres_a_client_clock_ahead_deletes_only_by_the_servers(postgres_dsn: str) -> None:
     """A process whose clock runs a day ahead deletes only what the server's clock says is old."""
     store = PostgresUsageStore(postgres_dsn)

@@ -50,6 +50,7 @@ from aegis.stores.usage import (
     FORGET_SESSIONS,
     Acquired,
     Request,
+    SteadyClock,
     event_from_row,
     judge,
     params_json,
@@ -176,6 +177,7 @@ class PostgresUsageStore:
         # the session a walk of the flow events goes on from, and whether it is
         # itself still to do (see forget_events)
         self._events_from: tuple[str, bool] = ("", True)
+        self._steady = SteadyClock()  # forget_events counts from it when the wall clock is ahead
 
     def __repr__(self) -> str:
         return f"<PostgresUsageStore {self.where}{' closed' if self._closed else ''}>"
@@ -513,7 +515,7 @@ class PostgresUsageStore:
                 # client's clock run ahead (or stepped forward, to be set back
                 # later) must not delete events still inside other processes'
                 # windows; a server clock behind only keeps more.
-                until = min(now, row[1]) if row is not None else now
+                until = self._steady.cap(min(now, row[1]) if row is not None else now)
                 if kept is None:
                     return False  # some policy looks over whole sessions: every event may count
                 session, inclusive = self._events_from

@@ -49,6 +49,7 @@ from aegis.stores.usage import (
     FORGET_SESSIONS,
     Acquired,
     Request,
+    SteadyClock,
     event_from_row,
     judge,
     params_json,
@@ -334,6 +335,7 @@ class SQLiteUsageStore:
         # the session a walk of the flow events goes on from, and whether it is
         # itself still to do (see forget_events)
         self._events_from: tuple[str, bool] = ("", True)
+        self._steady = SteadyClock()  # forget_events counts from it when the wall clock is ahead
 
     @property
     def db_path(self) -> str:
@@ -589,7 +591,8 @@ class SQLiteUsageStore:
             )
         if kept is None:
             return False  # some policy looks over whole sessions: every event may be needed
-        cutoff = now - kept - EVENT_MARGIN
+        # the time that really passed, when the wall clock was stepped ahead (see SteadyClock)
+        cutoff = self._steady.cap(now) - kept - EVENT_MARGIN
         rows, (session, inclusive) = FORGET_ROWS, self._events_from
         for _ in range(FORGET_SESSIONS):
             found = cur.execute(
