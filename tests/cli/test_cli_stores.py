@@ -56,6 +56,7 @@ def test_audit_commands_read_the_trail_of_the_named_schema(
     elsewhere = invoke("audit", "list", "--db", postgres_dsn)
     assert elsewhere.exit_code != 0  # the search_path's schema holds no trail
     assert "in-schema" not in elsewhere.stdout
+    assert "--schema" in elsewhere.stderr  # the fix is named
 
 
 def test_token_commands_take_a_schema(invoke: Invoke, postgres_dsn: str, schema: str) -> None:

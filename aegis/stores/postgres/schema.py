@@ -100,8 +100,8 @@ def migrate(
     if not create:
         raise StoreError(
             f"no Aegis {component} tables in schema {schema!r} at {db.where}; point the "
-            "DSN (and schema) at the database your runtime writes (the runtime creates "
-            "them on first use)"
+            "DSN and the schema (--schema, schema=) at the database and schema your "
+            "runtime writes (the runtime creates them on first use)"
         )
     ident = sql.Identifier(schema)
     versions = sql.SQL("{}.{}").format(ident, sql.Identifier(VERSIONS_TABLE))
