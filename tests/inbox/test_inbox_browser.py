@@ -215,6 +215,9 @@ def test_request_appears_live_and_approval_lets_the_runtime_run(world: World) ->
     expect(page.locator(".agent-said .agent-text")).to_contain_text("charged twice")
     expect(page.locator("#why")).to_contain_text("refunds")
     expect(page.locator("#why")).to_contain_text("refunds move money, so a person checks them")
+    # how urgent, at a glance: the time left ticks beside the risk, in the request's header
+    expect(page.locator(".request-head #time-left")).to_have_text(re.compile(r"^\d+m \d\ds left$"))
+    assert page.locator("#time-left").bounding_box()["y"] < 200  # type: ignore[index]
     page.screenshot(path=OUTPUT / "inbox-request.png", full_page=True)
     refund_url = page.url
     page.fill("#comment", "Duplicate charge confirmed in Stripe")
@@ -262,8 +265,12 @@ def test_deny_with_the_keyboard(world: World) -> None:
     page.context.close()
 
 
-def test_expired_request_cannot_be_decided(world: World) -> None:
-    """A request past its approval_ttl leaves the live list; its open page says so and closes."""
+def test_expired_request_cannot_be_decided(world: World, axe_source: str) -> None:
+    """A request past its approval_ttl leaves the live list; its open page says so and closes.
+
+    Its clock is red while under five minutes and says "expired" at the end, never
+    "expired left"; the expired request's page passes axe-core.
+    """
     pending = world.signed_in()
     future = world.agent.start(Action("quick_check", "ops", {"host": "db-1"}))
     expect(world.row(pending, "quick_check")).to_be_visible(timeout=WAIT_MS)
@@ -273,15 +280,20 @@ def test_expired_request_cannot_be_decided(world: World) -> None:
         + (world.row(pending, "quick_check").locator("a").get_attribute("href") or "")
     )
     expect(page.locator("#approve")).to_be_enabled()
+    expect(page.locator("#time-left .left")).to_have_class(re.compile(r"\burgent\b"))
     result = future.result(WAIT_MS / 1000)  # the 6 s TTL runs out while the page is open
     assert result.status is ResultStatus.DENIED
     expect(world.row(pending, "quick_check")).to_have_count(0, timeout=WAIT_MS)
     # the open page says so by itself, and its form is closed
     expect(page.locator("#gone")).to_contain_text("expired elsewhere", timeout=WAIT_MS)
     expect(page.locator("#approve")).to_be_disabled()
+    expect(page.locator("#time-left")).to_have_text("expired")
     page.reload()
     expect(page.locator("#refusal")).to_contain_text("expired")
     expect(page.locator("#approve")).to_be_disabled()
+    expect(page.locator(".badges .status")).to_have_text("expired")
+    expect(page.locator("#time-left")).to_have_count(0)  # the status says it
+    assert axe_problems(page, axe_source) == []
     pending.context.close()
 
 
@@ -317,6 +329,14 @@ def test_every_page_fits_a_phone(world: World) -> None:
         Action("refund", "billing-eu", {"customer": "c_1", "memo": "x" * 120}, "a long memo")
     )
     expect(world.row(page, "billing-eu")).to_be_visible(timeout=WAIT_MS)
+    # a card says what, how risky and how long is left first; why, who and where below
+    tops = {
+        label: world.row(page, "billing-eu").locator(f'td[data-label="{label}"]').bounding_box()
+        for label in ("Action", "Risk", "Time left", "Rule", "Agent", "Session", "Waiting")
+    }
+    top = {label: box["y"] for label, box in tops.items() if box is not None}
+    assert top["Action"] < top["Risk"] < top["Time left"] < top["Rule"], top
+    assert max(top["Risk"], top["Time left"]) < min(top["Agent"], top["Session"], top["Waiting"])
     href = world.row(page, "billing-eu").locator("a").get_attribute("href") or ""
     for path in ("/", href, "/history", "/audit"):
         page.goto(world.server.url + path)
@@ -426,7 +446,11 @@ def test_a_request_approved_by_another_reviewer_says_so_live(world: World, axe_s
 def test_every_page_passes_axe(
     world: World, axe_source: str, scheme: str, size: dict[str, int]
 ) -> None:
-    """axe-core finds nothing serious or critical on any inbox page: light, dark, desk, phone."""
+    """axe-core finds nothing serious or critical on any inbox page: light, dark, desk, phone.
+
+    Sign-in, Pending, a request (asking to confirm, decided), History, Audit with a
+    grant, a missing request (404), a forged form (403) and the signed-out page.
+    """
     context = world.browser.new_context(viewport=size, color_scheme=scheme)  # type: ignore[arg-type]
     page = context.new_page()
     problems: dict[str, list[str]] = {}
@@ -454,15 +478,27 @@ def test_every_page_passes_axe(
     expect(page.locator("label.confirm")).to_have_class(re.compile(r"\bask\b"))
     problems[href + " (asking to confirm)"] = axe_problems(page, axe_source)
     page.check("#confirm")
-    page.click("#deny")
-    expect(page.locator(".flash-ok")).to_contain_text("Decided: denied")
+    page.fill("#grant_minutes", "5")
+    page.click("#approve")
+    expect(page.locator(".flash-ok")).to_contain_text("Decided: approved")
     problems[href + " (decided)"] = axe_problems(page, axe_source)
-    assert future.result(WAIT_MS / 1000).status is ResultStatus.DENIED
+    assert future.result(WAIT_MS / 1000).status is ResultStatus.SUCCESS
     page.goto(world.server.url + href)  # the decided request's own page: its decisions, no form
     expect(page.locator(".decisions")).to_be_visible()
     problems[href + " (its page, decided)"] = axe_problems(page, axe_source)
     page.goto(world.server.url + "/history")
     problems["/history (with the decision)"] = axe_problems(page, axe_source)
+    page.goto(world.server.url + "/audit")
+    grant = page.locator("#grants + table tr", has_text=f"axe-{scheme}-{size['width']}")
+    expect(grant).to_have_count(1)
+    problems["/audit (with a grant)"] = axe_problems(page, axe_source)
+    grant.locator("input[name=csrf]").evaluate("field => { field.value = 'forged'; }")
+    grant.locator("button").click()  # a form from elsewhere: the 403 page
+    expect(page.locator("h1")).to_have_text("Refused")
+    problems["403 (a forged form)"] = axe_problems(page, axe_source)
+    page.click("#signout")
+    expect(page.locator(".flash-ok")).to_contain_text("Signed out")
+    problems["/signin (signed out)"] = axe_problems(page, axe_source)
     context.close()
     found = [f"{path}: {problem}" for path, listed in problems.items() for problem in listed]
     assert found == [], "\n".join(found)
@@ -581,6 +617,77 @@ def test_a_filtered_list_by_url_stays_filtered_live_and_the_keyboard_goes_on(
     expect(world.row(page, f"{tag}-note")).to_have_count(0)
     note.cancel()
     expect(page.locator("#pending-count")).to_have_text("0", timeout=WAIT_MS)
+    page.context.close()
+
+
+#: a long action name and target, as agents write them
+LONG_TYPE = "delete_customer_records_including_backups_and_replicas"
+LONG_TARGET = "postgresql://crm-primary.internal/customers_production_eu_central"
+
+#: the audit table's scroll box and where each header cell ends
+AUDIT_COLUMNS = """() => { const box = document.querySelector('.scroll');
+  return {right: box.getBoundingClientRect().right, wide: box.scrollWidth, shown: box.clientWidth,
+          columns: Array.from(box.querySelectorAll('th')).map(th =>
+            [th.textContent, Math.round(th.getBoundingClientRect().right)])}; }"""
+
+
+@pytest.mark.parametrize("width", [1200, 1440])
+def test_the_audit_table_shows_every_column_on_a_desk(world: World, width: int) -> None:
+    """On a 1,200 or 1,440 px screen the audit table fits its box: Hash is in sight, no scrolling.
+
+    A record of a long action name, target and session wraps instead of pushing
+    the last columns past the box's edge.
+    """
+    page = world.signed_in()
+    page.set_viewport_size({"width": width, "height": 800})
+    target = f"{LONG_TARGET}_{width}"
+    future = world.agent.start(Action(LONG_TYPE, target, {"customer": "c_8"}, "long names"))
+    expect(world.row(page, target)).to_be_visible(timeout=WAIT_MS)
+    page.goto(f"{world.server.url}/audit")
+    expect(page.locator(".audit td", has_text=target).first).to_be_visible()
+    table = page.evaluate(AUDIT_COLUMNS)
+    past = [name for name, right in table["columns"] if right > table["right"] + 0.5]
+    assert past == [], f"{past} past the table's edge at {table['right']} px: {table['columns']}"
+    assert table["wide"] <= table["shown"]
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    future.cancel()
+    page.context.close()
+
+
+#: the focused element and the outline it draws
+FOCUSED = """() => { const el = document.activeElement, style = getComputedStyle(el);
+  return {what: el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+                (el.className ? '.' + el.className : ''),
+          style: style.outlineStyle, width: parseFloat(style.outlineWidth)}; }"""
+
+
+def test_the_keyboard_focus_is_drawn_on_every_control(world: World) -> None:
+    """Tab goes through each page's controls, and each one draws the inbox's 2 px focus ring.
+
+    Selects, expanders (a long value's "more characters") and the audit table's
+    scroll box too: the browser's own ring is 1 px, dark on the dark scheme.
+    """
+    page = world.signed_in()
+    future = world.agent.start(
+        Action("refund", "focus-ring", {"memo": "m" * 700, "lines": list(range(30))})
+    )
+    expect(world.row(page, "focus-ring")).to_be_visible(timeout=WAIT_MS)
+    href = world.row(page, "focus-ring").locator("a").get_attribute("href") or ""
+    undrawn: list[str] = []
+    reached: set[str] = set()
+    for path in ("/", href, "/history", "/audit"):
+        page.goto(world.server.url + path)
+        for _ in range(120):
+            page.keyboard.press("Tab")
+            focused = page.evaluate(FOCUSED)
+            if focused["what"].startswith("body"):
+                break  # past the last control
+            reached.add(focused["what"].split("#")[0].split(".")[0])
+            if focused["style"] != "solid" or focused["width"] < 2:
+                undrawn.append(f"{path}: {focused}")
+    assert {"a", "button", "input", "select", "summary", "textarea", "div"} <= reached
+    assert undrawn == []
+    future.cancel()
     page.context.close()
 
 

@@ -25,7 +25,8 @@
       var t = Number(el.dataset.untilMs);
       if (isNaN(t)) return;
       var left = (t - now) / 1000;
-      el.textContent = left > 0 ? duration(left) : "expired";
+      // "4m 10s left", never "expired left"
+      el.textContent = left > 0 ? duration(left) + (el.dataset.suffix || "") : "expired";
       el.classList.toggle("urgent", left < 300);
     });
   }
