@@ -388,7 +388,8 @@ class Inbox:
             return None
         if user.identity.issuer != self.oidc.settings.issuer:
             return None  # signed in at an issuer this inbox no longer trusts
-        age = (self.service.clock() - session.created_at).total_seconds()
+        now = self.service.clock()
+        age = (now - session.created_at).total_seconds()
         if not -LEEWAY <= age < self.oidc.settings.max_age:
             return None  # the provider's word on the groups is too old: ask it again
         if not self.oidc.settings.admits(user.groups):
@@ -396,7 +397,10 @@ class Inbox:
         who = user.identity
         # A grant given now keeps approving after this session: it may not
         # outlast the provider's word on the groups it was given for either.
-        until = session.created_at + timedelta(seconds=self.oidc.settings.max_age)
+        # Counted from this clock's now at the latest: a session said to start
+        # in the future (a host whose clock runs ahead) gains its grants no time.
+        start = min(session.created_at, now)
+        until = start + timedelta(seconds=self.oidc.settings.max_age)
         principal = Principal(who.display, Role.REVIEWER, user.groups, who)
         return Reviewer(principal, session, grant_until=until)
 

@@ -224,14 +224,22 @@ def test_a_session_started_by_a_clock_a_little_ahead_holds_and_one_far_ahead_doe
     world: World,
 ) -> None:
     """Ivy's session row says it began 5 s from now, as a service process on a host whose
-    clock runs ahead writes it: she stays signed in. Said to begin an hour from now, it
-    would outlast the max age: it counts for nothing."""
+    clock runs ahead writes it: she stays signed in. Said to begin 55 s from now, it still
+    holds, but gives her grants no time: under the 15 s max age a grant is refused as it
+    is without the skew. Said to begin an hour from now, it would outlast the max age: it
+    counts for nothing."""
+    finance = world.ask("pay_invoice", ["finance"])
     with httpx.Client(timeout=30) as client:
         sign_in(world.server.url, "ivy", client)
         _move_session(world.db, "ivy", timedelta(seconds=5))
         page = client.get(f"{world.server.url}/")
         assert page.status_code == 200, page.headers.get("location")
         assert "Ivy Finance" in page.text
+        _move_session(world.db, "ivy", timedelta(seconds=50))
+        refused = _approve(client, world.server.url, finance, grant_minutes="60")
+        assert refused.status_code == 422, refused.headers.get("location")
+        assert "--oidc-max-age" in refused.text
+        assert world.status(finance) == "pending"
         _move_session(world.db, "ivy", timedelta(hours=1))
         refused = client.get(f"{world.server.url}/")
         assert refused.status_code == 303
