@@ -10,7 +10,7 @@ import click
 
 from aegis.cli._output import emit_json, note, print_table, success
 from aegis.cli._params import format_option
-from aegis.cli._store import open_tables, store_option
+from aegis.cli._store import audit_trail, open_tables, store_option
 from aegis.core.approval_request import iso
 
 __all__ = ["grants"]
@@ -65,11 +65,10 @@ def revoke(grant_id: str, db: str) -> None:
     The revocation is written to the audit trail, naming the operator.
     """
     # Imported here: the service module is only needed for this command.
-    from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
     from aegis.server.service import ApprovalService  # noqa: PLC0415
 
     with open_tables(db, create=False) as store:
-        audit = AuditLogger(db.removeprefix("sqlite:///"))
+        audit = audit_trail(db)
         try:
             # The operator holds the database, not a reviewer group: any grant is theirs to stop.
             operator = f"operator:{getpass.getuser()}"

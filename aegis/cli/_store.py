@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -15,7 +15,10 @@ from aegis.errors import StoreError
 from aegis.stores._url import parse_store_url
 from aegis.stores.approvals import ApprovalStore
 
-__all__ = ["durability_option", "open_tables", "store_option"]
+__all__ = ["audit_trail", "durability_option", "open_tables", "store_option"]
+
+if TYPE_CHECKING:
+    from aegis.runtime.audit import AuditLogger
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -93,3 +96,16 @@ def open_tables(db: str, *, create: bool) -> Iterator[ApprovalStore]:
                 f"(aegis serve {serve}), or its reviewers and agents will not know this token"
             )
         yield store
+
+
+def audit_trail(db: str) -> AuditLogger:
+    """The audit trail of ``db`` in the command's ``--schema``, where ``aegis serve`` keeps it.
+
+    A command that changes a request or a grant records it there: opened
+    without the schema, a PostgreSQL trail is another one (the search
+    path's), and the service's own trail never gets the record.
+    """
+    # Imported here: the runtime's audit is only needed by the commands that write.
+    from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
+
+    return AuditLogger(db.removeprefix("sqlite:///"), schema=command_schema())

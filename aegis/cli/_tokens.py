@@ -10,7 +10,7 @@ import click
 
 from aegis.cli._output import emit_json, note, print_table, success
 from aegis.cli._params import format_option
-from aegis.cli._store import open_tables, store_option
+from aegis.cli._store import audit_trail, open_tables, store_option
 from aegis.core.approval_request import Role, TokenInfo, iso, parse_duration
 from aegis.core.identity import KEY_SEPARATOR, Identity, canonical_issuer
 from aegis.errors import ApprovalServiceError, ConfigurationError
@@ -194,8 +194,7 @@ def _gave(info: TokenInfo, key: str) -> bool:
 
 def _end_grants(store: ApprovalStore, db: str, info: TokenInfo) -> list[str]:
     """Revoke the active grants ``info`` gave, each audited; their ids."""
-    # Imported here: the service and the audit trail are only needed for this.
-    from aegis.runtime.audit import AuditLogger  # noqa: PLC0415
+    # Imported here: the service is only needed for this.
     from aegis.server.service import ApprovalService  # noqa: PLC0415
 
     given = [
@@ -206,7 +205,7 @@ def _end_grants(store: ApprovalStore, db: str, info: TokenInfo) -> list[str]:
     if not given:
         return []
     operator = f"operator:{getpass.getuser()} (token {info.name} revoked)"
-    audit = AuditLogger(db.removeprefix("sqlite:///"))
+    audit = audit_trail(db)
     try:
         service = ApprovalService(store, audit)
 

@@ -14,6 +14,10 @@ import pytest
 from cli_support import Invoke
 
 from aegis import Action, AuditLogger, Policy, Runtime
+from aegis.core.approval_request import NewRequest, Role, Verdict
+from aegis.core.risk import RiskLevel
+from aegis.server import open_service
+from aegis.server.service import Principal
 from aegis.stores import open_stores
 from aegis.stores.approvals import hash_token
 
@@ -190,3 +194,31 @@ def test_serve_refuses_a_store_it_cannot_open_as_named(
     assert result.exit_code != 0
     assert ("mysql" if "mysql" in args[1] else "schema") in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_grants_revoke_records_in_the_trail_of_the_named_schema(
+    invoke: Invoke, postgres_dsn: str, schema: str
+) -> None:
+    """`aegis grants revoke --schema S` writes its record to the trail in S, where the
+    service reads it; it went to the search path's trail, and S's never had it."""
+    async def granted() -> str:
+        service = open_service(postgres_dsn, schema=schema)
+        try:
+            agent = Principal("bot", Role.AGENT)
+            asked, _ = await service.create(
+                agent,
+                NewRequest(session_id="g", action=Action("refund", "b"), risk_level=RiskLevel.HIGH),
+            )
+            reviewer = Principal("alice", Role.REVIEWER)
+            decided = await service.decide(reviewer, asked.id, Verdict.APPROVE, "", 30)
+        finally:
+            service.close()
+        assert decided.granted is not None
+        return decided.granted
+
+    grant_id = asyncio.run(granted())
+    revoked = invoke("grants", "revoke", grant_id, "--db", postgres_dsn, "--schema", schema)
+    assert revoked.exit_code == 0, revoked.output
+    with AuditLogger(postgres_dsn, schema=schema) as trail:
+        texts = [r["human_decision"] for r in trail.get_log("g")]
+    assert any(f"grant {grant_id} revoked by operator:" in t for t in texts), texts
