@@ -201,6 +201,7 @@ def test_grants_revoke_records_in_the_trail_of_the_named_schema(
 ) -> None:
     """`aegis grants revoke --schema S` writes its record to the trail in S, where the
     service reads it; it went to the search path's trail, and S's never had it."""
+
     async def granted() -> str:
         service = open_service(postgres_dsn, schema=schema)
         try:
