@@ -104,12 +104,11 @@ In a client's configuration, replace the server's command with:
     help="How approvals are asked [default: remote with --approval-url, else deny].",
 )
 @click.option("--approval-url", default=None, help="The approval service (aegis serve).")
-@click.option(
-    "--approval-token",
-    default=None,
-    envvar="AEGIS_TOKEN",
-    show_envvar=True,
-    help="The agent token for the approval service.",
+@secret_option(
+    "approval-token",
+    "AEGIS_TOKEN",
+    "the agent token",
+    help_text="The agent token for the approval service.",
 )
 @click.option(
     "--approval-timeout",

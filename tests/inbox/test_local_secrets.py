@@ -49,12 +49,24 @@ def test_audit_key_files_are_owner_only_even_when_overwritten(tmp_path: Path) ->
 
 
 def test_secrets_on_argv_are_refused(tmp_path: Path) -> None:
-    """--session-key, --webhook-secret and --token on argv are a usage error that says why."""
+    """--session-key, --webhook-secret and the tokens on argv are a usage error that says why."""
     db = str(tmp_path / "aegis.db")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('version: "1"\n', encoding="utf-8")
+    proxy = [
+        "mcp-proxy",
+        "--policy",
+        str(policy),
+        "--db",
+        db,
+        "--approval-url",
+        "http://127.0.0.1:9",
+    ]
     for args in (
         ["serve", "--db", db, "--session-key", "s3cret"],
         ["serve", "--db", db, "--webhook", "http://127.0.0.1:9/x", "--webhook-secret", "s3cret"],
         ["approvals", "list", "--token", "aegis_s3cret"],
+        [*proxy, "--approval-token", "aegis_s3cret", "--", "true"],
     ):
         done = aegis(*args, check=False)
         assert done.returncode == 2, (args, done.stderr)

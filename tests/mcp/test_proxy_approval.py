@@ -55,7 +55,10 @@ async def _decide(service: Service, request_id: str, verdict: str, comment: str)
 
 
 def _approval_args(service: Service, *more: str) -> tuple[str, ...]:
-    return ("--approval-url", service.url, "--approval-token", "bot-secret", *more)
+    token = service.cwd / "bot.token"  # a secret never goes on the command line
+    token.write_text("bot-secret", encoding="utf-8")
+    token.chmod(0o600)
+    return ("--approval-url", service.url, "--approval-token-file", str(token), *more)
 
 
 async def test_a_reviewer_yes_runs_the_call_and_the_link_is_offered(

@@ -57,8 +57,11 @@ class Proxy:
     """The proxy in front of the test server, with the approval service, spoken to raw."""
 
     def __init__(self, files: Files, service: Service, *more: str) -> None:
+        token = service.cwd / "bot.token"  # a secret never goes on the command line
+        token.write_text("bot-secret", encoding="utf-8")
+        token.chmod(0o600)
         command = files.proxy(
-            "--approval-url", service.url, "--approval-token", "bot-secret", *more
+            "--approval-url", service.url, "--approval-token-file", str(token), *more
         )
         self.raw = RawProxy(command, files.stderr)
         try:

@@ -153,7 +153,10 @@ def test_a_typescript_host_waits_for_a_reviewer_longer_than_its_request_timeout(
     steps = [
         {"kind": "patient", "name": "echo", "arguments": {"message": message}, "timeout": 2000}
     ]
-    options = ("--approval-url", service.url, "--approval-token", "bot-secret")
+    token = tmp_path / "bot.token"  # a secret never goes on the command line
+    token.write_text("bot-secret", encoding="utf-8")
+    token.chmod(0o600)
+    options = ("--approval-url", service.url, "--approval-token-file", str(token))
     command = _host_command(npm_packages, files, steps, *options, "--progress-interval", "0.5")
     host = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
