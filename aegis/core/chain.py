@@ -87,8 +87,15 @@ EXTENSION_FIELDS: Final[tuple[str, ...]] = (
     "start_id",
 )
 
+
+def _foreign(value: object) -> list[str]:
+    # A value of a type no store writes (a hand-edited BLOB) is hashed as a
+    # list of its repr: never as a string, which the text of that repr is.
+    return [safe_repr(value)]
+
+
 _encode: Final = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=safe_repr
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_foreign
 ).encode
 
 # The C encoder behind _encode, built once: for a flat list of scalars (no
@@ -99,7 +106,7 @@ _c_scalars = (
     None
     if _c_make_encoder is None
     else _c_make_encoder(
-        None, safe_repr, json.encoder.encode_basestring, None, ":", ",", True, False, True
+        None, _foreign, json.encoder.encode_basestring, None, ":", ",", True, False, True
     )
 )
 
@@ -192,8 +199,9 @@ class VerifyReport:
 
 def _json_text(value: object) -> str:
     # A stored JSON field is canonical text already; anything else (a hand
-    # edit) is hashed as the JSON of its repr, which never matches.
-    return value if isinstance(value, str) else _encode(safe_repr(value))
+    # edit) is hashed as its type and repr, which is no JSON: no text stored
+    # as JSON (a result that is the string "b'x'") hashes the same.
+    return value if isinstance(value, str) else f"<{type(value).__name__}>{safe_repr(value)}"
 
 
 # the bytes JSON writes as they are between quotes: printable ASCII but " and \\
@@ -334,6 +342,20 @@ def seal_pieces(
     return _new_tuple(AuditRecord, (record_id, *draft, prev_hash, digest))
 
 
+#: the types of the stored fields: text, an id, or nothing
+_STORED_TYPES: Final = frozenset({str, int, type(None)})
+
+
+def _modified(record: AuditRecord) -> str:
+    """Why ``record`` does not match its hash, naming a field of a type no store writes."""
+    reason = f"record {record.id} was modified: its content does not match its hash"
+    for name, value in zip(record._fields, record, strict=True):
+        if type(value) not in _STORED_TYPES:
+            what = "a BLOB" if isinstance(value, bytes) else f"a {type(value).__name__}"
+            return f"{reason} ({name} holds {what}, which Aegis never writes)"
+    return reason
+
+
 def verify_chain(
     records: Iterable[AuditRecord],
     expected_head: Head | str | None = None,
@@ -398,10 +420,7 @@ def verify_chain(
                 "differs (records were inserted, deleted or reordered)",
             )
         if row_hash(record) != record.hash:
-            return fail(
-                record_id,
-                f"record {record_id} was modified: its content does not match its hash",
-            )
+            return fail(record_id, _modified(record))
         kind = record.kind
         if kind not in _KINDS:
             return fail(record_id, f"record {record_id} has an unknown kind {kind!r}")

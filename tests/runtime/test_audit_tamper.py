@@ -267,6 +267,37 @@ def test_a_blob_written_into_a_text_column_is_reported_not_a_crash(
     assert lines[4][column] == repr(b"\x00\xff")
 
 
+@pytest.mark.parametrize(
+    ("column", "blob"),
+    [("action_target", b"prod"), ("result_data", b"ok"), ("policy_digest", b"p1")],
+)
+def test_a_blob_with_the_repr_of_the_text_it_replaces_is_caught(
+    tmp_path: Path, column: str, blob: bytes
+) -> None:
+    """Text that reads like a BLOB's repr, swapped for that BLOB, fails verify().
+
+    The hash wrote a foreign value as the JSON string of its repr, so the
+    BLOB b"prod" hashed as the text "b'prod'" did, while a filter on the
+    target no longer found the record.
+    """
+    db = tmp_path / "audit.db"
+    text = repr(blob)
+    action = Action("delete", text if column == "action_target" else "db", {}, "drop it")
+    decision = PolicyDecision(action, RiskLevel.HIGH, Approval.APPROVE, "ops")
+    result = Result(action, ResultStatus.SUCCESS, text if column == "result_data" else None)
+    with AuditLogger(db) as audit:
+        audit.log("s", decision, result=result, policy_digest=text)
+        audit.log("s", decision, result=result)
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute(f"UPDATE audit_log SET {column} = ? WHERE id = 1", (blob,))
+    finally:
+        conn.close()
+    ok, bad, reason = verify(db)
+    assert (ok, bad) == (False, 1)
+    assert column in reason
+
+
 def test_broken_json_in_a_stored_column_still_exports_valid_lines(
     db: Path, raw: sqlite3.Connection, tmp_path: Path
 ) -> None:
