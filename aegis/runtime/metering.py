@@ -694,6 +694,40 @@ class MeteringStep:
         except AegisError as exc:
             return _unmetered(decision, exc), None
 
+    def recheck(
+        self, session_id: str, policy: Any, decision: PolicyDecision
+    ) -> PolicyDecision | None:
+        """The policy's decision now, when the session's history turned it into a block.
+
+        An approved action is let through later than it was decided: what
+        ran in the session meanwhile (a read a ``not_after`` forbids, in
+        another task or process) is asked about again, as :meth:`restamp`
+        counts the limits again. ``None`` when no flow condition looks at
+        the action, or the policy still lets it through (the person's
+        approval stands); a store that fails blocks.
+        """
+        limits: PolicyLimits | None = getattr(policy, "limits", None)
+        action = decision.action
+        if limits is None or not limits.flow_specs:
+            return None
+        specs = limits.flow_specs_for(action)
+        if not specs:
+            return None
+        at = time.time()
+        try:
+            metering = self._metering or self.metering()
+            facts = metering._facts(limits, specs, session_id, at)
+        except AegisError as exc:
+            return _unmetered(decision, exc)
+        fresh: PolicyDecision = policy.evaluate(
+            action, now=datetime.fromtimestamp(at, UTC), history=facts
+        )
+        if fresh.approval is not Approval.BLOCK:
+            return None
+        return replace(
+            fresh, reason=f"{fresh.reason} (the session's history changed while approval was asked)"
+        )
+
     async def restamp(
         self, decision: PolicyDecision, pending: _Pending, lease: Lease | None
     ) -> tuple[PolicyDecision | None, Lease | None]:

@@ -370,6 +370,11 @@ class Passage:
             denied = await self.approve()
             if denied is not None:
                 return await self.abort(denied)
+            if metered:  # what ran meanwhile may trip a flow condition now
+                tripped = self.gate.metering.recheck(self.gate.session_id, policy, decision)
+                if tripped is not None:
+                    self.decision = tripped
+                    return await self.abort(blocked(tripped))
             if self.pending is not None and self.lease:
                 over = await self.restamp(self.pending)
                 if over is not None:

@@ -1443,3 +1443,50 @@ async def test_names_a_database_cannot_hold_fail_the_action_clearly(
         assert result.status in (ResultStatus.FAILED, ResultStatus.BLOCKED)
         assert "surrogate" in (result.error or result.decision.reason)
     assert ran == []
+
+
+async def test_a_flow_condition_broken_while_a_person_decides_blocks_the_approved_action(
+    tmp_path: Path,
+) -> None:
+    """A send that may run only if no secret was read waits for approval; a secret is read in
+    the session meanwhile (another process): once approved the send is blocked, as the policy
+    now says, not let through by the decision taken before the read."""
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "clean_sends",
+                    "match": {"type": "send"},
+                    "conditions": {"not_after": {"type": "read_secret"}},
+                    "approval": "approve",
+                },
+                {"name": "tainted_sends", "match": {"type": "send"}, "approval": "block"},
+            ],
+            "defaults": {"approval": "auto"},
+        }
+    )
+    ran: list[str] = []
+    other = Runtime(
+        executor=lambda a: ran.append(a.type),
+        policy=policy,
+        audit_logger=AuditLogger(tmp_path / "aegis_audit.db"),
+        session_id="s",
+    )
+
+    async def approve(decision: PolicyDecision) -> bool:
+        assert (await other.run_one(Action("read_secret", "vault"))).ok
+        return True
+
+    rt = Runtime(
+        executor=lambda a: ran.append(a.type),
+        policy=policy,
+        approval_handler=approve,
+        audit_logger=AuditLogger(tmp_path / "aegis_audit.db"),
+        session_id="s",
+    )
+    async with other, rt:
+        result = await rt.run_one(Action("send", "mail"))
+    assert result.status is ResultStatus.BLOCKED
+    assert "'tainted_sends'" in (result.error or "")
+    assert "history changed while approval was asked" in (result.error or "")
+    assert ran == ["read_secret"]
