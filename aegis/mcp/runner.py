@@ -209,6 +209,12 @@ def make_approval_handler(settings: ProxySettings) -> Any:
                 'pip install "aegis-runtime[server]"'
             ) from exc
         token = settings.approval_token or os.environ.get("AEGIS_TOKEN")
+        if not token:
+            raise ConfigurationError(
+                "--approval-url needs an agent token: set AEGIS_TOKEN or give "
+                "--approval-token-file PATH (create one with "
+                "`aegis token create NAME --role agent`)"
+            )
         timeout = settings.approval_timeout or 900.0
         return RemoteApprovalHandler(
             settings.approval_url,

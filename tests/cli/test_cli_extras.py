@@ -1,4 +1,4 @@
-"""A command whose extra is not installed says, in one line, which extra to install.
+"""A command missing what it needs (an extra, a token) says, in one line, what to give it.
 
 Each case runs ``aegis`` in a fresh interpreter where the extra's packages
 cannot be imported (``sys.modules[name] = None``), as on a machine that
@@ -7,6 +7,7 @@ installed only the core.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,26 @@ def test_an_unrelated_import_error_is_not_blamed_on_an_extra(tmp_path: Path) -> 
     assert done.returncode != 0
     assert "aegis-runtime[" not in done.stderr
     assert "aegis.cli._serve" in done.stderr
+
+
+def test_approval_url_without_a_token_says_how_to_give_one(tmp_path: Path) -> None:
+    """mcp-proxy --approval-url with no token names the command's own ways to give it."""
+    (tmp_path / "policy.yaml").write_text(POLICY, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "AEGIS_TOKEN"}
+    args = ["--policy", "policy.yaml", "--approval-url", "http://127.0.0.1:1", "--", "true"]
+    done = subprocess.run(
+        [sys.executable, "-m", "aegis", "mcp-proxy", *args],
+        cwd=tmp_path,
+        env=env,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "AEGIS_TOKEN" in lines[0]
+    assert "--approval-token-file" in lines[0]
+    assert "token=" not in lines[0]  # the Python parameter means nothing here
