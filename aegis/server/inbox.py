@@ -38,9 +38,10 @@ from typing import Any, Final
 
 import jinja2
 import markupsafe
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from aegis.core.approval_request import (
@@ -301,6 +302,8 @@ class Inbox:
             for path, handler, method, name in table
         ]
         routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
+        # last: any other address a browser opens gets a page, not the API's JSON
+        routes.append(Route("/{path:path}", self._guarded(self.not_found), methods=["GET"]))
         return routes
 
     def _guarded(self, handler: Handler) -> Handler:
@@ -483,6 +486,27 @@ class Inbox:
     def _forged(self, request: Request, reviewer: Reviewer) -> HTMLResponse:
         return self._error(
             request, reviewer, 403, "Refused", "That form was not sent from this page; reload it."
+        )
+
+    async def not_found(self, request: Request) -> Response:
+        """A page the inbox does not have, opened in a browser: say so, with the way back.
+
+        The API's paths, a method the path does not take, and clients that do
+        not ask for HTML keep the app's JSON answers (404, 405).
+        """
+        path = request.url.path
+        for route in request.app.router.routes:
+            if route.matches(request.scope)[0] is Match.PARTIAL:
+                raise HTTPException(405)
+        if (
+            path == "/api"
+            or path.startswith("/api/")
+            or "text/html" not in request.headers.get("accept", "")
+        ):
+            raise HTTPException(404)
+        reviewer = await self.reviewer(request)
+        return self._error(
+            request, reviewer, 404, "Not here", "The inbox has no page at this address."
         )
 
     # -------------------------------------------------------------- sign in and out

@@ -449,7 +449,8 @@ def test_every_page_passes_axe(
     """axe-core finds nothing serious or critical on any inbox page: light, dark, desk, phone.
 
     Sign-in, Pending, a request (asking to confirm, decided), History, Audit with a
-    grant, a missing request (404), a forged form (403) and the signed-out page.
+    grant, a missing request and a missing page (404), a forged form (403) and the
+    signed-out page.
     """
     context = world.browser.new_context(viewport=size, color_scheme=scheme)  # type: ignore[arg-type]
     page = context.new_page()
@@ -468,7 +469,7 @@ def test_every_page_passes_axe(
     expect(row).to_be_visible(timeout=WAIT_MS)
     href = row.locator("a").get_attribute("href") or ""
     problems["/ (pending)"] = axe_problems(page, axe_source)
-    for path in (href, "/history", "/audit", "/requests/apr_000000000000000000000000"):
+    for path in (href, "/history", "/audit", "/requests/apr_000000000000000000000000", "/nope"):
         page.goto(world.server.url + path)
         problems[path] = axe_problems(page, axe_source)
     page.goto(world.server.url + href)

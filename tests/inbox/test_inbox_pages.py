@@ -154,6 +154,35 @@ async def test_pages_need_a_session_and_carry_a_strict_csp(site: Site) -> None:
     assert "<script>" not in page.text  # the only script is a file: <script src=...>
 
 
+async def test_an_unknown_address_is_a_page_in_a_browser(site: Site) -> None:
+    """A browser opening an address the inbox lacks gets a 404 page back to Pending.
+
+    It was the API's JSON. The API's paths, other clients and a method a page
+    does not take keep their JSON 404 and 405.
+    """
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    async with site.client() as client:
+        await site.sign_in(client, "alice")
+        page = await client.get("/request/apr_x", headers=html)  # a link typed wrong
+        assert page.status_code == 404
+        assert page.headers["content-type"].startswith("text/html")
+        assert page.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert "<h1>Not here</h1>" in page.text
+        assert 'id="signout"' in page.text  # signed in: the whole header, the way on
+        assert 'href="/">Back to the pending requests' in page.text
+        for path, status in (("/api/v1/nothing", 404), ("/api", 404), ("/signout", 405)):
+            answer = await client.get(path, headers=html)
+            assert answer.status_code == status, path
+            assert answer.json()["error"]["status"] == status, path
+        assert (await client.get("/request/apr_x")).json()["error"]["status"] == 404
+        assert (await client.get("/static/nothing.css", headers=html)).status_code == 404
+    async with site.client() as stranger:
+        signed_out = await stranger.get("/nothing/here", headers=html)
+    assert signed_out.status_code == 404
+    assert "<h1>Not here</h1>" in signed_out.text
+    assert 'id="signout"' not in signed_out.text
+
+
 async def test_session_cookie_is_httponly_strict_and_expiring(site: Site) -> None:
     """Sign-in sets a signed HttpOnly SameSite=Strict cookie with a lifetime, not the token."""
     async with site.client() as client:
