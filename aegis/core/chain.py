@@ -426,6 +426,14 @@ def verify_chain(
             return fail(record_id, f"record {record_id} has an unknown kind {kind!r}")
         claim = (record.session_id, record.action_type, record.action_target, record.action_params)
         if kind == RecordKind.START:
+            if record.start_id is not None:
+                # Aegis never writes one; appended, it would hide the start
+                # it names from every view of actions, as if finished
+                return fail(
+                    record_id,
+                    f"record {record_id} is a start record naming start record "
+                    f"{record.start_id!r}: only a final record finishes an action",
+                )
             open_starts[record_id] = claim
         elif record.start_id is not None:
             started = open_starts.pop(record.start_id, None)

@@ -21,6 +21,7 @@ from engine_support import TablePolicy
 from aegis.cli import cli
 from aegis.core.action import Action
 from aegis.core.chain import record_hash
+from aegis.core.record import start_draft
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import AuditError, StoreError
 from aegis.runtime.audit import AuditLogger
@@ -197,6 +198,23 @@ def test_editing_the_start_records_fails_verify(
     assert not report.ok
     if bad_id is not None:
         assert report.first_bad_id == bad_id
+
+
+def test_a_start_appended_to_hide_the_killed_start_fails_verify(copy: Path) -> None:
+    """An appended start record that names the killed one, as a final record would, fails.
+
+    Every view of actions takes a start that a later record names as
+    finished: such a record hid the killed transfer from list, export and
+    pending while verify() passed.
+    """
+    with AuditLogger(copy) as audit:
+        decision = TablePolicy().evaluate(Action("read", "crm", {}))
+        draft = start_draft("s", decision)._replace(start_id=7)
+        audit.store.append([draft])
+    with AuditLogger(copy, create=False, readonly=True) as audit:
+        report = audit.verify()
+    assert (report.ok, report.first_bad_id) == (False, 8)
+    assert "start record" in report.reason
 
 
 def test_deleting_the_last_start_is_caught_only_with_a_kept_head(copy: Path) -> None:
