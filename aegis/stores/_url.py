@@ -226,6 +226,14 @@ def mask_dsn(dsn: str) -> str:
         netloc = f"{userinfo}{at}{hosts}"
         query = _PASSWORD_IN_QUERY.sub(r"\1***", parts.query)
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if scheme is not None and "@" in dsn:
+        # A URL missing its '//' (postgres:pw@host/db, postgresql:/app:pw@db): all
+        # between the colon before the password and the last '@' is masked.
+        head, at, tail = dsn.rpartition("@")
+        colon = scheme.end() - 1
+        if head[colon + 1 : colon + 2] == "/":
+            colon = head.find(":", colon + 1)
+        return dsn if colon < 0 else f"{head[: colon + 1]}***{at}{tail}"
     return re.sub(
         r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)", r"\1***", dsn, flags=re.I
     )
