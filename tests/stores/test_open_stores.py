@@ -190,3 +190,15 @@ def test_an_audit_logger_over_a_given_store_has_stores_beside_it(tmp_path: Path)
     assert audit.stores.usage.db is store.db  # type: ignore[attr-defined]
     assert isinstance(audit.stores.approvals, ApprovalStore)
     audit.close()
+
+
+def test_a_dsn_without_its_scheme_is_told_how_to_write_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'app@host:5432/agents' is a file path SQLite cannot open: the error says postgresql://."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError) as caught, AuditLogger("app@127.0.0.1:5432/agents") as log:
+        log.get_log()
+    assert "'app@127.0.0.1:5432/agents'" in str(caught.value)
+    assert "postgresql://" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

@@ -118,6 +118,9 @@ def store_error(path: str, doing: str, exc: BaseException) -> StoreError:
         (hint for key, hint in _HINTS if key in lowered),
         "the file may be damaged; run 'aegis audit verify' on it",
     )
+    if "unable to open" in lowered and "@" in path and "://" not in path:
+        # user@host/db is a PostgreSQL DSN without its scheme, taken for a file name
+        hint += "; for PostgreSQL, write postgresql://USER@HOST:PORT/DATABASE"
     return StoreError(f"cannot {doing} audit database {path!r}: {text}; {hint}")
 
 
