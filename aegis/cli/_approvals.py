@@ -352,8 +352,20 @@ def _connection_options(function: Any) -> Any:
         show_envvar=True,
         default=DEFAULT_URL,
         show_default=True,
+        callback=_service_url,
         help="The approval service (`aegis serve`).",
     )(function)
+
+
+def _service_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The service's URL; one without http:// or https:// is refused with the fix."""
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in {"http", "https"}:
+        raise click.BadParameter(
+            f"{value!r} is not the URL of an approval service; it starts with http:// "
+            f"or https://, e.g. http://{value if not sep else '127.0.0.1:8700'}"
+        )
+    return value
 
 
 def _client(url: str, token: str | None) -> _Client:

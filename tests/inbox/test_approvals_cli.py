@@ -164,6 +164,9 @@ def test_usage_errors_exit_2(run: Any) -> None:
     assert "AEGIS_TOKEN" in missing.stderr
     assert run("list", "--status", "maybe").exit_code == 2
     assert run("approve", "apr_x", "--grant-minutes", "0").exit_code == 2
+    schemeless = run("list", url="localhost:8700")  # the scheme forgotten
+    assert schemeless.exit_code == 2
+    assert "http://localhost:8700" in schemeless.stderr
 
 
 def test_unreachable_service_exits_1(run: Any) -> None:
