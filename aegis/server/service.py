@@ -352,10 +352,22 @@ class ApprovalService:
                     written += 1
         return written
 
-    async def settle(self) -> None:
-        """Wait for the audit writes under way to finish (before :meth:`close`)."""
+    async def settle(self, timeout: float = 10.0) -> bool:
+        """Wait up to ``timeout`` seconds for the audit writes under way; whether they finished.
+
+        Called before :meth:`close`. A trail that hangs must not keep the
+        service from stopping: its record stays claimed, and another flush
+        takes it over once the claim is stale.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while self._writing:
-            await asyncio.gather(*self._writing, return_exceptions=True)
+            left = deadline - loop.time()
+            if left <= 0:
+                _log.warning("stopping with %d audit writes unfinished", len(self._writing))
+                return False
+            await asyncio.wait(set(self._writing), timeout=left)
+        return True
 
     def _audit_one(self, event: AuditEvent, stale: datetime) -> bool:
         """Claim one queued event, write its record and mark it written (blocking).

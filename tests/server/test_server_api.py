@@ -531,9 +531,11 @@ async def test_a_flush_cut_off_mid_write_records_the_decision_once(tmp_path: Pat
     deciding.cancel()
     with pytest.raises(asyncio.CancelledError):
         await deciding
+    # a write that hangs does not hold the service's stop for longer than asked
+    assert await service.settle(timeout=0.1) is False
     audit.hold = False
     audit.release.set()
-    await service.settle()
+    assert await service.settle()
     await service.flush_audit()
     decided = [
         r
