@@ -199,6 +199,13 @@ def make_approval_handler(settings: ProxySettings) -> Any:
     if settings.approval == "remote":
         if not settings.approval_url:
             raise ConfigurationError("--approval remote needs --approval-url URL")
+        scheme, sep, _ = settings.approval_url.partition("://")
+        if not sep or scheme.lower() not in {"http", "https"}:
+            example = settings.approval_url if not sep else "127.0.0.1:8700"
+            raise ConfigurationError(
+                f"--approval-url {settings.approval_url!r} is not the URL of an approval "
+                f"service; it starts with http:// or https://, e.g. http://{example}"
+            )
         try:
             from aegis.runtime.approval_remote import (  # noqa: PLC0415  # optional part
                 RemoteApprovalHandler,

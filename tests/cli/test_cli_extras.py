@@ -132,3 +132,24 @@ def test_approval_url_without_a_token_says_how_to_give_one(tmp_path: Path) -> No
     assert "AEGIS_TOKEN" in lines[0]
     assert "--approval-token-file" in lines[0]
     assert "token=" not in lines[0]  # the Python parameter means nothing here
+
+
+def test_approval_url_without_its_scheme_shows_the_url_to_write(tmp_path: Path) -> None:
+    """mcp-proxy --approval-url localhost:8700 is refused naming the option and the fix."""
+    (tmp_path / "policy.yaml").write_text(POLICY, encoding="utf-8")
+    args = ["--policy", "policy.yaml", "--approval-url", "localhost:8700", "--", "true"]
+    done = subprocess.run(
+        [sys.executable, "-m", "aegis", "mcp-proxy", *args],
+        cwd=tmp_path,
+        env={**os.environ, "AEGIS_TOKEN": "aegis_x"},
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "--approval-url 'localhost:8700'" in lines[0]
+    assert "http://localhost:8700" in lines[0]
