@@ -64,7 +64,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from aegis.core.action import Action
+from aegis.core.action import Action, FrozenDict, freeze
 from aegis.core.conditions import Unevaluable
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.limits import (
@@ -148,6 +148,19 @@ def _unmetered(decision: PolicyDecision, exc: AegisError) -> PolicyDecision:
         risk_level=max(decision.risk_level, _UNEVALUABLE_MIN_RISK),
         reason=f"blocked: the usage counters could not be checked: {exc}",
     )
+
+
+def _frozen(event: FlowEvent) -> FlowEvent:
+    """``event`` with its params frozen as an Action's, which a rule's conditions compare.
+
+    Raises:
+        Unevaluable: they are no action's params (not plain JSON-like data).
+    """
+    try:
+        params = freeze(dict(event.params))
+    except (TypeError, ValueError) as exc:
+        raise Unevaluable(f"an earlier event's params are not plain data ({exc})") from None
+    return FlowEvent(event.session_id, event.type, event.target, params, event.at)
 
 
 #: builds a named tuple from C: its generated ``__new__`` is a Python call, for every action
@@ -457,6 +470,8 @@ class Metering:
             if until is not None and event.at > until:
                 return False
             try:
+                if type(event.params) is not FrozenDict:  # a store of one's own: see latest_event
+                    event = _frozen(event)
                 return matches(spec, event, at)
             except Unevaluable as exc:
                 if problem is not None and not problem:

@@ -376,7 +376,10 @@ class UsageStore(Protocol):
         and the reading stops at the first that ``where`` accepts, so that a
         check costs the events newer than its match, not the session's
         whole history; with type and target given and no ``where``, one
-        index look-up however long the session.
+        index look-up however long the session. An event's params come
+        back as an :class:`~aegis.core.action.Action` holds them (a
+        ``FrozenDict``, lists as tuples): a store that gives plain JSON
+        has them frozen by the caller, at a cost per event read.
         """
         ...
 

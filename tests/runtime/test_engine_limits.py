@@ -1490,3 +1490,49 @@ async def test_a_flow_condition_broken_while_a_person_decides_blocks_the_approve
     assert "'tainted_sends'" in (result.error or "")
     assert "history changed while approval was asked" in (result.error or "")
     assert ran == ["read_secret"]
+
+
+class _JsonEventsStore(MemoryUsageStore):
+    """A user's store that gives events back with params as JSON decodes them (lists, dicts)."""
+
+    def latest_event(self, session_id, since, where=None, *, action_type=None, action_target=None):  # type: ignore[no-untyped-def, override]
+        def plain(event: FlowEvent) -> FlowEvent:
+            params = json.loads(json.dumps(dict(event.params), default=list))
+            return FlowEvent(event.session_id, event.type, event.target, params, event.at)
+
+        found = super().latest_event(
+            session_id,
+            since,
+            None if where is None else lambda e: where(plain(e)),
+            action_type=action_type,
+            action_target=action_target,
+        )
+        return None if found is None else plain(found)
+
+
+def test_a_store_of_ones_own_giving_json_params_still_trips_a_not_after() -> None:
+    """Params a custom store gives back as JSON lists are compared as an Action's tuples:
+    a not_after on a list param blocks."""
+    store = _JsonEventsStore()
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "match": {"type": "send"},
+                    "conditions": {
+                        "not_after": {"type": "read", "params": {"param_eq": {"ids": [1, 2]}}}
+                    },
+                    "approval": "auto",
+                },
+                {"match": {"type": "send"}, "approval": "block"},
+            ],
+            "defaults": {"approval": "auto"},
+        }
+    )
+    metering = Metering(store)
+    metering.ran(policy, Action("read", "crm", {"ids": [1, 2]}), "s", now=10.0)
+    decision, _ = metering.check(policy, Action("send", "x"), Subject("s"), reserve=False, now=11.0)
+    assert (decision.approval, decision.matched_rule) == (Approval.BLOCK, "rule_2")
+    metering.ran(policy, Action("read", "crm", {"ids": [3]}), "t", now=10.0)
+    decision, _ = metering.check(policy, Action("send", "x"), Subject("t"), reserve=False, now=11.0)
+    assert (decision.approval, decision.matched_rule) == (Approval.AUTO, "rule_1")
