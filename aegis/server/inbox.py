@@ -1279,13 +1279,24 @@ def _container(kind: str, entries: list[tuple[str, dict[str, Any]]]) -> dict[str
 
 def params_summary(params: Any) -> str:
     """The first few params as ``key: value`` pairs, to tell one request from the next."""
-    if not isinstance(params, Mapping) or not params:
-        return ""
-    keys = list(params)
-    parts = [f"{key}: {_summary_value(params[key])}" for key in keys[:SUMMARY_KEYS]]
-    if len(keys) > SUMMARY_KEYS:
-        parts.append(f"+{len(keys) - SUMMARY_KEYS} more")
+    pairs, more = _summary_pairs(params)
+    parts = [f"{key}: {value}" for key, value in pairs]
+    if more:
+        parts.append(f"+{more} more")
     return " · ".join(parts)
+
+
+def _summary_pairs(params: Any) -> tuple[list[tuple[str, str]], int]:
+    """The first few params as (key, shortened value), and how many more there are.
+
+    The list's rows draw each key and value apart, so a right-to-left value
+    keeps its own direction and its neighbours theirs.
+    """
+    if not isinstance(params, Mapping) or not params:
+        return [], 0
+    keys = list(params)
+    pairs = [(str(key), _summary_value(params[key])) for key in keys[:SUMMARY_KEYS]]
+    return pairs, max(0, len(keys) - SUMMARY_KEYS)
 
 
 def why_summary(item: ApprovalRequest) -> str:
@@ -1309,6 +1320,7 @@ def _request_view(item: ApprovalRequest, now: datetime) -> dict[str, Any]:
     view = item.to_json()
     view["risk"] = item.risk_level.name
     view["summary"] = params_summary(view["action"]["params"])
+    view["summary_pairs"], view["summary_more"] = _summary_pairs(view["action"]["params"])
     view["why_line"] = why_summary(item)
     view["waiting"] = human_duration((now - item.created_at).total_seconds())
     left = (item.expires_at - now).total_seconds()

@@ -692,6 +692,42 @@ def test_the_keyboard_focus_is_drawn_on_every_control(world: World) -> None:
     page.context.close()
 
 
+#: whether an element's text ends left of where it starts: drawn right to left
+ENDS_LEFT = """el => { const text = el.firstChild, range = document.createRange();
+  range.setStart(text, 0); range.setEnd(text, 1);
+  const first = range.getBoundingClientRect().left;
+  range.setStart(text, text.length - 1); range.setEnd(text, text.length);
+  return range.getBoundingClientRect().left < first; }"""
+
+
+def test_right_to_left_text_reads_in_its_own_direction(world: World) -> None:
+    """Arabic the agent wrote is drawn right to left, its full stop at its end, in list and page.
+
+    In the page's left-to-right flow the stop and quotes of an Arabic sentence
+    were drawn at its start; each value now keeps its own direction.
+    """
+    page = world.signed_in()
+    sentence = "تم شحن الطلب."
+    future = world.agent.start(
+        Action("add_note", "rtl-text", {"text": sentence, "id": 7}, sentence)
+    )
+    row = world.row(page, "rtl-text")
+    expect(row).to_be_visible(timeout=WAIT_MS)
+    value = row.locator(".summary bdi", has_text=sentence)
+    expect(value).to_have_text(f'"{sentence}"')
+    assert value.evaluate(ENDS_LEFT)
+    assert row.locator(".agent-text").evaluate(ENDS_LEFT)
+    assert not row.locator(".summary bdi", has_text="id").evaluate(ENDS_LEFT)
+    row.locator("a").click()
+    assert page.locator(".agent-said .agent-text").evaluate(ENDS_LEFT)
+    assert page.locator("#params .p-str", has_text=sentence).evaluate(ENDS_LEFT)
+    assert not page.locator("#params .p-num").evaluate(ENDS_LEFT)  # 7 stays as it is
+    page.click("#deny")
+    expect(page.locator(".flash-ok")).to_contain_text("Decided: denied")
+    assert future.result(WAIT_MS / 1000).status is ResultStatus.DENIED
+    page.context.close()
+
+
 @pytest.fixture(scope="module")
 def axe_source(tmp_path_factory: pytest.TempPathFactory) -> str:
     """axe-core from the npm registry, once for this module."""
