@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -385,7 +386,15 @@ class ApprovalService:
             with contextlib.suppress(Exception):
                 self.store.finish_event(event.id, self.clock(), audited=False)
             raise
-        self.store.finish_event(event.id, self.clock(), audited=True)
+        # The record is written: marking it must not give up at the first
+        # failure, or a later flush takes the claim over and writes it again.
+        for pause in _FINISH_PAUSES:
+            try:
+                self.store.finish_event(event.id, self.clock(), audited=True)
+                return True
+            except AuditError:  # StoreError too: locked, or the connection dropped
+                time.sleep(pause)
+        self.store.finish_event(event.id, self.clock(), audited=True)  # the last try raises
         return True
 
     async def _flush_soon(self) -> None:
@@ -1212,6 +1221,8 @@ def statuses(text: str | None) -> RequestStatus | None:
 
 #: seconds after which a claimed but unfinished audit event is taken over
 _STALE_CLAIM: Final = 60.0
+#: pauses between the tries to mark a written audit event (its record is in the trail)
+_FINISH_PAUSES: Final = (0.1, 0.5, 2.0)
 
 
 def _event_text(event: AuditEvent, request: ApprovalRequest) -> tuple[str, dict[str, str]]:

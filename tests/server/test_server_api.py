@@ -17,7 +17,7 @@ from aegis.core.approval_request import Role, TokenInfo, Verdict, parse_new_requ
 from aegis.core.filters import SHORT_NAMES
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import ApprovalServiceError, AuditError
+from aegis.errors import ApprovalServiceError, AuditError, StoreError
 from aegis.runtime.audit import AuditLogger
 from aegis.server import ApprovalService, create_app
 from aegis.server.api import MAX_BODY
@@ -544,6 +544,46 @@ async def test_a_flush_cut_off_mid_write_records_the_decision_once(tmp_path: Pat
     ]
     assert len(decided) == 1
     assert store.pending_events(datetime.now(UTC)) == []
+    service.close()
+
+
+class BlinkingStore(SqliteApprovalStore):
+    """A real SQLite store whose next ``failures`` marks of a written event fail (a blip)."""
+
+    failures = 0
+
+    def finish_event(self, event_id: str, now: datetime, *, audited: bool) -> None:
+        """Fail while failures are left, as a dropped connection would, then mark."""
+        if audited and self.failures:
+            self.failures -= 1
+            raise StoreError("the connection dropped")
+        super().finish_event(event_id, now, audited=audited)
+
+
+async def test_a_record_written_is_marked_through_a_blip_and_never_written_twice(
+    tmp_path: Path,
+) -> None:
+    """The store fails once as a written record is marked: it is marked on a second try, so
+    no flush a minute later (the claim gone stale) writes the decision's record again."""
+    store = BlinkingStore(tmp_path / "blink.db")
+    add_tokens(store, datetime.now(UTC))
+    audit = AuditLogger(str(tmp_path / "blink.db"))
+    service = ApprovalService(store, audit)
+    bot = await service.authenticate("bot-secret")
+    bob = await service.authenticate("bob-secret")
+    created, _ = await service.create(bot, parse_new_request({"session_id": "s", "action": ACTION}))
+    store.failures = 1
+    await service.decide(bob, created.id, Verdict.DENY, "no")
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    service.clock = lambda: later  # past any claim's staleness
+    await service.flush_audit()
+    decided = [
+        r
+        for r in audit.get_log("s")
+        if (r["context"] or {}).get("approval_event") == "approval.decided"
+    ]
+    assert len(decided) == 1
+    assert store.pending_events(later) == []
     service.close()
 
 
