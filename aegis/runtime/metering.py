@@ -5,7 +5,10 @@ The runtime runs it between *decide* and *approve* for policies that have
 
 1. flow conditions: each asks the usage store for the session's newest
    earlier action it accepts (newest first, stopping at the first: a long
-   session costs no more), and the policy decides again knowing them;
+   session costs no more), and the policy decides again knowing them (an
+   earlier action whose params cannot be judged leaves a condition unsure:
+   the rule blocks). An action that waited for approval is decided again
+   so when let through (:meth:`MeteringStep.recheck`);
 2. meters: the deciding rule's counters are checked **and reserved in one
    atomic step** in the store. Under the limit the rule's own approval
    stands; the action that would pass it gets the rule's ``on_exceed``, with
