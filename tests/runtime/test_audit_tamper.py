@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from aegis.cli import cli
 from aegis.core.action import Action
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.result import Result, ResultStatus
@@ -296,6 +298,23 @@ def test_a_blob_with_the_repr_of_the_text_it_replaces_is_caught(
     ok, bad, reason = verify(db)
     assert (ok, bad) == (False, 1)
     assert column in reason
+
+
+def test_text_that_is_not_utf8_fails_verify_at_its_record(
+    db: Path, raw: sqlite3.Connection
+) -> None:
+    """Bytes that are no UTF-8, cast to text by hand, fail verify() at their record.
+
+    The read of the page failed instead, and `aegis audit verify` said the
+    file could not be read and to run `aegis audit verify` on it.
+    """
+    raw.execute("UPDATE audit_log SET action_target = CAST(x'ff70726f64' AS TEXT) WHERE id = 5")
+    ok, bad, reason = verify(db)
+    assert (ok, bad) == (False, 5)
+    assert "modified" in reason
+    result = CliRunner().invoke(cli, ["audit", "verify", "--db", str(db)])
+    assert result.exit_code == 1
+    assert "broken at record 5" in result.output + result.stderr
 
 
 def test_broken_json_in_a_stored_column_still_exports_valid_lines(

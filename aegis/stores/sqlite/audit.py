@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
-from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, Head, seal
+from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, Head, VerifyReport, seal, verify_chain
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import (
@@ -58,7 +58,14 @@ from aegis.core.record import (
 )
 from aegis.errors import ConfigurationError, StoreError
 from aegis.stores._waiting import Waiting
-from aegis.stores.base import STARTED, STATS_FIELDS, Durability, ReadMixin, resolve_durability
+from aegis.stores.base import (
+    STARTED,
+    STATS_FIELDS,
+    Durability,
+    ReadMixin,
+    SignatureCheck,
+    resolve_durability,
+)
 from aegis.stores.sqlite.connection import (
     FLUSH_OFF,
     FLUSH_ON,
@@ -146,6 +153,13 @@ _ADDED_IN: Final = {
 }
 # a start record that a final record finishes (the actions view hides it)
 _FINISHED: Final = "EXISTS (SELECT 1 FROM audit_log AS f WHERE f.start_id = audit_log.id)"
+
+
+_RECORDS: Final = Filters(view="records")
+
+
+def _escaped(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _insert_args(record: AuditRecord) -> tuple[str, tuple[Any, ...]]:
@@ -565,9 +579,20 @@ class SQLiteAuditStore(ReadMixin):
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
     def _pages(
-        self, filters: Filters, after_id: int | None, limit: int | None, columns: str | None = None
+        self,
+        filters: Filters,
+        after_id: int | None,
+        limit: int | None,
+        columns: str | None = None,
+        *,
+        escape: bool = False,
     ) -> Iterator[Any]:
-        """Matching rows in id order, a page at a time; ``columns`` must start with ``id``."""
+        """Matching rows in id order, a page at a time; ``columns`` must start with ``id``.
+
+        With ``escape`` (verify), a page holding text that is not UTF-8 (a
+        hand edit) is read with it escaped, so its record fails to match its
+        hash instead of failing the read.
+        """
         if limit is not None and limit <= 0:
             return
         left = limit
@@ -577,11 +602,18 @@ class SQLiteAuditStore(ReadMixin):
                 self._read("read", "SELECT 1")
             where, args = self._where(filters, after_id)
             size = _PAGE if left is None else min(_PAGE, left)
-            rows = self._read(
-                "read",
-                f"SELECT {columns or self._select} FROM audit_log{where} ORDER BY id LIMIT ?",
-                (*args, size),
-            )
+            try:
+                rows = self._read(
+                    "read",
+                    f"SELECT {columns or self._select} FROM audit_log{where} ORDER BY id LIMIT ?",
+                    (*args, size),
+                )
+            except StoreError:
+                if not escape:
+                    raise
+                rows = self._escaped_page(where, args)
+                if not rows:
+                    raise
             yield from rows
             if len(rows) < size:
                 return
@@ -600,6 +632,39 @@ class SQLiteAuditStore(ReadMixin):
     ) -> Iterator[AuditRecord]:
         """Yield the matching records in id order, a page at a time (constant memory)."""
         return (AuditRecord(*row) for row in self._pages(filters, after_id, limit))
+
+    def verify(
+        self,
+        expected_head: Head | str | None = None,
+        *,
+        check_signature: SignatureCheck | None = None,
+    ) -> VerifyReport:
+        """Check the whole chain with :func:`~aegis.core.chain.verify_chain`.
+
+        Text that is not UTF-8 (a hand edit: Aegis writes none) fails its
+        record like any other edit, rather than the whole read.
+        """
+        return verify_chain(
+            (AuditRecord(*row) for row in self._pages(_RECORDS, None, None, escape=True)),
+            expected_head,
+            checkpoints=self.checkpoints() if check_signature else (),
+            check_signature=check_signature,
+        )
+
+    def _escaped_page(self, where: str, args: Sequence[Any]) -> list[Any]:
+        """A page of rows read with text that is not UTF-8 escaped, or none."""
+        # Bytes that are not UTF-8 become lone surrogates, which no record
+        # Aegis wrote holds: the record's hash cannot match.
+        with self._conn("read") as conn:
+            self._ensure(conn)
+            conn.text_factory = _escaped
+            try:
+                return conn.execute(  # type: ignore[no-any-return]  # rows
+                    f"SELECT {self._select} FROM audit_log{where} ORDER BY id LIMIT ?",
+                    (*args, _PAGE),
+                ).fetchall()
+            finally:
+                conn.text_factory = str
 
     def count(self, filters: Filters = NO_FILTERS) -> int:
         """How many records match ``filters``."""
