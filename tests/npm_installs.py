@@ -84,6 +84,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return start(tmp_path_factory, name).result()
 
 
+def finished(root: Path, name: str) -> bool:
+    """Whether set ``name`` has an outcome in run root ``root``: installed, or failed for good."""
+    return (root / f"npm-{name}" / _OUTCOME).exists()
+
+
 def _install_once(root: Path, name: str) -> Path:
     folder = root / f"npm-{name}"
     with (root / f"npm-{name}.lock").open("w") as lock:
