@@ -29,7 +29,13 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-__all__ = ["Deadline", "call_with_deadline", "is_async_callable", "run_in_worker"]
+__all__ = [
+    "Deadline",
+    "call_with_deadline",
+    "cancel_requested",
+    "is_async_callable",
+    "run_in_worker",
+]
 
 _log = logging.getLogger("aegis.runtime")
 
@@ -131,20 +137,36 @@ def _settle_future(
         shown = error if error is not None else value
         _log.warning("%s answered after it was abandoned; ignored: %r", what, shown)
     elif error is not None:
-        if isinstance(error, StopIteration):
-            # A future refuses it (TypeError), which left the caller waiting
-            # forever and lost the rest of the batch; a coroutine's would be
-            # a RuntimeError too (PEP 479).
-            error = _stop_iteration(what, error)
+        if isinstance(error, StopIteration | GeneratorExit):
+            # A future refuses StopIteration (TypeError), which left the caller
+            # waiting forever and lost the rest of the batch; a coroutine's
+            # would be a RuntimeError too (PEP 479). A GeneratorExit thrown
+            # into the awaiting task closes its coroutines instead of raising
+            # in them: whatever they await on the way out ends in "coroutine
+            # ignored GeneratorExit". On a worker thread neither means what it
+            # means in a generator: it is the function's failure.
+            error = _misplaced(what, error)
         future.set_exception(error)
     else:
         future.set_result(value)
 
 
-def _stop_iteration(what: str, stop: StopIteration) -> RuntimeError:
-    error = RuntimeError(f"{what} raised StopIteration")
-    error.__cause__ = stop
+def _misplaced(what: str, raised: BaseException) -> RuntimeError:
+    error = RuntimeError(f"{what} raised {type(raised).__name__}")
+    error.__cause__ = raised
     return error
+
+
+def cancel_requested() -> bool:
+    """Whether the running task was asked to stop (a ``CancelledError`` caught now is that).
+
+    A ``CancelledError`` that user code raised, or let out of a future that
+    something else cancelled, while nobody cancelled the task awaiting it, is
+    that code's failure: passed on, it would end a task nobody cancelled.
+    Outside a task nothing tells them apart: a cancellation, to be safe.
+    """
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _close(*sockets: socket.socket) -> None:

@@ -21,6 +21,7 @@ why they are asked.
 from __future__ import annotations
 
 import copy
+from asyncio import CancelledError
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -29,11 +30,19 @@ from aegis.core.decision import PolicyDecision
 from aegis.core.explain import safe_why
 from aegis.core.outcome import ApprovalOutcome
 from aegis.errors import ConfigurationError
-from aegis.runtime._calls import call_with_deadline
+from aegis.runtime._calls import call_with_deadline, cancel_requested
 from aegis.runtime.approval import ApprovalHandler
 from aegis.runtime.approval_callback import CallbackApprovalHandler
 
-__all__ = ["approval_function", "ask", "bind_answer", "denial_text", "explained", "refused"]
+__all__ = [
+    "approval_function",
+    "ask",
+    "bind_answer",
+    "denial_text",
+    "describe",
+    "explained",
+    "refused",
+]
 
 _TIMEOUT = "timeout: "
 
@@ -109,7 +118,8 @@ async def ask(
     ``collect_approval``). A synchronous handler runs on a worker thread and
     ``timeout`` holds for every handler, one that ignores cancellation
     included. ``is_async``: whether ``handler`` is ``async``, when the caller
-    knows. Never raises an ``Exception``: a failure is a refusal.
+    knows. Never raises an ``Exception``: a failure is a refusal, and so is
+    a ``CancelledError`` when nothing cancelled the caller (the handler's own).
     """
     view = decision if copied else copy.copy(decision)
     args = (view,) if request_id is None else (request_id, view)
@@ -118,12 +128,38 @@ async def ask(
             handler, args, timeout, "the approval handler", is_async=is_async
         )
     except TimeoutError as exc:  # ours (Deadline) or the handler's own
-        why = str(exc) or "the approval handler raised TimeoutError"
+        why = _message(exc) or "the approval handler raised TimeoutError"
         return refused(_TIMEOUT + why, digest=digest, request_id=request_id)
     except Exception as exc:  # fail closed: a broken handler must not approve
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return refused(f"error: {text}", digest=digest, request_id=request_id)
+        return refused(f"error: {describe(exc)}", digest=digest, request_id=request_id)
+    except CancelledError as exc:
+        if cancel_requested():  # the caller's cancellation goes on
+            raise
+        # The handler's own (nothing cancelled the caller): a broken handler.
+        return refused(f"error: {describe(exc)}", digest=digest, request_id=request_id)
     return bind_answer(answer, digest)
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: message"`` of ``exc`` (just the type when it has no message); never raises.
+
+    An exception whose ``__str__`` raises is named by its type alone, with a
+    word saying why: reading it must not turn a failure into a crash of the
+    runtime, nor lose the action's record.
+    """
+    name = type(exc).__name__
+    text = _message(exc)
+    if text is None:
+        return f"{name} (its message could not be read)"
+    return f"{name}: {text}" if text else name
+
+
+def _message(exc: BaseException) -> str | None:
+    """``str(exc)``, or ``None`` when its ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception:  # its own __str__ is broken
+        return None
 
 
 def bind_answer(answer: object, digest: str) -> ApprovalOutcome:

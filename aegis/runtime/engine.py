@@ -490,10 +490,11 @@ class Runtime:
     async def run_executor(self, action: Action) -> Result:
         """Run ``action`` on the executor and normalise what comes back.
 
-        An exception becomes ``FAILED`` with ``"Type: message"`` as error; a
-        value that is not a Result becomes ``SUCCESS`` with that value as
-        data. The Result always carries ``action``, the action that was
-        approved, whatever the executor put in it.
+        An exception becomes ``FAILED`` with ``"Type: message"`` as error (a
+        ``CancelledError`` too, when nothing cancelled the caller: the
+        executor's own); a value that is not a Result becomes ``SUCCESS``
+        with that value as data. The Result always carries ``action``, the
+        action that was approved, whatever the executor put in it.
         """
         return await self._gate.run_executor(action)
 

@@ -54,15 +54,20 @@ from aegis.core.record import DecisionStamp
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import AuditError
 from aegis.runtime._binding import binding_for
-from aegis.runtime._calls import Deadline, call_with_deadline, is_async_callable
-from aegis.runtime.asking import ask, denial_text, explained, refused
+from aegis.runtime._calls import (
+    Deadline,
+    call_with_deadline,
+    cancel_requested,
+    is_async_callable,
+)
+from aegis.runtime.asking import ask, denial_text, describe, explained, refused
 from aegis.runtime.metering import Deferred, Lease, MeteringStep, Pending
 
 if TYPE_CHECKING:
     from aegis.runtime.audit_backend import AuditBackend
     from aegis.runtime.tracing import ActionTracer
 
-__all__ = ["Gate", "Passage", "blocked", "skipped"]
+__all__ = ["Gate", "Passage", "blocked", "describe", "skipped"]
 
 _log = logging.getLogger("aegis.runtime")
 
@@ -88,12 +93,6 @@ def _now() -> datetime:
 _LEFT_RUNNING: Final = (
     "; the executor was left running on its thread, and what it went on to do is not recorded"
 )
-
-
-def describe(exc: BaseException) -> str:
-    """``"Type: message"`` of ``exc`` (just the type when it has no message)."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def blocked(decision: PolicyDecision) -> Result:
@@ -288,6 +287,17 @@ class Gate:
                 completed_at=_now(),
             )
         except Exception as exc:  # an executor's failure is a result, not a crash
+            return Result(
+                action,
+                ResultStatus.FAILED,
+                error=describe(exc),
+                started_at=started,
+                completed_at=_now(),
+            )
+        except CancelledError as exc:
+            if cancel_requested():  # the caller's cancellation: recorded on its way out
+                raise
+            # The executor's own (nothing cancelled the caller): its failure.
             return Result(
                 action,
                 ResultStatus.FAILED,

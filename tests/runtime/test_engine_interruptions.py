@@ -1,0 +1,341 @@
+"""What the runtime does when user code raises a BaseException, on a real SQLite trail.
+
+An executor, an approval handler or the caller can raise more than
+``Exception``. Each action still gets its records, whatever was raised:
+
+- ``KeyboardInterrupt``, ``SystemExit`` and any other ``BaseException`` of
+  the application mean "stop": the action is recorded as interrupted
+  (``FAILED``, or ``DENIED`` while it waited for approval), then the same
+  exception goes on to the caller;
+- a ``CancelledError`` when nothing cancelled the caller's task, and a
+  ``GeneratorExit`` from a sync function (on its worker thread, where it
+  closes nothing), are the code's failure: the action ends ``FAILED`` (or
+  ``DENIED``) and the caller gets the Result, never a cancellation of a task
+  nobody cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_support import TablePolicy
+
+from aegis.core.action import Action
+from aegis.core.decision import PolicyDecision
+from aegis.core.result import ResultStatus
+from aegis.runtime.audit import AuditLogger
+from aegis.runtime.engine import Runtime
+
+
+class Halt(BaseException):
+    """An application's own BaseException (as pytest's outcomes or greenlet's exit are)."""
+
+
+def _raiser(exc: BaseException, *, is_async: bool, approval: bool) -> Callable[..., Any]:
+    def sync(arg: Any) -> Any:
+        if approval or arg.type == "boom":
+            raise exc
+        return {"ran": arg.target}
+
+    async def coro(arg: Any) -> Any:
+        return sync(arg)
+
+    return coro if is_async else sync
+
+
+def _runtime(db: Path, exc: BaseException, place: str) -> Runtime:
+    is_async = place.startswith("async")
+    approval = place.endswith("approval")
+    raiser = _raiser(exc, is_async=is_async, approval=approval)
+    if approval:
+
+        async def execute(action: Action) -> dict[str, str]:
+            return {"ran": action.target}
+
+        return Runtime(
+            executor=execute,
+            policy=TablePolicy(),
+            approval_handler=raiser,
+            audit_logger=AuditLogger(db),
+        )
+    return Runtime(
+        executor=raiser,
+        policy=TablePolicy(),
+        approval_handler=lambda d: True,
+        audit_logger=AuditLogger(db),
+    )
+
+
+PLACES = ["sync executor", "async executor", "sync approval", "async approval"]
+
+
+def _action(place: str) -> Action:
+    return Action("update" if place.endswith("approval") else "boom", "crm")
+
+
+def _stray(kind: str) -> BaseException:
+    return asyncio.CancelledError("its own") if kind == "CancelledError" else GeneratorExit()
+
+
+@pytest.mark.parametrize(
+    ("kind", "place"),
+    [("CancelledError", place) for place in PLACES]
+    + [("GeneratorExit", "sync executor"), ("GeneratorExit", "sync approval")],
+)
+async def test_a_stray_cancellation_or_generator_exit_is_the_code_s_failure(
+    tmp_path: Path, kind: str, place: str
+) -> None:
+    """Nothing cancelled the caller: the action fails (or is denied), the caller gets its Result.
+
+    Raised out of run_one, a CancelledError would mark the caller's task
+    cancelled; a GeneratorExit handed over from a worker thread closed the
+    caller's coroutines instead ("coroutine ignored GeneratorExit").
+    """
+    runtime = _runtime(tmp_path / "audit.db", _stray(kind), place)
+    async with runtime:
+        # Beside another action, so the records are committed as a batch.
+        other, result = await asyncio.gather(
+            runtime.run_one(Action("read", "other")), runtime.run_one(_action(place))
+        )
+        audit = runtime.audit
+        assert isinstance(audit, AuditLogger)
+        records = {r["action_target"]: r for r in audit.get_log()}
+        assert audit.pending() == []
+        assert audit.verify().ok
+        again = await runtime.run_one(Action("read", "after"))
+    assert (other.status, again.status) == (ResultStatus.SUCCESS, ResultStatus.SUCCESS)
+    denied = place.endswith("approval")
+    assert result.status is (ResultStatus.DENIED if denied else ResultStatus.FAILED)
+    assert result.error is not None
+    assert kind in result.error
+    assert "interrupted" not in result.error
+    assert "left running" not in result.error  # it raised: it is not running
+    record = records["crm"]
+    assert record["result_status"] == result.status.value
+    if denied:
+        assert record["human_decision"].startswith("denied: error: ")
+        assert kind in record["human_decision"]
+    else:
+        assert record["result_error"] == result.error
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("kind", ["KeyboardInterrupt", "SystemExit", "Halt"])
+async def test_an_interruption_is_recorded_then_raised(
+    tmp_path: Path, kind: str, place: str
+) -> None:
+    """KeyboardInterrupt, SystemExit or the application's own BaseException: recorded, re-raised.
+
+    The caller gets the very exception (its meaning, e.g. stop the program,
+    is the caller's to act on), the record says the action was interrupted,
+    and the runtime and the loop go on working for a caller that catches it.
+    """
+    exc: BaseException = {
+        "KeyboardInterrupt": KeyboardInterrupt(),
+        "SystemExit": SystemExit(3),
+        "Halt": Halt("stop"),
+    }[kind]
+    runtime = _runtime(tmp_path / "audit.db", exc, place)
+    async with runtime:
+        with pytest.raises(type(exc)) as raised:
+            await runtime.run_one(_action(place))
+        assert raised.value is exc
+        again = await runtime.run_one(Action("read", "after"))
+        audit = runtime.audit
+        assert isinstance(audit, AuditLogger)
+        first, second = audit.get_log()
+        assert audit.pending() == []
+        assert audit.verify().ok
+    assert again.status is ResultStatus.SUCCESS
+    assert second["result_status"] == "success"
+    denied = place.endswith("approval")
+    assert first["result_status"] == ("denied" if denied else "failed")
+    assert first["result_error"].startswith(f"interrupted: {kind}")
+    if not denied:
+        assert first["start_id"] is not None  # it reached the executor: started, then ended
+
+
+async def test_a_real_cancellation_still_cancels(tmp_path: Path) -> None:
+    """The caller's cancellation of a waiting approval is no failure of the handler: it goes on."""
+    asked = asyncio.Event()
+
+    async def wait(decision: PolicyDecision) -> bool:
+        asked.set()
+        await asyncio.Event().wait()
+        return True
+
+    async def execute(action: Action) -> None:
+        raise AssertionError("never runs")
+
+    audit = AuditLogger(tmp_path / "audit.db")
+    runtime = Runtime(
+        executor=execute, policy=TablePolicy(), approval_handler=wait, audit_logger=audit
+    )
+    async with runtime:
+        task = asyncio.ensure_future(runtime.run_one(Action("update", "crm")))
+        await asked.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        [record] = audit.get_log()
+    assert record["result_status"] == "denied"
+    assert record["result_error"] == "interrupted: CancelledError"
+
+
+# ---------------------------------------------------------------- Ctrl-C in a real process
+
+CHILD = Path(__file__).with_name("interrupt_child.py")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
+@pytest.mark.parametrize(
+    ("step", "raw", "status", "error"),
+    [
+        ("approval", False, "denied", "interrupted: CancelledError"),
+        ("executor", False, "failed", "interrupted: CancelledError; the executor was left running"),
+        ("async-executor", False, "failed", "interrupted: CancelledError"),
+        ("commit", False, "success", None),
+        # Without asyncio.run, SIGINT raises KeyboardInterrupt wherever the loop
+        # is: in the action's coroutine it is recorded; out of the loop's wait it
+        # leaves the action as started, with no outcome, and said so.
+        ("executor", True, "raw", "interrupted: KeyboardInterrupt"),
+    ],
+)
+def test_ctrl_c_mid_action_leaves_its_outcome_or_a_reported_start(
+    tmp_path: Path, step: str, raw: bool, status: str, error: str | None
+) -> None:
+    """SIGINT while approving, executing, or committing the final record: nothing goes missing.
+
+    The program still stops as Ctrl-C stops it (KeyboardInterrupt), the chain
+    verifies, and the action has its final record, or shows as started
+    without an outcome (``pending()``, which ``aegis audit verify`` reports).
+    """
+    db = tmp_path / "audit.db"
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(db), step, *(["raw"] if raw else [])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        lock = None
+        if step == "commit":
+            # The final record must wait for this lock; the executor may end now.
+            lock = sqlite3.connect(db, isolation_level=None)
+            lock.execute("BEGIN IMMEDIATE")
+            go = tmp_path / "audit.db.go"
+            go.touch()
+            deadline = time.monotonic() + 30
+            while go.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # the executor is done: the child reaches its commit and waits
+        with AuditLogger(db, create=False, readonly=True) as seen:
+            assert [r["action_type"] for r in seen.get_log() if r["result_status"]] == ["read"]
+        child.send_signal(signal.SIGINT)
+        if lock is not None:
+            time.sleep(0.2)
+            lock.execute("ROLLBACK")
+            lock.close()
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGINT, err  # Ctrl-C still stops the program
+    assert err.rstrip().endswith("KeyboardInterrupt")
+    with AuditLogger(db, create=False, readonly=True) as audit:
+        assert audit.verify().ok
+        first, transfer = audit.get_log()
+        pending = [p["action_type"] for p in audit.pending()]
+    assert first["result_status"] == "success"
+    assert transfer["action_type"] == "wire_transfer"
+    if status == "raw" and transfer["result_status"] is None:
+        assert pending == ["wire_transfer"]
+    else:
+        if status == "raw":
+            status = "failed"
+        assert transfer["result_status"] == status
+        assert pending == []
+        if error is None:
+            assert transfer["result_error"] is None
+        else:
+            assert transfer["result_error"].startswith(error)
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot be read."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message here")
+
+
+@pytest.mark.parametrize("place", PLACES)
+async def test_an_exception_whose_message_raises_is_still_a_plain_failure(
+    tmp_path: Path, place: str
+) -> None:
+    """Reading its message raised: the action still fails (or is denied), named by the type.
+
+    The runtime's own ``str()`` of it raised in its except clause, so the
+    caller got that RuntimeError and the record read "interrupted".
+    """
+    runtime = _runtime(tmp_path / "audit.db", Unprintable(), place)
+    async with runtime:
+        result = await runtime.run_one(_action(place))
+        audit = runtime.audit
+        assert isinstance(audit, AuditLogger)
+        [record] = audit.get_log()
+        assert audit.verify().ok
+    denied = place.endswith("approval")
+    assert result.status is (ResultStatus.DENIED if denied else ResultStatus.FAILED)
+    assert result.error is not None
+    assert "Unprintable" in result.error
+    assert "interrupted" not in result.error
+    assert record["result_status"] == result.status.value
+    assert record["result_error"] == result.error
+
+
+async def test_a_handler_timeout_whose_message_raises_still_denies(tmp_path: Path) -> None:
+    """The handler's own TimeoutError, unreadable: a denial for a timeout, not a crash."""
+
+    class Late(TimeoutError):
+        def __str__(self) -> str:
+            raise RuntimeError("no message here")
+
+    runtime = _runtime(tmp_path / "audit.db", Late(), "async approval")
+    async with runtime:
+        result = await runtime.run_one(Action("update", "crm"))
+    assert result.status is ResultStatus.DENIED
+    assert result.error == "approval timed out (the approval handler raised TimeoutError)"
+
+
+def test_sys_exit_in_a_sync_executor_exits_the_program_after_its_record(tmp_path: Path) -> None:
+    """sys.exit(3) on the executor's worker thread ends the program with 3, as a direct call would.
+
+    (On a plain thread it would end only that thread, and the agent would
+    wait forever.) The action's record is committed first.
+    """
+    db = tmp_path / "audit.db"
+    done = subprocess.run(
+        [sys.executable, str(CHILD), str(db), "exit"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    with AuditLogger(db, create=False, readonly=True) as audit:
+        assert audit.verify().ok
+        assert audit.pending() == []
+        first, transfer = audit.get_log()
+    assert (first["result_status"], transfer["result_status"]) == ("success", "failed")
+    assert transfer["result_error"] == "interrupted: SystemExit: 3"
