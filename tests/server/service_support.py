@@ -161,11 +161,15 @@ class Reviewer:
             verify=ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify,
         )
 
-    async def pending(self, session_id: str, *, timeout: float = 10.0) -> dict[str, Any]:
-        """Wait for a pending request of ``session_id`` and return it."""
+    async def pending(
+        self, session_id: str, *, timeout: float = 10.0, status: str = "pending"
+    ) -> dict[str, Any]:
+        """Wait for a request of ``session_id`` in ``status`` (``all``: any) and return it."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            response = await self.client.get("/api/v1/approvals", params={"session": session_id})
+            response = await self.client.get(
+                "/api/v1/approvals", params={"session": session_id, "status": status}
+            )
             if response.status_code == 200:
                 for request in response.json()["approvals"]:
                     if request["session_id"] == session_id:
