@@ -95,6 +95,23 @@ def test_a_truncated_tail_is_caught_with_the_public_key_alone(
     assert "removed from the end" in report.reason
 
 
+def test_a_tail_cut_with_its_checkpoints_needs_the_kept_head(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """Checkpoints share the file: cut with the records they cover, only a kept head tells."""
+    db = tmp_path / "a.db"
+    write(db, keys[0], 25)  # checkpoints at 10, 20 and 25
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        kept = audit.head()
+    sql(db, "DELETE FROM audit_log WHERE id > 20")
+    sql(db, "DELETE FROM audit_checkpoints WHERE count > 20")
+    with AuditLogger(db, readonly=True, create=False) as audit:
+        signed = audit.verify(public_key=keys[1])
+        with_head = audit.verify(kept, public_key=keys[1])
+    assert (signed.ok, signed.checked, signed.unsigned) == (True, 20, 0)
+    assert (with_head.ok, with_head.first_bad_id) == (False, 21)
+
+
 def test_a_consistent_rewrite_is_caught_with_the_public_key(
     tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
