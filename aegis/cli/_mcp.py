@@ -161,8 +161,8 @@ In a client's configuration, replace the server's command with:
     type=click.IntRange(min=1024),
     default=64 * 1024 * 1024,
     show_default=True,
-    help="The longest line a stdio server may write; a longer one is read past and the "
-    "request it answers fails.",
+    help="The longest message a server may send (a stdio line, an HTTP body or SSE event); "
+    "a longer one is read past and the request it answers fails.",
 )
 @click.option(
     "--max-sessions",

@@ -1,8 +1,8 @@
 """Reaching the governed MCP server: a child process over stdio, or a URL.
 
-A URL is spoken to over Streamable HTTP with the official SDK's
-``streamable_http_client``; its envelope types keep ``params`` and
-``result`` as free-form objects, so nothing the server says is dropped.
+A URL is spoken to over Streamable HTTP by
+:class:`~aegis.mcp.http_downstream.HttpDownstream`, which reads every
+message of the server with the reader of a stdio server's lines.
 
 A child process is spoken to by :class:`PipeDownstream`: newline-delimited
 JSON on its stdin and stdout, the same wire and the same shutdown sequence
@@ -23,7 +23,7 @@ import shutil
 import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aegis.errors import ConfigurationError
 from aegis.mcp._jsonrpc import (
@@ -34,59 +34,18 @@ from aegis.mcp._jsonrpc import (
     read_message,
 )
 
-__all__ = ["PipeDownstream", "SdkDownstream", "check_server", "open_downstream", "skip_line"]
+if TYPE_CHECKING:
+    from aegis.mcp.http_downstream import HttpDownstream
 
-#: the longest line a server may write (64 MiB); a longer one is read past and
-#: refused, and the request it answers fails
+__all__ = ["PipeDownstream", "check_server", "open_downstream", "skip_line"]
+
+#: the longest message a server may send, a line or an HTTP body or event (64 MiB);
+#: a longer one is read past and refused, and the request it answers fails
 MAX_SERVER_LINE = 64 * 1024 * 1024
 #: seconds a server gets to exit after its stdin closes, then after SIGTERM
 EXIT_GRACE = 2.0
 
 _log = logging.getLogger("aegis.mcp")
-
-_VERSION_HEADER = "MCP-Protocol-Version"
-
-
-class SdkDownstream:
-    """A downstream connection over the SDK's read and write streams."""
-
-    def __init__(self, read_stream: Any, write_stream: Any, *, http: bool) -> None:
-        from mcp.shared.message import (  # noqa: PLC0415  # the SDK loads only for a URL
-            ClientMessageMetadata,
-            SessionMessage,
-        )
-        from mcp.types import jsonrpc_message_adapter  # noqa: PLC0415
-
-        self._adapter = jsonrpc_message_adapter
-        self._metadata = ClientMessageMetadata
-        self._message = SessionMessage
-        self._read = read_stream
-        self._write = write_stream
-        self._http = http
-        self._version: str | None = None
-
-    async def send(self, message: Message) -> None:
-        """Send one message; over HTTP it carries the negotiated protocol version."""
-        envelope = self._adapter.validate_python(message, by_name=False)
-        metadata = None
-        if self._http and self._version is not None and message.get("method") != "initialize":
-            metadata = self._metadata(headers={_VERSION_HEADER: self._version})
-        await self._write.send(self._message(envelope, metadata=metadata))
-
-    async def messages(self) -> AsyncIterator[Message | Exception]:
-        """The server's messages until it closes the connection."""
-        async for item in self._read:
-            if isinstance(item, Exception):
-                yield item
-                continue
-            message: Message = item.message.model_dump(
-                by_alias=True, mode="json", exclude_unset=True
-            )
-            result = message.get("result")
-            if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
-                # The initialize reply: later HTTP requests must name this version.
-                self._version = result["protocolVersion"]
-            yield message
 
 
 def check_server(command: Sequence[str] = (), url: str | None = None) -> None:
@@ -236,10 +195,10 @@ async def open_downstream(
     *,
     max_line: int = MAX_SERVER_LINE,
     exit_grace: float = EXIT_GRACE,
-) -> AsyncIterator[SdkDownstream | PipeDownstream]:
+) -> AsyncIterator[HttpDownstream | PipeDownstream]:
     """Start ``command`` as a stdio MCP server, or connect to ``url``; close it afterwards.
 
-    ``max_line`` bounds the lines the server may write; ``exit_grace`` is
+    ``max_line`` bounds the messages the server may send (lines, bodies, events); ``exit_grace`` is
     the seconds it gets to exit once its stdin closes, then again after
     SIGTERM, before its process group is killed.
 
@@ -254,15 +213,20 @@ async def open_downstream(
     check_server(command, url)
     if url:
         try:
-            from mcp.client.streamable_http import (  # noqa: PLC0415  # only for a URL
-                streamable_http_client,
+            from aegis.mcp.http_downstream import (  # noqa: PLC0415  # only for a URL
+                HttpDownstream,
+                http_client,
             )
         except ImportError as exc:
             raise ConfigurationError(
                 f'--upstream-url needs the mcp SDK ({exc}): pip install "aegis-runtime[mcp]"'
             ) from exc
-        async with streamable_http_client(url) as (read_stream, write_stream):
-            yield SdkDownstream(read_stream, write_stream, http=True)
+        async with http_client() as client:
+            remote = HttpDownstream(client, url, max_line)
+            try:
+                yield remote
+            finally:
+                await remote.close()
         return
     try:
         process = await asyncio.create_subprocess_exec(

@@ -82,8 +82,9 @@ class ProxySettings:
         call_timeout: seconds the server may take to answer one request.
         hide_blocked: leave out of ``tools/list`` the tools the policy always blocks.
         max_message_bytes: the largest message a client may send.
-        max_server_message_bytes: the longest line a stdio server may write; a
-            longer one is read past and the request it answers fails.
+        max_server_message_bytes: the longest message a server may send (a line,
+            an HTTP body or event); a longer one is read past and the request it
+            answers fails.
         max_sessions: with ``--listen``, client sessions served at once; when all
             are taken the one idle the longest gives way to a new client.
         idle_timeout: with ``--listen``, seconds a session may sit idle before it ends.

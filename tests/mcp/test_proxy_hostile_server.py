@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp_support import HERE, Files, RawProxy
+from mcp_support import HERE, Files, RawProxy, background, free_port
 
 HOSTILE = HERE / "hostile_server.py"
+HOSTILE_HTTP = HERE / "hostile_http_server.py"
 
 POLICY = """\
 version: "1"
@@ -64,26 +65,28 @@ def _reply(template: str) -> str:
     return '{"jsonrpc": "2.0", "id": {id}, "result": ' + template + "}"
 
 
-@pytest.mark.parametrize(
-    ("reply", "says"),
-    [
-        # the proxy would see isError true, a last-wins client false (or the other way)
-        (_reply('{"content": [], "isError": false, "isError": true}'), "'isError' appears twice"),
-        (_reply('{"content": [], "isError": false, "IsError": true}'), "differ only by case"),
-        (
-            '{"jsonrpc": "2.0", "id": {id}, "result": {"content": []}, '
-            '"error": {"code": 1, "message": "x"}}',
-            "exactly one of",
-        ),
-        (_reply('{"content": [], "n": NaN}'), "NaN"),
-        (_reply('{"content": [], "n": -Infinity}'), "Infinity"),
-        (_reply('{"content": [], "n": 1e400}'), "result.n is 1e400"),
-        (_reply('{"content": [], "n": ' + "9" * 5000 + "}"), "more digits"),
-        (_reply('{"content": [], "n": ' + "[" * 5000 + "]" * 5000 + "}"), "nested deeper"),
-        # the id is found by the scanner when the rest cannot be decoded
-        (_reply('{"content": [], "n": tru}'), None),
-    ],
-)
+#: replies JSON parsers could read differently, and what the call's error says of each;
+#: a server's reply is judged the same over stdio and over HTTP
+UNREADABLE_REPLIES = [
+    # the proxy would see isError true, a last-wins client false (or the other way)
+    (_reply('{"content": [], "isError": false, "isError": true}'), "'isError' appears twice"),
+    (_reply('{"content": [], "isError": false, "IsError": true}'), "differ only by case"),
+    (
+        '{"jsonrpc": "2.0", "id": {id}, "result": {"content": []}, '
+        '"error": {"code": 1, "message": "x"}}',
+        "exactly one of",
+    ),
+    (_reply('{"content": [], "n": NaN}'), "NaN"),
+    (_reply('{"content": [], "n": -Infinity}'), "Infinity"),
+    (_reply('{"content": [], "n": 1e400}'), "result.n is 1e400"),
+    (_reply('{"content": [], "n": ' + "9" * 5000 + "}"), "more digits"),
+    (_reply('{"content": [], "n": ' + "[" * 5000 + "]" * 5000 + "}"), "nested deeper"),
+    # the id is found by the scanner when the rest cannot be decoded
+    (_reply('{"content": [], "n": tru}'), None),
+]
+
+
+@pytest.mark.parametrize(("reply", "says"), UNREADABLE_REPLIES)
 def test_a_reply_the_proxy_cannot_read_safely_fails_the_call_at_once(
     tmp_path: Path, reply: str, says: str | None
 ) -> None:
@@ -99,6 +102,53 @@ def test_a_reply_the_proxy_cannot_read_safely_fails_the_call_at_once(
     [record] = _records(proxy)
     assert (record["action_type"], record["result_status"]) == ("read", "failed")
     assert "refused by the Aegis proxy" in record["result_error"]
+
+
+def test_an_http_server_s_replies_are_judged_as_a_stdio_server_s(tmp_path: Path) -> None:
+    """Over --upstream-url each reply refused over stdio fails its call, as a body or an event."""
+    replies = [reply for reply, _ in UNREADABLE_REPLIES]
+    # past --max-server-message-bytes, as the stdio server's long line
+    replies.append(_reply('{"content": [{"type": "text", "text": "' + "a" * 200_000 + '"}]}'))
+    # and one it reads: the call is answered with it
+    replies.append(_reply('{"content": [], "isError": false}'))
+    says = [said for _, said in UNREADABLE_REPLIES] + ["longer than 100000 bytes"]
+    (tmp_path / "replies.json").write_text(json.dumps(replies), encoding="utf-8")
+    files = Files(tmp_path, POLICY)
+    port = free_port()
+    upstream = f"http://127.0.0.1:{port}/mcp"
+    server = [sys.executable, str(HOSTILE_HTTP), str(port), str(tmp_path / "replies.json")]
+    command = [
+        sys.executable, "-m", "aegis", "mcp-proxy", "--policy", str(files.policy),
+        "--db", files.db, "--name", "hostile", "--call-timeout", "120",
+        "--max-server-message-bytes", "100000", "--upstream-url", upstream,
+    ]  # fmt: skip
+    with background(server, tmp_path / "server.log", upstream):
+        proxy = RawProxy(command, files.stderr)
+        try:
+            proxy.initialize()
+            request_id = 0
+            for index, said in enumerate(says):
+                for how in ("json", "sse"):
+                    request_id += 1
+                    path = {"name": "read", "arguments": {"path": f"{how}/{index}"}}
+                    answer = proxy.request(request_id, "tools/call", path, timeout=60)
+                    assert answer["id"] == request_id, (how, index)
+                    assert answer["error"]["code"] == -32011, (how, index, answer)
+                    assert "refused by the Aegis proxy" in answer["error"]["message"]
+                    assert said is None or said in answer["error"]["message"], (how, index)
+            for how in ("json", "sse"):
+                path = {"name": "read", "arguments": {"path": f"{how}/{len(says)}"}}
+                answer = proxy.request(how, "tools/call", path, timeout=60)
+                assert answer == {
+                    "jsonrpc": "2.0",
+                    "id": how,
+                    "result": {"content": [], "isError": False},
+                }
+        finally:
+            proxy.close()
+    records = files.records()
+    assert [r["result_status"] for r in records] == ["failed"] * request_id + ["success"] * 2
+    assert all("refused by the Aegis proxy" in r["result_error"] for r in records[:request_id])
 
 
 def test_a_reply_is_passed_on_as_its_json_rpc_members_only(tmp_path: Path) -> None:

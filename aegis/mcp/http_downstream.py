@@ -1,0 +1,390 @@
+"""Reaching a Streamable HTTP MCP server, every message read by the proxy's own reader.
+
+The SDK's ``streamable_http_client`` parses the server's messages with
+Pydantic, which keeps the last of two equal member names and reads
+``NaN`` (written on as ``null``): a reply the stdio path refuses passed
+over HTTP, and the client could read another answer than the one the
+proxy recorded. :class:`HttpDownstream` speaks the transport itself and
+hands each message, a JSON body or one event of a stream, to
+:func:`~aegis.mcp._jsonrpc.read_message`, the reader of a stdio server's
+lines: both transports are judged alike, and the proxy passes on only
+what it read.
+
+The wire (MCP 2025-03-26 and later): each message is POSTed; a request is
+answered by a JSON body or by an SSE stream that ends with the reply (the
+server's own requests and notifications may come first on it); the
+``Mcp-Session-Id`` the server gives with its ``initialize`` reply, and the
+negotiated ``MCP-Protocol-Version``, go with every later request; once
+initialized, a GET stream carries the server's messages that belong to no
+request; a stream that ends early is resumed with ``Last-Event-ID``; the
+session is DELETEd on close. Redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx2
+
+from aegis.mcp._jsonrpc import (
+    DOWNSTREAM_UNAVAILABLE,
+    Message,
+    RequestId,
+    Unreadable,
+    encode_line,
+    error_reply,
+    read_message,
+)
+
+__all__ = ["HttpDownstream", "SseReader", "http_client"]
+
+_log = logging.getLogger("aegis.mcp")
+
+_SESSION_HEADER = "mcp-session-id"
+_VERSION_HEADER = "mcp-protocol-version"
+#: seconds to connect, write, or wait for a pooled connection; reading waits for
+#: ever (a stream stays open while the tool runs; the proxy's --call-timeout ends it)
+_TIMEOUT = httpx2.Timeout(30.0, read=None)
+#: times a stream that ended before its reply is resumed, and the wait between
+_RESUMES = 2
+_RESUME_DELAY = 1.0
+#: the server's messages read but not yet taken by the proxy, at most
+_INBOX = 64
+
+
+class SseReader:
+    """Server-sent events from pieces of a stream, each event's data bounded by ``limit`` bytes.
+
+    :meth:`feed` returns the events completed by one piece as ``(id, data)``,
+    ``data`` ``None`` for an event past the limit (read past, not kept).
+    Only ``message`` events carry MCP messages; others are skipped.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._line = bytearray()
+        self._skipping = False  # the rest of a line too long to keep
+        self._data: list[bytes] = []
+        self._size = 0
+        self._too_long = False
+        self._event = b"message"
+        self._after_cr = False
+        #: the last event id the stream gave (to resume it from)
+        self.last_id: str | None = None
+        #: the reconnection delay the stream asked for, in seconds
+        self.retry: float | None = None
+
+    def feed(self, piece: bytes) -> list[tuple[str | None, bytes | None]]:
+        """The events that ``piece`` completes."""
+        events: list[tuple[str | None, bytes | None]] = []
+        start, n = 0, len(piece)
+        if self._after_cr and piece.startswith(b"\n"):
+            start = 1  # the \n of a \r\n split between two pieces
+        self._after_cr = False
+        while start < n:
+            cr, lf = piece.find(b"\r", start), piece.find(b"\n", start)
+            end = min(i for i in (cr, lf, n) if i >= 0)
+            self._add(piece[start:end])
+            if end == n:
+                break
+            event = self._end_line()
+            if event is not None:
+                events.append(event)
+            start = end + 1
+            if piece[end] == 0x0D:  # a \r, maybe of a \r\n
+                if start == n:
+                    self._after_cr = True
+                elif piece[start] == 0x0A:
+                    start += 1
+        return events
+
+    def _add(self, part: bytes) -> None:
+        if self._skipping or not part:
+            return
+        self._line += part
+        if len(self._line) > self._limit + 16:  # room for "data: "
+            self._skipping, self._too_long = True, True
+            self._line.clear()
+
+    def _end_line(self) -> tuple[str | None, bytes | None] | None:
+        if self._skipping:
+            self._skipping = False
+            return None
+        line, self._line = bytes(self._line), bytearray()
+        if not line:
+            return self._dispatch()
+        if line.startswith(b":"):
+            return None  # a comment (a keep-alive)
+        name, _, value = line.partition(b":")
+        value = value.removeprefix(b" ")
+        if name == b"data" and not self._too_long:
+            self._data.append(value)
+            self._size += len(value) + 1
+            if self._size > self._limit + 1:
+                self._too_long = True
+                self._data.clear()
+        elif name == b"event":
+            self._event = value
+        elif name == b"id" and b"\0" not in value:
+            self.last_id = value.decode("utf-8", "replace")
+        elif name == b"retry" and value.isdigit():
+            self.retry = int(value) / 1000
+        return None
+
+    def _dispatch(self) -> tuple[str | None, bytes | None] | None:
+        data, kind, too_long = self._data, self._event, self._too_long
+        self._data, self._size, self._too_long, self._event = [], 0, False, b"message"
+        if too_long:
+            return self.last_id, None
+        text = b"\n".join(data)
+        if kind != b"message" or not text:
+            return None  # another kind of event, or one without data (a stream's priming)
+        return self.last_id, text
+
+
+class _Ended(Exception):
+    """The connection to the server failed: the session cannot go on."""
+
+
+class HttpDownstream:
+    """A connection to a Streamable HTTP MCP server at ``url``."""
+
+    def __init__(self, client: httpx2.AsyncClient, url: str, limit: int) -> None:
+        self._client = client
+        self._url = url
+        self._limit = limit
+        self._session: str | None = None
+        self._version: str | None = None
+        # bounded: a server that floods waits for the proxy, as a pipe makes it wait
+        self._inbox: asyncio.Queue[Message | Exception] = asyncio.Queue(_INBOX)
+        # the POST of each request waiting for its reply, by the request's id
+        self._exchanges: dict[RequestId, asyncio.Task[None]] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    # -------------------------------------------------------------- toward the server
+
+    def _headers(self, *, post: bool) -> dict[str, str]:
+        headers = {"accept": "application/json, text/event-stream" if post else "text/event-stream"}
+        if post:
+            headers["content-type"] = "application/json"
+        if self._session is not None:
+            headers[_SESSION_HEADER] = self._session
+        if self._version is not None:
+            headers[_VERSION_HEADER] = self._version
+        return headers
+
+    async def send(self, message: Message) -> None:
+        """POST one message; a request's reply comes later from :meth:`messages`.
+
+        Raises:
+            ConnectionError: the server cannot be reached.
+        """
+        if "method" in message and "id" in message:
+            request_id: RequestId = message["id"]
+            task = asyncio.create_task(self._exchange(message, request_id))
+            self._exchanges[request_id] = task
+            task.add_done_callback(lambda done: self._forget(request_id, done))
+            return
+        try:
+            async with self._client.stream(
+                "POST", self._url, content=encode_line(message), headers=self._headers(post=True)
+            ) as response:
+                await response.aclose()
+        except httpx2.HTTPError as exc:
+            why = f"the MCP server at {self._url} cannot be reached: {exc}"
+            raise ConnectionError(why) from exc
+        if response.status_code >= 400:
+            _log.warning(
+                "the MCP server answered HTTP %d to a %s", response.status_code, _what(message)
+            )
+        if message.get("method") == "notifications/initialized" and self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+        elif message.get("method") == "notifications/cancelled":
+            # The reply of a cancelled request is not awaited: its stream can close.
+            params = message.get("params")
+            cancelled = params.get("requestId") if isinstance(params, dict) else None
+            exchange = self._exchanges.get(cancelled) if isinstance(cancelled, str | int) else None
+            if exchange is not None:
+                exchange.cancel()
+
+    def _forget(self, request_id: RequestId, task: asyncio.Task[None]) -> None:
+        if self._exchanges.get(request_id) is task:
+            del self._exchanges[request_id]
+
+    async def _exchange(self, message: Message, request_id: RequestId) -> None:
+        """POST a request and read what answers it, until its reply."""
+        try:
+            async with self._client.stream(
+                "POST", self._url, content=encode_line(message), headers=self._headers(post=True)
+            ) as response:
+                if message["method"] == "initialize":
+                    self._session = response.headers.get(_SESSION_HEADER) or self._session
+                await self._answer(response, request_id)
+        except httpx2.HTTPError as exc:
+            await self._inbox.put(_Ended(f"the MCP server at {self._url} cannot be reached: {exc}"))
+
+    async def _answer(self, response: httpx2.Response, request_id: RequestId) -> None:
+        status = response.status_code
+        kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if not 200 <= status < 300 or status == 202:
+            why = await self._refusal(response, kind)
+            await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
+        elif kind == "application/json":
+            body = await _read_body(response, self._limit)
+            await self._put(self._read(body, request_id))
+        elif kind == "text/event-stream":
+            events = SseReader(self._limit)
+            if not await self._stream(response, events, request_id):
+                await self._resume(events, request_id)
+        else:
+            why = f"the MCP server answered with content type {kind or 'none'!r}, not JSON or SSE"
+            await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
+
+    async def _resume(self, events: SseReader, request_id: RequestId) -> None:
+        """Resume a request's stream that ended before its reply, from its last event id."""
+        for _ in range(_RESUMES):
+            if events.last_id is None:
+                break
+            await asyncio.sleep(events.retry if events.retry is not None else _RESUME_DELAY)
+            headers = {**self._headers(post=False), "last-event-id": events.last_id}
+            with contextlib.suppress(httpx2.HTTPError):
+                async with self._client.stream("GET", self._url, headers=headers) as resumed:
+                    if resumed.status_code != 200:
+                        break
+                    if await self._stream(resumed, events, request_id):
+                        return
+        await self._put(
+            error_reply(
+                request_id,
+                DOWNSTREAM_UNAVAILABLE,
+                "the MCP server ended the request's event stream without answering it",
+            )
+        )
+
+    async def _refusal(self, response: httpx2.Response, kind: str) -> str:
+        """Why the request failed: the server's JSON-RPC error if it sent a readable one."""
+        status = response.status_code
+        if status == 202:
+            return "the MCP server accepted the request (HTTP 202) without answering it"
+        if kind == "application/json":
+            found = self._read(await _read_body(response, self._limit), None)
+            error = found.get("error") if isinstance(found, dict) else None
+            if isinstance(error, dict) and isinstance(error.get("message"), str):
+                return f"the MCP server answered HTTP {status}: {error['message']}"
+            if isinstance(found, Unreadable):
+                return f"the MCP server's reply was refused by the Aegis proxy: {found.why}"
+        if status == 404 and self._session is not None:
+            return "the MCP server ended the session (HTTP 404)"
+        if 300 <= status < 400:
+            where = response.headers.get("location", "")[:200]
+            return f"the MCP server redirected the request (HTTP {status}) to {where!r}"
+        return f"the MCP server answered HTTP {status}"
+
+    async def _stream(
+        self, response: httpx2.Response, events: SseReader, request_id: RequestId | None
+    ) -> bool:
+        """Read an event stream's messages; ``True`` once the reply to ``request_id`` came."""
+        async for piece in response.aiter_bytes():
+            for _, data in events.feed(piece):
+                item = self._read(data, request_id)
+                await self._put(item)
+                if request_id is not None and _is_reply(item):
+                    if isinstance(item, dict) and item["id"] != request_id:
+                        # Its stream ended with another request's reply: it has none.
+                        why = f"the MCP server answered the request's stream as {item['id']!r}"
+                        await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
+                    return True
+        return False
+
+    def _read(self, data: bytes | None, request_id: RequestId | None) -> Message | Unreadable:
+        """One message as a stdio server's line is read; ``None`` is one past the limit."""
+        if data is None:
+            return Unreadable(f"a message longer than {self._limit} bytes", request_id, b"")
+        item = read_message(data)
+        if isinstance(item, Unreadable) and not item.is_request and item.request_id is None:
+            # A reply on a request's own stream or body answers that request.
+            item.request_id = request_id
+        return item
+
+    async def _put(self, item: Message | Exception) -> None:
+        if isinstance(item, dict):
+            result = item.get("result")
+            if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
+                # The initialize reply: later requests name this version.
+                self._version = result["protocolVersion"]
+        await self._inbox.put(item)
+
+    async def _listen(self) -> None:
+        """The GET stream: the server's messages that belong to no request."""
+        events = SseReader(self._limit)
+        failures = 0
+        while failures < _RESUMES:
+            headers = self._headers(post=False)
+            if events.last_id is not None:
+                headers["last-event-id"] = events.last_id
+            try:
+                async with self._client.stream("GET", self._url, headers=headers) as response:
+                    if response.status_code != 200:
+                        return  # 405: the server offers no such stream
+                    await self._stream(response, events, None)
+                failures = 0
+            except httpx2.HTTPError as exc:
+                _log.debug("the MCP server's GET stream failed: %s", exc)
+                failures += 1
+            await asyncio.sleep(events.retry if events.retry is not None else _RESUME_DELAY)
+
+    # -------------------------------------------------------------- from the server
+
+    async def messages(self) -> AsyncIterator[Message | Exception]:
+        """The server's messages, each read as a stdio server's line is; ends when it is lost.
+
+        Raises:
+            ConnectionError: the server could no longer be reached.
+        """
+        while True:
+            item = await self._inbox.get()
+            if isinstance(item, _Ended):
+                raise ConnectionError(str(item))
+            yield item
+
+    async def close(self) -> None:
+        """Stop reading, and end the session on the server (DELETE)."""
+        tasks = [*self._exchanges.values(), *([self._listener] if self._listener else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self._session is not None:
+            with contextlib.suppress(httpx2.HTTPError):
+                await self._client.delete(self._url, headers=self._headers(post=False), timeout=5)
+
+
+async def _read_body(response: httpx2.Response, limit: int) -> bytes | None:
+    """The body, or ``None`` when it is longer than ``limit`` bytes (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_reply(item: Message | Exception) -> bool:
+    if isinstance(item, Unreadable):
+        return not item.is_request and item.request_id is not None
+    return isinstance(item, dict) and "method" not in item
+
+
+def _what(message: Message) -> str:
+    return str(message.get("method") or "response")
+
+
+def http_client() -> httpx2.AsyncClient:
+    """The HTTP client for a server: no redirects followed, reads that wait for the server."""
+    return httpx2.AsyncClient(timeout=_TIMEOUT, follow_redirects=False)
