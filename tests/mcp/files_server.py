@@ -1,9 +1,11 @@
 """A small real MCP server for the proxy's tests: read, write and delete on a dict.
 
 Run as ``python files_server.py [--http PORT] [--crash-on TOOL] [--hang-on TOOL]
-[--garbage-on TOOL] [--log FILE] [--spawn PIDFILE]``. It serves over stdio by default, or over
+[--release FILE] [--garbage-on TOOL] [--log FILE] [--spawn PIDFILE]``. It serves
+over stdio by default, or over
 Streamable HTTP on 127.0.0.1:PORT at ``/mcp``. Every tool call it receives is
 appended to ``--log`` (one JSON line), so tests can prove what reached it.
+With ``--release`` a hung call ends once FILE exists, except a read of ``/forever``.
 With ``--spawn`` it starts a child (``sleep``, in the server's process group)
 and writes the child's pid to PIDFILE.
 """
@@ -46,7 +48,12 @@ def build(args: argparse.Namespace) -> MCPServer:
         if tool == args.crash_on:
             os._exit(3)
         if tool == args.hang_on:
-            time.sleep(3600)
+            deadline = time.monotonic() + 3600
+            while time.monotonic() < deadline:
+                released = args.release and os.path.exists(args.release)
+                if released and arguments.get("path") != "/forever":
+                    return
+                time.sleep(0.01)
         if tool == args.garbage_on:
             # The SDK points fd 1 at stderr while it serves and keeps the
             # wire on a private descriptor: write the garbage there.
@@ -105,6 +112,7 @@ def main() -> None:
     parser.add_argument("--http", type=int, default=None)
     parser.add_argument("--crash-on", default=None)
     parser.add_argument("--hang-on", default=None)
+    parser.add_argument("--release", default=None)
     parser.add_argument("--garbage-on", default=None)
     parser.add_argument("--log", default=None)
     parser.add_argument("--spawn", default=None)

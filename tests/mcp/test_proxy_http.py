@@ -371,16 +371,23 @@ def test_a_duplicated_id_in_flight_over_http_is_refused_and_recorded(tmp_path: P
 
 
 @contextlib.contextmanager
-def _posting(url: str, body: dict[str, Any], headers: dict[str, str]) -> Iterator[None]:
-    """POST ``body`` on a thread of its own, for a request that is answered late or never."""
+def _posting(url: str, body: dict[str, Any], headers: dict[str, str]) -> Iterator[list[str]]:
+    """POST ``body`` on a thread of its own, for a request that is answered late or never.
+
+    Yields a list that holds the response's body once it came.
+    """
+    answered: list[str] = []
 
     def post() -> None:
         with contextlib.suppress(httpx.HTTPError):
-            httpx.post(url, json=body, headers=headers, timeout=60)
+            answered.append(httpx.post(url, json=body, headers=headers, timeout=60).text)
 
     thread = threading.Thread(target=post, daemon=True)
     thread.start()
-    yield
+    try:
+        yield answered
+    finally:
+        thread.join(60)
 
 
 def _gone(pid: int) -> bool:
@@ -392,48 +399,75 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
-def test_sigterm_mid_call_ends_the_servers_and_records_the_call(tmp_path: Path) -> None:
-    """SIGTERM to --listen mid-call: exits 0, its server ends, the call has its outcome recorded.
+def _session(url: str) -> dict[str, str]:
+    """The headers of a new, initialized session."""
+    opened = _initialize(url)
+    session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert httpx.post(url, json=note, headers=session, timeout=30).status_code == 202
+    return session
 
-    As the stdio proxy does: the call in flight is recorded as interrupted, so
-    `aegis audit verify` finds no action without its outcome, and the server
-    hanging in the call does not outlive the proxy.
+
+def _wait_for(what: str, done: Any) -> None:
+    deadline = time.monotonic() + 60
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_sigterm_mid_call_ends_the_servers_and_records_the_calls(tmp_path: Path) -> None:
+    """SIGTERM to --listen mid-call: a call done within the grace keeps its outcome, others end.
+
+    The call its server answers within STOP_GRACE after the signal is answered
+    and recorded with its real outcome; the one still running then is
+    recorded as interrupted, so `aegis audit verify` finds no action without
+    its outcome; exit 0, and no server hanging in a call outlives the proxy.
     """
     import subprocess
 
     files = Files(tmp_path)
     port = free_port()
-    command = files.proxy("--listen", f"127.0.0.1:{port}", server_args=["--hang-on", "read"])
+    release = tmp_path / "release"
+    hang = ["--hang-on", "read", "--release", str(release)]
+    command = files.proxy("--listen", f"127.0.0.1:{port}", "--verbose", server_args=hang)
     url = f"http://127.0.0.1:{port}/mcp"
     with background(command, files.stderr, url) as proxy:
-        opened = _initialize(url)
-        session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
-        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        assert httpx.post(url, json=note, headers=session, timeout=30).status_code == 202
-        [server] = child_pids(proxy.pid)
-        read = {"name": "read", "arguments": {"path": "/srv/readme.txt"}}
-        hanging = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": read}
-        with _posting(url, hanging, session):
-            deadline = time.monotonic() + 60
-            while not files.calls():  # the read is in flight once the server has it
-                assert time.monotonic() < deadline, "the call never reached the server"
-                time.sleep(0.05)
+        quick, slow = _session(url), _session(url)
+        servers = child_pids(proxy.pid)
+        assert len(servers) == 2
+        soon = {"name": "read", "arguments": {"path": "/srv/readme.txt"}}
+        never = {"name": "read", "arguments": {"path": "/forever"}}
+        with (
+            _posting(
+                url, {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": soon}, quick
+            ) as answered,
+            _posting(
+                url, {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": never}, slow
+            ),
+        ):
+            # both calls are in flight once their servers have them
+            _wait_for("the calls never reached the servers", lambda: len(files.calls()) == 2)
             proxy.send_signal(signal.SIGTERM)
+            # the proxy is stopping: the first call's server answers now, within the grace
+            _wait_for("no stop", lambda: "stopping on SIGTERM" in files.stderr.read_text())
+            release.touch()
             try:
                 status = proxy.wait(60)  # generous: a loaded machine; the grace is seconds
             finally:
-                if not _gone(server):  # never leave it behind, even when the test fails
+                alive = [server for server in servers if not _gone(server)]
+                for server in alive:  # never leave one behind, even when the test fails
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(server, signal.SIGKILL)
-                    alive = True
-                else:
-                    alive = False
     assert status == 0, files.stderr.read_text()
-    assert not alive, "the session's server outlived the proxy"
-    [record] = files.records()
-    assert (record["action_type"], record["result_status"]) == ("read", "failed")
-    assert "interrupted" in record["result_error"]
-    assert "the proxy stopped (SIGTERM)" in record["result_error"]
+    assert not alive, "a session's server outlived the proxy"
+    # the client of the call done within the grace got its answer
+    [answer] = answered
+    assert '"hello"' in answer
+    records = {record["context"]["mcp_request_id"]: record for record in files.records()}
+    assert records[7]["result_status"] == "success"
+    assert records[8]["result_status"] == "failed"
+    assert "interrupted" in records[8]["result_error"]
+    assert "the proxy stopped (SIGTERM)" in records[8]["result_error"]
     verified = subprocess.run(
         [sys.executable, "-m", "aegis", "audit", "verify", "--db", files.db, "--format", "json"],
         capture_output=True,
