@@ -318,13 +318,14 @@ def parse_frame(raw: bytes | str) -> Frame:
     except _NonFinite:
         return _non_finite(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, _NotJson) as exc:
-        return Frame(replies=(error_reply(None, PARSE_ERROR, f"Parse error: {_short(exc)}"),))
+        why = f"Parse error: {_short(exc)}"
+        return _unread(raw, error_reply(None, PARSE_ERROR, why), f"it was not JSON ({why})")
     except ValueError:
         # Valid JSON with an integer of more digits than Python converts.
         return _non_finite(raw)
     except RecursionError:
         # Valid JSON nested deeper than the proxy reads: refused under its id.
-        return Frame(replies=(_too_deep(raw),))
+        return _unread(raw, _too_deep(raw), "it was nested deeper than the proxy reads")
     if isinstance(value, list):
         members = tuple(m for m in value if isinstance(m, dict))
         return Frame(replies=batch_refusal(value), batch=bool(value), members=members)
@@ -412,6 +413,17 @@ def _non_finite(raw: bytes | str) -> Frame:
     return Frame(replies=(reply,), members=members, why=f"its {why}")
 
 
+def _unread(raw: bytes | str, reply: Message, why: str) -> Frame:
+    """The refusal of a message that cannot be decoded, with its sketch for the audit trail."""
+    from aegis.mcp._sketch import HEAD_BYTES, sketch_request  # noqa: PLC0415  # it imports this
+
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    scanner = IdScanner()
+    scanner.feed(data)
+    sketch = sketch_request(data[:HEAD_BYTES], scanner.found)
+    return Frame(replies=(reply,), members=(sketch,) if sketch else (), why=why)
+
+
 def _too_deep(raw: bytes | str) -> Message:
     """The refusal of a message nested too deep to decode, under its top-level id if any."""
     scanner = IdScanner()
@@ -463,7 +475,10 @@ class IdScanner:
     _MAX_KEY = 256
     _BLOCK = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 0) -> None:
+        #: the first ``keep`` bytes fed (for a sketch of a refused message)
+        self.head = bytearray()
+        self._keep_head = keep
         self._depth = 0
         self._in_string = False
         self._escaped = False
@@ -487,6 +502,8 @@ class IdScanner:
 
     def feed(self, data: bytes) -> None:
         """Read one more piece of the line."""
+        if len(self.head) < self._keep_head:
+            self.head += data[: self._keep_head - len(self.head)]
         i, n = 0, len(data)
         while i < n and not self._done:
             i = self._string(data, i, n) if self._in_string else self._outside(data, i, n)

@@ -157,13 +157,14 @@ class PipeDownstream:
         _log.warning("the MCP server (pid %d) is still alive after SIGKILL", process.pid)
 
 
-async def skip_line(reader: asyncio.StreamReader) -> IdScanner:
+async def skip_line(reader: asyncio.StreamReader, keep: int = 0) -> IdScanner:
     """Read past a line longer than ``reader``'s limit, keeping only its top-level id.
 
-    The scanner that read it says the id (:attr:`~IdScanner.found`) and
-    whether the line names a method (:attr:`~IdScanner.has_method`).
+    The scanner that read it says the id (:attr:`~IdScanner.found`),
+    whether the line names a method (:attr:`~IdScanner.has_method`), and
+    holds the line's first ``keep`` bytes (:attr:`~IdScanner.head`).
     """
-    scanner = IdScanner()
+    scanner = IdScanner(keep)
     while True:
         try:
             scanner.feed(await reader.readuntil(b"\n"))

@@ -28,6 +28,7 @@ from typing import Any
 from aegis.mcp._jsonrpc import (
     DOWNSTREAM_UNAVAILABLE,
     INVALID_REQUEST,
+    IdScanner,
     Message,
     RequestId,
     classify,
@@ -35,6 +36,7 @@ from aegis.mcp._jsonrpc import (
     parse_frame,
 )
 from aegis.mcp._logs import QuietLog
+from aegis.mcp._sketch import HEAD_BYTES, sketch_request
 from aegis.mcp.downstream import EXIT_GRACE, check_server
 from aegis.mcp.proxy import ProxySession
 from aegis.mcp.runner import ProxySettings, build_runtime, check_loopback, session_opener
@@ -128,7 +130,11 @@ async def _respond(
 
 
 class _TooLarge(Exception):
-    pass
+    """A body past the limit; ``head`` is its start, kept for the audit trail."""
+
+    def __init__(self, head: bytes) -> None:
+        super().__init__()
+        self.head = head
 
 
 async def _read_body(receive: _Receive, limit: int) -> bytes:
@@ -141,7 +147,7 @@ async def _read_body(receive: _Receive, limit: int) -> bytes:
         chunk = event.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _TooLarge
+            raise _TooLarge((b"".join(chunks) + chunk)[:HEAD_BYTES])
         chunks.append(chunk)
         if not event.get("more_body", False):
             return b"".join(chunks)
@@ -277,8 +283,16 @@ class GovernedHttpApp:
         limit = self._settings.max_message_bytes
         try:
             body = await _read_body(receive, limit)
-        except _TooLarge:
+        except _TooLarge as large:
             self._refusals.warning("client", "refused a message over %d bytes", limit)
+            known = self._sessions.get(session_id or "")
+            scanner = IdScanner()
+            scanner.feed(large.head)
+            sketch = sketch_request(large.head, scanner.found)
+            if sketch is not None and known is not None and known.proxy is not None:
+                await known.proxy.record_refused(
+                    sketch, f"it was larger than {limit} bytes (--max-message-bytes)"
+                )
             await _respond(
                 send,
                 413,

@@ -527,7 +527,9 @@ class ProxySession:
         """Record a call the proxy refused before any decision, as blocked.
 
         Every call lands in the audit trail, including those refused for how
-        they were sent (in a batch, under a duplicated id, as a notification):
+        they were sent (in a batch, under a duplicated id, as a notification,
+        too large or not JSON: then as far as its start can be read, and as
+        ``tools/call`` when its tool's name cannot be):
         a tools/call, and a request for any other method a policy rule
         governs (a ``resources/read``), recorded as the action it would have
         been decided as. Anything else is only logged.
@@ -538,13 +540,15 @@ class ProxySession:
         methods = _members_like(message, "method")
         params = next((p for p in _members_like(message, "params") if isinstance(p, dict)), None)
         if any(isinstance(m, str) and fold_name(m) == "tools/call" for m in methods):
-            if params is None:
-                return
-            names = _members_like(params, "name")
+            names = _members_like(params or {}, "name")
             name = next((n for n in names if isinstance(n, str) and n), None)
             arguments = next(
-                (a for a in _members_like(params, "arguments") if isinstance(a, dict)), {}
+                (a for a in _members_like(params or {}, "arguments") if isinstance(a, dict)), {}
             )
+            if name is None:
+                # An attempt to call a tool, its tool unread (a frame refused
+                # undecoded): recorded under the method's name.
+                name, why = "tools/call", f"{why}; its tool could not be read"
         else:
             # A governed method is decided with its params as the arguments.
             name = next((m for m in methods if isinstance(m, str) and self._names(m)), None)

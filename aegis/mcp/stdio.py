@@ -27,6 +27,7 @@ from aegis.mcp._jsonrpc import (
     error_reply,
     parse_frame,
 )
+from aegis.mcp._sketch import HEAD_BYTES, sketch_request
 from aegis.mcp.downstream import skip_line
 from aegis.mcp.proxy import ProxySession, SendToClient
 
@@ -43,12 +44,13 @@ class ServerGone(Exception):
 
 
 class _Oversized:
-    """A line past the size limit, read only for its top-level ``id``."""
+    """A line past the size limit, read only for its top-level ``id`` and kept start."""
 
-    __slots__ = ("request_id",)
+    __slots__ = ("head", "request_id")
 
-    def __init__(self, request_id: RequestId | None) -> None:
+    def __init__(self, request_id: RequestId | None, head: bytes) -> None:
         self.request_id = request_id
+        self.head = head
 
 
 async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes | _Oversized]:
@@ -61,7 +63,8 @@ async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes | _Oversi
                 yield exc.partial  # a last line without its newline
             return
         except asyncio.LimitOverrunError:
-            yield _Oversized((await skip_line(reader)).found)
+            scanner = await skip_line(reader, HEAD_BYTES)
+            yield _Oversized(scanner.found, bytes(scanner.head))
             continue
         if line.strip():
             yield line
@@ -222,6 +225,11 @@ async def _relay(
                 max_message_bytes,
                 frame.request_id,
             )
+            sketch = sketch_request(frame.head, frame.request_id)
+            if sketch is not None:
+                await session.record_refused(
+                    sketch, f"it was larger than {max_message_bytes} bytes (--max-message-bytes)"
+                )
             await wire.send(
                 error_reply(
                     frame.request_id,

@@ -368,6 +368,43 @@ def test_a_flood_of_refused_client_lines_is_answered_in_full_and_logged_in_brief
     assert any("290 more like it" in line for line in refused)
 
 
+def test_an_oversized_or_unparseable_call_is_recorded_as_far_as_it_reads(
+    tmp_path: Path,
+) -> None:
+    """A refused tools/call line is recorded blocked: its tool when its start names it."""
+    pad = "a" * 70_000  # past the 64 KiB of a line's start that are read for its record
+    with hostile(tmp_path, "ok", options=("--max-message-bytes", "4096")) as proxy:
+        lines = [
+            # too large: its id, method and tool come before the large part
+            '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete", '
+            f'"arguments": {{"path": "{pad}"}}}}}}',
+            # too large, its tool named after the large part
+            '{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": '
+            f'{{"arguments": {{"path": "{pad}"}}, "name": "delete"}}}}',
+            # not JSON past its tool's name
+            '{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "read"}, x}',
+            # nothing to tell it was a call: refused, and only logged
+            '{"jsonrpc": "2.0", "id": 4, "pad": "' + pad + '"}',
+            "{nothing",
+        ]
+        for line in lines:
+            proxy.send(line)
+        replies = [proxy.receive(60) for _ in lines]
+        assert [r["error"]["code"] for r in replies] == [-32600, -32600, -32700, -32600, -32700]
+        assert proxy.request(5, "ping", timeout=60)["id"] == 5
+    records = _records(proxy)
+    assert [(r["action_type"], r["result_status"]) for r in records] == [
+        ("delete", "blocked"),
+        ("tools/call", "blocked"),
+        ("read", "blocked"),
+    ]
+    assert [r["context"]["mcp_request_id"] for r in records] == [1, 2, 3]
+    assert {r["matched_rule"] for r in records} == {"<mcp-proxy>"}
+    assert "larger than 4096 bytes" in records[0]["reason"]
+    assert "its tool could not be read" in records[1]["reason"]
+    assert "not JSON" in records[2]["reason"]
+
+
 def test_a_flood_of_unreadable_server_lines_is_logged_in_brief(tmp_path: Path) -> None:
     """A server writing 300 lines that are not JSON: ten logged, then one count, the call served."""
     with hostile(tmp_path, "garbage", "300") as proxy:

@@ -196,6 +196,44 @@ def test_an_ambiguous_call_over_http_is_refused_and_recorded(
     assert "ambiguous" in record["reason"]
 
 
+def test_an_oversized_or_unparseable_call_over_http_is_recorded(
+    listening: tuple[str, Files],
+) -> None:
+    """A tools/call POST refused as too large or not JSON is recorded blocked, as it reads."""
+    url, files = listening
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw-http-unread", "version": "1"},
+        },
+    }
+    large = (
+        b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "delete",'
+        b' "arguments": {"path": "' + b"a" * 5000 + b'"}}}'
+    )
+    broken = b'{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "write"}, x}'
+    with httpx.Client(timeout=10) as http:
+        opened = http.post(url, json=init, headers=HEADERS)
+        session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+        assert http.post(url, content=large, headers=session).status_code == 413
+        assert http.post(url, content=broken, headers=session).status_code == 400
+        # nothing to tell it was a call: refused, and not recorded
+        assert http.post(url, content=b"{nothing", headers=session).status_code == 400
+    records = [r for r in files.records() if r["context"].get("mcp_client") == "raw-http-unread"]
+    assert [(r["action_type"], r["result_status"]) for r in records] == [
+        ("delete", "blocked"),
+        ("write", "blocked"),
+    ]
+    assert [r["context"]["mcp_request_id"] for r in records] == [2, 3]
+    assert "larger than 4096 bytes" in records[0]["reason"]
+    assert "not JSON" in records[1]["reason"]
+    assert {r["matched_rule"] for r in records} == {"<mcp-proxy>"}
+
+
 def _initialize(url: str) -> httpx.Response:
     """Start a session with a raw initialize POST, as a client that never ends it would."""
     body = {
