@@ -12,7 +12,7 @@ Usage::
     python benchmarks/mcp_proxy.py              # 5 rounds of 500 calls
     python benchmarks/mcp_proxy.py --quick      # 2 rounds of 100 calls
     python benchmarks/mcp_proxy.py --calls 2000 --rounds 7
-    python benchmarks/mcp_proxy.py --callgrind [--against OTHER_CHECKOUT]
+    python benchmarks/mcp_proxy.py --callgrind [--against OTHER_CHECKOUT] [--upstream-http]
 
 ``--callgrind`` counts instructions instead of timing (a loaded machine
 makes wall clocks noise): the proxy runs under ``valgrind
@@ -21,8 +21,10 @@ session and once for a session of ``--calls`` more auto calls; the
 difference over the difference in calls is the proxy's instructions per
 call, start-up excluded. ``--against`` runs the same against another
 checkout's ``aegis`` (``git worktree add /tmp/old COMMIT``) for a
-before/after. ``--reader`` counts the instructions of reading one reply
-line with the proxy's strict reader and with plain ``json.loads``.
+before/after; ``--upstream-http`` puts the server behind
+``--upstream-url`` (Streamable HTTP) instead of stdio. ``--reader``
+counts the instructions of reading one reply line with the proxy's
+strict reader and with plain ``json.loads``.
 
 Needs the ``mcp`` extra (the test server is built on the SDK).
 """
@@ -30,15 +32,18 @@ Needs the ``mcp`` extra (the test server is built on the SDK).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -145,6 +150,13 @@ def _compiled(root: Path) -> None:
 
 
 def _callgrind(base: list[str], server: list[str], calls: int, against: str | None) -> None:
+    """:func:`_counted` of a proxy in front of ``server``: a stdio command, or a URL."""
+    print(f"server: {server[0] if len(server) == 1 else 'stdio'}")
+    target = ["--upstream-url", server[0]] if len(server) == 1 else ["--", *server]
+    _counted(base, target, calls, against)
+
+
+def _counted(base: list[str], target: list[str], calls: int, against: str | None) -> None:
     """Print the proxy's instructions per auto call, here and in ``against``."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind on PATH")
@@ -175,7 +187,7 @@ def _callgrind(base: list[str], server: list[str], calls: int, against: str | No
             counts = []
             for i, n in enumerate((short, short + calls)):
                 db = str(Path(tmp) / f"audit-{len(results)}-{i}.db")
-                command = [*base, "--policy", str(policy), "--db", db, "--", *server]
+                command = [*base, "--policy", str(policy), "--db", db, *target]
                 out = Path(tmp) / f"cg-{len(results)}-{i}"
                 counts.append(_instructions(command, n, root, out))
             per_call = (counts[1] - counts[0]) / calls
@@ -236,6 +248,32 @@ def _reader(repeat: int) -> None:
     print(f"strict / plain: {per_line['strict'] / per_line['plain']:.2f}x")
 
 
+@contextlib.contextmanager
+def _http_server() -> Iterator[str]:
+    """The test server over Streamable HTTP on a free loopback port; yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, str(SERVER), "--http", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the test server did not start listening")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:7.3f} ms"
 
@@ -251,14 +289,23 @@ def main() -> None:
     parser.add_argument(
         "--reader", action="store_true", help="count the instructions to read one reply line"
     )
+    parser.add_argument(
+        "--upstream-http",
+        action="store_true",
+        help="with --callgrind: the server over Streamable HTTP (--upstream-url), not stdio",
+    )
     args = parser.parse_args()
     if args.reader:
         _reader(2000)
         return
     if args.callgrind:
-        server = [sys.executable, str(SERVER)]
         base = [sys.executable, "-m", "aegis", "mcp-proxy", "--name", "files"]
-        _callgrind(base, server, args.calls if args.calls != 500 else 200, args.against)
+        calls = args.calls if args.calls != 500 else 200
+        if not args.upstream_http:
+            _callgrind(base, [sys.executable, str(SERVER)], calls, args.against)
+            return
+        with _http_server() as url:
+            _callgrind(base, [url], calls, args.against)
         return
     calls, rounds = (100, 2) if args.quick else (args.calls, args.rounds)
     env = {

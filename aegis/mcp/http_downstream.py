@@ -163,6 +163,8 @@ class HttpDownstream:
         # the POST of each request waiting for its reply, by the request's id
         self._exchanges: dict[RequestId, asyncio.Task[None]] = {}
         self._listener: asyncio.Task[None] | None = None
+        # the id of the initialize request, whose reply names the protocol version
+        self._initialize: RequestId | None = None
 
     # -------------------------------------------------------------- toward the server
 
@@ -222,9 +224,11 @@ class HttpDownstream:
             ) as response:
                 if message["method"] == "initialize":
                     self._session = response.headers.get(_SESSION_HEADER) or self._session
+                    self._initialize = request_id
                 await self._answer(response, request_id)
-        except httpx2.HTTPError as exc:
-            await self._inbox.put(_Ended(f"the MCP server at {self._url} cannot be reached: {exc}"))
+        except Exception as exc:  # whatever failed, the session cannot go on
+            why = f"the MCP server at {self._url} cannot be reached: {type(exc).__name__}: {exc}"
+            await self._inbox.put(_Ended(why))
 
     async def _answer(self, response: httpx2.Response, request_id: RequestId) -> None:
         status = response.status_code
@@ -310,7 +314,11 @@ class HttpDownstream:
         return item
 
     async def _put(self, item: Message | Exception) -> None:
-        if isinstance(item, dict):
+        if (
+            isinstance(item, dict)
+            and self._initialize is not None
+            and item.get("id") == self._initialize
+        ):
             result = item.get("result")
             if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
                 # The initialize reply: later requests name this version.
@@ -331,7 +339,7 @@ class HttpDownstream:
                         return  # 405: the server offers no such stream
                     await self._stream(response, events, None)
                 failures = 0
-            except httpx2.HTTPError as exc:
+            except Exception as exc:  # retried, then given up: calls go on
                 _log.debug("the MCP server's GET stream failed: %s", exc)
                 failures += 1
             await asyncio.sleep(events.retry if events.retry is not None else _RESUME_DELAY)
