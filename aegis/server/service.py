@@ -716,7 +716,7 @@ class ApprovalService:
                 before=ListCursor.after(page[-1], sort),
                 **filters,
             )
-        # exactly: the store may match a quoted name too widely
+        # again here, whatever the store: a page never shows another group's request
         wanted = set(groups)
         page = [r for r in page if not r.reviewers or wanted & set(r.reviewers)]
         return page, more

@@ -428,8 +428,8 @@ class SqlApprovalStore:
         with self._transaction(write=False) as tx:
             return self._fetch(tx, request_id)
 
-    #: the engine's test that the column's text holds the argument's, exactly
-    _CONTAINS: ClassVar[str] = "instr({column}, ?) > 0"
+    #: the engine's test that the column's JSON array holds the argument as an element
+    _HOLDS: ClassVar[str] = "EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"
 
     @classmethod
     def _filters(
@@ -482,13 +482,13 @@ class SqlApprovalStore:
             clauses.append("matched_rule = ?")
             args.append(rule)
         if groups is not None:
-            # Open to anyone, or naming one of the groups: each group as its JSON
-            # text, quotes and all, so "ops" never matches "ops2". A name holding
-            # an escaped quote may match too widely; the caller checks exactly.
+            # Open to anyone, or naming one of the groups as a whole element of
+            # the JSON array: never a match inside its text, which a name holding
+            # a quote, a backslash or ", " could make ("a\"ops" within "x\"a\"ops").
             either = ["reviewer_groups = '[]'"]
             for group in sorted(set(groups)):
-                either.append(cls._CONTAINS.format(column="reviewer_groups"))
-                args.append(json.dumps(group))
+                either.append(cls._HOLDS.format(column="reviewer_groups"))
+                args.append(group)
             clauses.append(f"({' OR '.join(either)})")
         return clauses, args
 

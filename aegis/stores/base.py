@@ -470,8 +470,8 @@ class ApprovalStore(Protocol):
 
         Filters: one ``status``, ``requester`` or ``session_id``; ``risk``
         one of these levels; ``rule`` the matched rule; ``groups`` open to
-        any reviewer or naming one of these reviewer groups (a name holding
-        an escaped quote may match too widely: check exactly after).
+        any reviewer or naming one of these reviewer groups, each a whole
+        name (quotes, backslashes or commas in it never widen the match).
         ``sort`` is one of :data:`~aegis.core.approval_request.REQUEST_SORTS`
         (ValueError otherwise): ``newest`` (``created_at`` then ``id``,
         descending), ``expiring`` (``expires_at`` then ``id``, ascending),

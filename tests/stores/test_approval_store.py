@@ -383,6 +383,29 @@ def test_filters_by_risk_rule_agent_and_groups(store: ApprovalStore) -> None:
     assert store.count_requests(risk={RiskLevel.LOW}) == 3
 
 
+def test_groups_filter_matches_whole_names_only(store: ApprovalStore) -> None:
+    """Quotes, backslashes and separators in group names never widen the list or its count."""
+    owned = [
+        ('x"a"ops',),  # its JSON text holds that of a"ops
+        ('""',),  # ... and of "
+        ('b"a\\',),  # ... and of a and a backslash
+        ("finance", "ops2"),  # its JSON text holds that of ", "
+        ('a"ops',),
+        (),
+    ]
+    made = []
+    for n, groups in enumerate(owned):
+        base = make(session=f"q{n}", amount=n)
+        fields = {f: getattr(base, f) for f in base.__dataclass_fields__}
+        fields["reviewers"] = groups
+        made.append(store.create_request(ApprovalRequest(**fields), NOW)[0])
+    for mine in (['a"ops'], ['"'], ["a\\"], [", "], ['", "'], ["ops"], ["x", "finance"]):
+        expected = sorted(r.id for r in made if not r.reviewers or set(r.reviewers) & set(mine))
+        listed = store.list_requests(RequestStatus.PENDING, groups=mine)
+        assert sorted(r.id for r in listed) == expected, mine
+        assert store.count_requests(RequestStatus.PENDING, groups=mine) == len(expected), mine
+
+
 def test_unknown_sort_and_a_cursor_of_another_sort_are_refused(store: ApprovalStore) -> None:
     """A sort the store does not know, or a cursor from another order, is a ValueError."""
     made = _varied(store)

@@ -100,7 +100,10 @@ class PostgresApprovalStore(SqlApprovalStore):
     dead server fails here, not at the first request.
     """
 
-    _CONTAINS: ClassVar[str] = "strpos({column}, ?) > 0"
+    _HOLDS: ClassVar[str] = (
+        "EXISTS (SELECT 1 FROM json_array_elements_text(({column})::json) AS g(name) "
+        "WHERE g.name = ?)"
+    )
 
     def __init__(
         self,
