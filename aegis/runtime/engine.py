@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -111,7 +112,10 @@ class Runtime:
     executor up before the plan and tears it down after it, while
     :meth:`run_one` sets it up once, before its first action, and
     :meth:`close` tears it down. The audit's ``close()`` runs once, when the
-    block ends or on :meth:`close`.
+    block ends or on :meth:`close`. Once started, a runtime may be called from
+    several threads' loops (``asyncio.run`` in each); a first call from one
+    loop while it is being started on another raises
+    :class:`~aegis.errors.ConfigurationError` rather than wait for ever.
 
     Example::
 
@@ -190,7 +194,11 @@ class Runtime:
         self._entered = False  # inside ``async with``: set up once for the block
         self._lazy = False  # set up by run_one outside ``async with``: until close()
         self._plans = 0  # execute() calls running on a setup of their own
-        self._start_lock: asyncio.Lock | None = None
+        # the first calls' setup: the loop it runs on, its lock, how many wait
+        self._start_guard = threading.Lock()
+        self._start_loop: asyncio.AbstractEventLoop | None = None
+        self._start_lock = asyncio.Lock()
+        self._starting = 0
 
     # The steps read these from the gate; the runtime shows them as its own.
 
@@ -255,22 +263,40 @@ class Runtime:
         if self._started:
             return
         self._policy_file.watch()
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
-        # Concurrent first calls wait here: setup() runs once, and no action
-        # starts before it has finished. A failed setup() is tried again.
-        async with self._start_lock:
-            if not self._started:
-                # The trail must be usable before anything runs: a file that
-                # is not ours, damaged or read-only fails here, not after an
-                # action already ran and could not be recorded.
-                check = getattr(self.audit, "check", None)
-                if callable(check):
-                    check()
-                if self._setup is not None:
-                    await self._setup()
-                self._gate.tracer = action_tracer(self._tracer_provider)
-                self._started = True
+        loop = asyncio.get_running_loop()
+        with self._start_guard:
+            # An asyncio lock serves one loop: a first call from another
+            # thread's loop meanwhile would wait for ever on it. It is refused.
+            if self._start_loop is not None and self._start_loop is not loop:
+                raise ConfigurationError(
+                    "this Runtime is being started on another event loop (another "
+                    "thread's); start it once first (async with, or one run_one), "
+                    "then call it from any thread"
+                )
+            if self._start_loop is None:
+                self._start_loop, self._start_lock = loop, asyncio.Lock()
+            self._starting += 1
+            lock = self._start_lock
+        try:
+            # Concurrent first calls wait here: setup() runs once, and no action
+            # starts before it has finished. A failed setup() is tried again.
+            async with lock:
+                if not self._started:
+                    # The trail must be usable before anything runs: a file that
+                    # is not ours, damaged or read-only fails here, not after an
+                    # action already ran and could not be recorded.
+                    check = getattr(self.audit, "check", None)
+                    if callable(check):
+                        check()
+                    if self._setup is not None:
+                        await self._setup()
+                    self._gate.tracer = action_tracer(self._tracer_provider)
+                    self._started = True
+        finally:
+            with self._start_guard:
+                self._starting -= 1
+                if not self._starting:
+                    self._start_loop = None
 
     async def _begin_plan(self) -> bool:
         """Set the executor up for one execute() call; True when that call owns the setup.

@@ -21,6 +21,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,8 @@ from engine_support import TablePolicy
 
 from aegis.core.action import Action
 from aegis.core.decision import PolicyDecision
-from aegis.core.result import ResultStatus
+from aegis.core.result import Result, ResultStatus
+from aegis.errors import ConfigurationError
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.engine import Runtime
 
@@ -339,3 +341,45 @@ def test_sys_exit_in_a_sync_executor_exits_the_program_after_its_record(tmp_path
         first, transfer = audit.get_log()
     assert (first["result_status"], transfer["result_status"]) == ("success", "failed")
     assert transfer["result_error"] == "interrupted: SystemExit: 3"
+
+
+def test_first_actions_from_several_threads_at_once_never_hang(tmp_path: Path) -> None:
+    """Threads each running asyncio.run(run_one) on one fresh runtime: a Result or a clear error.
+
+    The runtime's setup runs once, on one loop; a call from another thread's
+    loop meanwhile used to wait on a lock of that loop, which nothing woke.
+    """
+
+    class Slow:
+        async def setup(self) -> None:
+            await asyncio.sleep(0.3)
+
+        async def execute(self, action: Action) -> str:
+            return action.target
+
+    audit = AuditLogger(tmp_path / "audit.db")
+    runtime = Runtime(executor=Slow(), policy=TablePolicy(), audit_logger=audit)
+    answers: list[object] = []
+
+    def call(n: int) -> None:
+        try:
+            answers.append(asyncio.run(runtime.run_one(Action("read", f"t{n}"))))
+        except ConfigurationError as exc:
+            answers.append(exc)
+
+    threads = [threading.Thread(target=call, args=(n,), daemon=True) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in threads), "a first call hung"
+    results = [a for a in answers if isinstance(a, Result)]
+    assert len(answers) == 4
+    assert results, answers
+    assert all(r.status is ResultStatus.SUCCESS for r in results)
+    for error in answers:
+        if not isinstance(error, Result):
+            assert "another event loop" in str(error)
+    assert len(audit.get_log()) == len(results)  # every Result has its record
+    assert audit.verify().ok
+    asyncio.run(runtime.close())
