@@ -64,7 +64,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option(
     "--oidc-issuer",
     metavar="URL",
-    help="The provider of --oidc-subject (default: the --oidc-issuer of `aegis serve`).",
+    help="The provider of --oidc-subject, required with it (usually the --oidc-issuer of "
+    "`aegis serve`): the token is that subject at this provider only, so a service that "
+    "trusts another issuer later never credits it to whoever holds the subject there.",
 )
 @store_option
 def create(  # noqa: PLR0917  # Click passes one argument per option
@@ -81,7 +83,8 @@ def create(  # noqa: PLR0917  # Click passes one argument per option
     \b
     Examples:
       aegis token create alice --role reviewer --group finance
-      aegis token create alice-cli --role reviewer --group finance --oidc-subject 248289761001
+      aegis token create alice-cli --role reviewer --group finance \\
+        --oidc-subject 248289761001 --oidc-issuer https://id.example.com
       export AEGIS_TOKEN=$(aegis token create support-bot --role agent --expires 30d)
     """
     name = name.strip()
@@ -101,7 +104,13 @@ def create(  # noqa: PLR0917  # Click passes one argument per option
             raise click.BadParameter(
                 "a subject is 1 to 255 printable characters", param_hint="--oidc-subject"
             )
-        if oidc_issuer is not None and not oidc_issuer.startswith(("https://", "http://")):
+        if oidc_issuer is None:
+            raise click.BadParameter(
+                "a subject is a person only at its provider: add --oidc-issuer URL "
+                "(the --oidc-issuer of `aegis serve`)",
+                param_hint="--oidc-subject",
+            )
+        if not oidc_issuer.startswith(("https://", "http://")):
             raise click.BadParameter("an issuer is an http(s) URL", param_hint="--oidc-issuer")
     for group in groups:
         if not group.strip():
@@ -184,8 +193,9 @@ def _gave(info: TokenInfo, key: str) -> bool:
     """Whether the stored identity ``key`` of a grant's giver is the token ``info``'s."""
     if info.oidc_subject is None:
         return key == info.name
-    # Tied to a subject: at its issuer, or at any when it names none (the
-    # service's --oidc-issuer, which this command does not know): fail closed.
+    # Tied to a subject: at its issuer, or at any when it names none (a token
+    # made before the issuer was required, once the service's --oidc-issuer,
+    # which this command does not know): fail closed.
     giver = Identity.from_key(key)
     if giver.subject != info.oidc_subject or not giver.issuer:
         return False

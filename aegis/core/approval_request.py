@@ -522,8 +522,8 @@ class TokenInfo:
     """A service token as stored: never the token itself, only its hash elsewhere.
 
     A reviewer token may be tied to a person of an OpenID provider
-    (``oidc_subject``, and ``oidc_issuer`` or else the issuer the service
-    trusts): its decisions are then that person's.
+    (``oidc_subject`` at ``oidc_issuer``, both required): its decisions are
+    then that person's. One with a subject and no issuer is refused at use.
     """
 
     name: str

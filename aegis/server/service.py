@@ -215,9 +215,9 @@ class ApprovalService:
             weaker approval than the policy demands, and the service never
             lowers what the agent's runtime asked for; an action the
             policy blocks is refused (403).
-        oidc_issuer: the OpenID provider the service trusts: a reviewer
-            token tied to a subject without naming an issuer is that
-            subject at this issuer.
+        oidc_issuer: the OpenID provider the service trusts for sign-ins.
+            A reviewer token tied to a subject is that subject at the
+            issuer it names; one naming none is refused (401).
         auditor_groups: reviewers in one of these groups are auditors:
             they read the whole audit trail and verify its chain. Other
             reviewers read only the records of requests they may see
@@ -461,20 +461,22 @@ class ApprovalService:
         """The principal of a valid token: tied to a provider's subject, it is that person.
 
         Raises:
-            ApprovalServiceError: 401 for a token tied to a subject when
-                neither the token nor the service names the issuer.
+            ApprovalServiceError: 401 for a token tied to a subject that
+                names no issuer: which person it is would hang on the
+                issuer this service trusts now, and a switch of issuer
+                would hand its word to whoever holds the subject there.
         """
         if info.oidc_subject is None:
             return Principal(info.name, info.role, info.groups)
-        issuer = info.oidc_issuer or self.oidc_issuer
-        if not issuer:
+        if not info.oidc_issuer:
             raise ApprovalServiceError(
-                f"token {info.name!r} is tied to OpenID subject {info.oidc_subject!r} but "
-                "this service trusts no issuer; start it with --oidc-issuer",
+                f"token {info.name!r} is tied to OpenID subject {info.oidc_subject!r} at no "
+                "issuer, so whose it is depends on the service's issuer; revoke it and create "
+                "it again with --oidc-subject and --oidc-issuer",
                 status=401,
                 code="unauthorized",
             )
-        identity = Identity(issuer, info.oidc_subject, info.name)
+        identity = Identity(info.oidc_issuer, info.oidc_subject, info.name)
         return Principal(info.name, info.role, info.groups, identity)
 
     @staticmethod

@@ -25,11 +25,12 @@ def test_tied_token_is_listed_with_its_person(invoke: Invoke, tmp_path: Path) ->
 
 
 def test_tie_is_refused_where_it_makes_no_sense(invoke: Invoke, tmp_path: Path) -> None:
-    """An agent token, an issuer without a subject, a non-URL issuer and '#' in a name: exit 2."""
+    """An agent token, a subject or an issuer alone, a non-URL issuer, '#' in a name: exit 2."""
     db = str(tmp_path / "aegis.db")
     assert invoke("token", "create", "keep", "--role", "reviewer", "--db", db).exit_code == 0
     refused = [
         ("bot", "--role", "agent", "--oidc-subject", "x"),
+        ("a", "--role", "reviewer", "--oidc-subject", "x"),
         ("a", "--role", "reviewer", "--oidc-issuer", "https://id.example.com"),
         ("a", "--role", "reviewer", "--oidc-subject", "x", "--oidc-issuer", "id.example.com"),
         ("https://id.example.com#x", "--role", "reviewer"),

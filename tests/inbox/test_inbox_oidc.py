@@ -320,7 +320,7 @@ def test_token_tied_to_the_subject_is_that_person(idp: Idp, browser: Browser) ->
     assert _decide(alice, idp.inbox.url, request_id, "approve").status_code == 303
     token = aegis(
         "token", "create", "alice-cli", "--role", "reviewer", "--group", "security",
-        "--oidc-subject", "alice", "--db", str(idp.db),
+        "--oidc-subject", "alice", "--oidc-issuer", idp.issuer, "--db", str(idp.db),
     ).stdout.strip()  # fmt: skip
     headers = {"Authorization": f"Bearer {token}"}
     who = httpx.get(f"{idp.inbox.url}/api/v1/whoami", headers=headers, timeout=20).json()

@@ -82,12 +82,30 @@ async def test_a_person_reads_their_decision_after_leaving_its_group(
 
 
 async def test_tied_token_is_the_person(service: ApprovalService) -> None:
-    """A reviewer token tied to a subject authenticates as that person at the trusted issuer."""
-    info = TokenInfo("alice-cli", Role.REVIEWER, ("finance",), datetime.now(UTC), oidc_subject="42")
+    """A reviewer token tied to a subject authenticates as that person at its issuer."""
+    info = TokenInfo(
+        "alice-cli", Role.REVIEWER, ("finance",), datetime.now(UTC),
+        oidc_issuer=ISSUER, oidc_subject="42",
+    )  # fmt: skip
     service.store.create_token(info, hash_token("secret-token"))
     principal = await service.authenticate("secret-token")
     assert principal.who == Identity(ISSUER, "42")
     assert principal.who.name == "alice-cli"
+
+
+async def test_tied_token_naming_no_issuer_is_refused(service: ApprovalService) -> None:
+    """A subject at no issuer is nobody in particular: 401, even where the service trusts one.
+
+    Otherwise it would be whoever holds that subject at the issuer trusted
+    now, and a switch of issuer would hand its word to someone else.
+    """
+    info = TokenInfo("old-cli", Role.REVIEWER, ("finance",), datetime.now(UTC), oidc_subject="42")
+    service.store.create_token(info, hash_token("old-token"))
+    assert service.oidc_issuer
+    with pytest.raises(ApprovalServiceError) as refused:
+        await service.authenticate("old-token")
+    assert refused.value.status == 401
+    assert "--oidc-issuer" in refused.value.message
 
 
 async def test_tied_token_without_a_trusted_issuer_is_refused(tmp_path: Path) -> None:
