@@ -470,10 +470,6 @@ class Passage:
                 return await self.abort(blocked(started))
             self.token = started
             return None
-        if lease is not None or metered:
-            failed = gate.metering.ran(gate.session_id, policy, decision.action)
-            if failed is not None:
-                return await self.abort(failed)
         if gate.record_start is not None:
             fields = gate.stamp_fields(self.stamp) if gate.start_stamped else {}
             try:
@@ -487,6 +483,12 @@ class Passage:
                 # An action whose start is not in the trail must not run.
                 self.release()
                 return unrecorded(decision, None, exc)
+        if lease is not None or metered:
+            # Noted once its start is written: an action the trail refused
+            # never ran, so no ``after`` condition may count it.
+            failed = gate.metering.ran(gate.session_id, policy, decision.action)
+            if failed is not None:
+                return await self.abort(failed)
         self.lease = None  # the action runs: what it reserved stays counted
         return None
 

@@ -1536,3 +1536,40 @@ def test_a_store_of_ones_own_giving_json_params_still_trips_a_not_after() -> Non
     metering.ran(policy, Action("read", "crm", {"ids": [3]}), "t", now=10.0)
     decision, _ = metering.check(policy, Action("send", "x"), Subject("t"), reserve=False, now=11.0)
     assert (decision.approval, decision.matched_rule) == (Approval.AUTO, "rule_1")
+
+
+async def test_an_action_whose_start_was_refused_does_not_satisfy_an_after(
+    tmp_path: Path,
+) -> None:
+    """A wire may run only after a verify; a verify whose start the trail refused did not run,
+    so it must not count as the earlier action the wire needs."""
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "match": {"type": "wire"},
+                    "conditions": {"after": {"type": "verify"}},
+                    "approval": "auto",
+                },
+                {"match": {"type": "wire"}, "approval": "block"},
+            ],
+            "defaults": {"approval": "auto"},
+        }
+    )
+    ran: list[Action] = []
+    audit = AuditLogger(tmp_path / "aegis_audit.db")
+    async with Runtime(executor=ran.append, policy=policy, audit_logger=audit) as rt:
+        assert (await rt.run_one(Action("ping", "host"))).ok
+        with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:
+            conn.execute(
+                "CREATE TRIGGER no_verify BEFORE INSERT ON audit_log"
+                " WHEN NEW.kind = 'start' AND NEW.action_type = 'verify'"
+                " BEGIN SELECT RAISE(ABORT, 'the disk said no'); END"
+            )
+        refused = await rt.run_one(Action("verify", "kyc"))
+        wire = await rt.run_one(Action("wire", "bank", {"amount": 10}))
+        assert audit.verify().ok
+    assert refused.status is ResultStatus.FAILED
+    assert "could not record its start" in (refused.error or "")
+    assert wire.status is ResultStatus.BLOCKED
+    assert [a.type for a in ran] == ["ping"]
