@@ -271,9 +271,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             def cost(file: str) -> float:
                 return FILE_COSTS.get(file, DEFAULT_FILE_COST)
 
-            files = list(self.workqueue)  # xdist's order breaks ties
-            pick = max(filter(ready, files), key=cost, default=None) or max(files, key=cost)
-            self.workqueue.move_to_end(pick, last=False)
+            # xdist 3.8's own queue; another shape (a newer xdist) keeps its order.
+            queue = getattr(self, "workqueue", None)
+            if queue and hasattr(queue, "move_to_end"):
+                files = list(queue)  # xdist's order breaks ties
+                pick = max(filter(ready, files), key=cost, default=None) or max(files, key=cost)
+                queue.move_to_end(pick, last=False)
             super()._assign_work_unit(node)
 
     return CostliestReadyFirst(config, log)
