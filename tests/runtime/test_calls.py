@@ -233,10 +233,13 @@ def test_a_loop_closed_before_a_late_answer_is_freed_with_its_sockets() -> None:
         return False
 
     descriptors: list[int] = []
-    for _ in range(5):
+    for _ in range(10):
         release = threading.Event()
         loop = asyncio.run(abandon(release))
         release.set()  # the call answers its closed loop now, and its worker is idle again
         assert freed(loop)
         descriptors.append(len(os.listdir("/proc/self/fd")))
-    assert descriptors == descriptors[:1] * 5  # the one worker's, nothing per loop
+    # A kept loop held two sockets: 18 more after ten. Other files' threads in
+    # this process (pytest-xdist) may close theirs meanwhile, so the count may
+    # fall; it must not grow by anything like one per loop.
+    assert descriptors[-1] - descriptors[0] < 9, descriptors
