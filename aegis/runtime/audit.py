@@ -621,7 +621,8 @@ class AuditLogger(RecordReader):
 
         Each is its start record: the process died (or is still running)
         between :meth:`record_start` and :meth:`record`. ``id`` is the id
-        :meth:`record_start` returned.
+        :meth:`record_start` returned. Text that is not UTF-8 (a hand edit,
+        which :meth:`verify` names) comes back with its bytes escaped.
         """
         self._check_open()
         return [to_dict(record) for record in self._store.unfinished()]

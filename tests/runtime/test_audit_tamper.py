@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -369,3 +370,36 @@ def test_a_hand_written_nan_exports_as_a_string(
     text = out.read_text(encoding="utf-8")
     lines = [json.loads(line, parse_constant=pytest.fail) for line in text.splitlines()]
     assert lines[3]["result_data"] == "NaN"
+
+
+def test_text_that_is_not_utf8_in_a_start_record_fails_verify_at_its_record(
+    db: Path, raw: sqlite3.Connection
+) -> None:
+    """Such bytes in a start record (no outcome yet) are named by `aegis audit verify`.
+
+    Verify named the record, but the read of the actions started without
+    an outcome, which the command reports too, failed on the same bytes,
+    and the command said only that the file could not be read.
+    """
+
+    async def start() -> int:
+        with AuditLogger(db) as audit:
+            action = Action("wipe", "disk", {"all": True})
+            decision = PolicyDecision(action, RiskLevel.HIGH, Approval.APPROVE, "wipes")
+            return await audit.record_start("s1", decision)
+
+    start_id = asyncio.run(start())
+    raw.execute(
+        "UPDATE audit_log SET action_target = CAST(x'ff6469736b' AS TEXT) WHERE id = ?",
+        (start_id,),
+    )
+    assert verify(db)[:2] == (False, start_id)
+    result = CliRunner().invoke(cli, ["audit", "verify", "--db", str(db)])
+    assert result.exit_code == 1
+    assert f"broken at record {start_id}" in result.output + result.stderr
+    assert "could not" not in (result.output + result.stderr).lower()
+    json_result = CliRunner().invoke(cli, ["audit", "verify", "--db", str(db), "--format", "json"])
+    assert json_result.exit_code == 1
+    report = json.loads(json_result.stdout)
+    assert (report["ok"], report["first_bad_id"]) == (False, start_id)
+    assert [entry["id"] for entry in report["pending"]] == [start_id]

@@ -611,7 +611,10 @@ class SQLiteAuditStore(ReadMixin):
             except StoreError:
                 if not escape:
                     raise
-                rows = self._escaped_page(where, args)
+                rows = self._read_escaped(
+                    f"SELECT {self._select} FROM audit_log{where} ORDER BY id LIMIT ?",
+                    (*args, _PAGE),
+                )
                 if not rows:
                     raise
             yield from rows
@@ -651,18 +654,15 @@ class SQLiteAuditStore(ReadMixin):
             check_signature=check_signature,
         )
 
-    def _escaped_page(self, where: str, args: Sequence[Any]) -> list[Any]:
-        """A page of rows read with text that is not UTF-8 escaped, or none."""
+    def _read_escaped(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """The rows of ``sql`` with text that is not UTF-8 escaped."""
         # Bytes that are not UTF-8 become lone surrogates, which no record
         # Aegis wrote holds: the record's hash cannot match.
         with self._conn("read") as conn:
             self._ensure(conn)
             conn.text_factory = _escaped
             try:
-                return conn.execute(  # type: ignore[no-any-return]  # rows
-                    f"SELECT {self._select} FROM audit_log{where} ORDER BY id LIMIT ?",
-                    (*args, _PAGE),
-                ).fetchall()
+                return conn.execute(sql, args).fetchall()  # type: ignore[no-any-return]  # rows
             finally:
                 conn.text_factory = str
 
@@ -694,7 +694,15 @@ class SQLiteAuditStore(ReadMixin):
             return []
         where, args = self._where(filters)
         where = f"{where} AND kind = 'start'" if where else " WHERE kind = 'start'"
-        rows = self._read("read", f"SELECT {self._select} FROM audit_log{where} ORDER BY id", args)
+        sql = f"SELECT {self._select} FROM audit_log{where} ORDER BY id"
+        try:
+            rows = self._read("read", sql, args)
+        except StoreError:
+            # Text that is not UTF-8 (a hand edit, which verify names) is
+            # read escaped, as verify reads it, rather than failing the read.
+            rows = self._read_escaped(sql, args)
+            if not rows:
+                raise
         return [AuditRecord(*row) for row in rows]
 
     def export_lines(self, filters: Filters = NO_FILTERS) -> Iterator[str]:
