@@ -266,12 +266,31 @@ def list_records(  # noqa: PLR0917  # Click passes one argument per option
                 wrap=("Action", "Rule"),
             )
             if not shown:
-                note(f"no records in {log.db_path} match")
+                note(f"no records in {_trail(log)} match")
             elif matching > TERMINAL_LIMIT:
                 note(
                     f"showing the newest {TERMINAL_LIMIT} of {matching} matching records;"
                     " narrow with filters (--since), or use --limit or --format jsonl for all"
                 )
+        if _schema(log) is not None and (output_format != "table" or shown):
+            note(f"records of {_trail(log)}")
+
+
+def _schema(log: AuditLogger) -> str | None:
+    """The PostgreSQL schema ``log`` read (once it has read), or ``None`` for SQLite."""
+    found = getattr(log.store, "schema", None)
+    return found if isinstance(found, str) else None
+
+
+def _trail(log: AuditLogger) -> str:
+    """Where ``log`` is: the file, or the schema and the (masked) DSN.
+
+    Without ``--schema`` a PostgreSQL trail is the connection's current
+    schema, which a role can change (a schema named after it comes first
+    in the default search path): the schema read is always said.
+    """
+    schema = _schema(log)
+    return log.db_path if schema is None else f"schema {schema} of {log.db_path}"
 
 
 def _first_read(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -499,6 +518,7 @@ def verify(
         report = log.verify(expect_head, public_key=public_key)
         pending = log.pending()
         kept = len(log.checkpoints()) if public_key else 0
+        trail = _trail(log)
 
     if output_format == "json":
         emit_json(
@@ -512,10 +532,11 @@ def verify(
                 "unsigned": report.unsigned,
                 "bad_signature": report.bad_signature,
                 "pending": pending,
+                "schema": _schema(log),
             }
         )
     elif report.ok:
-        success(f"audit chain intact: {report.checked} records verified in {log.db_path}")
+        success(f"audit chain intact: {report.checked} records verified in {trail}")
         info(f"head: {report.head}")
         if public_key:
             info(f"{report.checkpoints} signed checkpoints valid")
@@ -537,7 +558,7 @@ def verify(
         if kept == 0:
             note("this trail keeps no signed checkpoints at all")
     else:
-        error(f"audit chain broken at record {report.first_bad_id}: {report.reason}")
+        error(f"audit chain broken at record {report.first_bad_id} in {trail}: {report.reason}")
         note(f"the {report.checked} records before it are intact")
 
     if pending:

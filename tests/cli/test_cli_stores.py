@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import psycopg
 import pytest
@@ -223,3 +225,48 @@ def test_grants_revoke_records_in_the_trail_of_the_named_schema(
     with AuditLogger(postgres_dsn, schema=schema) as trail:
         texts = [r["human_decision"] for r in trail.get_log("g")]
     assert any(f"grant {grant_id} revoked by operator:" in t for t in texts), texts
+
+
+@pytest.fixture
+def own_schema_role(postgres_dsn: str) -> Iterator[tuple[str, str]]:
+    """A role with a password and a schema of its own name; (DSN, role). Dropped after."""
+    name = f"aegis_auditor_{uuid.uuid4().hex[:10]}"
+    password = f"pw/{uuid.uuid4().hex[:8]}:@"
+    server = urlsplit(postgres_dsn)
+    dsn = (
+        f"postgresql://{name}:{quote(password, safe='')}@{server.hostname}:{server.port or 5432}"
+        f"{server.path}"
+    )
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        try:
+            conn.execute(f"CREATE SCHEMA {name} AUTHORIZATION {name}")
+            yield dsn, name
+        finally:
+            conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+            conn.execute(f"DROP ROLE {name}")
+
+
+def test_audit_commands_say_which_schema_they_read(
+    invoke: Invoke, own_schema_role: tuple[str, str]
+) -> None:
+    """Without --schema, `aegis audit verify` and `list` name the schema they read.
+
+    A role's default search_path starts with a schema named after it, so a
+    trail planted there is what a reader without --schema verifies; the
+    output named only the DSN, and the auditor could not tell.
+    """
+    dsn, role = own_schema_role
+    _write_trail(dsn, role)
+    verified = invoke("audit", "verify", "--db", dsn)
+    assert verified.exit_code == 0, verified.output
+    assert f"in schema {role} of postgresql://" in verified.stdout
+    assert dsn.split(":")[2].split("@")[0] not in verified.output  # the password stays masked
+    report = json.loads(invoke("audit", "verify", "--db", dsn, "--format", "json").stdout)
+    assert (report["ok"], report["schema"]) == (True, role)
+    listed = invoke("audit", "list", "--db", dsn, "--format", "jsonl")
+    assert listed.exit_code == 0, listed.output
+    assert [json.loads(line)["session_id"] for line in listed.stdout.splitlines()] == ["in-schema"]
+    assert f"schema {role} of postgresql://" in listed.stderr
+    table = invoke("audit", "list", "--db", dsn)
+    assert f"schema {role} of postgresql://" in table.stderr

@@ -582,6 +582,9 @@ class PostgresAuditStore(ReadMixin):
             max_connections=max_connections,
         )
         self.url = self.db.where
+        #: the schema of the tables, once the store has been read or written:
+        #: the ``schema`` option, else the connection's ``current_schema()``
+        self.schema: str | None = schema
         self.readonly = readonly
         self._create = create and not readonly
         self._ready = False
@@ -619,7 +622,7 @@ class PostgresAuditStore(ReadMixin):
         if self._ready:
             return
         version = migrate(self.db, conn, "audit", _MIGRATIONS, create=self._create)
-        schema = self.db.schema(conn)
+        schema = self.schema = self.db.schema(conn)
         table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(AUDIT_TABLE))
         self._table = table
         # a reader of an older trail finds no checkpoints table: it has none
