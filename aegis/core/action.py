@@ -140,7 +140,10 @@ class FrozenDict(Mapping[str, Any]):
         return FrozenDict({**self._data, **other})
 
     def __repr__(self) -> str:
-        return f"FrozenDict({self._data!r})"
+        try:
+            return f"FrozenDict({self._data!r})"
+        except ValueError:  # an int past sys.get_int_max_str_digits()
+            return f"FrozenDict({_repr_safe(self._data)!r})"
 
     def __copy__(self) -> FrozenDict:
         return self
@@ -155,6 +158,40 @@ class FrozenDict(Mapping[str, Any]):
     def fromkeys(cls, iterable: Iterable[Any], value: Any = None) -> FrozenDict:
         """A FrozenDict mapping every key of ``iterable`` to ``value``."""
         return cls(dict.fromkeys(iterable, value))
+
+
+class _LongInt:
+    """Stands in for an int too long for ``repr``: its hex ends and its size."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        digits = hex(abs(self.value))[2:]  # hex has no digit limit
+        sign = "-" if self.value < 0 else ""
+        return f"<int {sign}0x{digits[:8]}...{digits[-8:]}, {self.value.bit_length()} bits>"
+
+
+def _repr_safe(value: Any) -> Any:
+    """``value`` for ``repr`` only, with each int too long for it abbreviated.
+
+    A nested FrozenDict is left alone: its own ``repr`` does the same.
+    """
+    if type(value) is int:
+        try:
+            repr(value)
+        except ValueError:
+            return _LongInt(value)
+        return value
+    if type(value) is dict:
+        return {k: _repr_safe(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(_repr_safe(v) for v in value)
+    if type(value) is frozenset:
+        return frozenset(_repr_safe(v) for v in value)
+    return value
 
 
 def _wrap(items: dict[str, Any]) -> FrozenDict:

@@ -459,6 +459,26 @@ def test_digest_of_huge_ints_and_sets_is_stable() -> None:
     )
 
 
+def test_repr_of_an_action_holding_huge_ints_abbreviates_them() -> None:
+    """repr() works for ints past the 4,300-digit limit, anywhere in params; hashing is unchanged.
+
+    The Action built, but its repr raised ValueError, so logging or
+    printing it (a traceback's locals, a debugger) failed.
+    """
+    huge = 7 * 16**5000 + 0xABCDEF
+    action = Action("pay", "bank", {"amount": huge, "list": [1, -huge], "set": {huge}})
+    digest, json_text = action_digest(action), canonical_json(action)
+    text = repr(action)
+    assert len(text) < 1000
+    for part in ("'pay'", "'bank'", "0x7000", "abcdef", "-0x7000", str(huge.bit_length())):
+        assert part in text
+    assert action.params["amount"] == huge  # what is stored is untouched
+    assert action_digest(action) == digest
+    assert canonical_json(action) == json_text
+    small = Action("pay", "bank", {"amount": 10**20})
+    assert repr(small.params) == "FrozenDict({'amount': 100000000000000000000})"
+
+
 def test_params_nested_too_deeply_are_refused() -> None:
     """Params nested past MAX_DEPTH are a TypeError naming the param, not a RecursionError."""
     deep: Any = 1
