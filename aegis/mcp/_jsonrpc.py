@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from aegis.mcp._names import Message, RequestId, fold_name
+from aegis.mcp._sketch import HEAD_BYTES, sketch_request
 
 __all__ = [
     "BATCH_REFUSED",
@@ -47,10 +49,6 @@ __all__ = [
     "result_reply",
 ]
 
-#: a JSON-RPC id as MCP allows it: a string or an integer, never null
-RequestId = str | int
-#: a decoded JSON-RPC message
-Message = dict[str, Any]
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -165,31 +163,6 @@ ENVELOPE_MEMBERS = frozenset({"jsonrpc", "id", "method", "params", "result", "er
 
 def _folds(names: Iterable[str]) -> dict[str, str]:
     return {fold_name(name): name for name in names}
-
-
-def fold_name(name: str) -> str:
-    """The form under which two member names count as the same name.
-
-    ASCII names fold to lower case. Other names are NFKC-normalised and
-    case-folded, and each character is also mapped as Go maps it (to upper
-    case of its lower case), so that names any of those decoders would match
-    fold alike. Lone surrogates fold to U+FFFD, as Go decodes them.
-    """
-    if name.isascii():
-        return name.lower()
-    text = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in name)
-    go = "".join(_go_fold(c) for c in text)
-    return unicodedata.normalize("NFKC", go).casefold()
-
-
-def _go_fold(char: str) -> str:
-    # unicode.ToUpper(unicode.ToLower(r)) of Go, from Python's full mappings:
-    # a mapping that is not one character is not Go's simple one.
-    lower = char.lower()
-    if len(lower) != 1:
-        lower = lower[0] if lower[0].isalpha() else char
-    upper = lower.upper()
-    return upper if len(upper) == 1 else lower
 
 
 def lookalike_members(names: Iterable[str], known: Collection[str] = ()) -> str | None:
@@ -415,8 +388,6 @@ def _non_finite(raw: bytes | str) -> Frame:
 
 def _unread(raw: bytes | str, reply: Message, why: str) -> Frame:
     """The refusal of a message that cannot be decoded, with its sketch for the audit trail."""
-    from aegis.mcp._sketch import HEAD_BYTES, sketch_request  # noqa: PLC0415  # it imports this
-
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     scanner = IdScanner()
     scanner.feed(data)

@@ -18,7 +18,7 @@ import json
 from json.decoder import scanstring  # type: ignore[attr-defined]  # public, untyped
 from typing import Any
 
-from aegis.mcp._jsonrpc import Message, RequestId, fold_name
+from aegis.mcp._names import Message, RequestId, fold_name
 
 __all__ = ["HEAD_BYTES", "sketch_request"]
 
