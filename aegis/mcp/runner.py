@@ -495,10 +495,12 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _note(refused: list[Unreadable], kept: _KeptErrors) -> str:
+def _note(refused: list[Unreadable], kept: _KeptErrors, *, http: bool = False) -> str:
     if refused:
         first = refused[0]
         shown = first.line if len(first.line) <= 79 else first.line[:79] + "\u2026"
+        if http:
+            return f"; the message refused: {shown!r}"
         return f"; it wrote a line that is not JSON-RPC on its stdout: {shown!r}"
     return kept.note()
 
@@ -507,11 +509,13 @@ def _note(refused: list[Unreadable], kept: _KeptErrors) -> str:
 async def _checked_pipe(
     settings: ProxySettings, refused: list[Unreadable]
 ) -> AsyncIterator[tuple[Any, Any]]:
-    """An SDK transport over the proxy's own pipe to the server (:class:`PipeDownstream`).
+    """An SDK transport over the proxy's own connection to the server.
 
-    Each line is read by the proxy's reader; one it refuses is kept in
-    ``refused`` (for the check's error) and, when it answers a request,
-    answered to the SDK as an error so that the check fails at once.
+    A command is reached over :class:`PipeDownstream`, a URL over
+    :class:`~aegis.mcp.http_downstream.HttpDownstream`: each message is
+    read by the proxy's reader, as in a proxy session; one it refuses is
+    kept in ``refused`` (for the check's error) and, when it answers a
+    request, answered to the SDK as an error so that the check fails at once.
     """
     import anyio  # noqa: PLC0415  # with the mcp SDK
     from mcp.shared.message import SessionMessage  # noqa: PLC0415
@@ -522,6 +526,7 @@ async def _checked_pipe(
 
     async with open_downstream(
         settings.command,
+        settings.upstream_url,
         max_line=settings.max_server_message_bytes,
         exit_grace=CHECK_EXIT_GRACE,
     ) as downstream:
@@ -574,8 +579,9 @@ async def check_tools(
     A tool is decided with its arguments in ``samples`` (typed by its
     inputSchema, as the proxy types real calls), else with none: a rule
     with conditions on the arguments may then show its fallback, and
-    :attr:`CheckedTool.conditional` says so. The server is reached with the
-    SDK's own :class:`mcp.Client`.
+    :attr:`CheckedTool.conditional` says so. The SDK's own :class:`mcp.Client`
+    lists the tools, over the proxy's own connection to the server
+    (:func:`_checked_pipe`): what the check reads is what the proxy would.
 
     Raises:
         ConfigurationError: the server cannot be started, fails, or does not
@@ -591,10 +597,11 @@ async def check_tools(
     check_server(settings.command, settings.upstream_url)
     server: Any
     refused: list[Unreadable] = []
-    # A command is reached over the proxy's own pipe, not the SDK's: the server
-    # is read as the proxy reads it, and one that hangs is killed within
-    # CHECK_EXIT_GRACE seconds, not the SDK's four.
-    server = settings.upstream_url or _checked_pipe(settings, refused)
+    # The server is reached over the proxy's own pipe or HTTP client, not the
+    # SDK's: it is read as the proxy reads it (a URL's replies too: the SDK's
+    # client would take a member given twice, or NaN), and a command that hangs
+    # is killed within CHECK_EXIT_GRACE seconds, not the SDK's four.
+    server = _checked_pipe(settings, refused)
     tools: list[dict[str, Any]] = []
 
     async def listing() -> None:
@@ -611,6 +618,8 @@ async def check_tools(
                     break
 
     where = settings.upstream_url or " ".join(settings.command)
+    http = settings.upstream_url is not None
+    speaking = "Streamable HTTP" if http else "stdio"
     with _sdk_errors_kept() as kept:
         try:
             async with asyncio.timeout(deadline):
@@ -618,17 +627,22 @@ async def check_tools(
         except TimeoutError:
             raise ConfigurationError(
                 f"the MCP server ({where}) did not list its tools within {deadline:g}s: "
-                f"it hangs, or is not an MCP server speaking stdio{_note(refused, kept)}; "
+                f"it hangs, or is not an MCP server speaking {speaking}"
+                f"{_note(refused, kept, http=http)}; "
                 "a server slow to start may be given longer with --check-timeout SECONDS"
             ) from None
         except Exception as exc:  # the SDK wraps failures in exception groups
             leaf = _leaf(exc)
             text = str(leaf).strip().splitlines()
             why = text[0] if text else type(leaf).__name__
+            # a command's stderr is the proxy's: what it said is above the error
+            failed, above = (
+                ("failed", "") if http else ("failed or exited", "; its own messages are above")
+            )
             raise ConfigurationError(
-                f"could not list the tools of the MCP server ({where}): it failed or exited "
-                f"before answering ({type(leaf).__name__}: {why}){_note(refused, kept)}; "
-                "its own messages are above"
+                f"could not list the tools of the MCP server ({where}): it {failed} "
+                f"before answering ({type(leaf).__name__}: {why})"
+                f"{_note(refused, kept, http=http)}{above}"
             ) from None
     samples = samples or {}
     unknown = sorted(set(samples) - {tool["name"] for tool in tools})

@@ -1,9 +1,11 @@
 """A Streamable HTTP MCP server that answers calls with scripted bytes, for the proxy's tests.
 
-Run as ``python hostile_http_server.py PORT REPLIES``: REPLIES is a JSON
-file holding a list of reply templates. It answers ``initialize`` (giving
-a session id), ``tools/list`` (one tool, ``read``) and ``ping`` like a
-server should; a ``tools/call`` of ``read`` with ``path`` ``"json/N"`` is
+Run as ``python hostile_http_server.py PORT REPLIES [LISTS]``: REPLIES is a
+JSON file holding a list of reply templates. It answers ``initialize``
+(giving a session id), ``tools/list`` (one tool, ``read``) and ``ping``
+like a server should, except that with LISTS (a JSON file of templates
+too) its Nth ``tools/list`` is answered with template N while there is
+one; a ``tools/call`` of ``read`` with ``path`` ``"json/N"`` is
 answered with template N as a JSON body, ``"sse/N"`` with it as the one
 event of an SSE stream, ``{id}`` replaced by the call's id (JSON). GET is
 refused with 405; notifications get 202.
@@ -18,6 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 PORT = int(sys.argv[1])
 with open(sys.argv[2], encoding="utf-8") as source:
     REPLIES: list[str] = json.load(source)
+LISTS: list[str] = []
+if len(sys.argv) > 3:
+    with open(sys.argv[3], encoding="utf-8") as source:
+        LISTS = json.load(source)
 TOOL = {
     "name": "read",
     "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}},
@@ -54,6 +60,10 @@ class Handler(BaseHTTPRequestHandler):
                 "capabilities": {"tools": {}},
                 "serverInfo": {"name": "hostile-http", "version": "1"},
             }
+        elif method == "tools/list" and LISTS:
+            raw = LISTS.pop(0).replace("{id}", json.dumps(request_id)).encode()
+            self._send(200, raw)
+            return
         elif method == "tools/list":
             result = {"tools": [TOOL]}
         elif method == "tools/call":

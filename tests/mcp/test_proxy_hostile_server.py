@@ -151,6 +151,59 @@ def test_an_http_server_s_replies_are_judged_as_a_stdio_server_s(tmp_path: Path)
     assert all("refused by the Aegis proxy" in r["result_error"] for r in records[:request_id])
 
 
+#: tools/list replies --check must refuse from an HTTP server, and what its error says of each
+UNREADABLE_LISTS = [
+    (
+        '{"jsonrpc": "2.0", "id": {id}, "result": {"tools": [], "tools": []}}',
+        "'tools' appears twice",
+    ),
+    (_reply('{"tools": [{"name": "read", "inputSchema": {"type": "object", "n": NaN}}]}'), "NaN"),
+    (_reply('{"tools": [{"name": "' + "a" * 200_000 + '", "inputSchema": {}}]}'), "longer than"),
+]
+
+
+async def test_check_of_an_http_server_reads_its_tool_list_as_a_stdio_server_s(
+    tmp_path: Path,
+) -> None:
+    """--check --upstream-url refuses a tools/list reply the proxy cannot read, saying why.
+
+    The check runs in this process (a CLI run costs seconds of start-up
+    each); the CLI prints its error as is (see the stdio checks).
+    """
+    from aegis import Policy
+    from aegis.errors import ConfigurationError
+    from aegis.mcp.runner import ProxySettings, check_tools
+
+    (tmp_path / "replies.json").write_text("[]", encoding="utf-8")
+    lists = [reply for reply, _ in UNREADABLE_LISTS]
+    (tmp_path / "lists.json").write_text(json.dumps(lists), encoding="utf-8")
+    port = free_port()
+    upstream = f"http://127.0.0.1:{port}/mcp"
+    server = [
+        sys.executable, str(HOSTILE_HTTP), str(port),
+        str(tmp_path / "replies.json"), str(tmp_path / "lists.json"),
+    ]  # fmt: skip
+    files = Files(tmp_path, POLICY)
+    settings = ProxySettings(
+        policy=Policy.from_yaml(files.policy),
+        upstream_url=upstream,
+        max_server_message_bytes=100_000,
+    )
+    with background(server, tmp_path / "server.log", upstream):
+        # the server answers its Nth tools/list with list N: one check each, in order
+        for _, says in UNREADABLE_LISTS:
+            with pytest.raises(ConfigurationError) as refused:
+                await check_tools(settings, deadline=60)
+            error = str(refused.value)
+            assert "refused by the Aegis proxy" in error
+            assert says in error
+            assert upstream in error
+        # past its scripted lists the server lists its tool as it should: the check passes
+        [read] = await check_tools(settings, deadline=60)
+    assert read.tool["name"] == "read"
+    assert read.decision.approval.value == "auto"
+
+
 def test_a_reply_is_passed_on_as_its_json_rpc_members_only(tmp_path: Path) -> None:
     """Members a JSON-RPC reply does not have are not relayed to the client."""
     reply = '{"jsonrpc": "2.0", "id": {id}, "result": {"content": []}, "extra": {"a": 1}}'

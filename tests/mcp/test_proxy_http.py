@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -109,7 +110,13 @@ def test_non_loopback_listen_is_refused(tmp_path: Path) -> None:
 
 
 async def test_stdio_proxy_in_front_of_an_http_server(tmp_path: Path) -> None:
-    """With --upstream-url the proxy governs a Streamable HTTP server for a stdio client."""
+    """With --upstream-url the proxy governs a Streamable HTTP server for a stdio client.
+
+    ``--check`` lists the same server's tools over the proxy's own HTTP
+    client, which reads an SDK server's replies as they are.
+    """
+    import subprocess
+
     files = Files(tmp_path)
     port = free_port()
     server = [sys.executable, str(SERVER), "--log", str(files.log), "--http", str(port)]
@@ -120,6 +127,21 @@ async def test_stdio_proxy_in_front_of_an_http_server(tmp_path: Path) -> None:
             tools = {t.name: t for t in (await client.list_tools()).tools}
             read = await client.call_tool("read", {"path": "/srv/readme.txt"})
             blocked = await client.call_tool("delete", {"path": "/srv/readme.txt"})
+        checked = subprocess.run(
+            files.proxy("--check", "--format", "json", upstream=upstream),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert checked.returncode == 0, checked.stderr
+    rows = {row["tool"]: row for row in json.loads(checked.stdout)}
+    assert {name: row["approval"] for name, row in rows.items()} == {
+        "read": "auto",
+        "write": "approve",
+        "delete": "block",
+    }
+    assert rows["read"]["hints"] == ["readOnlyHint"]
     assert tools["read"].annotations is not None
     assert tools["read"].annotations.read_only_hint is True
     assert read.structured_content == {"path": "/srv/readme.txt", "content": "hello"}
