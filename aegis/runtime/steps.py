@@ -286,18 +286,11 @@ class Gate:
                 started_at=started,
                 completed_at=_now(),
             )
-        except Exception as exc:  # an executor's failure is a result, not a crash
-            return Result(
-                action,
-                ResultStatus.FAILED,
-                error=describe(exc),
-                started_at=started,
-                completed_at=_now(),
-            )
-        except CancelledError as exc:
-            if cancel_requested():  # the caller's cancellation: recorded on its way out
-                raise
-            # The executor's own (nothing cancelled the caller): its failure.
+        except (Exception, CancelledError) as exc:
+            if isinstance(exc, CancelledError) and cancel_requested():
+                raise  # the caller's cancellation: recorded on its way out
+            # An executor's failure, a CancelledError of its own (nothing
+            # cancelled the caller) too, is a result, not a crash.
             return Result(
                 action,
                 ResultStatus.FAILED,
