@@ -303,7 +303,7 @@ def test_every_audit_command_takes_a_dsn(
     def aegis(*args: str) -> str:
         result = runner.invoke(cli, [*args, "--db", postgres_dsn], catch_exceptions=False)
         assert result.exit_code == 0, result.output
-        return result.output
+        return result.stdout  # notes (the schema read) go to stderr
 
     assert len(json.loads(aegis("audit", "list", "--format", "json"))) == 3
     assert json.loads(aegis("audit", "show", "2", "--format", "json"))["context"] == {"n": 2}
@@ -417,7 +417,7 @@ def test_an_action_killed_mid_run_stays_in_the_chain(postgres_dsn: str) -> None:
         assert report.ok
         assert report.unfinished == (record["id"],)
     listed = CliRunner().invoke(cli, ["audit", "list", "--db", postgres_dsn, "--format", "json"])
-    assert json.loads(listed.output)[0]["action_type"] == "transfer"
+    assert json.loads(listed.stdout)[0]["action_type"] == "transfer"
 
 
 async def test_a_rejected_start_means_the_action_never_runs(
