@@ -116,16 +116,7 @@ def test_approval_url_without_a_token_says_how_to_give_one(tmp_path: Path) -> No
     (tmp_path / "policy.yaml").write_text(POLICY, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "AEGIS_TOKEN"}
     args = ["--policy", "policy.yaml", "--approval-url", "http://127.0.0.1:1", "--", "true"]
-    done = subprocess.run(
-        [sys.executable, "-m", "aegis", "mcp-proxy", *args],
-        cwd=tmp_path,
-        env=env,
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _mcp_proxy(args, tmp_path, env)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -138,18 +129,23 @@ def test_approval_url_without_its_scheme_shows_the_url_to_write(tmp_path: Path) 
     """mcp-proxy --approval-url localhost:8700 is refused naming the option and the fix."""
     (tmp_path / "policy.yaml").write_text(POLICY, encoding="utf-8")
     args = ["--policy", "policy.yaml", "--approval-url", "localhost:8700", "--", "true"]
-    done = subprocess.run(
+    done = _mcp_proxy(args, tmp_path, {**os.environ, "AEGIS_TOKEN": "aegis_x"})
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "--approval-url 'localhost:8700'" in lines[0]
+    assert "http://localhost:8700" in lines[0]
+
+
+def _mcp_proxy(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``aegis mcp-proxy ARGS`` in a process of its own, its input closed."""
+    return subprocess.run(
         [sys.executable, "-m", "aegis", "mcp-proxy", *args],
-        cwd=tmp_path,
-        env={**os.environ, "AEGIS_TOKEN": "aegis_x"},
+        cwd=cwd,
+        env=env,
         input="",
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "--approval-url 'localhost:8700'" in lines[0]
-    assert "http://localhost:8700" in lines[0]

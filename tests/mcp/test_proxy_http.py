@@ -187,18 +187,8 @@ def test_an_ambiguous_call_over_http_is_refused_and_recorded(
 ) -> None:
     """Over HTTP too, a second "Name" in a call's params is refused, recorded, never run."""
     url, files = listening
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw-http", "version": "1"},
-        },
-    }
     with httpx.Client(timeout=10) as http:
-        opened = http.post(url, json=init, headers=HEADERS)
+        opened = _initialize(url, client="raw-http", http=http)
         assert opened.status_code == 200
         session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
         note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
@@ -223,23 +213,13 @@ def test_an_oversized_or_unparseable_call_over_http_is_recorded(
 ) -> None:
     """A tools/call POST refused as too large or not JSON is recorded blocked, as it reads."""
     url, files = listening
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw-http-unread", "version": "1"},
-        },
-    }
     large = (
         b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "delete",'
         b' "arguments": {"path": "' + b"a" * 5000 + b'"}}}'
     )
     broken = b'{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "write"}, x}'
     with httpx.Client(timeout=10) as http:
-        opened = http.post(url, json=init, headers=HEADERS)
+        opened = _initialize(url, client="raw-http-unread", http=http)
         session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
         assert http.post(url, content=large, headers=session).status_code == 413
         assert http.post(url, content=broken, headers=session).status_code == 400
@@ -256,7 +236,9 @@ def test_an_oversized_or_unparseable_call_over_http_is_recorded(
     assert {r["matched_rule"] for r in records} == {"<mcp-proxy>"}
 
 
-def _initialize(url: str) -> httpx.Response:
+def _initialize(
+    url: str, *, client: str = "forgetful", http: httpx.Client | None = None
+) -> httpx.Response:
     """Start a session with a raw initialize POST, as a client that never ends it would."""
     body = {
         "jsonrpc": "2.0",
@@ -265,9 +247,11 @@ def _initialize(url: str) -> httpx.Response:
         "params": {
             "protocolVersion": "2025-06-18",
             "capabilities": {},
-            "clientInfo": {"name": "forgetful", "version": "1"},
+            "clientInfo": {"name": client, "version": "1"},
         },
     }
+    if http is not None:
+        return http.post(url, json=body, headers=HEADERS)
     return httpx.post(url, json=body, headers=HEADERS, timeout=30)
 
 
