@@ -40,6 +40,15 @@ an error naming the first run's), so the record's outcome is that of the
 one run the decision allowed. The model reads the failure and may call the
 tool again, which is a new call, decided and recorded on its own.
 
+A run no decision covers does not happen. While govern() covers a tool,
+its watched function runs only for a call the hooks let through: a run
+without CrewAI's tool-call hooks (the tool called directly, or through a
+CrewAI path that skips the hooks, such as its LangGraph and OpenAI Agents
+agent adapters) is refused with an error and nothing runs. So is a run
+through the hooks by an agent that govern() does not cover, when it shares
+a covered tool object. After ungovern() of everything that covers it, the
+tool runs as before.
+
 An answer from CrewAI's tool cache (a call repeated with the same
 arguments, with the crew's or agent's ``cache`` on) is decided like any
 call, since the decision comes first (a blocked call never reads the
@@ -95,9 +104,11 @@ _FRAMEWORK = "crewai"
 _log = logging.getLogger("aegis.adapters")
 
 #: the hooks registered for each governed object, by id, until ungovern()
-_registered: dict[int, tuple[Any, Any]] = {}
+_registered: dict[int, _Hooks] = {}
 
 _WATCHED = "_aegis_watched"
+#: on a tool: how many govern() calls cover it; while any does, it runs only for an allowed call
+_GOVERNORS = "_aegis_governors"
 
 
 class _Ticket:
@@ -120,35 +131,46 @@ _open: dict[int, list[_Ticket]] = {}
 _open_lock = threading.Lock()
 
 
-def _claim(tool: Any) -> tuple[_Ticket | None, bool]:
-    """The call this run of ``tool``'s function serves (if it can be told), and whether it may run.
+def _claim(tool: Any) -> tuple[_Ticket | None, Exception | None]:
+    """The call this run of ``tool``'s function serves (if it can be told), and why it may not run.
 
-    It may not when the function already ran for that call: a decision allows one run.
+    It may not when the function already ran for that call (a decision
+    allows one run), nor when no allowed call is under way for a tool that
+    govern() covers: something ran it without CrewAI's tool-call hooks
+    (the tool called directly, a CrewAI path that skips the hooks), so no
+    decision was made for this run.
     """
     with _open_lock:
         tickets = _open.get(id(tool), [])
+        if not tickets:
+            if getattr(tool, _GOVERNORS, 0) > 0:
+                return None, _undecided(tool)
+            return None, None
         here = [t for t in tickets if t.thread == threading.get_ident()]
         candidates = here or tickets
         if len(candidates) == 1:
             ticket = candidates[0]
             first = not ticket.started
             ticket.started = True
-            return ticket, first
+            return ticket, None if first else _again(ticket)
         # Several under way elsewhere: none is proven to have run, but each
         # allows one run, so runs of the tool still number no more than them
         # (else every retry of each ran: up to six runs a call).
         fresh = [ticket for ticket in candidates if not ticket.started]
         for ticket in candidates:
             ticket.unclear = True
-        if candidates and not fresh:
-            return None, False
-        if fresh:
-            fresh[0].started = True
-        return None, True
+        if not fresh:
+            return None, _again(None)
+        fresh[0].started = True
+        return None, None
 
 
 class _NotRun(Exception):
     """CrewAI answered the call without running the tool's function."""
+
+
+class _NotDecided(Exception):
+    """A governed tool run without CrewAI's tool-call hooks: no decision covers it."""
 
 
 class _NotRunAgain(Exception):
@@ -168,6 +190,27 @@ class _Hooks:
         self.running: dict[int, tuple[Action, asyncio.Future[Any], Any, Any, _Ticket]] = {}
         #: calls refused, by their tool input: what the agent reads instead
         self.refused: dict[int, str] = {}
+        #: the tools this govern() call covers, each counted once in its _GOVERNORS
+        self.covered: list[Any] = []
+
+    def cover(self, tool: Any) -> None:
+        """Watch ``tool`` and count this govern() call among those covering it."""
+        _watch(tool)
+        with _open_lock:
+            if any(tool is seen for seen in self.covered):
+                return
+            try:
+                object.__setattr__(tool, _GOVERNORS, getattr(tool, _GOVERNORS, 0) + 1)
+            except (AttributeError, TypeError):  # a tool that takes no attributes
+                return
+            self.covered.append(tool)
+
+    def release(self) -> None:
+        """Uncount this govern() call from the tools it covered (ungovern())."""
+        with _open_lock:
+            for tool in self.covered:
+                object.__setattr__(tool, _GOVERNORS, max(getattr(tool, _GOVERNORS, 1) - 1, 0))
+            self.covered.clear()
 
     def applies(self, context: Any) -> bool:
         if self.agents:
@@ -217,7 +260,7 @@ class _Hooks:
             # Exactly the decided (approved) arguments, in CrewAI's own input dict.
             context.tool_input.clear()
             context.tool_input.update(thaw(held["action"].params))
-            _watch(tool)
+            self.cover(tool)
             ticket = _Ticket()
             with _open_lock:
                 _open.setdefault(id(tool), []).append(ticket)
@@ -309,21 +352,22 @@ def govern(
     ungovern(given)
     for agent_ in hooks.agents:
         for tool in getattr(agent_, "tools", None) or ():
-            _watch(tool)
+            hooks.cover(tool)
     for tool in hooks.tools:
-        _watch(tool)
+        hooks.cover(tool)
     register_before_tool_call_hook(hooks.before)
     register_after_tool_call_hook(hooks.after)
-    _registered[id(given)] = (hooks.before, hooks.after)
+    _registered[id(given)] = hooks
     return given
 
 
 def ungovern(crew_or_agent_or_tools: Any) -> None:
     """Remove the hooks :func:`govern` registered for this object (CrewAI's are process-wide)."""
-    registered = _registered.pop(id(crew_or_agent_or_tools), None)
-    if registered is not None:
-        unregister_before_tool_call_hook(registered[0])
-        unregister_after_tool_call_hook(registered[1])
+    hooks = _registered.pop(id(crew_or_agent_or_tools), None)
+    if hooks is not None:
+        unregister_before_tool_call_hook(hooks.before)
+        unregister_after_tool_call_hook(hooks.after)
+        hooks.release()
 
 
 def _settle(outcome: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -392,9 +436,9 @@ def _watch(tool: Any) -> None:
         return
 
     def watched(*args: Any, **kwargs: Any) -> Any:
-        ticket, first = _claim(tool)
-        if not first:
-            raise _again(ticket)
+        ticket, refusal = _claim(tool)
+        if refusal is not None:
+            raise refusal
         try:
             result = inner(*args, **kwargs)
         except Exception as exc:
@@ -452,6 +496,16 @@ async def _watched_coroutine(work: Any, ticket: _Ticket | None) -> Any:
     if ticket is not None:
         ticket.ran = True
     return result
+
+
+def _undecided(tool: Any) -> _NotDecided:
+    """The refusal of a run of a governed tool that no decision covers."""
+    name = getattr(tool, "name", None) or type(tool).__name__
+    return _NotDecided(
+        f"not run: Aegis governs the CrewAI tool {name!r}, and it was run without CrewAI's "
+        "tool-call hooks, so no decision covers this run; let a governed agent call it, "
+        "or ungovern() what covers it"
+    )
 
 
 def _again(ticket: _Ticket | None) -> _NotRunAgain:

@@ -409,3 +409,48 @@ async def test_a_tool_appended_to_a_governed_tool_list_is_governed() -> None:
     assert [(r["action_type"], r["result_status"]) for r in audit.records] == [
         ("delete_customer", "blocked")
     ]
+
+
+@pytest.mark.parametrize("given", ["tools", "crew"])
+def test_a_governed_tool_run_without_crewais_hooks_does_not_run(given: str) -> None:
+    """A governed tool run directly (no hook, so no decision) is refused; after ungovern() it runs.
+
+    CrewAI has paths that run a tool without its tool-call hooks (its
+    LangGraph and OpenAI Agents adapters call ``tool.run``; so can any code
+    holding the tool): such a run would escape the policy.
+    """
+    from crewai import Agent, Crew, Task
+    from crewai.tools import tool
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    run = Run()
+    audit = InMemoryAuditLog()
+    delete = tool("delete_customer")(_recorders(run)["delete_customer"])
+    agent = Agent(
+        role="support",
+        goal="help",
+        backstory="a support desk",
+        llm=scripted_crewai_llm([]),
+        tools=[delete],
+    )
+    crew = Crew(agents=[agent], tasks=[Task(description="go", expected_output="x", agent=agent)])
+    governed: Any = [delete] if given == "tools" else crew
+    again = [delete]
+    govern(governed, make_runtime(ScriptedApprovalHandler([]), audit=audit))
+    try:
+        with pytest.raises(Exception, match="no decision covers this run"):
+            delete.run(customer_id=7)
+        # Covered twice, released once: still governed.
+        govern(again, make_runtime(ScriptedApprovalHandler([])))
+        ungovern(governed)
+        with pytest.raises(Exception, match="no decision covers this run"):
+            delete.run(customer_id=8)
+        assert run.executed == []
+    finally:
+        ungovern(governed)
+        ungovern(again)
+    # Nothing covers it any more: it is the user's own tool again.
+    assert delete.run(customer_id=9) == "deleted"
+    assert run.executed == [("delete_customer", {"customer_id": 9})]
+    assert audit.records == []
