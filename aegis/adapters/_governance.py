@@ -52,8 +52,10 @@ if TYPE_CHECKING:
 __all__ = [
     "Governor",
     "OnBlock",
+    "Settled",
     "ToolCall",
     "missing_extra",
+    "never_run",
 ]
 
 _log = logging.getLogger("aegis.adapters")
@@ -96,6 +98,26 @@ class ToolCall:
 
 #: the rule of the audit record of a call refused before any decision
 REFUSED_RULE = "<aegis>"
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """How :meth:`Governor.settle` answered a suspended call.
+
+    Args:
+        refusal: what the model reads instead of the call's output (the
+            refusal is recorded); ``None`` when the call may run.
+        approval: the reviewers' yes the call must run with; ``None`` when
+            the policy now lets it run without one (or it is refused).
+    """
+
+    refusal: str | None = None
+    approval: ApprovalOutcome | None = None
+
+
+def never_run(action: Action) -> Any:
+    """The executor of a call that is refused: the runtime records it and never runs it."""
+    raise AssertionError(f"{action} was refused and must not run")
 
 
 def _as_text_if_nonfinite(value: Any) -> Any:
@@ -343,6 +365,34 @@ class Governor:
             timeout=self.runtime.approval_timeout,
             digest=action_digest(decision.action),
         )
+
+    async def settle(self, call: ToolCall, request_id: str | None) -> Settled:
+        """Decide a suspended call again and answer it before its run resumes.
+
+        A call the policy now blocks is recorded as blocked and refused; one
+        it now lets through may run (decided again, and recorded, when it
+        runs). One that still needs approval waits for the request
+        ``request_id`` (created when the run suspended) or, without one,
+        for a request submitted now: the service returns the pending request
+        of the same session and action rather than open a second one. A yes
+        comes back to run the call with; a denial or a timeout is recorded
+        (the call never runs) and refused.
+        """
+        decision = self.decide(call)
+        if decision.approval is Approval.AUTO:
+            return Settled()
+        if decision.approval is Approval.BLOCK:
+            return Settled(refusal=self.refusal(call, await self.run(call, never_run, None)))
+        if request_id is None:
+            request_id = await self.submit(decision, call)
+        outcome = (
+            await self.collect(request_id, decision)
+            if request_id is not None
+            else await self.ask(decision)
+        )
+        if outcome.approved is True:
+            return Settled(approval=outcome)
+        return Settled(refusal=self.refusal(call, await self.run(call, never_run, outcome)))
 
     def __repr__(self) -> str:
         return f"Governor(target={self.target!r}, framework={self.framework!r})"

@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Callable, Collection
 from typing import Any
 
-from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra
+from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra, never_run
 from aegis.core.action import Action, thaw
 from aegis.core.coerce import UnreadableSchema, coerce_arguments
 from aegis.core.decision import Approval
@@ -320,7 +320,7 @@ def _governed(tool: Any, governor: Governor, *, action_type: str | None = None) 
         answer = _settled.get(governor.runtime, {}).get(call.call_id or "")
         refused: Result | None = None
         if decision.approval is Approval.BLOCK:
-            refused = await governor.run(call, _never, None)
+            refused = await governor.run(call, never_run, None)
         elif (
             decision.approval is Approval.APPROVE
             and answer is not None
@@ -328,7 +328,7 @@ def _governed(tool: Any, governor: Governor, *, action_type: str | None = None) 
         ):
             # Approved, but not these arguments: the runtime refuses and records it.
             _settled[governor.runtime].pop(call.call_id or "", None)
-            refused = await governor.run(call, _never, answer)
+            refused = await governor.run(call, never_run, answer)
         if refused is None or refused.status is ResultStatus.SUCCESS:
             return ToolGuardrailFunctionOutput.allow()
         if refused.status is ResultStatus.BLOCKED and governor.on_block == "raise":
@@ -416,32 +416,15 @@ async def _settle(state: RunState[Any, Any], item: Any, tool: Any, governor: Gov
         agent=getattr(item.agent, "name", None),
         unreadable=unreadable,
     )
-    decision = governor.decide(call)
-    if decision.approval is Approval.AUTO:
-        state.approve(item)
-        return
-    if decision.approval is Approval.BLOCK:
-        result = await governor.run(call, _never, None)
-        state.reject(item, rejection_message=governor.refusal(call, result))
-        return
     requests = _requests.setdefault(governor.runtime, {})
     request_id = requests.pop(call.call_id or "", None) or _recalled(state, call.call_id)
-    if request_id is None:
-        # Suspended in another process: the service returns the pending
-        # request of the same session and action instead of a second one.
-        request_id = await governor.submit(decision, call)
-    outcome = (
-        await governor.collect(request_id, decision)
-        if request_id is not None
-        else await governor.ask(decision)
-    )
-    if outcome.approved is True:
-        _settled.setdefault(governor.runtime, {})[call.call_id or ""] = outcome
-        state.approve(item)
+    settled = await governor.settle(call, request_id)
+    if settled.refusal is not None:
+        state.reject(item, rejection_message=settled.refusal)
         return
-    # Recorded now (the call never runs), then the model is told why.
-    result = await governor.run(call, _never, outcome)
-    state.reject(item, rejection_message=governor.refusal(call, result))
+    if settled.approval is not None:
+        _settled.setdefault(governor.runtime, {})[call.call_id or ""] = settled.approval
+    state.approve(item)  # decided again, and recorded, when it runs
 
 
 def _remember(context: RunContextWrapper[Any], call_id: str, request_id: str) -> None:
@@ -502,7 +485,3 @@ def _read_arguments(arguments: str | None, tool: Any) -> tuple[dict[str, Any], s
         return _arguments(arguments, tool), None
     except UnreadableSchema as exc:
         return _arguments(arguments), str(exc)
-
-
-def _never(action: Action) -> Any:
-    raise AssertionError(f"{action} was refused and must not run")

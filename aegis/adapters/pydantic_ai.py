@@ -272,26 +272,12 @@ async def resolve_deferred(result_or_requests: Any, runtime: Any) -> DeferredToo
 
 
 async def _settle(governor: Governor, call: ToolCall, request_id: str | None) -> Any:
-    decision = governor.decide(call)
-    if decision.approval is Approval.AUTO:
-        return ToolApproved()  # decided again, and recorded, when it runs
-    if decision.approval is Approval.BLOCK:
-        result = await governor.run(call, _never, None)
-        return ToolDenied(governor.refusal(call, result))
-    if request_id is None:
-        # The service returns the pending request of the same action, if any.
-        request_id = await governor.submit(decision, call)
-    outcome = (
-        await governor.collect(request_id, decision)
-        if request_id is not None
-        else await governor.ask(decision)
-    )
-    if outcome.approved is True:
-        _settled.setdefault(governor.runtime, {})[call.call_id or ""] = outcome
-        return ToolApproved()
-    # Recorded now (the call never runs), then the model is told why.
-    result = await governor.run(call, _never, outcome)
-    return ToolDenied(governor.refusal(call, result))
+    settled = await governor.settle(call, request_id)
+    if settled.refusal is not None:
+        return ToolDenied(settled.refusal)
+    if settled.approval is not None:
+        _settled.setdefault(governor.runtime, {})[call.call_id or ""] = settled.approval
+    return ToolApproved()  # decided again, and recorded, when it runs
 
 
 def _metadata(governor: Governor, call: ToolCall, request_id: str | None) -> dict[str, Any]:
@@ -321,7 +307,3 @@ def _agent_name(ctx: RunContext[Any]) -> str | None:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _never(action: Action) -> Any:
-    raise AssertionError(f"{action} was refused and must not run")
