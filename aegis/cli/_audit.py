@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from aegis.cli._app import CheckFailed
-from aegis.cli._database import open_audit
+from aegis.cli._database import note_trail, open_audit, trail_name, trail_schema
 from aegis.cli._output import (
     APPROVAL_STYLES,
     RISK_STYLES,
@@ -180,6 +180,7 @@ def _legacy(
         with open_audit(db) as log:
             written = log.export_jsonl(target, session)
         click.echo(f"Exported {written} entries to {target}")
+        note_trail(log, "entries")
         return
     if output is not None:
         raise click.UsageError("-o/--output goes with --format jsonl (or use aegis audit export)")
@@ -190,7 +191,9 @@ def _legacy(
         else:
             shown = print_table(LIST_COLUMNS, (record_cells(r) for r in records))
             if not shown:
-                note(f"no records in {log.db_path} match")
+                note(f"no records in {trail_name(log)} match")
+        if output_format == "json" or shown:
+            note_trail(log, "records")
 
 
 @audit.command("list")
@@ -266,31 +269,14 @@ def list_records(  # noqa: PLR0917  # Click passes one argument per option
                 wrap=("Action", "Rule"),
             )
             if not shown:
-                note(f"no records in {_trail(log)} match")
+                note(f"no records in {trail_name(log)} match")
             elif matching > TERMINAL_LIMIT:
                 note(
                     f"showing the newest {TERMINAL_LIMIT} of {matching} matching records;"
                     " narrow with filters (--since), or use --limit or --format jsonl for all"
                 )
-        if _schema(log) is not None and (output_format != "table" or shown):
-            note(f"records of {_trail(log)}")
-
-
-def _schema(log: AuditLogger) -> str | None:
-    """The PostgreSQL schema ``log`` read (once it has read), or ``None`` for SQLite."""
-    found = getattr(log.store, "schema", None)
-    return found if isinstance(found, str) else None
-
-
-def _trail(log: AuditLogger) -> str:
-    """Where ``log`` is: the file, or the schema and the (masked) DSN.
-
-    Without ``--schema`` a PostgreSQL trail is the connection's current
-    schema, which a role can change (a schema named after it comes first
-    in the default search path): the schema read is always said.
-    """
-    schema = _schema(log)
-    return log.db_path if schema is None else f"schema {schema} of {log.db_path}"
+        if output_format != "table" or shown:
+            note_trail(log, "records")
 
 
 def _first_read(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -345,8 +331,9 @@ def show(record_id: int, db_path: str, output_format: str) -> None:
         record = _fetch(log, record_id)
     if record is None:
         raise click.ClickException(
-            f"no record {record_id} in {log.db_path}; `aegis audit list` shows the ids"
+            f"no record {record_id} in {trail_name(log)}; `aegis audit list` shows the ids"
         )
+    note_trail(log, f"record {record_id}")
     if output_format == "json":
         emit_json(record)
         return
@@ -410,6 +397,7 @@ def export(db_path: str, output: str, session_id: str | None, raw: bool) -> None
             written = log.export_jsonl(output, session_id, records=raw)
     what = "records" if raw else "actions"
     note(f"exported {written} {what}" + ("" if output == "-" else f" to {output}"))
+    note_trail(log, what)
 
 
 def _export_with_progress(log: AuditLogger, output: str, session_id: str | None, raw: bool) -> int:
@@ -518,7 +506,7 @@ def verify(
         report = log.verify(expect_head, public_key=public_key)
         pending = log.pending()
         kept = len(log.checkpoints()) if public_key else 0
-        trail = _trail(log)
+        trail = trail_name(log)
 
     if output_format == "json":
         emit_json(
@@ -532,7 +520,7 @@ def verify(
                 "unsigned": report.unsigned,
                 "bad_signature": report.bad_signature,
                 "pending": pending,
-                "schema": _schema(log),
+                "schema": trail_schema(log),
             }
         )
     elif report.ok:
@@ -600,6 +588,7 @@ def stats(db_path: str, session_id: str | None, output_format: str) -> None:
     with open_audit(db_path) as log:
         counts = log.stats(session_id)
         total = log.count(session_id)
+    note_trail(log, "counts")
     if output_format == "json":
         emit_json({"total": total, **counts})
         return
@@ -694,10 +683,11 @@ def tail(  # noqa: PLR0917  # Click passes one argument per option
                 for record in _newest(log, count, session_id, {}):
                     _echo_record(record)
                     last_id = record["id"]
+            if not last_id and follow:
+                last_id = log.head().count
+            note_trail(log, "records")  # before following: a follower stops with Ctrl-C
             if not follow:
                 return
-            if not last_id:
-                last_id = log.head().count
             _follow(
                 log,
                 session_id=session_id,
@@ -751,6 +741,7 @@ def head(db_path: str, output_format: str) -> None:
     """
     with open_audit(db_path) as log:
         current = log.head()
+    note_trail(log, "head")
     if output_format == "json":
         emit_json({"count": current.count, "hash": current.hash, "head": str(current)})
     else:

@@ -6,12 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from aegis.cli._output import note
 from aegis.cli._params import command_schema
 from aegis.errors import AuditError
 from aegis.runtime.audit import AuditLogger
 from aegis.stores import parse_store_url
 
-__all__ = ["open_audit"]
+__all__ = ["note_trail", "open_audit", "trail_name", "trail_schema"]
 
 
 @contextmanager
@@ -53,3 +54,31 @@ def open_audit(db_path: str, *, schema: str | None = None) -> Iterator[AuditLogg
     schema = command_schema() if schema is None else schema
     with AuditLogger(db_path, create=False, readonly=True, schema=schema) as trail:
         yield trail
+
+
+def trail_schema(log: AuditLogger) -> str | None:
+    """The PostgreSQL schema ``log`` read (once it has read), or ``None`` for SQLite."""
+    found = getattr(log.store, "schema", None)
+    return found if isinstance(found, str) else None
+
+
+def trail_name(log: AuditLogger) -> str:
+    """Where ``log`` is: the file, or the schema and the (masked) DSN.
+
+    Without ``--schema`` a PostgreSQL trail is the connection's current
+    schema, which a role can change (a schema named after it comes first
+    in the default search path): the schema read is always said.
+    """
+    schema = trail_schema(log)
+    return log.db_path if schema is None else f"schema {schema} of {log.db_path}"
+
+
+def note_trail(log: AuditLogger, what: str) -> None:
+    """Say on stderr that ``what`` came from the PostgreSQL schema ``log`` read.
+
+    Every command reading a trail says it the same way, after it has read
+    (the schema is known only then). A SQLite file is the ``--db`` given:
+    nothing to add. Stdout, which scripts parse, never gets the note.
+    """
+    if trail_schema(log) is not None:
+        note(f"{what} of {trail_name(log)}")

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from aegis.cli._app import CheckFailed
-from aegis.cli._database import open_audit
+from aegis.cli._database import note_trail, open_audit, trail_schema
 from aegis.cli._output import (
     APPROVAL_STYLES,
     Cell,
@@ -205,12 +205,14 @@ def replay(
         # the records themselves stream.
         changes = list(replay_records(policy, records, counter, skipped))
     transitions = Counter(change.transition for change in changes)
+    note_trail(audit, "records")
 
     if output_format == "json":
         emit_json(
             {
                 "policy": policy_path,
                 "db": audit.db_path,
+                "schema": trail_schema(audit),
                 "session_id": session_id,
                 "checked": counter["checked"],
                 "changed": len(changes),

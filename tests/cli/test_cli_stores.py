@@ -270,3 +270,84 @@ def test_audit_commands_say_which_schema_they_read(
     assert f"schema {role} of postgresql://" in listed.stderr
     table = invoke("audit", "list", "--db", dsn)
     assert f"schema {role} of postgresql://" in table.stderr
+
+
+#: every other command reading the trail: its arguments (POLICY is the policy file),
+#: and how its stdout parses (None: not machine-readable)
+READERS: list[tuple[tuple[str, ...], str | None]] = [
+    (("audit", "head"), None),
+    (("audit", "head", "--format", "json"), "json"),
+    (("audit", "stats"), None),
+    (("audit", "stats", "--format", "json"), "json"),
+    (("audit", "show", "1"), None),
+    (("audit", "show", "1", "--format", "json"), "json"),
+    (("audit", "export"), "jsonl"),
+    (("audit", "export", "--records", "-o", "OUT"), None),
+    (("audit", "tail", "-n", "5"), None),
+    (("audit", "--format", "json"), "json"),
+    (("audit", "--format", "jsonl", "-o", "OUT"), None),
+    (("replay", "POLICY"), None),
+    (("replay", "POLICY", "--format", "json"), "json"),
+]
+
+
+@pytest.mark.parametrize(("args", "parse"), READERS, ids=[" ".join(args) for args, _ in READERS])
+def test_every_reader_of_the_trail_says_which_schema_it_read(  # noqa: PLR0917  # pytest passes by name
+    invoke: Invoke,
+    own_schema_role: tuple[str, str],
+    policy_path: Path,
+    tmp_path: Path,
+    args: tuple[str, ...],
+    parse: str | None,
+) -> None:
+    """Without --schema, head, stats, show, export, tail and replay name the schema they read.
+
+    They read the role's own-named schema, first in its search_path, as
+    verify and list do, but named only the DSN. The note goes to stderr:
+    stdout stays parseable.
+    """
+    dsn, role = own_schema_role
+    _write_trail(dsn, role)
+    out = tmp_path / "out.jsonl"
+    given = {"POLICY": str(policy_path), "OUT": str(out)}
+    if args[0] == "audit" and args[1] == "--format":
+        args = ("audit", "--db", dsn, *args[1:])  # the agent-aegis form: options before
+    else:
+        args = (*args, "--db", dsn)
+    result = invoke(*(given.get(arg, arg) for arg in args))
+    assert result.exit_code == 0, result.output
+    assert f"schema {role} of postgresql://" in result.stderr
+    assert f"schema {role}" not in result.stdout  # never mixed into what is parsed
+    assert dsn.split(":")[2].split("@")[0] not in result.output  # the password stays masked
+    if parse == "json":
+        assert json.loads(result.stdout)
+    elif parse == "jsonl":
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [line["session_id"] for line in lines] == ["in-schema"]
+    if "OUT" in args:
+        assert [json.loads(line)["session_id"] for line in out.read_text().splitlines()] == [
+            "in-schema"
+        ]
+
+
+def test_replay_json_names_the_schema_it_read(
+    invoke: Invoke, own_schema_role: tuple[str, str], policy_path: Path
+) -> None:
+    """`aegis replay --format json` names the schema beside the DSN, as verify's JSON does."""
+    dsn, role = own_schema_role
+    _write_trail(dsn, role)
+    result = invoke("replay", str(policy_path), "--db", dsn, "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["schema"], report["checked"]) == (role, 1)
+
+
+def test_show_of_a_missing_record_names_the_schema_searched(
+    invoke: Invoke, own_schema_role: tuple[str, str]
+) -> None:
+    """`aegis audit show 99` says in which schema there is no record 99."""
+    dsn, role = own_schema_role
+    _write_trail(dsn, role)
+    result = invoke("audit", "show", "99", "--db", dsn)
+    assert result.exit_code != 0
+    assert f"no record 99 in schema {role} of postgresql://" in result.stderr
