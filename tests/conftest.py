@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from local_postgres import Login
 
 # Crash, multi-process and CLI tests start real Python processes. They must
 # run the code under test, not whatever aegis happens to be installed.
@@ -81,6 +85,36 @@ def postgres_dsn() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+#: the password of the password cluster's ``aegis`` role: every character a URL
+#: must encode ('@', ':', '/', '%', a space), a quote and a backslash a libpq
+#: string must escape, and non-ASCII letters
+AEGIS_ROLE_PASSWORD = "p@ss:w/rd %41 'q' \\ Grüße-密码"
+
+
+@pytest.fixture(scope="session")
+def password_postgres() -> Iterator[Login]:
+    """A cluster of the session's own that checks passwords (scram-sha-256), and a login on it.
+
+    The login is the role ``aegis`` (password AEGIS_ROLE_PASSWORD), owner of
+    the database ``agents``. The server at POSTGRES_DSN trusts everyone, so
+    only here is a wrong password refused. Fails, never skips, without
+    PostgreSQL's server binaries: a password path untested would go unseen.
+    """
+    from local_postgres import ClusterUnavailable, LocalCluster
+
+    try:
+        cluster = LocalCluster(password=secrets.token_urlsafe(16))
+    except ClusterUnavailable as exc:
+        pytest.fail(str(exc))
+    try:
+        cluster.start()
+        yield cluster.add_login("aegis", AEGIS_ROLE_PASSWORD, "agents")
+    except ClusterUnavailable as exc:
+        pytest.fail(str(exc))
+    finally:
+        cluster.stop()
 
 
 # ---------------------------------------------------------------- npm packages

@@ -162,8 +162,14 @@ class AnsweringConnection(Connection):
 
 # SQLSTATE (or its two-character class) -> what to do about it
 _HINTS: Final = {
-    "28P01": "check the user name and password in the DSN",
-    "28": "check the user name and password in the DSN, and pg_hba.conf on the server",
+    "28P01": (
+        "the server refused the login (wrong user name or password); check them in the "
+        "DSN, or in PGPASSWORD or the passfile (~/.pgpass) when the DSN gives no password"
+    ),
+    "28": (
+        "the server refused the login; check the user name and password (in the DSN, "
+        "PGPASSWORD or ~/.pgpass), and pg_hba.conf on the server"
+    ),
     "3D000": "create the database (createdb NAME) or fix the database name in the DSN",
     "42501": (
         "the role lacks a privilege Aegis needs here; use a role that may create "
@@ -198,6 +204,10 @@ _HINTS: Final = {
 
 _CONNECT_HINT: Final = (
     "check that the server is running and that the DSN's host, port and database are right"
+)
+_NO_PASSWORD_HINT: Final = (
+    "the server asks for a password and none was given; put it in the DSN "
+    "(percent-encoded in a postgresql:// URL), in PGPASSWORD, or in a passfile (~/.pgpass)"
 )
 _LOST_HINT: Final = "the connection was lost; check the server and the network, then retry"
 
@@ -350,6 +360,8 @@ class Database:
         # Errors while connecting come without a SQLSTATE: read libpq's text.
         if "authentication failed" in lowered:
             return _HINTS["28P01"]
+        if "no password supplied" in lowered:
+            return _NO_PASSWORD_HINT
         if "does not exist" in lowered and "database" in lowered:
             return _HINTS["3D000"]
         if "does not exist" in lowered and "role" in lowered:
