@@ -207,6 +207,8 @@ class ApprovalService:
         poll_interval: how often a waiting call re-reads the store, to see
             decisions made by other service processes.
         clock: returns the current aware time; ``datetime.now(UTC)`` by default.
+            Audit claims go by the store's clock instead (the database
+            server's), which every service process on it shares.
         max_polls: how many long polls one token may hold open at once.
         policy: the service's own policy. When given, each new request is
             decided again here, and its terms become the stricter of both:
@@ -338,15 +340,14 @@ class ApprovalService:
             return 0
         written = 0
         async with self._flush_lock():
-            stale = self.clock() - timedelta(seconds=_STALE_CLAIM)
-            events = await self._call(self.store.pending_events, stale)
+            events = await self._call(self.store.pending_events, _STALE_CLAIM)
             for event in events:
                 # Claimed, written and marked on one worker thread, and shielded:
                 # a flush cancelled mid-way (a request cut off, the service
                 # stopping) leaves the thread to finish the record and mark it.
                 # Cancelled between the two, the claim was given back with the
                 # record already written, and the next flush wrote it again.
-                job = asyncio.ensure_future(self._call(self._audit_one, event, stale))
+                job = asyncio.ensure_future(self._call(self._audit_one, event))
                 self._writing.add(job)
                 job.add_done_callback(self._writing.discard)
                 if await asyncio.shield(job):
@@ -370,13 +371,13 @@ class ApprovalService:
             await asyncio.wait(set(self._writing), timeout=left)
         return True
 
-    def _audit_one(self, event: AuditEvent, stale: datetime) -> bool:
+    def _audit_one(self, event: AuditEvent) -> bool:
         """Claim one queued event, write its record and mark it written (blocking).
 
         ``False`` when another service process has it. A record that cannot be
         written gives the claim back, to be tried again.
         """
-        if not self.store.claim_event(event.id, self.clock(), stale):
+        if not self.store.claim_event(event.id, _STALE_CLAIM):
             return False
         try:
             request = self.store.get_request(event.request_id)
@@ -1221,8 +1222,9 @@ def statuses(text: str | None) -> RequestStatus | None:
         ) from None
 
 
-#: seconds after which a claimed but unfinished audit event is taken over
-_STALE_CLAIM: Final = 60.0
+#: how long after its claim an unfinished audit event is taken over, by the
+#: store's clock (the database server's): the hosts' own clocks may disagree
+_STALE_CLAIM: Final = timedelta(seconds=60)
 #: pauses between the tries to mark a written audit event (its record is in the trail)
 _FINISH_PAUSES: Final = (0.1, 0.5, 2.0)
 

@@ -7,7 +7,9 @@ the engine rewrites them for its driver.
 
 Times are stored as fixed-width ISO 8601 UTC text (see
 :func:`~aegis.core.approval_request.iso`), so comparing texts compares times
-on both engines alike.
+on both engines alike. The caller's clock gives them, except for audit claims,
+which the database's own clock stamps and judges (``_CLOCK``): the hosts of
+several service processes need not agree on the time for a claim to hold.
 
 Size: the approval store's SQL, written once for both engines; each method is
 one transaction and most of the length is the statements themselves.
@@ -430,6 +432,9 @@ class SqlApprovalStore:
 
     #: the engine's test that the column's JSON array holds the argument as an element
     _HOLDS: ClassVar[str] = "EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"
+    #: the database's clock less the argument's seconds, as :func:`iso` text
+    #: (milliseconds are SQLite's finest); audit claims are stamped and judged by it
+    _CLOCK: ClassVar[str] = "strftime('%Y-%m-%dT%H:%M:%f000+00:00', julianday('now') - ? / 86400.0)"
 
     @classmethod
     def _filters(
@@ -762,28 +767,33 @@ class SqlApprovalStore:
 
     # -- the audit outbox ---------------------------------------------------------
 
-    def pending_events(self, stale_before: datetime, limit: int = 100) -> list[AuditEvent]:
+    def pending_events(self, stale_after: timedelta, limit: int = 100) -> list[AuditEvent]:
         """See :meth:`aegis.stores.approvals.ApprovalStore.pending_events`."""
         with self._transaction(write=False) as tx:
             rows = tx.all(
                 "SELECT id, request_id, at, kind, context FROM {p}aegis_approval_events "
-                "WHERE audited_at IS NULL AND (claimed_at IS NULL OR claimed_at < ?) "
+                "WHERE audited_at IS NULL "
+                f"AND (claimed_at IS NULL OR claimed_at < {self._CLOCK}) "
                 "ORDER BY seq, at LIMIT ?",
-                (iso(stale_before), limit),
+                (stale_after.total_seconds(), limit),
             )
         return [
             AuditEvent(row[0], row[1], parse_time(row[2]), row[3], json.loads(row[4]))
             for row in rows
         ]
 
-    def claim_event(self, event_id: str, now: datetime, stale_before: datetime) -> bool:
+    def claim_event(self, event_id: str, stale_after: timedelta) -> bool:
         """See :meth:`aegis.stores.approvals.ApprovalStore.claim_event`."""
+        # Stamped and judged by the database's clock alone: service processes
+        # on hosts whose clocks disagree by more than ``stale_after`` would
+        # otherwise take each other's fresh claims and write records twice.
         with self._transaction(write=True) as tx:
             return (
                 tx.run(
-                    "UPDATE {p}aegis_approval_events SET claimed_at = ? WHERE id = ? "
-                    "AND audited_at IS NULL AND (claimed_at IS NULL OR claimed_at < ?)",
-                    (iso(now), event_id, iso(stale_before)),
+                    f"UPDATE {{p}}aegis_approval_events SET claimed_at = {self._CLOCK} "
+                    "WHERE id = ? AND audited_at IS NULL "
+                    f"AND (claimed_at IS NULL OR claimed_at < {self._CLOCK})",
+                    (0.0, event_id, stale_after.total_seconds()),
                 )
                 == 1
             )

@@ -47,7 +47,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal, NamedTuple, Protocol, runtime_checkable
 
 from aegis.core.approval_request import (
@@ -583,16 +583,22 @@ class ApprovalStore(Protocol):
         """Revoke a grant (``by`` names who did); 404 if unknown, 409 if inactive already."""
         ...
 
-    def pending_events(self, stale_before: datetime, limit: int = 100) -> list[AuditEvent]:
+    def pending_events(self, stale_after: timedelta, limit: int = 100) -> list[AuditEvent]:
         """Audit events not yet in the audit trail, oldest first.
 
-        An event claimed before ``stale_before`` counts as not claimed: the
-        process that claimed it died before it finished.
+        An event claimed more than ``stale_after`` ago counts as not claimed:
+        the process that claimed it died before it finished. The store's own
+        clock (the database server's) says how long ago, never the caller's.
         """
         ...
 
-    def claim_event(self, event_id: str, now: datetime, stale_before: datetime) -> bool:
-        """Claim an event for writing to the audit trail; ``False`` if another has it."""
+    def claim_event(self, event_id: str, stale_after: timedelta) -> bool:
+        """Claim an event for writing to the audit trail; ``False`` if another has it.
+
+        A claim is stamped by the store's own clock and taken over only once
+        that clock says it is older than ``stale_after``: service processes
+        on hosts whose clocks disagree never take each other's fresh claims.
+        """
         ...
 
     def finish_event(self, event_id: str, now: datetime, *, audited: bool) -> None:

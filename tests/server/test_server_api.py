@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aegis.core.approval_request import Role, TokenInfo, Verdict, parse_new_request
+from aegis.core.approval_request import Role, TokenInfo, Verdict, iso, parse_new_request
 from aegis.core.filters import SHORT_NAMES
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
@@ -543,7 +544,7 @@ async def test_a_flush_cut_off_mid_write_records_the_decision_once(tmp_path: Pat
         if (r["context"] or {}).get("approval_event") == "approval.decided"
     ]
     assert len(decided) == 1
-    assert store.pending_events(datetime.now(UTC)) == []
+    assert store.pending_events(timedelta(0)) == []
     service.close()
 
 
@@ -574,8 +575,11 @@ async def test_a_record_written_is_marked_through_a_blip_and_never_written_twice
     created, _ = await service.create(bot, parse_new_request({"session_id": "s", "action": ACTION}))
     store.failures = 1
     await service.decide(bob, created.id, Verdict.DENY, "no")
-    later = datetime.now(UTC) + timedelta(minutes=2)
-    service.clock = lambda: later  # past any claim's staleness
+    # past any claim's staleness: one left unmarked would be taken over and written again
+    with closing(sqlite3.connect(tmp_path / "blink.db")) as conn, conn:
+        conn.execute(
+            "UPDATE aegis_approval_events SET claimed_at = ?", (iso(datetime(2000, 1, 1)),)
+        )
     await service.flush_audit()
     decided = [
         r
@@ -583,7 +587,7 @@ async def test_a_record_written_is_marked_through_a_blip_and_never_written_twice
         if (r["context"] or {}).get("approval_event") == "approval.decided"
     ]
     assert len(decided) == 1
-    assert store.pending_events(later) == []
+    assert store.pending_events(timedelta(0)) == []
     service.close()
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +16,7 @@ from service_support import POLICY as SERVED_POLICY
 from service_support import Reviewer, Service, add_tokens
 
 from aegis import Action, AuditLogger, Policy, ResultStatus, Runtime
-from aegis.core.approval_request import Role, TokenInfo
+from aegis.core.approval_request import Role, TokenInfo, Verdict, parse_new_request
 from aegis.runtime.approval_remote import RemoteApprovalHandler
 from aegis.server import ApprovalService, create_app
 from aegis.stores.approvals import hash_token
@@ -104,6 +106,65 @@ async def test_reattach_across_services(pair: list[httpx.AsyncClient]) -> None:
     two = await second.post("/api/v1/approvals", json=body, headers=auth("bot"))
     assert (one.status_code, two.status_code) == (201, 200)
     assert one.json()["id"] == two.json()["id"]
+
+
+class FirstWriteHeld(InMemoryAuditLog):
+    """One trail shared by two services (as one PostgreSQL trail would be); the first write
+    once ``hold`` is set waits inside for ``release``, as a write on a slow disk would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def log(self, *args: Any, **kwargs: Any) -> int:
+        """Wait if this is the held write, then write."""
+        if self.hold:
+            self.hold = False
+            self.entered.set()
+            self.release.wait(10)
+        return super().log(*args, **kwargs)
+
+
+async def test_a_host_whose_clock_runs_ahead_does_not_take_over_a_fresh_claim(
+    postgres_dsn: str,
+) -> None:
+    """Two services on one database, one host's clock two minutes ahead of the other's: while
+    the first writes a decision's record, the second's flush must not take the fresh claim
+    for a stale one and write the record again. Before, each host stamped and judged claims
+    by its own clock, and the trail held the decision twice."""
+    trail = FirstWriteHeld()
+    here = ApprovalService(PostgresApprovalStore(postgres_dsn), trail)
+    ahead = ApprovalService(
+        PostgresApprovalStore(postgres_dsn),
+        trail,
+        clock=lambda: datetime.now(UTC) + timedelta(minutes=2),
+    )
+    now = datetime.now(UTC)
+    for name, role in (("bot", Role.AGENT), ("bob", Role.REVIEWER)):
+        here.store.create_token(TokenInfo(name, role, (), now), hash_token(f"{name}-secret"))
+    bot = await here.authenticate("bot-secret")
+    bob = await here.authenticate("bob-secret")
+    body = {"session_id": "s", "action": {"type": "refund", "target": "billing"}}
+    created, _ = await here.create(bot, parse_new_request(body))
+    trail.hold = True
+    deciding = asyncio.create_task(here.decide(bob, created.id, Verdict.DENY, "no"))
+    assert await asyncio.to_thread(trail.entered.wait, 10)
+    # the other host's flush (its sweeper runs one every second) while the record is written
+    await ahead.flush_audit()
+    trail.release.set()
+    await deciding
+    await ahead.flush_audit()
+    await here.flush_audit()
+    decided = [
+        r
+        for r in trail.get_log("s")
+        if (r["context"] or {}).get("approval_event") == "approval.decided"
+    ]
+    assert len(decided) == 1
+    here.close()
+    ahead.close()
 
 
 def test_unreachable_database_is_a_store_error_with_the_password_masked() -> None:

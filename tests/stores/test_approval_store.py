@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from aegis.core.approval_request import (
     Role,
     TokenInfo,
     Verdict,
+    iso,
     request_digest,
 )
 from aegis.core.risk import RiskLevel
@@ -494,13 +496,30 @@ def test_hand_approved_row_cannot_be_collected(tmp_path: Path) -> None:
         store.close()
 
 
-def test_every_change_queues_its_audit_event(store: ApprovalStore) -> None:
+#: how long an audit claim holds before another process may take it over
+LEASE = timedelta(minutes=1)
+
+
+def age_claims(db: str, by: timedelta) -> None:
+    """Move every audit claim ``by`` into the past by hand, as if its process died then."""
+    at = iso(datetime.now(UTC) - by)
+    sql = "UPDATE aegis_approval_events SET claimed_at = ? WHERE claimed_at IS NOT NULL"
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(sql.replace("?", "%s"), (at,))
+    else:
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute(sql, (at,))
+
+
+def test_every_change_queues_its_audit_event(store: ApprovalStore, db: str) -> None:
     """Changes queue events in order; claims are exclusive; finished leave, stale come back."""
     request, _ = store.create_request(make(), NOW)
     decide(store, request.id, "alice", minutes=5)
     store.collect(request.id, NOW)
-    later = NOW + timedelta(minutes=1)
-    events = store.pending_events(NOW - timedelta(minutes=1))
+    events = store.pending_events(LEASE)
     assert [e.kind for e in events] == [
         "approval.requested",
         "approval.decided",
@@ -508,17 +527,42 @@ def test_every_change_queues_its_audit_event(store: ApprovalStore) -> None:
         "approval.collected",
     ]
     first = events[0]
-    assert store.claim_event(first.id, NOW, NOW - timedelta(minutes=1))
-    assert not store.claim_event(first.id, NOW, NOW - timedelta(minutes=1))
-    assert first.id not in {e.id for e in store.pending_events(NOW - timedelta(minutes=1))}
-    # a claim older than the cut-off is taken over: its process died
-    assert first.id in {e.id for e in store.pending_events(later)}
+    assert store.claim_event(first.id, LEASE)
+    assert not store.claim_event(first.id, LEASE)
+    assert first.id not in {e.id for e in store.pending_events(LEASE)}
+    # a claim older than the lease is taken over: its process died
+    age_claims(db, LEASE * 2)
+    assert first.id in {e.id for e in store.pending_events(LEASE)}
+    assert store.claim_event(first.id, LEASE)
     store.finish_event(first.id, NOW, audited=True)
-    assert first.id not in {e.id for e in store.pending_events(later)}
+    assert first.id not in {e.id for e in store.pending_events(LEASE)}
     second = events[1]
-    assert store.claim_event(second.id, NOW, NOW)
+    assert store.claim_event(second.id, LEASE)
     store.finish_event(second.id, NOW, audited=False)
-    assert second.id in {e.id for e in store.pending_events(NOW)}
+    assert second.id in {e.id for e in store.pending_events(LEASE)}
+
+
+def test_a_claim_holds_by_the_databases_clock_whatever_the_callers_clocks(db: str) -> None:
+    """Two handles (two service processes, on hosts whose clocks disagree): a claim is stamped
+    and judged by the database's clock, so the other handle cannot take it over while it is
+    fresh, and takes it once that clock says the lease ran out, never earlier or later."""
+    one, two = open_approval_store(db), open_approval_store(db)
+    try:
+        # the callers' clock says NOW, days before the database's: it counts for nothing here
+        one.create_request(make(), NOW)
+        (event,) = one.pending_events(LEASE)
+        assert one.claim_event(event.id, LEASE)
+        assert two.pending_events(LEASE) == []
+        assert not two.claim_event(event.id, LEASE)
+        age_claims(db, LEASE - timedelta(seconds=10))
+        assert not two.claim_event(event.id, LEASE)
+        age_claims(db, LEASE + timedelta(seconds=10))
+        assert [e.id for e in two.pending_events(LEASE)] == [event.id]
+        assert two.claim_event(event.id, LEASE)
+        assert not one.claim_event(event.id, LEASE)
+    finally:
+        one.close()
+        two.close()
 
 
 def make_with(

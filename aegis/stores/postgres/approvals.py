@@ -104,6 +104,10 @@ class PostgresApprovalStore(SqlApprovalStore):
         "EXISTS (SELECT 1 FROM json_array_elements_text(({column})::json) AS g(name) "
         "WHERE g.name = ?)"
     )
+    _CLOCK: ClassVar[str] = (
+        "to_char((clock_timestamp() - ? * interval '1 second') AT TIME ZONE 'UTC', "
+        '\'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\')'
+    )
 
     def __init__(
         self,
