@@ -340,14 +340,15 @@ class Governor:
             _log.exception("could not create an approval request for %s", decision.action)
             return None
 
-    async def collect(self, request_id: str, decision: PolicyDecision) -> ApprovalOutcome:
+    async def collect(self, request_id: str | None, decision: PolicyDecision) -> ApprovalOutcome:
         """Wait for the answer to the request :meth:`submit` created.
 
-        Falls back to :meth:`ask` when the handler cannot collect; a failure
-        or a timeout is a denial with its reason.
+        Falls back to :meth:`ask` when there is no request (``None``: the
+        handler could not create one) or the handler cannot collect; a
+        failure or a timeout is a denial with its reason.
         """
         handler = _suspendable(self.runtime.approval_handler)
-        if handler is None:
+        if handler is None or request_id is None:
             return await self.ask(decision)
         return await asking.ask(
             handler.collect_approval,
@@ -385,11 +386,7 @@ class Governor:
             return Settled(refusal=self.refusal(call, await self.run(call, never_run, None)))
         if request_id is None:
             request_id = await self.submit(decision, call)
-        outcome = (
-            await self.collect(request_id, decision)
-            if request_id is not None
-            else await self.ask(decision)
-        )
+        outcome = await self.collect(request_id, decision)
         if outcome.approved is True:
             return Settled(approval=outcome)
         return Settled(refusal=self.refusal(call, await self.run(call, never_run, outcome)))

@@ -133,10 +133,8 @@ class AegisPlugin(BasePlugin):  # type: ignore[misc,unused-ignore]  # untyped ou
                 answer = ApprovalOutcome(
                     False, reason="the confirmation was declined", request_id=request_id
                 )
-            elif request_id is not None:
-                answer = await governor.collect(request_id, decision)
             else:
-                answer = await governor.ask(decision)
+                answer = await governor.collect(request_id, decision)
         result = await governor.run(call, execute, answer, reraise=True)
         if result.status is ResultStatus.SUCCESS:
             data = result.data

@@ -563,10 +563,7 @@ async def _decide(runtime: Any, request: Mapping[str, Any]) -> dict[str, Any]:
     if decision.approval is Approval.AUTO:
         return {"type": "approve"}  # nothing to approve; decided again when it runs
     request_id = request.get("request_id")
-    if isinstance(request_id, str):
-        outcome = await governor.collect(request_id, decision)
-    else:
-        outcome = await governor.ask(decision)
+    outcome = await governor.collect(request_id if isinstance(request_id, str) else None, decision)
     ref = _answers.keep(call.call_id, outcome, call.description)
     answer: dict[str, Any] = {
         "type": "approve" if outcome.approved is True else "reject",
