@@ -89,34 +89,6 @@ class RecordKind(StrEnum):
     FINAL = "final"  # the action's outcome
 
 
-#: the fields of every record, in storage (and column) order
-RECORD_FIELDS: Final[tuple[str, ...]] = (
-    "id",
-    "kind",
-    "session_id",
-    "timestamp",
-    "action_type",
-    "action_target",
-    "action_params",
-    "action_desc",
-    "risk_level",
-    "approval",
-    "matched_rule",
-    "reason",
-    "human_decision",
-    "result_status",
-    "result_data",
-    "result_error",
-    "started_at",
-    "completed_at",
-    "context",
-    "decided_at",
-    "policy_digest",
-    "start_id",
-    "prev_hash",
-    "hash",
-)
-
 #: the fields stored as canonical JSON text
 JSON_FIELDS: Final[tuple[str, ...]] = ("action_params", "result_data", "context")
 
@@ -179,6 +151,10 @@ class AuditRecord(NamedTuple):
     start_id: int | None
     prev_hash: str
     hash: str
+
+
+#: the fields of every record, in storage (and column) order
+RECORD_FIELDS: Final[tuple[str, ...]] = AuditRecord._fields
 
 
 # ----------------------------------------------------------------- times
