@@ -24,7 +24,7 @@ from psycopg import sql
 
 from aegis import Action, AuditLogger, Policy, ResultStatus, Runtime
 from aegis.core.limits import Charge
-from aegis.errors import StoreError
+from aegis.errors import ConfigurationError, StoreError
 from aegis.stores import open_stores
 from aegis.stores.postgres.usage import PostgresUsageStore
 
@@ -194,6 +194,11 @@ def test_the_right_password_runs_an_action_in_each_form(
         pytest.param(lambda login: login.url(WRONG_PASSWORD), id="url"),
         pytest.param(lambda login: libpq_string(login, WRONG_PASSWORD), id="libpq-string"),
         pytest.param(lambda login: login.url(login.password[:-1]), id="url-one-letter-short"),
+        # libpq takes a '?' or '#' before the '@' as part of the password
+        pytest.param(
+            lambda login: login.url_without_password().replace("@", ":wr?ng#pw@", 1),
+            id="url-unencoded-question-mark",
+        ),
     ],
 )
 @pytest.mark.usefixtures("no_ambient_password")
@@ -214,8 +219,23 @@ def test_a_wrong_password_stops_the_first_action_before_it_runs(
     assert_names_the_database(password_postgres, text)
     shown = "".join(traceback.format_exception(caught.value)) + caplog.text
     assert_hidden(WRONG_PASSWORD, shown)
+    assert "wr?ng#pw" not in shown
     assert_hidden(password_postgres.password, shown)
     assert count_records(password_postgres, schema) == 1  # the earlier action's, intact
+
+
+@pytest.mark.parametrize("password", ["p@ss/w0rd", "p@ss@w0rd", "pa/ss@w0rd", "pass/w0rd"])
+def test_an_unencoded_at_or_slash_in_the_password_is_refused_unshown(
+    password_postgres: Login, password: str
+) -> None:
+    """libpq would take part of such a password for the host; the URL is refused, masked."""
+    url = f"postgresql://aegis:{password}@127.0.0.1:{password_postgres.port}/agents"
+    with pytest.raises(ConfigurationError, match="percent-encode") as caught:
+        open_stores(url).audit.check()
+    text = str(caught.value)
+    assert f"postgresql://aegis:***@127.0.0.1:{password_postgres.port}/agents" in text
+    for part in ("p@ss", "ss/w", "w0rd"):
+        assert part not in text
 
 
 @pytest.mark.usefixtures("no_ambient_password")

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from aegis.errors import ConfigurationError
 
@@ -149,6 +149,7 @@ def _parse_scheme(url: str, scheme: str) -> StoreURL:
     if scheme in _POSTGRES_SCHEMES:
         if not url[len(scheme) + 1 :].startswith("//"):
             raise ConfigurationError(f"{mask_dsn(url)!r} is not a PostgreSQL URL; {_FORMS}")
+        _check_credentials_end(url, len(scheme) + 3)
         return StoreURL("postgres", url, mask_dsn(url), _url_secrets(url))
     if scheme == "sqlite":
         path = sqlite_path(url)
@@ -193,14 +194,55 @@ def _parse_keywords(url: str) -> StoreURL:
     return StoreURL("postgres", url, mask_dsn(url), _distinct(secrets))
 
 
+def _credentials_end(url: str, start: int) -> int:
+    """Where the user name and password of a URL end (the '@' after them); -1: none given.
+
+    The last '@' before the path's query: where libpq ends them in a URL that
+    :func:`_check_credentials_end` accepts (a '?' or '#' in a password is part
+    of it, not a query or fragment), and past every '@' of one it refuses,
+    so that what an unencoded '@' or '/' splits off stays hidden as well.
+    """
+    slash = url.find("/", start)
+    query = url.find("?", slash) if slash >= 0 else -1
+    return url.rfind("@", start, len(url) if query < 0 else query)
+
+
+def _check_credentials_end(url: str, start: int) -> None:
+    """Refuse a URL whose '@' libpq would take for another one than the writer meant.
+
+    An '@' or '/' left unencoded in a password moves where libpq thinks the
+    host starts, and parts of the password would land in its error (as a
+    host name) unmasked.
+    """
+    slash = url.find("/", start)
+    authority = url[start:] if slash < 0 else url[start:slash]
+    path = "" if slash < 0 else url[slash:].split("?", 1)[0]
+    if authority.count("@") > 1 or "@" in path:
+        raise ConfigurationError(
+            f"{mask_dsn(url)}: the user name or password holds an '@' or '/' as it is, "
+            "which libpq would read as the end of the password; percent-encode them "
+            "(%40, %2F), e.g. with urllib.parse.quote(password, safe=''), or give the "
+            "password in PGPASSWORD or a passfile (~/.pgpass)"
+        )
+
+
+def _query_start(url: str, start: int) -> int:
+    """Where the query of a URL starts (after its '?'), or -1 without one."""
+    end = _credentials_end(url, start)
+    mark = url.find("?", start if end < 0 else end)
+    return -1 if mark < 0 else mark + 1
+
+
 def _url_secrets(url: str) -> tuple[str, ...]:
     """The password of a ``postgresql://`` URL as written and as decoded, longest first."""
-    parts = urlsplit(url)
+    start = url.index("//") + 2
     found: list[str] = []
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    if at and ":" in userinfo:
-        found.append(userinfo.split(":", 1)[1])
-    found.extend(match.group(2) for match in _PASSWORD_IN_QUERY.finditer(parts.query))
+    end = _credentials_end(url, start)
+    if end >= 0 and ":" in url[start:end]:
+        found.append(url[start:end].split(":", 1)[1])
+    query = _query_start(url, start)
+    if query >= 0:
+        found.extend(match.group(2) for match in _PASSWORD_IN_QUERY.finditer(url[query:]))
     return _distinct([form for raw in found for form in (raw, unquote(raw))])
 
 
@@ -219,13 +261,13 @@ def mask_dsn(dsn: str) -> str:
     """
     scheme = _SCHEME.match(dsn)
     if scheme is not None and dsn[scheme.end() :].startswith("//"):
-        parts = urlsplit(dsn)
-        userinfo, at, hosts = parts.netloc.rpartition("@")
-        if at and ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}{at}{hosts}"
-        query = _PASSWORD_IN_QUERY.sub(r"\1***", parts.query)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        start = scheme.end() + 2
+        query = _query_start(dsn, start)
+        if query >= 0:
+            dsn = dsn[:query] + _PASSWORD_IN_QUERY.sub(r"\1***", dsn[query:])
+        end = _credentials_end(dsn, start)
+        colon = dsn.find(":", start, end) if end >= start else -1
+        return dsn if colon < 0 else f"{dsn[: colon + 1]}***{dsn[end:]}"
     if scheme is not None and "@" in dsn:
         # A URL missing its '//' (postgres:pw@host/db, postgresql:/app:pw@db): all
         # between the colon before the password and the last '@' is masked.

@@ -29,6 +29,9 @@ MIGRATIONS = {
         ("host=db user=app password=s3cret dbname=a", "host=db user=app password=*** dbname=a"),
         ("host=db password='s3 cret' dbname=a", "host=db password=*** dbname=a"),
         ("postgresql://app@db/aegis", "postgresql://app@db/aegis"),
+        # libpq reads an unencoded '?' or '#' before the '@' as part of the password
+        ("postgresql://app:s3?cr#et@db/aegis", "postgresql://app:***@db/aegis"),
+        ("postgresql://app@db/aegis?user=me@corp", "postgresql://app@db/aegis?user=me@corp"),
     ],
 )
 def test_mask_dsn_hides_the_password(dsn: str, masked: str) -> None:
