@@ -10,16 +10,26 @@ exception or a log, not in the audit trail.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
 import traceback
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
 import pytest
-from local_postgres import Login
+from local_postgres import Login, free_port
 from psycopg import sql
 
 from aegis import Action, AuditLogger, Policy, ResultStatus, Runtime
@@ -280,3 +290,200 @@ def test_open_stores_opens_all_three_stores_with_the_password(
         assert stores.approvals.list_tokens() == []
         assert stores.usage.latest_event("nobody", None) is None
         assert_hidden(password_postgres.password, repr(stores), stores.where)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def aegis_env(**extra: str) -> dict[str, str]:
+    """The environment of an ``aegis`` process: no ambient password or store, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "AEGIS_DB")}
+    env.pop("AEGIS_SCHEMA", None)
+    env["PGPASSFILE"] = os.devnull  # not root's ~/.pgpass
+    return {**env, **extra}
+
+
+def aegis(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m aegis ARGS`` to the end; its exit code, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "aegis", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_refused_clearly(login: Login, done: subprocess.CompletedProcess[str]) -> None:
+    """Exit 1, and one error on stderr naming the refused login and the database."""
+    assert done.returncode == 1, done.stderr
+    assert "wrong user name or password" in done.stderr
+    assert_names_the_database(login, done.stderr)
+    assert_hidden(WRONG_PASSWORD, done.stdout, done.stderr)
+    assert_hidden(login.password, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("command", [("audit", "verify"), ("audit", "list")])
+def test_the_audit_commands_refuse_a_wrong_password_clearly(
+    password_postgres: Login, schema: str, command: tuple[str, ...]
+) -> None:
+    """`aegis audit verify|list --db` with a wrong password exits 1 naming the problem only."""
+    assert record_one_refund(password_postgres.url(), schema) == (ResultStatus.SUCCESS, 1)
+    wrong = password_postgres.url(WRONG_PASSWORD)
+    done = aegis(*command, "--db", wrong, "--schema", schema, env=aegis_env())
+    assert_refused_clearly(password_postgres, done)
+    assert count_records(password_postgres, schema) == 1
+
+
+def test_the_audit_commands_take_the_password_from_aegis_db_or_pgpassword(
+    password_postgres: Login, schema: str
+) -> None:
+    """AEGIS_DB may carry the encoded password; a DSN without one takes PGPASSWORD's."""
+    assert record_one_refund(password_postgres.url(), schema) == (ResultStatus.SUCCESS, 1)
+    verified = aegis(
+        "audit", "verify", env=aegis_env(AEGIS_DB=password_postgres.url(), AEGIS_SCHEMA=schema)
+    )
+    assert verified.returncode == 0, verified.stderr
+    listed = aegis(
+        "audit", "list", "--db", password_postgres.url_without_password(), "--schema", schema,
+        "--format", "json",
+        env=aegis_env(PGPASSWORD=password_postgres.password),
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert [r["action_type"] for r in json.loads(listed.stdout)] == ["refund"]
+    assert_hidden(password_postgres.password, *(p.stdout + p.stderr for p in (verified, listed)))
+
+
+def test_serve_refuses_a_wrong_password_before_it_listens(
+    password_postgres: Login, schema: str
+) -> None:
+    """`aegis serve --db` with a wrong password exits 1 at once, naming the problem only."""
+    done = aegis(
+        "serve", "--db", password_postgres.url(WRONG_PASSWORD), "--schema", schema,
+        "--port", str(free_port()),
+        env=aegis_env(),
+    )  # fmt: skip
+    assert_refused_clearly(password_postgres, done)
+
+
+def test_serve_answers_with_the_password_from_pgpassword(
+    password_postgres: Login, schema: str, tmp_path: Path
+) -> None:
+    """`aegis serve` on a DSN without a password serves with PGPASSWORD's, never showing it."""
+    port = free_port()
+    output = tmp_path / "serve.log"
+    with output.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "aegis", "serve", "--db",
+             password_postgres.url_without_password(), "--schema", schema, "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=aegis_env(PGPASSWORD=password_postgres.password),
+        )  # fmt: skip
+        try:
+            assert healthy(f"http://127.0.0.1:{port}/healthz", server)
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=60)
+    assert_hidden(
+        password_postgres.password, output.read_text(), trail_text(password_postgres, schema)
+    )
+
+
+def healthy(url: str, process: subprocess.Popen[bytes]) -> bool:
+    """Whether ``url`` answers 200 before ``process`` exits (or 60 s pass)."""
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            time.sleep(0.1)  # not listening yet: nothing to await but the port
+    return False
+
+
+# ---------------------------------------------------------------- the MCP proxy
+
+
+def mcp_proxy(login_url: str, schema: str, tmp_path: Path) -> list[str]:
+    """The command line of `aegis mcp-proxy` recording in ``login_url`` before the files server."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(MCP_POLICY, encoding="utf-8")
+    return [
+        sys.executable, "-m", "aegis", "mcp-proxy", "--policy", str(policy), "--db", login_url,
+        "--schema", schema, "--name", "files", "--",
+        sys.executable, str(FILES_SERVER), "--log", str(tmp_path / "calls.jsonl"),
+    ]  # fmt: skip
+
+
+def test_mcp_proxy_refuses_a_wrong_password_before_any_call(
+    password_postgres: Login, schema: str, tmp_path: Path
+) -> None:
+    """`aegis mcp-proxy --db` with a wrong password exits 1; no call reaches the server."""
+    command = mcp_proxy(password_postgres.url(WRONG_PASSWORD), schema, tmp_path)
+    done = subprocess.run(
+        command, input="", capture_output=True, text=True, env=aegis_env(), cwd=ROOT,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert_refused_clearly(password_postgres, done)
+    assert not (tmp_path / "calls.jsonl").exists()
+
+
+def test_mcp_proxy_records_a_call_with_the_encoded_password(
+    password_postgres: Login, schema: str, tmp_path: Path
+) -> None:
+    """With the password percent-encoded in --db, a call is forwarded and recorded."""
+    command = mcp_proxy(password_postgres.url(), schema, tmp_path)
+    stderr = tmp_path / "proxy.err"
+    with (
+        stderr.open("w") as err,
+        subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+            env=aegis_env(), cwd=ROOT,
+        ) as proxy,
+    ):  # fmt: skip
+        talk = StdioTalk(proxy)
+        talk.ask("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                "clientInfo": {"name": "raw", "version": "1"}})  # fmt: skip
+        talk.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        answer = talk.ask("tools/call", {"name": "read", "arguments": {"path": "/srv/readme.txt"}})
+        talk.close()
+    assert answer["result"]["structuredContent"]["content"] == "hello"
+    assert count_records(password_postgres, schema) == 1
+    assert_hidden(
+        password_postgres.password, stderr.read_text(), trail_text(password_postgres, schema)
+    )
+
+
+class StdioTalk:
+    """JSON-RPC over a process's stdin and stdout, one request at a time."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self.process = process
+        self._stdin = process.stdin
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._ids = 0
+        threading.Thread(target=self._read, args=(process.stdout,), daemon=True).start()
+
+    def _read(self, stdout: Any) -> None:
+        for line in stdout:
+            self._lines.put(line)
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Write one message."""
+        self._stdin.write(json.dumps(message) + "\n")
+        self._stdin.flush()
+
+    def ask(self, method: str, params: dict[str, Any]) -> Any:
+        """Send a request; the next message the process writes (its answer)."""
+        self._ids += 1
+        self.send({"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params})
+        return json.loads(self._lines.get(timeout=120))
+
+    def close(self) -> None:
+        """End the input and wait for the process to exit."""
+        self._stdin.close()
+        self.process.wait(timeout=60)
