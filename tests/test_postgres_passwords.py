@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -487,3 +488,53 @@ class StdioTalk:
         """End the input and wait for the process to exit."""
         self._stdin.close()
         self.process.wait(timeout=60)
+
+
+# ---------------------------------------------------------------- the README
+
+README_SECTION = (ROOT / "README.md").read_text(encoding="utf-8").split("## PostgreSQL", 1)[1]
+README_SECTION = README_SECTION.split("\n## ", 1)[0]
+
+
+def on_the_cluster(text: str, login: Login, schema: str) -> str:
+    """README text pointed at the cluster: its host and port, its schema, the login's password."""
+    assert "aegis:secret@db.internal:5432/agents" in text or "aegis@db.internal:5432/agents" in text
+    text = text.replace("db.internal:5432", f"127.0.0.1:{login.port}")
+    text = text.replace("aegis:secret@", f"aegis:{quote(login.password, safe='')}@")
+    return text.replace('schema="aegis"', f"schema={schema!r}").replace(
+        "--schema aegis", f"--schema {schema}"
+    )
+
+
+@pytest.mark.usefixtures("no_ambient_password")
+def test_the_readme_example_records_with_its_password_in_the_url(
+    password_postgres: Login, schema: str
+) -> None:
+    """The section's Python example, its password percent-encoded, records an action."""
+    code = re.search(r"```python\n(.*?)```", README_SECTION, re.DOTALL)
+    assert code is not None
+    namespace: dict[str, Any] = {"crm": lambda action: "done", "policy": POLICY}
+    exec(compile(on_the_cluster(code.group(1), password_postgres, schema), "README", "exec"),
+         namespace)  # fmt: skip
+
+    async def refund() -> ResultStatus:
+        async with namespace["runtime"] as runtime:
+            return (await runtime.run_one(Action("refund", "billing", {"amount": 3}))).status
+
+    assert asyncio.run(refund()) is ResultStatus.SUCCESS
+    namespace["audit"].close()
+    assert count_records(password_postgres, schema) == 1
+
+
+def test_the_readme_verify_command_takes_pgpassword(password_postgres: Login, schema: str) -> None:
+    """The section's `aegis audit verify --db` DSN has no password; PGPASSWORD gives it."""
+    assert record_one_refund(password_postgres.url(), schema) == (ResultStatus.SUCCESS, 1)
+    shell = re.search(r"```sh\n(.*?)```", README_SECTION, re.DOTALL)
+    assert shell is not None
+    line = next(x for x in shell.group(1).splitlines() if x.startswith("aegis audit verify"))
+    args = on_the_cluster(line, password_postgres, schema).split()[1:]
+    refused = aegis(*args, env=aegis_env())
+    assert refused.returncode == 1
+    assert "PGPASSWORD" in refused.stderr  # says how to give it
+    verified = aegis(*args, env=aegis_env(PGPASSWORD=password_postgres.password))
+    assert verified.returncode == 0, verified.stderr  # the chain read, and intact
