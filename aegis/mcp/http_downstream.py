@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import httpx2
@@ -48,9 +49,18 @@ _VERSION_HEADER = "mcp-protocol-version"
 #: seconds to connect, write, or wait for a pooled connection; reading waits for
 #: ever (a stream stays open while the tool runs; the proxy's --call-timeout ends it)
 _TIMEOUT = httpx2.Timeout(30.0, read=None)
+#: seconds the server may take to answer the POST of a notification or a response: the
+#: client's messages go out one after another, so a wait there holds up all that follow
+NOTICE_WAIT = 10.0
 #: times a stream that ended before its reply is resumed, and the wait between
 _RESUMES = 2
 _RESUME_DELAY = 1.0
+#: the shortest wait before a stream is opened again, whatever its server asks
+#: (``retry: 0`` on a stream that ends at once would be a loop of GETs)
+_MIN_RETRY = 0.5
+#: a session id the proxy sends back: visible ASCII, as the specification asks, and not
+#: so long that it weighs on every request
+_SESSION_ID = re.compile(r"[\x21-\x7e]{1,1024}")
 #: the server's messages read but not yet taken by the proxy, at most
 _INBOX = 64
 
@@ -59,8 +69,10 @@ class SseReader:
     """Server-sent events from pieces of a stream, each event's data bounded by ``limit`` bytes.
 
     :meth:`feed` returns the events completed by one piece as ``(id, data)``,
-    ``data`` ``None`` for an event past the limit (read past, not kept).
-    Only ``message`` events carry MCP messages; others are skipped.
+    ``data`` ``None`` for an event past the limit: reported as soon as it
+    passes it (an event that never ends must not hold its request for
+    ever), then read past, not kept. Only ``message`` events carry MCP
+    messages; others are skipped.
     """
 
     def __init__(self, limit: int) -> None:
@@ -87,7 +99,8 @@ class SseReader:
         while start < n:
             cr, lf = piece.find(b"\r", start), piece.find(b"\n", start)
             end = min(i for i in (cr, lf, n) if i >= 0)
-            self._add(piece[start:end])
+            if self._add(piece[start:end]):
+                events.append((self.last_id, None))
             if end == n:
                 break
             event = self._end_line()
@@ -101,13 +114,22 @@ class SseReader:
                     start += 1
         return events
 
-    def _add(self, part: bytes) -> None:
+    def _add(self, part: bytes) -> bool:
+        """Add to the line; ``True`` when this makes its event too long."""
         if self._skipping or not part:
-            return
+            return False
         self._line += part
         if len(self._line) > self._limit + 16:  # room for "data: "
-            self._skipping, self._too_long = True, True
+            self._skipping = True
             self._line.clear()
+            return self._overflow()
+        return False
+
+    def _overflow(self) -> bool:
+        """Drop the event's data; ``True`` the first time (the event is reported then)."""
+        self._data.clear()
+        reported, self._too_long = self._too_long, True
+        return not reported
 
     def _end_line(self) -> tuple[str | None, bytes | None] | None:
         if self._skipping:
@@ -123,9 +145,8 @@ class SseReader:
         if name == b"data" and not self._too_long:
             self._data.append(value)
             self._size += len(value) + 1
-            if self._size > self._limit + 1:
-                self._too_long = True
-                self._data.clear()
+            if self._size > self._limit + 1 and self._overflow():
+                return self.last_id, None
         elif name == b"event":
             self._event = value
         elif name == b"id" and b"\0" not in value:
@@ -138,7 +159,7 @@ class SseReader:
         data, kind, too_long = self._data, self._event, self._too_long
         self._data, self._size, self._too_long, self._event = [], 0, False, b"message"
         if too_long:
-            return self.last_id, None
+            return None  # reported when it passed the limit
         text = b"\n".join(data)
         if kind != b"message" or not text:
             return None  # another kind of event, or one without data (a stream's priming)
@@ -152,10 +173,13 @@ class _Ended(Exception):
 class HttpDownstream:
     """A connection to a Streamable HTTP MCP server at ``url``."""
 
-    def __init__(self, client: httpx2.AsyncClient, url: str, limit: int) -> None:
+    def __init__(
+        self, client: httpx2.AsyncClient, url: str, limit: int, *, notice_wait: float = NOTICE_WAIT
+    ) -> None:
         self._client = client
         self._url = url
         self._limit = limit
+        self._notice_wait = notice_wait
         self._session: str | None = None
         self._version: str | None = None
         # bounded: a server that floods waits for the proxy, as a pipe makes it wait
@@ -192,9 +216,20 @@ class HttpDownstream:
             return
         try:
             async with self._client.stream(
-                "POST", self._url, content=encode_line(message), headers=self._headers(post=True)
+                "POST",
+                self._url,
+                content=encode_line(message),
+                headers=self._headers(post=True),
+                timeout=httpx2.Timeout(30.0, read=self._notice_wait, pool=self._notice_wait),
             ) as response:
                 await response.aclose()
+        except (httpx2.ReadTimeout, httpx2.PoolTimeout):
+            _log.warning(
+                "the MCP server did not answer the POST of a %s within %gs; went on without it",
+                _what(message),
+                self._notice_wait,
+            )
+            return
         except httpx2.HTTPError as exc:
             why = f"the MCP server at {self._url} cannot be reached: {exc}"
             raise ConnectionError(why) from exc
@@ -222,13 +257,29 @@ class HttpDownstream:
             async with self._client.stream(
                 "POST", self._url, content=encode_line(message), headers=self._headers(post=True)
             ) as response:
-                if message["method"] == "initialize":
-                    self._session = response.headers.get(_SESSION_HEADER) or self._session
-                    self._initialize = request_id
-                await self._answer(response, request_id)
+                opening = message["method"] == "initialize"
+                if not opening or await self._opened(response, request_id):
+                    await self._answer(response, request_id)
         except Exception as exc:  # whatever failed, the session cannot go on
             why = f"the MCP server at {self._url} cannot be reached: {type(exc).__name__}: {exc}"
             await self._inbox.put(_Ended(why))
+
+    async def _opened(self, response: httpx2.Response, request_id: RequestId) -> bool:
+        """Take the ``initialize`` reply's session id; ``False`` when it cannot be sent back.
+
+        The request has then failed, saying why.
+        """
+        session = response.headers.get(_SESSION_HEADER)
+        if session is not None and _SESSION_ID.fullmatch(session) is None:
+            why = (
+                "the MCP server gave a session id (Mcp-Session-Id) that is not 1 to 1024 "
+                f"visible ASCII characters, which the proxy cannot send back: {session[:40]!r}"
+            )
+            await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
+            return False
+        self._session = session or self._session
+        self._initialize = request_id
+        return True
 
     async def _answer(self, response: httpx2.Response, request_id: RequestId) -> None:
         status = response.status_code
@@ -238,7 +289,14 @@ class HttpDownstream:
             await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
         elif kind == "application/json":
             body = await _read_body(response, self._limit)
-            await self._put(self._read(body, request_id))
+            item = self._read(body, request_id)
+            await self._put(item)
+            if not _is_reply(item):
+                # A request or notification alone: the request has no reply.
+                why = "the MCP server answered the request with a message that is not a reply"
+                await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
+            else:
+                await self._check_answered(item, request_id)
         elif kind == "text/event-stream":
             events = SseReader(self._limit)
             if not await self._stream(response, events, request_id):
@@ -252,7 +310,7 @@ class HttpDownstream:
         for _ in range(_RESUMES):
             if events.last_id is None:
                 break
-            await asyncio.sleep(events.retry if events.retry is not None else _RESUME_DELAY)
+            await asyncio.sleep(_delay(events))
             headers = {**self._headers(post=False), "last-event-id": events.last_id}
             with contextlib.suppress(httpx2.HTTPError):
                 async with self._client.stream("GET", self._url, headers=headers) as resumed:
@@ -296,12 +354,16 @@ class HttpDownstream:
                 item = self._read(data, request_id)
                 await self._put(item)
                 if request_id is not None and _is_reply(item):
-                    if isinstance(item, dict) and item["id"] != request_id:
-                        # Its stream ended with another request's reply: it has none.
-                        why = f"the MCP server answered the request's stream as {item['id']!r}"
-                        await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
+                    await self._check_answered(item, request_id)
                     return True
         return False
+
+    async def _check_answered(self, item: Message | Unreadable, request_id: RequestId) -> None:
+        """Fail the request when the reply on its own body or stream is another request's."""
+        answered = item.request_id if isinstance(item, Unreadable) else item["id"]
+        if answered != request_id or type(answered) is not type(request_id):
+            why = f"the MCP server answered the request as request {answered!r}"
+            await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
 
     def _read(self, data: bytes | None, request_id: RequestId | None) -> Message | Unreadable:
         """One message as a stdio server's line is read; ``None`` is one past the limit."""
@@ -342,7 +404,7 @@ class HttpDownstream:
             except Exception as exc:  # retried, then given up: calls go on
                 _log.debug("the MCP server's GET stream failed: %s", exc)
                 failures += 1
-            await asyncio.sleep(events.retry if events.retry is not None else _RESUME_DELAY)
+            await asyncio.sleep(_delay(events))
 
     # -------------------------------------------------------------- from the server
 
@@ -381,6 +443,11 @@ async def _read_body(response: httpx2.Response, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _delay(events: SseReader) -> float:
+    """Seconds to wait before a stream is opened again."""
+    return max(events.retry if events.retry is not None else _RESUME_DELAY, _MIN_RETRY)
 
 
 def _is_reply(item: Message | Exception) -> bool:
