@@ -27,8 +27,9 @@ def token() -> None:
     """Manage the bearer tokens of the approval service (`aegis serve`).
 
     Agents use a token with the role `agent` to ask for approval; people
-    use one with the role `reviewer` to decide. Tokens are stored hashed:
-    the token itself is printed once, when created.
+    use one with the role `reviewer` to decide; a Prometheus scraper uses
+    one with the role `metrics`, which reads /metrics and nothing else.
+    Tokens are stored hashed: the token itself is printed once, when created.
     """
 
 
@@ -50,7 +51,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--role",
     type=click.Choice([r.value for r in Role]),
     required=True,
-    help="agent: asks for approval; reviewer: decides.",
+    help="agent: asks for approval; reviewer: decides; metrics: reads /metrics only.",
 )
 @click.option("--group", "groups", multiple=True, help="A reviewer group (repeatable).")
 @click.option("--expires", callback=_duration, help="Lifetime such as 30d or 12h; none by default.")
@@ -86,6 +87,7 @@ def create(  # noqa: PLR0917  # Click passes one argument per option
       aegis token create alice-cli --role reviewer --group finance \\
         --oidc-subject 248289761001 --oidc-issuer https://id.example.com
       export AEGIS_TOKEN=$(aegis token create support-bot --role agent --expires 30d)
+      aegis token create prometheus --role metrics > /etc/prometheus/aegis.token
     """
     name = name.strip()
     if not name or len(name) > 200 or not name.isprintable() or KEY_SEPARATOR in name:
@@ -112,6 +114,11 @@ def create(  # noqa: PLR0917  # Click passes one argument per option
             )
         if not oidc_issuer.startswith(("https://", "http://")):
             raise click.BadParameter("an issuer is an http(s) URL", param_hint="--oidc-issuer")
+    if groups and role == Role.METRICS.value:
+        raise click.BadParameter(
+            "a metrics token reads /metrics only; reviewer groups mean nothing to it",
+            param_hint="--group",
+        )
     for group in groups:
         if not group.strip():
             raise click.BadParameter("a group name must not be empty", param_hint="--group")

@@ -141,10 +141,20 @@ class Verdict(StrEnum):
 
 
 class Role(StrEnum):
-    """What a token may do: agents ask, reviewers decide."""
+    """What a token may do: agents ask, reviewers decide, a metrics token reads ``/metrics``.
+
+    A metrics token is a Prometheus scraper's: it reads the operator's
+    dashboards and nothing else (no request, grant or audit record).
+    """
 
     AGENT = "agent"
     REVIEWER = "reviewer"
+    METRICS = "metrics"
+
+    @property
+    def article(self) -> str:
+        """The indefinite article of the role's name, for messages: "an agent token"."""
+        return "an" if self.value[:1] in "aeiou" else "a"
 
 
 def groups_within(groups: tuple[str, ...] | list[str], limit: tuple[str, ...] | list[str]) -> bool:

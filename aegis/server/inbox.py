@@ -553,7 +553,11 @@ class Inbox:
             return self._redirect(
                 request,
                 back,
-                ("error", f"{principal.name} has an agent token; sign in with a reviewer token."),
+                (
+                    "error",
+                    f"{principal.name} has {principal.role.article} {principal.role.value}"
+                    " token; sign in with a reviewer token.",
+                ),
             )
         response = self._redirect(request, next_page or "/")
         await self.sessions.start(request, response, token_hash=hash_token(token))

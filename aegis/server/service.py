@@ -443,7 +443,7 @@ class ApprovalService:
         if not token:
             raise ApprovalServiceError(
                 "no token; send 'Authorization: Bearer <token>' (create one with "
-                "`aegis token create NAME --role agent|reviewer`)",
+                "`aegis token create NAME --role agent|reviewer|metrics`)",
                 status=401,
                 code="unauthorized",
             )
@@ -481,13 +481,36 @@ class ApprovalService:
         return Principal(info.name, info.role, info.groups, identity)
 
     @staticmethod
-    def _require(principal: Principal, role: Role, doing: str) -> None:
-        if principal.role is not role:
-            raise _forbidden(
-                f"{principal.name} has {_a(principal.role.value)} token; {doing} needs "
-                f"{_a(role.value)} token",
-                code="wrong_role",
-            )
+    def require_role(
+        principal: Principal, roles: tuple[Role, ...], doing: str, hint: str = ""
+    ) -> None:
+        """Refuse (403 ``wrong_role``) unless ``principal``'s token has one of ``roles``.
+
+        The message says which token was given, what ``doing`` needs and,
+        when given, ``hint``: how to get the right one.
+        """
+        if principal.role in roles:
+            return
+        held = principal.role
+        needed = " or ".join(role.value for role in roles)
+        raise _forbidden(
+            f"{principal.name} has {held.article} {held.value} token; {doing} needs "
+            f"{roles[0].article} {needed} token" + (f" ({hint})" if hint else ""),
+            code="wrong_role",
+        )
+
+    @classmethod
+    def _require(cls, principal: Principal, role: Role, doing: str) -> None:
+        cls.require_role(principal, (role,), doing)
+
+    @staticmethod
+    def _asked(principal: Principal, request: ApprovalRequest) -> bool:
+        """Whether ``principal`` is the agent that asked for ``request``.
+
+        The role is checked too, not only the name: what the agent that
+        asked may do is an agent's, whoever else might carry its name.
+        """
+        return principal.role is Role.AGENT and principal.name == request.requester
 
     @staticmethod
     def refusal(principal: Principal, request: ApprovalRequest) -> str | None:
@@ -618,7 +641,7 @@ class ApprovalService:
         someone else's work, and its params may be theirs alone to read.
         """
         if principal.role is not Role.REVIEWER:
-            return principal.name == request.requester
+            return ApprovalService._asked(principal, request)
         if not request.reviewers or set(principal.groups) & set(request.reviewers):
             return True
         who = principal.who.key
@@ -781,7 +804,7 @@ class ApprovalService:
         deadline = loop.time() + max(0.0, min(timeout, self.max_wait))
         while True:
             request = await self._current(request_id)
-            if principal.name != request.requester:
+            if not self._asked(principal, request):
                 raise _forbidden(
                     f"only the agent that asked ({request.requester}) may wait on "
                     f"approval request {request_id}"
@@ -908,7 +931,7 @@ class ApprovalService:
     async def collect(self, principal: Principal, request_id: str) -> ApprovalRequest:
         """Use an approved request once (the agent that asked); a second collect is a 409."""
         request = await self._current(request_id)
-        if principal.name != request.requester:
+        if not self._asked(principal, request):
             raise _forbidden(
                 f"only the agent that asked ({request.requester}) may collect approval "
                 f"request {request_id}"
@@ -923,7 +946,7 @@ class ApprovalService:
     ) -> ApprovalRequest:
         """Cancel a pending request (the agent that asked): nobody waits for it any more."""
         request = await self._current(request_id)
-        if principal.name != request.requester:
+        if not self._asked(principal, request):
             raise _forbidden(
                 f"only the agent that asked ({request.requester}) may cancel approval "
                 f"request {request_id}"
@@ -1287,8 +1310,3 @@ def _event_text(event: AuditEvent, request: ApprovalRequest) -> tuple[str, dict[
             "reviewer": str(ctx.get("by") or ""),
         }
     return kind, {}
-
-
-def _a(word: str) -> str:
-    """``word`` with its indefinite article: "an agent", "a reviewer"."""
-    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"

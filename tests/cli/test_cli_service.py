@@ -99,6 +99,28 @@ def test_token_create_refuses_a_taken_name_and_bad_input(invoke: Invoke, tmp_pat
     assert "ten years" in forever.stderr
 
 
+def test_a_metrics_token_is_made_for_a_scraper(invoke: Invoke, tmp_path: Path) -> None:
+    """`--role metrics` makes a scraper's token; groups, which it has no use for, are refused."""
+    db = str(tmp_path / "aegis.db")
+    grouped = invoke(
+        "token", "create", "prometheus", "--role", "metrics", "--group", "x", "--db", db
+    )
+    assert grouped.exit_code == 2
+    assert "--group" in grouped.stderr
+    assert grouped.stdout == ""
+    made = invoke("token", "create", "prometheus", "--role", "metrics", "--db", db)
+    assert made.exit_code == 0, made.output
+    store = open_approval_store(db)
+    try:
+        info = store.token_by_hash(hash_token(made.stdout.strip()))
+    finally:
+        store.close()
+    assert info is not None
+    assert (info.name, info.role.value, info.groups) == ("prometheus", "metrics", ())
+    listed = json.loads(invoke("token", "list", "--db", db, "--format", "json").stdout)
+    assert [(t["name"], t["role"]) for t in listed] == [("prometheus", "metrics")]
+
+
 def test_token_list_needs_an_existing_database(invoke: Invoke, tmp_path: Path) -> None:
     """Listing tokens of a missing file says so instead of creating it."""
     missing = tmp_path / "nope.db"

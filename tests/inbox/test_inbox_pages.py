@@ -199,9 +199,14 @@ async def test_session_cookie_is_httponly_strict_and_expiring(site: Site) -> Non
 
 
 async def test_sign_in_refuses_agents_bad_tokens_and_forged_forms(site: Site) -> None:
-    """Agent tokens, unknown tokens and a form without the sign-in nonce start no session."""
+    """Agent and metrics tokens, unknown tokens and a form without the nonce start no session."""
+    site.store.create_token(
+        TokenInfo("prometheus", Role.METRICS, (), datetime.now(UTC)),
+        hash_token("prometheus-secret"),
+    )
     expected = {
         "bot-secret": "bot has an agent token; sign in with a reviewer token.",
+        "prometheus-secret": "prometheus has a metrics token; sign in with a reviewer token.",
         "nobody-secret": "Not signed in: the token is unknown",
     }
     async with site.client() as client:

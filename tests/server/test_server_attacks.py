@@ -69,6 +69,32 @@ async def test_one_reviewer_racing_themself_counts_once(service: ApprovalService
     assert [d.reviewer for d in stored.decisions] == ["alice"]
 
 
+async def test_a_metrics_principal_never_acts_as_the_agent_that_asked(
+    service: ApprovalService,
+) -> None:
+    """A non-agent principal under the requester's name reads, waits, collects, cancels nothing.
+
+    Token names are unique, but the service is a library too: what only the
+    agent that asked may do needs an agent, not just its name.
+    """
+    request, _ = await service.create(AGENT, _wire(1))
+    impostor = Principal("bot", Role.METRICS)
+    assert not service.may_see(impostor, request)
+    attempts = (
+        service.get(impostor, request.id),
+        service.wait(impostor, request.id, 0),
+        service.collect(impostor, request.id),
+        service.cancel(impostor, request.id),
+    )
+    for attempt in attempts:
+        with pytest.raises(ApprovalServiceError) as refused:
+            await attempt
+        assert refused.value.status == 403
+    stored = service.store.get_request(request.id)
+    assert stored is not None
+    assert stored.status is RequestStatus.PENDING  # nothing cancelled
+
+
 @pytest.mark.parametrize(
     "forged",
     [
