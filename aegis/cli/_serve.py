@@ -269,7 +269,8 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
 
     Reviewers open http://HOST:PORT/ and sign in with a reviewer token, or
     with the company's OpenID provider (--oidc-issuer, --oidc-client-id).
-    /metrics serves Prometheus metrics to any token (or none, with --metrics-public).
+    /metrics serves Prometheus metrics to reviewer and metrics tokens (a scraper's:
+    `aegis token create NAME --role metrics`), or to anyone with --metrics-public.
     --webhook and --slack-webhook announce every request and decision.
 
     It listens on 127.0.0.1 unless told otherwise, and refuses another

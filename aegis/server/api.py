@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from aegis.core.approval_request import (
     REQUEST_SORTS,
     ListCursor,
+    Role,
     Verdict,
     parse_new_request,
 )
@@ -89,13 +90,18 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     )
 
 
-async def authenticated(request: Request) -> Response | None:
-    """``None`` when the request carries a valid bearer token, else the API's 401 answer.
+async def authenticated(
+    request: Request, roles: tuple[Role, ...], doing: str, hint: str = ""
+) -> Response | None:
+    """``None`` when the request carries a valid bearer token of one of ``roles``.
 
-    For routes outside the API's table (``/metrics``) that accept any token.
+    Otherwise the API's answer: 401 without a valid token, 403 for a token
+    of another role (saying what ``doing`` needs, and ``hint``). For routes
+    outside the API's table (``/metrics``).
     """
     try:
-        await _principal(request)
+        principal = await _principal(request)
+        ApprovalService.require_role(principal, roles, doing, hint)
     except ApprovalServiceError as exc:
         return error_response(exc.status, exc.code, exc.message)
     return None

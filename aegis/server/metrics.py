@@ -15,8 +15,12 @@
   settled it;
 - ``aegis_store_errors_total``: store calls that failed.
 
-The endpoint asks for a bearer token like the API unless the operator
-passed ``--metrics-public`` (a scraper inside a trusted network).
+The endpoint asks for a bearer token like the API, of a reviewer or of a
+scraper (``aegis token create NAME --role metrics``), unless the operator
+passed ``--metrics-public`` (a scraper inside a trusted network). An
+agent's token is refused (403): the agent asks for approval, and the
+fleet's counts by decision are the operator's to read, not something a
+compromised agent should learn its odds from.
 """
 
 from __future__ import annotations
@@ -39,16 +43,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from aegis.core.approval_request import RequestStatus
+from aegis.core.approval_request import RequestStatus, Role
 from aegis.errors import AegisError
 from aegis.runtime.metrics import ActionsCollector, ActionTally, metrics_response
 
 if TYPE_CHECKING:
     from aegis.server.service import ApprovalEvent, ApprovalService
 
-__all__ = ["ServiceMetrics"]
+__all__ = ["METRICS_READERS", "ServiceMetrics"]
 
 _log = logging.getLogger("aegis.server")
+
+#: the tokens that read /metrics: people who review, and scrapers' own tokens
+METRICS_READERS: Final = (Role.REVIEWER, Role.METRICS)
 
 #: seconds from a request to its settling decision: a minute to a day
 DECISION_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0)
@@ -127,11 +134,16 @@ class ServiceMetrics:
             await asyncio.sleep(self.follow_interval)
 
     async def endpoint(self, request: Request) -> Response:
-        """``GET /metrics``: the text exposition, behind a bearer token unless public."""
+        """``GET /metrics``: the text exposition, to a reviewer's or metrics token unless public."""
         if not self.public:
             from aegis.server.api import authenticated  # noqa: PLC0415  # the API's one check
 
-            refused = await authenticated(request)
+            refused = await authenticated(
+                request,
+                METRICS_READERS,
+                "reading /metrics",
+                "give the scraper its own: aegis token create NAME --role metrics",
+            )
             if refused is not None:
                 return refused
         with contextlib.suppress(AegisError):  # a scrape shows the last counts it can

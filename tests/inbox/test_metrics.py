@@ -91,7 +91,7 @@ def test_metrics_count_actions_and_approvals_and_need_a_token(tmp_path: Path) ->
             timeout=10,
         )
         assert asked.status_code == 201, asked.text
-        seen = samples(scrape(server, agent).text)  # any valid token may scrape
+        seen = samples(scrape(server, reviewer).text)
         assert seen[("aegis_approval_requests_pending", ())] == 1
         assert seen[("aegis_approval_requests_total", (("event", "requested"),))] == 1
 
@@ -129,11 +129,61 @@ def test_new_actions_reach_the_metrics_while_serving(tmp_path: Path) -> None:
 
 
 def test_metrics_public_needs_no_token(tmp_path: Path) -> None:
-    """With --metrics-public, a scraper without a token reads /metrics; the API still needs one."""
+    """With --metrics-public, a scraper without a token reads /metrics; the API still needs one.
+
+    Public is anyone's: a token sent anyway, an agent's included, is not looked at.
+    """
     db = tmp_path / "aegis.db"
     create_token(db, "alice", "reviewer")
+    agent = create_token(db, "bot", "agent")
     with Server(db, "--metrics-public", log=tmp_path / "serve.log") as server:
         response = scrape(server, None)
         assert response.status_code == 200
         assert ("aegis_approval_requests_pending", ()) in samples(response.text)
+        assert scrape(server, agent).status_code == 200
         assert httpx.get(f"{server.url}/api/v1/approvals", timeout=10).status_code == 401
+
+
+def test_metrics_are_for_reviewers_and_scrapers_not_agents(tmp_path: Path) -> None:
+    """A reviewer's or a metrics token reads /metrics; an agent's is refused (403), saying why.
+
+    An agent's token is what a compromised agent holds: it asks for
+    approval, and has no business reading the fleet's counts by decision.
+    A metrics token (`aegis token create NAME --role metrics`) reads
+    /metrics and nothing else of the service.
+    """
+    db = tmp_path / "aegis.db"
+    reviewer = create_token(db, "alice", "reviewer", ["finance"])
+    agent = create_token(db, "bot", "agent")
+    with Server(db, log=tmp_path / "serve.log") as server:
+        refused = scrape(server, agent)
+        assert refused.status_code == 403
+        error = refused.json()["error"]
+        assert error["code"] == "wrong_role"
+        assert "bot has an agent token" in error["message"]
+        assert "--role metrics" in error["message"]  # the way out is named
+        assert "aegis_" not in refused.text
+        scraper = create_token(db, "prometheus", "metrics")  # the service reads tokens per call
+        for token in (reviewer, scraper):
+            response = scrape(server, token)
+            assert response.status_code == 200, response.text
+            assert ("aegis_approval_requests_pending", ()) in samples(response.text)
+
+        def call(method: str, path: str, body: object = None) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {scraper}"}
+            return httpx.request(
+                method, f"{server.url}{path}", json=body, headers=headers, timeout=10
+            )
+
+        asked = {"session_id": "s1", "action": {"type": "refund", "target": "billing"}}
+        for method, path, body in (
+            ("POST", "/api/v1/approvals", asked),
+            ("GET", "/api/v1/approvals", None),
+            ("GET", "/api/v1/grants", None),
+            ("GET", "/api/v1/audit", None),
+            ("GET", "/api/v1/audit/verify", None),
+        ):
+            answer = call(method, path, body)
+            assert answer.status_code == 403, (path, answer.text)
+            assert answer.json()["error"]["code"] == "wrong_role"
+        assert call("GET", "/api/v1/whoami").json()["role"] == "metrics"
