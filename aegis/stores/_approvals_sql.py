@@ -48,6 +48,7 @@ from aegis.stores.base import AuditEvent
 
 __all__ = [
     "EVENTS_SCHEMA",
+    "GRANT_CLOCK_SCHEMA",
     "IDENTITY_SCHEMA",
     "SCHEMA",
     "SCHEMA_VERSION",
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 #: the version of the approval tables, kept in aegis_schema_versions
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 COMPONENT: Final = "approvals"
 
 #: the tables of version 1, for both engines (``{p}`` is the table prefix)
@@ -222,6 +223,13 @@ SORT_SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS aegis_approval_requests_risk ON {p}aegis_approval_requests "
     f"(status, ({_RISK_RANK}), created_at, id)",
 )
+
+
+#: version 7: a grant's end by the database's clock as well, stamped as it is given: the
+#: host an agent asks through may keep a clock behind the giver's, and must not let a
+#: grant cover requests after it ended (NULL for grants given before: their end is
+#: judged by the caller's clock alone)
+GRANT_CLOCK_SCHEMA: Final = ("ALTER TABLE {p}aegis_grants ADD COLUMN {ifnx}db_expires_at TEXT",)
 
 
 class Conflict(Exception):
@@ -408,7 +416,7 @@ class SqlApprovalStore:
         rows = tx.all(
             f"SELECT {_GRANT_COLUMNS} FROM {{p}}aegis_grants WHERE session_id = ? "
             "AND action_type = ? AND action_target = ? AND matched_rule = ? AND requester = ? "
-            "AND revoked_at IS NULL AND expires_at > ? ORDER BY created_at",
+            f"AND {self._live_grant()} ORDER BY created_at",
             (
                 request.session_id,
                 request.action.type,
@@ -416,6 +424,7 @@ class SqlApprovalStore:
                 request.matched_rule,
                 request.requester,
                 iso(now),
+                0.0,
             ),
         )
         # Only a grant whose givers met this request's terms covers it.
@@ -424,6 +433,19 @@ class SqlApprovalStore:
             if grant.covers(request.approvers, request.reviewers):
                 return grant
         return None
+
+    @classmethod
+    def _live_grant(cls) -> str:
+        """The test that a grant is active, given the caller's time and ``0.0``.
+
+        Ended by either clock is ended: the caller's, and the database's
+        for grants given since version 7, so a host whose clock runs
+        behind the giver's cannot stretch a grant.
+        """
+        return (
+            "revoked_at IS NULL AND expires_at > ? "
+            f"AND (db_expires_at IS NULL OR db_expires_at > {cls._CLOCK})"
+        )
 
     def get_request(self, request_id: str) -> ApprovalRequest | None:
         """See :meth:`aegis.stores.approvals.ApprovalStore.get_request`."""
@@ -665,8 +687,8 @@ class SqlApprovalStore:
             reviewers=request.reviewers,
         )
         tx.run(
-            f"INSERT INTO {{p}}aegis_grants ({_GRANT_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {{p}}aegis_grants ({_GRANT_COLUMNS}, db_expires_at) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {self._CLOCK})",
             (
                 grant.id,
                 grant.session_id,
@@ -681,6 +703,7 @@ class SqlApprovalStore:
                 None,
                 grant.approvers,
                 json.dumps(list(grant.reviewers)),
+                -60.0 * shortest,
             ),
         )
         tx.run(
@@ -934,8 +957,8 @@ class SqlApprovalStore:
 
     def list_grants(self, now: datetime, *, include_inactive: bool = False) -> list[Grant]:
         """See :meth:`aegis.stores.approvals.ApprovalStore.list_grants`."""
-        where = "" if include_inactive else " WHERE revoked_at IS NULL AND expires_at > ?"
-        args = () if include_inactive else (iso(now),)
+        where = "" if include_inactive else f" WHERE {self._live_grant()}"
+        args = () if include_inactive else (iso(now), 0.0)
         with self._transaction(write=False) as tx:
             rows = tx.all(
                 f"SELECT {_GRANT_COLUMNS} FROM {{p}}aegis_grants{where} "
@@ -957,8 +980,8 @@ class SqlApprovalStore:
         with self._transaction(write=True) as tx:
             changed = tx.run(
                 "UPDATE {p}aegis_grants SET revoked_at = ? "
-                "WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
-                (iso(now), grant_id, iso(now)),
+                f"WHERE id = ? AND {self._live_grant()}",
+                (iso(now), grant_id, iso(now), 0.0),
             )
             rows = tx.all(
                 f"SELECT {_GRANT_COLUMNS} FROM {{p}}aegis_grants WHERE id = ?", (grant_id,)

@@ -16,7 +16,15 @@ from service_support import POLICY as SERVED_POLICY
 from service_support import Reviewer, Service, add_tokens
 
 from aegis import Action, AuditLogger, Policy, ResultStatus, Runtime
-from aegis.core.approval_request import Role, TokenInfo, Verdict, parse_new_request
+from aegis.core.approval_request import (
+    RequestStatus,
+    Role,
+    TokenInfo,
+    Verdict,
+    iso,
+    parse_new_request,
+    parse_time,
+)
 from aegis.runtime.approval_remote import RemoteApprovalHandler
 from aegis.server import ApprovalService, create_app
 from aegis.stores.approvals import hash_token
@@ -165,6 +173,57 @@ async def test_a_host_whose_clock_runs_ahead_does_not_take_over_a_fresh_claim(
     assert len(decided) == 1
     here.close()
     ahead.close()
+
+
+def age_grants(dsn: str, by: timedelta) -> None:
+    """Move every time of every grant ``by`` into the past by hand, as if given that earlier."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        columns = [
+            str(row[0])
+            for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = 'aegis_grants' AND column_name LIKE '%%_at'"
+            )
+        ]
+        for grant_id, *times in conn.execute(f"SELECT id, {', '.join(columns)} FROM aegis_grants"):
+            for column, text in zip(columns, times, strict=True):
+                if text is not None:
+                    moved = iso(parse_time(text) - by)
+                    conn.execute(
+                        f"UPDATE aegis_grants SET {column} = %s WHERE id = %s", (moved, grant_id)
+                    )
+
+
+async def test_a_host_whose_clock_runs_behind_does_not_use_a_grant_past_its_end(
+    postgres_dsn: str,
+) -> None:
+    """A grant of one minute given through one service ended a minute ago; an agent asking
+    through a service whose host's clock runs three minutes behind must be asked again, not
+    let through by the grant. Before, each host judged a grant's end by its own clock."""
+    here = ApprovalService(PostgresApprovalStore(postgres_dsn), None)
+    behind = ApprovalService(
+        PostgresApprovalStore(postgres_dsn),
+        None,
+        clock=lambda: datetime.now(UTC) - timedelta(minutes=3),
+    )
+    now = datetime.now(UTC)
+    for name, role in (("bot", Role.AGENT), ("bob", Role.REVIEWER)):
+        here.store.create_token(TokenInfo(name, role, (), now), hash_token(f"{name}-secret"))
+    bot = await behind.authenticate("bot-secret")
+    bob = await here.authenticate("bob-secret")
+    body = {"session_id": "s", "action": {"type": "refund", "target": "billing"}}
+    first, _ = await behind.create(bot, parse_new_request(body))
+    approved = await here.decide(bob, first.id, Verdict.APPROVE, "ok", grant_minutes=1)
+    assert approved.granted is not None
+    age_grants(postgres_dsn, timedelta(minutes=2))
+    again, created = await behind.create(bot, parse_new_request(body))
+    assert created
+    assert again.status is RequestStatus.PENDING
+    assert again.grant_id is None
+    here.close()
+    behind.close()
 
 
 def test_unreachable_database_is_a_store_error_with_the_password_masked() -> None:

@@ -14,19 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from approval_versions import create_version, version_of
 
 from aegis.core.action import Action, action_digest
 from aegis.core.approval_request import ApprovalRequest, RequestStatus, request_digest
 from aegis.core.risk import RiskLevel
-from aegis.stores._approvals_sql import (
-    _ORDERS,
-    EVENTS_SCHEMA,
-    IDENTITY_SCHEMA,
-    SCHEMA,
-    TERMS_SCHEMA,
-    WHY_SCHEMA,
-    statements,
-)
+from aegis.stores._approvals_sql import _ORDERS, SCHEMA_VERSION
 from aegis.stores.approvals import ApprovalStore, open_approval_store
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -129,65 +122,15 @@ def _index_names(db: str) -> set[str]:
     return {str(row[0]) for row in rows}
 
 
-def _version(db: str) -> int:
-    if db.startswith("postgresql://"):
-        import psycopg
-
-        with psycopg.connect(db, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT version FROM aegis_schema_versions WHERE component = 'approvals'"
-            ).fetchone()
-    else:
-        with sqlite3.connect(db) as conn:
-            row = conn.execute(
-                "SELECT version FROM aegis_schema_versions WHERE component = 'approvals'"
-            ).fetchone()
-        conn.close()
-    assert row is not None
-    return int(row[0])
-
-
-def _create_version_5(db: str) -> None:
-    """The approval tables as the release before the index left them."""
-    older = (SCHEMA, EVENTS_SCHEMA, TERMS_SCHEMA, IDENTITY_SCHEMA, WHY_SCHEMA)
-    if db.startswith("postgresql://"):
-        from aegis.stores.postgres.connection import Database
-        from aegis.stores.postgres.schema import migrate as pg_migrate
-
-        database = Database(db)
-        try:
-            with database.connection("create version 5 in") as conn:
-                pg_migrate(
-                    database,
-                    conn,
-                    "approvals",
-                    {
-                        n: tuple(statements("{schema}.", sql, ifnx="IF NOT EXISTS "))
-                        for n, sql in enumerate(older)
-                    },
-                    create=True,
-                )
-        finally:
-            database.close()
-        return
-    from aegis.stores.sqlite.schema import migrate
-
-    conn = sqlite3.connect(db, isolation_level=None)
-    migrate(
-        conn, db, "approvals", 5, {n: tuple(statements("", sql)) for n, sql in enumerate(older)}
-    )
-    conn.close()
-
-
 def test_a_store_of_version_5_gets_the_index(db: str) -> None:
     """Opening tables of the schema before the index adds it (version 6), keeping the rows."""
-    _create_version_5(db)
-    assert _version(db) == 5
+    create_version(db, 5)
+    assert version_of(db) == 5
     assert INDEX not in _index_names(db)
     store = open_approval_store(db)
     try:
         _fill(store, 3)
-        assert _version(db) == 6
+        assert version_of(db) == SCHEMA_VERSION
         assert INDEX in _index_names(db)
         page = store.list_requests(RequestStatus.PENDING, sort="risk")
         assert [r.risk_level for r in page] == [RiskLevel.HIGH, RiskLevel.MEDIUM, RiskLevel.LOW]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from approval_versions import by_hand, create_version, version_of
 
 from aegis.core.action import Action, action_digest
 from aegis.core.approval_request import (
@@ -502,16 +502,11 @@ LEASE = timedelta(minutes=1)
 
 def age_claims(db: str, by: timedelta) -> None:
     """Move every audit claim ``by`` into the past by hand, as if its process died then."""
-    at = iso(datetime.now(UTC) - by)
-    sql = "UPDATE aegis_approval_events SET claimed_at = ? WHERE claimed_at IS NOT NULL"
-    if db.startswith("postgresql://"):
-        import psycopg
-
-        with psycopg.connect(db, autocommit=True) as conn:
-            conn.execute(sql.replace("?", "%s"), (at,))
-    else:
-        with closing(sqlite3.connect(db)) as conn, conn:
-            conn.execute(sql, (at,))
+    by_hand(
+        db,
+        "UPDATE aegis_approval_events SET claimed_at = ? WHERE claimed_at IS NOT NULL",
+        (iso(datetime.now(UTC) - by),),
+    )
 
 
 def test_every_change_queues_its_audit_event(store: ApprovalStore, db: str) -> None:
@@ -563,6 +558,49 @@ def test_a_claim_holds_by_the_databases_clock_whatever_the_callers_clocks(db: st
     finally:
         one.close()
         two.close()
+
+
+def test_a_grant_ends_by_the_databases_clock_too(store: ApprovalStore, db: str) -> None:
+    """A grant the database's clock says ended covers nothing, is not listed active and cannot
+    be revoked, though the caller's clock says it runs on (a host whose clock runs behind)."""
+    request, _ = store.create_request(make(), NOW)
+    _, grant = store.decide(
+        request.id, "alice", Verdict.APPROVE, comment="", grant_minutes=5, now=NOW
+    )
+    assert grant is not None
+    later = NOW + timedelta(minutes=1)  # by the caller's clock, well within the five minutes
+    assert [g.id for g in store.list_grants(later)] == [grant.id]
+    # the database's clock: given six minutes ago, it ended a minute ago
+    by_hand(db, "UPDATE aegis_grants SET db_expires_at = ?", (iso(datetime.now(UTC) - LEASE),))
+    assert store.list_grants(later) == []
+    again, _ = store.create_request(make(), later)
+    assert (again.status, again.grant_id) == (RequestStatus.PENDING, None)
+    with pytest.raises(ApprovalServiceError) as refused:
+        store.revoke_grant(grant.id, later)
+    assert refused.value.code == "not_active"
+
+
+def test_grants_of_version_6_tables_keep_their_caller_clock_end(db: str) -> None:
+    """Tables of version 6 get the grants' ends by the database's clock (version 7); a grant
+    given before has none and runs to the end its giver's clock set, as it did."""
+    create_version(db, 6)
+    by_hand(
+        db,
+        "INSERT INTO aegis_grants (id, session_id, requester, action_type, action_target, "
+        "matched_rule, granted_by, request_id, created_at, expires_at, approvers) VALUES "
+        "('grt_old', 's1', 'bot', 'refund', 'billing', 'refunds', '[\"alice\"]', 'apr_old', "
+        "?, ?, 1)",
+        (iso(NOW), iso(NOW + timedelta(hours=1))),
+    )
+    store = open_approval_store(db)
+    try:
+        assert version_of(db) == 7
+        assert [g.id for g in store.list_grants(NOW)] == ["grt_old"]
+        covered, _ = store.create_request(make(), NOW)
+        assert covered.grant_id == "grt_old"
+        assert store.list_grants(NOW + timedelta(hours=2)) == []
+    finally:
+        store.close()
 
 
 def make_with(

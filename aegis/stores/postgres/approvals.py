@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Final
 from aegis.stores._approvals_sql import (
     COMPONENT,
     EVENTS_SCHEMA,
+    GRANT_CLOCK_SCHEMA,
     IDENTITY_SCHEMA,
     SORT_SCHEMA,
     TERMS_SCHEMA,
@@ -52,6 +53,7 @@ _MIGRATIONS: Final = {
     3: tuple(statements("{schema}.", IDENTITY_SCHEMA, ifnx="IF NOT EXISTS ")),
     4: tuple(statements("{schema}.", WHY_SCHEMA, ifnx="IF NOT EXISTS ")),
     5: tuple(statements("{schema}.", SORT_SCHEMA)),
+    6: tuple(statements("{schema}.", GRANT_CLOCK_SCHEMA, ifnx="IF NOT EXISTS ")),
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any, Final
 from aegis.stores._approvals_sql import (
     COMPONENT,
     EVENTS_SCHEMA,
+    GRANT_CLOCK_SCHEMA,
     IDENTITY_SCHEMA,
     SCHEMA_VERSION,
     SORT_SCHEMA,
@@ -44,6 +45,7 @@ _MIGRATIONS: Final = {
     3: tuple(statements("", IDENTITY_SCHEMA)),
     4: tuple(statements("", WHY_SCHEMA)),
     5: tuple(statements("", SORT_SCHEMA)),
+    6: tuple(statements("", GRANT_CLOCK_SCHEMA)),
 }
 
 
