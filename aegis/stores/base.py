@@ -523,6 +523,11 @@ class ApprovalStore(Protocol):
         ``approvers`` distinct reviewers have approved. A grant is created
         when the request becomes approved and every approving reviewer
         asked for one (for the shortest time asked).
+
+        A grant is active until it is revoked or ``now`` reaches its
+        ``expires_at``, and no longer than the shortest time asked by the
+        store's own clock: a caller whose clock runs behind the giver's
+        (another host) cannot stretch it.
         """
         ...
 
@@ -572,7 +577,7 @@ class ApprovalStore(Protocol):
         ...
 
     def list_grants(self, now: datetime, *, include_inactive: bool = False) -> list[Grant]:
-        """Grants, newest first; only the active ones unless asked."""
+        """Grants, newest first; only the active ones (see :meth:`decide`) unless asked."""
         ...
 
     def get_grant(self, grant_id: str) -> Grant | None:
