@@ -320,7 +320,8 @@ def aegis(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.Co
 def assert_refused_clearly(login: Login, done: subprocess.CompletedProcess[str]) -> None:
     """Exit 1, and one error on stderr naming the refused login and the database."""
     assert done.returncode == 1, done.stderr
-    assert "wrong user name or password" in done.stderr
+    [error] = done.stderr.strip().splitlines()  # one error, no traceback
+    assert "wrong user name or password" in error
     assert_names_the_database(login, done.stderr)
     assert_hidden(WRONG_PASSWORD, done.stdout, done.stderr)
     assert_hidden(login.password, done.stdout, done.stderr)
@@ -361,12 +362,14 @@ def test_serve_refuses_a_wrong_password_before_it_listens(
     password_postgres: Login, schema: str
 ) -> None:
     """`aegis serve --db` with a wrong password exits 1 at once, naming the problem only."""
+    assert record_one_refund(password_postgres.url(), schema) == (ResultStatus.SUCCESS, 1)
     done = aegis(
         "serve", "--db", password_postgres.url(WRONG_PASSWORD), "--schema", schema,
         "--port", str(free_port()),
         env=aegis_env(),
     )  # fmt: skip
     assert_refused_clearly(password_postgres, done)
+    assert count_records(password_postgres, schema) == 1
 
 
 def test_serve_answers_with_the_password_from_pgpassword(
@@ -422,6 +425,7 @@ def test_mcp_proxy_refuses_a_wrong_password_before_any_call(
     password_postgres: Login, schema: str, tmp_path: Path
 ) -> None:
     """`aegis mcp-proxy --db` with a wrong password exits 1; no call reaches the server."""
+    assert record_one_refund(password_postgres.url(), schema) == (ResultStatus.SUCCESS, 1)
     command = mcp_proxy(password_postgres.url(WRONG_PASSWORD), schema, tmp_path)
     done = subprocess.run(
         command, input="", capture_output=True, text=True, env=aegis_env(), cwd=ROOT,
@@ -429,6 +433,7 @@ def test_mcp_proxy_refuses_a_wrong_password_before_any_call(
     )  # fmt: skip
     assert_refused_clearly(password_postgres, done)
     assert not (tmp_path / "calls.jsonl").exists()
+    assert count_records(password_postgres, schema) == 1
 
 
 def test_mcp_proxy_records_a_call_with_the_encoded_password(
