@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -62,13 +64,22 @@ class GroupCommit(Generic[T, R]):
 
     ``waiting`` (the queue) and ``last_task`` are read by callers that ask
     :meth:`alone` inline on their hottest path; only this class changes them.
+
+    Several threads, each with its own event loop, may submit to one
+    instance: a batch belongs to the loop that opened it, and an item of
+    another loop is written on its own meanwhile. Joining a batch and taking
+    it happen under a lock, so a thread preempted in between never adds its
+    item to a batch already taken (it would wait for ever) nor to another
+    loop's (whose thread would resolve it, never waking its loop).
     """
 
     __slots__ = (
         "_commit",
         "_drop_cancelled",
         "_give_back",
+        "_lock",
         "_loop",
+        "_pid",
         "_remote",
         "_tasks",
         "last_task",
@@ -88,6 +99,8 @@ class GroupCommit(Generic[T, R]):
         self._drop_cancelled = drop_cancelled
         self._give_back = give_back
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose batch waits
+        self._lock = threading.Lock()  # guards waiting and _loop between threads
+        self._pid = os.getpid()  # a forked child's batch is not its parent's
         self._tasks: set[asyncio.Task[None]] = set()  # remote commits under way
         #: the items of the batch being gathered, with their waiters
         self.waiting: list[tuple[T, asyncio.Future[R]]] = []
@@ -101,21 +114,16 @@ class GroupCommit(Generic[T, R]):
     async def submit(self, item: T) -> R:
         """Write ``item`` with the others of this loop iteration; return its result once written."""
         loop = asyncio.get_running_loop()
-        waiting = self.waiting
-        if waiting and self._loop is not loop:
+        task = asyncio.current_task(loop)
+        if not self.waiting and task is self.last_task:
+            return self._commit([item])[0]
+        future: asyncio.Future[R] = loop.create_future()
+        if not self._join(loop, item, future):
             # Another event loop's batch waits: never mix two loops' futures.
             if self._remote:
                 return (await asyncio.to_thread(self._commit, [item]))[0]
             return self._commit([item])[0]
-        task = asyncio.current_task(loop)
-        if not waiting and task is self.last_task:
-            return self._commit([item])[0]
         self.last_task = task
-        future: asyncio.Future[R] = loop.create_future()
-        if not waiting:
-            self._loop = loop
-            loop.call_soon(self._start_remote if self._remote else self.flush)
-        waiting.append((item, future))
         try:
             return await future
         except asyncio.CancelledError:
@@ -123,6 +131,21 @@ class GroupCommit(Generic[T, R]):
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._hand_back(future.result())
             raise
+
+    def _join(self, loop: asyncio.AbstractEventLoop, item: T, future: asyncio.Future[R]) -> bool:
+        """Add ``item`` to the batch of ``loop``, or open one; ``False`` if another's waits."""
+        if self._pid != os.getpid():
+            self._forget_parent()
+        with self._lock:
+            waiting = self.waiting
+            if waiting:
+                if self._loop is not loop:
+                    return False
+            else:
+                self._loop = loop
+                loop.call_soon(self._start_remote if self._remote else self.flush)
+            waiting.append((item, future))
+            return True
 
     def flush(self) -> None:
         """Write the batch that waits now, on this thread (end of an iteration, or a close)."""
@@ -135,8 +158,17 @@ class GroupCommit(Generic[T, R]):
             else:
                 self._settle(batch, results)
 
+    def _forget_parent(self) -> None:
+        # A forked child: the batch that waited holds its parent's items, which
+        # the parent writes (here they would be written twice), and the lock
+        # may have been held by a thread the child does not have.
+        self._lock, self.waiting, self._loop, self._pid = threading.Lock(), [], None, os.getpid()
+
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
-        batch, self.waiting, self._loop = self.waiting, [], None
+        if self._pid != os.getpid():
+            self._forget_parent()
+        with self._lock:
+            batch, self.waiting, self._loop = self.waiting, [], None
         if self._drop_cancelled:
             return [(item, future) for item, future in batch if not future.done()]
         return batch

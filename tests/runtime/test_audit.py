@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import threading
 import tracemalloc
@@ -713,6 +714,32 @@ def test_two_event_loops_in_two_threads_share_one_logger(audit: AuditLogger) -> 
         thread.join()
     assert audit.count("loop0") == audit.count("loop1") == 100
     assert audit.verify().ok
+
+
+async def test_a_forked_child_that_closes_the_logger_never_writes_its_parents_waiting_records(
+    tmp_path: Path,
+) -> None:
+    """Records waiting in the parent's batch at a fork are written once, by the parent."""
+    audit = AuditLogger(tmp_path / "audit.db")
+    audit.check()
+    waiting = [
+        asyncio.ensure_future(audit.record("s", decide(), result=done(decide()))) for _ in range(3)
+    ]
+    await asyncio.sleep(0)  # the three wait for the end of this loop iteration
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child reports through its exit status
+        try:
+            audit.close()  # commits what this process queued: nothing
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ids = await asyncio.gather(*waiting)
+    assert audit.count() == 3
+    assert sorted(r["id"] for r in audit.get_log()) == sorted(ids)
+    assert audit.verify().ok
+    audit.close()
 
 
 # -- streaming --------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,52 @@ def test_another_loop_never_joins_a_batch_of_the_first() -> None:
     asyncio.run(first_loop())
     assert results == ["r2", "r1"]
     assert store.batches == [[2], [1]]
+
+
+class PausedLoop(asyncio.SelectorEventLoop):
+    """An event loop that, once armed, makes its next future only when ``go`` is set.
+
+    ``inside`` says that it waits: a thread preempted at that point of a submit.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.inside = threading.Event()
+        self.go = threading.Event()
+
+    def create_future(self) -> asyncio.Future[Any]:
+        if self.armed:
+            self.armed = False
+            self.inside.set()
+            self.go.wait(timeout=30)
+        return super().create_future()
+
+
+def test_a_submit_from_another_thread_never_joins_a_batch_already_taken() -> None:
+    """A thread preempted in its submit while another loop's batch came and went is written."""
+    store = Store()
+    group: GroupCommit[int, str] = GroupCommit(store.commit)
+    paused = PausedLoop()
+    results: list[str] = []
+
+    async def submit_paused() -> str:
+        paused.armed = True
+        return await group.submit(2)
+
+    def other_thread() -> None:
+        with asyncio.Runner(loop_factory=lambda: paused) as runner:
+            # before the fix the item waited in a batch nobody would write: a hang
+            results.append(runner.run(asyncio.wait_for(submit_paused(), timeout=10)))
+
+    async def first_loop() -> None:
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        assert paused.inside.wait(timeout=30)  # the other thread is inside its submit
+        results.append(await group.submit(1))  # this loop's batch is gathered and written
+        paused.go.set()
+        await asyncio.to_thread(thread.join, 60)
+
+    asyncio.run(first_loop())
+    assert results == ["r1", "r2"]
+    assert sorted(store.batches) == [[1], [2]]
