@@ -372,27 +372,32 @@ def test_serve_refuses_a_wrong_password_before_it_listens(
     assert count_records(password_postgres, schema) == 1
 
 
-def test_serve_answers_with_the_password_from_pgpassword(
-    password_postgres: Login, schema: str, tmp_path: Path
+@pytest.mark.parametrize("given", ["AEGIS_DB", "PGPASSWORD"])
+def test_serve_answers_with_the_password_never_shown(
+    password_postgres: Login, schema: str, tmp_path: Path, given: str
 ) -> None:
-    """`aegis serve` on a DSN without a password serves with PGPASSWORD's, never showing it."""
+    """`aegis serve` serves with AEGIS_DB's encoded password, or PGPASSWORD's; shows neither."""
+    if given == "AEGIS_DB":
+        env = aegis_env(AEGIS_DB=password_postgres.url())
+    else:
+        env = aegis_env(
+            AEGIS_DB=password_postgres.url_without_password(), PGPASSWORD=password_postgres.password
+        )
     port = free_port()
     output = tmp_path / "serve.log"
     with output.open("w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "aegis", "serve", "--db",
-             password_postgres.url_without_password(), "--schema", schema, "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=aegis_env(PGPASSWORD=password_postgres.password),
+            [sys.executable, "-m", "aegis", "serve", "--schema", schema, "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
         )  # fmt: skip
         try:
             assert healthy(f"http://127.0.0.1:{port}/healthz", server)
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=60)
-    assert_hidden(
-        password_postgres.password, output.read_text(), trail_text(password_postgres, schema)
-    )
+    shown = output.read_text()
+    assert f"127.0.0.1:{password_postgres.port}/agents" in shown  # the store it serves
+    assert_hidden(password_postgres.password, shown, trail_text(password_postgres, schema))
 
 
 def healthy(url: str, process: subprocess.Popen[bytes]) -> bool:
