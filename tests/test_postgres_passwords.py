@@ -285,12 +285,19 @@ def test_the_usage_store_alone_refuses_a_wrong_password(
 def test_open_stores_opens_all_three_stores_with_the_password(
     password_postgres: Login, schema: str
 ) -> None:
-    """open_stores hands the audit store's password to the usage and approval stores."""
+    """open_stores hands the audit store's password to the usage and approval stores, or fails."""
     with open_stores(password_postgres.url(), schema=schema) as stores:
         stores.audit.check()
         assert stores.approvals.list_tokens() == []
         assert stores.usage.latest_event("nobody", None) is None
         assert_hidden(password_postgres.password, repr(stores), stores.where)
+    with (
+        open_stores(password_postgres.url(WRONG_PASSWORD), schema=schema) as wrong,
+        pytest.raises(StoreError, match="wrong user name or password") as caught,
+    ):
+        wrong.approvals.list_tokens()
+    assert_names_the_database(password_postgres, str(caught.value))
+    assert_hidden(WRONG_PASSWORD, str(caught.value))
 
 
 # ---------------------------------------------------------------- the command line
