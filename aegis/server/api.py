@@ -149,6 +149,19 @@ async def _principal(request: Request) -> Principal:
     return await _service(request).authenticate(token.strip() or None)
 
 
+async def _principal_and_body(request: Request) -> tuple[Principal, Any]:
+    """The caller and the request's JSON body, the token checked again once the body is in.
+
+    A refused token is refused before any of the body is read; but a client
+    may take up to the read timeout to send it, and a token revoked or
+    expired meanwhile must not act (nor, for a reviewer, give a grant that
+    outlives the revocation that ended the token's grants).
+    """
+    await _principal(request)
+    body = await _body(request)
+    return await _principal(request), body
+
+
 def read_timeout(request: Request) -> float:
     """Seconds a client has to send a body (``app.state.read_timeout``, else 10)."""
     return float(getattr(request.app.state, "read_timeout", DEFAULT_READ_TIMEOUT))
@@ -264,8 +277,7 @@ def _number(request: Request, name: str, default: float, low: float, high: float
 
 async def create_request(request: Request) -> Response:
     """POST /api/v1/approvals: an agent asks; 201 new, 200 re-attached to a pending twin."""
-    principal = await _principal(request)
-    body = await _body(request)
+    principal, body = await _principal_and_body(request)
     try:
         new = parse_new_request(body)
     except ValueError as exc:
@@ -364,8 +376,7 @@ async def wait_request(request: Request) -> Response:
 
 async def decide_request(request: Request) -> Response:
     """POST /api/v1/approvals/{id}/decision: a reviewer approves or denies."""
-    principal = await _principal(request)
-    body = await _body(request)
+    principal, body = await _principal_and_body(request)
     if not isinstance(body, dict):
         raise _invalid("the body must be a JSON object with a verdict")
     unknown = set(body) - {"verdict", "comment", "grant_minutes"}
@@ -394,8 +405,7 @@ async def collect_request(request: Request) -> Response:
 
 async def cancel_request(request: Request) -> Response:
     """POST /api/v1/approvals/{id}/cancel: the agent gives up waiting."""
-    principal = await _principal(request)
-    body = await _body(request)
+    principal, body = await _principal_and_body(request)
     reason = body.get("reason", "") if isinstance(body, dict) else None
     if not isinstance(reason, str) or len(reason) > 1000:
         raise _invalid("the body must be {} or {'reason': text of at most 1000 characters}")

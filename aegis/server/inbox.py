@@ -857,6 +857,12 @@ class Inbox:
         form = await self.sessions.form(request, reviewer.session.csrf)
         if form is None:
             return self._forged(request, reviewer)
+        # The form may take the read timeout to arrive: the token or sign-in
+        # it came under must still hold once it is in (a revoked token's
+        # grants end with it; one given after must not outlive it).
+        reviewer = await self.reviewer(request)
+        if reviewer is None:
+            return self._to_signin(request)
         verdict_text = form.get("verdict")
         comment = str(form.get("comment") or "").strip()
         grant_text = str(form.get("grant_minutes") or "").strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -340,6 +341,35 @@ async def test_an_expiring_token_ends_the_session_and_its_form(site: Site) -> No
         assert late.status_code == 303
         assert late.headers["location"].startswith("/signin")
     assert (await site.store_request(request["id"]))["status"] == "pending"
+
+
+async def test_a_token_revoked_while_the_form_is_on_the_way_decides_nothing(site: Site) -> None:
+    """A decision form whose token is revoked after its headers came, before its body, is void."""
+    request = await site.ask(session_id="s-slow")
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        form = urllib.parse.urlencode(
+            {"verdict": "approve", "confirm": "yes", "csrf": csrf, "grant_minutes": "60"}
+        ).encode()
+
+        async def body() -> AsyncIterator[bytes]:
+            # The inbox asks for the form only once it has read the session.
+            await asyncio.to_thread(site.store.revoke_token, "alice", datetime.now(UTC))
+            yield form
+
+        late = await client.post(
+            f"/requests/{request['id']}/decision",
+            content=body(),
+            headers={
+                "Origin": "http://inbox.test",
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Content-Length": str(len(form)),
+            },
+        )
+    assert late.status_code == 303
+    assert late.headers["location"].startswith("/signin")
+    stored = await site.store_request(request["id"])
+    assert (stored["status"], stored["decisions"], stored["granted"]) == ("pending", [], None)
 
 
 async def test_sign_out_needs_the_form_and_ends_the_session(site: Site) -> None:

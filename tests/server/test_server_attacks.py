@@ -10,13 +10,16 @@ PostgreSQL, where the racing transactions really run at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import json
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner, Result
 
+from aegis.cli.main import cli
 from aegis.core.action import Action
 from aegis.core.approval_request import NewRequest, RequestStatus, Role, TokenInfo, Verdict
 from aegis.core.risk import RiskLevel
@@ -30,12 +33,16 @@ ALICE = Principal("alice", Role.REVIEWER, ("finance",))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ApprovalService]:
-    """The service over a fresh SQLite file, then a fresh PostgreSQL schema."""
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh SQLite file, then a fresh PostgreSQL schema."""
     if request.param == "sqlite":
-        db = str(tmp_path / "aegis.db")
-    else:
-        db = request.getfixturevalue("postgres_dsn")
+        return str(tmp_path / "aegis.db")
+    return str(request.getfixturevalue("postgres_dsn"))
+
+
+@pytest.fixture
+def service(db: str) -> Iterator[ApprovalService]:
+    """The service over ``db``, with the tokens of alice (finance) and bot (agent)."""
     opened = open_service(db, approval_ttl=600)
     now = datetime.now(UTC)
     for name, role, groups in (("alice", Role.REVIEWER, ("finance",)), ("bot", Role.AGENT, ())):
@@ -123,3 +130,67 @@ async def test_a_decision_cannot_name_its_reviewer_or_outcome(
     assert stored is not None
     assert stored.status is RequestStatus.PENDING
     assert stored.decisions == ()
+
+
+async def test_a_token_revoked_while_its_decision_is_on_the_way_decides_nothing(
+    service: ApprovalService, db: str
+) -> None:
+    """A reviewer token revoked after its headers came, before its body, records nothing.
+
+    The body of a decision may take the client up to the read timeout to
+    send; a token revoked meanwhile (`aegis token revoke`, which ends the
+    grants it gave) must not approve, nor give a grant that outlives it.
+    """
+    request, _ = await service.create(AGENT, _wire(approvers=1))
+    revoked: list[Result] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        # The app asks for the body only once it has read the headers' token.
+        revoke = ["token", "revoke", "alice", "--db", db]
+        revoked.append(await asyncio.to_thread(CliRunner().invoke, cli, revoke))
+        yield json.dumps({"verdict": "approve", "grant_minutes": 60}).encode()
+
+    transport = httpx.ASGITransport(app=create_app(service, close_service=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.post(
+            f"/api/v1/approvals/{request.id}/decision",
+            content=body(),
+            headers={"Authorization": "Bearer alice-secret", "Content-Type": "application/json"},
+        )
+    assert revoked[0].exit_code == 0, revoked[0].output
+    assert answer.status_code == 401, answer.text
+    stored = service.store.get_request(request.id)
+    assert stored is not None
+    assert stored.status is RequestStatus.PENDING
+    assert stored.decisions == ()
+    assert service.store.list_grants(datetime.now(UTC), include_inactive=True) == []
+
+
+async def test_an_agent_token_revoked_while_its_request_is_on_the_way_asks_nothing(
+    service: ApprovalService, db: str
+) -> None:
+    """An agent token revoked after its headers came, before its body, opens no request."""
+    revoked: list[Result] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        revoke = ["token", "revoke", "bot", "--db", db]
+        revoked.append(await asyncio.to_thread(CliRunner().invoke, cli, revoke))
+        yield json.dumps(
+            {
+                "session_id": "s1",
+                "action": {"type": "wire", "target": "bank", "params": {"amount": 1}},
+                "risk_level": "high",
+                "matched_rule": "wires",
+            }
+        ).encode()
+
+    transport = httpx.ASGITransport(app=create_app(service, close_service=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.post(
+            "/api/v1/approvals",
+            content=body(),
+            headers={"Authorization": "Bearer bot-secret", "Content-Type": "application/json"},
+        )
+    assert revoked[0].exit_code == 0, revoked[0].output
+    assert answer.status_code == 401, answer.text
+    assert service.store.list_requests(None) == []
