@@ -236,7 +236,7 @@ FILE_COSTS: dict[str, float] = {
     "tests/server/test_server_api.py": 13,
     "tests/server/test_server_tls.py": 13,
     "tests/test_demo.py": 13,
-    "tests/test_postgres_passwords.py": 37,
+    "tests/test_postgres_passwords.py": 40,
     "tests/cli/test_cli_stores.py": 12,
     "tests/core/test_approval_request.py": 12,
     "tests/core/test_record.py": 12,

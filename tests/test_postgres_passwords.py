@@ -111,9 +111,11 @@ def trail_text(login: Login, schema: str) -> str:
     return "\n".join(rows)
 
 
-def record_one_refund(url: str, schema: str) -> tuple[ResultStatus, int]:
-    """Run one refund through a Runtime whose trail and limits are at ``url``."""
-    ran: list[Action] = []
+def record_one_refund(
+    url: str, schema: str, ran: list[Action] | None = None
+) -> tuple[ResultStatus, int]:
+    """Run one refund through a Runtime whose trail and limits are at ``url``; how many ran."""
+    ran = [] if ran is None else ran
 
     async def run() -> ResultStatus:
         with AuditLogger(url, schema=schema) as audit:
@@ -223,8 +225,10 @@ def test_a_wrong_password_stops_the_first_action_before_it_runs(
     assert record_one_refund(password_postgres.url(), schema) == (ResultStatus.SUCCESS, 1)
     url = spelling(password_postgres)
     caplog.set_level(logging.DEBUG)
+    ran: list[Action] = []
     with pytest.raises(StoreError) as caught:
-        record_one_refund(url, schema)
+        record_one_refund(url, schema, ran)
+    assert ran == []  # the executor never ran
     text = str(caught.value)
     assert "wrong user name or password" in text
     assert_names_the_database(password_postgres, text)
