@@ -311,7 +311,7 @@ def aegis_env(**extra: str) -> dict[str, str]:
     """The environment of an ``aegis`` process: no ambient password or store, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "AEGIS_DB")}
     env.pop("AEGIS_SCHEMA", None)
-    env["PGPASSFILE"] = os.devnull  # not root's ~/.pgpass
+    env["PGPASSFILE"] = "/nonexistent/pgpass"  # not ~/.pgpass (libpq warns of /dev/null)
     return {**env, **extra}
 
 
@@ -556,6 +556,7 @@ def test_the_readme_verify_command_takes_pgpassword(password_postgres: Login, sc
     args = on_the_cluster(line, password_postgres, schema).split()[1:]
     refused = aegis(*args, env=aegis_env())
     assert refused.returncode == 1
-    assert "PGPASSWORD" in refused.stderr  # says how to give it
+    [error] = refused.stderr.strip().splitlines()
+    assert "PGPASSWORD" in error  # says how to give it
     verified = aegis(*args, env=aegis_env(PGPASSWORD=password_postgres.password))
     assert verified.returncode == 0, verified.stderr  # the chain read, and intact
