@@ -89,6 +89,9 @@ class AegisToolset(WrapperToolset[Any]):
     """
 
     governor: Governor = field(kw_only=True)
+    #: whether a call that needs approval ends the run as a deferred call;
+    #: when not (a realtime session cannot end), it waits for the approval handler
+    suspend: bool = field(default=True, kw_only=True)
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
@@ -112,7 +115,7 @@ class AegisToolset(WrapperToolset[Any]):
             # Resumed: the answer resolve_deferred settled, or (when the call was
             # approved by other means) none, and the runtime asks its handler.
             answer = _settled.get(governor.runtime, {}).pop(call.call_id or "", None)
-        else:
+        elif self.suspend:
             decision = governor.decide(call)
             if decision.approval is Approval.APPROVE:
                 # The run ends here; reviewers see the request while nobody waits.
@@ -162,17 +165,39 @@ class AegisCapability(AbstractCapability[Any]):
         return AegisToolset(toolset, governor=self.governor)
 
 
+@dataclass
+class _LiveCapability(AegisCapability):
+    """The capability of a realtime session: a call that needs approval waits for the yes.
+
+    A live session cannot end with deferred calls and resume later (Pydantic
+    AI would answer them as "cannot be completed"), so the runtime's approval
+    handler is asked while the session waits, as in a synchronous framework.
+    """
+
+    def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
+        """The session's tools, governed, approvals waited for."""
+        return AegisToolset(toolset, governor=self.governor, suspend=False)
+
+
 class GovernedAgent(WrapperAgent[Any, Any]):
     """An agent whose every run is governed by an :class:`AegisCapability`.
 
     Runs without an explicit ``output_type`` also accept
     ``DeferredToolRequests``, so that a call needing approval ends the run
-    instead of failing it.
+    instead of failing it. Realtime sessions (``agent.realtime(model)``) do
+    not run through ``iter()``: they are governed on their own path.
     """
 
     def __init__(self, wrapped: AbstractAgent[Any, Any], capability: AegisCapability) -> None:
         super().__init__(wrapped)
         self.aegis = capability
+        self._live = _LiveCapability(
+            capability.runtime,
+            target=capability.target,
+            on_block=capability.on_block,
+            agent=capability.agent,
+        )
+        self._live.governor = capability.governor
 
     @asynccontextmanager
     async def iter(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -182,6 +207,22 @@ class GovernedAgent(WrapperAgent[Any, Any]):
             kwargs["output_type"] = _with_deferred(self.wrapped.output_type)
         async with self.wrapped.iter(*args, **kwargs) as run:
             yield run
+
+    # Pydantic AI opens realtime sessions (and resolves WebRTC signaling) on
+    # the wrapped agent without iter(): without these, a session's tools
+    # would run ungoverned.
+
+    @asynccontextmanager
+    async def _open_realtime_session(self, model: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        kwargs["capabilities"] = [*(kwargs.get("capabilities") or ()), self._live]
+        async with self.wrapped._open_realtime_session(model, **kwargs) as session:
+            yield session
+
+    @asynccontextmanager
+    async def _resolve_realtime_session(self, model: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        kwargs["capabilities"] = [*(kwargs.get("capabilities") or ()), self._live]
+        async with self.wrapped._resolve_realtime_session(model, **kwargs) as resolved:
+            yield resolved
 
 
 def govern(

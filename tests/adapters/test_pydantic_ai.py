@@ -115,3 +115,86 @@ async def test_tools_registered_after_govern_are_governed() -> None:
         ("delete_customer", "blocked"),
     ]
     assert "blocked by rule no-deletes" in pydantic_ai_tool_results(seen[-1])["c2"]
+
+
+def _scripted_realtime_model(calls: list[tuple[str, dict[str, Any], str]]) -> Any:
+    """A realtime model whose one response asks for ``calls``, then keeps the line open."""
+    import asyncio
+    import json
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from pydantic_ai.realtime import RealtimeModel
+    from pydantic_ai.realtime._inferred_lifecycle import InferredLifecycle
+    from pydantic_ai.realtime.codec import RealtimeConnection, ResponseDone, ToolCall
+
+    class Connection(RealtimeConnection):
+        async def send(self, content: Any) -> None:
+            return None  # the tools' results: read from the session's events instead
+
+        def frames(self) -> Any:
+            async def events() -> AsyncIterator[Any]:
+                for name, args, call_id in calls:
+                    yield ToolCall(call_id, tool_name=name, args=json.dumps(args))
+                yield ResponseDone()
+                await asyncio.Event().wait()  # a live call: the session closes it
+
+            return InferredLifecycle().frames(events())
+
+    class Scripted(RealtimeModel):
+        @property
+        def model_name(self) -> str:
+            return "scripted-realtime"
+
+        @property
+        def system(self) -> str:
+            return "scripted"
+
+        @asynccontextmanager
+        async def connect(self, **_: Any) -> AsyncIterator[Any]:
+            yield Connection()
+
+    return Scripted()
+
+
+async def _realtime_results(agent: Any, calls: list[tuple[str, dict[str, Any], str]]) -> dict:
+    """Call id -> what the model read back, from one realtime session of ``agent``."""
+    from pydantic_ai.messages import FunctionToolResultEvent
+
+    saw: dict[str, str] = {}
+    async with agent.realtime(_scripted_realtime_model(calls)).session() as session:
+        async for event in session:
+            if isinstance(event, FunctionToolResultEvent):
+                saw[event.part.tool_call_id] = str(event.part.content)
+                if len(saw) == len(calls):
+                    break
+    return saw
+
+
+async def test_a_realtime_session_of_a_governed_agent_is_governed() -> None:
+    """agent.realtime(...).session() does not go through iter(): its calls are governed too.
+
+    A blocked call never runs; a call that needs approval waits for the
+    approval handler (a live session cannot end and resume) and runs with
+    its yes; each is recorded with the session's call id.
+    """
+    from pydantic_ai import Agent
+    from pydantic_ai.models.test import TestModel
+
+    from aegis.adapters.pydantic_ai import govern
+
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(ScriptedApprovalHandler([True]), audit=audit)
+    run = Run()
+    agent = govern(
+        Agent(TestModel(), name="support", tools=list(_recorders(run).values())),
+        runtime,
+        target="billing",
+    )
+    calls: list[Any] = [("delete_customer", {"customer_id": 3}, "c1"), ("refund", REFUND, "c2")]
+    saw = await _realtime_results(agent, calls)
+    assert run.executed == [("refund", REFUND)]
+    assert saw["c1"] == "blocked by rule no-deletes: deletes need a ticket"
+    assert saw["c2"] == "refunded 20.0 on o-17"
+    by_call = {r["context"]["tool_call_id"]: r["result_status"] for r in audit.records}
+    assert by_call == {"c1": "blocked", "c2": "success"}
