@@ -361,9 +361,9 @@ def test_eight_processes_share_one_chain(postgres_dsn: str) -> None:
     result = runner.invoke(cli, ["audit", "verify", "--db", postgres_dsn, "--format", "json"])
     assert result.exit_code == 0, result.output
     # every action has a start record and a final record, all in one chain
-    assert json.loads(result.output)["checked"] == 2 * 1200
+    assert json.loads(result.stdout)["checked"] == 2 * 1200
     stats = runner.invoke(cli, ["audit", "stats", "--db", postgres_dsn, "--format", "json"])
-    assert json.loads(stats.output)["total"] == 1200
+    assert json.loads(stats.stdout)["total"] == 1200
     seen = sql(
         postgres_dsn, "SELECT count(DISTINCT context) FROM aegis_audit_log WHERE kind = 'final'"
     )
@@ -689,9 +689,9 @@ async def test_signed_checkpoints_on_postgresql_catch_a_consistent_rewrite(
     verify = ["audit", "verify", "--db", postgres_dsn, "--public-key", f"{key}.pub"]
     result = runner.invoke(cli, [*verify, "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["checkpoints"] >= 1
+    assert json.loads(result.stdout)["checkpoints"] >= 1
     head = runner.invoke(cli, ["audit", "head", "--db", postgres_dsn])
-    assert head.output.strip().startswith("6:")
+    assert head.stdout.strip().startswith("6:")
     # Rewrite the first action and re-hash the whole chain consistently: it
     # links and hashes again, but no longer matches what the key signed.
     with AuditLogger(postgres_dsn, create=False, readonly=True) as reader:
