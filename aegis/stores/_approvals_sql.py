@@ -50,6 +50,7 @@ __all__ = [
     "EVENTS_SCHEMA",
     "GRANT_CLOCK_SCHEMA",
     "IDENTITY_SCHEMA",
+    "REQUEST_CLOCK_SCHEMA",
     "SCHEMA",
     "SCHEMA_VERSION",
     "SORT_SCHEMA",
@@ -61,7 +62,7 @@ __all__ = [
 ]
 
 #: the version of the approval tables, kept in aegis_schema_versions
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 COMPONENT: Final = "approvals"
 
 #: the tables of version 1, for both engines (``{p}`` is the table prefix)
@@ -231,6 +232,13 @@ SORT_SCHEMA: Final = (
 #: judged by the caller's clock alone)
 GRANT_CLOCK_SCHEMA: Final = ("ALTER TABLE {p}aegis_grants ADD COLUMN {ifnx}db_expires_at TEXT",)
 
+#: version 8: a request's expiry by the database's clock as well, stamped as it is
+#: asked: a reviewer deciding through a host whose clock runs behind the asking
+#: host's must not decide it after it expired (NULL for requests asked before)
+REQUEST_CLOCK_SCHEMA: Final = (
+    "ALTER TABLE {p}aegis_approval_requests ADD COLUMN {ifnx}db_expires_at TEXT",
+)
+
 
 class Conflict(Exception):
     """A unique constraint refused a row (raised by an engine's :class:`Tx`)."""
@@ -257,6 +265,15 @@ def _not_found(request_id: str) -> ApprovalServiceError:
         f"no approval request {request_id!r}; check the id (GET /api/v1/approvals lists them)",
         status=404,
         code="not_found",
+    )
+
+
+def _expired_error(request: ApprovalRequest) -> ApprovalServiceError:
+    return ApprovalServiceError(
+        f"approval request {request.id} expired at {iso(request.expires_at)}; "
+        "it can no longer be decided",
+        status=409,
+        code="expired",
     )
 
 
@@ -337,8 +354,8 @@ class SqlApprovalStore:
     ) -> tuple[ApprovalRequest, bool]:
         rows = tx.all(
             f"SELECT {_REQUEST_COLUMNS} FROM {{p}}aegis_approval_requests "
-            "WHERE session_id = ? AND digest = ? AND status = 'pending' AND expires_at > ?",
-            (request.session_id, request.digest, iso(now)),
+            f"WHERE session_id = ? AND digest = ? AND status = 'pending' AND {self._unexpired()}",
+            (request.session_id, request.digest, iso(now), 0.0),
         )
         if rows:
             twin = self._request(tx, rows[0])
@@ -358,8 +375,8 @@ class SqlApprovalStore:
         # sweeper expires and audits it, a new request must not wait for it.
         twins = tx.all(
             "SELECT id FROM {p}aegis_approval_requests "
-            "WHERE session_id = ? AND digest = ? AND status = 'pending' AND expires_at <= ?",
-            (request.session_id, request.digest, iso(now)),
+            f"WHERE session_id = ? AND digest = ? AND status = 'pending' AND {self._expired()}",
+            (request.session_id, request.digest, iso(now), 0.0),
         )
         for (twin,) in twins:
             tx.run(
@@ -383,7 +400,7 @@ class SqlApprovalStore:
             )
         tx.run(
             f"INSERT INTO {{p}}aegis_approval_requests ({_REQUEST_COLUMNS}, approvals, "
-            "decided_at) VALUES (" + ", ".join("?" * 22) + ")",
+            f"decided_at, db_expires_at) VALUES ({', '.join('?' * 22)}, {self._CLOCK})",
             (
                 request.id,
                 request.session_id,
@@ -407,6 +424,7 @@ class SqlApprovalStore:
                 None if request.why is None else json.dumps(request.why.to_json()),
                 0,
                 iso(now) if grant is not None else None,
+                -(request.expires_at - now).total_seconds(),
             ),
         )
         self._event(tx, request.id, "approval.requested", now)
@@ -435,17 +453,24 @@ class SqlApprovalStore:
         return None
 
     @classmethod
-    def _live_grant(cls) -> str:
-        """The test that a grant is active, given the caller's time and ``0.0``.
+    def _unexpired(cls) -> str:
+        """The test that a request or grant has not expired, given the caller's time and ``0.0``.
 
-        Ended by either clock is ended: the caller's, and the database's
-        for grants given since version 7, so a host whose clock runs
-        behind the giver's cannot stretch a grant.
+        Expired by either clock is expired: the caller's, and the database's
+        for rows written since it is kept (versions 7 and 8), so a host whose
+        clock runs behind the one that set the expiry cannot stretch it.
         """
-        return (
-            "revoked_at IS NULL AND expires_at > ? "
-            f"AND (db_expires_at IS NULL OR db_expires_at > {cls._CLOCK})"
-        )
+        return f"expires_at > ? AND (db_expires_at IS NULL OR db_expires_at > {cls._CLOCK})"
+
+    @classmethod
+    def _expired(cls) -> str:
+        """The negation of :meth:`_unexpired`, given the same arguments."""
+        return f"(expires_at <= ? OR db_expires_at <= {cls._CLOCK})"
+
+    @classmethod
+    def _live_grant(cls) -> str:
+        """The test that a grant is active, given the caller's time and ``0.0``."""
+        return f"revoked_at IS NULL AND {cls._unexpired()}"
 
     def get_request(self, request_id: str) -> ApprovalRequest | None:
         """See :meth:`aegis.stores.approvals.ApprovalStore.get_request`."""
@@ -588,17 +613,13 @@ class SqlApprovalStore:
             if request.status is not RequestStatus.PENDING:
                 raise not_pending(request)
             if request.is_expired_at(now):
-                raise ApprovalServiceError(
-                    f"approval request {request_id} expired at {iso(request.expires_at)}; "
-                    "it can no longer be decided",
-                    status=409,
-                    code="expired",
-                )
+                raise _expired_error(request)
             if verdict is Verdict.DENY:
                 changed = tx.run(
                     "UPDATE {p}aegis_approval_requests SET status = 'denied', decided_at = ?, "
-                    "status_reason = ? WHERE id = ? AND status = 'pending' AND expires_at > ?",
-                    (stamp, f"denied by {reviewer}", request_id, stamp),
+                    "status_reason = ? WHERE id = ? AND status = 'pending' "
+                    f"AND {self._unexpired()}",
+                    (stamp, f"denied by {reviewer}", request_id, stamp, 0.0),
                 )
             else:
                 # The decisive step: only a pending, unexpired row changes, so
@@ -609,11 +630,15 @@ class SqlApprovalStore:
                     "status = CASE WHEN approvals + 1 >= approvers THEN 'approved' "
                     "ELSE 'pending' END, "
                     "decided_at = CASE WHEN approvals + 1 >= approvers THEN ? ELSE NULL END "
-                    "WHERE id = ? AND status = 'pending' AND expires_at > ?",
-                    (stamp, request_id, stamp),
+                    f"WHERE id = ? AND status = 'pending' AND {self._unexpired()}",
+                    (stamp, request_id, stamp, 0.0),
                 )
             if changed != 1:
-                raise not_pending(self._must(tx, request_id))
+                request = self._must(tx, request_id)
+                if request.status is RequestStatus.PENDING:
+                    # Pending, yet past its expiry by the database's clock.
+                    raise _expired_error(request)
+                raise not_pending(request)
             try:
                 tx.run(
                     "INSERT INTO {p}aegis_approval_decisions "
@@ -769,8 +794,9 @@ class SqlApprovalStore:
                 row[0]
                 for row in tx.all(
                     "SELECT id FROM {p}aegis_approval_requests "
-                    "WHERE status = 'pending' AND expires_at <= ? ORDER BY expires_at LIMIT 500",
-                    (stamp,),
+                    f"WHERE status = 'pending' AND {self._expired()} "
+                    "ORDER BY expires_at LIMIT 500",
+                    (stamp, 0.0),
                 )
             ]
         expired = []
@@ -780,8 +806,8 @@ class SqlApprovalStore:
                 changed = tx.run(
                     "UPDATE {p}aegis_approval_requests SET status = 'expired', "
                     "status_reason = 'no decision before it expired', decided_at = ? "
-                    "WHERE id = ? AND status = 'pending' AND expires_at <= ?",
-                    (stamp, request_id, stamp),
+                    f"WHERE id = ? AND status = 'pending' AND {self._expired()}",
+                    (stamp, request_id, stamp, 0.0),
                 )
                 if changed == 1:
                     self._event(tx, request_id, "approval.expired", now)

@@ -524,6 +524,11 @@ class ApprovalStore(Protocol):
         when the request becomes approved and every approving reviewer
         asked for one (for the shortest time asked).
 
+        A request past its expiry is a 409 ``expired``: past ``expires_at`` by
+        ``now``, or past the time it had left when it was asked by the
+        store's own clock, so that a caller whose clock runs behind the
+        asker's (another host) cannot decide it late.
+
         A grant is active until it is revoked or ``now`` reaches its
         ``expires_at``, and no longer than the shortest time asked by the
         store's own clock: a caller whose clock runs behind the giver's
@@ -540,7 +545,8 @@ class ApprovalStore(Protocol):
         ...
 
     def expire_due(self, now: datetime) -> list[ApprovalRequest]:
-        """Expire every pending request past its expiry; return those this call expired."""
+        """Expire every pending request past its expiry (by either clock, see :meth:`decide`);
+        return those this call expired."""
         ...
 
     def create_token(self, info: TokenInfo, token_hash: str) -> None:

@@ -25,6 +25,7 @@ from aegis.core.approval_request import (
     parse_new_request,
     parse_time,
 )
+from aegis.errors import ApprovalServiceError
 from aegis.runtime.approval_remote import RemoteApprovalHandler
 from aegis.server import ApprovalService, create_app
 from aegis.stores.approvals import hash_token
@@ -175,8 +176,9 @@ async def test_a_host_whose_clock_runs_ahead_does_not_take_over_a_fresh_claim(
     ahead.close()
 
 
-def age_grants(dsn: str, by: timedelta) -> None:
-    """Move every time of every grant ``by`` into the past by hand, as if given that earlier."""
+def age(dsn: str, table: str, by: timedelta) -> None:
+    """Move every time of every row of ``table`` ``by`` into the past by hand, as if it
+    were written that much earlier (whichever time columns the tables have)."""
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -184,16 +186,15 @@ def age_grants(dsn: str, by: timedelta) -> None:
             str(row[0])
             for row in conn.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                "current_schema() AND table_name = 'aegis_grants' AND column_name LIKE '%%_at'"
+                "current_schema() AND table_name = %s AND column_name LIKE '%%_at'",
+                (table,),
             )
         ]
-        for grant_id, *times in conn.execute(f"SELECT id, {', '.join(columns)} FROM aegis_grants"):
+        for row_id, *times in conn.execute(f"SELECT id, {', '.join(columns)} FROM {table}"):
             for column, text in zip(columns, times, strict=True):
                 if text is not None:
                     moved = iso(parse_time(text) - by)
-                    conn.execute(
-                        f"UPDATE aegis_grants SET {column} = %s WHERE id = %s", (moved, grant_id)
-                    )
+                    conn.execute(f"UPDATE {table} SET {column} = %s WHERE id = %s", (moved, row_id))
 
 
 async def test_a_host_whose_clock_runs_behind_does_not_use_a_grant_past_its_end(
@@ -217,11 +218,42 @@ async def test_a_host_whose_clock_runs_behind_does_not_use_a_grant_past_its_end(
     first, _ = await behind.create(bot, parse_new_request(body))
     approved = await here.decide(bob, first.id, Verdict.APPROVE, "ok", grant_minutes=1)
     assert approved.granted is not None
-    age_grants(postgres_dsn, timedelta(minutes=2))
+    age(postgres_dsn, "aegis_grants", timedelta(minutes=2))
     again, created = await behind.create(bot, parse_new_request(body))
     assert created
     assert again.status is RequestStatus.PENDING
     assert again.grant_id is None
+    here.close()
+    behind.close()
+
+
+async def test_a_host_whose_clock_runs_behind_does_not_take_a_decision_past_expiry(
+    postgres_dsn: str,
+) -> None:
+    """A request of one hour asked through one service expired a minute ago; a reviewer
+    deciding through a service whose host's clock runs three minutes behind is refused, and
+    that service's sweep expires it. Before, the decision went through: each host judged the
+    expiry its own clock and the asking host's clock set by turns."""
+    here = ApprovalService(PostgresApprovalStore(postgres_dsn), None)
+    behind = ApprovalService(
+        PostgresApprovalStore(postgres_dsn),
+        None,
+        clock=lambda: datetime.now(UTC) - timedelta(minutes=3),
+    )
+    now = datetime.now(UTC)
+    for name, role in (("bot", Role.AGENT), ("bob", Role.REVIEWER)):
+        here.store.create_token(TokenInfo(name, role, (), now), hash_token(f"{name}-secret"))
+    bot = await here.authenticate("bot-secret")
+    bob = await behind.authenticate("bob-secret")
+    body = {"session_id": "s", "action": {"type": "refund", "target": "billing"}}
+    asked, _ = await here.create(bot, parse_new_request(body))
+    age(postgres_dsn, "aegis_approval_requests", timedelta(hours=1, minutes=1))
+    with pytest.raises(ApprovalServiceError) as refused:
+        await behind.decide(bob, asked.id, Verdict.APPROVE, "ok")
+    assert refused.value.code == "expired"
+    assert [r.id for r in await behind.expire_due()] == [asked.id]
+    stored = await here.get(bot, asked.id)
+    assert (stored.status, stored.decisions) == (RequestStatus.EXPIRED, ())
     here.close()
     behind.close()
 

@@ -296,6 +296,7 @@ def test_a_file_of_the_previous_schema_gains_why(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:  # back to version 4, before why
         conn.execute("ALTER TABLE aegis_approval_requests DROP COLUMN why_json")
         conn.execute("ALTER TABLE aegis_grants DROP COLUMN db_expires_at")  # version 7's
+        conn.execute("ALTER TABLE aegis_approval_requests DROP COLUMN db_expires_at")  # 8's
         conn.execute("UPDATE aegis_schema_versions SET version = 4 WHERE component = 'approvals'")
     conn.close()
     reopened = open_approval_store(str(path))

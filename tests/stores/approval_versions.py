@@ -9,6 +9,7 @@ from aegis.stores._approvals_sql import (
     EVENTS_SCHEMA,
     GRANT_CLOCK_SCHEMA,
     IDENTITY_SCHEMA,
+    REQUEST_CLOCK_SCHEMA,
     SCHEMA,
     SORT_SCHEMA,
     TERMS_SCHEMA,
@@ -25,6 +26,7 @@ VERSIONS = (
     WHY_SCHEMA,
     SORT_SCHEMA,
     GRANT_CLOCK_SCHEMA,
+    REQUEST_CLOCK_SCHEMA,
 )
 
 

@@ -130,6 +130,7 @@ def test_sqlite_file_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
         conn.execute("ALTER TABLE aegis_tokens DROP COLUMN oidc_subject")
         conn.execute("ALTER TABLE aegis_approval_requests DROP COLUMN why_json")  # version 5's
         conn.execute("ALTER TABLE aegis_grants DROP COLUMN db_expires_at")  # version 7's
+        conn.execute("ALTER TABLE aegis_approval_requests DROP COLUMN db_expires_at")  # 8's
         conn.execute("UPDATE aegis_schema_versions SET version = 3 WHERE component = 'approvals'")
     conn.close()
     reopened = open_approval_store(str(path))

@@ -26,6 +26,7 @@ from aegis.core.approval_request import (
 )
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, StoreError
+from aegis.stores._approvals_sql import SCHEMA_VERSION
 from aegis.stores.approvals import ApprovalStore, new_request_id, open_approval_store
 from aegis.stores.sqlite.approvals import SqliteApprovalStore
 
@@ -580,9 +581,34 @@ def test_a_grant_ends_by_the_databases_clock_too(store: ApprovalStore, db: str) 
     assert refused.value.code == "not_active"
 
 
-def test_grants_of_version_6_tables_keep_their_caller_clock_end(db: str) -> None:
-    """Tables of version 6 get the grants' ends by the database's clock (version 7); a grant
-    given before has none and runs to the end its giver's clock set, as it did."""
+def test_a_request_expires_by_the_databases_clock_too(store: ApprovalStore, db: str) -> None:
+    """A request the database's clock says expired cannot be decided, is swept and takes no
+    new ask, though the caller's clock says it runs on (a host whose clock runs behind)."""
+    first, _ = store.create_request(make("s1"), NOW)  # an hour, by either clock
+    second, _ = store.create_request(make("s2"), NOW)
+    # the database's clock: asked an hour and a minute ago
+    by_hand(
+        db,
+        "UPDATE aegis_approval_requests SET db_expires_at = ?",
+        (iso(datetime.now(UTC) - LEASE),),
+    )
+    for verdict in Verdict:
+        with pytest.raises(ApprovalServiceError) as refused:
+            decide(store, first.id, "alice", verdict)
+        assert refused.value.code == "expired"
+    again, created = store.create_request(make("s1"), NOW)
+    assert created
+    assert again.id != first.id
+    assert [r.id for r in store.expire_due(NOW)] == [second.id]
+    assert {store.get_request(r.id).status for r in (first, second)} == {  # type: ignore[union-attr]
+        RequestStatus.EXPIRED
+    }
+    assert decide(store, again.id, "alice").status is RequestStatus.APPROVED
+
+
+def test_rows_of_version_6_tables_keep_their_caller_clock_ends(db: str) -> None:
+    """Tables of version 6 get the ends by the database's clock of grants and requests
+    (versions 7 and 8); rows written before have none and end when the caller's clock says."""
     create_version(db, 6)
     by_hand(
         db,
@@ -594,11 +620,18 @@ def test_grants_of_version_6_tables_keep_their_caller_clock_end(db: str) -> None
     )
     store = open_approval_store(db)
     try:
-        assert version_of(db) == 7
+        assert version_of(db) == SCHEMA_VERSION == 8
         assert [g.id for g in store.list_grants(NOW)] == ["grt_old"]
         covered, _ = store.create_request(make(), NOW)
         assert covered.grant_id == "grt_old"
         assert store.list_grants(NOW + timedelta(hours=2)) == []
+        asked, _ = store.create_request(make("s2"), NOW)
+        by_hand(db, "UPDATE aegis_approval_requests SET db_expires_at = NULL")  # as if older
+        assert decide(store, asked.id, "bob", Verdict.DENY).status is RequestStatus.DENIED
+        late, _ = store.create_request(make("s3"), NOW)
+        by_hand(db, "UPDATE aegis_approval_requests SET db_expires_at = NULL")
+        assert store.expire_due(NOW + timedelta(minutes=59)) == []
+        assert [r.id for r in store.expire_due(NOW + timedelta(hours=1))] == [late.id]
     finally:
         store.close()
 

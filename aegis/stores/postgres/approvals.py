@@ -24,6 +24,7 @@ from aegis.stores._approvals_sql import (
     EVENTS_SCHEMA,
     GRANT_CLOCK_SCHEMA,
     IDENTITY_SCHEMA,
+    REQUEST_CLOCK_SCHEMA,
     SORT_SCHEMA,
     TERMS_SCHEMA,
     WHY_SCHEMA,
@@ -54,6 +55,7 @@ _MIGRATIONS: Final = {
     4: tuple(statements("{schema}.", WHY_SCHEMA, ifnx="IF NOT EXISTS ")),
     5: tuple(statements("{schema}.", SORT_SCHEMA)),
     6: tuple(statements("{schema}.", GRANT_CLOCK_SCHEMA, ifnx="IF NOT EXISTS ")),
+    7: tuple(statements("{schema}.", REQUEST_CLOCK_SCHEMA, ifnx="IF NOT EXISTS ")),
 }
 
 
