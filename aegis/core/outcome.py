@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ApprovalOutcome"]
+__all__ = ["ApprovalOutcome", "human_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +70,10 @@ class ApprovalOutcome:
         if self.request_id is not None:
             text += f" [request {self.request_id}]"
         return text
+
+
+def human_text(answer: str | ApprovalOutcome | None) -> str | None:
+    """The audit trail's ``human_decision`` for ``answer``: an outcome's text, or the text given."""
+    if isinstance(answer, ApprovalOutcome):
+        return answer.human_decision()
+    return answer

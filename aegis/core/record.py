@@ -69,6 +69,7 @@ __all__ = [
     "RecordDraft",
     "RecordKind",
     "check_context",
+    "decision_stamp",
     "export_line",
     "final_draft",
     "finish_draft",
@@ -521,6 +522,21 @@ class DecisionStamp(NamedTuple):
         # tuple.__new__ (benchmarks/calls.py: one stamp per action): the named
         # tuple's own __new__ is a Python call
         return _new_tuple(cls, (_now(), digest if isinstance(digest, str) else None, context))
+
+
+def decision_stamp(
+    context: Mapping[str, ContextValue] | None, decided_at: str | None, policy_digest: str | None
+) -> DecisionStamp | None:
+    """The stamp of an audit backend's ``context``, ``decided_at`` and ``policy_digest``.
+
+    ``None`` when none of them is given (a record of a caller that keeps no
+    stamp).
+    """
+    if context is None and decided_at is None and policy_digest is None:
+        return None
+    # tuple.__new__ (benchmarks/calls.py: once or twice per action): the named
+    # tuple's own __new__ is a Python call
+    return _new_tuple(DecisionStamp, (decided_at or "", policy_digest, context))
 
 
 # ----------------------------------------------------------------- drafts

@@ -41,12 +41,13 @@ from aegis.core.chain import Head, VerifyReport
 from aegis.core.checkpoint import Checkpoint
 from aegis.core.decision import PolicyDecision
 from aegis.core.filters import Filters, View
-from aegis.core.outcome import ApprovalOutcome
+from aegis.core.outcome import ApprovalOutcome, human_text
 from aegis.core.record import (
     AuditRecord,
     ContextValue,
     DecisionStamp,
     RecordDraft,
+    decision_stamp,
     final_draft,
     finish_draft,
     start_draft,
@@ -71,12 +72,6 @@ _MEMORY: Final = ":memory:"
 _log = logging.getLogger("aegis.audit")
 
 
-def _human_text(human_decision: str | ApprovalOutcome | None) -> str | None:
-    if isinstance(human_decision, ApprovalOutcome):
-        return human_decision.human_decision()
-    return human_decision
-
-
 def _stamp_changed(start: RecordDraft, stamp: DecisionStamp | None) -> bool:
     """Whether ``stamp`` differs from what the start record stored."""
     if stamp is None:
@@ -86,19 +81,6 @@ def _stamp_changed(start: RecordDraft, stamp: DecisionStamp | None) -> bool:
         or stamp.policy_digest != start.policy_digest
         or ((storable_json(stamp.context) if stamp.context else None) != start.context)
     )
-
-
-def _stamp(
-    context: Mapping[str, ContextValue] | None, decided_at: str | None, policy_digest: str | None
-) -> DecisionStamp | None:
-    if context is None and decided_at is None and policy_digest is None:
-        return None
-    # tuple.__new__ (benchmarks/calls.py: once or twice per action): the named
-    # tuple's own __new__ is a Python call
-    return _new_tuple(DecisionStamp, (decided_at or "", policy_digest, context))
-
-
-_new_tuple: Final = tuple.__new__
 
 
 def _start(
@@ -114,7 +96,7 @@ def _start(
         decision,
         human_decision=human_decision
         if human_decision is None or type(human_decision) is str
-        else _human_text(human_decision),
+        else human_text(human_decision),
         stamp=stamp,
         params_json=storable_json(decision.action.params),
     )
@@ -456,8 +438,8 @@ class AuditLogger(RecordReader):
             session_id,
             decision,
             result,
-            human_decision=_human_text(human_decision),
-            stamp=_stamp(context, decided_at, policy_digest),
+            human_decision=human_text(human_decision),
+            stamp=decision_stamp(context, decided_at, policy_digest),
         )
         return self._write([draft])[0].id
 
@@ -479,7 +461,7 @@ class AuditLogger(RecordReader):
         (:meth:`pending`, and in every listing and export).
         """
         draft = _start(
-            session_id, decision, human_decision, _stamp(context, decided_at, policy_digest)
+            session_id, decision, human_decision, decision_stamp(context, decided_at, policy_digest)
         )
         if self._closed:
             raise self._closed_error()
@@ -532,7 +514,7 @@ class AuditLogger(RecordReader):
         if self._closed:
             raise self._closed_error()
         if stamp is None:
-            stamp = _stamp(context, decided_at, policy_digest)
+            stamp = decision_stamp(context, decided_at, policy_digest)
         draft = _start(session_id, decision, human_decision, stamp)
         record = self._store.append_guarded(draft, guard)  # type: ignore[attr-defined]  # guards()
         if record is None:
@@ -569,14 +551,14 @@ class AuditLogger(RecordReader):
                 and start.policy_digest == policy_digest
                 and (
                     started_context is context
-                    or not _stamp_changed(start, _stamp(context, decided_at, policy_digest))
+                    or not _stamp_changed(start, decision_stamp(context, decided_at, policy_digest))
                 )
             ):
                 # The approval's text is the start's when it is the same answer.
                 human = (
                     start.human_decision
                     if human_decision is started_human
-                    else _human_text(human_decision)
+                    else human_text(human_decision)
                 )
                 draft = finish_draft(start, start_token, result, human_decision=human)
         if draft is None:
@@ -584,8 +566,8 @@ class AuditLogger(RecordReader):
                 session_id,
                 decision,
                 result,
-                human_decision=_human_text(human_decision),
-                stamp=_stamp(context, decided_at, policy_digest),
+                human_decision=human_text(human_decision),
+                stamp=decision_stamp(context, decided_at, policy_digest),
                 start_id=start_token,
             )
         if self._closed:

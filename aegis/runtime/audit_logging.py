@@ -24,8 +24,8 @@ from typing import Any, Final
 
 from aegis.core.decision import PolicyDecision
 from aegis.core.filters import Filters
-from aegis.core.outcome import ApprovalOutcome
-from aegis.core.record import RECORD_FIELDS, ContextValue, DecisionStamp, final_draft
+from aegis.core.outcome import ApprovalOutcome, human_text
+from aegis.core.record import RECORD_FIELDS, ContextValue, decision_stamp, final_draft
 from aegis.core.result import Result
 from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError, ConfigurationError
@@ -87,15 +87,12 @@ class LoggingAuditLogger(RecordReader):
     ) -> int:
         """Log one finished record and return its id (1, 2, ... per logger)."""
         self._check_open()
-        if isinstance(human_decision, ApprovalOutcome):
-            human_decision = human_decision.human_decision()
-        stamp = (
-            None
-            if context is None and decided_at is None and policy_digest is None
-            else DecisionStamp(decided_at or "", policy_digest, context)
-        )
         draft = final_draft(
-            session_id, decision, result, human_decision=human_decision, stamp=stamp
+            session_id,
+            decision,
+            result,
+            human_decision=human_text(human_decision),
+            stamp=decision_stamp(context, decided_at, policy_digest),
         )
         with self._lock:
             record_id = self._next_id
