@@ -484,6 +484,23 @@ def _positive_number(value: object, what: str, *, whole: bool) -> Any:
     return value
 
 
+def _known_keys(spec: object, name: str, allowed: Sequence[str], example: str) -> Mapping[Any, Any]:
+    """``spec`` if it is a mapping of ``allowed`` keys only; else the error naming the misfit.
+
+    ``name`` is what the policy calls it (``limit``, ``on_exceed``, ``after``);
+    ``example`` is a valid one, shown when ``spec`` is not a mapping at all.
+    """
+    if not isinstance(spec, Mapping):
+        raise LimitSpecError(f"{name} must be a mapping such as {example}, not {kind_of(spec)}")
+    for key in spec:
+        if key not in allowed:
+            raise LimitSpecError(
+                f"unknown key {key!r} in {name}; valid keys are: {', '.join(allowed)}",
+                key=str(key),
+            )
+    return spec
+
+
 def compile_meter(rule: str, kind: str, spec: object) -> Meter:
     """Validate and compile a rule's ``limit`` or ``budget`` mapping.
 
@@ -496,14 +513,7 @@ def compile_meter(rule: str, kind: str, spec: object) -> Meter:
         if kind == "limit"
         else "{sum: amount, max: 2000, per: 1d, key: [params.customer_id]}"
     )
-    if not isinstance(spec, Mapping):
-        raise LimitSpecError(f"{kind} must be a mapping such as {example}, not {kind_of(spec)}")
-    for key in spec:
-        if key not in allowed:
-            raise LimitSpecError(
-                f"unknown key {key!r} in {kind}; valid keys are: {', '.join(allowed)}",
-                key=str(key),
-            )
+    spec = _known_keys(spec, kind, allowed, example)
     for key in allowed:
         if key != "key" and key not in spec:
             raise LimitSpecError(f"{kind} needs {key!r}, e.g. {example}")
@@ -537,17 +547,7 @@ def compile_on_exceed(spec: object) -> OnExceed:
     Raises:
         LimitSpecError: a key is unknown or a value invalid.
     """
-    if not isinstance(spec, Mapping):
-        raise LimitSpecError(
-            f"on_exceed must be a mapping such as {{approval: block, risk_level: high}}, not"
-            f" {kind_of(spec)}"
-        )
-    for key in spec:
-        if key not in ON_EXCEED_KEYS:
-            raise LimitSpecError(
-                f"unknown key {key!r} in on_exceed; valid keys are: {', '.join(ON_EXCEED_KEYS)}",
-                key=str(key),
-            )
+    spec = _known_keys(spec, "on_exceed", ON_EXCEED_KEYS, "{approval: block, risk_level: high}")
     approval = coerce_enum(
         Approval,
         spec.get("approval", Approval.BLOCK),
@@ -669,14 +669,7 @@ def compile_flow(name: str, spec: object) -> FlowSpec:
         LimitSpecError: a key is unknown or a value invalid.
     """
     example = "{type: 'read*', target: crm, within: session}"
-    if not isinstance(spec, Mapping):
-        raise LimitSpecError(f"{name} must be a mapping such as {example}, not {kind_of(spec)}")
-    for key in spec:
-        if key not in FLOW_KEYS:
-            raise LimitSpecError(
-                f"unknown key {key!r} in {name}; valid keys are: {', '.join(FLOW_KEYS)}",
-                key=str(key),
-            )
+    spec = _known_keys(spec, name, FLOW_KEYS, example)
     kind = spec.get("type", "*")
     target = spec.get("target", "*")
     type_ok = _glob(kind, f"{name} type")
