@@ -484,7 +484,7 @@ class SqlApprovalStore:
     _CLOCK: ClassVar[str] = "strftime('%Y-%m-%dT%H:%M:%f000+00:00', julianday('now') - ? / 86400.0)"
 
     @classmethod
-    def _filters(
+    def _where_clause(
         cls,
         status: RequestStatus | None,
         requester: str | None,
@@ -494,7 +494,8 @@ class SqlApprovalStore:
         risk: Collection[RiskLevel] | None = None,
         rule: str | None = None,
         groups: Collection[str] | None = None,
-    ) -> tuple[list[str], list[Any]]:
+    ) -> tuple[str, list[Any]]:
+        """The WHERE of a listing (and of its count) with these filters, and its arguments."""
         clauses: list[str] = []
         args: list[Any] = []
         if isinstance(before, tuple):
@@ -542,7 +543,7 @@ class SqlApprovalStore:
                 either.append(cls._HOLDS.format(column="reviewer_groups"))
                 args.append(group)
             clauses.append(f"({' OR '.join(either)})")
-        return clauses, args
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
     def list_requests(
         self,
@@ -563,10 +564,9 @@ class SqlApprovalStore:
             raise ValueError(f"sort {sort!r} is not one of {', '.join(REQUEST_SORTS)}")
         if isinstance(before, ListCursor) and before.sort != sort:
             raise ValueError(f"a cursor of a list sorted by {before.sort} cannot page by {sort}")
-        clauses, args = self._filters(
+        where, args = self._where_clause(
             status, requester, session_id, before, risk=risk, rule=rule, groups=groups
         )
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self._transaction(write=False) as tx:
             rows = tx.all(
                 f"SELECT {_REQUEST_COLUMNS} FROM {{p}}aegis_approval_requests{where} "
@@ -587,10 +587,9 @@ class SqlApprovalStore:
         before: ListCursor | tuple[datetime, str] | None = None,
     ) -> int:
         """See :meth:`aegis.stores.approvals.ApprovalStore.count_requests`."""
-        clauses, args = self._filters(
+        where, args = self._where_clause(
             status, requester, session_id, before, risk=risk, rule=rule, groups=groups
         )
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self._transaction(write=False) as tx:
             rows = tx.all(f"SELECT COUNT(*) FROM {{p}}aegis_approval_requests{where}", args)
             return int(rows[0][0])
