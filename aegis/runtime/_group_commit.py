@@ -32,6 +32,7 @@ import asyncio
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -74,12 +75,12 @@ class GroupCommit(Generic[T, R]):
     """
 
     __slots__ = (
+        "__weakref__",
         "_commit",
         "_drop_cancelled",
         "_give_back",
         "_lock",
         "_loop",
-        "_pid",
         "_remote",
         "_tasks",
         "last_task",
@@ -100,7 +101,7 @@ class GroupCommit(Generic[T, R]):
         self._give_back = give_back
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose batch waits
         self._lock = threading.Lock()  # guards waiting and _loop between threads
-        self._pid = os.getpid()  # a forked child's batch is not its parent's
+        _EVERY.add(self)  # a forked child forgets its parent's batch (_forget_parents)
         self._tasks: set[asyncio.Task[None]] = set()  # remote commits under way
         #: the items of the batch being gathered, with their waiters
         self.waiting: list[tuple[T, asyncio.Future[R]]] = []
@@ -118,7 +119,15 @@ class GroupCommit(Generic[T, R]):
         if not self.waiting and task is self.last_task:
             return self._commit([item])[0]
         future: asyncio.Future[R] = loop.create_future()
-        if not self._join(loop, item, future):
+        with self._lock:
+            waiting = self.waiting
+            joined = not waiting or self._loop is loop
+            if joined:
+                if not waiting:
+                    self._loop = loop
+                    loop.call_soon(self._start_remote if self._remote else self.flush)
+                waiting.append((item, future))
+        if not joined:
             # Another event loop's batch waits: never mix two loops' futures.
             if self._remote:
                 return (await asyncio.to_thread(self._commit, [item]))[0]
@@ -131,21 +140,6 @@ class GroupCommit(Generic[T, R]):
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._hand_back(future.result())
             raise
-
-    def _join(self, loop: asyncio.AbstractEventLoop, item: T, future: asyncio.Future[R]) -> bool:
-        """Add ``item`` to the batch of ``loop``, or open one; ``False`` if another's waits."""
-        if self._pid != os.getpid():
-            self._forget_parent()
-        with self._lock:
-            waiting = self.waiting
-            if waiting:
-                if self._loop is not loop:
-                    return False
-            else:
-                self._loop = loop
-                loop.call_soon(self._start_remote if self._remote else self.flush)
-            waiting.append((item, future))
-            return True
 
     def flush(self) -> None:
         """Write the batch that waits now, on this thread (end of an iteration, or a close)."""
@@ -162,11 +156,9 @@ class GroupCommit(Generic[T, R]):
         # A forked child: the batch that waited holds its parent's items, which
         # the parent writes (here they would be written twice), and the lock
         # may have been held by a thread the child does not have.
-        self._lock, self.waiting, self._loop, self._pid = threading.Lock(), [], None, os.getpid()
+        self._lock, self.waiting, self._loop = threading.Lock(), [], None
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
-        if self._pid != os.getpid():
-            self._forget_parent()
         with self._lock:
             batch, self.waiting, self._loop = self.waiting, [], None
         if self._drop_cancelled:
@@ -209,6 +201,20 @@ class GroupCommit(Generic[T, R]):
                 self._give_back(result)
             except AegisError:
                 _log.exception("could not give back what a cancelled action had reserved")
+
+
+#: every GroupCommit of this process, for _forget_parents
+_EVERY: weakref.WeakSet[GroupCommit[Any, Any]] = weakref.WeakSet()
+
+
+def _forget_parents() -> None:
+    """In a forked child: empty every batch, which its parent writes."""
+    for group in list(_EVERY):
+        group._forget_parent()
+
+
+# At the fork, not checked on every submit: the per-action path stays as it was.
+os.register_at_fork(after_in_child=_forget_parents)
 
 
 def _copy(exc: Exception) -> Exception:
