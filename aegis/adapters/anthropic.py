@@ -37,7 +37,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra
 from aegis.core.action import Action, thaw
@@ -65,6 +65,8 @@ __all__ = [
 ]
 
 _FRAMEWORK = "anthropic"
+#: the tool a governed tool wraps: synchronous or async
+_Inner = TypeVar("_Inner", BetaFunctionTool[Any], BetaAsyncFunctionTool[Any])
 
 
 def governed(
@@ -104,22 +106,27 @@ def governed(
     return _GovernedTool(inner, governor)
 
 
-class _GovernedTool(BetaFunctionTool[Any]):
-    """A synchronous tool whose calls go through the runtime first."""
+class _Governed(Generic[_Inner]):
+    """What the sync and the async governed tool share: the inner tool's definition."""
 
-    def __init__(self, inner: BetaFunctionTool[Any], governor: Governor) -> None:
-        super().__init__(
+    def __init__(self, inner: _Inner, governor: Governor) -> None:
+        # A mixin: super() is the SDK's tool class, which mypy takes for object.
+        super().__init__(  # type: ignore[call-arg]
             inner.func,
             name=inner.name,
             description=inner.description,
             input_schema=inner.input_schema,
         )
-        self._inner = inner
+        self._inner: _Inner = inner
         self._governor = governor
 
     def to_dict(self) -> Any:
         """The inner tool's definition, with all its options."""
         return self._inner.to_dict()
+
+
+class _GovernedTool(_Governed[BetaFunctionTool[Any]], BetaFunctionTool[Any]):
+    """A synchronous tool whose calls go through the runtime first."""
 
     def call(self, input: object) -> Any:
         """Run the call through the runtime; raise ToolError when it does not run."""
@@ -132,22 +139,8 @@ class _GovernedTool(BetaFunctionTool[Any]):
         return _answer(self._governor, call, result)
 
 
-class _GovernedAsyncTool(BetaAsyncFunctionTool[Any]):
+class _GovernedAsyncTool(_Governed[BetaAsyncFunctionTool[Any]], BetaAsyncFunctionTool[Any]):
     """An async tool whose calls go through the runtime first."""
-
-    def __init__(self, inner: BetaAsyncFunctionTool[Any], governor: Governor) -> None:
-        super().__init__(
-            inner.func,
-            name=inner.name,
-            description=inner.description,
-            input_schema=inner.input_schema,
-        )
-        self._inner = inner
-        self._governor = governor
-
-    def to_dict(self) -> Any:
-        """The inner tool's definition, with all its options."""
-        return self._inner.to_dict()
 
     async def call(self, input: object) -> Any:
         """Run the call through the runtime; raise ToolError when it does not run."""
