@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -37,7 +37,37 @@ from aegis.mcp._jsonrpc import (
 if TYPE_CHECKING:
     from aegis.mcp.http_downstream import HttpDownstream
 
-__all__ = ["PipeDownstream", "check_server", "open_downstream", "skip_line"]
+__all__ = [
+    "AEGIS_SECRETS",
+    "PipeDownstream",
+    "check_server",
+    "open_downstream",
+    "server_environment",
+    "skip_line",
+]
+
+#: Aegis's own secrets in the environment: the database URL (it may carry a
+#: password), the approval tokens, the audit's signing key, the service's
+#: session, webhook and OpenID client secrets. The governed server never needs
+#: them, and a tool of its that prints its environment would hand them to the
+#: agent it governs: with the database's password or the signing key the agent
+#: could rewrite the trail or approve its own requests.
+AEGIS_SECRETS = frozenset(
+    {
+        "AEGIS_DB",
+        "AEGIS_TOKEN",
+        "AEGIS_METRICS_TOKEN",
+        "AEGIS_AUDIT_KEY",
+        "AEGIS_SESSION_KEY",
+        "AEGIS_WEBHOOK_SECRET",
+        "AEGIS_OIDC_CLIENT_SECRET",
+    }
+)
+
+
+def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The governed server's environment: ``environ`` without :data:`AEGIS_SECRETS`."""
+    return {name: value for name, value in environ.items() if name not in AEGIS_SECRETS}
 
 #: the longest message a server may send, a line or an HTTP body or event (64 MiB);
 #: a longer one is read past and refused, and the request it answers fails
@@ -203,9 +233,10 @@ async def open_downstream(
     the seconds it gets to exit once its stdin closes, then again after
     SIGTERM, before its process group is killed.
 
-    The child process gets the proxy's whole environment (the client that
-    starts the proxy configures it as it would configure the server) and
-    writes its stderr to the proxy's.
+    The child process gets the proxy's environment (the client that starts
+    the proxy configures it as it would configure the server) but for
+    Aegis's own secrets (:data:`AEGIS_SECRETS`), and writes its stderr to
+    the proxy's.
 
     Raises:
         ConfigurationError: neither or both of ``command`` and ``url``, or a
@@ -237,6 +268,7 @@ async def open_downstream(
             stderr=None,  # the server's log lines go where the proxy's go
             start_new_session=True,  # its own group, so that its children end with it
             limit=max_line,
+            env=server_environment(os.environ),
         )
     except OSError as exc:
         raise ConfigurationError(

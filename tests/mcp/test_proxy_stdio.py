@@ -429,3 +429,44 @@ def test_check_against_a_server_printing_on_stdout_is_one_clear_line(files: File
     assert "could not list the tools of the MCP server" in lines[0]
     assert "not JSON-RPC on its stdout: 'Starting server...'" in lines[0]
     assert "Traceback" not in out.stderr
+
+
+async def test_the_server_gets_the_proxys_environment_but_aegis_secrets(
+    files: Files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The governed server never sees Aegis's secrets: a tool printing them would leak them.
+
+    With the database's password or the signing key, the agent the proxy
+    governs could rewrite the trail or approve its own requests.
+    """
+    from aegis.runtime.signing import generate_key_files
+
+    private, _ = generate_key_files(tmp_path / "audit.key")
+    secrets = {
+        "AEGIS_DB": files.db,
+        "AEGIS_TOKEN": "agent-token-zzq",
+        "AEGIS_METRICS_TOKEN": "metrics-token-zzq",
+        "AEGIS_AUDIT_KEY": str(private),
+        "AEGIS_SESSION_KEY": "session-key-zzq",
+        "AEGIS_WEBHOOK_SECRET": "webhook-secret-zzq",
+        "AEGIS_OIDC_CLIENT_SECRET": "oidc-secret-zzq",
+    }
+    for name, value in {**secrets, "PLAIN_SETTING": "kept"}.items():
+        monkeypatch.setenv(name, value)
+    seen = tmp_path / "server-environment.json"
+    # The server as started by the proxy: it notes its environment, then serves.
+    note = (
+        "import json, os, sys; "
+        f"open({str(seen)!r}, 'w').write(json.dumps(dict(os.environ))); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
+    proxy = files.proxy()
+    command = [*proxy[: proxy.index("--") + 1], sys.executable, "-c", note, *files.server()[1:]]
+    async with proxied_client(files, _command=command) as client:
+        result = await client.call_tool("read", {"path": "/srv/readme.txt"})
+    assert result.is_error is False
+    environment = json.loads(seen.read_text())
+    assert environment["PLAIN_SETTING"] == "kept"
+    assert sorted(set(secrets) & set(environment)) == []
+    [record] = files.records()
+    assert record["result_status"] == "success"
