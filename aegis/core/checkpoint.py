@@ -22,13 +22,16 @@ describes the value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint"]
+__all__ = ["CHECKPOINT_COLUMNS", "CHECKPOINT_FORMAT", "Checkpoint"]
 
 #: the first word of every signed message, with the format's version
 CHECKPOINT_FORMAT: Final = "aegis-audit-checkpoint/1"
+#: the columns of a stored checkpoint, in :meth:`Checkpoint.row` order
+CHECKPOINT_COLUMNS: Final = "count, hash, created_at, key_id, signature"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +52,13 @@ class Checkpoint:
     def message(self) -> bytes:
         """The bytes the signature covers."""
         return f"{CHECKPOINT_FORMAT} {self.count} {self.hash} {self.created_at}".encode()
+
+    def row(self) -> tuple[int, str, str, str, str]:
+        """The values of a stored checkpoint, in the column order of :data:`CHECKPOINT_COLUMNS`."""
+        return (self.count, self.hash, self.created_at, self.key_id, self.signature)
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Checkpoint:
+        """The checkpoint of a stored row (:meth:`row`'s order); a hand-edited value is its text."""
+        count, digest, created_at, key_id, signature = row
+        return cls(int(count), str(digest), str(created_at), str(key_id), str(signature))

@@ -75,7 +75,7 @@ from aegis.core.chain import (
     seal_pieces,
     verify_chain,
 )
-from aegis.core.checkpoint import Checkpoint
+from aegis.core.checkpoint import CHECKPOINT_COLUMNS, Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
 from aegis.errors import StoreError
@@ -1272,16 +1272,10 @@ class PostgresAuditStore(ReadMixin):
                 raise StoreError(f"the audit trail in {self.url} keeps no checkpoints")
             conn.execute(
                 sql.SQL(
-                    "INSERT INTO {} (count, hash, created_at, key_id, signature) "
+                    f"INSERT INTO {{}} ({CHECKPOINT_COLUMNS}) "
                     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (count) DO NOTHING"
                 ).format(self._checkpoints),
-                (
-                    checkpoint.count,
-                    checkpoint.hash,
-                    checkpoint.created_at,
-                    checkpoint.key_id,
-                    checkpoint.signature,
-                ),
+                checkpoint.row(),
             )
 
     def checkpoints(self) -> list[Checkpoint]:
@@ -1290,13 +1284,11 @@ class PostgresAuditStore(ReadMixin):
             if self._checkpoints is None:
                 return []
             rows = conn.execute(
-                sql.SQL(
-                    "SELECT count, hash, created_at, key_id, signature FROM {} ORDER BY count"
-                ).format(self._checkpoints)
+                sql.SQL(f"SELECT {CHECKPOINT_COLUMNS} FROM {{}} ORDER BY count").format(
+                    self._checkpoints
+                )
             ).fetchall()
-        return [
-            Checkpoint(int(n), str(h), str(at), str(key), str(sig)) for n, h, at, key, sig in rows
-        ]
+        return [Checkpoint.from_row(row) for row in rows]
 
     def _stream(self) -> Iterator[AuditRecord]:
         """Every record in id order through a server-side cursor, in one snapshot."""

@@ -44,7 +44,7 @@ from operator import itemgetter
 from typing import Any, Final
 
 from aegis.core.chain import EMPTY_HEAD, GENESIS_HASH, Head, VerifyReport, seal, verify_chain
-from aegis.core.checkpoint import Checkpoint
+from aegis.core.checkpoint import CHECKPOINT_COLUMNS, Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import (
     JSON_FIELDS,
@@ -777,15 +777,9 @@ class SQLiteAuditStore(ReadMixin):
         with self._conn("write a checkpoint to") as conn:
             self._ensure(conn)
             conn.execute(
-                "INSERT INTO audit_checkpoints (count, hash, created_at, key_id, signature) "
+                f"INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (count) DO NOTHING",
-                (
-                    checkpoint.count,
-                    checkpoint.hash,
-                    checkpoint.created_at,
-                    checkpoint.key_id,
-                    checkpoint.signature,
-                ),
+                checkpoint.row(),
             )
 
     def checkpoints(self) -> list[Checkpoint]:
@@ -794,13 +788,9 @@ class SQLiteAuditStore(ReadMixin):
         if not self._has_checkpoints:
             return []
         rows = self._read(
-            "read",
-            "SELECT count, hash, created_at, key_id, signature"
-            " FROM audit_checkpoints ORDER BY count",
+            "read", f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY count"
         )
-        return [
-            Checkpoint(int(n), str(h), str(at), str(key), str(sig)) for n, h, at, key, sig in rows
-        ]
+        return [Checkpoint.from_row(row) for row in rows]
 
     def head(self) -> Head:
         """The head of the chain, read from the file."""
