@@ -214,11 +214,14 @@ def _end_grants(store: ApprovalStore, db: str, info: TokenInfo) -> list[str]:
     # Imported here: the service is only needed for this.
     from aegis.server.service import ApprovalService  # noqa: PLC0415
 
-    given = [
-        g.id
-        for g in store.list_grants(datetime.now(UTC))
-        if any(_gave(info, key) for key in g.granted_by)
-    ]
+    given: list[str] = []
+    now = datetime.now(UTC)
+    before = None
+    # Every page: a list stops at 1000 grants, and a grant past the first
+    # thousand would keep approving in the revoked token's name.
+    while page := store.list_grants(now, before=before):
+        given += [g.id for g in page if any(_gave(info, key) for key in g.granted_by)]
+        before = (page[-1].created_at, page[-1].id)
     if not given:
         return []
     operator = f"operator:{getpass.getuser()} (token {info.name} revoked)"

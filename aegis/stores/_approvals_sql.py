@@ -980,10 +980,23 @@ class SqlApprovalStore:
 
     # -- grants -----------------------------------------------------------------
 
-    def list_grants(self, now: datetime, *, include_inactive: bool = False) -> list[Grant]:
+    def list_grants(
+        self,
+        now: datetime,
+        *,
+        include_inactive: bool = False,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[Grant]:
         """See :meth:`aegis.stores.approvals.ApprovalStore.list_grants`."""
-        where = "" if include_inactive else f" WHERE {self._live_grant()}"
-        args = () if include_inactive else (iso(now), 0.0)
+        clauses: list[str] = []
+        args: list[Any] = []
+        if not include_inactive:
+            clauses.append(self._live_grant())
+            args += [iso(now), 0.0]
+        if before is not None:
+            clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [iso(before[0]), iso(before[0]), before[1]]
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._transaction(write=False) as tx:
             rows = tx.all(
                 f"SELECT {_GRANT_COLUMNS} FROM {{p}}aegis_grants{where} "

@@ -582,8 +582,18 @@ class ApprovalStore(Protocol):
         """End an inbox session now; ``False`` if it was unknown or ended already."""
         ...
 
-    def list_grants(self, now: datetime, *, include_inactive: bool = False) -> list[Grant]:
-        """Grants, newest first; only the active ones (see :meth:`decide`) unless asked."""
+    def list_grants(
+        self,
+        now: datetime,
+        *,
+        include_inactive: bool = False,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[Grant]:
+        """Grants, newest first; only the active ones (see :meth:`decide`) unless asked.
+
+        At most 1000: ``before`` (the ``created_at`` and ``id`` of the last
+        grant of a page) lists those that follow it.
+        """
         ...
 
     def get_grant(self, grant_id: str) -> Grant | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from pathlib import Path
 from cli_support import Invoke
 
 from aegis.core.action import Action, action_digest
-from aegis.core.approval_request import ApprovalRequest, Verdict, request_digest
+from aegis.core.approval_request import ApprovalRequest, Verdict, iso, request_digest
 from aegis.core.risk import RiskLevel
 from aegis.runtime.audit import AuditLogger
 from aegis.stores.approvals import hash_token, new_request_id, open_approval_store
@@ -226,6 +227,46 @@ def test_token_revoke_ends_the_grants_it_gave(invoke: Invoke, tmp_path: Path) ->
     listed = json.loads(invoke("grants", "list", "--db", db, "--format", "json").stdout)
     assert sorted(g["id"] for g in listed) == sorted([his, namesake])
     assert kims not in {g["id"] for g in listed}
+
+
+def test_token_revoke_ends_a_grant_behind_a_thousand_newer_ones(
+    invoke: Invoke, tmp_path: Path
+) -> None:
+    """However many grants others gave since, the revoked token's older grant ends too."""
+    db = str(tmp_path / "aegis.db")
+    made = invoke("token", "create", "alice", "--role", "reviewer", "--db", db)
+    assert made.exit_code == 0, made.output
+    hers = _granted(db, by="alice")
+    with sqlite3.connect(db) as conn:  # bob's grants, given after hers
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(aegis_grants)")]
+        kept = dict(
+            zip(
+                columns,
+                conn.execute("SELECT * FROM aegis_grants WHERE id = ?", (hers,)).fetchone(),
+                strict=True,
+            )
+        )
+        later = iso(datetime.now(UTC) + timedelta(seconds=1))
+        others = [
+            {**kept, "id": f"grt_bob{n:04d}", "granted_by": '["bob"]', "created_at": later}
+            for n in range(1000)
+        ]
+        conn.executemany(
+            f"INSERT INTO aegis_grants ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})",
+            [tuple(row[c] for c in columns) for row in others],
+        )
+    revoked = invoke("token", "revoke", "alice", "--db", db)
+    assert revoked.exit_code == 0, revoked.output
+    store = open_approval_store(db)
+    try:
+        grant = store.get_grant(hers)
+        active = store.list_grants(datetime.now(UTC))
+    finally:
+        store.close()
+    assert grant is not None
+    assert grant.revoked_at is not None
+    assert len(active) == 1000  # bob's stand
 
 
 def test_serve_refuses_a_public_address_without_tls(invoke: Invoke, tmp_path: Path) -> None:

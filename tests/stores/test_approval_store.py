@@ -238,6 +238,29 @@ def test_grant_expires(store: ApprovalStore) -> None:
     assert len(store.list_grants(NOW, include_inactive=True)) == 1
 
 
+def test_grants_page_on_after_the_last_of_a_page(store: ApprovalStore) -> None:
+    """``before`` lists the grants after a page's last, newest first, ties broken by id."""
+    given = []
+    for n, at in enumerate((NOW, NOW, NOW + timedelta(seconds=1))):
+        request, _ = store.create_request(make(f"s{n}"), at)
+        _, grant = store.decide(
+            request.id, "alice", Verdict.APPROVE, comment="", grant_minutes=30, now=at
+        )
+        assert grant is not None
+        given.append(grant)
+    every = store.list_grants(NOW)
+    assert {g.id for g in every} == {g.id for g in given}
+    pages = []
+    before = None
+    for _ in every:
+        page = store.list_grants(NOW, before=before)
+        pages.append(page[0].id)
+        before = (page[0].created_at, page[0].id)
+    assert pages == [g.id for g in every]
+    assert store.list_grants(NOW, before=before) == []
+    assert store.list_grants(NOW, include_inactive=True, before=before) == []
+
+
 def test_two_person_grant_needs_every_approver(store: ApprovalStore) -> None:
     """A grant is made only when every approving reviewer asked for one, for the shortest time."""
     request, _ = store.create_request(make(approvers=2), NOW)
