@@ -170,6 +170,13 @@ def _frozen(event: FlowEvent) -> FlowEvent:
 _new = tuple.__new__
 
 
+def _horizon(limits: PolicyLimits | None) -> float | None:
+    """How far back (seconds) a policy's flow conditions look; 0 for a policy without any."""
+    if limits is None or not limits.flow_specs:
+        return 0.0
+    return limits.flow_horizon
+
+
 def _charges(meters: tuple[Meter, ...], action: Action, subject: Subject) -> tuple[Charge, ...]:
     """What ``action`` (folded as its policy folds names) adds to each meter's counter.
 
@@ -195,6 +202,8 @@ class Metering:
         self.batch: GroupCommit[Request, Acquired] = GroupCommit(
             store.acquire_many, drop_cancelled=True, give_back=self._give_back
         )
+        #: the flow events of one event loop iteration, noted in one transaction
+        self.notes: GroupCommit[FlowEvent, None] = GroupCommit(self._remember_many)
         #: the subject of the last check, reused while it is the same one
         self.last_subject = Subject("", agent)
         #: when the store last forgot old flow events, when to let it next, and the horizon
@@ -203,21 +212,33 @@ class Metering:
         #: pass the old time again stopped the deleting for as long as it had gone back)
         self._forgot, self._forget_at = 0.0, 0.0
         self._told: object = _UNTOLD
+        #: the policy whose horizon was told last (see noted)
+        self._policy: object = None
 
-    def _forget(self, limits: PolicyLimits, at: float) -> None:
-        """Tell the store how far back ``limits`` looks, and let it delete older events.
+    def _forget(self, horizon: float | None, at: float) -> None:
+        """Tell the store how far back the policy looks, and let it delete older events.
 
         Housekeeping: a store that fails is logged and asked again later,
         never a reason to refuse the action (the recall or the note of the
         event says so when the store is broken).
         """
-        self._told = limits.flow_horizon
+        self._told = horizon
         try:
-            more = self.store.forget_events(limits.flow_horizon, at)
+            more = self.store.forget_events(horizon, at)
         except AegisError:
             _log.warning("could not delete old flow events; trying again later", exc_info=True)
             more = False
         self._forgot, self._forget_at = at, at + (_FORGET_SOON if more else _FORGET_EVERY)
+
+    def _remember_many(self, events: list[FlowEvent]) -> list[None]:
+        """Note ``events`` together, where the store can (else one by one)."""
+        many = getattr(self.store, "remember_many", None)
+        if many is not None:
+            many(events)
+        else:
+            for event in events:
+                self.store.remember(event)
+        return [None] * len(events)
 
     def _give_back(self, acquired: Acquired) -> None:
         """Release what a check reserved for an action that was cancelled meanwhile."""
@@ -311,7 +332,8 @@ class Metering:
             if limits.flow_specs and (
                 not self._forgot <= at < self._forget_at or limits.flow_horizon != self._told
             ):
-                self._forget(limits, at)  # before the recall: a longer window is kept from now
+                # before the recall: a longer window is kept from now
+                self._forget(limits.flow_horizon, at)
         specs = limits.flow_specs_for(action) if limits.flow_specs else ()
         if specs:
             facts = self._facts(limits, specs, subject.session_id, at)
@@ -342,11 +364,10 @@ class Metering:
             over = rule.on_exceed.approval is not Approval.BLOCK
             pending = (rule, _new(Request, (charges, at, over)))
         if defer and approval is Approval.AUTO:
-            event = None
-            if limits.flow_specs and limits.remembers(action):
-                event = FlowEvent(subject.session_id, action.type, action.target, action.params, at)
+            # every action let through is noted, whatever this policy looks for (see ran())
+            event = FlowEvent(subject.session_id, action.type, action.target, action.params, at)
             if pending is None:
-                return decision, None if event is None else Deferred(None, event)
+                return decision, Deferred(None, event)
             batch = self.batch
             # batch.alone(), inline: a call less on every sequential action (benchmarks/limits.py)
             if not batch.waiting and current_task() is batch.last_task:
@@ -401,17 +422,30 @@ class Metering:
             self.store.release(lease)
 
     def ran(self, policy: Any, action: Action, session_id: str, now: float | None = None) -> None:
-        """Note that ``action`` was let through, if a flow condition may look for it."""
-        limits: PolicyLimits | None = getattr(policy, "limits", None)
-        if limits is not None and limits.flow_specs and limits.remembers(action):
-            at = time.time() if now is None else now
-            self.store.remember(
-                FlowEvent(session_id, action.type, action.target, action.params, at)
-            )
-            if now is None and (
-                not self._forgot <= at < self._forget_at or limits.flow_horizon != self._told
-            ):
-                self._forget(limits, at)
+        """Note that ``action`` was let through, whatever the policy's flow conditions look for.
+
+        Every action is noted, not only those this policy's conditions could
+        look for: another process sharing the store (or this one, after a
+        reload) may run a policy whose ``not_after`` looks for it.
+        """
+        at = time.time() if now is None else now
+        self.store.remember(FlowEvent(session_id, action.type, action.target, action.params, at))
+        if now is None:
+            self.noted(policy, at)
+
+    def noted(self, policy: Any, at: float) -> None:
+        """Let the store delete events older than ``policy`` looks back, now and then.
+
+        Called once an action's event is noted; a policy without flow
+        conditions needs none of them (its horizon is 0: the store keeps
+        the longest horizon another process declared).
+        """
+        if self._forgot <= at < self._forget_at and policy is self._policy:
+            return  # (the usual case: one comparison per action)
+        self._policy = policy
+        horizon = _horizon(getattr(policy, "limits", None))
+        if not self._forgot <= at < self._forget_at or horizon != self._told:
+            self._forget(horizon, at)
 
     def earlier(
         self, limits: PolicyLimits, rule: str, session_id: str, now: float
@@ -678,8 +712,11 @@ class MeteringStep:
                 if charges is None:
                     charges = lane.charge(decision.action)
                 if charges is not None:
-                    request = _new(Request, (charges, time.time(), lane.over))
-                    return decision, _new(Deferred, (request, None)), stamp, None
+                    at = time.time()
+                    request = _new(Request, (charges, at, lane.over))
+                    action = decision.action
+                    event = FlowEvent(session_id, action.type, action.target, action.params, at)
+                    return decision, _new(Deferred, (request, event)), stamp, None
         try:
             metering = self._metering or self.metering()
             subject = metering.last_subject  # subject()'s answer when it is the last one's
@@ -803,11 +840,31 @@ class MeteringStep:
             _log.debug("the start with its reservation failed; metering again", exc_info=True)
             return None
         if token is not None:
+            event = deferred.event
+            if event is not None:
+                metering.noted(policy, event.at)
             return token
         acquired = guard.acquired
         if acquired is None or deferred.request is None:
             return None
         return metering.refused(policy, decision, deferred.request, acquired)
+
+    def note(self, session_id: str, action: Action) -> Deferred | None:
+        """The flow event of an action of a policy without limits, to write with its start.
+
+        Every action let through is noted (see :meth:`Metering.ran`): a
+        ``not_after`` of another process, or of this one after a reload,
+        may look for it. ``None`` when the audit cannot carry it in its
+        start record's transaction; :meth:`ran` notes it then.
+        """
+        try:
+            self._metering or self.metering()
+        except AegisError:
+            return None  # ran() says why the action does not run
+        if self._guarded is None or not self._metering.notes.alone():  # type: ignore[union-attr]
+            return None  # others to note with: ran() notes it with them, in one transaction
+        at = time.time()
+        return Deferred(None, FlowEvent(session_id, action.type, action.target, action.params, at))
 
     def release(self, lease: Lease | Deferred | None) -> None:
         """Release ``lease``; a failure only leaves it counted (the safe side), and is logged."""
@@ -818,13 +875,19 @@ class MeteringStep:
         except AegisError:
             _log.exception("could not release a reservation; it stays counted until it expires")
 
-    def ran(self, session_id: str, policy: Any, action: Action) -> Result | None:
+    async def ran(self, session_id: str, policy: Any, action: Action) -> Result | None:
         """Note that ``action`` is let through; a ``FAILED`` Result if that cannot be noted.
 
-        The caller then gives back what the action reserved: it does not run.
+        The events of concurrent actions are noted in one transaction. The
+        caller then gives back what the action reserved: it does not run.
         """
         try:
-            self.metering().ran(policy, action, session_id)
+            metering = self._metering or self.metering()
+            at = time.time()
+            await metering.notes.submit(
+                FlowEvent(session_id, action.type, action.target, action.params, at)
+            )
+            metering.noted(policy, at)
         except AegisError as exc:
             now = datetime.now(UTC)
             return Result(
@@ -852,8 +915,8 @@ class _Lane:
     meter is a limit keyed by session, agent or nothing (``per_subject``).
     Only for an :class:`~aegis.core.policy.Policy` (which never changes; a
     policy object of another kind might), without flow conditions (nothing
-    asks for history or remembers the action), and an agent given to the
-    runtime (not named by each call's context).
+    asks for history), and an agent given to the runtime (not named by each
+    call's context). The action's flow event is noted all the same.
     """
 
     __slots__ = ("charges", "folds", "meters", "over", "policy", "rule", "subject")
@@ -885,12 +948,7 @@ class _Lane:
             return None
         limits: PolicyLimits = policy.limits
         rule = limits.by_rule.get(decision.matched_rule)
-        if (
-            deferred.event is not None
-            or limits.flow_specs
-            or rule is None
-            or metering.agent is None
-        ):
+        if limits.flow_specs or rule is None or metering.agent is None:
             return None
         fixed = all(meter.per_subject for meter in rule.meters)
         return cls(

@@ -389,7 +389,7 @@ class Passage:
                 return await self.abort(self.changed(ran=False))
         elif approval is not _AUTO:  # decide() allows nothing else; fail closed anyway
             return await self.abort(blocked(decision))
-        ended = await self.start(policy, metered)
+        ended = await self.start(policy, metered, defer)
         if ended is not None:
             return ended
         return await self.finish(await self.execute())
@@ -437,10 +437,13 @@ class Passage:
             raise
         return denied
 
-    async def start(self, policy: Any, metered: bool) -> Result | None:
+    async def start(self, policy: Any, metered: bool, defer: bool = True) -> Result | None:
         """Step 3: note the action as let through and write its start record.
 
         ``metered``: ``policy`` has limits (read once, in :meth:`run`).
+        Every action is noted as a flow event, whatever the policy: another
+        process's flow rules (or this one's after a reload) may look for it.
+        ``defer``: the event may be written in the start record's transaction.
 
         Returns ``None`` when the action may run, else its final Result (it
         did not run). A deferred reservation is made in the start record's
@@ -450,6 +453,8 @@ class Passage:
         gate = self.gate
         decision = self.decision
         lease = self.lease
+        if lease is None and not metered and defer:
+            lease = gate.metering.note(gate.session_id, decision.action)
         if type(lease) is Deferred:
             kept = self.stamp if gate.start_stamped and gate.stamped else None
             started = gate.metering.start(
@@ -476,12 +481,11 @@ class Passage:
                 # An action whose start is not in the trail must not run.
                 self.release()
                 return unrecorded(decision, None, exc)
-        if lease is not None or metered:
-            # Noted once its start is written: an action the trail refused
-            # never ran, so no ``after`` condition may count it.
-            failed = gate.metering.ran(gate.session_id, policy, decision.action)
-            if failed is not None:
-                return await self.abort(failed)
+        # Noted once its start is written: an action the trail refused
+        # never ran, so no ``after`` condition may count it.
+        failed = await gate.metering.ran(gate.session_id, policy, decision.action)
+        if failed is not None:
+            return await self.abort(failed)
         self.lease = None  # the action runs: what it reserved stays counted
         return None
 

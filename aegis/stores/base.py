@@ -344,7 +344,12 @@ class UsageStore(Protocol):
         ...
 
     def remember(self, event: FlowEvent) -> None:
-        """Keep ``event``: an action of its session was let through to run."""
+        """Keep ``event``: an action of its session was let through to run.
+
+        Every action let through is noted, whatever the policy looks for.
+        A store may add ``remember_many(events)`` (one transaction for the
+        concurrent actions of a process); without it, each is remembered.
+        """
         ...
 
     def recall(

@@ -298,6 +298,11 @@ class MemoryUsageStore:
                 self._in_order = False
             events.append(event)
 
+    def remember_many(self, events: Sequence[FlowEvent]) -> None:
+        """Keep ``events``, as :meth:`remember` each."""
+        for event in events:
+            self.remember(event)
+
     def recall(
         self, session_id: str, since: float | None, action_type: str | None
     ) -> list[FlowEvent]:

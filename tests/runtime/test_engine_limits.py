@@ -266,7 +266,8 @@ async def test_plan_shows_the_limits_without_reserving(policy: Policy, tmp_path:
 
 
 async def test_a_broken_usage_store_blocks_with_the_reason(policy: Policy, tmp_path: Path) -> None:
-    """Counters that cannot be checked block; history that cannot be noted fails the action."""
+    """Counters that cannot be checked block; history that cannot be noted fails the action,
+    any action: another process's flow rule may look for it."""
     store = MemoryUsageStore()
     store.close()
     async with runtime(policy, tmp_path, usage_store=store) as rt:
@@ -275,22 +276,33 @@ async def test_a_broken_usage_store_blocks_with_the_reason(policy: Policy, tmp_p
         plain = await rt.run_one(Action("read", "billing"))
     assert result.status is ResultStatus.BLOCKED
     assert "the usage counters could not be checked" in (result.error or "")
-    # a read of the CRM is history a flow rule looks for: unnoted, it must not run
-    assert remembered.status is ResultStatus.FAILED
-    assert "not run: the usage store could not note the action" in (remembered.error or "")
-    assert plain.status is ResultStatus.SUCCESS  # needs no counter and no history
+    # every action let through is history some flow rule may look for: unnoted, it must not run
+    for unnoted in (remembered, plain):
+        assert unnoted.status is ResultStatus.FAILED
+        assert "not run: the usage store could not note the action" in (unnoted.error or "")
 
 
-async def test_policies_without_limits_never_open_a_usage_store(tmp_path: Path) -> None:
-    """A policy with no stateful rules leaves the audit file without usage tables."""
-    import sqlite3
-
+async def test_a_policy_without_limits_notes_its_actions_with_their_start_records(
+    tmp_path: Path,
+) -> None:
+    """A policy with no stateful rules still notes each action let through, for the flow rules
+    of another process sharing the file: in its start record's transaction, one commit."""
     plain = Policy.from_dict({"rules": [{"match": {"type": "*"}, "approval": "auto"}]})
-    async with runtime(plain, tmp_path) as rt:
-        await rt.run_one(Action("send_email", "smtp"))
+    audit = AuditLogger(tmp_path / "aegis_audit.db")
+    async with runtime(plain, tmp_path, audit_logger=audit, session_id="s") as rt:
+        await rt.run_one(Action("read_secret", "vault"))  # opens the file, learns the head
+        seen = _trace(audit)
+        await rt.run_one(Action("send_email", "smtp", {"to": "x"}))
+        words = [
+            sql.split()[0] + (" " + sql.split()[2] if sql.startswith("INSERT") else "")
+            for sql in seen
+        ]
+        assert words[:4] == ["BEGIN", "INSERT aegis_flow_events", "INSERT audit_log", "COMMIT"]
     with sqlite3.connect(tmp_path / "aegis_audit.db") as conn:
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    assert "aegis_usage" not in names
+        rows = conn.execute(
+            "SELECT session_id, action_type, action_target, params FROM aegis_flow_events"
+        ).fetchall()
+    assert rows == [("s", "read_secret", "vault", "{}"), ("s", "send_email", "smtp", '{"to":"x"}')]
 
 
 async def test_the_usage_store_follows_the_audit(tmp_path: Path, policy: Policy) -> None:
@@ -730,7 +742,7 @@ async def test_a_clock_set_back_does_not_stop_the_forgetting(
         store.remember(FlowEvent("s", "read", "crm", {}, clock[0] - 3 * 3600))  # past 1 h
         clock[0] += 61  # a minute on
         assert await statuses(rt, [send]) == ["success"]
-    assert store.recall("s", None, None) == []
+    assert store.recall("s", None, "read") == []  # (the sends are noted, and recent)
 
 
 def _answer(proc: subprocess.Popen[str], action: str) -> str:
@@ -794,7 +806,8 @@ def test_a_process_on_a_shorter_window_keeps_what_a_running_longer_one_reads(
             short = _spawn([str(policies["1h"]), db, dsn, "s", str(start), "send:external_x"])
             assert _collect([short]) == ["success"]
             # it did delete (the 3 d old read is gone), but not the read the 1 d window needs
-            assert [round((now - e.at) / 3600) for e in seed.recall("s", None, None)] == [5]
+            reads = seed.recall("s", None, "read")  # (the sends are noted too, and recent)
+            assert [round((now - e.at) / 3600) for e in reads] == [5]
             assert _answer(long, "send:external_x") == "blocked"
             _, stderr = long.communicate(timeout=60)  # closes its stdin: it ends
             assert long.returncode == 0, stderr
@@ -1079,7 +1092,9 @@ async def test_a_sequential_action_reserves_in_its_start_records_transaction(
         ]
         # a final record commits with synchronous=FULL (the default durability, "result")
         final = ["PRAGMA", "INSERT audit_log", "PRAGMA"]
-        written = ["INSERT aegis_usage", "INSERT audit_log", "COMMIT", *final]
+        # the action's flow event too: every action is noted, for any process's flow rules
+        written = ["INSERT aegis_usage", "INSERT aegis_flow_events", "INSERT audit_log", "COMMIT"]
+        written += final
         assert words == [
             *["BEGIN", "PRAGMA", "SELECT", *written],  # the version, first seen: keeps nothing
             *["BEGIN", "PRAGMA", "SELECT", "SELECT", *written],  # reads the counter, keeps it

@@ -120,10 +120,11 @@ def _trace(audit: AuditLogger) -> list[str]:
 
 
 @pytest.mark.parametrize("durability", ["process", "result", "full"])
-async def test_a_sequential_action_is_two_single_statement_commits(
+async def test_a_sequential_action_is_two_commits_its_final_a_single_statement(
     tmp_path: Path, durability: str
 ) -> None:
-    """Run one by one, an action writes its start and its final record as one INSERT each.
+    """Run one by one, an action writes its start record with its flow event (which any
+    process's flow rule may look for) in one transaction, and its final record as one INSERT.
 
     At "result" the final record's INSERT alone runs with synchronous=FULL.
     """
@@ -139,16 +140,19 @@ async def test_a_sequential_action_is_two_single_statement_commits(
         seen = _trace(audit)
         for i in range(5):
             assert (await runtime.run_one(Action("read", "crm", {"i": i}))).ok
-        inserts = [sql for sql in seen if not sql.startswith("PRAGMA synchronous")]
-        assert len(inserts) == 10
-        assert all(sql.startswith("INSERT INTO audit_log") for sql in inserts)
+        words = [
+            sql.split()[0] + (" " + sql.split()[2] if sql.startswith("INSERT") else "")
+            for sql in seen
+            if not sql.startswith("PRAGMA synchronous")
+        ]
+        start = ["BEGIN", "INSERT aegis_flow_events", "INSERT audit_log", "COMMIT"]
+        assert words == [*start, "INSERT audit_log"] * 5
         if durability == "result":
             # start; FULL, final, NORMAL
-            assert seen[:4] == [inserts[0], "PRAGMA synchronous=FULL", inserts[1], seen[3]]
-            assert seen[3] == "PRAGMA synchronous=NORMAL"
-            assert len(seen) == 20
+            assert seen[4:7] == ["PRAGMA synchronous=FULL", seen[5], "PRAGMA synchronous=NORMAL"]
+            assert len(seen) == 35
         else:
-            assert len(seen) == 10
+            assert len(seen) == 25
         assert audit.verify().ok
 
 

@@ -410,6 +410,22 @@ class PostgresUsageStore:
 
         self._run("keep a flow event in", work)
 
+    def remember_many(self, events: Sequence[FlowEvent]) -> None:
+        """Keep ``events`` in one transaction: concurrent actions of a process share a commit."""
+        rows = [(e.session_id, e.type, e.target, params_json(e.params), e.at) for e in events]
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {} (session_id, action_type, action_target, params, at)"
+                        " VALUES (%s, %s, %s, %s, %s)"
+                    ).format(self._tables["aegis_flow_events"]),
+                    rows,
+                )
+
+        self._run("keep flow events in", work)
+
     def recall(
         self, session_id: str, since: float | None, action_type: str | None
     ) -> list[FlowEvent]:

@@ -475,6 +475,26 @@ class SQLiteUsageStore:
         # One statement: autocommit makes it its own transaction.
         self._run("note a flow event in", lambda conn: _remember(conn.cursor(), event))
 
+    def remember_many(self, events: Sequence[FlowEvent]) -> None:
+        """Keep ``events`` in one transaction: concurrent actions of a process share a commit."""
+        if len(events) == 1:
+            self.remember(events[0])
+            return
+
+        def work(conn: sqlite3.Connection) -> None:
+            cur = conn.cursor()
+            cur.execute("BEGIN")
+            try:
+                for event in events:
+                    _remember(cur, event)
+                cur.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+
+        self._run("note flow events in", work)
+
     def guard(self, request: Request | None, event: FlowEvent | None) -> StartGuard:
         """A :class:`~aegis.stores.sqlite.connection.Guard` for an action about to run.
 

@@ -1,0 +1,123 @@
+"""Flow rules in a fleet: what one process lets through, another's ``not_after`` sees.
+
+Processes sharing a session and a usage store may run different policies
+(a rollout, a hot reload, a service with no flow rules at all): a flow rule
+must never let through what it forbids because the process that ran the
+earlier action had no rule that looked for it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aegis import Action, AuditLogger, Policy, Runtime
+from aegis.stores.usage import MemoryUsageStore
+
+WORKER = Path(__file__).with_name("limits_worker.py")
+
+#: every action runs: no limit, no flow rule
+PLAIN: dict[str, Any] = {"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]}
+#: a limit and a flow rule, neither of which looks at a read of the vault
+OTHER_RULES: dict[str, Any] = {
+    "rules": [
+        {
+            "name": "sends",
+            "match": {"type": "send_email"},
+            "limit": {"max": 100, "per": "1h", "key": ["session"]},
+            "approval": "auto",
+        },
+        {
+            "name": "after_crm",
+            "match": {"type": "export"},
+            "conditions": {"after": {"type": "read", "target": "crm"}},
+            "approval": "block",
+        },
+        {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
+    ]
+}
+#: no email once the session read a secret
+GUARDED: dict[str, Any] = {
+    "rules": [
+        {
+            "name": "no_mail_after_secret",
+            "match": {"type": "send_email"},
+            "conditions": {"not_after": {"type": "read_secret", "within": "session"}},
+            "approval": "auto",
+        },
+        {"name": "rest", "match": {"type": "*"}, "approval": "block"},
+    ]
+}
+
+
+def _file(tmp_path: Path, name: str, policy: dict[str, Any]) -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(policy), encoding="utf-8")
+    return path
+
+
+def _run(policy: Path, db: Path, dsn: str, session: str, *actions: str) -> list[str]:
+    """Run ``actions`` in a fresh OS process of the limits worker; their statuses."""
+    start = db.with_name("go")
+    start.touch()
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(policy), str(db), dsn, session, str(start), *actions],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    statuses: list[str] = json.loads(proc.stdout)
+    return statuses
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def dsn(request: pytest.FixtureRequest) -> str:
+    """``-`` for the audit file's own usage store, else a PostgreSQL usage store's DSN."""
+    if request.param == "sqlite":
+        return "-"
+    location: str = request.getfixturevalue("postgres_dsn")
+    return location
+
+
+@pytest.mark.parametrize("reader", ["plain", "other_rules"])
+def test_a_not_after_sees_a_read_by_a_process_whose_policy_never_looked_for_it(
+    tmp_path: Path, dsn: str, reader: str
+) -> None:
+    """Process A (no flow rule that looks for the read) reads the secret; process B, whose
+    not_after forbids mail after it, must block the mail of that session, not others'."""
+    policy_a = _file(tmp_path, "a", PLAIN if reader == "plain" else OTHER_RULES)
+    policy_b = _file(tmp_path, "b", GUARDED)
+    db = tmp_path / "aegis_audit.db"
+    assert _run(policy_b, db, dsn, "other", "send_email:smtp") == ["success"]
+    assert _run(policy_a, db, dsn, "shared", "read_secret:vault") == ["success"]
+    assert _run(policy_b, db, dsn, "shared", "send_email:smtp") == ["blocked"]
+    assert _run(policy_b, db, dsn, "other", "send_email:smtp") == ["success"]
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite"])
+async def test_a_reload_that_adds_a_not_after_sees_what_ran_before_it(
+    tmp_path: Path, engine: str
+) -> None:
+    """A hot reload adds the not_after: the secret read under the old policy still forbids."""
+    usage = MemoryUsageStore() if engine == "memory" else None
+    async with Runtime(
+        executor=lambda action: "done",
+        policy=Policy.from_dict(PLAIN),
+        audit_logger=AuditLogger(tmp_path / "aegis_audit.db"),
+        usage_store=usage,
+        session_id="s",
+    ) as rt:
+        assert (await rt.run_one(Action("read_secret", "vault"))).status.value == "success"
+        rt.update_policy(Policy.from_dict(GUARDED))
+        blocked = await rt.run_one(Action("send_email", "smtp"))
+        rt.session_id = "t"
+        other = await rt.run_one(Action("send_email", "smtp"))
+    assert blocked.status.value == "blocked"
+    assert other.status.value == "success"
