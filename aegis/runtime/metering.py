@@ -474,12 +474,18 @@ class Metering:
         """What the session's history says of each of ``specs``: holds, does not, or unsure."""
         true: list[FlowSpec] = []
         unsure: dict[FlowSpec, str] = {}
+        gap: object = _UNTOLD  # read once, and only when a condition finds nothing
         for spec in specs:
             problem: list[str] = []
             if self._latest(limits, spec, session_id, at, problem=problem) is not None:
                 true.append(spec)
             elif problem:
                 unsure[spec] = problem[0]
+            else:
+                if gap is _UNTOLD:
+                    gap = self.store.forgotten(session_id)
+                if isinstance(gap, float) and (spec.within is None or at - spec.within < gap):
+                    unsure[spec] = _gone(spec, gap)
         return KnownFacts(true, unsure)
 
     def _latest(
@@ -573,6 +579,11 @@ def _not_a_usage_store(store: object) -> str:
             if "latest_event" in missing
             else " (see the docstrings of aegis.stores.base.UsageStore)"
         )
+        if "forgotten" in missing:
+            message += (
+                "; forgotten(session_id) says up to when forget_events deleted the session's"
+                " events (None: never), so that a flow rule never reads a gap as 'did not happen'"
+            )
     else:
         message += "; e.g. SQLiteUsageStore('aegis_audit.db')"
     return message
@@ -970,6 +981,16 @@ def _immutable(policy: object) -> bool:
     from aegis.core.policy import Policy  # noqa: PLC0415  # the engine imports it lazily too
 
     return type(policy) is Policy
+
+
+def _gone(spec: FlowSpec, gap: float) -> str:
+    """Why ``spec`` cannot be evaluated: what it looks for may have been deleted, up to ``gap``."""
+    when = datetime.fromtimestamp(gap, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        f"{spec.name}: the session's flow history up to {when} was deleted (events are kept as"
+        f" long as the longest window any policy declared), so whether an earlier"
+        f" {_cut(spec.type)!r} on {_cut(spec.target)!r} ran then cannot be told"
+    )
 
 
 def _cut(name: str, width: int = 60) -> str:

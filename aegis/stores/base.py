@@ -388,6 +388,14 @@ class UsageStore(Protocol):
         """
         ...
 
+    def forgotten(self, session_id: str) -> float | None:
+        """The time up to which :meth:`forget_events` deleted the session's events; ``None``: never.
+
+        A flow condition that finds nothing, and looks back past that time,
+        cannot tell whether what it looks for ran then: its rule blocks.
+        """
+        ...
+
     def forget_events(self, horizon: float | None, now: float) -> bool:
         """Note how far back a policy's flow conditions look, and delete events none needs.
 
@@ -397,8 +405,9 @@ class UsageStore(Protocol):
         only events older than that (with a margin for clocks that disagree):
         a process still running a policy with a longer window never loses
         its history to one with a shorter window. ``None`` once given stops
-        the deleting for good. Deletes a bounded number of events per call;
-        returns whether more may be left to delete (call again soon).
+        the deleting for good. Deletes a bounded number of events per call,
+        noting for each session up to when (:meth:`forgotten`); returns
+        whether more may be left to delete (call again soon).
         """
         ...
 

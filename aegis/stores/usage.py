@@ -215,6 +215,8 @@ class MemoryUsageStore:
         #: whether ``_events`` is in time order (so the newest match is the last one)
         self._in_order = True
         self._horizon: object = _NEVER_TOLD  # the longest look-back declared (forget_events)
+        #: session -> the time up to which its events may have been deleted (forgotten)
+        self._gaps: dict[str, float] = {}
         self._steady = SteadyClock()  # forget_events counts from it when the wall clock is ahead
         self._next = 1
         self._closed = False
@@ -363,8 +365,18 @@ class MemoryUsageStore:
             if not old:
                 return False
             gone = set(old)
+            gaps = self._gaps
+            for i in old:
+                session = self._events[i].session_id
+                gaps[session] = max(gaps.get(session, cutoff), cutoff)
             self._events = [e for i, e in enumerate(self._events) if i not in gone]
             return len(old) == FORGET_ROWS
+
+    def forgotten(self, session_id: str) -> float | None:
+        """See :meth:`UsageStore.forgotten`."""
+        with self._lock:
+            self._check()
+            return self._gaps.get(session_id)
 
     def close(self) -> None:
         """Mark the store closed (its counts are dropped)."""

@@ -907,7 +907,7 @@ def test_reload_needs_a_path_and_a_runtime_needs_a_policy() -> None:
 
 
 class _EarlierStore:
-    """A user's usage store written to the protocol before latest_event: the rest delegated."""
+    """A user's usage store written to the protocol before latest_event and forgotten."""
 
     def __init__(self) -> None:
         self._inner = MemoryUsageStore()
@@ -917,14 +917,14 @@ class _EarlierStore:
 
 
 def test_a_usage_store_of_the_earlier_protocol_is_refused_naming_what_to_add() -> None:
-    """A store without latest_event fails at Runtime(), naming the method and how to write it,
-    never later on the first flow check."""
+    """A store without latest_event and forgotten fails at Runtime(), naming the methods and
+    how to write them, never later on the first flow check."""
     from aegis.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError) as caught:
         Runtime(executor=lambda a: None, policy=Policy(), usage_store=_EarlierStore())  # type: ignore[arg-type]
     message = str(caught.value)
-    assert "_EarlierStore has no latest_event (" in message
+    assert "_EarlierStore has no forgotten, latest_event (" in message
     assert "recall" in message
     assert "acquire" not in message
 

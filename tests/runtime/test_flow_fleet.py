@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aegis import Action, AuditLogger, Policy, Runtime
-from aegis.stores.usage import MemoryUsageStore
+from aegis.core.limits import FlowEvent
+from aegis.stores.postgres.usage import PostgresUsageStore
+from aegis.stores.sqlite.usage import SQLiteUsageStore
+from aegis.stores.usage import MemoryUsageStore, UsageStore
 
 WORKER = Path(__file__).with_name("limits_worker.py")
 
@@ -121,3 +125,56 @@ async def test_a_reload_that_adds_a_not_after_sees_what_ran_before_it(
         other = await rt.run_one(Action("send_email", "smtp"))
     assert blocked.status.value == "blocked"
     assert other.status.value == "success"
+
+
+def _not_after_secret(within: str) -> Policy:
+    return Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "no_mail_after_secret",
+                    "match": {"type": "send_email"},
+                    "conditions": {"not_after": {"type": "read_secret", "within": within}},
+                    "approval": "auto",
+                },
+                {"name": "rest", "match": {"type": "*"}, "approval": "block"},
+            ]
+        }
+    )
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite", "postgres"])
+async def test_a_reload_that_looks_back_further_than_was_kept_blocks_saying_why(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
+    """A secret read an hour ago, deleted under a 10 min window; a reload to a whole-session
+    not_after cannot know it did not happen: it blocks with the reason, where nothing was
+    deleted it lets through."""
+    usage: UsageStore
+    if engine == "memory":
+        usage = MemoryUsageStore()
+    elif engine == "sqlite":
+        usage = SQLiteUsageStore(tmp_path / "aegis_audit.db")
+    else:
+        usage = PostgresUsageStore(request.getfixturevalue("postgres_dsn"))
+    usage.remember(FlowEvent("s", "read_secret", "vault", {}, time.time() - 3600))
+    try:
+        async with Runtime(
+            executor=lambda action: "done",
+            policy=_not_after_secret("10m"),
+            audit_logger=AuditLogger(tmp_path / "aegis_audit.db"),
+            usage_store=usage,
+            session_id="s",
+        ) as rt:
+            # the read is older than 10 min: allowed, and the store deletes it
+            assert (await rt.run_one(Action("send_email", "smtp"))).status.value == "success"
+            rt.update_policy(_not_after_secret("session"))
+            unknown = await rt.run_one(Action("send_email", "smtp"))
+            rt.session_id = "t"
+            known = await rt.run_one(Action("send_email", "smtp"))
+    finally:
+        usage.close()
+    assert unknown.status.value == "blocked"
+    assert "flow history up to" in (unknown.error or "")
+    assert "was deleted" in (unknown.error or "")
+    assert known.status.value == "success"

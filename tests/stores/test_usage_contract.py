@@ -403,7 +403,7 @@ def test_sqlite_usage_tables_join_the_audit_file(tmp_path: Path) -> None:
         versions = dict(conn.execute("SELECT component, version FROM aegis_schema_versions"))
     assert {"audit_log", "aegis_usage", "aegis_flow_events", "aegis_flow_horizon"} <= tables
     assert "aegis_flow_events_kind" in tables  # the index a flow condition's look-up seeks in
-    assert versions["usage"] == SCHEMA_VERSION == 5
+    assert versions["usage"] == SCHEMA_VERSION == 6
 
 
 def _older_usage_file(path: Path, version: int, rows: list[tuple[str, float, int]]) -> None:
@@ -525,7 +525,7 @@ def test_sqlite_a_schema_3_file_migrates_keeping_its_counters_and_flow_events(
         versions = dict(conn.execute("SELECT component, version FROM aegis_schema_versions"))
         horizon = conn.execute("SELECT id, seconds FROM aegis_flow_horizon").fetchall()
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert versions == {"usage": SCHEMA_VERSION} == {"usage": 5}
+    assert versions == {"usage": SCHEMA_VERSION} == {"usage": 6}
     assert "aegis_flow_events_kind" in indexes
     assert horizon == [(1, 3600.0)]
 
@@ -823,6 +823,39 @@ def test_forgetting_is_bounded_per_call(make_store: Factory) -> None:
         calls += 1
     assert calls <= 3
     assert _events(store, ["big", "young"]) == [90_000.0]
+
+
+def test_forgetting_notes_up_to_when_each_session_lost_events(make_store: Factory) -> None:
+    """What was deleted leaves a mark per session, shared by every store on the data: a flow
+    rule must not read "deleted" as "never ran"."""
+    store, other = make_store(), make_store()
+    for at in (1.0, 2.0):
+        store.remember(FlowEvent("old", "read", "crm", {}, at))
+    store.remember(FlowEvent("young", "read", "crm", {}, 90_000.0))
+    assert store.forgotten("old") is None
+    while store.forget_events(60.0, 90_000.0):
+        pass
+    cutoff = 90_000.0 - 60.0 - EVENT_MARGIN
+    assert other.forgotten("old") == cutoff
+    assert other.forgotten("young") is None  # nothing of it went
+    assert other.forgotten("never") is None
+    # a later, shorter deletion never moves the mark back
+    store.remember(FlowEvent("old", "read", "crm", {}, 89_000.0))
+    while store.forget_events(60.0, 90_000.0 + 3600):
+        pass
+    assert other.forgotten("old") == cutoff + 3600
+
+
+def test_sqlite_a_gap_edited_by_hand_fails_closed(tmp_path: Path) -> None:
+    """A gap that is not a time cannot say what is gone: asking for it raises StoreError."""
+    path = tmp_path / "aegis_audit.db"
+    with SQLiteUsageStore(path) as store:
+        store.remember(FlowEvent("s", "read", "crm", {}, 1.0))
+        store.forget_events(0.0, 10_000.0)
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE aegis_flow_gaps SET until = 'soon'")
+        with pytest.raises(StoreError, match="aegis_flow_gaps was edited by hand"):
+            store.forgotten("s")
 
 
 def test_forgetting_walks_many_sessions_a_slice_at_a_time(make_store: Factory) -> None:

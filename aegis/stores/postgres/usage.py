@@ -61,7 +61,7 @@ from aegis.stores.usage import (
 __all__ = ["SCHEMA_VERSION", "PostgresUsageStore"]
 
 #: the version of this component's tables in ``aegis_schema_versions``
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _COMPONENT: Final = "usage"
 #: the first key of Aegis's advisory locks ("AEGS"), shared with the other stores
 _LOCK_CLASS: Final = 0x41454753
@@ -109,6 +109,14 @@ _MIGRATIONS: Final = {
     2: (
         "CREATE INDEX IF NOT EXISTS aegis_flow_events_kind"
         " ON {schema}.aegis_flow_events (session_id, action_type, action_target, at)",
+    ),
+    # Where a session's flow history was deleted: its events up to ``until``
+    # may be gone (see PostgresUsageStore.forgotten).
+    3: (
+        """CREATE TABLE IF NOT EXISTS {schema}.aegis_flow_gaps (
+            session_id TEXT PRIMARY KEY,
+            until DOUBLE PRECISION NOT NULL
+        )""",
     ),
 }
 #: rows :meth:`PostgresUsageStore.latest_event` reads first, and at most at a time after
@@ -212,6 +220,7 @@ class PostgresUsageStore:
                 "aegis_usage_totals",
                 "aegis_flow_events",
                 "aegis_flow_horizon",
+                "aegis_flow_gaps",
             )
         }
         self._conn, self._pid = conn, os.getpid()
@@ -556,14 +565,25 @@ class PostgresUsageStore:
                 old = [s for s, oldest in walked if oldest <= cutoff]
                 gone = 0
                 if old:
-                    gone = conn.execute(
+                    deleted = conn.execute(
                         sql.SQL(
                             "DELETE FROM {events} WHERE id IN (SELECT id FROM {events}"
                             " WHERE session_id = ANY(%s) AND at <= %s ORDER BY session_id, at"
-                            " LIMIT %s)"
+                            " LIMIT %s) RETURNING session_id"
                         ).format(events=events),
                         (old, cutoff, FORGET_ROWS),
-                    ).rowcount
+                    ).fetchall()
+                    gone = len(deleted)
+                    if deleted:  # what went: a condition looking back past it cannot say never
+                        conn.execute(
+                            sql.SQL(
+                                "INSERT INTO {gaps} (session_id, until)"
+                                " SELECT DISTINCT unnest(%s::text[]), %s::float8"
+                                " ON CONFLICT (session_id)"
+                                " DO UPDATE SET until = GREATEST({gaps}.until, EXCLUDED.until)"
+                            ).format(gaps=self._tables["aegis_flow_gaps"]),
+                            ([row[0] for row in deleted], cutoff),
+                        )
                 if gone >= FORGET_ROWS:  # the sessions may hold more: go on from the first
                     self._events_from = (old[0], True)
                 elif len(walked) < FORGET_SESSIONS:
@@ -574,6 +594,28 @@ class PostgresUsageStore:
                 return True
 
         return self._run("forget old flow events in", work)
+
+    def forgotten(self, session_id: str) -> float | None:
+        """See :meth:`aegis.stores.usage.UsageStore.forgotten`: one index look-up."""
+
+        def work(conn: psycopg.Connection[Any]) -> float | None:
+            row = conn.execute(
+                sql.SQL("SELECT until FROM {} WHERE session_id = %s").format(
+                    self._tables["aegis_flow_gaps"]
+                ),
+                (session_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            until = row[0]
+            if not isinstance(until, float) or math.isnan(until):
+                raise StoreError(
+                    f"the flow history gaps at {self.where} hold {until!r}, not a time; the"
+                    " table aegis_flow_gaps was edited by hand"
+                )
+            return until
+
+        return self._run("read flow history gaps in", work)
 
     def close(self) -> None:
         """Close the connection (and a database of its own); later calls raise. Idempotent."""

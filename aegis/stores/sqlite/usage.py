@@ -33,6 +33,7 @@ commit start could drift from the ordinary path.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -60,7 +61,7 @@ from aegis.stores.usage import (
 __all__ = ["SCHEMA_VERSION", "SQLiteUsageStore", "StartGuard"]
 
 #: the version of this component's tables in ``aegis_schema_versions``
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 _COMPONENT: Final = "usage"
 _T = TypeVar("_T")
 #: forget rows past their window, in counters nobody charges any more, this often (seconds)
@@ -150,7 +151,21 @@ USAGE_MIGRATIONS: Final = {
         "CREATE INDEX aegis_flow_events_kind"
         " ON aegis_flow_events (session_id, action_type, action_target, at)",
     ),
+    # Where a session's flow history was deleted: its events up to ``until``
+    # may be gone, so a condition looking back that far cannot say "never"
+    # (see SQLiteUsageStore.forgotten).
+    5: (
+        """CREATE TABLE aegis_flow_gaps (
+            session_id TEXT PRIMARY KEY,
+            until REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 }
+#: notes that a session's events up to a time were deleted (the latest such time is kept)
+_GAP: Final = (
+    "INSERT INTO aegis_flow_gaps (session_id, until) VALUES (?, ?) ON CONFLICT (session_id)"
+    " DO UPDATE SET until = max(until, excluded.until)"
+)
 
 # A counter's newest row, and the total before the first row inside the
 # window (None when the window is empty; text when that row holds nonsense):
@@ -575,6 +590,18 @@ class SQLiteUsageStore:
 
         return self._run("read flow events in", work)
 
+    def forgotten(self, session_id: str) -> float | None:
+        """See :meth:`aegis.stores.usage.UsageStore.forgotten`: one seek in ``aegis_flow_gaps``."""
+
+        def work(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT until FROM aegis_flow_gaps WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            return _gap(row, self.db.path)
+
+        result: float | None = self._run("read flow history gaps in", work)
+        return result
+
     def forget_events(self, horizon: float | None, now: float) -> bool:
         """See :meth:`aegis.stores.usage.UsageStore.forget_events`: one ``BEGIN IMMEDIATE``.
 
@@ -631,7 +658,10 @@ class SQLiteUsageStore:
                     " WHERE session_id = ? AND at <= ? ORDER BY at LIMIT ?)",
                     (session, cutoff, rows),
                 )
-                rows -= cur.rowcount
+                gone = cur.rowcount
+                if gone:  # what went: a condition looking back past it cannot say never
+                    cur.execute(_GAP, (session, cutoff))
+                rows -= gone
                 if rows <= 0:  # this session may have more: start the next call with it
                     self._events_from = (session, True)
                     return True
@@ -731,6 +761,23 @@ class StartGuard:
             except UnicodeEncodeError as exc:  # the audit's transaction rolls back
                 raise unencodable("keep a flow event in", repr(store.db.path), exc) from exc
         return True
+
+
+def _gap(row: Sequence[Any] | None, path: str) -> float | None:
+    """A row of ``aegis_flow_gaps`` read back: the time up to which events may be gone.
+
+    Raises:
+        StoreError: not a time (edited by hand): what is gone cannot be told.
+    """
+    if row is None:
+        return None
+    until = row[0]
+    if type(until) not in (float, int) or math.isnan(until):
+        raise StoreError(
+            f"the flow history gaps in {path!r} hold {until!r}, not a time; the table"
+            " aegis_flow_gaps was edited by hand: set until to the time events were deleted up to"
+        )
+    return float(until)
 
 
 def _remember(cur: sqlite3.Cursor, event: FlowEvent) -> None:
