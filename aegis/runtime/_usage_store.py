@@ -4,8 +4,9 @@ An :class:`~aegis.runtime.audit.AuditLogger` opened its stores together
 (:func:`aegis.stores.open_stores`): its usage store shares the trail's SQLite
 connection, or its PostgreSQL database, schema and credentials, so every
 process writing that trail shares the counts. The metering step
-(:mod:`aegis.runtime.metering`) calls :func:`usage_store_for` the first time a
-policy with limits, budgets or flow rules needs its counters.
+(:mod:`aegis.runtime.metering`) calls :func:`usage_store_for` at the first
+action: every action let through is noted there as a flow event, whatever the
+policy, and limits, budgets and flow rules count there.
 """
 
 from __future__ import annotations

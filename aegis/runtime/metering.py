@@ -25,11 +25,17 @@ The runtime runs it between *decide* and *approve* for policies that have
    actions one by one, with its counters in the audit's SQLite file, is
    checked and reserved in the transaction that appends its start record
    (:class:`Deferred`): one commit, and no reservation without its start;
-4. an action let through is remembered as a flow event when some flow
-   condition of the policy could look for it later. Once a minute (and on
-   a new policy) the step tells the store how far back the policy looks
-   and lets it delete older events (:meth:`~aegis.stores.base.UsageStore.forget_events`),
-   a bounded number per call, in a transaction of their own.
+4. every action let through is remembered as a flow event, whatever the
+   policy (and for policies without limits too, :meth:`MeteringStep.note`):
+   another process sharing the store, or this one after a reload, may run
+   a flow condition that looks for it. Once a minute (and on a new policy)
+   the step tells the store how far back the policy looks (0 without flow
+   conditions) and lets it delete older events
+   (:meth:`~aegis.stores.base.UsageStore.forget_events`), a bounded number
+   per call, in a transaction of their own. A condition that finds nothing
+   while its window reaches back past what the store deleted of the session
+   (:meth:`~aegis.stores.base.UsageStore.forgotten`) cannot be evaluated:
+   its rule blocks.
 
 Two classes: :class:`Metering` counts against a usage store (``aegis test``
 replays histories with it too); :class:`MeteringStep` is the step as one

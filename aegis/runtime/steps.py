@@ -10,9 +10,9 @@ one method per step:
    change, e.g. to the rule's ``on_exceed``;
 2. **approve** (``approve`` decisions): the approval handler is asked; a
    refusal, an exception or a timeout denies;
-3. **start**: the action is noted as let through (a flow event, when a flow
-   rule may look for it) and its start record is written, durably, before
-   anything runs;
+3. **start**: the action is noted as let through (a flow event, whatever
+   the policy: another process's flow rules may look for it) and its start
+   record is written, durably, before anything runs;
 4. **execute**: the executor runs the action; an exception becomes ``FAILED``;
 5. **finish**: the outcome is recorded, and only then is the
    :class:`~aegis.core.result.Result` returned.

@@ -203,17 +203,20 @@ class MemoryUsageStore:
     Counts are lost when the process ends and not shared with other
     processes; use the SQLite or PostgreSQL store for those. A check costs
     the same however many reservations a window holds; a flow condition
-    reads the events (of every session) newer than its newest match, and
-    all of them once an event was noted out of time order.
+    reads its session's events newer than its newest match, and all of them
+    once one of the session's events was noted out of time order.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rows: dict[int, tuple[str, float, int, float]] = {}  # id -> bucket, at, units, end
         self._counters: dict[str, _Counter] = {}
-        self._events: list[FlowEvent] = []
-        #: whether ``_events`` is in time order (so the newest match is the last one)
-        self._in_order = True
+        #: each session's flow events, as noted: every action let through is one, so a
+        #: condition reads its own session's only
+        self._events: dict[str, list[FlowEvent]] = {}
+        #: the sessions whose events were noted out of time order (the newest match is
+        #: then not the last one: all are read)
+        self._unordered: set[str] = set()
         self._horizon: object = _NEVER_TOLD  # the longest look-back declared (forget_events)
         #: session -> the time up to which its events may have been deleted (forgotten)
         self._gaps: dict[str, float] = {}
@@ -222,7 +225,8 @@ class MemoryUsageStore:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<MemoryUsageStore {len(self._rows)} reservations, {len(self._events)} events>"
+        events = sum(len(noted) for noted in self._events.values())
+        return f"<MemoryUsageStore {len(self._rows)} reservations, {events} events>"
 
     def _check(self) -> None:
         if self._closed:
@@ -295,9 +299,12 @@ class MemoryUsageStore:
         event = _as_stored(event)
         with self._lock:
             self._check()
-            events = self._events
-            if events and event.at < events[-1].at:  # noted late: search them all from now on
-                self._in_order = False
+            events = self._events.get(event.session_id)
+            if events is None:
+                self._events[event.session_id] = [event]
+                return
+            if event.at < events[-1].at:  # noted late: search them all from now on
+                self._unordered.add(event.session_id)
             events.append(event)
 
     def remember_many(self, events: Sequence[FlowEvent]) -> None:
@@ -313,9 +320,8 @@ class MemoryUsageStore:
             self._check()
             return [
                 e
-                for e in self._events
-                if e.session_id == session_id
-                and (since is None or e.at > since)
+                for e in self._events.get(session_id, ())
+                if (since is None or e.at > since)
                 and (action_type is None or e.type == action_type)
             ]
 
@@ -328,19 +334,18 @@ class MemoryUsageStore:
         action_type: str | None = None,
         action_target: str | None = None,
     ) -> FlowEvent | None:
-        """See :meth:`UsageStore.latest_event`: the events of every session, newest first."""
+        """See :meth:`UsageStore.latest_event`: the session's events, newest first."""
         with self._lock:
             self._check()
             found: FlowEvent | None = None
-            in_order = self._in_order
-            for event in reversed(self._events):
+            in_order = session_id not in self._unordered
+            for event in reversed(self._events.get(session_id, ())):
                 if since is not None and event.at <= since:
                     if in_order:
                         break  # every event before it is older too
                     continue
                 if (
-                    event.session_id != session_id
-                    or (action_type is not None and event.type != action_type)
+                    (action_type is not None and event.type != action_type)
                     or (action_target is not None and event.target != action_target)
                     or (found is not None and event.at <= found.at)
                     or (where is not None and not where(event))
@@ -361,16 +366,24 @@ class MemoryUsageStore:
             if horizon is None:
                 return False
             cutoff = self._steady.cap(now) - horizon - EVENT_MARGIN
-            old = [i for i, e in enumerate(self._events) if e.at <= cutoff][:FORGET_ROWS]
-            if not old:
-                return False
-            gone = set(old)
-            gaps = self._gaps
-            for i in old:
-                session = self._events[i].session_id
-                gaps[session] = max(gaps.get(session, cutoff), cutoff)
-            self._events = [e for i, e in enumerate(self._events) if i not in gone]
-            return len(old) == FORGET_ROWS
+            left = FORGET_ROWS
+            for session, events in list(self._events.items()):
+                old = [i for i, e in enumerate(events) if e.at <= cutoff][:left]
+                if not old:
+                    continue
+                gone = set(old)
+                kept = [e for i, e in enumerate(events) if i not in gone]
+                if kept:
+                    self._events[session] = kept
+                else:
+                    del self._events[session]
+                    self._unordered.discard(session)
+                # what went: a condition looking back past it cannot say never
+                self._gaps[session] = max(self._gaps.get(session, cutoff), cutoff)
+                left -= len(old)
+                if not left:
+                    return True
+            return False
 
     def forgotten(self, session_id: str) -> float | None:
         """See :meth:`UsageStore.forgotten`."""

@@ -19,6 +19,10 @@ Example::
     runtime = Runtime(executor=..., policy=..., audit_logger=AuditLogger(...))
     # or, on its own:
     usage = PostgresUsageStore("postgresql://aegis@db.internal/aegis", schema="agents")
+
+Size: the counters, the flow events and their deletion (with the gaps it
+leaves) share one connection, its migrations and its table names; split, each
+part would reopen and re-migrate what the others already hold.
 """
 
 from __future__ import annotations
