@@ -138,6 +138,33 @@ def _column(name: str) -> str:
     return f"{name} {kind}" + ("" if name in _NULLABLE else " NOT NULL")
 
 
+def _head(into: str) -> str:
+    """plpgsql: the chain's last id into ``rid`` and its hash into ``into`` (genesis: 0).
+
+    Run under the chain's lock; a new snapshot per statement, so it reads
+    the head as the last holder of the lock left it.
+    """
+    return (
+        f"  SELECT l.id, l.hash INTO rid, {into} FROM {{schema}}.{AUDIT_TABLE} AS l\n"
+        "    ORDER BY l.id DESC LIMIT 1;\n"
+        "  IF NOT FOUND THEN\n"
+        f"    rid := 0; {into} := '{GENESIS_HASH}';\n"
+        "  END IF;\n"
+    )
+
+
+def _hash(indent: str, mid: str, tail: str) -> str:
+    """plpgsql: ``rhash`` := the hash of record ``rid`` after ``rprev``, from its pieces.
+
+    The server's side of :func:`aegis.core.chain.record_hash`: ``mid`` and
+    ``tail`` are the record's :func:`~aegis.core.chain.hash_pieces`.
+    """
+    return (
+        f"{indent}rhash := encode(sha256(convert_to('[' || rid || ',' || {mid}\n"
+        f"{indent}  || ',\"' || rprev || '\"' || {tail}, 'UTF8')), 'hex');\n"
+    )
+
+
 def _append_function() -> str:
     """The statement creating ``aegis_audit_append``: lock, link, hash, insert; no fsync.
 
@@ -163,19 +190,13 @@ def _append_function() -> str:
         # disk, or the fleet would fsync one append at a time
         "  PERFORM set_config('synchronous_commit', 'off', true);\n"
         "  PERFORM pg_advisory_xact_lock(lock1, lock2);\n"
-        # a new snapshot per statement: the head as the last holder left it
-        f"  SELECT l.id, l.hash INTO rid, rhash FROM {{schema}}.{AUDIT_TABLE} AS l\n"
-        "    ORDER BY l.id DESC LIMIT 1;\n"
-        "  IF NOT FOUND THEN\n"
-        f"    rid := 0; rhash := '{GENESIS_HASH}';\n"
-        "  END IF;\n"
-        "  FOR i IN 1 .. coalesce(array_length(mids, 1), 0) LOOP\n"
+        + _head("rhash")
+        + "  FOR i IN 1 .. coalesce(array_length(mids, 1), 0) LOOP\n"
         f"    b := (i - 1) * {width};\n"
         "    rid := rid + 1;\n"
         "    rprev := rhash;\n"
-        "    rhash := encode(sha256(convert_to('[' || rid || ',' || mids[i]\n"
-        "      || ',\"' || rprev || '\"' || tails[i], 'UTF8')), 'hex');\n"
-        f"    INSERT INTO {{schema}}.{AUDIT_TABLE} ({', '.join(RECORD_FIELDS)})\n"
+        + _hash("    ", "mids[i]", "tails[i]")
+        + f"    INSERT INTO {{schema}}.{AUDIT_TABLE} ({', '.join(RECORD_FIELDS)})\n"
         f"      VALUES (rid, {values}, rprev, rhash);\n"
         "    RETURN NEXT;\n"
         "  END LOOP;\n"
@@ -257,16 +278,10 @@ def _one_body(durable: bool) -> str:
         # disk, or the fleet would fsync one append at a time
         "  ignored := set_config('synchronous_commit', 'off', true);\n"
         "  ignored := pg_advisory_xact_lock(lock1, lock2)::text;\n"
-        # a new snapshot per statement: the head as the last holder left it
-        f"  SELECT l.id, l.hash INTO rid, rprev FROM {{schema}}.{AUDIT_TABLE} AS l\n"
-        "    ORDER BY l.id DESC LIMIT 1;\n"
-        "  IF NOT FOUND THEN\n"
-        f"    rid := 0; rprev := '{GENESIS_HASH}';\n"
-        "  END IF;\n"
-        "  rid := rid + 1;\n"
-        "  rhash := encode(sha256(convert_to('[' || rid || ',' || mid\n"
-        "    || ',\"' || rprev || '\"' || tail, 'UTF8')), 'hex');\n"
-        f"  INSERT INTO {{schema}}.{AUDIT_TABLE} ({', '.join(RECORD_FIELDS)})\n"
+        + _head("rprev")
+        + "  rid := rid + 1;\n"
+        + _hash("  ", "mid", "tail")
+        + f"  INSERT INTO {{schema}}.{AUDIT_TABLE} ({', '.join(RECORD_FIELDS)})\n"
         f"    VALUES (rid, {fields}, rprev, rhash);\n" + (flush if durable else "") + "END\n"
     )
 
