@@ -23,7 +23,7 @@ import shutil
 import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aegis.errors import ConfigurationError
 from aegis.mcp._jsonrpc import (
@@ -41,6 +41,7 @@ __all__ = [
     "AEGIS_SECRETS",
     "PipeDownstream",
     "check_server",
+    "http_pool",
     "open_downstream",
     "server_environment",
     "skip_line",
@@ -68,6 +69,7 @@ AEGIS_SECRETS = frozenset(
 def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The governed server's environment: ``environ`` without :data:`AEGIS_SECRETS`."""
     return {name: value for name, value in environ.items() if name not in AEGIS_SECRETS}
+
 
 #: the longest message a server may send, a line or an HTTP body or event (64 MiB);
 #: a longer one is read past and refused, and the request it answers fails
@@ -220,18 +222,45 @@ async def _exited(process: asyncio.subprocess.Process, timeout: float) -> bool:
 
 
 @asynccontextmanager
+async def http_pool(url: str | None) -> AsyncIterator[Any]:
+    """The HTTP client every session of a proxy reaches ``url`` with; ``None`` without a URL.
+
+    One client, one pool of connections kept alive: a call does not
+    open a connection of its own (see :mod:`aegis.mcp.http_downstream`).
+
+    Raises:
+        ConfigurationError: the ``mcp`` extra (httpx2) is not installed.
+    """
+    if not url:
+        yield None
+        return
+    try:
+        from aegis.mcp.http_downstream import http_client  # noqa: PLC0415  # only for a URL
+    except ImportError as exc:
+        raise ConfigurationError(
+            f'--upstream-url needs the mcp SDK ({exc}): pip install "aegis-runtime[mcp]"'
+        ) from exc
+    async with http_client() as client:
+        yield client
+
+
+@asynccontextmanager
 async def open_downstream(
     command: Sequence[str] = (),
     url: str | None = None,
     *,
     max_line: int = MAX_SERVER_LINE,
     exit_grace: float = EXIT_GRACE,
+    pool: Any = None,
 ) -> AsyncIterator[HttpDownstream | PipeDownstream]:
     """Start ``command`` as a stdio MCP server, or connect to ``url``; close it afterwards.
 
     ``max_line`` bounds the messages the server may send (lines, bodies, events); ``exit_grace`` is
     the seconds it gets to exit once its stdin closes, then again after
-    SIGTERM, before its process group is killed.
+    SIGTERM, before its process group is killed. ``pool`` is the HTTP
+    client (of :func:`http_pool`) to reach ``url`` with, its connections
+    shared with the proxy's other sessions; without it the connection
+    has a client of its own.
 
     The child process gets the proxy's environment (the client that starts
     the proxy configures it as it would configure the server) but for
@@ -244,17 +273,12 @@ async def open_downstream(
     """
     check_server(command, url)
     if url:
-        try:
-            from aegis.mcp.http_downstream import (  # noqa: PLC0415  # only for a URL
-                HttpDownstream,
-                http_client,
-            )
-        except ImportError as exc:
-            raise ConfigurationError(
-                f'--upstream-url needs the mcp SDK ({exc}): pip install "aegis-runtime[mcp]"'
-            ) from exc
-        async with http_client() as client:
-            remote = HttpDownstream(client, url, max_line)
+        async with contextlib.AsyncExitStack() as stack:
+            if pool is None:
+                pool = await stack.enter_async_context(http_pool(url))
+            from aegis.mcp.http_downstream import HttpDownstream  # noqa: PLC0415  # with the pool
+
+            remote = HttpDownstream(pool, url, max_line)
             try:
                 yield remote
             finally:

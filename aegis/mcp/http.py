@@ -37,7 +37,7 @@ from aegis.mcp._jsonrpc import (
 )
 from aegis.mcp._logs import QuietLog
 from aegis.mcp._sketch import HEAD_BYTES, sketch_request
-from aegis.mcp.downstream import EXIT_GRACE, check_server
+from aegis.mcp.downstream import EXIT_GRACE, check_server, http_pool
 from aegis.mcp.proxy import ProxySession
 from aegis.mcp.runner import ProxySettings, build_runtime, check_loopback, session_opener
 from aegis.runtime.engine import Runtime
@@ -178,9 +178,18 @@ def _header(scope: _Scope, name: bytes) -> str | None:
 class GovernedHttpApp:
     """An ASGI app serving governed MCP sessions at ``/mcp``."""
 
-    def __init__(self, settings: ProxySettings, runtime: Runtime, *, host: str, port: int) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        runtime: Runtime,
+        *,
+        host: str,
+        port: int,
+        pool: Any = None,
+    ) -> None:
         self._settings = settings
-        self._open = session_opener(settings, runtime)
+        # the sessions reach an --upstream-url over the one pool of connections
+        self._open = session_opener(settings, runtime, pool)
         self._sessions: dict[str, _Session] = {}
         #: why the proxy stopped, once it is stopping (no new session then)
         self._stopped: str | None = None
@@ -518,8 +527,11 @@ async def run_http(
     """Serve governed sessions over Streamable HTTP at ``http://host:port/mcp``."""
     check_loopback(host)
     check_server(settings.command, settings.upstream_url)
-    async with build_runtime(settings, approval_handler) as runtime:
-        app = GovernedHttpApp(settings, runtime, host=host, port=port)
+    async with (
+        build_runtime(settings, approval_handler) as runtime,
+        http_pool(settings.upstream_url) as pool,
+    ):
+        app = GovernedHttpApp(settings, runtime, host=host, port=port, pool=pool)
         config = uvicorn.Config(
             app,
             host=host,

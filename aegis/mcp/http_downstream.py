@@ -18,6 +18,14 @@ negotiated ``MCP-Protocol-Version``, go with every later request; once
 initialized, a GET stream carries the server's messages that belong to no
 request; a stream that ends early is resumed with ``Last-Event-ID``; the
 session is DELETEd on close. Redirects are not followed.
+
+Connections are kept alive and reused (:func:`http_client`, one per
+proxy): a request's stream is read to its end after the reply, within
+:data:`_DRAIN_BYTES` and :data:`_DRAIN_WAIT`, so that its connection goes
+back to the pool. A connection is reused only when its last response was
+read to its end as HTTP frames it: one closed early (a body past the
+limit, a stream that goes on, a refused answer left unread, a broken
+chunk) is closed, never handed to the next request.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx2
 
@@ -46,9 +55,21 @@ _log = logging.getLogger("aegis.mcp")
 
 _SESSION_HEADER = "mcp-session-id"
 _VERSION_HEADER = "mcp-protocol-version"
-#: seconds to connect, write, or wait for a pooled connection; reading waits for
-#: ever (a stream stays open while the tool runs; the proxy's --call-timeout ends it)
-_TIMEOUT = httpx2.Timeout(30.0, read=None)
+#: seconds to connect or write; reading, and waiting for a connection of the pool,
+#: waits for ever (a stream stays open while the tool runs; the proxy's --call-timeout
+#: ends it, and it ends a call that waits for a connection the same way)
+_TIMEOUT = httpx2.Timeout(30.0, read=None, pool=None)
+#: connections open at once at most (the GET stream of each session holds one), idle
+#: ones kept for reuse at most, and seconds one is kept idle: under the 5 s after
+#: which common servers (uvicorn, Node) close an idle connection themselves, so that
+#: a request is not sent on a connection the server is closing
+_LIMITS = httpx2.Limits(max_connections=256, max_keepalive_connections=16, keepalive_expiry=4.0)
+#: after a request's reply, the bytes and seconds its stream may take to end; past
+#: either it is closed, and its connection with it
+_DRAIN_BYTES = 65536
+_DRAIN_WAIT = 1.0
+#: seconds the DELETE that ends the session may take in all
+_CLOSE_WAIT = 5.0
 #: seconds the server may take to answer the POST of a notification or a response: the
 #: client's messages go out one after another, so a wait there holds up all that follow
 NOTICE_WAIT = 10.0
@@ -222,7 +243,7 @@ class HttpDownstream:
                 headers=self._headers(post=True),
                 timeout=httpx2.Timeout(30.0, read=self._notice_wait, pool=self._notice_wait),
             ) as response:
-                await response.aclose()
+                await _drain(response)
         except (httpx2.ReadTimeout, httpx2.PoolTimeout):
             _log.warning(
                 "the MCP server did not answer the POST of a %s within %gs; went on without it",
@@ -349,12 +370,14 @@ class HttpDownstream:
         self, response: httpx2.Response, events: SseReader, request_id: RequestId | None
     ) -> bool:
         """Read an event stream's messages; ``True`` once the reply to ``request_id`` came."""
-        async for piece in response.aiter_bytes():
+        pieces = response.aiter_bytes()
+        async for piece in pieces:
             for _, data in events.feed(piece):
                 item = self._read(data, request_id)
                 await self._put(item)
                 if request_id is not None and _is_reply(item):
                     await self._check_answered(item, request_id)
+                    await _drain(response, pieces)
                     return True
         return False
 
@@ -398,6 +421,7 @@ class HttpDownstream:
             try:
                 async with self._client.stream("GET", self._url, headers=headers) as response:
                     if response.status_code != 200:
+                        await _drain(response)  # the connection is reused
                         return  # 405: the server offers no such stream
                     await self._stream(response, events, None)
                 failures = 0
@@ -429,8 +453,16 @@ class HttpDownstream:
             with contextlib.suppress(BaseException):
                 await task
         if self._session is not None:
-            with contextlib.suppress(httpx2.HTTPError):
-                await self._client.delete(self._url, headers=self._headers(post=False), timeout=5)
+            # Its answer is read as far as _drain reads (not into memory whole), within
+            # _CLOSE_WAIT seconds in all: a server answering without end ends nothing.
+            with contextlib.suppress(httpx2.HTTPError, TimeoutError):
+                async with (
+                    asyncio.timeout(_CLOSE_WAIT),
+                    self._client.stream(
+                        "DELETE", self._url, headers=self._headers(post=False)
+                    ) as response,
+                ):
+                    await _drain(response)
 
 
 async def _read_body(response: httpx2.Response, limit: int) -> bytes | None:
@@ -442,7 +474,63 @@ async def _read_body(response: httpx2.Response, limit: int) -> bytes | None:
         if size > limit:
             return None
         chunks.append(chunk)
+    await _ended(response)
     return b"".join(chunks)
+
+
+async def _drain(response: httpx2.Response, pieces: AsyncIterator[bytes] | None = None) -> None:
+    """Read a response answered already to its end, so that its connection can be reused.
+
+    ``pieces`` is the iterator of its body already begun, if any. Whatever
+    comes after a stream's reply is not read as messages (a server ends
+    the stream with the reply). A stream that goes on past the bounds is
+    left: closed unread, its connection is closed too.
+    """
+    size = 0
+    try:
+        async with asyncio.timeout(_DRAIN_WAIT):
+            async for piece in pieces or response.aiter_raw():
+                size += len(piece)
+                if size > _DRAIN_BYTES:
+                    return
+    except TimeoutError:
+        return
+    await _ended(response)
+
+
+async def _ended(response: httpx2.Response) -> None:
+    """A response read to its end: its connection is closed if more came after it.
+
+    Bytes past the end of a response (in the same read) would be taken as
+    the answer to the next request sent on the connection, an answer
+    written before the request. httpx2 does not look, and hands the
+    connection back to its pool as the body ends: the h11 state of that
+    connection is reached through the response's stream, and the
+    connection closed while it is idle (the pool drops a closed one).
+    """
+    connection = _connection_of(response)
+    state = getattr(connection, "_h11_state", None)
+    if connection is None or state is None:
+        return  # not HTTP/1.1 over httpcore2's pool
+    data, closed = state.trailing_data
+    if (data or closed) and connection.is_idle():
+        await connection.aclose()
+
+
+def _connection_of(response: httpx2.Response) -> Any:
+    """The httpcore2 connection a response came on, through the streams that wrap its body.
+
+    (httpx2's bound stream, its response stream, the pool's stream, the
+    connection's stream); ``None`` if they are not found so: the test of
+    a reply followed by another checks that they are.
+    """
+    stream: Any = response.stream
+    for _ in range(5):
+        connection = getattr(stream, "_connection", None)
+        if connection is not None:
+            return connection
+        stream = getattr(stream, "_stream", None) or getattr(stream, "_httpcore_stream", None)
+    return None
 
 
 def _delay(events: SseReader) -> float:
@@ -461,5 +549,9 @@ def _what(message: Message) -> str:
 
 
 def http_client() -> httpx2.AsyncClient:
-    """The HTTP client for a server: no redirects followed, reads that wait for the server."""
-    return httpx2.AsyncClient(timeout=_TIMEOUT, follow_redirects=False)
+    """The HTTP client for a server: no redirects followed, reads that wait for the server.
+
+    Its pool keeps connections alive for the requests that follow; one
+    client serves every session of a proxy.
+    """
+    return httpx2.AsyncClient(timeout=_TIMEOUT, limits=_LIMITS, follow_redirects=False)

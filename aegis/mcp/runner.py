@@ -310,10 +310,12 @@ def _options(settings: ProxySettings) -> SessionOptions:
     )
 
 
-def session_opener(settings: ProxySettings, runtime: Runtime) -> Any:
+def session_opener(settings: ProxySettings, runtime: Runtime, pool: Any = None) -> Any:
     """A function ``open(send, **context)`` connecting a new server for one client.
 
     ``context`` adds to every audit record of the session (e.g. its HTTP session id).
+    ``pool`` is the proxy's HTTP client for an ``upstream_url`` (see
+    :func:`~aegis.mcp.downstream.http_pool`), whose connections the sessions share.
     """
 
     @asynccontextmanager
@@ -321,7 +323,10 @@ def session_opener(settings: ProxySettings, runtime: Runtime) -> Any:
         options = _options(settings)
         options.context = {**options.context, **context}
         async with open_downstream(
-            settings.command, settings.upstream_url, max_line=settings.max_server_message_bytes
+            settings.command,
+            settings.upstream_url,
+            max_line=settings.max_server_message_bytes,
+            pool=pool,
         ) as downstream:
             yield ProxySession(runtime, downstream, send, options)
 
@@ -352,7 +357,7 @@ async def run_stdio(
         )
         with _stop_on_signals():
             await serve_stdio(
-                session_opener(settings, runtime),
+                session_opener(settings, runtime),  # one session: its own pool
                 input_fd=input_fd,
                 output_fd=output_fd,
                 max_message_bytes=settings.max_message_bytes,

@@ -101,6 +101,10 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+#: the last chunk of a chunked body
+_END = b"0\r\n\r\n"
+
+
 def _event(message: str) -> bytes:
     return _chunk(b"event: message\r\ndata: " + message.encode() + b"\r\n\r\n")
 
@@ -191,7 +195,7 @@ def _accepted_not_answered(request: Request, connection: socket.socket) -> None:
 
 def _stream_without_reply(request: Request, connection: socket.socket) -> None:
     note = '{"jsonrpc": "2.0", "method": "notifications/message", "params": {}}'
-    connection.sendall(_sse_head() + _event(note) + _chunk(b"") + b"\r\n")
+    connection.sendall(_sse_head() + _event(note) + _END)
 
 
 def _switching_protocols(request: Request, connection: socket.socket) -> None:
@@ -369,3 +373,139 @@ async def test_a_session_id_that_cannot_be_sent_back_fails_the_initialize(sessio
             assert "session id" in answer_["error"]["message"]
     # nothing went out with it
     assert len(server.requests) == 1
+
+
+async def test_a_session_end_answered_without_end_is_left_at_once() -> None:
+    """The DELETE that ends the session, answered by endless chunks, ends the close soon.
+
+    The whole answer was read into memory, each piece within the timeout:
+    the close never returned, and the memory grew for as long.
+    """
+
+    def answer(request: Request, connection: socket.socket) -> bool:
+        if request.method == "DELETE":
+            connection.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            _endless(connection, _chunk(b"x" * 65536))
+            return False
+        if request.rpc_method == "initialize":
+            message = reply(request, {"protocolVersion": "2025-11-25", "capabilities": {}})
+            head, body = message.split(b"\r\n\r\n", 1)
+            connection.sendall(head + b"\r\nmcp-session-id: s1\r\n\r\n" + body)
+            return True
+        return polite(request, connection)
+
+    with scripted(answer) as server:
+        async with http_client() as client:
+            remote = HttpDownstream(client, server.url, LIMIT)
+            await remote.send(INITIALIZE)
+            assert (await outcome(remote, 0))["result"]  # type: ignore[index]
+            async with asyncio.timeout(GUARD):
+                await remote.close()
+    assert [r.method for r in server.requests] == ["POST", "DELETE"]
+
+
+# ---------------------------------------------------------------- connections kept alive
+
+
+def _streamed_reply(request: Request, connection: socket.socket) -> bool:
+    """The call's reply as the one event of a stream that then ends, as SDK servers answer."""
+    message = json.dumps({"jsonrpc": "2.0", "id": request.message["id"], "result": {}})
+    connection.sendall(_sse_head() + _event(message) + _END)
+    return True
+
+
+async def test_calls_and_notifications_share_one_connection() -> None:
+    """Calls answered on streams, and notifications, go one after another on one connection."""
+    note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
+    with scripted(on_call(_streamed_reply)) as server:
+        async with connected(server) as remote:
+            for request_id in (1, 2, 3):
+                await remote.send({**CALL, "id": request_id})
+                assert not failed(await outcome(remote, request_id))
+                await remote.send(note)
+    assert len(server.requests) == 6
+    assert server.connections == 1
+
+
+def _oversized(request: Request, connection: socket.socket) -> bool:
+    connection.sendall(response(body=b" " * (LIMIT * 4)))
+    return True
+
+
+def _going_on_after_the_reply(request: Request, connection: socket.socket) -> bool:
+    message = json.dumps({"jsonrpc": "2.0", "id": request.message["id"], "result": {}})
+    connection.sendall(_sse_head() + _event(message))
+    _held_open(connection)
+    return True
+
+
+def _much_after_the_reply(request: Request, connection: socket.socket) -> bool:
+    message = json.dumps({"jsonrpc": "2.0", "id": request.message["id"], "result": {}})
+    note = '{"jsonrpc": "2.0", "method": "notifications/message", "params": {}}'
+    connection.sendall(_sse_head() + _event(message) + _event(note) * 2000 + _END)
+    return True
+
+
+def _html(request: Request, connection: socket.socket) -> bool:
+    connection.sendall(response(body=b"<p>" * 1000, kind="text/html"))
+    return True
+
+
+def _not_found_page(request: Request, connection: socket.socket) -> bool:
+    connection.sendall(response(404, b"<p>" * 1000, kind="text/html"))
+    return True
+
+
+def _forged(request_id: int) -> bytes:
+    return response(
+        body=json.dumps({"jsonrpc": "2.0", "id": request_id, "result": {"f": 1}}).encode()
+    )
+
+
+def _body_and_a_forged_next(request: Request, connection: socket.socket) -> bool:
+    """The reply, and in the same write the "reply" to a request not sent yet."""
+    connection.sendall(reply(request) + _forged(2))
+    return True
+
+
+def _stream_and_a_forged_next(request: Request, connection: socket.socket) -> bool:
+    message = json.dumps({"jsonrpc": "2.0", "id": request.message["id"], "result": {}})
+    connection.sendall(_sse_head() + _event(message) + _END + _forged(2))
+    return True
+
+
+LEFT_BAD = {
+    "a body, then the answer to the next request": _body_and_a_forged_next,
+    "a stream, then the answer to the next request": _stream_and_a_forged_next,
+    "a body past the limit": _oversized,
+    "a stream going on after the reply": _going_on_after_the_reply,
+    "a stream with much after the reply": _much_after_the_reply,
+    "a reply as text/html": _html,
+    "HTTP 404 with a page": _not_found_page,
+}
+
+
+@pytest.mark.parametrize("hostile", LEFT_BAD.values(), ids=LEFT_BAD.keys())
+async def test_a_connection_an_answer_was_not_read_to_its_end_on_is_not_reused(
+    hostile: Any,
+) -> None:
+    """After an answer the proxy stopped reading, the next request goes on a new connection.
+
+    The server keeps each connection open for more: what it left unread
+    must never be read as the answer to the next request.
+    """
+    calls = 0
+
+    def first_hostile(request: Request, connection: socket.socket) -> bool:
+        nonlocal calls
+        calls += 1
+        return bool(hostile(request, connection)) if calls == 1 else polite(request, connection)
+
+    with scripted(on_call(first_hostile)) as server:
+        async with connected(server) as remote:
+            await remote.send(CALL)
+            await outcome(remote, 1)
+            await remote.send({**CALL, "id": 2})
+            assert await outcome(remote, 2) == {"jsonrpc": "2.0", "id": 2, "result": {}}
+    first, second = server.posted("tools/call")
+    assert first.connection != second.connection

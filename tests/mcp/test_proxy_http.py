@@ -546,3 +546,26 @@ def test_sigterm_ends_the_children_a_server_left_behind(tmp_path: Path) -> None:
         os.kill(child, signal.SIGKILL)  # never leave it behind, even when the test fails
     assert status == 0, files.stderr.read_text()
     assert not alive, "the server's child outlived the proxy"
+
+
+def test_the_sessions_of_a_listening_proxy_share_their_connections(tmp_path: Path) -> None:
+    """With --listen and --upstream-url, sessions one after another reuse the same connections.
+
+    Each session had an HTTP client of its own, so at least one connection
+    to the server; the proxy now has one pool for all.
+    """
+    from scripted_http import polite, scripted
+
+    files = Files(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    with scripted(polite) as upstream:
+        command = files.proxy("--listen", f"127.0.0.1:{port}", upstream=upstream.url)
+        with background(command, files.stderr, url):
+            for _ in range(4):
+                session = _session(url)
+                assert _ping(url, session["mcp-session-id"]).status_code == 200
+        pings = upstream.posted("ping")
+        connections = upstream.connections
+    assert len(pings) == 4
+    assert connections < 4
