@@ -42,10 +42,12 @@ framework's types and the Governor; split, each part would import the others.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from aegis.adapters._governance import (
@@ -159,6 +161,8 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         # Settled answers by tool call id, from after_model to wrap_tool_call.
         self._settled: dict[str, tuple[ApprovalOutcome, str]] = {}
         self._lock = threading.Lock()
+        # The tools as the middleware after this one gets them (see _with_args).
+        self._guards = _Guards()
 
     # ------------------------------------------------------------ model turn
 
@@ -287,7 +291,7 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         """Decide the call again and run it through the runtime, or answer with an error."""
         call, read, answer = self._tool_call(request)
         box: list[Any] = []
-        execute = _tool_executor(request, handler, box, read)
+        execute = _tool_executor(request, handler, box, read, self._guards)
         result = self.governor.run_sync(call, execute, answer, reraise=True)
         return self._reply(call, request, result, box)
 
@@ -295,7 +299,7 @@ class AegisMiddleware(AgentMiddleware[Any, Any, Any]):
         """Decide the call again and run it through the runtime, or answer with an error."""
         call, read, answer = self._tool_call(request)
         box: list[Any] = []
-        execute = _async_tool_executor(request, handler, box, read)
+        execute = _async_tool_executor(request, handler, box, read, self._guards)
         result = await self.governor.run(call, execute, answer, reraise=True)
         return self._reply(call, request, result, box)
 
@@ -387,10 +391,19 @@ def _agent_name(config: object) -> str | None:
 
 
 def _tool_executor(
-    request: ToolCallRequest, handler: Callable[..., Any], box: list[Any], read: _ToolArgs
+    request: ToolCallRequest,
+    handler: Callable[..., Any],
+    box: list[Any],
+    read: _ToolArgs,
+    guards: _Guards,
 ) -> Callable[[Action], Any]:
     def execute(action: Action) -> Any:
-        out = handler(_with_args(request, action, read))
+        decided, ticket = _with_args(request, action, read, guards)
+        token = _ticket.set(ticket)
+        try:
+            out = handler(decided)
+        finally:
+            _ticket.reset(token)
         box.append(out)
         return _outcome(action, out)
 
@@ -398,22 +411,174 @@ def _tool_executor(
 
 
 def _async_tool_executor(
-    request: ToolCallRequest, handler: Callable[..., Any], box: list[Any], read: _ToolArgs
+    request: ToolCallRequest,
+    handler: Callable[..., Any],
+    box: list[Any],
+    read: _ToolArgs,
+    guards: _Guards,
 ) -> Callable[[Action], Any]:
     async def execute(action: Action) -> Any:
-        out = await handler(_with_args(request, action, read))
+        decided, ticket = _with_args(request, action, read, guards)
+        token = _ticket.set(ticket)
+        try:
+            out = await handler(decided)
+        finally:
+            _ticket.reset(token)
         box.append(out)
         return _outcome(action, out)
 
     return execute
 
 
-def _with_args(request: ToolCallRequest, action: Action, read: _ToolArgs) -> ToolCallRequest:
+def _with_args(
+    request: ToolCallRequest, action: Action, read: _ToolArgs, guards: _Guards
+) -> tuple[ToolCallRequest, _Ticket]:
     # The tool runs with the params of the action the runtime decided (the
     # call's arguments as the tool's schema reads them), handed over under the
     # names the schema reads: never a copy read back from elsewhere.
     args = read.for_tool(thaw(action.params))
-    return request.override(tool_call={**request.tool_call, "args": args})
+    tool_call = {**request.tool_call, "args": args}
+    # What goes down the middleware chain holds the agent's tools only as
+    # guards: a middleware after this one that rewrites the call (the edit of
+    # a HumanInTheLoopMiddleware, a redirect to another tool) or runs it again
+    # reaches a guard that refuses it.
+    overrides: dict[str, Any] = {"tool_call": tool_call}
+    if isinstance(request.tool, BaseTool):
+        overrides["tool"] = guards.guard(request.tool)
+    runtime = request.runtime
+    if dataclasses.is_dataclass(runtime) and isinstance(getattr(runtime, "tools", None), list):
+        overrides["runtime"] = dataclasses.replace(
+            runtime,
+            tools=[guards.guard(t) if isinstance(t, BaseTool) else t for t in runtime.tools],
+        )
+    return request.override(**overrides), _Ticket(tool_call)
+
+
+class _Ticket:
+    """The one call Aegis let through, for the guards: it may run once, as decided."""
+
+    __slots__ = ("args", "call_id", "name", "used")
+
+    def __init__(self, tool_call: Mapping[str, Any]) -> None:
+        self.name = tool_call.get("name")
+        self.call_id = tool_call.get("id")
+        self.args: Mapping[str, Any] = tool_call.get("args") or {}
+        self.used = False
+
+    def refusal(self, tool: _Guard, input: Any) -> str | None:
+        """Why ``tool`` may not run with ``input``, or None (and the ticket is spent)."""
+        if not (isinstance(input, Mapping) and input.get("type") == "tool_call"):
+            return "it was called directly, not as the tool call Aegis decided"
+        if input.get("name") != self.name or tool.name != self.name:
+            return f"Aegis decided a call of {self.name!r}, not of this tool"
+        if self.used:
+            return "it ran already for this decision (a middleware after Aegis ran it again)"
+        if input.get("id") != self.call_id or not _same_args(tool, input.get("args"), self.args):
+            return "its arguments are not the decided ones (a middleware after Aegis changed them)"
+        self.used = True
+        return None
+
+
+def _same_args(tool: _Guard, given: object, decided: Mapping[str, Any]) -> bool:
+    """Whether ``given`` is ``decided`` plus only what the tool node injects (state, runtime)."""
+    if not isinstance(given, Mapping):
+        return False
+    hidden = tool.hidden
+    if any(given.get(k, _MISSING) != v for k, v in decided.items() if k not in hidden):
+        return False
+    return all(k in decided or k in hidden for k in given)
+
+
+_MISSING = object()
+
+
+def _hidden_keys(tool: BaseTool) -> frozenset[str]:
+    """The arguments of ``tool`` the model does not give: the tool node injects them."""
+    try:
+        schema = tool.tool_call_schema
+        shown = schema if isinstance(schema, dict) else schema.model_json_schema()  # type: ignore[union-attr]
+        visible = set(shown.get("properties") or {})
+        every = set(tool.args)
+    except Exception:  # a schema that cannot be read: nothing is taken as injected
+        return frozenset()
+    injected: frozenset[str] = frozenset(getattr(tool, "_injected_args_keys", ()))
+    return frozenset(every - visible) | injected
+
+
+#: the call the guards may run now, in this thread or task (None: none)
+_ticket: ContextVar[_Ticket | None] = ContextVar("aegis_langchain_ticket", default=None)
+
+
+class _Guards:
+    """One guard per tool of an agent, made once and kept."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_id: dict[int, tuple[BaseTool, _Guard]] = {}
+
+    def guard(self, tool: BaseTool) -> BaseTool:
+        if isinstance(tool, _Guard):
+            return tool
+        with self._lock:
+            found = self._by_id.get(id(tool))
+            if found is None or found[0] is not tool:
+                found = (tool, _Guard.of(tool))
+                self._by_id[id(tool)] = found
+            return found[1]
+
+
+class _Guard(BaseTool):
+    """An agent's tool as the middlewares after Aegis get it: it runs only the decided call."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    inner: BaseTool
+    """The tool that runs for the decided call."""
+    hidden: frozenset[str]
+    """The inner tool's arguments that the tool node injects, not the model."""
+
+    @classmethod
+    def of(cls, tool: BaseTool) -> _Guard:
+        return cls(
+            name=tool.name,
+            description=tool.description,
+            args_schema=tool.args_schema,
+            return_direct=tool.return_direct,
+            response_format=tool.response_format,
+            inner=tool,
+            hidden=_hidden_keys(tool),
+        )
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("a guarded tool runs through invoke() and ainvoke()")
+
+    def _refused(self, input: Any) -> Any:
+        ticket = _ticket.get()
+        why = (
+            "no call decided by Aegis is running" if ticket is None else ticket.refusal(self, input)
+        )
+        if why is None:
+            return None
+        text = f"refused by Aegis: tool {self.name} was not run: {why}"
+        if isinstance(input, Mapping) and input.get("type") == "tool_call":
+            return ToolMessage(
+                content=text, name=self.name, tool_call_id=input.get("id") or "", status="error"
+            )
+        raise ConfigurationError(text)
+
+    def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        """Run the inner tool if this is the call Aegis decided, once; else refuse."""
+        refused = self._refused(input)
+        if refused is not None:
+            return refused
+        return self.inner.invoke(input, config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        """Run the inner tool if this is the call Aegis decided, once; else refuse."""
+        refused = self._refused(input)
+        if refused is not None:
+            return refused
+        return await self.inner.ainvoke(input, config, **kwargs)
 
 
 def _outcome(action: Action, out: Any) -> Result:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from adapters_support import make_runtime, scripted_chat_model
+from adapters_support import Run, _recorders, make_runtime, scripted_chat_model
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
@@ -343,3 +343,101 @@ async def test_the_agents_own_name_goes_in_the_audit_record() -> None:
         "tool_call_id": "c1",
         "agent": "billing-bot",
     }
+
+
+def _edit(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "edit", "edited_action": {"name": name, "args": args}}
+
+
+async def _edited_run(
+    first: Any, second: Any, answer: dict[str, Any]
+) -> tuple[list[tuple[str, Any]], list[list[Any]]]:
+    """lookup(7), held by a HumanInTheLoopMiddleware and answered with ``answer``."""
+    run = Run()
+    model = scripted_chat_model([("lookup", {"customer_id": 7}, "c1")])
+    agent = create_agent(
+        model,
+        tools=[tool(fn) for fn in _recorders(run).values()],
+        middleware=[first, second],
+        checkpointer=InMemorySaver(),
+    )
+    state = await agent.ainvoke({"messages": [("user", "go")]}, CONFIG)
+    assert state.get("__interrupt__")
+    await agent.ainvoke(Command(resume={"decisions": [answer]}), CONFIG)
+    return run.executed, model.seen
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [_edit("lookup", {"customer_id": 666}), _edit("delete_customer", {"customer_id": 7})],
+    ids=["other-arguments", "other-tool"],
+)
+async def test_a_middleware_after_aegis_cannot_change_the_call_that_runs(
+    answer: dict[str, Any],
+) -> None:
+    """A HumanInTheLoopMiddleware listed after Aegis edits the call after Aegis decided it.
+
+    The edit (other arguments, or another tool, even a blocked one) reaches
+    only a guard of the tools: nothing runs, the record says so, the model
+    reads why.
+    """
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+
+    audit = InMemoryAuditLog()
+    aegis = AegisMiddleware(make_runtime(audit=audit), target="crm")
+    hitl = HumanInTheLoopMiddleware(interrupt_on={"lookup": True})
+    executed, seen = await _edited_run(aegis, hitl, answer)
+    assert executed == []
+    [record] = audit.records
+    assert (record["action_type"], record["result_status"]) == ("lookup", "failed")
+    [reply] = [m for m in seen[-1] if isinstance(m, ToolMessage)]
+    assert reply.status == "error"
+    assert "refused by Aegis" in str(reply.content)
+
+
+async def test_an_edit_made_before_aegis_is_the_call_aegis_decides() -> None:
+    """Listed before Aegis, the same middleware's edit is what Aegis decides (blocked: not run)."""
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+
+    audit = InMemoryAuditLog()
+    aegis = AegisMiddleware(make_runtime(audit=audit), target="crm")
+    hitl = HumanInTheLoopMiddleware(interrupt_on={"lookup": True})
+    executed, _ = await _edited_run(hitl, aegis, _edit("lookup", {"customer_id": 666}))
+    assert executed == [("lookup", {"customer_id": 666})]
+    audit_b = InMemoryAuditLog()
+    aegis = AegisMiddleware(make_runtime(audit=audit_b), target="crm")
+    hitl = HumanInTheLoopMiddleware(interrupt_on={"lookup": True})
+    executed, _ = await _edited_run(hitl, aegis, _edit("delete_customer", {"customer_id": 7}))
+    assert executed == []
+    [record] = audit.records
+    assert record["action_params"] == {"customer_id": 666}
+    [record] = audit_b.records
+    assert (record["action_type"], record["result_status"]) == ("delete_customer", "blocked")
+
+
+async def test_a_retry_middleware_after_aegis_cannot_run_the_call_again() -> None:
+    """ToolRetryMiddleware listed after Aegis: the failing tool runs once for its one decision."""
+    from langchain.agents.middleware import ToolRetryMiddleware
+
+    audit = InMemoryAuditLog()
+    runs: list[int] = []
+
+    @tool
+    def lookup(customer_id: int) -> str:
+        """Look a customer up."""
+        runs.append(customer_id)
+        raise RuntimeError("the directory is down")
+
+    agent = create_agent(
+        scripted_chat_model([("lookup", {"customer_id": 7}, "c1")]),
+        tools=[lookup],
+        middleware=[
+            AegisMiddleware(make_runtime(audit=audit), target="crm"),
+            ToolRetryMiddleware(max_retries=3, initial_delay=0, on_failure="continue"),
+        ],
+        checkpointer=InMemorySaver(),
+    )
+    await agent.ainvoke({"messages": [("user", "go")]}, CONFIG)
+    assert runs == [7]
+    [record] = audit.records
+    assert record["result_status"] == "failed"
