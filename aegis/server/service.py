@@ -101,13 +101,15 @@ class Principal:
     ``identity`` is who decides, as decisions and the audit trail record
     it (issuer and subject for a person of an OpenID provider, or a
     token tied to one); ``None`` for a token tied to no provider, whose
-    name is its identity (:attr:`who`).
+    name is its identity (:attr:`who`). ``until`` is when the token
+    expires, if it does: a grant it gives ends by then.
     """
 
     name: str
     role: Role
     groups: tuple[str, ...] = ()
     identity: Identity | None = None
+    until: datetime | None = None
 
     @property
     def who(self) -> Identity:
@@ -468,7 +470,7 @@ class ApprovalService:
                 would hand its word to whoever holds the subject there.
         """
         if info.oidc_subject is None:
-            return Principal(info.name, info.role, info.groups)
+            return Principal(info.name, info.role, info.groups, until=info.expires_at)
         if not info.oidc_issuer:
             raise ApprovalServiceError(
                 f"token {info.name!r} is tied to OpenID subject {info.oidc_subject!r} at no "
@@ -478,7 +480,7 @@ class ApprovalService:
                 code="unauthorized",
             )
         identity = Identity(info.oidc_issuer, info.oidc_subject, info.name)
-        return Principal(info.name, info.role, info.groups, identity)
+        return Principal(info.name, info.role, info.groups, identity, info.expires_at)
 
     @staticmethod
     def require_role(
@@ -845,7 +847,8 @@ class ApprovalService:
 
         ``grant_until`` bounds the grant this reviewer gives: the end of
         the provider's word on their groups, for a reviewer signed in with
-        OpenID (``--oidc-max-age``). The minutes recorded are shortened to
+        OpenID (``--oidc-max-age``); the principal's ``until`` (its token's
+        expiry) bounds it too. The minutes recorded are shortened to
         end by then, counted from the latest the grant can start: now when
         this approval is the last one needed, else the request's expiry
         (a grant starts with the approval that completes the request). The
@@ -889,8 +892,13 @@ class ApprovalService:
         # Bounded only once the reviewer may decide: the refusal's words say
         # whether this approval would be the last one needed, which is the
         # request's business, not that of a reviewer outside its groups.
+        # A grant approves later actions in its giver's name: it ends by the
+        # end of their word, a sign-in's max age or their token's expiry.
+        ended = "the identity provider's word on your groups (--oidc-max-age)"
+        if principal.until is not None and (grant_until is None or principal.until < grant_until):
+            grant_until, ended = principal.until, "the token you decide with"
         if grant_minutes is not None and grant_until is not None:
-            grant_minutes = self._bounded_grant(request, grant_minutes, grant_until, now)
+            grant_minutes = self._bounded_grant(request, grant_minutes, grant_until, now, ended)
         stored, grant = await self._call(
             self.store.decide,
             request_id,
@@ -907,7 +915,7 @@ class ApprovalService:
 
     @staticmethod
     def _bounded_grant(
-        request: ApprovalRequest, minutes: int, until: datetime, now: datetime
+        request: ApprovalRequest, minutes: int, until: datetime, now: datetime, ended: str
     ) -> int:
         """``minutes`` shortened so that a grant on ``request`` ends by ``until``.
 
@@ -920,9 +928,9 @@ class ApprovalService:
         if left < 1:
             when = "" if last else " from the request's expiry, when the grant could start"
             raise ApprovalServiceError(
-                "a grant may not outlast the identity provider's word on your groups "
-                f"(--oidc-max-age), and less than a minute of it is left{when}; "
-                "approve without a grant, or sign in again and then give one",
+                f"a grant may not outlast {ended}, and less than a minute of it is "
+                f"left{when}; approve without a grant, or sign in again (or with a "
+                "new token) and then give one",
                 status=422,
                 code="grant_too_late",
             )

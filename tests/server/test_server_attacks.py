@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -194,3 +194,31 @@ async def test_an_agent_token_revoked_while_its_request_is_on_the_way_asks_nothi
     assert revoked[0].exit_code == 0, revoked[0].output
     assert answer.status_code == 401, answer.text
     assert service.store.list_requests(None) == []
+
+
+async def test_a_grant_never_outlasts_the_reviewer_token_that_gave_it(
+    service: ApprovalService,
+) -> None:
+    """A token expiring in ten minutes grants ten minutes at most, not the hour it asked.
+
+    The grant approves later actions in its giver's name, and the token's
+    word on its groups ends when the token does (as a sign-in's ends at
+    --oidc-max-age).
+    """
+    now = datetime.now(UTC)
+    expires = now + timedelta(minutes=10, seconds=30)
+    service.store.create_token(
+        TokenInfo("brief", Role.REVIEWER, ("finance",), now, expires), hash_token("brief-secret")
+    )
+    request, _ = await service.create(AGENT, _wire(approvers=1))
+    transport = httpx.ASGITransport(app=create_app(service, close_service=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.post(
+            f"/api/v1/approvals/{request.id}/decision",
+            json={"verdict": "approve", "grant_minutes": 60},
+            headers={"Authorization": "Bearer brief-secret"},
+        )
+    assert answer.status_code == 200, answer.text
+    (grant,) = service.store.list_grants(datetime.now(UTC))
+    assert grant.expires_at <= expires
+    assert answer.json()["decisions"][0]["grant_minutes"] == 10
