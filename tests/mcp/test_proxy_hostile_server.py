@@ -484,3 +484,57 @@ def test_requests_in_flight_are_capped_and_the_excess_refused_at_once(tmp_path: 
         proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
                     "params": {"requestId": 0}})  # fmt: skip
         assert proxy.request("after", "ping", timeout=60)["id"] == "after"
+
+
+def test_an_http_server_failing_mid_call_leaves_one_record_per_call(tmp_path: Path) -> None:
+    """Behind the proxy CLI: a hostile HTTP answer fails its call once, recorded once.
+
+    The first read is answered with another request's reply, the second
+    with half a body before the connection closes (the session ends with
+    it); the blocked delete between them is answered and recorded by the
+    proxy alone. Every call has exactly one record, and the chain verifies.
+    """
+    from scripted_http import Request, polite, response, scripted
+
+    calls = 0
+
+    def answer(request: Request, connection: Any) -> bool:
+        nonlocal calls
+        if request.rpc_method != "tools/call":
+            return polite(request, connection)
+        calls += 1
+        other = {"jsonrpc": "2.0", "id": 99, "result": {"content": []}}
+        raw = response(body=json.dumps(other).encode())
+        connection.sendall(raw if calls == 1 else raw[:-10])
+        return calls == 1
+
+    files = Files(tmp_path, POLICY)
+    with scripted(answer) as upstream:
+        command = [
+            sys.executable, "-m", "aegis", "mcp-proxy", "--policy", str(files.policy),
+            "--db", files.db, "--name", "hostile", "--upstream-url", upstream.url,
+        ]  # fmt: skip
+        proxy = RawProxy(command, files.stderr)
+        try:
+            proxy.initialize()
+            first = proxy.request(1, "tools/call", READ, timeout=60)
+            delete = {"name": "delete", "arguments": {"path": "/x"}}
+            blocked = proxy.request(2, "tools/call", delete, timeout=60)
+            second = proxy.request(3, "tools/call", READ, timeout=60)
+        finally:
+            status = proxy.close()
+    assert first["error"]["code"] == -32011
+    assert "answered the request as request 99" in first["error"]["message"]
+    assert blocked["result"]["isError"] is True
+    assert second["error"]["code"] == -32011
+    # the session ended with its connection: the proxy stops so that the client restarts it
+    assert status == 1
+    assert "the proxy stopped with it" in files.stderr.read_text()
+    records = files.records()  # the chain verifies
+    assert [(r["action_type"], r["result_status"]) for r in records] == [
+        ("read", "failed"),
+        ("delete", "blocked"),
+        ("read", "failed"),
+    ]
+    assert [r["context"]["mcp_request_id"] for r in records] == [1, 2, 3]
+    assert len(upstream.posted("tools/call")) == 2  # the blocked call never reached it
