@@ -34,6 +34,7 @@ import threading
 import time
 from asyncio import current_task
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -47,14 +48,16 @@ from aegis.core.record import (
     ContextValue,
     DecisionStamp,
     RecordDraft,
+    RecordKind,
     decision_stamp,
     final_draft,
     finish_draft,
+    isoformat,
     start_draft,
     storable_json,
     to_dict,
 )
-from aegis.core.result import Result
+from aegis.core.result import Result, ResultStatus
 from aegis.errors import AuditError, ConfigurationError
 from aegis.runtime._group_commit import GroupCommit
 from aegis.runtime.audit_backend import RecordReader, Subscriber, SubscriberList, write_jsonl
@@ -194,7 +197,7 @@ class AuditLogger(RecordReader):
         self._notify = False  # whether there are subscribers (read on every write)
         # the records of concurrent actions, committed (and flushed) together
         self._batch: GroupCommit[RecordDraft, AuditRecord] = GroupCommit(
-            self._write, remote=self._store.remote
+            self._write, remote=self._store.remote, give_back=self._orphaned
         )
         self._lock = threading.Lock()
         # start id -> (the action, its context, its start draft, the human decision
@@ -290,6 +293,38 @@ class AuditLogger(RecordReader):
         if self._notify or self._signer is not None or self._failing_since is not None:
             self._wrote(records)
         return records
+
+    def _orphaned(self, record: AuditRecord) -> None:
+        """End the action of a start record whose writer was cancelled before it heard the id.
+
+        The batch wrote the start all the same (a record once asked for is
+        kept), but the runtime never learnt its id, so no final record would
+        ever name it: the trail would show an action that began and never
+        ended, as a killed process leaves. It did not run: the executor
+        comes after the start. A final record (nothing else) needs no end.
+        """
+        if record.kind != RecordKind.START.value:
+            return
+        now = isoformat(datetime.now(UTC))
+        start = RecordDraft._make(record[1 : 1 + len(RecordDraft._fields)])
+        final = start._replace(
+            kind=RecordKind.FINAL.value,
+            timestamp=now,
+            result_status=ResultStatus.SKIPPED.value,
+            result_data="null",
+            result_error="interrupted: CancelledError (while its start record was written; "
+            "it did not run)",
+            started_at=None,
+            completed_at=now,
+            start_id=record.id,
+        )
+        try:
+            self._write((final,))
+        except AuditError:
+            _log.exception(
+                "could not record that the action of start record %s was cancelled before it ran",
+                record.id,
+            )
 
     def _wrote(self, records: Sequence[AuditRecord]) -> None:
         """Tell the subscribers, and sign the head when a checkpoint is due.

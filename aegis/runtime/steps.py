@@ -483,7 +483,13 @@ class Passage:
                 return unrecorded(decision, None, exc)
         # Noted once its start is written: an action the trail refused
         # never ran, so no ``after`` condition may count it.
-        failed = await gate.metering.ran(gate.session_id, policy, decision.action)
+        try:
+            failed = await gate.metering.ran(gate.session_id, policy, decision.action)
+        except BaseException as exc:  # cancelled or interrupted while it was noted
+            # Its start is written: its end must be too, or the trail shows
+            # an action begun and never ended, as a killed process leaves.
+            await self.interrupted(exc, ResultStatus.SKIPPED)
+            raise
         if failed is not None:
             return await self.abort(failed)
         self.lease = None  # the action runs: what it reserved stays counted

@@ -193,6 +193,64 @@ async def test_a_real_cancellation_still_cancels(tmp_path: Path) -> None:
     assert record["result_error"] == "interrupted: CancelledError"
 
 
+async def test_an_action_cancelled_while_its_start_is_written_gets_its_outcome(
+    tmp_path: Path,
+) -> None:
+    """Cancelled while its start record waits in a batch, the action is recorded as not run.
+
+    The batch writes the start all the same (a record once asked for is
+    kept); without an outcome beside it, the trail would show an action
+    that began and never ended, as a killed process leaves, for one that
+    never ran.
+    """
+    ran: list[int] = []
+
+    async def execute(action: Action) -> None:
+        ran.append(action.params["n"])
+
+    audit = AuditLogger(tmp_path / "audit.db")
+    async with Runtime(executor=execute, policy=TablePolicy(), audit_logger=audit) as runtime:
+        actions = [Action("read", "crm", {"n": n}) for n in range(3)]
+        tasks = [asyncio.ensure_future(runtime.run_one(action)) for action in actions]
+        await asyncio.sleep(0)  # each waits for its start record, written with the others'
+        tasks[1].cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(outcomes[1], asyncio.CancelledError)
+        assert sorted(ran) == [0, 2]
+        assert audit.pending() == []
+        (cancelled,) = [r for r in audit.get_log() if r["action_params"] == {"n": 1}]
+        assert cancelled["result_status"] == "skipped"
+        assert cancelled["result_error"].startswith("interrupted: CancelledError")
+        assert cancelled["start_id"] is not None
+        assert audit.verify().ok
+
+
+async def test_an_action_cancelled_while_it_is_noted_gets_its_outcome(tmp_path: Path) -> None:
+    """Cancelled while its flow event is noted (its start written), it is recorded as not run."""
+    ran: list[int] = []
+
+    async def execute(action: Action) -> None:
+        ran.append(action.params["n"])
+
+    audit = AuditLogger(tmp_path / "audit.db")
+    async with Runtime(executor=execute, policy=TablePolicy(), audit_logger=audit) as runtime:
+        actions = [Action("read", "crm", {"n": n}) for n in range(3)]
+        tasks = [asyncio.ensure_future(runtime.run_one(action)) for action in actions]
+        while len(audit.pending()) < 3:  # the three starts are written, with one commit
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # each now waits for its flow event, noted with the others'
+        tasks[1].cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(outcomes[1], asyncio.CancelledError)
+        assert sorted(ran) == [0, 2]
+        assert audit.pending() == []
+        (cancelled,) = [r for r in audit.get_log() if r["action_params"] == {"n": 1}]
+        assert cancelled["result_status"] == "skipped"
+        assert cancelled["result_error"] == "interrupted: CancelledError"
+        assert cancelled["start_id"] is not None
+        assert audit.verify().ok
+
+
 # ---------------------------------------------------------------- Ctrl-C in a real process
 
 CHILD = Path(__file__).with_name("interrupt_child.py")
