@@ -45,6 +45,7 @@ import json
 import math
 import re
 import time
+from asyncio import CancelledError
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from enum import Enum, StrEnum
@@ -233,11 +234,18 @@ def _now() -> str:
 # ----------------------------------------------------------------- JSON
 
 
+#: what a value's own code (a ``__repr__``, a mapping's ``items``) may raise that is its
+#: failure: an exception, and a CancelledError or GeneratorExit it raised itself (a plain
+#: call is never cancelled or closed from outside). Anything else (Ctrl-C, sys.exit())
+#: means "stop" and goes on; the audit backends record it first (see AuditLogger.record).
+OWN_FAILURES: Final = (Exception, CancelledError, GeneratorExit)
+
+
 def safe_repr(value: object) -> str:
-    """``repr(value)``, or a marker naming its type when that raises."""
+    """``repr(value)``, or a marker naming its type when that raises (see :data:`OWN_FAILURES`)."""
     try:
         text = repr(value)
-    except Exception:  # a broken __repr__ must not lose the audit record
+    except OWN_FAILURES:  # a broken __repr__ must not lose the audit record
         return f"<unrepresentable {type(value).__name__}>"
     return text if isinstance(text, str) else f"<unrepresentable {type(value).__name__}>"
 
@@ -363,7 +371,7 @@ def _sanitize(value: Any, depth: int, seen: set[int]) -> Any:
             seen.discard(id(value))
     try:
         converted = _json_default(value)
-    except Exception:
+    except OWN_FAILURES:
         return f"<unrepresentable {type(value).__name__}>"
     if isinstance(converted, str):
         return storable_text(converted)
@@ -414,13 +422,13 @@ def storable_json(value: Any) -> str:
         whole = safe_repr(value)
         if not whole.startswith("<unrepresentable "):
             return _encode(storable_text(whole))
-    except Exception:  # a hostile object's hook: fix the parts below
+    except OWN_FAILURES:  # a hostile object's hook: fix the parts below
         pass
     else:
         return text if text.isascii() else _utf8_safe(text, value)
     try:
         return _encode(_sanitize(value, 0, set()))
-    except Exception:  # pragma: no cover  # _sanitize yields plain JSON only
+    except OWN_FAILURES:  # pragma: no cover  # _sanitize yields plain JSON only
         return _encode(f"<unrepresentable {type(value).__name__}>")
 
 
@@ -549,8 +557,16 @@ def _text(value: object) -> str:
     return storable_text(safe_repr(value) if not isinstance(value, str) else str.__str__(value))
 
 
-def _optional_text(value: object) -> str | None:
-    return None if value is None else _text(value)
+def _error_text(error: object) -> str:
+    # A Result's error is text, unless changed after it was built: then its str(),
+    # or a marker when that raises, never a lost record.
+    if type(error) is str:
+        return error if error.isascii() else storable_text(error)
+    try:
+        text = str(error)
+    except OWN_FAILURES:
+        return f"<unrepresentable {type(error).__name__}>"
+    return _text(text)
 
 
 def _decision_fields(
@@ -685,7 +701,7 @@ def _draft(  # noqa: PLR0917  # one field of the record each, two callers
         status = _status_text(result.status)
         data = result.data
         data_json = "null" if data is None else storable_json(data)
-        error = _optional_text(None if result.error is None else str(result.error))
+        error = None if result.error is None else _error_text(result.error)
         started = _time(result.started_at)
         completed = _time(result.completed_at)
     # tuple.__new__: the named tuple's __new__ is a Python call of 21 arguments
@@ -760,7 +776,7 @@ def finish_draft(
             None if human_decision is None else _text(human_decision),
             status._value_ if type(status) is ResultStatus else _status_text(status),
             "null" if data is None else storable_json(data),
-            None if error is None else _text(str(error)),
+            None if error is None else _error_text(error),
             isoformat(started) if type(started) is datetime else _time(started),
             isoformat(completed) if type(completed) is datetime else _time(completed),
             *start[17:20],

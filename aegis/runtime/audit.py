@@ -60,7 +60,13 @@ from aegis.core.record import (
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import AuditError, ConfigurationError
 from aegis.runtime._group_commit import GroupCommit
-from aegis.runtime.audit_backend import RecordReader, Subscriber, SubscriberList, write_jsonl
+from aegis.runtime.audit_backend import (
+    RecordReader,
+    Subscriber,
+    SubscriberList,
+    interrupted_result,
+    write_jsonl,
+)
 from aegis.stores import Stores, open_stores, parse_store_url, stores_for
 from aegis.stores.base import AuditStore, CheckpointStore
 
@@ -469,13 +475,21 @@ class AuditLogger(RecordReader):
         :class:`~aegis.core.outcome.ApprovalOutcome` a handler gave.
         """
         self._check_open()
-        draft = final_draft(
-            session_id,
-            decision,
-            result,
-            human_decision=human_text(human_decision),
-            stamp=decision_stamp(context, decided_at, policy_digest),
+        human, stamp = (
+            human_text(human_decision),
+            decision_stamp(context, decided_at, policy_digest),
         )
+        try:
+            draft = final_draft(session_id, decision, result, human_decision=human, stamp=stamp)
+        except BaseException as exc:  # reading the result said "stop" (see AuditBackend.record)
+            if result is not None:
+                ended = interrupted_result(result, exc)
+                draft = final_draft(session_id, decision, ended, human_decision=human, stamp=stamp)
+                try:
+                    self._write([draft])
+                except Exception:  # best effort, as in record
+                    _log.exception("could not record the interruption of %s", decision.action)
+            raise
         return self._write([draft])[0].id
 
     async def record_start(
@@ -578,39 +592,66 @@ class AuditLogger(RecordReader):
         """
         kept = None if start_token is None else self._starts.pop(start_token, None)
         draft = None
-        if start_token is not None and kept is not None and kept[0] is decision.action:
-            _, started_context, start, started_human = kept
-            if (
-                start.session_id == session_id
-                and start.decided_at == decided_at
-                and start.policy_digest == policy_digest
-                and (
-                    started_context is context
-                    or not _stamp_changed(start, decision_stamp(context, decided_at, policy_digest))
+        try:
+            if start_token is not None and kept is not None and kept[0] is decision.action:
+                _, started_context, start, started_human = kept
+                if (
+                    start.session_id == session_id
+                    and start.decided_at == decided_at
+                    and start.policy_digest == policy_digest
+                    and (
+                        started_context is context
+                        or not _stamp_changed(
+                            start, decision_stamp(context, decided_at, policy_digest)
+                        )
+                    )
+                ):
+                    # The approval's text is the start's when it is the same answer.
+                    human = (
+                        start.human_decision
+                        if human_decision is started_human
+                        else human_text(human_decision)
+                    )
+                    draft = finish_draft(start, start_token, result, human_decision=human)
+            if draft is None:
+                draft = final_draft(
+                    session_id,
+                    decision,
+                    result,
+                    human_decision=human_text(human_decision),
+                    stamp=decision_stamp(context, decided_at, policy_digest),
+                    start_id=start_token,
                 )
-            ):
-                # The approval's text is the start's when it is the same answer.
-                human = (
-                    start.human_decision
-                    if human_decision is started_human
-                    else human_text(human_decision)
-                )
-                draft = finish_draft(start, start_token, result, human_decision=human)
-        if draft is None:
+        except BaseException as exc:  # reading the result said "stop" (see AuditBackend.record)
             draft = final_draft(
                 session_id,
                 decision,
-                result,
+                interrupted_result(result, exc),
                 human_decision=human_text(human_decision),
                 stamp=decision_stamp(context, decided_at, policy_digest),
                 start_id=start_token,
             )
+            await self._record_interrupted(draft)
+            raise
         if self._closed:
             raise self._closed_error()
         batch = self._batch
         if not batch.waiting and current_task() is batch.last_task:
             return self._write((draft,))[0].id  # see record_start
         return (await batch.submit(draft)).id
+
+    async def _record_interrupted(self, draft: RecordDraft) -> None:
+        """Write ``draft``, an interrupted action's record, as far as it goes.
+
+        Best effort, as the runtime's own record of an interruption: a
+        trail that cannot take it now must not hide the interruption.
+        """
+        try:
+            if self._closed:
+                raise self._closed_error()
+            await self._batch.submit(draft)
+        except Exception:
+            _log.exception("could not record the interruption of %s", draft.action_type)
 
     # -- reading ----------------------------------------------------------------
 

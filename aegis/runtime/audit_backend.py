@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
 
@@ -36,8 +37,9 @@ from aegis.core.record import (
     safe_repr,
     storable_json,
 )
-from aegis.core.result import Result
+from aegis.core.result import Result, ResultStatus
 from aegis.errors import AuditError, ConfigurationError
+from aegis.runtime.asking import describe
 
 if TYPE_CHECKING:
     from aegis.stores.sqlite.connection import Guard
@@ -120,6 +122,11 @@ class AuditBackend(Protocol):
 
         ``context``, ``decided_at`` and ``policy_digest`` come from the
         decide step (see :class:`~aegis.core.record.DecisionStamp`).
+        Reading ``result`` runs the executor's code (its data's
+        ``__repr__``): when that raises a ``KeyboardInterrupt``, a
+        ``SystemExit`` or another ``BaseException`` that is no failure of
+        its own, the record says so (:func:`interrupted_result`) and is
+        written, then the exception goes on.
         """
         ...
 
@@ -302,6 +309,25 @@ class SubscriberList:
                 logger.exception(
                     "audit subscriber %r failed on record %s", callback, record.get("id")
                 )
+
+
+def interrupted_result(result: Result, exc: BaseException) -> Result:
+    """What to record of ``result`` when reading it raised ``exc`` (Ctrl-C, ``sys.exit()``).
+
+    The runtime's own words for an interrupted action (``FAILED``, or the
+    status it had if it never ran), with none of what could not be read.
+    """
+    status = result.status
+    started = result.started_at
+    return Result(
+        result.action,
+        status
+        if type(status) is ResultStatus and status is not ResultStatus.SUCCESS
+        else ResultStatus.FAILED,
+        error=f"interrupted: {describe(exc)}",
+        started_at=started if type(started) is datetime else datetime.now(UTC),
+        completed_at=datetime.now(UTC),
+    )
 
 
 def mark_unfinished(record: dict[str, Any]) -> dict[str, Any]:

@@ -25,11 +25,22 @@ from typing import Any, Final
 from aegis.core.decision import PolicyDecision
 from aegis.core.filters import Filters
 from aegis.core.outcome import ApprovalOutcome, human_text
-from aegis.core.record import RECORD_FIELDS, ContextValue, decision_stamp, final_draft
+from aegis.core.record import (
+    RECORD_FIELDS,
+    ContextValue,
+    RecordDraft,
+    decision_stamp,
+    final_draft,
+)
 from aegis.core.result import Result
 from aegis.core.risk import RiskLevel
 from aegis.errors import AuditError, ConfigurationError
-from aegis.runtime.audit_backend import RecordReader, Subscriber, SubscriberList
+from aegis.runtime.audit_backend import (
+    RecordReader,
+    Subscriber,
+    SubscriberList,
+    interrupted_result,
+)
 
 __all__ = ["LoggingAuditLogger"]
 
@@ -87,13 +98,21 @@ class LoggingAuditLogger(RecordReader):
     ) -> int:
         """Log one finished record and return its id (1, 2, ... per logger)."""
         self._check_open()
-        draft = final_draft(
-            session_id,
-            decision,
-            result,
-            human_decision=human_text(human_decision),
-            stamp=decision_stamp(context, decided_at, policy_digest),
-        )
+        human = human_text(human_decision)
+        stamp = decision_stamp(context, decided_at, policy_digest)
+        try:
+            draft = final_draft(session_id, decision, result, human_decision=human, stamp=stamp)
+        except BaseException as exc:  # reading the result said "stop" (see AuditBackend.record)
+            if result is not None:
+                ended = interrupted_result(result, exc)
+                self._keep(
+                    final_draft(session_id, decision, ended, human_decision=human, stamp=stamp)
+                )
+            raise
+        return self._keep(draft)
+
+    def _keep(self, draft: RecordDraft) -> int:
+        """Keep ``draft`` as the next record and log it; its id."""
         with self._lock:
             record_id = self._next_id
             self._next_id += 1

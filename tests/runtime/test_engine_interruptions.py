@@ -35,6 +35,7 @@ from aegis.core.decision import PolicyDecision
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError
 from aegis.runtime.audit import AuditLogger
+from aegis.runtime.audit_logging import LoggingAuditLogger
 from aegis.runtime.engine import Runtime
 
 
@@ -441,3 +442,137 @@ def test_first_actions_from_several_threads_at_once_never_hang(tmp_path: Path) -
     assert len(audit.get_log()) == len(results)  # every Result has its record
     assert audit.verify().ok
     asyncio.run(runtime.close())
+
+
+# ------------------------------------------------- recording a result whose code raises
+
+
+class Unreadable:
+    """An executor's data whose ``__repr__`` (what the audit stores of it) raises ``exc``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __repr__(self) -> str:
+        raise self.exc
+
+
+def _reading_raises(exc: BaseException, where: str) -> Callable[[Action], Any]:
+    """An executor whose Result raises ``exc`` when read: its data, or its error changed late."""
+
+    async def execute(action: Action) -> Any:
+        if where == "data":
+            return {"rows": [Unreadable(exc)]}
+        result = Result(action, ResultStatus.FAILED, error="upstream said no")
+        result.error = Unreadable(exc)  # type: ignore[assignment]  # a Result changed after it was built
+        return result
+
+    return execute
+
+
+def _read_back(db: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The one record of the trail at ``db`` and its actions without an outcome, read anew."""
+    with AuditLogger(db, create=False, readonly=True) as audit:
+        assert audit.verify().ok
+        [record] = audit.get_log()
+        return record, audit.pending()
+
+
+@pytest.mark.parametrize("where", ["data", "error"])
+@pytest.mark.parametrize("kind", ["KeyboardInterrupt", "SystemExit", "Halt"])
+async def test_an_interruption_while_recording_the_result_is_recorded_then_raised(
+    tmp_path: Path, kind: str, where: str
+) -> None:
+    """Ctrl-C or sys.exit() in the result's __repr__ or __str__: recorded interrupted, then raised.
+
+    The audit reads the result after the action started; the exception left
+    the action started without an outcome.
+    """
+    exc: BaseException = {
+        "KeyboardInterrupt": KeyboardInterrupt(),
+        "SystemExit": SystemExit(3),
+        "Halt": Halt("stop"),
+    }[kind]
+    db = tmp_path / "audit.db"
+    runtime = Runtime(
+        executor=_reading_raises(exc, where),
+        policy=TablePolicy(),
+        audit_logger=AuditLogger(db),
+    )
+    async with runtime:
+        with pytest.raises(type(exc)) as raised:
+            await runtime.run_one(Action("read", "crm"))
+        assert raised.value is exc
+    record, pending = _read_back(db)
+    assert pending == []
+    assert record["start_id"] is not None  # it started, and has its outcome
+    assert record["result_status"] == "failed"
+    assert record["result_error"].startswith(f"interrupted: {kind}")
+    assert record["result_data"] is None  # nothing of what could not be read
+
+
+@pytest.mark.parametrize("where", ["data", "error"])
+@pytest.mark.parametrize("kind", ["RuntimeError", "CancelledError", "GeneratorExit"])
+async def test_a_failure_while_recording_the_result_keeps_the_rest_of_it(
+    tmp_path: Path, kind: str, where: str
+) -> None:
+    """The result's own failure to be read (a stray CancelledError too) is marked; the action ends.
+
+    Nothing cancelled or closed anything: the unreadable part is stored as a
+    marker and the caller gets its Result, as with any broken __repr__.
+    """
+    exc: BaseException = {
+        "RuntimeError": RuntimeError("broken"),
+        "CancelledError": asyncio.CancelledError("its own"),
+        "GeneratorExit": GeneratorExit(),
+    }[kind]
+    db = tmp_path / "audit.db"
+    runtime = Runtime(
+        executor=_reading_raises(exc, where), policy=TablePolicy(), audit_logger=AuditLogger(db)
+    )
+    async with runtime:
+        result = await runtime.run_one(Action("read", "crm"))
+    record, pending = _read_back(db)
+    assert pending == []
+    assert record["start_id"] is not None
+    assert record["result_status"] == result.status.value
+    if where == "data":
+        assert result.status is ResultStatus.SUCCESS
+        assert record["result_data"] == {"rows": ["<unrepresentable Unreadable>"]}
+    else:
+        assert result.status is ResultStatus.FAILED
+        assert record["result_error"] == "<unrepresentable Unreadable>"
+
+
+async def test_the_logging_backend_records_an_interruption_while_reading_the_result() -> None:
+    """LoggingAuditLogger keeps the interrupted action's record too (it has no start records)."""
+    audit = LoggingAuditLogger()
+    exc = KeyboardInterrupt()
+    runtime = Runtime(
+        executor=_reading_raises(exc, "data"), policy=TablePolicy(), audit_logger=audit
+    )
+    async with runtime:
+        with pytest.raises(KeyboardInterrupt) as raised:
+            await runtime.run_one(Action("read", "crm"))
+        assert raised.value is exc
+        [record] = audit.get_log()
+    assert record["result_status"] == "failed"
+    assert record["result_error"] == "interrupted: KeyboardInterrupt"
+
+
+def test_audit_log_records_an_interruption_while_reading_the_result(tmp_path: Path) -> None:
+    """AuditLogger.log, called directly, writes the record as interrupted before Ctrl-C goes on."""
+    action = Action("read", "crm")
+    decision = TablePolicy().evaluate(action)
+    exc = KeyboardInterrupt()
+    db = tmp_path / "audit.db"
+    with AuditLogger(db) as audit:
+        result = Result(action, ResultStatus.SUCCESS, data=Unreadable(exc))
+        with pytest.raises(KeyboardInterrupt) as raised:
+            audit.log("s", decision, result=result)
+        assert raised.value is exc
+    record, _ = _read_back(db)
+    assert (record["result_status"], record["result_error"]) == (
+        "failed",
+        "interrupted: KeyboardInterrupt",
+    )
