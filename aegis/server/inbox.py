@@ -817,14 +817,13 @@ class Inbox:
             return self._error(request, reviewer, exc.status, "Not available", exc.message)
         now = self.service.clock()
         view = _request_view(found, now)
+        outcome = request_outcome(found, now)
         refusal = ApprovalService.refusal(reviewer.principal, found)
-        if refusal is None and found.is_expired_at(now):
-            refusal = "the request has expired"
         # decided (or not for this reviewer): on to the next one of the list it came from
         shown, _ = _pending_filters(request.query_params)
         following = (
             await self._next_pending(reviewer, found, shown)
-            if refusal is not None or found.status is not RequestStatus.PENDING
+            if refusal is not None or outcome is not None
             else None
         )
         return self.render(
@@ -839,6 +838,7 @@ class Inbox:
                 "max_grant_minutes": MAX_GRANT_MINUTES,
                 "grant_until": _grant_until_note(reviewer),
                 "refusal": f"You cannot decide this: {refusal}." if refusal else None,
+                "outcome": outcome,
                 "next_request": following,
                 "query": _list_query(shown),
                 "filtered": _filtered(shown),
@@ -1340,6 +1340,46 @@ def _request_view(item: ApprovalRequest, now: datetime) -> dict[str, Any]:
     view["created_ms"] = int(item.created_at.timestamp() * 1000)
     view["expires_ms"] = int(item.expires_at.timestamp() * 1000)
     return view
+
+
+def request_outcome(item: ApprovalRequest, now: datetime) -> dict[str, str | None] | None:
+    """What became of a request nobody can decide any more, or ``None`` while it is open.
+
+    The request page shows it in place of the form, as one sentence:
+    ``says`` (the status and who decided, or why it ended), ``at`` (when,
+    ISO; ``None`` when the store keeps no time for it), then ``then`` (what
+    followed, or ``None``). A pending request past its expiry has expired,
+    though the sweeper may not have marked it yet.
+    """
+    status = item.status
+    if status is RequestStatus.PENDING:
+        if not item.is_expired_at(now):
+            return None
+        status = RequestStatus.EXPIRED
+    word = status.value.capitalize()
+    if status is RequestStatus.EXPIRED:
+        given = len(item.approvals)
+        then = "without a decision"
+        if given:
+            then = f"with {given} of the {item.approvers} approvals it needed"
+        then += "; the agent was refused"
+        return {"status": status.value, "says": word, "at": iso(item.expires_at), "then": then}
+    verdict = _VERDICTS.get(status)
+    deciding = [d for d in item.decisions if d.verdict is verdict]
+    if not deciding:  # cancelled, or approved by a grant: the store says why
+        says = f"{word}: {item.status_reason}" if item.status_reason else word
+        return {"status": status.value, "says": says, "at": None, "then": None}
+    names = ", ".join(d.identity.display for d in deciding)
+    return {
+        "status": status.value,
+        "says": f"{word} by {names}",
+        "at": iso(deciding[-1].at),
+        "then": None,
+    }
+
+
+#: the reviewers' verdict that ends a request in each final status
+_VERDICTS: Final = {RequestStatus.APPROVED: Verdict.APPROVE, RequestStatus.DENIED: Verdict.DENY}
 
 
 def _audit_filters(shown: Mapping[str, str]) -> dict[str, Any]:

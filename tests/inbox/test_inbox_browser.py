@@ -230,7 +230,11 @@ def test_request_appears_live_and_approval_lets_the_runtime_run(world: World) ->
     expect(page.locator("#approve")).to_be_enabled()
     page.goto(refund_url)
     expect(page.locator(".decisions")).to_contain_text("Duplicate charge confirmed")
-    expect(page.locator("#approve")).to_be_disabled()
+    # decided: it says so plainly, by whom and when, and offers no form to fill in
+    expect(page.locator("#outcome")).to_contain_text(re.compile(r"Approved by alice at \d{4}-"))
+    expect(page.locator("#decide")).to_have_count(0)
+    expect(page.locator(".badges .status")).to_have_text("approved")
+    page.screenshot(path=OUTPUT / "inbox-request-decided.png", full_page=True)
 
     # decided and cancelled requests leave the live list, still without a reload
     expect(world.row(pending, "refund")).to_have_count(0, timeout=WAIT_MS)
@@ -289,10 +293,14 @@ def test_expired_request_cannot_be_decided(world: World, axe_source: str) -> Non
     expect(page.locator("#approve")).to_be_disabled()
     expect(page.locator("#time-left")).to_have_text("expired")
     page.reload()
-    expect(page.locator("#refusal")).to_contain_text("expired")
-    expect(page.locator("#approve")).to_be_disabled()
+    # expired: said plainly, with no form to fill in
+    expect(page.locator("#outcome")).to_contain_text(
+        re.compile(r"Expired at \d{4}-.* UTC without a decision; the agent was refused")
+    )
+    expect(page.locator("#decide")).to_have_count(0)
     expect(page.locator(".badges .status")).to_have_text("expired")
     expect(page.locator("#time-left")).to_have_count(0)  # the status says it
+    page.screenshot(path=OUTPUT / "inbox-request-expired.png", full_page=True)
     assert axe_problems(page, axe_source) == []
     pending.context.close()
 

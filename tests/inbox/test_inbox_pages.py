@@ -296,6 +296,84 @@ async def test_buttons_disabled_with_the_reason(site: Site) -> None:
     assert re.search(r'id="deny" disabled', page)
 
 
+def _outcome(page: str) -> str:
+    """The request page's sentence on how the request ended, as text (no tags)."""
+    found = re.search(r'<p class="outcome-says" id="outcome-says">(.*?)</p>', page, re.S)
+    assert found, "the page says nothing of how the request ended"
+    return re.sub(r"<[^>]+>", "", found.group(1))
+
+
+async def test_a_decided_request_says_who_decided_when_instead_of_a_form(site: Site) -> None:
+    """Approved (by both reviewers it needed) or denied: who and when, plainly; no form at all."""
+    two = await site.ask(approvers=2, action={"type": "wire", "target": "bank"})
+    denied = await site.ask(action={"type": "refund", "target": "shop"})
+    async with site.client() as alice, site.client() as bob:
+        alice_csrf = await site.sign_in(alice, "alice")
+        bob_csrf = await site.sign_in(bob, "bob")
+        for client, csrf in ((alice, alice_csrf), (bob, bob_csrf)):
+            await client.post(
+                f"/requests/{two['id']}/decision",
+                data={"verdict": "approve", "confirm": "yes", "csrf": csrf},
+            )
+        await alice.post(
+            f"/requests/{denied['id']}/decision",
+            data={"verdict": "deny", "comment": "not this shop", "csrf": alice_csrf},
+        )
+        approved_page = (await alice.get(f"/requests/{two['id']}")).text
+        denied_page = (await bob.get(f"/requests/{denied['id']}")).text
+    stored = await site.store_request(two["id"])
+    assert _outcome(approved_page) == (
+        f"Approved by alice, bob at {stored['decisions'][1]['at'][:19].replace('T', ' ')} UTC."
+    )
+    stored = await site.store_request(denied["id"])
+    assert _outcome(denied_page) == (
+        f"Denied by alice at {stored['decisions'][0]['at'][:19].replace('T', ' ')} UTC."
+    )
+    assert "not this shop" in denied_page  # what was said stays listed with the decision
+    for page in (approved_page, denied_page):
+        assert 'id="decide"' not in page
+        assert 'id="approve"' not in page
+        assert "You cannot decide this" not in page
+
+
+async def test_an_expired_or_cancelled_request_says_so_instead_of_a_form(site: Site) -> None:
+    """Past its expiry (not swept yet), half approved, or cancelled by the agent: said, no form."""
+    lapsed = await site.ask(action={"type": "refund", "target": "a"})
+    half = await site.ask(approvers=2, action={"type": "refund", "target": "b"})
+    cancelled = await site.ask(action={"type": "refund", "target": "c"})
+    async with site.client() as agent:
+        done = await agent.post(
+            f"/api/v1/approvals/{cancelled['id']}/cancel",
+            json={"reason": "the customer withdrew"},
+            headers={"Authorization": "Bearer bot-secret"},
+        )
+        assert done.status_code == 200, done.text
+    async with site.client() as client:
+        csrf = await site.sign_in(client, "alice")
+        await client.post(
+            f"/requests/{half['id']}/decision",
+            data={"verdict": "approve", "confirm": "yes", "csrf": csrf},
+        )
+        later = datetime.now(UTC) + timedelta(hours=1)
+        site.service.clock = lambda: later  # past the 600 s expiry; nothing swept it yet
+        pages = {
+            name: (await client.get(f"/requests/{request['id']}")).text
+            for name, request in (("lapsed", lapsed), ("half", half), ("cancelled", cancelled))
+        }
+    when = lapsed["expires_at"][:19].replace("T", " ")
+    assert _outcome(pages["lapsed"]) == (
+        f"Expired at {when} UTC without a decision; the agent was refused."
+    )
+    when = half["expires_at"][:19].replace("T", " ")
+    assert _outcome(pages["half"]) == (
+        f"Expired at {when} UTC with 1 of the 2 approvals it needed; the agent was refused."
+    )
+    assert _outcome(pages["cancelled"]) == "Cancelled: the customer withdrew."
+    for page in pages.values():
+        assert 'id="decide"' not in page
+        assert "data-events=" not in page  # nothing left to watch for
+
+
 async def test_expired_request_cannot_be_approved(site: Site) -> None:
     """Posting Approve on an expired request shows the service's refusal and decides nothing."""
     request = await site.ask(approval_ttl=0.5)
