@@ -54,7 +54,7 @@ def test_the_signed_checkpoints_commands_run(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "1 signed checkpoints valid" in done.stdout + done.stderr
+    assert "1 signed checkpoint valid" in done.stdout + done.stderr
     assert re.search(r"^\d+:[0-9a-f]{64}$", done.stdout, flags=re.M)
 
 

@@ -39,6 +39,7 @@ from aegis.cli._output import (
     use_color,
 )
 from aegis.cli._params import format_option, secret_option
+from aegis.core._text import counted
 from aegis.errors import ApprovalServiceError
 
 if TYPE_CHECKING:
@@ -183,9 +184,9 @@ def params_summary(params: Any, keys: int = 3, width: int = 24) -> str:
     for key in list(params)[:keys]:
         value = params[key]
         if isinstance(value, Mapping):
-            text = "{" + f"{len(value)} keys" + "}"
+            text = "{" + counted(len(value), "key") + "}"
         elif isinstance(value, list):
-            text = f"[{len(value)} items]"
+            text = f"[{counted(len(value), 'item')}]"
         elif isinstance(value, int | float) and not isinstance(value, bool):
             text = f"{value:,}"
         else:
@@ -537,10 +538,7 @@ def _print_terminal(
              "risk": "highest risk first"}.get(sort, sort)  # fmt: skip
     where = "on this page" if paged else order
     matching = " matching the filters" if filtered else ""
-    info(
-        f"{total} {kind}request{'s' if total != 1 else ''}{matching}; "
-        f"{len(requests)} shown ({where})"
-    )
+    info(f"{counted(total, kind + 'request')}{matching}; {len(requests)} shown ({where})")
     narrow = width < NARROW
     columns = [c for c in TERMINAL_COLUMNS if not (narrow and c == "Agent")]
     print_table(

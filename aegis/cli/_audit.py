@@ -39,6 +39,7 @@ from aegis.cli._output import (
     warn,
 )
 from aegis.cli._params import DEFAULT_DB, DateTimeParam, db_option, format_option
+from aegis.core._text import counted
 from aegis.core.chain import Head
 from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
@@ -179,7 +180,7 @@ def _legacy(
         target = output or "aegis_audit.jsonl"  # agent-aegis's default file
         with open_audit(db) as log:
             written = log.export_jsonl(target, session)
-        click.echo(f"Exported {written} entries to {target}")
+        click.echo(f"Exported {counted(written, 'entry', 'entries')} to {target}")
         note_trail(log, "entries")
         return
     if output is not None:
@@ -524,10 +525,10 @@ def verify(
             }
         )
     elif report.ok:
-        success(f"audit chain intact: {report.checked} records verified in {trail}")
+        success(f"audit chain intact: {counted(report.checked, 'record')} verified in {trail}")
         info(f"head: {report.head}")
         if public_key:
-            info(f"{report.checkpoints} signed checkpoints valid")
+            info(f"{counted(report.checkpoints, 'signed checkpoint')} valid")
             if report.unsigned:
                 first = report.checked - report.unsigned + 1
                 span = (
@@ -536,7 +537,8 @@ def verify(
                     else (f"records {first}-{report.checked}")
                 )
                 warn(
-                    f"{span} ({report.unsigned} records) after the last signed checkpoint:"
+                    f"{span} ({counted(report.unsigned, 'record')})"
+                    " after the last signed checkpoint:"
                     " no signature covers them yet (written since the last checkpoint,"
                     " or without the key)"
                 )
@@ -547,11 +549,13 @@ def verify(
             note("this trail keeps no signed checkpoints at all")
     else:
         error(f"audit chain broken at record {report.first_bad_id} in {trail}: {report.reason}")
-        note(f"the {report.checked} records before it are intact")
+        note(
+            f"the {counted(report.checked, 'record before it is', 'records before it are')} intact"
+        )
 
     if pending:
         warn(
-            f"{len(pending)} actions started but never finished"
+            f"{counted(len(pending), 'action')} started but never finished"
             " (the process died mid-action, or is still running):"
         )
         for entry in pending[:10]:
@@ -602,7 +606,7 @@ def stats(db_path: str, session_id: str | None, output_format: str) -> None:
             ),
         )
         return
-    info(f"{total} records" + (f" in session {session_id}" if session_id else ""))
+    info(counted(total, "record") + (f" in session {session_id}" if session_id else ""))
     styles = {"result_status": STATUS_STYLES, "risk_level": RISK_STYLES}
     for field, title in _STATS_TITLES.items():
         rows = _stats_order(field, counts.get(field, {}))

@@ -23,6 +23,7 @@ from aegis.cli._output import (
     warn,
 )
 from aegis.cli._params import db_option, format_option
+from aegis.core._text import counted
 from aegis.core.action import Action
 from aegis.core.decision import PolicyDecision
 from aegis.core.policy import Policy
@@ -118,9 +119,9 @@ def replay_records(
 def _skipped_message(skipped: list[int]) -> str:
     ids = ", ".join(str(i) for i in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
     return (
-        f"{len(skipped)} records could not be replayed (ids {ids}): their action type, target"
-        " or params are not what the runtime writes; `aegis audit verify` shows whether"
-        " the log was edited"
+        f"{counted(len(skipped), 'record')} could not be replayed (ids {ids}): their action"
+        " type, target or params are not what the runtime writes; `aegis audit verify`"
+        " shows whether the log was edited"
     )
 
 
@@ -228,15 +229,18 @@ def replay(
             wrap=("Action", "Rule"),
         )
         detail = ", ".join(f"{name}: {n}" for name, n in transitions.most_common())
-        info(f"{len(changes)} of {counter['checked']} decisions would change: {detail}")
+        info(f"{len(changes)} of {counted(counter['checked'], 'decision')} would change: {detail}")
     else:
-        success(f"no decision would change ({counter['checked']} records replayed)")
+        success(f"no decision would change ({counted(counter['checked'], 'record')} replayed)")
     if skipped:
         warn(_skipped_message(skipped))
     if counter["undated"]:
         warn(
-            f"{counter['undated']} records have no readable timestamp; replayed at the current time"
+            f"{counted(counter['undated'], 'record has', 'records have')} no readable timestamp;"
+            " replayed at the current time"
         )
 
     if fail_on_change and changes:
-        raise CheckFailed(f"{len(changes)} decisions would change and --fail-on-change is set")
+        raise CheckFailed(
+            f"{counted(len(changes), 'decision')} would change and --fail-on-change is set"
+        )

@@ -23,6 +23,7 @@ from aegis.cli._output import (
     warn,
 )
 from aegis.cli._params import ActionParam, DateTimeParam, format_option, parse_actions_jsonl
+from aegis.core._text import counted
 from aegis.core.action import Action, thaw
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.policy import Policy
@@ -81,7 +82,8 @@ def decision_cells(position: int, decision: PolicyDecision) -> list[Cell]:
 def summary_line(counts: Counter[Approval]) -> str:
     """``"N auto, N need approval, N blocked"``."""
     return (
-        f"{counts[Approval.AUTO]} auto, {counts[Approval.APPROVE]} need approval,"
+        f"{counts[Approval.AUTO]} auto,"
+        f" {counted(counts[Approval.APPROVE], 'needs approval', 'need approval')},"
         f" {counts[Approval.BLOCK]} blocked"
     )
 
@@ -180,8 +182,8 @@ def simulate(  # noqa: PLR0917  # Click passes one argument per option
     hits = fail_on_hits(counts, fail_on)
     if hits:
         if output_format == "json":
-            warn(f"{hits} actions hit --fail-on {fail_on}")
-        raise CheckFailed(f"{hits} of {len(decisions)} actions hit --fail-on {fail_on}")
+            warn(f"{counted(hits, 'action')} hit --fail-on {fail_on}")
+        raise CheckFailed(f"{hits} of {counted(len(decisions), 'action')} hit --fail-on {fail_on}")
 
 
 def _decision_json(decision: PolicyDecision) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import click
 from aegis.cli._app import CheckFailed
 from aegis.cli._output import _echo, info, success
 from aegis.cli._params import parse_datetime
+from aegis.core._text import counted
 from aegis.core.action import Action
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.limits import LimitSpecError, Subject, parse_window
@@ -375,5 +376,5 @@ def test(policy_path: str, cases_path: str, junit: str | None) -> None:
         _junit(junit, policy_path, outcomes, time.perf_counter() - started)
     failed = sum(not o.passed for o in outcomes)
     if failed:
-        raise CheckFailed(f"{failed} of {len(outcomes)} cases failed")
-    success(f"all {len(outcomes)} cases passed")
+        raise CheckFailed(f"{failed} of {counted(len(outcomes), 'case')} failed")
+    success(f"all {counted(len(outcomes), 'case')} passed")

@@ -21,6 +21,7 @@ from aegis.cli._output import (
     warn,
 )
 from aegis.cli._params import format_option
+from aegis.core._text import counted
 from aegis.core._yaml import read_policy_text, yaml11_warnings
 from aegis.core.action import thaw
 from aegis.core.decision import Approval
@@ -160,7 +161,7 @@ def _report(label: str, policy: Policy, *, quiet: bool) -> list[tuple[PolicyRule
         print_table(
             RULE_COLUMNS,
             (_rule_row(i, rule) for i, rule in enumerate(policy.rules, 1)),
-            title=f"{label}: {len(policy.rules)} rules; {defaults}",
+            title=f"{label}: {counted(len(policy.rules), 'rule')}; {defaults}",
             wrap=("Name", "Match", "Conditions", "Source"),
         )
     shadowed = policy.shadowed_rules()
@@ -265,10 +266,9 @@ def validate(
             else ""
         )
     if strict and warnings:
-        raise CheckFailed(f"{warnings} warnings and --strict is set")
+        raise CheckFailed(f"{counted(warnings, 'warning')} and --strict is set")
     if not as_json:
-        noun = "file is" if len(policies) == 1 else "files are"
-        success(f"ok: {len(policies)} policy {noun} valid")
+        success(f"ok: {counted(len(policies), 'policy file is', 'policy files are')} valid")
 
 
 @click.command()

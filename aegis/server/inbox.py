@@ -44,6 +44,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from aegis.core._text import counted
 from aegis.core.approval_request import (
     REQUEST_SORTS,
     ApprovalRequest,
@@ -276,6 +277,7 @@ class Inbox:
         )
         self._env.filters["shorttime"] = _short_time
         self._env.filters["compacttime"] = _compact_time
+        self._env.filters["counted"] = counted
         self._unsubscribe = service.subscribe(self._on_event)
 
     # -------------------------------------------------------------- wiring
@@ -1169,9 +1171,9 @@ def _summary_value(value: Any) -> str:
     elif isinstance(value, str):
         text = json.dumps(value, ensure_ascii=False)
     elif isinstance(value, Mapping):
-        text = "{" + f"{len(value)} keys" + "}"
+        text = "{" + counted(len(value), "key") + "}"
     elif isinstance(value, list):
-        text = f"[{len(value)} items]"
+        text = f"[{counted(len(value), 'item')}]"
     else:
         text = str(value)
     return text if len(text) <= SUMMARY_VALUE else text[: SUMMARY_VALUE - 1] + "…"

@@ -259,7 +259,7 @@ def test_verify_reports_unfinished_actions(invoke: Invoke, audit_db: Path) -> No
     asyncio.run(start())
     result = invoke("audit", "verify", "--db", str(audit_db))
     assert result.exit_code == 0
-    assert "1 actions started but never finished" in result.stderr
+    assert "1 action started but never finished" in result.stderr
     assert "wipe:disk" in result.stderr
 
 
@@ -473,3 +473,20 @@ def test_non_finite_numbers_in_a_record_are_written_as_strings(
     record = next(r for r in records if r["id"] == 2)
     assert record["action_params"] == {"amount": "NaN"}
     assert record["result_data"] == "-Infinity"
+
+
+@pytest.mark.parametrize(
+    ("kept", "verified", "exported"),
+    [(1, "1 record verified", "Exported 1 entry"), (2, "2 records verified", "Exported 2 entries")],
+)
+def test_counts_read_right_for_one_record_and_many(
+    invoke: Invoke, tmp_path: Path, kept: int, verified: str, exported: str
+) -> None:
+    """verify and the agent-aegis export say "1 record", "1 entry"; more in the plural."""
+    db = tmp_path / "audit.db"
+    write_session(db, SESSION[:kept])
+    result = invoke("audit", "verify", "--db", str(db))
+    assert result.stdout.splitlines()[0] == f"audit chain intact: {verified} in {db}"
+    out = tmp_path / "out.jsonl"
+    legacy = invoke("audit", "--db", str(db), "--format", "jsonl", "-o", str(out))
+    assert legacy.stdout.strip() == f"{exported} to {out}"

@@ -162,6 +162,26 @@ def test_validate_strict_fails_on_warnings(invoke: Invoke, tmp_path: Path) -> No
     assert invoke("validate", "--strict", "-q", str(path)).exit_code == 1
 
 
+@pytest.mark.parametrize(
+    ("shadowed", "said"),
+    [(1, "1 warning and --strict is set"), (2, "2 warnings and --strict is set")],
+)
+def test_validate_strict_counts_its_warnings_right(
+    invoke: Invoke, tmp_path: Path, shadowed: int, said: str
+) -> None:
+    """--strict names how many warnings stopped it: "1 warning", "2 warnings"."""
+    path = tmp_path / "shadow.yaml"
+    rules = "".join(
+        f"  - name: {name}s\n    match: {{type: {name}}}\n    approval: auto\n"
+        for name in ("read", "write")[:shadowed]
+    )
+    everything = '  - name: everything\n    match: {type: "*"}\n    approval: approve\n'
+    path.write_text(f'version: "1"\nrules:\n{everything}{rules}', encoding="utf-8")
+    result = invoke("validate", "--strict", "-q", str(path))
+    assert result.exit_code == 1
+    assert said in result.stderr
+
+
 def test_validate_merged_finds_shadowing_across_files(
     invoke: Invoke, tmp_path: Path, policy_path: Path
 ) -> None:

@@ -41,7 +41,7 @@ def test_simulate_prints_decisions_and_summary(invoke: Invoke, policy_path: Path
         ("x:y", "block", "MEDIUM", "<default>"),
     ]
     assert rows[1][2] == '{"amount": 5}'
-    assert result.stdout.splitlines()[-1] == "1 auto, 1 need approval, 2 blocked"
+    assert result.stdout.splitlines()[-1] == "1 auto, 1 needs approval, 2 blocked"
 
 
 def test_simulate_json_is_valid_and_complete(invoke: Invoke, policy_path: Path) -> None:
@@ -87,6 +87,30 @@ def test_simulate_fail_on(
     assert result.exit_code == exit_code
     if exit_code:
         assert f"hit --fail-on {fail_on}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("actions", "summary", "hits"),
+    [
+        (["read:crm", "refund:a"], "1 auto, 1 needs approval, 0 blocked", "1 of 2 actions"),
+        (["refund:a"], "0 auto, 1 needs approval, 0 blocked", "1 of 1 action"),
+        (["refund:a", "delete:crm"], "0 auto, 1 needs approval, 1 blocked", "2 of 2 actions"),
+        (["refund:a", "refund:b"], "0 auto, 2 need approval, 0 blocked", "2 of 2 actions"),
+    ],
+)
+def test_simulate_counts_read_right_for_one_and_many(
+    invoke: Invoke, policy_path: Path, actions: list[str], summary: str, hits: str
+) -> None:
+    """The summary and the --fail-on messages agree with their counts: 1 action, 2 actions."""
+    result = invoke("simulate", str(policy_path), *actions, "--fail-on", "approve")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[-1] == summary
+    assert f"{hits} hit --fail-on approve" in result.stderr
+    as_json = invoke(
+        "simulate", str(policy_path), *actions, "--fail-on", "approve", "--format", "json"
+    )
+    alone = "1 action" if hits.startswith("1 ") else "2 actions"  # the JSON run's warning
+    assert f"{alone} hit --fail-on approve" in as_json.stderr
 
 
 def test_simulate_fail_on_keeps_json_clean(invoke: Invoke, policy_path: Path) -> None:
@@ -321,7 +345,26 @@ def test_replay_filters_by_session(invoke: Invoke, tmp_path: Path, policy_path: 
     write_session(db, session_id="a")
     write_session(db, [(Action("read", "x"), ResultStatus.SUCCESS, None)], session_id="b")
     result = invoke("replay", str(policy_path), "--db", str(db), "--session", "b")
-    assert "(1 records replayed)" in result.stdout
+    assert "(1 record replayed)" in result.stdout
+
+
+def test_replay_counts_read_right_for_one_and_many(
+    invoke: Invoke, tmp_path: Path, policy_path: Path
+) -> None:
+    """One record and one change read in the singular; four of each in the plural."""
+    db = tmp_path / "two.db"
+    write_session(db, session_id="a")
+    write_session(db, [(Action("read", "x"), ResultStatus.SUCCESS, None)], session_id="b")
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(
+        'version: "1"\ndefaults: {risk_level: low, approval: block}\n', encoding="utf-8"
+    )
+    one = invoke("replay", str(strict), "--db", str(db), "--session", "b", "--fail-on-change")
+    assert one.stdout.splitlines()[-1].startswith("1 of 1 decision would change: ")
+    assert "1 decision would change and --fail-on-change is set" in one.stderr
+    many = invoke("replay", str(strict), "--db", str(db), "--session", "a", "--fail-on-change")
+    assert many.stdout.splitlines()[-1].startswith("4 of 4 decisions would change: ")
+    assert "4 decisions would change and --fail-on-change is set" in many.stderr
 
 
 def test_replay_evaluates_at_the_recorded_time(invoke: Invoke, tmp_path: Path) -> None:
@@ -377,7 +420,7 @@ def test_replay_skips_records_it_cannot_rebuild(
     result = invoke("replay", str(policy_path), "--db", str(audit_db), "--fail-on-change")
     assert result.exit_code == 0
     assert "no decision would change (3 records replayed)" in result.stdout
-    assert "1 records could not be replayed (ids 2)" in result.stderr
+    assert "1 record could not be replayed (ids 2)" in result.stderr
 
 
 def test_replay_json_lists_skipped_ids(invoke: Invoke, policy_path: Path, audit_db: Path) -> None:
@@ -399,8 +442,8 @@ def test_replay_skipped_records_leave_fail_on_change_alone(
     lax.write_text('version: "1"\ndefaults: {risk_level: low, approval: auto}\n', encoding="utf-8")
     result = invoke("replay", str(lax), "--db", str(audit_db), "--fail-on-change")
     assert result.exit_code == 1
-    assert "1 decisions would change and --fail-on-change is set" in result.stderr
-    assert "1 records could not be replayed (ids 3)" in result.stderr
+    assert "1 decision would change and --fail-on-change is set" in result.stderr
+    assert "1 record could not be replayed (ids 3)" in result.stderr
 
 
 @pytest.mark.parametrize("fmt", ["table", "json"])

@@ -128,6 +128,25 @@ def test_a_failing_case_exits_one_with_a_diff(invoke: Invoke, tmp_path: Path) ->
     assert "1 of 2 cases failed" in result.stderr
 
 
+ONE_CASE = """\
+cases:
+  - name: reads run
+    action: {type: read, target: crm}
+    expect: {approval: %s}
+"""
+
+
+def test_one_case_reads_in_the_singular(invoke: Invoke, tmp_path: Path) -> None:
+    """A file of one case passes as "1 case" and fails as "1 of 1 case", never "1 cases"."""
+    policy = write(tmp_path, "p.yaml", POLICY)
+    passed = invoke("test", policy, write(tmp_path, "pass.yaml", ONE_CASE % "auto"))
+    assert passed.exit_code == 0, passed.output
+    assert passed.stdout.splitlines()[-1].endswith("all 1 case passed")
+    failed = invoke("test", policy, write(tmp_path, "fail.yaml", ONE_CASE % "block"))
+    assert failed.exit_code == 1
+    assert "1 of 1 case failed" in failed.stderr
+
+
 def test_junit_xml_reports_each_case(invoke: Invoke, tmp_path: Path) -> None:
     """--junit writes one testcase per case, with a failure element for the failing one."""
     out = tmp_path / "results.xml"

@@ -223,6 +223,9 @@ def test_list_filters_by_risk_and_rule_on_the_service_and_pages_with_them(setup:
     status, out, _ = on_terminal(setup, "approvals", "list", "--rule", "refunds")
     assert status == 0
     assert "2 pending requests matching the filters; 2 shown" in out
+    status, out, _ = on_terminal(setup, "approvals", "list", "--risk", "critical")
+    assert status == 0
+    assert "1 pending request matching the filters; 1 shown" in out
     bad = piped(setup, "approvals", "list", "--risk", "severe")
     assert bad.returncode == 2
     assert "--risk" in bad.stderr

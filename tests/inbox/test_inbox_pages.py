@@ -374,6 +374,35 @@ async def test_an_expired_or_cancelled_request_says_so_instead_of_a_form(site: S
         assert "data-events=" not in page  # nothing left to watch for
 
 
+async def test_counts_on_the_pages_read_right_for_one_and_many(site: Site) -> None:
+    """Params' shapes, "N more" cues and the list's summary: "1 key", "2 keys", not "1 keys"."""
+    filler = {f"p{n:02d}": n for n in range(26)}
+    one = {
+        "a": {"k": 1},
+        "b": [1],
+        "c": {"k": 1, "l": 2},
+        "d": list(range(26)),
+        "e": "x" * 601,
+        **dict(list(filler.items())[:21]),
+    }
+    many = {"d": list(range(27)), "e": "x" * 602, **filler}
+    first = await site.ask(action={"type": "refund", "target": "one", "params": one})
+    second = await site.ask(action={"type": "refund", "target": "many", "params": many})
+    async with site.client() as client:
+        await site.sign_in(client, "alice")
+        listed = (await client.get("/")).text
+        one_page = (await client.get(f"/requests/{first['id']}")).text
+        many_page = (await client.get(f"/requests/{second['id']}")).text
+    assert "<bdi>a</bdi>: <bdi>{1 key}</bdi> · <bdi>b</bdi>: <bdi>[1 item]</bdi>" in listed
+    assert "<bdi>c</bdi>: <bdi>{2 keys}</bdi>" in listed
+    shapes = re.findall(r'<span class="p-shape">([^<]*)</span>', one_page)
+    assert shapes == ["1 key", "1 item", "2 keys", "26 items"]
+    for cue in ("1 more param of 26", "1 more item of 26", "1 more character of 601"):
+        assert f"<summary>{cue} &ndash; expand</summary>" in one_page
+    for cue in ("3 more params of 28", "2 more items of 27", "2 more characters of 602"):
+        assert f"<summary>{cue} &ndash; expand</summary>" in many_page
+
+
 async def test_expired_request_cannot_be_approved(site: Site) -> None:
     """Posting Approve on an expired request shows the service's refusal and decides nothing."""
     request = await site.ask(approval_ttl=0.5)
@@ -515,7 +544,9 @@ async def test_audit_page_shows_hashes_and_a_broken_chain(site: Site) -> None:
     async with site.client() as client:
         await site.sign_in(client, "ida")
         page = (await client.get("/audit")).text
-        assert "Chain verified" in page
+        assert "Chain verified: 1 record, head" in page
+        await site.ask(action={"type": "refund", "target": "again"})
+        assert "Chain verified: 2 records, head" in (await client.get("/audit")).text
         assert re.search(r'class="mono small hash nowrap" title="[0-9a-f]{64}"', page)
         filtered = (await client.get("/audit", params={"type": "nothing-like-this"})).text
         assert "No records match" in filtered

@@ -137,7 +137,7 @@ def test_the_cli_lists_shows_and_counts_the_killed_action(killed_db: Path) -> No
     assert json.loads(stats.stdout)["result_status"] == {"started": 1, "success": 3}
     verified = cli_run("audit", "verify", "--db", str(killed_db))
     assert verified.exit_code == 0
-    assert "1 actions started but never finished" in verified.stderr
+    assert "1 action started but never finished" in verified.stderr
     assert "wire_transfer:bank" in verified.stderr
 
 
