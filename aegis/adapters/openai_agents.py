@@ -106,9 +106,10 @@ def govern(
             such tool is refused.
 
     The policy replaces any ``needs_approval`` the tools had. Tools added to
-    a governed agent later (``agent.tools.append(...)``, or a new list in
-    ``agent.tools``) are governed on the next turn, before the model sees
-    them; one that cannot be governed stops the run with
+    a governed agent later (``agent.tools.append(...)``, a new list in
+    ``agent.tools``, or the capability tools a ``SandboxAgent`` puts back
+    while its tools are listed) are governed on the next turn, before the
+    model sees them; one that cannot be governed stops the run with
     :class:`~aegis.errors.ConfigurationError`. A list of tools is governed
     as it is: tools added to the returned list later are not.
 
@@ -134,6 +135,8 @@ class _Reach:
     def __init__(self, governor: Governor, ungoverned: frozenset[str]) -> None:
         self.governor = governor
         self.ungoverned = ungoverned
+        #: the governed copy of each tool governed so far, by the tool's id
+        self.copies: dict[int, tuple[Any, Any]] = {}
 
     def agent(self, agent: Any) -> None:
         mark = getattr(agent, _AGENT_MARK, None)
@@ -157,16 +160,28 @@ class _Reach:
         listed = agent.get_all_tools
 
         async def get_all_tools(run_context: Any) -> list[Any]:
-            tools = agent.tools
-            if not all(self.governs(t) for t in tools):
-                governed = [self.tool(t) for t in tools]
-                if isinstance(tools, list):
-                    tools[:] = governed  # the caller's list too
-                else:
-                    agent.tools = governed
-            return await listed(run_context)  # type: ignore[no-any-return]
+            self.own_tools(agent)
+            tools = await listed(run_context)
+            if all(self.governs(t) for t in tools):
+                return tools  # type: ignore[no-any-return]
+            # The agent put tools in place while listing them (a SandboxAgent
+            # puts its capabilities' tools back in agent.tools on every turn):
+            # they are governed before the model sees them.
+            self.own_tools(agent)
+            return [self.tool(t) for t in tools]
 
         agent.get_all_tools = get_all_tools
+
+    def own_tools(self, agent: Any) -> None:
+        """Govern ``agent.tools`` in place, each tool once."""
+        tools = agent.tools
+        if all(self.governs(t) for t in tools):
+            return
+        governed = [self.tool(t) for t in tools]
+        if isinstance(tools, list):
+            tools[:] = governed  # the caller's list too
+        else:
+            agent.tools = governed
 
     def governs(self, tool: Any) -> bool:
         """Whether ``tool`` is governed by this govern() already (or left out on purpose)."""
@@ -193,7 +208,13 @@ class _Reach:
                 self.agent(inner)  # the agent behind Agent.as_tool runs its own tools
             if getattr(tool, _MARK, None) is self.governor:
                 return tool
-            return _governed(tool, self.governor)
+            # The same tool, met again (listed anew on each turn): the same copy.
+            known = self.copies.get(id(tool))
+            if known is not None and known[0] is tool:
+                return known[1]
+            governed = _governed(tool, self.governor)
+            self.copies[id(tool)] = (tool, governed)
+            return governed
         name = getattr(tool, "name", type(tool).__name__)
         if name in self.ungoverned:
             return tool

@@ -215,3 +215,37 @@ async def test_a_tool_added_after_govern_that_cannot_be_governed_stops_the_run()
     with pytest.raises(ConfigurationError, match="cannot govern"):
         await Runner.run(agent, "search")
     assert model.inputs == []
+
+
+async def test_a_sandbox_agents_capability_tools_are_governed() -> None:
+    """A SandboxAgent puts its capabilities' tools back in its tools on each turn: still governed.
+
+    The tools come from the sandbox's capabilities when the run prepares the
+    agent, after govern(); a blocked delete among them never runs.
+    """
+    from agents.run_config import RunConfig, SandboxRunConfig
+    from agents.sandbox.capabilities.capability import Capability
+    from agents.sandbox.sandbox_agent import SandboxAgent
+    from agents.sandbox.sandboxes.unix_local import UnixLocalSandboxClient
+
+    ran: list[Any] = []
+    audit = InMemoryAuditLog()
+
+    class Deleting(Capability):
+        type: str = "deleting"
+
+        def tools(self) -> list[Any]:
+            return [_delete(ran)]
+
+    model = ScriptedModel(
+        [[function_call("delete_customer", {"customer_id": 3}, "c1")], [output_text("done")]]
+    )
+    agent = govern(
+        SandboxAgent(name="support", model=model, capabilities=[Deleting()]),
+        make_runtime(audit=audit),
+    )
+    sandbox = SandboxRunConfig(client=UnixLocalSandboxClient())
+    result = await Runner.run(agent, "go", run_config=RunConfig(sandbox=sandbox))
+    assert result.final_output == "done"
+    assert ran == []
+    assert _outcomes(audit) == [("delete_customer", "blocked")]
