@@ -37,6 +37,8 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import inspect
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -65,6 +67,7 @@ try:
     )
     from pydantic_ai.agent import AbstractAgent, WrapperAgent
     from pydantic_ai.capabilities import AbstractCapability
+    from pydantic_ai.output import NativeOutput, PromptedOutput, TextOutput, ToolOutput
     from pydantic_ai.toolsets import ToolsetTool
 except ImportError as exc:
     missing_extra("aegis.adapters.pydantic_ai", "pydantic-ai", exc)
@@ -205,6 +208,7 @@ class GovernedAgent(WrapperAgent[Any, Any]):
         kwargs["capabilities"] = [*(kwargs.get("capabilities") or ()), self.aegis]
         if kwargs.get("output_type") is None:
             kwargs["output_type"] = _with_deferred(self.wrapped.output_type)
+        _refuse_output_functions(kwargs["output_type"])
         async with self.wrapped.iter(*args, **kwargs) as run:
             yield run
 
@@ -328,6 +332,40 @@ def _metadata(governor: Governor, call: ToolCall, request_id: str | None) -> dic
         "agent": call.agent,
         "request_id": request_id,
     }
+
+
+def _refuse_output_functions(output_type: Any) -> None:
+    """Raise for an output function: Pydantic AI runs it outside the agent's toolsets.
+
+    The model calls an output function as it calls a tool, with arguments
+    of its choosing, but the call is the run's result and no toolset (so no
+    policy) sees it: a governed agent refuses to run with one.
+    """
+    for function in _output_functions(output_type):
+        name = getattr(function, "__name__", None) or repr(function)
+        raise ConfigurationError(
+            f"output function {name!r} would run outside Aegis (Pydantic AI calls output "
+            "functions as the run's result, not through the agent's tools); give it to the "
+            "agent as a tool, and keep output_type to types"
+        )
+
+
+def _output_functions(spec: Any) -> list[Any]:
+    """The functions among an output spec (types, forms and markers are not)."""
+    if isinstance(spec, ToolOutput):
+        return _output_functions(spec.output)
+    if isinstance(spec, NativeOutput | PromptedOutput):
+        return _output_functions(spec.outputs)
+    if isinstance(spec, TextOutput):
+        return [spec.output_function]
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        return [f for item in spec for f in _output_functions(item)]
+    if inspect.isroutine(spec) or isinstance(spec, functools.partial):
+        return [spec]
+    if callable(spec) and not isinstance(spec, type):
+        module = type(spec).__module__
+        return [] if module in ("typing", "types", "typing_extensions") else [spec]
+    return []
 
 
 def _with_deferred(output_type: Any) -> Any:

@@ -198,3 +198,46 @@ async def test_a_realtime_session_of_a_governed_agent_is_governed() -> None:
     assert saw["c2"] == "refunded 20.0 on o-17"
     by_call = {r["context"]["tool_call_id"]: r["result_status"] for r in audit.records}
     assert by_call == {"c1": "blocked", "c2": "success"}
+
+
+async def test_an_output_function_is_refused_before_it_can_run() -> None:
+    """An output function is called like a tool but no toolset sees it: the governed run refuses."""
+    import pytest
+    from pydantic_ai import Agent, TextOutput, ToolOutput
+    from pydantic_ai.models.test import TestModel
+
+    from aegis.adapters.pydantic_ai import govern
+    from aegis.errors import ConfigurationError
+
+    audit = InMemoryAuditLog()
+    run = Run()
+    delete = _recorders(run)["delete_customer"]
+    agent = govern(Agent(TestModel(), output_type=ToolOutput(delete)), make_runtime(audit=audit))
+    with pytest.raises(ConfigurationError, match="output function 'delete_customer'"):
+        await agent.run("go")
+    plain = govern(Agent(TestModel()), make_runtime(audit=audit))
+    for spec in (delete, [str, delete], TextOutput(delete)):
+        with pytest.raises(ConfigurationError, match="output function"):
+            await plain.run("go", output_type=spec)
+    assert run.executed == []
+    assert audit.records == []
+
+
+async def test_output_types_still_run() -> None:
+    """Types, typing forms and structured dicts are output types, not functions: they run."""
+    from typing import Literal
+
+    from pydantic import BaseModel
+    from pydantic_ai import Agent, StructuredDict
+    from pydantic_ai.models.test import TestModel
+
+    from aegis.adapters.pydantic_ai import govern
+
+    class Order(BaseModel):
+        order_id: str
+
+    agent = govern(Agent(TestModel()), make_runtime())
+    order = StructuredDict({"type": "object", "properties": {"id": {"type": "string"}}})
+    for spec in (int, list[int], Order, Literal["a", "b"], order, [str, Order]):
+        result = await agent.run("go", output_type=spec)
+        assert result.output is not None
