@@ -209,7 +209,10 @@ class Metering:
             store.acquire_many, drop_cancelled=True, give_back=self._give_back
         )
         #: the flow events of one event loop iteration, noted in one transaction
-        self.notes: GroupCommit[FlowEvent, None] = GroupCommit(self._remember_many)
+        #: (an action cancelled before its event is written does not run: left out)
+        self.notes: GroupCommit[FlowEvent, None] = GroupCommit(
+            self._remember_many, drop_cancelled=True
+        )
         #: the subject of the last check, reused while it is the same one
         self.last_subject = Subject("", agent)
         #: when the store last forgot old flow events, when to let it next, and the horizon

@@ -32,6 +32,7 @@ from engine_support import TablePolicy
 
 from aegis.core.action import Action
 from aegis.core.decision import PolicyDecision
+from aegis.core.policy import Policy
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError
 from aegis.runtime.audit import AuditLogger
@@ -250,6 +251,55 @@ async def test_an_action_cancelled_while_it_is_noted_gets_its_outcome(tmp_path: 
         assert cancelled["result_error"] == "interrupted: CancelledError"
         assert cancelled["start_id"] is not None
         assert audit.verify().ok
+
+
+async def test_an_action_cancelled_before_it_was_noted_is_not_counted_as_run(
+    tmp_path: Path,
+) -> None:
+    """Another runtime's ``not_after`` does not count tests cancelled before they were noted.
+
+    Every runtime notes every action it lets through, for the flow rules
+    of all; one cancelled while its event waited to be noted did not run,
+    so a rule blocking deploys unless tests ran must still block.
+    """
+    ran: list[str] = []
+
+    async def execute(action: Action) -> None:
+        ran.append(action.type)
+
+    db = tmp_path / "audit.db"
+    plain = Policy.from_dict(
+        {"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]}
+    )
+    audit = AuditLogger(db)
+    async with Runtime(executor=execute, policy=plain, audit_logger=audit, session_id="s") as rt:
+        actions = [Action("run_tests", "ci"), Action("read", "crm"), Action("read", "wiki")]
+        tasks = [asyncio.ensure_future(rt.run_one(action)) for action in actions]
+        while len(audit.pending()) < 3:  # the three starts are written, with one commit
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # each now waits for its flow event, noted with the others'
+        tasks[0].cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(outcomes[0], asyncio.CancelledError)
+    assert ran == ["read", "read"]
+    gated = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "untested_deploys",
+                    "match": {"type": "deploy"},
+                    "conditions": {"not_after": {"type": "run_tests"}},
+                    "approval": "block",
+                },
+                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+            ]
+        }
+    )
+    other = Runtime(executor=execute, policy=gated, audit_logger=AuditLogger(db), session_id="s")
+    async with other:
+        deploy = await other.run_one(Action("deploy", "prod"))
+    assert deploy.status is ResultStatus.BLOCKED
+    assert ran == ["read", "read"]
 
 
 # ---------------------------------------------------------------- Ctrl-C in a real process
