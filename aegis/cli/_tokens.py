@@ -157,7 +157,7 @@ def list_tokens(db: str, output_format: str) -> None:
         (
             (
                 t.name,
-                t.role.value,
+                str(t.role) if t.known_role else f"{t.role} (unknown)",
                 ", ".join(t.groups) or "-",
                 iso(t.created_at)[:19] if t.created_at else "-",
                 iso(t.expires_at)[:19] if t.expires_at else "never",
@@ -169,6 +169,13 @@ def list_tokens(db: str, output_format: str) -> None:
     )
     if not shown:
         note(f"no tokens in {db}; create one with `aegis token create NAME --role reviewer`")
+    for t in tokens:
+        if t.known_role is None:
+            note(
+                f"token {t.name!r} has the role {str(t.role)!r}, which this version of Aegis "
+                "does not know (a newer version's, or edited by hand): the service refuses it; "
+                f"upgrade Aegis, or revoke it (aegis token revoke {t.name})"
+            )
 
 
 @token.command("revoke")
@@ -190,7 +197,9 @@ def revoke(name: str, db: str) -> None:
             raise click.ClickException(
                 f"no active token named {name!r}; `aegis token list` shows them"
             )
-        ended = _end_grants(store, db, info) if info and info.role is Role.REVIEWER else []
+        # A role this version does not know may have given grants: end them too.
+        gave = info is not None and info.known_role in {Role.REVIEWER, None}
+        ended = _end_grants(store, db, info) if info is not None and gave else []
     success(f"token {name!r} revoked")
     if ended:
         note(f"the grants it gave are revoked too: {', '.join(ended)}")

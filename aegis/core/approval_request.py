@@ -534,16 +534,25 @@ class TokenInfo:
     A reviewer token may be tied to a person of an OpenID provider
     (``oidc_subject`` at ``oidc_issuer``, both required): its decisions are
     then that person's. One with a subject and no issuer is refused at use.
+
+    ``role`` is a plain ``str`` when the stored role is none this version
+    knows (a newer version's, or edited by hand): the token is listed with
+    it, and refused at use.
     """
 
     name: str
-    role: Role
+    role: Role | str
     groups: tuple[str, ...] = ()
     created_at: datetime | None = None
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     oidc_issuer: str | None = None
     oidc_subject: str | None = None
+
+    @property
+    def known_role(self) -> Role | None:
+        """The token's role, or ``None`` when this version of Aegis does not know it."""
+        return self.role if isinstance(self.role, Role) else None
 
     def usable_at(self, now: datetime) -> bool:
         """Whether the token may be used at ``now`` (not revoked, not expired)."""
@@ -561,7 +570,8 @@ class TokenInfo:
         """The token's public facts."""
         return {
             "name": self.name,
-            "role": self.role.value,
+            "role": str(self.role),
+            "role_known": self.known_role is not None,
             "groups": list(self.groups),
             "created_at": None if self.created_at is None else iso(self.created_at),
             "expires_at": None if self.expires_at is None else iso(self.expires_at),

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from aegis._version import __version__
 from aegis.core.action import action_digest
 from aegis.core.approval_request import (
     ApprovalRequest,
@@ -468,9 +469,21 @@ class ApprovalService:
                 names no issuer: which person it is would hang on the
                 issuer this service trusts now, and a switch of issuer
                 would hand its word to whoever holds the subject there.
+                401 too for a token of a role this version does not know:
+                what it may do is not this version's to guess.
         """
+        role = info.known_role
+        if role is None:
+            raise ApprovalServiceError(
+                f"token {info.name!r} has the role {str(info.role)!r}, which this version of "
+                f"Aegis ({__version__}) does not know (a newer version's, or edited by hand), "
+                "so it is refused; upgrade Aegis, or revoke the token and create another "
+                "(aegis token create NAME --role agent|reviewer|metrics)",
+                status=401,
+                code="unauthorized",
+            )
         if info.oidc_subject is None:
-            return Principal(info.name, info.role, info.groups, until=info.expires_at)
+            return Principal(info.name, role, info.groups, until=info.expires_at)
         if not info.oidc_issuer:
             raise ApprovalServiceError(
                 f"token {info.name!r} is tied to OpenID subject {info.oidc_subject!r} at no "
@@ -480,7 +493,7 @@ class ApprovalService:
                 code="unauthorized",
             )
         identity = Identity(info.oidc_issuer, info.oidc_subject, info.name)
-        return Principal(info.name, info.role, info.groups, identity, info.expires_at)
+        return Principal(info.name, role, info.groups, identity, info.expires_at)
 
     @staticmethod
     def require_role(

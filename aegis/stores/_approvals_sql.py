@@ -867,7 +867,7 @@ class SqlApprovalStore:
             raise ValueError("a token needs its creation time")
         values = (
             token_hash,
-            info.role.value,
+            str(info.role),
             json.dumps(list(info.groups)),
             iso(created),
             None if info.expires_at is None else iso(info.expires_at),
@@ -1154,10 +1154,18 @@ def _check_renewal(old: TokenInfo, new: TokenInfo, now: datetime) -> None:
         )
 
 
+def _role_of(stored: str) -> Role | str:
+    """The stored role, kept as text when this version knows no such role (refused at use)."""
+    try:
+        return Role(stored)
+    except ValueError:
+        return str(stored)
+
+
 def _token_of(row: tuple[Any, ...]) -> TokenInfo:
     return TokenInfo(
         name=row[0],
-        role=Role(row[1]),
+        role=_role_of(row[1]),
         groups=tuple(json.loads(row[2])),
         created_at=parse_time(row[3]),
         expires_at=_time(row[4]),

@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -120,6 +121,31 @@ def test_a_metrics_token_is_made_for_a_scraper(invoke: Invoke, tmp_path: Path) -
     assert (info.name, info.role.value, info.groups) == ("prometheus", "metrics", ())
     listed = json.loads(invoke("token", "list", "--db", db, "--format", "json").stdout)
     assert [(t["name"], t["role"]) for t in listed] == [("prometheus", "metrics")]
+
+
+def test_a_token_of_an_unknown_role_is_listed_marked(invoke: Invoke, tmp_path: Path) -> None:
+    """A row whose role this version does not know (edited by hand) is listed, marked as such.
+
+    Revoking it ends the grants it gave: whatever the role, its word must not outlive it."""
+    db = tmp_path / "aegis.db"
+    for name in ("alice", "bob"):
+        assert invoke("token", "create", name, "--role", "reviewer", "--db", str(db)).exit_code == 0
+    hers = _granted(str(db), by="alice")
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE aegis_tokens SET role = 'auditor' WHERE name = 'alice'")
+    listed = invoke("token", "list", "--db", str(db), "--format", "json")
+    assert listed.exit_code == 0, listed.output
+    assert [(t["name"], t["role"], t["role_known"]) for t in json.loads(listed.stdout)] == [
+        ("alice", "auditor", False),
+        ("bob", "reviewer", True),
+    ]
+    table = invoke("token", "list", "--db", str(db))
+    assert table.exit_code == 0, table.output
+    assert "auditor (unknown)" in table.stdout
+    assert "'alice'" in table.stderr  # and what to do about it
+    revoked = invoke("token", "revoke", "alice", "--db", str(db))
+    assert revoked.exit_code == 0, revoked.output
+    assert hers in revoked.stderr
 
 
 def test_token_list_needs_an_existing_database(invoke: Invoke, tmp_path: Path) -> None:

@@ -147,6 +147,17 @@ async def test_bad_tokens_are_401(api: Api, headers: dict[str, str]) -> None:
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+async def test_a_token_of_a_role_this_version_does_not_know_is_refused(api: Api) -> None:
+    """A token whose stored role Aegis does not know (a newer version's) is a 401 naming it."""
+    with closing(sqlite3.connect(api.db)) as conn, conn:
+        conn.execute("UPDATE aegis_tokens SET role = 'auditor' WHERE name = 'alice'")
+    response = await api.call("GET", "/api/v1/approvals", "alice")
+    assert response.status_code == 401
+    assert error_code(response) == "unauthorized"
+    assert "'auditor'" in response.json()["error"]["message"]
+    assert (await api.call("GET", "/api/v1/approvals", "bob")).status_code == 200
+
+
 async def test_create_then_reattach(api: Api) -> None:
     """The first post is 201 pending with a digest; the same again while pending is 200, same id."""
     body = {"session_id": "s1", "action": ACTION, "risk_level": "high", "matched_rule": "r"}
