@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from aegis.cli._output import note
+from aegis.cli._output import note, warn
 from aegis.cli._params import command_schema, secret_option
 from aegis.cli._store import durability_option, store_option
 from aegis.core.approval_request import parse_approval_ttl, parse_duration
-from aegis.errors import ConfigurationError
+from aegis.errors import ConfigurationError, StoreError
 
 if TYPE_CHECKING:
     from aegis.server.oidc import OidcSignIn
+    from aegis.server.service import ApprovalService
 
 __all__ = ["serve"]
 
@@ -78,6 +79,21 @@ def _oidc_signin(
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     return OidcSignIn(settings, key, redirect_base=redirect_base)
+
+
+def _warn_of_clock_skew(service: ApprovalService) -> None:
+    """Warn when this host's clock and the database server's disagree by more than 5 s."""
+    # Imported here: the server extra is only needed by this command.
+    from aegis.server.clocks import read_clocks, skew_warning  # noqa: PLC0415
+
+    try:
+        reading = read_clocks(service.store, service.clock)
+    except StoreError as exc:  # it answered a moment ago: let serving find out
+        warn(f"could not read the database server's clock to compare it with this host's: {exc}")
+        return
+    message = None if reading is None else skew_warning(reading)
+    if message is not None:
+        warn(message)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -364,6 +380,7 @@ def serve(  # noqa: PLR0917  # Click passes one argument per option
     app.state.read_timeout = read_timeout
     where = parse_store_url(db).where  # a DSN's password masked
     note(f"Aegis approval service on {scheme}://{host}:{port} (store: {where})")
+    _warn_of_clock_skew(service)
     config = uvicorn.Config(
         app,
         host=host,

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, Final
+from datetime import datetime
+from typing import Any, ClassVar, Final, cast
 
 from aegis.stores._approvals_sql import (
     COMPONENT,
@@ -156,6 +157,12 @@ class PostgresApprovalStore(SqlApprovalStore):
         doing = "change the approval tables in" if write else "read the approval tables in"
         with self.db.connection(doing) as conn, conn.transaction(), conn.cursor() as cur:
             yield _PgTx(cur, self._prefix)
+
+    def database_time(self) -> datetime:
+        """The database server's clock now, which may run on another host than this one."""
+        with self._transaction(write=False) as tx:
+            ((now,),) = tx.all("SELECT clock_timestamp()")
+        return cast("datetime", now)
 
     def close(self) -> None:
         """Close a database of its own; a shared one is the audit store's to close. Idempotent."""
