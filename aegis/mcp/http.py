@@ -8,6 +8,11 @@ streams, GET and DELETE); in front of it this app judges every POST body
 the way the stdio face judges a line: too large, not JSON, a batch, a
 duplicated id in flight, or no session: a JSON-RPC error, and nothing
 reaches the transport or the server.
+
+Size: one app holds the whole HTTP face, because its parts share the
+session table and its lock: the body checks, the Host and Origin checks,
+sessions made, idled out and given way, the shared upstream client, and
+the server's start and stop; split, each part would reach into the others.
 """
 
 from __future__ import annotations
