@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from aegis.core.action import Action, canonical_json
 from aegis.core.explain import Why
-from aegis.core.identity import Identity
+from aegis.core.identity import Identity, canonical_issuer
 from aegis.core.risk import RiskLevel
 from aegis.errors import ConfigurationError
 
@@ -553,6 +553,21 @@ class TokenInfo:
     def known_role(self) -> Role | None:
         """The token's role, or ``None`` when this version of Aegis does not know it."""
         return self.role if isinstance(self.role, Role) else None
+
+    def speaks_for(self, key: str) -> bool:
+        """Whether a decision or grant by the identity ``key`` may have come through this token.
+
+        A token tied to no person decides as its name. One tied to a subject
+        decides as that person at its issuer, or at any issuer when it names
+        none (a token made before the issuer was required): what the person
+        did from the inbox is not told apart from it, so it is counted too.
+        """
+        if self.oidc_subject is None:
+            return key == self.name
+        who = Identity.from_key(key)
+        if who.subject != self.oidc_subject or not who.issuer:
+            return False
+        return self.oidc_issuer is None or who.issuer == canonical_issuer(self.oidc_issuer)
 
     def usable_at(self, now: datetime) -> bool:
         """Whether the token may be used at ``now`` (not revoked, not expired)."""

@@ -1308,6 +1308,16 @@ def _event_text(event: AuditEvent, request: ApprovalRequest) -> tuple[str, dict[
         if ctx.get("status") == RequestStatus.APPROVED.value:
             return f"approved by {', '.join(names)}{said}", extra
         return f"{reviewer} approved ({len(names)} of {request.approvers}){said}", extra
+    if kind == "approval.withdrawn":
+        # The approval stays in the trail as it was given; this says it no
+        # longer counts, and why.
+        who = Identity.from_key(str(ctx.get("reviewer")), str(ctx.get("reviewer_name") or ""))
+        left = len(ctx.get("approved_by") or ())
+        return (
+            f"approval by {who} withdrawn: token {ctx.get('token')} revoked "
+            f"({left} of {request.approvers} approvals left)",
+            {"reviewer": who.key, "token": str(ctx.get("token"))},
+        )
     if kind == "grant.created":
         known = {d.reviewer: d.identity for d in request.decisions}
         by = ", ".join(

@@ -912,13 +912,63 @@ class SqlApprovalStore:
     def revoke_token(self, name: str, now: datetime) -> bool:
         """See :meth:`aegis.stores.approvals.ApprovalStore.revoke_token`."""
         with self._transaction(write=True) as tx:
-            return (
+            if (
                 tx.run(
                     "UPDATE {p}aegis_tokens SET revoked_at = ? "
                     "WHERE name = ? AND revoked_at IS NULL",
                     (iso(now), name),
                 )
-                == 1
+                != 1
+            ):
+                return False
+            rows = tx.all(f"SELECT {_TOKEN_COLUMNS} FROM {{p}}aegis_tokens WHERE name = ?", (name,))
+            self._withdraw_approvals(tx, _token_of(rows[0]), now)
+            return True
+
+    def _withdraw_approvals(self, tx: Tx, token: TokenInfo, now: datetime) -> None:
+        """Withdraw the approvals ``token`` may have given on requests still pending.
+
+        A leaked token's approval must not count toward a two-person rule
+        once it is revoked; requests already decided stay as they are.
+        """
+        # A token tied to no person decided as its name; one tied to a person
+        # as that person, whose key is matched below.
+        mine, args = ("", ()) if token.oidc_subject else (" AND d.reviewer = ?", (token.name,))
+        rows = tx.all(
+            "SELECT d.request_id, d.reviewer, d.reviewer_name FROM {p}aegis_approval_decisions d "
+            "JOIN {p}aegis_approval_requests r ON r.id = d.request_id "
+            f"WHERE r.status = 'pending' AND d.verdict = ?{mine} ORDER BY d.request_id",
+            (Verdict.APPROVE.value, *args),
+        )
+        for request_id, reviewer, reviewer_name in rows:
+            if not token.speaks_for(reviewer):
+                continue
+            # Only a row still pending changes, and the update locks it: a
+            # reviewer approving at once either completed it first (it stays
+            # approved) or counts after the withdrawal.
+            if (
+                tx.run(
+                    "UPDATE {p}aegis_approval_requests SET approvals = approvals - 1 "
+                    "WHERE id = ? AND status = 'pending' AND approvals > 0",
+                    (request_id,),
+                )
+                != 1
+            ):
+                continue
+            tx.run(
+                "DELETE FROM {p}aegis_approval_decisions WHERE request_id = ? AND reviewer = ?",
+                (request_id, reviewer),
+            )
+            request = self._must(tx, request_id)
+            self._event(
+                tx,
+                request_id,
+                "approval.withdrawn",
+                now,
+                reviewer=reviewer,
+                reviewer_name=reviewer_name or reviewer,
+                token=token.name,
+                approved_by=[d.reviewer for d in request.approvals],
             )
 
     # -- inbox sessions -----------------------------------------------------------

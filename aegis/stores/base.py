@@ -581,7 +581,15 @@ class ApprovalStore(Protocol):
         ...
 
     def revoke_token(self, name: str, now: datetime) -> bool:
-        """Revoke the token called ``name``; ``False`` if there is no active one."""
+        """Revoke the token called ``name``; ``False`` if there is no active one.
+
+        In the same transaction, its approvals of requests still pending are
+        withdrawn (see :meth:`TokenInfo.speaks_for
+        <aegis.core.approval_request.TokenInfo.speaks_for>` for whose they
+        are): each stops counting toward its request's approvers, and an
+        ``approval.withdrawn`` event is queued for the audit trail. Requests
+        already decided stay as they are.
+        """
         ...
 
     def create_session(self, session: InboxSession) -> None:

@@ -299,6 +299,75 @@ def test_tokens(store: ApprovalStore) -> None:
     assert store.token_by_hash("h1") == revoked
 
 
+def _withdrawals(store: ApprovalStore) -> list[tuple[str, str, str, list[str]]]:
+    """The queued ``approval.withdrawn`` events: request, reviewer, token, approvals left."""
+    return [
+        (e.request_id, e.context["reviewer"], e.context["token"], e.context["approved_by"])
+        for e in store.pending_events(timedelta(0), limit=1000)
+        if e.kind == "approval.withdrawn"
+    ]
+
+
+def test_revoking_a_token_withdraws_its_approvals_of_pending_requests(
+    store: ApprovalStore,
+) -> None:
+    """A revoked token's approval no longer counts toward a two-person rule; decided stay.
+
+    alice approves, her token is revoked (it leaked), bob approves: the
+    request is still pending, and needs a second valid approver.
+    """
+    for name in ("alice", "bob", "carol"):
+        store.create_token(TokenInfo(name, Role.REVIEWER, (), NOW), f"h-{name}")
+    pending, _ = store.create_request(make(approvers=2), NOW)
+    decided, _ = store.create_request(make("s2", amount=5, approvers=2), NOW)
+    decide(store, pending.id, "alice")
+    decide(store, decided.id, "alice")
+    assert decide(store, decided.id, "carol").status is RequestStatus.APPROVED
+    assert store.revoke_token("alice", NOW)
+    after = store.get_request(pending.id)
+    assert after is not None
+    assert (after.status, after.decisions) == (RequestStatus.PENDING, ())
+    assert decide(store, pending.id, "bob").status is RequestStatus.PENDING
+    approved = decide(store, pending.id, "carol")
+    assert approved.status is RequestStatus.APPROVED
+    assert [d.reviewer for d in approved.approvals] == ["bob", "carol"]
+    kept = store.get_request(decided.id)
+    assert kept is not None
+    assert kept.status is RequestStatus.APPROVED  # what ran, ran
+    assert [d.reviewer for d in kept.approvals] == ["alice", "carol"]
+    assert _withdrawals(store) == [(pending.id, "alice", "alice", [])]
+
+
+def test_revoking_a_person_s_token_withdraws_that_person_s_approvals(
+    store: ApprovalStore,
+) -> None:
+    """A token tied to an OpenID person withdraws that person's approvals at its issuer only."""
+    kim = TokenInfo(
+        "kim-cli",
+        Role.REVIEWER,
+        (),
+        NOW,
+        oidc_issuer="https://ID.example.com/",
+        oidc_subject="248289",
+    )
+    store.create_token(kim, "h-kim")
+    hers, _ = store.create_request(make(approvers=3), NOW)
+    namesakes, _ = store.create_request(make("s2", amount=5, approvers=2), NOW)
+    decide(store, hers.id, "https://id.example.com#248289")
+    decide(store, hers.id, "bob")
+    decide(store, namesakes.id, "https://other.example.com#248289")
+    assert store.revoke_token("kim-cli", NOW)
+    left = store.get_request(hers.id)
+    assert left is not None
+    assert [d.reviewer for d in left.decisions] == ["bob"]
+    untouched = store.get_request(namesakes.id)
+    assert untouched is not None
+    assert [d.reviewer for d in untouched.decisions] == ["https://other.example.com#248289"]
+    assert _withdrawals(store) == [(hers.id, "https://id.example.com#248289", "kim-cli", ["bob"])]
+    assert decide(store, hers.id, "carol").status is RequestStatus.PENDING
+    assert decide(store, hers.id, "dave").status is RequestStatus.APPROVED
+
+
 def test_an_expired_token_is_renewed_only_by_its_holder(store: ApprovalStore) -> None:
     """Past its expiry a token's name takes a new secret of the same role and person, no other."""
     later = NOW + timedelta(days=31)
