@@ -12,7 +12,7 @@ from aegis.cli._output import emit_json, note, print_table, success
 from aegis.cli._params import format_option
 from aegis.cli._store import audit_trail, open_tables, store_option
 from aegis.core.approval_request import Role, TokenInfo, iso, parse_duration
-from aegis.core.identity import KEY_SEPARATOR, Identity, canonical_issuer
+from aegis.core.identity import KEY_SEPARATOR
 from aegis.errors import ApprovalServiceError, ConfigurationError
 from aegis.stores.approvals import ApprovalStore, hash_token, new_token
 
@@ -184,11 +184,14 @@ def list_tokens(db: str, output_format: str) -> None:
 def revoke(name: str, db: str) -> None:
     """Revoke the token called NAME; it stops working at once.
 
-    The grants a reviewer token gave end with it (each revocation is
-    audited): a grant keeps approving actions in its giver's name, and a
-    revoked giver's word must not. A token tied to an OpenID subject gave
-    its grants as that person, who may have given others from the inbox;
-    those end too, as nothing tells them apart.
+    Its approvals of requests still pending stop counting (each withdrawal
+    is audited): a leaked token must not be one of a two-person rule's
+    people. The grants a reviewer token gave end with it (each revocation
+    is audited): a grant keeps approving actions in its giver's name, and a
+    revoked giver's word must not. A token tied to an OpenID subject
+    decided and gave its grants as that person, who may have done so from
+    the inbox too; those are withdrawn and ended too, as nothing tells
+    them apart.
     """
     with open_tables(db, create=False) as store:
         info = next((t for t in store.list_tokens() if t.name == name), None)
@@ -197,43 +200,51 @@ def revoke(name: str, db: str) -> None:
             raise click.ClickException(
                 f"no active token named {name!r}; `aegis token list` shows them"
             )
+        withdrawn = _withdrawn(store, name)
         # A role this version does not know may have given grants: end them too.
         gave = info is not None and info.known_role in {Role.REVIEWER, None}
-        ended = _end_grants(store, db, info) if info is not None and gave else []
+        given = _given(store, info) if info is not None and gave else []
+        ended = _audit_revocation(store, db, name, given) if given or withdrawn else []
     success(f"token {name!r} revoked")
+    if withdrawn:
+        note(f"its approvals of these pending requests no longer count: {', '.join(withdrawn)}")
     if ended:
         note(f"the grants it gave are revoked too: {', '.join(ended)}")
 
 
-def _gave(info: TokenInfo, key: str) -> bool:
-    """Whether the stored identity ``key`` of a grant's giver is the token ``info``'s."""
-    if info.oidc_subject is None:
-        return key == info.name
-    # Tied to a subject: at its issuer, or at any when it names none (a token
-    # made before the issuer was required, once the service's --oidc-issuer,
-    # which this command does not know): fail closed.
-    giver = Identity.from_key(key)
-    if giver.subject != info.oidc_subject or not giver.issuer:
-        return False
-    return info.oidc_issuer is None or giver.issuer == canonical_issuer(info.oidc_issuer)
+def _withdrawn(store: ApprovalStore, name: str) -> list[str]:
+    """The requests whose approvals the revocation of ``name`` withdrew, as queued for the trail.
+
+    For the operator's eyes only: a running service may have written some
+    of the events already, and then they are not named.
+    """
+    events = store.pending_events(timedelta(0), limit=1000)
+    return [
+        e.request_id
+        for e in events
+        if e.kind == "approval.withdrawn" and e.context.get("token") == name
+    ]
 
 
-def _end_grants(store: ApprovalStore, db: str, info: TokenInfo) -> list[str]:
-    """Revoke the active grants ``info`` gave, each audited; their ids."""
-    # Imported here: the service is only needed for this.
-    from aegis.server.service import ApprovalService  # noqa: PLC0415
-
+def _given(store: ApprovalStore, info: TokenInfo) -> list[str]:
+    """The ids of the active grants ``info`` gave."""
     given: list[str] = []
     now = datetime.now(UTC)
     before = None
     # Every page: a list stops at 1000 grants, and a grant past the first
     # thousand would keep approving in the revoked token's name.
     while page := store.list_grants(now, before=before):
-        given += [g.id for g in page if any(_gave(info, key) for key in g.granted_by)]
+        given += [g.id for g in page if any(info.speaks_for(key) for key in g.granted_by)]
         before = (page[-1].created_at, page[-1].id)
-    if not given:
-        return []
-    operator = f"operator:{getpass.getuser()} (token {info.name} revoked)"
+    return given
+
+
+def _audit_revocation(store: ApprovalStore, db: str, name: str, given: list[str]) -> list[str]:
+    """End the grants ``given`` and write the queued withdrawals, each audited; the grants ended."""
+    # Imported here: the service is only needed for this.
+    from aegis.server.service import ApprovalService  # noqa: PLC0415
+
+    operator = f"operator:{getpass.getuser()} (token {name} revoked)"
     audit = audit_trail(db)
     try:
         service = ApprovalService(store, audit)
@@ -246,6 +257,9 @@ def _end_grants(store: ApprovalStore, db: str, info: TokenInfo) -> list[str]:
                 except ApprovalServiceError:
                     continue  # it ended meanwhile (expired, or revoked by someone else)
                 ended.append(grant_id)
+            # The withdrawals were queued with the revocation; write them now
+            # rather than at a service's next sweep (there may be none running).
+            await service.flush_audit()
             return ended
 
         return asyncio.run(end_all())

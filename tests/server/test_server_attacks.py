@@ -166,6 +166,52 @@ async def test_a_token_revoked_while_its_decision_is_on_the_way_decides_nothing(
     assert service.store.list_grants(datetime.now(UTC), include_inactive=True) == []
 
 
+async def test_a_revoked_token_s_approval_no_longer_counts_toward_two_people(
+    service: ApprovalService, db: str
+) -> None:
+    """alice approves a two-person request, `aegis token revoke alice` (it leaked), bob approves:
+    still pending, until a second valid approver; the trail says alice's approval was withdrawn.
+    """
+    now = datetime.now(UTC)
+    for name in ("bob", "carol"):
+        service.store.create_token(
+            TokenInfo(name, Role.REVIEWER, ("finance",), now), hash_token(f"{name}-secret")
+        )
+    request, _ = await service.create(AGENT, _wire(approvers=2))
+    transport = httpx.ASGITransport(app=create_app(service, close_service=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+        async def approve(name: str) -> str:
+            answer = await client.post(
+                f"/api/v1/approvals/{request.id}/decision",
+                json={"verdict": "approve"},
+                headers={"Authorization": f"Bearer {name}-secret"},
+            )
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["status"])
+
+        assert await approve("alice") == "pending"
+        revoke = ["token", "revoke", "alice", "--db", db]
+        revoked = await asyncio.to_thread(CliRunner().invoke, cli, revoke)
+        assert revoked.exit_code == 0, revoked.output
+        assert request.id in revoked.stderr
+        assert await approve("bob") == "pending"
+        assert await approve("carol") == "approved"
+    stored = service.store.get_request(request.id)
+    assert stored is not None
+    assert [d.reviewer for d in stored.approvals] == ["bob", "carol"]
+    await service.flush_audit()
+    assert service.audit is not None
+    withdrawn = [
+        r
+        for r in service.audit.get_log("s1")
+        if r["context"].get("approval_event") == "approval.withdrawn"
+    ]
+    assert len(withdrawn) == 1
+    assert "approval by alice withdrawn: token alice revoked" in withdrawn[0]["human_decision"]
+    assert withdrawn[0]["context"]["reviewer"] == "alice"
+
+
 async def test_an_agent_token_revoked_while_its_request_is_on_the_way_asks_nothing(
     service: ApprovalService, db: str
 ) -> None:
