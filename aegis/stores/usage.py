@@ -101,7 +101,33 @@ def widest(kept: object, given: float | None) -> float | None:
 
 def params_json(params: Any) -> str:
     """A flow event's params as stored: canonical JSON, odd values as their repr."""
+    data = params._data if type(params) is FrozenDict else None
+    if data is not None and _flat_params is not None:
+        # Every action let through is noted: the usual flat params (text and
+        # numbers, no container) skip thaw's copy and json.dumps's per-call
+        # encoder, for the very text json.dumps gives (tests/stores/test_usage_contract.py).
+        for key, item in data.items():
+            if type(key) is not str or type(item) not in _FLAT_PARAMS:
+                break
+        else:
+            try:
+                return "".join(_flat_params(data, 0))
+            except ValueError:
+                pass  # an int past the digit limit: json.dumps says so below
     return json.dumps(thaw(params), sort_keys=True, separators=(",", ":"), default=repr)
+
+
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+# json.dumps's encoder for params_json's options, built once, for values
+# without containers (so without the circular check, which only containers need)
+_flat_params: Any = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(
+        None, repr, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True
+    )
+)
+_FLAT_PARAMS: Final = frozenset({str, int, float, bool, type(None)})
 
 
 def unencodable(doing: str, where: str, exc: UnicodeEncodeError) -> StoreError:

@@ -227,6 +227,34 @@ def test_events_come_back_with_params_as_an_action_holds_them(make_store: Factor
         assert type(found.params["o"]) is FrozenDict
 
 
+def test_flat_params_of_every_kind_come_back_as_they_ran(make_store: Factory) -> None:
+    """Text (any script, control characters), exact floats, wide ints, bools and null:
+    the flat params of the usual tool call, written the short way, read back unchanged."""
+    store = make_store()
+    params = Action(
+        "send",
+        "mail",
+        {
+            "to": 'zoë@例え.jp\u2028\x00"\\',
+            "amount": 0.1 + 0.2,
+            "tiny": -0.0,
+            "huge": 1e300,
+            "id": 10**30,
+            "count": -7,
+            "ok": True,
+            "none": None,
+            "B": "upper keys sort first",
+        },
+    ).params
+    store.remember(FlowEvent("s", "send", "mail", params, 1.0))
+    for found in (store.latest_event("s", None), store.recall("s", None, None)[0]):
+        assert found is not None
+        assert found.params == params
+        assert [type(found.params[key]) for key in params] == [type(v) for v in params.values()]
+        assert repr(found.params["amount"]) == repr(0.1 + 0.2)
+        assert repr(found.params["tiny"]) == "-0.0"
+
+
 def _number(found: FlowEvent | None) -> int | None:
     """The ``n`` param of an event found, ``None`` when none was."""
     return None if found is None else int(found.params["n"])
