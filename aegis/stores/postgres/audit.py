@@ -517,6 +517,16 @@ def _composite(value: bytes | None) -> tuple[bytes | None, bytes | None, bytes |
     return parts[0] or None, parts[1] or None, parts[2] or None
 
 
+def _same_action(final: RecordDraft, start: AuditRecord) -> bool:
+    """Whether ``final`` records the outcome of ``start``'s action, as the verifier judges."""
+    return (
+        final.session_id == start.session_id
+        and final.action_type == start.action_type
+        and final.action_target == start.action_target
+        and final.action_params == start.action_params
+    )
+
+
 def _storable(draft: RecordDraft) -> RecordDraft:
     # PostgreSQL text cannot hold NUL (JSON text escapes it, scalars may
     # not); the hash covers exactly what is stored, so mark it before sealing.
@@ -617,10 +627,10 @@ class PostgresAuditStore(ReadMixin):
         self._writer_pid = 0
         self._abandoned: list[Connection] = []
         # start records committed without a flush, by id; starts recorded
-        # again after a server crash lost them, old id -> new id; whether
-        # the writing connection was lost since (see _recover_starts)
+        # again after a server crash lost them, old id -> the start recorded
+        # again; whether the writing connection was lost since (see _recover_starts)
         self._unflushed: dict[int, AuditRecord] = {}
-        self._moved: dict[int, int] = {}
+        self._moved: dict[int, AuditRecord] = {}
         self._suspect = False
         self._closed = False
         #: append transactions committed by this store (one per batch)
@@ -877,15 +887,26 @@ class PostgresAuditStore(ReadMixin):
                 self._unflushed.pop(record.start_id, None)
 
     def _remapped(self, drafts: list[RecordDraft]) -> list[RecordDraft]:
-        """``drafts`` naming the new id of any start recorded again after a server crash."""
+        """``drafts``, a final record of a start lost in a server crash naming it recorded again.
+
+        The crash freed the lost start's id, and the server gives it out
+        again, to this writer's own next start too: a final naming that id
+        is the lost action's only if it is of the same action (what
+        :func:`~aegis.core.chain.verify_chain` checks of a final and its
+        start); any other is the final of the start that holds the id now.
+        """
         if not self._moved:
             return drafts
-        return [
-            d._replace(start_id=self._moved.pop(d.start_id))
-            if d.start_id is not None and d.start_id in self._moved
-            else d
-            for d in drafts
-        ]
+        return [self._renamed(draft) for draft in drafts]
+
+    def _renamed(self, draft: RecordDraft) -> RecordDraft:
+        """``draft``, naming its start recorded again if it is the final of a lost start."""
+        old = draft.start_id
+        start = None if old is None else self._moved.get(old)
+        if old is None or start is None or not _same_action(draft, start):
+            return draft
+        del self._moved[old]
+        return draft._replace(start_id=start.id)
 
     def _recover_starts(self, conn: Connection) -> None:
         """After a lost connection: record again every unflushed start the server lost.
@@ -926,7 +947,7 @@ class PostgresAuditStore(ReadMixin):
         again = self._sealed(drafts, cursor.fetchall())
         self.commits += 1
         for old, new in zip(lost, again, strict=True):
-            self._moved[old.id] = new.id
+            self._moved[old.id] = new
             self._unflushed[new.id] = new
 
     def _writer(self) -> AnsweringConnection:

@@ -289,6 +289,53 @@ def test_a_start_lost_in_a_server_crash_is_recorded_again_before_its_outcome(
     assert records[0][1:-2] == start[1:-2]  # the same start, recorded again
 
 
+@pytest.mark.parametrize("own_server", [_LAZY_WAL], indirect=True)
+def test_a_later_start_given_the_id_of_a_start_lost_in_a_crash_keeps_its_own_outcome(
+    own_server: OwnServer,
+) -> None:
+    """A crash takes an action's start and the record before it; its outcome is never written.
+
+    The start is recorded again, at the lower id the crash freed; the next
+    action of the same writer then gets the lost start's old id, and its
+    final record must name its own start, not the one recorded again.
+    """
+
+    def decision(n: int) -> PolicyDecision:
+        return PolicyDecision(Action("write", "crm", {"n": n}), RiskLevel.LOW, Approval.AUTO, "r")
+
+    other = PostgresAuditStore(own_server.dsn, connect_timeout=2)
+    store = PostgresAuditStore(own_server.dsn, durability="result", connect_timeout=2)
+    try:
+        for attempt in range(1, 6):  # see the test above: the WAL writer may keep them
+            before = store.head().count
+            # another writer's start, then this writer's: neither flushed
+            other.append([start_draft(f"other{attempt}", decision(0))])
+            (lost,) = store.append([start_draft(f"s{attempt}", decision(1))])
+            own_server.crash_and_restart()
+            if store.head().count == before:
+                break  # the crash took both; action 1 fails, its outcome never written
+        else:
+            pytest.fail("five crashes in a row kept starts that were never flushed")
+        session = f"s{attempt}"
+        (start,) = store.append([start_draft(session, decision(2))])
+        assert start.id == lost.id  # action 1's start was recorded again, just before it
+        outcome = Result(decision(2).action, ResultStatus.SUCCESS, {"done": True})
+        (final,) = store.append([final_draft(session, decision(2), outcome, start_id=start.id)])
+        records = list(store.records(Filters(session_id=session, view="records")))
+        report = store.verify()
+    finally:
+        other.close()
+        store.close()
+    assert report.ok, report.reason
+    assert final.start_id == start.id
+    again = lost.id - 1
+    assert [(r.id, r.kind, r.start_id) for r in records] == [
+        (again, "start", None),  # action 1, recorded again: still without an outcome
+        (start.id, "start", None),
+        (final.id, "final", start.id),
+    ]
+
+
 # ---------------------------------------------------------------- a server that stops answering
 
 
