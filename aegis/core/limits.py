@@ -41,7 +41,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from fnmatch import fnmatchcase
@@ -580,6 +580,34 @@ class FlowEvent:
     target: str
     params: Mapping[str, Any]
     at: float
+
+
+# The slots' own setters, in field order: what flow_event sets (checked once, here)
+_FLOW_FIELDS: Final = ("session_id", "type", "target", "params", "at")
+if tuple(f.name for f in fields(FlowEvent)) != _FLOW_FIELDS:  # pragma: no cover  # a field moved
+    raise ImportError("FlowEvent's fields changed; update flow_event")
+_set_session, _set_type, _set_target, _set_params, _set_at = (
+    FlowEvent.__dict__[name].__set__ for name in _FLOW_FIELDS
+)
+_bare = object.__new__
+
+
+def flow_event(
+    session_id: str, kind: str, target: str, params: Mapping[str, Any], at: float
+) -> FlowEvent:
+    """``FlowEvent(session_id, kind, target, params, at)`` at about half the cost.
+
+    Every action let through builds one, and every event a flow condition
+    reads back: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``; this sets them with the slots' own setters.
+    """
+    event: FlowEvent = _bare(FlowEvent)
+    _set_session(event, session_id)
+    _set_type(event, kind)
+    _set_target(event, target)
+    _set_params(event, params)
+    _set_at(event, at)
+    return event
 
 
 @dataclass(frozen=True, eq=False)

@@ -85,6 +85,7 @@ from aegis.core.limits import (
     PolicyLimits,
     RuleLimits,
     Subject,
+    flow_event,
 )
 from aegis.core.record import DecisionStamp
 from aegis.core.result import Result, ResultStatus
@@ -374,9 +375,9 @@ class Metering:
             pending = (rule, _new(Request, (charges, at, over)))
         if defer and approval is Approval.AUTO:
             # every action let through is noted, whatever this policy looks for (see ran())
-            event = FlowEvent(subject.session_id, action.type, action.target, action.params, at)
+            event = flow_event(subject.session_id, action.type, action.target, action.params, at)
             if pending is None:
-                return decision, Deferred(None, event)
+                return decision, _new(Deferred, (None, event))
             batch = self.batch
             # batch.alone(), inline: a call less on every sequential action (benchmarks/limits.py)
             if not batch.waiting and current_task() is batch.last_task:
@@ -438,7 +439,7 @@ class Metering:
         reload) may run a policy whose ``not_after`` looks for it.
         """
         at = time.time() if now is None else now
-        self.store.remember(FlowEvent(session_id, action.type, action.target, action.params, at))
+        self.store.remember(flow_event(session_id, action.type, action.target, action.params, at))
         if now is None:
             self.noted(policy, at)
 
@@ -735,7 +736,7 @@ class MeteringStep:
                     at = time.time()
                     request = _new(Request, (charges, at, lane.over))
                     action = decision.action
-                    event = FlowEvent(session_id, action.type, action.target, action.params, at)
+                    event = flow_event(session_id, action.type, action.target, action.params, at)
                     return decision, _new(Deferred, (request, event)), stamp, None
         try:
             metering = self._metering or self.metering()
@@ -884,7 +885,8 @@ class MeteringStep:
         if self._guarded is None or not self._metering.notes.alone():  # type: ignore[union-attr]
             return None  # others to note with: ran() notes it with them, in one transaction
         at = time.time()
-        return Deferred(None, FlowEvent(session_id, action.type, action.target, action.params, at))
+        event = flow_event(session_id, action.type, action.target, action.params, at)
+        return _new(Deferred, (None, event))
 
     def release(self, lease: Lease | Deferred | None) -> None:
         """Release ``lease``; a failure only leaves it counted (the safe side), and is logged."""
@@ -905,7 +907,7 @@ class MeteringStep:
             metering = self._metering or self.metering()
             at = time.time()
             await metering.notes.submit(
-                FlowEvent(session_id, action.type, action.target, action.params, at)
+                flow_event(session_id, action.type, action.target, action.params, at)
             )
             metering.noted(policy, at)
         except AegisError as exc:

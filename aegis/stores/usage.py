@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from aegis.core.action import FrozenDict, freeze, thaw
-from aegis.core.limits import Charge, FlowEvent
+from aegis.core.limits import Charge, FlowEvent, flow_event
 from aegis.errors import StoreError
 from aegis.stores.base import Acquired, Request, UsageStore
 
@@ -165,7 +165,7 @@ def event_from_row(row: Sequence[Any], where: str) -> FlowEvent:
             f"a flow event {where} holds params that are not an action's JSON ({params!r});"
             " the table aegis_flow_events was edited by hand"
         ) from exc
-    return FlowEvent(str(session_id), str(kind), str(target), frozen, at)
+    return flow_event(str(session_id), str(kind), str(target), frozen, at)
 
 
 _NO_PARAMS: Final = FrozenDict()

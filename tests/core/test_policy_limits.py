@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,6 +21,7 @@ from aegis.core.limits import (
     RecordedHistory,
     Subject,
     budget_units,
+    flow_event,
     format_window,
     parse_window,
 )
@@ -515,3 +517,21 @@ def test_the_digest_is_the_same_in_another_process(tmp_path: Path) -> None:
         check=True,
     )
     assert out.stdout.strip() == policy.digest
+
+
+def test_a_flow_event_built_the_short_way_is_the_same_frozen_event() -> None:
+    """flow_event (the runtime's per-action constructor) equals FlowEvent's own, and is frozen."""
+    params = Action("refund", "stripe", {"amount": 1.5}).params
+    event = flow_event("s", "refund", "stripe", params, 12.5)
+    assert type(event) is FlowEvent
+    assert event == FlowEvent("s", "refund", "stripe", params, 12.5)
+    assert hash(event) == hash(FlowEvent("s", "refund", "stripe", params, 12.5))
+    assert (event.session_id, event.type, event.target, event.params, event.at) == (
+        "s",
+        "refund",
+        "stripe",
+        params,
+        12.5,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.at = 0.0  # type: ignore[misc]
