@@ -932,14 +932,18 @@ class PostgresAuditStore(ReadMixin):
         self._suspect = False
 
     def _record_lost_starts(self, conn: Connection) -> None:
-        """Append again the unflushed starts not in the chain; the caller holds the lock."""
+        """Append again the unflushed starts not in the chain; the caller holds the lock.
+
+        A start still there stays unflushed: the connection may have been
+        lost with the server running (a timeout, a terminated backend),
+        and a crash may take the start yet.
+        """
         kept = dict(self._unflushed)
         rows = conn.execute(
             sql.SQL("SELECT id, hash FROM {} WHERE id = ANY(%s)").format(self._t), (list(kept),)
         ).fetchall()
         there = {int(i) for i, digest in rows if kept[int(i)].hash == digest}
         lost = [record for record_id, record in sorted(kept.items()) if record_id not in there]
-        self._unflushed.clear()
         if not lost:
             return
         drafts = [RecordDraft._make(record[1:-2]) for record in lost]
@@ -947,6 +951,7 @@ class PostgresAuditStore(ReadMixin):
         again = self._sealed(drafts, cursor.fetchall())
         self.commits += 1
         for old, new in zip(lost, again, strict=True):
+            del self._unflushed[old.id]
             self._moved[old.id] = new
             self._unflushed[new.id] = new
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from aegis.core.action import Action
@@ -289,6 +290,11 @@ def test_a_start_lost_in_a_server_crash_is_recorded_again_before_its_outcome(
     assert records[0][1:-2] == start[1:-2]  # the same start, recorded again
 
 
+def _decision(n: int) -> PolicyDecision:
+    """An action let through, told apart by ``n``."""
+    return PolicyDecision(Action("write", "crm", {"n": n}), RiskLevel.LOW, Approval.AUTO, "r")
+
+
 @pytest.mark.parametrize("own_server", [_LAZY_WAL], indirect=True)
 def test_a_later_start_given_the_id_of_a_start_lost_in_a_crash_keeps_its_own_outcome(
     own_server: OwnServer,
@@ -300,9 +306,7 @@ def test_a_later_start_given_the_id_of_a_start_lost_in_a_crash_keeps_its_own_out
     final record must name its own start, not the one recorded again.
     """
 
-    def decision(n: int) -> PolicyDecision:
-        return PolicyDecision(Action("write", "crm", {"n": n}), RiskLevel.LOW, Approval.AUTO, "r")
-
+    decision = _decision
     other = PostgresAuditStore(own_server.dsn, connect_timeout=2)
     store = PostgresAuditStore(own_server.dsn, durability="result", connect_timeout=2)
     try:
@@ -334,6 +338,57 @@ def test_a_later_start_given_the_id_of_a_start_lost_in_a_crash_keeps_its_own_out
         (start.id, "start", None),
         (final.id, "final", start.id),
     ]
+
+
+def _cut_the_writer(dsn: str) -> None:
+    """End the backend of the store's writing connection; the server goes on."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND query LIKE %s",
+            ("%aegis_audit_append%",),
+        ).fetchall()
+    assert ended == [(True,)]
+
+
+@pytest.mark.parametrize("own_server", [_LAZY_WAL], indirect=True)
+def test_a_start_still_there_after_a_lost_connection_is_recorded_again_if_a_crash_takes_it(
+    own_server: OwnServer,
+) -> None:
+    """A connection lost while the server stays up, then a crash before the outcome.
+
+    Action 1 begins; its writer's connection is cut (the server runs on);
+    action 2 begins on a new connection, which finds action 1's start
+    there, not yet on disk. The crash then takes both starts, and the final
+    record of action 1 must name action 1's start recorded again.
+    """
+    opened: list[PostgresAuditStore] = []
+    try:
+        for attempt in range(1, 6):  # see the tests above: the WAL writer may keep them
+            # a store of its own per attempt: its first append is the connection's last query
+            store = PostgresAuditStore(own_server.dsn, durability="result", connect_timeout=2)
+            opened.append(store)
+            session = f"s{attempt}"
+            before = store.head().count
+            (first,) = store.append([start_draft(session, _decision(1))])
+            _cut_the_writer(own_server.dsn)
+            store.append([start_draft(session, _decision(2))])
+            own_server.crash_and_restart()
+            if store.head().count == before:
+                break  # the crash took both starts
+        else:
+            pytest.fail("five crashes in a row kept starts that were never flushed")
+        outcome = Result(_decision(1).action, ResultStatus.SUCCESS, {"done": True})
+        (final,) = store.append([final_draft(session, _decision(1), outcome, start_id=first.id)])
+        records = list(store.records(Filters(session_id=session, view="records")))
+        report = store.verify()
+    finally:
+        for each in opened:
+            each.close()
+    assert report.ok, report.reason
+    starts = {r.id: json.loads(r.action_params)["n"] for r in records if r.kind == "start"}
+    assert starts[final.start_id] == 1  # action 1's start, recorded again
+    assert sorted(starts.values()) == [1, 2]  # both starts recorded again
 
 
 # ---------------------------------------------------------------- a server that stops answering
