@@ -570,7 +570,10 @@ class AuditLogger(RecordReader):
             return None
         context = None if stamp is None else stamp.context
         self._starts[record.id] = (decision.action, context, draft, human_decision)
-        self._wrote((record,))  # never raises: metering again would count the action twice
+        # never raises: metering again would count the action twice; and, as in
+        # _write, with no subscriber, no key and nothing failing there is nothing to do
+        if self._notify or self._signer is not None or self._failing_since is not None:
+            self._wrote((record,))
         return int(record.id)
 
     async def record(  # one argument per field of the record

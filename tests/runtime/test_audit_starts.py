@@ -21,6 +21,7 @@ from engine_support import TablePolicy
 from aegis.cli import cli
 from aegis.core.action import Action
 from aegis.core.chain import record_hash
+from aegis.core.policy import Policy
 from aegis.core.record import start_draft
 from aegis.core.result import Result, ResultStatus
 from aegis.errors import AuditError, StoreError
@@ -488,3 +489,24 @@ async def test_tail_shows_the_last_actions_not_the_last_records(tmp_path: Path) 
     result = cli_run("audit", "tail", "-n", "3", "--db", str(db))
     assert result.exit_code == 0, result.output
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["6", "8", "10"]
+
+
+async def test_a_subscriber_hears_the_starts_written_with_their_flow_events(
+    tmp_path: Path,
+) -> None:
+    """A plain action's start shares its transaction with its flow event: subscribers hear it."""
+    db = tmp_path / "a.db"
+    audit = AuditLogger(db)
+    heard: list[tuple[str | None, str]] = []
+    audit.subscribe(lambda record: heard.append((record["kind"], record["action_type"])))
+    policy = Policy.from_dict(
+        {"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]}
+    )
+    async with Runtime(executor=RecordingExecutor(), policy=policy, audit_logger=audit) as runtime:
+        for kind in ("read", "send"):
+            result = await runtime.run_one(Action(kind, "crm", {"id": 1}))
+            assert result.status is ResultStatus.SUCCESS
+    assert heard == [("start", "read"), ("final", "read"), ("start", "send"), ("final", "send")]
+    with closing(sqlite3.connect(db)) as conn:  # each start carried its event
+        noted = conn.execute("SELECT action_type FROM aegis_flow_events ORDER BY at").fetchall()
+    assert noted == [("read",), ("send",)]
