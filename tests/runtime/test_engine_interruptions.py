@@ -195,6 +195,36 @@ async def test_a_real_cancellation_still_cancels(tmp_path: Path) -> None:
     assert record["result_error"] == "interrupted: CancelledError"
 
 
+async def _cancel_the_second_of_three(
+    tmp_path: Path, *, once_noting: bool
+) -> tuple[BaseException | None, list[int], dict[str, Any]]:
+    """Run three gathered reads and cancel the second while its start record waits in the
+    batch (or, ``once_noting``, while its flow event does); what it raised, which ran and
+    the cancelled action's record, read (and the trail verified) inside the runtime."""
+    ran: list[int] = []
+
+    async def execute(action: Action) -> None:
+        ran.append(action.params["n"])
+
+    audit = AuditLogger(tmp_path / "audit.db")
+    async with Runtime(executor=execute, policy=TablePolicy(), audit_logger=audit) as runtime:
+        actions = [Action("read", "crm", {"n": n}) for n in range(3)]
+        tasks = [asyncio.ensure_future(runtime.run_one(action)) for action in actions]
+        if once_noting:
+            while len(audit.pending()) < 3:  # the three starts are written, with one commit
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)  # each now waits for its flow event, noted with the others'
+        else:
+            await asyncio.sleep(0)  # each waits for its start record, written with the others'
+        tasks[1].cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert audit.pending() == []
+        (cancelled,) = [r for r in audit.get_log() if r["action_params"] == {"n": 1}]
+        assert audit.verify().ok
+    error = outcomes[1] if isinstance(outcomes[1], BaseException) else None
+    return error, ran, cancelled
+
+
 async def test_an_action_cancelled_while_its_start_is_written_gets_its_outcome(
     tmp_path: Path,
 ) -> None:
@@ -205,52 +235,22 @@ async def test_an_action_cancelled_while_its_start_is_written_gets_its_outcome(
     that began and never ended, as a killed process leaves, for one that
     never ran.
     """
-    ran: list[int] = []
-
-    async def execute(action: Action) -> None:
-        ran.append(action.params["n"])
-
-    audit = AuditLogger(tmp_path / "audit.db")
-    async with Runtime(executor=execute, policy=TablePolicy(), audit_logger=audit) as runtime:
-        actions = [Action("read", "crm", {"n": n}) for n in range(3)]
-        tasks = [asyncio.ensure_future(runtime.run_one(action)) for action in actions]
-        await asyncio.sleep(0)  # each waits for its start record, written with the others'
-        tasks[1].cancel()
-        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        assert isinstance(outcomes[1], asyncio.CancelledError)
-        assert sorted(ran) == [0, 2]
-        assert audit.pending() == []
-        (cancelled,) = [r for r in audit.get_log() if r["action_params"] == {"n": 1}]
-        assert cancelled["result_status"] == "skipped"
-        assert cancelled["result_error"].startswith("interrupted: CancelledError")
-        assert cancelled["start_id"] is not None
-        assert audit.verify().ok
+    raised, ran, cancelled = await _cancel_the_second_of_three(tmp_path, once_noting=False)
+    assert isinstance(raised, asyncio.CancelledError)
+    assert sorted(ran) == [0, 2]
+    assert cancelled["result_status"] == "skipped"
+    assert cancelled["result_error"].startswith("interrupted: CancelledError")
+    assert cancelled["start_id"] is not None
 
 
 async def test_an_action_cancelled_while_it_is_noted_gets_its_outcome(tmp_path: Path) -> None:
     """Cancelled while its flow event is noted (its start written), it is recorded as not run."""
-    ran: list[int] = []
-
-    async def execute(action: Action) -> None:
-        ran.append(action.params["n"])
-
-    audit = AuditLogger(tmp_path / "audit.db")
-    async with Runtime(executor=execute, policy=TablePolicy(), audit_logger=audit) as runtime:
-        actions = [Action("read", "crm", {"n": n}) for n in range(3)]
-        tasks = [asyncio.ensure_future(runtime.run_one(action)) for action in actions]
-        while len(audit.pending()) < 3:  # the three starts are written, with one commit
-            await asyncio.sleep(0)
-        await asyncio.sleep(0)  # each now waits for its flow event, noted with the others'
-        tasks[1].cancel()
-        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        assert isinstance(outcomes[1], asyncio.CancelledError)
-        assert sorted(ran) == [0, 2]
-        assert audit.pending() == []
-        (cancelled,) = [r for r in audit.get_log() if r["action_params"] == {"n": 1}]
-        assert cancelled["result_status"] == "skipped"
-        assert cancelled["result_error"] == "interrupted: CancelledError"
-        assert cancelled["start_id"] is not None
-        assert audit.verify().ok
+    raised, ran, cancelled = await _cancel_the_second_of_three(tmp_path, once_noting=True)
+    assert isinstance(raised, asyncio.CancelledError)
+    assert sorted(ran) == [0, 2]
+    assert cancelled["result_status"] == "skipped"
+    assert cancelled["result_error"] == "interrupted: CancelledError"
+    assert cancelled["start_id"] is not None
 
 
 async def test_an_action_cancelled_before_it_was_noted_is_not_counted_as_run(

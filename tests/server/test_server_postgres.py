@@ -136,6 +136,19 @@ class FirstWriteHeld(InMemoryAuditLog):
         return super().log(*args, **kwargs)
 
 
+def _skewed_pair(dsn: str, trail: Any, skew: timedelta) -> tuple[ApprovalService, ApprovalService]:
+    """Two services on one database, the second's host clock ``skew`` off the first's;
+    an agent token ``bot`` and a reviewer token ``bob`` made through the first."""
+    here = ApprovalService(PostgresApprovalStore(dsn), trail)
+    skewed = ApprovalService(
+        PostgresApprovalStore(dsn), trail, clock=lambda: datetime.now(UTC) + skew
+    )
+    now = datetime.now(UTC)
+    for name, role in (("bot", Role.AGENT), ("bob", Role.REVIEWER)):
+        here.store.create_token(TokenInfo(name, role, (), now), hash_token(f"{name}-secret"))
+    return here, skewed
+
+
 async def test_a_host_whose_clock_runs_ahead_does_not_take_over_a_fresh_claim(
     postgres_dsn: str,
 ) -> None:
@@ -144,15 +157,7 @@ async def test_a_host_whose_clock_runs_ahead_does_not_take_over_a_fresh_claim(
     for a stale one and write the record again. Before, each host stamped and judged claims
     by its own clock, and the trail held the decision twice."""
     trail = FirstWriteHeld()
-    here = ApprovalService(PostgresApprovalStore(postgres_dsn), trail)
-    ahead = ApprovalService(
-        PostgresApprovalStore(postgres_dsn),
-        trail,
-        clock=lambda: datetime.now(UTC) + timedelta(minutes=2),
-    )
-    now = datetime.now(UTC)
-    for name, role in (("bot", Role.AGENT), ("bob", Role.REVIEWER)):
-        here.store.create_token(TokenInfo(name, role, (), now), hash_token(f"{name}-secret"))
+    here, ahead = _skewed_pair(postgres_dsn, trail, timedelta(minutes=2))
     bot = await here.authenticate("bot-secret")
     bob = await here.authenticate("bob-secret")
     body = {"session_id": "s", "action": {"type": "refund", "target": "billing"}}
@@ -203,15 +208,7 @@ async def test_a_host_whose_clock_runs_behind_does_not_use_a_grant_past_its_end(
     """A grant of one minute given through one service ended a minute ago; an agent asking
     through a service whose host's clock runs three minutes behind must be asked again, not
     let through by the grant. Before, each host judged a grant's end by its own clock."""
-    here = ApprovalService(PostgresApprovalStore(postgres_dsn), None)
-    behind = ApprovalService(
-        PostgresApprovalStore(postgres_dsn),
-        None,
-        clock=lambda: datetime.now(UTC) - timedelta(minutes=3),
-    )
-    now = datetime.now(UTC)
-    for name, role in (("bot", Role.AGENT), ("bob", Role.REVIEWER)):
-        here.store.create_token(TokenInfo(name, role, (), now), hash_token(f"{name}-secret"))
+    here, behind = _skewed_pair(postgres_dsn, None, -timedelta(minutes=3))
     bot = await behind.authenticate("bot-secret")
     bob = await here.authenticate("bob-secret")
     body = {"session_id": "s", "action": {"type": "refund", "target": "billing"}}
@@ -234,15 +231,7 @@ async def test_a_host_whose_clock_runs_behind_does_not_take_a_decision_past_expi
     deciding through a service whose host's clock runs three minutes behind is refused, and
     that service's sweep expires it. Before, the decision went through: each host judged the
     expiry its own clock and the asking host's clock set by turns."""
-    here = ApprovalService(PostgresApprovalStore(postgres_dsn), None)
-    behind = ApprovalService(
-        PostgresApprovalStore(postgres_dsn),
-        None,
-        clock=lambda: datetime.now(UTC) - timedelta(minutes=3),
-    )
-    now = datetime.now(UTC)
-    for name, role in (("bot", Role.AGENT), ("bob", Role.REVIEWER)):
-        here.store.create_token(TokenInfo(name, role, (), now), hash_token(f"{name}-secret"))
+    here, behind = _skewed_pair(postgres_dsn, None, -timedelta(minutes=3))
     bot = await here.authenticate("bot-secret")
     bob = await behind.authenticate("bob-secret")
     body = {"session_id": "s", "action": {"type": "refund", "target": "billing"}}
