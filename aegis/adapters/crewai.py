@@ -47,7 +47,10 @@ CrewAI path that skips the hooks, such as its LangGraph and OpenAI Agents
 agent adapters) is refused with an error and nothing runs. So is a run
 through the hooks by an agent that govern() does not cover, when it shares
 a covered tool object. After ungovern() of everything that covers it, the
-tool runs as before.
+tool runs as before. Not closed yet: a run from another thread while an
+allowed call of the tool is open takes that call's one run (tickets are
+found by thread, else by tool); ``_arun`` and structured tools made before
+govern() are not watched; a governed copy shares the original's watch.
 
 An answer from CrewAI's tool cache (a call repeated with the same
 arguments, with the crew's or agent's ``cache`` on) is decided like any
