@@ -19,6 +19,23 @@ points, with one semantics (see :mod:`aegis.adapters._governance`):
   the SDK tells it nothing of the tool's outcome, so the record says the
   call was permitted.
 
+A run no decision covers does not happen. Claude Code asks ``can_use_tool``
+only about the calls its own permission rules leave open (a tool in
+``allowed_tools`` or allowed by a settings file's ``permissions.allow``, a
+file edit under ``acceptEdits``, anything under ``bypassPermissions`` runs
+without asking), and code after Aegis may change a call's input (another
+``PreToolUse`` hook's ``updatedInput``). So the SDK ``@tool`` functions given
+as ``tools=`` are watched (their handler wrapped once, in place): each
+decision that lets a call through gives one run of that tool with exactly
+the decided input, and a run no decision covers (not asked about, another
+input, a second run, a query whose options carry no Aegis gate) is refused
+with an error, which the SDK's server hands Claude as the tool's error
+result, and nothing runs. Tools not given as ``tools=`` (Claude Code's own,
+other MCP servers') are not watched: govern them with :func:`hooks`. An
+allowed run Claude Code never makes stays good for one run of that input
+under ``can_use_tool`` (the SDK tells the callback nothing more); under the
+hooks it ends with the call's record.
+
 Claude Code cannot suspend a run for a reviewer: a call that needs approval
 waits (up to the runtime's ``approval_timeout``; set the hook's ``timeout``
 above it). The hooks fail closed: a hook that fails blocks the call
@@ -38,7 +55,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aegis.adapters._governance import Governor, OnBlock, ToolCall, missing_extra
@@ -59,10 +78,76 @@ except ImportError as exc:
 __all__ = ["can_use_tool", "hooks"]
 
 _FRAMEWORK = "claude-agent-sdk"
+#: the attribute of a watched SDK tool holding its _Watch
+_WATCHED = "_aegis_watch"
+
+_log = logging.getLogger(__name__)
 
 
 class ToolFailure(Exception):
     """The tool failed in Claude Code (``PostToolUseFailure``)."""
+
+
+class _NotDecided(Exception):
+    """A watched in-process tool was run with no Aegis decision covering the run."""
+
+
+class _Watch:
+    """The runs one in-process tool may make: one per allowed call, for its exact input."""
+
+    def __init__(self) -> None:
+        #: the inputs allowed to run once each, as canonical JSON, in the order allowed
+        self.tickets: list[list[str]] = []
+
+    def grant(self, tool_input: object) -> list[str]:
+        """One run with exactly ``tool_input``; the ticket, to withdraw it."""
+        ticket = [_canonical(tool_input)]
+        self.tickets.append(ticket)
+        return ticket
+
+    def withdraw(self, ticket: list[str]) -> None:
+        """The call ended: a run it allowed and did not make is no longer allowed."""
+        if any(held is ticket for held in self.tickets):
+            self.tickets = [held for held in self.tickets if held is not ticket]
+
+    def take(self, tool_input: object) -> bool:
+        """Use up the oldest run allowed for ``tool_input``; False when none is."""
+        key = _canonical(tool_input)
+        for index, ticket in enumerate(self.tickets):
+            if ticket[0] == key:
+                del self.tickets[index]
+                return True
+        return False
+
+
+def _watch(tool: Any) -> _Watch:
+    """The watch of an SDK ``@tool``, wrapping its handler the first time."""
+    watch = getattr(tool, _WATCHED, None)
+    if isinstance(watch, _Watch):
+        return watch
+    watch = _Watch()
+    handler: Callable[[Any], Awaitable[Any]] = tool.handler
+    name = tool.name
+
+    async def decided_runs_only(args: Any) -> Any:
+        # The SDK's server looks the handler up at each call, so this runs
+        # even for servers made before the watch began.
+        if not watch.take(args):
+            _log.warning("refused a run of %r that no Aegis decision covers", name)
+            raise _NotDecided(
+                f"not run: Aegis governs the tool {name!r} and no Aegis decision covers "
+                "this run (Claude Code ran it without asking Aegis, with an input Aegis "
+                "did not decide, or again); govern the call with hooks()"
+            )
+        return await handler(args)
+
+    tool.handler = decided_runs_only
+    setattr(tool, _WATCHED, watch)
+    return watch
+
+
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
 
 
 class _Gate:
@@ -80,6 +165,8 @@ class _Gate:
             runtime, target=target, framework=_FRAMEWORK, on_block=on_block, agent=agent
         )
         self.descriptions: dict[str, str] = {}
+        #: the watched in-process tools, by name (their action type)
+        self.watches: dict[str, _Watch] = {}
         for tool in tools:
             name, description = getattr(tool, "name", None), getattr(tool, "description", None)
             if not isinstance(name, str) or not isinstance(description, str):
@@ -88,6 +175,7 @@ class _Gate:
                     f"{type(tool).__name__}"
                 )
             self.descriptions[name] = description
+            self.watches[name] = _watch(tool)
         #: calls allowed to run, by tool_use_id: their outcome (set by the Post
         #: hooks) and the governed run that records it
         self.running: dict[str, tuple[asyncio.Future[Any], asyncio.Future[Result]]] = {}
@@ -135,7 +223,12 @@ class _Gate:
         either: set[asyncio.Future[Any]] = {task, allowed}
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if allowed.done():
-            return _pre_tool_use("allow", "allowed by Aegis", thaw(allowed.result().params))
+            decided = thaw(allowed.result().params)
+            watch = self.watches.get(call.name)
+            if watch is not None:
+                ticket = watch.grant(decided)
+                task.add_done_callback(lambda _: watch.withdraw(ticket))
+            return _pre_tool_use("allow", "allowed by Aegis", decided)
         return _pre_tool_use("deny", self.governor.refusal(call, task.result()))
 
     def _finished(self, tool_use_id: str | None, outcome: asyncio.Future[Any]) -> Any:
@@ -189,7 +282,11 @@ class _Gate:
 
         result = await self.governor.run(call, permit)
         if result.status is ResultStatus.SUCCESS and permitted:
-            return PermissionResultAllow(updated_input=thaw(permitted[0].params))
+            decided = thaw(permitted[0].params)
+            watch = self.watches.get(call.name)
+            if watch is not None:
+                watch.grant(decided)
+            return PermissionResultAllow(updated_input=decided)
         return PermissionResultDeny(message=self.governor.refusal(call, result))
 
 

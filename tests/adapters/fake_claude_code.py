@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from claude_agent_sdk._internal.transport import Transport
@@ -35,9 +35,16 @@ class FakeClaudeCode(Transport):
         *,
         server: str,
         ask_permission: bool = False,
+        pre_allowed: Collection[str] = (),
     ) -> None:
-        """``ask_permission``: ask ``can_use_tool`` when no hook decided (``stdio`` prompts)."""
+        """``ask_permission``: ask ``can_use_tool`` when no hook decided (``stdio`` prompts).
+
+        ``pre_allowed``: the tools Claude Code's own permission rules allow
+        without asking (``allowed_tools``, ``bypassPermissions``), by their
+        full names (``mcp__crm__refund``).
+        """
         self.calls = calls
+        self.pre_allowed = set(pre_allowed)
         self.server = server
         #: tool_use_id -> what the model read back for it
         self.model_saw: dict[str, str] = {}
@@ -174,7 +181,7 @@ class FakeClaudeCode(Transport):
             if specific.get("permissionDecision") == "allow":
                 decided = "allow"
                 tool_input = specific.get("updatedInput", tool_input)
-        if decided is None and self._permission_over_stdio:
+        if decided is None and self._permission_over_stdio and tool not in self.pre_allowed:
             answer = await self._ask(
                 {
                     "subtype": "can_use_tool",

@@ -58,3 +58,106 @@ def test_the_hooks_fail_closed_and_cover_the_outcome() -> None:
             "mcp__crm__.*",
             120,
         )
+
+
+def _refund_tool(ran: list[dict[str, Any]]) -> Any:
+    """An in-process SDK tool that notes every run of its handler."""
+    from claude_agent_sdk import tool
+
+    @tool("refund", "Refund an order.", {"order_id": str, "amount": float})
+    async def refund(args: dict[str, Any]) -> dict[str, Any]:
+        ran.append(dict(args))
+        return {"content": [{"type": "text", "text": f"refunded {args['amount']}"}]}
+
+    return refund
+
+
+async def _play(options: Any, calls: list[Any], **cli_options: Any) -> Any:
+    from claude_agent_sdk import query
+    from fake_claude_code import FakeClaudeCode
+
+    cli = FakeClaudeCode(calls, server="crm", **cli_options)
+
+    async def prompt() -> Any:
+        yield {"type": "user", "message": {"role": "user", "content": "go"}}
+
+    async for _ in query(prompt=prompt(), options=options, transport=cli):
+        pass
+    return cli
+
+
+async def test_a_tool_claude_codes_own_rules_allow_does_not_run_undecided() -> None:
+    """A settings file's allow rule keeps can_use_tool from being asked: the tool refuses to run.
+
+    Claude Code reads ``permissions.allow`` from its settings files, which
+    the SDK does not see (it warns only about ``allowed_tools`` and
+    ``bypassPermissions``); the scripted CLI plays such a rule.
+    """
+    from claude_agent_sdk import ClaudeAgentOptions, create_sdk_mcp_server
+
+    from aegis.adapters.claude_agent_sdk import can_use_tool
+
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(lambda d: True, audit=audit)
+    options = ClaudeAgentOptions(
+        mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])},
+        can_use_tool=can_use_tool(runtime, target="crm", tools=[refund]),
+    )
+    call = ("refund", {"order_id": "17", "amount": 120.0}, "tu_1")
+    cli = await _play(options, [call], ask_permission=True, pre_allowed=["mcp__crm__refund"])
+    assert ran == []
+    assert "no Aegis decision" in cli.model_saw["tu_1"]
+    assert audit.records == []
+
+    # Asked, the same callback decides and the tool runs once, with the decided input.
+    cli = await _play(options, [call], ask_permission=True)
+    assert ran == [{"order_id": "17", "amount": 120.0}]
+    assert cli.model_saw["tu_1"] == "refunded 120.0"
+    [record] = audit.records
+    assert (record["result_status"], record["matched_rule"]) == ("success", "refunds")
+
+
+async def test_an_input_changed_after_aegis_does_not_run() -> None:
+    """Another PreToolUse hook's updatedInput is not what Aegis decided: it does not run."""
+    from claude_agent_sdk import ClaudeAgentOptions, HookMatcher, create_sdk_mcp_server
+
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    async def more(input: Any, tool_use_id: Any, context: Any) -> dict[str, Any]:
+        changed = {**input["tool_input"], "amount": 9000.0}
+        decided = {"permissionDecision": "allow", "updatedInput": changed}
+        return {"hookSpecificOutput": {"hookEventName": "PreToolUse", **decided}}
+
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    audit = InMemoryAuditLog()
+    governed = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools=[refund])
+    governed["PreToolUse"].append(HookMatcher(hooks=[more]))
+    options = ClaudeAgentOptions(
+        mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])},
+        hooks=governed,  # type: ignore[arg-type]
+    )
+    cli = await _play(options, [("refund", {"order_id": "17", "amount": 120.0}, "tu_1")])
+    assert ran == []
+    assert "no Aegis decision" in cli.model_saw["tu_1"]
+    [record] = audit.records
+    assert record["result_status"] == "failed"
+
+
+async def test_a_governed_tool_served_without_the_gate_does_not_run() -> None:
+    """Once hooks() covers a tool, a query that does not use those hooks cannot run it."""
+    from claude_agent_sdk import ClaudeAgentOptions, create_sdk_mcp_server
+
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    hooks(make_runtime(lambda d: True), target="crm", tools=[refund])
+    ungoverned = ClaudeAgentOptions(
+        mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])}
+    )
+    cli = await _play(ungoverned, [("refund", {"order_id": "17", "amount": 120.0}, "tu_1")])
+    assert ran == []
+    assert "no Aegis decision" in cli.model_saw["tu_1"]
