@@ -39,11 +39,14 @@ each thread gets its own records, or its own copy of the error.
 
 An append whose connection was lost (a restarted server, a terminated
 backend, a server that stopped answering) is settled on a new connection,
-under the chain's lock: when its last record is there it committed, and is
-returned as it is; otherwise it is appended once more. Nothing is written
-twice and nothing is lost. Verification streams the chain through a
-server-side cursor in one snapshot and hands it to
-:func:`aegis.core.chain.verify_chain`, the one verifier of every store.
+under the chain's lock. The lost connection's server session, if it is
+still there (the client gave up waiting, the server did not), is ended
+first: until then the append could still reach it and commit. Then, when
+its last record is there it committed, and is returned as it is; otherwise
+it is appended once more. Nothing is written twice and nothing is lost.
+Verification streams the chain through a server-side cursor in one
+snapshot and hands it to :func:`aegis.core.chain.verify_chain`, the one
+verifier of every store.
 
 Size: the PostgreSQL audit store is one class over one connection: the append
 function, the chain's head, the reads and the migrations share its transaction
@@ -54,6 +57,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
@@ -375,6 +379,19 @@ _SETTLE_WINDOW: Final = 1000
 _FLUSH: Final = "SELECT pg_logical_emit_message(true, 'aegis', '')"
 #: sent once per writing connection, before its appends are prepared
 _GENERIC_PLANS: Final = "SET plan_cache_mode = force_generic_plan"
+#: the writing connection's server session, told apart from a later one
+#: that reuses its process id by its start time
+_BACKEND: Final = "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+#: end a lost writing connection's session, if it is still there
+_END_BACKEND: Final = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
+)
+#: whether it is still there; the statistics snapshot is cleared first, or a
+#: transaction would see the same rows at every look
+_BACKEND_LEFT: Final = "SELECT pg_stat_clear_snapshot()"
+_BACKEND_THERE: Final = "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
+#: how long settling waits for a lost connection's session to end
+_END_BACKEND_SECONDS: Final = 10.0
 
 _COLUMNS: Final = sql.SQL(", ").join(map(sql.Identifier, RECORD_FIELDS))
 
@@ -625,6 +642,9 @@ class PostgresAuditStore(ReadMixin):
         self._queue_lock = threading.Lock()
         self._queue: list[Waiting] = []
         self._writer_pid = 0
+        # the writing connection's server session (pid, start time): a lost
+        # connection's append may still run there until that session ends
+        self._writer_backend: tuple[int, Any] | None = None
         self._abandoned: list[Connection] = []
         # start records committed without a flush, by id; starts recorded
         # again after a server crash lost them, old id -> the start recorded
@@ -855,10 +875,13 @@ class PostgresAuditStore(ReadMixin):
             # Which part of the message failed is not known: the append
             # may have committed before its flush failed. Settle it.
             lost = conn.broken or conn.closed
+            backend = self._writer_backend
             if lost:
                 self._drop_writer_conn()
             arguments = _arguments(stored, pieces)
-            records = self._settle(stored, arguments, durable, exc, again=lost)
+            records = self._settle(
+                stored, arguments, durable, exc, again=lost, backend=backend if lost else None
+            )
         except BaseException:
             # interrupted mid-round-trip (KeyboardInterrupt): the connection
             # was closed; the next append settles on a new one
@@ -974,6 +997,8 @@ class PostgresAuditStore(ReadMixin):
                 self._prepare(conn)
                 if self._sql_call:
                     self._prepare_call(conn)
+                row = conn.execute(_BACKEND).fetchone()
+                self._writer_backend = None if row is None else (int(row[0]), row[1])
             except psycopg.Error as exc:
                 self._drop_writer_conn()
                 raise self.db.error("append to the audit trail in", exc) from exc
@@ -1139,18 +1164,26 @@ class PostgresAuditStore(ReadMixin):
         failure: psycopg.Error,
         *,
         again: bool,
+        backend: tuple[int, Any] | None = None,
     ) -> list[AuditRecord]:
         """Find out whether a failed append committed; append it ``again`` if not and if lost.
 
-        Under the chain's lock the failed transaction has ended one way or
-        the other, and only this writer appends to its sessions: the append
-        committed if its last record is among its session's newest.
+        Only this writer appends to its sessions: the append committed if its
+        last record is among its session's newest. That answer holds only once
+        the append can no longer run: a client that gave up waiting (its
+        response timeout) left the server's session of the lost connection
+        (``backend``) behind, and the append may yet reach it, late, or wait
+        there for the chain's lock. Under the lock, that session is ended
+        first; once it is gone, what it did not commit never will be, and the
+        records are appended again only if they are not there.
         """
         doing = "append to the audit trail in"
         try:
             conn = self._writer()
             with conn.transaction():
                 conn.execute(self._sql_lock)
+                if backend is not None:
+                    self._end_backend(conn, backend)
                 landed = self._landed(conn, drafts)
                 if landed is None and again:
                     if self._unflushed:
@@ -1170,6 +1203,30 @@ class PostgresAuditStore(ReadMixin):
             if self._writer_conn is not None and self._writer_conn.broken:
                 self._drop_writer_conn()
             raise self.db.error(doing, exc) from exc
+
+    def _end_backend(self, conn: Connection, backend: tuple[int, Any]) -> None:
+        """End the server session of a lost writing connection; wait until it is gone.
+
+        A session of the same role may be ended by it (``pg_terminate_backend``);
+        one that is already gone (a restarted server, a cut connection the
+        server noticed) is not found. One that does not end in time leaves the
+        append's outcome unknown: the caller must not append it again.
+        """
+        if conn.execute(_END_BACKEND, backend).fetchone() is None:
+            return
+        deadline = time.monotonic() + _END_BACKEND_SECONDS
+        while True:
+            conn.execute(_BACKEND_LEFT)
+            if conn.execute(_BACKEND_THERE, backend).fetchone() is None:
+                return
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"an append to the audit trail in {self.url} got no answer in time, and the "
+                    f"server's session that received it (pid {backend[0]}) did not end within "
+                    f"{_END_BACKEND_SECONDS:g}s; whether its records were written is not known: "
+                    "verify the trail"
+                )
+            time.sleep(0.01)
 
     def _landed(self, conn: Connection, drafts: list[RecordDraft]) -> list[AuditRecord] | None:
         """The records of an append of ``drafts`` if it committed, else ``None``."""

@@ -518,3 +518,113 @@ async def test_a_silent_server_fails_a_limited_action_at_its_usage_check(
         assert ran == ["send"]
     finally:
         proxy.close()
+
+
+# ---------------------------------------------------------------- an answer that comes too late
+
+
+class HoldingProxy:
+    """A loopback TCP proxy that can hold what the connections open so far send to the server.
+
+    :meth:`hold` keeps every byte those clients send from then on; the
+    connections opened afterwards pass as usual. :meth:`release` sends what
+    was held, as a network that was stuck and delivers late: the server
+    then runs a query whose client gave up on it long ago.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._held: dict[socket.socket, bytearray] = {}
+        self.delivered = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._target)
+            with self._lock:
+                self._pairs.append((client, server))
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            with self._lock:
+                held = self._held.get(source)
+                if held is not None:
+                    held += data  # the client's end may close: the bytes stay held
+                    if not data:
+                        return
+                    continue
+            if not data:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket.SHUT_WR)
+                return
+            with contextlib.suppress(OSError):
+                sink.sendall(data)
+
+    def hold(self) -> None:
+        """From now on, keep what the clients connected so far send."""
+        with self._lock:
+            for client, _ in self._pairs:
+                self._held[client] = bytearray()
+
+    def release(self) -> None:
+        """Send the held bytes to the server; :attr:`delivered` is set once it answered or left."""
+        with self._lock:
+            pairs = [(c, s, self._held.pop(c)) for c, s in self._pairs if c in self._held]
+        for _, server, data in pairs:
+            try:
+                server.sendall(bytes(data))
+                server.settimeout(30)
+                server.recv(1)  # an answer, or the end of a connection the server had closed
+            except OSError:
+                pass
+        self.delivered.set()
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for client, server in self._pairs:
+                client.close()
+                server.close()
+
+
+def test_an_append_whose_answer_came_too_late_is_never_written_twice(postgres_dsn: str) -> None:
+    """A response timeout, then the stuck append reaches the server: one copy, not two.
+
+    The client gives up on the round trip (response_timeout) while its
+    bytes are stuck on the way; it settles on a new connection, which finds
+    nothing landed. Only then does the old append reach the server. The
+    settling must have made sure it never runs (its session ended) before
+    appending the records again; else the chain holds them twice.
+    """
+    target = urlsplit(postgres_dsn)
+    proxy = HoldingProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    store = PostgresAuditStore(_through(postgres_dsn, proxy.port), response_timeout=1)
+    try:
+        (first,) = store.append([start_draft("s1", _decision(1))])
+        proxy.hold()
+        (second,) = store.append([start_draft("s1", _decision(2))])
+        proxy.release()
+        records = list(store.records(Filters(view="records")))
+        report = store.verify()
+    finally:
+        store.close()
+        proxy.close()
+    assert report.ok, report.reason
+    assert [(r.id, r.action_params) for r in records] == [
+        (first.id, '{"n":1}'),
+        (second.id, '{"n":2}'),
+    ]
