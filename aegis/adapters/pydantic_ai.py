@@ -24,6 +24,12 @@ Three ways in, one toolset underneath (:class:`AegisToolset`):
   run), a toolset or a list of tools;
 - :class:`AegisCapability` goes in ``Agent(capabilities=[...])``.
 
+Output functions run as the run's result, outside every toolset, so a
+governed run never runs one: a :class:`GovernedAgent` refuses such an
+``output_type`` before the model is called, and a capability given by hand
+refuses when the output would call the function (it cannot see a run's
+``output_type`` earlier).
+
 Example::
 
     agent = govern(Agent(model, name="support", tools=[refund]), runtime, target="billing")
@@ -67,7 +73,14 @@ try:
     )
     from pydantic_ai.agent import AbstractAgent, WrapperAgent
     from pydantic_ai.capabilities import AbstractCapability
-    from pydantic_ai.output import NativeOutput, PromptedOutput, TextOutput, ToolOutput
+    from pydantic_ai.output import (
+        NativeOutput,
+        OutputContext,
+        PromptedOutput,
+        TextOutput,
+        ToolOutput,
+    )
+    from pydantic_ai.realtime import RealtimeModel
     from pydantic_ai.toolsets import ToolsetTool
 except ImportError as exc:
     missing_extra("aegis.adapters.pydantic_ai", "pydantic-ai", exc)
@@ -167,6 +180,48 @@ class AegisCapability(AbstractCapability[Any]):
         """The agent's tools, governed."""
         return AegisToolset(toolset, governor=self.governor)
 
+    async def for_run(self, ctx: RunContext[Any]) -> AbstractCapability[Any]:
+        """This run's capability: one that also refuses output functions, but in realtime.
+
+        A realtime session has no output functions and never calls the
+        output hooks (Pydantic AI warns about a capability implementing one),
+        so only other runs get :class:`_OutputFunctionsRefused`.
+        """
+        if isinstance(ctx.model, RealtimeModel):
+            return self
+        return _OutputFunctionsRefused.of(self)
+
+
+@dataclass
+class _OutputFunctionsRefused(AegisCapability):
+    """The capability of one run, refusing to run output functions.
+
+    Output functions run while the output is processed, outside every
+    toolset. :class:`GovernedAgent` refuses them before the model is called;
+    a capability put in an agent by hand cannot see a run's ``output_type``
+    that early (one given to ``run()`` is not on the agent), so it refuses
+    where the function would run: the run fails and the function never runs.
+    """
+
+    @classmethod
+    def of(cls, capability: AegisCapability) -> _OutputFunctionsRefused:
+        """``capability`` for one run, deciding through the same governor."""
+        guarded = cls.__new__(cls)
+        guarded.__dict__.update(capability.__dict__)
+        return guarded
+
+    async def for_run(self, ctx: RunContext[Any]) -> AbstractCapability[Any]:
+        """Already a run's capability."""
+        return self
+
+    async def wrap_output_process(
+        self, ctx: RunContext[Any], *, output_context: OutputContext, output: Any, handler: Any
+    ) -> Any:
+        """Refuse to process an output that would call an output function."""
+        if output_context.has_function:
+            raise _output_function_refused(output_context.function_name or "of this run")
+        return await handler(output)
+
 
 @dataclass
 class _LiveCapability(AegisCapability):
@@ -176,6 +231,10 @@ class _LiveCapability(AegisCapability):
     AI would answer them as "cannot be completed"), so the runtime's approval
     handler is asked while the session waits, as in a synchronous framework.
     """
+
+    async def for_run(self, ctx: RunContext[Any]) -> AbstractCapability[Any]:
+        """The same capability: a realtime session has no output functions."""
+        return self
 
     def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
         """The session's tools, governed, approvals waited for."""
@@ -342,12 +401,15 @@ def _refuse_output_functions(output_type: Any) -> None:
     policy) sees it: a governed agent refuses to run with one.
     """
     for function in _output_functions(output_type):
-        name = getattr(function, "__name__", None) or repr(function)
-        raise ConfigurationError(
-            f"output function {name!r} would run outside Aegis (Pydantic AI calls output "
-            "functions as the run's result, not through the agent's tools); give it to the "
-            "agent as a tool, and keep output_type to types"
-        )
+        raise _output_function_refused(getattr(function, "__name__", None) or repr(function))
+
+
+def _output_function_refused(name: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"output function {name!r} would run outside Aegis (Pydantic AI calls output "
+        "functions as the run's result, not through the agent's tools); give it to the "
+        "agent as a tool, and keep output_type to types"
+    )
 
 
 def _output_functions(spec: Any) -> list[Any]:

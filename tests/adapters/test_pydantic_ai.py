@@ -241,3 +241,83 @@ async def test_output_types_still_run() -> None:
     for spec in (int, list[int], Order, Literal["a", "b"], order, [str, Order]):
         result = await agent.run("go", output_type=spec)
         assert result.output is not None
+
+
+async def test_the_capability_alone_refuses_to_run_an_output_function() -> None:
+    """AegisCapability put in an agent by hand: an output function the model calls never runs.
+
+    Tool output (set on the agent or for one run, streamed or not) and text
+    output alike; the run fails with the refusal and nothing is recorded.
+    """
+    import pytest
+    from pydantic_ai import Agent, TextOutput
+    from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
+    from pydantic_ai.models.function import DeltaToolCall, FunctionModel
+
+    from aegis.adapters.pydantic_ai import AegisCapability
+    from aegis.errors import ConfigurationError
+
+    def final_call(messages: Any, info: Any) -> ModelResponse:
+        [output_tool] = info.output_tools
+        return ModelResponse(parts=[ToolCallPart(output_tool.name, {"customer_id": 5})])
+
+    def text(messages: Any, info: Any) -> ModelResponse:
+        return ModelResponse(parts=[TextPart("7")])
+
+    async def streamed(messages: Any, info: Any) -> Any:
+        yield {0: DeltaToolCall(name="final_result", json_args='{"customer_id": 5}')}
+
+    audit = InMemoryAuditLog()
+    run = Run()
+    delete = _recorders(run)["delete_customer"]
+
+    def shout(value: str) -> str:
+        run.executed.append(("shout", {"value": value}))
+        return value.upper()
+
+    def governed(model: Any, **options: Any) -> Any:
+        capability = AegisCapability(make_runtime(audit=audit), target="crm")
+        return Agent(model, capabilities=[capability], **options)
+
+    with pytest.raises(ConfigurationError, match="output function"):
+        await governed(FunctionModel(final_call), output_type=delete).run("go")
+    with pytest.raises(ConfigurationError, match="output function"):
+        await governed(FunctionModel(final_call)).run("go", output_type=delete)
+    with pytest.raises(ConfigurationError, match="output function"):
+        await governed(FunctionModel(text), output_type=TextOutput(shout)).run("go")
+    agent = governed(FunctionModel(stream_function=streamed), output_type=delete)
+
+    async def stream_it() -> None:
+        async with agent.run_stream("go") as stream:
+            await stream.get_output()
+
+    with pytest.raises(ConfigurationError, match="output function"):
+        await stream_it()
+    assert run.executed == []
+    assert audit.records == []
+
+    # Output types that are not functions still come through the capability.
+    assert (await governed(FunctionModel(text), output_type=str).run("go")).output == "7"
+
+
+async def test_the_capability_alone_governs_a_realtime_session_without_warnings() -> None:
+    """Given to an Agent by hand, the capability governs a realtime session's calls.
+
+    A blocked call and one that needs approval (a session cannot end and
+    resume) do not run; the capability implements no hook a session never
+    calls (Pydantic AI would warn that it may not work as intended).
+    """
+    from pydantic_ai import Agent
+    from pydantic_ai.models.test import TestModel
+
+    from aegis.adapters.pydantic_ai import AegisCapability
+
+    audit = InMemoryAuditLog()
+    run = Run()
+    capability = AegisCapability(make_runtime(audit=audit), target="billing")
+    agent = Agent(TestModel(), tools=list(_recorders(run).values()), capabilities=[capability])
+    calls: list[Any] = [("delete_customer", {"customer_id": 3}, "c1"), ("refund", REFUND, "c2")]
+    saw = await _realtime_results(agent, calls)
+    assert run.executed == []
+    assert saw["c1"] == "blocked by rule no-deletes: deletes need a ticket"
+    assert [r["result_status"] for r in audit.records] == ["blocked"]
