@@ -18,7 +18,8 @@ location                                       engine     target
 
 Anything else that looks like a URL (``mysql://``, ``file:``) is refused,
 never taken for a file name; so is a ``key=value`` string whose keys are
-not libpq's. A DSN's password never reaches a message: :attr:`StoreURL.where`
+not libpq's. A DSN's password (and ``sslpassword``, the client key's passphrase) never
+reaches a message: :attr:`StoreURL.where`
 masks it, and :meth:`StoreURL.scrub` removes it, as written and as decoded,
 from any text (a driver's error may quote either, e.g. for an invalid
 percent-escape such as ``%zz``).
@@ -48,7 +49,10 @@ _POSTGRES_SCHEMES: Final = frozenset({"postgresql", "postgres"})
 # one key=value pair of a libpq connection string: a value is quoted, or runs to a space
 _PAIR: Final = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)*)")
 _KEYWORDS_START: Final = re.compile(r"^\s*[A-Za-z_]+\s*=")
-_PASSWORD_IN_QUERY: Final = re.compile(r"((?:^|&)password=)([^&]*)", re.IGNORECASE)
+#: the libpq parameters that hold a secret: the password, and the client key's passphrase
+_SECRET_KEYS: Final = frozenset({"password", "sslpassword"})
+# one key=value pair of a URL's query (libpq decodes the key as well as the value)
+_QUERY_PAIR: Final = re.compile(r"(^|&)([^&=]*)=([^&]*)")
 #: the parameter keywords libpq knows (PostgreSQL 15's list)
 _LIBPQ_KEYWORDS: Final = frozenset(
     {
@@ -188,7 +192,7 @@ def _parse_keywords(url: str) -> StoreURL:
         )
     secrets: list[str] = []
     for key, value in pairs:
-        if key.lower() == "password" and value:
+        if key.lower() in _SECRET_KEYS and value:
             unquoted = value[1:-1] if value.startswith("'") and value.endswith("'") else value
             secrets.extend((value, unquoted, re.sub(r"\\(.)", r"\1", unquoted)))
     return StoreURL("postgres", url, mask_dsn(url), _distinct(secrets))
@@ -242,8 +246,25 @@ def _url_secrets(url: str) -> tuple[str, ...]:
         found.append(url[start:end].split(":", 1)[1])
     query = _query_start(url, start)
     if query >= 0:
-        found.extend(match.group(2) for match in _PASSWORD_IN_QUERY.finditer(url[query:]))
+        found.extend(
+            match.group(3)
+            for match in _QUERY_PAIR.finditer(url[query:])
+            if _is_secret_key(match.group(2))
+        )
     return _distinct([form for raw in found for form in (raw, unquote(raw))])
+
+
+def _is_secret_key(key: str) -> bool:
+    """Whether a URL query's ``key`` (as written: ``pass%77ord`` too) names a secret."""
+    return unquote(key).strip().lower() in _SECRET_KEYS
+
+
+def _mask_query(query: str) -> str:
+    """A URL's query with the value of every secret parameter replaced by ``***``."""
+    return _QUERY_PAIR.sub(
+        lambda m: f"{m.group(1)}{m.group(2)}=***" if _is_secret_key(m.group(2)) else m.group(0),
+        query,
+    )
 
 
 def _distinct(secrets: list[str]) -> tuple[str, ...]:
@@ -264,7 +285,7 @@ def mask_dsn(dsn: str) -> str:
         start = scheme.end() + 2
         query = _query_start(dsn, start)
         if query >= 0:
-            dsn = dsn[:query] + _PASSWORD_IN_QUERY.sub(r"\1***", dsn[query:])
+            dsn = dsn[:query] + _mask_query(dsn[query:])
         end = _credentials_end(dsn, start)
         colon = dsn.find(":", start, end) if end >= start else -1
         return dsn if colon < 0 else f"{dsn[: colon + 1]}***{dsn[end:]}"
@@ -277,7 +298,10 @@ def mask_dsn(dsn: str) -> str:
             colon = head.find(":", colon + 1)
         return dsn if colon < 0 else f"{head[: colon + 1]}***{at}{tail}"
     return re.sub(
-        r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)", r"\1***", dsn, flags=re.I
+        r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)",
+        r"\1***",
+        dsn,
+        flags=re.I,
     )
 
 

@@ -12,6 +12,7 @@ import pytest
 from pg_support import POSTGRES_DSN
 
 from aegis.errors import ConfigurationError, StoreError
+from aegis.stores._url import parse_store_url
 from aegis.stores.postgres.connection import Database, mask_dsn
 from aegis.stores.postgres.schema import VERSIONS_TABLE, component_version, migrate
 
@@ -32,11 +33,41 @@ MIGRATIONS = {
         # libpq reads an unencoded '?' or '#' before the '@' as part of the password
         ("postgresql://app:s3?cr#et@db/aegis", "postgresql://app:***@db/aegis"),
         ("postgresql://app@db/aegis?user=me@corp", "postgresql://app@db/aegis?user=me@corp"),
+        # libpq decodes a query's keys too, and sslpassword unlocks the client's key
+        ("postgresql://app@db/a?pass%77ord=s3cret", "postgresql://app@db/a?pass%77ord=***"),
+        (
+            "postgresql://app@db/a?sslpassword=s3cret&x=1",
+            "postgresql://app@db/a?sslpassword=***&x=1",
+        ),
+        ("host=db sslpassword='k 1' dbname=a", "host=db sslpassword=*** dbname=a"),
     ],
 )
 def test_mask_dsn_hides_the_password(dsn: str, masked: str) -> None:
     """Every spelling of a password in a DSN is masked; the rest stays readable."""
     assert mask_dsn(dsn) == masked
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app@127.0.0.1:5432/test?pass%77ord=hunter2",
+        "postgresql://app@127.0.0.1:5432/test?%70assword=hunter2&sslmode=disable",
+        "postgresql://app:pw1@127.0.0.1:5432/test?sslpassword=keypass1",
+        "host=127.0.0.1 dbname=test user=app sslpassword=keypass2",
+        "host=127.0.0.1 dbname=test user=app password=ok sslpassword='key pass3'",
+    ],
+)
+def test_no_secret_libpq_reads_reaches_a_message(dsn: str) -> None:
+    """What libpq itself takes for a password or a key's passphrase is never in a message."""
+    secrets = [
+        value
+        for key, value in psycopg.conninfo.conninfo_to_dict(dsn).items()
+        if key in {"password", "sslpassword"} and isinstance(value, str)
+    ]
+    assert secrets
+    location = parse_store_url(dsn)
+    for text in (location.where, location.scrub(f"connection failed: {dsn}"), mask_dsn(dsn)):
+        assert not [secret for secret in secrets if secret in text], text
 
 
 def test_a_closed_port_is_one_clear_error_without_the_password() -> None:
