@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -372,7 +373,8 @@ class Inbox:
             principal = self.service.principal_of(info)
         except ApprovalServiceError:
             return None  # tied to a subject at an issuer this service no longer names
-        return Reviewer(principal, session)
+        # A decision is recorded only while the session (signed out?) and the token hold.
+        return Reviewer(dataclasses.replace(principal, session=session.id_hash), session)
 
     def _oidc_reviewer(self, session: Session) -> Reviewer | None:
         """The reviewer of a session started by OpenID sign-in, while this inbox offers it.
@@ -406,7 +408,7 @@ class Inbox:
         # in the future (a host whose clock runs ahead) gains its grants no time.
         start = min(session.created_at, now)
         until = start + timedelta(seconds=self.oidc.settings.max_age)
-        principal = Principal(who.display, Role.REVIEWER, user.groups, who)
+        principal = Principal(who.display, Role.REVIEWER, user.groups, who, session=session.id_hash)
         return Reviewer(principal, session, grant_until=until)
 
     # -------------------------------------------------------------- rendering

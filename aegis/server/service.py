@@ -103,7 +103,9 @@ class Principal:
     it (issuer and subject for a person of an OpenID provider, or a
     token tied to one); ``None`` for a token tied to no provider, whose
     name is its identity (:attr:`who`). ``until`` is when the token
-    expires, if it does: a grant it gives ends by then.
+    expires, if it does: a grant it gives ends by then. ``token`` and
+    ``session`` are the credentials it came with: a decision is recorded
+    only if they still hold in the transaction that records it.
     """
 
     name: str
@@ -111,6 +113,10 @@ class Principal:
     groups: tuple[str, ...] = ()
     identity: Identity | None = None
     until: datetime | None = None
+    #: the name of the token the caller came with, if a token
+    token: str | None = None
+    #: the id hash of the inbox session the caller came with, if signed in to the inbox
+    session: str | None = None
 
     @property
     def who(self) -> Identity:
@@ -483,7 +489,7 @@ class ApprovalService:
                 code="unauthorized",
             )
         if info.oidc_subject is None:
-            return Principal(info.name, role, info.groups, until=info.expires_at)
+            return Principal(info.name, role, info.groups, until=info.expires_at, token=info.name)
         if not info.oidc_issuer:
             raise ApprovalServiceError(
                 f"token {info.name!r} is tied to OpenID subject {info.oidc_subject!r} at no "
@@ -493,7 +499,7 @@ class ApprovalService:
                 code="unauthorized",
             )
         identity = Identity(info.oidc_issuer, info.oidc_subject, info.name)
-        return Principal(info.name, role, info.groups, identity, info.expires_at)
+        return Principal(info.name, role, info.groups, identity, info.expires_at, info.name)
 
     @staticmethod
     def require_role(
@@ -921,6 +927,8 @@ class ApprovalService:
             grant_minutes=grant_minutes,
             now=now,
             reviewer_name=who.display,
+            token=principal.token,
+            session=principal.session,
         )
         self._emit(ApprovalEvent("approval.decided", stored, grant, str(who)))
         await self._flush_soon()

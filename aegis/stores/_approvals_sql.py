@@ -604,10 +604,13 @@ class SqlApprovalStore:
         grant_minutes: int | None,
         now: datetime,
         reviewer_name: str = "",
+        token: str | None = None,
+        session: str | None = None,
     ) -> tuple[ApprovalRequest, Grant | None]:
         """See :meth:`aegis.stores.approvals.ApprovalStore.decide`."""
         stamp = iso(now)
         with self._transaction(write=True) as tx:
+            self._check_standing(tx, token, session, now)
             request = self._must(tx, request_id)
             if request.status is not RequestStatus.PENDING:
                 raise not_pending(request)
@@ -690,6 +693,48 @@ class SqlApprovalStore:
                     expires_at=iso(grant.expires_at),
                 )
             return (self._must(tx, request_id) if grant else request), grant
+
+    #: the engine's clause that locks the rows a SELECT reads against changes until
+    #: commit ("" where a write transaction locks the whole database: SQLite)
+    _LOCK_SHARED: ClassVar[str] = ""
+
+    def _check_standing(
+        self, tx: Tx, token: str | None, session: str | None, now: datetime
+    ) -> None:
+        """Refuse (401) unless the decision's token and inbox session still hold.
+
+        Read in the decision's transaction, with the rows locked against a
+        revocation until it commits: a revocation either commits first, and
+        the decision is refused here, or waits for the decision to commit,
+        and then finds its approval and withdraws it. Checked by the caller
+        before this, a revocation committing in between would find nothing
+        to withdraw, and the approval would count.
+        """
+        if token is not None:
+            rows = tx.all(
+                f"SELECT revoked_at, expires_at FROM {{p}}aegis_tokens WHERE name = ?"
+                f"{self._LOCK_SHARED}",
+                (token,),
+            )
+            if not rows or rows[0][0] is not None or (rows[0][1] and rows[0][1] <= iso(now)):
+                state = "unknown" if not rows else "revoked" if rows[0][0] else "expired"
+                raise ApprovalServiceError(
+                    f"the token {token!r} is {state}; nothing was decided",
+                    status=401,
+                    code="unauthorized",
+                )
+        if session is not None:
+            rows = tx.all(
+                "SELECT ended_at, expires_at FROM {p}aegis_inbox_sessions WHERE id_hash = ?"
+                f"{self._LOCK_SHARED}",
+                (session,),
+            )
+            if not rows or rows[0][0] is not None or rows[0][1] <= iso(now):
+                raise ApprovalServiceError(
+                    "the inbox session has ended (signed out or revoked); nothing was decided",
+                    status=401,
+                    code="unauthorized",
+                )
 
     def _grant_from(self, tx: Tx, request: ApprovalRequest, now: datetime) -> Grant | None:
         minutes = [d.grant_minutes for d in request.approvals]

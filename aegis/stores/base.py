@@ -525,8 +525,16 @@ class ApprovalStore(Protocol):
         grant_minutes: int | None,
         now: datetime,
         reviewer_name: str = "",
+        token: str | None = None,
+        session: str | None = None,
     ) -> tuple[ApprovalRequest, Grant | None]:
         """Record one reviewer's verdict; return the request and the grant it created.
+
+        ``token`` (a token's name) and ``session`` (an inbox session's id
+        hash) are the credentials the reviewer came with: the same
+        transaction refuses the decision (401) unless each given is still
+        valid, so that a revocation committing at once either is seen here
+        or finds the decision to withdraw (:meth:`revoke_token`).
 
         ``reviewer`` is the reviewer's identity key (see
         :class:`~aegis.core.identity.Identity`): one identity decides once,

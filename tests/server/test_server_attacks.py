@@ -10,7 +10,9 @@ PostgreSQL, where the racing transactions really run at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +23,14 @@ from click.testing import CliRunner, Result
 
 from aegis.cli.main import cli
 from aegis.core.action import Action
-from aegis.core.approval_request import NewRequest, RequestStatus, Role, TokenInfo, Verdict
+from aegis.core.approval_request import (
+    NewRequest,
+    RequestStatus,
+    Role,
+    TokenInfo,
+    Verdict,
+    iso,
+)
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError
 from aegis.server import ApprovalService, create_app, open_service
@@ -157,6 +166,45 @@ async def test_a_token_revoked_while_its_decision_is_on_the_way_decides_nothing(
             content=body(),
             headers={"Authorization": "Bearer alice-secret", "Content-Type": "application/json"},
         )
+    assert revoked[0].exit_code == 0, revoked[0].output
+    assert answer.status_code == 401, answer.text
+    stored = service.store.get_request(request.id)
+    assert stored is not None
+    assert stored.status is RequestStatus.PENDING
+    assert stored.decisions == ()
+    assert service.store.list_grants(datetime.now(UTC), include_inactive=True) == []
+
+
+async def test_a_token_revoked_after_its_last_check_still_decides_nothing(
+    service: ApprovalService, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revocation that commits between the service's last look at the token and the
+    decision's own commit still stops the decision.
+
+    The API checks the token once the body is in, then reads the request;
+    `aegis token revoke` slipping in there finds no approval to withdraw yet.
+    The decision's transaction checks the token itself, so it is refused.
+    """
+    request, _ = await service.create(AGENT, _wire(approvers=1))
+    read = service.store.get_request
+    revoked: list[Result] = []
+
+    def read_then_revoke(request_id: str) -> object:
+        found = read(request_id)
+        if not revoked:  # the decision's read of the request, after every token check
+            revoke = ["token", "revoke", "alice", "--db", db]
+            revoked.append(CliRunner().invoke(cli, revoke))
+        return found
+
+    monkeypatch.setattr(service.store, "get_request", read_then_revoke)
+    transport = httpx.ASGITransport(app=create_app(service, close_service=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.post(
+            f"/api/v1/approvals/{request.id}/decision",
+            json={"verdict": "approve", "grant_minutes": 60},
+            headers={"Authorization": "Bearer alice-secret"},
+        )
+    monkeypatch.undo()
     assert revoked[0].exit_code == 0, revoked[0].output
     assert answer.status_code == 401, answer.text
     stored = service.store.get_request(request.id)

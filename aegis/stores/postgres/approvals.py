@@ -109,6 +109,7 @@ class PostgresApprovalStore(SqlApprovalStore):
         "EXISTS (SELECT 1 FROM json_array_elements_text(({column})::json) AS g(name) "
         "WHERE g.name = ?)"
     )
+    _LOCK_SHARED: ClassVar[str] = " FOR SHARE"
     _CLOCK: ClassVar[str] = (
         "to_char((clock_timestamp() - ? * interval '1 second') AT TIME ZONE 'UTC', "
         '\'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\')'
