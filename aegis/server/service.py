@@ -1016,8 +1016,13 @@ class ApprovalService:
         """Grants of requests the reviewer's groups may decide, newest first (reviewer role)."""
         self._require(principal, Role.REVIEWER, "listing grants")
         grants = await self._call(
-            self.store.list_grants, self.clock(), include_inactive=include_inactive
+            self.store.list_grants,
+            self.clock(),
+            include_inactive=include_inactive,
+            groups=principal.groups,
+            giver=principal.who.key,
         )
+        # The store filtered them by the same rule; checked again here all the same.
         return [g for g in grants if _may_see_grant(principal, g)]
 
     async def revoke_grant(self, principal: Principal, grant_id: str) -> Grant:

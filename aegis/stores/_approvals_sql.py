@@ -1081,6 +1081,8 @@ class SqlApprovalStore:
         *,
         include_inactive: bool = False,
         before: tuple[datetime, str] | None = None,
+        groups: Collection[str] | None = None,
+        giver: str | None = None,
     ) -> list[Grant]:
         """See :meth:`aegis.stores.approvals.ApprovalStore.list_grants`."""
         clauses: list[str] = []
@@ -1088,6 +1090,17 @@ class SqlApprovalStore:
         if not include_inactive:
             clauses.append(self._live_grant())
             args += [iso(now), 0.0]
+        if groups is not None:
+            # Filtered here, not after the page's limit: a group's grants behind a
+            # thousand newer ones of other groups must still be listed to it.
+            either = ["reviewer_groups = '[]'"]
+            for group in sorted(set(groups)):
+                either.append(self._HOLDS.format(column="reviewer_groups"))
+                args.append(group)
+            if giver is not None:
+                either.append(self._HOLDS.format(column="granted_by"))
+                args.append(giver)
+            clauses.append(f"({' OR '.join(either)})")
         if before is not None:
             clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
             args += [iso(before[0]), iso(before[0]), before[1]]

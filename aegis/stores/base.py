@@ -618,11 +618,15 @@ class ApprovalStore(Protocol):
         *,
         include_inactive: bool = False,
         before: tuple[datetime, str] | None = None,
+        groups: Collection[str] | None = None,
+        giver: str | None = None,
     ) -> list[Grant]:
         """Grants, newest first; only the active ones (see :meth:`decide`) unless asked.
 
         At most 1000: ``before`` (the ``created_at`` and ``id`` of the last
-        grant of a page) lists those that follow it.
+        grant of a page) lists those that follow it. With ``groups``, only
+        the grants open to anyone, given for one of those groups, or given
+        by ``giver`` (an identity key) among others: a reviewer's view.
         """
         ...
 

@@ -316,3 +316,46 @@ async def test_a_grant_never_outlasts_the_reviewer_token_that_gave_it(
     (grant,) = service.store.list_grants(datetime.now(UTC))
     assert grant.expires_at <= expires
     assert answer.json()["decisions"][0]["grant_minutes"] == 10
+
+
+def _by_hand(db: str, sql: str) -> None:
+    """Run one statement at ``db`` behind the store's back."""
+    if db.startswith("postgresql://"):
+        import psycopg  # noqa: PLC0415  # the postgres extra, installed for these tests
+
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(sql)
+    else:
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute(sql)
+
+
+async def test_a_group_s_grant_behind_a_thousand_newer_ones_is_listed_to_it(
+    service: ApprovalService, db: str
+) -> None:
+    """GET /api/v1/grants shows alice (finance) finance's grant, however many grants of
+    another group were given after it: the list is filtered by group before its limit."""
+    request, _ = await service.create(AGENT, _wire(approvers=1))
+    await service.decide(ALICE, request.id, Verdict.APPROVE, grant_minutes=60)
+    (theirs,) = service.store.list_grants(datetime.now(UTC))
+    columns = (
+        "session_id, requester, action_type, action_target, matched_rule, "
+        "request_id, expires_at, revoked_at, approvers, db_expires_at"
+    )
+    _by_hand(
+        db,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) "
+        f"INSERT INTO aegis_grants (id, created_at, reviewer_groups, granted_by, {columns}) "
+        "SELECT 'grt_ops' || CAST(n.i AS TEXT), "
+        f"'{iso(datetime.now(UTC) + timedelta(seconds=1))}', '[\"ops\"]', '[\"carol\"]', "
+        f"{columns} "
+        f"FROM aegis_grants, n WHERE aegis_grants.id = '{theirs.id}'",
+    )
+    assert len(service.store.list_grants(datetime.now(UTC))) == 1000  # ops's, newest first
+    transport = httpx.ASGITransport(app=create_app(service, close_service=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.get(
+            "/api/v1/grants", headers={"Authorization": "Bearer alice-secret"}
+        )
+    assert answer.status_code == 200, answer.text
+    assert [g["id"] for g in answer.json()["grants"]] == [theirs.id]
