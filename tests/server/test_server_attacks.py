@@ -321,7 +321,7 @@ async def test_a_grant_never_outlasts_the_reviewer_token_that_gave_it(
 def _by_hand(db: str, sql: str) -> None:
     """Run one statement at ``db`` behind the store's back."""
     if db.startswith("postgresql://"):
-        import psycopg  # noqa: PLC0415  # the postgres extra, installed for these tests
+        import psycopg  # the postgres extra, installed for these tests
 
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute(sql)
