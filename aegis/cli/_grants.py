@@ -11,7 +11,8 @@ import click
 from aegis.cli._output import emit_json, note, print_table, success
 from aegis.cli._params import format_option
 from aegis.cli._store import audit_trail, open_tables, store_option
-from aegis.core.approval_request import iso
+from aegis.core.approval_request import Grant, iso
+from aegis.stores.approvals import ApprovalStore
 
 __all__ = ["grants"]
 
@@ -31,9 +32,11 @@ def grants() -> None:
 @format_option("table", "json")
 def list_grants(include_all: bool, db: str, output_format: str) -> None:
     """List active grants, newest first."""
-    now = datetime.now(UTC)
     with open_tables(db, create=False) as store:
-        found = store.list_grants(now, include_inactive=include_all)
+        now = _store_now(store)
+        found = _every_grant(store, now, include_inactive=include_all)
+        # Active as the store judges it, by the database server's clock too.
+        live = {g.id for g in _every_grant(store, now)} if include_all else {g.id for g in found}
     if output_format == "json":
         emit_json([g.to_json() for g in found])
         return
@@ -47,13 +50,35 @@ def list_grants(include_all: bool, db: str, output_format: str) -> None:
                 g.matched_rule,
                 ", ".join(g.granted_by),
                 iso(g.expires_at)[:19],
-                "active" if g.active_at(now) else "revoked" if g.revoked_at else "expired",
+                "active" if g.id in live else "revoked" if g.revoked_at else "expired",
             )
             for g in found
         ),
     )
     if not shown:
         note("no grants" if include_all else "no active grants (--all shows the others)")
+
+
+def _store_now(store: ApprovalStore) -> datetime:
+    """The time by the database server's clock, which grants end by; this host's for a file.
+
+    A grant ends by the clock of the database its services share: this
+    host's clock, off by minutes, would call an ended grant active.
+    """
+    database_time = getattr(store, "database_time", None)
+    return database_time() if callable(database_time) else datetime.now(UTC)
+
+
+def _every_grant(
+    store: ApprovalStore, now: datetime, *, include_inactive: bool = False
+) -> list[Grant]:
+    """Every grant, page by page: the store lists 1000 at a time, newest first."""
+    found: list[Grant] = []
+    before = None
+    while page := store.list_grants(now, include_inactive=include_inactive, before=before):
+        found += page
+        before = (page[-1].created_at, page[-1].id)
+    return found
 
 
 @grants.command("revoke")

@@ -11,6 +11,7 @@ from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 from cli_support import Invoke
 
 from aegis.core.action import Action, action_digest
@@ -330,3 +331,63 @@ def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert f"could not listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_grants_list_all_says_active_as_the_database_clock_does(
+    invoke: Invoke, postgres_dsn: str
+) -> None:
+    """`aegis grants list --all` calls a grant active only while the store does: one the
+    database server's clock says ended is "expired", though its end by the clock of the
+    host that gave it is still ahead (a host running behind); and every grant is listed,
+    not the newest thousand."""
+    store = open_approval_store(postgres_dsn)
+    try:
+        ids = []
+        for session in ("s1", "s2"):
+            now = datetime.now(UTC)
+            action = Action("refund", "billing", {"amount": 5})
+            request = ApprovalRequest(
+                id=new_request_id(),
+                session_id=session,
+                requester="bot",
+                action=action,
+                risk_level=RiskLevel.HIGH,
+                matched_rule="refunds",
+                reason="",
+                approvers=1,
+                reviewers=(),
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+                digest=request_digest(action, "bot"),
+                action_digest=action_digest(action),
+            )
+            store.create_request(request, now)
+            _, grant = store.decide(
+                request.id, "alice", Verdict.APPROVE, comment="", grant_minutes=30, now=now
+            )
+            assert grant is not None
+            ids.append(grant.id)
+    finally:
+        store.close()
+    ended, running = ids
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        # by the database's clock it ended a minute ago; by its giver's it runs 29 more
+        conn.execute(
+            "UPDATE aegis_grants SET db_expires_at = %s WHERE id = %s",
+            (iso(datetime.now(UTC) - timedelta(minutes=1)), ended),
+        )
+        # a thousand older ones, long expired, behind the two
+        conn.execute(
+            "INSERT INTO aegis_grants (id, session_id, requester, action_type, action_target, "
+            "matched_rule, granted_by, request_id, created_at, expires_at, approvers, "
+            "reviewer_groups) SELECT 'grt_old' || n, 's0', 'bot', 'refund', 'billing', "
+            "'refunds', '[\"bob\"]', 'apr_old', '2026-01-01T00:00:00.000000+00:00', "
+            "'2026-01-01T01:00:00.000000+00:00', 1, '[]' FROM generate_series(1, 1000) AS n"
+        )
+    listed = invoke("grants", "list", "--all", "--db", postgres_dsn)
+    assert listed.exit_code == 0, listed.output
+    states = {line.split("\t")[0]: line.split("\t")[-1] for line in listed.stdout.splitlines()[1:]}
+    assert (states[ended], states[running]) == ("expired", "active")
+    assert len(states) == 1002
+    active = invoke("grants", "list", "--db", postgres_dsn, "--format", "json")
+    assert [g["id"] for g in json.loads(active.stdout)] == [running]
