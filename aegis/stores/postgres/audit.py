@@ -98,6 +98,8 @@ from aegis.stores.postgres.connection import AnsweringConnection, Connection, Da
 from aegis.stores.postgres.schema import migrate, schema_lock_key
 
 __all__ = [
+    "APPEND_FLOW_FUNCTION",
+    "APPEND_FLOW_PROCEDURE",
     "APPEND_FUNCTION",
     "APPEND_ONE_FUNCTION",
     "APPEND_ONE_PROCEDURE",
@@ -251,7 +253,14 @@ def _append_procedure() -> str:
     )
 
 
-def _one_body(durable: bool) -> str:
+#: the usage store's table of flow events (aegis.stores.postgres.usage), in the same schema
+FLOW_EVENTS_TABLE: Final = "aegis_flow_events"
+#: the one-record append that also inserts the action's flow event, and its procedure
+APPEND_FLOW_FUNCTION: Final = "aegis_audit_append_flow"
+APPEND_FLOW_PROCEDURE: Final = "aegis_audit_append_flow_call"
+
+
+def _one_body(durable: bool, flow: bool = False) -> str:
     """The body of the one-record append: lock, link, hash and insert in two statements.
 
     Every field arrives as its own parameter, so the ``INSERT`` projects
@@ -261,9 +270,21 @@ def _one_body(durable: bool) -> str:
     starting an executor. With ``durable`` (the procedure) the append is
     committed without waiting for the disk, releasing the lock, and a
     logical message is then committed synchronously: its flush covers the
-    record.
+    record. With ``flow`` the action's flow event is inserted too, in the
+    same transaction (before any ``COMMIT``): the start and the event commit
+    together or not at all. The usage store's table is named, not checked:
+    plpgsql resolves it when the statement first runs, and the runtime asks
+    for this append only when that store keeps its events in this very
+    database and schema.
     """
     fields = ", ".join(f"p_{name}" for name in RecordDraft._fields)
+    event = (
+        f"  INSERT INTO {{schema}}.{FLOW_EVENTS_TABLE}"
+        " (session_id, action_type, action_target, params, at)\n"
+        "    VALUES (e_session_id, e_action_type, e_action_target, e_params, e_at);\n"
+        if flow
+        else ""
+    )
     flush = (
         "  IF durable THEN\n"
         "    COMMIT;\n"
@@ -286,7 +307,10 @@ def _one_body(durable: bool) -> str:
         + "  rid := rid + 1;\n"
         + _hash("  ", "mid", "tail")
         + f"  INSERT INTO {{schema}}.{AUDIT_TABLE} ({', '.join(RECORD_FIELDS)})\n"
-        f"    VALUES (rid, {fields}, rprev, rhash);\n" + (flush if durable else "") + "END\n"
+        f"    VALUES (rid, {fields}, rprev, rhash);\n"
+        + event
+        + (flush if durable else "")
+        + "END\n"
     )
 
 
@@ -320,6 +344,37 @@ def _append_one_procedure() -> str:
     )
 
 
+#: the flow event's parameters of the appends of APPEND_FLOW_FUNCTION and APPEND_FLOW_PROCEDURE
+_FLOW_ARGUMENTS: Final = (
+    "e_session_id text, e_action_type text, e_action_target text, e_params text, "
+    "e_at double precision"
+)
+
+
+def _append_flow_function() -> str:
+    """The statement creating ``aegis_audit_append_flow``: a start record and its flow event.
+
+    :data:`APPEND_ONE_FUNCTION`'s arguments, then the event's five fields
+    (the usage store's ``aegis_flow_events`` columns). No flush.
+    """
+    return (
+        f"CREATE OR REPLACE FUNCTION {{schema}}.{APPEND_FLOW_FUNCTION}(lock1 integer, "
+        f"lock2 integer, {_one_arguments()}, mid text, tail text, {_FLOW_ARGUMENTS}, "
+        "OUT rid bigint, OUT rprev text, OUT rhash text) "
+        "LANGUAGE plpgsql VOLATILE AS $aegis$\n" + _one_body(durable=False, flow=True) + "$aegis$"
+    )
+
+
+def _append_flow_procedure() -> str:
+    """The statement creating ``aegis_audit_append_flow_call``: the same, flushed if asked."""
+    return (
+        f"CREATE OR REPLACE PROCEDURE {{schema}}.{APPEND_FLOW_PROCEDURE}(lock1 integer, "
+        f"lock2 integer, {_one_arguments()}, mid text, tail text, {_FLOW_ARGUMENTS}, "
+        "durable boolean, INOUT rid bigint, INOUT rprev text, INOUT rhash text) "
+        "LANGUAGE plpgsql AS $aegis$\n" + _one_body(durable=True, flow=True) + "$aegis$"
+    )
+
+
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # 0 -> 1: the chain as it is hashed, field by field
     0: (
@@ -346,6 +401,9 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # 4 -> 5: one record's append with a parameter per field, cheaper for
     # the server (the common case: an agent acting one action at a time)
     4: (_append_one_function(), _append_one_procedure()),
+    # 5 -> 6: a start record and its action's flow event in one transaction and
+    # one round trip, when the usage store shares the database and schema
+    5: (_append_flow_function(), _append_flow_procedure()),
 }
 
 
@@ -363,6 +421,11 @@ _ONE_SINCE: Final = 5
 #: their prepared statements: a record appended alone
 _PREPARED_ONE_DURABLE: Final = b"aegis_audit_append_one_durable"
 _PREPARED_ONE_QUICK: Final = b"aegis_audit_append_one_quick"
+#: the schema version that added APPEND_FLOW_FUNCTION and APPEND_FLOW_PROCEDURE
+_FLOW_SINCE: Final = 6
+#: their prepared statements: a start record with its flow event
+_PREPARED_FLOW_DURABLE: Final = b"aegis_audit_append_flow_durable"
+_PREPARED_FLOW_QUICK: Final = b"aegis_audit_append_flow_quick"
 
 #: rows per page when reading, and per round trip of the verifying cursor
 _PAGE: Final = 1000
@@ -521,6 +584,17 @@ def _one_parameters(draft: RecordDraft, pair: tuple[str, str], encoding: str) ->
     return parameters
 
 
+def _encoded(texts: Sequence[str], encoding: str) -> list[bytes | None]:
+    """``texts`` as the text-format parameters of a prepared statement."""
+    try:
+        return [text.encode(encoding) for text in texts]
+    except UnicodeEncodeError as exc:
+        raise StoreError(
+            f"a flow event holds text the connection's encoding ({encoding}) cannot "
+            f"carry: {exc.reason}; connect with client_encoding UTF8"
+        ) from exc
+
+
 def _composite(value: bytes | None) -> tuple[bytes | None, bytes | None, bytes | None]:
     """The three fields of ``(id,prev,hash)``, PostgreSQL's text of the one-record append's row.
 
@@ -634,6 +708,7 @@ class PostgresAuditStore(ReadMixin):
         self._checkpoints: sql.Composed | None = None
         self._sql_append = self._sql_flush = self._sql_lock = self._sql_last = ""
         self._sql_call = self._sql_quick = self._sql_one_call = self._sql_one_quick = b""
+        self._sql_flow_call = self._sql_flow_quick = b""
         self._encoding = "utf-8"
         self._writer_conn: AnsweringConnection | None = None
         self._write_lock = threading.Lock()
@@ -651,6 +726,9 @@ class PostgresAuditStore(ReadMixin):
         # again; whether the writing connection was lost since (see _recover_starts)
         self._unflushed: dict[int, AuditRecord] = {}
         self._moved: dict[int, AuditRecord] = {}
+        # the flow events written with unflushed starts, by the start's id:
+        # a start recorded again is recorded with its event (append_guarded)
+        self._unflushed_events: dict[int, Sequence[str]] = {}
         self._suspect = False
         self._closed = False
         #: append transactions committed by this store (one per batch)
@@ -719,6 +797,32 @@ class PostgresAuditStore(ReadMixin):
                 .encode(),
             )
             if version >= _ONE_SINCE
+            else (b"", b"")
+        )
+        # a start record with its flow event (none before schema version 6)
+        flows = ", ".join(f"${n}" for n in range(1, len(RecordDraft._fields) + 8))
+        self._sql_flow_call, self._sql_flow_quick = (
+            (
+                sql.SQL("CALL {}.{}({}, {}, true, NULL, NULL, NULL)")
+                .format(
+                    sql.Identifier(schema),
+                    sql.Identifier(APPEND_FLOW_PROCEDURE),
+                    key,
+                    sql.SQL(flows),
+                )
+                .as_string(conn)
+                .encode(),
+                sql.SQL("SELECT {}.{}({}, {})")
+                .format(
+                    sql.Identifier(schema),
+                    sql.Identifier(APPEND_FLOW_FUNCTION),
+                    key,
+                    sql.SQL(flows),
+                )
+                .as_string(conn)
+                .encode(),
+            )
+            if version >= _FLOW_SINCE
             else (b"", b"")
         )
         # the newest records of a session, to settle an append whose outcome is unknown
@@ -825,6 +929,90 @@ class PostgresAuditStore(ReadMixin):
                 batch, self._queue = self._queue, []
             return self._append_batch(batch, mine)
 
+    def guards(self, database: object) -> bool:
+        """Whether :meth:`append_guarded` may write the flow events of a store on ``database``.
+
+        ``database`` is the usage store's
+        :class:`~aegis.stores.postgres.connection.Database`: this store's own
+        (:func:`aegis.stores.open_stores` shares it), or one of the same DSN
+        and the same ``schema`` option, which resolves the same schema (the
+        same role and options find the same ``current_schema()``; the guard
+        carries the schema the usage store resolved, and an append whose
+        schema differs is refused). Never for a writer that may not migrate
+        (``create=False``): its trail may be older than the flow append.
+        """
+        if self.readonly or not self._create or self._closed:
+            return False
+        if database is self.db:
+            return True
+        return (
+            isinstance(database, Database)
+            and database.location.target == self.db.location.target
+            and database.schema_option == self.db.schema_option
+        )
+
+    def append_guarded(self, draft: RecordDraft, guard: Sequence[str]) -> AuditRecord:
+        """Append the start record ``draft`` and its action's flow event in one transaction.
+
+        ``guard`` is what :meth:`~aegis.stores.postgres.usage.PostgresUsageStore.guard`
+        gave: the usage store's schema, then the event's session, type,
+        target, params and time as text. One round trip, one statement (the
+        usual start costs two: the record, then the event in the usage
+        store's own synchronous commit): the start and the event commit
+        together or not at all, without waiting for the disk at ``"result"``
+        (the final record's flush covers both). A start lost with the server
+        (see :meth:`_recover_starts`) is recorded again with its event.
+
+        Raises:
+            StoreError: nothing was written (the runtime then writes the
+                start and the event the ordinary way); an append whose
+                outcome the connection took with it is settled first, and
+                returned if it committed.
+        """
+        if self.readonly:
+            raise StoreError(f"the audit store at {self.url} was opened read-only")
+        if self._closed:
+            raise StoreError(f"the audit store at {self.url} is closed; open a new one")
+        stored, pieces = _stored_pieces((draft,))
+        event = guard[1:]
+        with self._write_lock:
+            conn = self._writer()
+            if guard[0] != self.schema or not self._sql_flow_call:
+                raise StoreError(
+                    f"the flow events of schema {guard[0]!r} are not beside the audit trail in "
+                    f"{self.url} (schema {self.schema!r}); noted the ordinary way"
+                )
+            if self._suspect:
+                self._recover_starts(conn)
+            durable = must_flush(self.durability, stored)
+            try:
+                records = self._call(conn, stored, pieces, durable, event)
+            except psycopg.Error as exc:
+                # committed or not? Settled (the lost session ended first),
+                # never appended again here: if not, the runtime writes both
+                # the ordinary way, so nothing is written twice
+                lost = conn.broken or conn.closed
+                backend = self._writer_backend
+                if lost:
+                    self._drop_writer_conn()
+                arguments = _arguments(stored, pieces)
+                records = self._settle(
+                    stored,
+                    arguments,
+                    durable,
+                    exc,
+                    again=False,
+                    backend=backend if lost else None,
+                )
+            except BaseException:
+                if conn.closed:
+                    self._drop_writer_conn()
+                raise
+            self._appended(records, durable)
+            if not durable:
+                self._unflushed_events[records[0].id] = event
+        return records[0]
+
     def _append_batch(self, batch: list[Waiting], mine: Waiting) -> list[AuditRecord]:
         """Append every queued thread's records in one round trip; hold the write lock."""
         try:
@@ -901,6 +1089,7 @@ class PostgresAuditStore(ReadMixin):
         """
         if durable:
             self._unflushed.clear()  # the flush covered every record before it
+            self._unflushed_events.clear()
             return
         for record in records:
             if record.kind == RecordKind.START:
@@ -908,6 +1097,7 @@ class PostgresAuditStore(ReadMixin):
             elif record.start_id is not None:
                 # committed after its start: a crash cannot keep it and lose the start
                 self._unflushed.pop(record.start_id, None)
+                self._unflushed_events.pop(record.start_id, None)
 
     def _remapped(self, drafts: list[RecordDraft]) -> list[RecordDraft]:
         """``drafts``, a final record of a start lost in a server crash naming it recorded again.
@@ -977,6 +1167,20 @@ class PostgresAuditStore(ReadMixin):
             del self._unflushed[old.id]
             self._moved[old.id] = new
             self._unflushed[new.id] = new
+            event = self._unflushed_events.pop(old.id, None)
+            if event is not None:  # lost with its start, in the same transaction
+                self._note_again(conn, event)
+                self._unflushed_events[new.id] = event
+
+    def _note_again(self, conn: Connection, event: Sequence[str]) -> None:
+        """Insert again the flow event of a start the server lost (see :meth:`append_guarded`)."""
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.{} (session_id, action_type, action_target, params, at)"
+                " VALUES (%s, %s, %s, %s, %s::double precision)"
+            ).format(sql.Identifier(self.schema or ""), sql.Identifier(FLOW_EVENTS_TABLE)),
+            list(event),
+        )
 
     def _writer(self) -> AnsweringConnection:
         """The writing connection of this process, opened (and the schema readied) on first use."""
@@ -1023,6 +1227,8 @@ class PostgresAuditStore(ReadMixin):
             (_PREPARED_QUICK, self._sql_quick),
             (_PREPARED_ONE_DURABLE, self._sql_one_call),
             (_PREPARED_ONE_QUICK, self._sql_one_quick),
+            (_PREPARED_FLOW_DURABLE, self._sql_flow_call),
+            (_PREPARED_FLOW_QUICK, self._sql_flow_quick),
         ):
             if not statement:
                 continue
@@ -1041,6 +1247,7 @@ class PostgresAuditStore(ReadMixin):
         drafts: list[RecordDraft],
         pieces: list[tuple[str, str]],
         durable: bool,
+        event: Sequence[str] = (),
     ) -> list[AuditRecord]:
         """One round trip, one statement: append (linked by the server), and flush if ``durable``.
 
@@ -1049,11 +1256,18 @@ class PostgresAuditStore(ReadMixin):
         client CPU than the round trip. A durable append is a CALL of the
         procedure (append, commit, flush); any other a SELECT of the
         function. The wait is the connection's, bounded by
-        ``response_timeout`` like every other.
+        ``response_timeout`` like every other. ``event``: the five fields of
+        a flow event (as text) to insert with the one record of ``drafts``
+        (see :meth:`append_guarded`).
         """
         encoding = self._encoding
         one = len(drafts) == 1 and bool(self._sql_one_call)
-        if one:
+        if event:
+            parameters = _one_parameters(drafts[0], pieces[0], encoding)
+            parameters.extend(_encoded(event, encoding))
+            name = _PREPARED_FLOW_DURABLE if durable else _PREPARED_FLOW_QUICK
+            one = True
+        elif one:
             parameters = _one_parameters(drafts[0], pieces[0], encoding)
             name = _PREPARED_ONE_DURABLE if durable else _PREPARED_ONE_QUICK
         else:

@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 try:
     import psycopg
@@ -62,7 +62,7 @@ from aegis.stores.usage import (
     widest,
 )
 
-__all__ = ["SCHEMA_VERSION", "PostgresUsageStore"]
+__all__ = ["SCHEMA_VERSION", "FlowGuard", "PostgresUsageStore"]
 
 #: the version of this component's tables in ``aegis_schema_versions``
 SCHEMA_VERSION: Final = 4
@@ -123,6 +123,33 @@ _MIGRATIONS: Final = {
         )""",
     ),
 }
+
+
+class FlowGuard(NamedTuple):  # a tuple: built for every action of an agent acting alone
+    """An action's flow event, for the audit store to insert with its start record.
+
+    What :meth:`PostgresUsageStore.guard` gives and
+    :meth:`~aegis.stores.postgres.audit.PostgresAuditStore.append_guarded`
+    writes: the schema this store resolved (the audit store refuses a guard
+    of another), then the ``aegis_flow_events`` columns as text.
+    """
+
+    schema: str
+    session_id: str
+    action_type: str
+    action_target: str
+    params: str
+    at: str
+
+    @property
+    def acquired(self) -> None:
+        """Always ``None``: a flow guard reserves nothing, so no charge can not fit."""
+        return None
+
+
+#: builds a FlowGuard from C: its generated ``__new__`` is a Python call
+_new = tuple.__new__
+
 #: rows :meth:`PostgresUsageStore.latest_event` reads first, and at most at a time after
 _FIRST_ROWS: Final = 16
 _MOST_ROWS: Final = 1024
@@ -407,6 +434,39 @@ class PostgresUsageStore:
                 )
 
         self._run("release a reservation of the usage counters in", work)
+
+    #: :meth:`guard` carries flow events only: charges are reserved in this
+    #: store's own transactions (see :class:`~aegis.runtime.metering.Metering`)
+    guards_charges: Final = False
+
+    def guard(self, request: Request | None, event: FlowEvent | None) -> FlowGuard:
+        """``event`` as the audit store writes it in its start record's transaction.
+
+        The runtime asks for it when the audit trail is in this store's
+        database and schema (:meth:`~aegis.stores.postgres.audit.PostgresAuditStore.guards`):
+        one round trip and one commit for the start and the event, atomic.
+        The guard names the schema this store resolved, empty before it
+        first connected (the audit store then refuses it, and the event is
+        noted the ordinary way, which connects).
+
+        Raises:
+            ConfigurationError: a request to reserve (never deferred here) or no event.
+        """
+        if request is not None or event is None:
+            raise ConfigurationError(
+                "the PostgreSQL usage store's guard carries a flow event, not a reservation"
+            )
+        return _new(  # (tuple.__new__ builds the NamedTuple)
+            FlowGuard,
+            (
+                self._schema,
+                event.session_id,
+                event.type,
+                event.target,
+                params_json(event.params),
+                repr(event.at),
+            ),
+        )
 
     def remember(self, event: FlowEvent) -> None:
         """See :meth:`aegis.stores.usage.UsageStore.remember`."""

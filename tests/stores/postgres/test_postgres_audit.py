@@ -579,7 +579,7 @@ def test_a_trail_of_an_older_schema_is_read_as_is_and_migrated_by_a_writer(
         assert writer.store.checkpoints() == []  # type: ignore[attr-defined]
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(5,)]
+    ) == [(6,)]
     assert sql(postgres_dsn, "SELECT count(*) FROM aegis_audit_checkpoints") == [(0,)]
 
 
@@ -599,7 +599,7 @@ def test_a_trail_written_before_the_append_function_is_upgraded_and_continued(
         assert report.checked == 4
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(5,)]
+    ) == [(6,)]
 
 
 @pytest.mark.parametrize("level", ["process", "result", "full"])
@@ -628,7 +628,7 @@ def test_a_trail_before_the_append_procedure_is_written_as_is_or_upgraded(
     assert report.checked == 4
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(5,)]
+    ) == [(6,)]
 
 
 @pytest.mark.parametrize("level", ["process", "result", "full"])
@@ -667,7 +667,7 @@ def test_a_trail_before_the_one_record_append_is_written_as_is_or_upgraded(
     assert report.checked == 7
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(5,)]
+    ) == [(6,)]
     assert sql(postgres_dsn, "SELECT id, start_id FROM aegis_audit_log WHERE id >= 5") == [
         (5, None),
         (6, 5),

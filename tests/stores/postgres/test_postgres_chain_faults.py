@@ -32,6 +32,7 @@ import pytest
 from aegis.core.action import Action
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.filters import Filters
+from aegis.core.limits import flow_event
 from aegis.core.policy import Policy
 from aegis.core.record import final_draft, start_draft
 from aegis.core.result import Result, ResultStatus
@@ -288,6 +289,44 @@ def test_a_start_lost_in_a_server_crash_is_recorded_again_before_its_outcome(
     assert [(r.kind, r.start_id) for r in records] == [("start", None), ("final", records[0].id)]
     assert final.start_id == records[0].id
     assert records[0][1:-2] == start[1:-2]  # the same start, recorded again
+
+
+@pytest.mark.parametrize("own_server", [_LAZY_WAL], indirect=True)
+def test_a_start_lost_with_its_flow_event_in_a_server_crash_is_recorded_again_with_it(
+    own_server: OwnServer,
+) -> None:
+    """A start written with its flow event, both lost in a crash: recorded again, both."""
+    store = PostgresAuditStore(own_server.dsn, durability="result", connect_timeout=2)
+    usage = PostgresUsageStore(own_server.dsn, connect_timeout=2)
+    decision = PolicyDecision(Action("write", "crm", {"n": 1}), RiskLevel.LOW, Approval.AUTO, "r")
+    events = "SELECT action_type, params FROM aegis_flow_events WHERE session_id = %s"
+    try:
+        store.check()
+        usage.forgotten("s")  # the usage tables are there, its schema known
+        for attempt in range(1, 6):  # see the test above: a crash must take the start
+            session = f"s{attempt}"
+            event = flow_event(session, "write", "crm", {"n": 1}, time.time())
+            start = store.append_guarded(start_draft(session, decision), usage.guard(None, event))
+            own_server.crash_and_restart()
+            if store.count(Filters(session_id=session, view="records")) == 0:
+                break
+        else:
+            pytest.fail("five crashes in a row kept a start that was never flushed")
+        with psycopg.connect(own_server.dsn) as conn:
+            assert conn.execute(events, (session,)).fetchall() == []  # lost together
+        outcome = Result(decision.action, ResultStatus.SUCCESS, {"done": True})
+        (final,) = store.append([final_draft(session, decision, outcome, start_id=start.id)])
+        records = list(store.records(Filters(session_id=session, view="records")))
+        report = store.verify()
+    finally:
+        store.close()
+        usage.close()
+    assert report.ok, report.reason
+    assert [(r.kind, r.start_id) for r in records] == [("start", None), ("final", records[0].id)]
+    assert final.start_id == records[0].id
+    assert records[0][1:-2] == start[1:-2]
+    with psycopg.connect(own_server.dsn) as conn:
+        assert conn.execute(events, (session,)).fetchall() == [("write", '{"n":1}')]
 
 
 def _decision(n: int) -> PolicyDecision:
