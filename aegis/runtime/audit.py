@@ -531,13 +531,17 @@ class AuditLogger(RecordReader):
 
         True when this trail is a SQLite store on that very
         :class:`~aegis.stores.sqlite.connection.SQLiteDatabase` (the usage
-        counters beside it, on the audit's connection).
+        counters beside it, on the audit's connection), or a store that says
+        so itself (PostgreSQL: the same database and schema, see
+        :meth:`~aegis.stores.postgres.audit.PostgresAuditStore.guards`).
         """
-        return (
-            not self._closed
-            and callable(getattr(self._store, "append_guarded", None))
-            and getattr(self._store, "db", None) is database
-        )
+        store = self._store
+        if self._closed or not callable(getattr(store, "append_guarded", None)):
+            return False
+        says = getattr(store, "guards", None)
+        if callable(says):
+            return bool(says(database))
+        return getattr(store, "db", None) is database
 
     def record_start_guarded(
         self,

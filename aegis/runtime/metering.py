@@ -214,6 +214,9 @@ class Metering:
         self.notes: GroupCommit[FlowEvent, None] = GroupCommit(
             self._remember_many, drop_cancelled=True
         )
+        #: whether a Deferred may carry charges to reserve with the start record (a
+        #: store whose guard writes flow events only says not: see StartGuarding)
+        self.defers_charges: bool = getattr(store, "guards_charges", True) is not False
         #: the subject of the last check, reused while it is the same one
         self.last_subject = Subject("", agent)
         #: when the store last forgot old flow events, when to let it next, and the horizon
@@ -380,7 +383,7 @@ class Metering:
                 return decision, _new(Deferred, (None, event))
             batch = self.batch
             # batch.alone(), inline: a call less on every sequential action (benchmarks/limits.py)
-            if not batch.waiting and current_task() is batch.last_task:
+            if self.defers_charges and not batch.waiting and current_task() is batch.last_task:
                 return decision, _new(Deferred, (pending[1], event))
         return decision, pending
 
@@ -546,11 +549,14 @@ class Metering:
 
 @runtime_checkable
 class StartGuarding(Protocol):
-    """A usage store whose writes can join an audit append's transaction (SQLite's).
+    """A usage store whose writes can join an audit append's transaction.
 
     ``db`` is the database it writes to; an audit that
     :meth:`~aegis.runtime.audit_backend.GuardedStarts.guards` that database
     appends a start record with :meth:`guard`'s writes in one commit.
+    SQLite's guard reserves charges and notes the flow event; PostgreSQL's
+    notes the flow event only (its ``guards_charges`` is ``False``: an
+    action with charges reserves them the ordinary way first).
     """
 
     db: object

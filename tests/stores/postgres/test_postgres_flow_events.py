@@ -1,0 +1,288 @@
+"""An action's flow event written with its start record, on PostgreSQL.
+
+When the usage store keeps its flow events in the audit trail's database and
+schema, the start record's append inserts the event in the same transaction
+and round trip; any other usage store notes it on its own connection, as
+before. Either way another runtime's ``not_after`` sees it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from pg_support import POSTGRES_DSN
+
+from aegis import Action, AuditLogger, Policy, Runtime
+from aegis.core.decision import Approval, PolicyDecision
+from aegis.core.limits import flow_event
+from aegis.core.record import start_draft
+from aegis.core.risk import RiskLevel
+from aegis.errors import StoreError
+from aegis.stores.postgres.audit import PostgresAuditStore
+from aegis.stores.postgres.usage import PostgresUsageStore
+
+#: every action runs: no limit, no flow rule
+PLAIN = Policy.from_dict({"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]})
+#: no email once the session read a secret
+GUARDED = Policy.from_dict(
+    {
+        "rules": [
+            {
+                "name": "no_mail_after_secret",
+                "match": {"type": "send_email"},
+                "conditions": {"not_after": {"type": "read_secret", "within": "session"}},
+                "approval": "auto",
+            },
+            {"name": "rest", "match": {"type": "*"}, "approval": "block"},
+        ]
+    }
+)
+
+
+def sql(dsn: str, statement: str, *args: object) -> list[tuple[object, ...]]:
+    """Run one statement through a fresh connection, as an outsider would."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(statement, args or None)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def other_schema() -> Iterator[str]:
+    """The DSN of a second fresh schema of the test server, dropped afterwards."""
+    schema = f"aegis_test_{uuid.uuid4().hex[:12]}"
+    sql(POSTGRES_DSN, f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in POSTGRES_DSN else "?"
+    try:
+        yield f"{POSTGRES_DSN}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        sql(POSTGRES_DSN, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+class Counted:
+    """Counts the calls of a store's methods that write flow events on its own connection."""
+
+    def __init__(self, store: PostgresUsageStore) -> None:
+        self.calls: list[str] = []
+        for name in ("remember", "remember_many"):
+            method = getattr(store, name)
+            setattr(store, name, self._counting(name, method))
+
+    def _counting(self, name: str, method: Any) -> Any:
+        def counted(*args: Any) -> Any:
+            self.calls.append(name)
+            return method(*args)
+
+        return counted
+
+
+def events(dsn: str) -> list[tuple[object, ...]]:
+    """The flow events in the DSN's schema: session, type, target, params."""
+    return sql(
+        dsn,
+        "SELECT session_id, action_type, action_target, params FROM aegis_flow_events ORDER BY id",
+    )
+
+
+async def test_the_start_carries_the_event_in_one_append_and_another_runtime_sees_it(
+    postgres_dsn: str,
+) -> None:
+    """Usage beside the trail: no write of the usage store's own, one commit per start, and
+    another runtime's not_after (its own connections) blocks the session that read the secret."""
+    audit = AuditLogger(postgres_dsn)
+    usage = audit.stores.usage
+    assert isinstance(usage, PostgresUsageStore)
+    store = audit.store
+    assert isinstance(store, PostgresAuditStore)
+    async with Runtime(
+        executor=lambda action: "done", policy=PLAIN, audit_logger=audit, session_id="warm"
+    ) as reader:
+        assert (await reader.run_one(Action("list", "inbox"))).ok  # connects both stores
+        counted = Counted(usage)
+        reader.session_id = "shared"
+        commits = store.commits
+        assert (await reader.run_one(Action("read_secret", "vault", {"key": "k"}))).ok
+        # the start (with the event) and the final: two appends, nothing else written
+        assert store.commits == commits + 2
+        assert counted.calls == []
+    assert ("shared", "read_secret", "vault", '{"key":"k"}') in events(postgres_dsn)
+    async with Runtime(
+        executor=lambda action: "done",
+        policy=GUARDED,
+        audit_logger=AuditLogger(postgres_dsn),
+        session_id="shared",
+    ) as sender:
+        blocked = await sender.run_one(Action("send_email", "smtp"))
+        sender.session_id = "other"
+        sent = await sender.run_one(Action("send_email", "smtp"))
+    assert blocked.status.value == "blocked"
+    assert sent.ok
+    audit.close()
+
+
+def test_a_start_whose_event_fails_is_not_written_either(postgres_dsn: str) -> None:
+    """The event's insert fails (a constraint): the append fails whole, the chain is unchanged."""
+    usage = PostgresUsageStore(postgres_dsn)
+    store = PostgresAuditStore(postgres_dsn)
+    try:
+        store.check()
+        at = time.time()
+        ok = flow_event("s", "read", "crm", {}, at)
+        usage.forgotten("s")  # connects: the usage tables are there, its schema known
+        assert store.guards(usage.db)
+        decision = PolicyDecision(Action("read", "crm"), RiskLevel.LOW, Approval.AUTO, "r")
+        first = store.append_guarded(start_draft("s", decision), usage.guard(None, ok))
+        sql(
+            postgres_dsn,
+            "ALTER TABLE aegis_flow_events"
+            " ADD CONSTRAINT no_poison CHECK (action_type <> 'poison')",
+        )
+        poison = PolicyDecision(Action("poison", "crm"), RiskLevel.LOW, Approval.AUTO, "r")
+        bad = flow_event("s", "poison", "crm", {}, at)
+        with pytest.raises(StoreError):
+            store.append_guarded(start_draft("s", poison), usage.guard(None, bad))
+        assert store.head().count == first.id == 1  # the start rolled back with its event
+        assert events(postgres_dsn) == [("s", "read", "crm", "{}")]
+        again = store.append_guarded(start_draft("s", decision), usage.guard(None, ok))
+        assert again.id == 2  # the writer goes on
+        assert store.verify().ok
+    finally:
+        store.close()
+        usage.close()
+
+
+def test_a_guard_of_another_schema_is_refused_before_anything_is_written(
+    postgres_dsn: str, other_schema: str
+) -> None:
+    """The audit store writes only the events of its own schema's usage store."""
+    usage = PostgresUsageStore(other_schema)
+    store = PostgresAuditStore(postgres_dsn)
+    try:
+        usage.forgotten("s")
+        assert not store.guards(usage.db)
+        decision = PolicyDecision(Action("read", "crm"), RiskLevel.LOW, Approval.AUTO, "r")
+        guard = usage.guard(None, flow_event("s", "read", "crm", {}, time.time()))
+        with pytest.raises(StoreError, match="not beside the audit trail"):
+            store.append_guarded(start_draft("s", decision), guard)
+        assert store.head().count == 0
+    finally:
+        store.close()
+        usage.close()
+
+
+@pytest.mark.parametrize("where", ["other schema", "same DSN, schema option"])
+async def test_a_usage_store_elsewhere_notes_the_event_on_its_own_connection(
+    postgres_dsn: str, other_schema: str, where: str
+) -> None:
+    """Usage in another schema: each action's event is noted by the usage store, in its
+    schema only, and a runtime counting there blocks the mail."""
+    if where == "other schema":
+        usage = PostgresUsageStore(other_schema)
+        usage_dsn = other_schema
+    else:
+        usage = PostgresUsageStore(postgres_dsn, schema=other_schema.rsplit("%3D", 1)[1])
+        usage_dsn = other_schema
+    counted = Counted(usage)
+    try:
+        async with Runtime(
+            executor=lambda action: "done",
+            policy=PLAIN,
+            audit_logger=AuditLogger(postgres_dsn),
+            usage_store=usage,
+            session_id="shared",
+        ) as reader:
+            for _ in range(2):
+                assert (await reader.run_one(Action("read_secret", "vault"))).ok
+        assert counted.calls == ["remember_many", "remember_many"]
+        assert events(usage_dsn) == [("shared", "read_secret", "vault", "{}")] * 2
+        assert sql(postgres_dsn, "SELECT to_regclass('aegis_flow_events')") == [(None,)]
+        async with Runtime(
+            executor=lambda action: "done",
+            policy=GUARDED,
+            audit_logger=AuditLogger(postgres_dsn),
+            usage_store=usage,
+            session_id="shared",
+        ) as sender:
+            assert (await sender.run_one(Action("send_email", "smtp"))).status.value == "blocked"
+    finally:
+        usage.close()
+
+
+async def test_a_trail_of_the_previous_version_is_read_as_is_and_migrated_by_a_writer(
+    postgres_dsn: str,
+) -> None:
+    """A version-5 trail (no flow append): a reader verifies it as it is, a writer that may not
+    migrate notes events the ordinary way, a writer that may migrates and writes them with
+    the start."""
+    async with Runtime(
+        executor=lambda action: "done", policy=PLAIN, audit_logger=AuditLogger(postgres_dsn)
+    ) as runtime:
+        assert (await runtime.run_one(Action("read", "crm"))).ok
+    sql(postgres_dsn, "DROP PROCEDURE aegis_audit_append_flow_call")
+    sql(postgres_dsn, "DROP FUNCTION aegis_audit_append_flow")
+    sql(postgres_dsn, "UPDATE aegis_schema_versions SET version = 5 WHERE component = 'audit'")
+    version = "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
+    with AuditLogger(postgres_dsn, create=False, readonly=True) as reader:
+        report = reader.verify()
+        assert report.ok, report.reason
+        assert report.checked == 2
+    old = AuditLogger(postgres_dsn, create=False)
+    async with Runtime(
+        executor=lambda action: "done", policy=PLAIN, audit_logger=old, session_id="old"
+    ) as runtime:
+        for _ in range(2):
+            assert (await runtime.run_one(Action("read_secret", "vault"))).ok
+    assert sql(postgres_dsn, version) == [(5,)]
+    new = AuditLogger(postgres_dsn)
+    async with Runtime(
+        executor=lambda action: "done", policy=PLAIN, audit_logger=new, session_id="new"
+    ) as runtime:
+        assert (await runtime.run_one(Action("read", "crm"))).ok
+        usage = new.stores.usage
+        assert isinstance(usage, PostgresUsageStore)
+        counted = Counted(usage)
+        assert (await runtime.run_one(Action("read_secret", "vault"))).ok
+        assert counted.calls == []  # written with the start, through the new function
+    assert sql(postgres_dsn, version) == [(6,)]
+    noted = events(postgres_dsn)
+    assert noted.count(("old", "read_secret", "vault", "{}")) == 2
+    assert noted.count(("new", "read_secret", "vault", "{}")) == 1
+    with AuditLogger(postgres_dsn, create=False, readonly=True) as reader:
+        report = reader.verify()
+    assert report.ok, report.reason
+    assert report.checked == 10
+
+
+async def test_an_action_with_charges_reserves_them_first_and_notes_its_event_as_before(
+    postgres_dsn: str,
+) -> None:
+    """A limited rule on the shared database: the charges are reserved in the usage store's
+    own transaction and the event noted there, the limit holds, the start carries nothing."""
+    limited = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "sends",
+                    "match": {"type": "send"},
+                    "limit": {"max": 2, "per": "1h"},
+                    "approval": "auto",
+                }
+            ]
+        }
+    )
+    audit = AuditLogger(postgres_dsn)
+    usage = audit.stores.usage
+    assert isinstance(usage, PostgresUsageStore)
+    counted = Counted(usage)
+    async with Runtime(
+        executor=lambda action: "done", policy=limited, audit_logger=audit, agent="a"
+    ) as runtime:
+        statuses = [(await runtime.run_one(Action("send", "smtp"))).status.value for _ in "abc"]
+    audit.close()
+    assert statuses == ["success", "success", "blocked"]
+    assert counted.calls == ["remember_many", "remember_many"]
+    assert [row[1] for row in events(postgres_dsn)] == ["send", "send"]
