@@ -345,7 +345,7 @@ def test_the_audit_commands_refuse_a_wrong_password_clearly(
     """`aegis audit verify|list --db` with a wrong password exits 1 naming the problem only."""
     assert record_one_refund(password_postgres.url(), schema) == (ResultStatus.SUCCESS, 1)
     wrong = password_postgres.url(WRONG_PASSWORD)
-    done = aegis(*command, "--db", wrong, "--schema", schema, env=aegis_env())
+    done = aegis(*command, "--schema", schema, env=aegis_env(AEGIS_DB=wrong))
     assert_refused_clearly(password_postgres, done)
     assert count_records(password_postgres, schema) == 1
 
@@ -375,9 +375,8 @@ def test_serve_refuses_a_wrong_password_before_it_listens(
     """`aegis serve --db` with a wrong password exits 1 at once, naming the problem only."""
     assert record_one_refund(password_postgres.url(), schema) == (ResultStatus.SUCCESS, 1)
     done = aegis(
-        "serve", "--db", password_postgres.url(WRONG_PASSWORD), "--schema", schema,
-        "--port", str(free_port()),
-        env=aegis_env(),
+        "serve", "--schema", schema, "--port", str(free_port()),
+        env=aegis_env(AEGIS_DB=password_postgres.url(WRONG_PASSWORD)),
     )  # fmt: skip
     assert_refused_clearly(password_postgres, done)
     assert count_records(password_postgres, schema) == 1
@@ -426,12 +425,16 @@ def healthy(url: str, process: subprocess.Popen[bytes]) -> bool:
 # ---------------------------------------------------------------- the MCP proxy
 
 
-def mcp_proxy(login_url: str, schema: str, tmp_path: Path) -> list[str]:
-    """The command line of `aegis mcp-proxy` recording in ``login_url`` before the files server."""
+def mcp_proxy(schema: str, tmp_path: Path) -> list[str]:
+    """The command line of `aegis mcp-proxy` before the files server (its --db in AEGIS_DB).
+
+    A password in --db on the command line is refused (every local user
+    could read it in the process list): the DSN comes from the environment.
+    """
     policy = tmp_path / "policy.yaml"
     policy.write_text(MCP_POLICY, encoding="utf-8")
     return [
-        sys.executable, "-m", "aegis", "mcp-proxy", "--policy", str(policy), "--db", login_url,
+        sys.executable, "-m", "aegis", "mcp-proxy", "--policy", str(policy),
         "--schema", schema, "--name", "files", "--",
         sys.executable, str(FILES_SERVER), "--log", str(tmp_path / "calls.jsonl"),
     ]  # fmt: skip
@@ -440,11 +443,12 @@ def mcp_proxy(login_url: str, schema: str, tmp_path: Path) -> list[str]:
 def test_mcp_proxy_refuses_a_wrong_password_before_any_call(
     password_postgres: Login, schema: str, tmp_path: Path
 ) -> None:
-    """`aegis mcp-proxy --db` with a wrong password exits 1; no call reaches the server."""
+    """`aegis mcp-proxy` with a wrong password in AEGIS_DB exits 1; no call reaches the server."""
     assert record_one_refund(password_postgres.url(), schema) == (ResultStatus.SUCCESS, 1)
-    command = mcp_proxy(password_postgres.url(WRONG_PASSWORD), schema, tmp_path)
+    command = mcp_proxy(schema, tmp_path)
     done = subprocess.run(
-        command, input="", capture_output=True, text=True, env=aegis_env(), cwd=ROOT,
+        command, input="", capture_output=True, text=True, cwd=ROOT,
+        env=aegis_env(AEGIS_DB=password_postgres.url(WRONG_PASSWORD)),
         timeout=60, check=False,
     )  # fmt: skip
     assert_refused_clearly(password_postgres, done)
@@ -455,14 +459,14 @@ def test_mcp_proxy_refuses_a_wrong_password_before_any_call(
 def test_mcp_proxy_records_a_call_with_the_encoded_password(
     password_postgres: Login, schema: str, tmp_path: Path
 ) -> None:
-    """With the password percent-encoded in --db, a call is forwarded and recorded."""
-    command = mcp_proxy(password_postgres.url(), schema, tmp_path)
+    """With the password percent-encoded in AEGIS_DB, a call is forwarded and recorded."""
+    command = mcp_proxy(schema, tmp_path)
     stderr = tmp_path / "proxy.err"
     with (
         stderr.open("w") as err,
         subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-            env=aegis_env(), cwd=ROOT,
+            env=aegis_env(AEGIS_DB=password_postgres.url()), cwd=ROOT,
         ) as proxy,
     ):  # fmt: skip
         talk = StdioTalk(proxy)

@@ -38,7 +38,13 @@ from aegis.cli._output import (
     use_color,
     warn,
 )
-from aegis.cli._params import DEFAULT_DB, DateTimeParam, db_option, format_option
+from aegis.cli._params import (
+    DEFAULT_DB,
+    DateTimeParam,
+    db_option,
+    db_password_check,
+    format_option,
+)
 from aegis.core._text import counted
 from aegis.core.chain import Head
 from aegis.core.result import ResultStatus
@@ -127,7 +133,9 @@ def _echo_record(record: dict[str, Any]) -> None:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--db", "db_path", default=None, hidden=True)
+@click.option(
+    "--db", "db_path", default=None, hidden=True, callback=db_password_check(long_running=False)
+)
 @click.option(
     "--format", "legacy_format", type=click.Choice(["table", "json", "jsonl"]), hidden=True
 )
@@ -645,7 +653,13 @@ def _newest(
 @audit.command()
 @db_option
 @click.option("-n", "--lines", "count", default=10, show_default=True, type=click.IntRange(min=0))
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new records as they arrive.")
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    is_eager=True,  # known to --db's check, which refuses a password on argv with it
+    help="Keep printing new records as they arrive.",
+)
 @click.option("--session", "session_id", help="Only this session's records.")
 @click.option(
     "--interval",

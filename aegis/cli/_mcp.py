@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from aegis.cli._output import APPROVAL_STYLES, RISK_STYLES, Styled, emit_json, print_table
-from aegis.cli._params import DEFAULT_DB, format_option, secret_option
+from aegis.cli._params import DEFAULT_DB, db_password_check, format_option, secret_option
 from aegis.cli._store import durability_option
 from aegis.core.policy import Policy
 from aegis.errors import ConfigurationError
@@ -85,7 +85,9 @@ In a client's configuration, replace the server's command with:
     show_default=True,
     show_envvar=True,
     metavar="PATH_OR_DSN",
-    help="The audit trail every call is recorded in: a SQLite file or a postgresql:// DSN.",
+    callback=db_password_check(long_running=True),
+    help="The audit trail every call is recorded in: a SQLite file or a postgresql:// DSN "
+    "(a password only from $AEGIS_DB, PGPASSWORD or a passfile, never on argv).",
 )
 @durability_option
 @click.option(

@@ -17,12 +17,15 @@ from typing import IO, Any, NoReturn, TypeVar
 import click
 
 from aegis.core.action import Action
+from aegis.errors import ConfigurationError
+from aegis.stores._url import parse_store_url
 
 __all__ = [
     "ACTION_FIELDS",
     "ActionParam",
     "DateTimeParam",
     "db_option",
+    "db_password_check",
     "format_option",
     "load_json",
     "parse_action",
@@ -252,9 +255,53 @@ def db_option(function: F) -> F:
             envvar="AEGIS_DB",
             show_envvar=True,
             type=click.Path(dir_okay=False),
+            callback=db_password_check(long_running=False),
             help="SQLite audit database written by the runtime, or a postgresql:// DSN.",
         )(function)
     )
+
+
+def db_password_check(
+    *, long_running: bool
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """The ``--db`` callback that keeps a DSN's password off the process list.
+
+    A process's arguments are readable by every local user (``ps``,
+    ``/proc/PID/cmdline``) for as long as it runs. A command that runs for
+    hours (``long_running``, or one given ``--follow``, an eager flag, so
+    set by then) refuses a ``--db`` holding a password on its command line;
+    a short one warns on stderr and goes on. The same DSN from ``$AEGIS_DB``,
+    or without its password (libpq then reads ``PGPASSWORD`` or a
+    passfile), is taken as it is.
+    """
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        source = ctx.get_parameter_source(param.name or "")
+        if not isinstance(value, str) or source is not click.core.ParameterSource.COMMANDLINE:
+            return value
+        try:
+            location = parse_store_url(value)
+        except ConfigurationError:
+            return value  # the command says what is wrong with it, password masked
+        if location.engine != "postgres" or not location.secrets:
+            return value
+        instead = (
+            "set AEGIS_DB to the DSN instead, or leave the password out of it and give it in "
+            "PGPASSWORD or a passfile (~/.pgpass, or the file PGPASSFILE names)"
+        )
+        if long_running or ctx.params.get("follow") is True:
+            raise click.UsageError(
+                "--db holds a password, which every local user can read in the process list "
+                f"for as long as this command runs; {instead}"
+            )
+        click.echo(
+            "warning: --db holds a password, which every local user can read in the process "
+            f"list while this command runs; {instead}",
+            err=True,
+        )
+        return value
+
+    return check
 
 
 _SCHEMA_KEY = "aegis.schema"

@@ -11,7 +11,7 @@ import click
 
 from aegis.cli._output import note, warn
 from aegis.cli._params import command_schema, secret_option
-from aegis.cli._store import durability_option, store_option
+from aegis.cli._store import durability_option, service_store_option
 from aegis.core.approval_request import parse_approval_ttl, parse_duration
 from aegis.errors import ConfigurationError, StoreError
 
@@ -111,7 +111,7 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 
 @click.command()
-@store_option
+@service_store_option
 @durability_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(

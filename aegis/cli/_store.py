@@ -10,12 +10,18 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from aegis.cli._output import warn
-from aegis.cli._params import command_schema, schema_option
+from aegis.cli._params import command_schema, db_password_check, schema_option
 from aegis.errors import StoreError
 from aegis.stores._url import parse_store_url
 from aegis.stores.approvals import ApprovalStore
 
-__all__ = ["audit_trail", "durability_option", "open_tables", "store_option"]
+__all__ = [
+    "audit_trail",
+    "durability_option",
+    "open_tables",
+    "service_store_option",
+    "store_option",
+]
 
 if TYPE_CHECKING:
     from aegis.runtime.audit import AuditLogger
@@ -25,6 +31,15 @@ F = TypeVar("F", bound=Callable[..., object])
 
 def store_option(function: F) -> F:
     """Add ``--db PATH_OR_DSN`` (also ``$AEGIS_DB``) and ``--schema``: the service's store."""
+    return _store_option(function, long_running=False)
+
+
+def service_store_option(function: F) -> F:
+    """:func:`store_option` for a command that runs for hours: no password in ``--db`` on argv."""
+    return _store_option(function, long_running=True)
+
+
+def _store_option(function: F, *, long_running: bool) -> F:
     return schema_option(
         click.option(
             "--db",
@@ -33,6 +48,7 @@ def store_option(function: F) -> F:
             show_default=True,
             envvar="AEGIS_DB",
             show_envvar=True,
+            callback=db_password_check(long_running=long_running),
             help="SQLite file, sqlite:///PATH or postgresql:// DSN of the audit trail and "
             "approvals.",
         )(function)

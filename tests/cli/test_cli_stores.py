@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -115,16 +116,20 @@ def test_a_bad_percent_escape_in_a_password_never_reaches_the_terminal(
 
 
 def test_mcp_proxy_never_shows_a_password_with_a_bad_percent_escape(policy_path: Path) -> None:
-    """`aegis mcp-proxy --db DSN` with '%zz' in the password exits with it masked."""
+    """`aegis mcp-proxy` with '%zz' in its DSN's password (in AEGIS_DB) exits with it masked.
+
+    (On the command line, a --db holding a password is refused before it is read.)
+    """
     proxy = subprocess.run(
         [
             *(sys.executable, "-m", "aegis", "mcp-proxy", "--policy", str(policy_path)),
-            *("--db", BAD_ESCAPE_DSN, "--", sys.executable, "-c", "pass"),
+            *("--", sys.executable, "-c", "pass"),
         ],
         capture_output=True,
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, "AEGIS_DB": BAD_ESCAPE_DSN},
         check=False,
     )
     assert proxy.returncode != 0
