@@ -223,10 +223,11 @@ async def _exited(process: asyncio.subprocess.Process, timeout: float) -> bool:
 
 @asynccontextmanager
 async def http_pool(url: str | None) -> AsyncIterator[Any]:
-    """The HTTP client every session of a proxy reaches ``url`` with; ``None`` without a URL.
+    """The HTTP connections every session of a proxy reaches ``url`` by; ``None`` without a URL.
 
-    One client, one pool of connections kept alive: a call does not
-    open a connection of its own (see :mod:`aegis.mcp.http_downstream`).
+    One pool of connections kept alive: a call does not open a connection
+    of its own; each session has a client (and cookies) of its own over
+    it (see :mod:`aegis.mcp.http_downstream`).
 
     Raises:
         ConfigurationError: the ``mcp`` extra (httpx2) is not installed.
@@ -235,13 +236,13 @@ async def http_pool(url: str | None) -> AsyncIterator[Any]:
         yield None
         return
     try:
-        from aegis.mcp.http_downstream import http_client  # noqa: PLC0415  # only for a URL
+        from aegis.mcp.http_downstream import http_transport  # noqa: PLC0415  # only for a URL
     except ImportError as exc:
         raise ConfigurationError(
             f'--upstream-url needs the mcp SDK ({exc}): pip install "aegis-runtime[mcp]"'
         ) from exc
-    async with http_client() as client:
-        yield client
+    async with http_transport() as transport:
+        yield transport
 
 
 @asynccontextmanager
@@ -258,9 +259,9 @@ async def open_downstream(
     ``max_line`` bounds the messages the server may send (lines, bodies, events); ``exit_grace`` is
     the seconds it gets to exit once its stdin closes, then again after
     SIGTERM, before its process group is killed. ``pool`` is the HTTP
-    client (of :func:`http_pool`) to reach ``url`` with, its connections
-    shared with the proxy's other sessions; without it the connection
-    has a client of its own.
+    connections (of :func:`http_pool`) to reach ``url`` by, shared with
+    the proxy's other sessions; without it the connection has a pool of
+    its own.
 
     The child process gets the proxy's environment (the client that starts
     the proxy configures it as it would configure the server) but for

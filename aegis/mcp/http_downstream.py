@@ -19,8 +19,10 @@ initialized, a GET stream carries the server's messages that belong to no
 request; a stream that ends early is resumed with ``Last-Event-ID``; the
 session is DELETEd on close. Redirects are not followed.
 
-Connections are kept alive and reused (:func:`http_client`, one per
-proxy): a request's stream is read to its end after the reply, within
+Connections are kept alive and reused (:func:`http_transport`, one pool
+per proxy, shared by its sessions; each session has a client of its own,
+so that a cookie the server sets for one session is never sent with
+another's requests): a request's stream is read to its end after the reply, within
 :data:`_DRAIN_BYTES` and :data:`_DRAIN_WAIT`, so that its connection goes
 back to the pool. A connection is reused only when its last response was
 read to its end as HTTP frames it: one closed early (a body past the
@@ -49,7 +51,7 @@ from aegis.mcp._jsonrpc import (
     read_message,
 )
 
-__all__ = ["HttpDownstream", "SseReader", "http_client"]
+__all__ = ["HttpDownstream", "SseReader", "http_transport"]
 
 _log = logging.getLogger("aegis.mcp")
 
@@ -195,9 +197,18 @@ class HttpDownstream:
     """A connection to a Streamable HTTP MCP server at ``url``."""
 
     def __init__(
-        self, client: httpx2.AsyncClient, url: str, limit: int, *, notice_wait: float = NOTICE_WAIT
+        self,
+        transport: httpx2.AsyncBaseTransport,
+        url: str,
+        limit: int,
+        *,
+        notice_wait: float = NOTICE_WAIT,
     ) -> None:
-        self._client = client
+        # A client (and so a cookie jar) of the session's own, over the proxy's shared
+        # pool: never closed here, since closing a client closes its transport
+        self._client = httpx2.AsyncClient(
+            transport=transport, timeout=_TIMEOUT, follow_redirects=False
+        )
         self._url = url
         self._limit = limit
         self._notice_wait = notice_wait
@@ -548,10 +559,11 @@ def _what(message: Message) -> str:
     return str(message.get("method") or "response")
 
 
-def http_client() -> httpx2.AsyncClient:
-    """The HTTP client for a server: no redirects followed, reads that wait for the server.
+def http_transport() -> httpx2.AsyncHTTPTransport:
+    """The pool of connections to a server, kept alive for the requests that follow.
 
-    Its pool keeps connections alive for the requests that follow; one
-    client serves every session of a proxy.
+    One serves every session of a proxy; each :class:`HttpDownstream`
+    makes its own client over it (no redirects followed, reads that wait
+    for the server, cookies of its own).
     """
-    return httpx2.AsyncClient(timeout=_TIMEOUT, limits=_LIMITS, follow_redirects=False)
+    return httpx2.AsyncHTTPTransport(limits=_LIMITS)

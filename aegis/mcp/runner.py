@@ -314,7 +314,7 @@ def session_opener(settings: ProxySettings, runtime: Runtime, pool: Any = None) 
     """A function ``open(send, **context)`` connecting a new server for one client.
 
     ``context`` adds to every audit record of the session (e.g. its HTTP session id).
-    ``pool`` is the proxy's HTTP client for an ``upstream_url`` (see
+    ``pool`` is the proxy's HTTP connections to an ``upstream_url`` (see
     :func:`~aegis.mcp.downstream.http_pool`), whose connections the sessions share.
     """
 

@@ -22,7 +22,7 @@ import pytest
 from scripted_http import Request, ScriptedServer, polite, reply, response, scripted
 
 from aegis.mcp._jsonrpc import DOWNSTREAM_UNAVAILABLE, Message, Unreadable
-from aegis.mcp.http_downstream import HttpDownstream, http_client
+from aegis.mcp.http_downstream import HttpDownstream, http_transport
 
 #: seconds after which a test that waits for the proxy fails as a hang
 GUARD = 30
@@ -48,8 +48,8 @@ INITIALIZE: Message = {
 @asynccontextmanager
 async def connected(server: ScriptedServer, **options: Any) -> AsyncIterator[HttpDownstream]:
     """HttpDownstream to ``server`` with the proxy's own client, closed afterwards."""
-    async with http_client() as client:
-        remote = HttpDownstream(client, server.url, LIMIT, **options)
+    async with http_transport() as transport:
+        remote = HttpDownstream(transport, server.url, LIMIT, **options)
         try:
             yield remote
         finally:
@@ -395,8 +395,8 @@ async def test_a_session_end_answered_without_end_is_left_at_once() -> None:
         return polite(request, connection)
 
     with scripted(answer) as server:
-        async with http_client() as client:
-            remote = HttpDownstream(client, server.url, LIMIT)
+        async with http_transport() as transport:
+            remote = HttpDownstream(transport, server.url, LIMIT)
             await remote.send(INITIALIZE)
             assert (await outcome(remote, 0))["result"]  # type: ignore[index]
             async with asyncio.timeout(GUARD):
@@ -509,3 +509,44 @@ async def test_a_connection_an_answer_was_not_read_to_its_end_on_is_not_reused(
             assert await outcome(remote, 2) == {"jsonrpc": "2.0", "id": 2, "result": {}}
     first, second = server.posted("tools/call")
     assert first.connection != second.connection
+
+
+async def test_a_cookie_set_for_one_session_is_never_sent_with_anothers() -> None:
+    """Sessions share the pool, not a cookie jar: the server's cookie for one stays with it.
+
+    With one client for every session of a proxy (``--listen``), the cookie
+    the server set in bob's session went with alice's later calls: the
+    server took alice for bob.
+    """
+    count = 0
+
+    def answer(request: Request, connection: socket.socket) -> bool:
+        nonlocal count
+        if request.rpc_method == "initialize":
+            count += 1
+            message = reply(request, {"protocolVersion": "2025-11-25", "capabilities": {}})
+            head, body = message.split(b"\r\n\r\n", 1)
+            cookie = f"\r\nset-cookie: who=session{count}; Path=/\r\n\r\n".encode()
+            connection.sendall(head + cookie + body)
+            return True
+        return polite(request, connection)
+
+    with scripted(answer) as server:
+        async with http_transport() as transport:
+            first = HttpDownstream(transport, server.url, LIMIT)
+            second = HttpDownstream(transport, server.url, LIMIT)
+            try:
+                await first.send(INITIALIZE)
+                assert not failed(await outcome(first, 0))
+                await second.send(INITIALIZE)
+                assert not failed(await outcome(second, 0))
+                await first.send(CALL)
+                assert not failed(await outcome(first, 1))
+                await second.send(CALL)
+                assert not failed(await outcome(second, 1))
+            finally:
+                async with asyncio.timeout(GUARD):
+                    await first.close()
+                    await second.close()
+    calls = [r.headers.get("cookie") for r in server.requests if r.rpc_method == "tools/call"]
+    assert calls == ["who=session1", "who=session2"]
