@@ -1087,6 +1087,8 @@ class PostgresAuditStore(ReadMixin):
         would then name a start that is not there. Such starts are kept
         until a flush (or their final record) makes them safe.
         """
+        if self._moved:
+            self._finished_moved(records)
         if durable:
             self._unflushed.clear()  # the flush covered every record before it
             self._unflushed_events.clear()
@@ -1099,7 +1101,9 @@ class PostgresAuditStore(ReadMixin):
                 self._unflushed.pop(record.start_id, None)
                 self._unflushed_events.pop(record.start_id, None)
 
-    def _remapped(self, drafts: list[RecordDraft]) -> list[RecordDraft]:
+    def _remapped(
+        self, drafts: list[RecordDraft], moves: Sequence[tuple[AuditRecord, AuditRecord]] = ()
+    ) -> list[RecordDraft]:
         """``drafts``, a final record of a start lost in a server crash naming it recorded again.
 
         The crash freed the lost start's id, and the server gives it out
@@ -1107,19 +1111,32 @@ class PostgresAuditStore(ReadMixin):
         is the lost action's only if it is of the same action (what
         :func:`~aegis.core.chain.verify_chain` checks of a final and its
         start); any other is the final of the start that holds the id now.
+        ``moves`` are starts recorded again in the caller's transaction, not
+        yet committed. Nothing is changed here: a start stays moved until
+        the final record naming it has committed (:meth:`_finished_moved`).
         """
-        if not self._moved:
+        moved = self._moved
+        if moves:
+            moved = {**moved, **{old.id: new for old, new in moves}}
+        if not moved:
             return drafts
-        return [self._renamed(draft) for draft in drafts]
+        return [self._renamed(draft, moved) for draft in drafts]
 
-    def _renamed(self, draft: RecordDraft) -> RecordDraft:
+    @staticmethod
+    def _renamed(draft: RecordDraft, moved: dict[int, AuditRecord]) -> RecordDraft:
         """``draft``, naming its start recorded again if it is the final of a lost start."""
         old = draft.start_id
-        start = None if old is None else self._moved.get(old)
+        start = None if old is None else moved.get(old)
         if old is None or start is None or not _same_action(draft, start):
             return draft
-        del self._moved[old]
         return draft._replace(start_id=start.id)
+
+    def _finished_moved(self, records: list[AuditRecord]) -> None:
+        """Forget the starts recorded again whose final records are among ``records``, committed."""
+        ended = {r.start_id for r in records if r.start_id is not None}
+        for old, start in list(self._moved.items()):
+            if start.id in ended:
+                del self._moved[old]
 
     def _recover_starts(self, conn: Connection) -> None:
         """After a lost connection: record again every unflushed start the server lost.
@@ -1137,19 +1154,24 @@ class PostgresAuditStore(ReadMixin):
         try:
             with conn.transaction():
                 conn.execute(self._sql_lock)
-                self._record_lost_starts(conn)
+                moves = self._record_lost_starts(conn)
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
                 self._drop_writer_conn()
             raise self.db.error("append to the audit trail in", exc) from exc
+        self._starts_moved(moves)
         self._suspect = False
 
-    def _record_lost_starts(self, conn: Connection) -> None:
+    def _record_lost_starts(self, conn: Connection) -> list[tuple[AuditRecord, AuditRecord]]:
         """Append again the unflushed starts not in the chain; the caller holds the lock.
 
-        A start still there stays unflushed: the connection may have been
-        lost with the server running (a timeout, a terminated backend),
-        and a crash may take the start yet.
+        Returns each lost start with the start recorded again. The store's
+        own account of them is left as it is: the caller's transaction may
+        yet fail to commit, and then nothing was recorded again; once it has
+        committed, the caller hands them to :meth:`_starts_moved`. A start
+        still there stays unflushed: the connection may have been lost with
+        the server running (a timeout, a terminated backend), and a crash
+        may take the start yet.
         """
         kept = dict(self._unflushed)
         rows = conn.execute(
@@ -1158,18 +1180,25 @@ class PostgresAuditStore(ReadMixin):
         there = {int(i) for i, digest in rows if kept[int(i)].hash == digest}
         lost = [record for record_id, record in sorted(kept.items()) if record_id not in there]
         if not lost:
-            return
+            return []
         drafts = [RecordDraft._make(record[1:-2]) for record in lost]
         cursor = conn.execute(self._sql_append, _arguments(drafts))
         again = self._sealed(drafts, cursor.fetchall())
         self.commits += 1
-        for old, new in zip(lost, again, strict=True):
-            del self._unflushed[old.id]
+        for old in lost:
+            event = self._unflushed_events.get(old.id)
+            if event is not None:  # lost with its start, in the same transaction
+                self._note_again(conn, event)
+        return list(zip(lost, again, strict=True))
+
+    def _starts_moved(self, moves: list[tuple[AuditRecord, AuditRecord]]) -> None:
+        """Keep account of starts recorded again, once their transaction has committed."""
+        for old, new in moves:
+            self._unflushed.pop(old.id, None)
             self._moved[old.id] = new
             self._unflushed[new.id] = new
             event = self._unflushed_events.pop(old.id, None)
-            if event is not None:  # lost with its start, in the same transaction
-                self._note_again(conn, event)
+            if event is not None:  # noted again with its start
                 self._unflushed_events[new.id] = event
 
     def _note_again(self, conn: Connection, event: Sequence[str]) -> None:
@@ -1399,14 +1428,16 @@ class PostgresAuditStore(ReadMixin):
                 if backend is not None:
                     self._end_backend(conn, backend)
                 landed = self._landed(conn, drafts)
+                moves: list[tuple[AuditRecord, AuditRecord]] = []
                 if landed is None and again:
                     if self._unflushed:
-                        self._record_lost_starts(conn)
-                        drafts = self._remapped(drafts)
+                        moves = self._record_lost_starts(conn)
+                        drafts = self._remapped(drafts, moves)
                         arguments = _arguments(drafts)
                     cursor = conn.execute(self._sql_append, arguments)
                     landed = self._sealed(drafts, cursor.fetchall())
                     self.commits += 1
+            self._starts_moved(moves)
             self._suspect = False
             if landed is None:
                 raise self.db.error(doing, failure) from failure

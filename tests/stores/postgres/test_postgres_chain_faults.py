@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from aegis.core.policy import Policy
 from aegis.core.record import final_draft, start_draft
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
+from aegis.errors import StoreError
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.engine import Runtime
 from aegis.stores.postgres.audit import PostgresAuditStore
@@ -667,3 +669,74 @@ def test_an_append_whose_answer_came_too_late_is_never_written_twice(postgres_ds
         (first.id, '{"n":1}'),
         (second.id, '{"n":2}'),
     ]
+
+
+# ---------------------------------------------------------------- starts recorded again
+
+
+def _lose_tail(dsn: str, application: str) -> None:
+    """What a server crash does to the writer ``application``: its last record gone, cut off.
+
+    The crash takes the commits not yet on disk (the newest records) and
+    every connection; here the newest record is deleted and the writer's
+    session ended, on the shared server, at the moment the test chooses.
+    """
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            "DELETE FROM aegis_audit_log WHERE id = (SELECT max(id) FROM aegis_audit_log)"
+        )
+        admin.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+            "WHERE application_name = %s",
+            (application,),
+        )
+
+
+class FailingRecovery(PostgresAuditStore):
+    """A store whose first recording of lost starts never commits: its session ends first."""
+
+    admin_dsn = ""
+    failed = False
+
+    def _record_lost_starts(self, conn: psycopg.Connection[tuple[object, ...]]) -> object:
+        moved = super()._record_lost_starts(conn)  # type: ignore[misc]
+        if not self.failed:
+            self.failed = True
+            with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s, 10000)", (conn.info.backend_pid,))
+        return moved
+
+
+def test_a_recovery_that_never_committed_leaves_no_trace_in_the_store(postgres_dsn: str) -> None:
+    """Starts recorded again in a transaction that failed: the store does not act as if they were.
+
+    Action 1's start is lost (as in a crash); another writer appends in its
+    place. The store records the start again, but that transaction never
+    commits. After another writer's record, action 1's outcome must name
+    action 1's start, recorded again for good, not the id the failed
+    attempt had given it (now the other writer's record).
+    """
+    application = f"aegis_test_{uuid.uuid4().hex[:8]}"
+    store = FailingRecovery(f"{postgres_dsn}&application_name={application}", durability="result")
+    store.admin_dsn = postgres_dsn
+    other = PostgresAuditStore(postgres_dsn)
+    try:
+        (lost,) = store.append([start_draft("s1", _decision(1))])
+        _lose_tail(postgres_dsn, application)
+        other.append([start_draft("other", _decision(0))])  # takes the lost start's id
+        with pytest.raises(StoreError):  # action 2 does not begin: its start failed
+            store.append([start_draft("s1", _decision(2))])
+        assert store.failed
+        other.append([start_draft("other", _decision(0))])  # takes the failed attempt's id
+        outcome = Result(_decision(1).action, ResultStatus.SUCCESS, {"done": True})
+        (final,) = store.append([final_draft("s1", _decision(1), outcome, start_id=lost.id)])
+        records = {r.id: r for r in store.records(Filters(view="records"))}
+        report = store.verify()
+    finally:
+        store.close()
+        other.close()
+    assert report.ok, report.reason
+    start = records[final.start_id]
+    assert (start.kind, start.session_id) == ("start", "s1")
+    assert start[1:-2] == lost[1:-2]  # action 1's start, recorded again
+    assert [r.session_id for r in records.values()].count("s1") == 2
