@@ -163,6 +163,7 @@ class AegisGroup(click.Group):
         "init": "aegis.cli._init:init",
         "mcp-proxy": "aegis.cli._mcp:mcp_proxy",
         "replay": "aegis.cli._replay:replay",
+        "reviewer": "aegis.cli._reviewers:reviewer",
         "schema": "aegis.cli._validate:schema",
         "serve": "aegis.cli._serve:serve",
         "simulate": "aegis.cli._simulate:simulate",

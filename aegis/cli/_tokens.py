@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -16,7 +17,7 @@ from aegis.core.identity import KEY_SEPARATOR
 from aegis.errors import ApprovalServiceError, ConfigurationError
 from aegis.stores.approvals import ApprovalStore, hash_token, new_token
 
-__all__ = ["token"]
+__all__ = ["audit_revocation", "given_by", "token", "withdrawn_by"]
 
 #: the longest a token may live: ten years
 _MAX_LIFETIME = 3650 * 86400.0
@@ -204,7 +205,8 @@ def revoke(name: str, db: str) -> None:
         # A role this version does not know may have given grants: end them too.
         gave = info is not None and info.known_role in {Role.REVIEWER, None}
         given = _given(store, info) if info is not None and gave else []
-        ended = _audit_revocation(store, db, name, given) if given or withdrawn else []
+        because = f"token {name} revoked"
+        ended = audit_revocation(store, db, because, given) if given or withdrawn else []
     success(f"token {name!r} revoked")
     if withdrawn:
         note(f"its approvals of these pending requests no longer count: {', '.join(withdrawn)}")
@@ -213,7 +215,12 @@ def revoke(name: str, db: str) -> None:
 
 
 def _withdrawn(store: ApprovalStore, name: str) -> list[str]:
-    """The requests whose approvals the revocation of ``name`` withdrew, as queued for the trail.
+    """The requests whose approvals the revocation of ``name`` withdrew, as queued for the trail."""
+    return withdrawn_by(store, "token", name)
+
+
+def withdrawn_by(store: ApprovalStore, field: str, value: str) -> list[str]:
+    """The requests of the queued withdrawals whose context's ``field`` is ``value``.
 
     For the operator's eyes only: a running service may have written some
     of the events already, and then they are not named.
@@ -222,29 +229,37 @@ def _withdrawn(store: ApprovalStore, name: str) -> list[str]:
     return [
         e.request_id
         for e in events
-        if e.kind == "approval.withdrawn" and e.context.get("token") == name
+        if e.kind == "approval.withdrawn" and e.context.get(field) == value
     ]
 
 
 def _given(store: ApprovalStore, info: TokenInfo) -> list[str]:
     """The ids of the active grants ``info`` gave."""
+    return given_by(store, info.speaks_for)
+
+
+def given_by(store: ApprovalStore, speaks_for: Callable[[str], bool]) -> list[str]:
+    """The ids of the active grants one of whose givers' keys ``speaks_for`` names."""
     given: list[str] = []
     now = datetime.now(UTC)
     before = None
     # Every page: a list stops at 1000 grants, and a grant past the first
     # thousand would keep approving in the revoked token's name.
     while page := store.list_grants(now, before=before):
-        given += [g.id for g in page if any(info.speaks_for(key) for key in g.granted_by)]
+        given += [g.id for g in page if any(speaks_for(key) for key in g.granted_by)]
         before = (page[-1].created_at, page[-1].id)
     return given
 
 
-def _audit_revocation(store: ApprovalStore, db: str, name: str, given: list[str]) -> list[str]:
-    """End the grants ``given`` and write the queued withdrawals, each audited; the grants ended."""
+def audit_revocation(store: ApprovalStore, db: str, because: str, given: list[str]) -> list[str]:
+    """End the grants ``given`` and write the queued withdrawals, each audited; the grants ended.
+
+    ``because`` says in each grant's record why the operator ended it.
+    """
     # Imported here: the service is only needed for this.
     from aegis.server.service import ApprovalService  # noqa: PLC0415
 
-    operator = f"operator:{getpass.getuser()} (token {name} revoked)"
+    operator = f"operator:{getpass.getuser()} ({because})"
     audit = audit_trail(db)
     try:
         service = ApprovalService(store, audit)

@@ -1326,10 +1326,14 @@ def _event_text(event: AuditEvent, request: ApprovalRequest) -> tuple[str, dict[
         # longer counts, and why.
         who = Identity.from_key(str(ctx.get("reviewer")), str(ctx.get("reviewer_name") or ""))
         left = len(ctx.get("approved_by") or ())
+        if ctx.get("person"):
+            # `aegis reviewer revoke`: the person, whatever they decided with
+            cause, extra = f"reviewer {ctx['person']} revoked", {"person": str(ctx["person"])}
+        else:
+            cause, extra = f"token {ctx.get('token')} revoked", {"token": str(ctx.get("token"))}
         return (
-            f"approval by {who} withdrawn: token {ctx.get('token')} revoked "
-            f"({left} of {request.approvers} approvals left)",
-            {"reviewer": who.key, "token": str(ctx.get("token"))},
+            f"approval by {who} withdrawn: {cause} ({left} of {request.approvers} approvals left)",
+            {"reviewer": who.key, **extra},
         )
     if kind == "grant.created":
         known = {d.reviewer: d.identity for d in request.decisions}

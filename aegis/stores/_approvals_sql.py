@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Final, Protocol
@@ -41,6 +41,7 @@ from aegis.core.approval_request import (
     parse_time,
 )
 from aegis.core.explain import Why
+from aegis.core.identity import Identity
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, StoreError
 from aegis.stores._ids import new_grant_id
@@ -967,18 +968,65 @@ class SqlApprovalStore:
             ):
                 return False
             rows = tx.all(f"SELECT {_TOKEN_COLUMNS} FROM {{p}}aegis_tokens WHERE name = ?", (name,))
-            self._withdraw_approvals(tx, _token_of(rows[0]), now)
+            token = _token_of(rows[0])
+            # A token tied to no person decided as its name; one tied to a person
+            # as that person, whose key speaks_for matches.
+            named = None if token.oidc_subject else token.name
+            self._withdraw_approvals(tx, token.speaks_for, named, now, token=token.name)
             return True
 
-    def _withdraw_approvals(self, tx: Tx, token: TokenInfo, now: datetime) -> None:
-        """Withdraw the approvals ``token`` may have given on requests still pending.
+    def revoke_person(self, issuer: str, subject: str, now: datetime) -> tuple[list[str], int]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.revoke_person`."""
+        person = Identity(issuer, subject)
+        with self._transaction(write=True) as tx:
+            # Tokens, then sessions, then requests: the order a decision locks them in.
+            tokens = [
+                _token_of(row)
+                for row in tx.all(
+                    f"SELECT {_TOKEN_COLUMNS} FROM {{p}}aegis_tokens "
+                    "WHERE oidc_subject = ? AND revoked_at IS NULL ORDER BY name",
+                    (subject,),
+                )
+            ]
+            revoked = [t.name for t in tokens if t.speaks_for(person.key)]
+            for name in revoked:
+                tx.run(
+                    "UPDATE {p}aegis_tokens SET revoked_at = ? "
+                    "WHERE name = ? AND revoked_at IS NULL",
+                    (iso(now), name),
+                )
+            ended = 0
+            for id_hash, identity in tx.all(
+                "SELECT id_hash, identity FROM {p}aegis_inbox_sessions "
+                "WHERE ended_at IS NULL AND token_hash IS NULL"
+            ):
+                if _signed_in_as(identity, person):
+                    ended += tx.run(
+                        "UPDATE {p}aegis_inbox_sessions SET ended_at = ? "
+                        "WHERE id_hash = ? AND ended_at IS NULL",
+                        (iso(now), id_hash),
+                    )
+            self._withdraw_approvals(
+                tx, lambda key: Identity.from_key(key) == person, None, now, person=person.key
+            )
+            return revoked, ended
 
-        A leaked token's approval must not count toward a two-person rule
-        once it is revoked; requests already decided stay as they are.
+    def _withdraw_approvals(
+        self,
+        tx: Tx,
+        speaks_for: Callable[[str], bool],
+        named: str | None,
+        now: datetime,
+        **because: str,
+    ) -> None:
+        """Withdraw the approvals of requests still pending whose reviewer ``speaks_for`` names.
+
+        A leaked token's approval, or a revoked person's, must not count
+        toward a two-person rule; requests already decided stay as they are.
+        ``named`` narrows the look to one reviewer key; ``because`` goes into
+        each ``approval.withdrawn`` event (the token, or the person, revoked).
         """
-        # A token tied to no person decided as its name; one tied to a person
-        # as that person, whose key is matched below.
-        mine, args = ("", ()) if token.oidc_subject else (" AND d.reviewer = ?", (token.name,))
+        mine, args = ("", ()) if named is None else (" AND d.reviewer = ?", (named,))
         rows = tx.all(
             "SELECT d.request_id, d.reviewer, d.reviewer_name FROM {p}aegis_approval_decisions d "
             "JOIN {p}aegis_approval_requests r ON r.id = d.request_id "
@@ -986,7 +1034,7 @@ class SqlApprovalStore:
             (Verdict.APPROVE.value, *args),
         )
         for request_id, reviewer, reviewer_name in rows:
-            if not token.speaks_for(reviewer):
+            if not speaks_for(reviewer):
                 continue
             # Only a row still pending changes, and the update locks it: a
             # reviewer approving at once either completed it first (it stays
@@ -1012,8 +1060,8 @@ class SqlApprovalStore:
                 now,
                 reviewer=reviewer,
                 reviewer_name=reviewer_name or reviewer,
-                token=token.name,
                 approved_by=[d.reviewer for d in request.approvals],
+                **because,
             )
 
     # -- inbox sessions -----------------------------------------------------------
@@ -1260,6 +1308,20 @@ def _check_renewal(old: TokenInfo, new: TokenInfo, now: datetime) -> None:
             status=409,
             code="token_name_retired",
         )
+
+
+def _signed_in_as(identity: str, person: Identity) -> bool:
+    """Whether an inbox session's stored identity (JSON) is ``person`` signed in with OpenID."""
+    try:
+        data = json.loads(identity)
+    except ValueError:
+        return False
+    if not isinstance(data, dict) or data.get("kind") != "oidc":
+        return False
+    issuer, subject = data.get("issuer"), data.get("subject")
+    if not isinstance(issuer, str) or not isinstance(subject, str) or not issuer:
+        return False
+    return Identity(issuer, subject) == person
 
 
 def _role_of(stored: str) -> Role | str:

@@ -600,6 +600,18 @@ class ApprovalStore(Protocol):
         """
         ...
 
+    def revoke_person(self, issuer: str, subject: str, now: datetime) -> tuple[list[str], int]:
+        """Revoke the person ``subject`` at ``issuer``; the tokens revoked and the sessions ended.
+
+        In one transaction: the active tokens tied to that person are
+        revoked, the inbox sessions they signed in with OpenID end, and
+        their approvals of requests still pending are withdrawn as
+        :meth:`revoke_token` does (each an ``approval.withdrawn`` event
+        naming the ``person``). A namesake at another issuer is untouched.
+        Signing in again is the provider's to allow or refuse.
+        """
+        ...
+
     def create_session(self, session: InboxSession) -> None:
         """Keep a new inbox session (its id is a hash of the browser's secret)."""
         ...

@@ -27,6 +27,7 @@ from oidc_support import OpenIdProvider, follow_to, provider_login, sign_in
 from serve_support import Server, aegis, create_token
 
 from aegis.core.identity import Identity
+from aegis.runtime.audit import AuditLogger
 from aegis.server.oidc import OidcError, OidcSettings, OidcSignIn
 
 CLIENT_SECRET = "a-client-secret-for-the-tests"  # a test fixture's secret
@@ -407,6 +408,39 @@ def test_sign_out_ends_the_session_on_the_server(idp: Idp, browser: Browser) -> 
     again = thief.get(f"{idp.inbox.url}/")
     assert again.status_code == 303
     assert again.headers["location"].startswith("/signin")
+
+
+def test_revoking_a_person_ends_their_sign_ins_tokens_and_pending_approvals(
+    idp: Idp, browser: Browser
+) -> None:
+    """`aegis reviewer revoke ISSUER#SUBJECT`: erin's inbox session ends, her tied token is
+    refused, her approval of a pending two-person request no longer counts, and the trail
+    says so; a later sign-in is the provider's to allow."""
+    request_id = idp.ask("rotate_keys", ["marketing"], approvers=2)
+    erin = sign_in(idp.inbox.url, "erin", browser())
+    assert _decide(erin, idp.inbox.url, request_id, "approve").status_code == 303
+    token = aegis(
+        "token", "create", "erin-cli", "--role", "reviewer", "--group", "marketing",
+        "--oidc-subject", "erin", "--oidc-issuer", idp.issuer, "--db", str(idp.db),
+    ).stdout.strip()  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{idp.inbox.url}/api/v1/whoami", headers=headers, timeout=20).is_success
+    revoked = aegis("reviewer", "revoke", f"{idp.issuer}#erin", "--db", str(idp.db))
+    assert request_id in revoked.stderr
+    assert "erin-cli" in revoked.stderr
+    gone = erin.get(f"{idp.inbox.url}/")
+    assert gone.status_code == 303
+    assert gone.headers["location"].startswith("/signin")
+    refused = httpx.get(f"{idp.inbox.url}/api/v1/whoami", headers=headers, timeout=20)
+    assert refused.status_code == 401
+    after = idp.status(request_id)
+    assert (after["status"], after["decisions"]) == ("pending", [])
+    with AuditLogger(str(idp.db)) as audit:
+        texts = [r["human_decision"] for r in audit.get_log(after["session_id"])]
+    assert any(f"withdrawn: reviewer {idp.issuer}#erin revoked" in t for t in texts), texts
+    again = sign_in(idp.inbox.url, "erin", browser())
+    assert _decide(again, idp.inbox.url, request_id, "approve").status_code == 303
+    assert [d["reviewer"] for d in idp.status(request_id)["decisions"]] == [f"{idp.issuer}#erin"]
 
 
 def test_forged_state_is_refused(idp: Idp, browser: Browser) -> None:

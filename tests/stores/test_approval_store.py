@@ -16,6 +16,7 @@ from aegis.core.action import Action, action_digest
 from aegis.core.approval_request import (
     REQUEST_SORTS,
     ApprovalRequest,
+    InboxSession,
     ListCursor,
     RequestStatus,
     Role,
@@ -366,6 +367,73 @@ def test_revoking_a_person_s_token_withdraws_that_person_s_approvals(
     assert _withdrawals(store) == [(hers.id, "https://id.example.com#248289", "kim-cli", ["bob"])]
     assert decide(store, hers.id, "carol").status is RequestStatus.PENDING
     assert decide(store, hers.id, "dave").status is RequestStatus.APPROVED
+
+
+def _oidc_session(id_hash: str, issuer: str, subject: str) -> InboxSession:
+    identity = {"kind": "oidc", "issuer": issuer, "subject": subject, "name": "", "groups": []}
+    return InboxSession(
+        id_hash=id_hash,
+        csrf="c",
+        created_at=NOW,
+        expires_at=NOW + timedelta(hours=8),
+        identity=identity,
+    )
+
+
+def test_revoking_a_person_ends_their_sessions_tokens_and_pending_approvals(
+    store: ApprovalStore,
+) -> None:
+    """kim at id.example.com is revoked: her sign-ins (however the issuer was spelt) end,
+    her tied token is revoked, her approval of a pending request is withdrawn and a decision
+    of hers still on its way is refused; kim at another issuer keeps all of hers."""
+    issuer, other = "https://id.example.com", "https://other.example.com"
+    kim = TokenInfo("kim-cli", Role.REVIEWER, (), NOW, oidc_issuer=issuer, oidc_subject="kim")
+    namesake = TokenInfo("kim-other", Role.REVIEWER, (), NOW, oidc_issuer=other, oidc_subject="kim")
+    store.create_token(kim, "h-kim")
+    store.create_token(namesake, "h-namesake")
+    store.create_session(_oidc_session("a" * 64, "https://ID.example.com:443/", "kim"))
+    store.create_session(_oidc_session("b" * 64, other, "kim"))
+    hers, _ = store.create_request(make(approvers=3), NOW)
+    later, _ = store.create_request(make("s2", amount=5, approvers=2), NOW)
+    decide(store, hers.id, f"{issuer}#kim")
+    decide(store, hers.id, f"{other}#kim")
+    assert store.revoke_person("https://ID.example.com/", "kim", NOW) == (["kim-cli"], 1)
+    left = store.get_request(hers.id)
+    assert left is not None
+    assert [d.reviewer for d in left.decisions] == [f"{other}#kim"]
+    assert _withdrawals_of_people(store) == [(hers.id, f"{issuer}#kim", f"{issuer}#kim")]
+    assert store.get_session("a" * 64).ended_at is not None  # type: ignore[union-attr]
+    assert store.get_session("b" * 64).ended_at is None  # type: ignore[union-attr]
+    assert store.token_by_hash("h-kim").revoked_at is not None  # type: ignore[union-attr]
+    assert store.token_by_hash("h-namesake").revoked_at is None  # type: ignore[union-attr]
+    for token, session in (("kim-cli", None), (None, "a" * 64)):
+        with pytest.raises(ApprovalServiceError) as refused:
+            store.decide(
+                later.id,
+                f"{issuer}#kim",
+                Verdict.APPROVE,
+                comment="",
+                grant_minutes=None,
+                now=NOW,
+                token=token,
+                session=session,
+            )
+        assert refused.value.status == 401
+    still = store.decide(
+        later.id, f"{other}#kim", Verdict.APPROVE, comment="", grant_minutes=None, now=NOW,
+        token="kim-other", session="b" * 64,
+    )  # fmt: skip
+    assert [d.reviewer for d in still[0].decisions] == [f"{other}#kim"]
+    assert store.revoke_person(issuer, "kim", NOW) == ([], 0)  # nothing left to end
+
+
+def _withdrawals_of_people(store: ApprovalStore) -> list[tuple[str, str, str]]:
+    """The queued ``approval.withdrawn`` events of revoked people: request, reviewer, person."""
+    return [
+        (e.request_id, e.context["reviewer"], e.context["person"])
+        for e in store.pending_events(timedelta(0), limit=1000)
+        if e.kind == "approval.withdrawn"
+    ]
 
 
 def test_an_expired_token_is_renewed_only_by_its_holder(store: ApprovalStore) -> None:
