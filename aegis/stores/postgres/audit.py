@@ -25,6 +25,14 @@ its append commits; none waits for a later linking step. (A trail of an
 older schema opened by a writer that may not migrate it appends through
 the function and a pipeline of three statements instead.)
 
+An action's start record may carry its flow event
+(:meth:`PostgresAuditStore.append_guarded`): when the usage store keeps
+its events in this database and schema, the ``aegis_audit_append_flow``
+function inserts the event into its ``aegis_flow_events`` table in the
+start's own transaction, so the pair costs one round trip and commits
+together or not at all, where the usage store's own commit was a round
+trip and a flush more per action.
+
 A unique ``prev_hash`` makes a fork impossible even for a writer that
 skipped the lock. The client recomputes each record's hash from the id and
 predecessor the server chose (:func:`aegis.core.chain.seal`) and refuses a
