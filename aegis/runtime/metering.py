@@ -209,10 +209,11 @@ class Metering:
         self.batch: GroupCommit[Request, Acquired] = GroupCommit(
             store.acquire_many, drop_cancelled=True, give_back=self._give_back
         )
-        #: the flow events of one event loop iteration, noted in one transaction
-        #: (an action cancelled before its event is written does not run: left out)
-        self.notes: GroupCommit[FlowEvent, None] = GroupCommit(
-            self._remember_many, drop_cancelled=True
+        #: the flow events of one event loop iteration, noted in one transaction; an
+        #: action cancelled before its event is written does not run: left out; one
+        #: cancelled once it is written does not run either: its event is taken back
+        self.notes: GroupCommit[FlowEvent, object] = GroupCommit(
+            self._remember_many, drop_cancelled=True, give_back=self.withdraw
         )
         #: whether a Deferred may carry charges to reserve with the start record (a
         #: store whose guard writes flow events only says not: see StartGuarding)
@@ -243,15 +244,47 @@ class Metering:
             more = False
         self._forgot, self._forget_at = at, at + (_FORGET_SOON if more else _FORGET_EVERY)
 
-    def _remember_many(self, events: list[FlowEvent]) -> list[None]:
-        """Note ``events`` together, where the store can (else one by one)."""
+    def _remember_many(self, events: list[FlowEvent]) -> list[object]:
+        """Note ``events`` together, where the store can (else one by one); their ids.
+
+        An id is ``None`` when the store gives none (see :meth:`withdraw`).
+        """
         many = getattr(self.store, "remember_many", None)
         if many is not None:
-            many(events)
+            ids = many(events)
+            if isinstance(ids, list) and len(ids) == len(events):
+                return ids
         else:
             for event in events:
                 self.store.remember(event)
         return [None] * len(events)
+
+    def withdraw(self, event_id: object) -> None:
+        """Delete the flow event noted as ``event_id``: its action does not run after all.
+
+        Its action was cancelled once its event was written, or a flow rule
+        blocked it then (see :meth:`MeteringStep.ran`). A store that cannot
+        delete it (no id, no ``drop_events``, or it fails) keeps it, and that
+        is logged: flow conditions then count an action that did not run. A
+        rule that blocks what comes after it blocks more (the safe side); one
+        that needs it to have run (``not_after`` it, block) lets through
+        what it would have blocked.
+        """
+        drop = getattr(self.store, "drop_events", None)
+        if event_id is None or not callable(drop):
+            _log.error(
+                "the flow event of an action that did not run stays (the usage store %r cannot"
+                " delete one): flow conditions will count it as run",
+                self.store,
+            )
+            return
+        try:
+            drop([event_id])
+        except Exception:  # a give-back: the cancellation or the refusal goes on
+            _log.exception(
+                "could not delete the flow event of an action that did not run; it stays, and"
+                " flow conditions will count it as run"
+            )
 
     def _give_back(self, acquired: Acquired) -> None:
         """Release what a check reserved for an action that was cancelled meanwhile."""

@@ -349,6 +349,12 @@ class UsageStore(Protocol):
         Every action let through is noted, whatever the policy looks for.
         A store may add ``remember_many(events)`` (one transaction for the
         concurrent actions of a process); without it, each is remembered.
+        Its answer, one id per event (in order), lets the runtime take back
+        the event of an action cancelled once its event was noted, which
+        never ran, with ``drop_events(ids)`` (one transaction; an id already
+        gone is passed over). A store without them keeps such an event, and
+        flow conditions count an action that did not run (the runtime logs
+        it): a rule that needs it to have run lets through what it would block.
         """
         ...
 

@@ -322,21 +322,39 @@ class MemoryUsageStore:
 
     def remember(self, event: FlowEvent) -> None:
         """See :meth:`UsageStore.remember`."""
+        self._keep(event)
+
+    def remember_many(self, events: Sequence[FlowEvent]) -> list[FlowEvent]:
+        """Keep ``events``, as :meth:`remember` each; their ids are the events as kept."""
+        return [self._keep(event) for event in events]
+
+    def _keep(self, event: FlowEvent) -> FlowEvent:
+        """Keep ``event`` as a database store reads it back; the very object kept."""
         event = _as_stored(event)
         with self._lock:
             self._check()
             events = self._events.get(event.session_id)
             if events is None:
                 self._events[event.session_id] = [event]
-                return
+                return event
             if event.at < events[-1].at:  # noted late: search them all from now on
                 self._unordered.add(event.session_id)
             events.append(event)
+            return event
 
-    def remember_many(self, events: Sequence[FlowEvent]) -> None:
-        """Keep ``events``, as :meth:`remember` each."""
-        for event in events:
-            self.remember(event)
+    def drop_events(self, event_ids: Sequence[object]) -> None:
+        """Delete the events :meth:`remember_many` returned: their actions never ran."""
+        with self._lock:
+            self._check()
+            for kept in event_ids:
+                if type(kept) is not FlowEvent:
+                    raise StoreError(f"{kept!r} is not the id of a flow event of this store")
+                events = self._events.get(kept.session_id, [])
+                # the newest first: an event is dropped soon after it was noted
+                for index in range(len(events) - 1, -1, -1):
+                    if events[index] is kept:
+                        del events[index]
+                        break
 
     def recall(
         self, session_id: str, since: float | None, action_type: str | None

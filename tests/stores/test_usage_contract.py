@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -253,6 +253,35 @@ def test_flat_params_of_every_kind_come_back_as_they_ran(make_store: Factory) ->
         assert [type(found.params[key]) for key in params] == [type(v) for v in params.values()]
         assert repr(found.params["amount"]) == repr(0.1 + 0.2)
         assert repr(found.params["tiny"]) == "-0.0"
+
+
+def test_events_noted_together_can_be_taken_back_by_their_ids(make_store: Factory) -> None:
+    """remember_many gives one id per event, in order; drop_events deletes those events only
+    (an action cancelled once noted never ran), also through another store object, and an id
+    already gone is passed over."""
+    store: Any = make_store()
+    ids = store.remember_many([FlowEvent("s", "test", "ci", {"n": n}, 10.0 + n) for n in range(3)])
+    (lone,) = store.remember_many([FlowEvent("s", "test", "ci", {"n": 3}, 13.0)])
+    assert len({*ids, lone}) == 4
+    other: Any = make_store()
+    other.drop_events([ids[1], lone])
+    assert [_number(e) for e in store.recall("s", None, None)] == [0, 2]
+    assert _number(store.latest_event("s", None, action_type="test", action_target="ci")) == 2
+    store.drop_events([ids[1]])
+    store.drop_events([])
+    assert [_number(e) for e in store.recall("s", None, "test")] == [0, 2]
+    store.drop_events([ids[2]])
+    assert _number(store.latest_event("s", None, action_type="test", action_target="ci")) == 0
+
+
+@pytest.mark.parametrize("bad", ["1", None, 1.0, ("s", 1)])
+def test_dropping_what_is_no_event_id_is_refused(make_store: Factory, bad: object) -> None:
+    """An id of the wrong kind is a StoreError, and nothing is deleted."""
+    store: Any = make_store()
+    store.remember_many([FlowEvent("s", "test", "ci", {}, 1.0)])
+    with pytest.raises(StoreError):
+        store.drop_events([bad])
+    assert len(store.recall("s", None, None)) == 1
 
 
 def _number(found: FlowEvent | None) -> int | None:

@@ -483,21 +483,54 @@ class PostgresUsageStore:
 
         self._run("keep a flow event in", work)
 
-    def remember_many(self, events: Sequence[FlowEvent]) -> None:
-        """Keep ``events`` in one transaction: concurrent actions of a process share a commit."""
+    def remember_many(self, events: Sequence[FlowEvent]) -> list[int]:
+        """Keep ``events`` in one transaction: concurrent actions of a process share a commit.
+
+        Returns their row ids, for :meth:`drop_events`.
+        """
         rows = [(e.session_id, e.type, e.target, params_json(e.params), e.at) for e in events]
 
-        def work(conn: psycopg.Connection[Any]) -> None:
+        def work(conn: psycopg.Connection[Any]) -> list[int]:
+            ids: list[int] = []
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(
                     sql.SQL(
                         "INSERT INTO {} (session_id, action_type, action_target, params, at)"
-                        " VALUES (%s, %s, %s, %s, %s)"
+                        " VALUES (%s, %s, %s, %s, %s) RETURNING id"
                     ).format(self._tables["aegis_flow_events"]),
                     rows,
+                    returning=True,
                 )
+                while True:  # one result per row, in order
+                    row = cur.fetchone()
+                    if row is None:
+                        raise StoreError("the database returned no id for a flow event")
+                    ids.append(int(row[0]))
+                    if not cur.nextset():
+                        break
+            return ids
 
-        self._run("keep flow events in", work)
+        noted: list[int] = self._run("keep flow events in", work)
+        return noted
+
+    def drop_events(self, event_ids: Sequence[object]) -> None:
+        """Delete the events :meth:`remember_many` gave these ids: their actions never ran.
+
+        One statement; an id no longer there is passed over.
+        """
+        ids = [_event_id(item, str(self.where)) for item in event_ids]
+        if not ids:
+            return
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(
+                    self._tables["aegis_flow_events"]
+                ),
+                (ids,),
+            )
+
+        self._run("delete flow events of actions that did not run in", work)
 
     def recall(
         self, session_id: str, since: float | None, action_type: str | None
@@ -702,3 +735,10 @@ def _units(value: object, where: str) -> int:
     if isinstance(value, int | Decimal):
         return int(value)
     raise StoreError(f"the usage counters at {where} hold {value!r}, not a number of units")
+
+
+def _event_id(item: object, where: str) -> int:
+    """A flow event's row id, as :meth:`PostgresUsageStore.remember_many` gave it."""
+    if type(item) is not int:
+        raise StoreError(f"{item!r} is not the id of a flow event in {where}")
+    return item

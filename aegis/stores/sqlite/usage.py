@@ -490,25 +490,44 @@ class SQLiteUsageStore:
         # One statement: autocommit makes it its own transaction.
         self._run("note a flow event in", lambda conn: _remember(conn.cursor(), event))
 
-    def remember_many(self, events: Sequence[FlowEvent]) -> None:
-        """Keep ``events`` in one transaction: concurrent actions of a process share a commit."""
-        if len(events) == 1:
-            self.remember(events[0])
-            return
+    def remember_many(self, events: Sequence[FlowEvent]) -> list[int]:
+        """Keep ``events`` in one transaction: concurrent actions of a process share a commit.
 
-        def work(conn: sqlite3.Connection) -> None:
+        Returns their row ids, for :meth:`drop_events`.
+        """
+        if len(events) == 1:
+            event = events[0]
+            # One statement: autocommit makes it its own transaction.
+            return [self._run("note a flow event in", lambda conn: _remember(conn.cursor(), event))]
+
+        def work(conn: sqlite3.Connection) -> list[int]:
             cur = conn.cursor()
             cur.execute("BEGIN")
             try:
-                for event in events:
-                    _remember(cur, event)
+                ids = [_remember(cur, event) for event in events]
                 cur.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
+            return ids
 
-        self._run("note flow events in", work)
+        noted: list[int] = self._run("note flow events in", work)
+        return noted
+
+    def drop_events(self, event_ids: Sequence[object]) -> None:
+        """Delete the events :meth:`remember_many` gave these ids: their actions never ran.
+
+        One statement (its own transaction); an id no longer there is passed over.
+        """
+        ids = [_event_id(item, self.db.path) for item in event_ids]
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
+        self._run(
+            "delete flow events of actions that did not run in",
+            lambda conn: conn.execute(f"DELETE FROM aegis_flow_events WHERE id IN ({marks})", ids),
+        )
 
     def guard(self, request: Request | None, event: FlowEvent | None) -> StartGuard:
         """A :class:`~aegis.stores.sqlite.connection.Guard` for an action about to run.
@@ -780,12 +799,21 @@ def _gap(row: Sequence[Any] | None, path: str) -> float | None:
     return float(until)
 
 
-def _remember(cur: sqlite3.Cursor, event: FlowEvent) -> None:
+def _remember(cur: sqlite3.Cursor, event: FlowEvent) -> int:
+    """Insert ``event``; its row id."""
     cur.execute(
         "INSERT INTO aegis_flow_events (session_id, action_type, action_target, params, at)"
         " VALUES (?, ?, ?, ?, ?)",
         (event.session_id, event.type, event.target, params_json(event.params), event.at),
     )
+    return cur.lastrowid  # type: ignore[return-value]  # set by the INSERT just made
+
+
+def _event_id(item: object, path: str) -> int:
+    """A flow event's row id, as :meth:`SQLiteUsageStore.remember_many` gave it."""
+    if type(item) is not int:
+        raise StoreError(f"{item!r} is not the id of a flow event in {path!r}")
+    return item
 
 
 def _edited(path: str, what: str) -> StoreError:

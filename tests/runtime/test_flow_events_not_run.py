@@ -1,0 +1,165 @@
+"""A flow event stays only for an action that goes on to run, on SQLite and PostgreSQL.
+
+Every action let through is noted as a flow event, and the flow rules of
+every runtime sharing the store count it as run. Concurrent actions' events
+are written together; an action cancelled after that write, before its task
+resumed, never runs: its event is taken back, or a rule blocking deploys
+unless tests ran would let a deploy through after tests that never ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aegis import Action, AuditLogger, Policy, Runtime
+from aegis.core.result import ResultStatus
+
+#: every action runs: no limit, no flow rule
+PLAIN = Policy.from_dict({"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]})
+#: no deploy unless the session's tests ran
+GATED = Policy.from_dict(
+    {
+        "rules": [
+            {
+                "name": "deploy_needs_tests",
+                "match": {"type": "deploy"},
+                "conditions": {"not_after": {"type": "run_tests", "within": "session"}},
+                "approval": "block",
+            },
+            {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+        ]
+    }
+)
+
+
+@dataclass
+class Trail:
+    """One audit trail (its usage store beside it) and its flow events, read from outside."""
+
+    open: Callable[[], AuditLogger]
+    #: how many flow events of a type the database holds
+    events: Callable[[str], int]
+
+
+def _counter(conn: sqlite3.Connection) -> Callable[[str], int]:
+    """How many flow events of a type a SQLite trail holds, read on ``conn``."""
+
+    def count(kind: str) -> int:
+        found = conn.execute(
+            "SELECT count(*) FROM aegis_flow_events WHERE action_type = ?", (kind,)
+        ).fetchone()
+        return int(found[0])
+
+    return count
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def trail(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Trail]:
+    """A fresh trail of each engine."""
+    if request.param == "sqlite":
+        db = tmp_path / "audit.db"
+        with closing(sqlite3.connect(db, isolation_level=None)) as conn:
+            yield Trail(lambda: AuditLogger(db), _counter(conn))
+        return
+    import psycopg
+
+    dsn = request.getfixturevalue("postgres_dsn")
+    with psycopg.connect(dsn, autocommit=True) as pg:
+
+        def counted(kind: str) -> int:
+            found = pg.execute(
+                "SELECT count(*) FROM aegis_flow_events WHERE action_type = %s", (kind,)
+            ).fetchone()
+            return int(found[0]) if found is not None else 0
+
+        yield Trail(lambda: AuditLogger(dsn), counted)
+
+
+async def _cancel_tests_once_noted(
+    trail: Trail, ran: list[str], ready: Callable[[], None] = lambda: None
+) -> tuple[BaseException | None, dict[str, Any]]:
+    """Run tests and a read at once (a runtime without flow rules); cancel the tests in the
+    loop iteration their event is committed, before their task resumes. What the tests
+    raised, and their record."""
+
+    async def execute(action: Action) -> None:
+        ran.append(action.type)
+
+    audit = trail.open()
+    async with Runtime(executor=execute, policy=PLAIN, audit_logger=audit, session_id="s") as rt:
+        await rt.run_one(Action("warm", "up"))
+        ready()
+        tests = asyncio.ensure_future(rt.run_one(Action("run_tests", "ci")))
+        read = asyncio.ensure_future(rt.run_one(Action("read", "docs")))
+        while not trail.events("run_tests"):  # the batch of the two events is written
+            assert not tests.done()
+            await asyncio.sleep(0)
+        tests.cancel()
+        outcomes = await asyncio.gather(tests, read, return_exceptions=True)
+        (record,) = audit.get_log(action_type="run_tests")
+    raised = outcomes[0] if isinstance(outcomes[0], BaseException) else None
+    return raised, record
+
+
+async def _deploy(trail: Trail) -> ResultStatus:
+    """A deploy in the session, by another runtime whose rule needs tests first."""
+    async with Runtime(
+        executor=lambda action: "deployed",
+        policy=GATED,
+        audit_logger=trail.open(),
+        session_id="s",
+    ) as other:
+        return (await other.run_one(Action("deploy", "prod"))).status
+
+
+async def test_an_action_cancelled_once_its_event_was_written_leaves_no_event(
+    trail: Trail,
+) -> None:
+    """Cancelled after its batch of events was written, the tests never ran: their event is
+    taken back, and a deploy that needs tests is still blocked."""
+    ran: list[str] = []
+    raised, record = await _cancel_tests_once_noted(trail, ran)
+    assert isinstance(raised, asyncio.CancelledError)
+    assert ran == ["warm", "read"]  # cancelled in the window: the tests never ran
+    assert record["result_status"] == "skipped"
+    assert trail.events("run_tests") == 0
+    assert trail.events("read") == 1  # the sibling's event stays: it ran
+    assert await _deploy(trail) is ResultStatus.BLOCKED
+
+
+async def test_an_event_that_cannot_be_taken_back_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database refuses the delete: the error is logged, saying that flow conditions will
+    count the action as run (the event stays; a rule needing tests then lets a deploy by)."""
+    db = tmp_path / "audit.db"
+    with closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        count = _counter(conn)
+
+        def refuse_deletes() -> None:
+            conn.execute(
+                "CREATE TRIGGER keep BEFORE DELETE ON aegis_flow_events"
+                " BEGIN SELECT RAISE(ABORT, 'events are kept'); END"
+            )
+
+        ran: list[str] = []
+        with caplog.at_level(logging.ERROR, logger="aegis.runtime"):
+            raised, record = await _cancel_tests_once_noted(
+                Trail(lambda: AuditLogger(db), count), ran, refuse_deletes
+            )
+        assert count("run_tests") == 1
+    assert isinstance(raised, asyncio.CancelledError)
+    assert ran == ["warm", "read"]
+    assert record["result_status"] == "skipped"
+    logged = [r for r in caplog.records if "could not delete the flow event" in r.getMessage()]
+    assert len(logged) == 1
+    assert "count it as run" in logged[0].getMessage()
