@@ -285,6 +285,15 @@ _flat_encoder: Any = (
 # float too: the flat encoder refuses NaN and the infinities (allow_nan off),
 # which then take the general path, as with _encode
 _FLAT_TYPES: Final = frozenset({str, int, float, bool, type(None)})
+#: The action params (a FrozenDict) storable_json encoded last on its flat
+#: path, and their text, when that text is also what ``json.dumps`` with
+#: ``ensure_ascii`` gives (ASCII, no DEL, which only the ASCII encoder
+#: escapes). Every action let through is noted as a flow event just after its
+#: start record is drafted, and the event's params, the very same object, are
+#: encoded again for the usage store (``aegis.stores.usage.params_json``): it
+#: takes this text instead (about 12k instructions an action). A FrozenDict
+#: never changes, and the entry holds it, so its identity cannot be reused.
+LAST_FLAT_PARAMS: Final[list[tuple[object, str]]] = [(None, "")]
 
 
 def storable_text(text: str) -> str:
@@ -411,7 +420,11 @@ def storable_json(value: Any) -> str:
             except ValueError:
                 pass  # NaN, or an int past the digit limit: the general path below fixes it
             else:
-                return text if text.isascii() else _utf8_safe(text, value)
+                if not text.isascii():
+                    return _utf8_safe(text, value)
+                if data is not value and "\x7f" not in text:
+                    LAST_FLAT_PARAMS[0] = (value, text)  # one store: atomic for other threads
+                return text
     try:
         text = _encode(value)
         if too_deep(text):  # stored as written, it could not be read back

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from aegis.core.action import FrozenDict, freeze, thaw
 from aegis.core.limits import Charge, FlowEvent, flow_event
+from aegis.core.record import LAST_FLAT_PARAMS
 from aegis.errors import StoreError
 from aegis.stores.base import Acquired, Request, UsageStore
 
@@ -102,6 +103,10 @@ def widest(kept: object, given: float | None) -> float | None:
 def params_json(params: Any) -> str:
     """A flow event's params as stored: canonical JSON, odd values as their repr."""
     data = params._data if type(params) is FrozenDict else None
+    if data is not None:
+        last = LAST_FLAT_PARAMS[0]
+        if last[0] is params:  # the start record's text, just encoded: the same text
+            return last[1]
     if data is not None and _flat_params is not None:
         # Every action let through is noted: the usual flat params (text and
         # numbers, no container) skip thaw's copy and json.dumps's per-call

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
@@ -15,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aegis.stores.sqlite.usage as sqlite_usage
-from aegis.core.action import Action, FrozenDict
+from aegis.core.action import Action, FrozenDict, thaw
 from aegis.core.limits import Charge, FlowEvent
+from aegis.core.record import storable_json
 from aegis.errors import StoreError
 from aegis.runtime.audit import AuditLogger
 from aegis.stores.postgres.usage import PostgresUsageStore
@@ -29,6 +31,7 @@ from aegis.stores.usage import (
     MemoryUsageStore,
     Request,
     UsageStore,
+    params_json,
 )
 
 Factory = Callable[[], UsageStore]
@@ -282,6 +285,27 @@ def test_dropping_what_is_no_event_id_is_refused(make_store: Factory, bad: objec
     with pytest.raises(StoreError):
         store.drop_events([bad])
     assert len(store.recall("s", None, None)) == 1
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"amount": 1.5, "customer": 7, "note": 'a "quoted"\\ line\n', "ok": None},
+        {"text": "a DEL \x7f, which only the ASCII encoder escapes"},
+        {"text": "zo\u00eb, not ASCII"},
+        {"ids": [1, 2], "nested": {"a": True}},
+    ],
+)
+def test_an_event_keeps_its_params_as_json_dumps_writes_them_after_the_start_record(
+    params: dict[str, object],
+) -> None:
+    """The start record's draft encodes an action's params just before its event is noted;
+    the event's text is json.dumps's (ASCII) all the same, reused from the draft or not."""
+    frozen = Action("send", "mail", params).params
+    storable_json(frozen)  # as the start record's draft does, just before the event is noted
+    expected = json.dumps(thaw(frozen), sort_keys=True, separators=(",", ":"), default=repr)
+    assert params_json(frozen) == expected
+    assert params_json(Action("send", "mail", params).params) == expected  # an equal, new one
 
 
 def _number(found: FlowEvent | None) -> int | None:
