@@ -521,6 +521,14 @@ else:  # pragma: no cover  # a Python built without the _json accelerator
         return _slow_encode(value)
 
 
+#: The params canonical_json encoded last (when their text is ASCII and took
+#: no detour for huge ints) and that text. Speed (benchmarks/calls.py
+#: --instructions, every kind): the start record stores an action's params
+#: just after the runtime took its canonical JSON, and a float's repr alone
+#: costs thousands of instructions; see aegis.core.record.storable_json.
+_decided: tuple[FrozenDict | None, str] = (None, "")
+
+
 def canonical_json(action: Action) -> str:
     """``action`` as canonical JSON text: sorted keys, compact, UTF-8.
 
@@ -528,13 +536,21 @@ def canonical_json(action: Action) -> str:
     it; it is what :func:`action_digest` hashes. An int too long for
     Python to print is written as ``{"__aegis_int__": "<hex>"}``.
     """
+    global _decided  # noqa: PLW0603  # one (params, text) pair, replaced whole: thread-safe
     params = action.params
     if type(params) is FrozenDict:
-        params = params._data  # what the default hook would give, one call sooner
-    try:
-        params_text = _canonical_value(params)
-    except ValueError:  # an int past the 4,300-digit limit of int -> str
-        params_text = _canonical_value(_huge_ints_as_text(params))
+        try:
+            params_text = _canonical_value(params._data)  # the default hook's answer, sooner
+        except ValueError:  # an int past the 4,300-digit limit of int -> str
+            params_text = _canonical_value(_huge_ints_as_text(params))
+        else:
+            if params_text.isascii():
+                _decided = (params, params_text)
+    else:
+        try:
+            params_text = _canonical_value(params)
+        except ValueError:
+            params_text = _canonical_value(_huge_ints_as_text(params))
     # The keys in sorted order, written out: the same text json.dumps gives.
     return (
         f'{{"description":{_encode_text(action.description)},"params":{params_text},'

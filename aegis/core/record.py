@@ -51,6 +51,7 @@ from datetime import UTC, date, datetime
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+import aegis.core.action as _action
 from aegis.core.action import FrozenDict
 from aegis.core.decision import Approval
 from aegis.core.result import ResultStatus
@@ -415,6 +416,12 @@ def storable_json(value: Any) -> str:
             if type(key) is not str or type(item) not in _FLAT_TYPES:
                 break
         else:
+            decided = _action._decided
+            if decided[0] is value:
+                # The params of the action just decided: canonical_json wrote
+                # this very text (a flat object's is the same with either
+                # encoder's options), and kept it only when ASCII.
+                return decided[1]
             try:
                 text = "".join(_flat_encoder(data, 0))
             except ValueError:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aegis.core.action import Action
+from aegis.core.action import Action, canonical_json
 from aegis.core.chain import (
     EMPTY_HEAD,
     GENESIS_HASH,
@@ -202,6 +202,27 @@ def test_storable_json_of_flat_params_is_canonical_json(params: dict[str, Any]) 
     expected = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert storable_json(Action("a", "b", params).params) == expected
     assert storable_json(params) == expected
+
+
+@given(
+    st.dictionaries(
+        st.text(),
+        st.text() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.none(),
+        max_size=5,
+    )
+    | st.just({"big": 10**5000, "n": 1.5})
+)
+def test_params_store_the_same_just_after_their_canonical_json(params: dict[str, Any]) -> None:
+    """The start record reuses the params' text canonical_json just wrote: it is what storing gives.
+
+    Surrogates (not storable as UTF-8) and ints past the digit limit must
+    not come through that way: the stored text is as for params never encoded.
+    """
+    action = Action("a", "b", params)
+    fresh = storable_json(Action("a", "b", params).params)  # another object: encoded anew
+    canonical_json(action)
+    assert storable_json(action.params) == fresh
+    fresh.encode("utf-8")
 
 
 @given(
