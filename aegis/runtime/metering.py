@@ -95,7 +95,7 @@ from aegis.runtime._group_commit import GroupCommit
 from aegis.runtime._usage_store import usage_store_for
 from aegis.runtime.audit_backend import GuardedStarts
 from aegis.stores.sqlite.connection import Guard
-from aegis.stores.usage import Acquired, Request, UsageStore
+from aegis.stores.usage import Acquired, Request, UsageStore, check_storable
 
 if TYPE_CHECKING:
     from aegis.core.outcome import ApprovalOutcome
@@ -952,9 +952,12 @@ class MeteringStep:
         try:
             metering = self._metering or self.metering()
             at = time.time()
-            await metering.notes.submit(
-                flow_event(session_id, action.type, action.target, action.params, at)
-            )
+            event = flow_event(session_id, action.type, action.target, action.params, at)
+            notes = metering.notes
+            # notes.alone(), inline: alone, the event is written at once, and fails alone
+            if notes.waiting or current_task() is not notes.last_task:
+                check_storable(event)  # one that cannot be written must not fail its batch
+            await notes.submit(event)
             metering.noted(policy, at)
         except AegisError as exc:
             now = datetime.now(UTC)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from aegis.core.action import FrozenDict, freeze, thaw
+from aegis.core.action import FrozenDict, _huge_ints_as_text, freeze, thaw
 from aegis.core.limits import Charge, FlowEvent, flow_event
 from aegis.core.record import LAST_FLAT_PARAMS
 from aegis.errors import StoreError
@@ -47,6 +47,7 @@ __all__ = [
     "Request",
     "SteadyClock",
     "UsageStore",
+    "check_storable",
     "event_from_row",
     "judge",
     "params_json",
@@ -118,8 +119,36 @@ def params_json(params: Any) -> str:
             try:
                 return "".join(_flat_params(data, 0))
             except ValueError:
-                pass  # an int past the digit limit: json.dumps says so below
-    return json.dumps(thaw(params), sort_keys=True, separators=(",", ":"), default=repr)
+                pass  # an int past the digit limit: written below, as canonical_json does
+    try:
+        return json.dumps(thaw(params), sort_keys=True, separators=(",", ":"), default=repr)
+    except ValueError:  # an int past the 4,300-digit limit of int -> str (an Action takes one)
+        marked = thaw(_huge_ints_as_text(params))
+        return json.dumps(marked, sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def check_storable(event: FlowEvent) -> None:
+    """Refuse ``event`` when no store can keep it, before it joins others in one transaction.
+
+    Concurrent actions' events are written together: one that cannot be
+    written (a name with a lone surrogate, which UTF-8 has not) would fail
+    its innocent siblings too. Checked in the task of its own action, it
+    fails that action alone.
+
+    Raises:
+        StoreError: a name that is not valid Unicode, or params that cannot be encoded.
+    """
+    try:
+        event.session_id.encode()
+        event.type.encode()
+        event.target.encode()
+        params_json(event.params)
+    except UnicodeEncodeError as exc:
+        raise unencodable("note", "the action's flow event", exc) from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise StoreError(
+            f"cannot note the action's flow event: its params do not encode ({exc})"
+        ) from exc
 
 
 _c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
@@ -176,6 +205,9 @@ def event_from_row(row: Sequence[Any], where: str) -> FlowEvent:
 _NO_PARAMS: Final = FrozenDict()
 #: a param of one of these types reads back from JSON as it was
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+#: an int below this prints under any digit limit Python allows (640 at least); a longer
+#: one may be stored as canonical_json's marked text (params_json), so it makes the trip
+_PRINTABLE: Final = 10**600
 
 
 def _as_stored(event: FlowEvent) -> FlowEvent:
@@ -187,7 +219,10 @@ def _as_stored(event: FlowEvent) -> FlowEvent:
     they are, without the round trip.
     """
     params = event.params
-    if type(params) is FrozenDict and all(type(v) in _SCALARS for v in params.values()):
+    if type(params) is FrozenDict and all(
+        type(v) in _SCALARS and (type(v) is not int or -_PRINTABLE < v < _PRINTABLE)
+        for v in params.values()
+    ):
         return event
     try:
         frozen = freeze(json.loads(params_json(params)))

@@ -163,3 +163,62 @@ async def test_an_event_that_cannot_be_taken_back_is_logged(
     logged = [r for r in caplog.records if "could not delete the flow event" in r.getMessage()]
     assert len(logged) == 1
     assert "count it as run" in logged[0].getMessage()
+
+
+async def test_an_event_that_cannot_be_written_fails_its_own_action_only(trail: Trail) -> None:
+    """A lone surrogate in a name (a model's JSON can carry one): that action fails, not run,
+    with the reason; the actions noted in the same batch run."""
+    ran: list[str] = []
+
+    def execute(action: Action) -> str:
+        ran.append(action.target)
+        return "ok"
+
+    async with Runtime(
+        executor=execute, policy=PLAIN, audit_logger=trail.open(), session_id="s"
+    ) as rt:
+        await rt.run_one(Action("warm", "up"))
+        results = await asyncio.gather(
+            rt.run_one(Action("read", "docs")),
+            rt.run_one(Action("read\ud800", "bad")),
+            rt.run_one(Action("read", "wiki")),
+        )
+    assert [r.status for r in results] == [
+        ResultStatus.SUCCESS,
+        ResultStatus.FAILED,
+        ResultStatus.SUCCESS,
+    ]
+    assert "lone surrogate" in (results[1].error or "")
+    assert sorted(ran) == ["docs", "up", "wiki"]
+    assert trail.events("read") == 2
+
+
+async def test_an_int_too_long_to_print_is_noted_and_counted(trail: Trail) -> None:
+    """A param past Python's 4,300-digit limit (an Action takes it): the action runs and its
+    event is noted, alone or with others, and another runtime's flow rule sees it."""
+    huge = Action("read_secret", "vault", {"n": 10**5000})
+    async with Runtime(
+        executor=lambda action: "ok", policy=PLAIN, audit_logger=trail.open(), session_id="s"
+    ) as rt:
+        alone = await rt.run_one(huge)
+        together = await asyncio.gather(rt.run_one(huge), rt.run_one(Action("read", "docs")))
+    assert [r.status for r in (alone, *together)] == [ResultStatus.SUCCESS] * 3
+    assert trail.events("read_secret") == 2
+    no_mail = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "no_mail_after_secret",
+                    "match": {"type": "send_email"},
+                    "conditions": {"after": {"type": "read_secret", "within": "session"}},
+                    "approval": "block",
+                },
+                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+            ]
+        }
+    )
+    async with Runtime(
+        executor=lambda action: "sent", policy=no_mail, audit_logger=trail.open(), session_id="s"
+    ) as other:
+        mail = await other.run_one(Action("send_email", "smtp"))
+    assert mail.status is ResultStatus.BLOCKED

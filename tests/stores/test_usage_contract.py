@@ -308,6 +308,16 @@ def test_an_event_keeps_its_params_as_json_dumps_writes_them_after_the_start_rec
     assert params_json(Action("send", "mail", params).params) == expected  # an equal, new one
 
 
+def test_an_int_too_long_to_print_is_kept_as_canonical_json_writes_it(make_store: Factory) -> None:
+    """Past the 4,300-digit limit of int -> str (an Action takes one): kept, on every engine,
+    as the same marked hex text every engine reads back alike."""
+    store = make_store()
+    huge = 10**5000
+    store.remember(FlowEvent("s", "read", "crm", Action("read", "crm", {"n": huge}).params, 1.0))
+    (found,) = store.recall("s", None, None)
+    assert found.params == FrozenDict({"n": FrozenDict({"__aegis_int__": hex(huge)})})
+
+
 def _number(found: FlowEvent | None) -> int | None:
     """The ``n`` param of an event found, ``None`` when none was."""
     return None if found is None else int(found.params["n"])
