@@ -7,7 +7,10 @@ to what it is given, with one semantics (see
 
 - a call the policy lets through runs, with exactly the decided arguments
   (the hook sets CrewAI's tool input to them), and is recorded with the
-  tool's result, the tool call id and the agent's role;
+  tool's result, the tool call id and the agent's role. The arguments are
+  decided as the tool's schema reads them (CrewAI validates and coerces
+  them so before a run: ``"7"`` for an ``int`` is decided as ``7``, a
+  field's default is filled in), so what was decided is what runs;
 - a call it blocks never runs: the agent reads the rule and the reason as
   the tool's result;
 - a call that needs approval waits for the runtime's approval handler (up
@@ -20,37 +23,41 @@ never raise: anything unexpected blocks the call and is recorded.
 The record says what really happened. CrewAI turns a tool's exception, and
 its own refusals (arguments its validation rejects, a usage limit reached,
 a ReAct call repeated word for word), into the text the model reads, and
-the after-hook sees only that text. So each governed tool's function is
-watched (wrapped once, re-raising whatever it raises): a call is recorded
-as a success only when the function returned for it; as failed with the
-error when the function raised; and as failed with CrewAI's text when the
-function never ran. The watch finds its call by thread (the hook's thread
-runs the tool on CrewAI's native paths), else by the one call of that tool
-under way (CrewAI's async ReAct path runs a tool on an executor thread);
-when several calls of one tool are under way on other threads, it cannot
-tell which one ran, and none of them is recorded as a success (the tool
-still runs at most once for each of them).
+the after-hook sees only that text. So each governed tool's functions are
+watched (:mod:`aegis.adapters._crewai_guard`; wrapped once, re-raising
+whatever they raise): a call is recorded as a success only when the
+function returned for it; as failed with the error when it raised; and as
+failed with CrewAI's text, or with Aegis's refusal, when it never ran.
 
-One decision, one run. CrewAI's ReAct paths (sync and async, its
-``ToolUsage``) run a tool that raised again, under the same hook call: the
-same arguments once more at once, then the whole attempt up to its parsing
-limit (three attempts, so up to six runs). The watch lets the function run
-once per allowed call; a second run of it is refused without running (with
-an error naming the first run's), so the record's outcome is that of the
-one run the decision allowed. The model reads the failure and may call the
-tool again, which is a new call, decided and recorded on its own.
+A governed tool runs exactly the call Aegis decided, once, with exactly
+the decided arguments; any other run raises without running. While
+govern() covers a tool, its functions (``func``, ``_run``, ``_arun``) run
+only for a call the hooks let through, in that call's own context (the
+thread, asyncio task or copied context in which CrewAI runs the hook and
+then the tool), with exactly the decided arguments as the function
+receives them, and once: CrewAI's ReAct paths run a tool that raised again
+under the same hook call (up to six runs), and those runs are refused, so
+the record's outcome is that of the one run; the model may call the tool
+again, as a new call. Refused, with an error and nothing run: a run
+without CrewAI's tool-call hooks (the tool called directly: ``run``,
+``arun``, a structured tool's ``invoke``; or a CrewAI path that skips the
+hooks, such as its LangGraph and OpenAI Agents agent adapters); a run from
+another thread or task while a call is open; a run with arguments other
+than the decided ones (a later hook changing them, say), which the call's
+record names as refused; a run through the hooks by an agent that govern()
+does not cover, when it shares a covered tool object. A structured tool
+made before govern() and a copy of a tool (``model_copy``, ``copy.copy``)
+are watched too: the copy runs its own state, and is covered by the
+govern() calls that cover the original. After ungovern() of everything
+that covers it, a tool runs as before.
 
-A run no decision covers does not happen. While govern() covers a tool,
-its watched function runs only for a call the hooks let through: a run
-without CrewAI's tool-call hooks (the tool called directly, or through a
-CrewAI path that skips the hooks, such as its LangGraph and OpenAI Agents
-agent adapters) is refused with an error and nothing runs. So is a run
-through the hooks by an agent that govern() does not cover, when it shares
-a covered tool object. After ungovern() of everything that covers it, the
-tool runs as before. Not closed yet: a run from another thread while an
-allowed call of the tool is open takes that call's one run (tickets are
-found by thread, else by tool); ``_arun`` and structured tools made before
-govern() are not watched; a governed copy shares the original's watch.
+Still not covered: a run refused because no decision covers it raises but
+leaves no record (there is no call to record it under); a function put on
+a governed tool after govern() (``tool.func = other``) is unwatched until
+the next call the hooks let through; code holding the tool's plain
+function, or a method of it bound before govern() (outside a structured
+tool), runs it as any Python function. Keep governed tools out of reach
+of other code.
 
 An answer from CrewAI's tool cache (a call repeated with the same
 arguments, with the crew's or agent's ``cache`` on) is decided like any
@@ -98,6 +105,8 @@ try:
         unregister_before_tool_call_hook,
     )
     from crewai.tools import BaseTool
+
+    from aegis.adapters import _crewai_guard as guard
 except ImportError as exc:
     missing_extra("aegis.adapters.crewai", "crewai", exc)
 
@@ -109,75 +118,9 @@ _log = logging.getLogger("aegis.adapters")
 #: the hooks registered for each governed object, by id, until ungovern()
 _registered: dict[int, _Hooks] = {}
 
-_WATCHED = "_aegis_watched"
-#: on a tool: how many govern() calls cover it; while any does, it runs only for an allowed call
-_GOVERNORS = "_aegis_governors"
-
-
-class _Ticket:
-    """What the watched function of one allowed call did: ran, raised, or could not tell."""
-
-    __slots__ = ("error", "ran", "started", "thread", "unclear")
-
-    def __init__(self) -> None:
-        self.thread = threading.get_ident()
-        #: the function was called for this call (once: a decision allows one run)
-        self.started = False
-        #: the function returned for this call
-        self.ran = False
-        self.error: BaseException | None = None
-        self.unclear = False
-
-
-#: the allowed calls not yet settled, by the tool (its id) they are to run
-_open: dict[int, list[_Ticket]] = {}
-_open_lock = threading.Lock()
-
-
-def _claim(tool: Any) -> tuple[_Ticket | None, Exception | None]:
-    """The call this run of ``tool``'s function serves (if it can be told), and why it may not run.
-
-    It may not when the function already ran for that call (a decision
-    allows one run), nor when no allowed call is under way for a tool that
-    govern() covers: something ran it without CrewAI's tool-call hooks
-    (the tool called directly, a CrewAI path that skips the hooks), so no
-    decision was made for this run.
-    """
-    with _open_lock:
-        tickets = _open.get(id(tool), [])
-        if not tickets:
-            if getattr(tool, _GOVERNORS, 0) > 0:
-                return None, _undecided(tool)
-            return None, None
-        here = [t for t in tickets if t.thread == threading.get_ident()]
-        candidates = here or tickets
-        if len(candidates) == 1:
-            ticket = candidates[0]
-            first = not ticket.started
-            ticket.started = True
-            return ticket, None if first else _again(ticket)
-        # Several under way elsewhere: none is proven to have run, but each
-        # allows one run, so runs of the tool still number no more than them
-        # (else every retry of each ran: up to six runs a call).
-        fresh = [ticket for ticket in candidates if not ticket.started]
-        for ticket in candidates:
-            ticket.unclear = True
-        if not fresh:
-            return None, _again(None)
-        fresh[0].started = True
-        return None, None
-
 
 class _NotRun(Exception):
     """CrewAI answered the call without running the tool's function."""
-
-
-class _NotDecided(Exception):
-    """A governed tool run without CrewAI's tool-call hooks: no decision covers it."""
-
-
-class _NotRunAgain(Exception):
-    """CrewAI tried to run a tool again for a call whose one allowed run is over."""
 
 
 class _Hooks:
@@ -189,31 +132,18 @@ class _Hooks:
         self.tools = tools
         self.lock = threading.Lock()
         #: calls allowed to run, by their tool input: the action, the outcome to set,
-        #: the run to wait for, the tool and what its function did
-        self.running: dict[int, tuple[Action, asyncio.Future[Any], Any, Any, _Ticket]] = {}
+        #: the run to wait for, and the ticket that lets the tool's function run once
+        self.running: dict[int, tuple[Action, asyncio.Future[Any], Any, guard.Ticket]] = {}
         #: calls refused, by their tool input: what the agent reads instead
         self.refused: dict[int, str] = {}
-        #: the tools this govern() call covers, each counted once in its _GOVERNORS
-        self.covered: list[Any] = []
 
     def cover(self, tool: Any) -> None:
-        """Watch ``tool`` and count this govern() call among those covering it."""
-        _watch(tool)
-        with _open_lock:
-            if any(tool is seen for seen in self.covered):
-                return
-            try:
-                object.__setattr__(tool, _GOVERNORS, getattr(tool, _GOVERNORS, 0) + 1)
-            except (AttributeError, TypeError):  # a tool that takes no attributes
-                return
-            self.covered.append(tool)
+        """Watch ``tool``; while this govern() call covers it, it runs only for decided calls."""
+        guard.cover(tool, self)
 
     def release(self) -> None:
-        """Uncount this govern() call from the tools it covered (ungovern())."""
-        with _open_lock:
-            for tool in self.covered:
-                object.__setattr__(tool, _GOVERNORS, max(getattr(tool, _GOVERNORS, 1) - 1, 0))
-            self.covered.clear()
+        """This govern() call no longer covers its tools (ungovern())."""
+        guard.release(self)
 
     def applies(self, context: Any) -> bool:
         if self.agents:
@@ -239,7 +169,9 @@ class _Hooks:
         role = getattr(context.agent, "role", None)
         call = ToolCall(
             str(context.tool_name),
-            dict(context.tool_input),
+            # As the tool's schema reads them: CrewAI validates (and coerces)
+            # them so before the tool runs, and the decision is on what runs.
+            guard.typed(tool, dict(context.tool_input)),
             call_id=_call_id(context),
             description=_description(tool),
             agent=role if isinstance(role, str) and role else governor.agent,
@@ -261,14 +193,14 @@ class _Hooks:
         key = id(context.tool_input)
         if "action" in held:
             # Exactly the decided (approved) arguments, in CrewAI's own input dict.
+            decided = thaw(held["action"].params)
             context.tool_input.clear()
-            context.tool_input.update(thaw(held["action"].params))
+            context.tool_input.update(decided)
             self.cover(tool)
-            ticket = _Ticket()
-            with _open_lock:
-                _open.setdefault(id(tool), []).append(ticket)
+            # One run, in this call's context, with exactly these arguments.
+            ticket = guard.open_ticket(tool, decided)
             with self.lock:
-                self.running[key] = (held["action"], held["outcome"], done, tool, ticket)
+                self.running[key] = (held["action"], held["outcome"], done, ticket)
             return None
         result: Result = done.result()
         text = governor.refusal(call, result)
@@ -285,13 +217,8 @@ class _Hooks:
         if text is not None:
             return text
         if running is not None:
-            action, outcome, done, tool, ticket = running
-            with _open_lock:
-                tickets = _open.get(id(tool), [])
-                if ticket in tickets:
-                    tickets.remove(ticket)
-                if not tickets:
-                    _open.pop(id(tool), None)
+            action, outcome, done, ticket = running
+            guard.close_ticket(ticket)
             value, error = _what_happened(action, ticket, context)
             loop = _portal.loop()
             loop.call_soon_threadsafe(_settle, outcome, value, error)
@@ -353,6 +280,7 @@ def govern(
             f"govern() takes a crewai Crew, Agent or list of tools, got {type(given).__name__}"
         )
     ungovern(given)
+    guard.install()
     for agent_ in hooks.agents:
         for tool in getattr(agent_, "tools", None) or ():
             hooks.cover(tool)
@@ -383,7 +311,7 @@ def _settle(outcome: asyncio.Future[Any], value: Any, error: BaseException | Non
 
 
 def _what_happened(
-    action: Action, ticket: _Ticket, context: Any
+    action: Action, ticket: guard.Ticket, context: Any
 ) -> tuple[Any, BaseException | None]:
     """The outcome to record for an allowed call: what it returned, or the error."""
     if ticket.error is not None:
@@ -401,11 +329,8 @@ def _what_happened(
             error="not run: CrewAI answered from its tool cache, "
             "with the result of an earlier run of the same call",
         ), None
-    if ticket.unclear:
-        return None, _NotRun(
-            "Aegis could not tell this call's run from another call of the same tool "
-            f"under way at once; CrewAI answered: {text}"
-        )
+    if ticket.refused is not None:
+        return None, _NotRun(f"Aegis refused to run it ({ticket.refused}); CrewAI answered: {text}")
     return None, _NotRun(f"CrewAI did not run the tool: {text}")
 
 
@@ -421,44 +346,6 @@ def _from_cache(context: Any) -> bool:
     except Exception:  # a cache that cannot be read answered nothing
         return False
     return cached is not None and cached == context.raw_tool_result
-
-
-def _watch(tool: Any) -> None:
-    """Wrap the function CrewAI calls for ``tool`` so that what it raises is seen.
-
-    A ``@tool`` function's tool runs ``func``; a ``BaseTool`` subclass runs
-    ``_run``. Both are looked up when the tool runs, so a wrapper put on the
-    instance applies from the next call on. The wrapper re-raises: CrewAI
-    handles the error as before, and the after-hook records it.
-    """
-    if getattr(tool, _WATCHED, False):
-        return
-    name = "func" if callable(getattr(tool, "func", None)) else "_run"
-    inner = getattr(tool, name, None)
-    if not callable(inner):
-        return
-
-    def watched(*args: Any, **kwargs: Any) -> Any:
-        ticket, refusal = _claim(tool)
-        if refusal is not None:
-            raise refusal
-        try:
-            result = inner(*args, **kwargs)
-        except Exception as exc:
-            if ticket is not None:
-                ticket.error = exc
-            raise
-        if asyncio.iscoroutine(result):
-            return _watched_coroutine(result, ticket)
-        if ticket is not None:
-            ticket.ran = True
-        return result
-
-    try:
-        object.__setattr__(tool, name, watched)
-        object.__setattr__(tool, _WATCHED, True)
-    except (AttributeError, TypeError):  # a tool that takes no attributes: its text records it
-        _log.debug("could not watch the tool %r for errors", tool)
 
 
 def _description(tool: Any) -> str:
@@ -487,37 +374,3 @@ def _call_id(context: Any) -> str | None:
             return call_id
         frame = frame.f_back
     return None
-
-
-async def _watched_coroutine(work: Any, ticket: _Ticket | None) -> Any:
-    try:
-        result = await work
-    except Exception as exc:
-        if ticket is not None:
-            ticket.error = exc
-        raise
-    if ticket is not None:
-        ticket.ran = True
-    return result
-
-
-def _undecided(tool: Any) -> _NotDecided:
-    """The refusal of a run of a governed tool that no decision covers."""
-    name = getattr(tool, "name", None) or type(tool).__name__
-    return _NotDecided(
-        f"not run: Aegis governs the CrewAI tool {name!r}, and it was run without CrewAI's "
-        "tool-call hooks, so no decision covers this run; let a governed agent call it, "
-        "or ungovern() what covers it"
-    )
-
-
-def _again(ticket: _Ticket | None) -> _NotRunAgain:
-    """The refusal of a second run for one allowed call (CrewAI's ReAct retry)."""
-    first = ticket.error if ticket is not None else None
-    ended = f"it raised {type(first).__name__}: {first}" if first is not None else "it ran"
-    refusal = _NotRunAgain(
-        f"not run again: Aegis allowed this call one run of the tool, and {ended}; "
-        "call the tool again to retry (a new call is decided on its own)"
-    )
-    refusal.__cause__ = first
-    return refusal

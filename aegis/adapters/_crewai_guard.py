@@ -1,0 +1,416 @@
+"""The guard on governed CrewAI tools: a tool runs only the call Aegis decided, once.
+
+:mod:`aegis.adapters.crewai` decides each call in CrewAI's before-tool
+hook, but CrewAI runs a tool's function itself, and some of its paths (and
+any code holding the tool) run it without the hooks. So while ``govern()``
+covers a tool, every function CrewAI can run for it is watched: ``func``
+(a ``@tool`` function, or any callable field), ``_run`` and ``_arun``.
+A watched function runs only when it is claimed by a :class:`Ticket`:
+
+- the hook opens one ticket for each call it lets through, holding the
+  arguments as the tool's function will receive them (the decided
+  arguments, validated by the tool's schema as CrewAI does), and puts it in
+  the *context* of the call (a :class:`contextvars.ContextVar`: CrewAI runs
+  the hook and the tool in one thread, one asyncio task, or one copied
+  context of its thread pool);
+- a run claims the ticket of its own context, for its own tool, and only
+  with exactly those arguments (same keys, same types, same values); a
+  ticket allows one run (CrewAI's ReAct paths retry a tool that raised);
+- a run that finds no ticket (another thread, a path without the hooks) or
+  the wrong arguments raises without running, and the record of the call
+  says what was refused.
+
+A function of the tool called from within its own run (``Tool._run``
+calls ``func``; a subclass's ``_run`` its parent's) runs as part of that
+run. CrewAI's async ReAct path would run a sync function on an executor
+thread, which does not carry the context: for a governed tool it runs
+CrewAI's own ``invoke`` there through :func:`asyncio.to_thread`, which
+does.
+
+Two kinds of copies are followed. A structured tool (``CrewStructuredTool``)
+holds its tool's ``_run`` as a bound method, taken when it was made; one
+made before ``govern()`` would run the unwatched function, so its function
+is watched when it first runs (CrewAI's ``CrewStructuredTool`` methods are
+wrapped once, process-wide; for tools nothing covers they only pass the call
+on). A copy of a tool (``model_copy``, ``copy.copy``, ``copy.deepcopy``)
+gets its own watch, runs its own state, and is covered by the same
+``govern()`` calls as the original.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from contextvars import ContextVar
+from types import FunctionType, MethodType
+from typing import Any
+
+from crewai.tools import BaseTool
+from crewai.tools.structured_tool import CrewStructuredTool
+
+#: the functions of a tool that CrewAI may run
+_WATCHED_NAMES = ("func", "_run", "_arun")
+#: on a watcher: the tool it watches
+_OWNER = "_aegis_owner"
+
+_lock = threading.RLock()
+#: the govern() calls covering each tool, by its id (the tool is held, so the id stays its own)
+_covering: dict[int, tuple[Any, list[Any]]] = {}
+#: the allowed calls whose tool may run in this context
+_decided: ContextVar[tuple[Ticket, ...]] = ContextVar("aegis_crewai_decided", default=())
+#: the tools (ids) whose claimed run is under way in this context
+_inside: ContextVar[tuple[int, ...]] = ContextVar("aegis_crewai_inside", default=())
+
+
+class Ticket:
+    """One allowed call: its tool, the arguments it may run with, and what its run did."""
+
+    __slots__ = ("error", "expected", "ran", "refused", "started", "tool")
+
+    def __init__(self, tool: Any, expected: dict[str, Any]) -> None:
+        self.tool = tool
+        #: the arguments the tool's function is to receive
+        self.expected = expected
+        #: the function was called for this call (once: a decision allows one run)
+        self.started = False
+        #: the function returned for this call
+        self.ran = False
+        self.error: BaseException | None = None
+        #: why a run for this call was refused without running, if one was
+        self.refused: Exception | None = None
+
+
+class NotDecided(Exception):
+    """A governed tool run without CrewAI's tool-call hooks: no decision covers it."""
+
+
+class NotRunAgain(Exception):
+    """CrewAI tried to run a tool again for a call whose one allowed run is over."""
+
+
+class ArgumentsChanged(Exception):
+    """A governed tool run with arguments other than those Aegis decided."""
+
+
+# ---------------------------------------------------------------- coverage
+
+
+def cover(tool: Any, by: object) -> None:
+    """Watch ``tool`` and count ``by`` (one govern() call) among those covering it."""
+    watch(tool)
+    with _lock:
+        _, governors = _covering.setdefault(id(tool), (tool, []))
+        if not any(g is by for g in governors):
+            governors.append(by)
+
+
+def release(by: object) -> None:
+    """Uncount ``by`` from every tool it covered (ungovern())."""
+    with _lock:
+        for key, (_, governors) in list(_covering.items()):
+            governors[:] = [g for g in governors if g is not by]
+            if not governors:
+                del _covering[key]
+
+
+def covered(tool: Any) -> bool:
+    """Whether any govern() call covers ``tool`` now."""
+    entry = _covering.get(id(tool))
+    return entry is not None and entry[0] is tool
+
+
+# ---------------------------------------------------------------- tickets
+
+
+def typed(tool: Any, arguments: dict[str, Any], *, mode: str = "json") -> dict[str, Any]:
+    """``arguments`` as the tool's schema reads them (CrewAI validates them so before a run).
+
+    In ``"json"`` mode, plain values to decide on; in ``"python"`` mode, what
+    the tool's function receives. Arguments the schema refuses are kept as
+    they are: CrewAI refuses them too, and nothing runs.
+    """
+    schema = getattr(tool, "args_schema", None)
+    if not getattr(schema, "model_fields", None):
+        return dict(arguments)
+    try:
+        return dict(schema.model_validate(arguments).model_dump(mode=mode))  # type: ignore[union-attr]
+    except Exception:
+        return dict(arguments)
+
+
+def open_ticket(tool: Any, arguments: dict[str, Any]) -> Ticket:
+    """Allow one run of ``tool`` with ``arguments``, in this context (the hook's call)."""
+    ticket = Ticket(tool, typed(tool, arguments, mode="python"))
+    _decided.set((*_decided.get(), ticket))
+    return ticket
+
+
+def close_ticket(ticket: Ticket) -> None:
+    """The call is over: its ticket is no longer found by a run."""
+    _decided.set(tuple(t for t in _decided.get() if t is not ticket))
+
+
+def _claim(
+    tool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Ticket | None, Exception | None]:
+    """The ticket this run of ``tool`` serves, and why it may not run (if it may not)."""
+    if id(tool) in _inside.get():
+        return None, None  # part of the tool's own run under way
+    mine = [t for t in _decided.get() if t.tool is tool]
+    if not mine:
+        return None, _undecided(tool) if covered(tool) else None
+    ticket = mine[-1]
+    with _lock:
+        if ticket.started:
+            return None, _again(ticket)
+        if args or not _same(kwargs, ticket.expected):
+            ticket.refused = _changed(tool, ticket.expected, args, kwargs)
+            return None, ticket.refused
+        ticket.started = True
+    return ticket, None
+
+
+def _same(given: Any, expected: Any) -> bool:
+    """Whether ``given`` is ``expected``: same types, same keys, same values, all the way down."""
+    if type(given) is not type(expected):
+        return False
+    if isinstance(given, dict):
+        return given.keys() == expected.keys() and all(
+            _same(given[key], expected[key]) for key in given
+        )
+    if isinstance(given, list | tuple):
+        return len(given) == len(expected) and all(map(_same, given, expected))
+    try:
+        return bool(given == expected)
+    except Exception:  # a value that cannot say: not the same
+        return False
+
+
+# ---------------------------------------------------------------- the watch
+
+
+def watch(tool: Any) -> None:
+    """Put a watcher on each function CrewAI may run for ``tool`` (once each)."""
+    with _lock:
+        for name in _WATCHED_NAMES:
+            current = getattr(tool, name, None)
+            if not callable(current) or _owner(current) is tool:
+                continue
+            watched = _watcher(tool, _unwatched(tool, current))
+            try:
+                object.__setattr__(tool, name, watched)
+            except (AttributeError, TypeError):  # a tool that takes no attributes
+                return
+
+
+def _owner(function: Any) -> Any:
+    """The tool ``function`` watches, if it is a watcher."""
+    if type(function) is FunctionType:
+        return function.__dict__.get(_OWNER)
+    return None
+
+
+def _unwatched(tool: Any, function: Any) -> Any:
+    """``function`` without watchers, bound to ``tool`` if it was a method of another tool.
+
+    A copy of a watched tool holds the original's watchers, around methods
+    bound to the original: the copy runs its own.
+    """
+    owner = None
+    while _owner(function) is not None:
+        owner = _owner(function)
+        function = function.__wrapped__
+    # The original's own method (a copy's watcher wraps it): the copy's instead.
+    if owner is not None and owner is not tool and getattr(function, "__self__", None) is owner:
+        return MethodType(function.__func__, tool)
+    return function
+
+
+def _watcher(tool: Any, inner: Any) -> Any:
+    """``inner``, run only for a claimed ticket of ``tool`` (see the module's docstring)."""
+    if asyncio.iscoroutinefunction(inner):
+
+        async def watched_async(*args: Any, **kwargs: Any) -> Any:
+            ticket, refusal = _claim(tool, args, kwargs)
+            if refusal is not None:
+                raise refusal
+            if ticket is None:
+                return await inner(*args, **kwargs)
+            return await _awaited(ticket, tool, inner(*args, **kwargs))
+
+        watched: Any = watched_async
+    else:
+
+        def watched_sync(*args: Any, **kwargs: Any) -> Any:
+            ticket, refusal = _claim(tool, args, kwargs)
+            if refusal is not None:
+                raise refusal
+            if ticket is None:
+                return inner(*args, **kwargs)
+            outer = _inside.get()
+            _inside.set((*outer, id(tool)))
+            try:
+                result = inner(*args, **kwargs)
+            except Exception as exc:
+                ticket.error = exc
+                raise
+            finally:
+                _inside.set(outer)
+            if asyncio.iscoroutine(result):
+                return _awaited(ticket, tool, result)
+            ticket.ran = True
+            return result
+
+        watched = watched_sync
+    watched.__wrapped__ = inner
+    watched.__dict__[_OWNER] = tool
+    return watched
+
+
+async def _awaited(ticket: Ticket, tool: Any, work: Any) -> Any:
+    """Await a claimed run's coroutine, as part of the tool's run, noting what it did."""
+    outer = _inside.get()
+    _inside.set((*outer, id(tool)))
+    try:
+        result = await work
+    except Exception as exc:
+        ticket.error = exc
+        raise
+    finally:
+        _inside.set(outer)
+    ticket.ran = True
+    return result
+
+
+# ---------------------------------------------------------------- copies
+
+
+def install() -> None:
+    """Follow structured tools and copies of tools (once per process; see the module)."""
+    with _lock:
+        if CrewStructuredTool.__dict__.get("_aegis_guarded"):
+            return
+        _follow_structured_tools()
+        _follow_copies()
+        type.__setattr__(CrewStructuredTool, "_aegis_guarded", True)
+
+
+def _adopt(structured: Any) -> Any:
+    """The governed tool ``structured`` runs, with its function watched; ``None`` if none.
+
+    A structured tool made before govern() holds the tool's unwatched
+    ``_run``, bound when it was made.
+    """
+    function = getattr(structured, "func", None)
+    owner = _owner(function)
+    if owner is None:
+        bound = getattr(function, "__self__", None)
+        if not isinstance(bound, BaseTool) or not covered(bound):
+            return None
+        with _lock:
+            if _owner(structured.func) is None:
+                object.__setattr__(structured, "func", _watcher(bound, structured.func))
+        owner = bound
+    return owner if covered(owner) else None
+
+
+def _follow_structured_tools() -> None:
+    cls = CrewStructuredTool
+    invoke, ainvoke, legacy_run = cls.invoke, cls.ainvoke, cls._run
+
+    def guarded_invoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        _adopt(self)
+        return invoke(self, input, config, **kwargs)
+
+    async def guarded_ainvoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        if _adopt(self) is not None and not asyncio.iscoroutinefunction(self.func):
+            # CrewAI would run it on an executor thread without this context.
+            return await asyncio.to_thread(self.invoke, input, config, **kwargs)
+        return await ainvoke(self, input, config, **kwargs)
+
+    def guarded_run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _adopt(self)
+        return legacy_run(self, *args, **kwargs)
+
+    type.__setattr__(cls, "invoke", guarded_invoke)
+    type.__setattr__(cls, "ainvoke", guarded_ainvoke)
+    type.__setattr__(cls, "_run", guarded_run)
+
+
+def _follow_copies() -> None:
+    copy_, deepcopy, model_copy = BaseTool.__copy__, BaseTool.__deepcopy__, BaseTool.model_copy
+
+    def guarded_copy(self: Any) -> Any:
+        return _copied(self, copy_(self))
+
+    def guarded_deepcopy(self: Any, memo: Any = None) -> Any:
+        return _copied(self, deepcopy(self, memo))
+
+    def guarded_model_copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        copied = model_copy(self, *args, **kwargs)
+        if covered(copied):
+            watch(copied)  # an ``update`` may have set a function of its own
+        return copied
+
+    type.__setattr__(BaseTool, "__copy__", guarded_copy)
+    type.__setattr__(BaseTool, "__deepcopy__", guarded_deepcopy)
+    type.__setattr__(BaseTool, "model_copy", guarded_model_copy)
+
+
+def _copied(original: Any, copied: Any) -> Any:
+    """Give ``copied`` its own functions back, and the original's coverage."""
+    held = getattr(copied, "__dict__", None)
+    if copied is original or not isinstance(held, dict):
+        return copied
+    fields = getattr(type(copied), "model_fields", {})
+    for name in _WATCHED_NAMES:
+        if _owner(held.get(name)) is None:
+            continue
+        if name in fields:
+            held[name] = _unwatched(copied, held[name])
+        else:
+            del held[name]  # the class's own method again, bound to the copy
+    with _lock:
+        governors = list(_covering.get(id(original), (None, []))[1])
+    for by in governors:
+        cover(copied, by)
+    return copied
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def _name(tool: Any) -> str:
+    return str(getattr(tool, "name", None) or type(tool).__name__)
+
+
+def _undecided(tool: Any) -> NotDecided:
+    """The refusal of a run of a governed tool that no decision covers."""
+    return NotDecided(
+        f"not run: Aegis governs the CrewAI tool {_name(tool)!r}, and it was run without "
+        "CrewAI's tool-call hooks, so no decision covers this run; let a governed agent "
+        "call it, or ungovern() what covers it"
+    )
+
+
+def _again(ticket: Ticket) -> NotRunAgain:
+    """The refusal of a second run for one allowed call (CrewAI's ReAct retry)."""
+    first = ticket.error
+    ended = f"it raised {type(first).__name__}: {first}" if first is not None else "it ran"
+    refusal = NotRunAgain(
+        f"not run again: Aegis allowed this call one run of the tool, and {ended}; "
+        "call the tool again to retry (a new call is decided on its own)"
+    )
+    refusal.__cause__ = first
+    return refusal
+
+
+def _changed(
+    tool: Any, expected: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> ArgumentsChanged:
+    """The refusal of a run whose arguments are not those Aegis decided for the call."""
+    given = f"{list(args)!r} and {kwargs!r}" if args else repr(kwargs)
+    return ArgumentsChanged(
+        f"not run: Aegis decided this call of {_name(tool)!r} with the arguments "
+        f"{expected!r}, and the tool was to run with {given}"
+    )

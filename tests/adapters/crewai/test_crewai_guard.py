@@ -1,0 +1,292 @@
+"""CrewAI: a governed tool runs exactly the call Aegis decided, once, and nothing else.
+
+Each test drives real CrewAI (its tools, hooks and executors) with a
+scripted model, and tries one way of running a governed tool that no
+decision covers: from another thread while a call is open, with arguments
+changed after the decision, through ``arun``, through a ``func`` field the
+tool does not run, through a structured tool made before ``govern()``, and
+through a copy of the tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+import pytest
+from adapters_support import Run, _recorders, make_runtime, scripted_crewai_llm
+
+from aegis.testing import InMemoryAuditLog
+
+UNDECIDED = "no decision covers this run"
+
+
+def _lookup_tool(ran: list[tuple[str, int]], desk: str = "A") -> Any:
+    """A ``BaseTool`` subclass (``_run`` and ``_arun``) that notes each run with its desk."""
+    from crewai.tools import BaseTool
+    from pydantic import BaseModel
+
+    class LookupArgs(BaseModel):
+        customer_id: int
+
+    class LookupTool(BaseTool):  # type: ignore[misc]
+        name: str = "lookup"
+        description: str = "Look a customer up."
+        args_schema: type[BaseModel] = LookupArgs
+        desk: str = "A"
+
+        def _run(self, customer_id: int) -> str:
+            ran.append((self.desk, customer_id))
+            return f"customer {customer_id}: gold at desk {self.desk}"
+
+        async def _arun(self, customer_id: int) -> str:
+            ran.append((self.desk, customer_id))
+            return f"customer {customer_id}: gold at desk {self.desk}"
+
+    return LookupTool(desk=desk)
+
+
+def _agent(tools: list[Any], calls: list[tuple[str, dict[str, object], str]]) -> Any:
+    from crewai import Agent
+
+    return Agent(
+        role="support",
+        goal="help",
+        backstory="a support desk",
+        llm=scripted_crewai_llm(calls),
+        tools=tools,
+    )
+
+
+async def _kickoff_governed(agent: Any, runtime: Any) -> Any:
+    """Run a one-agent crew, governed, to its end."""
+    from crewai import Crew, Task
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    task = Task(description="go", expected_output="x", agent=agent)
+    crew = govern(Crew(agents=[agent], tasks=[task]), runtime)
+    try:
+        return await asyncio.to_thread(crew.kickoff)
+    finally:
+        ungovern(crew)
+
+
+def _react_action(name: str, arguments: dict[str, object]) -> Any:
+    from crewai.agents.parser import AgentAction
+
+    given = json.dumps(arguments)
+    text = f"Thought: I need {name}\nAction: {name}\nAction Input: {given}"
+    return AgentAction(thought=f"I need {name}", tool=name, tool_input=given, text=text)
+
+
+@pytest.mark.parametrize("how", ["another thread", "a later hook"])
+async def test_an_allowed_call_runs_only_with_its_decided_arguments(how: str) -> None:
+    """A run with other arguments while an allowed call is open is refused; the call runs.
+
+    The attempt is made by a before-hook registered after govern() (CrewAI
+    runs it after Aegis's): from another thread, it runs the governed tool
+    with other arguments; or, in CrewAI's own flow, it changes the call's
+    arguments after Aegis decided them.
+    """
+    from crewai.hooks import register_before_tool_call_hook, unregister_before_tool_call_hook
+    from crewai.tools import tool
+
+    run = Run()
+    lookup = tool("lookup")(_recorders(run)["lookup"])
+    audit = InMemoryAuditLog()
+    intruder: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            lookup.run(customer_id=666)
+        except Exception as exc:
+            intruder.append(exc)
+
+    def later_hook(context: Any) -> None:
+        if how == "another thread":
+            thread = threading.Thread(target=attempt)
+            thread.start()
+            thread.join()
+        else:
+            context.tool_input["customer_id"] = 666
+
+    agent = _agent([lookup], [("lookup", {"customer_id": 1}, "c1")])
+    from crewai import Crew, Task
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    crew = govern(
+        Crew(agents=[agent], tasks=[Task(description="go", expected_output="x", agent=agent)]),
+        make_runtime(audit=audit),
+    )
+    register_before_tool_call_hook(later_hook)
+    try:
+        await asyncio.to_thread(crew.kickoff)
+    finally:
+        unregister_before_tool_call_hook(later_hook)
+        ungovern(crew)
+    [record] = audit.records
+    assert record["action_params"] == {"customer_id": 1}
+    if how == "another thread":
+        assert run.executed == [("lookup", {"customer_id": 1})]
+        assert UNDECIDED in str(intruder[0])
+        assert record["result_status"] == "success"
+    else:
+        assert run.executed == []
+        assert record["result_status"] == "failed"
+        assert "arguments" in str(record["result_error"])
+
+
+async def test_a_governed_tools_async_run_needs_a_decision() -> None:
+    """``arun`` (the tool's ``_arun``) of a governed tool, without CrewAI's hooks, does not run."""
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[tuple[str, int]] = []
+    lookup = _lookup_tool(ran)
+    governed = govern([lookup], make_runtime())
+    try:
+        with pytest.raises(Exception, match=UNDECIDED):
+            await lookup.arun(customer_id=7)
+        assert ran == []
+    finally:
+        ungovern(governed)
+    assert "gold" in await lookup.arun(customer_id=8)
+    assert ran == [("A", 8)]
+
+
+async def test_a_tool_with_a_func_field_is_watched_where_it_runs() -> None:
+    """A ``BaseTool`` subclass with a ``func`` field of its own: its ``_run`` is governed too."""
+    from crewai.tools import BaseTool
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    sent: list[str] = []
+
+    class Notify(BaseTool):  # type: ignore[misc]
+        name: str = "lookup"
+        description: str = "Look a customer up, and note it."
+        func: Any = str.upper  # a helper of the tool's own, not what CrewAI runs
+
+        def _run(self, customer_id: int) -> str:
+            sent.append(str(customer_id))
+            return f"customer {customer_id}: gold"
+
+    notify = Notify()
+    governed = govern([notify], make_runtime())
+    try:
+        with pytest.raises(Exception, match=UNDECIDED):
+            notify.run(customer_id=7)
+    finally:
+        ungovern(governed)
+    assert sent == []
+    audit = InMemoryAuditLog()
+    await _kickoff_governed(
+        _agent([notify], [("lookup", {"customer_id": 1}, "c1")]), make_runtime(audit=audit)
+    )
+    assert sent == ["1"]
+    assert [r["result_status"] for r in audit.records] == ["success"]
+
+
+async def test_a_structured_tool_made_before_govern_is_governed() -> None:
+    """A structured tool made from a tool before govern() runs only for a decided call, recorded."""
+    from crewai.utilities.tool_utils import aexecute_tool_and_check_finality
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[tuple[str, int]] = []
+    lookup = _lookup_tool(ran)
+    structured = lookup.to_structured_tool()
+    audit = InMemoryAuditLog()
+    governed = govern([lookup], make_runtime(audit=audit))
+    try:
+        with pytest.raises(Exception, match=UNDECIDED):
+            structured.invoke({"customer_id": 7})
+        assert ran == []
+        await aexecute_tool_and_check_finality(
+            _react_action("lookup", {"customer_id": 1}), [structured], agent=_agent([lookup], [])
+        )
+    finally:
+        ungovern(governed)
+    assert ran == [("A", 1)]
+    assert [r["result_status"] for r in audit.records] == ["success"]
+
+
+async def test_a_copy_of_a_governed_tool_has_a_watch_of_its_own() -> None:
+    """A copy runs its own state; governed with the original, then on its own, then not at all."""
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[tuple[str, int]] = []
+    original = _lookup_tool(ran)
+    governed = govern([original], make_runtime())
+    copy = original.model_copy(update={"desk": "B"})
+    alone = govern([copy], make_runtime())
+    try:
+        with pytest.raises(Exception, match=UNDECIDED):
+            copy.run(customer_id=1)  # covered by both govern() calls
+        ungovern(governed)
+        with pytest.raises(Exception, match=UNDECIDED):
+            copy.run(customer_id=2)  # still covered by its own
+        assert "desk A" in original.run(customer_id=3)  # the original is free again
+        audit = InMemoryAuditLog()
+        await _kickoff_governed(
+            _agent([copy], [("lookup", {"customer_id": 4}, "c1")]), make_runtime(audit=audit)
+        )
+        assert [r["result_status"] for r in audit.records] == ["success"]
+    finally:
+        ungovern(governed)
+        ungovern(alone)
+    assert "desk B" in copy.run(customer_id=5)
+    assert ran == [("A", 3), ("B", 4), ("B", 5)]
+
+
+async def test_a_call_is_decided_on_the_arguments_the_tool_receives() -> None:
+    """CrewAI coerces "yes" to True for a bool: the policy decides on True (blocked), "no" on False.
+
+    The run must receive exactly the decided arguments, so the decision is
+    on what CrewAI will pass: decided on the model's text, both calls were
+    blocked (the rule cannot read a string as a boolean), and a decision on
+    "7" would not match the run's 7.
+    """
+    from crewai.tools import tool
+
+    ran: list[tuple[int, bool]] = []
+
+    def purge(days: int, force: bool) -> str:
+        """Purge old rows."""
+        ran.append((days, force))
+        return "purged"
+
+    policy = {
+        "version": "1",
+        "defaults": {"risk_level": "low", "approval": "auto"},
+        "rules": [
+            {
+                "name": "no-force",
+                "match": {"type": "purge"},
+                "conditions": {"param_eq": {"force": True}},
+                "risk_level": "critical",
+                "approval": "block",
+            }
+        ],
+    }
+    audit = InMemoryAuditLog()
+    calls = [
+        ("purge", {"days": "30", "force": "yes"}, "c1"),
+        ("purge", {"days": "30", "force": "no"}, "c2"),
+    ]
+    await _kickoff_governed(
+        _agent([tool("purge")(purge)], calls), make_runtime(audit=audit, policy=policy)
+    )
+    assert ran == [(30, False)]
+    outcomes = {r["context"]["tool_call_id"]: r for r in audit.records}  # run side by side
+    assert (outcomes["c1"]["result_status"], outcomes["c1"]["action_params"]) == (
+        "blocked",
+        {"days": 30, "force": True},
+    )
+    assert (outcomes["c2"]["result_status"], outcomes["c2"]["action_params"]) == (
+        "success",
+        {"days": 30, "force": False},
+    )
