@@ -626,6 +626,19 @@ def _same_action(final: RecordDraft, start: AuditRecord) -> bool:
     )
 
 
+def _same_decision(final: RecordDraft, start: AuditRecord) -> bool:
+    """Whether ``final`` is of ``start``'s action, decided when and under the policy it was.
+
+    Two identical actions (same session, action and params) differ there:
+    the runtime stamps each decision with its own time.
+    """
+    return (
+        _same_action(final, start)
+        and final.decided_at == start.decided_at
+        and final.policy_digest == start.policy_digest
+    )
+
+
 def _storable(draft: RecordDraft) -> RecordDraft:
     # PostgreSQL text cannot hold NUL (JSON text escapes it, scalars may
     # not); the hash covers exactly what is stored, so mark it before sealing.
@@ -730,10 +743,13 @@ class PostgresAuditStore(ReadMixin):
         self._writer_backend: tuple[int, Any] | None = None
         self._abandoned: list[Connection] = []
         # start records committed without a flush, by id; starts recorded
-        # again after a server crash lost them, old id -> the start recorded
-        # again; whether the writing connection was lost since (see _recover_starts)
+        # again after a server crash lost them, by the id the runtime holds
+        # (the start's first) -> the start as recorded now; a later start of
+        # this store given such an id, by that id -> the start as recorded
+        # now; whether the writing connection was lost since (see _recover_starts)
         self._unflushed: dict[int, AuditRecord] = {}
         self._moved: dict[int, AuditRecord] = {}
+        self._reused: dict[int, AuditRecord] = {}
         # the flow events written with unflushed starts, by the start's id:
         # a start recorded again is recorded with its event (append_guarded)
         self._unflushed_events: dict[int, Sequence[str]] = {}
@@ -1095,7 +1111,7 @@ class PostgresAuditStore(ReadMixin):
         would then name a start that is not there. Such starts are kept
         until a flush (or their final record) makes them safe.
         """
-        if self._moved:
+        if self._moved or self._reused:
             self._finished_moved(records)
         if durable:
             self._unflushed.clear()  # the flush covered every record before it
@@ -1109,42 +1125,79 @@ class PostgresAuditStore(ReadMixin):
                 self._unflushed.pop(record.start_id, None)
                 self._unflushed_events.pop(record.start_id, None)
 
-    def _remapped(
-        self, drafts: list[RecordDraft], moves: Sequence[tuple[AuditRecord, AuditRecord]] = ()
-    ) -> list[RecordDraft]:
+    def _remapped(self, drafts: list[RecordDraft]) -> list[RecordDraft]:
         """``drafts``, a final record of a start lost in a server crash naming it recorded again.
 
-        The crash freed the lost start's id, and the server gives it out
-        again, to this writer's own next start too: a final naming that id
-        is the lost action's only if it is of the same action (what
-        :func:`~aegis.core.chain.verify_chain` checks of a final and its
-        start); any other is the final of the start that holds the id now.
-        ``moves`` are starts recorded again in the caller's transaction, not
-        yet committed. Nothing is changed here: a start stays moved until
-        the final record naming it has committed (:meth:`_finished_moved`).
+        A final names its start by the id the runtime holds, the start's
+        first. The crash freed the lost start's id, and the server gives it
+        out again, to this writer's own next start too: then the runtime
+        holds that id for two actions (:meth:`_renamed` tells them apart).
+        Nothing is changed here: a start stays moved until the final record
+        naming it has committed (:meth:`_finished_moved`).
         """
-        moved = self._moved
-        if moves:
-            moved = {**moved, **{old.id: new for old, new in moves}}
-        if not moved:
+        if not self._moved and not self._reused:
             return drafts
-        return [self._renamed(draft, moved) for draft in drafts]
+        return [self._renamed(draft) for draft in drafts]
+
+    def _renamed(self, draft: RecordDraft) -> RecordDraft:
+        """``draft``, naming its start as recorded now.
+
+        The id it names may be a lost start's (moved) and also a later
+        start's of this store (reused). A final is the lost action's only if
+        it is of the same action (what :func:`~aegis.core.chain.verify_chain`
+        checks of a final and its start); when the later start is of the
+        same action too, only if it repeats the lost action's decision
+        (its time, its policy) and not the later one's.
+        """
+        token = draft.start_id
+        if token is None:
+            return draft
+        moved = self._moved.get(token)
+        holder = self._reused.get(token)
+        if (
+            moved is not None
+            and _same_action(draft, moved)
+            and (
+                holder is None
+                or (_same_decision(draft, moved) and not _same_decision(draft, holder))
+            )
+        ):
+            return draft._replace(start_id=moved.id)
+        if holder is not None and holder.id != token:
+            return draft._replace(start_id=holder.id)
+        return draft
 
     @staticmethod
-    def _renamed(draft: RecordDraft, moved: dict[int, AuditRecord]) -> RecordDraft:
-        """``draft``, naming its start recorded again if it is the final of a lost start."""
-        old = draft.start_id
-        start = None if old is None else moved.get(old)
-        if old is None or start is None or not _same_action(draft, start):
-            return draft
-        return draft._replace(start_id=start.id)
+    def _moved_on(
+        drafts: list[RecordDraft], moves: list[tuple[AuditRecord, AuditRecord]]
+    ) -> list[RecordDraft]:
+        """``drafts``, already naming their starts as recorded, naming anew those just moved.
+
+        ``moves`` were recorded again in the caller's transaction, not yet
+        committed; each lost start is named by the id it was recorded at.
+        """
+        if not moves:
+            return drafts
+        now = {old.id: new.id for old, new in moves}
+        return [
+            draft if draft.start_id not in now else draft._replace(start_id=now[draft.start_id])
+            for draft in drafts
+        ]
 
     def _finished_moved(self, records: list[AuditRecord]) -> None:
-        """Forget the starts recorded again whose final records are among ``records``, committed."""
+        """Note this store's starts given a moved start's id; forget the moved ones now finished.
+
+        ``records`` are committed. A start recorded again is forgotten once
+        a final record names it; so is a later start given its first id.
+        """
+        for record in records:
+            if record.kind == RecordKind.START and record.id in self._moved:
+                self._reused[record.id] = record
         ended = {r.start_id for r in records if r.start_id is not None}
-        for old, start in list(self._moved.items()):
-            if start.id in ended:
-                del self._moved[old]
+        for table in (self._moved, self._reused):
+            for token, start in list(table.items()):
+                if start.id in ended:
+                    del table[token]
 
     def _recover_starts(self, conn: Connection) -> None:
         """After a lost connection: record again every unflushed start the server lost.
@@ -1200,14 +1253,26 @@ class PostgresAuditStore(ReadMixin):
         return list(zip(lost, again, strict=True))
 
     def _starts_moved(self, moves: list[tuple[AuditRecord, AuditRecord]]) -> None:
-        """Keep account of starts recorded again, once their transaction has committed."""
+        """Keep account of starts recorded again, once their transaction has committed.
+
+        A start moved before (or a later start given a moved start's id) is
+        kept under the id the runtime holds for it, not the id it had.
+        """
         for old, new in moves:
             self._unflushed.pop(old.id, None)
-            self._moved[old.id] = new
             self._unflushed[new.id] = new
             event = self._unflushed_events.pop(old.id, None)
             if event is not None:  # noted again with its start
                 self._unflushed_events[new.id] = event
+            for table in (self._moved, self._reused):
+                token = next(
+                    (t for t, s in table.items() if s.id == old.id and s.hash == old.hash), None
+                )
+                if token is not None:
+                    table[token] = new
+                    break
+            else:
+                (self._reused if old.id in self._moved else self._moved)[old.id] = new
 
     def _note_again(self, conn: Connection, event: Sequence[str]) -> None:
         """Insert again the flow event of a start the server lost (see :meth:`append_guarded`)."""
@@ -1440,7 +1505,7 @@ class PostgresAuditStore(ReadMixin):
                 if landed is None and again:
                     if self._unflushed:
                         moves = self._record_lost_starts(conn)
-                        drafts = self._remapped(drafts, moves)
+                        drafts = self._moved_on(drafts, moves)
                         arguments = _arguments(drafts)
                     cursor = conn.execute(self._sql_append, arguments)
                     landed = self._sealed(drafts, cursor.fetchall())

@@ -35,7 +35,7 @@ from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.filters import Filters
 from aegis.core.limits import flow_event
 from aegis.core.policy import Policy
-from aegis.core.record import final_draft, start_draft
+from aegis.core.record import DecisionStamp, final_draft, start_draft
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import StoreError
@@ -674,16 +674,18 @@ def test_an_append_whose_answer_came_too_late_is_never_written_twice(postgres_ds
 # ---------------------------------------------------------------- starts recorded again
 
 
-def _lose_tail(dsn: str, application: str) -> None:
-    """What a server crash does to the writer ``application``: its last record gone, cut off.
+def _lose_tail(dsn: str, application: str, records: int = 1) -> None:
+    """What a server crash does to the writer ``application``: the last records gone, cut off.
 
     The crash takes the commits not yet on disk (the newest records) and
-    every connection; here the newest record is deleted and the writer's
-    session ended, on the shared server, at the moment the test chooses.
+    every connection; here the newest ``records`` are deleted and the
+    writer's session ended, on the shared server, at the moment the test
+    chooses.
     """
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute(
-            "DELETE FROM aegis_audit_log WHERE id = (SELECT max(id) FROM aegis_audit_log)"
+            "DELETE FROM aegis_audit_log WHERE id > (SELECT max(id) FROM aegis_audit_log) - %s",
+            (records,),
         )
         admin.execute(
             "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
@@ -740,3 +742,85 @@ def test_a_recovery_that_never_committed_leaves_no_trace_in_the_store(postgres_d
     assert (start.kind, start.session_id) == ("start", "s1")
     assert start[1:-2] == lost[1:-2]  # action 1's start, recorded again
     assert [r.session_id for r in records.values()].count("s1") == 2
+
+
+def test_two_identical_actions_each_get_their_own_outcome_after_a_start_is_recorded_again(
+    postgres_dsn: str,
+) -> None:
+    """An action's start is lost and recorded again; an identical action then takes its old id.
+
+    Both actions are the same session, action and params, decided at
+    different moments; the runtime holds the same start id for both. The
+    second finishes first (succeeded), then the first (failed): each outcome
+    must name its own action's start, not the other's.
+    """
+    application = f"aegis_test_{uuid.uuid4().hex[:8]}"
+    store = PostgresAuditStore(f"{postgres_dsn}&application_name={application}")
+    other = PostgresAuditStore(postgres_dsn)
+    same = _decision(1)
+    first_stamp = DecisionStamp("2026-01-01T00:00:01.000000+00:00")
+    second_stamp = DecisionStamp("2026-01-01T00:00:02.000000+00:00")
+    try:
+        other.append([start_draft("other", _decision(0))])
+        (first,) = store.append([start_draft("s1", same, stamp=first_stamp)])
+        _lose_tail(postgres_dsn, application, records=2)  # the other writer's record too
+        # the first action's start is recorded again, one id lower; the second's takes its id
+        (second,) = store.append([start_draft("s1", same, stamp=second_stamp)])
+        assert second.id == first.id
+        succeeded = Result(same.action, ResultStatus.SUCCESS, {"done": True})
+        failed = Result(same.action, ResultStatus.FAILED, None, error="boom")
+        (ok,) = store.append(
+            [final_draft("s1", same, succeeded, stamp=second_stamp, start_id=second.id)]
+        )
+        (bad,) = store.append(
+            [final_draft("s1", same, failed, stamp=first_stamp, start_id=first.id)]
+        )
+        records = {r.id: r for r in store.records(Filters(view="records"))}
+        report = store.verify()
+    finally:
+        store.close()
+        other.close()
+    assert report.ok, report.reason
+    assert records[ok.start_id] == second
+    assert records[bad.start_id][1:-2] == first[1:-2]  # the first start, recorded again
+    assert bad.start_id == first.id - 1
+
+
+def test_identical_actions_recorded_again_twice_keep_their_own_outcomes(postgres_dsn: str) -> None:
+    """Two identical actions' starts lost in two crashes in a row, recorded again each time.
+
+    The second time, each start recorded again sits at an id the runtime
+    holds for the other action (or for a third one): every final must still
+    name its own action's start.
+    """
+    application = f"aegis_test_{uuid.uuid4().hex[:8]}"
+    store = PostgresAuditStore(f"{postgres_dsn}&application_name={application}")
+    other = PostgresAuditStore(postgres_dsn)
+    same = _decision(1)
+    stamps = [DecisionStamp(f"2026-01-01T00:00:0{n}.000000+00:00") for n in (1, 2)]
+    try:
+        other.append([start_draft("other", _decision(0))])
+        starts = [store.append([start_draft("s1", same, stamp=s)])[0] for s in stamps]
+        _lose_tail(postgres_dsn, application, records=3)
+        # the next start (another action) records both again, one id lower each
+        store.append([start_draft("s2", _decision(2))])
+        _lose_tail(postgres_dsn, application, records=3)
+        store.append([start_draft("s2", _decision(3))])  # and again, at the same ids
+        outcomes = [
+            Result(same.action, ResultStatus.FAILED, None, error="boom"),
+            Result(same.action, ResultStatus.SUCCESS, {"done": True}),
+        ]
+        finals = {
+            n: store.append(
+                [final_draft("s1", same, outcomes[n], stamp=stamps[n], start_id=starts[n].id)]
+            )[0]
+            for n in (1, 0)  # the second action finishes first
+        }
+        records = {r.id: r for r in store.records(Filters(view="records"))}
+        report = store.verify()
+    finally:
+        store.close()
+        other.close()
+    assert report.ok, report.reason
+    for n in (0, 1):
+        assert records[finals[n].start_id][1:-2] == starts[n][1:-2], n
