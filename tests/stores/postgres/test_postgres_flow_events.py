@@ -88,12 +88,14 @@ def events(dsn: str) -> list[tuple[object, ...]]:
     )
 
 
+@pytest.mark.parametrize("level", ["result", "full"])
 async def test_the_start_carries_the_event_in_one_append_and_another_runtime_sees_it(
-    postgres_dsn: str,
+    postgres_dsn: str, level: str
 ) -> None:
     """Usage beside the trail: no write of the usage store's own, one commit per start, and
-    another runtime's not_after (its own connections) blocks the session that read the secret."""
-    audit = AuditLogger(postgres_dsn)
+    another runtime's not_after (its own connections) blocks the session that read the secret.
+    At ``full`` the start's append is the procedure that also waits for the disk."""
+    audit = AuditLogger(postgres_dsn, durability=level)
     usage = audit.stores.usage
     assert isinstance(usage, PostgresUsageStore)
     store = audit.store
@@ -122,6 +124,11 @@ async def test_the_start_carries_the_event_in_one_append_and_another_runtime_see
     assert blocked.status.value == "blocked"
     assert sent.ok
     audit.close()
+    with AuditLogger(postgres_dsn, create=False, readonly=True) as reader:
+        report = reader.verify()
+    assert report.ok, report.reason
+    assert report.checked == 7  # the warm-up, the read and the two mails: a start and a final
+    # each, but the blocked mail, which has a final only
 
 
 def test_a_start_whose_event_fails_is_not_written_either(postgres_dsn: str) -> None:
