@@ -170,14 +170,16 @@ class AuditBackend(Protocol):
 class GuardedStarts(Protocol):
     """An optional capability of an audit backend: a start record in one commit with other writes.
 
-    Not part of the public interface (its guard is the SQLite store's); the
-    runtime asks for it explicitly instead of probing for methods.
+    Not part of the public interface (its guard is the usage store's own);
+    the runtime asks for it explicitly instead of probing for methods.
 
     :class:`~aegis.runtime.audit.AuditLogger` over SQLite has it: the usage
-    counters sharing its database reserve an action's charges in the
-    transaction that appends the action's start record (see
-    :class:`~aegis.runtime.metering.Deferred`). The metering step uses it
-    only when :meth:`guards` says yes for the usage store's database.
+    counters sharing its database reserve an action's charges and note its
+    flow event in the transaction that appends the action's start record
+    (see :class:`~aegis.runtime.metering.Deferred`). Over PostgreSQL too,
+    for the flow event alone, when the usage store is in the trail's
+    database and schema. The metering step uses it only when :meth:`guards`
+    says yes for the usage store's database.
     """
 
     def guards(self, database: object) -> bool:
