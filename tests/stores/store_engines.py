@@ -237,11 +237,24 @@ class PostgresEngine(Engine):
             return records
 
         store.append = watched  # type: ignore[method-assign]  # the store's own, watched
+        # a start record carrying its flow event is appended by append_guarded
+        append_guarded = store.append_guarded  # type: ignore[attr-defined]  # PostgreSQL's
+
+        def watched_guarded(draft: RecordDraft, guard: Any) -> AuditRecord:
+            record: AuditRecord = append_guarded(draft, guard)
+            with lock:
+                row = watch.execute("SELECT pg_current_wal_flush_lsn()").fetchone()
+            assert row is not None
+            returned.append((record.id, row[0]))
+            return record
+
+        store.append_guarded = watched_guarded  # type: ignore[attr-defined]
         commits: list[bool] = []
         try:
             yield commits
         finally:
             del store.append  # type: ignore[method-assign]
+            del store.append_guarded  # type: ignore[attr-defined]
             # a durable commit of our own: the WAL up to here can be read
             watch.execute("SELECT pg_logical_emit_message(true, 'aegis-watch', '')")
             for record_id, flushed in returned:
