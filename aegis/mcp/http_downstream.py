@@ -19,6 +19,14 @@ initialized, a GET stream carries the server's messages that belong to no
 request; a stream that ends early is resumed with ``Last-Event-ID``; the
 session is DELETEd on close. Redirects are not followed.
 
+A failed exchange (a connection refused, reset or cut mid-answer, a broken
+chunk) fails its request only, and a notification that cannot be sent is
+dropped with a warning: each message has an exchange of its own, and the
+next may well go through. The session ends when the server says it has
+ended it (HTTP 404 to the session's id, when every later request would get
+the same): :meth:`HttpDownstream.messages` then raises, and the proxy ends
+its session with its client, which starts a new one.
+
 Connections are kept alive and reused (:func:`http_transport`, one pool
 per proxy, shared by its sessions; each session has a client of its own,
 so that a cookie the server sets for one session is never sent with
@@ -28,6 +36,10 @@ back to the pool. A connection is reused only when its last response was
 read to its end as HTTP frames it: one closed early (a body past the
 limit, a stream that goes on, a refused answer left unread, a broken
 chunk) is closed, never handed to the next request.
+
+Size: the event reader and the client are one module, because the client's
+every read of a stream (a request's, a resumed one, the GET stream) goes
+through the reader's bounds; the rest is the one wire, told end to end.
 """
 
 from __future__ import annotations
@@ -190,7 +202,7 @@ class SseReader:
 
 
 class _Ended(Exception):
-    """The connection to the server failed: the session cannot go on."""
+    """The server ended the session: it cannot go on."""
 
 
 class HttpDownstream:
@@ -221,6 +233,8 @@ class HttpDownstream:
         self._listener: asyncio.Task[None] | None = None
         # the id of the initialize request, whose reply names the protocol version
         self._initialize: RequestId | None = None
+        # the requests in self._exchanges whose reply (or failure) is in the inbox
+        self._replied: set[RequestId] = set()
 
     # -------------------------------------------------------------- toward the server
 
@@ -263,12 +277,20 @@ class HttpDownstream:
             )
             return
         except httpx2.HTTPError as exc:
-            why = f"the MCP server at {self._url} cannot be reached: {exc}"
-            raise ConnectionError(why) from exc
+            # One message lost, as one request failed: the session goes on.
+            _log.warning(
+                "the MCP server at %s could not be sent a %s: %s: %s",
+                self._url,
+                _what(message),
+                type(exc).__name__,
+                exc,
+            )
+            return
         if response.status_code >= 400:
             _log.warning(
                 "the MCP server answered HTTP %d to a %s", response.status_code, _what(message)
             )
+            await self._check_session(response)
         if message.get("method") == "notifications/initialized" and self._listener is None:
             self._listener = asyncio.create_task(self._listen())
         elif message.get("method") == "notifications/cancelled":
@@ -282,6 +304,7 @@ class HttpDownstream:
     def _forget(self, request_id: RequestId, task: asyncio.Task[None]) -> None:
         if self._exchanges.get(request_id) is task:
             del self._exchanges[request_id]
+            self._replied.discard(request_id)
 
     async def _exchange(self, message: Message, request_id: RequestId) -> None:
         """POST a request and read what answers it, until its reply."""
@@ -292,9 +315,14 @@ class HttpDownstream:
                 opening = message["method"] == "initialize"
                 if not opening or await self._opened(response, request_id):
                     await self._answer(response, request_id)
-        except Exception as exc:  # whatever failed, the session cannot go on
+        except Exception as exc:
+            # One exchange failed (a connection refused, reset or cut mid-answer, a
+            # broken chunk): this request fails, unless answered already; the session
+            # goes on, since each request has an exchange of its own.
             why = f"the MCP server at {self._url} cannot be reached: {type(exc).__name__}: {exc}"
-            await self._inbox.put(_Ended(why))
+            if request_id not in self._replied:
+                _log.warning("request %r failed: %s", request_id, why)
+                await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
 
     async def _opened(self, response: httpx2.Response, request_id: RequestId) -> bool:
         """Take the ``initialize`` reply's session id; ``False`` when it cannot be sent back.
@@ -319,6 +347,7 @@ class HttpDownstream:
         if not 200 <= status < 300 or status == 202:
             why = await self._refusal(response, kind)
             await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
+            await self._check_session(response)
         elif kind == "application/json":
             body = await _read_body(response, self._limit)
             item = self._read(body, request_id)
@@ -336,6 +365,21 @@ class HttpDownstream:
         else:
             why = f"the MCP server answered with content type {kind or 'none'!r}, not JSON or SSE"
             await self._put(error_reply(request_id, DOWNSTREAM_UNAVAILABLE, why))
+
+    async def _check_session(self, response: httpx2.Response) -> None:
+        """End the session when the server says it has ended it (404 to its session id).
+
+        Every later request would get the same 404: the proxy's session with
+        its client ends, saying why, and the client starts a new one (the
+        specification has a client start a new session on this 404).
+        """
+        if response.status_code == 404 and self._session is not None:
+            await self._inbox.put(
+                _Ended(
+                    f"the MCP server at {self._url} ended the session (HTTP 404 to its "
+                    "Mcp-Session-Id); the client has to start a new session"
+                )
+            )
 
     async def _resume(self, events: SseReader, request_id: RequestId) -> None:
         """Resume a request's stream that ended before its reply, from its last event id."""
@@ -410,6 +454,9 @@ class HttpDownstream:
         return item
 
     async def _put(self, item: Message | Exception) -> None:
+        answered = _reply_id(item)
+        if answered is not None and answered in self._exchanges:
+            self._replied.add(answered)
         if (
             isinstance(item, dict)
             and self._initialize is not None
@@ -433,6 +480,7 @@ class HttpDownstream:
                 async with self._client.stream("GET", self._url, headers=headers) as response:
                     if response.status_code != 200:
                         await _drain(response)  # the connection is reused
+                        await self._check_session(response)
                         return  # 405: the server offers no such stream
                     await self._stream(response, events, None)
                 failures = 0
@@ -547,6 +595,14 @@ def _connection_of(response: httpx2.Response) -> Any:
 def _delay(events: SseReader) -> float:
     """Seconds to wait before a stream is opened again."""
     return max(events.retry if events.retry is not None else _RESUME_DELAY, _MIN_RETRY)
+
+
+def _reply_id(item: Message | Exception) -> RequestId | None:
+    """The id of the request ``item`` answers, if it is a reply."""
+    if isinstance(item, Unreadable):
+        return item.request_id if _is_reply(item) else None
+    found = item.get("id") if isinstance(item, dict) and _is_reply(item) else None
+    return found if isinstance(found, str | int) else None
 
 
 def _is_reply(item: Message | Exception) -> bool:

@@ -486,13 +486,15 @@ def test_requests_in_flight_are_capped_and_the_excess_refused_at_once(tmp_path: 
         assert proxy.request("after", "ping", timeout=60)["id"] == "after"
 
 
-def test_an_http_server_failing_mid_call_leaves_one_record_per_call(tmp_path: Path) -> None:
+def test_an_http_server_failing_mid_call_fails_that_call_only(tmp_path: Path) -> None:
     """Behind the proxy CLI: a hostile HTTP answer fails its call once, recorded once.
 
     The first read is answered with another request's reply, the second
-    with half a body before the connection closes (the session ends with
-    it); the blocked delete between them is answered and recorded by the
-    proxy alone. Every call has exactly one record, and the chain verifies.
+    with half a body before the connection closes; the blocked delete
+    between them is answered and recorded by the proxy alone. A broken
+    exchange is one request's failure, not the session's (over HTTP each
+    request has its own exchange): the third read is answered. Every call
+    has exactly one record, and the chain verifies.
     """
     from scripted_http import Request, polite, response, scripted
 
@@ -503,6 +505,8 @@ def test_an_http_server_failing_mid_call_leaves_one_record_per_call(tmp_path: Pa
         if request.rpc_method != "tools/call":
             return polite(request, connection)
         calls += 1
+        if calls == 3:
+            return polite(request, connection)
         other = {"jsonrpc": "2.0", "id": 99, "result": {"content": []}}
         raw = response(body=json.dumps(other).encode())
         connection.sendall(raw if calls == 1 else raw[:-10])
@@ -521,20 +525,67 @@ def test_an_http_server_failing_mid_call_leaves_one_record_per_call(tmp_path: Pa
             delete = {"name": "delete", "arguments": {"path": "/x"}}
             blocked = proxy.request(2, "tools/call", delete, timeout=60)
             second = proxy.request(3, "tools/call", READ, timeout=60)
+            third = proxy.request(4, "tools/call", READ, timeout=60)
         finally:
             status = proxy.close()
     assert first["error"]["code"] == -32011
     assert "answered the request as request 99" in first["error"]["message"]
     assert blocked["result"]["isError"] is True
     assert second["error"]["code"] == -32011
-    # the session ended with its connection: the proxy stops so that the client restarts it
-    assert status == 1
-    assert "the proxy stopped with it" in files.stderr.read_text()
+    assert third["result"] == {}
+    assert status == 0
     records = files.records()  # the chain verifies
     assert [(r["action_type"], r["result_status"]) for r in records] == [
         ("read", "failed"),
         ("delete", "blocked"),
         ("read", "failed"),
+        ("read", "success"),
     ]
-    assert [r["context"]["mcp_request_id"] for r in records] == [1, 2, 3]
-    assert len(upstream.posted("tools/call")) == 2  # the blocked call never reached it
+    assert [r["context"]["mcp_request_id"] for r in records] == [1, 2, 3, 4]
+    assert len(upstream.posted("tools/call")) == 3  # the blocked call never reached it
+
+
+def test_an_http_server_ending_the_session_stops_the_proxy_saying_so(tmp_path: Path) -> None:
+    """A 404 to the session's id: the server ended the session; the call fails, the proxy stops.
+
+    Every later request would get the same 404. The proxy stops, saying
+    the server ended the session, so that the client starts a new one.
+    """
+    from scripted_http import Request, polite, response, scripted
+
+    def answer(request: Request, connection: Any) -> bool:
+        if request.rpc_method == "initialize":
+            body = {
+                "jsonrpc": "2.0",
+                "id": request.message["id"],
+                "result": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "scripted", "version": "1"},
+                },
+            }
+            headers = {"mcp-session-id": "s-1"}
+            connection.sendall(response(body=json.dumps(body).encode(), headers=headers))
+            return True
+        if request.rpc_method == "tools/call":
+            connection.sendall(response(404, b"", kind=None))
+            return True
+        return polite(request, connection)
+
+    files = Files(tmp_path, POLICY)
+    with scripted(answer) as upstream:
+        command = [
+            sys.executable, "-m", "aegis", "mcp-proxy", "--policy", str(files.policy),
+            "--db", files.db, "--name", "hostile", "--upstream-url", upstream.url,
+        ]  # fmt: skip
+        proxy = RawProxy(command, files.stderr)
+        try:
+            proxy.initialize()
+            call = proxy.request(1, "tools/call", READ, timeout=60)
+        finally:
+            status = proxy.close()
+    assert call["error"]["code"] == -32011
+    assert "ended the session" in call["error"]["message"]
+    assert status == 1
+    assert "ended the session" in files.stderr.read_text()
+    assert [r["result_status"] for r in files.records()] == ["failed"]
