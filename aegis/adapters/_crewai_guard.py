@@ -17,8 +17,9 @@ A watched function runs only when it is claimed by a :class:`Ticket`:
   with exactly those arguments (same keys, same types, same values); a
   ticket allows one run (CrewAI's ReAct paths retry a tool that raised);
 - a run that finds no ticket (another thread, a path without the hooks) or
-  the wrong arguments raises without running, and the record of the call
-  says what was refused.
+  the wrong arguments raises without running. A run with the wrong
+  arguments is named in its call's record; a run with no call behind it is
+  recorded as blocked by the first govern() covering the tool.
 
 A function of the tool called from within its own run (``Tool._run``
 calls ``func``; a subclass's ``_run`` its parent's) runs as part of that
@@ -40,6 +41,7 @@ gets its own watch, runs its own state, and is covered by the same
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from contextvars import ContextVar
 from types import FunctionType, MethodType
@@ -48,11 +50,14 @@ from typing import Any
 from crewai.tools import BaseTool
 from crewai.tools.structured_tool import CrewStructuredTool
 
+from aegis.adapters._governance import _portal
+
 #: the functions of a tool that CrewAI may run
 _WATCHED_NAMES = ("func", "_run", "_arun")
 #: on a watcher: the tool it watches
 _OWNER = "_aegis_owner"
 
+_log = logging.getLogger("aegis.adapters")
 _lock = threading.RLock()
 #: the govern() calls covering each tool, by its id (the tool is held, so the id stays its own)
 _covering: dict[int, tuple[Any, list[Any]]] = {}
@@ -233,6 +238,7 @@ def _watcher(tool: Any, inner: Any) -> Any:
         async def watched_async(*args: Any, **kwargs: Any) -> Any:
             ticket, refusal = _claim(tool, args, kwargs)
             if refusal is not None:
+                await _recorded(tool, args, kwargs, refusal)
                 raise refusal
             if ticket is None:
                 return await inner(*args, **kwargs)
@@ -244,6 +250,7 @@ def _watcher(tool: Any, inner: Any) -> Any:
         def watched_sync(*args: Any, **kwargs: Any) -> Any:
             ticket, refusal = _claim(tool, args, kwargs)
             if refusal is not None:
+                _recorded_sync(tool, args, kwargs, refusal)
                 raise refusal
             if ticket is None:
                 return inner(*args, **kwargs)
@@ -280,6 +287,49 @@ async def _awaited(ticket: Ticket, tool: Any, work: Any) -> Any:
         _inside.set(outer)
     ticket.ran = True
     return result
+
+
+def _record(tool: Any, args: tuple[Any, ...], kwargs: dict[str, Any], refusal: Exception) -> Any:
+    """The work of recording a refused run no decision covers (``None`` for other refusals).
+
+    A refusal within an allowed call is in that call's record; a run with no
+    call behind it is recorded as blocked by the first govern() covering the
+    tool (its ``undecided``), with the arguments it was run with.
+    """
+    if not isinstance(refusal, NotDecided):
+        return None
+    with _lock:
+        governors = list(_covering.get(id(tool), (None, []))[1])
+    if not governors:
+        return None
+    params = {"positional": list(args), **kwargs} if args else dict(kwargs)
+    return governors[0].undecided(tool, params, str(refusal))
+
+
+def _recorded_sync(
+    tool: Any, args: tuple[Any, ...], kwargs: dict[str, Any], refusal: Exception
+) -> None:
+    """Record a refused run from synchronous code (it stays refused if it cannot be recorded)."""
+    work = _record(tool, args, kwargs, refusal)
+    if work is None:
+        return
+    try:
+        _portal.call(work)
+    except Exception:
+        _log.exception("could not record a refused run of %s", _name(tool))
+
+
+async def _recorded(
+    tool: Any, args: tuple[Any, ...], kwargs: dict[str, Any], refusal: Exception
+) -> None:
+    """Record a refused run from async code, on Aegis's loop (it stays refused regardless)."""
+    work = _record(tool, args, kwargs, refusal)
+    if work is None:
+        return
+    try:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, _portal.loop()))
+    except Exception:
+        _log.exception("could not record a refused run of %s", _name(tool))
 
 
 # ---------------------------------------------------------------- copies

@@ -51,10 +51,11 @@ are watched too: the copy runs its own state, and is covered by the
 govern() calls that cover the original. After ungovern() of everything
 that covers it, a tool runs as before.
 
-Still not covered: a run refused because no decision covers it raises but
-leaves no record (there is no call to record it under); a function put on
-a governed tool after govern() (``tool.func = other``) is unwatched until
-the next call the hooks let through; code holding the tool's plain
+A run refused because no decision covers it is recorded as blocked, with
+the arguments it was run with, by the first govern() call covering the
+tool (rule ``<aegis>``); it did not run. Still not covered: a function put
+on a governed tool after govern() (``tool.func = other``) is unwatched
+until the next call the hooks let through; code holding the tool's plain
 function, or a method of it bound before govern() (outside a structured
 tool), runs it as any Python function. Keep governed tools out of reach
 of other code.
@@ -144,6 +145,17 @@ class _Hooks:
     def release(self) -> None:
         """This govern() call no longer covers its tools (ungovern())."""
         guard.release(self)
+
+    async def undecided(self, tool: Any, params: dict[str, Any], why: str) -> None:
+        """Record a run of a covered tool that no decision covers as blocked (it did not run)."""
+        governor = self.governor
+        call = ToolCall(
+            str(getattr(tool, "name", None) or type(tool).__name__),
+            params,
+            description=_description(tool),
+            agent=governor.agent,
+        )
+        await governor._record_refused(call, governor._refused(call, why))
 
     def applies(self, context: Any) -> bool:
         if self.agents:

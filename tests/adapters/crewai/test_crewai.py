@@ -453,4 +453,8 @@ def test_a_governed_tool_run_without_crewais_hooks_does_not_run(given: str) -> N
     # Nothing covers it any more: it is the user's own tool again.
     assert delete.run(customer_id=9) == "deleted"
     assert run.executed == [("delete_customer", {"customer_id": 9})]
-    assert audit.records == []
+    # Refused, and recorded as blocked by the govern() covering it then (the
+    # second refusal went to the other runtime's trail).
+    assert [(r["action_params"], r["result_status"]) for r in audit.records] == [
+        ({"customer_id": 7}, "blocked")
+    ]

@@ -128,7 +128,14 @@ async def test_an_allowed_call_runs_only_with_its_decided_arguments(how: str) ->
     finally:
         unregister_before_tool_call_hook(later_hook)
         ungovern(crew)
-    [record] = audit.records
+    if how == "another thread":
+        refused, record = audit.records
+        assert (refused["action_params"], refused["result_status"]) == (
+            {"customer_id": 666},
+            "blocked",
+        )
+    else:
+        [record] = audit.records
     assert record["action_params"] == {"customer_id": 1}
     if how == "another thread":
         assert run.executed == [("lookup", {"customer_id": 1})]
@@ -211,7 +218,7 @@ async def test_a_structured_tool_made_before_govern_is_governed() -> None:
     finally:
         ungovern(governed)
     assert ran == [("A", 1)]
-    assert [r["result_status"] for r in audit.records] == ["success"]
+    assert [r["result_status"] for r in audit.records] == ["blocked", "success"]
 
 
 async def test_a_copy_of_a_governed_tool_has_a_watch_of_its_own() -> None:
@@ -290,3 +297,29 @@ async def test_a_call_is_decided_on_the_arguments_the_tool_receives() -> None:
         "success",
         {"days": 30, "force": False},
     )
+
+
+async def test_a_run_no_decision_covers_is_recorded_as_blocked() -> None:
+    """A governed tool run without CrewAI's hooks (sync or async) is refused and recorded so."""
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[tuple[str, int]] = []
+    lookup = _lookup_tool(ran)
+    audit = InMemoryAuditLog()
+    governed = govern([lookup], make_runtime(audit=audit), target="crm")
+    try:
+        with pytest.raises(Exception, match=UNDECIDED):
+            lookup.run(customer_id=7)
+        with pytest.raises(Exception, match=UNDECIDED):
+            await lookup.arun(customer_id=8)
+    finally:
+        ungovern(governed)
+    assert ran == []
+    assert [
+        (r["action_type"], r["action_target"], r["action_params"], r["result_status"])
+        for r in audit.records
+    ] == [
+        ("lookup", "crm", {"customer_id": 7}, "blocked"),
+        ("lookup", "crm", {"customer_id": 8}, "blocked"),
+    ]
+    assert all(UNDECIDED in str(r["result_error"]) for r in audit.records)
