@@ -505,6 +505,11 @@ def verify(
     --public-key, every signed checkpoint must be valid and fit the chain,
     which also catches a rewritten or truncated log up to the last one.
 
+    Without --public-key or --expect-head, nothing anchors the chain: it
+    proves order and completeness against accidental damage only. Someone
+    who can write the database can rewrite records and recompute every hash
+    after them; the check then passes, and says so.
+
     \b
     Examples:
       aegis audit verify
@@ -516,6 +521,9 @@ def verify(
         pending = log.pending()
         kept = len(log.checkpoints()) if public_key else 0
         trail = trail_name(log)
+    # a head kept elsewhere or a valid signed checkpoint ties the chain to
+    # something its writer cannot recompute; nothing else does
+    anchored = expect_head is not None or report.checkpoints > 0
 
     if output_format == "json":
         emit_json(
@@ -528,6 +536,7 @@ def verify(
                 "checkpoints": report.checkpoints,
                 "unsigned": report.unsigned,
                 "bad_signature": report.bad_signature,
+                "anchored": anchored,
                 "pending": pending,
                 "schema": trail_schema(log),
             }
@@ -550,6 +559,13 @@ def verify(
                     " no signature covers them yet (written since the last checkpoint,"
                     " or without the key)"
                 )
+        if not anchored:
+            warn(
+                "no key and no kept head: the chain proves order and completeness against "
+                "accidental damage only; someone who can write the database can rewrite "
+                "records and recompute every hash after them, which only a head kept "
+                "elsewhere (--expect-head) or signed checkpoints (--public-key) catch"
+            )
         note("keep the head elsewhere; `--expect-head HEAD` later also catches a truncated log")
     elif report.bad_signature:
         error(f"signature check failed: {report.reason}")

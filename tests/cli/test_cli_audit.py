@@ -18,6 +18,8 @@ from cli_support import SESSION, edit_database, write_session
 from click.testing import Result
 
 from aegis.core.action import Action
+from aegis.core.chain import row_hash
+from aegis.core.filters import Filters
 from aegis.core.result import ResultStatus
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.audit_backend import record_hash
@@ -215,6 +217,40 @@ def test_verify_truncated_log_against_kept_head(invoke: Invoke, audit_db: Path) 
     assert "removed from the end" in result.stderr
 
 
+def test_verify_without_a_key_or_head_says_a_forged_tail_passes(
+    invoke: Invoke, audit_db: Path
+) -> None:
+    """A last record rewritten with its hash recomputed verifies; verify says what it proves.
+
+    Without a key or a head kept elsewhere nothing anchors the chain: the
+    command says so plainly, on every run, and in its JSON. The kept head
+    catches the forgery.
+    """
+    with AuditLogger(audit_db) as audit:
+        head = audit.head()
+        last = audit.store.records(Filters(view="records"))
+        forged = list(last)[-1]._replace(reason="forged")
+    edit_database(
+        audit_db,
+        f"UPDATE audit_log SET reason = 'forged', hash = '{row_hash(forged)}' "
+        f"WHERE id = {forged.id}",
+    )
+    result = invoke("audit", "verify", "--db", str(audit_db))
+    assert result.exit_code == 0  # the forgery is consistent
+    message = " ".join(result.stderr.split())
+    assert "accidental damage only" in message
+    assert "--expect-head" in message
+    assert "--public-key" in message
+    document = json.loads(
+        invoke("audit", "verify", "--db", str(audit_db), "--format", "json").stdout
+    )
+    assert document["ok"] is True
+    assert document["anchored"] is False
+    caught = invoke("audit", "verify", "--db", str(audit_db), "--expect-head", head)
+    assert caught.exit_code == 1
+    assert "accidental damage only" not in " ".join(caught.stderr.split())
+
+
 def test_verify_bad_head_is_a_usage_error(invoke: Invoke, audit_db: Path) -> None:
     """A malformed --expect-head exits 2, not with a traceback."""
     result = invoke("audit", "verify", "--db", str(audit_db), "--expect-head", "42:9f86...")
@@ -233,6 +269,15 @@ def test_verify_json(invoke: Invoke, audit_db: Path) -> None:
     assert document["ok"] is True
     assert document["checked"] == 4
     assert document["pending"] == []
+    assert document["anchored"] is False  # no head given, no key
+    with AuditLogger(audit_db) as audit:
+        head = str(audit.head())
+    anchored = json.loads(
+        invoke(
+            "audit", "verify", "--db", str(audit_db), "--format", "json", "--expect-head", head
+        ).stdout
+    )
+    assert anchored["anchored"] is True
 
 
 def test_verify_empty_database(invoke: Invoke, tmp_path: Path) -> None:
