@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from aegis.core.limits import Charge, FlowEvent
+from aegis.core.record import LAST_FLAT_PARAMS
 from aegis.errors import StoreError
 from aegis.stores.sqlite.connection import SQLiteDatabase
 from aegis.stores.sqlite.schema import migrate
@@ -76,6 +77,11 @@ _NEXT_COUNTER: Final = (
 _LATEST: Final = (
     "SELECT session_id, action_type, action_target, params, at FROM aegis_flow_events"
     " WHERE session_id = ?"
+)
+#: notes a flow event (see _remember)
+_NOTE: Final = (
+    "INSERT INTO aegis_flow_events (session_id, action_type, action_target, params, at)"
+    " VALUES (?, ?, ?, ?, ?)"
 )
 #: a counter forgets its own rows past the window every this many reservations
 _TRIM_EVERY: Final = 64
@@ -774,9 +780,15 @@ class StartGuard:
                     return False
             if abs(now - store._swept) >= _SWEEP_EVERY:  # _sweep's own test, without its call
                 store._sweep(cur, now, seen)
-        if self.event is not None:
+        event = self.event
+        if event is not None:
+            # _remember, inline (every action let through comes here), with the
+            # start record's params text when its draft just encoded these params
+            params = event.params
+            last = LAST_FLAT_PARAMS[0]
+            text = last[1] if last[0] is params else params_json(params)
             try:
-                _remember(cur, self.event)
+                cur.execute(_NOTE, (event.session_id, event.type, event.target, text, event.at))
             except UnicodeEncodeError as exc:  # the audit's transaction rolls back
                 raise unencodable("keep a flow event in", repr(store.db.path), exc) from exc
         return True
@@ -802,9 +814,7 @@ def _gap(row: Sequence[Any] | None, path: str) -> float | None:
 def _remember(cur: sqlite3.Cursor, event: FlowEvent) -> int:
     """Insert ``event``; its row id."""
     cur.execute(
-        "INSERT INTO aegis_flow_events (session_id, action_type, action_target, params, at)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (event.session_id, event.type, event.target, params_json(event.params), event.at),
+        _NOTE, (event.session_id, event.type, event.target, params_json(event.params), event.at)
     )
     return cur.lastrowid  # type: ignore[return-value]  # set by the INSERT just made
 
