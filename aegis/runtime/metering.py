@@ -66,11 +66,13 @@ fenced in one module.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from asyncio import current_task
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
+from numbers import Real
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from aegis.core.action import Action, FrozenDict, freeze
@@ -90,7 +92,7 @@ from aegis.core.limits import (
 from aegis.core.record import DecisionStamp
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import AegisError, ConfigurationError
+from aegis.errors import AegisError, ConfigurationError, StoreError
 from aegis.runtime._group_commit import GroupCommit
 from aegis.runtime._usage_store import usage_store_for
 from aegis.runtime.audit_backend import GuardedStarts
@@ -520,7 +522,8 @@ class Metering:
         """What the session's history says of each of ``specs``: holds, does not, or unsure."""
         true: list[FlowSpec] = []
         unsure: dict[FlowSpec, str] = {}
-        gap: object = _UNTOLD  # read once, and only when a condition finds nothing
+        asked = False  # the gap is read once, and only when a condition finds nothing
+        gap: float | None = None
         for spec in specs:
             problem: list[str] = []
             if self._latest(limits, spec, session_id, at, problem=problem) is not None:
@@ -528,9 +531,10 @@ class Metering:
             elif problem:
                 unsure[spec] = problem[0]
             else:
-                if gap is _UNTOLD:
-                    gap = self.store.forgotten(session_id)
-                if isinstance(gap, float) and (spec.within is None or at - spec.within < gap):
+                if not asked:
+                    gap = _deleted_up_to(self.store.forgotten(session_id), self.store)
+                    asked = True
+                if gap is not None and (spec.within is None or at - spec.within < gap):
                     unsure[spec] = _gone(spec, gap)
         return KnownFacts(true, unsure)
 
@@ -1041,6 +1045,26 @@ def _immutable(policy: object) -> bool:
     from aegis.core.policy import Policy  # noqa: PLC0415  # the engine imports it lazily too
 
     return type(policy) is Policy
+
+
+def _deleted_up_to(gap: object, store: object) -> float | None:
+    """What ``store.forgotten`` answered, as a time; ``None``: nothing was deleted.
+
+    Any real number is a time (a store of one's own may give an int);
+    anything else (text, NaN) cannot say what was deleted: read as "never",
+    it would turn the deleted-history check off, so it fails closed.
+
+    Raises:
+        StoreError: not a time.
+    """
+    if gap is None:
+        return None
+    if isinstance(gap, Real) and not isinstance(gap, bool) and not math.isnan(gap):
+        return float(gap)
+    raise StoreError(
+        f"the usage store {store!r} says its deleted flow history reaches up to {gap!r}, which"
+        " is not a time: forgotten() must give seconds since the epoch, or None"
+    )
 
 
 def _gone(spec: FlowSpec, gap: float) -> str:

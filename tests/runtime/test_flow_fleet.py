@@ -178,3 +178,42 @@ async def test_a_reload_that_looks_back_further_than_was_kept_blocks_saying_why(
     assert "flow history up to" in (unknown.error or "")
     assert "was deleted" in (unknown.error or "")
     assert known.status.value == "success"
+
+
+class _SaysDeleted(MemoryUsageStore):
+    """A usage store of one's own whose ``forgotten`` answers ``said`` for every session."""
+
+    def __init__(self, said: object) -> None:
+        super().__init__()
+        self.said = said
+
+    def forgotten(self, session_id: str) -> Any:
+        return self.said
+
+
+@pytest.mark.parametrize(
+    ("said", "why"),
+    [
+        (1_800_000_000, "flow history up to 2027-01-15"),  # an int: seconds all the same
+        (1.8e9, "flow history up to 2027-01-15"),
+        ("2027-01-15", "not a time"),
+        (float("nan"), "not a time"),
+        (True, "not a time"),
+    ],
+)
+async def test_a_deleted_history_is_any_number_a_store_gives_and_else_blocks(
+    tmp_path: Path, said: object, why: str
+) -> None:
+    """A store's forgotten() answer of any real number is the time history was deleted up
+    to; anything else cannot say what was deleted: either way a whole-session not_after
+    that finds nothing blocks, saying why, never reads the answer as nothing deleted."""
+    async with Runtime(
+        executor=lambda action: "done",
+        policy=_not_after_secret("session"),
+        audit_logger=AuditLogger(tmp_path / "aegis_audit.db"),
+        usage_store=_SaysDeleted(said),
+        session_id="s",
+    ) as rt:
+        mail = await rt.run_one(Action("send_email", "smtp"))
+    assert mail.status.value == "blocked"
+    assert why in (mail.error or "")
