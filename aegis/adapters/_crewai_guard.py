@@ -35,7 +35,9 @@ is watched when it first runs (CrewAI's ``CrewStructuredTool`` methods are
 wrapped once, process-wide; for tools nothing covers they only pass the call
 on). A copy of a tool (``model_copy``, ``copy.copy``, ``copy.deepcopy``)
 gets its own watch, runs its own state, and is covered by the same
-``govern()`` calls as the original.
+``govern()`` calls as the original. A function set on a governed tool
+(``tool.func = other``) is watched as it is set (``BaseTool``'s copy
+methods and ``__setattr__`` are wrapped once, process-wide, too).
 """
 
 from __future__ import annotations
@@ -388,7 +390,9 @@ def _follow_structured_tools() -> None:
 
 
 def _follow_copies() -> None:
+    """Copies of a tool get their own watch; a function set on a governed tool is watched."""
     copy_, deepcopy, model_copy = BaseTool.__copy__, BaseTool.__deepcopy__, BaseTool.model_copy
+    setattr_ = BaseTool.__setattr__
 
     def guarded_copy(self: Any) -> Any:
         return _copied(self, copy_(self))
@@ -402,6 +406,12 @@ def _follow_copies() -> None:
             watch(copied)  # an ``update`` may have set a function of its own
         return copied
 
+    def guarded_setattr(self: Any, name: str, value: Any) -> None:
+        setattr_(self, name, value)
+        if name in _WATCHED_NAMES and covered(self):
+            watch(self)  # a function put on a governed tool is watched at once
+
+    type.__setattr__(BaseTool, "__setattr__", guarded_setattr)
     type.__setattr__(BaseTool, "__copy__", guarded_copy)
     type.__setattr__(BaseTool, "__deepcopy__", guarded_deepcopy)
     type.__setattr__(BaseTool, "model_copy", guarded_model_copy)

@@ -53,12 +53,12 @@ that covers it, a tool runs as before.
 
 A run refused because no decision covers it is recorded as blocked, with
 the arguments it was run with, by the first govern() call covering the
-tool (rule ``<aegis>``); it did not run. Still not covered: a function put
-on a governed tool after govern() (``tool.func = other``) is unwatched
-until the next call the hooks let through; code holding the tool's plain
-function, or a method of it bound before govern() (outside a structured
-tool), runs it as any Python function. Keep governed tools out of reach
-of other code.
+tool (rule ``<aegis>``); it did not run. A function set on a governed
+tool (``tool.func = other``) is watched as it is set. Still not covered:
+code holding the tool's plain function, or a method of it bound before
+govern() (outside a structured tool), runs it as any Python function; a
+tool object that takes no attributes cannot be watched. Keep governed
+tools out of reach of other code.
 
 An answer from CrewAI's tool cache (a call repeated with the same
 arguments, with the crew's or agent's ``cache`` on) is decided like any

@@ -323,3 +323,23 @@ async def test_a_run_no_decision_covers_is_recorded_as_blocked() -> None:
         ("lookup", "crm", {"customer_id": 8}, "blocked"),
     ]
     assert all(UNDECIDED in str(r["result_error"]) for r in audit.records)
+
+
+def test_a_function_set_on_a_governed_tool_is_watched() -> None:
+    """``tool.func = other`` after govern(): the new function runs only for a decided call too."""
+    from crewai.tools import tool
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    run = Run()
+    recorders = _recorders(run)
+    lookup = tool("lookup")(recorders["lookup"])
+    governed = govern([lookup], make_runtime())
+    try:
+        lookup.func = recorders["delete_customer"]
+        with pytest.raises(Exception, match=UNDECIDED):
+            lookup.run(customer_id=7)
+    finally:
+        ungovern(governed)
+    assert run.executed == []
+    assert lookup.run(customer_id=8) == "deleted"
