@@ -8,8 +8,9 @@
   counted from the audit trail the fleet writes (one count per action, at
   its final record);
 - ``aegis_approval_requests_total{event}``: approval requests asked
-  (``requested``), decided by a reviewer (``decided``), expired, cancelled
-  and collected;
+  (``requested``), decided by a reviewer (``decided``), expired, cancelled,
+  collected, and approvals withdrawn by a revocation (``withdrawn``, counted
+  by the service that announced it);
 - ``aegis_approval_requests_pending``: requests waiting for a reviewer now;
 - ``aegis_approval_decision_seconds``: from a request to the decision that
   settled it;

@@ -2,7 +2,8 @@
 
 ``aegis serve --webhook URL`` and ``--slack-webhook URL`` turn every approval
 event (``approval.requested``, ``approval.decided``, ``approval.expired``,
-``approval.cancelled``) into an HTTP POST. Each receiver has its own queue
+``approval.cancelled``, and ``approval.withdrawn`` when a revocation takes
+back an approval of a pending request) into an HTTP POST. Each receiver has its own queue
 and delivery thread: :meth:`Notifications.publish` only appends the event to
 the queues and returns, so a receiver that is slow, down or hanging delays
 nothing but its own deliveries, never a request, a decision or another
@@ -99,6 +100,7 @@ EVENT_TYPES: Final = (
     "approval.decided",
     "approval.expired",
     "approval.cancelled",
+    "approval.withdrawn",
 )
 
 SIGNATURE_HEADER: Final = "X-Aegis-Signature"
@@ -285,6 +287,15 @@ def _slack_details(request: Mapping[str, Any], action: Mapping[str, Any]) -> str
     return "\n".join(d for d in details if d)
 
 
+def _approvals(request: Mapping[str, Any]) -> int:
+    """How many approvals a request's JSON holds."""
+    return sum(
+        1
+        for d in request.get("decisions") or []
+        if isinstance(d, Mapping) and d.get("verdict") == "approve"
+    )
+
+
 def slack_message(event: Notification) -> dict[str, Any]:
     """The Block Kit message an incoming Slack webhook receives for ``event``."""
     request = event.request
@@ -307,13 +318,10 @@ def slack_message(event: Notification) -> dict[str, Any]:
         text = f"Approval needed: {what} (risk {risk or '?'}, rule {rule})"
     elif event.type == "approval.decided" and request.get("status") == "pending":
         # one yes of several needed: say so, and that it still waits
-        approvals = [
-            d
-            for d in request.get("decisions") or []
-            if isinstance(d, Mapping) and d.get("verdict") == "approve"
-        ]
         who = _slack_escape(event.reviewer or "a reviewer", 80)
-        title = f"Approved by {who}, {len(approvals)} of {request.get('approvers', '?')} needed"
+        title = (
+            f"Approved by {who}, {_approvals(request)} of {request.get('approvers', '?')} needed"
+        )
         text = f"{title}: {what}"
     elif event.type == "approval.decided":
         who, verdict = _decision_summary(request)
@@ -321,6 +329,14 @@ def slack_message(event: Notification) -> dict[str, Any]:
         text = f"{title}: {what}"
         if ":" in verdict:
             text += f" ({_slack_escape(verdict.split(':', 1)[1].strip())})"
+    elif event.type == "approval.withdrawn":
+        # a revoked token's or person's approval stops counting: the request waits again
+        who = _slack_escape(event.reviewer or "a reviewer", 80)
+        title = (
+            f"Approval by {who} withdrawn (revoked), "
+            f"{_approvals(request)} of {request.get('approvers', '?')} left"
+        )
+        text = f"{title}: {what}"
     elif event.type == "approval.expired":
         title = "Expired without a decision"
         text = f"{title}: {what}"

@@ -86,8 +86,13 @@ EVENT_KINDS: Final = (
     "approval.expired",
     "approval.cancelled",
     "approval.collected",
+    "approval.withdrawn",
     "grant.revoked",
 )
+
+#: how old a change made elsewhere may be and still be announced: a service started
+#: long after `aegis token revoke` does not send its news as if it were new
+ANNOUNCE_WINDOW: Final = timedelta(hours=1)
 
 T = TypeVar("T")
 
@@ -1004,9 +1009,33 @@ class ApprovalService:
             try:
                 await self.expire_due()
                 await self.flush_audit()
+                await self.announce_others()
             except Exception:
                 _log.exception("could not expire requests or write audit records; retrying")
             await asyncio.sleep(interval)
+
+    async def announce_others(self) -> int:
+        """Tell subscribers of the changes no service made (``aegis token revoke``'s
+        withdrawals), once audited; return how many were announced.
+
+        The command line has no subscribers: its changes reach webhooks and
+        open inbox pages when a service takes them from the store (one
+        service each, in a deployment of several), every sweep.
+        """
+        events = await self._call(self.store.take_announcements)
+        told = 0
+        for event in events:
+            if self.clock() - event.at > ANNOUNCE_WINDOW:
+                continue  # old news by now: the trail has it
+            request = await self._call(self.store.get_request, event.request_id)
+            if request is None:
+                continue
+            reviewer = Identity.from_key(
+                str(event.context.get("reviewer")), str(event.context.get("reviewer_name") or "")
+            )
+            self._emit(ApprovalEvent(event.kind, request, reviewer=str(reviewer)))
+            told += 1
+        return told
 
     # -- grants -----------------------------------------------------------------
 

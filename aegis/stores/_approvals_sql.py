@@ -48,6 +48,7 @@ from aegis.stores._ids import new_grant_id
 from aegis.stores.base import AuditEvent
 
 __all__ = [
+    "ANNOUNCED_BY_SERVICE",
     "EVENTS_SCHEMA",
     "GRANT_CLOCK_SCHEMA",
     "IDENTITY_SCHEMA",
@@ -239,6 +240,11 @@ GRANT_CLOCK_SCHEMA: Final = ("ALTER TABLE {p}aegis_grants ADD COLUMN {ifnx}db_ex
 REQUEST_CLOCK_SCHEMA: Final = (
     "ALTER TABLE {p}aegis_approval_requests ADD COLUMN {ifnx}db_expires_at TEXT",
 )
+
+
+#: events of changes that no service makes (the command line's revocations): kept in
+#: the outbox once audited, until a service takes them to tell its subscribers
+ANNOUNCED_BY_SERVICE: Final = ("approval.withdrawn",)
 
 
 class Conflict(Exception):
@@ -896,13 +902,37 @@ class SqlApprovalStore:
         """See :meth:`aegis.stores.approvals.ApprovalStore.finish_event`."""
         with self._transaction(write=True) as tx:
             if audited:
-                # Its record is in the trail now: the outbox keeps only what is owed.
-                tx.run("DELETE FROM {p}aegis_approval_events WHERE id = ?", (event_id,))
+                # Its record is in the trail now: the outbox keeps only what is owed,
+                # and the changes no service made, until a service announces them.
+                tx.run(
+                    "UPDATE {p}aegis_approval_events SET audited_at = ?, claimed_at = NULL "
+                    f"WHERE id = ? AND kind IN ({', '.join('?' * len(ANNOUNCED_BY_SERVICE))})",
+                    (iso(now), event_id, *ANNOUNCED_BY_SERVICE),
+                )
+                tx.run(
+                    "DELETE FROM {p}aegis_approval_events WHERE id = ? AND audited_at IS NULL",
+                    (event_id,),
+                )
             else:
                 tx.run(
                     "UPDATE {p}aegis_approval_events SET claimed_at = NULL WHERE id = ?",
                     (event_id,),
                 )
+
+    def take_announcements(self, limit: int = 100) -> list[AuditEvent]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.take_announcements`."""
+        with self._transaction(write=True) as tx:
+            # DELETE ... RETURNING: of several services taking at once, one gets each.
+            rows = tx.all(
+                "DELETE FROM {p}aegis_approval_events WHERE id IN (SELECT id FROM "
+                "{p}aegis_approval_events WHERE audited_at IS NOT NULL ORDER BY seq LIMIT ?) "
+                "RETURNING id, request_id, at, kind, context, seq",
+                (limit,),
+            )
+        return [
+            AuditEvent(row[0], row[1], parse_time(row[2]), row[3], json.loads(row[4]))
+            for row in sorted(rows, key=lambda row: (row[5], row[2]))
+        ]
 
     # -- tokens -----------------------------------------------------------------
 

@@ -665,6 +665,17 @@ class ApprovalStore(Protocol):
         """
         ...
 
+    def take_announcements(self, limit: int = 100) -> list[AuditEvent]:
+        """Take, oldest first, audited events of changes no service made, to announce them.
+
+        The command line's withdrawals (``approval.withdrawn``) stay in the
+        outbox once audited, so that a service tells its subscribers
+        (webhooks, open inbox pages) of them. Each is taken by one caller
+        only, and gone once taken: an announcement is a courtesy, the
+        trail holds the record.
+        """
+        ...
+
     def claim_event(self, event_id: str, stale_after: timedelta) -> bool:
         """Claim an event for writing to the audit trail; ``False`` if another has it.
 
@@ -675,7 +686,11 @@ class ApprovalStore(Protocol):
         ...
 
     def finish_event(self, event_id: str, now: datetime, *, audited: bool) -> None:
-        """Drop a claimed event once its record is written (``audited``), or give it back."""
+        """Drop a claimed event once its record is written (``audited``), or give it back.
+
+        One of a change no service made is kept, marked audited, for
+        :meth:`take_announcements`.
+        """
         ...
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +31,11 @@ class Service:
         hook: Receiver,
         slack: Receiver,
         hanging: Receiver,
+        *,
+        db: Path,
     ) -> None:
         self.server = server
+        self.db = db
         self.hanging = hanging
         self.url = server.url
         self.tokens = tokens
@@ -72,7 +76,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             env={"AEGIS_WEBHOOK_SECRET": SECRET},
         )  # fmt: skip
         with server:
-            yield Service(server, tokens, hook, slack, hanging)
+            yield Service(server, tokens, hook, slack, hanging, db=db)
 
 
 @pytest.fixture
@@ -226,6 +230,50 @@ def test_webhook_and_slack_hear_of_requests_and_decisions(service: Service, run:
         time.sleep(0.05)
     assert "Approval needed: refund on billing (risk HIGH, rule (no rule))" in texts[0]
     assert any(text.startswith("Approved by alice") for text in texts)
+
+
+def test_a_withdrawal_by_aegis_token_revoke_reaches_the_webhooks(service: Service) -> None:
+    """The command line has no webhooks: the running service tells them of its withdrawals.
+
+    carol approves a two-person request and `aegis token revoke carol` (another
+    process) withdraws it; the service's webhook and Slack hear of it, signed,
+    with the request pending again.
+    """
+    name = "carol-" + secrets.token_hex(3)
+    token = create_token(service.db, name, "reviewer")
+    request = service.ask(refund(1800), approvers=2)
+    approved = httpx.post(
+        f"{service.url}/api/v1/approvals/{request['id']}/decision",
+        json={"verdict": "approve"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    )
+    assert approved.status_code == 200, approved.text
+    revoked = aegis("token", "revoke", name, "--db", str(service.db))
+    assert request["id"] in revoked.stderr
+
+    def withdrawn(receiver: Receiver) -> list[Any]:
+        for _ in range(20):
+            found = [
+                d
+                for d in receiver.deliveries
+                if request["id"] in d.body.decode() and "withdrawn" in d.body.decode()
+            ]
+            if found:
+                return found
+            receiver.wait_for(len(receiver.deliveries) + 1, timeout=5)
+        return []
+
+    (hook,) = withdrawn(service.hook)
+    assert hook.headers["X-Aegis-Event"] == "approval.withdrawn"
+    assert verify_signature(
+        SECRET, hook.body, hook.headers["X-Aegis-Signature"], hook.headers["X-Aegis-Delivery"]
+    )
+    body = hook.json()
+    assert body["reviewer"] == name
+    assert (body["request"]["status"], body["request"]["decisions"]) == ("pending", [])
+    (slack,) = withdrawn(service.slack)
+    assert slack.json()["text"].startswith(f"Approval by {name} withdrawn")
 
 
 def test_dead_webhook_never_delays_the_service(service: Service) -> None:

@@ -369,6 +369,33 @@ def test_revoking_a_person_s_token_withdraws_that_person_s_approvals(
     assert decide(store, hers.id, "dave").status is RequestStatus.APPROVED
 
 
+def test_an_audited_withdrawal_waits_for_one_service_to_announce_it(
+    store: ApprovalStore, db: str
+) -> None:
+    """The command line's withdrawal stays in the outbox once in the trail, until one service
+    takes it to tell its webhooks; every other audited event is gone at once."""
+    store.create_token(TokenInfo("alice", Role.REVIEWER, (), NOW), "h-alice")
+    request, _ = store.create_request(make(approvers=2), NOW)
+    decide(store, request.id, "alice")
+    assert store.revoke_token("alice", NOW)
+    for event in store.pending_events(timedelta(0)):
+        assert store.claim_event(event.id, timedelta(minutes=1))
+        store.finish_event(event.id, NOW, audited=True)
+    assert store.pending_events(timedelta(0)) == []
+    other = open_approval_store(db)
+    try:
+        (taken,) = store.take_announcements()
+        assert other.take_announcements() == []
+    finally:
+        other.close()
+    assert (taken.kind, taken.request_id, taken.context["token"]) == (
+        "approval.withdrawn",
+        request.id,
+        "alice",
+    )
+    assert store.take_announcements() == []
+
+
 def _oidc_session(id_hash: str, issuer: str, subject: str) -> InboxSession:
     identity = {"kind": "oidc", "issuer": issuer, "subject": subject, "name": "", "groups": []}
     return InboxSession(
