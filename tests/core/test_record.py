@@ -243,6 +243,38 @@ def test_row_hash_equals_record_hash_for_runtime_shaped_records(
     assert record.hash == record_hash(to_dict(record))
 
 
+_FIELD_TEXT = st.text(max_size=12) | st.sampled_from(['a"b', "a\\b", "\x7f", "é", "\ud800", "~ "])
+
+
+@given(
+    st.lists(_FIELD_TEXT, min_size=11, max_size=11),
+    st.lists(st.none() | _FIELD_TEXT, min_size=5, max_size=5),
+    st.sampled_from(["start", "final"]),
+    st.none() | st.integers(min_value=1),
+)
+def test_row_hash_equals_record_hash_whatever_the_texts(
+    texts: list[str], optional: list[str | None], kind: str, start_id: int | None
+) -> None:
+    """Every text field, quotes, escapes and surrogates included, hashes as its public form.
+
+    The verbatim path joins texts that JSON writes as they are; the rest must
+    take the encoder, and both must give the public form's hash.
+    """
+    session, stamp, kind_type, target, desc, risk, approval, rule, reason, at, digest = texts
+    human, status, error, started, completed = optional
+    draft = start_draft(
+        "s", PolicyDecision(Action("read", "crm", {"n": 1.5}), RiskLevel.LOW, Approval.AUTO, "r")
+    )._replace(
+        kind=kind, session_id=session, timestamp=stamp, action_type=kind_type,
+        action_target=target, action_desc=desc, risk_level=risk, approval=approval,
+        matched_rule=rule, reason=reason, human_decision=human, result_status=status,
+        result_error=error, started_at=started, completed_at=completed, decided_at=at,
+        policy_digest=digest, start_id=start_id,
+    )  # fmt: skip
+    record = seal(draft, 7, GENESIS_HASH)
+    assert record.hash == record_hash(to_dict(record))
+
+
 @given(
     st.sampled_from(["start", "final", None]),
     st.text(max_size=20),
