@@ -517,16 +517,24 @@ class Metering:
         return tuple(lines)
 
     def _facts(
-        self, limits: PolicyLimits, specs: tuple[FlowSpec, ...], session_id: str, at: float
+        self,
+        limits: PolicyLimits,
+        specs: tuple[FlowSpec, ...],
+        session_id: str,
+        at: float,
+        own: FlowEvent | None = None,
     ) -> KnownFacts:
-        """What the session's history says of each of ``specs``: holds, does not, or unsure."""
+        """What the session's history says of each of ``specs``: holds, does not, or unsure.
+
+        ``own``: the action's own event, noted already, which is not its history.
+        """
         true: list[FlowSpec] = []
         unsure: dict[FlowSpec, str] = {}
         asked = False  # the gap is read once, and only when a condition finds nothing
         gap: float | None = None
         for spec in specs:
             problem: list[str] = []
-            if self._latest(limits, spec, session_id, at, problem=problem) is not None:
+            if self._latest(limits, spec, session_id, at, problem=problem, own=own) is not None:
                 true.append(spec)
             elif problem:
                 unsure[spec] = problem[0]
@@ -547,6 +555,7 @@ class Metering:
         until: float | None = None,
         *,
         problem: list[str] | None = None,
+        own: FlowEvent | None = None,
     ) -> FlowEvent | None:
         """The session's newest event that ``spec`` looks for at ``at`` (none after ``until``).
 
@@ -555,12 +564,20 @@ class Metering:
         (see :meth:`~aegis.stores.base.UsageStore.latest_event`). An event
         whose params cannot be judged is passed over, its reason added to
         ``problem``: with no match, the condition is unsure, not false.
+        ``own`` (the action's own event) is passed over.
         """
         kind, target, ask = limits.narrowing(spec)
         matches = limits.spec_matches
 
         def accepts(event: FlowEvent) -> bool:
             if until is not None and event.at > until:
+                return False
+            if (
+                own is not None
+                and event.at == own.at
+                and event.type == own.type
+                and event.target == own.target
+            ):
                 return False
             try:
                 if type(event.params) is not FrozenDict:  # a store of one's own: see latest_event
@@ -574,7 +591,7 @@ class Metering:
         return self.store.latest_event(
             session_id,
             spec.since(at),
-            accepts if ask or until is not None else None,
+            accepts if ask or until is not None or own is not None else None,
             action_type=kind,
             action_target=target,
         )
@@ -814,7 +831,7 @@ class MeteringStep:
             return _unmetered(decision, exc), None
 
     def recheck(
-        self, session_id: str, policy: Any, decision: PolicyDecision
+        self, session_id: str, policy: Any, decision: PolicyDecision, own: FlowEvent | None = None
     ) -> PolicyDecision | None:
         """The policy's decision now, when the session's history turned it into a block.
 
@@ -823,7 +840,8 @@ class MeteringStep:
         another task or process) is asked about again, as :meth:`restamp`
         counts the limits again. ``None`` when no flow condition looks at
         the action, or the policy still lets it through (the person's
-        approval stands); a store that fails blocks.
+        approval stands); a store that fails blocks. ``own``: the action's
+        event, once noted (see :meth:`ran`), which its conditions pass over.
         """
         limits: PolicyLimits | None = getattr(policy, "limits", None)
         action = decision.action
@@ -835,7 +853,7 @@ class MeteringStep:
         at = time.time()
         try:
             metering = self._metering or self.metering()
-            facts = metering._facts(limits, specs, session_id, at)
+            facts = metering._facts(limits, specs, session_id, at, own)
         except AegisError as exc:
             return _unmetered(decision, exc)
         fresh: PolicyDecision = policy.evaluate(
@@ -947,11 +965,18 @@ class MeteringStep:
         except AegisError:
             _log.exception("could not release a reservation; it stays counted until it expires")
 
-    async def ran(self, session_id: str, policy: Any, action: Action) -> Result | None:
+    async def ran(
+        self, session_id: str, policy: Any, action: Action, approved: PolicyDecision | None = None
+    ) -> Result | PolicyDecision | None:
         """Note that ``action`` is let through; a ``FAILED`` Result if that cannot be noted.
 
         The events of concurrent actions are noted in one transaction. The
         caller then gives back what the action reserved: it does not run.
+        ``approved``: the decision of an action that waited for approval,
+        decided again here (:meth:`recheck`), once its event is noted: up to
+        its executor nothing more is awaited, so what ran in the session
+        before it is all seen. When that blocks it, its event is taken back
+        and the blocking decision returned.
         """
         try:
             metering = self._metering or self.metering()
@@ -961,7 +986,7 @@ class MeteringStep:
             # notes.alone(), inline: alone, the event is written at once, and fails alone
             if notes.waiting or current_task() is not notes.last_task:
                 check_storable(event)  # one that cannot be written must not fail its batch
-            await notes.submit(event)
+            noted = await notes.submit(event)
             metering.noted(policy, at)
         except AegisError as exc:
             now = datetime.now(UTC)
@@ -972,6 +997,11 @@ class MeteringStep:
                 started_at=now,
                 completed_at=now,
             )
+        if approved is not None:
+            tripped = self.recheck(session_id, policy, approved, event)
+            if tripped is not None:
+                metering.withdraw(noted)
+                return tripped
         return None
 
     def close(self) -> None:

@@ -373,7 +373,7 @@ class Passage:
             denied = await self.approve()
             if denied is not None:
                 return await self.abort(denied)
-            if metered:  # what ran meanwhile may trip a flow condition now
+            if metered:  # what ran meanwhile may trip a flow condition now (again in start)
                 tripped = self.gate.metering.recheck(self.gate.session_id, policy, decision)
                 if tripped is not None:
                     self.decision = tripped
@@ -483,14 +483,20 @@ class Passage:
                 return unrecorded(decision, None, exc)
         # Noted once its start is written: an action the trail refused
         # never ran, so no ``after`` condition may count it.
+        # An approved action is decided again once noted, with nothing awaited after it
+        # (see MeteringStep.ran): what ran while it was started is seen.
+        approved = decision if metered and self.human is not None else None
         try:
-            failed = await gate.metering.ran(gate.session_id, policy, decision.action)
+            failed = await gate.metering.ran(gate.session_id, policy, decision.action, approved)
         except BaseException as exc:  # cancelled or interrupted while it was noted
             # Its start is written: its end must be too, or the trail shows
             # an action begun and never ended, as a killed process leaves.
             await self.interrupted(exc, ResultStatus.SKIPPED)
             raise
         if failed is not None:
+            if isinstance(failed, PolicyDecision):  # what ran meanwhile trips a flow rule now
+                self.decision = failed
+                return await self.abort(blocked(failed))
             return await self.abort(failed)
         self.lease = None  # the action runs: what it reserved stays counted
         return None

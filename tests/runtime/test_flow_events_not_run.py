@@ -222,3 +222,101 @@ async def test_an_int_too_long_to_print_is_noted_and_counted(trail: Trail) -> No
     ) as other:
         mail = await other.run_one(Action("send_email", "smtp"))
     assert mail.status is ResultStatus.BLOCKED
+
+
+def _approved_sends(limit: bool) -> Policy:
+    """No send after a secret was read; else a send needs approval (with a limit, or not)."""
+    asked: dict[str, Any] = {
+        "name": "send_needs_human",
+        "match": {"type": "send_external"},
+        "approval": "approve",
+    }
+    if limit:
+        asked["limit"] = {"max": 100, "per": "1h"}
+    return Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "no_send_after_secret",
+                    "match": {"type": "send_external"},
+                    "conditions": {"after": {"type": "read_secret", "within": "session"}},
+                    "approval": "block",
+                },
+                asked,
+                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+            ]
+        }
+    )
+
+
+@pytest.mark.parametrize("limit", [True, False], ids=["limit", "no limit"])
+async def test_an_approved_action_never_runs_after_what_its_rule_forbids(
+    trail: Trail, limit: bool
+) -> None:
+    """The secret is read while the approved send is on its way to the executor (its limit
+    counted again, its start written, its event noted): the send is decided again once
+    nothing more is awaited before it runs, so it never runs after the read."""
+    order: list[str] = []
+
+    async def execute(action: Action) -> str:
+        order.append(action.type)
+        return "ok"
+
+    later: list[asyncio.Future[Any]] = []
+    runtimes: list[Runtime] = []
+
+    async def approve(decision: Any) -> bool:
+        # the read starts as the person says yes, and runs while the send goes on
+        later.append(asyncio.ensure_future(runtimes[0].run_one(Action("read_secret", "vault"))))
+        return True
+
+    async with Runtime(
+        executor=execute,
+        policy=_approved_sends(limit),
+        approval_handler=approve,
+        audit_logger=trail.open(),
+        session_id="s",
+    ) as rt:
+        runtimes.append(rt)
+        await rt.run_one(Action("warm", "up"))
+        send = await rt.run_one(Action("send_external", "mail"))
+        read = await later[0]
+        again = await rt.run_one(Action("send_external", "mail"))
+    assert read.status is ResultStatus.SUCCESS
+    assert again.status is ResultStatus.BLOCKED
+    if send.status is ResultStatus.SUCCESS:
+        assert order.index("send_external") < order.index("read_secret")
+    else:
+        assert send.status is ResultStatus.BLOCKED
+        assert "send_external" not in order
+        assert trail.events("send_external") == 0  # it did not run: its event is taken back
+
+
+async def test_an_approved_action_decided_again_passes_over_its_own_event(trail: Trail) -> None:
+    """One approved send per session: decided again once noted, the first send does not
+    count its own event as an earlier send and runs; the second is blocked by it."""
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "one_send",
+                    "match": {"type": "send_external"},
+                    "conditions": {"after": {"type": "send_external", "within": "session"}},
+                    "approval": "block",
+                },
+                {"name": "asked", "match": {"type": "send_external"}, "approval": "approve"},
+            ]
+        }
+    )
+    async with Runtime(
+        executor=lambda action: "sent",
+        policy=policy,
+        approval_handler=lambda decision: True,
+        audit_logger=trail.open(),
+        session_id="s",
+    ) as rt:
+        first = await rt.run_one(Action("send_external", "mail"))
+        second = await rt.run_one(Action("send_external", "mail"))
+    assert first.status is ResultStatus.SUCCESS
+    assert second.status is ResultStatus.BLOCKED
+    assert trail.events("send_external") == 1
