@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+import aegis.core.action as _action
 from aegis.core.action import FrozenDict, _huge_ints_as_text, freeze, thaw
 from aegis.core.limits import Charge, FlowEvent, flow_event
 from aegis.core.record import LAST_FLAT_PARAMS
@@ -116,6 +117,11 @@ def params_json(params: Any) -> str:
             if type(key) is not str or type(item) not in _FLAT_PARAMS:
                 break
         else:
+            decided = _action._decided
+            if decided[0] is params and "\x7f" not in decided[1]:
+                # canonical_json's ASCII text of these very params, as the runtime
+                # decided them: json.dumps's too, but for a DEL only it escapes
+                return decided[1]
             try:
                 return "".join(_flat_params(data, 0))
             except ValueError:

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aegis.stores.sqlite.usage as sqlite_usage
-from aegis.core.action import Action, FrozenDict, thaw
+from aegis.core.action import Action, FrozenDict, canonical_json, thaw
 from aegis.core.limits import Charge, FlowEvent
 from aegis.core.record import storable_json
 from aegis.errors import StoreError
@@ -301,7 +301,9 @@ def test_an_event_keeps_its_params_as_json_dumps_writes_them_after_the_start_rec
 ) -> None:
     """The start record's draft encodes an action's params just before its event is noted;
     the event's text is json.dumps's (ASCII) all the same, reused from the draft or not."""
-    frozen = Action("send", "mail", params).params
+    action = Action("send", "mail", params)
+    frozen = action.params
+    canonical_json(action)  # as the runtime does when it decides the action
     storable_json(frozen)  # as the start record's draft does, just before the event is noted
     expected = json.dumps(thaw(frozen), sort_keys=True, separators=(",", ":"), default=repr)
     assert params_json(frozen) == expected
