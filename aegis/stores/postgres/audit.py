@@ -1015,19 +1015,7 @@ class PostgresAuditStore(ReadMixin):
                 # committed or not? Settled (the lost session ended first),
                 # never appended again here: if not, the runtime writes both
                 # the ordinary way, so nothing is written twice
-                lost = conn.broken or conn.closed
-                backend = self._writer_backend
-                if lost:
-                    self._drop_writer_conn()
-                arguments = _arguments(stored, pieces)
-                records = self._settle(
-                    stored,
-                    arguments,
-                    durable,
-                    exc,
-                    again=False,
-                    backend=backend if lost else None,
-                )
+                records = self._settle_failed(conn, stored, pieces, durable, exc, retry=False)
             except BaseException:
                 if conn.closed:
                     self._drop_writer_conn()
@@ -1086,14 +1074,7 @@ class PostgresAuditStore(ReadMixin):
         except psycopg.Error as exc:
             # Which part of the message failed is not known: the append
             # may have committed before its flush failed. Settle it.
-            lost = conn.broken or conn.closed
-            backend = self._writer_backend
-            if lost:
-                self._drop_writer_conn()
-            arguments = _arguments(stored, pieces)
-            records = self._settle(
-                stored, arguments, durable, exc, again=lost, backend=backend if lost else None
-            )
+            records = self._settle_failed(conn, stored, pieces, durable, exc, retry=True)
         except BaseException:
             # interrupted mid-round-trip (KeyboardInterrupt): the connection
             # was closed; the next append settles on a new one
@@ -1471,6 +1452,34 @@ class PostgresAuditStore(ReadMixin):
                 )
             records.append(record)
         return records
+
+    def _settle_failed(
+        self,
+        conn: Connection,
+        stored: list[RecordDraft],
+        pieces: list[tuple[str, str]],
+        durable: bool,
+        exc: psycopg.Error,
+        *,
+        retry: bool,
+    ) -> list[AuditRecord]:
+        """:meth:`_settle` an append that failed on ``conn``, dropping it if it was lost.
+
+        ``retry``: append again when the connection was lost and nothing
+        landed (else the caller writes the records another way).
+        """
+        lost = conn.broken or conn.closed
+        backend = self._writer_backend
+        if lost:
+            self._drop_writer_conn()
+        return self._settle(
+            stored,
+            _arguments(stored, pieces),
+            durable,
+            exc,
+            again=retry and lost,
+            backend=backend if lost else None,
+        )
 
     def _settle(
         self,
