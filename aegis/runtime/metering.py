@@ -985,7 +985,8 @@ class MeteringStep:
             notes = metering.notes
             # notes.alone(), inline: alone, the event is written at once, and fails alone
             if notes.waiting or current_task() is not notes.last_task:
-                check_storable(event)  # one that cannot be written must not fail its batch
+                # one that cannot be written must not fail its batch
+                check_storable(event, holds_nul=getattr(metering.store, "holds_nul", True))
             noted = await notes.submit(event)
             metering.noted(policy, at)
         except AegisError as exc:

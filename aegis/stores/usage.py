@@ -133,17 +133,27 @@ def params_json(params: Any) -> str:
         return json.dumps(marked, sort_keys=True, separators=(",", ":"), default=repr)
 
 
-def check_storable(event: FlowEvent) -> None:
-    """Refuse ``event`` when no store can keep it, before it joins others in one transaction.
+def check_storable(event: FlowEvent, *, holds_nul: bool = True) -> None:
+    """Refuse ``event`` when the store cannot keep it, before it joins others in one transaction.
 
     Concurrent actions' events are written together: one that cannot be
-    written (a name with a lone surrogate, which UTF-8 has not) would fail
-    its innocent siblings too. Checked in the task of its own action, it
-    fails that action alone.
+    written (a name with a lone surrogate, which UTF-8 has not; a NUL, for
+    a store whose text cannot hold one: ``holds_nul=False``, PostgreSQL's)
+    would fail its innocent siblings too. Checked in the task of its own
+    action, it fails that action alone. (Params are JSON text, where a NUL
+    is escaped.)
 
     Raises:
-        StoreError: a name that is not valid Unicode, or params that cannot be encoded.
+        StoreError: a name that is not valid Unicode or holds a NUL the
+            store cannot keep, or params that cannot be encoded.
     """
+    if not holds_nul and (
+        "\x00" in event.session_id or "\x00" in event.type or "\x00" in event.target
+    ):
+        raise StoreError(
+            "cannot note the action's flow event: its session, type or target holds a NUL "
+            "(0x00), which this store's text cannot keep"
+        )
     try:
         event.session_id.encode()
         event.type.encode()

@@ -193,6 +193,41 @@ async def test_an_event_that_cannot_be_written_fails_its_own_action_only(trail: 
     assert trail.events("read") == 2
 
 
+async def test_a_nul_in_a_name_fails_no_other_action(trail: Trail) -> None:
+    """A NUL in a target (a model's URL can carry one): its batch's other actions run.
+
+    PostgreSQL text cannot hold a NUL, so there the action cannot be noted
+    and does not run; SQLite keeps it. Before, on PostgreSQL, the event
+    failed the whole batch's transaction: every action noted with it failed.
+    """
+    ran: list[str] = []
+
+    def execute(action: Action) -> str:
+        ran.append(action.target)
+        return "ok"
+
+    async with Runtime(
+        executor=execute, policy=PLAIN, audit_logger=trail.open(), session_id="s"
+    ) as rt:
+        await rt.run_one(Action("warm", "up"))
+        results = await asyncio.gather(
+            rt.run_one(Action("read", "docs")),
+            rt.run_one(Action("fetch", "https://x/\x00")),
+            rt.run_one(Action("read", "wiki")),
+        )
+    assert results[0].status is ResultStatus.SUCCESS
+    assert results[2].status is ResultStatus.SUCCESS
+    assert trail.events("read") == 2
+    if results[1].status is ResultStatus.SUCCESS:  # a store that keeps it: noted
+        assert trail.events("fetch") == 1
+        assert sorted(ran) == ["docs", "https://x/\x00", "up", "wiki"]
+    else:  # not run, with the reason
+        assert results[1].status is ResultStatus.FAILED
+        assert "NUL" in (results[1].error or "")
+        assert trail.events("fetch") == 0
+        assert sorted(ran) == ["docs", "up", "wiki"]
+
+
 async def test_an_int_too_long_to_print_is_noted_and_counted(trail: Trail) -> None:
     """A param past Python's 4,300-digit limit (an Action takes it): the action runs and its
     event is noted, alone or with others, and another runtime's flow rule sees it."""

@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, ClassVar, Final, NamedTuple, TypeVar
 
 try:
     import psycopg
@@ -175,6 +175,10 @@ class PostgresUsageStore:
     for a network round trip or two. A lost connection fails the call with
     :class:`~aegis.errors.StoreError` and is opened again on the next one.
     """
+
+    #: PostgreSQL text cannot hold a NUL: an event naming one is refused on its own
+    #: (see :func:`~aegis.stores.usage.check_storable`), not with its batch
+    holds_nul: ClassVar[bool] = False
 
     def __init__(
         self,
