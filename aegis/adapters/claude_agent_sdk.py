@@ -12,7 +12,8 @@ points, with one semantics (see :mod:`aegis.adapters._governance`):
   the reason; one that needs approval waits for the runtime's approval
   handler and is allowed only after a yes, with exactly the approved input.
   The audit record is written when the tool has run, with its output (or
-  its failure), the ``tool_use_id`` and the agent's name.
+  its failure), the ``tool_use_id`` and the agent's name; a ``Stop`` hook
+  ends, as failed, the calls Claude Code allowed and did not run.
 - :func:`can_use_tool` gives the permission callback for
   ``ClaudeAgentOptions(can_use_tool=...)``, with the same decisions; Claude
   Code asks it only for the calls its own permission rules leave open, and
@@ -31,10 +32,15 @@ the decided input, and a run no decision covers (not asked about, another
 input, a second run, a query whose options carry no Aegis gate) is refused
 with an error, which the SDK's server hands Claude as the tool's error
 result, and nothing runs. Tools not given as ``tools=`` (Claude Code's own,
-other MCP servers') are not watched: govern them with :func:`hooks`. An
-allowed run Claude Code never makes stays good for one run of that input
-under ``can_use_tool`` (the SDK tells the callback nothing more); under the
-hooks it ends with the call's record.
+other MCP servers') are not watched: govern them with :func:`hooks`. The
+SDK hands the tool only its input, not the call it runs for, so an allowed
+run lives from the decision until the call ends, and no longer than
+:data:`TICKET_SECONDS`: under the hooks, the call's ``PostToolUse`` or, for
+a call Claude Code never ran (another hook denied it, the hook timed out,
+the user interrupted), the ``Stop`` of its session's turn, which also ends that call's
+record as failed; under ``can_use_tool`` (the SDK tells the callback
+nothing after it answers) only the deadline. Within that time a query
+without the gate could still make the run with exactly the decided input.
 
 Claude Code cannot suspend a run for a reviewer: a call that needs approval
 waits (up to the runtime's ``approval_timeout``; set the hook's ``timeout``
@@ -57,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -81,6 +88,12 @@ _FRAMEWORK = "claude-agent-sdk"
 #: the attribute of a watched SDK tool holding its _Watch
 _WATCHED = "_aegis_watch"
 
+#: seconds an allowed run of a watched tool stays allowed when nothing ends it
+#: sooner: Claude Code runs a tool as soon as its permission step allows it
+TICKET_SECONDS = 30.0
+#: the clock of the tickets' deadlines
+_clock = time.monotonic
+
 _log = logging.getLogger(__name__)
 
 
@@ -92,29 +105,48 @@ class _NotDecided(Exception):
     """A watched in-process tool was run with no Aegis decision covering the run."""
 
 
+class _Ticket:
+    """One run of a watched tool allowed with one exact input, until a deadline."""
+
+    __slots__ = ("deadline", "key")
+
+    def __init__(self, key: str, deadline: float) -> None:
+        self.key = key
+        self.deadline = deadline
+
+
 class _Watch:
-    """The runs one in-process tool may make: one per allowed call, for its exact input."""
+    """The runs one in-process tool may make: one per allowed call, for its exact input.
+
+    The SDK hands the tool's handler only the input, not the call it runs
+    for, so a ticket cannot name its call: it lives from the decision until
+    the call ends (its ``PostToolUse``), its session's turn ends (``Stop``,
+    which withdraws all of that session's tickets) or :data:`TICKET_SECONDS` pass,
+    whichever comes first.
+    """
 
     def __init__(self) -> None:
-        #: the inputs allowed to run once each, as canonical JSON, in the order allowed
-        self.tickets: list[list[str]] = []
+        #: the runs allowed, in the order allowed
+        self.tickets: list[_Ticket] = []
 
-    def grant(self, tool_input: object) -> list[str]:
+    def grant(self, tool_input: object) -> _Ticket:
         """One run with exactly ``tool_input``; the ticket, to withdraw it."""
-        ticket = [_canonical(tool_input)]
+        ticket = _Ticket(_canonical(tool_input), _clock() + TICKET_SECONDS)
         self.tickets.append(ticket)
         return ticket
 
-    def withdraw(self, ticket: list[str]) -> None:
+    def withdraw(self, ticket: _Ticket) -> None:
         """The call ended: a run it allowed and did not make is no longer allowed."""
         if any(held is ticket for held in self.tickets):
             self.tickets = [held for held in self.tickets if held is not ticket]
 
     def take(self, tool_input: object) -> bool:
-        """Use up the oldest run allowed for ``tool_input``; False when none is."""
+        """Use up the oldest live run allowed for ``tool_input``; False when none is."""
+        now = _clock()
+        self.tickets = [held for held in self.tickets if held.deadline > now]
         key = _canonical(tool_input)
         for index, ticket in enumerate(self.tickets):
-            if ticket[0] == key:
+            if ticket.key == key:
                 del self.tickets[index]
                 return True
         return False
@@ -150,6 +182,31 @@ def _canonical(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
 
 
+class _Allowed:
+    """A call the hooks allowed, in a session: its run of a watched tool and its outcome."""
+
+    __slots__ = ("outcome", "session", "task", "ticket", "watch")
+
+    def __init__(
+        self,
+        session: str | None,
+        watch: _Watch | None,
+        ticket: _Ticket | None,
+        outcome: asyncio.Future[Any],
+        task: asyncio.Future[Result],
+    ) -> None:
+        self.session = session
+        self.watch = watch
+        self.ticket = ticket
+        self.outcome = outcome
+        self.task = task
+
+    def withdraw(self) -> None:
+        """The run it allowed and did not make is no longer allowed."""
+        if self.watch is not None and self.ticket is not None:
+            self.watch.withdraw(self.ticket)
+
+
 class _Gate:
     """The decisions of one set of hooks: a runtime, a target, the tools' descriptions."""
 
@@ -180,6 +237,8 @@ class _Gate:
         #: hooks) and the governed run that records it
         self.running: dict[str, tuple[asyncio.Future[Any], asyncio.Future[Result]]] = {}
         self.tasks: set[asyncio.Future[Result]] = set()
+        #: the calls these hooks allowed whose record is not written yet
+        self.open: list[_Allowed] = []
 
     def call(
         self, tool_name: str, tool_input: object, tool_use_id: str | None, agent: Any
@@ -224,12 +283,30 @@ class _Gate:
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if allowed.done():
             decided = thaw(allowed.result().params)
-            watch = self.watches.get(call.name)
-            if watch is not None:
-                ticket = watch.grant(decided)
-                task.add_done_callback(lambda _: watch.withdraw(ticket))
+            self._allowed(_text(input.get("session_id")), call.name, decided, outcome, task)
             return _pre_tool_use("allow", "allowed by Aegis", decided)
         return _pre_tool_use("deny", self.governor.refusal(call, task.result()))
+
+    def _allowed(
+        self,
+        session: str | None,
+        name: str,
+        decided: object,
+        outcome: asyncio.Future[Any],
+        task: asyncio.Future[Result],
+    ) -> None:
+        """An allowed call: one run of ``decided``, withdrawn when the call's record is written."""
+        watch = self.watches.get(name)
+        ticket = watch.grant(decided) if watch is not None else None
+        allowed = _Allowed(session, watch, ticket, outcome, task)
+        self.open.append(allowed)
+
+        def ended(_: object) -> None:
+            allowed.withdraw()
+            if allowed in self.open:
+                self.open.remove(allowed)
+
+        task.add_done_callback(ended)
 
     def _finished(self, tool_use_id: str | None, outcome: asyncio.Future[Any]) -> Any:
         def done(task: asyncio.Future[Result]) -> None:
@@ -268,6 +345,26 @@ class _Gate:
             else:
                 outcome.set_result(input.get("tool_response"))
         await asyncio.wait({task})  # recorded before Claude Code goes on
+
+    async def stop(
+        self, input: Mapping[str, Any], tool_use_id: str | None, context: Any
+    ) -> dict[str, Any]:
+        """``Stop``: the turn is over, so an allowed call Claude Code did not run never will.
+
+        Another hook denied it, the hook timed out, the user interrupted:
+        no ``PostToolUse`` comes. Its run is withdrawn and its record ends
+        as failed (not run), before Claude Code goes on.
+        """
+        session = _text(input.get("session_id"))
+        ended = [allowed for allowed in self.open if allowed.session == session]
+        for allowed in ended:
+            allowed.withdraw()
+            if not allowed.outcome.done():
+                allowed.outcome.set_exception(ToolFailure("Claude Code did not run the tool"))
+        tasks = [allowed.task for allowed in ended]
+        if tasks:
+            await asyncio.wait(tasks)  # recorded before Claude Code goes on
+        return {}
 
     async def permission(
         self, tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
@@ -324,10 +421,14 @@ def hooks(
     def matched(hook: Any) -> list[HookMatcher]:
         return [HookMatcher(matcher=matcher, hooks=[hook], timeout=timeout, on_failure="block")]
 
+    stop: Any = gate.stop
+
     return {
         "PreToolUse": matched(gate.pre_tool_use),
         "PostToolUse": matched(gate.post_tool_use),
         "PostToolUseFailure": matched(gate.post_tool_use_failure),
+        # Stop names no tool: it ends every call of the turn, whatever the matcher.
+        "Stop": [HookMatcher(hooks=[stop], timeout=timeout)],
     }
 
 

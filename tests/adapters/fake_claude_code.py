@@ -8,8 +8,8 @@ call asks the SDK's ``PreToolUse`` hooks (or its ``can_use_tool``
 callback) over control requests, honours their decision and
 ``updatedInput``, runs the tool on the SDK's in-process MCP server (the
 real SDK tool, through the SDK's MCP bridge), reports it to the
-``PostToolUse`` hooks, sends the tool results back and ends the turn with a
-result message. Everything on the SDK side is the SDK's own code.
+``PostToolUse`` hooks, sends the tool results back and ends the turn (its
+``Stop`` hooks, then a result message). Everything on the SDK side is the SDK's own code.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class FakeClaudeCode(Transport):
         outputs = []
         for matcher in self._hooks.get(event, []):
             pattern = matcher.get("matcher")
-            if pattern and not re.fullmatch(pattern, tool):
+            if pattern and event != "Stop" and not re.fullmatch(pattern, tool):
                 continue
             for callback_id in matcher["hookCallbackIds"]:
                 answer = await self._ask(
@@ -259,6 +259,7 @@ class FakeClaudeCode(Transport):
             }
         )
         await self._out.put(_assistant([{"type": "text", "text": "done"}]))
+        await self._hook("Stop", "", {"stop_hook_active": False})
         await self._out.put(
             {
                 "type": "result",

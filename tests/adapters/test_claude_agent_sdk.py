@@ -50,7 +50,9 @@ def test_the_hooks_fail_closed_and_cover_the_outcome() -> None:
     from aegis.adapters.claude_agent_sdk import hooks
 
     given = hooks(make_runtime(), target="crm", matcher="mcp__crm__.*", timeout=120)
-    assert sorted(given) == ["PostToolUse", "PostToolUseFailure", "PreToolUse"]
+    assert sorted(given) == ["PostToolUse", "PostToolUseFailure", "PreToolUse", "Stop"]
+    [stop] = given.pop("Stop")  # it ends the turn's calls, whichever tools they used
+    assert (stop.matcher, stop.timeout) == (None, 120)
     for matchers in given.values():
         [matcher] = matchers
         assert (matcher.on_failure, matcher.matcher, matcher.timeout) == (
@@ -161,3 +163,87 @@ async def test_a_governed_tool_served_without_the_gate_does_not_run() -> None:
     cli = await _play(ungoverned, [("refund", {"order_id": "17", "amount": 120.0}, "tu_1")])
     assert ran == []
     assert "no Aegis decision" in cli.model_saw["tu_1"]
+
+
+async def test_a_run_allowed_but_never_made_does_not_outlive_the_turn() -> None:
+    """Aegis allows; the user's own hook denies; the run is withdrawn and the call recorded.
+
+    No PostToolUse comes for a call Claude Code did not run, so the turn's
+    end (Stop) closes it: a later query serving the tool without the gate
+    cannot use the run Aegis allowed.
+    """
+    from claude_agent_sdk import ClaudeAgentOptions, HookMatcher, create_sdk_mcp_server
+
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    async def users_own(input: Any, tool_use_id: Any, context: Any) -> dict[str, Any]:
+        denied = {"permissionDecision": "deny", "permissionDecisionReason": "not today"}
+        return {"hookSpecificOutput": {"hookEventName": "PreToolUse", **denied}}
+
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    audit = InMemoryAuditLog()
+    governed = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools=[refund])
+    governed["PreToolUse"].append(HookMatcher(hooks=[users_own]))
+    server = {"crm": create_sdk_mcp_server("crm", tools=[refund])}
+    options = ClaudeAgentOptions(mcp_servers=server, hooks=governed)  # type: ignore[arg-type]
+    args = {"order_id": "17", "amount": 120.0}
+    cli = await _play(options, [("refund", args, "tu_1")])
+    assert cli.model_saw["tu_1"] == "not today"
+    [record] = audit.records
+    assert (record["result_status"], record["context"]["tool_call_id"]) == ("failed", "tu_1")
+
+    cli = await _play(ClaudeAgentOptions(mcp_servers=server), [("refund", args, "tu_2")])
+    assert ran == []
+    assert "no Aegis decision" in cli.model_saw["tu_2"]
+
+
+async def test_a_permitted_run_never_made_expires(monkeypatch: Any) -> None:
+    """can_use_tool learns nothing after allowing: an unused run lapses after TICKET_SECONDS."""
+    from claude_agent_sdk import ClaudeAgentOptions, PermissionResultDeny, create_sdk_mcp_server
+
+    from aegis.adapters import claude_agent_sdk
+    from aegis.adapters.claude_agent_sdk import can_use_tool
+
+    now = [1000.0]
+    monkeypatch.setattr(claude_agent_sdk, "_clock", lambda: now[0])
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    aegis = can_use_tool(make_runtime(lambda d: True), target="crm", tools=[refund])
+
+    async def then_the_user_says_no(name: str, input: Any, context: Any) -> Any:
+        await aegis(name, input, context)
+        return PermissionResultDeny(message="the user said no")
+
+    server = {"crm": create_sdk_mcp_server("crm", tools=[refund])}
+    options = ClaudeAgentOptions(mcp_servers=server, can_use_tool=then_the_user_says_no)
+    args = {"order_id": "17", "amount": 120.0}
+    cli = await _play(options, [("refund", args, "tu_1")], ask_permission=True)
+    assert cli.model_saw["tu_1"] == "the user said no"
+
+    now[0] += claude_agent_sdk.TICKET_SECONDS
+    cli = await _play(ClaudeAgentOptions(mcp_servers=server), [("refund", args, "tu_2")])
+    assert ran == []
+    assert "no Aegis decision" in cli.model_saw["tu_2"]
+
+
+async def test_the_end_of_one_session_leaves_anothers_calls_alone() -> None:
+    """One hooks() value serving two sessions: a Stop ends only its own session's calls."""
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    audit = InMemoryAuditLog()
+    given = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools=[refund])
+    [[pre], [post], [stop]] = (given[e][0].hooks for e in ("PreToolUse", "PostToolUse", "Stop"))
+    args = {"order_id": "17", "amount": 120.0}
+    call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}
+    answer = await pre({**call, "session_id": "a"}, "tu_1", None)  # type: ignore[arg-type]
+    assert answer["hookSpecificOutput"]["permissionDecision"] == "allow"  # type: ignore[typeddict-item]
+
+    await stop({"session_id": "b", "stop_hook_active": False}, None, None)  # type: ignore[arg-type]
+    result = await refund.handler(args)
+    await post({**call, "session_id": "a", "tool_response": result}, "tu_1", None)  # type: ignore[arg-type]
+    assert ran == [args]
+    [record] = audit.records
+    assert record["result_status"] == "success"
