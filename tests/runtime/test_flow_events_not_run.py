@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from aegis import Action, AuditLogger, Policy, Runtime
-from aegis.core.result import ResultStatus
+from aegis.core.result import Result, ResultStatus
 
 #: every action runs: no limit, no flow rule
 PLAIN = Policy.from_dict({"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]})
@@ -165,9 +165,11 @@ async def test_an_event_that_cannot_be_taken_back_is_logged(
     assert "count it as run" in logged[0].getMessage()
 
 
-async def test_an_event_that_cannot_be_written_fails_its_own_action_only(trail: Trail) -> None:
-    """A lone surrogate in a name (a model's JSON can carry one): that action fails, not run,
-    with the reason; the actions noted in the same batch run."""
+async def _batch_around(trail: Trail, odd: Action) -> tuple[list[Result], list[str]]:
+    """Run ``odd`` between two plain reads, gathered (their events noted in one batch).
+
+    Returns the three results in order, and the targets the executor ran.
+    """
     ran: list[str] = []
 
     def execute(action: Action) -> str:
@@ -179,10 +181,15 @@ async def test_an_event_that_cannot_be_written_fails_its_own_action_only(trail: 
     ) as rt:
         await rt.run_one(Action("warm", "up"))
         results = await asyncio.gather(
-            rt.run_one(Action("read", "docs")),
-            rt.run_one(Action("read\ud800", "bad")),
-            rt.run_one(Action("read", "wiki")),
+            rt.run_one(Action("read", "docs")), rt.run_one(odd), rt.run_one(Action("read", "wiki"))
         )
+    return list(results), ran
+
+
+async def test_an_event_that_cannot_be_written_fails_its_own_action_only(trail: Trail) -> None:
+    """A lone surrogate in a name (a model's JSON can carry one): that action fails, not run,
+    with the reason; the actions noted in the same batch run."""
+    results, ran = await _batch_around(trail, Action("read\ud800", "bad"))
     assert [r.status for r in results] == [
         ResultStatus.SUCCESS,
         ResultStatus.FAILED,
@@ -200,21 +207,7 @@ async def test_a_nul_in_a_name_fails_no_other_action(trail: Trail) -> None:
     and does not run; SQLite keeps it. Before, on PostgreSQL, the event
     failed the whole batch's transaction: every action noted with it failed.
     """
-    ran: list[str] = []
-
-    def execute(action: Action) -> str:
-        ran.append(action.target)
-        return "ok"
-
-    async with Runtime(
-        executor=execute, policy=PLAIN, audit_logger=trail.open(), session_id="s"
-    ) as rt:
-        await rt.run_one(Action("warm", "up"))
-        results = await asyncio.gather(
-            rt.run_one(Action("read", "docs")),
-            rt.run_one(Action("fetch", "https://x/\x00")),
-            rt.run_one(Action("read", "wiki")),
-        )
+    results, ran = await _batch_around(trail, Action("fetch", "https://x/\x00"))
     assert results[0].status is ResultStatus.SUCCESS
     assert results[2].status is ResultStatus.SUCCESS
     assert trail.events("read") == 2
