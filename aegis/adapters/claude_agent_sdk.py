@@ -25,28 +25,34 @@ only about the calls its own permission rules leave open (a tool in
 ``allowed_tools`` or allowed by a settings file's ``permissions.allow``, a
 file edit under ``acceptEdits``, anything under ``bypassPermissions`` runs
 without asking), and code after Aegis may change a call's input (another
-``PreToolUse`` hook's ``updatedInput``). So the SDK ``@tool`` functions given
-as ``tools=`` are watched (their handler wrapped once, in place): each
+``PreToolUse`` hook's ``updatedInput``). So the SDK ``@tool`` functions
+given as ``tools=`` are watched (their handler wrapped once, in place): each
 decision that lets a call through gives one run of that tool with exactly
 the decided input, and a run no decision covers (not asked about, another
 input, a second run, a query whose options carry no Aegis gate) is refused
 with an error, which the SDK's server hands Claude as the tool's error
-result, and nothing runs. Tools not given as ``tools=`` (Claude Code's own,
-other MCP servers') are not watched: govern them with :func:`hooks`. The
-SDK hands the tool only its input, not the call it runs for, so an allowed
-run lives from the decision until the call ends, and no longer than
-:data:`TICKET_SECONDS`: under the hooks, the call's ``PostToolUse`` or, for
-a call Claude Code never ran (another hook denied it, the hook timed out,
-the user interrupted), the ``Stop`` of its session's turn, which also ends that call's
-record as failed; under ``can_use_tool`` (the SDK tells the callback
-nothing after it answers) only the deadline. Within that time a query
-without the gate could still make the run with exactly the decided input.
+result, and nothing runs; it is recorded as blocked (rule ``<aegis>``), with
+the input it was run with, by the latest gate given the tool. Tools not
+given as ``tools=`` (Claude Code's own, other MCP servers') are not watched:
+govern them with :func:`hooks`. The SDK hands the tool only its input, not
+the call it runs for, so an allowed run lives from the decision until the
+call ends, and no longer than :data:`TICKET_SECONDS`: under the hooks, the
+call's ``PostToolUse`` or, for a call Claude Code never ran (another hook
+denied it, the hook timed out, the user interrupted), the ``Stop`` of its
+session's turn, which also ends that call's record as failed; under
+``can_use_tool`` (the SDK tells the callback nothing after it answers) only
+the deadline. Within that time a query without the gate could still make the
+run with exactly the decided input.
 
 Claude Code cannot suspend a run for a reviewer: a call that needs approval
 waits (up to the runtime's ``approval_timeout``; set the hook's ``timeout``
-above it). The hooks fail closed: a hook that fails blocks the call
-(``on_failure="block"``). Tools of an SDK MCP server (``mcp__crm__refund``)
-are the action type ``refund``.
+above it). A yes that comes after Claude Code stopped waiting for the hook
+(its ``timeout``, :data:`HOOK_TIMEOUT` when unset, less a tenth of it, at
+most a second, for the answer's way back; the hook cancelled; its session's
+turn over) lets nothing run: Claude Code has already blocked the call, so
+its record ends as failed, not run, when the yes comes. The hooks fail
+closed: a hook that fails blocks the call (``on_failure="block"``). Tools of
+an SDK MCP server (``mcp__crm__refund``) are the action type ``refund``.
 
 Example::
 
@@ -91,7 +97,9 @@ _WATCHED = "_aegis_watch"
 #: seconds an allowed run of a watched tool stays allowed when nothing ends it
 #: sooner: Claude Code runs a tool as soon as its permission step allows it
 TICKET_SECONDS = 30.0
-#: the clock of the tickets' deadlines
+#: seconds Claude Code waits for a hook when its matcher sets no ``timeout``
+HOOK_TIMEOUT = 60.0
+#: the clock of the tickets' and the hooks' deadlines
 _clock = time.monotonic
 
 _log = logging.getLogger(__name__)
@@ -128,6 +136,8 @@ class _Watch:
     def __init__(self) -> None:
         #: the runs allowed, in the order allowed
         self.tickets: list[_Ticket] = []
+        #: records a refused run: the governor of the latest gate given the tool
+        self.recorder: Governor | None = None
 
     def grant(self, tool_input: object) -> _Ticket:
         """One run with exactly ``tool_input``; the ticket, to withdraw it."""
@@ -152,30 +162,59 @@ class _Watch:
         return False
 
 
-def _watch(tool: Any) -> _Watch:
-    """The watch of an SDK ``@tool``, wrapping its handler the first time."""
+def _watch(tool: Any, recorder: Governor) -> _Watch:
+    """The watch of an SDK ``@tool``, wrapping its handler the first time.
+
+    ``recorder`` (the latest gate's governor) records the runs it refuses.
+    """
     watch = getattr(tool, _WATCHED, None)
     if isinstance(watch, _Watch):
+        watch.recorder = recorder
         return watch
     watch = _Watch()
+    watch.recorder = recorder
     handler: Callable[[Any], Awaitable[Any]] = tool.handler
     name = tool.name
+    description = getattr(tool, "description", "")
 
     async def decided_runs_only(args: Any) -> Any:
         # The SDK's server looks the handler up at each call, so this runs
         # even for servers made before the watch began.
         if not watch.take(args):
-            _log.warning("refused a run of %r that no Aegis decision covers", name)
-            raise _NotDecided(
+            refusal = _NotDecided(
                 f"not run: Aegis governs the tool {name!r} and no Aegis decision covers "
                 "this run (Claude Code ran it without asking Aegis, with an input Aegis "
                 "did not decide, or again); govern the call with hooks()"
             )
+            await _record_refused(watch.recorder, name, description, args, refusal)
+            raise refusal
         return await handler(args)
 
     tool.handler = decided_runs_only
     setattr(tool, _WATCHED, watch)
     return watch
+
+
+async def _record_refused(
+    governor: Governor | None, name: str, description: object, args: object, why: Exception
+) -> None:
+    """Record a refused run of a watched tool as blocked, by Aegis (rule ``<aegis>``).
+
+    It stays refused whether or not it can be recorded.
+    """
+    if governor is None:  # not reached: a watch is made by a gate
+        _log.error("refused a run of %r that no Aegis decision covers; no gate records it", name)
+        return
+    call = ToolCall(
+        name,
+        args if isinstance(args, Mapping) else {"input": args},
+        description=description if isinstance(description, str) else "",
+        agent=governor.agent,
+    )
+    try:
+        await governor._record_refused(call, governor._refused(call, str(why)))
+    except Exception:
+        _log.exception("could not record a refused run of %r", name)
 
 
 def _canonical(value: object) -> str:
@@ -207,6 +246,30 @@ class _Allowed:
             self.watch.withdraw(self.ticket)
 
 
+class _Waiting:
+    """A ``PreToolUse`` hook waiting for its decision, in a session, until a deadline.
+
+    Claude Code waits for a hook up to its ``timeout``; after that (or once
+    the hook is cancelled, or its session's turn has ended) an answer is
+    too late: Claude Code does not run the call, so a decision to let it run
+    ends the call's record as failed instead.
+    """
+
+    __slots__ = ("deadline", "over", "session")
+
+    def __init__(self, session: str | None, deadline: float) -> None:
+        self.session = session
+        self.deadline = deadline
+        #: why an answer is too late now, once it is
+        self.over: str | None = None
+
+    def too_late(self) -> str | None:
+        """Why Claude Code no longer waits for this hook's answer; ``None`` while it does."""
+        if self.over is None and _clock() >= self.deadline:
+            self.over = "the hook's timeout passed"
+        return self.over
+
+
 class _Gate:
     """The decisions of one set of hooks: a runtime, a target, the tools' descriptions."""
 
@@ -217,6 +280,8 @@ class _Gate:
         tools: Iterable[Any],
         agent: str | None,
         on_block: OnBlock,
+        *,
+        timeout: float | None = None,
     ) -> None:
         self.governor = Governor(
             runtime, target=target, framework=_FRAMEWORK, on_block=on_block, agent=agent
@@ -232,13 +297,18 @@ class _Gate:
                     f"{type(tool).__name__}"
                 )
             self.descriptions[name] = description
-            self.watches[name] = _watch(tool)
+            self.watches[name] = _watch(tool, self.governor)
         #: calls allowed to run, by tool_use_id: their outcome (set by the Post
         #: hooks) and the governed run that records it
         self.running: dict[str, tuple[asyncio.Future[Any], asyncio.Future[Result]]] = {}
         self.tasks: set[asyncio.Future[Result]] = set()
         #: the calls these hooks allowed whose record is not written yet
         self.open: list[_Allowed] = []
+        #: the PreToolUse hooks waiting for their decision
+        self.waiting: list[_Waiting] = []
+        #: how long Claude Code waits for a hook, less a margin for the answer's way back
+        wait = HOOK_TIMEOUT if timeout is None else float(timeout)
+        self.hook_wait = wait - min(1.0, wait / 10)
 
     def call(
         self, tool_name: str, tool_input: object, tool_use_id: str | None, agent: Any
@@ -268,8 +338,17 @@ class _Gate:
         loop = asyncio.get_running_loop()
         allowed: asyncio.Future[Action] = loop.create_future()
         outcome: asyncio.Future[Any] = loop.create_future()
+        session = _text(input.get("session_id"))
+        waiting = _Waiting(session, _clock() + self.hook_wait)
 
         async def execute(action: Action) -> Any:
+            late = waiting.too_late()
+            if late is not None:
+                # Claude Code stopped waiting (a late approval): it never runs the call.
+                raise ToolFailure(
+                    f"not run: Aegis let the call through after Claude Code stopped "
+                    f"waiting for the PreToolUse hook ({late}), so Claude Code did not run it"
+                )
             # Claude Code runs the tool: let it, then wait for what came of it.
             allowed.set_result(action)
             return await outcome
@@ -280,10 +359,22 @@ class _Gate:
         self.tasks.add(task)
         task.add_done_callback(self._finished(tool_use_id, outcome))
         either: set[asyncio.Future[Any]] = {task, allowed}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        self.waiting.append(waiting)
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Claude Code gave up on the hook (its timeout, an interrupt): whatever
+            # is decided now, Claude Code does not run the call.
+            waiting.over = "the hook was cancelled"
+            if allowed.done() and not outcome.done():
+                gave_up = ToolFailure(f"Claude Code did not run the tool: {waiting.over}")
+                outcome.set_exception(gave_up)
+            raise
+        finally:
+            self.waiting.remove(waiting)
         if allowed.done():
             decided = thaw(allowed.result().params)
-            self._allowed(_text(input.get("session_id")), call.name, decided, outcome, task)
+            self._allowed(session, call.name, decided, outcome, task)
             return _pre_tool_use("allow", "allowed by Aegis", decided)
         return _pre_tool_use("deny", self.governor.refusal(call, task.result()))
 
@@ -356,6 +447,10 @@ class _Gate:
         as failed (not run), before Claude Code goes on.
         """
         session = _text(input.get("session_id"))
+        for waiting in self.waiting:
+            if waiting.session == session:
+                # Its turn is over: Claude Code stopped waiting for that hook.
+                waiting.over = "its turn had ended"
         ended = [allowed for allowed in self.open if allowed.session == session]
         for allowed in ended:
             allowed.withdraw()
@@ -416,7 +511,7 @@ def hooks(
     Returns:
         the ``hooks=`` value of ``ClaudeAgentOptions`` (merge it with your own).
     """
-    gate = _Gate(runtime, target, tools, agent, on_block)
+    gate = _Gate(runtime, target, tools, agent, on_block, timeout=timeout)
 
     def matched(hook: Any) -> list[HookMatcher]:
         return [HookMatcher(matcher=matcher, hooks=[hook], timeout=timeout, on_failure="block")]

@@ -36,13 +36,20 @@ class FakeClaudeCode(Transport):
         server: str,
         ask_permission: bool = False,
         pre_allowed: Collection[str] = (),
+        cancel_late_hooks: bool = True,
     ) -> None:
         """``ask_permission``: ask ``can_use_tool`` when no hook decided (``stdio`` prompts).
 
         ``pre_allowed``: the tools Claude Code's own permission rules allow
         without asking (``allowed_tools``, ``bypassPermissions``), by their
         full names (``mcp__crm__refund``).
+
+        A hook that does not answer within its matcher's ``timeout`` fails
+        (so with ``on_failure="block"`` it blocks the call); with
+        ``cancel_late_hooks`` the CLI also cancels its request
+        (``control_cancel_request``), else it ignores the late answer.
         """
+        self.cancel_late_hooks = cancel_late_hooks
         self.calls = calls
         self.pre_allowed = set(pre_allowed)
         self.server = server
@@ -118,15 +125,25 @@ class FakeClaudeCode(Transport):
             }
         )
 
-    async def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        """A control request to the SDK; its response (``subtype`` success or error)."""
+    async def _ask(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """A control request to the SDK; its response (``subtype`` success or error).
+
+        Past ``timeout`` seconds the request fails (``subtype`` error), as a hook
+        does in Claude Code when it does not answer in time.
+        """
         request_id = f"cli_{next(self._ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         await self._out.put(
             {"type": "control_request", "request_id": request_id, "request": request}
         )
-        return await future
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._waiting.pop(request_id, None)
+            if self.cancel_late_hooks:
+                await self._out.put({"type": "control_cancel_request", "request_id": request_id})
+            return {"subtype": "error", "error": f"hook timed out after {timeout} s"}
 
     async def _mcp(self, message: dict[str, Any]) -> dict[str, Any]:
         answer = await self._ask(
@@ -155,7 +172,8 @@ class FakeClaudeCode(Transport):
                             **payload,
                         },
                         "tool_use_id": payload.get("tool_use_id"),
-                    }
+                    },
+                    matcher.get("timeout"),
                 )
                 if answer["subtype"] != "success":
                     outputs.append({"failed": answer.get("error", "hook failed")})

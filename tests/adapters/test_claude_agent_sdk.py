@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 from adapters_support import make_runtime
 
 from aegis.testing import InMemoryAuditLog
@@ -111,13 +113,14 @@ async def test_a_tool_claude_codes_own_rules_allow_does_not_run_undecided() -> N
     cli = await _play(options, [call], ask_permission=True, pre_allowed=["mcp__crm__refund"])
     assert ran == []
     assert "no Aegis decision" in cli.model_saw["tu_1"]
-    assert audit.records == []
+    [refused] = audit.records  # the refused run, blocked by Aegis itself
+    assert (refused["result_status"], refused["matched_rule"]) == ("blocked", "<aegis>")
 
     # Asked, the same callback decides and the tool runs once, with the decided input.
     cli = await _play(options, [call], ask_permission=True)
     assert ran == [{"order_id": "17", "amount": 120.0}]
     assert cli.model_saw["tu_1"] == "refunded 120.0"
-    [record] = audit.records
+    record = audit.records[-1]
     assert (record["result_status"], record["matched_rule"]) == ("success", "refunds")
 
 
@@ -144,8 +147,9 @@ async def test_an_input_changed_after_aegis_does_not_run() -> None:
     cli = await _play(options, [("refund", {"order_id": "17", "amount": 120.0}, "tu_1")])
     assert ran == []
     assert "no Aegis decision" in cli.model_saw["tu_1"]
-    [record] = audit.records
-    assert record["result_status"] == "failed"
+    refused, record = audit.records  # the run with the other input; then the call
+    assert (refused["action_params"]["amount"], refused["result_status"]) == (9000.0, "blocked")
+    assert (record["action_params"]["amount"], record["result_status"]) == (120.0, "failed")
 
 
 async def test_a_governed_tool_served_without_the_gate_does_not_run() -> None:
@@ -247,3 +251,111 @@ async def test_the_end_of_one_session_leaves_anothers_calls_alone() -> None:
     assert ran == [args]
     [record] = audit.records
     assert record["result_status"] == "success"
+
+
+async def test_a_refused_run_of_an_in_process_tool_is_recorded_as_blocked() -> None:
+    """A run no decision covers is refused and lands in the audit trail, blocked by Aegis."""
+    from claude_agent_sdk import ClaudeAgentOptions, create_sdk_mcp_server
+
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    audit = InMemoryAuditLog()
+    hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools=[refund])
+    ungoverned = ClaudeAgentOptions(
+        mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])}
+    )
+    args = {"order_id": "17", "amount": 120.0}
+    cli = await _play(ungoverned, [("refund", args, "tu_1")])
+    assert ran == []
+    assert "no Aegis decision" in cli.model_saw["tu_1"]
+    [record] = audit.records
+    assert (
+        record["action_type"],
+        record["action_target"],
+        record["action_params"],
+        record["result_status"],
+        record["matched_rule"],
+    ) == ("refund", "crm", args, "blocked", "<aegis>")
+    assert "no Aegis decision" in str(record["result_error"])
+
+
+async def _until_ended(audit: InMemoryAuditLog) -> list[dict[str, Any]]:
+    """The records once every one has its final; fails if they do not within 10 seconds."""
+    for _ in range(1000):
+        records = audit.records
+        if records and all(r["kind"] == "final" for r in records):
+            return records
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"a record still has no final: {audit.records}")
+
+
+@pytest.mark.parametrize("cancels", [True, False], ids=["cancelled", "ignored"])
+async def test_an_approval_after_the_hook_timed_out_ends_the_record(cancels: bool) -> None:
+    """The reviewer answers after Claude Code gave up on the hook and ended the turn.
+
+    Claude Code blocked the call (its hook timed out) and will never run it,
+    and no later turn comes: the call's record ends as failed, not run, when
+    the yes arrives, whether Claude Code cancelled the hook's request or
+    ignored its late answer.
+    """
+    from claude_agent_sdk import ClaudeAgentOptions, create_sdk_mcp_server
+
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    answer = asyncio.Event()
+
+    async def late_reviewer(decision: Any) -> bool:
+        await answer.wait()
+        return True
+
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    audit = InMemoryAuditLog()
+    governed = hooks(
+        make_runtime(late_reviewer, audit=audit), target="crm", tools=[refund], timeout=0.2
+    )
+    options = ClaudeAgentOptions(
+        mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])},
+        hooks=governed,  # type: ignore[arg-type]
+    )
+    args = {"order_id": "17", "amount": 120.0}
+    cli = await _play(options, [("refund", args, "tu_1")], cancel_late_hooks=cancels)
+    assert "timed out" in cli.model_saw["tu_1"]
+    answer.set()
+    [record] = await _until_ended(audit)
+    assert (record["result_status"], record["context"]["tool_call_id"]) == ("failed", "tu_1")
+    assert "not run" in str(record["result_error"])
+
+    # The late yes allowed no run either.
+    ungoverned = ClaudeAgentOptions(mcp_servers=options.mcp_servers)
+    cli = await _play(ungoverned, [("refund", args, "tu_2")])
+    assert ran == []
+    assert "no Aegis decision" in cli.model_saw["tu_2"]
+
+
+async def test_a_decision_after_the_hooks_timeout_is_refused(monkeypatch: Any) -> None:
+    """No Stop, no cancel: a yes later than the hook's timeout is refused and recorded failed."""
+    from aegis.adapters import claude_agent_sdk
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    now = [1000.0]
+    monkeypatch.setattr(claude_agent_sdk, "_clock", lambda: now[0])
+
+    def slow_reviewer(decision: Any) -> bool:
+        now[0] += 120.0  # past the default timeout Claude Code waits for a hook
+        return True
+
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    audit = InMemoryAuditLog()
+    given = hooks(make_runtime(slow_reviewer, audit=audit), target="crm", tools=[refund])
+    [pre] = given["PreToolUse"][0].hooks
+    args = {"order_id": "17", "amount": 120.0}
+    call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}
+    answer = await pre({**call, "session_id": "a"}, "tu_1", None)  # type: ignore[arg-type]
+    assert answer["hookSpecificOutput"]["permissionDecision"] == "deny"  # type: ignore[typeddict-item]
+    [record] = audit.records
+    assert (record["result_status"], record["context"]["tool_call_id"]) == ("failed", "tu_1")
+    assert "timeout" in str(record["result_error"])
