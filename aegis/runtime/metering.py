@@ -65,6 +65,7 @@ fenced in one module.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -97,7 +98,7 @@ from aegis.runtime._group_commit import GroupCommit
 from aegis.runtime._usage_store import usage_store_for
 from aegis.runtime.audit_backend import GuardedStarts
 from aegis.stores.sqlite.connection import Guard
-from aegis.stores.usage import Acquired, Request, UsageStore, check_storable
+from aegis.stores.usage import Acquired, Request, UsageStore, check_storable, params_json
 
 if TYPE_CHECKING:
     from aegis.core.outcome import ApprovalOutcome
@@ -179,6 +180,24 @@ def _frozen(event: FlowEvent) -> FlowEvent:
 _new = tuple.__new__
 
 
+def _takes_passing(store: object) -> bool:
+    """Whether ``store.latest_event`` passes over an event by its id (``passing=``)."""
+    try:
+        return "passing" in inspect.signature(store.latest_event).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):  # no signature to read: not that it does
+        return False
+
+
+def _alike(event: FlowEvent, own: FlowEvent) -> bool:
+    """Whether ``event`` holds what ``own`` does, field by field (params as stored)."""
+    if event.at != own.at or event.type != own.type or event.target != own.target:
+        return False
+    try:
+        return params_json(event.params) == params_json(own.params)
+    except (TypeError, ValueError, RecursionError):  # cannot tell: not the action's own
+        return False
+
+
 def _horizon(limits: PolicyLimits | None) -> float | None:
     """How far back (seconds) a policy's flow conditions look; 0 for a policy without any."""
     if limits is None or not limits.flow_specs:
@@ -230,6 +249,8 @@ class Metering:
         self._told: object = _UNTOLD
         #: the policy whose horizon was told last (see noted)
         self._policy: object = None
+        #: whether latest_event passes over one event by its id (the engines' stores do)
+        self._passes: bool = _takes_passing(store)
 
     def _forget(self, horizon: float | None, at: float) -> None:
         """Tell the store how far back the policy looks, and let it delete older events.
@@ -522,11 +543,14 @@ class Metering:
         specs: tuple[FlowSpec, ...],
         session_id: str,
         at: float,
+        *,
         own: FlowEvent | None = None,
+        own_id: object = None,
     ) -> KnownFacts:
         """What the session's history says of each of ``specs``: holds, does not, or unsure.
 
-        ``own``: the action's own event, noted already, which is not its history.
+        ``own``: the action's own event, noted already as ``own_id`` (what
+        the store gave, ``None`` if nothing), which is not its history.
         """
         true: list[FlowSpec] = []
         unsure: dict[FlowSpec, str] = {}
@@ -534,7 +558,10 @@ class Metering:
         gap: float | None = None
         for spec in specs:
             problem: list[str] = []
-            if self._latest(limits, spec, session_id, at, problem=problem, own=own) is not None:
+            found = self._latest(
+                limits, spec, session_id, at, problem=problem, own=own, own_id=own_id
+            )
+            if found is not None:
                 true.append(spec)
             elif problem:
                 unsure[spec] = problem[0]
@@ -556,6 +583,7 @@ class Metering:
         *,
         problem: list[str] | None = None,
         own: FlowEvent | None = None,
+        own_id: object = None,
     ) -> FlowEvent | None:
         """The session's newest event that ``spec`` looks for at ``at`` (none after ``until``).
 
@@ -564,20 +592,22 @@ class Metering:
         (see :meth:`~aegis.stores.base.UsageStore.latest_event`). An event
         whose params cannot be judged is passed over, its reason added to
         ``problem``: with no match, the condition is unsure, not false.
-        ``own`` (the action's own event) is passed over.
+        ``own`` (the action's own event, noted as ``own_id``) is passed over,
+        and no other: by its id where the store takes one, else the first
+        event read that is ``own`` in every field (a twin of it, noted by
+        another action at the same moment, is a twin to every condition too).
         """
         kind, target, ask = limits.narrowing(spec)
         matches = limits.spec_matches
+        passing = own_id if own_id is not None and self._passes else None
+        # a store that cannot pass over the event by its id: by what it holds, once
+        skip = [own if own is not None and passing is None else None]
 
         def accepts(event: FlowEvent) -> bool:
             if until is not None and event.at > until:
                 return False
-            if (
-                own is not None
-                and event.at == own.at
-                and event.type == own.type
-                and event.target == own.target
-            ):
+            if skip[0] is not None and _alike(event, skip[0]):
+                skip[0] = None
                 return False
             try:
                 if type(event.params) is not FrozenDict:  # a store of one's own: see latest_event
@@ -588,12 +618,18 @@ class Metering:
                     problem.append(exc.reason)
                 return False
 
+        where = accepts if ask or until is not None or skip[0] is not None else None
+        if passing is not None:
+            return self.store.latest_event(
+                session_id,
+                spec.since(at),
+                where,
+                action_type=kind,
+                action_target=target,
+                passing=passing,
+            )
         return self.store.latest_event(
-            session_id,
-            spec.since(at),
-            accepts if ask or until is not None or own is not None else None,
-            action_type=kind,
-            action_target=target,
+            session_id, spec.since(at), where, action_type=kind, action_target=target
         )
 
     def close(self) -> None:
@@ -831,7 +867,12 @@ class MeteringStep:
             return _unmetered(decision, exc), None
 
     def recheck(
-        self, session_id: str, policy: Any, decision: PolicyDecision, own: FlowEvent | None = None
+        self,
+        session_id: str,
+        policy: Any,
+        decision: PolicyDecision,
+        own: FlowEvent | None = None,
+        own_id: object = None,
     ) -> PolicyDecision | None:
         """The policy's decision now, when the session's history turned it into a block.
 
@@ -841,7 +882,8 @@ class MeteringStep:
         counts the limits again. ``None`` when no flow condition looks at
         the action, or the policy still lets it through (the person's
         approval stands); a store that fails blocks. ``own``: the action's
-        event, once noted (see :meth:`ran`), which its conditions pass over.
+        event, once noted (see :meth:`ran`) as ``own_id``, which its
+        conditions pass over (that one event: see :meth:`Metering._latest`).
         """
         limits: PolicyLimits | None = getattr(policy, "limits", None)
         action = decision.action
@@ -853,7 +895,7 @@ class MeteringStep:
         at = time.time()
         try:
             metering = self._metering or self.metering()
-            facts = metering._facts(limits, specs, session_id, at, own)
+            facts = metering._facts(limits, specs, session_id, at, own=own, own_id=own_id)
         except AegisError as exc:
             return _unmetered(decision, exc)
         fresh: PolicyDecision = policy.evaluate(
@@ -999,7 +1041,7 @@ class MeteringStep:
                 completed_at=now,
             )
         if approved is not None:
-            tripped = self.recheck(session_id, policy, approved, event)
+            tripped = self.recheck(session_id, policy, approved, event, noted)
             if tripped is not None:
                 metering.withdraw(noted)
                 return tripped

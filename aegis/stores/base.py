@@ -376,6 +376,7 @@ class UsageStore(Protocol):
         *,
         action_type: str | None = None,
         action_target: str | None = None,
+        passing: object = None,
     ) -> FlowEvent | None:
         """The session's newest event newer than ``since`` that ``where`` accepts; ``None``: none.
 
@@ -391,6 +392,12 @@ class UsageStore(Protocol):
         back as an :class:`~aegis.core.action.Action` holds them (a
         ``FrozenDict``, lists as tuples): a store that gives plain JSON
         has them frozen by the caller, at a cost per event read.
+
+        ``passing``: an id ``remember_many`` gave (see :meth:`remember`): that
+        one event is passed over (an approved action decided again once its
+        own event is noted), and no other, however alike; an id of the wrong
+        kind raises ``StoreError``. The runtime gives it only to a store
+        whose ``latest_event`` takes it.
         """
         ...
 

@@ -433,8 +433,11 @@ class MemoryUsageStore:
         *,
         action_type: str | None = None,
         action_target: str | None = None,
+        passing: object = None,
     ) -> FlowEvent | None:
         """See :meth:`UsageStore.latest_event`: the session's events, newest first."""
+        if passing is not None and type(passing) is not FlowEvent:
+            raise StoreError(f"{passing!r} is not the id of a flow event of this store")
         with self._lock:
             self._check()
             found: FlowEvent | None = None
@@ -448,6 +451,7 @@ class MemoryUsageStore:
                     (action_type is not None and event.type != action_type)
                     or (action_target is not None and event.target != action_target)
                     or (found is not None and event.at <= found.at)
+                    or event is passing
                     or (where is not None and not where(event))
                 ):
                     continue

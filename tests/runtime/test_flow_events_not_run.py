@@ -21,7 +21,11 @@ from typing import Any
 import pytest
 
 from aegis import Action, AuditLogger, Policy, Runtime
+from aegis.core.limits import FlowEvent
 from aegis.core.result import Result, ResultStatus
+from aegis.stores.postgres.usage import PostgresUsageStore
+from aegis.stores.sqlite.usage import SQLiteUsageStore
+from aegis.stores.usage import MemoryUsageStore
 
 #: every action runs: no limit, no flow rule
 PLAIN = Policy.from_dict({"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]})
@@ -348,3 +352,128 @@ async def test_an_approved_action_decided_again_passes_over_its_own_event(trail:
     assert first.status is ResultStatus.SUCCESS
     assert second.status is ResultStatus.BLOCKED
     assert trail.events("send_external") == 1
+
+
+class _OwnStore:
+    """A usage store of one's own over a SQLite one: no ids, so nothing passed over by id."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def acquire(self, charges: Any, now: float, *, reserve: bool, over: bool) -> Any:
+        return self.inner.acquire(charges, now, reserve=reserve, over=over)
+
+    def acquire_many(self, requests: Any) -> Any:
+        return self.inner.acquire_many(requests)
+
+    def release(self, reservation: Any) -> None:
+        self.inner.release(reservation)
+
+    def remember(self, event: FlowEvent) -> None:
+        self.inner.remember(event)
+
+    def recall(self, session_id: str, since: float | None, action_type: str | None) -> Any:
+        return self.inner.recall(session_id, since, action_type)
+
+    def latest_event(  # the protocol's, without passing
+        self,
+        session_id: str,
+        since: float | None,
+        where: Any = None,
+        *,
+        action_type: str | None = None,
+        action_target: str | None = None,
+    ) -> FlowEvent | None:
+        return self.inner.latest_event(
+            session_id, since, where, action_type=action_type, action_target=action_target
+        )
+
+    def forgotten(self, session_id: str) -> float | None:
+        return self.inner.forgotten(session_id)
+
+    def forget_events(self, horizon: float | None, now: float) -> bool:
+        return self.inner.forget_events(horizon, now)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _twinning(base: type) -> type:
+    """``base`` noting, with the first send, another send at the same moment, in every field
+    alike: another process's approved send let through at once (on another machine)."""
+
+    class Twinning(base):  # type: ignore[misc, valid-type]
+        twinned = False
+
+        def _twin(self, events: Any) -> None:
+            for event in events:
+                if event.type == "send_external" and not self.twinned:
+                    self.twinned = True
+                    twin = FlowEvent(
+                        event.session_id, event.type, event.target, event.params, event.at
+                    )
+                    base.remember(self, twin)
+
+        def remember(self, event: FlowEvent) -> None:
+            base.remember(self, event)
+            self._twin([event])
+
+    def remember_many(self: Any, events: Any) -> Any:
+        ids = base.remember_many(self, events)
+        self._twin(events)
+        return ids
+
+    if hasattr(base, "remember_many"):  # a store without ids has none
+        Twinning.remember_many = remember_many  # type: ignore[attr-defined]
+    return Twinning
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite", "postgres", "own store"])
+async def test_an_approved_action_passes_over_its_own_event_only_not_its_twin(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """One approved send per session; another send is noted at the very moment of the first's
+    event, alike in every field. Decided again, the send passes over its own event (by its
+    id) and no other: the twin is an earlier send, and the send is blocked, never run."""
+    db = tmp_path / "audit.db"
+    store: Any
+    if engine == "memory":
+        store = _twinning(MemoryUsageStore)()
+    elif engine == "sqlite":
+        store = _twinning(SQLiteUsageStore)(tmp_path / "usage.db")
+    elif engine == "postgres":
+        store = _twinning(PostgresUsageStore)(request.getfixturevalue("postgres_dsn"))
+    else:
+        store = _twinning(_OwnStore)(SQLiteUsageStore(tmp_path / "usage.db"))
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "one_send",
+                    "match": {"type": "send_external"},
+                    "conditions": {"after": {"type": "send_external", "within": "session"}},
+                    "approval": "block",
+                },
+                {"name": "asked", "match": {"type": "send_external"}, "approval": "approve"},
+            ]
+        }
+    )
+    sent: list[str] = []
+    async with Runtime(
+        executor=lambda action: sent.append(action.target),
+        policy=policy,
+        approval_handler=lambda decision: True,
+        audit_logger=AuditLogger(db),
+        usage_store=store,
+        session_id="s",
+    ) as rt:
+        first = await rt.run_one(Action("send_external", "mail"))
+    store.close()  # given, so not the runtime's to close
+    assert store.twinned
+    assert first.status is ResultStatus.BLOCKED
+    assert sent == []
+    # its own event taken back where the store can (the twin stays: it ran elsewhere)
+    left = SQLiteUsageStore(tmp_path / "usage.db") if engine == "own store" else None
+    if left is not None:
+        assert len(left.recall("s", None, "send_external")) == 2  # no ids: its own stays
+        left.close()

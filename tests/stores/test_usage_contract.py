@@ -277,6 +277,42 @@ def test_events_noted_together_can_be_taken_back_by_their_ids(make_store: Factor
     assert _number(store.latest_event("s", None, action_type="test", action_target="ci")) == 0
 
 
+def test_latest_event_passes_over_the_one_event_it_is_given_the_id_of(
+    make_store: Factory,
+) -> None:
+    """passing=id skips that event only: its twin (same session, names, params and time,
+    noted by another action at the same moment) is found, through another store object too,
+    with or without a where; once the twin is gone, the older event."""
+    store: Any = make_store()
+    twin = FlowEvent("s", "send", "mail", {"n": 1}, 20.0)
+    older, own, other = store.remember_many(
+        [FlowEvent("s", "send", "mail", {"n": 0}, 10.0), twin, twin]
+    )
+    reader: Any = make_store()
+    for where in (None, lambda event: True):
+        for passing in (own, other):
+            found = reader.latest_event(
+                "s", None, where, action_type="send", action_target="mail", passing=passing
+            )
+            assert (_number(found), found.at) == (1, 20.0)
+            assert _number(reader.latest_event("s", None, where, passing=passing)) == 1
+    store.drop_events([other])
+    assert _number(reader.latest_event("s", None, action_type="send", passing=own)) == 0
+    assert _number(reader.latest_event("s", 15.0, passing=own)) is None
+    assert _number(reader.latest_event("s", 15.0)) == 1  # passed over only when asked
+    store.drop_events([older])
+    assert reader.latest_event("s", None, passing=own) is None
+
+
+@pytest.mark.parametrize("bad", ["1", 1.0, ("s", 1)])
+def test_passing_what_is_no_event_id_is_refused(make_store: Factory, bad: object) -> None:
+    """An id of the wrong kind to pass over is a StoreError, not an event passed over or not."""
+    store: Any = make_store()
+    store.remember_many([FlowEvent("s", "test", "ci", {}, 1.0)])
+    with pytest.raises(StoreError):
+        store.latest_event("s", None, passing=bad)
+
+
 @pytest.mark.parametrize("bad", ["1", None, 1.0, ("s", 1)])
 def test_dropping_what_is_no_event_id_is_refused(make_store: Factory, bad: object) -> None:
     """An id of the wrong kind is a StoreError, and nothing is deleted."""

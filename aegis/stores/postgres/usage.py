@@ -567,6 +567,7 @@ class PostgresUsageStore:
         *,
         action_type: str | None = None,
         action_target: str | None = None,
+        passing: object = None,
     ) -> FlowEvent | None:
         """See :meth:`aegis.stores.usage.UsageStore.latest_event`.
 
@@ -578,6 +579,7 @@ class PostgresUsageStore:
         never sent.
         """
         where_in = f"at {self.where}"
+        passed = None if passing is None else _event_id(passing, str(self.where))
 
         def work(conn: psycopg.Connection[Any]) -> FlowEvent | None:
             # (the table's name is known once connected: built here, not before)
@@ -593,6 +595,9 @@ class PostgresUsageStore:
             if since is not None:
                 query += sql.SQL(" AND at > %s")
                 args.append(since)
+            if passed is not None:
+                query += sql.SQL(" AND id <> %s")
+                args.append(passed)
             first = query + sql.SQL(" ORDER BY at DESC, id DESC LIMIT %s")
             after = query + sql.SQL(" AND (at, id) < (%s, %s) ORDER BY at DESC, id DESC LIMIT %s")
             size = 1 if where is None else _FIRST_ROWS

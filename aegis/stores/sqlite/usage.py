@@ -574,6 +574,7 @@ class SQLiteUsageStore:
         *,
         action_type: str | None = None,
         action_target: str | None = None,
+        passing: object = None,
     ) -> FlowEvent | None:
         """See :meth:`aegis.stores.usage.UsageStore.latest_event`.
 
@@ -599,6 +600,9 @@ class SQLiteUsageStore:
         if since is not None:
             sql += " AND at > ?"
             args.append(since)
+        if passing is not None:
+            sql += " AND id <> ?"
+            args.append(_event_id(passing, self.db.path))
         sql += " ORDER BY at DESC, id DESC" + (" LIMIT 1" if where is None else "")
         where_in = f"in {self.db.path!r}"
 
