@@ -225,6 +225,58 @@ async def test_a_nul_in_a_name_fails_no_other_action(trail: Trail) -> None:
         assert sorted(ran) == ["docs", "up", "wiki"]
 
 
+async def test_a_nul_in_an_action_alone_is_kept_whole_or_refused(trail: Trail) -> None:
+    """One action at a time (its event written in its start's transaction, on PostgreSQL):
+    a NUL in the session or the target never leaves an event cut at the NUL.
+
+    Before, on PostgreSQL, libpq read the event's texts up to the NUL: the
+    tests of session ``s\x00t`` counted as session ``s``'s (its deploy let
+    through), and a read of ``x\x00/secret`` as a read of ``x`` (a mail
+    forbidden after a secret went out).
+    """
+    async with Runtime(
+        executor=lambda action: "ok", policy=GATED, audit_logger=trail.open(), session_id="s\x00t"
+    ) as rt:
+        await rt.run_one(Action("warm", "up"))
+        await rt.run_one(Action("run_tests", "ci"))
+    assert await _deploy(trail) is ResultStatus.BLOCKED  # session s ran no tests
+
+    no_mail = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "no_mail_after_secret",
+                    "match": {"type": "send_email"},
+                    "conditions": {
+                        "after": {"type": "read_file", "target": "*secret*", "within": "session"}
+                    },
+                    "approval": "block",
+                },
+                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+            ]
+        }
+    )
+    ran: list[str] = []
+
+    def execute(action: Action) -> str:
+        ran.append(action.target)
+        return "ok"
+
+    async with Runtime(
+        executor=execute, policy=no_mail, audit_logger=trail.open(), session_id="m"
+    ) as rt:
+        await rt.run_one(Action("warm", "up"))
+        read = await rt.run_one(Action("read_file", "x\x00/secret"))
+        mail = await rt.run_one(Action("send_email", "smtp"))
+    if read.status is ResultStatus.SUCCESS:  # a store that keeps it: the rule sees it whole
+        assert mail.status is ResultStatus.BLOCKED
+    else:  # not run, not noted: nothing to forbid the mail
+        assert read.status is ResultStatus.FAILED
+        assert "NUL" in (read.error or "")
+        assert "x\x00/secret" not in ran
+        assert trail.events("read_file") == 0
+
+
 async def test_an_int_too_long_to_print_is_noted_and_counted(trail: Trail) -> None:
     """A param past Python's 4,300-digit limit (an Action takes it): the action runs and its
     event is noted, alone or with others, and another runtime's flow rule sees it."""

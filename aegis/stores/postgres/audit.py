@@ -989,7 +989,8 @@ class PostgresAuditStore(ReadMixin):
 
         Raises:
             StoreError: nothing was written (the runtime then writes the
-                start and the event the ordinary way); an append whose
+                start and the event the ordinary way, which refuses an event
+                holding a NUL: libpq would cut it short); an append whose
                 outcome the connection took with it is settled first, and
                 returned if it committed.
         """
@@ -997,8 +998,16 @@ class PostgresAuditStore(ReadMixin):
             raise StoreError(f"the audit store at {self.url} was opened read-only")
         if self._closed:
             raise StoreError(f"the audit store at {self.url} is closed; open a new one")
-        stored, pieces = _stored_pieces((draft,))
         event = guard[1:]
+        if "\x00" in event[0] or "\x00" in event[1] or "\x00" in event[2]:
+            # libpq reads a text parameter up to its first NUL: the event would
+            # be kept cut short (another session's, another target), and a flow
+            # rule would judge what did not run. The ordinary way refuses it.
+            raise StoreError(
+                "a flow event's session, type or target holds a NUL (0x00), which "
+                "PostgreSQL's text cannot keep"
+            )
+        stored, pieces = _stored_pieces((draft,))
         with self._write_lock:
             conn = self._writer()
             if guard[0] != self.schema or not self._sql_flow_call:
