@@ -17,7 +17,7 @@ from aegis.core.identity import KEY_SEPARATOR
 from aegis.errors import ApprovalServiceError, ConfigurationError
 from aegis.stores.approvals import ApprovalStore, hash_token, new_token
 
-__all__ = ["audit_revocation", "given_by", "token", "withdrawn_by"]
+__all__ = ["audit_revocation", "given_by", "operator", "token", "withdrawn_by"]
 
 #: the longest a token may live: ten years
 _MAX_LIFETIME = 3650 * 86400.0
@@ -196,7 +196,7 @@ def revoke(name: str, db: str) -> None:
     """
     with open_tables(db, create=False) as store:
         info = next((t for t in store.list_tokens() if t.name == name), None)
-        revoked = store.revoke_token(name, datetime.now(UTC))
+        revoked = store.revoke_token(name, datetime.now(UTC), by=operator())
         if not revoked:
             raise click.ClickException(
                 f"no active token named {name!r}; `aegis token list` shows them"
@@ -206,7 +206,8 @@ def revoke(name: str, db: str) -> None:
         gave = info is not None and info.known_role in {Role.REVIEWER, None}
         given = _given(store, info) if info is not None and gave else []
         because = f"token {name} revoked"
-        ended = audit_revocation(store, db, because, given) if given or withdrawn else []
+        # Always: the revocation's own record is queued, whatever it withdrew.
+        ended = audit_revocation(store, db, because, given)
     success(f"token {name!r} revoked")
     if withdrawn:
         note(f"its approvals of these pending requests no longer count: {', '.join(withdrawn)}")
@@ -251,6 +252,11 @@ def given_by(store: ApprovalStore, speaks_for: Callable[[str], bool]) -> list[st
     return given
 
 
+def operator() -> str:
+    """Who runs this command, as the audit trail names an operator."""
+    return f"operator:{getpass.getuser()}"
+
+
 def audit_revocation(store: ApprovalStore, db: str, because: str, given: list[str]) -> list[str]:
     """End the grants ``given`` and write the queued withdrawals, each audited; the grants ended.
 
@@ -259,7 +265,7 @@ def audit_revocation(store: ApprovalStore, db: str, because: str, given: list[st
     # Imported here: the service is only needed for this.
     from aegis.server.service import ApprovalService  # noqa: PLC0415
 
-    operator = f"operator:{getpass.getuser()} ({because})"
+    by = f"{operator()} ({because})"
     audit = audit_trail(db)
     try:
         service = ApprovalService(store, audit)
@@ -268,7 +274,7 @@ def audit_revocation(store: ApprovalStore, db: str, because: str, given: list[st
             ended = []
             for grant_id in given:
                 try:
-                    await service.operator_revoke_grant(grant_id, operator)
+                    await service.operator_revoke_grant(grant_id, by)
                 except ApprovalServiceError:
                     continue  # it ended meanwhile (expired, or revoked by someone else)
                 ended.append(grant_id)

@@ -618,9 +618,23 @@ class Inbox:
             "signed_in.html",
             {"title": "Signed in", "page": "signin", "target": target, "who": user.identity},
         )
-        await self.sessions.start(
-            request, response, identity=user.to_session(), ttl=self.oidc.settings.max_age
-        )
+        try:
+            await self.sessions.start(
+                request, response, identity=user.to_session(), ttl=self.oidc.settings.max_age
+            )
+        except ApprovalServiceError as exc:
+            # Revoked by an operator (`aegis reviewer revoke`): the provider's
+            # yes does not undo it. Said on this page, as a refusal above is.
+            _log.warning("inbox: OpenID sign-in of %s refused: %s", user.identity, exc.message)
+            refused = self._error(
+                request,
+                None,
+                exc.status,
+                "Not signed in",
+                f"Your access to this inbox was revoked: {exc.message}.",
+            )
+            self.oidc.forget(refused)
+            return refused
         self.oidc.forget(response)
         _log.info("inbox: %s signed in (groups: %s)", user.identity, ", ".join(user.groups) or "-")
         return response

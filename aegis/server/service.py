@@ -38,7 +38,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from aegis._version import __version__
-from aegis.core.action import action_digest
+from aegis.core._text import counted
+from aegis.core.action import Action, action_digest
 from aegis.core.approval_request import (
     ApprovalRequest,
     Grant,
@@ -58,7 +59,13 @@ from aegis.core.identity import Identity
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, AuditError, ConfigurationError
 from aegis.server.bounds import PollSlots
-from aegis.stores.approvals import ApprovalStore, AuditEvent, hash_token, new_request_id
+from aegis.stores.approvals import (
+    OPERATOR_EVENTS,
+    ApprovalStore,
+    AuditEvent,
+    hash_token,
+    new_request_id,
+)
 
 if TYPE_CHECKING:
     from aegis.core.policy import Policy
@@ -68,6 +75,7 @@ __all__ = [
     "AUDIT_SCAN",
     "EVENT_KINDS",
     "MAX_GRANT_MINUTES",
+    "OPERATOR_SESSION",
     "ApprovalEvent",
     "ApprovalService",
     "AuditPage",
@@ -78,6 +86,10 @@ __all__ = [
 ]
 
 _log = logging.getLogger("aegis.server")
+
+#: the session of the audit records of what operators did to people and tokens
+#: (``aegis reviewer revoke``, ``aegis reviewer reinstate``, ``aegis token revoke``)
+OPERATOR_SESSION: Final = "aegis-operator"
 
 #: the kinds of :class:`ApprovalEvent`, in the order a request lives them
 EVENT_KINDS: Final = (
@@ -394,8 +406,9 @@ class ApprovalService:
         if not self.store.claim_event(event.id, _STALE_CLAIM):
             return False
         try:
-            request = self.store.get_request(event.request_id)
-            if request is not None:
+            if event.kind in OPERATOR_EVENTS:
+                self._write_operator_event(event)
+            elif (request := self.store.get_request(event.request_id)) is not None:
                 self._write_event(event, request)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -444,6 +457,33 @@ class ApprovalService:
                 "requester": request.requester,
                 **extra,
             },
+        )
+
+    def _write_operator_event(self, event: AuditEvent) -> None:
+        """Write what an operator did to a person or a token as an audit record (blocking).
+
+        Its own record in the session :data:`OPERATOR_SESSION`, whatever it
+        withdrew or ended (each of those has its record too): who did it,
+        to whom, and what it ended.
+        """
+        audit = self.audit
+        if audit is None:
+            return
+        ctx = event.context
+        text, subject, extra = _operator_text(event.kind, ctx)
+        by = str(ctx.get("by") or "an operator")
+        action = Action(
+            event.kind.replace(".", "_"),
+            "aegis",
+            {"subject": subject, "by": by, **extra},
+            f"{text} by {by}",
+        )
+        decision = PolicyDecision(action, RiskLevel.HIGH, Approval.AUTO, "operator")
+        audit.log(
+            OPERATOR_SESSION,
+            decision,
+            human_decision=f"operator: {text} by {by}",
+            context={"operator_event": event.kind, "subject": subject, "by": by},
         )
 
     # -- who is calling ---------------------------------------------------------
@@ -1313,6 +1353,29 @@ def statuses(text: str | None) -> RequestStatus | None:
 _STALE_CLAIM: Final = timedelta(seconds=60)
 #: pauses between the tries to mark a written audit event (its record is in the trail)
 _FINISH_PAUSES: Final = (0.1, 0.5, 2.0)
+
+
+def _operator_text(kind: str, ctx: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """What an operator's event says, whom it concerns, and the facts its record keeps."""
+    withdrawn = [str(r) for r in ctx.get("withdrawn") or ()]
+    gone = f"; approvals withdrawn from {', '.join(withdrawn)}" if withdrawn else ""
+    if kind == "reviewer.revoked":
+        person = str(ctx.get("person"))
+        tokens = [str(t) for t in ctx.get("tokens") or ()]
+        sessions = int(ctx.get("sessions") or 0)
+        text = (
+            f"reviewer {person} revoked ({counted(sessions, 'inbox session')} ended, "
+            f"tokens revoked: {', '.join(tokens) or 'none'}{gone})"
+        )
+        return text, person, {"tokens": tokens, "sessions": sessions, "withdrawn": withdrawn}
+    if kind == "reviewer.reinstated":
+        person = str(ctx.get("person"))
+        since = f" (revoked {ctx.get('revoked_at')} by {ctx.get('revoked_by') or 'an operator'})"
+        return f"reviewer {person} reinstated{since}", person, {}
+    token = str(ctx.get("token"))
+    tied = f", tied to {ctx['person']}" if ctx.get("person") else ""
+    text = f"token {token} ({ctx.get('role')}{tied}) revoked{gone or '; nothing withdrawn'}"
+    return text, token, {"withdrawn": withdrawn}
 
 
 def _event_text(event: AuditEvent, request: ApprovalRequest) -> tuple[str, dict[str, str]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Final, Protocol
@@ -52,6 +52,7 @@ __all__ = [
     "EVENTS_SCHEMA",
     "GRANT_CLOCK_SCHEMA",
     "IDENTITY_SCHEMA",
+    "PEOPLE_SCHEMA",
     "REQUEST_CLOCK_SCHEMA",
     "SCHEMA",
     "SCHEMA_VERSION",
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 #: the version of the approval tables, kept in aegis_schema_versions
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 COMPONENT: Final = "approvals"
 
 #: the tables of version 1, for both engines (``{p}`` is the table prefix)
@@ -241,6 +242,20 @@ REQUEST_CLOCK_SCHEMA: Final = (
     "ALTER TABLE {p}aegis_approval_requests ADD COLUMN {ifnx}db_expires_at TEXT",
 )
 
+
+#: version 9: the people of an OpenID provider an operator revoked (``aegis reviewer
+#: revoke``), who may not sign in again nor be given a token until reinstated. A row
+#: per person ever signed in or revoked: each sign-in and each revocation takes its
+#: row's lock first, so a sign-in racing a revocation either comes first (and its
+#: session is ended by it) or sees it (and is refused).
+PEOPLE_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS {p}aegis_people (
+        person TEXT PRIMARY KEY,
+        revoked_at TEXT,
+        revoked_by TEXT,
+        touched_at TEXT NOT NULL
+    )""",
+)
 
 #: events of changes that no service makes (the command line's revocations): kept in
 #: the outbox once audited, until a service takes them to tell its subscribers
@@ -951,6 +966,8 @@ class SqlApprovalStore:
             info.oidc_subject,
         )
         with self._transaction(write=True) as tx:
+            if info.oidc_subject is not None:
+                self._refuse_tied_to_revoked(tx, info, created)
             rows = tx.all(
                 f"SELECT {_TOKEN_COLUMNS} FROM {{p}}aegis_tokens WHERE name = ?", (info.name,)
             )
@@ -970,6 +987,18 @@ class SqlApprovalStore:
                     (*values, info.name),
                 )
 
+    def _refuse_tied_to_revoked(self, tx: Tx, info: TokenInfo, now: datetime) -> None:
+        """Refuse a token tied to a person who stands revoked: it would speak for them."""
+        doing = "no token may speak for them"
+        if info.oidc_issuer:
+            person = Identity(info.oidc_issuer, info.oidc_subject or "")
+            self._refuse_revoked(tx, person, now, doing)
+            return
+        # Tied to a subject at any issuer (made before the issuer was required).
+        for (key,) in tx.all("SELECT person FROM {p}aegis_people WHERE revoked_at IS NOT NULL"):
+            if info.speaks_for(str(key)):
+                self._refuse_revoked(tx, Identity.from_key(str(key)), now, doing)
+
     def token_by_hash(self, token_hash: str) -> TokenInfo | None:
         """See :meth:`aegis.stores.approvals.ApprovalStore.token_by_hash`."""
         with self._transaction(write=False) as tx:
@@ -985,7 +1014,7 @@ class SqlApprovalStore:
             rows = tx.all(f"SELECT {_TOKEN_COLUMNS} FROM {{p}}aegis_tokens ORDER BY name")
         return [_token_of(row) for row in rows]
 
-    def revoke_token(self, name: str, now: datetime) -> bool:
+    def revoke_token(self, name: str, now: datetime, *, by: str = "") -> bool:
         """See :meth:`aegis.stores.approvals.ApprovalStore.revoke_token`."""
         with self._transaction(write=True) as tx:
             if (
@@ -1002,13 +1031,38 @@ class SqlApprovalStore:
             # A token tied to no person decided as its name; one tied to a person
             # as that person, whose key speaks_for matches.
             named = None if token.oidc_subject else token.name
-            self._withdraw_approvals(tx, token.speaks_for, named, now, token=token.name)
+            withdrawn = self._withdraw_approvals(tx, token.speaks_for, named, now, token=token.name)
+            person = (
+                Identity(token.oidc_issuer or "", token.oidc_subject).key
+                if token.oidc_subject
+                else None
+            )
+            self._event(
+                tx,
+                "",
+                "token.revoked",
+                now,
+                token=token.name,
+                role=str(token.role),
+                person=person,
+                by=by,
+                withdrawn=withdrawn,
+            )
             return True
 
-    def revoke_person(self, issuer: str, subject: str, now: datetime) -> tuple[list[str], int]:
+    def revoke_person(
+        self, issuer: str, subject: str, now: datetime, *, by: str = ""
+    ) -> tuple[list[str], int]:
         """See :meth:`aegis.stores.approvals.ApprovalStore.revoke_person`."""
         person = Identity(issuer, subject)
         with self._transaction(write=True) as tx:
+            # The person's row first, as a sign-in and a token tied to them take it:
+            # from here on neither may start, and those before are ended below.
+            self._hold_person(tx, person, now)
+            tx.run(
+                "UPDATE {p}aegis_people SET revoked_at = ?, revoked_by = ? WHERE person = ?",
+                (iso(now), by, person.key),
+            )
             # Tokens, then sessions, then requests: the order a decision locks them in.
             tokens = [
                 _token_of(row)
@@ -1036,10 +1090,84 @@ class SqlApprovalStore:
                         "WHERE id_hash = ? AND ended_at IS NULL",
                         (iso(now), id_hash),
                     )
-            self._withdraw_approvals(
+            withdrawn = self._withdraw_approvals(
                 tx, lambda key: Identity.from_key(key) == person, None, now, person=person.key
             )
+            self._event(
+                tx,
+                "",
+                "reviewer.revoked",
+                now,
+                person=person.key,
+                by=by,
+                tokens=revoked,
+                sessions=ended,
+                withdrawn=withdrawn,
+            )
             return revoked, ended
+
+    def reinstate_person(self, issuer: str, subject: str, now: datetime, *, by: str = "") -> bool:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.reinstate_person`."""
+        person = Identity(issuer, subject)
+        with self._transaction(write=True) as tx:
+            was = self._hold_person(tx, person, now)
+            if was is None:
+                return False
+            tx.run(
+                "UPDATE {p}aegis_people SET revoked_at = NULL, revoked_by = NULL WHERE person = ?",
+                (person.key,),
+            )
+            self._event(
+                tx,
+                "",
+                "reviewer.reinstated",
+                now,
+                person=person.key,
+                by=by,
+                revoked_at=was[0],
+                revoked_by=was[1],
+            )
+            return True
+
+    def revoked_people(self) -> list[tuple[str, datetime, str]]:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.revoked_people`."""
+        with self._transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT person, revoked_at, revoked_by FROM {p}aegis_people "
+                "WHERE revoked_at IS NOT NULL ORDER BY person"
+            )
+        return [(str(p), parse_time(at), str(by or "")) for p, at, by in rows]
+
+    def _hold_person(self, tx: Tx, person: Identity, now: datetime) -> tuple[str, str] | None:
+        """Lock ``person``'s row (made if missing); when they stand revoked, since when and by whom.
+
+        Every sign-in, token tied to them, revocation and reinstatement takes
+        this lock first, so each sees the others whole.
+        """
+        tx.run(
+            "INSERT INTO {p}aegis_people (person, touched_at) VALUES (?, ?) "
+            "ON CONFLICT (person) DO UPDATE SET touched_at = excluded.touched_at",
+            (person.key, iso(now)),
+        )
+        rows = tx.all(
+            "SELECT revoked_at, revoked_by FROM {p}aegis_people WHERE person = ?", (person.key,)
+        )
+        if not rows or rows[0][0] is None:
+            return None
+        return str(rows[0][0]), str(rows[0][1] or "")
+
+    def _refuse_revoked(self, tx: Tx, person: Identity, now: datetime, doing: str) -> None:
+        """Raise a 403 if ``person`` stands revoked (holding their row either way)."""
+        was = self._hold_person(tx, person, now)
+        if was is not None:
+            raise ApprovalServiceError(
+                f"{person.key} was revoked on {was[0]}"
+                + (f" by {was[1]}" if was[1] else "")
+                + f"; {doing} until an operator reinstates them "
+                f"(aegis reviewer reinstate '{person.key}')",
+                status=403,
+                code="revoked",
+            )
 
     def _withdraw_approvals(
         self,
@@ -1048,14 +1176,16 @@ class SqlApprovalStore:
         named: str | None,
         now: datetime,
         **because: str,
-    ) -> None:
+    ) -> list[str]:
         """Withdraw the approvals of requests still pending whose reviewer ``speaks_for`` names.
 
         A leaked token's approval, or a revoked person's, must not count
         toward a two-person rule; requests already decided stay as they are.
         ``named`` narrows the look to one reviewer key; ``because`` goes into
         each ``approval.withdrawn`` event (the token, or the person, revoked).
+        Returns the ids of the requests whose approvals it withdrew.
         """
+        withdrawn: list[str] = []
         mine, args = ("", ()) if named is None else (" AND d.reviewer = ?", (named,))
         rows = tx.all(
             "SELECT d.request_id, d.reviewer, d.reviewer_name FROM {p}aegis_approval_decisions d "
@@ -1093,6 +1223,8 @@ class SqlApprovalStore:
                 approved_by=[d.reviewer for d in request.approvals],
                 **because,
             )
+            withdrawn.append(request_id)
+        return withdrawn
 
     # -- inbox sessions -----------------------------------------------------------
 
@@ -1104,6 +1236,9 @@ class SqlApprovalStore:
                 "DELETE FROM {p}aegis_inbox_sessions WHERE expires_at < ?",
                 (iso(session.created_at - timedelta(days=1)),),
             )
+            person = _oidc_person(session.identity)
+            if person is not None:
+                self._refuse_revoked(tx, person, session.created_at, "they may not sign in")
             tx.run(
                 f"INSERT INTO {{p}}aegis_inbox_sessions ({_SESSION_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1338,6 +1473,16 @@ def _check_renewal(old: TokenInfo, new: TokenInfo, now: datetime) -> None:
             status=409,
             code="token_name_retired",
         )
+
+
+def _oidc_person(identity: Any) -> Identity | None:
+    """The person of a new inbox session's identity, if it is an OpenID sign-in."""
+    if not isinstance(identity, Mapping) or identity.get("kind") != "oidc":
+        return None
+    issuer, subject = identity.get("issuer"), identity.get("subject")
+    if not isinstance(issuer, str) or not isinstance(subject, str) or not issuer:
+        return None
+    return Identity(issuer, subject)
 
 
 def _signed_in_as(identity: str, person: Identity) -> bool:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from aegis.errors import ConfigurationError
 from aegis.stores._ids import TOKEN_PREFIX, hash_token, new_grant_id, new_request_id, new_token
-from aegis.stores.base import ApprovalStore, AuditEvent
+from aegis.stores.base import OPERATOR_EVENTS, ApprovalStore, AuditEvent
 
 __all__ = [
+    "OPERATOR_EVENTS",
     "TOKEN_PREFIX",
     "ApprovalStore",
     "AuditEvent",

@@ -432,6 +432,11 @@ class UsageStore(Protocol):
 # -- approvals -----------------------------------------------------------------
 
 
+#: events of what an operator did to a person or a token, not to one request (queued
+#: with request id ``""``): every revocation and reinstatement leaves its record
+OPERATOR_EVENTS: Final = ("reviewer.revoked", "reviewer.reinstated", "token.revoked")
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
     """A change of the approval tables waiting to be written to the audit trail.
@@ -589,7 +594,8 @@ class ApprovalStore(Protocol):
 
         409 if the name is taken: by an active token, by a revoked one (a
         revoked name is retired), or by an expired one of another role or
-        OpenID person (an expired token is renewed only by its holder).
+        OpenID person (an expired token is renewed only by its holder). 403
+        if it is tied to a person who stands revoked (:meth:`revoke_person`).
         """
         ...
 
@@ -601,7 +607,7 @@ class ApprovalStore(Protocol):
         """Every token, by name."""
         ...
 
-    def revoke_token(self, name: str, now: datetime) -> bool:
+    def revoke_token(self, name: str, now: datetime, *, by: str = "") -> bool:
         """Revoke the token called ``name``; ``False`` if there is no active one.
 
         In the same transaction, its approvals of requests still pending are
@@ -609,24 +615,47 @@ class ApprovalStore(Protocol):
         <aegis.core.approval_request.TokenInfo.speaks_for>` for whose they
         are): each stops counting toward its request's approvers, and an
         ``approval.withdrawn`` event is queued for the audit trail. Requests
-        already decided stay as they are.
+        already decided stay as they are. A ``token.revoked`` event naming
+        the token and ``by`` (who revoked it) is queued too, whatever was
+        withdrawn.
         """
         ...
 
-    def revoke_person(self, issuer: str, subject: str, now: datetime) -> tuple[list[str], int]:
+    def revoke_person(
+        self, issuer: str, subject: str, now: datetime, *, by: str = ""
+    ) -> tuple[list[str], int]:
         """Revoke the person ``subject`` at ``issuer``; the tokens revoked and the sessions ended.
 
-        In one transaction: the active tokens tied to that person are
-        revoked, the inbox sessions they signed in with OpenID end, and
-        their approvals of requests still pending are withdrawn as
-        :meth:`revoke_token` does (each an ``approval.withdrawn`` event
-        naming the ``person``). A namesake at another issuer is untouched.
-        Signing in again is the provider's to allow or refuse.
+        In one transaction: the person stands revoked until
+        :meth:`reinstate_person` (no inbox session nor token tied to them
+        may start: :meth:`create_session` and :meth:`create_token` refuse
+        with a 403), the active tokens tied to them are revoked, the inbox
+        sessions they signed in with OpenID end, and their approvals of
+        requests still pending are withdrawn as :meth:`revoke_token` does
+        (each an ``approval.withdrawn`` event naming the ``person``). A
+        ``reviewer.revoked`` event names the person, ``by`` and what was
+        ended, whatever that was. A namesake at another issuer is untouched.
         """
+        ...
+
+    def reinstate_person(self, issuer: str, subject: str, now: datetime, *, by: str = "") -> bool:
+        """Let a revoked person sign in again; ``False`` if they do not stand revoked.
+
+        Queues a ``reviewer.reinstated`` event naming the person and ``by``.
+        Nothing revoked comes back: they sign in anew, tokens are made anew.
+        """
+        ...
+
+    def revoked_people(self) -> list[tuple[str, datetime, str]]:
+        """The people standing revoked: their key, when, and by whom; by key."""
         ...
 
     def create_session(self, session: InboxSession) -> None:
-        """Keep a new inbox session (its id is a hash of the browser's secret)."""
+        """Keep a new inbox session (its id is a hash of the browser's secret).
+
+        Raises:
+            ApprovalServiceError: 403 for an OpenID sign-in of a revoked person.
+        """
         ...
 
     def get_session(self, id_hash: str) -> InboxSession | None:

@@ -29,6 +29,7 @@ from serve_support import Server, aegis, create_token
 from aegis.core.identity import Identity
 from aegis.runtime.audit import AuditLogger
 from aegis.server.oidc import OidcError, OidcSettings, OidcSignIn
+from aegis.server.service import OPERATOR_SESSION
 
 CLIENT_SECRET = "a-client-secret-for-the-tests"  # a test fixture's secret
 
@@ -415,7 +416,8 @@ def test_revoking_a_person_ends_their_sign_ins_tokens_and_pending_approvals(
 ) -> None:
     """`aegis reviewer revoke ISSUER#SUBJECT`: erin's inbox session ends, her tied token is
     refused, her approval of a pending two-person request no longer counts, and the trail
-    says so; a later sign-in is the provider's to allow."""
+    says so. The provider still lets her in, and the inbox does not: not until
+    `aegis reviewer reinstate`, which the trail records too."""
     request_id = idp.ask("rotate_keys", ["marketing"], approvers=2)
     erin = sign_in(idp.inbox.url, "erin", browser())
     assert _decide(erin, idp.inbox.url, request_id, "approve").status_code == 303
@@ -438,6 +440,26 @@ def test_revoking_a_person_ends_their_sign_ins_tokens_and_pending_approvals(
     with AuditLogger(str(idp.db)) as audit:
         texts = [r["human_decision"] for r in audit.get_log(after["session_id"])]
     assert any(f"withdrawn: reviewer {idp.issuer}#erin revoked" in t for t in texts), texts
+    # The provider says yes; the inbox refuses her, and no session comes of it.
+    client = browser()
+    callback = f"{idp.inbox.url}/signin/oidc/callback"
+    start = follow_to(client, f"{idp.inbox.url}/signin/oidc", stop_at=callback)
+    refused_signin = client.get(provider_login(client, start, "erin", stop_at=callback))
+    assert refused_signin.status_code == 403, refused_signin.text[:800]
+    assert "revoked" in refused_signin.text
+    assert client.get(f"{idp.inbox.url}/").status_code == 303  # not signed in
+    tied = aegis(
+        "token", "create", "erin-cli-2", "--role", "reviewer", "--group", "marketing",
+        "--oidc-subject", "erin", "--oidc-issuer", idp.issuer, "--db", str(idp.db), check=False,
+    )  # fmt: skip
+    assert tied.returncode != 0
+    assert idp.status(request_id)["decisions"] == []
+    back = aegis("reviewer", "reinstate", f"{idp.issuer}#erin", "--db", str(idp.db))
+    assert "reinstated" in back.stdout
+    with AuditLogger(str(idp.db)) as audit:
+        said = [r["human_decision"] for r in audit.get_log(OPERATOR_SESSION)]
+    assert any(f"reviewer {idp.issuer}#erin revoked" in t for t in said), said
+    assert any(f"reviewer {idp.issuer}#erin reinstated" in t for t in said), said
     again = sign_in(idp.inbox.url, "erin", browser())
     assert _decide(again, idp.inbox.url, request_id, "approve").status_code == 303
     assert [d["reviewer"] for d in idp.status(request_id)["decisions"]] == [f"{idp.issuer}#erin"]

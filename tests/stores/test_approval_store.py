@@ -28,7 +28,12 @@ from aegis.core.approval_request import (
 from aegis.core.risk import RiskLevel
 from aegis.errors import ApprovalServiceError, StoreError
 from aegis.stores._approvals_sql import SCHEMA_VERSION
-from aegis.stores.approvals import ApprovalStore, new_request_id, open_approval_store
+from aegis.stores.approvals import (
+    OPERATOR_EVENTS,
+    ApprovalStore,
+    new_request_id,
+    open_approval_store,
+)
 from aegis.stores.sqlite.approvals import SqliteApprovalStore
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -463,6 +468,68 @@ def _withdrawals_of_people(store: ApprovalStore) -> list[tuple[str, str, str]]:
     ]
 
 
+def _operator_events(store: ApprovalStore) -> list[tuple[str, str, dict[str, Any]]]:
+    """The queued events of what operators did to people and tokens: kind, request, context."""
+    return [
+        (e.kind, e.request_id, dict(e.context))
+        for e in store.pending_events(timedelta(0), limit=1000)
+        if e.kind in OPERATOR_EVENTS
+    ]
+
+
+def test_a_revocation_stands_until_an_explicit_reinstatement(store: ApprovalStore) -> None:
+    """kim, revoked, may not sign in again nor be given a token tied to her until reinstated;
+    a namesake at another issuer may. Each step queues its own event, naming who did it."""
+    issuer, other = "https://id.example.com", "https://other.example.org"
+    before = _oidc_session("a" * 64, issuer, "kim")
+    store.create_session(before)
+    assert store.revoke_person(issuer, "kim", NOW, by="operator:ops") == ([], 1)
+    assert store.revoked_people() == [(f"{issuer}#kim", NOW, "operator:ops")]
+    for spelt in (issuer, "https://ID.example.com:443/"):
+        with pytest.raises(ApprovalServiceError) as refused:
+            store.create_session(_oidc_session("b" * 64, spelt, "kim"))
+        assert (refused.value.status, refused.value.code) == (403, "revoked")
+    assert store.get_session("b" * 64) is None
+    tied = TokenInfo("kim-cli", Role.REVIEWER, (), NOW, oidc_issuer=issuer, oidc_subject="kim")
+    legacy = TokenInfo("kim-old", Role.REVIEWER, (), NOW, oidc_subject="kim")  # any issuer
+    for token in (tied, legacy):
+        with pytest.raises(ApprovalServiceError) as refused:
+            store.create_token(token, f"h-{token.name}")
+        assert refused.value.status == 403
+        assert store.token_by_hash(f"h-{token.name}") is None
+    store.create_session(_oidc_session("c" * 64, other, "kim"))  # another person
+    assert store.reinstate_person(issuer, "kim", NOW, by="operator:lead")
+    assert not store.reinstate_person(issuer, "kim", NOW, by="operator:lead")  # not revoked
+    assert store.revoked_people() == []
+    store.create_session(_oidc_session("b" * 64, issuer, "kim"))
+    store.create_token(tied, "h-kim-cli")
+    assert store.get_session("b" * 64) is not None
+    assert [(kind, request, ctx.get("person"), ctx.get("by")) for kind, request, ctx in
+            _operator_events(store)] == [
+        ("reviewer.revoked", "", f"{issuer}#kim", "operator:ops"),
+        ("reviewer.reinstated", "", f"{issuer}#kim", "operator:lead"),
+    ]  # fmt: skip
+
+
+def test_every_revocation_queues_its_event_even_with_nothing_to_withdraw(
+    store: ApprovalStore,
+) -> None:
+    """A token or a person revoked with nothing pending still leaves an event for the trail."""
+    store.create_token(TokenInfo("idle", Role.REVIEWER, (), NOW), "h-idle")
+    assert store.revoke_token("idle", NOW, by="operator:ops")
+    assert store.revoke_person("https://id.example.com", "nobody", NOW, by="operator:ops") == (
+        [],
+        0,
+    )
+    events = _operator_events(store)
+    assert [(kind, request, ctx["by"], ctx["withdrawn"]) for kind, request, ctx in events] == [
+        ("token.revoked", "", "operator:ops", []),
+        ("reviewer.revoked", "", "operator:ops", []),
+    ]
+    assert events[0][2]["token"] == "idle"
+    assert events[1][2]["person"] == "https://id.example.com#nobody"
+
+
 def test_an_expired_token_is_renewed_only_by_its_holder(store: ApprovalStore) -> None:
     """Past its expiry a token's name takes a new secret of the same role and person, no other."""
     later = NOW + timedelta(days=31)
@@ -807,7 +874,7 @@ def test_rows_of_version_6_tables_keep_their_caller_clock_ends(db: str) -> None:
     )
     store = open_approval_store(db)
     try:
-        assert version_of(db) == SCHEMA_VERSION == 8
+        assert version_of(db) == SCHEMA_VERSION == 9
         assert [g.id for g in store.list_grants(NOW)] == ["grt_old"]
         covered, _ = store.create_request(make(), NOW)
         assert covered.grant_id == "grt_old"

@@ -25,6 +25,7 @@ from aegis.stores._approvals_sql import (
     EVENTS_SCHEMA,
     GRANT_CLOCK_SCHEMA,
     IDENTITY_SCHEMA,
+    PEOPLE_SCHEMA,
     REQUEST_CLOCK_SCHEMA,
     SORT_SCHEMA,
     TERMS_SCHEMA,
@@ -57,6 +58,7 @@ _MIGRATIONS: Final = {
     5: tuple(statements("{schema}.", SORT_SCHEMA)),
     6: tuple(statements("{schema}.", GRANT_CLOCK_SCHEMA, ifnx="IF NOT EXISTS ")),
     7: tuple(statements("{schema}.", REQUEST_CLOCK_SCHEMA, ifnx="IF NOT EXISTS ")),
+    8: tuple(statements("{schema}.", PEOPLE_SCHEMA)),
 }
 
 

@@ -24,6 +24,7 @@ from aegis.stores._approvals_sql import (
     EVENTS_SCHEMA,
     GRANT_CLOCK_SCHEMA,
     IDENTITY_SCHEMA,
+    PEOPLE_SCHEMA,
     REQUEST_CLOCK_SCHEMA,
     SCHEMA_VERSION,
     SORT_SCHEMA,
@@ -48,6 +49,7 @@ _MIGRATIONS: Final = {
     5: tuple(statements("", SORT_SCHEMA)),
     6: tuple(statements("", GRANT_CLOCK_SCHEMA)),
     7: tuple(statements("", REQUEST_CLOCK_SCHEMA)),
+    8: tuple(statements("", PEOPLE_SCHEMA)),
 }
 
 
