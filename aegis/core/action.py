@@ -521,12 +521,19 @@ else:  # pragma: no cover  # a Python built without the _json accelerator
         return _slow_encode(value)
 
 
-#: The params canonical_json encoded last (when their text is ASCII and took
-#: no detour for huge ints) and that text. Speed (benchmarks/calls.py
-#: --instructions, every kind): the start record stores an action's params
-#: just after the runtime took its canonical JSON, and a float's repr alone
-#: costs thousands of instructions; see aegis.core.record.storable_json.
-_decided: tuple[FrozenDict | None, str] = (None, "")
+#: The params (a FrozenDict) canonical_json encoded last, and their text, kept
+#: only when every other writer of these params would write that very text:
+#: no array inside (a set is written as one, and each encoder orders it its
+#: own way), ASCII without DEL (which only json.dumps's ASCII encoder
+#: escapes), and no int past the digit limit (which takes a detour). Then the
+#: start record's params (aegis.core.record.storable_json), the flow event's
+#: (aegis.stores.usage.params_json) and the SQLite start guard's take this text
+#: instead of encoding the params again: each checks identity alone. Speed
+#: (benchmarks/calls.py --instructions): a float's repr alone costs thousands
+#: of instructions, and an action's params are encoded for its digest anyway.
+#: A FrozenDict never changes, and the pair holds it, so its identity cannot
+#: be reused; the pair is replaced whole, so other threads see one or the other.
+PARAMS_TEXT: tuple[FrozenDict | None, str] = (None, "")
 
 
 def canonical_json(action: Action) -> str:
@@ -536,7 +543,7 @@ def canonical_json(action: Action) -> str:
     it; it is what :func:`action_digest` hashes. An int too long for
     Python to print is written as ``{"__aegis_int__": "<hex>"}``.
     """
-    global _decided  # noqa: PLW0603  # one (params, text) pair, replaced whole: thread-safe
+    global PARAMS_TEXT  # noqa: PLW0603  # one (params, text) pair, replaced whole: thread-safe
     params = action.params
     if type(params) is FrozenDict:
         try:
@@ -544,8 +551,10 @@ def canonical_json(action: Action) -> str:
         except ValueError:  # an int past the 4,300-digit limit of int -> str
             params_text = _canonical_value(_huge_ints_as_text(params))
         else:
-            if params_text.isascii():
-                _decided = (params, params_text)
+            # No array anywhere (outermost, one is a key's value, so its text
+            # has ":[; text holding that is passed over too), no DEL, ASCII.
+            if params_text.isascii() and '":[' not in params_text and "\x7f" not in params_text:
+                PARAMS_TEXT = (params, params_text)
     else:
         try:
             params_text = _canonical_value(params)

@@ -286,15 +286,6 @@ _flat_encoder: Any = (
 # float too: the flat encoder refuses NaN and the infinities (allow_nan off),
 # which then take the general path, as with _encode
 _FLAT_TYPES: Final = frozenset({str, int, float, bool, type(None)})
-#: The action params (a FrozenDict) storable_json encoded last on its flat
-#: path, and their text, when that text is also what ``json.dumps`` with
-#: ``ensure_ascii`` gives (ASCII, no DEL, which only the ASCII encoder
-#: escapes). Every action let through is noted as a flow event just after its
-#: start record is drafted, and the event's params, the very same object, are
-#: encoded again for the usage store (``aegis.stores.usage.params_json``): it
-#: takes this text instead (about 12k instructions an action). A FrozenDict
-#: never changes, and the entry holds it, so its identity cannot be reused.
-LAST_FLAT_PARAMS: Final[list[tuple[object, str]]] = [(None, "")]
 
 
 def storable_text(text: str) -> str:
@@ -407,6 +398,9 @@ def storable_json(value: Any) -> str:
     string while the rest is kept (see the module docstring). The text never
     holds a lone surrogate, so every database can store it.
     """
+    cached = _action.PARAMS_TEXT
+    if cached[0] is value:  # an action's params just encoded: the same text (see PARAMS_TEXT)
+        return cached[1]
     data = value._data if type(value) is FrozenDict else value if type(value) is dict else None
     if data is not None and _flat_encoder is not None:
         # An action's params are mostly a flat object of text and numbers:
@@ -416,22 +410,12 @@ def storable_json(value: Any) -> str:
             if type(key) is not str or type(item) not in _FLAT_TYPES:
                 break
         else:
-            decided = _action._decided
-            if decided[0] is value:
-                # The params of the action just decided: canonical_json wrote
-                # this very text (a flat object's is the same with either
-                # encoder's options), and kept it only when ASCII.
-                return decided[1]
             try:
                 text = "".join(_flat_encoder(data, 0))
             except ValueError:
                 pass  # NaN, or an int past the digit limit: the general path below fixes it
             else:
-                if not text.isascii():
-                    return _utf8_safe(text, value)
-                if data is not value and "\x7f" not in text:
-                    LAST_FLAT_PARAMS[0] = (value, text)  # one store: atomic for other threads
-                return text
+                return text if text.isascii() else _utf8_safe(text, value)
     try:
         text = _encode(value)
         if too_deep(text):  # stored as written, it could not be read back

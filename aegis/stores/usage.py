@@ -35,7 +35,6 @@ from typing import Any, Final
 import aegis.core.action as _action
 from aegis.core.action import FrozenDict, _huge_ints_as_text, freeze, thaw
 from aegis.core.limits import Charge, FlowEvent, flow_event
-from aegis.core.record import LAST_FLAT_PARAMS
 from aegis.errors import StoreError
 from aegis.stores.base import Acquired, Request, UsageStore
 
@@ -104,11 +103,10 @@ def widest(kept: object, given: float | None) -> float | None:
 
 def params_json(params: Any) -> str:
     """A flow event's params as stored: canonical JSON, odd values as their repr."""
+    cached = _action.PARAMS_TEXT
+    if cached[0] is params:  # an action's params just encoded: the same text (see PARAMS_TEXT)
+        return cached[1]
     data = params._data if type(params) is FrozenDict else None
-    if data is not None:
-        last = LAST_FLAT_PARAMS[0]
-        if last[0] is params:  # the start record's text, just encoded: the same text
-            return last[1]
     if data is not None and _flat_params is not None:
         # Every action let through is noted: the usual flat params (text and
         # numbers, no container) skip thaw's copy and json.dumps's per-call
@@ -117,11 +115,6 @@ def params_json(params: Any) -> str:
             if type(key) is not str or type(item) not in _FLAT_PARAMS:
                 break
         else:
-            decided = _action._decided
-            if decided[0] is params and "\x7f" not in decided[1]:
-                # canonical_json's ASCII text of these very params, as the runtime
-                # decided them: json.dumps's too, but for a DEL only it escapes
-                return decided[1]
             try:
                 return "".join(_flat_params(data, 0))
             except ValueError:

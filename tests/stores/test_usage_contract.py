@@ -346,6 +346,54 @@ def test_an_event_keeps_its_params_as_json_dumps_writes_them_after_the_start_rec
     assert params_json(Action("send", "mail", params).params) == expected  # an equal, new one
 
 
+# Text with what each encoder writes its own way: DEL (only the ASCII encoder
+# escapes it), lone surrogates (UTF-8 has none), non-ASCII, and the very
+# characters that tell an array in canonical text (":[).
+_TRICKY_TEXT = st.text(st.sampled_from('a"\\:[]{}\x7f\x00\n')) | st.text(
+    st.sampled_from('a"\\:[]{}\x7f\u00e9\u202e\ud800\udcff\U0001f600')
+)
+_SCALARS = (
+    _TRICKY_TEXT
+    | st.integers()
+    | st.integers(4300, 4400).map(lambda digits: -(10**digits))  # past int -> str's limit
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.booleans()
+    | st.none()
+)
+_PARAMS = st.dictionaries(
+    _TRICKY_TEXT,
+    st.recursive(
+        _SCALARS,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.frozensets(st.integers() | _TRICKY_TEXT, max_size=3)
+            | st.dictionaries(_TRICKY_TEXT, inner, max_size=3)
+        ),
+        max_leaves=6,
+    )
+    # a set: canonical_json orders it by each element's text, json.dumps by the elements
+    | st.frozensets(st.integers(), min_size=2, max_size=4),
+    max_size=4,
+)
+
+
+@settings(max_examples=300)
+@given(params=_PARAMS)
+def test_params_just_decided_store_as_params_never_encoded(params: dict[str, Any]) -> None:
+    """The start record and the flow event take canonical_json's text of the params it just
+    encoded when that text is theirs too: whatever the params hold (DEL, surrogates, non-ASCII,
+    ints past the digit limit, nesting), both are what encoding another equal object gives."""
+    action = Action("send", "mail", params)
+    other = Action("send", "mail", params).params  # equal, never passed to canonical_json
+    expected_start, expected_event = storable_json(other), params_json(other)
+    canonical_json(action)  # as the runtime does when it decides the action
+    assert storable_json(action.params) == expected_start
+    assert params_json(action.params) == expected_event
+    canonical_json(action)  # again: the event is noted after the start record's draft too
+    assert params_json(action.params) == expected_event
+    assert storable_json(action.params) == expected_start
+
+
 def test_an_int_too_long_to_print_is_kept_as_canonical_json_writes_it(make_store: Factory) -> None:
     """Past the 4,300-digit limit of int -> str (an Action takes one): kept, on every engine,
     as the same marked hex text every engine reads back alike."""

@@ -40,8 +40,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import aegis.core.action as _action
 from aegis.core.limits import Charge, FlowEvent
-from aegis.core.record import LAST_FLAT_PARAMS
 from aegis.errors import StoreError
 from aegis.stores.sqlite.connection import SQLiteDatabase
 from aegis.stores.sqlite.schema import migrate
@@ -787,10 +787,10 @@ class StartGuard:
         event = self.event
         if event is not None:
             # _remember, inline (every action let through comes here), with the
-            # start record's params text when its draft just encoded these params
+            # params text canonical_json kept when it decided them (PARAMS_TEXT)
             params = event.params
-            last = LAST_FLAT_PARAMS[0]
-            text = last[1] if last[0] is params else params_json(params)
+            cached = _action.PARAMS_TEXT
+            text = cached[1] if cached[0] is params else params_json(params)
             try:
                 cur.execute(_NOTE, (event.session_id, event.type, event.target, text, event.at))
             except UnicodeEncodeError as exc:  # the audit's transaction rolls back
