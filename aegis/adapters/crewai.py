@@ -20,6 +20,12 @@ to what it is given, with one semantics (see
 CrewAI lets a hook that raises pass the call (it fails open); these hooks
 never raise: anything unexpected blocks the call and is recorded.
 
+A call covered by several govern() calls (a crew and one of its agents, or
+a crew and a list of its tools) is decided once, by the first of them that
+was made: one decision, one approval asked, one record. When they differ
+in runtime or target, which decision holds is ambiguous: the call is
+blocked, recorded by the first (rule ``<aegis>``), and does not run.
+
 The record says what really happened. CrewAI turns a tool's exception, and
 its own refusals (arguments its validation rejects, a usage limit reached,
 a ReAct call repeated word for word), into the text the model reads, and
@@ -164,18 +170,27 @@ class _Hooks:
         return any(tool is governed for governed in self.tools)
 
     def before(self, context: Any) -> bool | None:
-        """CrewAI's before-tool hook: ``None`` lets the call run, ``False`` blocks it."""
+        """CrewAI's before-tool hook: ``None`` lets the call run, ``False`` blocks it.
+
+        A call several govern() calls cover is decided once, by the first of
+        them (CrewAI runs the hooks in the order they were registered); the
+        others let it pass to that decision. The tool's guard runs it only
+        for the one decision.
+        """
         if not self.applies(context):
             return None
+        covering = [hooks for hooks in list(_registered.values()) if hooks.applies(context)]
+        if covering and covering[0] is not self:
+            return None  # decided once, by the first govern() covering it
         try:
-            return self._before(context)
+            return self._before(context, covering)
         except Exception as exc:  # CrewAI would let the call pass: block it instead
             _log.exception("the Aegis hook failed; the call is blocked")
             with self.lock:
                 self.refused[id(context.tool_input)] = f"blocked: the Aegis hook failed ({exc})"
             return False
 
-    def _before(self, context: Any) -> bool | None:
+    def _before(self, context: Any, covering: list[_Hooks]) -> bool | None:
         governor = self.governor
         tool = getattr(context.tool, "_original_tool", None) or context.tool
         role = getattr(context.agent, "role", None)
@@ -187,6 +202,7 @@ class _Hooks:
             call_id=_call_id(context),
             description=_description(tool),
             agent=role if isinstance(role, str) and role else governor.agent,
+            unreadable=_ambiguous(self, covering),
         )
         loop = _portal.loop()
         allowed = threading.Event()
@@ -311,6 +327,27 @@ def ungovern(crew_or_agent_or_tools: Any) -> None:
         unregister_before_tool_call_hook(hooks.before)
         unregister_after_tool_call_hook(hooks.after)
         hooks.release()
+
+
+def _ambiguous(first: _Hooks, covering: list[_Hooks]) -> str | None:
+    """Why a call covered by govern() calls that would decide it differently is refused.
+
+    Calls covered twice with one runtime and one target are decided once;
+    with two runtimes (two policies, two audit trails) or two targets, which
+    decision holds is ambiguous, so the call is blocked (recorded by the first).
+    """
+    mine = first.governor
+    others = [
+        hooks.governor
+        for hooks in covering
+        if hooks.governor.runtime is not mine.runtime or hooks.governor.target != mine.target
+    ]
+    if not others:
+        return None
+    return (
+        f"{len(covering)} govern() calls cover this call with different runtimes or "
+        "targets, so which decision holds is ambiguous; govern each tool once"
+    )
 
 
 def _settle(outcome: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -458,3 +458,65 @@ def test_a_governed_tool_run_without_crewais_hooks_does_not_run(given: str) -> N
     assert [(r["action_params"], r["result_status"]) for r in audit.records] == [
         ({"customer_id": 7}, "blocked")
     ]
+
+
+@pytest.mark.parametrize("also", ["its tools", "its agent"])
+async def test_a_call_two_govern_calls_cover_is_decided_once(also: str) -> None:
+    """A crew governed, and its tools (or its agent) governed again with the same runtime.
+
+    The refund needs approval: the reviewer is asked once, the tool runs
+    once, and the trail holds one record of the call.
+    """
+    from crewai import Agent, Crew, Task
+    from crewai.tools import tool
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    run = Run()
+    asked: list[object] = []
+
+    def reviewer(decision: object) -> bool:
+        asked.append(decision)
+        return True
+
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(reviewer, audit=audit)
+    tools = [tool(name)(fn) for name, fn in _recorders(run).items()]
+    llm = scripted_crewai_llm([("refund", {"order_id": "17", "amount": 120.0}, "c1")])
+    agent = Agent(role="support", goal="help", backstory="a desk", llm=llm, tools=tools)
+    crew = govern(
+        Crew(agents=[agent], tasks=[Task(description="go", expected_output="x", agent=agent)]),
+        runtime,
+    )
+    again = govern(tools if also == "its tools" else agent, runtime)
+    try:
+        await asyncio.to_thread(crew.kickoff)
+    finally:
+        ungovern(again)
+        ungovern(crew)
+    assert run.executed == [("refund", {"order_id": "17", "amount": 120.0})]
+    assert len(asked) == 1
+    [record] = audit.records
+    assert (record["result_status"], record["context"]["tool_call_id"]) == ("success", "c1")
+
+
+async def test_a_call_covered_by_two_runtimes_is_refused() -> None:
+    """Two govern() calls with different runtimes cover a call: ambiguous, so blocked, once."""
+    from aegis.adapters.crewai import govern, ungovern
+
+    run = Run()
+    first, second = InMemoryAuditLog(), InMemoryAuditLog()
+    crew = _crew(run, [("lookup", {"customer_id": 1}, "c1")])
+    governed = govern(crew, make_runtime(audit=first))
+    tools = list(crew.agents[0].tools)  # type: ignore[attr-defined]
+    again = govern(tools, make_runtime(audit=second))
+    try:
+        await asyncio.to_thread(crew.kickoff)  # type: ignore[attr-defined]
+    finally:
+        ungovern(again)
+        ungovern(governed)
+    assert run.executed == []
+    [record] = first.records
+    assert (record["result_status"], record["matched_rule"]) == ("blocked", "<aegis>")
+    assert "ambiguous" in str(record["result_error"])
+    assert second.records == []

@@ -229,19 +229,19 @@ async def test_a_copy_of_a_governed_tool_has_a_watch_of_its_own() -> None:
     original = _lookup_tool(ran)
     governed = govern([original], make_runtime())
     copy = original.model_copy(update={"desk": "B"})
-    alone = govern([copy], make_runtime())
+    audit = InMemoryAuditLog()
+    runtime = make_runtime(audit=audit)
+    alone = govern([copy], runtime)
     try:
         with pytest.raises(Exception, match=UNDECIDED):
             copy.run(customer_id=1)  # covered by both govern() calls
         ungovern(governed)
         with pytest.raises(Exception, match=UNDECIDED):
-            copy.run(customer_id=2)  # still covered by its own
+            copy.run(customer_id=2)  # still covered by its own (recorded by it)
         assert "desk A" in original.run(customer_id=3)  # the original is free again
-        audit = InMemoryAuditLog()
-        await _kickoff_governed(
-            _agent([copy], [("lookup", {"customer_id": 4}, "c1")]), make_runtime(audit=audit)
-        )
-        assert [r["result_status"] for r in audit.records] == ["success"]
+        # The crew's govern() and the copy's own cover the call: one decision.
+        await _kickoff_governed(_agent([copy], [("lookup", {"customer_id": 4}, "c1")]), runtime)
+        assert [r["result_status"] for r in audit.records] == ["blocked", "success"]
     finally:
         ungovern(governed)
         ungovern(alone)
