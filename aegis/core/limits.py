@@ -690,6 +690,38 @@ def _glob(pattern: object, what: str) -> Callable[[str], object]:
     return re.compile(fnmatch.translate(pattern)).match
 
 
+#: digits an int in a flow condition's params may have: any process prints one this long
+#: (Python's int digit limit is 640 at least), so an event keeps it as a number
+_FLOW_INT_DIGITS: Final = 600
+_FLOW_INT_BOUND: Final = 10**_FLOW_INT_DIGITS
+
+
+def _huge_int(params: Mapping[str, Any]) -> str | None:
+    """Where ``params`` holds an int too long for every process to store as a number.
+
+    A flow event's params are JSON (:func:`~aegis.core.action.canonical_json`'s
+    text): an int past the writing process's digit limit is kept as a marked
+    hex text, which a ``param_eq`` of that int never equals, so an ``after``
+    would never see the action it looks for. ``None`` when there is none;
+    else what to name in the error.
+    """
+    stack: list[tuple[str, object]] = [
+        (f"{kind}.{path}", value)
+        for kind, conditions in params.items()
+        if isinstance(conditions, Mapping)
+        for path, value in conditions.items()
+    ]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, int) and not -_FLOW_INT_BOUND < value < _FLOW_INT_BOUND:
+            return f"the int of {where}"
+        if isinstance(value, Mapping):
+            stack.extend((f"{where}.{key}", item) for key, item in value.items())
+        elif isinstance(value, list | tuple | set | frozenset):
+            stack.extend((where, item) for item in value)
+    return None
+
+
 def compile_flow(name: str, spec: object) -> FlowSpec:
     """Validate and compile one ``after`` / ``not_after`` condition.
 
@@ -720,6 +752,16 @@ def compile_flow(name: str, spec: object) -> FlowSpec:
                     f" {', '.join(PARAM_CONDITIONS)}",
                     key="params",
                 )
+        huge = _huge_int(params)
+        if huge is not None:
+            raise LimitSpecError(
+                f"{name} params: {huge} has more than {_FLOW_INT_DIGITS} digits; an earlier"
+                " action's params are kept as JSON, where a process may write an int that"
+                " long as text (Python prints no more than its int digit limit), so the"
+                " condition could not tell whether the action it looks for ran; compare a"
+                " shorter number, or pass the value as text",
+                key="params",
+            )
         try:
             compiled = compile_conditions(params)
         except ConditionSpecError as exc:

@@ -535,3 +535,50 @@ def test_a_flow_event_built_the_short_way_is_the_same_frozen_event() -> None:
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.at = 0.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"param_eq": {"n": 10**5000}},
+        {"param_eq": {"n": -(10**600)}},
+        {"param_in": {"n": [1, 10**4400]}},
+        {"param_eq": {"ids": {"a": [10**700]}}},
+    ],
+    ids=["past the digit limit", "601 digits", "in a list", "nested"],
+)
+def test_a_flow_condition_comparing_an_int_a_stored_event_may_hold_as_text_is_refused(
+    params: dict[str, Any],
+) -> None:
+    """An int some process stores as text in an event's params (past its digit limit, which is
+    640 at least) would never equal an earlier action's: the after rule it is in would never
+    block. The policy is refused at load, saying why and what to do."""
+    rule = {
+        "name": "no_send_after_secret",
+        "match": {"type": "send"},
+        "conditions": {"after": {"type": "read_secret", "params": params}},
+        "approval": "block",
+    }
+    with pytest.raises(PolicyError) as caught:
+        Policy.from_dict({"rules": [rule]})
+    assert "more than 600 digits" in str(caught.value)
+    assert "no_send_after_secret" in str(caught.value)
+
+
+def test_a_flow_condition_of_an_int_every_process_stores_as_a_number_is_taken() -> None:
+    """600 digits: every process keeps it as a number, so the condition is compiled."""
+    history = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "r",
+                    "match": {"type": "send"},
+                    "conditions": {
+                        "after": {"type": "read", "params": {"param_eq": {"n": 10**600 - 1}}}
+                    },
+                    "approval": "block",
+                }
+            ]
+        }
+    )
+    assert history.limits is not None

@@ -529,3 +529,37 @@ async def test_an_approved_action_passes_over_its_own_event_only_not_its_twin(
     if left is not None:
         assert len(left.recall("s", None, "send_external")) == 2  # no ids: its own stays
         left.close()
+
+
+async def test_a_long_int_a_flow_condition_compares_matches_the_stored_event(
+    trail: Trail,
+) -> None:
+    """The longest int a flow condition may compare (600 digits, refused past that) is kept
+    as a number in the event: the earlier read is seen, and the send after it is blocked."""
+    n = 10**600 - 1
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "no_send_after_that_secret",
+                    "match": {"type": "send_email"},
+                    "conditions": {
+                        "after": {"type": "read_secret", "params": {"param_eq": {"n": n}}}
+                    },
+                    "approval": "block",
+                },
+                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+            ]
+        }
+    )
+    async with Runtime(
+        executor=lambda action: "ok", policy=policy, audit_logger=trail.open(), session_id="s"
+    ) as rt:
+        before = await rt.run_one(Action("send_email", "smtp"))
+        read = await rt.run_one(Action("read_secret", "vault", {"n": n}))
+        after = await rt.run_one(Action("send_email", "smtp"))
+    assert [before.status, read.status, after.status] == [
+        ResultStatus.SUCCESS,
+        ResultStatus.SUCCESS,
+        ResultStatus.BLOCKED,
+    ]
