@@ -223,7 +223,7 @@ def _extension(
     context: object, decided_at: object, kind: object, digest: object, start_id: object
 ) -> str:
     if (
-        context is None
+        (context is None or type(context) is str)
         and type(decided_at) is str
         and type(digest) is str
         and type(kind) is str
@@ -235,9 +235,13 @@ def _extension(
         and not both.encode().translate(None, _VERBATIM)
     ):
         # What the runtime writes: a time, a hex digest, a kind, maybe an
-        # id; every character one the encoder writes as it is.
+        # id; every character one the encoder writes as it is. A context is
+        # stored as JSON text already, written as it is (see _json_text).
         head = (
             f',{{"decided_at":"{decided_at}","kind":{_KIND_TEXT[kind]},"policy_digest":"{digest}"'
+            if context is None
+            else f',{{"context":{context},"decided_at":"{decided_at}","kind":{_KIND_TEXT[kind]},'
+            f'"policy_digest":"{digest}"'
         )
         if start_id is None:
             return head + "}"
