@@ -749,13 +749,20 @@ class Inbox:
         return response
 
     async def events(self, request: Request) -> Response:
-        """Server-sent events: ``pending`` whenever the set of pending requests changes."""
+        """Server-sent events: ``pending`` whenever the pending requests change.
+
+        Its data: the ids of the list as the page filters and sorts it (the
+        script fetches rows only when they differ from the ones it shows),
+        how many approvals each has (one withdrawn by a revocation leaves
+        the ids as they were), the count of all pending, and with
+        ``?request=ID`` (a request's page) that request's state: its status
+        and who approved it so far, so the page sees an approval withdrawn.
+        """
         reviewer = await self.reviewer(request)
         if reviewer is None:
             return Response(status_code=401, headers=_headers(request))
-        # the ids of the list as the page filters and sorts it: the script
-        # fetches rows only when they differ from the ones it shows
         shown, _ = _pending_filters(request.query_params)
+        watched = request.query_params.get("request", "")
         waker = asyncio.Event()
         self._wakers.add(waker)
 
@@ -785,7 +792,13 @@ class Inbox:
                             RequestStatus.PENDING,
                             groups=current.principal.groups,
                         )
-                        ids = {"ids": [item.id for item in page], "total": total}
+                        ids: dict[str, Any] = {
+                            "ids": [item.id for item in page],
+                            "approvals": [len(item.approvals) for item in page],
+                            "total": total,
+                        }
+                        if watched:
+                            ids["request"] = await self._request_state(current, watched)
                         if ids != last:
                             # the first event too: the page may be older than this
                             # stream, and the script refreshes only if rows or count differ
@@ -810,6 +823,21 @@ class Inbox:
         headers = _headers(request)
         headers["X-Accel-Buffering"] = "no"  # a proxy in front must not hold events back
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    async def _request_state(self, reviewer: Reviewer, request_id: str) -> dict[str, Any] | None:
+        """What a request's open page needs to know is still so: status, who approved it."""
+        try:
+            found = await self.service.get(reviewer.principal, request_id)
+        except ApprovalServiceError:
+            return None  # gone, or not this reviewer's to see: the page keeps what it has
+        now = self.service.clock()
+        outcome = request_outcome(found, now)
+        return {
+            "id": found.id,
+            "status": str(outcome["status"]) if outcome else found.status.value,
+            "approved_by": [d.reviewer for d in found.approvals],
+            "approvers": found.approvers,
+        }
 
     # -------------------------------------------------------------- one request
 
@@ -1355,6 +1383,7 @@ def _request_view(item: ApprovalRequest, now: datetime) -> dict[str, Any]:
     view["time_left"] = human_duration(left) if left > 0 else "expired"
     view["urgent"] = left < 300
     # epoch milliseconds for the script's clocks (Date.parse is unsure of microseconds)
+    view["approved"] = len(item.approvals)
     view["created_ms"] = int(item.created_at.timestamp() * 1000)
     view["expires_ms"] = int(item.expires_at.timestamp() * 1000)
     return view

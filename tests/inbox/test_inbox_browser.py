@@ -19,7 +19,7 @@ import pytest
 import yaml
 from axe_support import axe_problems, install_axe
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
-from serve_support import Server, create_token
+from serve_support import Server, aegis, create_token
 
 from aegis import Action, Policy, Result, ResultStatus, Runtime
 from aegis.runtime.approval_remote import RemoteApprovalHandler
@@ -734,6 +734,86 @@ def test_right_to_left_text_reads_in_its_own_direction(world: World) -> None:
     expect(page.locator(".flash-ok")).to_contain_text("Decided: denied")
     assert future.result(WAIT_MS / 1000).status is ResultStatus.DENIED
     page.context.close()
+
+
+def test_an_approval_withdrawn_by_a_revocation_shows_live(world: World, axe_source: str) -> None:
+    """bob approved a two-person request; alice has the list and the request open, bob his
+    page of it. `aegis token revoke bob` withdraws his approval: without a reload, alice's
+    request page marks it withdrawn and its decision buttons go, her list says the request
+    lost an approval, and bob's page signs him out. Both of alice's pages pass axe-core."""
+    db = world.server.args[world.server.args.index("--db") + 1]
+    bob_name = "bob-withdrawn"
+    bob = create_token(db, bob_name, "reviewer")
+    world.tokens[bob_name] = bob
+    agent = {"Authorization": f"Bearer {world.tokens['support-bot']}"}
+    asked = httpx.post(
+        f"{world.server.url}/api/v1/approvals",
+        json={
+            "session_id": "s-withdrawn",
+            "action": {"type": "close_account", "target": "crm-withdrawn", "params": {"id": 7}},
+            "risk_level": "medium",
+            "matched_rule": "accounts",
+            "approvers": 2,
+        },
+        headers=agent,
+        timeout=30,
+    )
+    assert asked.status_code == 201, asked.text
+    request_id = asked.json()["id"]
+    approved = httpx.post(
+        f"{world.server.url}/api/v1/approvals/{request_id}/decision",
+        json={"verdict": "approve"},
+        headers={"Authorization": f"Bearer {bob}"},
+        timeout=30,
+    )
+    assert approved.status_code == 200, approved.text
+    pending = world.signed_in()
+    expect(pending.locator("#live")).to_have_class("live on", timeout=WAIT_MS)
+    row = world.row(pending, "crm-withdrawn")
+    expect(row.locator(".approvals-line")).to_have_text("1 of 2 approvals")
+    page = pending.context.new_page()
+    page.goto(f"{world.server.url}/requests/{request_id}")
+    expect(page.locator(".decisions li")).to_contain_text(bob_name)
+    expect(page.locator("#approved-count")).to_have_text("1")
+    expect(page.locator("#approve")).to_be_visible()
+    his = world.signed_in(bob_name)
+    his.goto(f"{world.server.url}/requests/{request_id}")
+    expect(his.locator("#refusal")).to_be_visible()  # he approved it already
+    for each in (pending, page, his):
+        each.evaluate("window.__notReloaded = 7")
+
+    revoked = aegis("token", "revoke", bob_name, "--db", db)
+    assert request_id in revoked.stderr
+
+    expect(page.locator("#gone")).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#gone")).to_contain_text("withdrawn")
+    expect(page.locator("#gone")).to_contain_text("0 of 2 approvals now count")
+    expect(page.locator(".decisions li.withdrawn")).to_contain_text(bob_name)
+    expect(page.locator("#approved-count")).to_have_text("0")
+    expect(page.locator("#approve")).to_be_hidden()
+    expect(page.locator("#deny")).to_be_hidden()
+    expect(page.locator("#comment")).to_be_disabled()
+    page.keyboard.press("a")  # the shortcut decides nothing either
+    expect(row).to_have_class(re.compile(r"\bwithdrawn\b"), timeout=WAIT_MS)
+    expect(row.locator(".approvals-line")).to_contain_text("0 of 2 approvals")
+    expect(row.locator(".approvals-line")).to_contain_text("an approval was withdrawn")
+    expect(his).to_have_url(re.compile(r"/signin"), timeout=WAIT_MS)
+    for each in (pending, page):
+        assert each.evaluate("window.__notReloaded") == 7
+    page.screenshot(path=OUTPUT / "inbox-approval-withdrawn.png", full_page=True)
+    pending.screenshot(path=OUTPUT / "inbox-list-withdrawn.png")
+    assert axe_problems(page, axe_source) == []
+    assert axe_problems(pending, axe_source) == []
+    status = httpx.get(
+        f"{world.server.url}/api/v1/approvals/{request_id}", headers=agent, timeout=30
+    ).json()
+    assert (status["status"], status["decisions"]) == ("pending", [])  # nothing was decided
+    cancelled = httpx.post(
+        f"{world.server.url}/api/v1/approvals/{request_id}/cancel", headers=agent, timeout=30
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    pending.context.close()
+    his.context.close()
 
 
 @pytest.fixture(scope="module")

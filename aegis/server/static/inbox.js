@@ -37,11 +37,34 @@
     });
   }
 
+  function rowApprovals(tbody) {
+    return Array.prototype.map.call(tbody.querySelectorAll("tr[data-id]"), function (tr) {
+      return Number(tr.dataset.approvals || 0);
+    });
+  }
+
   function livePending() {
     var live = document.getElementById("live");
     var tbody = document.getElementById("pending-rows");
     if (!live || !tbody || !window.EventSource) return;
     var busy = false, again = false, total = null, matching = null;
+    // rows whose approvals went down while shown (a revoked reviewer's, withdrawn):
+    // id -> the count after, marked until the count moves on
+    var withdrawn = {};
+
+    function markWithdrawn(tr) {
+      var left = Number(tr.dataset.approvals || 0);
+      if (!(tr.dataset.id in withdrawn)) return;
+      if (withdrawn[tr.dataset.id] !== left) { delete withdrawn[tr.dataset.id]; return; }
+      tr.classList.add("withdrawn");
+      var line = tr.querySelector(".approvals-line");
+      if (line && !line.querySelector(".withdrawn-note")) {
+        var note = document.createElement("strong");
+        note.className = "withdrawn-note";
+        note.textContent = " \u2013 an approval was withdrawn";
+        line.appendChild(note);
+      }
+    }
 
     function refresh() {
       if (busy) { again = true; return; }
@@ -56,14 +79,18 @@
         })
         .then(function (html) {
           if (html === null) return;
-          var before = rowIds(tbody);
+          var before = rowIds(tbody), had = rowApprovals(tbody);
           // parsed into an inert document: nothing in it runs
           var doc = new DOMParser().parseFromString("<table><tbody>" + html + "</tbody></table>", "text/html");
           var rows = Array.prototype.slice.call(doc.querySelectorAll("tbody > tr"));
           rows.forEach(function (tr) {
-            if (before.indexOf(tr.dataset.id) < 0) tr.classList.add("new");
+            var at = before.indexOf(tr.dataset.id);
+            if (at < 0) tr.classList.add("new");
+            else if (Number(tr.dataset.approvals || 0) < had[at]) withdrawn[tr.dataset.id] = Number(tr.dataset.approvals || 0);
           });
-          tbody.replaceChildren.apply(tbody, rows.map(function (tr) { return document.importNode(tr, true); }));
+          rows = rows.map(function (tr) { return document.importNode(tr, true); });
+          rows.forEach(markWithdrawn);
+          tbody.replaceChildren.apply(tbody, rows);
           var empty = document.getElementById("pending-empty");
           if (empty) empty.hidden = rows.length > 0;
           var count = document.getElementById("pending-count");
@@ -92,6 +119,7 @@
       try { data = JSON.parse(event.data); } catch (e) { data = null; }
       var count = document.getElementById("pending-count");
       if (data && Array.isArray(data.ids) && data.ids.join("\n") === rowIds(tbody).join("\n") &&
+          (!Array.isArray(data.approvals) || data.approvals.join(",") === rowApprovals(tbody).join(",")) &&
           (!count || count.textContent === String(data.total))) return;
       refresh();
     });
@@ -167,9 +195,18 @@
     var gone = document.getElementById("gone");
     if (!article || !gone || !article.dataset.events || !window.EventSource) return;
     var source = new EventSource(article.dataset.events);
+    // signed out meanwhile (revoked, or signed out elsewhere): nothing here may be decided
+    source.addEventListener("signout", function () { source.close(); window.location.reload(); });
     source.addEventListener("pending", function (event) {
-      var ids = null;
-      try { ids = JSON.parse(event.data).ids; } catch (e) { return; }
+      var data = null;
+      try { data = JSON.parse(event.data); } catch (e) { return; }
+      var state = data && data.request;
+      if (state && state.id === article.dataset.id) {
+        if (state.status !== "pending") { decided(state.status); return; }
+        if (Array.isArray(state.approved_by)) lost(state.approved_by, state.approvers);
+        return;
+      }
+      var ids = data && data.ids;
       if (!Array.isArray(ids) || ids.indexOf(article.dataset.id) >= 0) return;
       // not among the newest pending: ask the page itself whether it still is
       fetch(window.location.pathname, { credentials: "same-origin", headers: { "Accept": "text/html", "X-Inbox-Peek": "1" } })
@@ -182,6 +219,37 @@
         })
         .catch(function () { /* the next event asks again */ });
     });
+    // approvals this page shows that no longer count (their reviewer's token or
+    // access was revoked): marked, and the form stays shut until a reload
+    function lost(approvedBy, approvers) {
+      var stale = Array.prototype.filter.call(
+        document.querySelectorAll(".decisions li[data-verdict='approve']"),
+        function (li) { return approvedBy.indexOf(li.dataset.reviewer) < 0 && !li.classList.contains("withdrawn"); });
+      if (!stale.length) return;
+      stale.forEach(function (li) {
+        li.classList.add("withdrawn");
+        var mark = document.createElement("strong");
+        mark.className = "withdrawn-note";
+        mark.textContent = " withdrawn: no longer counts";
+        li.appendChild(mark);
+      });
+      var count = document.getElementById("approved-count");
+      if (count) count.textContent = String(approvedBy.length);
+      gone.textContent = (stale.length === 1 ? "An approval" : stale.length + " approvals") +
+        " of this request " + (stale.length === 1 ? "was" : "were") +
+        " withdrawn while you had it open (the reviewer's access was revoked): " +
+        approvedBy.length + " of " + approvers + " approvals now count. Reload to see it as it stands before you decide.";
+      gone.classList.add("withdrawn");
+      gone.hidden = false;
+      shut();
+      var buttons = document.getElementById("decide-buttons");
+      if (buttons) buttons.hidden = true;
+    }
+    function shut() {
+      document.querySelectorAll("#decide button, #decide textarea, #decide input").forEach(function (el) {
+        if (el.type !== "hidden") el.disabled = true;
+      });
+    }
     function decided(status) {
       source.close();
       gone.textContent = "This request was " + status + " elsewhere while you had it open; nothing you do here changes it. Reload to see who decided.";
