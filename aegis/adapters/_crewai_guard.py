@@ -1,5 +1,9 @@
 """The guard on governed CrewAI tools: a tool runs only the call Aegis decided, once.
 
+Size: one module, because the ticket, the watch on a tool's attributes, the
+guard in its class and the followed copies are one mechanism: each decides
+through :func:`_claim`, and splitting them would only spread its state.
+
 :mod:`aegis.adapters.crewai` decides each call in CrewAI's before-tool
 hook, but CrewAI runs a tool's function itself, and some of its paths (and
 any code holding the tool) run it without the hooks. So while ``govern()``
@@ -21,11 +25,19 @@ A watched function runs only when it is claimed by a :class:`Ticket`:
   arguments is named in its call's record; a run with no call behind it is
   recorded as blocked by the first govern() covering the tool.
 
-A function of the tool called from within its own run (``Tool._run``
-calls ``func``; a subclass's ``_run`` its parent's) runs as part of that
-run. CrewAI's async ReAct path would run a sync function on an executor
-thread, which does not carry the context: for a governed tool it runs
-CrewAI's own ``invoke`` there through :func:`asyncio.to_thread`, which
+A function of the tool called from within its own run (``Tool._run`` calls
+``func``; a subclass's ``_run`` its parent's) runs as part of that run, but
+only while that run is under way and only with exactly its decided arguments
+(positional ones named by the function's signature): the mark of a run is
+its ticket, not the tool. A task or thread the run starts inherits a copy of
+its context, and with it the mark; running the tool with other arguments, or
+after the run ended, it finds no decision and is refused and recorded as
+blocked. (Started and awaited by the run, with exactly the decided
+arguments, it runs as part of the run: the tool's own code chose to.) A
+newer call of the same tool decided inside the run (a nested crew) claims
+its own ticket. CrewAI's async ReAct path would run a sync function on an
+executor thread, which does not carry the context: for a governed tool it
+runs CrewAI's own ``invoke`` there through :func:`asyncio.to_thread`, which
 does.
 
 Two kinds of copies are followed. A structured tool (``CrewStructuredTool``)
@@ -38,11 +50,24 @@ gets its own watch, runs its own state, and is covered by the same
 ``govern()`` calls as the original. A function set on a governed tool
 (``tool.func = other``) is watched as it is set (``BaseTool``'s copy
 methods and ``__setattr__`` are wrapped once, process-wide, too).
+
+A method of a tool bound before ``govern()`` (``run = tool._run``) holds
+its class's function, not the tool's attribute. So every tool class's own
+``_run`` and ``_arun`` are guarded in the class too, process-wide, from the
+import of :mod:`aegis.adapters.crewai` on: the classes made by then, and
+every class made later (``BaseTool.__init_subclass__``). For tools nothing
+covers the guard only passes the call on. What cannot be reached: a method
+bound before that import (it holds the unguarded function), the plain
+function given to ``@tool`` (or a ``func`` read before govern()), which
+any holder can call as a Python function, and a tool class whose ``_run``
+is not a plain function.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import threading
 from contextvars import ContextVar
@@ -65,14 +90,16 @@ _lock = threading.RLock()
 _covering: dict[int, tuple[Any, list[Any]]] = {}
 #: the allowed calls whose tool may run in this context
 _decided: ContextVar[tuple[Ticket, ...]] = ContextVar("aegis_crewai_decided", default=())
-#: the tools (ids) whose claimed run is under way in this context
-_inside: ContextVar[tuple[int, ...]] = ContextVar("aegis_crewai_inside", default=())
+#: the allowed calls whose claimed run was started in this context
+_inside: ContextVar[tuple[Ticket, ...]] = ContextVar("aegis_crewai_inside", default=())
+#: on a tool class's own ``_run`` / ``_arun``: it is the guarded one
+_CLASS_GUARD = "_aegis_class_guard"
 
 
 class Ticket:
     """One allowed call: its tool, the arguments it may run with, and what its run did."""
 
-    __slots__ = ("error", "expected", "ran", "refused", "started", "tool")
+    __slots__ = ("active", "closed", "error", "expected", "ran", "refused", "started", "tool")
 
     def __init__(self, tool: Any, expected: dict[str, Any]) -> None:
         self.tool = tool
@@ -80,6 +107,10 @@ class Ticket:
         self.expected = expected
         #: the function was called for this call (once: a decision allows one run)
         self.started = False
+        #: its one run is under way
+        self.active = False
+        #: the call is over (the after-hook ran): nothing runs for it any more
+        self.closed = False
         #: the function returned for this call
         self.ran = False
         self.error: BaseException | None = None
@@ -153,28 +184,63 @@ def open_ticket(tool: Any, arguments: dict[str, Any]) -> Ticket:
 
 
 def close_ticket(ticket: Ticket) -> None:
-    """The call is over: its ticket is no longer found by a run."""
+    """The call is over: its ticket is no longer found by a run, in any context."""
+    ticket.closed = True
     _decided.set(tuple(t for t in _decided.get() if t is not ticket))
 
 
 def _claim(
-    tool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    tool: Any, inner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Ticket | None, Exception | None]:
-    """The ticket this run of ``tool`` serves, and why it may not run (if it may not)."""
-    if id(tool) in _inside.get():
-        return None, None  # part of the tool's own run under way
-    mine = [t for t in _decided.get() if t.tool is tool]
-    if not mine:
-        return None, _undecided(tool) if covered(tool) else None
-    ticket = mine[-1]
-    with _lock:
-        if ticket.started:
-            return None, _again(ticket)
-        if args or not _same(kwargs, ticket.expected):
-            ticket.refused = _changed(tool, ticket.expected, args, kwargs)
-            return None, ticket.refused
-        ticket.started = True
-    return ticket, None
+    """The ticket this run of ``tool`` serves, and why it may not run (if it may not).
+
+    In order: the newest open call of the tool not yet run, with exactly its
+    arguments, is claimed; a run under way in this context, of this tool,
+    with exactly its arguments, goes on (``Tool._run`` calling ``func``, a
+    subclass's ``_run`` its parent's); a second run for a call whose run is
+    over is refused as such (CrewAI's ReAct retry); anything else has no
+    decision behind it. A copy of the context kept past the run (a task or
+    thread the run started) finds the run over or the call closed, and other
+    arguments are never part of a run.
+    """
+    mine = [t for t in _decided.get() if t.tool is tool and not t.closed]
+    newest = mine[-1] if mine else None
+    if newest is not None and not newest.started and not args and _same(kwargs, newest.expected):
+        with _lock:
+            if not newest.started:
+                newest.started = True
+                return newest, None
+    given = _arguments(inner, args, kwargs)
+    for run in reversed(_inside.get()):
+        if run.tool is tool and run.active and not run.closed and _same(given, run.expected):
+            return None, None  # part of that run
+    if newest is not None and not newest.started:
+        newest.refused = _changed(tool, newest.expected, args, kwargs)
+        return None, newest.refused
+    if newest is not None and not newest.active:
+        return None, _again(newest)
+    return None, _undecided(tool) if covered(tool) else None
+
+
+def _arguments(inner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The arguments of a call of ``inner`` by name (``None`` when they cannot be named)."""
+    if not args:
+        return kwargs
+    try:
+        bound = inspect.signature(inner).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = bound.signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                return None
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return named
 
 
 def _same(given: Any, expected: Any) -> bool:
@@ -238,37 +304,13 @@ def _watcher(tool: Any, inner: Any) -> Any:
     if asyncio.iscoroutinefunction(inner):
 
         async def watched_async(*args: Any, **kwargs: Any) -> Any:
-            ticket, refusal = _claim(tool, args, kwargs)
-            if refusal is not None:
-                await _recorded(tool, args, kwargs, refusal)
-                raise refusal
-            if ticket is None:
-                return await inner(*args, **kwargs)
-            return await _awaited(ticket, tool, inner(*args, **kwargs))
+            return await _guarded_async(tool, inner, args, kwargs)
 
         watched: Any = watched_async
     else:
 
         def watched_sync(*args: Any, **kwargs: Any) -> Any:
-            ticket, refusal = _claim(tool, args, kwargs)
-            if refusal is not None:
-                _recorded_sync(tool, args, kwargs, refusal)
-                raise refusal
-            if ticket is None:
-                return inner(*args, **kwargs)
-            outer = _inside.get()
-            _inside.set((*outer, id(tool)))
-            try:
-                result = inner(*args, **kwargs)
-            except Exception as exc:
-                ticket.error = exc
-                raise
-            finally:
-                _inside.set(outer)
-            if asyncio.iscoroutine(result):
-                return _awaited(ticket, tool, result)
-            ticket.ran = True
-            return result
+            return _guarded_sync(tool, inner, args, kwargs)
 
         watched = watched_sync
     watched.__wrapped__ = inner
@@ -276,10 +318,51 @@ def _watcher(tool: Any, inner: Any) -> Any:
     return watched
 
 
-async def _awaited(ticket: Ticket, tool: Any, work: Any) -> Any:
+async def _guarded_async(
+    tool: Any, inner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run the coroutine function ``inner`` of ``tool`` if a decision covers the run."""
+    ticket, refusal = _claim(tool, inner, args, kwargs)
+    if refusal is not None:
+        await _recorded(tool, args, kwargs, refusal)
+        raise refusal
+    if ticket is None:
+        return await inner(*args, **kwargs)
+    return await _awaited(ticket, inner(*args, **kwargs))
+
+
+def _guarded_sync(tool: Any, inner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run the function ``inner`` of ``tool`` if a decision covers the run."""
+    ticket, refusal = _claim(tool, inner, args, kwargs)
+    if refusal is not None:
+        _recorded_sync(tool, args, kwargs, refusal)
+        raise refusal
+    if ticket is None:
+        return inner(*args, **kwargs)
+    outer = _inside.get()
+    _inside.set((*outer, ticket))
+    ticket.active = True
+    result: Any = None
+    try:
+        result = inner(*args, **kwargs)
+    except Exception as exc:
+        ticket.error = exc
+        raise
+    finally:
+        _inside.set(outer)
+        # A coroutine returned is the run still to come (_awaited runs it).
+        ticket.active = asyncio.iscoroutine(result)
+    if asyncio.iscoroutine(result):
+        return _awaited(ticket, result)
+    ticket.ran = True
+    return result
+
+
+async def _awaited(ticket: Ticket, work: Any) -> Any:
     """Await a claimed run's coroutine, as part of the tool's run, noting what it did."""
     outer = _inside.get()
-    _inside.set((*outer, id(tool)))
+    _inside.set((*outer, ticket))
+    ticket.active = True
     try:
         result = await work
     except Exception as exc:
@@ -287,6 +370,7 @@ async def _awaited(ticket: Ticket, tool: Any, work: Any) -> Any:
         raise
     finally:
         _inside.set(outer)
+        ticket.active = False
     ticket.ran = True
     return result
 
@@ -338,13 +422,82 @@ async def _recorded(
 
 
 def install() -> None:
-    """Follow structured tools and copies of tools (once per process; see the module)."""
+    """Follow tool classes, structured tools and copies of tools (once per process)."""
     with _lock:
         if CrewStructuredTool.__dict__.get("_aegis_guarded"):
             return
+        _follow_tool_classes()
         _follow_structured_tools()
         _follow_copies()
         type.__setattr__(CrewStructuredTool, "_aegis_guarded", True)
+
+
+def _follow_tool_classes() -> None:
+    """Guard the ``_run`` and ``_arun`` of every tool class, made already or from now on.
+
+    A method of a tool bound before govern() holds its class's function; a
+    class's own guarded function lets a bound method be watched like the
+    tool's attribute. Methods bound before this ran hold the unguarded one.
+    """
+    pending = list(BaseTool.__subclasses__())
+    seen: set[type] = set()
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        _guard_class(cls)
+        pending.extend(cls.__subclasses__())
+    made = BaseTool.__dict__.get("__init_subclass__")
+
+    def guarded_init_subclass(cls: type, /, **kwargs: Any) -> None:
+        if isinstance(made, classmethod):
+            made.__func__(cls, **kwargs)
+        else:
+            super(BaseTool, cls).__init_subclass__(**kwargs)
+        _guard_class(cls)
+
+    type.__setattr__(BaseTool, "__init_subclass__", classmethod(guarded_init_subclass))
+
+
+def _guard_class(cls: type) -> None:
+    """Put the guard on the class's own ``_run`` and ``_arun`` (once each)."""
+    for name in ("_run", "_arun"):
+        function = cls.__dict__.get(name)
+        if type(function) is not FunctionType or function.__dict__.get(_CLASS_GUARD):
+            continue
+        if getattr(function, "__isabstractmethod__", False):
+            continue
+        type.__setattr__(cls, name, _class_guard(function))
+
+
+def _class_guard(function: Any) -> Any:
+    """A tool class's ``function``, run for a tool only if a decision covers the run."""
+    if asyncio.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def guarded_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if _free(self):
+                return await function(self, *args, **kwargs)
+            return await _guarded_async(self, MethodType(function, self), args, kwargs)
+
+        guarded: Any = guarded_async
+    else:
+
+        @functools.wraps(function)
+        def guarded_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if _free(self):
+                return function(self, *args, **kwargs)
+            return _guarded_sync(self, MethodType(function, self), args, kwargs)
+
+        guarded = guarded_sync
+    guarded.__dict__[_CLASS_GUARD] = True
+    return guarded
+
+
+def _free(tool: Any) -> bool:
+    """Nothing covers ``tool`` and no call is open here: the guard has nothing to do."""
+    return id(tool) not in _covering and not _decided.get() and not _inside.get()
 
 
 def _adopt(structured: Any) -> Any:

@@ -60,11 +60,16 @@ that covers it, a tool runs as before.
 A run refused because no decision covers it is recorded as blocked, with
 the arguments it was run with, by the first govern() call covering the
 tool (rule ``<aegis>``); it did not run. A function set on a governed
-tool (``tool.func = other``) is watched as it is set. Still not covered:
-code holding the tool's plain function, or a method of it bound before
-govern() (outside a structured tool), runs it as any Python function; a
-tool object that takes no attributes cannot be watched. Keep governed
-tools out of reach of other code.
+tool (``tool.func = other``) is watched as it is set. A task or thread a
+tool's run starts does not inherit its right to run: run with other
+arguments, or after the run, it is refused and recorded as blocked. A
+method bound before govern() (``tool._run``) is guarded too: from this
+module's import on, every tool class's own ``_run`` and ``_arun`` are
+(process-wide; for tools nothing covers the guard only passes the call
+on). Still not covered: a method bound before this module was imported,
+and the plain function given to ``@tool`` (or a ``func`` read before
+govern()), which code holding it runs as any Python function. Keep
+governed tools out of reach of other code.
 
 An answer from CrewAI's tool cache (a call repeated with the same
 arguments, with the crew's or agent's ``cache`` on) is decided like any
@@ -118,6 +123,9 @@ except ImportError as exc:
     missing_extra("aegis.adapters.crewai", "crewai", exc)
 
 __all__ = ["govern", "ungovern"]
+
+# From import on, so that a tool method bound before govern() is guarded too.
+guard.install()
 
 _FRAMEWORK = "crewai"
 _log = logging.getLogger("aegis.adapters")

@@ -11,6 +11,7 @@ through a copy of the tool.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import threading
 from typing import Any
@@ -343,3 +344,100 @@ def test_a_function_set_on_a_governed_tool_is_watched() -> None:
         ungovern(governed)
     assert run.executed == []
     assert lookup.run(customer_id=8) == "deleted"
+
+
+@pytest.mark.parametrize("when", ["during the run", "after the call"])
+async def test_work_a_tools_run_starts_is_not_part_of_the_run(when: str) -> None:
+    """A thread the tool's run starts, in a copy of the run's context, runs nothing undecided.
+
+    It runs the tool with other arguments, while the run waits for it or
+    once the call is over: neither is the decided call, so both are refused
+    and recorded as blocked; the decided call runs once and is a success.
+    """
+    from crewai.tools import BaseTool
+    from pydantic import BaseModel
+
+    ran: list[int] = []
+    refused: list[BaseException] = []
+    later = threading.Event()
+    threads: list[threading.Thread] = []
+
+    class LookupArgs(BaseModel):
+        customer_id: int
+
+    class Lookup(BaseTool):  # type: ignore[misc]
+        name: str = "lookup"
+        description: str = "Look a customer up."
+        args_schema: type[BaseModel] = LookupArgs
+
+        def _run(self, customer_id: int) -> str:
+            ran.append(customer_id)
+            if customer_id == 1:
+                context = contextvars.copy_context()
+
+                def other() -> None:
+                    if when == "after the call":
+                        later.wait(10)
+                    try:
+                        context.run(self._run, customer_id=666)
+                    except Exception as exc:
+                        refused.append(exc)
+
+                threads.append(threading.Thread(target=other))
+                threads[0].start()
+                if when == "during the run":
+                    threads[0].join()
+            return f"customer {customer_id}: gold"
+
+    from crewai import Crew, Task
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    audit = InMemoryAuditLog()
+    agent = _agent([Lookup()], [("lookup", {"customer_id": 1}, "c1")])
+    task = Task(description="go", expected_output="x", agent=agent)
+    crew = govern(Crew(agents=[agent], tasks=[task]), make_runtime(audit=audit))
+    try:
+        await asyncio.to_thread(crew.kickoff)
+        later.set()  # the call is over; the tool is still governed
+        await asyncio.to_thread(threads[0].join, 10)
+    finally:
+        ungovern(crew)
+    assert ran == [1]
+    assert UNDECIDED in str(refused[0])
+    outcomes = sorted(
+        (r["action_params"]["customer_id"], r["result_status"]) for r in audit.records
+    )
+    assert outcomes == [(1, "success"), (666, "blocked")]
+
+
+def test_a_method_bound_before_govern_is_governed() -> None:
+    """``tool._run`` taken before govern() (a subclass's, or a ``@tool``'s) runs only as decided."""
+    from crewai.tools import tool
+
+    import aegis.adapters.crewai as crewai_adapter  # its guard follows tool classes made from now
+
+    ran: list[tuple[str, int]] = []
+    lookup = _lookup_tool(ran)
+    run = Run()
+    delete = tool("delete_customer")(_recorders(run)["delete_customer"])
+    bound = [lookup._run, lookup._arun, delete._run]
+    audit = InMemoryAuditLog()
+    governed = crewai_adapter.govern([lookup, delete], make_runtime(audit=audit))
+    try:
+        with pytest.raises(Exception, match=UNDECIDED):
+            bound[0](customer_id=7)
+        with pytest.raises(Exception, match=UNDECIDED):
+            asyncio.run(bound[1](customer_id=8))
+        with pytest.raises(Exception, match=UNDECIDED):
+            bound[2](customer_id=9)
+    finally:
+        crewai_adapter.ungovern(governed)
+    assert (ran, run.executed) == ([], [])
+    assert [(r["action_type"], r["result_status"]) for r in audit.records] == [
+        ("lookup", "blocked"),
+        ("lookup", "blocked"),
+        ("delete_customer", "blocked"),
+    ]
+    assert "gold" in bound[0](customer_id=10)  # ungoverned: as before
+    assert ran == [("A", 10)]
