@@ -31,6 +31,7 @@ from aegis.stores.usage import (
     MemoryUsageStore,
     Request,
     UsageStore,
+    check_storable,
     params_json,
 )
 
@@ -392,6 +393,19 @@ def test_params_just_decided_store_as_params_never_encoded(params: dict[str, Any
     canonical_json(action)  # again: the event is noted after the start record's draft too
     assert params_json(action.params) == expected_event
     assert storable_json(action.params) == expected_start
+
+
+def test_an_event_whose_params_do_not_encode_is_refused_before_its_batch() -> None:
+    """check_storable tries a mapping's params and refuses them when they do not encode; an
+    Action's params always encode (the property test above encodes every kind), surrogates and
+    ints past the digit limit included, so they pass without being encoded twice."""
+    looped: dict[str, Any] = {}
+    looped["self"] = looped
+    with pytest.raises(StoreError, match="params do not encode"):
+        check_storable(FlowEvent("s", "send", "mail", looped, 1.0))
+    params = Action("send", "mail", {"n": -(10**5000), "t": "\ud800", "s": {1, 2}}).params
+    check_storable(FlowEvent("s", "send", "mail", params, 1.0))
+    assert json.loads(params_json(params))["t"] == "\ud800"
 
 
 def test_an_int_too_long_to_print_is_kept_as_canonical_json_writes_it(make_store: Factory) -> None:
