@@ -39,7 +39,8 @@ the call it runs for, so an allowed run lives from the decision until the
 call ends, and no longer than :data:`TICKET_SECONDS`: under the hooks, the
 call's ``PostToolUse`` or, for a call Claude Code never ran (another hook
 denied it, the hook timed out, the user interrupted), the ``Stop`` of its
-session's turn, which also ends that call's record as failed; under
+session's turn, which also ends that call's record as failed (and, for a
+call whose run lapses unused with neither, the lapse); under
 ``can_use_tool`` (the SDK tells the callback nothing after it answers) only
 the deadline. Within that time a query without the gate could still make the
 run with exactly the decided input.
@@ -217,6 +218,19 @@ async def _record_refused(
         _log.exception("could not record a refused run of %r", name)
 
 
+def _lapsed(watch: _Watch, ticket: _Ticket, outcome: asyncio.Future[Any]) -> None:
+    """An allowed run's time is over: unused, its call's record ends as failed (not run)."""
+    if outcome.done() or not any(held is ticket for held in watch.tickets):
+        return  # recorded already, or the run was made (its PostToolUse records it)
+    watch.withdraw(ticket)
+    outcome.set_exception(
+        ToolFailure(
+            f"not run: Claude Code did not run the tool within {TICKET_SECONDS:g} s "
+            "of the decision, and the run it was allowed has lapsed"
+        )
+    )
+
+
 def _canonical(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
 
@@ -391,9 +405,17 @@ class _Gate:
         ticket = watch.grant(decided) if watch is not None else None
         allowed = _Allowed(session, watch, ticket, outcome, task)
         self.open.append(allowed)
+        lapse = None
+        if watch is not None and ticket is not None:
+            # Unused when it lapses, the run can no longer happen: end the record then,
+            # even if neither PostToolUse nor Stop ever comes (Claude Code gone).
+            loop = asyncio.get_running_loop()
+            lapse = loop.call_later(TICKET_SECONDS, _lapsed, watch, ticket, outcome)
 
         def ended(_: object) -> None:
             allowed.withdraw()
+            if lapse is not None:
+                lapse.cancel()
             if allowed in self.open:
                 self.open.remove(allowed)
 

@@ -359,3 +359,26 @@ async def test_a_decision_after_the_hooks_timeout_is_refused(monkeypatch: Any) -
     [record] = audit.records
     assert (record["result_status"], record["context"]["tool_call_id"]) == ("failed", "tu_1")
     assert "timeout" in str(record["result_error"])
+
+
+async def test_an_allowed_run_that_lapses_unused_ends_its_record(monkeypatch: Any) -> None:
+    """Allowed, then neither PostToolUse nor Stop (Claude Code gone): the lapse ends the record."""
+    from aegis.adapters import claude_agent_sdk
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    monkeypatch.setattr(claude_agent_sdk, "TICKET_SECONDS", 0.05)
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    audit = InMemoryAuditLog()
+    given = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools=[refund])
+    [pre] = given["PreToolUse"][0].hooks
+    args = {"order_id": "17", "amount": 120.0}
+    call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}
+    answer = await pre({**call, "session_id": "a"}, "tu_1", None)  # type: ignore[arg-type]
+    assert answer["hookSpecificOutput"]["permissionDecision"] == "allow"  # type: ignore[typeddict-item]
+    [record] = await _until_ended(audit)
+    assert (record["result_status"], record["context"]["tool_call_id"]) == ("failed", "tu_1")
+    assert "lapsed" in str(record["result_error"])
+    with pytest.raises(Exception, match="no Aegis decision"):
+        await refund.handler(args)
+    assert ran == []
