@@ -102,7 +102,12 @@ from aegis.stores.base import (
     must_flush,
     resolve_durability,
 )
-from aegis.stores.postgres.connection import AnsweringConnection, Connection, Database
+from aegis.stores.postgres.connection import (
+    AnsweringConnection,
+    Connection,
+    Database,
+    server_identity,
+)
 from aegis.stores.postgres.schema import migrate, schema_lock_key
 
 __all__ = [
@@ -741,6 +746,10 @@ class PostgresAuditStore(ReadMixin):
         # the writing connection's server session (pid, start time): a lost
         # connection's append may still run there until that session ends
         self._writer_backend: tuple[int, Any] | None = None
+        # the usage store's database guards() said yes to, and the writing connection
+        # with the identity its server gave (see guards)
+        self._beside: Database | None = None
+        self._writer_server: tuple[object, tuple[Any, ...] | None] = (None, None)
         self._abandoned: list[Connection] = []
         # start records committed without a flush, by id; starts recorded
         # again after a server crash lost them, by the id the runtime holds
@@ -959,21 +968,47 @@ class PostgresAuditStore(ReadMixin):
         ``database`` is the usage store's
         :class:`~aegis.stores.postgres.connection.Database`: this store's own
         (:func:`aegis.stores.open_stores` shares it), or one of the same DSN
-        and the same ``schema`` option, which resolves the same schema (the
-        same role and options find the same ``current_schema()``; the guard
-        carries the schema the usage store resolved, and an append whose
-        schema differs is refused). Never for a writer that may not migrate
-        (``create=False``): its trail may be older than the flow append.
+        and the same ``schema`` option. Equal DSNs are not enough: one naming
+        several hosts (``host=a,b``) may take each connection to another
+        server, and the events written here would be missed by the usage
+        store's reads there. So each connection is asked which server and
+        database it reaches (:func:`~aegis.stores.postgres.connection.server_identity`,
+        once per connection): the usage store's as it connects, the writing
+        connection's before it first carries an event. When the usage store
+        has connected, they are compared here (no: the events are noted the
+        ordinary way); :meth:`append_guarded` compares them again, and
+        refuses an event when they differ, or a server did not say. The
+        guard carries the schema the usage store resolved, and an append
+        whose schema differs is refused. Never for a writer that may not
+        migrate (``create=False``): its trail may be older than the flow append.
         """
         if self.readonly or not self._create or self._closed:
             return False
-        if database is self.db:
+        if not isinstance(database, Database):
+            return False
+        if database is not self.db and (
+            database.location.target != self.db.location.target
+            or database.schema_option != self.db.schema_option
+        ):
+            return False
+        self._beside = database
+        if database.flow_server is None:  # the usage store has not connected: appends ask
             return True
-        return (
-            isinstance(database, Database)
-            and database.location.target == self.db.location.target
-            and database.schema_option == self.db.schema_option
-        )
+        with self._write_lock:
+            try:
+                return self._serves(database, self._writer())
+            except StoreError:  # cannot be reached: nothing is confirmed
+                return False
+
+    def _serves(self, database: Database, conn: AnsweringConnection) -> bool:
+        """Whether ``conn`` reaches the server and database of ``database``'s usage store."""
+        theirs = database.flow_server
+        if theirs is None:
+            return False
+        known = self._writer_server
+        if known[0] is not conn:  # a new writing connection: ask its server, once
+            known = self._writer_server = (conn, server_identity(conn))
+        return known[1] is not None and known[1] == theirs
 
     def append_guarded(self, draft: RecordDraft, guard: Sequence[str]) -> AuditRecord:
         """Append the start record ``draft`` and its action's flow event in one transaction.
@@ -1010,7 +1045,13 @@ class PostgresAuditStore(ReadMixin):
         stored, pieces = _stored_pieces((draft,))
         with self._write_lock:
             conn = self._writer()
-            if guard[0] != self.schema or not self._sql_flow_call:
+            beside = self._beside
+            if (
+                guard[0] != self.schema
+                or not self._sql_flow_call
+                or beside is None
+                or not self._serves(beside, conn)
+            ):
                 raise StoreError(
                     f"the flow events of schema {guard[0]!r} are not beside the audit trail in "
                     f"{self.url} (schema {self.schema!r}); noted the ordinary way"

@@ -50,7 +50,14 @@ except ImportError as exc:  # pragma: no cover - CI installs every extra
         'install them with: pip install "aegis-runtime[postgres]"'
     ) from exc
 
-__all__ = ["AnsweringConnection", "Connection", "Database", "is_postgres_url", "mask_dsn"]
+__all__ = [
+    "AnsweringConnection",
+    "Connection",
+    "Database",
+    "is_postgres_url",
+    "mask_dsn",
+    "server_identity",
+]
 
 #: a psycopg connection as the store uses it (tuples as rows, autocommit on)
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -299,6 +306,9 @@ class Database:
         self._pool_pid = 0
         self._abandoned: list[object] = []  # a forked parent's; never closed here
         self._closed = False
+        #: the server and database the usage store's connection reaches (server_identity),
+        #: set by PostgresUsageStore as it connects: where its flow events are read
+        self.flow_server: tuple[Any, ...] | None = None
 
     def __repr__(self) -> str:
         return f"<Database {self.where}>"
@@ -489,6 +499,33 @@ class Database:
             pool, self._pool = self._pool, None
         if pool is not None:
             _close_pool(pool, self._pool_pid)
+
+
+#: what tells a server's database from every other's, as the server says: the cluster's
+#: system identifier (from initdb, kept by its physical replicas), when its postmaster
+#: started (a replica, or a copy of the cluster, started at another moment), whether it
+#: is a standby, and the database's oid
+_IDENTITY: Final = (
+    "SELECT (SELECT system_identifier FROM pg_control_system()), pg_postmaster_start_time(),"
+    " pg_is_in_recovery(), (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def server_identity(conn: Connection) -> tuple[Any, ...] | None:
+    """The server and database ``conn`` is connected to, as that server says; ``None``: unsure.
+
+    Two connections with the same identity reach the same database of the
+    same running server, whatever their DSNs say: one DSN naming several
+    hosts (``host=a,b``) may take them to different servers. ``None`` when
+    the server does not say (a function it refuses, a value it has not).
+    """
+    try:
+        row = conn.execute(_IDENTITY).fetchone()
+    except psycopg.Error:
+        return None
+    if row is None or any(value is None for value in row):
+        return None
+    return tuple(row)
 
 
 def _close_pool(pool: ConnectionPool[Connection], pid: int) -> None:

@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover  # the extra is installed in CI
 from aegis.core.limits import Charge, FlowEvent
 from aegis.errors import ConfigurationError, StoreError
 from aegis.stores._url import StoreURL
-from aegis.stores.postgres.connection import Database
+from aegis.stores.postgres.connection import Database, server_identity
 from aegis.stores.postgres.schema import migrate
 from aegis.stores.usage import (
     EVENT_MARGIN,
@@ -238,6 +238,7 @@ class PostgresUsageStore:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         self._drop()
+        self.db.flow_server = None  # until the new connection's server says which it is
         conn = self.db.connect("connect the usage counters to")
         try:
             conn.execute(f"SET lock_timeout = {self._lock_timeout_ms}")
@@ -246,6 +247,8 @@ class PostgresUsageStore:
         except BaseException:
             conn.close()
             raise
+        # where the events are read: an audit store's append may carry them only there
+        self.db.flow_server = server_identity(conn)
         ident = sql.Identifier(schema)
         self._schema = schema
         self._tables = {

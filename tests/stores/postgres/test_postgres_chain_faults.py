@@ -305,8 +305,10 @@ def test_a_start_lost_with_its_flow_event_in_a_server_crash_is_recorded_again_wi
     try:
         store.check()
         usage.forgotten("s")  # the usage tables are there, its schema known
+        assert store.guards(usage.db)
         for attempt in range(1, 6):  # see the test above: a crash must take the start
             session = f"s{attempt}"
+            usage.forgotten(session)  # connected again after a crash: its server known anew
             event = flow_event(session, "write", "crm", {"n": 1}, time.time())
             start = store.append_guarded(start_draft(session, decision), usage.guard(None, event))
             own_server.crash_and_restart()

@@ -8,6 +8,7 @@ before. Either way another runtime's ``not_after`` sees it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from aegis import Action, AuditLogger, Policy, Runtime
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.limits import flow_event
 from aegis.core.record import start_draft
+from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import StoreError
 from aegis.stores.postgres.audit import PostgresAuditStore
@@ -293,3 +295,86 @@ async def test_an_action_with_charges_reserves_them_first_and_notes_its_event_as
     assert statuses == ["success", "success", "blocked"]
     assert counted.calls == ["remember_many", "remember_many"]
     assert [row[1] for row in events(postgres_dsn)] == ["send", "send"]
+
+
+def test_one_dsn_of_two_hosts_that_reach_two_servers_keeps_the_events_where_they_are_read(
+    tmp_path: Any,
+) -> None:
+    """host=a,b takes each connection to the first server that answers: the usage store's
+    to the test server (the other one down), the audit's, later, to the other one. The DSNs
+    are equal, but the servers say they are two: the events are noted where the usage store
+    reads them, and the send after the secret is blocked. (Before, the audit wrote them on
+    the other server, the usage store never saw the read, and the send ran.)"""
+    from local_postgres import ClusterUnavailable, LocalCluster
+
+    try:
+        other = LocalCluster()
+    except ClusterUnavailable as exc:
+        pytest.fail(str(exc))
+    schema = f"aegis_two_hosts_{uuid.uuid4().hex[:8]}"
+    dsn = f"host=127.0.0.1,127.0.0.1 port={other.port},5432 user=postgres dbname=test"
+    usage = PostgresUsageStore(dsn, schema=schema)
+    policy = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "no_send_after_secret",
+                    "match": {"type": "send_external"},
+                    "conditions": {"after": {"type": "read_secret", "within": "session"}},
+                    "approval": "block",
+                },
+                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+            ]
+        }
+    )
+    try:
+        usage.forgotten("s")  # connects while the other server is down: to the test server
+        other.start()
+        with psycopg.connect(other.dsn, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE test")
+        audit = PostgresAuditStore(dsn, schema=schema)
+        audit.check()  # connects now: to the other server, the first host that answers
+        assert not audit.guards(usage.db)
+
+        async def run() -> list[ResultStatus]:
+            async with Runtime(
+                executor=lambda action: "ok",
+                policy=policy,
+                audit_logger=AuditLogger(store=audit),
+                usage_store=usage,
+                session_id="s",
+            ) as rt:
+                read = await rt.run_one(Action("read_secret", "vault"))
+                send = await rt.run_one(Action("send_external", "mail"))
+            return [read.status, send.status]
+
+        assert asyncio.run(run()) == [ResultStatus.SUCCESS, ResultStatus.BLOCKED]
+        assert usage.latest_event("s", None, action_type="read_secret") is not None
+    finally:
+        usage.close()
+        other.stop()
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_a_usage_store_the_server_says_is_beside_shares_the_append(postgres_dsn: str) -> None:
+    """The same DSN, another store object, and the servers say they are one: the start record
+    carries its flow event, one round trip; a usage store not yet connected is not confirmed."""
+    usage = PostgresUsageStore(postgres_dsn)
+    store = PostgresAuditStore(postgres_dsn)
+    try:
+        store.check()
+        decision = PolicyDecision(Action("read", "crm"), RiskLevel.LOW, Approval.AUTO, "r")
+        event = flow_event("s", "read", "crm", {}, time.time())
+        assert usage.db.flow_server is None
+        assert store.guards(usage.db)  # asked again at each append
+        with pytest.raises(StoreError, match="not beside"):
+            store.append_guarded(start_draft("s", decision), usage.guard(None, event))
+        usage.forgotten("s")  # connects: its server known
+        assert usage.db.flow_server is not None
+        assert store.guards(usage.db)
+        store.append_guarded(start_draft("s", decision), usage.guard(None, event))
+        assert events(postgres_dsn) == [("s", "read", "crm", "{}")]
+    finally:
+        store.close()
+        usage.close()
