@@ -626,13 +626,14 @@ class Inbox:
             # Revoked by an operator (`aegis reviewer revoke`): the provider's
             # yes does not undo it. Said on this page, as a refusal above is.
             _log.warning("inbox: OpenID sign-in of %s refused: %s", user.identity, exc.message)
-            refused = self._error(
-                request,
-                None,
-                exc.status,
-                "Not signed in",
-                f"Your access to this inbox was revoked: {exc.message}.",
+            # The person reads it: whom they are here, not the operator's command.
+            said = (
+                f"Your access to this inbox (as {user.identity.key}) was revoked; an "
+                "administrator must reinstate it before you can sign in again."
+                if exc.code == "revoked"
+                else f"{exc.message}."
             )
+            refused = self._error(request, None, exc.status, "Not signed in", said)
             self.oidc.forget(refused)
             return refused
         self.oidc.forget(response)

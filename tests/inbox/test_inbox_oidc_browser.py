@@ -20,7 +20,7 @@ import pytest
 from axe_support import axe_problems, install_axe
 from oidc_support import OpenIdProvider, loopback_only
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
-from serve_support import Server, create_token
+from serve_support import Server, aegis, create_token
 
 OUTPUT = Path(__file__).resolve().parent.parent / "output"
 CLIENT_SECRET = "browser-test-client-secret"  # a test fixture's secret
@@ -57,7 +57,7 @@ class World:
 
         page.on("console", console)
 
-    def ask(self, action_type: str, reviewers: list[str]) -> str:
+    def ask(self, action_type: str, reviewers: list[str], approvers: int = 1) -> str:
         """The agent asks for approval; the request's id."""
         answer = httpx.post(
             f"{self.server.url}/api/v1/approvals",
@@ -67,6 +67,7 @@ class World:
                 "risk_level": "high",
                 "matched_rule": action_type,
                 "reviewers": reviewers,
+                "approvers": approvers,
             },
             headers={"Authorization": f"Bearer {self.agent}"},
             timeout=20,
@@ -118,8 +119,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, oidc_provider_package: Path)
                 browser.close()
 
 
-def _sign_in_at_provider(world: World, page: Page, login: str, *, shots: str = "") -> None:
-    """From the inbox's sign-in page: the button, the provider's login and consent, back."""
+def _sign_in_at_provider(
+    world: World, page: Page, login: str, *, shots: str = "", lands: str = "Pending"
+) -> None:
+    """From the inbox's sign-in page: the button, the provider's login and consent, back
+    to a page whose heading says ``lands``."""
     expect(page.locator("#oidc-signin")).to_contain_text("Sign in with 127.0.0.1:")
     if shots:
         page.screenshot(path=OUTPUT / f"{shots}-1-signin.png")
@@ -134,7 +138,7 @@ def _sign_in_at_provider(world: World, page: Page, login: str, *, shots: str = "
     if shots:
         page.screenshot(path=OUTPUT / f"{shots}-3-provider-consent.png")
     page.click("button[type=submit]")
-    expect(page.locator("h1")).to_contain_text("Pending", timeout=WAIT_MS)
+    expect(page.locator("h1")).to_contain_text(lands, timeout=WAIT_MS)
 
 
 def _refused_page(world: World, page: Page, request_id: str, group: str, hidden: str) -> None:
@@ -220,6 +224,58 @@ def test_other_groups_see_their_own_requests(world: World) -> None:
     expect(page.locator(f"a[href='/requests/{security}']")).to_have_count(0)
     assert world.status(finance)["status"] == "pending"
     context.close()
+    assert world.errors == []
+
+
+def test_a_revoked_person_is_signed_out_live_and_stays_out_until_reinstated(
+    world: World, axe_source: str
+) -> None:
+    """bob approved a two-person request and has its page open. `aegis reviewer revoke`
+    withdraws his approval and ends his session: his page goes to the sign-in page without
+    a touch. The provider still lets him in; the inbox refuses him, until
+    `aegis reviewer reinstate`."""
+    request_id = world.ask("wire_funds", ["finance"], approvers=2)
+    db = world.server.args[world.server.args.index("--db") + 1]
+    person = f"{world.provider.issuer}#bob"
+    context = world.context()
+    page = context.new_page()
+    page.goto(f"{world.server.url}/signin")
+    _sign_in_at_provider(world, page, "bob")
+    page.goto(f"{world.server.url}/requests/{request_id}")
+    page.check("#confirm")
+    page.click("#approve")
+    expect(page.locator(".flash-ok")).to_contain_text(f"Decided: approved {request_id}")
+    page.goto(f"{world.server.url}/requests/{request_id}")
+    expect(page.locator("#refusal")).to_be_visible()  # his approval is in; one more is needed
+
+    revoked = aegis("reviewer", "revoke", person, "--db", db)
+    assert request_id in revoked.stderr
+    expect(page).to_have_url(
+        re.compile("^" + re.escape(f"{world.server.url}/signin")), timeout=WAIT_MS
+    )
+    assert world.status(request_id)["decisions"] == []
+    context.close()
+
+    again = world.context()
+    refused = again.new_page()
+    refused.goto(f"{world.server.url}/signin")
+    _sign_in_at_provider(world, refused, "bob", lands="Not signed in")
+    expect(refused.locator("main")).to_contain_text("revoked")
+    refused.screenshot(path=OUTPUT / "oidc-7-revoked-refused.png")
+    assert axe_problems(refused, axe_source) == []
+    refused.goto(f"{world.server.url}/")
+    expect(refused).to_have_url(f"{world.server.url}/signin")  # no session came of it
+    # the browser reports the refusal's 403 as a console error: that one is expected
+    world.errors[:] = [e for e in world.errors if "/signin/oidc/callback" not in e]
+    again.close()
+
+    aegis("reviewer", "reinstate", person, "--db", db)
+    back = world.context()
+    allowed = back.new_page()
+    allowed.goto(f"{world.server.url}/signin")
+    _sign_in_at_provider(world, allowed, "bob")
+    expect(allowed.locator(f"a[href='/requests/{request_id}']")).to_have_count(1)
+    back.close()
     assert world.errors == []
 
 
