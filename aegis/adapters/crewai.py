@@ -99,7 +99,7 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -110,6 +110,7 @@ from aegis.errors import ConfigurationError
 
 try:
     from crewai import Agent, Crew
+    from crewai.agents.agent_builder.base_agent import BaseAgent
     from crewai.hooks import (
         register_after_tool_call_hook,
         register_before_tool_call_hook,
@@ -141,10 +142,14 @@ class _NotRun(Exception):
 class _Hooks:
     """The two hooks of one govern() call, and the calls between them."""
 
-    def __init__(self, governor: Governor, agents: list[Any], tools: list[Any]) -> None:
+    def __init__(
+        self, governor: Governor, agents: list[Any], tools: list[Any], given: Sequence[Any] = ()
+    ) -> None:
         self.governor = governor
         self.agents = agents
         self.tools = tools
+        #: the list govern() was given, when it returned a governed copy of it
+        self.given = given
         self.lock = threading.Lock()
         #: calls allowed to run, by their tool input: the action, the outcome to set,
         #: the run to wait for, and the ticket that lets the tool's function run once
@@ -175,7 +180,13 @@ class _Hooks:
         if self.agents:
             return any(context.agent is agent for agent in self.agents)
         tool = getattr(context.tool, "_original_tool", None) or context.tool
-        return any(tool is governed for governed in self.tools)
+        return any(tool is governed for governed in self.tools) or any(
+            tool is governed for governed in self.given
+        )
+
+    def governs(self, tools: object) -> bool:
+        """Whether ``tools`` is this govern() call's list of tools, or a covered agent's."""
+        return tools is self.tools or any(getattr(a, "tools", None) is tools for a in self.agents)
 
     def before(self, context: Any) -> bool | None:
         """CrewAI's before-tool hook: ``None`` lets the call run, ``False`` blocks it.
@@ -288,12 +299,19 @@ def govern(
             cannot stop the crew).
 
     Returns:
-        what it was given, now governed (until :func:`ungovern`).
+        the crew or agent it was given, now governed (until :func:`ungovern`);
+        for tools, a governed list holding them (a ``list``).
 
-    Tools added later are governed too: a tool given to a governed agent
-    (the hooks apply by agent, whatever the tool), a tool appended to a
-    governed list. An agent added to a crew after govern() is not: govern
-    the crew again (or that agent).
+    Tools added later are governed too, as they are added: a tool given to a
+    governed agent (``agent.tools`` appended to, extended, set), a tool added
+    to the governed list govern() returned. A tool added to the list given
+    to govern() (not the one it returned) is decided when an agent calls it
+    through CrewAI's hooks, but a run without them is refused only once a
+    call was decided. An agent added to a crew after govern() is not
+    governed: govern the crew again (or that agent). A governed agent's
+    ``tools`` becomes a list of its own; a task of the crew holding the
+    agent's list (CrewAI's default) is given it, but a task made before
+    govern() of the agent alone keeps the list as it was.
     """
     if on_block != "return":
         raise ConfigurationError(
@@ -306,31 +324,44 @@ def govern(
     elif isinstance(given, Agent):
         hooks = _Hooks(governor, [given], [])
     elif isinstance(given, Iterable) and not isinstance(given, str | bytes):
-        # A list is kept as it is: tools appended to it later are governed too.
-        tools = given if isinstance(given, list) else list(given)
+        # A list of its own, which covers a tool as it is added; the calls of the
+        # tools still in the given list are decided too.
+        tools = _Covering(given)
         if not all(isinstance(tool, BaseTool) for tool in tools):
             raise ConfigurationError("govern() takes a list of CrewAI tools (BaseTool)")
-        hooks = _Hooks(governor, [], tools)
+        hooks = _Hooks(governor, [], tools, given if isinstance(given, list) else ())
     else:
         raise ConfigurationError(
             f"govern() takes a crewai Crew, Agent or list of tools, got {type(given).__name__}"
         )
     ungovern(given)
     guard.install()
+    _follow_agents()
     for agent_ in hooks.agents:
+        _covering_tools(agent_, getattr(given, "tasks", None) or ())
         for tool in getattr(agent_, "tools", None) or ():
             hooks.cover(tool)
     for tool in hooks.tools:
         hooks.cover(tool)
     register_before_tool_call_hook(hooks.before)
     register_after_tool_call_hook(hooks.after)
+    if isinstance(hooks.tools, _Covering):  # a list: the governed one govern() made
+        _registered[id(hooks.tools)] = hooks
+        return hooks.tools
     _registered[id(given)] = hooks
     return given
 
 
 def ungovern(crew_or_agent_or_tools: Any) -> None:
-    """Remove the hooks :func:`govern` registered for this object (CrewAI's are process-wide)."""
-    hooks = _registered.pop(id(crew_or_agent_or_tools), None)
+    """Remove the hooks :func:`govern` registered for this object (CrewAI's are process-wide).
+
+    For tools, either the list given to :func:`govern` or the one it returned.
+    """
+    key = id(crew_or_agent_or_tools)
+    if key not in _registered:  # the list given to govern(), for the one it returned
+        held = list(_registered.items())
+        key = next((k for k, h in held if h.given is crew_or_agent_or_tools), key)
+    hooks = _registered.pop(key, None)
     if hooks is not None:
         unregister_before_tool_call_hook(hooks.before)
         unregister_after_tool_call_hook(hooks.after)
@@ -356,6 +387,91 @@ def _ambiguous(first: _Hooks, covering: list[_Hooks]) -> str | None:
         f"{len(covering)} govern() calls cover this call with different runtimes or "
         "targets, so which decision holds is ambiguous; govern each tool once"
     )
+
+
+class _Covering(list):  # type: ignore[type-arg]
+    """A governed agent's ``tools``, or a governed list: a tool added is covered first.
+
+    Covered before it is in the list, by every govern() call governing the
+    list then, so no run of it, with or without CrewAI's hooks, goes undecided.
+    A list nothing governs any more only holds its tools.
+    """
+
+    def _cover(self, tools: Iterable[Any]) -> list[Any]:
+        tools = list(tools)
+        for hooks in [h for h in list(_registered.values()) if h.governs(self)]:
+            for tool in tools:
+                hooks.cover(tool)
+        return tools
+
+    def append(self, tool: Any) -> None:
+        self._cover([tool])
+        super().append(tool)
+
+    def extend(self, tools: Iterable[Any]) -> None:
+        super().extend(self._cover(tools))
+
+    def insert(self, index: Any, tool: Any) -> None:
+        self._cover([tool])
+        super().insert(index, tool)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if isinstance(index, slice):
+            super().__setitem__(index, self._cover(value))
+        else:
+            self._cover([value])
+            super().__setitem__(index, value)
+
+    def __iadd__(self, tools: Iterable[Any]) -> Any:  # type: ignore[misc]  # list.__iadd__ too
+        self.extend(tools)
+        return self
+
+
+def _covering_tools(agent: Any, tasks: Iterable[Any] = ()) -> None:
+    """Make ``agent.tools`` a list that covers a tool as it is added (see :class:`_Covering`).
+
+    A task given the agent's own list (CrewAI's default) is given the new one.
+    """
+    tools = getattr(agent, "tools", None)
+    if not isinstance(tools, list) or isinstance(tools, _Covering):
+        return
+    covering = _Covering(tools)
+    try:
+        object.__setattr__(agent, "tools", covering)
+    except (AttributeError, TypeError):  # an agent that takes no attributes: as it was
+        return
+    for task in tasks:
+        if getattr(task, "tools", None) is tools:
+            object.__setattr__(task, "tools", covering)
+
+
+def _follow_agents() -> None:
+    """Tools set on a governed agent (``agent.tools = [...]``) are covered as they are set.
+
+    ``BaseAgent.__setattr__`` is wrapped once, process-wide; for agents nothing
+    governs it only sets the attribute.
+    """
+    if BaseAgent.__dict__.get("_aegis_guarded"):
+        return
+    setattr_ = BaseAgent.__setattr__
+
+    def guarded_setattr(self: Any, name: str, value: Any) -> None:
+        if name != "tools":
+            setattr_(self, name, value)
+            return
+        governing = [h for h in list(_registered.values()) if any(a is self for a in h.agents)]
+        for hooks in governing:
+            for tool in value if isinstance(value, list | tuple) else ():
+                hooks.cover(tool)  # covered before the agent holds it
+        setattr_(self, name, value)
+        if governing:
+            _covering_tools(self)
+            for hooks in governing:  # as the agent holds them (validated, converted)
+                for tool in getattr(self, "tools", None) or ():
+                    hooks.cover(tool)
+
+    type.__setattr__(BaseAgent, "__setattr__", guarded_setattr)
+    type.__setattr__(BaseAgent, "_aegis_guarded", True)
 
 
 def _settle(outcome: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
