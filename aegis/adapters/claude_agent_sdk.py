@@ -32,7 +32,12 @@ the decided input, and a run no decision covers (not asked about, another
 input, a second run, a query whose options carry no Aegis gate) is refused
 with an error, which the SDK's server hands Claude as the tool's error
 result, and nothing runs; it is recorded as blocked (rule ``<aegis>``), with
-the input it was run with, by the latest gate given the tool. Tools not
+the input it was run with, by the latest gate given the tool. A decision
+on ``mcp__SERVER__TOOL`` gives its run to the tool given for that server
+(``tools={"crm": [refund]}``), or else to the one of that name given in a
+list, never to a tool given for another server; two tools of one name in a
+list (or one tool twice) are refused with ``ConfigurationError``, since a
+run names no server. Tools not
 given as ``tools=`` (Claude Code's own, other MCP servers') are not watched:
 govern them with :func:`hooks`. The SDK hands the tool only its input, not
 the call it runs for, so an allowed run lives from the decision until the
@@ -291,7 +296,7 @@ class _Gate:
         self,
         runtime: Any,
         target: str,
-        tools: Iterable[Any],
+        tools: Iterable[Any] | Mapping[str, Iterable[Any]],
         agent: str | None,
         on_block: OnBlock,
         *,
@@ -300,18 +305,29 @@ class _Gate:
         self.governor = Governor(
             runtime, target=target, framework=_FRAMEWORK, on_block=on_block, agent=agent
         )
-        self.descriptions: dict[str, str] = {}
-        #: the watched in-process tools, by name (their action type)
-        self.watches: dict[str, _Watch] = {}
-        for tool in tools:
+        #: the in-process tools' descriptions and watches, by (MCP server, tool name);
+        #: the server is None for a tool given in a list (it is picked on any server)
+        self.descriptions: dict[tuple[str | None, str], str] = {}
+        self.watches: dict[tuple[str | None, str], _Watch] = {}
+        given: set[int] = set()
+        for server, tool in _listed(tools):
             name, description = getattr(tool, "name", None), getattr(tool, "description", None)
             if not isinstance(name, str) or not isinstance(description, str):
                 raise ConfigurationError(
                     "tools= takes the SDK's @tool functions (SdkMcpTool), got "
                     f"{type(tool).__name__}"
                 )
-            self.descriptions[name] = description
-            self.watches[name] = _watch(tool, self.governor)
+            if (server, name) in self.watches or id(tool) in given:
+                # A run names no server: one tool's decision must not let another run.
+                raise ConfigurationError(
+                    f"tools= gives two tools named {name!r}"
+                    + (f" on the MCP server {server!r}" if server is not None else "")
+                    + " or one tool twice, and a decision on one would let the other run: "
+                    "give tools= as {server name: [its tools]}, one tool object per server"
+                )
+            given.add(id(tool))
+            self.descriptions[server, name] = description
+            self.watches[server, name] = _watch(tool, self.governor)
         #: calls allowed to run, by tool_use_id: their outcome (set by the Post
         #: hooks) and the governed run that records it
         self.running: dict[str, tuple[asyncio.Future[Any], asyncio.Future[Result]]] = {}
@@ -330,13 +346,28 @@ class _Gate:
         name = _action_type(tool_name)
         if not isinstance(tool_input, Mapping):
             tool_input = {"input": tool_input}
+        picked = self.picked(tool_name)
         return ToolCall(
             name,
             tool_input,
             call_id=tool_use_id,
-            description=self.descriptions.get(name, ""),
+            description=self.descriptions[picked] if picked is not None else "",
             agent=agent if isinstance(agent, str) and agent else self.governor.agent,
         )
+
+    def picked(self, tool_name: str) -> tuple[str | None, str] | None:
+        """The in-process tool ``mcp__SERVER__TOOL`` names, if one was given; else ``None``.
+
+        The tool given for that server, or else the one of that name given in
+        a list (names are unique there); never one given for another server.
+        """
+        server, name = _server_and_tool(tool_name)
+        if server is None:
+            return None  # not an MCP tool: no in-process tool is run by it
+        for key in ((server, name), (None, name)):
+            if key in self.watches:
+                return key
+        return None
 
     async def pre_tool_use(
         self, input: Mapping[str, Any], tool_use_id: str | None, context: Any
@@ -388,7 +419,7 @@ class _Gate:
             self.waiting.remove(waiting)
         if allowed.done():
             decided = thaw(allowed.result().params)
-            self._allowed(session, call.name, decided, outcome, task)
+            self._allowed(session, str(input.get("tool_name")), decided, outcome, task)
             return _pre_tool_use("allow", "allowed by Aegis", decided)
         return _pre_tool_use("deny", self.governor.refusal(call, task.result()))
 
@@ -401,7 +432,8 @@ class _Gate:
         task: asyncio.Future[Result],
     ) -> None:
         """An allowed call: one run of ``decided``, withdrawn when the call's record is written."""
-        watch = self.watches.get(name)
+        picked = self.picked(name)
+        watch = self.watches[picked] if picked is not None else None
         ticket = watch.grant(decided) if watch is not None else None
         allowed = _Allowed(session, watch, ticket, outcome, task)
         self.open.append(allowed)
@@ -497,9 +529,9 @@ class _Gate:
         result = await self.governor.run(call, permit)
         if result.status is ResultStatus.SUCCESS and permitted:
             decided = thaw(permitted[0].params)
-            watch = self.watches.get(call.name)
-            if watch is not None:
-                watch.grant(decided)
+            picked = self.picked(tool_name)
+            if picked is not None:
+                self.watches[picked].grant(decided)
             return PermissionResultAllow(updated_input=decided)
         return PermissionResultDeny(message=self.governor.refusal(call, result))
 
@@ -508,7 +540,7 @@ def hooks(
     runtime: Any,
     *,
     target: str = _FRAMEWORK,
-    tools: Iterable[Any] = (),
+    tools: Iterable[Any] | Mapping[str, Iterable[Any]] = (),
     matcher: str | None = None,
     timeout: float | None = None,
     agent: str | None = None,
@@ -521,7 +553,12 @@ def hooks(
             approves and records.
         target: the action ``target`` of every call (the toolset's name).
         tools: the SDK ``@tool`` functions, whose descriptions go with
-            their actions (shown to reviewers, part of what is approved).
+            their actions (shown to reviewers, part of what is approved),
+            and whose runs are watched: a list, each picked by its name on
+            whichever MCP server a call names (two of one name are refused:
+            ``ConfigurationError``), or ``{server name: [its tools]}`` with
+            the names of ``mcp_servers=``, each picked only by a call naming
+            its own server (``mcp__SERVER__TOOL``).
         matcher: the tools the hooks apply to (Claude Code's matcher
             syntax, e.g. ``"mcp__billing__.*"``); all tools by default.
         timeout: seconds Claude Code waits for the hook; keep it above the
@@ -553,7 +590,7 @@ def can_use_tool(
     runtime: Any,
     *,
     target: str = _FRAMEWORK,
-    tools: Iterable[Any] = (),
+    tools: Iterable[Any] | Mapping[str, Iterable[Any]] = (),
     agent: str | None = None,
     on_block: OnBlock = "return",
 ) -> Any:
@@ -583,11 +620,36 @@ def _pre_tool_use(
 
 def _action_type(tool_name: str) -> str:
     """``mcp__SERVER__TOOL`` -> ``TOOL``; other names as they are."""
+    return _server_and_tool(tool_name)[1]
+
+
+def _server_and_tool(tool_name: str) -> tuple[str | None, str]:
+    """``mcp__SERVER__TOOL`` -> ``(SERVER, TOOL)``; other names -> ``(None, name)``."""
     if tool_name.startswith("mcp__"):
         server_and_tool = tool_name[len("mcp__") :]
         if "__" in server_and_tool:
-            return server_and_tool.split("__", 1)[1]
-    return tool_name
+            server, tool = server_and_tool.split("__", 1)
+            return server, tool
+    return None, tool_name
+
+
+def _listed(tools: Iterable[Any] | Mapping[str, Iterable[Any]]) -> Iterable[tuple[str | None, Any]]:
+    """``tools=`` as (MCP server or None, tool): a list, or ``{server name: [its tools]}``."""
+    if not isinstance(tools, Mapping):
+        return [(None, tool) for tool in tools]
+    listed: list[tuple[str | None, Any]] = []
+    for server, its_tools in tools.items():
+        if not isinstance(server, str) or not server or "__" in server:
+            raise ConfigurationError(
+                f"tools= maps MCP server names (as in mcp_servers=) to tools, got {server!r}"
+            )
+        if isinstance(its_tools, str | bytes | Mapping) or not isinstance(its_tools, Iterable):
+            raise ConfigurationError(
+                f"tools= maps each MCP server name to a list of its @tool functions, "
+                f"got {type(its_tools).__name__} for {server!r}"
+            )
+        listed.extend((server, tool) for tool in its_tools)
+    return listed
 
 
 def _text(value: object) -> str | None:
