@@ -4,6 +4,7 @@
     ├── PolicyError (also ValueError)   a policy file or rule is invalid
     ├── AuditError                      the audit trail cannot be read or written
     │   └── StoreError                  the store's database failed (SQLite, PostgreSQL)
+    │       └── AuditOutcomeUnknown     an append was lost; it is not written again
     ├── ConfigurationError (also ValueError and TypeError)
     │                                   a setting or argument Aegis cannot use: the
     │                                   Runtime's, a store URL, the server's, a
@@ -33,6 +34,7 @@ __all__ = [
     "AegisError",
     "ApprovalServiceError",
     "AuditError",
+    "AuditOutcomeUnknown",
     "ConfigurationError",
     "PolicyError",
     "StoreError",
@@ -87,6 +89,16 @@ class StoreError(AuditError):
 
     The message names the database (a DSN with its password masked) and
     what to do; the database driver's exception is the ``__cause__``.
+    """
+
+
+class AuditOutcomeUnknown(StoreError):
+    """An append's connection was lost and whether its records were written is not known.
+
+    They were not written again: they may yet appear in the trail (its
+    server may still commit them), once. Count the append as failed, and
+    never write the same records again another way (that could write them
+    twice); verify the trail to see what it holds.
     """
 
 

@@ -93,7 +93,7 @@ from aegis.core.limits import (
 from aegis.core.record import DecisionStamp
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import AegisError, ConfigurationError, StoreError
+from aegis.errors import AegisError, AuditOutcomeUnknown, ConfigurationError, StoreError
 from aegis.runtime._group_commit import GroupCommit
 from aegis.runtime._usage_store import usage_store_for
 from aegis.runtime.audit_backend import GuardedStarts
@@ -960,6 +960,9 @@ class MeteringStep:
         guard = store.guard(deferred.request, deferred.event)
         try:
             token = audit.record_start_guarded(session_id, decision, guard, human, stamp)
+        except AuditOutcomeUnknown:
+            # it may be written yet: written the ordinary way too, it could be twice
+            raise
         except AegisError:
             _log.debug("the start with its reservation failed; metering again", exc_info=True)
             return None

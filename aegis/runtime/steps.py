@@ -52,7 +52,7 @@ from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.record import DecisionStamp
 from aegis.core.result import Result, ResultStatus
-from aegis.errors import AuditError
+from aegis.errors import AuditError, AuditOutcomeUnknown
 from aegis.runtime._binding import binding_for
 from aegis.runtime._calls import (
     Deadline,
@@ -457,9 +457,15 @@ class Passage:
             lease = gate.metering.note(gate.session_id, decision.action)
         if type(lease) is Deferred:
             kept = self.stamp if gate.start_stamped and gate.stamped else None
-            started = gate.metering.start(
-                gate.session_id, policy, decision, lease, self.human, kept
-            )
+            try:
+                started = gate.metering.start(
+                    gate.session_id, policy, decision, lease, self.human, kept
+                )
+            except AuditOutcomeUnknown as exc:
+                # The start and its reservation may be written yet, together:
+                # the action does not run, and nothing is written again.
+                self.lease = None
+                return unrecorded(decision, None, exc)
             if started is None:  # meter again, the ordinary way
                 return await Passage(gate, decision, self.stamp).run(defer=False)
             self.lease = None  # written with the start record, or not at all

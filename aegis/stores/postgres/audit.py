@@ -52,6 +52,13 @@ still there (the client gave up waiting, the server did not), is ended
 first: until then the append could still reach it and commit. Then, when
 its last record is there it committed, and is returned as it is; otherwise
 it is appended once more. Nothing is written twice and nothing is lost.
+That session is known only on a connection of its own: the pid the server
+gave at connect (its cancel key) is the session's. A pooler gives a pid of
+its own and runs each transaction on any of its server sessions, one of
+which may serve another client by then: none is ended, and an append not
+found is reported of unknown outcome
+(:class:`~aegis.errors.AuditOutcomeUnknown`), never appended again. So is
+one whose session did not end in time.
 Verification streams the chain through a server-side cursor in one
 snapshot and hands it to :func:`aegis.core.chain.verify_chain`, the one
 verifier of every store.
@@ -90,7 +97,7 @@ from aegis.core.chain import (
 from aegis.core.checkpoint import CHECKPOINT_COLUMNS, Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
-from aegis.errors import StoreError
+from aegis.errors import AuditOutcomeUnknown, StoreError
 from aegis.stores._url import StoreURL
 from aegis.stores._waiting import Waiting
 from aegis.stores.base import (
@@ -1335,7 +1342,14 @@ class PostgresAuditStore(ReadMixin):
                 if self._sql_call:
                     self._prepare_call(conn)
                 row = conn.execute(_BACKEND).fetchone()
-                self._writer_backend = None if row is None else (int(row[0]), row[1])
+                # The session is this connection's alone only if it is the
+                # one the server named at connect (the pid of its cancel
+                # key). A pooler names one of its own, and runs each
+                # transaction on whichever server session is free: the one
+                # that answered here may serve another client later, and
+                # settling must never end it (see _settle).
+                owned = row is not None and int(row[0]) == conn.info.backend_pid
+                self._writer_backend = (int(row[0]), row[1]) if owned and row else None
             except psycopg.Error as exc:
                 self._drop_writer_conn()
                 raise self.db.error("append to the audit trail in", exc) from exc
@@ -1528,7 +1542,8 @@ class PostgresAuditStore(ReadMixin):
             durable,
             exc,
             again=retry and lost,
-            backend=backend if lost else None,
+            lost=lost,
+            backend=backend,
         )
 
     def _settle(
@@ -1539,27 +1554,43 @@ class PostgresAuditStore(ReadMixin):
         failure: psycopg.Error,
         *,
         again: bool,
+        lost: bool = False,
         backend: tuple[int, Any] | None = None,
     ) -> list[AuditRecord]:
         """Find out whether a failed append committed; append it ``again`` if not and if lost.
 
         Only this writer appends to its sessions: the append committed if its
-        last record is among its session's newest. That answer holds only once
-        the append can no longer run: a client that gave up waiting (its
-        response timeout) left the server's session of the lost connection
-        (``backend``) behind, and the append may yet reach it, late, or wait
-        there for the chain's lock. Under the lock, that session is ended
-        first; once it is gone, what it did not commit never will be, and the
-        records are appended again only if they are not there.
+        last record is among its session's newest. When the connection was
+        ``lost``, that answer holds only once the append can no longer run: a
+        client that gave up waiting (its response timeout) left the server's
+        session of the lost connection (``backend``) behind, and the append
+        may yet reach it, late, or wait there for the chain's lock. Under the
+        lock, that session is ended first; once it is gone, what it did not
+        commit never will be, and the records are appended again only if they
+        are not there. A lost connection whose session is not known to be its
+        own (``backend`` None: a pooler in between, which may have run the
+        append on any of its server sessions, or hold it still) cannot be
+        stopped: records not there are reported as of unknown outcome
+        (:class:`~aegis.errors.AuditOutcomeUnknown`), never appended again.
         """
         doing = "append to the audit trail in"
         try:
             conn = self._writer()
             with conn.transaction():
                 conn.execute(self._sql_lock)
-                if backend is not None:
+                if lost and backend is not None:
                     self._end_backend(conn, backend)
                 landed = self._landed(conn, drafts)
+                if landed is None and lost and backend is None:
+                    raise AuditOutcomeUnknown(
+                        f"an append to the audit trail in {self.url} lost its connection, and "
+                        "its records are not in the trail yet; the server's session that ran "
+                        "it is not known (a connection pooler between Aegis and the server "
+                        "hands each transaction to any of its sessions), so it cannot be "
+                        "stopped and they may still be written: they were not written again. "
+                        "The append counts as failed; verify the trail. Connect the audit "
+                        "store to the server directly to have such appends settled"
+                    ) from failure
                 moves: list[tuple[AuditRecord, AuditRecord]] = []
                 if landed is None and again:
                     if self._unflushed:
@@ -1591,17 +1622,20 @@ class PostgresAuditStore(ReadMixin):
         """
         if conn.execute(_END_BACKEND, backend).fetchone() is None:
             return
-        deadline = time.monotonic() + _END_BACKEND_SECONDS
+        # as long as any answer of the server is waited for, at most 10 s
+        answer = self.db.response_timeout
+        seconds = _END_BACKEND_SECONDS if answer is None else min(answer, _END_BACKEND_SECONDS)
+        deadline = time.monotonic() + seconds
         while True:
             conn.execute(_BACKEND_LEFT)
             if conn.execute(_BACKEND_THERE, backend).fetchone() is None:
                 return
             if time.monotonic() > deadline:
-                raise StoreError(
+                raise AuditOutcomeUnknown(
                     f"an append to the audit trail in {self.url} got no answer in time, and the "
                     f"server's session that received it (pid {backend[0]}) did not end within "
-                    f"{_END_BACKEND_SECONDS:g}s; whether its records were written is not known: "
-                    "verify the trail"
+                    f"{seconds:g}s of being told to; it may still write the records, so they "
+                    "were not written again. The append counts as failed; verify the trail"
                 )
             time.sleep(0.01)
 

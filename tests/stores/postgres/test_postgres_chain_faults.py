@@ -38,7 +38,7 @@ from aegis.core.policy import Policy
 from aegis.core.record import DecisionStamp, final_draft, start_draft
 from aegis.core.result import Result, ResultStatus
 from aegis.core.risk import RiskLevel
-from aegis.errors import StoreError
+from aegis.errors import AuditOutcomeUnknown, StoreError
 from aegis.runtime.audit import AuditLogger
 from aegis.runtime.engine import Runtime
 from aegis.stores.postgres.audit import PostgresAuditStore
@@ -671,6 +671,129 @@ def test_an_append_whose_answer_came_too_late_is_never_written_twice(postgres_ds
         (first.id, '{"n":1}'),
         (second.id, '{"n":2}'),
     ]
+
+
+def test_a_lost_session_that_does_not_end_in_time_fails_the_append_and_writes_nothing_again(
+    postgres_dsn: str,
+) -> None:
+    """Settling ends the lost connection's session; one that stays fails the append, closed.
+
+    The append's bytes are stuck on the way (held by the proxy) and the
+    server's session of its connection is stopped (SIGSTOP: a hung backend
+    that takes no signal), so it is still there after being told to end.
+    The append is reported failed with its outcome unknown (the session
+    named), after waiting the store's response timeout, and never written again:
+    once the session has ended and the stuck bytes arrive, the trail holds
+    nothing of it, and the next append goes on.
+    """
+    application = f"aegis_test_{uuid.uuid4().hex[:8]}"
+    target = urlsplit(postgres_dsn)
+    proxy = HoldingProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    dsn = _through(f"{postgres_dsn}&application_name={application}", proxy.port)
+    store = PostgresAuditStore(dsn, response_timeout=1)
+    stopped: int | None = None
+    try:
+        (first,) = store.append([start_draft("s1", _decision(1))])
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            (pid,) = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application,)
+            ).fetchone() or (None,)
+        assert isinstance(pid, int)
+        proxy.hold()
+        os.kill(pid, signal.SIGSTOP)
+        stopped = pid
+        with pytest.raises(AuditOutcomeUnknown) as failed:
+            store.append([start_draft("s1", _decision(2))])
+        os.kill(pid, signal.SIGCONT)
+        stopped = None
+
+        def ended() -> bool:
+            with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+                return (
+                    admin.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)
+                    ).fetchone()
+                    is None
+                )
+
+        _wait_for(ended, 60, "the stopped session to end once it runs again")
+        proxy.release()  # the stuck append reaches a session that is gone
+        (third,) = store.append([start_draft("s1", _decision(3))])
+        records = list(store.records(Filters(view="records")))
+        report = store.verify()
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        store.close()
+        proxy.close()
+    assert f"pid {pid}" in str(failed.value)
+    assert report.ok, report.reason
+    assert [(r.id, r.action_params) for r in records] == [
+        (first.id, '{"n":1}'),
+        (third.id, '{"n":3}'),
+    ]
+
+
+async def test_a_start_with_its_event_whose_session_does_not_end_fails_its_action_unrun(
+    postgres_dsn: str,
+) -> None:
+    """An action's start, written with its flow event, is lost and its session will not end.
+
+    Its outcome is unknown (it may yet commit, start and event together), so
+    the action must not run, and its start must not be written again the
+    ordinary way, which could leave it in the trail twice.
+    """
+    application = f"aegis_test_{uuid.uuid4().hex[:8]}"
+    target = urlsplit(postgres_dsn)
+    proxy = HoldingProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    dsn = _through(f"{postgres_dsn}&application_name={application}", proxy.port)
+    audit = AuditLogger(dsn, response_timeout=1)
+    ran: list[str] = []
+    stopped: int | None = None
+    try:
+        async with Runtime(
+            executor=lambda action: ran.append(action.type),
+            policy=POLICY,
+            audit_logger=audit,
+            session_id="s1",
+        ) as runtime:
+            assert (await runtime.run_one(Action("read", "crm"))).ok
+            with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+                (pid,) = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+                    " AND query LIKE %s",
+                    (application, "%aegis_audit_append%"),
+                ).fetchone() or (None,)
+            assert isinstance(pid, int)
+            proxy.hold()
+            os.kill(pid, signal.SIGSTOP)
+            stopped = pid
+            result = await runtime.run_one(Action("update", "crm"))
+            os.kill(pid, signal.SIGCONT)
+            stopped = None
+
+            def ended() -> bool:
+                with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+                    query = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+                    return admin.execute(query, (pid,)).fetchone() is None
+
+            _wait_for(ended, 60, "the stopped session to end once it runs again")
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        audit.close()
+        proxy.close()
+    reader = PostgresAuditStore(postgres_dsn, readonly=True)
+    try:
+        records = [(r.kind, r.action_type) for r in reader.records(Filters(view="records"))]
+        report = reader.verify()
+    finally:
+        reader.close()
+    assert result.status is ResultStatus.FAILED
+    assert "not run" in str(result.error)
+    assert ran == ["read"]
+    assert report.ok, report.reason
+    assert records == [("start", "read"), ("final", "read")]
 
 
 # ---------------------------------------------------------------- starts recorded again
