@@ -404,6 +404,10 @@ def test_a_duplicated_id_in_flight_over_http_is_refused_and_recorded(tmp_path: P
             delete = {"name": "delete", "arguments": {"path": "/srv/readme.txt"}}
             duplicate = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": delete}
             refused = http.post(url, json=duplicate, headers=session)
+            # stopped here, not after: the hanging read is answered only once the proxy
+            # stops, and its client would wait out its own 60 s timeout first
+            proxy.terminate()
+            proxy.wait(60)
     assert proxy.returncode == 0
     assert _gone(server), "the session's server outlived the proxy"
     assert refused.status_code == 409
