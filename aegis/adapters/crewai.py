@@ -198,10 +198,10 @@ class _Hooks:
         """
         if not self.applies(context):
             return None
-        covering = [hooks for hooks in list(_registered.values()) if hooks.applies(context)]
-        if covering and covering[0] is not self:
-            return None  # decided once, by the first govern() covering it
         try:
+            covering = [hooks for hooks in list(_registered.values()) if hooks.applies(context)]
+            if covering and covering[0] is not self:
+                return None  # decided once, by the first govern() covering it
             return self._before(context, covering)
         except Exception as exc:  # CrewAI would let the call pass: block it instead
             _log.exception("the Aegis hook failed; the call is blocked")
