@@ -493,7 +493,7 @@ def _huge_ints_as_text(value: Any) -> Any:
         return value
     if isinstance(value, Mapping):
         return {k: _huge_ints_as_text(v) for k, v in value.items()}
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):  # (lists: a policy's to_dict, for its digest)
         return [_huge_ints_as_text(v) for v in value]
     if isinstance(value, frozenset):
         return sorted((_huge_ints_as_text(v) for v in value), key=_canonical_value)

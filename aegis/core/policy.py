@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aegis.core._enums import coerce_enum
 from aegis.core._index import CLOCK, FLOW, RUN, Bucket, CoverIndex, Index
-from aegis.core.action import Action, canonical_default
+from aegis.core.action import Action, _huge_ints_as_text, canonical_default
 from aegis.core.conditions import (
     Unevaluable,
 )
@@ -141,13 +141,11 @@ class Policy:
         every decision.
         """
         if self._digest is None:
-            text = json.dumps(
-                self.to_dict(),
-                sort_keys=True,
-                separators=(",", ":"),
-                ensure_ascii=False,
-                default=canonical_default,
-            )
+            data = self.to_dict()
+            try:
+                text = _digest_text(data)
+            except ValueError:  # an int past Python's digit limit: as canonical_json writes it
+                text = _digest_text(_huge_ints_as_text(data))
             self._digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         return self._digest
 
@@ -390,3 +388,10 @@ class Policy:
         ) and (self.match_case or "sensitive") == (other.match_case or "sensitive")
 
     __hash__ = None  # type: ignore[assignment]  # equal policies need not hash alike
+
+
+def _digest_text(data: object) -> str:
+    """The text a policy's digest hashes: sorted keys, compact, as written."""
+    return json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=canonical_default
+    )

@@ -582,3 +582,39 @@ def test_a_flow_condition_of_an_int_every_process_stores_as_a_number_is_taken() 
         }
     )
     assert history.limits is not None
+
+
+async def test_a_policy_comparing_an_int_past_the_digit_limit_decides_and_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """A rule's own param_eq of an int Python cannot print (a Python policy may hold one):
+    its digest is taken as canonical_json writes such an int, so the runtime decides, records
+    and blocks the action that has it, instead of failing every action with a ValueError."""
+    from aegis import AuditLogger, Runtime
+    from aegis.core.result import ResultStatus
+
+    huge = 10**5000
+    rules = [
+        {
+            "name": "no_huge",
+            "match": {"type": "send"},
+            "conditions": {"param_eq": {"n": huge}},
+            "approval": "block",
+        },
+        {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+    ]
+    policy = Policy.from_dict({"rules": rules})
+    assert policy.digest == Policy.from_dict({"rules": rules}).digest
+    assert (
+        policy.digest != Policy.from_dict({"rules": [{**rules[0], "name": "x"}, rules[1]]}).digest
+    )
+    audit = AuditLogger(tmp_path / "audit.db")
+    async with Runtime(
+        executor=lambda action: "sent", policy=policy, audit_logger=audit, session_id="s"
+    ) as rt:
+        blocked = await rt.run_one(Action("send", "mail", {"n": huge}))
+        sent = await rt.run_one(Action("send", "mail", {"n": 1}))
+        log = audit.get_log()
+    assert [blocked.status, sent.status] == [ResultStatus.BLOCKED, ResultStatus.SUCCESS]
+    assert [r["result_status"] for r in log] == ["blocked", "success"]
+    assert {r["policy_digest"] for r in log} == {policy.digest}
