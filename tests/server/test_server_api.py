@@ -407,7 +407,7 @@ async def test_audit_endpoints(api: Api) -> None:
     assert error_code(refused) == "not_auditor"
     report = (await api.call("GET", "/api/v1/audit/verify", "ida")).json()
     assert report["ok"] is True
-    assert report["checked"] == 2
+    assert report["checked"] == 3  # with the fixture's revocation of the token "gone"
     bad = await api.call("GET", "/api/v1/audit", "bob", params={"since": "yesterday"})
     assert bad.status_code == 422
 
@@ -641,9 +641,11 @@ async def test_audit_records_wait_in_the_outbox_while_the_trail_is_down(tmp_path
         assert decided.json()["status"] == "denied"
         assert audit.records == []
         audit.failures = 0
-        assert await service.flush_audit() == 2
+        # the fixture's revocation of the token "gone", the request, the denial
+        assert await service.flush_audit() == 3
         assert await service.flush_audit() == 0
     texts = [r["human_decision"] for r in audit.records]
-    assert texts[0].startswith("approval: requested by bot")
-    assert texts[1] == f"approval: denied by bob: no [request {created.json()['id']}]"
+    assert texts[0].startswith("operator: token gone (reviewer) revoked")
+    assert texts[1].startswith("approval: requested by bot")
+    assert texts[2] == f"approval: denied by bob: no [request {created.json()['id']}]"
     service.close()
