@@ -771,7 +771,7 @@ class Inbox:
             try:
                 yield "retry: 2000\n\n"
                 last: dict[str, Any] | None = None
-                stamp: tuple[int, str] | None = None
+                stamp: tuple[int, str, int] | None = None
                 quiet = since_read = 0.0
                 woken = True
                 while not await request.is_disconnected():

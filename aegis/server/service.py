@@ -296,7 +296,7 @@ class ApprovalService:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._polls = PollSlots(max_polls)
         #: the last :meth:`pending_stamp`: its loop, when it was taken, and the stamp
-        self._stamp: tuple[asyncio.AbstractEventLoop, float, tuple[int, str]] | None = None
+        self._stamp: tuple[asyncio.AbstractEventLoop, float, tuple[int, str, int]] | None = None
         self._stamp_guard: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         #: store and audit calls that failed (a metric: ``aegis_store_errors_total``)
         self.store_errors = 0
@@ -824,15 +824,17 @@ class ApprovalService:
         filters["groups"] = self._visible_groups(principal, filters.get("groups"))
         return await self._call(self.store.count_requests, status, **filters)
 
-    async def pending_stamp(self, max_age: float) -> tuple[int, str]:
+    async def pending_stamp(self, max_age: float) -> tuple[int, str, int]:
         """A cheap sign of whether the pending requests changed, in any service process.
 
-        How many are pending and the newest one's id: a request arriving
-        makes a new newest, one leaving (decided, expired, cancelled, by
-        any process) lowers the count. Live lists compare it before reading
-        their pages again. One reading at most every ``max_age`` seconds is
-        shared by every caller in this process, so open lists cost the
-        store one small query pair per interval, however many are open.
+        How many are pending, the newest one's id and how many approvals they
+        hold: a request arriving makes a new newest, one leaving (decided,
+        expired, cancelled, by any process) lowers the count, an approval
+        short of enough or one withdrawn (a revocation) moves the last.
+        Live lists compare it before reading their pages again. One reading
+        at most every ``max_age`` seconds is shared by every caller in this
+        process, so open lists cost the store three small queries per
+        interval, however many are open.
         """
         loop = asyncio.get_running_loop()
         cached = self._stamp
@@ -845,7 +847,8 @@ class ApprovalService:
             taken = loop.time()
             count = await self._call(self.store.count_requests, RequestStatus.PENDING)
             newest = await self._call(self.store.list_requests, RequestStatus.PENDING, limit=1)
-            stamp = (count, newest[0].id if newest else "")
+            given = await self._call(self.store.pending_approvals)
+            stamp = (count, newest[0].id if newest else "", given)
             self._stamp = (loop, taken, stamp)
             return stamp
 

@@ -616,6 +616,15 @@ class SqlApprovalStore:
             rows = tx.all(f"SELECT COUNT(*) FROM {{p}}aegis_approval_requests{where}", args)
             return int(rows[0][0])
 
+    def pending_approvals(self) -> int:
+        """See :meth:`aegis.stores.approvals.ApprovalStore.pending_approvals`."""
+        with self._transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT COALESCE(SUM(approvals), 0) FROM {p}aegis_approval_requests "
+                "WHERE status = 'pending'"
+            )
+            return int(rows[0][0])
+
     def decide(
         self,
         request_id: str,

@@ -533,6 +533,15 @@ class ApprovalStore(Protocol):
         """
         ...
 
+    def pending_approvals(self) -> int:
+        """How many approvals the pending requests hold in all (those not yet enough).
+
+        With :meth:`count_requests` a cheap sign that pending requests changed:
+        an approval given short of the approvers needed, or withdrawn by a
+        revocation, changes no count and no id.
+        """
+        ...
+
     def decide(
         self,
         request_id: str,

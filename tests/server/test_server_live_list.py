@@ -101,12 +101,13 @@ def _signed_in(url: str, who: str) -> httpx.Client:
     return client
 
 
-def _ask(url: str) -> str:
+def _ask(url: str, approvers: int = 1) -> str:
     body = {
         "session_id": "s-" + secrets.token_hex(4),
         "action": {"type": "refund", "target": "billing", "params": {"n": 1}},
         "risk_level": "high",
         "reviewers": ["finance"],
+        "approvers": approvers,
     }
     answer = httpx.post(
         f"{url}/api/v1/approvals",
@@ -138,6 +139,44 @@ def test_changes_made_by_another_process_reach_the_live_list(tmp_path: Path) -> 
         )
         assert decided.status_code == 200, decided.text
         stream.until(lambda e: e["ids"] == [] and e["total"] == 0)
+    finally:
+        stream.close()
+        client.close()
+        second.stop()
+        first.stop()
+
+
+def test_approvals_given_and_withdrawn_through_another_process_reach_the_live_list(
+    tmp_path: Path,
+) -> None:
+    """Two `aegis serve` on one file: bob's approval of a two-person request, given through
+    B, and its withdrawal by revoking his token (a store of its own, as `aegis token revoke`
+    does) change no id and no count; A's live list still hears of both within seconds, not
+    at its next full read (30 s)."""
+    db = str(tmp_path / "aegis.db")
+    add_tokens(db)
+    first = Service(db, tmp_path).start()
+    second = Service(db, tmp_path).start()
+    client = _signed_in(first.url, "alice")
+    stream = Stream(client)
+    try:
+        stream.until(lambda e: e["ids"] == [])
+        asked = _ask(second.url, approvers=2)
+        stream.until(lambda e: e["ids"] == [asked] and e["approvals"] == [0])
+        decided = httpx.post(
+            f"{second.url}/api/v1/approvals/{asked}/decision",
+            json={"verdict": "approve"},
+            headers={"Authorization": "Bearer bob-secret"},
+            timeout=20,
+        )
+        assert decided.status_code == 200, decided.text
+        stream.until(lambda e: e["ids"] == [asked] and e["approvals"] == [1], timeout=10)
+        store = open_approval_store(db)
+        try:
+            assert store.revoke_token("bob", datetime.now(UTC))
+        finally:
+            store.close()
+        stream.until(lambda e: e["ids"] == [asked] and e["approvals"] == [0], timeout=10)
     finally:
         stream.close()
         client.close()

@@ -530,6 +530,20 @@ def test_every_revocation_queues_its_event_even_with_nothing_to_withdraw(
     assert events[1][2]["person"] == "https://id.example.com#nobody"
 
 
+def test_pending_approvals_counts_those_given_short_of_enough(store: ApprovalStore) -> None:
+    """The live lists' stamp: approvals of pending requests, up with one, down when withdrawn."""
+    store.create_token(TokenInfo("lee", Role.REVIEWER, (), NOW), "h-lee")
+    two, _ = store.create_request(make(approvers=2), NOW)
+    one, _ = store.create_request(make("s2", amount=5), NOW)
+    assert store.pending_approvals() == 0
+    decide(store, two.id, "lee")
+    assert store.pending_approvals() == 1
+    decide(store, one.id, "kay")  # enough: no longer pending, nor counted
+    assert store.pending_approvals() == 1
+    assert store.revoke_token("lee", NOW)
+    assert store.pending_approvals() == 0
+
+
 def test_an_expired_token_is_renewed_only_by_its_holder(store: ApprovalStore) -> None:
     """Past its expiry a token's name takes a new secret of the same role and person, no other."""
     later = NOW + timedelta(days=31)
