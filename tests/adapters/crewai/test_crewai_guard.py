@@ -441,3 +441,38 @@ def test_a_method_bound_before_govern_is_governed() -> None:
     ]
     assert "gold" in bound[0](customer_id=10)  # ungoverned: as before
     assert ran == [("A", 10)]
+
+
+async def test_a_task_an_async_tools_run_starts_runs_nothing_undecided() -> None:
+    """An async ``@tool`` whose run starts a task calling the tool with other arguments.
+
+    The task inherits a copy of the run's context; its run is refused and
+    recorded as blocked, and the decided call runs once, a success.
+    """
+    from crewai.tools import tool
+
+    ran: list[int] = []
+    refused: list[BaseException] = []
+
+    async def lookup(customer_id: int) -> str:
+        """Look a customer up."""
+        ran.append(customer_id)
+        if customer_id == 1:
+            try:
+                await asyncio.create_task(governed_lookup.arun(customer_id=666))
+            except Exception as exc:
+                refused.append(exc)
+        return f"customer {customer_id}: gold"
+
+    governed_lookup = tool("lookup")(lookup)
+    audit = InMemoryAuditLog()
+    await _kickoff_governed(
+        _agent([governed_lookup], [("lookup", {"customer_id": 1}, "c1")]),
+        make_runtime(audit=audit),
+    )
+    assert ran == [1]
+    assert UNDECIDED in str(refused[0])
+    outcomes = sorted(
+        (r["action_params"]["customer_id"], r["result_status"]) for r in audit.records
+    )
+    assert outcomes == [(1, "success"), (666, "blocked")]
