@@ -80,6 +80,10 @@ __all__ = ["AuditLogger", "Head", "VerifyReport"]
 _MEMORY: Final = ":memory:"
 _log = logging.getLogger("aegis.audit")
 
+#: what the logger keeps of a start until its final record: the action, its
+#: context, the start's draft, the human decision as given, the decision
+_Started = tuple[object, object, RecordDraft, object, PolicyDecision]
+
 
 def _stamp_changed(start: RecordDraft, stamp: DecisionStamp | None) -> bool:
     """Whether ``stamp`` differs from what the start record stored."""
@@ -207,9 +211,14 @@ class AuditLogger(RecordReader):
         )
         self._lock = threading.Lock()
         # start id -> (the action, its context, its start draft, the human decision
-        # as given): the final record of the action reuses the encoded fields
-        # instead of encoding them again
-        self._starts: dict[int, tuple[object, object, RecordDraft, object]] = {}
+        # as given, the decision): the final record of the action reuses the
+        # encoded fields instead of encoding them again
+        self._starts: dict[int, _Started] = {}
+        # start id -> the starts kept before under that id, still unfinished: a
+        # store may give an id again (PostgreSQL, after a crash took the start
+        # that had it and the start was recorded again), and both actions then
+        # hold it (see _own)
+        self._earlier: dict[int, list[_Started]] = {}
         self._signer = None if readonly else _signer(signing_key, self._store)
         if checkpoint_every < 1 or not checkpoint_interval > 0:
             raise ConfigurationError(
@@ -523,7 +532,10 @@ class AuditLogger(RecordReader):
             record = self._write((draft,))[0]
         else:
             record = await batch.submit(draft)
-        self._starts[record.id] = (decision.action, context, draft, human_decision)
+        starts, start_id = self._starts, record.id
+        if start_id in starts:  # given again: the earlier action holds it too (see _own)
+            self._earlier.setdefault(start_id, []).append(starts[start_id])
+        starts[start_id] = (decision.action, context, draft, human_decision, decision)
         return record.id
 
     def guards(self, database: object) -> bool:
@@ -573,7 +585,10 @@ class AuditLogger(RecordReader):
         if record is None:
             return None
         context = None if stamp is None else stamp.context
-        self._starts[record.id] = (decision.action, context, draft, human_decision)
+        starts, start_id = self._starts, record.id
+        if start_id in starts:  # given again: the earlier action holds it too (see _own)
+            self._earlier.setdefault(start_id, []).append(starts[start_id])
+        starts[start_id] = (decision.action, context, draft, human_decision, decision)
         # never raises: metering again would count the action twice; and, as in
         # _write, with no subscriber, no key and nothing failing there is nothing to do
         if self._notify or self._signer is not None or self._failing_since is not None:
@@ -598,10 +613,12 @@ class AuditLogger(RecordReader):
         action reached the executor; the final record names it.
         """
         kept = None if start_token is None else self._starts.pop(start_token, None)
+        if self._earlier and kept is not None and start_token is not None:
+            kept = self._own(start_token, kept, decision)
         draft = None
         try:
             if start_token is not None and kept is not None and kept[0] is decision.action:
-                _, started_context, start, started_human = kept
+                _, started_context, start, started_human, _ = kept
                 if (
                     start.session_id == session_id
                     and start.decided_at == decided_at
@@ -646,6 +663,26 @@ class AuditLogger(RecordReader):
         if not batch.waiting and current_task() is batch.last_task:
             return self._write((draft,))[0].id  # see record_start
         return (await batch.submit(draft)).id
+
+    def _own(self, start_id: int, latest: _Started, decision: PolicyDecision) -> _Started:
+        """Of the starts kept under ``start_id``, the one of ``decision``'s action; keep the rest.
+
+        ``latest`` was just taken from :attr:`_starts`. The start of the very
+        decision the final is recorded for is its own; else (a decision made
+        again, the action's own object) the latest. The others stay kept.
+        """
+        earlier = self._earlier.pop(start_id, None)
+        if not earlier:
+            return latest
+        kept = [*earlier, latest]
+        index = next(
+            (n for n in range(len(kept) - 1, -1, -1) if kept[n][4] is decision), len(kept) - 1
+        )
+        own = kept.pop(index)
+        self._starts[start_id] = kept.pop()
+        if kept:
+            self._earlier[start_id] = kept
+        return own
 
     async def _record_interrupted(self, draft: RecordDraft) -> None:
         """Write ``draft``, an interrupted action's record, as far as it goes.

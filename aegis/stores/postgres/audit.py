@@ -638,16 +638,24 @@ def _same_action(final: RecordDraft, start: AuditRecord) -> bool:
     )
 
 
-def _same_decision(final: RecordDraft, start: AuditRecord) -> bool:
-    """Whether ``final`` is of ``start``'s action, decided when and under the policy it was.
+def _likeness(final: RecordDraft, start: AuditRecord) -> tuple[bool, bool]:
+    """How surely ``final`` records the outcome of ``start``'s action, to compare two starts.
 
-    Two identical actions (same session, action and params) differ there:
-    the runtime stamps each decision with its own time.
+    First: of its action, decided when and under the policy it was (two
+    identical actions, same session, action and params, differ there: the
+    runtime stamps each decision with its own time). Then: of its action,
+    decided as it was (risk, approval, rule, reason, which a final copies
+    from its start): what tells apart two decisions of one action that a
+    caller keeping no stamp made.
     """
+    if not _same_action(final, start):
+        return False, False
     return (
-        _same_action(final, start)
-        and final.decided_at == start.decided_at
-        and final.policy_digest == start.policy_digest
+        final.decided_at == start.decided_at and final.policy_digest == start.policy_digest,
+        final.risk_level == start.risk_level
+        and final.approval == start.approval
+        and final.matched_rule == start.matched_rule
+        and final.reason == start.reason,
     )
 
 
@@ -1184,8 +1192,9 @@ class PostgresAuditStore(ReadMixin):
         start's of this store (reused). A final is the lost action's only if
         it is of the same action (what :func:`~aegis.core.chain.verify_chain`
         checks of a final and its start); when the later start is of the
-        same action too, only if it repeats the lost action's decision
-        (its time, its policy) and not the later one's.
+        same action too, only if it is more like the lost action's decision
+        than the later one's (:func:`_likeness`: its time and policy, then
+        its risk, rule and reason).
         """
         token = draft.start_id
         if token is None:
@@ -1195,10 +1204,7 @@ class PostgresAuditStore(ReadMixin):
         if (
             moved is not None
             and _same_action(draft, moved)
-            and (
-                holder is None
-                or (_same_decision(draft, moved) and not _same_decision(draft, holder))
-            )
+            and (holder is None or _likeness(draft, moved) > _likeness(draft, holder))
         ):
             return draft._replace(start_id=moved.id)
         if holder is not None and holder.id != token:

@@ -949,3 +949,49 @@ def test_identical_actions_recorded_again_twice_keep_their_own_outcomes(postgres
     assert report.ok, report.reason
     for n in (0, 1):
         assert records[finals[n].start_id][1:-2] == starts[n][1:-2], n
+
+
+async def test_an_action_whose_start_id_is_given_again_finishes_with_its_own_start(
+    postgres_dsn: str,
+) -> None:
+    """Two decisions of one action object; the first's start is lost and its id given again.
+
+    The audit logger keeps each start by the id the runtime holds for it:
+    after the crash both actions hold the same id. The decisions differ (their
+    reasons) but not their stamps (none given, as a caller that keeps no
+    stamp). The first action finishes first: its final must carry its own
+    decision and name its own start (recorded again), the second's its own.
+    """
+    application = f"aegis_test_{uuid.uuid4().hex[:8]}"
+    audit = AuditLogger(store=PostgresAuditStore(f"{postgres_dsn}&application_name={application}"))
+    other = PostgresAuditStore(postgres_dsn)
+    action = Action("write", "crm", {"n": 1})
+    decisions = [
+        PolicyDecision(action, RiskLevel.LOW, Approval.AUTO, "r", reason=reason)
+        for reason in ("first reason", "second reason")
+    ]
+    try:
+        other.append([start_draft("other", _decision(0))])
+        first = await audit.record_start("s1", decisions[0])
+        _lose_tail(postgres_dsn, application, records=2)  # the other writer's record too
+        # the first start is recorded again, one id lower; the second takes its id
+        second = await audit.record_start("s1", decisions[1])
+        assert second == first
+        failed = Result(action, ResultStatus.FAILED, None, error="boom")
+        succeeded = Result(action, ResultStatus.SUCCESS, {"done": True})
+        ends = [
+            await audit.record("s1", decisions[0], result=failed, start_token=first),
+            await audit.record("s1", decisions[1], result=succeeded, start_token=second),
+        ]
+        records = {r.id: r for r in audit.store.records(Filters(view="records"))}
+        report = audit.store.verify()
+    finally:
+        audit.close()
+        other.close()
+    assert report.ok, report.reason
+    for end, decision in zip(ends, decisions, strict=True):
+        final = records[end]
+        start = records[final.start_id]
+        assert (start.kind, final.kind) == ("start", "final")
+        assert start.reason == final.reason == decision.reason
+    assert [records[end].start_id for end in ends] == [first - 1, first]
