@@ -417,6 +417,31 @@ def _modified(record: AuditRecord) -> str:
     return reason
 
 
+def _split_json(data: object, context: object) -> str:
+    """Why ``data`` or ``context`` is not a JSON field Aegis writes; ``""`` when both are.
+
+    The hashed text joins the result's JSON, then the extension's fields
+    (context, time, kind, digest, start id), each as it is stored: only
+    one whole JSON value per field keeps the joins where they were. Text
+    moved across a join (a final record's kind and start id pushed into its
+    result, a start's time and digest into its context) hashes the same,
+    and only this catches it.
+    """
+    if type(data) is str and not _one_json(data):
+        return "its result_data is not one JSON value (text moved between fields?)"
+    if context is not None and not (type(context) is str and _one_json(context, dict)):
+        return "its context is not one JSON object (text moved between fields?)"
+    return ""
+
+
+def _one_json(text: str, kind: type | None = None) -> bool:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # deeper than any field Aegis writes
+        return False
+    return kind is None or type(value) is kind
+
+
 def verify_chain(
     records: Iterable[AuditRecord],
     expected_head: Head | str | None = None,
@@ -482,6 +507,9 @@ def verify_chain(
             )
         if row_hash(record) != record.hash:
             return fail(record_id, _modified(record))
+        split = _split_json(record.result_data, record.context)
+        if split:
+            return fail(record_id, f"record {record_id} was modified: {split}")
         kind = record.kind
         if kind not in _KINDS:
             return fail(record_id, f"record {record_id} has an unknown kind {kind!r}")

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -403,3 +404,67 @@ def test_text_that_is_not_utf8_in_a_start_record_fails_verify_at_its_record(
     report = json.loads(json_result.stdout)
     assert (report["ok"], report["first_bad_id"]) == (False, start_id)
     assert [entry["id"] for entry in report["pending"]] == [start_id]
+
+
+def _started_and_finished(path: Path) -> str:
+    """A trail of one action with a context (a start and its final record); its head."""
+    from aegis import Policy, Runtime
+
+    policy = Policy.from_dict(
+        {"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]}
+    )
+
+    async def run() -> None:
+        async with Runtime(
+            executor=lambda action: {"paid": 1},
+            policy=policy,
+            audit_logger=AuditLogger(path),
+            session_id="s",
+        ) as rt:
+            await rt.run_one(Action("refund", "stripe", {"amount": 5}), context={"ticket": "T-1"})
+
+    asyncio.run(run())
+    return head(path)
+
+
+def _moved_into_result(row: sqlite3.Row) -> tuple[str, dict[str, object]]:
+    # the final's extension (context, time, kind, digest, start id) appended to its result
+    fields = [f'"context":{row["context"]}', f'"decided_at":"{row["decided_at"]}"']
+    fields += [f'"kind":"{row["kind"]}"', f'"policy_digest":"{row["policy_digest"]}"']
+    fields += [f'"start_id":{row["start_id"]}']
+    nulls = dict.fromkeys(("context", "decided_at", "kind", "policy_digest", "start_id"))
+    return "final", {"result_data": f"{row['result_data']},{{{','.join(fields)}}}", **nulls}
+
+
+def _moved_into_context(row: sqlite3.Row) -> tuple[str, dict[str, object]]:
+    # the start's time, kind and digest appended to its context
+    moved = f'"decided_at":"{row["decided_at"]}","kind":"{row["kind"]}"'
+    moved += f',"policy_digest":"{row["policy_digest"]}"'
+    nulls = dict.fromkeys(("decided_at", "kind", "policy_digest"))
+    return "start", {"context": f"{row['context']},{moved}", **nulls}
+
+
+@pytest.mark.parametrize("move", [_moved_into_result, _moved_into_context])
+def test_text_moved_across_a_hashed_join_is_caught(tmp_path: Path, move: Any) -> None:
+    """The hashed text joins the result, the context and the other extension fields as
+    stored: text moved from one field into its neighbour keeps every byte and so the hash
+    (a final no longer naming its start; a start's policy digest gone). Each JSON field
+    must hold one whole JSON value, so verify catches it, with and without a kept head."""
+    path = tmp_path / "audit.db"
+    kept = _started_and_finished(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = {r["kind"]: r for r in conn.execute("SELECT * FROM audit_log ORDER BY id")}
+        kind, edit = move(rows["final"] if move is _moved_into_result else rows["start"])
+        victim = rows[kind]["id"]
+        assignments = ", ".join(f"{name} = ?" for name in edit)
+        conn.execute(f"UPDATE audit_log SET {assignments} WHERE id = ?", (*edit.values(), victim))
+    finally:
+        conn.close()
+    ok, bad, reason = verify(path)
+    assert (ok, bad) == (False, victim)
+    assert "modified" in reason
+    assert verify(path, kept)[:2] == (False, victim)
+    cli_run = CliRunner().invoke(cli, ["audit", "verify", "--db", str(path), "--expect-head", kept])
+    assert cli_run.exit_code != 0
