@@ -32,12 +32,12 @@ the decided input, and a run no decision covers (not asked about, another
 input, a second run, a query whose options carry no Aegis gate) is refused
 with an error, which the SDK's server hands Claude as the tool's error
 result, and nothing runs; it is recorded as blocked (rule ``<aegis>``), with
-the input it was run with, by the latest gate given the tool. A decision
-on ``mcp__SERVER__TOOL`` gives its run to the tool given for that server
-(``tools={"crm": [refund]}``), or else to the one of that name given in a
-list, never to a tool given for another server; two tools of one name in a
-list (or one tool twice) are refused with ``ConfigurationError``, since a
-run names no server. Tools not
+the input it was run with, by the latest gate given the tool. A run names
+no server, so ``tools=`` names each tool's: ``{server name: [its tools]}``
+with the names of ``mcp_servers=`` (a list is refused with
+``ConfigurationError``, as is one tool given twice), and a decision on
+``mcp__SERVER__TOOL`` gives its run only to the tool given for that server,
+never to one of that name on another server. Tools not
 given as ``tools=`` (Claude Code's own, other MCP servers') are not watched:
 govern them with :func:`hooks`. The SDK hands the tool only its input, not
 the call it runs for, so an allowed run lives from the decision until the
@@ -60,11 +60,15 @@ its record ends as failed, not run, when the yes comes. The hooks fail
 closed: a hook that fails blocks the call (``on_failure="block"``). Tools of
 an SDK MCP server (``mcp__crm__refund``) are the action type ``refund``.
 
+Size: the two gates, the hooks' bookkeeping of allowed calls and the watch
+on in-process runs share one gate object and its decisions; split, each
+part would reach into the others' state.
+
 Example::
 
     options = ClaudeAgentOptions(
         mcp_servers={"billing": create_sdk_mcp_server("billing", tools=[refund])},
-        hooks=hooks(runtime, target="billing", tools=[refund]),
+        hooks=hooks(runtime, target="billing", tools={"billing": [refund]}),
     )
     async for message in query(prompt="Refund order 17", options=options):
         ...
@@ -296,7 +300,7 @@ class _Gate:
         self,
         runtime: Any,
         target: str,
-        tools: Iterable[Any] | Mapping[str, Iterable[Any]],
+        tools: Mapping[str, Iterable[Any]] | None,
         agent: str | None,
         on_block: OnBlock,
         *,
@@ -305,10 +309,9 @@ class _Gate:
         self.governor = Governor(
             runtime, target=target, framework=_FRAMEWORK, on_block=on_block, agent=agent
         )
-        #: the in-process tools' descriptions and watches, by (MCP server, tool name);
-        #: the server is None for a tool given in a list (it is picked on any server)
-        self.descriptions: dict[tuple[str | None, str], str] = {}
-        self.watches: dict[tuple[str | None, str], _Watch] = {}
+        #: the in-process tools' descriptions and watches, by (MCP server, tool name)
+        self.descriptions: dict[tuple[str, str], str] = {}
+        self.watches: dict[tuple[str, str], _Watch] = {}
         given: set[int] = set()
         for server, tool in _listed(tools):
             name, description = getattr(tool, "name", None), getattr(tool, "description", None)
@@ -320,9 +323,8 @@ class _Gate:
             if (server, name) in self.watches or id(tool) in given:
                 # A run names no server: one tool's decision must not let another run.
                 raise ConfigurationError(
-                    f"tools= gives two tools named {name!r}"
-                    + (f" on the MCP server {server!r}" if server is not None else "")
-                    + " or one tool twice, and a decision on one would let the other run: "
+                    f"tools= gives two tools named {name!r} on the MCP server {server!r} "
+                    "or one tool twice, and a decision on one would let the other run: "
                     "give tools= as {server name: [its tools]}, one tool object per server"
                 )
             given.add(id(tool))
@@ -355,19 +357,15 @@ class _Gate:
             agent=agent if isinstance(agent, str) and agent else self.governor.agent,
         )
 
-    def picked(self, tool_name: str) -> tuple[str | None, str] | None:
+    def picked(self, tool_name: str) -> tuple[str, str] | None:
         """The in-process tool ``mcp__SERVER__TOOL`` names, if one was given; else ``None``.
 
-        The tool given for that server, or else the one of that name given in
-        a list (names are unique there); never one given for another server.
+        Only the tool given for that very server: never one given for another.
         """
         server, name = _server_and_tool(tool_name)
-        if server is None:
-            return None  # not an MCP tool: no in-process tool is run by it
-        for key in ((server, name), (None, name)):
-            if key in self.watches:
-                return key
-        return None
+        if server is None or (server, name) not in self.watches:
+            return None  # not an MCP tool, or none given for its server
+        return server, name
 
     async def pre_tool_use(
         self, input: Mapping[str, Any], tool_use_id: str | None, context: Any
@@ -540,7 +538,7 @@ def hooks(
     runtime: Any,
     *,
     target: str = _FRAMEWORK,
-    tools: Iterable[Any] | Mapping[str, Iterable[Any]] = (),
+    tools: Mapping[str, Iterable[Any]] | None = None,
     matcher: str | None = None,
     timeout: float | None = None,
     agent: str | None = None,
@@ -554,11 +552,11 @@ def hooks(
         target: the action ``target`` of every call (the toolset's name).
         tools: the SDK ``@tool`` functions, whose descriptions go with
             their actions (shown to reviewers, part of what is approved),
-            and whose runs are watched: a list, each picked by its name on
-            whichever MCP server a call names (two of one name are refused:
-            ``ConfigurationError``), or ``{server name: [its tools]}`` with
-            the names of ``mcp_servers=``, each picked only by a call naming
-            its own server (``mcp__SERVER__TOOL``).
+            and whose runs are watched, as ``{server name: [its tools]}``
+            with the names of ``mcp_servers=``: each is let run only by a
+            decision on a call naming its own server (``mcp__SERVER__TOOL``).
+            A list, or one tool given twice, is refused
+            (``ConfigurationError``): a run does not name its server.
         matcher: the tools the hooks apply to (Claude Code's matcher
             syntax, e.g. ``"mcp__billing__.*"``); all tools by default.
         timeout: seconds Claude Code waits for the hook; keep it above the
@@ -590,7 +588,7 @@ def can_use_tool(
     runtime: Any,
     *,
     target: str = _FRAMEWORK,
-    tools: Iterable[Any] | Mapping[str, Iterable[Any]] = (),
+    tools: Mapping[str, Iterable[Any]] | None = None,
     agent: str | None = None,
     on_block: OnBlock = "return",
 ) -> Any:
@@ -633,11 +631,20 @@ def _server_and_tool(tool_name: str) -> tuple[str | None, str]:
     return None, tool_name
 
 
-def _listed(tools: Iterable[Any] | Mapping[str, Iterable[Any]]) -> Iterable[tuple[str | None, Any]]:
-    """``tools=`` as (MCP server or None, tool): a list, or ``{server name: [its tools]}``."""
+def _listed(tools: Mapping[str, Iterable[Any]] | None) -> Iterable[tuple[str, Any]]:
+    """``tools=`` (``{server name: [its tools]}``) as (MCP server, tool)."""
+    if tools is None:
+        return []
     if not isinstance(tools, Mapping):
-        return [(None, tool) for tool in tools]
-    listed: list[tuple[str | None, Any]] = []
+        # A run names no server, and Claude Code calls a tool by its server: given
+        # without one, a decision on another server's tool of that name would let
+        # this one run.
+        raise ConfigurationError(
+            "tools= maps each MCP server name (as in mcp_servers=) to its @tool "
+            f"functions, e.g. {{'billing': [refund]}}, got {type(tools).__name__}: "
+            "Aegis lets a tool run only on a decision about a call to its own server"
+        )
+    listed: list[tuple[str, Any]] = []
     for server, its_tools in tools.items():
         if not isinstance(server, str) or not server or "__" in server:
             raise ConfigurationError(

@@ -491,12 +491,14 @@ class ClaudeAgentSDKHarness:
         if self.permission_callback:
             options = ClaudeAgentOptions(
                 mcp_servers={"crm": server},
-                can_use_tool=can_use_tool(runtime, target=target, tools=tools, agent="support"),
+                can_use_tool=can_use_tool(
+                    runtime, target=target, tools={"crm": tools}, agent="support"
+                ),
             )
         else:
             options = ClaudeAgentOptions(
                 mcp_servers={"crm": server},
-                hooks=hooks(runtime, target=target, tools=tools, agent="support"),  # type: ignore[arg-type]
+                hooks=hooks(runtime, target=target, tools={"crm": tools}, agent="support"),  # type: ignore[arg-type]
             )
         cli = FakeClaudeCode(calls, server="crm", ask_permission=self.permission_callback)
 

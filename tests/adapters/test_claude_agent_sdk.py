@@ -38,7 +38,7 @@ async def test_a_tool_that_fails_in_claude_code_is_recorded_as_failed() -> None:
     audit = InMemoryAuditLog()
     options = ClaudeAgentOptions(
         mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[lookup])},
-        hooks=hooks(make_runtime(audit=audit), target="crm", tools=[lookup]),  # type: ignore[arg-type]
+        hooks=hooks(make_runtime(audit=audit), target="crm", tools={"crm": [lookup]}),  # type: ignore[arg-type]
     )
     cli = await _query(options, [("lookup", {"customer_id": 9}, "tu_1")], "crm")
     assert "no customer 9" in cli.model_saw["tu_1"]
@@ -107,7 +107,7 @@ async def test_a_tool_claude_codes_own_rules_allow_does_not_run_undecided() -> N
     runtime = make_runtime(lambda d: True, audit=audit)
     options = ClaudeAgentOptions(
         mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])},
-        can_use_tool=can_use_tool(runtime, target="crm", tools=[refund]),
+        can_use_tool=can_use_tool(runtime, target="crm", tools={"crm": [refund]}),
     )
     call = ("refund", {"order_id": "17", "amount": 120.0}, "tu_1")
     cli = await _play(options, [call], ask_permission=True, pre_allowed=["mcp__crm__refund"])
@@ -138,7 +138,9 @@ async def test_an_input_changed_after_aegis_does_not_run() -> None:
     ran: list[dict[str, Any]] = []
     refund = _refund_tool(ran)
     audit = InMemoryAuditLog()
-    governed = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools=[refund])
+    governed = hooks(
+        make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]}
+    )
     governed["PreToolUse"].append(HookMatcher(hooks=[more]))
     options = ClaudeAgentOptions(
         mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])},
@@ -160,7 +162,7 @@ async def test_a_governed_tool_served_without_the_gate_does_not_run() -> None:
 
     ran: list[dict[str, Any]] = []
     refund = _refund_tool(ran)
-    hooks(make_runtime(lambda d: True), target="crm", tools=[refund])
+    hooks(make_runtime(lambda d: True), target="crm", tools={"crm": [refund]})
     ungoverned = ClaudeAgentOptions(
         mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])}
     )
@@ -187,7 +189,9 @@ async def test_a_run_allowed_but_never_made_does_not_outlive_the_turn() -> None:
     ran: list[dict[str, Any]] = []
     refund = _refund_tool(ran)
     audit = InMemoryAuditLog()
-    governed = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools=[refund])
+    governed = hooks(
+        make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]}
+    )
     governed["PreToolUse"].append(HookMatcher(hooks=[users_own]))
     server = {"crm": create_sdk_mcp_server("crm", tools=[refund])}
     options = ClaudeAgentOptions(mcp_servers=server, hooks=governed)  # type: ignore[arg-type]
@@ -213,7 +217,7 @@ async def test_a_permitted_run_never_made_expires(monkeypatch: Any) -> None:
     monkeypatch.setattr(claude_agent_sdk, "_clock", lambda: now[0])
     ran: list[dict[str, Any]] = []
     refund = _refund_tool(ran)
-    aegis = can_use_tool(make_runtime(lambda d: True), target="crm", tools=[refund])
+    aegis = can_use_tool(make_runtime(lambda d: True), target="crm", tools={"crm": [refund]})
 
     async def then_the_user_says_no(name: str, input: Any, context: Any) -> Any:
         await aegis(name, input, context)
@@ -238,7 +242,7 @@ async def test_the_end_of_one_session_leaves_anothers_calls_alone() -> None:
     ran: list[dict[str, Any]] = []
     refund = _refund_tool(ran)
     audit = InMemoryAuditLog()
-    given = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools=[refund])
+    given = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]})
     [[pre], [post], [stop]] = (given[e][0].hooks for e in ("PreToolUse", "PostToolUse", "Stop"))
     args = {"order_id": "17", "amount": 120.0}
     call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}
@@ -262,7 +266,7 @@ async def test_a_refused_run_of_an_in_process_tool_is_recorded_as_blocked() -> N
     ran: list[dict[str, Any]] = []
     refund = _refund_tool(ran)
     audit = InMemoryAuditLog()
-    hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools=[refund])
+    hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]})
     ungoverned = ClaudeAgentOptions(
         mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])}
     )
@@ -314,7 +318,7 @@ async def test_an_approval_after_the_hook_timed_out_ends_the_record(cancels: boo
     refund = _refund_tool(ran)
     audit = InMemoryAuditLog()
     governed = hooks(
-        make_runtime(late_reviewer, audit=audit), target="crm", tools=[refund], timeout=0.2
+        make_runtime(late_reviewer, audit=audit), target="crm", tools={"crm": [refund]}, timeout=0.2
     )
     options = ClaudeAgentOptions(
         mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])},
@@ -350,7 +354,7 @@ async def test_a_decision_after_the_hooks_timeout_is_refused(monkeypatch: Any) -
     ran: list[dict[str, Any]] = []
     refund = _refund_tool(ran)
     audit = InMemoryAuditLog()
-    given = hooks(make_runtime(slow_reviewer, audit=audit), target="crm", tools=[refund])
+    given = hooks(make_runtime(slow_reviewer, audit=audit), target="crm", tools={"crm": [refund]})
     [pre] = given["PreToolUse"][0].hooks
     args = {"order_id": "17", "amount": 120.0}
     call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}
@@ -370,7 +374,7 @@ async def test_an_allowed_run_that_lapses_unused_ends_its_record(monkeypatch: An
     ran: list[dict[str, Any]] = []
     refund = _refund_tool(ran)
     audit = InMemoryAuditLog()
-    given = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools=[refund])
+    given = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]})
     [pre] = given["PreToolUse"][0].hooks
     args = {"order_id": "17", "amount": 120.0}
     call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}

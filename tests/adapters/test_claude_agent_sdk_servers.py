@@ -3,8 +3,8 @@
 Two SDK MCP servers each have a tool named ``transfer``. A run names no
 server (the SDK hands the tool only its input), so the tools are given per
 server (``tools={server: [tools]}``): a decision on ``mcp__sandbox__transfer``
-lets the sandbox tool run, never the prod one; given in one list, the two
-are refused at once.
+lets the sandbox tool run, never the prod one; a list, which names no server,
+is refused at once.
 """
 
 from __future__ import annotations
@@ -73,16 +73,35 @@ async def test_a_decision_on_one_servers_tool_lets_only_that_tool_run() -> None:
     )
 
 
-def test_tools_of_one_name_cannot_be_given_without_their_servers() -> None:
-    """In one list, two tools named alike (or one tool twice) would share a decision: refused."""
+def test_tools_given_without_their_servers_are_refused() -> None:
+    """A list names no server: prod's tool in it would run on a decision about sandbox's.
+
+    ``tools=[prod]`` with hooks for the sandbox server only: a decision on
+    ``mcp__sandbox__transfer`` (a tool not given to Aegis) would let prod's
+    ``transfer`` run unasked. The list is refused at once, for both gates.
+    """
+    from claude_agent_sdk import create_sdk_mcp_server
+
     from aegis.adapters.claude_agent_sdk import can_use_tool, hooks
 
     ran: list[tuple[str, dict[str, Any]]] = []
     sandbox, prod = _transfer("sandbox", ran), _transfer("prod", ran)
-    with pytest.raises(ConfigurationError, match="two tools named 'transfer'"):
+    create_sdk_mcp_server("sandbox", tools=[sandbox])
+    create_sdk_mcp_server("prod", tools=[prod])
+    with pytest.raises(ConfigurationError, match="maps each MCP server name"):
+        hooks(make_runtime(policy=POLICY), tools=[prod], matcher="mcp__sandbox__.*")
+    with pytest.raises(ConfigurationError, match="maps each MCP server name"):
+        can_use_tool(make_runtime(policy=POLICY), tools=(prod,))
+    with pytest.raises(ConfigurationError, match="maps each MCP server name"):
         hooks(make_runtime(), tools=[sandbox, prod])
-    with pytest.raises(ConfigurationError, match="two tools named 'transfer'"):
-        can_use_tool(make_runtime(), tools=[sandbox, prod])
+
+
+def test_one_tool_given_twice_is_refused() -> None:
+    """One tool object for two servers would share their decisions: refused, as is a bare tool."""
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    ran: list[tuple[str, dict[str, Any]]] = []
+    sandbox = _transfer("sandbox", ran)
     with pytest.raises(ConfigurationError, match="one tool twice"):
         hooks(make_runtime(), tools={"sandbox": [sandbox], "prod": [sandbox]})
     with pytest.raises(ConfigurationError, match="list of its @tool functions"):
