@@ -45,7 +45,10 @@ call ends, and no longer than :data:`TICKET_SECONDS`: under the hooks, the
 call's ``PostToolUse`` or, for a call Claude Code never ran (another hook
 denied it, the hook timed out, the user interrupted), the ``Stop`` of its
 session's turn, which also ends that call's record as failed (and, for a
-call whose run lapses unused with neither, the lapse); under
+call whose run lapses unused with neither, the lapse, unless a run with the
+same input started meanwhile: runs of one input are interchangeable, so
+that one may have been this call's, and its record waits for Claude Code's
+word); under
 ``can_use_tool`` (the SDK tells the callback nothing after it answers) only
 the deadline. Within that time a query without the gate could still make the
 run with exactly the decided input.
@@ -126,11 +129,15 @@ class _NotDecided(Exception):
 class _Ticket:
     """One run of a watched tool allowed with one exact input, until a deadline."""
 
-    __slots__ = ("deadline", "key")
+    __slots__ = ("deadline", "key", "shared")
 
     def __init__(self, key: str, deadline: float) -> None:
         self.key = key
         self.deadline = deadline
+        #: a run with this input started while the ticket was held: tickets of one
+        #: input are interchangeable (a run cannot name its call), so that run may
+        #: be this ticket's call's, whichever ticket it used
+        self.shared = False
 
 
 class _Watch:
@@ -161,13 +168,21 @@ class _Watch:
             self.tickets = [held for held in self.tickets if held is not ticket]
 
     def take(self, tool_input: object) -> bool:
-        """Use up the oldest live run allowed for ``tool_input``; False when none is."""
+        """Use up a live run allowed for ``tool_input``; False when none is.
+
+        The run cannot say which call it is for, so it uses the oldest
+        ticket for its input, and the others still held for that input are
+        marked: the run may be any of their calls'.
+        """
         now = _clock()
         self.tickets = [held for held in self.tickets if held.deadline > now]
         key = _canonical(tool_input)
         for index, ticket in enumerate(self.tickets):
             if ticket.key == key:
                 del self.tickets[index]
+                for other in self.tickets:
+                    if other.key == key:
+                        other.shared = True
                 return True
         return False
 
@@ -228,10 +243,18 @@ async def _record_refused(
 
 
 def _lapsed(watch: _Watch, ticket: _Ticket, outcome: asyncio.Future[Any]) -> None:
-    """An allowed run's time is over: unused, its call's record ends as failed (not run)."""
+    """An allowed run's time is over: unused, its call's record ends as failed (not run).
+
+    Unless a run with its input started while it was held: that run may be
+    this call's (it used another call's ticket for the same input), so the
+    record is left to the call's ``PostToolUse`` or its turn's ``Stop``,
+    which Claude Code sends for the call it ran and the one it did not.
+    """
     if outcome.done() or not any(held is ticket for held in watch.tickets):
         return  # recorded already, or the run was made (its PostToolUse records it)
     watch.withdraw(ticket)
+    if ticket.shared:
+        return  # it may have run: never say "not run"
     outcome.set_exception(
         ToolFailure(
             f"not run: Claude Code did not run the tool within {TICKET_SECONDS:g} s "

@@ -386,3 +386,52 @@ async def test_an_allowed_run_that_lapses_unused_ends_its_record(monkeypatch: An
     with pytest.raises(Exception, match="no Aegis decision"):
         await refund.handler(args)
     assert ran == []
+
+
+async def test_a_run_on_another_calls_ticket_is_not_recorded_as_not_run(
+    monkeypatch: Any,
+) -> None:
+    """Two calls with one input: A is allowed and then denied, B runs, slower than its ticket.
+
+    A run names no call, so B's run uses A's ticket (the oldest for its
+    input) and B's own is still held when it lapses mid-run: the lapse must
+    not end B's record as not run. B's PostToolUse records the run; the
+    turn's Stop ends A, which never ran.
+    """
+    from claude_agent_sdk import ClaudeAgentOptions, HookMatcher, create_sdk_mcp_server, tool
+
+    from aegis.adapters import claude_agent_sdk
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    monkeypatch.setattr(claude_agent_sdk, "TICKET_SECONDS", 1.0)
+    ran: list[dict[str, Any]] = []
+
+    @tool("refund", "Refund an order.", {"order_id": str, "amount": float})
+    async def slow_refund(args: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(1.2)  # outlives the ticket of the call it runs for
+        ran.append(dict(args))
+        return {"content": [{"type": "text", "text": f"refunded {args['amount']}"}]}
+
+    async def users_own(input: Any, tool_use_id: Any, context: Any) -> dict[str, Any]:
+        if input["tool_use_id"] != "tu_A":
+            return {}
+        denied = {"permissionDecision": "deny", "permissionDecisionReason": "not A"}
+        return {"hookSpecificOutput": {"hookEventName": "PreToolUse", **denied}}
+
+    audit = InMemoryAuditLog()
+    governed = hooks(
+        make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [slow_refund]}
+    )
+    governed["PreToolUse"].append(HookMatcher(hooks=[users_own]))
+    options = ClaudeAgentOptions(
+        mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[slow_refund])},
+        hooks=governed,  # type: ignore[arg-type]
+    )
+    args = {"order_id": "17", "amount": 120.0}
+    cli = await _play(options, [("refund", args, "tu_A"), ("refund", args, "tu_B")])
+    assert (cli.model_saw["tu_A"], cli.model_saw["tu_B"]) == ("not A", "refunded 120.0")
+    assert ran == [args]
+    records = {r["context"]["tool_call_id"]: r for r in await _until_ended(audit)}
+    assert records["tu_B"]["result_status"] == "success"
+    assert records["tu_A"]["result_status"] == "failed"
+    assert "lapsed" not in str(records["tu_A"]["result_error"])  # Stop ended it, not a lapse
