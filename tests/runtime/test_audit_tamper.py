@@ -406,8 +406,8 @@ def test_text_that_is_not_utf8_in_a_start_record_fails_verify_at_its_record(
     assert [entry["id"] for entry in report["pending"]] == [start_id]
 
 
-def _started_and_finished(path: Path) -> str:
-    """A trail of one action with a context (a start and its final record); its head."""
+def _started_and_finished(path: Path, context: dict[str, str] | None) -> str:
+    """A trail of one action (a start and its final record) with ``context``; its head."""
     from aegis import Policy, Runtime
 
     policy = Policy.from_dict(
@@ -421,7 +421,7 @@ def _started_and_finished(path: Path) -> str:
             audit_logger=AuditLogger(path),
             session_id="s",
         ) as rt:
-            await rt.run_one(Action("refund", "stripe", {"amount": 5}), context={"ticket": "T-1"})
+            await rt.run_one(Action("refund", "stripe", {"amount": 5}), context=context)
 
     asyncio.run(run())
     return head(path)
@@ -429,7 +429,8 @@ def _started_and_finished(path: Path) -> str:
 
 def _moved_into_result(row: sqlite3.Row) -> tuple[str, dict[str, object]]:
     # the final's extension (context, time, kind, digest, start id) appended to its result
-    fields = [f'"context":{row["context"]}', f'"decided_at":"{row["decided_at"]}"']
+    fields = [] if row["context"] is None else [f'"context":{row["context"]}']
+    fields += [f'"decided_at":"{row["decided_at"]}"']
     fields += [f'"kind":"{row["kind"]}"', f'"policy_digest":"{row["policy_digest"]}"']
     fields += [f'"start_id":{row["start_id"]}']
     nulls = dict.fromkeys(("context", "decided_at", "kind", "policy_digest", "start_id"))
@@ -444,14 +445,24 @@ def _moved_into_context(row: sqlite3.Row) -> tuple[str, dict[str, object]]:
     return "start", {"context": f"{row['context']},{moved}", **nulls}
 
 
-@pytest.mark.parametrize("move", [_moved_into_result, _moved_into_context])
-def test_text_moved_across_a_hashed_join_is_caught(tmp_path: Path, move: Any) -> None:
+@pytest.mark.parametrize(
+    ("move", "context"),
+    [
+        (_moved_into_result, {"ticket": "T-1"}),
+        (_moved_into_result, None),
+        (_moved_into_context, {"ticket": "T-1"}),
+    ],
+    ids=["into the result", "into a result without context", "into the context"],
+)
+def test_text_moved_across_a_hashed_join_is_caught(
+    tmp_path: Path, move: Any, context: dict[str, str] | None
+) -> None:
     """The hashed text joins the result, the context and the other extension fields as
     stored: text moved from one field into its neighbour keeps every byte and so the hash
     (a final no longer naming its start; a start's policy digest gone). Each JSON field
     must hold one whole JSON value, so verify catches it, with and without a kept head."""
     path = tmp_path / "audit.db"
-    kept = _started_and_finished(path)
+    kept = _started_and_finished(path, context)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.row_factory = sqlite3.Row
     try:
