@@ -418,32 +418,26 @@ def _modified(record: AuditRecord) -> str:
 
 
 def _split_json(data: object, context: object) -> str:
-    """Why ``data`` or ``context`` is not a JSON field Aegis writes; ``""`` when both are.
+    """Why ``data`` or ``context`` is not one whole JSON value (an object), or ``""``.
 
-    The hashed text joins the result's JSON, then the extension's fields
-    (context, time, kind, digest, start id), each as it is stored: only
-    one whole JSON value per field keeps the joins where they were. Text
-    moved across a join (a final record's kind and start id pushed into its
-    result, a start's time and digest into its context) hashes the same,
-    and only this catches it. A record with no context and a time needs
-    no look: the hashed text then holds ``,{"decided_at":`` right after the
-    result, where a record with a context holds ``},"decided_at":`` and one
-    without a time another key, so no text of another record's fields can
-    end its result there.
+    The hashed text joins the result, then the context and the other
+    extension fields as stored: text moved across a join (a final's kind
+    and start id into its result, a start's time into its context) hashes
+    the same. Without a context and with a time, ``,{"decided_at":`` follows
+    the result, which no other split of the text gives: no look needed.
     """
-    if type(data) is str and not _one_json(data):
+    if type(data) is str and not _one_json(data, object):
         return "its result_data is not one JSON value (text moved between fields?)"
     if context is not None and not (type(context) is str and _one_json(context, dict)):
         return "its context is not one JSON object (text moved between fields?)"
     return ""
 
 
-def _one_json(text: str, kind: type | None = None) -> bool:
+def _one_json(text: str, kind: type) -> bool:
     try:
-        value = json.loads(text)
+        return isinstance(json.loads(text), kind)
     except (ValueError, RecursionError):  # deeper than any field Aegis writes
         return False
-    return kind is None or type(value) is kind
 
 
 def verify_chain(
@@ -512,8 +506,6 @@ def verify_chain(
         if row_hash(record) != record.hash:
             return fail(record_id, _modified(record))
         context = record.context
-        # Without a context and with a time, nothing can move: the time's
-        # key follows the result's JSON directly (see _split_json)
         if context is not None or record.decided_at is None:
             split = _split_json(record.result_data, context)
             if split:
