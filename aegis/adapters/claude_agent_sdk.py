@@ -46,9 +46,10 @@ call's ``PostToolUse`` or, for a call Claude Code never ran (another hook
 denied it, the hook timed out, the user interrupted), the ``Stop`` of its
 session's turn, which also ends that call's record as failed (and, for a
 call whose run lapses unused with neither, the lapse, unless a run with the
-same input started meanwhile: runs of one input are interchangeable, so
-that one may have been this call's, and its record waits for Claude Code's
-word); under
+same input was made: runs of one input are interchangeable, so that one
+may have been this call's, and its record waits for Claude Code's word, up
+to :data:`OUTCOME_SECONDS` after the last run with that input ends, then
+ends as failed, outcome unknown, never as not run); under
 ``can_use_tool`` (the SDK tells the callback nothing after it answers) only
 the deadline. Within that time a query without the gate could still make the
 run with exactly the decided input.
@@ -110,6 +111,10 @@ _WATCHED = "_aegis_watch"
 #: seconds an allowed run of a watched tool stays allowed when nothing ends it
 #: sooner: Claude Code runs a tool as soon as its permission step allows it
 TICKET_SECONDS = 30.0
+#: seconds a call's record waits for Claude Code's word (``PostToolUse``, ``Stop``)
+#: once its run has lapsed with a run of its input made (the last such run over),
+#: before it ends as failed, outcome unknown: Claude Code is taken to be gone
+OUTCOME_SECONDS = 30.0
 #: seconds Claude Code waits for a hook when its matcher sets no ``timeout``
 HOOK_TIMEOUT = 60.0
 #: the clock of the tickets' and the hooks' deadlines
@@ -153,6 +158,10 @@ class _Watch:
     def __init__(self) -> None:
         #: the runs allowed, in the order allowed
         self.tickets: list[_Ticket] = []
+        #: the runs in progress, by input
+        self.running: dict[str, int] = {}
+        #: what to do once no run with an input is in progress, by input
+        self.idle: dict[str, list[Callable[[], None]]] = {}
         #: records a refused run: the governor of the latest gate given the tool
         self.recorder: Governor | None = None
 
@@ -186,6 +195,26 @@ class _Watch:
                 return True
         return False
 
+    def started(self, key: str) -> None:
+        """A run with the input ``key`` began."""
+        self.running[key] = self.running.get(key, 0) + 1
+
+    def ended(self, key: str) -> None:
+        """A run with the input ``key`` is over: the last one calls what waits for it."""
+        left = self.running.pop(key) - 1
+        if left:
+            self.running[key] = left
+            return
+        for then in self.idle.pop(key, []):
+            then()
+
+    def when_idle(self, key: str, then: Callable[[], None]) -> None:
+        """Call ``then`` once no run with the input ``key`` is in progress (now, if none is)."""
+        if key in self.running:
+            self.idle.setdefault(key, []).append(then)
+        else:
+            then()
+
 
 def _watch(tool: Any, recorder: Governor) -> _Watch:
     """The watch of an SDK ``@tool``, wrapping its handler the first time.
@@ -213,7 +242,12 @@ def _watch(tool: Any, recorder: Governor) -> _Watch:
             )
             await _record_refused(watch.recorder, name, description, args, refusal)
             raise refusal
-        return await handler(args)
+        key = _canonical(args)
+        watch.started(key)
+        try:
+            return await handler(args)
+        finally:
+            watch.ended(key)
 
     tool.handler = decided_runs_only
     setattr(tool, _WATCHED, watch)
@@ -245,22 +279,45 @@ async def _record_refused(
 def _lapsed(watch: _Watch, ticket: _Ticket, outcome: asyncio.Future[Any]) -> None:
     """An allowed run's time is over: unused, its call's record ends as failed (not run).
 
-    Unless a run with its input started while it was held: that run may be
-    this call's (it used another call's ticket for the same input), so the
+    Unless a run with its input was made (with this ticket, or with another
+    call's for the same input, which may have been this call's run): the
     record is left to the call's ``PostToolUse`` or its turn's ``Stop``,
-    which Claude Code sends for the call it ran and the one it did not.
+    which Claude Code sends for the call it ran and the one it did not, for
+    :data:`OUTCOME_SECONDS` after the last run with that input ends; if
+    neither comes by then (Claude Code gone), it ends as failed, outcome
+    unknown, never as not run.
     """
-    if outcome.done() or not any(held is ticket for held in watch.tickets):
-        return  # recorded already, or the run was made (its PostToolUse records it)
+    if outcome.done():
+        return  # recorded already
+    used = not any(held is ticket for held in watch.tickets)
     watch.withdraw(ticket)
-    if ticket.shared:
-        return  # it may have run: never say "not run"
+    if used or ticket.shared:
+        # It may have run: never say "not run".
+        loop = asyncio.get_running_loop()
+
+        def wait_for_word() -> None:
+            loop.call_later(OUTCOME_SECONDS, _unknown, outcome)
+
+        watch.when_idle(ticket.key, wait_for_word)
+        return
     outcome.set_exception(
         ToolFailure(
             f"not run: Claude Code did not run the tool within {TICKET_SECONDS:g} s "
             "of the decision, and the run it was allowed has lapsed"
         )
     )
+
+
+def _unknown(outcome: asyncio.Future[Any]) -> None:
+    """Claude Code never said what came of a call whose run may have been made."""
+    if not outcome.done():
+        outcome.set_exception(
+            ToolFailure(
+                "outcome unknown: a run with the call's input was made, and Claude Code "
+                f"sent neither PostToolUse nor Stop within {OUTCOME_SECONDS:g} s of it; "
+                "Aegis cannot tell whether the tool ran for this call"
+            )
+        )
 
 
 def _canonical(value: object) -> str:

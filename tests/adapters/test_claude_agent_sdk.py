@@ -435,3 +435,100 @@ async def test_a_run_on_another_calls_ticket_is_not_recorded_as_not_run(
     assert records["tu_B"]["result_status"] == "success"
     assert records["tu_A"]["result_status"] == "failed"
     assert "lapsed" not in str(records["tu_A"]["result_error"])  # Stop ended it, not a lapse
+
+
+async def _two_calls_one_run(
+    monkeypatch: Any,
+    audit: InMemoryAuditLog,
+    outcome_seconds: float,
+    release: asyncio.Event | None = None,
+) -> tuple[Any, Any, asyncio.Future[Any]]:
+    """Calls A and B with one input are allowed and one run is made; then nothing comes.
+
+    The run uses A's ticket (the oldest) and marks B's; both tickets lapse
+    half a second after the decisions. With ``release``, the run lasts until
+    it is set. The PostToolUse hook, the input and the run are returned.
+    """
+    from claude_agent_sdk import tool
+
+    from aegis.adapters import claude_agent_sdk
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    monkeypatch.setattr(claude_agent_sdk, "TICKET_SECONDS", 0.5)
+    monkeypatch.setattr(claude_agent_sdk, "OUTCOME_SECONDS", outcome_seconds)
+    ran: list[dict[str, Any]] = []
+
+    @tool("refund", "Refund an order.", {"order_id": str, "amount": float})
+    async def refund(args: dict[str, Any]) -> dict[str, Any]:
+        if release is not None:
+            await release.wait()
+        ran.append(dict(args))
+        return {"content": [{"type": "text", "text": f"refunded {args['amount']}"}]}
+
+    given = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]})
+    [pre] = given["PreToolUse"][0].hooks
+    [post] = given["PostToolUse"][0].hooks
+    args = {"order_id": "17", "amount": 120.0}
+    for tu in ("tu_A", "tu_B"):
+        call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": tu}
+        answer = await pre({**call, "session_id": "a"}, tu, None)  # type: ignore[arg-type]
+        assert answer["hookSpecificOutput"]["permissionDecision"] == "allow"  # type: ignore[typeddict-item]
+    run = asyncio.ensure_future(refund.handler(args))
+    if release is None:
+        await run
+        assert ran == [args]
+    return post, args, run
+
+
+async def test_a_marked_run_that_lapses_with_no_word_ends_outcome_unknown(
+    monkeypatch: Any,
+) -> None:
+    """Claude Code gone after a run (no PostToolUse, no Stop): each record ends once, unknown.
+
+    The run may have been either call's, so neither record may say "not
+    run"; a PostToolUse after the records ended writes no second final.
+    """
+    audit = InMemoryAuditLog()
+    post, args, _ = await _two_calls_one_run(monkeypatch, audit, 0.05)
+    records = {r["context"]["tool_call_id"]: r for r in await _until_ended(audit)}
+    assert sorted(records) == ["tu_A", "tu_B"]
+    for record in records.values():
+        assert record["result_status"] == "failed"
+        assert "outcome unknown" in str(record["result_error"])
+        assert "not run" not in str(record["result_error"])
+    written = audit.memory.head().count
+    late = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_B"}
+    await post({**late, "tool_response": "refunded", "session_id": "a"}, "tu_B", None)
+    await asyncio.sleep(0.1)
+    assert audit.memory.head().count == written  # no second final
+
+
+async def test_a_marked_run_whose_post_tool_use_comes_in_time_records_it(
+    monkeypatch: Any,
+) -> None:
+    """The tickets lapse, but PostToolUse comes before OUTCOME_SECONDS: the record says success."""
+    audit = InMemoryAuditLog()
+    post, args, _ = await _two_calls_one_run(monkeypatch, audit, 30.0)
+    await asyncio.sleep(0.6)  # both tickets lapse; the records wait for Claude Code's word
+    assert not [r for r in audit.records if r["kind"] == "final"]
+    done = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_B"}
+    await post({**done, "tool_response": "refunded", "session_id": "a"}, "tu_B", None)
+    [record] = [r for r in audit.records if r["kind"] == "final"]
+    assert audit.memory.head().count == 3  # two starts, one final
+    assert (record["context"]["tool_call_id"], record["result_status"]) == ("tu_B", "success")
+
+
+async def test_a_marked_run_waits_for_the_word_until_the_last_run_with_its_input_ends(
+    monkeypatch: Any,
+) -> None:
+    """The tickets lapse mid-run: the wait for Claude Code's word starts when the run ends."""
+    audit = InMemoryAuditLog()
+    release = asyncio.Event()
+    _, _, run = await _two_calls_one_run(monkeypatch, audit, 0.05, release)
+    await asyncio.sleep(0.8)  # the tickets lapsed 0.3 s ago, far past OUTCOME_SECONDS
+    assert not [r for r in audit.records if r["kind"] == "final"]
+    release.set()
+    await run
+    records = await _until_ended(audit)
+    assert [r["result_status"] for r in records] == ["failed", "failed"]
+    assert all("outcome unknown" in str(r["result_error"]) for r in records)
