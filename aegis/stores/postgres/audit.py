@@ -97,7 +97,7 @@ from aegis.core.chain import (
 from aegis.core.checkpoint import CHECKPOINT_COLUMNS, Checkpoint
 from aegis.core.filters import NO_FILTERS, Filters
 from aegis.core.record import RECORD_FIELDS, AuditRecord, RecordDraft, RecordKind
-from aegis.errors import AuditOutcomeUnknown, StoreError
+from aegis.errors import AegisError, AuditOutcomeUnknown, StoreError
 from aegis.stores._url import StoreURL
 from aegis.stores._waiting import Waiting
 from aegis.stores.base import (
@@ -988,11 +988,14 @@ class PostgresAuditStore(ReadMixin):
         server, and the events written here would be missed by the usage
         store's reads there. So each connection is asked which server and
         database it reaches (:func:`~aegis.stores.postgres.connection.server_identity`,
-        once per connection): the usage store's as it connects, the writing
-        connection's before it first carries an event. When the usage store
-        has connected, they are compared here (no: the events are noted the
-        ordinary way); :meth:`append_guarded` compares them again, and
-        refuses an event when they differ, or a server did not say. The
+        once per connection): the usage store's as it connects (here, if it
+        has not yet), the writing connection's here. Unless both servers say,
+        and say the same, the answer is no, for good: the events are noted
+        the ordinary way, and no action pays an append that is refused (a
+        server whose role may not run ``pg_control_system()`` never says).
+        :meth:`append_guarded` compares them again (a server restarted, a
+        connection made anew), and refuses an event when they differ, or a
+        server did not say. The
         guard carries the schema the usage store resolved, and an append
         whose schema differs is refused. Never for a writer that may not
         migrate (``create=False``): its trail may be older than the flow append.
@@ -1006,9 +1009,15 @@ class PostgresAuditStore(ReadMixin):
             or database.schema_option != self.db.schema_option
         ):
             return False
+        connect = database.flow_connect
+        if database.flow_server is None and connect is not None:
+            try:
+                connect()  # the usage store's connection says where its events are read
+            except AegisError:  # cannot be reached: nothing is confirmed
+                return False
+        if database.flow_server is None:  # unknown, or its server does not say: no
+            return False
         self._beside = database
-        if database.flow_server is None:  # the usage store has not connected: appends ask
-            return True
         with self._write_lock:
             try:
                 return self._serves(database, self._writer())

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
@@ -309,6 +309,9 @@ class Database:
         #: the server and database the usage store's connection reaches (server_identity),
         #: set by PostgresUsageStore as it connects: where its flow events are read
         self.flow_server: tuple[Any, ...] | None = None
+        #: connects that usage store if it has not (set by it): then flow_server is known,
+        #: or known to be unreadable (still ``None``); an audit's guards() asks it
+        self.flow_connect: Callable[[], object] | None = None
 
     def __repr__(self) -> str:
         return f"<Database {self.where}>"

@@ -203,6 +203,8 @@ class PostgresUsageStore:
                 statement_timeout=lock_timeout,
             )
             self._owns_db = True
+        # an audit store asks, before it lets its starts carry the events (see its guards)
+        self.db.flow_connect = self._connected
         if isinstance(lock_timeout, bool) or not (
             isinstance(lock_timeout, int | float) and lock_timeout > 0
         ):
@@ -263,6 +265,10 @@ class PostgresUsageStore:
         }
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    def _connected(self) -> None:
+        """Connect, if not connected: the database's ``flow_server`` says where then."""
+        self._run("connect the usage counters to", lambda conn: None)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -26,6 +26,7 @@ from aegis.core.result import ResultStatus
 from aegis.core.risk import RiskLevel
 from aegis.errors import StoreError
 from aegis.stores.postgres.audit import PostgresAuditStore
+from aegis.stores.postgres.connection import Database
 from aegis.stores.postgres.usage import PostgresUsageStore
 
 #: every action runs: no limit, no flow rule
@@ -359,22 +360,97 @@ def test_one_dsn_of_two_hosts_that_reach_two_servers_keeps_the_events_where_they
 
 def test_a_usage_store_the_server_says_is_beside_shares_the_append(postgres_dsn: str) -> None:
     """The same DSN, another store object, and the servers say they are one: the start record
-    carries its flow event, one round trip; a usage store not yet connected is not confirmed."""
+    carries its flow event, one round trip. A usage store not yet connected is connected to
+    ask its server; a database no usage store reads from is not confirmed."""
     usage = PostgresUsageStore(postgres_dsn)
     store = PostgresAuditStore(postgres_dsn)
     try:
         store.check()
         decision = PolicyDecision(Action("read", "crm"), RiskLevel.LOW, Approval.AUTO, "r")
         event = flow_event("s", "read", "crm", {}, time.time())
-        assert usage.db.flow_server is None
-        assert store.guards(usage.db)  # asked again at each append
+        nobody = Database(postgres_dsn)
+        assert not store.guards(nobody)  # no usage store to say where it reads
         with pytest.raises(StoreError, match="not beside"):
             store.append_guarded(start_draft("s", decision), usage.guard(None, event))
-        usage.forgotten("s")  # connects: its server known
+        assert usage.db.flow_server is None
+        assert store.guards(usage.db)  # connects the usage store: its server says
         assert usage.db.flow_server is not None
-        assert store.guards(usage.db)
         store.append_guarded(start_draft("s", decision), usage.guard(None, event))
         assert events(postgres_dsn) == [("s", "read", "crm", "{}")]
     finally:
         store.close()
         usage.close()
+
+
+class Attempts(PostgresAuditStore):
+    """The real audit store, counting the start appends it is asked to carry an event in."""
+
+    attempts = 0
+
+    def append_guarded(self, draft: Any, guard: Any) -> Any:
+        self.attempts += 1
+        return super().append_guarded(draft, guard)
+
+
+def test_a_role_that_may_not_ask_its_server_which_it_is_notes_events_the_ordinary_way() -> None:
+    """Hardened servers revoke pg_control_system() from PUBLIC. The connections of a role that
+    may not run it cannot say which server they reach: guards() says no, once, and no action
+    tries to carry its event in its start (before, every one did, was refused, and was noted
+    again the ordinary way). The flow rules still see every event. The revoke is made in a
+    database of this test's own (pg_proc is per database): other tests never see it."""
+    suffix = uuid.uuid4().hex[:8]
+    role, database = f"aegis_hardened_{suffix}", f"aegis_hardened_{suffix}"
+    password = uuid.uuid4().hex
+    sql(POSTGRES_DSN, f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    try:
+        sql(POSTGRES_DSN, f"CREATE DATABASE {database} OWNER {role}")
+        try:
+            admin = POSTGRES_DSN.rsplit("/", 1)[0] + f"/{database}"
+            sql(admin, "REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+            dsn = f"postgresql://{role}:{password}@127.0.0.1:5432/{database}"
+            refused = sql(
+                admin, "SELECT has_function_privilege(%s, 'pg_control_system()', 'EXECUTE')", role
+            )
+            assert refused == [(False,)]
+            policy = Policy.from_dict(
+                {
+                    "rules": [
+                        {
+                            "name": "no_send_after_secret",
+                            "match": {"type": "send_external"},
+                            "conditions": {"after": {"type": "read_secret", "within": "session"}},
+                            "approval": "block",
+                        },
+                        {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+                    ]
+                }
+            )
+            audit = Attempts(dsn)
+            usage = PostgresUsageStore(dsn)
+
+            async def run() -> list[ResultStatus]:
+                async with Runtime(
+                    executor=lambda action: "ok",
+                    policy=policy,
+                    audit_logger=AuditLogger(store=audit),
+                    usage_store=usage,
+                    session_id="s",
+                ) as rt:
+                    actions = [Action("list", "crm") for _ in range(3)]
+                    actions += [Action("read_secret", "vault"), Action("send_external", "mail")]
+                    return [(await rt.run_one(action)).status for action in actions]
+
+            try:
+                statuses = asyncio.run(run())
+                assert statuses == [ResultStatus.SUCCESS] * 4 + [ResultStatus.BLOCKED]
+                assert audit.attempts == 0  # no start tried to carry its event
+                assert usage.latest_event("s", None, action_type="read_secret") is not None
+                assert usage.latest_event("s", None, action_type="list") is not None
+                assert not audit.guards(usage.db)
+            finally:
+                usage.close()
+                audit.close()
+        finally:
+            sql(POSTGRES_DSN, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    finally:
+        sql(POSTGRES_DSN, f"DROP ROLE IF EXISTS {role}")
