@@ -27,8 +27,15 @@ from aegis.stores.postgres.usage import PostgresUsageStore
 from aegis.stores.sqlite.usage import SQLiteUsageStore
 from aegis.stores.usage import MemoryUsageStore
 
-#: every action runs: no limit, no flow rule
-PLAIN = Policy.from_dict({"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]})
+#: every action runs (alone: no limit, no flow rule)
+ALL_AUTO: dict[str, Any] = {"name": "all", "match": {"type": "*"}, "approval": "auto"}
+PLAIN = Policy.from_dict({"rules": [ALL_AUTO]})
+#: a send waits for a person
+ASKED_SEND: dict[str, Any] = {
+    "name": "asked",
+    "match": {"type": "send_external"},
+    "approval": "approve",
+}
 #: no deploy unless the session's tests ran
 GATED = Policy.from_dict(
     {
@@ -39,10 +46,23 @@ GATED = Policy.from_dict(
                 "conditions": {"not_after": {"type": "run_tests", "within": "session"}},
                 "approval": "block",
             },
-            {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+            ALL_AUTO,
         ]
     }
 )
+
+
+def _blocked_after(
+    blocked: str, earlier: dict[str, Any], then: list[dict[str, Any]] | None = None
+) -> Policy:
+    """``blocked`` actions are blocked after an ``earlier`` one; then ``then`` (all auto)."""
+    rule = {
+        "name": f"no_{blocked}_after",
+        "match": {"type": blocked},
+        "conditions": {"after": earlier},
+        "approval": "block",
+    }
+    return Policy.from_dict({"rules": [rule, *(then if then is not None else [ALL_AUTO])]})
 
 
 @dataclass
@@ -241,20 +261,8 @@ async def test_a_nul_in_an_action_alone_is_kept_whole_or_refused(trail: Trail) -
         await rt.run_one(Action("run_tests", "ci"))
     assert await _deploy(trail) is ResultStatus.BLOCKED  # session s ran no tests
 
-    no_mail = Policy.from_dict(
-        {
-            "rules": [
-                {
-                    "name": "no_mail_after_secret",
-                    "match": {"type": "send_email"},
-                    "conditions": {
-                        "after": {"type": "read_file", "target": "*secret*", "within": "session"}
-                    },
-                    "approval": "block",
-                },
-                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
-            ]
-        }
+    no_mail = _blocked_after(
+        "send_email", {"type": "read_file", "target": "*secret*", "within": "session"}
     )
     ran: list[str] = []
 
@@ -288,19 +296,7 @@ async def test_an_int_too_long_to_print_is_noted_and_counted(trail: Trail) -> No
         together = await asyncio.gather(rt.run_one(huge), rt.run_one(Action("read", "docs")))
     assert [r.status for r in (alone, *together)] == [ResultStatus.SUCCESS] * 3
     assert trail.events("read_secret") == 2
-    no_mail = Policy.from_dict(
-        {
-            "rules": [
-                {
-                    "name": "no_mail_after_secret",
-                    "match": {"type": "send_email"},
-                    "conditions": {"after": {"type": "read_secret", "within": "session"}},
-                    "approval": "block",
-                },
-                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
-            ]
-        }
-    )
+    no_mail = _blocked_after("send_email", {"type": "read_secret", "within": "session"})
     async with Runtime(
         executor=lambda action: "sent", policy=no_mail, audit_logger=trail.open(), session_id="s"
     ) as other:
@@ -310,26 +306,9 @@ async def test_an_int_too_long_to_print_is_noted_and_counted(trail: Trail) -> No
 
 def _approved_sends(limit: bool) -> Policy:
     """No send after a secret was read; else a send needs approval (with a limit, or not)."""
-    asked: dict[str, Any] = {
-        "name": "send_needs_human",
-        "match": {"type": "send_external"},
-        "approval": "approve",
-    }
-    if limit:
-        asked["limit"] = {"max": 100, "per": "1h"}
-    return Policy.from_dict(
-        {
-            "rules": [
-                {
-                    "name": "no_send_after_secret",
-                    "match": {"type": "send_external"},
-                    "conditions": {"after": {"type": "read_secret", "within": "session"}},
-                    "approval": "block",
-                },
-                asked,
-                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
-            ]
-        }
+    asked = {**ASKED_SEND, "limit": {"max": 100, "per": "1h"}} if limit else ASKED_SEND
+    return _blocked_after(
+        "send_external", {"type": "read_secret", "within": "session"}, then=[asked, ALL_AUTO]
     )
 
 
@@ -379,18 +358,8 @@ async def test_an_approved_action_never_runs_after_what_its_rule_forbids(
 async def test_an_approved_action_decided_again_passes_over_its_own_event(trail: Trail) -> None:
     """One approved send per session: decided again once noted, the first send does not
     count its own event as an earlier send and runs; the second is blocked by it."""
-    policy = Policy.from_dict(
-        {
-            "rules": [
-                {
-                    "name": "one_send",
-                    "match": {"type": "send_external"},
-                    "conditions": {"after": {"type": "send_external", "within": "session"}},
-                    "approval": "block",
-                },
-                {"name": "asked", "match": {"type": "send_external"}, "approval": "approve"},
-            ]
-        }
+    policy = _blocked_after(
+        "send_external", {"type": "send_external", "within": "session"}, then=[ASKED_SEND]
     )
     async with Runtime(
         executor=lambda action: "sent",
@@ -497,18 +466,8 @@ async def test_an_approved_action_passes_over_its_own_event_only_not_its_twin(
         store = _twinning(PostgresUsageStore)(request.getfixturevalue("postgres_dsn"))
     else:
         store = _twinning(_OwnStore)(SQLiteUsageStore(tmp_path / "usage.db"))
-    policy = Policy.from_dict(
-        {
-            "rules": [
-                {
-                    "name": "one_send",
-                    "match": {"type": "send_external"},
-                    "conditions": {"after": {"type": "send_external", "within": "session"}},
-                    "approval": "block",
-                },
-                {"name": "asked", "match": {"type": "send_external"}, "approval": "approve"},
-            ]
-        }
+    policy = _blocked_after(
+        "send_external", {"type": "send_external", "within": "session"}, then=[ASKED_SEND]
     )
     sent: list[str] = []
     async with Runtime(
@@ -537,21 +496,7 @@ async def test_a_long_int_a_flow_condition_compares_matches_the_stored_event(
     """The longest int a flow condition may compare (600 digits, refused past that) is kept
     as a number in the event: the earlier read is seen, and the send after it is blocked."""
     n = 10**600 - 1
-    policy = Policy.from_dict(
-        {
-            "rules": [
-                {
-                    "name": "no_send_after_that_secret",
-                    "match": {"type": "send_email"},
-                    "conditions": {
-                        "after": {"type": "read_secret", "params": {"param_eq": {"n": n}}}
-                    },
-                    "approval": "block",
-                },
-                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
-            ]
-        }
-    )
+    policy = _blocked_after("send_email", {"type": "read_secret", "params": {"param_eq": {"n": n}}})
     async with Runtime(
         executor=lambda action: "ok", policy=policy, audit_logger=trail.open(), session_id="s"
     ) as rt:
