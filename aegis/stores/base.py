@@ -78,6 +78,7 @@ __all__ = [
     "AuditStore",
     "AuditWriter",
     "CheckpointStore",
+    "CoversEvents",
     "Durability",
     "ReadMixin",
     "Request",
@@ -426,6 +427,33 @@ class UsageStore(Protocol):
 
     def close(self) -> None:
         """Release the connection; later calls raise."""
+        ...
+
+
+@runtime_checkable
+class CoversEvents(Protocol):
+    """A usage store that can stand a gap in for flow events no policy looks for.
+
+    Optional (the three engines have it; a store of one's own without it
+    has every action noted as an event). While every policy that told the
+    store its horizon (:meth:`UsageStore.forget_events`) has no flow
+    condition, an event would be deleted unread; the runtime covers the
+    session instead, once for many actions, and notes no event for them.
+    """
+
+    def cover_events(self, session_id: str, until: float) -> bool:
+        """Stand a gap in for the session's events up to ``until``, if no policy needs them.
+
+        In one transaction: when the horizon the store keeps is exactly 0
+        (every policy that told it has no flow condition), note that the
+        session's history up to ``until`` is not kept, as :meth:`forgotten`
+        then says (a later flow condition looking back over it cannot say
+        "never": its rule blocks), and return ``True``; otherwise (a
+        horizon above 0, a whole session, or none told yet) write nothing
+        and return ``False``: events must be noted. A horizon declared
+        while this runs is ordered with it: either this sees it, or the
+        gap is written before it is declared.
+        """
         ...
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "check_storable",
     "event_from_row",
     "judge",
+    "needs_no_events",
     "params_json",
     "unencodable",
     "widest",
@@ -99,6 +100,15 @@ def widest(kept: object, given: float | None) -> float | None:
     if given is None or not isinstance(kept, float | int) or not kept >= 0:
         return None
     return max(float(kept), given)
+
+
+def needs_no_events(kept: object) -> bool:
+    """Whether a stored horizon says no policy looks back at all: exactly 0 seconds.
+
+    ``None`` (a whole session), a number above 0, a value never told and
+    anything edited by hand all need events kept.
+    """
+    return type(kept) in (int, float) and kept == 0
 
 
 def params_json(params: Any) -> str:
@@ -486,6 +496,15 @@ class MemoryUsageStore:
                 if not left:
                     return True
             return False
+
+    def cover_events(self, session_id: str, until: float) -> bool:
+        """See :meth:`aegis.stores.base.CoversEvents.cover_events`."""
+        with self._lock:
+            self._check()
+            if not needs_no_events(self._horizon):
+                return False
+            self._gaps[session_id] = max(self._gaps.get(session_id, until), until)
+            return True
 
     def forgotten(self, session_id: str) -> float | None:
         """See :meth:`UsageStore.forgotten`."""

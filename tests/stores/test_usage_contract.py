@@ -21,6 +21,7 @@ from aegis.core.limits import Charge, FlowEvent
 from aegis.core.record import storable_json
 from aegis.errors import StoreError
 from aegis.runtime.audit import AuditLogger
+from aegis.stores.base import CoversEvents
 from aegis.stores.postgres.usage import PostgresUsageStore
 from aegis.stores.sqlite.connection import APPLICATION_ID
 from aegis.stores.sqlite.usage import SCHEMA_VERSION, USAGE_MIGRATIONS, SQLiteUsageStore
@@ -1035,6 +1036,43 @@ def test_forgetting_notes_up_to_when_each_session_lost_events(make_store: Factor
     while store.forget_events(60.0, 90_000.0 + 3600):
         pass
     assert other.forgotten("old") == cutoff + 3600
+
+
+def test_a_gap_stands_in_for_events_only_while_no_policy_looks_back(make_store: Factory) -> None:
+    """cover_events writes a gap (as forgotten() then says, to every store on the data) only
+    while the horizon kept is exactly 0; before any horizon is told, or once one above 0 or a
+    whole session is, it writes nothing and says events must be noted."""
+    store, other = make_store(), make_store()
+    assert isinstance(store, CoversEvents)
+    assert store.cover_events("s", 100.0) is False  # no policy told the store yet
+    assert other.forgotten("s") is None
+    store.forget_events(0.0, 50.0)
+    assert store.cover_events("s", 100.0) is True
+    assert other.forgotten("s") == 100.0
+    assert store.cover_events("s", 90.0) is True  # a gap never moves back
+    assert other.forgotten("s") == 100.0
+    assert store.cover_events("s", 130.0) is True
+    assert other.forgotten("s") == 130.0
+    other.forget_events(3600.0, 60.0)  # another process's flow rule looks back an hour
+    assert store.cover_events("t", 160.0) is False
+    assert other.forgotten("t") is None
+    store.forget_events(0.0, 70.0)  # the longest horizon told stays: no cover
+    assert store.cover_events("t", 170.0) is False
+    other.forget_events(None, 80.0)  # a whole session
+    assert store.cover_events("t", 180.0) is False
+    assert other.forgotten("t") is None
+
+
+def test_sqlite_a_horizon_edited_by_hand_covers_nothing(tmp_path: Path) -> None:
+    """A horizon that is not a number (edited by hand) is no 0: events are noted."""
+    path = tmp_path / "aegis_audit.db"
+    with SQLiteUsageStore(path) as store:
+        store.forget_events(0.0, 10.0)
+        for edited in ("'none'", "-0.5", "NULL"):
+            with sqlite3.connect(path) as conn:
+                conn.execute(f"UPDATE aegis_flow_horizon SET seconds = {edited}")
+            assert store.cover_events("s", 100.0) is False
+        assert store.forgotten("s") is None
 
 
 def test_sqlite_a_gap_edited_by_hand_fails_closed(tmp_path: Path) -> None:

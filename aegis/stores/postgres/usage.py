@@ -57,6 +57,7 @@ from aegis.stores.usage import (
     SteadyClock,
     event_from_row,
     judge,
+    needs_no_events,
     params_json,
     unencodable,
     widest,
@@ -709,6 +710,35 @@ class PostgresUsageStore:
                 return True
 
         return self._run("forget old flow events in", work)
+
+    def cover_events(self, session_id: str, until: float) -> bool:
+        """See :meth:`aegis.stores.base.CoversEvents.cover_events`: one transaction.
+
+        The horizon's row is read ``FOR SHARE``: a process declaring a
+        horizon (:meth:`forget_events` updates that row) waits until the gap
+        is committed, or this reads what it declared.
+        """
+
+        def work(conn: psycopg.Connection[Any]) -> bool:
+            with conn.transaction():
+                row = conn.execute(
+                    sql.SQL("SELECT seconds FROM {} WHERE id = 1 FOR SHARE").format(
+                        self._tables["aegis_flow_horizon"]
+                    )
+                ).fetchone()
+                if row is None or not needs_no_events(row[0]):
+                    return False
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {gaps} (session_id, until) VALUES (%s, %s::float8)"
+                        " ON CONFLICT (session_id)"
+                        " DO UPDATE SET until = GREATEST({gaps}.until, EXCLUDED.until)"
+                    ).format(gaps=self._tables["aegis_flow_gaps"]),
+                    (session_id, until),
+                )
+                return True
+
+        return self._run("note a gap in the flow history in", work)
 
     def forgotten(self, session_id: str) -> float | None:
         """See :meth:`aegis.stores.usage.UsageStore.forgotten`: one index look-up."""

@@ -54,6 +54,7 @@ from aegis.stores.usage import (
     SteadyClock,
     event_from_row,
     judge,
+    needs_no_events,
     params_json,
     unencodable,
     widest,
@@ -629,6 +630,32 @@ class SQLiteUsageStore:
             return _gap(row, self.db.path)
 
         result: float | None = self._run("read flow history gaps in", work)
+        return result
+
+    def cover_events(self, session_id: str, until: float) -> bool:
+        """See :meth:`aegis.stores.base.CoversEvents.cover_events`: one ``BEGIN IMMEDIATE``.
+
+        SQLite's write lock orders it with every :meth:`forget_events`: a
+        horizon declared by another process is either seen here or declared
+        after the gap is written.
+        """
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute("SELECT seconds FROM aegis_flow_horizon WHERE id = 1").fetchone()
+                covered = row is not None and needs_no_events(row[0])
+                if covered:
+                    cur.execute(_GAP, (session_id, until))
+                cur.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            return covered
+
+        result: bool = self._run("note a gap in the flow history in", work)
         return result
 
     def forget_events(self, horizon: float | None, now: float) -> bool:
