@@ -28,9 +28,11 @@ The runtime runs it between *decide* and *approve* for policies that have
 4. every action let through is remembered as a flow event, whatever the
    policy (and for policies without limits too, :meth:`MeteringStep.note`):
    another process sharing the store, or this one after a reload, may run
-   a flow condition that looks for it. Once a minute (and on a new policy)
-   the step tells the store how far back the policy looks (0 without flow
-   conditions) and lets it delete older events
+   a flow condition that looks for it. While no policy that told the store
+   looks back at all, a gap in the store stands in for a session's events
+   instead, written once for many actions (:meth:`Metering.cover`). Once a
+   minute (and on a new policy) the step tells the store how far back the
+   policy looks (0 without flow conditions) and lets it delete older events
    (:meth:`~aegis.stores.base.UsageStore.forget_events`), a bounded number
    per call, in a transaction of their own. A condition that finds nothing
    while its window reaches back past what the store deleted of the session
@@ -70,7 +72,7 @@ import logging
 import math
 import time
 from asyncio import current_task
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from numbers import Real
@@ -97,6 +99,7 @@ from aegis.errors import AegisError, AuditOutcomeUnknown, ConfigurationError, St
 from aegis.runtime._group_commit import GroupCommit
 from aegis.runtime._usage_store import usage_store_for
 from aegis.runtime.audit_backend import GuardedStarts
+from aegis.stores.base import CoversEvents
 from aegis.stores.sqlite.connection import Guard
 from aegis.stores.usage import Acquired, Request, UsageStore, check_storable, params_json
 
@@ -114,6 +117,12 @@ _FORGET_EVERY = 60.0
 #: ...and this soon again while a call left some to delete
 _FORGET_SOON = 1.0
 _UNTOLD = object()
+#: a session whose actions need no flow event is covered by one gap this far ahead (seconds)
+_COVER_FOR = 30.0
+#: ...and covered again this long before that gap ends: an action never falls past it
+_COVER_RENEW = 5.0
+#: covers kept in memory before the ended ones are dropped
+_MOST_COVERS = 10_000
 
 #: the reservation an action holds until it runs or is refused (the store's tokens)
 Lease = tuple[object, ...]
@@ -251,6 +260,53 @@ class Metering:
         self._policy: object = None
         #: whether latest_event passes over one event by its id (the engines' stores do)
         self._passes: bool = _takes_passing(store)
+        #: the sessions covered by a gap in the store, each with the time its cover
+        #: must be renewed by (see cover); the store's cover_events, if it has one
+        self.covers: dict[str, float] = {}
+        self._cover_events: Callable[[str, float], bool] | None = (
+            store.cover_events if isinstance(store, CoversEvents) else None
+        )
+        #: the store said events are needed (a policy looks back): ask again after this
+        self._uncovered_until = 0.0
+
+    def cover(self, session_id: str, policy: Any, at: float) -> bool:
+        """Whether the action of ``session_id`` at ``at`` may go without its flow event.
+
+        Only for a ``policy`` without flow conditions (the caller's to know).
+        While no policy that told the store looks back at all (its horizon
+        is 0), an event would be deleted unread: the session is covered
+        instead, by a gap in the store reaching :data:`_COVER_FOR` seconds
+        ahead, written once for the many actions that fall in it. A flow
+        condition that later looks back over the gap (another process's, or
+        this one's after a reload) cannot say "never": its rule blocks.
+        The store is asked again once a cover nears its end, so a horizon
+        declared meanwhile has events noted from then on; a store that
+        fails or says no has the event noted, as ever.
+        """
+        renew = self.covers.get(session_id)
+        if renew is not None and at < renew:
+            return True  # (the usual case: one look-up per action)
+        cover = self._cover_events
+        if cover is None:
+            return False
+        self.noted(policy, at)  # the store knows this policy's horizon (0) before it answers
+        if at < self._uncovered_until:
+            return False
+        until = at + _COVER_FOR
+        try:
+            covered = cover(session_id, until)
+        except AegisError:
+            _log.warning("could not cover a session's flow history; noting events", exc_info=True)
+            covered = False
+        if covered is not True:
+            self._uncovered_until = at + _FORGET_EVERY
+            return False
+        covers = self.covers
+        if len(covers) >= _MOST_COVERS:
+            for name in [name for name, ends in covers.items() if ends <= at]:
+                del covers[name]
+        covers[session_id] = until - _COVER_RENEW
+        return True
 
     def _forget(self, horizon: float | None, at: float) -> None:
         """Tell the store how far back the policy looks, and let it delete older events.
@@ -433,8 +489,15 @@ class Metering:
             over = rule.on_exceed.approval is not Approval.BLOCK
             pending = (rule, _new(Request, (charges, at, over)))
         if defer and approval is Approval.AUTO:
-            # every action let through is noted, whatever this policy looks for (see ran())
-            event = flow_event(subject.session_id, action.type, action.target, action.params, at)
+            # every action let through is noted, whatever this policy looks for (see ran()),
+            # unless no policy looks back at all (see cover)
+            session_id = subject.session_id
+            if not limits.flow_specs and self.cover(session_id, policy, at):
+                event = None
+                if pending is None:
+                    return decision, None
+            else:
+                event = flow_event(session_id, action.type, action.target, action.params, at)
             if pending is None:
                 return decision, _new(Deferred, (None, event))
             batch = self.batch
@@ -832,7 +895,12 @@ class MeteringStep:
                     at = time.time()
                     request = _new(Request, (charges, at, lane.over))
                     action = decision.action
-                    event = flow_event(session_id, action.type, action.target, action.params, at)
+                    # a lane's policy has no flow condition (see _Lane.of)
+                    event = (
+                        None
+                        if metering.cover(session_id, policy, at)
+                        else flow_event(session_id, action.type, action.target, action.params, at)
+                    )
                     return decision, _new(Deferred, (request, event)), stamp, None
         try:
             metering = self._metering or self.metering()
@@ -979,13 +1047,15 @@ class MeteringStep:
             return None
         return metering.refused(policy, decision, deferred.request, acquired)
 
-    def note(self, session_id: str, action: Action) -> Deferred | None:
-        """The flow event of an action of a policy without limits, to write with its start.
+    def note(self, session_id: str, policy: Any, action: Action) -> Deferred | None:
+        """The flow event of an action of a ``policy`` without limits, to write with its start.
 
         Every action let through is noted (see :meth:`Metering.ran`): a
         ``not_after`` of another process, or of this one after a reload,
-        may look for it. ``None`` when the audit cannot carry it in its
-        start record's transaction; :meth:`ran` notes it then.
+        may look for it; while no policy looks back at all, a gap stands in
+        for it (:meth:`Metering.cover`). ``None`` when the audit cannot
+        carry it in its start record's transaction, or it is covered;
+        :meth:`ran` notes it then (or nothing, the same cover standing).
         """
         try:
             self._metering or self.metering()
@@ -993,11 +1063,14 @@ class MeteringStep:
             return None  # ran() says why the action does not run
         if self._guarded is None:
             return None
-        notes = self._metering.notes  # type: ignore[union-attr]  # opened just above
+        metering: Metering = self._metering  # type: ignore[assignment]  # opened just above
+        notes = metering.notes
         # notes.alone(), inline: a call less on every action (benchmarks/calls.py)
         if notes.waiting or current_task() is not notes.last_task:
             return None  # others to note with: ran() notes it with them, in one transaction
         at = time.time()
+        if metering.cover(session_id, policy, at):
+            return None  # no policy looks back: ran() notes nothing either
         event = flow_event(session_id, action.type, action.target, action.params, at)
         return _new(Deferred, (None, event))
 
@@ -1026,6 +1099,9 @@ class MeteringStep:
         try:
             metering = self._metering or self.metering()
             at = time.time()
+            limits = getattr(policy, "limits", None)
+            if (limits is None or not limits.flow_specs) and metering.cover(session_id, policy, at):
+                return None  # no policy looks back: a gap stands in for the event (see cover)
             event = flow_event(session_id, action.type, action.target, action.params, at)
             notes = metering.notes
             # notes.alone(), inline: alone, the event is written at once, and fails alone
@@ -1144,11 +1220,12 @@ def _deleted_up_to(gap: object, store: object) -> float | None:
 
 
 def _gone(spec: FlowSpec, gap: float) -> str:
-    """Why ``spec`` cannot be evaluated: what it looks for may have been deleted, up to ``gap``."""
+    """Why ``spec`` cannot be evaluated: what it looks for may not be kept, up to ``gap``."""
     when = datetime.fromtimestamp(gap, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return (
-        f"{spec.name}: the session's flow history up to {when} was deleted (events are kept as"
-        f" long as the longest window any policy declared), so whether an earlier"
+        f"{spec.name}: the session's flow history up to {when} is not kept (a store keeps"
+        f" events only as long as the longest window any policy declared to it), so whether an"
+        f" earlier"
         f" {_cut(spec.type)!r} on {_cut(spec.target)!r} ran then cannot be told"
     )
 

@@ -454,7 +454,7 @@ class Passage:
         decision = self.decision
         lease = self.lease
         if lease is None and not metered and defer:
-            lease = gate.metering.note(gate.session_id, decision.action)
+            lease = gate.metering.note(gate.session_id, policy, decision.action)
         if type(lease) is Deferred:
             kept = self.stamp if gate.start_stamped and gate.stamped else None
             try:

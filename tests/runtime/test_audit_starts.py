@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from engine_support import TablePolicy
+from flow_horizon import looked_back
 
 from aegis.cli import cli
 from aegis.core.action import Action
@@ -491,11 +492,18 @@ async def test_tail_shows_the_last_actions_not_the_last_records(tmp_path: Path) 
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["6", "8", "10"]
 
 
+@pytest.mark.parametrize("looking_back", [True, False], ids=["events noted", "gap"])
 async def test_a_subscriber_hears_the_starts_written_with_their_flow_events(
-    tmp_path: Path,
+    tmp_path: Path, looking_back: bool
 ) -> None:
-    """A plain action's start shares its transaction with its flow event: subscribers hear it."""
+    """A plain action's start shares its transaction with its flow event: subscribers hear it.
+
+    While no policy sharing the file looks back, no event is noted (a gap
+    stands in): the starts are heard alike.
+    """
     db = tmp_path / "a.db"
+    if looking_back:
+        looked_back(db)
     audit = AuditLogger(db)
     heard: list[tuple[str | None, str]] = []
     audit.subscribe(lambda record: heard.append((record["kind"], record["action_type"])))
@@ -509,4 +517,4 @@ async def test_a_subscriber_hears_the_starts_written_with_their_flow_events(
     assert heard == [("start", "read"), ("final", "read"), ("start", "send"), ("final", "send")]
     with closing(sqlite3.connect(db)) as conn:  # each start carried its event
         noted = conn.execute("SELECT action_type FROM aegis_flow_events ORDER BY at").fetchall()
-    assert noted == [("read",), ("send",)]
+    assert noted == ([("read",), ("send",)] if looking_back else [])

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 from engine_support import TablePolicy
+from flow_horizon import looked_back
 
 from aegis.core.action import Action
 from aegis.core.decision import PolicyDecision
@@ -206,6 +207,7 @@ async def _cancel_the_second_of_three(
     async def execute(action: Action) -> None:
         ran.append(action.params["n"])
 
+    looked_back(tmp_path / "audit.db")  # another process's flow rules: events are noted
     audit = AuditLogger(tmp_path / "audit.db")
     async with Runtime(executor=execute, policy=TablePolicy(), audit_logger=audit) as runtime:
         actions = [Action("read", "crm", {"n": n}) for n in range(3)]
@@ -268,6 +270,7 @@ async def test_an_action_cancelled_before_it_was_noted_is_not_counted_as_run(
         ran.append(action.type)
 
     db = tmp_path / "audit.db"
+    looked_back(db)  # the gated runtime's rules look back (it runs below, after)
     plain = Policy.from_dict(
         {"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]}
     )

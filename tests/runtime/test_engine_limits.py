@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flow_horizon import looked_back
 
 from aegis import (
     Action,
     AuditLogger,
     MemoryUsageStore,
     Policy,
+    Result,
     ResultStatus,
     Runtime,
     SQLiteUsageStore,
@@ -286,8 +288,10 @@ async def test_a_policy_without_limits_notes_its_actions_with_their_start_record
     tmp_path: Path,
 ) -> None:
     """A policy with no stateful rules still notes each action let through, for the flow rules
-    of another process sharing the file: in its start record's transaction, one commit."""
+    of another process sharing the file (which look back an hour): in its start record's
+    transaction, one commit."""
     plain = Policy.from_dict({"rules": [{"match": {"type": "*"}, "approval": "auto"}]})
+    looked_back(tmp_path / "aegis_audit.db")
     audit = AuditLogger(tmp_path / "aegis_audit.db")
     async with runtime(plain, tmp_path, audit_logger=audit, session_id="s") as rt:
         await rt.run_one(Action("read_secret", "vault"))  # opens the file, learns the head
@@ -303,6 +307,84 @@ async def test_a_policy_without_limits_notes_its_actions_with_their_start_record
             "SELECT session_id, action_type, action_target, params FROM aegis_flow_events"
         ).fetchall()
     assert rows == [("s", "read_secret", "vault", "{}"), ("s", "send_email", "smtp", '{"to":"x"}')]
+
+
+#: no mail within the hour after a secret was read
+NO_MAIL_AFTER_SECRET = Policy.from_dict(
+    {
+        "rules": [
+            {
+                "name": "no_mail_after_secret",
+                "match": {"type": "send_email"},
+                "conditions": {"after": {"type": "read_secret", "within": "1h"}},
+                "approval": "block",
+            },
+            {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+        ]
+    }
+)
+
+
+async def _send(policy: Policy, tmp_path: Path, session_id: str) -> Result:
+    """A mail in ``session_id``, by a runtime of ``policy`` on the file in ``tmp_path``."""
+    audit = AuditLogger(tmp_path / "aegis_audit.db")
+    async with runtime(policy, tmp_path, audit_logger=audit, session_id=session_id) as rt:
+        return await rt.run_one(Action("send_email", "smtp"))
+
+
+async def test_while_no_policy_looks_back_a_gap_stands_in_for_the_events(tmp_path: Path) -> None:
+    """No policy sharing the file has a flow condition: an action's start is one INSERT, no
+    event is noted, and a gap covers the session past its actions. A runtime whose rule then
+    looks back over the gap cannot say the read never happened: it blocks, unsure; in a
+    session without a gap it decides as ever."""
+    plain = Policy.from_dict({"rules": [{"match": {"type": "*"}, "approval": "auto"}]})
+    db = tmp_path / "aegis_audit.db"
+    audit = AuditLogger(db)
+    async with runtime(plain, tmp_path, audit_logger=audit, session_id="s") as rt:
+        await rt.run_one(Action("warm", "up"))  # opens the file, tells it no policy looks back
+        seen = _trace(audit)
+        read_at = time.time()
+        assert (await rt.run_one(Action("read_secret", "vault"))).ok
+        words = [sql.split()[0] + " " + sql.split()[2] for sql in seen if sql.startswith("INSERT")]
+        assert words == ["INSERT audit_log", "INSERT audit_log"]
+        assert not [sql for sql in seen if sql.startswith("BEGIN")]
+    with sqlite3.connect(db) as conn:
+        events = conn.execute("SELECT count(*) FROM aegis_flow_events").fetchone()
+        gaps = conn.execute("SELECT session_id, until FROM aegis_flow_gaps").fetchall()
+    assert events == (0,)
+    assert [session for session, _ in gaps] == ["s"]
+    assert gaps[0][1] > read_at  # the gap reaches past the read
+    sent, elsewhere = [
+        await _send(NO_MAIL_AFTER_SECRET, tmp_path, session) for session in ("s", "t")
+    ]
+    assert sent.status is ResultStatus.BLOCKED
+    assert "is not kept" in (sent.error or "")
+    assert elsewhere.status is ResultStatus.SUCCESS
+
+
+async def test_once_a_policy_looks_back_the_others_note_their_events_again(
+    tmp_path: Path,
+) -> None:
+    """A runtime with a flow rule tells the file how far it looks back: a runtime without one,
+    asking the file for a new cover, is refused it and notes its actions as events, which the
+    rule then finds (blocked because the read happened, not for want of history)."""
+    plain = Policy.from_dict({"rules": [{"match": {"type": "*"}, "approval": "auto"}]})
+    db = tmp_path / "aegis_audit.db"
+    async with runtime(plain, tmp_path, audit_logger=AuditLogger(db), session_id="s") as rt:
+        await rt.run_one(Action("warm", "up"))  # no policy looks back: covered
+    async with runtime(
+        NO_MAIL_AFTER_SECRET, tmp_path, audit_logger=AuditLogger(db), session_id="u"
+    ) as gated:
+        assert (await gated.run_one(Action("warm", "up"))).ok  # tells the file its hour
+    async with runtime(plain, tmp_path, audit_logger=AuditLogger(db), session_id="t") as rt:
+        assert (await rt.run_one(Action("read_secret", "vault"))).ok
+    sent = await _send(NO_MAIL_AFTER_SECRET, tmp_path, "t")
+    with sqlite3.connect(db) as conn:
+        events = conn.execute("SELECT session_id, action_type FROM aegis_flow_events").fetchall()
+    assert ("t", "read_secret") in events
+    assert sent.status is ResultStatus.BLOCKED
+    assert "is not kept" not in (sent.error or "")
+    assert "no_mail_after_secret" in (sent.error or "")
 
 
 async def test_the_usage_store_follows_the_audit(tmp_path: Path, policy: Policy) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from engine_support import TablePolicy
+from flow_horizon import looked_back
 
 from aegis.core.action import Action
 from aegis.core.result import ResultStatus
@@ -120,14 +121,19 @@ def _trace(audit: AuditLogger) -> list[str]:
 
 
 @pytest.mark.parametrize("durability", ["process", "result", "full"])
+@pytest.mark.parametrize("looking_back", [True, False], ids=["events noted", "gap"])
 async def test_a_sequential_action_is_two_commits_its_final_a_single_statement(
-    tmp_path: Path, durability: str
+    tmp_path: Path, durability: str, looking_back: bool
 ) -> None:
     """Run one by one, an action writes its start record with its flow event (which any
     process's flow rule may look for) in one transaction, and its final record as one INSERT.
+    While no policy sharing the file looks back, its start is one INSERT too (a gap stands in
+    for the events).
 
     At "result" the final record's INSERT alone runs with synchronous=FULL.
     """
+    if looking_back:
+        looked_back(tmp_path / "audit.db")
     audit = AuditLogger(tmp_path / "audit.db", durability=durability)
     runtime = Runtime(
         executor=RecordingExecutor(),
@@ -146,13 +152,21 @@ async def test_a_sequential_action_is_two_commits_its_final_a_single_statement(
             if not sql.startswith("PRAGMA synchronous")
         ]
         start = ["BEGIN", "INSERT aegis_flow_events", "INSERT audit_log", "COMMIT"]
+        if not looking_back:
+            start = ["INSERT audit_log"]
         assert words == [*start, "INSERT audit_log"] * 5
+        each = len(start) + 1
         if durability == "result":
             # start; FULL, final, NORMAL
-            assert seen[4:7] == ["PRAGMA synchronous=FULL", seen[5], "PRAGMA synchronous=NORMAL"]
-            assert len(seen) == 35
-        else:
-            assert len(seen) == 25
+            final = len(start)
+            assert seen[final : final + 3] == [
+                "PRAGMA synchronous=FULL",
+                seen[final + 1],
+                "PRAGMA synchronous=NORMAL",
+            ]
+            assert seen[final + 1].startswith("INSERT INTO audit_log")
+            each += 2
+        assert len(seen) == 5 * each
         assert audit.verify().ok
 
 

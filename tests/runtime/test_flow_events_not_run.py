@@ -1,6 +1,7 @@
 """A flow event stays only for an action that goes on to run, on SQLite and PostgreSQL.
 
-Every action let through is noted as a flow event, and the flow rules of
+Every action let through is noted as a flow event (while some policy
+sharing the store looks back: these tests start so), and the flow rules of
 every runtime sharing the store count it as run. Concurrent actions' events
 are written together; an action cancelled after that write, before its task
 resumed, never runs: its event is taken back, or a rule blocking deploys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flow_horizon import looked_back
 
 from aegis import Action, AuditLogger, Policy, Runtime
 from aegis.core.limits import FlowEvent
@@ -88,15 +90,17 @@ def _counter(conn: sqlite3.Connection) -> Callable[[str], int]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def trail(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Trail]:
-    """A fresh trail of each engine."""
+    """A fresh trail of each engine, in a fleet whose flow rules look back (see looked_back)."""
     if request.param == "sqlite":
         db = tmp_path / "audit.db"
+        looked_back(db)
         with closing(sqlite3.connect(db, isolation_level=None)) as conn:
             yield Trail(lambda: AuditLogger(db), _counter(conn))
         return
     import psycopg
 
     dsn = request.getfixturevalue("postgres_dsn")
+    looked_back(dsn)
     with psycopg.connect(dsn, autocommit=True) as pg:
 
         def counted(kind: str) -> int:
@@ -166,6 +170,7 @@ async def test_an_event_that_cannot_be_taken_back_is_logged(
     """The database refuses the delete: the error is logged, saying that flow conditions will
     count the action as run (the event stays; a rule needing tests then lets a deploy by)."""
     db = tmp_path / "audit.db"
+    looked_back(db)
     with closing(sqlite3.connect(db, isolation_level=None)) as conn:
         count = _counter(conn)
 

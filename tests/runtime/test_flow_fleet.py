@@ -176,7 +176,7 @@ async def test_a_reload_that_looks_back_further_than_was_kept_blocks_saying_why(
         usage.close()
     assert unknown.status.value == "blocked"
     assert "flow history up to" in (unknown.error or "")
-    assert "was deleted" in (unknown.error or "")
+    assert "is not kept" in (unknown.error or "")
     assert known.status.value == "success"
 
 

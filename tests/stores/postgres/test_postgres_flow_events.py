@@ -9,6 +9,7 @@ before. Either way another runtime's ``not_after`` sees it.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from flow_horizon import looked_back
 from pg_support import POSTGRES_DSN
 
 from aegis import Action, AuditLogger, Policy, Runtime
@@ -98,6 +100,7 @@ async def test_the_start_carries_the_event_in_one_append_and_another_runtime_see
     """Usage beside the trail: no write of the usage store's own, one commit per start, and
     another runtime's not_after (its own connections) blocks the session that read the secret.
     At ``full`` the start's append is the procedure that also waits for the disk."""
+    looked_back(postgres_dsn)  # the sender's rule looks back: events are noted
     audit = AuditLogger(postgres_dsn, durability=level)
     usage = audit.stores.usage
     assert isinstance(usage, PostgresUsageStore)
@@ -196,6 +199,7 @@ async def test_a_usage_store_elsewhere_notes_the_event_on_its_own_connection(
     else:
         usage = PostgresUsageStore(postgres_dsn, schema=other_schema.rsplit("%3D", 1)[1])
         usage_dsn = other_schema
+    looked_back(usage_dsn)  # the sender's rule looks back: events are noted
     counted = Counted(usage)
     try:
         async with Runtime(
@@ -228,6 +232,7 @@ async def test_a_trail_of_the_previous_version_is_read_as_is_and_migrated_by_a_w
     """A version-5 trail (no flow append): a reader verifies it as it is, a writer that may not
     migrate notes events the ordinary way, a writer that may migrates and writes them with
     the start."""
+    looked_back(postgres_dsn)  # some policy looks back: events are noted
     async with Runtime(
         executor=lambda action: "done", policy=PLAIN, audit_logger=AuditLogger(postgres_dsn)
     ) as runtime:
@@ -284,6 +289,7 @@ async def test_an_action_with_charges_reserves_them_first_and_notes_its_event_as
             ]
         }
     )
+    looked_back(postgres_dsn)  # some policy looks back: events are noted
     audit = AuditLogger(postgres_dsn)
     usage = audit.stores.usage
     assert isinstance(usage, PostgresUsageStore)
@@ -454,3 +460,34 @@ def test_a_role_that_may_not_ask_its_server_which_it_is_notes_events_the_ordinar
             sql(POSTGRES_DSN, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     finally:
         sql(POSTGRES_DSN, f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_cover_asked_while_a_horizon_is_declared_waits_and_then_notes_events(
+    postgres_dsn: str,
+) -> None:
+    """Another process declares a horizon in a transaction still open: a cover asked meanwhile
+    waits for it, and once it commits says events must be noted; no gap is written on the
+    horizon it replaced (the rule that declared it would read that gap as unsure history)."""
+    store = PostgresUsageStore(postgres_dsn)
+    try:
+        store.forget_events(0.0, time.time())
+        answers: list[bool] = []
+        with psycopg.connect(postgres_dsn) as declaring:  # a transaction, left open
+            declaring.execute("UPDATE aegis_flow_horizon SET seconds = 3600")
+            asking = threading.Thread(
+                target=lambda: answers.append(store.cover_events("s", time.time() + 30))
+            )
+            asking.start()
+            deadline = time.monotonic() + 30
+            while asking.is_alive() and time.monotonic() < deadline:
+                waiting = sql(postgres_dsn, "SELECT count(*) FROM pg_locks WHERE NOT granted")
+                if waiting[0][0]:
+                    break
+                time.sleep(0.01)
+            assert asking.is_alive()  # it waits for the declaration
+            declaring.commit()
+        asking.join()
+        assert answers == [False]
+        assert store.forgotten("s") is None
+    finally:
+        store.close()
