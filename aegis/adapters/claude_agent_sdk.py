@@ -49,7 +49,9 @@ call whose run lapses unused with neither, the lapse, unless a run with the
 same input was made: runs of one input are interchangeable, so that one
 may have been this call's, and its record waits for Claude Code's word, up
 to :data:`OUTCOME_SECONDS` after the last run with that input ends, then
-ends as failed, outcome unknown, never as not run); under
+ends as failed, outcome unknown, never as not run; a run with that input
+still under way ``run_timeout`` seconds after the lapse, :data:`RUN_SECONDS`
+by default, is taken to hang, and the record ends then, outcome unknown); under
 ``can_use_tool`` (the SDK tells the callback nothing after it answers) only
 the deadline. Within that time a query without the gate could still make the
 run with exactly the decided input.
@@ -64,18 +66,29 @@ its record ends as failed, not run, when the yes comes. The hooks fail
 closed: a hook that fails blocks the call (``on_failure="block"``). Tools of
 an SDK MCP server (``mcp__crm__refund``) are the action type ``refund``.
 
+:func:`hooks` returns a :class:`Hooks` (the ``dict`` for ``hooks=``) to
+close when its session ends (the ``query()`` run, the ``ClaudeSDKClient``):
+the SDK tells hooks nothing of that, and no word can come for a call after
+it. Closing cancels every timer of its calls, so none fires later or keeps
+the loop busy; each call allowed and not yet recorded ends as failed,
+outcome unknown (Claude Code may have run it); a decision still to come
+lets nothing run; a call asked about after the close is denied and
+recorded as blocked (rule ``<aegis>``).
+
 Size: the two gates, the hooks' bookkeeping of allowed calls and the watch
 on in-process runs share one gate object and its decisions; split, each
 part would reach into the others' state.
 
 Example::
 
+    governed = hooks(runtime, target="billing", tools={"billing": [refund]})
     options = ClaudeAgentOptions(
         mcp_servers={"billing": create_sdk_mcp_server("billing", tools=[refund])},
-        hooks=hooks(runtime, target="billing", tools={"billing": [refund]}),
+        hooks=governed,
     )
-    async for message in query(prompt="Refund order 17", options=options):
-        ...
+    async with governed:  # closed when the query is over
+        async for message in query(prompt="Refund order 17", options=options):
+            ...
 """
 
 from __future__ import annotations
@@ -102,7 +115,7 @@ try:
 except ImportError as exc:
     missing_extra("aegis.adapters.claude_agent_sdk", "claude-agent-sdk", exc)
 
-__all__ = ["can_use_tool", "hooks"]
+__all__ = ["Hooks", "can_use_tool", "hooks"]
 
 _FRAMEWORK = "claude-agent-sdk"
 #: the attribute of a watched SDK tool holding its _Watch
@@ -115,6 +128,10 @@ TICKET_SECONDS = 30.0
 #: once its run has lapsed with a run of its input made (the last such run over),
 #: before it ends as failed, outcome unknown: Claude Code is taken to be gone
 OUTCOME_SECONDS = 30.0
+#: seconds a run of a watched tool may still be under way once its call's run has
+#: lapsed (the default of ``hooks(run_timeout=...)``): a run that has not ended by
+#: then is taken to hang, and the call's record ends as failed, outcome unknown
+RUN_SECONDS = 300.0
 #: seconds Claude Code waits for a hook when its matcher sets no ``timeout``
 HOOK_TIMEOUT = 60.0
 #: the clock of the tickets' and the hooks' deadlines
@@ -208,12 +225,24 @@ class _Watch:
         for then in self.idle.pop(key, []):
             then()
 
-    def when_idle(self, key: str, then: Callable[[], None]) -> None:
-        """Call ``then`` once no run with the input ``key`` is in progress (now, if none is)."""
+    def when_idle(self, key: str, then: Callable[[], None]) -> bool:
+        """Call ``then`` once no run with the input ``key`` is in progress (now, if none is).
+
+        Returns whether it waits (a run with that input is under way).
+        """
         if key in self.running:
             self.idle.setdefault(key, []).append(then)
-        else:
-            then()
+            return True
+        then()
+        return False
+
+    def forget(self, key: str, then: Callable[[], None]) -> None:
+        """No longer call ``then`` when the runs with the input ``key`` end."""
+        waiting = self.idle.get(key, [])
+        if any(held is then for held in waiting):
+            waiting[:] = [held for held in waiting if held is not then]
+            if not waiting:
+                del self.idle[key]
 
 
 def _watch(tool: Any, recorder: Governor) -> _Watch:
@@ -276,7 +305,7 @@ async def _record_refused(
         _log.exception("could not record a refused run of %r", name)
 
 
-def _lapsed(watch: _Watch, ticket: _Ticket, outcome: asyncio.Future[Any]) -> None:
+def _lapsed(allowed: _Allowed, run_timeout: float) -> None:
     """An allowed run's time is over: unused, its call's record ends as failed (not run).
 
     Unless a run with its input was made (with this ticket, or with another
@@ -285,9 +314,12 @@ def _lapsed(watch: _Watch, ticket: _Ticket, outcome: asyncio.Future[Any]) -> Non
     which Claude Code sends for the call it ran and the one it did not, for
     :data:`OUTCOME_SECONDS` after the last run with that input ends; if
     neither comes by then (Claude Code gone), it ends as failed, outcome
-    unknown, never as not run.
+    unknown, never as not run. A run with that input still under way
+    ``run_timeout`` seconds after the lapse is taken to hang: the record
+    ends then, outcome unknown, whatever the run does later.
     """
-    if outcome.done():
+    outcome, watch, ticket = allowed.outcome, allowed.watch, allowed.ticket
+    if outcome.done() or watch is None or ticket is None:
         return  # recorded already
     used = not any(held is ticket for held in watch.tickets)
     watch.withdraw(ticket)
@@ -296,9 +328,23 @@ def _lapsed(watch: _Watch, ticket: _Ticket, outcome: asyncio.Future[Any]) -> Non
         loop = asyncio.get_running_loop()
 
         def wait_for_word() -> None:
-            loop.call_later(OUTCOME_SECONDS, _unknown, outcome)
+            allowed.idle = None
+            if not outcome.done():
+                no_word = (
+                    "a run with the call's input was made, and Claude Code sent neither "
+                    f"PostToolUse nor Stop within {OUTCOME_SECONDS:g} s of it; Aegis cannot "
+                    "tell whether the tool ran for this call"
+                )
+                allowed.later(loop.call_later(OUTCOME_SECONDS, _unknown, outcome, no_word))
 
-        watch.when_idle(ticket.key, wait_for_word)
+        allowed.idle = wait_for_word
+        if watch.when_idle(ticket.key, wait_for_word):
+            hung = (
+                f"a run with the call's input was still under way {run_timeout:g} s after "
+                "the call's time to run was over (the tool hangs?); Aegis cannot tell what "
+                "the tool did for this call"
+            )
+            allowed.later(loop.call_later(run_timeout, _unknown, outcome, hung))
         return
     outcome.set_exception(
         ToolFailure(
@@ -308,16 +354,10 @@ def _lapsed(watch: _Watch, ticket: _Ticket, outcome: asyncio.Future[Any]) -> Non
     )
 
 
-def _unknown(outcome: asyncio.Future[Any]) -> None:
+def _unknown(outcome: asyncio.Future[Any], why: str) -> None:
     """Claude Code never said what came of a call whose run may have been made."""
     if not outcome.done():
-        outcome.set_exception(
-            ToolFailure(
-                "outcome unknown: a run with the call's input was made, and Claude Code "
-                f"sent neither PostToolUse nor Stop within {OUTCOME_SECONDS:g} s of it; "
-                "Aegis cannot tell whether the tool ran for this call"
-            )
-        )
+        outcome.set_exception(ToolFailure(f"outcome unknown: {why}"))
 
 
 def _canonical(value: object) -> str:
@@ -325,9 +365,14 @@ def _canonical(value: object) -> str:
 
 
 class _Allowed:
-    """A call the hooks allowed, in a session: its run of a watched tool and its outcome."""
+    """A call the hooks allowed, in a session: its run of a watched tool and its outcome.
 
-    __slots__ = ("outcome", "session", "task", "ticket", "watch")
+    It holds the timers that may end its record (the lapse of its run, the
+    wait for Claude Code's word, the bound on a hung run) until the record
+    is written or the hooks are closed, which cancel them all.
+    """
+
+    __slots__ = ("idle", "outcome", "session", "task", "ticket", "timers", "watch")
 
     def __init__(
         self,
@@ -342,11 +387,24 @@ class _Allowed:
         self.ticket = ticket
         self.outcome = outcome
         self.task = task
+        self.timers: list[asyncio.TimerHandle] = []
+        #: what waits for the runs with its input to end, if anything does
+        self.idle: Callable[[], None] | None = None
+
+    def later(self, timer: asyncio.TimerHandle) -> None:
+        """Hold ``timer`` until the record is written (or the hooks are closed)."""
+        self.timers.append(timer)
 
     def withdraw(self) -> None:
-        """The run it allowed and did not make is no longer allowed."""
+        """The run it allowed and did not make is no longer allowed; no timer fires."""
         if self.watch is not None and self.ticket is not None:
             self.watch.withdraw(self.ticket)
+            if self.idle is not None:
+                self.watch.forget(self.ticket.key, self.idle)
+                self.idle = None
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
 
 
 class _Waiting:
@@ -385,7 +443,16 @@ class _Gate:
         on_block: OnBlock,
         *,
         timeout: float | None = None,
+        run_timeout: float = RUN_SECONDS,
     ) -> None:
+        number = isinstance(run_timeout, int | float) and not isinstance(run_timeout, bool)
+        if not number or not 0 < run_timeout < float("inf"):
+            raise ConfigurationError(
+                f"run_timeout must be a positive, finite number of seconds, got {run_timeout!r}"
+            )
+        self.run_timeout = float(run_timeout)
+        #: why the hooks decide nothing more, once they are closed
+        self.closed: str | None = None
         self.governor = Governor(
             runtime, target=target, framework=_FRAMEWORK, on_block=on_block, agent=agent
         )
@@ -458,6 +525,11 @@ class _Gate:
             tool_use_id,
             input.get("agent_type"),
         )
+        if self.closed is not None:
+            # Its session is over: nothing these hooks allow now could be recorded.
+            refused = self.governor._refused(call, self.closed)
+            result = await self.governor._record_refused(call, refused)
+            return _pre_tool_use("deny", self.governor.refusal(call, result))
         loop = asyncio.get_running_loop()
         allowed: asyncio.Future[Action] = loop.create_future()
         outcome: asyncio.Future[Any] = loop.create_future()
@@ -515,17 +587,14 @@ class _Gate:
         ticket = watch.grant(decided) if watch is not None else None
         allowed = _Allowed(session, watch, ticket, outcome, task)
         self.open.append(allowed)
-        lapse = None
         if watch is not None and ticket is not None:
             # Unused when it lapses, the run can no longer happen: end the record then,
             # even if neither PostToolUse nor Stop ever comes (Claude Code gone).
             loop = asyncio.get_running_loop()
-            lapse = loop.call_later(TICKET_SECONDS, _lapsed, watch, ticket, outcome)
+            allowed.later(loop.call_later(TICKET_SECONDS, _lapsed, allowed, self.run_timeout))
 
         def ended(_: object) -> None:
             allowed.withdraw()
-            if lapse is not None:
-                lapse.cancel()
             if allowed in self.open:
                 self.open.remove(allowed)
 
@@ -593,6 +662,31 @@ class _Gate:
             await asyncio.wait(tasks)  # recorded before Claude Code goes on
         return {}
 
+    async def aclose(self) -> None:
+        """The session is over: every timer is cancelled and every open record ends.
+
+        A call allowed and not yet recorded ends as failed, outcome unknown
+        (Claude Code may have run it and never said), and a decision still
+        to come lets nothing run; calls the hooks are asked about from now
+        on are denied, and recorded as blocked (rule ``<aegis>``).
+        """
+        if self.closed is None:
+            self.closed = "the Aegis hooks of this session were closed (the session is over)"
+        for waiting in self.waiting:
+            waiting.over = self.closed
+        ended = list(self.open)
+        for allowed in ended:
+            allowed.withdraw()
+            if not allowed.outcome.done():
+                allowed.outcome.set_exception(
+                    ToolFailure(
+                        "outcome unknown: the session ended before Claude Code said what "
+                        "came of the call"
+                    )
+                )
+        if ended:
+            await asyncio.wait([allowed.task for allowed in ended])  # recorded on return
+
     async def permission(
         self, tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
     ) -> PermissionResultAllow | PermissionResultDeny:
@@ -614,6 +708,39 @@ class _Gate:
         return PermissionResultDeny(message=self.governor.refusal(call, result))
 
 
+class Hooks(dict[str, list[HookMatcher]]):
+    """The ``hooks=`` value :func:`hooks` gives, which closes with its session.
+
+    A ``dict`` of hook matchers for ``ClaudeAgentOptions(hooks=...)``; close
+    it when the session (the ``query()`` run, the ``ClaudeSDKClient``) is
+    over, with :meth:`aclose` or ``async with``: every timer of its calls is
+    cancelled (none fires later or keeps the loop busy), each call allowed
+    and still unrecorded ends as failed, outcome unknown, and any call
+    asked about afterwards is denied.
+
+    Example::
+
+        governed = hooks(runtime, target="billing", tools={"billing": [refund]})
+        options = ClaudeAgentOptions(mcp_servers=servers, hooks=governed)
+        async with governed, ClaudeSDKClient(options=options) as client:
+            ...  # the client disconnects first, then the hooks close
+    """
+
+    def __init__(self, matchers: Mapping[str, list[HookMatcher]], gate: _Gate) -> None:
+        super().__init__(matchers)
+        self._gate = gate
+
+    async def aclose(self) -> None:
+        """End the session's open records (outcome unknown) and cancel every timer."""
+        await self._gate.aclose()
+
+    async def __aenter__(self) -> Hooks:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 def hooks(
     runtime: Any,
     *,
@@ -621,9 +748,10 @@ def hooks(
     tools: Mapping[str, Iterable[Any]] | None = None,
     matcher: str | None = None,
     timeout: float | None = None,
+    run_timeout: float = RUN_SECONDS,
     agent: str | None = None,
     on_block: OnBlock = "return",
-) -> dict[str, list[HookMatcher]]:
+) -> Hooks:
     """The hooks that put every tool call of a Claude Agent SDK run through Aegis.
 
     Args:
@@ -641,27 +769,33 @@ def hooks(
             syntax, e.g. ``"mcp__billing__.*"``); all tools by default.
         timeout: seconds Claude Code waits for the hook; keep it above the
             runtime's ``approval_timeout``.
+        run_timeout: seconds a run of a watched tool may still be under way
+            once its call's time to run (:data:`TICKET_SECONDS`) is over;
+            past it the tool is taken to hang and the call's record ends as
+            failed, outcome unknown.
         agent: the agent name recorded when the call names no subagent.
         on_block: ``"raise"`` makes a blocked call fail the hook (blocking
             the call) instead of answering with the reason.
 
     Returns:
-        the ``hooks=`` value of ``ClaudeAgentOptions`` (merge it with your own).
+        the ``hooks=`` value of ``ClaudeAgentOptions`` (merge it with your own),
+        to close (:meth:`Hooks.aclose`, ``async with``) when the session ends.
     """
-    gate = _Gate(runtime, target, tools, agent, on_block, timeout=timeout)
+    gate = _Gate(runtime, target, tools, agent, on_block, timeout=timeout, run_timeout=run_timeout)
 
     def matched(hook: Any) -> list[HookMatcher]:
         return [HookMatcher(matcher=matcher, hooks=[hook], timeout=timeout, on_failure="block")]
 
     stop: Any = gate.stop
 
-    return {
+    matchers = {
         "PreToolUse": matched(gate.pre_tool_use),
         "PostToolUse": matched(gate.post_tool_use),
         "PostToolUseFailure": matched(gate.post_tool_use_failure),
         # Stop names no tool: it ends every call of the turn, whatever the matcher.
         "Stop": [HookMatcher(hooks=[stop], timeout=timeout)],
     }
+    return Hooks(matchers, gate)
 
 
 def can_use_tool(

@@ -532,3 +532,126 @@ async def test_a_marked_run_waits_for_the_word_until_the_last_run_with_its_input
     records = await _until_ended(audit)
     assert [r["result_status"] for r in records] == ["failed", "failed"]
     assert all("outcome unknown" in str(r["result_error"]) for r in records)
+
+
+def _hanging_refund(started: asyncio.Event, release: asyncio.Event) -> Any:
+    """An in-process SDK tool whose run hangs until ``release`` is set."""
+    from claude_agent_sdk import tool
+
+    @tool("refund", "Refund an order.", {"order_id": str, "amount": float})
+    async def refund(args: dict[str, Any]) -> dict[str, Any]:
+        started.set()
+        await release.wait()
+        return {"content": [{"type": "text", "text": f"refunded {args['amount']}"}]}
+
+    return refund
+
+
+async def test_a_hung_run_ends_its_record_outcome_unknown(monkeypatch: Any) -> None:
+    """The tool never returns and Claude Code never says: run_timeout ends the record, unknown."""
+    from aegis.adapters import claude_agent_sdk
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    monkeypatch.setattr(claude_agent_sdk, "TICKET_SECONDS", 0.05)
+    started, release = asyncio.Event(), asyncio.Event()
+    refund = _hanging_refund(started, release)
+    audit = InMemoryAuditLog()
+    given = hooks(
+        make_runtime(lambda d: True, audit=audit),
+        target="crm",
+        tools={"crm": [refund]},
+        run_timeout=0.05,
+    )
+    [pre] = given["PreToolUse"][0].hooks
+    args = {"order_id": "17", "amount": 120.0}
+    call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}
+    answer = await pre({**call, "session_id": "a"}, "tu_1", None)  # type: ignore[arg-type]
+    assert answer["hookSpecificOutput"]["permissionDecision"] == "allow"  # type: ignore[typeddict-item]
+    run = asyncio.ensure_future(refund.handler(args))
+    await started.wait()
+    try:
+        [record] = await _until_ended(audit)
+    finally:
+        release.set()
+        await run
+    assert (record["result_status"], record["context"]["tool_call_id"]) == ("failed", "tu_1")
+    assert "outcome unknown" in str(record["result_error"])
+    assert "not run" not in str(record["result_error"])
+
+
+def test_run_timeout_must_be_a_positive_number_of_seconds() -> None:
+    """A run_timeout that is not a positive, finite number is refused at once."""
+    from aegis.adapters.claude_agent_sdk import hooks
+    from aegis.errors import ConfigurationError
+
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "30"):
+        with pytest.raises(ConfigurationError, match="run_timeout"):
+            hooks(make_runtime(), target="crm", run_timeout=bad)  # type: ignore[arg-type]
+
+
+async def test_closing_the_hooks_ends_open_records_and_cancels_every_timer(
+    monkeypatch: Any,
+) -> None:
+    """At close, each open record ends outcome unknown, no Aegis timer is left, nothing more runs.
+
+    Call tu_1 is a watched tool whose run hangs past its lapse (a hung-run
+    timer and a wait for the run's end are pending); tu_2 is one of Claude
+    Code's own tools, allowed, with no word to come. A call asked about
+    after the close is denied and recorded as blocked.
+    """
+    from aegis.adapters import claude_agent_sdk
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    monkeypatch.setattr(claude_agent_sdk, "TICKET_SECONDS", 0.05)
+    loop = asyncio.get_running_loop()
+    timers: list[asyncio.TimerHandle] = []
+    call_later = loop.call_later
+
+    def noting(delay: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        timer = call_later(delay, callback, *args, **kwargs)
+        if getattr(callback, "__module__", "").startswith("aegis."):
+            timers.append(timer)
+        return timer
+
+    monkeypatch.setattr(loop, "call_later", noting)
+    started, release = asyncio.Event(), asyncio.Event()
+    refund = _hanging_refund(started, release)
+    audit = InMemoryAuditLog()
+    governed = hooks(
+        make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]}
+    )
+    [pre] = governed["PreToolUse"][0].hooks
+    args = {"order_id": "17", "amount": 120.0}
+    calls = [
+        {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"},
+        {"tool_name": "Bash", "tool_input": {"command": "ls"}, "tool_use_id": "tu_2"},
+    ]
+    for call in calls:
+        tu = str(call["tool_use_id"])
+        answer = await pre({**call, "session_id": "a"}, tu, None)  # type: ignore[arg-type]
+        assert answer["hookSpecificOutput"]["permissionDecision"] == "allow"  # type: ignore[typeddict-item]
+    run = asyncio.ensure_future(refund.handler(args))
+    await started.wait()
+    for _ in range(1000):  # the lapse, then the bound on the hung run
+        if len(timers) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(timers) == 2, "the lapse found the run under way and bounded it"
+
+    async with governed:
+        pass
+    records = {r["context"]["tool_call_id"]: r for r in audit.records if r["kind"] == "final"}
+    assert sorted(records) == ["tu_1", "tu_2"]
+    for record in records.values():
+        assert record["result_status"] == "failed"
+        assert "outcome unknown" in str(record["result_error"])
+    assert all(timer.cancelled() for timer in timers)
+    release.set()
+    await run  # the hung run ends at last: nothing waits for it any more
+    assert len(timers) == 2
+
+    late = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_3"}
+    answer = await pre({**late, "session_id": "a"}, "tu_3", None)  # type: ignore[arg-type]
+    assert answer["hookSpecificOutput"]["permissionDecision"] == "deny"  # type: ignore[typeddict-item]
+    record = audit.records[-1]
+    assert (record["result_status"], record["matched_rule"]) == ("blocked", "<aegis>")
