@@ -33,10 +33,15 @@ start's own transaction, so the pair costs one round trip and commits
 together or not at all, where the usage store's own commit was a round
 trip and a flush more per action.
 
-A unique ``prev_hash`` makes a fork impossible even for a writer that
-skipped the lock. The client recomputes each record's hash from the id and
-predecessor the server chose (:func:`aegis.core.chain.seal`) and refuses a
-server whose hash differs. The facade (:class:`~aegis.runtime.audit.AuditLogger`)
+The primary key makes a fork impossible even for a writer that skipped
+the lock: every writer numbers a record one past the head it links to, so
+two records linking to one predecessor would share an id. (A row slipped in
+under a free id is an edit, which verification reports like any other; a
+unique ``prev_hash``, which schema versions 1-6 kept, cost the server two
+index entries per action and refused only that one shape of edit.) The
+client recomputes each record's hash from the id and predecessor the server
+chose (:func:`aegis.core.chain.seal`) and refuses a server whose hash
+differs. The facade (:class:`~aegis.runtime.audit.AuditLogger`)
 calls :meth:`PostgresAuditStore.append` with every record that queued up
 meanwhile (from a worker thread) or, for a task acting alone, at once on
 its own thread: concurrent actions of a process share one round trip.
@@ -395,14 +400,17 @@ def _append_flow_procedure() -> str:
     )
 
 
+#: the unique constraint on prev_hash of schema versions 1-6
+_ONE_SUCCESSOR: Final = "aegis_audit_log_one_successor"
+
 _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # 0 -> 1: the chain as it is hashed, field by field
     0: (
         f"CREATE TABLE {{schema}}.{AUDIT_TABLE} ("
         + ", ".join(_column(name) for name in RECORD_FIELDS)
         + ", PRIMARY KEY (id)"
-        # two records linking to one predecessor would be a fork
-        + ", CONSTRAINT aegis_audit_log_one_successor UNIQUE (prev_hash))",
+        # two records linking to one predecessor would be a fork (dropped by 6 -> 7)
+        + f", CONSTRAINT {_ONE_SUCCESSOR} UNIQUE (prev_hash))",
         f"CREATE INDEX aegis_audit_log_session ON {{schema}}.{AUDIT_TABLE} (session_id, id)",
         # finds the final record of a start: the "actions" view asks per start
         f"CREATE INDEX aegis_audit_log_start ON {{schema}}.{AUDIT_TABLE} (start_id)"
@@ -424,6 +432,10 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # 5 -> 6: a start record and its action's flow event in one transaction and
     # one round trip, when the usage store shares the database and schema
     5: (_append_flow_function(), _append_flow_procedure()),
+    # 6 -> 7: no unique index on prev_hash: the primary key refuses a fork
+    # (see the module's docstring), and its two index entries per action
+    # (start and final) cost the server about 24k instructions
+    6: (f"ALTER TABLE {{schema}}.{AUDIT_TABLE} DROP CONSTRAINT IF EXISTS {_ONE_SUCCESSOR}",),
 }
 
 

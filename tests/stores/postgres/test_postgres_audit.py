@@ -168,7 +168,6 @@ def test_reordered_rows_are_caught(trail: AuditLogger, postgres_dsn: str) -> Non
 def test_an_inserted_row_is_caught(trail: AuditLogger, postgres_dsn: str) -> None:
     """A forged row slipped in (ids shifted to make room) breaks the link after it."""
     fill(trail, 4)
-    sql(postgres_dsn, "ALTER TABLE aegis_audit_log DROP CONSTRAINT aegis_audit_log_one_successor")
     sql(postgres_dsn, "UPDATE aegis_audit_log SET id = id + 100 WHERE id >= 3")
     sql(postgres_dsn, "UPDATE aegis_audit_log SET id = id - 99 WHERE id >= 103")
     forged = columns(id="3", action_target="'forged'", prev_hash="hash", hash="repeat('0', 64)")
@@ -193,14 +192,22 @@ def test_a_truncated_tail_is_caught_with_a_kept_head(trail: AuditLogger, postgre
 
 
 def test_a_fork_is_refused_by_the_table(trail: AuditLogger, postgres_dsn: str) -> None:
-    """A second record linking to the same predecessor cannot even be stored."""
+    """A second record linking to the head cannot be stored; one under a free id fails verify.
+
+    Every writer numbers a record one past the head it links to, so two
+    writers that both linked to one head (one skipped the lock) give their
+    records the same id, and the primary key refuses the second.
+    """
     fill(trail, 2)
-    twin = columns(id="99")
+    successor = columns(id="id + 1", prev_hash="hash", action_target="'racing'")
+    after_head = f"SELECT {successor} FROM aegis_audit_log ORDER BY id DESC LIMIT 1 OFFSET %s"
+    sql(postgres_dsn, f"INSERT INTO aegis_audit_log {after_head}", 0)
     with pytest.raises(psycopg.errors.UniqueViolation):
-        sql(
-            postgres_dsn,
-            f"INSERT INTO aegis_audit_log SELECT {twin} FROM aegis_audit_log WHERE id = 2",
-        )
+        sql(postgres_dsn, f"INSERT INTO aegis_audit_log {after_head}", 1)
+    stray = columns(id="99")
+    sql(postgres_dsn, f"INSERT INTO aegis_audit_log SELECT {stray} FROM aegis_audit_log LIMIT 1")
+    report = trail.verify()
+    assert not report.ok
 
 
 def test_a_terminated_backend_is_survived_without_a_duplicate(postgres_dsn: str) -> None:
@@ -579,7 +586,7 @@ def test_a_trail_of_an_older_schema_is_read_as_is_and_migrated_by_a_writer(
         assert writer.store.checkpoints() == []  # type: ignore[attr-defined]
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(6,)]
+    ) == [(7,)]
     assert sql(postgres_dsn, "SELECT count(*) FROM aegis_audit_checkpoints") == [(0,)]
 
 
@@ -599,7 +606,7 @@ def test_a_trail_written_before_the_append_function_is_upgraded_and_continued(
         assert report.checked == 4
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(6,)]
+    ) == [(7,)]
 
 
 @pytest.mark.parametrize("level", ["process", "result", "full"])
@@ -628,7 +635,7 @@ def test_a_trail_before_the_append_procedure_is_written_as_is_or_upgraded(
     assert report.checked == 4
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(6,)]
+    ) == [(7,)]
 
 
 @pytest.mark.parametrize("level", ["process", "result", "full"])
@@ -667,12 +674,47 @@ def test_a_trail_before_the_one_record_append_is_written_as_is_or_upgraded(
     assert report.checked == 7
     assert sql(
         postgres_dsn, "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
-    ) == [(6,)]
+    ) == [(7,)]
     assert sql(postgres_dsn, "SELECT id, start_id FROM aegis_audit_log WHERE id >= 5") == [
         (5, None),
         (6, 5),
         (7, None),
     ]
+
+
+def test_a_trail_with_a_unique_prev_hash_is_written_as_is_then_migrated(
+    trail: AuditLogger, postgres_dsn: str
+) -> None:
+    """A version-6 trail (a unique index on prev_hash) keeps it for a writer that may not
+    migrate; a writer that may drops it (version 7); one chain verifies throughout."""
+    fill(trail, 2)
+    sql(
+        postgres_dsn,
+        "ALTER TABLE aegis_audit_log ADD CONSTRAINT aegis_audit_log_one_successor "
+        "UNIQUE (prev_hash)",
+    )
+    sql(postgres_dsn, "UPDATE aegis_schema_versions SET version = 6 WHERE component = 'audit'")
+    constraint = (
+        "SELECT count(*) FROM pg_constraint WHERE conname = 'aegis_audit_log_one_successor' "
+        "AND conrelid = 'aegis_audit_log'::regclass"
+    )
+    version = "SELECT version FROM aegis_schema_versions WHERE component = 'audit'"
+    with AuditLogger(postgres_dsn, create=False) as old:
+        d = decision(3)
+        assert old.log("s3", d, result=success(d)) == 3
+    assert sql(postgres_dsn, version) == [(6,)]
+    assert sql(postgres_dsn, constraint) == [(1,)]
+    with AuditLogger(postgres_dsn) as writer:
+        store = writer.store
+        assert isinstance(store, PostgresAuditStore)
+        d = decision(4)
+        assert [r.id for r in store.append([start_draft("s4", d)])] == [4]
+        assert [r.id for r in store.append([final_draft("s4", d, success(d), start_id=4)])] == [5]
+        report = writer.verify()
+    assert report.ok, report.reason
+    assert report.checked == 5
+    assert sql(postgres_dsn, version) == [(7,)]
+    assert sql(postgres_dsn, constraint) == [(0,)]
 
 
 async def test_signed_checkpoints_on_postgresql_catch_a_consistent_rewrite(
@@ -704,10 +746,6 @@ async def test_signed_checkpoints_on_postgresql_catch_a_consistent_rewrite(
         fields["prev_hash"] = prev
         fields["hash"] = row_hash(AuditRecord(**fields))
         prev = fields["hash"]
-        sql(
-            postgres_dsn,
-            "ALTER TABLE aegis_audit_log DROP CONSTRAINT IF EXISTS aegis_audit_log_one_successor",
-        )
         sql(
             postgres_dsn,
             "UPDATE aegis_audit_log SET action_target = %s, prev_hash = %s, hash = %s "

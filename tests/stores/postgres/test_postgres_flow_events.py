@@ -262,7 +262,7 @@ async def test_a_trail_of_the_previous_version_is_read_as_is_and_migrated_by_a_w
         counted = Counted(usage)
         assert (await runtime.run_one(Action("read_secret", "vault"))).ok
         assert counted.calls == []  # written with the start, through the new function
-    assert sql(postgres_dsn, version) == [(6,)]
+    assert sql(postgres_dsn, version) == [(7,)]
     noted = events(postgres_dsn)
     assert noted.count(("old", "read_secret", "vault", "{}")) == 2
     assert noted.count(("new", "read_secret", "vault", "{}")) == 1
