@@ -15,9 +15,11 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -130,6 +132,18 @@ class LocalCluster:
             str(PG_BIN / "initdb"), "-D", str(self.data), *auth, "-U", "postgres", "-E", "UTF8",
             "--no-sync", "--no-instructions",
         )  # fmt: skip
+        self.restart()
+
+    def crash(self) -> None:
+        """End the server as a crash does (SIGQUIT to the postmaster): no checkpoint, no flush."""
+        pid_file = self.data / "postmaster.pid"
+        os.kill(int(pid_file.read_text().split()[0]), signal.SIGQUIT)
+        deadline = time.monotonic() + 60
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def restart(self) -> None:
+        """Start the server on its folder and port (again, once stopped or crashed)."""
         options = (
             f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
             f"{self.settings}"

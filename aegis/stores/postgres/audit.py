@@ -786,9 +786,6 @@ class PostgresAuditStore(ReadMixin):
         self._unflushed: dict[int, AuditRecord] = {}
         self._moved: dict[int, AuditRecord] = {}
         self._reused: dict[int, AuditRecord] = {}
-        # the flow events written with unflushed starts, by the start's id:
-        # a start recorded again is recorded with its event (append_guarded)
-        self._unflushed_events: dict[int, Sequence[str]] = {}
         self._suspect = False
         self._closed = False
         #: append transactions committed by this store (one per batch)
@@ -1054,9 +1051,10 @@ class PostgresAuditStore(ReadMixin):
         target, params and time as text. One round trip, one statement (the
         usual start costs two: the record, then the event in the usage
         store's own synchronous commit): the start and the event commit
-        together or not at all, without waiting for the disk at ``"result"``
-        (the final record's flush covers both). A start lost with the server
-        (see :meth:`_recover_starts`) is recorded again with its event.
+        together or not at all, and wait for the disk at every level, as the
+        usage store's own commit of an event does: a flow condition of
+        another process reads the event before this process could write it
+        again after a server crash.
 
         Raises:
             StoreError: nothing was written (the runtime then writes the
@@ -1094,7 +1092,11 @@ class PostgresAuditStore(ReadMixin):
                 )
             if self._suspect:
                 self._recover_starts(conn)
-            durable = must_flush(self.durability, stored)
+            # The event is on disk before the action runs, at every level: a
+            # start lost with a crashed server is recorded again only at this
+            # process's next append, after the next action's flow check read
+            # the session (a mail let through after a secret it never saw).
+            durable = True
             try:
                 records = self._call(conn, stored, pieces, durable, event)
             except psycopg.Error as exc:
@@ -1107,8 +1109,6 @@ class PostgresAuditStore(ReadMixin):
                     self._drop_writer_conn()
                 raise
             self._appended(records, durable)
-            if not durable:
-                self._unflushed_events[records[0].id] = event
         return records[0]
 
     def _append_batch(self, batch: list[Waiting], mine: Waiting) -> list[AuditRecord]:
@@ -1182,7 +1182,6 @@ class PostgresAuditStore(ReadMixin):
             self._finished_moved(records)
         if durable:
             self._unflushed.clear()  # the flush covered every record before it
-            self._unflushed_events.clear()
             return
         for record in records:
             if record.kind == RecordKind.START:
@@ -1190,7 +1189,6 @@ class PostgresAuditStore(ReadMixin):
             elif record.start_id is not None:
                 # committed after its start: a crash cannot keep it and lose the start
                 self._unflushed.pop(record.start_id, None)
-                self._unflushed_events.pop(record.start_id, None)
 
     def _remapped(self, drafts: list[RecordDraft]) -> list[RecordDraft]:
         """``drafts``, a final record of a start lost in a server crash naming it recorded again.
@@ -1311,10 +1309,6 @@ class PostgresAuditStore(ReadMixin):
         cursor = conn.execute(self._sql_append, _arguments(drafts))
         again = self._sealed(drafts, cursor.fetchall())
         self.commits += 1
-        for old in lost:
-            event = self._unflushed_events.get(old.id)
-            if event is not None:  # lost with its start, in the same transaction
-                self._note_again(conn, event)
         return list(zip(lost, again, strict=True))
 
     def _starts_moved(self, moves: list[tuple[AuditRecord, AuditRecord]]) -> None:
@@ -1326,9 +1320,6 @@ class PostgresAuditStore(ReadMixin):
         for old, new in moves:
             self._unflushed.pop(old.id, None)
             self._unflushed[new.id] = new
-            event = self._unflushed_events.pop(old.id, None)
-            if event is not None:  # noted again with its start
-                self._unflushed_events[new.id] = event
             for table in (self._moved, self._reused):
                 token = next(
                     (t for t, s in table.items() if s.id == old.id and s.hash == old.hash), None
@@ -1338,16 +1329,6 @@ class PostgresAuditStore(ReadMixin):
                     break
             else:
                 (self._reused if old.id in self._moved else self._moved)[old.id] = new
-
-    def _note_again(self, conn: Connection, event: Sequence[str]) -> None:
-        """Insert again the flow event of a start the server lost (see :meth:`append_guarded`)."""
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.{} (session_id, action_type, action_target, params, at)"
-                " VALUES (%s, %s, %s, %s, %s::double precision)"
-            ).format(sql.Identifier(self.schema or ""), sql.Identifier(FLOW_EVENTS_TABLE)),
-            list(event),
-        )
 
     def _writer(self) -> AnsweringConnection:
         """The writing connection of this process, opened (and the schema readied) on first use."""

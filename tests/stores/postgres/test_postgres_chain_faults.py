@@ -294,43 +294,38 @@ def test_a_start_lost_in_a_server_crash_is_recorded_again_before_its_outcome(
 
 
 @pytest.mark.parametrize("own_server", [_LAZY_WAL], indirect=True)
-def test_a_start_lost_with_its_flow_event_in_a_server_crash_is_recorded_again_with_it(
+def test_a_start_written_with_its_flow_event_survives_a_server_crash(
     own_server: OwnServer,
 ) -> None:
-    """A start written with its flow event, both lost in a crash: recorded again, both."""
-    store = PostgresAuditStore(own_server.dsn, durability="result", connect_timeout=2)
-    usage = PostgresUsageStore(own_server.dsn, connect_timeout=2)
+    """A start written with its flow event waits for the disk, at ``result`` too: a crash
+    right after it keeps both (another process's flow rule reads the event before this one
+    could write it again). Two crashes, each after a writer's first such start."""
     decision = PolicyDecision(Action("write", "crm", {"n": 1}), RiskLevel.LOW, Approval.AUTO, "r")
     events = "SELECT action_type, params FROM aegis_flow_events WHERE session_id = %s"
-    try:
-        store.check()
-        usage.forgotten("s")  # the usage tables are there, its schema known
-        assert store.guards(usage.db)
-        for attempt in range(1, 6):  # see the test above: a crash must take the start
-            session = f"s{attempt}"
-            usage.forgotten(session)  # connected again after a crash: its server known anew
+    for attempt in range(1, 3):
+        session = f"s{attempt}"
+        store = PostgresAuditStore(own_server.dsn, durability="result", connect_timeout=2)
+        usage = PostgresUsageStore(own_server.dsn, connect_timeout=2)
+        try:
+            store.check()
+            usage.forgotten(session)  # the usage tables are there, its schema known
+            assert store.guards(usage.db)
             event = flow_event(session, "write", "crm", {"n": 1}, time.time())
             start = store.append_guarded(start_draft(session, decision), usage.guard(None, event))
-            own_server.crash_and_restart()
-            if store.count(Filters(session_id=session, view="records")) == 0:
-                break
-        else:
-            pytest.fail("five crashes in a row kept a start that was never flushed")
+        finally:
+            store.close()
+            usage.close()
+        own_server.crash_and_restart()
+        reader = PostgresAuditStore(own_server.dsn, create=False, readonly=True)
+        try:
+            records = list(reader.records(Filters(session_id=session, view="records")))
+            report = reader.verify()
+        finally:
+            reader.close()
+        assert [r[1:] for r in records] == [start[1:]]
+        assert report.ok, report.reason
         with psycopg.connect(own_server.dsn) as conn:
-            assert conn.execute(events, (session,)).fetchall() == []  # lost together
-        outcome = Result(decision.action, ResultStatus.SUCCESS, {"done": True})
-        (final,) = store.append([final_draft(session, decision, outcome, start_id=start.id)])
-        records = list(store.records(Filters(session_id=session, view="records")))
-        report = store.verify()
-    finally:
-        store.close()
-        usage.close()
-    assert report.ok, report.reason
-    assert [(r.kind, r.start_id) for r in records] == [("start", None), ("final", records[0].id)]
-    assert final.start_id == records[0].id
-    assert records[0][1:-2] == start[1:-2]
-    with psycopg.connect(own_server.dsn) as conn:
-        assert conn.execute(events, (session,)).fetchall() == [("write", '{"n":1}')]
+            assert conn.execute(events, (session,)).fetchall() == [("write", '{"n":1}')]
 
 
 def _decision(n: int) -> PolicyDecision:

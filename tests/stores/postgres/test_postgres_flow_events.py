@@ -491,3 +491,79 @@ def test_a_cover_asked_while_a_horizon_is_declared_waits_and_then_notes_events(
         assert store.forgotten("s") is None
     finally:
         store.close()
+
+
+#: no email once the session read a secret; everything else runs
+MAIL_AFTER_SECRET_BLOCKED = Policy.from_dict(
+    {
+        "rules": [
+            {
+                "name": "no_mail_after_secret",
+                "match": {"type": "send_email"},
+                "conditions": {"not_after": {"type": "read_secret", "within": "session"}},
+                "approval": "auto",
+            },
+            {"name": "mail_after_secret", "match": {"type": "send_email"}, "approval": "block"},
+            {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
+        ]
+    }
+)
+#: a WAL writer that leaves a commit made without a flush in memory for 10 s
+LAZY_WAL = (
+    "-c wal_writer_delay=10000 -c wal_writer_flush_after=2147483647 -c wal_level=minimal"
+    " -c max_wal_senders=0 -c autovacuum=off -c checkpoint_timeout=3600"
+)
+
+
+async def test_an_event_written_with_its_start_survives_a_server_crash_during_its_action() -> None:
+    """The server crashes while the secret is read: the read's event, written with its start,
+    is still there once the server is back, and another runtime's not_after blocks the mail.
+
+    (Its start committed without a flush: the crash took it with its event, and only this
+    process's next append would have written it again, after the mail was let through.)
+    """
+    from local_postgres import ClusterUnavailable, LocalCluster
+
+    try:
+        server = LocalCluster(settings=LAZY_WAL)
+        server.start()
+    except ClusterUnavailable as exc:
+        pytest.fail(str(exc))
+    try:
+        crashed: list[str] = []
+
+        def execute(action: Action) -> str:
+            if action.type == "read_secret":
+                server.crash()
+                crashed.append(action.type)
+                return "secret"
+            return "done"
+
+        audit = AuditLogger(server.dsn, connect_timeout=2, response_timeout=5)
+        async with Runtime(
+            executor=execute,
+            policy=MAIL_AFTER_SECRET_BLOCKED,
+            audit_logger=audit,
+            session_id="warm",
+        ) as reader:
+            assert (await reader.run_one(Action("list", "inbox"))).ok  # tells the horizon
+            for attempt in range(3):
+                reader.session_id = session = f"read-{attempt}"
+                for _ in range(3):  # the first append after a restart may find its link broken
+                    await reader.run_one(Action("read_secret", "vault"))
+                    if crashed:
+                        break
+                assert crashed == ["read_secret"]
+                crashed.clear()
+                server.restart()
+                assert (session, "read_secret", "vault", "{}") in events(server.dsn)
+                async with Runtime(
+                    executor=execute,
+                    policy=MAIL_AFTER_SECRET_BLOCKED,
+                    audit_logger=AuditLogger(server.dsn, connect_timeout=2),
+                    session_id=session,
+                ) as sender:
+                    sent = await sender.run_one(Action("send_email", "smtp"))
+                assert sent.status is ResultStatus.BLOCKED
+    finally:
+        server.stop()
