@@ -56,11 +56,15 @@ its class's function, not the tool's attribute. So every tool class's own
 ``_run`` and ``_arun`` are guarded in the class too, process-wide, from the
 import of :mod:`aegis.adapters.crewai` on: the classes made by then, and
 every class made later (``BaseTool.__init_subclass__``). For tools nothing
-covers the guard only passes the call on. What cannot be reached: a method
-bound before that import (it holds the unguarded function), the plain
-function given to ``@tool`` (or a ``func`` read before govern()), which
-any holder can call as a Python function, and a tool class whose ``_run``
-is not a plain function.
+covers the guard only passes the call on, once it has asked whether a
+``govern()`` claims the tool (:func:`claim_with`: a tool in a list
+``govern()`` governs, added without Aegis seeing it); a claimed tool is
+covered then, and its run refused. Each class's own ``run`` and ``arun``
+ask too (``Tool.run`` calls ``func`` itself), and so does a structured
+tool. What cannot be reached: a method bound before that import (it holds
+the unguarded function), the plain function given to ``@tool`` (or a
+``func`` read before govern()), which any holder can call as a Python
+function, and a tool class whose ``_run`` is not a plain function.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ import functools
 import inspect
 import logging
 import threading
+from collections.abc import Callable
 from contextvars import ContextVar
 from types import FunctionType, MethodType
 from typing import Any
@@ -94,6 +99,8 @@ _decided: ContextVar[tuple[Ticket, ...]] = ContextVar("aegis_crewai_decided", de
 _inside: ContextVar[tuple[Ticket, ...]] = ContextVar("aegis_crewai_inside", default=())
 #: on a tool class's own ``_run`` / ``_arun``: it is the guarded one
 _CLASS_GUARD = "_aegis_class_guard"
+#: the govern() calls claiming a tool nothing covers yet (see :func:`claim_with`)
+_claimants: Callable[[Any], list[Any]] | None = None
 
 
 class Ticket:
@@ -155,6 +162,29 @@ def covered(tool: Any) -> bool:
     """Whether any govern() call covers ``tool`` now."""
     entry = _covering.get(id(tool))
     return entry is not None and entry[0] is tool
+
+
+def claim_with(claimants: Callable[[Any], list[Any]]) -> None:
+    """Ask ``claimants`` which govern() calls claim a tool about to run uncovered.
+
+    A tool can reach a list govern() governs without Aegis seeing it (a
+    plain list given to govern(), a task's ``tools``); the first run of such
+    a tool, on any path, asks: a tool claimed is covered then, before the
+    run, which is refused without a decision.
+    """
+    global _claimants  # noqa: PLW0603  # one finder per process, set by aegis.adapters.crewai
+    _claimants = claimants
+
+
+def _claimed(tool: Any) -> bool:
+    """Whether a govern() call claims the uncovered ``tool``; if one does, it is covered now."""
+    claimants = _claimants
+    if claimants is None:
+        return False
+    by = claimants(tool)
+    for governor in by:
+        cover(tool, governor)
+    return bool(by)
 
 
 # ---------------------------------------------------------------- tickets
@@ -219,7 +249,7 @@ def _claim(
         return None, newest.refused
     if newest is not None and not newest.active:
         return None, _again(newest)
-    return None, _undecided(tool) if covered(tool) else None
+    return None, _undecided(tool) if covered(tool) or _claimed(tool) else None
 
 
 def _arguments(inner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -461,14 +491,43 @@ def _follow_tool_classes() -> None:
 
 
 def _guard_class(cls: type) -> None:
-    """Put the guard on the class's own ``_run`` and ``_arun`` (once each)."""
-    for name in ("_run", "_arun"):
+    """Put the guard on the class's own ``_run`` and ``_arun``, and ``run``/``arun`` (once each).
+
+    ``run`` and ``arun`` only cover a tool a govern() call claims before they
+    go on (``Tool.run`` calls ``func`` itself, not ``_run``).
+    """
+    for name in ("_run", "_arun", "run", "arun"):
         function = cls.__dict__.get(name)
         if type(function) is not FunctionType or function.__dict__.get(_CLASS_GUARD):
             continue
         if getattr(function, "__isabstractmethod__", False):
             continue
-        type.__setattr__(cls, name, _class_guard(function))
+        wrap = _class_guard if name.startswith("_") else _class_claim
+        type.__setattr__(cls, name, wrap(function))
+
+
+def _class_claim(function: Any) -> Any:
+    """A tool class's ``run`` or ``arun``, covering the tool first if a govern() call claims it."""
+    if asyncio.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def claiming_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if id(self) not in _covering:
+                _claimed(self)
+            return await function(self, *args, **kwargs)
+
+        claiming: Any = claiming_async
+    else:
+
+        @functools.wraps(function)
+        def claiming_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if id(self) not in _covering:
+                _claimed(self)
+            return function(self, *args, **kwargs)
+
+        claiming = claiming_sync
+    claiming.__dict__[_CLASS_GUARD] = True
+    return claiming
 
 
 def _class_guard(function: Any) -> Any:
@@ -496,8 +555,10 @@ def _class_guard(function: Any) -> Any:
 
 
 def _free(tool: Any) -> bool:
-    """Nothing covers ``tool`` and no call is open here: the guard has nothing to do."""
-    return id(tool) not in _covering and not _decided.get() and not _inside.get()
+    """Nothing covers or claims ``tool`` and no call is open here: the guard has nothing to do."""
+    if id(tool) in _covering or _decided.get() or _inside.get():
+        return False
+    return not _claimed(tool)
 
 
 def _adopt(structured: Any) -> Any:
@@ -510,7 +571,7 @@ def _adopt(structured: Any) -> Any:
     owner = _owner(function)
     if owner is None:
         bound = getattr(function, "__self__", None)
-        if not isinstance(bound, BaseTool) or not covered(bound):
+        if not isinstance(bound, BaseTool) or not (covered(bound) or _claimed(bound)):
             return None
         with _lock:
             if _owner(structured.func) is None:

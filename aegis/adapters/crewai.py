@@ -85,6 +85,10 @@ CrewAI's native path a blocked call to a ``result_as_answer`` tool ends the
 task with the refusal as its answer (that path takes a blocked call's text
 as the tool's result); nothing ran, and the record says blocked.
 
+Size: the hooks, govern() and the following of lists, agents and tasks
+that keeps a tool covered as it reaches a governed agent by any of them
+share the registry of govern() calls; apart, each would reach into it.
+
 Example::
 
     crew = govern(Crew(agents=[support], tasks=[refund_task]), runtime, target="billing")
@@ -99,6 +103,7 @@ import json
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from types import FrameType
 from typing import Any
@@ -109,7 +114,7 @@ from aegis.core.result import Result, ResultStatus
 from aegis.errors import ConfigurationError
 
 try:
-    from crewai import Agent, Crew
+    from crewai import Agent, Crew, Task
     from crewai.agents.agent_builder.base_agent import BaseAgent
     from crewai.hooks import (
         register_after_tool_call_hook,
@@ -133,6 +138,9 @@ _log = logging.getLogger("aegis.adapters")
 
 #: the hooks registered for each governed object, by id, until ungovern()
 _registered: dict[int, _Hooks] = {}
+#: the tasks made since this module's import: a governed agent's are governed too
+_tasks: weakref.WeakSet[Any] = weakref.WeakSet()
+_tasks_lock = threading.Lock()
 
 
 class _NotRun(Exception):
@@ -143,11 +151,18 @@ class _Hooks:
     """The two hooks of one govern() call, and the calls between them."""
 
     def __init__(
-        self, governor: Governor, agents: list[Any], tools: list[Any], given: Sequence[Any] = ()
+        self,
+        governor: Governor,
+        agents: list[Any],
+        tools: list[Any],
+        given: Sequence[Any] = (),
+        crew: Any = None,
     ) -> None:
         self.governor = governor
         self.agents = agents
         self.tools = tools
+        #: the crew govern() was given, whose tasks' tools it governs
+        self.crew = crew
         #: the list govern() was given, when it returned a governed copy of it
         self.given = given
         self.lock = threading.Lock()
@@ -175,6 +190,28 @@ class _Hooks:
             agent=governor.agent,
         )
         await governor._record_refused(call, governor._refused(call, why))
+
+    def tasks(self) -> list[Any]:
+        """The tasks whose tools this govern() call governs: its crew's, its agents'."""
+        tasks = list(getattr(self.crew, "tasks", None) or ())
+        if self.agents:
+            with _tasks_lock:
+                made = list(_tasks)
+            tasks.extend(t for t in made if any(t.agent is a for a in self.agents))
+        return tasks
+
+    def claims(self, tool: Any) -> bool:
+        """Whether ``tool`` is in a list this govern() call governs without seeing it change.
+
+        The list govern() was given (a plain list, not the governed one it
+        returned), and the ``tools`` of its crew's tasks and of its agents'
+        tasks (a task keeps the list it was made with).
+        """
+        if any(held is tool for held in self.given):
+            return True
+        return any(
+            held is tool for task in self.tasks() for held in (getattr(task, "tools", None) or ())
+        )
 
     def applies(self, context: Any) -> bool:
         if self.agents:
@@ -304,14 +341,18 @@ def govern(
 
     Tools added later are governed too, as they are added: a tool given to a
     governed agent (``agent.tools`` appended to, extended, set), a tool added
-    to the governed list govern() returned. A tool added to the list given
-    to govern() (not the one it returned) is decided when an agent calls it
-    through CrewAI's hooks, but a run without them is refused only once a
-    call was decided. An agent added to a crew after govern() is not
-    governed: govern the crew again (or that agent). A governed agent's
-    ``tools`` becomes a list of its own; a task of the crew holding the
-    agent's list (CrewAI's default) is given it, but a task made before
-    govern() of the agent alone keeps the list as it was.
+    to the governed list govern() returned. The tools of the crew's tasks and
+    of the governed agents' tasks (``task.tools``, a list of the task's own)
+    are governed from govern() on, and those of a task made, given such an
+    agent (``task.agent = ...``) or given tools later, as that happens. A
+    tool added without Aegis seeing it (to the plain list given to govern(),
+    not the one it returned; to a task's list) is governed from its first
+    run on any path: a run through CrewAI's hooks is decided, any other is
+    refused. An agent added to a crew after govern() is not governed: govern
+    the crew again (or that agent). A governed agent's ``tools`` becomes a
+    list of its own; a task of the crew holding the agent's list (CrewAI's
+    default) is given it; one made before govern() of the agent alone keeps
+    the list as it was, governed as a task's own.
     """
     if on_block != "return":
         raise ConfigurationError(
@@ -320,7 +361,7 @@ def govern(
     governor = Governor(runtime, target=target, framework=_FRAMEWORK, agent=agent)
     given = crew_or_agent_or_tools
     if isinstance(given, Crew):
-        hooks = _Hooks(governor, list(given.agents), [])
+        hooks = _Hooks(governor, list(given.agents), [], crew=given)
     elif isinstance(given, Agent):
         hooks = _Hooks(governor, [given], [])
     elif isinstance(given, Iterable) and not isinstance(given, str | bytes):
@@ -343,6 +384,9 @@ def govern(
             hooks.cover(tool)
     for tool in hooks.tools:
         hooks.cover(tool)
+    for task in hooks.tasks():  # made before govern(), holding lists of their own
+        for tool in getattr(task, "tools", None) or ():
+            hooks.cover(tool)
     register_before_tool_call_hook(hooks.before)
     register_after_tool_call_hook(hooks.after)
     if isinstance(hooks.tools, _Covering):  # a list: the governed one govern() made
@@ -472,6 +516,59 @@ def _follow_agents() -> None:
 
     type.__setattr__(BaseAgent, "__setattr__", guarded_setattr)
     type.__setattr__(BaseAgent, "_aegis_guarded", True)
+
+
+def _claimants(tool: Any) -> list[_Hooks]:
+    """The govern() calls claiming ``tool``, which nothing covers yet (:meth:`_Hooks.claims`)."""
+    return [hooks for hooks in list(_registered.values()) if hooks.claims(tool)]
+
+
+def _task_given(task: Any) -> None:
+    """Cover the tools of ``task`` by the govern() calls governing its agent or its crew."""
+    tools = getattr(task, "tools", None) or ()
+    if not tools:
+        return
+    for hooks in list(_registered.values()):
+        agent = getattr(task, "agent", None)
+        mine = any(agent is a for a in hooks.agents) or any(
+            task is held for held in getattr(hooks.crew, "tasks", None) or ()
+        )
+        if mine:
+            for tool in tools:
+                hooks.cover(tool)
+
+
+def _follow_tasks() -> None:
+    """Know every task made from now on, and cover its tools as it is given to a governed agent.
+
+    ``Task.__init__`` and ``Task.__setattr__`` are wrapped once, process-wide;
+    for tasks nothing governs they only note the task (weakly) and set the
+    attribute.
+    """
+    if Task.__dict__.get("_aegis_guarded"):
+        return
+    init, setattr_ = Task.__init__, Task.__setattr__
+
+    def noted_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        with _tasks_lock:
+            _tasks.add(self)
+        _task_given(self)
+
+    def guarded_setattr(self: Any, name: str, value: Any) -> None:
+        setattr_(self, name, value)
+        if name in ("agent", "tools"):
+            _task_given(self)
+
+    type.__setattr__(Task, "__init__", noted_init)
+    type.__setattr__(Task, "__setattr__", guarded_setattr)
+    type.__setattr__(Task, "_aegis_guarded", True)
+
+
+# From import on: a tool of a task or a list govern() governs is claimed when it
+# first runs, and a task made from now on is known to govern() of its agent.
+guard.claim_with(_claimants)
+_follow_tasks()
 
 
 def _settle(outcome: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -134,3 +134,111 @@ async def test_a_tool_given_to_a_governed_agent_later_is_decided_and_runs_in_its
     assert [(r["action_type"], r["result_status"]) for r in audit.records] == [
         ("lookup_backup", "success")
     ]
+
+
+def _refused_and_recorded(tool: Any, audit: InMemoryAuditLog, ran: list[tuple[str, int]]) -> None:
+    """``tool`` run without the hooks is refused, recorded as blocked by Aegis, and never runs."""
+    before = len(audit.records)
+    with pytest.raises(Exception, match=UNDECIDED):
+        tool.run(customer_id=7)
+    assert ran == []
+    [record] = audit.records[before:]
+    assert (record["action_type"], record["result_status"], record["matched_rule"]) == (
+        tool.name,
+        "blocked",
+        "<aegis>",
+    )
+
+
+def test_a_tool_added_to_the_list_given_to_govern_needs_a_decision_at_once() -> None:
+    """Appended to the list given to govern() (not the one returned): refused before any call."""
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[tuple[str, int]] = []
+    given = [_tool("lookup", ran)]
+    late = _tool("lookup_backup", ran)
+    audit = InMemoryAuditLog()
+    govern(given, make_runtime(audit=audit))
+    try:
+        given.append(late)
+        _refused_and_recorded(late, audit, ran)
+    finally:
+        ungovern(given)
+    assert late.run(customer_id=8) == "customer 8: gold"  # ungoverned, it runs as before
+
+
+@pytest.mark.parametrize("how", ["own list", "agent's old list"])
+def test_the_tools_of_a_task_made_before_govern_of_its_agent_need_a_decision(how: str) -> None:
+    """A task made before govern(agent) keeps its list: every tool in it is governed."""
+    from crewai import Task
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[tuple[str, int]] = []
+    early, late = _tool("lookup", ran), _tool("lookup_backup", ran)
+    audit = InMemoryAuditLog()
+    agent = _agent([early], [])
+    if how == "own list":
+        task = Task(description="go", expected_output="x", agent=agent, tools=[late])
+    else:
+        task = Task(description="go", expected_output="x", agent=agent)
+    govern(agent, make_runtime(audit=audit))
+    try:
+        if how != "own list":
+            assert task.tools is not agent.tools  # the list the agent had
+            task.tools.append(late)
+        _refused_and_recorded(late, audit, ran)
+    finally:
+        ungovern(agent)
+
+
+@pytest.mark.parametrize("how", ["in the crew", "made later", "given the agent", "added"])
+def test_a_tasks_own_tools_are_governed_once_it_is_given_to_a_governed_crew(how: str) -> None:
+    """task.tools of a governed crew's or agent's task need a decision before any call."""
+    from crewai import Crew, Task
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[tuple[str, int]] = []
+    early, own = _tool("lookup", ran), _tool("lookup_backup", ran)
+    audit = InMemoryAuditLog()
+    agent = _agent([early], [])
+    first = Task(description="go", expected_output="x", agent=agent)
+    tasks = [first]
+    if how == "in the crew":
+        tasks.append(Task(description="more", expected_output="x", agent=agent, tools=[own]))
+    crew = govern(Crew(agents=[agent], tasks=tasks), make_runtime(audit=audit))
+    try:
+        if how == "made later":
+            Task(description="more", expected_output="x", agent=agent, tools=[own])
+        elif how == "given the agent":
+            later = Task(description="more", expected_output="x", tools=[own])
+            later.agent = agent
+        elif how == "added":
+            crew.tasks.append(Task(description="more", expected_output="x", tools=[own]))
+        _refused_and_recorded(own, audit, ran)
+    finally:
+        ungovern(crew)
+
+
+async def test_a_tasks_own_tool_is_decided_and_runs_in_its_governed_crew() -> None:
+    """The task's own tool, governed before the crew runs, is decided and runs once when called."""
+    from crewai import Crew, Task
+
+    from aegis.adapters.crewai import govern, ungovern
+
+    ran: list[tuple[str, int]] = []
+    early, own = _tool("lookup", ran), _tool("lookup_backup", ran)
+    audit = InMemoryAuditLog()
+    policy = {"rules": [{"name": "reads", "match": {"type": "lookup*"}, "approval": "auto"}]}
+    agent = _agent([early], [("lookup_backup", {"customer_id": 3}, "c1")])
+    task = Task(description="go", expected_output="x", agent=agent, tools=[own])
+    crew = govern(Crew(agents=[agent], tasks=[task]), make_runtime(audit=audit, policy=policy))
+    try:
+        await asyncio.to_thread(crew.kickoff)
+    finally:
+        ungovern(crew)
+    assert ran == [("lookup_backup", 3)]
+    assert [(r["action_type"], r["result_status"]) for r in audit.records] == [
+        ("lookup_backup", "success")
+    ]
