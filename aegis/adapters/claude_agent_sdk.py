@@ -326,9 +326,12 @@ def _lapsed(allowed: _Allowed, run_timeout: float) -> None:
     if used or ticket.shared:
         # It may have run: never say "not run".
         loop = asyncio.get_running_loop()
+        hung: list[asyncio.TimerHandle] = []
 
         def wait_for_word() -> None:
             allowed.idle = None
+            for timer in hung:  # the run is over: it does not hang
+                timer.cancel()
             if not outcome.done():
                 no_word = (
                     "a run with the call's input was made, and Claude Code sent neither "
@@ -339,12 +342,13 @@ def _lapsed(allowed: _Allowed, run_timeout: float) -> None:
 
         allowed.idle = wait_for_word
         if watch.when_idle(ticket.key, wait_for_word):
-            hung = (
+            why = (
                 f"a run with the call's input was still under way {run_timeout:g} s after "
                 "the call's time to run was over (the tool hangs?); Aegis cannot tell what "
                 "the tool did for this call"
             )
-            allowed.later(loop.call_later(run_timeout, _unknown, outcome, hung))
+            hung.append(loop.call_later(run_timeout, _unknown, outcome, why))
+            allowed.later(hung[0])
         return
     outcome.set_exception(
         ToolFailure(

@@ -655,3 +655,50 @@ async def test_closing_the_hooks_ends_open_records_and_cancels_every_timer(
     assert answer["hookSpecificOutput"]["permissionDecision"] == "deny"  # type: ignore[typeddict-item]
     record = audit.records[-1]
     assert (record["result_status"], record["matched_rule"]) == ("blocked", "<aegis>")
+
+
+async def test_a_run_that_ends_after_all_drops_its_hung_run_bound(monkeypatch: Any) -> None:
+    """The bound on a hung run is cancelled when the run ends; Claude Code's word is awaited.
+
+    Otherwise a run_timeout shorter than OUTCOME_SECONDS would end the record
+    saying the run was still under way when it was not.
+    """
+    from aegis.adapters import claude_agent_sdk
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    monkeypatch.setattr(claude_agent_sdk, "TICKET_SECONDS", 0.05)
+    loop = asyncio.get_running_loop()
+    timers: list[tuple[Any, asyncio.TimerHandle]] = []
+    call_later = loop.call_later
+
+    def noting(delay: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        timer = call_later(delay, callback, *args, **kwargs)
+        if getattr(callback, "__module__", "").startswith("aegis."):
+            timers.append((args[-1] if args else None, timer))
+        return timer
+
+    monkeypatch.setattr(loop, "call_later", noting)
+    started, release = asyncio.Event(), asyncio.Event()
+    refund = _hanging_refund(started, release)
+    audit = InMemoryAuditLog()
+    governed = hooks(
+        make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]}
+    )
+    [pre] = governed["PreToolUse"][0].hooks
+    args = {"order_id": "17", "amount": 120.0}
+    call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}
+    await pre({**call, "session_id": "a"}, "tu_1", None)  # type: ignore[arg-type]
+    run = asyncio.ensure_future(refund.handler(args))
+    await started.wait()
+    for _ in range(1000):  # the lapse, then the bound on the hung run
+        if len(timers) == 2:
+            break
+        await asyncio.sleep(0.01)
+    [_, (hung, bound)] = timers
+    assert "still under way" in str(hung)
+    release.set()
+    await run
+    [(word, _)] = timers[2:]  # the wait for Claude Code's word, now that the run is over
+    assert "neither PostToolUse nor Stop" in str(word)
+    assert bound.cancelled()
+    await governed.aclose()
