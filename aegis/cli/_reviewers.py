@@ -9,7 +9,7 @@ import click
 from aegis.cli._output import emit_json, note, print_table, success
 from aegis.cli._params import format_option
 from aegis.cli._store import open_tables, store_option
-from aegis.cli._tokens import audit_revocation, given_by, operator, withdrawn_by
+from aegis.cli._tokens import audit_revocation, ended_by, operator, withdrawn_by
 from aegis.core.approval_request import iso
 from aegis.core.identity import KEY_SEPARATOR, Identity
 
@@ -60,10 +60,10 @@ def revoke(person: str, db: str) -> None:
             who.issuer, who.subject, datetime.now(UTC), by=operator()
         )
         withdrawn = withdrawn_by(store, "person", who.key)
-        given = given_by(store, lambda key: Identity.from_key(key) == who)
-        because = f"reviewer {who.key} revoked"
+        # Ended by the revocation itself, in its transaction: as queued for the trail.
+        ended = ended_by(store, "person", who.key)
         # Always: the revocation's own record is queued, whatever it withdrew.
-        ended = audit_revocation(store, db, because, given)
+        audit_revocation(store, db)
     success(f"reviewer {who.key} revoked; they cannot sign in until reinstated")
     counted = "1 inbox session" if sessions == 1 else f"{sessions} inbox sessions"
     note(f"{counted} ended; tokens revoked: {', '.join(tokens) or 'none'}")
@@ -93,7 +93,7 @@ def reinstate(person: str, db: str) -> None:
             raise click.ClickException(
                 f"{who.key} is not revoked; `aegis reviewer list` shows who is"
             )
-        audit_revocation(store, db, f"reviewer {who.key} reinstated", [])
+        audit_revocation(store, db)
     success(f"reviewer {who.key} reinstated; they may sign in again")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -14,10 +13,10 @@ from aegis.cli._params import format_option
 from aegis.cli._store import audit_trail, open_tables, store_option
 from aegis.core.approval_request import Role, TokenInfo, iso, parse_duration
 from aegis.core.identity import KEY_SEPARATOR
-from aegis.errors import ApprovalServiceError, ConfigurationError
+from aegis.errors import ConfigurationError
 from aegis.stores.approvals import ApprovalStore, hash_token, new_token
 
-__all__ = ["audit_revocation", "given_by", "operator", "token", "withdrawn_by"]
+__all__ = ["audit_revocation", "ended_by", "operator", "token", "withdrawn_by"]
 
 #: the longest a token may live: ten years
 _MAX_LIFETIME = 3650 * 86400.0
@@ -195,29 +194,21 @@ def revoke(name: str, db: str) -> None:
     them apart.
     """
     with open_tables(db, create=False) as store:
-        info = next((t for t in store.list_tokens() if t.name == name), None)
         revoked = store.revoke_token(name, datetime.now(UTC), by=operator())
         if not revoked:
             raise click.ClickException(
                 f"no active token named {name!r}; `aegis token list` shows them"
             )
-        withdrawn = _withdrawn(store, name)
-        # A role this version does not know may have given grants: end them too.
-        gave = info is not None and info.known_role in {Role.REVIEWER, None}
-        given = _given(store, info) if info is not None and gave else []
-        because = f"token {name} revoked"
+        withdrawn = withdrawn_by(store, "token", name)
+        # Ended by the revocation itself, in its transaction: as queued for the trail.
+        ended = ended_by(store, "token", name)
         # Always: the revocation's own record is queued, whatever it withdrew.
-        ended = audit_revocation(store, db, because, given)
+        audit_revocation(store, db)
     success(f"token {name!r} revoked")
     if withdrawn:
         note(f"its approvals of these pending requests no longer count: {', '.join(withdrawn)}")
     if ended:
         note(f"the grants it gave are revoked too: {', '.join(ended)}")
-
-
-def _withdrawn(store: ApprovalStore, name: str) -> list[str]:
-    """The requests whose approvals the revocation of ``name`` withdrew, as queued for the trail."""
-    return withdrawn_by(store, "token", name)
 
 
 def withdrawn_by(store: ApprovalStore, field: str, value: str) -> list[str]:
@@ -234,22 +225,17 @@ def withdrawn_by(store: ApprovalStore, field: str, value: str) -> list[str]:
     ]
 
 
-def _given(store: ApprovalStore, info: TokenInfo) -> list[str]:
-    """The ids of the active grants ``info`` gave."""
-    return given_by(store, info.speaks_for)
+def ended_by(store: ApprovalStore, field: str, value: str) -> list[str]:
+    """The grants of the queued ends (``grant.revoked``) whose context's ``field`` is ``value``.
 
-
-def given_by(store: ApprovalStore, speaks_for: Callable[[str], bool]) -> list[str]:
-    """The ids of the active grants one of whose givers' keys ``speaks_for`` names."""
-    given: list[str] = []
-    now = datetime.now(UTC)
-    before = None
-    # Every page: a list stops at 1000 grants, and a grant past the first
-    # thousand would keep approving in the revoked token's name.
-    while page := store.list_grants(now, before=before):
-        given += [g.id for g in page if any(speaks_for(key) for key in g.granted_by)]
-        before = (page[-1].created_at, page[-1].id)
-    return given
+    For the operator's eyes only, as :func:`withdrawn_by`.
+    """
+    events = store.pending_events(timedelta(0), limit=1000)
+    return [
+        str(e.context.get("grant"))
+        for e in events
+        if e.kind == "grant.revoked" and e.context.get(field) == value
+    ]
 
 
 def operator() -> str:
@@ -257,32 +243,16 @@ def operator() -> str:
     return f"operator:{getpass.getuser()}"
 
 
-def audit_revocation(store: ApprovalStore, db: str, because: str, given: list[str]) -> list[str]:
-    """End the grants ``given`` and write the queued withdrawals, each audited; the grants ended.
+def audit_revocation(store: ApprovalStore, db: str) -> None:
+    """Write the queued events of a revocation (withdrawals, grants ended, its own) now.
 
-    ``because`` says in each grant's record why the operator ended it.
+    A running service would write them at its next sweep; there may be none.
     """
     # Imported here: the service is only needed for this.
     from aegis.server.service import ApprovalService  # noqa: PLC0415
 
-    by = f"{operator()} ({because})"
     audit = audit_trail(db)
     try:
-        service = ApprovalService(store, audit)
-
-        async def end_all() -> list[str]:
-            ended = []
-            for grant_id in given:
-                try:
-                    await service.operator_revoke_grant(grant_id, by)
-                except ApprovalServiceError:
-                    continue  # it ended meanwhile (expired, or revoked by someone else)
-                ended.append(grant_id)
-            # The withdrawals were queued with the revocation; write them now
-            # rather than at a service's next sweep (there may be none running).
-            await service.flush_audit()
-            return ended
-
-        return asyncio.run(end_all())
+        asyncio.run(ApprovalService(store, audit).flush_audit())
     finally:
         audit.close()

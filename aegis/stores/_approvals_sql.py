@@ -1041,6 +1041,10 @@ class SqlApprovalStore:
             # as that person, whose key speaks_for matches.
             named = None if token.oidc_subject else token.name
             withdrawn = self._withdraw_approvals(tx, token.speaks_for, named, now, token=token.name)
+            # A role this version does not know may have given grants: ended too.
+            if token.known_role in {Role.REVIEWER, None}:
+                ending = f"{by or 'an operator'} (token {name} revoked)"
+                self._end_grants(tx, token.speaks_for, now, ending, token=token.name)
             person = (
                 Identity(token.oidc_issuer or "", token.oidc_subject).key
                 if token.oidc_subject
@@ -1101,6 +1105,13 @@ class SqlApprovalStore:
                     )
             withdrawn = self._withdraw_approvals(
                 tx, lambda key: Identity.from_key(key) == person, None, now, person=person.key
+            )
+            self._end_grants(
+                tx,
+                lambda key: Identity.from_key(key) == person,
+                now,
+                f"{by or 'an operator'} (reviewer {person.key} revoked)",
+                person=person.key,
             )
             self._event(
                 tx,
@@ -1234,6 +1245,50 @@ class SqlApprovalStore:
             )
             withdrawn.append(request_id)
         return withdrawn
+
+    def _end_grants(
+        self,
+        tx: Tx,
+        speaks_for: Callable[[str], bool],
+        now: datetime,
+        by: str,
+        **because: str,
+    ) -> list[str]:
+        """End the grants one of whose givers ``speaks_for`` names, in the revocation's transaction.
+
+        A grant approves later actions in its givers' names: ended in a
+        transaction of its own after the revocation, it would still approve
+        actions asked in between. Read after the approvals are withdrawn (the
+        requests' rows locked), so that a grant given by a decision that
+        committed while this transaction waited is seen and ended too. Every
+        grant some host may still find active is ended: active by the
+        database's clock, or by ``now`` for grants kept without it. Each end
+        queues a ``grant.revoked`` event naming ``by`` and ``because``.
+        Returns the ids of the grants it ended.
+        """
+        ended: list[str] = []
+        rows = tx.all(
+            f"SELECT {_GRANT_COLUMNS} FROM {{p}}aegis_grants WHERE revoked_at IS NULL "
+            f"AND (db_expires_at > {self._CLOCK} OR (db_expires_at IS NULL AND expires_at > ?)) "
+            "ORDER BY created_at, id",
+            (0.0, iso(now)),
+        )
+        for row in rows:
+            grant = _grant_of(row)
+            if not any(speaks_for(key) for key in grant.granted_by):
+                continue
+            if (
+                tx.run(
+                    "UPDATE {p}aegis_grants SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    (iso(now), grant.id),
+                )
+                == 1
+            ):
+                self._event(
+                    tx, grant.request_id, "grant.revoked", now, grant=grant.id, by=by, **because
+                )
+                ended.append(grant.id)
+        return ended
 
     # -- inbox sessions -----------------------------------------------------------
 

@@ -652,9 +652,13 @@ class ApprovalStore(Protocol):
         <aegis.core.approval_request.TokenInfo.speaks_for>` for whose they
         are): each stops counting toward its request's approvers, and an
         ``approval.withdrawn`` event is queued for the audit trail. Requests
-        already decided stay as they are. A ``token.revoked`` event naming
-        the token and ``by`` (who revoked it) is queued too, whatever was
-        withdrawn.
+        already decided stay as they are. The grants a reviewer token (or
+        one of a role this version does not know) gave, alone or with
+        others, end in the same transaction, each a ``grant.revoked`` event
+        naming the ``token``: a grant approves in its givers' names, and
+        ended later it would approve actions asked in between. A
+        ``token.revoked`` event naming the token and ``by`` (who revoked it)
+        is queued too, whatever was withdrawn.
         """
         ...
 
@@ -668,8 +672,8 @@ class ApprovalStore(Protocol):
         may start: :meth:`create_session` and :meth:`create_token` refuse
         with a 403), the active tokens tied to them are revoked, the inbox
         sessions they signed in with OpenID end, and their approvals of
-        requests still pending are withdrawn as :meth:`revoke_token` does
-        (each an ``approval.withdrawn`` event naming the ``person``). A
+        requests still pending are withdrawn and the grants they gave end as
+        :meth:`revoke_token` does (each event naming the ``person``). A
         ``reviewer.revoked`` event names the person, ``by`` and what was
         ended, whatever that was. A namesake at another issuer is untouched.
         """

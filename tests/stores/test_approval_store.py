@@ -511,6 +511,53 @@ def test_a_revocation_stands_until_an_explicit_reinstatement(store: ApprovalStor
     ]  # fmt: skip
 
 
+def _grant_ends(store: ApprovalStore) -> list[tuple[str, str, str]]:
+    """The queued ``grant.revoked`` events: grant, who ended it, and the person or token."""
+    return [
+        (e.context["grant"], e.context["by"], e.context.get("person") or e.context["token"])
+        for e in store.pending_events(timedelta(0), limit=1000)
+        if e.kind == "grant.revoked"
+    ]
+
+
+def test_a_revocation_ends_the_grants_its_reviewer_gave_in_its_own_transaction(
+    store: ApprovalStore,
+) -> None:
+    """Revoking kim (the person) or bob's token ends the grants they gave, alone or with
+    others, as it commits: no request asked after it is approved by them. A namesake's
+    grant and a grant of others stay."""
+    issuer, other = "https://id.example.com", "https://other.example.com"
+    store.create_token(TokenInfo("bob", Role.REVIEWER, (), NOW), "h-bob")
+    given = {}
+    for session, givers in (
+        ("s-kim", [f"{issuer}#kim"]),
+        ("s-both", ["carol", "bob"]),
+        ("s-namesake", [f"{other}#kim"]),
+        ("s-carol", ["carol"]),
+    ):
+        asked, _ = store.create_request(make(session, approvers=len(givers)), NOW)
+        for giver in givers:
+            _, grant = store.decide(
+                asked.id, giver, Verdict.APPROVE, comment="", grant_minutes=30, now=NOW
+            )
+        assert grant is not None
+        given[session] = grant.id
+    later = NOW + timedelta(minutes=1)
+    store.revoke_person("https://ID.example.com:443/", "kim", later, by="operator:ops")
+    assert store.revoke_token("bob", later, by="operator:ops")
+    assert sorted(g.id for g in store.list_grants(later)) == sorted(
+        [given["s-namesake"], given["s-carol"]]
+    )
+    for session, covered in (("s-kim", False), ("s-both", False), ("s-namesake", True)):
+        asked, _ = store.create_request(make(session, amount=901), later)
+        assert (asked.grant_id is not None) is covered, session
+        assert asked.status is (RequestStatus.APPROVED if covered else RequestStatus.PENDING)
+    assert _grant_ends(store) == [
+        (given["s-kim"], f"operator:ops (reviewer {issuer}#kim revoked)", f"{issuer}#kim"),
+        (given["s-both"], "operator:ops (token bob revoked)", "bob"),
+    ]
+
+
 def test_every_revocation_queues_its_event_even_with_nothing_to_withdraw(
     store: ApprovalStore,
 ) -> None:
