@@ -8,7 +8,10 @@ password masker and one migration helper (:mod:`aegis.stores.postgres.schema`)
 serve all three. Several ``aegis serve`` processes on one database serve
 one queue: every status change is a conditional ``UPDATE`` that only a
 pending row satisfies, and PostgreSQL's row locks make the second of two
-racing transactions re-check it and change nothing.
+racing transactions re-check it and change nothing. Every transaction is
+``READ COMMITTED``, whatever the database's ``default_transaction_isolation``
+says: the revocations rely on each statement after a lock wait seeing what
+the transaction they waited for committed.
 
 Needs the ``postgres`` extra: ``pip install "aegis-runtime[postgres]"``.
 """
@@ -16,7 +19,7 @@ Needs the ``postgres`` extra: ``pip install "aegis-runtime[postgres]"``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any, ClassVar, Final, cast
 
@@ -158,8 +161,20 @@ class PostgresApprovalStore(SqlApprovalStore):
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[_PgTx]:
         doing = "change the approval tables in" if write else "read the approval tables in"
-        with self.db.connection(doing) as conn, conn.transaction(), conn.cursor() as cur:
-            yield _PgTx(cur, self._prefix)
+        with self.db.connection(doing) as conn:
+            # READ COMMITTED whatever the database's default: every statement
+            # after a lock wait must see what the holder committed (a
+            # revocation the decision it waited for, a sign-in the revocation
+            # it waited for). Said in the BEGIN itself: no round trip more.
+            conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield _PgTx(cur, self._prefix)
+            finally:
+                # The connection goes back to a pool the other stores share;
+                # a broken one is dropped by the pool whatever this says.
+                with suppress(psycopg.Error):
+                    conn.isolation_level = None
 
     def database_time(self) -> datetime:
         """The database server's clock now, which may run on another host than this one."""
