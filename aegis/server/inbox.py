@@ -771,7 +771,7 @@ class Inbox:
             try:
                 yield "retry: 2000\n\n"
                 last: dict[str, Any] | None = None
-                stamp: tuple[int, str, int] | None = None
+                stamp: str | None = None
                 quiet = since_read = 0.0
                 woken = True
                 while not await request.is_disconnected():
@@ -781,8 +781,8 @@ class Inbox:
                         return
                     # The page is read again only when something may have changed:
                     # this process said so (woken), the pending requests' stamp
-                    # moved (another process), or a while passed (a change the
-                    # stamp cannot see: one leaving as another older one arrives).
+                    # moved (another process), or a while passed (a safety net: the
+                    # stamp sees every change of the pending requests and approvals).
                     seen = await self.service.pending_stamp(self._poll_interval / 2)
                     if woken or seen != stamp or since_read >= FULL_READ:
                         stamp, since_read = seen, 0.0

@@ -296,7 +296,7 @@ class ApprovalService:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._polls = PollSlots(max_polls)
         #: the last :meth:`pending_stamp`: its loop, when it was taken, and the stamp
-        self._stamp: tuple[asyncio.AbstractEventLoop, float, tuple[int, str, int]] | None = None
+        self._stamp: tuple[asyncio.AbstractEventLoop, float, str] | None = None
         self._stamp_guard: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         #: store and audit calls that failed (a metric: ``aegis_store_errors_total``)
         self.store_errors = 0
@@ -824,17 +824,18 @@ class ApprovalService:
         filters["groups"] = self._visible_groups(principal, filters.get("groups"))
         return await self._call(self.store.count_requests, status, **filters)
 
-    async def pending_stamp(self, max_age: float) -> tuple[int, str, int]:
+    async def pending_stamp(self, max_age: float) -> str:
         """A cheap sign of whether the pending requests changed, in any service process.
 
-        How many are pending, the newest one's id and how many approvals they
-        hold: a request arriving makes a new newest, one leaving (decided,
-        expired, cancelled, by any process) lowers the count, an approval
-        short of enough or one withdrawn (a revocation) moves the last.
-        Live lists compare it before reading their pages again. One reading
-        at most every ``max_age`` seconds is shared by every caller in this
-        process, so open lists cost the store three small queries per
-        interval, however many are open.
+        The store's digest of the pending requests and of who approved each
+        (:meth:`~aegis.stores.approvals.ApprovalStore.pending_digest`): it
+        moves with any request arriving or leaving and any approval given or
+        withdrawn, however they fall together within one poll (an approval
+        withdrawn as another is given, one request leaving as an older one
+        arrives). Live lists compare it before reading their pages again.
+        One reading at most every ``max_age`` seconds is shared by every
+        caller in this process, so open lists cost the store one small query
+        per interval, however many are open.
         """
         loop = asyncio.get_running_loop()
         cached = self._stamp
@@ -845,10 +846,7 @@ class ApprovalService:
             if cached is not None and cached[0] is loop and loop.time() - cached[1] < max_age:
                 return cached[2]
             taken = loop.time()
-            count = await self._call(self.store.count_requests, RequestStatus.PENDING)
-            newest = await self._call(self.store.list_requests, RequestStatus.PENDING, limit=1)
-            given = await self._call(self.store.pending_approvals)
-            stamp = (count, newest[0].id if newest else "", given)
+            stamp = await self._call(self.store.pending_digest)
             self._stamp = (loop, taken, stamp)
             return stamp
 

@@ -561,12 +561,14 @@ class ApprovalStore(Protocol):
         """
         ...
 
-    def pending_approvals(self) -> int:
-        """How many approvals the pending requests hold in all (those not yet enough).
+    def pending_digest(self) -> str:
+        """A digest of the pending requests and of who approved each; ``""`` when none are.
 
-        With :meth:`count_requests` a cheap sign that pending requests changed:
-        an approval given short of the approvers needed, or withdrawn by a
-        revocation, changes no count and no id.
+        It changes whenever the pending requests do, in any process: one
+        arriving or leaving, an approval given short of enough or withdrawn
+        by a revocation, however these fall together (one leaving as
+        another arrives, one approval withdrawn as another is given). Live
+        lists compare it before reading their pages again.
         """
         ...
 

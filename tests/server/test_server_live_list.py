@@ -10,6 +10,7 @@ reads the page only when this process changed something, the stamp moved
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import queue
@@ -29,7 +30,13 @@ import uvicorn
 from service_support import Service, add_tokens, free_port
 
 from aegis.core.action import Action, action_digest
-from aegis.core.approval_request import ApprovalRequest, Role, TokenInfo, request_digest
+from aegis.core.approval_request import (
+    ApprovalRequest,
+    Role,
+    TokenInfo,
+    Verdict,
+    request_digest,
+)
 from aegis.core.risk import RiskLevel
 from aegis.server import create_app, open_service
 from aegis.server.inbox import Inbox
@@ -184,20 +191,23 @@ def test_approvals_given_and_withdrawn_through_another_process_reach_the_live_li
         first.stop()
 
 
-def _request() -> ApprovalRequest:
-    """A pending finance request as another service process would store it."""
+def _request(
+    *, age: timedelta = timedelta(0), reviewers: tuple[str, ...] = ("finance",), approvers: int = 1
+) -> ApprovalRequest:
+    """A pending request as another service process would store it, asked ``age`` ago
+    (by its clock)."""
     action = Action("refund", "billing", {"n": 2})
-    now = datetime.now(UTC)
+    now = datetime.now(UTC) - age
     return ApprovalRequest(
         id=new_request_id(),
-        session_id="s-other",
+        session_id="s-other-" + secrets.token_hex(4),
         requester="bot",
         action=action,
         risk_level=RiskLevel.HIGH,
         matched_rule="refunds",
         reason="",
-        approvers=1,
-        reviewers=("finance",),
+        approvers=approvers,
+        reviewers=reviewers,
         created_at=now,
         expires_at=now + timedelta(minutes=10),
         digest=request_digest(action, "bot"),
@@ -242,13 +252,19 @@ def test_a_quiet_live_list_reads_no_pages(tmp_path: Path, lists: int) -> None:
     for name, role, groups in (("alice", Role.REVIEWER, ("finance",)), ("bot", Role.AGENT, ())):
         service.store.create_token(TokenInfo(name, role, groups, now), hash_token(f"{name}-secret"))
     reads: list[int] = []
-    real = service.store.list_requests
+    stamps: list[str] = []
+    real, digest = service.store.list_requests, service.store.pending_digest
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         reads.append(int(kwargs.get("limit", 100)))  # the real store answers; this counts
         return real(*args, **kwargs)
 
+    def stamped() -> str:
+        stamps.append(digest())
+        return stamps[-1]
+
     service.store.list_requests = counted  # type: ignore[method-assign]
+    service.store.pending_digest = stamped  # type: ignore[method-assign]
     inbox = Inbox(service, session_key="k" * 32, poll_interval=0.1)
     app = create_app(service, routes=inbox.routes())
     with _served(app) as url:
@@ -260,14 +276,13 @@ def test_a_quiet_live_list_reads_no_pages(tmp_path: Path, lists: int) -> None:
             for stream in streams:
                 stream.until(lambda e: e["total"] == 5)
             time.sleep(0.3)  # every stream past its first read
-            before = list(reads)
+            before, stamped_before = len(reads), len(stamps)
             time.sleep(2.0)  # about 20 polls of each list, nothing changing
-            quiet = reads[len(before) :]
-            pages = [limit for limit in quiet if limit > 1]
-            stamps = [limit for limit in quiet if limit == 1]
+            pages = reads[before:]
+            polled = len(stamps) - stamped_before
             assert pages == [], f"{len(pages)} page reads while nothing changed"
             # polled, at most once per half interval for all lists together (2 s / 0.05 s)
-            assert 5 <= len(stamps) <= 42, len(stamps)
+            assert 5 <= polled <= 42, polled
             # Another process (a store of its own on the file) stores a request:
             # nothing in this process wakes the lists, the stamp tells them.
             other = open_approval_store(db)
@@ -284,3 +299,55 @@ def test_a_quiet_live_list_reads_no_pages(tmp_path: Path, lists: int) -> None:
                 client.close()
     inbox.close()
     service.close()
+
+
+def test_one_leaving_as_an_older_one_arrives_reaches_the_live_list(tmp_path: Path) -> None:
+    """`aegis serve` and another process (a store of its own) on one file: alice's finance
+    request is cancelled as an ops one arrives, asked by a host whose clock runs behind, both
+    within one poll. The pending count, the newest id and the approvals held stay the same,
+    but alice's list and count do not: they are right at the next poll, not at the next full
+    read (30 s)."""
+    db = str(tmp_path / "aegis.db")
+    add_tokens(db)
+    service = Service(db, tmp_path).start()
+    client = _signed_in(service.url, "alice")
+    stream = Stream(client)
+    other = open_approval_store(db)
+    try:
+        stream.until(lambda e: e["ids"] == [])
+        newest, _ = other.create_request(_request(), datetime.now(UTC))
+        leaving, _ = other.create_request(_request(age=timedelta(minutes=2)), datetime.now(UTC))
+        stream.until(lambda e: e["ids"] == [newest.id, leaving.id] and e["total"] == 2)
+        now = datetime.now(UTC)
+        other.cancel(leaving.id, "not needed", now)
+        other.create_request(_request(age=timedelta(minutes=1), reviewers=("ops",)), now)
+        stream.until(lambda e: e["ids"] == [newest.id] and e["total"] == 1, timeout=10)
+    finally:
+        other.close()
+        stream.close()
+        client.close()
+        service.stop()
+
+
+def test_the_stamp_moves_when_an_approval_is_withdrawn_as_another_is_given(
+    tmp_path: Path,
+) -> None:
+    """Another process withdraws bob's approval of one two-person request (his token revoked)
+    and gives dan's of another: no count, no id and no sum of approvals moves, the stamp that
+    tells the live lists to read again does."""
+    db = str(tmp_path / "aegis.db")
+    add_tokens(db)
+    service = open_service(db)
+    other = open_approval_store(db)
+    try:
+        now = datetime.now(UTC)
+        his, _ = other.create_request(_request(approvers=2), now)
+        next_one, _ = other.create_request(_request(approvers=2), now)
+        other.decide(his.id, "bob", Verdict.APPROVE, comment="", grant_minutes=None, now=now)
+        before = asyncio.run(service.pending_stamp(0))
+        assert other.revoke_token("bob", now)
+        other.decide(next_one.id, "dan", Verdict.APPROVE, comment="", grant_minutes=None, now=now)
+        assert asyncio.run(service.pending_stamp(0)) != before
+    finally:
+        other.close()
+        service.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -577,18 +578,31 @@ def test_every_revocation_queues_its_event_even_with_nothing_to_withdraw(
     assert events[1][2]["person"] == "https://id.example.com#nobody"
 
 
-def test_pending_approvals_counts_those_given_short_of_enough(store: ApprovalStore) -> None:
-    """The live lists' stamp: approvals of pending requests, up with one, down when withdrawn."""
-    store.create_token(TokenInfo("lee", Role.REVIEWER, (), NOW), "h-lee")
-    two, _ = store.create_request(make(approvers=2), NOW)
-    one, _ = store.create_request(make("s2", amount=5), NOW)
-    assert store.pending_approvals() == 0
-    decide(store, two.id, "lee")
-    assert store.pending_approvals() == 1
-    decide(store, one.id, "kay")  # enough: no longer pending, nor counted
-    assert store.pending_approvals() == 1
-    assert store.revoke_token("lee", NOW)
-    assert store.pending_approvals() == 0
+def test_the_pending_digest_moves_with_every_change_however_they_fall_together(
+    store: ApprovalStore,
+) -> None:
+    """The digest of the pending requests moves with an approval short of enough, when one
+    is withdrawn as another is given, and when one request leaves as an older one arrives;
+    it stays while nothing changes, and is empty with nothing pending."""
+    assert store.pending_digest() == ""
+    store.create_token(TokenInfo("bob", Role.REVIEWER, (), NOW), "h-bob")
+    his, _ = store.create_request(make("s1", approvers=2), NOW)
+    other, _ = store.create_request(make("s2", approvers=2), NOW)
+    seen = {store.pending_digest()}
+    decide(store, his.id, "bob")  # short of enough: still pending
+    seen.add(store.pending_digest())
+    assert store.pending_digest() in seen  # nothing changed
+    assert store.revoke_token("bob", NOW)
+    decide(store, other.id, "dan")
+    seen.add(store.pending_digest())
+    store.cancel(his.id, "not needed", NOW)
+    older = make("s3", approvers=2)
+    store.create_request(dataclasses.replace(older, created_at=NOW - timedelta(minutes=1)), NOW)
+    seen.add(store.pending_digest())
+    assert len(seen) == 4
+    store.cancel(other.id, "not needed", NOW)
+    decide(store, older.id, "erin", Verdict.DENY)
+    assert store.pending_digest() == ""
 
 
 def test_an_expired_token_is_renewed_only_by_its_holder(store: ApprovalStore) -> None:

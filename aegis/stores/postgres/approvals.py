@@ -115,6 +115,12 @@ class PostgresApprovalStore(SqlApprovalStore):
         "WHERE g.name = ?)"
     )
     _LOCK_SHARED: ClassVar[str] = " FOR SHARE"
+    _PENDING_DIGEST: ClassVar[str] = (
+        "SELECT md5(string_agg(r.id || ' ' || COALESCE(d.reviewer, ''), E'\\n' "
+        "ORDER BY r.id, d.reviewer)) FROM {p}aegis_approval_requests r "
+        "LEFT JOIN {p}aegis_approval_decisions d ON d.request_id = r.id "
+        "WHERE r.status = 'pending'"
+    )
     _CLOCK: ClassVar[str] = (
         "to_char((clock_timestamp() - ? * interval '1 second') AT TIME ZONE 'UTC', "
         '\'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\')'
