@@ -151,11 +151,13 @@ class _NotDecided(Exception):
 class _Ticket:
     """One run of a watched tool allowed with one exact input, until a deadline."""
 
-    __slots__ = ("deadline", "key", "shared")
+    __slots__ = ("deadline", "key", "shared", "taken")
 
     def __init__(self, key: str, deadline: float) -> None:
         self.key = key
         self.deadline = deadline
+        #: a run used this ticket
+        self.taken = False
         #: a run with this input started while the ticket was held: tickets of one
         #: input are interchangeable (a run cannot name its call), so that run may
         #: be this ticket's call's, whichever ticket it used
@@ -206,6 +208,7 @@ class _Watch:
         for index, ticket in enumerate(self.tickets):
             if ticket.key == key:
                 del self.tickets[index]
+                ticket.taken = True
                 for other in self.tickets:
                     if other.key == key:
                         other.shared = True
@@ -321,9 +324,8 @@ def _lapsed(allowed: _Allowed, run_timeout: float) -> None:
     outcome, watch, ticket = allowed.outcome, allowed.watch, allowed.ticket
     if outcome.done() or watch is None or ticket is None:
         return  # recorded already
-    used = not any(held is ticket for held in watch.tickets)
     watch.withdraw(ticket)
-    if used or ticket.shared:
+    if ticket.taken or ticket.shared:
         # It may have run: never say "not run".
         loop = asyncio.get_running_loop()
         hung: list[asyncio.TimerHandle] = []

@@ -388,6 +388,37 @@ async def test_an_allowed_run_that_lapses_unused_ends_its_record(monkeypatch: An
     assert ran == []
 
 
+async def test_a_run_that_expired_unused_lapses_as_not_run(monkeypatch: Any) -> None:
+    """A refused run sweeps the call's expired run away before its lapse fires: still not run.
+
+    Past its deadline the run is no longer allowed, and any run of the tool
+    drops it; that is no use of it, so the lapse says "not run".
+    """
+    from aegis.adapters import claude_agent_sdk
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    now = [1000.0]
+    monkeypatch.setattr(claude_agent_sdk, "_clock", lambda: now[0])
+    monkeypatch.setattr(claude_agent_sdk, "TICKET_SECONDS", 0.05)
+    monkeypatch.setattr(claude_agent_sdk, "OUTCOME_SECONDS", 0.05)
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    audit = InMemoryAuditLog()
+    given = hooks(make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]})
+    [pre] = given["PreToolUse"][0].hooks
+    args = {"order_id": "17", "amount": 120.0}
+    call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}
+    answer = await pre({**call, "session_id": "a"}, "tu_1", None)  # type: ignore[arg-type]
+    assert answer["hookSpecificOutput"]["permissionDecision"] == "allow"  # type: ignore[typeddict-item]
+    now[0] += 1.0  # its deadline passed; the lapse's timer has not fired yet
+    with pytest.raises(Exception, match="no Aegis decision"):
+        await refund.handler(args)
+    records = {r["context"].get("tool_call_id"): r for r in await _until_ended(audit)}
+    assert ran == []
+    assert records[None]["result_status"] == "blocked"  # the refused run
+    assert "lapsed" in str(records["tu_1"]["result_error"])
+
+
 async def test_a_run_on_another_calls_ticket_is_not_recorded_as_not_run(
     monkeypatch: Any,
 ) -> None:
