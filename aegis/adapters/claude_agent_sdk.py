@@ -13,7 +13,7 @@ points, with one semantics (see :mod:`aegis.adapters._governance`):
   handler and is allowed only after a yes, with exactly the approved input.
   The audit record is written when the tool has run, with its output (or
   its failure), the ``tool_use_id`` and the agent's name; a ``Stop`` hook
-  ends, as failed, the calls Claude Code allowed and did not run.
+  ends, as failed, the calls of its turn that got no ``PostToolUse``.
 - :func:`can_use_tool` gives the permission callback for
   ``ClaudeAgentOptions(can_use_tool=...)``, with the same decisions; Claude
   Code asks it only for the calls its own permission rules leave open, and
@@ -42,9 +42,14 @@ given as ``tools=`` (Claude Code's own, other MCP servers') are not watched:
 govern them with :func:`hooks`. The SDK hands the tool only its input, not
 the call it runs for, so an allowed run lives from the decision until the
 call ends, and no longer than :data:`TICKET_SECONDS`: under the hooks, the
-call's ``PostToolUse`` or, for a call Claude Code never ran (another hook
-denied it, the hook timed out, the user interrupted), the ``Stop`` of its
-session's turn, which also ends that call's record as failed (and, for a
+call's ``PostToolUse`` or, for a call that gets none (another hook denied
+it, the hook timed out, the user interrupted its run), the ``Stop`` of its
+session's turn, which also ends that call's record as failed: not run only
+when no run with its input was made (its run unused, no other call's run
+of that input made while it was allowed, none under way), else outcome
+unknown, once no run with its input is under way (or ``run_timeout``
+seconds after the ``Stop`` if one still is); a call of a tool not watched
+ends outcome unknown, as Aegis sees none of its runs (and, for a
 call whose run lapses unused with neither, the lapse, unless a run with the
 same input was made: runs of one input are interchangeable, so that one
 may have been this call's, and its record waits for Claude Code's word, up
@@ -360,6 +365,62 @@ def _lapsed(allowed: _Allowed, run_timeout: float) -> None:
     )
 
 
+def _stopped(allowed: _Allowed, run_timeout: float) -> bool:
+    """The call's turn is over (``Stop``) and no ``PostToolUse`` came for it: end its record.
+
+    Only a call of a watched tool whose run was never made (its ticket
+    unused, not shared, no run with its input under way) ends as not run.
+    One whose run may have been made (the user interrupted it, or it goes
+    on in a worker thread after the cancel) ends as failed, outcome
+    unknown, once no run with its input is under way, or ``run_timeout``
+    seconds after the ``Stop`` if one still is (the tool hangs); a word
+    from Claude Code before then (a late ``PostToolUse``) records the real
+    outcome. A call of a tool Aegis does not watch ends outcome unknown:
+    Aegis sees none of its runs. Returns whether the record ends now.
+    """
+    outcome, watch, ticket = allowed.outcome, allowed.watch, allowed.ticket
+    allowed.withdraw()  # no run more; the lapse's timers and wait are over
+    allowed.stopped = True
+    if outcome.done():
+        return True
+    if watch is None or ticket is None:
+        _unknown(
+            outcome,
+            "the turn ended with no PostToolUse for the call, and Aegis does not watch "
+            "the tool's runs: Claude Code may have run it (an interrupt) or not (another "
+            "hook denied it)",
+        )
+        return True
+    if not (ticket.taken or ticket.shared or ticket.key in watch.running):
+        outcome.set_exception(
+            ToolFailure(
+                "not run: Claude Code did not run the tool: the turn ended with no "
+                "PostToolUse for the call, and the run Aegis allowed it was never made"
+            )
+        )
+        return True
+
+    def over() -> None:
+        allowed.idle = None
+        _unknown(
+            outcome,
+            "a run with the call's input was made, and the turn ended with no "
+            "PostToolUse for the call (the user interrupted the run?); Aegis cannot "
+            "tell what the tool did for this call",
+        )
+
+    allowed.idle = over
+    if not watch.when_idle(ticket.key, over):
+        return True
+    hung = (
+        f"a run with the call's input was still under way {run_timeout:g} s after the "
+        "call's turn ended (the tool hangs?); Aegis cannot tell what the tool did for "
+        "this call"
+    )
+    allowed.later(asyncio.get_running_loop().call_later(run_timeout, _unknown, outcome, hung))
+    return False
+
+
 def _unknown(outcome: asyncio.Future[Any], why: str) -> None:
     """Claude Code never said what came of a call whose run may have been made."""
     if not outcome.done():
@@ -378,7 +439,7 @@ class _Allowed:
     is written or the hooks are closed, which cancel them all.
     """
 
-    __slots__ = ("idle", "outcome", "session", "task", "ticket", "timers", "watch")
+    __slots__ = ("idle", "outcome", "session", "stopped", "task", "ticket", "timers", "watch")
 
     def __init__(
         self,
@@ -396,6 +457,8 @@ class _Allowed:
         self.timers: list[asyncio.TimerHandle] = []
         #: what waits for the runs with its input to end, if anything does
         self.idle: Callable[[], None] | None = None
+        #: its turn's ``Stop`` came: its record ends now, or once its input's runs end
+        self.stopped = False
 
     def later(self, timer: asyncio.TimerHandle) -> None:
         """Hold ``timer`` until the record is written (or the hooks are closed)."""
@@ -647,23 +710,26 @@ class _Gate:
     async def stop(
         self, input: Mapping[str, Any], tool_use_id: str | None, context: Any
     ) -> dict[str, Any]:
-        """``Stop``: the turn is over, so an allowed call Claude Code did not run never will.
+        """``Stop``: the turn is over, and no ``PostToolUse`` comes for its open calls.
 
-        Another hook denied it, the hook timed out, the user interrupted:
-        no ``PostToolUse`` comes. Its run is withdrawn and its record ends
-        as failed (not run), before Claude Code goes on.
+        Each allowed call of the session still open is withdrawn (no run
+        more) and its record ends as failed (see :func:`_stopped`): not run
+        when it was never run (another hook denied it, the hook timed out),
+        outcome unknown when it may have been (the user interrupted its
+        run), after any run with its input still under way. The records
+        that can end now are written before Claude Code goes on.
         """
         session = _text(input.get("session_id"))
         for waiting in self.waiting:
             if waiting.session == session:
                 # Its turn is over: Claude Code stopped waiting for that hook.
                 waiting.over = "its turn had ended"
-        ended = [allowed for allowed in self.open if allowed.session == session]
-        for allowed in ended:
-            allowed.withdraw()
-            if not allowed.outcome.done():
-                allowed.outcome.set_exception(ToolFailure("Claude Code did not run the tool"))
-        tasks = [allowed.task for allowed in ended]
+        tasks = []
+        for allowed in list(self.open):
+            if allowed.session != session or allowed.stopped:
+                continue  # another session's, or waiting, since an earlier Stop, for a run
+            if _stopped(allowed, self.run_timeout):
+                tasks.append(allowed.task)
         if tasks:
             await asyncio.wait(tasks)  # recorded before Claude Code goes on
         return {}

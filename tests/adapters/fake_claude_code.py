@@ -9,7 +9,10 @@ callback) over control requests, honours their decision and
 ``updatedInput``, runs the tool on the SDK's in-process MCP server (the
 real SDK tool, through the SDK's MCP bridge), reports it to the
 ``PostToolUse`` hooks, sends the tool results back and ends the turn (its
-``Stop`` hooks, then a result message). Everything on the SDK side is the SDK's own code.
+``Stop`` hooks, then a result message). It can play the user interrupting a
+tool's run, as Claude Code does on Esc: the run's request is cancelled
+(``control_cancel_request``) and no ``PostToolUse`` comes for that call.
+Everything on the SDK side is the SDK's own code.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 from claude_agent_sdk._internal.transport import Transport
@@ -37,6 +40,7 @@ class FakeClaudeCode(Transport):
         ask_permission: bool = False,
         pre_allowed: Collection[str] = (),
         cancel_late_hooks: bool = True,
+        interrupt: Mapping[str, asyncio.Event] | None = None,
     ) -> None:
         """``ask_permission``: ask ``can_use_tool`` when no hook decided (``stdio`` prompts).
 
@@ -48,7 +52,13 @@ class FakeClaudeCode(Transport):
         (so with ``on_failure="block"`` it blocks the call); with
         ``cancel_late_hooks`` the CLI also cancels its request
         (``control_cancel_request``), else it ignores the late answer.
+
+        ``interrupt``: by tool_use_id, an event the user sets while that
+        call's tool runs: the CLI cancels the run's request, sends no
+        ``PostToolUse`` for the call, and the model reads that it was
+        interrupted.
         """
+        self.interrupt = dict(interrupt or {})
         self.cancel_late_hooks = cancel_late_hooks
         self.calls = calls
         self.pre_allowed = set(pre_allowed)
@@ -125,11 +135,17 @@ class FakeClaudeCode(Transport):
             }
         )
 
-    async def _ask(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    async def _ask(
+        self,
+        request: dict[str, Any],
+        timeout: float | None = None,
+        interrupt: asyncio.Event | None = None,
+    ) -> dict[str, Any]:
         """A control request to the SDK; its response (``subtype`` success or error).
 
         Past ``timeout`` seconds the request fails (``subtype`` error), as a hook
-        does in Claude Code when it does not answer in time.
+        does in Claude Code when it does not answer in time. Once ``interrupt``
+        is set the request is cancelled (``subtype`` interrupted).
         """
         request_id = f"cli_{next(self._ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -137,6 +153,15 @@ class FakeClaudeCode(Transport):
         await self._out.put(
             {"type": "control_request", "request_id": request_id, "request": request}
         )
+        if interrupt is not None:
+            user = asyncio.ensure_future(interrupt.wait())
+            await asyncio.wait({future, user}, return_when=asyncio.FIRST_COMPLETED)
+            user.cancel()
+            if not future.done():
+                self._waiting.pop(request_id, None)
+                await self._out.put({"type": "control_cancel_request", "request_id": request_id})
+                return {"subtype": "interrupted"}
+            return future.result()
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -145,10 +170,16 @@ class FakeClaudeCode(Transport):
                 await self._out.put({"type": "control_cancel_request", "request_id": request_id})
             return {"subtype": "error", "error": f"hook timed out after {timeout} s"}
 
-    async def _mcp(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def _mcp(
+        self, message: dict[str, Any], interrupt: asyncio.Event | None = None
+    ) -> dict[str, Any] | None:
+        """The MCP server's reply; ``None`` when the user interrupted the request."""
         answer = await self._ask(
-            {"subtype": "mcp_message", "server_name": self.server, "message": message}
+            {"subtype": "mcp_message", "server_name": self.server, "message": message},
+            interrupt=interrupt,
         )
+        if answer["subtype"] == "interrupted":
+            return None
         assert answer["subtype"] == "success", answer
         return dict(answer["response"].get("mcp_response") or {})
 
@@ -249,16 +280,20 @@ class FakeClaudeCode(Transport):
                         "id": index,
                         "method": "tools/call",
                         "params": {"name": name, "arguments": tool_input},
-                    }
+                    },
+                    self.interrupt.get(call_id),
                 )
-                result = reply.get("result") or {}
-                text = "".join(c.get("text", "") for c in result.get("content", []))
-                is_error = bool(result.get("isError")) or "error" in reply
-                payload = {"tool_name": tool, "tool_input": tool_input, "tool_use_id": call_id}
-                if is_error:
-                    await self._hook("PostToolUseFailure", tool, {**payload, "error": text})
+                if reply is None:  # interrupted: Claude Code sends no PostToolUse
+                    text, is_error = "[Request interrupted by user for tool use]", True
                 else:
-                    await self._hook("PostToolUse", tool, {**payload, "tool_response": result})
+                    result = reply.get("result") or {}
+                    text = "".join(c.get("text", "") for c in result.get("content", []))
+                    is_error = bool(result.get("isError")) or "error" in reply
+                    payload = {"tool_name": tool, "tool_input": tool_input, "tool_use_id": call_id}
+                    if is_error:
+                        await self._hook("PostToolUseFailure", tool, {**payload, "error": text})
+                    else:
+                        await self._hook("PostToolUse", tool, {**payload, "tool_response": result})
             self.model_saw[call_id] = text
             results.append(
                 {

@@ -200,6 +200,7 @@ async def test_a_run_allowed_but_never_made_does_not_outlive_the_turn() -> None:
     assert cli.model_saw["tu_1"] == "not today"
     [record] = audit.records
     assert (record["result_status"], record["context"]["tool_call_id"]) == ("failed", "tu_1")
+    assert "not run" in str(record["result_error"])  # its run was never made
 
     cli = await _play(ClaudeAgentOptions(mcp_servers=server), [("refund", args, "tu_2")])
     assert ran == []
@@ -233,6 +234,143 @@ async def test_a_permitted_run_never_made_expires(monkeypatch: Any) -> None:
     cli = await _play(ClaudeAgentOptions(mcp_servers=server), [("refund", args, "tu_2")])
     assert ran == []
     assert "no Aegis decision" in cli.model_saw["tu_2"]
+
+
+def _interrupted_refund(ran: list[dict[str, Any]], started: asyncio.Event, release: Any) -> Any:
+    """An in-process SDK tool that refunds, then waits for its payment API's answer.
+
+    Its run is interrupted while it waits. With ``release`` (an event) the
+    payment goes on whatever the interrupt, until ``release`` is set;
+    without, the cancel ends the run.
+    """
+    from claude_agent_sdk import tool
+
+    @tool("refund", "Refund an order.", {"order_id": str, "amount": float})
+    async def refund(args: dict[str, Any]) -> dict[str, Any]:
+        ran.append(dict(args))  # the money moves
+        started.set()
+        if release is None:
+            await asyncio.Event().wait()  # the answer never comes before the cancel
+        answer = asyncio.ensure_future(release.wait())
+        while not answer.done():
+            try:
+                await asyncio.shield(answer)
+            except asyncio.CancelledError:
+                continue  # the payment is not left half done
+        return {"content": [{"type": "text", "text": f"refunded {args['amount']}"}]}
+
+    return refund
+
+
+async def _interrupted(audit: InMemoryAuditLog, release: asyncio.Event | None) -> None:
+    """One allowed refund whose run the user interrupts, the money moved; then the turn ends.
+
+    With ``release``, the user's own ``Stop`` hook (after Aegis's) sets it,
+    noting the audit records then, so the run ends while the query closes.
+    """
+    from claude_agent_sdk import ClaudeAgentOptions, HookMatcher, create_sdk_mcp_server
+
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    ran: list[dict[str, Any]] = []
+    started = asyncio.Event()
+    refund = _interrupted_refund(ran, started, release)
+    governed = hooks(
+        make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]}
+    )
+    at_stop: list[list[str]] = []
+
+    async def users_stop(input: Any, tool_use_id: Any, context: Any) -> dict[str, Any]:
+        at_stop.append([r["kind"] for r in audit.records])
+        if release is not None:
+            release.set()  # the payment API answers at last
+        return {}
+
+    governed["Stop"].append(HookMatcher(hooks=[users_stop]))
+    options = ClaudeAgentOptions(
+        mcp_servers={"crm": create_sdk_mcp_server("crm", tools=[refund])},
+        hooks=governed,  # type: ignore[arg-type]
+    )
+    args = {"order_id": "17", "amount": 120.0}
+    cli = await _play(options, [("refund", args, "tu_1")], interrupt={"tu_1": started})
+    assert "interrupted" in cli.model_saw["tu_1"]
+    assert ran == [args]
+    if release is not None:
+        assert at_stop == [["start"]]  # Aegis's Stop hook left the record to the run
+
+
+async def test_an_interrupted_run_is_not_recorded_as_not_run() -> None:
+    """The user interrupts the refund mid-run: no PostToolUse, then Stop; the money moved.
+
+    The call's run was made, so its record must not say "not run": it ends
+    as failed, outcome unknown.
+    """
+    audit = InMemoryAuditLog()
+    await _interrupted(audit, None)
+    [record] = await _until_ended(audit)
+    assert (record["result_status"], record["context"]["tool_call_id"]) == ("failed", "tu_1")
+    assert "outcome unknown" in str(record["result_error"])
+    assert "not run" not in str(record["result_error"])
+
+
+async def test_a_run_still_under_way_at_stop_ends_its_record_after_it() -> None:
+    """The interrupted refund goes on past the turn's Stop: its record ends after it, unknown."""
+    audit = InMemoryAuditLog()
+    await _interrupted(audit, asyncio.Event())
+    [record] = await _until_ended(audit)
+    assert (record["result_status"], record["context"]["tool_call_id"]) == ("failed", "tu_1")
+    assert "outcome unknown" in str(record["result_error"])
+    assert "not run" not in str(record["result_error"])
+
+
+async def test_a_run_hung_at_stop_ends_its_record_after_run_timeout() -> None:
+    """A run still under way at Stop that never ends: run_timeout ends the record, unknown."""
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    started, release = asyncio.Event(), asyncio.Event()
+    refund = _hanging_refund(started, release)
+    audit = InMemoryAuditLog()
+    given = hooks(
+        make_runtime(lambda d: True, audit=audit),
+        target="crm",
+        tools={"crm": [refund]},
+        run_timeout=0.05,
+    )
+    [[pre], [stop]] = (given[e][0].hooks for e in ("PreToolUse", "Stop"))
+    args = {"order_id": "17", "amount": 120.0}
+    call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}
+    answer = await pre({**call, "session_id": "a"}, "tu_1", None)  # type: ignore[arg-type]
+    assert answer["hookSpecificOutput"]["permissionDecision"] == "allow"  # type: ignore[typeddict-item]
+    run = asyncio.ensure_future(refund.handler(args))
+    await started.wait()
+    try:
+        await stop({"session_id": "a", "stop_hook_active": False}, None, None)  # type: ignore[arg-type]
+        [record] = await _until_ended(audit)
+    finally:
+        release.set()
+        await run
+    assert "outcome unknown" in str(record["result_error"])
+    assert "still under way" in str(record["result_error"])
+
+
+async def test_stop_ends_an_unwatched_tools_call_outcome_unknown() -> None:
+    """Claude Code's own tool, allowed, then Stop with no PostToolUse: Aegis saw no run either way.
+
+    An interrupt may have stopped it mid-run, so the record must not say "not run".
+    """
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    audit = InMemoryAuditLog()
+    given = hooks(make_runtime(lambda d: True, audit=audit), target="crm")
+    [[pre], [stop]] = (given[e][0].hooks for e in ("PreToolUse", "Stop"))
+    call = {"tool_name": "Bash", "tool_input": {"command": "ls"}, "tool_use_id": "tu_1"}
+    answer = await pre({**call, "session_id": "a"}, "tu_1", None)  # type: ignore[arg-type]
+    assert answer["hookSpecificOutput"]["permissionDecision"] == "allow"  # type: ignore[typeddict-item]
+    await stop({"session_id": "a", "stop_hook_active": False}, None, None)  # type: ignore[arg-type]
+    [record] = audit.records
+    assert (record["kind"], record["result_status"]) == ("final", "failed")
+    assert "outcome unknown" in str(record["result_error"])
+    assert "not run" not in str(record["result_error"])
 
 
 async def test_the_end_of_one_session_leaves_anothers_calls_alone() -> None:
