@@ -687,6 +687,12 @@ def _storable(draft: RecordDraft) -> RecordDraft:
     )
 
 
+def _not_read_committed(conn: Connection) -> bool:
+    """Whether ``conn``'s statements run in another isolation than READ COMMITTED by default."""
+    row = conn.execute("SELECT current_setting('default_transaction_isolation')").fetchone()
+    return row is None or row[0] != "read committed"
+
+
 class PostgresAuditStore(ReadMixin):
     """An :class:`~aegis.stores.base.AuditStore` in a PostgreSQL database, for fleets.
 
@@ -1356,6 +1362,11 @@ class PostgresAuditStore(ReadMixin):
                 self._prepare(conn)
                 if self._sql_call:
                     self._prepare_call(conn)
+                if _not_read_committed(conn):
+                    # An append reads the head after the chain's lock, in a
+                    # statement of its own: under REPEATABLE READ its snapshot
+                    # predates the lock, the head is stale and the append fails.
+                    conn.execute("SET default_transaction_isolation = 'read committed'")
                 row = conn.execute(_BACKEND).fetchone()
                 # The session is this connection's alone only if it is the
                 # one the server named at connect (the pid of its cancel

@@ -244,7 +244,18 @@ class PostgresUsageStore:
         self.db.flow_server = None  # until the new connection's server says which it is
         conn = self.db.connect("connect the usage counters to")
         try:
-            conn.execute(f"SET lock_timeout = {self._lock_timeout_ms}")
+            # Every BEGIN says READ COMMITTED, whatever the database's default:
+            # a check reads the counters after the locks it waited for.
+            conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+            row = conn.execute(
+                "SELECT current_setting('synchronous_commit'),"
+                f" set_config('lock_timeout', '{self._lock_timeout_ms}', false)"
+            ).fetchone()
+            if row is not None and row[0] == "off":
+                # A server that does not wait for the disk by default would lose,
+                # in a crash, an event, a reservation or a gap already relied on
+                # (an action let through): this connection's commits wait.
+                conn.execute("SET synchronous_commit = on")
             migrate(self.db, conn, _COMPONENT, _MIGRATIONS, create=True)
             schema = self.db.schema(conn)
         except BaseException:

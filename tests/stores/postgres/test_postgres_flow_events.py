@@ -567,3 +567,99 @@ async def test_an_event_written_with_its_start_survives_a_server_crash_during_it
                 assert sent.status is ResultStatus.BLOCKED
     finally:
         server.stop()
+
+
+async def test_a_gap_relied_on_survives_a_crash_of_a_server_that_does_not_wait_for_the_disk() -> (
+    None
+):
+    """A server whose default is synchronous_commit=off: no policy looks back, so the reader's
+    session is covered by a gap instead of events; the server crashes while the secret is
+    read. The gap is still there once it is back, and another runtime's rule blocks the
+    mail (unsure), where the crash used to take the gap and let the mail out."""
+    from local_postgres import ClusterUnavailable, LocalCluster
+
+    try:
+        server = LocalCluster(settings=LAZY_WAL + " -c synchronous_commit=off")
+        server.start()
+    except ClusterUnavailable as exc:
+        pytest.fail(str(exc))
+    try:
+        crashed: list[str] = []
+
+        def execute(action: Action) -> str:
+            if action.type == "read_secret" and not crashed:
+                server.crash()
+                crashed.append(action.type)
+                return "secret"
+            return "done"
+
+        audit = AuditLogger(server.dsn, connect_timeout=2, response_timeout=5)
+        async with Runtime(
+            executor=execute, policy=PLAIN, audit_logger=audit, session_id="warm"
+        ) as reader:
+            assert (await reader.run_one(Action("list", "inbox"))).ok
+            sql(server.dsn, "CHECKPOINT")  # what came before is on disk
+            reader.session_id = "s"
+            await reader.run_one(Action("read_secret", "vault"))
+        assert crashed == ["read_secret"]
+        server.restart()
+        assert sql(server.dsn, "SELECT session_id FROM aegis_flow_gaps WHERE session_id = 's'")
+        async with Runtime(
+            executor=execute,
+            policy=MAIL_AFTER_SECRET_BLOCKED,
+            audit_logger=AuditLogger(server.dsn, connect_timeout=2),
+            session_id="s",
+        ) as sender:
+            sent = await sender.run_one(Action("send_email", "smtp"))
+        assert sent.status is ResultStatus.BLOCKED
+    finally:
+        server.stop()
+
+
+def test_appends_race_on_a_database_whose_default_isolation_is_repeatable_read(
+    tmp_path: Any,
+) -> None:
+    """Four writers append at once to a server whose default is REPEATABLE READ: every
+    append lands (an append's snapshot would predate the chain's lock, its head be stale
+    and its insert refused), and the chain verifies."""
+    from local_postgres import ClusterUnavailable, LocalCluster
+
+    try:
+        server = LocalCluster(settings="-c default_transaction_isolation='repeatable read'")
+        server.start()
+    except ClusterUnavailable as exc:
+        pytest.fail(str(exc))
+    try:
+        first = PostgresAuditStore(server.dsn)
+        first.check()  # the schema, once
+        first.close()
+        failures: list[BaseException] = []
+
+        def write(n: int) -> None:
+            store = PostgresAuditStore(server.dsn)
+            try:
+                for i in range(40):
+                    decision = PolicyDecision(
+                        Action("write", "crm", {"n": n, "i": i}), RiskLevel.LOW, Approval.AUTO, "r"
+                    )
+                    store.append([start_draft(f"w{n}", decision)])
+            except BaseException as exc:
+                failures.append(exc)
+            finally:
+                store.close()
+
+        writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        reader = PostgresAuditStore(server.dsn, create=False, readonly=True)
+        try:
+            report = reader.verify()
+        finally:
+            reader.close()
+        assert failures == []
+        assert report.ok, report.reason
+        assert report.checked == 160
+    finally:
+        server.stop()
