@@ -303,8 +303,10 @@ class Metering:
             return False
         covers = self.covers
         if len(covers) >= _MOST_COVERS:
-            for name in [name for name, ends in covers.items() if ends <= at]:
-                del covers[name]
+            # a copy: another thread's runtime may cover a session meanwhile
+            for name, ends in list(covers.items()):
+                if ends <= at:
+                    covers.pop(name, None)
         covers[session_id] = until - _COVER_RENEW
         return True
 
