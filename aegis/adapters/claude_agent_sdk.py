@@ -636,6 +636,13 @@ class _Gate:
             raise
         finally:
             self.waiting.remove(waiting)
+        if allowed.done() and self.closed is not None:
+            # closed while it was let through: aclose() did not see it open
+            if not outcome.done():
+                outcome.set_exception(
+                    ToolFailure(f"Claude Code did not run the tool: {self.closed}")
+                )
+            return _pre_tool_use("deny", self.closed)
         if allowed.done():
             decided = thaw(allowed.result().params)
             self._allowed(session, str(input.get("tool_name")), decided, outcome, task)

@@ -871,3 +871,44 @@ async def test_a_run_that_ends_after_all_drops_its_hung_run_bound(monkeypatch: A
     assert "neither PostToolUse nor Stop" in str(word)
     assert bound.cancelled()
     await governed.aclose()
+
+
+async def test_a_call_let_through_as_the_hooks_close_is_denied_and_recorded_not_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The session's owner closes the hooks in the very loop step a call is let through: the
+    call, not yet open, is not seen by aclose(); the hook must still deny it (a closed
+    session runs nothing) and its record end as not run, with no timer left behind."""
+    from aegis.adapters import claude_agent_sdk
+    from aegis.adapters.claude_agent_sdk import hooks
+
+    ran: list[dict[str, Any]] = []
+    refund = _refund_tool(ran)
+    audit = InMemoryAuditLog()
+    governed = hooks(
+        make_runtime(lambda d: True, audit=audit), target="crm", tools={"crm": [refund]}
+    )
+    [pre] = governed["PreToolUse"][0].hooks
+    closing: list[asyncio.Task[None]] = []
+    too_late = claude_agent_sdk._Waiting.too_late
+
+    def closed_meanwhile(self: Any) -> Any:
+        answer = too_late(self)
+        if not closing:  # another task closes the session as the call is let through
+            closing.append(asyncio.ensure_future(governed.aclose()))
+        return answer
+
+    monkeypatch.setattr(claude_agent_sdk._Waiting, "too_late", closed_meanwhile)
+    args = {"order_id": "17", "amount": 120.0}
+    call = {"tool_name": "mcp__crm__refund", "tool_input": args, "tool_use_id": "tu_1"}
+    answer = await pre({**call, "session_id": "a"}, "tu_1", None)  # type: ignore[arg-type]
+    await closing[0]
+    assert answer["hookSpecificOutput"]["permissionDecision"] == "deny"
+    assert governed._gate.open == []
+    for _ in range(100):  # its record is ended by the call's own task
+        if audit.records[-1]["result_status"] is not None:
+            break
+        await asyncio.sleep(0.01)
+    record = audit.records[-1]
+    assert record["result_status"] == "failed"
+    assert "did not run" in (record["result_error"] or "")
