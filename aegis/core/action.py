@@ -35,6 +35,16 @@ a ``None`` description becomes ``""``).
 :func:`action_digest` when it decides and checks it again before the
 executor runs and before the audit record is written, so tampering below
 the API (``object.__setattr__``, ``gc``, ``ctypes``) is caught too.
+
+:func:`canonical_json` writes an int too long for Python to print as the
+mark ``{"__aegis_int__": "<hex>"}``, and a mapping inside the params whose
+keys are a mark's as ``{"__aegis_map__": <the mapping>}``, so that no two
+actions share a text or a digest; the readers of that text (a remote
+approval, a flow event) turn both back into what they stand for.
+
+Size: the action, its frozen params and their canonical JSON (with its
+marks) are one contract: what a rule judged, a human approved and the
+executor ran is the same value because one module makes and writes it.
 """
 
 from __future__ import annotations
@@ -483,21 +493,93 @@ def canonical_default(value: object) -> object:
     return {"__aegis_type__": type(value).__name__, "repr": repr(value)}
 
 
-def _huge_ints_as_text(value: Any) -> Any:
-    """``value`` with every int too long for ``repr`` as a marked hex text."""
+#: what canonical JSON writes in place of an int too long for ``repr``:
+#: ``{"__aegis_int__": "<hex>"}`` (hex has no digit limit)
+INT_MARK: Final = "__aegis_int__"
+#: the key of the escape around a mapping of params shaped like a mark
+ESCAPE_MARK: Final = "__aegis_map__"
+#: the key sets of the mappings canonical JSON writes as marks: a huge int,
+#: an escape, and (in a policy's digest) a value of another type
+_MARK_SHAPES: Final = frozenset(
+    {frozenset({INT_MARK}), frozenset({ESCAPE_MARK}), frozenset({"__aegis_type__", "repr"})}
+)
+#: every mark's keys hold this text; JSON without it needs neither marks nor escapes
+MARK_TEXT: Final = "__aegis_"
+#: an int below this prints under any digit limit Python allows (640 at
+#: least), so no process ever wrote one as a mark
+_ALWAYS_PRINTED: Final = 10**640
+
+
+def _marked(value: Any, nested: bool = False) -> Any:
+    """``value`` as canonical JSON writes it: every mark in place, every look-alike escaped.
+
+    An int too long for ``repr`` becomes ``{"__aegis_int__": "<hex>"}``. A
+    mapping inside ``value`` whose keys are a mark's keys (a param of
+    ``{"__aegis_int__": "0x5"}``) is written inside ``{"__aegis_map__": ...}``,
+    so that no params write the text of other params: two actions that
+    differ never share a digest, nor a policy its digest with another. The
+    outermost mapping (params, a policy) is never a mark, and never escaped.
+    :func:`_unmarked` reads the text back.
+    """
     if type(value) is int:
         try:
             repr(value)
         except ValueError:
-            return {"__aegis_int__": hex(value)}
+            return {INT_MARK: hex(value)}
         return value
-    if isinstance(value, Mapping):
-        return {k: _huge_ints_as_text(v) for k, v in value.items()}
+    if isinstance(value, dict) or type(value) is FrozenDict:
+        items = {k: _marked(v, True) for k, v in value.items()}
+        if nested and len(items) <= 2 and frozenset(items) in _MARK_SHAPES:
+            return {ESCAPE_MARK: items}
+        return items
     if isinstance(value, tuple | list):  # (lists: a policy's to_dict, for its digest)
-        return [_huge_ints_as_text(v) for v in value]
+        return [_marked(v, True) for v in value]
     if isinstance(value, frozenset):
-        return sorted((_huge_ints_as_text(v) for v in value), key=_canonical_value)
+        return sorted((_marked(v, True) for v in value), key=_canonical_value)
     return value
+
+
+def _unmarked(value: Any, nested: bool = False, depth: int = 0) -> Any:
+    """JSON data ``value`` (as ``json.loads`` gives it) with canonical JSON's marks read back.
+
+    The inverse of :func:`_marked`: a marked int is the int again and an
+    escaped mapping the mapping it holds, so that an action read back from
+    its JSON (a remote approval, a flow event) is the action written. A
+    mark no process writes (hex not as ``hex()`` writes it, or an int any
+    process prints) is a mapping a version before escapes wrote as it was:
+    it stays that mapping.
+
+    Raises:
+        TypeError: ``value`` nests deeper than any action's params (an
+            escape adds a level to each mapping it holds).
+    """
+    if depth > 2 * MAX_DEPTH + 2:
+        raise TypeError(f"a value is nested more than {MAX_DEPTH} levels deep")
+    if type(value) is dict:
+        if nested and len(value) == 1:
+            ((key, item),) = value.items()
+            if key == ESCAPE_MARK and type(item) is dict:
+                value = item
+                depth += 1
+            elif key == INT_MARK and type(item) is str:
+                number = _marked_int(item)
+                if number is not None:
+                    return number
+        return {k: _unmarked(v, True, depth + 1) for k, v in value.items()}
+    if type(value) is list:
+        return [_unmarked(v, True, depth + 1) for v in value]
+    return value
+
+
+def _marked_int(text: str) -> int | None:
+    """The int of a mark's hex ``text``, or ``None`` when no process would write that mark."""
+    try:
+        number = int(text, 16)  # a power-of-two base: no digit limit
+    except ValueError:
+        return None
+    if -_ALWAYS_PRINTED < number < _ALWAYS_PRINTED or hex(number) != text:
+        return None
+    return number
 
 
 _encode_text = json.encoder.encode_basestring  # ensure_ascii=False: text stays as written
@@ -525,8 +607,9 @@ else:  # pragma: no cover  # a Python built without the _json accelerator
 #: only when every other writer of these params would write that very text:
 #: no array inside (a set is written as one, and each encoder orders it its
 #: own way), ASCII without DEL (which only json.dumps's ASCII encoder
-#: escapes), and no int past the digit limit (which takes a detour). Then the
-#: start record's params (aegis.core.record.storable_json), the flow event's
+#: escapes), and no mark (an int past the digit limit, or a mapping shaped
+#: like a mark: each takes a detour, see _marked). Then the start record's
+#: params (aegis.core.record.storable_json), the flow event's
 #: (aegis.stores.usage.params_json) and the SQLite start guard's take this text
 #: instead of encoding the params again: each checks identity alone. Speed
 #: (benchmarks/calls.py --instructions): a float's repr alone costs thousands
@@ -541,25 +624,30 @@ def canonical_json(action: Action) -> str:
 
     The same action always gives the same text, whichever process builds
     it; it is what :func:`action_digest` hashes. An int too long for
-    Python to print is written as ``{"__aegis_int__": "<hex>"}``.
+    Python to print is written as ``{"__aegis_int__": "<hex>"}``, and a
+    mapping inside the params shaped like that (or like another mark) as
+    ``{"__aegis_map__": <the mapping>}``, so that no two actions share a
+    text (see :func:`_marked`).
     """
     global PARAMS_TEXT  # noqa: PLW0603  # one (params, text) pair, replaced whole: thread-safe
     params = action.params
-    if type(params) is FrozenDict:
-        try:
-            params_text = _canonical_value(params._data)  # the default hook's answer, sooner
-        except ValueError:  # an int past the 4,300-digit limit of int -> str
-            params_text = _canonical_value(_huge_ints_as_text(params))
-        else:
-            # No array anywhere (outermost, one is a key's value, so its text
-            # has ":[; text holding that is passed over too), no DEL, ASCII.
-            if params_text.isascii() and '":[' not in params_text and "\x7f" not in params_text:
-                PARAMS_TEXT = (params, params_text)
+    data = params._data if type(params) is FrozenDict else params
+    try:
+        params_text = _canonical_value(data)  # for a FrozenDict, the default hook's answer, sooner
+    except ValueError:  # an int past the 4,300-digit limit of int -> str
+        params_text = _canonical_value(_marked(params))
     else:
-        try:
-            params_text = _canonical_value(params)
-        except ValueError:
-            params_text = _canonical_value(_huge_ints_as_text(params))
+        if MARK_TEXT in params_text:  # a mapping shaped like a mark, maybe: escaped
+            params_text = _canonical_value(_marked(params))
+        # No array anywhere (outermost, one is a key's value, so its text
+        # has ":[; text holding that is passed over too), no DEL, ASCII.
+        elif (
+            type(params) is FrozenDict
+            and params_text.isascii()
+            and '":[' not in params_text
+            and "\x7f" not in params_text
+        ):
+            PARAMS_TEXT = (params, params_text)
     # The keys in sorted order, written out: the same text json.dumps gives.
     return (
         f'{{"description":{_encode_text(action.description)},"params":{params_text},'

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from aegis.core.action import Action, canonical_json
+from aegis.core.action import Action, _unmarked, canonical_json
 from aegis.core.explain import Why
 from aegis.core.identity import Identity, canonical_issuer
 from aegis.core.risk import RiskLevel
@@ -227,7 +227,9 @@ def action_from_json(data: object) -> Action:
     if not isinstance(description, str) or len(description) > MAX_TEXT:
         raise ValueError(f"action.description must be text of at most {MAX_TEXT} characters")
     try:
-        return Action(str(kind), str(target), dict(params), description)
+        # canonical JSON's marks (an int too long to print, an escaped
+        # mapping) read back as what they stand for: the action written
+        return Action(str(kind), str(target), _unmarked(dict(params)), description)
     except TypeError as exc:
         raise ValueError(f"action.params: {exc}") from None
 

@@ -701,9 +701,10 @@ def _huge_int(params: Mapping[str, Any]) -> str | None:
 
     A flow event's params are JSON (:func:`~aegis.core.action.canonical_json`'s
     text): an int past the writing process's digit limit is kept as a marked
-    hex text, which a ``param_eq`` of that int never equals, so an ``after``
-    would never see the action it looks for. ``None`` when there is none;
-    else what to name in the error.
+    hex text (read back as the int), one within it as digits, which a process
+    whose limit is lower cannot read back, so an ``after`` could not tell
+    whether the action it looks for ran. ``None`` when there is none; else
+    what to name in the error.
     """
     stack: list[tuple[str, object]] = [
         (f"{kind}.{path}", value)

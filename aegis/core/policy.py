@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aegis.core._enums import coerce_enum
 from aegis.core._index import CLOCK, FLOW, RUN, Bucket, CoverIndex, Index
-from aegis.core.action import Action, _huge_ints_as_text, canonical_default
+from aegis.core.action import MARK_TEXT, Action, _marked, canonical_default
 from aegis.core.conditions import (
     Unevaluable,
 )
@@ -145,7 +145,10 @@ class Policy:
             try:
                 text = _digest_text(data)
             except ValueError:  # an int past Python's digit limit: as canonical_json writes it
-                text = _digest_text(_huge_ints_as_text(data))
+                text = _digest_text(_marked(data))
+            else:
+                if MARK_TEXT in text:  # a value shaped like a mark, maybe: escaped, as there
+                    text = _digest_text(_marked(data))
             self._digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         return self._digest
 

@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Final
 
-from aegis.core.action import Action, canonical_json
+from aegis.core.action import Action, _unmarked, canonical_json
 from aegis.core.decision import Approval, PolicyDecision
 from aegis.core.outcome import ApprovalOutcome
 from aegis.core.record import DecisionStamp
@@ -594,7 +594,8 @@ class Passage:
         # Only tampering below the API gets here (object.__setattr__, gc):
         # the record shows what was decided, never the changed object.
         data = json.loads(self.decided)
-        original = Action(data["type"], data["target"], data["params"], data["description"])
+        params = _unmarked(data["params"])  # marks read back as what they stand for
+        original = Action(data["type"], data["target"], params, data["description"])
         self.decision = dataclasses.replace(self.decision, action=original)
         now = _now()
         if ran:

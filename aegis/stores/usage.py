@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import aegis.core.action as _action
-from aegis.core.action import FrozenDict, _huge_ints_as_text, freeze, thaw
+from aegis.core.action import MARK_TEXT, FrozenDict, _marked, _unmarked, freeze, thaw
 from aegis.core.limits import Charge, FlowEvent, flow_event
 from aegis.errors import StoreError
 from aegis.stores.base import Acquired, Request, UsageStore
@@ -130,10 +130,14 @@ def params_json(params: Any) -> str:
             except ValueError:
                 pass  # an int past the digit limit: written below, as canonical_json does
     try:
-        return json.dumps(thaw(params), sort_keys=True, separators=(",", ":"), default=repr)
+        text = json.dumps(thaw(params), sort_keys=True, separators=(",", ":"), default=repr)
     except ValueError:  # an int past the 4,300-digit limit of int -> str (an Action takes one)
-        marked = thaw(_huge_ints_as_text(params))
-        return json.dumps(marked, sort_keys=True, separators=(",", ":"), default=repr)
+        pass
+    else:
+        if MARK_TEXT not in text:  # else a mapping shaped like a mark, maybe: escaped
+            return text
+    marked = thaw(_marked(params))
+    return json.dumps(marked, sort_keys=True, separators=(",", ":"), default=repr)
 
 
 def check_storable(event: FlowEvent, *, holds_nul: bool = True) -> None:
@@ -217,6 +221,8 @@ def event_from_row(row: Sequence[Any], where: str) -> FlowEvent:
     session_id, kind, target, params, at = row
     try:
         loaded = json.loads(params)
+        if type(params) is not str or MARK_TEXT in params:  # a mark: what it stands for
+            loaded = _unmarked(loaded)
         frozen = freeze(loaded) if isinstance(loaded, dict) else _NO_PARAMS
     except (TypeError, ValueError) as exc:  # not JSON, or NaN / too deep: no Action's params
         raise StoreError(
@@ -249,7 +255,7 @@ def _as_stored(event: FlowEvent) -> FlowEvent:
     ):
         return event
     try:
-        frozen = freeze(json.loads(params_json(params)))
+        frozen = freeze(_unmarked(json.loads(params_json(params))))
     except (TypeError, ValueError) as exc:
         raise StoreError(f"a flow event's params are not an action's ({exc})") from exc
     return FlowEvent(event.session_id, event.type, event.target, frozen, event.at)

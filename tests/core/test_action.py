@@ -459,6 +459,44 @@ def test_digest_of_huge_ints_and_sets_is_stable() -> None:
     )
 
 
+_HUGE = 10**5000
+_MARK = {"__aegis_int__": hex(_HUGE)}
+
+
+@pytest.mark.parametrize(
+    ("params", "look_alike"),
+    [
+        ({"n": _HUGE}, {"n": _MARK}),
+        ({"n": [1, -_HUGE]}, {"n": [1, {"__aegis_int__": hex(-_HUGE)}]}),
+        ({"n": {"m": _HUGE}}, {"n": {"m": _MARK}}),
+        ({"n": {_HUGE}}, {"n": [_MARK]}),
+        ({"n": _MARK}, {"n": {"__aegis_map__": _MARK}}),
+    ],
+    ids=["param", "in a list", "nested", "in a set", "an escape's look-alike"],
+)
+def test_params_shaped_like_an_int_too_long_to_print_have_their_own_digest(
+    params: dict[str, Any], look_alike: dict[str, Any]
+) -> None:
+    """An int past the digit limit is written as a mapping in canonical JSON; params holding
+    a mapping of that shape are another action, with another text and digest."""
+    one, other = Action("pay", "bank", params), Action("pay", "bank", look_alike)
+    assert one != other
+    assert canonical_json(one) != canonical_json(other)
+    assert action_digest(one) != action_digest(other)
+
+
+def test_a_policy_holding_a_mapping_shaped_like_a_mark_has_its_own_digest() -> None:
+    """A policy's digest writes an int past the digit limit as canonical JSON does; a policy
+    comparing a mapping of that shape instead has another digest."""
+
+    def policy(value: object) -> Policy:
+        rule = {"name": "r", "match": {"type": "pay"}, "conditions": {"param_eq": {"n": value}}}
+        return Policy.from_dict({"rules": [{**rule, "approval": "block"}]})
+
+    assert policy(_HUGE).digest != policy(_MARK).digest
+    assert policy(_HUGE).digest == policy(_HUGE).digest
+
+
 def test_repr_of_an_action_holding_huge_ints_abbreviates_them() -> None:
     """repr() works for ints past the 4,300-digit limit, anywhere in params; hashing is unchanged.
 

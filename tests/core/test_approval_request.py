@@ -34,6 +34,37 @@ def test_json_round_trip_keeps_the_digest(params: dict[str, object]) -> None:
     assert request_digest(rebuilt, "bot") == request_digest(action, "bot")
 
 
+#: params with canonical JSON's marks and what looks like them: ints too long to print,
+#: their hex, and mappings keyed as the marks are
+_HUGE_INTS = st.integers(4301, 4320).map(lambda digits: 10**digits) | st.integers(4301, 4320).map(
+    lambda digits: -(10**digits) + 1
+)
+_MARKED_VALUES = st.recursive(
+    st.none() | st.integers() | _HUGE_INTS | _HUGE_INTS.map(hex) | st.sampled_from(["0x5", "x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["__aegis_int__", "__aegis_map__", "__aegis_type__", "repr", "a"]),
+            inner,
+            max_size=2,
+        )
+    ),
+    max_leaves=6,
+)
+
+
+@given(params=st.dictionaries(st.sampled_from(["__aegis_int__", "n"]), _MARKED_VALUES))
+def test_json_round_trip_gives_the_action_back_whatever_looks_like_a_mark(
+    params: dict[str, object],
+) -> None:
+    """An action sent as JSON is rebuilt as the very action, whether its params hold ints too
+    long to print (sent as marks) or mappings shaped like those marks (sent escaped)."""
+    action = Action("refund", "billing", params, "d")
+    rebuilt = action_from_json(action_to_json(action))
+    assert rebuilt == action
+    assert action_digest(rebuilt) == action_digest(action)
+
+
 def test_awkward_params_keep_the_digest() -> None:
     """Floats, nested containers and non-ASCII text survive the trip with the same digest."""
     action = Action("refund", "billing", {"amount": 9.99, "n": [1, {"é": None}], "s": "\u2028"})

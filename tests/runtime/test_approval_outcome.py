@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from engine_support import TablePolicy
 
 from aegis.core.action import Action, action_digest
@@ -59,6 +60,26 @@ async def test_outcome_for_another_action_is_refused() -> None:
     assert result.status is ResultStatus.DENIED
     assert "digest mismatch" in (result.error or "")
     assert executor.actions == []
+
+
+@pytest.mark.parametrize("approved_huge", [False, True], ids=["look-alike", "huge int"])
+async def test_an_approval_of_an_int_too_long_to_print_never_runs_its_look_alike(
+    approved_huge: bool,
+) -> None:
+    """A param past the digit limit and a mapping shaped like its mark in canonical JSON are
+    two actions: the approval of either, by digest, never runs the other."""
+    huge = 10**5000
+    as_int = Action("refund", "billing", {"amount": huge})
+    look_alike = Action("refund", "billing", {"amount": {"__aegis_int__": hex(huge)}})
+    approved, other = (as_int, look_alike) if approved_huge else (look_alike, as_int)
+    rt, executor, _ = _runtime(ApprovalOutcome(True, digest=action_digest(approved)))
+    async with rt:
+        refused = await rt.run_one(other)
+        ran = await rt.run_one(approved)
+    assert refused.status is ResultStatus.DENIED
+    assert "digest mismatch" in (refused.error or "")
+    assert ran.status is ResultStatus.SUCCESS
+    assert executor.actions == [approved]
 
 
 def test_digest_changes_with_every_field() -> None:

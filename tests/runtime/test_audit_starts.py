@@ -518,3 +518,105 @@ async def test_a_subscriber_hears_the_starts_written_with_their_flow_events(
     with closing(sqlite3.connect(db)) as conn:  # each start carried its event
         noted = conn.execute("SELECT action_type FROM aegis_flow_events ORDER BY at").fetchall()
     assert noted == ([("read",), ("send",)] if looking_back else [])
+
+
+#: a trail the release before canonical JSON escaped mark look-alikes wrote (aegis 2d87acd,
+#: policy: every action auto): an action with an int past the digit limit (``{H}``, its
+#: hex), one with a mapping shaped like canonical JSON's mark of it, and one with an
+#: escape's look-alike; each a start and a final record (its times: seconds past 23:05),
+#: with the fields that differ between them
+_OLD_TRAIL: tuple[dict[str, Any], ...] = (
+    {
+        "params": '{"n":"<unstorable int: {H}>"}',
+        "data": "null",
+        "times": ("03.737697", "03.737303"),
+        "hash": "ef192b5f54f041b25266b7d2f675403f64c6afbbc325a0339ef806ff68c16170",
+    },
+    {
+        "params": '{"n":"<unstorable int: {H}>"}',
+        "data": '["<unstorable int: {H}>",1]',
+        "times": ("03.742191", "03.737303", "03.739373", "03.742119"),
+        "hash": "42500422ed8f44588ab7f9c120ea66273abdddda15e7ccbf2064b5b9fd706a8d",
+    },
+    {
+        "params": '{"n":{"__aegis_int__":"{H}"}}',
+        "data": "null",
+        "times": ("03.743772", "03.743664"),
+        "hash": "7f62487e8fd2c1b43440e772543a3ef89f81b580ff57e0b29ade4eed20ee309f",
+    },
+    {
+        "params": '{"n":{"__aegis_int__":"{H}"}}',
+        "data": '["<unstorable int: {H}>",{"__aegis_int__":"{H}"}]',
+        "times": ("03.744452", "03.743664", "03.743949", "03.744172"),
+        "hash": "ad4689dfc00c4df9cd0721c053393e0a2d5f6198f1e49fae875c1fb1b13b6325",
+    },
+    {
+        "params": '{"n":{"__aegis_map__":{"__aegis_int__":"{H}"}}}',
+        "data": "null",
+        "times": ("03.745584", "03.745494"),
+        "hash": "f4681f162d758a4ca2e6e41e8950722dc496559ce80e69489cdf6641584a5e97",
+    },
+    {
+        "params": '{"n":{"__aegis_map__":{"__aegis_int__":"{H}"}}}',
+        "data": '["<unstorable int: {H}>",{"__aegis_map__":{"__aegis_int__":"{H}"}}]',
+        "times": ("03.745950", "03.745494", "03.745768", "03.745919"),
+        "hash": "0c12c83082cda76748e29c73be2a6672f7e0cdaccb7fb4cbfa6c025de261bcdb",
+    },
+)
+_OLD_POLICY_DIGEST = "8b49027ca95982bd4e451bab4a6a18cd28c4231f0eefd8b433c98b3dd3879191"
+
+
+async def test_a_trail_of_ints_past_the_digit_limit_and_their_look_alikes_still_verifies(
+    tmp_path: Path,
+) -> None:
+    """Records an older release wrote of an int past the digit limit and of mappings shaped
+    like canonical JSON's marks verify as they are; the same actions run now are recorded
+    with the very params text they had, and the trail still verifies."""
+    db = tmp_path / "audit.db"
+    with AuditLogger(db) as created:
+        assert created.verify().ok  # the empty trail, its tables created
+    huge = 10**5000
+    prev = "0" * 64
+    rows = []
+    for ident, old in enumerate(_OLD_TRAIL, 1):
+        final = ident % 2 == 0
+        at, decided, *ran = (f"2026-12-07T23:05:{clock}+00:00" for clock in old["times"])
+        rows.append(
+            {"id": ident, "kind": "final" if final else "start", "timestamp": at}
+            | {"session_id": "s", "action_type": "read", "action_target": "crm"}
+            | {"action_params": old["params"].replace("{H}", hex(huge)), "action_desc": ""}
+            | {"risk_level": "MEDIUM", "approval": "auto", "matched_rule": "all", "reason": ""}
+            | {"result_status": "success" if final else None}
+            | {"result_data": old["data"].replace("{H}", hex(huge))}
+            | {"started_at": ran[0] if ran else None, "completed_at": ran[1] if ran else None}
+            | {"decided_at": decided, "policy_digest": _OLD_POLICY_DIGEST}
+            | {"start_id": ident - 1 if final else None, "prev_hash": prev, "hash": old["hash"]}
+        )
+        prev = old["hash"]
+    with closing(sqlite3.connect(db)) as conn, conn:
+        names = ", ".join(rows[0])
+        conn.executemany(
+            f"INSERT INTO audit_log ({names}) VALUES ({', '.join(':' + n for n in rows[0])})",
+            rows,
+        )
+    rules = [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]
+    policy = Policy.from_dict({"rules": rules})
+    mark = {"__aegis_int__": hex(huge)}
+    with AuditLogger(db, create=False, readonly=True) as audit:
+        old_report = audit.verify()
+    assert old_report.ok, old_report.reason
+    async with Runtime(
+        executor=lambda action: "ok",
+        policy=policy,
+        audit_logger=AuditLogger(db, create=False),
+        session_id="s",
+    ) as rt:
+        for params in ({"n": huge}, {"n": mark}, {"n": {"__aegis_map__": mark}}):
+            assert (await rt.run_one(Action("read", "crm", params))).status is ResultStatus.SUCCESS
+    with AuditLogger(db, create=False, readonly=True) as audit:
+        report = audit.verify()
+    assert report.ok, report.reason
+    with closing(sqlite3.connect(db)) as conn:
+        stored = conn.execute("SELECT action_params, policy_digest FROM audit_log ORDER BY id")
+        texts = [(params, digest) for params, digest in stored]
+    assert texts[6:] == texts[:6]  # the same params text, and the policy's digest unchanged

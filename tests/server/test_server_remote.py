@@ -17,6 +17,7 @@ import pytest
 from service_support import POLICY, Reviewer, Service, add_tokens
 
 from aegis import Action, AuditLogger, Policy, Result, ResultStatus, Runtime
+from aegis.core.action import action_digest
 from aegis.core.approval_request import Role, TokenInfo
 from aegis.errors import ApprovalServiceError
 from aegis.runtime.approval_remote import RemoteApprovalHandler
@@ -103,6 +104,30 @@ async def test_approve(agent: Agent, people: dict[str, Reviewer]) -> None:
     record = agent.last_record()
     assert record["human_decision"] == f"approved by alice: ok [request {request['id']}]"
     assert record["result_status"] == "success"
+
+
+async def test_an_int_too_long_to_print_and_its_look_alike_are_approved_apart(
+    agent: Agent, people: dict[str, Reviewer]
+) -> None:
+    """An int past the digit limit travels to the service as canonical JSON's mark, a mapping
+    shaped like that mark escaped: two requests with two digests, each approved, each action
+    run as the agent asked it, the int as the int."""
+    huge = 10**5000
+    look_alike = {"__aegis_int__": hex(huge)}
+    requests, results = [], []
+    for amount in (huge, look_alike):
+        action = Action("refund", "billing", {"amount": amount})
+        task = asyncio.create_task(agent.runtime.run_one(action))
+        request = await people["alice"].pending(agent.session_id)
+        assert request["action_digest"] == action_digest(action)
+        assert (await people["alice"].decide(request["id"])).status_code == 200
+        requests.append(request)
+        results.append(await asyncio.wait_for(task, 10))
+    assert [result.status for result in results] == [ResultStatus.SUCCESS] * 2
+    assert requests[0]["action_digest"] != requests[1]["action_digest"]
+    assert requests[0]["action"]["params"] == {"amount": look_alike}
+    assert requests[1]["action"]["params"] == {"amount": {"__aegis_map__": look_alike}}
+    assert [action.params["amount"] for action in agent.ran] == [huge, look_alike]
 
 
 async def test_deny(agent: Agent, people: dict[str, Reviewer]) -> None:

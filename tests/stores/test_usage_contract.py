@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aegis.stores.sqlite.usage as sqlite_usage
-from aegis.core.action import Action, FrozenDict, canonical_json, thaw
+from aegis.core.action import Action, FrozenDict, canonical_json, freeze, thaw
 from aegis.core.limits import Charge, FlowEvent
 from aegis.core.record import storable_json
 from aegis.errors import StoreError
@@ -411,12 +411,63 @@ def test_an_event_whose_params_do_not_encode_is_refused_before_its_batch() -> No
 
 def test_an_int_too_long_to_print_is_kept_as_canonical_json_writes_it(make_store: Factory) -> None:
     """Past the 4,300-digit limit of int -> str (an Action takes one): kept, on every engine,
-    as the same marked hex text every engine reads back alike."""
+    as canonical_json's marked hex text, and read back as the int it stands for."""
     store = make_store()
     huge = 10**5000
     store.remember(FlowEvent("s", "read", "crm", Action("read", "crm", {"n": huge}).params, 1.0))
     (found,) = store.recall("s", None, None)
-    assert found.params == FrozenDict({"n": FrozenDict({"__aegis_int__": hex(huge)})})
+    assert found.params == FrozenDict({"n": huge})
+
+
+def test_params_shaped_like_a_marked_int_read_back_as_written(make_store: Factory) -> None:
+    """A param that is a mapping shaped like canonical_json's mark of an int too long to print
+    is not that int: on every engine each event reads back as its own params, and the two
+    events' texts differ."""
+    store = make_store()
+    huge = 10**5000
+    look_alike = {"n": {"__aegis_int__": hex(huge)}, "m": [{"__aegis_map__": {"a": 1}}]}
+    for at, params in enumerate(({"n": huge}, look_alike), 1):
+        event = FlowEvent("s", "read", "crm", Action("read", "crm", params).params, float(at))
+        store.remember(event)
+    assert params_json(Action("r", "c", {"n": huge}).params) != params_json(
+        Action("r", "c", look_alike).params
+    )
+    found = store.recall("s", None, None)
+    assert [event.params for event in found] == [
+        FrozenDict({"n": huge}),
+        Action("r", "c", look_alike).params,
+    ]
+
+
+def test_sqlite_flow_events_of_the_older_encoding_read_back_as_they_ran(tmp_path: Path) -> None:
+    """Events a release before escapes stored (a mark of an int too long to print, a param
+    shaped like one, an escape's look-alike) read back: the mark as its int, the rest as
+    they were; a mark no process writes is no int."""
+    path = tmp_path / "aegis_audit.db"
+    with SQLiteUsageStore(path) as created:
+        assert created.recall("s", None, None) == []  # the empty store, its tables created
+    huge = 10**5000
+    stored = [  # as params_json wrote them then: json.dumps, sorted keys, compact
+        {"n": {"__aegis_int__": hex(huge)}, "m": [{"__aegis_int__": hex(-huge)}]},
+        {"n": {"__aegis_int__": "0x5"}},
+        {"n": {"__aegis_int__": hex(huge).upper()}},
+        {"n": {"__aegis_map__": 1}},
+    ]
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO aegis_flow_events"
+            " (session_id, action_type, action_target, params, at) VALUES (?, ?, ?, ?, ?)",
+            [
+                ("s", "read", "crm", json.dumps(p, sort_keys=True, separators=(",", ":")), at)
+                for at, p in enumerate(stored, 1)
+            ],
+        )
+    with SQLiteUsageStore(path) as store:
+        found = store.recall("s", None, None)
+    assert [event.params for event in found] == [
+        freeze({"n": huge, "m": [-huge]}),
+        *map(freeze, stored[1:]),
+    ]
 
 
 def _number(found: FlowEvent | None) -> int | None:
