@@ -33,19 +33,16 @@ from aegis.stores.postgres.usage import PostgresUsageStore
 
 #: every action runs: no limit, no flow rule
 PLAIN = Policy.from_dict({"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]})
-#: no email once the session read a secret
+#: mail runs while the session has read no secret
+MAIL_UNLESS_SECRET: dict[str, Any] = {
+    "name": "no_mail_after_secret",
+    "match": {"type": "send_email"},
+    "conditions": {"not_after": {"type": "read_secret", "within": "session"}},
+    "approval": "auto",
+}
+#: no email once the session read a secret; nothing else runs
 GUARDED = Policy.from_dict(
-    {
-        "rules": [
-            {
-                "name": "no_mail_after_secret",
-                "match": {"type": "send_email"},
-                "conditions": {"not_after": {"type": "read_secret", "within": "session"}},
-                "approval": "auto",
-            },
-            {"name": "rest", "match": {"type": "*"}, "approval": "block"},
-        ]
-    }
+    {"rules": [MAIL_UNLESS_SECRET, {"name": "rest", "match": {"type": "*"}, "approval": "block"}]}
 )
 
 
@@ -497,12 +494,7 @@ def test_a_cover_asked_while_a_horizon_is_declared_waits_and_then_notes_events(
 MAIL_AFTER_SECRET_BLOCKED = Policy.from_dict(
     {
         "rules": [
-            {
-                "name": "no_mail_after_secret",
-                "match": {"type": "send_email"},
-                "conditions": {"not_after": {"type": "read_secret", "within": "session"}},
-                "approval": "auto",
-            },
+            MAIL_UNLESS_SECRET,
             {"name": "mail_after_secret", "match": {"type": "send_email"}, "approval": "block"},
             {"name": "rest", "match": {"type": "*"}, "approval": "auto"},
         ]
