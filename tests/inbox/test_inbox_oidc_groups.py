@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from oidc_support import OpenIdProvider, loopback_only, sign_in
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 from serve_support import Server, aegis, create_token
 
 CLIENT_SECRET = "groups-test-client-secret"  # a test fixture's secret
@@ -42,6 +42,7 @@ ACCOUNTS = {
     "ivy": {"name": "Ivy Finance", "groups": ["finance"]},
     "jo": {"name": "Jo Finance", "groups": ["finance"]},
     "kim": {"name": "Kim Finance", "groups": ["finance"]},
+    "lee": {"name": "Lee Finance", "groups": ["finance"]},
 }
 
 
@@ -307,6 +308,36 @@ def test_in_a_browser_the_lapsed_session_signs_in_again_with_new_groups(world: W
     context.close()
     assert world.status(finance) == "pending"
     assert world.status(ops) == "pending"
+
+
+def test_in_a_browser_a_session_lapsed_before_the_live_list_connects_signs_out(
+    world: World,
+) -> None:
+    """In Chromium: Lee's session passes the bound before her page's live list connects
+    (a loaded machine, or a reconnect after the stream dropped). The events answer
+    401, on which a browser's EventSource gives up without a "signout" event; the
+    page still leaves for the sign-in page."""
+    world.provider.set_account("lee", ACCOUNTS["lee"])
+    context = world.browser.new_context()
+    context.route("**/*", loopback_only)
+    page = context.new_page()
+    page.goto(f"{world.server.url}/")
+    lapsed: list[str] = []
+
+    def lapse_first(route: Route) -> None:
+        # the session passes its bound while the live list's request is on its way
+        if not lapsed:
+            _past_the_bound(world.db, "lee")
+            lapsed.append(route.request.url)
+        route.fallback()
+
+    page.route("**/inbox/events*", lapse_first)
+    _provider_sign_in(world, page, "lee")
+    expect(page).to_have_url(
+        re.compile("^" + re.escape(world.server.url) + "/signin"), timeout=WAIT_MS
+    )
+    assert lapsed, "the live list never connected"
+    context.close()
 
 
 def test_settings_tightened_at_a_restart_hold_for_sessions_already_started(

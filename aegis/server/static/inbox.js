@@ -43,6 +43,40 @@
     });
   }
 
+  // A live stream of server-sent events that signs the page out reliably.
+  // "signout" comes while the stream is open; but an EventSource gives up for
+  // good, without any event of ours, on an answer that is not a stream: a 401
+  // when the session lapsed or was ended before it first connected or while it
+  // reconnected (after a dropped stream), or a server error. Then the page
+  // itself is asked: signed out, it answers with the sign-in page (the reload
+  // goes there); otherwise the stream connects again a little later.
+  function liveEvents(url, listen) {
+    var source = null, stopped = false;
+    function connect() {
+      if (stopped) return;
+      source = new EventSource(url);
+      var current = source;
+      current.addEventListener("signout", function () { stop(); window.location.reload(); });
+      current.addEventListener("error", function () {
+        if (stopped || current.readyState !== EventSource.CLOSED) return;
+        fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html", "X-Inbox-Peek": "1" } })
+          .then(function (response) {
+            if (response.status === 401 || response.redirected) { stop(); window.location.reload(); return; }
+            setTimeout(connect, 5000);
+          })
+          .catch(function () { setTimeout(connect, 5000); });
+      });
+      listen(current);
+    }
+    function stop() {
+      stopped = true;
+      if (source) source.close();
+    }
+    connect();
+    window.addEventListener("pagehide", stop);
+    return { close: stop };
+  }
+
   function livePending() {
     var live = document.getElementById("live");
     var tbody = document.getElementById("pending-rows");
@@ -111,20 +145,19 @@
         });
     }
 
-    var source = new EventSource(live.dataset.events);
-    source.addEventListener("open", function () { live.classList.add("on"); live.textContent = "live"; });
-    source.addEventListener("error", function () { live.classList.remove("on"); live.textContent = "reconnecting"; });
-    source.addEventListener("pending", function (event) {
-      var data = null;
-      try { data = JSON.parse(event.data); } catch (e) { data = null; }
-      var count = document.getElementById("pending-count");
-      if (data && Array.isArray(data.ids) && data.ids.join("\n") === rowIds(tbody).join("\n") &&
-          (!Array.isArray(data.approvals) || data.approvals.join(",") === rowApprovals(tbody).join(",")) &&
-          (!count || count.textContent === String(data.total))) return;
-      refresh();
+    liveEvents(live.dataset.events, function (source) {
+      source.addEventListener("open", function () { live.classList.add("on"); live.textContent = "live"; });
+      source.addEventListener("error", function () { live.classList.remove("on"); live.textContent = "reconnecting"; });
+      source.addEventListener("pending", function (event) {
+        var data = null;
+        try { data = JSON.parse(event.data); } catch (e) { data = null; }
+        var count = document.getElementById("pending-count");
+        if (data && Array.isArray(data.ids) && data.ids.join("\n") === rowIds(tbody).join("\n") &&
+            (!Array.isArray(data.approvals) || data.approvals.join(",") === rowApprovals(tbody).join(",")) &&
+            (!count || count.textContent === String(data.total))) return;
+        refresh();
+      });
     });
-    source.addEventListener("signout", function () { source.close(); window.location.reload(); });
-    window.addEventListener("pagehide", function () { source.close(); });
   }
 
   function clickableRows() {
@@ -194,10 +227,12 @@
     var article = document.getElementById("request");
     var gone = document.getElementById("gone");
     if (!article || !gone || !article.dataset.events || !window.EventSource) return;
-    var source = new EventSource(article.dataset.events);
-    // signed out meanwhile (revoked, or signed out elsewhere): nothing here may be decided
-    source.addEventListener("signout", function () { source.close(); window.location.reload(); });
-    source.addEventListener("pending", function (event) {
+    // signed out meanwhile (revoked, or signed out elsewhere): liveEvents reloads,
+    // and nothing here may be decided
+    var source = liveEvents(article.dataset.events, function (stream) {
+      stream.addEventListener("pending", onPending);
+    });
+    function onPending(event) {
       var data = null;
       try { data = JSON.parse(event.data); } catch (e) { return; }
       var state = data && data.request;
@@ -218,7 +253,7 @@
           if (now && now.dataset.status !== "pending") decided(now.dataset.status);
         })
         .catch(function () { /* the next event asks again */ });
-    });
+    }
     // approvals this page shows that no longer count (their reviewer's token or
     // access was revoked): marked, and the form stays shut until a reload
     function lost(approvedBy, approvers) {
