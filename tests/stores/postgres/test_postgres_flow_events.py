@@ -33,6 +33,20 @@ from aegis.stores.postgres.usage import PostgresUsageStore
 
 #: every action runs: no limit, no flow rule
 PLAIN = Policy.from_dict({"rules": [{"name": "all", "match": {"type": "*"}, "approval": "auto"}]})
+#: no external send once the session read a secret; everything else runs
+NO_SEND_AFTER_SECRET = Policy.from_dict(
+    {
+        "rules": [
+            {
+                "name": "no_send_after_secret",
+                "match": {"type": "send_external"},
+                "conditions": {"after": {"type": "read_secret", "within": "session"}},
+                "approval": "block",
+            },
+            {"name": "all", "match": {"type": "*"}, "approval": "auto"},
+        ]
+    }
+)
 #: mail runs while the session has read no secret
 MAIL_UNLESS_SECRET: dict[str, Any] = {
     "name": "no_mail_after_secret",
@@ -318,19 +332,7 @@ def test_one_dsn_of_two_hosts_that_reach_two_servers_keeps_the_events_where_they
     schema = f"aegis_two_hosts_{uuid.uuid4().hex[:8]}"
     dsn = f"host=127.0.0.1,127.0.0.1 port={other.port},5432 user=postgres dbname=test"
     usage = PostgresUsageStore(dsn, schema=schema)
-    policy = Policy.from_dict(
-        {
-            "rules": [
-                {
-                    "name": "no_send_after_secret",
-                    "match": {"type": "send_external"},
-                    "conditions": {"after": {"type": "read_secret", "within": "session"}},
-                    "approval": "block",
-                },
-                {"name": "all", "match": {"type": "*"}, "approval": "auto"},
-            ]
-        }
-    )
+    policy = NO_SEND_AFTER_SECRET
     try:
         usage.forgotten("s")  # connects while the other server is down: to the test server
         other.start()
@@ -415,19 +417,7 @@ def test_a_role_that_may_not_ask_its_server_which_it_is_notes_events_the_ordinar
                 admin, "SELECT has_function_privilege(%s, 'pg_control_system()', 'EXECUTE')", role
             )
             assert refused == [(False,)]
-            policy = Policy.from_dict(
-                {
-                    "rules": [
-                        {
-                            "name": "no_send_after_secret",
-                            "match": {"type": "send_external"},
-                            "conditions": {"after": {"type": "read_secret", "within": "session"}},
-                            "approval": "block",
-                        },
-                        {"name": "all", "match": {"type": "*"}, "approval": "auto"},
-                    ]
-                }
-            )
+            policy = NO_SEND_AFTER_SECRET
             audit = Attempts(dsn)
             usage = PostgresUsageStore(dsn)
 
